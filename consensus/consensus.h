@@ -1,0 +1,138 @@
+/*
+ * consensus.h - canonical raft (libraft 0.15) with its libuv disk back end and
+ * TCP transport, behind a small interface that knows nothing of mail.
+ *
+ * The state machine is a struct consensus_fsm of function pointers; entries
+ * are opaque byte buffers. A proposal is called back exactly once: 0 when the
+ * entry is committed (majority fsync) and applied here, HAMR_ENOTLEADER,
+ * HAMR_ELEADERSHIPLOST (outcome unknown: the entry may still commit),
+ * HAMR_ENOSPACE / HAMR_EIO, or HAMR_ESHUTDOWN.
+ *
+ * Leadership: a timer polls raft_state() (0.15 has no state callback). On
+ * becoming leader a barrier is proposed (0.15 writes no no-op entry on
+ * election); on_leader(arg, true) is called only once the barrier has applied,
+ * so everything committed by earlier leaders is in the state machine.
+ */
+#ifndef HAMR_CONSENSUS_CONSENSUS_H
+#define HAMR_CONSENSUS_CONSENSUS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#define CONSENSUS_ADDR_MAX 64
+#define CONSENSUS_MAX_MEMBERS 16
+
+struct consensus_fsm {
+    void *data;
+    /*
+     * apply - a committed entry, on every node, in log order. buf is borrowed.
+     * *result (may stay NULL) reaches the proposer's callback on this node.
+     * Return 0; a non-zero return means the entry can never be applied here
+     * (unknown kind, newer version): raft stops applying and the node must
+     * fail loudly.
+     */
+    int (*apply)(void *data, const uint8_t *buf, size_t len, void **result);
+    /* snapshot - the whole state in one buffer from consensus_malloc; ownership passes. */
+    int (*snapshot)(void *data, uint8_t **buf, size_t *len);
+    /* restore - replace the whole state; buf is borrowed. */
+    int (*restore)(void *data, const uint8_t *buf, size_t len);
+};
+
+struct consensus_member {
+    uint64_t id;
+    char address[CONSENSUS_ADDR_MAX]; /* IPv4 literal "a.b.c.d:port" */
+};
+
+struct consensus_config {
+    uint64_t id;                       /* > 0 */
+    char address[CONSENSUS_ADDR_MAX];  /* where peers reach us; also the bind address */
+    char dir[4096];                    /* data directory; created if missing */
+    const struct consensus_member *voters; /* bootstrap configuration (copied) */
+    size_t n_voters;
+    unsigned election_timeout_ms;      /* 1000 */
+    unsigned heartbeat_ms;             /* 100 */
+    size_t snapshot_bytes;             /* snapshot after this many applied bytes; 64 MiB */
+    unsigned snapshot_trailing;        /* entries kept after a snapshot; 128 */
+    size_t segment_size;               /* log segment size; 64 MiB */
+    /* on_leader - leadership gained (after the barrier) or lost. May be NULL. */
+    void (*on_leader)(void *arg, bool leader);
+    void *on_leader_arg;
+};
+
+enum consensus_state {
+    CONSENSUS_UNAVAILABLE = 0,
+    CONSENSUS_FOLLOWER,
+    CONSENSUS_CANDIDATE,
+    CONSENSUS_LEADER,
+};
+
+struct consensus_info {
+    enum consensus_state state;
+    bool ready;                        /* leader and the election barrier applied */
+    uint64_t term;
+    uint64_t commit_index;
+    uint64_t applied_index;
+    uint64_t last_index;
+    uint64_t leader_id;                /* 0 if unknown */
+    char leader_address[CONSENSUS_ADDR_MAX];
+    size_t n_members;
+    struct consensus_member members[CONSENSUS_MAX_MEMBERS];
+    int roles[CONSENSUS_MAX_MEMBERS];  /* 0 standby, 1 voter, 2 spare (RAFT_*) */
+};
+
+struct consensus;
+
+/* consensus_apply_cb - result of consensus_propose. result: from fsm->apply on status 0. */
+typedef void (*consensus_apply_cb)(void *arg, int status, void *result);
+
+/* consensus_malloc / consensus_free - the allocator for buffers handed over (raft's). */
+void *consensus_malloc(size_t n);
+void consensus_free(void *p);
+
+/*
+ * consensus_new - set up raft on loop (does not start it). cfg and fsm are
+ * copied. Bootstraps cfg->voters if the directory is pristine. Errors carry a
+ * sentence in errmsg (size errlen).
+ */
+int consensus_new(uv_loop_t *loop, const struct consensus_config *cfg,
+                  const struct consensus_fsm *fsm, struct consensus **out, char *errmsg,
+                  size_t errlen);
+
+/* consensus_start - load the log (synchronously) and begin ticking. */
+int consensus_start(struct consensus *c, char *errmsg, size_t errlen);
+
+/*
+ * consensus_propose - append buf as one entry. buf must come from
+ * consensus_malloc; on 0 its ownership passes (cb runs exactly once, never
+ * inside this call); on error the caller still owns it and cb never runs.
+ * Errors: HAMR_ENOTLEADER (not leader, not ready, or transferring).
+ */
+int consensus_propose(struct consensus *c, uint8_t *buf, size_t len, consensus_apply_cb cb,
+                      void *arg);
+
+/* consensus_get_info - a consistent view of raft's state. */
+void consensus_get_info(struct consensus *c, struct consensus_info *info);
+
+/* consensus_is_ready - leader with the barrier applied: may propose and schedule. */
+bool consensus_is_ready(struct consensus *c);
+
+/* consensus_term - the current term. */
+uint64_t consensus_term(struct consensus *c);
+
+/*
+ * consensus_transfer - hand leadership to id (0: any up-to-date voter):
+ * barrier, raft_transfer, retried up to 3 times. cb(arg, status, new_leader).
+ */
+int consensus_transfer(struct consensus *c, uint64_t id,
+                       void (*cb)(void *arg, int status, uint64_t leader), void *arg);
+
+/*
+ * consensus_close - stop raft; pending proposals get HAMR_ESHUTDOWN or
+ * HAMR_ELEADERSHIPLOST. closed_cb runs once every handle is closed; then c is freed.
+ */
+void consensus_close(struct consensus *c, void (*closed_cb)(void *arg), void *arg);
+
+#endif

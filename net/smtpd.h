@@ -1,0 +1,79 @@
+/*
+ * smtpd.h - what the inbound SMTP side needs from the rest of hamr.
+ *
+ * net/ knows nothing of raft or the queue. node/ fills in a struct
+ * smtpd_policy (limits, relay rules) and a struct smtpd_sink (where a
+ * finished message goes). A session asks its sink to accept a message and
+ * is called back with the result; it replies 250 only on status 0.
+ */
+#ifndef HAMR_NET_SMTPD_H
+#define HAMR_NET_SMTPD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SMTPD_QUEUE_ID_MAX 64 /* including the NUL */
+
+/* smtpd_cidr - an IPv4 or IPv6 network (family AF_INET or AF_INET6). */
+struct smtpd_cidr {
+    int family;
+    uint8_t addr[16]; /* network byte order; IPv4 uses the first 4 */
+    unsigned prefix;
+};
+
+/* smtpd_policy - inbound limits and relay rules. Borrowed by sessions. */
+struct smtpd_policy {
+    char hostname[256];              /* banner, Received: */
+    const struct smtpd_cidr *relay_networks; /* clients that may relay anywhere */
+    size_t n_relay_networks;
+    char *const *relay_domains;      /* "example.com" exact, ".example.com" subdomains */
+    size_t n_relay_domains;
+    size_t message_size_limit;       /* bytes, advertised as SIZE; 10 MiB */
+    size_t recipient_limit;          /* 1000 */
+    size_t header_size_limit;        /* bytes of the header block; 100 KiB */
+    unsigned hopcount_limit;         /* Received: headers; 50 */
+    unsigned max_errors;             /* hard error limit, then 421; 20 */
+    uint64_t command_timeout_ms;     /* per command wait; 300 s */
+    uint64_t data_timeout_ms;        /* per read during DATA; 300 s */
+};
+
+/* smtpd_envelope - a finished message, borrowed by the sink until its callback. */
+struct smtpd_envelope {
+    const char *queue_id;            /* from sink->new_id, already in Received: */
+    const char *client_addr;         /* text form of the client's address */
+    const char *helo;                /* EHLO/HELO argument, "" if none */
+    const char *sender;              /* reverse-path without <>, "" for null sender */
+    const char *const *rcpts;        /* forward-paths without <> */
+    size_t n_rcpts;
+    const uint8_t *body;             /* un-stuffed, CRLF line ends, our Received: first */
+    size_t body_len;
+    bool body_8bit;                  /* BODY=8BITMIME */
+};
+
+/*
+ * smtpd_sink_cb - the end of a submit. status 0: committed, reply 250.
+ * Otherwise a HAMR_E* code that net/smtpd_reply maps to the reply (4xx for
+ * not-leader, leadership lost, timeout, no space).
+ */
+typedef void (*smtpd_sink_cb)(void *arg, int status);
+
+struct smtpd_sink {
+    void *data;
+    /* new_id - write a fresh cluster-unique queue id (NUL-terminated) into id. */
+    int (*new_id)(void *data, char *id, size_t idlen);
+    /*
+     * check_mail - may this node take a new transaction now? Called at MAIL.
+     * 0: yes; HAMR_ENOSPACE: 452 4.3.1; HAMR_NOQUORUM/HAMR_EDRAINING: 421/451.
+     * May be NULL (always yes).
+     */
+    int (*check_mail)(void *data);
+    /*
+     * submit - accept env. The sink borrows env (and every pointer in it)
+     * until cb runs. If submit returns 0, cb runs exactly once, later, never
+     * from inside submit; if it returns an error, cb never runs.
+     */
+    int (*submit)(void *data, const struct smtpd_envelope *env, smtpd_sink_cb cb, void *arg);
+};
+
+#endif

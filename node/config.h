@@ -1,0 +1,111 @@
+/*
+ * config.h - one INI file per node (hamrd -c FILE), parsed with libinih.
+ *
+ * Every key, its default and its meaning are listed in README.md. Errors
+ * name the line: "FILE:LINE: reason". Durations take a unit suffix (ms, s,
+ * m, h, d; bare numbers are seconds); sizes take K, M or G (bare: bytes).
+ */
+#ifndef HAMR_NODE_CONFIG_H
+#define HAMR_NODE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "consensus/consensus.h"
+#include "net/smtpc.h"
+#include "net/smtpd.h"
+
+#define CONFIG_HOST_MAX 256
+#define CONFIG_MAX_TRANSPORTS 256
+
+/* config_hostport - a listen or next-hop address. */
+struct config_hostport {
+    char host[CONFIG_HOST_MAX]; /* literal or name; "" if unset */
+    uint16_t port;
+};
+
+/* config_transport - [transport] domain = [host]:port. */
+struct config_transport {
+    char domain[CONFIG_HOST_MAX]; /* "example.com" exact, ".example.com" subdomains */
+    struct config_hostport next_hop;
+};
+
+struct hamr_config {
+    char path[4096];                 /* the file read */
+
+    /* [node] */
+    uint64_t node_id;                /* id (required, > 0) */
+    char data_dir[4096];             /* data_dir (required) */
+    char hostname[CONFIG_HOST_MAX];  /* hostname (default: gethostname()) */
+    int log_level;                   /* log_level: error|warn|info|debug (info) */
+    char user[64];                   /* user: drop to this user after binding ("") */
+
+    /* [listen] */
+    struct config_hostport listen_smtp;    /* smtp (127.0.0.1:2525) */
+    struct config_hostport listen_raft;    /* raft (required: IPv4 literal) */
+    struct config_hostport listen_control; /* control (127.0.0.1:7100) */
+    struct config_hostport listen_http;    /* http ("" = off) */
+
+    /* [cluster] */
+    struct consensus_member voters[CONSENSUS_MAX_MEMBERS]; /* voters = 1@ip:port, ... */
+    size_t n_voters;                 /* default: this node alone */
+    unsigned election_timeout_ms;    /* election_timeout (1s) */
+    unsigned heartbeat_ms;           /* heartbeat (100ms) */
+    size_t snapshot_bytes;           /* snapshot_bytes (64M) */
+    uint64_t proposal_timeout_ms;    /* proposal_timeout (30s): 451 after */
+
+    /* [smtpd] */
+    struct smtpd_policy smtpd;       /* hostname is copied in from [node] */
+    struct smtpd_cidr relay_networks[256]; /* relay_networks (127.0.0.0/8, ::1/128) */
+    size_t n_relay_networks;
+    char *relay_domains[256];        /* relay_domains (none) */
+    size_t n_relay_domains;
+    unsigned max_sessions;           /* max_sessions (500) */
+
+    /* [delivery] */
+    struct config_hostport relayhost;  /* relayhost = [host]:port ("" = none) */
+    struct smtpc_config smtpc;         /* connect_timeout (30s), command_timeout (5m),
+                                          data_done_timeout (10m), idle_timeout (10s),
+                                          max_per_destination (10), max_msgs_per_conn (100) */
+    uint64_t retry_min_ms;             /* retry_min (5m) */
+    uint64_t retry_max_ms;             /* retry_max (4000s) */
+    uint64_t queue_lifetime_ms;        /* queue_lifetime (5d) */
+    uint64_t lease_time_ms;            /* lease_time (15m) */
+    uint64_t scan_interval_ms;         /* scan_interval (1s): scheduler tick */
+
+    /* [transport] */
+    struct config_transport transports[CONFIG_MAX_TRANSPORTS];
+    size_t n_transports;
+
+    /* [storage] */
+    uint64_t min_free_bytes;           /* min_free (256M): below it MAIL gets 452 4.3.1 */
+};
+
+/* config_defaults - fill every default. */
+void config_defaults(struct hamr_config *cfg);
+
+/*
+ * config_load - defaults, then the file, then cross-checks. On error writes
+ * "FILE:LINE: reason" (LINE 0 for a whole-file problem) into err and returns
+ * HAMR_EINVAL (or HAMR_EIO if the file cannot be read).
+ */
+int config_load(struct hamr_config *cfg, const char *path, char *err, size_t errlen);
+
+/* config_free - release what config_load allocated (relay_domains). */
+void config_free(struct hamr_config *cfg);
+
+/*
+ * config_route - next hop for a recipient address: the [transport] entry of
+ * its domain (exact match first, then the longest ".suffix"), else the
+ * relayhost. 0, or HAMR_ENOTFOUND when there is none.
+ */
+int config_route(const struct hamr_config *cfg, const char *rcpt, struct config_hostport *out);
+
+/* config_parse_duration / _size / _hostport / _cidr - exported for tests. */
+int config_parse_duration(const char *s, uint64_t *ms);
+int config_parse_size(const char *s, uint64_t *bytes);
+int config_parse_hostport(const char *s, struct config_hostport *hp);
+int config_parse_cidr(const char *s, struct smtpd_cidr *c);
+
+#endif

@@ -1,0 +1,53 @@
+/* proto_frame.h - framing and checked decoding of hamr's protobuf records. */
+#ifndef HAMR_PROTO_FRAME_H
+#define HAMR_PROTO_FRAME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto/hamr.pb-c.h"
+
+/*
+ * Format versions. A log entry carries PROTO_FORMAT_VERSION of its writer in
+ * Entry.format_version; a reader refuses (HAMR_EVERSION) a version above
+ * PROTO_FORMAT_VERSION_MAX. The snapshot carries its own version.
+ *
+ * Entry buffer, byte by byte:
+ *   0..3  "HAMR" (0x48 0x41 0x4d 0x52)
+ *   4..   hamr.Entry, protobuf encoded
+ * Snapshot buffer:
+ *   0..3  "HMSN"
+ *   4..   hamr.Snapshot, protobuf encoded
+ * Control frame (TCP):
+ *   0..3  length of the protobuf message, big-endian, at most PROTO_CONTROL_MAX
+ *   4..   hamr.ControlRequest or hamr.ControlResponse
+ */
+#define PROTO_FORMAT_VERSION 1
+#define PROTO_FORMAT_VERSION_MAX 1
+#define PROTO_SNAPSHOT_VERSION 1
+#define PROTO_CONTROL_MAX (64u * 1024 * 1024)
+
+/*
+ * proto_entry_pack - encode an Entry with its magic into a buffer from
+ * alloc (malloc if NULL; raft_malloc when it goes to raft_apply). Sets
+ * e->format_version. On success *out is owned by the caller.
+ */
+int proto_entry_pack(Hamr__Entry *e, void *(*alloc)(size_t), uint8_t **out, size_t *len);
+
+/*
+ * proto_entry_unpack - check the magic, decode, check the version and that
+ * the oneof is a kind this build knows. On success *e must be freed with
+ * hamr__entry__free_unpacked(*e, NULL). Errors: HAMR_ECORRUPT (magic or
+ * protobuf), HAMR_EVERSION (newer format or unknown kind).
+ */
+int proto_entry_unpack(const uint8_t *buf, size_t len, Hamr__Entry **e);
+
+/* proto_snapshot_pack / _unpack - as above for the Snapshot record. */
+int proto_snapshot_pack(Hamr__Snapshot *s, void *(*alloc)(size_t), uint8_t **out, size_t *len);
+int proto_snapshot_unpack(const uint8_t *buf, size_t len, Hamr__Snapshot **s);
+
+/* proto_u32_put / proto_u32_get - big-endian length prefix helpers. */
+void proto_u32_put(uint8_t *p, uint32_t v);
+uint32_t proto_u32_get(const uint8_t *p);
+
+#endif

@@ -1,0 +1,137 @@
+/*
+ * queue.h - the replicated mail queue as a pure, deterministic state machine.
+ *
+ * Every node applies the same committed log entries (proto/hamr.proto Entry,
+ * framed by proto/proto_frame.h) in the same order and reaches the same
+ * state. No I/O, no clock, no random numbers: time comes only from
+ * Entry.timestamp_ms (the proposer's clock) or as an argument.
+ *
+ * Entries:
+ *   Enqueue  - add a message. A known queue id (queued, or finished and still
+ *              in the dedupe set) is a no-op (result.duplicate). A body whose
+ *              SHA-256 does not match body_sha256 is refused (HAMR_ECORRUPT).
+ *   Lease    - recipients PENDING (or LEASED under a lease that has expired at
+ *              the entry's timestamp) become LEASED under item.lease_id for
+ *              node_id until expires_at_ms. Others in the item are left alone.
+ *   Outcome  - per recipient: applied only if the recipient is LEASED under
+ *              outcome.lease_id (fencing); lease_id 0 applies to PENDING ones
+ *              (expiry). DELIVERED/BOUNCED/EXPIRED are final; DEFERRED goes
+ *              back to PENDING with attempts+1 and next_attempt_ms.
+ *              BOUNCED/EXPIRED recipients of one Outcome produce exactly one
+ *              RFC 3464 DSN to a non-null sender of a non-DSN message, enqueued
+ *              in the same apply with queue id "<id>-B<n>".
+ *   Admin    - DELETE (gone, no DSN), HOLD, RELEASE, FLUSH (pending due now),
+ *              BOUNCE (pending fail, one DSN).
+ * A message whose recipients are all final leaves the queue; its id stays in
+ * the dedupe set for QUEUE_DONE_TTL_MS of entry time.
+ */
+#ifndef HAMR_QUEUE_QUEUE_H
+#define HAMR_QUEUE_QUEUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define QUEUE_ID_MAX 64
+#define QUEUE_DONE_TTL_MS (24ull * 3600 * 1000)
+
+enum queue_rcpt_state {
+    QUEUE_RCPT_PENDING = 0,
+    QUEUE_RCPT_LEASED,
+    QUEUE_RCPT_DELIVERED,
+    QUEUE_RCPT_BOUNCED,
+    QUEUE_RCPT_EXPIRED,
+};
+
+struct queue_rcpt {
+    char *addr;
+    enum queue_rcpt_state state;
+    uint32_t attempts;
+    uint64_t next_attempt_ms;
+    char *last_error;          /* NULL if none */
+    uint64_t lease_id;         /* valid while LEASED */
+    uint64_t lease_node;
+    uint64_t lease_term;
+    uint64_t lease_expires_ms;
+    char *lease_boot_id;
+    char *lease_dest;
+};
+
+struct queue_msg {
+    char id[QUEUE_ID_MAX];
+    char *sender;              /* "" for the null sender */
+    struct queue_rcpt *rcpts;
+    size_t n_rcpts;
+    uint8_t *body;
+    size_t body_len;
+    bool body_8bit;
+    bool is_dsn;
+    bool held;
+    uint64_t received_at_ms;   /* timestamp of the Enqueue entry */
+    uint64_t expires_at_ms;
+    char *client_addr;
+    char *helo;
+    uint64_t accepted_by;
+    uint32_t dsn_count;
+};
+
+struct queue_apply_result {
+    int status;                /* 0, or a HAMR_E* code for a refused command */
+    bool duplicate;            /* Enqueue of a known id */
+    unsigned dsn_generated;    /* DSNs enqueued by this entry */
+    unsigned finished;         /* messages that left the queue */
+};
+
+struct queue_stats {
+    size_t messages;
+    size_t held;
+    size_t rcpts_pending;
+    size_t rcpts_leased;
+    size_t bytes;              /* sum of body sizes */
+    uint64_t applied;          /* entries applied */
+};
+
+struct queue;
+
+/* queue_new - an empty queue; NULL on no memory. */
+struct queue *queue_new(void);
+
+/* queue_free - release everything; returns NULL. */
+struct queue *queue_free(struct queue *q);
+
+/*
+ * queue_apply - apply one framed Entry. Borrows buf. Returns 0 with *res
+ * filled (res->status says whether the command took effect), or, for an
+ * entry that cannot be decoded or is of an unknown kind or newer version,
+ * HAMR_ECORRUPT / HAMR_EVERSION with the state unchanged: the caller must
+ * stop (refuse loudly), never skip it.
+ */
+int queue_apply(struct queue *q, const uint8_t *buf, size_t len, struct queue_apply_result *res);
+
+/*
+ * queue_snapshot - serialise the whole state (framed Snapshot) into a buffer
+ * from alloc (malloc if NULL). The caller owns *out.
+ */
+int queue_snapshot(const struct queue *q, void *(*alloc)(size_t), uint8_t **out, size_t *len);
+
+/* queue_restore - replace the whole state with a snapshot. Borrows buf. On error q is unchanged. */
+int queue_restore(struct queue *q, const uint8_t *buf, size_t len);
+
+/* queue_digest - SHA-256 of the canonical state, as 64 hex chars + NUL in hex. */
+void queue_digest(const struct queue *q, char hex[65]);
+
+/* queue_find - the message with this id, or NULL. Borrowed until the next apply/restore. */
+const struct queue_msg *queue_find(const struct queue *q, const char *id);
+
+/* queue_contains - id is queued or in the dedupe set (was committed). */
+bool queue_contains(const struct queue *q, const char *id);
+
+/*
+ * queue_foreach - call fn for every queued message in acceptance order;
+ * stop early when fn returns non-zero. fn must not change the queue.
+ */
+void queue_foreach(const struct queue *q, int (*fn)(void *arg, const struct queue_msg *m), void *arg);
+
+void queue_get_stats(const struct queue *q, struct queue_stats *st);
+
+#endif
