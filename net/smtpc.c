@@ -1,0 +1,1296 @@
+/*
+ * smtpc.c - the outbound SMTP client and its per-destination connection pool.
+ *
+ * Happy path: smtpc_pool_deliver queues a job on its destination (host:port)
+ * and arms a zero timer ("kick"), so that no callback ever runs inside
+ * smtpc_pool_deliver. The kick hands each queued job to an idle connection of
+ * that destination, or opens a new one while fewer than max_conns_per_dest
+ * exist. A new connection resolves the host (uv_getaddrinfo; literals are
+ * used as they are), connects, reads the 220 greeting, says EHLO (HELO after
+ * a 5xx to EHLO) and then runs transactions: MAIL, RCPT per recipient, DATA,
+ * the body, the final dot. With PIPELINING, MAIL + RCPTs + DATA go out in one
+ * write and the replies are matched in order (RFC 2920 3.1). After a
+ * transaction the connection takes the next job of its destination; without
+ * one it idles for idle_timeout_ms, then says QUIT. After max_msgs_per_conn
+ * transactions it says QUIT as well.
+ *
+ * Failure modes: a 4xx/5xx reply decides the recipients it applies to
+ * (SMTPC_TEMP/SMTPC_PERM). Connection failure, timeout, EOF, a malformed reply
+ * or a reply we did not ask for (yet) decides every recipient still open as
+ * SMTPC_TEMP, and the connection is discarded: nothing is ever marked
+ * delivered unless a well-formed 2xx answered the final dot.
+ *
+ * Owns: the pool owns its destinations, their queued jobs and connections.
+ * A connection owns its libuv handles (embedded, freed only after their close
+ * callbacks), its reply parser, a 64 KiB body chunk buffer and at most one
+ * job. Messages are borrowed from the caller until the job's callback.
+ *
+ * Errors: smtpc_pool_deliver returns HAMR_EINVAL (bad argument or an address
+ * that cannot be put on a command line), HAMR_ENOMEM, HAMR_ESHUTDOWN.
+ * Everything later is reported per recipient through the callback.
+ *
+ * Security: replies are untrusted input, parsed by smtpc_reply.c with bounded
+ * lines and line counts. Reply text is kept printable and logged through
+ * log_printable. Envelope addresses are checked again before they go on a
+ * command line (SECURITY.md S10): no control characters, no '<' or '>'.
+ * Bodies are sent CRLF-only and dot-stuffed (smtpc_body.c).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <uv.h>
+
+#include "util/buf.h"
+#include "util/common.h"
+#include "util/err.h"
+#include "util/log.h"
+#include "net/smtpc.h"
+#include "net/smtpc_body.h"
+#include "net/smtpc_reply.h"
+
+#define SMTPC_CHUNK_MAX (64 * 1024) /* body bytes per write */
+#define SMTPC_ADDR_MAX 256          /* RFC 5321 4.5.3.1.3: path, without <> here */
+#define SMTPC_HOST_MAX 255
+#define SMTPC_CMD_LINE_MAX 512 /* RFC 5321 4.5.3.1.4, our lines fit easily */
+
+/*
+ * The connection states. A connection only moves forward through
+ * CONNECTING -> GREETING -> EHLO [-> HELO] -> READY, then loops
+ * READY -> MAIL -> RCPT -> DATA -> BODY -> DOT -> READY, where a failed
+ * transaction ends in RSET -> READY instead. READY without a job is idle.
+ * Any state may go to QUIT (polite end) or CLOSING (discard); CLOSING is
+ * final. n_expected counts replies owed for commands already written; a
+ * reply while it is zero is a protocol error.
+ */
+enum smtpc_state {
+    SMTPC_STATE_CONNECTING, /* resolving and TCP connect */
+    SMTPC_STATE_GREETING,   /* waiting for 220 */
+    SMTPC_STATE_EHLO,
+    SMTPC_STATE_HELO,
+    SMTPC_STATE_READY, /* between transactions */
+    SMTPC_STATE_MAIL,
+    SMTPC_STATE_RCPT, /* conn->rcpt_idx says which reply is next */
+    SMTPC_STATE_DATA, /* waiting for 354 */
+    SMTPC_STATE_BODY, /* writing the body; no reply owed */
+    SMTPC_STATE_DOT,  /* waiting for the reply to the final dot */
+    SMTPC_STATE_RSET,
+    SMTPC_STATE_QUIT,
+    SMTPC_STATE_CLOSING,
+};
+
+static const char *const smtpc_state_names[] = {
+    "CONNECTING", "GREETING", "EHLO", "HELO", "READY", "MAIL",    "RCPT",
+    "DATA",       "BODY",     "DOT",  "RSET", "QUIT",  "CLOSING",
+};
+
+/* What a connection waits for in each state, for timeout and EOF texts. */
+static const char *const smtpc_state_waits[] = {
+    "connect",
+    "greeting",
+    "reply to EHLO",
+    "reply to HELO",
+    "next message",
+    "reply to MAIL FROM",
+    "reply to RCPT TO",
+    "reply to DATA",
+    "body write",
+    "reply to end of data",
+    "reply to RSET",
+    "reply to QUIT",
+    "close",
+};
+
+_Static_assert(HAMR_ARRAY_LEN(smtpc_state_names) == SMTPC_STATE_CLOSING + 1, "state names");
+_Static_assert(HAMR_ARRAY_LEN(smtpc_state_waits) == SMTPC_STATE_CLOSING + 1, "state waits");
+
+/* Where a recipient is within one attempt. */
+enum smtpc_rcpt_state {
+    SMTPC_RCPT_OPEN = 0, /* no reply yet */
+    SMTPC_RCPT_ACCEPTED, /* 2xx to RCPT, waiting for the dot */
+    SMTPC_RCPT_DONE,     /* result decided */
+};
+
+struct smtpc_dest;
+
+/* smtpc_job - one smtpc_pool_deliver call, queued or running. */
+struct smtpc_job {
+    struct smtpc_job *next; /* in the destination's queue */
+    struct smtpc_pool *pool;
+    const struct smtpc_msg *msg; /* borrowed until cb */
+    smtpc_done_cb cb;
+    void *arg;
+    struct smtpc_rcpt_result *res; /* msg->n_rcpts entries */
+    unsigned char *rstate;         /* enum smtpc_rcpt_state per recipient */
+};
+
+/* smtpc_conn - one connection to a next hop. */
+struct smtpc_conn {
+    struct smtpc_pool *pool;
+    struct smtpc_dest *dest; /* NULL once CLOSING */
+    struct smtpc_conn *next; /* in dest->conns */
+    unsigned long long id;
+    enum smtpc_state state;
+    uv_tcp_t tcp;
+    uv_timer_t timer; /* the deadline of the current state */
+    uv_getaddrinfo_t gai;
+    uv_connect_t connect_req;
+    uv_write_t body_req;
+    bool gai_pending;
+    int handles_open; /* close callbacks still to come once CLOSING */
+    struct smtpc_reply_parser parser;
+    unsigned n_expected; /* replies owed for commands written */
+    unsigned n_avail;    /* of those, how many the current read may answer */
+    unsigned ext;        /* SMTPC_EXT_* from EHLO */
+    uint64_t size_limit;
+    unsigned n_msgs; /* transactions started */
+    char remote[128];
+    struct smtpc_job *job;
+    /* The transaction in progress. */
+    size_t rcpt_idx;
+    size_t n_accepted;
+    bool mail_ok;
+    bool dot_only;  /* 354 though no recipient was accepted: send "." alone */
+    bool dot_reply; /* the server answered the final dot: no RSET needed */
+    struct smtpc_body body;
+    char rbuf[4096];
+    uint8_t chunk[SMTPC_CHUNK_MAX];
+};
+
+/* smtpc_dest - the jobs and connections of one host:port. */
+struct smtpc_dest {
+    struct smtpc_dest *next;
+    struct smtpc_pool *pool;
+    char host[SMTPC_HOST_MAX + 1];
+    uint16_t port;
+    struct smtpc_job *q_head, *q_tail;
+    struct smtpc_conn *conns;
+    unsigned n_conns;
+};
+
+struct smtpc_pool {
+    uv_loop_t *loop;
+    struct smtpc_config cfg;
+    struct smtpc_dest *dests;
+    uv_timer_t kick; /* zero timer: dispatch queued jobs outside callers' stacks */
+    size_t n_active; /* jobs queued or running */
+    size_t n_alive;  /* connections not yet freed, plus the kick timer */
+    unsigned long long next_id;
+    bool closing;
+    void (*closed_cb)(void *arg);
+    void *closed_arg;
+};
+
+/* smtpc_cmd_write_req - a command write and its private copy of the bytes. */
+struct smtpc_cmd_write_req {
+    uv_write_t req;
+    struct smtpc_conn *conn;
+    size_t len;
+    char data[];
+};
+
+static void smtpc_conn_next(struct smtpc_conn *c);
+static void smtpc_conn_body_next(struct smtpc_conn *c);
+static void smtpc_conn_close(struct smtpc_conn *c);
+static void smtpc_pool_kick(struct smtpc_pool *p);
+static void smtpc_pool_maybe_free(struct smtpc_pool *p);
+
+/* ------------------------------------------------------------------------ */
+/* Jobs                                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* smtpc_job_free - release a job; returns NULL. */
+static struct smtpc_job *smtpc_job_free(struct smtpc_job *job)
+{
+    if (job != NULL) {
+        free(job->res);
+        free(job->rstate);
+        free(job);
+    }
+    return NULL;
+}
+
+/* smtpc_job_decide - fix the result of recipient i. */
+static void smtpc_job_decide(struct smtpc_job *job,
+                             size_t i,
+                             enum smtpc_status st,
+                             unsigned code,
+                             const char *text)
+{
+    job->res[i].status = st;
+    job->res[i].code = code;
+    hamr_strlcpy(job->res[i].text, text, sizeof(job->res[i].text));
+    job->rstate[i] = SMTPC_RCPT_DONE;
+}
+
+/* smtpc_job_decide_rest - fix the result of every recipient not yet decided. */
+static void smtpc_job_decide_rest(struct smtpc_job *job,
+                                  enum smtpc_status st,
+                                  unsigned code,
+                                  const char *text)
+{
+    for (size_t i = 0; i < job->msg->n_rcpts; i++)
+        if (job->rstate[i] != SMTPC_RCPT_DONE)
+            smtpc_job_decide(job, i, st, code, text);
+}
+
+/* smtpc_job_finish - log the attempt, run the callback once, free the job. */
+static void smtpc_job_finish(struct smtpc_job *job, const char *remote)
+{
+    struct smtpc_pool *p = job->pool;
+    size_t n = job->msg->n_rcpts;
+    size_t count[3] = {0, 0, 0};
+    const struct smtpc_rcpt_result *shown = &job->res[0];
+    bool have_failure = false;
+
+    /* Anything still open here is a bug in the state machine; never report it OK. */
+    smtpc_job_decide_rest(job, SMTPC_TEMP, 0, "transaction ended without a result");
+    for (size_t i = 0; i < n; i++) {
+        count[job->res[i].status]++;
+        if (job->res[i].status != SMTPC_OK && !have_failure) {
+            shown = &job->res[i];
+            have_failure = true;
+        }
+    }
+    const char *status = count[SMTPC_OK] == n     ? "ok"
+                         : count[SMTPC_TEMP] == n ? "temp"
+                         : count[SMTPC_PERM] == n ? "perm"
+                                                  : "mixed";
+    char text[sizeof(shown->text)];
+    log_info("delivery to=%zu relay=%s status=%s ok=%zu temp=%zu perm=%zu code=%u text=\"%s\"", n,
+             remote[0] ? remote : "none", status, count[SMTPC_OK], count[SMTPC_TEMP],
+             count[SMTPC_PERM], shown->code,
+             log_printable(text, sizeof(text), shown->text, strlen(shown->text)));
+
+    struct smtpc_result res = {.n_rcpts = n, .rcpts = job->res};
+    hamr_strlcpy(res.remote, remote, sizeof(res.remote));
+    HAMR_ASSERT(p->n_active > 0);
+    p->n_active--;
+    job->cb(job->arg, &res);
+    smtpc_job_free(job);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Connection plumbing: states, writes, failure                             */
+/* ------------------------------------------------------------------------ */
+
+/* smtpc_conn_timeout_ms - the deadline for a state (Postfix xfer_timeouts). */
+static uint64_t smtpc_conn_timeout_ms(const struct smtpc_conn *c, enum smtpc_state s)
+{
+    const struct smtpc_config *cfg = &c->pool->cfg;
+    switch (s) {
+        case SMTPC_STATE_CONNECTING:
+        case SMTPC_STATE_GREETING:
+            return cfg->connect_timeout_ms;
+        case SMTPC_STATE_READY:
+            return cfg->idle_timeout_ms;
+        case SMTPC_STATE_DOT:
+            return cfg->data_done_timeout_ms;
+        default:
+            return cfg->command_timeout_ms;
+    }
+}
+
+static void smtpc_conn_timer_cb(uv_timer_t *t);
+
+/* smtpc_conn_enter_state - the one place where a connection changes state. */
+static void smtpc_conn_enter_state(struct smtpc_conn *c, enum smtpc_state s)
+{
+    log_debug("smtpc conn=%llu relay=%s state %s -> %s", c->id, c->remote[0] ? c->remote : "none",
+              smtpc_state_names[c->state], smtpc_state_names[s]);
+    enum smtpc_state old = c->state;
+    c->state = s;
+    if (s == SMTPC_STATE_CLOSING)
+        return;
+    /* Connect and greeting share one deadline (connect_timeout_ms). */
+    if (s == SMTPC_STATE_GREETING && old == SMTPC_STATE_CONNECTING)
+        return;
+    uv_timer_start(&c->timer, smtpc_conn_timer_cb, smtpc_conn_timeout_ms(c, s), 0);
+}
+
+/*
+ * smtpc_conn_fail - the attempt failed without a usable reply (or with one
+ * that ends the session): every open recipient gets SMTPC_TEMP, and the
+ * connection is discarded before the callback runs, so that the callback may
+ * do anything, smtpc_pool_close included.
+ */
+static void smtpc_conn_fail(struct smtpc_conn *c, unsigned code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void smtpc_conn_fail(struct smtpc_conn *c, unsigned code, const char *fmt, ...)
+{
+    if (c->state == SMTPC_STATE_CLOSING)
+        return;
+    char text[sizeof(((struct smtpc_rcpt_result *)0)->text)];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+
+    struct smtpc_job *job = c->job;
+    c->job = NULL;
+    char remote[sizeof(c->remote)];
+    hamr_strlcpy(remote, c->remote, sizeof(remote));
+    if (job == NULL) {
+        char pr[sizeof(text)];
+        log_info("smtpc conn=%llu relay=%s closed in state %s: %s", c->id,
+                 remote[0] ? remote : "none", smtpc_state_names[c->state],
+                 log_printable(pr, sizeof(pr), text, strlen(text)));
+    }
+    smtpc_conn_close(c);
+    if (job != NULL) {
+        smtpc_job_decide_rest(job, SMTPC_TEMP, code, text);
+        smtpc_job_finish(job, remote);
+    }
+}
+
+/* smtpc_conn_cmd_write_cb - a command write is done; errors end the attempt. */
+static void smtpc_conn_cmd_write_cb(uv_write_t *req, int status)
+{
+    struct smtpc_cmd_write_req *w = hamr_container_of(req, struct smtpc_cmd_write_req, req);
+    struct smtpc_conn *c = w->conn;
+    free(w);
+    if (status == UV_ECANCELED || c->state == SMTPC_STATE_CLOSING)
+        return;
+    if (status < 0)
+        smtpc_conn_fail(c, 0, "write to %s: %s", c->remote, uv_strerror(status));
+}
+
+/*
+ * smtpc_conn_send - write len bytes (copied) and owe n_replies replies.
+ * On failure the attempt is failed here and a negative code is returned: the
+ * caller must return at once.
+ */
+static int smtpc_conn_send(struct smtpc_conn *c, const void *data, size_t len, unsigned n_replies)
+{
+    struct smtpc_cmd_write_req *w = malloc(sizeof(*w) + len);
+    if (w == NULL) {
+        smtpc_conn_fail(c, 0, "out of memory");
+        return HAMR_ENOMEM;
+    }
+    w->conn = c;
+    w->len = len;
+    memcpy(w->data, data, len);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
+    int rv = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, smtpc_conn_cmd_write_cb);
+    if (rv != 0) {
+        free(w);
+        smtpc_conn_fail(c, 0, "write to %s: %s", c->remote, uv_strerror(rv));
+        return HAMR_EIO;
+    }
+    c->n_expected += n_replies;
+    return 0;
+}
+
+/* smtpc_cmd_append - format one command line into b. */
+static int smtpc_cmd_append(struct buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int smtpc_cmd_append(struct buf *b, const char *fmt, ...)
+{
+    char line[SMTPC_CMD_LINE_MAX + SMTPC_ADDR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    HAMR_ASSERT(n > 0 && (size_t)n < sizeof(line)); /* addresses were checked */
+    return buf_append(b, line, (size_t)n);
+}
+
+/* smtpc_conn_send_line - format and write one command that owes one reply. */
+static int smtpc_conn_send_line(struct smtpc_conn *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int smtpc_conn_send_line(struct smtpc_conn *c, const char *fmt, ...)
+{
+    char line[SMTPC_CMD_LINE_MAX + SMTPC_ADDR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    HAMR_ASSERT(n > 0 && (size_t)n < sizeof(line));
+    return smtpc_conn_send(c, line, (size_t)n, 1);
+}
+
+/* smtpc_conn_quit - say QUIT; the connection closes on the reply, EOF or timeout. */
+static void smtpc_conn_quit(struct smtpc_conn *c)
+{
+    if (smtpc_conn_send(c, "QUIT\r\n", 6, 1) != 0)
+        return;
+    smtpc_conn_enter_state(c, SMTPC_STATE_QUIT);
+}
+
+/* smtpc_status_of - the result a reply code means for a recipient. */
+static enum smtpc_status smtpc_status_of(unsigned code)
+{
+    if (code >= 200 && code < 300)
+        return SMTPC_OK;
+    return code >= 500 ? SMTPC_PERM : SMTPC_TEMP;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Connecting                                                               */
+/* ------------------------------------------------------------------------ */
+
+static void smtpc_conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void smtpc_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* smtpc_conn_connect_cb - TCP is up: read the greeting. */
+static void smtpc_conn_connect_cb(uv_connect_t *req, int status)
+{
+    struct smtpc_conn *c = req->data;
+    if (status == UV_ECANCELED || c->state == SMTPC_STATE_CLOSING)
+        return;
+    if (status < 0) {
+        smtpc_conn_fail(c, 0, "connect to %s: %s", c->remote, uv_strerror(status));
+        return;
+    }
+    int rv = uv_read_start((uv_stream_t *)&c->tcp, smtpc_conn_alloc_cb, smtpc_conn_read_cb);
+    if (rv != 0) {
+        smtpc_conn_fail(c, 0, "read from %s: %s", c->remote, uv_strerror(rv));
+        return;
+    }
+    c->n_expected = 1; /* the greeting */
+    smtpc_conn_enter_state(c, SMTPC_STATE_GREETING);
+}
+
+/* smtpc_conn_connect - connect to a resolved address. */
+static void smtpc_conn_connect(struct smtpc_conn *c, const struct sockaddr *sa)
+{
+    char ip[64] = "?";
+    int port = 0;
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        uv_ip6_name(s6, ip, sizeof(ip));
+        port = ntohs(s6->sin6_port);
+        snprintf(c->remote, sizeof(c->remote), "[%s]:%d", ip, port);
+    } else {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+        uv_ip4_name(s4, ip, sizeof(ip));
+        port = ntohs(s4->sin_port);
+        snprintf(c->remote, sizeof(c->remote), "%s:%d", ip, port);
+    }
+    c->connect_req.data = c;
+    int rv = uv_tcp_connect(&c->connect_req, &c->tcp, sa, smtpc_conn_connect_cb);
+    if (rv != 0)
+        smtpc_conn_fail(c, 0, "connect to %s: %s", c->remote, uv_strerror(rv));
+    /* Asynchronous processing continues in smtpc_conn_connect_cb. */
+}
+
+/* smtpc_conn_resolve_cb - the host name is resolved: connect to the first address. */
+static void smtpc_conn_resolve_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct smtpc_conn *c = req->data;
+    c->gai_pending = false;
+    if (c->state == SMTPC_STATE_CLOSING) {
+        uv_freeaddrinfo(res);
+        smtpc_conn_close(c); /* frees c if its handles are closed already */
+        return;
+    }
+    if (status < 0 || res == NULL) {
+        char host[SMTPC_HOST_MAX + 1];
+        uv_freeaddrinfo(res);
+        smtpc_conn_fail(c, 0, "resolve %s: %s",
+                        log_printable(host, sizeof(host), c->dest->host, strlen(c->dest->host)),
+                        status < 0 ? uv_strerror(status) : "no address");
+        return;
+    }
+    /*
+     * XXX: only the first address is tried. Trying the others needs a fresh
+     * TCP handle per attempt; the queue retries the whole delivery anyway.
+     */
+    struct sockaddr_storage ss;
+    memcpy(&ss, res->ai_addr, res->ai_addrlen < sizeof(ss) ? res->ai_addrlen : sizeof(ss));
+    uv_freeaddrinfo(res);
+    smtpc_conn_connect(c, (const struct sockaddr *)&ss);
+}
+
+/* smtpc_conn_start - resolve (unless a literal) and connect. */
+static void smtpc_conn_start(struct smtpc_conn *c)
+{
+    struct smtpc_dest *d = c->dest;
+    struct sockaddr_in s4;
+    struct sockaddr_in6 s6;
+    if (uv_ip4_addr(d->host, d->port, &s4) == 0) {
+        smtpc_conn_connect(c, (const struct sockaddr *)&s4);
+        return;
+    }
+    if (strchr(d->host, ':') != NULL && uv_ip6_addr(d->host, d->port, &s6) == 0) {
+        smtpc_conn_connect(c, (const struct sockaddr *)&s6);
+        return;
+    }
+    char port[8];
+    snprintf(port, sizeof(port), "%u", (unsigned)d->port);
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    c->gai.data = c;
+    int rv = uv_getaddrinfo(c->pool->loop, &c->gai, smtpc_conn_resolve_cb, d->host, port, &hints);
+    if (rv != 0) {
+        char host[SMTPC_HOST_MAX + 1];
+        smtpc_conn_fail(c, 0, "resolve %s: %s",
+                        log_printable(host, sizeof(host), d->host, strlen(d->host)),
+                        uv_strerror(rv));
+        return;
+    }
+    c->gai_pending = true;
+    /* Asynchronous processing continues in smtpc_conn_resolve_cb. */
+}
+
+/* smtpc_conn_new - open a connection to d for job (which it takes over). */
+static void smtpc_conn_new(struct smtpc_dest *d, struct smtpc_job *job)
+{
+    struct smtpc_pool *p = d->pool;
+    struct smtpc_conn *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        smtpc_job_decide_rest(job, SMTPC_TEMP, 0, "out of memory");
+        smtpc_job_finish(job, "");
+        return;
+    }
+    int rv = uv_tcp_init(p->loop, &c->tcp);
+    if (rv != 0) {
+        free(c);
+        smtpc_job_decide_rest(job, SMTPC_TEMP, 0, "out of sockets");
+        smtpc_job_finish(job, "");
+        return;
+    }
+    uv_timer_init(p->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->pool = p;
+    c->dest = d;
+    c->id = ++p->next_id;
+    c->job = job;
+    c->state = SMTPC_STATE_CONNECTING;
+    smtpc_reply_init(&c->parser);
+    c->next = d->conns;
+    d->conns = c;
+    d->n_conns++;
+    p->n_alive++;
+    log_debug("smtpc conn=%llu new, state CONNECTING", c->id);
+    uv_timer_start(&c->timer, smtpc_conn_timer_cb, p->cfg.connect_timeout_ms, 0);
+    smtpc_conn_start(c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Transactions                                                             */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * smtpc_conn_start_tx - send MAIL (with RCPTs and DATA when pipelining) for
+ * c->job. Returns 0 when commands went out (or the connection failed), 1 when
+ * the job was finished without sending anything (SIZE exceeded).
+ */
+static int smtpc_conn_start_tx(struct smtpc_conn *c)
+{
+    struct smtpc_job *job = c->job;
+    const struct smtpc_msg *m = job->msg;
+
+    /* RFC 1870 6: do not send what the server said it will refuse. */
+    if ((c->ext & SMTPC_EXT_SIZE) && c->size_limit > 0 && m->body_len > c->size_limit) {
+        char text[sizeof(job->res[0].text)];
+        snprintf(text, sizeof(text), "message size %zu exceeds size limit %llu of %s", m->body_len,
+                 (unsigned long long)c->size_limit, c->remote);
+        smtpc_job_decide_rest(job, SMTPC_PERM, 552, text);
+        c->job = NULL;
+        smtpc_job_finish(job, c->remote);
+        return 1;
+    }
+
+    c->rcpt_idx = 0;
+    c->n_accepted = 0;
+    c->mail_ok = false;
+    c->dot_only = false;
+    c->dot_reply = false;
+    c->n_msgs++;
+
+    bool pipelining = (c->ext & SMTPC_EXT_PIPELINING) != 0;
+    struct buf b;
+    /* Bounded by the address checks in smtpc_pool_deliver. */
+    buf_init(&b, (m->n_rcpts + 2) * (SMTPC_ADDR_MAX + 64));
+    int rv = smtpc_cmd_append(&b, "MAIL FROM:<%s>", m->sender);
+    if (rv == 0 && (c->ext & SMTPC_EXT_SIZE))
+        rv = smtpc_cmd_append(&b, " SIZE=%zu", m->body_len);
+    /*
+     * RFC 6152 says not to send 8-bit data to a server without 8BITMIME, but
+     * like Postfix and most MTAs we send it anyway, without BODY=: bouncing
+     * would help nobody and nearly every server today passes 8-bit through.
+     */
+    if (rv == 0 && m->body_8bit && (c->ext & SMTPC_EXT_8BITMIME))
+        rv = smtpc_cmd_append(&b, " BODY=8BITMIME");
+    if (rv == 0)
+        rv = buf_append(&b, "\r\n", 2);
+    unsigned n_replies = 1;
+    if (pipelining) {
+        /* RFC 2920 3.1: DATA is the last command of the group. */
+        for (size_t i = 0; rv == 0 && i < m->n_rcpts; i++)
+            rv = smtpc_cmd_append(&b, "RCPT TO:<%s>\r\n", m->rcpts[i]);
+        if (rv == 0)
+            rv = buf_append(&b, "DATA\r\n", 6);
+        n_replies = (unsigned)m->n_rcpts + 2;
+    }
+    if (rv != 0) {
+        buf_free(&b);
+        smtpc_conn_fail(c, 0, "out of memory");
+        return 0;
+    }
+    rv = smtpc_conn_send(c, b.data, b.len, n_replies);
+    buf_free(&b);
+    if (rv != 0)
+        return 0;
+    smtpc_conn_enter_state(c, SMTPC_STATE_MAIL);
+    return 0;
+}
+
+/*
+ * smtpc_conn_tx_end - the transaction is over: report it, then RSET if the
+ * server may still hold transaction state, else go on with the next job.
+ */
+static void smtpc_conn_tx_end(struct smtpc_conn *c)
+{
+    HAMR_ASSERT(c->n_expected == 0);
+    struct smtpc_job *job = c->job;
+    c->job = NULL;
+    smtpc_job_finish(job, c->remote);
+    if (c->state == SMTPC_STATE_CLOSING)
+        return; /* the callback closed the pool */
+    if (!c->dot_reply) {
+        if (smtpc_conn_send(c, "RSET\r\n", 6, 1) != 0)
+            return;
+        smtpc_conn_enter_state(c, SMTPC_STATE_RSET);
+        return;
+    }
+    smtpc_conn_next(c);
+}
+
+/* smtpc_conn_body_write_cb - a body chunk is written: send the next one. */
+static void smtpc_conn_body_write_cb(uv_write_t *req, int status)
+{
+    struct smtpc_conn *c = req->data;
+    if (status == UV_ECANCELED || c->state == SMTPC_STATE_CLOSING)
+        return;
+    if (status < 0) {
+        smtpc_conn_fail(c, 0, "write to %s: %s", c->remote, uv_strerror(status));
+        return;
+    }
+    if (c->state != SMTPC_STATE_BODY)
+        return; /* the last chunk: the reply to the dot is awaited in DOT */
+    uv_timer_start(&c->timer, smtpc_conn_timer_cb, c->pool->cfg.command_timeout_ms, 0);
+    smtpc_conn_body_next(c);
+}
+
+/*
+ * smtpc_conn_body_next - write the next chunk of the body; with the last
+ * one (which ends in ".\r\n") the reply to the dot becomes owed.
+ */
+static void smtpc_conn_body_next(struct smtpc_conn *c)
+{
+    size_t n = smtpc_body_fill(&c->body, c->chunk, sizeof(c->chunk));
+    uv_buf_t b = uv_buf_init((char *)c->chunk, (unsigned)n);
+    c->body_req.data = c;
+    int rv = uv_write(&c->body_req, (uv_stream_t *)&c->tcp, &b, 1, smtpc_conn_body_write_cb);
+    if (rv != 0) {
+        smtpc_conn_fail(c, 0, "write to %s: %s", c->remote, uv_strerror(rv));
+        return;
+    }
+    if (c->body.done) {
+        c->n_expected++;
+        smtpc_conn_enter_state(c, SMTPC_STATE_DOT);
+    }
+}
+
+/* smtpc_conn_on_mail - the reply to MAIL FROM. */
+static void smtpc_conn_on_mail(struct smtpc_conn *c, const struct smtpc_reply *r)
+{
+    unsigned cls = r->code / 100;
+    if (cls == 2) {
+        c->mail_ok = true;
+    } else if (cls == 4 || cls == 5) {
+        smtpc_job_decide_rest(c->job, smtpc_status_of(r->code), r->code, r->text);
+    } else {
+        smtpc_conn_fail(c, r->code, "protocol error: reply %u to MAIL FROM from %s", r->code,
+                        c->remote);
+        return;
+    }
+    if (c->ext & SMTPC_EXT_PIPELINING) {
+        smtpc_conn_enter_state(c, SMTPC_STATE_RCPT); /* RCPT replies are on their way */
+        return;
+    }
+    if (!c->mail_ok) {
+        smtpc_conn_tx_end(c);
+        return;
+    }
+    if (smtpc_conn_send_line(c, "RCPT TO:<%s>\r\n", c->job->msg->rcpts[0]) != 0)
+        return;
+    smtpc_conn_enter_state(c, SMTPC_STATE_RCPT);
+}
+
+/* smtpc_conn_on_rcpt - the reply to RCPT TO number c->rcpt_idx. */
+static void smtpc_conn_on_rcpt(struct smtpc_conn *c, const struct smtpc_reply *r)
+{
+    const struct smtpc_msg *m = c->job->msg;
+    unsigned cls = r->code / 100;
+    if (c->mail_ok) {
+        /* After a failed MAIL (pipelined) the RCPT replies mean nothing. */
+        if (cls == 2) {
+            c->job->rstate[c->rcpt_idx] = SMTPC_RCPT_ACCEPTED;
+            c->n_accepted++;
+        } else if (cls == 4 || cls == 5) {
+            smtpc_job_decide(c->job, c->rcpt_idx, smtpc_status_of(r->code), r->code, r->text);
+        } else {
+            smtpc_conn_fail(c, r->code, "protocol error: reply %u to RCPT TO from %s", r->code,
+                            c->remote);
+            return;
+        }
+    }
+    c->rcpt_idx++;
+    bool pipelining = (c->ext & SMTPC_EXT_PIPELINING) != 0;
+    if (c->rcpt_idx < m->n_rcpts) {
+        if (!pipelining && smtpc_conn_send_line(c, "RCPT TO:<%s>\r\n", m->rcpts[c->rcpt_idx]) != 0)
+            return;
+        return; /* stay in RCPT */
+    }
+    if (pipelining) {
+        smtpc_conn_enter_state(c, SMTPC_STATE_DATA);
+        return;
+    }
+    if (c->n_accepted == 0) {
+        smtpc_conn_tx_end(c); /* no body for nobody: RSET */
+        return;
+    }
+    if (smtpc_conn_send(c, "DATA\r\n", 6, 1) != 0)
+        return;
+    smtpc_conn_enter_state(c, SMTPC_STATE_DATA);
+}
+
+/* smtpc_conn_on_data - the reply to DATA. */
+static void smtpc_conn_on_data(struct smtpc_conn *c, const struct smtpc_reply *r)
+{
+    unsigned cls = r->code / 100;
+    if (cls == 3) {
+        if (c->mail_ok && c->n_accepted > 0) {
+            const struct smtpc_msg *m = c->job->msg;
+            smtpc_body_init(&c->body, m->body, m->body_len);
+            smtpc_conn_enter_state(c, SMTPC_STATE_BODY);
+            smtpc_conn_body_next(c);
+            return;
+        }
+        /*
+         * RFC 2920 3.1: a server may say 354 though no recipient was
+         * accepted; end its data mode with an empty message, never the body.
+         */
+        c->dot_only = true;
+        if (smtpc_conn_send(c, ".\r\n", 3, 1) != 0)
+            return;
+        smtpc_conn_enter_state(c, SMTPC_STATE_DOT);
+        return;
+    }
+    if (cls == 4 || cls == 5) {
+        if (c->mail_ok)
+            smtpc_job_decide_rest(c->job, smtpc_status_of(r->code), r->code, r->text);
+        smtpc_conn_tx_end(c);
+        return;
+    }
+    smtpc_conn_fail(c, r->code, "protocol error: reply %u to DATA from %s", r->code, c->remote);
+}
+
+/* smtpc_conn_on_dot - the reply to the final dot decides the accepted recipients. */
+static void smtpc_conn_on_dot(struct smtpc_conn *c, const struct smtpc_reply *r)
+{
+    unsigned cls = r->code / 100;
+    if (cls != 2 && cls != 4 && cls != 5) {
+        smtpc_conn_fail(c, r->code, "protocol error: reply %u to end of data from %s", r->code,
+                        c->remote);
+        return;
+    }
+    if (!c->dot_only)
+        smtpc_job_decide_rest(c->job, smtpc_status_of(r->code), r->code, r->text);
+    c->dot_reply = true;
+    smtpc_conn_tx_end(c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Session: greeting, EHLO, reply dispatch, reuse                           */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * smtpc_conn_next - the connection is READY: run the next job of its
+ * destination, or idle until idle_timeout_ms, or QUIT once it has carried
+ * max_msgs_per_conn messages. A loop, not recursion: jobs refused without
+ * a word to the server (SIZE) are finished here one after the other.
+ */
+static void smtpc_conn_next(struct smtpc_conn *c)
+{
+    while (c->state != SMTPC_STATE_CLOSING) {
+        smtpc_conn_enter_state(c, SMTPC_STATE_READY);
+        if (c->job == NULL) {
+            struct smtpc_dest *d = c->dest;
+            if (c->n_msgs >= c->pool->cfg.max_msgs_per_conn) {
+                smtpc_conn_quit(c);
+                return;
+            }
+            if (d->q_head == NULL)
+                return; /* idle; smtpc_conn_timer_cb ends it */
+            c->job = d->q_head;
+            d->q_head = c->job->next;
+            if (d->q_head == NULL)
+                d->q_tail = NULL;
+            c->job->next = NULL;
+        }
+        if (smtpc_conn_start_tx(c) == 0)
+            return;
+    }
+}
+
+/* smtpc_conn_on_reply - one complete, solicited reply for the current state. */
+static void smtpc_conn_on_reply(struct smtpc_conn *c, const struct smtpc_reply *r)
+{
+    /* RFC 5321 3.8: 421 means the server is closing the session. */
+    if (r->code == 421 && c->state != SMTPC_STATE_QUIT) {
+        smtpc_conn_fail(c, r->code, "%s", r->text);
+        return;
+    }
+    switch (c->state) {
+        case SMTPC_STATE_GREETING:
+            if (r->code != 220) {
+                /* Like Postfix: a rejecting greeting fails this attempt only. */
+                smtpc_conn_fail(c, r->code, "%s", r->text);
+                return;
+            }
+            if (smtpc_conn_send_line(c, "EHLO %s\r\n", c->pool->cfg.helo_name) != 0)
+                return;
+            smtpc_conn_enter_state(c, SMTPC_STATE_EHLO);
+            return;
+        case SMTPC_STATE_EHLO:
+            if (r->code / 100 == 2) {
+                c->ext = r->ext;
+                c->size_limit = r->size_limit;
+                smtpc_conn_next(c);
+            } else if (r->code / 100 == 5) {
+                /* RFC 5321 3.2: a server that does not know EHLO gets HELO. */
+                if (smtpc_conn_send_line(c, "HELO %s\r\n", c->pool->cfg.helo_name) != 0)
+                    return;
+                smtpc_conn_enter_state(c, SMTPC_STATE_HELO);
+            } else {
+                smtpc_conn_fail(c, r->code, "%s", r->text);
+            }
+            return;
+        case SMTPC_STATE_HELO:
+            if (r->code / 100 != 2) {
+                smtpc_conn_fail(c, r->code, "%s", r->text);
+                return;
+            }
+            c->ext = 0;
+            c->size_limit = 0;
+            smtpc_conn_next(c);
+            return;
+        case SMTPC_STATE_MAIL:
+            smtpc_conn_on_mail(c, r);
+            return;
+        case SMTPC_STATE_RCPT:
+            smtpc_conn_on_rcpt(c, r);
+            return;
+        case SMTPC_STATE_DATA:
+            smtpc_conn_on_data(c, r);
+            return;
+        case SMTPC_STATE_DOT:
+            smtpc_conn_on_dot(c, r);
+            return;
+        case SMTPC_STATE_RSET:
+            if (r->code / 100 != 2) {
+                smtpc_conn_fail(c, r->code, "RSET refused: %s", r->text);
+                return;
+            }
+            smtpc_conn_next(c);
+            return;
+        case SMTPC_STATE_QUIT:
+            smtpc_conn_close(c);
+            return;
+        case SMTPC_STATE_CONNECTING:
+        case SMTPC_STATE_READY:
+        case SMTPC_STATE_BODY:
+        case SMTPC_STATE_CLOSING:
+            break;
+    }
+    /* n_expected is 0 in these states, so smtpc_conn_on_read never gets here. */
+    HAMR_ASSERT(0 && "reply in a state that owes none");
+}
+
+/*
+ * smtpc_conn_on_read - feed what one read returned to the reply parser.
+ * A reply can only answer a command written before the bytes were read, so
+ * the replies this buffer may hold are counted before any of them is acted on
+ * (n_avail): a 250 that arrives together with the 354, before our dot, is a
+ * protocol error and not the answer to the dot (SECURITY.md S21).
+ */
+static void smtpc_conn_on_read(struct smtpc_conn *c, const char *data, size_t len)
+{
+    c->n_avail = c->n_expected;
+    while (len > 0 && c->state != SMTPC_STATE_CLOSING) {
+        size_t used = 0;
+        int rv = smtpc_reply_feed(&c->parser, data, len, &used);
+        data += used;
+        len -= used;
+        if (rv < 0) {
+            smtpc_conn_fail(c, 0, "malformed reply from %s in state %s: %s", c->remote,
+                            smtpc_state_names[c->state], c->parser.errmsg);
+            return;
+        }
+        if (rv == 0)
+            return;
+        struct smtpc_reply r = c->parser.reply;
+        smtpc_reply_next(&c->parser);
+        if (c->n_avail == 0) {
+            smtpc_conn_fail(c, 0, "protocol error: unexpected reply %u from %s in state %s", r.code,
+                            c->remote, smtpc_state_names[c->state]);
+            return;
+        }
+        c->n_avail--;
+        c->n_expected--;
+        smtpc_conn_on_reply(c, &r);
+    }
+}
+
+/* smtpc_conn_alloc_cb - every read lands in the connection's fixed buffer. */
+static void smtpc_conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct smtpc_conn *c = h->data;
+    *buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
+}
+
+/* smtpc_conn_read_cb - bytes, EOF or a read error from the server. */
+static void smtpc_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct smtpc_conn *c = s->data;
+    if (nread == 0 || c->state == SMTPC_STATE_CLOSING)
+        return;
+    if (nread > 0) {
+        smtpc_conn_on_read(c, buf->base, (size_t)nread);
+        return;
+    }
+    if (c->state == SMTPC_STATE_QUIT ||
+        (c->state == SMTPC_STATE_READY && c->job == NULL && nread == UV_EOF)) {
+        smtpc_conn_close(c);
+        return;
+    }
+    if (nread == UV_EOF)
+        smtpc_conn_fail(c, 0, "lost connection with %s while waiting for %s", c->remote,
+                        smtpc_state_waits[c->state]);
+    else
+        smtpc_conn_fail(c, 0, "read from %s: %s", c->remote, uv_strerror((int)nread));
+}
+
+/* smtpc_conn_timer_cb - the deadline of the current state has passed. */
+static void smtpc_conn_timer_cb(uv_timer_t *t)
+{
+    struct smtpc_conn *c = t->data;
+    switch (c->state) {
+        case SMTPC_STATE_CLOSING:
+            return;
+        case SMTPC_STATE_READY:
+            if (c->job == NULL) {
+                log_debug("smtpc conn=%llu relay=%s idle timeout", c->id, c->remote);
+                smtpc_conn_quit(c);
+                return;
+            }
+            break;
+        case SMTPC_STATE_QUIT:
+            smtpc_conn_close(c);
+            return;
+        case SMTPC_STATE_CONNECTING:
+            if (c->remote[0] != '\0')
+                smtpc_conn_fail(c, 0, "timeout connecting to %s", c->remote);
+            else
+                smtpc_conn_fail(c, 0, "timeout resolving host");
+            return;
+        default:
+            break;
+    }
+    smtpc_conn_fail(c, 0, "timeout waiting for %s from %s", smtpc_state_waits[c->state], c->remote);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Closing and freeing connections                                          */
+/* ------------------------------------------------------------------------ */
+
+/* smtpc_conn_free - the last close callback has run. */
+static void smtpc_conn_free(struct smtpc_conn *c)
+{
+    struct smtpc_pool *p = c->pool;
+    free(c);
+    HAMR_ASSERT(p->n_alive > 0);
+    p->n_alive--;
+    smtpc_pool_maybe_free(p);
+}
+
+/* smtpc_conn_handle_close_cb - one of the connection's handles is closed. */
+static void smtpc_conn_handle_close_cb(uv_handle_t *h)
+{
+    struct smtpc_conn *c = h->data;
+    HAMR_ASSERT(c->handles_open > 0);
+    c->handles_open--;
+    if (c->handles_open == 0 && !c->gai_pending)
+        smtpc_conn_free(c);
+}
+
+/*
+ * smtpc_conn_close - discard the connection (idempotent). It leaves its
+ * destination at once, so that a replacement may be opened; the memory is
+ * freed after both handle close callbacks and any pending lookup. Any job
+ * must have been taken off c before.
+ */
+static void smtpc_conn_close(struct smtpc_conn *c)
+{
+    if (c->state == SMTPC_STATE_CLOSING) {
+        /* A resolve callback after the handles closed lands here. */
+        if (c->handles_open == 0 && !c->gai_pending)
+            smtpc_conn_free(c);
+        return;
+    }
+    HAMR_ASSERT(c->job == NULL);
+    smtpc_conn_enter_state(c, SMTPC_STATE_CLOSING);
+    struct smtpc_dest *d = c->dest;
+    for (struct smtpc_conn **pp = &d->conns; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    }
+    d->n_conns--;
+    c->dest = NULL;
+    c->next = NULL;
+    if (c->gai_pending)
+        uv_cancel((uv_req_t *)&c->gai); /* the callback still runs, with an error */
+    c->handles_open = 2;
+    uv_close((uv_handle_t *)&c->tcp, smtpc_conn_handle_close_cb);
+    uv_close((uv_handle_t *)&c->timer, smtpc_conn_handle_close_cb);
+    if (d->q_head != NULL)
+        smtpc_pool_kick(c->pool);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The pool                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* smtpc_dest_dispatch - give queued jobs to idle or new connections. */
+static void smtpc_dest_dispatch(struct smtpc_dest *d)
+{
+    struct smtpc_pool *p = d->pool;
+    while (d->q_head != NULL && !p->closing) {
+        struct smtpc_conn *idle = NULL;
+        for (struct smtpc_conn *c = d->conns; c != NULL; c = c->next)
+            if (c->state == SMTPC_STATE_READY && c->job == NULL)
+                idle = c;
+        if (idle != NULL) {
+            smtpc_conn_next(idle); /* takes jobs from d->q_head itself */
+            continue;
+        }
+        if (d->n_conns >= p->cfg.max_conns_per_dest)
+            return;
+        struct smtpc_job *job = d->q_head;
+        d->q_head = job->next;
+        if (d->q_head == NULL)
+            d->q_tail = NULL;
+        job->next = NULL;
+        smtpc_conn_new(d, job);
+    }
+}
+
+/* smtpc_pool_kick_cb - dispatch every destination, then drop empty ones. */
+static void smtpc_pool_kick_cb(uv_timer_t *t)
+{
+    struct smtpc_pool *p = t->data;
+    /* Callbacks run from here may add destinations (at the head) but never remove one. */
+    for (struct smtpc_dest *d = p->dests; d != NULL && !p->closing; d = d->next)
+        smtpc_dest_dispatch(d);
+    struct smtpc_dest **pp = &p->dests;
+    while (*pp != NULL) {
+        struct smtpc_dest *d = *pp;
+        if (d->conns == NULL && d->q_head == NULL) {
+            *pp = d->next;
+            free(d);
+        } else {
+            pp = &d->next;
+        }
+    }
+}
+
+/* smtpc_pool_kick - run smtpc_pool_kick_cb on the next loop iteration. */
+static void smtpc_pool_kick(struct smtpc_pool *p)
+{
+    if (!p->closing)
+        uv_timer_start(&p->kick, smtpc_pool_kick_cb, 0, 0);
+}
+
+/* smtpc_pool_kick_close_cb - the kick timer is closed. */
+static void smtpc_pool_kick_close_cb(uv_handle_t *h)
+{
+    struct smtpc_pool *p = h->data;
+    HAMR_ASSERT(p->n_alive > 0);
+    p->n_alive--;
+    smtpc_pool_maybe_free(p);
+}
+
+/* smtpc_pool_maybe_free - after close, free the pool once nothing is alive. */
+static void smtpc_pool_maybe_free(struct smtpc_pool *p)
+{
+    if (!p->closing || p->n_alive > 0)
+        return;
+    while (p->dests != NULL) {
+        struct smtpc_dest *d = p->dests;
+        HAMR_ASSERT(d->conns == NULL && d->q_head == NULL);
+        p->dests = d->next;
+        free(d);
+    }
+    void (*cb)(void *) = p->closed_cb;
+    void *arg = p->closed_arg;
+    free(p);
+    if (cb != NULL)
+        cb(arg);
+}
+
+/* smtpc_pool_new - a pool on loop; cfg is copied; zero fields take defaults. */
+struct smtpc_pool *smtpc_pool_new(uv_loop_t *loop, const struct smtpc_config *cfg)
+{
+    struct smtpc_pool *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return NULL;
+    p->loop = loop;
+    p->cfg = *cfg;
+    struct smtpc_config *c = &p->cfg;
+    c->helo_name[sizeof(c->helo_name) - 1] = '\0';
+    bool helo_ok = c->helo_name[0] != '\0';
+    for (const char *s = c->helo_name; *s; s++)
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f)
+            helo_ok = false;
+    if (!helo_ok) {
+        log_warn("smtpc helo_name empty or not printable, using localhost");
+        hamr_strlcpy(c->helo_name, "localhost", sizeof(c->helo_name));
+    }
+    if (c->connect_timeout_ms == 0)
+        c->connect_timeout_ms = 30 * 1000;
+    if (c->command_timeout_ms == 0)
+        c->command_timeout_ms = 300 * 1000;
+    if (c->data_done_timeout_ms == 0)
+        c->data_done_timeout_ms = 600 * 1000;
+    if (c->idle_timeout_ms == 0)
+        c->idle_timeout_ms = 10 * 1000;
+    if (c->max_conns_per_dest == 0)
+        c->max_conns_per_dest = 10;
+    if (c->max_msgs_per_conn == 0)
+        c->max_msgs_per_conn = 100;
+    uv_timer_init(loop, &p->kick);
+    p->kick.data = p;
+    p->n_alive = 1; /* the kick timer */
+    return p;
+}
+
+/* smtpc_addr_ok - may this address go between <> on a command line? */
+static bool smtpc_addr_ok(const char *a)
+{
+    if (a == NULL)
+        return false;
+    size_t n = 0;
+    for (; a[n] != '\0'; n++) {
+        unsigned char ch = (unsigned char)a[n];
+        if (n >= SMTPC_ADDR_MAX || ch < 0x20 || ch == 0x7f || ch == '<' || ch == '>')
+            return false;
+    }
+    return true;
+}
+
+/* smtpc_pool_dest - the destination host:port, created when missing. */
+static struct smtpc_dest *smtpc_pool_dest(struct smtpc_pool *p, const char *host, uint16_t port)
+{
+    for (struct smtpc_dest *d = p->dests; d != NULL; d = d->next)
+        if (d->port == port && strcmp(d->host, host) == 0)
+            return d;
+    struct smtpc_dest *d = calloc(1, sizeof(*d));
+    if (d == NULL)
+        return NULL;
+    d->pool = p;
+    hamr_strlcpy(d->host, host, sizeof(d->host));
+    d->port = port;
+    d->next = p->dests;
+    p->dests = d;
+    return d;
+}
+
+/* smtpc_pool_deliver - queue m for host:port; cb runs later, exactly once. */
+int smtpc_pool_deliver(struct smtpc_pool *p,
+                       const char *host,
+                       uint16_t port,
+                       const struct smtpc_msg *m,
+                       smtpc_done_cb cb,
+                       void *arg)
+{
+    if (p->closing)
+        return HAMR_ESHUTDOWN;
+    if (host == NULL || host[0] == '\0' || strlen(host) > SMTPC_HOST_MAX || port == 0 ||
+        m == NULL || cb == NULL || m->n_rcpts == 0 || m->rcpts == NULL ||
+        (m->body == NULL && m->body_len > 0) || !smtpc_addr_ok(m->sender))
+        return HAMR_EINVAL;
+    for (const char *s = host; *s; s++)
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f)
+            return HAMR_EINVAL;
+    for (size_t i = 0; i < m->n_rcpts; i++)
+        if (!smtpc_addr_ok(m->rcpts[i]) || m->rcpts[i][0] == '\0')
+            return HAMR_EINVAL;
+
+    struct smtpc_job *job = calloc(1, sizeof(*job));
+    if (job == NULL)
+        return HAMR_ENOMEM;
+    job->res = calloc(m->n_rcpts, sizeof(*job->res));
+    job->rstate = calloc(m->n_rcpts, sizeof(*job->rstate));
+    struct smtpc_dest *d = smtpc_pool_dest(p, host, port);
+    if (job->res == NULL || job->rstate == NULL || d == NULL) {
+        smtpc_job_free(job);
+        return HAMR_ENOMEM; /* an empty new dest is dropped by the next kick */
+    }
+    job->pool = p;
+    job->msg = m;
+    job->cb = cb;
+    job->arg = arg;
+    if (d->q_tail != NULL)
+        d->q_tail->next = job;
+    else
+        d->q_head = job;
+    d->q_tail = job;
+    p->n_active++;
+    smtpc_pool_kick(p);
+    return 0;
+}
+
+/* smtpc_pool_close - fail everything with SMTPC_TEMP "shutdown", free once all is closed. */
+void smtpc_pool_close(struct smtpc_pool *p, void (*closed_cb)(void *arg), void *arg)
+{
+    if (p->closing)
+        return;
+    p->closing = true;
+    p->closed_cb = closed_cb;
+    p->closed_arg = arg;
+    uv_timer_stop(&p->kick);
+    /* Callbacks run below may call smtpc_pool_deliver (refused) but add nothing. */
+    for (struct smtpc_dest *d = p->dests; d != NULL; d = d->next) {
+        while (d->q_head != NULL) {
+            struct smtpc_job *job = d->q_head;
+            d->q_head = job->next;
+            if (d->q_head == NULL)
+                d->q_tail = NULL;
+            smtpc_job_decide_rest(job, SMTPC_TEMP, 0, "shutdown");
+            smtpc_job_finish(job, "");
+        }
+        while (d->conns != NULL)
+            smtpc_conn_fail(d->conns, 0, "shutdown"); /* unlinks the connection */
+    }
+    uv_close((uv_handle_t *)&p->kick, smtpc_pool_kick_close_cb);
+}
+
+/* smtpc_pool_active - deliveries queued or running. */
+size_t smtpc_pool_active(const struct smtpc_pool *p)
+{
+    return p->n_active;
+}

@@ -1,0 +1,64 @@
+/*
+ * smtpc_body.c - message body to DATA wire form, in chunks.
+ *
+ * RFC 5321 4.5.2: a line that starts with "." gets another "." in front.
+ * RFC 5321 2.3.8: lines end in CRLF only. A bare LF and a bare CR in the
+ * stored body both become CRLF, so nothing we send downstream can be read as
+ * a different end of data by a lenient server (SMTP smuggling, SECURITY.md
+ * S2 outbound). The body always ends with CRLF "." CRLF: a CRLF is added
+ * first when the body does not end with one.
+ *
+ * Owns nothing: the body is borrowed and the caller gives the output room,
+ * so a large body is sent through one bounded buffer instead of a second copy.
+ */
+#include "util/common.h"
+#include "net/smtpc_body.h"
+
+/* smtpc_body_init - start on data (len bytes), borrowed until done. */
+void smtpc_body_init(struct smtpc_body *b, const uint8_t *data, size_t len)
+{
+    b->data = data;
+    b->len = len;
+    b->pos = 0;
+    b->bol = true;
+    b->done = false;
+}
+
+/* smtpc_body_fill - write the next at most cap bytes of wire form into out. */
+size_t smtpc_body_fill(struct smtpc_body *b, uint8_t *out, size_t cap)
+{
+    HAMR_ASSERT(cap >= SMTPC_BODY_FILL_MIN);
+    size_t n = 0;
+    if (b->done)
+        return 0;
+    /* Each input byte gives at most two output bytes. */
+    while (b->pos < b->len && n + 2 <= cap) {
+        uint8_t c = b->data[b->pos++];
+        if (c == '\r' || c == '\n') {
+            if (c == '\r' && b->pos < b->len && b->data[b->pos] == '\n')
+                b->pos++;
+            out[n++] = '\r';
+            out[n++] = '\n';
+            b->bol = true;
+            continue;
+        }
+        if (b->bol && c == '.')
+            out[n++] = '.';
+        out[n++] = c;
+        b->bol = false;
+    }
+    if (b->pos < b->len)
+        return n;
+    size_t tail = b->bol ? 3 : 5;
+    if (n + tail > cap)
+        return n;
+    if (!b->bol) {
+        out[n++] = '\r';
+        out[n++] = '\n';
+    }
+    out[n++] = '.';
+    out[n++] = '\r';
+    out[n++] = '\n';
+    b->done = true;
+    return n;
+}
