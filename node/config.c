@@ -1,0 +1,936 @@
+/*
+ * config.c - the node's INI configuration: defaults, parsing with libinih,
+ * value parsers, cross-checks and next-hop routing.
+ *
+ * Owns: the struct hamr_config it fills, including the relay_domains strings
+ * (released by config_free). cfg->smtpd points into cfg's own arrays, so a
+ * struct hamr_config must not be copied by value once loaded.
+ *
+ * Parsing: libinih r55 (Debian 12) gives its handler no line number and reads
+ * at most 199 bytes per line, splitting longer lines silently (which also
+ * throws its own line count off). So the file is fed to ini_parse_stream
+ * through config_reader, which reads whole lines itself, counts them, and
+ * refuses a line too long for inih instead of letting it be split. The
+ * handler then knows the exact line of every key.
+ *
+ * inih treats an indented line that follows a key as a continuation of that
+ * key (Python configparser style). List keys (voters, relay_networks,
+ * relay_domains) accept that and append; a scalar key given twice, or
+ * continued, is an error. The first occurrence of a list key replaces its
+ * default.
+ *
+ * Errors: config_load returns HAMR_EINVAL with "FILE:LINE: reason" (LINE 0 for
+ * a whole-file problem) or HAMR_EIO when the file cannot be read; the parsers
+ * return HAMR_EINVAL. Values quoted in messages are made printable.
+ *
+ * Security: the file is trusted operator input, but every value is length-
+ * and range-checked and no value is ever used as a format string.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ini.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "util/common.h"
+#include "util/err.h"
+#include "util/log.h"
+
+#include "node/config.h"
+
+/* Largest message we accept: a whole message travels in one raft entry. */
+#define CONFIG_MESSAGE_SIZE_MAX (64ull * 1024 * 1024)
+
+/* config_kind - how a key's value is parsed and stored. */
+enum config_kind {
+    CONFIG_K_ID,           /* decimal > 0, uint64 */
+    CONFIG_K_STRING,       /* char[width], non-empty */
+    CONFIG_K_STRING_OPT,   /* char[width], may be empty */
+    CONFIG_K_LOGLEVEL,     /* error|warn|info|debug into int */
+    CONFIG_K_HOSTPORT,     /* struct config_hostport, required */
+    CONFIG_K_HOSTPORT_OPT, /* struct config_hostport, empty = off */
+    CONFIG_K_DURATION,     /* milliseconds into a 4- or 8-byte unsigned */
+    CONFIG_K_SIZE,         /* bytes into a 4- or 8-byte unsigned */
+    CONFIG_K_COUNT,        /* plain decimal into a 4- or 8-byte unsigned */
+    CONFIG_K_VOTERS,       /* list of ID@IPV4:PORT */
+    CONFIG_K_NETWORKS,     /* list of CIDRs */
+    CONFIG_K_DOMAINS,      /* list of domains */
+};
+
+/* config_key - one known key: where it lives and which values are allowed. */
+struct config_key {
+    const char *section;
+    const char *name;
+    enum config_kind kind;
+    size_t offset;
+    size_t width; /* sizeof the field */
+    uint64_t min, max;
+};
+
+#define CONFIG_FIELD_SIZE(field) sizeof(((struct hamr_config *)0)->field)
+#define CK(sec, nm, kind, field, min, max)                                                     \
+    {                                                                                          \
+        sec, nm, kind, offsetof(struct hamr_config, field), CONFIG_FIELD_SIZE(field), min, max \
+    }
+
+#define CONFIG_SEC 1000ull
+#define CONFIG_MIN (60 * CONFIG_SEC)
+#define CONFIG_HOUR (60 * CONFIG_MIN)
+#define CONFIG_DAY (24 * CONFIG_HOUR)
+#define CONFIG_MIB (1024ull * 1024)
+
+/* The keys of every section but [transport], whose keys are domains. */
+static const struct config_key config_keys[] = {
+    CK("node", "id", CONFIG_K_ID, node_id, 1, UINT64_MAX),
+    CK("node", "data_dir", CONFIG_K_STRING, data_dir, 0, 0),
+    CK("node", "hostname", CONFIG_K_STRING, hostname, 0, 0),
+    CK("node", "log_level", CONFIG_K_LOGLEVEL, log_level, 0, 0),
+    CK("node", "user", CONFIG_K_STRING_OPT, user, 0, 0),
+
+    CK("listen", "smtp", CONFIG_K_HOSTPORT, listen_smtp, 0, 0),
+    CK("listen", "raft", CONFIG_K_HOSTPORT, listen_raft, 0, 0),
+    CK("listen", "control", CONFIG_K_HOSTPORT, listen_control, 0, 0),
+    CK("listen", "http", CONFIG_K_HOSTPORT_OPT, listen_http, 0, 0),
+
+    CK("cluster", "voters", CONFIG_K_VOTERS, voters, 0, 0),
+    CK("cluster", "election_timeout", CONFIG_K_DURATION, election_timeout_ms, 10, CONFIG_HOUR),
+    CK("cluster", "heartbeat", CONFIG_K_DURATION, heartbeat_ms, 1, CONFIG_HOUR),
+    CK("cluster", "snapshot_bytes", CONFIG_K_SIZE, snapshot_bytes, 1024, UINT64_MAX),
+    CK("cluster", "proposal_timeout", CONFIG_K_DURATION, proposal_timeout_ms, 1, CONFIG_DAY),
+
+    CK("smtpd", "relay_networks", CONFIG_K_NETWORKS, relay_networks, 0, 0),
+    CK("smtpd", "relay_domains", CONFIG_K_DOMAINS, relay_domains, 0, 0),
+    CK("smtpd", "message_size_limit", CONFIG_K_SIZE, smtpd.message_size_limit, 1, UINT64_MAX),
+    CK("smtpd", "recipient_limit", CONFIG_K_COUNT, smtpd.recipient_limit, 1, 1000000),
+    CK("smtpd", "header_size_limit", CONFIG_K_SIZE, smtpd.header_size_limit, 1024, UINT32_MAX),
+    CK("smtpd", "hopcount_limit", CONFIG_K_COUNT, smtpd.hopcount_limit, 1, 10000),
+    CK("smtpd", "max_errors", CONFIG_K_COUNT, smtpd.max_errors, 1, 1000000),
+    CK("smtpd", "command_timeout", CONFIG_K_DURATION, smtpd.command_timeout_ms, 1, CONFIG_DAY),
+    CK("smtpd", "data_timeout", CONFIG_K_DURATION, smtpd.data_timeout_ms, 1, CONFIG_DAY),
+    CK("smtpd", "max_sessions", CONFIG_K_COUNT, max_sessions, 1, 1000000),
+
+    CK("delivery", "relayhost", CONFIG_K_HOSTPORT_OPT, relayhost, 0, 0),
+    CK("delivery", "connect_timeout", CONFIG_K_DURATION, smtpc.connect_timeout_ms, 1, CONFIG_DAY),
+    CK("delivery", "command_timeout", CONFIG_K_DURATION, smtpc.command_timeout_ms, 1, CONFIG_DAY),
+    CK("delivery",
+       "data_done_timeout",
+       CONFIG_K_DURATION,
+       smtpc.data_done_timeout_ms,
+       1,
+       CONFIG_DAY),
+    CK("delivery", "idle_timeout", CONFIG_K_DURATION, smtpc.idle_timeout_ms, 1, CONFIG_DAY),
+    CK("delivery", "max_per_destination", CONFIG_K_COUNT, smtpc.max_conns_per_dest, 1, 10000),
+    CK("delivery", "max_msgs_per_conn", CONFIG_K_COUNT, smtpc.max_msgs_per_conn, 1, 1000000),
+    CK("delivery", "retry_min", CONFIG_K_DURATION, retry_min_ms, 1, 365 * CONFIG_DAY),
+    CK("delivery", "retry_max", CONFIG_K_DURATION, retry_max_ms, 1, 365 * CONFIG_DAY),
+    CK("delivery", "queue_lifetime", CONFIG_K_DURATION, queue_lifetime_ms, 1, 365 * CONFIG_DAY),
+    CK("delivery", "lease_time", CONFIG_K_DURATION, lease_time_ms, 1, CONFIG_DAY),
+    CK("delivery", "scan_interval", CONFIG_K_DURATION, scan_interval_ms, 1, CONFIG_HOUR),
+
+    CK("storage", "min_free", CONFIG_K_SIZE, min_free_bytes, 0, UINT64_MAX),
+};
+
+#define CONFIG_N_KEYS HAMR_ARRAY_LEN(config_keys)
+
+static const char *const config_sections[] = {"node",     "listen",    "cluster", "smtpd",
+                                              "delivery", "transport", "storage"};
+
+/* config_parse - state of one config_load, shared by the reader and the handler. */
+struct config_parse {
+    struct hamr_config *cfg;
+    const char *path;
+    FILE *f;
+    char *line; /* getline buffer */
+    size_t line_cap;
+    int lineno;                  /* line most recently handed to inih */
+    bool indented;               /* that line starts with blank space */
+    int key_line[CONFIG_N_KEYS]; /* where each key was set; 0 = default */
+    int transport_line[CONFIG_MAX_TRANSPORTS];
+    int error_line; /* first error; 0 = none (errors on line 0 use has_error) */
+    bool has_error;
+    char *err;
+    size_t errlen;
+};
+
+/* config_fail - record the first error as "FILE:LINE: reason". */
+__attribute__((format(printf, 3, 4))) static int config_fail(struct config_parse *p,
+                                                             int line,
+                                                             const char *fmt,
+                                                             ...)
+{
+    if (p->has_error)
+        return 0;
+    p->has_error = true;
+    p->error_line = line;
+    char reason[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof(reason), fmt, ap);
+    va_end(ap);
+    if (p->errlen > 0)
+        snprintf(p->err, p->errlen, "%s:%d: %s", p->path, line, reason);
+    return 0;
+}
+
+/* config_quote - a value made printable and short, for error messages. */
+static const char *config_quote(char *out, size_t outlen, const char *v)
+{
+    return log_printable(out, outlen, v, strlen(v));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Value parsers.                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* config_parse_digits - leading decimal digits of *s into *v; advances *s. */
+static int config_parse_digits(const char **s, uint64_t *v)
+{
+    const char *q = *s;
+    uint64_t n = 0;
+    if (*q < '0' || *q > '9')
+        return HAMR_EINVAL;
+    for (; *q >= '0' && *q <= '9'; q++) {
+        unsigned d = (unsigned)(*q - '0');
+        if (n > (UINT64_MAX - d) / 10)
+            return HAMR_EINVAL;
+        n = n * 10 + d;
+    }
+    *s = q;
+    *v = n;
+    return 0;
+}
+
+/* config_parse_number - a whole string of decimal digits. */
+static int config_parse_number(const char *s, uint64_t *v)
+{
+    if (config_parse_digits(&s, v) != 0 || *s != '\0')
+        return HAMR_EINVAL;
+    return 0;
+}
+
+/* config_parse_duration - "250ms", "30s", "5m", "2h", "5d"; bare = seconds. */
+int config_parse_duration(const char *s, uint64_t *ms)
+{
+    static const struct {
+        const char *suffix;
+        uint64_t mult;
+    } units[] = {{"", CONFIG_SEC},  {"ms", 1},          {"s", CONFIG_SEC},
+                 {"m", CONFIG_MIN}, {"h", CONFIG_HOUR}, {"d", CONFIG_DAY}};
+    uint64_t n;
+    if (config_parse_digits(&s, &n) != 0)
+        return HAMR_EINVAL;
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(units); i++) {
+        if (strcmp(s, units[i].suffix) != 0)
+            continue;
+        if (n > UINT64_MAX / units[i].mult)
+            return HAMR_EINVAL;
+        *ms = n * units[i].mult;
+        return 0;
+    }
+    return HAMR_EINVAL;
+}
+
+/* config_parse_size - "100", "64K", "10M", "1G" (1024-based; k/m/g too). */
+int config_parse_size(const char *s, uint64_t *bytes)
+{
+    uint64_t n, mult;
+    if (config_parse_digits(&s, &n) != 0)
+        return HAMR_EINVAL;
+    switch (*s) {
+        case '\0':
+            mult = 1;
+            break;
+        case 'K':
+        case 'k':
+            mult = 1024;
+            break;
+        case 'M':
+        case 'm':
+            mult = CONFIG_MIB;
+            break;
+        case 'G':
+        case 'g':
+            mult = 1024 * CONFIG_MIB;
+            break;
+        default:
+            return HAMR_EINVAL;
+    }
+    if (*s != '\0' && s[1] != '\0')
+        return HAMR_EINVAL;
+    if (n > UINT64_MAX / mult)
+        return HAMR_EINVAL;
+    *bytes = n * mult;
+    return 0;
+}
+
+/* config_valid_hostname - letters, digits, '-', '.' and '_' in dot-separated labels. */
+static bool config_valid_hostname(const char *h)
+{
+    size_t len = strlen(h), label = 0;
+    if (len == 0 || len >= CONFIG_HOST_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = h[i];
+        if (c == '.') {
+            if (label == 0)
+                return false;
+            label = 0;
+            continue;
+        }
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_'))
+            return false;
+        if (++label > 63)
+            return false;
+    }
+    return true;
+}
+
+/*
+ * config_parse_hostport - "127.0.0.1:2525", "[::1]:25", "[mx.example.com]:25",
+ * "mx.example.com:25". The port (1..65535) is required; brackets are removed.
+ */
+int config_parse_hostport(const char *s, struct config_hostport *hp)
+{
+    char host[CONFIG_HOST_MAX];
+    const char *colon;
+    size_t hlen;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (close == NULL || close[1] != ':')
+            return HAMR_EINVAL;
+        hlen = (size_t)(close - s - 1);
+        if (hlen == 0 || hlen >= sizeof(host))
+            return HAMR_EINVAL;
+        memcpy(host, s + 1, hlen);
+        host[hlen] = '\0';
+        colon = close + 1;
+        unsigned char a6[16];
+        if (strchr(host, ':') != NULL) {
+            if (inet_pton(AF_INET6, host, a6) != 1)
+                return HAMR_EINVAL;
+        } else if (!config_valid_hostname(host)) {
+            return HAMR_EINVAL;
+        }
+    } else {
+        colon = strchr(s, ':');
+        if (colon == NULL || strchr(colon + 1, ':') != NULL)
+            return HAMR_EINVAL; /* no port, or an IPv6 literal without brackets */
+        hlen = (size_t)(colon - s);
+        if (hlen == 0 || hlen >= sizeof(host))
+            return HAMR_EINVAL;
+        memcpy(host, s, hlen);
+        host[hlen] = '\0';
+        if (!config_valid_hostname(host))
+            return HAMR_EINVAL;
+    }
+    uint64_t port;
+    if (config_parse_number(colon + 1, &port) != 0 || port < 1 || port > 65535)
+        return HAMR_EINVAL;
+    hamr_strlcpy(hp->host, host, sizeof(hp->host));
+    hp->port = (uint16_t)port;
+    return 0;
+}
+
+/*
+ * config_parse_cidr - "10.0.0.0/8", "::1/128"; a bare address is /32 or
+ * /128. Host bits beyond the prefix are cleared.
+ */
+int config_parse_cidr(const char *s, struct smtpd_cidr *c)
+{
+    char addr[INET6_ADDRSTRLEN];
+    const char *slash = strchr(s, '/');
+    size_t alen = slash ? (size_t)(slash - s) : strlen(s);
+    if (alen == 0 || alen >= sizeof(addr))
+        return HAMR_EINVAL;
+    memcpy(addr, s, alen);
+    addr[alen] = '\0';
+    struct smtpd_cidr out;
+    memset(&out, 0, sizeof(out));
+    unsigned max;
+    if (inet_pton(AF_INET, addr, out.addr) == 1) {
+        out.family = AF_INET;
+        max = 32;
+    } else if (inet_pton(AF_INET6, addr, out.addr) == 1) {
+        out.family = AF_INET6;
+        max = 128;
+    } else {
+        return HAMR_EINVAL;
+    }
+    uint64_t prefix = max;
+    if (slash != NULL && (config_parse_number(slash + 1, &prefix) != 0 || prefix > max))
+        return HAMR_EINVAL;
+    out.prefix = (unsigned)prefix;
+    for (unsigned bit = out.prefix; bit < max; bit++)
+        out.addr[bit / 8] &= (uint8_t) ~(0x80u >> (bit % 8));
+    *c = out;
+    return 0;
+}
+
+/* config_parse_voter - "ID@a.b.c.d:port" with the address normalised. */
+static int config_parse_voter(const char *s, struct consensus_member *m)
+{
+    const char *at = strchr(s, '@');
+    if (at == NULL || at == s || (size_t)(at - s) > 20)
+        return HAMR_EINVAL;
+    char idtext[24];
+    memcpy(idtext, s, (size_t)(at - s));
+    idtext[at - s] = '\0';
+    uint64_t id;
+    if (config_parse_number(idtext, &id) != 0 || id == 0)
+        return HAMR_EINVAL;
+    struct config_hostport hp;
+    struct in_addr a4;
+    if (at[1] == '[' || config_parse_hostport(at + 1, &hp) != 0 ||
+        inet_pton(AF_INET, hp.host, &a4) != 1)
+        return HAMR_EINVAL;
+    char norm[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &a4, norm, sizeof(norm));
+    m->id = id;
+    snprintf(m->address, sizeof(m->address), "%s:%u", norm, (unsigned)hp.port);
+    return 0;
+}
+
+/* config_valid_domain - "example.com" or ".example.com" (a suffix). */
+static bool config_valid_domain(const char *d)
+{
+    return config_valid_hostname(d[0] == '.' ? d + 1 : d);
+}
+
+/* config_lower - ASCII lowercase in place. */
+static void config_lower(char *s)
+{
+    for (; *s; s++)
+        if (*s >= 'A' && *s <= 'Z')
+            *s = (char)(*s + 32);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Defaults.                                                                */
+/* ------------------------------------------------------------------------ */
+
+/* config_link_policy - point cfg->smtpd at cfg's own arrays; copy names in. */
+static void config_link_policy(struct hamr_config *cfg)
+{
+    hamr_strlcpy(cfg->smtpd.hostname, cfg->hostname, sizeof(cfg->smtpd.hostname));
+    hamr_strlcpy(cfg->smtpc.helo_name, cfg->hostname, sizeof(cfg->smtpc.helo_name));
+    cfg->smtpd.relay_networks = cfg->relay_networks;
+    cfg->smtpd.n_relay_networks = cfg->n_relay_networks;
+    cfg->smtpd.relay_domains = cfg->relay_domains;
+    cfg->smtpd.n_relay_domains = cfg->n_relay_domains;
+}
+
+/* config_defaults - fill every default. */
+void config_defaults(struct hamr_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    if (gethostname(cfg->hostname, sizeof(cfg->hostname) - 1) != 0 || cfg->hostname[0] == '\0')
+        hamr_strlcpy(cfg->hostname, "localhost", sizeof(cfg->hostname));
+    cfg->log_level = LOG_LEVEL_INFO;
+
+    hamr_strlcpy(cfg->listen_smtp.host, "127.0.0.1", sizeof(cfg->listen_smtp.host));
+    cfg->listen_smtp.port = 2525;
+    hamr_strlcpy(cfg->listen_control.host, "127.0.0.1", sizeof(cfg->listen_control.host));
+    cfg->listen_control.port = 7100;
+
+    cfg->election_timeout_ms = 1000;
+    cfg->heartbeat_ms = 100;
+    cfg->snapshot_bytes = 64 * CONFIG_MIB;
+    cfg->proposal_timeout_ms = 30 * CONFIG_SEC;
+
+    config_parse_cidr("127.0.0.0/8", &cfg->relay_networks[0]);
+    config_parse_cidr("::1/128", &cfg->relay_networks[1]);
+    cfg->n_relay_networks = 2;
+    cfg->smtpd.message_size_limit = 10 * CONFIG_MIB;
+    cfg->smtpd.recipient_limit = 1000;
+    cfg->smtpd.header_size_limit = 100 * 1024;
+    cfg->smtpd.hopcount_limit = 50;
+    cfg->smtpd.max_errors = 20;
+    cfg->smtpd.command_timeout_ms = 5 * CONFIG_MIN;
+    cfg->smtpd.data_timeout_ms = 5 * CONFIG_MIN;
+    cfg->max_sessions = 500;
+
+    cfg->smtpc.connect_timeout_ms = 30 * CONFIG_SEC;
+    cfg->smtpc.command_timeout_ms = 5 * CONFIG_MIN;
+    cfg->smtpc.data_done_timeout_ms = 10 * CONFIG_MIN;
+    cfg->smtpc.idle_timeout_ms = 10 * CONFIG_SEC;
+    cfg->smtpc.max_conns_per_dest = 10;
+    cfg->smtpc.max_msgs_per_conn = 100;
+    cfg->retry_min_ms = 5 * CONFIG_MIN;
+    cfg->retry_max_ms = 4000 * CONFIG_SEC;
+    cfg->queue_lifetime_ms = 5 * CONFIG_DAY;
+    cfg->lease_time_ms = 15 * CONFIG_MIN;
+    cfg->scan_interval_ms = 1 * CONFIG_SEC;
+
+    cfg->min_free_bytes = 256 * CONFIG_MIB;
+    config_link_policy(cfg);
+}
+
+/* config_free - release what config_load allocated (relay_domains). */
+void config_free(struct hamr_config *cfg)
+{
+    for (size_t i = 0; i < cfg->n_relay_domains; i++) {
+        free(cfg->relay_domains[i]);
+        cfg->relay_domains[i] = NULL;
+    }
+    cfg->n_relay_domains = 0;
+    cfg->smtpd.n_relay_domains = 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The inih handler.                                                        */
+/* ------------------------------------------------------------------------ */
+
+/* config_store_uint - write v into a 4- or 8-byte unsigned field. */
+static void config_store_uint(void *field, size_t width, uint64_t v)
+{
+    if (width == sizeof(uint32_t)) {
+        uint32_t x = (uint32_t)v;
+        memcpy(field, &x, sizeof(x));
+    } else {
+        HAMR_ASSERT(width == sizeof(uint64_t));
+        memcpy(field, &v, sizeof(v));
+    }
+}
+
+/* config_next_item - next comma- or space-separated item of a list; NULL at the end. */
+static char *config_next_item(char **cursor)
+{
+    char *s = *cursor;
+    while (*s == ',' || *s == ' ' || *s == '\t')
+        s++;
+    if (*s == '\0')
+        return NULL;
+    char *start = s;
+    while (*s != '\0' && *s != ',' && *s != ' ' && *s != '\t')
+        s++;
+    if (*s != '\0')
+        *s++ = '\0';
+    *cursor = s;
+    return start;
+}
+
+/* config_set_list - append the items of one list line; the first line replaces the default. */
+static int config_set_list(struct config_parse *p,
+                           const struct config_key *k,
+                           bool first,
+                           const char *value)
+{
+    struct hamr_config *cfg = p->cfg;
+    char copy[256];
+    char q[128];
+    if (hamr_strlcpy(copy, value, sizeof(copy)) >= sizeof(copy))
+        return config_fail(p, p->lineno, "%s: line too long", k->name);
+    if (first) {
+        if (k->kind == CONFIG_K_VOTERS)
+            cfg->n_voters = 0;
+        else if (k->kind == CONFIG_K_NETWORKS)
+            cfg->n_relay_networks = 0;
+    }
+    char *cursor = copy, *item;
+    while ((item = config_next_item(&cursor)) != NULL) {
+        config_quote(q, sizeof(q), item);
+        switch (k->kind) {
+            case CONFIG_K_VOTERS: {
+                struct consensus_member m;
+                if (config_parse_voter(item, &m) != 0)
+                    return config_fail(p, p->lineno, "%s: not ID@IPV4:PORT: \"%s\"", k->name, q);
+                if (cfg->n_voters >= CONSENSUS_MAX_MEMBERS)
+                    return config_fail(p, p->lineno, "%s: more than %d voters", k->name,
+                                       CONSENSUS_MAX_MEMBERS);
+                for (size_t i = 0; i < cfg->n_voters; i++) {
+                    if (cfg->voters[i].id == m.id)
+                        return config_fail(p, p->lineno, "%s: id %llu given twice", k->name,
+                                           (unsigned long long)m.id);
+                    if (strcmp(cfg->voters[i].address, m.address) == 0)
+                        return config_fail(p, p->lineno, "%s: address %s given twice", k->name,
+                                           m.address);
+                }
+                cfg->voters[cfg->n_voters++] = m;
+                break;
+            }
+            case CONFIG_K_NETWORKS: {
+                struct smtpd_cidr c;
+                if (config_parse_cidr(item, &c) != 0)
+                    return config_fail(p, p->lineno, "%s: not a network: \"%s\"", k->name, q);
+                if (cfg->n_relay_networks >= HAMR_ARRAY_LEN(cfg->relay_networks))
+                    return config_fail(p, p->lineno, "%s: more than %zu networks", k->name,
+                                       HAMR_ARRAY_LEN(cfg->relay_networks));
+                cfg->relay_networks[cfg->n_relay_networks++] = c;
+                break;
+            }
+            case CONFIG_K_DOMAINS: {
+                if (!config_valid_domain(item))
+                    return config_fail(p, p->lineno, "%s: not a domain: \"%s\"", k->name, q);
+                if (cfg->n_relay_domains >= HAMR_ARRAY_LEN(cfg->relay_domains))
+                    return config_fail(p, p->lineno, "%s: more than %zu domains", k->name,
+                                       HAMR_ARRAY_LEN(cfg->relay_domains));
+                char *d = strdup(item);
+                if (d == NULL)
+                    return config_fail(p, p->lineno, "%s: out of memory", k->name);
+                config_lower(d);
+                cfg->relay_domains[cfg->n_relay_domains++] = d;
+                break;
+            }
+            default:
+                HAMR_ASSERT(!"not a list kind");
+        }
+    }
+    return 1;
+}
+
+/* config_set_value - parse and store one scalar value. Returns 1, or 0 after config_fail. */
+static int config_set_value(struct config_parse *p, const struct config_key *k, const char *value)
+{
+    char *field = (char *)p->cfg + k->offset;
+    char q[128];
+    uint64_t v = 0;
+    config_quote(q, sizeof(q), value);
+    switch (k->kind) {
+        case CONFIG_K_ID:
+            if (config_parse_number(value, &v) != 0 || v < k->min)
+                return config_fail(p, p->lineno, "%s: not a positive number: \"%s\"", k->name, q);
+            config_store_uint(field, k->width, v);
+            return 1;
+        case CONFIG_K_STRING:
+        case CONFIG_K_STRING_OPT:
+            if (k->kind == CONFIG_K_STRING && value[0] == '\0')
+                return config_fail(p, p->lineno, "%s: empty value", k->name);
+            if (strlen(value) >= k->width)
+                return config_fail(p, p->lineno, "%s: longer than %zu characters", k->name,
+                                   k->width - 1);
+            hamr_strlcpy(field, value, k->width);
+            return 1;
+        case CONFIG_K_LOGLEVEL: {
+            int level = log_parse_level(value);
+            if (level < 0)
+                return config_fail(p, p->lineno, "%s: not one of error, warn, info, debug: \"%s\"",
+                                   k->name, q);
+            memcpy(field, &level, sizeof(level));
+            return 1;
+        }
+        case CONFIG_K_HOSTPORT_OPT:
+            if (value[0] == '\0') {
+                memset(field, 0, sizeof(struct config_hostport));
+                return 1;
+            }
+            /* fall through */
+        case CONFIG_K_HOSTPORT:
+            if (config_parse_hostport(value, (struct config_hostport *)(void *)field) != 0)
+                return config_fail(p, p->lineno, "%s: not host:port: \"%s\"", k->name, q);
+            return 1;
+        case CONFIG_K_DURATION:
+            if (config_parse_duration(value, &v) != 0)
+                return config_fail(p, p->lineno, "%s: not a duration: \"%s\"", k->name, q);
+            break;
+        case CONFIG_K_SIZE:
+            if (config_parse_size(value, &v) != 0)
+                return config_fail(p, p->lineno, "%s: not a size: \"%s\"", k->name, q);
+            break;
+        case CONFIG_K_COUNT:
+            if (config_parse_number(value, &v) != 0)
+                return config_fail(p, p->lineno, "%s: not a number: \"%s\"", k->name, q);
+            break;
+        default:
+            HAMR_ASSERT(!"list kinds are handled by config_set_list");
+    }
+    uint64_t max = k->max;
+    if (k->width == sizeof(uint32_t) && max > UINT32_MAX)
+        max = UINT32_MAX;
+    if (v < k->min || v > max)
+        return config_fail(p, p->lineno, "%s: out of range: \"%s\"", k->name, q);
+    config_store_uint(field, k->width, v);
+    return 1;
+}
+
+/* config_set_transport - [transport] domain = [host]:port. */
+static int config_set_transport(struct config_parse *p, const char *name, const char *value)
+{
+    struct hamr_config *cfg = p->cfg;
+    char q[128];
+    if (!config_valid_domain(name))
+        return config_fail(p, p->lineno, "transport: not a domain: \"%s\"",
+                           config_quote(q, sizeof(q), name));
+    struct config_transport t;
+    memset(&t, 0, sizeof(t));
+    hamr_strlcpy(t.domain, name, sizeof(t.domain));
+    config_lower(t.domain);
+    if (config_parse_hostport(value, &t.next_hop) != 0)
+        return config_fail(p, p->lineno, "%s: not host:port: \"%s\"", t.domain,
+                           config_quote(q, sizeof(q), value));
+    for (size_t i = 0; i < cfg->n_transports; i++)
+        if (strcmp(cfg->transports[i].domain, t.domain) == 0)
+            return config_fail(p, p->lineno, "%s: given twice (first on line %d)", t.domain,
+                               p->transport_line[i]);
+    if (cfg->n_transports >= CONFIG_MAX_TRANSPORTS)
+        return config_fail(p, p->lineno, "transport: more than %d entries", CONFIG_MAX_TRANSPORTS);
+    p->transport_line[cfg->n_transports] = p->lineno;
+    cfg->transports[cfg->n_transports++] = t;
+    return 1;
+}
+
+/* config_handler - inih callback for one name = value line. Returns 1, or 0 on error. */
+static int config_handler(void *user, const char *section, const char *name, const char *value)
+{
+    struct config_parse *p = user;
+    char q[128];
+    if (p->has_error)
+        return 0;
+    if (section[0] == '\0')
+        return config_fail(p, p->lineno, "\"%s\" outside a [section]",
+                           config_quote(q, sizeof(q), name));
+    if (strcmp(section, "transport") == 0)
+        return config_set_transport(p, name, value);
+    for (size_t i = 0; i < CONFIG_N_KEYS; i++) {
+        const struct config_key *k = &config_keys[i];
+        if (strcmp(k->section, section) != 0 || strcmp(k->name, name) != 0)
+            continue;
+        bool is_list = k->kind == CONFIG_K_VOTERS || k->kind == CONFIG_K_NETWORKS ||
+                       k->kind == CONFIG_K_DOMAINS;
+        bool first = p->key_line[i] == 0;
+        if (!first && !is_list) {
+            if (p->indented)
+                return config_fail(p, p->lineno,
+                                   "indented line continues \"%s\" (line %d); only lists "
+                                   "continue, so do not indent keys",
+                                   k->name, p->key_line[i]);
+            return config_fail(p, p->lineno, "%s: given twice (first on line %d)", k->name,
+                               p->key_line[i]);
+        }
+        if (first)
+            p->key_line[i] = p->lineno;
+        return is_list ? config_set_list(p, k, first, value) : config_set_value(p, k, value);
+    }
+    return config_fail(p, p->lineno, "unknown key \"%s\" in [%s]", config_quote(q, sizeof(q), name),
+                       section);
+}
+
+/* config_check_section - a "[name]" header line must name a known section. */
+static void config_check_section(struct config_parse *p, const char *line)
+{
+    const char *s = line;
+    while (*s == ' ' || *s == '\t')
+        s++;
+    if (*s != '[')
+        return;
+    const char *end = strchr(s, ']');
+    if (end == NULL)
+        return; /* inih reports the syntax error */
+    size_t n = (size_t)(end - s - 1);
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(config_sections); i++)
+        if (strlen(config_sections[i]) == n && memcmp(config_sections[i], s + 1, n) == 0)
+            return;
+    char q[128];
+    log_printable(q, sizeof(q), s + 1, n);
+    config_fail(p, p->lineno, "unknown section [%s]", q);
+}
+
+/*
+ * config_reader - ini_reader that hands inih one whole line at a time, so
+ * that p->lineno is the line of the pair being handled. A line that does not
+ * fit inih's buffer is an error rather than silently split; returning NULL
+ * ends the parse.
+ */
+static char *config_reader(char *str, int num, void *stream)
+{
+    struct config_parse *p = stream;
+    if (p->has_error)
+        return NULL;
+    ssize_t n = getline(&p->line, &p->line_cap, p->f);
+    if (n < 0)
+        return NULL;
+    p->lineno++;
+    if ((size_t)n >= (size_t)num) {
+        config_fail(p, p->lineno,
+                    "line longer than %d characters (continue a list on an "
+                    "indented next line)",
+                    num - 2);
+        return NULL;
+    }
+    if (memchr(p->line, '\0', (size_t)n) != NULL) {
+        config_fail(p, p->lineno, "NUL byte in line");
+        return NULL;
+    }
+    p->indented = p->line[0] == ' ' || p->line[0] == '\t';
+    config_check_section(p, p->line);
+    if (p->has_error)
+        return NULL;
+    memcpy(str, p->line, (size_t)n + 1);
+    return str;
+}
+
+/* config_key_line - the line where key section.name was set, 0 if defaulted. */
+static int config_key_line(const struct config_parse *p, const char *section, const char *name)
+{
+    for (size_t i = 0; i < CONFIG_N_KEYS; i++)
+        if (strcmp(config_keys[i].section, section) == 0 && strcmp(config_keys[i].name, name) == 0)
+            return p->key_line[i];
+    HAMR_ASSERT(!"unknown key");
+    return 0;
+}
+
+/* config_cross_check - checks that involve several keys, after the whole file. */
+static int config_cross_check(struct config_parse *p)
+{
+    struct hamr_config *cfg = p->cfg;
+    if (cfg->node_id == 0)
+        return config_fail(p, 0, "[node] id is required");
+    if (cfg->data_dir[0] == '\0')
+        return config_fail(p, 0, "[node] data_dir is required");
+
+    int raft_line = config_key_line(p, "listen", "raft");
+    struct in_addr a4;
+    if (cfg->listen_raft.host[0] == '\0')
+        return config_fail(p, 0, "[listen] raft is required");
+    if (inet_pton(AF_INET, cfg->listen_raft.host, &a4) != 1)
+        return config_fail(p, raft_line, "raft: must be an IPv4 address and port: \"%s\"",
+                           cfg->listen_raft.host);
+    char norm[INET_ADDRSTRLEN];
+    char self[CONSENSUS_ADDR_MAX];
+    inet_ntop(AF_INET, &a4, norm, sizeof(norm));
+    snprintf(self, sizeof(self), "%s:%u", norm, (unsigned)cfg->listen_raft.port);
+
+    if (cfg->n_voters == 0) {
+        cfg->voters[0].id = cfg->node_id;
+        hamr_strlcpy(cfg->voters[0].address, self, sizeof(cfg->voters[0].address));
+        cfg->n_voters = 1;
+    } else {
+        int voters_line = config_key_line(p, "cluster", "voters");
+        size_t i;
+        for (i = 0; i < cfg->n_voters; i++)
+            if (cfg->voters[i].id == cfg->node_id)
+                break;
+        if (i == cfg->n_voters)
+            return config_fail(p, voters_line, "voters: this node (id %llu) is not listed",
+                               (unsigned long long)cfg->node_id);
+        if (strcmp(cfg->voters[i].address, self) != 0)
+            return config_fail(p, voters_line,
+                               "voters: this node is listed at %s but [listen] raft is %s",
+                               cfg->voters[i].address, self);
+    }
+
+    /* The control listener binds with uv_tcp_bind, which takes literals only. */
+    unsigned char a6[16];
+    if (inet_pton(AF_INET, cfg->listen_control.host, a6) != 1 &&
+        inet_pton(AF_INET6, cfg->listen_control.host, a6) != 1)
+        return config_fail(p, config_key_line(p, "listen", "control"),
+                           "control: must be an IP address and port: \"%s\"",
+                           cfg->listen_control.host);
+
+    if (cfg->heartbeat_ms >= cfg->election_timeout_ms) {
+        int line = config_key_line(p, "cluster", "heartbeat");
+        if (line == 0)
+            line = config_key_line(p, "cluster", "election_timeout");
+        return config_fail(p, line, "heartbeat (%ums) must be less than election_timeout (%ums)",
+                           cfg->heartbeat_ms, cfg->election_timeout_ms);
+    }
+    if (cfg->retry_min_ms > cfg->retry_max_ms) {
+        int line = config_key_line(p, "delivery", "retry_min");
+        if (line == 0)
+            line = config_key_line(p, "delivery", "retry_max");
+        return config_fail(p, line, "retry_min must not exceed retry_max");
+    }
+    if (cfg->smtpd.message_size_limit > CONFIG_MESSAGE_SIZE_MAX)
+        return config_fail(p, config_key_line(p, "smtpd", "message_size_limit"),
+                           "message_size_limit: at most 64M (a message is one raft entry)");
+    return 1;
+}
+
+/*
+ * config_load - defaults, then the file, then cross-checks. On error writes
+ * "FILE:LINE: reason" into err and returns HAMR_EINVAL or HAMR_EIO; cfg then
+ * holds no allocations.
+ */
+int config_load(struct hamr_config *cfg, const char *path, char *err, size_t errlen)
+{
+    struct config_parse *p = calloc(1, sizeof(*p));
+    if (p == NULL) {
+        snprintf(err, errlen, "%s:0: out of memory", path);
+        return HAMR_ENOMEM;
+    }
+    p->cfg = cfg;
+    p->path = path;
+    p->err = err;
+    p->errlen = errlen;
+    if (errlen > 0)
+        err[0] = '\0';
+    config_defaults(cfg);
+    if (hamr_strlcpy(cfg->path, path, sizeof(cfg->path)) >= sizeof(cfg->path)) {
+        config_fail(p, 0, "path too long");
+        free(p);
+        return HAMR_EINVAL;
+    }
+    p->f = fopen(path, "r");
+    if (p->f == NULL) {
+        config_fail(p, 0, "cannot open: %s", strerror(errno));
+        free(p);
+        return HAMR_EIO;
+    }
+    int rc = ini_parse_stream(config_reader, p, config_handler, p);
+    bool read_error = ferror(p->f) != 0;
+    fclose(p->f);
+    free(p->line);
+    /* inih's count matches ours because config_reader hands it whole lines. */
+    if (rc > 0 && (!p->has_error || rc < p->error_line))
+        config_fail(p, rc, "syntax error (expected [section] or key = value)");
+    else if (rc < 0)
+        config_fail(p, 0, "out of memory");
+    if (read_error)
+        config_fail(p, p->lineno, "read error");
+    if (!p->has_error)
+        config_cross_check(p);
+    config_link_policy(cfg);
+    int ret = 0;
+    if (p->has_error) {
+        ret = read_error ? HAMR_EIO : HAMR_EINVAL;
+        config_free(cfg);
+    }
+    free(p);
+    return ret;
+}
+
+/* config_route - next hop for rcpt: exact transport, longest ".suffix", relayhost. */
+int config_route(const struct hamr_config *cfg, const char *rcpt, struct config_hostport *out)
+{
+    const char *at = strrchr(rcpt, '@');
+    const char *dom = at ? at + 1 : rcpt;
+    char domain[CONFIG_HOST_MAX];
+    size_t n = strlen(dom);
+    if (n > 0 && dom[n - 1] == '.')
+        n--; /* "example.com." is "example.com" */
+    if (n > 0 && n < sizeof(domain)) {
+        memcpy(domain, dom, n);
+        domain[n] = '\0';
+        config_lower(domain);
+        const struct config_transport *best = NULL;
+        size_t best_len = 0;
+        for (size_t i = 0; i < cfg->n_transports; i++) {
+            const struct config_transport *t = &cfg->transports[i];
+            if (strcmp(t->domain, domain) == 0) {
+                *out = t->next_hop;
+                return 0;
+            }
+            size_t tl = strlen(t->domain);
+            /* ".example.com" matches subdomains only, not example.com itself. */
+            if (t->domain[0] == '.' && tl < n && strcmp(domain + n - tl, t->domain) == 0 &&
+                tl > best_len) {
+                best = t;
+                best_len = tl;
+            }
+        }
+        if (best != NULL) {
+            *out = best->next_hop;
+            return 0;
+        }
+    }
+    if (cfg->relayhost.host[0] != '\0') {
+        *out = cfg->relayhost;
+        return 0;
+    }
+    return HAMR_ENOTFOUND;
+}

@@ -1,0 +1,603 @@
+/*
+ * hamrctl.c - the operator's command line: sends one ControlRequest to a
+ * node's control port and prints the ControlResponse as text or JSON.
+ *
+ *   hamrctl [-s HOST:PORT | -c CONFIG] [--json] [--timeout SECONDS] VERB [ARGS]
+ *
+ * The server is -s, else [listen] control of the -c file, else
+ * 127.0.0.1:7100. Arity, queue ids, node ids, addresses and queue filters are
+ * checked here, before anything is sent; the node does the work.
+ *
+ * Exit status: 0 done; 1 the node could not be reached or answered with an
+ * error ("hamrctl: <error>" on stderr); 2 bad usage.
+ *
+ * Security: everything the node sends back is made printable before it
+ * reaches the terminal (text mode) or escaped (JSON mode).
+ */
+#include <arpa/inet.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "util/common.h"
+#include "util/err.h"
+#include "util/log.h"
+
+#include "node/config.h"
+#include "node/control_client.h"
+
+#ifndef HAMR_VERSION
+#define HAMR_VERSION "unknown"
+#endif
+
+#define HAMRCTL_EXIT_OK 0
+#define HAMRCTL_EXIT_FAIL 1
+#define HAMRCTL_EXIT_USAGE 2
+#define HAMRCTL_MAX_TIMEOUT_S 3600
+
+/* hamrctl_args - what the arguments of a verb are. */
+enum hamrctl_args {
+    HAMRCTL_ARGS_NONE,
+    HAMRCTL_ARGS_QUEUE_ID, /* one queue id (optional if min_args is 0) */
+    HAMRCTL_ARGS_NODE_ID,  /* one node id (optional if min_args is 0) */
+    HAMRCTL_ARGS_ADD,      /* node id, then IPV4:PORT */
+    HAMRCTL_ARGS_FILTERS,  /* --state S, --to DOMAIN, --older-than DURATION */
+};
+
+/* hamrctl_print - render a successful answer as text. */
+typedef void (*hamrctl_print)(const Hamr__ControlResponse *resp);
+
+static void hamrctl_print_status(const Hamr__ControlResponse *resp);
+static void hamrctl_print_queue(const Hamr__ControlResponse *resp);
+static void hamrctl_print_show(const Hamr__ControlResponse *resp);
+static void hamrctl_print_message(const Hamr__ControlResponse *resp);
+static void hamrctl_print_version(const Hamr__ControlResponse *resp);
+
+struct hamrctl_verb {
+    const char *name;
+    const char *usage; /* the arguments, for the usage line */
+    unsigned min_args, max_args;
+    enum hamrctl_args args;
+    hamrctl_print print;
+    const char *help;
+};
+
+static const struct hamrctl_verb hamrctl_verbs[] = {
+    {"status", "", 0, 0, HAMRCTL_ARGS_NONE, hamrctl_print_status,
+     "members, roles, leader, term, indexes and queue counts"},
+    {"queue", "[--state all|pending|deferred|active|held] [--to DOMAIN] [--older-than DURATION]", 0,
+     6, HAMRCTL_ARGS_FILTERS, hamrctl_print_queue, "list queued messages"},
+    {"show", "ID", 1, 1, HAMRCTL_ARGS_QUEUE_ID, hamrctl_print_show,
+     "one message: envelope, recipients, headers"},
+    {"hold", "ID", 1, 1, HAMRCTL_ARGS_QUEUE_ID, hamrctl_print_message, "stop delivering a message"},
+    {"release", "ID", 1, 1, HAMRCTL_ARGS_QUEUE_ID, hamrctl_print_message, "undo hold"},
+    {"delete", "ID", 1, 1, HAMRCTL_ARGS_QUEUE_ID, hamrctl_print_message,
+     "remove a message without a bounce"},
+    {"flush", "[ID]", 0, 1, HAMRCTL_ARGS_QUEUE_ID, hamrctl_print_message,
+     "retry one message, or all, now"},
+    {"bounce", "ID", 1, 1, HAMRCTL_ARGS_QUEUE_ID, hamrctl_print_message,
+     "fail pending recipients and send a bounce"},
+    {"transfer", "[NODE]", 0, 1, HAMRCTL_ARGS_NODE_ID, hamrctl_print_message,
+     "move leadership (to NODE)"},
+    {"add", "NODE IPV4:PORT", 2, 2, HAMRCTL_ARGS_ADD, hamrctl_print_message,
+     "add a node to the cluster"},
+    {"promote", "NODE", 1, 1, HAMRCTL_ARGS_NODE_ID, hamrctl_print_message, "make a node a voter"},
+    {"remove", "NODE", 1, 1, HAMRCTL_ARGS_NODE_ID, hamrctl_print_message,
+     "remove a node from the cluster"},
+    {"drain", "[NODE]", 0, 1, HAMRCTL_ARGS_NODE_ID, hamrctl_print_message,
+     "take a node out of service"},
+    {"undrain", "[NODE]", 0, 1, HAMRCTL_ARGS_NODE_ID, hamrctl_print_message,
+     "put a node back in service"},
+    {"version", "", 0, 0, HAMRCTL_ARGS_NONE, hamrctl_print_version,
+     "versions of hamrctl and of the node"},
+    {"help", "", 0, 0, HAMRCTL_ARGS_NONE, NULL, "this text"},
+};
+
+/* The states a node filters on (active: leased for delivery right now). */
+static const char *const hamrctl_states[] = {"all", "pending", "deferred", "active", "held"};
+
+/* hamrctl_usage - the full usage text. */
+static void hamrctl_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: hamrctl [-s HOST:PORT | -c CONFIG] [--json] [--timeout SECONDS] VERB "
+            "[ARGS]\n\n"
+            "  -s HOST:PORT       control address of the node (default 127.0.0.1:7100)\n"
+            "  -c CONFIG          take the control address from this hamrd config\n"
+            "  --json             print the answer as JSON\n"
+            "  --timeout SECONDS  give up after this long (default %d)\n\nverbs:\n",
+            CONTROL_CLIENT_TIMEOUT_MS / 1000);
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(hamrctl_verbs); i++) {
+        const struct hamrctl_verb *v = &hamrctl_verbs[i];
+        fprintf(out, "  %s%s%s\n      %s\n", v->name, v->usage[0] ? " " : "", v->usage, v->help);
+    }
+}
+
+/* hamrctl_verb_usage - the usage line of one verb, on stderr. Returns 2. */
+static int hamrctl_verb_usage(const struct hamrctl_verb *v)
+{
+    fprintf(stderr, "usage: hamrctl [options] %s%s%s\n", v->name, v->usage[0] ? " " : "", v->usage);
+    return HAMRCTL_EXIT_USAGE;
+}
+
+/* hamrctl_valid_queue_id - 1..63 of [A-Za-z0-9._-], not starting with '-'. */
+static bool hamrctl_valid_queue_id(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n >= SMTPD_QUEUE_ID_MAX || s[0] == '-')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '.' || c == '_'))
+            return false;
+    }
+    return true;
+}
+
+/* hamrctl_valid_node_id - a decimal number > 0 that fits 64 bits. */
+static bool hamrctl_valid_node_id(const char *s)
+{
+    uint64_t v = 0;
+    if (*s == '\0' || strlen(s) > 20)
+        return false;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9')
+            return false;
+        unsigned d = (unsigned)(*s - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    return v > 0;
+}
+
+/* hamrctl_valid_ipv4_port - "a.b.c.d:port", the form raft addresses take. */
+static bool hamrctl_valid_ipv4_port(const char *s)
+{
+    struct config_hostport hp;
+    struct in_addr a;
+    return s[0] != '[' && config_parse_hostport(s, &hp) == 0 &&
+           inet_pton(AF_INET, hp.host, &a) == 1;
+}
+
+/* hamrctl_valid_text - a non-empty filter argument without blanks or control bytes. */
+static bool hamrctl_valid_text(const char *s)
+{
+    if (*s == '\0' || *s == '-')
+        return false;
+    for (; *s; s++)
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s == 0x7f)
+            return false;
+    return true;
+}
+
+/* hamrctl_check_filters - "queue" filters: known names, one well-formed value each. */
+static bool hamrctl_check_filters(char **args, int n)
+{
+    for (int i = 0; i < n; i += 2) {
+        const char *name = args[i];
+        const char *value = i + 1 < n ? args[i + 1] : NULL;
+        if (value == NULL) {
+            fprintf(stderr, "hamrctl: %s needs a value\n", name);
+            return false;
+        }
+        bool ok;
+        if (strcmp(name, "--state") == 0) {
+            ok = false;
+            for (size_t j = 0; j < HAMR_ARRAY_LEN(hamrctl_states); j++)
+                ok = ok || strcmp(value, hamrctl_states[j]) == 0;
+        } else if (strcmp(name, "--to") == 0) {
+            ok = hamrctl_valid_text(value);
+        } else if (strcmp(name, "--older-than") == 0) {
+            uint64_t ms;
+            ok = config_parse_duration(value, &ms) == 0;
+        } else {
+            fprintf(stderr, "hamrctl: unknown queue filter \"%s\"\n", name);
+            return false;
+        }
+        if (!ok) {
+            fprintf(stderr, "hamrctl: %s: bad value \"%s\"\n", name, value);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* hamrctl_check_args - the arguments of verb v. Prints the problem; false if bad. */
+static bool hamrctl_check_args(const struct hamrctl_verb *v, char **args, int n)
+{
+    if ((unsigned)n < v->min_args || (unsigned)n > v->max_args) {
+        hamrctl_verb_usage(v);
+        return false;
+    }
+    switch (v->args) {
+        case HAMRCTL_ARGS_NONE:
+            return true;
+        case HAMRCTL_ARGS_FILTERS:
+            if (!hamrctl_check_filters(args, n)) {
+                hamrctl_verb_usage(v);
+                return false;
+            }
+            return true;
+        case HAMRCTL_ARGS_QUEUE_ID:
+            if (n == 1 && !hamrctl_valid_queue_id(args[0])) {
+                fprintf(stderr, "hamrctl: not a queue id: \"%s\"\n", args[0]);
+                return false;
+            }
+            return true;
+        case HAMRCTL_ARGS_NODE_ID:
+            if (n == 1 && !hamrctl_valid_node_id(args[0])) {
+                fprintf(stderr, "hamrctl: not a node id: \"%s\"\n", args[0]);
+                return false;
+            }
+            return true;
+        case HAMRCTL_ARGS_ADD:
+            if (!hamrctl_valid_node_id(args[0])) {
+                fprintf(stderr, "hamrctl: not a node id: \"%s\"\n", args[0]);
+                return false;
+            }
+            if (!hamrctl_valid_ipv4_port(args[1])) {
+                fprintf(stderr, "hamrctl: not an IPV4:PORT address: \"%s\"\n", args[1]);
+                return false;
+            }
+            return true;
+    }
+    return false;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Text output.                                                             */
+/* ------------------------------------------------------------------------ */
+
+/* hamrctl_p - untrusted text made printable (one of four rotating buffers). */
+static const char *hamrctl_p(const char *s)
+{
+    static char bufs[4][1024];
+    static unsigned next;
+    char *b = bufs[next++ % 4];
+    if (s == NULL)
+        s = "";
+    return log_printable(b, sizeof(bufs[0]), s, strlen(s));
+}
+
+/* hamrctl_time - wall-clock ms as local time, mailq-short or full; "-" for 0. */
+static const char *hamrctl_time(uint64_t ms, bool full, char *out, size_t outlen)
+{
+    if (ms == 0) {
+        hamr_strlcpy(out, "-", outlen);
+        return out;
+    }
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    size_t n = 0;
+    if (localtime_r(&t, &tm) != NULL)
+        n = full ? strftime(out, outlen, "%Y-%m-%d %H:%M:%S %z", &tm)
+                 : strftime(out, outlen, "%a %b %e %H:%M:%S", &tm);
+    if (n == 0)
+        snprintf(out, outlen, "%llu", (unsigned long long)ms);
+    return out;
+}
+
+/* hamrctl_bytes - a byte count in binary units. */
+static const char *hamrctl_bytes(uint64_t n, char *out, size_t outlen)
+{
+    static const char *const units[] = {"bytes", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)n;
+    size_t u = 0;
+    while (v >= 1024 && u + 1 < HAMR_ARRAY_LEN(units)) {
+        v /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(out, outlen, "%llu bytes", (unsigned long long)n);
+    else
+        snprintf(out, outlen, "%.1f %s", v, units[u]);
+    return out;
+}
+
+/* hamrctl_print_status - the node and cluster block. */
+static void hamrctl_print_status(const Hamr__ControlResponse *resp)
+{
+    const Hamr__NodeStatus *s = resp->status;
+    char b[64];
+    if (s == NULL) {
+        hamrctl_print_message(resp);
+        return;
+    }
+    printf("node:        %llu (%s)\n", (unsigned long long)s->id, hamrctl_p(s->state));
+    if (s->leader_id != 0)
+        printf("leader:      %llu at %s\n", (unsigned long long)s->leader_id,
+               hamrctl_p(s->leader_address));
+    else
+        printf("leader:      none known\n");
+    printf("term:        %llu\n", (unsigned long long)s->term);
+    printf("index:       commit %llu, applied %llu, last %llu\n",
+           (unsigned long long)s->commit_index, (unsigned long long)s->applied_index,
+           (unsigned long long)s->last_index);
+    for (size_t i = 0; i < s->n_members; i++) {
+        const Hamr__MemberStatus *m = s->members[i];
+        printf("%-13s%llu %s %s%s\n", i == 0 ? "members:" : "", (unsigned long long)m->id,
+               hamrctl_p(m->address), hamrctl_p(m->role), m->id == s->leader_id ? " (leader)" : "");
+    }
+    printf(
+        "queue:       %llu messages (%llu held), %llu recipients pending, %llu leased, "
+        "%s\n",
+        (unsigned long long)s->queue_messages, (unsigned long long)s->queue_held,
+        (unsigned long long)s->queue_rcpts_pending, (unsigned long long)s->queue_rcpts_leased,
+        hamrctl_bytes(s->queue_bytes, b, sizeof(b)));
+    printf("digest:      %s\n", hamrctl_p(s->queue_digest));
+    printf("free space:  %s\n", hamrctl_bytes(s->free_bytes, b, sizeof(b)));
+    printf("draining:    %s\n", s->draining ? "yes" : "no");
+    if (s->version != NULL && s->version[0] != '\0')
+        printf("version:     %s\n", hamrctl_p(s->version));
+}
+
+/* hamrctl_print_rcpt_line - a recipient, its state and attempts, then its last error. */
+static void hamrctl_print_rcpt_line(const Hamr__QueueRcpt *r, int indent)
+{
+    printf("%*s%s  %s", indent, "", hamrctl_p(r->addr), hamrctl_p(r->state));
+    if (r->attempts > 0)
+        printf(", %u attempt%s", r->attempts, r->attempts == 1 ? "" : "s");
+    printf("\n");
+    if (r->last_error != NULL && r->last_error[0] != '\0')
+        printf("%*s  (%s)\n", indent, "", hamrctl_p(r->last_error));
+}
+
+/* hamrctl_print_queue - a mailq-like table with a total line. */
+static void hamrctl_print_queue(const Hamr__ControlResponse *resp)
+{
+    if (resp->n_entries == 0) {
+        printf("Mail queue is empty\n");
+        return;
+    }
+    uint64_t total = 0;
+    char when[64];
+    printf("%-24s %9s %-20s  %s\n", "-Queue ID-", "-Size-", "----Arrival Time----",
+           "-Sender/Recipient-");
+    for (size_t i = 0; i < resp->n_entries; i++) {
+        const Hamr__QueueEntry *e = resp->entries[i];
+        char id[80];
+        snprintf(id, sizeof(id), "%s%s", hamrctl_p(e->queue_id), e->held ? "!" : "");
+        printf("%-24s %9llu %-20s  %s\n", id, (unsigned long long)e->size,
+               hamrctl_time(e->received_at_ms, false, when, sizeof(when)),
+               e->sender && e->sender[0] ? hamrctl_p(e->sender) : "<>");
+        for (size_t j = 0; j < e->n_rcpts; j++)
+            hamrctl_print_rcpt_line(e->rcpts[j], 57);
+        total += e->size;
+        printf("\n");
+    }
+    printf("-- %llu Kbytes in %zu message%s.\n", (unsigned long long)((total + 1023) / 1024),
+           resp->n_entries, resp->n_entries == 1 ? "" : "s");
+}
+
+/* hamrctl_print_headers - the header block, one printable line each, indented. */
+static void hamrctl_print_headers(const char *h)
+{
+    while (h != NULL && *h != '\0') {
+        const char *end = strchr(h, '\n');
+        size_t n = end ? (size_t)(end - h) : strlen(h);
+        if (n > 0 && h[n - 1] == '\r')
+            n--;
+        char line[1024];
+        printf("  %s\n", log_printable(line, sizeof(line), h, n));
+        h = end ? end + 1 : NULL;
+    }
+}
+
+/* hamrctl_print_show - one message in detail. */
+static void hamrctl_print_show(const Hamr__ControlResponse *resp)
+{
+    char t[64];
+    for (size_t i = 0; i < resp->n_entries; i++) {
+        const Hamr__QueueEntry *e = resp->entries[i];
+        printf("queue id:    %s%s\n", hamrctl_p(e->queue_id), e->held ? " (held)" : "");
+        printf("size:        %llu\n", (unsigned long long)e->size);
+        printf("arrival:     %s\n", hamrctl_time(e->received_at_ms, true, t, sizeof(t)));
+        printf("expires:     %s\n", hamrctl_time(e->expires_at_ms, true, t, sizeof(t)));
+        printf("client:      %s (helo %s)\n", hamrctl_p(e->client_addr), hamrctl_p(e->helo));
+        printf("sender:      <%s>%s\n", hamrctl_p(e->sender),
+               e->is_dsn ? " (delivery status notification)" : "");
+        printf("recipients:\n");
+        for (size_t j = 0; j < e->n_rcpts; j++) {
+            const Hamr__QueueRcpt *r = e->rcpts[j];
+            printf("  %s\n", hamrctl_p(r->addr));
+            printf("    state: %s, attempts: %u, next attempt: %s\n", hamrctl_p(r->state),
+                   r->attempts, hamrctl_time(r->next_attempt_ms, true, t, sizeof(t)));
+            if (r->last_error != NULL && r->last_error[0] != '\0')
+                printf("    last error: %s\n", hamrctl_p(r->last_error));
+        }
+        printf("headers:\n");
+        hamrctl_print_headers(e->headers);
+    }
+    if (resp->n_entries == 0)
+        hamrctl_print_message(resp);
+}
+
+/* hamrctl_print_message - the free-text result, if any. */
+static void hamrctl_print_message(const Hamr__ControlResponse *resp)
+{
+    if (resp->message != NULL && resp->message[0] != '\0')
+        printf("%s\n", hamrctl_p(resp->message));
+}
+
+/* hamrctl_print_version - ours, then the node's ("hamrd X.Y.Z" in the message). */
+static void hamrctl_print_version(const Hamr__ControlResponse *resp)
+{
+    printf("hamrctl %s\n", HAMR_VERSION);
+    if (resp->message != NULL && resp->message[0] != '\0')
+        printf("%s\n", hamrctl_p(resp->message));
+    else if (resp->status != NULL && resp->status->version != NULL)
+        printf("hamrd %s\n", hamrctl_p(resp->status->version));
+    else
+        printf("hamrd version unknown\n");
+}
+
+/* ------------------------------------------------------------------------ */
+/* main.                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* hamrctl_options - what the command line said. */
+struct hamrctl_options {
+    const char *server;
+    const char *config;
+    bool json;
+    unsigned timeout_ms;
+};
+
+/* hamrctl_server - pick and parse the control address; false with a message if bad. */
+static bool hamrctl_server(const struct hamrctl_options *o, struct config_hostport *hp)
+{
+    if (o->server != NULL) {
+        if (config_parse_hostport(o->server, hp) != 0) {
+            fprintf(stderr, "hamrctl: -s: not HOST:PORT: \"%s\"\n", o->server);
+            return false;
+        }
+        return true;
+    }
+    hamr_strlcpy(hp->host, "127.0.0.1", sizeof(hp->host));
+    hp->port = 7100;
+    if (o->config == NULL)
+        return true;
+    struct hamr_config *cfg = malloc(sizeof(*cfg));
+    char err[1024];
+    if (cfg == NULL || config_load(cfg, o->config, err, sizeof(err)) != 0) {
+        fprintf(stderr, "hamrctl: %s\n", cfg ? err : "out of memory");
+        free(cfg);
+        return false;
+    }
+    *hp = cfg->listen_control;
+    config_free(cfg);
+    free(cfg);
+    /* A node listening on every address is reached on loopback. */
+    if (strcmp(hp->host, "0.0.0.0") == 0)
+        hamr_strlcpy(hp->host, "127.0.0.1", sizeof(hp->host));
+    else if (strcmp(hp->host, "::") == 0)
+        hamr_strlcpy(hp->host, "::1", sizeof(hp->host));
+    return true;
+}
+
+/* hamrctl_parse_timeout - whole seconds, 1..HAMRCTL_MAX_TIMEOUT_S. */
+static bool hamrctl_parse_timeout(const char *s, unsigned *ms)
+{
+    unsigned v = 0;
+    if (*s == '\0' || strlen(s) > 4)
+        return false;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9')
+            return false;
+        v = v * 10 + (unsigned)(*s - '0');
+    }
+    if (v == 0 || v > HAMRCTL_MAX_TIMEOUT_S)
+        return false;
+    *ms = v * 1000;
+    return true;
+}
+
+/* hamrctl_parse_options - options before the verb; returns argv index of the verb or -1. */
+static int hamrctl_parse_options(int argc, char **argv, struct hamrctl_options *o)
+{
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--") == 0)
+            return i + 1;
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            hamrctl_usage(stdout);
+            exit(HAMRCTL_EXIT_OK);
+        }
+        if (strcmp(a, "--json") == 0) {
+            o->json = true;
+            continue;
+        }
+        if (strcmp(a, "-s") == 0 || strcmp(a, "-c") == 0 || strcmp(a, "--timeout") == 0) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "hamrctl: %s needs a value\n", a);
+                return -1;
+            }
+            const char *v = argv[++i];
+            if (strcmp(a, "-s") == 0)
+                o->server = v;
+            else if (strcmp(a, "-c") == 0)
+                o->config = v;
+            else if (!hamrctl_parse_timeout(v, &o->timeout_ms)) {
+                fprintf(stderr, "hamrctl: --timeout: not 1..%d seconds: \"%s\"\n",
+                        HAMRCTL_MAX_TIMEOUT_S, v);
+                return -1;
+            }
+            continue;
+        }
+        fprintf(stderr, "hamrctl: unknown option \"%s\" (see hamrctl help)\n", a);
+        return -1;
+    }
+    if (o->server != NULL && o->config != NULL) {
+        fprintf(stderr, "hamrctl: give -s or -c, not both\n");
+        return -1;
+    }
+    return i;
+}
+
+/* main - options, verb and arguments, one call, output; see the exit codes above. */
+int main(int argc, char **argv)
+{
+    struct hamrctl_options o = {.timeout_ms = CONTROL_CLIENT_TIMEOUT_MS};
+    int vi = hamrctl_parse_options(argc, argv, &o);
+    if (vi < 0)
+        return HAMRCTL_EXIT_USAGE;
+    if (vi >= argc) {
+        hamrctl_usage(stderr);
+        return HAMRCTL_EXIT_USAGE;
+    }
+    const struct hamrctl_verb *v = NULL;
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(hamrctl_verbs); i++)
+        if (strcmp(argv[vi], hamrctl_verbs[i].name) == 0)
+            v = &hamrctl_verbs[i];
+    if (v == NULL) {
+        char q[128];
+        fprintf(stderr, "hamrctl: unknown command \"%s\" (see hamrctl help)\n",
+                log_printable(q, sizeof(q), argv[vi], strlen(argv[vi])));
+        return HAMRCTL_EXIT_USAGE;
+    }
+    char **args = argv + vi + 1;
+    int n_args = argc - vi - 1;
+    if (!hamrctl_check_args(v, args, n_args))
+        return HAMRCTL_EXIT_USAGE;
+    if (strcmp(v->name, "help") == 0) {
+        hamrctl_usage(stdout);
+        return HAMRCTL_EXIT_OK;
+    }
+
+    struct config_hostport hp;
+    if (!hamrctl_server(&o, &hp))
+        return o.server != NULL ? HAMRCTL_EXIT_USAGE : HAMRCTL_EXIT_FAIL;
+
+    Hamr__ControlRequest req = HAMR__CONTROL_REQUEST__INIT;
+    req.verb = (char *)v->name;
+    req.args = args;
+    req.n_args = (size_t)n_args;
+    Hamr__ControlResponse *resp = NULL;
+    char err[512];
+    if (control_client_request(hp.host, hp.port, o.timeout_ms, &req, &resp, err, sizeof(err)) !=
+        0) {
+        fprintf(stderr, "hamrctl: %s\n", err);
+        return HAMRCTL_EXIT_FAIL;
+    }
+    int rc = HAMRCTL_EXIT_OK;
+    if (resp->code != 0) {
+        const char *text = resp->error && resp->error[0] ? resp->error : hamr_strerror(resp->code);
+        fprintf(stderr, "hamrctl: %s\n", hamrctl_p(text));
+        rc = HAMRCTL_EXIT_FAIL;
+    } else if (o.json) {
+        if (control_client_json(stdout, &resp->base) != 0)
+            rc = HAMRCTL_EXIT_FAIL;
+    } else {
+        v->print(resp);
+    }
+    hamr__control_response__free_unpacked(resp, NULL);
+    if (fflush(stdout) != 0)
+        rc = HAMRCTL_EXIT_FAIL;
+    return rc;
+}

@@ -1,0 +1,114 @@
+#!/bin/bash
+# hamrctl_cli.sh HAMRCTL CONTROL_FAKE - the hamrctl command line: usage errors
+# (exit 2), an unreachable node (exit 1), and text/JSON output and error
+# answers against control_fake, a canned control port.
+set -u
+
+HAMRCTL=$1
+FAKE=$2
+PY=/usr/bin/python3
+TMP=$(mktemp -d /tmp/hamr-test-hamrctl-XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+failures=0
+
+# expect NAME WANT_RC WANT_STDERR_SUBSTRING WANT_STDOUT_SUBSTRING -- ARGS...
+expect() {
+    local name=$1 want_rc=$2 want_err=$3 want_out=$4
+    shift 5
+    timeout 20 "$HAMRCTL" "$@" >"$TMP/out" 2>"$TMP/err" </dev/null
+    local rc=$?
+    local ok=1
+    [ "$rc" -eq "$want_rc" ] || ok=0
+    if [ -n "$want_err" ] && ! grep -qF -- "$want_err" "$TMP/err"; then ok=0; fi
+    if [ -n "$want_out" ] && ! grep -qF -- "$want_out" "$TMP/out"; then ok=0; fi
+    if [ $ok -eq 1 ]; then
+        echo "ok   $name"
+    else
+        echo "FAIL $name: rc=$rc (want $want_rc)"
+        echo "  stderr: $(cat "$TMP/err")"
+        echo "  stdout: $(head -c 2000 "$TMP/out")"
+        failures=$((failures + 1))
+    fi
+}
+
+# --- usage errors: exit 2, nothing is sent -----------------------------------
+expect "unknown verb" 2 'hamrctl: unknown command "frob" (see hamrctl help)' "" -- frob
+expect "missing argument" 2 "usage: hamrctl [options] show ID" "" -- show
+expect "extra argument" 2 "usage: hamrctl [options] status" "" -- status now
+expect "two ids to hold" 2 "usage: hamrctl [options] hold ID" "" -- hold A B
+expect "bad queue id" 2 'hamrctl: not a queue id: "a/b"' "" -- hold a/b
+expect "bad node id" 2 'hamrctl: not a node id: "0"' "" -- promote 0
+expect "bad add address" 2 'hamrctl: not an IPV4:PORT address: "node4"' "" -- add 4 node4
+expect "bad queue filter" 2 'hamrctl: unknown queue filter "--color"' "" -- queue --color red
+expect "bad state filter" 2 'hamrctl: --state: bad value "sleeping"' "" -- queue --state sleeping
+expect "bad duration filter" 2 'hamrctl: --older-than: bad value "1 week"' "" -- queue --older-than "1 week"
+expect "filter without value" 2 "hamrctl: --to needs a value" "" -- queue --to
+expect "unknown option" 2 'hamrctl: unknown option "-x"' "" -- -x status
+expect "bad timeout" 2 "hamrctl: --timeout: not 1..3600 seconds" "" -- --timeout 0 status
+expect "bad -s" 2 'hamrctl: -s: not HOST:PORT: "localhost"' "" -- -s localhost status
+expect "no verb" 2 "usage: hamrctl" "" --
+expect "help" 0 "" "hamrctl [-s HOST:PORT | -c CONFIG]" -- help
+
+# --- unreachable node: exit 1 ------------------------------------------------
+closed_port=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+expect "unreachable" 1 "hamrctl: cannot connect to 127.0.0.1:$closed_port: Connection refused" "" \
+    -- -s "127.0.0.1:$closed_port" status
+printf '[node]\nid = 1\ndata_dir = /tmp\n[listen]\nraft = 127.0.0.1:7001\ncontrol = 127.0.0.1:%s\n' \
+    "$closed_port" >"$TMP/closed.conf"
+expect "unreachable via -c" 1 "cannot connect to 127.0.0.1:$closed_port" "" -- -c "$TMP/closed.conf" status
+printf '[node]\nid = 1\nbogus = 2\n' >"$TMP/bad.conf"
+expect "bad config" 1 "hamrctl: $TMP/bad.conf:3: unknown key \"bogus\" in [node]" "" -- -c "$TMP/bad.conf" status
+
+# --- against the canned control port -------------------------------------------
+coproc FAKE_PROC { exec timeout 60 "$FAKE"; }
+fake_pid=$FAKE_PROC_PID
+port=""
+read -r -t 10 port <&"${FAKE_PROC[0]}"
+if [ -z "$port" ]; then
+    echo "FAIL control_fake did not start"
+    exit 1
+fi
+S=(-s "127.0.0.1:$port")
+
+expect "status" 0 "" "node:        1 (leader)" -- "${S[@]}" status
+expect "status members" 0 "" "             3 127.0.0.1:7003 voter" -- "${S[@]}" status
+expect "status queue" 0 "" "queue:       2 messages (0 held), 3 recipients pending, 0 leased, 4.0 KiB" \
+    -- "${S[@]}" status
+expect "queue table" 0 "" "-- 3 Kbytes in 2 messages." -- "${S[@]}" queue --state deferred --older-than 1h
+expect "queue held mark" 0 "" "Q2BBBB!" -- "${S[@]}" queue
+expect "queue escapes" 0 "" "(451 4.7.1 greylisted ?[31m)" -- "${S[@]}" queue
+expect "show" 0 "" "    state: deferred, attempts: 2, next attempt:" -- "${S[@]}" show Q1AAAA
+expect "show headers" 0 "" "  Subject: hello" -- "${S[@]}" show Q1AAAA
+expect "hold" 0 "" "hold ok Q1AAAA" -- "${S[@]}" hold Q1AAAA
+expect "flush all" 0 "" "flush ok" -- "${S[@]}" flush
+expect "add" 0 "" "add ok 4 127.0.0.1:7004" -- "${S[@]}" add 4 127.0.0.1:7004
+expect "error answer" 1 "hamrctl: no such message: MISSING" "" -- "${S[@]}" delete MISSING
+expect "version" 0 "" "hamrctl " -- "${S[@]}" version
+printf '[node]\nid = 1\ndata_dir = /tmp\n[listen]\nraft = 127.0.0.1:7001\ncontrol = 0.0.0.0:%s\n' \
+    "$port" >"$TMP/fake.conf"
+expect "via -c" 0 "" "node:        1 (leader)" -- -c "$TMP/fake.conf" status
+
+"$HAMRCTL" "${S[@]}" --json status >"$TMP/json" 2>"$TMP/err"
+if [ $? -eq 0 ] && $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["status"]["members"][2]["address"]=="127.0.0.1:7003", d; assert d["status"]["free_bytes"]==10737418240' "$TMP/json"; then
+    echo "ok   json status"
+else
+    echo "FAIL json status: $(cat "$TMP/json" "$TMP/err")"
+    failures=$((failures + 1))
+fi
+"$HAMRCTL" "${S[@]}" --json queue >"$TMP/json" 2>"$TMP/err"
+if [ $? -eq 0 ] && $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); e=d["entries"]; assert len(e)==2 and e[0]["rcpts"][0]["last_error"].endswith("\x1b[31m"), d' "$TMP/json"; then
+    echo "ok   json queue"
+else
+    echo "FAIL json queue: $(cat "$TMP/json" "$TMP/err")"
+    failures=$((failures + 1))
+fi
+
+# Closing its stdin ends control_fake.
+exec {FAKE_PROC[1]}>&-
+wait "$fake_pid"
+
+if [ $failures -ne 0 ]; then
+    echo "$failures failure(s)"
+    exit 1
+fi
+echo "all passed"

@@ -1,0 +1,662 @@
+/*
+ * test_config.c - node/config: value parsers, defaults, every key, error
+ * messages with their line numbers, voters and cross-checks, routing.
+ *
+ * Config files are written to a fresh temporary directory per test run.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "util/common.h"
+#include "util/err.h"
+#include "util/log.h"
+
+#include "node/config.h"
+
+static char test_dir[64];
+
+/* Minimal valid file; tests append sections to it. */
+#define BASE "[node]\nid = 1\ndata_dir = /var/lib/hamr\n[listen]\nraft = 127.0.0.1:7001\n"
+
+/* test_write - write content to a file in test_dir; returns its path (static buffer). */
+static const char *test_write(const char *content)
+{
+    static char path[128];
+    static unsigned n;
+    snprintf(path, sizeof(path), "%s/hamr-%u.conf", test_dir, n++);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(content, f);
+    fclose(f);
+    return path;
+}
+
+/* test_load - load content; returns config_load's code, err filled. */
+static int test_load(struct hamr_config *cfg,
+                     const char *content,
+                     char *err,
+                     size_t errlen,
+                     const char **pathp)
+{
+    const char *path = test_write(content);
+    if (pathp != NULL)
+        *pathp = path;
+    return config_load(cfg, path, err, errlen);
+}
+
+/* setup_dir - a temporary directory for the files. */
+static int setup_dir(void **state)
+{
+    hamr_strlcpy(test_dir, "/tmp/hamr-test-config-XXXXXX", sizeof(test_dir));
+    assert_non_null(mkdtemp(test_dir));
+    return 0;
+}
+
+/* teardown_dir - remove it. */
+static int teardown_dir(void **state)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", test_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* ------------------------------------------------------------------------ */
+
+/* test_parse_duration - units, bare seconds, junk and overflow. */
+static void test_parse_duration(void **state)
+{
+    static const struct {
+        const char *in;
+        int want_rc;
+        uint64_t want_ms;
+    } cases[] = {
+        {"250ms", 0, 250},
+        {"30s", 0, 30000},
+        {"5m", 0, 300000},
+        {"2h", 0, 7200000},
+        {"5d", 0, 432000000},
+        {"45", 0, 45000},
+        {"0", 0, 0},
+        {"", HAMR_EINVAL, 0},
+        {"s", HAMR_EINVAL, 0},
+        {"10x", HAMR_EINVAL, 0},
+        {"10 s", HAMR_EINVAL, 0},
+        {"-5s", HAMR_EINVAL, 0},
+        {"1.5s", HAMR_EINVAL, 0},
+        {"5ms2", HAMR_EINVAL, 0},
+        {"99999999999999999999", HAMR_EINVAL, 0},
+        {"999999999999999999d", HAMR_EINVAL, 0},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        uint64_t ms = 12345;
+        int rc = config_parse_duration(cases[i].in, &ms);
+        if (rc != cases[i].want_rc)
+            fail_msg("duration \"%s\": rc %d, want %d", cases[i].in, rc, cases[i].want_rc);
+        if (rc == 0)
+            assert_int_equal(ms, cases[i].want_ms);
+    }
+}
+
+/* test_parse_size - K/M/G, junk and overflow. */
+static void test_parse_size(void **state)
+{
+    static const struct {
+        const char *in;
+        int want_rc;
+        uint64_t want;
+    } cases[] = {
+        {"100", 0, 100},
+        {"64K", 0, 65536},
+        {"64k", 0, 65536},
+        {"10M", 0, 10485760},
+        {"1G", 0, 1073741824},
+        {"0", 0, 0},
+        {"10Q", HAMR_EINVAL, 0},
+        {"10MB", HAMR_EINVAL, 0},
+        {"M", HAMR_EINVAL, 0},
+        {"", HAMR_EINVAL, 0},
+        {"1 K", HAMR_EINVAL, 0},
+        {"-1", HAMR_EINVAL, 0},
+        {"18446744073709551615", 0, UINT64_MAX},
+        {"18446744073709551616", HAMR_EINVAL, 0},
+        {"17179869184G", HAMR_EINVAL, 0},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        uint64_t v = 7;
+        int rc = config_parse_size(cases[i].in, &v);
+        if (rc != cases[i].want_rc)
+            fail_msg("size \"%s\": rc %d, want %d", cases[i].in, rc, cases[i].want_rc);
+        if (rc == 0)
+            assert_int_equal(v, cases[i].want);
+    }
+}
+
+/* test_parse_hostport - IPv4, [IPv6], [name], name; the port is required. */
+static void test_parse_hostport(void **state)
+{
+    static const struct {
+        const char *in;
+        int want_rc;
+        const char *host;
+        uint16_t port;
+    } cases[] = {
+        {"127.0.0.1:2525", 0, "127.0.0.1", 2525},
+        {"[::1]:25", 0, "::1", 25},
+        {"[mx.example.com]:25", 0, "mx.example.com", 25},
+        {"mx.example.com:25", 0, "mx.example.com", 25},
+        {"[10.1.2.3]:65535", 0, "10.1.2.3", 65535},
+        {"host:1", 0, "host", 1},
+        {"127.0.0.1", HAMR_EINVAL, NULL, 0},
+        {"127.0.0.1:", HAMR_EINVAL, NULL, 0},
+        {"127.0.0.1:0", HAMR_EINVAL, NULL, 0},
+        {"127.0.0.1:65536", HAMR_EINVAL, NULL, 0},
+        {"127.0.0.1:25x", HAMR_EINVAL, NULL, 0},
+        {"::1:25", HAMR_EINVAL, NULL, 0},
+        {"[::1]", HAMR_EINVAL, NULL, 0},
+        {"[::1]25", HAMR_EINVAL, NULL, 0},
+        {"[::zz]:25", HAMR_EINVAL, NULL, 0},
+        {"[]:25", HAMR_EINVAL, NULL, 0},
+        {":25", HAMR_EINVAL, NULL, 0},
+        {"bad host:25", HAMR_EINVAL, NULL, 0},
+        {"a..b:25", HAMR_EINVAL, NULL, 0},
+        {"", HAMR_EINVAL, NULL, 0},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        struct config_hostport hp;
+        memset(&hp, 0, sizeof(hp));
+        int rc = config_parse_hostport(cases[i].in, &hp);
+        if (rc != cases[i].want_rc)
+            fail_msg("hostport \"%s\": rc %d, want %d", cases[i].in, rc, cases[i].want_rc);
+        if (rc == 0) {
+            assert_string_equal(hp.host, cases[i].host);
+            assert_int_equal(hp.port, cases[i].port);
+        }
+    }
+}
+
+/* test_parse_cidr - prefixes, bare addresses, masking of host bits, ranges. */
+static void test_parse_cidr(void **state)
+{
+    static const struct {
+        const char *in;
+        int want_rc;
+        int family;
+        const char *addr; /* after masking */
+        unsigned prefix;
+    } cases[] = {
+        {"10.0.0.0/8", 0, AF_INET, "10.0.0.0", 8},
+        {"10.1.2.3/8", 0, AF_INET, "10.0.0.0", 8},
+        {"192.168.1.77/26", 0, AF_INET, "192.168.1.64", 26},
+        {"192.168.1.77", 0, AF_INET, "192.168.1.77", 32},
+        {"0.0.0.0/0", 0, AF_INET, "0.0.0.0", 0},
+        {"1.2.3.4/0", 0, AF_INET, "0.0.0.0", 0},
+        {"::1/128", 0, AF_INET6, "::1", 128},
+        {"::1", 0, AF_INET6, "::1", 128},
+        {"2001:db8:ffff::1/32", 0, AF_INET6, "2001:db8::", 32},
+        {"2001:db8::ff/121", 0, AF_INET6, "2001:db8::80", 121},
+        {"10.0.0.0/33", HAMR_EINVAL, 0, NULL, 0},
+        {"::/129", HAMR_EINVAL, 0, NULL, 0},
+        {"10.0.0.0/", HAMR_EINVAL, 0, NULL, 0},
+        {"10.0.0.0/8x", HAMR_EINVAL, 0, NULL, 0},
+        {"10.0.0/8", HAMR_EINVAL, 0, NULL, 0},
+        {"example.com", HAMR_EINVAL, 0, NULL, 0},
+        {"/8", HAMR_EINVAL, 0, NULL, 0},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        struct smtpd_cidr c;
+        int rc = config_parse_cidr(cases[i].in, &c);
+        if (rc != cases[i].want_rc)
+            fail_msg("cidr \"%s\": rc %d, want %d", cases[i].in, rc, cases[i].want_rc);
+        if (rc != 0)
+            continue;
+        char text[INET6_ADDRSTRLEN];
+        assert_int_equal(c.family, cases[i].family);
+        assert_non_null(inet_ntop(c.family, c.addr, text, sizeof(text)));
+        assert_string_equal(text, cases[i].addr);
+        assert_int_equal(c.prefix, cases[i].prefix);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+
+/* test_defaults - a minimal file leaves every documented default. */
+static void test_defaults(void **state)
+{
+    struct hamr_config *cfg = malloc(sizeof(*cfg));
+    char err[512];
+    assert_int_equal(test_load(cfg, BASE, err, sizeof(err), NULL), 0);
+    assert_int_equal(cfg->node_id, 1);
+    assert_string_equal(cfg->data_dir, "/var/lib/hamr");
+    char host[256] = "";
+    gethostname(host, sizeof(host) - 1);
+    if (host[0] != '\0')
+        assert_string_equal(cfg->hostname, host);
+    assert_int_equal(cfg->log_level, LOG_LEVEL_INFO);
+    assert_string_equal(cfg->user, "");
+    assert_string_equal(cfg->listen_smtp.host, "127.0.0.1");
+    assert_int_equal(cfg->listen_smtp.port, 2525);
+    assert_string_equal(cfg->listen_control.host, "127.0.0.1");
+    assert_int_equal(cfg->listen_control.port, 7100);
+    assert_string_equal(cfg->listen_http.host, "");
+    assert_int_equal(cfg->n_voters, 1);
+    assert_int_equal(cfg->voters[0].id, 1);
+    assert_string_equal(cfg->voters[0].address, "127.0.0.1:7001");
+    assert_int_equal(cfg->election_timeout_ms, 1000);
+    assert_int_equal(cfg->heartbeat_ms, 100);
+    assert_int_equal(cfg->snapshot_bytes, 64u << 20);
+    assert_int_equal(cfg->proposal_timeout_ms, 30000);
+    assert_int_equal(cfg->n_relay_networks, 2);
+    assert_int_equal(cfg->relay_networks[0].family, AF_INET);
+    assert_int_equal(cfg->relay_networks[0].prefix, 8);
+    assert_int_equal(cfg->relay_networks[1].family, AF_INET6);
+    assert_int_equal(cfg->relay_networks[1].prefix, 128);
+    assert_int_equal(cfg->n_relay_domains, 0);
+    assert_int_equal(cfg->smtpd.message_size_limit, 10u << 20);
+    assert_int_equal(cfg->smtpd.recipient_limit, 1000);
+    assert_int_equal(cfg->smtpd.header_size_limit, 102400);
+    assert_int_equal(cfg->smtpd.hopcount_limit, 50);
+    assert_int_equal(cfg->smtpd.max_errors, 20);
+    assert_int_equal(cfg->smtpd.command_timeout_ms, 300000);
+    assert_int_equal(cfg->smtpd.data_timeout_ms, 300000);
+    assert_int_equal(cfg->max_sessions, 500);
+    assert_string_equal(cfg->smtpd.hostname, cfg->hostname);
+    assert_ptr_equal(cfg->smtpd.relay_networks, cfg->relay_networks);
+    assert_int_equal(cfg->smtpd.n_relay_networks, 2);
+    assert_string_equal(cfg->relayhost.host, "");
+    assert_string_equal(cfg->smtpc.helo_name, cfg->hostname);
+    assert_int_equal(cfg->smtpc.connect_timeout_ms, 30000);
+    assert_int_equal(cfg->smtpc.command_timeout_ms, 300000);
+    assert_int_equal(cfg->smtpc.data_done_timeout_ms, 600000);
+    assert_int_equal(cfg->smtpc.idle_timeout_ms, 10000);
+    assert_int_equal(cfg->smtpc.max_conns_per_dest, 10);
+    assert_int_equal(cfg->smtpc.max_msgs_per_conn, 100);
+    assert_int_equal(cfg->retry_min_ms, 300000);
+    assert_int_equal(cfg->retry_max_ms, 4000000);
+    assert_int_equal(cfg->queue_lifetime_ms, 5ull * 86400000);
+    assert_int_equal(cfg->lease_time_ms, 900000);
+    assert_int_equal(cfg->scan_interval_ms, 1000);
+    assert_int_equal(cfg->n_transports, 0);
+    assert_int_equal(cfg->min_free_bytes, 256ull << 20);
+    config_free(cfg);
+    free(cfg);
+}
+
+static const char test_full[] =
+    "# every key, none at its default\n"
+    "[node]\n"
+    "id = 2\n"
+    "data_dir = /srv/hamr/2\n"
+    "hostname = mx2.example.net\n"
+    "log_level = debug\n"
+    "user = hamr\n"
+    "\n"
+    "[listen]\n"
+    "smtp = [::1]:25\n"
+    "raft = 10.0.0.2:7002\n"
+    "control = 127.0.0.1:7102\n"
+    "http = 0.0.0.0:8002\n"
+    "\n"
+    "[cluster]\n"
+    "voters = 1@10.0.0.1:7001, 2@10.0.0.2:7002 3@10.0.0.3:7003\n"
+    "election_timeout = 3s\n"
+    "heartbeat = 250ms\n"
+    "snapshot_bytes = 16M\n"
+    "proposal_timeout = 10s\n"
+    "\n"
+    "[smtpd]\n"
+    "relay_networks = 10.0.0.0/8, 2001:db8::/32\n"
+    "relay_domains = Example.com .example.org\n"
+    "message_size_limit = 20M\n"
+    "recipient_limit = 200\n"
+    "header_size_limit = 64K\n"
+    "hopcount_limit = 30\n"
+    "max_errors = 5\n"
+    "command_timeout = 2m\n"
+    "data_timeout = 3m\n"
+    "max_sessions = 50\n"
+    "\n"
+    "[delivery]\n"
+    "relayhost = [smarthost.example.net]:587\n"
+    "connect_timeout = 5s\n"
+    "command_timeout = 1m\n"
+    "data_done_timeout = 4m\n"
+    "idle_timeout = 2s\n"
+    "max_per_destination = 3\n"
+    "max_msgs_per_conn = 7\n"
+    "retry_min = 1m\n"
+    "retry_max = 1h\n"
+    "queue_lifetime = 2d\n"
+    "lease_time = 5m\n"
+    "scan_interval = 500ms\n"
+    "\n"
+    "[transport]\n"
+    "example.com = [mx.example.com]:25\n"
+    ".Example.COM = 10.9.9.9:2525 ; inline comment\n"
+    "\n"
+    "[storage]\n"
+    "min_free = 1G\n";
+
+/* test_every_key - every key set to a value other than its default. */
+static void test_every_key(void **state)
+{
+    struct hamr_config *cfg = malloc(sizeof(*cfg));
+    char err[512];
+    int rc = test_load(cfg, test_full, err, sizeof(err), NULL);
+    if (rc != 0)
+        fail_msg("%s", err);
+    assert_int_equal(cfg->node_id, 2);
+    assert_string_equal(cfg->data_dir, "/srv/hamr/2");
+    assert_string_equal(cfg->hostname, "mx2.example.net");
+    assert_int_equal(cfg->log_level, LOG_LEVEL_DEBUG);
+    assert_string_equal(cfg->user, "hamr");
+    assert_string_equal(cfg->listen_smtp.host, "::1");
+    assert_int_equal(cfg->listen_smtp.port, 25);
+    assert_string_equal(cfg->listen_raft.host, "10.0.0.2");
+    assert_int_equal(cfg->listen_raft.port, 7002);
+    assert_int_equal(cfg->listen_control.port, 7102);
+    assert_string_equal(cfg->listen_http.host, "0.0.0.0");
+    assert_int_equal(cfg->listen_http.port, 8002);
+    assert_int_equal(cfg->n_voters, 3);
+    assert_int_equal(cfg->voters[2].id, 3);
+    assert_string_equal(cfg->voters[2].address, "10.0.0.3:7003");
+    assert_int_equal(cfg->election_timeout_ms, 3000);
+    assert_int_equal(cfg->heartbeat_ms, 250);
+    assert_int_equal(cfg->snapshot_bytes, 16u << 20);
+    assert_int_equal(cfg->proposal_timeout_ms, 10000);
+    assert_int_equal(cfg->n_relay_networks, 2);
+    assert_int_equal(cfg->relay_networks[1].family, AF_INET6);
+    assert_int_equal(cfg->relay_networks[1].prefix, 32);
+    assert_int_equal(cfg->n_relay_domains, 2);
+    assert_string_equal(cfg->relay_domains[0], "example.com");
+    assert_string_equal(cfg->relay_domains[1], ".example.org");
+    assert_int_equal(cfg->smtpd.n_relay_domains, 2);
+    assert_ptr_equal(cfg->smtpd.relay_domains, cfg->relay_domains);
+    assert_int_equal(cfg->smtpd.message_size_limit, 20u << 20);
+    assert_int_equal(cfg->smtpd.recipient_limit, 200);
+    assert_int_equal(cfg->smtpd.header_size_limit, 65536);
+    assert_int_equal(cfg->smtpd.hopcount_limit, 30);
+    assert_int_equal(cfg->smtpd.max_errors, 5);
+    assert_int_equal(cfg->smtpd.command_timeout_ms, 120000);
+    assert_int_equal(cfg->smtpd.data_timeout_ms, 180000);
+    assert_int_equal(cfg->max_sessions, 50);
+    assert_string_equal(cfg->smtpd.hostname, "mx2.example.net");
+    assert_string_equal(cfg->smtpc.helo_name, "mx2.example.net");
+    assert_string_equal(cfg->relayhost.host, "smarthost.example.net");
+    assert_int_equal(cfg->relayhost.port, 587);
+    assert_int_equal(cfg->smtpc.connect_timeout_ms, 5000);
+    assert_int_equal(cfg->smtpc.command_timeout_ms, 60000);
+    assert_int_equal(cfg->smtpc.data_done_timeout_ms, 240000);
+    assert_int_equal(cfg->smtpc.idle_timeout_ms, 2000);
+    assert_int_equal(cfg->smtpc.max_conns_per_dest, 3);
+    assert_int_equal(cfg->smtpc.max_msgs_per_conn, 7);
+    assert_int_equal(cfg->retry_min_ms, 60000);
+    assert_int_equal(cfg->retry_max_ms, 3600000);
+    assert_int_equal(cfg->queue_lifetime_ms, 2ull * 86400000);
+    assert_int_equal(cfg->lease_time_ms, 300000);
+    assert_int_equal(cfg->scan_interval_ms, 500);
+    assert_int_equal(cfg->n_transports, 2);
+    assert_string_equal(cfg->transports[1].domain, ".example.com");
+    assert_string_equal(cfg->transports[1].next_hop.host, "10.9.9.9");
+    assert_int_equal(cfg->min_free_bytes, 1ull << 30);
+    config_free(cfg);
+    assert_int_equal(cfg->n_relay_domains, 0);
+    config_free(cfg); /* idempotent */
+    free(cfg);
+}
+
+/* test_list_continuation - list keys continue and repeat; defaults replaced. */
+static void test_list_continuation(void **state)
+{
+    struct hamr_config *cfg = malloc(sizeof(*cfg));
+    char err[512];
+    int rc = test_load(cfg,
+                       BASE
+                       "[cluster]\n"
+                       "voters = 1@127.0.0.1:7001,\n"
+                       "         2@127.0.0.1:7002\n"
+                       "voters = 3@127.0.0.1:7003\n"
+                       "[smtpd]\n"
+                       "relay_networks = 192.0.2.0/24\n"
+                       "  198.51.100.0/24\n",
+                       err, sizeof(err), NULL);
+    if (rc != 0)
+        fail_msg("%s", err);
+    assert_int_equal(cfg->n_voters, 3);
+    assert_string_equal(cfg->voters[1].address, "127.0.0.1:7002");
+    assert_int_equal(cfg->n_relay_networks, 2); /* the defaults were replaced */
+    assert_int_equal(cfg->smtpd.n_relay_networks, 2);
+    config_free(cfg);
+    free(cfg);
+}
+
+/* test_bad - one invalid file and the exact message after "PATH:". */
+struct test_bad {
+    const char *label;
+    const char *content;
+    int want_rc;
+    const char *want; /* ":LINE: reason" */
+};
+
+static const struct test_bad test_bad_files[] = {
+    {"bad size", BASE "[smtpd]\nmessage_size_limit = 10Q\n", HAMR_EINVAL,
+     ":7: message_size_limit: not a size: \"10Q\""},
+    {"bad duration", BASE "[cluster]\nelection_timeout = 3 s\n", HAMR_EINVAL,
+     ":7: election_timeout: not a duration: \"3 s\""},
+    {"bad count", BASE "[smtpd]\n\n\nrecipient_limit = many\n", HAMR_EINVAL,
+     ":9: recipient_limit: not a number: \"many\""},
+    {"count out of range", BASE "[smtpd]\nmax_errors = 0\n", HAMR_EINVAL,
+     ":7: max_errors: out of range: \"0\""},
+    {"duration out of range", BASE "[cluster]\nheartbeat = 0ms\n", HAMR_EINVAL,
+     ":7: heartbeat: out of range: \"0ms\""},
+    {"unsigned overflow", BASE "[cluster]\nelection_timeout = 100d\n", HAMR_EINVAL,
+     ":7: election_timeout: out of range: \"100d\""},
+    {"unknown key", BASE "[smtpd]\nmax_sesions = 5\n", HAMR_EINVAL,
+     ":7: unknown key \"max_sesions\" in [smtpd]"},
+    {"key of another section", BASE "[node]\nsmtp = 127.0.0.1:25\n", HAMR_EINVAL,
+     ":7: unknown key \"smtp\" in [node]"},
+    {"unknown section", BASE "\n[smptd]\nmax_sessions = 5\n", HAMR_EINVAL,
+     ":7: unknown section [smptd]"},
+    {"unknown empty section", BASE "[bogus]\n", HAMR_EINVAL, ":6: unknown section [bogus]"},
+    {"outside a section", "id = 1\n", HAMR_EINVAL, ":1: \"id\" outside a [section]"},
+    {"syntax error", BASE "[smtpd]\nmax_sessions\n", HAMR_EINVAL,
+     ":7: syntax error (expected [section] or key = value)"},
+    {"unclosed section", BASE "[smtpd\n", HAMR_EINVAL,
+     ":6: syntax error (expected [section] or key = value)"},
+    {"scalar twice", BASE "[node]\nid = 3\n", HAMR_EINVAL, ":7: id: given twice (first on line 2)"},
+    {"indented scalar", "[node]\nid = 1\n  data_dir = /x\n", HAMR_EINVAL,
+     ":3: indented line continues \"id\" (line 2); only lists continue, so do not indent keys"},
+    {"bad log level", "[node]\nlog_level = loud\n", HAMR_EINVAL,
+     ":2: log_level: not one of error, warn, info, debug: \"loud\""},
+    {"zero id", "[node]\nid = 0\n", HAMR_EINVAL, ":2: id: not a positive number: \"0\""},
+    {"empty data_dir", "[node]\ndata_dir =\n", HAMR_EINVAL, ":2: data_dir: empty value"},
+    {"long user",
+     "[node]\nuser = aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n",
+     HAMR_EINVAL, ":2: user: longer than 63 characters"},
+    {"bad hostport", BASE "[listen]\nsmtp = 127.0.0.1\n", HAMR_EINVAL,
+     ":7: smtp: not host:port: \"127.0.0.1\""},
+    {"bad relayhost", BASE "[delivery]\nrelayhost = [mx]:0\n", HAMR_EINVAL,
+     ":7: relayhost: not host:port: \"[mx]:0\""},
+    {"bad network", BASE "[smtpd]\nrelay_networks = 10.0.0.0/8, 10.0.0.0/40\n", HAMR_EINVAL,
+     ":7: relay_networks: not a network: \"10.0.0.0/40\""},
+    {"bad domain", BASE "[smtpd]\nrelay_domains = exa mple..com\n", HAMR_EINVAL,
+     ":7: relay_domains: not a domain: \"mple..com\""},
+    {"bad transport value", BASE "[transport]\nexample.com = mx.example.com\n", HAMR_EINVAL,
+     ":7: example.com: not host:port: \"mx.example.com\""},
+    {"bad transport domain", BASE "[transport]\nexa/mple.com = mx:25\n", HAMR_EINVAL,
+     ":7: transport: not a domain: \"exa/mple.com\""},
+    {"transport twice", BASE "[transport]\nexample.com = mx:25\nEXAMPLE.com = mx2:25\n",
+     HAMR_EINVAL, ":8: example.com: given twice (first on line 7)"},
+    {"bad voter", BASE "[cluster]\nvoters = 1@127.0.0.1:7001 two@127.0.0.1:7002\n", HAMR_EINVAL,
+     ":7: voters: not ID@IPV4:PORT: \"two@127.0.0.1:7002\""},
+    {"voter by name", BASE "[cluster]\nvoters = 1@localhost:7001\n", HAMR_EINVAL,
+     ":7: voters: not ID@IPV4:PORT: \"1@localhost:7001\""},
+    {"voter ipv6", BASE "[cluster]\nvoters = 1@[::1]:7001\n", HAMR_EINVAL,
+     ":7: voters: not ID@IPV4:PORT: \"1@[::1]:7001\""},
+    {"voter id zero", BASE "[cluster]\nvoters = 0@127.0.0.1:7001\n", HAMR_EINVAL,
+     ":7: voters: not ID@IPV4:PORT: \"0@127.0.0.1:7001\""},
+    {"voter id twice", BASE "[cluster]\nvoters = 1@127.0.0.1:7001, 1@127.0.0.1:7002\n", HAMR_EINVAL,
+     ":7: voters: id 1 given twice"},
+    {"voter address twice", BASE "[cluster]\nvoters = 1@127.0.0.1:7001,\n  2@127.0.0.1:7001\n",
+     HAMR_EINVAL, ":8: voters: address 127.0.0.1:7001 given twice"},
+    {"self not a voter", BASE "[cluster]\nvoters = 2@127.0.0.1:7002, 3@127.0.0.1:7003\n",
+     HAMR_EINVAL, ":7: voters: this node (id 1) is not listed"},
+    {"self at another address", BASE "[cluster]\n\nvoters = 1@127.0.0.1:7009\n", HAMR_EINVAL,
+     ":8: voters: this node is listed at 127.0.0.1:7009 but [listen] raft is 127.0.0.1:7001"},
+    {"no id", "[node]\ndata_dir = /x\n[listen]\nraft = 127.0.0.1:7001\n", HAMR_EINVAL,
+     ":0: [node] id is required"},
+    {"no data_dir", "[node]\nid = 1\n[listen]\nraft = 127.0.0.1:7001\n", HAMR_EINVAL,
+     ":0: [node] data_dir is required"},
+    {"no raft", "[node]\nid = 1\ndata_dir = /x\n", HAMR_EINVAL, ":0: [listen] raft is required"},
+    {"raft by name", "[node]\nid = 1\ndata_dir = /x\n[listen]\n\nraft = node1:7001\n", HAMR_EINVAL,
+     ":6: raft: must be an IPv4 address and port: \"node1\""},
+    {"control by name", BASE "[listen]\ncontrol = localhost:7100\n", HAMR_EINVAL,
+     ":7: control: must be an IP address and port: \"localhost\""},
+    {"heartbeat too long", BASE "[cluster]\nheartbeat = 1s\n", HAMR_EINVAL,
+     ":7: heartbeat (1000ms) must be less than election_timeout (1000ms)"},
+    {"election too short", BASE "[cluster]\nelection_timeout = 100ms\n", HAMR_EINVAL,
+     ":7: heartbeat (100ms) must be less than election_timeout (100ms)"},
+    {"retry_min above retry_max", BASE "[delivery]\nretry_max = 1m\nretry_min = 2m\n", HAMR_EINVAL,
+     ":8: retry_min must not exceed retry_max"},
+    {"retry_max below default min", BASE "[delivery]\nretry_max = 1m\n", HAMR_EINVAL,
+     ":7: retry_min must not exceed retry_max"},
+    {"message too big", BASE "[smtpd]\nmessage_size_limit = 65M\n", HAMR_EINVAL,
+     ":7: message_size_limit: at most 64M (a message is one raft entry)"},
+};
+
+/* test_bad_file_messages - each bad file gives exactly its "FILE:LINE: reason". */
+static void test_bad_file_messages(void **state)
+{
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(test_bad_files); i++) {
+        const struct test_bad *t = &test_bad_files[i];
+        struct hamr_config *cfg = malloc(sizeof(*cfg));
+        char err[512], want[700];
+        const char *path;
+        int rc = test_load(cfg, t->content, err, sizeof(err), &path);
+        snprintf(want, sizeof(want), "%s%s", path, t->want);
+        if (rc != t->want_rc || strcmp(err, want) != 0)
+            fail_msg("%s: rc %d (want %d)\n  got:  %s\n  want: %s", t->label, rc, t->want_rc, err,
+                     want);
+        assert_int_equal(cfg->n_relay_domains, 0); /* nothing left allocated */
+        free(cfg);
+    }
+}
+
+/* test_long_line - a line inih would split is refused at its own line. */
+static void test_long_line(void **state)
+{
+    char content[1024];
+    char voters[400];
+    size_t n = 0;
+    for (int id = 1; id <= 12; id++)
+        n += (size_t)snprintf(voters + n, sizeof(voters) - n, "%s%d@127.0.0.1:%d",
+                              id > 1 ? ", " : "", id, 7000 + id);
+    snprintf(content, sizeof(content), BASE "[cluster]\nvoters = %s\n[smtpd]\nbogus = 1\n", voters);
+    struct hamr_config *cfg = malloc(sizeof(*cfg));
+    char err[512], want[700];
+    const char *path;
+    assert_int_equal(test_load(cfg, content, err, sizeof(err), &path), HAMR_EINVAL);
+    snprintf(want, sizeof(want),
+             "%s:7: line longer than 198 characters (continue a list on an indented next line)",
+             path);
+    assert_string_equal(err, want);
+    free(cfg);
+}
+
+/* test_missing_file - HAMR_EIO with line 0. */
+static void test_missing_file(void **state)
+{
+    struct hamr_config *cfg = malloc(sizeof(*cfg));
+    char err[512], want[300];
+    snprintf(want, sizeof(want), "%s/nope.conf", test_dir);
+    assert_int_equal(config_load(cfg, want, err, sizeof(err)), HAMR_EIO);
+    strncat(want, ":0: cannot open: No such file or directory", sizeof(want) - strlen(want) - 1);
+    assert_string_equal(err, want);
+    free(cfg);
+}
+
+/* ------------------------------------------------------------------------ */
+
+/* test_route - exact, longest suffix, relayhost fallback, none. */
+static void test_route(void **state)
+{
+    struct hamr_config *cfg = malloc(sizeof(*cfg));
+    char err[512];
+    int rc = test_load(cfg,
+                       BASE
+                       "[transport]\n"
+                       "example.com = [exact.example.com]:25\n"
+                       ".example.com = [sub.example.com]:25\n"
+                       ".deep.example.com = [deep.example.com]:2525\n"
+                       "other.org = 192.0.2.1:25\n",
+                       err, sizeof(err), NULL);
+    if (rc != 0)
+        fail_msg("%s", err);
+    static const struct {
+        const char *rcpt;
+        int want_rc;
+        const char *host;
+        uint16_t port;
+    } cases[] = {
+        {"a@example.com", 0, "exact.example.com", 25},
+        {"a@EXAMPLE.Com", 0, "exact.example.com", 25},
+        {"a@example.com.", 0, "exact.example.com", 25},
+        {"a@mail.example.com", 0, "sub.example.com", 25},
+        {"a@x.deep.example.com", 0, "deep.example.com", 2525},
+        {"a@deep.example.com", 0, "sub.example.com", 25},
+        {"\"odd@local\"@other.org", 0, "192.0.2.1", 25},
+        {"a@sub.other.org", HAMR_ENOTFOUND, NULL, 0},
+        {"a@notexample.com", HAMR_ENOTFOUND, NULL, 0},
+        {"a@", HAMR_ENOTFOUND, NULL, 0},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        struct config_hostport hp;
+        memset(&hp, 0, sizeof(hp));
+        rc = config_route(cfg, cases[i].rcpt, &hp);
+        if (rc != cases[i].want_rc)
+            fail_msg("route %s: rc %d, want %d", cases[i].rcpt, rc, cases[i].want_rc);
+        if (rc == 0) {
+            assert_string_equal(hp.host, cases[i].host);
+            assert_int_equal(hp.port, cases[i].port);
+        }
+    }
+    /* With a relayhost, whatever has no transport goes there. */
+    hamr_strlcpy(cfg->relayhost.host, "smart.example.net", sizeof(cfg->relayhost.host));
+    cfg->relayhost.port = 587;
+    struct config_hostport hp;
+    assert_int_equal(config_route(cfg, "a@sub.other.org", &hp), 0);
+    assert_string_equal(hp.host, "smart.example.net");
+    assert_int_equal(hp.port, 587);
+    assert_int_equal(config_route(cfg, "a@mail.example.com", &hp), 0);
+    assert_string_equal(hp.host, "sub.example.com");
+    config_free(cfg);
+    free(cfg);
+}
+
+/* main - the tests share one temporary directory. */
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_duration),
+        cmocka_unit_test(test_parse_size),
+        cmocka_unit_test(test_parse_hostport),
+        cmocka_unit_test(test_parse_cidr),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_every_key),
+        cmocka_unit_test(test_list_continuation),
+        cmocka_unit_test(test_bad_file_messages),
+        cmocka_unit_test(test_long_line),
+        cmocka_unit_test(test_missing_file),
+        cmocka_unit_test(test_route),
+    };
+    return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
+}
