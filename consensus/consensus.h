@@ -25,6 +25,11 @@
 #define CONSENSUS_ADDR_MAX 64
 #define CONSENSUS_MAX_MEMBERS 16
 
+/* Member roles, as raft numbers them (RAFT_STANDBY, RAFT_VOTER, RAFT_SPARE). */
+#define CONSENSUS_ROLE_STANDBY 0 /* replicates the log, does not vote */
+#define CONSENSUS_ROLE_VOTER 1
+#define CONSENSUS_ROLE_SPARE 2 /* neither replicates nor votes */
+
 struct consensus_fsm {
     void *data;
     /*
@@ -81,6 +86,8 @@ struct consensus_info {
     size_t n_members;
     struct consensus_member members[CONSENSUS_MAX_MEMBERS];
     int roles[CONSENSUS_MAX_MEMBERS];  /* 0 standby, 1 voter, 2 spare (RAFT_*) */
+    bool failed;                       /* raft UNAVAILABLE after start, or the state machine
+                                          refused an entry: the node must exit */
 };
 
 struct consensus;
@@ -108,7 +115,8 @@ int consensus_start(struct consensus *c, char *errmsg, size_t errlen);
  * consensus_propose - append buf as one entry. buf must come from
  * consensus_malloc; on 0 its ownership passes (cb runs exactly once, never
  * inside this call); on error the caller still owns it and cb never runs.
- * Errors: HAMR_ENOTLEADER (not leader, not ready, or transferring).
+ * Errors: HAMR_ENOTLEADER (not leader, not ready, or transferring),
+ * HAMR_ESHUTDOWN (closing), HAMR_EINVAL (empty buffer), HAMR_ENOMEM.
  */
 int consensus_propose(struct consensus *c, uint8_t *buf, size_t len, consensus_apply_cb cb,
                       void *arg);
@@ -130,8 +138,26 @@ int consensus_transfer(struct consensus *c, uint64_t id,
                        void (*cb)(void *arg, int status, uint64_t leader), void *arg);
 
 /*
+ * consensus_add / consensus_assign / consensus_remove - membership changes,
+ * leader only, one at a time (RAFT.md 7.8). add makes id a SPARE at address
+ * (IPv4 literal "a.b.c.d:port", copied); assign gives it a CONSENSUS_ROLE_*.
+ * On 0, cb(arg, status) runs exactly once, never inside the call. Errors:
+ * HAMR_ENOTLEADER, HAMR_ECANTCHANGE (another change is pending), HAMR_EINVAL,
+ * HAMR_EEXIST (duplicate id or address, or the role is already held),
+ * HAMR_ESHUTDOWN.
+ */
+int consensus_add(struct consensus *c, uint64_t id, const char *address,
+                  void (*cb)(void *arg, int status), void *arg);
+int consensus_assign(struct consensus *c, uint64_t id, int role,
+                     void (*cb)(void *arg, int status), void *arg);
+int consensus_remove(struct consensus *c, uint64_t id, void (*cb)(void *arg, int status),
+                     void *arg);
+
+/*
  * consensus_close - stop raft; pending proposals get HAMR_ESHUTDOWN or
  * HAMR_ELEADERSHIPLOST. closed_cb runs once every handle is closed; then c is freed.
+ * New work is refused at once; raft itself is closed only after its in-flight
+ * log writes finish (at most 5 s), because raft 0.15 crashes when they are cancelled.
  */
 void consensus_close(struct consensus *c, void (*closed_cb)(void *arg), void *arg);
 
