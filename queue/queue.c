@@ -1,0 +1,1377 @@
+/*
+ * queue.c - the replicated mail queue: a deterministic state machine fed
+ * committed log entries (see the specification at the top of queue.h).
+ *
+ * Owns every queued message (envelope, body, per-recipient state) and the
+ * dedupe ("done") set of finished ids. Messages are found by id through a
+ * chained hash table and iterated in acceptance order through a list; the
+ * done set is a FIFO (for pruning from the front) plus its own hash table.
+ *
+ * Determinism: nothing here reads a clock, a random source or the address
+ * of an object in a way that can change the result. Time is the entry's
+ * timestamp_ms. Iteration, snapshot and digest follow the acceptance list,
+ * never the hash tables.
+ *
+ * Atomicity: each command is validated and everything it needs is
+ * allocated before the first change, so a refused command (res->status) or
+ * an allocation failure (HAMR_ENOMEM) leaves the state as it was.
+ *
+ * Errors: queue_apply returns HAMR_ECORRUPT / HAMR_EVERSION for an entry it
+ * cannot decode and HAMR_ENOMEM; refused commands return 0 with res->status
+ * HAMR_ENOTFOUND, HAMR_EINVAL or HAMR_ECORRUPT.
+ *
+ * Security: entries come from the replicated log, written by other nodes
+ * from untrusted SMTP input. Ids are length-checked, indexes bounds-checked,
+ * bodies checked against their SHA-256, error texts reduced to printable
+ * ASCII and bounded.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include "util/common.h"
+#include "util/err.h"
+#include "util/log.h"
+#include "proto/proto_frame.h"
+#include "queue/queue.h"
+#include "queue/queue_dsn.h"
+
+/*
+ * A DSN's id is "<id>-B<n>" and must fit in QUEUE_ID_MAX, so ids of
+ * accepted (non-DSN) messages leave room for "-B" and ten digits.
+ */
+#define QUEUE_ACCEPT_ID_MAX (QUEUE_ID_MAX - 1 - 12)
+/* last_error is cut at this many bytes. */
+#define QUEUE_ERROR_MAX 512
+#define QUEUE_SHA256_LEN 32
+#define QUEUE_HASH_MIN 64
+/* Text of the per-recipient error after an administrative bounce. */
+#define QUEUE_ADMIN_BOUNCE_TEXT "bounced by the administrator"
+
+/* queue_item - a queued message with its links; msg is what callers see. */
+struct queue_item {
+    struct queue_msg msg;
+    uint8_t sha256[QUEUE_SHA256_LEN]; /* of the body, for snapshots and the digest */
+    uint64_t hash;
+    struct queue_item *hnext;       /* hash chain */
+    struct queue_item *prev, *next; /* acceptance order */
+};
+
+/* queue_done - the id of a finished message, kept for dedupe. */
+struct queue_done {
+    char id[QUEUE_ID_MAX];
+    uint64_t done_at_ms;
+    uint64_t hash;
+    struct queue_done *hnext; /* hash chain */
+    struct queue_done *next;  /* insertion order */
+};
+
+struct queue {
+    struct queue_item **mtab;
+    size_t mcap, mcount;
+    struct queue_item *head, *tail;
+    struct queue_done **dtab;
+    size_t dcap, dcount;
+    struct queue_done *dhead, *dtail;
+    uint64_t last_timestamp_ms;
+    uint64_t applied;
+};
+
+/* ------------------------------------------------------------------------
+ * Small helpers
+ * ------------------------------------------------------------------------ */
+
+/* queue_hash - FNV-1a of an id (only the table layout depends on it). */
+static uint64_t queue_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+/* queue_strdup - copy of s ("" for NULL); NULL on no memory. */
+static char *queue_strdup(const char *s)
+{
+    if (s == NULL)
+        s = "";
+    size_t n = strlen(s);
+    char *p = malloc(n + 1);
+    if (p != NULL)
+        memcpy(p, s, n + 1);
+    return p;
+}
+
+/* queue_strdup_opt - copy of s, or NULL for NULL and "" (absent optional text). */
+static int queue_strdup_opt(const char *s, char **out)
+{
+    *out = NULL;
+    if (s == NULL || s[0] == '\0')
+        return 0;
+    *out = queue_strdup(s);
+    return *out ? 0 : HAMR_ENOMEM;
+}
+
+/* queue_streq - NULL and "" are the same string. */
+static bool queue_streq(const char *a, const char *b)
+{
+    return strcmp(a ? a : "", b ? b : "") == 0;
+}
+
+/* queue_sha256 - digest of n bytes; false only when libcrypto fails. */
+static bool queue_sha256(const uint8_t *p, size_t n, uint8_t out[QUEUE_SHA256_LEN])
+{
+    unsigned len = 0;
+    static const uint8_t empty[1];
+    return EVP_Digest(p ? p : empty, n, out, &len, EVP_sha256(), NULL) == 1 &&
+           len == QUEUE_SHA256_LEN;
+}
+
+/* queue_id_ok - a queue id of acceptable length. */
+static bool queue_id_ok(const char *id, size_t max)
+{
+    size_t n = strnlen(id, QUEUE_ID_MAX);
+    return n > 0 && n <= max;
+}
+
+/* queue_error_text - "<code> <text>" reduced to printable ASCII and bounded, or NULL if empty. */
+static int queue_error_text(uint32_t code, const char *text, char **out)
+{
+    char clean[QUEUE_ERROR_MAX];
+    char line[QUEUE_ERROR_MAX + 16];
+    text = text ? text : "";
+    log_printable(clean, sizeof(clean), text, strlen(text));
+    if (code != 0)
+        snprintf(line, sizeof(line), "%u %s", code, clean);
+    else
+        snprintf(line, sizeof(line), "%s", clean);
+    line[QUEUE_ERROR_MAX - 1] = '\0';
+    return queue_strdup_opt(line, out);
+}
+
+/* queue_rcpt_final - the recipient reached a final state. */
+static bool queue_rcpt_final(const struct queue_rcpt *r)
+{
+    return r->state == QUEUE_RCPT_DELIVERED || r->state == QUEUE_RCPT_BOUNCED ||
+           r->state == QUEUE_RCPT_EXPIRED;
+}
+
+/* queue_rcpt_clear_lease - forget the lease fields. */
+static void queue_rcpt_clear_lease(struct queue_rcpt *r)
+{
+    free(r->lease_boot_id);
+    free(r->lease_dest);
+    r->lease_boot_id = NULL;
+    r->lease_dest = NULL;
+    r->lease_id = 0;
+    r->lease_node = 0;
+    r->lease_term = 0;
+    r->lease_expires_ms = 0;
+}
+
+/* queue_rcpt_set_error - replace last_error, taking ownership of text. */
+static void queue_rcpt_set_error(struct queue_rcpt *r, char *text)
+{
+    free(r->last_error);
+    r->last_error = text;
+}
+
+/* ------------------------------------------------------------------------
+ * Items and tables
+ * ------------------------------------------------------------------------ */
+
+/* queue_item_free - release a message and everything it owns; returns NULL. */
+static struct queue_item *queue_item_free(struct queue_item *it)
+{
+    if (it == NULL)
+        return NULL;
+    struct queue_msg *m = &it->msg;
+    for (size_t i = 0; m->rcpts != NULL && i < m->n_rcpts; i++) {
+        free(m->rcpts[i].addr);
+        free(m->rcpts[i].last_error);
+        free(m->rcpts[i].lease_boot_id);
+        free(m->rcpts[i].lease_dest);
+    }
+    free(m->rcpts);
+    free(m->sender);
+    free(m->body);
+    free(m->client_addr);
+    free(m->helo);
+    free(it);
+    return NULL;
+}
+
+/* queue_item_new - an item with n_rcpts PENDING recipients due at received_at_ms. */
+static struct queue_item *queue_item_new(const char *id,
+                                         const char *sender,
+                                         char **rcpts,
+                                         size_t n_rcpts,
+                                         uint64_t received_at_ms)
+{
+    struct queue_item *it = calloc(1, sizeof(*it));
+    if (it == NULL)
+        return NULL;
+    struct queue_msg *m = &it->msg;
+    hamr_strlcpy(m->id, id, sizeof(m->id));
+    it->hash = queue_hash(m->id);
+    m->received_at_ms = received_at_ms;
+    m->sender = queue_strdup(sender);
+    m->client_addr = queue_strdup("");
+    m->helo = queue_strdup("");
+    m->rcpts = calloc(n_rcpts, sizeof(*m->rcpts));
+    if (m->sender == NULL || m->client_addr == NULL || m->helo == NULL || m->rcpts == NULL)
+        return queue_item_free(it);
+    m->n_rcpts = n_rcpts;
+    for (size_t i = 0; i < n_rcpts; i++) {
+        m->rcpts[i].state = QUEUE_RCPT_PENDING;
+        m->rcpts[i].next_attempt_ms = received_at_ms;
+        m->rcpts[i].addr = queue_strdup(rcpts[i]);
+        if (m->rcpts[i].addr == NULL)
+            return queue_item_free(it);
+    }
+    return it;
+}
+
+/* queue_item_set_text - replace client_addr / helo (copied). */
+static int queue_item_set_text(struct queue_item *it, const char *client_addr, const char *helo)
+{
+    char *c = queue_strdup(client_addr), *h = queue_strdup(helo);
+    if (c == NULL || h == NULL) {
+        free(c);
+        free(h);
+        return HAMR_ENOMEM;
+    }
+    free(it->msg.client_addr);
+    free(it->msg.helo);
+    it->msg.client_addr = c;
+    it->msg.helo = h;
+    return 0;
+}
+
+/* queue_item_set_body - copy the body in. */
+static int queue_item_set_body(struct queue_item *it, const uint8_t *body, size_t len)
+{
+    if (len == 0)
+        return 0;
+    it->msg.body = malloc(len);
+    if (it->msg.body == NULL)
+        return HAMR_ENOMEM;
+    memcpy(it->msg.body, body, len);
+    it->msg.body_len = len;
+    return 0;
+}
+
+/* queue_grow_msgs - double the message table when full; failure only keeps chains longer. */
+static void queue_grow_msgs(struct queue *q)
+{
+    if (q->mcount < q->mcap)
+        return;
+    size_t cap = q->mcap * 2;
+    struct queue_item **t = calloc(cap, sizeof(*t));
+    if (t == NULL)
+        return;
+    for (size_t i = 0; i < q->mcap; i++) {
+        struct queue_item *it = q->mtab[i], *next;
+        for (; it != NULL; it = next) {
+            next = it->hnext;
+            it->hnext = t[it->hash & (cap - 1)];
+            t[it->hash & (cap - 1)] = it;
+        }
+    }
+    free(q->mtab);
+    q->mtab = t;
+    q->mcap = cap;
+}
+
+/* queue_grow_done - as queue_grow_msgs for the done set. */
+static void queue_grow_done(struct queue *q)
+{
+    if (q->dcount < q->dcap)
+        return;
+    size_t cap = q->dcap * 2;
+    struct queue_done **t = calloc(cap, sizeof(*t));
+    if (t == NULL)
+        return;
+    for (size_t i = 0; i < q->dcap; i++) {
+        struct queue_done *d = q->dtab[i], *next;
+        for (; d != NULL; d = next) {
+            next = d->hnext;
+            d->hnext = t[d->hash & (cap - 1)];
+            t[d->hash & (cap - 1)] = d;
+        }
+    }
+    free(q->dtab);
+    q->dtab = t;
+    q->dcap = cap;
+}
+
+/* queue_lookup - the item with this id, or NULL. */
+static struct queue_item *queue_lookup(const struct queue *q, const char *id)
+{
+    uint64_t h = queue_hash(id);
+    for (struct queue_item *it = q->mtab[h & (q->mcap - 1)]; it != NULL; it = it->hnext)
+        if (it->hash == h && strcmp(it->msg.id, id) == 0)
+            return it;
+    return NULL;
+}
+
+/* queue_done_lookup - the done record of this id, or NULL. */
+static struct queue_done *queue_done_lookup(const struct queue *q, const char *id)
+{
+    uint64_t h = queue_hash(id);
+    for (struct queue_done *d = q->dtab[h & (q->dcap - 1)]; d != NULL; d = d->hnext)
+        if (d->hash == h && strcmp(d->id, id) == 0)
+            return d;
+    return NULL;
+}
+
+/* queue_link - add an item at the end of the acceptance order. Takes ownership. */
+static void queue_link(struct queue *q, struct queue_item *it)
+{
+    queue_grow_msgs(q);
+    size_t b = it->hash & (q->mcap - 1);
+    it->hnext = q->mtab[b];
+    q->mtab[b] = it;
+    it->prev = q->tail;
+    it->next = NULL;
+    if (q->tail)
+        q->tail->next = it;
+    else
+        q->head = it;
+    q->tail = it;
+    q->mcount++;
+}
+
+/* queue_unlink - take an item out of the table and the list (not freed). */
+static void queue_unlink(struct queue *q, struct queue_item *it)
+{
+    struct queue_item **pp = &q->mtab[it->hash & (q->mcap - 1)];
+    while (*pp != it)
+        pp = &(*pp)->hnext;
+    *pp = it->hnext;
+    if (it->prev)
+        it->prev->next = it->next;
+    else
+        q->head = it->next;
+    if (it->next)
+        it->next->prev = it->prev;
+    else
+        q->tail = it->prev;
+    it->hnext = it->prev = it->next = NULL;
+    q->mcount--;
+}
+
+/* queue_done_new - a done record, not yet linked. */
+static struct queue_done *queue_done_new(const char *id, uint64_t done_at_ms)
+{
+    struct queue_done *d = calloc(1, sizeof(*d));
+    if (d == NULL)
+        return NULL;
+    hamr_strlcpy(d->id, id, sizeof(d->id));
+    d->hash = queue_hash(d->id);
+    d->done_at_ms = done_at_ms;
+    return d;
+}
+
+/* queue_done_link - append a done record. Takes ownership. */
+static void queue_done_link(struct queue *q, struct queue_done *d)
+{
+    queue_grow_done(q);
+    size_t b = d->hash & (q->dcap - 1);
+    d->hnext = q->dtab[b];
+    q->dtab[b] = d;
+    d->next = NULL;
+    if (q->dtail)
+        q->dtail->next = d;
+    else
+        q->dhead = d;
+    q->dtail = d;
+    q->dcount++;
+}
+
+/*
+ * queue_done_prune - drop done ids at least QUEUE_DONE_TTL_MS older than
+ * now_ms, from the front only. Entry timestamps come from different leaders'
+ * clocks and need not rise; a younger record in front keeps older ones
+ * behind it a little longer, which only delays their removal.
+ */
+static void queue_done_prune(struct queue *q, uint64_t now_ms)
+{
+    while (q->dhead != NULL) {
+        struct queue_done *d = q->dhead;
+        if (now_ms < d->done_at_ms || now_ms - d->done_at_ms < QUEUE_DONE_TTL_MS)
+            break;
+        struct queue_done **pp = &q->dtab[d->hash & (q->dcap - 1)];
+        while (*pp != d)
+            pp = &(*pp)->hnext;
+        *pp = d->hnext;
+        q->dhead = d->next;
+        if (q->dhead == NULL)
+            q->dtail = NULL;
+        q->dcount--;
+        free(d);
+    }
+}
+
+/* queue_clear - free every message and done record; tables stay allocated. */
+static void queue_clear(struct queue *q)
+{
+    struct queue_item *it = q->head, *next;
+    for (; it != NULL; it = next) {
+        next = it->next;
+        queue_item_free(it);
+    }
+    struct queue_done *d = q->dhead, *dnext;
+    for (; d != NULL; d = dnext) {
+        dnext = d->next;
+        free(d);
+    }
+    memset(q->mtab, 0, q->mcap * sizeof(*q->mtab));
+    memset(q->dtab, 0, q->dcap * sizeof(*q->dtab));
+    q->head = q->tail = NULL;
+    q->dhead = q->dtail = NULL;
+    q->mcount = q->dcount = 0;
+}
+
+/* queue_new - an empty queue with its hash tables. */
+struct queue *queue_new(void)
+{
+    struct queue *q = calloc(1, sizeof(*q));
+    if (q == NULL)
+        return NULL;
+    q->mcap = q->dcap = QUEUE_HASH_MIN;
+    q->mtab = calloc(q->mcap, sizeof(*q->mtab));
+    q->dtab = calloc(q->dcap, sizeof(*q->dtab));
+    if (q->mtab == NULL || q->dtab == NULL)
+        return queue_free(q);
+    return q;
+}
+
+/* queue_free - release every message, done record and table. */
+struct queue *queue_free(struct queue *q)
+{
+    if (q == NULL)
+        return NULL;
+    if (q->mtab != NULL && q->dtab != NULL)
+        queue_clear(q);
+    free(q->mtab);
+    free(q->dtab);
+    free(q);
+    return NULL;
+}
+
+/* queue_finish - a message leaves the queue; its id goes to the done set. Takes d. */
+static void queue_finish(struct queue *q, struct queue_item *it, struct queue_done *d)
+{
+    queue_unlink(q, it);
+    queue_item_free(it);
+    queue_done_link(q, d);
+}
+
+/* ------------------------------------------------------------------------
+ * DSN generation, shared by Outcome and Admin BOUNCE
+ * ------------------------------------------------------------------------ */
+
+/*
+ * queue_dsn_prepare - build the DSN item for the failed recipients of m, not
+ * yet linked; *dsn_count gets the message's new DSN counter. *out is NULL
+ * when no DSN is owed (null sender, a DSN itself, nothing failed).
+ */
+static int queue_dsn_prepare(const struct queue *q,
+                             const struct queue_msg *m,
+                             const struct queue_dsn_rcpt *failed,
+                             size_t n_failed,
+                             const char *reporter,
+                             uint64_t dsn_expires_at_ms,
+                             uint64_t now_ms,
+                             struct queue_item **out,
+                             uint32_t *dsn_count)
+{
+    *out = NULL;
+    *dsn_count = m->dsn_count;
+    /* RFC 5321 section 6.1 and RFC 3464: never a DSN to <> or about a DSN. */
+    if (n_failed == 0 || m->sender[0] == '\0' || m->is_dsn)
+        return 0;
+    /* "<id>-B<n>", skipping any n already taken so that ids stay unique. */
+    char id[QUEUE_ID_MAX];
+    uint32_t n = m->dsn_count;
+    for (;;) {
+        int w = snprintf(id, sizeof(id), "%s-B%u", m->id, n);
+        HAMR_ASSERT(w > 0 && (size_t)w < sizeof(id));
+        if (!queue_contains(q, id))
+            break;
+        if (n == UINT32_MAX)
+            return HAMR_EINVAL;
+        n++;
+    }
+    uint8_t *body = NULL;
+    size_t len = 0;
+    bool eight_bit = false;
+    int rv = queue_dsn_build(m, failed, n_failed, reporter, now_ms, id, &body, &len, &eight_bit);
+    if (rv != 0)
+        return rv;
+    char *rcpt = m->sender;
+    struct queue_item *it = queue_item_new(id, "", &rcpt, 1, now_ms);
+    if (it == NULL) {
+        free(body);
+        return HAMR_ENOMEM;
+    }
+    it->msg.body = body;
+    it->msg.body_len = len;
+    it->msg.body_8bit = eight_bit;
+    it->msg.is_dsn = true;
+    it->msg.expires_at_ms = dsn_expires_at_ms;
+    it->msg.accepted_by = 0;
+    if (!queue_sha256(body, len, it->sha256)) {
+        queue_item_free(it);
+        return HAMR_ENOMEM;
+    }
+    *out = it;
+    *dsn_count = n + 1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Enqueue
+ * ------------------------------------------------------------------------ */
+
+/* queue_apply_enqueue - add a message (see queue.h). */
+static int queue_apply_enqueue(struct queue *q,
+                               const Hamr__Enqueue *e,
+                               uint64_t ts,
+                               struct queue_apply_result *res)
+{
+    size_t id_max = e->is_dsn ? QUEUE_ID_MAX - 1 : QUEUE_ACCEPT_ID_MAX;
+    if (!queue_id_ok(e->queue_id, id_max)) {
+        res->status = HAMR_EINVAL;
+        return 0;
+    }
+    if (queue_contains(q, e->queue_id)) {
+        res->duplicate = true;
+        return 0;
+    }
+    if (e->n_rcpts == 0) {
+        res->status = HAMR_EINVAL;
+        return 0;
+    }
+    if (e->body_sha256.len != 0 && e->body_sha256.len != QUEUE_SHA256_LEN) {
+        res->status = HAMR_EINVAL;
+        return 0;
+    }
+    uint8_t sha[QUEUE_SHA256_LEN];
+    if (!queue_sha256(e->body.data, e->body.len, sha))
+        return HAMR_ENOMEM;
+    if (e->body_sha256.len != 0 && memcmp(sha, e->body_sha256.data, QUEUE_SHA256_LEN) != 0) {
+        res->status = HAMR_ECORRUPT;
+        return 0;
+    }
+    struct queue_item *it = queue_item_new(e->queue_id, e->sender, e->rcpts, e->n_rcpts, ts);
+    if (it == NULL)
+        return HAMR_ENOMEM;
+    if (queue_item_set_text(it, e->client_addr, e->helo) != 0 ||
+        queue_item_set_body(it, e->body.data, e->body.len) != 0) {
+        queue_item_free(it);
+        return HAMR_ENOMEM;
+    }
+    memcpy(it->sha256, sha, sizeof(sha));
+    it->msg.expires_at_ms = e->expires_at_ms;
+    it->msg.is_dsn = e->is_dsn;
+    it->msg.body_8bit = e->body_8bit;
+    it->msg.accepted_by = e->accepted_by;
+    queue_link(q, it);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Lease
+ * ------------------------------------------------------------------------ */
+
+/* queue_rcpt_leasable - may this recipient take a new lease at ts? */
+static bool queue_rcpt_leasable(const struct queue_rcpt *r, const Hamr__Lease *l, uint64_t ts)
+{
+    if (r->state == QUEUE_RCPT_PENDING)
+        return true;
+    if (r->state != QUEUE_RCPT_LEASED)
+        return false;
+    if (r->lease_expires_ms <= ts)
+        return true;
+    /* The same node under another boot id: that process died with its lease. */
+    return r->lease_node == l->node_id && !queue_streq(r->lease_boot_id, l->boot_id);
+}
+
+/* queue_apply_lease_item - lease one message's recipients; all or nothing per item. */
+static int queue_apply_lease_item(struct queue *q,
+                                  const Hamr__Lease *l,
+                                  const Hamr__LeaseItem *item,
+                                  uint64_t ts,
+                                  int *status)
+{
+    struct queue_item *it = queue_lookup(q, item->queue_id);
+    if (it == NULL) {
+        *status = HAMR_ENOTFOUND;
+        return 0;
+    }
+    struct queue_msg *m = &it->msg;
+    /* Lease id 0 means "no lease" in an Outcome, so no lease may carry it. */
+    if (item->lease_id == 0) {
+        *status = HAMR_EINVAL;
+        return 0;
+    }
+    for (size_t i = 0; i < item->n_rcpt_indexes; i++) {
+        if (item->rcpt_indexes[i] >= m->n_rcpts) {
+            *status = HAMR_EINVAL;
+            return 0;
+        }
+    }
+    if (m->held)
+        return 0;
+    /* Allocate every copy first: the item is applied whole or not at all. */
+    size_t n = item->n_rcpt_indexes;
+    char **boot = calloc(n ? n : 1, sizeof(*boot));
+    char **dest = calloc(n ? n : 1, sizeof(*dest));
+    int rv = (boot && dest) ? 0 : HAMR_ENOMEM;
+    for (size_t i = 0; rv == 0 && i < n; i++) {
+        if (!queue_rcpt_leasable(&m->rcpts[item->rcpt_indexes[i]], l, ts))
+            continue;
+        rv = queue_strdup_opt(l->boot_id, &boot[i]);
+        if (rv == 0)
+            rv = queue_strdup_opt(item->destination, &dest[i]);
+    }
+    for (size_t i = 0; rv == 0 && i < n; i++) {
+        struct queue_rcpt *r = &m->rcpts[item->rcpt_indexes[i]];
+        /* A repeated index is leased once; the copies made for it stay unused. */
+        if (!queue_rcpt_leasable(r, l, ts))
+            continue;
+        queue_rcpt_clear_lease(r);
+        r->state = QUEUE_RCPT_LEASED;
+        r->lease_id = item->lease_id;
+        r->lease_node = l->node_id;
+        r->lease_term = l->term;
+        r->lease_expires_ms = l->expires_at_ms;
+        r->lease_boot_id = boot[i];
+        r->lease_dest = dest[i];
+        boot[i] = dest[i] = NULL;
+    }
+    for (size_t i = 0; boot && dest && i < n; i++) {
+        free(boot[i]);
+        free(dest[i]);
+    }
+    free(boot);
+    free(dest);
+    return rv;
+}
+
+/* queue_apply_lease - every item on its own; the first refusal is reported. */
+static int queue_apply_lease(struct queue *q,
+                             const Hamr__Lease *l,
+                             uint64_t ts,
+                             struct queue_apply_result *res)
+{
+    for (size_t i = 0; i < l->n_items; i++) {
+        int status = 0;
+        int rv = queue_apply_lease_item(q, l, l->items[i], ts, &status);
+        if (rv != 0)
+            return rv;
+        if (status != 0 && res->status == 0)
+            res->status = status;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Outcome
+ * ------------------------------------------------------------------------ */
+
+/*
+ * queue_outcome_applies - fencing: a result counts only for a recipient
+ * leased under the outcome's lease_id. lease_id 0 (expiry, no route) counts
+ * for a recipient nobody holds: PENDING, or LEASED under a lease that has
+ * lapsed at ts, which is what the scheduler reports as due.
+ */
+static bool queue_outcome_applies(const struct queue_rcpt *r, uint64_t lease_id, uint64_t ts)
+{
+    if (lease_id != 0)
+        return r->state == QUEUE_RCPT_LEASED && r->lease_id == lease_id;
+    return r->state == QUEUE_RCPT_PENDING ||
+           (r->state == QUEUE_RCPT_LEASED && r->lease_expires_ms <= ts);
+}
+
+/* queue_outcome_plan - what an Outcome will do, computed before any change. */
+struct queue_outcome_plan {
+    bool *applies; /* per result */
+    char **errors; /* per result: new last_error (owned until used) */
+    struct queue_dsn_rcpt *failed;
+    size_t n_failed;
+    struct queue_item *dsn; /* owned until linked */
+    uint32_t dsn_count;
+    struct queue_done *done; /* owned until linked; NULL if the message stays */
+};
+
+/* queue_outcome_plan_free - release what the plan still owns. */
+static void queue_outcome_plan_free(struct queue_outcome_plan *p, size_t n)
+{
+    for (size_t i = 0; p->errors && i < n; i++)
+        free(p->errors[i]);
+    free(p->errors);
+    free(p->applies);
+    free(p->failed);
+    queue_item_free(p->dsn);
+    free(p->done);
+}
+
+/* queue_outcome_validate - indexes in range, each once, statuses known. */
+static int queue_outcome_validate(const struct queue_msg *m, const Hamr__Outcome *o)
+{
+    for (size_t i = 0; i < o->n_results; i++) {
+        const Hamr__RcptResult *r = o->results[i];
+        if (r->rcpt_index >= m->n_rcpts)
+            return HAMR_EINVAL;
+        if (r->status < HAMR__RCPT_RESULT__STATUS__DELIVERED ||
+            r->status > HAMR__RCPT_RESULT__STATUS__EXPIRED)
+            return HAMR_EINVAL;
+        for (size_t j = 0; j < i; j++)
+            if (o->results[j]->rcpt_index == r->rcpt_index)
+                return HAMR_EINVAL;
+    }
+    return 0;
+}
+
+/* queue_outcome_prepare - fill the plan: which results apply, texts, DSN, done record. */
+static int queue_outcome_prepare(const struct queue *q,
+                                 const struct queue_msg *m,
+                                 const Hamr__Outcome *o,
+                                 uint64_t ts,
+                                 struct queue_outcome_plan *p)
+{
+    size_t n = o->n_results;
+    p->applies = calloc(n ? n : 1, sizeof(*p->applies));
+    p->errors = calloc(n ? n : 1, sizeof(*p->errors));
+    p->failed = calloc(n ? n : 1, sizeof(*p->failed));
+    if (p->applies == NULL || p->errors == NULL || p->failed == NULL)
+        return HAMR_ENOMEM;
+    size_t final_after = 0;
+    for (size_t i = 0; i < m->n_rcpts; i++)
+        final_after += queue_rcpt_final(&m->rcpts[i]);
+    for (size_t i = 0; i < n; i++) {
+        const Hamr__RcptResult *r = o->results[i];
+        const struct queue_rcpt *rc = &m->rcpts[r->rcpt_index];
+        p->applies[i] = queue_outcome_applies(rc, o->lease_id, ts);
+        if (!p->applies[i])
+            continue;
+        if (r->status != HAMR__RCPT_RESULT__STATUS__DELIVERED) {
+            int rv = queue_error_text(r->smtp_code, r->diagnostic, &p->errors[i]);
+            if (rv != 0)
+                return rv;
+        }
+        if (r->status == HAMR__RCPT_RESULT__STATUS__DEFERRED)
+            continue;
+        final_after++;
+        if (r->status == HAMR__RCPT_RESULT__STATUS__DELIVERED)
+            continue;
+        struct queue_dsn_rcpt *f = &p->failed[p->n_failed++];
+        f->addr = rc->addr;
+        f->state = r->status == HAMR__RCPT_RESULT__STATUS__EXPIRED ? QUEUE_RCPT_EXPIRED
+                                                                   : QUEUE_RCPT_BOUNCED;
+        f->smtp_code = r->smtp_code;
+        f->diagnostic = r->diagnostic;
+        f->remote = o->remote;
+    }
+    int rv = queue_dsn_prepare(q, m, p->failed, p->n_failed, o->reporter, o->dsn_expires_at_ms, ts,
+                               &p->dsn, &p->dsn_count);
+    if (rv != 0)
+        return rv;
+    if (final_after == m->n_rcpts) {
+        p->done = queue_done_new(m->id, ts);
+        if (p->done == NULL)
+            return HAMR_ENOMEM;
+    }
+    return 0;
+}
+
+/* queue_apply_outcome - record delivery results (see queue.h). */
+static int queue_apply_outcome(struct queue *q,
+                               const Hamr__Outcome *o,
+                               uint64_t ts,
+                               struct queue_apply_result *res)
+{
+    struct queue_item *it = queue_lookup(q, o->queue_id);
+    if (it == NULL) {
+        res->status = HAMR_ENOTFOUND;
+        return 0;
+    }
+    struct queue_msg *m = &it->msg;
+    int rv = queue_outcome_validate(m, o);
+    if (rv != 0) {
+        res->status = rv;
+        return 0;
+    }
+    struct queue_outcome_plan p = {0};
+    rv = queue_outcome_prepare(q, m, o, ts, &p);
+    if (rv != 0) {
+        queue_outcome_plan_free(&p, o->n_results);
+        return rv;
+    }
+    /* Nothing below can fail. */
+    for (size_t i = 0; i < o->n_results; i++) {
+        if (!p.applies[i])
+            continue;
+        const Hamr__RcptResult *r = o->results[i];
+        struct queue_rcpt *rc = &m->rcpts[r->rcpt_index];
+        queue_rcpt_clear_lease(rc);
+        switch (r->status) {
+            case HAMR__RCPT_RESULT__STATUS__DELIVERED:
+                rc->state = QUEUE_RCPT_DELIVERED;
+                break;
+            case HAMR__RCPT_RESULT__STATUS__DEFERRED:
+                rc->state = QUEUE_RCPT_PENDING;
+                rc->attempts++;
+                rc->next_attempt_ms = o->next_attempt_ms;
+                queue_rcpt_set_error(rc, p.errors[i]);
+                p.errors[i] = NULL;
+                break;
+            case HAMR__RCPT_RESULT__STATUS__BOUNCED:
+            case HAMR__RCPT_RESULT__STATUS__EXPIRED:
+            default:
+                rc->state = r->status == HAMR__RCPT_RESULT__STATUS__EXPIRED ? QUEUE_RCPT_EXPIRED
+                                                                            : QUEUE_RCPT_BOUNCED;
+                queue_rcpt_set_error(rc, p.errors[i]);
+                p.errors[i] = NULL;
+                break;
+        }
+    }
+    m->dsn_count = p.dsn_count;
+    if (p.dsn != NULL) {
+        queue_link(q, p.dsn);
+        p.dsn = NULL;
+        res->dsn_generated++;
+    }
+    if (p.done != NULL) {
+        queue_finish(q, it, p.done);
+        p.done = NULL;
+        res->finished++;
+    }
+    queue_outcome_plan_free(&p, o->n_results);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Admin
+ * ------------------------------------------------------------------------ */
+
+/* queue_admin_bounce - fail every PENDING recipient, one DSN; LEASED ones keep their lease. */
+static int queue_admin_bounce(struct queue *q,
+                              struct queue_item *it,
+                              const Hamr__Admin *a,
+                              uint64_t ts,
+                              struct queue_apply_result *res)
+{
+    struct queue_msg *m = &it->msg;
+    size_t n_rcpts = m->n_rcpts;
+    struct queue_dsn_rcpt *failed = calloc(n_rcpts, sizeof(*failed));
+    char **errors = calloc(m->n_rcpts, sizeof(*errors));
+    struct queue_item *dsn = NULL;
+    struct queue_done *done = NULL;
+    uint32_t dsn_count = m->dsn_count;
+    size_t n_failed = 0, final_after = 0;
+    int rv = (failed && errors) ? 0 : HAMR_ENOMEM;
+    for (size_t i = 0; rv == 0 && i < m->n_rcpts; i++) {
+        struct queue_rcpt *r = &m->rcpts[i];
+        if (queue_rcpt_final(r)) {
+            final_after++;
+            continue;
+        }
+        if (r->state != QUEUE_RCPT_PENDING)
+            continue;
+        final_after++;
+        errors[i] = queue_strdup(QUEUE_ADMIN_BOUNCE_TEXT);
+        if (errors[i] == NULL)
+            rv = HAMR_ENOMEM;
+        struct queue_dsn_rcpt *f = &failed[n_failed++];
+        f->addr = r->addr;
+        f->state = QUEUE_RCPT_BOUNCED;
+        f->diagnostic = QUEUE_ADMIN_BOUNCE_TEXT;
+    }
+    if (rv == 0)
+        rv = queue_dsn_prepare(q, m, failed, n_failed, a->reporter, a->dsn_expires_at_ms, ts, &dsn,
+                               &dsn_count);
+    if (rv == 0 && n_failed > 0 && final_after == m->n_rcpts) {
+        done = queue_done_new(m->id, ts);
+        if (done == NULL)
+            rv = HAMR_ENOMEM;
+    }
+    if (rv == 0) {
+        for (size_t i = 0; i < m->n_rcpts; i++) {
+            if (errors[i] == NULL)
+                continue;
+            m->rcpts[i].state = QUEUE_RCPT_BOUNCED;
+            queue_rcpt_set_error(&m->rcpts[i], errors[i]);
+            errors[i] = NULL;
+        }
+        m->dsn_count = dsn_count;
+        if (dsn != NULL) {
+            queue_link(q, dsn);
+            dsn = NULL;
+            res->dsn_generated++;
+        }
+        if (done != NULL) {
+            queue_finish(q, it, done);
+            done = NULL;
+            res->finished++;
+        }
+    }
+    /* m may be gone now: use the count taken before. */
+    for (size_t i = 0; errors && i < n_rcpts; i++)
+        free(errors[i]);
+    free(errors);
+    free(failed);
+    queue_item_free(dsn);
+    free(done);
+    return rv;
+}
+
+/* queue_admin_flush - every PENDING recipient of m due at ts. */
+static void queue_admin_flush(struct queue_msg *m, uint64_t ts)
+{
+    for (size_t i = 0; i < m->n_rcpts; i++)
+        if (m->rcpts[i].state == QUEUE_RCPT_PENDING)
+            m->rcpts[i].next_attempt_ms = ts;
+}
+
+/* queue_apply_admin - an operator command (see queue.h). */
+static int queue_apply_admin(struct queue *q,
+                             const Hamr__Admin *a,
+                             uint64_t ts,
+                             struct queue_apply_result *res)
+{
+    if (a->op == HAMR__ADMIN__OP__FLUSH && a->queue_id[0] == '\0') {
+        for (struct queue_item *it = q->head; it != NULL; it = it->next)
+            queue_admin_flush(&it->msg, ts);
+        return 0;
+    }
+    struct queue_item *it = queue_lookup(q, a->queue_id);
+    if (it == NULL) {
+        res->status = HAMR_ENOTFOUND;
+        return 0;
+    }
+    switch (a->op) {
+        case HAMR__ADMIN__OP__DELETE: {
+            struct queue_done *d = queue_done_new(it->msg.id, ts);
+            if (d == NULL)
+                return HAMR_ENOMEM;
+            queue_finish(q, it, d);
+            res->finished++;
+            return 0;
+        }
+        case HAMR__ADMIN__OP__HOLD:
+            it->msg.held = true;
+            return 0;
+        case HAMR__ADMIN__OP__RELEASE:
+            it->msg.held = false;
+            return 0;
+        case HAMR__ADMIN__OP__FLUSH:
+            queue_admin_flush(&it->msg, ts);
+            return 0;
+        case HAMR__ADMIN__OP__BOUNCE:
+            return queue_admin_bounce(q, it, a, ts, res);
+        default:
+            res->status = HAMR_EINVAL;
+            return 0;
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Apply
+ * ------------------------------------------------------------------------ */
+
+/* queue_apply - decode one entry, prune the done set, run the command. */
+int queue_apply(struct queue *q, const uint8_t *buf, size_t len, struct queue_apply_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    Hamr__Entry *e = NULL;
+    int rv = proto_entry_unpack(buf, len, &e);
+    if (rv != 0)
+        return rv;
+    uint64_t ts = e->timestamp_ms;
+    /*
+     * Pruning first lets an id finished more than a TTL ago be enqueued
+     * again. It is idempotent, so an entry retried after HAMR_ENOMEM gives
+     * the same result.
+     */
+    queue_done_prune(q, ts);
+    switch (e->cmd_case) {
+        case HAMR__ENTRY__CMD_ENQUEUE:
+            rv = queue_apply_enqueue(q, e->enqueue, ts, res);
+            break;
+        case HAMR__ENTRY__CMD_LEASE:
+            rv = queue_apply_lease(q, e->lease, ts, res);
+            break;
+        case HAMR__ENTRY__CMD_OUTCOME:
+            rv = queue_apply_outcome(q, e->outcome, ts, res);
+            break;
+        case HAMR__ENTRY__CMD_ADMIN:
+            rv = queue_apply_admin(q, e->admin, ts, res);
+            break;
+        default:
+            /* proto_entry_unpack refuses kinds it does not know. */
+            rv = HAMR_EVERSION;
+            break;
+    }
+    hamr__entry__free_unpacked(e, NULL);
+    if (rv != 0)
+        return rv;
+    q->applied++;
+    if (ts > q->last_timestamp_ms)
+        q->last_timestamp_ms = ts;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Queries
+ * ------------------------------------------------------------------------ */
+
+/* queue_find - the queued message with this id. */
+const struct queue_msg *queue_find(const struct queue *q, const char *id)
+{
+    struct queue_item *it = queue_lookup(q, id);
+    return it ? &it->msg : NULL;
+}
+
+/* queue_contains - queued or in the done set. */
+bool queue_contains(const struct queue *q, const char *id)
+{
+    return queue_lookup(q, id) != NULL || queue_done_lookup(q, id) != NULL;
+}
+
+/* queue_foreach - visit messages in acceptance order. */
+void queue_foreach(const struct queue *q,
+                   int (*fn)(void *arg, const struct queue_msg *m),
+                   void *arg)
+{
+    for (const struct queue_item *it = q->head; it != NULL; it = it->next)
+        if (fn(arg, &it->msg) != 0)
+            return;
+}
+
+/* queue_get_stats - counts over the whole queue (a walk, for status only). */
+void queue_get_stats(const struct queue *q, struct queue_stats *st)
+{
+    memset(st, 0, sizeof(*st));
+    st->messages = q->mcount;
+    st->applied = q->applied;
+    for (const struct queue_item *it = q->head; it != NULL; it = it->next) {
+        st->held += it->msg.held;
+        st->bytes += it->msg.body_len;
+        for (size_t i = 0; i < it->msg.n_rcpts; i++) {
+            st->rcpts_pending += it->msg.rcpts[i].state == QUEUE_RCPT_PENDING;
+            st->rcpts_leased += it->msg.rcpts[i].state == QUEUE_RCPT_LEASED;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Snapshot, restore and digest
+ *
+ * The Snapshot message is built over the queue's own memory (no copies of
+ * strings or bodies) in acceptance order, so its encoding is canonical: the
+ * same state gives the same bytes on every node. The digest hashes that
+ * encoding with the bodies left out (their SHA-256 stands in for them).
+ * ------------------------------------------------------------------------ */
+
+/* queue_snap - a Snapshot over the queue's memory, and the arrays that carry it. */
+struct queue_snap {
+    Hamr__Snapshot snap;
+    Hamr__QueuedMessage *qm;
+    Hamr__QueuedMessage **qmp;
+    Hamr__Enqueue *enq;
+    char **rcpt_addrs;
+    Hamr__RcptState *rs;
+    Hamr__RcptState **rsp;
+    Hamr__DoneId *done;
+    Hamr__DoneId **donep;
+};
+
+/* queue_snap_free - release the arrays (never the strings they point to). */
+static void queue_snap_free(struct queue_snap *s)
+{
+    free(s->qm);
+    free(s->qmp);
+    free(s->enq);
+    free(s->rcpt_addrs);
+    free(s->rs);
+    free(s->rsp);
+    free(s->done);
+    free(s->donep);
+}
+
+/* queue_snap_text - a borrowed string for a protobuf field ("" for NULL). */
+static char *queue_snap_text(const char *s)
+{
+    return (char *)(s ? s : "");
+}
+
+/* queue_snap_rcpt - one recipient's state. */
+static void queue_snap_rcpt(Hamr__RcptState *rs, const struct queue_rcpt *r)
+{
+    static const Hamr__RcptState init = HAMR__RCPT_STATE__INIT;
+    *rs = init;
+    rs->addr = queue_snap_text(r->addr);
+    rs->state = (Hamr__RcptState__State)r->state;
+    rs->attempts = r->attempts;
+    rs->next_attempt_ms = r->next_attempt_ms;
+    rs->last_error = queue_snap_text(r->last_error);
+    rs->lease_id = r->lease_id;
+    rs->lease_node = r->lease_node;
+    rs->lease_term = r->lease_term;
+    rs->lease_expires_ms = r->lease_expires_ms;
+    rs->lease_boot_id = queue_snap_text(r->lease_boot_id);
+    rs->lease_destination = queue_snap_text(r->lease_dest);
+}
+
+/* queue_snap_build - fill s from q; bodies are left out when with_bodies is false. */
+static int queue_snap_build(const struct queue *q, bool with_bodies, struct queue_snap *s)
+{
+    static const Hamr__Snapshot snap_init = HAMR__SNAPSHOT__INIT;
+    static const Hamr__QueuedMessage qm_init = HAMR__QUEUED_MESSAGE__INIT;
+    static const Hamr__Enqueue enq_init = HAMR__ENQUEUE__INIT;
+    static const Hamr__DoneId done_init = HAMR__DONE_ID__INIT;
+    memset(s, 0, sizeof(*s));
+    s->snap = snap_init;
+    size_t nm = q->mcount, nd = q->dcount, nr = 0;
+    for (const struct queue_item *it = q->head; it != NULL; it = it->next)
+        nr += it->msg.n_rcpts;
+    s->qm = calloc(nm ? nm : 1, sizeof(*s->qm));
+    s->qmp = calloc(nm ? nm : 1, sizeof(*s->qmp));
+    s->enq = calloc(nm ? nm : 1, sizeof(*s->enq));
+    s->rcpt_addrs = calloc(nr ? nr : 1, sizeof(*s->rcpt_addrs));
+    s->rs = calloc(nr ? nr : 1, sizeof(*s->rs));
+    s->rsp = calloc(nr ? nr : 1, sizeof(*s->rsp));
+    s->done = calloc(nd ? nd : 1, sizeof(*s->done));
+    s->donep = calloc(nd ? nd : 1, sizeof(*s->donep));
+    if (!s->qm || !s->qmp || !s->enq || !s->rcpt_addrs || !s->rs || !s->rsp || !s->done ||
+        !s->donep) {
+        queue_snap_free(s);
+        return HAMR_ENOMEM;
+    }
+    size_t mi = 0, ri = 0;
+    for (const struct queue_item *it = q->head; it != NULL; it = it->next, mi++) {
+        const struct queue_msg *m = &it->msg;
+        Hamr__Enqueue *e = &s->enq[mi];
+        *e = enq_init;
+        e->queue_id = (char *)m->id;
+        e->sender = queue_snap_text(m->sender);
+        e->n_rcpts = m->n_rcpts;
+        e->rcpts = &s->rcpt_addrs[ri];
+        if (with_bodies) {
+            e->body.data = m->body;
+            e->body.len = m->body_len;
+        }
+        e->expires_at_ms = m->expires_at_ms;
+        e->is_dsn = m->is_dsn;
+        e->body_sha256.data = (uint8_t *)it->sha256;
+        e->body_sha256.len = QUEUE_SHA256_LEN;
+        e->client_addr = queue_snap_text(m->client_addr);
+        e->helo = queue_snap_text(m->helo);
+        e->accepted_by = m->accepted_by;
+        e->body_8bit = m->body_8bit;
+        Hamr__QueuedMessage *qm = &s->qm[mi];
+        *qm = qm_init;
+        qm->enqueue = e;
+        qm->n_rcpts = m->n_rcpts;
+        qm->rcpts = &s->rsp[ri];
+        qm->held = m->held;
+        qm->received_at_ms = m->received_at_ms;
+        qm->dsn_count = m->dsn_count;
+        for (size_t i = 0; i < m->n_rcpts; i++, ri++) {
+            s->rcpt_addrs[ri] = queue_snap_text(m->rcpts[i].addr);
+            queue_snap_rcpt(&s->rs[ri], &m->rcpts[i]);
+            s->rsp[ri] = &s->rs[ri];
+        }
+        s->qmp[mi] = qm;
+    }
+    size_t di = 0;
+    for (const struct queue_done *d = q->dhead; d != NULL; d = d->next, di++) {
+        s->done[di] = done_init;
+        s->done[di].queue_id = (char *)d->id;
+        s->done[di].done_at_ms = d->done_at_ms;
+        s->donep[di] = &s->done[di];
+    }
+    s->snap.n_messages = nm;
+    s->snap.messages = s->qmp;
+    s->snap.n_done = nd;
+    s->snap.done = s->donep;
+    s->snap.last_timestamp_ms = q->last_timestamp_ms;
+    s->snap.applied = q->applied;
+    return 0;
+}
+
+/* queue_snapshot - the framed Snapshot of the whole state. */
+int queue_snapshot(const struct queue *q, void *(*alloc)(size_t), uint8_t **out, size_t *len)
+{
+    struct queue_snap s;
+    int rv = queue_snap_build(q, true, &s);
+    if (rv != 0)
+        return rv;
+    rv = proto_snapshot_pack(&s.snap, alloc, out, len);
+    queue_snap_free(&s);
+    return rv;
+}
+
+/* queue_restore_msg - one message from a snapshot, checked, not yet linked. */
+static int queue_restore_msg(const Hamr__QueuedMessage *qm, struct queue_item **out)
+{
+    *out = NULL;
+    const Hamr__Enqueue *e = qm->enqueue;
+    size_t id_max = e && e->is_dsn ? QUEUE_ID_MAX - 1 : QUEUE_ACCEPT_ID_MAX;
+    if (e == NULL || !queue_id_ok(e->queue_id, id_max) || e->n_rcpts == 0 ||
+        qm->n_rcpts != e->n_rcpts || e->body_sha256.len != QUEUE_SHA256_LEN)
+        return HAMR_ECORRUPT;
+    struct queue_item *it =
+        queue_item_new(e->queue_id, e->sender, e->rcpts, e->n_rcpts, qm->received_at_ms);
+    if (it == NULL)
+        return HAMR_ENOMEM;
+    if (queue_item_set_text(it, e->client_addr, e->helo) != 0 ||
+        queue_item_set_body(it, e->body.data, e->body.len) != 0 ||
+        !queue_sha256(e->body.data, e->body.len, it->sha256)) {
+        queue_item_free(it);
+        return HAMR_ENOMEM;
+    }
+    /* The body must be the one that was accepted. */
+    if (memcmp(it->sha256, e->body_sha256.data, QUEUE_SHA256_LEN) != 0) {
+        queue_item_free(it);
+        return HAMR_ECORRUPT;
+    }
+    struct queue_msg *m = &it->msg;
+    m->expires_at_ms = e->expires_at_ms;
+    m->is_dsn = e->is_dsn;
+    m->body_8bit = e->body_8bit;
+    m->accepted_by = e->accepted_by;
+    m->held = qm->held;
+    m->dsn_count = qm->dsn_count;
+    for (size_t i = 0; i < m->n_rcpts; i++) {
+        const Hamr__RcptState *rs = qm->rcpts[i];
+        struct queue_rcpt *r = &m->rcpts[i];
+        if ((unsigned)rs->state > (unsigned)QUEUE_RCPT_EXPIRED ||
+            strcmp(rs->addr, e->rcpts[i]) != 0) {
+            queue_item_free(it);
+            return HAMR_ECORRUPT;
+        }
+        r->state = (enum queue_rcpt_state)rs->state;
+        r->attempts = rs->attempts;
+        r->next_attempt_ms = rs->next_attempt_ms;
+        r->lease_id = rs->lease_id;
+        r->lease_node = rs->lease_node;
+        r->lease_term = rs->lease_term;
+        r->lease_expires_ms = rs->lease_expires_ms;
+        if (queue_strdup_opt(rs->last_error, &r->last_error) != 0 ||
+            queue_strdup_opt(rs->lease_boot_id, &r->lease_boot_id) != 0 ||
+            queue_strdup_opt(rs->lease_destination, &r->lease_dest) != 0) {
+            queue_item_free(it);
+            return HAMR_ENOMEM;
+        }
+    }
+    *out = it;
+    return 0;
+}
+
+/* queue_restore_into - fill the empty queue n from a decoded snapshot. */
+static int queue_restore_into(struct queue *n, const Hamr__Snapshot *s)
+{
+    for (size_t i = 0; i < s->n_messages; i++) {
+        struct queue_item *it;
+        int rv = queue_restore_msg(s->messages[i], &it);
+        if (rv != 0)
+            return rv;
+        if (queue_contains(n, it->msg.id)) {
+            queue_item_free(it);
+            return HAMR_ECORRUPT;
+        }
+        queue_link(n, it);
+    }
+    for (size_t i = 0; i < s->n_done; i++) {
+        const Hamr__DoneId *d = s->done[i];
+        if (!queue_id_ok(d->queue_id, QUEUE_ID_MAX - 1) || queue_contains(n, d->queue_id))
+            return HAMR_ECORRUPT;
+        struct queue_done *rec = queue_done_new(d->queue_id, d->done_at_ms);
+        if (rec == NULL)
+            return HAMR_ENOMEM;
+        queue_done_link(n, rec);
+    }
+    n->last_timestamp_ms = s->last_timestamp_ms;
+    n->applied = s->applied;
+    return 0;
+}
+
+/* queue_restore - build a new state from a snapshot, then swap it in. */
+int queue_restore(struct queue *q, const uint8_t *buf, size_t len)
+{
+    Hamr__Snapshot *s = NULL;
+    int rv = proto_snapshot_unpack(buf, len, &s);
+    if (rv != 0)
+        return rv;
+    struct queue *n = queue_new();
+    if (n == NULL) {
+        hamr__snapshot__free_unpacked(s, NULL);
+        return HAMR_ENOMEM;
+    }
+    rv = queue_restore_into(n, s);
+    hamr__snapshot__free_unpacked(s, NULL);
+    if (rv != 0) {
+        queue_free(n);
+        return rv;
+    }
+    /* Swap the contents: q keeps its address, the old state goes with n. */
+    struct queue tmp = *q;
+    *q = *n;
+    *n = tmp;
+    queue_free(n);
+    return 0;
+}
+
+/* queue_digest_sink - a protobuf-c output buffer that feeds SHA-256. */
+struct queue_digest_sink {
+    ProtobufCBuffer base;
+    EVP_MD_CTX *ctx;
+    bool ok;
+};
+
+/* queue_digest_append_cb - hash the bytes protobuf-c writes. */
+static void queue_digest_append_cb(ProtobufCBuffer *b, size_t len, const uint8_t *data)
+{
+    struct queue_digest_sink *s = hamr_container_of(b, struct queue_digest_sink, base);
+    if (s->ok && len > 0)
+        s->ok = EVP_DigestUpdate(s->ctx, data, len) == 1;
+}
+
+/* queue_digest - SHA-256 of the canonical encoding, bodies by their hash. */
+void queue_digest(const struct queue *q, char hex[65])
+{
+    uint8_t md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    struct queue_snap s;
+    struct queue_digest_sink sink = {.base = {.append = queue_digest_append_cb}, .ok = false};
+    /*
+     * On failure (no memory) the digest is all zeros, which no real state
+     * hashes to; a comparison then fails loudly instead of matching.
+     */
+    memset(hex, '0', 64);
+    hex[64] = '\0';
+    if (queue_snap_build(q, false, &s) != 0)
+        return;
+    sink.ctx = EVP_MD_CTX_new();
+    sink.ok = sink.ctx != NULL && EVP_DigestInit_ex(sink.ctx, EVP_sha256(), NULL) == 1;
+    if (sink.ok) {
+        /* Hashed as a snapshot record is framed, so the format is part of the digest. */
+        s.snap.format_version = PROTO_SNAPSHOT_VERSION;
+        protobuf_c_message_pack_to_buffer(&s.snap.base, &sink.base);
+    }
+    if (sink.ok && EVP_DigestFinal_ex(sink.ctx, md, &mdlen) == 1 && mdlen == QUEUE_SHA256_LEN) {
+        for (unsigned i = 0; i < mdlen; i++)
+            snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    }
+    EVP_MD_CTX_free(sink.ctx);
+    queue_snap_free(&s);
+}

@@ -1,0 +1,1561 @@
+/*
+ * test_queue.c - the replicated queue state machine: every entry kind, the
+ * refusals, fencing, DSN generation, the done set, snapshots and the digest,
+ * and determinism over a long pseudo-random entry sequence.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/common.h"
+#include "util/err.h"
+#include "proto/proto_frame.h"
+#include "queue/queue.h"
+#include "queue_fixture.h"
+
+#define T0 1700000000000ull
+#define MIN (60ull * 1000)
+#define DELIVERED HAMR__RCPT_RESULT__STATUS__DELIVERED
+#define DEFERRED HAMR__RCPT_RESULT__STATUS__DEFERRED
+#define BOUNCED HAMR__RCPT_RESULT__STATUS__BOUNCED
+#define EXPIRED HAMR__RCPT_RESULT__STATUS__EXPIRED
+
+static int setup(void **state)
+{
+    *state = queue_new();
+    return *state ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    queue_free(*state);
+    return 0;
+}
+
+/* digest_of - the queue's digest as a string to compare. */
+static void digest_of(const struct queue *q, char hex[65])
+{
+    queue_digest(q, hex);
+    assert_int_equal(strlen(hex), 64);
+}
+
+/* one_msg - enqueue "M" from a@example.org to three recipients at T0. */
+static void one_msg(struct queue *q, const char *sender)
+{
+    struct fx_enq e = {.id = "M",
+                       .sender = sender,
+                       .rcpts = {"r0@one.test", "r1@two.test", "r2@one.test"},
+                       .expires = T0 + 5 * 24 * 60 * MIN};
+    struct queue_apply_result r = fx_enqueue(q, T0, &e);
+    assert_int_equal(r.status, 0);
+    assert_false(r.duplicate);
+}
+
+/* lease_all - lease the given indexes of id under lease_id to node 1 until T0 + 10 min. */
+static struct queue_apply_result lease_idx(struct queue *q,
+                                           uint64_t ts,
+                                           const char *id,
+                                           uint64_t lease_id,
+                                           uint32_t i0,
+                                           int n)
+{
+    struct fx_lease l = {.node = 1,
+                         .term = 3,
+                         .expires = ts + 10 * MIN,
+                         .boot = "boot-a",
+                         .id = id,
+                         .n = (size_t)n,
+                         .lease_id = lease_id,
+                         .dest = "[10.0.0.1]:25"};
+    for (int i = 0; i < n; i++)
+        l.idx[i] = i0 + (uint32_t)i;
+    return fx_lease(q, ts, &l);
+}
+
+/* ------------------------------------------------------------------------ */
+
+static void test_enqueue_and_find(void **state)
+{
+    struct queue *q = *state;
+    struct fx_enq e = {.id = "Q1",
+                       .sender = "a@example.org",
+                       .rcpts = {"b@example.net", "c@example.net"},
+                       .expires = T0 + 1000,
+                       .client_addr = "192.0.2.7",
+                       .helo = "client.test",
+                       .accepted_by = 2,
+                       .body_8bit = true};
+    struct queue_apply_result r = fx_enqueue(q, T0, &e);
+    assert_int_equal(r.status, 0);
+    assert_false(r.duplicate);
+    assert_int_equal(r.dsn_generated, 0);
+
+    const struct queue_msg *m = queue_find(q, "Q1");
+    assert_non_null(m);
+    assert_string_equal(m->id, "Q1");
+    assert_string_equal(m->sender, "a@example.org");
+    assert_int_equal(m->n_rcpts, 2);
+    assert_string_equal(m->rcpts[0].addr, "b@example.net");
+    assert_string_equal(m->rcpts[1].addr, "c@example.net");
+    assert_int_equal(m->body_len, strlen(fx_default_body));
+    assert_memory_equal(m->body, fx_default_body, m->body_len);
+    assert_int_equal(m->received_at_ms, T0);
+    assert_int_equal(m->expires_at_ms, T0 + 1000);
+    assert_string_equal(m->client_addr, "192.0.2.7");
+    assert_string_equal(m->helo, "client.test");
+    assert_int_equal(m->accepted_by, 2);
+    assert_true(m->body_8bit);
+    assert_false(m->is_dsn);
+    assert_false(m->held);
+    for (size_t i = 0; i < 2; i++) {
+        assert_int_equal(m->rcpts[i].state, QUEUE_RCPT_PENDING);
+        assert_int_equal(m->rcpts[i].next_attempt_ms, T0);
+        assert_int_equal(m->rcpts[i].attempts, 0);
+        assert_null(m->rcpts[i].last_error);
+    }
+    assert_true(queue_contains(q, "Q1"));
+    assert_false(queue_contains(q, "Q2"));
+    assert_null(queue_find(q, "Q2"));
+
+    struct queue_stats st;
+    queue_get_stats(q, &st);
+    assert_int_equal(st.messages, 1);
+    assert_int_equal(st.rcpts_pending, 2);
+    assert_int_equal(st.rcpts_leased, 0);
+    assert_int_equal(st.bytes, strlen(fx_default_body));
+    assert_int_equal(st.applied, 1);
+}
+
+/* Many messages: lookups stay right while the hash table grows; order is kept. */
+static int order_cb(void *arg, const struct queue_msg *m)
+{
+    int *next = arg;
+    char want[16];
+    snprintf(want, sizeof(want), "id%d", *next);
+    assert_string_equal(m->id, want);
+    (*next)++;
+    return 0;
+}
+
+static void test_many_messages_order(void **state)
+{
+    struct queue *q = *state;
+    for (int i = 0; i < 300; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "id%d", i);
+        struct fx_enq e = {.id = id, .sender = "s@x.test", .rcpts = {"r@y.test"}};
+        assert_int_equal(fx_enqueue(q, T0 + (uint64_t)i, &e).status, 0);
+    }
+    for (int i = 0; i < 300; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "id%d", i);
+        assert_non_null(queue_find(q, id));
+    }
+    int next = 0;
+    queue_foreach(q, order_cb, &next);
+    assert_int_equal(next, 300);
+    /* Remove every other message; the rest stay findable and ordered. */
+    for (int i = 0; i < 300; i += 2) {
+        char id[16];
+        snprintf(id, sizeof(id), "id%d", i);
+        assert_int_equal(fx_admin(q, T0 + 1000, HAMR__ADMIN__OP__DELETE, id).finished, 1);
+    }
+    for (int i = 0; i < 300; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "id%d", i);
+        assert_true((queue_find(q, id) != NULL) == (i % 2 == 1));
+        assert_true(queue_contains(q, id));
+    }
+}
+
+/* Stop early when the callback says so. */
+static int stop_cb(void *arg, const struct queue_msg *m)
+{
+    (void)m;
+    int *n = arg;
+    return ++*n == 2;
+}
+
+static void test_foreach_stops(void **state)
+{
+    struct queue *q = *state;
+    for (int i = 0; i < 5; i++) {
+        char id[8];
+        snprintf(id, sizeof(id), "F%d", i);
+        struct fx_enq e = {.id = id, .sender = "s@x.test", .rcpts = {"r@y.test"}};
+        fx_enqueue(q, T0, &e);
+    }
+    int n = 0;
+    queue_foreach(q, stop_cb, &n);
+    assert_int_equal(n, 2);
+}
+
+/* Table: Enqueue validation. */
+static void test_enqueue_validation(void **state)
+{
+    (void)state;
+    static const char id51[] = "abcdefghijabcdefghijabcdefghijabcdefghijabcdefghij1";
+    static const char id52[] = "abcdefghijabcdefghijabcdefghijabcdefghijabcdefghij12";
+    static const char id63[] = "abcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghij123";
+    static const struct {
+        const char *label;
+        struct fx_enq e;
+        int want_status;
+        bool want_queued;
+    } cases[] = {
+        {"plain", {.id = "A", .sender = "s@x", .rcpts = {"r@y"}}, 0, true},
+        {"null sender", {.id = "A", .sender = "", .rcpts = {"r@y"}}, 0, true},
+        {"no sha", {.id = "A", .sender = "s@x", .rcpts = {"r@y"}, .no_sha = true}, 0, true},
+        {"empty body", {.id = "A", .sender = "s@x", .rcpts = {"r@y"}, .body = ""}, 0, true},
+        {"51-char id", {.id = id51, .sender = "s@x", .rcpts = {"r@y"}}, 0, true},
+        {"52-char id", {.id = id52, .sender = "s@x", .rcpts = {"r@y"}}, HAMR_EINVAL, false},
+        {"63-char dsn id", {.id = id63, .rcpts = {"r@y"}, .is_dsn = true}, 0, true},
+        {"empty id", {.id = "", .sender = "s@x", .rcpts = {"r@y"}}, HAMR_EINVAL, false},
+        {"no rcpts", {.id = "A", .sender = "s@x"}, HAMR_EINVAL, false},
+        {"sha mismatch",
+         {.id = "A", .sender = "s@x", .rcpts = {"r@y"}, .bad_sha = true},
+         HAMR_ECORRUPT,
+         false},
+        {"sha length 31",
+         {.id = "A", .sender = "s@x", .rcpts = {"r@y"}, .sha_len = 31},
+         HAMR_EINVAL,
+         false},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        struct queue *q = queue_new();
+        assert_non_null(q);
+        struct queue_apply_result r = fx_enqueue(q, T0, &cases[i].e);
+        if (r.status != cases[i].want_status)
+            fail_msg("%s: status %d, want %d", cases[i].label, r.status, cases[i].want_status);
+        assert_int_equal(queue_find(q, cases[i].e.id) != NULL, cases[i].want_queued);
+        struct queue_stats st;
+        queue_get_stats(q, &st);
+        assert_int_equal(st.messages, cases[i].want_queued ? 1 : 0);
+        /* A refused command still counts as applied. */
+        assert_int_equal(st.applied, 1);
+        queue_free(q);
+    }
+}
+
+static void test_enqueue_duplicate(void **state)
+{
+    struct queue *q = *state;
+    one_msg(q, "a@example.org");
+    char before[65], after[65];
+    digest_of(q, before);
+    /* Same id, other content: a no-op. */
+    struct fx_enq again = {.id = "M", .sender = "x@y", .rcpts = {"z@w"}, .body = "X: y\r\n\r\n"};
+    struct queue_apply_result r = fx_enqueue(q, T0 + 5, &again);
+    assert_true(r.duplicate);
+    assert_int_equal(r.status, 0);
+    const struct queue_msg *m = queue_find(q, "M");
+    assert_string_equal(m->sender, "a@example.org");
+    assert_int_equal(m->n_rcpts, 3);
+    assert_int_equal(m->received_at_ms, T0);
+
+    /* Finished: still a duplicate while in the done set. */
+    lease_idx(q, T0 + 1, "M", 7, 0, 3);
+    struct fx_outcome o = {
+        .id = "M",
+        .lease_id = 7,
+        .n = 3,
+        .res = {{0, DELIVERED, 250, "ok"}, {1, DELIVERED, 250, "ok"}, {2, DELIVERED, 250, "ok"}}};
+    r = fx_outcome(q, T0 + 2, &o);
+    assert_int_equal(r.finished, 1);
+    assert_null(queue_find(q, "M"));
+    assert_true(queue_contains(q, "M"));
+    r = fx_enqueue(q, T0 + 3, &again);
+    assert_true(r.duplicate);
+    assert_null(queue_find(q, "M"));
+    digest_of(q, after);
+    assert_string_not_equal(before, after);
+}
+
+/* Table: entries that cannot be decoded leave everything unchanged. */
+static void test_decode_errors(void **state)
+{
+    struct queue *q = *state;
+    one_msg(q, "a@example.org");
+    char before[65], after[65];
+    digest_of(q, before);
+
+    /* A valid Admin entry packed by hand so that the version can be changed. */
+    Hamr__Entry e = HAMR__ENTRY__INIT;
+    Hamr__Admin a = HAMR__ADMIN__INIT;
+    a.op = HAMR__ADMIN__OP__HOLD;
+    a.queue_id = "M";
+    e.cmd_case = HAMR__ENTRY__CMD_ADMIN;
+    e.admin = &a;
+    e.timestamp_ms = T0 + 1;
+    uint8_t v2[256], nocmd[256], v0[256];
+    memcpy(v2, "HAMR", 4);
+    e.format_version = 2;
+    size_t v2_len = 4 + hamr__entry__pack(&e, v2 + 4);
+    memcpy(v0, "HAMR", 4);
+    e.format_version = 0;
+    size_t v0_len = 4 + hamr__entry__pack(&e, v0 + 4);
+    e.format_version = 1;
+    e.cmd_case = HAMR__ENTRY__CMD__NOT_SET;
+    memcpy(nocmd, "HAMR", 4);
+    size_t nocmd_len = 4 + hamr__entry__pack(&e, nocmd + 4);
+
+    size_t good_len;
+    uint8_t *good = fx_pack_admin(T0 + 1, HAMR__ADMIN__OP__HOLD, "M", &good_len);
+    uint8_t wrong_magic[256];
+    memcpy(wrong_magic, good, good_len);
+    wrong_magic[0] = 'X';
+    static const uint8_t garbage[] = {'H', 'A', 'M', 'R', 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01};
+
+    const struct {
+        const char *label;
+        const uint8_t *buf;
+        size_t len;
+        int want;
+    } cases[] = {
+        {"empty", (const uint8_t *)"", 0, HAMR_ECORRUPT},
+        {"short", (const uint8_t *)"HAM", 3, HAMR_ECORRUPT},
+        {"wrong magic", wrong_magic, good_len, HAMR_ECORRUPT},
+        {"garbage protobuf", garbage, sizeof(garbage), HAMR_ECORRUPT},
+        {"truncated", good, good_len - 3, HAMR_ECORRUPT},
+        {"format_version 2", v2, v2_len, HAMR_EVERSION},
+        {"format_version 0", v0, v0_len, HAMR_EVERSION},
+        {"no cmd", nocmd, nocmd_len, HAMR_EVERSION},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        struct queue_apply_result res;
+        int rv = queue_apply(q, cases[i].buf, cases[i].len, &res);
+        if (rv != cases[i].want)
+            fail_msg("%s: got %d want %d", cases[i].label, rv, cases[i].want);
+        digest_of(q, after);
+        assert_string_equal(before, after);
+        assert_false(queue_find(q, "M")->held);
+    }
+    /* The intact entry does apply. */
+    fx_apply(q, good, good_len);
+    assert_true(queue_find(q, "M")->held);
+}
+
+static void test_lease_then_delivered(void **state)
+{
+    struct queue *q = *state;
+    one_msg(q, "a@example.org");
+    struct queue_apply_result r = lease_idx(q, T0 + 10, "M", 42, 0, 3);
+    assert_int_equal(r.status, 0);
+    for (size_t i = 0; i < 3; i++) {
+        const struct queue_rcpt *rc = fx_rcpt(q, "M", i);
+        assert_int_equal(rc->state, QUEUE_RCPT_LEASED);
+        assert_int_equal(rc->lease_id, 42);
+        assert_int_equal(rc->lease_node, 1);
+        assert_int_equal(rc->lease_term, 3);
+        assert_int_equal(rc->lease_expires_ms, T0 + 10 + 10 * MIN);
+        assert_string_equal(rc->lease_boot_id, "boot-a");
+        assert_string_equal(rc->lease_dest, "[10.0.0.1]:25");
+    }
+    struct queue_stats st;
+    queue_get_stats(q, &st);
+    assert_int_equal(st.rcpts_leased, 3);
+    assert_int_equal(st.rcpts_pending, 0);
+
+    struct fx_outcome o = {.id = "M",
+                           .lease_id = 42,
+                           .n = 2,
+                           .res = {{0, DELIVERED, 250, "ok"}, {1, DELIVERED, 250, "ok"}}};
+    r = fx_outcome(q, T0 + 20, &o);
+    assert_int_equal(r.finished, 0);
+    assert_int_equal(fx_rcpt(q, "M", 0)->state, QUEUE_RCPT_DELIVERED);
+    assert_int_equal(fx_rcpt(q, "M", 0)->lease_id, 0);
+    assert_null(fx_rcpt(q, "M", 0)->lease_boot_id);
+    assert_int_equal(fx_rcpt(q, "M", 2)->state, QUEUE_RCPT_LEASED);
+    struct fx_outcome o2 = {.id = "M", .lease_id = 42, .n = 1, .res = {{2, DELIVERED, 250, ""}}};
+    r = fx_outcome(q, T0 + 30, &o2);
+    assert_int_equal(r.finished, 1);
+    assert_int_equal(r.dsn_generated, 0);
+    assert_null(queue_find(q, "M"));
+    assert_true(queue_contains(q, "M"));
+    assert_int_equal(fx_count_dsns(q), 0);
+    queue_get_stats(q, &st);
+    assert_int_equal(st.messages, 0);
+    assert_int_equal(st.applied, 4);
+}
+
+/* Fencing: a result counts only under the lease the recipient holds now. */
+static void test_outcome_fencing(void **state)
+{
+    struct queue *q = *state;
+    one_msg(q, "a@example.org");
+    lease_idx(q, T0 + 1, "M", 100, 0, 1);
+    /* The lease lapses; a new lease 101 takes the recipient over. */
+    lease_idx(q, T0 + 1 + 10 * MIN, "M", 101, 0, 1);
+    assert_int_equal(fx_rcpt(q, "M", 0)->lease_id, 101);
+
+    const struct {
+        const char *label;
+        uint64_t lease_id;
+        Hamr__RcptResult__Status status;
+        enum queue_rcpt_state want;
+    } cases[] = {
+        {"stale lease delivered", 100, DELIVERED, QUEUE_RCPT_LEASED},
+        {"stale lease bounced", 100, BOUNCED, QUEUE_RCPT_LEASED},
+        {"no lease while leased", 0, EXPIRED, QUEUE_RCPT_LEASED},
+        {"unknown lease", 999, DELIVERED, QUEUE_RCPT_LEASED},
+        {"current lease", 101, DEFERRED, QUEUE_RCPT_PENDING},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        struct fx_outcome o = {.id = "M",
+                               .lease_id = cases[i].lease_id,
+                               .n = 1,
+                               .res = {{0, cases[i].status, 450, "busy"}},
+                               .next_ms = T0 + 60 * MIN};
+        struct queue_apply_result r = fx_outcome(q, T0 + 11 * MIN, &o);
+        assert_int_equal(r.status, 0);
+        assert_int_equal(r.dsn_generated, 0);
+        if (fx_rcpt(q, "M", 0)->state != cases[i].want)
+            fail_msg("%s: state %d", cases[i].label, fx_rcpt(q, "M", 0)->state);
+    }
+    assert_int_equal(fx_rcpt(q, "M", 0)->attempts, 1);
+    assert_int_equal(fx_count_dsns(q), 0);
+}
+
+static void test_expiry_outcome_dsn(void **state)
+{
+    struct queue *q = *state;
+    struct fx_enq e = {
+        .id = "E", .sender = "a@example.org", .rcpts = {"x@far.test"}, .expires = T0 + MIN};
+    fx_enqueue(q, T0, &e);
+    struct fx_outcome o = {.id = "E",
+                           .lease_id = 0,
+                           .n = 1,
+                           .res = {{0, EXPIRED, 0, "connection refused"}},
+                           .dsn_expires = T0 + 99 * MIN};
+    struct queue_apply_result r = fx_outcome(q, T0 + 2 * MIN, &o);
+    assert_int_equal(r.status, 0);
+    assert_int_equal(r.dsn_generated, 1);
+    assert_int_equal(r.finished, 1);
+    assert_null(queue_find(q, "E"));
+    assert_true(queue_contains(q, "E"));
+    const struct queue_msg *d = queue_find(q, "E-B0");
+    assert_non_null(d);
+    assert_true(d->is_dsn);
+    assert_string_equal(d->sender, "");
+    assert_int_equal(d->n_rcpts, 1);
+    assert_string_equal(d->rcpts[0].addr, "a@example.org");
+    assert_int_equal(d->rcpts[0].state, QUEUE_RCPT_PENDING);
+    assert_int_equal(d->rcpts[0].next_attempt_ms, T0 + 2 * MIN);
+    assert_int_equal(d->received_at_ms, T0 + 2 * MIN);
+    assert_int_equal(d->expires_at_ms, T0 + 99 * MIN);
+    assert_int_equal(d->accepted_by, 0);
+    char *body = strndup((const char *)d->body, d->body_len);
+    assert_non_null(strstr(body, "Status: 4.4.7\r\n"));
+    assert_non_null(strstr(body, "Final-Recipient: rfc822; x@far.test\r\n"));
+    assert_non_null(strstr(body, "To: <a@example.org>\r\n"));
+    free(body);
+    assert_int_equal(fx_count_dsns(q), 1);
+}
+
+static void test_deferred(void **state)
+{
+    struct queue *q = *state;
+    one_msg(q, "a@example.org");
+    for (uint32_t round = 1; round <= 3; round++) {
+        uint64_t ts = T0 + round * 100 * MIN;
+        lease_idx(q, ts, "M", 10 + round, 1, 1);
+        struct fx_outcome o = {.id = "M",
+                               .lease_id = 10 + round,
+                               .n = 1,
+                               .res = {{1, DEFERRED, 451, "4.7.1 try again later"}},
+                               .next_ms = ts + round * MIN};
+        struct queue_apply_result r = fx_outcome(q, ts + 1, &o);
+        assert_int_equal(r.status, 0);
+        const struct queue_rcpt *rc = fx_rcpt(q, "M", 1);
+        assert_int_equal(rc->state, QUEUE_RCPT_PENDING);
+        assert_int_equal(rc->attempts, round);
+        assert_int_equal(rc->next_attempt_ms, ts + round * MIN);
+        assert_string_equal(rc->last_error, "451 4.7.1 try again later");
+        assert_int_equal(rc->lease_id, 0);
+        assert_null(rc->lease_dest);
+    }
+    assert_int_equal(fx_rcpt(q, "M", 0)->attempts, 0);
+    assert_int_equal(fx_count_dsns(q), 0);
+}
+
+/* Diagnostics from the network are made printable and bounded. */
+static void test_error_text_sanitised(void **state)
+{
+    struct queue *q = *state;
+    one_msg(q, "a@example.org");
+    char long_diag[3000];
+    memset(long_diag, 'x', sizeof(long_diag) - 1);
+    long_diag[sizeof(long_diag) - 1] = '\0';
+    struct fx_outcome o = {
+        .id = "M",
+        .lease_id = 0,
+        .n = 2,
+        .res = {{0, DEFERRED, 0, "bad\r\nBcc: evil\x01\xc3\xa9"}, {1, DEFERRED, 421, long_diag}},
+        .next_ms = T0 + MIN};
+    fx_outcome(q, T0 + 1, &o);
+    const char *e0 = fx_rcpt(q, "M", 0)->last_error;
+    assert_string_equal(e0, "bad??Bcc: evil???");
+    const char *e1 = fx_rcpt(q, "M", 1)->last_error;
+    assert_true(strlen(e1) < 512);
+    assert_memory_equal(e1, "421 xxx", 7);
+}
+
+/* One Outcome: delivered, deferred and bounced; one DSN for the bounced one only. */
+static void test_mixed_outcome(void **state)
+{
+    struct queue *q = *state;
+    one_msg(q, "a@example.org");
+    lease_idx(q, T0 + 1, "M", 5, 0, 3);
+    struct fx_outcome o = {.id = "M",
+                           .lease_id = 5,
+                           .n = 3,
+                           .res = {{0, DELIVERED, 250, "2.0.0 ok"},
+                                   {1, DEFERRED, 451, "4.3.0 later"},
+                                   {2, BOUNCED, 550, "5.1.1 no such user"}},
+                           .next_ms = T0 + 30 * MIN,
+                           .remote = "[10.0.0.1]:25"};
+    struct queue_apply_result r = fx_outcome(q, T0 + 2, &o);
+    assert_int_equal(r.dsn_generated, 1);
+    assert_int_equal(r.finished, 0);
+    const struct queue_msg *m = queue_find(q, "M");
+    assert_non_null(m);
+    assert_int_equal(m->dsn_count, 1);
+    assert_int_equal(m->rcpts[0].state, QUEUE_RCPT_DELIVERED);
+    assert_int_equal(m->rcpts[1].state, QUEUE_RCPT_PENDING);
+    assert_int_equal(m->rcpts[2].state, QUEUE_RCPT_BOUNCED);
+    assert_string_equal(m->rcpts[2].last_error, "550 5.1.1 no such user");
+    const struct queue_msg *d = queue_find(q, "M-B0");
+    assert_non_null(d);
+    char *body = strndup((const char *)d->body, d->body_len);
+    assert_non_null(strstr(body, "Final-Recipient: rfc822; r2@one.test\r\n"));
+    assert_null(strstr(body, "Final-Recipient: rfc822; r0@one.test"));
+    assert_null(strstr(body, "Final-Recipient: rfc822; r1@two.test"));
+    assert_non_null(strstr(body, "Status: 5.1.1\r\n"));
+    assert_non_null(strstr(body, "Remote-MTA: dns; [10.0.0.1]:25\r\n"));
+    assert_non_null(strstr(body, "Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n"));
+    free(body);
+
+    /* The deferred one is delivered later: the message finishes, no second DSN. */
+    lease_idx(q, T0 + 31 * MIN, "M", 6, 1, 1);
+    struct fx_outcome o2 = {.id = "M", .lease_id = 6, .n = 1, .res = {{1, DELIVERED, 250, ""}}};
+    r = fx_outcome(q, T0 + 32 * MIN, &o2);
+    assert_int_equal(r.finished, 1);
+    assert_int_equal(r.dsn_generated, 0);
+    assert_null(queue_find(q, "M"));
+    assert_int_equal(fx_count_dsns(q), 1);
+}
+
+/* Table: when a failure owes a DSN. */
+static void test_dsn_rules(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *label;
+        const char *sender;
+        bool is_dsn;
+        Hamr__RcptResult__Status status;
+        unsigned want_dsn;
+    } cases[] = {
+        {"bounce, sender", "a@x.test", false, BOUNCED, 1},
+        {"expire, sender", "a@x.test", false, EXPIRED, 1},
+        {"deferred", "a@x.test", false, DEFERRED, 0},
+        {"delivered", "a@x.test", false, DELIVERED, 0},
+        {"bounce, null sender", "", false, BOUNCED, 0},
+        {"expire, null sender", "", false, EXPIRED, 0},
+        {"bounce of a DSN", "", true, BOUNCED, 0},
+        {"bounce of a DSN with a sender", "a@x.test", true, BOUNCED, 0},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        struct queue *q = queue_new();
+        struct fx_enq e = {
+            .id = "D", .sender = cases[i].sender, .rcpts = {"r@y.test"}, .is_dsn = cases[i].is_dsn};
+        fx_enqueue(q, T0, &e);
+        struct fx_outcome o = {
+            .id = "D", .n = 1, .res = {{0, cases[i].status, 550, "no"}}, .next_ms = T0 + MIN};
+        struct queue_apply_result r = fx_outcome(q, T0 + 1, &o);
+        if (r.dsn_generated != cases[i].want_dsn ||
+            fx_count_dsns(q) !=
+                cases[i].want_dsn + (cases[i].is_dsn && cases[i].status == DEFERRED))
+            fail_msg("%s: dsn %u", cases[i].label, r.dsn_generated);
+        queue_free(q);
+    }
+}
+
+/* A bounced DSN is not bounced again: the chain stops after one. */
+static void test_dsn_of_dsn(void **state)
+{
+    struct queue *q = *state;
+    struct fx_enq e = {.id = "N", .sender = "a@x.test", .rcpts = {"r@y.test"}};
+    fx_enqueue(q, T0, &e);
+    struct fx_outcome o = {.id = "N", .n = 1, .res = {{0, BOUNCED, 550, "5.1.1 unknown"}}};
+    assert_int_equal(fx_outcome(q, T0 + 1, &o).dsn_generated, 1);
+    struct fx_outcome od = {.id = "N-B0", .n = 1, .res = {{0, BOUNCED, 550, "5.1.1 unknown"}}};
+    struct queue_apply_result r = fx_outcome(q, T0 + 2, &od);
+    assert_int_equal(r.dsn_generated, 0);
+    assert_int_equal(r.finished, 1);
+    struct queue_stats st;
+    queue_get_stats(q, &st);
+    assert_int_equal(st.messages, 0);
+}
+
+/* A DSN id already taken is skipped: ids stay unique. */
+static void test_dsn_id_collision(void **state)
+{
+    struct queue *q = *state;
+    struct fx_enq taken = {.id = "C-B0", .sender = "", .rcpts = {"r@y.test"}, .is_dsn = true};
+    fx_enqueue(q, T0, &taken);
+    struct fx_enq e = {.id = "C", .sender = "a@x.test", .rcpts = {"r1@y.test", "r2@y.test"}};
+    fx_enqueue(q, T0, &e);
+    struct fx_outcome o = {.id = "C", .n = 1, .res = {{0, BOUNCED, 550, "no"}}};
+    assert_int_equal(fx_outcome(q, T0 + 1, &o).dsn_generated, 1);
+    assert_non_null(queue_find(q, "C-B1"));
+    assert_int_equal(queue_find(q, "C")->dsn_count, 2);
+    struct fx_outcome o2 = {.id = "C", .n = 1, .res = {{1, BOUNCED, 550, "no"}}};
+    assert_int_equal(fx_outcome(q, T0 + 2, &o2).dsn_generated, 1);
+    assert_non_null(queue_find(q, "C-B2"));
+    assert_int_equal(fx_count_dsns(q), 3);
+}
+
+/* Table: which recipients a Lease takes, by state and time. */
+static void test_lease_eligibility(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *label;
+        uint64_t first_node; /* 0: no first lease */
+        const char *first_boot;
+        uint64_t first_expires; /* relative to T0 */
+        bool final;             /* deliver it first */
+        bool held;
+        uint64_t node;
+        const char *boot;
+        uint64_t at; /* relative to T0 */
+        bool want_taken;
+    } cases[] = {
+        {"pending", 0, NULL, 0, false, false, 1, "b", 1, true},
+        {"pending at enqueue time", 0, NULL, 0, false, false, 1, "b", 0, true},
+        {"lease live, other node", 2, "x", 100, false, false, 1, "b", 99, false},
+        {"lease lapsed at its expiry", 2, "x", 100, false, false, 1, "b", 100, true},
+        {"lease lapsed later", 2, "x", 100, false, false, 1, "b", 500, true},
+        {"same node, same boot", 1, "b", 100, false, false, 1, "b", 50, false},
+        {"same node, other boot", 1, "old", 100, false, false, 1, "b", 50, true},
+        {"same node, no boot before", 1, "", 100, false, false, 1, "b", 50, true},
+        {"final", 0, NULL, 0, true, false, 1, "b", 50, false},
+        {"held", 0, NULL, 0, false, true, 1, "b", 50, false},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        struct queue *q = queue_new();
+        struct fx_enq e = {.id = "L", .sender = "a@x", .rcpts = {"r@y", "s@y"}};
+        fx_enqueue(q, T0, &e);
+        if (cases[i].first_node) {
+            struct fx_lease l = {.node = cases[i].first_node,
+                                 .term = 1,
+                                 .expires = T0 + cases[i].first_expires,
+                                 .boot = cases[i].first_boot,
+                                 .id = "L",
+                                 .idx = {0},
+                                 .n = 1,
+                                 .lease_id = 1,
+                                 .dest = "d1"};
+            fx_lease(q, T0, &l);
+        }
+        if (cases[i].final) {
+            struct fx_outcome o = {.id = "L", .n = 1, .res = {{0, DELIVERED, 250, ""}}};
+            fx_outcome(q, T0, &o);
+        }
+        if (cases[i].held)
+            fx_admin(q, T0, HAMR__ADMIN__OP__HOLD, "L");
+        struct fx_lease l = {.node = cases[i].node,
+                             .term = 2,
+                             .expires = T0 + 1000,
+                             .boot = cases[i].boot,
+                             .id = "L",
+                             .idx = {0},
+                             .n = 1,
+                             .lease_id = 2,
+                             .dest = "d2"};
+        struct queue_apply_result r = fx_lease(q, T0 + cases[i].at, &l);
+        assert_int_equal(r.status, 0);
+        const struct queue_rcpt *rc = fx_rcpt(q, "L", 0);
+        bool taken = rc->state == QUEUE_RCPT_LEASED && rc->lease_id == 2;
+        if (taken != cases[i].want_taken)
+            fail_msg("%s: taken %d", cases[i].label, taken);
+        if (taken) {
+            assert_int_equal(rc->lease_node, cases[i].node);
+            assert_int_equal(rc->lease_term, 2);
+            assert_string_equal(rc->lease_dest, "d2");
+            assert_string_equal(rc->lease_boot_id, cases[i].boot);
+        }
+        /* The other recipient was not in the lease. */
+        assert_int_equal(fx_rcpt(q, "L", 1)->state, QUEUE_RCPT_PENDING);
+        queue_free(q);
+    }
+}
+
+/* Refused leases change nothing; items of one Lease stand on their own. */
+static void test_lease_refusals(void **state)
+{
+    struct queue *q = *state;
+    one_msg(q, "a@example.org");
+    struct fx_enq e2 = {.id = "M2", .sender = "a@x", .rcpts = {"r@y"}};
+    fx_enqueue(q, T0, &e2);
+    char before[65], after[65];
+
+    struct fx_lease unknown = {
+        .node = 1, .expires = T0 + MIN, .id = "nope", .idx = {0}, .n = 1, .lease_id = 9};
+    assert_int_equal(fx_lease(q, T0 + 1, &unknown).status, HAMR_ENOTFOUND);
+
+    digest_of(q, before);
+    struct fx_lease bad_idx = {
+        .node = 1, .expires = T0 + MIN, .id = "M", .idx = {0, 3}, .n = 2, .lease_id = 9};
+    assert_int_equal(fx_lease(q, T0 + 1, &bad_idx).status, HAMR_EINVAL);
+    assert_int_equal(fx_rcpt(q, "M", 0)->state, QUEUE_RCPT_PENDING);
+    struct fx_lease zero = {
+        .node = 1, .expires = T0 + MIN, .id = "M", .idx = {0}, .n = 1, .lease_id = 0};
+    assert_int_equal(fx_lease(q, T0 + 1, &zero).status, HAMR_EINVAL);
+    assert_int_equal(fx_rcpt(q, "M", 0)->state, QUEUE_RCPT_PENDING);
+    digest_of(q, after);
+    /* Only the applied counter moved. */
+    assert_string_not_equal(before, after);
+    struct queue_stats st;
+    queue_get_stats(q, &st);
+    assert_int_equal(st.rcpts_leased, 0);
+
+    /* Two items, the first refers to a gone message: the second still applies. */
+    Hamr__Entry e = HAMR__ENTRY__INIT;
+    Hamr__Lease l = HAMR__LEASE__INIT;
+    Hamr__LeaseItem i1 = HAMR__LEASE_ITEM__INIT, i2 = HAMR__LEASE_ITEM__INIT;
+    uint32_t idx1[] = {0}, idx2[] = {0, 0};
+    i1.queue_id = "gone";
+    i1.n_rcpt_indexes = 1;
+    i1.rcpt_indexes = idx1;
+    i1.lease_id = 20;
+    i2.queue_id = "M2";
+    i2.n_rcpt_indexes = 2; /* a repeated index is leased once */
+    i2.rcpt_indexes = idx2;
+    i2.lease_id = 21;
+    i2.destination = "dx";
+    Hamr__LeaseItem *items[] = {&i1, &i2};
+    l.node_id = 4;
+    l.expires_at_ms = T0 + MIN;
+    l.boot_id = "bb";
+    l.n_items = 2;
+    l.items = items;
+    e.cmd_case = HAMR__ENTRY__CMD_LEASE;
+    e.lease = &l;
+    size_t len;
+    uint8_t *b = fx_pack(&e, T0 + 2, &len);
+    struct queue_apply_result r = fx_apply(q, b, len);
+    assert_int_equal(r.status, HAMR_ENOTFOUND);
+    assert_int_equal(fx_rcpt(q, "M2", 0)->state, QUEUE_RCPT_LEASED);
+    assert_int_equal(fx_rcpt(q, "M2", 0)->lease_id, 21);
+    assert_string_equal(fx_rcpt(q, "M2", 0)->lease_dest, "dx");
+}
+
+/* Table: refused outcomes change no recipient. */
+static void test_outcome_refusals(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *label;
+        struct fx_outcome o;
+        int want;
+    } cases[] = {
+        {"unknown id", {.id = "nope", .n = 1, .res = {{0, DELIVERED, 250, ""}}}, HAMR_ENOTFOUND},
+        {"index out of range",
+         {.id = "M", .n = 2, .res = {{0, DELIVERED, 250, ""}, {3, DELIVERED, 250, ""}}},
+         HAMR_EINVAL},
+        {"index repeated",
+         {.id = "M", .n = 2, .res = {{1, BOUNCED, 550, ""}, {1, DELIVERED, 250, ""}}},
+         HAMR_EINVAL},
+        {"unknown status",
+         {.id = "M", .n = 1, .res = {{0, (Hamr__RcptResult__Status)9, 0, ""}}},
+         HAMR_EINVAL},
+        {"empty results", {.id = "M", .n = 0}, 0},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        struct queue *q = queue_new();
+        one_msg(q, "a@example.org");
+        struct queue_apply_result r = fx_outcome(q, T0 + 1, &cases[i].o);
+        if (r.status != cases[i].want)
+            fail_msg("%s: status %d", cases[i].label, r.status);
+        for (size_t k = 0; k < 3; k++)
+            assert_int_equal(fx_rcpt(q, "M", k)->state, QUEUE_RCPT_PENDING);
+        assert_int_equal(r.dsn_generated, 0);
+        assert_int_equal(fx_count_dsns(q), 0);
+        queue_free(q);
+    }
+}
+
+static void test_hold_release(void **state)
+{
+    struct queue *q = *state;
+    one_msg(q, "a@example.org");
+    assert_int_equal(fx_admin(q, T0 + 1, HAMR__ADMIN__OP__HOLD, "M").status, 0);
+    assert_true(queue_find(q, "M")->held);
+    struct queue_stats st;
+    queue_get_stats(q, &st);
+    assert_int_equal(st.held, 1);
+    /* Not leased while held. */
+    assert_int_equal(lease_idx(q, T0 + 2, "M", 3, 0, 3).status, 0);
+    queue_get_stats(q, &st);
+    assert_int_equal(st.rcpts_leased, 0);
+    assert_int_equal(fx_admin(q, T0 + 3, HAMR__ADMIN__OP__RELEASE, "M").status, 0);
+    assert_false(queue_find(q, "M")->held);
+    lease_idx(q, T0 + 4, "M", 4, 0, 3);
+    queue_get_stats(q, &st);
+    assert_int_equal(st.rcpts_leased, 3);
+    assert_int_equal(st.held, 0);
+    assert_int_equal(fx_admin(q, T0 + 5, HAMR__ADMIN__OP__HOLD, "zz").status, HAMR_ENOTFOUND);
+    assert_int_equal(fx_admin(q, T0 + 5, HAMR__ADMIN__OP__RELEASE, "zz").status, HAMR_ENOTFOUND);
+}
+
+static void test_flush(void **state)
+{
+    struct queue *q = *state;
+    one_msg(q, "a@example.org");
+    struct fx_enq e2 = {.id = "M2", .sender = "a@x", .rcpts = {"r@y"}};
+    fx_enqueue(q, T0, &e2);
+    /* Defer everything far into the future; lease M's rcpt 2. */
+    struct fx_outcome o = {.id = "M",
+                           .n = 2,
+                           .res = {{0, DEFERRED, 451, ""}, {1, DEFERRED, 451, ""}},
+                           .next_ms = T0 + 1000 * MIN};
+    fx_outcome(q, T0 + 1, &o);
+    struct fx_outcome o2 = {
+        .id = "M2", .n = 1, .res = {{0, DEFERRED, 451, ""}}, .next_ms = T0 + 1000 * MIN};
+    fx_outcome(q, T0 + 1, &o2);
+    lease_idx(q, T0 + 2, "M", 8, 2, 1);
+
+    assert_int_equal(fx_admin(q, T0 + 10, HAMR__ADMIN__OP__FLUSH, "M").status, 0);
+    assert_int_equal(fx_rcpt(q, "M", 0)->next_attempt_ms, T0 + 10);
+    assert_int_equal(fx_rcpt(q, "M", 1)->next_attempt_ms, T0 + 10);
+    assert_int_equal(fx_rcpt(q, "M", 2)->state, QUEUE_RCPT_LEASED);
+    assert_int_equal(fx_rcpt(q, "M2", 0)->next_attempt_ms, T0 + 1000 * MIN);
+
+    assert_int_equal(fx_admin(q, T0 + 20, HAMR__ADMIN__OP__FLUSH, "").status, 0);
+    assert_int_equal(fx_rcpt(q, "M", 0)->next_attempt_ms, T0 + 20);
+    assert_int_equal(fx_rcpt(q, "M2", 0)->next_attempt_ms, T0 + 20);
+    assert_int_equal(fx_rcpt(q, "M", 0)->attempts, 1);
+    assert_int_equal(fx_admin(q, T0 + 20, HAMR__ADMIN__OP__FLUSH, "zz").status, HAMR_ENOTFOUND);
+}
+
+static void test_delete(void **state)
+{
+    struct queue *q = *state;
+    one_msg(q, "a@example.org");
+    lease_idx(q, T0 + 1, "M", 5, 0, 1);
+    struct queue_apply_result r = fx_admin(q, T0 + 2, HAMR__ADMIN__OP__DELETE, "M");
+    assert_int_equal(r.status, 0);
+    assert_int_equal(r.finished, 1);
+    assert_int_equal(r.dsn_generated, 0);
+    assert_null(queue_find(q, "M"));
+    assert_true(queue_contains(q, "M"));
+    assert_int_equal(fx_count_dsns(q), 0);
+    /* The lease holder's outcome arrives too late. */
+    struct fx_outcome o = {.id = "M", .lease_id = 5, .n = 1, .res = {{0, DELIVERED, 250, ""}}};
+    assert_int_equal(fx_outcome(q, T0 + 3, &o).status, HAMR_ENOTFOUND);
+    struct fx_enq e = {.id = "M", .sender = "a@x", .rcpts = {"r@y"}};
+    assert_true(fx_enqueue(q, T0 + 4, &e).duplicate);
+    assert_int_equal(fx_admin(q, T0 + 5, HAMR__ADMIN__OP__DELETE, "M").status, HAMR_ENOTFOUND);
+}
+
+static void test_admin_bounce(void **state)
+{
+    struct queue *q = *state;
+    one_msg(q, "a@example.org");
+    lease_idx(q, T0 + 1, "M", 5, 1, 1);
+    struct queue_apply_result r = fx_admin(q, T0 + 2, HAMR__ADMIN__OP__BOUNCE, "M");
+    assert_int_equal(r.status, 0);
+    assert_int_equal(r.dsn_generated, 1);
+    assert_int_equal(r.finished, 0);
+    assert_int_equal(fx_rcpt(q, "M", 0)->state, QUEUE_RCPT_BOUNCED);
+    assert_string_equal(fx_rcpt(q, "M", 0)->last_error, "bounced by the administrator");
+    assert_int_equal(fx_rcpt(q, "M", 1)->state, QUEUE_RCPT_LEASED);
+    assert_int_equal(fx_rcpt(q, "M", 2)->state, QUEUE_RCPT_BOUNCED);
+    const struct queue_msg *d = queue_find(q, "M-B0");
+    assert_non_null(d);
+    char *body = strndup((const char *)d->body, d->body_len);
+    assert_non_null(strstr(body, "Final-Recipient: rfc822; r0@one.test\r\n"));
+    assert_non_null(strstr(body, "Final-Recipient: rfc822; r2@one.test\r\n"));
+    assert_null(strstr(body, "Final-Recipient: rfc822; r1@two.test"));
+    assert_non_null(strstr(body, "Reporting-MTA: dns; mx.hamr.test\r\n"));
+    free(body);
+    /* Again: nothing pending, nothing happens. */
+    r = fx_admin(q, T0 + 3, HAMR__ADMIN__OP__BOUNCE, "M");
+    assert_int_equal(r.dsn_generated, 0);
+    /* The leased one finishes: the message leaves. */
+    struct fx_outcome o = {.id = "M", .lease_id = 5, .n = 1, .res = {{1, DELIVERED, 250, ""}}};
+    assert_int_equal(fx_outcome(q, T0 + 4, &o).finished, 1);
+    assert_null(queue_find(q, "M"));
+
+    /* A bounce that fails every recipient finishes the message at once. */
+    struct fx_enq e = {.id = "Z", .sender = "", .rcpts = {"r@y"}};
+    fx_enqueue(q, T0 + 5, &e);
+    r = fx_admin(q, T0 + 6, HAMR__ADMIN__OP__BOUNCE, "Z");
+    assert_int_equal(r.finished, 1);
+    assert_int_equal(r.dsn_generated, 0); /* null sender */
+    assert_int_equal(fx_admin(q, T0 + 7, HAMR__ADMIN__OP__BOUNCE, "Z").status, HAMR_ENOTFOUND);
+    assert_int_equal(fx_count_dsns(q), 1);
+}
+
+static void test_done_pruning(void **state)
+{
+    struct queue *q = *state;
+    struct fx_enq e = {.id = "P", .sender = "a@x", .rcpts = {"r@y"}};
+    fx_enqueue(q, T0, &e);
+    fx_admin(q, T0 + 100, HAMR__ADMIN__OP__DELETE, "P");
+    struct fx_enq e2 = {.id = "P2", .sender = "a@x", .rcpts = {"r@y"}};
+    fx_enqueue(q, T0 + 200, &e2);
+    fx_admin(q, T0 + 200, HAMR__ADMIN__OP__DELETE, "P2");
+
+    const struct {
+        uint64_t at;
+        bool want_p, want_p2;
+    } steps[] = {
+        {T0 + 100 + QUEUE_DONE_TTL_MS - 1, true, true},
+        {T0 + 100 + QUEUE_DONE_TTL_MS, false, true},
+        {T0 + 200 + QUEUE_DONE_TTL_MS - 1, false, true},
+        {T0 + 200 + QUEUE_DONE_TTL_MS, false, false},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(steps); i++) {
+        /* Any entry prunes; a flush of nothing will do. */
+        fx_admin(q, steps[i].at, HAMR__ADMIN__OP__FLUSH, "");
+        assert_int_equal(queue_contains(q, "P"), steps[i].want_p);
+        assert_int_equal(queue_contains(q, "P2"), steps[i].want_p2);
+    }
+    /* An older timestamp does not bring them back, and the id is free again. */
+    fx_admin(q, T0, HAMR__ADMIN__OP__FLUSH, "");
+    assert_false(queue_contains(q, "P"));
+    assert_false(fx_enqueue(q, T0 + 300 + QUEUE_DONE_TTL_MS, &e).duplicate);
+    assert_non_null(queue_find(q, "P"));
+}
+
+/* build_varied - a queue with every kind of state in it. */
+static void build_varied(struct queue *q)
+{
+    one_msg(q, "a@example.org");
+    struct fx_enq e2 = {.id = "H",
+                        .sender = "b@x",
+                        .rcpts = {"r@y"},
+                        .client_addr = "::1",
+                        .helo = "h.test",
+                        .accepted_by = 3,
+                        .body_8bit = true,
+                        .body = "Subject: \xc3\xa9\r\n\r\nbody\r\n"};
+    fx_enqueue(q, T0 + 1, &e2);
+    fx_admin(q, T0 + 2, HAMR__ADMIN__OP__HOLD, "H");
+    lease_idx(q, T0 + 3, "M", 77, 0, 2);
+    struct fx_outcome o = {
+        .id = "M",
+        .lease_id = 77,
+        .n = 2,
+        .res = {{0, DEFERRED, 451, "4.4.1 later"}, {1, BOUNCED, 550, "5.1.1 nope"}},
+        .next_ms = T0 + 40 * MIN};
+    fx_outcome(q, T0 + 4, &o);
+    lease_idx(q, T0 + 5, "M", 78, 2, 1);
+    struct fx_enq e3 = {.id = "G", .sender = "c@x", .rcpts = {"r@y"}};
+    fx_enqueue(q, T0 + 6, &e3);
+    fx_admin(q, T0 + 7, HAMR__ADMIN__OP__DELETE, "G");
+}
+
+static void test_snapshot_restore(void **state)
+{
+    struct queue *q = *state;
+    build_varied(q);
+    char d1[65], d2[65];
+    digest_of(q, d1);
+    struct queue *r = fx_snapshot_roundtrip(q);
+    digest_of(r, d2);
+    assert_string_equal(d1, d2);
+    fx_assert_same_msgs(q, r);
+    assert_true(queue_contains(r, "G"));
+    assert_null(queue_find(r, "G"));
+    struct queue_stats s1, s2;
+    queue_get_stats(q, &s1);
+    queue_get_stats(r, &s2);
+    assert_memory_equal(&s1, &s2, sizeof(s1));
+
+    /* Both go on identically. */
+    struct fx_outcome o = {.id = "M", .lease_id = 78, .n = 1, .res = {{2, BOUNCED, 550, "x"}}};
+    assert_int_equal(fx_outcome(q, T0 + 9, &o).dsn_generated, 1);
+    assert_int_equal(fx_outcome(r, T0 + 9, &o).dsn_generated, 1);
+    digest_of(q, d1);
+    digest_of(r, d2);
+    assert_string_equal(d1, d2);
+    fx_assert_same_msgs(q, r);
+
+    /* Restoring into a non-empty queue replaces its state entirely. */
+    struct queue *other = queue_new();
+    struct fx_enq e = {.id = "OTHER", .sender = "o@x", .rcpts = {"r@y"}};
+    fx_enqueue(other, T0, &e);
+    uint8_t *snap;
+    size_t len;
+    assert_int_equal(queue_snapshot(q, NULL, &snap, &len), 0);
+    assert_int_equal(queue_restore(other, snap, len), 0);
+    free(snap);
+    assert_null(queue_find(other, "OTHER"));
+    assert_false(queue_contains(other, "OTHER"));
+    digest_of(other, d2);
+    assert_string_equal(d1, d2);
+    queue_free(other);
+    queue_free(r);
+
+    /* An empty queue round-trips too. */
+    struct queue *empty = queue_new();
+    struct queue *empty2 = fx_snapshot_roundtrip(empty);
+    digest_of(empty, d1);
+    digest_of(empty2, d2);
+    assert_string_equal(d1, d2);
+    queue_free(empty);
+    queue_free(empty2);
+}
+
+/* Hand-made snapshots with one defect each. */
+static uint8_t *bad_snapshot(int defect, size_t *len)
+{
+    static const char body[] = "Subject: x\r\n\r\nbody\r\n";
+    uint8_t sha[32];
+    fx_sha256(body, strlen(body), sha);
+    char *rcpts[] = {"r@y"};
+    Hamr__Enqueue e1 = HAMR__ENQUEUE__INIT, e2 = HAMR__ENQUEUE__INIT;
+    Hamr__RcptState rs = HAMR__RCPT_STATE__INIT;
+    Hamr__RcptState *rsp[] = {&rs};
+    Hamr__QueuedMessage m1 = HAMR__QUEUED_MESSAGE__INIT, m2 = HAMR__QUEUED_MESSAGE__INIT;
+    Hamr__QueuedMessage *ms[] = {&m1, &m2};
+    Hamr__DoneId d = HAMR__DONE_ID__INIT;
+    Hamr__DoneId *ds[] = {&d};
+    Hamr__Snapshot s = HAMR__SNAPSHOT__INIT;
+    e1.queue_id = "S1";
+    e1.sender = "a@x";
+    e1.n_rcpts = 1;
+    e1.rcpts = rcpts;
+    e1.body.data = (uint8_t *)body;
+    e1.body.len = strlen(body);
+    e1.body_sha256.data = sha;
+    e1.body_sha256.len = 32;
+    e2 = e1;
+    e2.queue_id = "S2";
+    rs.addr = "r@y";
+    m1.enqueue = &e1;
+    m1.n_rcpts = 1;
+    m1.rcpts = rsp;
+    m2 = m1;
+    m2.enqueue = &e2;
+    d.queue_id = "S3";
+    s.n_messages = 2;
+    s.messages = ms;
+    s.n_done = 1;
+    s.done = ds;
+    uint8_t bad_sha[32] = {0};
+    switch (defect) {
+        case 0: /* none */
+            break;
+        case 1:
+            e2.queue_id = "S1"; /* duplicate id */
+            break;
+        case 2:
+            e2.body_sha256.data = bad_sha; /* body does not match */
+            break;
+        case 3:
+            m2.n_rcpts = 0; /* rcpt states missing */
+            break;
+        case 4:
+            rs.state = (Hamr__RcptState__State)7; /* unknown state */
+            break;
+        case 5:
+            d.queue_id = "S1"; /* done id also queued */
+            break;
+        case 6:
+            e2.queue_id = ""; /* empty id */
+            break;
+        case 7:
+            m2.enqueue = NULL; /* no envelope */
+            break;
+        case 8:
+            rs.addr = "other@y"; /* state of another recipient */
+            break;
+        case 9:
+            e2.body_sha256.len = 0;
+            break;
+    }
+    uint8_t *out;
+    assert_int_equal(proto_snapshot_pack(&s, NULL, &out, len), 0);
+    return out;
+}
+
+static void test_restore_garbage(void **state)
+{
+    struct queue *q = *state;
+    build_varied(q);
+    char before[65], after[65];
+    digest_of(q, before);
+
+    size_t good_len;
+    uint8_t *good = bad_snapshot(0, &good_len);
+    uint8_t v2[512];
+    memcpy(v2, good, good_len);
+    /* Field 1 (format_version) is the first byte after the magic: 0x08, value 0x01. */
+    assert_int_equal(v2[4], 0x08);
+    assert_int_equal(v2[5], 0x01);
+    v2[5] = 0x02;
+    static const uint8_t junk[] = {'H', 'M', 'S', 'N', 0xff, 0xff, 0xff, 0xff, 0xff, 0x01};
+
+    const struct {
+        const char *label;
+        const uint8_t *buf;
+        size_t len;
+        int want;
+    } raw[] = {
+        {"empty", (const uint8_t *)"", 0, HAMR_ECORRUPT},
+        {"entry magic", (const uint8_t *)"HAMR", 4, HAMR_ECORRUPT},
+        {"junk", junk, sizeof(junk), HAMR_ECORRUPT},
+        {"truncated", good, good_len - 5, HAMR_ECORRUPT},
+        {"version 2", v2, good_len, HAMR_EVERSION},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(raw); i++) {
+        int rv = queue_restore(q, raw[i].buf, raw[i].len);
+        if (rv != raw[i].want)
+            fail_msg("%s: %d", raw[i].label, rv);
+        digest_of(q, after);
+        assert_string_equal(before, after);
+    }
+    for (int defect = 1; defect <= 9; defect++) {
+        size_t len;
+        uint8_t *b = bad_snapshot(defect, &len);
+        int rv = queue_restore(q, b, len);
+        free(b);
+        if (rv != HAMR_ECORRUPT)
+            fail_msg("defect %d: %d", defect, rv);
+        digest_of(q, after);
+        assert_string_equal(before, after);
+        assert_non_null(queue_find(q, "M"));
+    }
+    /* The defect-free one restores. */
+    assert_int_equal(queue_restore(q, good, good_len), 0);
+    free(good);
+    assert_non_null(queue_find(q, "S1"));
+    assert_non_null(queue_find(q, "S2"));
+    assert_true(queue_contains(q, "S3"));
+    assert_null(queue_find(q, "M"));
+}
+
+static void test_digest_format(void **state)
+{
+    struct queue *q = *state;
+    char hex[65], hex2[65];
+    queue_digest(q, hex);
+    assert_int_equal(strlen(hex), 64);
+    for (size_t i = 0; i < 64; i++)
+        assert_non_null(strchr("0123456789abcdef", hex[i]));
+    assert_string_not_equal(hex,
+                            "0000000000000000000000000000000000000000000000000000000000000000");
+    one_msg(q, "a@example.org");
+    queue_digest(q, hex2);
+    assert_string_not_equal(hex, hex2);
+    /* Digests ignore nothing that matters: holding changes it. */
+    fx_admin(q, T0 + 1, HAMR__ADMIN__OP__HOLD, "M");
+    queue_digest(q, hex);
+    assert_string_not_equal(hex, hex2);
+}
+
+/* ------------------------------------------------------------------------
+ * Determinism over a long pseudo-random sequence
+ * ------------------------------------------------------------------------ */
+
+/* rng - xorshift64*, seeded: the same sequence on every run. */
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 2685821657736338717ull;
+}
+
+struct entry_bytes {
+    uint8_t *buf;
+    size_t len;
+};
+
+#define N_OPS 400
+#define N_IDS 24
+
+/* random_entries - a mix of every entry kind over a small id space. */
+static void random_entries(uint64_t seed, struct entry_bytes *out)
+{
+    uint64_t s = seed;
+    uint64_t ts = T0;
+    static const char *const senders[] = {"a@x.test", "", "b@y.test"};
+    static const char *const diags[] = {"5.1.1 unknown", "4.2.2 full", "", "oops\r\nX: y"};
+    for (int i = 0; i < N_OPS; i++) {
+        /* About 5 min apart on average: 400 entries span the done-set TTL. */
+        ts += rng_next(&s) % (10 * MIN);
+        char id[16];
+        snprintf(id, sizeof(id), "R%u", (unsigned)(rng_next(&s) % N_IDS));
+        unsigned kind = (unsigned)(rng_next(&s) % 10);
+        if (kind < 3) {
+            char body[64];
+            snprintf(body, sizeof(body), "Subject: %s\r\n\r\nbody %d\r\n", id, i);
+            struct fx_enq e = {.id = id,
+                               .sender = senders[rng_next(&s) % 3],
+                               .rcpts = {"r0@a.test", "r1@b.test", "r2@a.test"},
+                               .body = body,
+                               .expires = ts + 60 * MIN};
+            if (rng_next(&s) % 4 == 0)
+                e.rcpts[2] = NULL;
+            out[i].buf = fx_pack_enqueue(ts, &e, &out[i].len);
+        } else if (kind < 5) {
+            struct fx_lease l = {.node = 1 + rng_next(&s) % 3,
+                                 .term = 1 + (uint64_t)i / 100,
+                                 .expires = ts + (rng_next(&s) % 10) * MIN,
+                                 .boot = (rng_next(&s) % 2) ? "b1" : "b2",
+                                 .id = id,
+                                 .idx = {0, 1, 2},
+                                 .n = 1 + rng_next(&s) % 3,
+                                 .lease_id = 1 + rng_next(&s) % 8,
+                                 .dest = "d"};
+            out[i].buf = fx_pack_lease(ts, &l, &out[i].len);
+        } else if (kind < 8) {
+            struct fx_outcome o = {.id = id,
+                                   .lease_id = rng_next(&s) % 9,
+                                   .n = 1 + rng_next(&s) % 2,
+                                   .next_ms = ts + 5 * MIN,
+                                   .remote = "[192.0.2.1]:25"};
+            o.res[0].idx = 0;
+            o.res[1].idx = 1 + rng_next(&s) % 2;
+            for (size_t k = 0; k < o.n; k++) {
+                o.res[k].status = (Hamr__RcptResult__Status)(rng_next(&s) % 4);
+                o.res[k].code = 400 + 100 * (rng_next(&s) % 2) + 50;
+                o.res[k].diag = diags[rng_next(&s) % 4];
+            }
+            out[i].buf = fx_pack_outcome(ts, &o, &out[i].len);
+        } else {
+            Hamr__Admin__Op op = (Hamr__Admin__Op)(rng_next(&s) % 5);
+            out[i].buf = fx_pack_admin(ts, op, rng_next(&s) % 5 == 0 ? "" : id, &out[i].len);
+        }
+    }
+}
+
+/* feed - apply entries [from, to) and return how many were refused. */
+static unsigned feed(struct queue *q, const struct entry_bytes *e, int from, int to)
+{
+    unsigned refused = 0;
+    for (int i = from; i < to; i++) {
+        struct queue_apply_result res;
+        assert_int_equal(queue_apply(q, e[i].buf, e[i].len, &res), 0);
+        refused += res.status != 0;
+    }
+    return refused;
+}
+
+static void test_replay_determinism(void **state)
+{
+    (void)state;
+    static const uint64_t seeds[] = {1, 0x9e3779b97f4a7c15ull, 424242};
+    for (size_t si = 0; si < HAMR_ARRAY_LEN(seeds); si++) {
+        struct entry_bytes e[N_OPS];
+        random_entries(seeds[si], e);
+        struct queue *a = queue_new(), *b = queue_new();
+        unsigned ra = feed(a, e, 0, N_OPS / 2);
+        unsigned rb = feed(b, e, 0, N_OPS / 2);
+        assert_int_equal(ra, rb);
+        /* Mid-way snapshot into a third queue. */
+        uint8_t *snap;
+        size_t len;
+        assert_int_equal(queue_snapshot(a, NULL, &snap, &len), 0);
+        struct queue *c = queue_new();
+        assert_int_equal(queue_restore(c, snap, len), 0);
+        free(snap);
+        ra += feed(a, e, N_OPS / 2, N_OPS);
+        rb += feed(b, e, N_OPS / 2, N_OPS);
+        feed(c, e, N_OPS / 2, N_OPS);
+        char da[65], db[65], dc[65];
+        digest_of(a, da);
+        digest_of(b, db);
+        digest_of(c, dc);
+        assert_string_equal(da, db);
+        assert_string_equal(da, dc);
+        fx_assert_same_msgs(a, b);
+        fx_assert_same_msgs(a, c);
+        /* The sequence exercised the interesting paths. */
+        struct queue_stats st;
+        queue_get_stats(a, &st);
+        assert_int_equal(st.applied, N_OPS);
+        assert_true(ra > 0);
+        assert_true(ra < N_OPS);
+
+        /* A different order gives a different state. */
+        struct queue *d = queue_new();
+        feed(d, e, N_OPS / 2, N_OPS);
+        char dd[65];
+        digest_of(d, dd);
+        assert_string_not_equal(da, dd);
+        for (int i = 0; i < N_OPS; i++)
+            free(e[i].buf);
+        queue_free(a);
+        queue_free(b);
+        queue_free(c);
+        queue_free(d);
+    }
+}
+
+/* DSNs appear in the random run and never for a null sender or a DSN. */
+static int dsn_check_cb(void *arg, const struct queue_msg *m)
+{
+    unsigned *n = arg;
+    if (m->is_dsn) {
+        (*n)++;
+        assert_string_equal(m->sender, "");
+        assert_int_equal(m->n_rcpts, 1);
+        assert_string_not_equal(m->rcpts[0].addr, "");
+        assert_non_null(strstr(m->id, "-B"));
+    }
+    return 0;
+}
+
+static void test_replay_dsn_invariants(void **state)
+{
+    (void)state;
+    struct entry_bytes e[N_OPS];
+    random_entries(7, e);
+    struct queue *q = queue_new();
+    unsigned dsns = 0;
+    for (int i = 0; i < N_OPS; i++) {
+        struct queue_apply_result res;
+        assert_int_equal(queue_apply(q, e[i].buf, e[i].len, &res), 0);
+        assert_true(res.dsn_generated <= 1);
+        dsns += res.dsn_generated;
+        free(e[i].buf);
+    }
+    unsigned queued = 0;
+    queue_foreach(q, dsn_check_cb, &queued);
+    assert_true(dsns > 0);
+    assert_true(queued <= dsns);
+    queue_free(q);
+}
+
+/* ------------------------------------------------------------------------
+ * Allocation failures: every command is all or nothing, nothing leaks
+ * ------------------------------------------------------------------------ */
+
+/* fault_prep - three messages, one of them leased, one finished. */
+static void fault_prep(struct queue *q)
+{
+    one_msg(q, "a@example.org");
+    struct fx_enq e2 = {.id = "M2", .sender = "b@x.test", .rcpts = {"r@y.test", "s@y.test"}};
+    fx_enqueue(q, T0, &e2);
+    struct fx_enq e3 = {.id = "M3", .sender = "c@x.test", .rcpts = {"r@y.test"}};
+    fx_enqueue(q, T0, &e3);
+    fx_admin(q, T0, HAMR__ADMIN__OP__DELETE, "M3");
+    lease_idx(q, T0 + 1, "M", 5, 0, 3);
+}
+
+static uint8_t *fault_enqueue(size_t *len)
+{
+    struct fx_enq e = {.id = "NEW",
+                       .sender = "n@x.test",
+                       .rcpts = {"a@b.test", "c@d.test"},
+                       .client_addr = "192.0.2.1",
+                       .helo = "h"};
+    return fx_pack_enqueue(T0 + 2, &e, len);
+}
+
+static uint8_t *fault_lease(size_t *len)
+{
+    struct fx_lease l = {.node = 2,
+                         .term = 1,
+                         .expires = T0 + MIN,
+                         .boot = "bb",
+                         .id = "M2",
+                         .idx = {0, 1},
+                         .n = 2,
+                         .lease_id = 9,
+                         .dest = "[d]:25"};
+    return fx_pack_lease(T0 + 2, &l, len);
+}
+
+static uint8_t *fault_outcome_mixed(size_t *len)
+{
+    struct fx_outcome o = {.id = "M",
+                           .lease_id = 5,
+                           .n = 3,
+                           .res = {{0, DELIVERED, 250, ""},
+                                   {1, DEFERRED, 451, "4.3.0 later"},
+                                   {2, BOUNCED, 550, "5.1.1 no"}},
+                           .next_ms = T0 + MIN,
+                           .remote = "[r]:25"};
+    return fx_pack_outcome(T0 + 2, &o, len);
+}
+
+static uint8_t *fault_outcome_final(size_t *len)
+{
+    struct fx_outcome o = {.id = "M",
+                           .lease_id = 5,
+                           .n = 3,
+                           .res = {{0, BOUNCED, 550, "5.1.1 no"},
+                                   {1, EXPIRED, 451, "4.4.1 slow"},
+                                   {2, BOUNCED, 550, "5.1.1 no"}}};
+    return fx_pack_outcome(T0 + 2, &o, len);
+}
+
+static uint8_t *fault_admin_bounce(size_t *len)
+{
+    return fx_pack_admin(T0 + 2, HAMR__ADMIN__OP__BOUNCE, "M2", len);
+}
+
+static uint8_t *fault_admin_delete(size_t *len)
+{
+    return fx_pack_admin(T0 + 2, HAMR__ADMIN__OP__DELETE, "M2", len);
+}
+
+static void test_apply_alloc_failures(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *label;
+        uint8_t *(*make)(size_t *len);
+        unsigned want_dsn, want_finished;
+        const char *want_present; /* queued after success */
+        const char *want_absent;  /* not queued after success */
+    } cases[] = {
+        {"enqueue", fault_enqueue, 0, 0, "NEW", NULL},
+        {"lease", fault_lease, 0, 0, "M2", NULL},
+        {"outcome, mixed", fault_outcome_mixed, 1, 0, "M-B0", NULL},
+        {"outcome, final", fault_outcome_final, 1, 1, "M-B0", "M"},
+        {"admin bounce", fault_admin_bounce, 1, 1, "M2-B0", "M2"},
+        {"admin delete", fault_admin_delete, 0, 1, NULL, "M2"},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        unsigned failures = 0;
+        for (long n = 0;; n++) {
+            assert_true(n < 1000);
+            struct queue *q = queue_new();
+            fault_prep(q);
+            char before[65], after[65];
+            digest_of(q, before);
+            size_t len;
+            uint8_t *b = cases[i].make(&len);
+            struct queue_apply_result res;
+            fx_fail_after(n);
+            int rv = queue_apply(q, b, len, &res);
+            bool failed = fx_fail_off();
+            free(b);
+            digest_of(q, after);
+            if (rv != 0) {
+                if (rv != HAMR_ENOMEM)
+                    fail_msg("%s, failure %ld: %d", cases[i].label, n, rv);
+                assert_string_equal(before, after);
+                failures++;
+                queue_free(q);
+                continue;
+            }
+            /* Success, possibly with an absorbed failure: the whole effect. */
+            assert_int_equal(res.status, 0);
+            assert_int_equal(res.dsn_generated, cases[i].want_dsn);
+            assert_int_equal(res.finished, cases[i].want_finished);
+            if (cases[i].want_present)
+                assert_non_null(queue_find(q, cases[i].want_present));
+            if (cases[i].want_absent)
+                assert_null(queue_find(q, cases[i].want_absent));
+            queue_free(q);
+            if (!failed)
+                break;
+        }
+        /* Every case allocates, so some runs failed. */
+        assert_true(failures > 0);
+    }
+}
+
+static void test_snapshot_alloc_failures(void **state)
+{
+    (void)state;
+    struct queue *src = queue_new();
+    build_varied(src);
+    char want[65];
+    digest_of(src, want);
+    for (long n = 0;; n++) {
+        assert_true(n < 1000);
+        uint8_t *snap = NULL;
+        size_t len = 0;
+        fx_fail_after(n);
+        int rv = queue_snapshot(src, NULL, &snap, &len);
+        bool failed = fx_fail_off();
+        if (rv != 0) {
+            assert_int_equal(rv, HAMR_ENOMEM);
+            continue;
+        }
+        /* Restore under failures into a queue with its own state. */
+        struct queue *dst = queue_new();
+        fault_prep(dst);
+        char before[65], got[65];
+        digest_of(dst, before);
+        fx_fail_after(n);
+        rv = queue_restore(dst, snap, len);
+        bool failed2 = fx_fail_off();
+        digest_of(dst, got);
+        if (rv != 0) {
+            assert_int_equal(rv, HAMR_ENOMEM);
+            assert_string_equal(got, before);
+        } else {
+            assert_string_equal(got, want);
+        }
+        /* The digest itself: the right value, or zeros when it could not be computed. */
+        char d[65];
+        fx_fail_after(n);
+        queue_digest(src, d);
+        fx_fail_off();
+        assert_true(strcmp(d, want) == 0 ||
+                    strcmp(d, "0000000000000000000000000000000000000000000000000000000000000000") ==
+                        0);
+        free(snap);
+        queue_free(dst);
+        if (!failed && !failed2)
+            break;
+    }
+    queue_free(src);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_enqueue_and_find, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_many_messages_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_foreach_stops, setup, teardown),
+        cmocka_unit_test(test_enqueue_validation),
+        cmocka_unit_test_setup_teardown(test_enqueue_duplicate, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_decode_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_then_delivered, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outcome_fencing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_expiry_outcome_dsn, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deferred, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_error_text_sanitised, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mixed_outcome, setup, teardown),
+        cmocka_unit_test(test_dsn_rules),
+        cmocka_unit_test_setup_teardown(test_dsn_of_dsn, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dsn_id_collision, setup, teardown),
+        cmocka_unit_test(test_lease_eligibility),
+        cmocka_unit_test_setup_teardown(test_lease_refusals, setup, teardown),
+        cmocka_unit_test(test_outcome_refusals),
+        cmocka_unit_test_setup_teardown(test_hold_release, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flush, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_admin_bounce, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_done_pruning, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_restore, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_restore_garbage, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_digest_format, setup, teardown),
+        cmocka_unit_test(test_replay_determinism),
+        cmocka_unit_test(test_replay_dsn_invariants),
+        cmocka_unit_test(test_apply_alloc_failures),
+        cmocka_unit_test(test_snapshot_alloc_failures),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

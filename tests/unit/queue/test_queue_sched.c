@@ -1,0 +1,487 @@
+/*
+ * test_queue_sched.c - the scheduling policy: which recipients are due,
+ * grouping by destination, the per-destination limit, NOROUTE and EXPIRE
+ * work, ordering, max_items, and the backoff table.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/common.h"
+#include "util/err.h"
+#include "queue/queue.h"
+#include "queue/queue_sched.h"
+#include "queue_fixture.h"
+
+#define T0 1700000000000ull
+#define MIN (60ull * 1000)
+#define DEFERRED HAMR__RCPT_RESULT__STATUS__DEFERRED
+#define DELIVERED HAMR__RCPT_RESULT__STATUS__DELIVERED
+
+/* Route: the domain of the address as "[domain]:25"; "noroute.test" has none. */
+static int route_calls;
+
+static int route_by_domain(void *data, const char *rcpt, char *dest, size_t destlen)
+{
+    (void)data;
+    route_calls++;
+    const char *at = strrchr(rcpt, '@');
+    if (at == NULL || strcmp(at + 1, "noroute.test") == 0)
+        return -1;
+    snprintf(dest, destlen, "[%s]:25", at + 1);
+    return 0;
+}
+
+static const struct queue_route route = {.data = NULL, .dest = route_by_domain};
+
+static int setup(void **state)
+{
+    route_calls = 0;
+    *state = queue_new();
+    return *state ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    queue_free(*state);
+    return 0;
+}
+
+/* pick - run the scheduler with the given limits. */
+static int pick(const struct queue *q,
+                uint64_t now,
+                unsigned per_dest,
+                size_t max_items,
+                struct queue_work **w)
+{
+    struct queue_sched_limits lim = {.max_per_dest = per_dest,
+                                     .max_items = max_items,
+                                     .self_node = 1,
+                                     .self_boot_id = "boot-now"};
+    int n = queue_sched_pick(q, now, &lim, &route, w);
+    assert_true(n >= 0);
+    return n;
+}
+
+/* enq - a message from s@src.test to the given recipients at ts. */
+static void enq(struct queue *q,
+                uint64_t ts,
+                const char *id,
+                const char *r0,
+                const char *r1,
+                const char *r2,
+                uint64_t expires)
+{
+    struct fx_enq e = {.id = id, .sender = "s@src.test", .rcpts = {r0, r1, r2}, .expires = expires};
+    assert_int_equal(fx_enqueue(q, ts, &e).status, 0);
+}
+
+/* defer - defer recipient i of id until next. */
+static void defer(struct queue *q, uint64_t ts, const char *id, uint32_t i, uint64_t next)
+{
+    struct fx_outcome o = {.id = id, .n = 1, .res = {{i, DEFERRED, 451, "later"}}, .next_ms = next};
+    assert_int_equal(fx_outcome(q, ts, &o).status, 0);
+}
+
+/* lease - lease recipient i of id to node/boot until expires, for dest. */
+static void lease(struct queue *q,
+                  uint64_t ts,
+                  const char *id,
+                  uint32_t i,
+                  uint64_t node,
+                  const char *boot,
+                  uint64_t expires,
+                  uint64_t lease_id,
+                  const char *dest)
+{
+    struct fx_lease l = {.node = node,
+                         .term = 1,
+                         .expires = expires,
+                         .boot = boot,
+                         .id = id,
+                         .idx = {i},
+                         .n = 1,
+                         .lease_id = lease_id,
+                         .dest = dest};
+    assert_int_equal(fx_lease(q, ts, &l).status, 0);
+}
+
+/* ------------------------------------------------------------------------ */
+
+/* Table: whether one recipient is due. */
+static void test_due_table(void **state)
+{
+    (void)state;
+    enum setup {
+        PENDING_NOW,
+        DEFERRED_LATER,
+        LEASED_LIVE,
+        LEASED_LAPSED,
+        LEASED_DEAD_BOOT,
+        LEASED_SELF_LIVE,
+        DELIVERED_DONE,
+        HELD
+    };
+    static const struct {
+        const char *label;
+        enum setup setup;
+        uint64_t now; /* relative to T0 */
+        bool want_due;
+    } cases[] = {
+        {"pending, due now", PENDING_NOW, 0, true},
+        {"pending, due in the past", PENDING_NOW, 5 * MIN, true},
+        {"deferred, before its time", DEFERRED_LATER, 9 * MIN, false},
+        {"deferred, at its time", DEFERRED_LATER, 10 * MIN, true},
+        {"leased, live", LEASED_LIVE, 4 * MIN, false},
+        {"leased, lapsed", LEASED_LAPSED, 5 * MIN, true},
+        {"leased by this node, old boot", LEASED_DEAD_BOOT, 1 * MIN, true},
+        {"leased by this node, this boot", LEASED_SELF_LIVE, 1 * MIN, false},
+        {"delivered", DELIVERED_DONE, 1 * MIN, false},
+        {"held", HELD, 1 * MIN, false},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        struct queue *q = queue_new();
+        enq(q, T0, "A", "x@one.test", "y@one.test", NULL, 0);
+        switch (cases[i].setup) {
+            case PENDING_NOW:
+                break;
+            case DEFERRED_LATER:
+                defer(q, T0, "A", 0, T0 + 10 * MIN);
+                break;
+            case LEASED_LIVE:
+                lease(q, T0, "A", 0, 2, "b", T0 + 5 * MIN, 1, "[one.test]:25");
+                break;
+            case LEASED_LAPSED:
+                lease(q, T0, "A", 0, 2, "b", T0 + 5 * MIN, 1, "[one.test]:25");
+                break;
+            case LEASED_DEAD_BOOT:
+                lease(q, T0, "A", 0, 1, "boot-old", T0 + 5 * MIN, 1, "[one.test]:25");
+                break;
+            case LEASED_SELF_LIVE:
+                lease(q, T0, "A", 0, 1, "boot-now", T0 + 5 * MIN, 1, "[one.test]:25");
+                break;
+            case DELIVERED_DONE: {
+                struct fx_outcome o = {.id = "A", .n = 1, .res = {{0, DELIVERED, 250, ""}}};
+                fx_outcome(q, T0, &o);
+                break;
+            }
+            case HELD:
+                fx_admin(q, T0, HAMR__ADMIN__OP__HOLD, "A");
+                break;
+        }
+        /* Recipient 1 is put out of the way: deferred for a long time. */
+        if (cases[i].setup != HELD)
+            defer(q, T0, "A", 1, T0 + 1000 * MIN);
+        struct queue_work *w = NULL;
+        int n = pick(q, T0 + cases[i].now, 10, 10, &w);
+        bool due = n == 1 && w[0].n_rcpts == 1 && w[0].rcpt_indexes[0] == 0;
+        if (due != cases[i].want_due || (!due && n != 0))
+            fail_msg("%s: %d items", cases[i].label, n);
+        if (due) {
+            assert_int_equal(w[0].kind, QUEUE_WORK_DELIVER);
+            assert_string_equal(w[0].queue_id, "A");
+            assert_string_equal(w[0].dest, "[one.test]:25");
+        }
+        queue_work_free(w, (size_t)n);
+        queue_free(q);
+    }
+}
+
+static void test_group_by_destination(void **state)
+{
+    struct queue *q = *state;
+    enq(q, T0, "A", "a1@one.test", "a2@two.test", "a3@one.test", 0);
+    enq(q, T0, "B", "b1@one.test", NULL, NULL, 0);
+    struct queue_work *w = NULL;
+    int n = pick(q, T0, 10, 10, &w);
+    assert_int_equal(n, 3);
+    /* Same time: acceptance order, then recipient order within the message. */
+    assert_string_equal(w[0].queue_id, "A");
+    assert_string_equal(w[0].dest, "[one.test]:25");
+    assert_int_equal(w[0].n_rcpts, 2);
+    assert_int_equal(w[0].rcpt_indexes[0], 0);
+    assert_int_equal(w[0].rcpt_indexes[1], 2);
+    assert_string_equal(w[1].queue_id, "A");
+    assert_string_equal(w[1].dest, "[two.test]:25");
+    assert_int_equal(w[1].n_rcpts, 1);
+    assert_int_equal(w[1].rcpt_indexes[0], 1);
+    assert_string_equal(w[2].queue_id, "B");
+    assert_string_equal(w[2].dest, "[one.test]:25");
+    for (int i = 0; i < n; i++)
+        assert_int_equal(w[i].kind, QUEUE_WORK_DELIVER);
+    queue_work_free(w, (size_t)n);
+}
+
+/* Table: the per-destination limit counts live leases of distinct messages. */
+static void test_per_destination_limit(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *label;
+        unsigned max_per_dest;
+        int existing;         /* messages already leased to [one.test]:25 */
+        bool existing_dead;   /* those leases belong to a dead boot of this node */
+        bool existing_lapsed; /* those leases have lapsed */
+        int want_one;         /* items for [one.test]:25 (dead or lapsed leases are
+                                 due again, and take the first slots themselves) */
+    } cases[] = {
+        {"room for two", 2, 0, false, false, 2},
+        {"no limit", 0, 0, false, false, 4},
+        {"one live lease", 2, 1, false, false, 1},
+        {"full", 2, 2, false, false, 0},
+        {"dead leases do not count", 2, 2, true, false, 2},
+        {"lapsed leases do not count", 2, 2, false, true, 2},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        struct queue *q = queue_new();
+        /* Two recipients of one message leased to one destination count once. */
+        enq(q, T0, "L0", "a@one.test", "b@one.test", NULL, 0);
+        enq(q, T0, "L1", "a@one.test", NULL, NULL, 0);
+        enq(q, T0, "F0", "a@one.test", NULL, NULL, 0);
+        enq(q, T0, "F1", "a@one.test", NULL, NULL, 0);
+        enq(q, T0, "F2", "a@one.test", NULL, NULL, 0);
+        enq(q, T0, "F3", "a@one.test", NULL, NULL, 0);
+        enq(q, T0, "T", "a@two.test", NULL, NULL, 0);
+        const char *boot = cases[i].existing_dead ? "boot-old" : "other";
+        uint64_t node = cases[i].existing_dead ? 1 : 2;
+        uint64_t exp = cases[i].existing_lapsed ? T0 + MIN : T0 + 100 * MIN;
+        for (int k = 0; k < 2; k++) {
+            const char *id = k == 0 ? "L0" : "L1";
+            if (k < cases[i].existing) {
+                lease(q, T0, id, 0, node, boot, exp, 10 + (uint64_t)k, "[one.test]:25");
+                if (k == 0)
+                    lease(q, T0, id, 1, node, boot, exp, 10, "[one.test]:25");
+            } else {
+                /* Not a candidate: deferred out of the way. */
+                defer(q, T0, id, 0, T0 + 1000 * MIN);
+                if (k == 0)
+                    defer(q, T0, id, 1, T0 + 1000 * MIN);
+            }
+        }
+        struct queue_work *w = NULL;
+        int n = pick(q, T0 + 2 * MIN, cases[i].max_per_dest, 100, &w);
+        int one = 0, two = 0;
+        for (int k = 0; k < n; k++) {
+            if (strcmp(w[k].dest, "[one.test]:25") == 0)
+                one++;
+            if (strcmp(w[k].dest, "[two.test]:25") == 0)
+                two++;
+        }
+        if (one != cases[i].want_one)
+            fail_msg("%s: %d items for one.test", cases[i].label, one);
+        /* Another destination is not affected. */
+        assert_int_equal(two, 1);
+        queue_work_free(w, (size_t)n);
+        queue_free(q);
+    }
+}
+
+static void test_noroute_and_expire(void **state)
+{
+    struct queue *q = *state;
+    enq(q, T0, "N", "a@noroute.test", "b@one.test", NULL, 0);
+    enq(q, T0, "X", "a@one.test", "b@noroute.test", "c@one.test", T0 + 10 * MIN);
+    enq(q, T0, "Z", "a@one.test", NULL, NULL, 0); /* expires_at 0: never */
+    /* X's recipient 2 is under a lease that lapses at +5 min. */
+    lease(q, T0, "X", 2, 2, "b", T0 + 5 * MIN, 9, "[one.test]:25");
+
+    route_calls = 0;
+    struct queue_work *w = NULL;
+    int n = pick(q, T0 + 20 * MIN, 10, 10, &w);
+    assert_int_equal(n, 4);
+    assert_int_equal(w[0].kind, QUEUE_WORK_NOROUTE);
+    assert_string_equal(w[0].queue_id, "N");
+    assert_string_equal(w[0].dest, "");
+    assert_int_equal(w[0].n_rcpts, 1);
+    assert_int_equal(w[0].rcpt_indexes[0], 0);
+    assert_int_equal(w[1].kind, QUEUE_WORK_DELIVER);
+    assert_string_equal(w[1].queue_id, "N");
+    assert_int_equal(w[2].kind, QUEUE_WORK_EXPIRE);
+    assert_string_equal(w[2].queue_id, "X");
+    assert_int_equal(w[2].n_rcpts, 3);
+    assert_string_equal(w[2].dest, "");
+    assert_int_equal(w[3].kind, QUEUE_WORK_DELIVER);
+    assert_string_equal(w[3].queue_id, "Z");
+    /* No route lookups for the expired message. */
+    assert_int_equal(route_calls, 3);
+    queue_work_free(w, (size_t)n);
+
+    /* Before its expiry X is delivered normally, except the leased recipient. */
+    n = pick(q, T0 + 1 * MIN, 10, 10, &w);
+    int expire = 0, x_items = 0;
+    for (int k = 0; k < n; k++) {
+        expire += w[k].kind == QUEUE_WORK_EXPIRE;
+        if (strcmp(w[k].queue_id, "X") == 0) {
+            x_items++;
+            for (size_t r = 0; r < w[k].n_rcpts; r++)
+                assert_int_not_equal(w[k].rcpt_indexes[r], 2);
+        }
+    }
+    assert_int_equal(expire, 0);
+    assert_int_equal(x_items, 2); /* one.test and a NOROUTE item */
+    queue_work_free(w, (size_t)n);
+
+    /* The EXPIRE item, turned into an Outcome with lease_id 0, expires all three. */
+    struct fx_outcome o = {.id = "X",
+                           .lease_id = 0,
+                           .n = 3,
+                           .res = {{0, HAMR__RCPT_RESULT__STATUS__EXPIRED, 0, "expired"},
+                                   {1, HAMR__RCPT_RESULT__STATUS__EXPIRED, 0, "expired"},
+                                   {2, HAMR__RCPT_RESULT__STATUS__EXPIRED, 0, "expired"}}};
+    struct queue_apply_result r = fx_outcome(q, T0 + 20 * MIN, &o);
+    assert_int_equal(r.finished, 1);
+    assert_int_equal(r.dsn_generated, 1);
+    assert_null(queue_find(q, "X"));
+}
+
+/* A live lease of a dead boot on an expired message is left until it lapses. */
+static void test_expire_waits_for_dead_lease(void **state)
+{
+    struct queue *q = *state;
+    enq(q, T0, "X", "a@one.test", NULL, NULL, T0 + MIN);
+    lease(q, T0, "X", 0, 1, "boot-old", T0 + 10 * MIN, 3, "[one.test]:25");
+    struct queue_work *w = NULL;
+    int n = pick(q, T0 + 5 * MIN, 10, 10, &w);
+    assert_int_equal(n, 0);
+    queue_work_free(w, 0);
+    n = pick(q, T0 + 10 * MIN, 10, 10, &w);
+    assert_int_equal(n, 1);
+    assert_int_equal(w[0].kind, QUEUE_WORK_EXPIRE);
+    queue_work_free(w, (size_t)n);
+}
+
+static void test_order_by_next_attempt(void **state)
+{
+    struct queue *q = *state;
+    enq(q, T0, "A", "a@one.test", NULL, NULL, 0);
+    enq(q, T0 + 1, "B", "b@two.test", NULL, NULL, 0);
+    enq(q, T0 + 2, "C", "c@three.test", NULL, NULL, 0);
+    enq(q, T0 + 3, "D", "d@four.test", NULL, NULL, 0);
+    defer(q, T0 + 5, "A", 0, T0 + 50 * MIN);
+    defer(q, T0 + 5, "B", 0, T0 + 30 * MIN);
+    defer(q, T0 + 5, "D", 0, T0 + 30 * MIN);
+    struct queue_work *w = NULL;
+    int n = pick(q, T0 + 60 * MIN, 10, 10, &w);
+    assert_int_equal(n, 4);
+    static const char *const want[] = {"C", "B", "D", "A"};
+    for (int i = 0; i < 4; i++)
+        assert_string_equal(w[i].queue_id, want[i]);
+    queue_work_free(w, (size_t)n);
+
+    /* max_items takes the oldest due first. */
+    static const struct {
+        size_t max_items;
+        int want_n;
+    } limits[] = {{1, 1}, {2, 2}, {3, 3}, {4, 4}, {100, 4}, {0, 4}};
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(limits); i++) {
+        n = pick(q, T0 + 60 * MIN, 10, limits[i].max_items, &w);
+        assert_int_equal(n, limits[i].want_n);
+        for (int k = 0; k < n; k++)
+            assert_string_equal(w[k].queue_id, want[k]);
+        queue_work_free(w, (size_t)n);
+    }
+}
+
+/* Picked work, once leased, is not picked again; released when the lease lapses. */
+static void test_pick_lease_cycle(void **state)
+{
+    struct queue *q = *state;
+    enq(q, T0, "A", "a@one.test", "b@two.test", NULL, 0);
+    struct queue_work *w = NULL;
+    int n = pick(q, T0, 10, 10, &w);
+    assert_int_equal(n, 2);
+    for (int i = 0; i < n; i++) {
+        struct fx_lease l = {.node = 1,
+                             .term = 1,
+                             .expires = T0 + 5 * MIN,
+                             .boot = "boot-now",
+                             .id = w[i].queue_id,
+                             .n = w[i].n_rcpts,
+                             .lease_id = 100 + (uint64_t)i,
+                             .dest = w[i].dest};
+        memcpy(l.idx, w[i].rcpt_indexes, w[i].n_rcpts * sizeof(uint32_t));
+        fx_lease(q, T0 + 1, &l);
+    }
+    queue_work_free(w, (size_t)n);
+    n = pick(q, T0 + 2, 10, 10, &w);
+    assert_int_equal(n, 0);
+    queue_work_free(w, 0);
+    /* With a limit of 1 per destination, the live leases block new work there. */
+    enq(q, T0 + 3, "B", "c@one.test", NULL, NULL, 0);
+    n = pick(q, T0 + 4, 1, 10, &w);
+    assert_int_equal(n, 0);
+    queue_work_free(w, 0);
+    n = pick(q, T0 + 5 * MIN, 1, 10, &w);
+    assert_int_equal(n, 2); /* A's two recipients lapsed; B waits behind A for one.test */
+    assert_string_equal(w[0].queue_id, "A");
+    assert_string_equal(w[1].queue_id, "A");
+    queue_work_free(w, (size_t)n);
+}
+
+static void test_bad_arguments(void **state)
+{
+    struct queue *q = *state;
+    struct queue_sched_limits lim = {.max_per_dest = 1, .max_items = 1};
+    struct queue_route none = {.data = NULL, .dest = NULL};
+    struct queue_work *w = NULL;
+    assert_int_equal(queue_sched_pick(q, T0, &lim, &none, &w), HAMR_EINVAL);
+    assert_int_equal(queue_sched_pick(q, T0, NULL, &route, &w), HAMR_EINVAL);
+    /* An empty queue gives no work; self_boot_id may be NULL. */
+    assert_int_equal(queue_sched_pick(q, T0, &lim, &route, &w), 0);
+    queue_work_free(w, 0);
+    assert_null(queue_work_free(NULL, 0));
+}
+
+static void test_backoff_table(void **state)
+{
+    (void)state;
+    static const struct {
+        uint32_t attempts;
+        uint64_t min, max, want;
+    } cases[] = {
+        {0, 300000, 4000000, 300000},
+        {1, 300000, 4000000, 600000},
+        {2, 300000, 4000000, 1200000},
+        {3, 300000, 4000000, 2400000},
+        {4, 300000, 4000000, 4000000},
+        {5, 300000, 4000000, 4000000},
+        {63, 300000, 4000000, 4000000},
+        {64, 1, UINT64_MAX, UINT64_MAX},
+        {63, 1, UINT64_MAX, 1ull << 63},
+        {1000, 1, UINT64_MAX, UINT64_MAX},
+        {UINT32_MAX, 300000, 4000000, 4000000},
+        {UINT32_MAX, 0, 4000000, 0},
+        {0, 5000, 1000, 1000},
+        {3, 1000, 1000, 1000},
+        {10, 1, 1024, 1024},
+        {9, 1, 1024, 512},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        uint64_t got = queue_sched_backoff(cases[i].attempts, cases[i].min, cases[i].max);
+        if (got != cases[i].want)
+            fail_msg("case %zu: %llu, want %llu", i, (unsigned long long)got,
+                     (unsigned long long)cases[i].want);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_due_table),
+        cmocka_unit_test_setup_teardown(test_group_by_destination, setup, teardown),
+        cmocka_unit_test(test_per_destination_limit),
+        cmocka_unit_test_setup_teardown(test_noroute_and_expire, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_expire_waits_for_dead_lease, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_order_by_next_attempt, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pick_lease_cycle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
+        cmocka_unit_test(test_backoff_table),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
