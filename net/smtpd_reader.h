@@ -1,0 +1,103 @@
+/* smtpd_reader.h - resumable SMTP input parser: command lines and DATA bodies. */
+#ifndef HAMR_NET_SMTPD_READER_H
+#define HAMR_NET_SMTPD_READER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/buf.h"
+
+/* RFC 5321 4.5.3.1.4: a command line is at most 512 octets, CRLF included. */
+#define SMTPD_READER_LINE_MAX 512
+
+/* What smtpd_reader_feed() found. */
+enum smtpd_reader_event {
+    SMTPD_READER_NEED_MORE,     /* all input used, nothing complete yet */
+    SMTPD_READER_LINE,          /* a complete, clean command line */
+    SMTPD_READER_LINE_TOO_LONG, /* over 512 octets; the rest up to CRLF is dropped */
+    SMTPD_READER_LINE_BARE_LF,  /* a complete line that held a bare LF */
+    SMTPD_READER_LINE_BARE_CR,  /* a complete line that held a bare CR */
+    SMTPD_READER_LINE_NUL,      /* a complete line that held a NUL */
+    SMTPD_READER_DATA_END,      /* CRLF.CRLF seen; the reader is in command mode again */
+};
+
+enum smtpd_reader_mode {
+    SMTPD_READER_MODE_COMMAND,
+    SMTPD_READER_MODE_DATA,
+};
+
+/* smtpd_reader_data - what one DATA phase held; valid after DATA_END. */
+struct smtpd_reader_data {
+    size_t size;         /* un-stuffed octets, whether stored or not */
+    size_t header_size;  /* octets of the header block */
+    unsigned received;   /* "Received:" header fields (hop count) */
+    bool bare_lf;        /* an LF not preceded by CR */
+    bool bare_cr;        /* a CR not followed by LF */
+    bool nul;            /* a NUL octet */
+    bool too_big;        /* size went over size_limit; storing stopped there */
+    bool header_too_big; /* header_size went over header_limit */
+    bool nomem;          /* the body buffer could not grow */
+};
+
+/* Private parser state; fields are read only through the functions below. */
+struct smtpd_reader {
+    enum smtpd_reader_mode mode;
+    /* command mode */
+    char line[SMTPD_READER_LINE_MAX + 1];
+    size_t line_len;    /* octets stored in line */
+    size_t line_octets; /* octets of the current line so far, CRLF excluded */
+    bool cr_pending;    /* last octet was CR, not yet known to be bare */
+    bool line_bare_lf, line_bare_cr, line_nul;
+    bool discarding; /* dropping the tail of an over-long line */
+    bool line_ready; /* line holds the last LINE event's text */
+    /* data mode */
+    int dstate;
+    int hstate;
+    size_t hpending; /* octets of a line not yet known to be a header */
+    int hmatch;      /* chars of "received" matched so far, -1: no match */
+    bool in_headers;
+    bool seen_header;
+    struct buf *body;
+    size_t size_limit;
+    size_t header_limit;
+    struct smtpd_reader_data data;
+    uint8_t out[4096]; /* staging for body octets, flushed into body */
+    size_t out_len;
+};
+
+/* smtpd_reader_init - start in command mode with nothing buffered. */
+void smtpd_reader_init(struct smtpd_reader *r);
+
+/*
+ * smtpd_reader_start_data - switch to DATA mode (call after the 354).
+ * Un-stuffed body octets are appended to body, which is borrowed until
+ * DATA_END; at most size_limit octets are stored, after that they are
+ * counted and dropped. header_limit bounds the header block (only flagged).
+ */
+void smtpd_reader_start_data(struct smtpd_reader *r,
+                             struct buf *body,
+                             size_t size_limit,
+                             size_t header_limit);
+
+/*
+ * smtpd_reader_feed - parse in[0..len) until one event completes.
+ * *used is set to the octets consumed; feed the rest again after handling
+ * the event. Never keeps a pointer to in. Untrusted input of any content
+ * is safe here: memory is bounded by the line buffer and the body limit.
+ */
+enum smtpd_reader_event smtpd_reader_feed(struct smtpd_reader *r,
+                                          const uint8_t *in,
+                                          size_t len,
+                                          size_t *used);
+
+/* smtpd_reader_line - the NUL-terminated line of the last LINE event (no CRLF). */
+const char *smtpd_reader_line(const struct smtpd_reader *r, size_t *len);
+
+/* smtpd_reader_data - the record of the last DATA phase. */
+const struct smtpd_reader_data *smtpd_reader_data(const struct smtpd_reader *r);
+
+/* smtpd_reader_mode - the current mode. */
+enum smtpd_reader_mode smtpd_reader_mode(const struct smtpd_reader *r);
+
+#endif

@@ -1,0 +1,522 @@
+/*
+ * smtpd_server.c - the inbound SMTP listener: libuv TCP under smtpd_session.
+ *
+ * Owns: the listening handle and every connection (struct smtpd_conn: a
+ * uv_tcp_t, a uv_timer_t, a fixed read buffer and its session). Exports
+ * smtpd_server.h. Converts UV_E* codes to HAMR_E* here and nowhere else.
+ *
+ * Happy path:
+ *   accept -> session (CONNECTED) -> greet (now, or after greet_delay) ->
+ *   reads go to smtpd_session_input(); replies come back through io.write
+ *   (uv_write, buffer owned until the write callback) -> the session calls
+ *   io.close -> uv_shutdown flushes what was written -> uv_close on both
+ *   handles -> the last close callback frees the session and the connection.
+ * Failure modes:
+ *   a read error or reset closes at once (pending writes are cancelled);
+ *   EOF closes after flushing; a peer that never drains our output is cut
+ *   after SMTPD_SERVER_LINGER_MS; over max_sessions or while draining the
+ *   client is accepted, told 421 and closed (never left in the backlog).
+ *   A session whose client went away while a submit was pending outlives
+ *   its connection (smtpd_session_free) until the sink calls back.
+ *
+ * Memory: reads land in a fixed per-connection buffer, so input per read
+ * is bounded; the session bounds what it holds. Handles are embedded in
+ * their connection and freed only in the close callbacks.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <uv.h>
+
+#include "util/common.h"
+#include "util/err.h"
+#include "util/log.h"
+#include "net/smtpd.h"
+#include "net/smtpd_reply.h"
+#include "net/smtpd_server.h"
+#include "net/smtpd_session.h"
+
+#define SMTPD_SERVER_READ_MAX (16 * 1024) /* one read at most */
+#define SMTPD_SERVER_BACKLOG 128
+#define SMTPD_SERVER_LINGER_MS 10000 /* flushing output on close, at most */
+
+struct smtpd_server {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    const struct smtpd_policy *policy;
+    struct smtpd_sink sink;
+    size_t max_sessions;
+    size_t n_sessions;
+    size_t n_conns;
+    uint16_t port;
+    uint64_t greet_delay_ms;
+    bool draining;
+    bool closing;
+    bool listener_closed;
+    struct smtpd_conn *conns;
+    smtpd_server_close_cb close_cb;
+    void *close_arg;
+};
+
+/* smtpd_conn - one TCP connection. */
+struct smtpd_conn {
+    struct smtpd_server *server;
+    struct smtpd_conn *prev, *next;
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_shutdown_t shutdown;
+    struct smtpd_session *session; /* NULL for a refused client */
+    unsigned open_handles;
+    bool reading;
+    bool closing;
+    bool greeted;
+    char client_addr[INET6_ADDRSTRLEN];
+    char rbuf[SMTPD_SERVER_READ_MAX];
+};
+
+/* smtpd_write - one uv_write request with its own copy of the octets. */
+struct smtpd_write {
+    uv_write_t req;
+    struct smtpd_conn *conn;
+    size_t len;
+    char data[];
+};
+
+static void smtpd_server_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+/* smtpd_server_maybe_finish - after close: free the server once everything is gone. */
+static void smtpd_server_maybe_finish(struct smtpd_server *s)
+{
+    if (!s->closing || !s->listener_closed || s->n_conns > 0)
+        return;
+    smtpd_server_close_cb cb = s->close_cb;
+    void *arg = s->close_arg;
+    log_info("smtpd closed port=%u", (unsigned)s->port);
+    free(s);
+    if (cb != NULL)
+        cb(arg);
+}
+
+/* smtpd_server_conn_close_cb - one handle closed; the last one frees the connection. */
+static void smtpd_server_conn_close_cb(uv_handle_t *handle)
+{
+    struct smtpd_conn *c = handle->data;
+    struct smtpd_server *s = c->server;
+
+    HAMR_ASSERT(c->open_handles > 0);
+    if (--c->open_handles > 0)
+        return;
+    if (c->session != NULL) {
+        c->session = smtpd_session_free(c->session);
+        s->n_sessions--;
+    }
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    s->n_conns--;
+    free(c);
+    smtpd_server_maybe_finish(s);
+}
+
+/* smtpd_server_conn_abort - close both handles now; pending writes are cancelled. */
+static void smtpd_server_conn_abort(struct smtpd_conn *c)
+{
+    c->closing = true;
+    if (!uv_is_closing((uv_handle_t *)&c->tcp))
+        uv_close((uv_handle_t *)&c->tcp, smtpd_server_conn_close_cb);
+    if (!uv_is_closing((uv_handle_t *)&c->timer))
+        uv_close((uv_handle_t *)&c->timer, smtpd_server_conn_close_cb);
+    /* Asynchronous processing continues in smtpd_server_conn_close_cb(). */
+}
+
+/* smtpd_server_shutdown_cb - written output is flushed (or failed): close. */
+static void smtpd_server_shutdown_cb(uv_shutdown_t *req, int status)
+{
+    smtpd_server_conn_abort(req->data);
+}
+
+/* smtpd_server_linger_cb - the peer did not take our last output in time. */
+static void smtpd_server_linger_cb(uv_timer_t *timer)
+{
+    struct smtpd_conn *c = timer->data;
+    log_info("smtpd close client=%s reason=linger-timeout", c->client_addr);
+    smtpd_server_conn_abort(c);
+}
+
+/* smtpd_server_conn_close - stop reading, flush what was written, then close. Idempotent. */
+static void smtpd_server_conn_close(struct smtpd_conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+    uv_timer_start(&c->timer, smtpd_server_linger_cb, SMTPD_SERVER_LINGER_MS, 0);
+    c->shutdown.data = c;
+    if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, smtpd_server_shutdown_cb) != 0)
+        smtpd_server_conn_abort(c);
+    /* Asynchronous processing continues in smtpd_server_shutdown_cb(). */
+}
+
+/* smtpd_server_write_cb - a write finished: release its buffer, maybe resume the session. */
+static void smtpd_server_write_cb(uv_write_t *req, int status)
+{
+    struct smtpd_write *w = req->data;
+    struct smtpd_conn *c = w->conn;
+
+    free(w);
+    if (status == UV_ECANCELED || c->closing)
+        return;
+    if (status < 0) {
+        log_info("smtpd write failed client=%s err=%s", c->client_addr, uv_strerror(status));
+        smtpd_server_conn_abort(c);
+        return;
+    }
+    if (c->session != NULL)
+        smtpd_session_write_done(c->session);
+}
+
+/* smtpd_server_io_write - session io: copy and queue octets for the client. */
+static int smtpd_server_io_write(void *data, const void *buf, size_t len)
+{
+    struct smtpd_conn *c = data;
+
+    if (c->closing)
+        return HAMR_EIO;
+    struct smtpd_write *w = malloc(sizeof(*w) + len);
+    if (w == NULL)
+        return HAMR_ENOMEM;
+    w->conn = c;
+    w->len = len;
+    w->req.data = w;
+    memcpy(w->data, buf, len);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, smtpd_server_write_cb) != 0) {
+        free(w);
+        return HAMR_EIO;
+    }
+    return 0;
+}
+
+/* smtpd_server_alloc_cb - every read goes into the connection's fixed buffer. */
+static void smtpd_server_alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
+{
+    struct smtpd_conn *c = handle->data;
+    *buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
+}
+
+/* smtpd_server_io_pause - session io: stop reading. */
+static void smtpd_server_io_pause(void *data)
+{
+    struct smtpd_conn *c = data;
+    if (c->reading && !c->closing) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+}
+
+/* smtpd_server_io_resume - session io: read again. */
+static void smtpd_server_io_resume(void *data)
+{
+    struct smtpd_conn *c = data;
+    if (!c->reading && !c->closing) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, smtpd_server_alloc_cb, smtpd_server_read_cb) == 0)
+            c->reading = true;
+        else
+            smtpd_server_conn_abort(c);
+    }
+}
+
+/* smtpd_server_io_close - session io: hang up after flushing. */
+static void smtpd_server_io_close(void *data)
+{
+    smtpd_server_conn_close(data);
+}
+
+/* smtpd_server_timer_cb - the session's deadline, or the delayed greeting. */
+static void smtpd_server_timer_cb(uv_timer_t *timer)
+{
+    struct smtpd_conn *c = timer->data;
+
+    if (c->closing || c->session == NULL)
+        return;
+    if (!c->greeted) {
+        c->greeted = true;
+        smtpd_session_greet(c->session);
+        return;
+    }
+    log_info("smtpd timeout client=%s", c->client_addr);
+    smtpd_session_timeout(c->session);
+}
+
+/* smtpd_server_io_set_timer - session io: (re)start or stop the deadline. */
+static void smtpd_server_io_set_timer(void *data, uint64_t ms)
+{
+    struct smtpd_conn *c = data;
+
+    if (c->closing)
+        return;
+    if (ms == 0)
+        uv_timer_stop(&c->timer);
+    else
+        uv_timer_start(&c->timer, smtpd_server_timer_cb, ms, 0);
+}
+
+/* smtpd_server_io_write_queued - session io: octets not yet handed to the kernel. */
+static size_t smtpd_server_io_write_queued(void *data)
+{
+    struct smtpd_conn *c = data;
+    return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+}
+
+static const struct smtpd_session_io smtpd_server_io = {
+    .write = smtpd_server_io_write,
+    .pause = smtpd_server_io_pause,
+    .resume = smtpd_server_io_resume,
+    .close = smtpd_server_io_close,
+    .set_timer = smtpd_server_io_set_timer,
+    .write_queued = smtpd_server_io_write_queued,
+};
+
+/* smtpd_server_read_cb - input for the session; EOF or an error ends the connection. */
+static void smtpd_server_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    struct smtpd_conn *c = stream->data;
+
+    if (nread == 0)
+        return; /* EAGAIN: not an error */
+    if (nread == UV_EOF) {
+        smtpd_server_conn_close(c);
+        return;
+    }
+    if (nread < 0) {
+        log_info("smtpd read failed client=%s err=%s", c->client_addr, uv_strerror((int)nread));
+        smtpd_server_conn_abort(c);
+        return;
+    }
+    if (c->closing || c->session == NULL)
+        return;
+    smtpd_session_input(c->session, buf->base, (size_t)nread);
+}
+
+/* smtpd_server_peer - the client address as text; IPv4-mapped IPv6 shown as IPv4. */
+static void smtpd_server_peer(struct smtpd_conn *c)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+
+    hamr_strlcpy(c->client_addr, "unknown", sizeof(c->client_addr));
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0)
+        return;
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &sin->sin_addr, c->client_addr, sizeof(c->client_addr));
+    } else if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&ss;
+        if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr))
+            inet_ntop(AF_INET, &sin6->sin6_addr.s6_addr[12], c->client_addr,
+                      sizeof(c->client_addr));
+        else
+            inet_ntop(AF_INET6, &sin6->sin6_addr, c->client_addr, sizeof(c->client_addr));
+    }
+}
+
+/* smtpd_server_refuse - answer one 421 line without a session, then close. */
+static void smtpd_server_refuse(struct smtpd_conn *c, enum smtpd_reply_id id)
+{
+    char line[SMTPD_REPLY_LINE_MAX];
+    size_t n = smtpd_reply_format(id, c->server->policy->hostname, line, sizeof(line));
+    log_info("smtpd refuse client=%s reply=\"%.*s\"", c->client_addr, (int)(n - 2), line);
+    if (smtpd_server_io_write(c, line, n) != 0) {
+        smtpd_server_conn_abort(c);
+        return;
+    }
+    smtpd_server_conn_close(c);
+}
+
+/* smtpd_server_start_session - a session for an accepted connection. */
+static void smtpd_server_start_session(struct smtpd_conn *c)
+{
+    struct smtpd_server *s = c->server;
+    struct smtpd_session_io io = smtpd_server_io;
+
+    io.data = c;
+    if (smtpd_session_new(s->policy, &s->sink, &io, c->client_addr, &c->session) != 0) {
+        c->session = NULL;
+        smtpd_server_refuse(c, SMTPD_REPLY_LOCAL_ERROR);
+        return;
+    }
+    s->n_sessions++;
+    if (uv_read_start((uv_stream_t *)&c->tcp, smtpd_server_alloc_cb, smtpd_server_read_cb) != 0) {
+        smtpd_server_conn_abort(c);
+        return;
+    }
+    c->reading = true;
+    if (s->greet_delay_ms > 0) {
+        /* Input before the timer fires is a pregreet violation. */
+        uv_timer_start(&c->timer, smtpd_server_timer_cb, s->greet_delay_ms, 0);
+    } else {
+        c->greeted = true;
+        smtpd_session_greet(c->session);
+    }
+}
+
+/* smtpd_server_connection_cb - accept always; then a session, or 421 and close. */
+static void smtpd_server_connection_cb(uv_stream_t *listener, int status)
+{
+    struct smtpd_server *s = listener->data;
+
+    if (status < 0) {
+        log_warn("smtpd accept failed err=%s", uv_strerror(status));
+        return;
+    }
+    struct smtpd_conn *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        log_error("smtpd accept failed err=%s", hamr_strerror(HAMR_ENOMEM));
+        return;
+    }
+    c->server = s;
+    uv_tcp_init(s->loop, &c->tcp);
+    uv_timer_init(s->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->open_handles = 2;
+    c->next = s->conns;
+    if (s->conns != NULL)
+        s->conns->prev = c;
+    s->conns = c;
+    s->n_conns++;
+    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
+        smtpd_server_conn_abort(c);
+        return;
+    }
+    smtpd_server_peer(c);
+    if (s->closing)
+        smtpd_server_refuse(c, SMTPD_REPLY_SHUTDOWN);
+    else if (s->draining)
+        smtpd_server_refuse(c, SMTPD_REPLY_DRAINING);
+    else if (s->n_sessions >= s->max_sessions)
+        smtpd_server_refuse(c, SMTPD_REPLY_TOO_MANY_CONNS);
+    else
+        smtpd_server_start_session(c);
+}
+
+/* smtpd_server_free_cb - a listener that never listened is gone. */
+static void smtpd_server_free_cb(uv_handle_t *handle)
+{
+    free(handle->data);
+}
+
+/* smtpd_server_new - bind, listen. */
+int smtpd_server_new(uv_loop_t *loop,
+                     const char *host,
+                     uint16_t port,
+                     const struct smtpd_policy *policy,
+                     const struct smtpd_sink *sink,
+                     size_t max_sessions,
+                     struct smtpd_server **out,
+                     char *errmsg,
+                     size_t errlen)
+{
+    struct sockaddr_storage ss;
+    int rv;
+
+    memset(&ss, 0, sizeof(ss));
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
+        snprintf(errmsg, errlen, "listen address %s: not an IPv4 or IPv6 literal", host);
+        return HAMR_EINVAL;
+    }
+    struct smtpd_server *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        snprintf(errmsg, errlen, "smtpd server: %s", hamr_strerror(HAMR_ENOMEM));
+        return HAMR_ENOMEM;
+    }
+    s->loop = loop;
+    s->policy = policy;
+    s->sink = *sink;
+    s->max_sessions = max_sessions;
+    rv = uv_tcp_init(loop, &s->listener);
+    if (rv != 0) {
+        snprintf(errmsg, errlen, "smtpd socket: %s", uv_strerror(rv));
+        free(s);
+        return HAMR_EIO;
+    }
+    s->listener.data = s;
+    rv = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
+    if (rv == 0)
+        rv = uv_listen((uv_stream_t *)&s->listener, SMTPD_SERVER_BACKLOG,
+                       smtpd_server_connection_cb);
+    if (rv != 0) {
+        snprintf(errmsg, errlen, "listen on [%s]:%u: %s", host, (unsigned)port, uv_strerror(rv));
+        uv_close((uv_handle_t *)&s->listener, smtpd_server_free_cb);
+        return HAMR_EIO;
+    }
+    int len = sizeof(ss);
+    uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len);
+    s->port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                            : ((struct sockaddr_in6 *)&ss)->sin6_port);
+    log_info("smtpd listening addr=%s port=%u max_sessions=%zu", host, (unsigned)s->port,
+             max_sessions);
+    *out = s;
+    return 0;
+}
+
+/* smtpd_server_port - the bound port. */
+uint16_t smtpd_server_port(const struct smtpd_server *s)
+{
+    return s->port;
+}
+
+/* smtpd_server_set_draining - refuse new clients with 421 4.3.2. */
+void smtpd_server_set_draining(struct smtpd_server *s, bool draining)
+{
+    if (s->draining != draining)
+        log_info("smtpd draining=%s", draining ? "yes" : "no");
+    s->draining = draining;
+}
+
+/* smtpd_server_set_greet_delay - wait before the 220 greeting. */
+void smtpd_server_set_greet_delay(struct smtpd_server *s, uint64_t ms)
+{
+    s->greet_delay_ms = ms;
+}
+
+/* smtpd_server_sessions - open sessions. */
+size_t smtpd_server_sessions(const struct smtpd_server *s)
+{
+    return s->n_sessions;
+}
+
+/* smtpd_server_listener_close_cb - the listening handle is closed. */
+static void smtpd_server_listener_close_cb(uv_handle_t *handle)
+{
+    struct smtpd_server *s = handle->data;
+    s->listener_closed = true;
+    smtpd_server_maybe_finish(s);
+}
+
+/* smtpd_server_close - stop listening, close every session, then cb. */
+void smtpd_server_close(struct smtpd_server *s, smtpd_server_close_cb cb, void *arg)
+{
+    HAMR_ASSERT(!s->closing);
+    s->closing = true;
+    s->close_cb = cb;
+    s->close_arg = arg;
+    uv_close((uv_handle_t *)&s->listener, smtpd_server_listener_close_cb);
+    for (struct smtpd_conn *c = s->conns; c != NULL; c = c->next) {
+        if (c->session != NULL && !c->closing)
+            smtpd_session_shutdown(c->session); /* 421 now, or after a pending reply */
+        else if (c->session == NULL)
+            smtpd_server_conn_close(c);
+    }
+    /* Asynchronous processing continues in the close callbacks. */
+}

@@ -1,0 +1,62 @@
+/* smtpd_server.h - the inbound SMTP listener on libuv: one session per TCP connection. */
+#ifndef HAMR_NET_SMTPD_SERVER_H
+#define HAMR_NET_SMTPD_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "net/smtpd.h"
+
+struct smtpd_server;
+
+/* smtpd_server_close_cb - the server and all its connections are gone. */
+typedef void (*smtpd_server_close_cb)(void *arg);
+
+/*
+ * smtpd_server_new - bind host:port (an IPv4 or IPv6 literal; port 0 picks
+ * a free port, see smtpd_server_port()) and listen on loop. policy is
+ * borrowed until the close callback; sink is copied (its data borrowed
+ * until every submit has called back). At most max_sessions sessions run at
+ * once; further clients get 421 4.7.0 and are closed. On failure returns
+ * HAMR_EINVAL (bad address) or HAMR_EIO (bind/listen) with a sentence in
+ * errmsg; the loop must still run once to release the listener handle.
+ */
+int smtpd_server_new(uv_loop_t *loop,
+                     const char *host,
+                     uint16_t port,
+                     const struct smtpd_policy *policy,
+                     const struct smtpd_sink *sink,
+                     size_t max_sessions,
+                     struct smtpd_server **out,
+                     char *errmsg,
+                     size_t errlen);
+
+/* smtpd_server_port - the bound port. */
+uint16_t smtpd_server_port(const struct smtpd_server *s);
+
+/*
+ * smtpd_server_set_draining - while draining, new clients get 421 4.3.2
+ * and are closed; open sessions continue.
+ */
+void smtpd_server_set_draining(struct smtpd_server *s, bool draining);
+
+/*
+ * smtpd_server_set_greet_delay - wait ms before the 220 greeting; a client
+ * that talks first gets 554 5.5.0 (postscreen's pregreet test). Default 0.
+ */
+void smtpd_server_set_greet_delay(struct smtpd_server *s, uint64_t ms);
+
+/* smtpd_server_sessions - open sessions (refused connections not counted). */
+size_t smtpd_server_sessions(const struct smtpd_server *s);
+
+/*
+ * smtpd_server_close - stop listening, say 421 4.3.2 to every session and
+ * close it (a session with a pending submit first answers that message),
+ * then free the server and call cb(arg). Call once; s is invalid after cb.
+ */
+void smtpd_server_close(struct smtpd_server *s, smtpd_server_close_cb cb, void *arg);
+
+#endif

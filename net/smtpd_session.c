@@ -1,0 +1,1345 @@
+/*
+ * smtpd_session.c - one inbound SMTP conversation (RFC 5321), socket free.
+ *
+ * Owns: the parser state (smtpd_reader), the unparsed input held while
+ * reading is paused, and at most one transaction (struct smtpd_tx: sender,
+ * recipients, queue id, body). Borrows the policy; copies the sink and io
+ * vtables. Exports the state machine of smtpd_session.h.
+ *
+ * Happy path:
+ *   greet -> 220; EHLO -> 250 keywords; MAIL -> check_mail -> 250;
+ *   RCPT (relay check) -> 250; DATA -> new_id -> 354 -> body -> CRLF.CRLF
+ *   -> checks -> submit (reading paused, no client deadline) -> sink
+ *   callback -> 250 queued as <id> (only on status 0) -> reading resumes and
+ *   any commands pipelined after the dot are processed.
+ * Failure modes:
+ *   syntax/order errors reply 5xx and are counted; at max_errors 421 and
+ *   close; timeout 421 4.4.2; input before the greeting or body octets
+ *   pipelined behind DATA 554 5.5.0 and close, nothing queued; a failed
+ *   submit maps its HAMR_E* code through smtpd_reply (4xx: the outcome is
+ *   unknown, the client retries); the client vanishing while a submit is
+ *   pending leaves the session detached until the sink calls back.
+ *
+ * Every reply goes through smtpd_session_reply_raw(), which writes, logs
+ * rejects, counts errors, and hangs up on 421/221 (Postfix smtpd_chat_reply).
+ *
+ * Security: parses untrusted input. Lines are bounded by the reader, the
+ * held input by SMTPD_SESSION_INPUT_MAX, recipients by recipient_limit,
+ * the body by message_size_limit. Client text is logged only through
+ * log_printable() and truncated; bodies are never logged. Addresses are
+ * parsed strictly (RFC 5321 4.1.2) and only printable ASCII survives into
+ * replies, logs and the Received: header. A routed local part (%, !, quoted
+ * @) is never rewritten into a destination (SECURITY.md S12).
+ */
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "util/buf.h"
+#include "util/common.h"
+#include "util/err.h"
+#include "util/log.h"
+#include "net/smtpd.h"
+#include "net/smtpd_reader.h"
+#include "net/smtpd_reply.h"
+#include "net/smtpd_session.h"
+
+/* RFC 5321 4.5.3.1: local part 64, domain 255, path 256 octets. */
+#define SMTPD_SESSION_LOCAL_MAX 64
+#define SMTPD_SESSION_DOMAIN_MAX 255
+#define SMTPD_SESSION_PATH_MAX 256
+#define SMTPD_SESSION_HELO_MAX 255
+#define SMTPD_SESSION_ADDR_MAX 64
+#define SMTPD_SESSION_LOG_TEXT 100 /* Postfix logs client text as %.100s */
+
+/* smtpd_tx - one transaction, MAIL to the end of DATA. Owned by its session. */
+struct smtpd_tx {
+    char sender[SMTPD_SESSION_PATH_MAX + 1];
+    bool body_8bit;
+    char **rcpts;
+    size_t n_rcpts;
+    size_t cap_rcpts;
+    char queue_id[SMTPD_QUEUE_ID_MAX];
+    struct buf body;  /* our Received: header, then the un-stuffed data */
+    size_t data_size; /* un-stuffed data octets (without Received:) */
+    struct smtpd_envelope env;
+};
+
+struct smtpd_session {
+    uint64_t id;
+    const struct smtpd_policy *policy;
+    struct smtpd_sink sink;
+    struct smtpd_session_io io;
+    bool io_detached; /* the owner let go: no io calls any more */
+    bool closed;      /* io.close has been called */
+    char client_addr[SMTPD_SESSION_ADDR_MAX];
+    bool relay_client; /* client address inside relay_networks */
+    enum smtpd_state state;
+    struct smtpd_reader reader;
+    struct buf input; /* unparsed input */
+    size_t input_off;
+    bool processing;
+    bool paused;         /* io.pause called and not undone */
+    bool output_blocked; /* written output over SMTPD_SESSION_OUT_HIGH */
+    bool submit_pending;
+    bool close_after_commit;
+    char helo[SMTPD_SESSION_HELO_MAX + 1]; /* printable; "" if none */
+    bool esmtp;
+    char verb[16]; /* current command, for logs */
+    struct smtpd_tx *tx;
+    unsigned errors;
+    unsigned commands;
+    unsigned messages;
+};
+
+static uint64_t smtpd_session_next_id = 1;
+
+/* Per-state facts (Postfix smtp_proto.c xfer_states/xfer_timeouts style). */
+static const struct {
+    const char *name;
+    enum { SMTPD_SESSION_T_NONE, SMTPD_SESSION_T_COMMAND, SMTPD_SESSION_T_DATA } timeout;
+} smtpd_session_states[SMTPD_STATE_COUNT] = {
+    [SMTPD_STATE_CONNECTED] = {"CONNECTED", SMTPD_SESSION_T_COMMAND},
+    [SMTPD_STATE_GREETED] = {"GREETED", SMTPD_SESSION_T_COMMAND},
+    [SMTPD_STATE_READY] = {"READY", SMTPD_SESSION_T_COMMAND},
+    [SMTPD_STATE_MAIL] = {"MAIL", SMTPD_SESSION_T_COMMAND},
+    [SMTPD_STATE_RCPT] = {"RCPT", SMTPD_SESSION_T_COMMAND},
+    [SMTPD_STATE_DATA] = {"DATA", SMTPD_SESSION_T_DATA},
+    [SMTPD_STATE_COMMITTING] = {"COMMITTING", SMTPD_SESSION_T_NONE},
+    [SMTPD_STATE_CLOSING] = {"CLOSING", SMTPD_SESSION_T_NONE},
+};
+
+static void smtpd_session_process(struct smtpd_session *s);
+
+/* smtpd_state_name - the name of a state. */
+const char *smtpd_state_name(enum smtpd_state state)
+{
+    if ((int)state < 0 || state >= SMTPD_STATE_COUNT)
+        return "INVALID";
+    return smtpd_session_states[state].name;
+}
+
+/* smtpd_session_enter_state - the one place the state changes; CLOSING is final. */
+static void smtpd_session_enter_state(struct smtpd_session *s, enum smtpd_state next)
+{
+    if (s->state == next || s->state == SMTPD_STATE_CLOSING)
+        return;
+    log_debug("smtpd session=%" PRIu64 " state %s -> %s", s->id, smtpd_state_name(s->state),
+              smtpd_state_name(next));
+    s->state = next;
+}
+
+/* ------------------------------------------------------------------ */
+/* Transactions                                                        */
+/* ------------------------------------------------------------------ */
+
+/* smtpd_tx_free - release a transaction and everything it holds. Returns NULL. */
+static struct smtpd_tx *smtpd_tx_free(struct smtpd_tx *tx)
+{
+    if (tx == NULL)
+        return NULL;
+    for (size_t i = 0; i < tx->n_rcpts; i++)
+        free(tx->rcpts[i]);
+    free(tx->rcpts);
+    buf_free(&tx->body);
+    free(tx);
+    return NULL;
+}
+
+/* smtpd_session_tx_reset - drop the transaction (RSET, HELO, end of DATA). */
+static void smtpd_session_tx_reset(struct smtpd_session *s)
+{
+    HAMR_ASSERT(!s->submit_pending);
+    s->tx = smtpd_tx_free(s->tx);
+}
+
+/* smtpd_tx_add_rcpt - copy rcpt into tx. HAMR_ENOMEM. */
+static int smtpd_tx_add_rcpt(struct smtpd_tx *tx, const char *rcpt)
+{
+    if (tx->n_rcpts == tx->cap_rcpts) {
+        size_t cap = tx->cap_rcpts ? tx->cap_rcpts * 2 : 8;
+        char **p = realloc(tx->rcpts, cap * sizeof(*p));
+        if (p == NULL)
+            return HAMR_ENOMEM;
+        tx->rcpts = p;
+        tx->cap_rcpts = cap;
+    }
+    char *copy = strdup(rcpt);
+    if (copy == NULL)
+        return HAMR_ENOMEM;
+    tx->rcpts[tx->n_rcpts++] = copy;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Output                                                              */
+/* ------------------------------------------------------------------ */
+
+/* smtpd_session_hangup - close the transport once; the session goes CLOSING. */
+static void smtpd_session_hangup(struct smtpd_session *s)
+{
+    smtpd_session_enter_state(s, SMTPD_STATE_CLOSING);
+    if (s->closed || s->io_detached)
+        return;
+    s->closed = true;
+    s->io.set_timer(s->io.data, 0);
+    s->io.close(s->io.data);
+}
+
+/* smtpd_session_log_text - printable, truncated copy of client text for a log line. */
+static const char *smtpd_session_log_text(char *out, size_t outlen, const char *in, size_t inlen)
+{
+    return log_printable(out, outlen, in, inlen);
+}
+
+/*
+ * smtpd_session_reply_raw - the one writer of replies. text holds one or
+ * more complete CRLF lines. Logs rejects, counts errors, hangs up after a
+ * 421 or when hangup is set, and after max_errors (421 4.7.0).
+ */
+static void smtpd_session_reply_raw(struct smtpd_session *s,
+                                    int code,
+                                    bool counts,
+                                    bool hangup,
+                                    const char *text,
+                                    size_t len)
+{
+    if (s->io_detached || s->closed)
+        return;
+    if (s->io.write(s->io.data, text, len) != 0) {
+        log_warn("smtpd session=%" PRIu64 " write failed client=%s", s->id, s->client_addr);
+        smtpd_session_hangup(s);
+        return;
+    }
+    if (code >= 400) {
+        char shown[SMTPD_SESSION_LOG_TEXT + 1];
+        size_t n = len >= 2 ? len - 2 : len; /* without CRLF */
+        log_info("smtpd session=%" PRIu64 " reject client=%s cmd=%s code=%d reply=\"%s\"", s->id,
+                 s->client_addr, s->verb[0] ? s->verb : "-", code,
+                 smtpd_session_log_text(shown, sizeof(shown), text, n));
+    }
+    if (s->io.write_queued != NULL && s->io.write_queued(s->io.data) > SMTPD_SESSION_OUT_HIGH)
+        s->output_blocked = true;
+    if (code == 421 || hangup) {
+        smtpd_session_hangup(s);
+        return;
+    }
+    if (counts) {
+        s->errors++;
+        if (s->policy->max_errors > 0 && s->errors >= s->policy->max_errors) {
+            char line[SMTPD_REPLY_LINE_MAX];
+            size_t n = smtpd_reply_format(SMTPD_REPLY_TOO_MANY_ERRORS, s->policy->hostname, line,
+                                          sizeof(line));
+            smtpd_session_reply_raw(s, 421, false, true, line, n);
+        }
+    }
+}
+
+/* smtpd_session_reply - send one reply from the table; arg replaces its "%s". */
+static void smtpd_session_reply(struct smtpd_session *s, enum smtpd_reply_id id, const char *arg)
+{
+    const struct smtpd_reply *r = smtpd_reply_get(id);
+    char line[SMTPD_REPLY_LINE_MAX];
+    size_t n = smtpd_reply_format(id, arg, line, sizeof(line));
+    bool hangup =
+        r->code == 221 || r->code == 421 || id == SMTPD_REPLY_PREGREET || id == SMTPD_REPLY_DESYNC;
+
+    smtpd_session_reply_raw(s, r->code, r->counts_as_error, hangup, line, n);
+}
+
+/* smtpd_session_update_reading - pause or resume input to match the state. */
+static void smtpd_session_update_reading(struct smtpd_session *s)
+{
+    if (s->io_detached || s->closed)
+        return;
+    bool want_pause = s->submit_pending || s->output_blocked;
+    if (want_pause && !s->paused) {
+        s->paused = true;
+        s->io.pause(s->io.data);
+    } else if (!want_pause && s->paused) {
+        s->paused = false;
+        s->io.resume(s->io.data);
+    }
+}
+
+/* smtpd_session_timeout_ms - the client deadline wanted in the current state. */
+uint64_t smtpd_session_timeout_ms(const struct smtpd_session *s)
+{
+    if (s->submit_pending)
+        return 0; /* the sink's own deadline applies, not the client's */
+    switch (smtpd_session_states[s->state].timeout) {
+        case SMTPD_SESSION_T_COMMAND:
+            return s->policy->command_timeout_ms;
+        case SMTPD_SESSION_T_DATA:
+            return s->policy->data_timeout_ms;
+        default:
+            return 0;
+    }
+}
+
+/* smtpd_session_arm_timer - restart the deadline for the current state. */
+static void smtpd_session_arm_timer(struct smtpd_session *s)
+{
+    if (s->io_detached || s->closed)
+        return;
+    s->io.set_timer(s->io.data, smtpd_session_timeout_ms(s));
+}
+
+/* ------------------------------------------------------------------ */
+/* Address parsing (RFC 5321 4.1.2)                                    */
+/* ------------------------------------------------------------------ */
+
+/* smtpd_addr - a parsed mailbox. */
+struct smtpd_addr {
+    char text[SMTPD_SESSION_PATH_MAX + 1]; /* mailbox, no <>, no source route */
+    bool null_path;                        /* <> */
+    bool has_domain;
+    bool literal;  /* domain is an address literal [..] */
+    bool routed;   /* local part holds %, ! or a quoted @ */
+    size_t domain; /* offset of the domain in text */
+};
+
+/* smtpd_session_is_atext - RFC 5322 atext. */
+static bool smtpd_session_is_atext(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return true;
+    return c != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL;
+}
+
+/* smtpd_session_is_letdig - RFC 5321 Let-dig. */
+static bool smtpd_session_is_letdig(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+/* smtpd_session_parse_domain - Domain or address-literal at p; returns the end or NULL. */
+static const char *smtpd_session_parse_domain(const char *p, bool *literal)
+{
+    const char *start = p;
+
+    *literal = false;
+    if (*p == '[') {
+        const char *close = strchr(p, ']');
+        if (close == NULL || close - p - 1 <= 0 || close - p - 1 > 64)
+            return NULL;
+        char lit[65];
+        size_t n = (size_t)(close - p - 1);
+        memcpy(lit, p + 1, n);
+        lit[n] = '\0';
+        unsigned char addr[16];
+        if (inet_pton(AF_INET, lit, addr) != 1 &&
+            !(hamr_strncaseeq(lit, "IPv6:", 5) && inet_pton(AF_INET6, lit + 5, addr) == 1))
+            return NULL;
+        *literal = true;
+        return close + 1;
+    }
+    for (;;) {
+        /* sub-domain = Let-dig [Ldh-str] */
+        if (!smtpd_session_is_letdig((unsigned char)*p))
+            return NULL;
+        while (smtpd_session_is_letdig((unsigned char)*p) || *p == '-')
+            p++;
+        if (p[-1] == '-')
+            return NULL;
+        if (*p != '.')
+            break;
+        p++;
+    }
+    if (p - start > SMTPD_SESSION_DOMAIN_MAX)
+        return NULL;
+    return p;
+}
+
+/*
+ * smtpd_session_parse_path - parse "<path>" at *pp into a. Strips a source
+ * route (RFC 5321 4.1.1.3, App. C: SHOULD accept, MAY ignore). A mailbox
+ * without a domain is allowed only as "postmaster" when allow_postmaster.
+ * On success *pp points after '>' and SMTPD_REPLY_COUNT is returned;
+ * otherwise the reply to give: SMTPD_REPLY_UTF8 for 8-bit octets (RFC 6531
+ * was not declared), else bad_syntax.
+ */
+static enum smtpd_reply_id smtpd_session_parse_path(const char **pp,
+                                                    struct smtpd_addr *a,
+                                                    bool allow_null,
+                                                    bool allow_postmaster,
+                                                    enum smtpd_reply_id bad_syntax)
+{
+    const char *p = *pp;
+    bool literal;
+
+    memset(a, 0, sizeof(*a));
+    for (const char *q = p; *q; q++)
+        if ((unsigned char)*q >= 0x80)
+            return SMTPD_REPLY_UTF8;
+    if (*p++ != '<')
+        return bad_syntax;
+    if (*p == '>') {
+        if (!allow_null)
+            return bad_syntax;
+        a->null_path = true;
+        *pp = p + 1;
+        return SMTPD_REPLY_COUNT;
+    }
+    if (*p == '@') {
+        /* A-d-l = At-domain *( "," At-domain ) ":" */
+        for (;;) {
+            if (*p++ != '@')
+                return bad_syntax;
+            p = smtpd_session_parse_domain(p, &literal);
+            if (p == NULL)
+                return bad_syntax;
+            if (*p == ',') {
+                p++;
+                continue;
+            }
+            if (*p++ != ':')
+                return bad_syntax;
+            break;
+        }
+    }
+    const char *local = p;
+    if (*p == '"') {
+        /* Quoted-string: qtextSMTP / "\" %d32-126 */
+        p++;
+        for (;;) {
+            unsigned char c = (unsigned char)*p;
+            if (c == '"')
+                break;
+            if (c == '\\') {
+                c = (unsigned char)p[1];
+                if (c < 32 || c > 126)
+                    return bad_syntax;
+                if (c == '@' || c == '%' || c == '!')
+                    a->routed = true;
+                p += 2;
+                continue;
+            }
+            if (c < 32 || c > 126)
+                return bad_syntax;
+            if (c == '@' || c == '%' || c == '!')
+                a->routed = true;
+            p++;
+        }
+        p++;
+    } else {
+        /* Dot-string = Atom *("." Atom) */
+        for (;;) {
+            if (!smtpd_session_is_atext((unsigned char)*p))
+                return bad_syntax;
+            while (smtpd_session_is_atext((unsigned char)*p)) {
+                if (*p == '%' || *p == '!')
+                    a->routed = true;
+                p++;
+            }
+            if (*p != '.')
+                break;
+            p++;
+        }
+    }
+    size_t local_len = (size_t)(p - local);
+    if (local_len > SMTPD_SESSION_LOCAL_MAX)
+        return bad_syntax;
+    const char *domain = NULL;
+    if (*p == '@') {
+        domain = ++p;
+        p = smtpd_session_parse_domain(p, &literal);
+        if (p == NULL)
+            return bad_syntax;
+        a->has_domain = true;
+        a->literal = literal;
+    } else if (!(allow_postmaster && local_len == 10 && hamr_strncaseeq(local, "postmaster", 10))) {
+        return bad_syntax;
+    }
+    if (*p != '>')
+        return bad_syntax;
+    size_t len = (size_t)(p - local);
+    if (len + 2 > SMTPD_SESSION_PATH_MAX)
+        return bad_syntax;
+    memcpy(a->text, local, len);
+    a->text[len] = '\0';
+    a->domain = domain ? (size_t)(domain - local) : len;
+    *pp = p + 1;
+    return SMTPD_REPLY_COUNT;
+}
+
+/* smtpd_session_cidr_match - is addr (family, 4 or 16 octets) inside c? */
+static bool smtpd_session_cidr_match(const struct smtpd_cidr *c, int family, const uint8_t *addr)
+{
+    unsigned bits = family == AF_INET ? 32 : 128;
+    if (c->family != family || c->prefix > bits)
+        return false;
+    unsigned full = c->prefix / 8, rest = c->prefix % 8;
+    if (memcmp(c->addr, addr, full) != 0)
+        return false;
+    if (rest == 0)
+        return true;
+    uint8_t mask = (uint8_t)(0xff << (8 - rest));
+    return (c->addr[full] & mask) == (addr[full] & mask);
+}
+
+/* smtpd_session_in_relay_networks - is the client address inside a relay network? */
+static bool smtpd_session_in_relay_networks(const struct smtpd_policy *p, const char *client)
+{
+    uint8_t addr[16];
+    int family = AF_INET;
+
+    if (inet_pton(AF_INET, client, addr) != 1) {
+        if (inet_pton(AF_INET6, client, addr) != 1)
+            return false;
+        family = AF_INET6;
+        static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(addr, v4mapped, sizeof(v4mapped)) == 0) {
+            memmove(addr, addr + 12, 4);
+            family = AF_INET;
+        }
+    }
+    for (size_t i = 0; i < p->n_relay_networks; i++)
+        if (smtpd_session_cidr_match(&p->relay_networks[i], family, addr))
+            return true;
+    return false;
+}
+
+/* smtpd_session_relay_domain - is domain one of ours ("d" exact, ".d" subdomains)? */
+static bool smtpd_session_relay_domain(const struct smtpd_policy *p, const char *domain)
+{
+    size_t dlen = strlen(domain);
+
+    for (size_t i = 0; i < p->n_relay_domains; i++) {
+        const char *entry = p->relay_domains[i];
+        size_t elen = strlen(entry);
+        if (elen == 0)
+            continue;
+        if (entry[0] == '.') {
+            if (dlen > elen && hamr_strncaseeq(domain + dlen - elen, entry, elen))
+                return true;
+        } else if (dlen == elen && hamr_strncaseeq(domain, entry, elen)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * smtpd_session_relay_ok - may this recipient be accepted (SECURITY.md S12)?
+ * Relay networks may send anywhere, and their addresses are taken
+ * literally. Everyone else only to our relay domains, never to an address
+ * literal, and never with a routed local part (%, !, quoted @), which we do
+ * not rewrite and so cannot tell where it would go.
+ */
+static bool smtpd_session_relay_ok(const struct smtpd_session *s, const struct smtpd_addr *a)
+{
+    if (s->relay_client)
+        return true;
+    if (a->routed || !a->has_domain || a->literal)
+        return false;
+    return smtpd_session_relay_domain(s->policy, a->text + a->domain);
+}
+
+/* ------------------------------------------------------------------ */
+/* Commands                                                            */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Command flags. RFC 2920 3.1: DATA must be the last command of a
+ * pipelined group, since what follows it is message content only after the
+ * 354; anything pipelined behind it is a desync (SECURITY.md S5). EHLO,
+ * NOOP, VRFY and QUIT are also "last in group" there, but their replies do
+ * not change how later input is parsed, so we process what follows them.
+ */
+#define SMTPD_CMD_SYNC 0x01   /* input after it in the same read is a desync */
+#define SMTPD_CMD_NO_ARG 0x02 /* RFC 5321 4.1.1: takes no argument */
+#define SMTPD_CMD_NEED_ARG 0x04
+
+struct smtpd_cmd {
+    const char *name;
+    unsigned flags;
+    /* check - order and syntax; replies itself and returns -1 to stop. */
+    int (*check)(struct smtpd_session *s, const char *arg);
+    /* proceed - do the command; may finish later from a callback. */
+    void (*proceed)(struct smtpd_session *s, const char *arg);
+};
+
+/* smtpd_session_need_helo - 503 unless HELO/EHLO came first. */
+static int smtpd_session_need_helo(struct smtpd_session *s)
+{
+    if (s->state == SMTPD_STATE_GREETED) {
+        smtpd_session_reply(s, SMTPD_REPLY_BAD_ORDER, "send HELO/EHLO first");
+        return -1;
+    }
+    return 0;
+}
+
+/* smtpd_session_check_none - no conditions. */
+static int smtpd_session_check_none(struct smtpd_session *s, const char *arg)
+{
+    return 0;
+}
+
+/* smtpd_session_proceed_helo - HELO and EHLO (RFC 5321 4.1.1.1): reset, greet back. */
+static void smtpd_session_proceed_helo(struct smtpd_session *s, const char *arg)
+{
+    size_t n = strlen(arg);
+
+    while (n > 0 && arg[n - 1] == ' ')
+        n--;
+    smtpd_session_tx_reset(s);
+    log_printable(s->helo, sizeof(s->helo), arg, n);
+    s->esmtp = hamr_strncaseeq(s->verb, "EHLO", 5);
+    smtpd_session_enter_state(s, SMTPD_STATE_READY);
+    if (!s->esmtp) {
+        char line[SMTPD_REPLY_LINE_MAX];
+        int len = snprintf(line, sizeof(line), "250 %s\r\n", s->policy->hostname);
+        smtpd_session_reply_raw(s, 250, false, false, line, (size_t)len);
+        return;
+    }
+    /* RFC 2920, RFC 1870, RFC 6152, RFC 2034. No CHUNKING (SECURITY.md S22). */
+    char text[SMTPD_REPLY_LINE_MAX * 2];
+    int len = snprintf(text, sizeof(text),
+                       "250-%s\r\n250-PIPELINING\r\n250-SIZE %zu\r\n250-8BITMIME\r\n"
+                       "250 ENHANCEDSTATUSCODES\r\n",
+                       s->policy->hostname, s->policy->message_size_limit);
+    HAMR_ASSERT(len > 0 && (size_t)len < sizeof(text));
+    smtpd_session_reply_raw(s, 250, false, false, text, (size_t)len);
+}
+
+/* smtpd_session_check_helo - HELO/EHLO need a hostname. */
+static int smtpd_session_check_helo(struct smtpd_session *s, const char *arg)
+{
+    while (*arg == ' ')
+        arg++;
+    if (*arg == '\0') {
+        smtpd_session_reply(s, SMTPD_REPLY_HELO_SYNTAX, s->verb);
+        return -1;
+    }
+    return 0;
+}
+
+/* smtpd_session_parse_keyword - "FROM:" or "TO:" then optional spaces; NULL if absent. */
+static const char *smtpd_session_parse_keyword(const char *arg, const char *kw)
+{
+    size_t n = strlen(kw);
+    if (!hamr_strncaseeq(arg, kw, n))
+        return NULL;
+    arg += n;
+    while (*arg == ' ')
+        arg++; /* tolerated, as Postfix does: "MAIL FROM: <a@b>" */
+    return arg;
+}
+
+/* smtpd_session_next_param - split off the next "KEY[=VALUE]"; NULL at the end. */
+static const char *smtpd_session_next_param(const char *p,
+                                            char *key,
+                                            size_t keylen,
+                                            char *value,
+                                            size_t valuelen,
+                                            bool *bad)
+{
+    *bad = false;
+    while (*p == ' ')
+        p++;
+    if (*p == '\0')
+        return NULL;
+    size_t k = 0, v = 0;
+    /* esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-") */
+    while (smtpd_session_is_letdig((unsigned char)*p) || (k > 0 && *p == '-')) {
+        if (k + 1 < keylen)
+            key[k++] = *p;
+        else
+            *bad = true;
+        p++;
+    }
+    key[k] = '\0';
+    value[0] = '\0';
+    if (k == 0)
+        *bad = true;
+    if (*p == '=') {
+        p++;
+        /* esmtp-value = 1*(%d33-60 / %d62-126) */
+        while (*p > 32 && *p < 127 && *p != '=') {
+            if (v + 1 < valuelen)
+                value[v++] = *p;
+            else
+                *bad = true;
+            p++;
+        }
+        value[v] = '\0';
+        if (v == 0)
+            *bad = true;
+    }
+    if (*p != ' ' && *p != '\0') {
+        *bad = true;
+        while (*p != ' ' && *p != '\0')
+            p++;
+    }
+    return p;
+}
+
+/* smtpd_session_parse_size - decimal SIZE value without overflow. */
+static bool smtpd_session_parse_size(const char *v, uint64_t *out)
+{
+    uint64_t n = 0;
+    if (*v == '\0')
+        return false;
+    for (; *v; v++) {
+        if (*v < '0' || *v > '9')
+            return false;
+        if (n > (UINT64_MAX - 9) / 10)
+            return false;
+        n = n * 10 + (uint64_t)(*v - '0');
+    }
+    *out = n;
+    return true;
+}
+
+/* smtpd_session_check_mail - order, path and parameters (RFC 5321 4.1.1.2, RFC 1870, RFC 6152). */
+static int smtpd_session_check_mail(struct smtpd_session *s, const char *arg)
+{
+    if (smtpd_session_need_helo(s) != 0)
+        return -1;
+    if (s->state != SMTPD_STATE_READY) {
+        smtpd_session_reply(s, SMTPD_REPLY_BAD_ORDER, "nested MAIL command");
+        return -1;
+    }
+    return 0;
+}
+
+/* smtpd_session_proceed_mail - parse, ask the sink, open the transaction. */
+static void smtpd_session_proceed_mail(struct smtpd_session *s, const char *arg)
+{
+    struct smtpd_addr a;
+    const char *p = smtpd_session_parse_keyword(arg, "FROM:");
+    int rc;
+
+    if (p == NULL) {
+        smtpd_session_reply(s, SMTPD_REPLY_SENDER_SYNTAX, NULL);
+        return;
+    }
+    enum smtpd_reply_id bad =
+        smtpd_session_parse_path(&p, &a, true, false, SMTPD_REPLY_SENDER_SYNTAX);
+    if (bad != SMTPD_REPLY_COUNT) {
+        smtpd_session_reply(s, bad, NULL);
+        return;
+    }
+    bool body_8bit = false;
+    char key[32], value[32];
+    bool bad_param;
+    while ((p = smtpd_session_next_param(p, key, sizeof(key), value, sizeof(value), &bad_param))) {
+        if (bad_param) {
+            smtpd_session_reply(s, SMTPD_REPLY_SENDER_SYNTAX, NULL);
+            return;
+        }
+        if (hamr_strncaseeq(key, "SIZE", 5)) {
+            uint64_t size;
+            if (!smtpd_session_parse_size(value, &size)) {
+                smtpd_session_reply(s, SMTPD_REPLY_PARAM_SYNTAX, "SIZE");
+                return;
+            }
+            if (size > s->policy->message_size_limit) {
+                smtpd_session_reply(s, SMTPD_REPLY_SIZE_EXCEEDED, NULL);
+                return;
+            }
+        } else if (hamr_strncaseeq(key, "BODY", 5)) {
+            if (hamr_strncaseeq(value, "8BITMIME", 9)) {
+                body_8bit = true;
+            } else if (hamr_strncaseeq(value, "7BIT", 5)) {
+                body_8bit = false;
+            } else {
+                smtpd_session_reply(s, SMTPD_REPLY_PARAM_SYNTAX, "BODY");
+                return;
+            }
+        } else {
+            smtpd_session_reply(s, SMTPD_REPLY_PARAM_UNKNOWN, key);
+            return;
+        }
+    }
+    if (s->sink.check_mail != NULL) {
+        rc = s->sink.check_mail(s->sink.data);
+        if (rc != 0) {
+            smtpd_session_reply(s, smtpd_reply_for_error(rc), s->policy->hostname);
+            return;
+        }
+    }
+    struct smtpd_tx *tx = calloc(1, sizeof(*tx));
+    if (tx == NULL) {
+        smtpd_session_reply(s, SMTPD_REPLY_LOCAL_ERROR, NULL);
+        return;
+    }
+    hamr_strlcpy(tx->sender, a.text, sizeof(tx->sender));
+    tx->body_8bit = body_8bit;
+    /* The reader stores at most message_size_limit; the rest is our Received:. */
+    size_t limit = s->policy->message_size_limit;
+    buf_init(&tx->body, limit > SIZE_MAX - 2048 ? 0 : limit + 2048);
+    s->tx = tx;
+    smtpd_session_enter_state(s, SMTPD_STATE_MAIL);
+    smtpd_session_reply(s, SMTPD_REPLY_MAIL_OK, NULL);
+}
+
+/* smtpd_session_check_rcpt - RCPT needs MAIL first. */
+static int smtpd_session_check_rcpt(struct smtpd_session *s, const char *arg)
+{
+    if (smtpd_session_need_helo(s) != 0)
+        return -1;
+    if (s->state != SMTPD_STATE_MAIL && s->state != SMTPD_STATE_RCPT) {
+        smtpd_session_reply(s, SMTPD_REPLY_BAD_ORDER, "need MAIL command");
+        return -1;
+    }
+    return 0;
+}
+
+/* smtpd_session_proceed_rcpt - parse, limit, relay control, remember (RFC 5321 4.1.1.3). */
+static void smtpd_session_proceed_rcpt(struct smtpd_session *s, const char *arg)
+{
+    struct smtpd_addr a;
+    const char *p = smtpd_session_parse_keyword(arg, "TO:");
+
+    if (p == NULL) {
+        smtpd_session_reply(s, SMTPD_REPLY_RCPT_SYNTAX, NULL);
+        return;
+    }
+    enum smtpd_reply_id bad_path =
+        smtpd_session_parse_path(&p, &a, false, true, SMTPD_REPLY_RCPT_SYNTAX);
+    if (bad_path != SMTPD_REPLY_COUNT) {
+        smtpd_session_reply(s, bad_path, NULL);
+        return;
+    }
+    char key[32], value[32];
+    bool bad;
+    if ((p = smtpd_session_next_param(p, key, sizeof(key), value, sizeof(value), &bad))) {
+        if (bad)
+            smtpd_session_reply(s, SMTPD_REPLY_RCPT_SYNTAX, NULL);
+        else
+            smtpd_session_reply(s, SMTPD_REPLY_PARAM_UNKNOWN, key); /* no DSN offered */
+        return;
+    }
+    /* RFC 5321 4.5.3.1.10: "452 too many recipients" past the limit. */
+    if (s->tx->n_rcpts >= s->policy->recipient_limit) {
+        smtpd_session_reply(s, SMTPD_REPLY_TOO_MANY_RCPTS, NULL);
+        return;
+    }
+    if (!smtpd_session_relay_ok(s, &a)) {
+        char shown[SMTPD_SESSION_PATH_MAX + 3];
+        snprintf(shown, sizeof(shown), "<%s>", a.text);
+        smtpd_session_reply(s, SMTPD_REPLY_RELAY_DENIED, shown);
+        return;
+    }
+    if (smtpd_tx_add_rcpt(s->tx, a.text) != 0) {
+        smtpd_session_reply(s, SMTPD_REPLY_LOCAL_ERROR, NULL);
+        return;
+    }
+    smtpd_session_enter_state(s, SMTPD_STATE_RCPT);
+    smtpd_session_reply(s, SMTPD_REPLY_RCPT_OK, NULL);
+}
+
+/* smtpd_session_check_data - DATA needs an accepted recipient. */
+static int smtpd_session_check_data(struct smtpd_session *s, const char *arg)
+{
+    if (smtpd_session_need_helo(s) != 0)
+        return -1;
+    if (s->state == SMTPD_STATE_READY) {
+        smtpd_session_reply(s, SMTPD_REPLY_BAD_ORDER, "need MAIL command");
+        return -1;
+    }
+    if (s->state != SMTPD_STATE_RCPT) {
+        smtpd_session_reply(s, SMTPD_REPLY_BAD_ORDER, "need RCPT command");
+        return -1;
+    }
+    return 0;
+}
+
+/* smtpd_session_rfc5322_date - "Mon, 2 Jan 2006 15:04:05 +0000" (RFC 5322 3.3), UTC. */
+static void smtpd_session_rfc5322_date(char *out, size_t outlen)
+{
+    static const char *const days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char *const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                         "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    time_t now = time(NULL);
+    struct tm tm;
+
+    gmtime_r(&now, &tm);
+    snprintf(out, outlen, "%s, %d %s %d %02d:%02d:%02d +0000", days[tm.tm_wday % 7], tm.tm_mday,
+             months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+/*
+ * smtpd_session_add_received - our trace header first in the body (RFC 5321
+ * 4.4), CRLF line ends, folded lines start with a TAB. "for" only with
+ * exactly one recipient, so the header reveals no other recipients.
+ */
+static int smtpd_session_add_received(struct smtpd_session *s)
+{
+    struct smtpd_tx *tx = s->tx;
+    char date[64], forclause[SMTPD_SESSION_PATH_MAX + 16];
+    char hdr[1024];
+    int n;
+
+    smtpd_session_rfc5322_date(date, sizeof(date));
+    if (tx->n_rcpts == 1)
+        snprintf(forclause, sizeof(forclause), "\r\n\tfor <%s>; ", tx->rcpts[0]);
+    else
+        snprintf(forclause, sizeof(forclause), ";\r\n\t");
+    n = snprintf(hdr, sizeof(hdr), "Received: from %s (%s)\r\n\tby %s (hamr) with %s id %s%s%s\r\n",
+                 s->helo, s->client_addr, s->policy->hostname, s->esmtp ? "ESMTP" : "SMTP",
+                 tx->queue_id, forclause, date);
+    if (n < 0)
+        return HAMR_EINVAL;
+    if ((size_t)n >= sizeof(hdr)) {
+        /* Only a huge helo gets here; cut it, the header still ends in CRLF. */
+        n = (int)sizeof(hdr) - 1;
+        hdr[n - 2] = '\r';
+        hdr[n - 1] = '\n';
+    }
+    return buf_append(&tx->body, hdr, (size_t)n);
+}
+
+/* smtpd_session_proceed_data - queue id, Received:, 354, DATA mode (RFC 5321 4.1.1.4). */
+static void smtpd_session_proceed_data(struct smtpd_session *s, const char *arg)
+{
+    struct smtpd_tx *tx = s->tx;
+    int rc;
+
+    /* RFC 2920 3.1 / SECURITY.md S5: nothing may follow DATA before our 354. */
+    if (s->input_off < s->input.len) {
+        smtpd_session_tx_reset(s);
+        smtpd_session_reply(s, SMTPD_REPLY_DESYNC, NULL);
+        return;
+    }
+    rc = s->sink.new_id(s->sink.data, tx->queue_id, sizeof(tx->queue_id));
+    if (rc != 0 || tx->queue_id[0] == '\0') {
+        smtpd_session_reply(s, smtpd_reply_for_error(rc ? rc : HAMR_EINVAL), s->policy->hostname);
+        return;
+    }
+    tx->queue_id[sizeof(tx->queue_id) - 1] = '\0';
+    log_printable(tx->queue_id, sizeof(tx->queue_id), tx->queue_id, strlen(tx->queue_id));
+    if (smtpd_session_add_received(s) != 0) {
+        smtpd_session_reply(s, SMTPD_REPLY_LOCAL_ERROR, NULL);
+        return;
+    }
+    smtpd_reader_start_data(&s->reader, &tx->body, s->policy->message_size_limit,
+                            s->policy->header_size_limit);
+    smtpd_session_enter_state(s, SMTPD_STATE_DATA);
+    smtpd_session_reply(s, SMTPD_REPLY_DATA_GO, NULL);
+}
+
+/* smtpd_session_proceed_rset - drop the transaction (RFC 5321 4.1.1.5). */
+static void smtpd_session_proceed_rset(struct smtpd_session *s, const char *arg)
+{
+    smtpd_session_tx_reset(s);
+    if (s->state != SMTPD_STATE_GREETED)
+        smtpd_session_enter_state(s, SMTPD_STATE_READY);
+    smtpd_session_reply(s, SMTPD_REPLY_OK, NULL);
+}
+
+/* smtpd_session_proceed_noop - 250 (RFC 5321 4.1.1.9). */
+static void smtpd_session_proceed_noop(struct smtpd_session *s, const char *arg)
+{
+    smtpd_session_reply(s, SMTPD_REPLY_OK, NULL);
+}
+
+/* smtpd_session_proceed_quit - 221 and close (RFC 5321 4.1.1.10). */
+static void smtpd_session_proceed_quit(struct smtpd_session *s, const char *arg)
+{
+    smtpd_session_reply(s, SMTPD_REPLY_BYE, NULL);
+}
+
+/* smtpd_session_proceed_vrfy - 252: we do not verify (RFC 5321 3.5.3). */
+static void smtpd_session_proceed_vrfy(struct smtpd_session *s, const char *arg)
+{
+    smtpd_session_reply(s, SMTPD_REPLY_VRFY, NULL);
+}
+
+/* smtpd_session_proceed_help - 214. */
+static void smtpd_session_proceed_help(struct smtpd_session *s, const char *arg)
+{
+    smtpd_session_reply(s, SMTPD_REPLY_HELP, NULL);
+}
+
+static const struct smtpd_cmd smtpd_session_cmds[] = {
+    {"EHLO", 0, smtpd_session_check_helo, smtpd_session_proceed_helo},
+    {"HELO", 0, smtpd_session_check_helo, smtpd_session_proceed_helo},
+    {"MAIL", SMTPD_CMD_NEED_ARG, smtpd_session_check_mail, smtpd_session_proceed_mail},
+    {"RCPT", SMTPD_CMD_NEED_ARG, smtpd_session_check_rcpt, smtpd_session_proceed_rcpt},
+    {"DATA", SMTPD_CMD_NO_ARG | SMTPD_CMD_SYNC, smtpd_session_check_data,
+     smtpd_session_proceed_data},
+    {"RSET", SMTPD_CMD_NO_ARG, smtpd_session_check_none, smtpd_session_proceed_rset},
+    {"NOOP", 0, smtpd_session_check_none, smtpd_session_proceed_noop},
+    {"QUIT", SMTPD_CMD_NO_ARG, smtpd_session_check_none, smtpd_session_proceed_quit},
+    {"VRFY", SMTPD_CMD_NEED_ARG, smtpd_session_check_none, smtpd_session_proceed_vrfy},
+    {"HELP", 0, smtpd_session_check_none, smtpd_session_proceed_help},
+};
+
+/* smtpd_session_forbidden - HTTP and header lines (Postfix smtpd_forbidden_commands). */
+static bool smtpd_session_forbidden(const char *line)
+{
+    static const char *const verbs[] = {"GET ", "POST ", "CONNECT "};
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(verbs); i++)
+        if (hamr_strncaseeq(line, verbs[i], strlen(verbs[i])))
+            return true;
+    /* /^[^ ]+:/ as in Postfix: "Host:", "User-Agent:" ... */
+    const char *sp = strchr(line, ' ');
+    const char *colon = strchr(line, ':');
+    return colon != NULL && colon > line && (sp == NULL || colon < sp) &&
+           (colon[1] == ' ' || colon[1] == '\0');
+}
+
+/* smtpd_session_command - dispatch one complete, clean command line. */
+static void smtpd_session_command(struct smtpd_session *s, const char *line, size_t len)
+{
+    size_t vlen = 0;
+
+    s->commands++;
+    while (vlen < len && line[vlen] != ' ')
+        vlen++;
+    log_printable(s->verb, sizeof(s->verb), line, vlen);
+    if (smtpd_session_forbidden(line)) {
+        smtpd_session_reply(s, SMTPD_REPLY_FORBIDDEN, NULL);
+        return;
+    }
+    for (size_t i = 0; i < vlen; i++) {
+        unsigned char c = (unsigned char)line[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))) {
+            smtpd_session_reply(s, SMTPD_REPLY_BAD_SYNTAX, NULL);
+            return;
+        }
+    }
+    if (vlen == 0) {
+        smtpd_session_reply(s, SMTPD_REPLY_BAD_SYNTAX, NULL);
+        return;
+    }
+    const struct smtpd_cmd *cmd = NULL;
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(smtpd_session_cmds); i++) {
+        if (strlen(smtpd_session_cmds[i].name) == vlen &&
+            hamr_strncaseeq(line, smtpd_session_cmds[i].name, vlen)) {
+            cmd = &smtpd_session_cmds[i];
+            break;
+        }
+    }
+    if (cmd == NULL) {
+        smtpd_session_reply(s, SMTPD_REPLY_UNKNOWN_CMD, NULL);
+        return;
+    }
+    for (size_t i = 0; s->verb[i] != '\0'; i++)
+        s->verb[i] = (char)(s->verb[i] & ~0x20); /* upper case for logs and EHLO/HELO */
+    const char *arg = vlen < len ? line + vlen + 1 : "";
+    if ((cmd->flags & SMTPD_CMD_NO_ARG) && arg[strspn(arg, " ")] != '\0') {
+        smtpd_session_reply(s, SMTPD_REPLY_NO_ARGS, cmd->name);
+        return;
+    }
+    if ((cmd->flags & SMTPD_CMD_NEED_ARG) && arg[strspn(arg, " ")] == '\0') {
+        char syntax[32];
+        snprintf(syntax, sizeof(syntax), "%s %s", cmd->name,
+                 cmd->name[0] == 'V'   ? "address"
+                 : cmd->name[0] == 'M' ? "FROM:<address>"
+                                       : "TO:<address>");
+        smtpd_session_reply(s, SMTPD_REPLY_NO_ARGS, syntax);
+        return;
+    }
+    if (cmd->check(s, arg) != 0)
+        return;
+    cmd->proceed(s, arg);
+}
+
+/* ------------------------------------------------------------------ */
+/* End of DATA and the sink                                            */
+/* ------------------------------------------------------------------ */
+
+/* smtpd_session_free_now - release everything. */
+static void smtpd_session_free_now(struct smtpd_session *s)
+{
+    s->tx = smtpd_tx_free(s->tx);
+    buf_free(&s->input);
+    free(s);
+}
+
+/*
+ * smtpd_session_commit_cb - the sink's answer. 250 only on status 0
+ * (DESIGN.md 1.1: 250 means committed). A detached session frees itself.
+ */
+static void smtpd_session_commit_cb(void *arg, int status)
+{
+    struct smtpd_session *s = arg;
+    struct smtpd_tx *tx = s->tx;
+
+    HAMR_ASSERT(s->submit_pending && tx != NULL);
+    s->submit_pending = false;
+    if (status == 0) {
+        s->messages++;
+        log_info("smtpd session=%" PRIu64 " queued id=%s from=<%s> nrcpt=%zu size=%zu%s", s->id,
+                 tx->queue_id, tx->sender, tx->n_rcpts, tx->data_size,
+                 s->io_detached ? " client=gone" : "");
+    } else {
+        log_info("smtpd session=%" PRIu64 " submit failed id=%s err=%s", s->id, tx->queue_id,
+                 hamr_errname(status));
+    }
+    if (s->io_detached) {
+        smtpd_session_free_now(s);
+        return;
+    }
+    char queue_id[SMTPD_QUEUE_ID_MAX];
+    hamr_strlcpy(queue_id, tx->queue_id, sizeof(queue_id));
+    smtpd_session_tx_reset(s);
+    smtpd_session_enter_state(s, SMTPD_STATE_READY);
+    hamr_strlcpy(s->verb, ".", sizeof(s->verb));
+    if (status == 0)
+        smtpd_session_reply(s, SMTPD_REPLY_QUEUED, queue_id);
+    else
+        smtpd_session_reply(s, smtpd_reply_for_error(status), s->policy->hostname);
+    if (s->close_after_commit) {
+        s->verb[0] = '\0';
+        smtpd_session_reply(s, SMTPD_REPLY_SHUTDOWN, s->policy->hostname);
+    }
+    smtpd_session_process(s);
+    smtpd_session_arm_timer(s);
+}
+
+/*
+ * smtpd_session_data_end - CRLF.CRLF arrived: check in the order bare
+ * LF/CR, NUL, size, header size, hops; then hand the message to the sink.
+ */
+static void smtpd_session_data_end(struct smtpd_session *s)
+{
+    const struct smtpd_reader_data *d = smtpd_reader_data(&s->reader);
+    struct smtpd_tx *tx = s->tx;
+    enum smtpd_reply_id reject = SMTPD_REPLY_COUNT;
+
+    hamr_strlcpy(s->verb, ".", sizeof(s->verb));
+    if (d->bare_lf)
+        reject = SMTPD_REPLY_DATA_BARE_LF;
+    else if (d->bare_cr)
+        reject = SMTPD_REPLY_DATA_BARE_CR;
+    else if (d->nul)
+        reject = SMTPD_REPLY_DATA_NUL;
+    else if (d->too_big)
+        reject = SMTPD_REPLY_SIZE_EXCEEDED;
+    else if (d->header_too_big)
+        reject = SMTPD_REPLY_HEADER_EXCEEDED;
+    else if (d->received >= s->policy->hopcount_limit)
+        reject = SMTPD_REPLY_TOO_MANY_HOPS; /* RFC 5321 6.3, Postfix hopcount_limit */
+    else if (d->nomem)
+        reject = SMTPD_REPLY_LOCAL_ERROR;
+    if (reject != SMTPD_REPLY_COUNT) {
+        smtpd_session_tx_reset(s);
+        smtpd_session_enter_state(s, SMTPD_STATE_READY);
+        smtpd_session_reply(s, reject, NULL);
+        return;
+    }
+    tx->data_size = d->size;
+    tx->env = (struct smtpd_envelope){
+        .queue_id = tx->queue_id,
+        .client_addr = s->client_addr,
+        .helo = s->helo,
+        .sender = tx->sender,
+        .rcpts = (const char *const *)tx->rcpts,
+        .n_rcpts = tx->n_rcpts,
+        .body = tx->body.data,
+        .body_len = tx->body.len,
+        .body_8bit = tx->body_8bit,
+    };
+    s->submit_pending = true;
+    smtpd_session_enter_state(s, SMTPD_STATE_COMMITTING);
+    int rc = s->sink.submit(s->sink.data, &tx->env, smtpd_session_commit_cb, s);
+    if (rc != 0) {
+        /* The callback will not run. */
+        s->submit_pending = false;
+        log_info("smtpd session=%" PRIu64 " submit failed id=%s err=%s", s->id, tx->queue_id,
+                 hamr_errname(rc));
+        smtpd_session_tx_reset(s);
+        smtpd_session_enter_state(s, SMTPD_STATE_READY);
+        smtpd_session_reply(s, smtpd_reply_for_error(rc), s->policy->hostname);
+        return;
+    }
+    /* Asynchronous processing continues in smtpd_session_commit_cb(). */
+}
+
+/* ------------------------------------------------------------------ */
+/* Input                                                               */
+/* ------------------------------------------------------------------ */
+
+/* smtpd_session_event - act on one reader event. */
+static void smtpd_session_event(struct smtpd_session *s, enum smtpd_reader_event ev)
+{
+    size_t len;
+    const char *line;
+
+    switch (ev) {
+        case SMTPD_READER_LINE:
+            line = smtpd_reader_line(&s->reader, &len);
+            smtpd_session_command(s, line, len);
+            break;
+        case SMTPD_READER_LINE_TOO_LONG:
+            s->verb[0] = '\0';
+            smtpd_session_reply(s, SMTPD_REPLY_LINE_TOO_LONG, NULL);
+            break;
+        case SMTPD_READER_LINE_BARE_LF:
+            s->verb[0] = '\0';
+            smtpd_session_reply(s, SMTPD_REPLY_CMD_BARE_LF, NULL);
+            break;
+        case SMTPD_READER_LINE_BARE_CR:
+            s->verb[0] = '\0';
+            smtpd_session_reply(s, SMTPD_REPLY_CMD_BARE_CR, NULL);
+            break;
+        case SMTPD_READER_LINE_NUL:
+            s->verb[0] = '\0';
+            smtpd_session_reply(s, SMTPD_REPLY_BAD_SYNTAX, NULL);
+            break;
+        case SMTPD_READER_DATA_END:
+            smtpd_session_data_end(s);
+            break;
+        case SMTPD_READER_NEED_MORE:
+            break;
+    }
+}
+
+/*
+ * smtpd_session_process - work through every complete line held (RFC 2920),
+ * stopping while a submit is pending or output is over the high-water mark.
+ */
+static void smtpd_session_process(struct smtpd_session *s)
+{
+    if (s->processing)
+        return;
+    s->processing = true;
+    while (s->state != SMTPD_STATE_CLOSING && !s->submit_pending && !s->output_blocked &&
+           s->input_off < s->input.len) {
+        size_t used = 0;
+        enum smtpd_reader_event ev = smtpd_reader_feed(&s->reader, s->input.data + s->input_off,
+                                                       s->input.len - s->input_off, &used);
+        s->input_off += used;
+        smtpd_session_event(s, ev);
+    }
+    if (s->input_off == s->input.len) {
+        buf_reset(&s->input);
+        s->input_off = 0;
+    } else if (s->input_off > 0) {
+        memmove(s->input.data, s->input.data + s->input_off, s->input.len - s->input_off);
+        s->input.len -= s->input_off;
+        s->input_off = 0;
+    }
+    s->processing = false;
+    smtpd_session_update_reading(s);
+}
+
+/* smtpd_session_input - octets from the client. */
+void smtpd_session_input(struct smtpd_session *s, const void *data, size_t len)
+{
+    if (s->io_detached || s->state == SMTPD_STATE_CLOSING || len == 0)
+        return;
+    if (s->state == SMTPD_STATE_CONNECTED) {
+        /* Talking before the greeting (postscreen's pregreet test). */
+        s->verb[0] = '\0';
+        smtpd_session_reply(s, SMTPD_REPLY_PREGREET, NULL);
+        return;
+    }
+    if (buf_append(&s->input, data, len) != 0) {
+        s->verb[0] = '\0';
+        smtpd_session_reply(s, SMTPD_REPLY_TOO_MUCH_INPUT, s->policy->hostname);
+        return;
+    }
+    smtpd_session_process(s);
+    smtpd_session_arm_timer(s);
+}
+
+/* smtpd_session_write_done - resume after output fell to the low-water mark. */
+void smtpd_session_write_done(struct smtpd_session *s)
+{
+    if (s->io_detached || !s->output_blocked)
+        return;
+    size_t queued = s->io.write_queued ? s->io.write_queued(s->io.data) : 0;
+    if (queued > SMTPD_SESSION_OUT_LOW)
+        return;
+    s->output_blocked = false;
+    smtpd_session_process(s);
+}
+
+/* ------------------------------------------------------------------ */
+/* Life cycle                                                          */
+/* ------------------------------------------------------------------ */
+
+/* smtpd_session_new - a session in CONNECTED. */
+int smtpd_session_new(const struct smtpd_policy *policy,
+                      const struct smtpd_sink *sink,
+                      const struct smtpd_session_io *io,
+                      const char *client_addr,
+                      struct smtpd_session **out)
+{
+    struct smtpd_session *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return HAMR_ENOMEM;
+    s->id = smtpd_session_next_id++;
+    s->policy = policy;
+    s->sink = *sink;
+    s->io = *io;
+    s->state = SMTPD_STATE_CONNECTED;
+    log_printable(s->client_addr, sizeof(s->client_addr), client_addr, strlen(client_addr));
+    s->relay_client = smtpd_session_in_relay_networks(policy, s->client_addr);
+    smtpd_reader_init(&s->reader);
+    buf_init(&s->input, SMTPD_SESSION_INPUT_MAX);
+    log_info("smtpd session=%" PRIu64 " connect client=%s relay=%s", s->id, s->client_addr,
+             s->relay_client ? "yes" : "no");
+    *out = s;
+    return 0;
+}
+
+/* smtpd_session_greet - send the 220 greeting. */
+void smtpd_session_greet(struct smtpd_session *s)
+{
+    if (s->state != SMTPD_STATE_CONNECTED || s->io_detached)
+        return;
+    smtpd_session_enter_state(s, SMTPD_STATE_GREETED);
+    smtpd_session_reply(s, SMTPD_REPLY_GREETING, s->policy->hostname);
+    smtpd_session_arm_timer(s);
+}
+
+/* smtpd_session_timeout - the client took too long (RFC 5321 4.5.3.2). */
+void smtpd_session_timeout(struct smtpd_session *s)
+{
+    if (s->io_detached || s->state == SMTPD_STATE_CLOSING || s->submit_pending)
+        return;
+    s->verb[0] = '\0';
+    smtpd_session_reply(s, SMTPD_REPLY_TIMEOUT, s->policy->hostname);
+}
+
+/* smtpd_session_shutdown - 421 now, or after the pending submit's reply. */
+void smtpd_session_shutdown(struct smtpd_session *s)
+{
+    if (s->io_detached || s->state == SMTPD_STATE_CLOSING)
+        return;
+    if (s->submit_pending) {
+        s->close_after_commit = true;
+        return;
+    }
+    s->verb[0] = '\0';
+    smtpd_session_reply(s, SMTPD_REPLY_SHUTDOWN, s->policy->hostname);
+}
+
+/* smtpd_session_free - the owner lets go; may linger until the sink calls back. */
+struct smtpd_session *smtpd_session_free(struct smtpd_session *s)
+{
+    if (s == NULL)
+        return NULL;
+    log_info("smtpd session=%" PRIu64
+             " disconnect client=%s state=%s commands=%u messages=%u "
+             "errors=%u%s",
+             s->id, s->client_addr, smtpd_state_name(s->state), s->commands, s->messages, s->errors,
+             s->submit_pending ? " submit=pending" : "");
+    s->io_detached = true;
+    if (s->submit_pending)
+        return NULL; /* freed by smtpd_session_commit_cb() */
+    smtpd_session_free_now(s);
+    return NULL;
+}
+
+/* smtpd_session_state - the current state. */
+enum smtpd_state smtpd_session_state(const struct smtpd_session *s)
+{
+    return s->state;
+}
+
+/* smtpd_session_submit_pending - is the sink holding our message? */
+bool smtpd_session_submit_pending(const struct smtpd_session *s)
+{
+    return s->submit_pending;
+}

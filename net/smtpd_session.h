@@ -1,0 +1,124 @@
+/* smtpd_session.h - one inbound SMTP conversation as a state machine, with no socket. */
+#ifndef HAMR_NET_SMTPD_SESSION_H
+#define HAMR_NET_SMTPD_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "net/smtpd.h"
+
+/*
+ * smtpd_state - where a session is. Legal transitions:
+ *
+ *   CONNECTED  -> GREETED (greeting sent) | CLOSING (pregreet input, shutdown)
+ *   GREETED    -> READY (HELO/EHLO) | CLOSING
+ *   READY      -> MAIL (MAIL accepted) | READY (HELO/EHLO/RSET) | CLOSING
+ *   MAIL       -> RCPT (first RCPT accepted) | READY (RSET/HELO/EHLO) | CLOSING
+ *   RCPT       -> DATA (354 sent) | READY (RSET/HELO/EHLO) | CLOSING
+ *   DATA       -> COMMITTING (body handed to the sink) | READY (body rejected) | CLOSING
+ *   COMMITTING -> READY (sink called back) | CLOSING
+ *   CLOSING    is final.
+ *
+ * Invariants: a transaction exists exactly in MAIL, RCPT, DATA and COMMITTING
+ * (and in CLOSING if the session closed while a submit was pending); at
+ * most one submit is pending; reading is paused while one is.
+ */
+enum smtpd_state {
+    SMTPD_STATE_CONNECTED,  /* accepted; greeting not yet sent */
+    SMTPD_STATE_GREETED,    /* 220 sent; no HELO/EHLO yet */
+    SMTPD_STATE_READY,      /* after HELO/EHLO, no transaction */
+    SMTPD_STATE_MAIL,       /* MAIL accepted, no recipient yet */
+    SMTPD_STATE_RCPT,       /* at least one recipient accepted */
+    SMTPD_STATE_DATA,       /* 354 sent; reading the body */
+    SMTPD_STATE_COMMITTING, /* body complete; submit in flight */
+    SMTPD_STATE_CLOSING,    /* hanging up; no more input is looked at */
+    SMTPD_STATE_COUNT
+};
+
+/*
+ * smtpd_session_io - how a session reaches its transport. The owner (the
+ * TCP server, or a test) fills it in; the session borrows data.
+ */
+struct smtpd_session_io {
+    void *data;
+    /* write - queue len octets for the client; copies buf. 0 or HAMR_E*. */
+    int (*write)(void *data, const void *buf, size_t len);
+    /* pause - stop delivering input (uv_read_stop). */
+    void (*pause)(void *data);
+    /* resume - deliver input again. */
+    void (*resume)(void *data);
+    /*
+     * close - send what was written, then hang up. Called at most once.
+     * The owner must later call smtpd_session_free(), not from inside close.
+     */
+    void (*close)(void *data);
+    /* set_timer - call smtpd_session_timeout() in ms from now; 0 cancels. */
+    void (*set_timer)(void *data, uint64_t ms);
+    /* write_queued - octets written but not yet sent. May be NULL (always 0). */
+    size_t (*write_queued)(void *data);
+};
+
+struct smtpd_session;
+
+/* Output above this stops reading; at or below SMTPD_SESSION_OUT_LOW it resumes. */
+#define SMTPD_SESSION_OUT_HIGH (64 * 1024)
+#define SMTPD_SESSION_OUT_LOW (16 * 1024)
+/* Unparsed input held while paused; a client that sends more gets 421. */
+#define SMTPD_SESSION_INPUT_MAX (256 * 1024)
+
+/*
+ * smtpd_session_new - a session in CONNECTED for the client at client_addr
+ * (text, copied). policy is borrowed for the session's life; sink and io are
+ * copied (their data pointers borrowed). Logs the connect. Returns 0 or
+ * HAMR_ENOMEM.
+ */
+int smtpd_session_new(const struct smtpd_policy *policy,
+                      const struct smtpd_sink *sink,
+                      const struct smtpd_session_io *io,
+                      const char *client_addr,
+                      struct smtpd_session **out);
+
+/* smtpd_session_greet - send the 220 greeting; input before this is a pregreet violation. */
+void smtpd_session_greet(struct smtpd_session *s);
+
+/*
+ * smtpd_session_input - octets from the client (copied). Every complete
+ * command is processed in order (RFC 2920); what cannot be processed yet
+ * (a submit is pending, or output is over the high-water mark) is kept.
+ */
+void smtpd_session_input(struct smtpd_session *s, const void *data, size_t len);
+
+/* smtpd_session_write_done - output drained a little: maybe resume reading. */
+void smtpd_session_write_done(struct smtpd_session *s);
+
+/* smtpd_session_timeout - the deadline of set_timer passed: 421 4.4.2 and close. */
+void smtpd_session_timeout(struct smtpd_session *s);
+
+/*
+ * smtpd_session_shutdown - the server is closing: 421 4.3.2 and close now,
+ * or, with a submit pending, right after the reply to it.
+ */
+void smtpd_session_shutdown(struct smtpd_session *s);
+
+/*
+ * smtpd_session_free - the owner is done with the transport (after close,
+ * or when the client went away). The session makes no more io calls. If a
+ * submit is pending the session lives on, detached, until the sink calls
+ * back, and frees itself then. Returns NULL.
+ */
+struct smtpd_session *smtpd_session_free(struct smtpd_session *s);
+
+/* smtpd_session_state - the current state. */
+enum smtpd_state smtpd_session_state(const struct smtpd_session *s);
+
+/* smtpd_state_name - "CONNECTED", "READY", ... for logs and tests. */
+const char *smtpd_state_name(enum smtpd_state state);
+
+/* smtpd_session_timeout_ms - the client deadline the session wants now; 0: none. */
+uint64_t smtpd_session_timeout_ms(const struct smtpd_session *s);
+
+/* smtpd_session_submit_pending - true while the sink holds a message of this session. */
+bool smtpd_session_submit_pending(const struct smtpd_session *s);
+
+#endif

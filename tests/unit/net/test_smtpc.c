@@ -1,0 +1,1147 @@
+/*
+ * test_smtpc.c - the SMTP client pool against a scripted SMTP server on the
+ * same libuv loop (127.0.0.1, port 0).
+ *
+ * The server answers every command with a default reply unless the test set
+ * an override for a command prefix, records every byte it received, and
+ * counts connections, messages and end-of-connection events. Each test runs
+ * the loop with a bounded number of UV_RUN_ONCE iterations under a watchdog
+ * timer, and teardown checks that the loop closes with no handle left.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <uv.h>
+
+#include "util/buf.h"
+#include "util/common.h"
+#include "util/err.h"
+#include "util/log.h"
+#include "net/smtpc.h"
+
+#define WATCHDOG_MS 5000
+#define MAX_ITERATIONS 100000
+#define MAX_OVERRIDES 4
+
+/* ------------------------------------------------------------------------ */
+/* The scripted server                                                      */
+/* ------------------------------------------------------------------------ */
+
+/* srv_override - reply with reply (len bytes) to a line starting with prefix. */
+struct srv_override {
+    const char *prefix; /* "<greeting>" for the greeting, "." for end of data */
+    const char *reply;  /* "!close": close instead; "!none": say nothing */
+    size_t len;
+};
+
+struct srv_conn {
+    uv_tcp_t tcp;
+    struct srv *srv;
+    struct srv_conn *next;
+    char line[8192];
+    size_t line_len;
+    bool data_mode;
+    bool mail_ok;      /* a MAIL was accepted in this transaction */
+    unsigned rcpts_ok; /* in this transaction */
+    bool closing;
+};
+
+struct srv {
+    uv_tcp_t listener;
+    uint16_t port;
+    const char *ehlo; /* reply to EHLO */
+    struct srv_override ov[MAX_OVERRIDES];
+    size_t n_ov;
+    struct buf rx; /* every byte received, all connections */
+    struct srv_conn *conns;
+    unsigned n_accepted;
+    unsigned n_messages;
+    unsigned n_eof;       /* connections the client ended */
+    unsigned n_pipelined; /* command lines read with more commands behind them */
+};
+
+static const char srv_ehlo_full[] =
+    "250-test.example\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n250 8BITMIME\r\n";
+static const char srv_ehlo_plain[] = "250-test.example\r\n250 SIZE 1000000\r\n";
+
+/* srv_write_cb - free the copy of a reply. */
+static void srv_write_cb(uv_write_t *req, int status)
+{
+    (void)status;
+    free(req);
+}
+
+/* srv_send - write len bytes (copied). */
+static void srv_send(struct srv_conn *sc, const char *data, size_t len)
+{
+    uv_write_t *req = malloc(sizeof(*req) + len);
+    assert_non_null(req);
+    char *copy = (char *)(req + 1);
+    memcpy(copy, data, len);
+    uv_buf_t b = uv_buf_init(copy, (unsigned)len);
+    assert_int_equal(uv_write(req, (uv_stream_t *)&sc->tcp, &b, 1, srv_write_cb), 0);
+}
+
+/* srv_conn_close_cb - unlink and free a server connection. */
+static void srv_conn_close_cb(uv_handle_t *h)
+{
+    struct srv_conn *sc = h->data;
+    for (struct srv_conn **pp = &sc->srv->conns; *pp; pp = &(*pp)->next) {
+        if (*pp == sc) {
+            *pp = sc->next;
+            break;
+        }
+    }
+    free(sc);
+}
+
+/* srv_conn_close - close a server connection once. */
+static void srv_conn_close(struct srv_conn *sc)
+{
+    if (sc->closing)
+        return;
+    sc->closing = true;
+    uv_close((uv_handle_t *)&sc->tcp, srv_conn_close_cb);
+}
+
+/* srv_reply - send the override for line, or the default; false if closed. */
+static bool srv_reply(struct srv_conn *sc, const char *line, const char *def)
+{
+    struct srv *s = sc->srv;
+    const char *r = def;
+    size_t len = strlen(def);
+    for (size_t i = 0; i < s->n_ov; i++) {
+        if (strncmp(line, s->ov[i].prefix, strlen(s->ov[i].prefix)) == 0) {
+            r = s->ov[i].reply;
+            len = s->ov[i].len;
+            break;
+        }
+    }
+    if (strcmp(r, "!close") == 0) {
+        srv_conn_close(sc);
+        return false;
+    }
+    if (strcmp(r, "!none") == 0)
+        return true;
+    srv_send(sc, r, len);
+    if (strncmp(line, "DATA", 4) == 0 && r[0] == '3')
+        sc->data_mode = true;
+    if (strncmp(line, "RCPT", 4) == 0 && r[0] == '2')
+        sc->rcpts_ok++;
+    if (strncmp(line, "MAIL", 4) == 0 && r[0] == '2')
+        sc->mail_ok = true;
+    return true;
+}
+
+/* srv_line - act on one complete line; false if the connection closed. */
+static bool srv_line(struct srv_conn *sc, const char *line)
+{
+    if (sc->data_mode) {
+        if (strcmp(line, ".\r\n") != 0)
+            return true;
+        sc->data_mode = false;
+        sc->mail_ok = false;
+        sc->rcpts_ok = 0;
+        sc->srv->n_messages++;
+        return srv_reply(sc, line, "250 2.0.0 queued\r\n");
+    }
+    if (strncmp(line, "EHLO", 4) == 0)
+        return srv_reply(sc, line, sc->srv->ehlo);
+    if (strncmp(line, "HELO", 4) == 0)
+        return srv_reply(sc, line, "250 test.example\r\n");
+    if (strncmp(line, "MAIL", 4) == 0 || strncmp(line, "RSET", 4) == 0) {
+        sc->mail_ok = false;
+        sc->rcpts_ok = 0;
+        return srv_reply(sc, line, "250 2.1.0 ok\r\n");
+    }
+    if (strncmp(line, "RCPT", 4) == 0)
+        return srv_reply(sc, line, sc->mail_ok ? "250 2.1.5 ok\r\n" : "503 5.5.1 need MAIL\r\n");
+    if (strncmp(line, "DATA", 4) == 0)
+        return srv_reply(
+            sc, line, sc->rcpts_ok > 0 ? "354 go ahead\r\n" : "554 5.5.1 no valid recipients\r\n");
+    if (strncmp(line, "QUIT", 4) == 0)
+        return srv_reply(sc, line, "221 bye\r\n"); /* the client closes: n_eof */
+    return srv_reply(sc, line, "502 5.5.2 unknown\r\n");
+}
+
+/* srv_alloc_cb - a fresh buffer per read. */
+static void srv_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)h;
+    buf->base = malloc(suggested);
+    buf->len = buf->base ? suggested : 0;
+}
+
+/* srv_read_cb - record bytes and split them into lines. */
+static void srv_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    struct srv_conn *sc = st->data;
+    if (nread < 0) {
+        if (!sc->closing)
+            sc->srv->n_eof++;
+        srv_conn_close(sc);
+    } else if (nread > 0 && !sc->closing) {
+        assert_int_equal(buf_append(&sc->srv->rx, buf->base, (size_t)nread), 0);
+        for (ssize_t i = 0; i < nread; i++) {
+            assert_true(sc->line_len + 1 < sizeof(sc->line));
+            sc->line[sc->line_len++] = buf->base[i];
+            if (buf->base[i] != '\n')
+                continue;
+            sc->line[sc->line_len] = '\0';
+            sc->line_len = 0;
+            bool in_data = sc->data_mode;
+            if (!in_data && i + 1 < nread)
+                sc->srv->n_pipelined++;
+            if (!srv_line(sc, sc->line))
+                break;
+        }
+    }
+    free(buf->base);
+}
+
+/* srv_connection_cb - accept and greet. */
+static void srv_connection_cb(uv_stream_t *l, int status)
+{
+    struct srv *s = l->data;
+    assert_int_equal(status, 0);
+    struct srv_conn *sc = calloc(1, sizeof(*sc));
+    assert_non_null(sc);
+    sc->srv = s;
+    assert_int_equal(uv_tcp_init(l->loop, &sc->tcp), 0);
+    sc->tcp.data = sc;
+    sc->next = s->conns;
+    s->conns = sc;
+    assert_int_equal(uv_accept(l, (uv_stream_t *)&sc->tcp), 0);
+    s->n_accepted++;
+    assert_int_equal(uv_read_start((uv_stream_t *)&sc->tcp, srv_alloc_cb, srv_read_cb), 0);
+    srv_reply(sc, "<greeting>", "220 test.example ESMTP\r\n");
+}
+
+/* srv_start - listen on 127.0.0.1, port 0. */
+static void srv_start(struct srv *s, uv_loop_t *loop)
+{
+    memset(s, 0, sizeof(*s));
+    s->ehlo = srv_ehlo_full;
+    buf_init(&s->rx, 4 << 20);
+    assert_int_equal(uv_tcp_init(loop, &s->listener), 0);
+    s->listener.data = s;
+    struct sockaddr_in a;
+    assert_int_equal(uv_ip4_addr("127.0.0.1", 0, &a), 0);
+    assert_int_equal(uv_tcp_bind(&s->listener, (const struct sockaddr *)&a, 0), 0);
+    assert_int_equal(uv_listen((uv_stream_t *)&s->listener, 16, srv_connection_cb), 0);
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    assert_int_equal(uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len), 0);
+    s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+/* srv_override - answer lines starting with prefix with reply (len bytes, 0: strlen). */
+static void srv_override(struct srv *s, const char *prefix, const char *reply, size_t len)
+{
+    assert_true(s->n_ov < MAX_OVERRIDES);
+    s->ov[s->n_ov++] = (struct srv_override){prefix, reply, len ? len : strlen(reply)};
+}
+
+/* srv_received - has the server received needle? */
+static bool srv_received(const struct srv *s, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (size_t i = 0; i + n <= s->rx.len; i++)
+        if (memcmp(s->rx.data + i, needle, n) == 0)
+            return true;
+    return false;
+}
+
+/* srv_stop - close the listener and every connection. */
+static void srv_stop(struct srv *s)
+{
+    uv_close((uv_handle_t *)&s->listener, NULL);
+    for (struct srv_conn *sc = s->conns; sc != NULL; sc = sc->next)
+        srv_conn_close(sc);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Fixture                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* result - what one delivery callback reported. */
+struct result {
+    int calls;
+    size_t n;
+    struct smtpc_rcpt_result r[4];
+    char remote[128];
+};
+
+struct fixture {
+    uv_loop_t loop;
+    uv_timer_t watchdog;
+    bool watchdog_fired;
+    struct srv srv;
+    struct smtpc_config cfg;
+    struct smtpc_pool *pool;
+    bool pool_closed;
+};
+
+static void watchdog_cb(uv_timer_t *t)
+{
+    struct fixture *f = t->data;
+    f->watchdog_fired = true;
+}
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    log_set_level(LOG_LEVEL_WARN);
+    assert_int_equal(uv_loop_init(&f->loop), 0);
+    uv_timer_init(&f->loop, &f->watchdog);
+    f->watchdog.data = f;
+    uv_timer_start(&f->watchdog, watchdog_cb, WATCHDOG_MS, 0);
+    srv_start(&f->srv, &f->loop);
+    hamr_strlcpy(f->cfg.helo_name, "client.test", sizeof(f->cfg.helo_name));
+    f->cfg.connect_timeout_ms = 2000;
+    f->cfg.command_timeout_ms = 2000;
+    f->cfg.data_done_timeout_ms = 2000;
+    f->cfg.idle_timeout_ms = 2000;
+    f->cfg.max_conns_per_dest = 10;
+    f->cfg.max_msgs_per_conn = 100;
+    *state = f;
+    return 0;
+}
+
+/* pool_start - the pool, after the test adjusted f->cfg. */
+static void pool_start(struct fixture *f)
+{
+    f->pool = smtpc_pool_new(&f->loop, &f->cfg);
+    assert_non_null(f->pool);
+}
+
+static void pool_closed_cb(void *arg)
+{
+    struct fixture *f = arg;
+    f->pool_closed = true;
+}
+
+/* RUN_UNTIL - run the loop until cond holds; fail on the watchdog or the bound. */
+#define RUN_UNTIL(f, cond)                                                                \
+    do {                                                                                  \
+        for (int it_ = 0; !(cond) && !(f)->watchdog_fired && it_ < MAX_ITERATIONS; it_++) \
+            uv_run(&(f)->loop, UV_RUN_ONCE);                                              \
+        if ((f)->watchdog_fired)                                                          \
+            fail_msg("watchdog fired waiting for %s", #cond);                             \
+        assert_true(cond);                                                                \
+    } while (0)
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    if (f->pool != NULL && !f->pool_closed)
+        smtpc_pool_close(f->pool, pool_closed_cb, f);
+    srv_stop(&f->srv);
+    uv_timer_stop(&f->watchdog);
+    uv_close((uv_handle_t *)&f->watchdog, NULL);
+    for (int i = 0; i < 1000 && uv_loop_alive(&f->loop); i++)
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_true(f->pool == NULL || f->pool_closed);
+    assert_null(f->srv.conns);
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+    buf_free(&f->srv.rx);
+    free(f);
+    return 0;
+}
+
+/* done_cb - copy the result; it is only valid during the callback. */
+static void done_cb(void *arg, const struct smtpc_result *res)
+{
+    struct result *r = arg;
+    r->calls++;
+    r->n = res->n_rcpts;
+    assert_true(res->n_rcpts <= 4);
+    memcpy(r->r, res->rcpts, res->n_rcpts * sizeof(res->rcpts[0]));
+    hamr_strlcpy(r->remote, res->remote, sizeof(r->remote));
+}
+
+/* deliver - queue m to the test server; the callback must not run yet. */
+static void deliver(struct fixture *f, const struct smtpc_msg *m, struct result *r)
+{
+    assert_int_equal(smtpc_pool_deliver(f->pool, "127.0.0.1", f->srv.port, m, done_cb, r), 0);
+    assert_int_equal(r->calls, 0);
+}
+
+static const char *const rcpts3[] = {"a@x.test", "b@x.test", "c@x.test"};
+static const char body_std[] = "Subject: t\r\n\r\n.hidden\r\nline\r\n.\r\nend";
+static const char body_std_wire[] = "Subject: t\r\n\r\n..hidden\r\nline\r\n..\r\nend\r\n.\r\n";
+
+static struct smtpc_msg msg_std(size_t n_rcpts)
+{
+    return (struct smtpc_msg){.sender = "s@y.test",
+                              .rcpts = rcpts3,
+                              .n_rcpts = n_rcpts,
+                              .body = (const uint8_t *)body_std,
+                              .body_len = sizeof(body_std) - 1,
+                              .body_8bit = false};
+}
+
+/* assert_all - every recipient has status st and code. */
+static void assert_all(const struct result *r, size_t n, enum smtpc_status st, unsigned code)
+{
+    assert_int_equal(r->calls, 1);
+    assert_int_equal(r->n, n);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(r->r[i].status, st);
+        assert_int_equal(r->r[i].code, code);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Tests                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* test_happy_pipelining - the exact bytes sent with PIPELINING, SIZE and 8BITMIME. */
+static void test_happy_pipelining(void **state)
+{
+    struct fixture *f = *state;
+    pool_start(f);
+    struct smtpc_msg m = msg_std(2);
+    m.body_8bit = true;
+    struct result r = {0};
+    deliver(f, &m, &r);
+    assert_int_equal(smtpc_pool_active(f->pool), 1);
+    RUN_UNTIL(f, r.calls == 1);
+    assert_all(&r, 2, SMTPC_OK, 250);
+    assert_string_equal(r.r[0].text, "2.0.0 queued");
+    char remote[64];
+    snprintf(remote, sizeof(remote), "127.0.0.1:%u", f->srv.port);
+    assert_string_equal(r.remote, remote);
+    assert_int_equal(smtpc_pool_active(f->pool), 0);
+
+    char want[512];
+    int n = snprintf(want, sizeof(want),
+                     "EHLO client.test\r\n"
+                     "MAIL FROM:<s@y.test> SIZE=%zu BODY=8BITMIME\r\n"
+                     "RCPT TO:<a@x.test>\r\n"
+                     "RCPT TO:<b@x.test>\r\n"
+                     "DATA\r\n%s",
+                     m.body_len, body_std_wire);
+    assert_int_equal(f->srv.rx.len, (size_t)n);
+    assert_memory_equal(f->srv.rx.data, want, (size_t)n);
+    assert_true(f->srv.n_pipelined > 0);
+    assert_int_equal(f->srv.n_messages, 1);
+}
+
+/* test_no_pipelining - one command per round trip, no BODY= without 8BITMIME. */
+static void test_no_pipelining(void **state)
+{
+    struct fixture *f = *state;
+    f->srv.ehlo = srv_ehlo_plain;
+    pool_start(f);
+    struct smtpc_msg m = msg_std(3);
+    m.body_8bit = true; /* sent anyway, without BODY= */
+    struct result r = {0};
+    deliver(f, &m, &r);
+    RUN_UNTIL(f, r.calls == 1);
+    assert_all(&r, 3, SMTPC_OK, 250);
+    char want[512];
+    int n = snprintf(want, sizeof(want),
+                     "EHLO client.test\r\n"
+                     "MAIL FROM:<s@y.test> SIZE=%zu\r\n"
+                     "RCPT TO:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nRCPT TO:<c@x.test>\r\n"
+                     "DATA\r\n%s",
+                     m.body_len, body_std_wire);
+    assert_int_equal(f->srv.rx.len, (size_t)n);
+    assert_memory_equal(f->srv.rx.data, want, (size_t)n);
+    assert_int_equal(f->srv.n_pipelined, 0);
+}
+
+/* test_helo_fallback - 5xx to EHLO: HELO, then no extensions at all. */
+static void test_helo_fallback(void **state)
+{
+    struct fixture *f = *state;
+    srv_override(&f->srv, "EHLO", "502 5.5.2 what\r\n", 0);
+    pool_start(f);
+    struct smtpc_msg m = msg_std(1);
+    struct result r = {0};
+    deliver(f, &m, &r);
+    RUN_UNTIL(f, r.calls == 1);
+    assert_all(&r, 1, SMTPC_OK, 250);
+    assert_true(srv_received(&f->srv, "HELO client.test\r\nMAIL FROM:<s@y.test>\r\n"));
+}
+
+/* test_bare_line_ends - bare LF and bare CR in the stored body go out as CRLF. */
+static void test_bare_line_ends(void **state)
+{
+    struct fixture *f = *state;
+    pool_start(f);
+    static const char body[] = "a\nb\rc\r\n.\n.\r.d";
+    struct smtpc_msg m = msg_std(1);
+    m.body = (const uint8_t *)body;
+    m.body_len = sizeof(body) - 1;
+    struct result r = {0};
+    deliver(f, &m, &r);
+    RUN_UNTIL(f, r.calls == 1);
+    assert_all(&r, 1, SMTPC_OK, 250);
+    assert_true(srv_received(&f->srv, "DATA\r\na\r\nb\r\nc\r\n..\r\n..\r\n..d\r\n.\r\n"));
+    for (size_t i = 0; i < f->srv.rx.len; i++) {
+        if (f->srv.rx.data[i] == '\r')
+            assert_true(i + 1 < f->srv.rx.len && f->srv.rx.data[i + 1] == '\n');
+        if (f->srv.rx.data[i] == '\n')
+            assert_true(i > 0 && f->srv.rx.data[i - 1] == '\r');
+    }
+}
+
+/*
+ * Reply scenarios on one message to three recipients: an override on the
+ * server, the status and code expected per recipient, and what must or must
+ * not have reached the server.
+ */
+struct reply_case {
+    const char *label;
+    bool pipelining;
+    const char *prefix[2];
+    const char *reply[2];
+    size_t reply_len[2];
+    enum smtpc_status want[3];
+    unsigned want_code[3];
+    const char *want_text; /* in every recipient's text, or NULL */
+    int want_body;         /* the body reached the server: 1, 0, or -1 (either) */
+    const char *want_sent; /* must have been received, or NULL */
+};
+
+static const struct reply_case reply_cases[] = {
+    {"one rcpt 550",
+     true,
+     {"RCPT TO:<b@"},
+     {"550 5.1.1 no such user\r\n"},
+     {0},
+     {SMTPC_OK, SMTPC_PERM, SMTPC_OK},
+     {250, 550, 250},
+     NULL,
+     true,
+     NULL},
+    {"one rcpt 550 unpipelined",
+     false,
+     {"RCPT TO:<b@"},
+     {"550 5.1.1 no such user\r\n"},
+     {0},
+     {SMTPC_OK, SMTPC_PERM, SMTPC_OK},
+     {250, 550, 250},
+     NULL,
+     true,
+     NULL},
+    {"rcpt 450",
+     true,
+     {"RCPT TO:<a@"},
+     {"450 4.2.0 greylisted\r\n"},
+     {0},
+     {SMTPC_TEMP, SMTPC_OK, SMTPC_OK},
+     {450, 250, 250},
+     NULL,
+     true,
+     NULL},
+    {"552 after dot",
+     true,
+     {"."},
+     {"552 5.3.4 too big\r\n"},
+     {0},
+     {SMTPC_PERM, SMTPC_PERM, SMTPC_PERM},
+     {552, 552, 552},
+     "too big",
+     true,
+     NULL},
+    {"451 to MAIL",
+     true,
+     {"MAIL"},
+     {"451 4.3.0 try later\r\n"},
+     {0},
+     {SMTPC_TEMP, SMTPC_TEMP, SMTPC_TEMP},
+     {451, 451, 451},
+     "try later",
+     false,
+     "RSET\r\n"},
+    {"451 to MAIL unpipelined",
+     false,
+     {"MAIL"},
+     {"451 4.3.0 try later\r\n"},
+     {0},
+     {SMTPC_TEMP, SMTPC_TEMP, SMTPC_TEMP},
+     {451, 451, 451},
+     "try later",
+     false,
+     "RSET\r\n"},
+    {"no rcpt accepted",
+     true,
+     {"RCPT"},
+     {"550 5.1.1 no\r\n"},
+     {0},
+     {SMTPC_PERM, SMTPC_PERM, SMTPC_PERM},
+     {550, 550, 550},
+     NULL,
+     false,
+     "RSET\r\n"},
+    {"no rcpt accepted unpipelined",
+     false,
+     {"RCPT"},
+     {"550 5.1.1 no\r\n"},
+     {0},
+     {SMTPC_PERM, SMTPC_PERM, SMTPC_PERM},
+     {550, 550, 550},
+     NULL,
+     false,
+     "RSET\r\n"},
+    {"354 though no rcpt accepted",
+     true,
+     {"RCPT", "DATA"},
+     {"550 5.1.1 no\r\n", "354 go\r\n"},
+     {0, 0},
+     {SMTPC_PERM, SMTPC_PERM, SMTPC_PERM},
+     {550, 550, 550},
+     NULL,
+     false,
+     "DATA\r\n.\r\n"},
+    {"DATA 554",
+     true,
+     {"DATA"},
+     {"554 5.7.1 no\r\n"},
+     {0},
+     {SMTPC_PERM, SMTPC_PERM, SMTPC_PERM},
+     {554, 554, 554},
+     NULL,
+     false,
+     "RSET\r\n"},
+    {"greeting 554",
+     true,
+     {"<greeting>"},
+     {"554 5.7.1 go away\r\n"},
+     {0},
+     {SMTPC_TEMP, SMTPC_TEMP, SMTPC_TEMP},
+     {554, 554, 554},
+     "go away",
+     false,
+     NULL},
+    {"421 to EHLO",
+     true,
+     {"EHLO"},
+     {"421 4.3.2 closing\r\n"},
+     {0},
+     {SMTPC_TEMP, SMTPC_TEMP, SMTPC_TEMP},
+     {421, 421, 421},
+     "closing",
+     false,
+     NULL},
+    {"close before dot reply",
+     true,
+     {"."},
+     {"!close"},
+     {0},
+     {SMTPC_TEMP, SMTPC_TEMP, SMTPC_TEMP},
+     {0, 0, 0},
+     "lost connection",
+     true,
+     NULL},
+    {"timeout on DATA",
+     true,
+     {"DATA"},
+     {"!none"},
+     {0},
+     {SMTPC_TEMP, SMTPC_TEMP, SMTPC_TEMP},
+     {0, 0, 0},
+     "timeout waiting for reply to DATA",
+     false,
+     NULL},
+    {"dot 2x9",
+     true,
+     {"."},
+     {"2x9 ok\r\n"},
+     {0},
+     {SMTPC_TEMP, SMTPC_TEMP, SMTPC_TEMP},
+     {0, 0, 0},
+     "malformed",
+     true,
+     NULL},
+    {"dot mixed codes",
+     true,
+     {"."},
+     {"250-ok\r\n251 ok\r\n"},
+     {0},
+     {SMTPC_TEMP, SMTPC_TEMP, SMTPC_TEMP},
+     {0, 0, 0},
+     "malformed",
+     true,
+     NULL},
+    {"dot NUL",
+     true,
+     {"."},
+     {"250 o\0k\r\n"},
+     {9},
+     {SMTPC_TEMP, SMTPC_TEMP, SMTPC_TEMP},
+     {0, 0, 0},
+     "malformed",
+     true,
+     NULL},
+    {"dot 354",
+     true,
+     {"."},
+     {"354 again\r\n"},
+     {0},
+     {SMTPC_TEMP, SMTPC_TEMP, SMTPC_TEMP},
+     {354, 354, 354},
+     "protocol error",
+     true,
+     NULL},
+    {"250 pushed with 354",
+     true,
+     {"DATA"},
+     {"354 go\r\n250 2.0.0 queued\r\n"},
+     {0},
+     {SMTPC_TEMP, SMTPC_TEMP, SMTPC_TEMP},
+     {0, 0, 0},
+     "unexpected reply",
+     -1,
+     NULL},
+    {"extra reply to MAIL unpipelined",
+     false,
+     {"MAIL"},
+     {"250 ok\r\n250 ok\r\n"},
+     {0},
+     {SMTPC_TEMP, SMTPC_TEMP, SMTPC_TEMP},
+     {0, 0, 0},
+     "unexpected reply",
+     false,
+     NULL},
+};
+
+/* run_reply_case - one scenario on a fresh fixture. */
+static void run_reply_case(const struct reply_case *tc)
+{
+    void *state = NULL;
+    setup(&state);
+    struct fixture *f = state;
+    f->cfg.command_timeout_ms = 100;
+    if (!tc->pipelining)
+        f->srv.ehlo = srv_ehlo_plain;
+    for (size_t i = 0; i < 2 && tc->prefix[i] != NULL; i++)
+        srv_override(&f->srv, tc->prefix[i], tc->reply[i], tc->reply_len[i]);
+    pool_start(f);
+    struct smtpc_msg m = msg_std(3);
+    struct result r = {0};
+    deliver(f, &m, &r);
+    RUN_UNTIL(f, r.calls == 1);
+    print_message("case: %s\n", tc->label);
+    assert_int_equal(r.n, 3);
+    for (size_t i = 0; i < 3; i++) {
+        if (r.r[i].status != tc->want[i] || r.r[i].code != tc->want_code[i])
+            fail_msg("%s: rcpt %zu status %d code %u (%s), want %d %u", tc->label, i, r.r[i].status,
+                     r.r[i].code, r.r[i].text, tc->want[i], tc->want_code[i]);
+        if (tc->want_text != NULL && strstr(r.r[i].text, tc->want_text) == NULL)
+            fail_msg("%s: rcpt %zu text \"%s\" lacks \"%s\"", tc->label, i, r.r[i].text,
+                     tc->want_text);
+    }
+    /* Let any RSET reach the server before looking at what it received. */
+    if (tc->want_sent != NULL)
+        RUN_UNTIL(f, srv_received(&f->srv, tc->want_sent));
+    if (tc->want_body >= 0 && srv_received(&f->srv, "..hidden\r\n") != (tc->want_body == 1))
+        fail_msg("%s: body %s the server", tc->label, tc->want_body ? "did not reach" : "reached");
+    assert_int_equal(smtpc_pool_active(f->pool), 0);
+    teardown(&state);
+}
+
+/* test_reply_cases - the table above. */
+static void test_reply_cases(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(reply_cases) / sizeof(reply_cases[0]); i++)
+        run_reply_case(&reply_cases[i]);
+}
+
+/* test_malformed_long - 101 continuation lines, a 5000-byte line: TEMP, never OK. */
+static void test_malformed_long(void **state)
+{
+    (void)state;
+    struct buf many, wide;
+    buf_init(&many, 0);
+    buf_init(&wide, 0);
+    for (int i = 0; i < 101; i++)
+        assert_int_equal(buf_append(&many, "250-more\r\n", 10), 0);
+    assert_int_equal(buf_append(&many, "250 done\r\n", 10), 0);
+    assert_int_equal(buf_append(&wide, "250 ", 4), 0);
+    for (int i = 0; i < 5000; i++)
+        assert_int_equal(buf_append(&wide, "x", 1), 0);
+    assert_int_equal(buf_append(&wide, "\r\n", 2), 0);
+    const struct buf *replies[] = {&many, &wide};
+    const char *where[] = {".", "EHLO"};
+    for (size_t w = 0; w < 2; w++) {
+        for (size_t i = 0; i < 2; i++) {
+            void *st = NULL;
+            setup(&st);
+            struct fixture *f = st;
+            srv_override(&f->srv, where[w], (const char *)replies[i]->data, replies[i]->len);
+            pool_start(f);
+            struct smtpc_msg m = msg_std(2);
+            struct result r = {0};
+            deliver(f, &m, &r);
+            RUN_UNTIL(f, r.calls == 1);
+            assert_all(&r, 2, SMTPC_TEMP, 0);
+            assert_non_null(strstr(r.r[0].text, "malformed"));
+            teardown(&st);
+        }
+    }
+    buf_free(&many);
+    buf_free(&wide);
+}
+
+/* test_connect_refused - a closed port: TEMP with "connect" in the text. */
+static void test_connect_refused(void **state)
+{
+    struct fixture *f = *state;
+    /* A port that was free a moment ago. */
+    uv_tcp_t t;
+    assert_int_equal(uv_tcp_init(&f->loop, &t), 0);
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    assert_int_equal(uv_tcp_bind(&t, (const struct sockaddr *)&a, 0), 0);
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    assert_int_equal(uv_tcp_getsockname(&t, (struct sockaddr *)&ss, &len), 0);
+    uint16_t port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    uv_close((uv_handle_t *)&t, NULL);
+
+    pool_start(f);
+    struct smtpc_msg m = msg_std(2);
+    struct result r = {0};
+    assert_int_equal(smtpc_pool_deliver(f->pool, "127.0.0.1", port, &m, done_cb, &r), 0);
+    assert_int_equal(r.calls, 0);
+    RUN_UNTIL(f, r.calls == 1);
+    assert_all(&r, 2, SMTPC_TEMP, 0);
+    assert_non_null(strstr(r.r[0].text, "connect to 127.0.0.1:"));
+    assert_non_null(strstr(r.r[1].text, "refused"));
+}
+
+/* test_hostname - a name goes through uv_getaddrinfo ("localhost" is 127.0.0.1 here). */
+static void test_hostname(void **state)
+{
+    struct fixture *f = *state;
+    pool_start(f);
+    struct smtpc_msg m = msg_std(1);
+    struct result r = {0};
+    assert_int_equal(smtpc_pool_deliver(f->pool, "localhost", f->srv.port, &m, done_cb, &r), 0);
+    RUN_UNTIL(f, r.calls == 1);
+    if (strncmp(r.remote, "127.0.0.1:", 10) != 0)
+        skip(); /* localhost resolved to ::1 first on this host */
+    assert_all(&r, 1, SMTPC_OK, 250);
+}
+
+/* test_size_exceeded - SIZE offered and the body is larger: 552 PERM, nothing sent. */
+static void test_size_exceeded(void **state)
+{
+    struct fixture *f = *state;
+    f->srv.ehlo = "250-test.example\r\n250-PIPELINING\r\n250 SIZE 10\r\n";
+    pool_start(f);
+    struct smtpc_msg m = msg_std(2);
+    struct result r = {0};
+    deliver(f, &m, &r);
+    RUN_UNTIL(f, r.calls == 1);
+    assert_all(&r, 2, SMTPC_PERM, 552);
+    assert_false(srv_received(&f->srv, "MAIL"));
+}
+
+/* test_reuse - two messages one after the other share one connection, no RSET. */
+static void test_reuse(void **state)
+{
+    struct fixture *f = *state;
+    pool_start(f);
+    struct smtpc_msg m = msg_std(1);
+    struct result r1 = {0}, r2 = {0};
+    deliver(f, &m, &r1);
+    RUN_UNTIL(f, r1.calls == 1);
+    deliver(f, &m, &r2);
+    RUN_UNTIL(f, r2.calls == 1);
+    assert_all(&r1, 1, SMTPC_OK, 250);
+    assert_all(&r2, 1, SMTPC_OK, 250);
+    assert_int_equal(f->srv.n_accepted, 1);
+    assert_int_equal(f->srv.n_messages, 2);
+    assert_false(srv_received(&f->srv, "RSET"));
+}
+
+/* test_reuse_after_failure - RSET after a failed transaction, then the next one. */
+static void test_reuse_after_failure(void **state)
+{
+    struct fixture *f = *state;
+    srv_override(&f->srv, "MAIL FROM:<bad@", "550 5.7.1 not you\r\n", 0);
+    f->cfg.max_conns_per_dest = 1; /* the second job waits for the RSET to finish */
+    pool_start(f);
+    struct smtpc_msg bad = msg_std(1);
+    bad.sender = "bad@y.test";
+    struct smtpc_msg good = msg_std(1);
+    struct result r1 = {0}, r2 = {0};
+    deliver(f, &bad, &r1);
+    RUN_UNTIL(f, r1.calls == 1);
+    deliver(f, &good, &r2);
+    RUN_UNTIL(f, r2.calls == 1);
+    assert_all(&r1, 1, SMTPC_PERM, 550);
+    assert_all(&r2, 1, SMTPC_OK, 250);
+    assert_int_equal(f->srv.n_accepted, 1);
+    assert_true(srv_received(&f->srv, "RSET\r\nMAIL FROM:<s@y.test>"));
+}
+
+/* test_serialised - max_conns_per_dest 1 and three jobs: one connection, all delivered. */
+static void test_serialised(void **state)
+{
+    struct fixture *f = *state;
+    f->cfg.max_conns_per_dest = 1;
+    pool_start(f);
+    struct smtpc_msg m = msg_std(2);
+    struct result r[3] = {{0}};
+    for (int i = 0; i < 3; i++)
+        deliver(f, &m, &r[i]);
+    assert_int_equal(smtpc_pool_active(f->pool), 3);
+    RUN_UNTIL(f, r[0].calls + r[1].calls + r[2].calls == 3);
+    for (int i = 0; i < 3; i++)
+        assert_all(&r[i], 2, SMTPC_OK, 250);
+    assert_int_equal(f->srv.n_accepted, 1);
+    assert_int_equal(f->srv.n_messages, 3);
+    assert_int_equal(smtpc_pool_active(f->pool), 0);
+}
+
+/* test_parallel - three jobs with room for three connections use three. */
+static void test_parallel(void **state)
+{
+    struct fixture *f = *state;
+    pool_start(f);
+    struct smtpc_msg m = msg_std(1);
+    struct result r[3] = {{0}};
+    for (int i = 0; i < 3; i++)
+        deliver(f, &m, &r[i]);
+    RUN_UNTIL(f, r[0].calls + r[1].calls + r[2].calls == 3);
+    for (int i = 0; i < 3; i++)
+        assert_all(&r[i], 1, SMTPC_OK, 250);
+    assert_int_equal(f->srv.n_accepted, 3);
+}
+
+/* test_max_msgs_per_conn - after max_msgs_per_conn messages: QUIT and a new connection. */
+static void test_max_msgs_per_conn(void **state)
+{
+    struct fixture *f = *state;
+    f->cfg.max_conns_per_dest = 1;
+    f->cfg.max_msgs_per_conn = 2;
+    pool_start(f);
+    struct smtpc_msg m = msg_std(1);
+    struct result r[3] = {{0}};
+    for (int i = 0; i < 3; i++)
+        deliver(f, &m, &r[i]);
+    RUN_UNTIL(f, r[0].calls + r[1].calls + r[2].calls == 3);
+    for (int i = 0; i < 3; i++)
+        assert_all(&r[i], 1, SMTPC_OK, 250);
+    assert_int_equal(f->srv.n_accepted, 2);
+    assert_true(srv_received(&f->srv, "QUIT\r\n"));
+}
+
+/* test_idle_timeout - an idle connection says QUIT and closes. */
+static void test_idle_timeout(void **state)
+{
+    struct fixture *f = *state;
+    f->cfg.idle_timeout_ms = 20;
+    pool_start(f);
+    struct smtpc_msg m = msg_std(1);
+    struct result r = {0};
+    deliver(f, &m, &r);
+    RUN_UNTIL(f, r.calls == 1);
+    assert_all(&r, 1, SMTPC_OK, 250);
+    RUN_UNTIL(f, f->srv.n_eof == 1);
+    assert_true(srv_received(&f->srv, ".\r\nQUIT\r\n"));
+    assert_null(f->srv.conns);
+    /* The destination is still usable: a new connection. */
+    struct result r2 = {0};
+    deliver(f, &m, &r2);
+    RUN_UNTIL(f, r2.calls == 1);
+    assert_all(&r2, 1, SMTPC_OK, 250);
+    assert_int_equal(f->srv.n_accepted, 2);
+}
+
+/* test_close_queued - pool close with jobs queued: each callback once, TEMP "shutdown". */
+static void test_close_queued(void **state)
+{
+    struct fixture *f = *state;
+    f->cfg.max_conns_per_dest = 1;
+    pool_start(f);
+    struct smtpc_msg m = msg_std(2);
+    struct result r[3] = {{0}};
+    for (int i = 0; i < 3; i++)
+        deliver(f, &m, &r[i]);
+    smtpc_pool_close(f->pool, pool_closed_cb, f);
+    for (int i = 0; i < 3; i++) {
+        assert_all(&r[i], 2, SMTPC_TEMP, 0);
+        assert_string_equal(r[i].r[0].text, "shutdown");
+    }
+    assert_false(f->pool_closed); /* closed_cb runs later, from the loop */
+    assert_int_equal(smtpc_pool_deliver(f->pool, "127.0.0.1", f->srv.port, &m, done_cb, &r[0]),
+                     HAMR_ESHUTDOWN);
+    RUN_UNTIL(f, f->pool_closed);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(r[i].calls, 1);
+}
+
+/* test_close_running - pool close with one job running and two queued. */
+static void test_close_running(void **state)
+{
+    struct fixture *f = *state;
+    f->cfg.max_conns_per_dest = 1;
+    srv_override(&f->srv, "DATA", "!none", 0);
+    pool_start(f);
+    struct smtpc_msg m = msg_std(1);
+    struct result r[3] = {{0}};
+    for (int i = 0; i < 3; i++)
+        deliver(f, &m, &r[i]);
+    RUN_UNTIL(f, srv_received(&f->srv, "DATA\r\n"));
+    assert_int_equal(r[0].calls, 0);
+    smtpc_pool_close(f->pool, pool_closed_cb, f);
+    RUN_UNTIL(f, f->pool_closed);
+    for (int i = 0; i < 3; i++) {
+        assert_all(&r[i], 1, SMTPC_TEMP, 0);
+        assert_string_equal(r[i].r[0].text, "shutdown");
+    }
+}
+
+/* close_from_cb - a callback that closes the pool. */
+struct close_from_cb {
+    struct fixture *f;
+    struct result r;
+};
+
+static void close_from_cb_done(void *arg, const struct smtpc_result *res)
+{
+    struct close_from_cb *c = arg;
+    done_cb(&c->r, res);
+    smtpc_pool_close(c->f->pool, pool_closed_cb, c->f);
+}
+
+/* test_close_from_callback - closing the pool inside a delivery callback is safe. */
+static void test_close_from_callback(void **state)
+{
+    struct fixture *f = *state;
+    f->cfg.max_conns_per_dest = 1;
+    pool_start(f);
+    struct smtpc_msg m = msg_std(1);
+    struct close_from_cb c = {.f = f};
+    struct result r2 = {0};
+    assert_int_equal(
+        smtpc_pool_deliver(f->pool, "127.0.0.1", f->srv.port, &m, close_from_cb_done, &c), 0);
+    deliver(f, &m, &r2);
+    RUN_UNTIL(f, f->pool_closed);
+    assert_all(&c.r, 1, SMTPC_OK, 250);
+    assert_all(&r2, 1, SMTPC_TEMP, 0);
+    assert_string_equal(r2.r[0].text, "shutdown");
+}
+
+/* test_invalid - bad arguments are refused and the callback never runs. */
+static void test_invalid(void **state)
+{
+    struct fixture *f = *state;
+    pool_start(f);
+    static const char *const bad_rcpt[] = {"a@x.test\r\nRSET"};
+    static const char *const angle_rcpt[] = {"a@x.test>"};
+    static const char *const empty_rcpt[] = {""};
+    struct smtpc_msg ok = msg_std(1);
+    struct smtpc_msg msgs[5] = {ok, ok, ok, ok, ok};
+    msgs[0].rcpts = bad_rcpt;
+    msgs[1].rcpts = angle_rcpt;
+    msgs[2].rcpts = empty_rcpt;
+    msgs[3].sender = "s@y\n";
+    msgs[4].n_rcpts = 0;
+    struct result r = {0};
+    for (size_t i = 0; i < 5; i++)
+        assert_int_equal(
+            smtpc_pool_deliver(f->pool, "127.0.0.1", f->srv.port, &msgs[i], done_cb, &r),
+            HAMR_EINVAL);
+    assert_int_equal(smtpc_pool_deliver(f->pool, "", f->srv.port, &ok, done_cb, &r), HAMR_EINVAL);
+    assert_int_equal(smtpc_pool_deliver(f->pool, "127.0.0.1", 0, &ok, done_cb, &r), HAMR_EINVAL);
+    assert_int_equal(smtpc_pool_deliver(f->pool, "a b", 25, &ok, done_cb, &r), HAMR_EINVAL);
+    assert_int_equal(smtpc_pool_active(f->pool), 0);
+    for (int i = 0; i < 5; i++)
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_int_equal(r.calls, 0);
+    assert_int_equal(f->srv.n_accepted, 0);
+}
+
+/* test_null_sender - MAIL FROM:<> for bounces. */
+static void test_null_sender(void **state)
+{
+    struct fixture *f = *state;
+    pool_start(f);
+    struct smtpc_msg m = msg_std(1);
+    m.sender = "";
+    struct result r = {0};
+    deliver(f, &m, &r);
+    RUN_UNTIL(f, r.calls == 1);
+    assert_all(&r, 1, SMTPC_OK, 250);
+    assert_true(srv_received(&f->srv, "MAIL FROM:<> SIZE="));
+}
+
+/* test_large_body - a body over several 64 KiB chunks arrives whole and stuffed. */
+static void test_large_body(void **state)
+{
+    struct fixture *f = *state;
+    pool_start(f);
+    size_t len = 300 * 1024;
+    uint8_t *body = malloc(len);
+    assert_non_null(body);
+    for (size_t i = 0; i < len; i++)
+        body[i] = (i % 100 == 99) ? '\n' : (i % 100 == 0 ? '.' : 'a');
+    struct smtpc_msg m = msg_std(1);
+    m.body = body;
+    m.body_len = len;
+    struct result r = {0};
+    deliver(f, &m, &r);
+    RUN_UNTIL(f, r.calls == 1);
+    assert_all(&r, 1, SMTPC_OK, 250);
+    /* Each 100-byte input line became "." + line + CRLF: 102 bytes. */
+    size_t lines = len / 100;
+    assert_true(srv_received(&f->srv, "\r\n..aaa"));
+    assert_int_equal(f->srv.n_messages, 1);
+    const char *data_start = NULL;
+    for (size_t i = 0; i + 6 <= f->srv.rx.len; i++) {
+        if (memcmp(f->srv.rx.data + i, "DATA\r\n", 6) == 0) {
+            data_start = (const char *)f->srv.rx.data + i + 6;
+            break;
+        }
+    }
+    assert_non_null(data_start);
+    size_t body_wire = f->srv.rx.len - (size_t)(data_start - (const char *)f->srv.rx.data);
+    assert_int_equal(body_wire, lines * 102 + 3);
+    free(body);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_happy_pipelining, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_pipelining, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_helo_fallback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bare_line_ends, setup, teardown),
+        cmocka_unit_test(test_reply_cases),
+        cmocka_unit_test(test_malformed_long),
+        cmocka_unit_test_setup_teardown(test_connect_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hostname, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_size_exceeded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reuse, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reuse_after_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_serialised, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_parallel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_max_msgs_per_conn, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_queued, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_running, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_from_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_invalid, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_null_sender, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_large_body, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

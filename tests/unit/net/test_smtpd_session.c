@@ -1,0 +1,1274 @@
+/*
+ * test_smtpd_session.c - whole SMTP dialogues against net/smtpd_session with
+ * no socket: a fake transport records every reply and pause/resume/close
+ * call, and a fake sink records submitted envelopes and calls back only when
+ * the test steps it (never from inside submit), with 0 or any HAMR_E* code.
+ *
+ * Covers: greeting and EHLO keywords, the happy path with the queue id in
+ * the 250 and the Received: header, RFC 2920 pipelining and pausing while a
+ * submit is pending, early talkers, body pipelined before 354, order and
+ * syntax errors, ESMTP parameters, size/recipient/hop/header limits, relay
+ * control including the nmap smtp-open-relay forms (SECURITY.md S12),
+ * max_errors, timeouts, cross-protocol input, check_mail and submit failure
+ * mapping, disconnect during a pending submit, RSET, QUIT, output
+ * high-water mark and server shutdown.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/buf.h"
+#include "util/common.h"
+#include "util/err.h"
+#include "util/log.h"
+#include "net/smtpd.h"
+#include "net/smtpd_session.h"
+
+/* ------------------------------------------------------------------ */
+/* Fake transport                                                      */
+/* ------------------------------------------------------------------ */
+
+struct fake_io {
+    struct buf out; /* everything written */
+    size_t taken;   /* what test_take() already returned */
+    int pauses, resumes, closes, timer_sets;
+    bool paused;
+    uint64_t timer_ms;
+    size_t queued; /* what write_queued() reports */
+    bool released; /* smtpd_session_free() was called: no io allowed */
+};
+
+/* fake_io_write - record output; never after close or release. */
+static int fake_io_write(void *data, const void *buf, size_t len)
+{
+    struct fake_io *io = data;
+    assert_false(io->released);
+    assert_int_equal(io->closes, 0); /* nothing is written after close */
+    return buf_append(&io->out, buf, len);
+}
+
+/* fake_io_pause - count a pause; pauses never nest. */
+static void fake_io_pause(void *data)
+{
+    struct fake_io *io = data;
+    assert_false(io->released);
+    assert_false(io->paused);
+    io->paused = true;
+    io->pauses++;
+}
+
+/* fake_io_resume - count a resume; only after a pause. */
+static void fake_io_resume(void *data)
+{
+    struct fake_io *io = data;
+    assert_false(io->released);
+    assert_true(io->paused);
+    io->paused = false;
+    io->resumes++;
+}
+
+/* fake_io_close - count the hang-up. */
+static void fake_io_close(void *data)
+{
+    struct fake_io *io = data;
+    assert_false(io->released);
+    io->closes++;
+}
+
+/* fake_io_set_timer - remember the deadline asked for. */
+static void fake_io_set_timer(void *data, uint64_t ms)
+{
+    struct fake_io *io = data;
+    assert_false(io->released);
+    io->timer_ms = ms;
+    io->timer_sets++;
+}
+
+/* fake_io_write_queued - the backlog the test set. */
+static size_t fake_io_write_queued(void *data)
+{
+    struct fake_io *io = data;
+    return io->queued;
+}
+
+/* ------------------------------------------------------------------ */
+/* Fake sink                                                           */
+/* ------------------------------------------------------------------ */
+
+#define FAKE_MAX_MSGS 4
+
+struct fake_msg {
+    char id[SMTPD_QUEUE_ID_MAX];
+    char client_addr[64];
+    char helo[300];
+    char sender[300];
+    char **rcpts;
+    size_t n_rcpts;
+    uint8_t *body;
+    size_t body_len;
+    bool body_8bit;
+};
+
+struct fake_sink {
+    int check_mail_rc;
+    int submit_rc; /* returned by submit itself; the callback then never runs */
+    int status;    /* what the callback reports */
+    int ids;
+    int submits;
+    int callbacks;
+    const struct smtpd_envelope *pending_env;
+    smtpd_sink_cb cb;
+    void *cb_arg;
+    struct fake_msg msgs[FAKE_MAX_MSGS];
+    size_t n_msgs;
+};
+
+/* fake_sink_new_id - HAMRQ0001, HAMRQ0002, ... */
+static int fake_sink_new_id(void *data, char *id, size_t idlen)
+{
+    struct fake_sink *k = data;
+    snprintf(id, idlen, "HAMRQ%04d", ++k->ids);
+    return 0;
+}
+
+/* fake_sink_check_mail - the answer the test set. */
+static int fake_sink_check_mail(void *data)
+{
+    struct fake_sink *k = data;
+    return k->check_mail_rc;
+}
+
+/* fake_sink_submit - copy the envelope and hold the callback for fake_sink_step(). */
+static int fake_sink_submit(void *data,
+                            const struct smtpd_envelope *env,
+                            smtpd_sink_cb cb,
+                            void *arg)
+{
+    struct fake_sink *k = data;
+    k->submits++;
+    assert_null(k->cb); /* one submit at a time per session */
+    if (k->submit_rc != 0)
+        return k->submit_rc;
+    assert_true(k->n_msgs < FAKE_MAX_MSGS);
+    struct fake_msg *m = &k->msgs[k->n_msgs++];
+    hamr_strlcpy(m->id, env->queue_id, sizeof(m->id));
+    hamr_strlcpy(m->client_addr, env->client_addr, sizeof(m->client_addr));
+    hamr_strlcpy(m->helo, env->helo, sizeof(m->helo));
+    hamr_strlcpy(m->sender, env->sender, sizeof(m->sender));
+    m->n_rcpts = env->n_rcpts;
+    m->rcpts = calloc(env->n_rcpts, sizeof(char *));
+    for (size_t i = 0; i < env->n_rcpts; i++)
+        m->rcpts[i] = strdup(env->rcpts[i]);
+    m->body = malloc(env->body_len + 1);
+    memcpy(m->body, env->body, env->body_len);
+    m->body[env->body_len] = '\0';
+    m->body_len = env->body_len;
+    m->body_8bit = env->body_8bit;
+    k->pending_env = env;
+    k->cb = cb;
+    k->cb_arg = arg;
+    return 0;
+}
+
+/*
+ * fake_sink_step - deliver the pending callback with k->status. The
+ * envelope is borrowed until now: check it is still intact first (ASan
+ * reports it if it was freed early).
+ */
+static void fake_sink_step(struct fake_sink *k)
+{
+    assert_non_null(k->cb);
+    const struct fake_msg *m = &k->msgs[k->n_msgs - 1];
+    assert_int_equal(k->pending_env->body_len, m->body_len);
+    assert_memory_equal(k->pending_env->body, m->body, m->body_len);
+    assert_string_equal(k->pending_env->queue_id, m->id);
+    smtpd_sink_cb cb = k->cb;
+    void *arg = k->cb_arg;
+    k->cb = NULL;
+    k->pending_env = NULL;
+    k->callbacks++;
+    cb(arg, k->status);
+}
+
+/* fake_sink_free - release the recorded messages. */
+static void fake_sink_free(struct fake_sink *k)
+{
+    for (size_t i = 0; i < k->n_msgs; i++) {
+        for (size_t j = 0; j < k->msgs[i].n_rcpts; j++)
+            free(k->msgs[i].rcpts[j]);
+        free(k->msgs[i].rcpts);
+        free(k->msgs[i].body);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Harness                                                             */
+/* ------------------------------------------------------------------ */
+
+struct harness {
+    struct smtpd_policy policy;
+    struct smtpd_cidr nets[2];
+    char *domains[2];
+    struct fake_io io;
+    struct fake_sink sink;
+    struct smtpd_session *s;
+    char last[1 << 16];
+};
+
+#define TEST_OUTSIDE "192.0.2.1"
+#define TEST_INSIDE "10.1.2.3"
+
+/* test_policy - the defaults of smtpd.h, with hamr.test as our domain. */
+static void test_policy(struct harness *h)
+{
+    struct smtpd_policy *p = &h->policy;
+    memset(p, 0, sizeof(*p));
+    hamr_strlcpy(p->hostname, "mx.hamr.test", sizeof(p->hostname));
+    h->nets[0] = (struct smtpd_cidr){.family = AF_INET, .addr = {10}, .prefix = 8};
+    h->nets[1] = (struct smtpd_cidr){.family = AF_INET6, .prefix = 128};
+    h->nets[1].addr[15] = 1; /* ::1 */
+    h->domains[0] = "hamr.test";
+    h->domains[1] = ".sub.hamr.test";
+    p->relay_networks = h->nets;
+    p->n_relay_networks = 2;
+    p->relay_domains = h->domains;
+    p->n_relay_domains = 2;
+    p->message_size_limit = 10 * 1024 * 1024;
+    p->recipient_limit = 1000;
+    p->header_size_limit = 100 * 1024;
+    p->hopcount_limit = 50;
+    p->max_errors = 20;
+    p->command_timeout_ms = 300000;
+    p->data_timeout_ms = 200000;
+}
+
+/* test_start - a session for client; the policy may be changed before. */
+static void test_start(struct harness *h, const char *client)
+{
+    static const struct smtpd_session_io io_ops = {
+        .write = fake_io_write,
+        .pause = fake_io_pause,
+        .resume = fake_io_resume,
+        .close = fake_io_close,
+        .set_timer = fake_io_set_timer,
+        .write_queued = fake_io_write_queued,
+    };
+    struct smtpd_session_io io = io_ops;
+    struct smtpd_sink sink = {
+        .data = &h->sink,
+        .new_id = fake_sink_new_id,
+        .check_mail = fake_sink_check_mail,
+        .submit = fake_sink_submit,
+    };
+    io.data = &h->io;
+    buf_init(&h->io.out, 0);
+    assert_int_equal(smtpd_session_new(&h->policy, &sink, &io, client, &h->s), 0);
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_CONNECTED);
+}
+
+/* test_setup - a harness with the default policy. */
+static int test_setup(void **state)
+{
+    struct harness *h = calloc(1, sizeof(*h));
+    assert_non_null(h);
+    test_policy(h);
+    *state = h;
+    return 0;
+}
+
+/* test_teardown - free the session (and any held submit) and the harness. */
+static int test_teardown(void **state)
+{
+    struct harness *h = *state;
+    if (h->s != NULL) {
+        h->io.released = true;
+        h->s = smtpd_session_free(h->s);
+    }
+    /* A submit still held would be a leak under ASan: release it. */
+    if (h->sink.cb != NULL)
+        fake_sink_step(&h->sink);
+    fake_sink_free(&h->sink);
+    buf_free(&h->io.out);
+    free(h);
+    return 0;
+}
+
+/* test_send - input text to the session. */
+static void test_send(struct harness *h, const char *text)
+{
+    smtpd_session_input(h->s, text, strlen(text));
+}
+
+/* test_take - the output since the last take, as a string. */
+static const char *test_take(struct harness *h)
+{
+    size_t n = h->io.out.len - h->io.taken;
+    assert_true(n < sizeof(h->last));
+    memcpy(h->last, h->io.out.data + h->io.taken, n);
+    h->last[n] = '\0';
+    h->io.taken = h->io.out.len;
+    return h->last;
+}
+
+/* test_codes - the reply codes since the last take, "250 250 354" (last line of each reply). */
+static const char *test_codes(struct harness *h)
+{
+    static char codes[1 << 14];
+    const char *p = test_take(h);
+    size_t n = 0;
+    codes[0] = '\0';
+    while (*p) {
+        const char *eol = strstr(p, "\r\n");
+        assert_non_null(eol);
+        if (eol - p >= 4 && p[3] == ' ')
+            n += (size_t)snprintf(codes + n, sizeof(codes) - n, "%s%.3s", n ? " " : "", p);
+        p = eol + 2;
+    }
+    return codes;
+}
+
+/* test_expect - the output since the last take is exactly want. */
+#define test_expect(h, want) assert_string_equal(test_take(h), want)
+
+/* test_ehlo - greet and EHLO; output discarded. */
+static void test_ehlo(struct harness *h, const char *client)
+{
+    test_start(h, client);
+    smtpd_session_greet(h->s);
+    test_send(h, "EHLO client.example\r\n");
+    test_take(h);
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_READY);
+}
+
+/* test_transaction - MAIL, one RCPT, DATA, body; then the sink is stepped. */
+static void test_transaction(struct harness *h, const char *rcpt, const char *body)
+{
+    char cmd[512];
+    test_send(h, "MAIL FROM:<sender@example.org>\r\n");
+    snprintf(cmd, sizeof(cmd), "RCPT TO:<%s>\r\n", rcpt);
+    test_send(h, cmd);
+    test_send(h, "DATA\r\n");
+    assert_string_equal(test_codes(h), "250 250 354");
+    test_send(h, body);
+}
+
+/* ------------------------------------------------------------------ */
+/* Tests                                                               */
+/* ------------------------------------------------------------------ */
+
+/* test_greeting_and_ehlo - 220, then the EHLO keywords: no CHUNKING, STARTTLS or AUTH. */
+static void test_greeting_and_ehlo(void **state)
+{
+    struct harness *h = *state;
+
+    test_start(h, TEST_OUTSIDE);
+    assert_int_equal(h->io.timer_sets, 0);
+    smtpd_session_greet(h->s);
+    test_expect(h, "220 mx.hamr.test ESMTP hamr\r\n");
+    assert_int_equal(h->io.timer_ms, 300000);
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_GREETED);
+    test_send(h, "EHLO client.example\r\n");
+    test_expect(h,
+                "250-mx.hamr.test\r\n250-PIPELINING\r\n250-SIZE 10485760\r\n250-8BITMIME\r\n"
+                "250 ENHANCEDSTATUSCODES\r\n");
+    test_send(h, "HELO again.example\r\n");
+    test_expect(h, "250 mx.hamr.test\r\n");
+    test_send(h, "EHLO\r\n");
+    test_expect(h, "501 5.5.4 Syntax: EHLO hostname\r\n");
+    test_send(h, "NOOP\r\nVRFY someone\r\nHELP\r\nVRFY\r\nRSET\r\n");
+    assert_string_equal(test_codes(h), "250 252 214 501 250");
+    test_send(h, "noop\r\nQuit\r\n");
+    test_expect(h, "250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n");
+    assert_int_equal(h->io.closes, 1);
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_CLOSING);
+    assert_string_equal(smtpd_state_name(SMTPD_STATE_COMMITTING), "COMMITTING");
+}
+
+/* test_happy_path - 250 queued as <id> only after the sink said 0; body identical. */
+static void test_happy_path(void **state)
+{
+    struct harness *h = *state;
+    static const char data[] = "Subject: hi\r\n\r\nHello\r\n..dot line\r\n.\r\n";
+    static const char want_body[] = "Subject: hi\r\n\r\nHello\r\n.dot line\r\n";
+
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h, "MAIL FROM:<sender@example.org> BODY=8BITMIME SIZE=100\r\n");
+    test_expect(h, "250 2.1.0 Ok\r\n");
+    test_send(h, "RCPT TO:<user@hamr.test>\r\n");
+    test_expect(h, "250 2.1.5 Ok\r\n");
+    test_send(h, "DATA\r\n");
+    test_expect(h, "354 End data with <CR><LF>.<CR><LF>\r\n");
+    assert_int_equal(h->io.timer_ms, 200000); /* data_timeout_ms */
+    test_send(h, data);
+    /* Committing: no reply yet, reading paused, no client deadline. */
+    test_expect(h, "");
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_COMMITTING);
+    assert_true(smtpd_session_submit_pending(h->s));
+    assert_int_equal(h->io.pauses, 1);
+    assert_true(h->io.paused);
+    assert_int_equal(h->io.timer_ms, 0);
+    assert_int_equal(smtpd_session_timeout_ms(h->s), 0);
+    smtpd_session_timeout(h->s); /* ignored while committing */
+    test_expect(h, "");
+
+    const struct fake_msg *m = &h->sink.msgs[0];
+    assert_int_equal(h->sink.submits, 1);
+    assert_string_equal(m->id, "HAMRQ0001");
+    assert_string_equal(m->sender, "sender@example.org");
+    assert_string_equal(m->client_addr, TEST_OUTSIDE);
+    assert_string_equal(m->helo, "client.example");
+    assert_int_equal(m->n_rcpts, 1);
+    assert_string_equal(m->rcpts[0], "user@hamr.test");
+    assert_true(m->body_8bit);
+
+    /* Received: first, then the un-stuffed data byte for byte. */
+    static const char head[] =
+        "Received: from client.example (192.0.2.1)\r\n"
+        "\tby mx.hamr.test (hamr) with ESMTP id HAMRQ0001\r\n"
+        "\tfor <user@hamr.test>; ";
+    assert_true(m->body_len > sizeof(head) - 1 + sizeof(want_body) - 1);
+    assert_memory_equal(m->body, head, sizeof(head) - 1);
+    const char *hdr_end = strstr((const char *)m->body, " +0000\r\n");
+    assert_non_null(hdr_end);
+    const char *rest = hdr_end + 8;
+    assert_string_equal(rest, want_body);
+    assert_int_equal(m->body_len, (size_t)(rest - (const char *)m->body) + sizeof(want_body) - 1);
+
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0001\r\n");
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_READY);
+    assert_int_equal(h->io.resumes, 1);
+    assert_false(h->io.paused);
+    assert_int_equal(h->io.timer_ms, 300000);
+}
+
+/* test_pipelining - RFC 2920: replies in order; commands after the dot wait for the commit. */
+static void test_pipelining(void **state)
+{
+    struct harness *h = *state;
+
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h,
+              "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@hamr.test>\r\n"
+              "RCPT TO:<c@x.sub.hamr.test>\r\nDATA\r\n");
+    test_expect(h,
+                "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n"
+                "354 End data with <CR><LF>.<CR><LF>\r\n");
+    /* Body, dot and the next transaction in one read. */
+    test_send(h,
+              "Subject: 1\r\n\r\none\r\n.\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<d@hamr.test>"
+              "\r\nDATA\r\n");
+    test_expect(h, "");
+    assert_int_equal(h->io.pauses, 1);
+    /* More input while paused is held, not parsed. */
+    test_send(h, "NOOP\r\n");
+    test_expect(h, "");
+    assert_int_equal(h->sink.msgs[0].n_rcpts, 2);
+    assert_null(strstr((const char *)h->sink.msgs[0].body, "\tfor <")); /* two recipients */
+    fake_sink_step(&h->sink);
+    /* The DATA was not the last of its read (NOOP followed): desync. */
+    test_expect(h,
+                "250 2.0.0 Ok: queued as HAMRQ0001\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"
+                "554 5.5.0 Error: SMTP protocol synchronization\r\n");
+    assert_int_equal(h->io.closes, 1);
+    assert_int_equal(h->sink.submits, 1);
+}
+
+/* test_pipelining_quit_after_dot - QUIT after the dot in the same read is answered after 250. */
+static void test_pipelining_quit_after_dot(void **state)
+{
+    struct harness *h = *state;
+
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h, "MAIL FROM:<>\r\nRCPT TO:<b@hamr.test>\r\nDATA\r\n");
+    assert_string_equal(test_codes(h), "250 250 354");
+    test_send(h, "x\r\n.\r\nQUIT\r\n");
+    test_expect(h, "");
+    assert_true(h->io.paused);
+    assert_string_equal(h->sink.msgs[0].sender, "");
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0001\r\n221 2.0.0 Bye\r\n");
+    assert_int_equal(h->io.pauses, 1);
+    assert_int_equal(h->io.resumes, 0); /* closed before reading would resume */
+    assert_int_equal(h->io.closes, 1);
+}
+
+/* test_early_talker - input before the greeting: 554 5.5.0 and close. */
+static void test_early_talker(void **state)
+{
+    struct harness *h = *state;
+
+    test_start(h, TEST_OUTSIDE);
+    test_send(h, "EHLO fast.example\r\n");
+    test_expect(h, "554 5.5.0 Error: SMTP protocol synchronization\r\n");
+    assert_int_equal(h->io.closes, 1);
+    smtpd_session_greet(h->s);
+    test_send(h, "QUIT\r\n");
+    test_expect(h, "");
+}
+
+/* test_body_before_354 - body pipelined behind DATA: 554 5.5.0, nothing queued (S5). */
+static void test_body_before_354(void **state)
+{
+    struct harness *h = *state;
+
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h,
+              "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@hamr.test>\r\nDATA\r\n"
+              "Subject: evil\r\n\r\nevil\r\n.\r\n");
+    test_expect(h,
+                "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"
+                "554 5.5.0 Error: SMTP protocol synchronization\r\n");
+    assert_int_equal(h->io.closes, 1);
+    assert_int_equal(h->sink.submits, 0);
+    assert_int_equal(h->sink.ids, 0);
+}
+
+/* Order and syntax: one command after EHLO (or after MAIL) and the reply it gets. */
+static const struct {
+    const char *label;
+    bool after_mail;
+    const char *cmd;
+    const char *want;
+} test_reply_cases[] = {
+    {"RCPT before MAIL", false, "RCPT TO:<a@hamr.test>", "503 5.5.1 Error: need MAIL command"},
+    {"DATA before MAIL", false, "DATA", "503 5.5.1 Error: need MAIL command"},
+    {"DATA before RCPT", true, "DATA", "503 5.5.1 Error: need RCPT command"},
+    {"nested MAIL", true, "MAIL FROM:<a@b.example>", "503 5.5.1 Error: nested MAIL command"},
+    {"no bracket end", false, "MAIL FROM:<a@b.example", "501 5.1.7 Bad sender address syntax"},
+    {"no brackets", false, "MAIL FROM:a@b.example", "501 5.1.7 Bad sender address syntax"},
+    {"no bracket start", true, "RCPT TO:a@hamr.test>", "501 5.1.3 Bad recipient address syntax"},
+    {"double brackets", true, "RCPT TO:<<a@hamr.test>>", "501 5.1.3 Bad recipient address syntax"},
+    {"null rcpt", true, "RCPT TO:<>", "501 5.1.3 Bad recipient address syntax"},
+    {"no FROM:", false, "MAIL <a@b.example>", "501 5.1.7 Bad sender address syntax"},
+    {"MAIL no arg", false, "MAIL", "501 5.5.4 Syntax: MAIL FROM:<address>"},
+    {"double dot", true, "RCPT TO:<a..b@hamr.test>", "501 5.1.3 Bad recipient address syntax"},
+    {"trailing dot", true, "RCPT TO:<a.@hamr.test>", "501 5.1.3 Bad recipient address syntax"},
+    {"domain hyphen", true, "RCPT TO:<a@-x.hamr.test>", "501 5.1.3 Bad recipient address syntax"},
+    {"domain dot end", true, "RCPT TO:<a@hamr.test.>", "501 5.1.3 Bad recipient address syntax"},
+    {"no local part", true, "RCPT TO:<@hamr.test>", "501 5.1.3 Bad recipient address syntax"},
+    {"bad literal", true, "RCPT TO:<a@[300.1.1.1]>", "501 5.1.3 Bad recipient address syntax"},
+    {"space in path", true, "RCPT TO:<a b@hamr.test>", "501 5.1.3 Bad recipient address syntax"},
+    {"double at", true, "RCPT TO:<a@b@hamr.test>", "501 5.1.3 Bad recipient address syntax"},
+    {"bad source route", true, "RCPT TO:<@a:@b:x@hamr.test>",
+     "501 5.1.3 Bad recipient address syntax"},
+    {"unquoted specials", true, "RCPT TO:<a\"b@hamr.test>",
+     "501 5.1.3 Bad recipient address syntax"},
+    {"utf8", false, "MAIL FROM:<\xc3\xbc@b.example>",
+     "553 5.6.7 Must declare SMTPUTF8 to send unicode address"},
+    {"unknown MAIL param", false, "MAIL FROM:<a@b.example> FOO=BAR",
+     "555 5.5.4 Unsupported option: FOO"},
+    {"SMTPUTF8 param", false, "MAIL FROM:<a@b.example> SMTPUTF8",
+     "555 5.5.4 Unsupported option: SMTPUTF8"},
+    {"RCPT param", true, "RCPT TO:<a@hamr.test> NOTIFY=NEVER",
+     "555 5.5.4 Unsupported option: NOTIFY"},
+    {"bad BODY", false, "MAIL FROM:<a@b.example> BODY=9BIT", "501 5.5.4 Bad BODY parameter syntax"},
+    {"bad SIZE", false, "MAIL FROM:<a@b.example> SIZE=12x", "501 5.5.4 Bad SIZE parameter syntax"},
+    {"huge SIZE", false, "MAIL FROM:<a@b.example> SIZE=99999999999999999999999",
+     "501 5.5.4 Bad SIZE parameter syntax"},
+    {"SIZE over limit", false, "MAIL FROM:<a@b.example> SIZE=999999999",
+     "552 5.3.4 Message size exceeds fixed limit"},
+    {"DATA with arg", true, "DATA now", "501 5.5.4 Syntax: DATA"},
+    {"unknown command", false, "XYZZY", "502 5.5.2 Error: command not recognized"},
+    {"garbage", false, "\x01\x02\x03", "500 5.5.2 Error: bad syntax"},
+    {"digits", false, "123 abc", "500 5.5.2 Error: bad syntax"},
+    {"empty line", false, "", "500 5.5.2 Error: bad syntax"},
+    {"bare LF", false, "NOOP\nQUIT", "500 5.5.2 Error: bare <LF> received"},
+    {"bare CR", false, "NOOP\rQUIT", "500 5.5.2 Error: bare <CR> received"},
+    /* Accepted forms. */
+    {"source route", true, "RCPT TO:<@a.example,@b.example:x@hamr.test>", "250 2.1.5 Ok"},
+    {"quoted local", true, "RCPT TO:<\"a b\\\"c\"@hamr.test>", "250 2.1.5 Ok"},
+    {"space after colon", false, "MAIL FROM: <a@b.example>", "250 2.1.0 Ok"},
+    {"lower case", false, "mail from:<a@b.example> body=7bit", "250 2.1.0 Ok"},
+    {"trailing space", false, "MAIL FROM:<a@b.example>  ", "250 2.1.0 Ok"},
+    {"literal sender", false, "MAIL FROM:<a@[IPv6:::1]>", "250 2.1.0 Ok"},
+};
+
+/* test_reply_table - each case in a fresh session. */
+static void test_reply_table(void **state)
+{
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(test_reply_cases); i++) {
+        struct harness *h = calloc(1, sizeof(*h));
+        assert_non_null(h);
+        test_policy(h);
+        test_ehlo(h, TEST_OUTSIDE);
+        if (test_reply_cases[i].after_mail) {
+            test_send(h, "MAIL FROM:<a@b.example>\r\n");
+            test_expect(h, "250 2.1.0 Ok\r\n");
+        }
+        char line[1024], want[1024];
+        snprintf(line, sizeof(line), "%s\r\n", test_reply_cases[i].cmd);
+        snprintf(want, sizeof(want), "%s\r\n", test_reply_cases[i].want);
+        test_send(h, line);
+        const char *got = test_take(h);
+        if (strcmp(got, want) != 0)
+            fail_msg("%s: got \"%s\" want \"%s\"", test_reply_cases[i].label, got, want);
+        void *p = h;
+        test_teardown(&p);
+    }
+}
+
+/* test_rcpt_len - test_send "RCPT TO:<local@domain>" with generated parts; the reply code. */
+static const char *test_rcpt_len(struct harness *h, size_t local, size_t domain)
+{
+    char line[1200];
+    size_t n = (size_t)snprintf(line, sizeof(line), "RCPT TO:<");
+    memset(line + n, 'l', local);
+    n += local;
+    line[n++] = '@';
+    for (size_t i = 0; i < domain; i++)
+        line[n++] = (i % 10 == 9 && i + 1 < domain) ? '.' : 'd';
+    n += (size_t)snprintf(line + n, sizeof(line) - n, ">\r\n");
+    smtpd_session_input(h->s, line, n);
+    return test_codes(h);
+}
+
+/* test_length_limits - RFC 5321 4.5.3.1: local part 64, domain 255, path 256 with <>. */
+static void test_length_limits(void **state)
+{
+    struct harness *h = *state;
+
+    test_ehlo(h, TEST_INSIDE);
+    test_send(h, "MAIL FROM:<a@b.example>\r\n");
+    test_take(h);
+    assert_string_equal(test_rcpt_len(h, 64, 20), "250");
+    assert_string_equal(test_rcpt_len(h, 65, 20), "501");
+    assert_string_equal(test_rcpt_len(h, 1, 250), "250");
+    assert_string_equal(test_rcpt_len(h, 1, 256), "501");
+    assert_string_equal(test_rcpt_len(h, 64, 189), "250"); /* <64@189> is 256 octets */
+    assert_string_equal(test_rcpt_len(h, 64, 190), "501");
+}
+
+/* test_line_too_long - 500 5.5.2; the tail of the line is not run as a command (S6). */
+static void test_line_too_long(void **state)
+{
+    struct harness *h = *state;
+    char line[800];
+
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h, "MAIL FROM:<a@b.example>\r\n");
+    test_take(h);
+    memset(line, 'A', 600);
+    memcpy(line + 600, " RSET\r\n", 8);
+    test_send(h, line);
+    test_expect(h, "500 5.5.2 Error: line too long\r\n");
+    /* RSET did not run: the transaction is still open. */
+    test_send(h, "RCPT TO:<a@hamr.test>\r\n");
+    test_expect(h, "250 2.1.5 Ok\r\n");
+}
+
+/* test_rset_clears - RSET drops sender and recipients. */
+static void test_rset_clears(void **state)
+{
+    struct harness *h = *state;
+
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h, "MAIL FROM:<old@example.org>\r\nRCPT TO:<old@hamr.test>\r\nRSET\r\nDATA\r\n");
+    assert_string_equal(test_codes(h), "250 250 250 503");
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_READY);
+    test_transaction(h, "new@hamr.test", "hi\r\n.\r\n");
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0001\r\n");
+    assert_string_equal(h->sink.msgs[0].sender, "sender@example.org");
+    assert_int_equal(h->sink.msgs[0].n_rcpts, 1);
+    assert_string_equal(h->sink.msgs[0].rcpts[0], "new@hamr.test");
+    /* MAIL before HELO is an order error too. */
+    struct harness *h2 = calloc(1, sizeof(*h2));
+    test_policy(h2);
+    test_start(h2, TEST_OUTSIDE);
+    smtpd_session_greet(h2->s);
+    test_take(h2);
+    test_send(h2, "MAIL FROM:<a@b.example>\r\n");
+    test_expect(h2, "503 5.5.1 Error: send HELO/EHLO first\r\n");
+    void *p = h2;
+    test_teardown(&p);
+}
+
+/* test_helo_received - HELO gives "with SMTP"; the helo is escaped in Received:. */
+static void test_helo_received(void **state)
+{
+    struct harness *h = *state;
+
+    test_start(h, TEST_INSIDE);
+    smtpd_session_greet(h->s);
+    test_send(h, "HELO odd\x7f\x01name\r\n");
+    test_expect(h, "220 mx.hamr.test ESMTP hamr\r\n250 mx.hamr.test\r\n");
+    test_transaction(h, "x@elsewhere.example", "b\r\n.\r\n");
+    static const char head[] =
+        "Received: from odd??name (10.1.2.3)\r\n"
+        "\tby mx.hamr.test (hamr) with SMTP id HAMRQ0001\r\n"
+        "\tfor <x@elsewhere.example>; ";
+    assert_memory_equal(h->sink.msgs[0].body, head, sizeof(head) - 1);
+    assert_string_equal(h->sink.msgs[0].helo, "odd??name");
+    fake_sink_step(&h->sink);
+}
+
+/* test_size_mid_data - over message_size_limit without SIZE: 552 after the dot, nothing queued. */
+static void test_size_mid_data(void **state)
+{
+    struct harness *h = *state;
+    char body[4096];
+    size_t n = 0;
+
+    h->policy.message_size_limit = 1000;
+    test_ehlo(h, TEST_OUTSIDE);
+    for (int i = 0; i < 100; i++)
+        n += (size_t)snprintf(body + n, sizeof(body) - n, "line of text %04d\r\n", i);
+    snprintf(body + n, sizeof(body) - n, ".\r\n");
+    test_transaction(h, "a@hamr.test", body);
+    test_expect(h, "552 5.3.4 Message size exceeds fixed limit\r\n");
+    assert_int_equal(h->sink.submits, 0);
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_READY);
+    /* The session goes on. */
+    test_transaction(h, "a@hamr.test", "small\r\n.\r\n");
+    assert_int_equal(h->sink.submits, 1);
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0002\r\n");
+}
+
+/* Rejected bodies: the checks at end of DATA, in order. */
+static const struct {
+    const char *label;
+    const char *body;
+    size_t len;
+    const char *want;
+} test_body_cases[] = {
+#define T(label, body, want)                \
+    {                                       \
+        label, body, sizeof(body) - 1, want \
+    }
+    T("bare LF", "a\n.\nMAIL FROM:<s@x>\r\n.\r\n", "550 5.5.2 Error: bare <LF> received"),
+    T("bare CR", "a\r.\r\nb\r\n.\r\n", "550 5.5.2 Error: bare <CR> received"),
+    T("NUL", "a\r\n\0.\r\nb\r\n.\r\n", "554 5.6.0 Message contains NUL characters"),
+    T("bare LF wins over NUL", "\0a\nb\r\n.\r\n", "550 5.5.2 Error: bare <LF> received"),
+#undef T
+};
+
+/* test_body_rejects - smuggling forms and NULs reject the message; the session goes on. */
+static void test_body_rejects(void **state)
+{
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(test_body_cases); i++) {
+        struct harness *h = calloc(1, sizeof(*h));
+        test_policy(h);
+        test_ehlo(h, TEST_OUTSIDE);
+        test_transaction(h, "a@hamr.test", "");
+        smtpd_session_input(h->s, test_body_cases[i].body, test_body_cases[i].len);
+        char want[256];
+        snprintf(want, sizeof(want), "%s\r\n", test_body_cases[i].want);
+        const char *got = test_take(h);
+        if (strcmp(got, want) != 0)
+            fail_msg("%s: got \"%s\"", test_body_cases[i].label, got);
+        assert_int_equal(h->sink.submits, 0);
+        test_send(h, "NOOP\r\n");
+        test_expect(h, "250 2.0.0 Ok\r\n");
+        void *p = h;
+        test_teardown(&p);
+    }
+}
+
+/* test_header_limit - a header block over header_size_limit: 552 5.3.4. */
+static void test_header_limit(void **state)
+{
+    struct harness *h = *state;
+    char body[2048];
+
+    h->policy.header_size_limit = 100;
+    test_ehlo(h, TEST_OUTSIDE);
+    size_t n = (size_t)snprintf(body, sizeof(body), "Subject: ");
+    memset(body + n, 'x', 200);
+    n += 200;
+    snprintf(body + n, sizeof(body) - n, "\r\n\r\nbody\r\n.\r\n");
+    test_transaction(h, "a@hamr.test", body);
+    test_expect(h, "552 5.3.4 Message header size exceeds limit\r\n");
+    assert_int_equal(h->sink.submits, 0);
+}
+
+/* test_hop_count - 50 Received: with limit 50 is 554 5.4.6; 49 is accepted (S13). */
+static void test_hop_count(void **state)
+{
+    struct harness *h = *state;
+    char body[4096];
+
+    for (int hops = 50; hops >= 49; hops--) {
+        size_t n = 0;
+        for (int i = 0; i < hops; i++)
+            n += (size_t)snprintf(body + n, sizeof(body) - n, "Received: from h%d by x\r\n", i);
+        snprintf(body + n, sizeof(body) - n, "\r\nloop\r\n.\r\n");
+        if (h->s == NULL)
+            test_ehlo(h, TEST_OUTSIDE);
+        test_transaction(h, "a@hamr.test", body);
+        if (hops == 50) {
+            test_expect(h, "554 5.4.6 Too many hops\r\n");
+            assert_int_equal(h->sink.submits, 0);
+        } else {
+            assert_int_equal(h->sink.submits, 1);
+            fake_sink_step(&h->sink);
+            test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0002\r\n");
+        }
+    }
+}
+
+/* test_too_many_recipients - 1001 RCPTs: the last gets 452 4.5.3; 1000 are submitted (S9). */
+static void test_too_many_recipients(void **state)
+{
+    struct harness *h = *state;
+    size_t cap = 1001 * 40 + 64, n = 0;
+    char *in = malloc(cap);
+
+    assert_non_null(in);
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h, "MAIL FROM:<a@b.example>\r\n");
+    test_take(h);
+    for (int i = 0; i < 1001; i++)
+        n += (size_t)snprintf(in + n, cap - n, "RCPT TO:<r%d@hamr.test>\r\n", i);
+    smtpd_session_input(h->s, in, n);
+    free(in);
+    const char *codes = test_codes(h);
+    assert_int_equal(strlen(codes), 1001 * 4 - 1);
+    for (int i = 0; i < 1000; i++)
+        assert_memory_equal(codes + i * 4, "250", 3);
+    assert_string_equal(codes + 1000 * 4, "452");
+    test_send(h, "RCPT TO:<more@hamr.test>\r\n");
+    test_expect(h, "452 4.5.3 Error: too many recipients\r\n");
+    test_send(h, "DATA\r\n");
+    test_expect(h, "354 End data with <CR><LF>.<CR><LF>\r\n");
+    test_send(h, "x\r\n.\r\n");
+    assert_int_equal(h->sink.msgs[0].n_rcpts, 1000);
+    assert_string_equal(h->sink.msgs[0].rcpts[999], "r999@hamr.test");
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0001\r\n");
+}
+
+/* test_relay_denied - outside client, outside domain: 554 5.7.1 <rcpt>: Relay access denied. */
+static void test_relay_denied(void **state)
+{
+    struct harness *h = *state;
+
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h, "MAIL FROM:<a@b.example>\r\n");
+    test_take(h);
+    test_send(h, "RCPT TO:<x@victim.example>\r\n");
+    test_expect(h, "554 5.7.1 <x@victim.example>: Relay access denied\r\n");
+    test_send(h, "RCPT TO:<x@sub.hamr.test>\r\n"); /* ".sub.hamr.test" is subdomains only */
+    test_expect(h, "554 5.7.1 <x@sub.hamr.test>: Relay access denied\r\n");
+    test_send(h, "RCPT TO:<x@hamr.test.evil.example>\r\n");
+    test_expect(h, "554 5.7.1 <x@hamr.test.evil.example>: Relay access denied\r\n");
+    test_send(h, "RCPT TO:<x@evilhamr.test>\r\n");
+    test_expect(h, "554 5.7.1 <x@evilhamr.test>: Relay access denied\r\n");
+    test_send(h, "RCPT TO:<postmaster>\r\n");
+    test_expect(h, "554 5.7.1 <postmaster>: Relay access denied\r\n");
+    test_send(h, "RCPT TO:<@hamr.test:x@victim.example>\r\n");
+    test_expect(h, "554 5.7.1 <x@victim.example>: Relay access denied\r\n");
+    test_send(h, "RCPT TO:<x@HAMR.TEST>\r\nRCPT TO:<x@deep.x.sub.hamr.test>\r\n");
+    test_expect(h, "250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n");
+    test_send(h, "DATA\r\n");
+    test_take(h);
+    test_send(h, "x\r\n.\r\n");
+    assert_int_equal(h->sink.msgs[0].n_rcpts, 2);
+    fake_sink_step(&h->sink);
+}
+
+/*
+ * The 16 forms of nmap's smtp-open-relay.nse, with hamr.test as "our
+ * domain" and 192.0.2.10 as our address: none may be accepted from outside.
+ */
+static const struct {
+    const char *from;
+    const char *to;
+    const char *want; /* 554: parsed and refused; 501: not a mailbox at all */
+} test_nmap_forms[] = {
+    {"<>", "<relaytest@nmap.scanme.org>", "554"},
+    {"<antispam@nmap.scanme.org>", "<relaytest@nmap.scanme.org>", "554"},
+    {"<antispam@hamr.test>", "<relaytest@nmap.scanme.org>", "554"},
+    {"<antispam@[192.0.2.10]>", "<relaytest@nmap.scanme.org>", "554"},
+    {"<antispam@[192.0.2.10]>", "<relaytest%nmap.scanme.org@[192.0.2.10]>", "554"},
+    {"<antispam@[192.0.2.10]>", "<relaytest%nmap.scanme.org@hamr.test>", "554"},
+    {"<antispam@[192.0.2.10]>", "<\"relaytest@nmap.scanme.org\">", "501"},
+    {"<antispam@[192.0.2.10]>", "<\"relaytest%nmap.scanme.org\">", "501"},
+    {"<antispam@[192.0.2.10]>", "<relaytest@nmap.scanme.org@[192.0.2.10]>", "501"},
+    {"<antispam@[192.0.2.10]>", "<\"relaytest@nmap.scanme.org\"@[192.0.2.10]>", "554"},
+    {"<antispam@[192.0.2.10]>", "<relaytest@nmap.scanme.org@hamr.test>", "501"},
+    {"<antispam@[192.0.2.10]>", "<@[192.0.2.10]:relaytest@nmap.scanme.org>", "554"},
+    {"<antispam@[192.0.2.10]>", "<@hamr.test:relaytest@nmap.scanme.org>", "554"},
+    {"<antispam@[192.0.2.10]>", "<nmap.scanme.org!relaytest>", "501"},
+    {"<antispam@[192.0.2.10]>", "<nmap.scanme.org!relaytest@[192.0.2.10]>", "554"},
+    {"<antispam@[192.0.2.10]>", "<nmap.scanme.org!relaytest@hamr.test>", "554"},
+    /* Further routed forms at our own domain (S12). */
+    {"<a@b.example>", "<\"x@victim.example\"@hamr.test>", "554"},
+    {"<a@b.example>", "<x%victim.example@hamr.test>", "554"},
+    {"<a@b.example>", "<victim.example!x@hamr.test>", "554"},
+    {"<a@b.example>", "<\"x\\@victim.example\"@hamr.test>", "554"},
+    {"<a@b.example>", "<x@victim.example@hamr.test>", "501"},
+};
+
+/* test_nmap_open_relay - every form fails from outside; routed forms with 554 5.7.1. */
+static void test_nmap_open_relay(void **state)
+{
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(test_nmap_forms); i++) {
+        struct harness *h = calloc(1, sizeof(*h));
+        char line[512];
+        test_policy(h);
+        test_ehlo(h, TEST_OUTSIDE);
+        snprintf(line, sizeof(line), "MAIL FROM:%s\r\n", test_nmap_forms[i].from);
+        test_send(h, line);
+        test_expect(h, "250 2.1.0 Ok\r\n");
+        snprintf(line, sizeof(line), "RCPT TO:%s\r\n", test_nmap_forms[i].to);
+        test_send(h, line);
+        const char *got = test_take(h);
+        char want[600];
+        if (strcmp(test_nmap_forms[i].want, "554") == 0)
+            snprintf(want, sizeof(want), "554 5.7.1 %s: Relay access denied\r\n",
+                     test_nmap_forms[i].to);
+        else
+            snprintf(want, sizeof(want), "501 5.1.3 Bad recipient address syntax\r\n");
+        /* A source route is stripped before the relay decision and the reply. */
+        const char *colon = strchr(test_nmap_forms[i].to, ':');
+        if (test_nmap_forms[i].to[1] == '@' && colon != NULL)
+            snprintf(want, sizeof(want), "554 5.7.1 <%s: Relay access denied\r\n", colon + 1);
+        if (strcmp(got, want) != 0)
+            fail_msg("form %zu %s: got \"%s\" want \"%s\"", i, test_nmap_forms[i].to, got, want);
+        test_send(h, "DATA\r\n");
+        test_expect(h, "503 5.5.1 Error: need RCPT command\r\n");
+        assert_int_equal(h->sink.submits, 0);
+        void *p = h;
+        test_teardown(&p);
+    }
+}
+
+/* test_relay_networks - inside clients relay anywhere; routed forms are taken literally. */
+static void test_relay_networks(void **state)
+{
+    static const char *const clients[] = {TEST_INSIDE, "::1", "::ffff:10.9.9.9"};
+
+    for (size_t c = 0; c < HAMR_ARRAY_LEN(clients); c++) {
+        struct harness *h = calloc(1, sizeof(*h));
+        test_policy(h);
+        test_ehlo(h, clients[c]);
+        test_send(h,
+                  "MAIL FROM:<a@b.example>\r\n"
+                  "RCPT TO:<x@victim.example>\r\n"
+                  "RCPT TO:<relaytest%nmap.scanme.org@hamr.test>\r\n"
+                  "RCPT TO:<\"x@victim.example\"@hamr.test>\r\n"
+                  "RCPT TO:<u@[192.0.2.7]>\r\n"
+                  "RCPT TO:<Postmaster>\r\n"
+                  "DATA\r\n");
+        assert_string_equal(test_codes(h), "250 250 250 250 250 250 354");
+        test_send(h, "x\r\n.\r\n");
+        const struct fake_msg *m = &h->sink.msgs[0];
+        assert_int_equal(m->n_rcpts, 5);
+        assert_string_equal(m->rcpts[1], "relaytest%nmap.scanme.org@hamr.test");
+        assert_string_equal(m->rcpts[2], "\"x@victim.example\"@hamr.test");
+        assert_string_equal(m->rcpts[4], "Postmaster");
+        fake_sink_step(&h->sink);
+        void *p = h;
+        test_teardown(&p);
+    }
+}
+
+/* test_max_errors - at max_errors: 421 4.7.0 too many errors, and close. */
+static void test_max_errors(void **state)
+{
+    struct harness *h = *state;
+
+    h->policy.max_errors = 3;
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h, "XYZZY\r\nFOO\r\nBAR\r\nNOOP\r\n");
+    test_expect(h,
+                "502 5.5.2 Error: command not recognized\r\n"
+                "502 5.5.2 Error: command not recognized\r\n"
+                "502 5.5.2 Error: command not recognized\r\n"
+                "421 4.7.0 mx.hamr.test Error: too many errors\r\n");
+    assert_int_equal(h->io.closes, 1);
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_CLOSING);
+    test_send(h, "NOOP\r\n");
+    test_expect(h, "");
+}
+
+/* test_timeout - the deadline per state, and 421 4.4.2 when it passes. */
+static void test_timeout(void **state)
+{
+    struct harness *h = *state;
+
+    test_ehlo(h, TEST_OUTSIDE);
+    assert_int_equal(smtpd_session_timeout_ms(h->s), 300000);
+    assert_int_equal(h->io.timer_ms, 300000);
+    test_send(h, "MAIL FROM:<a@b.example>\r\nRCPT TO:<a@hamr.test>\r\nDATA\r\n");
+    test_take(h);
+    assert_int_equal(smtpd_session_timeout_ms(h->s), 200000);
+    test_send(h, "partial body");
+    assert_int_equal(h->io.timer_ms, 200000);
+    smtpd_session_timeout(h->s);
+    test_expect(h, "421 4.4.2 mx.hamr.test Error: timeout exceeded\r\n");
+    assert_int_equal(h->io.closes, 1);
+    assert_int_equal(h->io.timer_ms, 0);
+    assert_int_equal(h->sink.submits, 0);
+}
+
+/* test_http - cross-protocol input: 221 2.7.0 and close (S19). */
+static void test_http(void **state)
+{
+    static const char *const inputs[] = {
+        "GET / HTTP/1.1\r\nHost: mx.hamr.test\r\n\r\n",
+        "POST /form HTTP/1.0\r\n",
+        "CONNECT mx.hamr.test:25 HTTP/1.1\r\n",
+        "Host: mx.hamr.test\r\n",
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(inputs); i++) {
+        struct harness *h = calloc(1, sizeof(*h));
+        test_policy(h);
+        test_ehlo(h, TEST_OUTSIDE);
+        test_send(h, inputs[i]);
+        test_expect(h, "221 2.7.0 Error: I can break rules, too. Goodbye.\r\n");
+        assert_int_equal(h->io.closes, 1);
+        void *p = h;
+        test_teardown(&p);
+    }
+}
+
+/* check_mail failures and their replies. */
+static const struct {
+    int err;
+    const char *want;
+    bool closes;
+} test_check_mail_cases[] = {
+    {HAMR_ENOSPACE, "452 4.3.1 Insufficient system storage\r\n", false},
+    {HAMR_ENOQUORUM, "451 4.3.0 Error: queue not available, try again later\r\n", false},
+    {HAMR_EDRAINING, "421 4.3.2 mx.hamr.test Service not available, draining\r\n", true},
+};
+
+/* test_check_mail - the sink refuses at MAIL. */
+static void test_check_mail(void **state)
+{
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(test_check_mail_cases); i++) {
+        struct harness *h = calloc(1, sizeof(*h));
+        test_policy(h);
+        test_ehlo(h, TEST_OUTSIDE);
+        h->sink.check_mail_rc = test_check_mail_cases[i].err;
+        test_send(h, "MAIL FROM:<a@b.example>\r\n");
+        test_expect(h, test_check_mail_cases[i].want);
+        assert_int_equal(h->io.closes, test_check_mail_cases[i].closes ? 1 : 0);
+        if (!test_check_mail_cases[i].closes) {
+            test_send(h, "RCPT TO:<a@hamr.test>\r\n");
+            test_expect(h, "503 5.5.1 Error: need MAIL command\r\n");
+            h->sink.check_mail_rc = 0;
+            test_send(h, "MAIL FROM:<a@b.example>\r\n");
+            test_expect(h, "250 2.1.0 Ok\r\n");
+        }
+        void *p = h;
+        test_teardown(&p);
+    }
+}
+
+/* Submit outcomes: the callback status (or submit's own error) and the reply. */
+static const struct {
+    int err;
+    const char *want;
+    bool closes;
+} test_submit_cases[] = {
+    {HAMR_ENOTLEADER, "451 4.3.0 Error: queue not available, try again later\r\n", false},
+    {HAMR_ELEADERSHIPLOST, "451 4.3.0 Error: queue not available, try again later\r\n", false},
+    {HAMR_ETIMEDOUT, "451 4.3.0 Error: queue not available, try again later\r\n", false},
+    {HAMR_ENOQUORUM, "451 4.3.0 Error: queue not available, try again later\r\n", false},
+    {HAMR_EBUSY, "451 4.3.0 Error: queue not available, try again later\r\n", false},
+    {HAMR_ECORRUPT, "451 4.3.0 Error: queue not available, try again later\r\n", false},
+    {HAMR_EIO, "451 4.3.0 Error: queue not available, try again later\r\n", false},
+    {HAMR_ENOSPACE, "452 4.3.1 Insufficient system storage\r\n", false},
+    {HAMR_ESHUTDOWN, "421 4.3.2 mx.hamr.test Service not available, shutting down\r\n", true},
+    {HAMR_EDRAINING, "421 4.3.2 mx.hamr.test Service not available, draining\r\n", true},
+};
+
+/* test_submit_failures - never 250 unless the status is 0; async and sync failures alike. */
+static void test_submit_failures(void **state)
+{
+    for (int sync = 0; sync <= 1; sync++) {
+        for (size_t i = 0; i < HAMR_ARRAY_LEN(test_submit_cases); i++) {
+            struct harness *h = calloc(1, sizeof(*h));
+            test_policy(h);
+            test_ehlo(h, TEST_OUTSIDE);
+            if (sync)
+                h->sink.submit_rc = test_submit_cases[i].err;
+            else
+                h->sink.status = test_submit_cases[i].err;
+            test_transaction(h, "a@hamr.test", "x\r\n.\r\nNOOP\r\n");
+            if (!sync) {
+                test_expect(h, "");
+                assert_true(h->io.paused);
+                fake_sink_step(&h->sink);
+            } else {
+                assert_null(h->sink.cb);
+            }
+            const char *got = test_take(h);
+            size_t wl = strlen(test_submit_cases[i].want);
+            if (strncmp(got, test_submit_cases[i].want, wl) != 0)
+                fail_msg("%s sync=%d: got \"%s\"", hamr_errname(test_submit_cases[i].err), sync,
+                         got);
+            if (test_submit_cases[i].closes) {
+                assert_int_equal(h->io.closes, 1);
+                assert_string_equal(got + wl, "");
+            } else {
+                assert_string_equal(got + wl, "250 2.0.0 Ok\r\n"); /* the pipelined NOOP */
+                assert_int_equal(h->io.closes, 0);
+                assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_READY);
+                assert_false(h->io.paused);
+            }
+            void *p = h;
+            test_teardown(&p);
+        }
+    }
+}
+
+/* test_disconnect_while_committing - the session outlives its transport until the callback. */
+static void test_disconnect_while_committing(void **state)
+{
+    struct harness *h = *state;
+
+    test_ehlo(h, TEST_OUTSIDE);
+    test_transaction(h, "a@hamr.test", "x\r\n.\r\nQUIT\r\n");
+    assert_true(smtpd_session_submit_pending(h->s));
+    /* The client goes away: the owner lets go of the session. */
+    h->io.released = true;
+    h->s = smtpd_session_free(h->s);
+    assert_null(h->s);
+    /* The sink still holds the envelope; it must be intact, and the callback frees the session. */
+    fake_sink_step(&h->sink);
+    assert_int_equal(h->sink.callbacks, 1);
+    test_expect(h, "");
+}
+
+/* test_output_high_water - reading pauses while output is over the mark, then resumes. */
+static void test_output_high_water(void **state)
+{
+    struct harness *h = *state;
+
+    test_ehlo(h, TEST_OUTSIDE);
+    h->io.queued = SMTPD_SESSION_OUT_HIGH + 1;
+    test_send(h, "NOOP\r\nNOOP\r\nNOOP\r\n");
+    test_expect(h, "250 2.0.0 Ok\r\n");
+    assert_true(h->io.paused);
+    h->io.queued = SMTPD_SESSION_OUT_LOW + 1;
+    smtpd_session_write_done(h->s);
+    test_expect(h, "");
+    h->io.queued = 0;
+    smtpd_session_write_done(h->s);
+    test_expect(h, "250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n");
+    assert_false(h->io.paused);
+    assert_int_equal(h->io.pauses, 1);
+    assert_int_equal(h->io.resumes, 1);
+}
+
+/* test_input_bound - held input beyond SMTPD_SESSION_INPUT_MAX: 421 and close. */
+static void test_input_bound(void **state)
+{
+    struct harness *h = *state;
+    size_t n = SMTPD_SESSION_INPUT_MAX / 6 + 10;
+    char *in = malloc(n * 6);
+
+    test_ehlo(h, TEST_OUTSIDE);
+    test_transaction(h, "a@hamr.test", "x\r\n.\r\n");
+    assert_true(h->io.paused);
+    for (size_t i = 0; i < n; i++)
+        memcpy(in + i * 6, "NOOP\r\n", 6);
+    smtpd_session_input(h->s, in, n * 6);
+    free(in);
+    test_expect(h, "421 4.7.0 mx.hamr.test Error: too much pipelined input\r\n");
+    assert_int_equal(h->io.closes, 1);
+    /* The submit is still pending; its callback must find a live session. */
+    fake_sink_step(&h->sink);
+    test_expect(h, "");
+}
+
+/* test_shutdown - idle: 421 at once; committing: after the reply to the message. */
+static void test_shutdown(void **state)
+{
+    struct harness *h = *state;
+
+    test_ehlo(h, TEST_OUTSIDE);
+    test_transaction(h, "a@hamr.test", "x\r\n.\r\n");
+    smtpd_session_shutdown(h->s);
+    test_expect(h, "");
+    assert_int_equal(h->io.closes, 0);
+    fake_sink_step(&h->sink);
+    test_expect(h,
+                "250 2.0.0 Ok: queued as HAMRQ0001\r\n"
+                "421 4.3.2 mx.hamr.test Service not available, shutting down\r\n");
+    assert_int_equal(h->io.closes, 1);
+
+    struct harness *h2 = calloc(1, sizeof(*h2));
+    test_policy(h2);
+    test_ehlo(h2, TEST_OUTSIDE);
+    smtpd_session_shutdown(h2->s);
+    test_expect(h2, "421 4.3.2 mx.hamr.test Service not available, shutting down\r\n");
+    assert_int_equal(h2->io.closes, 1);
+    void *p = h2;
+    test_teardown(&p);
+}
+
+/* test_byte_by_byte - a whole dialogue fed one octet at a time gives the same replies. */
+static void test_byte_by_byte(void **state)
+{
+    struct harness *h = *state;
+    static const char dialogue[] =
+        "EHLO c.example\r\nMAIL FROM:<a@b.example>\r\n"
+        "RCPT TO:<a@hamr.test>\r\n";
+    static const char body[] = "Subject: x\r\n\r\n..a\r\n.\r\n";
+
+    test_start(h, TEST_OUTSIDE);
+    smtpd_session_greet(h->s);
+    for (size_t i = 0; i < sizeof(dialogue) - 1; i++)
+        smtpd_session_input(h->s, dialogue + i, 1);
+    smtpd_session_input(h->s, "DATA\r\n", 6);
+    assert_string_equal(test_codes(h), "220 250 250 250 354");
+    for (size_t i = 0; i < sizeof(body) - 1; i++)
+        smtpd_session_input(h->s, body + i, 1);
+    assert_int_equal(h->sink.submits, 1);
+    assert_non_null(strstr((const char *)h->sink.msgs[0].body, "\r\n\r\n.a\r\n"));
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0001\r\n");
+}
+
+/* main - run every test; only errors are logged. */
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+#define T(name) cmocka_unit_test_setup_teardown(name, test_setup, test_teardown)
+        T(test_greeting_and_ehlo),
+        T(test_happy_path),
+        T(test_pipelining),
+        T(test_pipelining_quit_after_dot),
+        T(test_early_talker),
+        T(test_body_before_354),
+        T(test_reply_table),
+        T(test_length_limits),
+        T(test_line_too_long),
+        T(test_rset_clears),
+        T(test_helo_received),
+        T(test_size_mid_data),
+        T(test_body_rejects),
+        T(test_header_limit),
+        T(test_hop_count),
+        T(test_too_many_recipients),
+        T(test_relay_denied),
+        T(test_nmap_open_relay),
+        T(test_relay_networks),
+        T(test_max_errors),
+        T(test_timeout),
+        T(test_http),
+        T(test_check_mail),
+        T(test_submit_failures),
+        T(test_disconnect_while_committing),
+        T(test_output_high_water),
+        T(test_input_bound),
+        T(test_shutdown),
+        T(test_byte_by_byte),
+#undef T
+    };
+    log_set_level(LOG_LEVEL_ERROR);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
