@@ -709,7 +709,9 @@ int consensus_propose(struct consensus *c,
         return HAMR_ESHUTDOWN;
     if (!consensus_is_ready(c))
         return HAMR_ENOTLEADER;
-    if (buf == NULL || len == 0 || cb == NULL)
+    /* libraft's segment writer needs 8-byte multiples: an unaligned entry is
+     * written but cannot be read back at the next start. */
+    if (buf == NULL || len == 0 || len % CONSENSUS_ENTRY_ALIGN != 0 || cb == NULL)
         return HAMR_EINVAL;
     struct consensus_req *req = calloc(1, sizeof(*req));
     if (req == NULL)

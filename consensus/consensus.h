@@ -23,6 +23,8 @@
 #include <uv.h>
 
 #define CONSENSUS_ADDR_MAX 64
+/* CONSENSUS_ENTRY_ALIGN - a proposed entry's length must be a multiple of this. */
+#define CONSENSUS_ENTRY_ALIGN 8
 #define CONSENSUS_MAX_MEMBERS 16
 
 /* Member roles, as raft numbers them (RAFT_STANDBY, RAFT_VOTER, RAFT_SPARE). */

@@ -113,6 +113,7 @@ static const struct config_key config_keys[] = {
     CK("smtpd", "command_timeout", CONFIG_K_DURATION, smtpd.command_timeout_ms, 1, CONFIG_DAY),
     CK("smtpd", "data_timeout", CONFIG_K_DURATION, smtpd.data_timeout_ms, 1, CONFIG_DAY),
     CK("smtpd", "max_sessions", CONFIG_K_COUNT, max_sessions, 1, 1000000),
+    CK("smtpd", "greet_delay", CONFIG_K_DURATION, greet_delay_ms, 0, 5 * CONFIG_MIN),
 
     CK("delivery", "relayhost", CONFIG_K_HOSTPORT_OPT, relayhost, 0, 0),
     CK("delivery", "connect_timeout", CONFIG_K_DURATION, smtpc.connect_timeout_ms, 1, CONFIG_DAY),

@@ -62,6 +62,8 @@ struct hamr_config {
     char *relay_domains[256];        /* relay_domains (none) */
     size_t n_relay_domains;
     unsigned max_sessions;           /* max_sessions (500) */
+    uint64_t greet_delay_ms;         /* greet_delay (0): wait before the 220; input
+                                        before it is an early talker (554) */
 
     /* [delivery] */
     struct config_hostport relayhost;  /* relayhost = [host]:port ("" = none) */

@@ -1245,7 +1245,6 @@ int relay_start(uv_loop_t *loop,
         free(r);
         return HAMR_ENOMEM;
     }
-    relay_check_disk(r);
 
     struct consensus_config cc = {0};
     cc.id = cfg->node_id;
@@ -1279,6 +1278,7 @@ int relay_start(uv_loop_t *loop,
     rv = consensus_start(r->cons, err, errlen);
     if (rv != 0)
         goto fail_cons;
+    relay_check_disk(r); /* the data directory exists now */
 
     r->pool = smtpc_pool_new(loop, &cfg->smtpc);
     if (r->pool == NULL) {
@@ -1296,6 +1296,7 @@ int relay_start(uv_loop_t *loop,
                           cfg->max_sessions, &r->smtpd, err, errlen);
     if (rv != 0)
         goto fail_pool;
+    smtpd_server_set_greet_delay(r->smtpd, cfg->greet_delay_ms);
     struct control_handler handler = {.data = r, .handle = relay_ctl_handle};
     rv = control_new(loop, cfg->listen_control.host, cfg->listen_control.port, &handler,
                      &r->control, err, errlen);

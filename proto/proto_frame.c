@@ -25,14 +25,33 @@ static int proto_pack_magic(const ProtobufCMessage *m, const uint8_t magic[4],
 int proto_entry_pack(Hamr__Entry *e, void *(*alloc)(size_t), uint8_t **out, size_t *len)
 {
     e->format_version = PROTO_FORMAT_VERSION;
-    return proto_pack_magic(&e->base, proto_entry_magic, alloc, out, len);
+    size_t n = protobuf_c_message_get_packed_size(&e->base);
+    if (n > UINT32_MAX - 16)
+        return HAMR_ETOOBIG;
+    size_t total = (8 + n + PROTO_ENTRY_ALIGN - 1) / PROTO_ENTRY_ALIGN * PROTO_ENTRY_ALIGN;
+    uint8_t *p = (alloc ? alloc : malloc)(total);
+    if (p == NULL)
+        return HAMR_ENOMEM;
+    memcpy(p, proto_entry_magic, 4);
+    proto_u32_put(p + 4, (uint32_t)n);
+    protobuf_c_message_pack(&e->base, p + 8);
+    memset(p + 8 + n, 0, total - 8 - n);
+    *out = p;
+    *len = total;
+    return 0;
 }
 
 int proto_entry_unpack(const uint8_t *buf, size_t len, Hamr__Entry **out)
 {
-    if (len < 4 || memcmp(buf, proto_entry_magic, 4) != 0)
+    if (len < 8 || len % PROTO_ENTRY_ALIGN != 0 || memcmp(buf, proto_entry_magic, 4) != 0)
         return HAMR_ECORRUPT;
-    Hamr__Entry *e = hamr__entry__unpack(NULL, len - 4, buf + 4);
+    uint32_t n = proto_u32_get(buf + 4);
+    if (n > len - 8 || len - 8 - n >= PROTO_ENTRY_ALIGN)
+        return HAMR_ECORRUPT;
+    for (size_t i = 8 + n; i < len; i++)
+        if (buf[i] != 0)
+            return HAMR_ECORRUPT;
+    Hamr__Entry *e = hamr__entry__unpack(NULL, n, buf + 8);
     if (e == NULL)
         return HAMR_ECORRUPT;
     if (e->format_version == 0 || e->format_version > PROTO_FORMAT_VERSION_MAX) {

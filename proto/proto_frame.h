@@ -12,9 +12,14 @@
  * Entry.format_version; a reader refuses (HAMR_EVERSION) a version above
  * PROTO_FORMAT_VERSION_MAX. The snapshot carries its own version.
  *
- * Entry buffer, byte by byte:
+ * Entry buffer, byte by byte (version 1):
  *   0..3  "HAMR" (0x48 0x41 0x4d 0x52)
- *   4..   hamr.Entry, protobuf encoded
+ *   4..7  N, the length of the protobuf, big-endian
+ *   8..   hamr.Entry, protobuf encoded (N bytes)
+ *   ..    zero bytes up to a multiple of 8: libraft's segment format requires
+ *         every entry's length to be a multiple of 8 (an assert compiled out of
+ *         Debian's build; an unaligned entry makes the segment unreadable on
+ *         the next start).
  * Snapshot buffer:
  *   0..3  "HMSN"
  *   4..   hamr.Snapshot, protobuf encoded
@@ -33,6 +38,9 @@
  * e->format_version. On success *out is owned by the caller.
  */
 int proto_entry_pack(Hamr__Entry *e, void *(*alloc)(size_t), uint8_t **out, size_t *len);
+
+/* PROTO_ENTRY_ALIGN - every packed entry's length is a multiple of this. */
+#define PROTO_ENTRY_ALIGN 8
 
 /*
  * proto_entry_unpack - check the magic, decode, check the version and that

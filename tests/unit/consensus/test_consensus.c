@@ -396,6 +396,12 @@ static void single_voter_propose(struct tnode *n)
     assert_int_equal(n->n_leader_true, 1);
     assert_int_equal(n->n_leader_false, 0);
 
+    /* libraft can only read back entries whose length is a multiple of 8. */
+    uint8_t *odd = consensus_malloc(13);
+    assert_non_null(odd);
+    assert_int_equal(consensus_propose(n->c, odd, 13, prop_cb, NULL), HAMR_EINVAL);
+    consensus_free(odd);
+
     static struct tracker t;
     tracker_init(&t);
     propose_n(n->c, &t, 0, 1, 100, 64);
@@ -856,7 +862,7 @@ static void test_close_uncommitted(void **state)
 
     static struct tracker t;
     tracker_init(&t);
-    propose_n(nodes[leader].c, &t, 0, 1, 20, 100);
+    propose_n(nodes[leader].c, &t, 0, 1, 20, 104);
     tnode_close(&nodes[leader]);
     assert_int_equal(t.fired, 20);
     for (int i = 0; i < 20; i++) {

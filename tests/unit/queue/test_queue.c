@@ -277,6 +277,17 @@ static void test_enqueue_duplicate(void **state)
     assert_string_not_equal(before, after);
 }
 
+/* frame_by_hand - "HAMR", length, protobuf, zero padding: keeps format_version as set. */
+static size_t frame_by_hand(const Hamr__Entry *e, uint8_t *out)
+{
+    memcpy(out, "HAMR", 4);
+    size_t n = hamr__entry__pack(e, out + 8);
+    proto_u32_put(out + 4, (uint32_t)n);
+    size_t total = (8 + n + 7) / 8 * 8;
+    memset(out + 8 + n, 0, total - 8 - n);
+    return total;
+}
+
 /* Table: entries that cannot be decoded leave everything unchanged. */
 static void test_decode_errors(void **state)
 {
@@ -294,23 +305,34 @@ static void test_decode_errors(void **state)
     e.admin = &a;
     e.timestamp_ms = T0 + 1;
     uint8_t v2[256], nocmd[256], v0[256];
-    memcpy(v2, "HAMR", 4);
     e.format_version = 2;
-    size_t v2_len = 4 + hamr__entry__pack(&e, v2 + 4);
-    memcpy(v0, "HAMR", 4);
+    size_t v2_len = frame_by_hand(&e, v2);
     e.format_version = 0;
-    size_t v0_len = 4 + hamr__entry__pack(&e, v0 + 4);
+    size_t v0_len = frame_by_hand(&e, v0);
     e.format_version = 1;
     e.cmd_case = HAMR__ENTRY__CMD__NOT_SET;
-    memcpy(nocmd, "HAMR", 4);
-    size_t nocmd_len = 4 + hamr__entry__pack(&e, nocmd + 4);
+    size_t nocmd_len = frame_by_hand(&e, nocmd);
 
     size_t good_len;
     uint8_t *good = fx_pack_admin(T0 + 1, HAMR__ADMIN__OP__HOLD, "M", &good_len);
     uint8_t wrong_magic[256];
     memcpy(wrong_magic, good, good_len);
     wrong_magic[0] = 'X';
-    static const uint8_t garbage[] = {'H', 'A', 'M', 'R', 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01};
+    static const uint8_t garbage[] = {'H', 'A', 'M', 'R', 0, 0, 0, 8,
+                                      0xff, 0xff, 0xff, 0xff, 0x0f, 0x01, 0xff, 0xff};
+    /* A frame with padding, one padding byte set: must be refused. */
+    uint8_t bad_pad[256];
+    e.cmd_case = HAMR__ENTRY__CMD_ADMIN;
+    size_t bad_pad_len = frame_by_hand(&e, bad_pad);
+    if (bad_pad_len == 8 + proto_u32_get(bad_pad + 4)) {
+        a.queue_id = "MM"; /* one byte more: now there is padding */
+        bad_pad_len = frame_by_hand(&e, bad_pad);
+    }
+    assert_true(bad_pad_len > 8 + proto_u32_get(bad_pad + 4));
+    bad_pad[bad_pad_len - 1] = 1;
+    uint8_t long_len[256];
+    memcpy(long_len, good, good_len);
+    proto_u32_put(long_len + 4, (uint32_t)good_len);
 
     const struct {
         const char *label;
@@ -323,6 +345,9 @@ static void test_decode_errors(void **state)
         {"wrong magic", wrong_magic, good_len, HAMR_ECORRUPT},
         {"garbage protobuf", garbage, sizeof(garbage), HAMR_ECORRUPT},
         {"truncated", good, good_len - 3, HAMR_ECORRUPT},
+        {"truncated by 8", good, good_len - 8, HAMR_ECORRUPT},
+        {"non-zero padding", bad_pad, bad_pad_len, HAMR_ECORRUPT},
+        {"length past the end", long_len, good_len, HAMR_ECORRUPT},
         {"format_version 2", v2, v2_len, HAMR_EVERSION},
         {"format_version 0", v0, v0_len, HAMR_EVERSION},
         {"no cmd", nocmd, nocmd_len, HAMR_EVERSION},

@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# local-cluster.sh - a hamr cluster on 127.0.0.1 for trying things out.
+#
+#   deploy/local-cluster.sh up       install packages, build, start sink and nodes, send a test mail
+#   deploy/local-cluster.sh down     stop everything started by "up"
+#   deploy/local-cluster.sh status   hamrctl status of every node
+#
+# Owns run/ in the repository (configs, data directories, logs, pid files;
+# keep it out of git). The recording sink (deploy/sink.py) listens on
+# 127.0.0.1:2600 and writes into run/sink/; it is every node's relayhost.
+# Node N listens for SMTP on 2524+N, raft on 7000+N, control on 7100+N.
+# NODES (default 1) sets the node count; every node is a voter.
+#
+# "up" is idempotent: a process whose pid file names a live process of the
+# right program is left alone. Packages are installed with apt-get only when
+# missing (needs root); the build goes into build/ (RelWithDebInfo, no
+# sanitizers; HAMR_BUILD overrides the directory) and runs only when hamrd or
+# hamrctl is missing. Exit status: 0 on success, 1 on any failure.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RUN=${HAMR_RUN_DIR:-$REPO/run}
+BUILD=${HAMR_BUILD:-$REPO/build}
+NODES=${NODES:-1}
+SINK_PORT=${SINK_PORT:-2600}
+SMTP_BASE=2524
+RAFT_BASE=7000
+CONTROL_BASE=7100
+PYTHON=/usr/bin/python3
+PACKAGES=(cmake gcc libc6-dev make pkg-config libraft-dev libuv1-dev libprotobuf-c-dev
+          protobuf-c-compiler libssl-dev libcmocka-dev libinih-dev python3 python3-aiosmtpd swaks)
+
+# lc_die - print a message and exit 1.
+lc_die() {
+    echo "local-cluster: $*" >&2
+    exit 1
+}
+
+# lc_install - apt-get install the packages that dpkg-query does not list as installed.
+lc_install() {
+    local p missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+            missing+=("$p")
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    [ "$(id -u)" -eq 0 ] || lc_die "missing packages (${missing[*]}); run as root or install them"
+    echo "local-cluster: installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# lc_build - build hamrd and hamrctl into BUILD if either is missing.
+lc_build() {
+    if [ -x "$BUILD/hamrd" ] && [ -x "$BUILD/hamrctl" ]; then
+        return 0
+    fi
+    echo "local-cluster: building into $BUILD"
+    cmake -S "$REPO" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHAMR_SANITIZE=OFF
+    cmake --build "$BUILD" -j2 --target hamrd hamrctl
+}
+
+# lc_running PIDFILE WORD - true if PIDFILE names a live process whose command line has WORD.
+lc_running() {
+    local pid
+    [ -f "$1" ] || return 1
+    pid=$(cat "$1")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
+        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2"
+}
+
+# lc_wait SECONDS WHAT COMMAND... - run COMMAND every 0.2 s until it succeeds, at most SECONDS.
+lc_wait() {
+    local secs=$1 what=$2 i
+    shift 2
+    for ((i = 0; i < secs * 5; i++)); do
+        if "$@" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    lc_die "timed out after ${secs}s waiting for $what"
+}
+
+# lc_voters - "1@127.0.0.1:7001, 2@127.0.0.1:7002, ..." for NODES nodes.
+lc_voters() {
+    local i out=""
+    for ((i = 1; i <= NODES; i++)); do
+        out+="${out:+, }$i@127.0.0.1:$((RAFT_BASE + i))"
+    done
+    echo "$out"
+}
+
+# lc_write_config N - run/nodeN/hamr.conf.
+lc_write_config() {
+    local n=$1 dir="$RUN/node$1"
+    mkdir -p "$dir/data"
+    cat >"$dir/hamr.conf" <<EOF
+# Written by deploy/local-cluster.sh; see deploy/hamr.conf.example for every key.
+[node]
+id = $n
+data_dir = $dir/data
+hostname = relay$n.test
+log_level = info
+
+[listen]
+smtp = 127.0.0.1:$((SMTP_BASE + n))
+raft = 127.0.0.1:$((RAFT_BASE + n))
+control = 127.0.0.1:$((CONTROL_BASE + n))
+
+[cluster]
+voters = $(lc_voters)
+election_timeout = 1s
+heartbeat = 100ms
+
+[smtpd]
+relay_networks = 127.0.0.0/8
+relay_domains = example.com
+message_size_limit = 10M
+
+[delivery]
+relayhost = [127.0.0.1]:$SINK_PORT
+retry_min = 5s
+retry_max = 60s
+queue_lifetime = 5d
+lease_time = 30s
+scan_interval = 200ms
+
+[storage]
+min_free = 16M
+EOF
+}
+
+# lc_start_sink - the recording sink on SINK_PORT, unless it already runs.
+lc_start_sink() {
+    if lc_running "$RUN/sink.pid" sink.py; then
+        echo "local-cluster: sink already running (pid $(cat "$RUN/sink.pid"))"
+        return 0
+    fi
+    mkdir -p "$RUN/sink"
+    : >"$RUN/sink.log"
+    setsid "$PYTHON" "$REPO/deploy/sink.py" --listen "127.0.0.1:$SINK_PORT" --dir "$RUN/sink" \
+        --log "$RUN/sink/sink.jsonl" >>"$RUN/sink.log" 2>&1 </dev/null &
+    echo $! >"$RUN/sink.pid"
+    lc_wait 15 "the sink to listen (see $RUN/sink.log)" grep -q "sink listening on" "$RUN/sink.log"
+    echo "local-cluster: sink listening on 127.0.0.1:$SINK_PORT, writing into $RUN/sink/"
+}
+
+# lc_start_node N - hamrd for node N, unless it already runs.
+lc_start_node() {
+    local n=$1 pidfile="$RUN/node$1.pid"
+    if lc_running "$pidfile" hamrd; then
+        echo "local-cluster: node$n already running (pid $(cat "$pidfile"))"
+        return 0
+    fi
+    lc_write_config "$n"
+    "$BUILD/hamrd" --check-config -c "$RUN/node$n/hamr.conf" >/dev/null ||
+        lc_die "node$n: bad config $RUN/node$n/hamr.conf"
+    setsid "$BUILD/hamrd" -c "$RUN/node$n/hamr.conf" >>"$RUN/node$n.log" 2>&1 </dev/null &
+    echo $! >"$pidfile"
+    echo "local-cluster: node$n started (pid $!, smtp 127.0.0.1:$((SMTP_BASE + n)), log $RUN/node$n.log)"
+}
+
+# lc_ctl N ARGS... - hamrctl against node N.
+lc_ctl() {
+    local n=$1
+    shift
+    "$BUILD/hamrctl" -s "127.0.0.1:$((CONTROL_BASE + n))" "$@"
+}
+
+# lc_has_leader - true if some node reports itself leader.
+lc_has_leader() {
+    local n
+    for ((n = 1; n <= NODES; n++)); do
+        lc_ctl "$n" --json status 2>/dev/null | grep -q '"state" *: *"leader"' && return 0
+    done
+    return 1
+}
+
+# lc_send_test - one message with swaks through node 1, retrying 4xx a few times.
+lc_send_test() {
+    local id=$1 i
+    for ((i = 0; i < 20; i++)); do
+        if swaks --server "127.0.0.1:$((SMTP_BASE + 1))" --to test@example.com \
+            --from local-cluster@example.org --helo local-cluster.test \
+            --header "X-Test-Id: $id" --header "Subject: hamr local-cluster test" \
+            --body "Sent by deploy/local-cluster.sh at $(date -R)." >"$RUN/swaks.log" 2>&1; then
+            grep "queued as" "$RUN/swaks.log" || true
+            return 0
+        fi
+        sleep 0.5
+    done
+    cat "$RUN/swaks.log" >&2
+    lc_die "the test message was not accepted"
+}
+
+# lc_landed ID - print the file the sink stored the message ID in; false if none yet.
+lc_landed() {
+    "$PYTHON" - "$RUN/sink/sink.jsonl" "$1" <<'PY'
+import json, sys
+try:
+    lines = open(sys.argv[1], encoding="utf-8").read().splitlines()
+except OSError:
+    sys.exit(1)
+for line in lines:
+    rec = json.loads(line)
+    if rec.get("test_id") == sys.argv[2]:
+        print(rec["file"])
+        sys.exit(0)
+sys.exit(1)
+PY
+}
+
+lc_up() {
+    local n id file
+    lc_install
+    lc_build
+    mkdir -p "$RUN"
+    lc_start_sink
+    for ((n = 1; n <= NODES; n++)); do
+        lc_start_node "$n"
+    done
+    lc_wait 60 "a leader (see $RUN/node*.log)" lc_has_leader
+    id="local-cluster-$(date +%s)-$$"
+    lc_send_test "$id"
+    lc_wait 60 "the test message to reach $RUN/sink/" lc_landed "$id"
+    file=$(lc_landed "$id")
+    echo "local-cluster: test message $id landed in $file"
+    lc_status
+}
+
+# lc_stop PIDFILE WORD - SIGTERM, wait up to 20 s, then SIGKILL; remove the pid file.
+lc_stop() {
+    local pidfile=$1 word=$2 pid i
+    if lc_running "$pidfile" "$word"; then
+        pid=$(cat "$pidfile")
+        kill -TERM "$pid"
+        for ((i = 0; i < 100; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.2
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "local-cluster: pid $pid ignored SIGTERM; killing" >&2
+            kill -KILL "$pid"
+        fi
+        echo "local-cluster: stopped $(basename "$pidfile" .pid) (pid $pid)"
+    fi
+    rm -f "$pidfile"
+}
+
+lc_down() {
+    local f
+    [ -d "$RUN" ] || return 0
+    for f in "$RUN"/node*.pid; do
+        if [ -e "$f" ]; then
+            lc_stop "$f" hamrd
+        fi
+    done
+    lc_stop "$RUN/sink.pid" sink.py
+}
+
+lc_status() {
+    local n rc=0
+    for ((n = 1; n <= NODES; n++)); do
+        echo "== node$n (control 127.0.0.1:$((CONTROL_BASE + n)))"
+        lc_ctl "$n" status || rc=1
+    done
+    if lc_running "$RUN/sink.pid" sink.py; then
+        echo "== sink: running (pid $(cat "$RUN/sink.pid")), $(find "$RUN/sink" -name '*.eml' | wc -l) message(s) in $RUN/sink/"
+    else
+        echo "== sink: not running"
+    fi
+    return $rc
+}
+
+case "${1:-}" in
+up) lc_up ;;
+down) lc_down ;;
+status) lc_status ;;
+*)
+    echo "usage: $0 up|down|status   (NODES=$NODES)" >&2
+    exit 2
+    ;;
+esac

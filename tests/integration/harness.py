@@ -1,0 +1,754 @@
+"""harness.py - real hamrd processes and a recording sink on 127.0.0.1, for integration tests.
+
+What it does: picks free ports, writes node configs into a temporary
+directory, starts, stops and kills hamrd (binary from $HAMRD, default
+<repo>/build/hamrd; hamrctl from $HAMRCTL likewise) and the recording sink
+(deploy/sink.py, or $HAMR_SINK), sends mail with smtplib or raw sockets,
+waits on conditions with a bound, and reads the sink's JSON-lines log.
+
+What it owns: every process it starts (registered, killed at exit even when a
+test fails: Env.close, atexit) and one temporary directory per test class
+(removed unless HAMR_KEEP_TMP is set). Each process writes stdout and stderr
+to a log file under that directory; HamrTestCase prints the logs' tails when
+a test fails.
+
+Errors: wait_for raises WaitTimeout with what it waited for and the last
+error seen; a process that dies while waited on raises ProcessDied; hamrctl
+failures raise CtlError. Nothing here sleeps without a bound.
+
+Run the test scripts with /usr/bin/python3 (Debian's aiosmtpd is needed by
+the sink, and swaks by test_relay).
+"""
+
+import atexit
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+# Every process any Env started; killed at interpreter exit whatever happened.
+_ALL_PROCS = []
+
+
+class WaitTimeout(AssertionError):
+    """WaitTimeout - a bounded wait ran out (an AssertionError, so it reads as a failure)."""
+
+
+class ProcessDied(AssertionError):
+    """ProcessDied - a process the test depends on has exited."""
+
+
+class CtlError(Exception):
+    """CtlError - hamrctl failed (exit status, unreachable node, bad JSON)."""
+
+
+def harness_binary(env_name, default_name):
+    """harness_binary - path of a built binary: $ENV_NAME, else build/NAME, else build*/NAME."""
+    path = os.environ.get(env_name)
+    if path:
+        return path
+    default = os.path.join(REPO, "build", default_name)
+    if os.path.exists(default):
+        return default
+    found = sorted(
+        (os.path.join(REPO, d, default_name) for d in os.listdir(REPO) if d.startswith("build")),
+        key=lambda p: os.path.getmtime(p) if os.path.exists(p) else 0,
+        reverse=True,
+    )
+    return found[0] if found and os.path.exists(found[0]) else default
+
+
+def hamrd_path():
+    return harness_binary("HAMRD", "hamrd")
+
+
+def hamrctl_path():
+    return harness_binary("HAMRCTL", "hamrctl")
+
+
+def sink_path():
+    return os.environ.get("HAMR_SINK") or os.path.join(REPO, "deploy", "sink.py")
+
+
+def free_port():
+    """free_port - a TCP port on 127.0.0.1 that was free a moment ago (bound with port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout, what, interval=0.05):
+    """wait_for - poll pred every interval seconds until it returns a true value; return it.
+
+    Raises WaitTimeout naming `what` (and the last exception pred raised)
+    after timeout seconds. ProcessDied from pred is passed through at once.
+    """
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            value = pred()
+            if value:
+                return value
+        except ProcessDied:
+            raise
+        except Exception as e:  # the condition is simply not true yet
+            last_exc = e
+        if time.monotonic() >= deadline:
+            detail = " (last error: %r)" % (last_exc,) if last_exc else ""
+            raise WaitTimeout("timed out after %.1fs waiting for %s%s" % (timeout, what, detail))
+        time.sleep(interval)
+
+
+def new_test_id(prefix):
+    """new_test_id - a unique X-Test-Id value."""
+    return "%s-%s" % (prefix, uuid.uuid4().hex[:12])
+
+
+def wire_body(data):
+    """wire_body - what the DATA phase carries for data, un-stuffed: CRLF line ends, final CRLF.
+
+    This is smtplib's normalisation for str messages; send_message applies
+    it to bytes as well, so what is hashed here is exactly what was sent.
+    """
+    data = re.sub(rb"(?:\r\n|\n|\r(?!\n))", b"\r\n", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data
+
+
+def sha256_hex(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_message(test_id, sender, rcpts, subject="hamr test", body=None, extra_headers=()):
+    """make_message - an RFC 5322 message (bytes, CRLF) carrying X-Test-Id."""
+    headers = [
+        "From: <%s>" % sender if sender else "From: <>",
+        "To: %s" % ", ".join("<%s>" % r for r in rcpts),
+        "Subject: %s" % subject,
+        "Message-ID: <%s@client.test>" % test_id,
+        "X-Test-Id: %s" % test_id,
+    ]
+    headers.extend(extra_headers)
+    if body is None:
+        body = "This is test message %s.\r\n" % test_id
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    return wire_body(("\r\n".join(headers) + "\r\n\r\n").encode("utf-8") + body)
+
+
+class SendResult:
+    """SendResult - the outcome of one SMTP transaction.
+
+    stage: where it ended ("connect", "mail", "rcpt", "data", "done");
+    code/text: the last reply (code None when the connection failed);
+    rcpt_replies: (code, text) per recipient; queue_id: from "queued as";
+    body: the un-stuffed bytes the DATA phase carried.
+    """
+
+    def __init__(self):
+        self.stage = "connect"
+        self.code = None
+        self.text = ""
+        self.mail_reply = None
+        self.rcpt_replies = []
+        self.queue_id = None
+        self.body = b""
+
+    def __repr__(self):
+        return "SendResult(stage=%s code=%s text=%r rcpts=%r)" % (
+            self.stage, self.code, self.text, self.rcpt_replies)
+
+
+def send_message(port, sender, rcpts, data, host="127.0.0.1", helo="client.test",
+                 mail_options=(), timeout=30):
+    """send_message - one transaction with smtplib; never raises for SMTP-level failures."""
+    res = SendResult()
+    res.body = wire_body(data)
+    conn = None
+    try:
+        conn = smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout)
+        conn.ehlo()
+        res.stage = "mail"
+        code, text = conn.mail(sender, list(mail_options))
+        res.mail_reply = (code, text.decode("utf-8", "replace"))
+        res.code, res.text = res.mail_reply
+        if code != 250:
+            return res
+        res.stage = "rcpt"
+        for r in rcpts:
+            code, text = conn.rcpt(r)
+            res.rcpt_replies.append((code, text.decode("utf-8", "replace")))
+            res.code, res.text = res.rcpt_replies[-1]
+        if not any(c == 250 or c == 251 for c, _ in res.rcpt_replies):
+            return res
+        res.stage = "data"
+        try:
+            code, text = conn.data(res.body)
+        except smtplib.SMTPDataError as e:
+            res.code, res.text = e.smtp_code, e.smtp_error.decode("utf-8", "replace")
+            return res
+        res.code, res.text = code, text.decode("utf-8", "replace")
+        if code == 250:
+            res.stage = "done"
+            m = re.search(r"queued as (\S+)", res.text)
+            res.queue_id = m.group(1) if m else None
+    except smtplib.SMTPResponseException as e:
+        res.code, res.text = e.smtp_code, str(e.smtp_error)
+    except (smtplib.SMTPException, OSError) as e:
+        res.code, res.text = None, "%s: %s" % (type(e).__name__, e)
+    finally:
+        if conn is not None:
+            try:
+                conn.quit()
+            except (smtplib.SMTPException, OSError):
+                conn.close()
+    return res
+
+
+class RawSMTP:
+    """RawSMTP - a raw socket SMTP dialogue for hostile input; every read is bounded."""
+
+    def __init__(self, port, host="127.0.0.1", timeout=10, read_greeting=True):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.timeout = timeout
+        self.buf = b""
+        self.greeting = self.reply() if read_greeting else None
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self.sock.sendall(data)
+
+    def reply(self):
+        """reply - one (possibly multi-line) reply as (code, text); (None, "") on EOF."""
+        lines = []
+        deadline = time.monotonic() + self.timeout
+        while True:
+            while b"\r\n" not in self.buf:
+                if time.monotonic() > deadline:
+                    raise WaitTimeout("no complete SMTP reply within %ss (have %r)"
+                                      % (self.timeout, self.buf[:200]))
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    if lines or self.buf:
+                        raise AssertionError("connection closed inside a reply: %r" % self.buf)
+                    return None, ""
+                self.buf += chunk
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            text = line.decode("utf-8", "replace")
+            lines.append(text)
+            if len(text) < 4 or text[3] != "-":
+                break
+        code = int(lines[-1][:3]) if lines[-1][:3].isdigit() else -1
+        return code, "\n".join(lines)
+
+    def cmd(self, line):
+        self.send(line + "\r\n")
+        return self.reply()
+
+    def replies_until_close(self, limit=50):
+        """replies_until_close - every reply until the server closes (at most limit)."""
+        out = []
+        for _ in range(limit):
+            try:
+                code, text = self.reply()
+            except (ConnectionResetError, BrokenPipeError):
+                return out  # closed with unread input: the kernel sends RST
+            if code is None:
+                return out
+            out.append((code, text))
+        raise AssertionError("server did not close after %d replies: %r" % (limit, out))
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Proc:
+    """Proc - one child process with its output in a log file."""
+
+    def __init__(self, name, argv, log_path, env=None):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.logf = open(log_path, "ab")
+        self.logf.write(("=== start %s: %s\n" % (time.strftime("%H:%M:%S"), " ".join(argv))).encode())
+        self.logf.flush()
+        self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.logf,
+                                      stderr=subprocess.STDOUT, env=env,
+                                      start_new_session=True)
+        _ALL_PROCS.append(self)
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def check_alive(self):
+        """check_alive - raise ProcessDied if the process has exited."""
+        rc = self.popen.poll()
+        if rc is not None:
+            raise ProcessDied("%s exited with status %s; log %s:\n%s"
+                              % (self.name, rc, self.log_path, self.log_tail(40)))
+
+    def stop(self, timeout=30):
+        """stop - SIGTERM, wait up to timeout, then SIGKILL. Returns the exit status."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+                self._closed()
+                raise AssertionError("%s did not exit within %ss of SIGTERM" % (self.name, timeout))
+        self._closed()
+        return self.popen.returncode
+
+    def kill9(self):
+        """kill9 - SIGKILL and reap."""
+        if self.alive():
+            self.popen.kill()
+            self.popen.wait(10)
+        self._closed()
+        return self.popen.returncode
+
+    def _closed(self):
+        if not self.logf.closed:
+            self.logf.close()
+        if self in _ALL_PROCS:
+            _ALL_PROCS.remove(self)
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, n=150):
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+
+@atexit.register
+def _kill_everything():
+    for p in list(_ALL_PROCS):
+        try:
+            p.kill9()
+        except Exception:
+            pass
+
+
+class Sink:
+    """Sink - deploy/sink.py on 127.0.0.1; port 0 lets the OS choose."""
+
+    def __init__(self, env, name="sink", port=0, tempfail_first=0, reject_rcpt=None,
+                 tempfail_rcpt=None):
+        self.env = env
+        self.name = name
+        self.port = port
+        self.dir = os.path.join(env.dir, name)
+        self.log_path = os.path.join(env.dir, name + ".jsonl")
+        self.options = []
+        if tempfail_first:
+            self.options += ["--tempfail-first", str(tempfail_first)]
+        if reject_rcpt:
+            self.options += ["--reject-rcpt", reject_rcpt]
+        if tempfail_rcpt:
+            self.options += ["--tempfail-rcpt", tempfail_rcpt]
+        self.proc = None
+
+    def start(self, timeout=15):
+        argv = [PYTHON, sink_path(), "--listen", "127.0.0.1:%d" % self.port, "--dir", self.dir,
+                "--log", self.log_path] + self.options
+        log_path = os.path.join(self.env.dir, self.name + ".log")
+        skip = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+        self.proc = self.env.spawn(self.name, argv)
+
+        def listening():
+            self.proc.check_alive()
+            with open(log_path, "rb") as f:
+                f.seek(skip)
+                text = f.read().decode("utf-8", "replace")
+            m = re.search(r"sink listening on [\d.]+:(\d+)", text)
+            return m and int(m.group(1))
+
+        self.port = wait_for(listening, timeout, "%s to listen" % self.name)
+        return self
+
+    def stop(self):
+        return self.proc.stop() if self.proc else None
+
+    def records(self):
+        """records - every JSON line logged so far (one per message and recipient)."""
+        try:
+            with open(self.log_path, encoding="utf-8") as f:
+                return [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def by_test_id(self, test_id):
+        return [r for r in self.records() if r.get("test_id") == test_id]
+
+    def wait_test_id(self, test_id, count=1, timeout=30):
+        """wait_test_id - wait until count records carry test_id; return them."""
+        return wait_for(lambda: self._n_records(test_id, count), timeout,
+                        "%d sink record(s) with X-Test-Id %s" % (count, test_id), interval=0.1)
+
+    def _n_records(self, test_id, count):
+        self.env.check_nodes_alive()
+        recs = self.by_test_id(test_id)
+        return recs if len(recs) >= count else None
+
+    def events(self, kind):
+        """events - how many "sink: KIND" lines the sink printed (refusals, deliveries)."""
+        if not self.proc:
+            return 0
+        return len(re.findall(r"^sink: %s " % re.escape(kind), self.proc.log_text(), re.M))
+
+    @staticmethod
+    def read_file(record):
+        with open(record["file"], "rb") as f:
+            return f.read()
+
+
+class Node:
+    """Node - one hamrd: its config, data directory, ports and process."""
+
+    def __init__(self, env, node_id=1, name=None, relayhost_port=None, voters=None,
+                 overrides=None):
+        self.env = env
+        self.id = node_id
+        self.name = name or "node%d" % node_id
+        self.home = os.path.join(env.dir, self.name)
+        os.makedirs(self.home, exist_ok=True)
+        self.data_dir = os.path.join(self.home, "data")
+        self.conf_path = os.path.join(self.home, "hamr.conf")
+        self.smtp_port = free_port()
+        self.raft_port = free_port()
+        self.control_port = free_port()
+        self.voters = voters
+        self.relayhost_port = relayhost_port
+        self.overrides = overrides or {}
+        self.proc = None
+        self.write_config()
+
+    def config_sections(self):
+        """config_sections - the config as {section: {key: value}}, overrides applied."""
+        sections = {
+            "node": {"id": str(self.id), "data_dir": self.data_dir,
+                     "hostname": "%s.relay.test" % self.name, "log_level": "debug"},
+            "listen": {"smtp": "127.0.0.1:%d" % self.smtp_port,
+                       "raft": "127.0.0.1:%d" % self.raft_port,
+                       "control": "127.0.0.1:%d" % self.control_port},
+            "cluster": {"voters": self.voters or "%d@127.0.0.1:%d" % (self.id, self.raft_port),
+                        "election_timeout": "1s", "heartbeat": "100ms"},
+            "smtpd": {"relay_networks": "127.0.0.0/8", "relay_domains": "example.com",
+                      "message_size_limit": "10M"},
+            "delivery": {"retry_min": "1s", "retry_max": "4s", "queue_lifetime": "5d",
+                         "lease_time": "30s", "scan_interval": "200ms"},
+            "storage": {"min_free": "16M"},
+        }
+        if self.relayhost_port:
+            sections["delivery"]["relayhost"] = "[127.0.0.1]:%d" % self.relayhost_port
+        for section, keys in self.overrides.items():
+            sections.setdefault(section, {})
+            for key, value in keys.items():
+                if value is None:
+                    sections[section].pop(key, None)
+                else:
+                    sections[section][key] = value
+        return sections
+
+    def write_config(self):
+        lines = ["# written by tests/integration/harness.py"]
+        for section, keys in self.config_sections().items():
+            lines.append("[%s]" % section)
+            lines.extend("%s = %s" % kv for kv in keys.items())
+            lines.append("")
+        with open(self.conf_path, "w") as f:
+            f.write("\n".join(lines))
+
+    def start(self, wait=True, timeout=45):
+        """start - run hamrd -c CONF; with wait, return once it is leader and greets."""
+        self.proc = self.env.spawn(self.name, [hamrd_path(), "-c", self.conf_path])
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def stop(self, timeout=30):
+        """stop - SIGTERM; returns the exit status (0 is a clean stop)."""
+        return self.proc.stop(timeout) if self.proc else None
+
+    def kill9(self):
+        return self.proc.kill9() if self.proc else None
+
+    def check_alive(self):
+        if self.proc:
+            self.proc.check_alive()
+
+    def ctl(self, verb, *args, timeout=15):
+        """ctl - hamrctl --json VERB ARGS against this node; the parsed JSON response."""
+        argv = [hamrctl_path(), "-s", "127.0.0.1:%d" % self.control_port, "--json", verb] + list(args)
+        try:
+            out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                 timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise CtlError("%s timed out" % " ".join(argv))
+        if out.returncode != 0:
+            raise CtlError("%s: exit %d: %s%s" % (" ".join(argv), out.returncode,
+                                                  out.stderr.decode(errors="replace"),
+                                                  out.stdout.decode(errors="replace")))
+        try:
+            return json.loads(out.stdout)
+        except ValueError as e:
+            raise CtlError("%s: not JSON (%s): %r" % (" ".join(argv), e, out.stdout[:500]))
+
+    def status(self):
+        """status - the NodeStatus object of "hamrctl status"."""
+        resp = self.ctl("status")
+        return field(resp, "status", resp)
+
+    def state(self):
+        return field(self.status(), "state", "")
+
+    def queue(self):
+        """queue - the QueueEntry list of "hamrctl queue" (empty list when absent)."""
+        return field(self.ctl("queue"), "entries", []) or []
+
+    def queue_messages(self):
+        return int(field(self.status(), "queue_messages", 0) or 0)
+
+    def wait_ready(self, timeout=45):
+        """wait_ready - until hamrctl says leader, SMTP greets with 220 and MAIL gets 250.
+
+        The MAIL probe (then RSET, QUIT) queues nothing; it shows that the node
+        takes mail, not only that it is leader.
+        """
+        def ready():
+            self.check_alive()
+            if self.state() != "leader":
+                return False
+            conn = RawSMTP(self.smtp_port, timeout=5)
+            try:
+                if conn.greeting[0] != 220 or conn.cmd("EHLO probe.test")[0] != 250:
+                    return False
+                ok = conn.cmd("MAIL FROM:<probe@example.org>")[0] == 250
+                conn.cmd("RSET")
+                conn.cmd("QUIT")
+                return ok
+            finally:
+                conn.close()
+
+        wait_for(ready, timeout, "%s to become leader and greet" % self.name, interval=0.1)
+
+    def wait_queue_empty(self, timeout=30):
+        """wait_queue_empty - until "hamrctl queue" lists nothing."""
+        def empty():
+            self.check_alive()
+            return self.queue() == []
+
+        wait_for(empty, timeout, "%s queue to be empty" % self.name, interval=0.1)
+
+    def send(self, sender, rcpts, data, retries_4xx=20, **kw):
+        """send - send_message, retrying 4xx and connection failures a bounded number of times."""
+        res = None
+        for _ in range(retries_4xx + 1):
+            self.check_alive()
+            res = send_message(self.smtp_port, sender, rcpts, data, **kw)
+            if res.code is not None and not 400 <= res.code < 500:
+                return res
+            time.sleep(0.2)
+        return res
+
+
+def config_key_supported(section, key, value):
+    """config_key_supported - does "hamrd --check-config" accept [section] key = value?
+
+    For optional settings that a test uses when the node offers them.
+    """
+    with tempfile.TemporaryDirectory(prefix="hamr-check-") as d:
+        path = os.path.join(d, "probe.conf")
+        with open(path, "w") as f:
+            f.write("[node]\nid = 1\ndata_dir = %s\n[listen]\nraft = 127.0.0.1:%d\n"
+                    "[%s]\n%s = %s\n" % (os.path.join(d, "data"), free_port(), section, key,
+                                         value))
+        out = subprocess.run([hamrd_path(), "--check-config", "-c", path], capture_output=True,
+                             stdin=subprocess.DEVNULL, timeout=30)
+        return out.returncode == 0
+
+
+def field(obj, name, default=None):
+    """field - obj[name] in snake_case or its camelCase spelling (JSON of protobuf)."""
+    if not isinstance(obj, dict):
+        return default
+    if name in obj:
+        return obj[name]
+    camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)
+    return obj.get(camel, default)
+
+
+class Env:
+    """Env - a temporary directory and the processes of one test class."""
+
+    def __init__(self, name):
+        self.dir = tempfile.mkdtemp(prefix="hamr-%s-" % name)
+        self.procs = []
+        self.nodes = []
+        self.sinks = []
+
+    def spawn(self, name, argv):
+        proc = Proc(name, argv, os.path.join(self.dir, name + ".log"))
+        self.procs.append(proc)
+        return proc
+
+    def sink(self, **kw):
+        s = Sink(self, **kw)
+        self.sinks.append(s)
+        return s
+
+    def node(self, **kw):
+        n = Node(self, **kw)
+        self.nodes.append(n)
+        return n
+
+    def check_nodes_alive(self):
+        for n in self.nodes:
+            if n.proc is not None and n.proc in _ALL_PROCS:
+                n.check_alive()
+
+    def dump_logs(self, stream=sys.stderr, lines=150):
+        """dump_logs - print the tail of every log of this env."""
+        seen = set()
+        for p in self.procs:
+            if p.log_path in seen:
+                continue
+            seen.add(p.log_path)
+            stream.write("\n----- %s (%s), last %d lines -----\n%s\n"
+                         % (p.name, p.log_path, lines, p.log_tail(lines)))
+        for s in self.sinks:
+            stream.write("\n----- %s records -----\n" % s.name)
+            for r in s.records()[-30:]:
+                stream.write(json.dumps(r) + "\n")
+        stream.flush()
+
+    def sanitizer_reports(self):
+        """sanitizer_reports - ASan/UBSan findings in any hamrd log."""
+        found = []
+        for p in self.procs:
+            text = p.log_text()
+            for pat in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+                if pat in text:
+                    found.append("%s: %s" % (p.log_path, pat))
+        return sorted(set(found))
+
+    def close(self):
+        """close - SIGTERM every node (must exit 0), stop sinks, kill leftovers.
+
+        Returns a list of problems (non-zero exits, sanitizer reports).
+        """
+        problems = []
+        for n in self.nodes:
+            if n.proc is not None and n.proc.alive():
+                try:
+                    rc = n.stop()
+                except AssertionError as e:
+                    problems.append(str(e))
+                    continue
+                if rc != 0:
+                    problems.append("%s exited with status %s on SIGTERM" % (n.name, rc))
+        for s in self.sinks:
+            if s.proc is not None and s.proc.alive():
+                s.stop()
+        for p in self.procs:
+            if p.alive():
+                p.kill9()
+        problems.extend(self.sanitizer_reports())
+        return problems
+
+    def remove(self):
+        if not os.environ.get("HAMR_KEEP_TMP"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class HamrTestCase(unittest.TestCase):
+    """HamrTestCase - one Env per class; logs printed on failure; everything stopped after.
+
+    Subclasses implement setUpEnv(cls) (classmethod) to start their sink and nodes.
+    """
+
+    env = None
+
+    @classmethod
+    def setUpClass(cls):
+        if not os.path.exists(hamrd_path()):
+            raise unittest.SkipTest("hamrd not built (%s)" % hamrd_path())
+        cls.env = Env(cls.__name__)
+        try:
+            cls.setUpEnv()
+        except BaseException:
+            cls.env.dump_logs()
+            cls.env.close()
+            cls.env.remove()
+            raise
+
+    @classmethod
+    def setUpEnv(cls):
+        pass
+
+    def _has_failed(self):
+        """_has_failed - did this test (or one of its subtests) fail or error so far?"""
+        result = getattr(getattr(self, "_outcome", None), "result", None)
+        if result is None:
+            return False
+        for test, _ in list(result.failures) + list(result.errors):
+            if test is self or getattr(test, "test_case", None) is self:
+                return True
+        return False
+
+    def tearDown(self):
+        if self._has_failed():
+            type(self).keep_dir = True
+            sys.stderr.write("\n===== logs for failed %s (dir %s) =====\n" % (self.id(), self.env.dir))
+            self.env.dump_logs()
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.env is None:
+            return
+        problems = cls.env.close()
+        if problems:
+            cls.env.dump_logs()
+        if problems or getattr(cls, "keep_dir", False):
+            sys.stderr.write("kept %s for inspection\n" % cls.env.dir)
+        else:
+            cls.env.remove()
+        if problems:
+            raise AssertionError("after the tests: " + "; ".join(problems))
+
+    def assertReply(self, res, code, enhanced=None, msg=None):
+        """assertReply - res (SendResult or (code, text)) has this code and enhanced code."""
+        got_code, got_text = (res.code, res.text) if isinstance(res, SendResult) else res
+        self.assertEqual(got_code, code, msg or "reply was %r" % (res,))
+        if enhanced:
+            self.assertIn(enhanced, got_text, msg or "reply was %r" % (res,))
+
+
+def main():
+    """main - unittest.main with verbose output and a non-zero exit on failure."""
+    unittest.main(verbosity=2)
