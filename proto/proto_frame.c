@@ -63,6 +63,7 @@ int proto_entry_unpack(const uint8_t *buf, size_t len, Hamr__Entry **out)
     case HAMR__ENTRY__CMD_OUTCOME:
     case HAMR__ENTRY__CMD_LEASE:
     case HAMR__ENTRY__CMD_ADMIN:
+    case HAMR__ENTRY__CMD_NODE_INFO:
         break;
     default:
         /* Unknown kind (a newer writer, or none at all): refuse, never skip. */

@@ -31,6 +31,8 @@
 #define PROTO_FORMAT_VERSION_MAX 1
 #define PROTO_SNAPSHOT_VERSION 1
 #define PROTO_CONTROL_MAX (64u * 1024 * 1024)
+/* Peer frames: same layout as control frames; a proposal carries a whole message. */
+#define PROTO_PEER_MAX (96u * 1024 * 1024)
 
 /*
  * proto_entry_pack - encode an Entry with its magic into a buffer from

@@ -77,6 +77,8 @@ struct queue {
     struct queue_done *dhead, *dtail;
     uint64_t last_timestamp_ms;
     uint64_t applied;
+    struct queue_node nodes[QUEUE_NODES_MAX]; /* sorted by node_id */
+    size_t n_nodes;
 };
 
 /* ------------------------------------------------------------------------
@@ -987,6 +989,67 @@ static int queue_apply_admin(struct queue *q,
  * Apply
  * ------------------------------------------------------------------------ */
 
+/* queue_node_text_ok - a directory string: fits and is printable. */
+static bool queue_node_text_ok(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n >= max)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] >= 0x7f)
+            return false;
+    return true;
+}
+
+/* queue_node_put - insert or replace the entry of ni->node_id, keeping the order. */
+static int queue_node_put(struct queue *q, const Hamr__NodeInfo *ni, uint64_t ts)
+{
+    if (ni == NULL || ni->node_id == 0 ||
+        !queue_node_text_ok(ni->peer_address, QUEUE_ADDR_MAX) ||
+        !queue_node_text_ok(ni->control_address, QUEUE_ADDR_MAX) ||
+        !queue_node_text_ok(ni->version, sizeof(q->nodes[0].version)))
+        return HAMR_EINVAL;
+    size_t i = 0;
+    while (i < q->n_nodes && q->nodes[i].node_id < ni->node_id)
+        i++;
+    if (i == q->n_nodes || q->nodes[i].node_id != ni->node_id) {
+        if (q->n_nodes == QUEUE_NODES_MAX)
+            return HAMR_ETOOBIG;
+        memmove(&q->nodes[i + 1], &q->nodes[i], (q->n_nodes - i) * sizeof(q->nodes[0]));
+        q->n_nodes++;
+    }
+    struct queue_node *n = &q->nodes[i];
+    memset(n, 0, sizeof(*n));
+    n->node_id = ni->node_id;
+    hamr_strlcpy(n->peer_address, ni->peer_address, sizeof(n->peer_address));
+    hamr_strlcpy(n->control_address, ni->control_address, sizeof(n->control_address));
+    hamr_strlcpy(n->version, ni->version, sizeof(n->version));
+    n->format_version_max = ni->format_version_max;
+    return 0;
+}
+
+/* queue_apply_node_info - a NodeInfo entry; a bad one is refused, not fatal. */
+static int queue_apply_node_info(struct queue *q, const Hamr__NodeInfo *ni, uint64_t ts,
+                                 struct queue_apply_result *res)
+{
+    res->status = queue_node_put(q, ni, ts);
+    return 0;
+}
+
+const struct queue_node *queue_node_find(const struct queue *q, uint64_t node_id)
+{
+    for (size_t i = 0; i < q->n_nodes; i++)
+        if (q->nodes[i].node_id == node_id)
+            return &q->nodes[i];
+    return NULL;
+}
+
+size_t queue_node_list(const struct queue *q, const struct queue_node **out)
+{
+    *out = q->nodes;
+    return q->n_nodes;
+}
+
 /* queue_apply - decode one entry, prune the done set, run the command. */
 int queue_apply(struct queue *q, const uint8_t *buf, size_t len, struct queue_apply_result *res)
 {
@@ -1014,6 +1077,9 @@ int queue_apply(struct queue *q, const uint8_t *buf, size_t len, struct queue_ap
             break;
         case HAMR__ENTRY__CMD_ADMIN:
             rv = queue_apply_admin(q, e->admin, ts, res);
+            break;
+        case HAMR__ENTRY__CMD_NODE_INFO:
+            rv = queue_apply_node_info(q, e->node_info, ts, res);
             break;
         default:
             /* proto_entry_unpack refuses kinds it does not know. */
@@ -1092,6 +1158,8 @@ struct queue_snap {
     Hamr__RcptState **rsp;
     Hamr__DoneId *done;
     Hamr__DoneId **donep;
+    Hamr__NodeInfo *ni;
+    Hamr__NodeInfo **nip;
 };
 
 /* queue_snap_free - release the arrays (never the strings they point to). */
@@ -1105,6 +1173,8 @@ static void queue_snap_free(struct queue_snap *s)
     free(s->rsp);
     free(s->done);
     free(s->donep);
+    free(s->ni);
+    free(s->nip);
 }
 
 /* queue_snap_text - a borrowed string for a protobuf field ("" for NULL). */
@@ -1205,6 +1275,26 @@ static int queue_snap_build(const struct queue *q, bool with_bodies, struct queu
     s->snap.done = s->donep;
     s->snap.last_timestamp_ms = q->last_timestamp_ms;
     s->snap.applied = q->applied;
+    if (q->n_nodes > 0) {
+        s->ni = calloc(q->n_nodes, sizeof(*s->ni));
+        s->nip = calloc(q->n_nodes, sizeof(*s->nip));
+        if (s->ni == NULL || s->nip == NULL) {
+            queue_snap_free(s);
+            return HAMR_ENOMEM;
+        }
+        for (size_t i = 0; i < q->n_nodes; i++) {
+            const struct queue_node *n = &q->nodes[i];
+            hamr__node_info__init(&s->ni[i]);
+            s->ni[i].node_id = n->node_id;
+            s->ni[i].peer_address = (char *)n->peer_address;
+            s->ni[i].control_address = (char *)n->control_address;
+            s->ni[i].version = (char *)n->version;
+            s->ni[i].format_version_max = n->format_version_max;
+            s->nip[i] = &s->ni[i];
+        }
+        s->snap.n_nodes = q->n_nodes;
+        s->snap.nodes = s->nip;
+    }
     return 0;
 }
 
@@ -1299,6 +1389,10 @@ static int queue_restore_into(struct queue *n, const Hamr__Snapshot *s)
         if (rec == NULL)
             return HAMR_ENOMEM;
         queue_done_link(n, rec);
+    }
+    for (size_t i = 0; i < s->n_nodes; i++) {
+        if (queue_node_put(n, s->nodes[i], s->last_timestamp_ms) != 0)
+            return HAMR_ECORRUPT;
     }
     n->last_timestamp_ms = s->last_timestamp_ms;
     n->applied = s->applied;

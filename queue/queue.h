@@ -134,4 +134,26 @@ void queue_foreach(const struct queue *q, int (*fn)(void *arg, const struct queu
 
 void queue_get_stats(const struct queue *q, struct queue_stats *st);
 
+/*
+ * The node directory: where each node's peer and control listeners are and
+ * which version it runs, replicated by NodeInfo entries (a leader writes its
+ * own after every election). An entry replaces the one of the same node.
+ */
+#define QUEUE_NODES_MAX 64
+#define QUEUE_ADDR_MAX 64
+
+struct queue_node {
+    uint64_t node_id;
+    char peer_address[QUEUE_ADDR_MAX];
+    char control_address[QUEUE_ADDR_MAX];
+    char version[32];
+    uint32_t format_version_max;
+};
+
+/* queue_node_find - the directory entry of node_id, or NULL. Borrowed until the next apply. */
+const struct queue_node *queue_node_find(const struct queue *q, uint64_t node_id);
+
+/* queue_node_list - the directory (sorted by node id); returns the count. */
+size_t queue_node_list(const struct queue *q, const struct queue_node **out);
+
 #endif
