@@ -1,7 +1,8 @@
 /*
  * test_queue.c - the replicated queue state machine: every entry kind, the
  * refusals, fencing, DSN generation, the done set, snapshots and the digest,
- * and determinism over a long pseudo-random entry sequence.
+ * determinism over a long pseudo-random entry sequence, and the node directory
+ * (NodeInfo entries: insert, replace, order, refusals, snapshot and digest).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -1548,6 +1549,351 @@ static void test_snapshot_alloc_failures(void **state)
     queue_free(src);
 }
 
+/* ------------------------------------------------------------------------
+ * The node directory (NodeInfo entries)
+ * ------------------------------------------------------------------------ */
+
+/* fx_node - the fields of one NodeInfo entry. */
+struct fx_node {
+    uint64_t id;
+    const char *peer;
+    const char *control;
+    const char *version;
+    uint32_t fmax;
+};
+
+/* node_apply - apply a NodeInfo entry at ts; returns the result (queue_apply must succeed). */
+static struct queue_apply_result node_apply(struct queue *q, uint64_t ts, const struct fx_node *n)
+{
+    Hamr__Entry e = HAMR__ENTRY__INIT;
+    Hamr__NodeInfo ni = HAMR__NODE_INFO__INIT;
+    ni.node_id = n->id;
+    ni.peer_address = (char *)n->peer;
+    ni.control_address = (char *)n->control;
+    ni.version = (char *)n->version;
+    ni.format_version_max = n->fmax;
+    e.cmd_case = HAMR__ENTRY__CMD_NODE_INFO;
+    e.node_info = &ni;
+    size_t len;
+    uint8_t *b = fx_pack(&e, ts, &len);
+    return fx_apply(q, b, len);
+}
+
+/* node_assert - the directory entry of n->id holds exactly n's fields. */
+static void node_assert(const struct queue *q, const struct fx_node *n)
+{
+    const struct queue_node *got = queue_node_find(q, n->id);
+    assert_non_null(got);
+    assert_int_equal(got->node_id, n->id);
+    assert_string_equal(got->peer_address, n->peer);
+    assert_string_equal(got->control_address, n->control);
+    assert_string_equal(got->version, n->version);
+    assert_int_equal(got->format_version_max, n->fmax);
+}
+
+/* node_ids - the directory's node ids in list order, as text ("1,2,3"). */
+static void node_ids(const struct queue *q, char *out, size_t cap)
+{
+    const struct queue_node *list = NULL;
+    size_t n = queue_node_list(q, &list);
+    size_t used = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        int w = snprintf(out + used, cap - used, "%s%llu", i ? "," : "",
+                         (unsigned long long)list[i].node_id);
+        assert_true(w > 0 && (size_t)w < cap - used);
+        used += (size_t)w;
+    }
+}
+
+static const struct fx_node node_a = {3, "10.0.0.3:7101", "127.0.0.1:7201", "hamr 0.1.0", 1};
+static const struct fx_node node_b = {1, "10.0.0.1:7101", "127.0.0.1:7201", "hamr 0.1.0", 1};
+static const struct fx_node node_c = {2, "10.0.0.2:7101", "127.0.0.1:7201", "hamr 0.1.1", 2};
+
+/* Insert in any order, list sorted by node id, replace in place, find. */
+static void test_node_insert_replace_order(void **state)
+{
+    struct queue *q = *state;
+    const struct queue_node *list = NULL;
+    char ids[256];
+    assert_int_equal(queue_node_list(q, &list), 0);
+    assert_null(queue_node_find(q, 1));
+
+    static const struct {
+        const struct fx_node *n;
+        const char *want_ids;
+    } inserts[] = {
+        {&node_a, "3"},
+        {&node_b, "1,3"},
+        {&node_c, "1,2,3"},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(inserts); i++) {
+        struct queue_apply_result r = node_apply(q, T0 + i, inserts[i].n);
+        assert_int_equal(r.status, 0);
+        assert_false(r.duplicate);
+        node_ids(q, ids, sizeof(ids));
+        assert_string_equal(ids, inserts[i].want_ids);
+        node_assert(q, inserts[i].n);
+    }
+    assert_null(queue_node_find(q, 4));
+    assert_null(queue_node_find(q, 0));
+
+    /* Node 2 moves and upgrades: replaced in place, every field, nothing added. */
+    struct fx_node moved = {2, "10.9.9.2:8101", "10.9.9.2:8201", "hamr 0.2.0", 3};
+    assert_int_equal(node_apply(q, T0 + 10, &moved).status, 0);
+    node_ids(q, ids, sizeof(ids));
+    assert_string_equal(ids, "1,2,3");
+    node_assert(q, &moved);
+    node_assert(q, &node_a);
+    node_assert(q, &node_b);
+
+    /* Replacing with empty strings clears the old values (no leftovers). */
+    struct fx_node blank = {2, "", "", "", 0};
+    assert_int_equal(node_apply(q, T0 + 11, &blank).status, 0);
+    node_assert(q, &blank);
+
+    /* The largest node id sorts last; an id between others lands between them. */
+    struct fx_node big = {UINT64_MAX, "10.0.0.9:1", "10.0.0.9:2", "v", 1};
+    struct fx_node mid = {1ull << 40, "10.0.0.8:1", "10.0.0.8:2", "v", 1};
+    assert_int_equal(node_apply(q, T0 + 12, &big).status, 0);
+    assert_int_equal(node_apply(q, T0 + 13, &mid).status, 0);
+    node_ids(q, ids, sizeof(ids));
+    assert_string_equal(ids, "1,2,3,1099511627776,18446744073709551615");
+    node_assert(q, &big);
+
+    /* NodeInfo entries are counted as applied like any other. */
+    struct queue_stats st;
+    queue_get_stats(q, &st);
+    assert_int_equal(st.applied, 7);
+    assert_int_equal(st.messages, 0);
+}
+
+/* Table: refused NodeInfo values set res.status and leave the directory alone. */
+static void test_node_refusals(void **state)
+{
+    (void)state;
+    static const char addr63[] = "1234567890123456789012345678901234567890123456789012345678:7101";
+    static const char addr64[] = "12345678901234567890123456789012345678901234567890123456789:7101";
+    static const char ver31[] = "hamr-01234567890123456789012345";
+    static const char ver32[] = "hamr-012345678901234567890123456";
+    static const struct {
+        const char *label;
+        struct fx_node n;
+        int want_status;
+    } cases[] = {
+        {"node id 0", {0, "10.0.0.1:7101", "127.0.0.1:7201", "v", 1}, HAMR_EINVAL},
+        {"peer address 64 chars", {5, addr64, "127.0.0.1:7201", "v", 1}, HAMR_EINVAL},
+        {"control address 64 chars", {5, "10.0.0.1:7101", addr64, "v", 1}, HAMR_EINVAL},
+        {"version 32 chars", {5, "10.0.0.1:7101", "127.0.0.1:7201", ver32, 1}, HAMR_EINVAL},
+        {"newline in peer", {5, "10.0.0.1:7101\n", "127.0.0.1:7201", "v", 1}, HAMR_EINVAL},
+        {"CR in control", {5, "10.0.0.1:7101", "127.0.0.1\r:7201", "v", 1}, HAMR_EINVAL},
+        {"ESC in version", {5, "10.0.0.1:7101", "127.0.0.1:7201", "v\x1b[2J", 1}, HAMR_EINVAL},
+        {"DEL in peer", {5, "10.0.0.1\x7f:7101", "127.0.0.1:7201", "v", 1}, HAMR_EINVAL},
+        {"8-bit byte in peer", {5, "10.0.0.1\xc3\xa9:7101", "127.0.0.1:7201", "v", 1}, HAMR_EINVAL},
+        {"tab in version", {5, "10.0.0.1:7101", "127.0.0.1:7201", "v\t1", 1}, HAMR_EINVAL},
+        {"replace node 1 with a bad address",
+         {1, "10.0.0.1:7101\x01", "127.0.0.1:7201", "v", 1},
+         HAMR_EINVAL},
+        /* The limits themselves are accepted. */
+        {"peer address 63 chars", {5, addr63, "127.0.0.1:7201", "v", 1}, 0},
+        {"control address 63 chars", {5, "10.0.0.1:7101", addr63, "v", 1}, 0},
+        {"version 31 chars", {5, "10.0.0.1:7101", "127.0.0.1:7201", ver31, 1}, 0},
+        {"space and punctuation", {5, "[::1]:7101", "127.0.0.1:7201", "hamr 1.0 (x~y)", 1}, 0},
+    };
+    assert_int_equal(strlen(addr63), QUEUE_ADDR_MAX - 1);
+    assert_int_equal(strlen(addr64), QUEUE_ADDR_MAX);
+    assert_int_equal(strlen(ver31), sizeof(((struct queue_node *)0)->version) - 1);
+    assert_int_equal(strlen(ver32), sizeof(((struct queue_node *)0)->version));
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        /* q takes the case; ref gets a refused Admin at the same time instead. */
+        struct queue *q = queue_new();
+        struct queue *ref = queue_new();
+        assert_non_null(q);
+        assert_non_null(ref);
+        one_msg(q, "a@example.org");
+        one_msg(ref, "a@example.org");
+        assert_int_equal(node_apply(q, T0 + 1, &node_b).status, 0);
+        assert_int_equal(node_apply(ref, T0 + 1, &node_b).status, 0);
+        char ids_before[256], ids_after[256];
+        node_ids(q, ids_before, sizeof(ids_before));
+
+        struct queue_apply_result r = node_apply(q, T0 + 2, &cases[i].n);
+        if (r.status != cases[i].want_status)
+            fail_msg("%s: status %d, want %d", cases[i].label, r.status, cases[i].want_status);
+        node_ids(q, ids_after, sizeof(ids_after));
+        if (cases[i].want_status == 0) {
+            node_assert(q, &cases[i].n);
+            assert_string_equal(ids_after, "1,5");
+        } else {
+            /* Nothing of the entry is stored, and node 1 keeps its values. */
+            assert_string_equal(ids_after, ids_before);
+            node_assert(q, &node_b);
+            if (cases[i].n.id != 1)
+                assert_null(queue_node_find(q, cases[i].n.id));
+            /*
+             * Only the applied counter and the newest timestamp moved: the
+             * digest equals that of a queue where another refused entry was
+             * applied at the same time.
+             */
+            assert_int_equal(fx_admin(ref, T0 + 2, HAMR__ADMIN__OP__HOLD, "nope").status,
+                             HAMR_ENOTFOUND);
+            char d1[65], d2[65];
+            digest_of(q, d1);
+            digest_of(ref, d2);
+            if (strcmp(d1, d2) != 0)
+                fail_msg("%s: state changed by a refused entry", cases[i].label);
+        }
+        struct queue_stats st;
+        queue_get_stats(q, &st);
+        assert_int_equal(st.applied, 3);
+        assert_int_equal(st.messages, 1);
+        queue_free(q);
+        queue_free(ref);
+    }
+}
+
+/* The directory holds QUEUE_NODES_MAX nodes; one more is refused, replacing still works. */
+static void test_node_directory_full(void **state)
+{
+    struct queue *q = *state;
+    char peer[QUEUE_ADDR_MAX];
+    for (uint64_t id = QUEUE_NODES_MAX; id >= 1; id--) {
+        snprintf(peer, sizeof(peer), "10.0.%u.%u:7101", (unsigned)(id / 256), (unsigned)(id % 256));
+        struct fx_node n = {id, peer, "127.0.0.1:7201", "v1", 1};
+        assert_int_equal(node_apply(q, T0 + id, &n).status, 0);
+    }
+    const struct queue_node *list = NULL;
+    assert_int_equal(queue_node_list(q, &list), QUEUE_NODES_MAX);
+    for (size_t i = 0; i < QUEUE_NODES_MAX; i++)
+        assert_int_equal(list[i].node_id, i + 1);
+    char before[65], after[65];
+    digest_of(q, before);
+
+    struct fx_node extra = {QUEUE_NODES_MAX + 1, "10.1.0.1:7101", "127.0.0.1:7201", "v1", 1};
+    assert_int_equal(node_apply(q, T0 + 100, &extra).status, HAMR_ETOOBIG);
+    assert_int_equal(queue_node_list(q, &list), QUEUE_NODES_MAX);
+    assert_null(queue_node_find(q, extra.id));
+    digest_of(q, after);
+    /* Only the applied counter and the timestamp moved. */
+    assert_string_not_equal(before, after);
+
+    struct fx_node again = {7, "10.7.7.7:7101", "127.0.0.1:7201", "v2", 2};
+    assert_int_equal(node_apply(q, T0 + 101, &again).status, 0);
+    assert_int_equal(queue_node_list(q, &list), QUEUE_NODES_MAX);
+    node_assert(q, &again);
+}
+
+/* Snapshot then restore keeps the directory and the digest, and replaces the old one. */
+static void test_node_snapshot_restore(void **state)
+{
+    struct queue *q = *state;
+    one_msg(q, "a@example.org");
+    assert_int_equal(node_apply(q, T0 + 1, &node_a).status, 0);
+    assert_int_equal(node_apply(q, T0 + 2, &node_b).status, 0);
+    assert_int_equal(node_apply(q, T0 + 3, &node_c).status, 0);
+    char d1[65], d2[65];
+    digest_of(q, d1);
+
+    struct queue *r = fx_snapshot_roundtrip(q);
+    digest_of(r, d2);
+    assert_string_equal(d1, d2);
+    const struct queue_node *l1 = NULL, *l2 = NULL;
+    size_t n1 = queue_node_list(q, &l1);
+    size_t n2 = queue_node_list(r, &l2);
+    assert_int_equal(n1, 3);
+    assert_int_equal(n2, 3);
+    assert_memory_equal(l1, l2, n1 * sizeof(*l1));
+    node_assert(r, &node_a);
+    node_assert(r, &node_b);
+    node_assert(r, &node_c);
+    fx_assert_same_msgs(q, r);
+
+    /* Both go on identically: a replacement applied to each. */
+    struct fx_node moved = {1, "10.5.5.5:7101", "10.5.5.5:7201", "hamr 0.3", 1};
+    assert_int_equal(node_apply(q, T0 + 4, &moved).status, 0);
+    assert_int_equal(node_apply(r, T0 + 4, &moved).status, 0);
+    digest_of(q, d1);
+    digest_of(r, d2);
+    assert_string_equal(d1, d2);
+    queue_free(r);
+
+    /* Restoring replaces a directory wholesale: entries not in the snapshot go. */
+    uint8_t *snap = NULL;
+    size_t len = 0;
+    struct queue *empty = queue_new();
+    assert_non_null(empty);
+    assert_int_equal(queue_snapshot(empty, NULL, &snap, &len), 0);
+    assert_int_equal(queue_restore(q, snap, len), 0);
+    free(snap);
+    assert_int_equal(queue_node_list(q, &l1), 0);
+    assert_null(queue_node_find(q, 1));
+    digest_of(q, d1);
+    digest_of(empty, d2);
+    assert_string_equal(d1, d2);
+    queue_free(empty);
+}
+
+/* Table: the digest covers every directory field, and only the directory differs here. */
+static void test_node_digest(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *label;
+        struct fx_node n;
+        bool want_same;
+    } cases[] = {
+        {"identical", {2, "10.0.0.2:7101", "127.0.0.1:7201", "hamr 0.1.1", 2}, true},
+        {"other node id", {4, "10.0.0.2:7101", "127.0.0.1:7201", "hamr 0.1.1", 2}, false},
+        {"other peer", {2, "10.0.0.2:7102", "127.0.0.1:7201", "hamr 0.1.1", 2}, false},
+        {"other control", {2, "10.0.0.2:7101", "127.0.0.1:7202", "hamr 0.1.1", 2}, false},
+        {"other version", {2, "10.0.0.2:7101", "127.0.0.1:7201", "hamr 0.1.2", 2}, false},
+        {"other format", {2, "10.0.0.2:7101", "127.0.0.1:7201", "hamr 0.1.1", 3}, false},
+    };
+    struct queue *base = queue_new();
+    assert_non_null(base);
+    one_msg(base, "a@example.org");
+    assert_int_equal(node_apply(base, T0 + 1, &node_c).status, 0);
+    char want[65];
+    digest_of(base, want);
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        struct queue *q = queue_new();
+        assert_non_null(q);
+        one_msg(q, "a@example.org");
+        assert_int_equal(node_apply(q, T0 + 1, &cases[i].n).status, 0);
+        char got[65];
+        digest_of(q, got);
+        if ((strcmp(got, want) == 0) != cases[i].want_same)
+            fail_msg("%s: digest %s", cases[i].label, cases[i].want_same ? "differs" : "same");
+        queue_free(q);
+    }
+
+    /* A change of the directory alone changes the digest, and undoing it restores it. */
+    char d0[65], d1[65], d2[65];
+    struct queue *x = queue_new();
+    struct queue *y = queue_new();
+    assert_non_null(x);
+    assert_non_null(y);
+    assert_int_equal(node_apply(x, T0, &node_a).status, 0);
+    assert_int_equal(node_apply(y, T0, &node_a).status, 0);
+    digest_of(x, d0);
+    struct fx_node moved = node_a;
+    moved.peer = "10.0.0.33:7101";
+    assert_int_equal(node_apply(x, T0 + 1, &moved).status, 0);
+    assert_int_equal(node_apply(y, T0 + 1, &node_a).status, 0);
+    digest_of(x, d1);
+    digest_of(y, d2);
+    assert_string_not_equal(d0, d1);
+    assert_string_not_equal(d1, d2);
+    assert_int_equal(node_apply(x, T0 + 2, &node_a).status, 0);
+    assert_int_equal(node_apply(y, T0 + 2, &node_a).status, 0);
+    digest_of(x, d1);
+    digest_of(y, d2);
+    assert_string_equal(d1, d2);
+    queue_free(x);
+    queue_free(y);
+    queue_free(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1581,6 +1927,11 @@ int main(void)
         cmocka_unit_test(test_replay_dsn_invariants),
         cmocka_unit_test(test_apply_alloc_failures),
         cmocka_unit_test(test_snapshot_alloc_failures),
+        cmocka_unit_test_setup_teardown(test_node_insert_replace_order, setup, teardown),
+        cmocka_unit_test(test_node_refusals),
+        cmocka_unit_test_setup_teardown(test_node_directory_full, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_node_snapshot_restore, setup, teardown),
+        cmocka_unit_test(test_node_digest),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
