@@ -57,6 +57,7 @@ enum config_kind {
     CONFIG_K_DURATION,     /* milliseconds into a 4- or 8-byte unsigned */
     CONFIG_K_SIZE,         /* bytes into a 4- or 8-byte unsigned */
     CONFIG_K_COUNT,        /* plain decimal into a 4- or 8-byte unsigned */
+    CONFIG_K_BOOL,         /* yes|no|true|false|on|off|1|0 into a bool */
     CONFIG_K_VOTERS,       /* list of ID@IPV4:PORT */
     CONFIG_K_NETWORKS,     /* list of CIDRs */
     CONFIG_K_DOMAINS,      /* list of domains */
@@ -96,11 +97,13 @@ static const struct config_key config_keys[] = {
     CK("listen", "raft", CONFIG_K_HOSTPORT, listen_raft, 0, 0),
     CK("listen", "control", CONFIG_K_HOSTPORT, listen_control, 0, 0),
     CK("listen", "http", CONFIG_K_HOSTPORT_OPT, listen_http, 0, 0),
+    CK("listen", "peer", CONFIG_K_HOSTPORT_OPT, listen_peer, 0, 0),
 
     CK("cluster", "voters", CONFIG_K_VOTERS, voters, 0, 0),
     CK("cluster", "election_timeout", CONFIG_K_DURATION, election_timeout_ms, 10, CONFIG_HOUR),
     CK("cluster", "heartbeat", CONFIG_K_DURATION, heartbeat_ms, 1, CONFIG_HOUR),
     CK("cluster", "snapshot_bytes", CONFIG_K_SIZE, snapshot_bytes, 1024, UINT64_MAX),
+    CK("cluster", "join", CONFIG_K_BOOL, join, 0, 0),
     CK("cluster", "proposal_timeout", CONFIG_K_DURATION, proposal_timeout_ms, 1, CONFIG_DAY),
 
     CK("smtpd", "relay_networks", CONFIG_K_NETWORKS, relay_networks, 0, 0),
@@ -607,6 +610,21 @@ static int config_set_value(struct config_parse *p, const struct config_key *k, 
                                    k->width - 1);
             hamr_strlcpy(field, value, k->width);
             return 1;
+        case CONFIG_K_BOOL: {
+            static const char *const yes[] = {"yes", "true", "on", "1"};
+            static const char *const no[] = {"no", "false", "off", "0"};
+            bool b = false, known = false;
+            for (size_t i = 0; i < HAMR_ARRAY_LEN(yes); i++) {
+                if (strcmp(value, yes[i]) == 0)
+                    b = known = true;
+                if (strcmp(value, no[i]) == 0)
+                    known = true;
+            }
+            if (!known)
+                return config_fail(p, p->lineno, "%s: not yes or no: \"%s\"", k->name, q);
+            memcpy(field, &b, sizeof(b));
+            return 1;
+        }
         case CONFIG_K_LOGLEVEL: {
             int level = log_parse_level(value);
             if (level < 0)
@@ -796,7 +814,12 @@ static int config_cross_check(struct config_parse *p)
     inet_ntop(AF_INET, &a4, norm, sizeof(norm));
     snprintf(self, sizeof(self), "%s:%u", norm, (unsigned)cfg->listen_raft.port);
 
-    if (cfg->n_voters == 0) {
+    if (cfg->join) {
+        /* Joins with hamrctl add: it must not bootstrap a cluster of its own. */
+        if (cfg->n_voters != 0)
+            return config_fail(p, config_key_line(p, "cluster", "voters"),
+                               "voters: a node that joins (join = yes) lists no voters");
+    } else if (cfg->n_voters == 0) {
         cfg->voters[0].id = cfg->node_id;
         hamr_strlcpy(cfg->voters[0].address, self, sizeof(cfg->voters[0].address));
         cfg->n_voters = 1;
@@ -814,6 +837,14 @@ static int config_cross_check(struct config_parse *p)
                                "voters: this node is listed at %s but [listen] raft is %s",
                                cfg->voters[i].address, self);
     }
+
+    /* Forwarding to the leader needs the peer listener in any real cluster. */
+    if (cfg->listen_peer.host[0] == '\0' && (cfg->n_voters > 1 || cfg->join))
+        return config_fail(p, 0, "[listen] peer is required in a cluster of more than one node");
+    if (cfg->listen_peer.host[0] != '\0' && inet_pton(AF_INET, cfg->listen_peer.host, &a4) != 1)
+        return config_fail(p, config_key_line(p, "listen", "peer"),
+                           "peer: must be an IPv4 address and port: \"%s\"",
+                           cfg->listen_peer.host);
 
     /* The control listener binds with uv_tcp_bind, which takes literals only. */
     unsigned char a6[16];

@@ -46,10 +46,13 @@ struct hamr_config {
     struct config_hostport listen_raft;    /* raft (required: IPv4 literal) */
     struct config_hostport listen_control; /* control (127.0.0.1:7100) */
     struct config_hostport listen_http;    /* http ("" = off) */
+    struct config_hostport listen_peer;    /* peer ("" = off; required with more than one
+                                              voter): node-to-node forwarding, IPv4 literal */
 
     /* [cluster] */
     struct consensus_member voters[CONSENSUS_MAX_MEMBERS]; /* voters = 1@ip:port, ... */
-    size_t n_voters;                 /* default: this node alone */
+    size_t n_voters;                 /* default: this node alone; 0 when join */
+    bool join;                       /* join (no): start empty and wait for hamrctl add */
     unsigned election_timeout_ms;    /* election_timeout (1s) */
     unsigned heartbeat_ms;           /* heartbeat (100ms) */
     size_t snapshot_bytes;           /* snapshot_bytes (64M) */

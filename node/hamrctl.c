@@ -585,6 +585,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "hamrctl: %s\n", err);
         return HAMRCTL_EXIT_FAIL;
     }
+    /* Transfer and membership run on the leader: a follower names it; ask it once. */
+    if (resp->code == HAMR_ENOTLEADER && resp->leader_control && resp->leader_control[0]) {
+        struct config_hostport leader;
+        if (config_parse_hostport(resp->leader_control, &leader) == 0 &&
+            (leader.port != hp.port || strcmp(leader.host, hp.host) != 0)) {
+            hamr__control_response__free_unpacked(resp, NULL);
+            resp = NULL;
+            if (control_client_request(leader.host, leader.port, o.timeout_ms, &req, &resp, err,
+                                       sizeof(err)) != 0) {
+                fprintf(stderr, "hamrctl: leader: %s\n", err);
+                return HAMRCTL_EXIT_FAIL;
+            }
+        }
+    }
     int rc = HAMRCTL_EXIT_OK;
     if (resp->code != 0) {
         const char *text = resp->error && resp->error[0] ? resp->error : hamr_strerror(resp->code);

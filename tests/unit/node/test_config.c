@@ -305,6 +305,7 @@ static const char test_full[] =
     "raft = 10.0.0.2:7002\n"
     "control = 127.0.0.1:7102\n"
     "http = 0.0.0.0:8002\n"
+    "peer = 10.0.0.2:7202\n"
     "\n"
     "[cluster]\n"
     "voters = 1@10.0.0.1:7001, 2@10.0.0.2:7002 3@10.0.0.3:7003\n"
@@ -366,6 +367,8 @@ static void test_every_key(void **state)
     assert_int_equal(cfg->listen_control.port, 7102);
     assert_string_equal(cfg->listen_http.host, "0.0.0.0");
     assert_int_equal(cfg->listen_http.port, 8002);
+    assert_string_equal(cfg->listen_peer.host, "10.0.0.2");
+    assert_int_equal(cfg->listen_peer.port, 7202);
     assert_int_equal(cfg->n_voters, 3);
     assert_int_equal(cfg->voters[2].id, 3);
     assert_string_equal(cfg->voters[2].address, "10.0.0.3:7003");
@@ -427,12 +430,17 @@ static void test_list_continuation(void **state)
                        "voters = 3@127.0.0.1:7003\n"
                        "[smtpd]\n"
                        "relay_networks = 192.0.2.0/24\n"
-                       "  198.51.100.0/24\n",
+                       "  198.51.100.0/24\n"
+                       "[listen]\n"
+                       "peer = 127.0.0.1:7201\n",
                        err, sizeof(err), NULL);
     if (rc != 0)
         fail_msg("%s", err);
     assert_int_equal(cfg->n_voters, 3);
     assert_string_equal(cfg->voters[1].address, "127.0.0.1:7002");
+    assert_string_equal(cfg->listen_peer.host, "127.0.0.1");
+    assert_int_equal(cfg->listen_peer.port, 7201);
+    assert_false(cfg->join);
     assert_int_equal(cfg->n_relay_networks, 2); /* the defaults were replaced */
     assert_int_equal(cfg->smtpd.n_relay_networks, 2);
     config_free(cfg);
@@ -531,6 +539,16 @@ static const struct test_bad test_bad_files[] = {
      ":7: retry_min must not exceed retry_max"},
     {"message too big", BASE "[smtpd]\nmessage_size_limit = 65M\n", HAMR_EINVAL,
      ":7: message_size_limit: at most 64M (a message is one raft entry)"},
+    {"cluster without peer", BASE "[cluster]\nvoters = 1@127.0.0.1:7001, 2@127.0.0.1:7002\n",
+     HAMR_EINVAL, ":0: [listen] peer is required in a cluster of more than one node"},
+    {"join with voters", BASE "[cluster]\njoin = yes\nvoters = 1@127.0.0.1:7001\n", HAMR_EINVAL,
+     ":8: voters: a node that joins (join = yes) lists no voters"},
+    {"bad bool", BASE "[cluster]\njoin = maybe\n", HAMR_EINVAL,
+     ":7: join: not yes or no: \"maybe\""},
+    {"peer by name", BASE "[listen]\npeer = node1:7201\n", HAMR_EINVAL,
+     ":7: peer: must be an IPv4 address and port: \"node1\""},
+    {"join without peer", BASE "[cluster]\njoin = yes\n", HAMR_EINVAL,
+     ":0: [listen] peer is required in a cluster of more than one node"},
 };
 
 /* test_bad_file_messages - each bad file gives exactly its "FILE:LINE: reason". */

@@ -605,10 +605,15 @@ static void test_json(void **state)
         "    \"free_bytes\": 0,\n"
         "    \"version\": \"\",\n"
         "    \"draining\": true,\n"
-        "    \"queue_held\": 0\n"
+        "    \"queue_held\": 0,\n"
+        "    \"duplicate_windows\": 0,\n"
+        "    \"forwarded\": 0,\n"
+        "    \"resolved\": 0,\n"
+        "    \"leader_control\": \"\"\n"
         "  },\n"
         "  \"entries\": [],\n"
-        "  \"message\": \"\"\n"
+        "  \"message\": \"\",\n"
+        "  \"leader_control\": \"\"\n"
         "}\n";
     assert_string_equal(text, want);
     free(text);

@@ -1,0 +1,1235 @@
+/*
+ * peer.c - the peer channel: pipelined hamr.PeerMsg RPC between nodes over
+ * libuv TCP, server (the leader answers) and client (followers forward).
+ *
+ * Server happy path: accept -> read frames -> hello records the caller's node
+ * id -> each propose/query becomes a peer_call handed to the handler -> (now
+ * or later, in any order) peer_reply -> the answer is queued for writing.
+ *
+ * Client happy path: peer_client_call -> connection to addr found or opened
+ * (hello queued first) -> request frame queued (written once connected) ->
+ * the call waits in a req_id hash and a deadline list -> the answer is
+ * matched by req_id -> cb(0, res).
+ *
+ * Failure modes:
+ *   - a frame header announcing more than PROTO_PEER_MAX, a frame that does
+ *     not decode, or a PeerMsg with an unexpected body (server: anything but
+ *     hello first, propose, query; client: anything but result): the
+ *     connection is closed and the reason logged;
+ *   - server: the client goes away while calls are with the handler: they
+ *     are orphaned (call->conn = NULL) and peer_reply only frees them; a
+ *     client whose requests held by the handler pass PEER_HELD_MAX bytes or
+ *     PEER_HELD_CALLS_MAX calls is not read from until answers go out (what
+ *     one read already brought in is still handled);
+ *   - client: connect fails or takes longer than the connect timeout, or the
+ *     connection breaks: its calls fail with HAMR_ECONNECT when its handle has
+ *     closed, and the next call to that address opens a new connection;
+ *   - client: no answer by the call's deadline: HAMR_ETIMEDOUT, and a late
+ *     answer finds no call and is dropped. One timer per client serves every
+ *     deadline (the list is kept sorted) and every connect timeout;
+ *   - more than PEER_QUEUE_MAX bytes waiting to be written on a connection:
+ *     new client calls fail with HAMR_EBUSY; a server whose answers pile up
+ *     (the client does not read) closes the connection.
+ *
+ * Owns: the listener, every connection (its uv_tcp_t embedded, freed in the
+ * close callback), every frame until its write callback, server calls until
+ * peer_reply, client calls until their callback has run.
+ *
+ * Security: parses untrusted network input. A frame's length is checked
+ * before its body is buffered, and the body buffer grows with the bytes that
+ * actually arrive, up to that length; protobuf-c checks the rest. Text from
+ * the peer (its version) is logged through log_printable.
+ */
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto/proto_frame.h"
+#include "util/buf.h"
+#include "util/common.h"
+#include "util/err.h"
+#include "util/log.h"
+
+#include "node/peer.h"
+
+#define PEER_READ_CHUNK 65536
+#define PEER_READER_KEEP (1024 * 1024) /* a larger body buffer is freed after its frame */
+#define PEER_ADDR_MAX 64               /* "[v6]:port" fits */
+#define PEER_KEEPALIVE_S 30
+#define PEER_HASH_MIN 64
+
+/* ------------------------------------------------------------------------ */
+/* Frames and links: what both sides share.                                 */
+/* ------------------------------------------------------------------------ */
+
+struct peer_link;
+
+/* peer_frame - one packed frame; owned by its write request until the callback. */
+struct peer_frame {
+    uv_write_t req;
+    struct peer_link *link;
+    struct peer_frame *next; /* in a client connection's pre-connect queue */
+    size_t len;              /* 4 + body */
+    uint8_t data[];
+};
+
+/* peer_reader - reassembles one frame at a time from the byte stream. */
+struct peer_reader {
+    uint8_t hdr[4];
+    size_t hdr_len; /* header bytes seen */
+    size_t need;    /* body length, once hdr_len == 4 */
+    struct buf body;
+};
+
+/*
+ * peer_link - a TCP connection carrying frames, embedded in a server or a
+ * client connection. on_frame gets each whole frame; broken is told why the
+ * link must close (it closes it).
+ */
+struct peer_link {
+    uv_tcp_t tcp;
+    struct peer_reader rd;
+    size_t queued; /* bytes of frames not yet written */
+    bool closing;
+    void (*on_frame)(struct peer_link *l, const uint8_t *p, size_t n);
+    /* broken - close the link; uverr is a UV_E* code, or 0 with len the offending frame length. */
+    void (*broken)(struct peer_link *l, const char *why, int uverr, size_t len);
+    char rbuf[PEER_READ_CHUNK];
+};
+
+/* peer_frame_new - pack m behind its length prefix. HAMR_ETOOBIG, HAMR_ENOMEM. */
+static int peer_frame_new(const Hamr__PeerMsg *m, struct peer_frame **out)
+{
+    size_t n = hamr__peer_msg__get_packed_size(m);
+    if (n > PROTO_PEER_MAX)
+        return HAMR_ETOOBIG;
+    struct peer_frame *f = malloc(sizeof(*f) + 4 + n);
+    if (f == NULL)
+        return HAMR_ENOMEM;
+    memset(f, 0, sizeof(*f));
+    f->len = 4 + n;
+    proto_u32_put(f->data, (uint32_t)n);
+    hamr__peer_msg__pack(m, f->data + 4);
+    *out = f;
+    return 0;
+}
+
+/* peer_reader_init - empty reader. */
+static void peer_reader_init(struct peer_reader *r)
+{
+    memset(r, 0, sizeof(*r));
+    buf_init(&r->body, 0);
+}
+
+/*
+ * peer_reader_feed - take bytes from p (n of them) up to the end of the
+ * current frame; *used tells how many. Returns 1 when a whole frame is in
+ * r->body, 0 when more is needed, HAMR_ETOOBIG for a header over
+ * PROTO_PEER_MAX, HAMR_ENOMEM.
+ */
+static int peer_reader_feed(struct peer_reader *r, const uint8_t *p, size_t n, size_t *used)
+{
+    size_t off = 0;
+    *used = 0;
+    if (r->hdr_len < 4) {
+        size_t k = 4 - r->hdr_len < n ? 4 - r->hdr_len : n;
+        memcpy(r->hdr + r->hdr_len, p, k);
+        r->hdr_len += k;
+        off = k;
+        *used = off;
+        if (r->hdr_len < 4)
+            return 0;
+        uint32_t len = proto_u32_get(r->hdr);
+        if (len > PROTO_PEER_MAX)
+            return HAMR_ETOOBIG;
+        /* The body grows with what arrives, never past the announced length. */
+        r->need = len;
+        r->body.limit = len > 0 ? len : 1;
+    }
+    size_t k = r->need - r->body.len < n - off ? r->need - r->body.len : n - off;
+    if (k > 0) {
+        int rv = buf_append(&r->body, p + off, k);
+        if (rv != 0)
+            return rv;
+        off += k;
+    }
+    *used = off;
+    return r->body.len == r->need ? 1 : 0;
+}
+
+/* peer_reader_next - forget the frame just handled. */
+static void peer_reader_next(struct peer_reader *r)
+{
+    r->hdr_len = 0;
+    r->need = 0;
+    if (r->body.cap > PEER_READER_KEEP)
+        buf_free(&r->body);
+    else
+        buf_reset(&r->body);
+}
+
+/* peer_link_init - set up the handle and reader in zeroed memory the caller owns. */
+static void peer_link_init(uv_loop_t *loop, struct peer_link *l)
+{
+    uv_tcp_init(loop, &l->tcp);
+    l->tcp.data = l;
+    peer_reader_init(&l->rd);
+}
+
+/* peer_link_write_cb - a frame is out (or cancelled): release it. */
+static void peer_link_write_cb(uv_write_t *req, int status)
+{
+    struct peer_frame *f = hamr_container_of(req, struct peer_frame, req);
+    struct peer_link *l = f->link;
+    l->queued -= f->len;
+    free(f);
+    if (status < 0 && status != UV_ECANCELED && !l->closing)
+        l->broken(l, "write failed", status, 0);
+}
+
+/* peer_link_write - hand f to libuv; f is owned by the link from here on. */
+static int peer_link_write(struct peer_link *l, struct peer_frame *f)
+{
+    f->link = l;
+    uv_buf_t b = uv_buf_init((char *)f->data, (unsigned)f->len);
+    int rv = uv_write(&f->req, (uv_stream_t *)&l->tcp, &b, 1, peer_link_write_cb);
+    if (rv != 0) {
+        l->queued -= f->len;
+        free(f);
+        return rv;
+    }
+    /* Asynchronous processing continues in peer_link_write_cb. */
+    return 0;
+}
+
+/* peer_link_alloc_cb - reads land in the link's fixed chunk. */
+static void peer_link_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    struct peer_link *l = h->data;
+    (void)suggested;
+    b->base = l->rbuf;
+    b->len = sizeof(l->rbuf);
+}
+
+/* peer_link_read_cb - cut the input into frames and hand each to on_frame. */
+static void peer_link_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    struct peer_link *l = s->data;
+    if (nread == 0 || l->closing)
+        return;
+    if (nread < 0) {
+        l->broken(l, nread == UV_EOF ? "closed by peer" : "read failed", (int)nread, 0);
+        return;
+    }
+    const uint8_t *p = (const uint8_t *)b->base;
+    size_t n = (size_t)nread;
+    while (n > 0 && !l->closing) {
+        size_t used;
+        int rv = peer_reader_feed(&l->rd, p, n, &used);
+        p += used;
+        n -= used;
+        if (rv == HAMR_ETOOBIG) {
+            l->broken(l, "frame too large", 0, proto_u32_get(l->rd.hdr));
+            return;
+        }
+        if (rv < 0) {
+            l->broken(l, "out of memory", UV_ENOMEM, 0);
+            return;
+        }
+        if (rv == 1) {
+            l->on_frame(l, l->rd.body.data, l->rd.body.len);
+            peer_reader_next(&l->rd);
+        }
+    }
+}
+
+/* peer_link_free - release what the link owns besides its handle. */
+static void peer_link_free(struct peer_link *l)
+{
+    buf_free(&l->rd.body);
+}
+
+/* peer_sockaddr_name - "ip:port" or "[v6]:port" of sa into out. */
+static void peer_sockaddr_name(const struct sockaddr *sa, char *out, size_t outlen)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        uv_ip6_name(s6, ip, sizeof(ip));
+        snprintf(out, outlen, "[%s]:%u", ip, (unsigned)ntohs(s6->sin6_port));
+    } else {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+        uv_ip4_name(s4, ip, sizeof(ip));
+        snprintf(out, outlen, "%s:%u", ip, (unsigned)ntohs(s4->sin_port));
+    }
+}
+
+/*
+ * peer_parse_addr - "a.b.c.d:port" or "[v6]:port" into ss. raft 0.15 speaks
+ * IPv4 only, but the channel itself does not care. HAMR_EINVAL.
+ */
+static int peer_parse_addr(const char *addr, struct sockaddr_storage *ss)
+{
+    char host[PEER_ADDR_MAX];
+    const char *port;
+    size_t len = strlen(addr);
+    if (len == 0 || len >= sizeof(host))
+        return HAMR_EINVAL;
+    if (addr[0] == '[') {
+        const char *end = strchr(addr, ']');
+        if (end == NULL || end[1] != ':')
+            return HAMR_EINVAL;
+        memcpy(host, addr + 1, (size_t)(end - addr - 1));
+        host[end - addr - 1] = '\0';
+        port = end + 2;
+    } else {
+        const char *colon = strrchr(addr, ':');
+        if (colon == NULL || memchr(addr, ':', (size_t)(colon - addr)) != NULL)
+            return HAMR_EINVAL;
+        memcpy(host, addr, (size_t)(colon - addr));
+        host[colon - addr] = '\0';
+        port = colon + 1;
+    }
+    unsigned long pn = 0;
+    if (*port == '\0' || strlen(port) > 5)
+        return HAMR_EINVAL;
+    for (const char *q = port; *q != '\0'; q++) {
+        if (*q < '0' || *q > '9')
+            return HAMR_EINVAL;
+        pn = pn * 10 + (unsigned long)(*q - '0');
+    }
+    if (pn == 0 || pn > 65535)
+        return HAMR_EINVAL;
+    memset(ss, 0, sizeof(*ss));
+    if (addr[0] == '[')
+        return uv_ip6_addr(host, (int)pn, (struct sockaddr_in6 *)ss) == 0 ? 0 : HAMR_EINVAL;
+    return uv_ip4_addr(host, (int)pn, (struct sockaddr_in *)ss) == 0 ? 0 : HAMR_EINVAL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Server.                                                                  */
+/* ------------------------------------------------------------------------ */
+
+struct peer_server {
+    uv_loop_t *loop;
+    uv_tcp_t listener; /* freed with the struct, after its close callback */
+    struct peer_handler handler;
+    uint16_t port;
+    size_t held_max; /* per connection, see peer_sconn_over */
+    size_t held_calls_max;
+    struct peer_sconn *conns; /* doubly linked */
+    size_t n_conns;
+    bool closing;
+    bool listener_closed;
+    void (*closed_cb)(void *arg);
+    void *closed_arg;
+};
+
+/* peer_sconn - one accepted connection; freed in its handle's close callback. */
+struct peer_sconn {
+    struct peer_link link; /* first: the handle's data points here */
+    struct peer_server *srv;
+    struct peer_sconn *prev, *next;
+    struct peer_call *calls; /* with the handler; doubly linked */
+    size_t n_calls;
+    size_t held; /* request bytes of those calls */
+    bool hello_seen;
+    bool requests_seen;
+    bool paused; /* reading stopped for backpressure */
+    uint64_t node_id;
+    char name[PEER_ADDR_MAX];
+};
+
+/* peer_call - one request with the handler. */
+struct peer_call {
+    struct peer_sconn *conn; /* NULL once the connection has gone */
+    struct peer_call *prev, *next;
+    Hamr__PeerMsg *msg;
+    uint64_t req_id;
+    uint64_t node_id;
+    size_t size; /* frame body bytes, counted in conn->held */
+};
+
+static void peer_sconn_close(struct peer_sconn *conn);
+
+/* peer_server_maybe_done - after peer_server_close, free s once every handle is gone. */
+static void peer_server_maybe_done(struct peer_server *s)
+{
+    if (!s->closing || !s->listener_closed || s->conns != NULL)
+        return;
+    void (*cb)(void *) = s->closed_cb;
+    void *arg = s->closed_arg;
+    free(s);
+    if (cb != NULL)
+        cb(arg);
+}
+
+/* peer_sconn_closed_cb - the handle is closed: unlink and free the connection. */
+static void peer_sconn_closed_cb(uv_handle_t *h)
+{
+    struct peer_sconn *conn = hamr_container_of(h, struct peer_sconn, link.tcp);
+    struct peer_server *s = conn->srv;
+    if (conn->prev != NULL)
+        conn->prev->next = conn->next;
+    else
+        s->conns = conn->next;
+    if (conn->next != NULL)
+        conn->next->prev = conn->prev;
+    s->n_conns--;
+    peer_link_free(&conn->link);
+    free(conn);
+    peer_server_maybe_done(s);
+}
+
+/* peer_sconn_close - idempotent; orphans the calls still with the handler. */
+static void peer_sconn_close(struct peer_sconn *conn)
+{
+    if (conn->link.closing)
+        return;
+    conn->link.closing = true;
+    if (conn->n_calls > 0)
+        log_info("peer connection closed peer=%s node=%" PRIu64 " unanswered=%zu", conn->name,
+                 conn->node_id, conn->n_calls);
+    for (struct peer_call *call = conn->calls; call != NULL; call = call->next)
+        call->conn = NULL;
+    conn->calls = NULL;
+    conn->n_calls = 0;
+    conn->held = 0;
+    uv_close((uv_handle_t *)&conn->link.tcp, peer_sconn_closed_cb);
+}
+
+/* peer_sconn_broken - the link must go; log why. */
+static void peer_sconn_broken(struct peer_link *l, const char *why, int uverr, size_t len)
+{
+    struct peer_sconn *conn = hamr_container_of(l, struct peer_sconn, link);
+    if (uverr == UV_EOF || uverr == UV_ECONNRESET)
+        log_debug("peer connection ended peer=%s node=%" PRIu64 " reason=\"%s\"", conn->name,
+                  conn->node_id, why);
+    else if (uverr < 0)
+        log_warn("peer connection closed peer=%s node=%" PRIu64 " reason=\"%s\" err=%s", conn->name,
+                 conn->node_id, why, uv_err_name(uverr));
+    else
+        log_warn("peer connection closed peer=%s node=%" PRIu64 " reason=\"%s\" len=%zu",
+                 conn->name, conn->node_id, why, len);
+    peer_sconn_close(conn);
+}
+
+/* peer_sconn_over - is the handler holding too much of this connection's input? */
+static bool peer_sconn_over(const struct peer_sconn *conn)
+{
+    return conn->held > conn->srv->held_max || conn->n_calls >= conn->srv->held_calls_max;
+}
+
+/* peer_sconn_hello - record who is calling. */
+static void peer_sconn_hello(struct peer_sconn *conn, const Hamr__PeerHello *hello)
+{
+    char version[PEER_VERSION_MAX];
+    const char *v = hello->version != NULL ? hello->version : "";
+    conn->hello_seen = true;
+    conn->node_id = hello->node_id;
+    log_info("peer hello peer=%s node=%" PRIu64 " version=%s format_max=%u", conn->name,
+             hello->node_id, log_printable(version, sizeof(version), v, strlen(v)),
+             (unsigned)hello->format_version_max);
+}
+
+/* peer_sconn_frame - one whole frame from a client: hello, or a request for the handler. */
+static void peer_sconn_frame(struct peer_link *l, const uint8_t *p, size_t n)
+{
+    struct peer_sconn *conn = hamr_container_of(l, struct peer_sconn, link);
+    Hamr__PeerMsg *msg = hamr__peer_msg__unpack(NULL, n, p);
+    if (msg == NULL) {
+        peer_sconn_broken(l, "undecodable frame", 0, n);
+        return;
+    }
+    switch (msg->body_case) {
+        case HAMR__PEER_MSG__BODY_HELLO:
+            if (conn->hello_seen || conn->requests_seen) {
+                hamr__peer_msg__free_unpacked(msg, NULL);
+                peer_sconn_broken(l, "unexpected hello", 0, n);
+                return;
+            }
+            peer_sconn_hello(conn, msg->hello);
+            hamr__peer_msg__free_unpacked(msg, NULL);
+            return;
+        case HAMR__PEER_MSG__BODY_PROPOSE:
+        case HAMR__PEER_MSG__BODY_QUERY:
+            break;
+        default:
+            hamr__peer_msg__free_unpacked(msg, NULL);
+            peer_sconn_broken(l, "unexpected message body", 0, n);
+            return;
+    }
+    struct peer_call *call = calloc(1, sizeof(*call));
+    if (call == NULL) {
+        hamr__peer_msg__free_unpacked(msg, NULL);
+        peer_sconn_broken(l, "out of memory", UV_ENOMEM, 0);
+        return;
+    }
+    conn->requests_seen = true;
+    call->conn = conn;
+    call->msg = msg;
+    call->req_id = msg->req_id;
+    call->node_id = conn->node_id;
+    call->size = n;
+    call->next = conn->calls;
+    if (conn->calls != NULL)
+        conn->calls->prev = call;
+    conn->calls = call;
+    conn->n_calls++;
+    conn->held += n;
+    if (!conn->paused && peer_sconn_over(conn)) {
+        /* Backpressure: the handler owns enough of this client's input. */
+        conn->paused = true;
+        uv_read_stop((uv_stream_t *)&conn->link.tcp);
+        log_info("peer reading paused peer=%s held=%zu calls=%zu", conn->name, conn->held,
+                 conn->n_calls);
+    }
+    struct peer_server *s = conn->srv;
+    s->handler.request(s->handler.data, call, msg);
+    /* The answer may come from inside request() or later, in any order. */
+}
+
+/* peer_sconn_resume - answers went out: read again if reading was paused. */
+static void peer_sconn_resume(struct peer_sconn *conn)
+{
+    if (!conn->paused || peer_sconn_over(conn))
+        return;
+    conn->paused = false;
+    int rv = uv_read_start((uv_stream_t *)&conn->link.tcp, peer_link_alloc_cb, peer_link_read_cb);
+    if (rv != 0)
+        peer_sconn_broken(&conn->link, "read restart failed", rv, 0);
+}
+
+/* peer_call_node - the node id from the connection's hello, 0 if none. */
+uint64_t peer_call_node(const struct peer_call *call)
+{
+    return call->node_id;
+}
+
+/* peer_call_free - release a call and its request. */
+static void peer_call_free(struct peer_call *call)
+{
+    hamr__peer_msg__free_unpacked(call->msg, NULL);
+    free(call);
+}
+
+/* peer_reply - answer call and free it. */
+int peer_reply(struct peer_call *call, const Hamr__PeerResult *res)
+{
+    struct peer_sconn *conn = call->conn;
+    uint64_t req_id = call->req_id;
+    if (conn != NULL) {
+        if (call->prev != NULL)
+            call->prev->next = call->next;
+        else
+            conn->calls = call->next;
+        if (call->next != NULL)
+            call->next->prev = call->prev;
+        conn->n_calls--;
+        conn->held -= call->size;
+    }
+    peer_call_free(call);
+    if (conn == NULL)
+        return 0; /* the caller went away; nobody to answer */
+
+    Hamr__PeerMsg m = HAMR__PEER_MSG__INIT;
+    m.req_id = req_id;
+    m.body_case = HAMR__PEER_MSG__BODY_RESULT;
+    m.result = (Hamr__PeerResult *)res; /* only read by the packer */
+    struct peer_frame *f = NULL;
+    int rv = peer_frame_new(&m, &f);
+    if (rv == 0 && conn->link.queued + f->len > PEER_QUEUE_MAX) {
+        free(f);
+        rv = HAMR_EBUSY;
+    }
+    if (rv == 0) {
+        conn->link.queued += f->len;
+        int uvrv = peer_link_write(&conn->link, f);
+        if (uvrv != 0) {
+            peer_sconn_broken(&conn->link, "write failed", uvrv, 0);
+            return HAMR_EIO;
+        }
+        peer_sconn_resume(conn);
+        return 0;
+    }
+    log_warn("peer answer not sent peer=%s req_id=%" PRIu64 " err=%s", conn->name, req_id,
+             hamr_errname(rv));
+    peer_sconn_close(conn);
+    return rv;
+}
+
+/* peer_server_connection_cb - accept one client. */
+static void peer_server_connection_cb(uv_stream_t *listener, int status)
+{
+    struct peer_server *s = listener->data;
+    if (status < 0) {
+        log_warn("peer accept failed err=%s", uv_err_name(status));
+        return;
+    }
+    struct peer_sconn *conn = calloc(1, sizeof(*conn));
+    if (conn == NULL)
+        return; /* XXX libuv stops accepting until uv_accept: out of memory stalls the listener */
+    peer_link_init(s->loop, &conn->link);
+    conn->link.on_frame = peer_sconn_frame;
+    conn->link.broken = peer_sconn_broken;
+    conn->srv = s;
+    hamr_strlcpy(conn->name, "?", sizeof(conn->name));
+    conn->next = s->conns;
+    if (s->conns != NULL)
+        s->conns->prev = conn;
+    s->conns = conn;
+    s->n_conns++;
+    if (uv_accept(listener, (uv_stream_t *)&conn->link.tcp) != 0) {
+        peer_sconn_close(conn);
+        return;
+    }
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&conn->link.tcp, (struct sockaddr *)&ss, &len) == 0)
+        peer_sockaddr_name((struct sockaddr *)&ss, conn->name, sizeof(conn->name));
+    if (s->n_conns > PEER_MAX_CONNS) {
+        log_warn("peer too many connections peer=%s max=%d", conn->name, PEER_MAX_CONNS);
+        peer_sconn_close(conn);
+        return;
+    }
+    uv_tcp_nodelay(&conn->link.tcp, 1);
+    uv_tcp_keepalive(&conn->link.tcp, 1, PEER_KEEPALIVE_S);
+    int rv = uv_read_start((uv_stream_t *)&conn->link.tcp, peer_link_alloc_cb, peer_link_read_cb);
+    if (rv != 0) {
+        peer_sconn_broken(&conn->link, "read start failed", rv, 0);
+        return;
+    }
+    log_debug("peer connection accepted peer=%s", conn->name);
+}
+
+/* peer_server_listener_closed_cb - the listener is gone. */
+static void peer_server_listener_closed_cb(uv_handle_t *h)
+{
+    struct peer_server *s = h->data;
+    s->listener_closed = true;
+    peer_server_maybe_done(s);
+}
+
+/* peer_server_new - bind and listen on host:port. */
+int peer_server_new(uv_loop_t *loop,
+                    const char *host,
+                    uint16_t port,
+                    const struct peer_handler *h,
+                    struct peer_server **out,
+                    char *errmsg,
+                    size_t errlen)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
+        snprintf(errmsg, errlen, "peer: not an IP address: %s", host);
+        return HAMR_EINVAL;
+    }
+    struct peer_server *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        snprintf(errmsg, errlen, "peer: out of memory");
+        return HAMR_ENOMEM;
+    }
+    s->loop = loop;
+    s->handler = *h;
+    s->held_max = PEER_HELD_MAX;
+    s->held_calls_max = PEER_HELD_CALLS_MAX;
+    uv_tcp_init(loop, &s->listener);
+    s->listener.data = s;
+    int rv = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
+    if (rv == 0)
+        rv = uv_listen((uv_stream_t *)&s->listener, 64, peer_server_connection_cb);
+    if (rv != 0) {
+        snprintf(errmsg, errlen, "peer: cannot listen on %s:%u: %s", host, (unsigned)port,
+                 uv_strerror(rv));
+        /* The struct is freed by peer_server_listener_closed_cb; nobody is told. */
+        s->closing = true;
+        uv_close((uv_handle_t *)&s->listener, peer_server_listener_closed_cb);
+        return HAMR_EIO;
+    }
+    struct sockaddr_storage bound;
+    int len = sizeof(bound);
+    uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &len);
+    if (bound.ss_family == AF_INET6)
+        s->port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
+    else
+        s->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+    *out = s;
+    return 0;
+}
+
+/* peer_server_port - the bound port. */
+uint16_t peer_server_port(const struct peer_server *s)
+{
+    return s->port;
+}
+
+/* peer_server_set_held_limit - when a connection stops being read. */
+void peer_server_set_held_limit(struct peer_server *s, size_t bytes, size_t calls)
+{
+    s->held_max = bytes;
+    s->held_calls_max = calls;
+}
+
+/* peer_server_conns - open connections. */
+size_t peer_server_conns(const struct peer_server *s)
+{
+    return s->n_conns;
+}
+
+/* peer_server_close - close the listener and all connections; idempotent. */
+void peer_server_close(struct peer_server *s, void (*cb)(void *arg), void *arg)
+{
+    if (s->closing)
+        return;
+    s->closing = true;
+    s->closed_cb = cb;
+    s->closed_arg = arg;
+    uv_close((uv_handle_t *)&s->listener, peer_server_listener_closed_cb);
+    for (struct peer_sconn *conn = s->conns; conn != NULL; conn = conn->next)
+        peer_sconn_close(conn);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Client.                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Every outstanding call is in three places: the req_id hash (to match its
+ * answer), the client's deadline list (sorted by deadline, calls without one
+ * at the end; also the list of everything to fail on close), and its
+ * connection's list (to fail when that connection breaks). peer_pending_take
+ * removes it from all three before its callback runs, so a callback may call
+ * back into the client freely.
+ */
+struct peer_client {
+    uv_loop_t *loop;
+    uint64_t self_id;
+    char version[PEER_VERSION_MAX];
+    uint64_t connect_timeout_ms;
+    size_t queue_limit;
+    uv_timer_t timer;         /* the earliest deadline or connect timeout */
+    struct peer_cconn *conns; /* doubly linked; closing ones are unlinked */
+    size_t n_conns;           /* including closing ones */
+    struct peer_pending **buckets;
+    size_t n_buckets; /* a power of two */
+    size_t n_pending;
+    struct peer_pending *dl_head, *dl_tail;
+    uint64_t next_req_id;
+    bool closing;
+    bool timer_closed;
+    void (*closed_cb)(void *arg);
+    void *closed_arg;
+};
+
+/* peer_cconn - the connection to one destination address. */
+struct peer_cconn {
+    struct peer_link link; /* first: the handle's data points here */
+    struct peer_client *client;
+    struct peer_cconn *prev, *next;
+    uv_connect_t connect;
+    bool connected;
+    uint64_t connect_deadline;
+    struct peer_frame *wait_head, *wait_tail; /* frames queued before connecting */
+    struct peer_pending *calls;               /* doubly linked */
+    size_t n_calls;
+    char addr[PEER_ADDR_MAX];
+};
+
+/* peer_pending - one call waiting for its answer. */
+struct peer_pending {
+    uint64_t req_id;
+    uint64_t deadline; /* loop time in ms; UINT64_MAX: none */
+    struct peer_cconn *conn;
+    peer_result_cb cb;
+    void *arg;
+    struct peer_pending *hnext;         /* hash chain */
+    struct peer_pending *dprev, *dnext; /* deadline list */
+    struct peer_pending *cprev, *cnext; /* connection's list */
+};
+
+static void peer_cconn_close(struct peer_cconn *conn);
+static void peer_client_arm(struct peer_client *c);
+
+/* peer_client_bucket - the hash chain head for req_id. */
+static struct peer_pending **peer_client_bucket(struct peer_client *c, uint64_t req_id)
+{
+    /* Fibonacci hashing: req_ids are sequential, the multiply spreads them. */
+    uint64_t h = req_id * UINT64_C(0x9E3779B97F4A7C15);
+    return &c->buckets[h >> 32 & (c->n_buckets - 1)];
+}
+
+/* peer_client_grow - double the hash table; on failure keep the longer chains. */
+static void peer_client_grow(struct peer_client *c)
+{
+    size_t n = c->n_buckets * 2;
+    struct peer_pending **nb = calloc(n, sizeof(*nb));
+    if (nb == NULL)
+        return;
+    struct peer_pending **old = c->buckets;
+    size_t old_n = c->n_buckets;
+    c->buckets = nb;
+    c->n_buckets = n;
+    for (size_t i = 0; i < old_n; i++) {
+        struct peer_pending *p = old[i];
+        while (p != NULL) {
+            struct peer_pending *next = p->hnext;
+            struct peer_pending **b = peer_client_bucket(c, p->req_id);
+            p->hnext = *b;
+            *b = p;
+            p = next;
+        }
+    }
+    free(old);
+}
+
+/* peer_pending_add - register p in the hash, the deadline list and its connection. */
+static void peer_pending_add(struct peer_client *c, struct peer_pending *p)
+{
+    if (c->n_pending >= 2 * c->n_buckets)
+        peer_client_grow(c);
+    struct peer_pending **b = peer_client_bucket(c, p->req_id);
+    p->hnext = *b;
+    *b = p;
+    c->n_pending++;
+
+    /* Most calls share one timeout, so the place is found at the tail. */
+    struct peer_pending *after = c->dl_tail;
+    while (after != NULL && after->deadline > p->deadline)
+        after = after->dprev;
+    p->dprev = after;
+    p->dnext = after != NULL ? after->dnext : c->dl_head;
+    if (p->dnext != NULL)
+        p->dnext->dprev = p;
+    else
+        c->dl_tail = p;
+    if (after != NULL)
+        after->dnext = p;
+    else
+        c->dl_head = p;
+
+    struct peer_cconn *conn = p->conn;
+    p->cprev = NULL;
+    p->cnext = conn->calls;
+    if (conn->calls != NULL)
+        conn->calls->cprev = p;
+    conn->calls = p;
+    conn->n_calls++;
+}
+
+/* peer_pending_take - unlink p from everything; the caller then runs and frees it. */
+static void peer_pending_take(struct peer_client *c, struct peer_pending *p)
+{
+    struct peer_pending **b = peer_client_bucket(c, p->req_id);
+    while (*b != p)
+        b = &(*b)->hnext;
+    *b = p->hnext;
+    c->n_pending--;
+
+    if (p->dprev != NULL)
+        p->dprev->dnext = p->dnext;
+    else
+        c->dl_head = p->dnext;
+    if (p->dnext != NULL)
+        p->dnext->dprev = p->dprev;
+    else
+        c->dl_tail = p->dprev;
+
+    struct peer_cconn *conn = p->conn;
+    if (p->cprev != NULL)
+        p->cprev->cnext = p->cnext;
+    else
+        conn->calls = p->cnext;
+    if (p->cnext != NULL)
+        p->cnext->cprev = p->cprev;
+    conn->n_calls--;
+    p->conn = NULL;
+}
+
+/* peer_pending_find - the call waiting for req_id, or NULL. */
+static struct peer_pending *peer_pending_find(struct peer_client *c, uint64_t req_id)
+{
+    struct peer_pending *p = *peer_client_bucket(c, req_id);
+    while (p != NULL && p->req_id != req_id)
+        p = p->hnext;
+    return p;
+}
+
+/* peer_pending_finish - run p's callback once and free it; p is already taken. */
+static void peer_pending_finish(struct peer_pending *p, int status, const Hamr__PeerResult *res)
+{
+    peer_result_cb cb = p->cb;
+    void *arg = p->arg;
+    free(p);
+    cb(arg, status, res);
+}
+
+/* peer_client_maybe_done - after peer_client_close, free c once every handle is gone. */
+static void peer_client_maybe_done(struct peer_client *c)
+{
+    if (!c->closing || !c->timer_closed || c->n_conns > 0)
+        return;
+    void (*cb)(void *) = c->closed_cb;
+    void *arg = c->closed_arg;
+    free(c->buckets);
+    free(c);
+    if (cb != NULL)
+        cb(arg);
+}
+
+/* peer_cconn_closed_cb - the handle is closed: fail the calls left, free the connection. */
+static void peer_cconn_closed_cb(uv_handle_t *h)
+{
+    struct peer_cconn *conn = hamr_container_of(h, struct peer_cconn, link.tcp);
+    struct peer_client *c = conn->client;
+    /* Calls fail here, not in peer_cconn_close, so that a connection that
+     * breaks inside peer_client_call never runs a callback from there. */
+    while (conn->calls != NULL) {
+        struct peer_pending *p = conn->calls;
+        peer_pending_take(c, p);
+        peer_pending_finish(p, HAMR_ECONNECT, NULL);
+    }
+    struct peer_frame *f = conn->wait_head;
+    while (f != NULL) {
+        struct peer_frame *next = f->next;
+        free(f);
+        f = next;
+    }
+    peer_link_free(&conn->link);
+    free(conn);
+    c->n_conns--;
+    if (c->closing)
+        peer_client_maybe_done(c);
+    else
+        peer_client_arm(c);
+}
+
+/* peer_cconn_close - idempotent; the calls fail once the handle has closed. */
+static void peer_cconn_close(struct peer_cconn *conn)
+{
+    if (conn->link.closing)
+        return;
+    struct peer_client *c = conn->client;
+    conn->link.closing = true;
+    /* Unlinked now, so the next call to this address opens a new connection. */
+    if (conn->prev != NULL)
+        conn->prev->next = conn->next;
+    else
+        c->conns = conn->next;
+    if (conn->next != NULL)
+        conn->next->prev = conn->prev;
+    conn->prev = conn->next = NULL;
+    uv_close((uv_handle_t *)&conn->link.tcp, peer_cconn_closed_cb);
+}
+
+/* peer_cconn_broken - the link must go; log why. */
+static void peer_cconn_broken(struct peer_link *l, const char *why, int uverr, size_t len)
+{
+    struct peer_cconn *conn = hamr_container_of(l, struct peer_cconn, link);
+    if (uverr < 0)
+        log_msg(conn->n_calls > 0 ? LOG_LEVEL_WARN : LOG_LEVEL_INFO,
+                "peer connection lost addr=%s reason=\"%s\" err=%s calls=%zu", conn->addr, why,
+                uv_err_name(uverr), conn->n_calls);
+    else
+        log_warn("peer connection lost addr=%s reason=\"%s\" len=%zu calls=%zu", conn->addr, why,
+                 len, conn->n_calls);
+    peer_cconn_close(conn);
+}
+
+/* peer_cconn_frame - one whole frame from a server: an answer to match. */
+static void peer_cconn_frame(struct peer_link *l, const uint8_t *p, size_t n)
+{
+    struct peer_cconn *conn = hamr_container_of(l, struct peer_cconn, link);
+    struct peer_client *c = conn->client;
+    Hamr__PeerMsg *msg = hamr__peer_msg__unpack(NULL, n, p);
+    if (msg == NULL) {
+        peer_cconn_broken(l, "undecodable frame", 0, n);
+        return;
+    }
+    if (msg->body_case != HAMR__PEER_MSG__BODY_RESULT) {
+        hamr__peer_msg__free_unpacked(msg, NULL);
+        peer_cconn_broken(l, "unexpected message body", 0, n);
+        return;
+    }
+    struct peer_pending *pp = peer_pending_find(c, msg->req_id);
+    if (pp == NULL || pp->conn != conn) {
+        /* Timed out already (or never asked here): the answer has nobody to go to. */
+        log_debug("peer late answer dropped addr=%s req_id=%" PRIu64, conn->addr, msg->req_id);
+        hamr__peer_msg__free_unpacked(msg, NULL);
+        return;
+    }
+    bool was_head = pp == c->dl_head;
+    peer_pending_take(c, pp);
+    peer_pending_finish(pp, 0, msg->result);
+    hamr__peer_msg__free_unpacked(msg, NULL);
+    if (was_head && !c->closing)
+        peer_client_arm(c);
+}
+
+/* peer_cconn_connect_cb - connected: flush the frames that waited, start reading. */
+static void peer_cconn_connect_cb(uv_connect_t *req, int status)
+{
+    struct peer_cconn *conn = hamr_container_of(req, struct peer_cconn, connect);
+    if (status == UV_ECANCELED || conn->link.closing)
+        return;
+    if (status < 0) {
+        peer_cconn_broken(&conn->link, "connect failed", status, 0);
+        return;
+    }
+    conn->connected = true;
+    log_debug("peer connected addr=%s", conn->addr);
+    while (conn->wait_head != NULL) {
+        struct peer_frame *f = conn->wait_head;
+        conn->wait_head = f->next;
+        if (conn->wait_head == NULL)
+            conn->wait_tail = NULL;
+        int rv = peer_link_write(&conn->link, f);
+        if (rv != 0) {
+            peer_cconn_broken(&conn->link, "write failed", rv, 0);
+            return;
+        }
+    }
+    int rv = uv_read_start((uv_stream_t *)&conn->link.tcp, peer_link_alloc_cb, peer_link_read_cb);
+    if (rv != 0)
+        peer_cconn_broken(&conn->link, "read start failed", rv, 0);
+}
+
+/* peer_cconn_send - write f now, or queue it until connected. */
+static int peer_cconn_send(struct peer_cconn *conn, struct peer_frame *f)
+{
+    conn->link.queued += f->len;
+    if (conn->connected)
+        return peer_link_write(&conn->link, f);
+    f->link = &conn->link;
+    f->next = NULL;
+    if (conn->wait_tail != NULL)
+        conn->wait_tail->next = f;
+    else
+        conn->wait_head = f;
+    conn->wait_tail = f;
+    return 0;
+}
+
+/* peer_cconn_find - the open connection to addr, or NULL. */
+static struct peer_cconn *peer_cconn_find(struct peer_client *c, const char *addr)
+{
+    for (struct peer_cconn *conn = c->conns; conn != NULL; conn = conn->next)
+        if (strcmp(conn->addr, addr) == 0)
+            return conn;
+    return NULL;
+}
+
+/*
+ * peer_cconn_open - a new connection to addr (already parsed into ss), hello
+ * queued first. Only HAMR_ENOMEM fails here; a connect that fails at once
+ * closes the connection, and its calls fail from the close callback.
+ */
+static int peer_cconn_open(struct peer_client *c,
+                           const char *addr,
+                           const struct sockaddr_storage *ss,
+                           struct peer_cconn **out)
+{
+    struct peer_cconn *conn = calloc(1, sizeof(*conn));
+    if (conn == NULL)
+        return HAMR_ENOMEM;
+    Hamr__PeerHello hello = HAMR__PEER_HELLO__INIT;
+    hello.node_id = c->self_id;
+    hello.version = c->version;
+    hello.format_version_max = PROTO_FORMAT_VERSION_MAX;
+    Hamr__PeerMsg m = HAMR__PEER_MSG__INIT;
+    m.body_case = HAMR__PEER_MSG__BODY_HELLO;
+    m.hello = &hello;
+    struct peer_frame *f = NULL;
+    int rv = peer_frame_new(&m, &f);
+    if (rv != 0) {
+        free(conn);
+        return rv;
+    }
+    peer_link_init(c->loop, &conn->link);
+    conn->link.on_frame = peer_cconn_frame;
+    conn->link.broken = peer_cconn_broken;
+    conn->client = c;
+    hamr_strlcpy(conn->addr, addr, sizeof(conn->addr));
+    conn->connect_deadline = uv_now(c->loop) + c->connect_timeout_ms;
+    conn->next = c->conns;
+    if (c->conns != NULL)
+        c->conns->prev = conn;
+    c->conns = conn;
+    c->n_conns++;
+    peer_cconn_send(conn, f);
+    uv_tcp_nodelay(&conn->link.tcp, 1);
+    uv_tcp_keepalive(&conn->link.tcp, 1, PEER_KEEPALIVE_S);
+    rv = uv_tcp_connect(&conn->connect, &conn->link.tcp, (const struct sockaddr *)ss,
+                        peer_cconn_connect_cb);
+    if (rv != 0)
+        peer_cconn_broken(&conn->link, "connect failed", rv, 0);
+    /* Asynchronous processing continues in peer_cconn_connect_cb. */
+    *out = conn;
+    return 0;
+}
+
+/* peer_client_timer_cb - fail the calls past their deadline, drop slow connects. */
+static void peer_client_timer_cb(uv_timer_t *t)
+{
+    struct peer_client *c = t->data;
+    uint64_t now = uv_now(c->loop);
+    while (c->dl_head != NULL && c->dl_head->deadline <= now) {
+        struct peer_pending *p = c->dl_head;
+        log_info("peer call timed out addr=%s req_id=%" PRIu64, p->conn->addr, p->req_id);
+        peer_pending_take(c, p);
+        peer_pending_finish(p, HAMR_ETIMEDOUT, NULL);
+    }
+    struct peer_cconn *conn = c->conns;
+    while (conn != NULL) {
+        struct peer_cconn *next = conn->next;
+        if (!conn->connected && conn->connect_deadline <= now)
+            peer_cconn_broken(&conn->link, "connect timed out", UV_ETIMEDOUT, 0);
+        conn = next;
+    }
+    if (!c->closing)
+        peer_client_arm(c);
+}
+
+/* peer_client_arm - set the timer for the earliest deadline or connect timeout. */
+static void peer_client_arm(struct peer_client *c)
+{
+    uint64_t next = c->dl_head != NULL ? c->dl_head->deadline : UINT64_MAX;
+    for (struct peer_cconn *conn = c->conns; conn != NULL; conn = conn->next)
+        if (!conn->connected && conn->connect_deadline < next)
+            next = conn->connect_deadline;
+    if (next == UINT64_MAX) {
+        uv_timer_stop(&c->timer);
+        return;
+    }
+    /* At least 1 ms: libuv 1.44 runs a 0 ms timer started from its own callback
+     * again in the same pass, so a deadline the sweep left behind would spin. */
+    uint64_t now = uv_now(c->loop);
+    uv_timer_start(&c->timer, peer_client_timer_cb, next > now + 1 ? next - now : 1, 0);
+}
+
+/* peer_client_new - an idle client; connections open on demand. */
+struct peer_client *peer_client_new(uv_loop_t *loop, uint64_t self_id, const char *version)
+{
+    struct peer_client *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->buckets = calloc(PEER_HASH_MIN, sizeof(*c->buckets));
+    if (c->buckets == NULL) {
+        free(c);
+        return NULL;
+    }
+    c->n_buckets = PEER_HASH_MIN;
+    c->loop = loop;
+    c->self_id = self_id;
+    hamr_strlcpy(c->version, version != NULL ? version : "", sizeof(c->version));
+    c->connect_timeout_ms = PEER_CONNECT_TIMEOUT_MS;
+    c->queue_limit = PEER_QUEUE_MAX;
+    uv_timer_init(loop, &c->timer);
+    c->timer.data = c;
+    return c;
+}
+
+/* peer_client_set_connect_timeout - for connections opened from now on. */
+void peer_client_set_connect_timeout(struct peer_client *c, uint64_t ms)
+{
+    c->connect_timeout_ms = ms;
+}
+
+/* peer_client_set_queue_limit - bytes queued per connection before HAMR_EBUSY. */
+void peer_client_set_queue_limit(struct peer_client *c, size_t bytes)
+{
+    c->queue_limit = bytes;
+}
+
+/* peer_client_pending - calls waiting for their outcome. */
+size_t peer_client_pending(const struct peer_client *c)
+{
+    return c->n_pending;
+}
+
+/* peer_client_call - queue one request to addr; the outcome comes through cb. */
+int peer_client_call(struct peer_client *c,
+                     const char *addr,
+                     const Hamr__PeerMsg *req,
+                     uint64_t timeout_ms,
+                     peer_result_cb cb,
+                     void *arg)
+{
+    if (c->closing)
+        return HAMR_ESHUTDOWN;
+    if ((req->body_case != HAMR__PEER_MSG__BODY_PROPOSE || req->propose == NULL) &&
+        (req->body_case != HAMR__PEER_MSG__BODY_QUERY || req->query == NULL))
+        return HAMR_EINVAL;
+    struct peer_cconn *conn = peer_cconn_find(c, addr);
+    struct sockaddr_storage ss;
+    if (conn == NULL && peer_parse_addr(addr, &ss) != 0)
+        return HAMR_EINVAL;
+
+    Hamr__PeerMsg m = *req;
+    m.req_id = c->next_req_id + 1;
+    struct peer_frame *f = NULL;
+    int rv = peer_frame_new(&m, &f);
+    if (rv != 0)
+        return rv;
+    struct peer_pending *p = calloc(1, sizeof(*p));
+    if (p == NULL) {
+        free(f);
+        return HAMR_ENOMEM;
+    }
+    if (conn == NULL && (rv = peer_cconn_open(c, addr, &ss, &conn)) != 0) {
+        free(p);
+        free(f);
+        return rv;
+    }
+    if (conn->link.queued + f->len > c->queue_limit) {
+        log_warn("peer queue full addr=%s queued=%zu", conn->addr, conn->link.queued);
+        free(p);
+        free(f);
+        return HAMR_EBUSY;
+    }
+    c->next_req_id++;
+    p->req_id = m.req_id;
+    p->deadline = timeout_ms > 0 ? uv_now(c->loop) + timeout_ms : UINT64_MAX;
+    p->conn = conn;
+    p->cb = cb;
+    p->arg = arg;
+    peer_pending_add(c, p);
+    rv = peer_cconn_send(conn, f);
+    if (rv != 0)
+        peer_cconn_broken(&conn->link, "write failed", rv, 0); /* p fails from the close callback */
+    peer_client_arm(c);
+    return 0;
+}
+
+/* peer_client_timer_closed_cb - the timer is gone. */
+static void peer_client_timer_closed_cb(uv_handle_t *h)
+{
+    struct peer_client *c = h->data;
+    c->timer_closed = true;
+    peer_client_maybe_done(c);
+}
+
+/* peer_client_close - fail everything outstanding, close every handle; idempotent. */
+void peer_client_close(struct peer_client *c, void (*cb)(void *arg), void *arg)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    c->closed_cb = cb;
+    c->closed_arg = arg;
+    if (c->n_pending > 0)
+        log_info("peer client closing calls=%zu", c->n_pending);
+    while (c->dl_head != NULL) {
+        struct peer_pending *p = c->dl_head;
+        peer_pending_take(c, p);
+        peer_pending_finish(p, HAMR_ESHUTDOWN, NULL);
+    }
+    while (c->conns != NULL)
+        peer_cconn_close(c->conns);
+    uv_close((uv_handle_t *)&c->timer, peer_client_timer_closed_cb);
+}

@@ -1,0 +1,159 @@
+/*
+ * peer.h - the peer channel between hamr nodes: pipelined request/answer RPC
+ * over TCP, used by followers to forward proposals and queries to the leader.
+ *
+ * Frames: 4-byte big-endian length (at most PROTO_PEER_MAX), then a
+ * hamr.PeerMsg (proto/hamr.proto). A connection opens with a PeerMsg carrying
+ * `hello` (no answer). After it, the client sends PeerMsg requests with
+ * `propose` or `query` and a req_id of its choosing; the server answers each
+ * with a PeerMsg carrying `result` and the same req_id, in any order. Many
+ * requests may be outstanding on one connection.
+ *
+ * Both sides run on one libuv loop and use no threads. The channel has no
+ * authentication: bind it to an address only the cluster can reach.
+ */
+#ifndef HAMR_NODE_PEER_H
+#define HAMR_NODE_PEER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "proto/hamr.pb-c.h"
+
+#define PEER_MAX_CONNS 64                          /* server: more are accepted and closed */
+#define PEER_QUEUE_MAX ((size_t)256 * 1024 * 1024) /* bytes queued for writing per connection */
+#define PEER_HELD_MAX                                                             \
+    ((size_t)256 * 1024 * 1024)      /* server: request bytes held by the handler \
+                                      * per connection before reading pauses */
+#define PEER_HELD_CALLS_MAX 65536    /* server: same, counted in calls */
+#define PEER_CONNECT_TIMEOUT_MS 2000 /* client: default connect timeout */
+#define PEER_VERSION_MAX 64          /* client: version string kept for hello */
+
+/* ------------------------------------------------------------------------ */
+/* Server side.                                                             */
+/* ------------------------------------------------------------------------ */
+
+struct peer_server;
+struct peer_call; /* one request waiting for its answer */
+
+/*
+ * peer_handler - what the node does with a request. msg is a PeerMsg with
+ * `propose` or `query` set (hello is handled inside: see peer_call_node).
+ * msg is borrowed until the call is answered. The handler must answer every
+ * call exactly once with peer_reply(), now or later, even if the connection
+ * or the whole server has gone away meanwhile.
+ */
+struct peer_handler {
+    void *data;
+    void (*request)(void *data, struct peer_call *call, const Hamr__PeerMsg *msg);
+};
+
+/*
+ * peer_server_new - listen on host:port (IPv4 or IPv6 literal; port 0 picks a
+ * free one, see peer_server_port). h is copied. 0 and *out, or HAMR_EINVAL
+ * (not an IP literal), HAMR_ENOMEM, HAMR_EIO (bind or listen failed) with a
+ * sentence in errmsg.
+ */
+int peer_server_new(uv_loop_t *loop,
+                    const char *host,
+                    uint16_t port,
+                    const struct peer_handler *h,
+                    struct peer_server **out,
+                    char *errmsg,
+                    size_t errlen);
+
+/* peer_server_port - the port actually bound. */
+uint16_t peer_server_port(const struct peer_server *s);
+
+/*
+ * peer_server_set_held_limit - stop reading a connection while the handler
+ * holds more than bytes of its requests or calls of them (defaults
+ * PEER_HELD_MAX, PEER_HELD_CALLS_MAX); reading resumes as answers go out.
+ */
+void peer_server_set_held_limit(struct peer_server *s, size_t bytes, size_t calls);
+
+/* peer_server_conns - open connections (for tests and metrics). */
+size_t peer_server_conns(const struct peer_server *s);
+
+/* peer_call_node - the caller's node id from its connection's hello, 0 if none. */
+uint64_t peer_call_node(const struct peer_call *call);
+
+/*
+ * peer_reply - answer call with res (copied into the answer; req_id is filled
+ * in here) and free the call and its request. If the connection is gone the
+ * call is only freed and 0 returned. Errors: HAMR_ENOMEM, HAMR_EBUSY (the
+ * caller does not read its answers), HAMR_EIO; the call is freed and the
+ * connection closed all the same.
+ */
+int peer_reply(struct peer_call *call, const Hamr__PeerResult *res);
+
+/*
+ * peer_server_close - stop listening and close every connection. Calls not
+ * yet answered stay valid until peer_reply. cb(arg) runs once every handle has
+ * closed (never inside this call), then s is freed. Idempotent.
+ */
+void peer_server_close(struct peer_server *s, void (*cb)(void *arg), void *arg);
+
+/* ------------------------------------------------------------------------ */
+/* Client side.                                                             */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * One peer_client serves all destinations: it keeps one connection per
+ * destination address, opened on the first call to it and opened again on
+ * the next call after it broke.
+ */
+struct peer_client;
+
+/*
+ * peer_client_new - a client that introduces itself as self_id running
+ * version (copied, truncated to PEER_VERSION_MAX - 1). NULL when out of memory.
+ */
+struct peer_client *peer_client_new(uv_loop_t *loop, uint64_t self_id, const char *version);
+
+/* peer_client_set_connect_timeout - for connections opened from now on (default 2 s). */
+void peer_client_set_connect_timeout(struct peer_client *c, uint64_t ms);
+
+/* peer_client_set_queue_limit - bytes queued per connection before HAMR_EBUSY. */
+void peer_client_set_queue_limit(struct peer_client *c, size_t bytes);
+
+/*
+ * peer_result_cb - the outcome of one call. status 0: res is the answer,
+ * borrowed for the duration of the callback. Otherwise res is NULL and status
+ * is HAMR_ECONNECT (could not connect, or the connection broke before the
+ * answer came: for a proposal the outcome is UNKNOWN), HAMR_ETIMEDOUT (no
+ * answer in time; a late answer is dropped) or HAMR_ESHUTDOWN (the client is
+ * closing).
+ */
+typedef void (*peer_result_cb)(void *arg, int status, const Hamr__PeerResult *res);
+
+/*
+ * peer_client_call - send req (a PeerMsg with `propose` or `query` set; its
+ * req_id is ignored and assigned here) to addr, "a.b.c.d:port" or
+ * "[v6]:port". req is packed before this returns and not kept. timeout_ms 0
+ * waits without limit (until the connection breaks or the client closes).
+ * If this returns 0, cb(arg, ...) runs exactly once, never inside this call.
+ * Otherwise cb never runs: HAMR_EINVAL (bad address or body), HAMR_ETOOBIG
+ * (frame over PROTO_PEER_MAX), HAMR_EBUSY (too many bytes queued for addr),
+ * HAMR_ESHUTDOWN (client closing), HAMR_ENOMEM.
+ */
+int peer_client_call(struct peer_client *c,
+                     const char *addr,
+                     const Hamr__PeerMsg *req,
+                     uint64_t timeout_ms,
+                     peer_result_cb cb,
+                     void *arg);
+
+/* peer_client_pending - calls waiting for their outcome (for tests and metrics). */
+size_t peer_client_pending(const struct peer_client *c);
+
+/*
+ * peer_client_close - fail every outstanding call with HAMR_ESHUTDOWN (from
+ * inside this function), close every connection, then, once every handle has
+ * closed, free c and run cb(arg) (never inside this call). Idempotent.
+ */
+void peer_client_close(struct peer_client *c, void (*cb)(void *arg), void *arg);
+
+#endif

@@ -1,0 +1,453 @@
+/*
+ * relay_accept.c - the acceptance path: the SMTP sink and the leader's side
+ * of the peer channel.
+ *
+ * Happy path (any node): relay_sink_submit packs the message into one Enqueue
+ * entry and proposes it (relay_propose_bytes: raft here on the leader, the
+ * peer channel on a follower); the commit callback answers the session, which
+ * replies 250.
+ *
+ * Failure modes and what the session is told:
+ *   - no leader known: wait (RELAY_RETRY_MS steps) up to three election
+ *     timeouts, then HAMR_ENOQUORUM (451);
+ *   - the proposal was refused before it reached the log (not leader any
+ *     more, transfer in progress): try again, same rules;
+ *   - the outcome is unknown (leadership lost after the append, the peer
+ *     connection broke, the forward timed out): ask the leader whether the
+ *     queue id is committed (relay_submit_query); present: 250; absent:
+ *     propose the same entry again (an Enqueue of a known id is a no-op, so a
+ *     late commit of the first copy cannot duplicate the message);
+ *   - the whole wait is bounded by proposal_timeout: then HAMR_ETIMEDOUT (451).
+ *     The entry may still commit: the client's retry is a duplicate at worst,
+ *     never a loss.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/sha.h>
+#include <uv.h>
+
+#include "util/common.h"
+#include "util/err.h"
+#include "util/log.h"
+#include "proto/hamr.pb-c.h"
+#include "proto/proto_frame.h"
+#include "queue/queue.h"
+#include "consensus/consensus.h"
+#include "node/peer.h"
+#include "node/relay_internal.h"
+
+/* relay_submit - one message on its way to a commit. */
+struct relay_submit {
+    struct relay *relay;
+    smtpd_sink_cb cb;
+    void *arg;
+    char queue_id[QUEUE_ID_MAX];
+    uint8_t *entry;         /* the packed Enqueue, kept for proposing again */
+    size_t len;
+    uint64_t deadline;      /* uv_now: give up (451) */
+    uint64_t noleader_since; /* uv_now when we first found no leader; 0 if one */
+    bool unknown;           /* an attempt's outcome is unknown: query first */
+    bool busy;              /* an attempt is in flight */
+    bool waiting;           /* on r->waiting */
+    unsigned attempts;
+    struct relay_submit *prev, *next;
+};
+
+static void relay_submit_attempt(struct relay_submit *s);
+
+/* relay_sink_new_id - a cluster-unique queue id: time, node, counter. */
+int relay_sink_new_id(void *data, char *id, size_t idlen)
+{
+    struct relay *r = data;
+    uint64_t ms = relay_now_ms();
+    r->id_counter++;
+    /* 11 hex of ms (good for 500+ years), 3 of node id, 5 of counter: 19 chars. */
+    int n = snprintf(id, idlen, "%011" PRIX64 "%03" PRIX64 "%05" PRIX64,
+                     (uint64_t)(ms & 0xFFFFFFFFFFFull), r->cfg->node_id & 0xFFF,
+                     r->id_counter & 0xFFFFF);
+    return (n > 0 && (size_t)n < idlen) ? 0 : HAMR_EINVAL;
+}
+
+/* relay_sink_check_mail - may this node take a transaction now? */
+int relay_sink_check_mail(void *data)
+{
+    struct relay *r = data;
+    if (r->draining || r->stopping)
+        return HAMR_EDRAINING;
+    if (r->free_bytes < r->cfg->min_free_bytes)
+        return HAMR_ENOSPACE;
+    /* Any known leader will do, even one still busy with its election
+     * barrier or a transfer: by the end of DATA the submit waits for it. */
+    struct consensus_info info;
+    consensus_get_info(r->cons, &info);
+    if (info.leader_id == 0)
+        return HAMR_ENOQUORUM;
+    return 0;
+}
+
+/* relay_submit_unwait - take s off the waiting list. */
+static void relay_submit_unwait(struct relay_submit *s)
+{
+    struct relay *r = s->relay;
+    if (!s->waiting)
+        return;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        r->waiting = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+    s->waiting = false;
+}
+
+/* relay_submit_finish - answer the session and free s. */
+static void relay_submit_finish(struct relay_submit *s, int status)
+{
+    relay_submit_unwait(s);
+    if (status != 0)
+        log_warn("enqueue failed id=%s attempts=%u error=\"%s\"", s->queue_id, s->attempts,
+                 hamr_strerror(status));
+    else if (s->attempts > 1)
+        log_info("enqueue committed id=%s attempts=%u", s->queue_id, s->attempts);
+    s->cb(s->arg, status);
+    free(s->entry);
+    free(s);
+}
+
+/* relay_submit_wait - try again at the next retry tick (if time is left). */
+static void relay_submit_wait(struct relay_submit *s)
+{
+    struct relay *r = s->relay;
+    if (r->stopping) {
+        relay_submit_finish(s, HAMR_ESHUTDOWN);
+        return;
+    }
+    HAMR_ASSERT(!s->waiting);
+    s->waiting = true;
+    s->next = r->waiting;
+    if (r->waiting)
+        r->waiting->prev = s;
+    r->waiting = s;
+}
+
+/* relay_submit_no_leader - no leader to talk to: wait a bounded time. */
+static void relay_submit_no_leader(struct relay_submit *s)
+{
+    struct relay *r = s->relay;
+    uint64_t now = uv_now(r->loop);
+    if (s->noleader_since == 0)
+        s->noleader_since = now;
+    /* Three election timeouts without a leader: this node is cut off. */
+    if (now - s->noleader_since >= 3ull * r->cfg->election_timeout_ms) {
+        relay_submit_finish(s, HAMR_ENOQUORUM);
+        return;
+    }
+    relay_submit_wait(s);
+}
+
+/* relay_submit_proposed - the leader answered (or the attempt failed). */
+static void relay_submit_proposed(void *arg, int status, intptr_t result)
+{
+    struct relay_submit *s = arg;
+    struct relay *r = s->relay;
+    s->busy = false;
+    if (status == 0) {
+        /* result < 0: refused by the state machine (e.g. body checksum). */
+        relay_submit_finish(s, result < 0 ? (int)result : 0);
+        return;
+    }
+    if (r->stopping) {
+        relay_submit_finish(s, HAMR_ESHUTDOWN);
+        return;
+    }
+    switch (status) {
+    case HAMR_ENOTLEADER:
+    case HAMR_ENOQUORUM:
+    case HAMR_EBUSY:
+        /* Known not to be in the log: try again when there is a leader. */
+        relay_submit_wait(s);
+        return;
+    case HAMR_ELEADERSHIPLOST:
+    case HAMR_ETIMEDOUT:
+    case HAMR_ESHUTDOWN: /* the leader was stopping: it may have appended it */
+        s->unknown = true;
+        relay_submit_wait(s);
+        return;
+    default:
+        relay_submit_finish(s, status);
+        return;
+    }
+}
+
+/* relay_submit_propose - one attempt at proposing the entry. */
+static void relay_submit_propose(struct relay_submit *s)
+{
+    struct relay *r = s->relay;
+    uint64_t now = uv_now(r->loop);
+    if (now >= s->deadline) {
+        relay_submit_finish(s, HAMR_ETIMEDOUT);
+        return;
+    }
+    s->attempts++;
+    int rv = relay_propose_bytes(r, s->entry, s->len, s->deadline - now, relay_submit_proposed, s);
+    if (rv == 0) {
+        s->busy = true;
+        s->noleader_since = 0;
+        return;
+    }
+    if (rv == HAMR_ENOQUORUM || rv == HAMR_ENOTLEADER)
+        relay_submit_no_leader(s);
+    else if (rv == HAMR_EBUSY)
+        relay_submit_wait(s);
+    else
+        relay_submit_finish(s, rv);
+}
+
+/* relay_submit_queried - the leader says whether our queue id is committed. */
+static void relay_submit_queried(void *arg, int status, const Hamr__PeerResult *res)
+{
+    struct relay_submit *s = arg;
+    struct relay *r = s->relay;
+    s->busy = false;
+    if (r->stopping) {
+        relay_submit_finish(s, HAMR_ESHUTDOWN);
+        return;
+    }
+    if (status != 0 || res->status != 0) {
+        relay_submit_wait(s); /* no answer: still unknown, ask again */
+        return;
+    }
+    s->unknown = false;
+    if (res->found) {
+        r->resolved++;
+        log_info("unknown outcome resolved id=%s committed=yes", s->queue_id);
+        relay_submit_finish(s, 0);
+        return;
+    }
+    log_info("unknown outcome resolved id=%s committed=no action=propose-again", s->queue_id);
+    relay_submit_propose(s);
+}
+
+/* relay_submit_query - is s->queue_id committed? Ask the leader (or look, if it is us). */
+static void relay_submit_query(struct relay_submit *s)
+{
+    struct relay *r = s->relay;
+    if (consensus_is_ready(r->cons)) {
+        /* Ready means the election barrier applied: every committed entry is
+         * in our queue, so absence is an answer. */
+        s->unknown = false;
+        if (queue_contains(r->queue, s->queue_id)) {
+            r->resolved++;
+            log_info("unknown outcome resolved id=%s committed=yes", s->queue_id);
+            relay_submit_finish(s, 0);
+        } else {
+            log_info("unknown outcome resolved id=%s committed=no action=propose-again",
+                     s->queue_id);
+            relay_submit_propose(s);
+        }
+        return;
+    }
+    char addr[CONSENSUS_ADDR_MAX];
+    if (relay_leader_peer(r, addr, sizeof(addr)) != 0) {
+        relay_submit_no_leader(s);
+        return;
+    }
+    Hamr__PeerQuery q = HAMR__PEER_QUERY__INIT;
+    q.queue_id = s->queue_id;
+    Hamr__PeerMsg msg = HAMR__PEER_MSG__INIT;
+    msg.body_case = HAMR__PEER_MSG__BODY_QUERY;
+    msg.query = &q;
+    uint64_t now = uv_now(r->loop);
+    int rv = peer_client_call(r->peer_cli, addr, &msg, s->deadline - now, relay_submit_queried, s);
+    if (rv != 0) {
+        relay_submit_wait(s);
+        return;
+    }
+    s->busy = true;
+    s->noleader_since = 0;
+}
+
+/* relay_submit_attempt - the next step: query if unknown, else propose. */
+static void relay_submit_attempt(struct relay_submit *s)
+{
+    struct relay *r = s->relay;
+    if (uv_now(r->loop) >= s->deadline) {
+        relay_submit_finish(s, HAMR_ETIMEDOUT);
+        return;
+    }
+    if (s->unknown)
+        relay_submit_query(s);
+    else
+        relay_submit_propose(s);
+}
+
+void relay_submits_retry(struct relay *r)
+{
+    /* Detach the list first: an attempt may put a submit back on it. */
+    struct relay_submit *list = r->waiting;
+    r->waiting = NULL;
+    while (list != NULL) {
+        struct relay_submit *s = list;
+        list = s->next;
+        if (list)
+            list->prev = NULL;
+        s->prev = s->next = NULL;
+        s->waiting = false;
+        relay_submit_attempt(s);
+    }
+}
+
+void relay_submits_abort(struct relay *r)
+{
+    while (r->waiting != NULL)
+        relay_submit_finish(r->waiting, HAMR_ESHUTDOWN);
+}
+
+int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_cb cb, void *arg)
+{
+    struct relay *r = data;
+    if (r->stopping)
+        return HAMR_ESHUTDOWN;
+    if (r->free_bytes < r->cfg->min_free_bytes)
+        return HAMR_ENOSPACE;
+
+    uint8_t sha[SHA256_DIGEST_LENGTH];
+    SHA256(env->body, env->body_len, sha);
+    uint64_t now = relay_now_ms();
+
+    Hamr__Enqueue enq = HAMR__ENQUEUE__INIT;
+    enq.queue_id = (char *)env->queue_id;
+    enq.sender = (char *)env->sender;
+    enq.n_rcpts = env->n_rcpts;
+    enq.rcpts = (char **)env->rcpts;
+    enq.body.data = (uint8_t *)env->body;
+    enq.body.len = env->body_len;
+    enq.expires_at_ms = now + r->cfg->queue_lifetime_ms;
+    enq.body_sha256.data = sha;
+    enq.body_sha256.len = sizeof(sha);
+    enq.client_addr = (char *)env->client_addr;
+    enq.helo = (char *)env->helo;
+    enq.accepted_by = r->cfg->node_id;
+    enq.body_8bit = env->body_8bit;
+    Hamr__Entry e = HAMR__ENTRY__INIT;
+    e.timestamp_ms = now;
+    e.cmd_case = HAMR__ENTRY__CMD_ENQUEUE;
+    e.enqueue = &enq;
+
+    struct relay_submit *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return HAMR_ENOMEM;
+    int rv = proto_entry_pack(&e, NULL, &s->entry, &s->len);
+    if (rv != 0) {
+        free(s);
+        return rv;
+    }
+    s->relay = r;
+    s->cb = cb;
+    s->arg = arg;
+    s->deadline = uv_now(r->loop) + r->cfg->proposal_timeout_ms;
+    hamr_strlcpy(s->queue_id, env->queue_id, sizeof(s->queue_id));
+    /* The first attempt runs now; the session is answered from a callback
+     * (consensus and the peer client never call back from inside a call; a
+     * wait goes through the retry timer). */
+    s->attempts++;
+    rv = relay_propose_bytes(r, s->entry, s->len, r->cfg->proposal_timeout_ms,
+                             relay_submit_proposed, s);
+    if (rv == 0) {
+        s->busy = true;
+        return 0;
+    }
+    if (rv == HAMR_ENOQUORUM || rv == HAMR_ENOTLEADER || rv == HAMR_EBUSY) {
+        s->noleader_since = rv == HAMR_EBUSY ? 0 : uv_now(r->loop);
+        relay_submit_wait(s);
+        return 0;
+    }
+    free(s->entry);
+    free(s);
+    return rv;
+}
+
+/* ---------------------------------------------------------------------------
+ * The leader's side of the peer channel.
+ * ------------------------------------------------------------------------- */
+
+/* relay_peer_reply - answer a peer call with status, result and who leads. */
+static void relay_peer_reply(struct relay *r, struct peer_call *call, int status, int64_t result,
+                             bool found)
+{
+    struct consensus_info info;
+    consensus_get_info(r->cons, &info);
+    Hamr__PeerResult res = HAMR__PEER_RESULT__INIT;
+    res.status = status;
+    res.result = result;
+    res.leader_id = info.leader_id;
+    res.found = found;
+    peer_reply(call, &res);
+}
+
+struct relay_peer_prop {
+    struct relay *relay;
+    struct peer_call *call;
+};
+
+/* relay_peer_proposed - a forwarded proposal committed (or failed): tell the follower. */
+static void relay_peer_proposed(void *arg, int status, intptr_t result)
+{
+    struct relay_peer_prop *pp = arg;
+    relay_peer_reply(pp->relay, pp->call, status, (int64_t)result, false);
+    free(pp);
+}
+
+void relay_peer_request(void *data, struct peer_call *call, const Hamr__PeerMsg *msg)
+{
+    struct relay *r = data;
+    if (r->stopping) {
+        relay_peer_reply(r, call, HAMR_ESHUTDOWN, 0, false);
+        return;
+    }
+    if (!consensus_is_ready(r->cons)) {
+        relay_peer_reply(r, call, HAMR_ENOTLEADER, 0, false);
+        return;
+    }
+    switch (msg->body_case) {
+    case HAMR__PEER_MSG__BODY_QUERY: {
+        const char *id = msg->query->queue_id ? msg->query->queue_id : "";
+        relay_peer_reply(r, call, 0, 0, queue_contains(r->queue, id));
+        return;
+    }
+    case HAMR__PEER_MSG__BODY_PROPOSE: {
+        /* Never let a peer put an entry in the log that every node would
+         * refuse to apply (that stops them all): check it decodes first. */
+        Hamr__Entry *e = NULL;
+        int rv = proto_entry_unpack(msg->propose->entry.data, msg->propose->entry.len, &e);
+        if (rv != 0) {
+            log_warn("peer proposal refused node=%" PRIu64 " error=\"%s\"",
+                     peer_call_node(call), hamr_strerror(rv));
+            relay_peer_reply(r, call, rv, 0, false);
+            return;
+        }
+        hamr__entry__free_unpacked(e, NULL);
+        struct relay_peer_prop *pp = calloc(1, sizeof(*pp));
+        if (pp == NULL) {
+            relay_peer_reply(r, call, HAMR_ENOMEM, 0, false);
+            return;
+        }
+        pp->relay = r;
+        pp->call = call;
+        rv = relay_propose_bytes(r, msg->propose->entry.data, msg->propose->entry.len,
+                                 r->cfg->proposal_timeout_ms, relay_peer_proposed, pp);
+        if (rv != 0) {
+            free(pp);
+            relay_peer_reply(r, call, rv, 0, false);
+        }
+        return;
+    }
+    default:
+        relay_peer_reply(r, call, HAMR_EPROTO, 0, false);
+        return;
+    }
+}

@@ -1,0 +1,155 @@
+/* relay_internal.h - what the files of the relay (node/relay*.c) share. Private to node/. */
+#ifndef HAMR_NODE_RELAY_INTERNAL_H
+#define HAMR_NODE_RELAY_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "proto/hamr.pb-c.h"
+#include "queue/queue.h"
+#include "consensus/consensus.h"
+#include "net/smtpc.h"
+#include "net/smtpd.h"
+#include "net/smtpd_server.h"
+#include "node/config.h"
+#include "node/control.h"
+#include "node/peer.h"
+
+#define RELAY_VERSION "0.1.0"
+#define RELAY_SCHED_MAX_ITEMS 256
+#define RELAY_SHOW_HEADERS_MAX (64 * 1024)
+#define RELAY_RETRY_MS 100 /* wait before trying a proposal again (no leader yet) */
+
+/* relay_propose_cb - the end of a proposal: status, and the state machine's result. */
+typedef void (*relay_propose_cb)(void *arg, int status, intptr_t result);
+
+/* relay_prop - one local proposal waiting for its commit (or its deadline). */
+struct relay_prop {
+    struct relay *relay;
+    relay_propose_cb cb; /* NULL once answered */
+    void *arg;
+    uint64_t deadline;   /* uv_now ms */
+    uint8_t *buf;        /* while queued: the entry (consensus_malloc), ours */
+    size_t len;
+    struct relay_prop *prev, *next; /* all pending proposals (deadline sweep) */
+    struct relay_prop *qnext;       /* waiting for a place in flight */
+};
+
+/*
+ * RELAY_MAX_INFLIGHT - proposals handed to raft and not yet answered. More
+ * wait in a FIFO. Besides bounding memory, a pause in the stream of appends
+ * lets libraft 0.15 advance its commit index, which under a continuous
+ * stream it can fail to do for long stretches (RAFT.md 4.5).
+ */
+#define RELAY_MAX_INFLIGHT 32
+
+/* relay_delivery - one leased (message, destination) being delivered. */
+struct relay_delivery {
+    struct relay *relay;
+    char queue_id[QUEUE_ID_MAX];
+    uint64_t lease_id;
+    uint64_t expires_at_ms;
+    uint32_t max_attempts;
+    size_t n_rcpts;
+    uint32_t *rcpt_indexes;
+    char **rcpts;
+    char *sender;
+    uint8_t *body; /* a copy: the queue may drop the message meanwhile */
+    size_t body_len;
+    bool body_8bit;
+    struct smtpc_msg msg;
+    struct relay_delivery *prev, *next;
+};
+
+struct relay_submit;
+
+struct relay {
+    uv_loop_t *loop;
+    const struct hamr_config *cfg;
+    struct queue *queue;
+    struct consensus *cons;
+    struct smtpc_pool *pool;
+    struct smtpd_server *smtpd;
+    struct control *control;
+    struct peer_server *peer_srv; /* NULL on a node without [listen] peer */
+    struct peer_client *peer_cli;
+    uv_timer_t sched_timer;
+    uv_timer_t housekeeping_timer;
+    uv_timer_t retry_timer;
+    uv_timer_t kick_timer;     /* zero-delay scheduler run (relay_sched_kick) */
+    char boot_id[33];
+    char peer_address[CONSENSUS_ADDR_MAX];    /* ours, as published in NodeInfo */
+    char control_address[CONSENSUS_ADDR_MAX];
+    uint64_t id_counter;
+    uint64_t lease_counter;
+    uint64_t free_bytes;
+    uint64_t node_info_term;  /* term in which our NodeInfo committed */
+    bool node_info_in_flight;
+    bool draining;
+    bool stopping;
+    bool failed;
+    unsigned sched_in_flight; /* scheduler proposals not yet answered */
+    struct relay_prop *props; /* pending local proposals */
+    struct relay_prop *pq_head, *pq_tail; /* waiting for a place in flight */
+    unsigned inflight;        /* proposals raft holds */
+    struct relay_submit *waiting; /* submits waiting to try again */
+    struct relay_delivery *deliveries;
+    size_t n_deliveries;
+    uint64_t duplicate_windows; /* outcomes lost after a delivery attempt */
+    uint64_t forwarded;         /* proposals sent to the leader */
+    uint64_t resolved;          /* unknown outcomes resolved by queue id */
+    void (*stop_done)(void *arg);
+    void *stop_arg;
+    int stop_pending;
+};
+
+/* relay.c */
+uint64_t relay_now_ms(void);
+void relay_fail(struct relay *r, const char *why);
+
+/*
+ * relay_leader_peer - the peer address of the current leader when it is
+ * another node whose NodeInfo we have. 0, or HAMR_ENOQUORUM (no leader
+ * known, or it is us and we are not ready), HAMR_ENOTFOUND (no address yet).
+ */
+int relay_leader_peer(struct relay *r, char *addr, size_t addrlen);
+
+/* relay_leader_known - a leader exists that this node can reach (itself, or by peer). */
+bool relay_leader_known(struct relay *r);
+
+/*
+ * relay_propose_bytes - propose a packed entry (borrowed; copied here) on
+ * this node if it leads, else forward it to the leader. cb runs exactly once
+ * if this returns 0; timeout_ms bounds the wait (HAMR_ETIMEDOUT: outcome
+ * unknown). Errors: HAMR_ENOQUORUM (no leader to send it to), others.
+ */
+int relay_propose_bytes(struct relay *r, const uint8_t *bytes, size_t len, uint64_t timeout_ms,
+                        relay_propose_cb cb, void *arg);
+
+/* relay_propose - pack e (timestamp filled if 0) and relay_propose_bytes it. */
+int relay_propose(struct relay *r, Hamr__Entry *e, uint64_t timeout_ms, relay_propose_cb cb,
+                  void *arg);
+
+/* relay_props_expire - answer local proposals whose deadline passed. */
+void relay_props_expire(struct relay *r);
+
+/* relay_accept.c */
+int relay_sink_new_id(void *data, char *id, size_t idlen);
+int relay_sink_check_mail(void *data);
+int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_cb cb, void *arg);
+void relay_submits_retry(struct relay *r);
+void relay_submits_abort(struct relay *r);
+void relay_peer_request(void *data, struct peer_call *call, const Hamr__PeerMsg *msg);
+
+/* relay_sched.c */
+void relay_sched_tick(uv_timer_t *t);
+void relay_sched_kick(struct relay *r);
+int relay_route_dest(void *data, const char *rcpt, char *dest, size_t destlen);
+
+/* relay_ctl.c */
+void relay_ctl_handle(void *data, struct control_call *call, const Hamr__ControlRequest *req);
+
+#endif

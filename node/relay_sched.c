@@ -1,0 +1,409 @@
+/*
+ * relay_sched.c - scheduling and delivery, on the leader only.
+ *
+ * Every scan_interval relay_sched_tick asks queue_sched_pick for due work.
+ * Expired or unroutable recipients get an Outcome straight away; the rest go
+ * into one Lease entry. Only recipients the committed lease actually granted
+ * to this node (and this boot) are delivered (relay_lease_done ->
+ * relay_deliver_start). The SMTP client pool reports per-recipient results;
+ * they become one Outcome entry carrying the lease id, so an outcome from a
+ * replaced lease is ignored by the state machine (fencing). An outcome that
+ * cannot be committed (leadership lost) is forwarded to the new leader when
+ * there is one; if it is lost, the lease expires and the recipients are
+ * delivered again: a counted duplicate window.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <uv.h>
+
+#include "util/common.h"
+#include "util/err.h"
+#include "util/log.h"
+#include "proto/hamr.pb-c.h"
+#include "proto/proto_frame.h"
+#include "queue/queue.h"
+#include "queue/queue_sched.h"
+#include "consensus/consensus.h"
+#include "net/smtpc.h"
+#include "node/config.h"
+#include "node/relay_internal.h"
+
+/* ---------------------------------------------------------------------------
+ * Scheduling and delivery (leader only).
+ * ------------------------------------------------------------------------- */
+
+/* relay_route_dest - destination key "[host]:port" of a recipient. */
+int relay_route_dest(void *data, const char *rcpt, char *dest, size_t destlen)
+{
+    struct relay *r = data;
+    struct config_hostport hp;
+    if (config_route(r->cfg, rcpt, &hp) != 0)
+        return HAMR_ENOTFOUND;
+    int n = snprintf(dest, destlen, "[%s]:%u", hp.host, (unsigned)hp.port);
+    return (n > 0 && (size_t)n < destlen) ? 0 : HAMR_EINVAL;
+}
+
+/* relay_sched_done - a scheduler proposal (lease or outcome) finished. */
+static void relay_sched_release(struct relay *r)
+{
+    HAMR_ASSERT(r->sched_in_flight > 0);
+    r->sched_in_flight--;
+    relay_sched_kick(r);
+}
+
+/* relay_outcome_done - an Outcome committed or failed. */
+static void relay_outcome_done(void *arg, int status, intptr_t result)
+{
+    struct relay_delivery *d = arg;
+    struct relay *r = d->relay;
+    if (status != 0) {
+        /* The attempt happened but its result is not in the log: the lease
+         * will expire and these recipients are tried again (a duplicate window). */
+        r->duplicate_windows++;
+        log_warn("outcome not committed id=%s lease=%" PRIx64 " error=\"%s\"", d->queue_id,
+                 d->lease_id, hamr_strerror(status));
+    } else if (result < 0) {
+        log_info("outcome ignored id=%s lease=%" PRIx64 " reason=\"%s\"", d->queue_id, d->lease_id,
+                 hamr_strerror((int)result));
+    }
+    for (size_t i = 0; i < d->n_rcpts; i++)
+        free(d->rcpts[i]);
+    free(d->rcpts);
+    free(d->rcpt_indexes);
+    free(d->sender);
+    free(d->body);
+    free(d);
+}
+
+/* relay_delivery_unlink - take d off the running list. */
+static void relay_delivery_unlink(struct relay *r, struct relay_delivery *d)
+{
+    if (d->prev)
+        d->prev->next = d->next;
+    else
+        r->deliveries = d->next;
+    if (d->next)
+        d->next->prev = d->prev;
+    d->prev = d->next = NULL;
+    r->n_deliveries--;
+}
+
+/* relay_delivery_done - the SMTP client finished: propose the Outcome. */
+static void relay_delivery_done(void *arg, const struct smtpc_result *res)
+{
+    struct relay_delivery *d = arg;
+    struct relay *r = d->relay;
+    relay_delivery_unlink(r, d);
+
+    uint64_t now = relay_now_ms();
+    uint64_t backoff =
+        queue_sched_backoff(d->max_attempts, r->cfg->retry_min_ms, r->cfg->retry_max_ms);
+    Hamr__RcptResult *results = calloc(d->n_rcpts, sizeof(*results));
+    Hamr__RcptResult **rp = calloc(d->n_rcpts, sizeof(*rp));
+    if (results == NULL || rp == NULL) {
+        free(results);
+        free(rp);
+        relay_outcome_done(d, HAMR_ENOMEM, 0);
+        return;
+    }
+    for (size_t i = 0; i < d->n_rcpts; i++) {
+        const struct smtpc_rcpt_result *rr = &res->rcpts[i];
+        hamr__rcpt_result__init(&results[i]);
+        results[i].rcpt_index = d->rcpt_indexes[i];
+        results[i].smtp_code = rr->code;
+        results[i].diagnostic = (char *)rr->text;
+        switch (rr->status) {
+            case SMTPC_OK:
+                results[i].status = HAMR__RCPT_RESULT__STATUS__DELIVERED;
+                break;
+            case SMTPC_PERM:
+                results[i].status = HAMR__RCPT_RESULT__STATUS__BOUNCED;
+                break;
+            case SMTPC_TEMP:
+            default:
+                /* A temporary failure past the queue lifetime is final (RFC 5321 4.5.4.1). */
+                results[i].status = now >= d->expires_at_ms ? HAMR__RCPT_RESULT__STATUS__EXPIRED
+                                                            : HAMR__RCPT_RESULT__STATUS__DEFERRED;
+                break;
+        }
+        rp[i] = &results[i];
+        log_info("delivery id=%s to=<%s> relay=%s status=%s code=%u", d->queue_id, d->rcpts[i],
+                 res->remote[0] ? res->remote : "none",
+                 rr->status == SMTPC_OK     ? "sent"
+                 : rr->status == SMTPC_PERM ? "bounced"
+                                            : "deferred",
+                 rr->code);
+    }
+    Hamr__Outcome oc = HAMR__OUTCOME__INIT;
+    oc.queue_id = d->queue_id;
+    oc.lease_id = d->lease_id;
+    oc.n_results = d->n_rcpts;
+    oc.results = rp;
+    oc.next_attempt_ms = now + backoff;
+    oc.reporter = (char *)r->cfg->hostname;
+    oc.dsn_expires_at_ms = now + r->cfg->queue_lifetime_ms;
+    oc.remote = (char *)res->remote;
+    Hamr__Entry e = HAMR__ENTRY__INIT;
+    e.timestamp_ms = now;
+    e.cmd_case = HAMR__ENTRY__CMD_OUTCOME;
+    e.outcome = &oc;
+    int rv = r->stopping ? HAMR_ESHUTDOWN
+                         : relay_propose(r, &e, r->cfg->proposal_timeout_ms, relay_outcome_done, d);
+    free(results);
+    free(rp);
+    if (rv != 0)
+        relay_outcome_done(d, rv, 0);
+}
+
+/* relay_deliver_start - deliver the recipients this node's lease got. */
+static void relay_deliver_start(struct relay *r,
+                                const struct queue_msg *m,
+                                uint64_t lease_id,
+                                const char *dest)
+{
+    struct config_hostport hp;
+    if (config_parse_hostport(dest, &hp) != 0) {
+        log_error("bad destination id=%s dest=%s", m->id, dest);
+        return;
+    }
+    struct relay_delivery *d = calloc(1, sizeof(*d));
+    if (d == NULL)
+        return;
+    d->relay = r;
+    hamr_strlcpy(d->queue_id, m->id, sizeof(d->queue_id));
+    d->lease_id = lease_id;
+    d->expires_at_ms = m->expires_at_ms;
+    d->rcpt_indexes = calloc(m->n_rcpts, sizeof(*d->rcpt_indexes));
+    d->rcpts = calloc(m->n_rcpts, sizeof(*d->rcpts));
+    d->sender = strdup(m->sender);
+    d->body = malloc(m->body_len ? m->body_len : 1);
+    if (d->rcpt_indexes == NULL || d->rcpts == NULL || d->sender == NULL || d->body == NULL)
+        goto fail;
+    memcpy(d->body, m->body, m->body_len);
+    d->body_len = m->body_len;
+    d->body_8bit = m->body_8bit;
+    for (size_t i = 0; i < m->n_rcpts; i++) {
+        const struct queue_rcpt *qr = &m->rcpts[i];
+        if (qr->state != QUEUE_RCPT_LEASED || qr->lease_id != lease_id)
+            continue;
+        d->rcpts[d->n_rcpts] = strdup(qr->addr);
+        if (d->rcpts[d->n_rcpts] == NULL)
+            goto fail;
+        d->rcpt_indexes[d->n_rcpts++] = (uint32_t)i;
+        if (qr->attempts > d->max_attempts)
+            d->max_attempts = qr->attempts;
+    }
+    if (d->n_rcpts == 0)
+        goto fail;
+    d->msg.sender = d->sender;
+    d->msg.rcpts = (const char *const *)d->rcpts;
+    d->msg.n_rcpts = d->n_rcpts;
+    d->msg.body = d->body;
+    d->msg.body_len = d->body_len;
+    d->msg.body_8bit = d->body_8bit;
+    int rv = smtpc_pool_deliver(r->pool, hp.host, hp.port, &d->msg, relay_delivery_done, d);
+    if (rv != 0) {
+        log_warn("delivery not started id=%s error=\"%s\"", m->id, hamr_strerror(rv));
+        goto fail;
+    }
+    d->next = r->deliveries;
+    if (r->deliveries)
+        r->deliveries->prev = d;
+    r->deliveries = d;
+    r->n_deliveries++;
+    return;
+fail:
+    /* Nothing was attempted: the lease simply expires and the work is picked again. */
+    relay_outcome_done(d, 0, 0);
+}
+
+struct relay_lease_req {
+    struct relay *relay;
+    size_t n;
+    struct queue_work *work;
+    uint64_t *lease_ids;
+};
+
+/* relay_lease_done - the Lease committed: start what it granted to us. */
+static void relay_lease_done(void *arg, int status, intptr_t result)
+{
+    struct relay_lease_req *lr = arg;
+    struct relay *r = lr->relay;
+    relay_sched_release(r);
+    if (status == 0 && !r->stopping && consensus_is_ready(r->cons)) {
+        for (size_t i = 0; i < lr->n; i++) {
+            const struct queue_msg *m = queue_find(r->queue, lr->work[i].queue_id);
+            if (m != NULL)
+                relay_deliver_start(r, m, lr->lease_ids[i], lr->work[i].dest);
+        }
+    } else if (status != 0) {
+        log_warn("lease not committed error=\"%s\"", hamr_strerror(status));
+    }
+    queue_work_free(lr->work, lr->n);
+    free(lr->lease_ids);
+    free(lr);
+}
+
+/* relay_final_done - an expiry/no-route Outcome finished. */
+static void relay_final_done(void *arg, int status, intptr_t result)
+{
+    struct relay *r = arg;
+    relay_sched_release(r);
+    if (status != 0)
+        log_warn("final outcome not committed error=\"%s\"", hamr_strerror(status));
+}
+
+/* relay_sched_final - Outcome EXPIRED or BOUNCED (no route) without a lease. */
+static void relay_sched_final(struct relay *r, const struct queue_work *w, uint64_t now)
+{
+    Hamr__RcptResult *results = calloc(w->n_rcpts, sizeof(*results));
+    Hamr__RcptResult **rp = calloc(w->n_rcpts, sizeof(*rp));
+    if (results == NULL || rp == NULL)
+        goto out;
+    bool expire = w->kind == QUEUE_WORK_EXPIRE;
+    for (size_t i = 0; i < w->n_rcpts; i++) {
+        hamr__rcpt_result__init(&results[i]);
+        results[i].rcpt_index = w->rcpt_indexes[i];
+        results[i].status =
+            expire ? HAMR__RCPT_RESULT__STATUS__EXPIRED : HAMR__RCPT_RESULT__STATUS__BOUNCED;
+        results[i].diagnostic = expire ? "delivery time expired (queue_lifetime)"
+                                       : "5.4.4 no route to the recipient's domain";
+        rp[i] = &results[i];
+    }
+    Hamr__Outcome oc = HAMR__OUTCOME__INIT;
+    oc.queue_id = (char *)w->queue_id;
+    oc.n_results = w->n_rcpts;
+    oc.results = rp;
+    oc.reporter = (char *)r->cfg->hostname;
+    oc.dsn_expires_at_ms = now + r->cfg->queue_lifetime_ms;
+    Hamr__Entry e = HAMR__ENTRY__INIT;
+    e.timestamp_ms = now;
+    e.cmd_case = HAMR__ENTRY__CMD_OUTCOME;
+    e.outcome = &oc;
+    if (relay_propose(r, &e, r->cfg->proposal_timeout_ms, relay_final_done, r) == 0) {
+        r->sched_in_flight++;
+        log_info("%s id=%s rcpts=%zu", expire ? "expired" : "noroute", w->queue_id, w->n_rcpts);
+    }
+out:
+    free(results);
+    free(rp);
+}
+
+/*
+ * relay_sched_kick - run the scheduler again soon (next loop iteration):
+ * after new mail or an outcome commits, and after a lease round, instead of
+ * waiting for the next scan_interval. Only one round runs at a time
+ * (sched_in_flight), so under load rounds follow each other as fast as leases
+ * commit, and the timer covers retries that fall due.
+ */
+void relay_sched_kick(struct relay *r)
+{
+    if (r->stopping || !consensus_is_ready(r->cons) ||
+        uv_is_active((uv_handle_t *)&r->kick_timer))
+        return;
+    uv_timer_start(&r->kick_timer, relay_sched_tick, 0, 0);
+}
+
+/* relay_sched_tick - leader: lease due work, expire what is too old. */
+void relay_sched_tick(uv_timer_t *t)
+{
+    struct relay *r = t->data;
+    if (t == &r->sched_timer)
+        relay_props_expire(r);
+    if (r->stopping || r->sched_in_flight > 0 || !consensus_is_ready(r->cons))
+        return;
+
+    uint64_t now = relay_now_ms();
+    struct queue_sched_limits lim = {
+        .max_per_dest = r->cfg->smtpc.max_conns_per_dest * 4,
+        .max_items = RELAY_SCHED_MAX_ITEMS,
+        .self_node = r->cfg->node_id,
+        .self_boot_id = r->boot_id,
+    };
+    struct queue_route route = {.data = r, .dest = relay_route_dest};
+    struct queue_work *work = NULL;
+    int n = queue_sched_pick(r->queue, now, &lim, &route, &work);
+    if (n <= 0) {
+        queue_work_free(work, 0);
+        if (n < 0)
+            log_warn("scheduler error=\"%s\"", hamr_strerror(n));
+        return;
+    }
+
+    /* Split: final outcomes now, deliveries under one lease. */
+    size_t n_deliver = 0;
+    for (int i = 0; i < n; i++) {
+        if (work[i].kind == QUEUE_WORK_DELIVER)
+            n_deliver++;
+        else
+            relay_sched_final(r, &work[i], now);
+    }
+    if (n_deliver == 0) {
+        queue_work_free(work, (size_t)n);
+        return;
+    }
+
+    struct relay_lease_req *lr = calloc(1, sizeof(*lr));
+    Hamr__LeaseItem *items = calloc(n_deliver, sizeof(*items));
+    Hamr__LeaseItem **ip = calloc(n_deliver, sizeof(*ip));
+    struct queue_work *dw = calloc(n_deliver, sizeof(*dw));
+    uint64_t *ids = calloc(n_deliver, sizeof(*ids));
+    if (lr == NULL || items == NULL || ip == NULL || dw == NULL || ids == NULL) {
+        free(lr);
+        free(items);
+        free(ip);
+        free(dw);
+        free(ids);
+        queue_work_free(work, (size_t)n);
+        return;
+    }
+    size_t k = 0;
+    for (int i = 0; i < n; i++) {
+        if (work[i].kind != QUEUE_WORK_DELIVER)
+            continue;
+        dw[k] = work[i]; /* move: the rcpt array now belongs to dw */
+        work[i].rcpt_indexes = NULL;
+        work[i].n_rcpts = 0;
+        ids[k] = ++r->lease_counter;
+        hamr__lease_item__init(&items[k]);
+        items[k].queue_id = dw[k].queue_id;
+        items[k].n_rcpt_indexes = dw[k].n_rcpts;
+        items[k].rcpt_indexes = dw[k].rcpt_indexes;
+        items[k].lease_id = ids[k];
+        items[k].destination = dw[k].dest;
+        ip[k] = &items[k];
+        k++;
+    }
+    queue_work_free(work, (size_t)n);
+
+    Hamr__Lease lease = HAMR__LEASE__INIT;
+    lease.node_id = r->cfg->node_id;
+    lease.term = consensus_term(r->cons);
+    lease.expires_at_ms = now + r->cfg->lease_time_ms;
+    lease.n_items = n_deliver;
+    lease.items = ip;
+    lease.boot_id = r->boot_id;
+    Hamr__Entry e = HAMR__ENTRY__INIT;
+    e.timestamp_ms = now;
+    e.cmd_case = HAMR__ENTRY__CMD_LEASE;
+    e.lease = &lease;
+    lr->relay = r;
+    lr->n = n_deliver;
+    lr->work = dw;
+    lr->lease_ids = ids;
+    int rv = relay_propose(r, &e, r->cfg->proposal_timeout_ms, relay_lease_done, lr);
+    free(items);
+    free(ip);
+    if (rv != 0) {
+        queue_work_free(dw, n_deliver);
+        free(ids);
+        free(lr);
+        return;
+    }
+    r->sched_in_flight++;
+}
