@@ -1,31 +1,39 @@
 #!/usr/bin/env bash
 # local-cluster.sh - a hamr cluster on 127.0.0.1 for trying things out.
 #
-#   deploy/local-cluster.sh up       install packages, build, start sink and nodes, send a test mail
-#   deploy/local-cluster.sh down     stop everything started by "up"
-#   deploy/local-cluster.sh status   hamrctl status of every node
+#   deploy/local-cluster.sh up            install packages, build, start the sink and every
+#                                         node, wait for a leader, send a test mail through
+#                                         each node, print the leader
+#   deploy/local-cluster.sh down          stop everything started by "up"
+#   deploy/local-cluster.sh status        hamrctl status of every node
+#   deploy/local-cluster.sh kill ID       kill -9 node ID (to try failover by hand)
+#   deploy/local-cluster.sh start ID      start node ID again (same data directory)
+#   deploy/local-cluster.sh transfer [ID] move leadership (to node ID), print the new leader
 #
 # Owns run/ in the repository (configs, data directories, logs, pid files;
 # keep it out of git). The recording sink (deploy/sink.py) listens on
 # 127.0.0.1:2600 and writes into run/sink/; it is every node's relayhost.
-# Node N listens for SMTP on 2524+N, raft on 7000+N, control on 7100+N.
-# NODES (default 1) sets the node count; every node is a voter.
+# Node N listens for SMTP on 2524+N, raft on 7000+N, peer (forwarding to
+# the leader) on 7200+N, control on 7100+N. NODES (default 3) sets the node
+# count; every node is a voter. Use the same NODES for every command.
 #
 # "up" is idempotent: a process whose pid file names a live process of the
 # right program is left alone. Packages are installed with apt-get only when
 # missing (needs root); the build goes into build/ (RelWithDebInfo, no
 # sanitizers; HAMR_BUILD overrides the directory) and runs only when hamrd or
-# hamrctl is missing. Exit status: 0 on success, 1 on any failure.
+# hamrctl is missing. Exit status: 0 on success, 1 on any failure, 2 on bad
+# usage.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUN=${HAMR_RUN_DIR:-$REPO/run}
 BUILD=${HAMR_BUILD:-$REPO/build}
-NODES=${NODES:-1}
+NODES=${NODES:-3}
 SINK_PORT=${SINK_PORT:-2600}
 SMTP_BASE=2524
 RAFT_BASE=7000
 CONTROL_BASE=7100
+PEER_BASE=7200
 PYTHON=/usr/bin/python3
 PACKAGES=(cmake gcc libc6-dev make pkg-config libraft-dev libuv1-dev libprotobuf-c-dev
           protobuf-c-compiler libssl-dev libcmocka-dev libinih-dev python3 python3-aiosmtpd swaks)
@@ -34,6 +42,12 @@ PACKAGES=(cmake gcc libc6-dev make pkg-config libraft-dev libuv1-dev libprotobuf
 lc_die() {
     echo "local-cluster: $*" >&2
     exit 1
+}
+
+# lc_usage - the usage line on stderr; exit 2.
+lc_usage() {
+    echo "usage: $0 up|down|status|kill ID|start ID|transfer [ID]   (NODES=$NODES)" >&2
+    exit 2
 }
 
 # lc_install - apt-get install the packages that dpkg-query does not list as installed.
@@ -91,10 +105,32 @@ lc_voters() {
     echo "$out"
 }
 
+# lc_peer_supported - true if this hamrd knows [listen] peer (follower forwarding).
+lc_peer_supported() {
+    local probe rc
+    probe=$(mktemp -d)
+    printf '[node]\nid = 1\ndata_dir = %s/data\n[listen]\nraft = 127.0.0.1:%d\npeer = 127.0.0.1:%d\n' \
+        "$probe" $((RAFT_BASE + 1)) $((PEER_BASE + 1)) >"$probe/probe.conf"
+    rc=0
+    "$BUILD/hamrd" --check-config -c "$probe/probe.conf" >/dev/null 2>&1 || rc=1
+    rm -rf "$probe"
+    return $rc
+}
+
+# lc_check_id ID - die unless ID is a node number of this cluster.
+lc_check_id() {
+    if ! [[ "$1" =~ ^[0-9]+$ ]] || [ "$1" -lt 1 ] || [ "$1" -gt "$NODES" ]; then
+        lc_die "no node \"$1\" (nodes are 1..$NODES)"
+    fi
+}
+
 # lc_write_config N - run/nodeN/hamr.conf.
 lc_write_config() {
-    local n=$1 dir="$RUN/node$1"
+    local n=$1 dir="$RUN/node$1" peer=""
     mkdir -p "$dir/data"
+    if lc_peer_supported; then
+        peer="peer = 127.0.0.1:$((PEER_BASE + n))"
+    fi
     cat >"$dir/hamr.conf" <<EOF
 # Written by deploy/local-cluster.sh; see deploy/hamr.conf.example for every key.
 [node]
@@ -107,6 +143,7 @@ log_level = info
 smtp = 127.0.0.1:$((SMTP_BASE + n))
 raft = 127.0.0.1:$((RAFT_BASE + n))
 control = 127.0.0.1:$((CONTROL_BASE + n))
+$peer
 
 [cluster]
 voters = $(lc_voters)
@@ -168,30 +205,48 @@ lc_ctl() {
     "$BUILD/hamrctl" -s "127.0.0.1:$((CONTROL_BASE + n))" "$@"
 }
 
-# lc_has_leader - true if some node reports itself leader.
-lc_has_leader() {
-    local n
+# lc_leader - print the id of the leader that every reachable node names; false if none.
+lc_leader() {
+    local n json ids=()
     for ((n = 1; n <= NODES; n++)); do
-        lc_ctl "$n" --json status 2>/dev/null | grep -q '"state" *: *"leader"' && return 0
+        if json=$(lc_ctl "$n" --json status 2>/dev/null); then
+            ids+=("$(printf '%s' "$json" | "$PYTHON" -c '
+import json, sys
+s = json.load(sys.stdin).get("status", {})
+print(s.get("leader_id", 0) if s.get("state") in ("leader", "follower") else 0)')")
+        fi
     done
-    return 1
+    "$PYTHON" - "${ids[@]}" <<'PY'
+import sys
+ids = set(sys.argv[1:])
+if len(ids) == 1 and "0" not in ids:
+    print(ids.pop())
+    sys.exit(0)
+sys.exit(1)
+PY
 }
 
-# lc_send_test - one message with swaks through node 1, retrying 4xx a few times.
+# lc_has_leader - true if every reachable node names the same leader.
+lc_has_leader() {
+    lc_leader >/dev/null
+}
+
+# lc_send_test ID N - one message with swaks through node N, retrying 4xx a few times.
 lc_send_test() {
-    local id=$1 i
+    local id=$1 n=$2 i
     for ((i = 0; i < 20; i++)); do
-        if swaks --server "127.0.0.1:$((SMTP_BASE + 1))" --to test@example.com \
+        if swaks --server "127.0.0.1:$((SMTP_BASE + n))" --to test@example.com \
             --from local-cluster@example.org --helo local-cluster.test \
-            --header "X-Test-Id: $id" --header "Subject: hamr local-cluster test" \
-            --body "Sent by deploy/local-cluster.sh at $(date -R)." >"$RUN/swaks.log" 2>&1; then
+            --header "X-Test-Id: $id" --header "Subject: hamr local-cluster test via node$n" \
+            --body "Sent through node$n by deploy/local-cluster.sh at $(date -R)." \
+            >"$RUN/swaks.log" 2>&1; then
             grep "queued as" "$RUN/swaks.log" || true
             return 0
         fi
         sleep 0.5
     done
     cat "$RUN/swaks.log" >&2
-    lc_die "the test message was not accepted"
+    lc_die "the test message through node$n was not accepted (see $RUN/node$n.log)"
 }
 
 # lc_landed ID - print the file the sink stored the message ID in; false if none yet.
@@ -212,7 +267,7 @@ PY
 }
 
 lc_up() {
-    local n id file
+    local n id file leader targets
     lc_install
     lc_build
     mkdir -p "$RUN"
@@ -221,12 +276,69 @@ lc_up() {
         lc_start_node "$n"
     done
     lc_wait 60 "a leader (see $RUN/node*.log)" lc_has_leader
-    id="local-cluster-$(date +%s)-$$"
-    lc_send_test "$id"
-    lc_wait 60 "the test message to reach $RUN/sink/" lc_landed "$id"
-    file=$(lc_landed "$id")
-    echo "local-cluster: test message $id landed in $file"
+    leader=$(lc_leader)
+    # Every node takes mail when followers forward; otherwise only the leader does.
+    if lc_peer_supported; then
+        targets=$(seq 1 "$NODES")
+    else
+        echo "local-cluster: this hamrd has no [listen] peer: sending to the leader only"
+        targets=$leader
+    fi
+    for n in $targets; do
+        id="local-cluster-$(date +%s)-$$-node$n"
+        lc_send_test "$id" "$n"
+        lc_wait 60 "the test message through node$n to reach $RUN/sink/" lc_landed "$id"
+        file=$(lc_landed "$id")
+        echo "local-cluster: test message $id (via node$n) landed in $file"
+    done
     lc_status
+    echo "local-cluster: leader is node$(lc_leader || echo "? (none agreed)")"
+}
+
+# lc_kill N - kill -9 node N (no clean shutdown: for trying failover).
+lc_kill() {
+    local n=$1 pidfile="$RUN/node$1.pid" pid
+    lc_check_id "$n"
+    lc_running "$pidfile" hamrd || lc_die "node$n is not running"
+    pid=$(cat "$pidfile")
+    kill -KILL "$pid"
+    rm -f "$pidfile"
+    echo "local-cluster: node$n (pid $pid) killed with SIGKILL"
+}
+
+# lc_start N - start node N again on its data directory; wait until it names a leader.
+lc_start() {
+    local n=$1
+    lc_check_id "$n"
+    [ -x "$BUILD/hamrd" ] || lc_die "no $BUILD/hamrd: run \"$0 up\" first"
+    mkdir -p "$RUN"
+    lc_running "$RUN/sink.pid" sink.py || lc_start_sink
+    lc_start_node "$n"
+    lc_wait 60 "node$n to report a leader" lc_node_knows_leader "$n"
+    echo "local-cluster: leader is node$(lc_leader || echo "? (none agreed)")"
+}
+
+# lc_node_knows_leader N - true if node N answers and names a leader.
+lc_node_knows_leader() {
+    lc_ctl "$1" --json status 2>/dev/null | grep -q '"leader_id" *: *[1-9]'
+}
+
+# lc_transfer [ID] - hamrctl transfer on the leader; print the new leader.
+lc_transfer() {
+    local leader
+    [ -z "${1:-}" ] || lc_check_id "$1"
+    leader=$(lc_leader) || lc_die "no agreed leader to transfer from"
+    lc_ctl "$leader" transfer ${1:+"$1"}
+    if [ -n "${1:-}" ]; then
+        lc_wait 20 "node$1 to become leader" lc_is_leader "$1"
+    fi
+    lc_wait 20 "the nodes to agree on a leader" lc_has_leader
+    echo "local-cluster: leader is node$(lc_leader)"
+}
+
+# lc_is_leader N - true if every reachable node names N as leader.
+lc_is_leader() {
+    [ "$(lc_leader)" = "$1" ]
 }
 
 # lc_stop PIDFILE WORD - SIGTERM, wait up to 20 s, then SIGKILL; remove the pid file.
@@ -262,7 +374,12 @@ lc_down() {
 lc_status() {
     local n rc=0
     for ((n = 1; n <= NODES; n++)); do
-        echo "== node$n (control 127.0.0.1:$((CONTROL_BASE + n)))"
+        echo "== node$n (smtp 127.0.0.1:$((SMTP_BASE + n)), control 127.0.0.1:$((CONTROL_BASE + n)))"
+        if ! lc_running "$RUN/node$n.pid" hamrd; then
+            echo "not running"
+            rc=1
+            continue
+        fi
         lc_ctl "$n" status || rc=1
     done
     if lc_running "$RUN/sink.pid" sink.py; then
@@ -277,8 +394,17 @@ case "${1:-}" in
 up) lc_up ;;
 down) lc_down ;;
 status) lc_status ;;
-*)
-    echo "usage: $0 up|down|status   (NODES=$NODES)" >&2
-    exit 2
+kill)
+    [ $# -eq 2 ] || lc_usage
+    lc_kill "$2"
     ;;
+start)
+    [ $# -eq 2 ] || lc_usage
+    lc_start "$2"
+    ;;
+transfer)
+    [ $# -le 2 ] || lc_usage
+    lc_transfer "${2:-}"
+    ;;
+*) lc_usage ;;
 esac

@@ -53,8 +53,9 @@ struct smtpd_envelope {
 
 /*
  * smtpd_sink_cb - the end of a submit. status 0: committed, reply 250.
- * Otherwise a HAMR_E* code that net/smtpd_reply maps to the reply (4xx for
- * not-leader, leadership lost, timeout, no space).
+ * HAMR_EINDOUBT: the message may or may not commit; the session hangs up
+ * without a reply. Otherwise a HAMR_E* code that net/smtpd_reply maps to the
+ * reply (4xx for not-leader, no quorum, timeout, no space).
  */
 typedef void (*smtpd_sink_cb)(void *arg, int status);
 

@@ -19,6 +19,17 @@
  *   A session whose client went away while a submit was pending outlives
  *   its connection (smtpd_session_free) until the sink calls back.
  *
+ * PROXY protocol (smtpd_server_set_proxy): the connection must come from a
+ * proxy_networks address, or it is closed at once without a word. Then the
+ * header is read with smtpd_proxy before any session exists or anything is
+ * written; it must be complete within proxy_timeout. A bad or late header
+ * closes the connection, again without a greeting; there is no fallback to
+ * the socket address (SECURITY.md S18). Each refusal is logged with its
+ * reason. A good header sets the client address the session, relay control
+ * and Received: see, then the session starts as for any connection, and
+ * octets that followed the header in the same read are its first input.
+ * Connections waiting for a header count against max_sessions.
+ *
  * Memory: reads land in a fixed per-connection buffer, so input per read
  * is bounded; the session bounds what it holds. Handles are embedded in
  * their connection and freed only in the close callbacks.
@@ -35,13 +46,15 @@
 #include "util/err.h"
 #include "util/log.h"
 #include "net/smtpd.h"
+#include "net/smtpd_proxy.h"
 #include "net/smtpd_reply.h"
 #include "net/smtpd_server.h"
 #include "net/smtpd_session.h"
 
 #define SMTPD_SERVER_READ_MAX (16 * 1024) /* one read at most */
 #define SMTPD_SERVER_BACKLOG 128
-#define SMTPD_SERVER_LINGER_MS 10000 /* flushing output on close, at most */
+#define SMTPD_SERVER_LINGER_MS 10000       /* flushing output on close, at most */
+#define SMTPD_SERVER_PROXY_TIMEOUT_MS 5000 /* proxy_timeout default, as Postfix's */
 
 struct smtpd_server {
     uv_loop_t *loop;
@@ -53,6 +66,11 @@ struct smtpd_server {
     size_t n_conns;
     uint16_t port;
     uint64_t greet_delay_ms;
+    bool proxy_on;                           /* a PROXY header comes first */
+    const struct smtpd_cidr *proxy_networks; /* borrowed: the balancers */
+    size_t n_proxy_networks;
+    uint64_t proxy_timeout_ms;
+    size_t n_proxy_wait; /* connections still reading their header */
     bool draining;
     bool closing;
     bool listener_closed;
@@ -73,7 +91,10 @@ struct smtpd_conn {
     bool reading;
     bool closing;
     bool greeted;
-    char client_addr[INET6_ADDRSTRLEN];
+    bool proxy_wait;                    /* reading the PROXY header; no session yet */
+    char client_addr[INET6_ADDRSTRLEN]; /* from the PROXY header, else peer_addr */
+    char peer_addr[INET6_ADDRSTRLEN];   /* the socket's peer: the balancer if proxied */
+    struct smtpd_proxy_parser proxy;
     char rbuf[SMTPD_SERVER_READ_MAX];
 };
 
@@ -86,6 +107,8 @@ struct smtpd_write {
 };
 
 static void smtpd_server_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void smtpd_server_proxy_input(struct smtpd_conn *c, const char *data, size_t len);
+static void smtpd_server_proxy_refuse(struct smtpd_conn *c, const char *reason);
 
 /* smtpd_server_maybe_finish - after close: free the server once everything is gone. */
 static void smtpd_server_maybe_finish(struct smtpd_server *s)
@@ -109,6 +132,10 @@ static void smtpd_server_conn_close_cb(uv_handle_t *handle)
     HAMR_ASSERT(c->open_handles > 0);
     if (--c->open_handles > 0)
         return;
+    if (c->proxy_wait) {
+        c->proxy_wait = false;
+        s->n_proxy_wait--;
+    }
     if (c->session != NULL) {
         c->session = smtpd_session_free(c->session);
         s->n_sessions--;
@@ -294,6 +321,8 @@ static void smtpd_server_read_cb(uv_stream_t *stream, ssize_t nread, const uv_bu
     if (nread == 0)
         return; /* EAGAIN: not an error */
     if (nread == UV_EOF) {
+        if (c->proxy_wait && !c->closing)
+            smtpd_server_proxy_refuse(c, "end of input before the end of the header");
         smtpd_server_conn_close(c);
         return;
     }
@@ -302,31 +331,42 @@ static void smtpd_server_read_cb(uv_stream_t *stream, ssize_t nread, const uv_bu
         smtpd_server_conn_abort(c);
         return;
     }
-    if (c->closing || c->session == NULL)
+    if (c->closing)
+        return;
+    if (c->proxy_wait) {
+        smtpd_server_proxy_input(c, buf->base, (size_t)nread);
+        return;
+    }
+    if (c->session == NULL)
         return;
     smtpd_session_input(c->session, buf->base, (size_t)nread);
 }
 
-/* smtpd_server_peer - the client address as text; IPv4-mapped IPv6 shown as IPv4. */
+/*
+ * smtpd_server_peer - the socket peer's address as text (IPv4-mapped IPv6
+ * shown as IPv4) into peer_addr, and into client_addr until a PROXY header
+ * says otherwise.
+ */
 static void smtpd_server_peer(struct smtpd_conn *c)
 {
     struct sockaddr_storage ss;
     int len = sizeof(ss);
 
-    hamr_strlcpy(c->client_addr, "unknown", sizeof(c->client_addr));
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0)
-        return;
-    if (ss.ss_family == AF_INET) {
-        const struct sockaddr_in *sin = (const struct sockaddr_in *)&ss;
-        inet_ntop(AF_INET, &sin->sin_addr, c->client_addr, sizeof(c->client_addr));
-    } else if (ss.ss_family == AF_INET6) {
-        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&ss;
-        if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr))
-            inet_ntop(AF_INET, &sin6->sin6_addr.s6_addr[12], c->client_addr,
-                      sizeof(c->client_addr));
-        else
-            inet_ntop(AF_INET6, &sin6->sin6_addr, c->client_addr, sizeof(c->client_addr));
+    hamr_strlcpy(c->peer_addr, "unknown", sizeof(c->peer_addr));
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET) {
+            const struct sockaddr_in *sin = (const struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &sin->sin_addr, c->peer_addr, sizeof(c->peer_addr));
+        } else if (ss.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&ss;
+            if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr))
+                inet_ntop(AF_INET, &sin6->sin6_addr.s6_addr[12], c->peer_addr,
+                          sizeof(c->peer_addr));
+            else
+                inet_ntop(AF_INET6, &sin6->sin6_addr, c->peer_addr, sizeof(c->peer_addr));
+        }
     }
+    hamr_strlcpy(c->client_addr, c->peer_addr, sizeof(c->client_addr));
 }
 
 /* smtpd_server_refuse - answer one 421 line without a session, then close. */
@@ -355,11 +395,14 @@ static void smtpd_server_start_session(struct smtpd_conn *c)
         return;
     }
     s->n_sessions++;
-    if (uv_read_start((uv_stream_t *)&c->tcp, smtpd_server_alloc_cb, smtpd_server_read_cb) != 0) {
-        smtpd_server_conn_abort(c);
-        return;
+    if (!c->reading) { /* after a PROXY header it already reads */
+        if (uv_read_start((uv_stream_t *)&c->tcp, smtpd_server_alloc_cb, smtpd_server_read_cb) !=
+            0) {
+            smtpd_server_conn_abort(c);
+            return;
+        }
+        c->reading = true;
     }
-    c->reading = true;
     if (s->greet_delay_ms > 0) {
         /* Input before the timer fires is a pregreet violation. */
         uv_timer_start(&c->timer, smtpd_server_timer_cb, s->greet_delay_ms, 0);
@@ -367,6 +410,91 @@ static void smtpd_server_start_session(struct smtpd_conn *c)
         c->greeted = true;
         smtpd_session_greet(c->session);
     }
+}
+
+/* smtpd_server_proxy_end - the connection no longer waits for a header. Idempotent. */
+static void smtpd_server_proxy_end(struct smtpd_conn *c)
+{
+    if (c->proxy_wait) {
+        c->proxy_wait = false;
+        c->server->n_proxy_wait--;
+    }
+}
+
+/*
+ * smtpd_server_proxy_refuse - no valid header from this peer: log why and
+ * close without writing a byte. No greeting means a client cannot mistake
+ * a broken proxy setup for a working relay.
+ */
+static void smtpd_server_proxy_refuse(struct smtpd_conn *c, const char *reason)
+{
+    log_info("smtpd proxy refuse peer=%s reason=\"%s\" octets=%zu", c->peer_addr, reason,
+             c->proxy.total);
+    smtpd_server_proxy_end(c);
+    smtpd_server_conn_close(c);
+}
+
+/* smtpd_server_proxy_timeout_cb - proxy_timeout passed before the header was complete. */
+static void smtpd_server_proxy_timeout_cb(uv_timer_t *timer)
+{
+    struct smtpd_conn *c = timer->data;
+
+    if (c->closing || !c->proxy_wait)
+        return;
+    smtpd_server_proxy_refuse(c, "timeout");
+}
+
+/* smtpd_server_proxy_start - a trusted balancer connected: read its header first. */
+static void smtpd_server_proxy_start(struct smtpd_conn *c)
+{
+    struct smtpd_server *s = c->server;
+
+    smtpd_proxy_parser_init(&c->proxy);
+    c->proxy_wait = true;
+    s->n_proxy_wait++;
+    if (uv_read_start((uv_stream_t *)&c->tcp, smtpd_server_alloc_cb, smtpd_server_read_cb) != 0) {
+        smtpd_server_conn_abort(c);
+        return;
+    }
+    c->reading = true;
+    uv_timer_start(&c->timer, smtpd_server_proxy_timeout_cb, s->proxy_timeout_ms, 0);
+}
+
+/*
+ * smtpd_server_proxy_input - octets before the end of the header. Once it is
+ * complete, the session starts as for any connection and gets what followed
+ * the header in this read. The session decides what that is: input before
+ * its greeting (greet_delay) is an early talker, as it would be without a
+ * balancer; SMTP clients wait for the 220 (RFC 5321 3.1), so nothing is
+ * pipelined ahead of it on purpose.
+ */
+static void smtpd_server_proxy_input(struct smtpd_conn *c, const char *data, size_t len)
+{
+    struct smtpd_server *s = c->server;
+    size_t used;
+
+    int rc = smtpd_proxy_parse(&c->proxy, data, len, &used);
+    if (rc == 0)
+        return;
+    if (rc < 0) {
+        smtpd_server_proxy_refuse(c, c->proxy.reason);
+        return;
+    }
+    uv_timer_stop(&c->timer);
+    smtpd_server_proxy_end(c);
+    const struct smtpd_proxy_header *h = &c->proxy.hdr;
+    if (!h->local)
+        hamr_strlcpy(c->client_addr, h->src_text, sizeof(c->client_addr));
+    log_info("smtpd proxy client=%s peer=%s version=%d command=%s", c->client_addr, c->peer_addr,
+             h->version, h->local ? "local" : "proxy");
+    if (s->draining) {
+        smtpd_server_refuse(c, SMTPD_REPLY_DRAINING);
+        return;
+    }
+    smtpd_server_start_session(c);
+    if (c->closing || c->session == NULL || used == len)
+        return;
+    smtpd_session_input(c->session, data + used, len - used);
 }
 
 /* smtpd_server_connection_cb - accept always; then a session, or 421 and close. */
@@ -399,12 +527,16 @@ static void smtpd_server_connection_cb(uv_stream_t *listener, int status)
         return;
     }
     smtpd_server_peer(c);
-    if (s->closing)
+    if (s->proxy_on && !smtpd_proxy_addr_in(s->proxy_networks, s->n_proxy_networks, c->peer_addr))
+        smtpd_server_proxy_refuse(c, "peer not in proxy_networks");
+    else if (s->closing)
         smtpd_server_refuse(c, SMTPD_REPLY_SHUTDOWN);
     else if (s->draining)
         smtpd_server_refuse(c, SMTPD_REPLY_DRAINING);
-    else if (s->n_sessions >= s->max_sessions)
+    else if (s->n_sessions + s->n_proxy_wait >= s->max_sessions)
         smtpd_server_refuse(c, SMTPD_REPLY_TOO_MANY_CONNS);
+    else if (s->proxy_on)
+        smtpd_server_proxy_start(c);
     else
         smtpd_server_start_session(c);
 }
@@ -444,6 +576,7 @@ int smtpd_server_new(uv_loop_t *loop,
     s->policy = policy;
     s->sink = *sink;
     s->max_sessions = max_sessions;
+    s->proxy_timeout_ms = SMTPD_SERVER_PROXY_TIMEOUT_MS;
     rv = uv_tcp_init(loop, &s->listener);
     if (rv != 0) {
         snprintf(errmsg, errlen, "smtpd socket: %s", uv_strerror(rv));
@@ -488,6 +621,21 @@ void smtpd_server_set_draining(struct smtpd_server *s, bool draining)
 void smtpd_server_set_greet_delay(struct smtpd_server *s, uint64_t ms)
 {
     s->greet_delay_ms = ms;
+}
+
+/* smtpd_server_set_proxy - expect a PROXY header from these networks only. */
+void smtpd_server_set_proxy(struct smtpd_server *s,
+                            bool on,
+                            const struct smtpd_cidr *networks,
+                            size_t n_networks,
+                            uint64_t timeout_ms)
+{
+    s->proxy_on = on;
+    s->proxy_networks = networks;
+    s->n_proxy_networks = n_networks;
+    s->proxy_timeout_ms = timeout_ms > 0 ? timeout_ms : SMTPD_SERVER_PROXY_TIMEOUT_MS;
+    log_info("smtpd proxy_protocol=%s proxy_networks=%zu proxy_timeout_ms=%llu", on ? "on" : "off",
+             n_networks, (unsigned long long)s->proxy_timeout_ms);
 }
 
 /* smtpd_server_sessions - open sessions. */

@@ -49,6 +49,21 @@ void smtpd_server_set_draining(struct smtpd_server *s, bool draining);
  */
 void smtpd_server_set_greet_delay(struct smtpd_server *s, uint64_t ms);
 
+/*
+ * smtpd_server_set_proxy - with on, every new connection must come from an
+ * address inside networks (n_networks entries, borrowed until the close
+ * callback) and start with a PROXY protocol header, v1 or v2, complete
+ * within timeout_ms (0: 5 s). The client address is then the header's
+ * source (the socket address only for a v2 LOCAL health check). Any other
+ * peer, a bad header or a late one is closed without a greeting and logged.
+ * Affects connections accepted afterwards. Default: off.
+ */
+void smtpd_server_set_proxy(struct smtpd_server *s,
+                            bool on,
+                            const struct smtpd_cidr *networks,
+                            size_t n_networks,
+                            uint64_t timeout_ms);
+
 /* smtpd_server_sessions - open sessions (refused connections not counted). */
 size_t smtpd_server_sessions(const struct smtpd_server *s);
 

@@ -1078,6 +1078,20 @@ static void smtpd_session_commit_cb(void *arg, int status)
         smtpd_session_free_now(s);
         return;
     }
+    if (status == HAMR_EINDOUBT) {
+        /*
+         * The sink cannot tell whether the message will commit. A 250 could
+         * be a lie and a 4xx could be followed by a delivery (a phantom, if the
+         * client then gives up): hang up without a reply. An SMTP client
+         * treats a lost reply to "." as a temporary failure and retries, so
+         * the worst case is a duplicate (RFC 1047).
+         */
+        log_warn("smtpd session=%" PRIu64 " id=%s outcome unknown: closing without a reply",
+                 s->id, tx->queue_id);
+        smtpd_session_tx_reset(s);
+        smtpd_session_hangup(s);
+        return;
+    }
     char queue_id[SMTPD_QUEUE_ID_MAX];
     hamr_strlcpy(queue_id, tx->queue_id, sizeof(queue_id));
     smtpd_session_tx_reset(s);

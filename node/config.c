@@ -15,9 +15,9 @@
  *
  * inih treats an indented line that follows a key as a continuation of that
  * key (Python configparser style). List keys (voters, relay_networks,
- * relay_domains) accept that and append; a scalar key given twice, or
- * continued, is an error. The first occurrence of a list key replaces its
- * default.
+ * proxy_networks, relay_domains) accept that and append; a scalar key given
+ * twice, or continued, is an error. The first occurrence of a list key
+ * replaces its default.
  *
  * Errors: config_load returns HAMR_EINVAL with "FILE:LINE: reason" (LINE 0 for
  * a whole-file problem) or HAMR_EIO when the file cannot be read; the parsers
@@ -117,6 +117,9 @@ static const struct config_key config_keys[] = {
     CK("smtpd", "data_timeout", CONFIG_K_DURATION, smtpd.data_timeout_ms, 1, CONFIG_DAY),
     CK("smtpd", "max_sessions", CONFIG_K_COUNT, max_sessions, 1, 1000000),
     CK("smtpd", "greet_delay", CONFIG_K_DURATION, greet_delay_ms, 0, 5 * CONFIG_MIN),
+    CK("smtpd", "proxy_protocol", CONFIG_K_BOOL, proxy_protocol, 0, 0),
+    CK("smtpd", "proxy_networks", CONFIG_K_NETWORKS, proxy_networks, 0, 0),
+    CK("smtpd", "proxy_timeout", CONFIG_K_DURATION, proxy_timeout_ms, 1, 5 * CONFIG_MIN),
 
     CK("delivery", "relayhost", CONFIG_K_HOSTPORT_OPT, relayhost, 0, 0),
     CK("delivery", "connect_timeout", CONFIG_K_DURATION, smtpc.connect_timeout_ms, 1, CONFIG_DAY),
@@ -458,6 +461,7 @@ void config_defaults(struct hamr_config *cfg)
     cfg->smtpd.command_timeout_ms = 5 * CONFIG_MIN;
     cfg->smtpd.data_timeout_ms = 5 * CONFIG_MIN;
     cfg->max_sessions = 500;
+    cfg->proxy_timeout_ms = 5 * CONFIG_SEC;
 
     cfg->smtpc.connect_timeout_ms = 30 * CONFIG_SEC;
     cfg->smtpc.command_timeout_ms = 5 * CONFIG_MIN;
@@ -519,6 +523,15 @@ static char *config_next_item(char **cursor)
     return start;
 }
 
+/* config_networks_count - the count of the network list a CONFIG_K_NETWORKS key fills. */
+static size_t *config_networks_count(struct hamr_config *cfg, const struct config_key *k)
+{
+    if (k->offset == offsetof(struct hamr_config, proxy_networks))
+        return &cfg->n_proxy_networks;
+    HAMR_ASSERT(k->offset == offsetof(struct hamr_config, relay_networks));
+    return &cfg->n_relay_networks;
+}
+
 /* config_set_list - append the items of one list line; the first line replaces the default. */
 static int config_set_list(struct config_parse *p,
                            const struct config_key *k,
@@ -534,7 +547,7 @@ static int config_set_list(struct config_parse *p,
         if (k->kind == CONFIG_K_VOTERS)
             cfg->n_voters = 0;
         else if (k->kind == CONFIG_K_NETWORKS)
-            cfg->n_relay_networks = 0;
+            *config_networks_count(cfg, k) = 0;
     }
     char *cursor = copy, *item;
     while ((item = config_next_item(&cursor)) != NULL) {
@@ -559,13 +572,13 @@ static int config_set_list(struct config_parse *p,
                 break;
             }
             case CONFIG_K_NETWORKS: {
-                struct smtpd_cidr c;
+                struct smtpd_cidr c, *nets = (struct smtpd_cidr *)(void *)((char *)cfg + k->offset);
+                size_t *n = config_networks_count(cfg, k), cap = k->width / sizeof(c);
                 if (config_parse_cidr(item, &c) != 0)
                     return config_fail(p, p->lineno, "%s: not a network: \"%s\"", k->name, q);
-                if (cfg->n_relay_networks >= HAMR_ARRAY_LEN(cfg->relay_networks))
-                    return config_fail(p, p->lineno, "%s: more than %zu networks", k->name,
-                                       HAMR_ARRAY_LEN(cfg->relay_networks));
-                cfg->relay_networks[cfg->n_relay_networks++] = c;
+                if (*n >= cap)
+                    return config_fail(p, p->lineno, "%s: more than %zu networks", k->name, cap);
+                nets[(*n)++] = c;
                 break;
             }
             case CONFIG_K_DOMAINS: {
@@ -867,6 +880,10 @@ static int config_cross_check(struct config_parse *p)
             line = config_key_line(p, "delivery", "retry_max");
         return config_fail(p, line, "retry_min must not exceed retry_max");
     }
+    /* With nobody trusted, every connection would be refused. */
+    if (cfg->proxy_protocol && cfg->n_proxy_networks == 0)
+        return config_fail(p, config_key_line(p, "smtpd", "proxy_protocol"),
+                           "proxy_protocol: on needs proxy_networks (the load balancers)");
     if (cfg->smtpd.message_size_limit > CONFIG_MESSAGE_SIZE_MAX)
         return config_fail(p, config_key_line(p, "smtpd", "message_size_limit"),
                            "message_size_limit: at most 64M (a message is one raft entry)");

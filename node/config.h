@@ -67,6 +67,12 @@ struct hamr_config {
     unsigned max_sessions;           /* max_sessions (500) */
     uint64_t greet_delay_ms;         /* greet_delay (0): wait before the 220; input
                                         before it is an early talker (554) */
+    bool proxy_protocol;             /* proxy_protocol (off): every connection starts
+                                        with a PROXY header, v1 or v2 */
+    struct smtpd_cidr proxy_networks[64]; /* proxy_networks (none): the load balancers;
+                                             required with proxy_protocol = on */
+    size_t n_proxy_networks;
+    uint64_t proxy_timeout_ms;       /* proxy_timeout (5s): the header must be complete */
 
     /* [delivery] */
     struct config_hostport relayhost;  /* relayhost = [host]:port ("" = none) */

@@ -401,6 +401,13 @@ static void relay_retry_tick(uv_timer_t *t)
     relay_props_expire(r);
     relay_publish_node_info(r);
     relay_submits_retry(r);
+    struct consensus_info info;
+    consensus_get_info(r->cons, &info);
+    if (info.leader_id != r->last_leader_id) {
+        if (info.leader_id != 0)
+            metrics_inc(r->metrics, METRICS_RAFT_LEADER_CHANGES);
+        r->last_leader_id = info.leader_id;
+    }
 }
 
 /* relay_on_leader - leadership gained (after the barrier) or lost. */
@@ -432,6 +439,7 @@ static void relay_start_failed_closed(uv_handle_t *h)
 {
     struct relay *r = h->data;
     r->queue = queue_free(r->queue);
+    r->metrics = metrics_free(r->metrics);
     free(r);
 }
 
@@ -458,6 +466,13 @@ int relay_start(uv_loop_t *loop,
     r->queue = queue_new();
     if (r->queue == NULL) {
         snprintf(err, errlen, "out of memory");
+        free(r);
+        return HAMR_ENOMEM;
+    }
+
+    if (metrics_hamr_new(RELAY_VERSION, &r->metrics) != 0) {
+        snprintf(err, errlen, "out of memory");
+        queue_free(r->queue);
         free(r);
         return HAMR_ENOMEM;
     }
@@ -516,6 +531,8 @@ int relay_start(uv_loop_t *loop,
     if (rv != 0)
         goto fail_pool;
     smtpd_server_set_greet_delay(r->smtpd, cfg->greet_delay_ms);
+    smtpd_server_set_proxy(r->smtpd, cfg->proxy_protocol, cfg->proxy_networks,
+                           cfg->n_proxy_networks, cfg->proxy_timeout_ms);
     struct control_handler handler = {.data = r, .handle = relay_ctl_handle};
     rv = control_new(loop, cfg->listen_control.host, cfg->listen_control.port, &handler,
                      &r->control, err, errlen);
@@ -539,6 +556,19 @@ int relay_start(uv_loop_t *loop,
         }
     }
 
+    if (cfg->listen_http.host[0] != '\0') {
+        struct http_handler hh = {
+            .data = r,
+            .ready = relay_http_ready,
+            .metrics = r->metrics,
+            .source = {.data = r, .fill = relay_metrics_fill},
+        };
+        rv = http_new(loop, cfg->listen_http.host, cfg->listen_http.port, &hh, &r->http, err,
+                      errlen);
+        if (rv != 0)
+            goto fail_peer_client;
+    }
+
     uv_timer_init(loop, &r->retry_timer);
     r->retry_timer.data = r;
     uv_timer_start(&r->retry_timer, relay_retry_tick, RELAY_RETRY_MS, RELAY_RETRY_MS);
@@ -556,8 +586,12 @@ int relay_start(uv_loop_t *loop,
 
     /* Failures during start: close what was opened, synchronously enough for
      * the caller to exit; the loop is run once more by the caller. */
+fail_peer_client:
+    if (r->peer_cli)
+        peer_client_close(r->peer_cli, NULL, NULL);
 fail_peer:
-    peer_server_close(r->peer_srv, NULL, NULL);
+    if (r->peer_srv)
+        peer_server_close(r->peer_srv, NULL, NULL);
 fail_control:
     control_close(r->control, NULL, NULL);
 fail_smtpd:
@@ -588,6 +622,7 @@ static void relay_stop_step(void *arg)
     void (*done)(void *) = r->stop_done;
     void *done_arg = r->stop_arg;
     r->queue = queue_free(r->queue);
+    r->metrics = metrics_free(r->metrics); /* after the HTTP listener, which borrows it */
     free(r);
     if (done)
         done(done_arg);
@@ -617,7 +652,9 @@ void relay_stop(struct relay *r, void (*done)(void *arg), void *arg)
     log_info("stopping node=%" PRIu64, r->cfg->node_id);
     /* Count: smtpd, control, 4 timers, pool, raft (closed after the pool),
      * and the peer server and client when there are. */
-    r->stop_pending = 8 + (r->peer_srv ? 1 : 0) + (r->peer_cli ? 1 : 0);
+    r->stop_pending = 8 + (r->peer_srv ? 1 : 0) + (r->peer_cli ? 1 : 0) + (r->http ? 1 : 0);
+    if (r->http)
+        http_close(r->http, relay_stop_step, r);
     uv_timer_stop(&r->kick_timer);
     uv_close((uv_handle_t *)&r->kick_timer, relay_stop_handle_closed);
     uv_timer_stop(&r->sched_timer);

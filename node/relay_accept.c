@@ -39,17 +39,19 @@
 #include "node/peer.h"
 #include "node/relay_internal.h"
 
-/* relay_submit - one message on its way to a commit. */
+/* relay_submit - one entry on its way to a commit, tried again until it is. */
 struct relay_submit {
     struct relay *relay;
-    smtpd_sink_cb cb;
+    relay_propose_cb cb;
     void *arg;
+    bool query;             /* an unknown outcome is resolved by asking for queue_id */
     char queue_id[QUEUE_ID_MAX];
     uint8_t *entry;         /* the packed Enqueue, kept for proposing again */
     size_t len;
     uint64_t deadline;      /* uv_now: give up (451) */
     uint64_t noleader_since; /* uv_now when we first found no leader; 0 if one */
     bool unknown;           /* an attempt's outcome is unknown: query first */
+    bool in_doubt;          /* some attempt may still commit (not yet ruled out) */
     bool busy;              /* an attempt is in flight */
     bool waiting;           /* on r->waiting */
     unsigned attempts;
@@ -104,16 +106,20 @@ static void relay_submit_unwait(struct relay_submit *s)
     s->waiting = false;
 }
 
-/* relay_submit_finish - answer the session and free s. */
-static void relay_submit_finish(struct relay_submit *s, int status)
+/* relay_submit_finish - answer the caller and free s. */
+static void relay_submit_finish(struct relay_submit *s, int status, intptr_t result)
 {
     relay_submit_unwait(s);
+    /* Giving up while an earlier attempt may still commit: say so, so that
+     * nobody answers 4xx for a message that is then delivered. */
+    if (status != 0 && s->in_doubt && s->query)
+        status = HAMR_EINDOUBT;
     if (status != 0)
-        log_warn("enqueue failed id=%s attempts=%u error=\"%s\"", s->queue_id, s->attempts,
+        log_warn("proposal failed id=%s attempts=%u error=\"%s\"", s->queue_id, s->attempts,
                  hamr_strerror(status));
     else if (s->attempts > 1)
-        log_info("enqueue committed id=%s attempts=%u", s->queue_id, s->attempts);
-    s->cb(s->arg, status);
+        log_info("proposal committed id=%s attempts=%u", s->queue_id, s->attempts);
+    s->cb(s->arg, status, result);
     free(s->entry);
     free(s);
 }
@@ -123,7 +129,7 @@ static void relay_submit_wait(struct relay_submit *s)
 {
     struct relay *r = s->relay;
     if (r->stopping) {
-        relay_submit_finish(s, HAMR_ESHUTDOWN);
+        relay_submit_finish(s, HAMR_ESHUTDOWN, 0);
         return;
     }
     HAMR_ASSERT(!s->waiting);
@@ -143,7 +149,7 @@ static void relay_submit_no_leader(struct relay_submit *s)
         s->noleader_since = now;
     /* Three election timeouts without a leader: this node is cut off. */
     if (now - s->noleader_since >= 3ull * r->cfg->election_timeout_ms) {
-        relay_submit_finish(s, HAMR_ENOQUORUM);
+        relay_submit_finish(s, HAMR_ENOQUORUM, 0);
         return;
     }
     relay_submit_wait(s);
@@ -156,12 +162,15 @@ static void relay_submit_proposed(void *arg, int status, intptr_t result)
     struct relay *r = s->relay;
     s->busy = false;
     if (status == 0) {
-        /* result < 0: refused by the state machine (e.g. body checksum). */
-        relay_submit_finish(s, result < 0 ? (int)result : 0);
+        relay_submit_finish(s, 0, result);
         return;
     }
+    bool unknown = status == HAMR_ELEADERSHIPLOST || status == HAMR_ETIMEDOUT ||
+                   status == HAMR_ESHUTDOWN;
+    if (unknown)
+        s->in_doubt = true;
     if (r->stopping) {
-        relay_submit_finish(s, HAMR_ESHUTDOWN);
+        relay_submit_finish(s, HAMR_ESHUTDOWN, 0);
         return;
     }
     switch (status) {
@@ -174,11 +183,13 @@ static void relay_submit_proposed(void *arg, int status, intptr_t result)
     case HAMR_ELEADERSHIPLOST:
     case HAMR_ETIMEDOUT:
     case HAMR_ESHUTDOWN: /* the leader was stopping: it may have appended it */
-        s->unknown = true;
+        /* Without a queue id to ask for, the entry must be one that is a
+         * no-op when applied twice (an Outcome under its lease): propose again. */
+        s->unknown = s->query;
         relay_submit_wait(s);
         return;
     default:
-        relay_submit_finish(s, status);
+        relay_submit_finish(s, status, 0);
         return;
     }
 }
@@ -189,7 +200,7 @@ static void relay_submit_propose(struct relay_submit *s)
     struct relay *r = s->relay;
     uint64_t now = uv_now(r->loop);
     if (now >= s->deadline) {
-        relay_submit_finish(s, HAMR_ETIMEDOUT);
+        relay_submit_finish(s, HAMR_ETIMEDOUT, 0);
         return;
     }
     s->attempts++;
@@ -204,7 +215,7 @@ static void relay_submit_propose(struct relay_submit *s)
     else if (rv == HAMR_EBUSY)
         relay_submit_wait(s);
     else
-        relay_submit_finish(s, rv);
+        relay_submit_finish(s, rv, 0);
 }
 
 /* relay_submit_queried - the leader says whether our queue id is committed. */
@@ -214,7 +225,7 @@ static void relay_submit_queried(void *arg, int status, const Hamr__PeerResult *
     struct relay *r = s->relay;
     s->busy = false;
     if (r->stopping) {
-        relay_submit_finish(s, HAMR_ESHUTDOWN);
+        relay_submit_finish(s, HAMR_ESHUTDOWN, 0);
         return;
     }
     if (status != 0 || res->status != 0) {
@@ -225,10 +236,13 @@ static void relay_submit_queried(void *arg, int status, const Hamr__PeerResult *
     if (res->found) {
         r->resolved++;
         log_info("unknown outcome resolved id=%s committed=yes", s->queue_id);
-        relay_submit_finish(s, 0);
+        relay_submit_finish(s, 0, 0);
         return;
     }
     log_info("unknown outcome resolved id=%s committed=no action=propose-again", s->queue_id);
+    /* The leader is past its election barrier and does not have it: no
+     * earlier attempt can commit any more (it would sit before the barrier). */
+    s->in_doubt = false;
     relay_submit_propose(s);
 }
 
@@ -243,10 +257,11 @@ static void relay_submit_query(struct relay_submit *s)
         if (queue_contains(r->queue, s->queue_id)) {
             r->resolved++;
             log_info("unknown outcome resolved id=%s committed=yes", s->queue_id);
-            relay_submit_finish(s, 0);
+            relay_submit_finish(s, 0, 0);
         } else {
             log_info("unknown outcome resolved id=%s committed=no action=propose-again",
                      s->queue_id);
+            s->in_doubt = false;
             relay_submit_propose(s);
         }
         return;
@@ -276,7 +291,7 @@ static void relay_submit_attempt(struct relay_submit *s)
 {
     struct relay *r = s->relay;
     if (uv_now(r->loop) >= s->deadline) {
-        relay_submit_finish(s, HAMR_ETIMEDOUT);
+        relay_submit_finish(s, HAMR_ETIMEDOUT, 0);
         return;
     }
     if (s->unknown)
@@ -304,7 +319,70 @@ void relay_submits_retry(struct relay *r)
 void relay_submits_abort(struct relay *r)
 {
     while (r->waiting != NULL)
-        relay_submit_finish(r->waiting, HAMR_ESHUTDOWN);
+        relay_submit_finish(r->waiting, HAMR_ESHUTDOWN, 0);
+}
+
+int relay_propose_retry(struct relay *r, uint8_t *entry, size_t len, const char *queue_id,
+                        bool query, uint64_t timeout_ms, relay_propose_cb cb, void *arg)
+{
+    if (r->stopping) {
+        free(entry);
+        return HAMR_ESHUTDOWN;
+    }
+    struct relay_submit *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        free(entry);
+        return HAMR_ENOMEM;
+    }
+    s->relay = r;
+    s->cb = cb;
+    s->arg = arg;
+    s->query = query;
+    s->entry = entry;
+    s->len = len;
+    s->deadline = uv_now(r->loop) + timeout_ms;
+    hamr_strlcpy(s->queue_id, queue_id, sizeof(s->queue_id));
+    /* The first attempt runs now; the caller is answered from a callback
+     * (consensus and the peer client never call back from inside a call; a
+     * wait goes through the retry timer). */
+    s->attempts++;
+    int rv = relay_propose_bytes(r, s->entry, s->len, timeout_ms, relay_submit_proposed, s);
+    if (rv == 0) {
+        s->busy = true;
+        return 0;
+    }
+    if (rv == HAMR_ENOQUORUM || rv == HAMR_ENOTLEADER || rv == HAMR_EBUSY) {
+        s->noleader_since = rv == HAMR_EBUSY ? 0 : uv_now(r->loop);
+        relay_submit_wait(s);
+        return 0;
+    }
+    free(s->entry);
+    free(s);
+    return rv;
+}
+
+struct relay_sink_req {
+    struct relay *relay;
+    smtpd_sink_cb cb;
+    void *arg;
+    uint64_t started; /* uv_now at submit, for the commit latency histogram */
+};
+
+/* relay_sink_done - the Enqueue committed, or will not: tell the session. */
+static void relay_sink_done(void *arg, int status, intptr_t result)
+{
+    struct relay_sink_req *q = arg;
+    struct relay *r = q->relay;
+    /* result < 0: refused by the state machine (e.g. body checksum). */
+    if (status == 0 && result < 0)
+        status = (int)result;
+    if (status == 0) {
+        metrics_inc(r->metrics, METRICS_MESSAGES_ACCEPTED);
+        metrics_observe(r->metrics, METRICS_COMMIT_SECONDS,
+                        (double)(uv_now(r->loop) - q->started) / 1e3);
+    }
+    q->cb(q->arg, status);
+    free(q);
 }
 
 int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_cb cb, void *arg)
@@ -338,36 +416,24 @@ int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_c
     e.cmd_case = HAMR__ENTRY__CMD_ENQUEUE;
     e.enqueue = &enq;
 
-    struct relay_submit *s = calloc(1, sizeof(*s));
-    if (s == NULL)
-        return HAMR_ENOMEM;
-    int rv = proto_entry_pack(&e, NULL, &s->entry, &s->len);
-    if (rv != 0) {
-        free(s);
+    uint8_t *entry;
+    size_t len;
+    int rv = proto_entry_pack(&e, NULL, &entry, &len);
+    if (rv != 0)
         return rv;
+    struct relay_sink_req *q = calloc(1, sizeof(*q));
+    if (q == NULL) {
+        free(entry);
+        return HAMR_ENOMEM;
     }
-    s->relay = r;
-    s->cb = cb;
-    s->arg = arg;
-    s->deadline = uv_now(r->loop) + r->cfg->proposal_timeout_ms;
-    hamr_strlcpy(s->queue_id, env->queue_id, sizeof(s->queue_id));
-    /* The first attempt runs now; the session is answered from a callback
-     * (consensus and the peer client never call back from inside a call; a
-     * wait goes through the retry timer). */
-    s->attempts++;
-    rv = relay_propose_bytes(r, s->entry, s->len, r->cfg->proposal_timeout_ms,
-                             relay_submit_proposed, s);
-    if (rv == 0) {
-        s->busy = true;
-        return 0;
-    }
-    if (rv == HAMR_ENOQUORUM || rv == HAMR_ENOTLEADER || rv == HAMR_EBUSY) {
-        s->noleader_since = rv == HAMR_EBUSY ? 0 : uv_now(r->loop);
-        relay_submit_wait(s);
-        return 0;
-    }
-    free(s->entry);
-    free(s);
+    q->relay = r;
+    q->cb = cb;
+    q->arg = arg;
+    q->started = uv_now(r->loop);
+    rv = relay_propose_retry(r, entry, len, env->queue_id, true, r->cfg->proposal_timeout_ms,
+                             relay_sink_done, q);
+    if (rv != 0)
+        free(q);
     return rv;
 }
 

@@ -16,6 +16,8 @@
 #include "net/smtpd_server.h"
 #include "node/config.h"
 #include "node/control.h"
+#include "node/http.h"
+#include "node/metrics.h"
 #include "node/peer.h"
 
 #define RELAY_VERSION "0.1.0"
@@ -76,6 +78,9 @@ struct relay {
     struct control *control;
     struct peer_server *peer_srv; /* NULL on a node without [listen] peer */
     struct peer_client *peer_cli;
+    struct metrics *metrics;
+    struct http *http;         /* NULL without [listen] http */
+    uint64_t last_leader_id;   /* for counting leader changes */
     uv_timer_t sched_timer;
     uv_timer_t housekeeping_timer;
     uv_timer_t retry_timer;
@@ -137,6 +142,18 @@ int relay_propose(struct relay *r, Hamr__Entry *e, uint64_t timeout_ms, relay_pr
 void relay_props_expire(struct relay *r);
 
 /* relay_accept.c */
+
+/*
+ * relay_propose_retry - propose entry (malloc'd; taken in every case) and
+ * keep at it until it commits or timeout_ms passes: through leader changes,
+ * transfers and broken forwards. When an attempt's outcome is unknown and
+ * query is set, the leader is first asked whether queue_id is committed;
+ * without query the entry must be harmless to apply twice. cb runs exactly
+ * once if this returns 0, never inside this call.
+ */
+int relay_propose_retry(struct relay *r, uint8_t *entry, size_t len, const char *queue_id,
+                        bool query, uint64_t timeout_ms, relay_propose_cb cb, void *arg);
+
 int relay_sink_new_id(void *data, char *id, size_t idlen);
 int relay_sink_check_mail(void *data);
 int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_cb cb, void *arg);
@@ -148,6 +165,10 @@ void relay_peer_request(void *data, struct peer_call *call, const Hamr__PeerMsg 
 void relay_sched_tick(uv_timer_t *t);
 void relay_sched_kick(struct relay *r);
 int relay_route_dest(void *data, const char *rcpt, char *dest, size_t destlen);
+
+/* relay_http.c */
+void relay_http_ready(void *data, struct health_input *in);
+void relay_metrics_fill(void *data, struct metrics *m);
 
 /* relay_ctl.c */
 void relay_ctl_handle(void *data, struct control_call *call, const Hamr__ControlRequest *req);

@@ -131,6 +131,15 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
                                                             : HAMR__RCPT_RESULT__STATUS__DEFERRED;
                 break;
         }
+        static const unsigned outcome_label[] = {
+            [HAMR__RCPT_RESULT__STATUS__DELIVERED] = METRICS_OUTCOME_DELIVERED,
+            [HAMR__RCPT_RESULT__STATUS__DEFERRED] = METRICS_OUTCOME_DEFERRED,
+            [HAMR__RCPT_RESULT__STATUS__BOUNCED] = METRICS_OUTCOME_BOUNCED,
+            [HAMR__RCPT_RESULT__STATUS__EXPIRED] = METRICS_OUTCOME_EXPIRED,
+        };
+        metrics_inc_label(r->metrics, METRICS_DELIVERIES, outcome_label[results[i].status]);
+        if (results[i].status == HAMR__RCPT_RESULT__STATUS__DEFERRED)
+            metrics_inc(r->metrics, METRICS_RETRIES);
         rp[i] = &results[i];
         log_info("delivery id=%s to=<%s> relay=%s status=%s code=%u", d->queue_id, d->rcpts[i],
                  res->remote[0] ? res->remote : "none",
@@ -152,10 +161,17 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
     e.timestamp_ms = now;
     e.cmd_case = HAMR__ENTRY__CMD_OUTCOME;
     e.outcome = &oc;
-    int rv = r->stopping ? HAMR_ESHUTDOWN
-                         : relay_propose(r, &e, r->cfg->proposal_timeout_ms, relay_outcome_done, d);
+    /* An Outcome is a no-op when applied twice (the lease no longer matches),
+     * so through a leader change it is simply proposed again, for as long as
+     * the lease could still be current. */
+    uint8_t *entry = NULL;
+    size_t len = 0;
+    int rv = r->stopping ? HAMR_ESHUTDOWN : proto_entry_pack(&e, NULL, &entry, &len);
     free(results);
     free(rp);
+    if (rv == 0)
+        rv = relay_propose_retry(r, entry, len, d->queue_id, false, r->cfg->lease_time_ms,
+                                 relay_outcome_done, d);
     if (rv != 0)
         relay_outcome_done(d, rv, 0);
 }

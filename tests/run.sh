@@ -17,9 +17,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BUILD_DIR=${HAMR_TEST_BUILD:-build-test}
 JOBS=${HAMR_JOBS:-2}
 # postfix is only for /usr/sbin/smtp-sink and smtp-source; its service stays unconfigured.
+# nftables (and iproute2's ip netns) cut nodes apart in the cluster partition tests.
 PACKAGES=(cmake gcc libc6-dev make pkg-config libraft-dev libuv1-dev libprotobuf-c-dev
           protobuf-c-compiler libssl-dev libcmocka-dev libinih-dev python3 python3-aiosmtpd
-          swaks postfix)
+          swaks postfix nftables iproute2)
 
 # run_sh_missing_packages - print the packages of PACKAGES that are not installed.
 run_sh_missing_packages() {

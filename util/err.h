@@ -28,7 +28,8 @@
     X(VERSION, 18, "unsupported format version")                           \
     X(CORRUPT, 19, "corrupt data")                                          \
     X(CANTCHANGE, 20, "a membership change is already in progress")        \
-    X(PERM, 21, "not permitted")
+    X(PERM, 21, "not permitted")                                             \
+    X(INDOUBT, 22, "outcome unknown: it may still commit")
 
 enum {
 #define HAMR_ERR_ENUM(name, num, text) HAMR_E##name = -(num),

@@ -28,6 +28,7 @@ import re
 import shutil
 import signal
 import smtplib
+import random
 import socket
 import subprocess
 import sys
@@ -83,11 +84,41 @@ def sink_path():
     return os.environ.get("HAMR_SINK") or os.path.join(REPO, "deploy", "sink.py")
 
 
+_ports_handed_out = set()
+
+
+def _ephemeral_low():
+    """_ephemeral_low - the first port the kernel hands to outgoing connections."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port():
-    """free_port - a TCP port on 127.0.0.1 that was free a moment ago (bound with port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """free_port - a TCP port on 127.0.0.1 that was free a moment ago.
+
+    Ports come from below the kernel's ephemeral range, so that the outgoing
+    connections of the nodes started so far (raft, peer, delivery) cannot be
+    holding one, and never the same port twice in one test process. A port
+    from bind(0) would be in that range and could be taken by the time the
+    node that was given it binds it.
+    """
+    high = min(_ephemeral_low(), 32768)
+    low = max(1024, high - 12000)
+    for _ in range(500):
+        port = random.randrange(low, high)
+        if port in _ports_handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_handed_out.add(port)
+        return port
+    raise RuntimeError("no free port below %d" % high)
 
 
 def wait_for(pred, timeout, what, interval=0.05):
@@ -358,10 +389,11 @@ class Sink:
     """Sink - deploy/sink.py on 127.0.0.1; port 0 lets the OS choose."""
 
     def __init__(self, env, name="sink", port=0, tempfail_first=0, reject_rcpt=None,
-                 tempfail_rcpt=None):
+                 tempfail_rcpt=None, host="127.0.0.1"):
         self.env = env
         self.name = name
         self.port = port
+        self.host = host
         self.dir = os.path.join(env.dir, name)
         self.log_path = os.path.join(env.dir, name + ".jsonl")
         self.options = []
@@ -374,8 +406,8 @@ class Sink:
         self.proc = None
 
     def start(self, timeout=15):
-        argv = [PYTHON, sink_path(), "--listen", "127.0.0.1:%d" % self.port, "--dir", self.dir,
-                "--log", self.log_path] + self.options
+        argv = [PYTHON, sink_path(), "--listen", "%s:%d" % (self.host, self.port),
+                "--dir", self.dir, "--log", self.log_path] + self.options
         log_path = os.path.join(self.env.dir, self.name + ".log")
         skip = os.path.getsize(log_path) if os.path.exists(log_path) else 0
         self.proc = self.env.spawn(self.name, argv)
@@ -428,10 +460,18 @@ class Sink:
 
 
 class Node:
-    """Node - one hamrd: its config, data directory, ports and process."""
+    """Node - one hamrd: its config, data directory, ports and process.
+
+    By default every listener is on a free port of 127.0.0.1. A cluster node
+    may instead give host (the IPv4 address of all its listeners), ports
+    ({"smtp", "raft", "control", "peer"}: fixed ports), peer=True (a [listen]
+    peer on a free port), relayhost_host, and argv_prefix (run hamrd through
+    e.g. "ip netns exec NS", which execs in place, so signals reach hamrd).
+    """
 
     def __init__(self, env, node_id=1, name=None, relayhost_port=None, voters=None,
-                 overrides=None):
+                 overrides=None, host="127.0.0.1", ports=None, peer=False, argv_prefix=None,
+                 relayhost_host="127.0.0.1"):
         self.env = env
         self.id = node_id
         self.name = name or "node%d" % node_id
@@ -439,9 +479,14 @@ class Node:
         os.makedirs(self.home, exist_ok=True)
         self.data_dir = os.path.join(self.home, "data")
         self.conf_path = os.path.join(self.home, "hamr.conf")
-        self.smtp_port = free_port()
-        self.raft_port = free_port()
-        self.control_port = free_port()
+        self.host = host
+        ports = ports or {}
+        self.smtp_port = ports.get("smtp") or free_port()
+        self.raft_port = ports.get("raft") or free_port()
+        self.control_port = ports.get("control") or free_port()
+        self.peer_port = ports.get("peer") or (free_port() if peer else None)
+        self.argv_prefix = list(argv_prefix or [])
+        self.relayhost_host = relayhost_host
         self.voters = voters
         self.relayhost_port = relayhost_port
         self.overrides = overrides or {}
@@ -453,10 +498,10 @@ class Node:
         sections = {
             "node": {"id": str(self.id), "data_dir": self.data_dir,
                      "hostname": "%s.relay.test" % self.name, "log_level": "debug"},
-            "listen": {"smtp": "127.0.0.1:%d" % self.smtp_port,
-                       "raft": "127.0.0.1:%d" % self.raft_port,
-                       "control": "127.0.0.1:%d" % self.control_port},
-            "cluster": {"voters": self.voters or "%d@127.0.0.1:%d" % (self.id, self.raft_port),
+            "listen": {"smtp": "%s:%d" % (self.host, self.smtp_port),
+                       "raft": "%s:%d" % (self.host, self.raft_port),
+                       "control": "%s:%d" % (self.host, self.control_port)},
+            "cluster": {"voters": self.voters or "%d@%s:%d" % (self.id, self.host, self.raft_port),
                         "election_timeout": "1s", "heartbeat": "100ms"},
             "smtpd": {"relay_networks": "127.0.0.0/8", "relay_domains": "example.com",
                       "message_size_limit": "10M"},
@@ -464,8 +509,11 @@ class Node:
                          "lease_time": "30s", "scan_interval": "200ms"},
             "storage": {"min_free": "16M"},
         }
+        if self.peer_port:
+            sections["listen"]["peer"] = "%s:%d" % (self.host, self.peer_port)
         if self.relayhost_port:
-            sections["delivery"]["relayhost"] = "[127.0.0.1]:%d" % self.relayhost_port
+            sections["delivery"]["relayhost"] = "[%s]:%d" % (self.relayhost_host,
+                                                             self.relayhost_port)
         for section, keys in self.overrides.items():
             sections.setdefault(section, {})
             for key, value in keys.items():
@@ -486,7 +534,8 @@ class Node:
 
     def start(self, wait=True, timeout=45):
         """start - run hamrd -c CONF; with wait, return once it is leader and greets."""
-        self.proc = self.env.spawn(self.name, [hamrd_path(), "-c", self.conf_path])
+        self.proc = self.env.spawn(self.name,
+                                   self.argv_prefix + [hamrd_path(), "-c", self.conf_path])
         if wait:
             self.wait_ready(timeout)
         return self
@@ -504,7 +553,8 @@ class Node:
 
     def ctl(self, verb, *args, timeout=15):
         """ctl - hamrctl --json VERB ARGS against this node; the parsed JSON response."""
-        argv = [hamrctl_path(), "-s", "127.0.0.1:%d" % self.control_port, "--json", verb] + list(args)
+        argv = [hamrctl_path(), "-s", "%s:%d" % (self.host, self.control_port), "--json",
+                verb] + list(args)
         try:
             out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
                                  timeout=timeout)
@@ -544,7 +594,7 @@ class Node:
             self.check_alive()
             if self.state() != "leader":
                 return False
-            conn = RawSMTP(self.smtp_port, timeout=5)
+            conn = RawSMTP(self.smtp_port, host=self.host, timeout=5)
             try:
                 if conn.greeting[0] != 220 or conn.cmd("EHLO probe.test")[0] != 250:
                     return False
@@ -570,6 +620,7 @@ class Node:
         res = None
         for _ in range(retries_4xx + 1):
             self.check_alive()
+            kw.setdefault("host", self.host)
             res = send_message(self.smtp_port, sender, rcpts, data, **kw)
             if res.code is not None and not 400 <= res.code < 500:
                 return res

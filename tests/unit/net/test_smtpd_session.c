@@ -1124,6 +1124,25 @@ static void test_submit_failures(void **state)
     }
 }
 
+/* test_submit_in_doubt - an unknown outcome: no reply at all, the connection closes. */
+static void test_submit_in_doubt(void **state)
+{
+    struct harness *h = calloc(1, sizeof(*h));
+    test_policy(h);
+    test_ehlo(h, TEST_OUTSIDE);
+    h->sink.status = HAMR_EINDOUBT;
+    test_transaction(h, "a@hamr.test", "x\r\n.\r\nNOOP\r\n");
+    test_expect(h, "");
+    fake_sink_step(&h->sink);
+    /* Neither 250 nor 4xx for the message, and the pipelined NOOP is not run. */
+    assert_string_equal(test_take(h), "");
+    assert_int_equal(h->io.closes, 1);
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_CLOSING);
+    void *p = h;
+    test_teardown(&p);
+    (void)state;
+}
+
 /* test_disconnect_while_committing - the session outlives its transport until the callback. */
 static void test_disconnect_while_committing(void **state)
 {
@@ -1262,6 +1281,7 @@ int main(void)
         T(test_http),
         T(test_check_mail),
         T(test_submit_failures),
+        cmocka_unit_test(test_submit_in_doubt),
         T(test_disconnect_while_committing),
         T(test_output_high_water),
         T(test_input_bound),

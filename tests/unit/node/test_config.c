@@ -269,6 +269,9 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->smtpd.command_timeout_ms, 300000);
     assert_int_equal(cfg->smtpd.data_timeout_ms, 300000);
     assert_int_equal(cfg->max_sessions, 500);
+    assert_false(cfg->proxy_protocol);
+    assert_int_equal(cfg->n_proxy_networks, 0);
+    assert_int_equal(cfg->proxy_timeout_ms, 5000);
     assert_string_equal(cfg->smtpd.hostname, cfg->hostname);
     assert_ptr_equal(cfg->smtpd.relay_networks, cfg->relay_networks);
     assert_int_equal(cfg->smtpd.n_relay_networks, 2);
@@ -325,6 +328,9 @@ static const char test_full[] =
     "command_timeout = 2m\n"
     "data_timeout = 3m\n"
     "max_sessions = 50\n"
+    "proxy_protocol = on\n"
+    "proxy_networks = 10.0.0.10, 2001:db8::/64\n"
+    "proxy_timeout = 3s\n"
     "\n"
     "[delivery]\n"
     "relayhost = [smarthost.example.net]:587\n"
@@ -392,6 +398,15 @@ static void test_every_key(void **state)
     assert_int_equal(cfg->smtpd.command_timeout_ms, 120000);
     assert_int_equal(cfg->smtpd.data_timeout_ms, 180000);
     assert_int_equal(cfg->max_sessions, 50);
+    assert_true(cfg->proxy_protocol);
+    assert_int_equal(cfg->n_proxy_networks, 2);
+    assert_int_equal(cfg->proxy_networks[0].family, AF_INET);
+    assert_int_equal(cfg->proxy_networks[0].prefix, 32);
+    assert_int_equal(cfg->proxy_networks[0].addr[3], 10);
+    assert_int_equal(cfg->proxy_networks[1].family, AF_INET6);
+    assert_int_equal(cfg->proxy_networks[1].prefix, 64);
+    assert_int_equal(cfg->n_relay_networks, 2); /* untouched by proxy_networks */
+    assert_int_equal(cfg->proxy_timeout_ms, 3000);
     assert_string_equal(cfg->smtpd.hostname, "mx2.example.net");
     assert_string_equal(cfg->smtpc.helo_name, "mx2.example.net");
     assert_string_equal(cfg->relayhost.host, "smarthost.example.net");
@@ -431,6 +446,9 @@ static void test_list_continuation(void **state)
                        "[smtpd]\n"
                        "relay_networks = 192.0.2.0/24\n"
                        "  198.51.100.0/24\n"
+                       "proxy_networks = 10.0.0.1\n"
+                       "  10.0.0.2 10.0.0.3\n"
+                       "proxy_networks = 10.0.0.4\n"
                        "[listen]\n"
                        "peer = 127.0.0.1:7201\n",
                        err, sizeof(err), NULL);
@@ -443,6 +461,9 @@ static void test_list_continuation(void **state)
     assert_false(cfg->join);
     assert_int_equal(cfg->n_relay_networks, 2); /* the defaults were replaced */
     assert_int_equal(cfg->smtpd.n_relay_networks, 2);
+    assert_int_equal(cfg->n_proxy_networks, 4);
+    assert_int_equal(cfg->proxy_networks[3].addr[3], 4);
+    assert_false(cfg->proxy_protocol);
     config_free(cfg);
     free(cfg);
 }
@@ -549,7 +570,46 @@ static const struct test_bad test_bad_files[] = {
      ":7: peer: must be an IPv4 address and port: \"node1\""},
     {"join without peer", BASE "[cluster]\njoin = yes\n", HAMR_EINVAL,
      ":0: [listen] peer is required in a cluster of more than one node"},
+    {"proxy without networks", BASE "[smtpd]\nmax_sessions = 5\nproxy_protocol = on\n", HAMR_EINVAL,
+     ":8: proxy_protocol: on needs proxy_networks (the load balancers)"},
+    {"proxy bad bool", BASE "[smtpd]\nproxy_protocol = v2\n", HAMR_EINVAL,
+     ":7: proxy_protocol: not yes or no: \"v2\""},
+    {"proxy bad network", BASE "[smtpd]\nproxy_networks = 10.0.0.1, haproxy.example\n", HAMR_EINVAL,
+     ":7: proxy_networks: not a network: \"haproxy.example\""},
+    {"proxy timeout zero", BASE "[smtpd]\nproxy_timeout = 0s\n", HAMR_EINVAL,
+     ":7: proxy_timeout: out of range: \"0s\""},
+    {"proxy timeout too long", BASE "[smtpd]\nproxy_timeout = 6m\n", HAMR_EINVAL,
+     ":7: proxy_timeout: out of range: \"6m\""},
+    {"proxy timeout junk", BASE "[smtpd]\nproxy_timeout = soon\n", HAMR_EINVAL,
+     ":7: proxy_timeout: not a duration: \"soon\""},
 };
+
+/* test_proxy_networks_limit - 64 balancers fit, a 65th is an error on its line. */
+static void test_proxy_networks_limit(void **state)
+{
+    for (int extra = 0; extra <= 1; extra++) {
+        char content[4096];
+        size_t n = (size_t)snprintf(content, sizeof(content), "%s[smtpd]\nproxy_networks =", BASE);
+        for (int i = 0; i < 64 + extra; i++)
+            n += (size_t)snprintf(content + n, sizeof(content) - n, "%s10.0.%d.%d\n",
+                                  i == 0 ? " " : "  ", i / 8, i % 8);
+        assert_true(n < sizeof(content));
+        struct hamr_config *cfg = malloc(sizeof(*cfg));
+        char err[512];
+        int rc = test_load(cfg, content, err, sizeof(err), NULL);
+        if (extra == 0) {
+            if (rc != 0)
+                fail_msg("%s", err);
+            assert_int_equal(cfg->n_proxy_networks, 64);
+            assert_int_equal(cfg->proxy_networks[63].addr[3], 7);
+            config_free(cfg);
+        } else {
+            assert_int_equal(rc, HAMR_EINVAL);
+            assert_non_null(strstr(err, ":71: proxy_networks: more than 64 networks"));
+        }
+        free(cfg);
+    }
+}
 
 /* test_bad_file_messages - each bad file gives exactly its "FILE:LINE: reason". */
 static void test_bad_file_messages(void **state)
@@ -672,6 +732,7 @@ int main(void)
         cmocka_unit_test(test_every_key),
         cmocka_unit_test(test_list_continuation),
         cmocka_unit_test(test_bad_file_messages),
+        cmocka_unit_test(test_proxy_networks_limit),
         cmocka_unit_test(test_long_line),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_route),

@@ -1,0 +1,612 @@
+/*
+ * http.c - the health and metrics HTTP endpoint (see http.h) and the
+ * readiness decision.
+ *
+ * Happy path: accept -> read until the head ends (CRLF CRLF) -> parse the
+ * request line -> answer from the path (the ready callback, or the metrics
+ * source's fill and a render) -> one write of head and body -> shutdown (FIN)
+ * -> read and discard until the client's EOF -> close.
+ *
+ * Lingering after the answer is deliberate: closing a socket that still has
+ * unread input makes the kernel send RST, and an RST can destroy a response
+ * the client has not read yet (the 431 case, where input is still arriving).
+ * The linger is bounded by time (HTTP_LINGER_MS) and needs no buffer.
+ *
+ * Failure modes:
+ *   - head over HTTP_HEAD_MAX without its end: 431;
+ *   - no whole head within the read timeout: 408;
+ *   - a request line that is not "METHOD SP /target SP HTTP/1.x": 400;
+ *   - not GET: 405 with Allow: GET; unknown path: 404;
+ *   - rendering /metrics fails (over HTTP_METRICS_MAX, no memory): 500;
+ *   - EOF or a read error before the head ends: closed without an answer;
+ *   - more than HTTP_MAX_CONNS connections: a new one is closed at once;
+ *   - a failed write or shutdown: closed.
+ *
+ * Owns: the listener and every connection (handles embedded, freed in the
+ * last close callback) and each response until its write completes.
+ *
+ * Security: parses untrusted network input. The head is bounded before it
+ * is buffered; only the request line is interpreted (headers are skipped);
+ * the path is logged through log_printable.
+ */
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/buf.h"
+#include "util/common.h"
+#include "util/err.h"
+#include "util/log.h"
+
+#include "node/http.h"
+#include "node/metrics.h"
+
+#define HTTP_READ_CHUNK 4096
+#define HTTP_LINGER_MS 2000 /* after the answer, wait this long for the client's EOF */
+#define HTTP_METHOD_MAX 16
+#define HTTP_MIB (1024 * 1024)
+
+/* ------------------------------------------------------------------------ */
+/* Readiness.                                                               */
+/* ------------------------------------------------------------------------ */
+
+/* health_ready - the readiness decision, most severe reason first. */
+bool health_ready(const struct health_input *in, char *reason, size_t len)
+{
+    uint64_t et = in->election_timeout_ms != 0 ? in->election_timeout_ms : 1000;
+    uint64_t limit = 2 * et;
+    if (in->raft_failed) {
+        snprintf(reason, len, "raft failed");
+        return false;
+    }
+    if (in->draining) {
+        snprintf(reason, len, "draining");
+        return false;
+    }
+    if (!in->leader_known) {
+        snprintf(reason, len, "no leader");
+        return false;
+    }
+    /* A follower that has not heard from its leader for two election
+     * timeouts is most likely on the minority side of a partition, where
+     * it can only answer 451: take it out of the load balancer. */
+    if (!in->is_leader && in->last_leader_contact_ms >= limit) {
+        if (in->last_leader_contact_ms == UINT64_MAX)
+            snprintf(reason, len, "no contact with the leader (limit %" PRIu64 " ms)", limit);
+        else
+            snprintf(reason, len,
+                     "no contact with the leader for %" PRIu64 " ms (limit %" PRIu64 " ms)",
+                     in->last_leader_contact_ms, limit);
+        return false;
+    }
+    if (in->min_free_bytes != 0 && in->disk_free_bytes < in->min_free_bytes) {
+        snprintf(reason, len, "disk low: %" PRIu64 " MiB free, %" PRIu64 " MiB required",
+                 in->disk_free_bytes / HTTP_MIB, in->min_free_bytes / HTTP_MIB);
+        return false;
+    }
+    snprintf(reason, len, "ready");
+    return true;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Server.                                                                  */
+/* ------------------------------------------------------------------------ */
+
+struct http {
+    uv_loop_t *loop;
+    uv_tcp_t listener; /* freed with the struct, after its close callback */
+    struct http_handler handler;
+    uint64_t read_timeout_ms;
+    uint16_t port;
+    struct http_conn *conns; /* doubly linked */
+    size_t n_conns;
+    bool closing;
+    bool listener_closed;
+    void (*closed_cb)(void *arg);
+    void *closed_arg;
+};
+
+/*
+ * Connection states; they only move forward: READING -> WRITING -> LINGER,
+ * and any state may end in closing (a flag, as close is idempotent).
+ */
+enum http_conn_state {
+    HTTP_CONN_READING, /* gathering the request head */
+    HTTP_CONN_WRITING, /* the answer is being written; input is discarded */
+    HTTP_CONN_LINGER,  /* answered and shut down; waiting for the client's EOF */
+};
+
+/* http_conn - one client connection; freed when both handles have closed. */
+struct http_conn {
+    struct http *srv;
+    struct http_conn *prev, *next;
+    uv_tcp_t tcp;
+    uv_timer_t timer; /* read timeout, then linger */
+    uv_shutdown_t shutdown;
+    int open_handles;
+    enum http_conn_state state;
+    bool closing;
+    bool eof; /* the client has half-closed */
+    size_t head_len;
+    char head[HTTP_HEAD_MAX];
+    char rbuf[HTTP_READ_CHUNK];
+};
+
+/* http_write - one answer in flight: head text and body. */
+struct http_write {
+    uv_write_t req;
+    struct http_conn *conn;
+    struct buf body;
+    char head[256];
+};
+
+/* http_maybe_done - after http_close, free s once every handle is gone. */
+static void http_maybe_done(struct http *s)
+{
+    if (!s->closing || !s->listener_closed || s->conns != NULL)
+        return;
+    void (*cb)(void *) = s->closed_cb;
+    void *arg = s->closed_arg;
+    free(s);
+    if (cb != NULL)
+        cb(arg);
+}
+
+/* http_conn_closed_cb - one handle closed; the last one frees the connection. */
+static void http_conn_closed_cb(uv_handle_t *h)
+{
+    struct http_conn *conn = h->data;
+    if (--conn->open_handles > 0)
+        return;
+    struct http *s = conn->srv;
+    if (conn->prev != NULL)
+        conn->prev->next = conn->next;
+    else
+        s->conns = conn->next;
+    if (conn->next != NULL)
+        conn->next->prev = conn->prev;
+    s->n_conns--;
+    free(conn);
+    http_maybe_done(s);
+}
+
+/* http_conn_close - idempotent; a pending write or shutdown is cancelled by libuv. */
+static void http_conn_close(struct http_conn *conn)
+{
+    if (conn->closing)
+        return;
+    conn->closing = true;
+    uv_close((uv_handle_t *)&conn->tcp, http_conn_closed_cb);
+    uv_close((uv_handle_t *)&conn->timer, http_conn_closed_cb);
+}
+
+/* http_linger_cb - the client did not close in time after its answer. */
+static void http_linger_cb(uv_timer_t *t)
+{
+    http_conn_close(t->data);
+}
+
+/* http_shutdown_cb - our FIN is out; http_read_cb closes on the client's EOF. */
+static void http_shutdown_cb(uv_shutdown_t *req, int status)
+{
+    struct http_conn *conn = req->data;
+    if (status < 0 && !conn->closing)
+        http_conn_close(conn);
+}
+
+/* http_write_cb - the answer is written: shut down and linger. */
+static void http_write_cb(uv_write_t *req, int status)
+{
+    struct http_write *w = hamr_container_of(req, struct http_write, req);
+    struct http_conn *conn = w->conn;
+    buf_free(&w->body);
+    free(w);
+    if (conn->closing)
+        return;
+    if (status < 0) {
+        log_debug("http write failed err=%s", uv_err_name(status));
+        http_conn_close(conn);
+        return;
+    }
+    if (conn->eof) {
+        /* Nothing unread is left to turn the close into an RST. */
+        http_conn_close(conn);
+        return;
+    }
+    conn->state = HTTP_CONN_LINGER;
+    conn->shutdown.data = conn;
+    if (uv_shutdown(&conn->shutdown, (uv_stream_t *)&conn->tcp, http_shutdown_cb) != 0) {
+        http_conn_close(conn);
+        return;
+    }
+    uv_timer_start(&conn->timer, http_linger_cb, HTTP_LINGER_MS, 0);
+    /* Asynchronous processing continues in http_shutdown_cb and http_read_cb. */
+}
+
+/* http_reason - the reason phrase of the status codes sent here. */
+static const char *http_reason(int status)
+{
+    switch (status) {
+        case 200:
+            return "OK";
+        case 400:
+            return "Bad Request";
+        case 404:
+            return "Not Found";
+        case 405:
+            return "Method Not Allowed";
+        case 408:
+            return "Request Timeout";
+        case 431:
+            return "Request Header Fields Too Large";
+        case 500:
+            return "Internal Server Error";
+        case 503:
+            return "Service Unavailable";
+        default:
+            return "Unknown";
+    }
+}
+
+/*
+ * http_send - write status, headers and body (taken over: body is left
+ * empty) and go on to linger. On failure the connection is closed.
+ */
+static void http_send(struct http_conn *conn, int status, const char *ctype, struct buf *body)
+{
+    struct http_write *w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        buf_free(body);
+        http_conn_close(conn);
+        return;
+    }
+    w->conn = conn;
+    w->body = *body;
+    buf_init(body, body->limit);
+    uv_timer_stop(&conn->timer);
+    int n = snprintf(w->head, sizeof(w->head),
+                     "HTTP/1.1 %d %s\r\n"
+                     "Content-Type: %s\r\n"
+                     "Content-Length: %zu\r\n"
+                     "%s"
+                     "Cache-Control: no-store\r\n"
+                     "Connection: close\r\n"
+                     "\r\n",
+                     status, http_reason(status), ctype, w->body.len,
+                     status == 405 ? "Allow: GET\r\n" : "");
+    HAMR_ASSERT(n > 0 && (size_t)n < sizeof(w->head));
+    uv_buf_t bufs[2] = {uv_buf_init(w->head, (unsigned)n),
+                        uv_buf_init((char *)w->body.data, (unsigned)w->body.len)};
+    conn->state = HTTP_CONN_WRITING;
+    int rv =
+        uv_write(&w->req, (uv_stream_t *)&conn->tcp, bufs, w->body.len > 0 ? 2 : 1, http_write_cb);
+    if (rv != 0) {
+        buf_free(&w->body);
+        free(w);
+        http_conn_close(conn);
+        return;
+    }
+    /* Asynchronous processing continues in http_write_cb. */
+}
+
+/* http_send_text - answer with a short plain-text body. */
+static void http_send_text(struct http_conn *conn, int status, const char *text)
+{
+    struct buf body;
+    buf_init(&body, 0);
+    if (buf_append(&body, text, strlen(text)) != 0) {
+        buf_free(&body);
+        http_conn_close(conn);
+        return;
+    }
+    http_send(conn, status, "text/plain; charset=utf-8", &body);
+}
+
+/* http_answer_ready - GET /health/ready: 200 "ready" or 503 "not ready: REASON". */
+static void http_answer_ready(struct http_conn *conn)
+{
+    struct http *s = conn->srv;
+    struct health_input in;
+    memset(&in, 0, sizeof(in));
+    s->handler.ready(s->handler.data, &in);
+    char reason[200], text[256];
+    bool ok = health_ready(&in, reason, sizeof(reason));
+    if (ok)
+        snprintf(text, sizeof(text), "ready\n");
+    else
+        snprintf(text, sizeof(text), "not ready: %s\n", reason);
+    http_send_text(conn, ok ? 200 : 503, text);
+}
+
+/* http_answer_metrics - GET /metrics: fill, render, send. */
+static void http_answer_metrics(struct http_conn *conn)
+{
+    struct http *s = conn->srv;
+    if (s->handler.source.fill != NULL)
+        s->handler.source.fill(s->handler.source.data, s->handler.metrics);
+    struct buf body;
+    buf_init(&body, HTTP_METRICS_MAX);
+    int rv = metrics_render(s->handler.metrics, &body);
+    if (rv != 0) {
+        log_warn("http metrics render failed err=%s", hamr_strerror(rv));
+        buf_free(&body);
+        http_send_text(conn, 500, "metrics unavailable\n");
+        return;
+    }
+    http_send(conn, 200, "text/plain; version=0.0.4; charset=utf-8", &body);
+}
+
+/* http_is_tchar - RFC 9110 5.6.2 token characters (a method is a token). */
+static bool http_is_tchar(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+/*
+ * http_handle - the head is complete (head_len bytes, ends with an empty
+ * line): parse the request line and answer. RFC 9112 3: request-line =
+ * method SP request-target SP HTTP-version.
+ */
+static void http_handle(struct http_conn *conn)
+{
+    struct http *s = conn->srv;
+    const char *p = conn->head, *end = conn->head + conn->head_len;
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    HAMR_ASSERT(eol != NULL);
+    size_t line_len = (size_t)(eol - p);
+    if (line_len > 0 && p[line_len - 1] == '\r')
+        line_len--;
+
+    /* method */
+    size_t m = 0;
+    while (m < line_len && http_is_tchar(p[m]))
+        m++;
+    /* target: origin-form only; asterisk- and absolute-form are not served here. */
+    size_t t0 = m + 1, t = t0;
+    while (t < line_len && p[t] > ' ' && p[t] != 0x7f)
+        t++;
+    /* version */
+    size_t v0 = t + 1;
+    bool ok = m > 0 && m <= HTTP_METHOD_MAX && m < line_len && p[m] == ' ' && t0 < line_len &&
+              p[t0] == '/' && t < line_len && p[t] == ' ' && line_len - v0 == 8 &&
+              memcmp(p + v0, "HTTP/1.", 7) == 0 && (p[v0 + 7] == '0' || p[v0 + 7] == '1');
+    if (!ok) {
+        char shown[80];
+        log_debug("http bad request line=\"%s\"", log_printable(shown, sizeof(shown), p, line_len));
+        http_send_text(conn, 400, "bad request\n");
+        return;
+    }
+    size_t path_len = t - t0;
+    const char *q = memchr(p + t0, '?', path_len);
+    if (q != NULL)
+        path_len = (size_t)(q - (p + t0));
+    char path[64];
+    log_printable(path, sizeof(path), p + t0, path_len);
+    log_debug("http request method=%.*s path=%s", (int)m, p, path);
+
+    if (m != 3 || memcmp(p, "GET", 3) != 0) {
+        http_send_text(conn, 405, "method not allowed\n");
+        return;
+    }
+#define HTTP_PATH_IS(lit) (path_len == sizeof(lit) - 1 && memcmp(p + t0, lit, path_len) == 0)
+    if (HTTP_PATH_IS("/health/live"))
+        http_send_text(conn, 200, "ok\n");
+    else if (HTTP_PATH_IS("/health/ready"))
+        http_answer_ready(conn);
+    else if (HTTP_PATH_IS("/metrics") && s->handler.metrics != NULL)
+        http_answer_metrics(conn);
+    else
+        http_send_text(conn, 404, "not found\n");
+#undef HTTP_PATH_IS
+}
+
+/*
+ * http_head_end - length of the head up to and including its empty line, or
+ * 0 if it has not ended. RFC 9112 2.2 lets a recipient take a bare LF as a
+ * line end, so "\n\n" and "\n\r\n" end a head too. from is where new bytes
+ * start; the search backs up three bytes to catch a terminator split across
+ * reads.
+ */
+static size_t http_head_end(const char *h, size_t len, size_t from)
+{
+    size_t i = from > 3 ? from - 3 : 0;
+    for (; i < len; i++) {
+        if (h[i] != '\n')
+            continue;
+        if (i + 1 < len && h[i + 1] == '\n')
+            return i + 2;
+        if (i + 2 < len && h[i + 1] == '\r' && h[i + 2] == '\n')
+            return i + 3;
+    }
+    return 0;
+}
+
+/* http_timeout_cb - the head did not arrive in time. */
+static void http_timeout_cb(uv_timer_t *t)
+{
+    struct http_conn *conn = t->data;
+    log_debug("http read timeout buffered=%zu", conn->head_len);
+    http_send_text(conn, 408, "request timeout\n");
+}
+
+/* http_alloc_cb - reads land in the connection's fixed chunk. */
+static void http_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    struct http_conn *conn = h->data;
+    (void)suggested;
+    b->base = conn->rbuf;
+    b->len = sizeof(conn->rbuf);
+}
+
+/* http_read_cb - gather the head (bounded); after the answer, discard until EOF. */
+static void http_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+{
+    struct http_conn *conn = st->data;
+    if (nread == 0 || conn->closing)
+        return;
+    if (nread < 0) {
+        if (nread != UV_EOF) {
+            log_debug("http read failed err=%s", uv_err_name((int)nread));
+            http_conn_close(conn);
+        } else if (conn->state == HTTP_CONN_WRITING) {
+            /* A client may half-close after its request: let the answer
+             * finish, http_write_cb closes then. */
+            conn->eof = true;
+        } else {
+            /* Before the answer: the client gave up. Lingering: done. */
+            http_conn_close(conn);
+        }
+        return;
+    }
+    if (conn->state != HTTP_CONN_READING)
+        return; /* after the head: discarded */
+    size_t from = conn->head_len;
+    size_t room = sizeof(conn->head) - conn->head_len;
+    size_t n = (size_t)nread < room ? (size_t)nread : room;
+    memcpy(conn->head + conn->head_len, b->base, n);
+    conn->head_len += n;
+    size_t end = http_head_end(conn->head, conn->head_len, from);
+    if (end != 0) {
+        conn->head_len = end;
+        http_handle(conn);
+        return;
+    }
+    if (conn->head_len == sizeof(conn->head)) {
+        log_warn("http request head too large max=%d", HTTP_HEAD_MAX);
+        http_send_text(conn, 431, "request header fields too large\n");
+    }
+}
+
+/* http_connection_cb - accept one client, or close it if there are too many. */
+static void http_connection_cb(uv_stream_t *server, int status)
+{
+    struct http *s = server->data;
+    if (status < 0) {
+        log_warn("http accept failed err=%s", uv_err_name(status));
+        return;
+    }
+    struct http_conn *conn = calloc(1, sizeof(*conn));
+    if (conn == NULL)
+        return; /* XXX libuv stops accepting until uv_accept: out of memory stalls the listener */
+    conn->srv = s;
+    uv_tcp_init(s->loop, &conn->tcp);
+    conn->tcp.data = conn;
+    uv_timer_init(s->loop, &conn->timer);
+    conn->timer.data = conn;
+    conn->open_handles = 2;
+    conn->next = s->conns;
+    if (s->conns != NULL)
+        s->conns->prev = conn;
+    s->conns = conn;
+    s->n_conns++;
+    if (uv_accept(server, (uv_stream_t *)&conn->tcp) != 0) {
+        http_conn_close(conn);
+        return;
+    }
+    /* Connections still closing count too: they hold memory and a descriptor. */
+    if (s->n_conns > HTTP_MAX_CONNS) {
+        log_warn("http too many connections max=%d", HTTP_MAX_CONNS);
+        http_conn_close(conn);
+        return;
+    }
+    if (uv_read_start((uv_stream_t *)&conn->tcp, http_alloc_cb, http_read_cb) != 0) {
+        http_conn_close(conn);
+        return;
+    }
+    uv_timer_start(&conn->timer, http_timeout_cb, s->read_timeout_ms, 0);
+}
+
+/* http_listener_closed_cb - the listener is gone. */
+static void http_listener_closed_cb(uv_handle_t *h)
+{
+    struct http *s = h->data;
+    s->listener_closed = true;
+    http_maybe_done(s);
+}
+
+/* http_new - bind and listen on host:port. */
+int http_new(uv_loop_t *loop,
+             const char *host,
+             uint16_t port,
+             const struct http_handler *h,
+             struct http **out,
+             char *errmsg,
+             size_t errlen)
+{
+    if (h->ready == NULL) {
+        snprintf(errmsg, errlen, "http: no readiness callback");
+        return HAMR_EINVAL;
+    }
+    struct sockaddr_storage ss;
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
+        snprintf(errmsg, errlen, "http: not an IP address: %s", host);
+        return HAMR_EINVAL;
+    }
+    struct http *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        snprintf(errmsg, errlen, "http: out of memory");
+        return HAMR_ENOMEM;
+    }
+    s->loop = loop;
+    s->handler = *h;
+    s->read_timeout_ms = HTTP_READ_TIMEOUT_MS;
+    uv_tcp_init(loop, &s->listener);
+    s->listener.data = s;
+    int rv = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
+    if (rv == 0)
+        rv = uv_listen((uv_stream_t *)&s->listener, 128, http_connection_cb);
+    if (rv != 0) {
+        snprintf(errmsg, errlen, "http: cannot listen on %s:%u: %s", host, (unsigned)port,
+                 uv_strerror(rv));
+        /* The struct is freed by http_listener_closed_cb; nobody is told. */
+        s->closing = true;
+        uv_close((uv_handle_t *)&s->listener, http_listener_closed_cb);
+        return HAMR_EIO;
+    }
+    struct sockaddr_storage bound;
+    int len = sizeof(bound);
+    uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &len);
+    if (bound.ss_family == AF_INET6)
+        s->port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
+    else
+        s->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+    log_info("http listening addr=%s port=%u", host, (unsigned)s->port);
+    *out = s;
+    return 0;
+}
+
+/* http_port - the bound port. */
+uint16_t http_port(const struct http *s)
+{
+    return s->port;
+}
+
+/* http_conns - open or closing connections. */
+size_t http_conns(const struct http *s)
+{
+    return s->n_conns;
+}
+
+/* http_set_read_timeout - the head deadline for new connections. */
+void http_set_read_timeout(struct http *s, uint64_t ms)
+{
+    s->read_timeout_ms = ms;
+}
+
+/* http_close - close the listener and all connections; idempotent. */
+void http_close(struct http *s, void (*closed_cb)(void *arg), void *arg)
+{
+    if (s->closing)
+        return;
+    s->closing = true;
+    s->closed_cb = closed_cb;
+    s->closed_arg = arg;
+    uv_close((uv_handle_t *)&s->listener, http_listener_closed_cb);
+    for (struct http_conn *conn = s->conns; conn != NULL; conn = conn->next)
+        http_conn_close(conn);
+}

@@ -1,0 +1,105 @@
+/*
+ * http.h - the node's health and metrics endpoint: a minimal HTTP/1.1 server
+ * on libuv answering GET /health/live, GET /health/ready and GET /metrics
+ * (Prometheus text format 0.0.4), plus the pure readiness decision.
+ *
+ * One request per connection: every response carries Connection: close.
+ * GET only (405 otherwise), 404 for other paths, request head at most
+ * HTTP_HEAD_MAX bytes (431 beyond), HTTP_READ_TIMEOUT_MS to send it (408),
+ * at most HTTP_MAX_CONNS connections (more are accepted and closed at once).
+ *
+ * The endpoint has no authentication: bind it to loopback or to a network
+ * only the monitoring system reaches.
+ */
+#ifndef HAMR_NODE_HTTP_H
+#define HAMR_NODE_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "node/metrics.h"
+
+#define HTTP_HEAD_MAX 8192        /* request line and headers, final CRLF CRLF included */
+#define HTTP_READ_TIMEOUT_MS 5000 /* default: the whole head must arrive within this */
+#define HTTP_MAX_CONNS 64
+#define HTTP_METRICS_MAX (4u << 20) /* a /metrics body larger than this is a 500 */
+
+/*
+ * Readiness. These two names break the rule that exported names start with
+ * their file's name: they are the interface the node wiring is written
+ * against, and the decision is kept beside its only user, the /health/ready
+ * handler, rather than in a file of its own.
+ */
+
+/* health_input - what /health/ready decides on, filled by the node per request. */
+struct health_input {
+    bool raft_failed;                /* raft stopped or the state machine refused an entry */
+    bool draining;                   /* hamrctl drain */
+    bool leader_known;               /* a leader exists (this node or another) */
+    bool is_leader;                  /* this node leads: in quorum by definition */
+    uint64_t last_leader_contact_ms; /* follower: ms since the leader was last heard from
+                                        (UINT64_MAX: never) */
+    uint64_t election_timeout_ms;    /* in quorum while contact is younger than twice this;
+                                        0 means 1000 */
+    uint64_t disk_free_bytes;        /* on the data directory's file system */
+    uint64_t min_free_bytes;         /* [storage] min_free; 0 turns the check off */
+};
+
+/*
+ * health_ready - true if the node should get traffic. Otherwise false with
+ * the first reason that applies, most severe first, in reason (size len,
+ * truncated): "raft failed", "draining", "no leader", "no contact with the
+ * leader for N ms (limit M ms)", "disk low: N MiB free, M MiB required".
+ * reason is "ready" when true. reason may be NULL when len is 0.
+ */
+bool health_ready(const struct health_input *in, char *reason, size_t len);
+
+struct http;
+
+/*
+ * http_handler - what the endpoints read. Copied by http_new; data and
+ * metrics are borrowed for the server's lifetime.
+ *   ready   - fills in for GET /health/ready (required). in is zeroed first.
+ *   metrics - rendered for GET /metrics; NULL makes /metrics a 404.
+ *   source  - source.fill (may be NULL) runs just before each render.
+ */
+struct http_handler {
+    void *data;
+    void (*ready)(void *data, struct health_input *in);
+    struct metrics *metrics;
+    struct metrics_source source;
+};
+
+/*
+ * http_new - listen on host:port (IPv4 or IPv6 literal; port 0 picks a free
+ * one, see http_port). h is copied. 0 and *out, or HAMR_EINVAL / HAMR_EIO /
+ * HAMR_ENOMEM with a sentence in errmsg (size errlen).
+ */
+int http_new(uv_loop_t *loop,
+             const char *host,
+             uint16_t port,
+             const struct http_handler *h,
+             struct http **out,
+             char *errmsg,
+             size_t errlen);
+
+/* http_port - the port actually bound. */
+uint16_t http_port(const struct http *s);
+
+/* http_conns - connections open or closing (for tests and logs). */
+size_t http_conns(const struct http *s);
+
+/* http_set_read_timeout - applies to connections accepted from now on. */
+void http_set_read_timeout(struct http *s, uint64_t ms);
+
+/*
+ * http_close - stop listening and close every connection. closed_cb(arg)
+ * (may be NULL) runs once all handles are closed; then s is freed.
+ * Idempotent: a second call does nothing.
+ */
+void http_close(struct http *s, void (*closed_cb)(void *arg), void *arg);
+
+#endif

@@ -1,0 +1,174 @@
+/*
+ * metrics.h - a small metrics registry (counters, gauges, histograms with
+ * fixed buckets) rendered in the Prometheus text exposition format 0.0.4.
+ *
+ * A registry is built once from a table of struct metrics_def (borrowed, it
+ * must outlive the registry: a static table). Every series is allocated at
+ * creation, so updating a metric never allocates: a metric is named by its
+ * index in the table and a series by the index of its label value in the
+ * def's fixed set. Passing a wrong index or type is a programming error and
+ * fails HAMR_ASSERT.
+ *
+ * The registry is not thread-safe: it belongs to the node's one loop thread.
+ */
+#ifndef HAMR_NODE_METRICS_H
+#define HAMR_NODE_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/buf.h"
+
+#define METRICS_LABEL_VALUE_MAX 128 /* a label value set at run time (copied, truncated) */
+
+enum metrics_type {
+    METRICS_COUNTER = 0,
+    METRICS_GAUGE,
+    METRICS_HISTOGRAM,
+};
+
+/*
+ * metrics_def - one metric family. With label == NULL the family has one
+ * series. With a label and values (NULL-terminated) it has one series per
+ * value, in that order. With a label and values == NULL it has one series
+ * whose label value is set with metrics_set_label (build info). Histograms
+ * have no label; buckets are the upper bounds in increasing order, without
+ * +Inf, which is always added.
+ */
+struct metrics_def {
+    const char *name; /* [a-zA-Z_:][a-zA-Z0-9_:]*; counters end in _total */
+    const char *help; /* escaped on output */
+    enum metrics_type type;
+    const char *label;         /* label name, or NULL */
+    const char *const *values; /* label values, NULL-terminated, or NULL */
+    const double *buckets;     /* histograms only */
+    size_t n_buckets;
+};
+
+struct metrics;
+
+/*
+ * metrics_source - fills the gauges that come from state (queue sizes, raft
+ * indexes) just before a render. fill borrows m for the call only.
+ */
+struct metrics_source {
+    void *data;
+    void (*fill)(void *data, struct metrics *m);
+};
+
+/*
+ * metrics_new - a registry for defs[0..n) (borrowed for the registry's
+ * lifetime), every value zero. 0 and *out, HAMR_EINVAL (a def breaks the
+ * rules above), or HAMR_ENOMEM.
+ */
+int metrics_new(const struct metrics_def *defs, size_t n, struct metrics **out);
+
+/* metrics_free - release m; returns NULL. NULL is accepted. */
+struct metrics *metrics_free(struct metrics *m);
+
+/* metrics_inc - add 1 to the unlabelled counter id. */
+void metrics_inc(struct metrics *m, unsigned id);
+
+/* metrics_inc_label - add 1 to series label of counter id. */
+void metrics_inc_label(struct metrics *m, unsigned id, unsigned label);
+
+/* metrics_counter_add - add n to series label of counter id. */
+void metrics_counter_add(struct metrics *m, unsigned id, unsigned label, uint64_t n);
+
+/*
+ * metrics_counter_set - set a counter that the caller counts elsewhere (from
+ * a metrics_source fill). The caller keeps it monotonic.
+ */
+void metrics_counter_set(struct metrics *m, unsigned id, unsigned label, uint64_t v);
+
+/* metrics_gauge_set - set series label of gauge id. */
+void metrics_gauge_set(struct metrics *m, unsigned id, unsigned label, double v);
+
+/* metrics_gauge_add - add d (may be negative) to series label of gauge id. */
+void metrics_gauge_add(struct metrics *m, unsigned id, unsigned label, double d);
+
+/* metrics_observe - record one sample v in histogram id. */
+void metrics_observe(struct metrics *m, unsigned id, double v);
+
+/*
+ * metrics_set_label - the run-time label value of a family defined with a
+ * label and no values (copied, truncated to METRICS_LABEL_VALUE_MAX - 1).
+ */
+void metrics_set_label(struct metrics *m, unsigned id, const char *value);
+
+/* metrics_label_index - index of value in id's fixed label set, or -1. Not for hot paths. */
+int metrics_label_index(const struct metrics *m, unsigned id, const char *value);
+
+/* metrics_counter / metrics_gauge / metrics_hist_count - read a value back (tests, logs). */
+uint64_t metrics_counter(const struct metrics *m, unsigned id, unsigned label);
+double metrics_gauge(const struct metrics *m, unsigned id, unsigned label);
+uint64_t metrics_hist_count(const struct metrics *m, unsigned id);
+
+/*
+ * metrics_render - append the exposition text of every family, in table
+ * order, to out (its limit applies). 0, HAMR_ETOOBIG or HAMR_ENOMEM (out
+ * then holds a partial text; the caller discards it).
+ */
+int metrics_render(const struct metrics *m, struct buf *out);
+
+/* ------------------------------------------------------------------------ */
+/* The hamr metric set.                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* Indexes into metrics_hamr_defs; the table in metrics.c is in this order. */
+enum metrics_hamr_id {
+    METRICS_SESSIONS_OPEN = 0,   /* gauge */
+    METRICS_SESSIONS_TOTAL,      /* counter */
+    METRICS_MESSAGES_ACCEPTED,   /* counter: 250 after DATA */
+    METRICS_SMTP_REJECTS,        /* counter{code}: see metrics_hamr_reject */
+    METRICS_COMMIT_SECONDS,      /* histogram: submit to commit, seconds */
+    METRICS_QUEUE_MESSAGES,      /* gauge{state}: enum metrics_hamr_state */
+    METRICS_QUEUE_RCPTS,         /* gauge{state}: enum metrics_hamr_state */
+    METRICS_DELIVERIES,          /* counter{outcome}: enum metrics_hamr_outcome */
+    METRICS_RETRIES,             /* counter */
+    METRICS_DUPLICATE_WINDOWS,   /* counter */
+    METRICS_FORWARDED,           /* counter */
+    METRICS_RESOLVED,            /* counter */
+    METRICS_RAFT_TERM,           /* gauge */
+    METRICS_RAFT_COMMIT_INDEX,   /* gauge */
+    METRICS_RAFT_APPLIED_INDEX,  /* gauge */
+    METRICS_RAFT_IS_LEADER,      /* gauge 0/1 */
+    METRICS_RAFT_LEADER_CHANGES, /* counter */
+    METRICS_DISK_FREE_BYTES,     /* gauge */
+    METRICS_DRAINING,            /* gauge 0/1 */
+    METRICS_BUILD_INFO,          /* gauge{version} = 1 */
+    METRICS_HAMR_COUNT
+};
+
+/* Label indexes of METRICS_QUEUE_MESSAGES and METRICS_QUEUE_RCPTS. */
+enum metrics_hamr_state {
+    METRICS_STATE_PENDING = 0,
+    METRICS_STATE_DEFERRED,
+    METRICS_STATE_ACTIVE,
+    METRICS_STATE_HELD,
+};
+
+/* Label indexes of METRICS_DELIVERIES. */
+enum metrics_hamr_outcome {
+    METRICS_OUTCOME_DELIVERED = 0,
+    METRICS_OUTCOME_DEFERRED,
+    METRICS_OUTCOME_BOUNCED,
+    METRICS_OUTCOME_EXPIRED,
+};
+
+/* The table itself, METRICS_HAMR_COUNT entries. */
+extern const struct metrics_def metrics_hamr_defs[];
+
+/*
+ * metrics_hamr_new - the hamr registry, with hamr_build_info{version=...} set
+ * to 1 (version is copied).
+ */
+int metrics_hamr_new(const char *version, struct metrics **out);
+
+/*
+ * metrics_hamr_reject - count one 4xx/5xx SMTP reply under its code; codes
+ * outside the fixed set count as code="other".
+ */
+void metrics_hamr_reject(struct metrics *m, int code);
+
+#endif

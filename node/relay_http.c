@@ -1,0 +1,94 @@
+/*
+ * relay_http.c - what the node's HTTP listener serves: the readiness input
+ * for /health/ready and the state-derived gauges for /metrics. Counters that
+ * follow events (accepted, deliveries, retries, leader changes) are counted
+ * where the events happen.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include <uv.h>
+
+#include "queue/queue.h"
+#include "consensus/consensus.h"
+#include "net/smtpd_server.h"
+#include "node/http.h"
+#include "node/metrics.h"
+#include "node/relay_internal.h"
+
+/*
+ * relay_http_ready - /health/ready: leader known, in quorum, not draining,
+ * disk headroom. raft 0.15 keeps a follower's idea of the leader only until
+ * its election timer fires without hearing from it, so "a leader is known"
+ * stands for "heard from the leader within about an election timeout".
+ */
+void relay_http_ready(void *data, struct health_input *in)
+{
+    struct relay *r = data;
+    struct consensus_info ci;
+    consensus_get_info(r->cons, &ci);
+    in->raft_failed = ci.failed || r->failed;
+    in->draining = r->draining;
+    in->leader_known = ci.leader_id != 0;
+    in->is_leader = ci.state == CONSENSUS_LEADER;
+    in->last_leader_contact_ms = ci.leader_id != 0 ? 0 : UINT64_MAX;
+    in->election_timeout_ms = r->cfg->election_timeout_ms;
+    in->disk_free_bytes = r->free_bytes;
+    in->min_free_bytes = r->cfg->min_free_bytes;
+}
+
+struct relay_http_counts {
+    uint64_t msgs[4];
+    uint64_t rcpts[4];
+};
+
+/* relay_http_count - queue_foreach: recipients and messages by state. */
+static int relay_http_count(void *arg, const struct queue_msg *m)
+{
+    struct relay_http_counts *c = arg;
+    int mstate = METRICS_STATE_PENDING;
+    for (size_t i = 0; i < m->n_rcpts; i++) {
+        const struct queue_rcpt *qr = &m->rcpts[i];
+        int st;
+        if (qr->state == QUEUE_RCPT_LEASED)
+            st = METRICS_STATE_ACTIVE;
+        else if (qr->state == QUEUE_RCPT_PENDING)
+            st = qr->attempts > 0 ? METRICS_STATE_DEFERRED : METRICS_STATE_PENDING;
+        else
+            continue; /* final */
+        if (m->held)
+            st = METRICS_STATE_HELD;
+        c->rcpts[st]++;
+        /* A message is as far along as its most advanced recipient. */
+        if (st == METRICS_STATE_HELD || st == METRICS_STATE_ACTIVE ||
+            (st == METRICS_STATE_DEFERRED && mstate == METRICS_STATE_PENDING))
+            mstate = st;
+    }
+    c->msgs[mstate]++;
+    return 0;
+}
+
+/* relay_metrics_fill - gauges from the current state, just before a render. */
+void relay_metrics_fill(void *data, struct metrics *m)
+{
+    struct relay *r = data;
+    struct consensus_info ci;
+    consensus_get_info(r->cons, &ci);
+    metrics_gauge_set(m, METRICS_RAFT_TERM, 0, (double)ci.term);
+    metrics_gauge_set(m, METRICS_RAFT_COMMIT_INDEX, 0, (double)ci.commit_index);
+    metrics_gauge_set(m, METRICS_RAFT_APPLIED_INDEX, 0, (double)ci.applied_index);
+    metrics_gauge_set(m, METRICS_RAFT_IS_LEADER, 0, ci.state == CONSENSUS_LEADER);
+    metrics_gauge_set(m, METRICS_DISK_FREE_BYTES, 0, (double)r->free_bytes);
+    metrics_gauge_set(m, METRICS_DRAINING, 0, r->draining);
+    metrics_gauge_set(m, METRICS_SESSIONS_OPEN, 0, (double)smtpd_server_sessions(r->smtpd));
+    metrics_counter_set(m, METRICS_DUPLICATE_WINDOWS, 0, r->duplicate_windows);
+    metrics_counter_set(m, METRICS_FORWARDED, 0, r->forwarded);
+    metrics_counter_set(m, METRICS_RESOLVED, 0, r->resolved);
+    struct relay_http_counts c;
+    memset(&c, 0, sizeof(c));
+    queue_foreach(r->queue, relay_http_count, &c);
+    for (unsigned st = 0; st < 4; st++) {
+        metrics_gauge_set(m, METRICS_QUEUE_MESSAGES, st, (double)c.msgs[st]);
+        metrics_gauge_set(m, METRICS_QUEUE_RCPTS, st, (double)c.rcpts[st]);
+    }
+}
