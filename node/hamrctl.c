@@ -561,8 +561,15 @@ int main(int argc, char **argv)
                 log_printable(q, sizeof(q), argv[vi], strlen(argv[vi])));
         return HAMRCTL_EXIT_USAGE;
     }
+    /* --json may also follow the verb (hamrctl status --json); no verb takes it as an argument. */
     char **args = argv + vi + 1;
-    int n_args = argc - vi - 1;
+    int n_args = 0;
+    for (int i = vi + 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            o.json = true;
+        else
+            args[n_args++] = argv[i];
+    }
     if (!hamrctl_check_args(v, args, n_args))
         return HAMRCTL_EXIT_USAGE;
     if (strcmp(v->name, "help") == 0) {

@@ -410,6 +410,17 @@ static void relay_retry_tick(uv_timer_t *t)
     }
 }
 
+/* relay_drain_transfer_done - a draining leader handed leadership on (or not). */
+static void relay_drain_transfer_done(void *arg, int status, uint64_t leader)
+{
+    (void)arg;
+    if (status != 0)
+        log_warn("draining leader could not transfer leadership error=\"%s\"",
+                 hamr_strerror(status));
+    else
+        log_info("draining leader handed leadership to node=%" PRIu64, leader);
+}
+
 /* relay_on_leader - leadership gained (after the barrier) or lost. */
 static void relay_on_leader(void *arg, bool leader)
 {
@@ -419,6 +430,12 @@ static void relay_on_leader(void *arg, bool leader)
     log_info("leadership %s term=%" PRIu64, leader ? "gained" : "lost", info.term);
     if (leader)
         relay_publish_node_info(r);
+    if (leader && r->draining) {
+        /* Elected while draining (raft 0.15 has no way to keep a node from
+         * standing): hand leadership on again. */
+        log_info("draining node elected: transferring leadership");
+        consensus_transfer(r->cons, 0, relay_drain_transfer_done, r);
+    }
 }
 
 /* relay_boot_id - a random id for this process: leases name it. */

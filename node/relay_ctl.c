@@ -525,12 +525,29 @@ static void relay_ctl_membership(struct relay *r, struct control_call *call,
 
 struct relay_ctl_transfer {
     struct control_call *call;
+    bool drain; /* part of hamrctl drain: a failed transfer does not fail the drain */
 };
 
 /* relay_ctl_transfer_done - leadership moved (or did not). */
 static void relay_ctl_transfer_done(void *arg, int status, uint64_t leader)
 {
     struct relay_ctl_transfer *t = arg;
+    if (t->drain) {
+        char text[160];
+        if (status == 0)
+            snprintf(text, sizeof(text),
+                     "draining: new SMTP sessions get 421; leadership moved to node %" PRIu64,
+                     leader);
+        else
+            snprintf(text, sizeof(text),
+                     "draining: new SMTP sessions get 421; this node still leads (%s)",
+                     hamr_strerror(status));
+        Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
+        resp.message = text;
+        control_reply(t->call, &resp);
+        free(t);
+        return;
+    }
     if (status != 0) {
         control_reply_error(t->call, status, "transfer failed: %s", hamr_strerror(status));
     } else {
@@ -613,6 +630,18 @@ void relay_ctl_handle(void *data, struct control_call *call, const Hamr__Control
         r->draining = on;
         smtpd_server_set_draining(r->smtpd, on);
         log_info("%s node=%" PRIu64, on ? "draining" : "undrained", r->cfg->node_id);
+        if (on && consensus_is_ready(r->cons)) {
+            /* A draining node must not lead: hand leadership to another voter.
+             * Deliveries it runs finish; their outcomes go to the new leader. */
+            struct relay_ctl_transfer *t = calloc(1, sizeof(*t));
+            if (t != NULL) {
+                t->call = call;
+                t->drain = true;
+                if (consensus_transfer(r->cons, 0, relay_ctl_transfer_done, t) == 0)
+                    return;
+                free(t);
+            }
+        }
         Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
         resp.message = on ? "draining: new SMTP sessions get 421" : "undrained";
         control_reply(call, &resp);

@@ -95,6 +95,13 @@ else
     echo "FAIL json status: $(cat "$TMP/json" "$TMP/err")"
     failures=$((failures + 1))
 fi
+"$HAMRCTL" "${S[@]}" status --json >"$TMP/json" 2>"$TMP/err"
+if [ $? -eq 0 ] && $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["status"]["id"]==1, d' "$TMP/json"; then
+    echo "ok   json after the verb"
+else
+    echo "FAIL json after the verb: $(cat "$TMP/json" "$TMP/err")"
+    failures=$((failures + 1))
+fi
 "$HAMRCTL" "${S[@]}" --json queue >"$TMP/json" 2>"$TMP/err"
 if [ $? -eq 0 ] && $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); e=d["entries"]; assert len(e)==2 and e[0]["rcpts"][0]["last_error"].endswith("\x1b[31m"), d' "$TMP/json"; then
     echo "ok   json queue"
