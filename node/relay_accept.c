@@ -55,8 +55,75 @@ struct relay_submit {
     bool busy;              /* an attempt is in flight */
     bool waiting;           /* on r->waiting */
     unsigned attempts;
-    struct relay_submit *prev, *next;
+    struct relay_attempt *attempt; /* the attempt in flight, if any */
+    uint64_t fwd_leader;    /* the attempt went to this leader by peer (0: raft here) */
+    struct relay_submit *prev, *next;     /* r->waiting */
+    struct relay_submit *fprev, *fnext;   /* r->forwarding, while fwd_leader != 0 */
 };
+
+/*
+ * relay_attempt - the callback argument of one attempt. A submit can give up
+ * on an attempt (its leader was replaced) before the attempt's callback comes;
+ * the callback then finds s == NULL and only frees this.
+ */
+struct relay_attempt {
+    struct relay_submit *s;
+};
+
+/* relay_attempt_new - start tracking an attempt of s. */
+static struct relay_attempt *relay_attempt_new(struct relay_submit *s)
+{
+    struct relay_attempt *a = calloc(1, sizeof(*a));
+    if (a != NULL) {
+        a->s = s;
+        s->attempt = a;
+    }
+    return a;
+}
+
+/* relay_forwarding_unlink - s no longer has a forwarded attempt in flight. */
+static void relay_forwarding_unlink(struct relay_submit *s)
+{
+    struct relay *r = s->relay;
+    if (s->fwd_leader == 0)
+        return;
+    if (s->fprev)
+        s->fprev->fnext = s->fnext;
+    else
+        r->forwarding = s->fnext;
+    if (s->fnext)
+        s->fnext->fprev = s->fprev;
+    s->fprev = s->fnext = NULL;
+    s->fwd_leader = 0;
+}
+
+/* relay_attempt_end - the callback of a, or NULL if its submit gave up on it. Frees a. */
+static struct relay_submit *relay_attempt_end(struct relay_attempt *a)
+{
+    struct relay_submit *s = a->s;
+    free(a);
+    if (s != NULL) {
+        s->attempt = NULL;
+        s->busy = false;
+        relay_forwarding_unlink(s);
+    }
+    return s;
+}
+
+/* relay_attempt_started - a's call went out; note where, for relay_submits_retry. */
+static void relay_attempt_started(struct relay_submit *s, bool local, uint64_t leader)
+{
+    struct relay *r = s->relay;
+    s->busy = true;
+    s->noleader_since = 0;
+    if (local || leader == 0)
+        return;
+    s->fwd_leader = leader;
+    s->fnext = r->forwarding;
+    if (r->forwarding)
+        r->forwarding->fprev = s;
+    r->forwarding = s;
+}
 
 static void relay_submit_attempt(struct relay_submit *s);
 
@@ -110,6 +177,9 @@ static void relay_submit_unwait(struct relay_submit *s)
 static void relay_submit_finish(struct relay_submit *s, int status, intptr_t result)
 {
     relay_submit_unwait(s);
+    relay_forwarding_unlink(s);
+    if (s->attempt != NULL)
+        s->attempt->s = NULL; /* its callback, when it comes, only frees it */
     /* Giving up while an earlier attempt may still commit: say so, so that
      * nobody answers 4xx for a message that is then delivered. */
     if (status != 0 && s->in_doubt && s->query)
@@ -158,9 +228,10 @@ static void relay_submit_no_leader(struct relay_submit *s)
 /* relay_submit_proposed - the leader answered (or the attempt failed). */
 static void relay_submit_proposed(void *arg, int status, intptr_t result)
 {
-    struct relay_submit *s = arg;
+    struct relay_submit *s = relay_attempt_end(arg);
+    if (s == NULL)
+        return; /* given up on: a newer attempt is under way */
     struct relay *r = s->relay;
-    s->busy = false;
     if (status == 0) {
         relay_submit_finish(s, 0, result);
         return;
@@ -194,6 +265,26 @@ static void relay_submit_proposed(void *arg, int status, intptr_t result)
     }
 }
 
+/* relay_submit_send - hand the entry to raft here or to the leader; 0 or why not. */
+static int relay_submit_send(struct relay_submit *s, uint64_t timeout_ms)
+{
+    struct relay *r = s->relay;
+    struct consensus_info info;
+    consensus_get_info(r->cons, &info);
+    bool local = consensus_is_ready(r->cons);
+    struct relay_attempt *a = relay_attempt_new(s);
+    if (a == NULL)
+        return HAMR_ENOMEM;
+    int rv = relay_propose_bytes(r, s->entry, s->len, timeout_ms, relay_submit_proposed, a);
+    if (rv != 0) {
+        s->attempt = NULL;
+        free(a);
+        return rv;
+    }
+    relay_attempt_started(s, local, info.leader_id);
+    return 0;
+}
+
 /* relay_submit_propose - one attempt at proposing the entry. */
 static void relay_submit_propose(struct relay_submit *s)
 {
@@ -204,12 +295,9 @@ static void relay_submit_propose(struct relay_submit *s)
         return;
     }
     s->attempts++;
-    int rv = relay_propose_bytes(r, s->entry, s->len, s->deadline - now, relay_submit_proposed, s);
-    if (rv == 0) {
-        s->busy = true;
-        s->noleader_since = 0;
+    int rv = relay_submit_send(s, s->deadline - now);
+    if (rv == 0)
         return;
-    }
     if (rv == HAMR_ENOQUORUM || rv == HAMR_ENOTLEADER)
         relay_submit_no_leader(s);
     else if (rv == HAMR_EBUSY)
@@ -221,9 +309,10 @@ static void relay_submit_propose(struct relay_submit *s)
 /* relay_submit_queried - the leader says whether our queue id is committed. */
 static void relay_submit_queried(void *arg, int status, const Hamr__PeerResult *res)
 {
-    struct relay_submit *s = arg;
+    struct relay_submit *s = relay_attempt_end(arg);
+    if (s == NULL)
+        return;
     struct relay *r = s->relay;
-    s->busy = false;
     if (r->stopping) {
         relay_submit_finish(s, HAMR_ESHUTDOWN, 0);
         return;
@@ -277,13 +366,19 @@ static void relay_submit_query(struct relay_submit *s)
     msg.body_case = HAMR__PEER_MSG__BODY_QUERY;
     msg.query = &q;
     uint64_t now = uv_now(r->loop);
-    int rv = peer_client_call(r->peer_cli, addr, &msg, s->deadline - now, relay_submit_queried, s);
+    struct consensus_info info;
+    consensus_get_info(r->cons, &info);
+    struct relay_attempt *a = relay_attempt_new(s);
+    int rv = a == NULL ? HAMR_ENOMEM
+                       : peer_client_call(r->peer_cli, addr, &msg, s->deadline - now,
+                                          relay_submit_queried, a);
     if (rv != 0) {
+        s->attempt = NULL;
+        free(a);
         relay_submit_wait(s);
         return;
     }
-    s->busy = true;
-    s->noleader_since = 0;
+    relay_attempt_started(s, false, info.leader_id);
 }
 
 /* relay_submit_attempt - the next step: query if unknown, else propose. */
@@ -300,8 +395,40 @@ static void relay_submit_attempt(struct relay_submit *s)
         relay_submit_propose(s);
 }
 
+/*
+ * relay_submits_abandon - forwarded attempts whose leader has been replaced:
+ * do not wait for their (possibly long) timeout. Their outcome is unknown, so
+ * the new leader is asked for the queue id (or, for an Outcome, it is sent
+ * again). The old attempt's callback, when it comes, is ignored.
+ */
+static void relay_submits_abandon(struct relay *r)
+{
+    struct consensus_info info;
+    consensus_get_info(r->cons, &info);
+    if (info.leader_id == 0)
+        return;
+    struct relay_submit *s = r->forwarding;
+    while (s != NULL) {
+        struct relay_submit *next = s->fnext;
+        if (s->fwd_leader != info.leader_id && s->attempt != NULL) {
+            log_info("leader changed from node=%" PRIu64 " to node=%" PRIu64
+                     ": asking the new leader about id=%s",
+                     s->fwd_leader, info.leader_id, s->queue_id);
+            s->attempt->s = NULL;
+            s->attempt = NULL;
+            s->busy = false;
+            relay_forwarding_unlink(s);
+            s->in_doubt = true;
+            s->unknown = s->query;
+            relay_submit_wait(s);
+        }
+        s = next;
+    }
+}
+
 void relay_submits_retry(struct relay *r)
 {
+    relay_submits_abandon(r);
     /* Detach the list first: an attempt may put a submit back on it. */
     struct relay_submit *list = r->waiting;
     r->waiting = NULL;
@@ -346,11 +473,9 @@ int relay_propose_retry(struct relay *r, uint8_t *entry, size_t len, const char 
      * (consensus and the peer client never call back from inside a call; a
      * wait goes through the retry timer). */
     s->attempts++;
-    int rv = relay_propose_bytes(r, s->entry, s->len, timeout_ms, relay_submit_proposed, s);
-    if (rv == 0) {
-        s->busy = true;
+    int rv = relay_submit_send(s, timeout_ms);
+    if (rv == 0)
         return 0;
-    }
     if (rv == HAMR_ENOQUORUM || rv == HAMR_ENOTLEADER || rv == HAMR_EBUSY) {
         s->noleader_since = rv == HAMR_EBUSY ? 0 : uv_now(r->loop);
         relay_submit_wait(s);

@@ -101,6 +101,7 @@ struct relay {
     struct relay_prop *pq_head, *pq_tail; /* waiting for a place in flight */
     unsigned inflight;        /* proposals raft holds */
     struct relay_submit *waiting; /* submits waiting to try again */
+    struct relay_submit *forwarding; /* submits with an attempt at another node */
     struct relay_delivery *deliveries;
     size_t n_deliveries;
     uint64_t duplicate_windows; /* outcomes lost after a delivery attempt */
