@@ -4,7 +4,12 @@
 #   deploy/local-cluster.sh up            install packages, build, start the sink and every
 #                                         node, wait for a leader, send a test mail through
 #                                         each node, print the leader
-#   deploy/local-cluster.sh down          stop everything started by "up"
+#   deploy/local-cluster.sh up --lb       the same behind HAProxy: HAProxy on 127.0.0.1:2500
+#                                         (LB_PORT) sends to the nodes with PROXY v2 and checks
+#                                         each node's /health/ready (http on 8100+N); the
+#                                         nodes take SMTP only from HAProxy; test mail goes
+#                                         through the balancer
+#   deploy/local-cluster.sh down          stop everything started by "up" (HAProxy too)
 #   deploy/local-cluster.sh status        hamrctl status of every node
 #   deploy/local-cluster.sh kill ID       kill -9 node ID (to try failover by hand)
 #   deploy/local-cluster.sh start ID      start node ID again (same data directory)
@@ -16,6 +21,10 @@
 # Node N listens for SMTP on 2524+N, raft on 7000+N, peer (forwarding to
 # the leader) on 7200+N, control on 7100+N. NODES (default 3) sets the node
 # count; every node is a voter. Use the same NODES for every command.
+# With --lb the file run/lb marks the cluster as balanced (later "start ID"
+# writes the same config), run/haproxy.cfg is HAProxy's config and
+# run/haproxy.log its log; switching a running cluster between the two modes
+# needs "down" first.
 #
 # "up" is idempotent: a process whose pid file names a live process of the
 # right program is left alone. Packages are installed with apt-get only when
@@ -34,6 +43,9 @@ SMTP_BASE=2524
 RAFT_BASE=7000
 CONTROL_BASE=7100
 PEER_BASE=7200
+HTTP_BASE=8100
+LB_PORT=${LB_PORT:-2500}
+HAPROXY=/usr/sbin/haproxy
 PYTHON=/usr/bin/python3
 PACKAGES=(cmake gcc libc6-dev make pkg-config libraft-dev libuv1-dev libprotobuf-c-dev
           protobuf-c-compiler libssl-dev libcmocka-dev libinih-dev python3 python3-aiosmtpd swaks)
@@ -46,7 +58,7 @@ lc_die() {
 
 # lc_usage - the usage line on stderr; exit 2.
 lc_usage() {
-    echo "usage: $0 up|down|status|kill ID|start ID|transfer [ID]   (NODES=$NODES)" >&2
+    echo "usage: $0 up [--lb]|down|status|kill ID|start ID|transfer [ID]   (NODES=$NODES)" >&2
     exit 2
 }
 
@@ -124,12 +136,22 @@ lc_check_id() {
     fi
 }
 
+# lc_lb - true if the cluster runs behind HAProxy (up --lb).
+lc_lb() {
+    [ -e "$RUN/lb" ]
+}
+
 # lc_write_config N - run/nodeN/hamr.conf.
 lc_write_config() {
-    local n=$1 dir="$RUN/node$1" peer=""
+    local n=$1 dir="$RUN/node$1" peer="" http="" proxy=""
     mkdir -p "$dir/data"
     if lc_peer_supported; then
         peer="peer = 127.0.0.1:$((PEER_BASE + n))"
+    fi
+    if lc_lb; then
+        # HAProxy connects from 127.0.0.1 with a PROXY v2 header and checks /health/ready.
+        http="http = 127.0.0.1:$((HTTP_BASE + n))"
+        proxy=$'proxy_protocol = on\nproxy_networks = 127.0.0.1/32'
     fi
     cat >"$dir/hamr.conf" <<EOF
 # Written by deploy/local-cluster.sh; see deploy/hamr.conf.example for every key.
@@ -144,6 +166,7 @@ smtp = 127.0.0.1:$((SMTP_BASE + n))
 raft = 127.0.0.1:$((RAFT_BASE + n))
 control = 127.0.0.1:$((CONTROL_BASE + n))
 $peer
+$http
 
 [cluster]
 voters = $(lc_voters)
@@ -154,6 +177,7 @@ heartbeat = 100ms
 relay_networks = 127.0.0.0/8
 relay_domains = example.com
 message_size_limit = 10M
+$proxy
 
 [delivery]
 relayhost = [127.0.0.1]:$SINK_PORT
@@ -231,11 +255,57 @@ lc_has_leader() {
     lc_leader >/dev/null
 }
 
-# lc_send_test ID N - one message with swaks through node N, retrying 4xx a few times.
+# lc_start_lb - HAProxy on LB_PORT in front of every node (as deploy/haproxy.cfg), unless
+# it already runs; waits until it listens.
+lc_start_lb() {
+    local n servers=""
+    if lc_running "$RUN/haproxy.pid" haproxy; then
+        echo "local-cluster: haproxy already running (pid $(cat "$RUN/haproxy.pid"))"
+        return 0
+    fi
+    for ((n = 1; n <= NODES; n++)); do
+        servers+="    server node$n 127.0.0.1:$((SMTP_BASE + n)) check port $((HTTP_BASE + n))"$'\n'
+    done
+    cat >"$RUN/haproxy.cfg" <<EOF
+# Written by deploy/local-cluster.sh up --lb; see deploy/haproxy.cfg for the reasons.
+global
+    maxconn 2000
+    stats socket $RUN/haproxy.sock mode 600 level admin
+    log stdout format raw local0
+defaults
+    mode tcp
+    log global
+    option tcplog
+    retries 3
+    option redispatch
+    timeout connect 5s
+    timeout client 10m
+    timeout server 10m
+    timeout check 2s
+frontend smtp
+    bind 127.0.0.1:$LB_PORT
+    default_backend hamr
+backend hamr
+    balance leastconn
+    option httpchk GET /health/ready
+    http-check expect status 200
+    default-server send-proxy-v2 inter 1s fall 2 rise 2
+$servers
+EOF
+    "$HAPROXY" -c -q -f "$RUN/haproxy.cfg" || lc_die "haproxy rejects $RUN/haproxy.cfg"
+    setsid "$HAPROXY" -db -f "$RUN/haproxy.cfg" >>"$RUN/haproxy.log" 2>&1 </dev/null &
+    echo $! >"$RUN/haproxy.pid"
+    lc_wait 15 "haproxy to listen on 127.0.0.1:$LB_PORT (see $RUN/haproxy.log)" \
+        bash -c "exec 3<>/dev/tcp/127.0.0.1/$LB_PORT"
+    echo "local-cluster: haproxy on 127.0.0.1:$LB_PORT (pid $(cat "$RUN/haproxy.pid"), log $RUN/haproxy.log)"
+}
+
+# lc_send_test ID N [PORT] - one message with swaks through node N (or to PORT, e.g. the
+# balancer), retrying 4xx and refused connections a few times.
 lc_send_test() {
-    local id=$1 n=$2 i
-    for ((i = 0; i < 20; i++)); do
-        if swaks --server "127.0.0.1:$((SMTP_BASE + n))" --to test@example.com \
+    local id=$1 n=$2 port=${3:-$((SMTP_BASE + $2))} i
+    for ((i = 0; i < 40; i++)); do
+        if swaks --server "127.0.0.1:$port" --to test@example.com \
             --from local-cluster@example.org --helo local-cluster.test \
             --header "X-Test-Id: $id" --header "Subject: hamr local-cluster test via node$n" \
             --body "Sent through node$n by deploy/local-cluster.sh at $(date -R)." \
@@ -267,16 +337,47 @@ PY
 }
 
 lc_up() {
-    local n id file leader targets
+    local lb=$1 now n id file leader targets
+    if [ "$lb" = yes ]; then
+        PACKAGES+=(haproxy)
+    fi
     lc_install
     lc_build
     mkdir -p "$RUN"
+    now=no
+    if lc_lb; then
+        now=yes
+    fi
+    for ((n = 1; n <= NODES; n++)); do
+        if [ "$lb" != "$now" ] && lc_running "$RUN/node$n.pid" hamrd; then
+            lc_die "node$n runs with lb=$now, asked for lb=$lb; run \"$0 down\" first"
+        fi
+    done
+    if [ "$lb" = yes ]; then
+        : >"$RUN/lb"
+    else
+        rm -f "$RUN/lb"
+    fi
     lc_start_sink
     for ((n = 1; n <= NODES; n++)); do
         lc_start_node "$n"
     done
     lc_wait 60 "a leader (see $RUN/node*.log)" lc_has_leader
     leader=$(lc_leader)
+    if lc_lb; then
+        lc_start_lb
+        # Nodes take SMTP only from HAProxy: send the test mail through it.
+        for ((n = 1; n <= NODES; n++)); do
+            id="local-cluster-$(date +%s)-$$-lb$n"
+            lc_send_test "$id" "$n" "$LB_PORT"
+            lc_wait 60 "the test message through the balancer to reach $RUN/sink/" lc_landed "$id"
+            echo "local-cluster: test message $id (via haproxy) landed in $(lc_landed "$id")"
+        done
+        lc_status
+        echo "local-cluster: leader is node$(lc_leader || echo "? (none agreed)");" \
+            "send mail to 127.0.0.1:$LB_PORT"
+        return 0
+    fi
     # Every node takes mail when followers forward; otherwise only the leader does.
     if lc_peer_supported; then
         targets=$(seq 1 "$NODES")
@@ -369,6 +470,8 @@ lc_down() {
         fi
     done
     lc_stop "$RUN/sink.pid" sink.py
+    lc_stop "$RUN/haproxy.pid" haproxy
+    rm -f "$RUN/lb"
 }
 
 lc_status() {
@@ -382,6 +485,33 @@ lc_status() {
         fi
         lc_ctl "$n" status || rc=1
     done
+    if lc_lb; then
+        if lc_running "$RUN/haproxy.pid" haproxy; then
+            echo "== haproxy: running (pid $(cat "$RUN/haproxy.pid")) on 127.0.0.1:$LB_PORT"
+            "$PYTHON" -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(sys.argv[1])
+s.sendall(b"show stat\n")
+data = b""
+while True:
+    c = s.recv(65536)
+    if not c:
+        break
+    data += c
+lines = data.decode(errors="replace").splitlines()
+cols = lines[0][2:].split(",") if lines else []
+for line in lines[1:]:
+    r = dict(zip(cols, line.split(",")))
+    if r.get("pxname") == "hamr" and r.get("svname") not in ("FRONTEND", "BACKEND"):
+        print("   %s %s (%s)" % (r["svname"], r.get("status"), r.get("check_status")))
+' "$RUN/haproxy.sock" || echo "   (stats socket did not answer)"
+        else
+            echo "== haproxy: not running"
+            rc=1
+        fi
+    fi
     if lc_running "$RUN/sink.pid" sink.py; then
         echo "== sink: running (pid $(cat "$RUN/sink.pid")), $(find "$RUN/sink" -name '*.eml' | wc -l) message(s) in $RUN/sink/"
     else
@@ -391,7 +521,13 @@ lc_status() {
 }
 
 case "${1:-}" in
-up) lc_up ;;
+up)
+    case "${2:-}" in
+    "") lc_up no ;;
+    --lb) lc_up yes ;;
+    *) lc_usage ;;
+    esac
+    ;;
 down) lc_down ;;
 status) lc_status ;;
 kill)

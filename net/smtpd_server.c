@@ -30,6 +30,16 @@
  * octets that followed the header in the same read are its first input.
  * Connections waiting for a header count against max_sessions.
  *
+ * STARTTLS (smtpd_server_set_tls): the session answers 220 and calls
+ * io.starttls; from then on the connection owns a TLS engine
+ * (smtpc_tls.c, memory BIOs). Ciphertext from uv_read is fed to it, the
+ * handshake advances without blocking, and only decrypted octets reach the
+ * session; session output is encrypted and the ciphertext goes out through
+ * uv_write. A failed handshake is logged with OpenSSL's reason and closes
+ * the connection; the session's command timeout bounds the handshake. The
+ * context is replaced by smtpd_server_reload_tls(); connections keep the
+ * context they started with (OpenSSL counts the references).
+ *
  * Memory: reads land in a fixed per-connection buffer, so input per read
  * is bounded; the session bounds what it holds. Handles are embedded in
  * their connection and freed only in the close callbacks.
@@ -42,14 +52,18 @@
 
 #include <uv.h>
 
+#include <openssl/ssl.h>
+
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "net/smtpc_tls.h"
 #include "net/smtpd.h"
 #include "net/smtpd_proxy.h"
 #include "net/smtpd_reply.h"
 #include "net/smtpd_server.h"
 #include "net/smtpd_session.h"
+#include "net/smtpd_tls.h"
 
 #define SMTPD_SERVER_READ_MAX (16 * 1024) /* one read at most */
 #define SMTPD_SERVER_BACKLOG 128
@@ -70,7 +84,10 @@ struct smtpd_server {
     const struct smtpd_cidr *proxy_networks; /* borrowed: the balancers */
     size_t n_proxy_networks;
     uint64_t proxy_timeout_ms;
-    size_t n_proxy_wait; /* connections still reading their header */
+    size_t n_proxy_wait;      /* connections still reading their header */
+    SSL_CTX *tls_ctx;         /* NULL: STARTTLS not offered */
+    char tls_cert_file[1024]; /* kept for smtpd_server_reload_tls() */
+    char tls_key_file[1024];
     bool draining;
     bool closing;
     bool listener_closed;
@@ -95,6 +112,8 @@ struct smtpd_conn {
     char client_addr[INET6_ADDRSTRLEN]; /* from the PROXY header, else peer_addr */
     char peer_addr[INET6_ADDRSTRLEN];   /* the socket's peer: the balancer if proxied */
     struct smtpd_proxy_parser proxy;
+    struct smtpc_tls *tls; /* after STARTTLS */
+    bool tls_up;           /* handshake done */
     char rbuf[SMTPD_SERVER_READ_MAX];
 };
 
@@ -109,6 +128,7 @@ struct smtpd_write {
 static void smtpd_server_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void smtpd_server_proxy_input(struct smtpd_conn *c, const char *data, size_t len);
 static void smtpd_server_proxy_refuse(struct smtpd_conn *c, const char *reason);
+static int smtpd_server_tls_flush(struct smtpd_conn *c);
 
 /* smtpd_server_maybe_finish - after close: free the server once everything is gone. */
 static void smtpd_server_maybe_finish(struct smtpd_server *s)
@@ -118,6 +138,7 @@ static void smtpd_server_maybe_finish(struct smtpd_server *s)
     smtpd_server_close_cb cb = s->close_cb;
     void *arg = s->close_arg;
     log_info("smtpd closed port=%u", (unsigned)s->port);
+    SSL_CTX_free(s->tls_ctx);
     free(s);
     if (cb != NULL)
         cb(arg);
@@ -140,6 +161,7 @@ static void smtpd_server_conn_close_cb(uv_handle_t *handle)
         c->session = smtpd_session_free(c->session);
         s->n_sessions--;
     }
+    c->tls = smtpc_tls_free(c->tls);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -181,6 +203,10 @@ static void smtpd_server_conn_close(struct smtpd_conn *c)
 {
     if (c->closing)
         return;
+    if (c->tls_up) {
+        smtpc_tls_shutdown(c->tls);
+        smtpd_server_tls_flush(c);
+    }
     c->closing = true;
     if (c->reading) {
         uv_read_stop((uv_stream_t *)&c->tcp);
@@ -211,11 +237,9 @@ static void smtpd_server_write_cb(uv_write_t *req, int status)
         smtpd_session_write_done(c->session);
 }
 
-/* smtpd_server_io_write - session io: copy and queue octets for the client. */
-static int smtpd_server_io_write(void *data, const void *buf, size_t len)
+/* smtpd_server_write_raw - copy and queue octets for the socket. */
+static int smtpd_server_write_raw(struct smtpd_conn *c, const void *buf, size_t len)
 {
-    struct smtpd_conn *c = data;
-
     if (c->closing)
         return HAMR_EIO;
     struct smtpd_write *w = malloc(sizeof(*w) + len);
@@ -231,6 +255,47 @@ static int smtpd_server_io_write(void *data, const void *buf, size_t len)
         return HAMR_EIO;
     }
     return 0;
+}
+
+/* smtpd_server_tls_flush - send the ciphertext the TLS engine produced. */
+static int smtpd_server_tls_flush(struct smtpd_conn *c)
+{
+    const char *out;
+    size_t n = smtpc_tls_output(c->tls, &out);
+
+    if (n == 0)
+        return 0;
+    int rc = smtpd_server_write_raw(c, out, n);
+    smtpc_tls_output_done(c->tls, n);
+    return rc;
+}
+
+/* smtpd_server_io_write - session io: octets for the client, encrypted after STARTTLS. */
+static int smtpd_server_io_write(void *data, const void *buf, size_t len)
+{
+    struct smtpd_conn *c = data;
+
+    if (c->tls == NULL)
+        return smtpd_server_write_raw(c, buf, len);
+    if (c->closing || !c->tls_up)
+        return HAMR_EIO; /* nothing can be said in the middle of a handshake */
+    int rc = smtpc_tls_write(c->tls, buf, len);
+    if (rc != 0) {
+        log_info("smtpd tls write failed client=%s err=\"%s\"", c->client_addr,
+                 smtpc_tls_error(c->tls));
+        return rc;
+    }
+    return smtpd_server_tls_flush(c);
+}
+
+/* smtpd_server_io_starttls - session io: the 220 is queued; TLS from the next octet. */
+static int smtpd_server_io_starttls(void *data)
+{
+    struct smtpd_conn *c = data;
+
+    if (c->server->tls_ctx == NULL || c->tls != NULL)
+        return HAMR_EINVAL;
+    return smtpc_tls_new(c->server->tls_ctx, true, NULL, false, &c->tls);
 }
 
 /* smtpd_server_alloc_cb - every read goes into the connection's fixed buffer. */
@@ -275,6 +340,11 @@ static void smtpd_server_timer_cb(uv_timer_t *timer)
 
     if (c->closing || c->session == NULL)
         return;
+    if (c->tls != NULL && !c->tls_up) {
+        log_info("smtpd tls handshake failed client=%s err=timeout", c->client_addr);
+        smtpd_server_conn_abort(c);
+        return;
+    }
     if (!c->greeted) {
         c->greeted = true;
         smtpd_session_greet(c->session);
@@ -311,7 +381,58 @@ static const struct smtpd_session_io smtpd_server_io = {
     .close = smtpd_server_io_close,
     .set_timer = smtpd_server_io_set_timer,
     .write_queued = smtpd_server_io_write_queued,
+    .starttls = NULL, /* set per connection when a TLS context is loaded */
 };
+
+/*
+ * smtpd_server_tls_input - ciphertext from the client: advance the
+ * handshake, then hand every decrypted octet to the session.
+ */
+static void smtpd_server_tls_input(struct smtpd_conn *c, const char *data, size_t len)
+{
+    char plain[SMTPD_SERVER_READ_MAX];
+
+    if (smtpc_tls_feed(c->tls, data, len) != 0) {
+        log_info("smtpd tls input over limit client=%s", c->client_addr);
+        smtpd_server_conn_abort(c);
+        return;
+    }
+    if (!c->tls_up) {
+        int rc = smtpc_tls_handshake(c->tls);
+        if (smtpd_server_tls_flush(c) != 0 && rc >= 0)
+            rc = HAMR_EIO;
+        if (rc < 0) {
+            log_info("smtpd tls handshake failed client=%s err=\"%s\"", c->client_addr,
+                     smtpc_tls_error(c->tls));
+            smtpd_server_conn_abort(c);
+            return;
+        }
+        if (rc == 0)
+            return;
+        c->tls_up = true;
+        char desc[96];
+        smtpc_tls_describe(c->tls, desc, sizeof(desc));
+        log_info("smtpd tls client=%s tls=\"%s\"", c->client_addr, desc);
+    }
+    while (!c->closing && c->session != NULL) {
+        long n = smtpc_tls_read(c->tls, plain, sizeof(plain));
+        if (n == 0)
+            break;
+        if (n == HAMR_ESHUTDOWN) {
+            smtpd_server_conn_close(c);
+            return;
+        }
+        if (n < 0) {
+            log_info("smtpd tls read failed client=%s err=\"%s\"", c->client_addr,
+                     smtpc_tls_error(c->tls));
+            smtpd_server_conn_abort(c);
+            return;
+        }
+        smtpd_session_input(c->session, plain, (size_t)n);
+    }
+    if (!c->closing && smtpd_server_tls_flush(c) != 0)
+        smtpd_server_conn_abort(c);
+}
 
 /* smtpd_server_read_cb - input for the session; EOF or an error ends the connection. */
 static void smtpd_server_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
@@ -339,6 +460,10 @@ static void smtpd_server_read_cb(uv_stream_t *stream, ssize_t nread, const uv_bu
     }
     if (c->session == NULL)
         return;
+    if (c->tls != NULL) {
+        smtpd_server_tls_input(c, buf->base, (size_t)nread);
+        return;
+    }
     smtpd_session_input(c->session, buf->base, (size_t)nread);
 }
 
@@ -375,7 +500,7 @@ static void smtpd_server_refuse(struct smtpd_conn *c, enum smtpd_reply_id id)
     char line[SMTPD_REPLY_LINE_MAX];
     size_t n = smtpd_reply_format(id, c->server->policy->hostname, line, sizeof(line));
     log_info("smtpd refuse client=%s reply=\"%.*s\"", c->client_addr, (int)(n - 2), line);
-    if (smtpd_server_io_write(c, line, n) != 0) {
+    if (smtpd_server_write_raw(c, line, n) != 0) {
         smtpd_server_conn_abort(c);
         return;
     }
@@ -389,6 +514,8 @@ static void smtpd_server_start_session(struct smtpd_conn *c)
     struct smtpd_session_io io = smtpd_server_io;
 
     io.data = c;
+    if (s->tls_ctx != NULL)
+        io.starttls = smtpd_server_io_starttls;
     if (smtpd_session_new(s->policy, &s->sink, &io, c->client_addr, &c->session) != 0) {
         c->session = NULL;
         smtpd_server_refuse(c, SMTPD_REPLY_LOCAL_ERROR);
@@ -638,6 +765,60 @@ void smtpd_server_set_proxy(struct smtpd_server *s,
              n_networks, (unsigned long long)s->proxy_timeout_ms);
 }
 
+/* smtpd_server_set_tls - load the certificate and key; offer STARTTLS. */
+int smtpd_server_set_tls(struct smtpd_server *s,
+                         const char *cert_file,
+                         const char *key_file,
+                         char *errmsg,
+                         size_t errlen)
+{
+    bool have_cert = cert_file != NULL && cert_file[0] != '\0';
+    bool have_key = key_file != NULL && key_file[0] != '\0';
+
+    if (!have_cert && !have_key) {
+        SSL_CTX_free(s->tls_ctx);
+        s->tls_ctx = NULL;
+        s->tls_cert_file[0] = s->tls_key_file[0] = '\0';
+        return 0;
+    }
+    if (!have_cert || !have_key) {
+        snprintf(errmsg, errlen, "tls_cert_file and tls_key_file must be set together");
+        return HAMR_EINVAL;
+    }
+    if (strlen(cert_file) >= sizeof(s->tls_cert_file) ||
+        strlen(key_file) >= sizeof(s->tls_key_file)) {
+        snprintf(errmsg, errlen, "tls_cert_file or tls_key_file: path too long");
+        return HAMR_EINVAL;
+    }
+    SSL_CTX *ctx = smtpd_tls_ctx_new(cert_file, key_file, errmsg, errlen);
+    if (ctx == NULL)
+        return HAMR_EINVAL;
+    SSL_CTX_free(s->tls_ctx);
+    s->tls_ctx = ctx;
+    hamr_strlcpy(s->tls_cert_file, cert_file, sizeof(s->tls_cert_file));
+    hamr_strlcpy(s->tls_key_file, key_file, sizeof(s->tls_key_file));
+    log_info("smtpd starttls=on cert=%s", s->tls_cert_file);
+    return 0;
+}
+
+/* smtpd_server_reload_tls - read the files again; keep the old context on failure. */
+int smtpd_server_reload_tls(struct smtpd_server *s)
+{
+    char err[SMTPC_TLS_ERR_MAX + 128];
+
+    if (s->tls_ctx == NULL)
+        return 0;
+    SSL_CTX *ctx = smtpd_tls_ctx_new(s->tls_cert_file, s->tls_key_file, err, sizeof(err));
+    if (ctx == NULL) {
+        log_warn("smtpd tls reload failed, keeping the old certificate err=\"%s\"", err);
+        return HAMR_EINVAL;
+    }
+    SSL_CTX_free(s->tls_ctx); /* connections hold their own references */
+    s->tls_ctx = ctx;
+    log_info("smtpd tls reloaded cert=%s", s->tls_cert_file);
+    return 0;
+}
+
 /* smtpd_server_sessions - open sessions. */
 size_t smtpd_server_sessions(const struct smtpd_server *s)
 {
@@ -661,7 +842,9 @@ void smtpd_server_close(struct smtpd_server *s, smtpd_server_close_cb cb, void *
     s->close_arg = arg;
     uv_close((uv_handle_t *)&s->listener, smtpd_server_listener_close_cb);
     for (struct smtpd_conn *c = s->conns; c != NULL; c = c->next) {
-        if (c->session != NULL && !c->closing)
+        if (c->tls != NULL && !c->tls_up)
+            smtpd_server_conn_abort(c); /* mid-handshake: no way to say 421 */
+        else if (c->session != NULL && !c->closing)
             smtpd_session_shutdown(c->session); /* 421 now, or after a pending reply */
         else if (c->session == NULL)
             smtpd_server_conn_close(c);

@@ -64,6 +64,26 @@ void smtpd_server_set_proxy(struct smtpd_server *s,
                             size_t n_networks,
                             uint64_t timeout_ms);
 
+/*
+ * smtpd_server_set_tls - offer STARTTLS with this PEM certificate chain
+ * and key (both set), or stop offering it (both NULL or ""). Affects
+ * sessions started afterwards. HAMR_EINVAL with a sentence naming the file
+ * in errmsg when a file cannot be read, does not parse, or the key does not
+ * match; the previous setting then stays.
+ */
+int smtpd_server_set_tls(struct smtpd_server *s,
+                         const char *cert_file,
+                         const char *key_file,
+                         char *errmsg,
+                         size_t errlen);
+
+/*
+ * smtpd_server_reload_tls - read the files of smtpd_server_set_tls again
+ * (SIGHUP). On failure logs why, keeps the old context and returns
+ * HAMR_EINVAL. 0 (and nothing done) when STARTTLS is off.
+ */
+int smtpd_server_reload_tls(struct smtpd_server *s);
+
 /* smtpd_server_sessions - open sessions (refused connections not counted). */
 size_t smtpd_server_sessions(const struct smtpd_server *s);
 

@@ -88,6 +88,7 @@ struct smtpd_session {
     bool close_after_commit;
     char helo[SMTPD_SESSION_HELO_MAX + 1]; /* printable; "" if none */
     bool esmtp;
+    bool tls;      /* STARTTLS accepted: the stream is (becoming) encrypted */
     char verb[16]; /* current command, for logs */
     struct smtpd_tx *tx;
     unsigned errors;
@@ -596,12 +597,17 @@ static void smtpd_session_proceed_helo(struct smtpd_session *s, const char *arg)
         smtpd_session_reply_raw(s, 250, false, false, line, (size_t)len);
         return;
     }
-    /* RFC 2920, RFC 1870, RFC 6152, RFC 2034. No CHUNKING (SECURITY.md S22). */
+    /*
+     * RFC 2920, RFC 1870, RFC 6152, RFC 3207, RFC 2034. No CHUNKING
+     * (SECURITY.md S22). STARTTLS only before TLS (RFC 3207 4.2).
+     */
     char text[SMTPD_REPLY_LINE_MAX * 2];
+    bool offer_tls = s->io.starttls != NULL && !s->tls;
     int len = snprintf(text, sizeof(text),
                        "250-%s\r\n250-PIPELINING\r\n250-SIZE %zu\r\n250-8BITMIME\r\n"
-                       "250 ENHANCEDSTATUSCODES\r\n",
-                       s->policy->hostname, s->policy->message_size_limit);
+                       "%s250 ENHANCEDSTATUSCODES\r\n",
+                       s->policy->hostname, s->policy->message_size_limit,
+                       offer_tls ? "250-STARTTLS\r\n" : "");
     HAMR_ASSERT(len > 0 && (size_t)len < sizeof(text));
     smtpd_session_reply_raw(s, 250, false, false, text, (size_t)len);
 }
@@ -864,6 +870,14 @@ static void smtpd_session_rfc5322_date(char *out, size_t outlen)
              months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
+/* smtpd_session_protocol - the Received: "with" keyword (RFC 3848). */
+static const char *smtpd_session_protocol(const struct smtpd_session *s)
+{
+    if (!s->esmtp)
+        return "SMTP";
+    return s->tls ? "ESMTPS" : "ESMTP";
+}
+
 /*
  * smtpd_session_add_received - our trace header first in the body (RFC 5321
  * 4.4), CRLF line ends, folded lines start with a TAB. "for" only with
@@ -882,7 +896,7 @@ static int smtpd_session_add_received(struct smtpd_session *s)
     else
         snprintf(forclause, sizeof(forclause), ";\r\n\t");
     n = snprintf(hdr, sizeof(hdr), "Received: from %s (%s)\r\n\tby %s (hamr) with %s id %s%s%s\r\n",
-                 s->helo, s->client_addr, s->policy->hostname, s->esmtp ? "ESMTP" : "SMTP",
+                 s->helo, s->client_addr, s->policy->hostname, smtpd_session_protocol(s),
                  tx->queue_id, forclause, date);
     if (n < 0)
         return HAMR_EINVAL;
@@ -957,7 +971,68 @@ static void smtpd_session_proceed_help(struct smtpd_session *s, const char *arg)
     smtpd_session_reply(s, SMTPD_REPLY_HELP, NULL);
 }
 
+/* STARTTLS replies (RFC 3207, SECURITY.md S4); not in the shared table. */
+#define SMTPD_SESSION_TLS_READY "220 2.0.0 Ready to start TLS\r\n"
+#define SMTPD_SESSION_TLS_ACTIVE "554 5.5.1 Error: TLS already active\r\n"
+#define SMTPD_SESSION_TLS_NOT_OFFERED "502 5.5.1 Error: command not implemented\r\n"
+
+/* smtpd_session_check_starttls - offered, not yet active, no argument, no transaction. */
+static int smtpd_session_check_starttls(struct smtpd_session *s, const char *arg)
+{
+    if (s->io.starttls == NULL) {
+        smtpd_session_reply_raw(s, 502, true, false, SMTPD_SESSION_TLS_NOT_OFFERED,
+                                strlen(SMTPD_SESSION_TLS_NOT_OFFERED));
+        return -1;
+    }
+    if (s->tls) {
+        smtpd_session_reply_raw(s, 554, true, false, SMTPD_SESSION_TLS_ACTIVE,
+                                strlen(SMTPD_SESSION_TLS_ACTIVE));
+        return -1;
+    }
+    if (arg[strspn(arg, " ")] != '\0') {
+        smtpd_session_reply(s, SMTPD_REPLY_NO_ARGS, "STARTTLS");
+        return -1;
+    }
+    if (s->tx != NULL) {
+        smtpd_session_reply(s, SMTPD_REPLY_BAD_ORDER, "MAIL transaction in progress");
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * smtpd_session_proceed_starttls - 220, then forget everything (RFC 3207
+ * 4.2): the plaintext already read behind the command is thrown away
+ * unprocessed, so a command injected before the handshake never runs
+ * inside TLS (CVE-2011-0411, SECURITY.md S4); HELO/EHLO must come again.
+ */
+static void smtpd_session_proceed_starttls(struct smtpd_session *s, const char *arg)
+{
+    smtpd_session_reply_raw(s, 220, false, false, SMTPD_SESSION_TLS_READY,
+                            strlen(SMTPD_SESSION_TLS_READY));
+    if (s->closed || s->io_detached)
+        return;
+    size_t dropped = s->input.len - s->input_off;
+    s->input_off = s->input.len;
+    if (dropped > 0)
+        log_warn("smtpd session=%" PRIu64
+                 " client=%s discarded=%zu plaintext octets after "
+                 "STARTTLS",
+                 s->id, s->client_addr, dropped);
+    smtpd_reader_init(&s->reader);
+    smtpd_session_tx_reset(s);
+    s->helo[0] = '\0';
+    s->esmtp = false;
+    s->tls = true;
+    smtpd_session_enter_state(s, SMTPD_STATE_GREETED);
+    if (s->io.starttls(s->io.data) != 0) {
+        log_warn("smtpd session=%" PRIu64 " client=%s starttls failed", s->id, s->client_addr);
+        smtpd_session_hangup(s);
+    }
+}
+
 static const struct smtpd_cmd smtpd_session_cmds[] = {
+    {"STARTTLS", 0, smtpd_session_check_starttls, smtpd_session_proceed_starttls},
     {"EHLO", 0, smtpd_session_check_helo, smtpd_session_proceed_helo},
     {"HELO", 0, smtpd_session_check_helo, smtpd_session_proceed_helo},
     {"MAIL", SMTPD_CMD_NEED_ARG, smtpd_session_check_mail, smtpd_session_proceed_mail},
@@ -1350,6 +1425,12 @@ struct smtpd_session *smtpd_session_free(struct smtpd_session *s)
 enum smtpd_state smtpd_session_state(const struct smtpd_session *s)
 {
     return s->state;
+}
+
+/* smtpd_session_tls - STARTTLS accepted? */
+bool smtpd_session_tls(const struct smtpd_session *s)
+{
+    return s->tls;
 }
 
 /* smtpd_session_submit_pending - is the sink holding our message? */

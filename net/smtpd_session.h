@@ -12,8 +12,9 @@
  * smtpd_state - where a session is. Legal transitions:
  *
  *   CONNECTED  -> GREETED (greeting sent) | CLOSING (pregreet input, shutdown)
- *   GREETED    -> READY (HELO/EHLO) | CLOSING
+ *   GREETED    -> READY (HELO/EHLO) | GREETED (STARTTLS) | CLOSING
  *   READY      -> MAIL (MAIL accepted) | READY (HELO/EHLO/RSET) | CLOSING
+ *                 | GREETED (STARTTLS: a fresh start inside TLS, RFC 3207 4.2)
  *   MAIL       -> RCPT (first RCPT accepted) | READY (RSET/HELO/EHLO) | CLOSING
  *   RCPT       -> DATA (354 sent) | READY (RSET/HELO/EHLO) | CLOSING
  *   DATA       -> COMMITTING (body handed to the sink) | READY (body rejected) | CLOSING
@@ -57,6 +58,13 @@ struct smtpd_session_io {
     void (*set_timer)(void *data, uint64_t ms);
     /* write_queued - octets written but not yet sent. May be NULL (always 0). */
     size_t (*write_queued)(void *data);
+    /*
+     * starttls - called right after "220 2.0.0 Ready to start TLS" was
+     * written: from now on the owner runs the TLS handshake on the stream,
+     * encrypts every write and hands in only decrypted input. NULL: STARTTLS
+     * is not offered. 0, or HAMR_E* and the session hangs up.
+     */
+    int (*starttls)(void *data);
 };
 
 struct smtpd_session;
@@ -117,6 +125,9 @@ const char *smtpd_state_name(enum smtpd_state state);
 
 /* smtpd_session_timeout_ms - the client deadline the session wants now; 0: none. */
 uint64_t smtpd_session_timeout_ms(const struct smtpd_session *s);
+
+/* smtpd_session_tls - true once STARTTLS was accepted. */
+bool smtpd_session_tls(const struct smtpd_session *s);
 
 /* smtpd_session_submit_pending - true while the sink holds a message of this session. */
 bool smtpd_session_submit_pending(const struct smtpd_session *s);

@@ -120,6 +120,8 @@ static const struct config_key config_keys[] = {
     CK("smtpd", "proxy_protocol", CONFIG_K_BOOL, proxy_protocol, 0, 0),
     CK("smtpd", "proxy_networks", CONFIG_K_NETWORKS, proxy_networks, 0, 0),
     CK("smtpd", "proxy_timeout", CONFIG_K_DURATION, proxy_timeout_ms, 1, 5 * CONFIG_MIN),
+    CK("smtpd", "tls_cert_file", CONFIG_K_STRING_OPT, tls_cert_file, 0, 0),
+    CK("smtpd", "tls_key_file", CONFIG_K_STRING_OPT, tls_key_file, 0, 0),
 
     CK("delivery", "relayhost", CONFIG_K_HOSTPORT_OPT, relayhost, 0, 0),
     CK("delivery", "connect_timeout", CONFIG_K_DURATION, smtpc.connect_timeout_ms, 1, CONFIG_DAY),
@@ -884,6 +886,12 @@ static int config_cross_check(struct config_parse *p)
     if (cfg->proxy_protocol && cfg->n_proxy_networks == 0)
         return config_fail(p, config_key_line(p, "smtpd", "proxy_protocol"),
                            "proxy_protocol: on needs proxy_networks (the load balancers)");
+    /* STARTTLS needs both; the files themselves are read when the listener starts. */
+    if ((cfg->tls_cert_file[0] == '\0') != (cfg->tls_key_file[0] == '\0')) {
+        const char *set = cfg->tls_cert_file[0] ? "tls_cert_file" : "tls_key_file";
+        return config_fail(p, config_key_line(p, "smtpd", set),
+                           "tls_cert_file and tls_key_file must be set together");
+    }
     if (cfg->smtpd.message_size_limit > CONFIG_MESSAGE_SIZE_MAX)
         return config_fail(p, config_key_line(p, "smtpd", "message_size_limit"),
                            "message_size_limit: at most 64M (a message is one raft entry)");

@@ -73,6 +73,9 @@ struct hamr_config {
                                              required with proxy_protocol = on */
     size_t n_proxy_networks;
     uint64_t proxy_timeout_ms;       /* proxy_timeout (5s): the header must be complete */
+    char tls_cert_file[1024];        /* tls_cert_file (""): PEM chain; with tls_key_file,
+                                        STARTTLS is offered */
+    char tls_key_file[1024];         /* tls_key_file (""): PEM key; set both or neither */
 
     /* [delivery] */
     struct config_hostport relayhost;  /* relayhost = [host]:port ("" = none) */

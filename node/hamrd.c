@@ -50,12 +50,14 @@ static void hamrd_relay_stopped(void *arg)
     uv_close((uv_handle_t *)&h->sig_hup, NULL);
 }
 
-/* hamrd_on_signal - SIGTERM/SIGINT: stop; SIGHUP: nothing to reload yet. */
+/* hamrd_on_signal - SIGTERM/SIGINT: stop; SIGHUP: reload the TLS files. */
 static void hamrd_on_signal(uv_signal_t *s, int signum)
 {
     struct hamrd *h = s->data;
     if (signum == SIGHUP) {
-        log_info("SIGHUP received: nothing to reload");
+        log_info("SIGHUP received: reloading the TLS certificate");
+        if (h->relay != NULL && !h->stopped)
+            relay_reload(h->relay);
         return;
     }
     log_info("signal=%s action=stop", signum == SIGTERM ? "TERM" : "INT");

@@ -82,6 +82,12 @@ bool health_ready(const struct health_input *in, char *reason, size_t len)
                      in->last_leader_contact_ms, limit);
         return false;
     }
+    /* Just restarted and still applying the log: let it catch up before
+     * it gets traffic (it would forward everything and lag behind). */
+    if (in->apply_lag > HEALTH_MAX_APPLY_LAG) {
+        snprintf(reason, len, "catching up: %" PRIu64 " entries behind", in->apply_lag);
+        return false;
+    }
     if (in->min_free_bytes != 0 && in->disk_free_bytes < in->min_free_bytes) {
         snprintf(reason, len, "disk low: %" PRIu64 " MiB free, %" PRIu64 " MiB required",
                  in->disk_free_bytes / HTTP_MIB, in->min_free_bytes / HTTP_MIB);

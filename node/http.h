@@ -46,13 +46,18 @@ struct health_input {
                                         0 means 1000 */
     uint64_t disk_free_bytes;        /* on the data directory's file system */
     uint64_t min_free_bytes;         /* [storage] min_free; 0 turns the check off */
+    uint64_t apply_lag;              /* commit index minus applied index */
 };
+
+/* HEALTH_MAX_APPLY_LAG - more committed entries than this still to apply: "catching up". */
+#define HEALTH_MAX_APPLY_LAG 1000
 
 /*
  * health_ready - true if the node should get traffic. Otherwise false with
  * the first reason that applies, most severe first, in reason (size len,
  * truncated): "raft failed", "draining", "no leader", "no contact with the
- * leader for N ms (limit M ms)", "disk low: N MiB free, M MiB required".
+ * leader for N ms (limit M ms)", "catching up: N entries behind", "disk low:
+ * N MiB free, M MiB required".
  * reason is "ready" when true. reason may be NULL when len is 0.
  */
 bool health_ready(const struct health_input *in, char *reason, size_t len);

@@ -368,19 +368,31 @@ static void relay_node_info_done(void *arg, int status, intptr_t result)
 {
     struct relay *r = arg;
     r->node_info_in_flight = false;
-    if (status == 0 && result == 0)
-        r->node_info_term = consensus_term(r->cons);
-    else
+    if (status == 0 && result == 0) {
+        r->node_info_boot_done = true;
+        if (r->node_info_sent_ready)
+            r->node_info_term = r->node_info_sent_term;
+    } else
         log_warn("node info not committed error=\"%s\"",
                  hamr_strerror(status ? status : (int)result));
 }
 
-/* relay_publish_node_info - leader: write our addresses once per term. */
+/*
+ * relay_publish_node_info - write our addresses: once after start (through
+ * the leader), so that followers can name us the moment we win an election,
+ * and again by a leader once per term.
+ */
 static void relay_publish_node_info(struct relay *r)
 {
-    if (r->node_info_in_flight || r->stopping || !consensus_is_ready(r->cons) ||
-        r->node_info_term == consensus_term(r->cons))
+    if (r->node_info_in_flight || r->stopping)
         return;
+    bool ready = consensus_is_ready(r->cons);
+    uint64_t term = consensus_term(r->cons);
+    bool need = !r->node_info_boot_done || (ready && r->node_info_term != term);
+    if (!need || !relay_leader_known(r))
+        return;
+    r->node_info_sent_ready = ready;
+    r->node_info_sent_term = term;
     Hamr__NodeInfo ni = HAMR__NODE_INFO__INIT;
     ni.node_id = r->cfg->node_id;
     ni.peer_address = r->peer_address;
@@ -550,6 +562,9 @@ int relay_start(uv_loop_t *loop,
     smtpd_server_set_greet_delay(r->smtpd, cfg->greet_delay_ms);
     smtpd_server_set_proxy(r->smtpd, cfg->proxy_protocol, cfg->proxy_networks,
                            cfg->n_proxy_networks, cfg->proxy_timeout_ms);
+    rv = smtpd_server_set_tls(r->smtpd, cfg->tls_cert_file, cfg->tls_key_file, err, errlen);
+    if (rv != 0)
+        goto fail_smtpd;
     struct control_handler handler = {.data = r, .handle = relay_ctl_handle};
     rv = control_new(loop, cfg->listen_control.host, cfg->listen_control.port, &handler,
                      &r->control, err, errlen);
@@ -586,6 +601,8 @@ int relay_start(uv_loop_t *loop,
             goto fail_peer_client;
     }
 
+    uv_timer_init(loop, &r->stop_timer);
+    r->stop_timer.data = r;
     uv_timer_init(loop, &r->retry_timer);
     r->retry_timer.data = r;
     uv_timer_start(&r->retry_timer, relay_retry_tick, RELAY_RETRY_MS, RELAY_RETRY_MS);
@@ -624,6 +641,16 @@ fail_queue:
     return rv;
 }
 
+void relay_reload(struct relay *r)
+{
+    if (r->stopping)
+        return;
+    /* The TLS certificate and key (renewed certificates); on failure the old
+     * ones stay in use and the reason is logged. */
+    if (smtpd_server_reload_tls(r->smtpd) == 0)
+        log_info("reload done");
+}
+
 bool relay_failed(const struct relay *r)
 {
     return r->failed;
@@ -659,17 +686,18 @@ static void relay_stop_after_pool(void *arg)
     relay_stop_step(r);
 }
 
-void relay_stop(struct relay *r, void (*done)(void *arg), void *arg)
+/* relay_stop_now - close everything: the second half of relay_stop. */
+static void relay_stop_now(struct relay *r)
 {
     if (r->stopping)
         return;
     r->stopping = true;
-    r->stop_done = done;
-    r->stop_arg = arg;
-    log_info("stopping node=%" PRIu64, r->cfg->node_id);
-    /* Count: smtpd, control, 4 timers, pool, raft (closed after the pool),
+    log_info("stopping node=%" PRIu64 " deliveries=%zu", r->cfg->node_id, r->n_deliveries);
+    /* Count: smtpd, control, 5 timers, pool, raft (closed after the pool),
      * and the peer server and client when there are. */
-    r->stop_pending = 8 + (r->peer_srv ? 1 : 0) + (r->peer_cli ? 1 : 0) + (r->http ? 1 : 0);
+    r->stop_pending = 9 + (r->peer_srv ? 1 : 0) + (r->peer_cli ? 1 : 0) + (r->http ? 1 : 0);
+    uv_timer_stop(&r->stop_timer);
+    uv_close((uv_handle_t *)&r->stop_timer, relay_stop_handle_closed);
     if (r->http)
         http_close(r->http, relay_stop_step, r);
     uv_timer_stop(&r->kick_timer);
@@ -689,4 +717,53 @@ void relay_stop(struct relay *r, void (*done)(void *arg), void *arg)
     if (r->peer_cli)
         peer_client_close(r->peer_cli, relay_stop_step, r);
     smtpc_pool_close(r->pool, relay_stop_after_pool, r);
+}
+
+/* relay_stop_wait_tick - while stopping gently: go on once nothing is left in flight. */
+static void relay_stop_wait_tick(uv_timer_t *t)
+{
+    struct relay *r = t->data;
+    uint64_t waited = uv_now(r->loop) - r->stop_started;
+    bool idle = r->n_deliveries == 0 && r->waiting == NULL && r->forwarding == NULL &&
+                r->props == NULL && smtpd_server_sessions(r->smtpd) == 0;
+    if (!r->stop_transferring && (idle || waited >= RELAY_STOP_GRACE_MS))
+        relay_stop_now(r);
+}
+
+/* relay_stop_transfer_done - leadership handed on (or not): now let work finish. */
+static void relay_stop_transfer_done(void *arg, int status, uint64_t leader)
+{
+    struct relay *r = arg;
+    r->stop_transferring = false;
+    if (status == 0)
+        log_info("stopping: leadership handed to node=%" PRIu64, leader);
+    else
+        log_warn("stopping: leadership not handed on error=\"%s\"", hamr_strerror(status));
+}
+
+/*
+ * relay_stop - a gentle stop (SIGTERM): new SMTP sessions get 421, a leader
+ * hands leadership to another voter, deliveries and submits in flight get up
+ * to RELAY_STOP_GRACE_MS to finish (their outcomes reach the new leader), then
+ * everything is closed (relay_stop_now). A second call stops at once.
+ */
+void relay_stop(struct relay *r, void (*done)(void *arg), void *arg)
+{
+    if (r->stopping)
+        return;
+    if (r->stop_done != NULL || r->stop_started != 0) {
+        relay_stop_now(r);
+        return;
+    }
+    r->stop_done = done;
+    r->stop_arg = arg;
+    r->stop_started = uv_now(r->loop);
+    r->draining = true;
+    smtpd_server_set_draining(r->smtpd, true);
+    log_info("stopping gently node=%" PRIu64 " deliveries=%zu", r->cfg->node_id,
+             r->n_deliveries);
+    if (consensus_is_ready(r->cons) &&
+        consensus_transfer(r->cons, 0, relay_stop_transfer_done, r) == 0)
+        r->stop_transferring = true;
+    uv_timer_start(&r->stop_timer, relay_stop_wait_tick, 50, 50);
 }

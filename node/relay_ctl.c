@@ -425,6 +425,17 @@ static bool relay_ctl_node_id(struct control_call *call, const char *verb, const
     return true;
 }
 
+/* relay_ctl_is_member - id is in the raft configuration (voter, standby or spare). */
+static bool relay_ctl_is_member(struct relay *r, uint64_t id)
+{
+    struct consensus_info info;
+    consensus_get_info(r->cons, &info);
+    for (size_t i = 0; i < info.n_members; i++)
+        if (info.members[i].id == id)
+            return true;
+    return false;
+}
+
 /* relay_ctl_member - one membership change in progress. */
 struct relay_ctl_member {
     struct relay *relay;
@@ -489,6 +500,11 @@ static void relay_ctl_membership(struct relay *r, struct control_call *call,
         return;
     if (!relay_ctl_leader_only(r, call, v))
         return;
+    if (!add && !relay_ctl_is_member(r, id)) {
+        control_reply_error(call, HAMR_ENOTFOUND, "%s %" PRIu64 ": node %" PRIu64
+                            " is not a member of the cluster", v, id, id);
+        return;
+    }
     struct relay_ctl_member *m = calloc(1, sizeof(*m));
     if (m == NULL) {
         control_reply_error(call, HAMR_ENOMEM, "out of memory");
@@ -541,7 +557,9 @@ static void relay_ctl_transfer_done(void *arg, int status, uint64_t leader)
         else
             snprintf(text, sizeof(text),
                      "draining: new SMTP sessions get 421; this node still leads (%s)",
-                     hamr_strerror(status));
+                     status == HAMR_ENOTFOUND || status == HAMR_EINVAL
+                         ? "no other voter to hand leadership to"
+                         : hamr_strerror(status));
         Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
         resp.message = text;
         control_reply(t->call, &resp);
@@ -574,6 +592,11 @@ static void relay_ctl_transfer(struct relay *r,
         return;
     if (!relay_ctl_leader_only(r, call, "transfer"))
         return;
+    if (id != 0 && !relay_ctl_is_member(r, id)) {
+        control_reply_error(call, HAMR_ENOTFOUND,
+                            "transfer: node %" PRIu64 " is not a member of the cluster", id);
+        return;
+    }
     if (id == r->cfg->node_id) {
         char text[64];
         snprintf(text, sizeof(text), "node %" PRIu64 " already leads", id);

@@ -24,6 +24,7 @@
 #define RELAY_SCHED_MAX_ITEMS 256
 #define RELAY_SHOW_HEADERS_MAX (64 * 1024)
 #define RELAY_RETRY_MS 100 /* wait before trying a proposal again (no leader yet) */
+#define RELAY_STOP_GRACE_MS 5000 /* a gentle stop waits this long for work in flight */
 
 /* relay_propose_cb - the end of a proposal: status, and the state machine's result. */
 typedef void (*relay_propose_cb)(void *arg, int status, intptr_t result);
@@ -85,13 +86,19 @@ struct relay {
     uv_timer_t housekeeping_timer;
     uv_timer_t retry_timer;
     uv_timer_t kick_timer;     /* zero-delay scheduler run (relay_sched_kick) */
+    uv_timer_t stop_timer;     /* a gentle stop waits on this for work to finish */
+    uint64_t stop_started;     /* uv_now when relay_stop began, 0 before */
+    bool stop_transferring;    /* relay_stop is handing leadership on */
     char boot_id[33];
     char peer_address[CONSENSUS_ADDR_MAX];    /* ours, as published in NodeInfo */
     char control_address[CONSENSUS_ADDR_MAX];
     uint64_t id_counter;
     uint64_t lease_counter;
     uint64_t free_bytes;
-    uint64_t node_info_term;  /* term in which our NodeInfo committed */
+    uint64_t node_info_term;  /* term in which our NodeInfo committed as leader */
+    uint64_t node_info_sent_term;
+    bool node_info_sent_ready;
+    bool node_info_boot_done; /* our NodeInfo committed since this process started */
     bool node_info_in_flight;
     bool draining;
     bool stopping;

@@ -830,3 +830,194 @@ def socket_reachable(host, port, timeout=1.0):
             return True
     except OSError:
         return False
+
+
+# --- HAProxy in front of a cluster -----------------------------------------
+
+class BalancerTarget:
+    """BalancerTarget - what LoadGen needs of a node (id, host, smtp_port), for the balancer."""
+
+    def __init__(self, host, port):
+        self.id = 0
+        self.name = "haproxy"
+        self.host = host
+        self.smtp_port = port
+
+
+class Balancer:
+    """Balancer - Debian's haproxy in front of a ProxiedCluster, as deploy/haproxy.cfg.
+
+    mode tcp on 127.0.0.1:port, balance leastconn, send-proxy-v2 from the
+    source address cluster.proxy_source, option httpchk GET /health/ready on
+    each node's [listen] http port (inter 1s fall 2 rise 2). Its admin stats
+    socket lives in the Env's directory; server_states() reads "show stat".
+    Owns the haproxy process (through the Env).
+    """
+
+    BIN = "/usr/sbin/haproxy"
+
+    def __init__(self, env, cluster, port=None, inter_ms=1000):
+        self.env = env
+        self.cluster = cluster
+        self.port = port or harness.free_port()
+        self.host = "127.0.0.1"
+        self.inter_ms = inter_ms
+        self.cfg_path = os.path.join(env.dir, "haproxy.cfg")
+        self.sock_path = os.path.join(env.dir, "haproxy.sock")
+        self.proc = None
+
+    @classmethod
+    def available(cls):
+        return os.access(cls.BIN, os.X_OK)
+
+    def write_config(self):
+        servers = "\n".join(
+            "    server %s %s:%d check port %d" % (n.name, n.host, n.smtp_port, n.http_port)
+            for n in self.cluster.nodes)
+        text = ("# written by tests/integration/cluster.py (as deploy/haproxy.cfg)\n"
+                "global\n"
+                "    maxconn 2000\n"
+                "    stats socket %s mode 600 level admin\n"
+                "    log stdout format raw local0\n"
+                "defaults\n"
+                "    mode tcp\n"
+                "    log global\n"
+                "    option tcplog\n"
+                "    retries 3\n"
+                "    option redispatch\n"
+                "    timeout connect 2s\n"
+                "    timeout client 2m\n"
+                "    timeout server 2m\n"
+                "    timeout check 2s\n"
+                "frontend smtp\n"
+                "    bind %s:%d\n"
+                "    default_backend hamr\n"
+                "backend hamr\n"
+                "    balance leastconn\n"
+                "    source %s\n"
+                "    option httpchk GET /health/ready\n"
+                "    http-check expect status 200\n"
+                "    default-server send-proxy-v2 inter %dms fall 2 rise 2\n"
+                "%s\n" % (self.sock_path, self.host, self.port, self.cluster.proxy_source,
+                          self.inter_ms, servers))
+        with open(self.cfg_path, "w") as f:
+            f.write(text)
+
+    def start(self, timeout=20):
+        """start - check the config, run haproxy in the foreground, wait for its stats socket."""
+        self.write_config()
+        out = subprocess.run([self.BIN, "-c", "-f", self.cfg_path], capture_output=True,
+                             stdin=subprocess.DEVNULL, timeout=30)
+        if out.returncode != 0:
+            raise AssertionError("haproxy -c: %s" % out.stdout.decode(errors="replace")
+                                 + out.stderr.decode(errors="replace"))
+        self.proc = self.env.spawn("haproxy", [self.BIN, "-db", "-f", self.cfg_path])
+        wait_for(lambda: self.proc.check_alive() or self.server_states(), timeout,
+                 "haproxy's stats socket", interval=0.1)
+        cluster_log("haproxy on %s:%d in front of %s" % (
+            self.host, self.port, ", ".join(n.name for n in self.cluster.nodes)))
+        return self
+
+    def target(self):
+        return BalancerTarget(self.host, self.port)
+
+    def command(self, line):
+        """command - one line to the admin socket; the answer as text."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(self.sock_path)
+            s.sendall(line.encode() + b"\n")
+            chunks = []
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+        return b"".join(chunks).decode("utf-8", "replace")
+
+    def server_states(self):
+        """server_states - {server name: status} of backend hamr ("UP", "DOWN", "UP 1/2", ...)."""
+        lines = self.command("show stat").splitlines()
+        if not lines or not lines[0].startswith("# "):
+            return {}
+        cols = lines[0][2:].split(",")
+        out = {}
+        for line in lines[1:]:
+            row = dict(zip(cols, line.split(",")))
+            if row.get("pxname") == "hamr" and row.get("svname") not in ("FRONTEND", "BACKEND"):
+                out[row["svname"]] = row.get("status", "")
+        return out
+
+    def wait_state(self, node, state, timeout=20):
+        """wait_state - until haproxy reports node's status as exactly state ("UP"/"DOWN")."""
+        return wait_for(lambda: self.server_states().get(node.name) == state, timeout,
+                        "haproxy to mark %s %s" % (node.name, state), interval=0.1)
+
+
+class ProxiedCluster(Cluster):
+    """ProxiedCluster - a Cluster whose nodes take SMTP only with a PROXY header from
+    proxy_source (proxy_networks = proxy_source/32) and serve /health on an http port.
+
+    Probes of single nodes speak PROXY v1 from proxy_source themselves, as the
+    balancer would; everything else goes through a Balancer.
+    """
+
+    def __init__(self, env, n=3, proxy_source="127.0.0.2", overrides=None):
+        self.proxy_source = proxy_source
+        overrides = dict(overrides or {})
+        smtpd = dict(overrides.get("smtpd", {}))
+        smtpd.update({"proxy_protocol": "on", "proxy_networks": "%s/32" % proxy_source})
+        overrides["smtpd"] = smtpd
+        super().__init__(env, n, overrides=overrides)
+        for node in self.nodes:
+            node.http_port = harness.free_port()
+            node.overrides = {s: dict(kv) for s, kv in node.overrides.items()}
+            node.overrides.setdefault("listen", {})["http"] = "%s:%d" % (node.host,
+                                                                         node.http_port)
+            node.write_config()
+
+    def probe(self, node, timeout=30):
+        """probe - like Cluster.probe, with a PROXY v1 header from proxy_source."""
+        tid = new_test_id("probe-%s" % node.name)
+        rcpt = "probe@example.com"
+        msg = make_message(tid, "probe@example.org", [rcpt])
+        last = []
+
+        def accepted():
+            node.check_alive()
+            res = send_message(node.smtp_port, "probe@example.org", [rcpt], msg, host=node.host,
+                               timeout=40, source=self.proxy_source,
+                               proxy_header=harness.proxy_v1_header("127.0.0.1",
+                                                                    server_port=node.smtp_port))
+            last[:] = [res]
+            return res.code == 250
+
+        try:
+            wait_for(accepted, timeout, "a 250 through %s" % node.name, interval=0.3)
+        except WaitTimeout as e:
+            raise WaitTimeout("%s; last reply %r" % (e, last[0] if last else None))
+        self.probes.append(tid)
+        return tid
+
+    def health(self, node):
+        """health - (status code, body) of node's GET /health/ready; (None, error) if down."""
+        try:
+            with socket.create_connection((node.host, node.http_port), timeout=5) as s:
+                s.sendall(b"GET /health/ready HTTP/1.0\r\n\r\n")
+                data = b""
+                while len(data) < 65536:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+        except OSError as e:
+            return None, str(e)
+        head, _, body = data.partition(b"\r\n\r\n")
+        m = re.match(rb"HTTP/1\.[01] (\d{3})", head)
+        return (int(m.group(1)) if m else None), body.decode("utf-8", "replace").strip()
+
+
+def gap_max(times, t0, t1):
+    """gap_max - the longest interval without an event in [t0, t1] (times: sorted or not)."""
+    pts = [t0] + sorted(t for t in times if t0 <= t <= t1) + [t1]
+    return max(b - a for a, b in zip(pts, pts[1:]))

@@ -205,14 +205,43 @@ class SendResult:
             self.stage, self.code, self.text, self.rcpt_replies)
 
 
+class _ProxySMTP(smtplib.SMTP):
+    """_ProxySMTP - smtplib.SMTP that writes a PROXY protocol header before the greeting."""
+
+    def __init__(self, proxy_header, *args, **kw):
+        self._proxy_header = proxy_header
+        super().__init__(*args, **kw)
+
+    def _get_socket(self, host, port, timeout):
+        sock = super()._get_socket(host, port, timeout)
+        sock.sendall(self._proxy_header)
+        return sock
+
+
+def proxy_v1_header(client, server="127.0.0.1", client_port=40000, server_port=25):
+    """proxy_v1_header - "PROXY TCP4 CLIENT SERVER CPORT SPORT\r\n" as bytes."""
+    return ("PROXY TCP4 %s %s %d %d\r\n" % (client, server, client_port, server_port)).encode()
+
+
 def send_message(port, sender, rcpts, data, host="127.0.0.1", helo="client.test",
-                 mail_options=(), timeout=30):
-    """send_message - one transaction with smtplib; never raises for SMTP-level failures."""
+                 mail_options=(), timeout=30, source=None, proxy_header=None):
+    """send_message - one transaction with smtplib; never raises for SMTP-level failures.
+
+    source: the local address to connect from (any 127.x.y.z works on Linux);
+    proxy_header: bytes sent right after connecting, before the greeting is
+    read (a PROXY protocol header, as a load balancer would send).
+    """
     res = SendResult()
     res.body = wire_body(data)
     conn = None
+    kw = {"local_hostname": helo, "timeout": timeout}
+    if source:
+        kw["source_address"] = (source, 0)
     try:
-        conn = smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout)
+        if proxy_header:
+            conn = _ProxySMTP(proxy_header, host, port, **kw)
+        else:
+            conn = smtplib.SMTP(host, port, **kw)
         conn.ehlo()
         res.stage = "mail"
         code, text = conn.mail(sender, list(mail_options))

@@ -272,6 +272,8 @@ static void test_defaults(void **state)
     assert_false(cfg->proxy_protocol);
     assert_int_equal(cfg->n_proxy_networks, 0);
     assert_int_equal(cfg->proxy_timeout_ms, 5000);
+    assert_string_equal(cfg->tls_cert_file, "");
+    assert_string_equal(cfg->tls_key_file, "");
     assert_string_equal(cfg->smtpd.hostname, cfg->hostname);
     assert_ptr_equal(cfg->smtpd.relay_networks, cfg->relay_networks);
     assert_int_equal(cfg->smtpd.n_relay_networks, 2);
@@ -331,6 +333,8 @@ static const char test_full[] =
     "proxy_protocol = on\n"
     "proxy_networks = 10.0.0.10, 2001:db8::/64\n"
     "proxy_timeout = 3s\n"
+    "tls_cert_file = /etc/hamr/cert.pem\n"
+    "tls_key_file = /etc/hamr/key.pem\n"
     "\n"
     "[delivery]\n"
     "relayhost = [smarthost.example.net]:587\n"
@@ -407,6 +411,8 @@ static void test_every_key(void **state)
     assert_int_equal(cfg->proxy_networks[1].prefix, 64);
     assert_int_equal(cfg->n_relay_networks, 2); /* untouched by proxy_networks */
     assert_int_equal(cfg->proxy_timeout_ms, 3000);
+    assert_string_equal(cfg->tls_cert_file, "/etc/hamr/cert.pem");
+    assert_string_equal(cfg->tls_key_file, "/etc/hamr/key.pem");
     assert_string_equal(cfg->smtpd.hostname, "mx2.example.net");
     assert_string_equal(cfg->smtpc.helo_name, "mx2.example.net");
     assert_string_equal(cfg->relayhost.host, "smarthost.example.net");
@@ -576,6 +582,10 @@ static const struct test_bad test_bad_files[] = {
      ":7: proxy_protocol: not yes or no: \"v2\""},
     {"proxy bad network", BASE "[smtpd]\nproxy_networks = 10.0.0.1, haproxy.example\n", HAMR_EINVAL,
      ":7: proxy_networks: not a network: \"haproxy.example\""},
+    {"tls cert without key", BASE "[smtpd]\nmax_sessions = 5\ntls_cert_file = /c.pem\n",
+     HAMR_EINVAL, ":8: tls_cert_file and tls_key_file must be set together"},
+    {"tls key without cert", BASE "[smtpd]\ntls_key_file = /k.pem\n", HAMR_EINVAL,
+     ":7: tls_cert_file and tls_key_file must be set together"},
     {"proxy timeout zero", BASE "[smtpd]\nproxy_timeout = 0s\n", HAMR_EINVAL,
      ":7: proxy_timeout: out of range: \"0s\""},
     {"proxy timeout too long", BASE "[smtpd]\nproxy_timeout = 6m\n", HAMR_EINVAL,

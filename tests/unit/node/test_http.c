@@ -74,6 +74,9 @@ static void health_table(void **state)
         {"draining beats no leader", base, false, "draining"},
         {"no leader beats disk", base, false, "no leader"},
         {"stale beats disk", base, false, "no contact with the leader for 5000 ms (limit 2000 ms)"},
+        {"catching up", base, false, "catching up: 1001 entries behind"},
+        {"lag at the limit", base, true, "ready"},
+        {"catching up beats disk", base, false, "catching up: 5000 entries behind"},
     };
     cases[1].in.raft_failed = true;
     cases[2].in.draining = true;
@@ -100,6 +103,10 @@ static void health_table(void **state)
     cases[15].in.disk_free_bytes = 0;
     cases[16].in.last_leader_contact_ms = 5000;
     cases[16].in.disk_free_bytes = 0;
+    cases[17].in.apply_lag = HEALTH_MAX_APPLY_LAG + 1;
+    cases[18].in.apply_lag = HEALTH_MAX_APPLY_LAG;
+    cases[19].in.apply_lag = 5000;
+    cases[19].in.disk_free_bytes = 0;
 
     for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
         char reason[128];

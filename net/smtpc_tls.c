@@ -1,0 +1,261 @@
+/*
+ * smtpc_tls.c - TLS over memory BIOs (OpenSSL 3): the STARTTLS engine.
+ *
+ * Owns: one SSL object and its two memory BIOs (rbio: ciphertext from the
+ * peer, wbio: ciphertext for the peer). No socket and no libuv: the owner
+ * moves octets between the BIOs and its stream, so the handshake is
+ * non-blocking by construction. Exports smtpc_tls.h.
+ *
+ * Errors: OpenSSL's error queue is drained at the point of failure into
+ * the connection's err buffer (and never left behind for another caller);
+ * callers get HAMR_EPROTO and log the sentence.
+ *
+ * Security: the peer is untrusted. Contexts made here allow TLS 1.2 and
+ * later only, no compression and no renegotiation (SECURITY.md S17). A
+ * client that verifies checks the chain and the host name (SSL_set1_host);
+ * a failed verification fails the handshake.
+ */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "util/common.h"
+#include "util/err.h"
+#include "net/smtpc_tls.h"
+
+/* Undecrypted ciphertext held from the peer, at most. */
+#define SMTPC_TLS_RBIO_MAX (1024 * 1024)
+
+struct smtpc_tls {
+    SSL *ssl;
+    BIO *rbio; /* owned by ssl */
+    BIO *wbio; /* owned by ssl */
+    bool verify;
+    char err[SMTPC_TLS_ERR_MAX];
+};
+
+/* smtpc_tls_errors - drain the OpenSSL error queue into one line. */
+const char *smtpc_tls_errors(const char *prefix, char *out, size_t outlen)
+{
+    size_t n = 0;
+    unsigned long e;
+    char one[160];
+
+    if (outlen == 0)
+        return out;
+    out[0] = '\0';
+    if (prefix != NULL) {
+        int w = snprintf(out, outlen, "%s", prefix);
+        n = w > 0 ? ((size_t)w < outlen ? (size_t)w : outlen - 1) : 0;
+    }
+    bool first = true;
+    while ((e = ERR_get_error()) != 0) {
+        ERR_error_string_n(e, one, sizeof(one));
+        if (n + 1 < outlen) {
+            int w = snprintf(out + n, outlen - n, "%s%s", first ? "" : "; ", one);
+            if (w > 0)
+                n = (size_t)w < outlen - n ? n + (size_t)w : outlen - 1;
+        }
+        first = false;
+    }
+    if (first && n + 1 < outlen)
+        snprintf(out + n, outlen - n, "no OpenSSL error");
+    return out;
+}
+
+/* smtpc_tls_fail - record why the connection failed; HAMR_EPROTO. */
+static int smtpc_tls_fail(struct smtpc_tls *t, int ssl_err)
+{
+    char prefix[96];
+
+    if (ssl_err == SSL_ERROR_SSL && SSL_get_verify_result(t->ssl) != X509_V_OK && t->verify) {
+        snprintf(prefix, sizeof(prefix), "certificate verify failed (%s): ",
+                 X509_verify_cert_error_string(SSL_get_verify_result(t->ssl)));
+    } else {
+        snprintf(prefix, sizeof(prefix), "TLS error %d: ", ssl_err);
+    }
+    smtpc_tls_errors(prefix, t->err, sizeof(t->err));
+    return HAMR_EPROTO;
+}
+
+/* smtpc_tls_new - SSL on ctx over two memory BIOs. */
+int smtpc_tls_new(SSL_CTX *ctx, bool server, const char *host, bool verify, struct smtpc_tls **out)
+{
+    struct smtpc_tls *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return HAMR_ENOMEM;
+    t->ssl = SSL_new(ctx);
+    t->rbio = BIO_new(BIO_s_mem());
+    t->wbio = BIO_new(BIO_s_mem());
+    if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
+        BIO_free(t->rbio);
+        BIO_free(t->wbio);
+        SSL_free(t->ssl);
+        free(t);
+        ERR_clear_error();
+        return HAMR_ENOMEM;
+    }
+    /* An empty read BIO means "want more", not EOF. */
+    BIO_set_mem_eof_return(t->rbio, -1);
+    BIO_set_mem_eof_return(t->wbio, -1);
+    SSL_set_bio(t->ssl, t->rbio, t->wbio);
+    t->verify = verify;
+    if (server) {
+        SSL_set_accept_state(t->ssl);
+    } else {
+        SSL_set_connect_state(t->ssl);
+        unsigned char ip[16];
+        bool name = host != NULL && host[0] != '\0' && host[0] != '[' &&
+                    inet_pton(AF_INET, host, ip) != 1 && inet_pton(AF_INET6, host, ip) != 1;
+        if (name && SSL_set_tlsext_host_name(t->ssl, host) != 1)
+            ERR_clear_error(); /* SNI is a courtesy; RFC 6066 3: never an IP literal */
+        if (verify) {
+            SSL_set_verify(t->ssl, SSL_VERIFY_PEER, NULL);
+            if (host == NULL || SSL_set1_host(t->ssl, host) != 1) {
+                ERR_clear_error();
+                smtpc_tls_free(t);
+                return HAMR_EIO;
+            }
+        }
+    }
+    *out = t;
+    return 0;
+}
+
+/* smtpc_tls_free - release the SSL object and its BIOs. */
+struct smtpc_tls *smtpc_tls_free(struct smtpc_tls *t)
+{
+    if (t == NULL)
+        return NULL;
+    SSL_free(t->ssl);
+    ERR_clear_error();
+    free(t);
+    return NULL;
+}
+
+/* smtpc_tls_feed - ciphertext in. */
+int smtpc_tls_feed(struct smtpc_tls *t, const void *data, size_t len)
+{
+    if (len == 0)
+        return 0;
+    if (BIO_ctrl_pending(t->rbio) + len > SMTPC_TLS_RBIO_MAX)
+        return HAMR_ENOMEM;
+    if (BIO_write(t->rbio, data, (int)len) != (int)len) {
+        ERR_clear_error();
+        return HAMR_ENOMEM;
+    }
+    return 0;
+}
+
+/* smtpc_tls_handshake - one step of the handshake. */
+int smtpc_tls_handshake(struct smtpc_tls *t)
+{
+    int rc = SSL_do_handshake(t->ssl);
+    if (rc == 1)
+        return 1;
+    int e = SSL_get_error(t->ssl, rc);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return 0;
+    return smtpc_tls_fail(t, e);
+}
+
+/* smtpc_tls_read - plaintext out. */
+long smtpc_tls_read(struct smtpc_tls *t, void *buf, size_t cap)
+{
+    size_t got = 0;
+    int rc = SSL_read_ex(t->ssl, buf, cap, &got);
+    if (rc == 1)
+        return (long)got;
+    int e = SSL_get_error(t->ssl, rc);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return 0;
+    if (e == SSL_ERROR_ZERO_RETURN) {
+        ERR_clear_error();
+        return HAMR_ESHUTDOWN;
+    }
+    return smtpc_tls_fail(t, e);
+}
+
+/* smtpc_tls_write - plaintext in, ciphertext to the write BIO. */
+int smtpc_tls_write(struct smtpc_tls *t, const void *data, size_t len)
+{
+    size_t done = 0;
+    if (len == 0)
+        return 0;
+    /* Memory BIOs never block, so a write completes or fails. */
+    if (SSL_write_ex(t->ssl, data, len, &done) == 1 && done == len)
+        return 0;
+    return smtpc_tls_fail(t, SSL_get_error(t->ssl, 0));
+}
+
+/* smtpc_tls_shutdown - queue close_notify. */
+void smtpc_tls_shutdown(struct smtpc_tls *t)
+{
+    if (SSL_is_init_finished(t->ssl))
+        (void)SSL_shutdown(t->ssl);
+    ERR_clear_error();
+}
+
+/* smtpc_tls_output - ciphertext waiting. */
+size_t smtpc_tls_output(struct smtpc_tls *t, const char **data)
+{
+    char *p = NULL;
+    long n = BIO_get_mem_data(t->wbio, &p);
+    *data = p;
+    return n > 0 ? (size_t)n : 0;
+}
+
+/* smtpc_tls_output_done - the first n octets were taken. */
+void smtpc_tls_output_done(struct smtpc_tls *t, size_t n)
+{
+    char tmp[4096];
+    while (n > 0) {
+        size_t step = n < sizeof(tmp) ? n : sizeof(tmp);
+        int got = BIO_read(t->wbio, tmp, (int)step);
+        if (got <= 0)
+            break;
+        n -= (size_t)got;
+    }
+}
+
+/* smtpc_tls_describe - protocol and cipher for logs and results. */
+void smtpc_tls_describe(const struct smtpc_tls *t, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "%s %s%s", SSL_get_version(t->ssl),
+             SSL_CIPHER_get_name(SSL_get_current_cipher(t->ssl)),
+             t->verify && SSL_get_verify_result(t->ssl) == X509_V_OK ? " verified" : "");
+}
+
+/* smtpc_tls_error - the last failure. */
+const char *smtpc_tls_error(const struct smtpc_tls *t)
+{
+    return t->err;
+}
+
+/* smtpc_tls_client_ctx_new - an outbound context. */
+SSL_CTX *smtpc_tls_client_ctx_new(const char *ca_file, char *errmsg, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL) {
+        smtpc_tls_errors("TLS client context: ", errmsg, errlen);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    int ok = ca_file != NULL && ca_file[0] != '\0'
+                 ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL)
+                 : SSL_CTX_set_default_verify_paths(ctx);
+    if (ok != 1) {
+        char prefix[300];
+        snprintf(prefix, sizeof(prefix),
+                 "tls_ca_file %s: ", ca_file != NULL && ca_file[0] ? ca_file : "(system)");
+        smtpc_tls_errors(prefix, errmsg, errlen);
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
