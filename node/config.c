@@ -27,6 +27,7 @@
  * and range-checked and no value is ever used as a format string.
  */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <ini.h>
 #include <limits.h>
@@ -653,7 +654,7 @@ static int config_set_value(struct config_parse *p, const struct config_key *k, 
                 memset(field, 0, sizeof(struct config_hostport));
                 return 1;
             }
-            /* fall through */
+            __attribute__((fallthrough));
         case CONFIG_K_HOSTPORT:
             if (config_parse_hostport(value, (struct config_hostport *)(void *)field) != 0)
                 return config_fail(p, p->lineno, "%s: not host:port: \"%s\"", k->name, q);
@@ -740,15 +741,17 @@ static int config_handler(void *user, const char *section, const char *name, con
             p->key_line[i] = p->lineno;
         return is_list ? config_set_list(p, k, first, value) : config_set_value(p, k, value);
     }
+    char qs[128];
     return config_fail(p, p->lineno, "unknown key \"%s\" in [%s]", config_quote(q, sizeof(q), name),
-                       section);
+                       log_printable(qs, sizeof(qs), section, strlen(section)));
 }
 
 /* config_check_section - a "[name]" header line must name a known section. */
 static void config_check_section(struct config_parse *p, const char *line)
 {
     const char *s = line;
-    while (*s == ' ' || *s == '\t')
+    /* Skip what inih skips (isspace), so that no header escapes this check. */
+    while (*s != '\0' && isspace((unsigned char)*s))
         s++;
     if (*s != '[')
         return;

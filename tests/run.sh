@@ -60,3 +60,9 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 cmake -S . -B "$BUILD_DIR" -DHAMR_SANITIZE=ON -DHAMR_TESTS=ON
 cmake --build "$BUILD_DIR" -j"$JOBS"
 ctest --test-dir "$BUILD_DIR" --output-on-failure "$@"
+
+# Every parser of untrusted input under libFuzzer (clang) for a bounded time,
+# from the committed seed corpora; any crash fails the run.
+if [ "$#" -eq 0 ]; then
+    tests/fuzz/run.sh "${HAMR_FUZZ_SECONDS:-20}"
+fi

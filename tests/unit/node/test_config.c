@@ -566,6 +566,7 @@ static const struct test_bad test_bad_files[] = {
      ":7: retry_min must not exceed retry_max"},
     {"message too big", BASE "[smtpd]\nmessage_size_limit = 65M\n", HAMR_EINVAL,
      ":7: message_size_limit: at most 64M (a message is one raft entry)"},
+    {"section after a vertical tab", "\v[bogus]\n" BASE, HAMR_EINVAL, ":1: unknown section [bogus]"},
     {"cluster without peer", BASE "[cluster]\nvoters = 1@127.0.0.1:7001, 2@127.0.0.1:7002\n",
      HAMR_EINVAL, ":0: [listen] peer is required in a cluster of more than one node"},
     {"join with voters", BASE "[cluster]\njoin = yes\nvoters = 1@127.0.0.1:7001\n", HAMR_EINVAL,
