@@ -11,6 +11,8 @@
  * Owns nothing: the body is borrowed and the caller gives the output room,
  * so a large body is sent through one bounded buffer instead of a second copy.
  */
+#include <string.h>
+
 #include "util/common.h"
 #include "net/smtpc_body.h"
 
@@ -33,6 +35,21 @@ size_t smtpc_body_fill(struct smtpc_body *b, uint8_t *out, size_t cap)
         return 0;
     /* Each input byte gives at most two output bytes. */
     while (b->pos < b->len && n + 2 <= cap) {
+        /* Fast path: the rest of a line that needs no stuffing and no line
+         * end conversion is copied as it is. */
+        if (!b->bol) {
+            size_t room = cap - n - 1, k = 0;
+            const uint8_t *p = b->data + b->pos;
+            size_t avail = b->len - b->pos < room ? b->len - b->pos : room;
+            while (k < avail && p[k] != '\r' && p[k] != '\n')
+                k++;
+            if (k > 0) {
+                memcpy(out + n, p, k);
+                n += k;
+                b->pos += k;
+                continue;
+            }
+        }
         uint8_t c = b->data[b->pos++];
         if (c == '\r' || c == '\n') {
             if (c == '\r' && b->pos < b->len && b->data[b->pos] == '\n')
