@@ -360,6 +360,7 @@ heartbeat = 100ms
 [smtpd]
 relay_networks = 127.0.0.0/8
 max_sessions = 1000
+client_connection_limit = 0
 
 [delivery]
 relayhost = [127.0.0.1]:$8

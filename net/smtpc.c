@@ -14,6 +14,17 @@
  * one it idles for idle_timeout_ms, then says QUIT. After max_msgs_per_conn
  * transactions it says QUIT as well.
  *
+ * STARTTLS: each destination carries a TLS policy (part of its key). After
+ * EHLO, when STARTTLS is offered, the client sends it; on 220 it throws away
+ * whatever plaintext came after the 220 (response injection, SECURITY.md
+ * S21), starts a TLS engine over memory BIOs (smtpc_tls.c) and from then on
+ * every octet read is fed to it and every octet written comes out of it.
+ * The handshake runs as reads arrive, under the command timeout; then EHLO
+ * again, and only the new extension list counts. Under MAY, no STARTTLS
+ * means plaintext; under ENCRYPT and VERIFY it means SMTPC_TEMP before any
+ * MAIL is written (S17). A refused STARTTLS or a failed handshake defers the
+ * attempt under every policy and discards the connection.
+ *
  * Failure modes: a 4xx/5xx reply decides the recipients it applies to
  * (SMTPC_TEMP/SMTPC_PERM). Connection failure, timeout, EOF, a malformed reply
  * or a reply we did not ask for (yet) decides every recipient still open as
@@ -22,8 +33,9 @@
  *
  * Owns: the pool owns its destinations, their queued jobs and connections.
  * A connection owns its libuv handles (embedded, freed only after their close
- * callbacks), its reply parser, a 64 KiB body chunk buffer and at most one
- * job. Messages are borrowed from the caller until the job's callback.
+ * callbacks), its reply parser, a 64 KiB body chunk buffer, its TLS engine
+ * after STARTTLS and at most one job. The pool holds one reference to the
+ * client SSL_CTX. Messages are borrowed from the caller until the job's callback.
  *
  * Errors: smtpc_pool_deliver returns HAMR_EINVAL (bad argument or an address
  * that cannot be put on a command line), HAMR_ENOMEM, HAMR_ESHUTDOWN.
@@ -49,6 +61,7 @@
 #include "net/smtpc.h"
 #include "net/smtpc_body.h"
 #include "net/smtpc_reply.h"
+#include "net/smtpc_tls.h"
 
 #define SMTPC_CHUNK_MAX (64 * 1024) /* body bytes per write */
 #define SMTPC_ADDR_MAX 256          /* RFC 5321 4.5.3.1.3: path, without <> here */
@@ -57,7 +70,8 @@
 
 /*
  * The connection states. A connection only moves forward through
- * CONNECTING -> GREETING -> EHLO [-> HELO] -> READY, then loops
+ * CONNECTING -> GREETING -> EHLO [-> HELO | -> STARTTLS -> TLS -> EHLO] -> READY,
+ * then loops
  * READY -> MAIL -> RCPT -> DATA -> BODY -> DOT -> READY, where a failed
  * transaction ends in RSET -> READY instead. READY without a job is idle.
  * Any state may go to QUIT (polite end) or CLOSING (discard); CLOSING is
@@ -77,12 +91,14 @@ enum smtpc_state {
     SMTPC_STATE_DOT,  /* waiting for the reply to the final dot */
     SMTPC_STATE_RSET,
     SMTPC_STATE_QUIT,
+    SMTPC_STATE_STARTTLS, /* waiting for 220 to STARTTLS */
+    SMTPC_STATE_TLS,      /* TLS handshake; no reply owed */
     SMTPC_STATE_CLOSING,
 };
 
 static const char *const smtpc_state_names[] = {
-    "CONNECTING", "GREETING", "EHLO", "HELO", "READY", "MAIL",    "RCPT",
-    "DATA",       "BODY",     "DOT",  "RSET", "QUIT",  "CLOSING",
+    "CONNECTING", "GREETING", "EHLO", "HELO", "READY",    "MAIL", "RCPT",    "DATA",
+    "BODY",       "DOT",      "RSET", "QUIT", "STARTTLS", "TLS",  "CLOSING",
 };
 
 /* What a connection waits for in each state, for timeout and EOF texts. */
@@ -99,6 +115,8 @@ static const char *const smtpc_state_waits[] = {
     "reply to end of data",
     "reply to RSET",
     "reply to QUIT",
+    "reply to STARTTLS",
+    "TLS handshake",
     "close",
 };
 
@@ -136,7 +154,6 @@ struct smtpc_conn {
     uv_timer_t timer; /* the deadline of the current state */
     uv_getaddrinfo_t gai;
     uv_connect_t connect_req;
-    uv_write_t body_req;
     bool gai_pending;
     int handles_open; /* close callbacks still to come once CLOSING */
     struct smtpc_reply_parser parser;
@@ -154,7 +171,11 @@ struct smtpc_conn {
     bool dot_only;  /* 354 though no recipient was accepted: send "." alone */
     bool dot_reply; /* the server answered the final dot: no RSET needed */
     struct smtpc_body body;
+    struct smtpc_tls *tls; /* after a 220 to STARTTLS; freed with the connection */
+    bool tls_up;           /* handshake done: all I/O goes through tls */
+    char tls_desc[96];     /* for results and logs; "none" without TLS */
     char rbuf[4096];
+    char pbuf[4096]; /* plaintext out of tls */
     uint8_t chunk[SMTPC_CHUNK_MAX];
 };
 
@@ -164,6 +185,8 @@ struct smtpc_dest {
     struct smtpc_pool *pool;
     char host[SMTPC_HOST_MAX + 1];
     uint16_t port;
+    enum smtpc_tls_policy policy;
+    char verify_host[SMTPC_HOST_MAX + 1]; /* the name the certificate must match */
     struct smtpc_job *q_head, *q_tail;
     struct smtpc_conn *conns;
     unsigned n_conns;
@@ -171,7 +194,8 @@ struct smtpc_dest {
 
 struct smtpc_pool {
     uv_loop_t *loop;
-    struct smtpc_config cfg;
+    struct smtpc_config cfg; /* cfg.tls_ctx is NULL: the pool's reference is tls_ctx */
+    SSL_CTX *tls_ctx;        /* NULL: no STARTTLS */
     struct smtpc_dest *dests;
     uv_timer_t kick; /* zero timer: dispatch queued jobs outside callers' stacks */
     size_t n_active; /* jobs queued or running */
@@ -182,11 +206,12 @@ struct smtpc_pool {
     void *closed_arg;
 };
 
-/* smtpc_cmd_write_req - a command write and its private copy of the bytes. */
+/* smtpc_cmd_write_req - a write and its private copy of the bytes. */
 struct smtpc_cmd_write_req {
     uv_write_t req;
     struct smtpc_conn *conn;
     size_t len;
+    bool body; /* a body chunk: its completion sends the next one */
     char data[];
 };
 
@@ -236,7 +261,7 @@ static void smtpc_job_decide_rest(struct smtpc_job *job,
 }
 
 /* smtpc_job_finish - log the attempt, run the callback once, free the job. */
-static void smtpc_job_finish(struct smtpc_job *job, const char *remote)
+static void smtpc_job_finish(struct smtpc_job *job, const char *remote, const char *tls)
 {
     struct smtpc_pool *p = job->pool;
     size_t n = job->msg->n_rcpts;
@@ -258,13 +283,16 @@ static void smtpc_job_finish(struct smtpc_job *job, const char *remote)
                          : count[SMTPC_PERM] == n ? "perm"
                                                   : "mixed";
     char text[sizeof(shown->text)];
-    log_info("delivery to=%zu relay=%s status=%s ok=%zu temp=%zu perm=%zu code=%u text=\"%s\"", n,
-             remote[0] ? remote : "none", status, count[SMTPC_OK], count[SMTPC_TEMP],
-             count[SMTPC_PERM], shown->code,
-             log_printable(text, sizeof(text), shown->text, strlen(shown->text)));
+    log_info(
+        "delivery to=%zu relay=%s status=%s ok=%zu temp=%zu perm=%zu code=%u tls=\"%s\" "
+        "text=\"%s\"",
+        n, remote[0] ? remote : "none", status, count[SMTPC_OK], count[SMTPC_TEMP],
+        count[SMTPC_PERM], shown->code, tls,
+        log_printable(text, sizeof(text), shown->text, strlen(shown->text)));
 
     struct smtpc_result res = {.n_rcpts = n, .rcpts = job->res};
     hamr_strlcpy(res.remote, remote, sizeof(res.remote));
+    hamr_strlcpy(res.tls, tls, sizeof(res.tls));
     HAMR_ASSERT(p->n_active > 0);
     p->n_active--;
     job->cb(job->arg, &res);
@@ -331,7 +359,9 @@ static void smtpc_conn_fail(struct smtpc_conn *c, unsigned code, const char *fmt
     struct smtpc_job *job = c->job;
     c->job = NULL;
     char remote[sizeof(c->remote)];
+    char tls[sizeof(c->tls_desc)];
     hamr_strlcpy(remote, c->remote, sizeof(remote));
+    hamr_strlcpy(tls, c->tls_desc, sizeof(tls));
     if (job == NULL) {
         char pr[sizeof(text)];
         log_info("smtpc conn=%llu relay=%s closed in state %s: %s", c->id,
@@ -341,20 +371,98 @@ static void smtpc_conn_fail(struct smtpc_conn *c, unsigned code, const char *fmt
     smtpc_conn_close(c);
     if (job != NULL) {
         smtpc_job_decide_rest(job, SMTPC_TEMP, code, text);
-        smtpc_job_finish(job, remote);
+        smtpc_job_finish(job, remote, tls);
     }
 }
 
-/* smtpc_conn_cmd_write_cb - a command write is done; errors end the attempt. */
+static void smtpc_conn_body_written(struct smtpc_conn *c);
+
+/* smtpc_conn_cmd_write_cb - a write is done; errors end the attempt. */
 static void smtpc_conn_cmd_write_cb(uv_write_t *req, int status)
 {
     struct smtpc_cmd_write_req *w = hamr_container_of(req, struct smtpc_cmd_write_req, req);
     struct smtpc_conn *c = w->conn;
+    bool body = w->body;
     free(w);
     if (status == UV_ECANCELED || c->state == SMTPC_STATE_CLOSING)
         return;
-    if (status < 0)
+    if (status < 0) {
         smtpc_conn_fail(c, 0, "write to %s: %s", c->remote, uv_strerror(status));
+        return;
+    }
+    if (body)
+        smtpc_conn_body_written(c);
+}
+
+/*
+ * smtpc_conn_write_raw - put len octets (copied) on the wire as they are.
+ * On failure the attempt is failed here and a negative code is returned: the
+ * caller must return at once.
+ */
+static int smtpc_conn_write_raw(struct smtpc_conn *c, const void *data, size_t len, bool body)
+{
+    struct smtpc_cmd_write_req *w = malloc(sizeof(*w) + len);
+    if (w == NULL) {
+        smtpc_conn_fail(c, 0, "out of memory");
+        return HAMR_ENOMEM;
+    }
+    w->conn = c;
+    w->len = len;
+    w->body = body;
+    memcpy(w->data, data, len);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
+    int rv = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, smtpc_conn_cmd_write_cb);
+    if (rv != 0) {
+        free(w);
+        smtpc_conn_fail(c, 0, "write to %s: %s", c->remote, uv_strerror(rv));
+        return HAMR_EIO;
+    }
+    return 0;
+}
+
+/*
+ * smtpc_conn_tls_fail - STARTTLS or TLS failed: defer the attempt, discard
+ * the connection. Under MAY, Postfix would retry this delivery in plaintext
+ * at once; hamr defers instead, which is simpler and never sends in the
+ * clear what a half-working TLS session was meant to carry.
+ */
+static void smtpc_conn_tls_fail(struct smtpc_conn *c, unsigned code, const char *why)
+{
+    if (c->dest != NULL && c->dest->policy != SMTPC_TLS_MAY)
+        smtpc_conn_fail(c, code, "TLS required but failed with %s: %s", c->remote, why);
+    else
+        smtpc_conn_fail(c, code, "TLS handshake failed with %s: %s", c->remote, why);
+}
+
+/*
+ * smtpc_conn_tls_flush - write the ciphertext the TLS engine holds; body
+ * marks the write that completes a body chunk. 0 or a negative code after
+ * the attempt was failed.
+ */
+static int smtpc_conn_tls_flush(struct smtpc_conn *c, bool body)
+{
+    const char *out = NULL;
+    size_t n = smtpc_tls_output(c->tls, &out);
+    if (n == 0) {
+        HAMR_ASSERT(!body); /* a chunk is never empty, so it always makes ciphertext */
+        return 0;
+    }
+    int rv = smtpc_conn_write_raw(c, out, n, body);
+    if (c->tls != NULL)
+        smtpc_tls_output_done(c->tls, n);
+    return rv;
+}
+
+/* smtpc_conn_write - plaintext for the server: through TLS once it is up. */
+static int smtpc_conn_write(struct smtpc_conn *c, const void *data, size_t len, bool body)
+{
+    if (!c->tls_up)
+        return smtpc_conn_write_raw(c, data, len, body);
+    if (smtpc_tls_write(c->tls, data, len) != 0) {
+        smtpc_conn_tls_fail(c, 0, smtpc_tls_error(c->tls));
+        return HAMR_EPROTO;
+    }
+    return smtpc_conn_tls_flush(c, body);
 }
 
 /*
@@ -364,21 +472,9 @@ static void smtpc_conn_cmd_write_cb(uv_write_t *req, int status)
  */
 static int smtpc_conn_send(struct smtpc_conn *c, const void *data, size_t len, unsigned n_replies)
 {
-    struct smtpc_cmd_write_req *w = malloc(sizeof(*w) + len);
-    if (w == NULL) {
-        smtpc_conn_fail(c, 0, "out of memory");
-        return HAMR_ENOMEM;
-    }
-    w->conn = c;
-    w->len = len;
-    memcpy(w->data, data, len);
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
-    int rv = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, smtpc_conn_cmd_write_cb);
-    if (rv != 0) {
-        free(w);
-        smtpc_conn_fail(c, 0, "write to %s: %s", c->remote, uv_strerror(rv));
-        return HAMR_EIO;
-    }
+    int rv = smtpc_conn_write(c, data, len, false);
+    if (rv != 0)
+        return rv;
     c->n_expected += n_replies;
     return 0;
 }
@@ -547,14 +643,14 @@ static void smtpc_conn_new(struct smtpc_dest *d, struct smtpc_job *job)
     struct smtpc_conn *c = calloc(1, sizeof(*c));
     if (c == NULL) {
         smtpc_job_decide_rest(job, SMTPC_TEMP, 0, "out of memory");
-        smtpc_job_finish(job, "");
+        smtpc_job_finish(job, "", "none");
         return;
     }
     int rv = uv_tcp_init(p->loop, &c->tcp);
     if (rv != 0) {
         free(c);
         smtpc_job_decide_rest(job, SMTPC_TEMP, 0, "out of sockets");
-        smtpc_job_finish(job, "");
+        smtpc_job_finish(job, "", "none");
         return;
     }
     uv_timer_init(p->loop, &c->timer);
@@ -565,6 +661,7 @@ static void smtpc_conn_new(struct smtpc_dest *d, struct smtpc_job *job)
     c->id = ++p->next_id;
     c->job = job;
     c->state = SMTPC_STATE_CONNECTING;
+    hamr_strlcpy(c->tls_desc, "none", sizeof(c->tls_desc));
     smtpc_reply_init(&c->parser);
     c->next = d->conns;
     d->conns = c;
@@ -596,7 +693,7 @@ static int smtpc_conn_start_tx(struct smtpc_conn *c)
                  (unsigned long long)c->size_limit, c->remote);
         smtpc_job_decide_rest(job, SMTPC_PERM, 552, text);
         c->job = NULL;
-        smtpc_job_finish(job, c->remote);
+        smtpc_job_finish(job, c->remote, c->tls_desc);
         return 1;
     }
 
@@ -654,7 +751,7 @@ static void smtpc_conn_tx_end(struct smtpc_conn *c)
     HAMR_ASSERT(c->n_expected == 0);
     struct smtpc_job *job = c->job;
     c->job = NULL;
-    smtpc_job_finish(job, c->remote);
+    smtpc_job_finish(job, c->remote, c->tls_desc);
     if (c->state == SMTPC_STATE_CLOSING)
         return; /* the callback closed the pool */
     if (!c->dot_reply) {
@@ -666,16 +763,9 @@ static void smtpc_conn_tx_end(struct smtpc_conn *c)
     smtpc_conn_next(c);
 }
 
-/* smtpc_conn_body_write_cb - a body chunk is written: send the next one. */
-static void smtpc_conn_body_write_cb(uv_write_t *req, int status)
+/* smtpc_conn_body_written - a body chunk is written: send the next one. */
+static void smtpc_conn_body_written(struct smtpc_conn *c)
 {
-    struct smtpc_conn *c = req->data;
-    if (status == UV_ECANCELED || c->state == SMTPC_STATE_CLOSING)
-        return;
-    if (status < 0) {
-        smtpc_conn_fail(c, 0, "write to %s: %s", c->remote, uv_strerror(status));
-        return;
-    }
     if (c->state != SMTPC_STATE_BODY)
         return; /* the last chunk: the reply to the dot is awaited in DOT */
     uv_timer_start(&c->timer, smtpc_conn_timer_cb, c->pool->cfg.command_timeout_ms, 0);
@@ -689,13 +779,8 @@ static void smtpc_conn_body_write_cb(uv_write_t *req, int status)
 static void smtpc_conn_body_next(struct smtpc_conn *c)
 {
     size_t n = smtpc_body_fill(&c->body, c->chunk, sizeof(c->chunk));
-    uv_buf_t b = uv_buf_init((char *)c->chunk, (unsigned)n);
-    c->body_req.data = c;
-    int rv = uv_write(&c->body_req, (uv_stream_t *)&c->tcp, &b, 1, smtpc_conn_body_write_cb);
-    if (rv != 0) {
-        smtpc_conn_fail(c, 0, "write to %s: %s", c->remote, uv_strerror(rv));
+    if (smtpc_conn_write(c, c->chunk, n, true) != 0)
         return;
-    }
     if (c->body.done) {
         c->n_expected++;
         smtpc_conn_enter_state(c, SMTPC_STATE_DOT);
@@ -845,6 +930,54 @@ static void smtpc_conn_next(struct smtpc_conn *c)
     }
 }
 
+/*
+ * smtpc_conn_after_ehlo - EHLO (or HELO) was accepted: start TLS when it is
+ * offered and not up yet; refuse to go on in plaintext when the policy
+ * demands TLS (SECURITY.md S17); else run transactions.
+ */
+static void smtpc_conn_after_ehlo(struct smtpc_conn *c)
+{
+    if (!c->tls_up) {
+        bool offered = (c->ext & SMTPC_EXT_STARTTLS) != 0;
+        if (offered && c->pool->tls_ctx != NULL) {
+            if (smtpc_conn_send(c, "STARTTLS\r\n", 10, 1) != 0)
+                return;
+            smtpc_conn_enter_state(c, SMTPC_STATE_STARTTLS);
+            return;
+        }
+        if (c->dest->policy != SMTPC_TLS_MAY) {
+            if (offered)
+                smtpc_conn_fail(c, 0, "TLS required but no TLS client context");
+            else
+                smtpc_conn_fail(c, 0, "TLS required but not offered by %s", c->remote);
+            return;
+        }
+    }
+    smtpc_conn_next(c);
+}
+
+/*
+ * smtpc_conn_tls_start - 220 to STARTTLS: start the handshake. The caller
+ * drops whatever plaintext followed the 220 in the same read (S21).
+ */
+static void smtpc_conn_tls_start(struct smtpc_conn *c)
+{
+    struct smtpc_dest *d = c->dest;
+    bool verify = d->policy == SMTPC_TLS_VERIFY;
+    int rv = smtpc_tls_new(c->pool->tls_ctx, false, d->verify_host, verify, &c->tls);
+    if (rv != 0) {
+        smtpc_conn_tls_fail(c, 0, hamr_strerror(rv));
+        return;
+    }
+    smtpc_reply_init(&c->parser);
+    smtpc_conn_enter_state(c, SMTPC_STATE_TLS);
+    rv = smtpc_tls_handshake(c->tls);
+    if (smtpc_conn_tls_flush(c, false) != 0)
+        return;
+    if (rv < 0)
+        smtpc_conn_tls_fail(c, 0, smtpc_tls_error(c->tls));
+}
+
 /* smtpc_conn_on_reply - one complete, solicited reply for the current state. */
 static void smtpc_conn_on_reply(struct smtpc_conn *c, const struct smtpc_reply *r)
 {
@@ -866,9 +999,10 @@ static void smtpc_conn_on_reply(struct smtpc_conn *c, const struct smtpc_reply *
             return;
         case SMTPC_STATE_EHLO:
             if (r->code / 100 == 2) {
+                /* After STARTTLS only this list counts (RFC 3207 4.2). */
                 c->ext = r->ext;
                 c->size_limit = r->size_limit;
-                smtpc_conn_next(c);
+                smtpc_conn_after_ehlo(c);
             } else if (r->code / 100 == 5) {
                 /* RFC 5321 3.2: a server that does not know EHLO gets HELO. */
                 if (smtpc_conn_send_line(c, "HELO %s\r\n", c->pool->cfg.helo_name) != 0)
@@ -885,7 +1019,16 @@ static void smtpc_conn_on_reply(struct smtpc_conn *c, const struct smtpc_reply *
             }
             c->ext = 0;
             c->size_limit = 0;
-            smtpc_conn_next(c);
+            smtpc_conn_after_ehlo(c);
+            return;
+        case SMTPC_STATE_STARTTLS:
+            if (r->code != 220) {
+                char why[SMTPC_REPLY_TEXT_MAX + 32];
+                snprintf(why, sizeof(why), "STARTTLS refused: %u %s", r->code, r->text);
+                smtpc_conn_tls_fail(c, r->code, why);
+                return;
+            }
+            smtpc_conn_tls_start(c);
             return;
         case SMTPC_STATE_MAIL:
             smtpc_conn_on_mail(c, r);
@@ -912,6 +1055,7 @@ static void smtpc_conn_on_reply(struct smtpc_conn *c, const struct smtpc_reply *
         case SMTPC_STATE_CONNECTING:
         case SMTPC_STATE_READY:
         case SMTPC_STATE_BODY:
+        case SMTPC_STATE_TLS:
         case SMTPC_STATE_CLOSING:
             break;
     }
@@ -951,6 +1095,13 @@ static void smtpc_conn_on_read(struct smtpc_conn *c, const char *data, size_t le
         c->n_avail--;
         c->n_expected--;
         smtpc_conn_on_reply(c, &r);
+        if (c->state == SMTPC_STATE_TLS) {
+            /* Plaintext after the 220 to STARTTLS is injected: never a reply (S21). */
+            if (len > 0)
+                log_info("smtpc conn=%llu relay=%s discarded %zu octets after 220 to STARTTLS",
+                         c->id, c->remote, len);
+            return;
+        }
     }
 }
 
@@ -961,14 +1112,13 @@ static void smtpc_conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
 }
 
-/* smtpc_conn_read_cb - bytes, EOF or a read error from the server. */
-static void smtpc_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+/* smtpc_conn_on_eof - the server closed (nread UV_EOF) or the read failed. */
+static void smtpc_conn_on_eof(struct smtpc_conn *c, ssize_t nread)
 {
-    struct smtpc_conn *c = s->data;
-    if (nread == 0 || c->state == SMTPC_STATE_CLOSING)
-        return;
-    if (nread > 0) {
-        smtpc_conn_on_read(c, buf->base, (size_t)nread);
+    if (c->state == SMTPC_STATE_TLS) {
+        smtpc_conn_tls_fail(
+            c, 0,
+            nread == UV_EOF ? "connection closed during the handshake" : uv_strerror((int)nread));
         return;
     }
     if (c->state == SMTPC_STATE_QUIT ||
@@ -981,6 +1131,72 @@ static void smtpc_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *bu
                         smtpc_state_waits[c->state]);
     else
         smtpc_conn_fail(c, 0, "read from %s: %s", c->remote, uv_strerror((int)nread));
+}
+
+/*
+ * smtpc_conn_tls_input - ciphertext from the server: advance the handshake
+ * (then EHLO again), or decrypt replies and hand them to the parser.
+ */
+static void smtpc_conn_tls_input(struct smtpc_conn *c, const char *data, size_t len)
+{
+    if (smtpc_tls_feed(c->tls, data, len) != 0) {
+        smtpc_conn_tls_fail(c, 0, "too much undecrypted input");
+        return;
+    }
+    if (!c->tls_up) {
+        int rv = smtpc_tls_handshake(c->tls);
+        if (smtpc_conn_tls_flush(c, false) != 0)
+            return;
+        if (rv < 0) {
+            smtpc_conn_tls_fail(c, 0, smtpc_tls_error(c->tls));
+            return;
+        }
+        if (rv == 0)
+            return;
+        c->tls_up = true;
+        smtpc_tls_describe(c->tls, c->tls_desc, sizeof(c->tls_desc));
+        if (c->dest->policy != SMTPC_TLS_VERIFY) {
+            size_t n = strlen(c->tls_desc);
+            snprintf(c->tls_desc + n, sizeof(c->tls_desc) - n, " unverified");
+        }
+        log_info("smtpc conn=%llu relay=%s policy=%s tls=\"%s\"", c->id, c->remote,
+                 smtpc_tls_policy_name(c->dest->policy), c->tls_desc);
+        c->ext = 0;
+        c->size_limit = 0;
+        if (smtpc_conn_send_line(c, "EHLO %s\r\n", c->pool->cfg.helo_name) != 0)
+            return;
+        smtpc_conn_enter_state(c, SMTPC_STATE_EHLO);
+    }
+    while (c->state != SMTPC_STATE_CLOSING) {
+        long n = smtpc_tls_read(c->tls, c->pbuf, sizeof(c->pbuf));
+        if (n == 0)
+            break;
+        if (n == HAMR_ESHUTDOWN) {
+            smtpc_conn_on_eof(c, UV_EOF);
+            return;
+        }
+        if (n < 0) {
+            smtpc_conn_fail(c, 0, "TLS read from %s: %s", c->remote, smtpc_tls_error(c->tls));
+            return;
+        }
+        smtpc_conn_on_read(c, c->pbuf, (size_t)n);
+    }
+    if (c->state != SMTPC_STATE_CLOSING)
+        smtpc_conn_tls_flush(c, false);
+}
+
+/* smtpc_conn_read_cb - bytes, EOF or a read error from the server. */
+static void smtpc_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct smtpc_conn *c = s->data;
+    if (nread == 0 || c->state == SMTPC_STATE_CLOSING)
+        return;
+    if (nread > 0 && c->tls != NULL)
+        smtpc_conn_tls_input(c, buf->base, (size_t)nread);
+    else if (nread > 0)
+        smtpc_conn_on_read(c, buf->base, (size_t)nread);
+    else
+        smtpc_conn_on_eof(c, nread);
 }
 
 /* smtpc_conn_timer_cb - the deadline of the current state has passed. */
@@ -999,6 +1215,9 @@ static void smtpc_conn_timer_cb(uv_timer_t *t)
             break;
         case SMTPC_STATE_QUIT:
             smtpc_conn_close(c);
+            return;
+        case SMTPC_STATE_TLS:
+            smtpc_conn_tls_fail(c, 0, "timeout");
             return;
         case SMTPC_STATE_CONNECTING:
             if (c->remote[0] != '\0')
@@ -1020,6 +1239,7 @@ static void smtpc_conn_timer_cb(uv_timer_t *t)
 static void smtpc_conn_free(struct smtpc_conn *c)
 {
     struct smtpc_pool *p = c->pool;
+    smtpc_tls_free(c->tls);
     free(c);
     HAMR_ASSERT(p->n_alive > 0);
     p->n_alive--;
@@ -1147,6 +1367,7 @@ static void smtpc_pool_maybe_free(struct smtpc_pool *p)
     }
     void (*cb)(void *) = p->closed_cb;
     void *arg = p->closed_arg;
+    SSL_CTX_free(p->tls_ctx);
     free(p);
     if (cb != NULL)
         cb(arg);
@@ -1182,6 +1403,19 @@ struct smtpc_pool *smtpc_pool_new(uv_loop_t *loop, const struct smtpc_config *cf
         c->max_conns_per_dest = 10;
     if (c->max_msgs_per_conn == 0)
         c->max_msgs_per_conn = 100;
+    c->tls_ca_file[sizeof(c->tls_ca_file) - 1] = '\0';
+    if (c->tls_ctx != NULL && SSL_CTX_up_ref(c->tls_ctx) == 1) {
+        p->tls_ctx = c->tls_ctx;
+    } else {
+        char err[SMTPC_TLS_ERR_MAX + 64];
+        p->tls_ctx = smtpc_tls_client_ctx_new(c->tls_ca_file, err, sizeof(err));
+        if (p->tls_ctx == NULL)
+            log_warn(
+                "smtpc no STARTTLS: policy may goes plaintext, encrypt and verify defer "
+                "err=\"%s\"",
+                err);
+    }
+    c->tls_ctx = NULL; /* the pool's reference is p->tls_ctx */
     uv_timer_init(loop, &p->kick);
     p->kick.data = p;
     p->n_alive = 1; /* the kick timer */
@@ -1202,11 +1436,27 @@ static bool smtpc_addr_ok(const char *a)
     return true;
 }
 
-/* smtpc_pool_dest - the destination host:port, created when missing. */
-static struct smtpc_dest *smtpc_pool_dest(struct smtpc_pool *p, const char *host, uint16_t port)
+/* smtpc_host_ok - a host name or literal fit for logs and SNI. */
+static bool smtpc_host_ok(const char *host)
+{
+    if (host == NULL || host[0] == '\0' || strlen(host) > SMTPC_HOST_MAX)
+        return false;
+    for (const char *s = host; *s; s++)
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f)
+            return false;
+    return true;
+}
+
+/* smtpc_pool_dest - the destination (host, port, policy, verify_host), created when missing. */
+static struct smtpc_dest *smtpc_pool_dest(struct smtpc_pool *p,
+                                          const char *host,
+                                          uint16_t port,
+                                          enum smtpc_tls_policy policy,
+                                          const char *verify_host)
 {
     for (struct smtpc_dest *d = p->dests; d != NULL; d = d->next)
-        if (d->port == port && strcmp(d->host, host) == 0)
+        if (d->port == port && d->policy == policy && strcmp(d->host, host) == 0 &&
+            strcmp(d->verify_host, verify_host) == 0)
             return d;
     struct smtpc_dest *d = calloc(1, sizeof(*d));
     if (d == NULL)
@@ -1214,12 +1464,14 @@ static struct smtpc_dest *smtpc_pool_dest(struct smtpc_pool *p, const char *host
     d->pool = p;
     hamr_strlcpy(d->host, host, sizeof(d->host));
     d->port = port;
+    d->policy = policy;
+    hamr_strlcpy(d->verify_host, verify_host, sizeof(d->verify_host));
     d->next = p->dests;
     p->dests = d;
     return d;
 }
 
-/* smtpc_pool_deliver - queue m for host:port; cb runs later, exactly once. */
+/* smtpc_pool_deliver - queue m for host:port under policy may. */
 int smtpc_pool_deliver(struct smtpc_pool *p,
                        const char *host,
                        uint16_t port,
@@ -1227,15 +1479,28 @@ int smtpc_pool_deliver(struct smtpc_pool *p,
                        smtpc_done_cb cb,
                        void *arg)
 {
+    return smtpc_pool_deliver_tls(p, host, port, SMTPC_TLS_MAY, NULL, m, cb, arg);
+}
+
+/* smtpc_pool_deliver_tls - queue m for host:port under policy; cb runs later, exactly once. */
+int smtpc_pool_deliver_tls(struct smtpc_pool *p,
+                           const char *host,
+                           uint16_t port,
+                           enum smtpc_tls_policy policy,
+                           const char *verify_host,
+                           const struct smtpc_msg *m,
+                           smtpc_done_cb cb,
+                           void *arg)
+{
     if (p->closing)
         return HAMR_ESHUTDOWN;
-    if (host == NULL || host[0] == '\0' || strlen(host) > SMTPC_HOST_MAX || port == 0 ||
+    if (verify_host == NULL || verify_host[0] == '\0')
+        verify_host = host;
+    if (!smtpc_host_ok(host) || !smtpc_host_ok(verify_host) || port == 0 ||
+        (policy != SMTPC_TLS_MAY && policy != SMTPC_TLS_ENCRYPT && policy != SMTPC_TLS_VERIFY) ||
         m == NULL || cb == NULL || m->n_rcpts == 0 || m->rcpts == NULL ||
         (m->body == NULL && m->body_len > 0) || !smtpc_addr_ok(m->sender))
         return HAMR_EINVAL;
-    for (const char *s = host; *s; s++)
-        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f)
-            return HAMR_EINVAL;
     for (size_t i = 0; i < m->n_rcpts; i++)
         if (!smtpc_addr_ok(m->rcpts[i]) || m->rcpts[i][0] == '\0')
             return HAMR_EINVAL;
@@ -1245,7 +1510,7 @@ int smtpc_pool_deliver(struct smtpc_pool *p,
         return HAMR_ENOMEM;
     job->res = calloc(m->n_rcpts, sizeof(*job->res));
     job->rstate = calloc(m->n_rcpts, sizeof(*job->rstate));
-    struct smtpc_dest *d = smtpc_pool_dest(p, host, port);
+    struct smtpc_dest *d = smtpc_pool_dest(p, host, port, policy, verify_host);
     if (job->res == NULL || job->rstate == NULL || d == NULL) {
         smtpc_job_free(job);
         return HAMR_ENOMEM; /* an empty new dest is dropped by the next kick */
@@ -1281,7 +1546,7 @@ void smtpc_pool_close(struct smtpc_pool *p, void (*closed_cb)(void *arg), void *
             if (d->q_head == NULL)
                 d->q_tail = NULL;
             smtpc_job_decide_rest(job, SMTPC_TEMP, 0, "shutdown");
-            smtpc_job_finish(job, "");
+            smtpc_job_finish(job, "", "none");
         }
         while (d->conns != NULL)
             smtpc_conn_fail(d->conns, 0, "shutdown"); /* unlinks the connection */
@@ -1293,4 +1558,27 @@ void smtpc_pool_close(struct smtpc_pool *p, void (*closed_cb)(void *arg), void *
 size_t smtpc_pool_active(const struct smtpc_pool *p)
 {
     return p->n_active;
+}
+
+static const char *const smtpc_tls_policy_names[] = {"may", "encrypt", "verify"};
+
+/* smtpc_tls_policy_name - the policy's config word. */
+const char *smtpc_tls_policy_name(enum smtpc_tls_policy policy)
+{
+    if ((size_t)policy >= HAMR_ARRAY_LEN(smtpc_tls_policy_names))
+        return "?";
+    return smtpc_tls_policy_names[policy];
+}
+
+/* smtpc_tls_policy_parse - a config word to a policy. */
+int smtpc_tls_policy_parse(const char *s, enum smtpc_tls_policy *out)
+{
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(smtpc_tls_policy_names); i++) {
+        size_t n = strlen(smtpc_tls_policy_names[i]);
+        if (strlen(s) == n && hamr_strncaseeq(s, smtpc_tls_policy_names[i], n)) {
+            *out = (enum smtpc_tls_policy)i;
+            return 0;
+        }
+    }
+    return HAMR_EINVAL;
 }

@@ -6,6 +6,7 @@
  * (HELO fallback), MAIL (SIZE=, BODY=8BITMIME when offered), one RCPT per
  * recipient (PIPELINING when offered), DATA with dot-stuffing and CRLF-only
  * output, RSET between messages, QUIT. Several messages share a connection.
+ * STARTTLS (RFC 3207) under a per-delivery policy: may, encrypt, verify.
  */
 #ifndef HAMR_NET_SMTPC_H
 #define HAMR_NET_SMTPC_H
@@ -14,7 +15,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/ssl.h>
 #include <uv.h>
+
+/*
+ * smtpc_tls_policy - what a delivery demands of TLS (ordered: a larger value
+ * is stricter). MAY: STARTTLS when offered, plaintext when not. ENCRYPT: TLS
+ * or no delivery (SMTPC_TEMP), certificate not checked. VERIFY: as ENCRYPT,
+ * plus the chain must lead to a trusted CA and the certificate must name the
+ * next hop (its name, or its IP for a literal).
+ */
+enum smtpc_tls_policy {
+    SMTPC_TLS_MAY = 0,
+    SMTPC_TLS_ENCRYPT = 1,
+    SMTPC_TLS_VERIFY = 2,
+};
 
 struct smtpc_config {
     char helo_name[256];           /* our EHLO name */
@@ -24,6 +39,13 @@ struct smtpc_config {
     uint64_t idle_timeout_ms;      /* an idle pooled connection is closed after; 10 s */
     unsigned max_conns_per_dest;   /* concurrent connections to one next hop; 10 */
     unsigned max_msgs_per_conn;    /* messages before the connection is renewed; 100 */
+    /*
+     * STARTTLS client context (smtpc_tls_client_ctx_new). The pool takes its
+     * own reference. NULL: the pool makes one from tls_ca_file; if that fails
+     * (logged), MAY goes plaintext and ENCRYPT/VERIFY deliveries are deferred.
+     */
+    SSL_CTX *tls_ctx;
+    char tls_ca_file[1024]; /* PEM CA file for VERIFY; "" = the system trust store */
 };
 
 enum smtpc_status {
@@ -33,24 +55,26 @@ enum smtpc_status {
 };
 
 struct smtpc_msg {
-    const char *sender;        /* without <>; "" for the null sender */
-    const char *const *rcpts;  /* without <> */
+    const char *sender;       /* without <>; "" for the null sender */
+    const char *const *rcpts; /* without <> */
     size_t n_rcpts;
-    const uint8_t *body;       /* CRLF line ends, not dot-stuffed */
+    const uint8_t *body; /* CRLF line ends, not dot-stuffed */
     size_t body_len;
     bool body_8bit;
 };
 
 struct smtpc_rcpt_result {
     enum smtpc_status status;
-    unsigned code;             /* reply code, 0 when there was none */
-    char text[512];            /* reply text (printable) or local reason */
+    unsigned code;  /* reply code, 0 when there was none */
+    char text[512]; /* reply text (printable) or local reason */
 };
 
 struct smtpc_result {
     size_t n_rcpts;
     struct smtpc_rcpt_result *rcpts; /* n_rcpts entries, valid during the callback */
-    char remote[128];          /* "ip:port" of the next hop, "" if none */
+    char remote[128];                /* "ip:port" of the next hop, "" if none */
+    char tls[96];                    /* "none", or e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384 verified"
+                                        ("... unverified" when the policy did not check) */
 };
 
 /* smtpc_done_cb - one call per smtpc_pool_deliver that returned 0. */
@@ -68,8 +92,34 @@ struct smtpc_pool *smtpc_pool_new(uv_loop_t *loop, const struct smtpc_config *cf
  * connections. Returns 0 (cb will run exactly once, never from inside this
  * call) or a HAMR_E* code (cb never runs).
  */
-int smtpc_pool_deliver(struct smtpc_pool *p, const char *host, uint16_t port,
-                       const struct smtpc_msg *m, smtpc_done_cb cb, void *arg);
+int smtpc_pool_deliver(struct smtpc_pool *p,
+                       const char *host,
+                       uint16_t port,
+                       const struct smtpc_msg *m,
+                       smtpc_done_cb cb,
+                       void *arg);
+
+/*
+ * smtpc_pool_deliver_tls - smtpc_pool_deliver under a TLS policy (the plain
+ * call is SMTPC_TLS_MAY). verify_host: the name (or IP literal) the
+ * certificate must match under SMTPC_TLS_VERIFY; NULL or "" means host.
+ * Connections are pooled per host, port, policy and verify_host, so a
+ * connection opened under one policy never carries mail for another.
+ */
+int smtpc_pool_deliver_tls(struct smtpc_pool *p,
+                           const char *host,
+                           uint16_t port,
+                           enum smtpc_tls_policy policy,
+                           const char *verify_host,
+                           const struct smtpc_msg *m,
+                           smtpc_done_cb cb,
+                           void *arg);
+
+/* smtpc_tls_policy_name - "may", "encrypt" or "verify". */
+const char *smtpc_tls_policy_name(enum smtpc_tls_policy policy);
+
+/* smtpc_tls_policy_parse - "may"|"encrypt"|"verify" (any case); 0 or HAMR_EINVAL. */
+int smtpc_tls_policy_parse(const char *s, enum smtpc_tls_policy *out);
 
 /*
  * smtpc_pool_close - fail queued and running deliveries with SMTPC_TEMP

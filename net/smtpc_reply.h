@@ -15,6 +15,7 @@ enum {
     SMTPC_EXT_PIPELINING = 1 << 0, /* RFC 2920 */
     SMTPC_EXT_SIZE = 1 << 1,       /* RFC 1870 */
     SMTPC_EXT_8BITMIME = 1 << 2,   /* RFC 6152 */
+    SMTPC_EXT_STARTTLS = 1 << 3,   /* RFC 3207 */
 };
 
 /* smtpc_reply - one complete reply. */

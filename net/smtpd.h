@@ -15,6 +15,8 @@
 
 #define SMTPD_QUEUE_ID_MAX 64 /* including the NUL */
 
+struct smtpd_auth;
+
 /* smtpd_cidr - an IPv4 or IPv6 network (family AF_INET or AF_INET6). */
 struct smtpd_cidr {
     int family;
@@ -36,6 +38,13 @@ struct smtpd_policy {
     unsigned max_errors;             /* hard error limit, then 421; 20 */
     uint64_t command_timeout_ms;     /* per command wait; 300 s */
     uint64_t data_timeout_ms;        /* per read during DATA; 300 s */
+    /*
+     * SMTP AUTH (RFC 4954): NULL, AUTH is off. Otherwise PLAIN and LOGIN
+     * are offered after STARTTLS only, and a client that authenticated may
+     * relay anywhere. Borrowed; see net/smtpd_auth.h.
+     */
+    const struct smtpd_auth *auth;
+    unsigned auth_max_failures;      /* failed AUTH per session, then 421; 3 (0: 3) */
 };
 
 /* smtpd_envelope - a finished message, borrowed by the sink until its callback. */

@@ -14,8 +14,8 @@
  * Failure modes:
  *   a read error or reset closes at once (pending writes are cancelled);
  *   EOF closes after flushing; a peer that never drains our output is cut
- *   after SMTPD_SERVER_LINGER_MS; over max_sessions or while draining the
- *   client is accepted, told 421 and closed (never left in the backlog).
+ *   after SMTPD_SERVER_LINGER_MS; over max_sessions, over a per-client
+ *   limit or while draining the client is accepted, told 421 and closed.
  *   A session whose client went away while a submit was pending outlives
  *   its connection (smtpd_session_free) until the sink calls back.
  *
@@ -29,6 +29,34 @@
  * and Received: see, then the session starts as for any connection, and
  * octets that followed the header in the same read are its first input.
  * Connections waiting for a header count against max_sessions.
+ *
+ * Per-client limits (smtpd_server_set_limits, SECURITY.md S15): concurrent
+ * connections and connection attempts per minute per client address, kept
+ * in smtpd_limits.c. The address is the client's: the PROXY source when a
+ * trusted balancer sent a header (a v2 LOCAL health check is not limited),
+ * else the socket peer. It is checked when the session would start, after
+ * max_sessions and draining; over a limit the client hears "421 4.7.0
+ * <host> Error: too many connections from <ip>" and is closed. A session
+ * holds its count until its connection is freed. Exempt networks are
+ * neither limited nor counted; loopback is not exempt unless listed.
+ *
+ * Global cap with back-pressure: two bounds. max_sessions bounds the
+ * sessions (and PROXY header waits); past it a client is still accepted
+ * and told 421 4.7.0 at once, so it retries another MX or node rather than
+ * wait with no word (an SMTP client's connect timeout is long, and the
+ * balancer can send it elsewhere). Every refused client holds a socket
+ * until its 421 is flushed, so a flood could still eat file descriptors,
+ * which the raft and peer listeners of this process need too. Hence
+ * max_connections (default max_sessions + SMTPD_SERVER_REFUSING_MAX)
+ * bounds the accepted sockets of every kind: at it, the connection
+ * callback returns without uv_accept. libuv (unix stream.c,
+ * uv__server_io) then keeps the one connection it took, stops polling the
+ * listener, and the rest wait in the kernel backlog (SMTPD_SERVER_BACKLOG;
+ * beyond it the kernel drops SYNs and clients retry). When a connection is
+ * freed, smtpd_server_accept_resume() calls uv_accept, which restarts the
+ * polling. The raft and peer listeners are other sockets on the same loop:
+ * pausing this one never delays them, and the fd bound keeps them able to
+ * accept and connect.
  *
  * STARTTLS (smtpd_server_set_tls): the session answers 220 and calls
  * io.starttls; from then on the connection owns a TLS engine
@@ -59,6 +87,7 @@
 #include "util/log.h"
 #include "net/smtpc_tls.h"
 #include "net/smtpd.h"
+#include "net/smtpd_limits.h"
 #include "net/smtpd_proxy.h"
 #include "net/smtpd_reply.h"
 #include "net/smtpd_server.h"
@@ -69,6 +98,8 @@
 #define SMTPD_SERVER_BACKLOG 128
 #define SMTPD_SERVER_LINGER_MS 10000       /* flushing output on close, at most */
 #define SMTPD_SERVER_PROXY_TIMEOUT_MS 5000 /* proxy_timeout default, as Postfix's */
+#define SMTPD_SERVER_REFUSING_MAX 64       /* sockets being refused, past max_sessions */
+#define SMTPD_SERVER_LIMITS_IDLE 10000     /* addresses remembered for their rate only */
 
 struct smtpd_server {
     uv_loop_t *loop;
@@ -84,9 +115,13 @@ struct smtpd_server {
     const struct smtpd_cidr *proxy_networks; /* borrowed: the balancers */
     size_t n_proxy_networks;
     uint64_t proxy_timeout_ms;
-    size_t n_proxy_wait;      /* connections still reading their header */
-    SSL_CTX *tls_ctx;         /* NULL: STARTTLS not offered */
-    char tls_cert_file[1024]; /* kept for smtpd_server_reload_tls() */
+    size_t n_proxy_wait;         /* connections still reading their header */
+    size_t max_conns;            /* accepted sockets at most; then stop accepting */
+    bool accept_paused;          /* a connection waits in libuv for uv_accept */
+    struct smtpd_limits *limits; /* per-client counters */
+    uint64_t clock_skew_ms;      /* smtpd_server_advance_clock(), tests only */
+    SSL_CTX *tls_ctx;            /* NULL: STARTTLS not offered */
+    char tls_cert_file[1024];    /* kept for smtpd_server_reload_tls() */
     char tls_key_file[1024];
     bool draining;
     bool closing;
@@ -109,6 +144,7 @@ struct smtpd_conn {
     bool closing;
     bool greeted;
     bool proxy_wait;                    /* reading the PROXY header; no session yet */
+    bool limits_held;                   /* counted in server->limits for client_addr */
     char client_addr[INET6_ADDRSTRLEN]; /* from the PROXY header, else peer_addr */
     char peer_addr[INET6_ADDRSTRLEN];   /* the socket's peer: the balancer if proxied */
     struct smtpd_proxy_parser proxy;
@@ -129,6 +165,7 @@ static void smtpd_server_read_cb(uv_stream_t *stream, ssize_t nread, const uv_bu
 static void smtpd_server_proxy_input(struct smtpd_conn *c, const char *data, size_t len);
 static void smtpd_server_proxy_refuse(struct smtpd_conn *c, const char *reason);
 static int smtpd_server_tls_flush(struct smtpd_conn *c);
+static void smtpd_server_accept_resume(struct smtpd_server *s);
 
 /* smtpd_server_maybe_finish - after close: free the server once everything is gone. */
 static void smtpd_server_maybe_finish(struct smtpd_server *s)
@@ -139,9 +176,16 @@ static void smtpd_server_maybe_finish(struct smtpd_server *s)
     void *arg = s->close_arg;
     log_info("smtpd closed port=%u", (unsigned)s->port);
     SSL_CTX_free(s->tls_ctx);
+    s->limits = smtpd_limits_free(s->limits);
     free(s);
     if (cb != NULL)
         cb(arg);
+}
+
+/* smtpd_server_now - the limits' clock: the loop's, moved on by the test hook. */
+static uint64_t smtpd_server_now(const struct smtpd_server *s)
+{
+    return uv_now(s->loop) + s->clock_skew_ms;
 }
 
 /* smtpd_server_conn_close_cb - one handle closed; the last one frees the connection. */
@@ -161,6 +205,10 @@ static void smtpd_server_conn_close_cb(uv_handle_t *handle)
         c->session = smtpd_session_free(c->session);
         s->n_sessions--;
     }
+    if (c->limits_held) {
+        c->limits_held = false;
+        smtpd_limits_release(s->limits, c->client_addr, smtpd_server_now(s));
+    }
     c->tls = smtpc_tls_free(c->tls);
     if (c->prev != NULL)
         c->prev->next = c->next;
@@ -170,6 +218,7 @@ static void smtpd_server_conn_close_cb(uv_handle_t *handle)
         c->next->prev = c->prev;
     s->n_conns--;
     free(c);
+    smtpd_server_accept_resume(s);
     smtpd_server_maybe_finish(s);
 }
 
@@ -507,6 +556,42 @@ static void smtpd_server_refuse(struct smtpd_conn *c, enum smtpd_reply_id id)
     smtpd_server_conn_close(c);
 }
 
+/*
+ * smtpd_server_admit - the per-client limits: true when c may have a
+ * session (its count then held until the connection is freed); otherwise
+ * say "421 4.7.0 <host> Error: too many connections from <ip>" and close.
+ * The text is the table's SMTPD_REPLY_TOO_MANY_CONNS row with the address
+ * appended, as Postfix words it; client_addr is an address literal from
+ * inet_ntop, so it is printable and short enough for the line.
+ */
+static bool smtpd_server_admit(struct smtpd_conn *c)
+{
+    struct smtpd_server *s = c->server;
+    enum smtpd_limits_why why;
+    bool held;
+
+    if (smtpd_limits_admit(s->limits, c->client_addr, smtpd_server_now(s), &held, &why) == 0) {
+        c->limits_held = held;
+        return true;
+    }
+    char line[SMTPD_REPLY_LINE_MAX];
+    size_t n =
+        smtpd_reply_format(SMTPD_REPLY_TOO_MANY_CONNS, s->policy->hostname, line, sizeof(line));
+    int m = snprintf(line + n - 2, sizeof(line) - (n - 2), " from %s\r\n", c->client_addr);
+    if (m > 0 && (size_t)m < sizeof(line) - (n - 2))
+        n = n - 2 + (size_t)m;
+    else
+        n = smtpd_reply_format(SMTPD_REPLY_TOO_MANY_CONNS, s->policy->hostname, line, sizeof(line));
+    log_info("smtpd refuse client=%s reason=%s conns=%u reply=\"%.*s\"", c->client_addr,
+             why == SMTPD_LIMITS_COUNT ? "client-connection-limit" : "client-connection-rate",
+             smtpd_limits_conns(s->limits, c->client_addr), (int)(n - 2), line);
+    if (smtpd_server_write_raw(c, line, n) != 0)
+        smtpd_server_conn_abort(c);
+    else
+        smtpd_server_conn_close(c);
+    return false;
+}
+
 /* smtpd_server_start_session - a session for an accepted connection. */
 static void smtpd_server_start_session(struct smtpd_conn *c)
 {
@@ -618,21 +703,22 @@ static void smtpd_server_proxy_input(struct smtpd_conn *c, const char *data, siz
         smtpd_server_refuse(c, SMTPD_REPLY_DRAINING);
         return;
     }
+    /* A LOCAL header is the balancer's own health check: no client to limit. */
+    if (!h->local && !smtpd_server_admit(c))
+        return;
     smtpd_server_start_session(c);
     if (c->closing || c->session == NULL || used == len)
         return;
     smtpd_session_input(c->session, data + used, len - used);
 }
 
-/* smtpd_server_connection_cb - accept always; then a session, or 421 and close. */
-static void smtpd_server_connection_cb(uv_stream_t *listener, int status)
+/*
+ * smtpd_server_accept_one - uv_accept the connection libuv holds; then a
+ * session, or 421 and close.
+ */
+static void smtpd_server_accept_one(struct smtpd_server *s)
 {
-    struct smtpd_server *s = listener->data;
-
-    if (status < 0) {
-        log_warn("smtpd accept failed err=%s", uv_strerror(status));
-        return;
-    }
+    uv_stream_t *listener = (uv_stream_t *)&s->listener;
     struct smtpd_conn *c = calloc(1, sizeof(*c));
     if (c == NULL) {
         log_error("smtpd accept failed err=%s", hamr_strerror(HAMR_ENOMEM));
@@ -663,15 +749,50 @@ static void smtpd_server_connection_cb(uv_stream_t *listener, int status)
     else if (s->n_sessions + s->n_proxy_wait >= s->max_sessions)
         smtpd_server_refuse(c, SMTPD_REPLY_TOO_MANY_CONNS);
     else if (s->proxy_on)
-        smtpd_server_proxy_start(c);
-    else
+        smtpd_server_proxy_start(c); /* per-client limits once the header names the client */
+    else if (smtpd_server_admit(c))
         smtpd_server_start_session(c);
+}
+
+/*
+ * smtpd_server_connection_cb - a client is waiting. At max_conns accepted
+ * sockets, leave it to libuv unaccepted: libuv stops polling the listener
+ * until smtpd_server_accept_resume() accepts it (see the file comment).
+ */
+static void smtpd_server_connection_cb(uv_stream_t *listener, int status)
+{
+    struct smtpd_server *s = listener->data;
+
+    if (status < 0) {
+        log_warn("smtpd accept failed err=%s", uv_strerror(status));
+        return;
+    }
+    if (s->n_conns >= s->max_conns) {
+        if (!s->accept_paused)
+            log_warn("smtpd accept paused conns=%zu max_connections=%zu sessions=%zu", s->n_conns,
+                     s->max_conns, s->n_sessions);
+        s->accept_paused = true;
+        return;
+    }
+    smtpd_server_accept_one(s);
+}
+
+/* smtpd_server_accept_resume - a socket was freed: take the connection libuv holds. */
+static void smtpd_server_accept_resume(struct smtpd_server *s)
+{
+    if (!s->accept_paused || s->closing || s->n_conns >= s->max_conns)
+        return;
+    s->accept_paused = false;
+    log_info("smtpd accept resumed conns=%zu max_connections=%zu", s->n_conns, s->max_conns);
+    smtpd_server_accept_one(s); /* uv_accept restarts polling the listener */
 }
 
 /* smtpd_server_free_cb - a listener that never listened is gone. */
 static void smtpd_server_free_cb(uv_handle_t *handle)
 {
-    free(handle->data);
+    struct smtpd_server *s = handle->data;
+    s->limits = smtpd_limits_free(s->limits);
+    free(s);
 }
 
 /* smtpd_server_new - bind, listen. */
@@ -703,10 +824,18 @@ int smtpd_server_new(uv_loop_t *loop,
     s->policy = policy;
     s->sink = *sink;
     s->max_sessions = max_sessions;
+    s->max_conns = max_sessions + SMTPD_SERVER_REFUSING_MAX;
     s->proxy_timeout_ms = SMTPD_SERVER_PROXY_TIMEOUT_MS;
+    /* Live entries never outnumber sessions, so this many always has room. */
+    if (smtpd_limits_new(max_sessions + SMTPD_SERVER_LIMITS_IDLE, &s->limits) != 0) {
+        snprintf(errmsg, errlen, "smtpd server: %s", hamr_strerror(HAMR_ENOMEM));
+        free(s);
+        return HAMR_ENOMEM;
+    }
     rv = uv_tcp_init(loop, &s->listener);
     if (rv != 0) {
         snprintf(errmsg, errlen, "smtpd socket: %s", uv_strerror(rv));
+        s->limits = smtpd_limits_free(s->limits);
         free(s);
         return HAMR_EIO;
     }
@@ -763,6 +892,38 @@ void smtpd_server_set_proxy(struct smtpd_server *s,
     s->proxy_timeout_ms = timeout_ms > 0 ? timeout_ms : SMTPD_SERVER_PROXY_TIMEOUT_MS;
     log_info("smtpd proxy_protocol=%s proxy_networks=%zu proxy_timeout_ms=%llu", on ? "on" : "off",
              n_networks, (unsigned long long)s->proxy_timeout_ms);
+}
+
+/* smtpd_server_set_limits - per-client connection count and rate limits. */
+void smtpd_server_set_limits(struct smtpd_server *s, const struct smtpd_limits_config *cfg)
+{
+    smtpd_limits_configure(s->limits, cfg);
+    log_info(
+        "smtpd client_connection_limit=%u client_connection_rate=%u "
+        "limit_exempt_networks=%zu",
+        cfg->conn_limit, cfg->conn_rate, cfg->n_exempt);
+}
+
+/* smtpd_server_set_max_connections - the cap on accepted sockets. */
+void smtpd_server_set_max_connections(struct smtpd_server *s, size_t max_conns)
+{
+    s->max_conns = max_conns > 0 ? max_conns : s->max_sessions + SMTPD_SERVER_REFUSING_MAX;
+    if (s->max_conns < s->max_sessions)
+        s->max_conns = s->max_sessions;
+    smtpd_server_accept_resume(s);
+}
+
+/* smtpd_server_limits - the per-client counters, read-only. */
+const struct smtpd_limits *smtpd_server_limits(const struct smtpd_server *s)
+{
+    return s->limits;
+}
+
+/* smtpd_server_advance_clock - tests: move the limits' clock on by ms. */
+void smtpd_server_advance_clock(struct smtpd_server *s, uint64_t ms)
+{
+    s->clock_skew_ms += ms;
+    smtpd_limits_expire(s->limits, smtpd_server_now(s));
 }
 
 /* smtpd_server_set_tls - load the certificate and key; offer STARTTLS. */

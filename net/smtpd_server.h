@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "net/smtpd.h"
+#include "net/smtpd_limits.h"
 
 struct smtpd_server;
 
@@ -20,7 +21,9 @@ typedef void (*smtpd_server_close_cb)(void *arg);
  * a free port, see smtpd_server_port()) and listen on loop. policy is
  * borrowed until the close callback; sink is copied (its data borrowed
  * until every submit has called back). At most max_sessions sessions run at
- * once; further clients get 421 4.7.0 and are closed. On failure returns
+ * once; further clients get 421 4.7.0 and are closed. Accepted sockets of
+ * every kind are capped too (smtpd_server_set_max_connections). Per-client
+ * limits are off until smtpd_server_set_limits(). On failure returns
  * HAMR_EINVAL (bad address) or HAMR_EIO (bind/listen) with a sentence in
  * errmsg; the loop must still run once to release the listener handle.
  */
@@ -63,6 +66,35 @@ void smtpd_server_set_proxy(struct smtpd_server *s,
                             const struct smtpd_cidr *networks,
                             size_t n_networks,
                             uint64_t timeout_ms);
+
+/*
+ * smtpd_server_set_limits - per client address (the PROXY source behind a
+ * trusted balancer): at most cfg->conn_limit sessions at once and
+ * cfg->conn_rate connection attempts per minute (0: no limit); addresses in
+ * cfg->exempt are not limited. Over either the client gets "421 4.7.0
+ * <host> Error: too many connections from <ip>" and is closed. cfg is
+ * copied, cfg->exempt borrowed until the next call or the close callback.
+ * Affects connections admitted afterwards; held counts stay.
+ */
+void smtpd_server_set_limits(struct smtpd_server *s, const struct smtpd_limits_config *cfg);
+
+/*
+ * smtpd_server_set_max_connections - accept at most max_conns sockets
+ * (sessions, header waits and clients being told 421) at once; at the cap
+ * the listener stops accepting and clients wait in the kernel backlog until
+ * a connection ends. 0: max_sessions + 64 (the default); never below
+ * max_sessions.
+ */
+void smtpd_server_set_max_connections(struct smtpd_server *s, size_t max_conns);
+
+/* smtpd_server_limits - the per-client counters (for tests and metrics); borrowed. */
+const struct smtpd_limits *smtpd_server_limits(const struct smtpd_server *s);
+
+/*
+ * smtpd_server_advance_clock - for tests: move the per-client limits' clock
+ * forward by ms (rate windows end, idle entries expire) without sleeping.
+ */
+void smtpd_server_advance_clock(struct smtpd_server *s, uint64_t ms);
 
 /*
  * smtpd_server_set_tls - offer STARTTLS with this PEM certificate chain

@@ -23,6 +23,14 @@
  * Every reply goes through smtpd_session_reply_raw(), which writes, logs
  * rejects, counts errors, and hangs up on 421/221 (Postfix smtpd_chat_reply).
  *
+ * AUTH (RFC 4954, SECURITY.md S16): PLAIN (RFC 4616) and LOGIN, offered
+ * and accepted only inside TLS. While an AUTH exchange waits for a client
+ * response the session reads that line itself (bounded by
+ * SMTPD_SESSION_AUTH_LINE_MAX), not through the command reader. Passwords
+ * and AUTH payloads are never logged and are wiped after the check. A
+ * failure is 535 and counts as an error; auth_max_failures of them give
+ * 421 4.7.0 and close. An authenticated session may relay anywhere.
+ *
  * Security: parses untrusted input. Lines are bounded by the reader, the
  * held input by SMTPD_SESSION_INPUT_MAX, recipients by recipient_limit,
  * the body by message_size_limit. Client text is logged only through
@@ -38,11 +46,14 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
+
 #include "util/buf.h"
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
 #include "net/smtpd.h"
+#include "net/smtpd_auth.h"
 #include "net/smtpd_reader.h"
 #include "net/smtpd_reply.h"
 #include "net/smtpd_session.h"
@@ -54,6 +65,17 @@
 #define SMTPD_SESSION_HELO_MAX 255
 #define SMTPD_SESSION_ADDR_MAX 64
 #define SMTPD_SESSION_LOG_TEXT 100 /* Postfix logs client text as %.100s */
+/* RFC 4954 4: a response line may be up to 12288 octets, CRLF excluded. */
+#define SMTPD_SESSION_AUTH_LINE_MAX 12288
+#define SMTPD_SESSION_AUTH_FAILURES 3 /* auth_max_failures when 0 */
+
+/* smtpd_auth_step - what an AUTH exchange waits for from the client. */
+enum smtpd_auth_step {
+    SMTPD_AUTH_STEP_NONE,       /* no exchange: input is commands */
+    SMTPD_AUTH_STEP_PLAIN,      /* the PLAIN response after "334 " */
+    SMTPD_AUTH_STEP_LOGIN_USER, /* the user name after "334 VXNlcm5hbWU6" */
+    SMTPD_AUTH_STEP_LOGIN_PASS, /* the password after "334 UGFzc3dvcmQ6" */
+};
 
 /* smtpd_tx - one transaction, MAIL to the end of DATA. Owned by its session. */
 struct smtpd_tx {
@@ -88,7 +110,15 @@ struct smtpd_session {
     bool close_after_commit;
     char helo[SMTPD_SESSION_HELO_MAX + 1]; /* printable; "" if none */
     bool esmtp;
-    bool tls;      /* STARTTLS accepted: the stream is (becoming) encrypted */
+    bool tls;           /* STARTTLS accepted: the stream is (becoming) encrypted */
+    bool authenticated; /* AUTH succeeded: may relay */
+    char auth_user[SMTPD_AUTH_USER_MAX + 1];  /* printable, for logs */
+    unsigned auth_failures;                   /* 535 replies so far */
+    enum smtpd_auth_step auth_step;           /* an exchange in progress */
+    struct buf auth_line;                     /* the response line so far */
+    bool auth_line_too_long;                  /* dropping the rest of it */
+    char login_user[SMTPD_AUTH_USER_MAX + 1]; /* LOGIN: the decoded user */
+    size_t login_user_len;
     char verb[16]; /* current command, for logs */
     struct smtpd_tx *tx;
     unsigned errors;
@@ -526,14 +556,14 @@ static bool smtpd_session_relay_domain(const struct smtpd_policy *p, const char 
 
 /*
  * smtpd_session_relay_ok - may this recipient be accepted (SECURITY.md S12)?
- * Relay networks may send anywhere, and their addresses are taken
- * literally. Everyone else only to our relay domains, never to an address
- * literal, and never with a routed local part (%, !, quoted @), which we do
- * not rewrite and so cannot tell where it would go.
+ * Relay networks and authenticated clients may send anywhere, and their
+ * addresses are taken literally. Everyone else only to our relay domains,
+ * never to an address literal, and never with a routed local part (%, !,
+ * quoted @), which we do not rewrite and so cannot tell where it would go.
  */
 static bool smtpd_session_relay_ok(const struct smtpd_session *s, const struct smtpd_addr *a)
 {
-    if (s->relay_client)
+    if (s->relay_client || s->authenticated)
         return true;
     if (a->routed || !a->has_domain || a->literal)
         return false;
@@ -603,11 +633,14 @@ static void smtpd_session_proceed_helo(struct smtpd_session *s, const char *arg)
      */
     char text[SMTPD_REPLY_LINE_MAX * 2];
     bool offer_tls = s->io.starttls != NULL && !s->tls;
-    int len = snprintf(text, sizeof(text),
-                       "250-%s\r\n250-PIPELINING\r\n250-SIZE %zu\r\n250-8BITMIME\r\n"
-                       "%s250 ENHANCEDSTATUSCODES\r\n",
-                       s->policy->hostname, s->policy->message_size_limit,
-                       offer_tls ? "250-STARTTLS\r\n" : "");
+    /* RFC 4954 4 / SECURITY.md S17: AUTH only inside TLS. */
+    bool offer_auth = s->policy->auth != NULL && s->tls;
+    int len =
+        snprintf(text, sizeof(text),
+                 "250-%s\r\n250-PIPELINING\r\n250-SIZE %zu\r\n250-8BITMIME\r\n"
+                 "%s%s250 ENHANCEDSTATUSCODES\r\n",
+                 s->policy->hostname, s->policy->message_size_limit,
+                 offer_tls ? "250-STARTTLS\r\n" : "", offer_auth ? "250-AUTH PLAIN LOGIN\r\n" : "");
     HAMR_ASSERT(len > 0 && (size_t)len < sizeof(text));
     smtpd_session_reply_raw(s, 250, false, false, text, (size_t)len);
 }
@@ -875,6 +908,8 @@ static const char *smtpd_session_protocol(const struct smtpd_session *s)
 {
     if (!s->esmtp)
         return "SMTP";
+    if (s->authenticated)
+        return s->tls ? "ESMTPSA" : "ESMTPA";
     return s->tls ? "ESMTPS" : "ESMTP";
 }
 
@@ -1023,12 +1058,252 @@ static void smtpd_session_proceed_starttls(struct smtpd_session *s, const char *
     smtpd_session_tx_reset(s);
     s->helo[0] = '\0';
     s->esmtp = false;
+    s->authenticated = false; /* never set before TLS; kept safe all the same */
     s->tls = true;
     smtpd_session_enter_state(s, SMTPD_STATE_GREETED);
     if (s->io.starttls(s->io.data) != 0) {
         log_warn("smtpd session=%" PRIu64 " client=%s starttls failed", s->id, s->client_addr);
         smtpd_session_hangup(s);
     }
+}
+
+/* AUTH replies (RFC 4954, SECURITY.md S16); not in the shared table. */
+#define SMTPD_SESSION_AUTH_OK "235 2.7.0 Authentication successful\r\n"
+#define SMTPD_SESSION_AUTH_FAILED "535 5.7.8 Error: authentication failed\r\n"
+#define SMTPD_SESSION_AUTH_NEED_TLS "530 5.7.0 Must issue a STARTTLS command first\r\n"
+#define SMTPD_SESSION_AUTH_ABORTED "501 5.7.0 Authentication aborted\r\n"
+#define SMTPD_SESSION_AUTH_BAD_BASE64 "501 5.5.2 Error: invalid base64 data\r\n"
+#define SMTPD_SESSION_AUTH_TOO_LONG "500 5.5.6 Authentication Exchange line is too long\r\n"
+#define SMTPD_SESSION_AUTH_BAD_MECH "504 5.5.4 Unrecognized authentication type\r\n"
+#define SMTPD_SESSION_AUTH_PLAIN_GO "334 \r\n"
+#define SMTPD_SESSION_AUTH_LOGIN_USER "334 VXNlcm5hbWU6\r\n" /* "Username:" */
+#define SMTPD_SESSION_AUTH_LOGIN_PASS "334 UGFzc3dvcmQ6\r\n" /* "Password:" */
+
+/* smtpd_session_auth_reply - one fixed AUTH reply through the one writer. */
+static void smtpd_session_auth_reply(struct smtpd_session *s, int code, const char *text)
+{
+    smtpd_session_reply_raw(s, code, code >= 500, false, text, strlen(text));
+}
+
+/* smtpd_session_check_auth - configured, after EHLO, inside TLS, once, outside a transaction. */
+static int smtpd_session_check_auth(struct smtpd_session *s, const char *arg)
+{
+    if (s->policy->auth == NULL) {
+        smtpd_session_auth_reply(s, 502, SMTPD_SESSION_TLS_NOT_OFFERED);
+        return -1;
+    }
+    if (smtpd_session_need_helo(s) != 0)
+        return -1;
+    if (!s->tls) {
+        smtpd_session_auth_reply(s, 530, SMTPD_SESSION_AUTH_NEED_TLS);
+        return -1;
+    }
+    if (!s->esmtp) {
+        smtpd_session_reply(s, SMTPD_REPLY_BAD_ORDER, "send EHLO first");
+        return -1;
+    }
+    if (s->authenticated) {
+        smtpd_session_reply(s, SMTPD_REPLY_BAD_ORDER, "already authenticated");
+        return -1;
+    }
+    if (s->tx != NULL) {
+        smtpd_session_reply(s, SMTPD_REPLY_BAD_ORDER, "MAIL transaction in progress");
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * smtpd_session_auth_fail - 535, counted as an error; at auth_max_failures
+ * 421 4.7.0 and close. user is printable text for the log.
+ */
+static void smtpd_session_auth_fail(struct smtpd_session *s, const char *user)
+{
+    unsigned max =
+        s->policy->auth_max_failures ? s->policy->auth_max_failures : SMTPD_SESSION_AUTH_FAILURES;
+
+    s->auth_failures++;
+    log_info("smtpd session=%" PRIu64 " auth failed client=%s user=%s failures=%u", s->id,
+             s->client_addr, user, s->auth_failures);
+    smtpd_session_auth_reply(s, 535, SMTPD_SESSION_AUTH_FAILED);
+    if (s->auth_failures >= max && !s->closed) {
+        char line[SMTPD_REPLY_LINE_MAX];
+        int n =
+            snprintf(line, sizeof(line), "421 4.7.0 %s Error: too many failed authentications\r\n",
+                     s->policy->hostname);
+        HAMR_ASSERT(n > 0 && (size_t)n < sizeof(line));
+        smtpd_session_reply_raw(s, 421, false, true, line, (size_t)n);
+    }
+}
+
+/* smtpd_session_auth_check - the password check itself: 235 or a failure. */
+static void smtpd_session_auth_check(struct smtpd_session *s,
+                                     const uint8_t *user,
+                                     size_t user_len,
+                                     const uint8_t *pass,
+                                     size_t pass_len)
+{
+    char shown[SMTPD_SESSION_LOG_TEXT + 1];
+
+    log_printable(shown, sizeof(shown), (const char *)user, user_len);
+    if (smtpd_auth_verify(s->policy->auth, (const char *)user, user_len, (const char *)pass,
+                          pass_len) != 0) {
+        smtpd_session_auth_fail(s, shown);
+        return;
+    }
+    s->authenticated = true;
+    log_printable(s->auth_user, sizeof(s->auth_user), (const char *)user, user_len);
+    log_info("smtpd session=%" PRIu64 " auth ok client=%s user=%s", s->id, s->client_addr, shown);
+    smtpd_session_auth_reply(s, 235, SMTPD_SESSION_AUTH_OK);
+}
+
+/*
+ * smtpd_session_auth_plain - RFC 4616: [authzid] NUL authcid NUL passwd.
+ * Exactly two NULs, authcid and passwd not empty, and an authzid only if
+ * it names the authcid itself (we act for no one else).
+ */
+static void smtpd_session_auth_plain(struct smtpd_session *s, const uint8_t *msg, size_t len)
+{
+    const uint8_t *nul1 = memchr(msg, '\0', len);
+    if (nul1 == NULL) {
+        smtpd_session_auth_fail(s, "-");
+        return;
+    }
+    const uint8_t *authcid = nul1 + 1;
+    const uint8_t *nul2 = memchr(authcid, '\0', len - (size_t)(authcid - msg));
+    if (nul2 == NULL) {
+        smtpd_session_auth_fail(s, "-");
+        return;
+    }
+    size_t authzid_len = (size_t)(nul1 - msg);
+    size_t authcid_len = (size_t)(nul2 - authcid);
+    const uint8_t *pass = nul2 + 1;
+    size_t pass_len = len - (size_t)(pass - msg);
+    if (authcid_len == 0 || pass_len == 0 || memchr(pass, '\0', pass_len) != NULL ||
+        (authzid_len != 0 &&
+         (authzid_len != authcid_len || memcmp(msg, authcid, authcid_len) != 0))) {
+        char shown[SMTPD_SESSION_LOG_TEXT + 1];
+        log_printable(shown, sizeof(shown), (const char *)authcid, authcid_len);
+        smtpd_session_auth_fail(s, authcid_len ? shown : "-");
+        return;
+    }
+    smtpd_session_auth_check(s, authcid, authcid_len, pass, pass_len);
+}
+
+/*
+ * smtpd_session_auth_response - one client response (text: base64, no
+ * CRLF) for the exchange step: "*" cancels, "=" is empty (RFC 4954 4).
+ */
+static void smtpd_session_auth_response(struct smtpd_session *s,
+                                        enum smtpd_auth_step step,
+                                        const char *text,
+                                        size_t len)
+{
+    uint8_t msg[SMTPD_SESSION_AUTH_LINE_MAX / 4 * 3 + 3];
+    size_t n = 0;
+
+    s->auth_step = SMTPD_AUTH_STEP_NONE;
+    if (len == 1 && text[0] == '*') {
+        log_info("smtpd session=%" PRIu64 " auth aborted client=%s", s->id, s->client_addr);
+        smtpd_session_auth_reply(s, 501, SMTPD_SESSION_AUTH_ABORTED);
+        return;
+    }
+    if (!(len == 1 && text[0] == '=') &&
+        smtpd_auth_b64_decode(text, len, msg, sizeof(msg), &n) != 0) {
+        smtpd_session_auth_reply(s, 501, SMTPD_SESSION_AUTH_BAD_BASE64);
+        return;
+    }
+    switch (step) {
+        case SMTPD_AUTH_STEP_PLAIN:
+            smtpd_session_auth_plain(s, msg, n);
+            break;
+        case SMTPD_AUTH_STEP_LOGIN_USER:
+            if (n == 0 || n > SMTPD_AUTH_USER_MAX || memchr(msg, '\0', n) != NULL) {
+                smtpd_session_auth_fail(s, "-");
+                break;
+            }
+            memcpy(s->login_user, msg, n);
+            s->login_user_len = n;
+            s->auth_step = SMTPD_AUTH_STEP_LOGIN_PASS;
+            smtpd_session_reply_raw(s, 334, false, false, SMTPD_SESSION_AUTH_LOGIN_PASS,
+                                    strlen(SMTPD_SESSION_AUTH_LOGIN_PASS));
+            break;
+        case SMTPD_AUTH_STEP_LOGIN_PASS:
+            smtpd_session_auth_check(s, (const uint8_t *)s->login_user, s->login_user_len, msg, n);
+            OPENSSL_cleanse(s->login_user, sizeof(s->login_user));
+            s->login_user_len = 0;
+            break;
+        case SMTPD_AUTH_STEP_NONE:
+            HAMR_ASSERT(0);
+    }
+    OPENSSL_cleanse(msg, n);
+}
+
+/*
+ * smtpd_session_auth_feed - collect one response line from in[0..len)
+ * (the command reader is bypassed: a response may be 12288 octets, RFC
+ * 4954 4). Returns the octets used; handles the line once its LF came.
+ */
+static size_t smtpd_session_auth_feed(struct smtpd_session *s, const uint8_t *in, size_t len)
+{
+    const uint8_t *lf = memchr(in, '\n', len);
+    size_t used = lf != NULL ? (size_t)(lf - in) + 1 : len;
+    size_t keep = lf != NULL ? used - 1 : used;
+
+    if (!s->auth_line_too_long && buf_append(&s->auth_line, in, keep) != 0)
+        s->auth_line_too_long = true; /* keep reading to the LF, storing nothing */
+    if (lf == NULL)
+        return used;
+    enum smtpd_auth_step step = s->auth_step;
+    bool too_long = s->auth_line_too_long;
+    const char *text = (const char *)s->auth_line.data;
+    size_t n = s->auth_line.len;
+    bool crlf = n > 0 && text[n - 1] == '\r';
+
+    s->auth_step = SMTPD_AUTH_STEP_NONE;
+    s->auth_line_too_long = false;
+    if (too_long)
+        smtpd_session_auth_reply(s, 500, SMTPD_SESSION_AUTH_TOO_LONG);
+    else if (!crlf)
+        smtpd_session_reply(s, SMTPD_REPLY_CMD_BARE_LF, NULL);
+    else
+        smtpd_session_auth_response(s, step, text, n - 1);
+    if (s->auth_line.data != NULL)
+        OPENSSL_cleanse(s->auth_line.data, s->auth_line.len);
+    buf_reset(&s->auth_line);
+    return used;
+}
+
+/* smtpd_session_proceed_auth - "AUTH mechanism [initial-response]" (RFC 4954 4). */
+static void smtpd_session_proceed_auth(struct smtpd_session *s, const char *arg)
+{
+    const char *mech = arg + strspn(arg, " ");
+    size_t mech_len = strcspn(mech, " ");
+    const char *initial = mech + mech_len;
+
+    initial += strspn(initial, " ");
+    size_t initial_len = strlen(initial);
+    if (mech_len == 5 && hamr_strncaseeq(mech, "PLAIN", 5)) {
+        if (initial_len > 0) {
+            smtpd_session_auth_response(s, SMTPD_AUTH_STEP_PLAIN, initial, initial_len);
+        } else {
+            s->auth_step = SMTPD_AUTH_STEP_PLAIN;
+            smtpd_session_reply_raw(s, 334, false, false, SMTPD_SESSION_AUTH_PLAIN_GO,
+                                    strlen(SMTPD_SESSION_AUTH_PLAIN_GO));
+        }
+    } else if (mech_len == 5 && hamr_strncaseeq(mech, "LOGIN", 5)) {
+        if (initial_len > 0) {
+            smtpd_session_auth_response(s, SMTPD_AUTH_STEP_LOGIN_USER, initial, initial_len);
+        } else {
+            s->auth_step = SMTPD_AUTH_STEP_LOGIN_USER;
+            smtpd_session_reply_raw(s, 334, false, false, SMTPD_SESSION_AUTH_LOGIN_USER,
+                                    strlen(SMTPD_SESSION_AUTH_LOGIN_USER));
+        }
+    } else {
+        smtpd_session_auth_reply(s, 504, SMTPD_SESSION_AUTH_BAD_MECH);
+    }
+    /* arg lies in the session's own reader line: wipe the initial response. */
+    OPENSSL_cleanse((char *)initial, initial_len);
 }
 
 static const struct smtpd_cmd smtpd_session_cmds[] = {
@@ -1044,6 +1319,7 @@ static const struct smtpd_cmd smtpd_session_cmds[] = {
     {"QUIT", SMTPD_CMD_NO_ARG, smtpd_session_check_none, smtpd_session_proceed_quit},
     {"VRFY", SMTPD_CMD_NEED_ARG, smtpd_session_check_none, smtpd_session_proceed_vrfy},
     {"HELP", 0, smtpd_session_check_none, smtpd_session_proceed_help},
+    {"AUTH", SMTPD_CMD_NEED_ARG, smtpd_session_check_auth, smtpd_session_proceed_auth},
 };
 
 /* smtpd_session_forbidden - HTTP and header lines (Postfix smtpd_forbidden_commands). */
@@ -1107,6 +1383,7 @@ static void smtpd_session_command(struct smtpd_session *s, const char *line, siz
         char syntax[32];
         snprintf(syntax, sizeof(syntax), "%s %s", cmd->name,
                  cmd->name[0] == 'V'   ? "address"
+                 : cmd->name[0] == 'A' ? "mechanism"
                  : cmd->name[0] == 'M' ? "FROM:<address>"
                                        : "TO:<address>");
         smtpd_session_reply(s, SMTPD_REPLY_NO_ARGS, syntax);
@@ -1125,6 +1402,12 @@ static void smtpd_session_command(struct smtpd_session *s, const char *line, siz
 static void smtpd_session_free_now(struct smtpd_session *s)
 {
     s->tx = smtpd_tx_free(s->tx);
+    if (s->auth_line.data != NULL)
+        OPENSSL_cleanse(s->auth_line.data, s->auth_line.cap);
+    buf_free(&s->auth_line);
+    OPENSSL_cleanse(s->login_user, sizeof(s->login_user));
+    if (s->input.data != NULL)
+        OPENSSL_cleanse(s->input.data, s->input.cap); /* may hold AUTH payloads */
     buf_free(&s->input);
     free(s);
 }
@@ -1161,8 +1444,8 @@ static void smtpd_session_commit_cb(void *arg, int status)
          * treats a lost reply to "." as a temporary failure and retries, so
          * the worst case is a duplicate (RFC 1047).
          */
-        log_warn("smtpd session=%" PRIu64 " id=%s outcome unknown: closing without a reply",
-                 s->id, tx->queue_id);
+        log_warn("smtpd session=%" PRIu64 " id=%s outcome unknown: closing without a reply", s->id,
+                 tx->queue_id);
         smtpd_session_tx_reset(s);
         smtpd_session_hangup(s);
         return;
@@ -1294,6 +1577,13 @@ static void smtpd_session_process(struct smtpd_session *s)
     while (s->state != SMTPD_STATE_CLOSING && !s->submit_pending && !s->output_blocked &&
            s->input_off < s->input.len) {
         size_t used = 0;
+        if (s->auth_step != SMTPD_AUTH_STEP_NONE) {
+            /* The reader is at a line boundary: it returned the AUTH line. */
+            used = smtpd_session_auth_feed(s, s->input.data + s->input_off,
+                                           s->input.len - s->input_off);
+            s->input_off += used;
+            continue;
+        }
         enum smtpd_reader_event ev = smtpd_reader_feed(&s->reader, s->input.data + s->input_off,
                                                        s->input.len - s->input_off, &used);
         s->input_off += used;
@@ -1366,6 +1656,7 @@ int smtpd_session_new(const struct smtpd_policy *policy,
     s->relay_client = smtpd_session_in_relay_networks(policy, s->client_addr);
     smtpd_reader_init(&s->reader);
     buf_init(&s->input, SMTPD_SESSION_INPUT_MAX);
+    buf_init(&s->auth_line, SMTPD_SESSION_AUTH_LINE_MAX);
     log_info("smtpd session=%" PRIu64 " connect client=%s relay=%s", s->id, s->client_addr,
              s->relay_client ? "yes" : "no");
     *out = s;

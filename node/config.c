@@ -15,8 +15,8 @@
  *
  * inih treats an indented line that follows a key as a continuation of that
  * key (Python configparser style). List keys (voters, relay_networks,
- * proxy_networks, relay_domains) accept that and append; a scalar key given
- * twice, or continued, is an error. The first occurrence of a list key
+ * proxy_networks, limit_exempt_networks, relay_domains) accept that and
+ * append; a scalar key given twice, or continued, is an error. The first occurrence of a list key
  * replaces its default.
  *
  * Errors: config_load returns HAMR_EINVAL with "FILE:LINE: reason" (LINE 0 for
@@ -62,6 +62,7 @@ enum config_kind {
     CONFIG_K_VOTERS,       /* list of ID@IPV4:PORT */
     CONFIG_K_NETWORKS,     /* list of CIDRs */
     CONFIG_K_DOMAINS,      /* list of domains */
+    CONFIG_K_TLS_POLICY,   /* may|encrypt|verify into enum smtpc_tls_policy */
 };
 
 /* config_key - one known key: where it lives and which values are allowed. */
@@ -86,7 +87,7 @@ struct config_key {
 #define CONFIG_DAY (24 * CONFIG_HOUR)
 #define CONFIG_MIB (1024ull * 1024)
 
-/* The keys of every section but [transport], whose keys are domains. */
+/* The keys of every section but [transport] and [tls_policy], whose keys are domains. */
 static const struct config_key config_keys[] = {
     CK("node", "id", CONFIG_K_ID, node_id, 1, UINT64_MAX),
     CK("node", "data_dir", CONFIG_K_STRING, data_dir, 0, 0),
@@ -121,8 +122,13 @@ static const struct config_key config_keys[] = {
     CK("smtpd", "proxy_protocol", CONFIG_K_BOOL, proxy_protocol, 0, 0),
     CK("smtpd", "proxy_networks", CONFIG_K_NETWORKS, proxy_networks, 0, 0),
     CK("smtpd", "proxy_timeout", CONFIG_K_DURATION, proxy_timeout_ms, 1, 5 * CONFIG_MIN),
+    CK("smtpd", "client_connection_limit", CONFIG_K_COUNT, client_connection_limit, 0, 1000000),
+    CK("smtpd", "client_connection_rate", CONFIG_K_COUNT, client_connection_rate, 0, 1000000),
+    CK("smtpd", "limit_exempt_networks", CONFIG_K_NETWORKS, limit_exempt_networks, 0, 0),
     CK("smtpd", "tls_cert_file", CONFIG_K_STRING_OPT, tls_cert_file, 0, 0),
     CK("smtpd", "tls_key_file", CONFIG_K_STRING_OPT, tls_key_file, 0, 0),
+    CK("smtpd", "auth_file", CONFIG_K_STRING_OPT, auth_file, 0, 0),
+    CK("smtpd", "auth_max_failures", CONFIG_K_COUNT, smtpd.auth_max_failures, 1, 1000),
 
     CK("delivery", "relayhost", CONFIG_K_HOSTPORT_OPT, relayhost, 0, 0),
     CK("delivery", "connect_timeout", CONFIG_K_DURATION, smtpc.connect_timeout_ms, 1, CONFIG_DAY),
@@ -141,6 +147,8 @@ static const struct config_key config_keys[] = {
     CK("delivery", "queue_lifetime", CONFIG_K_DURATION, queue_lifetime_ms, 1, 365 * CONFIG_DAY),
     CK("delivery", "lease_time", CONFIG_K_DURATION, lease_time_ms, 1, CONFIG_DAY),
     CK("delivery", "scan_interval", CONFIG_K_DURATION, scan_interval_ms, 1, CONFIG_HOUR),
+    CK("delivery", "tls_policy", CONFIG_K_TLS_POLICY, tls_policy, 0, 0),
+    CK("delivery", "tls_ca_file", CONFIG_K_STRING_OPT, smtpc.tls_ca_file, 0, 0),
 
     CK("storage", "min_free", CONFIG_K_SIZE, min_free_bytes, 0, UINT64_MAX),
 };
@@ -148,7 +156,7 @@ static const struct config_key config_keys[] = {
 #define CONFIG_N_KEYS HAMR_ARRAY_LEN(config_keys)
 
 static const char *const config_sections[] = {"node",     "listen",    "cluster", "smtpd",
-                                              "delivery", "transport", "storage"};
+                                              "delivery", "transport", "storage", "tls_policy"};
 
 /* config_parse - state of one config_load, shared by the reader and the handler. */
 struct config_parse {
@@ -161,6 +169,7 @@ struct config_parse {
     bool indented;               /* that line starts with blank space */
     int key_line[CONFIG_N_KEYS]; /* where each key was set; 0 = default */
     int transport_line[CONFIG_MAX_TRANSPORTS];
+    int tls_policy_line[CONFIG_MAX_TRANSPORTS];
     int error_line; /* first error; 0 = none (errors on line 0 use has_error) */
     bool has_error;
     char *err;
@@ -463,8 +472,10 @@ void config_defaults(struct hamr_config *cfg)
     cfg->smtpd.max_errors = 20;
     cfg->smtpd.command_timeout_ms = 5 * CONFIG_MIN;
     cfg->smtpd.data_timeout_ms = 5 * CONFIG_MIN;
+    cfg->smtpd.auth_max_failures = 3;
     cfg->max_sessions = 500;
     cfg->proxy_timeout_ms = 5 * CONFIG_SEC;
+    cfg->client_connection_limit = 50;
 
     cfg->smtpc.connect_timeout_ms = 30 * CONFIG_SEC;
     cfg->smtpc.command_timeout_ms = 5 * CONFIG_MIN;
@@ -531,6 +542,8 @@ static size_t *config_networks_count(struct hamr_config *cfg, const struct confi
 {
     if (k->offset == offsetof(struct hamr_config, proxy_networks))
         return &cfg->n_proxy_networks;
+    if (k->offset == offsetof(struct hamr_config, limit_exempt_networks))
+        return &cfg->n_limit_exempt_networks;
     HAMR_ASSERT(k->offset == offsetof(struct hamr_config, relay_networks));
     return &cfg->n_relay_networks;
 }
@@ -626,6 +639,14 @@ static int config_set_value(struct config_parse *p, const struct config_key *k, 
                                    k->width - 1);
             hamr_strlcpy(field, value, k->width);
             return 1;
+        case CONFIG_K_TLS_POLICY: {
+            enum smtpc_tls_policy pol;
+            if (smtpc_tls_policy_parse(value, &pol) != 0)
+                return config_fail(p, p->lineno, "%s: not one of may, encrypt, verify: \"%s\"",
+                                   k->name, q);
+            memcpy(field, &pol, sizeof(pol));
+            return 1;
+        }
         case CONFIG_K_BOOL: {
             static const char *const yes[] = {"yes", "true", "on", "1"};
             static const char *const no[] = {"no", "false", "off", "0"};
@@ -709,6 +730,32 @@ static int config_set_transport(struct config_parse *p, const char *name, const 
     return 1;
 }
 
+/* config_set_tls_policy - [tls_policy] domain = may|encrypt|verify. */
+static int config_set_tls_policy(struct config_parse *p, const char *name, const char *value)
+{
+    struct hamr_config *cfg = p->cfg;
+    char q[128];
+    if (!config_valid_domain(name))
+        return config_fail(p, p->lineno, "tls_policy: not a domain: \"%s\"",
+                           config_quote(q, sizeof(q), name));
+    struct config_tls_policy_entry e;
+    memset(&e, 0, sizeof(e));
+    hamr_strlcpy(e.domain, name, sizeof(e.domain));
+    config_lower(e.domain);
+    if (smtpc_tls_policy_parse(value, &e.policy) != 0)
+        return config_fail(p, p->lineno, "%s: not one of may, encrypt, verify: \"%s\"", e.domain,
+                           config_quote(q, sizeof(q), value));
+    for (size_t i = 0; i < cfg->n_tls_policies; i++)
+        if (strcmp(cfg->tls_policies[i].domain, e.domain) == 0)
+            return config_fail(p, p->lineno, "%s: given twice (first on line %d)", e.domain,
+                               p->tls_policy_line[i]);
+    if (cfg->n_tls_policies >= CONFIG_MAX_TRANSPORTS)
+        return config_fail(p, p->lineno, "tls_policy: more than %d entries", CONFIG_MAX_TRANSPORTS);
+    p->tls_policy_line[cfg->n_tls_policies] = p->lineno;
+    cfg->tls_policies[cfg->n_tls_policies++] = e;
+    return 1;
+}
+
 /* config_handler - inih callback for one name = value line. Returns 1, or 0 on error. */
 static int config_handler(void *user, const char *section, const char *name, const char *value)
 {
@@ -721,6 +768,8 @@ static int config_handler(void *user, const char *section, const char *name, con
                            config_quote(q, sizeof(q), name));
     if (strcmp(section, "transport") == 0)
         return config_set_transport(p, name, value);
+    if (strcmp(section, "tls_policy") == 0)
+        return config_set_tls_policy(p, name, value);
     for (size_t i = 0; i < CONFIG_N_KEYS; i++) {
         const struct config_key *k = &config_keys[i];
         if (strcmp(k->section, section) != 0 || strcmp(k->name, name) != 0)
@@ -895,6 +944,9 @@ static int config_cross_check(struct config_parse *p)
         return config_fail(p, config_key_line(p, "smtpd", set),
                            "tls_cert_file and tls_key_file must be set together");
     }
+    if (cfg->auth_file[0] != '\0' && cfg->tls_cert_file[0] == '\0')
+        return config_fail(p, config_key_line(p, "smtpd", "auth_file"),
+                           "auth_file needs tls_cert_file and tls_key_file (AUTH only over TLS)");
     if (cfg->smtpd.message_size_limit > CONFIG_MESSAGE_SIZE_MAX)
         return config_fail(p, config_key_line(p, "smtpd", "message_size_limit"),
                            "message_size_limit: at most 64M (a message is one raft entry)");
@@ -993,4 +1045,35 @@ int config_route(const struct hamr_config *cfg, const char *rcpt, struct config_
         return 0;
     }
     return HAMR_ENOTFOUND;
+}
+
+/* config_tls_policy - [tls_policy]: exact domain, longest ".suffix", else the default. */
+enum smtpc_tls_policy config_tls_policy(const struct hamr_config *cfg, const char *rcpt_domain)
+{
+    const char *at = strrchr(rcpt_domain, '@');
+    const char *dom = at ? at + 1 : rcpt_domain;
+    char domain[CONFIG_HOST_MAX];
+    size_t n = strlen(dom);
+    if (n > 0 && dom[n - 1] == '.')
+        n--; /* "example.com." is "example.com" */
+    if (n == 0 || n >= sizeof(domain))
+        return cfg->tls_policy;
+    memcpy(domain, dom, n);
+    domain[n] = '\0';
+    config_lower(domain);
+    const struct config_tls_policy_entry *best = NULL;
+    size_t best_len = 0;
+    for (size_t i = 0; i < cfg->n_tls_policies; i++) {
+        const struct config_tls_policy_entry *e = &cfg->tls_policies[i];
+        if (strcmp(e->domain, domain) == 0)
+            return e->policy;
+        size_t el = strlen(e->domain);
+        /* ".example.com" matches subdomains only, not example.com itself. */
+        if (e->domain[0] == '.' && el < n && strcmp(domain + n - el, e->domain) == 0 &&
+            el > best_len) {
+            best = e;
+            best_len = el;
+        }
+    }
+    return best != NULL ? best->policy : cfg->tls_policy;
 }

@@ -31,6 +31,12 @@ struct config_transport {
     struct config_hostport next_hop;
 };
 
+/* config_tls_policy_entry - [tls_policy] domain = may|encrypt|verify. */
+struct config_tls_policy_entry {
+    char domain[CONFIG_HOST_MAX]; /* "example.com" exact, ".example.com" subdomains */
+    enum smtpc_tls_policy policy;
+};
+
 struct hamr_config {
     char path[4096];                 /* the file read */
 
@@ -73,9 +79,19 @@ struct hamr_config {
                                              required with proxy_protocol = on */
     size_t n_proxy_networks;
     uint64_t proxy_timeout_ms;       /* proxy_timeout (5s): the header must be complete */
+    unsigned client_connection_limit; /* client_connection_limit (50): sessions at once per
+                                         client address; 0 = no limit */
+    unsigned client_connection_rate; /* client_connection_rate (0 = off): connections per
+                                        client address per minute */
+    struct smtpd_cidr limit_exempt_networks[64]; /* limit_exempt_networks (none): clients
+                                                    the two limits above do not apply to */
+    size_t n_limit_exempt_networks;
     char tls_cert_file[1024];        /* tls_cert_file (""): PEM chain; with tls_key_file,
                                         STARTTLS is offered */
     char tls_key_file[1024];         /* tls_key_file (""): PEM key; set both or neither */
+    char auth_file[1024];            /* auth_file (""): SMTP AUTH credentials (hamr-passwd
+                                        lines); needs STARTTLS. smtpd.auth_max_failures:
+                                        auth_max_failures (3) */
 
     /* [delivery] */
     struct config_hostport relayhost;  /* relayhost = [host]:port ("" = none) */
@@ -87,10 +103,17 @@ struct hamr_config {
     uint64_t queue_lifetime_ms;        /* queue_lifetime (5d) */
     uint64_t lease_time_ms;            /* lease_time (15m) */
     uint64_t scan_interval_ms;         /* scan_interval (1s): scheduler tick */
+    enum smtpc_tls_policy tls_policy;  /* tls_policy (may): may|encrypt|verify, the default
+                                          for domains not in [tls_policy]; tls_ca_file ("":
+                                          system store) is smtpc.tls_ca_file */
 
     /* [transport] */
     struct config_transport transports[CONFIG_MAX_TRANSPORTS];
     size_t n_transports;
+
+    /* [tls_policy] */
+    struct config_tls_policy_entry tls_policies[CONFIG_MAX_TRANSPORTS];
+    size_t n_tls_policies;
 
     /* [storage] */
     uint64_t min_free_bytes;           /* min_free (256M): below it MAIL gets 452 4.3.1 */
@@ -115,6 +138,14 @@ void config_free(struct hamr_config *cfg);
  * relayhost. 0, or HAMR_ENOTFOUND when there is none.
  */
 int config_route(const struct hamr_config *cfg, const char *rcpt, struct config_hostport *out);
+
+/*
+ * config_tls_policy - the outbound TLS policy for a recipient domain (or an
+ * address: the part after the last '@'): the [tls_policy] entry of the
+ * domain (exact match first, then the longest ".suffix"), else
+ * [delivery] tls_policy.
+ */
+enum smtpc_tls_policy config_tls_policy(const struct hamr_config *cfg, const char *rcpt_domain);
 
 /* config_parse_duration / _size / _hostport / _cidr - exported for tests. */
 int config_parse_duration(const char *s, uint64_t *ms);

@@ -333,7 +333,7 @@ static void hamrctl_print_status(const Hamr__ControlResponse *resp)
     printf("free space:  %s\n", hamrctl_bytes(s->free_bytes, b, sizeof(b)));
     printf("draining:    %s\n", s->draining ? "yes" : "no");
     if (s->version != NULL && s->version[0] != '\0')
-        printf("version:     %s\n", hamrctl_p(s->version));
+        printf("version:     %s (cluster feature level %u)\n", hamrctl_p(s->version), s->cluster_level);
 }
 
 /* hamrctl_print_rcpt_line - a recipient, its state and attempts, then its last error. */

@@ -50,12 +50,12 @@ static void hamrd_relay_stopped(void *arg)
     uv_close((uv_handle_t *)&h->sig_hup, NULL);
 }
 
-/* hamrd_on_signal - SIGTERM/SIGINT: stop; SIGHUP: reload the TLS files. */
+/* hamrd_on_signal - SIGTERM/SIGINT: stop; SIGHUP: reload the TLS and credentials files. */
 static void hamrd_on_signal(uv_signal_t *s, int signum)
 {
     struct hamrd *h = s->data;
     if (signum == SIGHUP) {
-        log_info("SIGHUP received: reloading the TLS certificate");
+        log_info("SIGHUP received: reloading the TLS certificate and the credentials file");
         if (h->relay != NULL && !h->stopped)
             relay_reload(h->relay);
         return;

@@ -43,6 +43,7 @@
 #include "consensus/consensus.h"
 #include "net/smtpc.h"
 #include "net/smtpd.h"
+#include "net/smtpd_auth.h"
 #include "net/smtpd_server.h"
 #include "node/config.h"
 #include "node/control.h"
@@ -406,12 +407,57 @@ static void relay_publish_node_info(struct relay *r)
         r->node_info_in_flight = true;
 }
 
+/* relay_level_done - a ClusterLevel entry committed (or not). */
+static void relay_level_done(void *arg, int status, intptr_t result)
+{
+    struct relay *r = arg;
+    r->level_in_flight = false;
+    if (status != 0 || result < 0)
+        log_warn("cluster level not raised error=\"%s\"",
+                 hamr_strerror(status ? status : (int)result));
+    else
+        log_info("cluster feature level is now %u", queue_cluster_level(r->queue));
+}
+
+/*
+ * relay_raise_level - leader: once every voter has published a NodeInfo
+ * saying it can apply format N, commit cluster level N. Entry kinds added
+ * after format 1 are written only at a level that allows them, so a node
+ * that is not yet upgraded never meets one (rolling upgrades).
+ */
+static void relay_raise_level(struct relay *r)
+{
+    if (r->level_in_flight || r->stopping || !consensus_is_ready(r->cons) ||
+        r->node_info_term != consensus_term(r->cons))
+        return;
+    struct consensus_info info;
+    consensus_get_info(r->cons, &info);
+    uint64_t voters[CONSENSUS_MAX_MEMBERS];
+    size_t n = 0;
+    for (size_t i = 0; i < info.n_members; i++)
+        if (info.roles[i] == CONSENSUS_ROLE_VOTER)
+            voters[n++] = info.members[i].id;
+    uint32_t possible = queue_cluster_level_possible(r->queue, voters, n);
+    if (possible > PROTO_FORMAT_VERSION_MAX)
+        possible = PROTO_FORMAT_VERSION_MAX;
+    if (possible <= queue_cluster_level(r->queue))
+        return;
+    Hamr__ClusterLevel cl = HAMR__CLUSTER_LEVEL__INIT;
+    cl.level = possible;
+    Hamr__Entry e = HAMR__ENTRY__INIT;
+    e.cmd_case = HAMR__ENTRY__CMD_CLUSTER_LEVEL;
+    e.cluster_level = &cl;
+    if (relay_propose(r, &e, r->cfg->proposal_timeout_ms, relay_level_done, r) == 0)
+        r->level_in_flight = true;
+}
+
 /* relay_retry_tick - every RELAY_RETRY_MS: waiting submits, node info, deadlines. */
 static void relay_retry_tick(uv_timer_t *t)
 {
     struct relay *r = t->data;
     relay_props_expire(r);
     relay_publish_node_info(r);
+    relay_raise_level(r);
     relay_submits_retry(r);
     struct consensus_info info;
     consensus_get_info(r->cons, &info);
@@ -555,13 +601,28 @@ int relay_start(uv_loop_t *loop,
         .check_mail = relay_sink_check_mail,
         .submit = relay_sink_submit,
     };
-    rv = smtpd_server_new(loop, cfg->listen_smtp.host, cfg->listen_smtp.port, &cfg->smtpd, &sink,
+    /* The sessions' policy: the config's, plus the credentials table (AUTH). */
+    r->policy = cfg->smtpd;
+    if (cfg->auth_file[0] != '\0') {
+        rv = smtpd_auth_new(cfg->auth_file, &r->auth, err, errlen);
+        if (rv != 0)
+            goto fail_pool;
+        r->policy.auth = r->auth;
+    }
+    rv = smtpd_server_new(loop, cfg->listen_smtp.host, cfg->listen_smtp.port, &r->policy, &sink,
                           cfg->max_sessions, &r->smtpd, err, errlen);
     if (rv != 0)
         goto fail_pool;
     smtpd_server_set_greet_delay(r->smtpd, cfg->greet_delay_ms);
     smtpd_server_set_proxy(r->smtpd, cfg->proxy_protocol, cfg->proxy_networks,
                            cfg->n_proxy_networks, cfg->proxy_timeout_ms);
+    struct smtpd_limits_config lim = {
+        .conn_limit = cfg->client_connection_limit,
+        .conn_rate = cfg->client_connection_rate,
+        .exempt = cfg->limit_exempt_networks, /* borrowed: cfg outlives the server */
+        .n_exempt = cfg->n_limit_exempt_networks,
+    };
+    smtpd_server_set_limits(r->smtpd, &lim);
     rv = smtpd_server_set_tls(r->smtpd, cfg->tls_cert_file, cfg->tls_key_file, err, errlen);
     if (rv != 0)
         goto fail_smtpd;
@@ -631,6 +692,7 @@ fail_control:
 fail_smtpd:
     smtpd_server_close(r->smtpd, NULL, NULL);
 fail_pool:
+    r->auth = smtpd_auth_free(r->auth);
     smtpc_pool_close(r->pool, NULL, NULL);
 fail_cons:
     consensus_close(r->cons, NULL, NULL);
@@ -649,6 +711,9 @@ void relay_reload(struct relay *r)
      * ones stay in use and the reason is logged. */
     if (smtpd_server_reload_tls(r->smtpd) == 0)
         log_info("reload done");
+    char aerr[512];
+    if (r->auth != NULL && smtpd_auth_reload(r->auth, aerr, sizeof(aerr)) != 0)
+        log_error("reload of the credentials file failed: %s (the old one stays in use)", aerr);
 }
 
 bool relay_failed(const struct relay *r)
@@ -667,6 +732,7 @@ static void relay_stop_step(void *arg)
     void *done_arg = r->stop_arg;
     r->queue = queue_free(r->queue);
     r->metrics = metrics_free(r->metrics); /* after the HTTP listener, which borrows it */
+    r->auth = smtpd_auth_free(r->auth);     /* after the SMTP server, whose sessions borrow it */
     free(r);
     if (done)
         done(done_arg);

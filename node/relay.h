@@ -33,7 +33,7 @@ int relay_start(uv_loop_t *loop,
  */
 void relay_stop(struct relay *r, void (*done)(void *arg), void *arg);
 
-/* relay_reload - SIGHUP: read the TLS certificate and key files again. */
+/* relay_reload - SIGHUP: read the TLS certificate and key and the credentials file again. */
 void relay_reload(struct relay *r);
 
 /* relay_failed - true once the node hit an error that it cannot carry on from. */

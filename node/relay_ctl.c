@@ -107,6 +107,7 @@ static void relay_ctl_status(struct relay *r, struct control_call *call)
     ns.version = RELAY_VERSION;
     ns.draining = r->draining;
     ns.duplicate_windows = r->duplicate_windows;
+    ns.cluster_level = queue_cluster_level(r->queue);
     ns.forwarded = r->forwarded;
     ns.resolved = r->resolved;
     const struct queue_node *ln = info.leader_id ? queue_node_find(r->queue, info.leader_id) : NULL;

@@ -76,6 +76,8 @@ struct relay {
     struct consensus *cons;
     struct smtpc_pool *pool;
     struct smtpd_server *smtpd;
+    struct smtpd_policy policy;   /* cfg->smtpd plus the credentials table */
+    struct smtpd_auth *auth;      /* NULL without [smtpd] auth_file */
     struct control *control;
     struct peer_server *peer_srv; /* NULL on a node without [listen] peer */
     struct peer_client *peer_cli;
@@ -100,6 +102,7 @@ struct relay {
     bool node_info_sent_ready;
     bool node_info_boot_done; /* our NodeInfo committed since this process started */
     bool node_info_in_flight;
+    bool level_in_flight;     /* a ClusterLevel proposal is out */
     bool draining;
     bool stopping;
     bool failed;

@@ -141,8 +141,8 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
         if (results[i].status == HAMR__RCPT_RESULT__STATUS__DEFERRED)
             metrics_inc(r->metrics, METRICS_RETRIES);
         rp[i] = &results[i];
-        log_info("delivery id=%s to=<%s> relay=%s status=%s code=%u", d->queue_id, d->rcpts[i],
-                 res->remote[0] ? res->remote : "none",
+        log_info("delivery id=%s to=<%s> relay=%s tls=\"%s\" status=%s code=%u", d->queue_id,
+                 d->rcpts[i], res->remote[0] ? res->remote : "none", res->tls,
                  rr->status == SMTPC_OK     ? "sent"
                  : rr->status == SMTPC_PERM ? "bounced"
                                             : "deferred",
@@ -187,6 +187,7 @@ static void relay_deliver_start(struct relay *r,
         log_error("bad destination id=%s dest=%s", m->id, dest);
         return;
     }
+    enum smtpc_tls_policy policy = SMTPC_TLS_MAY;
     struct relay_delivery *d = calloc(1, sizeof(*d));
     if (d == NULL)
         return;
@@ -213,6 +214,10 @@ static void relay_deliver_start(struct relay *r,
         d->rcpt_indexes[d->n_rcpts++] = (uint32_t)i;
         if (qr->attempts > d->max_attempts)
             d->max_attempts = qr->attempts;
+        /* One connection carries them all: the strictest TLS policy applies. */
+        enum smtpc_tls_policy p1 = config_tls_policy(r->cfg, qr->addr);
+        if (p1 > policy)
+            policy = p1;
     }
     if (d->n_rcpts == 0)
         goto fail;
@@ -222,7 +227,8 @@ static void relay_deliver_start(struct relay *r,
     d->msg.body = d->body;
     d->msg.body_len = d->body_len;
     d->msg.body_8bit = d->body_8bit;
-    int rv = smtpc_pool_deliver(r->pool, hp.host, hp.port, &d->msg, relay_delivery_done, d);
+    int rv = smtpc_pool_deliver_tls(r->pool, hp.host, hp.port, policy, hp.host, &d->msg,
+                                    relay_delivery_done, d);
     if (rv != 0) {
         log_warn("delivery not started id=%s error=\"%s\"", m->id, hamr_strerror(rv));
         goto fail;

@@ -64,6 +64,11 @@ int proto_entry_unpack(const uint8_t *buf, size_t len, Hamr__Entry **out)
     case HAMR__ENTRY__CMD_LEASE:
     case HAMR__ENTRY__CMD_ADMIN:
     case HAMR__ENTRY__CMD_NODE_INFO:
+    case HAMR__ENTRY__CMD_CLUSTER_LEVEL:
+        /*
+         * The kinds of format 1. A kind added later goes here too, and the
+         * leader proposes it only once ClusterLevel has reached its format.
+         */
         break;
     default:
         /* Unknown kind (a newer writer, or none at all): refuse, never skip. */

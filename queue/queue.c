@@ -16,9 +16,12 @@
  * allocated before the first change, so a refused command (res->status) or
  * an allocation failure (HAMR_ENOMEM) leaves the state as it was.
  *
+ * Also owns the node directory and the cluster feature level.
+ *
  * Errors: queue_apply returns HAMR_ECORRUPT / HAMR_EVERSION for an entry it
  * cannot decode and HAMR_ENOMEM; refused commands return 0 with res->status
- * HAMR_ENOTFOUND, HAMR_EINVAL or HAMR_ECORRUPT.
+ * HAMR_ENOTFOUND, HAMR_EINVAL, HAMR_ETOOBIG, HAMR_ECORRUPT or (a
+ * ClusterLevel above this build's format) HAMR_EVERSION.
  *
  * Security: entries come from the replicated log, written by other nodes
  * from untrusted SMTP input. Ids are length-checked, indexes bounds-checked,
@@ -79,6 +82,8 @@ struct queue {
     uint64_t applied;
     struct queue_node nodes[QUEUE_NODES_MAX]; /* sorted by node_id */
     size_t n_nodes;
+    uint32_t cluster_level; /* 1..format_max, never falls */
+    uint32_t format_max;    /* highest level applied: this build's format */
 };
 
 /* ------------------------------------------------------------------------
@@ -446,6 +451,8 @@ struct queue *queue_new(void)
     if (q == NULL)
         return NULL;
     q->mcap = q->dcap = QUEUE_HASH_MIN;
+    q->cluster_level = 1;
+    q->format_max = PROTO_FORMAT_VERSION_MAX;
     q->mtab = calloc(q->mcap, sizeof(*q->mtab));
     q->dtab = calloc(q->dcap, sizeof(*q->dtab));
     if (q->mtab == NULL || q->dtab == NULL)
@@ -1050,6 +1057,59 @@ size_t queue_node_list(const struct queue *q, const struct queue_node **out)
     return q->n_nodes;
 }
 
+/*
+ * queue_apply_cluster_level - raise the feature level; equal or lower is a
+ * no-op. Above this build's format it is refused, not fatal (see queue.h).
+ */
+static int queue_apply_cluster_level(struct queue *q,
+                                     const Hamr__ClusterLevel *cl,
+                                     struct queue_apply_result *res)
+{
+    if (cl == NULL) {
+        res->status = HAMR_EINVAL;
+        return 0;
+    }
+    if (cl->level <= q->cluster_level)
+        return 0;
+    if (cl->level > q->format_max) {
+        /* The caller logs refused commands; apply itself does no I/O. */
+        res->status = HAMR_EVERSION;
+        return 0;
+    }
+    q->cluster_level = cl->level;
+    return 0;
+}
+
+/* queue_set_format_max - the highest level q applies (a test seam, see queue.h). */
+void queue_set_format_max(struct queue *q, uint32_t max)
+{
+    q->format_max = max > 0 ? max : 1;
+}
+
+/* queue_cluster_level - the replicated feature level. */
+uint32_t queue_cluster_level(const struct queue *q)
+{
+    return q->cluster_level;
+}
+
+/* queue_cluster_level_possible - least format_version_max of the voters; 0 if one is unknown. */
+uint32_t queue_cluster_level_possible(const struct queue *q,
+                                      const uint64_t *voters,
+                                      size_t n_voters)
+{
+    if (n_voters == 0)
+        return 0;
+    uint32_t level = UINT32_MAX;
+    for (size_t i = 0; i < n_voters; i++) {
+        const struct queue_node *n = queue_node_find(q, voters[i]);
+        if (n == NULL)
+            return 0;
+        if (n->format_version_max < level)
+            level = n->format_version_max;
+    }
+    return level;
+}
+
 /* queue_apply - decode one entry, prune the done set, run the command. */
 int queue_apply(struct queue *q, const uint8_t *buf, size_t len, struct queue_apply_result *res)
 {
@@ -1080,6 +1140,9 @@ int queue_apply(struct queue *q, const uint8_t *buf, size_t len, struct queue_ap
             break;
         case HAMR__ENTRY__CMD_NODE_INFO:
             rv = queue_apply_node_info(q, e->node_info, ts, res);
+            break;
+        case HAMR__ENTRY__CMD_CLUSTER_LEVEL:
+            rv = queue_apply_cluster_level(q, e->cluster_level, res);
             break;
         default:
             /* proto_entry_unpack refuses kinds it does not know. */
@@ -1275,6 +1338,12 @@ static int queue_snap_build(const struct queue *q, bool with_bodies, struct queu
     s->snap.done = s->donep;
     s->snap.last_timestamp_ms = q->last_timestamp_ms;
     s->snap.applied = q->applied;
+    /*
+     * Level 1 is written as absent, so the snapshot and digest of a level-1
+     * state are byte for byte those of a build without the field: nodes of
+     * both builds agree on the digest during a rolling upgrade.
+     */
+    s->snap.cluster_level = q->cluster_level > 1 ? q->cluster_level : 0;
     if (q->n_nodes > 0) {
         s->ni = calloc(q->n_nodes, sizeof(*s->ni));
         s->nip = calloc(q->n_nodes, sizeof(*s->nip));
@@ -1370,6 +1439,9 @@ static int queue_restore_msg(const Hamr__QueuedMessage *qm, struct queue_item **
 /* queue_restore_into - fill the empty queue n from a decoded snapshot. */
 static int queue_restore_into(struct queue *n, const Hamr__Snapshot *s)
 {
+    /* A level this build cannot reach; absent (older snapshot, or level 1) is 1. */
+    if (s->cluster_level > n->format_max)
+        return HAMR_EVERSION;
     for (size_t i = 0; i < s->n_messages; i++) {
         struct queue_item *it;
         int rv = queue_restore_msg(s->messages[i], &it);
@@ -1394,6 +1466,7 @@ static int queue_restore_into(struct queue *n, const Hamr__Snapshot *s)
         if (queue_node_put(n, s->nodes[i], s->last_timestamp_ms) != 0)
             return HAMR_ECORRUPT;
     }
+    n->cluster_level = s->cluster_level > 1 ? s->cluster_level : 1;
     n->last_timestamp_ms = s->last_timestamp_ms;
     n->applied = s->applied;
     return 0;
@@ -1411,6 +1484,7 @@ int queue_restore(struct queue *q, const uint8_t *buf, size_t len)
         hamr__snapshot__free_unpacked(s, NULL);
         return HAMR_ENOMEM;
     }
+    n->format_max = q->format_max; /* a property of the build, not of the state */
     rv = queue_restore_into(n, s);
     hamr__snapshot__free_unpacked(s, NULL);
     if (rv != 0) {

@@ -22,6 +22,8 @@
  *              in the same apply with queue id "<id>-B<n>".
  *   Admin    - DELETE (gone, no DSN), HOLD, RELEASE, FLUSH (pending due now),
  *              BOUNCE (pending fail, one DSN).
+ *   NodeInfo - replace one node's entry in the node directory (below).
+ *   ClusterLevel - raise the cluster feature level (below).
  * A message whose recipients are all final leaves the queue; its id stays in
  * the dedupe set for QUEUE_DONE_TTL_MS of entry time.
  */
@@ -155,5 +157,51 @@ const struct queue_node *queue_node_find(const struct queue *q, uint64_t node_id
 
 /* queue_node_list - the directory (sorted by node id); returns the count. */
 size_t queue_node_list(const struct queue *q, const struct queue_node **out);
+
+/*
+ * The cluster feature level: the newest entry format every voter can apply,
+ * replicated by ClusterLevel entries (proto/hamr.proto). Entry kinds added
+ * after format 1 are proposed only once the level has reached their format,
+ * which is what makes a rolling upgrade safe.
+ *
+ * A new queue, and a snapshot without the field, is at level 1, the format
+ * every hamr build applies. A ClusterLevel entry above the current level
+ * raises it; an equal or lower one is a no-op (res->status 0); the level
+ * never falls. One above PROTO_FORMAT_VERSION_MAX of this build is refused
+ * with res->status HAMR_EVERSION and the level left as it was. That is a
+ * refused command, not a fatal error: the leader proposes only levels that
+ * every voter reported (queue_cluster_level_possible), so only a node
+ * outside the voters, or one downgraded behind the leader's back, meets it,
+ * and such a node stops at the first entry of a newer kind anyway
+ * (proto_entry_unpack refuses it). queue_restore refuses a snapshot whose
+ * level is above this build's maximum (HAMR_EVERSION): that state may hold
+ * what this build cannot follow.
+ */
+
+/*
+ * queue_set_format_max - the highest level q applies and restores, in
+ * place of PROTO_FORMAT_VERSION_MAX (0 counts as 1). A test seam: while
+ * this build has a single format, it is the only way to show a level being
+ * raised; tests also use it to play a build of an older format. hamrd never
+ * calls it, since a value above the build's format would let q accept
+ * levels whose entries it cannot apply. Kept across queue_restore.
+ */
+void queue_set_format_max(struct queue *q, uint32_t max);
+
+/* queue_cluster_level - the current cluster feature level (1 or more). */
+uint32_t queue_cluster_level(const struct queue *q);
+
+/*
+ * queue_cluster_level_possible - the highest level the leader may propose
+ * for these voters: the minimum format_version_max over their NodeInfo
+ * entries in the directory, or 0 when n_voters is 0 or any voter has no
+ * entry yet (then nothing can be raised). Borrows voters for the call.
+ * Pure: reads the directory only. The leader proposes
+ * ClusterLevel{level = min(possible, PROTO_FORMAT_VERSION_MAX)} when that is
+ * above queue_cluster_level().
+ */
+uint32_t queue_cluster_level_possible(const struct queue *q,
+                                      const uint64_t *voters,
+                                      size_t n_voters);
 
 #endif

@@ -272,8 +272,14 @@ static void test_defaults(void **state)
     assert_false(cfg->proxy_protocol);
     assert_int_equal(cfg->n_proxy_networks, 0);
     assert_int_equal(cfg->proxy_timeout_ms, 5000);
+    assert_int_equal(cfg->client_connection_limit, 50);
+    assert_int_equal(cfg->client_connection_rate, 0);
+    assert_int_equal(cfg->n_limit_exempt_networks, 0);
     assert_string_equal(cfg->tls_cert_file, "");
     assert_string_equal(cfg->tls_key_file, "");
+    assert_string_equal(cfg->auth_file, "");
+    assert_int_equal(cfg->smtpd.auth_max_failures, 3);
+    assert_null(cfg->smtpd.auth);
     assert_string_equal(cfg->smtpd.hostname, cfg->hostname);
     assert_ptr_equal(cfg->smtpd.relay_networks, cfg->relay_networks);
     assert_int_equal(cfg->smtpd.n_relay_networks, 2);
@@ -333,8 +339,13 @@ static const char test_full[] =
     "proxy_protocol = on\n"
     "proxy_networks = 10.0.0.10, 2001:db8::/64\n"
     "proxy_timeout = 3s\n"
+    "client_connection_limit = 10\n"
+    "client_connection_rate = 120\n"
+    "limit_exempt_networks = 192.0.2.0/24, 2001:db8:1::/48\n"
     "tls_cert_file = /etc/hamr/cert.pem\n"
     "tls_key_file = /etc/hamr/key.pem\n"
+    "auth_file = /etc/hamr/passwd\n"
+    "auth_max_failures = 5\n"
     "\n"
     "[delivery]\n"
     "relayhost = [smarthost.example.net]:587\n"
@@ -411,8 +422,18 @@ static void test_every_key(void **state)
     assert_int_equal(cfg->proxy_networks[1].prefix, 64);
     assert_int_equal(cfg->n_relay_networks, 2); /* untouched by proxy_networks */
     assert_int_equal(cfg->proxy_timeout_ms, 3000);
+    assert_int_equal(cfg->client_connection_limit, 10);
+    assert_int_equal(cfg->client_connection_rate, 120);
+    assert_int_equal(cfg->n_limit_exempt_networks, 2);
+    assert_int_equal(cfg->limit_exempt_networks[0].family, AF_INET);
+    assert_int_equal(cfg->limit_exempt_networks[0].prefix, 24);
+    assert_int_equal(cfg->limit_exempt_networks[1].family, AF_INET6);
+    assert_int_equal(cfg->limit_exempt_networks[1].prefix, 48);
+    assert_int_equal(cfg->n_proxy_networks, 2); /* untouched by limit_exempt_networks */
     assert_string_equal(cfg->tls_cert_file, "/etc/hamr/cert.pem");
     assert_string_equal(cfg->tls_key_file, "/etc/hamr/key.pem");
+    assert_string_equal(cfg->auth_file, "/etc/hamr/passwd");
+    assert_int_equal(cfg->smtpd.auth_max_failures, 5);
     assert_string_equal(cfg->smtpd.hostname, "mx2.example.net");
     assert_string_equal(cfg->smtpc.helo_name, "mx2.example.net");
     assert_string_equal(cfg->relayhost.host, "smarthost.example.net");
@@ -587,12 +608,22 @@ static const struct test_bad test_bad_files[] = {
      HAMR_EINVAL, ":8: tls_cert_file and tls_key_file must be set together"},
     {"tls key without cert", BASE "[smtpd]\ntls_key_file = /k.pem\n", HAMR_EINVAL,
      ":7: tls_cert_file and tls_key_file must be set together"},
+    {"auth without tls", BASE "[smtpd]\nmax_sessions = 5\nauth_file = /etc/hamr/passwd\n",
+     HAMR_EINVAL, ":8: auth_file needs tls_cert_file and tls_key_file (AUTH only over TLS)"},
+    {"auth max failures zero", BASE "[smtpd]\nauth_max_failures = 0\n", HAMR_EINVAL,
+     ":7: auth_max_failures: out of range: \"0\""},
     {"proxy timeout zero", BASE "[smtpd]\nproxy_timeout = 0s\n", HAMR_EINVAL,
      ":7: proxy_timeout: out of range: \"0s\""},
     {"proxy timeout too long", BASE "[smtpd]\nproxy_timeout = 6m\n", HAMR_EINVAL,
      ":7: proxy_timeout: out of range: \"6m\""},
     {"proxy timeout junk", BASE "[smtpd]\nproxy_timeout = soon\n", HAMR_EINVAL,
      ":7: proxy_timeout: not a duration: \"soon\""},
+    {"client limit junk", BASE "[smtpd]\nclient_connection_limit = many\n", HAMR_EINVAL,
+     ":7: client_connection_limit: not a number: \"many\""},
+    {"client rate too high", BASE "[smtpd]\nclient_connection_rate = 1000001\n", HAMR_EINVAL,
+     ":7: client_connection_rate: out of range: \"1000001\""},
+    {"exempt bad network", BASE "[smtpd]\nlimit_exempt_networks = 10.0.0.0/33\n", HAMR_EINVAL,
+     ":7: limit_exempt_networks: not a network: \"10.0.0.0/33\""},
 };
 
 /* test_proxy_networks_limit - 64 balancers fit, a 65th is an error on its line. */
@@ -731,6 +762,71 @@ static void test_route(void **state)
     free(cfg);
 }
 
+/* test_tls_policy - keys, defaults, lookups (exact, longest suffix, default), errors. */
+static void test_tls_policy(void **state)
+{
+    struct hamr_config *cfg = malloc(sizeof(*cfg));
+    char err[512], want[700];
+    const char *path;
+    config_defaults(cfg);
+    assert_int_equal(cfg->tls_policy, SMTPC_TLS_MAY);
+    assert_string_equal(cfg->smtpc.tls_ca_file, "");
+    assert_int_equal(config_tls_policy(cfg, "a@example.com"), SMTPC_TLS_MAY);
+
+    int rc = test_load(cfg,
+                       BASE
+                       "[delivery]\n"
+                       "tls_policy = encrypt\n"
+                       "tls_ca_file = /etc/hamr/ca.pem\n"
+                       "[tls_policy]\n"
+                       "bank.example = verify\n"
+                       ".example.com = May\n"
+                       ".secure.example.com = verify\n",
+                       err, sizeof(err), NULL);
+    if (rc != 0)
+        fail_msg("%s", err);
+    assert_string_equal(cfg->smtpc.tls_ca_file, "/etc/hamr/ca.pem");
+    assert_int_equal(cfg->n_tls_policies, 3);
+    static const struct {
+        const char *rcpt;
+        enum smtpc_tls_policy want;
+    } cases[] = {
+        {"a@bank.example", SMTPC_TLS_VERIFY},
+        {"BANK.example.", SMTPC_TLS_VERIFY},      /* a bare domain, any case, trailing dot */
+        {"a@mx.bank.example", SMTPC_TLS_ENCRYPT}, /* exact entries do not cover subdomains */
+        {"a@mail.example.com", SMTPC_TLS_MAY},
+        {"a@example.com", SMTPC_TLS_ENCRYPT},         /* ".example.com" is subdomains only */
+        {"a@x.secure.example.com", SMTPC_TLS_VERIFY}, /* longest suffix wins */
+        {"a@other.org", SMTPC_TLS_ENCRYPT},
+        {"a@", SMTPC_TLS_ENCRYPT},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++)
+        if (config_tls_policy(cfg, cases[i].rcpt) != cases[i].want)
+            fail_msg("tls policy of %s: %d, want %d", cases[i].rcpt,
+                     (int)config_tls_policy(cfg, cases[i].rcpt), (int)cases[i].want);
+    config_free(cfg);
+
+    static const struct {
+        const char *content;
+        const char *want;
+    } bad[] = {
+        {BASE "[delivery]\ntls_policy = required\n",
+         ":7: tls_policy: not one of may, encrypt, verify: \"required\""},
+        {BASE "[tls_policy]\nexample.com = may\nexample.org = dane\n",
+         ":8: example.org: not one of may, encrypt, verify: \"dane\""},
+        {BASE "[tls_policy]\nexample.com = may\nEXAMPLE.com = verify\n",
+         ":8: example.com: given twice (first on line 7)"},
+        {BASE "[tls_policy]\nbad_domain..x = verify\n",
+         ":7: tls_policy: not a domain: \"bad_domain..x\""},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(bad); i++) {
+        assert_int_equal(test_load(cfg, bad[i].content, err, sizeof(err), &path), HAMR_EINVAL);
+        snprintf(want, sizeof(want), "%s%s", path, bad[i].want);
+        assert_string_equal(err, want);
+    }
+    free(cfg);
+}
+
 /* main - the tests share one temporary directory. */
 int main(void)
 {
@@ -747,6 +843,7 @@ int main(void)
         cmocka_unit_test(test_long_line),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_route),
+        cmocka_unit_test(test_tls_policy),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

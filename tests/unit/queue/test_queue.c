@@ -1,8 +1,11 @@
 /*
  * test_queue.c - the replicated queue state machine: every entry kind, the
  * refusals, fencing, DSN generation, the done set, snapshots and the digest,
- * determinism over a long pseudo-random entry sequence, and the node directory
- * (NodeInfo entries: insert, replace, order, refusals, snapshot and digest).
+ * determinism over a long pseudo-random entry sequence, the node directory
+ * (NodeInfo entries: insert, replace, order, refusals, snapshot and digest),
+ * and the cluster feature level (ClusterLevel entries: raise, no-ops,
+ * refusal above the build's format, snapshot, old snapshots, and the level
+ * the leader may propose for a set of voters).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -334,6 +337,13 @@ static void test_decode_errors(void **state)
     uint8_t long_len[256];
     memcpy(long_len, good, good_len);
     proto_u32_put(long_len + 4, (uint32_t)good_len);
+    /*
+     * An Entry of format 1 whose only command is oneof field 16, a kind this
+     * build does not know (a newer writer): format_version 1 (08 01), then
+     * field 16 as an empty length-delimited value (82 01 00), padded to 8.
+     */
+    static const uint8_t kind16[] = {'H',  'A',  'M',  'R',  0,    0, 0, 5,
+                                     0x08, 0x01, 0x82, 0x01, 0x00, 0, 0, 0};
 
     const struct {
         const char *label;
@@ -352,6 +362,7 @@ static void test_decode_errors(void **state)
         {"format_version 2", v2, v2_len, HAMR_EVERSION},
         {"format_version 0", v0, v0_len, HAMR_EVERSION},
         {"no cmd", nocmd, nocmd_len, HAMR_EVERSION},
+        {"unknown kind (field 16)", kind16, sizeof(kind16), HAMR_EVERSION},
     };
     for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
         struct queue_apply_result res;
@@ -1894,6 +1905,364 @@ static void test_node_digest(void **state)
     queue_free(base);
 }
 
+/* ------------------------------------------------------------------------
+ * The cluster feature level (ClusterLevel entries)
+ * ------------------------------------------------------------------------ */
+
+/* level_pack - a framed ClusterLevel entry at ts; the bytes are malloc'd. */
+static uint8_t *level_pack(uint64_t ts, uint32_t level, size_t *len)
+{
+    Hamr__Entry e = HAMR__ENTRY__INIT;
+    Hamr__ClusterLevel cl = HAMR__CLUSTER_LEVEL__INIT;
+    cl.level = level;
+    e.cmd_case = HAMR__ENTRY__CMD_CLUSTER_LEVEL;
+    e.cluster_level = &cl;
+    return fx_pack(&e, ts, len);
+}
+
+/* level_apply - apply a ClusterLevel entry at ts; queue_apply must return 0. */
+static struct queue_apply_result level_apply(struct queue *q, uint64_t ts, uint32_t level)
+{
+    size_t len;
+    uint8_t *b = level_pack(ts, level, &len);
+    return fx_apply(q, b, len);
+}
+
+/* refused_admin - an entry that changes nothing but the counter and the timestamp. */
+static void refused_admin(struct queue *q, uint64_t ts)
+{
+    assert_int_equal(fx_admin(q, ts, HAMR__ADMIN__OP__HOLD, "nope").status, HAMR_ENOTFOUND);
+}
+
+/* With this build's format: level 1 at the start, the format accepted, one above refused. */
+static void test_cluster_level_build_format(void **state)
+{
+    struct queue *q = *state;
+    assert_int_equal(queue_cluster_level(q), 1);
+    one_msg(q, "a@example.org");
+    assert_int_equal(queue_cluster_level(q), 1);
+
+    /* The entry decodes: ClusterLevel is a kind of format 1. */
+    size_t len;
+    uint8_t *b = level_pack(T0 + 1, PROTO_FORMAT_VERSION_MAX, &len);
+    Hamr__Entry *e = NULL;
+    assert_int_equal(proto_entry_unpack(b, len, &e), 0);
+    assert_int_equal(e->format_version, 1);
+    assert_int_equal(e->cmd_case, HAMR__ENTRY__CMD_CLUSTER_LEVEL);
+    assert_int_equal(e->cluster_level->level, PROTO_FORMAT_VERSION_MAX);
+    hamr__entry__free_unpacked(e, NULL);
+    assert_int_equal(fx_apply(q, b, len).status, 0);
+    assert_int_equal(queue_cluster_level(q), PROTO_FORMAT_VERSION_MAX);
+
+    /* One above the build's format: refused, not fatal, level kept. */
+    struct queue_apply_result r = level_apply(q, T0 + 2, PROTO_FORMAT_VERSION_MAX + 1);
+    assert_int_equal(r.status, HAMR_EVERSION);
+    assert_false(r.duplicate);
+    assert_int_equal(queue_cluster_level(q), PROTO_FORMAT_VERSION_MAX);
+    assert_int_equal(level_apply(q, T0 + 3, UINT32_MAX).status, HAMR_EVERSION);
+    assert_int_equal(queue_cluster_level(q), PROTO_FORMAT_VERSION_MAX);
+
+    /* The queue goes on: the message is still there and commands apply. */
+    assert_int_equal(fx_admin(q, T0 + 4, HAMR__ADMIN__OP__HOLD, "M").status, 0);
+    assert_true(queue_find(q, "M")->held);
+    struct queue_stats st;
+    queue_get_stats(q, &st);
+    assert_int_equal(st.applied, 5);
+}
+
+/*
+ * Table: a sequence of ClusterLevel entries on a queue playing a build of
+ * format 3. Every step's status and level; and the state equals that of a
+ * reference queue that applied the same raises but, for every other step, a
+ * refused Admin at the same time: no-ops and refusals change nothing else.
+ */
+static void test_cluster_level_sequence(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *label;
+        uint32_t level;
+        int want_status;
+        uint32_t want_level;
+    } steps[] = {
+        {"level 0 is a no-op", 0, 0, 1},
+        {"level 1 is a no-op", 1, 0, 1},
+        {"raise to 2", 2, 0, 2},
+        {"equal", 2, 0, 2},
+        {"lower", 1, 0, 2},
+        {"zero after a raise", 0, 0, 2},
+        {"above the format", 4, HAMR_EVERSION, 2},
+        {"far above the format", UINT32_MAX, HAMR_EVERSION, 2},
+        {"raise to the format", 3, 0, 3},
+        {"lower again", 2, 0, 3},
+        {"still above the format", 4, HAMR_EVERSION, 3},
+    };
+    struct queue *q = queue_new();
+    struct queue *ref = queue_new();
+    assert_non_null(q);
+    assert_non_null(ref);
+    queue_set_format_max(q, 3);
+    queue_set_format_max(ref, 3);
+    one_msg(q, "a@example.org");
+    one_msg(ref, "a@example.org");
+    assert_int_equal(queue_cluster_level(q), 1);
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(steps); i++) {
+        uint64_t ts = T0 + 1 + i;
+        uint32_t was = queue_cluster_level(q);
+        char before[65], d1[65], d2[65];
+        digest_of(q, before);
+        struct queue_apply_result r = level_apply(q, ts, steps[i].level);
+        if (r.status != steps[i].want_status)
+            fail_msg("%s: status %d, want %d", steps[i].label, r.status, steps[i].want_status);
+        if (queue_cluster_level(q) != steps[i].want_level)
+            fail_msg("%s: level %u, want %u", steps[i].label, queue_cluster_level(q),
+                     steps[i].want_level);
+        assert_int_equal(r.dsn_generated, 0);
+        assert_int_equal(r.finished, 0);
+        if (steps[i].want_level != was)
+            assert_int_equal(level_apply(ref, ts, steps[i].level).status, 0);
+        else
+            refused_admin(ref, ts);
+        assert_int_equal(queue_cluster_level(ref), steps[i].want_level);
+        digest_of(q, d1);
+        digest_of(ref, d2);
+        if (strcmp(d1, d2) != 0)
+            fail_msg("%s: state differs from the reference", steps[i].label);
+        assert_string_not_equal(before, d1); /* the counter moved in every case */
+        assert_non_null(queue_find(q, "M"));
+    }
+    queue_free(q);
+    queue_free(ref);
+}
+
+/* snapshot_level - the cluster_level field of q's encoded snapshot. */
+static uint32_t snapshot_level(const struct queue *q)
+{
+    uint8_t *snap = NULL;
+    size_t len = 0;
+    assert_int_equal(queue_snapshot(q, NULL, &snap, &len), 0);
+    Hamr__Snapshot *s = NULL;
+    assert_int_equal(proto_snapshot_unpack(snap, len, &s), 0);
+    uint32_t level = s->cluster_level;
+    hamr__snapshot__free_unpacked(s, NULL);
+    free(snap);
+    return level;
+}
+
+/* Snapshot, restore and digest carry the level; a build of a lower format refuses the snapshot. */
+static void test_cluster_level_snapshot(void **state)
+{
+    (void)state;
+    struct queue *q = queue_new();
+    assert_non_null(q);
+    queue_set_format_max(q, 3);
+    build_varied(q);
+    assert_int_equal(node_apply(q, T0 + 8, &node_c).status, 0);
+
+    /* Level 1 is left out of the encoding (an older build writes the same bytes). */
+    assert_int_equal(snapshot_level(q), 0);
+    char level1[65], d1[65], d2[65];
+    digest_of(q, level1);
+
+    /* The digest covers the level: only the level differs from level1's state... */
+    struct queue *same = fx_snapshot_roundtrip(q);
+    assert_int_equal(level_apply(q, T0 + 9, 3).status, 0);
+    refused_admin(same, T0 + 9);
+    digest_of(q, d1);
+    digest_of(same, d2);
+    assert_string_not_equal(d1, d2);
+    queue_free(same);
+    assert_int_equal(snapshot_level(q), 3);
+
+    /* Round trip into a queue of the same format keeps the level and the digest. */
+    uint8_t *snap = NULL;
+    size_t len = 0;
+    assert_int_equal(queue_snapshot(q, NULL, &snap, &len), 0);
+    struct queue *r = queue_new();
+    assert_non_null(r);
+    queue_set_format_max(r, 3);
+    assert_int_equal(queue_restore(r, snap, len), 0);
+    assert_int_equal(queue_cluster_level(r), 3);
+    digest_of(r, d2);
+    assert_string_equal(d1, d2);
+    fx_assert_same_msgs(q, r);
+    /* Both go on identically: a lower level stays a no-op after the restore. */
+    assert_int_equal(level_apply(q, T0 + 10, 2).status, 0);
+    assert_int_equal(level_apply(r, T0 + 10, 2).status, 0);
+    assert_int_equal(queue_cluster_level(r), 3);
+    digest_of(q, d1);
+    digest_of(r, d2);
+    assert_string_equal(d1, d2);
+
+    /* A build of a lower format refuses the snapshot and keeps its state. */
+    struct queue *old = queue_new();
+    assert_non_null(old);
+    queue_set_format_max(old, 2);
+    one_msg(old, "a@example.org");
+    char old_before[65], old_after[65];
+    digest_of(old, old_before);
+    assert_int_equal(queue_restore(old, snap, len), HAMR_EVERSION);
+    digest_of(old, old_after);
+    assert_string_equal(old_before, old_after);
+    assert_int_equal(queue_cluster_level(old), 1);
+    assert_non_null(queue_find(old, "M"));
+    /* So does this build with its own format, when that is below 3. */
+    struct queue *plain = queue_new();
+    assert_non_null(plain);
+    assert_int_equal(queue_restore(plain, snap, len),
+                     PROTO_FORMAT_VERSION_MAX >= 3 ? 0 : HAMR_EVERSION);
+    free(snap);
+    queue_free(plain);
+    queue_free(old);
+
+    /* Restoring a level-1 snapshot brings the level back to 1, and keeps the format. */
+    struct queue *low = queue_new();
+    assert_non_null(low);
+    assert_int_equal(queue_snapshot(low, NULL, &snap, &len), 0);
+    assert_int_equal(queue_restore(r, snap, len), 0);
+    free(snap);
+    assert_int_equal(queue_cluster_level(r), 1);
+    digest_of(r, d1);
+    digest_of(low, d2);
+    assert_string_equal(d1, d2);
+    assert_int_equal(level_apply(r, T0 + 11, 3).status, 0);
+    assert_int_equal(queue_cluster_level(r), 3);
+    queue_free(low);
+    queue_free(r);
+    queue_free(q);
+}
+
+/* level_snapshot - a hand-made snapshot without messages, its cluster_level field as given. */
+static uint8_t *level_snapshot(uint32_t level, size_t *len)
+{
+    Hamr__Snapshot s = HAMR__SNAPSHOT__INIT;
+    s.applied = 7;
+    s.last_timestamp_ms = T0;
+    s.cluster_level = level;
+    uint8_t *out;
+    assert_int_equal(proto_snapshot_pack(&s, NULL, &out, len), 0);
+    return out;
+}
+
+/* Table: snapshots written without the field (older builds) restore at level 1. */
+static void test_cluster_level_old_snapshot(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *label;
+        uint32_t field;
+        int want_rv;
+        uint32_t want_level;
+    } cases[] = {
+        {"absent (older build)", 0, 0, 1},
+        {"1 written out", 1, 0, 1},
+        {"2", 2, 0, 2},
+        {"above the format", 3, HAMR_EVERSION, 2},
+    };
+    char absent_digest[65];
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        /* A queue of format 2 at level 2 with a message, so a restore visibly replaces it. */
+        struct queue *q = queue_new();
+        assert_non_null(q);
+        queue_set_format_max(q, 2);
+        one_msg(q, "a@example.org");
+        assert_int_equal(level_apply(q, T0 + 1, 2).status, 0);
+        size_t len;
+        uint8_t *snap = level_snapshot(cases[i].field, &len);
+        int rv = queue_restore(q, snap, len);
+        free(snap);
+        if (rv != cases[i].want_rv)
+            fail_msg("%s: restore %d, want %d", cases[i].label, rv, cases[i].want_rv);
+        if (queue_cluster_level(q) != cases[i].want_level)
+            fail_msg("%s: level %u, want %u", cases[i].label, queue_cluster_level(q),
+                     cases[i].want_level);
+        if (rv == 0) {
+            assert_null(queue_find(q, "M"));
+            struct queue_stats st;
+            queue_get_stats(q, &st);
+            assert_int_equal(st.applied, 7);
+        } else {
+            assert_non_null(queue_find(q, "M"));
+        }
+        char d[65];
+        digest_of(q, d);
+        if (i == 0)
+            memcpy(absent_digest, d, sizeof(d));
+        /* Level 1 written out or left out: the same state, the same digest. */
+        if (cases[i].want_rv == 0 && (cases[i].want_level == 1) != (strcmp(d, absent_digest) == 0))
+            fail_msg("%s: digest %s", cases[i].label,
+                     cases[i].want_level == 1 ? "differs from absent" : "equals absent");
+        queue_free(q);
+    }
+
+    /* The older snapshot used elsewhere in this file (bad_snapshot 0) has no level either. */
+    struct queue *q = queue_new();
+    assert_non_null(q);
+    queue_set_format_max(q, 3);
+    assert_int_equal(level_apply(q, T0, 3).status, 0);
+    size_t len;
+    uint8_t *snap = bad_snapshot(0, &len);
+    assert_int_equal(queue_restore(q, snap, len), 0);
+    free(snap);
+    assert_int_equal(queue_cluster_level(q), 1);
+    assert_non_null(queue_find(q, "S1"));
+    queue_free(q);
+}
+
+/* Table: the level the leader may propose for a set of voters. */
+static void test_cluster_level_possible(void **state)
+{
+    struct queue *q = *state;
+    /* Node 1 of format 2, node 2 of format 3, node 3 reported none (0), node 4 of format 1. */
+    static const struct fx_node dir[] = {
+        {1, "10.0.0.1:7101", "127.0.0.1:7201", "hamr 0.2", 2},
+        {2, "10.0.0.2:7101", "127.0.0.1:7201", "hamr 0.3", 3},
+        {3, "10.0.0.3:7101", "127.0.0.1:7201", "hamr 0.0", 0},
+        {4, "10.0.0.4:7101", "127.0.0.1:7201", "hamr 0.1", 1},
+    };
+    static const struct {
+        const char *label;
+        uint64_t voters[FX_MAX];
+        size_t n;
+        uint32_t want;
+    } cases[] = {
+        {"no voters", {0}, 0, 0},
+        {"one voter", {2}, 1, 3},
+        {"all reported, mixed versions", {1, 2}, 2, 2},
+        {"order does not matter", {2, 1}, 2, 2},
+        {"one of an older format", {1, 2, 4}, 3, 1},
+        {"one missing", {1, 2, 9}, 3, 0},
+        {"missing first", {9, 1, 2}, 3, 0},
+        {"node id 0 is never in the directory", {0}, 1, 0},
+        {"a voter reporting format 0", {2, 3}, 2, 0},
+        {"a voter listed twice", {2, 2}, 2, 3},
+        {"all four", {1, 2, 3, 4}, 4, 0},
+    };
+    uint64_t none[] = {1, 2};
+    assert_int_equal(queue_cluster_level_possible(q, none, 2), 0); /* empty directory */
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(dir); i++)
+        assert_int_equal(node_apply(q, T0 + i, &dir[i]).status, 0);
+    char before[65], after[65];
+    digest_of(q, before);
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        uint32_t got = queue_cluster_level_possible(q, cases[i].voters, cases[i].n);
+        if (got != cases[i].want)
+            fail_msg("%s: %u, want %u", cases[i].label, got, cases[i].want);
+    }
+    /* Pure: the state did not change. */
+    digest_of(q, after);
+    assert_string_equal(before, after);
+    assert_int_equal(queue_cluster_level(q), 1);
+
+    /* Node 4 upgrades (its NodeInfo is replaced): the minimum rises with it. */
+    uint64_t three[] = {1, 2, 4};
+    struct fx_node up = dir[3];
+    up.version = "hamr 0.3";
+    up.fmax = 3;
+    assert_int_equal(node_apply(q, T0 + 10, &up).status, 0);
+    assert_int_equal(queue_cluster_level_possible(q, three, 3), 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1932,6 +2301,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_node_directory_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_node_snapshot_restore, setup, teardown),
         cmocka_unit_test(test_node_digest),
+        cmocka_unit_test_setup_teardown(test_cluster_level_build_format, setup, teardown),
+        cmocka_unit_test(test_cluster_level_sequence),
+        cmocka_unit_test(test_cluster_level_snapshot),
+        cmocka_unit_test(test_cluster_level_old_snapshot),
+        cmocka_unit_test_setup_teardown(test_cluster_level_possible, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
