@@ -35,6 +35,7 @@
 #include "util/err.h"
 #include "util/log.h"
 
+#include "node/listen.h"
 #include "node/control.h"
 
 #define CONTROL_READ_CHUNK 16384
@@ -361,8 +362,7 @@ int control_new(uv_loop_t *loop,
                 size_t errlen)
 {
     struct sockaddr_storage ss;
-    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
-        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
+    if (listen_addr(host, port, &ss) != 0) {
         snprintf(errmsg, errlen, "control: not an IP address: %s", host);
         return HAMR_EINVAL;
     }
@@ -376,24 +376,14 @@ int control_new(uv_loop_t *loop,
     c->idle_ms = CONTROL_IDLE_TIMEOUT_MS;
     uv_tcp_init(loop, &c->listener);
     c->listener.data = c;
-    int rv = uv_tcp_bind(&c->listener, (const struct sockaddr *)&ss, 0);
-    if (rv == 0)
-        rv = uv_listen((uv_stream_t *)&c->listener, 16, control_connection_cb);
+    int rv = listen_start(&c->listener, &ss, 16, control_connection_cb, &c->port, "control", errmsg,
+                          errlen);
     if (rv != 0) {
-        snprintf(errmsg, errlen, "control: cannot listen on %s:%u: %s", host, (unsigned)port,
-                 uv_strerror(rv));
         /* The struct is freed by control_listener_closed_cb; nobody is told. */
         c->closing = true;
         uv_close((uv_handle_t *)&c->listener, control_listener_closed_cb);
         return HAMR_EIO;
     }
-    struct sockaddr_storage bound;
-    int len = sizeof(bound);
-    uv_tcp_getsockname(&c->listener, (struct sockaddr *)&bound, &len);
-    if (bound.ss_family == AF_INET6)
-        c->port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
-    else
-        c->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
     *out = c;
     return 0;
 }

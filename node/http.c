@@ -41,6 +41,7 @@
 #include "util/err.h"
 #include "util/log.h"
 
+#include "node/listen.h"
 #include "node/http.h"
 #include "node/metrics.h"
 
@@ -548,8 +549,7 @@ int http_new(uv_loop_t *loop,
         return HAMR_EINVAL;
     }
     struct sockaddr_storage ss;
-    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
-        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
+    if (listen_addr(host, port, &ss) != 0) {
         snprintf(errmsg, errlen, "http: not an IP address: %s", host);
         return HAMR_EINVAL;
     }
@@ -563,24 +563,14 @@ int http_new(uv_loop_t *loop,
     s->read_timeout_ms = HTTP_READ_TIMEOUT_MS;
     uv_tcp_init(loop, &s->listener);
     s->listener.data = s;
-    int rv = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
-    if (rv == 0)
-        rv = uv_listen((uv_stream_t *)&s->listener, 128, http_connection_cb);
+    int rv = listen_start(&s->listener, &ss, 128, http_connection_cb, &s->port, "http", errmsg,
+                          errlen);
     if (rv != 0) {
-        snprintf(errmsg, errlen, "http: cannot listen on %s:%u: %s", host, (unsigned)port,
-                 uv_strerror(rv));
         /* The struct is freed by http_listener_closed_cb; nobody is told. */
         s->closing = true;
         uv_close((uv_handle_t *)&s->listener, http_listener_closed_cb);
         return HAMR_EIO;
     }
-    struct sockaddr_storage bound;
-    int len = sizeof(bound);
-    uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &len);
-    if (bound.ss_family == AF_INET6)
-        s->port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
-    else
-        s->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
     log_info("http listening addr=%s port=%u", host, (unsigned)s->port);
     *out = s;
     return 0;

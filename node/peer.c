@@ -54,6 +54,7 @@
 #include "util/err.h"
 #include "util/log.h"
 
+#include "node/listen.h"
 #include "node/peer.h"
 
 #define PEER_READ_CHUNK 65536
@@ -625,8 +626,7 @@ int peer_server_new(uv_loop_t *loop,
 {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof(ss));
-    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
-        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
+    if (listen_addr(host, port, &ss) != 0) {
         snprintf(errmsg, errlen, "peer: not an IP address: %s", host);
         return HAMR_EINVAL;
     }
@@ -641,24 +641,14 @@ int peer_server_new(uv_loop_t *loop,
     s->held_calls_max = PEER_HELD_CALLS_MAX;
     uv_tcp_init(loop, &s->listener);
     s->listener.data = s;
-    int rv = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
-    if (rv == 0)
-        rv = uv_listen((uv_stream_t *)&s->listener, 64, peer_server_connection_cb);
+    int rv = listen_start(&s->listener, &ss, 64, peer_server_connection_cb, &s->port, "peer", errmsg,
+                          errlen);
     if (rv != 0) {
-        snprintf(errmsg, errlen, "peer: cannot listen on %s:%u: %s", host, (unsigned)port,
-                 uv_strerror(rv));
         /* The struct is freed by peer_server_listener_closed_cb; nobody is told. */
         s->closing = true;
         uv_close((uv_handle_t *)&s->listener, peer_server_listener_closed_cb);
         return HAMR_EIO;
     }
-    struct sockaddr_storage bound;
-    int len = sizeof(bound);
-    uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &len);
-    if (bound.ss_family == AF_INET6)
-        s->port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
-    else
-        s->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
     *out = s;
     return 0;
 }
