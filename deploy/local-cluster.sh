@@ -148,9 +148,10 @@ lc_write_config() {
     if lc_peer_supported; then
         peer="peer = 127.0.0.1:$((PEER_BASE + n))"
     fi
+    # /health and /metrics on 8101-8103; HAProxy (--lb) checks /health/ready there.
+    http="http = 127.0.0.1:$((HTTP_BASE + n))"
     if lc_lb; then
-        # HAProxy connects from 127.0.0.1 with a PROXY v2 header and checks /health/ready.
-        http="http = 127.0.0.1:$((HTTP_BASE + n))"
+        # HAProxy connects from 127.0.0.1 with a PROXY v2 header.
         proxy=$'proxy_protocol = on\nproxy_networks = 127.0.0.1/32'
     fi
     cat >"$dir/hamr.conf" <<EOF
