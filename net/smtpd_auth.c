@@ -15,9 +15,16 @@
  * highest iteration count, and hashes are compared with CRYPTO_memcmp, so
  * neither the answer's time nor its content tells whether a user exists
  * (SECURITY.md S16). PBKDF2 runs on the calling thread.
+ *
+ * Threads: a table is reference-counted (atomically). smtpd_auth_table_get
+ * lets a check run on another thread against the table current when it was
+ * queued; a reload swaps in a new table and the old one lives until the
+ * last check holding it lets go. Loading, reloading and freeing stay on one
+ * thread (the loop's); only smtpd_auth_table_verify and _put run elsewhere.
  */
 #include <errno.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +50,7 @@ struct smtpd_auth_entry {
 
 /* smtpd_auth_table - everything one read of the file produced. */
 struct smtpd_auth_table {
+    atomic_uint refs; /* the owning smtpd_auth, plus one per check in flight */
     struct smtpd_auth_entry *entries;
     size_t n, cap;
     struct smtpd_auth_entry dummy; /* for unknown users */
@@ -50,7 +58,7 @@ struct smtpd_auth_table {
 
 struct smtpd_auth {
     char path[4096];
-    struct smtpd_auth_table table;
+    struct smtpd_auth_table *table; /* the current table; never NULL */
 };
 
 /* ------------------------------------------------------------------ */
@@ -212,7 +220,38 @@ static void smtpd_auth_table_free(struct smtpd_auth_table *t)
     if (t->entries != NULL)
         OPENSSL_cleanse(t->entries, t->cap * sizeof(*t->entries));
     free(t->entries);
-    memset(t, 0, sizeof(*t));
+    t->entries = NULL; /* refs stays: the table itself is freed by _put */
+    t->n = 0;
+    t->cap = 0;
+}
+
+/* smtpd_auth_table_new - an empty table on the heap with one reference, or NULL. */
+static struct smtpd_auth_table *smtpd_auth_table_new(void)
+{
+    struct smtpd_auth_table *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return NULL;
+    atomic_init(&t->refs, 1);
+    return t;
+}
+
+/* smtpd_auth_table_get - one more reference to the current table. */
+struct smtpd_auth_table *smtpd_auth_table_get(const struct smtpd_auth *a)
+{
+    atomic_fetch_add(&a->table->refs, 1);
+    return a->table;
+}
+
+/* smtpd_auth_table_put - drop a reference; the last one frees the table. */
+void smtpd_auth_table_put(struct smtpd_auth_table *t)
+{
+    if (t == NULL)
+        return;
+    if (atomic_fetch_sub(&t->refs, 1) != 1)
+        return;
+    smtpd_auth_table_free(t);
+    OPENSSL_cleanse(&t->dummy, sizeof(t->dummy));
+    free(t);
 }
 
 /* smtpd_auth_find - the entry of user, or NULL. */
@@ -305,7 +344,6 @@ static int smtpd_auth_load(const char *path,
     unsigned lineno = 0;
     int rc = 0;
 
-    memset(t, 0, sizeof(*t));
     FILE *f = fopen(path, "r");
     if (f == NULL) {
         int e = errno;
@@ -396,12 +434,19 @@ int smtpd_auth_new(const char *path, struct smtpd_auth **out, char *errmsg, size
         free(a);
         return HAMR_EINVAL;
     }
-    int rc = smtpd_auth_load(a->path, &a->table, errmsg, errlen);
+    a->table = smtpd_auth_table_new();
+    if (a->table == NULL) {
+        snprintf(errmsg, errlen, "%s:0: out of memory", path);
+        free(a);
+        return HAMR_ENOMEM;
+    }
+    int rc = smtpd_auth_load(a->path, a->table, errmsg, errlen);
     if (rc != 0) {
+        smtpd_auth_table_put(a->table);
         free(a);
         return rc;
     }
-    log_info("smtpd auth file=%s users=%zu", a->path, a->table.n);
+    log_info("smtpd auth file=%s users=%zu", a->path, a->table->n);
     *out = a;
     return 0;
 }
@@ -409,15 +454,21 @@ int smtpd_auth_new(const char *path, struct smtpd_auth **out, char *errmsg, size
 /* smtpd_auth_reload - swap in a fresh read, or keep the old table. */
 int smtpd_auth_reload(struct smtpd_auth *a, char *errmsg, size_t errlen)
 {
-    struct smtpd_auth_table t;
-    int rc = smtpd_auth_load(a->path, &t, errmsg, errlen);
+    struct smtpd_auth_table *t = smtpd_auth_table_new();
+    if (t == NULL) {
+        snprintf(errmsg, errlen, "%s:0: out of memory", a->path);
+        log_warn("smtpd auth reload failed, old credentials stay: %s", errmsg);
+        return HAMR_ENOMEM;
+    }
+    int rc = smtpd_auth_load(a->path, t, errmsg, errlen);
     if (rc != 0) {
+        smtpd_auth_table_put(t);
         log_warn("smtpd auth reload failed, old credentials stay: %s", errmsg);
         return rc;
     }
-    smtpd_auth_table_free(&a->table);
+    smtpd_auth_table_put(a->table); /* checks in flight keep the old one alive */
     a->table = t;
-    log_info("smtpd auth reloaded file=%s users=%zu", a->path, a->table.n);
+    log_info("smtpd auth reloaded file=%s users=%zu", a->path, a->table->n);
     return 0;
 }
 
@@ -426,7 +477,7 @@ struct smtpd_auth *smtpd_auth_free(struct smtpd_auth *a)
 {
     if (a == NULL)
         return NULL;
-    smtpd_auth_table_free(&a->table);
+    smtpd_auth_table_put(a->table);
     free(a);
     return NULL;
 }
@@ -434,22 +485,32 @@ struct smtpd_auth *smtpd_auth_free(struct smtpd_auth *a)
 /* smtpd_auth_users - the table's size. */
 size_t smtpd_auth_users(const struct smtpd_auth *a)
 {
-    return a->table.n;
+    return a->table->n;
 }
 
-/* smtpd_auth_verify - one PBKDF2 run whether or not the user exists. */
+/* smtpd_auth_verify - check against the current table. */
 int smtpd_auth_verify(const struct smtpd_auth *a,
                       const char *user,
                       size_t user_len,
                       const char *pass,
                       size_t pass_len)
 {
-    const struct smtpd_auth_entry *e = smtpd_auth_find(&a->table, user, user_len);
+    return smtpd_auth_table_verify(a->table, user, user_len, pass, pass_len);
+}
+
+/* smtpd_auth_table_verify - one PBKDF2 run whether or not the user exists. */
+int smtpd_auth_table_verify(const struct smtpd_auth_table *t,
+                            const char *user,
+                            size_t user_len,
+                            const char *pass,
+                            size_t pass_len)
+{
+    const struct smtpd_auth_entry *e = smtpd_auth_find(t, user, user_len);
     bool known = e != NULL;
     uint8_t got[SMTPD_AUTH_HASH_LEN];
 
     if (!known)
-        e = &a->table.dummy;
+        e = &t->dummy;
     if (pass_len > SMTPD_AUTH_PASS_MAX) {
         known = false; /* still run the hash below, on a bounded prefix */
         pass_len = SMTPD_AUTH_PASS_MAX;

@@ -44,7 +44,7 @@ int smtpd_auth_new(const char *path, struct smtpd_auth **out, char *errmsg, size
  */
 int smtpd_auth_reload(struct smtpd_auth *a, char *errmsg, size_t errlen);
 
-/* smtpd_auth_free - release the table. Returns NULL. */
+/* smtpd_auth_free - release the table (held references keep it until put). Returns NULL. */
 struct smtpd_auth *smtpd_auth_free(struct smtpd_auth *a);
 
 /* smtpd_auth_users - how many users the table holds. */
@@ -62,6 +62,32 @@ int smtpd_auth_verify(const struct smtpd_auth *a,
                       size_t user_len,
                       const char *pass,
                       size_t pass_len);
+
+/*
+ * struct smtpd_auth_table - one read of the credentials file, reference
+ * counted so a check can run on a worker thread while a reload swaps in a
+ * newer table on the loop thread.
+ */
+struct smtpd_auth_table;
+
+/*
+ * smtpd_auth_table_get - a reference to the table current now (on the
+ * thread that reloads). Give it back with smtpd_auth_table_put().
+ */
+struct smtpd_auth_table *smtpd_auth_table_get(const struct smtpd_auth *a);
+
+/* smtpd_auth_table_put - drop a reference, on any thread; the last one frees the table. */
+void smtpd_auth_table_put(struct smtpd_auth_table *t);
+
+/*
+ * smtpd_auth_table_verify - smtpd_auth_verify against a held table; safe on
+ * any thread (the table is not changed). 0 or HAMR_EPERM.
+ */
+int smtpd_auth_table_verify(const struct smtpd_auth_table *t,
+                            const char *user,
+                            size_t user_len,
+                            const char *pass,
+                            size_t pass_len);
 
 /*
  * smtpd_auth_hash_line - a credentials line (no newline) for user and pass

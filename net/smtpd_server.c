@@ -68,6 +68,17 @@
  * context is replaced by smtpd_server_reload_tls(); connections keep the
  * context they started with (OpenSSL counts the references).
  *
+ * AUTH password checks (io.auth_check): PBKDF2 costs tens of ms of CPU,
+ * too much for the loop thread, which also runs raft. Each check copies
+ * user and password into a struct smtpd_auth_work, holds a reference to
+ * the credentials table current at that moment (a reload cannot free it
+ * under the worker) and runs on libuv's thread pool (uv_queue_work). At
+ * most SMTPD_SERVER_AUTH_RUNNING checks are queued to the pool at once, so
+ * AUTH never fills the pool raft's disk I/O shares; further checks wait in
+ * a FIFO. The copy of the password is wiped after the check. A check
+ * outlives the connection that asked for it (the session lingers until the
+ * callback), and the server is not freed before every check has ended.
+ *
  * Memory: reads land in a fixed per-connection buffer, so input per read
  * is bounded; the session bounds what it holds. Handles are embedded in
  * their connection and freed only in the close callbacks.
@@ -80,6 +91,7 @@
 
 #include <uv.h>
 
+#include <openssl/crypto.h>
 #include <openssl/ssl.h>
 
 #include "util/common.h"
@@ -87,6 +99,7 @@
 #include "util/log.h"
 #include "net/smtpc_tls.h"
 #include "net/smtpd.h"
+#include "net/smtpd_auth.h"
 #include "net/smtpd_limits.h"
 #include "net/smtpd_proxy.h"
 #include "net/smtpd_reply.h"
@@ -100,6 +113,7 @@
 #define SMTPD_SERVER_PROXY_TIMEOUT_MS 5000 /* proxy_timeout default, as Postfix's */
 #define SMTPD_SERVER_REFUSING_MAX 64       /* sockets being refused, past max_sessions */
 #define SMTPD_SERVER_LIMITS_IDLE 10000     /* addresses remembered for their rate only */
+#define SMTPD_SERVER_AUTH_RUNNING 4        /* AUTH checks in the thread pool at once */
 
 struct smtpd_server {
     uv_loop_t *loop;
@@ -127,6 +141,8 @@ struct smtpd_server {
     bool closing;
     bool listener_closed;
     struct smtpd_conn *conns;
+    size_t auth_running;                           /* checks handed to the thread pool */
+    struct smtpd_auth_work *auth_head, *auth_tail; /* checks waiting for a slot */
     smtpd_server_close_cb close_cb;
     void *close_arg;
 };
@@ -153,6 +169,20 @@ struct smtpd_conn {
     char rbuf[SMTPD_SERVER_READ_MAX];
 };
 
+/* smtpd_auth_work - one AUTH check for the thread pool; user and pass follow the struct. */
+struct smtpd_auth_work {
+    uv_work_t req;
+    struct smtpd_server *server;
+    struct smtpd_auth_work *next;   /* in the FIFO */
+    struct smtpd_auth_table *table; /* a held reference */
+    void (*done)(void *arg, int rc);
+    void *arg;
+    int rc;
+    size_t user_len;
+    size_t pass_len;
+    char data[]; /* user, then pass */
+};
+
 /* smtpd_write - one uv_write request with its own copy of the octets. */
 struct smtpd_write {
     uv_write_t req;
@@ -170,7 +200,8 @@ static void smtpd_server_accept_resume(struct smtpd_server *s);
 /* smtpd_server_maybe_finish - after close: free the server once everything is gone. */
 static void smtpd_server_maybe_finish(struct smtpd_server *s)
 {
-    if (!s->closing || !s->listener_closed || s->n_conns > 0)
+    if (!s->closing || !s->listener_closed || s->n_conns > 0 || s->auth_running > 0 ||
+        s->auth_head != NULL)
         return;
     smtpd_server_close_cb cb = s->close_cb;
     void *arg = s->close_arg;
@@ -423,6 +454,96 @@ static size_t smtpd_server_io_write_queued(void *data)
     return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
 }
 
+/* smtpd_server_auth_work_cb - on a pool thread: the PBKDF2 check. */
+static void smtpd_server_auth_work_cb(uv_work_t *req)
+{
+    struct smtpd_auth_work *w = req->data;
+    w->rc =
+        smtpd_auth_table_verify(w->table, w->data, w->user_len, w->data + w->user_len, w->pass_len);
+}
+
+/* smtpd_server_auth_work_free - wipe and release a check's copies. */
+static void smtpd_server_auth_work_free(struct smtpd_auth_work *w)
+{
+    OPENSSL_cleanse(w->data, w->user_len + w->pass_len);
+    smtpd_auth_table_put(w->table);
+    free(w);
+}
+
+static void smtpd_server_auth_after_cb(uv_work_t *req, int status);
+
+/* smtpd_server_auth_start - hand waiting checks to the pool while slots are free. */
+static void smtpd_server_auth_start(struct smtpd_server *s)
+{
+    while (s->auth_running < SMTPD_SERVER_AUTH_RUNNING && s->auth_head != NULL) {
+        struct smtpd_auth_work *w = s->auth_head;
+        s->auth_head = w->next;
+        if (s->auth_head == NULL)
+            s->auth_tail = NULL;
+        w->next = NULL;
+        int rv =
+            uv_queue_work(s->loop, &w->req, smtpd_server_auth_work_cb, smtpd_server_auth_after_cb);
+        HAMR_ASSERT(rv == 0); /* fails only without a work callback */
+        s->auth_running++;
+    }
+}
+
+/* smtpd_server_auth_after_cb - on the loop: pass the answer on, start the next check. */
+static void smtpd_server_auth_after_cb(uv_work_t *req, int status)
+{
+    struct smtpd_auth_work *w = req->data;
+    struct smtpd_server *s = w->server;
+    void (*done)(void *, int) = w->done;
+    void *arg = w->arg;
+    int rc = status == 0 ? w->rc : HAMR_EPERM;
+
+    HAMR_ASSERT(s->auth_running > 0);
+    s->auth_running--;
+    smtpd_server_auth_work_free(w);
+    smtpd_server_auth_start(s);
+    done(arg, rc);
+    smtpd_server_maybe_finish(s);
+}
+
+/* smtpd_server_io_auth_check - copy the credentials, queue the check (or wait for a slot). */
+static int smtpd_server_io_auth_check(void *data,
+                                      const struct smtpd_auth *auth,
+                                      const char *user,
+                                      size_t user_len,
+                                      const char *pass,
+                                      size_t pass_len,
+                                      void (*done)(void *arg, int rc),
+                                      void *arg)
+{
+    struct smtpd_conn *c = data;
+    struct smtpd_server *s = c->server;
+
+    if (user_len > SMTPD_AUTH_USER_MAX)
+        return HAMR_EINVAL;
+    if (pass_len > SMTPD_AUTH_PASS_MAX + 1)
+        pass_len = SMTPD_AUTH_PASS_MAX + 1; /* still too long: never matches */
+    struct smtpd_auth_work *w = malloc(sizeof(*w) + user_len + pass_len);
+    if (w == NULL)
+        return HAMR_ENOMEM;
+    memset(w, 0, sizeof(*w));
+    w->req.data = w;
+    w->server = s;
+    w->done = done;
+    w->arg = arg;
+    w->user_len = user_len;
+    w->pass_len = pass_len;
+    memcpy(w->data, user, user_len);
+    memcpy(w->data + user_len, pass, pass_len);
+    w->table = smtpd_auth_table_get(auth);
+    if (s->auth_tail != NULL)
+        s->auth_tail->next = w;
+    else
+        s->auth_head = w;
+    s->auth_tail = w;
+    smtpd_server_auth_start(s);
+    return 0;
+}
+
 static const struct smtpd_session_io smtpd_server_io = {
     .write = smtpd_server_io_write,
     .pause = smtpd_server_io_pause,
@@ -431,6 +552,7 @@ static const struct smtpd_session_io smtpd_server_io = {
     .set_timer = smtpd_server_io_set_timer,
     .write_queued = smtpd_server_io_write_queued,
     .starttls = NULL, /* set per connection when a TLS context is loaded */
+    .auth_check = smtpd_server_io_auth_check,
 };
 
 /*
@@ -984,6 +1106,15 @@ int smtpd_server_reload_tls(struct smtpd_server *s)
 size_t smtpd_server_sessions(const struct smtpd_server *s)
 {
     return s->n_sessions;
+}
+
+/* smtpd_server_auth_checks - running plus waiting checks. */
+size_t smtpd_server_auth_checks(const struct smtpd_server *s)
+{
+    size_t n = s->auth_running;
+    for (const struct smtpd_auth_work *w = s->auth_head; w != NULL; w = w->next)
+        n++;
+    return n;
 }
 
 /* smtpd_server_listener_close_cb - the listening handle is closed. */

@@ -119,10 +119,14 @@ int smtpd_server_reload_tls(struct smtpd_server *s);
 /* smtpd_server_sessions - open sessions (refused connections not counted). */
 size_t smtpd_server_sessions(const struct smtpd_server *s);
 
+/* smtpd_server_auth_checks - AUTH password checks in the thread pool or waiting for it. */
+size_t smtpd_server_auth_checks(const struct smtpd_server *s);
+
 /*
  * smtpd_server_close - stop listening, say 421 4.3.2 to every session and
- * close it (a session with a pending submit first answers that message),
- * then free the server and call cb(arg). Call once; s is invalid after cb.
+ * close it (a session with a pending submit or AUTH check first answers
+ * it), wait for every AUTH check handed to the thread pool, then free the
+ * server and call cb(arg). Call once; s is invalid after cb.
  */
 void smtpd_server_close(struct smtpd_server *s, smtpd_server_close_cb cb, void *arg);
 

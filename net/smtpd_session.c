@@ -30,6 +30,13 @@
  * and AUTH payloads are never logged and are wiped after the check. A
  * failure is 535 and counts as an error; auth_max_failures of them give
  * 421 4.7.0 and close. An authenticated session may relay anywhere.
+ * The password check (PBKDF2, tens of ms of CPU) goes through
+ * io.auth_check when the owner has one (the server runs it on libuv's
+ * thread pool); until it calls back the session waits like a pending
+ * submit: reading paused, no client deadline, pipelined commands held, and
+ * a client that leaves keeps the session alive until the callback. If the
+ * check cannot be queued the client gets 454 4.7.0 (temporary). Without the
+ * hook the check runs synchronously.
  *
  * Security: parses untrusted input. Lines are bounded by the reader, the
  * held input by SMTPD_SESSION_INPUT_MAX, recipients by recipient_limit,
@@ -107,17 +114,19 @@ struct smtpd_session {
     bool paused;         /* io.pause called and not undone */
     bool output_blocked; /* written output over SMTPD_SESSION_OUT_HIGH */
     bool submit_pending;
-    bool close_after_commit;
+    bool auth_pending;                     /* io.auth_check has not called back */
+    bool close_after_commit;               /* shutdown: 421 after the pending reply */
     char helo[SMTPD_SESSION_HELO_MAX + 1]; /* printable; "" if none */
     bool esmtp;
     bool tls;           /* STARTTLS accepted: the stream is (becoming) encrypted */
     bool authenticated; /* AUTH succeeded: may relay */
-    char auth_user[SMTPD_AUTH_USER_MAX + 1];  /* printable, for logs */
-    unsigned auth_failures;                   /* 535 replies so far */
-    enum smtpd_auth_step auth_step;           /* an exchange in progress */
-    struct buf auth_line;                     /* the response line so far */
-    bool auth_line_too_long;                  /* dropping the rest of it */
-    char login_user[SMTPD_AUTH_USER_MAX + 1]; /* LOGIN: the decoded user */
+    char auth_user[SMTPD_AUTH_USER_MAX + 1];     /* printable, for logs */
+    char auth_shown[SMTPD_SESSION_LOG_TEXT + 1]; /* user of the pending check, for logs */
+    unsigned auth_failures;                      /* 535 replies so far */
+    enum smtpd_auth_step auth_step;              /* an exchange in progress */
+    struct buf auth_line;                        /* the response line so far */
+    bool auth_line_too_long;                     /* dropping the rest of it */
+    char login_user[SMTPD_AUTH_USER_MAX + 1];    /* LOGIN: the decoded user */
     size_t login_user_len;
     char verb[16]; /* current command, for logs */
     struct smtpd_tx *tx;
@@ -144,6 +153,7 @@ static const struct {
 };
 
 static void smtpd_session_process(struct smtpd_session *s);
+static void smtpd_session_free_now(struct smtpd_session *s);
 
 /* smtpd_state_name - the name of a state. */
 const char *smtpd_state_name(enum smtpd_state state)
@@ -286,7 +296,7 @@ static void smtpd_session_update_reading(struct smtpd_session *s)
 {
     if (s->io_detached || s->closed)
         return;
-    bool want_pause = s->submit_pending || s->output_blocked;
+    bool want_pause = s->submit_pending || s->auth_pending || s->output_blocked;
     if (want_pause && !s->paused) {
         s->paused = true;
         s->io.pause(s->io.data);
@@ -299,8 +309,8 @@ static void smtpd_session_update_reading(struct smtpd_session *s)
 /* smtpd_session_timeout_ms - the client deadline wanted in the current state. */
 uint64_t smtpd_session_timeout_ms(const struct smtpd_session *s)
 {
-    if (s->submit_pending)
-        return 0; /* the sink's own deadline applies, not the client's */
+    if (s->submit_pending || s->auth_pending)
+        return 0; /* the sink's (or the check's) own time applies, not the client's */
     switch (smtpd_session_states[s->state].timeout) {
         case SMTPD_SESSION_T_COMMAND:
             return s->policy->command_timeout_ms;
@@ -1075,6 +1085,7 @@ static void smtpd_session_proceed_starttls(struct smtpd_session *s, const char *
 #define SMTPD_SESSION_AUTH_BAD_BASE64 "501 5.5.2 Error: invalid base64 data\r\n"
 #define SMTPD_SESSION_AUTH_TOO_LONG "500 5.5.6 Authentication Exchange line is too long\r\n"
 #define SMTPD_SESSION_AUTH_BAD_MECH "504 5.5.4 Unrecognized authentication type\r\n"
+#define SMTPD_SESSION_AUTH_TEMPFAIL "454 4.7.0 Temporary authentication failure\r\n"
 #define SMTPD_SESSION_AUTH_PLAIN_GO "334 \r\n"
 #define SMTPD_SESSION_AUTH_LOGIN_USER "334 VXNlcm5hbWU6\r\n" /* "Username:" */
 #define SMTPD_SESSION_AUTH_LOGIN_PASS "334 UGFzc3dvcmQ6\r\n" /* "Password:" */
@@ -1136,25 +1147,81 @@ static void smtpd_session_auth_fail(struct smtpd_session *s, const char *user)
     }
 }
 
-/* smtpd_session_auth_check - the password check itself: 235 or a failure. */
+/*
+ * smtpd_session_auth_result - the answer of a check: 235 or a failure.
+ * s->auth_user and s->auth_shown name the user tried.
+ */
+static void smtpd_session_auth_result(struct smtpd_session *s, int rc)
+{
+    if (rc != 0) {
+        s->auth_user[0] = '\0';
+        smtpd_session_auth_fail(s, s->auth_shown);
+        return;
+    }
+    s->authenticated = true;
+    log_info("smtpd session=%" PRIu64 " auth ok client=%s user=%s", s->id, s->client_addr,
+             s->auth_shown);
+    smtpd_session_auth_reply(s, 235, SMTPD_SESSION_AUTH_OK);
+}
+
+/*
+ * smtpd_session_auth_done - io.auth_check called back: reply, then go on
+ * with held input. A detached session frees itself.
+ */
+static void smtpd_session_auth_done(void *arg, int rc)
+{
+    struct smtpd_session *s = arg;
+
+    HAMR_ASSERT(s->auth_pending);
+    s->auth_pending = false;
+    if (s->io_detached) {
+        log_info("smtpd session=%" PRIu64 " auth check ended client=gone", s->id);
+        smtpd_session_free_now(s);
+        return;
+    }
+    hamr_strlcpy(s->verb, "AUTH", sizeof(s->verb));
+    smtpd_session_auth_result(s, rc);
+    if (s->close_after_commit) {
+        s->verb[0] = '\0';
+        smtpd_session_reply(s, SMTPD_REPLY_SHUTDOWN, s->policy->hostname);
+    }
+    smtpd_session_process(s);
+    smtpd_session_arm_timer(s);
+}
+
+/*
+ * smtpd_session_auth_check - the password check itself: through
+ * io.auth_check (the answer comes in smtpd_session_auth_done) or, without
+ * it, right here.
+ */
 static void smtpd_session_auth_check(struct smtpd_session *s,
                                      const uint8_t *user,
                                      size_t user_len,
                                      const uint8_t *pass,
                                      size_t pass_len)
 {
-    char shown[SMTPD_SESSION_LOG_TEXT + 1];
-
-    log_printable(shown, sizeof(shown), (const char *)user, user_len);
-    if (smtpd_auth_verify(s->policy->auth, (const char *)user, user_len, (const char *)pass,
-                          pass_len) != 0) {
-        smtpd_session_auth_fail(s, shown);
+    log_printable(s->auth_shown, sizeof(s->auth_shown), (const char *)user, user_len);
+    log_printable(s->auth_user, sizeof(s->auth_user), (const char *)user, user_len);
+    if (s->io.auth_check == NULL) {
+        smtpd_session_auth_result(s, smtpd_auth_verify(s->policy->auth, (const char *)user,
+                                                       user_len, (const char *)pass, pass_len));
         return;
     }
-    s->authenticated = true;
-    log_printable(s->auth_user, sizeof(s->auth_user), (const char *)user, user_len);
-    log_info("smtpd session=%" PRIu64 " auth ok client=%s user=%s", s->id, s->client_addr, shown);
-    smtpd_session_auth_reply(s, 235, SMTPD_SESSION_AUTH_OK);
+    s->auth_pending = true;
+    int rc = s->io.auth_check(s->io.data, s->policy->auth, (const char *)user, user_len,
+                              (const char *)pass, pass_len, smtpd_session_auth_done, s);
+    if (rc != 0) {
+        /* The callback will not run. */
+        s->auth_pending = false;
+        s->auth_user[0] = '\0';
+        log_warn("smtpd session=%" PRIu64 " auth check not queued client=%s user=%s err=%s", s->id,
+                 s->client_addr, s->auth_shown, hamr_errname(rc));
+        smtpd_session_auth_reply(s, 454, SMTPD_SESSION_AUTH_TEMPFAIL);
+        return;
+    }
+    smtpd_session_update_reading(s);
+    smtpd_session_arm_timer(s);
+    /* Asynchronous processing continues in smtpd_session_auth_done(). */
 }
 
 /*
@@ -1574,8 +1641,8 @@ static void smtpd_session_process(struct smtpd_session *s)
     if (s->processing)
         return;
     s->processing = true;
-    while (s->state != SMTPD_STATE_CLOSING && !s->submit_pending && !s->output_blocked &&
-           s->input_off < s->input.len) {
+    while (s->state != SMTPD_STATE_CLOSING && !s->submit_pending && !s->auth_pending &&
+           !s->output_blocked && s->input_off < s->input.len) {
         size_t used = 0;
         if (s->auth_step != SMTPD_AUTH_STEP_NONE) {
             /* The reader is at a line boundary: it returned the AUTH line. */
@@ -1676,18 +1743,18 @@ void smtpd_session_greet(struct smtpd_session *s)
 /* smtpd_session_timeout - the client took too long (RFC 5321 4.5.3.2). */
 void smtpd_session_timeout(struct smtpd_session *s)
 {
-    if (s->io_detached || s->state == SMTPD_STATE_CLOSING || s->submit_pending)
+    if (s->io_detached || s->state == SMTPD_STATE_CLOSING || s->submit_pending || s->auth_pending)
         return;
     s->verb[0] = '\0';
     smtpd_session_reply(s, SMTPD_REPLY_TIMEOUT, s->policy->hostname);
 }
 
-/* smtpd_session_shutdown - 421 now, or after the pending submit's reply. */
+/* smtpd_session_shutdown - 421 now, or after the pending submit's (or AUTH's) reply. */
 void smtpd_session_shutdown(struct smtpd_session *s)
 {
     if (s->io_detached || s->state == SMTPD_STATE_CLOSING)
         return;
-    if (s->submit_pending) {
+    if (s->submit_pending || s->auth_pending) {
         s->close_after_commit = true;
         return;
     }
@@ -1702,12 +1769,12 @@ struct smtpd_session *smtpd_session_free(struct smtpd_session *s)
         return NULL;
     log_info("smtpd session=%" PRIu64
              " disconnect client=%s state=%s commands=%u messages=%u "
-             "errors=%u%s",
+             "errors=%u%s%s",
              s->id, s->client_addr, smtpd_state_name(s->state), s->commands, s->messages, s->errors,
-             s->submit_pending ? " submit=pending" : "");
+             s->submit_pending ? " submit=pending" : "", s->auth_pending ? " auth=pending" : "");
     s->io_detached = true;
-    if (s->submit_pending)
-        return NULL; /* freed by smtpd_session_commit_cb() */
+    if (s->submit_pending || s->auth_pending)
+        return NULL; /* freed by smtpd_session_commit_cb() or smtpd_session_auth_done() */
     smtpd_session_free_now(s);
     return NULL;
 }
@@ -1728,4 +1795,10 @@ bool smtpd_session_tls(const struct smtpd_session *s)
 bool smtpd_session_submit_pending(const struct smtpd_session *s)
 {
     return s->submit_pending;
+}
+
+/* smtpd_session_auth_pending - is a password check in flight? */
+bool smtpd_session_auth_pending(const struct smtpd_session *s)
+{
+    return s->auth_pending;
 }

@@ -8,6 +8,8 @@
 
 #include "net/smtpd.h"
 
+struct smtpd_auth;
+
 /*
  * smtpd_state - where a session is. Legal transitions:
  *
@@ -23,7 +25,9 @@
  *
  * Invariants: a transaction exists exactly in MAIL, RCPT, DATA and COMMITTING
  * (and in CLOSING if the session closed while a submit was pending); at
- * most one submit is pending; reading is paused while one is.
+ * most one submit is pending; reading is paused while one is. An AUTH
+ * password check in flight (io.auth_check) is waited for the same way, in
+ * the state the session was in: no input processed, no client timeout.
  */
 enum smtpd_state {
     SMTPD_STATE_CONNECTED,  /* accepted; greeting not yet sent */
@@ -65,6 +69,23 @@ struct smtpd_session_io {
      * is not offered. 0, or HAMR_E* and the session hangs up.
      */
     int (*starttls)(void *data);
+    /*
+     * auth_check - check pass (pass_len octets) for user (user_len octets)
+     * against auth off the caller's thread, and later, on the caller's
+     * thread and never from inside this call, call done(arg, rc) with 0
+     * (good) or HAMR_EPERM. user and pass are borrowed for the call only:
+     * the owner copies them (and wipes its copy). Returns 0, or HAMR_E* and
+     * done will not be called. NULL: the session calls smtpd_auth_verify()
+     * itself, synchronously.
+     */
+    int (*auth_check)(void *data,
+                      const struct smtpd_auth *auth,
+                      const char *user,
+                      size_t user_len,
+                      const char *pass,
+                      size_t pass_len,
+                      void (*done)(void *arg, int rc),
+                      void *arg);
 };
 
 struct smtpd_session;
@@ -105,15 +126,16 @@ void smtpd_session_timeout(struct smtpd_session *s);
 
 /*
  * smtpd_session_shutdown - the server is closing: 421 4.3.2 and close now,
- * or, with a submit pending, right after the reply to it.
+ * or, with a submit or an AUTH check pending, right after the reply to it.
  */
 void smtpd_session_shutdown(struct smtpd_session *s);
 
 /*
  * smtpd_session_free - the owner is done with the transport (after close,
  * or when the client went away). The session makes no more io calls. If a
- * submit is pending the session lives on, detached, until the sink calls
- * back, and frees itself then. Returns NULL.
+ * submit or an AUTH check is pending the session lives on, detached, until
+ * the sink (or io.auth_check's done) calls back, and frees itself then.
+ * Returns NULL.
  */
 struct smtpd_session *smtpd_session_free(struct smtpd_session *s);
 
@@ -131,5 +153,8 @@ bool smtpd_session_tls(const struct smtpd_session *s);
 
 /* smtpd_session_submit_pending - true while the sink holds a message of this session. */
 bool smtpd_session_submit_pending(const struct smtpd_session *s);
+
+/* smtpd_session_auth_pending - true while an io.auth_check has not called back. */
+bool smtpd_session_auth_pending(const struct smtpd_session *s);
 
 #endif

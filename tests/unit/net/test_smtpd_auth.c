@@ -14,6 +14,12 @@
  * authzid rules and embedded NULs (RFC 4616); LOGIN with its two prompts;
  * relay allowed only after AUTH with "with ESMTPSA" in Received:; 421
  * after three failures; no password or AUTH payload in the log.
+ * The asynchronous check (io.auth_check, faked here and completed by the
+ * test): no reply and nothing pipelined behind AUTH runs until it calls
+ * back, reading paused and no client deadline meanwhile; 235 or 535 after
+ * the callback, in order; 454 when the check cannot be queued; a client
+ * that leaves, or a server shutdown, while a check is pending; the table
+ * reference a check holds survives a reload and the table's free.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -41,11 +47,24 @@
 /* Fakes                                                               */
 /* ------------------------------------------------------------------ */
 
+/* fake_check - an io.auth_check that keeps the request for the test to answer. */
+struct fake_check {
+    int calls;
+    int refuse; /* returned when not 0; done is then never called */
+    const struct smtpd_auth *auth;
+    char user[SMTPD_AUTH_USER_MAX + 1];
+    char pass[SMTPD_AUTH_PASS_MAX + 1];
+    void (*done)(void *arg, int rc);
+    void *arg;
+};
+
 struct fake_io {
     struct buf out;
     size_t taken;
     int closes, starttls;
     bool paused;
+    uint64_t timer_ms;       /* the last set_timer */
+    struct fake_check check; /* used when the harness is async */
 };
 
 /* fake_io_write - record output; nothing after close. */
@@ -77,14 +96,39 @@ static void fake_io_close(void *data)
 /* fake_io_set_timer - deadlines are not looked at here. */
 static void fake_io_set_timer(void *data, uint64_t ms)
 {
-    (void)data;
-    (void)ms;
+    ((struct fake_io *)data)->timer_ms = ms;
 }
 
 /* fake_io_starttls - "handshake" at once; input stays as it is. */
 static int fake_io_starttls(void *data)
 {
     ((struct fake_io *)data)->starttls++;
+    return 0;
+}
+
+/* fake_io_auth_check - record the request (copies, as the contract says); the test answers. */
+static int fake_io_auth_check(void *data,
+                              const struct smtpd_auth *auth,
+                              const char *user,
+                              size_t user_len,
+                              const char *pass,
+                              size_t pass_len,
+                              void (*done)(void *arg, int rc),
+                              void *arg)
+{
+    struct fake_check *c = &((struct fake_io *)data)->check;
+    c->calls++;
+    assert_null(c->done); /* one check at a time per session */
+    if (c->refuse != 0)
+        return c->refuse;
+    assert_true(user_len < sizeof(c->user) && pass_len < sizeof(c->pass));
+    memcpy(c->user, user, user_len);
+    c->user[user_len] = '\0';
+    memcpy(c->pass, pass, pass_len);
+    c->pass[pass_len] = '\0';
+    c->auth = auth;
+    c->done = done;
+    c->arg = arg;
     return 0;
 }
 
@@ -128,6 +172,7 @@ struct harness {
     char path[64];
     struct fake_io io;
     struct fake_sink sink;
+    bool async; /* the next test_start installs fake_io_auth_check */
     struct smtpd_session *s;
     char last[1 << 15];
 };
@@ -185,12 +230,14 @@ static int test_setup(void **state)
     return 0;
 }
 
-/* test_teardown - free session, pending submit, table and file. */
+/* test_teardown - free session, pending submit and check, table and file. */
 static int test_teardown(void **state)
 {
     struct harness *h = *state;
     if (h->s != NULL)
         h->s = smtpd_session_free(h->s);
+    if (h->io.check.done != NULL)
+        h->io.check.done(h->io.check.arg, HAMR_EPERM);
     if (h->sink.cb != NULL)
         h->sink.cb(h->sink.cb_arg, HAMR_ESHUTDOWN);
     free(h->sink.body);
@@ -212,6 +259,7 @@ static void test_start(struct harness *h, bool tls_offered)
         .close = fake_io_close,
         .set_timer = fake_io_set_timer,
         .starttls = tls_offered ? fake_io_starttls : NULL,
+        .auth_check = h->async ? fake_io_auth_check : NULL,
     };
     struct smtpd_sink sink = {
         .data = &h->sink,
@@ -750,6 +798,185 @@ static void test_no_secret_in_log(void **state)
             fail_msg("secret \"%s\" in the log:\n%s", secrets[i], log);
 }
 
+/* ------------------------------------------------------------------ */
+/* The asynchronous check (io.auth_check)                              */
+/* ------------------------------------------------------------------ */
+
+/* test_answer - the pending check calls back with what the real table says. */
+static void test_answer(struct harness *h)
+{
+    struct fake_check *c = &h->io.check;
+    void (*done)(void *, int) = c->done;
+    assert_non_null(done);
+    c->done = NULL;
+    int rc = smtpd_auth_verify(c->auth, c->user, strlen(c->user), c->pass, strlen(c->pass));
+    done(c->arg, rc);
+}
+
+/* test_async_pending - AUTH waits for the check; pipelined commands wait behind it. */
+static void test_async_pending(void **state)
+{
+    struct harness *h = *state;
+    h->async = true;
+    test_tls_ehlo(h);
+    assert_int_equal(h->io.timer_ms, 300000);
+    test_send(h, test_plain("", "alice", "secret-alice"));
+    test_send(h, "MAIL FROM:<a@example.org>\r\nNOOP\r\n");
+    test_expect(h, "");
+    assert_true(smtpd_session_auth_pending(h->s));
+    assert_int_equal(h->io.check.calls, 1);
+    assert_string_equal(h->io.check.user, "alice");
+    assert_string_equal(h->io.check.pass, "secret-alice");
+    assert_ptr_equal(h->io.check.auth, h->auth);
+    assert_true(h->io.paused);
+    assert_int_equal(h->io.timer_ms, 0);
+    assert_int_equal(smtpd_session_timeout_ms(h->s), 0);
+    smtpd_session_timeout(h->s); /* a stale timer: ignored while the check runs */
+    test_send(h, "RSET\r\n");    /* still held */
+    test_expect(h, "");
+    assert_int_equal(h->io.closes, 0);
+
+    test_answer(h);
+    test_expect(h,
+                "235 2.7.0 Authentication successful\r\n250 2.1.0 Ok\r\n250 2.0.0 Ok\r\n"
+                "250 2.0.0 Ok\r\n");
+    assert_false(smtpd_session_auth_pending(h->s));
+    assert_false(h->io.paused);
+    assert_int_equal(h->io.timer_ms, 300000);
+    /* Authenticated: relaying is allowed now. */
+    test_send(h, "MAIL FROM:<a@example.org>\r\nRCPT TO:<x@elsewhere.example>\r\n");
+    test_expect(h, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n");
+}
+
+/* test_async_table - PLAIN and LOGIN, good and bad, through the asynchronous check. */
+static void test_async_table(void **state)
+{
+    struct harness *h = *state;
+    static const struct {
+        const char *label;
+        const char *send;   /* the whole exchange, pipelined */
+        const char *before; /* replies before the check calls back */
+        const char *user, *pass;
+        const char *after; /* replies once it did */
+    } cases[] = {
+        {"plain good", NULL, "", "alice", "secret-alice",
+         "235 2.7.0 Authentication successful\r\n"},
+        {"plain bad", NULL, "", "alice", "secret-bob",
+         "535 5.7.8 Error: authentication failed\r\n"},
+        {"plain unknown", NULL, "", "carol", "x", "535 5.7.8 Error: authentication failed\r\n"},
+        {"login good", "AUTH LOGIN\r\nYm9iQGhhbXIudGVzdA==\r\nYjBi\r\nNOOP\r\n",
+         "334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n", "bob@hamr.test", "b0b",
+         "235 2.7.0 Authentication successful\r\n250 2.0.0 Ok\r\n"},
+        {"login bad", "AUTH LOGIN YWxpY2U=\r\nYjBi\r\nNOOP\r\n", "334 UGFzc3dvcmQ6\r\n", "alice",
+         "b0b", "535 5.7.8 Error: authentication failed\r\n250 2.0.0 Ok\r\n"},
+    };
+    h->async = true;
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        test_tls_ehlo(h);
+        test_send(h, cases[i].send ? cases[i].send : test_plain("", cases[i].user, cases[i].pass));
+        if (strcmp(test_take(h), cases[i].before) != 0)
+            fail_msg("%s: before the check: \"%s\"", cases[i].label, h->last);
+        assert_true(smtpd_session_auth_pending(h->s));
+        assert_string_equal(h->io.check.user, cases[i].user);
+        assert_string_equal(h->io.check.pass, cases[i].pass);
+        test_answer(h);
+        if (strcmp(test_take(h), cases[i].after) != 0)
+            fail_msg("%s: after the check: \"%s\"", cases[i].label, h->last);
+        assert_false(smtpd_session_auth_pending(h->s));
+        assert_false(h->io.paused);
+        h->s = smtpd_session_free(h->s);
+        test_reset_io(h);
+    }
+}
+
+/* test_async_refused - a check that cannot be queued is 454, and AUTH may be tried again. */
+static void test_async_refused(void **state)
+{
+    struct harness *h = *state;
+    h->async = true;
+    test_tls_ehlo(h);
+    h->io.check.refuse = HAMR_ENOMEM;
+    test_send(h, test_plain("", "alice", "secret-alice"));
+    test_expect(h, "454 4.7.0 Temporary authentication failure\r\n");
+    assert_false(smtpd_session_auth_pending(h->s));
+    assert_false(h->io.paused);
+    assert_int_equal(h->io.closes, 0);
+    h->io.check.refuse = 0;
+    test_send(h, test_plain("", "alice", "secret-alice"));
+    test_expect(h, "");
+    test_answer(h);
+    test_expect(h, "235 2.7.0 Authentication successful\r\n");
+}
+
+/* test_async_disconnect - the client leaves mid-check: the session lingers, then frees itself. */
+static void test_async_disconnect(void **state)
+{
+    struct harness *h = *state;
+    h->async = true;
+    test_tls_ehlo(h);
+    test_send(h, test_plain("", "alice", "secret-alice"));
+    test_send(h, "NOOP\r\n");
+    assert_true(smtpd_session_auth_pending(h->s));
+    h->s = smtpd_session_free(h->s); /* the connection is gone */
+    test_answer(h);                  /* frees the session; ASan reports a leak otherwise */
+    test_expect(h, "");              /* and nothing is written to the old transport */
+
+    /* The same for a failing check, after the session hung up on input overflow. */
+    test_reset_io(h);
+    test_tls_ehlo(h);
+    test_send(h, test_plain("", "alice", "wrong"));
+    assert_true(smtpd_session_auth_pending(h->s));
+    static char big[SMTPD_SESSION_INPUT_MAX + 2];
+    memset(big, 'x', sizeof(big) - 1);
+    test_send(h, big);
+    test_expect(h, "421 4.7.0 mx.hamr.test Error: too much pipelined input\r\n");
+    assert_int_equal(h->io.closes, 1);
+    h->s = smtpd_session_free(h->s);
+    test_answer(h);
+    test_expect(h, "");
+}
+
+/* test_async_shutdown - the server closes mid-check: the AUTH reply first, then 421. */
+static void test_async_shutdown(void **state)
+{
+    struct harness *h = *state;
+    h->async = true;
+    test_tls_ehlo(h);
+    test_send(h, test_plain("", "alice", "secret-alice"));
+    test_send(h, "NOOP\r\n");
+    smtpd_session_shutdown(h->s);
+    test_expect(h, "");
+    assert_int_equal(h->io.closes, 0);
+    test_answer(h);
+    test_expect(h,
+                "235 2.7.0 Authentication successful\r\n"
+                "421 4.3.2 mx.hamr.test Service not available, shutting down\r\n");
+    assert_int_equal(h->io.closes, 1);
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_CLOSING);
+}
+
+/* test_table_reference - a held table survives a reload and the free of its owner. */
+static void test_table_reference(void **state)
+{
+    struct harness *h = *state;
+    char dave[512], err[256];
+
+    struct smtpd_auth_table *old = smtpd_auth_table_get(h->auth);
+    test_cred_line(dave, sizeof(dave), "dave", "d4ve");
+    test_write_file(h->path, dave);
+    assert_int_equal(smtpd_auth_reload(h->auth, err, sizeof(err)), 0);
+    struct smtpd_auth_table *cur = smtpd_auth_table_get(h->auth);
+    h->auth = smtpd_auth_free(h->auth);
+    h->policy.auth = NULL;
+    assert_int_equal(smtpd_auth_table_verify(old, "alice", 5, "secret-alice", 12), 0);
+    assert_int_equal(smtpd_auth_table_verify(old, "dave", 4, "d4ve", 4), HAMR_EPERM);
+    assert_int_equal(smtpd_auth_table_verify(cur, "dave", 4, "d4ve", 4), 0);
+    assert_int_equal(smtpd_auth_table_verify(cur, "alice", 5, "secret-alice", 12), HAMR_EPERM);
+    smtpd_auth_table_put(old);
+    smtpd_auth_table_put(cur); /* the last references: ASan sees a leak or double free */
+    smtpd_auth_table_put(NULL);
+}
+
 int main(void)
 {
     log_set_level(LOG_LEVEL_INFO);
@@ -757,7 +984,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_base64),         T(test_file_lines),       T(test_verify),
         T(test_ehlo_offer),     T(test_auth_replies),     T(test_relay_after_auth),
-        T(test_three_failures), T(test_no_secret_in_log),
+        T(test_three_failures), T(test_no_secret_in_log), T(test_async_pending),
+        T(test_async_table),    T(test_async_refused),    T(test_async_disconnect),
+        T(test_async_shutdown), T(test_table_reference),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -15,6 +15,10 @@
  * over; no STARTTLS without a certificate (502); a TLS 1.1 client, a
  * plaintext client after 220 and a silent one (command timeout) are cut off; bad certificate files
  * are errors naming the file; a failed reload keeps the old certificate.
+ * AUTH inside TLS with the check on libuv's thread pool: 535 and 235 in
+ * order with a pipelined command held behind AUTH, the credentials
+ * reloaded while a check runs, and the server closed while a check runs
+ * (its close callback waits for the check; nothing leaks).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -41,6 +45,7 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "net/smtpd.h"
+#include "net/smtpd_auth.h"
 #include "net/smtpd_server.h"
 #include "tls_testcert.h"
 
@@ -532,6 +537,97 @@ static void test_reload(void **state)
     harness_stop(&h);
 }
 
+/* auth_file - a credentials file at path (mkstemp template) for alice/secret-alice. */
+static struct smtpd_auth *auth_file(char *path, const char *user, const char *pass)
+{
+    char line[512], err[256];
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(smtpd_auth_hash_line(user, pass, strlen(pass), 1000, line, sizeof(line)), 0);
+    assert_int_equal(write(fd, line, strlen(line)), (ssize_t)strlen(line));
+    close(fd);
+    struct smtpd_auth *a = NULL;
+    assert_int_equal(smtpd_auth_new(path, &a, err, sizeof(err)), 0);
+    return a;
+}
+
+/* wait_check - turn the loop until the server holds an AUTH check; true if it does. */
+static bool wait_check(struct harness *h)
+{
+    for (int i = 0; i < TURNS_MAX; i++) {
+        /* Look before each turn: the turn that queued a check never also reports it done. */
+        if (smtpd_server_auth_checks(h->server) > 0)
+            return true;
+        uv_run(&h->loop, UV_RUN_NOWAIT);
+        if (smtpd_server_auth_checks(h->server) > 0)
+            return true;
+        struct pollfd pfd = {.fd = h->fd, .events = POLLIN};
+        (void)poll(&pfd, 1, POLL_MS);
+    }
+    return false;
+}
+
+/* test_auth_over_tls - AUTH on a real loop: checks on the thread pool, replies in order. */
+static void test_auth_over_tls(void **state)
+{
+    (void)state;
+    struct harness h;
+    char path[] = "/tmp/hamr-tls-auth-XXXXXX";
+    harness_start(&h, true);
+    struct smtpd_auth *auth = auth_file(path, "alice", "secret-alice");
+    h.policy.auth = auth;
+    h.policy.auth_max_failures = 10;
+    start_tls(&h);
+    expect(&h, "EHLO client.test\r\n", "250-mx.hamr.test");
+    assert_non_null(strstr(h.in, "250-AUTH PLAIN LOGIN\r\n"));
+    /* "\0alice\0wrong" and "\0alice\0secret-alice" */
+    expect(&h, "AUTH PLAIN AGFsaWNlAHdyb25n\r\n", "535 5.7.8 Error: authentication failed\r\n");
+    client_send(&h, "AUTH PLAIN AGFsaWNlAHNlY3JldC1hbGljZQ==\r\nNOOP\r\n");
+    const char *r = client_reply(&h);
+    assert_non_null(r);
+    assert_int_equal(strncmp(r, "235 2.7.0 Authentication successful\r\n", 38), 0);
+    if (strstr(r, "250 2.0.0 Ok\r\n") == NULL)
+        expect(&h, NULL, "250 2.0.0 Ok\r\n");
+
+    /* A reload while a check runs: the check keeps the table it started with. */
+    client_drop(&h);
+    start_tls(&h);
+    expect(&h, "EHLO client.test\r\n", "250-mx.hamr.test");
+    client_send(&h, "AUTH PLAIN AGFsaWNlAHNlY3JldC1hbGljZQ==\r\n");
+    assert_true(wait_check(&h));
+    char line[512], err[256];
+    assert_int_equal(smtpd_auth_hash_line("bob", "b0b", 3, 1000, line, sizeof(line)), 0);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(line, f);
+    fclose(f);
+    assert_int_equal(smtpd_auth_reload(auth, err, sizeof(err)), 0);
+    expect(&h, NULL, "235 2.7.0"); /* checked against the table before the reload */
+    assert_int_equal(smtpd_server_auth_checks(h.server), 0);
+    client_drop(&h);
+    start_tls(&h);
+    expect(&h, "EHLO client.test\r\n", "250-mx.hamr.test");
+    expect(&h, "AUTH PLAIN AGFsaWNlAHNlY3JldC1hbGljZQ==\r\n", "535 ");
+    expect(&h, "AUTH PLAIN AGJvYgBiMGI=\r\n", "235 2.7.0"); /* "\0bob\0b0b" */
+    client_drop(&h);
+
+    /* The server closes while a check runs: its callback comes after the check. */
+    start_tls(&h);
+    expect(&h, "EHLO client.test\r\n", "250-mx.hamr.test");
+    client_send(&h, "AUTH PLAIN AGJvYgBiMGI=\r\n");
+    assert_true(wait_check(&h));
+    client_drop(&h);
+    smtpd_server_close(h.server, server_closed_cb, &h);
+    uv_close((uv_handle_t *)&h.commit, NULL);
+    for (int i = 0; i < TURNS_MAX && !h.server_closed; i++)
+        uv_run(&h.loop, UV_RUN_ONCE); /* wakes for the check's completion */
+    assert_true(h.server_closed);
+    assert_int_equal(uv_loop_close(&h.loop), 0);
+    tls_testcert_cleanup(&h.tc);
+    smtpd_auth_free(auth);
+    unlink(path);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN); /* as hamrd does: a vanished client is EPIPE, not death */
@@ -545,6 +641,7 @@ int main(void)
         cmocka_unit_test(test_handshake_timeout),
         cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_reload),
+        cmocka_unit_test(test_auth_over_tls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
