@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # check.sh - check every shipped deployment file: "hamrd --check-config" on each
-# deploy/examples/*/*.conf, "haproxy -c" on deploy/haproxy.cfg and
+# deploy/hamr.conf.example and deploy/examples/*/*.conf, "haproxy -c" on deploy/haproxy.cfg and
 # "systemd-analyze verify" on deploy/hamrd@.service (each tool only when
 # installed; a missing one is reported as skipped).
 #
@@ -18,7 +18,7 @@ DEPLOY=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 rc=0
 n=0
 
-for f in "$DEPLOY"/examples/*/*.conf; do
+for f in "$DEPLOY"/hamr.conf.example "$DEPLOY"/examples/*/*.conf; do
     if out=$("$HAMRD" --check-config -c "$f" 2>&1); then
         n=$((n + 1))
     else
