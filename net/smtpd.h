@@ -24,6 +24,17 @@ struct smtpd_cidr {
     unsigned prefix;
 };
 
+/*
+ * smtpd_observer - counts for the node's metrics. Both may be NULL. session:
+ * a session started (its greeting goes out); reply: a 4xx or 5xx reply was
+ * sent (code is the reply code). Never used to decide anything.
+ */
+struct smtpd_observer {
+    void *data;
+    void (*session)(void *data);
+    void (*reply)(void *data, int code);
+};
+
 /* smtpd_policy - inbound limits and relay rules. Borrowed by sessions. */
 struct smtpd_policy {
     char hostname[256];              /* banner, Received: */
@@ -38,6 +49,7 @@ struct smtpd_policy {
     unsigned max_errors;             /* hard error limit, then 421; 20 */
     uint64_t command_timeout_ms;     /* per command wait; 300 s */
     uint64_t data_timeout_ms;        /* per read during DATA; 300 s */
+    struct smtpd_observer observer;  /* metrics; zeroed: none */
     /*
      * SMTP AUTH (RFC 4954): NULL, AUTH is off. Otherwise PLAIN and LOGIN
      * are offered after STARTTLS only, and a client that authenticated may

@@ -729,6 +729,8 @@ static void smtpd_server_start_session(struct smtpd_conn *c)
         return;
     }
     s->n_sessions++;
+    if (s->policy->observer.session != NULL)
+        s->policy->observer.session(s->policy->observer.data);
     if (!c->reading) { /* after a PROXY header it already reads */
         if (uv_read_start((uv_stream_t *)&c->tcp, smtpd_server_alloc_cb, smtpd_server_read_cb) !=
             0) {

@@ -255,6 +255,8 @@ static void smtpd_session_reply_raw(struct smtpd_session *s,
         smtpd_session_hangup(s);
         return;
     }
+    if (code >= 400 && s->policy->observer.reply != NULL)
+        s->policy->observer.reply(s->policy->observer.data, code);
     if (code >= 400) {
         char shown[SMTPD_SESSION_LOG_TEXT + 1];
         size_t n = len >= 2 ? len - 2 : len; /* without CRLF */

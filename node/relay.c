@@ -509,6 +509,20 @@ static void relay_boot_id(char out[33])
         snprintf(out + 2 * i, 3, "%02x", raw[i]);
 }
 
+/* relay_observe_session - an SMTP session started: count it. */
+static void relay_observe_session(void *data)
+{
+    struct relay *r = data;
+    metrics_inc(r->metrics, METRICS_SESSIONS_TOTAL);
+}
+
+/* relay_observe_reply - a 4xx/5xx SMTP reply went out: count it by code. */
+static void relay_observe_reply(void *data, int code)
+{
+    struct relay *r = data;
+    metrics_hamr_reject(r->metrics, code);
+}
+
 /* relay_start_failed_closed - the last handle of a failed start closed: free. */
 static void relay_start_failed_closed(uv_handle_t *h)
 {
@@ -603,6 +617,9 @@ int relay_start(uv_loop_t *loop,
     };
     /* The sessions' policy: the config's, plus the credentials table (AUTH). */
     r->policy = cfg->smtpd;
+    r->policy.observer.data = r;
+    r->policy.observer.session = relay_observe_session;
+    r->policy.observer.reply = relay_observe_reply;
     if (cfg->auth_file[0] != '\0') {
         rv = smtpd_auth_new(cfg->auth_file, &r->auth, err, errlen);
         if (rv != 0)

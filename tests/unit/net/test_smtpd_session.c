@@ -1124,6 +1124,37 @@ static void test_submit_failures(void **state)
     }
 }
 
+/* test_observer_count - counts for the node's metrics: every 4xx/5xx, nothing else. */
+struct test_observed {
+    int codes[8];
+    int n;
+};
+
+static void test_observe_reply(void *data, int code)
+{
+    struct test_observed *o = data;
+    if (o->n < 8)
+        o->codes[o->n] = code;
+    o->n++;
+}
+
+/* test_observer - the policy's observer sees each 4xx/5xx reply code once, and no 2xx/3xx. */
+static void test_observer(void **state)
+{
+    struct harness *h = *state;
+    struct test_observed o = {0};
+    h->policy.observer.data = &o;
+    h->policy.observer.reply = test_observe_reply;
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h, "FROB\r\nNOOP\r\nRCPT TO:<a@hamr.test>\r\nMAIL FROM:<a@b.example>\r\n"
+                 "RCPT TO:<x@elsewhere.example>\r\n");
+    assert_string_equal(test_codes(h), "502 250 503 250 554");
+    assert_int_equal(o.n, 3);
+    assert_int_equal(o.codes[0], 502);
+    assert_int_equal(o.codes[1], 503);
+    assert_int_equal(o.codes[2], 554);
+}
+
 /* test_submit_in_doubt - an unknown outcome: no reply at all, the connection closes. */
 static void test_submit_in_doubt(void **state)
 {
@@ -1282,6 +1313,7 @@ int main(void)
         T(test_check_mail),
         T(test_submit_failures),
         cmocka_unit_test(test_submit_in_doubt),
+        T(test_observer),
         T(test_disconnect_while_committing),
         T(test_output_high_water),
         T(test_input_bound),
