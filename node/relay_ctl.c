@@ -644,11 +644,31 @@ void relay_ctl_handle(void *data, struct control_call *call, const Hamr__Control
         relay_ctl_transfer(r, call, req);
     } else if (strcmp(v, "drain") == 0 || strcmp(v, "undrain") == 0) {
         bool on = v[0] == 'd';
-        if (req->n_args > 1 ||
-            (req->n_args == 1 && strtoull(req->args[0], NULL, 10) != r->cfg->node_id)) {
-            control_reply_error(call, HAMR_EINVAL,
-                                  "%s: this node is %" PRIu64 "; send it to the node itself", v,
-                                  r->cfg->node_id);
+        uint64_t target = r->cfg->node_id;
+        if (req->n_args > 1) {
+            control_reply_error(call, HAMR_EINVAL, "usage: %s [ID]", v);
+            return;
+        }
+        if (req->n_args == 1 && !relay_ctl_node_id(call, v, req->args[0], &target))
+            return;
+        if (target != r->cfg->node_id) {
+            /* Another node drains itself: name its control address (from the
+             * node directory) and hamrctl asks it. */
+            const struct queue_node *n = queue_node_find(r->queue, target);
+            if (n == NULL || n->control_address[0] == '\0') {
+                control_reply_error(call, HAMR_ENOTFOUND,
+                                    "%s: node %" PRIu64 " is unknown here (no address published)",
+                                    v, target);
+                return;
+            }
+            char text[160];
+            snprintf(text, sizeof(text), "%s: node %" PRIu64 " is at control %s", v, target,
+                     n->control_address);
+            Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
+            resp.code = HAMR_ENOTLEADER;
+            resp.error = text;
+            resp.leader_control = (char *)n->control_address;
+            control_reply(call, &resp);
             return;
         }
         r->draining = on;

@@ -25,7 +25,8 @@ through by starting it again on the same port. Every node serves
   h  add/promote/remove bad input leaves the membership alone
   i  a 4th node started with join = yes is added (4 voters, takes mail)
      and removed again (3 voters)
-  j  drain/undrain: 421 4.3.2 to new sessions, /health/ready 503, status
+  j  drain/undrain (also sent to another node with the ID): 421 4.3.2 to new
+     sessions, /health/ready 503, status
   k  unreachable node, unknown verb, --json before and after the verb
 
 Security: hamrctl output and node replies are untrusted text; they are only
@@ -587,15 +588,16 @@ class HamrctlTest(harness.HamrTestCase):
             # The other nodes still take mail.
             tid, _ = self.submit(other, "nd@example.org", ["nd@example.com"], "ctl-notdrained")
             self.cluster.sink.wait_test_id(tid, timeout=20)
-            # drain/undrain name the node they are sent to, or none.
+            # drain/undrain ID sent to another node: hamrctl is told where node ID
+            # is and asks it (draining twice is harmless).
             res = self.ctl(other, "drain", str(node.id))
-            self.assertCtl(res, 1, stderr=r"this node is %d; send it to the node itself"
-                           % other.id)
+            self.assertCtl(res, 0, stdout=r"^draining: new SMTP sessions get 421")
             self.assertIs(field(other.status(), "draining"), False)
+            self.assertIs(field(node.status(), "draining"), True)
             res = self.ctl(node, "undrain", "x")
             self.assertCtl(res, 2, stderr=r'not a node id: "x"')
         finally:
-            res = self.ctl(node, "undrain", str(node.id))
+            res = self.ctl(other, "undrain", str(node.id))
         self.assertCtl(res, 0, stdout=r"^undrained\n$")
         res = self.ctl(node, "status")
         self.assertCtl(res, 0, stdout=r"(?m)^draining:    no$")
