@@ -320,8 +320,9 @@ static void hamrctl_print_status(const Hamr__ControlResponse *resp)
            (unsigned long long)s->last_index);
     for (size_t i = 0; i < s->n_members; i++) {
         const Hamr__MemberStatus *m = s->members[i];
-        printf("%-13s%llu %s %s%s\n", i == 0 ? "members:" : "", (unsigned long long)m->id,
-               hamrctl_p(m->address), hamrctl_p(m->role), m->id == s->leader_id ? " (leader)" : "");
+        printf("%-13s%llu %s %s%s%s\n", i == 0 ? "members:" : "", (unsigned long long)m->id,
+               hamrctl_p(m->address), hamrctl_p(m->role), m->id == s->leader_id ? " (leader)" : "",
+               m->draining ? " (draining)" : "");
     }
     printf(
         "queue:       %llu messages (%llu held), %llu recipients pending, %llu leased, "

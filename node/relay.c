@@ -371,6 +371,7 @@ static void relay_node_info_done(void *arg, int status, intptr_t result)
     r->node_info_in_flight = false;
     if (status == 0 && result == 0) {
         r->node_info_boot_done = true;
+        r->node_info_draining = r->node_info_sent_draining;
         if (r->node_info_sent_ready)
             r->node_info_term = r->node_info_sent_term;
     } else
@@ -389,7 +390,8 @@ static void relay_publish_node_info(struct relay *r)
         return;
     bool ready = consensus_is_ready(r->cons);
     uint64_t term = consensus_term(r->cons);
-    bool need = !r->node_info_boot_done || (ready && r->node_info_term != term);
+    bool need = !r->node_info_boot_done || (ready && r->node_info_term != term) ||
+                r->node_info_draining != r->draining;
     if (!need || !relay_leader_known(r))
         return;
     r->node_info_sent_ready = ready;
@@ -400,6 +402,8 @@ static void relay_publish_node_info(struct relay *r)
     ni.control_address = r->control_address;
     ni.version = RELAY_VERSION;
     ni.format_version_max = PROTO_FORMAT_VERSION_MAX;
+    ni.draining = r->draining;
+    r->node_info_sent_draining = r->draining;
     Hamr__Entry e = HAMR__ENTRY__INIT;
     e.cmd_case = HAMR__ENTRY__CMD_NODE_INFO;
     e.node_info = &ni;

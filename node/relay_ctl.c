@@ -82,6 +82,9 @@ static void relay_ctl_status(struct relay *r, struct control_call *call)
         hamr__member_status__init(&ms[i]);
         ms[i].id = info.members[i].id;
         ms[i].address = info.members[i].address;
+        const struct queue_node *qn = queue_node_find(r->queue, info.members[i].id);
+        ms[i].draining = info.members[i].id == r->cfg->node_id ? r->draining
+                                                               : (qn != NULL && qn->draining);
         ms[i].role =
             (char *)(info.roles[i] >= 0 && info.roles[i] <= 2 ? roles[info.roles[i]] : "unknown");
         msp[i] = &ms[i];

@@ -101,6 +101,8 @@ struct relay {
     uint64_t node_info_sent_term;
     bool node_info_sent_ready;
     bool node_info_boot_done; /* our NodeInfo committed since this process started */
+    bool node_info_draining;  /* the draining flag of our last committed NodeInfo */
+    bool node_info_sent_draining;
     bool node_info_in_flight;
     bool level_in_flight;     /* a ClusterLevel proposal is out */
     bool draining;

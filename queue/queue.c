@@ -1032,6 +1032,7 @@ static int queue_node_put(struct queue *q, const Hamr__NodeInfo *ni, uint64_t ts
     hamr_strlcpy(n->control_address, ni->control_address, sizeof(n->control_address));
     hamr_strlcpy(n->version, ni->version, sizeof(n->version));
     n->format_version_max = ni->format_version_max;
+    n->draining = ni->draining;
     return 0;
 }
 
@@ -1359,6 +1360,7 @@ static int queue_snap_build(const struct queue *q, bool with_bodies, struct queu
             s->ni[i].control_address = (char *)n->control_address;
             s->ni[i].version = (char *)n->version;
             s->ni[i].format_version_max = n->format_version_max;
+            s->ni[i].draining = n->draining;
             s->nip[i] = &s->ni[i];
         }
         s->snap.n_nodes = q->n_nodes;

@@ -150,6 +150,7 @@ struct queue_node {
     char control_address[QUEUE_ADDR_MAX];
     char version[32];
     uint32_t format_version_max;
+    bool draining;             /* hamrctl drain, as the node last published it */
 };
 
 /* queue_node_find - the directory entry of node_id, or NULL. Borrowed until the next apply. */

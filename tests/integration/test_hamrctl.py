@@ -560,6 +560,13 @@ class HamrctlTest(harness.HamrTestCase):
         self.assertEqual(rc, 0, "node4 exited with %s on SIGTERM after its removal" % rc)
         c.probe(c.wait_leader(30), timeout=15)
 
+    def member_draining(self, asked, node_id):
+        """member_draining - node_id's draining flag in asked's status, None if not listed."""
+        for m in field(asked.status(), "members") or []:
+            if int(field(m, "id", 0)) == node_id:
+                return field(m, "draining") is True
+        return None
+
     def test_j_drain(self):
         node = self.follower()
         other = next(n for n in self.cluster.nodes if n is not node)
@@ -594,11 +601,16 @@ class HamrctlTest(harness.HamrTestCase):
             self.assertCtl(res, 0, stdout=r"^draining: new SMTP sessions get 421")
             self.assertIs(field(other.status(), "draining"), False)
             self.assertIs(field(node.status(), "draining"), True)
+            # Every node's status shows which members drain (the node directory).
+            harness.wait_for(lambda: self.member_draining(other, node.id) is True, 15,
+                             "node %d shown draining by node %d" % (node.id, other.id))
             res = self.ctl(node, "undrain", "x")
             self.assertCtl(res, 2, stderr=r'not a node id: "x"')
         finally:
             res = self.ctl(other, "undrain", str(node.id))
         self.assertCtl(res, 0, stdout=r"^undrained\n$")
+        harness.wait_for(lambda: self.member_draining(other, node.id) is False, 15,
+                         "node %d shown undrained by node %d" % (node.id, other.id))
         res = self.ctl(node, "status")
         self.assertCtl(res, 0, stdout=r"(?m)^draining:    no$")
         conn = harness.RawSMTP(node.smtp_port, host=node.host, timeout=10)

@@ -1844,6 +1844,52 @@ static void test_node_snapshot_restore(void **state)
     queue_free(empty);
 }
 
+/* test_node_draining - the draining flag is kept, replaced, snapshotted and digested. */
+static void test_node_draining(void **state)
+{
+    struct queue *q = *state;
+    Hamr__NodeInfo ni = HAMR__NODE_INFO__INIT;
+    ni.node_id = 2;
+    ni.peer_address = "10.0.0.2:7201";
+    ni.control_address = "10.0.0.2:7101";
+    ni.version = "hamr 0.1.0";
+    ni.format_version_max = 1;
+    Hamr__Entry e = HAMR__ENTRY__INIT;
+    e.cmd_case = HAMR__ENTRY__CMD_NODE_INFO;
+    e.node_info = &ni;
+    size_t len;
+    uint8_t *b = fx_pack(&e, T0, &len);
+    assert_int_equal(fx_apply(q, b, len).status, 0);
+    assert_false(queue_node_find(q, 2)->draining);
+    char before[65], after[65];
+    digest_of(q, before);
+
+    ni.draining = true;
+    b = fx_pack(&e, T0 + 1, &len);
+    assert_int_equal(fx_apply(q, b, len).status, 0);
+    assert_true(queue_node_find(q, 2)->draining);
+    digest_of(q, after);
+    assert_string_not_equal(before, after);
+
+    uint8_t *snap = NULL;
+    size_t slen = 0;
+    assert_int_equal(queue_snapshot(q, NULL, &snap, &slen), 0);
+    struct queue *r = queue_new();
+    assert_non_null(r);
+    assert_int_equal(queue_restore(r, snap, slen), 0);
+    free(snap);
+    assert_true(queue_node_find(r, 2)->draining);
+    char restored[65];
+    digest_of(r, restored);
+    assert_string_equal(after, restored);
+    queue_free(r);
+
+    ni.draining = false; /* undrain */
+    b = fx_pack(&e, T0 + 2, &len);
+    assert_int_equal(fx_apply(q, b, len).status, 0);
+    assert_false(queue_node_find(q, 2)->draining);
+}
+
 /* Table: the digest covers every directory field, and only the directory differs here. */
 static void test_node_digest(void **state)
 {
@@ -2300,6 +2346,7 @@ int main(void)
         cmocka_unit_test(test_node_refusals),
         cmocka_unit_test_setup_teardown(test_node_directory_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_node_snapshot_restore, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_node_draining, setup, teardown),
         cmocka_unit_test(test_node_digest),
         cmocka_unit_test_setup_teardown(test_cluster_level_build_format, setup, teardown),
         cmocka_unit_test(test_cluster_level_sequence),
