@@ -335,8 +335,10 @@ bench_row() {
 
 # hamr_write_config DIR N VOTERS SMTP RAFT CONTROL PEER SINK - DIR/nodeN/hamr.conf.
 hamr_write_config() {
-    local dir=$1/node$2 peer_line=""
+    local dir=$1/node$2 peer_line="" user_line=""
     mkdir -p "$dir/data"
+    # hamrd refuses to run as root: started by root, it drops to nobody.
+    [ "$(id -u)" -eq 0 ] && user_line="user = nobody"
     [ -n "$7" ] && peer_line="peer = 127.0.0.1:$7"
     cat >"$dir/hamr.conf" <<EOF
 # Written by bench/run.sh.
@@ -345,6 +347,7 @@ id = $2
 data_dir = $dir/data
 hostname = bench$2.test
 log_level = warn
+$user_line
 
 [listen]
 smtp = 127.0.0.1:$4

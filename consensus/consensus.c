@@ -69,6 +69,7 @@
 
 #include "util/common.h"
 #include "util/err.h"
+#include "util/fs.h"
 #include "util/log.h"
 
 #include "consensus/consensus.h"
@@ -297,35 +298,6 @@ static int consensus_check_address(const char *address)
     return 0;
 }
 
-/* consensus_mkdirs - mkdir -p dir (mode 0750); the final path must be a directory. */
-static int consensus_mkdirs(const char *dir, char *errmsg, size_t errlen)
-{
-    char path[sizeof(((struct consensus_config *)0)->dir)];
-    size_t len = hamr_strlcpy(path, dir, sizeof(path));
-    if (len == 0 || len >= sizeof(path)) {
-        consensus_errmsg(errmsg, errlen, "data directory: empty or too long");
-        return HAMR_EINVAL;
-    }
-    for (size_t i = 1; i <= len; i++) {
-        if (path[i] != '/' && path[i] != '\0')
-            continue;
-        char saved = path[i];
-        path[i] = '\0';
-        if (mkdir(path, 0750) != 0 && errno != EEXIST) {
-            int e = errno;
-            consensus_errmsg(errmsg, errlen, "data directory: mkdir %s: %s", path, strerror(e));
-            return e == ENOSPC ? HAMR_ENOSPACE : e == EACCES ? HAMR_EPERM : HAMR_EIO;
-        }
-        path[i] = saved;
-    }
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        consensus_errmsg(errmsg, errlen, "data directory: %s is not a directory", dir);
-        return HAMR_EINVAL;
-    }
-    return 0;
-}
-
 /* consensus_kick - run consensus_dispatch on the next loop iteration. */
 static void consensus_kick(struct consensus *c)
 {
@@ -551,7 +523,7 @@ int consensus_new(uv_loop_t *loop,
     int rv = consensus_validate(cfg, fsm, errmsg, errlen);
     if (rv != 0)
         return rv;
-    rv = consensus_mkdirs(cfg->dir, errmsg, errlen);
+    rv = fs_mkdirs(cfg->dir, 0750, errmsg, errlen);
     if (rv != 0)
         return rv;
 

@@ -30,7 +30,8 @@
 # right program is left alone. Packages are installed with apt-get only when
 # missing (needs root); the build goes into build/ (RelWithDebInfo, no
 # sanitizers; HAMR_BUILD overrides the directory) and runs only when hamrd or
-# hamrctl is missing. Exit status: 0 on success, 1 on any failure, 2 on bad
+# hamrctl is missing. Run by root, the nodes drop to the user HAMR_USER
+# (default nobody): hamrd refuses to run as root. Exit status: 0 on success, 1 on any failure, 2 on bad
 # usage.
 set -euo pipefail
 
@@ -143,8 +144,12 @@ lc_lb() {
 
 # lc_write_config N - run/nodeN/hamr.conf.
 lc_write_config() {
-    local n=$1 dir="$RUN/node$1" peer="" http="" proxy=""
+    local n=$1 dir="$RUN/node$1" peer="" http="" proxy="" user=""
     mkdir -p "$dir/data"
+    # hamrd refuses to run as root: started by root, it drops to nobody.
+    if [ "$(id -u)" -eq 0 ]; then
+        user="user = ${HAMR_USER:-nobody}"
+    fi
     if lc_peer_supported; then
         peer="peer = 127.0.0.1:$((PEER_BASE + n))"
     fi
@@ -161,6 +166,7 @@ id = $n
 data_dir = $dir/data
 hostname = relay$n.test
 log_level = info
+$user
 
 [listen]
 smtp = 127.0.0.1:$((SMTP_BASE + n))

@@ -6,6 +6,11 @@
  *        hamrd --check-config -c FILE
  *        hamrd --version
  * Exit codes: 0 clean stop, 1 bad config or start failure or fatal error.
+ *
+ * Privileges (node/privs.c): started as root, hamrd refuses to run without
+ * [node] user, switches to that account before opening anything, keeps
+ * only the right to bind ports below 1024 until its listeners are up and
+ * then drops that too. It always runs inside its data directory.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -17,7 +22,9 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "net/smtpd_rcptmap.h"
 #include "node/config.h"
+#include "node/privs.h"
 #include "node/relay.h"
 
 #define HAMRD_VERSION "0.1.0"
@@ -50,12 +57,13 @@ static void hamrd_relay_stopped(void *arg)
     uv_close((uv_handle_t *)&h->sig_hup, NULL);
 }
 
-/* hamrd_on_signal - SIGTERM/SIGINT: stop; SIGHUP: reload the TLS and credentials files. */
+/* hamrd_on_signal - SIGTERM/SIGINT: stop; SIGHUP: reload TLS, credentials, recipient map. */
 static void hamrd_on_signal(uv_signal_t *s, int signum)
 {
     struct hamrd *h = s->data;
     if (signum == SIGHUP) {
-        log_info("SIGHUP received: reloading the TLS certificate and the credentials file");
+        log_info("SIGHUP received: reloading the TLS certificate, the credentials file and the "
+                 "relay recipient map");
         if (h->relay != NULL && !h->stopped)
             relay_reload(h->relay);
         return;
@@ -65,6 +73,21 @@ static void hamrd_on_signal(uv_signal_t *s, int signum)
         h->stopped = true;
         relay_stop(h->relay, hamrd_relay_stopped, h);
     }
+}
+
+/*
+ * hamrd_check_files - --check-config also reads the files whose every line
+ * is checked at start (the relay recipient map), so that a bad line is
+ * found before a restart. 0, or an error with "FILE:LINE: reason" in err.
+ */
+static int hamrd_check_files(const struct hamr_config *cfg, char *err, size_t errlen)
+{
+    if (cfg->relay_recipients[0] == '\0')
+        return 0;
+    struct smtpd_rcptmap *map = NULL;
+    int rv = smtpd_rcptmap_new(cfg->relay_recipients, &map, err, errlen);
+    smtpd_rcptmap_free(map);
+    return rv;
 }
 
 int main(int argc, char **argv)
@@ -99,7 +122,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         return 1;
     }
+    struct privs privs;
+    int prv = privs_resolve(&cfg, &privs, err, sizeof(err));
     if (check) {
+        /* Who starts hamrd is not the file's business: only a bad user is. */
+        if (prv == HAMR_ENOTFOUND || prv == HAMR_EINVAL) {
+            fprintf(stderr, "%s\n", err);
+            config_free(&cfg);
+            return 1;
+        }
+        if (hamrd_check_files(&cfg, err, sizeof(err)) != 0) {
+            fprintf(stderr, "%s\n", err);
+            config_free(&cfg);
+            return 1;
+        }
         printf("config ok\n");
         config_free(&cfg);
         return 0;
@@ -114,9 +150,23 @@ int main(int argc, char **argv)
     snprintf(ident, sizeof(ident), "node=%llu", (unsigned long long)cfg.node_id);
     log_set_ident(ident);
 
+    /* Not root past this point; nothing is opened before it. */
+    if (prv != 0 || privs_absolute(&cfg, err, sizeof(err)) != 0 ||
+        privs_drop(&privs, &cfg, err, sizeof(err)) != 0) {
+        log_error("start failed: %s", err);
+        fprintf(stderr, "hamrd: %s\n", err);
+        config_free(&cfg);
+        return 1;
+    }
+
     static struct hamrd h;
     uv_loop_init(&h.loop);
     int rv = relay_start(&h.loop, &cfg, &h.relay, err, sizeof(err));
+    if (rv == 0 && privs_drop_caps(&privs, err, sizeof(err)) != 0) {
+        log_error("start failed: %s", err);
+        fprintf(stderr, "hamrd: %s\n", err);
+        return 1;
+    }
     if (rv != 0) {
         log_error("start failed: %s", err);
         fprintf(stderr, "hamrd: %s\n", err);

@@ -43,6 +43,28 @@ PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.execu
 # Every process any Env started; killed at interpreter exit whatever happened.
 _ALL_PROCS = []
 
+# hamrd refuses to run as root without [node] user: as root, the tests give it
+# this account (HAMR_TEST_USER, default nobody) and make what it reads its own.
+RUN_USER = (os.environ.get("HAMR_TEST_USER") or "nobody") if os.geteuid() == 0 else None
+
+
+def give_to_run_user(path):
+    """give_to_run_user - as root: path becomes RUN_USER's and its temporary parents traversable.
+
+    hamrd opens its certificates, credentials and maps after it has dropped
+    to RUN_USER (so that a SIGHUP reload reads them the same way).
+    """
+    if RUN_USER is None or not os.path.exists(path):
+        return
+    import pwd
+    pw = pwd.getpwnam(RUN_USER)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+    tmp = os.path.realpath(tempfile.gettempdir())
+    parent = os.path.dirname(os.path.realpath(path))
+    while parent.startswith(tmp + os.sep):
+        os.chmod(parent, os.stat(parent).st_mode | 0o711)
+        parent = os.path.dirname(parent)
+
 
 class WaitTimeout(AssertionError):
     """WaitTimeout - a bounded wait ran out (an AssertionError, so it reads as a failure)."""
@@ -538,6 +560,8 @@ class Node:
                          "lease_time": "30s", "scan_interval": "200ms"},
             "storage": {"min_free": "16M"},
         }
+        if RUN_USER:
+            sections["node"]["user"] = RUN_USER
         if self.peer_port:
             sections["listen"]["peer"] = "%s:%d" % (self.host, self.peer_port)
         if self.relayhost_port:
@@ -563,6 +587,10 @@ class Node:
 
     def start(self, wait=True, timeout=45):
         """start - run hamrd -c CONF; with wait, return once it is leader and greets."""
+        for keys in self.config_sections().values():
+            for key, value in keys.items():
+                if key.endswith("_file") or key == "relay_recipients":
+                    give_to_run_user(value)
         self.proc = self.env.spawn(self.name,
                                    self.argv_prefix + [hamrd_path(), "-c", self.conf_path])
         if wait:
@@ -688,6 +716,7 @@ class Env:
 
     def __init__(self, name):
         self.dir = tempfile.mkdtemp(prefix="hamr-%s-" % name)
+        os.chmod(self.dir, 0o755)  # hamrd runs as RUN_USER
         self.procs = []
         self.nodes = []
         self.sinks = []
