@@ -16,6 +16,7 @@
 #define SMTPD_QUEUE_ID_MAX 64 /* including the NUL */
 
 struct smtpd_auth;
+struct smtpd_rcptmap;
 
 /* smtpd_cidr - an IPv4 or IPv6 network (family AF_INET or AF_INET6). */
 struct smtpd_cidr {
@@ -57,6 +58,23 @@ struct smtpd_policy {
      */
     const struct smtpd_auth *auth;
     unsigned auth_max_failures;      /* failed AUTH per session, then 421; 3 (0: 3) */
+    /*
+     * Slow clients (SECURITY.md S14). min_data_rate: bytes per second; the
+     * whole DATA phase must end by 354 + data_timeout + received /
+     * min_data_rate, else 421 4.4.2; 500 (0: off). stress_timeout_ms: the
+     * command and data timeouts of new waits while the server is under load
+     * (at least 80 % of max_sessions); 10 s (0: no cap).
+     */
+    uint64_t min_data_rate;
+    uint64_t stress_timeout_ms;
+    /*
+     * Relay recipient map (SECURITY.md S20): NULL, off. Otherwise a
+     * recipient accepted only because its domain is in relay_domains must
+     * be listed, else 550 5.1.1 User unknown; relay_networks and
+     * authenticated clients are not checked. Borrowed; see
+     * net/smtpd_rcptmap.h.
+     */
+    const struct smtpd_rcptmap *rcptmap;
 };
 
 /* smtpd_envelope - a finished message, borrowed by the sink until its callback. */

@@ -1,11 +1,12 @@
 /*
  * smtpd_limits.c - per-client connection counters for the SMTP listener,
- * in the manner of Postfix anvil (smtpd_client_connection_count_limit and
- * smtpd_client_connection_rate_limit).
+ * in the manner of Postfix anvil (smtpd_client_connection_count_limit,
+ * smtpd_client_connection_rate_limit and smtpd_client_auth_rate_limit).
  *
  * Owns: a hash table of entries keyed by the binary client address. Each
- * entry holds the connections open now and the attempts counted in the
- * current rate window. Exports smtpd_limits.h. No I/O, no clock: time comes
+ * entry holds the connections open now, and the connection attempts and
+ * AUTH commands counted in the current rate window (one window for both
+ * counters). Exports smtpd_limits.h. No I/O, no clock: time comes
  * in as an argument, so the table is tested without sockets or sleeps.
  *
  * Rate: a fixed window per address, as anvil's time unit. It starts at the
@@ -15,9 +16,10 @@
  * counter and one timestamp per address.
  *
  * Memory: at most max_entries entries, fixed at creation. An entry with no
- * open connection stays only for its rate history: it goes on an idle list
+ * open connection stays only for its rate history (connections or AUTH): it goes on an idle list
  * in the order it went idle and is freed once its window has passed (or at
- * once when the rate limit is off). When the table is full, the oldest idle
+ * once when both rate limits are off). An AUTH command from an address with
+ * no entry (connection limits off) creates an idle one. When the table is full, the oldest idle
  * entry is evicted early, losing only rate history. Live entries number at
  * most the open connections, so a table larger than the listener's session
  * cap always has room; if it has none anyway, the client is admitted
@@ -56,6 +58,7 @@ struct smtpd_limits_entry {
     struct smtpd_limits_key key;
     unsigned conns;        /* held connections now */
     unsigned attempts;     /* attempts in the window */
+    unsigned auths;        /* AUTH commands in the window */
     uint64_t window_start; /* ms */
 };
 
@@ -203,7 +206,18 @@ static bool smtpd_limits_expired(const struct smtpd_limits *l,
                                  const struct smtpd_limits_entry *e,
                                  uint64_t now_ms)
 {
-    return l->cfg.conn_rate == 0 || now_ms - e->window_start >= SMTPD_LIMITS_WINDOW_MS;
+    return (l->cfg.conn_rate == 0 && l->cfg.auth_rate == 0) ||
+           now_ms - e->window_start >= SMTPD_LIMITS_WINDOW_MS;
+}
+
+/* smtpd_limits_roll - start a new window for e once the current one has passed. */
+static void smtpd_limits_roll(struct smtpd_limits_entry *e, uint64_t now_ms)
+{
+    if (now_ms - e->window_start >= SMTPD_LIMITS_WINDOW_MS) {
+        e->window_start = now_ms;
+        e->attempts = 0;
+        e->auths = 0;
+    }
 }
 
 /*
@@ -241,6 +255,26 @@ static struct smtpd_limits_entry *smtpd_limits_insert(struct smtpd_limits *l,
     return e;
 }
 
+/*
+ * smtpd_limits_counted - addr's entry, found or created idle, its window
+ * rolled to now_ms; NULL when addr is exempt or the table has no room
+ * (then nothing is counted).
+ */
+static struct smtpd_limits_entry *smtpd_limits_counted(struct smtpd_limits *l,
+                                                       const char *addr,
+                                                       uint64_t now_ms)
+{
+    if (smtpd_proxy_addr_in(l->cfg.exempt, l->cfg.n_exempt, addr))
+        return NULL;
+    struct smtpd_limits_key k;
+    smtpd_limits_parse(addr, &k);
+    struct smtpd_limits_entry *e = smtpd_limits_find(l, &k);
+    if (e == NULL && (e = smtpd_limits_insert(l, &k, now_ms)) == NULL)
+        return NULL;
+    smtpd_limits_roll(e, now_ms);
+    return e;
+}
+
 /* smtpd_limits_admit - count an attempt from addr; refuse it over a limit. */
 int smtpd_limits_admit(struct smtpd_limits *l,
                        const char *addr,
@@ -252,17 +286,9 @@ int smtpd_limits_admit(struct smtpd_limits *l,
     smtpd_limits_expire(l, now_ms);
     if (l->cfg.conn_limit == 0 && l->cfg.conn_rate == 0)
         return 0;
-    if (smtpd_proxy_addr_in(l->cfg.exempt, l->cfg.n_exempt, addr))
+    struct smtpd_limits_entry *e = smtpd_limits_counted(l, addr, now_ms);
+    if (e == NULL)
         return 0;
-    struct smtpd_limits_key k;
-    smtpd_limits_parse(addr, &k);
-    struct smtpd_limits_entry *e = smtpd_limits_find(l, &k);
-    if (e == NULL && (e = smtpd_limits_insert(l, &k, now_ms)) == NULL)
-        return 0;
-    if (now_ms - e->window_start >= SMTPD_LIMITS_WINDOW_MS) {
-        e->window_start = now_ms;
-        e->attempts = 0;
-    }
     if (e->attempts < UINT32_MAX)
         e->attempts++;
     int rc = 0;
@@ -295,6 +321,33 @@ void smtpd_limits_release(struct smtpd_limits *l, const char *addr, uint64_t now
     smtpd_limits_idle_append(l, e);
     if (smtpd_limits_expired(l, e, now_ms))
         smtpd_limits_remove(l, e);
+}
+
+/*
+ * smtpd_limits_auth - count one AUTH command from addr; refuse it over the
+ * rate. The entry is the connection's own when its connection is counted;
+ * otherwise it is found or created idle, and ages out like any idle entry.
+ */
+int smtpd_limits_auth(struct smtpd_limits *l, const char *addr, uint64_t now_ms)
+{
+    smtpd_limits_expire(l, now_ms);
+    if (l->cfg.auth_rate == 0)
+        return 0;
+    struct smtpd_limits_entry *e = smtpd_limits_counted(l, addr, now_ms);
+    if (e == NULL)
+        return 0; /* exempt, or no room: uncounted, as admit does */
+    if (e->auths < UINT32_MAX)
+        e->auths++;
+    return e->auths > l->cfg.auth_rate ? HAMR_EBUSY : 0;
+}
+
+/* smtpd_limits_auths - AUTH commands counted for addr in its window. */
+unsigned smtpd_limits_auths(const struct smtpd_limits *l, const char *addr)
+{
+    struct smtpd_limits_key k;
+    smtpd_limits_parse(addr, &k);
+    const struct smtpd_limits_entry *e = smtpd_limits_find(l, &k);
+    return e != NULL ? e->auths : 0;
 }
 
 /* smtpd_limits_conns - held connections for addr. */

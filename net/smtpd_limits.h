@@ -1,4 +1,4 @@
-/* smtpd_limits.h - per-client connection count and rate limits (Postfix anvil style). */
+/* smtpd_limits.h - per-client connection count and rate, and AUTH rate limits (anvil style). */
 #ifndef HAMR_NET_SMTPD_LIMITS_H
 #define HAMR_NET_SMTPD_LIMITS_H
 
@@ -8,13 +8,14 @@
 
 #include "net/smtpd.h"
 
-/* The rate window: connection attempts are counted per 60 s, as anvil's time unit. */
+/* The rate window: connections and AUTH commands are counted per 60 s, as anvil's time unit. */
 #define SMTPD_LIMITS_WINDOW_MS 60000
 
 /* smtpd_limits_config - what is limited, per client address. */
 struct smtpd_limits_config {
     unsigned conn_limit;             /* concurrent connections per address; 0: no limit */
     unsigned conn_rate;              /* attempts per address per window; 0: off */
+    unsigned auth_rate;              /* AUTH commands per address per window; 0: off */
     const struct smtpd_cidr *exempt; /* borrowed: addresses never limited nor counted */
     size_t n_exempt;
 };
@@ -67,6 +68,18 @@ void smtpd_limits_release(struct smtpd_limits *l, const char *addr, uint64_t now
  * has passed. Admit does this too; exported for the clock hook of tests.
  */
 void smtpd_limits_expire(struct smtpd_limits *l, uint64_t now_ms);
+
+/*
+ * smtpd_limits_auth - one AUTH command from addr (as for admit) at now_ms,
+ * counted in the same entry and window as addr's connection attempts
+ * (anvil's smtpd_client_auth_rate_limit). Every command counts, refused or
+ * not. 0: go on (also when exempt, auth_rate is off, or there is no room to
+ * count it); HAMR_EBUSY: more than auth_rate in this window.
+ */
+int smtpd_limits_auth(struct smtpd_limits *l, const char *addr, uint64_t now_ms);
+
+/* smtpd_limits_auths - AUTH commands counted for addr in its current window (0 if unknown). */
+unsigned smtpd_limits_auths(const struct smtpd_limits *l, const char *addr);
 
 /* smtpd_limits_conns - connections held for addr now (0 if unknown). */
 unsigned smtpd_limits_conns(const struct smtpd_limits *l, const char *addr);

@@ -24,6 +24,7 @@ enum smtpd_reply_id {
     SMTPD_REPLY_DESYNC,          /* 554 5.5.0 content before 354 */
     SMTPD_REPLY_LINE_TOO_LONG,   /* 500 5.5.2 */
     SMTPD_REPLY_BAD_SYNTAX,      /* 500 5.5.2 NUL or garbage */
+    SMTPD_REPLY_BAD_UTF8,        /* 500 5.5.2 a command line that is not UTF-8 */
     SMTPD_REPLY_CMD_BARE_LF,     /* 500 5.5.2 bare LF in a command line */
     SMTPD_REPLY_CMD_BARE_CR,     /* 500 5.5.2 bare CR in a command line */
     SMTPD_REPLY_UNKNOWN_CMD,     /* 502 5.5.2 */
@@ -39,6 +40,7 @@ enum smtpd_reply_id {
     SMTPD_REPLY_HEADER_EXCEEDED, /* 552 5.3.4 header block */
     SMTPD_REPLY_TOO_MANY_RCPTS,  /* 452 4.5.3 */
     SMTPD_REPLY_RELAY_DENIED,    /* 554 5.7.1 <rcpt>: Relay access denied */
+    SMTPD_REPLY_RCPT_UNKNOWN,    /* 550 5.1.1 <rcpt>: not in the relay recipient map */
     SMTPD_REPLY_DATA_BARE_LF,    /* 550 5.5.2 */
     SMTPD_REPLY_DATA_BARE_CR,    /* 550 5.5.2 */
     SMTPD_REPLY_DATA_NUL,        /* 554 5.6.0 */

@@ -38,7 +38,16 @@
  * max_sessions and draining; over a limit the client hears "421 4.7.0
  * <host> Error: too many connections from <ip>" and is closed. A session
  * holds its count until its connection is freed. Exempt networks are
- * neither limited nor counted; loopback is not exempt unless listed.
+ * neither limited nor counted; loopback is not exempt unless listed. The
+ * same table counts AUTH commands per client address (io.auth_rate, the
+ * limits' auth_rate); the session answers 450 4.7.1 over it.
+ *
+ * Stress (SECURITY.md S14, Postfix's overload behaviour): while at least
+ * SMTPD_SERVER_STRESS_PCT % of max_sessions are open, io.stressed says so
+ * and sessions cap every new command and DATA wait at the policy's
+ * stress_timeout_ms; waits already running keep their deadline. The start
+ * and the end of stress are logged once each. The sessions' clock (io.now)
+ * is the loop's, moved on by smtpd_server_advance_clock() in tests.
  *
  * Global cap with back-pressure: two bounds. max_sessions bounds the
  * sessions (and PROXY header waits); past it a client is still accepted
@@ -114,6 +123,7 @@
 #define SMTPD_SERVER_REFUSING_MAX 64       /* sockets being refused, past max_sessions */
 #define SMTPD_SERVER_LIMITS_IDLE 10000     /* addresses remembered for their rate only */
 #define SMTPD_SERVER_AUTH_RUNNING 4        /* AUTH checks in the thread pool at once */
+#define SMTPD_SERVER_STRESS_PCT 80         /* sessions in % of max_sessions: under load */
 
 struct smtpd_server {
     uv_loop_t *loop;
@@ -138,6 +148,7 @@ struct smtpd_server {
     char tls_cert_file[1024];    /* kept for smtpd_server_reload_tls() */
     char tls_key_file[1024];
     bool draining;
+    bool stressed; /* at least SMTPD_SERVER_STRESS_PCT % of max_sessions open */
     bool closing;
     bool listener_closed;
     struct smtpd_conn *conns;
@@ -219,6 +230,21 @@ static uint64_t smtpd_server_now(const struct smtpd_server *s)
     return uv_now(s->loop) + s->clock_skew_ms;
 }
 
+/* smtpd_server_stress_update - after the session count changed: log entering or leaving stress. */
+static void smtpd_server_stress_update(struct smtpd_server *s)
+{
+    bool stressed =
+        s->max_sessions > 0 && s->n_sessions * 100 >= s->max_sessions * SMTPD_SERVER_STRESS_PCT;
+    if (stressed == s->stressed)
+        return;
+    s->stressed = stressed;
+    if (stressed)
+        log_warn("smtpd stress begins sessions=%zu max_sessions=%zu stress_timeout_ms=%llu",
+                 s->n_sessions, s->max_sessions, (unsigned long long)s->policy->stress_timeout_ms);
+    else
+        log_info("smtpd stress ends sessions=%zu max_sessions=%zu", s->n_sessions, s->max_sessions);
+}
+
 /* smtpd_server_conn_close_cb - one handle closed; the last one frees the connection. */
 static void smtpd_server_conn_close_cb(uv_handle_t *handle)
 {
@@ -235,6 +261,7 @@ static void smtpd_server_conn_close_cb(uv_handle_t *handle)
     if (c->session != NULL) {
         c->session = smtpd_session_free(c->session);
         s->n_sessions--;
+        smtpd_server_stress_update(s);
     }
     if (c->limits_held) {
         c->limits_held = false;
@@ -544,6 +571,28 @@ static int smtpd_server_io_auth_check(void *data,
     return 0;
 }
 
+/* smtpd_server_io_now - session io: the loop's clock, as the limits see it. */
+static uint64_t smtpd_server_io_now(void *data)
+{
+    struct smtpd_conn *c = data;
+    return smtpd_server_now(c->server);
+}
+
+/* smtpd_server_io_auth_rate - session io: count an AUTH command of this client. */
+static int smtpd_server_io_auth_rate(void *data)
+{
+    struct smtpd_conn *c = data;
+    struct smtpd_server *s = c->server;
+    return smtpd_limits_auth(s->limits, c->client_addr, smtpd_server_now(s));
+}
+
+/* smtpd_server_io_stressed - session io: is the server under load? */
+static bool smtpd_server_io_stressed(void *data)
+{
+    struct smtpd_conn *c = data;
+    return c->server->stressed;
+}
+
 static const struct smtpd_session_io smtpd_server_io = {
     .write = smtpd_server_io_write,
     .pause = smtpd_server_io_pause,
@@ -553,6 +602,9 @@ static const struct smtpd_session_io smtpd_server_io = {
     .write_queued = smtpd_server_io_write_queued,
     .starttls = NULL, /* set per connection when a TLS context is loaded */
     .auth_check = smtpd_server_io_auth_check,
+    .now = smtpd_server_io_now,
+    .auth_rate = smtpd_server_io_auth_rate,
+    .stressed = smtpd_server_io_stressed,
 };
 
 /*
@@ -729,6 +781,7 @@ static void smtpd_server_start_session(struct smtpd_conn *c)
         return;
     }
     s->n_sessions++;
+    smtpd_server_stress_update(s); /* before the greeting arms the first wait */
     if (s->policy->observer.session != NULL)
         s->policy->observer.session(s->policy->observer.data);
     if (!c->reading) { /* after a PROXY header it already reads */
@@ -1023,9 +1076,9 @@ void smtpd_server_set_limits(struct smtpd_server *s, const struct smtpd_limits_c
 {
     smtpd_limits_configure(s->limits, cfg);
     log_info(
-        "smtpd client_connection_limit=%u client_connection_rate=%u "
+        "smtpd client_connection_limit=%u client_connection_rate=%u client_auth_rate=%u "
         "limit_exempt_networks=%zu",
-        cfg->conn_limit, cfg->conn_rate, cfg->n_exempt);
+        cfg->conn_limit, cfg->conn_rate, cfg->auth_rate, cfg->n_exempt);
 }
 
 /* smtpd_server_set_max_connections - the cap on accepted sockets. */
@@ -1043,7 +1096,7 @@ const struct smtpd_limits *smtpd_server_limits(const struct smtpd_server *s)
     return s->limits;
 }
 
-/* smtpd_server_advance_clock - tests: move the limits' clock on by ms. */
+/* smtpd_server_advance_clock - tests: move the limits' (and sessions') clock on by ms. */
 void smtpd_server_advance_clock(struct smtpd_server *s, uint64_t ms)
 {
     s->clock_skew_ms += ms;

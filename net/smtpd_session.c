@@ -8,7 +8,7 @@
  *
  * Happy path:
  *   greet -> 220; EHLO -> 250 keywords; MAIL -> check_mail -> 250;
- *   RCPT (relay check) -> 250; DATA -> new_id -> 354 -> body -> CRLF.CRLF
+ *   RCPT (relay check, recipient map) -> 250; DATA -> new_id -> 354 -> body -> CRLF.CRLF
  *   -> checks -> submit (reading paused, no client deadline) -> sink
  *   callback -> 250 queued as <id> (only on status 0) -> reading resumes and
  *   any commands pipelined after the dot are processed.
@@ -23,6 +23,18 @@
  * Every reply goes through smtpd_session_reply_raw(), which writes, logs
  * rejects, counts errors, and hangs up on 421/221 (Postfix smtpd_chat_reply).
  *
+ * Slow clients (SECURITY.md S14). Every wait has a deadline: command_timeout
+ * for a command, data_timeout for each read in DATA, both capped at
+ * stress_timeout for waits that start while io.stressed says the server is
+ * under load. With min_data_rate the DATA phase as a whole has a deadline
+ * too (Postfix smtpd_min_data_rate with per-request deadlines): the 354 plus
+ * data_timeout plus the octets received in DATA so far / min_data_rate, on
+ * io.now's clock. Each read in DATA waits at most until then, and input
+ * arriving after it is not looked at; either way 421 4.4.2, nothing is
+ * submitted, and the log says reason=data-rate. A client at or above the
+ * rate is never cut this way; one that trickles is cut after about
+ * data_timeout.
+ *
  * AUTH (RFC 4954, SECURITY.md S16): PLAIN (RFC 4616) and LOGIN, offered
  * and accepted only inside TLS. While an AUTH exchange waits for a client
  * response the session reads that line itself (bounded by
@@ -36,7 +48,10 @@
  * submit: reading paused, no client deadline, pipelined commands held, and
  * a client that leaves keeps the session alive until the callback. If the
  * check cannot be queued the client gets 454 4.7.0 (temporary). Without the
- * hook the check runs synchronously.
+ * hook the check runs synchronously. Every AUTH command that passes the
+ * order checks first counts against the client's AUTH rate (io.auth_rate,
+ * Postfix smtpd_client_auth_rate_limit); over it the client gets 450 4.7.1,
+ * counted as an error, no password check runs, and the session goes on.
  *
  * Security: parses untrusted input. Lines are bounded by the reader, the
  * held input by SMTPD_SESSION_INPUT_MAX, recipients by recipient_limit,
@@ -61,6 +76,7 @@
 #include "util/log.h"
 #include "net/smtpd.h"
 #include "net/smtpd_auth.h"
+#include "net/smtpd_rcptmap.h"
 #include "net/smtpd_reader.h"
 #include "net/smtpd_reply.h"
 #include "net/smtpd_session.h"
@@ -133,6 +149,8 @@ struct smtpd_session {
     unsigned errors;
     unsigned commands;
     unsigned messages;
+    uint64_t data_start_ms; /* io.now when the 354 went out */
+    uint64_t data_octets;   /* input received in DATA since then */
 };
 
 static uint64_t smtpd_session_next_id = 1;
@@ -153,6 +171,7 @@ static const struct {
 };
 
 static void smtpd_session_process(struct smtpd_session *s);
+static void smtpd_session_time_out(struct smtpd_session *s, const char *reason);
 static void smtpd_session_free_now(struct smtpd_session *s);
 
 /* smtpd_state_name - the name of a state. */
@@ -308,16 +327,54 @@ static void smtpd_session_update_reading(struct smtpd_session *s)
     }
 }
 
+/* smtpd_session_now - the owner's clock in ms, else the monotonic clock. */
+static uint64_t smtpd_session_now(const struct smtpd_session *s)
+{
+    if (s->io.now != NULL)
+        return s->io.now(s->io.data);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* smtpd_session_wait - a configured timeout, capped at stress_timeout under load. */
+static uint64_t smtpd_session_wait(const struct smtpd_session *s, uint64_t ms)
+{
+    uint64_t cap = s->policy->stress_timeout_ms;
+    if (cap > 0 && ms > cap && s->io.stressed != NULL && s->io.stressed(s->io.data))
+        return cap;
+    return ms;
+}
+
+/*
+ * smtpd_session_data_deadline - when the DATA phase must be over under
+ * min_data_rate (call only in DATA with the rate on): the 354, plus the
+ * data timeout, plus the time the octets received so far buy.
+ */
+static uint64_t smtpd_session_data_deadline(const struct smtpd_session *s)
+{
+    uint64_t rate = s->policy->min_data_rate;
+    uint64_t earned = s->data_octets / rate * 1000 + s->data_octets % rate * 1000 / rate;
+    return s->data_start_ms + smtpd_session_wait(s, s->policy->data_timeout_ms) + earned;
+}
+
 /* smtpd_session_timeout_ms - the client deadline wanted in the current state. */
 uint64_t smtpd_session_timeout_ms(const struct smtpd_session *s)
 {
-    if (s->submit_pending || s->auth_pending)
+    if (s->submit_pending || s->auth_pending || s->io_detached)
         return 0; /* the sink's (or the check's) own time applies, not the client's */
     switch (smtpd_session_states[s->state].timeout) {
         case SMTPD_SESSION_T_COMMAND:
-            return s->policy->command_timeout_ms;
-        case SMTPD_SESSION_T_DATA:
-            return s->policy->data_timeout_ms;
+            return smtpd_session_wait(s, s->policy->command_timeout_ms);
+        case SMTPD_SESSION_T_DATA: {
+            uint64_t ms = smtpd_session_wait(s, s->policy->data_timeout_ms);
+            if (s->policy->min_data_rate == 0)
+                return ms;
+            uint64_t deadline = smtpd_session_data_deadline(s);
+            uint64_t now = smtpd_session_now(s);
+            uint64_t left = deadline > now ? deadline - now : 1; /* due: fire at once */
+            return left < ms ? left : ms;
+        }
         default:
             return 0;
     }
@@ -582,6 +639,20 @@ static bool smtpd_session_relay_ok(const struct smtpd_session *s, const struct s
     return smtpd_session_relay_domain(s->policy, a->text + a->domain);
 }
 
+/*
+ * smtpd_session_rcpt_known - with a relay recipient map, does a recipient
+ * that passed smtpd_session_relay_ok only for its relay domain exist
+ * (SECURITY.md S20; Postfix relay_recipient_maps)? a->text has no source
+ * route, so the final address is looked up. Relay networks and
+ * authenticated clients may send anywhere and are not checked.
+ */
+static bool smtpd_session_rcpt_known(const struct smtpd_session *s, const struct smtpd_addr *a)
+{
+    if (s->policy->rcptmap == NULL || s->relay_client || s->authenticated)
+        return true;
+    return smtpd_rcptmap_lookup(s->policy->rcptmap, a->text) == 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* Commands                                                            */
 /* ------------------------------------------------------------------ */
@@ -657,16 +728,60 @@ static void smtpd_session_proceed_helo(struct smtpd_session *s, const char *arg)
     smtpd_session_reply_raw(s, 250, false, false, text, (size_t)len);
 }
 
-/* smtpd_session_check_helo - HELO/EHLO need a hostname. */
+/*
+ * smtpd_session_check_helo - HELO/EHLO need a hostname, in ASCII: SMTPUTF8
+ * is not offered. Other odd octets are only escaped where the name is shown.
+ */
 static int smtpd_session_check_helo(struct smtpd_session *s, const char *arg)
 {
     while (*arg == ' ')
         arg++;
-    if (*arg == '\0') {
+    bool ascii = true;
+    for (const char *p = arg; *p != '\0'; p++)
+        ascii = ascii && (unsigned char)*p < 0x80;
+    if (*arg == '\0' || !ascii) {
         smtpd_session_reply(s, SMTPD_REPLY_HELO_SYNTAX, s->verb);
         return -1;
     }
     return 0;
+}
+
+/*
+ * smtpd_session_utf8_ok - is p[0..len) well-formed UTF-8 (RFC 3629: no
+ * overlong forms, no surrogates, nothing above U+10FFFF)? ASCII always is.
+ */
+static bool smtpd_session_utf8_ok(const char *p, size_t len)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = u[i];
+        size_t n;
+        unsigned char lo = 0x80, hi = 0xbf; /* the range of the second octet */
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if (c >= 0xc2 && c <= 0xdf) {
+            n = 1;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            n = 2;
+            lo = c == 0xe0 ? 0xa0 : 0x80;
+            hi = c == 0xed ? 0x9f : 0xbf;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            n = 3;
+            lo = c == 0xf0 ? 0x90 : 0x80;
+            hi = c == 0xf4 ? 0x8f : 0xbf;
+        } else {
+            return false;
+        }
+        if (len - i - 1 < n || u[i + 1] < lo || u[i + 1] > hi)
+            return false;
+        for (size_t k = 2; k <= n; k++)
+            if (u[i + k] < 0x80 || u[i + k] > 0xbf)
+                return false;
+        i += n + 1;
+    }
+    return true;
 }
 
 /* smtpd_session_parse_keyword - "FROM:" or "TO:" then optional spaces; NULL if absent. */
@@ -877,6 +992,12 @@ static void smtpd_session_proceed_rcpt(struct smtpd_session *s, const char *arg)
         smtpd_session_reply(s, SMTPD_REPLY_RELAY_DENIED, shown);
         return;
     }
+    if (!smtpd_session_rcpt_known(s, &a)) {
+        char shown[SMTPD_SESSION_PATH_MAX + 3]; /* a.text is printable: the parser saw to it */
+        snprintf(shown, sizeof(shown), "<%s>", a.text);
+        smtpd_session_reply(s, SMTPD_REPLY_RCPT_UNKNOWN, shown);
+        return;
+    }
     if (smtpd_tx_add_rcpt(s->tx, a.text) != 0) {
         smtpd_session_reply(s, SMTPD_REPLY_LOCAL_ERROR, NULL);
         return;
@@ -981,6 +1102,8 @@ static void smtpd_session_proceed_data(struct smtpd_session *s, const char *arg)
     }
     smtpd_reader_start_data(&s->reader, &tx->body, s->policy->message_size_limit,
                             s->policy->header_size_limit);
+    s->data_start_ms = smtpd_session_now(s);
+    s->data_octets = 0;
     smtpd_session_enter_state(s, SMTPD_STATE_DATA);
     smtpd_session_reply(s, SMTPD_REPLY_DATA_GO, NULL);
 }
@@ -1088,6 +1211,7 @@ static void smtpd_session_proceed_starttls(struct smtpd_session *s, const char *
 #define SMTPD_SESSION_AUTH_TOO_LONG "500 5.5.6 Authentication Exchange line is too long\r\n"
 #define SMTPD_SESSION_AUTH_BAD_MECH "504 5.5.4 Unrecognized authentication type\r\n"
 #define SMTPD_SESSION_AUTH_TEMPFAIL "454 4.7.0 Temporary authentication failure\r\n"
+#define SMTPD_SESSION_AUTH_RATE "450 4.7.1 Error: too many AUTH commands from %s\r\n"
 #define SMTPD_SESSION_AUTH_PLAIN_GO "334 \r\n"
 #define SMTPD_SESSION_AUTH_LOGIN_USER "334 VXNlcm5hbWU6\r\n" /* "Username:" */
 #define SMTPD_SESSION_AUTH_LOGIN_PASS "334 UGFzc3dvcmQ6\r\n" /* "Password:" */
@@ -1343,6 +1467,22 @@ static size_t smtpd_session_auth_feed(struct smtpd_session *s, const uint8_t *in
     return used;
 }
 
+/*
+ * smtpd_session_auth_rate_ok - count this AUTH command against the client's
+ * rate; over it, 450 4.7.1 (an error, as in Postfix) and false.
+ */
+static bool smtpd_session_auth_rate_ok(struct smtpd_session *s)
+{
+    if (s->io.auth_rate == NULL || s->io.auth_rate(s->io.data) == 0)
+        return true;
+    char line[SMTPD_REPLY_LINE_MAX];
+    int n = snprintf(line, sizeof(line), SMTPD_SESSION_AUTH_RATE, s->client_addr);
+    HAMR_ASSERT(n > 0 && (size_t)n < sizeof(line));
+    log_info("smtpd session=%" PRIu64 " auth refused client=%s reason=rate", s->id, s->client_addr);
+    smtpd_session_reply_raw(s, 450, true, false, line, (size_t)n);
+    return false;
+}
+
 /* smtpd_session_proceed_auth - "AUTH mechanism [initial-response]" (RFC 4954 4). */
 static void smtpd_session_proceed_auth(struct smtpd_session *s, const char *arg)
 {
@@ -1352,7 +1492,9 @@ static void smtpd_session_proceed_auth(struct smtpd_session *s, const char *arg)
 
     initial += strspn(initial, " ");
     size_t initial_len = strlen(initial);
-    if (mech_len == 5 && hamr_strncaseeq(mech, "PLAIN", 5)) {
+    if (!smtpd_session_auth_rate_ok(s)) {
+        /* No exchange, no password check: a flood costs no PBKDF2 work. */
+    } else if (mech_len == 5 && hamr_strncaseeq(mech, "PLAIN", 5)) {
         if (initial_len > 0) {
             smtpd_session_auth_response(s, SMTPD_AUTH_STEP_PLAIN, initial, initial_len);
         } else {
@@ -1416,6 +1558,10 @@ static void smtpd_session_command(struct smtpd_session *s, const char *line, siz
     log_printable(s->verb, sizeof(s->verb), line, vlen);
     if (smtpd_session_forbidden(line)) {
         smtpd_session_reply(s, SMTPD_REPLY_FORBIDDEN, NULL);
+        return;
+    }
+    if (!smtpd_session_utf8_ok(line, len)) {
+        smtpd_session_reply(s, SMTPD_REPLY_BAD_UTF8, NULL);
         return;
     }
     for (size_t i = 0; i < vlen; i++) {
@@ -1681,6 +1827,14 @@ void smtpd_session_input(struct smtpd_session *s, const void *data, size_t len)
         smtpd_session_reply(s, SMTPD_REPLY_PREGREET, NULL);
         return;
     }
+    if (s->state == SMTPD_STATE_DATA && s->policy->min_data_rate > 0) {
+        /* Too late for what came before (the timer may not have run yet). */
+        if (smtpd_session_now(s) >= smtpd_session_data_deadline(s)) {
+            smtpd_session_time_out(s, "data-rate");
+            return;
+        }
+        s->data_octets += len;
+    }
     if (buf_append(&s->input, data, len) != 0) {
         s->verb[0] = '\0';
         smtpd_session_reply(s, SMTPD_REPLY_TOO_MUCH_INPUT, s->policy->hostname);
@@ -1742,13 +1896,24 @@ void smtpd_session_greet(struct smtpd_session *s)
     smtpd_session_arm_timer(s);
 }
 
+/* smtpd_session_time_out - log why, then 421 4.4.2 and close. */
+static void smtpd_session_time_out(struct smtpd_session *s, const char *reason)
+{
+    log_info("smtpd session=%" PRIu64 " timeout client=%s state=%s reason=%s%s", s->id,
+             s->client_addr, smtpd_state_name(s->state), reason,
+             s->state == SMTPD_STATE_DATA ? " queued=no" : "");
+    s->verb[0] = '\0';
+    smtpd_session_reply(s, SMTPD_REPLY_TIMEOUT, s->policy->hostname);
+}
+
 /* smtpd_session_timeout - the client took too long (RFC 5321 4.5.3.2). */
 void smtpd_session_timeout(struct smtpd_session *s)
 {
     if (s->io_detached || s->state == SMTPD_STATE_CLOSING || s->submit_pending || s->auth_pending)
         return;
-    s->verb[0] = '\0';
-    smtpd_session_reply(s, SMTPD_REPLY_TIMEOUT, s->policy->hostname);
+    bool rate = s->state == SMTPD_STATE_DATA && s->policy->min_data_rate > 0 &&
+                smtpd_session_now(s) >= smtpd_session_data_deadline(s);
+    smtpd_session_time_out(s, rate ? "data-rate" : "idle");
 }
 
 /* smtpd_session_shutdown - 421 now, or after the pending submit's (or AUTH's) reply. */

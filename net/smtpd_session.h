@@ -86,6 +86,22 @@ struct smtpd_session_io {
                       size_t pass_len,
                       void (*done)(void *arg, int rc),
                       void *arg);
+    /*
+     * now - the owner's monotonic clock in ms (the deadline of DATA under
+     * policy->min_data_rate is kept in it). NULL: CLOCK_MONOTONIC.
+     */
+    uint64_t (*now)(void *data);
+    /*
+     * auth_rate - count one AUTH command of this client against its
+     * per-client rate. 0: go on; HAMR_EBUSY: over the rate, the session
+     * answers 450 4.7.1 and runs no password check. NULL: no AUTH rate.
+     */
+    int (*auth_rate)(void *data);
+    /*
+     * stressed - is the server under load now? While it is, every new
+     * command or DATA wait is at most policy->stress_timeout_ms. NULL: never.
+     */
+    bool (*stressed)(void *data);
 };
 
 struct smtpd_session;

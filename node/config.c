@@ -117,6 +117,8 @@ static const struct config_key config_keys[] = {
     CK("smtpd", "max_errors", CONFIG_K_COUNT, smtpd.max_errors, 1, 1000000),
     CK("smtpd", "command_timeout", CONFIG_K_DURATION, smtpd.command_timeout_ms, 1, CONFIG_DAY),
     CK("smtpd", "data_timeout", CONFIG_K_DURATION, smtpd.data_timeout_ms, 1, CONFIG_DAY),
+    CK("smtpd", "min_data_rate", CONFIG_K_SIZE, smtpd.min_data_rate, 0, 1024 * CONFIG_MIB),
+    CK("smtpd", "stress_timeout", CONFIG_K_DURATION, smtpd.stress_timeout_ms, 1, CONFIG_DAY),
     CK("smtpd", "max_sessions", CONFIG_K_COUNT, max_sessions, 1, 1000000),
     CK("smtpd", "greet_delay", CONFIG_K_DURATION, greet_delay_ms, 0, 5 * CONFIG_MIN),
     CK("smtpd", "proxy_protocol", CONFIG_K_BOOL, proxy_protocol, 0, 0),
@@ -124,11 +126,13 @@ static const struct config_key config_keys[] = {
     CK("smtpd", "proxy_timeout", CONFIG_K_DURATION, proxy_timeout_ms, 1, 5 * CONFIG_MIN),
     CK("smtpd", "client_connection_limit", CONFIG_K_COUNT, client_connection_limit, 0, 1000000),
     CK("smtpd", "client_connection_rate", CONFIG_K_COUNT, client_connection_rate, 0, 1000000),
+    CK("smtpd", "client_auth_rate", CONFIG_K_COUNT, client_auth_rate, 0, 1000000),
     CK("smtpd", "limit_exempt_networks", CONFIG_K_NETWORKS, limit_exempt_networks, 0, 0),
     CK("smtpd", "tls_cert_file", CONFIG_K_STRING_OPT, tls_cert_file, 0, 0),
     CK("smtpd", "tls_key_file", CONFIG_K_STRING_OPT, tls_key_file, 0, 0),
     CK("smtpd", "auth_file", CONFIG_K_STRING_OPT, auth_file, 0, 0),
     CK("smtpd", "auth_max_failures", CONFIG_K_COUNT, smtpd.auth_max_failures, 1, 1000),
+    CK("smtpd", "relay_recipients", CONFIG_K_STRING_OPT, relay_recipients, 0, 0),
 
     CK("delivery", "relayhost", CONFIG_K_HOSTPORT_OPT, relayhost, 0, 0),
     CK("delivery", "connect_timeout", CONFIG_K_DURATION, smtpc.connect_timeout_ms, 1, CONFIG_DAY),
@@ -472,10 +476,13 @@ void config_defaults(struct hamr_config *cfg)
     cfg->smtpd.max_errors = 20;
     cfg->smtpd.command_timeout_ms = 5 * CONFIG_MIN;
     cfg->smtpd.data_timeout_ms = 5 * CONFIG_MIN;
+    cfg->smtpd.min_data_rate = 500;
+    cfg->smtpd.stress_timeout_ms = 10 * CONFIG_SEC;
     cfg->smtpd.auth_max_failures = 3;
     cfg->max_sessions = 500;
     cfg->proxy_timeout_ms = 5 * CONFIG_SEC;
     cfg->client_connection_limit = 50;
+    cfg->client_auth_rate = 30;
 
     cfg->smtpc.connect_timeout_ms = 30 * CONFIG_SEC;
     cfg->smtpc.command_timeout_ms = 5 * CONFIG_MIN;

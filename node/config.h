@@ -65,7 +65,9 @@ struct hamr_config {
     uint64_t proposal_timeout_ms;    /* proposal_timeout (30s): 451 after */
 
     /* [smtpd] */
-    struct smtpd_policy smtpd;       /* hostname is copied in from [node] */
+    struct smtpd_policy smtpd;       /* hostname is copied in from [node]; also
+                                        min_data_rate (500 bytes/s; 0 = off) and
+                                        stress_timeout (10s) */
     struct smtpd_cidr relay_networks[256]; /* relay_networks (127.0.0.0/8, ::1/128) */
     size_t n_relay_networks;
     char *relay_domains[256];        /* relay_domains (none) */
@@ -83,8 +85,10 @@ struct hamr_config {
                                          client address; 0 = no limit */
     unsigned client_connection_rate; /* client_connection_rate (0 = off): connections per
                                         client address per minute */
+    unsigned client_auth_rate;       /* client_auth_rate (30; 0 = off): AUTH commands per
+                                        client address per minute */
     struct smtpd_cidr limit_exempt_networks[64]; /* limit_exempt_networks (none): clients
-                                                    the two limits above do not apply to */
+                                                    the three limits above do not apply to */
     size_t n_limit_exempt_networks;
     char tls_cert_file[1024];        /* tls_cert_file (""): PEM chain; with tls_key_file,
                                         STARTTLS is offered */
@@ -92,6 +96,9 @@ struct hamr_config {
     char auth_file[1024];            /* auth_file (""): SMTP AUTH credentials (hamr-passwd
                                         lines); needs STARTTLS. smtpd.auth_max_failures:
                                         auth_max_failures (3) */
+    char relay_recipients[1024];     /* relay_recipients (""): the relay recipient map
+                                        (net/smtpd_rcptmap.h); "" = every recipient at
+                                        relay_domains is accepted */
 
     /* [delivery] */
     struct config_hostport relayhost;  /* relayhost = [host]:port ("" = none) */

@@ -121,6 +121,7 @@ int privs_absolute(struct hamr_config *cfg, char *err, size_t errlen)
         {cfg->tls_key_file, sizeof(cfg->tls_key_file)},
         {cfg->auth_file, sizeof(cfg->auth_file)},
         {cfg->smtpc.tls_ca_file, sizeof(cfg->smtpc.tls_ca_file)},
+        {cfg->relay_recipients, sizeof(cfg->relay_recipients)},
     };
     for (size_t i = 0; i < HAMR_ARRAY_LEN(paths); i++) {
         int rv = privs_absolute_one(paths[i].path, paths[i].size, cwd, err, errlen);

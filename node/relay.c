@@ -44,6 +44,7 @@
 #include "net/smtpc.h"
 #include "net/smtpd.h"
 #include "net/smtpd_auth.h"
+#include "net/smtpd_rcptmap.h"
 #include "net/smtpd_server.h"
 #include "node/config.h"
 #include "node/control.h"
@@ -630,6 +631,12 @@ int relay_start(uv_loop_t *loop,
             goto fail_pool;
         r->policy.auth = r->auth;
     }
+    if (cfg->relay_recipients[0] != '\0') {
+        rv = smtpd_rcptmap_new(cfg->relay_recipients, &r->rcptmap, err, errlen);
+        if (rv != 0)
+            goto fail_pool;
+        r->policy.rcptmap = r->rcptmap;
+    }
     rv = smtpd_server_new(loop, cfg->listen_smtp.host, cfg->listen_smtp.port, &r->policy, &sink,
                           cfg->max_sessions, &r->smtpd, err, errlen);
     if (rv != 0)
@@ -640,6 +647,7 @@ int relay_start(uv_loop_t *loop,
     struct smtpd_limits_config lim = {
         .conn_limit = cfg->client_connection_limit,
         .conn_rate = cfg->client_connection_rate,
+        .auth_rate = cfg->client_auth_rate,
         .exempt = cfg->limit_exempt_networks, /* borrowed: cfg outlives the server */
         .n_exempt = cfg->n_limit_exempt_networks,
     };
@@ -714,6 +722,7 @@ fail_smtpd:
     smtpd_server_close(r->smtpd, NULL, NULL);
 fail_pool:
     r->auth = smtpd_auth_free(r->auth);
+    r->rcptmap = smtpd_rcptmap_free(r->rcptmap);
     smtpc_pool_close(r->pool, NULL, NULL);
 fail_cons:
     consensus_close(r->cons, NULL, NULL);
@@ -735,6 +744,8 @@ void relay_reload(struct relay *r)
     char aerr[512];
     if (r->auth != NULL && smtpd_auth_reload(r->auth, aerr, sizeof(aerr)) != 0)
         log_error("reload of the credentials file failed: %s (the old one stays in use)", aerr);
+    if (r->rcptmap != NULL && smtpd_rcptmap_reload(r->rcptmap, aerr, sizeof(aerr)) != 0)
+        log_error("reload of the relay recipient map failed: %s (the old one stays in use)", aerr);
 }
 
 bool relay_failed(const struct relay *r)
@@ -754,6 +765,7 @@ static void relay_stop_step(void *arg)
     r->queue = queue_free(r->queue);
     r->metrics = metrics_free(r->metrics); /* after the HTTP listener, which borrows it */
     r->auth = smtpd_auth_free(r->auth);     /* after the SMTP server, whose sessions borrow it */
+    r->rcptmap = smtpd_rcptmap_free(r->rcptmap); /* likewise */
     free(r);
     if (done)
         done(done_arg);

@@ -78,6 +78,7 @@ struct relay {
     struct smtpd_server *smtpd;
     struct smtpd_policy policy;   /* cfg->smtpd plus the credentials table */
     struct smtpd_auth *auth;      /* NULL without [smtpd] auth_file */
+    struct smtpd_rcptmap *rcptmap; /* NULL without [smtpd] relay_recipients */
     struct control *control;
     struct peer_server *peer_srv; /* NULL on a node without [listen] peer */
     struct peer_client *peer_cli;

@@ -20,6 +20,11 @@
  * the callback, in order; 454 when the check cannot be queued; a client
  * that leaves, or a server shutdown, while a check is pending; the table
  * reference a check holds survives a reload and the table's free.
+ * The per-client AUTH rate (io.auth_rate, faked): only AUTH commands that
+ * pass the order checks count; over the rate 450 4.7.1 naming the client,
+ * no exchange and no password check, counted toward max_errors but not
+ * toward auth_max_failures; the session goes on and AUTH works again once
+ * the rate allows it.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -65,6 +70,8 @@ struct fake_io {
     bool paused;
     uint64_t timer_ms;       /* the last set_timer */
     struct fake_check check; /* used when the harness is async */
+    int rate_calls;          /* io.auth_rate calls */
+    int rate_rc;             /* what io.auth_rate answers */
 };
 
 /* fake_io_write - record output; nothing after close. */
@@ -130,6 +137,14 @@ static int fake_io_auth_check(void *data,
     c->done = done;
     c->arg = arg;
     return 0;
+}
+
+/* fake_io_auth_rate - count the AUTH command; the test chose the answer. */
+static int fake_io_auth_rate(void *data)
+{
+    struct fake_io *io = data;
+    io->rate_calls++;
+    return io->rate_rc;
 }
 
 struct fake_sink {
@@ -260,6 +275,7 @@ static void test_start(struct harness *h, bool tls_offered)
         .set_timer = fake_io_set_timer,
         .starttls = tls_offered ? fake_io_starttls : NULL,
         .auth_check = h->async ? fake_io_auth_check : NULL,
+        .auth_rate = fake_io_auth_rate,
     };
     struct smtpd_sink sink = {
         .data = &h->sink,
@@ -848,6 +864,66 @@ static void test_async_pending(void **state)
     test_expect(h, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n");
 }
 
+/*
+ * test_auth_rate - over the client's AUTH rate: 450 4.7.1 for PLAIN (with
+ * and without an initial response) and LOGIN, no 334, no password check,
+ * no auth failure; each 450 is an error; other commands go on; once the
+ * rate allows it AUTH succeeds. AUTH refused earlier (before TLS, before
+ * EHLO) is not counted.
+ */
+static void test_auth_rate(void **state)
+{
+    struct harness *h = *state;
+    static const char refused[] = "450 4.7.1 Error: too many AUTH commands from 192.0.2.7\r\n";
+    h->async = true;
+    h->policy.max_errors = 7;
+    h->policy.auth_max_failures = 1;
+
+    test_start(h, true);
+    test_send(h, test_plain("", "alice", "secret-alice"));
+    test_send(h, "EHLO client.example\r\n");
+    test_take(h);
+    test_send(h, test_plain("", "alice", "secret-alice"));
+    test_expect(h, "530 5.7.0 Must issue a STARTTLS command first\r\n");
+    assert_int_equal(h->io.rate_calls, 0); /* order errors come first, uncounted */
+    test_send(h, "STARTTLS\r\n");
+    test_send(h, "EHLO client.example\r\n");
+    test_take(h);
+
+    h->io.rate_rc = HAMR_EBUSY;
+    test_send(h, test_plain("", "alice", "secret-alice"));
+    test_expect(h, refused);
+    test_send(h, "AUTH PLAIN\r\n");
+    test_expect(h, refused);
+    test_send(h, "AUTH LOGIN\r\n");
+    test_expect(h, refused);
+    assert_int_equal(h->io.rate_calls, 3);
+    assert_int_equal(h->io.check.calls, 0); /* no password check for a refused command */
+    assert_false(smtpd_session_auth_pending(h->s));
+    assert_int_equal(h->io.closes, 0); /* no 421 for auth failures: none happened */
+    /* The session goes on; what follows is a command, not an AUTH response. */
+    test_send(h, "NOOP\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<x@elsewhere.example>\r\n");
+    test_expect(h,
+                "250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n"
+                "554 5.7.1 <x@elsewhere.example>: Relay access denied\r\n");
+    test_send(h, "RSET\r\n");
+    test_take(h);
+
+    h->io.rate_rc = 0;
+    test_send(h, test_plain("", "alice", "secret-alice"));
+    assert_int_equal(h->io.rate_calls, 4);
+    assert_int_equal(h->io.check.calls, 1);
+    test_answer(h);
+    test_expect(h, "235 2.7.0 Authentication successful\r\n");
+    /* 503 and 530 before TLS, three 450s and the 554 are six errors: one more is the seventh. */
+    test_send(h, "AUTH PLAIN\r\n");
+    test_expect(h,
+                "503 5.5.1 Error: already authenticated\r\n"
+                "421 4.7.0 mx.hamr.test Error: too many errors\r\n");
+    assert_int_equal(h->io.rate_calls, 4); /* refused for order: not counted */
+    assert_int_equal(h->io.closes, 1);
+}
+
 /* test_async_table - PLAIN and LOGIN, good and bad, through the asynchronous check. */
 static void test_async_table(void **state)
 {
@@ -986,7 +1062,7 @@ int main(void)
         T(test_ehlo_offer),     T(test_auth_replies),     T(test_relay_after_auth),
         T(test_three_failures), T(test_no_secret_in_log), T(test_async_pending),
         T(test_async_table),    T(test_async_refused),    T(test_async_disconnect),
-        T(test_async_shutdown), T(test_table_reference),
+        T(test_async_shutdown), T(test_table_reference),  T(test_auth_rate),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

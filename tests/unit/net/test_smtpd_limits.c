@@ -8,7 +8,9 @@
  * the rate window and its reset, refused attempts counting toward the rate,
  * release, expiry, exempt networks, IPv4-mapped IPv6 as IPv4, limits off,
  * and the cap on entries (the oldest idle entry is evicted; a table full of
- * live entries admits uncounted).
+ * live entries admits uncounted). The AUTH counter in the same table: every
+ * command counts, refused or not; the window and its reset (shared with the
+ * connection attempts); an idle entry kept for it; exemption; off; eviction.
  *
  * Server: a libuv loop with smtpd_server on 127.0.0.1 and libuv clients in
  * the same loop. N+1 concurrent connections from one address: the first N
@@ -18,7 +20,12 @@
  * passes the window, and idle entries then expire; exempt networks are not
  * limited; behind a trusted PROXY balancer the limits apply per PROXY
  * source address; at max_connections the listener stops accepting and the
- * waiting client is served once a connection ends.
+ * waiting client is served once a connection ends. Stress mode: with 80 %
+ * of max_sessions open the waits that start are capped at stress_timeout
+ * (a session times out with 421 4.4.2 well before command_timeout), and
+ * below 80 % they are not. The minimum DATA rate on the test clock: a
+ * client that trickles is cut with 421 4.4.2 and nothing is submitted; a
+ * client at the rate gets its message to the sink.
  *
  * Every loop runs UV_RUN_ONCE a bounded number of times under a guard timer.
  */
@@ -29,6 +36,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,49 +54,58 @@
 /* The table, no sockets                                               */
 /* ------------------------------------------------------------------ */
 
-enum step_op { ADMIT, RELEASE, EXPIRE };
+enum step_op { ADMIT, RELEASE, EXPIRE, AUTH };
 
 /* step - one operation and what must follow it. */
 struct step {
     enum step_op op;
     const char *addr;
     uint64_t now_ms;
-    int want_rc;         /* ADMIT: 0 or HAMR_EBUSY */
+    int want_rc;         /* ADMIT, AUTH: 0 or HAMR_EBUSY */
     bool want_held;      /* ADMIT admitted: counted */
     int want_why;        /* ADMIT refused: enum smtpd_limits_why */
     unsigned want_conns; /* smtpd_limits_conns(addr) afterwards */
     size_t want_entries;
+    unsigned want_auths; /* AUTH: smtpd_limits_auths(addr) afterwards */
 };
 
 /* limits_case - a labelled list of steps under one configuration. */
 struct limits_case {
     const char *label;
-    unsigned conn_limit, conn_rate;
+    unsigned conn_limit, conn_rate, auth_rate;
     const char *exempt; /* a CIDR, or NULL */
     size_t max_entries;
     struct step steps[12];
     size_t n_steps;
 };
 
-#define ADMIT_OK(addr, now, conns, entries)          \
-    {                                                \
-        ADMIT, addr, now, 0, true, 0, conns, entries \
-    }
-#define ADMIT_FREE(addr, now, entries)            \
-    {                                             \
-        ADMIT, addr, now, 0, false, 0, 0, entries \
-    }
-#define ADMIT_NO(addr, now, why, conns, entries)                 \
-    {                                                            \
-        ADMIT, addr, now, HAMR_EBUSY, false, why, conns, entries \
-    }
-#define REL(addr, now, conns, entries)                  \
+#define ADMIT_OK(addr, now, conns, entries)             \
     {                                                   \
-        RELEASE, addr, now, 0, false, 0, conns, entries \
+        ADMIT, addr, now, 0, true, 0, conns, entries, 0 \
     }
-#define EXP_AT(now, entries)                              \
-    {                                                     \
-        EXPIRE, "192.0.2.1", now, 0, false, 0, 0, entries \
+#define ADMIT_FREE(addr, now, entries)               \
+    {                                                \
+        ADMIT, addr, now, 0, false, 0, 0, entries, 0 \
+    }
+#define ADMIT_NO(addr, now, why, conns, entries)                    \
+    {                                                               \
+        ADMIT, addr, now, HAMR_EBUSY, false, why, conns, entries, 0 \
+    }
+#define REL(addr, now, conns, entries)                     \
+    {                                                      \
+        RELEASE, addr, now, 0, false, 0, conns, entries, 0 \
+    }
+#define EXP_AT(now, entries)                                 \
+    {                                                        \
+        EXPIRE, "192.0.2.1", now, 0, false, 0, 0, entries, 0 \
+    }
+#define AUTH_OK(addr, now, conns, auths, entries)           \
+    {                                                       \
+        AUTH, addr, now, 0, false, 0, conns, entries, auths \
+    }
+#define AUTH_NO(addr, now, conns, auths, entries)                    \
+    {                                                                \
+        AUTH, addr, now, HAMR_EBUSY, false, 0, conns, entries, auths \
     }
 #define STEPS(...) \
     .steps = {__VA_ARGS__}, .n_steps = sizeof((struct step[]){__VA_ARGS__}) / sizeof(struct step)
@@ -166,6 +183,70 @@ static const struct limits_case limits_cases[] = {
      STEPS(ADMIT_OK("192.0.2.1", 0, 1, 1),
            ADMIT_FREE("192.0.2.2", 1, 1),
            ADMIT_NO("192.0.2.1", 2, SMTPD_LIMITS_COUNT, 1, 1))},
+    {.label = "auth rate: every command counts, refused ones too, a new window resets",
+     .auth_rate = 2,
+     .max_entries = 100,
+     STEPS(AUTH_OK("192.0.2.1", 0, 0, 1, 1),
+           AUTH_OK("192.0.2.1", 1, 0, 2, 1),
+           AUTH_NO("192.0.2.1", 2, 0, 3, 1),
+           AUTH_NO("192.0.2.1", 59999, 0, 4, 1),
+           AUTH_OK("192.0.2.2", 59999, 0, 1, 2),
+           EXP_AT(60000, 1),
+           AUTH_OK("192.0.2.1", 60000, 0, 1, 2),
+           EXP_AT(119999, 1),
+           EXP_AT(120000, 0))},
+    {.label = "auth rate: the connection's entry and window",
+     .conn_rate = 10,
+     .auth_rate = 1,
+     .max_entries = 100,
+     STEPS(ADMIT_OK("192.0.2.1", 0, 1, 1),
+           AUTH_OK("::ffff:192.0.2.1", 1, 1, 1, 1),
+           AUTH_NO("192.0.2.1", 2, 1, 2, 1),
+           REL("192.0.2.1", 3, 0, 1),
+           ADMIT_OK("192.0.2.1", 60000, 1, 1),
+           AUTH_OK("192.0.2.1", 60001, 1, 1, 1),
+           AUTH_NO("192.0.2.1", 60002, 1, 2, 1))},
+    {.label = "auth rate: an idle entry stays for its window",
+     .conn_limit = 5,
+     .auth_rate = 3,
+     .max_entries = 100,
+     STEPS(ADMIT_OK("2001:db8::1", 0, 1, 1),
+           REL("2001:db8::1", 1, 0, 1),
+           EXP_AT(59999, 1),
+           EXP_AT(60000, 0))},
+    {.label = "auth rate: exempt networks are neither limited nor counted",
+     .auth_rate = 1,
+     .exempt = "127.0.0.0/8",
+     .max_entries = 100,
+     STEPS(AUTH_OK("127.0.0.1", 0, 0, 0, 0),
+           AUTH_OK("127.0.0.1", 1, 0, 0, 0),
+           AUTH_OK("192.0.2.1", 2, 0, 1, 1),
+           AUTH_NO("192.0.2.1", 3, 0, 2, 1))},
+    {.label = "auth rate off: nothing counted",
+     .conn_limit = 1,
+     .max_entries = 100,
+     STEPS(ADMIT_OK("192.0.2.1", 0, 1, 1),
+           AUTH_OK("192.0.2.1", 1, 1, 0, 1),
+           AUTH_OK("192.0.2.1", 2, 1, 0, 1),
+           AUTH_OK("192.0.2.2", 3, 0, 0, 1))},
+    {.label = "auth rate, full table: the oldest idle entry is evicted",
+     .auth_rate = 1,
+     .max_entries = 2,
+     STEPS(AUTH_OK("192.0.2.1", 0, 0, 1, 1),
+           AUTH_OK("192.0.2.2", 1, 0, 1, 2),
+           AUTH_OK("192.0.2.3", 2, 0, 1, 2),
+           AUTH_OK("192.0.2.1", 3, 0, 1, 2),
+           AUTH_NO("192.0.2.3", 4, 0, 2, 2),
+           AUTH_OK("192.0.2.2", 5, 0, 1, 2))},
+    {.label = "auth rate, full of live entries: uncounted",
+     .conn_limit = 1,
+     .auth_rate = 1,
+     .max_entries = 1,
+     STEPS(ADMIT_OK("192.0.2.1", 0, 1, 1),
+           AUTH_OK("192.0.2.2", 1, 0, 0, 1),
+           AUTH_OK("192.0.2.2", 2, 0, 0, 1),
+           AUTH_OK("192.0.2.1", 3, 1, 1, 1),
+           AUTH_NO("192.0.2.1", 4, 1, 2, 1))},
 };
 
 /* test_table - run every case's steps and check each outcome. */
@@ -175,7 +256,8 @@ static void test_table(void **state)
         const struct limits_case *lc = &limits_cases[i];
         struct smtpd_limits *l;
         struct smtpd_cidr exempt;
-        struct smtpd_limits_config cfg = {.conn_limit = lc->conn_limit, .conn_rate = lc->conn_rate};
+        struct smtpd_limits_config cfg = {
+            .conn_limit = lc->conn_limit, .conn_rate = lc->conn_rate, .auth_rate = lc->auth_rate};
         assert_int_equal(smtpd_limits_new(lc->max_entries, &l), 0);
         if (lc->exempt != NULL) {
             char addr[64];
@@ -199,6 +281,13 @@ static void test_table(void **state)
                              (int)why);
             } else if (st->op == RELEASE) {
                 smtpd_limits_release(l, st->addr, st->now_ms);
+            } else if (st->op == AUTH) {
+                int rc = smtpd_limits_auth(l, st->addr, st->now_ms);
+                if (rc != st->want_rc)
+                    fail_msg("%s, step %zu: auth rc=%d want %d", lc->label, j, rc, st->want_rc);
+                if (smtpd_limits_auths(l, st->addr) != st->want_auths)
+                    fail_msg("%s, step %zu: auths=%u want %u", lc->label, j,
+                             smtpd_limits_auths(l, st->addr), st->want_auths);
             } else {
                 smtpd_limits_expire(l, st->now_ms);
             }
@@ -237,6 +326,9 @@ struct harness {
     bool expired, paused_out;
     struct smtpd_policy policy;
     struct smtpd_cidr nets[1];
+    char *domains[1];
+    bool allow_submit; /* else a submit fails the test */
+    int submits;
     struct smtpd_server *server;
     bool server_closed;
     struct client clients[N_CLIENTS];
@@ -249,10 +341,16 @@ static int sink_new_id(void *data, char *id, size_t idlen)
     return 0;
 }
 
-/* sink_submit - never reached: these tests send no message. */
+/*
+ * sink_submit - reached only where a test allows it; counted, then refused
+ * (the callback never runs), so the client hears a 4xx for its message.
+ */
 static int sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_cb cb, void *arg)
 {
-    fail_msg("unexpected submit");
+    struct harness *h = data;
+    if (!h->allow_submit)
+        fail_msg("unexpected submit");
+    h->submits++;
     return HAMR_EIO;
 }
 
@@ -303,6 +401,9 @@ static struct harness *harness_start(size_t max_sessions)
     p->max_errors = 20;
     p->command_timeout_ms = 30000;
     p->data_timeout_ms = 30000;
+    h->domains[0] = "hamr.test";
+    p->relay_domains = h->domains;
+    p->n_relay_domains = 1;
 
     struct smtpd_sink sink = {.data = h, .new_id = sink_new_id, .submit = sink_submit};
     char err[256];
@@ -634,8 +735,145 @@ static void test_server_pause_close(void **state)
     harness_stop(h);
 }
 
+/* elapsed_since - loop ms since start (the loop's clock, brought up to date). */
+static uint64_t elapsed_since(struct harness *h, uint64_t start)
+{
+    uv_update_time(&h->loop);
+    return uv_now(&h->loop) - start;
+}
+
+/* now_ms - the loop's clock, brought up to date. */
+static uint64_t now_ms(struct harness *h)
+{
+    uv_update_time(&h->loop);
+    return uv_now(&h->loop);
+}
+
+/* wait_sessions - turn the loop until the server counts n sessions. */
+static void wait_sessions(struct harness *h, size_t n)
+{
+    for (int i = 0; i < LOOP_TURNS_MAX && !h->expired && smtpd_server_sessions(h->server) != n; i++)
+        uv_run(&h->loop, UV_RUN_ONCE);
+    assert_int_equal(smtpd_server_sessions(h->server), n);
+}
+
+static const char timed_out[] = "421 4.4.2 mx.hamr.test Error: timeout exceeded\r\n";
+
+/*
+ * test_server_stress - max_sessions 5, command_timeout 2 s,
+ * stress_timeout 60 ms. With 4 sessions (80 %) open the waits that start
+ * are capped: the fourth client's and the first client's after a NOOP end
+ * in 421 4.4.2 long before 2 s, while the second and third keep the waits
+ * they started before. Back at 2 sessions a new wait is the full 2 s again.
+ */
+static void test_server_stress(void **state)
+{
+    struct harness *h = harness_start(5);
+    h->policy.command_timeout_ms = 2000;
+    h->policy.stress_timeout_ms = 60;
+    for (size_t i = 0; i < 3; i++)
+        served(h, client_connect(h, i));
+    struct client *fourth = client_connect(h, 3); /* 4 of 5: stress begins */
+    uint64_t start = now_ms(h);
+    client_say(&h->clients[0], "NOOP\r\n");
+    expect(h, &h->clients[0], "250 ");
+    expect(h, &h->clients[0], timed_out);
+    expect(h, fourth, "220 mx.hamr.test");
+    expect(h, fourth, timed_out);
+    assert_true(elapsed_since(h, start) < 1500);
+    expect_closed(h, &h->clients[0]);
+    expect_closed(h, fourth);
+    /* Waits that began before the stress keep their deadline. */
+    for (size_t i = 1; i < 3; i++)
+        assert_null(strstr(h->clients[i].in, "421"));
+    wait_sessions(h, 2); /* below 80 %: stress ends */
+
+    start = now_ms(h);
+    client_say(&h->clients[1], "NOOP\r\n");
+    expect(h, &h->clients[1], "250 ");
+    expect(h, &h->clients[1], timed_out);
+    assert_true(elapsed_since(h, start) >= 2000);
+    harness_stop(h);
+}
+
+/* data_phase - EHLO, MAIL, RCPT and DATA from c, up to the 354; small writes go out at once. */
+static void data_phase(struct harness *h, struct client *c)
+{
+    assert_int_equal(uv_tcp_nodelay(&c->tcp, 1), 0); /* no Nagle wait for the delayed ACK */
+    served(h, c);
+    client_say(c, "MAIL FROM:<a@example.org>\r\n");
+    expect(h, c, "250 ");
+    client_say(c, "RCPT TO:<b@hamr.test>\r\n");
+    expect(h, c, "250 ");
+    client_say(c, "DATA\r\n");
+    expect(h, c, "354 ");
+}
+
+/*
+ * say_wait - send text on c and let the server read it before the test
+ * clock moves: with TCP_NODELAY the octets are in the server's socket once
+ * uv_write returns, and the loop polls for a fresh 20 ms (the loop's clock
+ * updated first, so the pause timer cannot fire before that poll).
+ */
+static void say_wait(struct harness *h, struct client *c, const char *text)
+{
+    client_say(c, text);
+    uv_update_time(&h->loop);
+    wait_ms(h, 20);
+}
+
+/*
+ * test_server_min_data_rate - min_data_rate 100 B/s, data_timeout 10 s on
+ * the test clock (smtpd_server_advance_clock). A client sending one octet
+ * every 4 s (each read in time) is cut with 421 4.4.2 once past 354 + 10 s
+ * + its earned time, and nothing is submitted. A client sending 1000
+ * octets every 10 s (the rate) for 50 s is not cut: its message reaches
+ * the sink.
+ */
+static void test_server_min_data_rate(void **state)
+{
+    struct harness *h = harness_start(20);
+    h->policy.min_data_rate = 100;
+    h->policy.data_timeout_ms = 10000;
+    struct client *slow = client_connect(h, 0);
+    data_phase(h, slow);
+    say_wait(h, slow, "a");
+    smtpd_server_advance_clock(h->server, 4000);
+    say_wait(h, slow, "b");
+    smtpd_server_advance_clock(h->server, 4000);
+    say_wait(h, slow, "c");
+    assert_false(slow->eof);
+    smtpd_server_advance_clock(h->server, 4000); /* 12 s > 10 s + 30 ms */
+    client_say(slow, "d\r\n.\r\n");
+    expect(h, slow, timed_out);
+    expect_closed(h, slow);
+    assert_int_equal(h->submits, 0);
+
+    char chunk[1001];
+    for (size_t i = 0; i < 1000; i += 100) {
+        memset(chunk + i, 'x', 98);
+        chunk[i + 98] = '\r';
+        chunk[i + 99] = '\n';
+    }
+    chunk[1000] = '\0';
+    h->allow_submit = true;
+    struct client *steady = client_connect(h, 1);
+    data_phase(h, steady);
+    for (int k = 0; k < 5; k++) {
+        say_wait(h, steady, chunk);
+        smtpd_server_advance_clock(h->server, 10000);
+    }
+    assert_false(steady->eof);
+    client_say(steady, ".\r\n");
+    expect(h, steady, "451 ");
+    assert_int_equal(h->submits, 1);
+    client_quit(h, steady);
+    harness_stop(h);
+}
+
 int main(void)
 {
+    signal(SIGPIPE, SIG_IGN); /* a client cut off mid-write gets EPIPE, not death */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_table),
         cmocka_unit_test(test_server_count),
@@ -644,6 +882,8 @@ int main(void)
         cmocka_unit_test(test_server_proxy),
         cmocka_unit_test(test_server_accept_pause),
         cmocka_unit_test(test_server_pause_close),
+        cmocka_unit_test(test_server_stress),
+        cmocka_unit_test(test_server_min_data_rate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,7 +11,16 @@
  * control including the nmap smtp-open-relay forms (SECURITY.md S12),
  * max_errors, timeouts, cross-protocol input, check_mail and submit failure
  * mapping, disconnect during a pending submit, RSET, QUIT, output
- * high-water mark and server shutdown.
+ * high-water mark and server shutdown. Slow clients (SECURITY.md S14), on
+ * the fake transport's clock: the minimum DATA rate cuts a client that
+ * trickles (each read inside data_timeout) with 421 4.4.2 and submits
+ * nothing, whether its deadline timer fires or its next octet comes late,
+ * and never cuts a client at the rate; stress mode caps the waits that
+ * start while the transport says it is under load, and only those.
+ * The relay recipient map (SECURITY.md S20): 550 5.1.1 for unknown
+ * recipients of outside clients, source routes stripped, relay clients
+ * unchecked, the reject counted, a mixed transaction delivered to its
+ * known recipients only, and a reload seen by a live session.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,15 +29,18 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "util/buf.h"
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
 #include "net/smtpd.h"
+#include "net/smtpd_rcptmap.h"
 #include "net/smtpd_session.h"
 
 /* ------------------------------------------------------------------ */
@@ -43,6 +55,8 @@ struct fake_io {
     uint64_t timer_ms;
     size_t queued; /* what write_queued() reports */
     bool released; /* smtpd_session_free() was called: no io allowed */
+    uint64_t now;  /* the clock now() reports, in ms; the test moves it */
+    bool stressed; /* what stressed() reports */
 };
 
 /* fake_io_write - record output; never after close or release. */
@@ -96,6 +110,22 @@ static size_t fake_io_write_queued(void *data)
 {
     struct fake_io *io = data;
     return io->queued;
+}
+
+/* fake_io_now - the test's clock. */
+static uint64_t fake_io_now(void *data)
+{
+    struct fake_io *io = data;
+    assert_false(io->released);
+    return io->now;
+}
+
+/* fake_io_stressed - the load the test set. */
+static bool fake_io_stressed(void *data)
+{
+    struct fake_io *io = data;
+    assert_false(io->released);
+    return io->stressed;
 }
 
 /* ------------------------------------------------------------------ */
@@ -259,6 +289,8 @@ static void test_start(struct harness *h, const char *client)
         .close = fake_io_close,
         .set_timer = fake_io_set_timer,
         .write_queued = fake_io_write_queued,
+        .now = fake_io_now,
+        .stressed = fake_io_stressed,
     };
     struct smtpd_session_io io = io_ops;
     struct smtpd_sink sink = {
@@ -581,6 +613,20 @@ static const struct {
     {"digits", false, "123 abc", "500 5.5.2 Error: bad syntax"},
     {"empty line", false, "", "500 5.5.2 Error: bad syntax"},
     {"bare LF", false, "NOOP\nQUIT", "500 5.5.2 Error: bare <LF> received"},
+    /* SECURITY.md S11: a command line must be well-formed UTF-8; EHLO names are ASCII. */
+    {"overlong 2-octet", false, "MAIL FROM:<\xc0\xaf@b.example>", "500 5.5.2 Error: bad UTF-8 syntax"},
+    {"overlong 3-octet", false, "MAIL FROM:<\xe0\x80\xaf@b.example> SMTPUTF8",
+     "500 5.5.2 Error: bad UTF-8 syntax"},
+    {"surrogate", true, "RCPT TO:<\xed\xa0\x80@hamr.test>", "500 5.5.2 Error: bad UTF-8 syntax"},
+    {"above U+10FFFF", false, "MAIL FROM:<\xf4\x90\x80\x80@b.example>",
+     "500 5.5.2 Error: bad UTF-8 syntax"},
+    {"truncated sequence", false, "MAIL FROM:<a@b.example\xc3>", "500 5.5.2 Error: bad UTF-8 syntax"},
+    {"lone continuation", false, "NOOP \x80", "500 5.5.2 Error: bad UTF-8 syntax"},
+    {"4-octet UTF-8", false, "MAIL FROM:<\xf0\x9f\x98\x80@b.example>",
+     "553 5.6.7 Must declare SMTPUTF8 to send unicode address"},
+    {"8-bit EHLO", false, "EHLO h\xc3\xa9llo.example", "501 5.5.4 Syntax: EHLO hostname"},
+    {"bad UTF-8 EHLO", false, "EHLO \xc0\xaf.example", "500 5.5.2 Error: bad UTF-8 syntax"},
+    {"8-bit HELO", false, "HELO \xc3\xa9", "501 5.5.4 Syntax: HELO hostname"},
     {"bare CR", false, "NOOP\rQUIT", "500 5.5.2 Error: bare <CR> received"},
     /* Accepted forms. */
     {"source route", true, "RCPT TO:<@a.example,@b.example:x@hamr.test>", "250 2.1.5 Ok"},
@@ -1011,6 +1057,172 @@ static void test_timeout(void **state)
     assert_int_equal(h->sink.submits, 0);
 }
 
+/* test_data_phase - EHLO, MAIL, RCPT, DATA at clock 0; the 354 taken. */
+static void test_data_phase(struct harness *h)
+{
+    h->io.now = 0;
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h, "MAIL FROM:<a@b.example>\r\nRCPT TO:<a@hamr.test>\r\nDATA\r\n");
+    assert_string_equal(test_codes(h), "250 250 354");
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_DATA);
+}
+
+/*
+ * test_min_data_rate_timer - 500 B/s, data_timeout 200 s: one octet every
+ * 9 s keeps each read in time, but the phase deadline (354 + 200 s + 2 ms
+ * per octet) shrinks the timer until it fires: 421 4.4.2, nothing submitted.
+ */
+static void test_min_data_rate_timer(void **state)
+{
+    struct harness *h = *state;
+    h->policy.min_data_rate = 500;
+    test_data_phase(h);
+    assert_int_equal(h->io.timer_ms, 200000); /* 354 + data_timeout */
+    for (uint64_t k = 1; k <= 22; k++) {
+        h->io.now = 9000 * k;
+        test_send(h, "x");
+        uint64_t deadline = 200000 + 2 * k;
+        uint64_t want = deadline - h->io.now < 200000 ? deadline - h->io.now : 200000;
+        if (h->io.timer_ms != want || smtpd_session_timeout_ms(h->s) != want)
+            fail_msg("after octet %llu: timer %llu, want %llu", (unsigned long long)k,
+                     (unsigned long long)h->io.timer_ms, (unsigned long long)want);
+    }
+    assert_int_equal(h->io.timer_ms, 2044); /* 200044 - 198000 */
+    test_expect(h, "");
+    h->io.now = 200044; /* the timer fires */
+    smtpd_session_timeout(h->s);
+    test_expect(h, "421 4.4.2 mx.hamr.test Error: timeout exceeded\r\n");
+    assert_int_equal(h->io.closes, 1);
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_CLOSING);
+    assert_int_equal(h->sink.submits, 0);
+}
+
+/*
+ * test_min_data_rate_late_input - input that arrives after the phase
+ * deadline (before the timer ran) is not looked at, even if it ends DATA.
+ */
+static void test_min_data_rate_late_input(void **state)
+{
+    struct harness *h = *state;
+    h->policy.min_data_rate = 500;
+    test_data_phase(h);
+    h->io.now = 100000;
+    test_send(h, "Subject: slow\r\n\r\n"); /* 17 octets: deadline 200034 */
+    assert_int_equal(h->io.timer_ms, 100034);
+    h->io.now = 200034;
+    test_send(h, "body\r\n.\r\n");
+    test_expect(h, "421 4.4.2 mx.hamr.test Error: timeout exceeded\r\n");
+    assert_int_equal(h->io.closes, 1);
+    assert_int_equal(h->sink.submits, 0);
+}
+
+/*
+ * test_min_data_rate_at_rate - 5000 octets every 10 s is exactly 500 B/s:
+ * after 400 s (twice data_timeout) the deadline is still data_timeout away,
+ * and the message is submitted and queued.
+ */
+static void test_min_data_rate_at_rate(void **state)
+{
+    struct harness *h = *state;
+    char chunk[5001];
+    for (size_t i = 0; i < 5000; i += 100) {
+        memset(chunk + i, 'a', 98);
+        chunk[i + 98] = '\r';
+        chunk[i + 99] = '\n';
+    }
+    chunk[5000] = '\0';
+    h->policy.min_data_rate = 500;
+    test_data_phase(h);
+    for (uint64_t k = 0; k < 40; k++) {
+        h->io.now = 10000 * k;
+        test_send(h, chunk);
+        assert_int_equal(h->io.timer_ms, 200000);
+    }
+    h->io.now = 400000;
+    test_send(h, ".\r\n");
+    test_expect(h, "");
+    assert_int_equal(h->sink.submits, 1);
+    assert_int_equal(h->sink.msgs[0].body_len - (strstr((char *)h->sink.msgs[0].body, "aaa") -
+                                                 (char *)h->sink.msgs[0].body),
+                     40 * 5000);
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0001\r\n");
+    assert_int_equal(h->io.closes, 0);
+}
+
+/* test_min_data_rate_off - with 0 only the per-read data_timeout applies. */
+static void test_min_data_rate_off(void **state)
+{
+    struct harness *h = *state;
+    test_data_phase(h);
+    for (uint64_t k = 1; k <= 100; k++) {
+        h->io.now = 9000 * k;
+        test_send(h, "x");
+        assert_int_equal(h->io.timer_ms, 200000);
+    }
+    test_send(h, "\r\n.\r\n");
+    assert_int_equal(h->sink.submits, 1);
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0001\r\n");
+}
+
+/*
+ * test_stress_timeouts - under load every wait that starts is capped at
+ * stress_timeout (command and DATA, and the DATA phase deadline with it);
+ * a wait that started before keeps its time; without load, or with no
+ * stress_timeout, the configured timeouts apply again.
+ */
+static void test_stress_timeouts(void **state)
+{
+    struct harness *h = *state;
+    h->policy.stress_timeout_ms = 10000;
+    test_ehlo(h, TEST_OUTSIDE);
+    assert_int_equal(h->io.timer_ms, 300000);
+    h->io.stressed = true;
+    int sets = h->io.timer_sets;
+    assert_int_equal(smtpd_session_timeout_ms(h->s), 10000);
+    assert_int_equal(h->io.timer_sets, sets); /* the running wait is not touched */
+    test_send(h, "NOOP\r\n");
+    assert_string_equal(test_codes(h), "250");
+    assert_int_equal(h->io.timer_ms, 10000);
+    test_send(h, "MAIL FROM:<a@b.example>\r\nRCPT TO:<a@hamr.test>\r\nDATA\r\n");
+    assert_string_equal(test_codes(h), "250 250 354");
+    assert_int_equal(h->io.timer_ms, 10000); /* data_timeout 200 s capped */
+    h->io.stressed = false;
+    test_send(h, "x");
+    assert_int_equal(h->io.timer_ms, 200000);
+    test_send(h, "\r\n.\r\n");
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0001\r\n");
+    assert_int_equal(h->io.timer_ms, 300000);
+
+    /* With the minimum DATA rate, the phase deadline uses the capped timeout too. */
+    h->policy.min_data_rate = 500;
+    h->io.now = 1000;
+    test_send(h, "MAIL FROM:<a@b.example>\r\nRCPT TO:<a@hamr.test>\r\nDATA\r\n");
+    assert_string_equal(test_codes(h), "250 250 354");
+    h->io.stressed = true;
+    h->io.now = 6000;
+    test_send(h, "x"); /* deadline 1000 + 10000 + 2 */
+    assert_int_equal(h->io.timer_ms, 5002);
+    h->io.now = 11002;
+    smtpd_session_timeout(h->s);
+    test_expect(h, "421 4.4.2 mx.hamr.test Error: timeout exceeded\r\n");
+    assert_int_equal(h->sink.submits, 1);
+}
+
+/* test_stress_off - stress_timeout 0: load changes nothing. */
+static void test_stress_off(void **state)
+{
+    struct harness *h = *state;
+    h->io.stressed = true;
+    test_ehlo(h, TEST_OUTSIDE);
+    assert_int_equal(h->io.timer_ms, 300000);
+    test_send(h, "MAIL FROM:<a@b.example>\r\nRCPT TO:<a@hamr.test>\r\nDATA\r\n");
+    test_take(h);
+    assert_int_equal(h->io.timer_ms, 200000);
+}
+
 /* test_http - cross-protocol input: 221 2.7.0 and close (S19). */
 static void test_http(void **state)
 {
@@ -1283,6 +1495,212 @@ static void test_byte_by_byte(void **state)
     test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0001\r\n");
 }
 
+/* ------------------------------------------------------------------ */
+/* Relay recipient map (SECURITY.md S20)                               */
+/* ------------------------------------------------------------------ */
+
+/* test_rcptmap_write - write text to path (a fresh temporary file when path holds the template). */
+static void test_rcptmap_write(char *path, const char *text)
+{
+    int fd = strstr(path, "XXXXXX") != NULL ? mkstemp(path) : open(path, O_WRONLY | O_TRUNC);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    assert_int_equal(close(fd), 0);
+}
+
+/* test_rcptmap_new - a map loaded from text; the file stays at path for reloads. */
+static struct smtpd_rcptmap *test_rcptmap_new(char *path, const char *text)
+{
+    struct smtpd_rcptmap *m = NULL;
+    char err[512];
+    test_rcptmap_write(path, text);
+    if (smtpd_rcptmap_new(path, &m, err, sizeof(err)) != 0)
+        fail_msg("%s", err);
+    return m;
+}
+
+/* test_rcptmap_done - free the session (which borrows the map), then the map and its file. */
+static void test_rcptmap_done(struct harness *h, struct smtpd_rcptmap *m, const char *path)
+{
+    h->io.released = true;
+    h->s = smtpd_session_free(h->s);
+    smtpd_rcptmap_free(m);
+    unlink(path);
+}
+
+#define TEST_RCPTMAP_TEMPLATE "/tmp/hamr-test-session-rcptmap-XXXXXX"
+#define TEST_UNKNOWN(rcpt) "550 5.1.1 " rcpt ": Recipient address rejected: User unknown\r\n"
+
+static const char test_rcptmap_text[] =
+    "# recipients at hamr.test\n"
+    "Known@hamr.test\n"
+    "other@hamr.test\n"
+    "@deep.sub.hamr.test\n";
+
+/* Each RCPT from an outside client against test_rcptmap_text. */
+static const struct {
+    const char *rcpt;
+    const char *want;
+} test_rcptmap_cases[] = {
+    {"<nobody@hamr.test>", TEST_UNKNOWN("<nobody@hamr.test>")},
+    {"<known@hamr.test>", "250 2.1.5 Ok\r\n"},
+    {"<KNOWN@HAMR.TEST>", "250 2.1.5 Ok\r\n"},
+    {"<\"known\"@hamr.test>", "250 2.1.5 Ok\r\n"},
+    {"<knowN@hamr.test>", "250 2.1.5 Ok\r\n"},
+    {"<know@hamr.test>", TEST_UNKNOWN("<know@hamr.test>")},
+    {"<\"x y\"@hamr.test>", TEST_UNKNOWN("<\"x y\"@hamr.test>")},
+    /* The source route is stripped: the final address is looked up and shown. */
+    {"<@relay.example:nobody@hamr.test>", TEST_UNKNOWN("<nobody@hamr.test>")},
+    {"<@a.example,@b.example:other@hamr.test>", "250 2.1.5 Ok\r\n"},
+    /* The wildcard covers its domain, not its other subdomains. */
+    {"<anyone@deep.sub.hamr.test>", "250 2.1.5 Ok\r\n"},
+    {"<anyone@x.sub.hamr.test>", TEST_UNKNOWN("<anyone@x.sub.hamr.test>")},
+    /* The relay decision comes first and is unchanged. */
+    {"<known@victim.example>", "554 5.7.1 <known@victim.example>: Relay access denied\r\n"},
+    {"<known%victim.example@hamr.test>",
+     "554 5.7.1 <known%victim.example@hamr.test>: Relay access denied\r\n"},
+};
+
+/* test_rcptmap_rcpt - outside clients: listed recipients 250, unknown ones 550 5.1.1. */
+static void test_rcptmap_rcpt(void **state)
+{
+    struct harness *h = *state;
+    char path[] = TEST_RCPTMAP_TEMPLATE, line[512];
+    struct smtpd_rcptmap *m = test_rcptmap_new(path, test_rcptmap_text);
+
+    h->policy.rcptmap = m;
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h, "MAIL FROM:<a@b.example>\r\n");
+    test_expect(h, "250 2.1.0 Ok\r\n");
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(test_rcptmap_cases); i++) {
+        snprintf(line, sizeof(line), "RCPT TO:%s\r\n", test_rcptmap_cases[i].rcpt);
+        test_send(h, line);
+        const char *got = test_take(h);
+        if (strcmp(got, test_rcptmap_cases[i].want) != 0)
+            fail_msg("%s: got \"%s\" want \"%s\"", test_rcptmap_cases[i].rcpt, got,
+                     test_rcptmap_cases[i].want);
+    }
+    assert_int_equal(h->io.closes, 0);
+    test_rcptmap_done(h, m, path);
+}
+
+/* test_rcptmap_mixed - one good and one bad recipient: the message goes to the good one only. */
+static void test_rcptmap_mixed(void **state)
+{
+    struct harness *h = *state;
+    char path[] = TEST_RCPTMAP_TEMPLATE;
+    struct smtpd_rcptmap *m = test_rcptmap_new(path, test_rcptmap_text);
+
+    h->policy.rcptmap = m;
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h,
+              "MAIL FROM:<sender@b.example>\r\n"
+              "RCPT TO:<ghost@hamr.test>\r\n"
+              "RCPT TO:<Known@hamr.test>\r\n"
+              "RCPT TO:<spectre@hamr.test>\r\n"
+              "DATA\r\n");
+    char want[1024];
+    snprintf(want, sizeof(want),
+             "250 2.1.0 Ok\r\n%s250 2.1.5 Ok\r\n%s354 End data with <CR><LF>.<CR><LF>\r\n",
+             TEST_UNKNOWN("<ghost@hamr.test>"), TEST_UNKNOWN("<spectre@hamr.test>"));
+    test_expect(h, want);
+    test_send(h, "Subject: t\r\n\r\nhello\r\n.\r\n");
+    assert_int_equal(h->sink.submits, 1);
+    const struct fake_msg *msg = &h->sink.msgs[0];
+    assert_string_equal(msg->sender, "sender@b.example");
+    assert_int_equal(msg->n_rcpts, 1);
+    assert_string_equal(msg->rcpts[0], "Known@hamr.test"); /* as the client wrote it */
+    assert_non_null(strstr((const char *)msg->body, "for <Known@hamr.test>"));
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0001\r\n");
+
+    /* Only unknown recipients: DATA has nothing to send to. */
+    test_send(h, "MAIL FROM:<sender@b.example>\r\nRCPT TO:<ghost@hamr.test>\r\nDATA\r\n");
+    assert_string_equal(test_codes(h), "250 550 503");
+    assert_int_equal(h->sink.submits, 1);
+    test_rcptmap_done(h, m, path);
+}
+
+/* test_rcptmap_unchecked - relay networks, and no map at all, accept any recipient as before. */
+static void test_rcptmap_unchecked(void **state)
+{
+    static const char *const clients[] = {TEST_INSIDE, "::1", "::ffff:10.9.9.9"};
+    char path[] = TEST_RCPTMAP_TEMPLATE;
+    struct smtpd_rcptmap *m = test_rcptmap_new(path, test_rcptmap_text);
+    (void)state;
+
+    for (size_t c = 0; c <= HAMR_ARRAY_LEN(clients); c++) {
+        struct harness *h = calloc(1, sizeof(*h));
+        assert_non_null(h);
+        test_policy(h);
+        /* The last round: an outside client with the map off. */
+        bool off = c == HAMR_ARRAY_LEN(clients);
+        h->policy.rcptmap = off ? NULL : m;
+        test_ehlo(h, off ? TEST_OUTSIDE : clients[c]);
+        test_send(h,
+                  "MAIL FROM:<a@b.example>\r\n"
+                  "RCPT TO:<ghost@hamr.test>\r\n"
+                  "RCPT TO:<anyone@x.sub.hamr.test>\r\n"
+                  "DATA\r\n");
+        assert_string_equal(test_codes(h), "250 250 250 354");
+        test_send(h, "x\r\n.\r\n");
+        assert_int_equal(h->sink.msgs[0].n_rcpts, 2);
+        fake_sink_step(&h->sink);
+        void *p = h;
+        test_teardown(&p);
+    }
+    smtpd_rcptmap_free(m);
+    unlink(path);
+}
+
+/* test_rcptmap_errors - each 550 5.1.1 counts toward max_errors; a known recipient still passes. */
+static void test_rcptmap_errors(void **state)
+{
+    struct harness *h = *state;
+    char path[] = TEST_RCPTMAP_TEMPLATE;
+    struct smtpd_rcptmap *m = test_rcptmap_new(path, test_rcptmap_text);
+
+    h->policy.rcptmap = m;
+    h->policy.max_errors = 3;
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h,
+              "MAIL FROM:<a@b.example>\r\n"
+              "RCPT TO:<u1@hamr.test>\r\n"
+              "RCPT TO:<u2@hamr.test>\r\n"
+              "RCPT TO:<known@hamr.test>\r\n");
+    assert_string_equal(test_codes(h), "250 550 550 250");
+    assert_int_equal(h->io.closes, 0);
+    test_send(h, "RCPT TO:<u3@hamr.test>\r\n");
+    test_expect(h,
+                TEST_UNKNOWN("<u3@hamr.test>") "421 4.7.0 mx.hamr.test Error: too many errors\r\n");
+    assert_int_equal(h->io.closes, 1);
+    assert_int_equal(h->sink.submits, 0);
+    test_rcptmap_done(h, m, path);
+}
+
+/* test_rcptmap_reload - a session borrows the map: a reload changes its next answer. */
+static void test_rcptmap_reload(void **state)
+{
+    struct harness *h = *state;
+    char path[] = TEST_RCPTMAP_TEMPLATE, err[512];
+    struct smtpd_rcptmap *m = test_rcptmap_new(path, test_rcptmap_text);
+
+    h->policy.rcptmap = m;
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h, "MAIL FROM:<a@b.example>\r\nRCPT TO:<newcomer@hamr.test>\r\n");
+    assert_string_equal(test_codes(h), "250 550");
+    test_rcptmap_write(path, "newcomer@hamr.test\n");
+    assert_int_equal(smtpd_rcptmap_reload(m, err, sizeof(err)), 0);
+    test_send(h, "RCPT TO:<newcomer@hamr.test>\r\nRCPT TO:<known@hamr.test>\r\n");
+    assert_string_equal(test_codes(h), "250 550");
+    /* A bad file keeps the table in use. */
+    test_rcptmap_write(path, "newcomer@hamr.test\nbad line\n");
+    assert_int_equal(smtpd_rcptmap_reload(m, err, sizeof(err)), HAMR_EINVAL);
+    test_send(h, "RCPT TO:<NEWCOMER@hamr.test>\r\n");
+    assert_string_equal(test_codes(h), "250");
+    test_rcptmap_done(h, m, path);
+}
+
 /* main - run every test; only errors are logged. */
 int main(void)
 {
@@ -1309,6 +1727,12 @@ int main(void)
         T(test_relay_networks),
         T(test_max_errors),
         T(test_timeout),
+        T(test_min_data_rate_timer),
+        T(test_min_data_rate_late_input),
+        T(test_min_data_rate_at_rate),
+        T(test_min_data_rate_off),
+        T(test_stress_timeouts),
+        T(test_stress_off),
         T(test_http),
         T(test_check_mail),
         T(test_submit_failures),
@@ -1319,6 +1743,11 @@ int main(void)
         T(test_input_bound),
         T(test_shutdown),
         T(test_byte_by_byte),
+        T(test_rcptmap_rcpt),
+        T(test_rcptmap_mixed),
+        cmocka_unit_test(test_rcptmap_unchecked),
+        T(test_rcptmap_errors),
+        T(test_rcptmap_reload),
 #undef T
     };
     log_set_level(LOG_LEVEL_ERROR);

@@ -18,7 +18,10 @@
  * AUTH inside TLS with the check on libuv's thread pool: 535 and 235 in
  * order with a pipelined command held behind AUTH, the credentials
  * reloaded while a check runs, and the server closed while a check runs
- * (its close callback waits for the check; nothing leaks).
+ * (its close callback waits for the check; nothing leaks). The per-client
+ * AUTH rate of the listener's limits table: every AUTH counts, across
+ * connections of one address; over it 450 4.7.1 naming 127.0.0.1 with no
+ * check queued, the session goes on, and a new window lets AUTH through.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -46,6 +49,7 @@
 #include "util/err.h"
 #include "net/smtpd.h"
 #include "net/smtpd_auth.h"
+#include "net/smtpd_limits.h"
 #include "net/smtpd_server.h"
 #include "tls_testcert.h"
 
@@ -628,6 +632,50 @@ static void test_auth_over_tls(void **state)
     unlink(path);
 }
 
+/*
+ * test_auth_rate_over_tls - client_auth_rate 2: two AUTH commands (one
+ * failing) are checked, the third gets 450 4.7.1 without a check and the
+ * session goes on; a new connection from the same address is still over
+ * the rate; after the window AUTH succeeds.
+ */
+static void test_auth_rate_over_tls(void **state)
+{
+    (void)state;
+    struct harness h;
+    char path[] = "/tmp/hamr-tls-rate-XXXXXX";
+    static const char refused[] = "450 4.7.1 Error: too many AUTH commands from 127.0.0.1\r\n";
+    harness_start(&h, true);
+    struct smtpd_auth *auth = auth_file(path, "alice", "secret-alice");
+    h.policy.auth = auth;
+    h.policy.auth_max_failures = 10;
+    struct smtpd_limits_config lim = {.auth_rate = 2};
+    smtpd_server_set_limits(h.server, &lim);
+    const struct smtpd_limits *l = smtpd_server_limits(h.server);
+
+    start_tls(&h);
+    expect(&h, "EHLO client.test\r\n", "250-mx.hamr.test");
+    expect(&h, "AUTH PLAIN AGFsaWNlAHdyb25n\r\n", "535 5.7.8 Error: authentication failed\r\n");
+    expect(&h, "AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\r\n");
+    expect(&h, "YWxpY2U=\r\n", "334 UGFzc3dvcmQ6\r\n");
+    expect(&h, "d3Jvbmc=\r\n", "535 5.7.8"); /* "wrong" */
+    assert_int_equal(smtpd_limits_auths(l, "127.0.0.1"), 2);
+    expect(&h, "AUTH PLAIN AGFsaWNlAHNlY3JldC1hbGljZQ==\r\n", refused);
+    assert_int_equal(smtpd_server_auth_checks(h.server), 0);
+    expect(&h, "NOOP\r\n", "250 2.0.0 Ok\r\n");
+    client_drop(&h);
+
+    start_tls(&h);
+    expect(&h, "EHLO client.test\r\n", "250-mx.hamr.test");
+    expect(&h, "AUTH PLAIN AGFsaWNlAHNlY3JldC1hbGljZQ==\r\n", refused);
+    assert_int_equal(smtpd_limits_auths(l, "127.0.0.1"), 4);
+    smtpd_server_advance_clock(h.server, SMTPD_LIMITS_WINDOW_MS);
+    expect(&h, "AUTH PLAIN AGFsaWNlAHNlY3JldC1hbGljZQ==\r\n", "235 2.7.0");
+    assert_int_equal(smtpd_limits_auths(l, "127.0.0.1"), 1);
+    harness_stop(&h);
+    smtpd_auth_free(auth);
+    unlink(path);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN); /* as hamrd does: a vanished client is EPIPE, not death */
@@ -642,6 +690,7 @@ int main(void)
         cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_reload),
         cmocka_unit_test(test_auth_over_tls),
+        cmocka_unit_test(test_auth_rate_over_tls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -274,6 +274,9 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->proxy_timeout_ms, 5000);
     assert_int_equal(cfg->client_connection_limit, 50);
     assert_int_equal(cfg->client_connection_rate, 0);
+    assert_int_equal(cfg->client_auth_rate, 30);
+    assert_int_equal(cfg->smtpd.min_data_rate, 500);
+    assert_int_equal(cfg->smtpd.stress_timeout_ms, 10000);
     assert_int_equal(cfg->n_limit_exempt_networks, 0);
     assert_string_equal(cfg->tls_cert_file, "");
     assert_string_equal(cfg->tls_key_file, "");
@@ -341,6 +344,9 @@ static const char test_full[] =
     "proxy_timeout = 3s\n"
     "client_connection_limit = 10\n"
     "client_connection_rate = 120\n"
+    "client_auth_rate = 12\n"
+    "min_data_rate = 2K\n"
+    "stress_timeout = 5s\n"
     "limit_exempt_networks = 192.0.2.0/24, 2001:db8:1::/48\n"
     "tls_cert_file = /etc/hamr/cert.pem\n"
     "tls_key_file = /etc/hamr/key.pem\n"
@@ -424,6 +430,9 @@ static void test_every_key(void **state)
     assert_int_equal(cfg->proxy_timeout_ms, 3000);
     assert_int_equal(cfg->client_connection_limit, 10);
     assert_int_equal(cfg->client_connection_rate, 120);
+    assert_int_equal(cfg->client_auth_rate, 12);
+    assert_int_equal(cfg->smtpd.min_data_rate, 2048);
+    assert_int_equal(cfg->smtpd.stress_timeout_ms, 5000);
     assert_int_equal(cfg->n_limit_exempt_networks, 2);
     assert_int_equal(cfg->limit_exempt_networks[0].family, AF_INET);
     assert_int_equal(cfg->limit_exempt_networks[0].prefix, 24);
@@ -624,6 +633,22 @@ static const struct test_bad test_bad_files[] = {
      ":7: client_connection_rate: out of range: \"1000001\""},
     {"exempt bad network", BASE "[smtpd]\nlimit_exempt_networks = 10.0.0.0/33\n", HAMR_EINVAL,
      ":7: limit_exempt_networks: not a network: \"10.0.0.0/33\""},
+    {"auth rate too high", BASE "[smtpd]\nclient_auth_rate = 1000001\n", HAMR_EINVAL,
+     ":7: client_auth_rate: out of range: \"1000001\""},
+    {"auth rate negative", BASE "[smtpd]\n\nclient_auth_rate = -1\n", HAMR_EINVAL,
+     ":8: client_auth_rate: not a number: \"-1\""},
+    {"auth rate twice", BASE "[smtpd]\nclient_auth_rate = 5\nclient_auth_rate = 6\n", HAMR_EINVAL,
+     ":8: client_auth_rate: given twice (first on line 7)"},
+    {"min data rate junk", BASE "[smtpd]\nmin_data_rate = fast\n", HAMR_EINVAL,
+     ":7: min_data_rate: not a size: \"fast\""},
+    {"min data rate too high", BASE "[smtpd]\nmin_data_rate = 2G\n", HAMR_EINVAL,
+     ":7: min_data_rate: out of range: \"2G\""},
+    {"stress timeout zero", BASE "[smtpd]\nstress_timeout = 0s\n", HAMR_EINVAL,
+     ":7: stress_timeout: out of range: \"0s\""},
+    {"stress timeout too long", BASE "[smtpd]\nstress_timeout = 2d\n", HAMR_EINVAL,
+     ":7: stress_timeout: out of range: \"2d\""},
+    {"stress timeout junk", BASE "[smtpd]\nstress_timeout = soon\n", HAMR_EINVAL,
+     ":7: stress_timeout: not a duration: \"soon\""},
 };
 
 /* test_proxy_networks_limit - 64 balancers fit, a 65th is an error on its line. */
@@ -669,6 +694,25 @@ static void test_bad_file_messages(void **state)
         assert_int_equal(cfg->n_relay_domains, 0); /* nothing left allocated */
         free(cfg);
     }
+}
+
+/* test_slow_client_keys_off - 0 turns the AUTH rate and the minimum DATA rate off. */
+static void test_slow_client_keys_off(void **state)
+{
+    struct hamr_config *cfg = malloc(sizeof(*cfg));
+    char err[512];
+    int rc = test_load(cfg,
+                       BASE
+                       "[smtpd]\nclient_auth_rate = 0\nmin_data_rate = 0\n"
+                       "stress_timeout = 250ms\n",
+                       err, sizeof(err), NULL);
+    if (rc != 0)
+        fail_msg("%s", err);
+    assert_int_equal(cfg->client_auth_rate, 0);
+    assert_int_equal(cfg->smtpd.min_data_rate, 0);
+    assert_int_equal(cfg->smtpd.stress_timeout_ms, 250);
+    config_free(cfg);
+    free(cfg);
 }
 
 /* test_long_line - a line inih would split is refused at its own line. */
@@ -827,6 +871,56 @@ static void test_tls_policy(void **state)
     free(cfg);
 }
 
+/*
+ * test_relay_recipients - [smtpd] relay_recipients: off ("") by default, a
+ * path when set, empty turns it off again, only in [smtpd], once. The file
+ * itself is read by the relay (net/smtpd_rcptmap), so the policy's map
+ * stays NULL here.
+ */
+static void test_relay_recipients(void **state)
+{
+    struct hamr_config *cfg = malloc(sizeof(*cfg));
+    char err[512], want[700];
+    const char *path;
+
+    assert_int_equal(test_load(cfg, BASE, err, sizeof(err), NULL), 0);
+    assert_string_equal(cfg->relay_recipients, "");
+    assert_null(cfg->smtpd.rcptmap);
+    config_free(cfg);
+
+    int rc = test_load(cfg,
+                       BASE
+                       "[smtpd]\nrelay_domains = example.com\n"
+                       "relay_recipients = /etc/hamr/relay_recipients\n",
+                       err, sizeof(err), NULL);
+    if (rc != 0)
+        fail_msg("%s", err);
+    assert_string_equal(cfg->relay_recipients, "/etc/hamr/relay_recipients");
+    assert_null(cfg->smtpd.rcptmap);
+    config_free(cfg);
+
+    rc = test_load(cfg, BASE "[smtpd]\nrelay_recipients =\n", err, sizeof(err), NULL);
+    if (rc != 0)
+        fail_msg("%s", err);
+    assert_string_equal(cfg->relay_recipients, "");
+    config_free(cfg);
+
+    static const struct {
+        const char *content;
+        const char *want;
+    } bad[] = {
+        {BASE "[node]\nrelay_recipients = /x\n", ":7: unknown key \"relay_recipients\" in [node]"},
+        {BASE "[smtpd]\nrelay_recipients = /x\nrelay_recipients = /y\n",
+         ":8: relay_recipients: given twice (first on line 7)"},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(bad); i++) {
+        assert_int_equal(test_load(cfg, bad[i].content, err, sizeof(err), &path), HAMR_EINVAL);
+        snprintf(want, sizeof(want), "%s%s", path, bad[i].want);
+        assert_string_equal(err, want);
+    }
+    free(cfg);
+}
+
 /* main - the tests share one temporary directory. */
 int main(void)
 {
@@ -839,11 +933,13 @@ int main(void)
         cmocka_unit_test(test_every_key),
         cmocka_unit_test(test_list_continuation),
         cmocka_unit_test(test_bad_file_messages),
+        cmocka_unit_test(test_slow_client_keys_off),
         cmocka_unit_test(test_proxy_networks_limit),
         cmocka_unit_test(test_long_line),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_route),
         cmocka_unit_test(test_tls_policy),
+        cmocka_unit_test(test_relay_recipients),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }
