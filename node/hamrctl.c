@@ -410,6 +410,10 @@ static void hamrctl_print_show(const Hamr__ControlResponse *resp)
                    r->attempts, hamrctl_time(r->next_attempt_ms, true, t, sizeof(t)));
             if (r->last_error != NULL && r->last_error[0] != '\0')
                 printf("    last error: %s\n", hamrctl_p(r->last_error));
+            /* The last attempt's TLS policy, then the TLS it got or why none. */
+            if (r->tls_policy != NULL && r->tls_policy[0] != '\0')
+                printf("    tls: %s %s\n", hamrctl_p(r->tls_policy),
+                       r->tls != NULL && r->tls[0] != '\0' ? hamrctl_p(r->tls) : "unknown");
         }
         printf("headers:\n");
         hamrctl_print_headers(e->headers);

@@ -224,6 +224,8 @@ static int relay_ctl_collect(void *arg, const struct queue_msg *m)
         x->attempts = qr->attempts;
         x->next_attempt_ms = qr->next_attempt_ms;
         x->last_error = qr->last_error ? qr->last_error : "";
+        x->tls_policy = qr->tls_policy ? qr->tls_policy : "";
+        x->tls = qr->tls ? qr->tls : "";
         rs[qe->n_rcpts++] = x;
     }
     if (f->headers)

@@ -11,6 +11,11 @@
  * cannot be committed (leadership lost) is forwarded to the new leader when
  * there is one; if it is lost, the lease expires and the recipients are
  * delivered again: a counted duplicate window.
+ *
+ * Every result of an attempt also says which TLS policy the attempt ran
+ * under and what TLS it got (or why none), so that hamrctl show can tell an
+ * operator (SECURITY.md S17). Those fields are format 2: they are written
+ * only once the cluster level allows them (QUEUE_LEVEL_TLS).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -46,6 +51,82 @@ int relay_route_dest(void *data, const char *rcpt, char *dest, size_t destlen)
         return HAMR_ENOTFOUND;
     int n = snprintf(dest, destlen, "[%s]:%u", hp.host, (unsigned)hp.port);
     return (n > 0 && (size_t)n < destlen) ? 0 : HAMR_EINVAL;
+}
+
+/*
+ * relay_sched_policy - the TLS policy of one delivery: one connection
+ * carries every recipient, so the strictest of their domains' policies.
+ */
+static enum smtpc_tls_policy relay_sched_policy(const struct relay *r, char *const *rcpts, size_t n)
+{
+    enum smtpc_tls_policy policy = SMTPC_TLS_MAY;
+    for (size_t i = 0; i < n; i++) {
+        enum smtpc_tls_policy p1 = config_tls_policy(r->cfg, rcpts[i]);
+        if (p1 > policy)
+            policy = p1;
+    }
+    return policy;
+}
+
+/*
+ * Why an attempt ran without TLS, from the local reasons net/smtpc.c gives
+ * (its smtpc_conn_fail texts). XXX: matching texts is fragile; a reason code
+ * in struct smtpc_result would be better. A text not listed here falls back
+ * to "plaintext" (policy may) or "no TLS session".
+ */
+static const struct {
+    const char *text; /* substring of the recipient's diagnostic */
+    const char *why;
+} relay_sched_no_tls[] = {
+    {"TLS required but not offered", "STARTTLS not offered"},
+    {"TLS required but no TLS client context", "no TLS client context"},
+    {"TLS required but failed", "TLS handshake failed"},
+    {"TLS handshake failed", "TLS handshake failed"},
+    {"connect to ", "no connection"},
+};
+
+/*
+ * relay_sched_tls_text - the TLS of an attempt as hamrctl show prints it:
+ * "TLSv1.3 TLS_AES_256_GCM_SHA384 (verified)" or "(unverified)" when TLS
+ * was up; else "none (plaintext: no STARTTLS)" when mail went in the clear
+ * under policy may, "none (no connection)", or "none (deferred: STARTTLS
+ * not offered)" and the like, where "deferred" is the recipient's status.
+ */
+static void relay_sched_tls_text(enum smtpc_tls_policy policy,
+                                 const struct smtpc_result *res,
+                                 const struct smtpc_rcpt_result *rr,
+                                 const char *status,
+                                 char *out,
+                                 size_t outlen)
+{
+    if (res->tls[0] != '\0' && strcmp(res->tls, "none") != 0) {
+        /* smtpc: "<protocol> <cipher>", then " verified" or " unverified" (or nothing). */
+        char desc[sizeof(res->tls)];
+        hamr_strlcpy(desc, res->tls, sizeof(desc));
+        const char *how = "unverified";
+        char *last = strrchr(desc, ' ');
+        if (last != NULL && strcmp(last, " verified") == 0) {
+            how = "verified";
+            *last = '\0';
+        } else if (last != NULL && strcmp(last, " unverified") == 0) {
+            *last = '\0';
+        }
+        snprintf(out, outlen, "%s (%s)", desc, how);
+        return;
+    }
+    const char *why = NULL;
+    for (size_t i = 0;
+         why == NULL && i < sizeof(relay_sched_no_tls) / sizeof(relay_sched_no_tls[0]); i++)
+        if (strstr(rr->text, relay_sched_no_tls[i].text) != NULL)
+            why = relay_sched_no_tls[i].why;
+    if (res->remote[0] == '\0' || (why != NULL && strcmp(why, "no connection") == 0))
+        snprintf(out, outlen, "none (no connection)");
+    else if (why != NULL)
+        snprintf(out, outlen, "none (%s: %s)", status, why);
+    else if (policy == SMTPC_TLS_MAY)
+        snprintf(out, outlen, "none (plaintext: no STARTTLS)");
+    else
+        snprintf(out, outlen, "none (%s: no TLS session)", status);
 }
 
 /* relay_sched_done - a scheduler proposal (lease or outcome) finished. */
@@ -105,12 +186,17 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
         queue_sched_backoff(d->max_attempts, r->cfg->retry_min_ms, r->cfg->retry_max_ms);
     Hamr__RcptResult *results = calloc(d->n_rcpts, sizeof(*results));
     Hamr__RcptResult **rp = calloc(d->n_rcpts, sizeof(*rp));
-    if (results == NULL || rp == NULL) {
+    char(*tls)[QUEUE_TLS_MAX] = calloc(d->n_rcpts, sizeof(*tls));
+    if (results == NULL || rp == NULL || tls == NULL) {
         free(results);
         free(rp);
+        free(tls);
         relay_outcome_done(d, HAMR_ENOMEM, 0);
         return;
     }
+    enum smtpc_tls_policy policy = relay_sched_policy(r, d->rcpts, d->n_rcpts);
+    const char *policy_name = smtpc_tls_policy_name(policy);
+    bool tls_fields = queue_cluster_level(r->queue) >= QUEUE_LEVEL_TLS;
     for (size_t i = 0; i < d->n_rcpts; i++) {
         const struct smtpc_rcpt_result *rr = &res->rcpts[i];
         hamr__rcpt_result__init(&results[i]);
@@ -140,9 +226,22 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
         metrics_inc_label(r->metrics, METRICS_DELIVERIES, outcome_label[results[i].status]);
         if (results[i].status == HAMR__RCPT_RESULT__STATUS__DEFERRED)
             metrics_inc(r->metrics, METRICS_RETRIES);
+        static const char *const status_name[] = {
+            [HAMR__RCPT_RESULT__STATUS__DELIVERED] = "delivered",
+            [HAMR__RCPT_RESULT__STATUS__DEFERRED] = "deferred",
+            [HAMR__RCPT_RESULT__STATUS__BOUNCED] = "bounced",
+            [HAMR__RCPT_RESULT__STATUS__EXPIRED] = "expired",
+        };
+        relay_sched_tls_text(policy, res, rr, status_name[results[i].status], tls[i],
+                             sizeof(tls[i]));
+        if (tls_fields) {
+            results[i].tls_policy = (char *)policy_name;
+            results[i].tls = tls[i];
+        }
         rp[i] = &results[i];
-        log_info("delivery id=%s to=<%s> relay=%s tls=\"%s\" status=%s code=%u", d->queue_id,
-                 d->rcpts[i], res->remote[0] ? res->remote : "none", res->tls,
+        log_info("delivery id=%s to=<%s> relay=%s tls_policy=%s tls=\"%s\" status=%s code=%u",
+                 d->queue_id, d->rcpts[i], res->remote[0] ? res->remote : "none", policy_name,
+                 tls[i],
                  rr->status == SMTPC_OK     ? "sent"
                  : rr->status == SMTPC_PERM ? "bounced"
                                             : "deferred",
@@ -169,6 +268,7 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
     int rv = r->stopping ? HAMR_ESHUTDOWN : proto_entry_pack(&e, NULL, &entry, &len);
     free(results);
     free(rp);
+    free(tls);
     if (rv == 0)
         rv = relay_propose_retry(r, entry, len, d->queue_id, false, r->cfg->lease_time_ms,
                                  relay_outcome_done, d);
@@ -214,13 +314,11 @@ static void relay_deliver_start(struct relay *r,
         d->rcpt_indexes[d->n_rcpts++] = (uint32_t)i;
         if (qr->attempts > d->max_attempts)
             d->max_attempts = qr->attempts;
-        /* One connection carries them all: the strictest TLS policy applies. */
-        enum smtpc_tls_policy p1 = config_tls_policy(r->cfg, qr->addr);
-        if (p1 > policy)
-            policy = p1;
     }
     if (d->n_rcpts == 0)
         goto fail;
+    /* The configuration is not reloaded, so relay_delivery_done finds the same policy. */
+    policy = relay_sched_policy(r, d->rcpts, d->n_rcpts);
     d->msg.sender = d->sender;
     d->msg.rcpts = (const char *const *)d->rcpts;
     d->msg.n_rcpts = d->n_rcpts;

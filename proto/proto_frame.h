@@ -28,7 +28,13 @@
  *   4..   hamr.ControlRequest or hamr.ControlResponse
  */
 #define PROTO_FORMAT_VERSION 1
-#define PROTO_FORMAT_VERSION_MAX 1
+/*
+ * Formats this build applies. Format 2 adds the outbound TLS fields of
+ * RcptResult/RcptState; the state machine copies them only once the
+ * replicated cluster level is 2 (queue.h, QUEUE_LEVEL_TLS), so entries stay
+ * stamped with format 1 and builds of format 1 still read them.
+ */
+#define PROTO_FORMAT_VERSION_MAX 2
 #define PROTO_SNAPSHOT_VERSION 1
 #define PROTO_CONTROL_MAX (64u * 1024 * 1024)
 /* Peer frames: same layout as control frames; a proposal carries a whole message. */

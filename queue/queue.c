@@ -25,8 +25,8 @@
  *
  * Security: entries come from the replicated log, written by other nodes
  * from untrusted SMTP input. Ids are length-checked, indexes bounds-checked,
- * bodies checked against their SHA-256, error texts reduced to printable
- * ASCII and bounded.
+ * bodies checked against their SHA-256, error and TLS texts reduced to
+ * printable ASCII and bounded.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -160,6 +160,16 @@ static int queue_error_text(uint32_t code, const char *text, char **out)
     return queue_strdup_opt(line, out);
 }
 
+/* queue_bounded_text - text reduced to printable ASCII and cut to max-1 bytes, or NULL if empty. */
+static int queue_bounded_text(const char *text, size_t max, char **out)
+{
+    char clean[QUEUE_TLS_MAX];
+    HAMR_ASSERT(max <= sizeof(clean));
+    text = text ? text : "";
+    log_printable(clean, max, text, strlen(text));
+    return queue_strdup_opt(clean, out);
+}
+
 /* queue_rcpt_final - the recipient reached a final state. */
 static bool queue_rcpt_final(const struct queue_rcpt *r)
 {
@@ -202,6 +212,8 @@ static struct queue_item *queue_item_free(struct queue_item *it)
         free(m->rcpts[i].last_error);
         free(m->rcpts[i].lease_boot_id);
         free(m->rcpts[i].lease_dest);
+        free(m->rcpts[i].tls_policy);
+        free(m->rcpts[i].tls);
     }
     free(m->rcpts);
     free(m->sender);
@@ -711,8 +723,11 @@ static bool queue_outcome_applies(const struct queue_rcpt *r, uint64_t lease_id,
 
 /* queue_outcome_plan - what an Outcome will do, computed before any change. */
 struct queue_outcome_plan {
-    bool *applies; /* per result */
-    char **errors; /* per result: new last_error (owned until used) */
+    bool *applies;       /* per result */
+    char **errors;       /* per result: new last_error (owned until used) */
+    bool *set_tls;       /* per result: replace tls_policy and tls (level and policy given) */
+    char **tls_policies; /* per result: new tls_policy (owned until used) */
+    char **tls;          /* per result: new tls (owned until used) */
     struct queue_dsn_rcpt *failed;
     size_t n_failed;
     struct queue_item *dsn; /* owned until linked */
@@ -725,7 +740,14 @@ static void queue_outcome_plan_free(struct queue_outcome_plan *p, size_t n)
 {
     for (size_t i = 0; p->errors && i < n; i++)
         free(p->errors[i]);
+    for (size_t i = 0; p->tls_policies && i < n; i++)
+        free(p->tls_policies[i]);
+    for (size_t i = 0; p->tls && i < n; i++)
+        free(p->tls[i]);
     free(p->errors);
+    free(p->set_tls);
+    free(p->tls_policies);
+    free(p->tls);
     free(p->applies);
     free(p->failed);
     queue_item_free(p->dsn);
@@ -760,7 +782,11 @@ static int queue_outcome_prepare(const struct queue *q,
     p->applies = calloc(n ? n : 1, sizeof(*p->applies));
     p->errors = calloc(n ? n : 1, sizeof(*p->errors));
     p->failed = calloc(n ? n : 1, sizeof(*p->failed));
-    if (p->applies == NULL || p->errors == NULL || p->failed == NULL)
+    p->set_tls = calloc(n ? n : 1, sizeof(*p->set_tls));
+    p->tls_policies = calloc(n ? n : 1, sizeof(*p->tls_policies));
+    p->tls = calloc(n ? n : 1, sizeof(*p->tls));
+    if (p->applies == NULL || p->errors == NULL || p->failed == NULL || p->set_tls == NULL ||
+        p->tls_policies == NULL || p->tls == NULL)
         return HAMR_ENOMEM;
     size_t final_after = 0;
     for (size_t i = 0; i < m->n_rcpts; i++)
@@ -773,6 +799,19 @@ static int queue_outcome_prepare(const struct queue *q,
             continue;
         if (r->status != HAMR__RCPT_RESULT__STATUS__DELIVERED) {
             int rv = queue_error_text(r->smtp_code, r->diagnostic, &p->errors[i]);
+            if (rv != 0)
+                return rv;
+        }
+        /*
+         * The TLS fields are format 2: below that level a node of an older
+         * build, which ignores them, applies this entry too (see queue.h).
+         */
+        if (q->cluster_level >= QUEUE_LEVEL_TLS && r->tls_policy != NULL &&
+            r->tls_policy[0] != '\0') {
+            p->set_tls[i] = true;
+            int rv = queue_bounded_text(r->tls_policy, QUEUE_TLS_POLICY_MAX, &p->tls_policies[i]);
+            if (rv == 0)
+                rv = queue_bounded_text(r->tls, QUEUE_TLS_MAX, &p->tls[i]);
             if (rv != 0)
                 return rv;
         }
@@ -831,6 +870,13 @@ static int queue_apply_outcome(struct queue *q,
         const Hamr__RcptResult *r = o->results[i];
         struct queue_rcpt *rc = &m->rcpts[r->rcpt_index];
         queue_rcpt_clear_lease(rc);
+        if (p.set_tls[i]) {
+            free(rc->tls_policy);
+            free(rc->tls);
+            rc->tls_policy = p.tls_policies[i];
+            rc->tls = p.tls[i];
+            p.tls_policies[i] = p.tls[i] = NULL;
+        }
         switch (r->status) {
             case HAMR__RCPT_RESULT__STATUS__DELIVERED:
                 rc->state = QUEUE_RCPT_DELIVERED;
@@ -1263,6 +1309,9 @@ static void queue_snap_rcpt(Hamr__RcptState *rs, const struct queue_rcpt *r)
     rs->lease_expires_ms = r->lease_expires_ms;
     rs->lease_boot_id = queue_snap_text(r->lease_boot_id);
     rs->lease_destination = queue_snap_text(r->lease_dest);
+    /* "" is not encoded: a state without them snapshots and hashes as before format 2. */
+    rs->tls_policy = queue_snap_text(r->tls_policy);
+    rs->tls = queue_snap_text(r->tls);
 }
 
 /* queue_snap_build - fill s from q; bodies are left out when with_bodies is false. */
@@ -1429,7 +1478,9 @@ static int queue_restore_msg(const Hamr__QueuedMessage *qm, struct queue_item **
         r->lease_expires_ms = rs->lease_expires_ms;
         if (queue_strdup_opt(rs->last_error, &r->last_error) != 0 ||
             queue_strdup_opt(rs->lease_boot_id, &r->lease_boot_id) != 0 ||
-            queue_strdup_opt(rs->lease_destination, &r->lease_dest) != 0) {
+            queue_strdup_opt(rs->lease_destination, &r->lease_dest) != 0 ||
+            queue_strdup_opt(rs->tls_policy, &r->tls_policy) != 0 ||
+            queue_strdup_opt(rs->tls, &r->tls) != 0) {
             queue_item_free(it);
             return HAMR_ENOMEM;
         }

@@ -20,6 +20,10 @@
  *              BOUNCED/EXPIRED recipients of one Outcome produce exactly one
  *              RFC 3464 DSN to a non-null sender of a non-DSN message, enqueued
  *              in the same apply with queue id "<id>-B<n>".
+ *              From cluster level QUEUE_LEVEL_TLS, a result that names a TLS
+ *              policy sets the recipient's tls_policy and tls (the last
+ *              attempt's outbound TLS, whatever its status); one without a
+ *              policy (no attempt: expiry, no route) leaves them as they were.
  *   Admin    - DELETE (gone, no DSN), HOLD, RELEASE, FLUSH (pending due now),
  *              BOUNCE (pending fail, one DSN).
  *   NodeInfo - replace one node's entry in the node directory (below).
@@ -57,7 +61,20 @@ struct queue_rcpt {
     uint64_t lease_expires_ms;
     char *lease_boot_id;
     char *lease_dest;
+    char *tls_policy;          /* last attempt's TLS policy ("may", ...); NULL if unknown */
+    char *tls;                 /* last attempt's TLS, or why none; NULL if unknown */
 };
+
+/*
+ * QUEUE_LEVEL_TLS - the cluster feature level (format) from which Outcome
+ * results carry the outbound TLS fields and apply copies them. Below it,
+ * apply ignores them, so nodes of a build that does not know the fields
+ * keep the same state (and digest) during a rolling upgrade.
+ */
+#define QUEUE_LEVEL_TLS 2
+/* Bounds on what apply accepts from an entry (longer text is cut). */
+#define QUEUE_TLS_POLICY_MAX 16
+#define QUEUE_TLS_MAX 160
 
 struct queue_msg {
     char id[QUEUE_ID_MAX];

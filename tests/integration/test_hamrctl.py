@@ -14,8 +14,9 @@ through by starting it again on the same port. Every node serves
 
   a  queue on every node lists the same messages; --json parses; filters
      --state, --to, --older-than; bad filter values exit 2 with the reason
-  b  show ID on a follower: envelope, recipients, attempts, last error,
-     headers; unknown id exits 1, malformed id exits 2
+  b  show ID on a follower: envelope, recipients, attempts, last error, the
+     last attempt's TLS policy and TLS (the same on every node), headers;
+     unknown id exits 1, malformed id exits 2
   c  hold (sent to a follower) survives a flush and a live sink; release
      delivers exactly once
   d  delete: gone from every node, never delivered, no DSN
@@ -285,6 +286,9 @@ class HamrctlTest(harness.HamrTestCase):
         leader = self.cluster.wait_leader(30)
         follower = self.follower()
         rcpts = ["show1@example.com", "show2@other.test"]
+        # The TLS fields are format 2: recorded once every node runs at cluster level 2.
+        self.wait_everywhere(lambda n: int(field(n.status(), "cluster_level", 0) or 0) >= 2,
+                             "cluster feature level 2")
         tid, qid = self.queue_deferred("shower@example.org", rcpts, "ctl-show", via=leader,
                                        subject="show me")
         res = self.ctl(follower, "show", qid)
@@ -298,7 +302,8 @@ class HamrctlTest(harness.HamrTestCase):
         self.assertRegex(out, r"(?m)^expires:     \d{4}-\d\d-\d\d ")
         for rcpt in rcpts:
             self.assertRegex(out, r"(?m)^  %s\n    state: deferred, attempts: 1, next attempt: "
-                             r"\d{4}-\d\d-\d\d .*\n    last error: \S" % re.escape(rcpt))
+                             r"\d{4}-\d\d-\d\d .*\n    last error: \S.*\n"
+                             r"    tls: may none \(no connection\)$" % re.escape(rcpt))
         self.assertRegex(out, r"(?m)^headers:$")
         self.assertRegex(out, r"(?m)^  X-Test-Id: %s$" % re.escape(tid))
         self.assertRegex(out, r"(?m)^  Subject: show me$")
@@ -318,12 +323,16 @@ class HamrctlTest(harness.HamrTestCase):
             self.assertRegex(field(r, "last_error"), r"connect|refused|\d{3}")
             # retry_min is 1 h: the next attempt is far away.
             self.assertGreater(int(field(r, "next_attempt_ms")), now_ms + 30 * 60 * 1000)
+            # The sink was down: policy may (the default), no connection, so no TLS.
+            self.assertEqual(field(r, "tls_policy"), "may")
+            self.assertEqual(field(r, "tls"), "none (no connection)")
         self.assertIn("X-Test-Id: %s" % tid, field(entry, "headers"))
         # The same message on every node.
         for node in self.cluster.nodes:
             other = self.show(node, qid)
             self.assertEqual(field(other, "size"), field(entry, "size"), node.name)
             self.assertEqual(field(other, "headers"), field(entry, "headers"), node.name)
+            self.assertEqual(field(other, "rcpts"), field(entry, "rcpts"), node.name)
 
         res = self.ctl(follower, "show", UNKNOWN_ID)
         self.assertCtl(res, 1, stderr=r"^hamrctl: no message with id %s" % UNKNOWN_ID)

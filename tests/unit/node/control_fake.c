@@ -68,6 +68,8 @@ static void control_fake_entries(struct control_call *call, size_t n)
     r1.attempts = 2;
     r1.next_attempt_ms = 1700000600000ull;
     r1.last_error = "451 4.7.1 greylisted \x1b[31m";
+    r1.tls_policy = "verify";
+    r1.tls = "TLSv1.3 TLS_AES_256_GCM_SHA384 (verified)\x1b[0m";
     r2.addr = "carol@example.net";
     r2.state = "pending";
     Hamr__QueueRcpt *rcpts[] = {&r1, &r2};

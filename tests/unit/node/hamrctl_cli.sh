@@ -79,6 +79,7 @@ expect "queue held mark" 0 "" "Q2BBBB!" -- "${S[@]}" queue
 expect "queue escapes" 0 "" "(451 4.7.1 greylisted ?[31m)" -- "${S[@]}" queue
 expect "show" 0 "" "    state: deferred, attempts: 2, next attempt:" -- "${S[@]}" show Q1AAAA
 expect "show headers" 0 "" "  Subject: hello" -- "${S[@]}" show Q1AAAA
+expect "show tls" 0 "" "    tls: verify TLSv1.3 TLS_AES_256_GCM_SHA384 (verified)?[0m" -- "${S[@]}" show Q1AAAA
 expect "hold" 0 "" "hold ok Q1AAAA" -- "${S[@]}" hold Q1AAAA
 expect "flush all" 0 "" "flush ok" -- "${S[@]}" flush
 expect "add" 0 "" "add ok 4 127.0.0.1:7004" -- "${S[@]}" add 4 127.0.0.1:7004
@@ -108,6 +109,21 @@ if [ $? -eq 0 ] && $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); e=d[
 else
     echo "FAIL json queue: $(cat "$TMP/json" "$TMP/err")"
     failures=$((failures + 1))
+fi
+
+"$HAMRCTL" "${S[@]}" --json show Q1AAAA >"$TMP/json" 2>"$TMP/err"
+if [ $? -eq 0 ] && $PY -c 'import json,sys; r=json.load(open(sys.argv[1]))["entries"][0]["rcpts"]; assert r[0]["tls_policy"]=="verify" and r[0]["tls"].startswith("TLSv1.3 ") and r[1]["tls_policy"]=="", r' "$TMP/json"; then
+    echo "ok   json show tls"
+else
+    echo "FAIL json show tls: $(cat "$TMP/json" "$TMP/err")"
+    failures=$((failures + 1))
+fi
+# A recipient without a TLS policy (never attempted, or an older node) gets no tls line.
+if "$HAMRCTL" "${S[@]}" show Q1AAAA 2>/dev/null | grep -A3 '^  carol@example.net$' | grep -q 'tls:'; then
+    echo "FAIL show tls: a tls line for a recipient without a policy"
+    failures=$((failures + 1))
+else
+    echo "ok   show no tls line without a policy"
 fi
 
 # Closing its stdin ends control_fake.

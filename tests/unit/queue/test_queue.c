@@ -5,7 +5,10 @@
  * (NodeInfo entries: insert, replace, order, refusals, snapshot and digest),
  * and the cluster feature level (ClusterLevel entries: raise, no-ops,
  * refusal above the build's format, snapshot, old snapshots, and the level
- * the leader may propose for a set of voters).
+ * the leader may propose for a set of voters), and the outbound TLS of each
+ * recipient's last attempt (format 2: set by Outcome from its level on, kept
+ * through snapshots and the digest, ignored below the level, empty in old
+ * entries).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -81,6 +84,88 @@ static struct queue_apply_result lease_idx(struct queue *q,
         l.idx[i] = i0 + (uint32_t)i;
     return fx_lease(q, ts, &l);
 }
+
+static struct queue_apply_result level_apply(struct queue *q, uint64_t ts, uint32_t level);
+
+/* tls_res - one result with its TLS fields; NULL fields are left out (an older writer). */
+struct tls_res {
+    uint32_t idx;
+    Hamr__RcptResult__Status status;
+    const char *policy;
+    const char *tls;
+};
+
+/* tls_outcome_pack - a framed Outcome of up to FX_MAX results with TLS fields at ts. */
+static uint8_t *tls_outcome_pack(uint64_t ts,
+                                 const char *id,
+                                 uint64_t lease_id,
+                                 const struct tls_res *res,
+                                 size_t n,
+                                 size_t *len)
+{
+    Hamr__RcptResult rr[FX_MAX];
+    Hamr__RcptResult *rrp[FX_MAX];
+    assert_true(n <= FX_MAX);
+    for (size_t i = 0; i < n; i++) {
+        hamr__rcpt_result__init(&rr[i]);
+        rr[i].rcpt_index = res[i].idx;
+        rr[i].status = res[i].status;
+        rr[i].smtp_code = res[i].status == DELIVERED ? 250 : 451;
+        rr[i].diagnostic = "text";
+        if (res[i].policy != NULL)
+            rr[i].tls_policy = (char *)res[i].policy;
+        if (res[i].tls != NULL)
+            rr[i].tls = (char *)res[i].tls;
+        rrp[i] = &rr[i];
+    }
+    Hamr__Outcome o = HAMR__OUTCOME__INIT;
+    o.queue_id = (char *)id;
+    o.lease_id = lease_id;
+    o.n_results = n;
+    o.results = rrp;
+    o.next_attempt_ms = ts + MIN;
+    o.reporter = "mx.test";
+    o.dsn_expires_at_ms = ts + 24 * 60 * MIN;
+    o.remote = "[10.0.0.1]:25";
+    Hamr__Entry e = HAMR__ENTRY__INIT;
+    e.cmd_case = HAMR__ENTRY__CMD_OUTCOME;
+    e.outcome = &o;
+    return fx_pack(&e, ts, len);
+}
+
+/* tls_outcome - pack and apply; the command must take effect. */
+static void tls_outcome(struct queue *q,
+                        uint64_t ts,
+                        uint64_t lease_id,
+                        const struct tls_res *res,
+                        size_t n)
+{
+    size_t len;
+    uint8_t *b = tls_outcome_pack(ts, "M", lease_id, res, n, &len);
+    assert_int_equal(fx_apply(q, b, len).status, 0);
+}
+
+/* assert_tls - recipient i of M has these TLS fields (NULL: none). */
+static void assert_tls(const struct queue *q, size_t i, const char *policy, const char *tls)
+{
+    const struct queue_rcpt *r = fx_rcpt(q, "M", i);
+    if (policy == NULL) {
+        assert_null(r->tls_policy);
+    } else {
+        assert_non_null(r->tls_policy);
+        assert_string_equal(r->tls_policy, policy);
+    }
+    if (tls == NULL) {
+        assert_null(r->tls);
+    } else {
+        assert_non_null(r->tls);
+        assert_string_equal(r->tls, tls);
+    }
+}
+
+#define TLS_V13 "TLSv1.3 TLS_AES_256_GCM_SHA384 (verified)"
+#define TLS_PLAIN "none (plaintext: no STARTTLS)"
+#define TLS_NOT_OFFERED "none (deferred: STARTTLS not offered)"
 
 /* ------------------------------------------------------------------------ */
 
@@ -309,7 +394,7 @@ static void test_decode_errors(void **state)
     e.admin = &a;
     e.timestamp_ms = T0 + 1;
     uint8_t v2[256], nocmd[256], v0[256];
-    e.format_version = 2;
+    e.format_version = PROTO_FORMAT_VERSION_MAX + 1;
     size_t v2_len = frame_by_hand(&e, v2);
     e.format_version = 0;
     size_t v0_len = frame_by_hand(&e, v0);
@@ -359,7 +444,7 @@ static void test_decode_errors(void **state)
         {"truncated by 8", good, good_len - 8, HAMR_ECORRUPT},
         {"non-zero padding", bad_pad, bad_pad_len, HAMR_ECORRUPT},
         {"length past the end", long_len, good_len, HAMR_ECORRUPT},
-        {"format_version 2", v2, v2_len, HAMR_EVERSION},
+        {"format_version above this build's", v2, v2_len, HAMR_EVERSION},
         {"format_version 0", v0, v0_len, HAMR_EVERSION},
         {"no cmd", nocmd, nocmd_len, HAMR_EVERSION},
         {"unknown kind (field 16)", kind16, sizeof(kind16), HAMR_EVERSION},
@@ -1386,6 +1471,7 @@ static void test_replay_dsn_invariants(void **state)
 /* fault_prep - three messages, one of them leased, one finished. */
 static void fault_prep(struct queue *q)
 {
+    assert_int_equal(level_apply(q, T0 - 1, QUEUE_LEVEL_TLS).status, 0);
     one_msg(q, "a@example.org");
     struct fx_enq e2 = {.id = "M2", .sender = "b@x.test", .rcpts = {"r@y.test", "s@y.test"}};
     fx_enqueue(q, T0, &e2);
@@ -1443,6 +1529,14 @@ static uint8_t *fault_outcome_final(size_t *len)
     return fx_pack_outcome(T0 + 2, &o, len);
 }
 
+static uint8_t *fault_outcome_tls(size_t *len)
+{
+    const struct tls_res r[] = {{0, DELIVERED, "may", TLS_PLAIN},
+                                {1, DEFERRED, "verify", TLS_V13},
+                                {2, BOUNCED, "encrypt", "none (bounced: no TLS session)"}};
+    return tls_outcome_pack(T0 + 2, "M", 5, r, HAMR_ARRAY_LEN(r), len);
+}
+
 static uint8_t *fault_admin_bounce(size_t *len)
 {
     return fx_pack_admin(T0 + 2, HAMR__ADMIN__OP__BOUNCE, "M2", len);
@@ -1467,6 +1561,7 @@ static void test_apply_alloc_failures(void **state)
         {"lease", fault_lease, 0, 0, "M2", NULL},
         {"outcome, mixed", fault_outcome_mixed, 1, 0, "M-B0", NULL},
         {"outcome, final", fault_outcome_final, 1, 1, "M-B0", "M"},
+        {"outcome, with TLS", fault_outcome_tls, 1, 0, "M-B0", NULL},
         {"admin bounce", fault_admin_bounce, 1, 1, "M2-B0", "M2"},
         {"admin delete", fault_admin_delete, 0, 1, NULL, "M2"},
     };
@@ -2309,6 +2404,246 @@ static void test_cluster_level_possible(void **state)
     assert_int_equal(queue_cluster_level_possible(q, three, 3), 2);
 }
 
+/* ------------------------------------------------------------------------
+ * The outbound TLS of the last attempt (RcptResult/RcptState tls_policy, tls)
+ * ------------------------------------------------------------------------ */
+
+/*
+ * At the TLS level, each result that names a policy sets the recipient's
+ * fields whatever its status; one without (an older writer, expiry) keeps the
+ * last attempt's values; a fenced-off result changes nothing.
+ */
+static void test_tls_outcome_fields(void **state)
+{
+    struct queue *q = *state;
+    assert_int_equal(level_apply(q, T0 - 1, QUEUE_LEVEL_TLS).status, 0);
+    one_msg(q, "a@example.org");
+    for (size_t i = 0; i < 3; i++)
+        assert_tls(q, i, NULL, NULL);
+
+    /* Attempt 1: r0 deferred (verify), r1 delivered in plaintext (may), r2 from an older writer. */
+    assert_int_equal(lease_idx(q, T0 + 1, "M", 11, 0, 3).status, 0);
+    const struct tls_res a1[] = {{0, DEFERRED, "verify", TLS_V13},
+                                 {1, DELIVERED, "may", TLS_PLAIN},
+                                 {2, DEFERRED, NULL, NULL}};
+    tls_outcome(q, T0 + 2, 11, a1, HAMR_ARRAY_LEN(a1));
+    assert_tls(q, 0, "verify", TLS_V13);
+    assert_tls(q, 1, "may", TLS_PLAIN);
+    assert_tls(q, 2, NULL, NULL);
+    assert_int_equal(fx_rcpt(q, "M", 1)->state, QUEUE_RCPT_DELIVERED);
+
+    /* Attempt 2: new values replace the old; a policy without a TLS text clears it. */
+    assert_int_equal(lease_idx(q, T0 + MIN + 3, "M", 12, 0, 1).status, 0);
+    assert_int_equal(lease_idx(q, T0 + MIN + 3, "M", 13, 2, 1).status, 0);
+    const struct tls_res a2[] = {{0, DEFERRED, "encrypt", TLS_NOT_OFFERED}};
+    tls_outcome(q, T0 + MIN + 4, 12, a2, 1);
+    const struct tls_res a3[] = {{2, DEFERRED, "may", NULL}};
+    tls_outcome(q, T0 + MIN + 4, 13, a3, 1);
+    assert_tls(q, 0, "encrypt", TLS_NOT_OFFERED);
+    assert_tls(q, 2, "may", NULL);
+
+    /* Fencing: a result under a lease the recipient does not hold leaves it alone. */
+    const struct tls_res stale[] = {{0, DEFERRED, "verify", TLS_V13}};
+    tls_outcome(q, T0 + MIN + 5, 11, stale, 1);
+    assert_tls(q, 0, "encrypt", TLS_NOT_OFFERED);
+
+    /* Expiry (no lease, no attempt, no policy): the last attempt's TLS stays visible. */
+    const struct tls_res expiry[] = {{0, EXPIRED, NULL, NULL}};
+    tls_outcome(q, T0 + 3 * MIN, 0, expiry, 1);
+    assert_int_equal(fx_rcpt(q, "M", 0)->state, QUEUE_RCPT_EXPIRED);
+    assert_tls(q, 0, "encrypt", TLS_NOT_OFFERED);
+}
+
+/* Untrusted text from the log: reduced to printable ASCII and cut to the bounds. */
+static void test_tls_text_bounded(void **state)
+{
+    struct queue *q = *state;
+    assert_int_equal(level_apply(q, T0 - 1, QUEUE_LEVEL_TLS).status, 0);
+    one_msg(q, "a@example.org");
+    static char long_tls[1000], long_policy[100];
+    memset(long_tls, 'x', sizeof(long_tls) - 1);
+    long_tls[sizeof(long_tls) - 1] = '\0';
+    memset(long_policy, 'p', sizeof(long_policy) - 1);
+    long_policy[sizeof(long_policy) - 1] = '\0';
+    static const struct {
+        const char *label;
+        const char *policy, *tls;
+        size_t want_policy_len, want_tls_len;
+        const char *want_policy, *want_tls; /* NULL: only the length is checked */
+    } cases[] = {
+        {"escapes", "ve\x1b[31mrify", "TLS\r\nv1.3\x7f \xc3\xa9", 11, 13, "ve?[31mrify",
+         "TLS??v1.3? ??"},
+        {"long", long_policy, long_tls, QUEUE_TLS_POLICY_MAX - 1, QUEUE_TLS_MAX - 1, NULL, NULL},
+        {"exact", "may", TLS_PLAIN, 3, sizeof(TLS_PLAIN) - 1, "may", TLS_PLAIN},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        uint64_t ts = T0 + (i + 1) * MIN;
+        assert_int_equal(lease_idx(q, ts, "M", 20 + i, 0, 1).status, 0);
+        const struct tls_res r[] = {{0, DEFERRED, cases[i].policy, cases[i].tls}};
+        tls_outcome(q, ts + 1, 20 + i, r, 1);
+        const struct queue_rcpt *rc = fx_rcpt(q, "M", 0);
+        if (strlen(rc->tls_policy) != cases[i].want_policy_len ||
+            strlen(rc->tls) != cases[i].want_tls_len)
+            fail_msg("%s: lengths %zu/%zu", cases[i].label, strlen(rc->tls_policy),
+                     strlen(rc->tls));
+        if (cases[i].want_policy != NULL && strcmp(rc->tls_policy, cases[i].want_policy) != 0)
+            fail_msg("%s: policy \"%s\"", cases[i].label, rc->tls_policy);
+        if (cases[i].want_tls != NULL && strcmp(rc->tls, cases[i].want_tls) != 0)
+            fail_msg("%s: tls \"%s\"", cases[i].label, rc->tls);
+        for (const char *c = rc->tls; *c; c++)
+            assert_true(*c >= 0x20 && *c < 0x7f);
+    }
+}
+
+/*
+ * Below the TLS level (a cluster with a node of an older build) the fields
+ * are ignored: the state and its digest are those of an older build that
+ * applied the same entry without knowing them.
+ */
+static void test_tls_below_level_ignored(void **state)
+{
+    (void)state;
+    struct queue *q = queue_new();
+    struct queue *older = queue_new();
+    queue_set_format_max(older, 1); /* an older build: it never raises the level */
+    struct queue *qs[] = {q, older};
+    for (size_t k = 0; k < 2; k++) {
+        one_msg(qs[k], "a@example.org");
+        assert_int_equal(lease_idx(qs[k], T0 + 1, "M", 7, 0, 3).status, 0);
+    }
+    assert_int_equal(queue_cluster_level(q), 1);
+    const struct tls_res with[] = {{0, DEFERRED, "verify", TLS_V13},
+                                   {1, DELIVERED, "may", TLS_PLAIN}};
+    const struct tls_res without[] = {{0, DEFERRED, NULL, NULL}, {1, DELIVERED, NULL, NULL}};
+    tls_outcome(q, T0 + 2, 7, with, 2);
+    tls_outcome(older, T0 + 2, 7, without, 2);
+    assert_tls(q, 0, NULL, NULL);
+    assert_tls(q, 1, NULL, NULL);
+    char d1[65], d2[65];
+    digest_of(q, d1);
+    digest_of(older, d2);
+    assert_string_equal(d1, d2);
+
+    /* Once the level is raised, the same kind of entry takes effect. */
+    assert_int_equal(level_apply(q, T0 + 3, QUEUE_LEVEL_TLS).status, 0);
+    assert_int_equal(queue_cluster_level(q), QUEUE_LEVEL_TLS);
+    assert_int_equal(lease_idx(q, T0 + MIN + 4, "M", 8, 0, 1).status, 0);
+    tls_outcome(q, T0 + MIN + 5, 8, with, 1);
+    assert_tls(q, 0, "verify", TLS_V13);
+    queue_free(q);
+    queue_free(older);
+}
+
+/* snapshot_rcpt_tls - tls_policy and tls of recipient i of message 0 in q's encoded snapshot. */
+static void snapshot_rcpt_tls(const struct queue *q, size_t i, char *policy, char *tls, size_t cap)
+{
+    uint8_t *snap;
+    size_t len;
+    assert_int_equal(queue_snapshot(q, NULL, &snap, &len), 0);
+    Hamr__Snapshot *s = NULL;
+    assert_int_equal(proto_snapshot_unpack(snap, len, &s), 0);
+    free(snap);
+    assert_true(s->n_messages >= 1 && s->messages[0]->n_rcpts > i);
+    hamr_strlcpy(policy, s->messages[0]->rcpts[i]->tls_policy, cap);
+    hamr_strlcpy(tls, s->messages[0]->rcpts[i]->tls, cap);
+    hamr__snapshot__free_unpacked(s, NULL);
+}
+
+/* The fields are in the snapshot and the digest; restore brings them back. */
+static void test_tls_snapshot_digest(void **state)
+{
+    struct queue *q = *state;
+    assert_int_equal(level_apply(q, T0 - 1, QUEUE_LEVEL_TLS).status, 0);
+    one_msg(q, "a@example.org");
+    assert_int_equal(lease_idx(q, T0 + 1, "M", 7, 0, 3).status, 0);
+    const struct tls_res a[] = {{0, DEFERRED, "verify", TLS_V13},
+                                {1, DEFERRED, "may", TLS_PLAIN},
+                                {2, DEFERRED, NULL, NULL}};
+    tls_outcome(q, T0 + 2, 7, a, HAMR_ARRAY_LEN(a));
+
+    char policy[QUEUE_TLS_MAX], tls[QUEUE_TLS_MAX];
+    snapshot_rcpt_tls(q, 0, policy, tls, sizeof(policy));
+    assert_string_equal(policy, "verify");
+    assert_string_equal(tls, TLS_V13);
+    snapshot_rcpt_tls(q, 2, policy, tls, sizeof(policy));
+    assert_string_equal(policy, "");
+    assert_string_equal(tls, "");
+
+    struct queue *r = fx_snapshot_roundtrip(q);
+    for (size_t i = 0; i < 3; i++) {
+        const struct queue_rcpt *x = fx_rcpt(q, "M", i), *y = fx_rcpt(r, "M", i);
+        assert_true((x->tls_policy == NULL) == (y->tls_policy == NULL));
+        assert_true((x->tls == NULL) == (y->tls == NULL));
+        if (x->tls_policy != NULL)
+            assert_string_equal(x->tls_policy, y->tls_policy);
+        if (x->tls != NULL)
+            assert_string_equal(x->tls, y->tls);
+    }
+    char d1[65], d2[65];
+    digest_of(q, d1);
+    digest_of(r, d2);
+    assert_string_equal(d1, d2);
+
+    /* The digest covers each field: the same history with other TLS values differs. */
+    static const struct tls_res variants[][1] = {
+        {{0, DEFERRED, "encrypt", TLS_V13}},
+        {{0, DEFERRED, "verify", "TLSv1.2 ECDHE-RSA-AES256-GCM-SHA384 (verified)"}},
+        {{0, DEFERRED, NULL, NULL}},
+    };
+    for (size_t v = 0; v < HAMR_ARRAY_LEN(variants); v++) {
+        struct queue *o = queue_new();
+        assert_int_equal(level_apply(o, T0 - 1, QUEUE_LEVEL_TLS).status, 0);
+        one_msg(o, "a@example.org");
+        assert_int_equal(lease_idx(o, T0 + 1, "M", 7, 0, 3).status, 0);
+        struct tls_res b[3] = {variants[v][0], a[1], a[2]};
+        tls_outcome(o, T0 + 2, 7, b, 3);
+        digest_of(o, d2);
+        if (strcmp(d1, d2) == 0)
+            fail_msg("variant %zu: same digest", v);
+        queue_free(o);
+    }
+    queue_free(r);
+}
+
+/*
+ * Entries and snapshots from before format 2 decode with the fields empty:
+ * an Outcome and a snapshot written without them, and a RcptResult encoded
+ * byte by byte as format 1 wrote it.
+ */
+static void test_tls_old_entries(void **state)
+{
+    struct queue *q = *state;
+    one_msg(q, "a@example.org");
+    assert_int_equal(lease_idx(q, T0 + 1, "M", 7, 0, 1).status, 0);
+    struct fx_outcome o = {.id = "M", .lease_id = 7, .n = 1, .res = {{0, DEFERRED, 451, "later"}}};
+    size_t len;
+    uint8_t *b = fx_pack_outcome(T0 + 2, &o, &len);
+    Hamr__Entry *e = NULL;
+    assert_int_equal(proto_entry_unpack(b, len, &e), 0);
+    assert_string_equal(e->outcome->results[0]->tls_policy, "");
+    assert_string_equal(e->outcome->results[0]->tls, "");
+    hamr__entry__free_unpacked(e, NULL);
+    assert_int_equal(level_apply(q, T0 + 2, QUEUE_LEVEL_TLS).status, 0);
+    assert_int_equal(fx_apply(q, b, len).status, 0);
+    assert_tls(q, 0, NULL, NULL);
+    assert_int_equal(fx_rcpt(q, "M", 0)->attempts, 1);
+
+    /* A snapshot of that state has neither field and restores to none. */
+    struct queue *r = fx_snapshot_roundtrip(q);
+    assert_tls(r, 0, NULL, NULL);
+    queue_free(r);
+
+    /* RcptResult{rcpt_index 1, status DEFERRED, smtp_code 451, diagnostic "x"}. */
+    static const uint8_t v1[] = {0x08, 0x01, 0x10, 0x01, 0x18, 0xc3, 0x03, 0x22, 0x01, 'x'};
+    Hamr__RcptResult *rr = hamr__rcpt_result__unpack(NULL, sizeof(v1), v1);
+    assert_non_null(rr);
+    assert_int_equal(rr->rcpt_index, 1);
+    assert_int_equal(rr->smtp_code, 451);
+    assert_string_equal(rr->tls_policy, "");
+    assert_string_equal(rr->tls, "");
+    hamr__rcpt_result__free_unpacked(rr, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2353,6 +2688,11 @@ int main(void)
         cmocka_unit_test(test_cluster_level_snapshot),
         cmocka_unit_test(test_cluster_level_old_snapshot),
         cmocka_unit_test_setup_teardown(test_cluster_level_possible, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_outcome_fields, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_text_bounded, setup, teardown),
+        cmocka_unit_test(test_tls_below_level_ignored),
+        cmocka_unit_test_setup_teardown(test_tls_snapshot_digest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_old_entries, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
