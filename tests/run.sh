@@ -21,7 +21,7 @@ JOBS=${HAMR_JOBS:-2}
 # haproxy is the load balancer of the balancer and rolling-upgrade tests.
 PACKAGES=(cmake gcc libc6-dev make pkg-config libraft-dev libuv1-dev libprotobuf-c-dev
           protobuf-c-compiler libssl-dev libcmocka-dev libinih-dev python3 python3-aiosmtpd
-          swaks postfix nftables iproute2 haproxy)
+          swaks postfix nftables iproute2 haproxy sslscan)
 
 # run_sh_missing_packages - print the packages of PACKAGES that are not installed.
 run_sh_missing_packages() {
