@@ -23,7 +23,9 @@
  * again, and only the new extension list counts. Under MAY, no STARTTLS
  * means plaintext; under ENCRYPT and VERIFY it means SMTPC_TEMP before any
  * MAIL is written (S17). A refused STARTTLS or a failed handshake defers the
- * attempt under every policy and discards the connection.
+ * attempt under every policy and discards the connection. Each connection
+ * keeps an enum smtpc_tls_state, set where TLS comes up or where the reason
+ * it did not becomes known, and every result carries it.
  *
  * Failure modes: a 4xx/5xx reply decides the recipients it applies to
  * (SMTPC_TEMP/SMTPC_PERM). Connection failure, timeout, EOF, a malformed reply
@@ -171,9 +173,10 @@ struct smtpc_conn {
     bool dot_only;  /* 354 though no recipient was accepted: send "." alone */
     bool dot_reply; /* the server answered the final dot: no RSET needed */
     struct smtpc_body body;
-    struct smtpc_tls *tls; /* after a 220 to STARTTLS; freed with the connection */
-    bool tls_up;           /* handshake done: all I/O goes through tls */
-    char tls_desc[96];     /* for results and logs; "none" without TLS */
+    struct smtpc_tls *tls;          /* after a 220 to STARTTLS; freed with the connection */
+    bool tls_up;                    /* handshake done: all I/O goes through tls */
+    char tls_desc[96];              /* for results and logs; "none" without TLS */
+    enum smtpc_tls_state tls_state; /* for results: set where TLS comes up or why it did not */
     char rbuf[4096];
     char pbuf[4096]; /* plaintext out of tls */
     uint8_t chunk[SMTPC_CHUNK_MAX];
@@ -261,7 +264,10 @@ static void smtpc_job_decide_rest(struct smtpc_job *job,
 }
 
 /* smtpc_job_finish - log the attempt, run the callback once, free the job. */
-static void smtpc_job_finish(struct smtpc_job *job, const char *remote, const char *tls)
+static void smtpc_job_finish(struct smtpc_job *job,
+                             const char *remote,
+                             const char *tls,
+                             enum smtpc_tls_state tls_state)
 {
     struct smtpc_pool *p = job->pool;
     size_t n = job->msg->n_rcpts;
@@ -290,7 +296,7 @@ static void smtpc_job_finish(struct smtpc_job *job, const char *remote, const ch
         count[SMTPC_PERM], shown->code, tls,
         log_printable(text, sizeof(text), shown->text, strlen(shown->text)));
 
-    struct smtpc_result res = {.n_rcpts = n, .rcpts = job->res};
+    struct smtpc_result res = {.n_rcpts = n, .rcpts = job->res, .tls_state = tls_state};
     hamr_strlcpy(res.remote, remote, sizeof(res.remote));
     hamr_strlcpy(res.tls, tls, sizeof(res.tls));
     HAMR_ASSERT(p->n_active > 0);
@@ -360,6 +366,7 @@ static void smtpc_conn_fail(struct smtpc_conn *c, unsigned code, const char *fmt
     c->job = NULL;
     char remote[sizeof(c->remote)];
     char tls[sizeof(c->tls_desc)];
+    enum smtpc_tls_state tls_state = c->tls_state;
     hamr_strlcpy(remote, c->remote, sizeof(remote));
     hamr_strlcpy(tls, c->tls_desc, sizeof(tls));
     if (job == NULL) {
@@ -371,7 +378,7 @@ static void smtpc_conn_fail(struct smtpc_conn *c, unsigned code, const char *fmt
     smtpc_conn_close(c);
     if (job != NULL) {
         smtpc_job_decide_rest(job, SMTPC_TEMP, code, text);
-        smtpc_job_finish(job, remote, tls);
+        smtpc_job_finish(job, remote, tls, tls_state);
     }
 }
 
@@ -428,6 +435,7 @@ static int smtpc_conn_write_raw(struct smtpc_conn *c, const void *data, size_t l
  */
 static void smtpc_conn_tls_fail(struct smtpc_conn *c, unsigned code, const char *why)
 {
+    c->tls_state = SMTPC_TLS_STATE_HANDSHAKE_FAILED;
     if (c->dest != NULL && c->dest->policy != SMTPC_TLS_MAY)
         smtpc_conn_fail(c, code, "TLS required but failed with %s: %s", c->remote, why);
     else
@@ -643,14 +651,14 @@ static void smtpc_conn_new(struct smtpc_dest *d, struct smtpc_job *job)
     struct smtpc_conn *c = calloc(1, sizeof(*c));
     if (c == NULL) {
         smtpc_job_decide_rest(job, SMTPC_TEMP, 0, "out of memory");
-        smtpc_job_finish(job, "", "none");
+        smtpc_job_finish(job, "", "none", SMTPC_TLS_STATE_NO_CONNECTION);
         return;
     }
     int rv = uv_tcp_init(p->loop, &c->tcp);
     if (rv != 0) {
         free(c);
         smtpc_job_decide_rest(job, SMTPC_TEMP, 0, "out of sockets");
-        smtpc_job_finish(job, "", "none");
+        smtpc_job_finish(job, "", "none", SMTPC_TLS_STATE_NO_CONNECTION);
         return;
     }
     uv_timer_init(p->loop, &c->timer);
@@ -662,6 +670,8 @@ static void smtpc_conn_new(struct smtpc_dest *d, struct smtpc_job *job)
     c->job = job;
     c->state = SMTPC_STATE_CONNECTING;
     hamr_strlcpy(c->tls_desc, "none", sizeof(c->tls_desc));
+    /* Resolve or connect failures, or anything else before EHLO is answered. */
+    c->tls_state = SMTPC_TLS_STATE_NO_CONNECTION;
     smtpc_reply_init(&c->parser);
     c->next = d->conns;
     d->conns = c;
@@ -693,7 +703,7 @@ static int smtpc_conn_start_tx(struct smtpc_conn *c)
                  (unsigned long long)c->size_limit, c->remote);
         smtpc_job_decide_rest(job, SMTPC_PERM, 552, text);
         c->job = NULL;
-        smtpc_job_finish(job, c->remote, c->tls_desc);
+        smtpc_job_finish(job, c->remote, c->tls_desc, c->tls_state);
         return 1;
     }
 
@@ -751,7 +761,7 @@ static void smtpc_conn_tx_end(struct smtpc_conn *c)
     HAMR_ASSERT(c->n_expected == 0);
     struct smtpc_job *job = c->job;
     c->job = NULL;
-    smtpc_job_finish(job, c->remote, c->tls_desc);
+    smtpc_job_finish(job, c->remote, c->tls_desc, c->tls_state);
     if (c->state == SMTPC_STATE_CLOSING)
         return; /* the callback closed the pool */
     if (!c->dot_reply) {
@@ -940,12 +950,18 @@ static void smtpc_conn_after_ehlo(struct smtpc_conn *c)
     if (!c->tls_up) {
         bool offered = (c->ext & SMTPC_EXT_STARTTLS) != 0;
         if (offered && c->pool->tls_ctx != NULL) {
+            /* Until the handshake is done, any failure is a failed TLS negotiation. */
+            c->tls_state = SMTPC_TLS_STATE_HANDSHAKE_FAILED;
             if (smtpc_conn_send(c, "STARTTLS\r\n", 10, 1) != 0)
                 return;
             smtpc_conn_enter_state(c, SMTPC_STATE_STARTTLS);
             return;
         }
-        if (c->dest->policy != SMTPC_TLS_MAY) {
+        bool may = c->dest->policy == SMTPC_TLS_MAY;
+        c->tls_state = offered ? SMTPC_TLS_STATE_NO_CLIENT_CTX
+                       : may   ? SMTPC_TLS_STATE_NOT_OFFERED
+                               : SMTPC_TLS_STATE_NOT_OFFERED_REQUIRED;
+        if (!may) {
             if (offered)
                 smtpc_conn_fail(c, 0, "TLS required but no TLS client context");
             else
@@ -978,19 +994,35 @@ static void smtpc_conn_tls_start(struct smtpc_conn *c)
         smtpc_conn_tls_fail(c, 0, smtpc_tls_error(c->tls));
 }
 
+/*
+ * smtpc_conn_refused - the greeting, EHLO or HELO was refused: fail the
+ * attempt, recording the refusal as its TLS state unless TLS was already up
+ * (an EHLO refused after STARTTLS).
+ */
+static void smtpc_conn_refused(struct smtpc_conn *c, const struct smtpc_reply *r)
+{
+    if (!c->tls_up)
+        c->tls_state = SMTPC_TLS_STATE_REFUSED_BEFORE_EHLO;
+    smtpc_conn_fail(c, r->code, "%s", r->text);
+}
+
 /* smtpc_conn_on_reply - one complete, solicited reply for the current state. */
 static void smtpc_conn_on_reply(struct smtpc_conn *c, const struct smtpc_reply *r)
 {
     /* RFC 5321 3.8: 421 means the server is closing the session. */
     if (r->code == 421 && c->state != SMTPC_STATE_QUIT) {
-        smtpc_conn_fail(c, r->code, "%s", r->text);
+        if (c->state == SMTPC_STATE_GREETING || c->state == SMTPC_STATE_EHLO ||
+            c->state == SMTPC_STATE_HELO)
+            smtpc_conn_refused(c, r);
+        else
+            smtpc_conn_fail(c, r->code, "%s", r->text);
         return;
     }
     switch (c->state) {
         case SMTPC_STATE_GREETING:
             if (r->code != 220) {
                 /* Like Postfix: a rejecting greeting fails this attempt only. */
-                smtpc_conn_fail(c, r->code, "%s", r->text);
+                smtpc_conn_refused(c, r);
                 return;
             }
             if (smtpc_conn_send_line(c, "EHLO %s\r\n", c->pool->cfg.helo_name) != 0)
@@ -1009,12 +1041,12 @@ static void smtpc_conn_on_reply(struct smtpc_conn *c, const struct smtpc_reply *
                     return;
                 smtpc_conn_enter_state(c, SMTPC_STATE_HELO);
             } else {
-                smtpc_conn_fail(c, r->code, "%s", r->text);
+                smtpc_conn_refused(c, r);
             }
             return;
         case SMTPC_STATE_HELO:
             if (r->code / 100 != 2) {
-                smtpc_conn_fail(c, r->code, "%s", r->text);
+                smtpc_conn_refused(c, r);
                 return;
             }
             c->ext = 0;
@@ -1155,6 +1187,8 @@ static void smtpc_conn_tls_input(struct smtpc_conn *c, const char *data, size_t 
             return;
         c->tls_up = true;
         smtpc_tls_describe(c->tls, c->tls_desc, sizeof(c->tls_desc));
+        c->tls_state = c->dest->policy == SMTPC_TLS_VERIFY ? SMTPC_TLS_STATE_VERIFIED
+                                                           : SMTPC_TLS_STATE_UNVERIFIED;
         if (c->dest->policy != SMTPC_TLS_VERIFY) {
             size_t n = strlen(c->tls_desc);
             snprintf(c->tls_desc + n, sizeof(c->tls_desc) - n, " unverified");
@@ -1546,7 +1580,7 @@ void smtpc_pool_close(struct smtpc_pool *p, void (*closed_cb)(void *arg), void *
             if (d->q_head == NULL)
                 d->q_tail = NULL;
             smtpc_job_decide_rest(job, SMTPC_TEMP, 0, "shutdown");
-            smtpc_job_finish(job, "", "none");
+            smtpc_job_finish(job, "", "none", SMTPC_TLS_STATE_NO_CONNECTION);
         }
         while (d->conns != NULL)
             smtpc_conn_fail(d->conns, 0, "shutdown"); /* unlinks the connection */

@@ -69,12 +69,48 @@ struct smtpc_rcpt_result {
     char text[512]; /* reply text (printable) or local reason */
 };
 
+/*
+ * smtpc_tls_state - what came of TLS on the connection an attempt used, set
+ * by the client where it happens, so that callers need not read the
+ * recipients' texts to learn why an attempt ran without TLS.
+ */
+enum smtpc_tls_state {
+    /*
+     * No SMTP session: the host did not resolve, the connect failed, or the
+     * connection was lost, timed out or sent a malformed reply before EHLO
+     * (or HELO) was accepted. Also every job that never got a connection.
+     */
+    SMTPC_TLS_STATE_NO_CONNECTION = 0,
+    /* The greeting, EHLO or HELO was answered with a refusal (e.g. 554, 421). */
+    SMTPC_TLS_STATE_REFUSED_BEFORE_EHLO = 1,
+    /* MAY: EHLO (or HELO) listed no STARTTLS; the mail went in plaintext. */
+    SMTPC_TLS_STATE_NOT_OFFERED = 2,
+    /* ENCRYPT or VERIFY: no STARTTLS offered; deferred, no MAIL was sent. */
+    SMTPC_TLS_STATE_NOT_OFFERED_REQUIRED = 3,
+    /*
+     * STARTTLS was offered but the pool has no TLS client context: MAY went
+     * on in plaintext, ENCRYPT and VERIFY were deferred before MAIL.
+     */
+    SMTPC_TLS_STATE_NO_CLIENT_CTX = 4,
+    /*
+     * STARTTLS was sent but no TLS session came of it: refused, handshake
+     * failed (under VERIFY: the certificate check too), timed out or the
+     * connection was lost. Deferred under every policy, nothing sent in clear.
+     */
+    SMTPC_TLS_STATE_HANDSHAKE_FAILED = 5,
+    /* TLS up, certificate not checked (MAY, ENCRYPT); tls says which. */
+    SMTPC_TLS_STATE_UNVERIFIED = 6,
+    /* TLS up, chain and name checked (VERIFY); tls says which. */
+    SMTPC_TLS_STATE_VERIFIED = 7,
+};
+
 struct smtpc_result {
     size_t n_rcpts;
     struct smtpc_rcpt_result *rcpts; /* n_rcpts entries, valid during the callback */
     char remote[128];                /* "ip:port" of the next hop, "" if none */
     char tls[96];                    /* "none", or e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384 verified"
                                         ("... unverified" when the policy did not check) */
+    enum smtpc_tls_state tls_state;  /* why tls is "none", or how TLS was up */
 };
 
 /* smtpc_done_cb - one call per smtpc_pool_deliver that returned 0. */

@@ -69,64 +69,56 @@ static enum smtpc_tls_policy relay_sched_policy(const struct relay *r, char *con
 }
 
 /*
- * Why an attempt ran without TLS, from the local reasons net/smtpc.c gives
- * (its smtpc_conn_fail texts). XXX: matching texts is fragile; a reason code
- * in struct smtpc_result would be better. A text not listed here falls back
- * to "plaintext" (policy may) or "no TLS session".
- */
-static const struct {
-    const char *text; /* substring of the recipient's diagnostic */
-    const char *why;
-} relay_sched_no_tls[] = {
-    {"TLS required but not offered", "STARTTLS not offered"},
-    {"TLS required but no TLS client context", "no TLS client context"},
-    {"TLS required but failed", "TLS handshake failed"},
-    {"TLS handshake failed", "TLS handshake failed"},
-    {"connect to ", "no connection"},
-};
-
-/*
- * relay_sched_tls_text - the TLS of an attempt as hamrctl show prints it:
- * "TLSv1.3 TLS_AES_256_GCM_SHA384 (verified)" or "(unverified)" when TLS
- * was up; else "none (plaintext: no STARTTLS)" when mail went in the clear
- * under policy may, "none (no connection)", or "none (deferred: STARTTLS
- * not offered)" and the like, where "deferred" is the recipient's status.
+ * relay_sched_tls_text - the TLS of an attempt as hamrctl show prints it,
+ * from the state the SMTP client reports: "TLSv1.3 TLS_AES_256_GCM_SHA384
+ * (verified)" or "(unverified)" when TLS was up; "none (plaintext: no
+ * STARTTLS)" when mail went in the clear under policy may; "none (no
+ * connection)"; or "none (deferred: STARTTLS not offered)" and the like,
+ * where "deferred" is the recipient's status.
  */
 static void relay_sched_tls_text(enum smtpc_tls_policy policy,
                                  const struct smtpc_result *res,
-                                 const struct smtpc_rcpt_result *rr,
                                  const char *status,
                                  char *out,
                                  size_t outlen)
 {
-    if (res->tls[0] != '\0' && strcmp(res->tls, "none") != 0) {
-        /* smtpc: "<protocol> <cipher>", then " verified" or " unverified" (or nothing). */
-        char desc[sizeof(res->tls)];
-        hamr_strlcpy(desc, res->tls, sizeof(desc));
-        const char *how = "unverified";
-        char *last = strrchr(desc, ' ');
-        if (last != NULL && strcmp(last, " verified") == 0) {
-            how = "verified";
-            *last = '\0';
-        } else if (last != NULL && strcmp(last, " unverified") == 0) {
-            *last = '\0';
+    switch (res->tls_state) {
+        case SMTPC_TLS_STATE_VERIFIED:
+        case SMTPC_TLS_STATE_UNVERIFIED: {
+            /* smtpc: "<protocol> <cipher>", then " verified" or " unverified". */
+            const char *how =
+                res->tls_state == SMTPC_TLS_STATE_VERIFIED ? "verified" : "unverified";
+            char desc[sizeof(res->tls)];
+            hamr_strlcpy(desc, res->tls, sizeof(desc));
+            size_t n = strlen(desc), m = strlen(how);
+            if (n > m && desc[n - m - 1] == ' ' && strcmp(desc + n - m, how) == 0)
+                desc[n - m - 1] = '\0';
+            snprintf(out, outlen, "%s (%s)", desc, how);
+            return;
         }
-        snprintf(out, outlen, "%s (%s)", desc, how);
-        return;
+        case SMTPC_TLS_STATE_NOT_OFFERED:
+            snprintf(out, outlen, "none (plaintext: no STARTTLS)");
+            return;
+        case SMTPC_TLS_STATE_NOT_OFFERED_REQUIRED:
+            snprintf(out, outlen, "none (%s: STARTTLS not offered)", status);
+            return;
+        case SMTPC_TLS_STATE_NO_CLIENT_CTX:
+            /* Under may the client went on in plaintext; else it deferred. */
+            if (policy == SMTPC_TLS_MAY)
+                snprintf(out, outlen, "none (plaintext: no TLS client context)");
+            else
+                snprintf(out, outlen, "none (%s: no TLS client context)", status);
+            return;
+        case SMTPC_TLS_STATE_HANDSHAKE_FAILED:
+            snprintf(out, outlen, "none (%s: TLS handshake failed)", status);
+            return;
+        case SMTPC_TLS_STATE_REFUSED_BEFORE_EHLO:
+            snprintf(out, outlen, "none (%s: refused before EHLO)", status);
+            return;
+        case SMTPC_TLS_STATE_NO_CONNECTION:
+            break;
     }
-    const char *why = NULL;
-    for (size_t i = 0;
-         why == NULL && i < sizeof(relay_sched_no_tls) / sizeof(relay_sched_no_tls[0]); i++)
-        if (strstr(rr->text, relay_sched_no_tls[i].text) != NULL)
-            why = relay_sched_no_tls[i].why;
-    if (res->remote[0] == '\0' || (why != NULL && strcmp(why, "no connection") == 0))
-        snprintf(out, outlen, "none (no connection)");
-    else if (why != NULL)
-        snprintf(out, outlen, "none (%s: %s)", status, why);
-    else if (policy == SMTPC_TLS_MAY)
-        snprintf(out, outlen, "none (plaintext: no STARTTLS)");
-    else
-        snprintf(out, outlen, "none (%s: no TLS session)", status);
+    snprintf(out, outlen, "none (no connection)");
 }
 
 /* relay_sched_done - a scheduler proposal (lease or outcome) finished. */
@@ -232,8 +224,7 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
             [HAMR__RCPT_RESULT__STATUS__BOUNCED] = "bounced",
             [HAMR__RCPT_RESULT__STATUS__EXPIRED] = "expired",
         };
-        relay_sched_tls_text(policy, res, rr, status_name[results[i].status], tls[i],
-                             sizeof(tls[i]));
+        relay_sched_tls_text(policy, res, status_name[results[i].status], tls[i], sizeof(tls[i]));
         if (tls_fields) {
             results[i].tls_policy = (char *)policy_name;
             results[i].tls = tls[i];
@@ -423,8 +414,7 @@ out:
  */
 void relay_sched_kick(struct relay *r)
 {
-    if (r->stopping || !consensus_is_ready(r->cons) ||
-        uv_is_active((uv_handle_t *)&r->kick_timer))
+    if (r->stopping || !consensus_is_ready(r->cons) || uv_is_active((uv_handle_t *)&r->kick_timer))
         return;
     uv_timer_start(&r->kick_timer, relay_sched_tick, 0, 0);
 }

@@ -352,9 +352,9 @@ static void seedgen_queue_apply(void)
     buf_reset(&b);
 
     /* Entries the decoder must refuse. */
-    seedgen_entry_raw(&b, 2, true);  /* newer format */
-    seedgen_entry_raw(&b, 0, true);  /* no format */
-    seedgen_entry_raw(&b, 1, false); /* no kind */
+    seedgen_entry_raw(&b, PROTO_FORMAT_VERSION_MAX + 1, true); /* newer format */
+    seedgen_entry_raw(&b, 0, true);                            /* no format */
+    seedgen_entry_raw(&b, 1, false);                           /* no kind */
     seedgen_write("queue_apply", "refused_versions", b.data, b.len);
     buf_reset(&b);
 
@@ -467,7 +467,7 @@ static void seedgen_bad_snapshot(const char *name, int defect)
             r.state = 7; /* unknown state */
             break;
         case 5:
-            s.format_version = 2; /* newer format */
+            s.format_version = PROTO_SNAPSHOT_VERSION + 1; /* newer format */
             break;
         case 6:
             d.queue_id = "Q0"; /* done and queued at once */

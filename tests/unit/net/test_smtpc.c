@@ -278,6 +278,7 @@ struct result {
     size_t n;
     struct smtpc_rcpt_result r[4];
     char remote[128];
+    enum smtpc_tls_state tls_state;
 };
 
 struct fixture {
@@ -367,6 +368,7 @@ static void done_cb(void *arg, const struct smtpc_result *res)
     assert_true(res->n_rcpts <= 4);
     memcpy(r->r, res->rcpts, res->n_rcpts * sizeof(res->rcpts[0]));
     hamr_strlcpy(r->remote, res->remote, sizeof(r->remote));
+    r->tls_state = res->tls_state;
 }
 
 /* deliver - queue m to the test server; the callback must not run yet. */
@@ -421,6 +423,7 @@ static void test_happy_pipelining(void **state)
     char remote[64];
     snprintf(remote, sizeof(remote), "127.0.0.1:%u", f->srv.port);
     assert_string_equal(r.remote, remote);
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_NOT_OFFERED);
     assert_int_equal(smtpc_pool_active(f->pool), 0);
 
     char want[512];
@@ -473,6 +476,7 @@ static void test_helo_fallback(void **state)
     RUN_UNTIL(f, r.calls == 1);
     assert_all(&r, 1, SMTPC_OK, 250);
     assert_true(srv_received(&f->srv, "HELO client.test\r\nMAIL FROM:<s@y.test>\r\n"));
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_NOT_OFFERED); /* HELO: no extensions */
 }
 
 /* test_bare_line_ends - bare LF and bare CR in the stored body go out as CRLF. */
@@ -510,9 +514,10 @@ struct reply_case {
     size_t reply_len[2];
     enum smtpc_status want[3];
     unsigned want_code[3];
-    const char *want_text; /* in every recipient's text, or NULL */
-    int want_body;         /* the body reached the server: 1, 0, or -1 (either) */
-    const char *want_sent; /* must have been received, or NULL */
+    const char *want_text;         /* in every recipient's text, or NULL */
+    int want_body;                 /* the body reached the server: 1, 0, or -1 (either) */
+    const char *want_sent;         /* must have been received, or NULL */
+    enum smtpc_tls_state want_tls; /* the result's tls_state (no STARTTLS offered) */
 };
 
 static const struct reply_case reply_cases[] = {
@@ -525,7 +530,8 @@ static const struct reply_case reply_cases[] = {
      {250, 550, 250},
      NULL,
      true,
-     NULL},
+     NULL,
+     SMTPC_TLS_STATE_NOT_OFFERED},
     {"one rcpt 550 unpipelined",
      false,
      {"RCPT TO:<b@"},
@@ -535,7 +541,8 @@ static const struct reply_case reply_cases[] = {
      {250, 550, 250},
      NULL,
      true,
-     NULL},
+     NULL,
+     SMTPC_TLS_STATE_NOT_OFFERED},
     {"rcpt 450",
      true,
      {"RCPT TO:<a@"},
@@ -545,7 +552,8 @@ static const struct reply_case reply_cases[] = {
      {450, 250, 250},
      NULL,
      true,
-     NULL},
+     NULL,
+     SMTPC_TLS_STATE_NOT_OFFERED},
     {"552 after dot",
      true,
      {"."},
@@ -555,7 +563,8 @@ static const struct reply_case reply_cases[] = {
      {552, 552, 552},
      "too big",
      true,
-     NULL},
+     NULL,
+     SMTPC_TLS_STATE_NOT_OFFERED},
     {"451 to MAIL",
      true,
      {"MAIL"},
@@ -565,7 +574,8 @@ static const struct reply_case reply_cases[] = {
      {451, 451, 451},
      "try later",
      false,
-     "RSET\r\n"},
+     "RSET\r\n",
+     SMTPC_TLS_STATE_NOT_OFFERED},
     {"451 to MAIL unpipelined",
      false,
      {"MAIL"},
@@ -575,7 +585,8 @@ static const struct reply_case reply_cases[] = {
      {451, 451, 451},
      "try later",
      false,
-     "RSET\r\n"},
+     "RSET\r\n",
+     SMTPC_TLS_STATE_NOT_OFFERED},
     {"no rcpt accepted",
      true,
      {"RCPT"},
@@ -585,7 +596,8 @@ static const struct reply_case reply_cases[] = {
      {550, 550, 550},
      NULL,
      false,
-     "RSET\r\n"},
+     "RSET\r\n",
+     SMTPC_TLS_STATE_NOT_OFFERED},
     {"no rcpt accepted unpipelined",
      false,
      {"RCPT"},
@@ -595,7 +607,8 @@ static const struct reply_case reply_cases[] = {
      {550, 550, 550},
      NULL,
      false,
-     "RSET\r\n"},
+     "RSET\r\n",
+     SMTPC_TLS_STATE_NOT_OFFERED},
     {"354 though no rcpt accepted",
      true,
      {"RCPT", "DATA"},
@@ -605,7 +618,8 @@ static const struct reply_case reply_cases[] = {
      {550, 550, 550},
      NULL,
      false,
-     "DATA\r\n.\r\n"},
+     "DATA\r\n.\r\n",
+     SMTPC_TLS_STATE_NOT_OFFERED},
     {"DATA 554",
      true,
      {"DATA"},
@@ -615,7 +629,8 @@ static const struct reply_case reply_cases[] = {
      {554, 554, 554},
      NULL,
      false,
-     "RSET\r\n"},
+     "RSET\r\n",
+     SMTPC_TLS_STATE_NOT_OFFERED},
     {"greeting 554",
      true,
      {"<greeting>"},
@@ -625,7 +640,8 @@ static const struct reply_case reply_cases[] = {
      {554, 554, 554},
      "go away",
      false,
-     NULL},
+     NULL,
+     SMTPC_TLS_STATE_REFUSED_BEFORE_EHLO},
     {"421 to EHLO",
      true,
      {"EHLO"},
@@ -635,7 +651,8 @@ static const struct reply_case reply_cases[] = {
      {421, 421, 421},
      "closing",
      false,
-     NULL},
+     NULL,
+     SMTPC_TLS_STATE_REFUSED_BEFORE_EHLO},
     {"close before dot reply",
      true,
      {"."},
@@ -645,7 +662,8 @@ static const struct reply_case reply_cases[] = {
      {0, 0, 0},
      "lost connection",
      true,
-     NULL},
+     NULL,
+     SMTPC_TLS_STATE_NOT_OFFERED},
     {"timeout on DATA",
      true,
      {"DATA"},
@@ -655,7 +673,8 @@ static const struct reply_case reply_cases[] = {
      {0, 0, 0},
      "timeout waiting for reply to DATA",
      false,
-     NULL},
+     NULL,
+     SMTPC_TLS_STATE_NOT_OFFERED},
     {"dot 2x9",
      true,
      {"."},
@@ -665,7 +684,8 @@ static const struct reply_case reply_cases[] = {
      {0, 0, 0},
      "malformed",
      true,
-     NULL},
+     NULL,
+     SMTPC_TLS_STATE_NOT_OFFERED},
     {"dot mixed codes",
      true,
      {"."},
@@ -675,7 +695,8 @@ static const struct reply_case reply_cases[] = {
      {0, 0, 0},
      "malformed",
      true,
-     NULL},
+     NULL,
+     SMTPC_TLS_STATE_NOT_OFFERED},
     {"dot NUL",
      true,
      {"."},
@@ -685,7 +706,8 @@ static const struct reply_case reply_cases[] = {
      {0, 0, 0},
      "malformed",
      true,
-     NULL},
+     NULL,
+     SMTPC_TLS_STATE_NOT_OFFERED},
     {"dot 354",
      true,
      {"."},
@@ -695,7 +717,8 @@ static const struct reply_case reply_cases[] = {
      {354, 354, 354},
      "protocol error",
      true,
-     NULL},
+     NULL,
+     SMTPC_TLS_STATE_NOT_OFFERED},
     {"250 pushed with 354",
      true,
      {"DATA"},
@@ -705,7 +728,8 @@ static const struct reply_case reply_cases[] = {
      {0, 0, 0},
      "unexpected reply",
      -1,
-     NULL},
+     NULL,
+     SMTPC_TLS_STATE_NOT_OFFERED},
     {"extra reply to MAIL unpipelined",
      false,
      {"MAIL"},
@@ -715,7 +739,30 @@ static const struct reply_case reply_cases[] = {
      {0, 0, 0},
      "unexpected reply",
      false,
-     NULL},
+     NULL,
+     SMTPC_TLS_STATE_NOT_OFFERED},
+    {"HELO refused",
+     true,
+     {"EHLO", "HELO"},
+     {"502 5.5.2 what\r\n", "550 5.7.1 go away\r\n"},
+     {0, 0},
+     {SMTPC_TEMP, SMTPC_TEMP, SMTPC_TEMP},
+     {550, 550, 550},
+     "go away",
+     false,
+     NULL,
+     SMTPC_TLS_STATE_REFUSED_BEFORE_EHLO},
+    {"close instead of greeting",
+     true,
+     {"<greeting>"},
+     {"!close"},
+     {0},
+     {SMTPC_TEMP, SMTPC_TEMP, SMTPC_TEMP},
+     {0, 0, 0},
+     "lost connection",
+     false,
+     NULL,
+     SMTPC_TLS_STATE_NO_CONNECTION},
 };
 
 /* run_reply_case - one scenario on a fresh fixture. */
@@ -744,6 +791,8 @@ static void run_reply_case(const struct reply_case *tc)
             fail_msg("%s: rcpt %zu text \"%s\" lacks \"%s\"", tc->label, i, r.r[i].text,
                      tc->want_text);
     }
+    if (r.tls_state != tc->want_tls)
+        fail_msg("%s: tls_state %d, want %d", tc->label, r.tls_state, tc->want_tls);
     /* Let any RSET reach the server before looking at what it received. */
     if (tc->want_sent != NULL)
         RUN_UNTIL(f, srv_received(&f->srv, tc->want_sent));
@@ -790,6 +839,9 @@ static void test_malformed_long(void **state)
             RUN_UNTIL(f, r.calls == 1);
             assert_all(&r, 2, SMTPC_TEMP, 0);
             assert_non_null(strstr(r.r[0].text, "malformed"));
+            /* A malformed EHLO reply ends the attempt before any session. */
+            assert_int_equal(r.tls_state,
+                             w == 0 ? SMTPC_TLS_STATE_NOT_OFFERED : SMTPC_TLS_STATE_NO_CONNECTION);
             teardown(&st);
         }
     }
@@ -822,6 +874,7 @@ static void test_connect_refused(void **state)
     assert_all(&r, 2, SMTPC_TEMP, 0);
     assert_non_null(strstr(r.r[0].text, "connect to 127.0.0.1:"));
     assert_non_null(strstr(r.r[1].text, "refused"));
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_NO_CONNECTION);
 }
 
 /* test_hostname - a name goes through uv_getaddrinfo ("localhost" is 127.0.0.1 here). */
@@ -979,6 +1032,7 @@ static void test_close_queued(void **state)
     for (int i = 0; i < 3; i++) {
         assert_all(&r[i], 2, SMTPC_TEMP, 0);
         assert_string_equal(r[i].r[0].text, "shutdown");
+        assert_int_equal(r[i].tls_state, SMTPC_TLS_STATE_NO_CONNECTION);
     }
     assert_false(f->pool_closed); /* closed_cb runs later, from the loop */
     assert_int_equal(smtpc_pool_deliver(f->pool, "127.0.0.1", f->srv.port, &m, done_cb, &r[0]),

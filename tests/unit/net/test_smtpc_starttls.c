@@ -11,7 +11,9 @@
  * "verified"; plaintext injected after the 220 to STARTTLS is not taken as a
  * reply; a refused STARTTLS and a handshake timeout defer; only the EHLO
  * list after TLS counts; a reused connection keeps TLS; deliveries under
- * different policies do not share a connection.
+ * different policies do not share a connection; without a TLS client
+ * context may goes plaintext and encrypt defers. Every case also checks the
+ * result's tls_state.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -299,6 +301,7 @@ struct result {
     int calls;
     struct smtpc_rcpt_result r;
     char tls[96];
+    enum smtpc_tls_state tls_state;
 };
 
 struct fixture {
@@ -404,6 +407,7 @@ static void done_cb(void *arg, const struct smtpc_result *res)
     assert_int_equal(res->n_rcpts, 1);
     r->r = res->rcpts[0];
     hamr_strlcpy(r->tls, res->tls, sizeof(r->tls));
+    r->tls_state = res->tls_state;
 }
 
 static const char *const rcpt1[] = {"a@x.test"};
@@ -434,13 +438,18 @@ static bool ends_with(const char *s, const char *suffix)
     return n >= m && strcmp(s + n - m, suffix) == 0;
 }
 
-/* assert_tls_ok - delivered over TLS; the description ends in suffix. */
+/*
+ * assert_tls_ok - delivered over TLS; the description ends in suffix, and
+ * the state says the same (" verified" or " unverified").
+ */
 static void assert_tls_ok(const struct fixture *f, const struct result *r, const char *suffix)
 {
     assert_int_equal(r->r.status, SMTPC_OK);
     assert_int_equal(r->r.code, 250);
     assert_true(strncmp(r->tls, "TLSv1.", 6) == 0);
     assert_true(ends_with(r->tls, suffix));
+    assert_int_equal(r->tls_state, strcmp(suffix, " verified") == 0 ? SMTPC_TLS_STATE_VERIFIED
+                                                                    : SMTPC_TLS_STATE_UNVERIFIED);
     assert_int_equal(f->srv.n_mail_plain, 0);
     assert_true(f->srv.n_mail_tls >= 1);
 }
@@ -480,6 +489,7 @@ static void test_may_not_offered(void **state)
     deliver_wait(f, SMTPC_TLS_MAY, NULL, &r);
     assert_int_equal(r.r.status, SMTPC_OK);
     assert_string_equal(r.tls, "none");
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_NOT_OFFERED);
     assert_int_equal(f->srv.n_starttls, 0);
     assert_int_equal(f->srv.n_mail_plain, 1);
     assert_int_equal(f->srv.n_messages, 1);
@@ -497,6 +507,7 @@ static void test_required_not_offered(void **state)
         deliver_wait(f, policies[i], "localhost", &r);
         assert_deferred(f, &r, "TLS required but not offered");
         assert_string_equal(r.tls, "none");
+        assert_int_equal(r.tls_state, SMTPC_TLS_STATE_NOT_OFFERED_REQUIRED);
     }
     assert_int_equal(f->srv.n_starttls, 0);
 }
@@ -521,6 +532,7 @@ static void test_verify_unknown_ca(void **state)
     deliver_wait(f, SMTPC_TLS_VERIFY, "localhost", &r);
     assert_deferred(f, &r, "TLS required but failed");
     assert_non_null(strstr(r.r.text, "certificate verify failed"));
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_HANDSHAKE_FAILED);
 }
 
 /* verify_case - a verify_host and whether the certificate matches it. */
@@ -551,6 +563,7 @@ static void test_verify_names(void **state)
         } else {
             assert_int_equal(r.r.status, SMTPC_TEMP);
             assert_non_null(strstr(r.r.text, "certificate verify failed"));
+            assert_int_equal(r.tls_state, SMTPC_TLS_STATE_HANDSHAKE_FAILED);
             assert_int_equal(f->srv.n_mail_tls, mails_before);
         }
     }
@@ -590,6 +603,7 @@ static void test_starttls_refused(void **state)
     assert_deferred(f, &r, "TLS handshake failed");
     assert_int_equal(r.r.code, 454);
     assert_string_equal(r.tls, "none");
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_HANDSHAKE_FAILED);
 }
 
 static void test_handshake_timeout(void **state)
@@ -602,6 +616,29 @@ static void test_handshake_timeout(void **state)
     deliver_wait(f, SMTPC_TLS_ENCRYPT, NULL, &r);
     assert_deferred(f, &r, "TLS required but failed");
     assert_non_null(strstr(r.r.text, "timeout"));
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_HANDSHAKE_FAILED);
+}
+
+/*
+ * No TLS client context (its CA file cannot be read) though STARTTLS is
+ * offered: may goes on in plaintext, encrypt defers before MAIL.
+ */
+static void test_no_client_ctx(void **state)
+{
+    struct fixture *f = *state;
+    struct result r;
+    hamr_strlcpy(f->cfg.tls_ca_file, "/nonexistent/hamr-ca.pem", sizeof(f->cfg.tls_ca_file));
+    pool_start(f);
+    deliver_wait(f, SMTPC_TLS_ENCRYPT, NULL, &r);
+    assert_deferred(f, &r, "TLS required but no TLS client context");
+    assert_string_equal(r.tls, "none");
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_NO_CLIENT_CTX);
+    deliver_wait(f, SMTPC_TLS_MAY, NULL, &r);
+    assert_int_equal(r.r.status, SMTPC_OK);
+    assert_string_equal(r.tls, "none");
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_NO_CLIENT_CTX);
+    assert_int_equal(f->srv.n_starttls, 0);
+    assert_int_equal(f->srv.n_mail_plain, 1);
 }
 
 /* The EHLO list from before TLS is forgotten: its SIZE 10 would refuse the message. */
@@ -694,6 +731,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_verify_names, setup, teardown),
         cmocka_unit_test(test_injection_after_220),
         cmocka_unit_test_setup_teardown(test_starttls_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_client_ctx, setup, teardown),
         cmocka_unit_test_setup_teardown(test_handshake_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_second_ehlo_counts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reuse_keeps_tls, setup, teardown),
