@@ -163,6 +163,10 @@ static enum smtpd_reader_event smtpd_reader_feed_command(struct smtpd_reader *r,
         if (!r->discarding && r->line_octets > SMTPD_READER_LINE_MAX - 2) {
             /* Report now; drop everything up to the next CRLF unbuffered. */
             r->discarding = true;
+            size_t head =
+                r->line_len < sizeof(r->long_head) - 1 ? r->line_len : sizeof(r->long_head) - 1;
+            memcpy(r->long_head, r->line, head);
+            r->long_head[head] = '\0';
             r->line_len = 0;
             *used = i;
             return SMTPD_READER_LINE_TOO_LONG;
@@ -170,6 +174,12 @@ static enum smtpd_reader_event smtpd_reader_feed_command(struct smtpd_reader *r,
     }
     *used = i;
     return SMTPD_READER_NEED_MORE;
+}
+
+/* smtpd_reader_long_head - the head of the last over-long line; see smtpd_reader.h. */
+const char *smtpd_reader_long_head(const struct smtpd_reader *r)
+{
+    return r->long_head;
 }
 
 /* smtpd_reader_flush - move staged body octets into the body buffer. */

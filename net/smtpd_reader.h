@@ -50,6 +50,7 @@ struct smtpd_reader {
     bool cr_pending;    /* last octet was CR, not yet known to be bare */
     bool line_bare_lf, line_bare_cr, line_nul;
     bool discarding; /* dropping the tail of an over-long line */
+    char long_head[8]; /* the first octets of the last over-long line, NUL-terminated */
     bool line_ready; /* line holds the last LINE event's text */
     /* data mode */
     int dstate;
@@ -90,6 +91,12 @@ enum smtpd_reader_event smtpd_reader_feed(struct smtpd_reader *r,
                                           const uint8_t *in,
                                           size_t len,
                                           size_t *used);
+
+/*
+ * smtpd_reader_long_head - the first (up to 7) octets of the line of the
+ * last LINE_TOO_LONG event, NUL-terminated: enough to tell the verb.
+ */
+const char *smtpd_reader_long_head(const struct smtpd_reader *r);
 
 /* smtpd_reader_line - the NUL-terminated line of the last LINE event (no CRLF). */
 const char *smtpd_reader_line(const struct smtpd_reader *r, size_t *len);

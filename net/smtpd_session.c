@@ -150,6 +150,8 @@ struct smtpd_session {
     unsigned commands;
     unsigned messages;
     uint64_t data_start_ms; /* io.now when the 354 went out */
+    uint64_t request_start_ms; /* io.now of the last reply: the next command is due
+                                  within command_timeout of it, however it trickles in */
     uint64_t data_octets;   /* input received in DATA since then */
 };
 
@@ -171,6 +173,7 @@ static const struct {
 };
 
 static void smtpd_session_process(struct smtpd_session *s);
+static uint64_t smtpd_session_now(const struct smtpd_session *s);
 static void smtpd_session_time_out(struct smtpd_session *s, const char *reason);
 static void smtpd_session_free_now(struct smtpd_session *s);
 
@@ -269,6 +272,7 @@ static void smtpd_session_reply_raw(struct smtpd_session *s,
 {
     if (s->io_detached || s->closed)
         return;
+    s->request_start_ms = smtpd_session_now(s);
     if (s->io.write(s->io.data, text, len) != 0) {
         log_warn("smtpd session=%" PRIu64 " write failed client=%s", s->id, s->client_addr);
         smtpd_session_hangup(s);
@@ -364,8 +368,15 @@ uint64_t smtpd_session_timeout_ms(const struct smtpd_session *s)
     if (s->submit_pending || s->auth_pending || s->io_detached)
         return 0; /* the sink's (or the check's) own time applies, not the client's */
     switch (smtpd_session_states[s->state].timeout) {
-        case SMTPD_SESSION_T_COMMAND:
-            return smtpd_session_wait(s, s->policy->command_timeout_ms);
+        case SMTPD_SESSION_T_COMMAND: {
+            /* Per request, as Postfix's smtpd_per_request_deadline: octets
+             * that trickle in do not buy time, a reply does. */
+            uint64_t ms = smtpd_session_wait(s, s->policy->command_timeout_ms);
+            uint64_t deadline = s->request_start_ms + ms;
+            uint64_t now = smtpd_session_now(s);
+            uint64_t left = deadline > now ? deadline - now : 1; /* due: fire at once */
+            return left < ms ? left : ms;
+        }
         case SMTPD_SESSION_T_DATA: {
             uint64_t ms = smtpd_session_wait(s, s->policy->data_timeout_ms);
             if (s->policy->min_data_rate == 0)
@@ -641,14 +652,17 @@ static bool smtpd_session_relay_ok(const struct smtpd_session *s, const struct s
 
 /*
  * smtpd_session_rcpt_known - with a relay recipient map, does a recipient
- * that passed smtpd_session_relay_ok only for its relay domain exist
- * (SECURITY.md S20; Postfix relay_recipient_maps)? a->text has no source
- * route, so the final address is looked up. Relay networks and
- * authenticated clients may send anywhere and are not checked.
+ * at one of our relay domains exist (SECURITY.md S20; Postfix
+ * relay_recipient_maps with smtpd_reject_unlisted_recipient)? Asked of
+ * every client, relay networks and authenticated ones too: an unknown user
+ * is unknown whoever sends to it, and accepting it only makes a bounce.
+ * a->text has no source route, so the final address is looked up.
+ * Recipients elsewhere are not ours to know.
  */
 static bool smtpd_session_rcpt_known(const struct smtpd_session *s, const struct smtpd_addr *a)
 {
-    if (s->policy->rcptmap == NULL || s->relay_client || s->authenticated)
+    if (s->policy->rcptmap == NULL || !a->has_domain || a->literal ||
+        !smtpd_session_relay_domain(s->policy, a->text + a->domain))
         return true;
     return smtpd_rcptmap_lookup(s->policy->rcptmap, a->text) == 0;
 }
@@ -1758,7 +1772,11 @@ static void smtpd_session_event(struct smtpd_session *s, enum smtpd_reader_event
             break;
         case SMTPD_READER_LINE_TOO_LONG:
             s->verb[0] = '\0';
-            smtpd_session_reply(s, SMTPD_REPLY_LINE_TOO_LONG, NULL);
+            /* RFC 4954 4: an over-long initial response is an AUTH error. */
+            if (hamr_strncaseeq(smtpd_reader_long_head(&s->reader), "AUTH ", 5))
+                smtpd_session_auth_reply(s, 500, SMTPD_SESSION_AUTH_TOO_LONG);
+            else
+                smtpd_session_reply(s, SMTPD_REPLY_LINE_TOO_LONG, NULL);
             break;
         case SMTPD_READER_LINE_BARE_LF:
             s->verb[0] = '\0';

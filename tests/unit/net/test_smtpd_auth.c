@@ -600,6 +600,10 @@ static void test_auth_replies(void **state)
     /* 12289 base64 octets: one over the RFC 4954 limit. */
     memset(longline, 'A', 12292);
     memcpy(longline + 12292, "\r\n", 3);
+    /* The same as an initial response: over the 512-octet command line. */
+    char longinitial[sizeof("AUTH PLAIN ") + 12292 + 2];
+    memcpy(longinitial, "AUTH PLAIN ", 11);
+    memcpy(longinitial + 11, longline, 12292 + 3);
     const struct {
         const char *label;
         const char *input[4];
@@ -667,6 +671,10 @@ static void test_auth_replies(void **state)
         {"response too long",
          {"AUTH PLAIN\r\n", longline},
          "334 \r\n500 5.5.6 Authentication Exchange line is too long\r\n",
+         false},
+        {"initial response too long",
+         {longinitial},
+         "500 5.5.6 Authentication Exchange line is too long\r\n",
          false},
         {"response with bare LF",
          {"AUTH PLAIN\r\n", "AGFsaWNlAHNlY3JldC1hbGljZQ==\n"},

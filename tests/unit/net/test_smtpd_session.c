@@ -1057,6 +1057,34 @@ static void test_timeout(void **state)
     assert_int_equal(h->sink.submits, 0);
 }
 
+/*
+ * test_command_trickle - a command line trickling in does not move its
+ * deadline (one command_timeout after the last reply); a reply does.
+ */
+static void test_command_trickle(void **state)
+{
+    struct harness *h = *state;
+    h->io.now = 0;
+    test_ehlo(h, TEST_OUTSIDE);
+    assert_int_equal(h->io.timer_ms, 300000);
+    h->io.now = 100000;
+    test_send(h, "NO");
+    assert_int_equal(h->io.timer_ms, 200000);
+    h->io.now = 290000;
+    test_send(h, "OP");
+    assert_int_equal(h->io.timer_ms, 10000);
+    h->io.now = 295000;
+    test_send(h, "\r\n"); /* complete in time: the reply starts a new request */
+    test_expect(h, "250 2.0.0 Ok\r\n");
+    assert_int_equal(h->io.timer_ms, 300000);
+    h->io.now = 595000;
+    test_send(h, "RSE"); /* due now: the timer fires at once */
+    assert_int_equal(h->io.timer_ms, 1);
+    smtpd_session_timeout(h->s);
+    test_expect(h, "421 4.4.2 mx.hamr.test Error: timeout exceeded\r\n");
+    assert_int_equal(h->io.closes, 1);
+}
+
 /* test_data_phase - EHLO, MAIL, RCPT, DATA at clock 0; the 354 taken. */
 static void test_data_phase(struct harness *h)
 {
@@ -1621,7 +1649,10 @@ static void test_rcptmap_mixed(void **state)
     test_rcptmap_done(h, m, path);
 }
 
-/* test_rcptmap_unchecked - relay networks, and no map at all, accept any recipient as before. */
+/*
+ * test_rcptmap_unchecked - relay networks may send anywhere except to our
+ * unknown users; with no map, our relay domains take any recipient.
+ */
 static void test_rcptmap_unchecked(void **state)
 {
     static const char *const clients[] = {TEST_INSIDE, "::1", "::ffff:10.9.9.9"};
@@ -1641,10 +1672,12 @@ static void test_rcptmap_unchecked(void **state)
                   "MAIL FROM:<a@b.example>\r\n"
                   "RCPT TO:<ghost@hamr.test>\r\n"
                   "RCPT TO:<anyone@x.sub.hamr.test>\r\n"
+                  "RCPT TO:<someone@elsewhere.example>\r\n"
                   "DATA\r\n");
-        assert_string_equal(test_codes(h), "250 250 250 354");
+        /* A relay client may send anywhere, but not to our unknown users. */
+        assert_string_equal(test_codes(h), off ? "250 250 250 554 354" : "250 550 550 250 354");
         test_send(h, "x\r\n.\r\n");
-        assert_int_equal(h->sink.msgs[0].n_rcpts, 2);
+        assert_int_equal(h->sink.msgs[0].n_rcpts, off ? 2 : 1);
         fake_sink_step(&h->sink);
         void *p = h;
         test_teardown(&p);
@@ -1727,6 +1760,7 @@ int main(void)
         T(test_relay_networks),
         T(test_max_errors),
         T(test_timeout),
+        T(test_command_trickle),
         T(test_min_data_rate_timer),
         T(test_min_data_rate_late_input),
         T(test_min_data_rate_at_rate),
