@@ -21,6 +21,7 @@ the sink, and swaks by test_relay).
 """
 
 import atexit
+import contextlib
 import hashlib
 import json
 import os
@@ -683,6 +684,33 @@ class Node:
                 return res
             time.sleep(0.2)
         return res
+
+
+@contextlib.contextmanager
+def nothing_extra(test, node, sink, allowed=(), rcpt="barrier@example.com", **send_kw):
+    """nothing_extra - after the block, only a barrier message and allowed test ids were delivered.
+
+    Waits for node's queue to be empty, runs the block, then sends a barrier
+    message (send_kw go to node.send) and waits until the sink has it and the
+    queue is empty again: anything the block had queued has been delivered by
+    then, so the sink's new records may hold only the barrier and allowed ids,
+    and never a message from a "smuggled" sender. The node must be alive.
+    """
+    node.wait_queue_empty()
+    before = len(sink.records())
+    yield
+    node.check_alive()
+    tid = new_test_id("barrier")
+    res = node.send("barrier@example.org", [rcpt],
+                    make_message(tid, "barrier@example.org", [rcpt]), **send_kw)
+    test.assertReply(res, 250, "2.0.0")
+    sink.wait_test_id(tid)
+    node.wait_queue_empty()
+    new = sink.records()[before:]
+    extra = [r for r in new if r["test_id"] != tid and r["test_id"] not in allowed]
+    test.assertEqual(extra, [], "the sink got messages it should not have")
+    test.assertEqual([r for r in new if "smuggled" in r["mail_from"]], [],
+                     "a smuggled message was delivered")
 
 
 def config_key_supported(section, key, value):
