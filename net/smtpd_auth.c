@@ -406,8 +406,12 @@ static int smtpd_auth_load(const char *path,
         smtpd_auth_table_free(t);
         return rc;
     }
-    /* The dummy costs as much as the dearest real entry. */
-    t->dummy.iterations = SMTPD_AUTH_ITERATIONS;
+    /*
+     * The dummy costs as much as the dearest real entry, no more: a floor
+     * above the table's counts would make an unknown user slower than a
+     * known one. An empty table has no user to give away: the default.
+     */
+    t->dummy.iterations = t->n > 0 ? SMTPD_AUTH_ITERATIONS_MIN : SMTPD_AUTH_ITERATIONS;
     for (size_t i = 0; i < t->n; i++)
         if (t->entries[i].iterations > t->dummy.iterations)
             t->dummy.iterations = t->entries[i].iterations;
@@ -496,6 +500,13 @@ int smtpd_auth_verify(const struct smtpd_auth *a,
                       size_t pass_len)
 {
     return smtpd_auth_table_verify(a->table, user, user_len, pass, pass_len);
+}
+
+/* smtpd_auth_iterations - the cost of checking user; see smtpd_auth.h. */
+unsigned smtpd_auth_iterations(const struct smtpd_auth *a, const char *user, size_t user_len)
+{
+    const struct smtpd_auth_entry *e = smtpd_auth_find(a->table, user, user_len);
+    return e != NULL ? e->iterations : a->table->dummy.iterations;
 }
 
 /* smtpd_auth_table_verify - one PBKDF2 run whether or not the user exists. */

@@ -51,6 +51,14 @@ struct smtpd_auth *smtpd_auth_free(struct smtpd_auth *a);
 size_t smtpd_auth_users(const struct smtpd_auth *a);
 
 /*
+ * smtpd_auth_iterations - the PBKDF2 iterations a check of user runs: the
+ * user's own, or for an unknown user those of the stand-in entry (the
+ * table's highest), so that the time of a failure does not tell whether the
+ * user exists.
+ */
+unsigned smtpd_auth_iterations(const struct smtpd_auth *a, const char *user, size_t user_len);
+
+/*
  * smtpd_auth_verify - is pass (pass_len octets) the password of user
  * (user_len octets)? Both are borrowed for the call. 0 if so, HAMR_EPERM
  * otherwise. An unknown user costs one PBKDF2 run against a dummy hash as

@@ -1,14 +1,18 @@
 /*
- * seedgen.c - writes the binary seeds of the queue fuzz targets:
- * corpus/queue_apply (operation programs, see fuzz_queue_apply.c) and
- * corpus/queue_restore (snapshots, see fuzz_queue_restore.c).
+ * seedgen.c - writes the binary seeds of the fuzz targets:
+ * corpus/queue_apply (operation programs, see fuzz_queue_apply.c),
+ * corpus/queue_restore (snapshots, see fuzz_queue_restore.c) and
+ * corpus/smtpd_proxy (PROXY v1 lines and v2 headers, see fuzz_smtpd_proxy.c).
  *
- * Usage: fuzz_seedgen DIR   (DIR is tests/fuzz/corpus; files are replaced)
+ * Usage: fuzz_seedgen DIR [NAME...]   (DIR is tests/fuzz/corpus; files are
+ * replaced; NAME limits it to those corpora, e.g. smtpd_proxy)
  *
  * The seeds are real entries and snapshots made with proto_entry_pack and
  * queue_snapshot, plus the corrupt forms the decoders must refuse, and
  * bodies carrying the hostile header forms a DSN must not pass on (long
- * lines, NUL, bare CR and LF, an SMTP smuggling terminator).
+ * lines, NUL, bare CR and LF, an SMTP smuggling terminator). The PROXY
+ * seeds are the valid headers of each kind and the malformed vectors of
+ * SECURITY.md S18 (as in tests/unit/net/test_smtpd_proxy.c).
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -513,15 +517,170 @@ static void seedgen_queue_restore(void)
     seedgen_bad_snapshot("done_and_queued", 6);
 }
 
-/* main - write every binary seed under argv[1]. */
+/* The v2 signature and the address blocks of the PROXY seeds. */
+#define SEEDGEN_SIG "\r\n\r\n\0\r\nQUIT\n"
+/* 1.2.3.4:5000 -> 5.6.7.8:25 */
+#define SEEDGEN_INET "\x01\x02\x03\x04\x05\x06\x07\x08\x13\x88\x00\x19"
+/* [2001:db8::1]:5000 -> [2001:db8::2]:25 */
+#define SEEDGEN_INET6                                                  \
+    "\x20\x01\x0d\xb8\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01" \
+    "\x20\x01\x0d\xb8\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02" \
+    "\x13\x88\x00\x19"
+#define SEEDGEN_PROXY(name, s) \
+    {                          \
+        name, s, sizeof(s) - 1 \
+    }
+
+/* seedgen_proxy_seeds - the headers, each followed by the SMTP that comes after it. */
+static const struct {
+    const char *name, *in;
+    size_t len;
+} seedgen_proxy_seeds[] = {
+    /* Valid v1. */
+    SEEDGEN_PROXY("v1_tcp4", "PROXY TCP4 1.2.3.4 5.6.7.8 5000 25\r\n"),
+    SEEDGEN_PROXY("v1_tcp4_extremes", "PROXY TCP4 255.255.255.255 0.0.0.0 65535 0\r\n"),
+    SEEDGEN_PROXY("v1_tcp6", "PROXY TCP6 2001:db8::1 2001:db8::2 5000 25\r\n"),
+    SEEDGEN_PROXY("v1_tcp6_v4mapped", "PROXY TCP6 ::ffff:1.2.3.4 ::ffff:4.3.2.1 123 321\r\n"),
+    SEEDGEN_PROXY("v1_tcp6_107",
+                  "PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255 "
+                  "fff:ffff:ffff:ffff:ffff:ffff:1.2.3.4 65535 65535\r\n"),
+    SEEDGEN_PROXY("v1_unknown", "PROXY UNKNOWN\r\n"),
+    SEEDGEN_PROXY("v1_unknown_addresses",
+                  "PROXY UNKNOWN ffff:f::ffff:ffff:ffff:ffff:ffff:ffff "
+                  "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n"),
+    SEEDGEN_PROXY("v1_then_ehlo", "PROXY TCP4 198.51.100.9 127.0.0.1 40000 25\r\nEHLO x\r\n"),
+    /* v1, malformed (S18). */
+    SEEDGEN_PROXY("v1_no_protocol", "PROXY \r\n"),
+    SEEDGEN_PROXY("v1_tcp4_only", "PROXY TCP4\r\n"),
+    SEEDGEN_PROXY("v1_one_address", "PROXY TCP4 1.2.3.4\r\n"),
+    SEEDGEN_PROXY("v1_no_ports", "PROXY TCP4 1.2.3.4 5.6.7.8\r\n"),
+    SEEDGEN_PROXY("v1_one_port", "PROXY TCP4 1.2.3.4 5.6.7.8 5000\r\n"),
+    SEEDGEN_PROXY("v1_extra_field", "PROXY TCP4 1.2.3.4 5.6.7.8 5000 25 x\r\n"),
+    SEEDGEN_PROXY("v1_double_space", "PROXY TCP4  1.2.3.4 5.6.7.8 5000 25\r\n"),
+    SEEDGEN_PROXY("v1_port_65536", "PROXY TCP4 1.2.3.4 5.6.7.8 65536 25\r\n"),
+    SEEDGEN_PROXY("v1_dport_99999", "PROXY TCP4 1.2.3.4 5.6.7.8 123 99999\r\n"),
+    SEEDGEN_PROXY("v1_port_leading_zero", "PROXY TCP4 1.2.3.4 5.6.7.8 0123 25\r\n"),
+    SEEDGEN_PROXY("v1_octet_leading_zero", "PROXY TCP4 01.2.3.4 5.6.7.8 5000 25\r\n"),
+    SEEDGEN_PROXY("v1_octet_256", "PROXY TCP4 1.2.3.256 5.6.7.8 5000 25\r\n"),
+    SEEDGEN_PROXY("v1_port_sign", "PROXY TCP4 1.2.3.4 5.6.7.8 +25 25\r\n"),
+    SEEDGEN_PROXY("v1_tcp4_with_ipv6", "PROXY TCP4 ::ffff:1.2.3.4 5.6.7.8 5000 25\r\n"),
+    SEEDGEN_PROXY("v1_tcp6_with_ipv4", "PROXY TCP6 1.2.3.4 4.3.2.1 123 321\r\n"),
+    SEEDGEN_PROXY("v1_bad_protocol", "PROXY UDP4 1.2.3.4 5.6.7.8 5000 25\r\n"),
+    SEEDGEN_PROXY("v1_bare_lf", "PROXY TCP4 1.2.3.4 5.6.7.8 5000 25\n"),
+    SEEDGEN_PROXY("v1_bare_cr", "PROXY TCP4\r 1.2.3.4 5.6.7.8 5000 25\r\n"),
+    SEEDGEN_PROXY("v1_nul", "PROXY TCP4 1.2.3.4\0 5.6.7.8 5000 25\r\n"),
+    SEEDGEN_PROXY("v1_108_octets",
+                  "PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255 "
+                  "ffff:ffff:ffff:ffff:ffff:ffff:1.2.3.4 65535 65535\r\n"),
+    SEEDGEN_PROXY("v1_endless",
+                  "PROXY xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                  "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"),
+    SEEDGEN_PROXY("v1_half", "PROXY TCP4 1.2.3"),
+    SEEDGEN_PROXY("garbage_ehlo", "EHLO client.example\r\n"),
+    SEEDGEN_PROXY("garbage_tls_hello", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+    /* Valid v2. */
+    SEEDGEN_PROXY("v2_inet", SEEDGEN_SIG "\x21\x11\x00\x0c" SEEDGEN_INET),
+    SEEDGEN_PROXY("v2_inet6", SEEDGEN_SIG "\x21\x21\x00\x24" SEEDGEN_INET6),
+    SEEDGEN_PROXY("v2_inet6_v4mapped",
+                  SEEDGEN_SIG "\x21\x21\x00\x24"
+                              "\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff\xff\xc6\x33\x64\x09"
+                              "\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01"
+                              "\x9c\x40\x00\x19"),
+    SEEDGEN_PROXY("v2_inet_tlvs",
+                  SEEDGEN_SIG "\x21\x11\x00\x14" SEEDGEN_INET "\x01\x00\x02h2\x04\x00\x00"),
+    SEEDGEN_PROXY("v2_inet6_tlv", SEEDGEN_SIG "\x21\x21\x00\x2a" SEEDGEN_INET6 "\x04\x00\x03xyz"),
+    SEEDGEN_PROXY("v2_inet_ssl_tlv",
+                  SEEDGEN_SIG "\x21\x11\x00\x21" SEEDGEN_INET
+                              "\x20\x00\x0f\x01\x00\x00\x00\x00\x21\x00\x07TLSv1.3"
+                              "\x04\x00\x00"),
+    SEEDGEN_PROXY("v2_local", SEEDGEN_SIG "\x20\x00\x00\x00"),
+    SEEDGEN_PROXY("v2_local_addresses", SEEDGEN_SIG "\x20\x11\x00\x0c" SEEDGEN_INET),
+    SEEDGEN_PROXY("v2_local_unix", SEEDGEN_SIG "\x20\x31\x00\x03zzz"),
+    SEEDGEN_PROXY("v2_then_ehlo", SEEDGEN_SIG "\x21\x11\x00\x0c" SEEDGEN_INET "EHLO x\r\n"),
+    /* v2, malformed (S18). */
+    SEEDGEN_PROXY("v2_bad_signature", "\r\n\r\n\0\r\nQUIX\n\x21\x11\x00\x0c" SEEDGEN_INET),
+    SEEDGEN_PROXY("v2_signature_no_nul", "\r\n\r\n\r\nQUIT\n"),
+    SEEDGEN_PROXY("v2_version_1", SEEDGEN_SIG "\x11\x11\x00\x0c" SEEDGEN_INET),
+    SEEDGEN_PROXY("v2_version_3", SEEDGEN_SIG "\x31\x11\x00\x0c" SEEDGEN_INET),
+    SEEDGEN_PROXY("v2_command_2", SEEDGEN_SIG "\x22\x11\x00\x0c" SEEDGEN_INET),
+    SEEDGEN_PROXY("v2_proxy_unspec", SEEDGEN_SIG "\x21\x00\x00\x00"),
+    SEEDGEN_PROXY("v2_proxy_unix", SEEDGEN_SIG "\x21\x31\x00\xd8"),
+    SEEDGEN_PROXY("v2_family_4", SEEDGEN_SIG "\x21\x41\x00\x0c" SEEDGEN_INET),
+    SEEDGEN_PROXY("v2_udp", SEEDGEN_SIG "\x21\x12\x00\x0c" SEEDGEN_INET),
+    SEEDGEN_PROXY("v2_inet_length_11", SEEDGEN_SIG "\x21\x11\x00\x0b" SEEDGEN_INET),
+    SEEDGEN_PROXY("v2_inet6_length_12", SEEDGEN_SIG "\x21\x21\x00\x0c" SEEDGEN_INET),
+    SEEDGEN_PROXY("v2_length_4097", SEEDGEN_SIG "\x21\x11\x10\x01" SEEDGEN_INET),
+    SEEDGEN_PROXY("v2_local_length_65535", SEEDGEN_SIG "\x20\x00\xff\xff"),
+    SEEDGEN_PROXY("v2_tlv_past_end",
+                  SEEDGEN_SIG "\x21\x11\x00\x0f" SEEDGEN_INET "\x01\x00\x05hello"),
+    SEEDGEN_PROXY("v2_truncated_tlv", SEEDGEN_SIG "\x21\x11\x00\x0e" SEEDGEN_INET "\x01\x00"),
+    SEEDGEN_PROXY("v2_short_addresses", SEEDGEN_SIG "\x21\x11\x00\x0c\x01\x02\x03\x04"),
+};
+
+/*
+ * seedgen_smtpd_proxy - every seed of corpus/smtpd_proxy, in the layout of
+ * fuzz_smtpd_proxy.c: a cut count, the cut lengths, then the octets. Each
+ * header once in one piece, and once cut at 1, 12 and 14 octets (inside
+ * "PROXY ", at the v2 signature's end, inside the v2 length).
+ */
+static void seedgen_smtpd_proxy(void)
+{
+    static const uint8_t cuts[] = {3, 1, 11, 2};
+    struct buf b;
+    buf_init(&b, 0);
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(seedgen_proxy_seeds); i++) {
+        char name[128];
+        seedgen_u8(&b, 0);
+        seedgen_bytes(&b, seedgen_proxy_seeds[i].in, seedgen_proxy_seeds[i].len);
+        seedgen_write("smtpd_proxy", seedgen_proxy_seeds[i].name, b.data, b.len);
+        buf_reset(&b);
+        seedgen_bytes(&b, cuts, sizeof(cuts));
+        seedgen_bytes(&b, seedgen_proxy_seeds[i].in, seedgen_proxy_seeds[i].len);
+        snprintf(name, sizeof(name), "%s_cut", seedgen_proxy_seeds[i].name);
+        seedgen_write("smtpd_proxy", name, b.data, b.len);
+        buf_reset(&b);
+    }
+    /* A v2 header at the length cap: 4096 octets of addresses and NOOP TLVs. */
+    static const uint8_t head[] = SEEDGEN_SIG "\x21\x11\x10\x00" SEEDGEN_INET;
+    seedgen_u8(&b, 0);
+    seedgen_bytes(&b, head, sizeof(head) - 1);
+    size_t left = 4096 - 12;
+    while (left > 0) {
+        size_t v = left - 3 < 250 ? left - 3 : 250;
+        seedgen_u8(&b, 4); /* PP2_TYPE_NOOP */
+        seedgen_u16(&b, v);
+        for (size_t j = 0; j < v; j++)
+            seedgen_u8(&b, 0);
+        left -= 3 + v;
+    }
+    seedgen_write("smtpd_proxy", "v2_length_4096", b.data, b.len);
+    buf_free(&b);
+}
+
+/* seedgen_wanted - no names were given, or name is one of them. */
+static bool seedgen_wanted(int argc, char **argv, const char *name)
+{
+    if (argc <= 2)
+        return true;
+    for (int i = 2; i < argc; i++)
+        if (strcmp(argv[i], name) == 0)
+            return true;
+    return false;
+}
+
+/* main - write every binary seed (or those of the named corpora) under argv[1]. */
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: fuzz_seedgen DIR\n");
+    if (argc < 2) {
+        fprintf(stderr, "usage: fuzz_seedgen DIR [NAME...]\n");
         return 2;
     }
     seedgen_dir = argv[1];
-    seedgen_queue_apply();
-    seedgen_queue_restore();
+    if (seedgen_wanted(argc, argv, "queue_apply"))
+        seedgen_queue_apply();
+    if (seedgen_wanted(argc, argv, "queue_restore"))
+        seedgen_queue_restore();
+    if (seedgen_wanted(argc, argv, "smtpd_proxy"))
+        seedgen_smtpd_proxy();
     return 0;
 }

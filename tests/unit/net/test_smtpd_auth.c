@@ -7,9 +7,11 @@
  *
  * Covers: strict base64; credentials lines good and bad, with the line
  * number in the error; verify with the right and wrong password and an
- * unknown user; hash_line round trip; reload (new table on success, old
- * kept on failure); EHLO offering AUTH only inside TLS; every AUTH reply
- * of SECURITY.md S16 (502, 530, 503 x3, 504, 334, 235, 535, 501 5.7.0,
+ * unknown user; an unknown user costs the CPU time of a known one (the
+ * dummy entry takes the table's highest iteration count, not the default;
+ * an empty table uses the default); hash_line round trip; reload (new
+ * table on success, old kept on failure); EHLO offering AUTH only inside
+ * TLS; every AUTH reply of SECURITY.md S16 (502, 530, 503 x3, 504, 334, 235, 535, 501 5.7.0,
  * 501 5.5.2, 500 5.5.6); PLAIN with an initial response and after 334,
  * authzid rules and embedded NULs (RFC 4616); LOGIN with its two prompts;
  * relay allowed only after AUTH with "with ESMTPSA" in Received:; 421
@@ -33,9 +35,11 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "util/buf.h"
@@ -533,6 +537,34 @@ static void test_verify(void **state)
     assert_int_equal(smtpd_auth_reload(h->auth, err, sizeof(err)), HAMR_EINVAL);
     assert_non_null(strstr(err, ":1: expected user:"));
     assert_int_equal(smtpd_auth_verify(h->auth, "dave", 4, "d4ve", 4), 0);
+}
+
+/*
+ * test_unknown_user_cost - SECURITY.md S16: the time of a check does not
+ * tell whether the user exists. Every user here has TEST_ITER iterations; an
+ * unknown user must cost the same, not the default 100000 (a 100-fold gap).
+ * A table with no users has nothing to give away and keeps the default.
+ */
+static void test_unknown_user_cost(void **state)
+{
+    struct harness *h = *state;
+    assert_int_equal(smtpd_auth_iterations(h->auth, "alice", 5), TEST_ITER);
+    assert_int_equal(smtpd_auth_iterations(h->auth, "mallory", 7), TEST_ITER);
+    assert_int_equal(smtpd_auth_iterations(h->auth, "", 0), TEST_ITER);
+
+    char path[64], err[256];
+    struct smtpd_auth *empty = NULL;
+    snprintf(path, sizeof(path), "/tmp/hamr-auth-empty-XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    test_write_file(path, "# nobody yet\n");
+    assert_int_equal(smtpd_auth_new(path, &empty, err, sizeof(err)), 0);
+    unlink(path);
+    assert_int_equal(smtpd_auth_users(empty), 0);
+    assert_int_equal(smtpd_auth_iterations(empty, "mallory", 7), SMTPD_AUTH_ITERATIONS);
+    assert_int_equal(smtpd_auth_verify(empty, "mallory", 7, "wrong", 5), HAMR_EPERM);
+    smtpd_auth_free(empty);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1066,11 +1098,14 @@ int main(void)
     log_set_level(LOG_LEVEL_INFO);
 #define T(name) cmocka_unit_test_setup_teardown(name, test_setup, test_teardown)
     const struct CMUnitTest tests[] = {
-        T(test_base64),         T(test_file_lines),       T(test_verify),
-        T(test_ehlo_offer),     T(test_auth_replies),     T(test_relay_after_auth),
-        T(test_three_failures), T(test_no_secret_in_log), T(test_async_pending),
-        T(test_async_table),    T(test_async_refused),    T(test_async_disconnect),
-        T(test_async_shutdown), T(test_table_reference),  T(test_auth_rate),
+        T(test_base64),         T(test_file_lines),
+        T(test_verify),         T(test_ehlo_offer),
+        T(test_auth_replies),   T(test_relay_after_auth),
+        T(test_three_failures), T(test_no_secret_in_log),
+        T(test_async_pending),  T(test_async_table),
+        T(test_async_refused),  T(test_async_disconnect),
+        T(test_async_shutdown), T(test_table_reference),
+        T(test_auth_rate),      T(test_unknown_user_cost),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,415 @@
+/*
+ * fuzz_smtpd_auth.c - libFuzzer target for SMTP AUTH (RFC 4954: PLAIN and
+ * LOGIN) in net/smtpd_session with the credentials table and the strict
+ * base64 decoder of net/smtpd_auth. AUTH is offered only inside TLS, so
+ * fuzz_smtpd_session never gets here: this target's fake transport accepts
+ * STARTTLS at once (later input passes through as if decrypted), the
+ * client says EHLO again inside TLS (unless byte 0 says not to), and then
+ * the fuzzer is the client.
+ * Passwords are checked synchronously (no io.auth_check) against a real
+ * table loaded once from a temporary file with cheap hashes (1000
+ * iterations, the file's minimum).
+ *
+ * Input:
+ *   byte 0  bits 0-1 how input is cut into reads (one read, per line, per
+ *           octet, pseudo-random); bit 2 no EHLO inside TLS (the input
+ *           starts right after STARTTLS); bit 3 io.auth_rate refuses every
+ *           third AUTH; bits 4-5 auth_max_failures (0 = the default 3, 1,
+ *           2, 5); bits 6-7 what happens at the end (nothing, timeout,
+ *           shutdown, shutdown before the last read).
+ *   rest    what the client sends inside TLS: AUTH commands, responses to
+ *           334, "*", over-long lines, NULs, bad base64, mail.
+ *
+ * Properties checked:
+ *   - AUTH is offered in the EHLO reply inside TLS and not before;
+ *   - every write is whole reply lines: CRLF-terminated, "[2-5]dd" then ' '
+ *     or '-', printable ASCII, at most 512 octets; nothing after close;
+ *   - a 334 is one of the three prompts ("334 ", Username:, Password:);
+ *   - 235 at most once per session, and only if the client's octets hold a
+ *     user's password in base64 (at one of the three alignments a password
+ *     can have inside a PLAIN or LOGIN response): no way in without it;
+ *   - at most auth_max_failures 535 replies; "421 4.7.0 ... too many failed
+ *     authentications" only right at the limit, and the session closes then;
+ *   - the synchronous path never leaves a check pending;
+ *   - an envelope with a recipient outside our relay domains comes only
+ *     after 235, and its Received: says "with ESMTPSA" exactly when the
+ *     client authenticated ("ESMTPS" otherwise: always inside TLS; plain
+ *     "SMTP" after HELO).
+ *
+ * Security note: the input is arbitrary bytes, as from a hostile client
+ * that completed a TLS handshake.
+ */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "util/common.h"
+#include "util/err.h"
+#include "net/smtpd.h"
+#include "net/smtpd_auth.h"
+#include "net/smtpd_session.h"
+#include "fuzz_common.h"
+
+#define FUZZ_AUTH_HOST "mx.hamr.test"
+#define FUZZ_AUTH_CLIENT "192.0.2.1"
+#define FUZZ_AUTH_ITER 1000 /* SMTPD_AUTH_ITERATIONS_MIN: cheap checks */
+
+/* The table's users; passwords long enough that base64 pins them down. */
+static const struct {
+    const char *user, *pass;
+} fuzz_auth_users[] = {
+    {"alice", "secret-alice"},
+    {"bob@hamr.test", "b0b-passw0rd"},
+};
+
+/* fuzz_auth_frag - the base64 of a password at the three alignments a response can give it. */
+static char fuzz_auth_frag[HAMR_ARRAY_LEN(fuzz_auth_users)][3][32];
+
+static struct smtpd_auth *fuzz_auth_table;
+
+/* fuzz_auth_io - the fake transport: checks every call, keeps counters only. */
+struct fuzz_auth_io {
+    bool closed, released, paused, tls;
+    unsigned rate_calls;
+    bool rate_refuse;
+    unsigned r235, r535, r421_auth;
+    bool offered; /* the EHLO inside TLS offered AUTH */
+};
+
+/* fuzz_auth_sink - the fake sink: holds at most one submit. */
+struct fuzz_auth_sink {
+    unsigned ids, submits;
+    const struct fuzz_auth_io *io;
+    smtpd_sink_cb cb;
+    void *cb_arg;
+};
+
+/* fuzz_auth_check_line - one reply line l[0..n) (no CRLF): what AUTH may say. */
+static void fuzz_auth_check_line(struct fuzz_auth_io *io, const char *l, size_t n)
+{
+    if (memcmp(l, "334", 3) == 0) {
+        FUZZ_CHECK((n == 4 && l[3] == ' ') ||
+                   (n == 16 && (memcmp(l, "334 VXNlcm5hbWU6", 16) == 0 ||
+                                memcmp(l, "334 UGFzc3dvcmQ6", 16) == 0)));
+    } else if (memcmp(l, "235", 3) == 0) {
+        io->r235++;
+    } else if (memcmp(l, "535", 3) == 0) {
+        io->r535++;
+    } else if (memcmp(l, "421", 3) == 0 && memmem(l, n, "failed authentications", 22) != NULL) {
+        io->r421_auth++;
+    } else if (n >= 8 && memcmp(l, "250", 3) == 0 && memcmp(l + 4, "AUTH", 4) == 0) {
+        io->offered = true;
+    }
+}
+
+/* fuzz_auth_check_reply_lines - buf holds whole, well-formed reply lines. */
+static void fuzz_auth_check_reply_lines(struct fuzz_auth_io *io, const char *p, size_t len)
+{
+    FUZZ_CHECK(len >= 5);
+    size_t start = 0;
+    while (start < len) {
+        const char *lf = memchr(p + start, '\n', len - start);
+        FUZZ_CHECK(lf != NULL);
+        size_t end = (size_t)(lf - p);
+        FUZZ_CHECK(end >= start + 4 && p[end - 1] == '\r');
+        const char *l = p + start;
+        size_t n = end - 1 - start;
+        FUZZ_CHECK(n >= 3 && l[0] >= '2' && l[0] <= '5' && l[1] >= '0' && l[1] <= '9' &&
+                   l[2] >= '0' && l[2] <= '9');
+        FUZZ_CHECK(n == 3 || l[3] == ' ' || l[3] == '-');
+        FUZZ_CHECK(fuzz_is_printable(l, n));
+        FUZZ_CHECK(n + 2 <= 512);
+        fuzz_auth_check_line(io, l, n);
+        start = end + 1;
+    }
+}
+
+/* fuzz_auth_write - check and count; never after close or release. */
+static int fuzz_auth_write(void *data, const void *buf, size_t len)
+{
+    struct fuzz_auth_io *io = data;
+    FUZZ_CHECK(!io->released && !io->closed);
+    fuzz_auth_check_reply_lines(io, buf, len);
+    return 0;
+}
+
+/* fuzz_auth_pause - pauses never nest. */
+static void fuzz_auth_pause(void *data)
+{
+    struct fuzz_auth_io *io = data;
+    FUZZ_CHECK(!io->released && !io->paused);
+    io->paused = true;
+}
+
+/* fuzz_auth_resume - only after a pause. */
+static void fuzz_auth_resume(void *data)
+{
+    struct fuzz_auth_io *io = data;
+    FUZZ_CHECK(!io->released && io->paused);
+    io->paused = false;
+}
+
+/* fuzz_auth_close - at most once. */
+static void fuzz_auth_close(void *data)
+{
+    struct fuzz_auth_io *io = data;
+    FUZZ_CHECK(!io->released && !io->closed);
+    io->closed = true;
+}
+
+/* fuzz_auth_set_timer - only while the owner holds the session. */
+static void fuzz_auth_set_timer(void *data, uint64_t ms)
+{
+    struct fuzz_auth_io *io = data;
+    FUZZ_CHECK(!io->released);
+}
+
+/* fuzz_auth_starttls - the "handshake" succeeds at once; only once per session. */
+static int fuzz_auth_starttls(void *data)
+{
+    struct fuzz_auth_io *io = data;
+    FUZZ_CHECK(!io->released && !io->tls);
+    io->tls = true;
+    return 0;
+}
+
+/* fuzz_auth_rate - every third AUTH over the rate when asked. */
+static int fuzz_auth_rate(void *data)
+{
+    struct fuzz_auth_io *io = data;
+    FUZZ_CHECK(!io->released && io->tls);
+    io->rate_calls++;
+    return io->rate_refuse && io->rate_calls % 3 == 0 ? HAMR_EBUSY : 0;
+}
+
+/* fuzz_auth_new_id - HAMRQ0001, HAMRQ0002, ... */
+static int fuzz_auth_new_id(void *data, char *id, size_t idlen)
+{
+    struct fuzz_auth_sink *k = data;
+    snprintf(id, idlen, "HAMRQ%04u", ++k->ids);
+    return 0;
+}
+
+/* fuzz_auth_relay_domain - rcpt's domain is hamr.test (the one relay domain). */
+static bool fuzz_auth_relay_domain(const char *rcpt)
+{
+    const char *at = strrchr(rcpt, '@');
+    return at != NULL && strcasecmp(at + 1, "hamr.test") == 0;
+}
+
+/* fuzz_auth_submit - relay only after 235; Received: names the protocol; hold the callback. */
+static int fuzz_auth_submit(void *data,
+                            const struct smtpd_envelope *env,
+                            smtpd_sink_cb cb,
+                            void *arg)
+{
+    struct fuzz_auth_sink *k = data;
+    bool authed = k->io->r235 > 0;
+    FUZZ_CHECK(k->cb == NULL);
+    k->submits++;
+    for (size_t i = 0; i < env->n_rcpts; i++)
+        FUZZ_CHECK(authed || fuzz_auth_relay_domain(env->rcpts[i]));
+    /*
+     * Our Received: says how the client came. Its first line ends at the
+     * first CRLF (the helo in it is printable); the second names us and
+     * the protocol. HELO makes it plain SMTP.
+     */
+    static const char by[] = "\r\n\tby " FUZZ_AUTH_HOST " (hamr) with ";
+    const uint8_t *eol = memmem(env->body, env->body_len, "\r\n", 2);
+    FUZZ_CHECK(eol != NULL);
+    size_t off = (size_t)(eol - env->body), left = env->body_len - off;
+    FUZZ_CHECK(left > sizeof(by) - 1 && memcmp(eol, by, sizeof(by) - 1) == 0);
+    const char *with = (const char *)eol + sizeof(by) - 1;
+    left -= sizeof(by) - 1;
+    const char *want = authed ? "ESMTPSA id " : "ESMTPS id ";
+    FUZZ_CHECK((left > strlen(want) && memcmp(with, want, strlen(want)) == 0) ||
+               (left > 8 && memcmp(with, "SMTP id ", 8) == 0));
+    k->cb = cb;
+    k->cb_arg = arg;
+    return 0;
+}
+
+/* fuzz_auth_step - answer the held submit (committed). */
+static void fuzz_auth_step(struct fuzz_auth_sink *k)
+{
+    smtpd_sink_cb cb = k->cb;
+    k->cb = NULL;
+    cb(k->cb_arg, 0);
+}
+
+/* fuzz_auth_next_read - length of the next read from in (cut mode, LCG state). */
+static size_t fuzz_auth_next_read(const uint8_t *p, size_t n, unsigned cut, uint32_t *lcg)
+{
+    switch (cut) {
+        case 0:
+            return n;
+        case 1: {
+            const uint8_t *lf = memchr(p, '\n', n);
+            return lf ? (size_t)(lf - p) + 1 : n;
+        }
+        case 2:
+            return 1;
+        default: {
+            *lcg = *lcg * 1103515245u + 12345u;
+            size_t len = 1 + (*lcg >> 16) % 300;
+            return len < n ? len : n;
+        }
+    }
+}
+
+/* fuzz_auth_has_password - the client's octets hold some user's password in base64. */
+static bool fuzz_auth_has_password(const uint8_t *p, size_t n)
+{
+    for (size_t u = 0; u < HAMR_ARRAY_LEN(fuzz_auth_users); u++)
+        for (size_t a = 0; a < 3; a++)
+            if (memmem(p, n, fuzz_auth_frag[u][a], strlen(fuzz_auth_frag[u][a])) != NULL)
+                return true;
+    return false;
+}
+
+/* fuzz_auth_die - set-up failed: say why and stop (not a finding). */
+static void fuzz_auth_die(const char *what)
+{
+    fprintf(stderr, "fuzz_smtpd_auth: %s\n", what);
+    exit(1);
+}
+
+/*
+ * LLVMFuzzerInitialize - the credentials table, once: written to a
+ * temporary file, loaded, the file removed. The password fragments.
+ */
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    char path[] = "/tmp/hamr-fuzz-auth-XXXXXX", line[512], err[512];
+    fuzz_log_setup();
+    int fd = mkstemp(path);
+    if (fd < 0)
+        fuzz_auth_die("mkstemp");
+    FILE *f = fdopen(fd, "w");
+    if (f == NULL)
+        fuzz_auth_die("fdopen");
+    fprintf(f, "# hamr fuzz credentials\n\n");
+    for (size_t u = 0; u < HAMR_ARRAY_LEN(fuzz_auth_users); u++) {
+        const char *pass = fuzz_auth_users[u].pass;
+        if (smtpd_auth_hash_line(fuzz_auth_users[u].user, pass, strlen(pass), FUZZ_AUTH_ITER, line,
+                                 sizeof(line)) != 0)
+            fuzz_auth_die("hash_line");
+        fprintf(f, "%s\n", line);
+        /* Alignment a: the password starts a bytes into a 3-octet group. */
+        size_t len = strlen(pass);
+        for (size_t a = 0; a < 3; a++) {
+            size_t skip = (3 - a) % 3, whole = (len - skip) / 3 * 3;
+            if (smtpd_auth_b64_encode((const uint8_t *)pass + skip, whole, fuzz_auth_frag[u][a],
+                                      sizeof(fuzz_auth_frag[u][a])) != 0)
+                fuzz_auth_die("b64_encode");
+        }
+    }
+    if (fclose(f) != 0)
+        fuzz_auth_die("write credentials");
+    int rc = smtpd_auth_new(path, &fuzz_auth_table, err, sizeof(err));
+    unlink(path);
+    if (rc != 0)
+        fuzz_auth_die(err);
+    return 0;
+}
+
+/* fuzz_auth_send - a fixed piece of the client's side. */
+static void fuzz_auth_send(struct smtpd_session *s, const char *text)
+{
+    smtpd_session_input(s, text, strlen(text));
+}
+
+/* LLVMFuzzerTestOneInput - one session: EHLO, STARTTLS, [EHLO], then the client's bytes. */
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static const unsigned max_failures[4] = {0, 1, 2, 5};
+    struct fuzz_in in = {data, size};
+    uint8_t b0 = fuzz_u8(&in);
+    unsigned cut = b0 & 3, ending = (b0 >> 6) & 3;
+    bool no_ehlo = (b0 & 4) != 0;
+    uint32_t lcg = b0;
+    struct fuzz_auth_io io = {.rate_refuse = (b0 & 8) != 0};
+    struct fuzz_auth_sink k = {.io = &io};
+    char *domains[1] = {"hamr.test"};
+    struct smtpd_policy policy = {
+        .relay_domains = domains,
+        .n_relay_domains = 1,
+        .message_size_limit = 64 * 1024,
+        .recipient_limit = 10,
+        .header_size_limit = 16 * 1024,
+        .hopcount_limit = 20,
+        .max_errors = 20,
+        .command_timeout_ms = 300000,
+        .data_timeout_ms = 300000,
+        .auth = fuzz_auth_table,
+        .auth_max_failures = max_failures[(b0 >> 4) & 3],
+    };
+    unsigned limit = policy.auth_max_failures ? policy.auth_max_failures : 3;
+    hamr_strlcpy(policy.hostname, FUZZ_AUTH_HOST, sizeof(policy.hostname));
+    const struct smtpd_session_io ops = {
+        .data = &io,
+        .write = fuzz_auth_write,
+        .pause = fuzz_auth_pause,
+        .resume = fuzz_auth_resume,
+        .close = fuzz_auth_close,
+        .set_timer = fuzz_auth_set_timer,
+        .starttls = fuzz_auth_starttls,
+        .auth_rate = fuzz_auth_rate,
+    };
+    const struct smtpd_sink sink = {
+        .data = &k,
+        .new_id = fuzz_auth_new_id,
+        .submit = fuzz_auth_submit,
+    };
+    struct smtpd_session *s = NULL;
+    FUZZ_CHECK(smtpd_session_new(&policy, &sink, &ops, FUZZ_AUTH_CLIENT, &s) == 0);
+
+    /* Into TLS: AUTH is not offered before it. */
+    smtpd_session_greet(s);
+    fuzz_auth_send(s, "EHLO client.example\r\n");
+    FUZZ_CHECK(!io.offered);
+    fuzz_auth_send(s, "STARTTLS\r\n");
+    FUZZ_CHECK(io.tls && smtpd_session_tls(s));
+    if (!no_ehlo) {
+        fuzz_auth_send(s, "EHLO client.example\r\n");
+        FUZZ_CHECK(io.offered && smtpd_session_state(s) == SMTPD_STATE_READY);
+    }
+
+    const uint8_t *p = in.p;
+    size_t left = in.n;
+    for (; left > 0 && !io.closed;) {
+        size_t n = fuzz_auth_next_read(p, left, cut, &lcg);
+        if (ending == 3 && n == left)
+            smtpd_session_shutdown(s);
+        smtpd_session_input(s, p, n);
+        p += n;
+        left -= n;
+        if (k.cb != NULL)
+            fuzz_auth_step(&k);
+        enum smtpd_state st = smtpd_session_state(s);
+        FUZZ_CHECK(st >= SMTPD_STATE_CONNECTED && st < SMTPD_STATE_COUNT);
+        FUZZ_CHECK(!smtpd_session_auth_pending(s));
+        FUZZ_CHECK(io.r235 <= 1);
+        FUZZ_CHECK(io.r535 <= limit);
+        FUZZ_CHECK(io.r421_auth == 0 || (io.r421_auth == 1 && io.r535 == limit && io.closed));
+    }
+    if (ending == 1)
+        smtpd_session_timeout(s);
+    else if (ending == 2)
+        smtpd_session_shutdown(s);
+    if (k.cb != NULL)
+        fuzz_auth_step(&k);
+    FUZZ_CHECK(io.r235 <= 1 && io.r535 <= limit);
+    /* No way in without a password. */
+    FUZZ_CHECK(io.r235 == 0 || fuzz_auth_has_password(in.p, in.n));
+
+    io.released = true;
+    s = smtpd_session_free(s);
+    FUZZ_CHECK(k.cb == NULL);
+    return 0;
+}
