@@ -295,7 +295,7 @@ bench_load() {
     done
     [ "$PIPELINING" -eq 1 ] && args+=(-P)
     LOAD=$("$BUILD/bench/smtpload" "${args[@]}" -c "$SESSIONS" -m "$MESSAGES" -z "$size" \
-        -t "$LOAD_TIMEOUT" -v 2>"$dir/smtpload.log") || true
+        -t "$LOAD_TIMEOUT" -l "$dir/latency.txt" -v 2>"$dir/smtpload.log") || true
     [ -n "$LOAD" ] || bench_die "smtpload failed (see $dir/smtpload.log)"
     echo "$LOAD" >>"$dir/smtpload.log"
 }

@@ -2,7 +2,7 @@
  * smtpload.c - SMTP load generator for the hamr benchmark.
  *
  *   smtpload -s HOST:PORT [-s HOST:PORT ...] [-c SESSIONS] [-m MESSAGES]
- *            [-z SIZE] [-P] [-t SECONDS] [-f FROM] [-r RCPT] [-v]
+ *            [-z SIZE] [-P] [-t SECONDS] [-f FROM] [-r RCPT] [-l FILE] [-v]
  *
  * Opens SESSIONS SMTP sessions (session i talks to server i mod the number
  * of -s options), says EHLO once per session and then sends MAIL, RCPT,
@@ -25,7 +25,9 @@
  *            start= end= seconds= accept_rate= lat_p50_ms= lat_p99_ms=
  *            lat_max_ms= status=ok|timeout|incomplete
  * start and end are CLOCK_REALTIME seconds (first MAIL written, last reply
- * read), so a caller can compare them with a sink's clock. With -v, the
+ * read), so a caller can compare them with a sink's clock. With -l FILE,
+ * each accepted message's dot time, latency and server go to FILE (to see
+ * whether slow replies come in bursts). With -v, the
  * first few non-250 replies are printed on stderr.
  *
  * Bounds: the whole run ends after -t seconds (default 600): every session
@@ -96,6 +98,7 @@ struct smtpload_opts {
     const char *from;
     const char *rcpt;
     bool verbose;
+    const char *lat_file; /* -l: one line per accepted message */
 };
 
 struct smtpload_session {
@@ -132,7 +135,9 @@ struct smtpload_run {
     long failed;
     int reconnects;
     int shown;
-    double *lat; /* acceptance latencies in ms, one per accepted message */
+    double *lat;    /* acceptance latencies in ms, one per accepted message */
+    double *lat_at; /* with -l: when each final dot was written, s after the start */
+    int *lat_srv;   /* with -l: the server index each message went to */
     double start_real;
     double start_mono;
     double end_mono;
@@ -164,13 +169,14 @@ static void smtpload_usage(const char *why)
         fprintf(stderr, "smtpload: %s\n", why);
     fprintf(stderr,
             "usage: smtpload -s HOST:PORT [-s HOST:PORT ...] [-c SESSIONS] [-m MESSAGES]\n"
-            "                [-z SIZE] [-P] [-t SECONDS] [-f FROM] [-r RCPT] [-v]\n"
+            "                [-z SIZE] [-P] [-t SECONDS] [-f FROM] [-r RCPT] [-l FILE] [-v]\n"
             "  -s  server (IPv4 literal), repeat to spread sessions round robin\n"
             "  -c  concurrent sessions (default 20, at most %d)\n"
             "  -m  messages in total (default 1000)\n"
             "  -z  message size in bytes, suffix K or M allowed (default 4K)\n"
             "  -P  send MAIL, RCPT and DATA as one pipelined group\n"
             "  -t  give up after this many seconds (default 600)\n"
+            "  -l  write each accepted message's dot time, latency (ms) and server to FILE\n"
             "  -f  envelope sender (default bench@example.org)\n"
             "  -r  recipient (default sink@example.com)\n"
             "  -v  print the first non-250 replies on stderr\n",
@@ -227,7 +233,7 @@ static void smtpload_parse_args(int argc, char **argv, struct smtpload_opts *o)
     o->timeout = 600;
     o->from = "bench@example.org";
     o->rcpt = "sink@example.com";
-    while ((c = getopt(argc, argv, "s:c:m:z:Pt:f:r:vh")) != -1) {
+    while ((c = getopt(argc, argv, "s:c:m:z:Pt:f:r:l:vh")) != -1) {
         switch (c) {
             case 's':
                 if (o->nservers == SMTPLOAD_MAX_SERVERS)
@@ -270,6 +276,9 @@ static void smtpload_parse_args(int argc, char **argv, struct smtpload_opts *o)
                 break;
             case 'v':
                 o->verbose = true;
+                break;
+            case 'l':
+                o->lat_file = optarg;
                 break;
             default:
                 smtpload_usage(NULL);
@@ -400,6 +409,10 @@ static void smtpload_msg_done(struct smtpload_run *r,
         return;
     s->has_msg = false;
     if (ok) {
+        if (r->lat_at != NULL) {
+            r->lat_at[r->ok] = s->dot_at - r->start_mono;
+            r->lat_srv[r->ok] = (int)(s->server - r->opts.servers);
+        }
         r->lat[r->ok++] = (now - s->dot_at) * 1000.0;
     } else if (replied) {
         r->non250++;
@@ -658,6 +671,21 @@ static void smtpload_on_events(struct smtpload_run *r, struct smtpload_session *
 }
 
 /* smtpload_cmp - qsort order for doubles. */
+/*
+ * smtpload_write_lat - -l FILE: "SECONDS LATENCY_MS SERVER" per accepted
+ * message, in the order the replies came (SECONDS: when its final dot was
+ * written, after the first MAIL; SERVER: the index of its -s option).
+ */
+static int smtpload_write_lat(const char *path, const struct smtpload_run *r)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return -1;
+    for (long i = 0; i < r->ok; i++)
+        fprintf(f, "%.6f %.3f %d\n", r->lat_at[i], r->lat[i], r->lat_srv[i]);
+    return fclose(f) == 0 ? 0 : -1;
+}
+
 static int smtpload_cmp(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -760,7 +788,12 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     run.lat = calloc((size_t)o->messages, sizeof(double));
     run.sess = calloc((size_t)o->sessions, sizeof(*run.sess));
-    if (run.lat == NULL || run.sess == NULL) {
+    if (o->lat_file != NULL) {
+        run.lat_at = calloc((size_t)o->messages, sizeof(double));
+        run.lat_srv = calloc((size_t)o->messages, sizeof(int));
+    }
+    if (run.lat == NULL || run.sess == NULL ||
+        (o->lat_file != NULL && (run.lat_at == NULL || run.lat_srv == NULL))) {
         fprintf(stderr, "smtpload: out of memory\n");
         return 1;
     }
@@ -780,6 +813,8 @@ int main(int argc, char **argv)
     seconds = run.started ? run.end_mono - run.start_mono : 0;
     if (seconds < 0)
         seconds = 0;
+    if (o->lat_file != NULL && smtpload_write_lat(o->lat_file, &run) != 0)
+        fprintf(stderr, "smtpload: cannot write %s\n", o->lat_file);
     qsort(run.lat, (size_t)run.ok, sizeof(double), smtpload_cmp);
     printf(
         "smtpload sessions=%d servers=%d messages=%ld size=%zu pipelining=%s ok=%ld "
@@ -796,5 +831,7 @@ int main(int argc, char **argv)
         free(run.sess[i].msg);
     free(run.sess);
     free(run.lat);
+    free(run.lat_at);
+    free(run.lat_srv);
     return run.ok == o->messages ? 0 : 1;
 }

@@ -73,6 +73,7 @@
 #include "util/log.h"
 
 #include "consensus/consensus.h"
+#include "consensus/consensus_tcp.h"
 
 #define CONSENSUS_POLL_MS 10
 /* Entry-count snapshot threshold while the byte trigger is not armed. */
@@ -128,7 +129,7 @@ struct consensus {
 
     struct raft raft;
     struct raft_io io;
-    struct raft_uv_transport transport;
+    struct consensus_tcp transport; /* raft_uv_tcp with TCP_NODELAY */
     struct raft_fsm raft_fsm;
 
     uv_timer_t poll_timer; /* polls raft_state() */
@@ -508,7 +509,7 @@ static void consensus_new_abort_cb(struct raft *r)
 {
     struct consensus *c = r->data;
     raft_uv_close(&c->io);
-    raft_uv_tcp_close(&c->transport);
+    consensus_tcp_close(&c->transport);
     free(c);
 }
 
@@ -538,25 +539,25 @@ int consensus_new(uv_loop_t *loop,
     consensus_link_init(&c->inflight);
     consensus_link_init(&c->done);
 
-    rv = raft_uv_tcp_init(&c->transport, loop);
+    rv = consensus_tcp_init(&c->transport, loop);
     if (rv != 0) {
         consensus_errmsg(errmsg, errlen, "raft_uv_tcp_init: %s", raft_strerror(rv));
         free(c);
         return consensus_err(rv);
     }
-    rv = raft_uv_tcp_set_bind_address(&c->transport, c->cfg.address);
+    rv = consensus_tcp_set_bind_address(&c->transport, c->cfg.address);
     if (rv != 0) {
         consensus_errmsg(errmsg, errlen, "raft bind address %s: %s", c->cfg.address,
                          raft_strerror(rv));
-        raft_uv_tcp_close(&c->transport);
+        consensus_tcp_close(&c->transport);
         free(c);
         return consensus_err(rv);
     }
-    rv = raft_uv_init(&c->io, loop, c->cfg.dir, &c->transport);
+    rv = raft_uv_init(&c->io, loop, c->cfg.dir, &c->transport.outer);
     if (rv != 0) {
         consensus_errmsg(errmsg, errlen, "raft_uv_init %s: %s: %s", c->cfg.dir, raft_strerror(rv),
                          c->io.errmsg);
-        raft_uv_tcp_close(&c->transport);
+        consensus_tcp_close(&c->transport);
         free(c);
         return consensus_err(rv);
     }
@@ -575,7 +576,7 @@ int consensus_new(uv_loop_t *loop,
         consensus_errmsg(errmsg, errlen, "raft_init: %s: %s", raft_strerror(rv),
                          raft_errmsg(&c->raft));
         raft_uv_close(&c->io);
-        raft_uv_tcp_close(&c->transport);
+        consensus_tcp_close(&c->transport);
         free(c);
         return consensus_err(rv);
     }
@@ -1172,7 +1173,7 @@ static void consensus_raft_closed_cb(struct raft *r)
 {
     struct consensus *c = r->data;
     raft_uv_close(&c->io);
-    raft_uv_tcp_close(&c->transport);
+    consensus_tcp_close(&c->transport);
     consensus_close_step(c);
 }
 

@@ -463,7 +463,7 @@ void config_defaults(struct hamr_config *cfg)
 
     cfg->election_timeout_ms = 1000;
     cfg->heartbeat_ms = 100;
-    cfg->snapshot_bytes = 64 * CONFIG_MIB;
+    cfg->snapshot_bytes = 256 * CONFIG_MIB;
     cfg->proposal_timeout_ms = 30 * CONFIG_SEC;
 
     config_parse_cidr("127.0.0.0/8", &cfg->relay_networks[0]);

@@ -591,7 +591,17 @@ int relay_start(uv_loop_t *loop,
     cc.heartbeat_ms = cfg->heartbeat_ms;
     cc.snapshot_bytes = cfg->snapshot_bytes;
     cc.snapshot_trailing = 128;
-    cc.segment_size = 64u * 1024 * 1024;
+    /* A snapshot rolls the open segment anyway, and every roll stalls the
+     * loop (libraft's io_destroy on the loop thread: 30-40 ms). Segments a
+     * little larger than the snapshot interval roll once per snapshot and
+     * never in between. At most 1 GiB; at least 8 MiB and room for the
+     * largest message (one entry never spans segments). */
+    const uint64_t mib = 1024 * 1024;
+    uint64_t seg = cfg->snapshot_bytes + cfg->snapshot_bytes / 8;
+    uint64_t least = cfg->smtpd.message_size_limit + cfg->smtpd.message_size_limit / 8 + mib;
+    if (least < 8 * mib)
+        least = 8 * mib;
+    cc.segment_size = (size_t)(seg > 1024 * mib ? 1024 * mib : seg < least ? least : seg);
     cc.on_leader = relay_on_leader;
     cc.on_leader_arg = r;
     struct consensus_fsm fsm = {

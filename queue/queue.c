@@ -560,9 +560,13 @@ static int queue_dsn_prepare(const struct queue *q,
  * Enqueue
  * ------------------------------------------------------------------------ */
 
-/* queue_apply_enqueue - add a message (see queue.h). */
+/*
+ * queue_apply_enqueue - add a message (see queue.h). The body is taken
+ * from e (unpacked by queue_apply with the default allocator) instead of
+ * copied: e->body is left empty.
+ */
 static int queue_apply_enqueue(struct queue *q,
-                               const Hamr__Enqueue *e,
+                               Hamr__Enqueue *e,
                                uint64_t ts,
                                struct queue_apply_result *res)
 {
@@ -593,10 +597,15 @@ static int queue_apply_enqueue(struct queue *q,
     struct queue_item *it = queue_item_new(e->queue_id, e->sender, e->rcpts, e->n_rcpts, ts);
     if (it == NULL)
         return HAMR_ENOMEM;
-    if (queue_item_set_text(it, e->client_addr, e->helo) != 0 ||
-        queue_item_set_body(it, e->body.data, e->body.len) != 0) {
+    if (queue_item_set_text(it, e->client_addr, e->helo) != 0) {
         queue_item_free(it);
         return HAMR_ENOMEM;
+    }
+    if (e->body.len > 0) {
+        it->msg.body = e->body.data;
+        it->msg.body_len = e->body.len;
+        e->body.data = NULL; /* hamr__entry__free_unpacked skips it now */
+        e->body.len = 0;
     }
     memcpy(it->sha256, sha, sizeof(sha));
     it->msg.expires_at_ms = e->expires_at_ms;

@@ -554,7 +554,9 @@ class Node:
                        "raft": "%s:%d" % (self.host, self.raft_port),
                        "control": "%s:%d" % (self.host, self.control_port)},
             "cluster": {"voters": self.voters or "%d@%s:%d" % (self.id, self.host, self.raft_port),
-                        "election_timeout": "1s", "heartbeat": "100ms"},
+                        "election_timeout": "1s", "heartbeat": "100ms",
+                        # Small log segments: many nodes share the test machine's disk.
+                        "snapshot_bytes": "16M"},
             "smtpd": {"relay_networks": "127.0.0.0/8", "relay_domains": "example.com",
                       "message_size_limit": "10M"},
             "delivery": {"retry_min": "1s", "retry_max": "4s", "queue_lifetime": "5d",

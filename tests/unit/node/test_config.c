@@ -253,7 +253,7 @@ static void test_defaults(void **state)
     assert_string_equal(cfg->voters[0].address, "127.0.0.1:7001");
     assert_int_equal(cfg->election_timeout_ms, 1000);
     assert_int_equal(cfg->heartbeat_ms, 100);
-    assert_int_equal(cfg->snapshot_bytes, 64u << 20);
+    assert_int_equal(cfg->snapshot_bytes, 256u << 20);
     assert_int_equal(cfg->proposal_timeout_ms, 30000);
     assert_int_equal(cfg->n_relay_networks, 2);
     assert_int_equal(cfg->relay_networks[0].family, AF_INET);
