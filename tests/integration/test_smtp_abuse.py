@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""test_smtp_abuse.py - SECURITY.md section 2 rows S14-S16, S20 and S21 against a real hamrd.
+"""test_smtp_abuse.py - SECURITY.md section 2 rows S14-S16, S18, S20 and S21 against a real hamrd.
 
 Each class starts its own hamrd (under ASan+UBSan when built so) with a
 recording sink as next hop and sends the row's input; every case checks
@@ -24,7 +24,11 @@ the barrier and the messages the case itself had accepted.
       in the backlog) makes hamrd stop accepting and still answer every one
       with 421 4.7.0; a 3 s flood is refused (or waits and is served once
       others close), fds stay under the cap, and hamrctl status and
-      /health/live keep answering with no leader change.
+      /health/live keep answering with no leader change. S18: no header,
+      garbage, malformed v1 and v2 headers, a header dribbled past
+      proxy_timeout and one from a peer outside proxy_networks are closed
+      without a greeting (and logged); a PROXY line after the greeting is
+      an unknown command.
   S16 AuthTest (STARTTLS + auth_file): 530 before TLS, 535 5.7.8 for a wrong
       password and an unknown user alike, 421 4.7.0 after auth_max_failures,
       500 5.5.6 for a 100 kB response (after 334 or as the initial
@@ -410,6 +414,7 @@ class FloodTest(AbuseCase):
     CONN_RATE = 10
     REFUSING_MAX = 64  # sockets being refused past max_sessions (README: max_sessions + 64)
     BURST = 120  # under hamrd's listen backlog (128)
+    PROXY_TIMEOUT = 2  # seconds for a whole PROXY header
 
     _addrs = itertools.count(1)
 
@@ -423,6 +428,7 @@ class FloodTest(AbuseCase):
     def setUpEnv(cls):
         cls.http_port = harness.free_port()
         smtpd = {"proxy_protocol": "on", "proxy_networks": "127.0.0.1/32",
+                 "proxy_timeout": "%ds" % cls.PROXY_TIMEOUT,
                  "client_connection_limit": str(cls.CONN_LIMIT),
                  "client_connection_rate": str(cls.CONN_RATE),
                  "max_sessions": str(cls.MAX_SESSIONS)}
@@ -650,6 +656,66 @@ class FloodTest(AbuseCase):
                          "max fds %d (baseline %d), worst ctl+health %.2fs\n"
                          % (len(results["done"]), len(results["waiting"]), paused, max_fds,
                             baseline, ctl_worst))
+
+    def refused_without_greeting(self, first, dribble=None, source=None):
+        """refused_without_greeting - hamrd closes a connection that starts with first unanswered.
+
+        dribble: seconds between single octets of first (else one write).
+        Returns the seconds from connect to the close.
+        """
+        t0 = time.monotonic()
+        sock = socket.create_connection((HOST, self.node.smtp_port), timeout=10,
+                                        source_address=(source, 0) if source else None)
+        self.addCleanup(sock.close)
+        try:
+            if dribble is None:
+                sock.sendall(first)
+            else:
+                for i in range(len(first)):
+                    sock.sendall(first[i:i + 1])
+                    time.sleep(dribble)
+        except OSError:
+            pass  # closed while we were still writing: refused all the same
+        data, eof = collect([sock], time.monotonic() + 10)
+        self.assertIn(sock, eof, "hamrd did not close the connection (input %r)" % first[:40])
+        self.assertEqual(data[sock], b"", "hamrd answered %r to %r" % (data[sock][:80], first[:40]))
+        return eof[sock] - t0
+
+    def test_d_proxy_abuse(self):
+        """S18: bad, incomplete, late and untrusted PROXY headers: closed, never a 220."""
+        sig = b"\r\n\r\n\x00\r\nQUIT\n"
+        v2_tcp4 = bytes([0x21, 0x11, 0x00, 0x0c]) + bytes([10, 0, 0, 1, 127, 0, 0, 1]) + b"\x9c\x40\x00\x19"
+        cases = [
+            ("no header", b"EHLO client.test\r\n"),
+            ("garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+            ("fields missing", b"PROXY TCP4 1.2.3.4\r\n"),
+            ("port over 65535", b"PROXY TCP4 1.2.3.4 127.0.0.1 99999 25\r\n"),
+            ("port with leading zero", b"PROXY TCP4 1.2.3.4 127.0.0.1 0040 25\r\n"),
+            ("v1 line over 107 octets", b"PROXY TCP4 " + b"1" * 120 + b"\r\n"),
+            ("v1 UNKNOWN", b"PROXY UNKNOWN\r\n"),
+            ("v2 wrong signature", b"\r\n\r\n\x00\r\nQUIX\n" + v2_tcp4),
+            ("v2 wrong version", sig + bytes([0x31]) + v2_tcp4[1:]),
+            ("v2 wrong family", sig + bytes([0x21, 0x71]) + v2_tcp4[2:]),
+            ("v2 length too short", sig + bytes([0x21, 0x11, 0x00, 0x04]) + v2_tcp4[4:8]),
+        ]
+        with self.nothing_extra():
+            for label, first in cases:
+                with self.subTest(case=label):
+                    self.refused_without_greeting(first)
+            # Dribbled one octet every 0.5 s: cut at proxy_timeout, still no greeting.
+            took = self.refused_without_greeting(proxy_v1_header(self.fresh_addr()), dribble=0.5)
+            self.assertLess(took, self.PROXY_TIMEOUT + 3, "the header wait is bounded")
+            # A valid header from a peer that is not a balancer (proxy_networks is 127.0.0.1/32).
+            self.refused_without_greeting(proxy_v1_header(self.fresh_addr()), source="127.0.0.2")
+            # After the greeting a PROXY line is an ordinary unknown command.
+            conn = self.proxied(self.fresh_addr())
+            self.assertEqual(conn.greeting[0], 220, conn.greeting)
+            code, text = conn.cmd(proxy_v1_header(self.fresh_addr()).decode().strip())
+            self.assertIn(code, (500, 502), text)
+            self.assertIn("5.5.2", text)
+            self.assertReply(conn.cmd("QUIT"), 221)
+        log = self.node.proc.log_text()
+        self.assertGreaterEqual(len(re.findall(r"smtpd proxy refuse", log)), len(cases) + 2)
 
 
 # ---------------------------------------------------------------------------
