@@ -1643,7 +1643,7 @@ static void smtpd_session_free_now(struct smtpd_session *s)
 
 /*
  * smtpd_session_commit_cb - the sink's answer. 250 only on status 0
- * (DESIGN.md 1.1: 250 means committed). A detached session frees itself.
+ * (250 means committed). A detached session frees itself.
  */
 static void smtpd_session_commit_cb(void *arg, int status)
 {
