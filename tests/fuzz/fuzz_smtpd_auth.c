@@ -54,6 +54,7 @@
 #include "net/smtpd_auth.h"
 #include "net/smtpd_session.h"
 #include "fuzz_common.h"
+#include "fuzz_session_io.h"
 
 #define FUZZ_AUTH_HOST "mx.hamr.test"
 #define FUZZ_AUTH_CLIENT "192.0.2.1"
@@ -72,9 +73,8 @@ static char fuzz_auth_frag[HAMR_ARRAY_LEN(fuzz_auth_users)][3][32];
 
 static struct smtpd_auth *fuzz_auth_table;
 
-/* fuzz_auth_io - the fake transport: checks every call, keeps counters only. */
-struct fuzz_auth_io {
-    bool closed, released, paused, tls;
+/* fuzz_auth_state - beside the transport: the auth_rate limiter and the reply counters. */
+struct fuzz_auth_state {
     unsigned rate_calls;
     bool rate_refuse;
     unsigned r235, r535, r421_auth;
@@ -84,107 +84,38 @@ struct fuzz_auth_io {
 /* fuzz_auth_sink - the fake sink: holds at most one submit. */
 struct fuzz_auth_sink {
     unsigned ids, submits;
-    const struct fuzz_auth_io *io;
+    const struct fuzz_auth_state *state;
     smtpd_sink_cb cb;
     void *cb_arg;
 };
 
-/* fuzz_auth_check_line - one reply line l[0..n) (no CRLF): what AUTH may say. */
-static void fuzz_auth_check_line(struct fuzz_auth_io *io, const char *l, size_t n)
+/* fuzz_auth_check_line - one reply line l[0..n) (no CRLF): what AUTH may say (on_line). */
+static void fuzz_auth_check_line(void *owner, const char *l, size_t n)
 {
+    struct fuzz_auth_state *r = owner;
     if (memcmp(l, "334", 3) == 0) {
         FUZZ_CHECK((n == 4 && l[3] == ' ') ||
                    (n == 16 && (memcmp(l, "334 VXNlcm5hbWU6", 16) == 0 ||
                                 memcmp(l, "334 UGFzc3dvcmQ6", 16) == 0)));
     } else if (memcmp(l, "235", 3) == 0) {
-        io->r235++;
+        r->r235++;
     } else if (memcmp(l, "535", 3) == 0) {
-        io->r535++;
+        r->r535++;
     } else if (memcmp(l, "421", 3) == 0 && memmem(l, n, "failed authentications", 22) != NULL) {
-        io->r421_auth++;
+        r->r421_auth++;
     } else if (n >= 8 && memcmp(l, "250", 3) == 0 && memcmp(l + 4, "AUTH", 4) == 0) {
-        io->offered = true;
+        r->offered = true;
     }
-}
-
-/* fuzz_auth_check_reply_lines - buf holds whole, well-formed reply lines. */
-static void fuzz_auth_check_reply_lines(struct fuzz_auth_io *io, const char *p, size_t len)
-{
-    FUZZ_CHECK(len >= 5);
-    size_t start = 0;
-    while (start < len) {
-        const char *lf = memchr(p + start, '\n', len - start);
-        FUZZ_CHECK(lf != NULL);
-        size_t end = (size_t)(lf - p);
-        FUZZ_CHECK(end >= start + 4 && p[end - 1] == '\r');
-        const char *l = p + start;
-        size_t n = end - 1 - start;
-        FUZZ_CHECK(n >= 3 && l[0] >= '2' && l[0] <= '5' && l[1] >= '0' && l[1] <= '9' &&
-                   l[2] >= '0' && l[2] <= '9');
-        FUZZ_CHECK(n == 3 || l[3] == ' ' || l[3] == '-');
-        FUZZ_CHECK(fuzz_is_printable(l, n));
-        FUZZ_CHECK(n + 2 <= 512);
-        fuzz_auth_check_line(io, l, n);
-        start = end + 1;
-    }
-}
-
-/* fuzz_auth_write - check and count; never after close or release. */
-static int fuzz_auth_write(void *data, const void *buf, size_t len)
-{
-    struct fuzz_auth_io *io = data;
-    FUZZ_CHECK(!io->released && !io->closed);
-    fuzz_auth_check_reply_lines(io, buf, len);
-    return 0;
-}
-
-/* fuzz_auth_pause - pauses never nest. */
-static void fuzz_auth_pause(void *data)
-{
-    struct fuzz_auth_io *io = data;
-    FUZZ_CHECK(!io->released && !io->paused);
-    io->paused = true;
-}
-
-/* fuzz_auth_resume - only after a pause. */
-static void fuzz_auth_resume(void *data)
-{
-    struct fuzz_auth_io *io = data;
-    FUZZ_CHECK(!io->released && io->paused);
-    io->paused = false;
-}
-
-/* fuzz_auth_close - at most once. */
-static void fuzz_auth_close(void *data)
-{
-    struct fuzz_auth_io *io = data;
-    FUZZ_CHECK(!io->released && !io->closed);
-    io->closed = true;
-}
-
-/* fuzz_auth_set_timer - only while the owner holds the session. */
-static void fuzz_auth_set_timer(void *data, uint64_t ms)
-{
-    struct fuzz_auth_io *io = data;
-    FUZZ_CHECK(!io->released);
-}
-
-/* fuzz_auth_starttls - the "handshake" succeeds at once; only once per session. */
-static int fuzz_auth_starttls(void *data)
-{
-    struct fuzz_auth_io *io = data;
-    FUZZ_CHECK(!io->released && !io->tls);
-    io->tls = true;
-    return 0;
 }
 
 /* fuzz_auth_rate - every third AUTH over the rate when asked. */
 static int fuzz_auth_rate(void *data)
 {
-    struct fuzz_auth_io *io = data;
+    struct fuzz_session_io *io = data;
+    struct fuzz_auth_state *r = io->owner;
     FUZZ_CHECK(!io->released && io->tls);
-    io->rate_calls++;
-    return io->rate_refuse && io->rate_calls % 3 == 0 ? HAMR_EBUSY : 0;
+    r->rate_calls++;
+    return r->rate_refuse && r->rate_calls % 3 == 0 ? HAMR_EBUSY : 0;
 }
 
 /* fuzz_auth_new_id - HAMRQ0001, HAMRQ0002, ... */
@@ -209,7 +140,7 @@ static int fuzz_auth_submit(void *data,
                             void *arg)
 {
     struct fuzz_auth_sink *k = data;
-    bool authed = k->io->r235 > 0;
+    bool authed = k->state->r235 > 0;
     FUZZ_CHECK(k->cb == NULL);
     k->submits++;
     for (size_t i = 0; i < env->n_rcpts; i++)
@@ -240,26 +171,6 @@ static void fuzz_auth_step(struct fuzz_auth_sink *k)
     smtpd_sink_cb cb = k->cb;
     k->cb = NULL;
     cb(k->cb_arg, 0);
-}
-
-/* fuzz_auth_next_read - length of the next read from in (cut mode, LCG state). */
-static size_t fuzz_auth_next_read(const uint8_t *p, size_t n, unsigned cut, uint32_t *lcg)
-{
-    switch (cut) {
-        case 0:
-            return n;
-        case 1: {
-            const uint8_t *lf = memchr(p, '\n', n);
-            return lf ? (size_t)(lf - p) + 1 : n;
-        }
-        case 2:
-            return 1;
-        default: {
-            *lcg = *lcg * 1103515245u + 12345u;
-            size_t len = 1 + (*lcg >> 16) % 300;
-            return len < n ? len : n;
-        }
-    }
 }
 
 /* fuzz_auth_has_password - the client's octets hold some user's password in base64. */
@@ -330,11 +241,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const unsigned max_failures[4] = {0, 1, 2, 5};
     struct fuzz_in in = {data, size};
     uint8_t b0 = fuzz_u8(&in);
-    unsigned cut = b0 & 3, ending = (b0 >> 6) & 3;
     bool no_ehlo = (b0 & 4) != 0;
-    uint32_t lcg = b0;
-    struct fuzz_auth_io io = {.rate_refuse = (b0 & 8) != 0};
-    struct fuzz_auth_sink k = {.io = &io};
+    struct fuzz_auth_state state = {.rate_refuse = (b0 & 8) != 0};
+    struct fuzz_session_io io = {.on_line = fuzz_auth_check_line, .owner = &state};
+    struct fuzz_auth_sink k = {.state = &state};
     char *domains[1] = {"hamr.test"};
     struct smtpd_policy policy = {
         .relay_domains = domains,
@@ -351,16 +261,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     };
     unsigned limit = policy.auth_max_failures ? policy.auth_max_failures : 3;
     hamr_strlcpy(policy.hostname, FUZZ_AUTH_HOST, sizeof(policy.hostname));
-    const struct smtpd_session_io ops = {
-        .data = &io,
-        .write = fuzz_auth_write,
-        .pause = fuzz_auth_pause,
-        .resume = fuzz_auth_resume,
-        .close = fuzz_auth_close,
-        .set_timer = fuzz_auth_set_timer,
-        .starttls = fuzz_auth_starttls,
-        .auth_rate = fuzz_auth_rate,
-    };
+    struct smtpd_session_io ops = fuzz_session_io_ops(&io);
+    ops.starttls = fuzz_session_io_starttls;
+    ops.auth_rate = fuzz_auth_rate;
     const struct smtpd_sink sink = {
         .data = &k,
         .new_id = fuzz_auth_new_id,
@@ -372,41 +275,34 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* Into TLS: AUTH is not offered before it. */
     smtpd_session_greet(s);
     fuzz_auth_send(s, "EHLO client.example\r\n");
-    FUZZ_CHECK(!io.offered);
+    FUZZ_CHECK(!state.offered);
     fuzz_auth_send(s, "STARTTLS\r\n");
     FUZZ_CHECK(io.tls && smtpd_session_tls(s));
     if (!no_ehlo) {
         fuzz_auth_send(s, "EHLO client.example\r\n");
-        FUZZ_CHECK(io.offered && smtpd_session_state(s) == SMTPD_STATE_READY);
+        FUZZ_CHECK(state.offered && smtpd_session_state(s) == SMTPD_STATE_READY);
     }
 
-    const uint8_t *p = in.p;
-    size_t left = in.n;
-    for (; left > 0 && !io.closed;) {
-        size_t n = fuzz_auth_next_read(p, left, cut, &lcg);
-        if (ending == 3 && n == left)
-            smtpd_session_shutdown(s);
-        smtpd_session_input(s, p, n);
-        p += n;
-        left -= n;
+    struct fuzz_session_io_feed feed = {
+        .p = in.p, .left = in.n, .cut = b0 & 3, .ending = (b0 >> 6) & 3, .lcg = b0};
+    while (feed.left > 0 && !io.closed) {
+        fuzz_session_io_feed_read(&feed, s);
         if (k.cb != NULL)
             fuzz_auth_step(&k);
         enum smtpd_state st = smtpd_session_state(s);
         FUZZ_CHECK(st >= SMTPD_STATE_CONNECTED && st < SMTPD_STATE_COUNT);
         FUZZ_CHECK(!smtpd_session_auth_pending(s));
-        FUZZ_CHECK(io.r235 <= 1);
-        FUZZ_CHECK(io.r535 <= limit);
-        FUZZ_CHECK(io.r421_auth == 0 || (io.r421_auth == 1 && io.r535 == limit && io.closed));
+        FUZZ_CHECK(state.r235 <= 1);
+        FUZZ_CHECK(state.r535 <= limit);
+        FUZZ_CHECK(state.r421_auth == 0 ||
+                   (state.r421_auth == 1 && state.r535 == limit && io.closed));
     }
-    if (ending == 1)
-        smtpd_session_timeout(s);
-    else if (ending == 2)
-        smtpd_session_shutdown(s);
+    fuzz_session_io_feed_end(&feed, s);
     if (k.cb != NULL)
         fuzz_auth_step(&k);
-    FUZZ_CHECK(io.r235 <= 1 && io.r535 <= limit);
+    FUZZ_CHECK(state.r235 <= 1 && state.r535 <= limit);
     /* No way in without a password. */
-    FUZZ_CHECK(io.r235 == 0 || fuzz_auth_has_password(in.p, in.n));
+    FUZZ_CHECK(state.r235 == 0 || fuzz_auth_has_password(in.p, in.n));
 
     io.released = true;
     s = smtpd_session_free(s);

@@ -1,7 +1,8 @@
 /*
  * fuzz_smtpd_session.c - libFuzzer target for a whole inbound SMTP session
  * (net/smtpd_session with its reader, address parser and reply table),
- * driven with a fake transport and a fake sink as the unit tests do.
+ * driven with a fake transport (fuzz_session_io.h) and a fake sink as the
+ * unit tests do.
  *
  * Input:
  *   byte 0  bits 0-1 client address (outside, relay network, IPv6 outside,
@@ -47,16 +48,15 @@
 #include "net/smtpd.h"
 #include "net/smtpd_session.h"
 #include "fuzz_common.h"
+#include "fuzz_session_io.h"
 
 #define FUZZ_SESSION_HOST "mx.hamr.test"
 
 static const char *const fuzz_session_clients[] = {"192.0.2.1", "10.1.2.3", "2001:db8::5",
                                                    "::ffff:10.0.0.9"};
 
-/* fuzz_session_io - the fake transport: checks every call, keeps counters only. */
-struct fuzz_session_io {
-    bool closed, released, paused, backlog;
-    size_t written;
+/* fuzz_session_replies - what the session target counts in the replies. */
+struct fuzz_session_replies {
     unsigned replies_354, queued_250;
 };
 
@@ -82,79 +82,15 @@ struct fuzz_session_policy {
     bool relay_client;
 };
 
-/* fuzz_session_check_reply_lines - buf holds whole, well-formed reply lines. */
-static void fuzz_session_check_reply_lines(struct fuzz_session_io *io, const char *p, size_t len)
+/* fuzz_session_count_line - count 354s and "queued as" replies (on_line of the transport). */
+static void fuzz_session_count_line(void *owner, const char *l, size_t n)
 {
-    FUZZ_CHECK(len >= 5);
-    size_t start = 0;
-    while (start < len) {
-        const char *lf = memchr(p + start, '\n', len - start);
-        FUZZ_CHECK(lf != NULL);
-        size_t end = (size_t)(lf - p); /* index of the LF */
-        FUZZ_CHECK(end >= start + 4 && p[end - 1] == '\r');
-        const char *l = p + start;
-        size_t n = end - 1 - start; /* without CRLF */
-        FUZZ_CHECK(n >= 3 && l[0] >= '2' && l[0] <= '5' && l[1] >= '0' && l[1] <= '9' &&
-                   l[2] >= '0' && l[2] <= '9');
-        FUZZ_CHECK(n == 3 || l[3] == ' ' || l[3] == '-');
-        FUZZ_CHECK(fuzz_is_printable(l, n));
-        FUZZ_CHECK(n + 2 <= 512); /* RFC 5321 4.5.3.1.5: reply line at most 512 octets */
-        if (n >= 3 && memcmp(l, "354", 3) == 0)
-            io->replies_354++;
-        static const char queued[] = "250 2.0.0 Ok: queued as ";
-        if (n >= sizeof(queued) - 1 && memcmp(l, queued, sizeof(queued) - 1) == 0)
-            io->queued_250++;
-        start = end + 1;
-    }
-}
-
-/* fuzz_session_write - record output; never after close or release. */
-static int fuzz_session_write(void *data, const void *buf, size_t len)
-{
-    struct fuzz_session_io *io = data;
-    FUZZ_CHECK(!io->released);
-    FUZZ_CHECK(!io->closed);
-    fuzz_session_check_reply_lines(io, buf, len);
-    io->written += len;
-    return 0;
-}
-
-/* fuzz_session_pause - pauses never nest. */
-static void fuzz_session_pause(void *data)
-{
-    struct fuzz_session_io *io = data;
-    FUZZ_CHECK(!io->released && !io->paused);
-    io->paused = true;
-}
-
-/* fuzz_session_resume - only after a pause. */
-static void fuzz_session_resume(void *data)
-{
-    struct fuzz_session_io *io = data;
-    FUZZ_CHECK(!io->released && io->paused);
-    io->paused = false;
-}
-
-/* fuzz_session_close - at most once. */
-static void fuzz_session_close(void *data)
-{
-    struct fuzz_session_io *io = data;
-    FUZZ_CHECK(!io->released && !io->closed);
-    io->closed = true;
-}
-
-/* fuzz_session_set_timer - only while the owner holds the session. */
-static void fuzz_session_set_timer(void *data, uint64_t ms)
-{
-    struct fuzz_session_io *io = data;
-    FUZZ_CHECK(!io->released);
-}
-
-/* fuzz_session_write_queued - a backlog over the high-water mark when asked. */
-static size_t fuzz_session_write_queued(void *data)
-{
-    struct fuzz_session_io *io = data;
-    return io->backlog ? SMTPD_SESSION_OUT_HIGH + 1 : 0;
+    struct fuzz_session_replies *r = owner;
+    if (n >= 3 && memcmp(l, "354", 3) == 0)
+        r->replies_354++;
+    static const char queued[] = "250 2.0.0 Ok: queued as ";
+    if (n >= sizeof(queued) - 1 && memcmp(l, queued, sizeof(queued) - 1) == 0)
+        r->queued_250++;
 }
 
 /* fuzz_session_new_id - HAMRQ0001, HAMRQ0002, ... */
@@ -317,26 +253,6 @@ static void fuzz_session_policy_init(struct fuzz_session_policy *fp, unsigned li
     fp->relay_client = ci == 1 || ci == 3;
 }
 
-/* fuzz_session_next_read - length of the next read from in (cut mode, LCG state). */
-static size_t fuzz_session_next_read(const uint8_t *p, size_t n, unsigned cut, uint32_t *lcg)
-{
-    switch (cut) {
-        case 0:
-            return n;
-        case 1: {
-            const uint8_t *lf = memchr(p, '\n', n);
-            return lf ? (size_t)(lf - p) + 1 : n;
-        }
-        case 2:
-            return 1;
-        default: {
-            *lcg = *lcg * 1103515245u + 12345u;
-            size_t len = 1 + (*lcg >> 16) % 300;
-            return len < n ? len : n;
-        }
-    }
-}
-
 /* LLVMFuzzerInitialize - logs at debug level unless asked to be quiet. */
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -351,22 +267,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t b0 = fuzz_u8(&in), b1 = fuzz_u8(&in);
     unsigned ci = b0 & 3;
     struct fuzz_session_policy fp;
-    struct fuzz_session_io io = {.backlog = (b0 & 0x80) != 0};
+    struct fuzz_session_replies replies = {0};
+    struct fuzz_session_io io = {
+        .backlog = (b0 & 0x80) != 0, .on_line = fuzz_session_count_line, .owner = &replies};
     struct fuzz_session_sink k = {.mode = (b0 >> 4) & 3, .nospace = (b0 & 0x40) != 0, .fp = &fp};
-    unsigned cut = b1 & 3, ending = (b1 >> 2) & 3;
     bool early_talker = (b1 & 0x10) != 0;
-    uint32_t lcg = b1;
 
     fuzz_session_policy_init(&fp, (b0 >> 2) & 3, ci);
-    const struct smtpd_session_io ops = {
-        .data = &io,
-        .write = fuzz_session_write,
-        .pause = fuzz_session_pause,
-        .resume = fuzz_session_resume,
-        .close = fuzz_session_close,
-        .set_timer = fuzz_session_set_timer,
-        .write_queued = fuzz_session_write_queued,
-    };
+    struct smtpd_session_io ops = fuzz_session_io_ops(&io);
+    ops.write_queued = fuzz_session_io_write_queued;
     const struct smtpd_sink sink = {
         .data = &k,
         .new_id = fuzz_session_new_id,
@@ -377,17 +286,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(smtpd_session_new(&fp.policy, &sink, &ops, fuzz_session_clients[ci], &s) == 0);
     FUZZ_CHECK(smtpd_session_state(s) == SMTPD_STATE_CONNECTED);
 
-    const uint8_t *p = in.p;
-    size_t left = in.n;
+    struct fuzz_session_io_feed feed = {
+        .p = in.p, .left = in.n, .cut = b1 & 3, .ending = (b1 >> 2) & 3, .lcg = b1};
     if (!early_talker)
         smtpd_session_greet(s);
-    for (size_t reads = 0; left > 0 && !io.closed; reads++) {
-        size_t n = fuzz_session_next_read(p, left, cut, &lcg);
-        if (ending == 3 && n == left)
-            smtpd_session_shutdown(s);
-        smtpd_session_input(s, p, n);
-        p += n;
-        left -= n;
+    for (size_t reads = 0; feed.left > 0 && !io.closed; reads++) {
+        fuzz_session_io_feed_read(&feed, s);
         if (early_talker && reads == 0)
             smtpd_session_greet(s); /* too late: the session has hung up */
         /* The sink answers between reads, unless it holds until the end. */
@@ -405,13 +309,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(smtpd_session_submit_pending(s) == (k.cb != NULL));
         FUZZ_CHECK(st != SMTPD_STATE_COMMITTING || k.cb != NULL);
     }
-    if (ending == 1)
-        smtpd_session_timeout(s);
-    else if (ending == 2)
-        smtpd_session_shutdown(s);
+    fuzz_session_io_feed_end(&feed, s);
     if (k.cb != NULL && k.mode != 3)
         fuzz_session_step(&k, &io);
-    FUZZ_CHECK(k.submits <= io.replies_354);
+    FUZZ_CHECK(k.submits <= replies.replies_354);
 
     /* The owner lets go; a held submit is answered afterwards (detached session). */
     io.released = true;
@@ -419,6 +320,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (k.cb != NULL)
         fuzz_session_step(&k, &io);
     /* 250 queued as: exactly once per successful callback the client could hear. */
-    FUZZ_CHECK(io.queued_250 == k.answered_ok);
+    FUZZ_CHECK(replies.queued_250 == k.answered_ok);
     return 0;
 }
