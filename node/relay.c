@@ -74,6 +74,8 @@ void relay_fail(struct relay *r, const char *why)
  * The state machine adapter: consensus <-> queue.
  * ------------------------------------------------------------------------- */
 
+static void relay_check_disk(struct relay *r);
+
 /* relay_fsm_apply - one committed entry into the queue. result: status or 1 (duplicate). */
 static int relay_fsm_apply(void *data, const uint8_t *buf, size_t len, void **result)
 {
@@ -90,6 +92,11 @@ static int relay_fsm_apply(void *data, const uint8_t *buf, size_t len, void **re
     }
     *result = (void *)(intptr_t)(res.status != 0 ? res.status : (res.duplicate ? 1 : 0));
     relay_sched_kick(r); /* new mail, or a recipient done: there may be work */
+    /* Between the once-a-second checks, look at free space again after a
+     * quarter of a log segment: a follower writes whatever the leader sends. */
+    r->applied_unchecked += len;
+    if (r->applied_unchecked >= r->disk_floor / 8)
+        relay_check_disk(r);
     return 0;
 }
 
@@ -336,17 +343,55 @@ void relay_props_expire(struct relay *r)
  * Housekeeping: free space, proposal deadlines.
  * ------------------------------------------------------------------------- */
 
-/* relay_check_disk - free bytes on the data directory's file system. */
+/*
+ * relay_check_disk - free bytes on the data directory's file system. Below
+ * disk_soft MAIL is refused (and a leader hands leadership on); below
+ * disk_floor the node stops: libraft 0.15 cannot recover from a log write
+ * that fails for lack of space (a follower then loses entries from its log
+ * without noticing, a leader crashes), so it must never get that far. A
+ * restart refuses to start until there is room again.
+ */
 static void relay_check_disk(struct relay *r)
 {
     struct statvfs sv;
-    if (statvfs(r->cfg->data_dir, &sv) == 0) {
-        uint64_t free_now = (uint64_t)sv.f_bavail * sv.f_frsize;
-        if (free_now < r->cfg->min_free_bytes && r->free_bytes >= r->cfg->min_free_bytes)
-            log_warn("disk low free=%" PRIu64 " min_free=%" PRIu64 " action=refusing mail",
-                     free_now, r->cfg->min_free_bytes);
-        r->free_bytes = free_now;
+    r->applied_unchecked = 0;
+    if (statvfs(r->cfg->data_dir, &sv) != 0)
+        return;
+    uint64_t free_now = (uint64_t)sv.f_bavail * sv.f_frsize;
+    if (free_now < r->disk_soft && r->free_bytes >= r->disk_soft)
+        log_warn("disk low free=%" PRIu64 " limit=%" PRIu64 " action=refusing mail", free_now,
+                 r->disk_soft);
+    r->free_bytes = free_now;
+    if (free_now < r->disk_floor) {
+        char why[200];
+        snprintf(why, sizeof(why),
+                 "disk full: %" PRIu64 " MiB free, below two log segments (%" PRIu64
+                 " MiB); stopping before a raft log write fails",
+                 free_now >> 20, r->disk_floor >> 20);
+        relay_fail(r, why);
     }
+}
+
+/* relay_disk_transfer_done - a leader low on disk handed leadership on (or not). */
+static void relay_disk_transfer_done(void *arg, int status, uint64_t leader)
+{
+    (void)arg;
+    if (status != 0)
+        log_warn("disk low: leadership not handed on error=\"%s\"", hamr_strerror(status));
+    else
+        log_info("disk low: leadership handed to node=%" PRIu64, leader);
+}
+
+/* relay_disk_step_aside - a leader below min_free hands leadership on: libraft
+ * 0.15 crashes when a leader's log append fails for lack of space, and the
+ * leader keeps appending what followers forward even while it refuses MAIL. */
+static void relay_disk_step_aside(struct relay *r)
+{
+    if (r->stopping || r->free_bytes >= r->disk_soft || !consensus_is_ready(r->cons))
+        return;
+    if (consensus_transfer(r->cons, 0, relay_disk_transfer_done, r) == 0)
+        log_warn("disk low free=%" PRIu64 " limit=%" PRIu64 " action=transferring leadership",
+                 r->free_bytes, r->disk_soft);
 }
 
 /* relay_housekeeping - once a second. */
@@ -354,6 +399,7 @@ static void relay_housekeeping(uv_timer_t *t)
 {
     struct relay *r = t->data;
     relay_check_disk(r);
+    relay_disk_step_aside(r);
     relay_props_expire(r);
     struct consensus_info info;
     consensus_get_info(r->cons, &info);
@@ -602,6 +648,18 @@ int relay_start(uv_loop_t *loop,
     if (least < 8 * mib)
         least = 8 * mib;
     cc.segment_size = (size_t)(seg > 1024 * mib ? 1024 * mib : seg < least ? least : seg);
+    r->disk_floor = 2 * (uint64_t)cc.segment_size;
+    r->disk_soft = cfg->min_free_bytes + r->disk_floor;
+    struct statvfs sv;
+    if (statvfs(cfg->data_dir, &sv) == 0 && (uint64_t)sv.f_bavail * sv.f_frsize < r->disk_floor) {
+        snprintf(err, errlen,
+                 "data directory: %llu MiB free, hamrd needs at least %llu MiB (two log "
+                 "segments) to run; free some space first",
+                 (unsigned long long)(((uint64_t)sv.f_bavail * sv.f_frsize) >> 20),
+                 (unsigned long long)(r->disk_floor >> 20));
+        uv_close((uv_handle_t *)&r->kick_timer, relay_start_failed_closed);
+        return HAMR_ENOSPACE;
+    }
     cc.on_leader = relay_on_leader;
     cc.on_leader_arg = r;
     struct consensus_fsm fsm = {

@@ -146,7 +146,7 @@ int relay_sink_check_mail(void *data)
     struct relay *r = data;
     if (r->draining || r->stopping)
         return HAMR_EDRAINING;
-    if (r->free_bytes < r->cfg->min_free_bytes)
+    if (r->free_bytes < r->disk_soft)
         return HAMR_ENOSPACE;
     /* Any known leader will do, even one still busy with its election
      * barrier or a transfer: by the end of DATA the submit waits for it. */
@@ -515,7 +515,7 @@ int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_c
     struct relay *r = data;
     if (r->stopping)
         return HAMR_ESHUTDOWN;
-    if (r->free_bytes < r->cfg->min_free_bytes)
+    if (r->free_bytes < r->disk_soft)
         return HAMR_ENOSPACE;
 
     uint8_t sha[SHA256_DIGEST_LENGTH];

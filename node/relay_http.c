@@ -34,7 +34,7 @@ void relay_http_ready(void *data, struct health_input *in)
     in->last_leader_contact_ms = ci.leader_id != 0 ? 0 : UINT64_MAX;
     in->election_timeout_ms = r->cfg->election_timeout_ms;
     in->disk_free_bytes = r->free_bytes;
-    in->min_free_bytes = r->cfg->min_free_bytes;
+    in->min_free_bytes = r->disk_soft;
     in->apply_lag = ci.commit_index > ci.applied_index ? ci.commit_index - ci.applied_index : 0;
 }
 

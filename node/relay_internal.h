@@ -98,6 +98,11 @@ struct relay {
     uint64_t id_counter;
     uint64_t lease_counter;
     uint64_t free_bytes;
+    uint64_t disk_floor;      /* two log segments: below it the node stops (libraft 0.15
+                                 cannot survive a failed log write) */
+    uint64_t disk_soft;       /* min_free + disk_floor: below it MAIL gets 452 and a
+                                 leader hands leadership on */
+    uint64_t applied_unchecked; /* log bytes applied since free space was last looked at */
     uint64_t node_info_term;  /* term in which our NodeInfo committed as leader */
     uint64_t node_info_sent_term;
     bool node_info_sent_ready;

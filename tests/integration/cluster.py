@@ -26,8 +26,9 @@ What it does:
             the test process's main thread enters the hub, so the sink,
             hamrctl and the load generator talk to the nodes over the bridge.
             nftables rules inside a node's namespace cut it off from chosen
-            peers. Leftover namespaces of a crashed earlier run are removed
-            first; this run's are removed at teardown and at exit.
+            peers (both ways, or one way only: drop_oneway). Leftover
+            namespaces of a crashed earlier run are removed first; this
+            run's are removed at teardown and at exit.
 
 What it owns: the Env's processes (through harness.Env), the load threads
 (stopped and joined by LoadGen.stop), the status monitor thread (stopped by
@@ -55,6 +56,7 @@ import subprocess
 import sys
 import threading
 import time
+import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -215,6 +217,35 @@ class Cluster:
                     last[i] = key
                     if key:
                         self.history.append((time.monotonic(), i) + key)
+
+    def log_marks(self):
+        """log_marks - {node id: length of its log now}; for leader_terms(since=...)."""
+        return {n.id: len(n.proc.log_text()) if n.proc is not None else 0 for n in self.nodes}
+
+    def leader_terms(self, since=None):
+        """leader_terms - {term: set of node ids} of every "consensus event=leader term=N"
+        line in the nodes' logs (after the offsets of since, a log_marks() result).
+
+        Exhaustive, unlike the monitor's sampled history: hamrd logs the line once
+        each time it finds itself leader of a new term.
+        """
+        out = {}
+        for n in self.nodes:
+            if n.proc is None:
+                continue
+            text = n.proc.log_text()[(since or {}).get(n.id, 0):]
+            for m in re.finditer(r"consensus event=leader term=(\d+)", text):
+                out.setdefault(int(m.group(1)), set()).add(n.id)
+        return out
+
+    def max_term(self):
+        """max_term - the highest term any live node reports now (0 if none answers)."""
+        return max((int(field(s, "term", 0) or 0) for s in self.statuses().values() if s),
+                   default=0)
+
+    def history_since(self, t0):
+        """history_since - the monitor's (time, node, state, term, leader) records after t0."""
+        return [h for h in list(self.history) if h[0] >= t0]
 
     def leader_hint(self):
         """leader_hint - the node that most recently said leader with the highest term, or None."""
@@ -662,6 +693,8 @@ class NetLab:
     PREFIX = "hamrt-"
     TABLE = "hamrt_partition"
     OWNER_MARK = "test_cluster_partition"  # in the command line of a run that owns namespaces
+    # Every script whose runs own namespaces (OWNER_MARK among them).
+    OWNER_MARKS = (OWNER_MARK, "test_cluster_flap")
 
     def __init__(self, n=3):
         self.n = n
@@ -711,7 +744,8 @@ class NetLab:
         """_run_alive - is pid a running partition test (the owner of hamrt-PID-*)?"""
         try:
             with open("/proc/%d/cmdline" % pid, "rb") as f:
-                return cls.OWNER_MARK.encode() in f.read()
+                argv = f.read()
+            return any(mark.encode() in argv for mark in cls.OWNER_MARKS)
         except OSError:
             return False
 
@@ -785,6 +819,28 @@ class NetLab:
                  " chain input { type filter hook input priority 0; ip saddr { %s } drop; }\n"
                  " chain output { type filter hook output priority 0; ip daddr { %s } drop; }\n"
                  "}\n" % (self.TABLE, addrs, addrs))
+        self._nft(i, ["delete", "table", "inet", self.TABLE], check=False)
+        out = subprocess.run(self.exec_prefix(i) + ["nft", "-f", "-"], input=rules.encode(),
+                             capture_output=True, timeout=20)
+        if out.returncode != 0:
+            raise RuntimeError("nft in %s: %s" % (self.node_ns(i),
+                                                  out.stderr.decode(errors="replace")))
+
+    def drop_oneway(self, i, peers, direction="output"):
+        """drop_oneway - node i drops only the packets going one way between it and peers.
+
+        direction "output": from i to the peers; "input": from the peers to i.
+        Replaces node i's rules (as isolate does); heal removes them.
+        """
+        if direction not in ("input", "output"):
+            raise ValueError("direction must be input or output")
+        peers = sorted(set(peers) - {i})
+        self.cut[i] = set(peers)
+        addrs = ", ".join(self.node_addr(p) for p in peers)
+        match = "ip daddr" if direction == "output" else "ip saddr"
+        rules = ("table inet %s {\n"
+                 " chain %s { type filter hook %s priority 0; %s { %s } drop; }\n"
+                 "}\n" % (self.TABLE, direction, direction, match, addrs))
         self._nft(i, ["delete", "table", "inet", self.TABLE], check=False)
         out = subprocess.run(self.exec_prefix(i) + ["nft", "-f", "-"], input=rules.encode(),
                              capture_output=True, timeout=20)
@@ -1021,3 +1077,55 @@ def gap_max(times, t0, t1):
     """gap_max - the longest interval without an event in [t0, t1] (times: sorted or not)."""
     pts = [t0] + sorted(t for t in times if t0 <= t <= t1) + [t1]
     return max(b - a for a, b in zip(pts, pts[1:]))
+
+
+def pause(seconds):
+    """pause - let the load run for a while (an Event wait: bounded)."""
+    threading.Event().wait(max(0.0, seconds))
+
+
+class NetLabTestCase(harness.HamrTestCase):
+    """NetLabTestCase - one 3-node cluster in network namespaces per class (NetLab).
+
+    Skips with the reason when namespaces or nft cannot be used; every test
+    starts healed with a ready cluster; the namespaces are removed at the end.
+    """
+
+    lab = None
+
+    @classmethod
+    def setUpClass(cls):
+        if not os.path.exists(harness.hamrd_path()):
+            raise unittest.SkipTest("hamrd not built (%s)" % harness.hamrd_path())
+        try:
+            NetLab.check_available()
+        except NetLabUnavailable as e:
+            raise unittest.SkipTest("network namespaces unavailable: %s" % e)
+        cls.lab = NetLab(3)
+        try:
+            cls.lab.setup()
+            super().setUpClass()
+        except BaseException:
+            cls.lab.teardown()
+            raise
+
+    @classmethod
+    def setUpEnv(cls):
+        cls.cluster = Cluster(cls.env, 3, lab=cls.lab)
+        cls.cluster.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            if cls.lab:
+                cls.lab.heal()
+            if getattr(cls, "cluster", None):
+                cls.cluster.close()
+            super().tearDownClass()
+        finally:
+            if cls.lab:
+                cls.lab.teardown()
+
+    def setUp(self):
+        self.lab.heal()
+        self.cluster.wait_ready(60)

@@ -25,7 +25,6 @@ the reason, when namespaces or nft cannot be used (not root, no nftables).
 
 import os
 import sys
-import threading
 import time
 import unittest
 
@@ -43,50 +42,9 @@ RESUME_BOUND = 10.0  # heal -> first new 250 (SECURITY.md asks for 5 s)
 NO_QUORUM_WINDOW = 5.0
 
 
-def pause(seconds):
-    """pause - let the load run for a while (an Event wait: bounded)."""
-    threading.Event().wait(seconds)
-
-
-class ClusterPartitionTest(harness.HamrTestCase):
-    lab = None
-
-    @classmethod
-    def setUpClass(cls):
-        if not os.path.exists(harness.hamrd_path()):
-            raise unittest.SkipTest("hamrd not built (%s)" % harness.hamrd_path())
-        try:
-            cluster.NetLab.check_available()
-        except cluster.NetLabUnavailable as e:
-            raise unittest.SkipTest("network namespaces unavailable: %s" % e)
-        cls.lab = cluster.NetLab(3)
-        try:
-            cls.lab.setup()
-            super().setUpClass()
-        except BaseException:
-            cls.lab.teardown()
-            raise
-
-    @classmethod
-    def setUpEnv(cls):
-        cls.cluster = cluster.Cluster(cls.env, 3, lab=cls.lab)
-        cls.cluster.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            if cls.lab:
-                cls.lab.heal()
-            if getattr(cls, "cluster", None):
-                cls.cluster.close()
-            super().tearDownClass()
-        finally:
-            if cls.lab:
-                cls.lab.teardown()
-
+class ClusterPartitionTest(cluster.NetLabTestCase):
     def setUp(self):
-        self.lab.heal()
-        self.cluster.wait_ready(60)
+        super().setUp()
         self.loads = []
 
     def tearDown(self):
@@ -128,7 +86,7 @@ class ClusterPartitionTest(harness.HamrTestCase):
         self.assertLessEqual(first_new, NEW_LEADER_BOUND + RESUME_BOUND)
         # Let the old leader be asked for a while after it must have stepped down.
         step_down_at = t_part + STEP_DOWN_BOUND
-        pause(max(0.0, step_down_at + 4.0 - time.monotonic()))
+        cluster.pause(max(0.0, step_down_at + 4.0 - time.monotonic()))
         t_heal = time.monotonic()
         self.lab.heal()
         cluster_log("partition: healed after %.2fs" % (t_heal - t_part))
@@ -188,7 +146,7 @@ class ClusterPartitionTest(harness.HamrTestCase):
                          interval=0.1)
         t_w0 = time.monotonic()
         cluster_log("partition: no leader %.2fs after the cut" % (t_w0 - t_part))
-        pause(NO_QUORUM_WINDOW)
+        cluster.pause(NO_QUORUM_WINDOW)
         t_heal = time.monotonic()
         self.lab.heal()
         window = load.select(lambda a: t_w0 <= a.t_start and a.t_end <= t_heal)
