@@ -361,11 +361,6 @@ int control_new(uv_loop_t *loop,
                 char *errmsg,
                 size_t errlen)
 {
-    struct sockaddr_storage ss;
-    if (listen_addr(host, port, &ss) != 0) {
-        snprintf(errmsg, errlen, "control: not an IP address: %s", host);
-        return HAMR_EINVAL;
-    }
     struct control *c = calloc(1, sizeof(*c));
     if (c == NULL) {
         snprintf(errmsg, errlen, "control: out of memory");
@@ -374,16 +369,14 @@ int control_new(uv_loop_t *loop,
     c->loop = loop;
     c->handler = *h;
     c->idle_ms = CONTROL_IDLE_TIMEOUT_MS;
-    uv_tcp_init(loop, &c->listener);
-    c->listener.data = c;
-    int rv = listen_start(&c->listener, &ss, 16, control_connection_cb, &c->port, "control", errmsg,
-                          errlen);
-    if (rv != 0) {
-        /* The struct is freed by control_listener_closed_cb; nobody is told. */
-        c->closing = true;
-        uv_close((uv_handle_t *)&c->listener, control_listener_closed_cb);
-        return HAMR_EIO;
-    }
+    int rv = listen_open(loop, &c->listener, c, host, port, 16, control_connection_cb,
+                         control_listener_closed_cb, &c->port, "control", errmsg, errlen);
+    if (rv == HAMR_EINVAL)
+        free(c);
+    else if (rv != 0)
+        c->closing = true; /* freed by control_listener_closed_cb; nobody is told */
+    if (rv != 0)
+        return rv;
     *out = c;
     return 0;
 }

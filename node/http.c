@@ -548,11 +548,6 @@ int http_new(uv_loop_t *loop,
         snprintf(errmsg, errlen, "http: no readiness callback");
         return HAMR_EINVAL;
     }
-    struct sockaddr_storage ss;
-    if (listen_addr(host, port, &ss) != 0) {
-        snprintf(errmsg, errlen, "http: not an IP address: %s", host);
-        return HAMR_EINVAL;
-    }
     struct http *s = calloc(1, sizeof(*s));
     if (s == NULL) {
         snprintf(errmsg, errlen, "http: out of memory");
@@ -561,16 +556,14 @@ int http_new(uv_loop_t *loop,
     s->loop = loop;
     s->handler = *h;
     s->read_timeout_ms = HTTP_READ_TIMEOUT_MS;
-    uv_tcp_init(loop, &s->listener);
-    s->listener.data = s;
-    int rv = listen_start(&s->listener, &ss, 128, http_connection_cb, &s->port, "http", errmsg,
-                          errlen);
-    if (rv != 0) {
-        /* The struct is freed by http_listener_closed_cb; nobody is told. */
-        s->closing = true;
-        uv_close((uv_handle_t *)&s->listener, http_listener_closed_cb);
-        return HAMR_EIO;
-    }
+    int rv = listen_open(loop, &s->listener, s, host, port, 128, http_connection_cb,
+                         http_listener_closed_cb, &s->port, "http", errmsg, errlen);
+    if (rv == HAMR_EINVAL)
+        free(s);
+    else if (rv != 0)
+        s->closing = true; /* freed by http_listener_closed_cb; nobody is told */
+    if (rv != 0)
+        return rv;
     log_info("http listening addr=%s port=%u", host, (unsigned)s->port);
     *out = s;
     return 0;

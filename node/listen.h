@@ -7,17 +7,27 @@
 
 #include <uv.h>
 
-/* listen_addr - an IPv4 or IPv6 literal and a port into ss; 0 or HAMR_EINVAL. */
-int listen_addr(const char *host, uint16_t port, struct sockaddr_storage *ss);
-
 /*
- * listen_start - bind the initialised handle t to ss and listen with cb.
- * On success *port is the bound port (useful with port 0) and 0 is
- * returned; otherwise a sentence "WHAT: cannot listen on HOST:PORT: reason"
- * goes to errmsg and HAMR_EIO is returned: the caller closes t.
+ * listen_open - listen on host:port (an IPv4 or IPv6 literal) with t, the
+ * listener embedded in owner (t->data = owner), backlog and cb; *bound is
+ * the port bound (useful with port 0). 0 on success. Otherwise errmsg gets
+ * "WHAT: ..." and:
+ *   HAMR_EINVAL - host is not an IP literal; t was never initialised, so
+ *                 the caller frees owner itself;
+ *   HAMR_EIO    - bind or listen failed; t has been uv_close()d with
+ *                 on_fail, which is where owner is freed.
  */
-int listen_start(uv_tcp_t *t, const struct sockaddr_storage *ss, int backlog,
-                 uv_connection_cb cb, uint16_t *port, const char *what, char *errmsg,
-                 size_t errlen);
+int listen_open(uv_loop_t *loop,
+                uv_tcp_t *t,
+                void *owner,
+                const char *host,
+                uint16_t port,
+                int backlog,
+                uv_connection_cb cb,
+                uv_close_cb on_fail,
+                uint16_t *bound,
+                const char *what,
+                char *errmsg,
+                size_t errlen);
 
 #endif

@@ -624,12 +624,6 @@ int peer_server_new(uv_loop_t *loop,
                     char *errmsg,
                     size_t errlen)
 {
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof(ss));
-    if (listen_addr(host, port, &ss) != 0) {
-        snprintf(errmsg, errlen, "peer: not an IP address: %s", host);
-        return HAMR_EINVAL;
-    }
     struct peer_server *s = calloc(1, sizeof(*s));
     if (s == NULL) {
         snprintf(errmsg, errlen, "peer: out of memory");
@@ -639,16 +633,14 @@ int peer_server_new(uv_loop_t *loop,
     s->handler = *h;
     s->held_max = PEER_HELD_MAX;
     s->held_calls_max = PEER_HELD_CALLS_MAX;
-    uv_tcp_init(loop, &s->listener);
-    s->listener.data = s;
-    int rv = listen_start(&s->listener, &ss, 64, peer_server_connection_cb, &s->port, "peer", errmsg,
-                          errlen);
-    if (rv != 0) {
-        /* The struct is freed by peer_server_listener_closed_cb; nobody is told. */
-        s->closing = true;
-        uv_close((uv_handle_t *)&s->listener, peer_server_listener_closed_cb);
-        return HAMR_EIO;
-    }
+    int rv = listen_open(loop, &s->listener, s, host, port, 64, peer_server_connection_cb,
+                         peer_server_listener_closed_cb, &s->port, "peer", errmsg, errlen);
+    if (rv == HAMR_EINVAL)
+        free(s);
+    else if (rv != 0)
+        s->closing = true; /* freed by peer_server_listener_closed_cb; nobody is told */
+    if (rv != 0)
+        return rv;
     *out = s;
     return 0;
 }
