@@ -711,27 +711,54 @@ static int config_set_value(struct config_parse *p, const struct config_key *k, 
     return 1;
 }
 
+_Static_assert(offsetof(struct config_transport, domain) == 0 &&
+                   offsetof(struct config_tls_policy_entry, domain) == 0,
+               "config_domain_entry finds each entry's domain at its start");
+
+/*
+ * config_domain_entry - the domain of a per-domain line of section: valid,
+ * lower-cased into domain (CONFIG_HOST_MAX), not given before among the n
+ * entries at entries (stride bytes apart, each starting with its domain;
+ * lines[i] their line numbers), and room for one more. 1 or config_fail.
+ */
+static int config_domain_entry(struct config_parse *p,
+                               const char *section,
+                               const char *name,
+                               char *domain,
+                               const void *entries,
+                               size_t stride,
+                               size_t n,
+                               const int *lines)
+{
+    char q[128];
+    if (!config_valid_domain(name))
+        return config_fail(p, p->lineno, "%s: not a domain: \"%s\"", section,
+                           config_quote(q, sizeof(q), name));
+    hamr_strlcpy(domain, name, CONFIG_HOST_MAX);
+    config_lower(domain);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp((const char *)entries + i * stride, domain) == 0)
+            return config_fail(p, p->lineno, "%s: given twice (first on line %d)", domain,
+                               lines[i]);
+    if (n >= CONFIG_MAX_TRANSPORTS)
+        return config_fail(p, p->lineno, "%s: more than %d entries", section,
+                           CONFIG_MAX_TRANSPORTS);
+    return 1;
+}
+
 /* config_set_transport - [transport] domain = [host]:port. */
 static int config_set_transport(struct config_parse *p, const char *name, const char *value)
 {
     struct hamr_config *cfg = p->cfg;
     char q[128];
-    if (!config_valid_domain(name))
-        return config_fail(p, p->lineno, "transport: not a domain: \"%s\"",
-                           config_quote(q, sizeof(q), name));
     struct config_transport t;
     memset(&t, 0, sizeof(t));
-    hamr_strlcpy(t.domain, name, sizeof(t.domain));
-    config_lower(t.domain);
+    if (config_domain_entry(p, "transport", name, t.domain, cfg->transports,
+                            sizeof(cfg->transports[0]), cfg->n_transports, p->transport_line) != 1)
+        return 0;
     if (config_parse_hostport(value, &t.next_hop) != 0)
         return config_fail(p, p->lineno, "%s: not host:port: \"%s\"", t.domain,
                            config_quote(q, sizeof(q), value));
-    for (size_t i = 0; i < cfg->n_transports; i++)
-        if (strcmp(cfg->transports[i].domain, t.domain) == 0)
-            return config_fail(p, p->lineno, "%s: given twice (first on line %d)", t.domain,
-                               p->transport_line[i]);
-    if (cfg->n_transports >= CONFIG_MAX_TRANSPORTS)
-        return config_fail(p, p->lineno, "transport: more than %d entries", CONFIG_MAX_TRANSPORTS);
     p->transport_line[cfg->n_transports] = p->lineno;
     cfg->transports[cfg->n_transports++] = t;
     return 1;
@@ -742,22 +769,15 @@ static int config_set_tls_policy(struct config_parse *p, const char *name, const
 {
     struct hamr_config *cfg = p->cfg;
     char q[128];
-    if (!config_valid_domain(name))
-        return config_fail(p, p->lineno, "tls_policy: not a domain: \"%s\"",
-                           config_quote(q, sizeof(q), name));
     struct config_tls_policy_entry e;
     memset(&e, 0, sizeof(e));
-    hamr_strlcpy(e.domain, name, sizeof(e.domain));
-    config_lower(e.domain);
+    if (config_domain_entry(p, "tls_policy", name, e.domain, cfg->tls_policies,
+                            sizeof(cfg->tls_policies[0]), cfg->n_tls_policies,
+                            p->tls_policy_line) != 1)
+        return 0;
     if (smtpc_tls_policy_parse(value, &e.policy) != 0)
         return config_fail(p, p->lineno, "%s: not one of may, encrypt, verify: \"%s\"", e.domain,
                            config_quote(q, sizeof(q), value));
-    for (size_t i = 0; i < cfg->n_tls_policies; i++)
-        if (strcmp(cfg->tls_policies[i].domain, e.domain) == 0)
-            return config_fail(p, p->lineno, "%s: given twice (first on line %d)", e.domain,
-                               p->tls_policy_line[i]);
-    if (cfg->n_tls_policies >= CONFIG_MAX_TRANSPORTS)
-        return config_fail(p, p->lineno, "tls_policy: more than %d entries", CONFIG_MAX_TRANSPORTS);
     p->tls_policy_line[cfg->n_tls_policies] = p->lineno;
     cfg->tls_policies[cfg->n_tls_policies++] = e;
     return 1;
@@ -917,8 +937,7 @@ static int config_cross_check(struct config_parse *p)
         return config_fail(p, 0, "[listen] peer is required in a cluster of more than one node");
     if (cfg->listen_peer.host[0] != '\0' && inet_pton(AF_INET, cfg->listen_peer.host, &a4) != 1)
         return config_fail(p, config_key_line(p, "listen", "peer"),
-                           "peer: must be an IPv4 address and port: \"%s\"",
-                           cfg->listen_peer.host);
+                           "peer: must be an IPv4 address and port: \"%s\"", cfg->listen_peer.host);
 
     /* The control listener binds with uv_tcp_bind, which takes literals only. */
     unsigned char a6[16];
