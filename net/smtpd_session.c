@@ -76,6 +76,7 @@
 #include "util/log.h"
 #include "net/smtpd.h"
 #include "net/smtpd_auth.h"
+#include "net/smtpd_proxy.h"
 #include "net/smtpd_rcptmap.h"
 #include "net/smtpd_reader.h"
 #include "net/smtpd_reply.h"
@@ -577,41 +578,10 @@ static enum smtpd_reply_id smtpd_session_parse_path(const char **pp,
     return SMTPD_REPLY_COUNT;
 }
 
-/* smtpd_session_cidr_match - is addr (family, 4 or 16 octets) inside c? */
-static bool smtpd_session_cidr_match(const struct smtpd_cidr *c, int family, const uint8_t *addr)
-{
-    unsigned bits = family == AF_INET ? 32 : 128;
-    if (c->family != family || c->prefix > bits)
-        return false;
-    unsigned full = c->prefix / 8, rest = c->prefix % 8;
-    if (memcmp(c->addr, addr, full) != 0)
-        return false;
-    if (rest == 0)
-        return true;
-    uint8_t mask = (uint8_t)(0xff << (8 - rest));
-    return (c->addr[full] & mask) == (addr[full] & mask);
-}
-
 /* smtpd_session_in_relay_networks - is the client address inside a relay network? */
 static bool smtpd_session_in_relay_networks(const struct smtpd_policy *p, const char *client)
 {
-    uint8_t addr[16];
-    int family = AF_INET;
-
-    if (inet_pton(AF_INET, client, addr) != 1) {
-        if (inet_pton(AF_INET6, client, addr) != 1)
-            return false;
-        family = AF_INET6;
-        static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-        if (memcmp(addr, v4mapped, sizeof(v4mapped)) == 0) {
-            memmove(addr, addr + 12, 4);
-            family = AF_INET;
-        }
-    }
-    for (size_t i = 0; i < p->n_relay_networks; i++)
-        if (smtpd_session_cidr_match(&p->relay_networks[i], family, addr))
-            return true;
-    return false;
+    return smtpd_proxy_addr_in(p->relay_networks, p->n_relay_networks, client);
 }
 
 /* smtpd_session_relay_domain - is domain one of ours ("d" exact, ".d" subdomains)? */
