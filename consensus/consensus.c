@@ -73,6 +73,7 @@
 #include "util/log.h"
 
 #include "consensus/consensus.h"
+#include "consensus/consensus_crc.h"
 #include "consensus/consensus_tcp.h"
 
 #define CONSENSUS_POLL_MS 10
@@ -524,6 +525,13 @@ int consensus_new(uv_loop_t *loop,
     int rv = consensus_validate(cfg, fsm, errmsg, errlen);
     if (rv != 0)
         return rv;
+    if (consensus_crc_check() != 0) {
+        consensus_errmsg(errmsg, errlen,
+                         "libraft's log checksum differs from hamr's (consensus_crc.c): "
+                         "not opening %s with a libraft hamr was not built for",
+                         cfg->dir);
+        return HAMR_EINVAL;
+    }
     rv = fs_mkdirs(cfg->dir, 0750, errmsg, errlen);
     if (rv != 0)
         return rv;

@@ -48,7 +48,7 @@ HTTP_BASE=8100
 LB_PORT=${LB_PORT:-2500}
 HAPROXY=/usr/sbin/haproxy
 PYTHON=/usr/bin/python3
-PACKAGES=(cmake gcc libc6-dev make pkg-config libraft-dev libuv1-dev libprotobuf-c-dev
+PACKAGES=(cmake gcc libc6-dev make pkg-config libraft-dev liblz4-dev libuv1-dev libprotobuf-c-dev
           protobuf-c-compiler libssl-dev libcmocka-dev libinih-dev python3 python3-aiosmtpd swaks)
 
 # lc_die - print a message and exit 1.

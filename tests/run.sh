@@ -19,7 +19,7 @@ JOBS=${HAMR_JOBS:-2}
 # postfix is only for /usr/sbin/smtp-sink and smtp-source; its service stays unconfigured.
 # nftables (and iproute2's ip netns) cut nodes apart in the cluster partition tests;
 # haproxy is the load balancer of the balancer and rolling-upgrade tests.
-PACKAGES=(cmake gcc libc6-dev make pkg-config libraft-dev libuv1-dev libprotobuf-c-dev
+PACKAGES=(cmake gcc libc6-dev make pkg-config libraft-dev liblz4-dev libuv1-dev libprotobuf-c-dev
           protobuf-c-compiler libssl-dev libcmocka-dev libinih-dev python3 python3-aiosmtpd
           swaks postfix nftables iproute2 haproxy sslscan)
 
