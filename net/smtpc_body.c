@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "util/common.h"
+#include "util/scan.h"
 #include "net/smtpc_body.h"
 
 /* smtpc_body_init - start on data (len bytes), borrowed until done. */
@@ -38,11 +39,10 @@ size_t smtpc_body_fill(struct smtpc_body *b, uint8_t *out, size_t cap)
         /* Fast path: the rest of a line that needs no stuffing and no line
          * end conversion is copied as it is. */
         if (!b->bol) {
-            size_t room = cap - n - 1, k = 0;
+            size_t room = cap - n - 1;
             const uint8_t *p = b->data + b->pos;
             size_t avail = b->len - b->pos < room ? b->len - b->pos : room;
-            while (k < avail && p[k] != '\r' && p[k] != '\n')
-                k++;
+            size_t k = scan_line_end(p, avail, false);
             if (k > 0) {
                 memcpy(out + n, p, k);
                 n += k;

@@ -30,6 +30,7 @@
 
 #include "util/common.h"
 #include "util/err.h"
+#include "util/scan.h"
 #include "net/smtpd_reader.h"
 
 /* DATA states; "line start" means after CRLF or at the start of DATA. */
@@ -325,9 +326,7 @@ static enum smtpd_reader_event smtpd_reader_feed_data(struct smtpd_reader *r,
 
     while (i < len) {
         if (r->dstate == SMTPD_READER_D_MID && !r->in_headers) {
-            size_t j = i;
-            while (j < len && in[j] != '\r' && in[j] != '\n' && in[j] != '\0')
-                j++;
+            size_t j = i + scan_line_end(in + i, len - i, true);
             if (j > i) {
                 smtpd_reader_emit_run(r, in + i, j - i);
                 i = j;
