@@ -4,7 +4,8 @@
  * hamr's copy of libraft.a keeps the library's own byteCrc32 as
  * raft_byte_crc32_reference; every case here compares the two on the same
  * bytes (every alignment, lengths around the 8-byte step, whole 64 KiB
- * bodies, running values carried across calls), plus the published check
+ * bodies, running values carried across calls; the folding path and the
+ * tables alone), plus the published check
  * value of this CRC (CRC-32/MPEG-2) so that the pair cannot agree on a wrong
  * function.
  */
@@ -62,9 +63,25 @@ static void test_large_bodies(void **state)
         fill(buf, BIG, seed);
         size_t lens[] = {4096, 65536, 65536 + 3, BIG - 1, BIG};
         for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++)
-            assert_int_equal(byteCrc32(buf, lens[i], 0), raft_byte_crc32_reference(buf, lens[i], 0));
+            assert_int_equal(byteCrc32(buf, lens[i], seed), raft_byte_crc32_reference(buf, lens[i], seed));
     }
     free(buf);
+}
+
+/* Around the switch to folding (64 bytes) and its 16-byte steps: the
+ * folding path, the tables alone and libraft agree, at every alignment. */
+static void test_folding_lengths(void **state)
+{
+    (void)state;
+    uint8_t buf[400];
+    fill(buf, sizeof(buf), 7);
+    for (size_t off = 0; off < 16; off++)
+        for (size_t len = 0; off + len <= sizeof(buf) && len <= 384; len++) {
+            unsigned init = (unsigned)(len * 2654435761u);
+            unsigned want = raft_byte_crc32_reference(buf + off, len, init);
+            assert_int_equal(byteCrc32(buf + off, len, init), want);
+            assert_int_equal(consensus_crc_tables(buf + off, len, init), want);
+        }
 }
 
 /* libraft checksums a batch's buffers one after another with the running value. */
@@ -108,6 +125,7 @@ int main(void)
         cmocka_unit_test(test_check_value),
         cmocka_unit_test(test_every_alignment_and_short_length),
         cmocka_unit_test(test_large_bodies),
+        cmocka_unit_test(test_folding_lengths),
         cmocka_unit_test(test_running_value_across_calls),
         cmocka_unit_test(test_bit_flip_detected),
         cmocka_unit_test(test_startup_check_passes),
