@@ -91,6 +91,7 @@
 #define SMTPD_SESSION_LOG_TEXT 100 /* Postfix logs client text as %.100s */
 /* RFC 4954 4: a response line may be up to 12288 octets, CRLF excluded. */
 #define SMTPD_SESSION_AUTH_LINE_MAX 12288
+#define SMTPD_SESSION_BODY_KEEP (128 * 1024) /* a larger body buffer is freed after its message */
 #define SMTPD_SESSION_AUTH_FAILURES 3 /* auth_max_failures when 0 */
 
 /* smtpd_auth_step - what an AUTH exchange waits for from the client. */
@@ -147,6 +148,7 @@ struct smtpd_session {
     size_t login_user_len;
     char verb[16]; /* current command, for logs */
     struct smtpd_tx *tx;
+    struct buf spare_body; /* the last transaction's body buffer, emptied, for the next */
     unsigned errors;
     unsigned commands;
     unsigned messages;
@@ -213,10 +215,21 @@ static struct smtpd_tx *smtpd_tx_free(struct smtpd_tx *tx)
     return NULL;
 }
 
-/* smtpd_session_tx_reset - drop the transaction (RSET, HELO, end of DATA). */
+/*
+ * smtpd_session_tx_reset - drop the transaction (RSET, HELO, end of DATA).
+ * Its body buffer is kept for the session's next message when it is at most
+ * SMTPD_SESSION_BODY_KEEP: a client sending message after message then fills
+ * one buffer instead of growing a new one from nothing each time.
+ */
 static void smtpd_session_tx_reset(struct smtpd_session *s)
 {
     HAMR_ASSERT(!s->submit_pending);
+    if (s->tx != NULL && s->tx->body.data != NULL && s->tx->body.cap <= SMTPD_SESSION_BODY_KEEP &&
+        s->spare_body.data == NULL) {
+        s->spare_body = s->tx->body;
+        buf_reset(&s->spare_body);
+        buf_init(&s->tx->body, 0);
+    }
     s->tx = smtpd_tx_free(s->tx);
 }
 
@@ -923,6 +936,11 @@ static void smtpd_session_proceed_mail(struct smtpd_session *s, const char *arg)
     /* The reader stores at most message_size_limit; the rest is our Received:. */
     size_t limit = s->policy->message_size_limit;
     buf_init(&tx->body, limit > SIZE_MAX - 2048 ? 0 : limit + 2048);
+    if (s->spare_body.data != NULL && s->spare_body.cap <= tx->body.limit) {
+        tx->body.data = s->spare_body.data;
+        tx->body.cap = s->spare_body.cap;
+        buf_init(&s->spare_body, 0);
+    }
     s->tx = tx;
     smtpd_session_enter_state(s, SMTPD_STATE_MAIL);
     smtpd_session_reply(s, SMTPD_REPLY_MAIL_OK, NULL);
@@ -1601,6 +1619,7 @@ static void smtpd_session_command(struct smtpd_session *s, const char *line, siz
 static void smtpd_session_free_now(struct smtpd_session *s)
 {
     s->tx = smtpd_tx_free(s->tx);
+    buf_free(&s->spare_body);
     if (s->auth_line.data != NULL)
         OPENSSL_cleanse(s->auth_line.data, s->auth_line.cap);
     buf_free(&s->auth_line);

@@ -481,6 +481,41 @@ static void test_happy_path(void **state)
     assert_int_equal(h->io.timer_ms, 300000);
 }
 
+/* body_after_received - the message text after our Received: header. */
+static const char *body_after_received(const struct fake_msg *m)
+{
+    const char *hdr_end = strstr((const char *)m->body, " +0000\r\n");
+    assert_non_null(hdr_end);
+    return hdr_end + 8;
+}
+
+/*
+ * test_messages_in_one_session - a long message, then a short one, then a
+ * long one again on the same connection (the body buffer is kept between
+ * transactions): each body arrives exactly, nothing of the one before.
+ */
+static void test_messages_in_one_session(void **state)
+{
+    struct harness *h = *state;
+    static char longer[20000];
+    size_t n = 0;
+    for (int i = 0; n + 80 < sizeof(longer) - 8; i++)
+        n += (size_t)snprintf(longer + n, sizeof(longer) - n, "line %05d %s\r\n", i,
+                              "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+    const char *texts[] = {longer, "short\r\n", longer};
+
+    test_ehlo(h, TEST_OUTSIDE);
+    for (size_t k = 0; k < 3; k++) {
+        test_transaction(h, "user@hamr.test", texts[k]);
+        test_send(h, ".\r\n");
+        assert_int_equal(h->sink.submits, (int)k + 1);
+        const struct fake_msg *m = &h->sink.msgs[k];
+        assert_string_equal(body_after_received(m), texts[k]);
+        fake_sink_step(&h->sink);
+        assert_string_equal(test_codes(h), "250");
+    }
+}
+
 /* test_pipelining - RFC 2920: replies in order; commands after the dot wait for the commit. */
 static void test_pipelining(void **state)
 {
@@ -1741,6 +1776,7 @@ int main(void)
 #define T(name) cmocka_unit_test_setup_teardown(name, test_setup, test_teardown)
         T(test_greeting_and_ehlo),
         T(test_happy_path),
+        T(test_messages_in_one_session),
         T(test_pipelining),
         T(test_pipelining_quit_after_dot),
         T(test_early_talker),
