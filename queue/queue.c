@@ -53,13 +53,28 @@
 /* Text of the per-recipient error after an administrative bounce. */
 #define QUEUE_ADMIN_BOUNCE_TEXT "bounced by the administrator"
 
-/* queue_item - a queued message with its links; msg is what callers see. */
+#define QUEUE_NOT_IN_HEAP SIZE_MAX
+
+/*
+ * queue_item - a queued message with its links; msg is what callers see.
+ *
+ * Besides the table and the acceptance list, an item sits in two indexes
+ * for the scheduler (queue_foreach_due), derived from its state and kept up
+ * to date by queue_touch after every change: a binary min-heap on wake_ms
+ * (the earliest time the scheduler can find work in it, queue_wake), and
+ * the list of messages with a LEASED recipient. Neither is part of the
+ * replicated state: snapshots and the digest never see them.
+ */
 struct queue_item {
     struct queue_msg msg;
     uint8_t sha256[QUEUE_SHA256_LEN]; /* of the body, for snapshots and the digest */
     uint64_t hash;
     struct queue_item *hnext;       /* hash chain */
     struct queue_item *prev, *next; /* acceptance order */
+    uint64_t wake_ms;               /* queue_wake at the last queue_touch */
+    size_t heap_pos;                /* index in q->heap, or QUEUE_NOT_IN_HEAP */
+    bool leased;                    /* on q->leased */
+    struct queue_item *lprev, *lnext;
 };
 
 /* queue_done - the id of a finished message, kept for dedupe. */
@@ -84,6 +99,14 @@ struct queue {
     size_t n_nodes;
     uint32_t cluster_level; /* 1..format_max, never falls */
     uint32_t format_max;    /* highest level applied: this build's format */
+    uint64_t next_seq;      /* acceptance number of the next linked message */
+    /* Scheduler indexes (see struct queue_item). heap_broken: the heap could
+     * not grow, so queue_foreach_due walks every message instead. */
+    struct queue_item **heap;
+    size_t heap_len, heap_cap;
+    bool heap_broken;
+    bool index_off; /* queue_set_sched_index(q, false): walk every message */
+    struct queue_item *leased;
 };
 
 /* ------------------------------------------------------------------------
@@ -348,9 +371,173 @@ static struct queue_done *queue_done_lookup(const struct queue *q, const char *i
     return NULL;
 }
 
+/* ------------------------------------------------------------------------
+ * Scheduler indexes
+ * ------------------------------------------------------------------------ */
+
+/*
+ * queue_wake - the earliest time at which queue_sched_pick can find work in
+ * m: UINT64_MAX for a held message or one with every recipient final;
+ * otherwise the smallest of each PENDING recipient's next_attempt_ms, each
+ * LEASED recipient's lease_expires_ms (a lapsed lease is due again) and the
+ * message's expires_at_ms (if set).
+ */
+static uint64_t queue_wake(const struct queue_msg *m)
+{
+    if (m->held)
+        return UINT64_MAX;
+    uint64_t wake = UINT64_MAX;
+    bool open = false;
+    for (size_t i = 0; i < m->n_rcpts; i++) {
+        const struct queue_rcpt *r = &m->rcpts[i];
+        uint64_t t;
+        if (r->state == QUEUE_RCPT_PENDING)
+            t = r->next_attempt_ms;
+        else if (r->state == QUEUE_RCPT_LEASED)
+            t = r->lease_expires_ms;
+        else
+            continue;
+        open = true;
+        if (t < wake)
+            wake = t;
+    }
+    if (open && m->expires_at_ms != 0 && m->expires_at_ms < wake)
+        wake = m->expires_at_ms;
+    return wake;
+}
+
+/* queue_has_lease - some recipient of m is LEASED. */
+static bool queue_has_lease(const struct queue_msg *m)
+{
+    for (size_t i = 0; i < m->n_rcpts; i++)
+        if (m->rcpts[i].state == QUEUE_RCPT_LEASED)
+            return true;
+    return false;
+}
+
+/* queue_heap_set - put it at heap position i. */
+static void queue_heap_set(struct queue *q, size_t i, struct queue_item *it)
+{
+    q->heap[i] = it;
+    it->heap_pos = i;
+}
+
+/* queue_heap_up - move the item at i towards the root while it wakes earlier than its parent. */
+static void queue_heap_up(struct queue *q, size_t i)
+{
+    struct queue_item *it = q->heap[i];
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (q->heap[parent]->wake_ms <= it->wake_ms)
+            break;
+        queue_heap_set(q, i, q->heap[parent]);
+        i = parent;
+    }
+    queue_heap_set(q, i, it);
+}
+
+/* queue_heap_down - move the item at i towards the leaves while a child wakes earlier. */
+static void queue_heap_down(struct queue *q, size_t i)
+{
+    struct queue_item *it = q->heap[i];
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= q->heap_len)
+            break;
+        if (c + 1 < q->heap_len && q->heap[c + 1]->wake_ms < q->heap[c]->wake_ms)
+            c++;
+        if (it->wake_ms <= q->heap[c]->wake_ms)
+            break;
+        queue_heap_set(q, i, q->heap[c]);
+        i = c;
+    }
+    queue_heap_set(q, i, it);
+}
+
+/* queue_heap_insert - add it; on no memory the heap is given up (heap_broken). */
+static void queue_heap_insert(struct queue *q, struct queue_item *it)
+{
+    it->heap_pos = QUEUE_NOT_IN_HEAP;
+    if (q->heap_broken)
+        return;
+    if (q->heap_len == q->heap_cap) {
+        size_t cap = q->heap_cap ? 2 * q->heap_cap : QUEUE_HASH_MIN;
+        struct queue_item **h = realloc(q->heap, cap * sizeof(*h));
+        if (h == NULL) {
+            /* Correctness does not depend on the heap: walk everything from now on. */
+            for (size_t i = 0; i < q->heap_len; i++)
+                q->heap[i]->heap_pos = QUEUE_NOT_IN_HEAP;
+            q->heap_len = 0;
+            q->heap_broken = true;
+            return;
+        }
+        q->heap = h;
+        q->heap_cap = cap;
+    }
+    queue_heap_set(q, q->heap_len++, it);
+    queue_heap_up(q, it->heap_pos);
+}
+
+/* queue_heap_remove - take it out of the heap (if it is in). */
+static void queue_heap_remove(struct queue *q, struct queue_item *it)
+{
+    size_t i = it->heap_pos;
+    if (i == QUEUE_NOT_IN_HEAP)
+        return;
+    it->heap_pos = QUEUE_NOT_IN_HEAP;
+    struct queue_item *last = q->heap[--q->heap_len];
+    if (last == it)
+        return;
+    queue_heap_set(q, i, last);
+    queue_heap_up(q, i);
+    queue_heap_down(q, last->heap_pos);
+}
+
+/* queue_leased_set - put it on or take it off the list of leased messages. */
+static void queue_leased_set(struct queue *q, struct queue_item *it, bool leased)
+{
+    if (leased == it->leased)
+        return;
+    it->leased = leased;
+    if (leased) {
+        it->lprev = NULL;
+        it->lnext = q->leased;
+        if (q->leased)
+            q->leased->lprev = it;
+        q->leased = it;
+        return;
+    }
+    if (it->lprev)
+        it->lprev->lnext = it->lnext;
+    else
+        q->leased = it->lnext;
+    if (it->lnext)
+        it->lnext->lprev = it->lprev;
+    it->lprev = it->lnext = NULL;
+}
+
+/* queue_touch - it changed (recipients, held): bring both indexes up to date. */
+static void queue_touch(struct queue *q, struct queue_item *it)
+{
+    uint64_t old = it->wake_ms;
+    it->wake_ms = queue_wake(&it->msg);
+    if (it->heap_pos != QUEUE_NOT_IN_HEAP && it->wake_ms != old) {
+        if (it->wake_ms < old)
+            queue_heap_up(q, it->heap_pos);
+        else
+            queue_heap_down(q, it->heap_pos);
+    }
+    queue_leased_set(q, it, queue_has_lease(&it->msg));
+}
+
 /* queue_link - add an item at the end of the acceptance order. Takes ownership. */
 static void queue_link(struct queue *q, struct queue_item *it)
 {
+    it->msg.seq = ++q->next_seq;
+    it->wake_ms = queue_wake(&it->msg);
+    queue_heap_insert(q, it);
+    it->leased = false;
+    queue_leased_set(q, it, queue_has_lease(&it->msg));
     queue_grow_msgs(q);
     size_t b = it->hash & (q->mcap - 1);
     it->hnext = q->mtab[b];
@@ -365,9 +552,11 @@ static void queue_link(struct queue *q, struct queue_item *it)
     q->mcount++;
 }
 
-/* queue_unlink - take an item out of the table and the list (not freed). */
+/* queue_unlink - take an item out of the table, the list and the indexes (not freed). */
 static void queue_unlink(struct queue *q, struct queue_item *it)
 {
+    queue_heap_remove(q, it);
+    queue_leased_set(q, it, false);
     struct queue_item **pp = &q->mtab[it->hash & (q->mcap - 1)];
     while (*pp != it)
         pp = &(*pp)->hnext;
@@ -454,6 +643,9 @@ static void queue_clear(struct queue *q)
     q->head = q->tail = NULL;
     q->dhead = q->dtail = NULL;
     q->mcount = q->dcount = 0;
+    q->heap_len = 0;
+    q->heap_broken = false;
+    q->leased = NULL;
 }
 
 /* queue_new - an empty queue with its hash tables. */
@@ -481,6 +673,7 @@ struct queue *queue_free(struct queue *q)
         queue_clear(q);
     free(q->mtab);
     free(q->dtab);
+    free(q->heap);
     free(q);
     return NULL;
 }
@@ -686,6 +879,8 @@ static int queue_apply_lease_item(struct queue *q,
         r->lease_dest = dest[i];
         boot[i] = dest[i] = NULL;
     }
+    if (rv == 0)
+        queue_touch(q, it);
     for (size_t i = 0; boot && dest && i < n; i++) {
         free(boot[i]);
         free(dest[i]);
@@ -908,6 +1103,7 @@ static int queue_apply_outcome(struct queue *q,
         }
     }
     m->dsn_count = p.dsn_count;
+    queue_touch(q, it);
     if (p.dsn != NULL) {
         queue_link(q, p.dsn);
         p.dsn = NULL;
@@ -976,6 +1172,7 @@ static int queue_admin_bounce(struct queue *q,
             errors[i] = NULL;
         }
         m->dsn_count = dsn_count;
+        queue_touch(q, it);
         if (dsn != NULL) {
             queue_link(q, dsn);
             dsn = NULL;
@@ -997,12 +1194,14 @@ static int queue_admin_bounce(struct queue *q,
     return rv;
 }
 
-/* queue_admin_flush - every PENDING recipient of m due at ts. */
-static void queue_admin_flush(struct queue_msg *m, uint64_t ts)
+/* queue_admin_flush - every PENDING recipient of it due at ts. */
+static void queue_admin_flush(struct queue *q, struct queue_item *it, uint64_t ts)
 {
+    struct queue_msg *m = &it->msg;
     for (size_t i = 0; i < m->n_rcpts; i++)
         if (m->rcpts[i].state == QUEUE_RCPT_PENDING)
             m->rcpts[i].next_attempt_ms = ts;
+    queue_touch(q, it);
 }
 
 /* queue_apply_admin - an operator command (see queue.h). */
@@ -1013,7 +1212,7 @@ static int queue_apply_admin(struct queue *q,
 {
     if (a->op == HAMR__ADMIN__OP__FLUSH && a->queue_id[0] == '\0') {
         for (struct queue_item *it = q->head; it != NULL; it = it->next)
-            queue_admin_flush(&it->msg, ts);
+            queue_admin_flush(q, it, ts);
         return 0;
     }
     struct queue_item *it = queue_lookup(q, a->queue_id);
@@ -1032,12 +1231,14 @@ static int queue_apply_admin(struct queue *q,
         }
         case HAMR__ADMIN__OP__HOLD:
             it->msg.held = true;
+            queue_touch(q, it);
             return 0;
         case HAMR__ADMIN__OP__RELEASE:
             it->msg.held = false;
+            queue_touch(q, it);
             return 0;
         case HAMR__ADMIN__OP__FLUSH:
-            queue_admin_flush(&it->msg, ts);
+            queue_admin_flush(q, it, ts);
             return 0;
         case HAMR__ADMIN__OP__BOUNCE:
             return queue_admin_bounce(q, it, a, ts, res);
@@ -1242,6 +1443,89 @@ void queue_foreach(const struct queue *q,
 }
 
 /* queue_get_stats - counts over the whole queue (a walk, for status only). */
+/* queue_due_visit - the heap below position i, pruned where wake_ms > now_ms. */
+static int queue_due_visit(const struct queue *q,
+                           size_t i,
+                           uint64_t now_ms,
+                           int (*fn)(void *arg, const struct queue_msg *m),
+                           void *arg)
+{
+    if (i >= q->heap_len || q->heap[i]->wake_ms > now_ms)
+        return 0;
+    if (fn(arg, &q->heap[i]->msg) != 0)
+        return 1;
+    if (queue_due_visit(q, 2 * i + 1, now_ms, fn, arg) != 0)
+        return 1;
+    return queue_due_visit(q, 2 * i + 2, now_ms, fn, arg);
+}
+
+void queue_foreach_due(const struct queue *q,
+                       uint64_t now_ms,
+                       int (*fn)(void *arg, const struct queue_msg *m),
+                       void *arg)
+{
+    if (q->heap_broken || q->index_off) {
+        for (const struct queue_item *it = q->head; it != NULL; it = it->next)
+            if ((it->wake_ms <= now_ms || it->leased) && fn(arg, &it->msg) != 0)
+                return;
+        return;
+    }
+    if (queue_due_visit(q, 0, now_ms, fn, arg) != 0)
+        return;
+    for (const struct queue_item *it = q->leased; it != NULL; it = it->lnext)
+        if (it->wake_ms > now_ms && fn(arg, &it->msg) != 0)
+            return;
+}
+
+void queue_foreach_leased(const struct queue *q,
+                          int (*fn)(void *arg, const struct queue_msg *m),
+                          void *arg)
+{
+    if (q->index_off) {
+        for (const struct queue_item *it = q->head; it != NULL; it = it->next)
+            if (it->leased && fn(arg, &it->msg) != 0)
+                return;
+        return;
+    }
+    for (const struct queue_item *it = q->leased; it != NULL; it = it->lnext)
+        if (fn(arg, &it->msg) != 0)
+            return;
+}
+
+void queue_set_sched_index(struct queue *q, bool on)
+{
+    q->index_off = !on;
+}
+
+int queue_sched_index_check(const struct queue *q)
+{
+    size_t in_heap = 0, leased = 0, on_list = 0;
+    for (const struct queue_item *it = q->head; it != NULL; it = it->next) {
+        if (it->wake_ms != queue_wake(&it->msg) || it->leased != queue_has_lease(&it->msg))
+            return -1;
+        leased += it->leased;
+        if (it->heap_pos == QUEUE_NOT_IN_HEAP) {
+            if (!q->heap_broken)
+                return -1;
+            continue;
+        }
+        in_heap++;
+        if (it->heap_pos >= q->heap_len || q->heap[it->heap_pos] != it)
+            return -1;
+    }
+    if (in_heap != q->heap_len)
+        return -1;
+    for (size_t i = 1; i < q->heap_len; i++)
+        if (q->heap[(i - 1) / 2]->wake_ms > q->heap[i]->wake_ms)
+            return -1;
+    for (const struct queue_item *it = q->leased; it != NULL; it = it->lnext) {
+        if (!it->leased || (it->lnext != NULL && it->lnext->lprev != it))
+            return -1;
+        on_list++;
+    }
+    return on_list == leased ? 0 : -1;
+}
+
 void queue_get_stats(const struct queue *q, struct queue_stats *st)
 {
     memset(st, 0, sizeof(*st));

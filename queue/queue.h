@@ -92,6 +92,7 @@ struct queue_msg {
     char *helo;
     uint64_t accepted_by;
     uint32_t dsn_count;
+    uint64_t seq;              /* acceptance order on this node (not replicated; renumbered by a restore) */
 };
 
 struct queue_apply_result {
@@ -150,6 +151,41 @@ bool queue_contains(const struct queue *q, const char *id);
  * stop early when fn returns non-zero. fn must not change the queue.
  */
 void queue_foreach(const struct queue *q, int (*fn)(void *arg, const struct queue_msg *m), void *arg);
+
+/*
+ * queue_foreach_due - call fn, each once and in no particular order, for
+ * every message the scheduler may find work in at now_ms: those whose
+ * earliest due time (the first PENDING recipient's next attempt, the first
+ * lease to lapse, the message's expiry; never for a held message) is at or
+ * before now_ms, and every message with a LEASED recipient (a lease of a
+ * dead process is due whatever its expiry). A min-heap kept on every change
+ * makes this cost the due messages, not the whole queue: a backlog waiting
+ * for its next attempt is not walked. Stops when fn returns non-zero; fn
+ * must not change the queue.
+ */
+void queue_foreach_due(const struct queue *q,
+                       uint64_t now_ms,
+                       int (*fn)(void *arg, const struct queue_msg *m),
+                       void *arg);
+
+/* queue_foreach_leased - fn for every message with a LEASED recipient (as queue_foreach_due). */
+void queue_foreach_leased(const struct queue *q,
+                          int (*fn)(void *arg, const struct queue_msg *m),
+                          void *arg);
+
+/*
+ * queue_set_sched_index - a test seam: with on false, queue_foreach_due and
+ * queue_foreach_leased walk every message and filter, as they do when the
+ * heap could not grow; the answers must be the same sets.
+ */
+void queue_set_sched_index(struct queue *q, bool on);
+
+/*
+ * queue_sched_index_check - a test seam: 0 when every message's due time and
+ * lease flag match its state, the heap is ordered and complete, and the
+ * leased list holds exactly the leased messages; -1 otherwise.
+ */
+int queue_sched_index_check(const struct queue *q);
 
 void queue_get_stats(const struct queue *q, struct queue_stats *st);
 

@@ -2,7 +2,10 @@
  * queue_sched.c - the leader's delivery scheduling policy over the queue.
  *
  * queue_sched_pick reads the queue at a given time and returns work items;
- * it changes nothing, so it may run as often as the leader likes. Steps:
+ * it changes nothing, so it may run as often as the leader likes. It visits
+ * only the messages with a lease and those due at the given time
+ * (queue_foreach_due), so a large deferred backlog costs nothing until its
+ * retries fall due. Steps:
  *   1. count active leases per destination (distinct messages holding an
  *      unexpired lease there; leases of this node under another boot id
  *      died with their process and are not counted);
@@ -35,7 +38,7 @@
 struct queue_sched_count {
     char *key; /* NULL: empty slot */
     unsigned count;
-    size_t last_msg; /* 1 + acceptance index of the last message counted */
+    uint64_t last_msg; /* seq of the last message counted (seq starts at 1) */
 };
 
 struct queue_sched_counts {
@@ -46,7 +49,7 @@ struct queue_sched_counts {
 /* queue_sched_group - due recipients of one message for one destination. */
 struct queue_sched_group {
     enum queue_work_kind kind;
-    size_t seq;           /* acceptance index of the message */
+    uint64_t seq;         /* acceptance order of the message (queue_msg.seq) */
     uint64_t first_ms;    /* earliest next attempt among the recipients */
     const char *queue_id; /* borrowed from the queue */
     char dest[QUEUE_DEST_MAX];
@@ -62,7 +65,6 @@ struct queue_sched_ctx {
     struct queue_sched_counts counts;
     struct queue_sched_group *groups;
     size_t n_groups, cap_groups;
-    size_t seq;
     int err;
 };
 
@@ -138,7 +140,7 @@ static bool queue_sched_dead_lease(const struct queue_rcpt *r, const struct queu
 static int queue_sched_count_cb(void *arg, const struct queue_msg *m)
 {
     struct queue_sched_ctx *x = arg;
-    size_t seq = ++x->seq;
+    uint64_t seq = m->seq;
     for (size_t i = 0; i < m->n_rcpts; i++) {
         const struct queue_rcpt *r = &m->rcpts[i];
         if (r->state != QUEUE_RCPT_LEASED || r->lease_expires_ms <= x->now_ms ||
@@ -186,7 +188,7 @@ static int queue_sched_group_add(struct queue_sched_ctx *x,
         g = &x->groups[x->n_groups++];
         memset(g, 0, sizeof(*g));
         g->kind = kind;
-        g->seq = x->seq;
+        g->seq = m->seq;
         g->first_ms = UINT64_MAX;
         g->queue_id = m->id;
         hamr_strlcpy(g->dest, dest, sizeof(g->dest));
@@ -209,7 +211,6 @@ static int queue_sched_group_add(struct queue_sched_ctx *x,
 static int queue_sched_collect_cb(void *arg, const struct queue_msg *m)
 {
     struct queue_sched_ctx *x = arg;
-    x->seq++;
     if (m->held)
         return 0;
     size_t first_group = x->n_groups;
@@ -327,10 +328,9 @@ int queue_sched_pick(const struct queue *q,
         return HAMR_EINVAL;
     *out = NULL;
     struct queue_sched_ctx x = {.now_ms = now_ms, .lim = lim, .route = route};
-    queue_foreach(q, queue_sched_count_cb, &x);
-    x.seq = 0;
+    queue_foreach_leased(q, queue_sched_count_cb, &x);
     if (x.err == 0)
-        queue_foreach(q, queue_sched_collect_cb, &x);
+        queue_foreach_due(q, now_ms, queue_sched_collect_cb, &x);
     int rv = x.err;
     if (rv == 0)
         rv = queue_sched_select(&x, out);

@@ -1,7 +1,9 @@
 /*
  * test_queue_sched.c - the scheduling policy: which recipients are due,
  * grouping by destination, the per-destination limit, NOROUTE and EXPIRE
- * work, ordering, max_items, and the backoff table.
+ * work, ordering, max_items, the backoff table, and the scheduler's index
+ * (a deferred backlog is not walked; random histories give the same picks
+ * as a walk over every message; running out of memory while it grows).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -189,6 +191,7 @@ static void test_due_table(void **state)
             assert_string_equal(w[0].dest, "[one.test]:25");
         }
         queue_work_free(w, (size_t)n);
+        assert_int_equal(queue_sched_index_check(q), 0);
         queue_free(q);
     }
 }
@@ -278,6 +281,7 @@ static void test_per_destination_limit(void **state)
         /* Another destination is not affected. */
         assert_int_equal(two, 1);
         queue_work_free(w, (size_t)n);
+        assert_int_equal(queue_sched_index_check(q), 0);
         queue_free(q);
     }
 }
@@ -424,6 +428,240 @@ static void test_pick_lease_cycle(void **state)
     queue_work_free(w, (size_t)n);
 }
 
+/*
+ * test_backlog_not_walked - 500 messages deferred for an hour cost nothing:
+ * a pick for a new message routes only its recipient, and the backlog comes
+ * back, whole, once its retry time is reached.
+ */
+static void test_backlog_not_walked(void **state)
+{
+    struct queue *q = *state;
+    char id[32];
+    for (int i = 0; i < 500; i++) {
+        snprintf(id, sizeof(id), "D%03d", i);
+        enq(q, T0, id, "x@down.test", NULL, NULL, 0);
+        defer(q, T0 + 1, id, 0, T0 + 60 * MIN);
+    }
+    enq(q, T0 + 2, "NEW", "y@up.test", NULL, NULL, 0);
+    struct queue_work *w = NULL;
+    route_calls = 0;
+    int n = pick(q, T0 + 3, 0, 0, &w);
+    assert_int_equal(n, 1);
+    assert_string_equal(w[0].queue_id, "NEW");
+    assert_int_equal(route_calls, 1);
+    queue_work_free(w, (size_t)n);
+
+    n = pick(q, T0 + 60 * MIN, 0, 0, &w);
+    assert_int_equal(n, 501);
+    assert_string_equal(w[0].queue_id, "NEW"); /* due first (T0 + 2) */
+    assert_string_equal(w[1].queue_id, "D000");
+    assert_string_equal(w[500].queue_id, "D499");
+    queue_work_free(w, (size_t)n);
+}
+
+/* rnd - xorshift64, deterministic per test. */
+static uint64_t rnd_state = 88172645463325252ull;
+static uint64_t rnd(uint64_t n)
+{
+    rnd_state ^= rnd_state << 13;
+    rnd_state ^= rnd_state >> 7;
+    rnd_state ^= rnd_state << 17;
+    return rnd_state % n;
+}
+
+/* same_picks - the pick with the scheduler index and the one walking every message agree. */
+static void same_picks(struct queue *q, uint64_t now, unsigned per_dest, size_t max_items)
+{
+    struct queue_work *a = NULL, *b = NULL;
+    queue_set_sched_index(q, true);
+    int na = pick(q, now, per_dest, max_items, &a);
+    queue_set_sched_index(q, false);
+    int nb = pick(q, now, per_dest, max_items, &b);
+    queue_set_sched_index(q, true);
+    assert_int_equal(na, nb);
+    for (int i = 0; i < na; i++) {
+        assert_int_equal(a[i].kind, b[i].kind);
+        assert_string_equal(a[i].queue_id, b[i].queue_id);
+        assert_string_equal(a[i].dest, b[i].dest);
+        assert_int_equal(a[i].n_rcpts, b[i].n_rcpts);
+        assert_memory_equal(a[i].rcpt_indexes, b[i].rcpt_indexes,
+                            a[i].n_rcpts * sizeof(uint32_t));
+    }
+    queue_work_free(a, (size_t)na);
+    queue_work_free(b, (size_t)nb);
+}
+
+/*
+ * test_index_matches_full_walk - 3000 random steps (enqueue, lease, every
+ * kind of outcome, hold, release, flush, bounce, delete, a restore from a
+ * snapshot, time moving on): after each, the indexes match the state and
+ * the pick from them equals the pick from a walk over the whole queue, with
+ * and without limits.
+ */
+static void test_index_matches_full_walk(void **state)
+{
+    struct queue *q = *state;
+    static const char *const domains[] = {"a.test", "b.test", "c.test", "noroute.test"};
+    uint64_t now = T0, lease_id = 1;
+    char id[32], rcpt[4][48];
+    int next_id = 0;
+    for (int step = 0; step < 3000; step++) {
+        now += rnd(20000);
+        snprintf(id, sizeof(id), "M%04d", next_id > 0 ? (int)rnd((uint64_t)next_id) : 0);
+        switch (rnd(12)) {
+            case 0:
+            case 1:
+            case 2: { /* a new message with one to three recipients */
+                snprintf(id, sizeof(id), "M%04d", next_id++);
+                for (int i = 0; i < 3; i++)
+                    snprintf(rcpt[i], sizeof(rcpt[i]), "u%d@%s", i, domains[rnd(4)]);
+                size_t n = 1 + rnd(3);
+                uint64_t expires = rnd(4) == 0 ? now + rnd(5 * MIN) : 0;
+                enq(q, now, id, rcpt[0], n > 1 ? rcpt[1] : NULL, n > 2 ? rcpt[2] : NULL,
+                    expires);
+                break;
+            }
+            case 3:
+            case 4: { /* what the leader would do: lease what a pick returns */
+                struct queue_work *w = NULL;
+                int n = pick(q, now, 2, 5, &w);
+                for (int i = 0; i < n; i++) {
+                    if (w[i].kind != QUEUE_WORK_DELIVER)
+                        continue;
+                    struct fx_lease l = {.node = 1 + rnd(2),
+                                         .term = 1,
+                                         .expires = now + rnd(2 * MIN),
+                                         .boot = rnd(3) == 0 ? "boot-old" : "boot-now",
+                                         .id = w[i].queue_id,
+                                         .n = w[i].n_rcpts,
+                                         .lease_id = lease_id++,
+                                         .dest = w[i].dest};
+                    memcpy(l.idx, w[i].rcpt_indexes, w[i].n_rcpts * sizeof(uint32_t));
+                    fx_lease(q, now, &l);
+                }
+                queue_work_free(w, (size_t)n);
+                break;
+            }
+            case 5:
+            case 6: { /* an outcome for whatever recipient 0 holds (lease 0: expiry) */
+                const struct queue_msg *m = queue_find(q, id);
+                if (m == NULL)
+                    break;
+                static const Hamr__RcptResult__Status st[] = {
+                    HAMR__RCPT_RESULT__STATUS__DELIVERED, HAMR__RCPT_RESULT__STATUS__DEFERRED,
+                    HAMR__RCPT_RESULT__STATUS__BOUNCED, HAMR__RCPT_RESULT__STATUS__EXPIRED};
+                uint32_t ri = (uint32_t)rnd(m->n_rcpts);
+                uint64_t lid = m->rcpts[ri].state == QUEUE_RCPT_LEASED ? m->rcpts[ri].lease_id : 0;
+                struct fx_outcome o = {.id = id,
+                                       .lease_id = lid,
+                                       .n = 1,
+                                       .res = {{ri, st[rnd(4)], 451, "x"}},
+                                       .next_ms = now + rnd(3 * MIN),
+                                       .reporter = "mx.test",
+                                       .dsn_expires = now + 60 * MIN};
+                fx_outcome(q, now, &o);
+                break;
+            }
+            case 7:
+                if (queue_find(q, id) != NULL)
+                    fx_admin(q, now, rnd(2) ? HAMR__ADMIN__OP__HOLD : HAMR__ADMIN__OP__RELEASE, id);
+                break;
+            case 8:
+                fx_admin(q, now, HAMR__ADMIN__OP__FLUSH, rnd(4) == 0 ? "" : id);
+                break;
+            case 9:
+                if (queue_find(q, id) != NULL)
+                    fx_admin(q, now, rnd(2) ? HAMR__ADMIN__OP__BOUNCE : HAMR__ADMIN__OP__DELETE,
+                             id);
+                break;
+            case 10:
+                if (rnd(20) == 0) { /* a follower installing a snapshot */
+                    struct queue *r = fx_snapshot_roundtrip(q);
+                    queue_free(q);
+                    q = r;
+                    *state = q;
+                }
+                break;
+            default:
+                break;
+        }
+        assert_int_equal(queue_sched_index_check(q), 0);
+        same_picks(q, now, 0, 0);
+        same_picks(q, now, 2, 7);
+        same_picks(q, now + rnd(3 * MIN), 1, 0);
+    }
+}
+
+/* An administrative bounce of a message with one recipient still out on a lease. */
+static void test_index_after_admin_bounce(void **state)
+{
+    struct queue *q = *state;
+    enq(q, T0, "A", "a@one.test", "b@two.test", NULL, 0);
+    lease(q, T0 + 1, "A", 0, 1, "boot-now", T0 + 10 * MIN, 7, "[one.test]:25");
+    fx_admin(q, T0 + 2, HAMR__ADMIN__OP__BOUNCE, "A");
+    assert_int_equal(fx_rcpt(q, "A", 1)->state, QUEUE_RCPT_BOUNCED);
+    assert_int_equal(queue_sched_index_check(q), 0);
+    struct queue_work *w = NULL;
+    int n = pick(q, T0 + 3, 0, 0, &w);
+    assert_int_equal(n, 1); /* the DSN to s@src.test; A waits for its lease */
+    assert_string_not_equal(w[0].queue_id, "A");
+    queue_work_free(w, (size_t)n);
+    n = pick(q, T0 + 10 * MIN, 0, 0, &w);
+    assert_int_equal(n, 2);
+    queue_work_free(w, (size_t)n);
+}
+
+/*
+ * test_heap_out_of_memory - wherever an Enqueue runs out of memory (the
+ * scheduler's heap growing included), the message is either refused with
+ * the queue unchanged or queued and found by the next pick.
+ */
+static void test_heap_out_of_memory(void **state)
+{
+    (void)state;
+    for (long k = 0; k < 40; k++) {
+        struct queue *q = queue_new();
+        assert_non_null(q);
+        char id[32];
+        /* 63 messages: the next one makes the heap grow (64 -> 128). */
+        for (int i = 0; i < 63; i++) {
+            snprintf(id, sizeof(id), "P%02d", i);
+            enq(q, T0, id, "a@one.test", NULL, NULL, 0);
+            defer(q, T0, id, 0, T0 + 60 * MIN);
+        }
+        enq(q, T0, "P63", "a@one.test", NULL, NULL, 0);
+        struct fx_enq e = {.id = "LAST", .sender = "s@src.test", .rcpts = {"b@two.test"}};
+        size_t len;
+        uint8_t *buf = fx_pack_enqueue(T0 + 1, &e, &len);
+        struct queue_apply_result res;
+        fx_fail_after(k);
+        int rv = queue_apply(q, buf, len, &res);
+        fx_fail_off();
+        free(buf);
+        struct queue_work *w = NULL;
+        int n = pick(q, T0 + 2, 0, 0, &w);
+        if (rv == 0 && res.status == 0) {
+            assert_int_equal(n, 2);
+            assert_string_equal(w[1].queue_id, "LAST");
+        } else {
+            assert_int_equal(n, 1);
+            assert_null(queue_find(q, "LAST"));
+        }
+        assert_string_equal(w[0].queue_id, "P63");
+        queue_work_free(w, (size_t)n);
+        /* Later changes still reach the pick. */
+        defer(q, T0 + 3, "P63", 0, T0 + 5 * MIN);
+        n = pick(q, T0 + 4, 0, 0, &w);
+        assert_int_equal(n, rv == 0 && res.status == 0 ? 1 : 0);
+        queue_work_free(w, (size_t)n);
+        n = pick(q, T0 + 60 * MIN, 0, 0, &w);
+        assert_int_equal(n, rv == 0 && res.status == 0 ? 65 : 64);
+        queue_work_free(w, (size_t)n);
+        assert_int_equal(queue_sched_index_check(q), 0);
+        queue_free(q);
+    }
+}
+
 static void test_bad_arguments(void **state)
 {
     struct queue *q = *state;
@@ -480,6 +718,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_expire_waits_for_dead_lease, setup, teardown),
         cmocka_unit_test_setup_teardown(test_order_by_next_attempt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pick_lease_cycle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backlog_not_walked, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_index_matches_full_walk, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_index_after_admin_bounce, setup, teardown),
+        cmocka_unit_test(test_heap_out_of_memory),
         cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
         cmocka_unit_test(test_backoff_table),
     };
