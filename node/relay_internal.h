@@ -22,6 +22,7 @@
 
 #define RELAY_VERSION "0.1.0"
 #define RELAY_SCHED_MAX_ITEMS 256
+#define RELAY_SCHED_DUTY 5 /* a kick waits DUTY times the last pick: at most 1/DUTY of the loop */
 #define RELAY_SHOW_HEADERS_MAX (64 * 1024)
 #define RELAY_RETRY_MS 100 /* wait before trying a proposal again (no leader yet) */
 #define RELAY_STOP_GRACE_MS 5000 /* a gentle stop waits this long for work in flight */
@@ -88,7 +89,8 @@ struct relay {
     uv_timer_t sched_timer;
     uv_timer_t housekeeping_timer;
     uv_timer_t retry_timer;
-    uv_timer_t kick_timer;     /* zero-delay scheduler run (relay_sched_kick) */
+    uv_timer_t kick_timer;     /* early scheduler run (relay_sched_kick) */
+    uint64_t sched_rest_until; /* uv_now before which a kick waits (RELAY_SCHED_DUTY) */
     uv_timer_t stop_timer;     /* a gentle stop waits on this for work to finish */
     uint64_t stop_started;     /* uv_now when relay_stop began, 0 before */
     bool stop_transferring;    /* relay_stop is handing leadership on */

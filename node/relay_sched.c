@@ -411,12 +411,22 @@ out:
  * waiting for the next scan_interval. Only one round runs at a time
  * (sched_in_flight), so under load rounds follow each other as fast as leases
  * commit, and the timer covers retries that fall due.
+ *
+ * A pick costs the due messages it looks at. When thousands are due but
+ * their destination has no free slot (a dead next hop with a short retry
+ * time), every pick looks at all of them and hands out little, and running
+ * one per commit would take the loop from SMTP and raft. So after a pick
+ * that took D ms, a kick waits until RELAY_SCHED_DUTY * D ms have passed
+ * since it began: the scheduler gets at most 1/RELAY_SCHED_DUTY of the loop.
+ * A pick of a few ms rounds to no wait at all.
  */
 void relay_sched_kick(struct relay *r)
 {
     if (r->stopping || !consensus_is_ready(r->cons) || uv_is_active((uv_handle_t *)&r->kick_timer))
         return;
-    uv_timer_start(&r->kick_timer, relay_sched_tick, 0, 0);
+    uint64_t now = uv_now(r->loop);
+    uint64_t wait = r->sched_rest_until > now ? r->sched_rest_until - now : 0;
+    uv_timer_start(&r->kick_timer, relay_sched_tick, wait, 0);
 }
 
 /* relay_sched_tick - leader: lease due work, expire what is too old. */
@@ -437,7 +447,10 @@ void relay_sched_tick(uv_timer_t *t)
     };
     struct queue_route route = {.data = r, .dest = relay_route_dest};
     struct queue_work *work = NULL;
+    uint64_t started = uv_hrtime();
     int n = queue_sched_pick(r->queue, now, &lim, &route, &work);
+    uint64_t took_ms = (uv_hrtime() - started) / 1000000;
+    r->sched_rest_until = uv_now(r->loop) + RELAY_SCHED_DUTY * took_ms;
     if (n <= 0) {
         queue_work_free(work, 0);
         if (n < 0)
