@@ -34,11 +34,33 @@
 #include "util/err.h"
 #include "queue/queue_sched.h"
 
-/* queue_sched_count - leases per destination in an open-addressing table. */
+/*
+ * queue_sched_bucket - the best groups kept so far for one destination (or
+ * for the final kinds), at most limit of them, as a heap with the worst on
+ * top: step 3 can only take the first free-slot-many groups of a
+ * destination in order, so the rest are dropped as soon as they lose.
+ */
+struct queue_sched_bucket {
+    size_t *heap; /* group numbers */
+    size_t n, cap;
+    size_t limit;
+    bool limit_set;
+};
+
+/*
+ * queue_sched_count - one slot of an open-addressing table keyed by string.
+ * Two tables use it: counts (key: destination; leases there, and the bucket
+ * of its groups) and routes (key: recipient domain; that domain's
+ * destination, looked up once a pick).
+ */
 struct queue_sched_count {
     char *key; /* NULL: empty slot */
     unsigned count;
     uint64_t last_msg; /* seq of the last message counted (seq starts at 1) */
+    bool routed;       /* routes: dest/no_route are known */
+    bool no_route;
+    char *dest;
+    struct queue_sched_bucket keep; /* counts */
 };
 
 struct queue_sched_counts {
@@ -51,10 +73,12 @@ struct queue_sched_group {
     enum queue_work_kind kind;
     uint64_t seq;         /* acceptance order of the message (queue_msg.seq) */
     uint64_t first_ms;    /* earliest next attempt among the recipients */
+    uint64_t made;        /* creation order: the last tie-break */
     const char *queue_id; /* borrowed from the queue */
-    char dest[QUEUE_DEST_MAX];
+    const char *dest;     /* borrowed from the routes table ("" for the final kinds) */
     uint32_t *idx;
     size_t n, cap;
+    size_t next_free;     /* free list, while unused */
 };
 
 /* queue_sched_ctx - state of one pick while walking the queue. */
@@ -63,8 +87,14 @@ struct queue_sched_ctx {
     const struct queue_sched_limits *lim;
     const struct queue_route *route;
     struct queue_sched_counts counts;
-    struct queue_sched_group *groups;
+    struct queue_sched_counts routes;
+    struct queue_sched_group *groups; /* kept groups and free slots */
     size_t n_groups, cap_groups;
+    size_t free_head; /* first free group, or SIZE_MAX */
+    uint64_t made;
+    size_t *cur;      /* groups of the message being collected */
+    size_t n_cur, cap_cur;
+    struct queue_sched_bucket finals; /* EXPIRE and NOROUTE groups */
     int err;
 };
 
@@ -82,8 +112,11 @@ static uint64_t queue_sched_hash(const char *s)
 /* queue_sched_counts_free - release the table and its keys. */
 static void queue_sched_counts_free(struct queue_sched_counts *c)
 {
-    for (size_t i = 0; i < c->cap; i++)
+    for (size_t i = 0; i < c->cap; i++) {
         free(c->slots[i].key);
+        free(c->slots[i].dest);
+        free(c->slots[i].keep.heap);
+    }
     free(c->slots);
     c->slots = NULL;
     c->cap = c->used = 0;
@@ -121,9 +154,8 @@ static struct queue_sched_count *queue_sched_counts_slot(struct queue_sched_coun
     if (k == NULL)
         return NULL;
     memcpy(k, key, n + 1);
+    memset(&c->slots[j], 0, sizeof(c->slots[j]));
     c->slots[j].key = k;
-    c->slots[j].count = 0;
-    c->slots[j].last_msg = 0;
     c->used++;
     return &c->slots[j];
 }
@@ -161,37 +193,83 @@ static int queue_sched_count_cb(void *arg, const struct queue_msg *m)
     return 0;
 }
 
+/* queue_sched_before - group a is taken before group b: oldest due, acceptance, creation. */
+static bool queue_sched_before(const struct queue_sched_group *a, const struct queue_sched_group *b)
+{
+    if (a->first_ms != b->first_ms)
+        return a->first_ms < b->first_ms;
+    if (a->seq != b->seq)
+        return a->seq < b->seq;
+    return a->made < b->made;
+}
+
+/* queue_sched_group_drop - free group gi's recipients and its slot. */
+static void queue_sched_group_drop(struct queue_sched_ctx *x, size_t gi)
+{
+    struct queue_sched_group *g = &x->groups[gi];
+    free(g->idx);
+    g->idx = NULL;
+    g->n = g->cap = 0;
+    g->next_free = x->free_head;
+    x->free_head = gi;
+}
+
+/* queue_sched_group_new - a zeroed group (a free slot or a new one); SIZE_MAX on no memory. */
+static size_t queue_sched_group_new(struct queue_sched_ctx *x)
+{
+    size_t gi = x->free_head;
+    if (gi != SIZE_MAX) {
+        x->free_head = x->groups[gi].next_free;
+    } else {
+        if (x->n_groups == x->cap_groups) {
+            size_t cap = x->cap_groups ? 2 * x->cap_groups : 16;
+            struct queue_sched_group *ng = realloc(x->groups, cap * sizeof(*ng));
+            if (ng == NULL)
+                return SIZE_MAX;
+            x->groups = ng;
+            x->cap_groups = cap;
+        }
+        gi = x->n_groups++;
+    }
+    memset(&x->groups[gi], 0, sizeof(x->groups[gi]));
+    x->groups[gi].made = ++x->made;
+    return gi;
+}
+
 /* queue_sched_group_add - put rcpt index i into the message's group for (kind, dest). */
 static int queue_sched_group_add(struct queue_sched_ctx *x,
-                                 size_t first_group,
                                  const struct queue_msg *m,
                                  enum queue_work_kind kind,
                                  const char *dest,
                                  uint32_t i)
 {
     struct queue_sched_group *g = NULL;
-    for (size_t k = first_group; k < x->n_groups; k++) {
-        if (x->groups[k].kind == kind && strcmp(x->groups[k].dest, dest) == 0) {
-            g = &x->groups[k];
+    for (size_t k = 0; k < x->n_cur; k++) {
+        struct queue_sched_group *c = &x->groups[x->cur[k]];
+        if (c->kind == kind && strcmp(c->dest, dest) == 0) {
+            g = c;
             break;
         }
     }
     if (g == NULL) {
-        if (x->n_groups == x->cap_groups) {
-            size_t cap = x->cap_groups ? 2 * x->cap_groups : 16;
-            struct queue_sched_group *ng = realloc(x->groups, cap * sizeof(*ng));
-            if (ng == NULL)
+        if (x->n_cur == x->cap_cur) {
+            size_t cap = x->cap_cur ? 2 * x->cap_cur : 8;
+            size_t *nc = realloc(x->cur, cap * sizeof(*nc));
+            if (nc == NULL)
                 return HAMR_ENOMEM;
-            x->groups = ng;
-            x->cap_groups = cap;
+            x->cur = nc;
+            x->cap_cur = cap;
         }
-        g = &x->groups[x->n_groups++];
-        memset(g, 0, sizeof(*g));
+        size_t gi = queue_sched_group_new(x);
+        if (gi == SIZE_MAX)
+            return HAMR_ENOMEM;
+        x->cur[x->n_cur++] = gi;
+        g = &x->groups[gi];
         g->kind = kind;
         g->seq = m->seq;
         g->first_ms = UINT64_MAX;
         g->queue_id = m->id;
-        hamr_strlcpy(g->dest, dest, sizeof(g->dest));
+        g->dest = dest;
     }
     if (g->n == g->cap) {
         size_t cap = g->cap ? 2 * g->cap : 4;
@@ -207,15 +285,134 @@ static int queue_sched_group_add(struct queue_sched_ctx *x,
     return 0;
 }
 
+/* queue_sched_heap_fix - restore the worst-on-top order of b after position i changed. */
+static void queue_sched_heap_fix(struct queue_sched_ctx *x, struct queue_sched_bucket *b, size_t i)
+{
+    /* Up: while worse than the parent. */
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!queue_sched_before(&x->groups[b->heap[p]], &x->groups[b->heap[i]]))
+            break;
+        size_t t = b->heap[p];
+        b->heap[p] = b->heap[i];
+        b->heap[i] = t;
+        i = p;
+    }
+    /* Down: while a child is worse. */
+    for (;;) {
+        size_t c = 2 * i + 1, w = i;
+        if (c < b->n && queue_sched_before(&x->groups[b->heap[w]], &x->groups[b->heap[c]]))
+            w = c;
+        if (c + 1 < b->n && queue_sched_before(&x->groups[b->heap[w]], &x->groups[b->heap[c + 1]]))
+            w = c + 1;
+        if (w == i)
+            break;
+        size_t t = b->heap[w];
+        b->heap[w] = b->heap[i];
+        b->heap[i] = t;
+        i = w;
+    }
+}
+
+/*
+ * queue_sched_keep - a finished group competes for a place in its bucket:
+ * it is kept while the bucket has room, else it replaces the worst kept
+ * group if it comes before it, else it is dropped.
+ */
+static int queue_sched_keep(struct queue_sched_ctx *x, size_t gi)
+{
+    struct queue_sched_group *g = &x->groups[gi];
+    size_t max_items = x->lim->max_items ? x->lim->max_items : SIZE_MAX;
+    struct queue_sched_bucket *b = &x->finals;
+    if (!b->limit_set)
+        b->limit = SIZE_MAX; /* finals: only max_items bounds them */
+    if (g->kind == QUEUE_WORK_DELIVER) {
+        struct queue_sched_count *c = queue_sched_counts_slot(&x->counts, g->dest);
+        if (c == NULL)
+            return HAMR_ENOMEM;
+        b = &c->keep;
+        if (!b->limit_set) {
+            unsigned per = x->lim->max_per_dest;
+            b->limit = per == 0 ? SIZE_MAX : (c->count < per ? per - c->count : 0);
+        }
+    }
+    if (!b->limit_set) {
+        if (b->limit > max_items)
+            b->limit = max_items;
+        b->limit_set = true;
+    }
+    if (b->n < b->limit) {
+        if (b->n == b->cap) {
+            size_t cap = b->cap ? 2 * b->cap : 8;
+            size_t *nh = realloc(b->heap, cap * sizeof(*nh));
+            if (nh == NULL)
+                return HAMR_ENOMEM;
+            b->heap = nh;
+            b->cap = cap;
+        }
+        b->heap[b->n++] = gi;
+        queue_sched_heap_fix(x, b, b->n - 1);
+        return 0;
+    }
+    if (b->n > 0 && queue_sched_before(g, &x->groups[b->heap[0]])) {
+        queue_sched_group_drop(x, b->heap[0]);
+        b->heap[0] = gi;
+        queue_sched_heap_fix(x, b, 0);
+        return 0;
+    }
+    queue_sched_group_drop(x, gi);
+    return 0;
+}
+
+/*
+ * queue_sched_route - the destination of rcpt (*dest, borrowed until the
+ * pick ends) or NULL for no route; asked of route->dest once per domain and
+ * pick (the route depends on the domain only, queue_sched.h). -1: no memory.
+ */
+static int queue_sched_route(struct queue_sched_ctx *x, const char *rcpt, const char **dest)
+{
+    const char *at = strrchr(rcpt, '@');
+    struct queue_sched_count *c = queue_sched_counts_slot(&x->routes, at ? at + 1 : rcpt);
+    if (c == NULL)
+        return -1;
+    if (!c->routed) {
+        char d[QUEUE_DEST_MAX] = "";
+        if (x->route->dest(x->route->data, rcpt, d, sizeof(d)) != 0) {
+            c->no_route = true;
+        } else {
+            d[sizeof(d) - 1] = '\0';
+            c->dest = strdup(d);
+            if (c->dest == NULL)
+                return -1;
+        }
+        c->routed = true;
+    }
+    *dest = c->no_route ? NULL : c->dest;
+    return 0;
+}
+
+/* queue_sched_full - dest already has max_per_dest live leases (it gets nothing this pick). */
+static bool queue_sched_full(struct queue_sched_ctx *x, const char *dest)
+{
+    if (x->lim->max_per_dest == 0 || x->counts.cap == 0)
+        return false;
+    size_t j = queue_sched_hash(dest) & (x->counts.cap - 1);
+    for (; x->counts.slots[j].key != NULL; j = (j + 1) & (x->counts.cap - 1))
+        if (strcmp(x->counts.slots[j].key, dest) == 0)
+            return x->counts.slots[j].count >= x->lim->max_per_dest;
+    return false;
+}
+
 /* queue_sched_collect_cb - step 2 for one message. */
 static int queue_sched_collect_cb(void *arg, const struct queue_msg *m)
 {
     struct queue_sched_ctx *x = arg;
     if (m->held)
         return 0;
-    size_t first_group = x->n_groups;
+    x->n_cur = 0;
     bool expired = m->expires_at_ms != 0 && x->now_ms >= m->expires_at_ms;
-    for (size_t i = 0; i < m->n_rcpts; i++) {
+    int rv = 0;
+    for (size_t i = 0; rv == 0 && i < m->n_rcpts; i++) {
         const struct queue_rcpt *r = &m->rcpts[i];
         bool pending_due = r->state == QUEUE_RCPT_PENDING && r->next_attempt_ms <= x->now_ms;
         bool lapsed = r->state == QUEUE_RCPT_LEASED && r->lease_expires_ms <= x->now_ms;
@@ -224,72 +421,91 @@ static int queue_sched_collect_cb(void *arg, const struct queue_msg *m)
             continue;
         /* Unheld recipients only (see the comment at the top). */
         bool unheld = pending_due || lapsed;
-        int rv = 0;
         if (expired) {
             if (unheld)
-                rv = queue_sched_group_add(x, first_group, m, QUEUE_WORK_EXPIRE, "", (uint32_t)i);
-        } else {
-            char dest[QUEUE_DEST_MAX] = "";
-            if (x->route->dest(x->route->data, r->addr, dest, sizeof(dest)) != 0) {
-                if (unheld)
-                    rv = queue_sched_group_add(x, first_group, m, QUEUE_WORK_NOROUTE, "",
-                                               (uint32_t)i);
-            } else {
-                dest[sizeof(dest) - 1] = '\0';
-                rv =
-                    queue_sched_group_add(x, first_group, m, QUEUE_WORK_DELIVER, dest, (uint32_t)i);
-            }
+                rv = queue_sched_group_add(x, m, QUEUE_WORK_EXPIRE, "", (uint32_t)i);
+            continue;
         }
-        if (rv != 0) {
-            x->err = rv;
-            return 1;
+        const char *dest = NULL;
+        if (queue_sched_route(x, r->addr, &dest) != 0) {
+            rv = HAMR_ENOMEM;
+        } else if (dest == NULL) {
+            if (unheld)
+                rv = queue_sched_group_add(x, m, QUEUE_WORK_NOROUTE, "", (uint32_t)i);
+        } else if (!queue_sched_full(x, dest)) {
+            /* A full destination gets nothing: no group to build for each
+             * of its waiting messages. */
+            rv = queue_sched_group_add(x, m, QUEUE_WORK_DELIVER, dest, (uint32_t)i);
         }
+    }
+    /* The message's groups are complete: each competes for its place. */
+    for (size_t k = 0; k < x->n_cur; k++) {
+        if (rv == 0)
+            rv = queue_sched_keep(x, x->cur[k]);
+        else
+            queue_sched_group_drop(x, x->cur[k]);
+    }
+    x->n_cur = 0;
+    if (rv != 0) {
+        x->err = rv;
+        return 1;
     }
     return 0;
 }
 
-/* queue_sched_order - oldest due first, then acceptance order, then creation order. */
-static int queue_sched_order(const void *a, const void *b)
+/* queue_sched_order - qsort_r on group numbers (queue_sched_before); arg is the group array. */
+static int queue_sched_order(const void *a, const void *b, void *arg)
 {
-    const struct queue_sched_group *const *pa = a, *const *pb = b;
-    const struct queue_sched_group *x = *pa, *y = *pb;
-    if (x->first_ms != y->first_ms)
-        return x->first_ms < y->first_ms ? -1 : 1;
-    if (x->seq != y->seq)
-        return x->seq < y->seq ? -1 : 1;
-    return x < y ? -1 : (x > y ? 1 : 0);
+    const struct queue_sched_group *groups = arg;
+    const struct queue_sched_group *x = &groups[*(const size_t *)a];
+    const struct queue_sched_group *y = &groups[*(const size_t *)b];
+    return queue_sched_before(x, y) ? -1 : (queue_sched_before(y, x) ? 1 : 0);
 }
 
-/* queue_sched_ctx_free - release groups not handed out and the counts. */
+/* queue_sched_ctx_free - release groups not handed out, the tables and the buckets. */
 static void queue_sched_ctx_free(struct queue_sched_ctx *x)
 {
     for (size_t i = 0; i < x->n_groups; i++)
         free(x->groups[i].idx);
     free(x->groups);
+    free(x->cur);
+    free(x->finals.heap);
     queue_sched_counts_free(&x->counts);
+    queue_sched_counts_free(&x->routes);
 }
 
-/* queue_sched_select - step 3: take groups in order within the limits. */
+/* queue_sched_live - append the group numbers of one bucket to order. */
+static size_t queue_sched_live(const struct queue_sched_bucket *b, size_t *order, size_t n)
+{
+    for (size_t i = 0; i < b->n; i++)
+        order[n++] = b->heap[i];
+    return n;
+}
+
+/* queue_sched_select - step 3: take the kept groups in order within the limits. */
 static int queue_sched_select(struct queue_sched_ctx *x, struct queue_work **out)
 {
-    size_t n = x->n_groups;
-    struct queue_sched_group **order = calloc(n ? n : 1, sizeof(*order));
+    size_t n = x->finals.n;
+    for (size_t i = 0; i < x->counts.cap; i++)
+        n += x->counts.slots[i].keep.n;
+    size_t *order = calloc(n ? n : 1, sizeof(*order));
     struct queue_work *w = calloc(n ? n : 1, sizeof(*w));
     if (order == NULL || w == NULL) {
         free(order);
         free(w);
         return HAMR_ENOMEM;
     }
-    for (size_t i = 0; i < n; i++)
-        order[i] = &x->groups[i];
-    qsort(order, n, sizeof(*order), queue_sched_order);
+    size_t m = queue_sched_live(&x->finals, order, 0);
+    for (size_t i = 0; i < x->counts.cap; i++)
+        m = queue_sched_live(&x->counts.slots[i].keep, order, m);
+    qsort_r(order, n, sizeof(*order), queue_sched_order, x->groups);
     size_t max_items = x->lim->max_items ? x->lim->max_items : SIZE_MAX;
     if (max_items > INT_MAX)
         max_items = INT_MAX;
     size_t k = 0;
     int rv = 0;
     for (size_t i = 0; i < n && k < max_items; i++) {
-        struct queue_sched_group *g = order[i];
+        struct queue_sched_group *g = &x->groups[order[i]];
         if (g->kind == QUEUE_WORK_DELIVER) {
             struct queue_sched_count *c = queue_sched_counts_slot(&x->counts, g->dest);
             if (c == NULL) {
@@ -327,7 +543,8 @@ int queue_sched_pick(const struct queue *q,
     if (q == NULL || lim == NULL || route == NULL || route->dest == NULL || out == NULL)
         return HAMR_EINVAL;
     *out = NULL;
-    struct queue_sched_ctx x = {.now_ms = now_ms, .lim = lim, .route = route};
+    struct queue_sched_ctx x = {
+        .now_ms = now_ms, .lim = lim, .route = route, .free_head = SIZE_MAX};
     queue_foreach_leased(q, queue_sched_count_cb, &x);
     if (x.err == 0)
         queue_foreach_due(q, now_ms, queue_sched_collect_cb, &x);

@@ -16,7 +16,12 @@
 
 #define QUEUE_DEST_MAX 300
 
-/* queue_route - the destination key (next hop, e.g. "[10.0.0.1]:25") of a recipient. */
+/*
+ * queue_route - the destination key (next hop, e.g. "[10.0.0.1]:25") of a
+ * recipient. It must depend on the domain only (the text after the last
+ * '@'): a pick asks once per domain and uses the answer for every recipient
+ * there.
+ */
 struct queue_route {
     void *data;
     /* Write the key into dest (NUL-terminated). Non-zero: no route (the recipient bounces). */
