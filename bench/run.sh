@@ -4,7 +4,7 @@
 #
 #   bench/run.sh [-m MESSAGES] [-c SESSIONS] [-z "4K 64K"] [--long] [-P]
 #                [--only hamr|postfix] [--target auto|leader|spread]
-#                [--scan-interval DUR] [--perf] [--keep] [--rebuild]
+#                [--scan-interval DUR] [--outage] [--perf] [--keep] [--rebuild]
 #
 # For every system and message size it starts a fresh relay and a fresh
 # counting sink (bench/countsink.c) on 127.0.0.1, sends MESSAGES messages
@@ -16,6 +16,13 @@
 #   p50/p99 ms   time from writing the final "." to reading its reply (250s)
 #   non-250      messages refused (any reply but 250) or lost with the connection
 #   cpu s        CPU seconds of the relay's processes during the case
+#
+# --outage: the next hop is down while the load runs (the sink's port is
+# reserved but nothing listens: connection refused), so every message is
+# deferred and the queue grows; accept/s and latency are measured during
+# that. Then the sink starts, the queue is flushed (hamrctl flush, postqueue
+# -f) and "seconds" and "msg/s" run from that moment to the last message
+# counted: how fast the backlog drains once the next hop is back.
 #
 # hamr: 3 voters with their own configs and data directories in the work
 # directory; [delivery] relayhost is the sink, max_per_destination 20. The
@@ -46,6 +53,7 @@ PIPELINING=0
 TARGET=auto
 SCAN_INTERVAL=200ms
 PERF=0
+OUTAGE=0
 KEEP=0
 REBUILD=0
 LOAD_TIMEOUT=1800 # seconds for one load run
@@ -88,6 +96,7 @@ bench_parse_args() {
         --target) TARGET=${2:?}; shift ;;
         --scan-interval) SCAN_INTERVAL=${2:?}; shift ;;
         --perf) PERF=1 ;;
+        --outage) OUTAGE=1 ;;
         --keep) KEEP=1 ;;
         --rebuild) REBUILD=1 ;;
         -h | --help) bench_usage ;;
@@ -300,11 +309,12 @@ bench_load() {
     echo "$LOAD" >>"$dir/smtpload.log"
 }
 
-# bench_drain DIR BASE - wait for the sink to count every accepted message; sets GOT, E2E, RATE.
+# bench_drain DIR BASE [FROM] - wait for the sink to count every accepted message; sets
+# GOT, E2E, RATE. The time runs from the first MAIL, or from FROM (epoch seconds) if given.
 bench_drain() {
     local dir=$1 base=$2 ok start last
     ok=$(bench_field "$LOAD" ok)
-    start=$(bench_field "$LOAD" start)
+    start=${3:-$(bench_field "$LOAD" start)}
     DRAINED=""
     if ! bench_wait "$DRAIN_TIMEOUT" bench_sink_has "$dir" $((base + ok)); then
         DRAINED="*"
@@ -314,6 +324,16 @@ bench_drain() {
     last=$(bench_sink_field "$dir" last)
     E2E=$(awk -v a="$start" -v b="$last" 'BEGIN { printf "%.2f", b - a }')
     RATE=$(awk -v n="$GOT" -v s="$E2E" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }')
+}
+
+# bench_outage_end DIR SINK_PORT FLUSH_COMMAND... - the next hop comes back: start the sink,
+# flush the relay's queue; sets OUTAGE_END (epoch seconds when the sink was started).
+bench_outage_end() {
+    local dir=$1 port=$2
+    shift 2
+    OUTAGE_END=$(date +%s.%N)
+    bench_sink_start "$dir" "$port"
+    "$@" >>"$dir/flush.log" 2>&1 || bench_say "flush failed: $* (see $dir/flush.log)"
 }
 
 # bench_row SYSTEM SIZE CPU_TICKS - one table row from LOAD and the bench_drain results.
@@ -424,7 +444,7 @@ hamr_case() {
         voters+="${voters:+, }$((i + 1))@127.0.0.1:${raft[i]}"
     done
     hamr_peer_supported "$dir" || peer=("" "" "")
-    bench_sink_start "$dir" "$sink"
+    [ "$OUTAGE" -eq 1 ] || bench_sink_start "$dir" "$sink"
     for i in 0 1 2; do
         hamr_write_config "$dir" $((i + 1)) "$voters" "${smtp[i]}" "${raft[i]}" "${ctl[i]}" \
             "${peer[i]}" "$sink"
@@ -463,13 +483,23 @@ hamr_case() {
         targets=("127.0.0.1:${smtp[leader - 1]}")
         label="hamr 3 nodes, leader only"
     fi
-    bench_wait 30 bench_sink_has "$dir" "$probe_ok" || bench_die "probe messages not delivered"
-    base=$(bench_sink_field "$dir" messages)
+    if [ "$OUTAGE" -eq 1 ]; then
+        base=$probe_ok # deferred with the rest; the sink counts them after the outage
+        label+=" (down)"
+    else
+        bench_wait 30 bench_sink_has "$dir" "$probe_ok" || bench_die "probe messages not delivered"
+        base=$(bench_sink_field "$dir" messages)
+    fi
     cpu0=$(bench_cpu "${pids[@]}")
     bench_perf_start "${pids[leader - 1]}" "$dir/perf.data"
     bench_say "hamr $size: leader is node$leader; load to ${targets[*]} ($mode)"
     bench_load "$dir" "$size" "${targets[@]}"
-    bench_drain "$dir" "$base"
+    if [ "$OUTAGE" -eq 1 ]; then
+        bench_outage_end "$dir" "$sink" "$BUILD/hamrctl" -s "127.0.0.1:${ctl[leader - 1]}" flush
+        bench_drain "$dir" "$base" "$OUTAGE_END"
+    else
+        bench_drain "$dir" "$base"
+    fi
     bench_perf_stop "$dir/perf.data" "hamr leader, $size"
     cpu1=$(bench_cpu "${pids[@]}")
     bench_row "$label" "$size" $((cpu1 - cpu0))
@@ -549,7 +579,7 @@ postfix_case() {
     read -r -a ports <<<"$(bench_free_ports 2)"
     smtp=${ports[0]}
     sink=${ports[1]}
-    bench_sink_start "$dir" "$sink"
+    [ "$OUTAGE" -eq 1 ] || bench_sink_start "$dir" "$sink"
     postfix_setup "$dir" "$smtp" "$sink"
     postfix -c "$dir/conf" check >/dev/null 2>&1 ||
         bench_die "postfix check failed for $dir/conf (see $dir/maillog)"
@@ -564,10 +594,15 @@ postfix_case() {
     cpu0=$(bench_cpu $(postfix_tree "$master"))
     bench_say "postfix $size: smtpd on 127.0.0.1:$smtp, relayhost [127.0.0.1]:$sink"
     bench_load "$dir" "$size" "127.0.0.1:$smtp"
-    bench_drain "$dir" 0
+    if [ "$OUTAGE" -eq 1 ]; then
+        bench_outage_end "$dir" "$sink" postqueue -c "$dir/conf" -f
+        bench_drain "$dir" 0 "$OUTAGE_END"
+    else
+        bench_drain "$dir" 0
+    fi
     # shellcheck disable=SC2046 # one argument per pid
     cpu1=$(bench_cpu $(postfix_tree "$master"))
-    bench_row "postfix 1 node" "$size" $((cpu1 - cpu0))
+    bench_row "postfix 1 node$([ "$OUTAGE" -eq 1 ] && echo " (down)")" "$size" $((cpu1 - cpu0))
     NOTES+=("postfix $size: smtp_destination_concurrency_limit=$conc, queue/process limits default, chroot off")
     bench_postfix_stop "$dir/conf"
     bench_stop_pid "$SINK_PID"
@@ -585,7 +620,12 @@ bench_print() {
         echo "$r"
     done
     echo
-    echo "seconds: first MAIL sent to last message counted by the sink; latency: final \".\" to its reply."
+    if [ "$OUTAGE" -eq 1 ]; then
+        echo "(down): next hop down during the load; accept/s and latency with the queue growing; seconds, msg/s:"
+        echo "from the sink's start and the queue flush to the last message counted (the backlog draining)."
+    else
+        echo "seconds: first MAIL sent to last message counted by the sink; latency: final \".\" to its reply."
+    fi
     echo "hamr: scan_interval $SCAN_INTERVAL, max_per_destination 20; cpu s: all relay processes."
     for n in "${NOTES[@]}"; do
         echo "$n"
