@@ -14,6 +14,13 @@
  *      lifetime, NOROUTE when the route has none, otherwise DELIVER;
  *   3. order the groups by their earliest next attempt, then acceptance
  *      order, and take them while max_items and max_per_dest allow.
+ * Step 3 can take at most (free slots) groups of a destination and at most
+ * max_items in all, so step 2 keeps only the best that many per
+ * destination (and max_items of EXPIRE/NOROUTE) in a bounded heap and drops
+ * the rest as it goes: the same answer as sorting every due group, without
+ * the sort (tests/unit/queue checks it against that plain policy). Routes
+ * are asked once per domain, and a destination already at max_per_dest
+ * gets no groups at all.
  *
  * EXPIRE and NOROUTE items are turned into an Outcome with lease_id 0, which
  * applies only to recipients nobody holds (PENDING, or LEASED under a lease
