@@ -4,7 +4,8 @@
 #
 #   bench/run.sh [-m MESSAGES] [-c SESSIONS] [-z "4K 64K"] [--long] [-P]
 #                [--only hamr|postfix] [--target auto|leader|spread]
-#                [--scan-interval DUR] [--outage] [--perf] [--keep] [--rebuild]
+#                [--scan-interval DUR] [--outage] [--postfix-tools] [--perf] [--keep]
+#                [--rebuild]
 #
 # For every system and message size it starts a fresh relay and a fresh
 # counting sink (bench/countsink.c) on 127.0.0.1, sends MESSAGES messages
@@ -16,6 +17,14 @@
 #   p50/p99 ms   time from writing the final "." to reading its reply (250s)
 #   non-250      messages refused (any reply but 250) or lost with the connection
 #   cpu s        CPU seconds of the relay's processes during the case
+#
+# --postfix-tools: the load comes from Postfix's smtp-source (one per target,
+# sessions and messages split between them, -d: messages follow each other
+# on a session) and the sink is Postfix's smtp-sink (-M: it exits after the
+# last message, and that moment ends "seconds"). smtp-source reports no
+# per-message latency, so p50/p99 are "-"; accept/s is messages / the
+# smtp-source run's wall time. The default tools measure the same things
+# plus the latency of every message.
 #
 # --outage: the next hop is down while the load runs (the sink's port is
 # reserved but nothing listens: connection refused), so every message is
@@ -54,6 +63,8 @@ TARGET=auto
 SCAN_INTERVAL=200ms
 PERF=0
 OUTAGE=0
+POSTFIX_TOOLS=0
+SINK_QUIT=0 # --postfix-tools: messages after which smtp-sink exits
 KEEP=0
 REBUILD=0
 LOAD_TIMEOUT=1800 # seconds for one load run
@@ -79,7 +90,7 @@ bench_say() {
 
 # bench_usage - print usage and exit 2.
 bench_usage() {
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -97,6 +108,7 @@ bench_parse_args() {
         --scan-interval) SCAN_INTERVAL=${2:?}; shift ;;
         --perf) PERF=1 ;;
         --outage) OUTAGE=1 ;;
+        --postfix-tools) POSTFIX_TOOLS=1 ;;
         --keep) KEEP=1 ;;
         --rebuild) REBUILD=1 ;;
         -h | --help) bench_usage ;;
@@ -222,9 +234,39 @@ bench_prepare() {
     fi
 }
 
-# bench_sink_start DIR PORT - a fresh countsink on PORT writing DIR/sink.status; sets SINK_PID.
+# bench_port_open PORT - true if something accepts connections on 127.0.0.1:PORT.
+bench_port_open() {
+    "$PYTHON" -c 'import socket, sys
+socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()' "$1" 2>/dev/null
+}
+
+# bench_smtp_sink_start DIR PORT - Postfix's smtp-sink on PORT, exiting after SINK_QUIT
+# messages; DIR/sink.status gets "messages=N last=EPOCH" when it has; sets SINK_PID.
+bench_smtp_sink_start() {
+    local dir=$1 port=$2
+    "$PYTHON" - "$dir/sink.status" "$SINK_QUIT" "$port" >"$dir/sink.log" 2>&1 </dev/null <<'PY' &
+import os, subprocess, sys, time
+status, quit_count, port = sys.argv[1], sys.argv[2], sys.argv[3]
+rc = subprocess.call(["/usr/sbin/smtp-sink", "-u", "nobody", "-M", quit_count,
+                      "127.0.0.1:" + port, "256"])
+if rc == 0:
+    with open(status + ".tmp", "w") as f:
+        f.write("messages=%s first=0 last=%.6f\n" % (quit_count, time.time()))
+    os.rename(status + ".tmp", status)
+sys.exit(rc)
+PY
+    SINK_PID=$!
+    STARTED_PIDS+=("$SINK_PID")
+    bench_wait 10 bench_port_open "$port" || bench_die "smtp-sink did not start (see $dir/sink.log)"
+}
+
+# bench_sink_start DIR PORT - a fresh sink on PORT writing DIR/sink.status; sets SINK_PID.
 bench_sink_start() {
     local dir=$1 port=$2
+    if [ "$POSTFIX_TOOLS" -eq 1 ]; then
+        bench_smtp_sink_start "$dir" "$port"
+        return
+    fi
     "$BUILD/bench/countsink" -l "127.0.0.1:$port" -o "$dir/sink.status" -t 7200 \
         -c 500 2>"$dir/sink.log" </dev/null &
     SINK_PID=$!
@@ -295,9 +337,49 @@ bench_perf_stop() {
     fi
 }
 
+# bench_bytes SIZE - "4K" as 4096, "1M" as 1048576, "500" as 500.
+bench_bytes() {
+    case "$1" in
+    *K) echo $((${1%K} * 1024)) ;;
+    *M) echo $((${1%M} * 1024 * 1024)) ;;
+    *) echo "$1" ;;
+    esac
+}
+
+# bench_load_smtp_source DIR SIZE TARGETS... - one smtp-source per target; sets LOAD to a
+# summary line in smtpload's keys (no latency: "-").
+bench_load_smtp_source() {
+    local dir=$1 size=$2 n i pids=() fails=0 t0 t1 s m
+    shift 2
+    n=$#
+    t0=$(date +%s.%N)
+    i=0
+    for t in "$@"; do
+        s=$((SESSIONS / n + (i < SESSIONS % n ? 1 : 0)))
+        m=$((MESSAGES / n + (i < MESSAGES % n ? 1 : 0)))
+        /usr/sbin/smtp-source -d -s "$s" -m "$m" -l "$(bench_bytes "$size")" \
+            -f bench@example.org -t sink@example.com "$t" >>"$dir/smtpload.log" 2>&1 &
+        pids+=($!)
+        i=$((i + 1))
+    done
+    for i in "${pids[@]}"; do
+        wait "$i" || fails=$((fails + 1))
+    done
+    t1=$(date +%s.%N)
+    LOAD=$(awk -v m="$MESSAGES" -v f="$fails" -v a="$t0" -v b="$t1" 'BEGIN {
+        printf "ok=%d non250=0 failed=%d unsent=0 start=%.6f end=%.6f seconds=%.3f accept_rate=%.1f lat_p50_ms=- lat_p99_ms=- tool=smtp-source\n",
+            m, f, a, b, b - a, m / (b - a) }')
+    [ "$fails" -eq 0 ] || NOTES+=("$fails smtp-source process(es) failed (see $dir/smtpload.log)")
+    echo "$LOAD" >>"$dir/smtpload.log"
+}
+
 # bench_load DIR SIZE TARGETS... - run smtpload; sets LOAD (its summary line).
 bench_load() {
     local dir=$1 size=$2 t args=()
+    if [ "$POSTFIX_TOOLS" -eq 1 ]; then
+        bench_load_smtp_source "$@"
+        return
+    fi
     shift 2
     for t in "$@"; do
         args+=(-s "$t")
@@ -444,6 +526,7 @@ hamr_case() {
         voters+="${voters:+, }$((i + 1))@127.0.0.1:${raft[i]}"
     done
     hamr_peer_supported "$dir" || peer=("" "" "")
+    SINK_QUIT=$((MESSAGES + 2)) # --postfix-tools: the load and a probe through each follower
     [ "$OUTAGE" -eq 1 ] || bench_sink_start "$dir" "$sink"
     for i in 0 1 2; do
         hamr_write_config "$dir" $((i + 1)) "$voters" "${smtp[i]}" "${raft[i]}" "${ctl[i]}" \
@@ -483,9 +566,13 @@ hamr_case() {
         targets=("127.0.0.1:${smtp[leader - 1]}")
         label="hamr 3 nodes, leader only"
     fi
-    if [ "$OUTAGE" -eq 1 ]; then
-        base=$probe_ok # deferred with the rest; the sink counts them after the outage
-        label+=" (down)"
+    if [ "$POSTFIX_TOOLS" -eq 1 ] && [ "$probe_ok" -ne 2 ]; then
+        bench_die "--postfix-tools needs both followers to take mail (smtp-sink counts to $SINK_QUIT)"
+    fi
+    [ "$OUTAGE" -eq 1 ] && label+=" (down)"
+    if [ "$OUTAGE" -eq 1 ] || [ "$POSTFIX_TOOLS" -eq 1 ]; then
+        # Counted with the rest: the sink is down, or smtp-sink reports only at its end.
+        base=$probe_ok
     else
         bench_wait 30 bench_sink_has "$dir" "$probe_ok" || bench_die "probe messages not delivered"
         base=$(bench_sink_field "$dir" messages)
@@ -579,6 +666,7 @@ postfix_case() {
     read -r -a ports <<<"$(bench_free_ports 2)"
     smtp=${ports[0]}
     sink=${ports[1]}
+    SINK_QUIT=$MESSAGES
     [ "$OUTAGE" -eq 1 ] || bench_sink_start "$dir" "$sink"
     postfix_setup "$dir" "$smtp" "$sink"
     postfix -c "$dir/conf" check >/dev/null 2>&1 ||
@@ -626,6 +714,8 @@ bench_print() {
     else
         echo "seconds: first MAIL sent to last message counted by the sink; latency: final \".\" to its reply."
     fi
+    [ "$POSTFIX_TOOLS" -eq 1 ] &&
+        echo "load: Postfix's smtp-source (no per-message latency: p50/p99 \"-\"); sink: Postfix's smtp-sink."
     echo "hamr: scan_interval $SCAN_INTERVAL, max_per_destination 20; cpu s: all relay processes."
     for n in "${NOTES[@]}"; do
         echo "$n"
