@@ -380,39 +380,32 @@ static struct queue_done *queue_done_lookup(const struct queue *q, const char *i
  * m: UINT64_MAX for a held message or one with every recipient final;
  * otherwise the smallest of each PENDING recipient's next_attempt_ms, each
  * LEASED recipient's lease_expires_ms (a lapsed lease is due again) and the
- * message's expires_at_ms (if set).
+ * message's expires_at_ms (if set). *leased: some recipient is LEASED (held
+ * or not).
  */
-static uint64_t queue_wake(const struct queue_msg *m)
+static uint64_t queue_wake(const struct queue_msg *m, bool *leased)
 {
-    if (m->held)
-        return UINT64_MAX;
     uint64_t wake = UINT64_MAX;
     bool open = false;
+    *leased = false;
     for (size_t i = 0; i < m->n_rcpts; i++) {
         const struct queue_rcpt *r = &m->rcpts[i];
         uint64_t t;
-        if (r->state == QUEUE_RCPT_PENDING)
+        if (r->state == QUEUE_RCPT_PENDING) {
             t = r->next_attempt_ms;
-        else if (r->state == QUEUE_RCPT_LEASED)
+        } else if (r->state == QUEUE_RCPT_LEASED) {
             t = r->lease_expires_ms;
-        else
+            *leased = true;
+        } else {
             continue;
+        }
         open = true;
         if (t < wake)
             wake = t;
     }
     if (open && m->expires_at_ms != 0 && m->expires_at_ms < wake)
         wake = m->expires_at_ms;
-    return wake;
-}
-
-/* queue_has_lease - some recipient of m is LEASED. */
-static bool queue_has_lease(const struct queue_msg *m)
-{
-    for (size_t i = 0; i < m->n_rcpts; i++)
-        if (m->rcpts[i].state == QUEUE_RCPT_LEASED)
-            return true;
-    return false;
+    return m->held ? UINT64_MAX : wake;
 }
 
 /* queue_heap_set - put it at heap position i. */
@@ -520,24 +513,26 @@ static void queue_leased_set(struct queue *q, struct queue_item *it, bool leased
 static void queue_touch(struct queue *q, struct queue_item *it)
 {
     uint64_t old = it->wake_ms;
-    it->wake_ms = queue_wake(&it->msg);
+    bool leased;
+    it->wake_ms = queue_wake(&it->msg, &leased);
     if (it->heap_pos != QUEUE_NOT_IN_HEAP && it->wake_ms != old) {
         if (it->wake_ms < old)
             queue_heap_up(q, it->heap_pos);
         else
             queue_heap_down(q, it->heap_pos);
     }
-    queue_leased_set(q, it, queue_has_lease(&it->msg));
+    queue_leased_set(q, it, leased);
 }
 
 /* queue_link - add an item at the end of the acceptance order. Takes ownership. */
 static void queue_link(struct queue *q, struct queue_item *it)
 {
+    bool leased;
     it->msg.seq = ++q->next_seq;
-    it->wake_ms = queue_wake(&it->msg);
+    it->wake_ms = queue_wake(&it->msg, &leased);
     queue_heap_insert(q, it);
     it->leased = false;
-    queue_leased_set(q, it, queue_has_lease(&it->msg));
+    queue_leased_set(q, it, leased);
     queue_grow_msgs(q);
     size_t b = it->hash & (q->mcap - 1);
     it->hnext = q->mtab[b];
@@ -1501,7 +1496,8 @@ int queue_sched_index_check(const struct queue *q)
 {
     size_t in_heap = 0, leased = 0, on_list = 0;
     for (const struct queue_item *it = q->head; it != NULL; it = it->next) {
-        if (it->wake_ms != queue_wake(&it->msg) || it->leased != queue_has_lease(&it->msg))
+        bool has_lease;
+        if (it->wake_ms != queue_wake(&it->msg, &has_lease) || it->leased != has_lease)
             return -1;
         leased += it->leased;
         if (it->heap_pos == QUEUE_NOT_IN_HEAP) {

@@ -50,7 +50,7 @@
 struct queue_sched_bucket {
     size_t *heap; /* group numbers */
     size_t n, cap;
-    size_t limit;
+    size_t limit; /* set when the bucket is first used (queue_sched_bucket_of) */
     bool limit_set;
 };
 
@@ -102,6 +102,7 @@ struct queue_sched_ctx {
     size_t *cur;      /* groups of the message being collected */
     size_t n_cur, cap_cur;
     struct queue_sched_bucket finals; /* EXPIRE and NOROUTE groups */
+    size_t max_items; /* lim->max_items, SIZE_MAX for none */
     int err;
 };
 
@@ -129,10 +130,26 @@ static void queue_sched_counts_free(struct queue_sched_counts *c)
     c->cap = c->used = 0;
 }
 
+/* queue_sched_counts_find - the slot of key, or NULL if there is none. */
+static struct queue_sched_count *queue_sched_counts_find(const struct queue_sched_counts *c,
+                                                         const char *key)
+{
+    if (c->cap == 0)
+        return NULL;
+    for (size_t j = queue_sched_hash(key) & (c->cap - 1); c->slots[j].key != NULL;
+         j = (j + 1) & (c->cap - 1))
+        if (strcmp(c->slots[j].key, key) == 0)
+            return &c->slots[j];
+    return NULL;
+}
+
 /* queue_sched_counts_slot - the slot of key, created (count 0) if missing; NULL on no memory. */
 static struct queue_sched_count *queue_sched_counts_slot(struct queue_sched_counts *c,
                                                          const char *key)
 {
+    struct queue_sched_count *found = queue_sched_counts_find(c, key);
+    if (found != NULL)
+        return found;
     if (2 * (c->used + 1) > c->cap) {
         size_t cap = c->cap ? 2 * c->cap : 64;
         struct queue_sched_count *s = calloc(cap, sizeof(*s));
@@ -151,11 +168,8 @@ static struct queue_sched_count *queue_sched_counts_slot(struct queue_sched_coun
         c->cap = cap;
     }
     size_t j = queue_sched_hash(key) & (c->cap - 1);
-    while (c->slots[j].key != NULL) {
-        if (strcmp(c->slots[j].key, key) == 0)
-            return &c->slots[j];
+    while (c->slots[j].key != NULL)
         j = (j + 1) & (c->cap - 1);
-    }
     size_t n = strlen(key);
     char *k = malloc(n + 1);
     if (k == NULL)
@@ -165,6 +179,23 @@ static struct queue_sched_count *queue_sched_counts_slot(struct queue_sched_coun
     c->slots[j].key = k;
     c->used++;
     return &c->slots[j];
+}
+
+/*
+ * queue_sched_room - make *arr (elements of size elem, *cap of them) hold at
+ * least n + 1: doubles, starting at first. HAMR_ENOMEM leaves it as it was.
+ */
+static int queue_sched_room(void *arr, size_t *cap, size_t n, size_t elem, size_t first)
+{
+    if (n < *cap)
+        return 0;
+    size_t ncap = *cap ? 2 * *cap : first;
+    void *p = realloc(*(void **)arr, ncap * elem);
+    if (p == NULL)
+        return HAMR_ENOMEM;
+    *(void **)arr = p;
+    *cap = ncap;
+    return 0;
 }
 
 /* queue_sched_dead_lease - a lease of this node taken under another boot id. */
@@ -228,14 +259,8 @@ static size_t queue_sched_group_new(struct queue_sched_ctx *x)
     if (gi != SIZE_MAX) {
         x->free_head = x->groups[gi].next_free;
     } else {
-        if (x->n_groups == x->cap_groups) {
-            size_t cap = x->cap_groups ? 2 * x->cap_groups : 16;
-            struct queue_sched_group *ng = realloc(x->groups, cap * sizeof(*ng));
-            if (ng == NULL)
-                return SIZE_MAX;
-            x->groups = ng;
-            x->cap_groups = cap;
-        }
+        if (queue_sched_room(&x->groups, &x->cap_groups, x->n_groups, sizeof(*x->groups), 16) != 0)
+            return SIZE_MAX;
         gi = x->n_groups++;
     }
     memset(&x->groups[gi], 0, sizeof(x->groups[gi]));
@@ -259,14 +284,8 @@ static int queue_sched_group_add(struct queue_sched_ctx *x,
         }
     }
     if (g == NULL) {
-        if (x->n_cur == x->cap_cur) {
-            size_t cap = x->cap_cur ? 2 * x->cap_cur : 8;
-            size_t *nc = realloc(x->cur, cap * sizeof(*nc));
-            if (nc == NULL)
-                return HAMR_ENOMEM;
-            x->cur = nc;
-            x->cap_cur = cap;
-        }
+        if (queue_sched_room(&x->cur, &x->cap_cur, x->n_cur, sizeof(*x->cur), 8) != 0)
+            return HAMR_ENOMEM;
         size_t gi = queue_sched_group_new(x);
         if (gi == SIZE_MAX)
             return HAMR_ENOMEM;
@@ -278,14 +297,8 @@ static int queue_sched_group_add(struct queue_sched_ctx *x,
         g->queue_id = m->id;
         g->dest = dest;
     }
-    if (g->n == g->cap) {
-        size_t cap = g->cap ? 2 * g->cap : 4;
-        uint32_t *ni = realloc(g->idx, cap * sizeof(*ni));
-        if (ni == NULL)
-            return HAMR_ENOMEM;
-        g->idx = ni;
-        g->cap = cap;
-    }
+    if (queue_sched_room(&g->idx, &g->cap, g->n, sizeof(*g->idx), 4) != 0)
+        return HAMR_ENOMEM;
     g->idx[g->n++] = i;
     if (m->rcpts[i].next_attempt_ms < g->first_ms)
         g->first_ms = m->rcpts[i].next_attempt_ms;
@@ -329,34 +342,23 @@ static void queue_sched_heap_fix(struct queue_sched_ctx *x, struct queue_sched_b
 static int queue_sched_keep(struct queue_sched_ctx *x, size_t gi)
 {
     struct queue_sched_group *g = &x->groups[gi];
-    size_t max_items = x->lim->max_items ? x->lim->max_items : SIZE_MAX;
-    struct queue_sched_bucket *b = &x->finals;
-    if (!b->limit_set)
-        b->limit = SIZE_MAX; /* finals: only max_items bounds them */
+    struct queue_sched_bucket *b = &x->finals; /* limit set by queue_sched_pick */
     if (g->kind == QUEUE_WORK_DELIVER) {
         struct queue_sched_count *c = queue_sched_counts_slot(&x->counts, g->dest);
         if (c == NULL)
             return HAMR_ENOMEM;
         b = &c->keep;
         if (!b->limit_set) {
+            /* The destination's free slots, and never more than max_items. */
             unsigned per = x->lim->max_per_dest;
-            b->limit = per == 0 ? SIZE_MAX : (c->count < per ? per - c->count : 0);
+            size_t free_slots = per == 0 ? SIZE_MAX : (c->count < per ? per - c->count : 0);
+            b->limit = free_slots < x->max_items ? free_slots : x->max_items;
+            b->limit_set = true;
         }
-    }
-    if (!b->limit_set) {
-        if (b->limit > max_items)
-            b->limit = max_items;
-        b->limit_set = true;
     }
     if (b->n < b->limit) {
-        if (b->n == b->cap) {
-            size_t cap = b->cap ? 2 * b->cap : 8;
-            size_t *nh = realloc(b->heap, cap * sizeof(*nh));
-            if (nh == NULL)
-                return HAMR_ENOMEM;
-            b->heap = nh;
-            b->cap = cap;
-        }
+        if (queue_sched_room(&b->heap, &b->cap, b->n, sizeof(*b->heap), 8) != 0)
+            return HAMR_ENOMEM;
         b->heap[b->n++] = gi;
         queue_sched_heap_fix(x, b, b->n - 1);
         return 0;
@@ -401,13 +403,8 @@ static int queue_sched_route(struct queue_sched_ctx *x, const char *rcpt, const 
 /* queue_sched_full - dest already has max_per_dest live leases (it gets nothing this pick). */
 static bool queue_sched_full(struct queue_sched_ctx *x, const char *dest)
 {
-    if (x->lim->max_per_dest == 0 || x->counts.cap == 0)
-        return false;
-    size_t j = queue_sched_hash(dest) & (x->counts.cap - 1);
-    for (; x->counts.slots[j].key != NULL; j = (j + 1) & (x->counts.cap - 1))
-        if (strcmp(x->counts.slots[j].key, dest) == 0)
-            return x->counts.slots[j].count >= x->lim->max_per_dest;
-    return false;
+    const struct queue_sched_count *c = queue_sched_counts_find(&x->counts, dest);
+    return x->lim->max_per_dest != 0 && c != NULL && c->count >= x->lim->max_per_dest;
 }
 
 /* queue_sched_collect_cb - step 2 for one message. */
@@ -506,9 +503,7 @@ static int queue_sched_select(struct queue_sched_ctx *x, struct queue_work **out
     for (size_t i = 0; i < x->counts.cap; i++)
         m = queue_sched_live(&x->counts.slots[i].keep, order, m);
     qsort_r(order, n, sizeof(*order), queue_sched_order, x->groups);
-    size_t max_items = x->lim->max_items ? x->lim->max_items : SIZE_MAX;
-    if (max_items > INT_MAX)
-        max_items = INT_MAX;
+    size_t max_items = x->max_items > INT_MAX ? INT_MAX : x->max_items;
     size_t k = 0;
     int rv = 0;
     for (size_t i = 0; i < n && k < max_items; i++) {
@@ -550,8 +545,13 @@ int queue_sched_pick(const struct queue *q,
     if (q == NULL || lim == NULL || route == NULL || route->dest == NULL || out == NULL)
         return HAMR_EINVAL;
     *out = NULL;
-    struct queue_sched_ctx x = {
-        .now_ms = now_ms, .lim = lim, .route = route, .free_head = SIZE_MAX};
+    struct queue_sched_ctx x = {.now_ms = now_ms,
+                                .lim = lim,
+                                .route = route,
+                                .free_head = SIZE_MAX,
+                                .max_items = lim->max_items ? lim->max_items : SIZE_MAX};
+    x.finals.limit = x.max_items; /* only max_items bounds EXPIRE and NOROUTE */
+    x.finals.limit_set = true;
     queue_foreach_leased(q, queue_sched_count_cb, &x);
     if (x.err == 0)
         queue_foreach_due(q, now_ms, queue_sched_collect_cb, &x);
