@@ -16,12 +16,19 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 BUILD_DIR=${HAMR_TEST_BUILD:-build-test}
 JOBS=${HAMR_JOBS:-2}
+# Every package is named here: apt-get runs with --no-install-recommends, so
+# nothing may come in as a mere recommendation of another package.
 # postfix is only for /usr/sbin/smtp-sink and smtp-source; its service stays unconfigured.
 # nftables (and iproute2's ip netns) cut nodes apart in the cluster partition tests;
-# haproxy is the load balancer of the balancer and rolling-upgrade tests.
+# haproxy is the load balancer of the balancer and rolling-upgrade tests; swaks's
+# --tls needs libnet-ssleay-perl and its SASL mechanisms beyond PLAIN, LOGIN and
+# CRAM-MD5 libauthen-sasl-perl (swaks only recommends both); the openssl command makes
+# the test certificates; e2fsprogs, util-linux and mount make the small loop
+# disks of the disk-full tests.
 PACKAGES=(cmake gcc libc6-dev make pkg-config libraft-dev liblz4-dev libuv1-dev libprotobuf-c-dev
           protobuf-c-compiler libssl-dev libcmocka-dev libinih-dev python3 python3-aiosmtpd
-          swaks postfix nftables iproute2 haproxy sslscan)
+          swaks libnet-ssleay-perl libauthen-sasl-perl openssl
+          postfix nftables iproute2 haproxy sslscan e2fsprogs util-linux mount)
 
 # run_sh_missing_packages - print the packages of PACKAGES that are not installed.
 run_sh_missing_packages() {
@@ -52,7 +59,50 @@ run_sh_install() {
     apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
+# run_sh_need WHAT PACKAGE CMD... - run CMD quietly; if it fails, record
+# "WHAT (PACKAGE)" as missing.
+run_sh_need() {
+    local what=$1 pkg=$2
+    shift 2
+    if ! "$@" >/dev/null 2>&1; then
+        RUN_SH_UNABLE+=("$what (Debian package $pkg)")
+    fi
+}
+
+# run_sh_swaks_has FEATURE - true if "swaks --support" lists FEATURE as supported.
+run_sh_swaks_has() {
+    swaks --support 2>&1 | grep -qx "=== $1 supported"
+}
+
+# run_sh_check_tools - check that every outside tool the tests drive can do
+# what they ask of it, before any test runs; stop naming what is missing.
+run_sh_check_tools() {
+    RUN_SH_UNABLE=()
+    run_sh_need "swaks" swaks command -v swaks
+    run_sh_need "swaks --tls" libnet-ssleay-perl run_sh_swaks_has "TLS"
+    run_sh_need "swaks --auth PLAIN" swaks run_sh_swaks_has "Basic AUTH"
+    run_sh_need "swaks --auth DIGEST-MD5" libauthen-sasl-perl run_sh_swaks_has "AUTH DIGEST-MD5"
+    run_sh_need "openssl req and s_client" openssl openssl version
+    run_sh_need "sslscan --starttls-smtp" sslscan sh -c 'sslscan --version | grep -q .'
+    run_sh_need "smtp-sink and smtp-source" postfix test -x /usr/sbin/smtp-sink -a -x /usr/sbin/smtp-source
+    run_sh_need "haproxy" haproxy /usr/sbin/haproxy -v
+    run_sh_need "nft" nftables sh -c 'command -v nft || test -x /usr/sbin/nft'
+    run_sh_need "ip netns" iproute2 ip netns list
+    run_sh_need "mkfs.ext4" e2fsprogs sh -c 'command -v mkfs.ext4 || test -x /usr/sbin/mkfs.ext4 || test -x /sbin/mkfs.ext4'
+    run_sh_need "fallocate" util-linux sh -c 'command -v fallocate'
+    run_sh_need "mount" mount sh -c 'command -v mount'
+    run_sh_need "python3 aiosmtpd" python3-aiosmtpd /usr/bin/python3 -c 'import aiosmtpd.controller'
+    if [ "${#RUN_SH_UNABLE[@]}" -gt 0 ]; then
+        echo "run.sh: the tests need tools that are missing or lack a part:" >&2
+        printf '  %s\n' "${RUN_SH_UNABLE[@]}" >&2
+        echo "run.sh: install them (apt-get install --no-install-recommends PACKAGE) and run again" >&2
+        return 1
+    fi
+    echo "run.sh: every tool the tests drive is present"
+}
+
 run_sh_install
+run_sh_check_tools
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
