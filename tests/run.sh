@@ -70,8 +70,11 @@ run_sh_need() {
 }
 
 # run_sh_swaks_has FEATURE - true if "swaks --support" lists FEATURE as supported.
+# (Read whole first: grep -q stopping early would break swaks's pipe under pipefail.)
 run_sh_swaks_has() {
-    swaks --support 2>&1 | grep -qx "=== $1 supported"
+    local support
+    support=$(swaks --support 2>&1) || true
+    grep -qx "=== $1 supported" <<<"$support"
 }
 
 # run_sh_check_tools - check that every outside tool the tests drive can do
@@ -83,7 +86,7 @@ run_sh_check_tools() {
     run_sh_need "swaks --auth PLAIN" swaks run_sh_swaks_has "Basic AUTH"
     run_sh_need "swaks --auth DIGEST-MD5" libauthen-sasl-perl run_sh_swaks_has "AUTH DIGEST-MD5"
     run_sh_need "openssl req and s_client" openssl openssl version
-    run_sh_need "sslscan --starttls-smtp" sslscan sh -c 'sslscan --version | grep -q .'
+    run_sh_need "sslscan --starttls-smtp" sslscan sh -c 'sslscan --help 2>&1 | grep -q -- --starttls-smtp'
     run_sh_need "smtp-sink and smtp-source" postfix test -x /usr/sbin/smtp-sink -a -x /usr/sbin/smtp-source
     run_sh_need "haproxy" haproxy /usr/sbin/haproxy -v
     run_sh_need "nft" nftables sh -c 'command -v nft || test -x /usr/sbin/nft'
