@@ -1,15 +1,17 @@
 /*
- * relay.c - the wiring of one hamr node: raft's state machine adapter,
- * proposals (local on the leader, forwarded from a follower), housekeeping,
- * start and stop. The acceptance path is in relay_accept.c, scheduling and
- * delivery in relay_sched.c, the control verbs in relay_ctl.c.
+ * relay.c - the wiring of one hamr node: raft's state machine adapter, what
+ * the proposer needs from raft, the node directory and the peer client,
+ * housekeeping (free space, deadlines, NodeInfo, the cluster level), start
+ * and stop. The acceptance path is in relay_accept.c, proposals in
+ * proposer.c, scheduling and delivery in relay_sched.c, the control verbs in
+ * relay_ctl.c.
  *
  * Accepting (any node):
- *   smtpd session -> relay_sink_submit -> Entry{Enqueue} -> relay_propose_bytes
+ *   smtpd session -> relay_sink_submit -> Entry{Enqueue} -> proposer_submit
  *   -> leader: consensus_propose; follower: peer channel to the leader
  *   -> (majority fsync, apply) -> the session replies 250.
- *   Not leader / leadership lost / timeout / refused: a 4xx (see relay_accept.c
- *   for how an unknown outcome is resolved by queue id).
+ *   Not leader / leadership lost / timeout / refused: see proposer.c for how
+ *   each is retried or resolved by queue id, and what the session is told.
  *
  * Applying (every node): relay_fsm_apply hands each committed entry to the
  *   queue state machine. An entry the queue cannot decode or does not know is
@@ -49,6 +51,7 @@
 #include "node/config.h"
 #include "node/control.h"
 #include "node/peer.h"
+#include "node/proposer.h"
 #include "node/relay.h"
 #include "node/relay_internal.h"
 
@@ -118,225 +121,111 @@ static int relay_fsm_restore(void *data, const uint8_t *buf, size_t len)
 }
 
 /* ---------------------------------------------------------------------------
- * Proposals: local on the leader, forwarded by a follower.
+ * What the proposer (node/proposer.c) needs: raft, the leader's peer
+ * address from the node directory, the peer client, the applied queue.
  * ------------------------------------------------------------------------- */
 
-/* relay_prop_unlink - take p off the pending list. */
-static void relay_prop_unlink(struct relay *r, struct relay_prop *p)
+static uint64_t relay_prop_now(void *data)
 {
-    if (p->prev)
-        p->prev->next = p->next;
-    else
-        r->props = p->next;
-    if (p->next)
-        p->next->prev = p->prev;
-    p->prev = p->next = NULL;
+    struct relay *r = data;
+    return uv_now(r->loop);
 }
 
-static void relay_prop_done(void *arg, int status, void *result);
-
-/* relay_prop_link - put p on the pending list (for the deadline sweep). */
-static void relay_prop_link(struct relay *r, struct relay_prop *p)
+static bool relay_prop_is_leader(void *data)
 {
-    p->next = r->props;
-    if (r->props)
-        r->props->prev = p;
-    r->props = p;
+    struct relay *r = data;
+    return consensus_is_ready(r->cons);
 }
 
-/* relay_pq_drain - hand queued proposals to raft while there is room. */
-static void relay_pq_drain(struct relay *r)
+static uint64_t relay_prop_leader_id(void *data)
 {
-    while (r->pq_head != NULL && r->inflight < RELAY_MAX_INFLIGHT) {
-        struct relay_prop *p = r->pq_head;
-        r->pq_head = p->qnext;
-        if (r->pq_head == NULL)
-            r->pq_tail = NULL;
-        p->qnext = NULL;
-        uint8_t *buf = p->buf;
-        p->buf = NULL;
-        int rv = p->cb == NULL ? HAMR_ETIMEDOUT
-                               : consensus_propose(r->cons, buf, p->len, relay_prop_done, p);
-        if (rv == 0) {
-            r->inflight++;
-            continue;
-        }
-        /* Never reached raft: the outcome is known (not in the log). */
-        consensus_free(buf);
-        relay_prop_unlink(r, p);
-        if (p->cb != NULL)
-            p->cb(p->arg, rv, 0);
-        free(p);
-    }
-}
-
-/* relay_prop_done - consensus answered: pass it on unless the deadline already did. */
-static void relay_prop_done(void *arg, int status, void *result)
-{
-    struct relay_prop *p = arg;
-    struct relay *r = p->relay;
-    HAMR_ASSERT(r->inflight > 0);
-    r->inflight--;
-    relay_prop_unlink(r, p);
-    if (p->cb != NULL)
-        p->cb(p->arg, status, status == 0 ? (intptr_t)result : 0);
-    free(p);
-    relay_pq_drain(r);
-}
-
-/*
- * relay_propose_local - buf (from consensus_malloc) into raft here, or into
- * the FIFO when RELAY_MAX_INFLIGHT are in flight; takes buf on 0.
- */
-static int relay_propose_local(struct relay *r, uint8_t *buf, size_t len, uint64_t timeout_ms,
-                               relay_propose_cb cb, void *arg)
-{
-    struct relay_prop *p = calloc(1, sizeof(*p));
-    if (p == NULL)
-        return HAMR_ENOMEM;
-    p->relay = r;
-    p->cb = cb;
-    p->arg = arg;
-    p->deadline = uv_now(r->loop) + timeout_ms;
-    if (r->inflight >= RELAY_MAX_INFLIGHT || r->pq_head != NULL) {
-        if (!consensus_is_ready(r->cons)) {
-            free(p);
-            return HAMR_ENOTLEADER;
-        }
-        p->buf = buf;
-        p->len = len;
-        if (r->pq_tail)
-            r->pq_tail->qnext = p;
-        else
-            r->pq_head = p;
-        r->pq_tail = p;
-        relay_prop_link(r, p);
-        return 0;
-    }
-    int rv = consensus_propose(r->cons, buf, len, relay_prop_done, p);
-    if (rv != 0) {
-        free(p);
-        return rv;
-    }
-    r->inflight++;
-    relay_prop_link(r, p);
-    return 0;
-}
-
-int relay_leader_peer(struct relay *r, char *addr, size_t addrlen)
-{
+    struct relay *r = data;
     struct consensus_info info;
     consensus_get_info(r->cons, &info);
-    if (info.leader_id == 0 || info.leader_id == r->cfg->node_id)
-        return HAMR_ENOQUORUM;
-    const struct queue_node *n = queue_node_find(r->queue, info.leader_id);
-    if (n == NULL || n->peer_address[0] == '\0' || r->peer_cli == NULL)
+    return info.leader_id;
+}
+
+/* relay_prop_leader_addr - the peer address leader published in its NodeInfo. */
+static int relay_prop_leader_addr(void *data, uint64_t leader, char *addr, size_t addrlen)
+{
+    struct relay *r = data;
+    const struct queue_node *n = queue_node_find(r->queue, leader);
+    if (leader == r->cfg->node_id || n == NULL || n->peer_address[0] == '\0' || r->peer_cli == NULL)
         return HAMR_ENOTFOUND;
     hamr_strlcpy(addr, n->peer_address, addrlen);
     return 0;
 }
 
-bool relay_leader_known(struct relay *r)
+static int relay_prop_append(void *data, uint8_t *buf, size_t len, proposer_raft_cb cb, void *arg)
 {
-    char addr[CONSENSUS_ADDR_MAX];
-    return consensus_is_ready(r->cons) || relay_leader_peer(r, addr, sizeof(addr)) == 0;
+    struct relay *r = data;
+    return consensus_propose(r->cons, buf, len, cb, arg);
 }
 
-struct relay_fwd {
-    relay_propose_cb cb;
-    void *arg;
-};
-
-/* relay_fwd_done - the leader answered a forwarded proposal (or the channel failed). */
-static void relay_fwd_done(void *arg, int status, const Hamr__PeerResult *res)
+static int relay_prop_forward(void *data,
+                              const char *addr,
+                              const Hamr__PeerMsg *msg,
+                              uint64_t timeout_ms,
+                              proposer_reply_cb cb,
+                              void *arg)
 {
-    struct relay_fwd *f = arg;
-    intptr_t result = 0;
-    if (status == 0) {
-        status = res->status;
-        result = (intptr_t)res->result;
-    } else if (status == HAMR_ECONNECT) {
-        /* Sent or not, we cannot tell: the caller resolves it by queue id. */
-        status = HAMR_ELEADERSHIPLOST;
-    }
-    f->cb(f->arg, status, result);
-    free(f);
+    struct relay *r = data;
+    return peer_client_call(r->peer_cli, addr, msg, timeout_ms, cb, arg);
 }
 
-int relay_propose_bytes(struct relay *r, const uint8_t *bytes, size_t len, uint64_t timeout_ms,
-                        relay_propose_cb cb, void *arg)
+static void relay_prop_reply(void *data, void *call, const Hamr__PeerResult *res)
 {
-    if (r->stopping)
-        return HAMR_ESHUTDOWN;
-    if (consensus_is_ready(r->cons)) {
-        uint8_t *buf = consensus_malloc(len);
-        if (buf == NULL)
-            return HAMR_ENOMEM;
-        memcpy(buf, bytes, len);
-        int rv = relay_propose_local(r, buf, len, timeout_ms, cb, arg);
-        if (rv != 0)
-            consensus_free(buf);
-        return rv;
-    }
-    char addr[CONSENSUS_ADDR_MAX];
-    int rv = relay_leader_peer(r, addr, sizeof(addr));
-    if (rv != 0)
-        return HAMR_ENOQUORUM;
-    struct relay_fwd *f = calloc(1, sizeof(*f));
-    if (f == NULL)
-        return HAMR_ENOMEM;
-    f->cb = cb;
-    f->arg = arg;
-    Hamr__PeerPropose pp = HAMR__PEER_PROPOSE__INIT;
-    pp.entry.data = (uint8_t *)bytes;
-    pp.entry.len = len;
-    Hamr__PeerMsg msg = HAMR__PEER_MSG__INIT;
-    msg.body_case = HAMR__PEER_MSG__BODY_PROPOSE;
-    msg.propose = &pp;
-    rv = peer_client_call(r->peer_cli, addr, &msg, timeout_ms, relay_fwd_done, f);
-    if (rv != 0) {
-        free(f);
-        return rv;
-    }
-    r->forwarded++;
-    return 0;
+    (void)data;
+    peer_reply(call, res);
 }
 
-int relay_propose(struct relay *r, Hamr__Entry *e, uint64_t timeout_ms, relay_propose_cb cb,
-                  void *arg)
+static bool relay_prop_committed(void *data, const char *id)
 {
-    e->timestamp_ms = e->timestamp_ms ? e->timestamp_ms : relay_now_ms();
-    uint8_t *buf;
-    size_t len;
-    if (consensus_is_ready(r->cons)) {
-        /* The usual case on the leader: pack straight into raft's buffer. */
-        int rv = proto_entry_pack(e, consensus_malloc, &buf, &len);
-        if (rv != 0)
-            return rv;
-        rv = relay_propose_local(r, buf, len, timeout_ms, cb, arg);
-        if (rv != 0)
-            consensus_free(buf);
-        return rv;
-    }
-    int rv = proto_entry_pack(e, NULL, &buf, &len);
-    if (rv != 0)
-        return rv;
-    rv = relay_propose_bytes(r, buf, len, timeout_ms, cb, arg);
-    free(buf);
+    struct relay *r = data;
+    return queue_contains(r->queue, id);
+}
+
+/* relay_prop_check - a forwarded entry must decode here (else every node would refuse it). */
+static int relay_prop_check(void *data, const uint8_t *entry, size_t len, uint64_t from_node)
+{
+    (void)data;
+    (void)from_node;
+    Hamr__Entry *e = NULL;
+    int rv = proto_entry_unpack(entry, len, &e);
+    if (rv == 0)
+        hamr__entry__free_unpacked(e, NULL);
     return rv;
 }
 
-void relay_props_expire(struct relay *r)
+/* relay_prop_new - the node's proposer. */
+static struct proposer *relay_prop_new(struct relay *r)
 {
-    uint64_t now = uv_now(r->loop);
-    for (struct relay_prop *p = r->props; p != NULL; p = p->next) {
-        if (p->cb != NULL && now >= p->deadline) {
-            relay_propose_cb cb = p->cb;
-            p->cb = NULL;
-            log_warn("proposal timed out after=%" PRIu64 "ms", r->cfg->proposal_timeout_ms);
-            cb(p->arg, HAMR_ETIMEDOUT, 0);
-        }
-    }
+    struct proposer_ops ops = {
+        .data = r,
+        .now = relay_prop_now,
+        .is_leader = relay_prop_is_leader,
+        .leader_id = relay_prop_leader_id,
+        .leader_addr = relay_prop_leader_addr,
+        .alloc = consensus_malloc,
+        .free = consensus_free,
+        .append = relay_prop_append,
+        .forward = relay_prop_forward,
+        .reply = relay_prop_reply,
+        .committed = relay_prop_committed,
+        .check = relay_prop_check,
+    };
+    struct proposer_config pc = {
+        .max_inflight = RELAY_MAX_INFLIGHT,
+        .no_leader_ms = 3ull * r->cfg->election_timeout_ms, /* this node is cut off */
+        .serve_timeout_ms = r->cfg->proposal_timeout_ms,
+    };
+    return proposer_new(&ops, &pc);
+}
+
+int relay_propose(struct relay *r, Hamr__Entry *e, uint64_t timeout_ms, proposer_cb cb, void *arg)
+{
+    e->timestamp_ms = e->timestamp_ms ? e->timestamp_ms : relay_now_ms();
+    return proposer_send_entry(r->prop, e, timeout_ms, cb, arg);
 }
 
 /* ---------------------------------------------------------------------------
@@ -400,7 +289,7 @@ static void relay_housekeeping(uv_timer_t *t)
     struct relay *r = t->data;
     relay_check_disk(r);
     relay_disk_step_aside(r);
-    relay_props_expire(r);
+    proposer_expire(r->prop);
     struct consensus_info info;
     consensus_get_info(r->cons, &info);
     if (info.failed)
@@ -439,7 +328,7 @@ static void relay_publish_node_info(struct relay *r)
     uint64_t term = consensus_term(r->cons);
     bool need = !r->node_info_boot_done || (ready && r->node_info_term != term) ||
                 r->node_info_draining != r->draining;
-    if (!need || !relay_leader_known(r))
+    if (!need || !proposer_leader_known(r->prop))
         return;
     r->node_info_sent_ready = ready;
     r->node_info_sent_term = term;
@@ -506,10 +395,9 @@ static void relay_raise_level(struct relay *r)
 static void relay_retry_tick(uv_timer_t *t)
 {
     struct relay *r = t->data;
-    relay_props_expire(r);
     relay_publish_node_info(r);
     relay_raise_level(r);
-    relay_submits_retry(r);
+    proposer_tick(r->prop);
     struct consensus_info info;
     consensus_get_info(r->cons, &info);
     if (info.leader_id != r->last_leader_id) {
@@ -578,6 +466,7 @@ static void relay_observe_reply(void *data, int code)
 static void relay_start_failed_closed(uv_handle_t *h)
 {
     struct relay *r = h->data;
+    r->prop = proposer_free(r->prop);
     r->queue = queue_free(r->queue);
     r->metrics = metrics_free(r->metrics);
     free(r);
@@ -671,6 +560,12 @@ int relay_start(uv_loop_t *loop,
     int rv = consensus_new(loop, &cc, &fsm, &r->cons, err, errlen);
     if (rv != 0)
         goto fail_queue;
+    r->prop = relay_prop_new(r);
+    if (r->prop == NULL) {
+        snprintf(err, errlen, "out of memory");
+        rv = HAMR_ENOMEM;
+        goto fail_cons;
+    }
     rv = consensus_start(r->cons, err, errlen);
     if (rv != 0)
         goto fail_cons;
@@ -728,12 +623,12 @@ int relay_start(uv_loop_t *loop,
                      &r->control, err, errlen);
     if (rv != 0)
         goto fail_smtpd;
-    snprintf(r->control_address, sizeof(r->control_address), "%.48s:%u",
-             cfg->listen_control.host, (unsigned)cfg->listen_control.port);
+    snprintf(r->control_address, sizeof(r->control_address), "%.48s:%u", cfg->listen_control.host,
+             (unsigned)cfg->listen_control.port);
     if (cfg->listen_peer.host[0] != '\0') {
         struct peer_handler ph = {.data = r, .request = relay_peer_request};
-        rv = peer_server_new(loop, cfg->listen_peer.host, cfg->listen_peer.port, &ph,
-                             &r->peer_srv, err, errlen);
+        rv = peer_server_new(loop, cfg->listen_peer.host, cfg->listen_peer.port, &ph, &r->peer_srv,
+                             err, errlen);
         if (rv != 0)
             goto fail_control;
         snprintf(r->peer_address, sizeof(r->peer_address), "%.48s:%u", cfg->listen_peer.host,
@@ -770,8 +665,8 @@ int relay_start(uv_loop_t *loop,
     uv_timer_init(loop, &r->housekeeping_timer);
     r->housekeeping_timer.data = r;
     uv_timer_start(&r->housekeeping_timer, relay_housekeeping, 1000, 1000);
-    log_info("started node=%" PRIu64 " smtp=%s:%u raft=%s peer=%s control=%s boot=%s",
-             cfg->node_id, cfg->listen_smtp.host, (unsigned)cfg->listen_smtp.port, cc.address,
+    log_info("started node=%" PRIu64 " smtp=%s:%u raft=%s peer=%s control=%s boot=%s", cfg->node_id,
+             cfg->listen_smtp.host, (unsigned)cfg->listen_smtp.port, cc.address,
              r->peer_address[0] ? r->peer_address : "off", r->control_address, r->boot_id);
     *out = r;
     return 0;
@@ -830,9 +725,10 @@ static void relay_stop_step(void *arg)
         return;
     void (*done)(void *) = r->stop_done;
     void *done_arg = r->stop_arg;
+    r->prop = proposer_free(r->prop); /* after raft and the peer client answered it all */
     r->queue = queue_free(r->queue);
     r->metrics = metrics_free(r->metrics); /* after the HTTP listener, which borrows it */
-    r->auth = smtpd_auth_free(r->auth);     /* after the SMTP server, whose sessions borrow it */
+    r->auth = smtpd_auth_free(r->auth);    /* after the SMTP server, whose sessions borrow it */
     r->rcptmap = smtpd_rcptmap_free(r->rcptmap); /* likewise */
     free(r);
     if (done)
@@ -876,7 +772,7 @@ static void relay_stop_now(struct relay *r)
     uv_close((uv_handle_t *)&r->housekeeping_timer, relay_stop_handle_closed);
     uv_close((uv_handle_t *)&r->retry_timer, relay_stop_handle_closed);
     /* Submits waiting for a leader give up now (their sessions answer 421). */
-    relay_submits_abort(r);
+    proposer_stop(r->prop);
     smtpd_server_close(r->smtpd, relay_stop_step, r);
     control_close(r->control, relay_stop_step, r);
     if (r->peer_srv)
@@ -891,8 +787,8 @@ static void relay_stop_wait_tick(uv_timer_t *t)
 {
     struct relay *r = t->data;
     uint64_t waited = uv_now(r->loop) - r->stop_started;
-    bool idle = r->n_deliveries == 0 && r->waiting == NULL && r->forwarding == NULL &&
-                r->props == NULL && smtpd_server_sessions(r->smtpd) == 0;
+    bool idle =
+        r->n_deliveries == 0 && !proposer_busy(r->prop) && smtpd_server_sessions(r->smtpd) == 0;
     if (!r->stop_transferring && (idle || waited >= RELAY_STOP_GRACE_MS))
         relay_stop_now(r);
 }
@@ -927,8 +823,7 @@ void relay_stop(struct relay *r, void (*done)(void *arg), void *arg)
     r->stop_started = uv_now(r->loop);
     r->draining = true;
     smtpd_server_set_draining(r->smtpd, true);
-    log_info("stopping gently node=%" PRIu64 " deliveries=%zu", r->cfg->node_id,
-             r->n_deliveries);
+    log_info("stopping gently node=%" PRIu64 " deliveries=%zu", r->cfg->node_id, r->n_deliveries);
     if (consensus_is_ready(r->cons) &&
         consensus_transfer(r->cons, 0, relay_stop_transfer_done, r) == 0)
         r->stop_transferring = true;

@@ -111,8 +111,10 @@ static void relay_ctl_status(struct relay *r, struct control_call *call)
     ns.draining = r->draining;
     ns.duplicate_windows = r->duplicate_windows;
     ns.cluster_level = queue_cluster_level(r->queue);
-    ns.forwarded = r->forwarded;
-    ns.resolved = r->resolved;
+    struct proposer_stats ps;
+    proposer_get_stats(r->prop, &ps);
+    ns.forwarded = ps.forwarded;
+    ns.resolved = ps.resolved;
     const struct queue_node *ln = info.leader_id ? queue_node_find(r->queue, info.leader_id) : NULL;
     ns.leader_control = (char *)(ln ? ln->control_address : "");
     Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
@@ -359,7 +361,7 @@ static void relay_ctl_admin(struct relay *r,
         control_reply_error(call, HAMR_EINVAL, "%s: queue id too long", req->verb);
         return;
     }
-    if (!relay_leader_known(r)) {
+    if (!proposer_leader_known(r->prop)) {
         control_reply_error(call, HAMR_ENOQUORUM, "%s: no leader: the cluster has no quorum",
                             req->verb);
         return;

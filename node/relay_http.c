@@ -83,8 +83,10 @@ void relay_metrics_fill(void *data, struct metrics *m)
     metrics_gauge_set(m, METRICS_DRAINING, 0, r->draining);
     metrics_gauge_set(m, METRICS_SESSIONS_OPEN, 0, (double)smtpd_server_sessions(r->smtpd));
     metrics_counter_set(m, METRICS_DUPLICATE_WINDOWS, 0, r->duplicate_windows);
-    metrics_counter_set(m, METRICS_FORWARDED, 0, r->forwarded);
-    metrics_counter_set(m, METRICS_RESOLVED, 0, r->resolved);
+    struct proposer_stats ps;
+    proposer_get_stats(r->prop, &ps);
+    metrics_counter_set(m, METRICS_FORWARDED, 0, ps.forwarded);
+    metrics_counter_set(m, METRICS_RESOLVED, 0, ps.resolved);
     struct relay_http_counts c;
     memset(&c, 0, sizeof(c));
     queue_foreach(r->queue, relay_http_count, &c);

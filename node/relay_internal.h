@@ -19,28 +19,14 @@
 #include "node/http.h"
 #include "node/metrics.h"
 #include "node/peer.h"
+#include "node/proposer.h"
 
 #define RELAY_VERSION "0.1.0"
 #define RELAY_SCHED_MAX_ITEMS 256
 #define RELAY_SCHED_DUTY 5 /* a kick waits DUTY times the last pick: at most 1/DUTY of the loop */
 #define RELAY_SHOW_HEADERS_MAX (64 * 1024)
-#define RELAY_RETRY_MS 100 /* wait before trying a proposal again (no leader yet) */
+#define RELAY_RETRY_MS 100       /* wait before trying a proposal again (no leader yet) */
 #define RELAY_STOP_GRACE_MS 5000 /* a gentle stop waits this long for work in flight */
-
-/* relay_propose_cb - the end of a proposal: status, and the state machine's result. */
-typedef void (*relay_propose_cb)(void *arg, int status, intptr_t result);
-
-/* relay_prop - one local proposal waiting for its commit (or its deadline). */
-struct relay_prop {
-    struct relay *relay;
-    relay_propose_cb cb; /* NULL once answered */
-    void *arg;
-    uint64_t deadline;   /* uv_now ms */
-    uint8_t *buf;        /* while queued: the entry (consensus_malloc), ours */
-    size_t len;
-    struct relay_prop *prev, *next; /* all pending proposals (deadline sweep) */
-    struct relay_prop *qnext;       /* waiting for a place in flight */
-};
 
 /*
  * RELAY_MAX_INFLIGHT - proposals handed to raft and not yet answered. More
@@ -68,8 +54,6 @@ struct relay_delivery {
     struct relay_delivery *prev, *next;
 };
 
-struct relay_submit;
-
 struct relay {
     uv_loop_t *loop;
     const struct hamr_config *cfg;
@@ -77,15 +61,15 @@ struct relay {
     struct consensus *cons;
     struct smtpc_pool *pool;
     struct smtpd_server *smtpd;
-    struct smtpd_policy policy;   /* cfg->smtpd plus the credentials table */
-    struct smtpd_auth *auth;      /* NULL without [smtpd] auth_file */
+    struct smtpd_policy policy;    /* cfg->smtpd plus the credentials table */
+    struct smtpd_auth *auth;       /* NULL without [smtpd] auth_file */
     struct smtpd_rcptmap *rcptmap; /* NULL without [smtpd] relay_recipients */
     struct control *control;
     struct peer_server *peer_srv; /* NULL on a node without [listen] peer */
     struct peer_client *peer_cli;
     struct metrics *metrics;
-    struct http *http;         /* NULL without [listen] http */
-    uint64_t last_leader_id;   /* for counting leader changes */
+    struct http *http;       /* NULL without [listen] http */
+    uint64_t last_leader_id; /* for counting leader changes */
     uv_timer_t sched_timer;
     uv_timer_t housekeeping_timer;
     uv_timer_t retry_timer;
@@ -95,38 +79,32 @@ struct relay {
     uint64_t stop_started;     /* uv_now when relay_stop began, 0 before */
     bool stop_transferring;    /* relay_stop is handing leadership on */
     char boot_id[33];
-    char peer_address[CONSENSUS_ADDR_MAX];    /* ours, as published in NodeInfo */
+    char peer_address[CONSENSUS_ADDR_MAX]; /* ours, as published in NodeInfo */
     char control_address[CONSENSUS_ADDR_MAX];
     uint64_t id_counter;
     uint64_t lease_counter;
     uint64_t free_bytes;
-    uint64_t disk_floor;      /* two log segments: below it the node stops (libraft 0.15
-                                 cannot survive a failed log write) */
-    uint64_t disk_soft;       /* min_free + disk_floor: below it MAIL gets 452 and a
-                                 leader hands leadership on */
+    uint64_t disk_floor;        /* two log segments: below it the node stops (libraft 0.15
+                                   cannot survive a failed log write) */
+    uint64_t disk_soft;         /* min_free + disk_floor: below it MAIL gets 452 and a
+                                   leader hands leadership on */
     uint64_t applied_unchecked; /* log bytes applied since free space was last looked at */
-    uint64_t node_info_term;  /* term in which our NodeInfo committed as leader */
+    uint64_t node_info_term;    /* term in which our NodeInfo committed as leader */
     uint64_t node_info_sent_term;
     bool node_info_sent_ready;
     bool node_info_boot_done; /* our NodeInfo committed since this process started */
     bool node_info_draining;  /* the draining flag of our last committed NodeInfo */
     bool node_info_sent_draining;
     bool node_info_in_flight;
-    bool level_in_flight;     /* a ClusterLevel proposal is out */
+    bool level_in_flight; /* a ClusterLevel proposal is out */
     bool draining;
     bool stopping;
     bool failed;
     unsigned sched_in_flight; /* scheduler proposals not yet answered */
-    struct relay_prop *props; /* pending local proposals */
-    struct relay_prop *pq_head, *pq_tail; /* waiting for a place in flight */
-    unsigned inflight;        /* proposals raft holds */
-    struct relay_submit *waiting; /* submits waiting to try again */
-    struct relay_submit *forwarding; /* submits with an attempt at another node */
+    struct proposer *prop;    /* every entry this node wants in the log goes through it */
     struct relay_delivery *deliveries;
     size_t n_deliveries;
     uint64_t duplicate_windows; /* outcomes lost after a delivery attempt */
-    uint64_t forwarded;         /* proposals sent to the leader */
-    uint64_t resolved;          /* unknown outcomes resolved by queue id */
     void (*stop_done)(void *arg);
     void *stop_arg;
     int stop_pending;
@@ -136,50 +114,14 @@ struct relay {
 uint64_t relay_now_ms(void);
 void relay_fail(struct relay *r, const char *why);
 
-/*
- * relay_leader_peer - the peer address of the current leader when it is
- * another node whose NodeInfo we have. 0, or HAMR_ENOQUORUM (no leader
- * known, or it is us and we are not ready), HAMR_ENOTFOUND (no address yet).
- */
-int relay_leader_peer(struct relay *r, char *addr, size_t addrlen);
-
-/* relay_leader_known - a leader exists that this node can reach (itself, or by peer). */
-bool relay_leader_known(struct relay *r);
-
-/*
- * relay_propose_bytes - propose a packed entry (borrowed; copied here) on
- * this node if it leads, else forward it to the leader. cb runs exactly once
- * if this returns 0; timeout_ms bounds the wait (HAMR_ETIMEDOUT: outcome
- * unknown). Errors: HAMR_ENOQUORUM (no leader to send it to), others.
- */
-int relay_propose_bytes(struct relay *r, const uint8_t *bytes, size_t len, uint64_t timeout_ms,
-                        relay_propose_cb cb, void *arg);
-
-/* relay_propose - pack e (timestamp filled if 0) and relay_propose_bytes it. */
-int relay_propose(struct relay *r, Hamr__Entry *e, uint64_t timeout_ms, relay_propose_cb cb,
-                  void *arg);
-
-/* relay_props_expire - answer local proposals whose deadline passed. */
-void relay_props_expire(struct relay *r);
+/* relay_propose - stamp e (if its timestamp is 0) and send it once (proposer_send_entry). */
+int relay_propose(struct relay *r, Hamr__Entry *e, uint64_t timeout_ms, proposer_cb cb, void *arg);
 
 /* relay_accept.c */
-
-/*
- * relay_propose_retry - propose entry (malloc'd; taken in every case) and
- * keep at it until it commits or timeout_ms passes: through leader changes,
- * transfers and broken forwards. When an attempt's outcome is unknown and
- * query is set, the leader is first asked whether queue_id is committed;
- * without query the entry must be harmless to apply twice. cb runs exactly
- * once if this returns 0, never inside this call.
- */
-int relay_propose_retry(struct relay *r, uint8_t *entry, size_t len, const char *queue_id,
-                        bool query, uint64_t timeout_ms, relay_propose_cb cb, void *arg);
-
+int relay_queue_id(uint64_t ms, uint64_t node_id, uint64_t counter, char *id, size_t idlen);
 int relay_sink_new_id(void *data, char *id, size_t idlen);
 int relay_sink_check_mail(void *data);
 int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_cb cb, void *arg);
-void relay_submits_retry(struct relay *r);
-void relay_submits_abort(struct relay *r);
 void relay_peer_request(void *data, struct peer_call *call, const Hamr__PeerMsg *msg);
 
 /* relay_sched.c */

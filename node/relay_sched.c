@@ -261,8 +261,8 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
     free(rp);
     free(tls);
     if (rv == 0)
-        rv = relay_propose_retry(r, entry, len, d->queue_id, false, r->cfg->lease_time_ms,
-                                 relay_outcome_done, d);
+        rv = proposer_submit(r->prop, entry, len, NULL, r->cfg->lease_time_ms, relay_outcome_done,
+                             d);
     if (rv != 0)
         relay_outcome_done(d, rv, 0);
 }
@@ -434,7 +434,7 @@ void relay_sched_tick(uv_timer_t *t)
 {
     struct relay *r = t->data;
     if (t == &r->sched_timer)
-        relay_props_expire(r);
+        proposer_expire(r->prop);
     if (r->stopping || r->sched_in_flight > 0 || !consensus_is_ready(r->cons))
         return;
 
