@@ -40,6 +40,7 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "net/smtp_addr.h"
 #include "net/smtpd_rcptmap.h"
 
 /* smtpd_rcptmap_slot - one place in the index: an entry's offset + 1 (0: empty) and its hash. */
@@ -145,10 +146,8 @@ static int smtpd_rcptmap_table_append(struct smtpd_rcptmap_table *t, const char 
         t->keys = p;
         t->keys_cap = cap;
     }
-    for (size_t i = 0; i < len; i++) {
-        char c = entry[i];
-        t->keys[t->keys_len + i] = (char)(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
-    }
+    memcpy(t->keys + t->keys_len, entry, len);
+    smtp_addr_lower(t->keys + t->keys_len, len);
     t->keys[t->keys_len + len] = '\0';
     t->keys_len += len + 1;
     return 0;
@@ -184,36 +183,6 @@ static int smtpd_rcptmap_table_index(struct smtpd_rcptmap_table *t)
 /* The file                                                             */
 /* ------------------------------------------------------------------ */
 
-/* smtpd_rcptmap_atext - RFC 5322 3.2.3 atext: letters, digits and !#$%&'*+-/=?^_`{|}~. */
-static bool smtpd_rcptmap_atext(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL);
-}
-
-/* smtpd_rcptmap_dotted - is p[0..len) non-empty parts of ok() octets joined by single dots? */
-static bool smtpd_rcptmap_dotted(const char *p, size_t len, bool (*ok)(unsigned char))
-{
-    if (len == 0 || p[0] == '.' || p[len - 1] == '.')
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)p[i];
-        if (c == '.') {
-            if (p[i - 1] == '.')
-                return false;
-        } else if (!ok(c)) {
-            return false;
-        }
-    }
-    return true;
-}
-
-/* smtpd_rcptmap_ldh - a letter, a digit or '-' (RFC 1035 2.3.1). */
-static bool smtpd_rcptmap_ldh(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-';
-}
-
 /*
  * smtpd_rcptmap_check_entry - is e[0..len) (no leading or trailing white
  * space; may hold any octet, NUL included) a valid entry? NULL, or the
@@ -242,11 +211,11 @@ static const char *smtpd_rcptmap_check_entry(const char *e, size_t len)
         return "more than one @ in entry";
     if (local_len > SMTPD_RCPTMAP_LOCAL_MAX)
         return "local part longer than 64 octets";
-    if (local_len > 0 && !smtpd_rcptmap_dotted(e, local_len, smtpd_rcptmap_atext))
+    if (local_len > 0 && !smtp_addr_dot_string_ok(e, local_len))
         return "bad local part (want a dot-atom, RFC 5322 3.2.3)";
     if (domain_len == 0)
         return "no domain after @";
-    if (!smtpd_rcptmap_dotted(domain, domain_len, smtpd_rcptmap_ldh))
+    if (!smtp_addr_domain_ok(domain, domain_len, SMTP_ADDR_DOM_TABLE))
         return "bad domain (want letters, digits, '-' and dots)";
     return NULL;
 }
@@ -439,45 +408,6 @@ size_t smtpd_rcptmap_entries(const struct smtpd_rcptmap *m)
 /* Lookups                                                              */
 /* ------------------------------------------------------------------ */
 
-/*
- * smtpd_rcptmap_key - the lookup key of addr in key (room for
- * SMTPD_RCPTMAP_ENTRY_MAX + 1): lower case, a quoted local part without
- * its quotes and backslashes. Its length goes to *len and the offset of
- * its '@' to *at. false if addr has no '@' or the key would be too long.
- */
-static bool smtpd_rcptmap_key(const char *addr, char *key, size_t *len, size_t *at)
-{
-    const char *sep = strrchr(addr, '@');
-    size_t n = 0;
-
-    if (sep == NULL)
-        return false;
-    const char *p = addr, *end = sep;
-    bool quoted = end - p >= 2 && p[0] == '"' && end[-1] == '"';
-    if (quoted) {
-        p++;
-        end--;
-    }
-    while (p < end) {
-        if (quoted && *p == '\\' && p + 1 < end)
-            p++;
-        if (n == SMTPD_RCPTMAP_ENTRY_MAX)
-            return false;
-        char c = *p++;
-        key[n++] = (char)(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
-    }
-    *at = n;
-    for (p = sep; *p != '\0'; p++) {
-        if (n == SMTPD_RCPTMAP_ENTRY_MAX)
-            return false;
-        char c = *p;
-        key[n++] = (char)(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
-    }
-    key[n] = '\0';
-    *len = n;
-    return true;
-}
-
 /* smtpd_rcptmap_table_has - is key (len octets, lower case) an entry? */
 static bool smtpd_rcptmap_table_has(const struct smtpd_rcptmap_table *t,
                                     const char *key,
@@ -492,7 +422,7 @@ int smtpd_rcptmap_table_lookup(const struct smtpd_rcptmap_table *t, const char *
     char key[SMTPD_RCPTMAP_ENTRY_MAX + 1];
     size_t len, at;
 
-    if (!smtpd_rcptmap_key(addr, key, &len, &at))
+    if (!smtp_addr_key(addr, key, sizeof(key), &len, &at))
         return HAMR_ENOTFOUND;
     if (smtpd_rcptmap_table_has(t, key, len) || smtpd_rcptmap_table_has(t, key + at, len - at))
         return 0;

@@ -4,6 +4,8 @@
 
 #include <stddef.h>
 
+#include "net/smtp_addr.h"
+
 /*
  * The file ([smtpd] relay_recipients) holds one entry per line:
  *
@@ -19,8 +21,8 @@
  * without regard to case, as Postfix does by default. A wildcard covers
  * exactly its domain, not subdomains. Entries listed twice count once.
  */
-#define SMTPD_RCPTMAP_ENTRY_MAX 254
-#define SMTPD_RCPTMAP_LOCAL_MAX 64
+#define SMTPD_RCPTMAP_ENTRY_MAX (SMTP_ADDR_PATH_MAX - 2) /* 254 */
+#define SMTPD_RCPTMAP_LOCAL_MAX SMTP_ADDR_LOCAL_MAX
 #define SMTPD_RCPTMAP_LINE_MAX 1024        /* octets of a line, comments included */
 #define SMTPD_RCPTMAP_ENTRIES_MAX 1000000  /* entry lines in one file */
 #define SMTPD_RCPTMAP_FILE_MAX (64u << 20) /* octets of one file */

@@ -57,11 +57,10 @@
  * held input by SMTPD_SESSION_INPUT_MAX, recipients by recipient_limit,
  * the body by message_size_limit. Client text is logged only through
  * log_printable() and truncated; bodies are never logged. Addresses are
- * parsed strictly (RFC 5321 4.1.2) and only printable ASCII survives into
- * replies, logs and the Received: header. A routed local part (%, !, quoted
- * @) is never rewritten into a destination (SECURITY.md S12).
+ * parsed strictly (RFC 5321 4.1.2, by smtp_addr) and only printable ASCII
+ * survives into replies, logs and the Received: header. A routed local part
+ * (%, !, quoted @) is never rewritten into a destination (SECURITY.md S12).
  */
-#include <arpa/inet.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,6 +73,7 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "net/smtp_addr.h"
 #include "net/smtpd.h"
 #include "net/smtpd_auth.h"
 #include "net/smtpd_proxy.h"
@@ -82,10 +82,6 @@
 #include "net/smtpd_reply.h"
 #include "net/smtpd_session.h"
 
-/* RFC 5321 4.5.3.1: local part 64, domain 255, path 256 octets. */
-#define SMTPD_SESSION_LOCAL_MAX 64
-#define SMTPD_SESSION_DOMAIN_MAX 255
-#define SMTPD_SESSION_PATH_MAX 256
 #define SMTPD_SESSION_HELO_MAX 255
 #define SMTPD_SESSION_ADDR_MAX 64
 #define SMTPD_SESSION_LOG_TEXT 100 /* Postfix logs client text as %.100s */
@@ -104,7 +100,7 @@ enum smtpd_auth_step {
 
 /* smtpd_tx - one transaction, MAIL to the end of DATA. Owned by its session. */
 struct smtpd_tx {
-    char sender[SMTPD_SESSION_PATH_MAX + 1];
+    char sender[SMTP_ADDR_PATH_MAX + 1];
     bool body_8bit;
     char **rcpts;
     size_t n_rcpts;
@@ -414,181 +410,24 @@ static void smtpd_session_arm_timer(struct smtpd_session *s)
 }
 
 /* ------------------------------------------------------------------ */
-/* Address parsing (RFC 5321 4.1.2)                                    */
+/* Addresses (RFC 5321 4.1.2, parsed by smtp_addr)                     */
 /* ------------------------------------------------------------------ */
 
-/* smtpd_addr - a parsed mailbox. */
-struct smtpd_addr {
-    char text[SMTPD_SESSION_PATH_MAX + 1]; /* mailbox, no <>, no source route */
-    bool null_path;                        /* <> */
-    bool has_domain;
-    bool literal;  /* domain is an address literal [..] */
-    bool routed;   /* local part holds %, ! or a quoted @ */
-    size_t domain; /* offset of the domain in text */
-};
-
-/* smtpd_session_is_atext - RFC 5322 atext. */
-static bool smtpd_session_is_atext(unsigned char c)
-{
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-        return true;
-    return c != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL;
-}
-
-/* smtpd_session_is_letdig - RFC 5321 Let-dig. */
-static bool smtpd_session_is_letdig(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-}
-
-/* smtpd_session_parse_domain - Domain or address-literal at p; returns the end or NULL. */
-static const char *smtpd_session_parse_domain(const char *p, bool *literal)
-{
-    const char *start = p;
-
-    *literal = false;
-    if (*p == '[') {
-        const char *close = strchr(p, ']');
-        if (close == NULL || close - p - 1 <= 0 || close - p - 1 > 64)
-            return NULL;
-        char lit[65];
-        size_t n = (size_t)(close - p - 1);
-        memcpy(lit, p + 1, n);
-        lit[n] = '\0';
-        unsigned char addr[16];
-        if (inet_pton(AF_INET, lit, addr) != 1 &&
-            !(hamr_strncaseeq(lit, "IPv6:", 5) && inet_pton(AF_INET6, lit + 5, addr) == 1))
-            return NULL;
-        *literal = true;
-        return close + 1;
-    }
-    for (;;) {
-        /* sub-domain = Let-dig [Ldh-str] */
-        if (!smtpd_session_is_letdig((unsigned char)*p))
-            return NULL;
-        while (smtpd_session_is_letdig((unsigned char)*p) || *p == '-')
-            p++;
-        if (p[-1] == '-')
-            return NULL;
-        if (*p != '.')
-            break;
-        p++;
-    }
-    if (p - start > SMTPD_SESSION_DOMAIN_MAX)
-        return NULL;
-    return p;
-}
-
 /*
- * smtpd_session_parse_path - parse "<path>" at *pp into a. Strips a source
- * route (RFC 5321 4.1.1.3, App. C: SHOULD accept, MAY ignore). A mailbox
- * without a domain is allowed only as "postmaster" when allow_postmaster.
- * On success *pp points after '>' and SMTPD_REPLY_COUNT is returned;
- * otherwise the reply to give: SMTPD_REPLY_UTF8 for 8-bit octets (RFC 6531
- * was not declared), else bad_syntax.
+ * smtpd_session_parse_path - parse "<path>" at *pp into a (smtp_addr_parse_path
+ * with flags). On success *pp points after '>' and SMTPD_REPLY_COUNT is
+ * returned; otherwise the reply to give: SMTPD_REPLY_UTF8 for 8-bit octets
+ * (RFC 6531 was not declared), else bad_syntax.
  */
 static enum smtpd_reply_id smtpd_session_parse_path(const char **pp,
-                                                    struct smtpd_addr *a,
-                                                    bool allow_null,
-                                                    bool allow_postmaster,
+                                                    struct smtp_addr *a,
+                                                    unsigned flags,
                                                     enum smtpd_reply_id bad_syntax)
 {
-    const char *p = *pp;
-    bool literal;
-
-    memset(a, 0, sizeof(*a));
-    for (const char *q = p; *q; q++)
-        if ((unsigned char)*q >= 0x80)
-            return SMTPD_REPLY_UTF8;
-    if (*p++ != '<')
-        return bad_syntax;
-    if (*p == '>') {
-        if (!allow_null)
-            return bad_syntax;
-        a->null_path = true;
-        *pp = p + 1;
-        return SMTPD_REPLY_COUNT;
-    }
-    if (*p == '@') {
-        /* A-d-l = At-domain *( "," At-domain ) ":" */
-        for (;;) {
-            if (*p++ != '@')
-                return bad_syntax;
-            p = smtpd_session_parse_domain(p, &literal);
-            if (p == NULL)
-                return bad_syntax;
-            if (*p == ',') {
-                p++;
-                continue;
-            }
-            if (*p++ != ':')
-                return bad_syntax;
-            break;
-        }
-    }
-    const char *local = p;
-    if (*p == '"') {
-        /* Quoted-string: qtextSMTP / "\" %d32-126 */
-        p++;
-        for (;;) {
-            unsigned char c = (unsigned char)*p;
-            if (c == '"')
-                break;
-            if (c == '\\') {
-                c = (unsigned char)p[1];
-                if (c < 32 || c > 126)
-                    return bad_syntax;
-                if (c == '@' || c == '%' || c == '!')
-                    a->routed = true;
-                p += 2;
-                continue;
-            }
-            if (c < 32 || c > 126)
-                return bad_syntax;
-            if (c == '@' || c == '%' || c == '!')
-                a->routed = true;
-            p++;
-        }
-        p++;
-    } else {
-        /* Dot-string = Atom *("." Atom) */
-        for (;;) {
-            if (!smtpd_session_is_atext((unsigned char)*p))
-                return bad_syntax;
-            while (smtpd_session_is_atext((unsigned char)*p)) {
-                if (*p == '%' || *p == '!')
-                    a->routed = true;
-                p++;
-            }
-            if (*p != '.')
-                break;
-            p++;
-        }
-    }
-    size_t local_len = (size_t)(p - local);
-    if (local_len > SMTPD_SESSION_LOCAL_MAX)
-        return bad_syntax;
-    const char *domain = NULL;
-    if (*p == '@') {
-        domain = ++p;
-        p = smtpd_session_parse_domain(p, &literal);
-        if (p == NULL)
-            return bad_syntax;
-        a->has_domain = true;
-        a->literal = literal;
-    } else if (!(allow_postmaster && local_len == 10 && hamr_strncaseeq(local, "postmaster", 10))) {
-        return bad_syntax;
-    }
-    if (*p != '>')
-        return bad_syntax;
-    size_t len = (size_t)(p - local);
-    if (len + 2 > SMTPD_SESSION_PATH_MAX)
-        return bad_syntax;
-    memcpy(a->text, local, len);
-    a->text[len] = '\0';
-    a->domain = domain ? (size_t)(domain - local) : len;
-    *pp = p + 1;
-    return SMTPD_REPLY_COUNT;
+    int rc = smtp_addr_parse_path(pp, flags, a);
+    if (rc == HAMR_EPROTO)
+        return SMTPD_REPLY_UTF8;
+    return rc == 0 ? SMTPD_REPLY_COUNT : bad_syntax;
 }
 
 /* smtpd_session_in_relay_networks - is the client address inside a relay network? */
@@ -597,23 +436,14 @@ static bool smtpd_session_in_relay_networks(const struct smtpd_policy *p, const 
     return smtpd_proxy_addr_in(p->relay_networks, p->n_relay_networks, client);
 }
 
-/* smtpd_session_relay_domain - is domain one of ours ("d" exact, ".d" subdomains)? */
+/* smtpd_session_relay_domain - is domain one of ours ("d" exact, ".d" subdomains, any case)? */
 static bool smtpd_session_relay_domain(const struct smtpd_policy *p, const char *domain)
 {
     size_t dlen = strlen(domain);
 
-    for (size_t i = 0; i < p->n_relay_domains; i++) {
-        const char *entry = p->relay_domains[i];
-        size_t elen = strlen(entry);
-        if (elen == 0)
-            continue;
-        if (entry[0] == '.') {
-            if (dlen > elen && hamr_strncaseeq(domain + dlen - elen, entry, elen))
-                return true;
-        } else if (dlen == elen && hamr_strncaseeq(domain, entry, elen)) {
+    for (size_t i = 0; i < p->n_relay_domains; i++)
+        if (smtp_addr_domain_match(domain, dlen, p->relay_domains[i]) != SMTP_ADDR_MATCH_NONE)
             return true;
-        }
-    }
     return false;
 }
 
@@ -624,7 +454,7 @@ static bool smtpd_session_relay_domain(const struct smtpd_policy *p, const char 
  * never to an address literal, and never with a routed local part (%, !,
  * quoted @), which we do not rewrite and so cannot tell where it would go.
  */
-static bool smtpd_session_relay_ok(const struct smtpd_session *s, const struct smtpd_addr *a)
+static bool smtpd_session_relay_ok(const struct smtpd_session *s, const struct smtp_addr *a)
 {
     if (s->relay_client || s->authenticated)
         return true;
@@ -642,7 +472,7 @@ static bool smtpd_session_relay_ok(const struct smtpd_session *s, const struct s
  * a->text has no source route, so the final address is looked up.
  * Recipients elsewhere are not ours to know.
  */
-static bool smtpd_session_rcpt_known(const struct smtpd_session *s, const struct smtpd_addr *a)
+static bool smtpd_session_rcpt_known(const struct smtpd_session *s, const struct smtp_addr *a)
 {
     if (s->policy->rcptmap == NULL || !a->has_domain || a->literal ||
         !smtpd_session_relay_domain(s->policy, a->text + a->domain))
@@ -793,6 +623,12 @@ static const char *smtpd_session_parse_keyword(const char *arg, const char *kw)
     return arg;
 }
 
+/* smtpd_session_is_letdig - RFC 5321 Let-dig (ALPHA / DIGIT). */
+static bool smtpd_session_is_letdig(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
 /* smtpd_session_next_param - split off the next "KEY[=VALUE]"; NULL at the end. */
 static const char *smtpd_session_next_param(const char *p,
                                             char *key,
@@ -873,7 +709,7 @@ static int smtpd_session_check_mail(struct smtpd_session *s, const char *arg)
 /* smtpd_session_proceed_mail - parse, ask the sink, open the transaction. */
 static void smtpd_session_proceed_mail(struct smtpd_session *s, const char *arg)
 {
-    struct smtpd_addr a;
+    struct smtp_addr a;
     const char *p = smtpd_session_parse_keyword(arg, "FROM:");
     int rc;
 
@@ -882,7 +718,7 @@ static void smtpd_session_proceed_mail(struct smtpd_session *s, const char *arg)
         return;
     }
     enum smtpd_reply_id bad =
-        smtpd_session_parse_path(&p, &a, true, false, SMTPD_REPLY_SENDER_SYNTAX);
+        smtpd_session_parse_path(&p, &a, SMTP_ADDR_NULL_OK, SMTPD_REPLY_SENDER_SYNTAX);
     if (bad != SMTPD_REPLY_COUNT) {
         smtpd_session_reply(s, bad, NULL);
         return;
@@ -961,7 +797,7 @@ static int smtpd_session_check_rcpt(struct smtpd_session *s, const char *arg)
 /* smtpd_session_proceed_rcpt - parse, limit, relay control, remember (RFC 5321 4.1.1.3). */
 static void smtpd_session_proceed_rcpt(struct smtpd_session *s, const char *arg)
 {
-    struct smtpd_addr a;
+    struct smtp_addr a;
     const char *p = smtpd_session_parse_keyword(arg, "TO:");
 
     if (p == NULL) {
@@ -969,7 +805,7 @@ static void smtpd_session_proceed_rcpt(struct smtpd_session *s, const char *arg)
         return;
     }
     enum smtpd_reply_id bad_path =
-        smtpd_session_parse_path(&p, &a, false, true, SMTPD_REPLY_RCPT_SYNTAX);
+        smtpd_session_parse_path(&p, &a, SMTP_ADDR_POSTMASTER_OK, SMTPD_REPLY_RCPT_SYNTAX);
     if (bad_path != SMTPD_REPLY_COUNT) {
         smtpd_session_reply(s, bad_path, NULL);
         return;
@@ -989,13 +825,13 @@ static void smtpd_session_proceed_rcpt(struct smtpd_session *s, const char *arg)
         return;
     }
     if (!smtpd_session_relay_ok(s, &a)) {
-        char shown[SMTPD_SESSION_PATH_MAX + 3];
+        char shown[SMTP_ADDR_PATH_MAX + 3];
         snprintf(shown, sizeof(shown), "<%s>", a.text);
         smtpd_session_reply(s, SMTPD_REPLY_RELAY_DENIED, shown);
         return;
     }
     if (!smtpd_session_rcpt_known(s, &a)) {
-        char shown[SMTPD_SESSION_PATH_MAX + 3]; /* a.text is printable: the parser saw to it */
+        char shown[SMTP_ADDR_PATH_MAX + 3]; /* a.text is printable: the parser saw to it */
         snprintf(shown, sizeof(shown), "<%s>", a.text);
         smtpd_session_reply(s, SMTPD_REPLY_RCPT_UNKNOWN, shown);
         return;
@@ -1056,7 +892,7 @@ static const char *smtpd_session_protocol(const struct smtpd_session *s)
 static int smtpd_session_add_received(struct smtpd_session *s)
 {
     struct smtpd_tx *tx = s->tx;
-    char date[64], forclause[SMTPD_SESSION_PATH_MAX + 16];
+    char date[64], forclause[SMTP_ADDR_PATH_MAX + 16];
     char hdr[1024];
     int n;
 

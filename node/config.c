@@ -41,6 +41,7 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "net/smtp_addr.h"
 
 #include "node/config.h"
 
@@ -294,24 +295,7 @@ int config_parse_size(const char *s, uint64_t *bytes)
 /* config_valid_hostname - letters, digits, '-', '.' and '_' in dot-separated labels. */
 static bool config_valid_hostname(const char *h)
 {
-    size_t len = strlen(h), label = 0;
-    if (len == 0 || len >= CONFIG_HOST_MAX)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = h[i];
-        if (c == '.') {
-            if (label == 0)
-                return false;
-            label = 0;
-            continue;
-        }
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '_'))
-            return false;
-        if (++label > 63)
-            return false;
-    }
-    return true;
+    return smtp_addr_domain_ok(h, strlen(h), SMTP_ADDR_DOM_HOST);
 }
 
 /*
@@ -422,15 +406,7 @@ static int config_parse_voter(const char *s, struct consensus_member *m)
 /* config_valid_domain - "example.com" or ".example.com" (a suffix). */
 static bool config_valid_domain(const char *d)
 {
-    return config_valid_hostname(d[0] == '.' ? d + 1 : d);
-}
-
-/* config_lower - ASCII lowercase in place. */
-static void config_lower(char *s)
-{
-    for (; *s; s++)
-        if (*s >= 'A' && *s <= 'Z')
-            *s = (char)(*s + 32);
+    return smtp_addr_domain_ok(d, strlen(d), SMTP_ADDR_DOM_CONFIG);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -613,7 +589,7 @@ static int config_set_list(struct config_parse *p,
                 char *d = strdup(item);
                 if (d == NULL)
                     return config_fail(p, p->lineno, "%s: out of memory", k->name);
-                config_lower(d);
+                smtp_addr_lower(d, strlen(d));
                 cfg->relay_domains[cfg->n_relay_domains++] = d;
                 break;
             }
@@ -735,7 +711,7 @@ static int config_domain_entry(struct config_parse *p,
         return config_fail(p, p->lineno, "%s: not a domain: \"%s\"", section,
                            config_quote(q, sizeof(q), name));
     hamr_strlcpy(domain, name, CONFIG_HOST_MAX);
-    config_lower(domain);
+    smtp_addr_lower(domain, strlen(domain));
     for (size_t i = 0; i < n; i++)
         if (strcmp((const char *)entries + i * stride, domain) == 0)
             return config_fail(p, p->lineno, "%s: given twice (first on line %d)", domain,
@@ -1035,28 +1011,23 @@ int config_load(struct hamr_config *cfg, const char *path, char *err, size_t err
 /* config_route - next hop for rcpt: exact transport, longest ".suffix", relayhost. */
 int config_route(const struct hamr_config *cfg, const char *rcpt, struct config_hostport *out)
 {
-    const char *at = strrchr(rcpt, '@');
-    const char *dom = at ? at + 1 : rcpt;
-    char domain[CONFIG_HOST_MAX];
+    const char *dom = smtp_addr_domain_of(rcpt);
     size_t n = strlen(dom);
     if (n > 0 && dom[n - 1] == '.')
         n--; /* "example.com." is "example.com" */
-    if (n > 0 && n < sizeof(domain)) {
-        memcpy(domain, dom, n);
-        domain[n] = '\0';
-        config_lower(domain);
+    if (n > 0 && n < CONFIG_HOST_MAX) {
         const struct config_transport *best = NULL;
         size_t best_len = 0;
         for (size_t i = 0; i < cfg->n_transports; i++) {
             const struct config_transport *t = &cfg->transports[i];
-            if (strcmp(t->domain, domain) == 0) {
+            /* ".example.com" matches subdomains only, not example.com itself. */
+            int m = smtp_addr_domain_match(dom, n, t->domain);
+            if (m == SMTP_ADDR_MATCH_EXACT) {
                 *out = t->next_hop;
                 return 0;
             }
             size_t tl = strlen(t->domain);
-            /* ".example.com" matches subdomains only, not example.com itself. */
-            if (t->domain[0] == '.' && tl < n && strcmp(domain + n - tl, t->domain) == 0 &&
-                tl > best_len) {
+            if (m == SMTP_ADDR_MATCH_SUFFIX && tl > best_len) {
                 best = t;
                 best_len = tl;
             }
@@ -1076,27 +1047,22 @@ int config_route(const struct hamr_config *cfg, const char *rcpt, struct config_
 /* config_tls_policy - [tls_policy]: exact domain, longest ".suffix", else the default. */
 enum smtpc_tls_policy config_tls_policy(const struct hamr_config *cfg, const char *rcpt_domain)
 {
-    const char *at = strrchr(rcpt_domain, '@');
-    const char *dom = at ? at + 1 : rcpt_domain;
-    char domain[CONFIG_HOST_MAX];
+    const char *dom = smtp_addr_domain_of(rcpt_domain);
     size_t n = strlen(dom);
     if (n > 0 && dom[n - 1] == '.')
         n--; /* "example.com." is "example.com" */
-    if (n == 0 || n >= sizeof(domain))
+    if (n == 0 || n >= CONFIG_HOST_MAX)
         return cfg->tls_policy;
-    memcpy(domain, dom, n);
-    domain[n] = '\0';
-    config_lower(domain);
     const struct config_tls_policy_entry *best = NULL;
     size_t best_len = 0;
     for (size_t i = 0; i < cfg->n_tls_policies; i++) {
         const struct config_tls_policy_entry *e = &cfg->tls_policies[i];
-        if (strcmp(e->domain, domain) == 0)
+        /* ".example.com" matches subdomains only, not example.com itself. */
+        int m = smtp_addr_domain_match(dom, n, e->domain);
+        if (m == SMTP_ADDR_MATCH_EXACT)
             return e->policy;
         size_t el = strlen(e->domain);
-        /* ".example.com" matches subdomains only, not example.com itself. */
-        if (e->domain[0] == '.' && el < n && strcmp(domain + n - el, e->domain) == 0 &&
-            el > best_len) {
+        if (m == SMTP_ADDR_MATCH_SUFFIX && el > best_len) {
             best = e;
             best_len = el;
         }

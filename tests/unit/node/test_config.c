@@ -170,6 +170,16 @@ static void test_parse_hostport(void **state)
         {"bad host:25", HAMR_EINVAL, NULL, 0},
         {"a..b:25", HAMR_EINVAL, NULL, 0},
         {"", HAMR_EINVAL, NULL, 0},
+        /* Host names are looser than RFC 5321 domains: '_', '-' at a label's
+         * edge and a final dot pass; a label is at most 63 octets. */
+        {"mx_1.example.com:25", 0, "mx_1.example.com", 25},
+        {"-mx-.example.com:25", 0, "-mx-.example.com", 25},
+        {"[mx.example.com.]:25", 0, "mx.example.com.", 25},
+        {"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example:25", 0,
+         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example", 25},
+        {"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example:25", HAMR_EINVAL,
+         NULL, 0},
+        {"mx.example.com..:25", HAMR_EINVAL, NULL, 0},
     };
     for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
         struct config_hostport hp;
