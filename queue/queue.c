@@ -36,6 +36,7 @@
 
 #include "util/common.h"
 #include "util/err.h"
+#include "util/hash.h"
 #include "util/log.h"
 #include "proto/proto_frame.h"
 #include "queue/queue.h"
@@ -112,17 +113,6 @@ struct queue {
 /* ------------------------------------------------------------------------
  * Small helpers
  * ------------------------------------------------------------------------ */
-
-/* queue_hash - FNV-1a of an id (only the table layout depends on it). */
-static uint64_t queue_hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ull;
-    }
-    return h;
-}
 
 /* queue_strdup - copy of s ("" for NULL); NULL on no memory. */
 static char *queue_strdup(const char *s)
@@ -259,7 +249,7 @@ static struct queue_item *queue_item_new(const char *id,
         return NULL;
     struct queue_msg *m = &it->msg;
     hamr_strlcpy(m->id, id, sizeof(m->id));
-    it->hash = queue_hash(m->id);
+    it->hash = hash_fnv1a64_str(m->id);
     m->received_at_ms = received_at_ms;
     m->sender = queue_strdup(sender);
     m->client_addr = queue_strdup("");
@@ -354,7 +344,7 @@ static void queue_grow_done(struct queue *q)
 /* queue_lookup - the item with this id, or NULL. */
 static struct queue_item *queue_lookup(const struct queue *q, const char *id)
 {
-    uint64_t h = queue_hash(id);
+    uint64_t h = hash_fnv1a64_str(id);
     for (struct queue_item *it = q->mtab[h & (q->mcap - 1)]; it != NULL; it = it->hnext)
         if (it->hash == h && strcmp(it->msg.id, id) == 0)
             return it;
@@ -364,7 +354,7 @@ static struct queue_item *queue_lookup(const struct queue *q, const char *id)
 /* queue_done_lookup - the done record of this id, or NULL. */
 static struct queue_done *queue_done_lookup(const struct queue *q, const char *id)
 {
-    uint64_t h = queue_hash(id);
+    uint64_t h = hash_fnv1a64_str(id);
     for (struct queue_done *d = q->dtab[h & (q->dcap - 1)]; d != NULL; d = d->hnext)
         if (d->hash == h && strcmp(d->id, id) == 0)
             return d;
@@ -575,7 +565,7 @@ static struct queue_done *queue_done_new(const char *id, uint64_t done_at_ms)
     if (d == NULL)
         return NULL;
     hamr_strlcpy(d->id, id, sizeof(d->id));
-    d->hash = queue_hash(d->id);
+    d->hash = hash_fnv1a64_str(d->id);
     d->done_at_ms = done_at_ms;
     return d;
 }
