@@ -8,6 +8,7 @@
  *   queue_index.c    the derived scheduler indexes (due-time heap, leased list)
  *   queue_node.c     the node directory and the cluster feature level
  *   queue_snapshot.c snapshot, restore and digest
+ *   queue_entry.c    the encoders of the entries queue_apply decodes
  */
 #ifndef HAMR_QUEUE_INTERNAL_H
 #define HAMR_QUEUE_INTERNAL_H

@@ -185,6 +185,7 @@ static int queue_apply_enqueue(struct queue *q,
         res->status = HAMR_EINVAL;
         return 0;
     }
+    /* queue_entry_enqueue writes body_sha256 with this same helper. */
     uint8_t sha[QUEUE_SHA256_LEN];
     if (!queue_sha256(e->body.data, e->body.len, sha))
         return HAMR_ENOMEM;
