@@ -42,6 +42,7 @@
 
 #include "util/common.h"
 #include "util/err.h"
+#include "util/hash.h"
 #include "net/smtpd_limits.h"
 #include "net/smtpd_proxy.h"
 
@@ -97,10 +98,10 @@ static void smtpd_limits_parse(const char *addr, struct smtpd_limits_key *k)
 /* smtpd_limits_hash - FNV-1a over the seed and the key. */
 static size_t smtpd_limits_hash(const struct smtpd_limits *l, const struct smtpd_limits_key *k)
 {
-    uint64_t h = 14695981039346656037ull ^ l->seed;
-    h = (h ^ (uint64_t)k->family) * 1099511628211ull;
-    for (size_t i = 0; i < sizeof(k->addr); i++)
-        h = (h ^ k->addr[i]) * 1099511628211ull;
+    /* The family is 0, AF_INET or AF_INET6: one octet holds it. */
+    uint8_t family = (uint8_t)k->family;
+    uint64_t h = hash_fnv1a64(&family, 1, l->seed);
+    h = hash_fnv1a64_add(h, k->addr, sizeof(k->addr));
     h ^= h >> 29;
     return (size_t)h & (l->n_buckets - 1);
 }

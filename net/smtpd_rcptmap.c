@@ -39,6 +39,7 @@
 
 #include "util/common.h"
 #include "util/err.h"
+#include "util/hash.h"
 #include "util/log.h"
 #include "net/smtp_addr.h"
 #include "net/smtpd_rcptmap.h"
@@ -72,11 +73,7 @@ struct smtpd_rcptmap {
 /* smtpd_rcptmap_hash - FNV-1a over len octets, folded to 32 bits. */
 static uint32_t smtpd_rcptmap_hash(const char *key, size_t len)
 {
-    uint64_t h = 14695981039346656037ull;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)key[i];
-        h *= 1099511628211ull;
-    }
+    uint64_t h = hash_fnv1a64(key, len, 0);
     return (uint32_t)(h ^ (h >> 32));
 }
 

@@ -21,8 +21,8 @@
 #include "util/err.h"
 #include "util/log.h"
 #include "proto/hamr.pb-c.h"
-#include "proto/proto_frame.h"
 #include "queue/queue.h"
+#include "queue/queue_entry.h"
 #include "queue/queue_sched.h"
 #include "consensus/consensus.h"
 #include "net/smtpc.h"
@@ -348,9 +348,9 @@ static void relay_ctl_admin_done(void *arg, int status, intptr_t result)
 static void relay_ctl_admin(struct relay *r,
                             struct control_call *call,
                             const Hamr__ControlRequest *req,
-                            Hamr__Admin__Op op)
+                            enum queue_entry_admin_op op)
 {
-    bool optional = op == HAMR__ADMIN__OP__FLUSH;
+    bool optional = op == QUEUE_ENTRY_ADMIN_FLUSH;
     if (req->n_args > 1 || (!optional && req->n_args != 1)) {
         control_reply_error(call, HAMR_EINVAL, "usage: %s %s", req->verb,
                               optional ? "[ID]" : "ID");
@@ -375,16 +375,15 @@ static void relay_ctl_admin(struct relay *r,
     hamr_strlcpy(a->verb, req->verb, sizeof(a->verb));
     hamr_strlcpy(a->id, id, sizeof(a->id));
     uint64_t now = relay_now_ms();
-    Hamr__Admin adm = HAMR__ADMIN__INIT;
-    adm.op = op;
-    adm.queue_id = (char *)id;
-    adm.reporter = (char *)r->cfg->hostname;
-    adm.dsn_expires_at_ms = now + r->cfg->queue_lifetime_ms;
-    Hamr__Entry e = HAMR__ENTRY__INIT;
-    e.timestamp_ms = now;
-    e.cmd_case = HAMR__ENTRY__CMD_ADMIN;
-    e.admin = &adm;
-    int rv = relay_propose(r, &e, r->cfg->proposal_timeout_ms, relay_ctl_admin_done, a);
+    uint8_t *entry;
+    size_t len;
+    int rv = queue_entry_admin(op, id, r->cfg->hostname, now + r->cfg->queue_lifetime_ms, now, NULL,
+                               &entry, &len);
+    if (rv == 0) {
+        rv = relay_propose_bytes(r, entry, len, r->cfg->proposal_timeout_ms, relay_ctl_admin_done,
+                                 a);
+        free(entry);
+    }
     if (rv != 0) {
         free(a);
         control_reply_error(call, rv, "%s: %s", req->verb, hamr_strerror(rv));
@@ -638,15 +637,15 @@ void relay_ctl_handle(void *data, struct control_call *call, const Hamr__Control
     } else if (strcmp(v, "show") == 0) {
         relay_ctl_queue(r, call, req, true);
     } else if (strcmp(v, "hold") == 0) {
-        relay_ctl_admin(r, call, req, HAMR__ADMIN__OP__HOLD);
+        relay_ctl_admin(r, call, req, QUEUE_ENTRY_ADMIN_HOLD);
     } else if (strcmp(v, "release") == 0) {
-        relay_ctl_admin(r, call, req, HAMR__ADMIN__OP__RELEASE);
+        relay_ctl_admin(r, call, req, QUEUE_ENTRY_ADMIN_RELEASE);
     } else if (strcmp(v, "delete") == 0) {
-        relay_ctl_admin(r, call, req, HAMR__ADMIN__OP__DELETE);
+        relay_ctl_admin(r, call, req, QUEUE_ENTRY_ADMIN_DELETE);
     } else if (strcmp(v, "flush") == 0) {
-        relay_ctl_admin(r, call, req, HAMR__ADMIN__OP__FLUSH);
+        relay_ctl_admin(r, call, req, QUEUE_ENTRY_ADMIN_FLUSH);
     } else if (strcmp(v, "bounce") == 0) {
-        relay_ctl_admin(r, call, req, HAMR__ADMIN__OP__BOUNCE);
+        relay_ctl_admin(r, call, req, QUEUE_ENTRY_ADMIN_BOUNCE);
     } else if (strcmp(v, "transfer") == 0) {
         relay_ctl_transfer(r, call, req);
     } else if (strcmp(v, "drain") == 0 || strcmp(v, "undrain") == 0) {

@@ -29,9 +29,8 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
-#include "proto/hamr.pb-c.h"
-#include "proto/proto_frame.h"
 #include "queue/queue.h"
+#include "queue/queue_entry.h"
 #include "queue/queue_sched.h"
 #include "consensus/consensus.h"
 #include "net/smtpc.h"
@@ -176,12 +175,10 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
     uint64_t now = relay_now_ms();
     uint64_t backoff =
         queue_sched_backoff(d->max_attempts, r->cfg->retry_min_ms, r->cfg->retry_max_ms);
-    Hamr__RcptResult *results = calloc(d->n_rcpts, sizeof(*results));
-    Hamr__RcptResult **rp = calloc(d->n_rcpts, sizeof(*rp));
+    struct queue_entry_result *results = calloc(d->n_rcpts, sizeof(*results));
     char(*tls)[QUEUE_TLS_MAX] = calloc(d->n_rcpts, sizeof(*tls));
-    if (results == NULL || rp == NULL || tls == NULL) {
+    if (results == NULL || tls == NULL) {
         free(results);
-        free(rp);
         free(tls);
         relay_outcome_done(d, HAMR_ENOMEM, 0);
         return;
@@ -191,45 +188,43 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
     bool tls_fields = queue_cluster_level(r->queue) >= QUEUE_LEVEL_TLS;
     for (size_t i = 0; i < d->n_rcpts; i++) {
         const struct smtpc_rcpt_result *rr = &res->rcpts[i];
-        hamr__rcpt_result__init(&results[i]);
         results[i].rcpt_index = d->rcpt_indexes[i];
         results[i].smtp_code = rr->code;
-        results[i].diagnostic = (char *)rr->text;
+        results[i].diagnostic = rr->text;
         switch (rr->status) {
             case SMTPC_OK:
-                results[i].status = HAMR__RCPT_RESULT__STATUS__DELIVERED;
+                results[i].status = QUEUE_ENTRY_DELIVERED;
                 break;
             case SMTPC_PERM:
-                results[i].status = HAMR__RCPT_RESULT__STATUS__BOUNCED;
+                results[i].status = QUEUE_ENTRY_BOUNCED;
                 break;
             case SMTPC_TEMP:
             default:
                 /* A temporary failure past the queue lifetime is final (RFC 5321 4.5.4.1). */
-                results[i].status = now >= d->expires_at_ms ? HAMR__RCPT_RESULT__STATUS__EXPIRED
-                                                            : HAMR__RCPT_RESULT__STATUS__DEFERRED;
+                results[i].status =
+                    now >= d->expires_at_ms ? QUEUE_ENTRY_EXPIRED : QUEUE_ENTRY_DEFERRED;
                 break;
         }
         static const unsigned outcome_label[] = {
-            [HAMR__RCPT_RESULT__STATUS__DELIVERED] = METRICS_OUTCOME_DELIVERED,
-            [HAMR__RCPT_RESULT__STATUS__DEFERRED] = METRICS_OUTCOME_DEFERRED,
-            [HAMR__RCPT_RESULT__STATUS__BOUNCED] = METRICS_OUTCOME_BOUNCED,
-            [HAMR__RCPT_RESULT__STATUS__EXPIRED] = METRICS_OUTCOME_EXPIRED,
+            [QUEUE_ENTRY_DELIVERED] = METRICS_OUTCOME_DELIVERED,
+            [QUEUE_ENTRY_DEFERRED] = METRICS_OUTCOME_DEFERRED,
+            [QUEUE_ENTRY_BOUNCED] = METRICS_OUTCOME_BOUNCED,
+            [QUEUE_ENTRY_EXPIRED] = METRICS_OUTCOME_EXPIRED,
         };
         metrics_inc_label(r->metrics, METRICS_DELIVERIES, outcome_label[results[i].status]);
-        if (results[i].status == HAMR__RCPT_RESULT__STATUS__DEFERRED)
+        if (results[i].status == QUEUE_ENTRY_DEFERRED)
             metrics_inc(r->metrics, METRICS_RETRIES);
         static const char *const status_name[] = {
-            [HAMR__RCPT_RESULT__STATUS__DELIVERED] = "delivered",
-            [HAMR__RCPT_RESULT__STATUS__DEFERRED] = "deferred",
-            [HAMR__RCPT_RESULT__STATUS__BOUNCED] = "bounced",
-            [HAMR__RCPT_RESULT__STATUS__EXPIRED] = "expired",
+            [QUEUE_ENTRY_DELIVERED] = "delivered",
+            [QUEUE_ENTRY_DEFERRED] = "deferred",
+            [QUEUE_ENTRY_BOUNCED] = "bounced",
+            [QUEUE_ENTRY_EXPIRED] = "expired",
         };
         relay_sched_tls_text(policy, res, status_name[results[i].status], tls[i], sizeof(tls[i]));
         if (tls_fields) {
-            results[i].tls_policy = (char *)policy_name;
+            results[i].tls_policy = policy_name;
             results[i].tls = tls[i];
         }
-        rp[i] = &results[i];
         log_info("delivery id=%s to=<%s> relay=%s tls_policy=%s tls=\"%s\" status=%s code=%u",
                  d->queue_id, d->rcpts[i], res->remote[0] ? res->remote : "none", policy_name,
                  tls[i],
@@ -238,27 +233,23 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
                                             : "deferred",
                  rr->code);
     }
-    Hamr__Outcome oc = HAMR__OUTCOME__INIT;
-    oc.queue_id = d->queue_id;
-    oc.lease_id = d->lease_id;
-    oc.n_results = d->n_rcpts;
-    oc.results = rp;
-    oc.next_attempt_ms = now + backoff;
-    oc.reporter = (char *)r->cfg->hostname;
-    oc.dsn_expires_at_ms = now + r->cfg->queue_lifetime_ms;
-    oc.remote = (char *)res->remote;
-    Hamr__Entry e = HAMR__ENTRY__INIT;
-    e.timestamp_ms = now;
-    e.cmd_case = HAMR__ENTRY__CMD_OUTCOME;
-    e.outcome = &oc;
+    struct queue_entry_outcome_args oc = {
+        .queue_id = d->queue_id,
+        .lease_id = d->lease_id,
+        .results = results,
+        .n_results = d->n_rcpts,
+        .next_attempt_ms = now + backoff,
+        .reporter = r->cfg->hostname,
+        .dsn_expires_at_ms = now + r->cfg->queue_lifetime_ms,
+        .remote = res->remote,
+    };
     /* An Outcome is a no-op when applied twice (the lease no longer matches),
      * so through a leader change it is simply proposed again, for as long as
      * the lease could still be current. */
     uint8_t *entry = NULL;
     size_t len = 0;
-    int rv = r->stopping ? HAMR_ESHUTDOWN : proto_entry_pack(&e, NULL, &entry, &len);
+    int rv = r->stopping ? HAMR_ESHUTDOWN : queue_entry_outcome(&oc, now, NULL, &entry, &len);
     free(results);
-    free(rp);
     free(tls);
     if (rv == 0)
         rv = proposer_submit(r->prop, entry, len, NULL, r->cfg->lease_time_ms, relay_outcome_done,
@@ -372,37 +363,35 @@ static void relay_final_done(void *arg, int status, intptr_t result)
 /* relay_sched_final - Outcome EXPIRED or BOUNCED (no route) without a lease. */
 static void relay_sched_final(struct relay *r, const struct queue_work *w, uint64_t now)
 {
-    Hamr__RcptResult *results = calloc(w->n_rcpts, sizeof(*results));
-    Hamr__RcptResult **rp = calloc(w->n_rcpts, sizeof(*rp));
-    if (results == NULL || rp == NULL)
-        goto out;
+    struct queue_entry_result *results = calloc(w->n_rcpts, sizeof(*results));
+    if (results == NULL)
+        return;
     bool expire = w->kind == QUEUE_WORK_EXPIRE;
     for (size_t i = 0; i < w->n_rcpts; i++) {
-        hamr__rcpt_result__init(&results[i]);
         results[i].rcpt_index = w->rcpt_indexes[i];
-        results[i].status =
-            expire ? HAMR__RCPT_RESULT__STATUS__EXPIRED : HAMR__RCPT_RESULT__STATUS__BOUNCED;
+        results[i].status = expire ? QUEUE_ENTRY_EXPIRED : QUEUE_ENTRY_BOUNCED;
         results[i].diagnostic = expire ? "delivery time expired (queue_lifetime)"
                                        : "5.4.4 no route to the recipient's domain";
-        rp[i] = &results[i];
     }
-    Hamr__Outcome oc = HAMR__OUTCOME__INIT;
-    oc.queue_id = (char *)w->queue_id;
-    oc.n_results = w->n_rcpts;
-    oc.results = rp;
-    oc.reporter = (char *)r->cfg->hostname;
-    oc.dsn_expires_at_ms = now + r->cfg->queue_lifetime_ms;
-    Hamr__Entry e = HAMR__ENTRY__INIT;
-    e.timestamp_ms = now;
-    e.cmd_case = HAMR__ENTRY__CMD_OUTCOME;
-    e.outcome = &oc;
-    if (relay_propose(r, &e, r->cfg->proposal_timeout_ms, relay_final_done, r) == 0) {
+    struct queue_entry_outcome_args oc = {
+        .queue_id = w->queue_id,
+        .results = results,
+        .n_results = w->n_rcpts,
+        .reporter = r->cfg->hostname,
+        .dsn_expires_at_ms = now + r->cfg->queue_lifetime_ms,
+    };
+    uint8_t *entry;
+    size_t len;
+    int rv = queue_entry_outcome(&oc, now, NULL, &entry, &len);
+    free(results);
+    if (rv != 0)
+        return;
+    rv = relay_propose_bytes(r, entry, len, r->cfg->proposal_timeout_ms, relay_final_done, r);
+    free(entry);
+    if (rv == 0) {
         r->sched_in_flight++;
         log_info("%s id=%s rcpts=%zu", expire ? "expired" : "noroute", w->queue_id, w->n_rcpts);
     }
-out:
-    free(results);
-    free(rp);
 }
 
 /*
@@ -472,14 +461,12 @@ void relay_sched_tick(uv_timer_t *t)
     }
 
     struct relay_lease_req *lr = calloc(1, sizeof(*lr));
-    Hamr__LeaseItem *items = calloc(n_deliver, sizeof(*items));
-    Hamr__LeaseItem **ip = calloc(n_deliver, sizeof(*ip));
+    struct queue_entry_lease_item *items = calloc(n_deliver, sizeof(*items));
     struct queue_work *dw = calloc(n_deliver, sizeof(*dw));
     uint64_t *ids = calloc(n_deliver, sizeof(*ids));
-    if (lr == NULL || items == NULL || ip == NULL || dw == NULL || ids == NULL) {
+    if (lr == NULL || items == NULL || dw == NULL || ids == NULL) {
         free(lr);
         free(items);
-        free(ip);
         free(dw);
         free(ids);
         queue_work_free(work, (size_t)n);
@@ -493,35 +480,35 @@ void relay_sched_tick(uv_timer_t *t)
         work[i].rcpt_indexes = NULL;
         work[i].n_rcpts = 0;
         ids[k] = ++r->lease_counter;
-        hamr__lease_item__init(&items[k]);
         items[k].queue_id = dw[k].queue_id;
-        items[k].n_rcpt_indexes = dw[k].n_rcpts;
         items[k].rcpt_indexes = dw[k].rcpt_indexes;
+        items[k].n_rcpts = dw[k].n_rcpts;
         items[k].lease_id = ids[k];
         items[k].destination = dw[k].dest;
-        ip[k] = &items[k];
         k++;
     }
     queue_work_free(work, (size_t)n);
 
-    Hamr__Lease lease = HAMR__LEASE__INIT;
-    lease.node_id = r->cfg->node_id;
-    lease.term = consensus_term(r->cons);
-    lease.expires_at_ms = now + r->cfg->lease_time_ms;
-    lease.n_items = n_deliver;
-    lease.items = ip;
-    lease.boot_id = r->boot_id;
-    Hamr__Entry e = HAMR__ENTRY__INIT;
-    e.timestamp_ms = now;
-    e.cmd_case = HAMR__ENTRY__CMD_LEASE;
-    e.lease = &lease;
+    struct queue_entry_lease_args lease = {
+        .node_id = r->cfg->node_id,
+        .term = consensus_term(r->cons),
+        .expires_at_ms = now + r->cfg->lease_time_ms,
+        .boot_id = r->boot_id,
+        .items = items,
+        .n_items = n_deliver,
+    };
     lr->relay = r;
     lr->n = n_deliver;
     lr->work = dw;
     lr->lease_ids = ids;
-    int rv = relay_propose(r, &e, r->cfg->proposal_timeout_ms, relay_lease_done, lr);
+    uint8_t *entry;
+    size_t len;
+    int rv = queue_entry_lease(&lease, now, NULL, &entry, &len);
     free(items);
-    free(ip);
+    if (rv == 0) {
+        rv = relay_propose_bytes(r, entry, len, r->cfg->proposal_timeout_ms, relay_lease_done, lr);
+        free(entry);
+    }
     if (rv != 0) {
         queue_work_free(dw, n_deliver);
         free(ids);

@@ -5,6 +5,7 @@
  * framed by proto/proto_frame.h) in the same order and reaches the same
  * state. No I/O, no clock, no random numbers: time comes only from
  * Entry.timestamp_ms (the proposer's clock) or as an argument.
+ * queue_entry.h builds and packs each kind of entry below.
  *
  * Entries:
  *   Enqueue  - add a message. A known queue id (queued, or finished and still

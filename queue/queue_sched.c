@@ -39,6 +39,7 @@
 
 #include "util/common.h"
 #include "util/err.h"
+#include "util/hash.h"
 #include "queue/queue_sched.h"
 
 /*
@@ -106,17 +107,6 @@ struct queue_sched_ctx {
     int err;
 };
 
-/* queue_sched_hash - FNV-1a of a destination key. */
-static uint64_t queue_sched_hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
 /* queue_sched_counts_free - release the table and its keys. */
 static void queue_sched_counts_free(struct queue_sched_counts *c)
 {
@@ -136,7 +126,7 @@ static struct queue_sched_count *queue_sched_counts_find(const struct queue_sche
 {
     if (c->cap == 0)
         return NULL;
-    for (size_t j = queue_sched_hash(key) & (c->cap - 1); c->slots[j].key != NULL;
+    for (size_t j = hash_fnv1a64_str(key) & (c->cap - 1); c->slots[j].key != NULL;
          j = (j + 1) & (c->cap - 1))
         if (strcmp(c->slots[j].key, key) == 0)
             return &c->slots[j];
@@ -158,7 +148,7 @@ static struct queue_sched_count *queue_sched_counts_slot(struct queue_sched_coun
         for (size_t i = 0; i < c->cap; i++) {
             if (c->slots[i].key == NULL)
                 continue;
-            size_t j = queue_sched_hash(c->slots[i].key) & (cap - 1);
+            size_t j = hash_fnv1a64_str(c->slots[i].key) & (cap - 1);
             while (s[j].key != NULL)
                 j = (j + 1) & (cap - 1);
             s[j] = c->slots[i];
@@ -167,7 +157,7 @@ static struct queue_sched_count *queue_sched_counts_slot(struct queue_sched_coun
         c->slots = s;
         c->cap = cap;
     }
-    size_t j = queue_sched_hash(key) & (c->cap - 1);
+    size_t j = hash_fnv1a64_str(key) & (c->cap - 1);
     while (c->slots[j].key != NULL)
         j = (j + 1) & (c->cap - 1);
     size_t n = strlen(key);

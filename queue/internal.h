@@ -1,0 +1,167 @@
+/*
+ * internal.h - what the files of queue/ share and nobody else sees: the
+ * queue's own structs, the table and list operations, the scheduler
+ * indexes and the node directory's insert. The public interface is queue.h.
+ *
+ *   queue.c          items, tables, the done set, queries
+ *   queue_apply.c    queue_apply and the command handlers
+ *   queue_index.c    the derived scheduler indexes (due-time heap, leased list)
+ *   queue_node.c     the node directory and the cluster feature level
+ *   queue_snapshot.c snapshot, restore and digest
+ *   queue_entry.c    the encoders of the entries queue_apply decodes
+ */
+#ifndef HAMR_QUEUE_INTERNAL_H
+#define HAMR_QUEUE_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto/proto_frame.h"
+#include "queue/queue.h"
+
+/*
+ * A DSN's id is "<id>-B<n>" and must fit in QUEUE_ID_MAX, so ids of
+ * accepted (non-DSN) messages leave room for "-B" and ten digits.
+ */
+#define QUEUE_ACCEPT_ID_MAX (QUEUE_ID_MAX - 1 - 12)
+/* last_error is cut at this many bytes. */
+#define QUEUE_ERROR_MAX 512
+#define QUEUE_SHA256_LEN 32
+#define QUEUE_HASH_MIN 64
+/* Text of the per-recipient error after an administrative bounce. */
+#define QUEUE_ADMIN_BOUNCE_TEXT "bounced by the administrator"
+
+#define QUEUE_NOT_IN_HEAP SIZE_MAX
+
+/*
+ * queue_item - a queued message with its links; msg is what callers see.
+ *
+ * Besides the table and the acceptance list, an item sits in two indexes
+ * for the scheduler (queue_foreach_due), derived from its state and kept up
+ * to date by queue_touch after every change: a binary min-heap on wake_ms
+ * (the earliest time the scheduler can find work in it, queue_wake), and
+ * the list of messages with a LEASED recipient. Neither is part of the
+ * replicated state: snapshots and the digest never see them.
+ */
+struct queue_item {
+    struct queue_msg msg;
+    uint8_t sha256[QUEUE_SHA256_LEN]; /* of the body, for snapshots and the digest */
+    uint64_t hash;
+    struct queue_item *hnext;       /* hash chain */
+    struct queue_item *prev, *next; /* acceptance order */
+    uint64_t wake_ms;               /* queue_wake at the last queue_touch */
+    size_t heap_pos;                /* index in q->heap, or QUEUE_NOT_IN_HEAP */
+    bool leased;                    /* on q->leased */
+    struct queue_item *lprev, *lnext;
+};
+
+/* queue_done - the id of a finished message, kept for dedupe. */
+struct queue_done {
+    char id[QUEUE_ID_MAX];
+    uint64_t done_at_ms;
+    uint64_t hash;
+    struct queue_done *hnext; /* hash chain */
+    struct queue_done *next;  /* insertion order */
+};
+
+struct queue {
+    struct queue_item **mtab;
+    size_t mcap, mcount;
+    struct queue_item *head, *tail;
+    struct queue_done **dtab;
+    size_t dcap, dcount;
+    struct queue_done *dhead, *dtail;
+    uint64_t last_timestamp_ms;
+    uint64_t applied;
+    struct queue_node nodes[QUEUE_NODES_MAX]; /* sorted by node_id */
+    size_t n_nodes;
+    uint32_t cluster_level; /* 1..format_max, never falls */
+    uint32_t format_max;    /* highest level applied: this build's format */
+    uint64_t next_seq;      /* acceptance number of the next linked message */
+    /* Scheduler indexes (see struct queue_item). heap_broken: the heap could
+     * not grow, so queue_foreach_due walks every message instead. */
+    struct queue_item **heap;
+    size_t heap_len, heap_cap;
+    bool heap_broken;
+    bool index_off; /* queue_set_sched_index(q, false): walk every message */
+    struct queue_item *leased;
+};
+
+/* queue.c: helpers */
+
+/* queue_strdup - copy of s ("" for NULL); NULL on no memory. */
+char *queue_strdup(const char *s);
+
+/* queue_strdup_opt - copy of s, or NULL for NULL and "" (absent optional text). */
+int queue_strdup_opt(const char *s, char **out);
+
+/*
+ * queue_sha256 - digest of n bytes; false only when libcrypto fails. The
+ * one body hash: what an Enqueue's body_sha256 is made with (queue_entry.c)
+ * and checked against (queue_apply.c), and what snapshots carry.
+ */
+bool queue_sha256(const uint8_t *p, size_t n, uint8_t out[QUEUE_SHA256_LEN]);
+
+/* queue_id_ok - a queue id of acceptable length. */
+bool queue_id_ok(const char *id, size_t max);
+
+/* queue.c: items, tables and the done set */
+
+/* queue_item_free - release a message and everything it owns; returns NULL. */
+struct queue_item *queue_item_free(struct queue_item *it);
+
+/* queue_item_new - an item with n_rcpts PENDING recipients due at received_at_ms. */
+struct queue_item *queue_item_new(const char *id,
+                                  const char *sender,
+                                  char **rcpts,
+                                  size_t n_rcpts,
+                                  uint64_t received_at_ms);
+
+/* queue_item_set_text - replace client_addr / helo (copied). */
+int queue_item_set_text(struct queue_item *it, const char *client_addr, const char *helo);
+
+/* queue_item_set_body - copy the body in. */
+int queue_item_set_body(struct queue_item *it, const uint8_t *body, size_t len);
+
+/* queue_lookup - the item with this id, or NULL. */
+struct queue_item *queue_lookup(const struct queue *q, const char *id);
+
+/* queue_link - add an item at the end of the acceptance order. Takes ownership. */
+void queue_link(struct queue *q, struct queue_item *it);
+
+/* queue_done_new - a done record, not yet linked. */
+struct queue_done *queue_done_new(const char *id, uint64_t done_at_ms);
+
+/* queue_done_link - append a done record. Takes ownership. */
+void queue_done_link(struct queue *q, struct queue_done *d);
+
+/* queue_done_prune - drop done ids at least QUEUE_DONE_TTL_MS older than now_ms (queue.c). */
+void queue_done_prune(struct queue *q, uint64_t now_ms);
+
+/* queue_finish - a message leaves the queue; its id goes to the done set. Takes d. */
+void queue_finish(struct queue *q, struct queue_item *it, struct queue_done *d);
+
+/* queue_index.c: the scheduler indexes */
+
+/* queue_wake - the earliest time the scheduler can find work in m (queue_index.c). */
+uint64_t queue_wake(const struct queue_msg *m, bool *leased);
+
+/* queue_heap_insert - add it; on no memory the heap is given up (heap_broken). */
+void queue_heap_insert(struct queue *q, struct queue_item *it);
+
+/* queue_heap_remove - take it out of the heap (if it is in). */
+void queue_heap_remove(struct queue *q, struct queue_item *it);
+
+/* queue_leased_set - put it on or take it off the list of leased messages. */
+void queue_leased_set(struct queue *q, struct queue_item *it, bool leased);
+
+/* queue_touch - it changed (recipients, held): bring both indexes up to date. */
+void queue_touch(struct queue *q, struct queue_item *it);
+
+/* queue_node.c: the node directory */
+
+/* queue_node_put - insert or replace the entry of ni->node_id, keeping the order. */
+int queue_node_put(struct queue *q, const Hamr__NodeInfo *ni, uint64_t ts);
+
+#endif

@@ -1,0 +1,742 @@
+/*
+ * queue_apply.c - queue_apply: decode one committed entry and run its
+ * command (Enqueue, Lease, Outcome, Admin, NodeInfo, ClusterLevel) as
+ * queue.h specifies, and the DSN each failure owes.
+ *
+ * Atomicity: each command is validated and everything it needs is
+ * allocated before the first change, so a refused command (res->status) or
+ * an allocation failure (HAMR_ENOMEM) leaves the state as it was.
+ *
+ * Errors: queue_apply returns HAMR_ECORRUPT / HAMR_EVERSION for an entry it
+ * cannot decode and HAMR_ENOMEM; refused commands return 0 with res->status
+ * HAMR_ENOTFOUND, HAMR_EINVAL, HAMR_ETOOBIG, HAMR_ECORRUPT or (a
+ * ClusterLevel above this build's format) HAMR_EVERSION.
+ *
+ * Security: entries come from the replicated log, written by other nodes
+ * from untrusted SMTP input. Ids are length-checked, indexes bounds-checked,
+ * bodies checked against their SHA-256, error and TLS texts reduced to
+ * printable ASCII and bounded.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/common.h"
+#include "util/err.h"
+#include "util/log.h"
+#include "proto/proto_frame.h"
+#include "queue/internal.h"
+#include "queue/queue.h"
+#include "queue/queue_dsn.h"
+
+/* ------------------------------------------------------------------------
+ * Small helpers
+ * ------------------------------------------------------------------------ */
+
+/* queue_streq - NULL and "" are the same string. */
+static bool queue_streq(const char *a, const char *b)
+{
+    return strcmp(a ? a : "", b ? b : "") == 0;
+}
+
+/* queue_error_text - "<code> <text>" reduced to printable ASCII and bounded, or NULL if empty. */
+static int queue_error_text(uint32_t code, const char *text, char **out)
+{
+    char clean[QUEUE_ERROR_MAX];
+    char line[QUEUE_ERROR_MAX + 16];
+    text = text ? text : "";
+    log_printable(clean, sizeof(clean), text, strlen(text));
+    if (code != 0)
+        snprintf(line, sizeof(line), "%u %s", code, clean);
+    else
+        snprintf(line, sizeof(line), "%s", clean);
+    line[QUEUE_ERROR_MAX - 1] = '\0';
+    return queue_strdup_opt(line, out);
+}
+
+/* queue_bounded_text - text reduced to printable ASCII and cut to max-1 bytes, or NULL if empty. */
+static int queue_bounded_text(const char *text, size_t max, char **out)
+{
+    char clean[QUEUE_TLS_MAX];
+    HAMR_ASSERT(max <= sizeof(clean));
+    text = text ? text : "";
+    log_printable(clean, max, text, strlen(text));
+    return queue_strdup_opt(clean, out);
+}
+
+/* queue_rcpt_final - the recipient reached a final state. */
+static bool queue_rcpt_final(const struct queue_rcpt *r)
+{
+    return r->state == QUEUE_RCPT_DELIVERED || r->state == QUEUE_RCPT_BOUNCED ||
+           r->state == QUEUE_RCPT_EXPIRED;
+}
+
+/* queue_rcpt_clear_lease - forget the lease fields. */
+static void queue_rcpt_clear_lease(struct queue_rcpt *r)
+{
+    free(r->lease_boot_id);
+    free(r->lease_dest);
+    r->lease_boot_id = NULL;
+    r->lease_dest = NULL;
+    r->lease_id = 0;
+    r->lease_node = 0;
+    r->lease_term = 0;
+    r->lease_expires_ms = 0;
+}
+
+/* queue_rcpt_set_error - replace last_error, taking ownership of text. */
+static void queue_rcpt_set_error(struct queue_rcpt *r, char *text)
+{
+    free(r->last_error);
+    r->last_error = text;
+}
+
+/* ------------------------------------------------------------------------
+ * DSN generation, shared by Outcome and Admin BOUNCE
+ * ------------------------------------------------------------------------ */
+
+/*
+ * queue_dsn_prepare - build the DSN item for the failed recipients of m, not
+ * yet linked; *dsn_count gets the message's new DSN counter. *out is NULL
+ * when no DSN is owed (null sender, a DSN itself, nothing failed).
+ */
+static int queue_dsn_prepare(const struct queue *q,
+                             const struct queue_msg *m,
+                             const struct queue_dsn_rcpt *failed,
+                             size_t n_failed,
+                             const char *reporter,
+                             uint64_t dsn_expires_at_ms,
+                             uint64_t now_ms,
+                             struct queue_item **out,
+                             uint32_t *dsn_count)
+{
+    *out = NULL;
+    *dsn_count = m->dsn_count;
+    /* RFC 5321 section 6.1 and RFC 3464: never a DSN to <> or about a DSN. */
+    if (n_failed == 0 || m->sender[0] == '\0' || m->is_dsn)
+        return 0;
+    /* "<id>-B<n>", skipping any n already taken so that ids stay unique. */
+    char id[QUEUE_ID_MAX];
+    uint32_t n = m->dsn_count;
+    for (;;) {
+        int w = snprintf(id, sizeof(id), "%s-B%u", m->id, n);
+        HAMR_ASSERT(w > 0 && (size_t)w < sizeof(id));
+        if (!queue_contains(q, id))
+            break;
+        if (n == UINT32_MAX)
+            return HAMR_EINVAL;
+        n++;
+    }
+    uint8_t *body = NULL;
+    size_t len = 0;
+    bool eight_bit = false;
+    int rv = queue_dsn_build(m, failed, n_failed, reporter, now_ms, id, &body, &len, &eight_bit);
+    if (rv != 0)
+        return rv;
+    char *rcpt = m->sender;
+    struct queue_item *it = queue_item_new(id, "", &rcpt, 1, now_ms);
+    if (it == NULL) {
+        free(body);
+        return HAMR_ENOMEM;
+    }
+    it->msg.body = body;
+    it->msg.body_len = len;
+    it->msg.body_8bit = eight_bit;
+    it->msg.is_dsn = true;
+    it->msg.expires_at_ms = dsn_expires_at_ms;
+    it->msg.accepted_by = 0;
+    if (!queue_sha256(body, len, it->sha256)) {
+        queue_item_free(it);
+        return HAMR_ENOMEM;
+    }
+    *out = it;
+    *dsn_count = n + 1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Enqueue
+ * ------------------------------------------------------------------------ */
+
+/*
+ * queue_apply_enqueue - add a message (see queue.h). The body is taken
+ * from e (unpacked by queue_apply with the default allocator) instead of
+ * copied: e->body is left empty.
+ */
+static int queue_apply_enqueue(struct queue *q,
+                               Hamr__Enqueue *e,
+                               uint64_t ts,
+                               struct queue_apply_result *res)
+{
+    size_t id_max = e->is_dsn ? QUEUE_ID_MAX - 1 : QUEUE_ACCEPT_ID_MAX;
+    if (!queue_id_ok(e->queue_id, id_max)) {
+        res->status = HAMR_EINVAL;
+        return 0;
+    }
+    if (queue_contains(q, e->queue_id)) {
+        res->duplicate = true;
+        return 0;
+    }
+    if (e->n_rcpts == 0) {
+        res->status = HAMR_EINVAL;
+        return 0;
+    }
+    if (e->body_sha256.len != 0 && e->body_sha256.len != QUEUE_SHA256_LEN) {
+        res->status = HAMR_EINVAL;
+        return 0;
+    }
+    /* queue_entry_enqueue writes body_sha256 with this same helper. */
+    uint8_t sha[QUEUE_SHA256_LEN];
+    if (!queue_sha256(e->body.data, e->body.len, sha))
+        return HAMR_ENOMEM;
+    if (e->body_sha256.len != 0 && memcmp(sha, e->body_sha256.data, QUEUE_SHA256_LEN) != 0) {
+        res->status = HAMR_ECORRUPT;
+        return 0;
+    }
+    struct queue_item *it = queue_item_new(e->queue_id, e->sender, e->rcpts, e->n_rcpts, ts);
+    if (it == NULL)
+        return HAMR_ENOMEM;
+    if (queue_item_set_text(it, e->client_addr, e->helo) != 0) {
+        queue_item_free(it);
+        return HAMR_ENOMEM;
+    }
+    if (e->body.len > 0) {
+        it->msg.body = e->body.data;
+        it->msg.body_len = e->body.len;
+        e->body.data = NULL; /* hamr__entry__free_unpacked skips it now */
+        e->body.len = 0;
+    }
+    memcpy(it->sha256, sha, sizeof(sha));
+    it->msg.expires_at_ms = e->expires_at_ms;
+    it->msg.is_dsn = e->is_dsn;
+    it->msg.body_8bit = e->body_8bit;
+    it->msg.accepted_by = e->accepted_by;
+    queue_link(q, it);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Lease
+ * ------------------------------------------------------------------------ */
+
+/* queue_rcpt_leasable - may this recipient take a new lease at ts? */
+static bool queue_rcpt_leasable(const struct queue_rcpt *r, const Hamr__Lease *l, uint64_t ts)
+{
+    if (r->state == QUEUE_RCPT_PENDING)
+        return true;
+    if (r->state != QUEUE_RCPT_LEASED)
+        return false;
+    if (r->lease_expires_ms <= ts)
+        return true;
+    /* The same node under another boot id: that process died with its lease. */
+    return r->lease_node == l->node_id && !queue_streq(r->lease_boot_id, l->boot_id);
+}
+
+/* queue_apply_lease_item - lease one message's recipients; all or nothing per item. */
+static int queue_apply_lease_item(struct queue *q,
+                                  const Hamr__Lease *l,
+                                  const Hamr__LeaseItem *item,
+                                  uint64_t ts,
+                                  int *status)
+{
+    struct queue_item *it = queue_lookup(q, item->queue_id);
+    if (it == NULL) {
+        *status = HAMR_ENOTFOUND;
+        return 0;
+    }
+    struct queue_msg *m = &it->msg;
+    /* Lease id 0 means "no lease" in an Outcome, so no lease may carry it. */
+    if (item->lease_id == 0) {
+        *status = HAMR_EINVAL;
+        return 0;
+    }
+    for (size_t i = 0; i < item->n_rcpt_indexes; i++) {
+        if (item->rcpt_indexes[i] >= m->n_rcpts) {
+            *status = HAMR_EINVAL;
+            return 0;
+        }
+    }
+    if (m->held)
+        return 0;
+    /* Allocate every copy first: the item is applied whole or not at all. */
+    size_t n = item->n_rcpt_indexes;
+    char **boot = calloc(n ? n : 1, sizeof(*boot));
+    char **dest = calloc(n ? n : 1, sizeof(*dest));
+    int rv = (boot && dest) ? 0 : HAMR_ENOMEM;
+    for (size_t i = 0; rv == 0 && i < n; i++) {
+        if (!queue_rcpt_leasable(&m->rcpts[item->rcpt_indexes[i]], l, ts))
+            continue;
+        rv = queue_strdup_opt(l->boot_id, &boot[i]);
+        if (rv == 0)
+            rv = queue_strdup_opt(item->destination, &dest[i]);
+    }
+    for (size_t i = 0; rv == 0 && i < n; i++) {
+        struct queue_rcpt *r = &m->rcpts[item->rcpt_indexes[i]];
+        /* A repeated index is leased once; the copies made for it stay unused. */
+        if (!queue_rcpt_leasable(r, l, ts))
+            continue;
+        queue_rcpt_clear_lease(r);
+        r->state = QUEUE_RCPT_LEASED;
+        r->lease_id = item->lease_id;
+        r->lease_node = l->node_id;
+        r->lease_term = l->term;
+        r->lease_expires_ms = l->expires_at_ms;
+        r->lease_boot_id = boot[i];
+        r->lease_dest = dest[i];
+        boot[i] = dest[i] = NULL;
+    }
+    if (rv == 0)
+        queue_touch(q, it);
+    for (size_t i = 0; boot && dest && i < n; i++) {
+        free(boot[i]);
+        free(dest[i]);
+    }
+    free(boot);
+    free(dest);
+    return rv;
+}
+
+/* queue_apply_lease - every item on its own; the first refusal is reported. */
+static int queue_apply_lease(struct queue *q,
+                             const Hamr__Lease *l,
+                             uint64_t ts,
+                             struct queue_apply_result *res)
+{
+    for (size_t i = 0; i < l->n_items; i++) {
+        int status = 0;
+        int rv = queue_apply_lease_item(q, l, l->items[i], ts, &status);
+        if (rv != 0)
+            return rv;
+        if (status != 0 && res->status == 0)
+            res->status = status;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Outcome
+ * ------------------------------------------------------------------------ */
+
+/*
+ * queue_outcome_applies - fencing: a result counts only for a recipient
+ * leased under the outcome's lease_id. lease_id 0 (expiry, no route) counts
+ * for a recipient nobody holds: PENDING, or LEASED under a lease that has
+ * lapsed at ts, which is what the scheduler reports as due.
+ */
+static bool queue_outcome_applies(const struct queue_rcpt *r, uint64_t lease_id, uint64_t ts)
+{
+    if (lease_id != 0)
+        return r->state == QUEUE_RCPT_LEASED && r->lease_id == lease_id;
+    return r->state == QUEUE_RCPT_PENDING ||
+           (r->state == QUEUE_RCPT_LEASED && r->lease_expires_ms <= ts);
+}
+
+/* queue_outcome_plan - what an Outcome will do, computed before any change. */
+struct queue_outcome_plan {
+    bool *applies;       /* per result */
+    char **errors;       /* per result: new last_error (owned until used) */
+    bool *set_tls;       /* per result: replace tls_policy and tls (level and policy given) */
+    char **tls_policies; /* per result: new tls_policy (owned until used) */
+    char **tls;          /* per result: new tls (owned until used) */
+    struct queue_dsn_rcpt *failed;
+    size_t n_failed;
+    struct queue_item *dsn; /* owned until linked */
+    uint32_t dsn_count;
+    struct queue_done *done; /* owned until linked; NULL if the message stays */
+};
+
+/* queue_outcome_plan_free - release what the plan still owns. */
+static void queue_outcome_plan_free(struct queue_outcome_plan *p, size_t n)
+{
+    for (size_t i = 0; p->errors && i < n; i++)
+        free(p->errors[i]);
+    for (size_t i = 0; p->tls_policies && i < n; i++)
+        free(p->tls_policies[i]);
+    for (size_t i = 0; p->tls && i < n; i++)
+        free(p->tls[i]);
+    free(p->errors);
+    free(p->set_tls);
+    free(p->tls_policies);
+    free(p->tls);
+    free(p->applies);
+    free(p->failed);
+    queue_item_free(p->dsn);
+    free(p->done);
+}
+
+/* queue_outcome_validate - indexes in range, each once, statuses known. */
+static int queue_outcome_validate(const struct queue_msg *m, const Hamr__Outcome *o)
+{
+    for (size_t i = 0; i < o->n_results; i++) {
+        const Hamr__RcptResult *r = o->results[i];
+        if (r->rcpt_index >= m->n_rcpts)
+            return HAMR_EINVAL;
+        if (r->status < HAMR__RCPT_RESULT__STATUS__DELIVERED ||
+            r->status > HAMR__RCPT_RESULT__STATUS__EXPIRED)
+            return HAMR_EINVAL;
+        for (size_t j = 0; j < i; j++)
+            if (o->results[j]->rcpt_index == r->rcpt_index)
+                return HAMR_EINVAL;
+    }
+    return 0;
+}
+
+/* queue_outcome_prepare - fill the plan: which results apply, texts, DSN, done record. */
+static int queue_outcome_prepare(const struct queue *q,
+                                 const struct queue_msg *m,
+                                 const Hamr__Outcome *o,
+                                 uint64_t ts,
+                                 struct queue_outcome_plan *p)
+{
+    size_t n = o->n_results;
+    p->applies = calloc(n ? n : 1, sizeof(*p->applies));
+    p->errors = calloc(n ? n : 1, sizeof(*p->errors));
+    p->failed = calloc(n ? n : 1, sizeof(*p->failed));
+    p->set_tls = calloc(n ? n : 1, sizeof(*p->set_tls));
+    p->tls_policies = calloc(n ? n : 1, sizeof(*p->tls_policies));
+    p->tls = calloc(n ? n : 1, sizeof(*p->tls));
+    if (p->applies == NULL || p->errors == NULL || p->failed == NULL || p->set_tls == NULL ||
+        p->tls_policies == NULL || p->tls == NULL)
+        return HAMR_ENOMEM;
+    size_t final_after = 0;
+    for (size_t i = 0; i < m->n_rcpts; i++)
+        final_after += queue_rcpt_final(&m->rcpts[i]);
+    for (size_t i = 0; i < n; i++) {
+        const Hamr__RcptResult *r = o->results[i];
+        const struct queue_rcpt *rc = &m->rcpts[r->rcpt_index];
+        p->applies[i] = queue_outcome_applies(rc, o->lease_id, ts);
+        if (!p->applies[i])
+            continue;
+        if (r->status != HAMR__RCPT_RESULT__STATUS__DELIVERED) {
+            int rv = queue_error_text(r->smtp_code, r->diagnostic, &p->errors[i]);
+            if (rv != 0)
+                return rv;
+        }
+        /*
+         * The TLS fields are format 2: below that level a node of an older
+         * build, which ignores them, applies this entry too (see queue.h).
+         */
+        if (q->cluster_level >= QUEUE_LEVEL_TLS && r->tls_policy != NULL &&
+            r->tls_policy[0] != '\0') {
+            p->set_tls[i] = true;
+            int rv = queue_bounded_text(r->tls_policy, QUEUE_TLS_POLICY_MAX, &p->tls_policies[i]);
+            if (rv == 0)
+                rv = queue_bounded_text(r->tls, QUEUE_TLS_MAX, &p->tls[i]);
+            if (rv != 0)
+                return rv;
+        }
+        if (r->status == HAMR__RCPT_RESULT__STATUS__DEFERRED)
+            continue;
+        final_after++;
+        if (r->status == HAMR__RCPT_RESULT__STATUS__DELIVERED)
+            continue;
+        struct queue_dsn_rcpt *f = &p->failed[p->n_failed++];
+        f->addr = rc->addr;
+        f->state = r->status == HAMR__RCPT_RESULT__STATUS__EXPIRED ? QUEUE_RCPT_EXPIRED
+                                                                   : QUEUE_RCPT_BOUNCED;
+        f->smtp_code = r->smtp_code;
+        f->diagnostic = r->diagnostic;
+        f->remote = o->remote;
+    }
+    int rv = queue_dsn_prepare(q, m, p->failed, p->n_failed, o->reporter, o->dsn_expires_at_ms, ts,
+                               &p->dsn, &p->dsn_count);
+    if (rv != 0)
+        return rv;
+    if (final_after == m->n_rcpts) {
+        p->done = queue_done_new(m->id, ts);
+        if (p->done == NULL)
+            return HAMR_ENOMEM;
+    }
+    return 0;
+}
+
+/* queue_apply_outcome - record delivery results (see queue.h). */
+static int queue_apply_outcome(struct queue *q,
+                               const Hamr__Outcome *o,
+                               uint64_t ts,
+                               struct queue_apply_result *res)
+{
+    struct queue_item *it = queue_lookup(q, o->queue_id);
+    if (it == NULL) {
+        res->status = HAMR_ENOTFOUND;
+        return 0;
+    }
+    struct queue_msg *m = &it->msg;
+    int rv = queue_outcome_validate(m, o);
+    if (rv != 0) {
+        res->status = rv;
+        return 0;
+    }
+    struct queue_outcome_plan p = {0};
+    rv = queue_outcome_prepare(q, m, o, ts, &p);
+    if (rv != 0) {
+        queue_outcome_plan_free(&p, o->n_results);
+        return rv;
+    }
+    /* Nothing below can fail. */
+    for (size_t i = 0; i < o->n_results; i++) {
+        if (!p.applies[i])
+            continue;
+        const Hamr__RcptResult *r = o->results[i];
+        struct queue_rcpt *rc = &m->rcpts[r->rcpt_index];
+        queue_rcpt_clear_lease(rc);
+        if (p.set_tls[i]) {
+            free(rc->tls_policy);
+            free(rc->tls);
+            rc->tls_policy = p.tls_policies[i];
+            rc->tls = p.tls[i];
+            p.tls_policies[i] = p.tls[i] = NULL;
+        }
+        switch (r->status) {
+            case HAMR__RCPT_RESULT__STATUS__DELIVERED:
+                rc->state = QUEUE_RCPT_DELIVERED;
+                break;
+            case HAMR__RCPT_RESULT__STATUS__DEFERRED:
+                rc->state = QUEUE_RCPT_PENDING;
+                rc->attempts++;
+                rc->next_attempt_ms = o->next_attempt_ms;
+                queue_rcpt_set_error(rc, p.errors[i]);
+                p.errors[i] = NULL;
+                break;
+            case HAMR__RCPT_RESULT__STATUS__BOUNCED:
+            case HAMR__RCPT_RESULT__STATUS__EXPIRED:
+            default:
+                rc->state = r->status == HAMR__RCPT_RESULT__STATUS__EXPIRED ? QUEUE_RCPT_EXPIRED
+                                                                            : QUEUE_RCPT_BOUNCED;
+                queue_rcpt_set_error(rc, p.errors[i]);
+                p.errors[i] = NULL;
+                break;
+        }
+    }
+    m->dsn_count = p.dsn_count;
+    queue_touch(q, it);
+    if (p.dsn != NULL) {
+        queue_link(q, p.dsn);
+        p.dsn = NULL;
+        res->dsn_generated++;
+    }
+    if (p.done != NULL) {
+        queue_finish(q, it, p.done);
+        p.done = NULL;
+        res->finished++;
+    }
+    queue_outcome_plan_free(&p, o->n_results);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Admin
+ * ------------------------------------------------------------------------ */
+
+/* queue_admin_bounce - fail every PENDING recipient, one DSN; LEASED ones keep their lease. */
+static int queue_admin_bounce(struct queue *q,
+                              struct queue_item *it,
+                              const Hamr__Admin *a,
+                              uint64_t ts,
+                              struct queue_apply_result *res)
+{
+    struct queue_msg *m = &it->msg;
+    size_t n_rcpts = m->n_rcpts;
+    struct queue_dsn_rcpt *failed = calloc(n_rcpts, sizeof(*failed));
+    char **errors = calloc(m->n_rcpts, sizeof(*errors));
+    struct queue_item *dsn = NULL;
+    struct queue_done *done = NULL;
+    uint32_t dsn_count = m->dsn_count;
+    size_t n_failed = 0, final_after = 0;
+    int rv = (failed && errors) ? 0 : HAMR_ENOMEM;
+    for (size_t i = 0; rv == 0 && i < m->n_rcpts; i++) {
+        struct queue_rcpt *r = &m->rcpts[i];
+        if (queue_rcpt_final(r)) {
+            final_after++;
+            continue;
+        }
+        if (r->state != QUEUE_RCPT_PENDING)
+            continue;
+        final_after++;
+        errors[i] = queue_strdup(QUEUE_ADMIN_BOUNCE_TEXT);
+        if (errors[i] == NULL)
+            rv = HAMR_ENOMEM;
+        struct queue_dsn_rcpt *f = &failed[n_failed++];
+        f->addr = r->addr;
+        f->state = QUEUE_RCPT_BOUNCED;
+        f->diagnostic = QUEUE_ADMIN_BOUNCE_TEXT;
+    }
+    if (rv == 0)
+        rv = queue_dsn_prepare(q, m, failed, n_failed, a->reporter, a->dsn_expires_at_ms, ts, &dsn,
+                               &dsn_count);
+    if (rv == 0 && n_failed > 0 && final_after == m->n_rcpts) {
+        done = queue_done_new(m->id, ts);
+        if (done == NULL)
+            rv = HAMR_ENOMEM;
+    }
+    if (rv == 0) {
+        for (size_t i = 0; i < m->n_rcpts; i++) {
+            if (errors[i] == NULL)
+                continue;
+            m->rcpts[i].state = QUEUE_RCPT_BOUNCED;
+            queue_rcpt_set_error(&m->rcpts[i], errors[i]);
+            errors[i] = NULL;
+        }
+        m->dsn_count = dsn_count;
+        queue_touch(q, it);
+        if (dsn != NULL) {
+            queue_link(q, dsn);
+            dsn = NULL;
+            res->dsn_generated++;
+        }
+        if (done != NULL) {
+            queue_finish(q, it, done);
+            done = NULL;
+            res->finished++;
+        }
+    }
+    /* m may be gone now: use the count taken before. */
+    for (size_t i = 0; errors && i < n_rcpts; i++)
+        free(errors[i]);
+    free(errors);
+    free(failed);
+    queue_item_free(dsn);
+    free(done);
+    return rv;
+}
+
+/* queue_admin_flush - every PENDING recipient of it due at ts. */
+static void queue_admin_flush(struct queue *q, struct queue_item *it, uint64_t ts)
+{
+    struct queue_msg *m = &it->msg;
+    for (size_t i = 0; i < m->n_rcpts; i++)
+        if (m->rcpts[i].state == QUEUE_RCPT_PENDING)
+            m->rcpts[i].next_attempt_ms = ts;
+    queue_touch(q, it);
+}
+
+/* queue_apply_admin - an operator command (see queue.h). */
+static int queue_apply_admin(struct queue *q,
+                             const Hamr__Admin *a,
+                             uint64_t ts,
+                             struct queue_apply_result *res)
+{
+    if (a->op == HAMR__ADMIN__OP__FLUSH && a->queue_id[0] == '\0') {
+        for (struct queue_item *it = q->head; it != NULL; it = it->next)
+            queue_admin_flush(q, it, ts);
+        return 0;
+    }
+    struct queue_item *it = queue_lookup(q, a->queue_id);
+    if (it == NULL) {
+        res->status = HAMR_ENOTFOUND;
+        return 0;
+    }
+    switch (a->op) {
+        case HAMR__ADMIN__OP__DELETE: {
+            struct queue_done *d = queue_done_new(it->msg.id, ts);
+            if (d == NULL)
+                return HAMR_ENOMEM;
+            queue_finish(q, it, d);
+            res->finished++;
+            return 0;
+        }
+        case HAMR__ADMIN__OP__HOLD:
+            it->msg.held = true;
+            queue_touch(q, it);
+            return 0;
+        case HAMR__ADMIN__OP__RELEASE:
+            it->msg.held = false;
+            queue_touch(q, it);
+            return 0;
+        case HAMR__ADMIN__OP__FLUSH:
+            queue_admin_flush(q, it, ts);
+            return 0;
+        case HAMR__ADMIN__OP__BOUNCE:
+            return queue_admin_bounce(q, it, a, ts, res);
+        default:
+            res->status = HAMR_EINVAL;
+            return 0;
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * NodeInfo and ClusterLevel (the directory itself is in queue_node.c)
+ * ------------------------------------------------------------------------ */
+
+/* queue_apply_node_info - a NodeInfo entry; a bad one is refused, not fatal. */
+static int queue_apply_node_info(struct queue *q, const Hamr__NodeInfo *ni, uint64_t ts,
+                                 struct queue_apply_result *res)
+{
+    res->status = queue_node_put(q, ni, ts);
+    return 0;
+}
+
+/*
+ * queue_apply_cluster_level - raise the feature level; equal or lower is a
+ * no-op. Above this build's format it is refused, not fatal (see queue.h).
+ */
+static int queue_apply_cluster_level(struct queue *q,
+                                     const Hamr__ClusterLevel *cl,
+                                     struct queue_apply_result *res)
+{
+    if (cl == NULL) {
+        res->status = HAMR_EINVAL;
+        return 0;
+    }
+    if (cl->level <= q->cluster_level)
+        return 0;
+    if (cl->level > q->format_max) {
+        /* The caller logs refused commands; apply itself does no I/O. */
+        res->status = HAMR_EVERSION;
+        return 0;
+    }
+    q->cluster_level = cl->level;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Apply
+ * ------------------------------------------------------------------------ */
+
+/* queue_apply - decode one entry, prune the done set, run the command. */
+int queue_apply(struct queue *q, const uint8_t *buf, size_t len, struct queue_apply_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    Hamr__Entry *e = NULL;
+    int rv = proto_entry_unpack(buf, len, &e);
+    if (rv != 0)
+        return rv;
+    uint64_t ts = e->timestamp_ms;
+    /*
+     * Pruning first lets an id finished more than a TTL ago be enqueued
+     * again. It is idempotent, so an entry retried after HAMR_ENOMEM gives
+     * the same result.
+     */
+    queue_done_prune(q, ts);
+    switch (e->cmd_case) {
+        case HAMR__ENTRY__CMD_ENQUEUE:
+            rv = queue_apply_enqueue(q, e->enqueue, ts, res);
+            break;
+        case HAMR__ENTRY__CMD_LEASE:
+            rv = queue_apply_lease(q, e->lease, ts, res);
+            break;
+        case HAMR__ENTRY__CMD_OUTCOME:
+            rv = queue_apply_outcome(q, e->outcome, ts, res);
+            break;
+        case HAMR__ENTRY__CMD_ADMIN:
+            rv = queue_apply_admin(q, e->admin, ts, res);
+            break;
+        case HAMR__ENTRY__CMD_NODE_INFO:
+            rv = queue_apply_node_info(q, e->node_info, ts, res);
+            break;
+        case HAMR__ENTRY__CMD_CLUSTER_LEVEL:
+            rv = queue_apply_cluster_level(q, e->cluster_level, res);
+            break;
+        default:
+            /* proto_entry_unpack refuses kinds it does not know. */
+            rv = HAMR_EVERSION;
+            break;
+    }
+    hamr__entry__free_unpacked(e, NULL);
+    if (rv != 0)
+        return rv;
+    q->applied++;
+    if (ts > q->last_timestamp_ms)
+        q->last_timestamp_ms = ts;
+    return 0;
+}

@@ -1,0 +1,156 @@
+/*
+ * queue_entry.h - the encoders of the log entries queue_apply decodes: one
+ * function per kind builds the Entry from plain C arguments and packs it
+ * (proto_entry_pack).
+ *
+ * Every function takes the entry's timestamp (the proposer's clock: queue/
+ * never reads one) and the allocator of the packed buffer: NULL for
+ * malloc, consensus_malloc when the buffer goes straight to raft. On
+ * success *out (len bytes, a multiple of PROTO_ENTRY_ALIGN) is the
+ * caller's, to be freed with the matching free. Arguments are borrowed for
+ * the call; a NULL string is sent as "". Errors: HAMR_ENOMEM (nothing is
+ * left allocated), HAMR_ETOOBIG (an entry protobuf-c cannot frame).
+ */
+#ifndef HAMR_QUEUE_QUEUE_ENTRY_H
+#define HAMR_QUEUE_QUEUE_ENTRY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* queue_entry_enqueue_args - a message to add (queue.h, Enqueue). */
+struct queue_entry_enqueue_args {
+    const char *queue_id;
+    const char *sender;       /* "" (or NULL) for the null sender */
+    const char *const *rcpts; /* n_rcpts addresses */
+    size_t n_rcpts;
+    const uint8_t *body; /* body_len bytes; NULL when body_len is 0 */
+    size_t body_len;
+    bool body_8bit;
+    bool is_dsn;
+    uint64_t expires_at_ms;
+    const char *client_addr;
+    const char *helo;
+    uint64_t accepted_by; /* node id */
+};
+
+/*
+ * queue_entry_enqueue - an Enqueue entry. body_sha256 is the body's SHA-256,
+ * made by the helper queue_apply checks it with, so the two cannot differ.
+ */
+int queue_entry_enqueue(const struct queue_entry_enqueue_args *a,
+                        uint64_t ts,
+                        void *(*alloc)(size_t),
+                        uint8_t **out,
+                        size_t *len);
+
+/* queue_entry_lease_item - one message's recipients for one destination. */
+struct queue_entry_lease_item {
+    const char *queue_id;
+    const uint32_t *rcpt_indexes; /* n_rcpts indexes into the message's recipients */
+    size_t n_rcpts;
+    uint64_t lease_id; /* never 0 (apply refuses it) */
+    const char *destination;
+};
+
+/* queue_entry_lease_args - recipients handed to node_id until expires_at_ms. */
+struct queue_entry_lease_args {
+    uint64_t node_id;
+    uint64_t term;
+    uint64_t expires_at_ms;
+    const char *boot_id;
+    const struct queue_entry_lease_item *items;
+    size_t n_items;
+};
+
+/* queue_entry_lease - a Lease entry. */
+int queue_entry_lease(const struct queue_entry_lease_args *a,
+                      uint64_t ts,
+                      void *(*alloc)(size_t),
+                      uint8_t **out,
+                      size_t *len);
+
+/* queue_entry_status - what an attempt did to one recipient (hamr.proto RcptResult.Status). */
+enum queue_entry_status {
+    QUEUE_ENTRY_DELIVERED = 0,
+    QUEUE_ENTRY_DEFERRED = 1,
+    QUEUE_ENTRY_BOUNCED = 2,
+    QUEUE_ENTRY_EXPIRED = 3,
+};
+
+/* queue_entry_result - one recipient's result. */
+struct queue_entry_result {
+    uint32_t rcpt_index;
+    enum queue_entry_status status;
+    uint32_t smtp_code; /* 0 if none */
+    const char *diagnostic;
+    const char *tls_policy; /* format 2: NULL (or "") below QUEUE_LEVEL_TLS */
+    const char *tls;        /* format 2: as tls_policy */
+};
+
+/* queue_entry_outcome_args - the results of one attempt (lease_id 0: expiry, no route). */
+struct queue_entry_outcome_args {
+    const char *queue_id;
+    uint64_t lease_id;
+    const struct queue_entry_result *results;
+    size_t n_results;
+    uint64_t next_attempt_ms; /* for DEFERRED results */
+    const char *reporter;     /* Reporting-MTA of a DSN */
+    uint64_t dsn_expires_at_ms;
+    const char *remote; /* the next hop that answered, or NULL */
+};
+
+/* queue_entry_outcome - an Outcome entry. */
+int queue_entry_outcome(const struct queue_entry_outcome_args *a,
+                        uint64_t ts,
+                        void *(*alloc)(size_t),
+                        uint8_t **out,
+                        size_t *len);
+
+/* queue_entry_admin_op - an operator command (hamr.proto Admin.Op). */
+enum queue_entry_admin_op {
+    QUEUE_ENTRY_ADMIN_DELETE = 0,
+    QUEUE_ENTRY_ADMIN_HOLD = 1,
+    QUEUE_ENTRY_ADMIN_RELEASE = 2,
+    QUEUE_ENTRY_ADMIN_FLUSH = 3,
+    QUEUE_ENTRY_ADMIN_BOUNCE = 4,
+};
+
+/*
+ * queue_entry_admin - an Admin entry. queue_id "" with FLUSH: every message.
+ * reporter and dsn_expires_at_ms matter for BOUNCE only.
+ */
+int queue_entry_admin(enum queue_entry_admin_op op,
+                      const char *queue_id,
+                      const char *reporter,
+                      uint64_t dsn_expires_at_ms,
+                      uint64_t ts,
+                      void *(*alloc)(size_t),
+                      uint8_t **out,
+                      size_t *len);
+
+/* queue_entry_node_info_args - one node's directory entry (queue.h, struct queue_node). */
+struct queue_entry_node_info_args {
+    uint64_t node_id;
+    const char *peer_address;
+    const char *control_address;
+    const char *version;
+    uint32_t format_version_max;
+    bool draining;
+};
+
+/* queue_entry_node_info - a NodeInfo entry. */
+int queue_entry_node_info(const struct queue_entry_node_info_args *a,
+                          uint64_t ts,
+                          void *(*alloc)(size_t),
+                          uint8_t **out,
+                          size_t *len);
+
+/* queue_entry_cluster_level - a ClusterLevel entry raising the feature level to level. */
+int queue_entry_cluster_level(uint32_t level,
+                              uint64_t ts,
+                              void *(*alloc)(size_t),
+                              uint8_t **out,
+                              size_t *len);
+
+#endif
