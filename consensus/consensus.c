@@ -1122,6 +1122,18 @@ void consensus_get_info(struct consensus *c, struct consensus_info *info)
     }
 }
 
+size_t consensus_segment_size(uint64_t snapshot_bytes, uint64_t max_entry)
+{
+    const uint64_t mib = 1024 * 1024;
+    uint64_t seg = snapshot_bytes + snapshot_bytes / 8;
+    uint64_t least = max_entry + max_entry / 8 + mib;
+    if (least < 8 * mib)
+        least = 8 * mib;
+    if (seg > 1024 * mib)
+        seg = 1024 * mib;
+    return (size_t)(seg < least ? least : seg);
+}
+
 void *consensus_malloc(size_t n)
 {
     return raft_malloc(n);

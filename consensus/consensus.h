@@ -97,6 +97,17 @@ struct consensus;
 /* consensus_apply_cb - result of consensus_propose. result: from fsm->apply on status 0. */
 typedef void (*consensus_apply_cb)(void *arg, int status, void *result);
 
+/*
+ * consensus_segment_size - the log segment size for snapshots every
+ * snapshot_bytes and entries of up to max_entry bytes. A snapshot rolls the
+ * open segment anyway, and every roll stalls the loop (libraft 0.15's
+ * io_destroy on the loop thread: 30-40 ms; RAFT.md 4.3). Segments a little
+ * larger than the snapshot interval roll once per snapshot and never in
+ * between. At most 1 GiB; at least 8 MiB and room for the largest entry plus
+ * an eighth (one entry never spans segments).
+ */
+size_t consensus_segment_size(uint64_t snapshot_bytes, uint64_t max_entry);
+
 /* consensus_malloc / consensus_free - the allocator for buffers handed over (raft's). */
 void *consensus_malloc(size_t n);
 void consensus_free(void *p);

@@ -38,7 +38,6 @@
 #include "util/err.h"
 #include "util/log.h"
 #include "proto/hamr.pb-c.h"
-#include "proto/proto_frame.h"
 #include "node/proposer.h"
 
 #define PROPOSER_ADDR_MAX 128
@@ -316,31 +315,25 @@ int proposer_send(struct proposer *p,
     return rv;
 }
 
-int proposer_send_entry(struct proposer *p,
-                        Hamr__Entry *e,
-                        uint64_t timeout_ms,
-                        proposer_cb cb,
-                        void *arg)
+int proposer_send_packed(struct proposer *p,
+                         uint8_t *buf,
+                         size_t len,
+                         uint64_t timeout_ms,
+                         proposer_cb cb,
+                         void *arg)
 {
-    if (p->stopping)
-        return HAMR_ESHUTDOWN;
-    uint8_t *buf;
-    size_t len;
-    if (p->ops.is_leader(p->ops.data)) {
-        /* The usual case on the leader: pack straight into raft's buffer. */
-        int rv = proto_entry_pack(e, p->ops.alloc, &buf, &len);
-        if (rv != 0)
-            return rv;
+    int rv;
+    if (p->stopping) {
+        rv = HAMR_ESHUTDOWN;
+    } else if (p->ops.is_leader(p->ops.data)) {
+        /* The usual case on the leader: the buffer goes to raft as it is. */
         rv = proposer_append_start(p, buf, len, timeout_ms, cb, arg);
-        if (rv != 0)
-            p->ops.free(buf);
-        return rv;
+        if (rv == 0)
+            return 0;
+    } else {
+        rv = proposer_forward(p, buf, len, timeout_ms, cb, arg);
     }
-    int rv = proto_entry_pack(e, NULL, &buf, &len);
-    if (rv != 0)
-        return rv;
-    rv = proposer_forward(p, buf, len, timeout_ms, cb, arg);
-    free(buf);
+    p->ops.free(buf);
     return rv;
 }
 

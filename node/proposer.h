@@ -127,12 +127,17 @@ int proposer_send(struct proposer *p,
                   proposer_cb cb,
                   void *arg);
 
-/* proposer_send_entry - pack e and proposer_send it (on the leader straight into raft's buffer). */
-int proposer_send_entry(struct proposer *p,
-                        Hamr__Entry *e,
-                        uint64_t timeout_ms,
-                        proposer_cb cb,
-                        void *arg);
+/*
+ * proposer_send_packed - proposer_send of buf, which comes from ops->alloc
+ * (raft's allocator) and is taken in every case: on the leader it goes to
+ * raft without a copy.
+ */
+int proposer_send_packed(struct proposer *p,
+                         uint8_t *buf,
+                         size_t len,
+                         uint64_t timeout_ms,
+                         proposer_cb cb,
+                         void *arg);
 
 /*
  * proposer_serve - the leader's side of the peer channel: a follower's

@@ -49,22 +49,17 @@
 #include "net/smtpd_rcptmap.h"
 #include "net/smtpd_server.h"
 #include "node/config.h"
+#include "node/clock.h"
 #include "node/control.h"
+#include "node/directory.h"
+#include "node/disk_guard.h"
 #include "node/peer.h"
 #include "node/proposer.h"
 #include "node/relay.h"
 #include "node/relay_internal.h"
 
-/* relay_now_ms - wall clock in ms: timestamps of proposed entries. */
-uint64_t relay_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* relay_fail - a fatal error: log it and stop the node (systemd restarts it). */
-void relay_fail(struct relay *r, const char *why)
+static void relay_fail(struct relay *r, const char *why)
 {
     if (r->failed)
         return;
@@ -76,8 +71,6 @@ void relay_fail(struct relay *r, const char *why)
 /* ---------------------------------------------------------------------------
  * The state machine adapter: consensus <-> queue.
  * ------------------------------------------------------------------------- */
-
-static void relay_check_disk(struct relay *r);
 
 /* relay_fsm_apply - one committed entry into the queue. result: status or 1 (duplicate). */
 static int relay_fsm_apply(void *data, const uint8_t *buf, size_t len, void **result)
@@ -95,11 +88,9 @@ static int relay_fsm_apply(void *data, const uint8_t *buf, size_t len, void **re
     }
     *result = (void *)(intptr_t)(res.status != 0 ? res.status : (res.duplicate ? 1 : 0));
     relay_sched_kick(r); /* new mail, or a recipient done: there may be work */
-    /* Between the once-a-second checks, look at free space again after a
-     * quarter of a log segment: a follower writes whatever the leader sends. */
-    r->applied_unchecked += len;
-    if (r->applied_unchecked >= r->disk_floor / 8)
-        relay_check_disk(r);
+    char why[200];
+    if (disk_guard_applied(&r->disk, len, why, sizeof(why)) != 0)
+        relay_fail(r, why);
     return 0;
 }
 
@@ -149,11 +140,9 @@ static uint64_t relay_prop_leader_id(void *data)
 static int relay_prop_leader_addr(void *data, uint64_t leader, char *addr, size_t addrlen)
 {
     struct relay *r = data;
-    const struct queue_node *n = queue_node_find(r->queue, leader);
-    if (leader == r->cfg->node_id || n == NULL || n->peer_address[0] == '\0' || r->peer_cli == NULL)
+    if (leader == r->cfg->node_id || r->peer_cli == NULL)
         return HAMR_ENOTFOUND;
-    hamr_strlcpy(addr, n->peer_address, addrlen);
-    return 0;
+    return directory_peer_address(r->dir, leader, addr, addrlen);
 }
 
 static int relay_prop_append(void *data, uint8_t *buf, size_t len, proposer_raft_cb cb, void *arg)
@@ -222,43 +211,16 @@ static struct proposer *relay_prop_new(struct relay *r)
     return proposer_new(&ops, &pc);
 }
 
-int relay_propose(struct relay *r, Hamr__Entry *e, uint64_t timeout_ms, proposer_cb cb, void *arg)
-{
-    e->timestamp_ms = e->timestamp_ms ? e->timestamp_ms : relay_now_ms();
-    return proposer_send_entry(r->prop, e, timeout_ms, cb, arg);
-}
-
 /* ---------------------------------------------------------------------------
  * Housekeeping: free space, proposal deadlines.
  * ------------------------------------------------------------------------- */
 
-/*
- * relay_check_disk - free bytes on the data directory's file system. Below
- * disk_soft MAIL is refused (and a leader hands leadership on); below
- * disk_floor the node stops: libraft 0.15 cannot recover from a log write
- * that fails for lack of space (a follower then loses entries from its log
- * without noticing, a leader crashes), so it must never get that far. A
- * restart refuses to start until there is room again.
- */
+/* relay_check_disk - free space again: below two log segments the node stops (disk_guard.h). */
 static void relay_check_disk(struct relay *r)
 {
-    struct statvfs sv;
-    r->applied_unchecked = 0;
-    if (statvfs(r->cfg->data_dir, &sv) != 0)
-        return;
-    uint64_t free_now = (uint64_t)sv.f_bavail * sv.f_frsize;
-    if (free_now < r->disk_soft && r->free_bytes >= r->disk_soft)
-        log_warn("disk low free=%" PRIu64 " limit=%" PRIu64 " action=refusing mail", free_now,
-                 r->disk_soft);
-    r->free_bytes = free_now;
-    if (free_now < r->disk_floor) {
-        char why[200];
-        snprintf(why, sizeof(why),
-                 "disk full: %" PRIu64 " MiB free, below two log segments (%" PRIu64
-                 " MiB); stopping before a raft log write fails",
-                 free_now >> 20, r->disk_floor >> 20);
+    char why[200];
+    if (disk_guard_check(&r->disk, why, sizeof(why)) != 0)
         relay_fail(r, why);
-    }
 }
 
 /* relay_disk_transfer_done - a leader low on disk handed leadership on (or not). */
@@ -276,11 +238,11 @@ static void relay_disk_transfer_done(void *arg, int status, uint64_t leader)
  * leader keeps appending what followers forward even while it refuses MAIL. */
 static void relay_disk_step_aside(struct relay *r)
 {
-    if (r->stopping || r->free_bytes >= r->disk_soft || !consensus_is_ready(r->cons))
+    if (r->stopping || !disk_guard_low(&r->disk) || !consensus_is_ready(r->cons))
         return;
     if (consensus_transfer(r->cons, 0, relay_disk_transfer_done, r) == 0)
         log_warn("disk low free=%" PRIu64 " limit=%" PRIu64 " action=transferring leadership",
-                 r->free_bytes, r->disk_soft);
+                 r->disk.free_bytes, r->disk.soft);
 }
 
 /* relay_housekeeping - once a second. */
@@ -300,103 +262,12 @@ static void relay_housekeeping(uv_timer_t *t)
  * Start and stop.
  * ------------------------------------------------------------------------- */
 
-/* relay_node_info_done - our NodeInfo committed (followers can forward to us). */
-static void relay_node_info_done(void *arg, int status, intptr_t result)
-{
-    struct relay *r = arg;
-    r->node_info_in_flight = false;
-    if (status == 0 && result == 0) {
-        r->node_info_boot_done = true;
-        r->node_info_draining = r->node_info_sent_draining;
-        if (r->node_info_sent_ready)
-            r->node_info_term = r->node_info_sent_term;
-    } else
-        log_warn("node info not committed error=\"%s\"",
-                 hamr_strerror(status ? status : (int)result));
-}
-
-/*
- * relay_publish_node_info - write our addresses: once after start (through
- * the leader), so that followers can name us the moment we win an election,
- * and again by a leader once per term.
- */
-static void relay_publish_node_info(struct relay *r)
-{
-    if (r->node_info_in_flight || r->stopping)
-        return;
-    bool ready = consensus_is_ready(r->cons);
-    uint64_t term = consensus_term(r->cons);
-    bool need = !r->node_info_boot_done || (ready && r->node_info_term != term) ||
-                r->node_info_draining != r->draining;
-    if (!need || !proposer_leader_known(r->prop))
-        return;
-    r->node_info_sent_ready = ready;
-    r->node_info_sent_term = term;
-    Hamr__NodeInfo ni = HAMR__NODE_INFO__INIT;
-    ni.node_id = r->cfg->node_id;
-    ni.peer_address = r->peer_address;
-    ni.control_address = r->control_address;
-    ni.version = RELAY_VERSION;
-    ni.format_version_max = PROTO_FORMAT_VERSION_MAX;
-    ni.draining = r->draining;
-    r->node_info_sent_draining = r->draining;
-    Hamr__Entry e = HAMR__ENTRY__INIT;
-    e.cmd_case = HAMR__ENTRY__CMD_NODE_INFO;
-    e.node_info = &ni;
-    if (relay_propose(r, &e, r->cfg->proposal_timeout_ms, relay_node_info_done, r) == 0)
-        r->node_info_in_flight = true;
-}
-
-/* relay_level_done - a ClusterLevel entry committed (or not). */
-static void relay_level_done(void *arg, int status, intptr_t result)
-{
-    struct relay *r = arg;
-    r->level_in_flight = false;
-    if (status != 0 || result < 0)
-        log_warn("cluster level not raised error=\"%s\"",
-                 hamr_strerror(status ? status : (int)result));
-    else
-        log_info("cluster feature level is now %u", queue_cluster_level(r->queue));
-}
-
-/*
- * relay_raise_level - leader: once every voter has published a NodeInfo
- * saying it can apply format N, commit cluster level N. Entry kinds added
- * after format 1 are written only at a level that allows them, so a node
- * that is not yet upgraded never meets one (rolling upgrades).
- */
-static void relay_raise_level(struct relay *r)
-{
-    if (r->level_in_flight || r->stopping || !consensus_is_ready(r->cons) ||
-        r->node_info_term != consensus_term(r->cons))
-        return;
-    struct consensus_info info;
-    consensus_get_info(r->cons, &info);
-    uint64_t voters[CONSENSUS_MAX_MEMBERS];
-    size_t n = 0;
-    for (size_t i = 0; i < info.n_members; i++)
-        if (info.roles[i] == CONSENSUS_ROLE_VOTER)
-            voters[n++] = info.members[i].id;
-    uint32_t possible = queue_cluster_level_possible(r->queue, voters, n);
-    if (possible > PROTO_FORMAT_VERSION_MAX)
-        possible = PROTO_FORMAT_VERSION_MAX;
-    if (possible <= queue_cluster_level(r->queue))
-        return;
-    Hamr__ClusterLevel cl = HAMR__CLUSTER_LEVEL__INIT;
-    cl.level = possible;
-    Hamr__Entry e = HAMR__ENTRY__INIT;
-    e.cmd_case = HAMR__ENTRY__CMD_CLUSTER_LEVEL;
-    e.cluster_level = &cl;
-    if (relay_propose(r, &e, r->cfg->proposal_timeout_ms, relay_level_done, r) == 0)
-        r->level_in_flight = true;
-}
-
 /* relay_retry_tick - every RELAY_RETRY_MS: waiting submits, node info, deadlines. */
 static void relay_retry_tick(uv_timer_t *t)
 {
     struct relay *r = t->data;
-    relay_publish_node_info(r);
-    relay_raise_level(r);
+    if (!r->stopping)
+        directory_tick(r->dir, r->draining);
     proposer_tick(r->prop);
     struct consensus_info info;
     consensus_get_info(r->cons, &info);
@@ -425,8 +296,8 @@ static void relay_on_leader(void *arg, bool leader)
     struct consensus_info info;
     consensus_get_info(r->cons, &info);
     log_info("leadership %s term=%" PRIu64, leader ? "gained" : "lost", info.term);
-    if (leader)
-        relay_publish_node_info(r);
+    if (leader && !r->stopping && r->dir != NULL)
+        directory_tick(r->dir, r->draining);
     if (leader && r->draining) {
         /* Elected while draining (raft 0.15 has no way to keep a node from
          * standing): hand leadership on again. */
@@ -440,7 +311,7 @@ static void relay_boot_id(char out[33])
 {
     uint8_t raw[16];
     if (RAND_bytes(raw, sizeof(raw)) != 1) {
-        uint64_t t = relay_now_ms() ^ ((uint64_t)getpid() << 32);
+        uint64_t t = clock_wall_ms() ^ ((uint64_t)getpid() << 32);
         memcpy(raw, &t, sizeof(t));
         memcpy(raw + 8, &t, sizeof(t));
     }
@@ -462,120 +333,96 @@ static void relay_observe_reply(void *data, int code)
     metrics_hamr_reject(r->metrics, code);
 }
 
-/* relay_start_failed_closed - the last handle of a failed start closed: free. */
-static void relay_start_failed_closed(uv_handle_t *h)
-{
-    struct relay *r = h->data;
-    r->prop = proposer_free(r->prop);
-    r->queue = queue_free(r->queue);
-    r->metrics = metrics_free(r->metrics);
-    free(r);
-}
+static void relay_close_all(struct relay *r);
 
-int relay_start(uv_loop_t *loop,
-                const struct hamr_config *cfg,
-                struct relay **out,
-                char *err,
-                size_t errlen)
+/* relay_new - r with its queue, metrics and scheduler kick timer; nothing listening yet. */
+static int relay_new(uv_loop_t *loop, const struct hamr_config *cfg, struct relay **out)
 {
     struct relay *r = calloc(1, sizeof(*r));
-    if (r == NULL) {
-        snprintf(err, errlen, "out of memory");
+    if (r == NULL)
         return HAMR_ENOMEM;
-    }
     r->loop = loop;
     r->cfg = cfg;
     relay_boot_id(r->boot_id);
     /* Start counters from random points so ids of successive boots differ. */
     uint64_t seed;
     if (RAND_bytes((unsigned char *)&seed, sizeof(seed)) != 1)
-        seed = relay_now_ms();
+        seed = clock_wall_ms();
     r->id_counter = seed & 0xFFFFF;
     r->lease_counter = seed & 0xFFFFFFFF00000000ull;
     r->queue = queue_new();
-    if (r->queue == NULL) {
-        snprintf(err, errlen, "out of memory");
-        free(r);
-        return HAMR_ENOMEM;
-    }
-
-    if (metrics_hamr_new(RELAY_VERSION, &r->metrics) != 0) {
-        snprintf(err, errlen, "out of memory");
+    if (r->queue == NULL || metrics_hamr_new(RELAY_VERSION, &r->metrics) != 0) {
         queue_free(r->queue);
         free(r);
         return HAMR_ENOMEM;
     }
-
     /* Before raft starts: replaying the log applies entries, which kick the scheduler. */
     uv_timer_init(loop, &r->kick_timer);
     r->kick_timer.data = r;
+    *out = r;
+    return 0;
+}
 
-    struct consensus_config cc = {0};
-    cc.id = cfg->node_id;
+/* relay_start_raft - the disk guard, raft over the queue, and the proposer. */
+static int relay_start_raft(struct relay *r, char *err, size_t errlen)
+{
+    const struct hamr_config *cfg = r->cfg;
+    struct consensus_config cc = {
+        .id = cfg->node_id,
+        .voters = cfg->voters,
+        .n_voters = cfg->n_voters,
+        .election_timeout_ms = cfg->election_timeout_ms,
+        .heartbeat_ms = cfg->heartbeat_ms,
+        .snapshot_bytes = cfg->snapshot_bytes,
+        .snapshot_trailing = 128,
+        .segment_size = consensus_segment_size(cfg->snapshot_bytes, cfg->smtpd.message_size_limit),
+        .on_leader = relay_on_leader,
+        .on_leader_arg = r,
+    };
     int an = snprintf(cc.address, sizeof(cc.address), "%.48s:%u", cfg->listen_raft.host,
                       (unsigned)cfg->listen_raft.port);
     if (an < 0 || (size_t)an >= sizeof(cc.address)) {
         snprintf(err, errlen, "raft address too long");
-        uv_close((uv_handle_t *)&r->kick_timer, relay_start_failed_closed);
         return HAMR_EINVAL;
     }
     snprintf(cc.dir, sizeof(cc.dir), "%s", cfg->data_dir);
-    cc.voters = cfg->voters;
-    cc.n_voters = cfg->n_voters;
-    cc.election_timeout_ms = cfg->election_timeout_ms;
-    cc.heartbeat_ms = cfg->heartbeat_ms;
-    cc.snapshot_bytes = cfg->snapshot_bytes;
-    cc.snapshot_trailing = 128;
-    /* A snapshot rolls the open segment anyway, and every roll stalls the
-     * loop (libraft's io_destroy on the loop thread: 30-40 ms). Segments a
-     * little larger than the snapshot interval roll once per snapshot and
-     * never in between. At most 1 GiB; at least 8 MiB and room for the
-     * largest message (one entry never spans segments). */
-    const uint64_t mib = 1024 * 1024;
-    uint64_t seg = cfg->snapshot_bytes + cfg->snapshot_bytes / 8;
-    uint64_t least = cfg->smtpd.message_size_limit + cfg->smtpd.message_size_limit / 8 + mib;
-    if (least < 8 * mib)
-        least = 8 * mib;
-    cc.segment_size = (size_t)(seg > 1024 * mib ? 1024 * mib : seg < least ? least : seg);
-    r->disk_floor = 2 * (uint64_t)cc.segment_size;
-    r->disk_soft = cfg->min_free_bytes + r->disk_floor;
-    struct statvfs sv;
-    if (statvfs(cfg->data_dir, &sv) == 0 && (uint64_t)sv.f_bavail * sv.f_frsize < r->disk_floor) {
+    disk_guard_init(&r->disk, cfg->data_dir, cc.segment_size, cfg->min_free_bytes, NULL);
+    if (r->disk.free_bytes < r->disk.floor) {
         snprintf(err, errlen,
                  "data directory: %llu MiB free, hamrd needs at least %llu MiB (two log "
                  "segments) to run; free some space first",
-                 (unsigned long long)(((uint64_t)sv.f_bavail * sv.f_frsize) >> 20),
-                 (unsigned long long)(r->disk_floor >> 20));
-        uv_close((uv_handle_t *)&r->kick_timer, relay_start_failed_closed);
+                 (unsigned long long)(r->disk.free_bytes >> 20),
+                 (unsigned long long)(r->disk.floor >> 20));
         return HAMR_ENOSPACE;
     }
-    cc.on_leader = relay_on_leader;
-    cc.on_leader_arg = r;
     struct consensus_fsm fsm = {
         .data = r,
         .apply = relay_fsm_apply,
         .snapshot = relay_fsm_snapshot,
         .restore = relay_fsm_restore,
     };
-    int rv = consensus_new(loop, &cc, &fsm, &r->cons, err, errlen);
+    int rv = consensus_new(r->loop, &cc, &fsm, &r->cons, err, errlen);
     if (rv != 0)
-        goto fail_queue;
+        return rv;
     r->prop = relay_prop_new(r);
     if (r->prop == NULL) {
         snprintf(err, errlen, "out of memory");
-        rv = HAMR_ENOMEM;
-        goto fail_cons;
+        return HAMR_ENOMEM;
     }
     rv = consensus_start(r->cons, err, errlen);
-    if (rv != 0)
-        goto fail_cons;
-    relay_check_disk(r); /* the data directory exists now */
+    if (rv == 0)
+        relay_check_disk(r); /* the data directory exists now */
+    return rv;
+}
 
-    r->pool = smtpc_pool_new(loop, &cfg->smtpc);
+/* relay_start_smtp - the delivery pool and the SMTP listener with its policy. */
+static int relay_start_smtp(struct relay *r, char *err, size_t errlen)
+{
+    const struct hamr_config *cfg = r->cfg;
+    r->pool = smtpc_pool_new(r->loop, &cfg->smtpc);
     if (r->pool == NULL) {
         snprintf(err, errlen, "out of memory");
-        rv = HAMR_ENOMEM;
-        goto fail_cons;
+        return HAMR_ENOMEM;
     }
     struct smtpd_sink sink = {
         .data = r,
@@ -588,22 +435,23 @@ int relay_start(uv_loop_t *loop,
     r->policy.observer.data = r;
     r->policy.observer.session = relay_observe_session;
     r->policy.observer.reply = relay_observe_reply;
+    int rv;
     if (cfg->auth_file[0] != '\0') {
         rv = smtpd_auth_new(cfg->auth_file, &r->auth, err, errlen);
         if (rv != 0)
-            goto fail_pool;
+            return rv;
         r->policy.auth = r->auth;
     }
     if (cfg->relay_recipients[0] != '\0') {
         rv = smtpd_rcptmap_new(cfg->relay_recipients, &r->rcptmap, err, errlen);
         if (rv != 0)
-            goto fail_pool;
+            return rv;
         r->policy.rcptmap = r->rcptmap;
     }
-    rv = smtpd_server_new(loop, cfg->listen_smtp.host, cfg->listen_smtp.port, &r->policy, &sink,
+    rv = smtpd_server_new(r->loop, cfg->listen_smtp.host, cfg->listen_smtp.port, &r->policy, &sink,
                           cfg->max_sessions, &r->smtpd, err, errlen);
     if (rv != 0)
-        goto fail_pool;
+        return rv;
     smtpd_server_set_greet_delay(r->smtpd, cfg->greet_delay_ms);
     smtpd_server_set_proxy(r->smtpd, cfg->proxy_protocol, cfg->proxy_networks,
                            cfg->n_proxy_networks, cfg->proxy_timeout_ms);
@@ -615,32 +463,39 @@ int relay_start(uv_loop_t *loop,
         .n_exempt = cfg->n_limit_exempt_networks,
     };
     smtpd_server_set_limits(r->smtpd, &lim);
-    rv = smtpd_server_set_tls(r->smtpd, cfg->tls_cert_file, cfg->tls_key_file, err, errlen);
-    if (rv != 0)
-        goto fail_smtpd;
+    return smtpd_server_set_tls(r->smtpd, cfg->tls_cert_file, cfg->tls_key_file, err, errlen);
+}
+
+/* relay_start_channels - control, peer (server and client) and HTTP listeners; the directory. */
+static int relay_start_channels(struct relay *r, char *err, size_t errlen)
+{
+    const struct hamr_config *cfg = r->cfg;
+    struct directory_self self = {
+        .node_id = cfg->node_id,
+        .version = RELAY_VERSION,
+        .proposal_timeout_ms = cfg->proposal_timeout_ms,
+    };
     struct control_handler handler = {.data = r, .handle = relay_ctl_handle};
-    rv = control_new(loop, cfg->listen_control.host, cfg->listen_control.port, &handler,
-                     &r->control, err, errlen);
+    int rv = control_new(r->loop, cfg->listen_control.host, cfg->listen_control.port, &handler,
+                         &r->control, err, errlen);
     if (rv != 0)
-        goto fail_smtpd;
-    snprintf(r->control_address, sizeof(r->control_address), "%.48s:%u", cfg->listen_control.host,
-             (unsigned)cfg->listen_control.port);
+        return rv;
+    snprintf(self.control_address, sizeof(self.control_address), "%.48s:%u",
+             cfg->listen_control.host, (unsigned)cfg->listen_control.port);
     if (cfg->listen_peer.host[0] != '\0') {
         struct peer_handler ph = {.data = r, .request = relay_peer_request};
-        rv = peer_server_new(loop, cfg->listen_peer.host, cfg->listen_peer.port, &ph, &r->peer_srv,
-                             err, errlen);
+        rv = peer_server_new(r->loop, cfg->listen_peer.host, cfg->listen_peer.port, &ph,
+                             &r->peer_srv, err, errlen);
         if (rv != 0)
-            goto fail_control;
-        snprintf(r->peer_address, sizeof(r->peer_address), "%.48s:%u", cfg->listen_peer.host,
+            return rv;
+        snprintf(self.peer_address, sizeof(self.peer_address), "%.48s:%u", cfg->listen_peer.host,
                  (unsigned)cfg->listen_peer.port);
-        r->peer_cli = peer_client_new(loop, cfg->node_id, RELAY_VERSION);
+        r->peer_cli = peer_client_new(r->loop, cfg->node_id, RELAY_VERSION);
         if (r->peer_cli == NULL) {
             snprintf(err, errlen, "out of memory");
-            rv = HAMR_ENOMEM;
-            goto fail_peer;
+            return HAMR_ENOMEM;
         }
     }
-
     if (cfg->listen_http.host[0] != '\0') {
         struct http_handler hh = {
             .data = r,
@@ -648,52 +503,63 @@ int relay_start(uv_loop_t *loop,
             .metrics = r->metrics,
             .source = {.data = r, .fill = relay_metrics_fill},
         };
-        rv = http_new(loop, cfg->listen_http.host, cfg->listen_http.port, &hh, &r->http, err,
+        rv = http_new(r->loop, cfg->listen_http.host, cfg->listen_http.port, &hh, &r->http, err,
                       errlen);
         if (rv != 0)
-            goto fail_peer_client;
+            return rv;
     }
+    r->dir = directory_new(&self, r->cons, r->queue, r->prop);
+    if (r->dir == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return HAMR_ENOMEM;
+    }
+    return 0;
+}
 
-    uv_timer_init(loop, &r->stop_timer);
-    r->stop_timer.data = r;
-    uv_timer_init(loop, &r->retry_timer);
-    r->retry_timer.data = r;
-    uv_timer_start(&r->retry_timer, relay_retry_tick, RELAY_RETRY_MS, RELAY_RETRY_MS);
-    uv_timer_init(loop, &r->sched_timer);
-    r->sched_timer.data = r;
-    uv_timer_start(&r->sched_timer, relay_sched_tick, cfg->scan_interval_ms, cfg->scan_interval_ms);
-    uv_timer_init(loop, &r->housekeeping_timer);
-    r->housekeeping_timer.data = r;
-    uv_timer_start(&r->housekeeping_timer, relay_housekeeping, 1000, 1000);
-    log_info("started node=%" PRIu64 " smtp=%s:%u raft=%s peer=%s control=%s boot=%s", cfg->node_id,
-             cfg->listen_smtp.host, (unsigned)cfg->listen_smtp.port, cc.address,
-             r->peer_address[0] ? r->peer_address : "off", r->control_address, r->boot_id);
+/* relay_timer_start - init t (counted for the stop) and start it if repeat is set. */
+static void relay_timer_start(struct relay *r, uv_timer_t *t, uv_timer_cb cb, uint64_t repeat)
+{
+    uv_timer_init(r->loop, t);
+    t->data = r;
+    if (repeat != 0)
+        uv_timer_start(t, cb, repeat, repeat);
+}
+
+int relay_start(uv_loop_t *loop,
+                const struct hamr_config *cfg,
+                struct relay **out,
+                char *err,
+                size_t errlen)
+{
+    struct relay *r;
+    int rv = relay_new(loop, cfg, &r);
+    if (rv != 0) {
+        snprintf(err, errlen, "out of memory");
+        return rv;
+    }
+    rv = relay_start_raft(r, err, errlen);
+    if (rv == 0)
+        rv = relay_start_smtp(r, err, errlen);
+    if (rv == 0)
+        rv = relay_start_channels(r, err, errlen);
+    if (rv != 0) {
+        /* Close what was opened; r is freed once the last handle has
+         * closed (hamrd runs the loop once more). */
+        relay_close_all(r);
+        return rv;
+    }
+    relay_timer_start(r, &r->stop_timer, NULL, 0);
+    relay_timer_start(r, &r->retry_timer, relay_retry_tick, RELAY_RETRY_MS);
+    relay_timer_start(r, &r->sched_timer, relay_sched_tick, cfg->scan_interval_ms);
+    relay_timer_start(r, &r->housekeeping_timer, relay_housekeeping, 1000);
+    r->timers_started = true;
+    const struct directory_self *self = directory_self(r->dir);
+    log_info("started node=%" PRIu64 " smtp=%s:%u raft=%s:%u peer=%s control=%s boot=%s",
+             cfg->node_id, cfg->listen_smtp.host, (unsigned)cfg->listen_smtp.port,
+             cfg->listen_raft.host, (unsigned)cfg->listen_raft.port,
+             self->peer_address[0] ? self->peer_address : "off", self->control_address, r->boot_id);
     *out = r;
     return 0;
-
-    /* Failures during start: close what was opened, synchronously enough for
-     * the caller to exit; the loop is run once more by the caller. */
-fail_peer_client:
-    if (r->peer_cli)
-        peer_client_close(r->peer_cli, NULL, NULL);
-fail_peer:
-    if (r->peer_srv)
-        peer_server_close(r->peer_srv, NULL, NULL);
-fail_control:
-    control_close(r->control, NULL, NULL);
-fail_smtpd:
-    smtpd_server_close(r->smtpd, NULL, NULL);
-fail_pool:
-    r->auth = smtpd_auth_free(r->auth);
-    r->rcptmap = smtpd_rcptmap_free(r->rcptmap);
-    smtpc_pool_close(r->pool, NULL, NULL);
-fail_cons:
-    consensus_close(r->cons, NULL, NULL);
-    r->cons = NULL;
-fail_queue:
-    /* r is freed once its handle is closed (hamrd runs the loop once more). */
-    uv_close((uv_handle_t *)&r->kick_timer, relay_start_failed_closed);
-    return rv;
 }
 
 void relay_reload(struct relay *r)
@@ -716,15 +582,16 @@ bool relay_failed(const struct relay *r)
     return r->failed;
 }
 
-/* relay_stop_step - one part finished closing; free when all have. */
-static void relay_stop_step(void *arg)
+/* relay_close_step - one part has closed; when the last has, free r and tell the caller. */
+static void relay_close_step(void *arg)
 {
     struct relay *r = arg;
-    HAMR_ASSERT(r->stop_pending > 0);
-    if (--r->stop_pending > 0)
+    HAMR_ASSERT(r->closing > 0);
+    if (--r->closing > 0)
         return;
     void (*done)(void *) = r->stop_done;
     void *done_arg = r->stop_arg;
+    r->dir = directory_free(r->dir);
     r->prop = proposer_free(r->prop); /* after raft and the peer client answered it all */
     r->queue = queue_free(r->queue);
     r->metrics = metrics_free(r->metrics); /* after the HTTP listener, which borrows it */
@@ -735,18 +602,75 @@ static void relay_stop_step(void *arg)
         done(done_arg);
 }
 
-/* relay_stop_handle_closed - a relay timer closed. */
-static void relay_stop_handle_closed(uv_handle_t *h)
+/* relay_close_handle_cb - a relay timer closed. */
+static void relay_close_handle_cb(uv_handle_t *h)
 {
-    relay_stop_step(h->data);
+    relay_close_step(h->data);
 }
 
-/* relay_stop_after_pool - the pool is closed: now close raft (which fails proposals). */
-static void relay_stop_after_pool(void *arg)
+/* relay_close_timer - stop and close one of the relay's timers, counted. */
+static void relay_close_timer(struct relay *r, uv_timer_t *t)
+{
+    r->closing++;
+    uv_timer_stop(t);
+    uv_close((uv_handle_t *)t, relay_close_handle_cb);
+}
+
+/* relay_close_raft - close raft (which fails what it holds), counted. */
+static void relay_close_raft(void *arg)
 {
     struct relay *r = arg;
-    consensus_close(r->cons, relay_stop_step, r);
-    relay_stop_step(r);
+    if (r->cons != NULL) {
+        r->closing++;
+        consensus_close(r->cons, relay_close_step, r);
+    }
+    relay_close_step(r); /* the pool's count */
+}
+
+/*
+ * relay_close_all - close every part that is open, each counted as it is
+ * closed; the last to finish frees r (relay_close_step). Raft is closed
+ * after the delivery pool, whose outcomes it may still have to take.
+ */
+static void relay_close_all(struct relay *r)
+{
+    r->stopping = true; /* what still runs while closing looks at this */
+    r->closing = 1;     /* held until every close below has been started */
+    if (r->prop != NULL)
+        proposer_stop(r->prop); /* submits waiting for a leader give up (421) */
+    relay_close_timer(r, &r->kick_timer);
+    if (r->timers_started) {
+        relay_close_timer(r, &r->stop_timer);
+        relay_close_timer(r, &r->retry_timer);
+        relay_close_timer(r, &r->sched_timer);
+        relay_close_timer(r, &r->housekeeping_timer);
+    }
+    if (r->http != NULL) {
+        r->closing++;
+        http_close(r->http, relay_close_step, r);
+    }
+    if (r->smtpd != NULL) {
+        r->closing++;
+        smtpd_server_close(r->smtpd, relay_close_step, r);
+    }
+    if (r->control != NULL) {
+        r->closing++;
+        control_close(r->control, relay_close_step, r);
+    }
+    if (r->peer_srv != NULL) {
+        r->closing++;
+        peer_server_close(r->peer_srv, relay_close_step, r);
+    }
+    if (r->peer_cli != NULL) {
+        r->closing++;
+        peer_client_close(r->peer_cli, relay_close_step, r);
+    }
+    r->closing++; /* the pool's (then raft's) turn */
+    if (r->pool != NULL)
+        smtpc_pool_close(r->pool, relay_close_raft, r);
+    else
+        relay_close_raft(r);
+    relay_close_step(r); /* the hold */
 }
 
 /* relay_stop_now - close everything: the second half of relay_stop. */
@@ -756,30 +680,7 @@ static void relay_stop_now(struct relay *r)
         return;
     r->stopping = true;
     log_info("stopping node=%" PRIu64 " deliveries=%zu", r->cfg->node_id, r->n_deliveries);
-    /* Count: smtpd, control, 5 timers, pool, raft (closed after the pool),
-     * and the peer server and client when there are. */
-    r->stop_pending = 9 + (r->peer_srv ? 1 : 0) + (r->peer_cli ? 1 : 0) + (r->http ? 1 : 0);
-    uv_timer_stop(&r->stop_timer);
-    uv_close((uv_handle_t *)&r->stop_timer, relay_stop_handle_closed);
-    if (r->http)
-        http_close(r->http, relay_stop_step, r);
-    uv_timer_stop(&r->kick_timer);
-    uv_close((uv_handle_t *)&r->kick_timer, relay_stop_handle_closed);
-    uv_timer_stop(&r->sched_timer);
-    uv_timer_stop(&r->housekeeping_timer);
-    uv_timer_stop(&r->retry_timer);
-    uv_close((uv_handle_t *)&r->sched_timer, relay_stop_handle_closed);
-    uv_close((uv_handle_t *)&r->housekeeping_timer, relay_stop_handle_closed);
-    uv_close((uv_handle_t *)&r->retry_timer, relay_stop_handle_closed);
-    /* Submits waiting for a leader give up now (their sessions answer 421). */
-    proposer_stop(r->prop);
-    smtpd_server_close(r->smtpd, relay_stop_step, r);
-    control_close(r->control, relay_stop_step, r);
-    if (r->peer_srv)
-        peer_server_close(r->peer_srv, relay_stop_step, r);
-    if (r->peer_cli)
-        peer_client_close(r->peer_cli, relay_stop_step, r);
-    smtpc_pool_close(r->pool, relay_stop_after_pool, r);
+    relay_close_all(r);
 }
 
 /* relay_stop_wait_tick - while stopping gently: go on once nothing is left in flight. */

@@ -27,6 +27,7 @@
 #include "queue/queue.h"
 #include "consensus/consensus.h"
 #include "node/peer.h"
+#include "node/clock.h"
 #include "node/relay_internal.h"
 
 /*
@@ -47,7 +48,7 @@ int relay_sink_new_id(void *data, char *id, size_t idlen)
 {
     struct relay *r = data;
     r->id_counter++;
-    return relay_queue_id(relay_now_ms(), r->cfg->node_id, r->id_counter, id, idlen);
+    return relay_queue_id(clock_wall_ms(), r->cfg->node_id, r->id_counter, id, idlen);
 }
 
 /* relay_sink_check_mail - may this node take a transaction now? */
@@ -56,7 +57,7 @@ int relay_sink_check_mail(void *data)
     struct relay *r = data;
     if (r->draining || r->stopping)
         return HAMR_EDRAINING;
-    if (r->free_bytes < r->disk_soft)
+    if (disk_guard_low(&r->disk))
         return HAMR_ENOSPACE;
     /* Any known leader will do, even one still busy with its election
      * barrier or a transfer: by the end of DATA the submit waits for it. */
@@ -96,12 +97,12 @@ int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_c
     struct relay *r = data;
     if (r->stopping)
         return HAMR_ESHUTDOWN;
-    if (r->free_bytes < r->disk_soft)
+    if (disk_guard_low(&r->disk))
         return HAMR_ENOSPACE;
 
     uint8_t sha[SHA256_DIGEST_LENGTH];
     SHA256(env->body, env->body_len, sha);
-    uint64_t now = relay_now_ms();
+    uint64_t now = clock_wall_ms();
 
     Hamr__Enqueue enq = HAMR__ENQUEUE__INIT;
     enq.queue_id = (char *)env->queue_id;

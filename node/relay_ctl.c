@@ -27,6 +27,7 @@
 #include "consensus/consensus.h"
 #include "net/smtpc.h"
 #include "node/config.h"
+#include "node/clock.h"
 #include "node/relay_internal.h"
 
 /* ---------------------------------------------------------------------------
@@ -106,7 +107,7 @@ static void relay_ctl_status(struct relay *r, struct control_call *call)
     ns.queue_bytes = st.bytes;
     ns.queue_held = st.held;
     ns.queue_digest = digest;
-    ns.free_bytes = r->free_bytes;
+    ns.free_bytes = r->disk.free_bytes;
     ns.version = RELAY_VERSION;
     ns.draining = r->draining;
     ns.duplicate_windows = r->duplicate_windows;
@@ -257,7 +258,7 @@ static void relay_ctl_queue(struct relay *r,
                             const Hamr__ControlRequest *req,
                             bool show)
 {
-    struct relay_ctl_filter f = {.now = relay_now_ms()};
+    struct relay_ctl_filter f = {.now = clock_wall_ms()};
     if (show) {
         if (req->n_args != 1) {
             control_reply_error(call, HAMR_EINVAL, "usage: show ID");
@@ -374,16 +375,14 @@ static void relay_ctl_admin(struct relay *r,
     a->call = call;
     hamr_strlcpy(a->verb, req->verb, sizeof(a->verb));
     hamr_strlcpy(a->id, id, sizeof(a->id));
-    uint64_t now = relay_now_ms();
+    uint64_t now = clock_wall_ms();
     uint8_t *entry;
     size_t len;
-    int rv = queue_entry_admin(op, id, r->cfg->hostname, now + r->cfg->queue_lifetime_ms, now, NULL,
-                               &entry, &len);
-    if (rv == 0) {
-        rv = relay_propose_bytes(r, entry, len, r->cfg->proposal_timeout_ms, relay_ctl_admin_done,
-                                 a);
-        free(entry);
-    }
+    int rv = queue_entry_admin(op, id, r->cfg->hostname, now + r->cfg->queue_lifetime_ms, now,
+                               consensus_malloc, &entry, &len);
+    if (rv == 0)
+        rv = proposer_send_packed(r->prop, entry, len, r->cfg->proposal_timeout_ms,
+                                  relay_ctl_admin_done, a);
     if (rv != 0) {
         free(a);
         control_reply_error(call, rv, "%s: %s", req->verb, hamr_strerror(rv));

@@ -33,8 +33,8 @@ void relay_http_ready(void *data, struct health_input *in)
     in->is_leader = ci.state == CONSENSUS_LEADER;
     in->last_leader_contact_ms = ci.leader_id != 0 ? 0 : UINT64_MAX;
     in->election_timeout_ms = r->cfg->election_timeout_ms;
-    in->disk_free_bytes = r->free_bytes;
-    in->min_free_bytes = r->disk_soft;
+    in->disk_free_bytes = r->disk.free_bytes;
+    in->min_free_bytes = r->disk.soft;
     in->apply_lag = ci.commit_index > ci.applied_index ? ci.commit_index - ci.applied_index : 0;
 }
 
@@ -79,7 +79,7 @@ void relay_metrics_fill(void *data, struct metrics *m)
     metrics_gauge_set(m, METRICS_RAFT_COMMIT_INDEX, 0, (double)ci.commit_index);
     metrics_gauge_set(m, METRICS_RAFT_APPLIED_INDEX, 0, (double)ci.applied_index);
     metrics_gauge_set(m, METRICS_RAFT_IS_LEADER, 0, ci.state == CONSENSUS_LEADER);
-    metrics_gauge_set(m, METRICS_DISK_FREE_BYTES, 0, (double)r->free_bytes);
+    metrics_gauge_set(m, METRICS_DISK_FREE_BYTES, 0, (double)r->disk.free_bytes);
     metrics_gauge_set(m, METRICS_DRAINING, 0, r->draining);
     metrics_gauge_set(m, METRICS_SESSIONS_OPEN, 0, (double)smtpd_server_sessions(r->smtpd));
     metrics_counter_set(m, METRICS_DUPLICATE_WINDOWS, 0, r->duplicate_windows);

@@ -16,6 +16,8 @@
 #include "net/smtpd_server.h"
 #include "node/config.h"
 #include "node/control.h"
+#include "node/directory.h"
+#include "node/disk_guard.h"
 #include "node/http.h"
 #include "node/metrics.h"
 #include "node/peer.h"
@@ -79,24 +81,10 @@ struct relay {
     uint64_t stop_started;     /* uv_now when relay_stop began, 0 before */
     bool stop_transferring;    /* relay_stop is handing leadership on */
     char boot_id[33];
-    char peer_address[CONSENSUS_ADDR_MAX]; /* ours, as published in NodeInfo */
-    char control_address[CONSENSUS_ADDR_MAX];
     uint64_t id_counter;
     uint64_t lease_counter;
-    uint64_t free_bytes;
-    uint64_t disk_floor;        /* two log segments: below it the node stops (libraft 0.15
-                                   cannot survive a failed log write) */
-    uint64_t disk_soft;         /* min_free + disk_floor: below it MAIL gets 452 and a
-                                   leader hands leadership on */
-    uint64_t applied_unchecked; /* log bytes applied since free space was last looked at */
-    uint64_t node_info_term;    /* term in which our NodeInfo committed as leader */
-    uint64_t node_info_sent_term;
-    bool node_info_sent_ready;
-    bool node_info_boot_done; /* our NodeInfo committed since this process started */
-    bool node_info_draining;  /* the draining flag of our last committed NodeInfo */
-    bool node_info_sent_draining;
-    bool node_info_in_flight;
-    bool level_in_flight; /* a ClusterLevel proposal is out */
+    struct disk_guard disk; /* free space: 452 at MAIL, stop before raft's log write fails */
+    struct directory *dir;  /* the node directory: our NodeInfo, the others' addresses */
     bool draining;
     bool stopping;
     bool failed;
@@ -107,15 +95,9 @@ struct relay {
     uint64_t duplicate_windows; /* outcomes lost after a delivery attempt */
     void (*stop_done)(void *arg);
     void *stop_arg;
-    int stop_pending;
+    int closing;         /* parts still closing (relay_close_all) */
+    bool timers_started; /* the timers other than kick_timer exist */
 };
-
-/* relay.c */
-uint64_t relay_now_ms(void);
-void relay_fail(struct relay *r, const char *why);
-
-/* relay_propose - stamp e (if its timestamp is 0) and send it once (proposer_send_entry). */
-int relay_propose(struct relay *r, Hamr__Entry *e, uint64_t timeout_ms, proposer_cb cb, void *arg);
 
 /* relay_accept.c */
 int relay_queue_id(uint64_t ms, uint64_t node_id, uint64_t counter, char *id, size_t idlen);

@@ -35,6 +35,7 @@
 #include "consensus/consensus.h"
 #include "net/smtpc.h"
 #include "node/config.h"
+#include "node/clock.h"
 #include "node/relay_internal.h"
 
 /* ---------------------------------------------------------------------------
@@ -172,7 +173,7 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
     struct relay *r = d->relay;
     relay_delivery_unlink(r, d);
 
-    uint64_t now = relay_now_ms();
+    uint64_t now = clock_wall_ms();
     uint64_t backoff =
         queue_sched_backoff(d->max_attempts, r->cfg->retry_min_ms, r->cfg->retry_max_ms);
     struct queue_entry_result *results = calloc(d->n_rcpts, sizeof(*results));
@@ -382,12 +383,12 @@ static void relay_sched_final(struct relay *r, const struct queue_work *w, uint6
     };
     uint8_t *entry;
     size_t len;
-    int rv = queue_entry_outcome(&oc, now, NULL, &entry, &len);
+    int rv = queue_entry_outcome(&oc, now, consensus_malloc, &entry, &len);
     free(results);
     if (rv != 0)
         return;
-    rv = relay_propose_bytes(r, entry, len, r->cfg->proposal_timeout_ms, relay_final_done, r);
-    free(entry);
+    rv = proposer_send_packed(r->prop, entry, len, r->cfg->proposal_timeout_ms, relay_final_done,
+                              r);
     if (rv == 0) {
         r->sched_in_flight++;
         log_info("%s id=%s rcpts=%zu", expire ? "expired" : "noroute", w->queue_id, w->n_rcpts);
@@ -427,7 +428,7 @@ void relay_sched_tick(uv_timer_t *t)
     if (r->stopping || r->sched_in_flight > 0 || !consensus_is_ready(r->cons))
         return;
 
-    uint64_t now = relay_now_ms();
+    uint64_t now = clock_wall_ms();
     struct queue_sched_limits lim = {
         .max_per_dest = r->cfg->smtpc.max_conns_per_dest * 4,
         .max_items = RELAY_SCHED_MAX_ITEMS,
@@ -503,12 +504,11 @@ void relay_sched_tick(uv_timer_t *t)
     lr->lease_ids = ids;
     uint8_t *entry;
     size_t len;
-    int rv = queue_entry_lease(&lease, now, NULL, &entry, &len);
+    int rv = queue_entry_lease(&lease, now, consensus_malloc, &entry, &len);
     free(items);
-    if (rv == 0) {
-        rv = relay_propose_bytes(r, entry, len, r->cfg->proposal_timeout_ms, relay_lease_done, lr);
-        free(entry);
-    }
+    if (rv == 0)
+        rv = proposer_send_packed(r->prop, entry, len, r->cfg->proposal_timeout_ms,
+                                  relay_lease_done, lr);
     if (rv != 0) {
         queue_work_free(dw, n_deliver);
         free(ids);

@@ -979,6 +979,21 @@ static void test_membership(void **state)
 /* ------------------------------------------------------------------------ */
 /* 8: configuration errors come back synchronously with a sentence.         */
 
+/* Segments: just over the snapshot interval, within 8 MiB..1 GiB, never smaller than an entry. */
+static void test_segment_size(void **state)
+{
+    (void)state;
+    const uint64_t mib = 1024 * 1024;
+    assert_int_equal(consensus_segment_size(256 * mib, 10 * mib), 288 * mib);
+    assert_int_equal(consensus_segment_size(16 * mib, 10 * mib), 18 * mib);
+    assert_int_equal(consensus_segment_size(1 * mib, 1 * mib), 8 * mib);
+    assert_int_equal(consensus_segment_size(4096 * mib, 10 * mib), 1024 * mib);
+    /* Room for the largest entry wins over the snapshot interval... */
+    assert_int_equal(consensus_segment_size(16 * mib, 64 * mib), 73 * mib);
+    /* ...and over the 1 GiB cap: an entry never spans segments. */
+    assert_int_equal(consensus_segment_size(4096 * mib, 1024 * mib), 1153 * mib);
+}
+
 static void test_bad_config(void **state)
 {
     (void)state;
@@ -1058,6 +1073,7 @@ int main(void)
     if (filter != NULL)
         cmocka_set_test_filter(filter);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_segment_size),
         cmocka_unit_test_setup_teardown(test_bad_config, setup, teardown),
         cmocka_unit_test_setup_teardown(test_single_voter, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_recovery, setup, teardown),
