@@ -600,6 +600,24 @@ static int config_set_list(struct config_parse *p,
     return 1;
 }
 
+/* config_parse_bool - yes/true/on/1 or no/false/off/0; HAMR_EINVAL otherwise. */
+static int config_parse_bool(const char *value, bool *b)
+{
+    static const char *const yes[] = {"yes", "true", "on", "1"};
+    static const char *const no[] = {"no", "false", "off", "0"};
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(yes); i++) {
+        if (strcmp(value, yes[i]) == 0) {
+            *b = true;
+            return 0;
+        }
+        if (strcmp(value, no[i]) == 0) {
+            *b = false;
+            return 0;
+        }
+    }
+    return HAMR_EINVAL;
+}
+
 /* config_set_value - parse and store one scalar value. Returns 1, or 0 after config_fail. */
 static int config_set_value(struct config_parse *p, const struct config_key *k, const char *value)
 {
@@ -631,16 +649,8 @@ static int config_set_value(struct config_parse *p, const struct config_key *k, 
             return 1;
         }
         case CONFIG_K_BOOL: {
-            static const char *const yes[] = {"yes", "true", "on", "1"};
-            static const char *const no[] = {"no", "false", "off", "0"};
-            bool b = false, known = false;
-            for (size_t i = 0; i < HAMR_ARRAY_LEN(yes); i++) {
-                if (strcmp(value, yes[i]) == 0)
-                    b = known = true;
-                if (strcmp(value, no[i]) == 0)
-                    known = true;
-            }
-            if (!known)
+            bool b;
+            if (config_parse_bool(value, &b) != 0)
                 return config_fail(p, p->lineno, "%s: not yes or no: \"%s\"", k->name, q);
             memcpy(field, &b, sizeof(b));
             return 1;
@@ -864,7 +874,8 @@ static int config_key_line(const struct config_parse *p, const char *section, co
 }
 
 /* config_cross_check - checks that involve several keys, after the whole file. */
-static int config_cross_check(struct config_parse *p)
+/* config_check_cluster - the node's identity, addresses and place among the voters. */
+static int config_check_cluster(struct config_parse *p)
 {
     struct hamr_config *cfg = p->cfg;
     if (cfg->node_id == 0)
@@ -923,6 +934,13 @@ static int config_cross_check(struct config_parse *p)
                            "control: must be an IP address and port: \"%s\"",
                            cfg->listen_control.host);
 
+    return 1;
+}
+
+/* config_check_tunables - settings that only make sense together. */
+static int config_check_tunables(struct config_parse *p)
+{
+    struct hamr_config *cfg = p->cfg;
     if (cfg->heartbeat_ms >= cfg->election_timeout_ms) {
         int line = config_key_line(p, "cluster", "heartbeat");
         if (line == 0)
@@ -953,6 +971,12 @@ static int config_cross_check(struct config_parse *p)
         return config_fail(p, config_key_line(p, "smtpd", "message_size_limit"),
                            "message_size_limit: at most 64M (a message is one raft entry)");
     return 1;
+}
+
+static int config_cross_check(struct config_parse *p)
+{
+    int rv = config_check_cluster(p);
+    return rv == 1 ? config_check_tunables(p) : rv;
 }
 
 /*

@@ -151,6 +151,12 @@ const char *directory_control_address(const struct directory *d, uint64_t node)
     return n != NULL ? n->control_address : "";
 }
 
+bool directory_draining(const struct directory *d, uint64_t node)
+{
+    const struct queue_node *n = queue_node_find(d->queue, node);
+    return n != NULL && n->draining;
+}
+
 const struct directory_self *directory_self(const struct directory *d)
 {
     return &d->self;

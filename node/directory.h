@@ -52,6 +52,9 @@ int directory_peer_address(const struct directory *d, uint64_t node, char *addr,
 /* directory_control_address - node's control address, "" if unknown (borrowed). */
 const char *directory_control_address(const struct directory *d, uint64_t node);
 
+/* directory_draining - node's draining flag from its last NodeInfo (false if unknown). */
+bool directory_draining(const struct directory *d, uint64_t node);
+
 /* directory_self - what this node publishes about itself. */
 const struct directory_self *directory_self(const struct directory *d);
 

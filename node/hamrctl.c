@@ -334,7 +334,8 @@ static void hamrctl_print_status(const Hamr__ControlResponse *resp)
     printf("free space:  %s\n", hamrctl_bytes(s->free_bytes, b, sizeof(b)));
     printf("draining:    %s\n", s->draining ? "yes" : "no");
     if (s->version != NULL && s->version[0] != '\0')
-        printf("version:     %s (cluster feature level %u)\n", hamrctl_p(s->version), s->cluster_level);
+        printf("version:     %s (cluster feature level %u)\n", hamrctl_p(s->version),
+               s->cluster_level);
 }
 
 /* hamrctl_print_rcpt_line - a recipient, its state and attempts, then its last error. */
@@ -546,6 +547,39 @@ static int hamrctl_parse_options(int argc, char **argv, struct hamrctl_options *
 }
 
 /* main - options, verb and arguments, one call, output; see the exit codes above. */
+/*
+ * hamrctl_request - send req to hp and take the response; transfer and
+ * membership run on the leader: a follower names it, and it is asked once.
+ * false (after a message) if no response came.
+ */
+static bool hamrctl_request(const struct hamrctl_options *o,
+                            const struct config_hostport *hp,
+                            const Hamr__ControlRequest *req,
+                            Hamr__ControlResponse **resp)
+{
+    char err[512];
+    if (control_client_request(hp->host, hp->port, o->timeout_ms, req, resp, err, sizeof(err)) !=
+        0) {
+        fprintf(stderr, "hamrctl: %s\n", err);
+        return false;
+    }
+    const char *lc = (*resp)->leader_control;
+    if ((*resp)->code != HAMR_ENOTLEADER || lc == NULL || lc[0] == '\0')
+        return true;
+    struct config_hostport leader;
+    if (config_parse_hostport(lc, &leader) != 0 ||
+        (leader.port == hp->port && strcmp(leader.host, hp->host) == 0))
+        return true;
+    hamr__control_response__free_unpacked(*resp, NULL);
+    *resp = NULL;
+    if (control_client_request(leader.host, leader.port, o->timeout_ms, req, resp, err,
+                               sizeof(err)) != 0) {
+        fprintf(stderr, "hamrctl: leader: %s\n", err);
+        return false;
+    }
+    return true;
+}
+
 int main(int argc, char **argv)
 {
     struct hamrctl_options o = {.timeout_ms = CONTROL_CLIENT_TIMEOUT_MS};
@@ -591,26 +625,8 @@ int main(int argc, char **argv)
     req.args = args;
     req.n_args = (size_t)n_args;
     Hamr__ControlResponse *resp = NULL;
-    char err[512];
-    if (control_client_request(hp.host, hp.port, o.timeout_ms, &req, &resp, err, sizeof(err)) !=
-        0) {
-        fprintf(stderr, "hamrctl: %s\n", err);
+    if (!hamrctl_request(&o, &hp, &req, &resp))
         return HAMRCTL_EXIT_FAIL;
-    }
-    /* Transfer and membership run on the leader: a follower names it; ask it once. */
-    if (resp->code == HAMR_ENOTLEADER && resp->leader_control && resp->leader_control[0]) {
-        struct config_hostport leader;
-        if (config_parse_hostport(resp->leader_control, &leader) == 0 &&
-            (leader.port != hp.port || strcmp(leader.host, hp.host) != 0)) {
-            hamr__control_response__free_unpacked(resp, NULL);
-            resp = NULL;
-            if (control_client_request(leader.host, leader.port, o.timeout_ms, &req, &resp, err,
-                                       sizeof(err)) != 0) {
-                fprintf(stderr, "hamrctl: leader: %s\n", err);
-                return HAMRCTL_EXIT_FAIL;
-            }
-        }
-    }
     int rc = HAMRCTL_EXIT_OK;
     if (resp->code != 0) {
         const char *text = resp->error && resp->error[0] ? resp->error : hamr_strerror(resp->code);

@@ -62,8 +62,9 @@ static void hamrd_on_signal(uv_signal_t *s, int signum)
 {
     struct hamrd *h = s->data;
     if (signum == SIGHUP) {
-        log_info("SIGHUP received: reloading the TLS certificate, the credentials file and the "
-                 "relay recipient map");
+        log_info(
+            "SIGHUP received: reloading the TLS certificate, the credentials file and the "
+            "relay recipient map");
         if (h->relay != NULL && !h->stopped)
             relay_reload(h->relay);
         return;
@@ -90,31 +91,100 @@ static int hamrd_check_files(const struct hamr_config *cfg, char *err, size_t er
     return rv;
 }
 
+/* hamrd_args - parse argv: 0 to go on, else 1 + the exit status (help, version, errors). */
+static int hamrd_args(int argc, char **argv, const char **path, bool *check)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
+            *path = argv[++i];
+        } else if (strcmp(argv[i], "--check-config") == 0) {
+            *check = true;
+        } else if (strcmp(argv[i], "--version") == 0) {
+            printf("hamrd %s\n", HAMRD_VERSION);
+            return 1;
+        } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            hamrd_usage(stdout);
+            return 1;
+        } else {
+            fprintf(stderr, "hamrd: unknown argument \"%s\"\n", argv[i]);
+            hamrd_usage(stderr);
+            return 2;
+        }
+    }
+    if (*path == NULL) {
+        hamrd_usage(stderr);
+        return 2;
+    }
+    return 0;
+}
+
+/* hamrd_check - --check-config: the file, its user and the files it names. Exit status. */
+static int hamrd_check(struct hamr_config *cfg, int prv, char *err, size_t errlen)
+{
+    /* Who starts hamrd is not the file's business: only a bad user is. */
+    int rv = prv == HAMR_ENOTFOUND || prv == HAMR_EINVAL ? prv : 0;
+    if (rv == 0)
+        rv = hamrd_check_files(cfg, err, errlen);
+    if (rv != 0)
+        fprintf(stderr, "%s\n", err);
+    else
+        printf("config ok\n");
+    config_free(cfg);
+    return rv != 0 ? 1 : 0;
+}
+
+/* hamrd_run - start the relay on h's loop, run it until it stops. Exit status. */
+static int hamrd_run(struct hamrd *h,
+                     struct hamr_config *cfg,
+                     struct privs *privs,
+                     char *err,
+                     size_t errlen)
+{
+    uv_loop_init(&h->loop);
+    int rv = relay_start(&h->loop, cfg, &h->relay, err, errlen);
+    if (rv == 0 && privs_drop_caps(privs, err, errlen) != 0) {
+        log_error("start failed: %s", err);
+        fprintf(stderr, "hamrd: %s\n", err);
+        return 1;
+    }
+    if (rv != 0) {
+        log_error("start failed: %s", err);
+        fprintf(stderr, "hamrd: %s\n", err);
+        /* Let the handles opened before the failure close. */
+        uv_run(&h->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&h->loop);
+        config_free(cfg);
+        return 1;
+    }
+    uv_signal_t *sigs[] = {&h->sig_term, &h->sig_int, &h->sig_hup};
+    int nums[] = {SIGTERM, SIGINT, SIGHUP};
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(sigs); i++) {
+        uv_signal_init(&h->loop, sigs[i]);
+        sigs[i]->data = h;
+        uv_signal_start(sigs[i], hamrd_on_signal, nums[i]);
+    }
+
+    uv_run(&h->loop, UV_RUN_DEFAULT);
+    bool failed = h->relay != NULL && relay_failed(h->relay);
+    if (h->relay != NULL) {
+        /* uv_stop after a fatal error: exit without a clean close. raft's
+         * log is the truth; a restart rebuilds the state from it. */
+        log_error("exiting after a fatal error");
+        return 1;
+    }
+    uv_loop_close(&h->loop);
+    config_free(cfg);
+    log_info("stopped");
+    return failed ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *path = NULL;
     bool check = false;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
-            path = argv[++i];
-        } else if (strcmp(argv[i], "--check-config") == 0) {
-            check = true;
-        } else if (strcmp(argv[i], "--version") == 0) {
-            printf("hamrd %s\n", HAMRD_VERSION);
-            return 0;
-        } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-            hamrd_usage(stdout);
-            return 0;
-        } else {
-            fprintf(stderr, "hamrd: unknown argument \"%s\"\n", argv[i]);
-            hamrd_usage(stderr);
-            return 1;
-        }
-    }
-    if (path == NULL) {
-        hamrd_usage(stderr);
-        return 1;
-    }
+    int rv = hamrd_args(argc, argv, &path, &check);
+    if (rv != 0)
+        return rv - 1;
 
     static struct hamr_config cfg;
     char err[1024];
@@ -124,22 +194,8 @@ int main(int argc, char **argv)
     }
     struct privs privs;
     int prv = privs_resolve(&cfg, &privs, err, sizeof(err));
-    if (check) {
-        /* Who starts hamrd is not the file's business: only a bad user is. */
-        if (prv == HAMR_ENOTFOUND || prv == HAMR_EINVAL) {
-            fprintf(stderr, "%s\n", err);
-            config_free(&cfg);
-            return 1;
-        }
-        if (hamrd_check_files(&cfg, err, sizeof(err)) != 0) {
-            fprintf(stderr, "%s\n", err);
-            config_free(&cfg);
-            return 1;
-        }
-        printf("config ok\n");
-        config_free(&cfg);
-        return 0;
-    }
+    if (check)
+        return hamrd_check(&cfg, prv, err, sizeof(err));
 
     /* A closed peer socket must not kill the node (RAFT.md 4.3). */
     signal(SIGPIPE, SIG_IGN);
@@ -158,42 +214,6 @@ int main(int argc, char **argv)
         config_free(&cfg);
         return 1;
     }
-
     static struct hamrd h;
-    uv_loop_init(&h.loop);
-    int rv = relay_start(&h.loop, &cfg, &h.relay, err, sizeof(err));
-    if (rv == 0 && privs_drop_caps(&privs, err, sizeof(err)) != 0) {
-        log_error("start failed: %s", err);
-        fprintf(stderr, "hamrd: %s\n", err);
-        return 1;
-    }
-    if (rv != 0) {
-        log_error("start failed: %s", err);
-        fprintf(stderr, "hamrd: %s\n", err);
-        /* Let the handles opened before the failure close. */
-        uv_run(&h.loop, UV_RUN_DEFAULT);
-        uv_loop_close(&h.loop);
-        config_free(&cfg);
-        return 1;
-    }
-    uv_signal_t *sigs[] = {&h.sig_term, &h.sig_int, &h.sig_hup};
-    int nums[] = {SIGTERM, SIGINT, SIGHUP};
-    for (size_t i = 0; i < HAMR_ARRAY_LEN(sigs); i++) {
-        uv_signal_init(&h.loop, sigs[i]);
-        sigs[i]->data = &h;
-        uv_signal_start(sigs[i], hamrd_on_signal, nums[i]);
-    }
-
-    uv_run(&h.loop, UV_RUN_DEFAULT);
-    bool failed = h.relay != NULL && relay_failed(h.relay);
-    if (h.relay != NULL) {
-        /* uv_stop after a fatal error: exit without a clean close. raft's
-         * log is the truth; a restart rebuilds the state from it. */
-        log_error("exiting after a fatal error");
-        return 1;
-    }
-    uv_loop_close(&h.loop);
-    config_free(&cfg);
-    log_info("stopped");
-    return failed ? 1 : 0;
+    return hamrd_run(&h, &cfg, &privs, err, sizeof(err));
 }

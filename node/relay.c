@@ -348,8 +348,8 @@ static int relay_new(uv_loop_t *loop, const struct hamr_config *cfg, struct rela
     uint64_t seed;
     if (RAND_bytes((unsigned char *)&seed, sizeof(seed)) != 1)
         seed = clock_wall_ms();
-    r->id_counter = seed & 0xFFFFF;
-    r->lease_counter = seed & 0xFFFFFFFF00000000ull;
+    r->accept.id_counter = seed & 0xFFFFF;
+    r->sched.lease_counter = seed & 0xFFFFFFFF00000000ull;
     r->queue = queue_new();
     if (r->queue == NULL || metrics_hamr_new(RELAY_VERSION, &r->metrics) != 0) {
         queue_free(r->queue);
@@ -357,8 +357,8 @@ static int relay_new(uv_loop_t *loop, const struct hamr_config *cfg, struct rela
         return HAMR_ENOMEM;
     }
     /* Before raft starts: replaying the log applies entries, which kick the scheduler. */
-    uv_timer_init(loop, &r->kick_timer);
-    r->kick_timer.data = r;
+    uv_timer_init(loop, &r->sched.kick_timer);
+    r->sched.kick_timer.data = r;
     *out = r;
     return 0;
 }
@@ -548,11 +548,11 @@ int relay_start(uv_loop_t *loop,
         relay_close_all(r);
         return rv;
     }
-    relay_timer_start(r, &r->stop_timer, NULL, 0);
+    relay_timer_start(r, &r->stop.timer, NULL, 0);
     relay_timer_start(r, &r->retry_timer, relay_retry_tick, RELAY_RETRY_MS);
-    relay_timer_start(r, &r->sched_timer, relay_sched_tick, cfg->scan_interval_ms);
+    relay_timer_start(r, &r->sched.timer, relay_sched_tick, cfg->scan_interval_ms);
     relay_timer_start(r, &r->housekeeping_timer, relay_housekeeping, 1000);
-    r->timers_started = true;
+    r->stop.timers_started = true;
     const struct directory_self *self = directory_self(r->dir);
     log_info("started node=%" PRIu64 " smtp=%s:%u raft=%s:%u peer=%s control=%s boot=%s",
              cfg->node_id, cfg->listen_smtp.host, (unsigned)cfg->listen_smtp.port,
@@ -586,11 +586,11 @@ bool relay_failed(const struct relay *r)
 static void relay_close_step(void *arg)
 {
     struct relay *r = arg;
-    HAMR_ASSERT(r->closing > 0);
-    if (--r->closing > 0)
+    HAMR_ASSERT(r->stop.closing > 0);
+    if (--r->stop.closing > 0)
         return;
-    void (*done)(void *) = r->stop_done;
-    void *done_arg = r->stop_arg;
+    void (*done)(void *) = r->stop.done;
+    void *done_arg = r->stop.arg;
     r->dir = directory_free(r->dir);
     r->prop = proposer_free(r->prop); /* after raft and the peer client answered it all */
     r->queue = queue_free(r->queue);
@@ -611,7 +611,7 @@ static void relay_close_handle_cb(uv_handle_t *h)
 /* relay_close_timer - stop and close one of the relay's timers, counted. */
 static void relay_close_timer(struct relay *r, uv_timer_t *t)
 {
-    r->closing++;
+    r->stop.closing++;
     uv_timer_stop(t);
     uv_close((uv_handle_t *)t, relay_close_handle_cb);
 }
@@ -621,7 +621,7 @@ static void relay_close_raft(void *arg)
 {
     struct relay *r = arg;
     if (r->cons != NULL) {
-        r->closing++;
+        r->stop.closing++;
         consensus_close(r->cons, relay_close_step, r);
     }
     relay_close_step(r); /* the pool's count */
@@ -635,37 +635,37 @@ static void relay_close_raft(void *arg)
 static void relay_close_all(struct relay *r)
 {
     r->stopping = true; /* what still runs while closing looks at this */
-    r->closing = 1;     /* held until every close below has been started */
+    r->stop.closing = 1;     /* held until every close below has been started */
     if (r->prop != NULL)
         proposer_stop(r->prop); /* submits waiting for a leader give up (421) */
-    relay_close_timer(r, &r->kick_timer);
-    if (r->timers_started) {
-        relay_close_timer(r, &r->stop_timer);
+    relay_close_timer(r, &r->sched.kick_timer);
+    if (r->stop.timers_started) {
+        relay_close_timer(r, &r->stop.timer);
         relay_close_timer(r, &r->retry_timer);
-        relay_close_timer(r, &r->sched_timer);
+        relay_close_timer(r, &r->sched.timer);
         relay_close_timer(r, &r->housekeeping_timer);
     }
     if (r->http != NULL) {
-        r->closing++;
+        r->stop.closing++;
         http_close(r->http, relay_close_step, r);
     }
     if (r->smtpd != NULL) {
-        r->closing++;
+        r->stop.closing++;
         smtpd_server_close(r->smtpd, relay_close_step, r);
     }
     if (r->control != NULL) {
-        r->closing++;
+        r->stop.closing++;
         control_close(r->control, relay_close_step, r);
     }
     if (r->peer_srv != NULL) {
-        r->closing++;
+        r->stop.closing++;
         peer_server_close(r->peer_srv, relay_close_step, r);
     }
     if (r->peer_cli != NULL) {
-        r->closing++;
+        r->stop.closing++;
         peer_client_close(r->peer_cli, relay_close_step, r);
     }
-    r->closing++; /* the pool's (then raft's) turn */
+    r->stop.closing++; /* the pool's (then raft's) turn */
     if (r->pool != NULL)
         smtpc_pool_close(r->pool, relay_close_raft, r);
     else
@@ -679,7 +679,7 @@ static void relay_stop_now(struct relay *r)
     if (r->stopping)
         return;
     r->stopping = true;
-    log_info("stopping node=%" PRIu64 " deliveries=%zu", r->cfg->node_id, r->n_deliveries);
+    log_info("stopping node=%" PRIu64 " deliveries=%zu", r->cfg->node_id, r->sched.n_deliveries);
     relay_close_all(r);
 }
 
@@ -687,10 +687,10 @@ static void relay_stop_now(struct relay *r)
 static void relay_stop_wait_tick(uv_timer_t *t)
 {
     struct relay *r = t->data;
-    uint64_t waited = uv_now(r->loop) - r->stop_started;
+    uint64_t waited = uv_now(r->loop) - r->stop.started;
     bool idle =
-        r->n_deliveries == 0 && !proposer_busy(r->prop) && smtpd_server_sessions(r->smtpd) == 0;
-    if (!r->stop_transferring && (idle || waited >= RELAY_STOP_GRACE_MS))
+        r->sched.n_deliveries == 0 && !proposer_busy(r->prop) && smtpd_server_sessions(r->smtpd) == 0;
+    if (!r->stop.transferring && (idle || waited >= RELAY_STOP_GRACE_MS))
         relay_stop_now(r);
 }
 
@@ -698,7 +698,7 @@ static void relay_stop_wait_tick(uv_timer_t *t)
 static void relay_stop_transfer_done(void *arg, int status, uint64_t leader)
 {
     struct relay *r = arg;
-    r->stop_transferring = false;
+    r->stop.transferring = false;
     if (status == 0)
         log_info("stopping: leadership handed to node=%" PRIu64, leader);
     else
@@ -715,18 +715,18 @@ void relay_stop(struct relay *r, void (*done)(void *arg), void *arg)
 {
     if (r->stopping)
         return;
-    if (r->stop_done != NULL || r->stop_started != 0) {
+    if (r->stop.done != NULL || r->stop.started != 0) {
         relay_stop_now(r);
         return;
     }
-    r->stop_done = done;
-    r->stop_arg = arg;
-    r->stop_started = uv_now(r->loop);
+    r->stop.done = done;
+    r->stop.arg = arg;
+    r->stop.started = uv_now(r->loop);
     r->draining = true;
     smtpd_server_set_draining(r->smtpd, true);
-    log_info("stopping gently node=%" PRIu64 " deliveries=%zu", r->cfg->node_id, r->n_deliveries);
+    log_info("stopping gently node=%" PRIu64 " deliveries=%zu", r->cfg->node_id, r->sched.n_deliveries);
     if (consensus_is_ready(r->cons) &&
         consensus_transfer(r->cons, 0, relay_stop_transfer_done, r) == 0)
-        r->stop_transferring = true;
-    uv_timer_start(&r->stop_timer, relay_stop_wait_tick, 50, 50);
+        r->stop.transferring = true;
+    uv_timer_start(&r->stop.timer, relay_stop_wait_tick, 50, 50);
 }

@@ -47,8 +47,8 @@ int relay_queue_id(uint64_t ms, uint64_t node_id, uint64_t counter, char *id, si
 int relay_sink_new_id(void *data, char *id, size_t idlen)
 {
     struct relay *r = data;
-    r->id_counter++;
-    return relay_queue_id(clock_wall_ms(), r->cfg->node_id, r->id_counter, id, idlen);
+    r->accept.id_counter++;
+    return relay_queue_id(clock_wall_ms(), r->cfg->node_id, r->accept.id_counter, id, idlen);
 }
 
 /* relay_sink_check_mail - may this node take a transaction now? */

@@ -83,9 +83,9 @@ static void relay_ctl_status(struct relay *r, struct control_call *call)
         hamr__member_status__init(&ms[i]);
         ms[i].id = info.members[i].id;
         ms[i].address = info.members[i].address;
-        const struct queue_node *qn = queue_node_find(r->queue, info.members[i].id);
-        ms[i].draining = info.members[i].id == r->cfg->node_id ? r->draining
-                                                               : (qn != NULL && qn->draining);
+        ms[i].draining = info.members[i].id == r->cfg->node_id
+                             ? r->draining
+                             : directory_draining(r->dir, info.members[i].id);
         ms[i].role =
             (char *)(info.roles[i] >= 0 && info.roles[i] <= 2 ? roles[info.roles[i]] : "unknown");
         msp[i] = &ms[i];
@@ -110,14 +110,13 @@ static void relay_ctl_status(struct relay *r, struct control_call *call)
     ns.free_bytes = r->disk.free_bytes;
     ns.version = RELAY_VERSION;
     ns.draining = r->draining;
-    ns.duplicate_windows = r->duplicate_windows;
+    ns.duplicate_windows = r->sched.duplicate_windows;
     ns.cluster_level = queue_cluster_level(r->queue);
     struct proposer_stats ps;
     proposer_get_stats(r->prop, &ps);
     ns.forwarded = ps.forwarded;
     ns.resolved = ps.resolved;
-    const struct queue_node *ln = info.leader_id ? queue_node_find(r->queue, info.leader_id) : NULL;
-    ns.leader_control = (char *)(ln ? ln->control_address : "");
+    ns.leader_control = (char *)directory_control_address(r->dir, info.leader_id);
     Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
     resp.status = &ns;
     control_reply(call, &resp);
@@ -281,9 +280,9 @@ static void relay_ctl_queue(struct relay *r,
                 found = found || strcmp(v, ok[k]) == 0;
             if (!found) {
                 control_reply_error(call, HAMR_EINVAL,
-                                      "queue: unknown state \"%s\" (all, pending, deferred, "
-                                      "active, held)",
-                                      v);
+                                    "queue: unknown state \"%s\" (all, pending, deferred, "
+                                    "active, held)",
+                                    v);
                 return;
             }
             f.state = v;
@@ -309,7 +308,7 @@ static void relay_ctl_queue(struct relay *r,
     if (show && f.n == 0) {
         relay_ctl_filter_free(&f);
         control_reply_error(call, HAMR_ENOTFOUND, "no message with id %s in the queue",
-                              req->args[0]);
+                            req->args[0]);
         return;
     }
     Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
@@ -353,8 +352,7 @@ static void relay_ctl_admin(struct relay *r,
 {
     bool optional = op == QUEUE_ENTRY_ADMIN_FLUSH;
     if (req->n_args > 1 || (!optional && req->n_args != 1)) {
-        control_reply_error(call, HAMR_EINVAL, "usage: %s %s", req->verb,
-                              optional ? "[ID]" : "ID");
+        control_reply_error(call, HAMR_EINVAL, "usage: %s %s", req->verb, optional ? "[ID]" : "ID");
         return;
     }
     const char *id = req->n_args ? req->args[0] : "";
@@ -400,24 +398,25 @@ static bool relay_ctl_leader_only(struct relay *r, struct control_call *call, co
         return true;
     struct consensus_info info;
     consensus_get_info(r->cons, &info);
-    const struct queue_node *n =
-        info.leader_id ? queue_node_find(r->queue, info.leader_id) : NULL;
+    const char *control = directory_control_address(r->dir, info.leader_id);
     char text[256];
     if (info.leader_id == 0)
         snprintf(text, sizeof(text), "%s: no leader: the cluster has no quorum", verb);
     else
         snprintf(text, sizeof(text), "%s: node %" PRIu64 " is the leader (control %s)", verb,
-                 info.leader_id, n && n->control_address[0] ? n->control_address : "unknown");
+                 info.leader_id, control[0] ? control : "unknown");
     Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
     resp.code = info.leader_id ? HAMR_ENOTLEADER : HAMR_ENOQUORUM;
     resp.error = text;
-    resp.leader_control = (char *)(n ? n->control_address : "");
+    resp.leader_control = (char *)control;
     control_reply(call, &resp);
     return false;
 }
 
 /* relay_ctl_node_id - parse a node id argument; answers the call on error. */
-static bool relay_ctl_node_id(struct control_call *call, const char *verb, const char *arg,
+static bool relay_ctl_node_id(struct control_call *call,
+                              const char *verb,
+                              const char *arg,
                               uint64_t *id)
 {
     char *end;
@@ -462,15 +461,15 @@ static void relay_ctl_member_done(void *arg, int status)
          * catch-up rounds before the promotion takes effect). */
         m->step++;
         int role = m->step == 1 ? CONSENSUS_ROLE_STANDBY : CONSENSUS_ROLE_VOTER;
-        log_info("membership node=%" PRIu64 " step=%s", m->id,
-                 m->step == 1 ? "standby" : "voter");
+        log_info("membership node=%" PRIu64 " step=%s", m->id, m->step == 1 ? "standby" : "voter");
         status = consensus_assign(r->cons, m->id, role, relay_ctl_member_done, m);
         if (status == 0)
             return;
     }
     if (status != 0 && strcmp(m->verb, "add") == 0 && m->step > 0) {
         control_reply_error(m->call, status,
-                            "add %" PRIu64 ": joined as %s, but the next step failed: %s; is "
+                            "add %" PRIu64
+                            ": joined as %s, but the next step failed: %s; is "
                             "hamrd (join = yes) running at %s? Then: hamrctl promote %" PRIu64
                             ", or hamrctl remove %" PRIu64,
                             m->id, m->step == 1 ? "spare" : "standby", hamr_strerror(status),
@@ -492,7 +491,8 @@ static void relay_ctl_member_done(void *arg, int status)
 }
 
 /* relay_ctl_membership - hamrctl add ID ADDR / promote ID / remove ID. */
-static void relay_ctl_membership(struct relay *r, struct control_call *call,
+static void relay_ctl_membership(struct relay *r,
+                                 struct control_call *call,
                                  const Hamr__ControlRequest *req)
 {
     const char *v = req->verb;
@@ -507,8 +507,9 @@ static void relay_ctl_membership(struct relay *r, struct control_call *call,
     if (!relay_ctl_leader_only(r, call, v))
         return;
     if (!add && !relay_ctl_is_member(r, id)) {
-        control_reply_error(call, HAMR_ENOTFOUND, "%s %" PRIu64 ": node %" PRIu64
-                            " is not a member of the cluster", v, id, id);
+        control_reply_error(call, HAMR_ENOTFOUND,
+                            "%s %" PRIu64 ": node %" PRIu64 " is not a member of the cluster", v,
+                            id, id);
         return;
     }
     struct relay_ctl_member *m = calloc(1, sizeof(*m));
@@ -624,6 +625,60 @@ static void relay_ctl_transfer(struct relay *r,
     }
 }
 
+/* relay_ctl_drain - drain or undrain this node, or name the control address of the node asked for.
+ */
+static void relay_ctl_drain(struct relay *r,
+                            struct control_call *call,
+                            const Hamr__ControlRequest *req,
+                            const char *v)
+{
+    bool on = v[0] == 'd';
+    uint64_t target = r->cfg->node_id;
+    if (req->n_args > 1) {
+        control_reply_error(call, HAMR_EINVAL, "usage: %s [ID]", v);
+        return;
+    }
+    if (req->n_args == 1 && !relay_ctl_node_id(call, v, req->args[0], &target))
+        return;
+    if (target != r->cfg->node_id) {
+        /* Another node drains itself: name its control address (from the
+         * node directory) and hamrctl asks it. */
+        const char *control = directory_control_address(r->dir, target);
+        if (control[0] == '\0') {
+            control_reply_error(call, HAMR_ENOTFOUND,
+                                "%s: node %" PRIu64 " is unknown here (no address published)", v,
+                                target);
+            return;
+        }
+        char text[160];
+        snprintf(text, sizeof(text), "%s: node %" PRIu64 " is at control %s", v, target, control);
+        Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
+        resp.code = HAMR_ENOTLEADER;
+        resp.error = text;
+        resp.leader_control = (char *)control;
+        control_reply(call, &resp);
+        return;
+    }
+    r->draining = on;
+    smtpd_server_set_draining(r->smtpd, on);
+    log_info("%s node=%" PRIu64, on ? "draining" : "undrained", r->cfg->node_id);
+    if (on && consensus_is_ready(r->cons)) {
+        /* A draining node must not lead: hand leadership to another voter.
+         * Deliveries it runs finish; their outcomes go to the new leader. */
+        struct relay_ctl_transfer *t = calloc(1, sizeof(*t));
+        if (t != NULL) {
+            t->call = call;
+            t->drain = true;
+            if (consensus_transfer(r->cons, 0, relay_ctl_transfer_done, t) == 0)
+                return;
+            free(t);
+        }
+    }
+    Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
+    resp.message = on ? "draining: new SMTP sessions get 421" : "undrained";
+    control_reply(call, &resp);
+}
+
 /* relay_ctl_handle - dispatch one control request. */
 void relay_ctl_handle(void *data, struct control_call *call, const Hamr__ControlRequest *req)
 {
@@ -648,52 +703,7 @@ void relay_ctl_handle(void *data, struct control_call *call, const Hamr__Control
     } else if (strcmp(v, "transfer") == 0) {
         relay_ctl_transfer(r, call, req);
     } else if (strcmp(v, "drain") == 0 || strcmp(v, "undrain") == 0) {
-        bool on = v[0] == 'd';
-        uint64_t target = r->cfg->node_id;
-        if (req->n_args > 1) {
-            control_reply_error(call, HAMR_EINVAL, "usage: %s [ID]", v);
-            return;
-        }
-        if (req->n_args == 1 && !relay_ctl_node_id(call, v, req->args[0], &target))
-            return;
-        if (target != r->cfg->node_id) {
-            /* Another node drains itself: name its control address (from the
-             * node directory) and hamrctl asks it. */
-            const struct queue_node *n = queue_node_find(r->queue, target);
-            if (n == NULL || n->control_address[0] == '\0') {
-                control_reply_error(call, HAMR_ENOTFOUND,
-                                    "%s: node %" PRIu64 " is unknown here (no address published)",
-                                    v, target);
-                return;
-            }
-            char text[160];
-            snprintf(text, sizeof(text), "%s: node %" PRIu64 " is at control %s", v, target,
-                     n->control_address);
-            Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
-            resp.code = HAMR_ENOTLEADER;
-            resp.error = text;
-            resp.leader_control = (char *)n->control_address;
-            control_reply(call, &resp);
-            return;
-        }
-        r->draining = on;
-        smtpd_server_set_draining(r->smtpd, on);
-        log_info("%s node=%" PRIu64, on ? "draining" : "undrained", r->cfg->node_id);
-        if (on && consensus_is_ready(r->cons)) {
-            /* A draining node must not lead: hand leadership to another voter.
-             * Deliveries it runs finish; their outcomes go to the new leader. */
-            struct relay_ctl_transfer *t = calloc(1, sizeof(*t));
-            if (t != NULL) {
-                t->call = call;
-                t->drain = true;
-                if (consensus_transfer(r->cons, 0, relay_ctl_transfer_done, t) == 0)
-                    return;
-                free(t);
-            }
-        }
-        Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
-        resp.message = on ? "draining: new SMTP sessions get 421" : "undrained";
-        control_reply(call, &resp);
+        relay_ctl_drain(r, call, req, v);
     } else if (strcmp(v, "version") == 0) {
         Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
         resp.message = "hamrd " RELAY_VERSION;

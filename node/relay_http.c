@@ -82,7 +82,7 @@ void relay_metrics_fill(void *data, struct metrics *m)
     metrics_gauge_set(m, METRICS_DISK_FREE_BYTES, 0, (double)r->disk.free_bytes);
     metrics_gauge_set(m, METRICS_DRAINING, 0, r->draining);
     metrics_gauge_set(m, METRICS_SESSIONS_OPEN, 0, (double)smtpd_server_sessions(r->smtpd));
-    metrics_counter_set(m, METRICS_DUPLICATE_WINDOWS, 0, r->duplicate_windows);
+    metrics_counter_set(m, METRICS_DUPLICATE_WINDOWS, 0, r->sched.duplicate_windows);
     struct proposer_stats ps;
     proposer_get_stats(r->prop, &ps);
     metrics_counter_set(m, METRICS_FORWARDED, 0, ps.forwarded);

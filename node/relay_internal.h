@@ -56,11 +56,47 @@ struct relay_delivery {
     struct relay_delivery *prev, *next;
 };
 
+/* relay_sched_state - scheduling and delivery (relay_sched.c). */
+struct relay_sched_state {
+    uv_timer_t timer;      /* every scan_interval: lease due work, expire */
+    uv_timer_t kick_timer; /* early run (relay_sched_kick) */
+    uint64_t rest_until;   /* uv_now before which a kick waits (RELAY_SCHED_DUTY) */
+    unsigned in_flight;    /* scheduler proposals not yet answered */
+    uint64_t lease_counter;
+    struct relay_delivery *deliveries;
+    size_t n_deliveries;
+    uint64_t duplicate_windows; /* outcomes lost after a delivery attempt */
+};
+
+/* relay_accept_state - the acceptance path (relay_accept.c). */
+struct relay_accept_state {
+    uint64_t id_counter; /* the low bits of queue ids */
+};
+
+/* relay_stop_state - a gentle stop, then closing every part (relay.c). */
+struct relay_stop_state {
+    uv_timer_t timer;        /* a gentle stop waits on this for work to finish */
+    uint64_t started;        /* uv_now when relay_stop began, 0 before */
+    bool transferring;       /* handing leadership on */
+    void (*done)(void *arg); /* told once everything has closed */
+    void *arg;
+    int closing;         /* parts still closing (relay_close_all) */
+    bool timers_started; /* the timers other than kick_timer exist */
+};
+
+/*
+ * relay - one node: what it is made of (owned here and closed by relay.c),
+ * and each concern's state. The node directory, the disk guard and the
+ * proposer are modules of their own.
+ */
 struct relay {
     uv_loop_t *loop;
     const struct hamr_config *cfg;
     struct queue *queue;
     struct consensus *cons;
+    struct proposer *prop;  /* every entry this node wants in the log goes through it */
+    struct directory *dir;  /* our NodeInfo, the others' addresses, the cluster level */
+    struct disk_guard disk; /* free space: 452 at MAIL, stop before raft's log write fails */
     struct smtpc_pool *pool;
     struct smtpd_server *smtpd;
     struct smtpd_policy policy;    /* cfg->smtpd plus the credentials table */
@@ -70,33 +106,17 @@ struct relay {
     struct peer_server *peer_srv; /* NULL on a node without [listen] peer */
     struct peer_client *peer_cli;
     struct metrics *metrics;
-    struct http *http;       /* NULL without [listen] http */
-    uint64_t last_leader_id; /* for counting leader changes */
-    uv_timer_t sched_timer;
-    uv_timer_t housekeeping_timer;
-    uv_timer_t retry_timer;
-    uv_timer_t kick_timer;     /* early scheduler run (relay_sched_kick) */
-    uint64_t sched_rest_until; /* uv_now before which a kick waits (RELAY_SCHED_DUTY) */
-    uv_timer_t stop_timer;     /* a gentle stop waits on this for work to finish */
-    uint64_t stop_started;     /* uv_now when relay_stop began, 0 before */
-    bool stop_transferring;    /* relay_stop is handing leadership on */
+    struct http *http;             /* NULL without [listen] http */
+    uv_timer_t housekeeping_timer; /* once a second: disk, deadlines, raft health */
+    uv_timer_t retry_timer;        /* every RELAY_RETRY_MS: proposer, directory */
+    uint64_t last_leader_id;       /* for counting leader changes */
     char boot_id[33];
-    uint64_t id_counter;
-    uint64_t lease_counter;
-    struct disk_guard disk; /* free space: 452 at MAIL, stop before raft's log write fails */
-    struct directory *dir;  /* the node directory: our NodeInfo, the others' addresses */
     bool draining;
     bool stopping;
     bool failed;
-    unsigned sched_in_flight; /* scheduler proposals not yet answered */
-    struct proposer *prop;    /* every entry this node wants in the log goes through it */
-    struct relay_delivery *deliveries;
-    size_t n_deliveries;
-    uint64_t duplicate_windows; /* outcomes lost after a delivery attempt */
-    void (*stop_done)(void *arg);
-    void *stop_arg;
-    int closing;         /* parts still closing (relay_close_all) */
-    bool timers_started; /* the timers other than kick_timer exist */
+    struct relay_accept_state accept;
+    struct relay_sched_state sched;
+    struct relay_stop_state stop;
 };
 
 /* relay_accept.c */

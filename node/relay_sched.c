@@ -124,8 +124,8 @@ static void relay_sched_tls_text(enum smtpc_tls_policy policy,
 /* relay_sched_done - a scheduler proposal (lease or outcome) finished. */
 static void relay_sched_release(struct relay *r)
 {
-    HAMR_ASSERT(r->sched_in_flight > 0);
-    r->sched_in_flight--;
+    HAMR_ASSERT(r->sched.in_flight > 0);
+    r->sched.in_flight--;
     relay_sched_kick(r);
 }
 
@@ -137,7 +137,7 @@ static void relay_outcome_done(void *arg, int status, intptr_t result)
     if (status != 0) {
         /* The attempt happened but its result is not in the log: the lease
          * will expire and these recipients are tried again (a duplicate window). */
-        r->duplicate_windows++;
+        r->sched.duplicate_windows++;
         log_warn("outcome not committed id=%s lease=%" PRIx64 " error=\"%s\"", d->queue_id,
                  d->lease_id, hamr_strerror(status));
     } else if (result < 0) {
@@ -159,11 +159,72 @@ static void relay_delivery_unlink(struct relay *r, struct relay_delivery *d)
     if (d->prev)
         d->prev->next = d->next;
     else
-        r->deliveries = d->next;
+        r->sched.deliveries = d->next;
     if (d->next)
         d->next->prev = d->prev;
     d->prev = d->next = NULL;
-    r->n_deliveries--;
+    r->sched.n_deliveries--;
+}
+
+/*
+ * relay_delivery_rcpt - recipient i's result of delivery d, as an Outcome
+ * result: counted, logged, with its TLS text in tls (QUEUE_TLS_MAX octets;
+ * carried in the Outcome only from the cluster level that knows the fields).
+ */
+static void relay_delivery_rcpt(struct relay *r,
+                                const struct relay_delivery *d,
+                                size_t i,
+                                const struct smtpc_result *res,
+                                enum smtpc_tls_policy policy,
+                                bool tls_fields,
+                                uint64_t now,
+                                struct queue_entry_result *out,
+                                char *tls)
+{
+    const struct smtpc_rcpt_result *rr = &res->rcpts[i];
+    const char *policy_name = smtpc_tls_policy_name(policy);
+    out->rcpt_index = d->rcpt_indexes[i];
+    out->smtp_code = rr->code;
+    out->diagnostic = rr->text;
+    switch (rr->status) {
+        case SMTPC_OK:
+            out->status = QUEUE_ENTRY_DELIVERED;
+            break;
+        case SMTPC_PERM:
+            out->status = QUEUE_ENTRY_BOUNCED;
+            break;
+        case SMTPC_TEMP:
+        default:
+            /* A temporary failure past the queue lifetime is final (RFC 5321 4.5.4.1). */
+            out->status = now >= d->expires_at_ms ? QUEUE_ENTRY_EXPIRED : QUEUE_ENTRY_DEFERRED;
+            break;
+    }
+    static const unsigned outcome_label[] = {
+        [QUEUE_ENTRY_DELIVERED] = METRICS_OUTCOME_DELIVERED,
+        [QUEUE_ENTRY_DEFERRED] = METRICS_OUTCOME_DEFERRED,
+        [QUEUE_ENTRY_BOUNCED] = METRICS_OUTCOME_BOUNCED,
+        [QUEUE_ENTRY_EXPIRED] = METRICS_OUTCOME_EXPIRED,
+    };
+    metrics_inc_label(r->metrics, METRICS_DELIVERIES, outcome_label[out->status]);
+    if (out->status == QUEUE_ENTRY_DEFERRED)
+        metrics_inc(r->metrics, METRICS_RETRIES);
+    static const char *const status_name[] = {
+        [QUEUE_ENTRY_DELIVERED] = "delivered",
+        [QUEUE_ENTRY_DEFERRED] = "deferred",
+        [QUEUE_ENTRY_BOUNCED] = "bounced",
+        [QUEUE_ENTRY_EXPIRED] = "expired",
+    };
+    relay_sched_tls_text(policy, res, status_name[out->status], tls, QUEUE_TLS_MAX);
+    if (tls_fields) {
+        out->tls_policy = policy_name;
+        out->tls = tls;
+    }
+    log_info("delivery id=%s to=<%s> relay=%s tls_policy=%s tls=\"%s\" status=%s code=%u",
+             d->queue_id, d->rcpts[i], res->remote[0] ? res->remote : "none", policy_name, tls,
+             rr->status == SMTPC_OK     ? "sent"
+             : rr->status == SMTPC_PERM ? "bounced"
+                                        : "deferred",
+             rr->code);
 }
 
 /* relay_delivery_done - the SMTP client finished: propose the Outcome. */
@@ -185,54 +246,9 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
         return;
     }
     enum smtpc_tls_policy policy = relay_sched_policy(r, d->rcpts, d->n_rcpts);
-    const char *policy_name = smtpc_tls_policy_name(policy);
     bool tls_fields = queue_cluster_level(r->queue) >= QUEUE_LEVEL_TLS;
     for (size_t i = 0; i < d->n_rcpts; i++) {
-        const struct smtpc_rcpt_result *rr = &res->rcpts[i];
-        results[i].rcpt_index = d->rcpt_indexes[i];
-        results[i].smtp_code = rr->code;
-        results[i].diagnostic = rr->text;
-        switch (rr->status) {
-            case SMTPC_OK:
-                results[i].status = QUEUE_ENTRY_DELIVERED;
-                break;
-            case SMTPC_PERM:
-                results[i].status = QUEUE_ENTRY_BOUNCED;
-                break;
-            case SMTPC_TEMP:
-            default:
-                /* A temporary failure past the queue lifetime is final (RFC 5321 4.5.4.1). */
-                results[i].status =
-                    now >= d->expires_at_ms ? QUEUE_ENTRY_EXPIRED : QUEUE_ENTRY_DEFERRED;
-                break;
-        }
-        static const unsigned outcome_label[] = {
-            [QUEUE_ENTRY_DELIVERED] = METRICS_OUTCOME_DELIVERED,
-            [QUEUE_ENTRY_DEFERRED] = METRICS_OUTCOME_DEFERRED,
-            [QUEUE_ENTRY_BOUNCED] = METRICS_OUTCOME_BOUNCED,
-            [QUEUE_ENTRY_EXPIRED] = METRICS_OUTCOME_EXPIRED,
-        };
-        metrics_inc_label(r->metrics, METRICS_DELIVERIES, outcome_label[results[i].status]);
-        if (results[i].status == QUEUE_ENTRY_DEFERRED)
-            metrics_inc(r->metrics, METRICS_RETRIES);
-        static const char *const status_name[] = {
-            [QUEUE_ENTRY_DELIVERED] = "delivered",
-            [QUEUE_ENTRY_DEFERRED] = "deferred",
-            [QUEUE_ENTRY_BOUNCED] = "bounced",
-            [QUEUE_ENTRY_EXPIRED] = "expired",
-        };
-        relay_sched_tls_text(policy, res, status_name[results[i].status], tls[i], sizeof(tls[i]));
-        if (tls_fields) {
-            results[i].tls_policy = policy_name;
-            results[i].tls = tls[i];
-        }
-        log_info("delivery id=%s to=<%s> relay=%s tls_policy=%s tls=\"%s\" status=%s code=%u",
-                 d->queue_id, d->rcpts[i], res->remote[0] ? res->remote : "none", policy_name,
-                 tls[i],
-                 rr->status == SMTPC_OK     ? "sent"
-                 : rr->status == SMTPC_PERM ? "bounced"
-                                            : "deferred",
-                 rr->code);
+        relay_delivery_rcpt(r, d, i, res, policy, tls_fields, now, &results[i], tls[i]);
     }
     struct queue_entry_outcome_args oc = {
         .queue_id = d->queue_id,
@@ -314,11 +330,11 @@ static void relay_deliver_start(struct relay *r,
         log_warn("delivery not started id=%s error=\"%s\"", m->id, hamr_strerror(rv));
         goto fail;
     }
-    d->next = r->deliveries;
-    if (r->deliveries)
-        r->deliveries->prev = d;
-    r->deliveries = d;
-    r->n_deliveries++;
+    d->next = r->sched.deliveries;
+    if (r->sched.deliveries)
+        r->sched.deliveries->prev = d;
+    r->sched.deliveries = d;
+    r->sched.n_deliveries++;
     return;
 fail:
     /* Nothing was attempted: the lease simply expires and the work is picked again. */
@@ -387,10 +403,10 @@ static void relay_sched_final(struct relay *r, const struct queue_work *w, uint6
     free(results);
     if (rv != 0)
         return;
-    rv = proposer_send_packed(r->prop, entry, len, r->cfg->proposal_timeout_ms, relay_final_done,
-                              r);
+    rv =
+        proposer_send_packed(r->prop, entry, len, r->cfg->proposal_timeout_ms, relay_final_done, r);
     if (rv == 0) {
-        r->sched_in_flight++;
+        r->sched.in_flight++;
         log_info("%s id=%s rcpts=%zu", expire ? "expired" : "noroute", w->queue_id, w->n_rcpts);
     }
 }
@@ -412,55 +428,25 @@ static void relay_sched_final(struct relay *r, const struct queue_work *w, uint6
  */
 void relay_sched_kick(struct relay *r)
 {
-    if (r->stopping || !consensus_is_ready(r->cons) || uv_is_active((uv_handle_t *)&r->kick_timer))
+    if (r->stopping || !consensus_is_ready(r->cons) ||
+        uv_is_active((uv_handle_t *)&r->sched.kick_timer))
         return;
     uint64_t now = uv_now(r->loop);
-    uint64_t wait = r->sched_rest_until > now ? r->sched_rest_until - now : 0;
-    uv_timer_start(&r->kick_timer, relay_sched_tick, wait, 0);
+    uint64_t wait = r->sched.rest_until > now ? r->sched.rest_until - now : 0;
+    uv_timer_start(&r->sched.kick_timer, relay_sched_tick, wait, 0);
 }
 
-/* relay_sched_tick - leader: lease due work, expire what is too old. */
-void relay_sched_tick(uv_timer_t *t)
+/*
+ * relay_sched_lease - one Lease entry for the n_deliver deliveries among
+ * work[0..n) (taken; the final outcomes were proposed already); the
+ * deliveries start when it commits (relay_lease_done).
+ */
+static void relay_sched_lease(struct relay *r,
+                              struct queue_work *work,
+                              int n,
+                              size_t n_deliver,
+                              uint64_t now)
 {
-    struct relay *r = t->data;
-    if (t == &r->sched_timer)
-        proposer_expire(r->prop);
-    if (r->stopping || r->sched_in_flight > 0 || !consensus_is_ready(r->cons))
-        return;
-
-    uint64_t now = clock_wall_ms();
-    struct queue_sched_limits lim = {
-        .max_per_dest = r->cfg->smtpc.max_conns_per_dest * 4,
-        .max_items = RELAY_SCHED_MAX_ITEMS,
-        .self_node = r->cfg->node_id,
-        .self_boot_id = r->boot_id,
-    };
-    struct queue_route route = {.data = r, .dest = relay_route_dest};
-    struct queue_work *work = NULL;
-    uint64_t started = uv_hrtime();
-    int n = queue_sched_pick(r->queue, now, &lim, &route, &work);
-    uint64_t took_ms = (uv_hrtime() - started) / 1000000;
-    r->sched_rest_until = uv_now(r->loop) + RELAY_SCHED_DUTY * took_ms;
-    if (n <= 0) {
-        queue_work_free(work, 0);
-        if (n < 0)
-            log_warn("scheduler error=\"%s\"", hamr_strerror(n));
-        return;
-    }
-
-    /* Split: final outcomes now, deliveries under one lease. */
-    size_t n_deliver = 0;
-    for (int i = 0; i < n; i++) {
-        if (work[i].kind == QUEUE_WORK_DELIVER)
-            n_deliver++;
-        else
-            relay_sched_final(r, &work[i], now);
-    }
-    if (n_deliver == 0) {
-        queue_work_free(work, (size_t)n);
-        return;
-    }
-
     struct relay_lease_req *lr = calloc(1, sizeof(*lr));
     struct queue_entry_lease_item *items = calloc(n_deliver, sizeof(*items));
     struct queue_work *dw = calloc(n_deliver, sizeof(*dw));
@@ -480,7 +466,7 @@ void relay_sched_tick(uv_timer_t *t)
         dw[k] = work[i]; /* move: the rcpt array now belongs to dw */
         work[i].rcpt_indexes = NULL;
         work[i].n_rcpts = 0;
-        ids[k] = ++r->lease_counter;
+        ids[k] = ++r->sched.lease_counter;
         items[k].queue_id = dw[k].queue_id;
         items[k].rcpt_indexes = dw[k].rcpt_indexes;
         items[k].n_rcpts = dw[k].n_rcpts;
@@ -515,5 +501,50 @@ void relay_sched_tick(uv_timer_t *t)
         free(lr);
         return;
     }
-    r->sched_in_flight++;
+    r->sched.in_flight++;
+}
+
+/* relay_sched_tick - leader: lease due work, expire what is too old. */
+void relay_sched_tick(uv_timer_t *t)
+{
+    struct relay *r = t->data;
+    if (t == &r->sched.timer)
+        proposer_expire(r->prop);
+    if (r->stopping || r->sched.in_flight > 0 || !consensus_is_ready(r->cons))
+        return;
+
+    uint64_t now = clock_wall_ms();
+    struct queue_sched_limits lim = {
+        .max_per_dest = r->cfg->smtpc.max_conns_per_dest * 4,
+        .max_items = RELAY_SCHED_MAX_ITEMS,
+        .self_node = r->cfg->node_id,
+        .self_boot_id = r->boot_id,
+    };
+    struct queue_route route = {.data = r, .dest = relay_route_dest};
+    struct queue_work *work = NULL;
+    uint64_t started = uv_hrtime();
+    int n = queue_sched_pick(r->queue, now, &lim, &route, &work);
+    uint64_t took_ms = (uv_hrtime() - started) / 1000000;
+    r->sched.rest_until = uv_now(r->loop) + RELAY_SCHED_DUTY * took_ms;
+    if (n <= 0) {
+        queue_work_free(work, 0);
+        if (n < 0)
+            log_warn("scheduler error=\"%s\"", hamr_strerror(n));
+        return;
+    }
+
+    /* Split: final outcomes now, deliveries under one lease. */
+    size_t n_deliver = 0;
+    for (int i = 0; i < n; i++) {
+        if (work[i].kind == QUEUE_WORK_DELIVER)
+            n_deliver++;
+        else
+            relay_sched_final(r, &work[i], now);
+    }
+    if (n_deliver == 0) {
+        queue_work_free(work, (size_t)n);
+        return;
+    }
+
+    relay_sched_lease(r, work, n, n_deliver, now);
 }
