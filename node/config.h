@@ -4,6 +4,9 @@
  * Every key, its default and its meaning are listed in README.md. Errors
  * name the line: "FILE:LINE: reason". Durations take a unit suffix (ms, s,
  * m, h, d; bare numbers are seconds); sizes take K, M or G (bare: bytes).
+ *
+ * Owns: struct hamr_config and its parsing. May call: libinih, net/'s
+ * parsers of what it checks (addresses, TLS policies), util.
  */
 #ifndef HAMR_NODE_CONFIG_H
 #define HAMR_NODE_CONFIG_H

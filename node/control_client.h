@@ -1,6 +1,9 @@
 /*
  * control_client.h - blocking client of the control channel (hamrctl), and a
  * JSON printer for protobuf-c messages.
+ *
+ * Owns: one blocking connection per request. May call: libc sockets, proto/
+ * framing, util; used by hamrctl only (never by hamrd).
  */
 #ifndef HAMR_NODE_CONTROL_CLIENT_H
 #define HAMR_NODE_CONTROL_CLIENT_H

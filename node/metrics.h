@@ -10,6 +10,8 @@
  * fails HAMR_ASSERT.
  *
  * The registry is not thread-safe: it belongs to the node's one loop thread.
+ *
+ * Owns: the registry and its rendering. May call: util only.
  */
 #ifndef HAMR_NODE_METRICS_H
 #define HAMR_NODE_METRICS_H

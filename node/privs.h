@@ -2,6 +2,8 @@
  * privs.h - the daemon's privileges: run in the data directory, drop root
  * to [node] user before anything is opened, keep only the right to bind
  * ports below 1024 until the listeners are up, then no capability at all.
+ *
+ * Owns: the process's identity switch. May call: libc, the config (read).
  */
 #ifndef HAMR_NODE_PRIVS_H
 #define HAMR_NODE_PRIVS_H

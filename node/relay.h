@@ -3,6 +3,13 @@
  * entries through consensus, every node applies them to the queue state
  * machine, and the leader schedules leases and delivers through the SMTP
  * client pool, proposing an Outcome for every attempt.
+ *
+ * Owns (relay.c): every part of the node (raft, the queue, the proposer, the
+ * directory, the disk guard, the listeners, the delivery pool, the timers),
+ * their start in order and their close, each part counted as it closes.
+ * May call: every module of node/ and every lower layer. Nothing calls into
+ * relay.c but hamrd; the other relay_*.c files are called by it (through the
+ * callbacks it registers) and share struct relay (relay_internal.h).
  */
 #ifndef HAMR_NODE_RELAY_H
 #define HAMR_NODE_RELAY_H

@@ -10,6 +10,9 @@
  * no leader, refusals and unknown outcomes is in node/proposer.c; the session
  * is told HAMR_ENOQUORUM or HAMR_ETIMEDOUT (451) when the entry cannot have
  * committed, and HAMR_EINDOUBT (hang up, no reply) when it may still have.
+ *
+ * Owns: struct relay_accept_state. May call: the proposer, the disk guard,
+ * queue_entry (packing), metrics; never relay.c.
  */
 #include <inttypes.h>
 #include <stdio.h>

@@ -7,6 +7,10 @@
  * leader). Transfer and membership changes run on the leader: a follower
  * answers HAMR_ENOTLEADER with the leader's control address, and hamrctl asks
  * the leader.
+ *
+ * Owns: nothing beyond one call. May call: the queue (read), raft's view and
+ * transfer and membership (consensus_*), the directory, the proposer,
+ * queue_entry, the control channel's reply; never relay.c.
  */
 #include <errno.h>
 #include <inttypes.h>

@@ -3,6 +3,9 @@
  * for /health/ready and the state-derived gauges for /metrics. Counters that
  * follow events (accepted, deliveries, retries, leader changes) are counted
  * where the events happen.
+ *
+ * Owns: nothing. May call: reads of the queue, raft's view, the disk guard,
+ * the proposer's counters, metrics; never relay.c.
  */
 #include <stdint.h>
 #include <string.h>

@@ -1,4 +1,8 @@
-/* relay_internal.h - what the files of the relay (node/relay*.c) share. Private to node/. */
+/*
+ * relay_internal.h - what the files of the relay (node/relay*.c) share:
+ * struct relay, grouped by concern, and the callbacks relay.c registers.
+ * Private to node/; included by relay*.c and by unit tests of them.
+ */
 #ifndef HAMR_NODE_RELAY_INTERNAL_H
 #define HAMR_NODE_RELAY_INTERNAL_H
 

@@ -16,6 +16,10 @@
  * under and what TLS it got (or why none), so that hamrctl show can tell an
  * operator (SECURITY.md S17). Those fields are format 2: they are written
  * only once the cluster level allows them (QUEUE_LEVEL_TLS).
+ *
+ * Owns: struct relay_sched_state (its timers, the deliveries in flight).
+ * May call: the queue (read, pick), queue_entry (packing), the proposer, the
+ * SMTP client pool, config routing, metrics; never relay.c.
  */
 #include <errno.h>
 #include <inttypes.h>
