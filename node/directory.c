@@ -125,8 +125,8 @@ static void directory_raise_level(struct directory *d)
     size_t len;
     if (queue_entry_cluster_level(possible, clock_wall_ms(), consensus_malloc, &buf, &len) != 0)
         return;
-    if (proposer_send_packed(d->prop, buf, len, d->self.proposal_timeout_ms, directory_level_done,
-                             d) == 0)
+    if (proposer_append_packed(d->prop, buf, len, d->self.proposal_timeout_ms, directory_level_done,
+                               d) == 0)
         d->level_in_flight = true;
 }
 

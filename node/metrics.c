@@ -33,6 +33,7 @@
 #include "util/err.h"
 
 #include "node/metrics.h"
+#include "node/peer_policy.h"
 
 /* metrics_series - one time series; which fields count depends on the type. */
 struct metrics_series {
@@ -444,6 +445,11 @@ static const char *const metrics_hamr_reject_labels[] = {
     "421", "450", "451", "452", "454", "455", "500", "501", "502",   "503", "504",
     "530", "535", "550", "551", "552", "553", "554", "555", "other", NULL};
 static const char *const metrics_hamr_states[] = {"pending", "deferred", "active", "held", NULL};
+/* The reasons of node/peer_policy.h, in its order (after "ok"). */
+static const char *const metrics_hamr_refusals[] = {"ok",   "kind",  "identity", "envelope",
+                                                    "size", "lease", NULL};
+_Static_assert(PEER_POLICY_REASONS == 6 && PEER_POLICY_LEASE == 5,
+               "metrics_hamr_refusals follows enum peer_policy_reason");
 static const char *const metrics_hamr_outcomes[] = {"delivered", "deferred", "bounced", "expired",
                                                     NULL};
 /* Commit latency, 1 ms to 10 s: a LAN commit is a few ms, a slow disk or a
@@ -506,6 +512,12 @@ const struct metrics_def metrics_hamr_defs[] = {
     [METRICS_RESOLVED] = METRICS_PLAIN("hamr_unknown_outcomes_resolved_total",
                                        "Unknown proposal outcomes resolved by queue id.",
                                        METRICS_COUNTER),
+    [METRICS_PEER_REFUSED] = METRICS_LABELLED("hamr_peer_refused_total",
+                                              "Entries another node forwarded and this leader "
+                                              "refused (node/peer_policy.h), by reason.",
+                                              METRICS_COUNTER,
+                                              "reason",
+                                              metrics_hamr_refusals),
     [METRICS_RAFT_TERM] = METRICS_PLAIN("hamr_raft_term", "Current raft term.", METRICS_GAUGE),
     [METRICS_RAFT_COMMIT_INDEX] =
         METRICS_PLAIN("hamr_raft_commit_index", "Raft commit index.", METRICS_GAUGE),

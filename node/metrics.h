@@ -131,6 +131,7 @@ enum metrics_hamr_id {
     METRICS_DUPLICATE_WINDOWS,   /* counter */
     METRICS_FORWARDED,           /* counter */
     METRICS_RESOLVED,            /* counter */
+    METRICS_PEER_REFUSED,        /* counter{reason}: enum peer_policy_reason (not "ok") */
     METRICS_RAFT_TERM,           /* gauge */
     METRICS_RAFT_COMMIT_INDEX,   /* gauge */
     METRICS_RAFT_APPLIED_INDEX,  /* gauge */

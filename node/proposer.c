@@ -315,6 +315,25 @@ int proposer_send(struct proposer *p,
     return rv;
 }
 
+int proposer_append_packed(struct proposer *p,
+                           uint8_t *buf,
+                           size_t len,
+                           uint64_t timeout_ms,
+                           proposer_cb cb,
+                           void *arg)
+{
+    int rv;
+    if (p->stopping)
+        rv = HAMR_ESHUTDOWN;
+    else if (!p->ops.is_leader(p->ops.data))
+        rv = HAMR_ENOTLEADER;
+    else
+        rv = proposer_append_start(p, buf, len, timeout_ms, cb, arg);
+    if (rv != 0)
+        p->ops.free(buf);
+    return rv;
+}
+
 int proposer_send_packed(struct proposer *p,
                          uint8_t *buf,
                          size_t len,
@@ -742,9 +761,7 @@ static void proposer_serve_propose(struct proposer *p,
      * to apply (that stops them all). */
     int rv = p->ops.check(p->ops.data, pp->entry.data, pp->entry.len, from_node);
     if (rv != 0) {
-        log_warn("peer proposal refused node=%" PRIu64 " error=\"%s\"", from_node,
-                 hamr_strerror(rv));
-        proposer_reply(p, call, rv, 0, false);
+        proposer_reply(p, call, rv, 0, false); /* ops->check said why, in the log */
         return;
     }
     struct proposer_served *sv = calloc(1, sizeof(*sv));

@@ -140,6 +140,19 @@ int proposer_send_packed(struct proposer *p,
                          void *arg);
 
 /*
+ * proposer_append_packed - like proposer_send_packed, but only into raft on
+ * this node: HAMR_ENOTLEADER instead of a forward. For what only a leader
+ * writes (leases, the scheduler's final outcomes, the cluster level), which
+ * the new leader would refuse anyway.
+ */
+int proposer_append_packed(struct proposer *p,
+                           uint8_t *buf,
+                           size_t len,
+                           uint64_t timeout_ms,
+                           proposer_cb cb,
+                           void *arg);
+
+/*
  * proposer_serve - the leader's side of the peer channel: a follower's
  * propose or query, from node from_node. Answered through ops->reply,
  * now or when the proposal ends.

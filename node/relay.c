@@ -54,6 +54,7 @@
 #include "node/directory.h"
 #include "node/disk_guard.h"
 #include "node/peer.h"
+#include "node/peer_policy.h"
 #include "node/proposer.h"
 #include "node/relay.h"
 #include "node/relay_internal.h"
@@ -174,15 +175,35 @@ static bool relay_prop_committed(void *data, const char *id)
     return queue_contains(r->queue, id);
 }
 
-/* relay_prop_check - a forwarded entry must decode here (else every node would refuse it). */
-static int relay_prop_check(void *data, const uint8_t *entry, size_t len, uint64_t from_node)
+/*
+ * relay_prop_check - may the node `from` have this forwarded entry committed?
+ * It must decode here (else every node would refuse it and stop) and be what
+ * that node may ask for (peer_policy.h). Refusals are logged and counted.
+ */
+static int relay_prop_check(void *data, const uint8_t *entry, size_t len, uint64_t from)
 {
-    (void)data;
-    (void)from_node;
+    struct relay *r = data;
     Hamr__Entry *e = NULL;
     int rv = proto_entry_unpack(entry, len, &e);
-    if (rv == 0)
-        hamr__entry__free_unpacked(e, NULL);
+    if (rv != 0) {
+        log_warn("peer entry refused node=%" PRIu64 " reason=undecodable error=\"%s\"", from,
+                 hamr_strerror(rv));
+        metrics_inc_label(r->metrics, METRICS_PEER_REFUSED, PEER_POLICY_KIND);
+        return rv;
+    }
+    struct peer_policy_limits lim = {
+        .self = r->cfg->node_id,
+        .message_size_limit = r->cfg->smtpd.message_size_limit,
+        .recipient_limit = r->cfg->smtpd.recipient_limit,
+    };
+    enum peer_policy_reason why = peer_policy_check(e, from, r->queue, &lim);
+    if (why != PEER_POLICY_OK) {
+        log_warn("peer entry refused node=%" PRIu64 " kind=%d reason=%s", from, (int)e->cmd_case,
+                 peer_policy_reason_name(why));
+        metrics_inc_label(r->metrics, METRICS_PEER_REFUSED, why);
+        rv = HAMR_EPERM;
+    }
+    hamr__entry__free_unpacked(e, NULL);
     return rv;
 }
 
@@ -634,8 +655,8 @@ static void relay_close_raft(void *arg)
  */
 static void relay_close_all(struct relay *r)
 {
-    r->stopping = true; /* what still runs while closing looks at this */
-    r->stop.closing = 1;     /* held until every close below has been started */
+    r->stopping = true;  /* what still runs while closing looks at this */
+    r->stop.closing = 1; /* held until every close below has been started */
     if (r->prop != NULL)
         proposer_stop(r->prop); /* submits waiting for a leader give up (421) */
     relay_close_timer(r, &r->sched.kick_timer);
@@ -688,8 +709,8 @@ static void relay_stop_wait_tick(uv_timer_t *t)
 {
     struct relay *r = t->data;
     uint64_t waited = uv_now(r->loop) - r->stop.started;
-    bool idle =
-        r->sched.n_deliveries == 0 && !proposer_busy(r->prop) && smtpd_server_sessions(r->smtpd) == 0;
+    bool idle = r->sched.n_deliveries == 0 && !proposer_busy(r->prop) &&
+                smtpd_server_sessions(r->smtpd) == 0;
     if (!r->stop.transferring && (idle || waited >= RELAY_STOP_GRACE_MS))
         relay_stop_now(r);
 }
@@ -724,7 +745,8 @@ void relay_stop(struct relay *r, void (*done)(void *arg), void *arg)
     r->stop.started = uv_now(r->loop);
     r->draining = true;
     smtpd_server_set_draining(r->smtpd, true);
-    log_info("stopping gently node=%" PRIu64 " deliveries=%zu", r->cfg->node_id, r->sched.n_deliveries);
+    log_info("stopping gently node=%" PRIu64 " deliveries=%zu", r->cfg->node_id,
+             r->sched.n_deliveries);
     if (consensus_is_ready(r->cons) &&
         consensus_transfer(r->cons, 0, relay_stop_transfer_done, r) == 0)
         r->stop.transferring = true;

@@ -3,10 +3,10 @@
  * queue administration (each one committed Admin entry, so it is ordered
  * against deliveries), leadership transfer, membership, drain.
  *
- * Queue administration works from any node (the entry is forwarded to the
- * leader). Transfer and membership changes run on the leader: a follower
- * answers HAMR_ENOTLEADER with the leader's control address, and hamrctl asks
- * the leader.
+ * Queue administration, transfer and membership changes run on the leader:
+ * a follower answers HAMR_ENOTLEADER with the leader's control address, and
+ * hamrctl asks the leader. (A follower never forwards an Admin entry: the
+ * leader takes none from another node, node/peer_policy.h.)
  *
  * Owns: nothing beyond one call. May call: the queue (read), raft's view and
  * transfer and membership (consensus_*), the directory, the proposer,
@@ -348,6 +348,8 @@ static void relay_ctl_admin_done(void *arg, int status, intptr_t result)
     free(a);
 }
 
+static bool relay_ctl_leader_only(struct relay *r, struct control_call *call, const char *verb);
+
 /* relay_ctl_admin - hold/release/delete/flush/bounce as one committed command. */
 static void relay_ctl_admin(struct relay *r,
                             struct control_call *call,
@@ -364,11 +366,8 @@ static void relay_ctl_admin(struct relay *r,
         control_reply_error(call, HAMR_EINVAL, "%s: queue id too long", req->verb);
         return;
     }
-    if (!proposer_leader_known(r->prop)) {
-        control_reply_error(call, HAMR_ENOQUORUM, "%s: no leader: the cluster has no quorum",
-                            req->verb);
-        return;
-    }
+    if (!relay_ctl_leader_only(r, call, req->verb))
+        return; /* a follower names the leader (no leader: no quorum) and hamrctl asks it */
     struct relay_ctl_admin *a = calloc(1, sizeof(*a));
     if (a == NULL) {
         control_reply_error(call, HAMR_ENOMEM, "out of memory");
@@ -383,8 +382,8 @@ static void relay_ctl_admin(struct relay *r,
     int rv = queue_entry_admin(op, id, r->cfg->hostname, now + r->cfg->queue_lifetime_ms, now,
                                consensus_malloc, &entry, &len);
     if (rv == 0)
-        rv = proposer_send_packed(r->prop, entry, len, r->cfg->proposal_timeout_ms,
-                                  relay_ctl_admin_done, a);
+        rv = proposer_append_packed(r->prop, entry, len, r->cfg->proposal_timeout_ms,
+                                    relay_ctl_admin_done, a);
     if (rv != 0) {
         free(a);
         control_reply_error(call, rv, "%s: %s", req->verb, hamr_strerror(rv));

@@ -407,8 +407,8 @@ static void relay_sched_final(struct relay *r, const struct queue_work *w, uint6
     free(results);
     if (rv != 0)
         return;
-    rv =
-        proposer_send_packed(r->prop, entry, len, r->cfg->proposal_timeout_ms, relay_final_done, r);
+    rv = proposer_append_packed(r->prop, entry, len, r->cfg->proposal_timeout_ms, relay_final_done,
+                                r);
     if (rv == 0) {
         r->sched.in_flight++;
         log_info("%s id=%s rcpts=%zu", expire ? "expired" : "noroute", w->queue_id, w->n_rcpts);
@@ -497,8 +497,8 @@ static void relay_sched_lease(struct relay *r,
     int rv = queue_entry_lease(&lease, now, consensus_malloc, &entry, &len);
     free(items);
     if (rv == 0)
-        rv = proposer_send_packed(r->prop, entry, len, r->cfg->proposal_timeout_ms,
-                                  relay_lease_done, lr);
+        rv = proposer_append_packed(r->prop, entry, len, r->cfg->proposal_timeout_ms,
+                                    relay_lease_done, lr);
     if (rv != 0) {
         queue_work_free(dw, n_deliver);
         free(ids);

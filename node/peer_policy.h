@@ -1,0 +1,62 @@
+/*
+ * peer_policy.h - what the leader takes from another node over the peer
+ * channel. A follower forwards only what it may ask the leader to commit:
+ *
+ *   Enqueue   a message it accepted itself (accepted_by is the caller), with
+ *             an envelope that could have come from an SMTP session: a queue
+ *             id, one to recipient_limit recipients, a body within the size
+ *             limit (plus room for our Received: header), never a DSN (DSNs
+ *             are made inside apply);
+ *   NodeInfo  its own (node_id is the caller), never the leader's;
+ *   Outcome   for a lease the caller holds (every result's recipient is
+ *             leased under outcome.lease_id to the caller): the results of a
+ *             delivery it ran while it led, sent on after it lost leadership.
+ *
+ * Never Admin, Lease, ClusterLevel, nor an Outcome without a lease (lease 0
+ * marks PENDING recipients done: only the leader's own scheduler writes
+ * those). Every refusal is logged with its reason and counted.
+ *
+ * The caller's node id is the one its connection's hello named; it is only
+ * as good as the channel's authentication.
+ *
+ * Owns: nothing. May call: the queue (read), the decoded entry; pure.
+ */
+#ifndef HAMR_NODE_PEER_POLICY_H
+#define HAMR_NODE_PEER_POLICY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto/hamr.pb-c.h"
+
+struct queue;
+
+enum peer_policy_reason {
+    PEER_POLICY_OK = 0,
+    PEER_POLICY_KIND,     /* an entry kind no peer may forward */
+    PEER_POLICY_IDENTITY, /* names another node than the caller */
+    PEER_POLICY_ENVELOPE, /* not an envelope an SMTP session makes */
+    PEER_POLICY_SIZE,     /* over the size limit */
+    PEER_POLICY_LEASE,    /* not under a lease the caller holds */
+    PEER_POLICY_REASONS
+};
+
+struct peer_policy_limits {
+    uint64_t self;               /* this node's id: nobody forwards as us */
+    uint64_t message_size_limit; /* [smtpd] message_size_limit */
+    size_t recipient_limit;      /* [smtpd] recipient_limit */
+};
+
+/* PEER_POLICY_HEADER_ROOM - what a node adds to a message's body (our Received: header). */
+#define PEER_POLICY_HEADER_ROOM (16 * 1024)
+
+/* peer_policy_check - may node `from` have e committed? PEER_POLICY_OK or why not. */
+enum peer_policy_reason peer_policy_check(const Hamr__Entry *e,
+                                          uint64_t from,
+                                          const struct queue *q,
+                                          const struct peer_policy_limits *lim);
+
+/* peer_policy_reason_name - a word for logs and the metric label. */
+const char *peer_policy_reason_name(enum peer_policy_reason r);
+
+#endif

@@ -1,0 +1,134 @@
+/*
+ * peer_forge.c - a member of the cluster gone bad: send the leader, over the
+ * real peer channel, an entry a node may not forward, and print its answer.
+ * Used by the cluster tests of what a leader takes from a peer
+ * (node/peer_policy.h).
+ *
+ *   peer_forge ADDR AS_NODE admin-delete QUEUE_ID
+ *   peer_forge ADDR AS_NODE nodeinfo NODE PEER_ADDR     (NODE's directory entry)
+ *   peer_forge ADDR AS_NODE outcome-delivered QUEUE_ID  (lease 0: "delivered")
+ *   peer_forge ADDR AS_NODE lease QUEUE_ID
+ *   peer_forge ADDR AS_NODE cluster-level LEVEL
+ *   peer_forge ADDR AS_NODE enqueue-as NODE             (accepted_by NODE)
+ *
+ * Prints "status=N name" (the leader's answer; 0 = committed) and exits 0
+ * when an answer came, 1 when none did, 2 on bad usage.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <uv.h>
+
+#include "util/err.h"
+#include "proto/hamr.pb-c.h"
+#include "queue/queue_entry.h"
+#include "node/peer.h"
+
+struct forge {
+    struct peer_client *cli;
+    int status;
+    bool answered;
+};
+
+static void forge_closed(void *arg)
+{
+    (void)arg;
+}
+
+static void forge_done(void *arg, int status, const Hamr__PeerResult *res)
+{
+    struct forge *f = arg;
+    f->answered = status == 0;
+    f->status = status == 0 ? res->status : status;
+    peer_client_close(f->cli, forge_closed, NULL);
+}
+
+/* forge_entry - the entry kind argv names; 0 or HAMR_EINVAL. */
+static int forge_entry(int argc, char **argv, uint8_t **buf, size_t *len)
+{
+    const char *kind = argv[3];
+    const char *a = argc > 4 ? argv[4] : "";
+    uint64_t now = 1;
+    if (strcmp(kind, "admin-delete") == 0 && argc == 5)
+        return queue_entry_admin(QUEUE_ENTRY_ADMIN_DELETE, a, "forge", 0, now, NULL, buf, len);
+    if (strcmp(kind, "nodeinfo") == 0 && argc == 6) {
+        struct queue_entry_node_info_args ni = {.node_id = strtoull(a, NULL, 10),
+                                                .peer_address = argv[5],
+                                                .control_address = argv[5],
+                                                .version = "forge",
+                                                .format_version_max = 1};
+        return queue_entry_node_info(&ni, now, NULL, buf, len);
+    }
+    if (strcmp(kind, "outcome-delivered") == 0 && argc == 5) {
+        struct queue_entry_result r = {.rcpt_index = 0,
+                                       .status = QUEUE_ENTRY_DELIVERED,
+                                       .smtp_code = 250,
+                                       .diagnostic = "forged"};
+        struct queue_entry_outcome_args oc = {
+            .queue_id = a, .lease_id = 0, .results = &r, .n_results = 1, .reporter = "forge"};
+        return queue_entry_outcome(&oc, now, NULL, buf, len);
+    }
+    if (strcmp(kind, "lease") == 0 && argc == 5) {
+        uint32_t idx = 0;
+        struct queue_entry_lease_item it = {.queue_id = a,
+                                            .rcpt_indexes = &idx,
+                                            .n_rcpts = 1,
+                                            .lease_id = 424242,
+                                            .destination = "forge"};
+        struct queue_entry_lease_args l = {.node_id = strtoull(argv[2], NULL, 10),
+                                           .term = 1,
+                                           .expires_at_ms = UINT64_MAX / 2,
+                                           .boot_id = "forge",
+                                           .items = &it,
+                                           .n_items = 1};
+        return queue_entry_lease(&l, now, NULL, buf, len);
+    }
+    if (strcmp(kind, "cluster-level") == 0 && argc == 5)
+        return queue_entry_cluster_level((uint32_t)strtoul(a, NULL, 10), now, NULL, buf, len);
+    if (strcmp(kind, "enqueue-as") == 0 && argc == 5) {
+        const char *rc[] = {"victim@example.com"};
+        struct queue_entry_enqueue_args m = {.queue_id = "FORGED0000000000001",
+                                             .sender = "forge@example.org",
+                                             .rcpts = rc,
+                                             .n_rcpts = 1,
+                                             .body = (const uint8_t *)"forged\r\n",
+                                             .body_len = 8,
+                                             .expires_at_ms = UINT64_MAX / 2,
+                                             .accepted_by = strtoull(a, NULL, 10)};
+        return queue_entry_enqueue(&m, now, NULL, buf, len);
+    }
+    return HAMR_EINVAL;
+}
+
+int main(int argc, char **argv)
+{
+    uint8_t *entry = NULL;
+    size_t len = 0;
+    if (argc < 4 || forge_entry(argc, argv, &entry, &len) != 0) {
+        fprintf(stderr, "usage: peer_forge ADDR AS_NODE KIND ARGS... (see the source)\n");
+        return 2;
+    }
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct forge f = {.status = HAMR_ETIMEDOUT};
+    f.cli = peer_client_new(&loop, strtoull(argv[2], NULL, 10), "forge");
+    Hamr__PeerPropose pp = HAMR__PEER_PROPOSE__INIT;
+    pp.entry.data = entry;
+    pp.entry.len = len;
+    Hamr__PeerMsg msg = HAMR__PEER_MSG__INIT;
+    msg.body_case = HAMR__PEER_MSG__BODY_PROPOSE;
+    msg.propose = &pp;
+    int rv =
+        f.cli == NULL ? HAMR_ENOMEM : peer_client_call(f.cli, argv[1], &msg, 10000, forge_done, &f);
+    free(entry);
+    if (rv != 0) {
+        fprintf(stderr, "peer_forge: %s\n", hamr_strerror(rv));
+        return 1;
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    printf("status=%d %s\n", f.status, f.status ? hamr_strerror(f.status) : "committed");
+    return f.answered ? 0 : 1;
+}
