@@ -111,9 +111,9 @@ static void fuzz_auth_check_line(void *owner, const char *l, size_t n)
 /* fuzz_auth_rate - every third AUTH over the rate when asked. */
 static int fuzz_auth_rate(void *data)
 {
-    struct fuzz_session_io *io = data;
+    struct testlib_session_io *io = data;
     struct fuzz_auth_state *r = io->owner;
-    FUZZ_CHECK(!io->released && io->tls);
+    FUZZ_CHECK(!io->released && io->starttls == 1);
     r->rate_calls++;
     return r->rate_refuse && r->rate_calls % 3 == 0 ? HAMR_EBUSY : 0;
 }
@@ -243,7 +243,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t b0 = fuzz_u8(&in);
     bool no_ehlo = (b0 & 4) != 0;
     struct fuzz_auth_state state = {.rate_refuse = (b0 & 8) != 0};
-    struct fuzz_session_io io = {.on_line = fuzz_auth_check_line, .owner = &state};
+    struct testlib_session_io io;
     struct fuzz_auth_sink k = {.state = &state};
     char *domains[1] = {"hamr.test"};
     struct smtpd_policy policy = {
@@ -261,8 +261,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     };
     unsigned limit = policy.auth_max_failures ? policy.auth_max_failures : 3;
     hamr_strlcpy(policy.hostname, FUZZ_AUTH_HOST, sizeof(policy.hostname));
-    struct smtpd_session_io ops = fuzz_session_io_ops(&io);
-    ops.starttls = fuzz_session_io_starttls;
+    FUZZ_CHECK(testlib_session_io_init(&io, false) == 0);
+    io.on_line = fuzz_auth_check_line;
+    io.owner = &state;
+    struct smtpd_session_io ops = testlib_session_io_ops(&io);
+    ops.starttls = testlib_session_io_starttls;
     ops.auth_rate = fuzz_auth_rate;
     const struct smtpd_sink sink = {
         .data = &k,
@@ -277,7 +280,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_auth_send(s, "EHLO client.example\r\n");
     FUZZ_CHECK(!state.offered);
     fuzz_auth_send(s, "STARTTLS\r\n");
-    FUZZ_CHECK(io.tls && smtpd_session_tls(s));
+    FUZZ_CHECK(io.starttls == 1 && smtpd_session_tls(s));
     if (!no_ehlo) {
         fuzz_auth_send(s, "EHLO client.example\r\n");
         FUZZ_CHECK(state.offered && smtpd_session_state(s) == SMTPD_STATE_READY);
@@ -285,7 +288,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     struct fuzz_session_io_feed feed = {
         .p = in.p, .left = in.n, .cut = b0 & 3, .ending = (b0 >> 6) & 3, .lcg = b0};
-    while (feed.left > 0 && !io.closed) {
+    while (feed.left > 0 && io.closes == 0) {
         fuzz_session_io_feed_read(&feed, s);
         if (k.cb != NULL)
             fuzz_auth_step(&k);
@@ -295,7 +298,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(state.r235 <= 1);
         FUZZ_CHECK(state.r535 <= limit);
         FUZZ_CHECK(state.r421_auth == 0 ||
-                   (state.r421_auth == 1 && state.r535 == limit && io.closed));
+                   (state.r421_auth == 1 && state.r535 == limit && io.closes == 1));
     }
     fuzz_session_io_feed_end(&feed, s);
     if (k.cb != NULL)
@@ -307,5 +310,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     io.released = true;
     s = smtpd_session_free(s);
     FUZZ_CHECK(k.cb == NULL);
+    testlib_session_io_free(&io);
     return 0;
 }

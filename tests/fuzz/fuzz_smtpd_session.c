@@ -205,7 +205,7 @@ static int fuzz_session_submit(void *data,
 }
 
 /* fuzz_session_step - call back the held submit; the envelope must be unchanged. */
-static void fuzz_session_step(struct fuzz_session_sink *k, const struct fuzz_session_io *io)
+static void fuzz_session_step(struct fuzz_session_sink *k, const struct testlib_session_io *io)
 {
     FUZZ_CHECK(k->cb != NULL);
     FUZZ_CHECK(fuzz_session_env_hash(k->env) == k->env_hash);
@@ -214,7 +214,7 @@ static void fuzz_session_step(struct fuzz_session_sink *k, const struct fuzz_ses
     k->cb = NULL;
     k->env = NULL;
     int status = k->mode == 1 ? HAMR_ELEADERSHIPLOST : 0;
-    if (status == 0 && !io->closed && !io->released)
+    if (status == 0 && io->closes == 0 && !io->released)
         k->answered_ok++;
     cb(arg, status);
 }
@@ -268,14 +268,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     unsigned ci = b0 & 3;
     struct fuzz_session_policy fp;
     struct fuzz_session_replies replies = {0};
-    struct fuzz_session_io io = {
-        .backlog = (b0 & 0x80) != 0, .on_line = fuzz_session_count_line, .owner = &replies};
+    bool backlog = (b0 & 0x80) != 0;
+    struct testlib_session_io io;
     struct fuzz_session_sink k = {.mode = (b0 >> 4) & 3, .nospace = (b0 & 0x40) != 0, .fp = &fp};
     bool early_talker = (b1 & 0x10) != 0;
 
     fuzz_session_policy_init(&fp, (b0 >> 2) & 3, ci);
-    struct smtpd_session_io ops = fuzz_session_io_ops(&io);
-    ops.write_queued = fuzz_session_io_write_queued;
+    FUZZ_CHECK(testlib_session_io_init(&io, false) == 0);
+    io.on_line = fuzz_session_count_line;
+    io.owner = &replies;
+    /* A backlog over the high-water mark when asked. */
+    io.queued = backlog ? SMTPD_SESSION_OUT_HIGH + 1 : 0;
+    struct smtpd_session_io ops = testlib_session_io_ops(&io);
+    ops.write_queued = testlib_session_io_write_queued;
     const struct smtpd_sink sink = {
         .data = &k,
         .new_id = fuzz_session_new_id,
@@ -290,7 +295,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .p = in.p, .left = in.n, .cut = b1 & 3, .ending = (b1 >> 2) & 3, .lcg = b1};
     if (!early_talker)
         smtpd_session_greet(s);
-    for (size_t reads = 0; feed.left > 0 && !io.closed; reads++) {
+    for (size_t reads = 0; feed.left > 0 && io.closes == 0; reads++) {
         fuzz_session_io_feed_read(&feed, s);
         if (early_talker && reads == 0)
             smtpd_session_greet(s); /* too late: the session has hung up */
@@ -298,10 +303,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (k.cb != NULL && k.mode != 3)
             fuzz_session_step(&k, &io);
         /* The transport drains its backlog between reads. */
-        if (io.backlog) {
-            io.backlog = false;
+        if (backlog) {
+            io.queued = 0;
             smtpd_session_write_done(s);
-            io.backlog = (b0 & 0x80) != 0;
+            io.queued = SMTPD_SESSION_OUT_HIGH + 1;
         }
         enum smtpd_state st = smtpd_session_state(s);
         FUZZ_CHECK(st >= SMTPD_STATE_CONNECTED && st < SMTPD_STATE_COUNT);
@@ -321,5 +326,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fuzz_session_step(&k, &io);
     /* 250 queued as: exactly once per successful callback the client could hear. */
     FUZZ_CHECK(replies.queued_250 == k.answered_ok);
+    testlib_session_io_free(&io);
     return 0;
 }

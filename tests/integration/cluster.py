@@ -29,6 +29,12 @@ What it does:
             peers (both ways, or one way only: drop_oneway). Leftover
             namespaces of a crashed earlier run are removed first; this
             run's are removed at teardown and at exit.
+  ClusterTestCase  the shape of a cluster test class: one cluster per class
+            (make_cluster, started by setUpEnv, closed by tearDownClass),
+            the test's load generators (self.load, self.loads) stopped after
+            each test, and revive_all to begin a test with every node
+            running and taking mail. BalancerTestCase puts HAProxy in front
+            of it; NetLabTestCase runs it inside a NetLab.
 
 What it owns: the Env's processes (through harness.Env), the load threads
 (stopped and joined by LoadGen.stop), the status monitor thread (stopped by
@@ -1084,11 +1090,80 @@ def pause(seconds):
     threading.Event().wait(max(0.0, seconds))
 
 
-class NetLabTestCase(harness.HamrTestCase):
+class ClusterTestCase(harness.HamrTestCase):
+    """ClusterTestCase - one cluster per class; each test's load generators stopped after it.
+
+    setUpEnv starts the cluster make_cluster returns (by default three
+    voters); tearDownClass closes it. A test keeps the LoadGen it starts in
+    self.load, or several in self.loads: tearDown stops those still running
+    before the logs of a failed test are printed. revive_all restarts the
+    nodes an earlier test killed and waits until every one takes mail.
+    """
+
+    cluster = None
+
+    @classmethod
+    def make_cluster(cls):
+        """make_cluster - the class's cluster, configured but not started."""
+        return Cluster(cls.env, 3)
+
+    @classmethod
+    def setUpEnv(cls):
+        cls.cluster = cls.make_cluster()
+        cls.cluster.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        if getattr(cls, "cluster", None):
+            cls.cluster.close()
+        super().tearDownClass()
+
+    def setUp(self):
+        super().setUp()
+        self.load = None
+        self.loads = []
+
+    def revive_all(self, timeout=60):
+        """revive_all - restart every node that is not running; wait until all are ready."""
+        for node in self.cluster.nodes:
+            if node.proc is None or not node.proc.alive():
+                self.cluster.restart(node)
+        self.cluster.wait_ready(timeout)
+
+    def stop_loads(self):
+        """stop_loads - stop self.load and every load in self.loads that still runs."""
+        for load in [getattr(self, "load", None)] + list(getattr(self, "loads", [])):
+            if load is not None and load.running():
+                load.stop()
+
+    def tearDown(self):
+        self.stop_loads()
+        super().tearDown()
+
+
+class BalancerTestCase(ClusterTestCase):
+    """BalancerTestCase - a ProxiedCluster behind HAProxy (cls.lb); skips without haproxy."""
+
+    lb = None
+
+    @classmethod
+    def make_cluster(cls):
+        if not Balancer.available():
+            raise unittest.SkipTest("haproxy is not installed (apt-get install haproxy)")
+        return ProxiedCluster(cls.env, 3)
+
+    @classmethod
+    def setUpEnv(cls):
+        super().setUpEnv()
+        cls.lb = Balancer(cls.env, cls.cluster).start()
+
+
+class NetLabTestCase(ClusterTestCase):
     """NetLabTestCase - one 3-node cluster in network namespaces per class (NetLab).
 
     Skips with the reason when namespaces or nft cannot be used; every test
-    starts healed with a ready cluster; the namespaces are removed at the end.
+    starts healed with a ready cluster and ends healed before its loads
+    stop; the namespaces are removed at the end.
     """
 
     lab = None
@@ -1110,22 +1185,24 @@ class NetLabTestCase(harness.HamrTestCase):
             raise
 
     @classmethod
-    def setUpEnv(cls):
-        cls.cluster = Cluster(cls.env, 3, lab=cls.lab)
-        cls.cluster.start()
+    def make_cluster(cls):
+        return Cluster(cls.env, 3, lab=cls.lab)
 
     @classmethod
     def tearDownClass(cls):
         try:
             if cls.lab:
                 cls.lab.heal()
-            if getattr(cls, "cluster", None):
-                cls.cluster.close()
             super().tearDownClass()
         finally:
             if cls.lab:
                 cls.lab.teardown()
 
     def setUp(self):
+        super().setUp()
         self.lab.heal()
         self.cluster.wait_ready(60)
+
+    def tearDown(self):
+        self.lab.heal()
+        super().tearDown()

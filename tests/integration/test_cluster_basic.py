@@ -23,18 +23,7 @@ import harness  # noqa: E402
 from harness import field, make_message, new_test_id, send_message, sha256_hex  # noqa: E402
 
 
-class ClusterBasicTest(harness.HamrTestCase):
-    @classmethod
-    def setUpEnv(cls):
-        cls.cluster = cluster.Cluster(cls.env, 3)
-        cls.cluster.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        if getattr(cls, "cluster", None):
-            cls.cluster.close()
-        super().tearDownClass()
-
+class ClusterBasicTest(cluster.ClusterTestCase):
     def send_each(self, nodes, tag):
         """send_each - one message through each node (no retry: a 4xx fails the test)."""
         sent = {}

@@ -145,7 +145,7 @@ class SmallDisks:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class ClusterDiskTest(harness.HamrTestCase):
+class ClusterDiskTest(cluster.ClusterTestCase):
     disks = None
 
     @classmethod
@@ -163,35 +163,31 @@ class ClusterDiskTest(harness.HamrTestCase):
             raise
 
     @classmethod
-    def setUpEnv(cls):
-        cls.cluster = cluster.Cluster(cls.env, 3)
-        cls.disks = SmallDisks([n.name for n in cls.cluster.nodes])
-        for node in cls.cluster.nodes:
+    def make_cluster(cls):
+        """make_cluster - each node's data_dir on its own small disk."""
+        c = cluster.Cluster(cls.env, 3)
+        cls.disks = SmallDisks([n.name for n in c.nodes])
+        for node in c.nodes:
             node.data_dir = os.path.join(cls.disks.mounts[node.name], "data")
             node.write_config()
-        cls.cluster.start()
+        return c
 
     @classmethod
     def tearDownClass(cls):
         try:
-            if getattr(cls, "cluster", None):
-                cls.cluster.close()
             super().tearDownClass()
         finally:
             if cls.disks:
                 cls.disks.remove()
 
     def setUp(self):
+        super().setUp()
         for node in self.cluster.nodes:
             self.disks.unfill(node.name)
-            if node.proc is None or not node.proc.alive():
-                self.cluster.restart(node)
-        self.cluster.wait_ready(60)
-        self.load = None
+        self.revive_all()
 
     def tearDown(self):
-        if self.load is not None and self.load.running():
-            self.load.stop()
+        self.stop_loads()
         for node in self.cluster.nodes:
             self.disks.unfill(node.name)
         super().tearDown()

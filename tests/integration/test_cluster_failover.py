@@ -57,30 +57,11 @@ STEP_DOWN_BOUND = 5.0  # SIGCONT -> the old leader reports a follower of the new
 
 
 
-class ClusterFailoverTest(harness.HamrTestCase):
-    @classmethod
-    def setUpEnv(cls):
-        cls.cluster = cluster.Cluster(cls.env, 3)
-        cls.cluster.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        if getattr(cls, "cluster", None):
-            cls.cluster.close()
-        super().tearDownClass()
-
+class ClusterFailoverTest(cluster.ClusterTestCase):
     def setUp(self):
         """setUp - every node running, one agreed leader, mail accepted."""
-        for node in self.cluster.nodes:
-            if node.proc is None or not node.proc.alive():
-                self.cluster.restart(node)
-        self.cluster.wait_ready(60)
-        self.load = None
-
-    def tearDown(self):
-        if self.load is not None and self.load.running():
-            self.load.stop()
-        super().tearDown()
+        super().setUp()
+        self.revive_all()
 
     def start_load(self, name, seconds=90):
         # Paced so that the count cannot run out before the time does, however

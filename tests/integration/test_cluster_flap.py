@@ -46,16 +46,6 @@ RESUME_BOUND = 15.0  # heal -> first 250 of a transaction begun after it
 
 
 class ClusterFlapTest(cluster.NetLabTestCase):
-    def setUp(self):
-        super().setUp()
-        self.load = None
-
-    def tearDown(self):
-        self.lab.heal()
-        if self.load is not None and self.load.running():
-            self.load.stop()
-        super().tearDown()
-
     def start_load(self, name, seconds=90):
         self.load = cluster.LoadGen(self.cluster, name, threads=6, max_messages=20000,
                                     max_seconds=seconds, targets=self.cluster.live_nodes,

@@ -43,17 +43,6 @@ NO_QUORUM_WINDOW = 5.0
 
 
 class ClusterPartitionTest(cluster.NetLabTestCase):
-    def setUp(self):
-        super().setUp()
-        self.loads = []
-
-    def tearDown(self):
-        self.lab.heal()
-        for load in self.loads:
-            if load.running():
-                load.stop()
-        super().tearDown()
-
     def new_load(self, name, targets, threads, pace=0.05):
         load = cluster.LoadGen(self.cluster, name, threads=threads, max_messages=5000,
                                max_seconds=120, targets=targets, pace=pace, smtp_timeout=45)

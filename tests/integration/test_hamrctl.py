@@ -75,33 +75,33 @@ class Ctl:
         return json.loads(self.out)
 
 
-class HamrctlTest(harness.HamrTestCase):
+class HamrctlTest(cluster.ClusterTestCase):
     @classmethod
-    def setUpEnv(cls):
+    def make_cluster(cls):
+        """make_cluster - retries an hour apart, and each node its own HTTP port."""
         overrides = {"delivery": {"retry_min": "1h", "retry_max": "1h"}}
-        cls.cluster = cluster.Cluster(cls.env, 3, overrides=overrides)
-        if not cls.cluster.forwarding:
+        c = cluster.Cluster(cls.env, 3, overrides=overrides)
+        if not c.forwarding:
             raise unittest.SkipTest("this hamrd has no follower forwarding ([listen] peer)")
         cls.http = harness.config_key_supported("listen", "http",
                                                 "127.0.0.1:%d" % harness.free_port())
-        for node in cls.cluster.nodes:
+        for node in c.nodes:
             # Each node its own overrides (the Cluster shares one dict) with its own HTTP port.
             node.overrides = copy.deepcopy(node.overrides)
             if cls.http:
                 node.http_port = harness.free_port()
                 node.overrides.setdefault("listen", {})["http"] = "127.0.0.1:%d" % node.http_port
             node.write_config()
-        cls.cluster.start()
+        return c
+
+    @classmethod
+    def setUpEnv(cls):
+        super().setUpEnv()
         # The readiness probes are delivered and gone before any case looks at the queue.
         cls.cluster.wait_converged(60)
 
-    @classmethod
-    def tearDownClass(cls):
-        if getattr(cls, "cluster", None):
-            cls.cluster.close()
-        super().tearDownClass()
-
     def setUp(self):
+        super().setUp()
         self.sink_up()
         self.cluster.wait_leader(30)
         self.cleanup_ids = []

@@ -24,7 +24,6 @@ Skips when /usr/sbin/haproxy is missing (apt-get install haproxy).
 import os
 import sys
 import time
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster  # noqa: E402
@@ -37,35 +36,13 @@ HEALTH_503_BOUND = 15.0  # two election timeouts without a leader, plus slack
 CLIENT_ADDR = "127.0.0.3"
 
 
-class HaproxyTest(harness.HamrTestCase):
-    @classmethod
-    def setUpEnv(cls):
-        if not cluster.Balancer.available():
-            raise unittest.SkipTest("haproxy is not installed (apt-get install haproxy)")
-        cls.cluster = cluster.ProxiedCluster(cls.env, 3)
-        cls.cluster.start()
-        cls.lb = cluster.Balancer(cls.env, cls.cluster).start()
-
-    @classmethod
-    def tearDownClass(cls):
-        if getattr(cls, "cluster", None):
-            cls.cluster.close()
-        super().tearDownClass()
-
+class HaproxyTest(cluster.BalancerTestCase):
     def setUp(self):
         """setUp - every node running and taking mail, and HAProxy sending to all of them."""
-        for node in self.cluster.nodes:
-            if node.proc is None or not node.proc.alive():
-                self.cluster.restart(node)
-        self.cluster.wait_ready(60)
+        super().setUp()
+        self.revive_all()
         for node in self.cluster.nodes:
             self.lb.wait_state(node, "UP", 20)
-        self.load = None
-
-    def tearDown(self):
-        if self.load is not None and self.load.running():
-            self.load.stop()
-        super().tearDown()
 
     def send_via_lb(self, tid, source=None, timeout=30):
         msg = make_message(tid, "lb@example.org", ["lb@example.com"])

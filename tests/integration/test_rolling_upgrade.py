@@ -27,7 +27,6 @@ import subprocess
 import sys
 import threading
 import time
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster  # noqa: E402
@@ -109,11 +108,10 @@ class NodeControl:
         self.sock.close()
 
 
-class RollingUpgradeTest(harness.HamrTestCase):
+class RollingUpgradeTest(cluster.BalancerTestCase):
     @classmethod
-    def setUpEnv(cls):
-        if not cluster.Balancer.available():
-            raise unittest.SkipTest("haproxy is not installed (apt-get install haproxy)")
+    def make_cluster(cls):
+        """make_cluster - the nodes run an installed copy of hamrd that the script replaces."""
         built = harness.hamrd_path()
         cls.bin_dir = os.path.join(cls.env.dir, "bin")
         os.makedirs(cls.bin_dir)
@@ -127,9 +125,11 @@ class RollingUpgradeTest(harness.HamrTestCase):
             f.write(b"\0hamr rolling-upgrade test\n")
         # The nodes run the installed copy, which the script replaces.
         os.environ["HAMRD"] = cls.installed
-        cls.cluster = cluster.ProxiedCluster(cls.env, 3)
-        cls.cluster.start()
-        cls.lb = cluster.Balancer(cls.env, cls.cluster).start()
+        return super().make_cluster()
+
+    @classmethod
+    def setUpEnv(cls):
+        super().setUpEnv()
         cls.nodectl = NodeControl(cls.cluster, os.path.join(cls.env.dir, "nodectl.sock"))
         cls.helper = os.path.join(cls.env.dir, "nodectl.py")
         with open(cls.helper, "w") as f:
@@ -139,8 +139,6 @@ class RollingUpgradeTest(harness.HamrTestCase):
     def tearDownClass(cls):
         if getattr(cls, "nodectl", None):
             cls.nodectl.close()
-        if getattr(cls, "cluster", None):
-            cls.cluster.close()
         super().tearDownClass()
 
     def run_script(self, timeout=200):

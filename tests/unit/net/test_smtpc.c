@@ -26,247 +26,12 @@
 #include "util/err.h"
 #include "util/log.h"
 #include "net/smtpc.h"
+#include "tests/lib/testlib_loop.h"
+#include "tests/lib/testlib_nexthop.h"
+#include "tests/lib/testlib_smtpc.h"
 
-#define WATCHDOG_MS 5000
-#define MAX_ITERATIONS 100000
-#define MAX_OVERRIDES 4
-
-/* ------------------------------------------------------------------------ */
-/* The scripted server                                                      */
-/* ------------------------------------------------------------------------ */
-
-/* srv_override - reply with reply (len bytes) to a line starting with prefix. */
-struct srv_override {
-    const char *prefix; /* "<greeting>" for the greeting, "." for end of data */
-    const char *reply;  /* "!close": close instead; "!none": say nothing */
-    size_t len;
-};
-
-struct srv_conn {
-    uv_tcp_t tcp;
-    struct srv *srv;
-    struct srv_conn *next;
-    char line[8192];
-    size_t line_len;
-    bool data_mode;
-    bool mail_ok;      /* a MAIL was accepted in this transaction */
-    unsigned rcpts_ok; /* in this transaction */
-    bool closing;
-};
-
-struct srv {
-    uv_tcp_t listener;
-    uint16_t port;
-    const char *ehlo; /* reply to EHLO */
-    struct srv_override ov[MAX_OVERRIDES];
-    size_t n_ov;
-    struct buf rx; /* every byte received, all connections */
-    struct srv_conn *conns;
-    unsigned n_accepted;
-    unsigned n_messages;
-    unsigned n_eof;       /* connections the client ended */
-    unsigned n_pipelined; /* command lines read with more commands behind them */
-};
-
-static const char srv_ehlo_full[] =
-    "250-test.example\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n250 8BITMIME\r\n";
+/* The EHLO reply without PIPELINING and 8BITMIME. */
 static const char srv_ehlo_plain[] = "250-test.example\r\n250 SIZE 1000000\r\n";
-
-/* srv_write_cb - free the copy of a reply. */
-static void srv_write_cb(uv_write_t *req, int status)
-{
-    (void)status;
-    free(req);
-}
-
-/* srv_send - write len bytes (copied). */
-static void srv_send(struct srv_conn *sc, const char *data, size_t len)
-{
-    uv_write_t *req = malloc(sizeof(*req) + len);
-    assert_non_null(req);
-    char *copy = (char *)(req + 1);
-    memcpy(copy, data, len);
-    uv_buf_t b = uv_buf_init(copy, (unsigned)len);
-    assert_int_equal(uv_write(req, (uv_stream_t *)&sc->tcp, &b, 1, srv_write_cb), 0);
-}
-
-/* srv_conn_close_cb - unlink and free a server connection. */
-static void srv_conn_close_cb(uv_handle_t *h)
-{
-    struct srv_conn *sc = h->data;
-    for (struct srv_conn **pp = &sc->srv->conns; *pp; pp = &(*pp)->next) {
-        if (*pp == sc) {
-            *pp = sc->next;
-            break;
-        }
-    }
-    free(sc);
-}
-
-/* srv_conn_close - close a server connection once. */
-static void srv_conn_close(struct srv_conn *sc)
-{
-    if (sc->closing)
-        return;
-    sc->closing = true;
-    uv_close((uv_handle_t *)&sc->tcp, srv_conn_close_cb);
-}
-
-/* srv_reply - send the override for line, or the default; false if closed. */
-static bool srv_reply(struct srv_conn *sc, const char *line, const char *def)
-{
-    struct srv *s = sc->srv;
-    const char *r = def;
-    size_t len = strlen(def);
-    for (size_t i = 0; i < s->n_ov; i++) {
-        if (strncmp(line, s->ov[i].prefix, strlen(s->ov[i].prefix)) == 0) {
-            r = s->ov[i].reply;
-            len = s->ov[i].len;
-            break;
-        }
-    }
-    if (strcmp(r, "!close") == 0) {
-        srv_conn_close(sc);
-        return false;
-    }
-    if (strcmp(r, "!none") == 0)
-        return true;
-    srv_send(sc, r, len);
-    if (strncmp(line, "DATA", 4) == 0 && r[0] == '3')
-        sc->data_mode = true;
-    if (strncmp(line, "RCPT", 4) == 0 && r[0] == '2')
-        sc->rcpts_ok++;
-    if (strncmp(line, "MAIL", 4) == 0 && r[0] == '2')
-        sc->mail_ok = true;
-    return true;
-}
-
-/* srv_line - act on one complete line; false if the connection closed. */
-static bool srv_line(struct srv_conn *sc, const char *line)
-{
-    if (sc->data_mode) {
-        if (strcmp(line, ".\r\n") != 0)
-            return true;
-        sc->data_mode = false;
-        sc->mail_ok = false;
-        sc->rcpts_ok = 0;
-        sc->srv->n_messages++;
-        return srv_reply(sc, line, "250 2.0.0 queued\r\n");
-    }
-    if (strncmp(line, "EHLO", 4) == 0)
-        return srv_reply(sc, line, sc->srv->ehlo);
-    if (strncmp(line, "HELO", 4) == 0)
-        return srv_reply(sc, line, "250 test.example\r\n");
-    if (strncmp(line, "MAIL", 4) == 0 || strncmp(line, "RSET", 4) == 0) {
-        sc->mail_ok = false;
-        sc->rcpts_ok = 0;
-        return srv_reply(sc, line, "250 2.1.0 ok\r\n");
-    }
-    if (strncmp(line, "RCPT", 4) == 0)
-        return srv_reply(sc, line, sc->mail_ok ? "250 2.1.5 ok\r\n" : "503 5.5.1 need MAIL\r\n");
-    if (strncmp(line, "DATA", 4) == 0)
-        return srv_reply(
-            sc, line, sc->rcpts_ok > 0 ? "354 go ahead\r\n" : "554 5.5.1 no valid recipients\r\n");
-    if (strncmp(line, "QUIT", 4) == 0)
-        return srv_reply(sc, line, "221 bye\r\n"); /* the client closes: n_eof */
-    return srv_reply(sc, line, "502 5.5.2 unknown\r\n");
-}
-
-/* srv_alloc_cb - a fresh buffer per read. */
-static void srv_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    (void)h;
-    buf->base = malloc(suggested);
-    buf->len = buf->base ? suggested : 0;
-}
-
-/* srv_read_cb - record bytes and split them into lines. */
-static void srv_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
-{
-    struct srv_conn *sc = st->data;
-    if (nread < 0) {
-        if (!sc->closing)
-            sc->srv->n_eof++;
-        srv_conn_close(sc);
-    } else if (nread > 0 && !sc->closing) {
-        assert_int_equal(buf_append(&sc->srv->rx, buf->base, (size_t)nread), 0);
-        for (ssize_t i = 0; i < nread; i++) {
-            assert_true(sc->line_len + 1 < sizeof(sc->line));
-            sc->line[sc->line_len++] = buf->base[i];
-            if (buf->base[i] != '\n')
-                continue;
-            sc->line[sc->line_len] = '\0';
-            sc->line_len = 0;
-            bool in_data = sc->data_mode;
-            if (!in_data && i + 1 < nread)
-                sc->srv->n_pipelined++;
-            if (!srv_line(sc, sc->line))
-                break;
-        }
-    }
-    free(buf->base);
-}
-
-/* srv_connection_cb - accept and greet. */
-static void srv_connection_cb(uv_stream_t *l, int status)
-{
-    struct srv *s = l->data;
-    assert_int_equal(status, 0);
-    struct srv_conn *sc = calloc(1, sizeof(*sc));
-    assert_non_null(sc);
-    sc->srv = s;
-    assert_int_equal(uv_tcp_init(l->loop, &sc->tcp), 0);
-    sc->tcp.data = sc;
-    sc->next = s->conns;
-    s->conns = sc;
-    assert_int_equal(uv_accept(l, (uv_stream_t *)&sc->tcp), 0);
-    s->n_accepted++;
-    assert_int_equal(uv_read_start((uv_stream_t *)&sc->tcp, srv_alloc_cb, srv_read_cb), 0);
-    srv_reply(sc, "<greeting>", "220 test.example ESMTP\r\n");
-}
-
-/* srv_start - listen on 127.0.0.1, port 0. */
-static void srv_start(struct srv *s, uv_loop_t *loop)
-{
-    memset(s, 0, sizeof(*s));
-    s->ehlo = srv_ehlo_full;
-    buf_init(&s->rx, 4 << 20);
-    assert_int_equal(uv_tcp_init(loop, &s->listener), 0);
-    s->listener.data = s;
-    struct sockaddr_in a;
-    assert_int_equal(uv_ip4_addr("127.0.0.1", 0, &a), 0);
-    assert_int_equal(uv_tcp_bind(&s->listener, (const struct sockaddr *)&a, 0), 0);
-    assert_int_equal(uv_listen((uv_stream_t *)&s->listener, 16, srv_connection_cb), 0);
-    struct sockaddr_storage ss;
-    int len = sizeof(ss);
-    assert_int_equal(uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len), 0);
-    s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-}
-
-/* srv_override - answer lines starting with prefix with reply (len bytes, 0: strlen). */
-static void srv_override(struct srv *s, const char *prefix, const char *reply, size_t len)
-{
-    assert_true(s->n_ov < MAX_OVERRIDES);
-    s->ov[s->n_ov++] = (struct srv_override){prefix, reply, len ? len : strlen(reply)};
-}
-
-/* srv_received - has the server received needle? */
-static bool srv_received(const struct srv *s, const char *needle)
-{
-    size_t n = strlen(needle);
-    for (size_t i = 0; i + n <= s->rx.len; i++)
-        if (memcmp(s->rx.data + i, needle, n) == 0)
-            return true;
-    return false;
-}
-
-/* srv_stop - close the listener and every connection. */
-static void srv_stop(struct srv *s)
-{
-    uv_close((uv_handle_t *)&s->listener, NULL);
-    for (struct srv_conn *sc = s->conns; sc != NULL; sc = sc->next)
-        srv_conn_close(sc);
-}
 
 /* ------------------------------------------------------------------------ */
 /* Fixture                                                                  */
@@ -281,81 +46,13 @@ struct result {
     enum smtpc_tls_state tls_state;
 };
 
-struct fixture {
-    uv_loop_t loop;
-    uv_timer_t watchdog;
-    bool watchdog_fired;
-    struct srv srv;
-    struct smtpc_config cfg;
-    struct smtpc_pool *pool;
-    bool pool_closed;
-};
-
-static void watchdog_cb(uv_timer_t *t)
-{
-    struct fixture *f = t->data;
-    f->watchdog_fired = true;
-}
-
+/* setup - the client fixture against a next hop. */
 static int setup(void **state)
 {
-    struct fixture *f = calloc(1, sizeof(*f));
-    assert_non_null(f);
-    log_set_level(LOG_LEVEL_WARN);
-    assert_int_equal(uv_loop_init(&f->loop), 0);
-    uv_timer_init(&f->loop, &f->watchdog);
-    f->watchdog.data = f;
-    uv_timer_start(&f->watchdog, watchdog_cb, WATCHDOG_MS, 0);
-    srv_start(&f->srv, &f->loop);
-    hamr_strlcpy(f->cfg.helo_name, "client.test", sizeof(f->cfg.helo_name));
-    f->cfg.connect_timeout_ms = 2000;
-    f->cfg.command_timeout_ms = 2000;
-    f->cfg.data_done_timeout_ms = 2000;
-    f->cfg.idle_timeout_ms = 2000;
+    struct testlib_smtpc *f = testlib_smtpc_new(NULL);
     f->cfg.max_conns_per_dest = 10;
     f->cfg.max_msgs_per_conn = 100;
     *state = f;
-    return 0;
-}
-
-/* pool_start - the pool, after the test adjusted f->cfg. */
-static void pool_start(struct fixture *f)
-{
-    f->pool = smtpc_pool_new(&f->loop, &f->cfg);
-    assert_non_null(f->pool);
-}
-
-static void pool_closed_cb(void *arg)
-{
-    struct fixture *f = arg;
-    f->pool_closed = true;
-}
-
-/* RUN_UNTIL - run the loop until cond holds; fail on the watchdog or the bound. */
-#define RUN_UNTIL(f, cond)                                                                \
-    do {                                                                                  \
-        for (int it_ = 0; !(cond) && !(f)->watchdog_fired && it_ < MAX_ITERATIONS; it_++) \
-            uv_run(&(f)->loop, UV_RUN_ONCE);                                              \
-        if ((f)->watchdog_fired)                                                          \
-            fail_msg("watchdog fired waiting for %s", #cond);                             \
-        assert_true(cond);                                                                \
-    } while (0)
-
-static int teardown(void **state)
-{
-    struct fixture *f = *state;
-    if (f->pool != NULL && !f->pool_closed)
-        smtpc_pool_close(f->pool, pool_closed_cb, f);
-    srv_stop(&f->srv);
-    uv_timer_stop(&f->watchdog);
-    uv_close((uv_handle_t *)&f->watchdog, NULL);
-    for (int i = 0; i < 1000 && uv_loop_alive(&f->loop); i++)
-        uv_run(&f->loop, UV_RUN_NOWAIT);
-    assert_true(f->pool == NULL || f->pool_closed);
-    assert_null(f->srv.conns);
-    assert_int_equal(uv_loop_close(&f->loop), 0);
-    buf_free(&f->srv.rx);
-    free(f);
     return 0;
 }
 
@@ -372,7 +69,7 @@ static void done_cb(void *arg, const struct smtpc_result *res)
 }
 
 /* deliver - queue m to the test server; the callback must not run yet. */
-static void deliver(struct fixture *f, const struct smtpc_msg *m, struct result *r)
+static void deliver(struct testlib_smtpc *f, const struct smtpc_msg *m, struct result *r)
 {
     assert_int_equal(smtpc_pool_deliver(f->pool, "127.0.0.1", f->srv.port, m, done_cb, r), 0);
     assert_int_equal(r->calls, 0);
@@ -410,14 +107,14 @@ static void assert_all(const struct result *r, size_t n, enum smtpc_status st, u
 /* test_happy_pipelining - the exact bytes sent with PIPELINING, SIZE and 8BITMIME. */
 static void test_happy_pipelining(void **state)
 {
-    struct fixture *f = *state;
-    pool_start(f);
+    struct testlib_smtpc *f = *state;
+    testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(2);
     m.body_8bit = true;
     struct result r = {0};
     deliver(f, &m, &r);
     assert_int_equal(smtpc_pool_active(f->pool), 1);
-    RUN_UNTIL(f, r.calls == 1);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
     assert_all(&r, 2, SMTPC_OK, 250);
     assert_string_equal(r.r[0].text, "2.0.0 queued");
     char remote[64];
@@ -443,14 +140,14 @@ static void test_happy_pipelining(void **state)
 /* test_no_pipelining - one command per round trip, no BODY= without 8BITMIME. */
 static void test_no_pipelining(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     f->srv.ehlo = srv_ehlo_plain;
-    pool_start(f);
+    testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(3);
     m.body_8bit = true; /* sent anyway, without BODY= */
     struct result r = {0};
     deliver(f, &m, &r);
-    RUN_UNTIL(f, r.calls == 1);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
     assert_all(&r, 3, SMTPC_OK, 250);
     char want[512];
     int n = snprintf(want, sizeof(want),
@@ -467,32 +164,33 @@ static void test_no_pipelining(void **state)
 /* test_helo_fallback - 5xx to EHLO: HELO, then no extensions at all. */
 static void test_helo_fallback(void **state)
 {
-    struct fixture *f = *state;
-    srv_override(&f->srv, "EHLO", "502 5.5.2 what\r\n", 0);
-    pool_start(f);
+    struct testlib_smtpc *f = *state;
+    testlib_nexthop_override(&f->srv, "EHLO", "502 5.5.2 what\r\n", 0);
+    testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(1);
     struct result r = {0};
     deliver(f, &m, &r);
-    RUN_UNTIL(f, r.calls == 1);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
     assert_all(&r, 1, SMTPC_OK, 250);
-    assert_true(srv_received(&f->srv, "HELO client.test\r\nMAIL FROM:<s@y.test>\r\n"));
+    assert_true(testlib_nexthop_received(&f->srv, "HELO client.test\r\nMAIL FROM:<s@y.test>\r\n"));
     assert_int_equal(r.tls_state, SMTPC_TLS_STATE_NOT_OFFERED); /* HELO: no extensions */
 }
 
 /* test_bare_line_ends - bare LF and bare CR in the stored body go out as CRLF. */
 static void test_bare_line_ends(void **state)
 {
-    struct fixture *f = *state;
-    pool_start(f);
+    struct testlib_smtpc *f = *state;
+    testlib_smtpc_pool_start(f);
     static const char body[] = "a\nb\rc\r\n.\n.\r.d";
     struct smtpc_msg m = msg_std(1);
     m.body = (const uint8_t *)body;
     m.body_len = sizeof(body) - 1;
     struct result r = {0};
     deliver(f, &m, &r);
-    RUN_UNTIL(f, r.calls == 1);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
     assert_all(&r, 1, SMTPC_OK, 250);
-    assert_true(srv_received(&f->srv, "DATA\r\na\r\nb\r\nc\r\n..\r\n..\r\n..d\r\n.\r\n"));
+    assert_true(
+        testlib_nexthop_received(&f->srv, "DATA\r\na\r\nb\r\nc\r\n..\r\n..\r\n..d\r\n.\r\n"));
     for (size_t i = 0; i < f->srv.rx.len; i++) {
         if (f->srv.rx.data[i] == '\r')
             assert_true(i + 1 < f->srv.rx.len && f->srv.rx.data[i + 1] == '\n');
@@ -770,17 +468,17 @@ static void run_reply_case(const struct reply_case *tc)
 {
     void *state = NULL;
     setup(&state);
-    struct fixture *f = state;
+    struct testlib_smtpc *f = state;
     f->cfg.command_timeout_ms = 100;
     if (!tc->pipelining)
         f->srv.ehlo = srv_ehlo_plain;
     for (size_t i = 0; i < 2 && tc->prefix[i] != NULL; i++)
-        srv_override(&f->srv, tc->prefix[i], tc->reply[i], tc->reply_len[i]);
-    pool_start(f);
+        testlib_nexthop_override(&f->srv, tc->prefix[i], tc->reply[i], tc->reply_len[i]);
+    testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(3);
     struct result r = {0};
     deliver(f, &m, &r);
-    RUN_UNTIL(f, r.calls == 1);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
     print_message("case: %s\n", tc->label);
     assert_int_equal(r.n, 3);
     for (size_t i = 0; i < 3; i++) {
@@ -795,11 +493,12 @@ static void run_reply_case(const struct reply_case *tc)
         fail_msg("%s: tls_state %d, want %d", tc->label, r.tls_state, tc->want_tls);
     /* Let any RSET reach the server before looking at what it received. */
     if (tc->want_sent != NULL)
-        RUN_UNTIL(f, srv_received(&f->srv, tc->want_sent));
-    if (tc->want_body >= 0 && srv_received(&f->srv, "..hidden\r\n") != (tc->want_body == 1))
+        TESTLIB_LOOP_UNTIL(&f->run, testlib_nexthop_received(&f->srv, tc->want_sent));
+    if (tc->want_body >= 0 &&
+        testlib_nexthop_received(&f->srv, "..hidden\r\n") != (tc->want_body == 1))
         fail_msg("%s: body %s the server", tc->label, tc->want_body ? "did not reach" : "reached");
     assert_int_equal(smtpc_pool_active(f->pool), 0);
-    teardown(&state);
+    testlib_smtpc_teardown(&state);
 }
 
 /* test_reply_cases - the table above. */
@@ -830,19 +529,20 @@ static void test_malformed_long(void **state)
         for (size_t i = 0; i < 2; i++) {
             void *st = NULL;
             setup(&st);
-            struct fixture *f = st;
-            srv_override(&f->srv, where[w], (const char *)replies[i]->data, replies[i]->len);
-            pool_start(f);
+            struct testlib_smtpc *f = st;
+            testlib_nexthop_override(&f->srv, where[w], (const char *)replies[i]->data,
+                                     replies[i]->len);
+            testlib_smtpc_pool_start(f);
             struct smtpc_msg m = msg_std(2);
             struct result r = {0};
             deliver(f, &m, &r);
-            RUN_UNTIL(f, r.calls == 1);
+            TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
             assert_all(&r, 2, SMTPC_TEMP, 0);
             assert_non_null(strstr(r.r[0].text, "malformed"));
             /* A malformed EHLO reply ends the attempt before any session. */
             assert_int_equal(r.tls_state,
                              w == 0 ? SMTPC_TLS_STATE_NOT_OFFERED : SMTPC_TLS_STATE_NO_CONNECTION);
-            teardown(&st);
+            testlib_smtpc_teardown(&st);
         }
     }
     buf_free(&many);
@@ -852,7 +552,7 @@ static void test_malformed_long(void **state)
 /* test_connect_refused - a closed port: TEMP with "connect" in the text. */
 static void test_connect_refused(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     /* A port that was free a moment ago. */
     uv_tcp_t t;
     assert_int_equal(uv_tcp_init(&f->loop, &t), 0);
@@ -865,12 +565,12 @@ static void test_connect_refused(void **state)
     uint16_t port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
     uv_close((uv_handle_t *)&t, NULL);
 
-    pool_start(f);
+    testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(2);
     struct result r = {0};
     assert_int_equal(smtpc_pool_deliver(f->pool, "127.0.0.1", port, &m, done_cb, &r), 0);
     assert_int_equal(r.calls, 0);
-    RUN_UNTIL(f, r.calls == 1);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
     assert_all(&r, 2, SMTPC_TEMP, 0);
     assert_non_null(strstr(r.r[0].text, "connect to 127.0.0.1:"));
     assert_non_null(strstr(r.r[1].text, "refused"));
@@ -880,12 +580,12 @@ static void test_connect_refused(void **state)
 /* test_hostname - a name goes through uv_getaddrinfo ("localhost" is 127.0.0.1 here). */
 static void test_hostname(void **state)
 {
-    struct fixture *f = *state;
-    pool_start(f);
+    struct testlib_smtpc *f = *state;
+    testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(1);
     struct result r = {0};
     assert_int_equal(smtpc_pool_deliver(f->pool, "localhost", f->srv.port, &m, done_cb, &r), 0);
-    RUN_UNTIL(f, r.calls == 1);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
     if (strncmp(r.remote, "127.0.0.1:", 10) != 0)
         skip(); /* localhost resolved to ::1 first on this host */
     assert_all(&r, 1, SMTPC_OK, 250);
@@ -894,68 +594,68 @@ static void test_hostname(void **state)
 /* test_size_exceeded - SIZE offered and the body is larger: 552 PERM, nothing sent. */
 static void test_size_exceeded(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     f->srv.ehlo = "250-test.example\r\n250-PIPELINING\r\n250 SIZE 10\r\n";
-    pool_start(f);
+    testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(2);
     struct result r = {0};
     deliver(f, &m, &r);
-    RUN_UNTIL(f, r.calls == 1);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
     assert_all(&r, 2, SMTPC_PERM, 552);
-    assert_false(srv_received(&f->srv, "MAIL"));
+    assert_false(testlib_nexthop_received(&f->srv, "MAIL"));
 }
 
 /* test_reuse - two messages one after the other share one connection, no RSET. */
 static void test_reuse(void **state)
 {
-    struct fixture *f = *state;
-    pool_start(f);
+    struct testlib_smtpc *f = *state;
+    testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(1);
     struct result r1 = {0}, r2 = {0};
     deliver(f, &m, &r1);
-    RUN_UNTIL(f, r1.calls == 1);
+    TESTLIB_LOOP_UNTIL(&f->run, r1.calls == 1);
     deliver(f, &m, &r2);
-    RUN_UNTIL(f, r2.calls == 1);
+    TESTLIB_LOOP_UNTIL(&f->run, r2.calls == 1);
     assert_all(&r1, 1, SMTPC_OK, 250);
     assert_all(&r2, 1, SMTPC_OK, 250);
     assert_int_equal(f->srv.n_accepted, 1);
     assert_int_equal(f->srv.n_messages, 2);
-    assert_false(srv_received(&f->srv, "RSET"));
+    assert_false(testlib_nexthop_received(&f->srv, "RSET"));
 }
 
 /* test_reuse_after_failure - RSET after a failed transaction, then the next one. */
 static void test_reuse_after_failure(void **state)
 {
-    struct fixture *f = *state;
-    srv_override(&f->srv, "MAIL FROM:<bad@", "550 5.7.1 not you\r\n", 0);
+    struct testlib_smtpc *f = *state;
+    testlib_nexthop_override(&f->srv, "MAIL FROM:<bad@", "550 5.7.1 not you\r\n", 0);
     f->cfg.max_conns_per_dest = 1; /* the second job waits for the RSET to finish */
-    pool_start(f);
+    testlib_smtpc_pool_start(f);
     struct smtpc_msg bad = msg_std(1);
     bad.sender = "bad@y.test";
     struct smtpc_msg good = msg_std(1);
     struct result r1 = {0}, r2 = {0};
     deliver(f, &bad, &r1);
-    RUN_UNTIL(f, r1.calls == 1);
+    TESTLIB_LOOP_UNTIL(&f->run, r1.calls == 1);
     deliver(f, &good, &r2);
-    RUN_UNTIL(f, r2.calls == 1);
+    TESTLIB_LOOP_UNTIL(&f->run, r2.calls == 1);
     assert_all(&r1, 1, SMTPC_PERM, 550);
     assert_all(&r2, 1, SMTPC_OK, 250);
     assert_int_equal(f->srv.n_accepted, 1);
-    assert_true(srv_received(&f->srv, "RSET\r\nMAIL FROM:<s@y.test>"));
+    assert_true(testlib_nexthop_received(&f->srv, "RSET\r\nMAIL FROM:<s@y.test>"));
 }
 
 /* test_serialised - max_conns_per_dest 1 and three jobs: one connection, all delivered. */
 static void test_serialised(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     f->cfg.max_conns_per_dest = 1;
-    pool_start(f);
+    testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(2);
     struct result r[3] = {{0}};
     for (int i = 0; i < 3; i++)
         deliver(f, &m, &r[i]);
     assert_int_equal(smtpc_pool_active(f->pool), 3);
-    RUN_UNTIL(f, r[0].calls + r[1].calls + r[2].calls == 3);
+    TESTLIB_LOOP_UNTIL(&f->run, r[0].calls + r[1].calls + r[2].calls == 3);
     for (int i = 0; i < 3; i++)
         assert_all(&r[i], 2, SMTPC_OK, 250);
     assert_int_equal(f->srv.n_accepted, 1);
@@ -966,13 +666,13 @@ static void test_serialised(void **state)
 /* test_parallel - three jobs with room for three connections use three. */
 static void test_parallel(void **state)
 {
-    struct fixture *f = *state;
-    pool_start(f);
+    struct testlib_smtpc *f = *state;
+    testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(1);
     struct result r[3] = {{0}};
     for (int i = 0; i < 3; i++)
         deliver(f, &m, &r[i]);
-    RUN_UNTIL(f, r[0].calls + r[1].calls + r[2].calls == 3);
+    TESTLIB_LOOP_UNTIL(&f->run, r[0].calls + r[1].calls + r[2].calls == 3);
     for (int i = 0; i < 3; i++)
         assert_all(&r[i], 1, SMTPC_OK, 250);
     assert_int_equal(f->srv.n_accepted, 3);
@@ -981,39 +681,39 @@ static void test_parallel(void **state)
 /* test_max_msgs_per_conn - after max_msgs_per_conn messages: QUIT and a new connection. */
 static void test_max_msgs_per_conn(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     f->cfg.max_conns_per_dest = 1;
     f->cfg.max_msgs_per_conn = 2;
-    pool_start(f);
+    testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(1);
     struct result r[3] = {{0}};
     for (int i = 0; i < 3; i++)
         deliver(f, &m, &r[i]);
-    RUN_UNTIL(f, r[0].calls + r[1].calls + r[2].calls == 3);
+    TESTLIB_LOOP_UNTIL(&f->run, r[0].calls + r[1].calls + r[2].calls == 3);
     for (int i = 0; i < 3; i++)
         assert_all(&r[i], 1, SMTPC_OK, 250);
     assert_int_equal(f->srv.n_accepted, 2);
-    assert_true(srv_received(&f->srv, "QUIT\r\n"));
+    assert_true(testlib_nexthop_received(&f->srv, "QUIT\r\n"));
 }
 
 /* test_idle_timeout - an idle connection says QUIT and closes. */
 static void test_idle_timeout(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     f->cfg.idle_timeout_ms = 20;
-    pool_start(f);
+    testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(1);
     struct result r = {0};
     deliver(f, &m, &r);
-    RUN_UNTIL(f, r.calls == 1);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
     assert_all(&r, 1, SMTPC_OK, 250);
-    RUN_UNTIL(f, f->srv.n_eof == 1);
-    assert_true(srv_received(&f->srv, ".\r\nQUIT\r\n"));
+    TESTLIB_LOOP_UNTIL(&f->run, f->srv.n_eof == 1);
+    assert_true(testlib_nexthop_received(&f->srv, ".\r\nQUIT\r\n"));
     assert_null(f->srv.conns);
     /* The destination is still usable: a new connection. */
     struct result r2 = {0};
     deliver(f, &m, &r2);
-    RUN_UNTIL(f, r2.calls == 1);
+    TESTLIB_LOOP_UNTIL(&f->run, r2.calls == 1);
     assert_all(&r2, 1, SMTPC_OK, 250);
     assert_int_equal(f->srv.n_accepted, 2);
 }
@@ -1021,14 +721,14 @@ static void test_idle_timeout(void **state)
 /* test_close_queued - pool close with jobs queued: each callback once, TEMP "shutdown". */
 static void test_close_queued(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     f->cfg.max_conns_per_dest = 1;
-    pool_start(f);
+    testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(2);
     struct result r[3] = {{0}};
     for (int i = 0; i < 3; i++)
         deliver(f, &m, &r[i]);
-    smtpc_pool_close(f->pool, pool_closed_cb, f);
+    smtpc_pool_close(f->pool, testlib_smtpc_pool_closed_cb, f);
     for (int i = 0; i < 3; i++) {
         assert_all(&r[i], 2, SMTPC_TEMP, 0);
         assert_string_equal(r[i].r[0].text, "shutdown");
@@ -1037,7 +737,7 @@ static void test_close_queued(void **state)
     assert_false(f->pool_closed); /* closed_cb runs later, from the loop */
     assert_int_equal(smtpc_pool_deliver(f->pool, "127.0.0.1", f->srv.port, &m, done_cb, &r[0]),
                      HAMR_ESHUTDOWN);
-    RUN_UNTIL(f, f->pool_closed);
+    TESTLIB_LOOP_UNTIL(&f->run, f->pool_closed);
     for (int i = 0; i < 3; i++)
         assert_int_equal(r[i].calls, 1);
 }
@@ -1045,18 +745,18 @@ static void test_close_queued(void **state)
 /* test_close_running - pool close with one job running and two queued. */
 static void test_close_running(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     f->cfg.max_conns_per_dest = 1;
-    srv_override(&f->srv, "DATA", "!none", 0);
-    pool_start(f);
+    testlib_nexthop_override(&f->srv, "DATA", "!none", 0);
+    testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(1);
     struct result r[3] = {{0}};
     for (int i = 0; i < 3; i++)
         deliver(f, &m, &r[i]);
-    RUN_UNTIL(f, srv_received(&f->srv, "DATA\r\n"));
+    TESTLIB_LOOP_UNTIL(&f->run, testlib_nexthop_received(&f->srv, "DATA\r\n"));
     assert_int_equal(r[0].calls, 0);
-    smtpc_pool_close(f->pool, pool_closed_cb, f);
-    RUN_UNTIL(f, f->pool_closed);
+    smtpc_pool_close(f->pool, testlib_smtpc_pool_closed_cb, f);
+    TESTLIB_LOOP_UNTIL(&f->run, f->pool_closed);
     for (int i = 0; i < 3; i++) {
         assert_all(&r[i], 1, SMTPC_TEMP, 0);
         assert_string_equal(r[i].r[0].text, "shutdown");
@@ -1065,7 +765,7 @@ static void test_close_running(void **state)
 
 /* close_from_cb - a callback that closes the pool. */
 struct close_from_cb {
-    struct fixture *f;
+    struct testlib_smtpc *f;
     struct result r;
 };
 
@@ -1073,22 +773,22 @@ static void close_from_cb_done(void *arg, const struct smtpc_result *res)
 {
     struct close_from_cb *c = arg;
     done_cb(&c->r, res);
-    smtpc_pool_close(c->f->pool, pool_closed_cb, c->f);
+    smtpc_pool_close(c->f->pool, testlib_smtpc_pool_closed_cb, c->f);
 }
 
 /* test_close_from_callback - closing the pool inside a delivery callback is safe. */
 static void test_close_from_callback(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     f->cfg.max_conns_per_dest = 1;
-    pool_start(f);
+    testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(1);
     struct close_from_cb c = {.f = f};
     struct result r2 = {0};
     assert_int_equal(
         smtpc_pool_deliver(f->pool, "127.0.0.1", f->srv.port, &m, close_from_cb_done, &c), 0);
     deliver(f, &m, &r2);
-    RUN_UNTIL(f, f->pool_closed);
+    TESTLIB_LOOP_UNTIL(&f->run, f->pool_closed);
     assert_all(&c.r, 1, SMTPC_OK, 250);
     assert_all(&r2, 1, SMTPC_TEMP, 0);
     assert_string_equal(r2.r[0].text, "shutdown");
@@ -1097,8 +797,8 @@ static void test_close_from_callback(void **state)
 /* test_invalid - bad arguments are refused and the callback never runs. */
 static void test_invalid(void **state)
 {
-    struct fixture *f = *state;
-    pool_start(f);
+    struct testlib_smtpc *f = *state;
+    testlib_smtpc_pool_start(f);
     static const char *const bad_rcpt[] = {"a@x.test\r\nRSET"};
     static const char *const angle_rcpt[] = {"a@x.test>"};
     static const char *const empty_rcpt[] = {""};
@@ -1127,22 +827,22 @@ static void test_invalid(void **state)
 /* test_null_sender - MAIL FROM:<> for bounces. */
 static void test_null_sender(void **state)
 {
-    struct fixture *f = *state;
-    pool_start(f);
+    struct testlib_smtpc *f = *state;
+    testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(1);
     m.sender = "";
     struct result r = {0};
     deliver(f, &m, &r);
-    RUN_UNTIL(f, r.calls == 1);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
     assert_all(&r, 1, SMTPC_OK, 250);
-    assert_true(srv_received(&f->srv, "MAIL FROM:<> SIZE="));
+    assert_true(testlib_nexthop_received(&f->srv, "MAIL FROM:<> SIZE="));
 }
 
 /* test_large_body - a body over several 64 KiB chunks arrives whole and stuffed. */
 static void test_large_body(void **state)
 {
-    struct fixture *f = *state;
-    pool_start(f);
+    struct testlib_smtpc *f = *state;
+    testlib_smtpc_pool_start(f);
     size_t len = 300 * 1024;
     uint8_t *body = malloc(len);
     assert_non_null(body);
@@ -1153,11 +853,11 @@ static void test_large_body(void **state)
     m.body_len = len;
     struct result r = {0};
     deliver(f, &m, &r);
-    RUN_UNTIL(f, r.calls == 1);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
     assert_all(&r, 1, SMTPC_OK, 250);
     /* Each 100-byte input line became "." + line + CRLF: 102 bytes. */
     size_t lines = len / 100;
-    assert_true(srv_received(&f->srv, "\r\n..aaa"));
+    assert_true(testlib_nexthop_received(&f->srv, "\r\n..aaa"));
     assert_int_equal(f->srv.n_messages, 1);
     const char *data_start = NULL;
     for (size_t i = 0; i + 6 <= f->srv.rx.len; i++) {
@@ -1175,27 +875,27 @@ static void test_large_body(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_happy_pipelining, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_no_pipelining, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_helo_fallback, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_bare_line_ends, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_happy_pipelining, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_no_pipelining, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_helo_fallback, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_bare_line_ends, setup, testlib_smtpc_teardown),
         cmocka_unit_test(test_reply_cases),
         cmocka_unit_test(test_malformed_long),
-        cmocka_unit_test_setup_teardown(test_connect_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_hostname, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_size_exceeded, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_reuse, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_reuse_after_failure, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_serialised, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_parallel, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_max_msgs_per_conn, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_idle_timeout, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_close_queued, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_close_running, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_close_from_callback, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_invalid, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_null_sender, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_large_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_connect_refused, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_hostname, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_size_exceeded, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_reuse, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_reuse_after_failure, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_serialised, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_parallel, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_max_msgs_per_conn, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_idle_timeout, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_close_queued, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_close_running, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_close_from_callback, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_invalid, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_null_sender, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_large_body, setup, testlib_smtpc_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -34,260 +34,16 @@
 #include "util/log.h"
 #include "net/smtpc.h"
 #include "net/smtpc_tls.h"
+#include "tests/lib/testlib_loop.h"
+#include "tests/lib/testlib_nexthop.h"
+#include "tests/lib/testlib_smtpc.h"
 #include "tls_testcert.h"
 
-#define WATCHDOG_MS 5000
-#define MAX_ITERATIONS 100000
-
-/* ------------------------------------------------------------------------ */
-/* The scripted server                                                      */
-/* ------------------------------------------------------------------------ */
-
-struct srv;
-
-struct srv_conn {
-    uv_tcp_t tcp;
-    struct srv *srv;
-    struct srv_conn *next;
-    struct smtpc_tls *tls; /* after our 220 to STARTTLS */
-    bool tls_up;
-    char line[4096];
-    size_t line_len;
-    bool data_mode;
-    bool closing;
-};
-
-struct srv {
-    uv_tcp_t listener;
-    uint16_t port;
-    SSL_CTX *ctx;
-    bool offer_starttls;
-    const char *ehlo_plain;     /* reply to EHLO before TLS (NULL: the default) */
-    const char *starttls_reply; /* may carry injected bytes after the 220 */
-    bool stall_handshake;       /* say 220 to STARTTLS, then ignore everything */
-    struct srv_conn *conns;
-    unsigned n_accepted;
-    unsigned n_starttls;
-    unsigned n_tls_up;
-    unsigned n_mail_plain; /* MAIL commands read in plaintext */
-    unsigned n_mail_tls;   /* MAIL commands read over TLS */
-    unsigned n_messages;
-};
-
+/* The next hop's EHLO replies: STARTTLS offered, not offered, and inside TLS. */
 static const char ehlo_offer[] =
     "250-test.example\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 SIZE 1000000\r\n";
 static const char ehlo_no_tls[] = "250-test.example\r\n250-PIPELINING\r\n250 SIZE 1000000\r\n";
 static const char ehlo_after_tls[] = "250-test.example\r\n250-PIPELINING\r\n250 SIZE 1000000\r\n";
-
-static void srv_write_cb(uv_write_t *req, int status)
-{
-    (void)status;
-    free(req);
-}
-
-/* srv_send_raw - write len octets as they are (copied). */
-static void srv_send_raw(struct srv_conn *sc, const char *data, size_t len)
-{
-    uv_write_t *req = malloc(sizeof(*req) + len);
-    assert_non_null(req);
-    char *copy = (char *)(req + 1);
-    memcpy(copy, data, len);
-    uv_buf_t b = uv_buf_init(copy, (unsigned)len);
-    assert_int_equal(uv_write(req, (uv_stream_t *)&sc->tcp, &b, 1, srv_write_cb), 0);
-}
-
-/* srv_flush - send the ciphertext the engine holds. */
-static void srv_flush(struct srv_conn *sc)
-{
-    const char *out;
-    size_t n = smtpc_tls_output(sc->tls, &out);
-    if (n > 0) {
-        srv_send_raw(sc, out, n);
-        smtpc_tls_output_done(sc->tls, n);
-    }
-}
-
-/* srv_send - a reply, encrypted once TLS is up. */
-static void srv_send(struct srv_conn *sc, const char *text)
-{
-    if (!sc->tls_up) {
-        srv_send_raw(sc, text, strlen(text));
-        return;
-    }
-    assert_int_equal(smtpc_tls_write(sc->tls, text, strlen(text)), 0);
-    srv_flush(sc);
-}
-
-static void srv_conn_close_cb(uv_handle_t *h)
-{
-    struct srv_conn *sc = h->data;
-    for (struct srv_conn **pp = &sc->srv->conns; *pp; pp = &(*pp)->next) {
-        if (*pp == sc) {
-            *pp = sc->next;
-            break;
-        }
-    }
-    smtpc_tls_free(sc->tls);
-    free(sc);
-}
-
-static void srv_conn_close(struct srv_conn *sc)
-{
-    if (sc->closing)
-        return;
-    sc->closing = true;
-    uv_close((uv_handle_t *)&sc->tcp, srv_conn_close_cb);
-}
-
-/* srv_line - act on one command line. */
-static void srv_line(struct srv_conn *sc, const char *line)
-{
-    struct srv *s = sc->srv;
-    if (sc->data_mode) {
-        if (strcmp(line, ".\r\n") == 0) {
-            sc->data_mode = false;
-            s->n_messages++;
-            srv_send(sc, "250 2.0.0 queued\r\n");
-        }
-        return;
-    }
-    if (strncmp(line, "EHLO", 4) == 0) {
-        if (sc->tls_up)
-            srv_send(sc, ehlo_after_tls);
-        else if (s->ehlo_plain != NULL)
-            srv_send(sc, s->ehlo_plain);
-        else
-            srv_send(sc, s->offer_starttls ? ehlo_offer : ehlo_no_tls);
-    } else if (strncmp(line, "STARTTLS", 8) == 0) {
-        s->n_starttls++;
-        if (sc->tls_up || !s->offer_starttls) {
-            srv_send(sc, "503 5.5.1 no\r\n");
-            return;
-        }
-        srv_send_raw(sc, s->starttls_reply, strlen(s->starttls_reply));
-        if (strncmp(s->starttls_reply, "220", 3) == 0)
-            assert_int_equal(smtpc_tls_new(s->ctx, true, NULL, false, &sc->tls), 0);
-    } else if (strncmp(line, "MAIL", 4) == 0) {
-        if (sc->tls_up)
-            s->n_mail_tls++;
-        else
-            s->n_mail_plain++;
-        srv_send(sc, "250 2.1.0 ok\r\n");
-    } else if (strncmp(line, "RCPT", 4) == 0 || strncmp(line, "RSET", 4) == 0) {
-        srv_send(sc, "250 2.1.5 ok\r\n");
-    } else if (strncmp(line, "DATA", 4) == 0) {
-        sc->data_mode = true;
-        srv_send(sc, "354 go ahead\r\n");
-    } else if (strncmp(line, "QUIT", 4) == 0) {
-        srv_send(sc, "221 bye\r\n");
-    } else {
-        srv_send(sc, "502 5.5.2 unknown\r\n");
-    }
-}
-
-/* srv_plain - split plaintext into lines; stops when TLS begins. */
-static void srv_plain(struct srv_conn *sc, const char *data, size_t len)
-{
-    for (size_t i = 0; i < len && !sc->closing; i++) {
-        assert_true(sc->line_len + 1 < sizeof(sc->line));
-        sc->line[sc->line_len++] = data[i];
-        if (data[i] != '\n')
-            continue;
-        sc->line[sc->line_len] = '\0';
-        sc->line_len = 0;
-        bool was_plain = sc->tls == NULL;
-        srv_line(sc, sc->line);
-        if (was_plain && sc->tls != NULL)
-            return; /* the client waits for the 220: nothing follows */
-    }
-}
-
-/* srv_tls_input - ciphertext: handshake, then decrypted lines. */
-static void srv_tls_input(struct srv_conn *sc, const char *data, size_t len)
-{
-    if (sc->srv->stall_handshake)
-        return;
-    assert_int_equal(smtpc_tls_feed(sc->tls, data, len), 0);
-    if (!sc->tls_up) {
-        int rc = smtpc_tls_handshake(sc->tls);
-        srv_flush(sc);
-        if (rc < 0) {
-            srv_conn_close(sc);
-            return;
-        }
-        if (rc == 0)
-            return;
-        sc->tls_up = true;
-        sc->srv->n_tls_up++;
-    }
-    char plain[4096];
-    long n;
-    while (!sc->closing && (n = smtpc_tls_read(sc->tls, plain, sizeof(plain))) > 0)
-        srv_plain(sc, plain, (size_t)n);
-    if (!sc->closing && n < 0)
-        srv_conn_close(sc);
-}
-
-static void srv_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    (void)h;
-    buf->base = malloc(suggested);
-    buf->len = buf->base ? suggested : 0;
-}
-
-static void srv_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
-{
-    struct srv_conn *sc = st->data;
-    if (nread < 0)
-        srv_conn_close(sc);
-    else if (nread > 0 && !sc->closing && sc->tls != NULL)
-        srv_tls_input(sc, buf->base, (size_t)nread);
-    else if (nread > 0 && !sc->closing)
-        srv_plain(sc, buf->base, (size_t)nread);
-    free(buf->base);
-}
-
-static void srv_connection_cb(uv_stream_t *l, int status)
-{
-    struct srv *s = l->data;
-    assert_int_equal(status, 0);
-    struct srv_conn *sc = calloc(1, sizeof(*sc));
-    assert_non_null(sc);
-    sc->srv = s;
-    assert_int_equal(uv_tcp_init(l->loop, &sc->tcp), 0);
-    sc->tcp.data = sc;
-    sc->next = s->conns;
-    s->conns = sc;
-    assert_int_equal(uv_accept(l, (uv_stream_t *)&sc->tcp), 0);
-    s->n_accepted++;
-    assert_int_equal(uv_read_start((uv_stream_t *)&sc->tcp, srv_alloc_cb, srv_read_cb), 0);
-    srv_send(sc, "220 test.example ESMTP\r\n");
-}
-
-static void srv_start(struct srv *s, uv_loop_t *loop, SSL_CTX *ctx)
-{
-    memset(s, 0, sizeof(*s));
-    s->ctx = ctx;
-    s->offer_starttls = true;
-    s->starttls_reply = "220 2.0.0 ready to start TLS\r\n";
-    assert_int_equal(uv_tcp_init(loop, &s->listener), 0);
-    s->listener.data = s;
-    struct sockaddr_in a;
-    assert_int_equal(uv_ip4_addr("127.0.0.1", 0, &a), 0);
-    assert_int_equal(uv_tcp_bind(&s->listener, (const struct sockaddr *)&a, 0), 0);
-    assert_int_equal(uv_listen((uv_stream_t *)&s->listener, 16, srv_connection_cb), 0);
-    struct sockaddr_storage ss;
-    int len = sizeof(ss);
-    assert_int_equal(uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len), 0);
-    s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-}
-
-static void srv_stop(struct srv *s)
-{
-    uv_close((uv_handle_t *)&s->listener, NULL);
-    for (struct srv_conn *sc = s->conns; sc != NULL; sc = sc->next)
-        srv_conn_close(sc);
-}
 
 /* ------------------------------------------------------------------------ */
 /* Fixture                                                                  */
@@ -302,16 +58,6 @@ struct result {
     struct smtpc_rcpt_result r;
     char tls[96];
     enum smtpc_tls_state tls_state;
-};
-
-struct fixture {
-    uv_loop_t loop;
-    uv_timer_t watchdog;
-    bool watchdog_fired;
-    struct srv srv;
-    struct smtpc_config cfg;
-    struct smtpc_pool *pool;
-    bool pool_closed;
 };
 
 static int group_setup(void **state)
@@ -336,67 +82,14 @@ static int group_teardown(void **state)
     return 0;
 }
 
-static void watchdog_cb(uv_timer_t *t)
-{
-    struct fixture *f = t->data;
-    f->watchdog_fired = true;
-}
-
+/* setup - the client fixture against a next hop that speaks STARTTLS. */
 static int setup(void **state)
 {
-    struct fixture *f = calloc(1, sizeof(*f));
-    assert_non_null(f);
-    log_set_level(LOG_LEVEL_WARN);
-    assert_int_equal(uv_loop_init(&f->loop), 0);
-    uv_timer_init(&f->loop, &f->watchdog);
-    f->watchdog.data = f;
-    uv_timer_start(&f->watchdog, watchdog_cb, WATCHDOG_MS, 0);
-    srv_start(&f->srv, &f->loop, server_ctx);
-    hamr_strlcpy(f->cfg.helo_name, "client.test", sizeof(f->cfg.helo_name));
-    f->cfg.connect_timeout_ms = 2000;
-    f->cfg.command_timeout_ms = 2000;
-    f->cfg.data_done_timeout_ms = 2000;
-    f->cfg.idle_timeout_ms = 2000;
+    struct testlib_smtpc *f = testlib_smtpc_new(server_ctx);
+    f->srv.ehlo = ehlo_offer;
+    f->srv.ehlo_tls = ehlo_after_tls;
     hamr_strlcpy(f->cfg.tls_ca_file, certs.ca_file, sizeof(f->cfg.tls_ca_file));
     *state = f;
-    return 0;
-}
-
-static void pool_start(struct fixture *f)
-{
-    f->pool = smtpc_pool_new(&f->loop, &f->cfg);
-    assert_non_null(f->pool);
-}
-
-static void pool_closed_cb(void *arg)
-{
-    struct fixture *f = arg;
-    f->pool_closed = true;
-}
-
-#define RUN_UNTIL(f, cond)                                                                \
-    do {                                                                                  \
-        for (int it_ = 0; !(cond) && !(f)->watchdog_fired && it_ < MAX_ITERATIONS; it_++) \
-            uv_run(&(f)->loop, UV_RUN_ONCE);                                              \
-        if ((f)->watchdog_fired)                                                          \
-            fail_msg("watchdog fired waiting for %s", #cond);                             \
-        assert_true(cond);                                                                \
-    } while (0)
-
-static int teardown(void **state)
-{
-    struct fixture *f = *state;
-    if (f->pool != NULL && !f->pool_closed)
-        smtpc_pool_close(f->pool, pool_closed_cb, f);
-    srv_stop(&f->srv);
-    uv_timer_stop(&f->watchdog);
-    uv_close((uv_handle_t *)&f->watchdog, NULL);
-    for (int i = 0; i < 1000 && uv_loop_alive(&f->loop); i++)
-        uv_run(&f->loop, UV_RUN_NOWAIT);
-    assert_true(f->pool == NULL || f->pool_closed);
-    assert_null(f->srv.conns);
-    assert_int_equal(uv_loop_close(&f->loop), 0);
-    free(f);
     return 0;
 }
 
@@ -418,8 +111,15 @@ static const struct smtpc_msg msg = {.sender = "s@y.test",
                                      .body = (const uint8_t *)body,
                                      .body_len = sizeof(body) - 1};
 
+/* srv_no_starttls - the next hop neither lists STARTTLS nor accepts it (503). */
+static void srv_no_starttls(struct testlib_smtpc *f)
+{
+    f->srv.offer_starttls = false;
+    f->srv.ehlo = ehlo_no_tls;
+}
+
 /* deliver_wait - one delivery under policy, run until its callback. */
-static void deliver_wait(struct fixture *f,
+static void deliver_wait(struct testlib_smtpc *f,
                          enum smtpc_tls_policy policy,
                          const char *verify_host,
                          struct result *r)
@@ -428,7 +128,7 @@ static void deliver_wait(struct fixture *f,
     assert_int_equal(smtpc_pool_deliver_tls(f->pool, "127.0.0.1", f->srv.port, policy, verify_host,
                                             &msg, done_cb, r),
                      0);
-    RUN_UNTIL(f, r->calls == 1);
+    TESTLIB_LOOP_UNTIL(&f->run, r->calls == 1);
 }
 
 /* ends_with - does s end in suffix? */
@@ -442,7 +142,7 @@ static bool ends_with(const char *s, const char *suffix)
  * assert_tls_ok - delivered over TLS; the description ends in suffix, and
  * the state says the same (" verified" or " unverified").
  */
-static void assert_tls_ok(const struct fixture *f, const struct result *r, const char *suffix)
+static void assert_tls_ok(const struct testlib_smtpc *f, const struct result *r, const char *suffix)
 {
     assert_int_equal(r->r.status, SMTPC_OK);
     assert_int_equal(r->r.code, 250);
@@ -455,7 +155,7 @@ static void assert_tls_ok(const struct fixture *f, const struct result *r, const
 }
 
 /* assert_deferred - SMTPC_TEMP with why in the text, and no MAIL ever seen. */
-static void assert_deferred(const struct fixture *f, const struct result *r, const char *why)
+static void assert_deferred(const struct testlib_smtpc *f, const struct result *r, const char *why)
 {
     assert_int_equal(r->r.status, SMTPC_TEMP);
     if (strstr(r->r.text, why) == NULL)
@@ -470,9 +170,9 @@ static void assert_deferred(const struct fixture *f, const struct result *r, con
 
 static void test_may_offered(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     struct result r;
-    pool_start(f);
+    testlib_smtpc_pool_start(f);
     deliver_wait(f, SMTPC_TLS_MAY, NULL, &r);
     assert_tls_ok(f, &r, " unverified");
     assert_int_equal(f->srv.n_messages, 1);
@@ -482,10 +182,10 @@ static void test_may_offered(void **state)
 
 static void test_may_not_offered(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     struct result r;
-    f->srv.offer_starttls = false;
-    pool_start(f);
+    srv_no_starttls(f);
+    testlib_smtpc_pool_start(f);
     deliver_wait(f, SMTPC_TLS_MAY, NULL, &r);
     assert_int_equal(r.r.status, SMTPC_OK);
     assert_string_equal(r.tls, "none");
@@ -499,9 +199,9 @@ static void test_may_not_offered(void **state)
 static void test_required_not_offered(void **state)
 {
     static const enum smtpc_tls_policy policies[] = {SMTPC_TLS_ENCRYPT, SMTPC_TLS_VERIFY};
-    struct fixture *f = *state;
-    f->srv.offer_starttls = false;
-    pool_start(f);
+    struct testlib_smtpc *f = *state;
+    srv_no_starttls(f);
+    testlib_smtpc_pool_start(f);
     for (size_t i = 0; i < HAMR_ARRAY_LEN(policies); i++) {
         struct result r;
         deliver_wait(f, policies[i], "localhost", &r);
@@ -514,21 +214,21 @@ static void test_required_not_offered(void **state)
 
 static void test_encrypt_offered(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     struct result r;
     /* No verification: even a CA that has nothing to do with the server will do. */
     hamr_strlcpy(f->cfg.tls_ca_file, other_certs.ca_file, sizeof(f->cfg.tls_ca_file));
-    pool_start(f);
+    testlib_smtpc_pool_start(f);
     deliver_wait(f, SMTPC_TLS_ENCRYPT, NULL, &r);
     assert_tls_ok(f, &r, " unverified");
 }
 
 static void test_verify_unknown_ca(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     struct result r;
     hamr_strlcpy(f->cfg.tls_ca_file, other_certs.ca_file, sizeof(f->cfg.tls_ca_file));
-    pool_start(f);
+    testlib_smtpc_pool_start(f);
     deliver_wait(f, SMTPC_TLS_VERIFY, "localhost", &r);
     assert_deferred(f, &r, "TLS required but failed");
     assert_non_null(strstr(r.r.text, "certificate verify failed"));
@@ -550,8 +250,8 @@ static void test_verify_names(void **state)
         {"mx.other.test", false}, /* not in the certificate */
         {"127.0.0.2", false},     /* another IP */
     };
-    struct fixture *f = *state;
-    pool_start(f);
+    struct testlib_smtpc *f = *state;
+    testlib_smtpc_pool_start(f);
     for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
         struct result r;
         unsigned mails_before = f->srv.n_mail_tls;
@@ -581,24 +281,24 @@ static void test_injection_after_220(void **state)
     for (size_t i = 0; i < HAMR_ARRAY_LEN(injected); i++) {
         void *st = NULL;
         assert_int_equal(setup(&st), 0);
-        struct fixture *f = st;
+        struct testlib_smtpc *f = st;
         struct result r;
         f->srv.starttls_reply = injected[i];
-        pool_start(f);
+        testlib_smtpc_pool_start(f);
         deliver_wait(f, SMTPC_TLS_MAY, NULL, &r);
         assert_tls_ok(f, &r, " unverified");
         assert_int_equal(f->srv.n_messages, 1);
-        assert_int_equal(teardown(&st), 0);
+        assert_int_equal(testlib_smtpc_teardown(&st), 0);
     }
     (void)state;
 }
 
 static void test_starttls_refused(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     struct result r;
     f->srv.starttls_reply = "454 4.7.0 TLS not available\r\n";
-    pool_start(f);
+    testlib_smtpc_pool_start(f);
     deliver_wait(f, SMTPC_TLS_MAY, NULL, &r);
     assert_deferred(f, &r, "TLS handshake failed");
     assert_int_equal(r.r.code, 454);
@@ -608,11 +308,11 @@ static void test_starttls_refused(void **state)
 
 static void test_handshake_timeout(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     struct result r;
     f->srv.stall_handshake = true;
     f->cfg.command_timeout_ms = 200;
-    pool_start(f);
+    testlib_smtpc_pool_start(f);
     deliver_wait(f, SMTPC_TLS_ENCRYPT, NULL, &r);
     assert_deferred(f, &r, "TLS required but failed");
     assert_non_null(strstr(r.r.text, "timeout"));
@@ -625,10 +325,10 @@ static void test_handshake_timeout(void **state)
  */
 static void test_no_client_ctx(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     struct result r;
     hamr_strlcpy(f->cfg.tls_ca_file, "/nonexistent/hamr-ca.pem", sizeof(f->cfg.tls_ca_file));
-    pool_start(f);
+    testlib_smtpc_pool_start(f);
     deliver_wait(f, SMTPC_TLS_ENCRYPT, NULL, &r);
     assert_deferred(f, &r, "TLS required but no TLS client context");
     assert_string_equal(r.tls, "none");
@@ -644,10 +344,10 @@ static void test_no_client_ctx(void **state)
 /* The EHLO list from before TLS is forgotten: its SIZE 10 would refuse the message. */
 static void test_second_ehlo_counts(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     struct result r;
-    f->srv.ehlo_plain = "250-test.example\r\n250-STARTTLS\r\n250 SIZE 10\r\n";
-    pool_start(f);
+    f->srv.ehlo = "250-test.example\r\n250-STARTTLS\r\n250 SIZE 10\r\n";
+    testlib_smtpc_pool_start(f);
     deliver_wait(f, SMTPC_TLS_MAY, NULL, &r);
     assert_tls_ok(f, &r, " unverified");
     assert_int_equal(f->srv.n_messages, 1);
@@ -655,9 +355,9 @@ static void test_second_ehlo_counts(void **state)
 
 static void test_reuse_keeps_tls(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     struct result r1, r2;
-    pool_start(f);
+    testlib_smtpc_pool_start(f);
     deliver_wait(f, SMTPC_TLS_VERIFY, "localhost", &r1);
     assert_tls_ok(f, &r1, " verified");
     deliver_wait(f, SMTPC_TLS_VERIFY, "localhost", &r2);
@@ -671,9 +371,9 @@ static void test_reuse_keeps_tls(void **state)
 /* One idle connection per policy (and per verify name): never shared across them. */
 static void test_policies_not_shared(void **state)
 {
-    struct fixture *f = *state;
+    struct testlib_smtpc *f = *state;
     struct result r;
-    pool_start(f);
+    testlib_smtpc_pool_start(f);
     deliver_wait(f, SMTPC_TLS_MAY, NULL, &r);
     assert_tls_ok(f, &r, " unverified");
     assert_int_equal(f->srv.n_accepted, 1);
@@ -723,19 +423,19 @@ static void test_policy_names(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_may_offered, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_may_not_offered, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_required_not_offered, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_encrypt_offered, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_verify_unknown_ca, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_verify_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_may_offered, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_may_not_offered, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_required_not_offered, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_encrypt_offered, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_verify_unknown_ca, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_verify_names, setup, testlib_smtpc_teardown),
         cmocka_unit_test(test_injection_after_220),
-        cmocka_unit_test_setup_teardown(test_starttls_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_no_client_ctx, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_handshake_timeout, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_second_ehlo_counts, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_reuse_keeps_tls, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_policies_not_shared, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_starttls_refused, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_no_client_ctx, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_handshake_timeout, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_second_ehlo_counts, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_reuse_keeps_tls, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_policies_not_shared, setup, testlib_smtpc_teardown),
         cmocka_unit_test(test_policy_names),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -49,6 +49,7 @@
 #include "net/smtpd.h"
 #include "net/smtpd_auth.h"
 #include "net/smtpd_session.h"
+#include "tests/lib/testlib_session_io.h"
 
 #define TEST_ITER 1000 /* cheap hashes for tests; the file allows 1000 and up */
 
@@ -67,55 +68,13 @@ struct fake_check {
     void *arg;
 };
 
+/* fake_io - the shared fake transport, plus the AUTH hooks only these tests use. */
 struct fake_io {
-    struct buf out;
-    size_t taken;
-    int closes, starttls;
-    bool paused;
-    uint64_t timer_ms;       /* the last set_timer */
+    struct testlib_session_io base;
     struct fake_check check; /* used when the harness is async */
     int rate_calls;          /* io.auth_rate calls */
     int rate_rc;             /* what io.auth_rate answers */
 };
-
-/* fake_io_write - record output; nothing after close. */
-static int fake_io_write(void *data, const void *buf, size_t len)
-{
-    struct fake_io *io = data;
-    assert_int_equal(io->closes, 0);
-    return buf_append(&io->out, buf, len);
-}
-
-/* fake_io_pause - remember the pause. */
-static void fake_io_pause(void *data)
-{
-    ((struct fake_io *)data)->paused = true;
-}
-
-/* fake_io_resume - forget the pause. */
-static void fake_io_resume(void *data)
-{
-    ((struct fake_io *)data)->paused = false;
-}
-
-/* fake_io_close - count the hang-up. */
-static void fake_io_close(void *data)
-{
-    ((struct fake_io *)data)->closes++;
-}
-
-/* fake_io_set_timer - deadlines are not looked at here. */
-static void fake_io_set_timer(void *data, uint64_t ms)
-{
-    ((struct fake_io *)data)->timer_ms = ms;
-}
-
-/* fake_io_starttls - "handshake" at once; input stays as it is. */
-static int fake_io_starttls(void *data)
-{
-    ((struct fake_io *)data)->starttls++;
-    return 0;
-}
 
 /* fake_io_auth_check - record the request (copies, as the contract says); the test answers. */
 static int fake_io_auth_check(void *data,
@@ -127,7 +86,8 @@ static int fake_io_auth_check(void *data,
                               void (*done)(void *arg, int rc),
                               void *arg)
 {
-    struct fake_check *c = &((struct fake_io *)data)->check;
+    struct fake_io *io = ((struct testlib_session_io *)data)->owner;
+    struct fake_check *c = &io->check;
     c->calls++;
     assert_null(c->done); /* one check at a time per session */
     if (c->refuse != 0)
@@ -146,7 +106,7 @@ static int fake_io_auth_check(void *data,
 /* fake_io_auth_rate - count the AUTH command; the test chose the answer. */
 static int fake_io_auth_rate(void *data)
 {
-    struct fake_io *io = data;
+    struct fake_io *io = ((struct testlib_session_io *)data)->owner;
     io->rate_calls++;
     return io->rate_rc;
 }
@@ -193,7 +153,6 @@ struct harness {
     struct fake_sink sink;
     bool async; /* the next test_start installs fake_io_auth_check */
     struct smtpd_session *s;
-    char last[1 << 15];
 };
 
 /* test_write_file - replace the file at path with text. */
@@ -220,6 +179,8 @@ static int test_setup(void **state)
     struct harness *h = calloc(1, sizeof(*h));
     char a[512], b[512], text[1200], err[256];
     assert_non_null(h);
+    assert_int_equal(testlib_session_io_init(&h->io.base, true), 0);
+    h->io.base.owner = &h->io;
     snprintf(h->path, sizeof(h->path), "/tmp/hamr-auth-test-XXXXXX");
     int fd = mkstemp(h->path);
     assert_true(fd >= 0);
@@ -262,7 +223,7 @@ static int test_teardown(void **state)
     free(h->sink.body);
     h->auth = smtpd_auth_free(h->auth);
     unlink(h->path);
-    buf_free(&h->io.out);
+    testlib_session_io_free(&h->io.base);
     free(h);
     return 0;
 }
@@ -270,23 +231,15 @@ static int test_teardown(void **state)
 /* test_start - a greeted session from an outside client, output discarded. */
 static void test_start(struct harness *h, bool tls_offered)
 {
-    struct smtpd_session_io io = {
-        .data = &h->io,
-        .write = fake_io_write,
-        .pause = fake_io_pause,
-        .resume = fake_io_resume,
-        .close = fake_io_close,
-        .set_timer = fake_io_set_timer,
-        .starttls = tls_offered ? fake_io_starttls : NULL,
-        .auth_check = h->async ? fake_io_auth_check : NULL,
-        .auth_rate = fake_io_auth_rate,
-    };
+    struct smtpd_session_io io = testlib_session_io_ops(&h->io.base);
+    io.starttls = tls_offered ? testlib_session_io_starttls : NULL;
+    io.auth_check = h->async ? fake_io_auth_check : NULL;
+    io.auth_rate = fake_io_auth_rate;
     struct smtpd_sink sink = {
         .data = &h->sink,
         .new_id = fake_sink_new_id,
         .submit = fake_sink_submit,
     };
-    buf_init(&h->io.out, 0);
     assert_int_equal(smtpd_session_new(&h->policy, &sink, &io, "192.0.2.7", &h->s), 0);
     smtpd_session_greet(h->s);
 }
@@ -300,12 +253,7 @@ static void test_send(struct harness *h, const char *text)
 /* test_take - the output since the last take. */
 static const char *test_take(struct harness *h)
 {
-    size_t n = h->io.out.len - h->io.taken;
-    assert_true(n < sizeof(h->last));
-    memcpy(h->last, h->io.out.data + h->io.taken, n);
-    h->last[n] = '\0';
-    h->io.taken = h->io.out.len;
-    return h->last;
+    return testlib_session_io_take(&h->io.base);
 }
 
 #define test_expect(h, want) assert_string_equal(test_take(h), want)
@@ -316,7 +264,7 @@ static void test_tls_ehlo(struct harness *h)
     test_start(h, true);
     test_send(h, "EHLO client.example\r\n");
     test_send(h, "STARTTLS\r\n");
-    assert_int_equal(h->io.starttls, 1);
+    assert_int_equal(h->io.base.starttls, 1);
     assert_true(smtpd_session_tls(h->s));
     test_send(h, "EHLO client.example\r\n");
     test_take(h);
@@ -352,8 +300,10 @@ static const char *test_plain(const char *authzid, const char *user, const char 
 /* test_reset_io - forget the output and counters of the last session. */
 static void test_reset_io(struct harness *h)
 {
-    buf_free(&h->io.out);
+    testlib_session_io_free(&h->io.base);
     memset(&h->io, 0, sizeof(h->io));
+    assert_int_equal(testlib_session_io_init(&h->io.base, true), 0);
+    h->io.base.owner = &h->io;
 }
 
 /* ------------------------------------------------------------------ */
@@ -787,12 +737,12 @@ static void test_three_failures(void **state)
     test_expect(h,
                 "334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n535 5.7.8 Error: authentication "
                 "failed\r\n");
-    assert_int_equal(h->io.closes, 0);
+    assert_int_equal(h->io.base.closes, 0);
     test_send(h, test_plain("", "mallory", "three"));
     test_expect(h,
                 "535 5.7.8 Error: authentication failed\r\n"
                 "421 4.7.0 mx.hamr.test Error: too many failed authentications\r\n");
-    assert_int_equal(h->io.closes, 1);
+    assert_int_equal(h->io.base.closes, 1);
     assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_CLOSING);
     test_send(h, test_plain("", "alice", "secret-alice"));
     test_expect(h, "");
@@ -809,7 +759,7 @@ static void test_three_failures(void **state)
                 "535 5.7.8 Error: authentication failed\r\n"
                 "535 5.7.8 Error: authentication failed\r\n"
                 "421 4.7.0 mx.hamr.test Error: too many errors\r\n");
-    assert_int_equal(h->io.closes, 1);
+    assert_int_equal(h->io.base.closes, 1);
 }
 
 /* test_no_secret_in_log - the log names the user but never the password or the payload. */
@@ -875,7 +825,7 @@ static void test_async_pending(void **state)
     struct harness *h = *state;
     h->async = true;
     test_tls_ehlo(h);
-    assert_int_equal(h->io.timer_ms, 300000);
+    assert_int_equal(h->io.base.timer_ms, 300000);
     test_send(h, test_plain("", "alice", "secret-alice"));
     test_send(h, "MAIL FROM:<a@example.org>\r\nNOOP\r\n");
     test_expect(h, "");
@@ -884,21 +834,21 @@ static void test_async_pending(void **state)
     assert_string_equal(h->io.check.user, "alice");
     assert_string_equal(h->io.check.pass, "secret-alice");
     assert_ptr_equal(h->io.check.auth, h->auth);
-    assert_true(h->io.paused);
-    assert_int_equal(h->io.timer_ms, 0);
+    assert_true(h->io.base.paused);
+    assert_int_equal(h->io.base.timer_ms, 0);
     assert_int_equal(smtpd_session_timeout_ms(h->s), 0);
     smtpd_session_timeout(h->s); /* a stale timer: ignored while the check runs */
     test_send(h, "RSET\r\n");    /* still held */
     test_expect(h, "");
-    assert_int_equal(h->io.closes, 0);
+    assert_int_equal(h->io.base.closes, 0);
 
     test_answer(h);
     test_expect(h,
                 "235 2.7.0 Authentication successful\r\n250 2.1.0 Ok\r\n250 2.0.0 Ok\r\n"
                 "250 2.0.0 Ok\r\n");
     assert_false(smtpd_session_auth_pending(h->s));
-    assert_false(h->io.paused);
-    assert_int_equal(h->io.timer_ms, 300000);
+    assert_false(h->io.base.paused);
+    assert_int_equal(h->io.base.timer_ms, 300000);
     /* Authenticated: relaying is allowed now. */
     test_send(h, "MAIL FROM:<a@example.org>\r\nRCPT TO:<x@elsewhere.example>\r\n");
     test_expect(h, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n");
@@ -940,7 +890,7 @@ static void test_auth_rate(void **state)
     assert_int_equal(h->io.rate_calls, 3);
     assert_int_equal(h->io.check.calls, 0); /* no password check for a refused command */
     assert_false(smtpd_session_auth_pending(h->s));
-    assert_int_equal(h->io.closes, 0); /* no 421 for auth failures: none happened */
+    assert_int_equal(h->io.base.closes, 0); /* no 421 for auth failures: none happened */
     /* The session goes on; what follows is a command, not an AUTH response. */
     test_send(h, "NOOP\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<x@elsewhere.example>\r\n");
     test_expect(h,
@@ -961,7 +911,7 @@ static void test_auth_rate(void **state)
                 "503 5.5.1 Error: already authenticated\r\n"
                 "421 4.7.0 mx.hamr.test Error: too many errors\r\n");
     assert_int_equal(h->io.rate_calls, 4); /* refused for order: not counted */
-    assert_int_equal(h->io.closes, 1);
+    assert_int_equal(h->io.base.closes, 1);
 }
 
 /* test_async_table - PLAIN and LOGIN, good and bad, through the asynchronous check. */
@@ -991,15 +941,15 @@ static void test_async_table(void **state)
         test_tls_ehlo(h);
         test_send(h, cases[i].send ? cases[i].send : test_plain("", cases[i].user, cases[i].pass));
         if (strcmp(test_take(h), cases[i].before) != 0)
-            fail_msg("%s: before the check: \"%s\"", cases[i].label, h->last);
+            fail_msg("%s: before the check: \"%s\"", cases[i].label, h->io.base.last);
         assert_true(smtpd_session_auth_pending(h->s));
         assert_string_equal(h->io.check.user, cases[i].user);
         assert_string_equal(h->io.check.pass, cases[i].pass);
         test_answer(h);
         if (strcmp(test_take(h), cases[i].after) != 0)
-            fail_msg("%s: after the check: \"%s\"", cases[i].label, h->last);
+            fail_msg("%s: after the check: \"%s\"", cases[i].label, h->io.base.last);
         assert_false(smtpd_session_auth_pending(h->s));
-        assert_false(h->io.paused);
+        assert_false(h->io.base.paused);
         h->s = smtpd_session_free(h->s);
         test_reset_io(h);
     }
@@ -1015,8 +965,8 @@ static void test_async_refused(void **state)
     test_send(h, test_plain("", "alice", "secret-alice"));
     test_expect(h, "454 4.7.0 Temporary authentication failure\r\n");
     assert_false(smtpd_session_auth_pending(h->s));
-    assert_false(h->io.paused);
-    assert_int_equal(h->io.closes, 0);
+    assert_false(h->io.base.paused);
+    assert_int_equal(h->io.base.closes, 0);
     h->io.check.refuse = 0;
     test_send(h, test_plain("", "alice", "secret-alice"));
     test_expect(h, "");
@@ -1046,7 +996,7 @@ static void test_async_disconnect(void **state)
     memset(big, 'x', sizeof(big) - 1);
     test_send(h, big);
     test_expect(h, "421 4.7.0 mx.hamr.test Error: too much pipelined input\r\n");
-    assert_int_equal(h->io.closes, 1);
+    assert_int_equal(h->io.base.closes, 1);
     h->s = smtpd_session_free(h->s);
     test_answer(h);
     test_expect(h, "");
@@ -1062,12 +1012,12 @@ static void test_async_shutdown(void **state)
     test_send(h, "NOOP\r\n");
     smtpd_session_shutdown(h->s);
     test_expect(h, "");
-    assert_int_equal(h->io.closes, 0);
+    assert_int_equal(h->io.base.closes, 0);
     test_answer(h);
     test_expect(h,
                 "235 2.7.0 Authentication successful\r\n"
                 "421 4.3.2 mx.hamr.test Service not available, shutting down\r\n");
-    assert_int_equal(h->io.closes, 1);
+    assert_int_equal(h->io.base.closes, 1);
     assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_CLOSING);
 }
 

@@ -49,6 +49,7 @@
 #include "net/smtpd.h"
 #include "net/smtpd_limits.h"
 #include "net/smtpd_server.h"
+#include "tests/lib/testlib_loop.h"
 
 /* ------------------------------------------------------------------ */
 /* The table, no sockets                                               */
@@ -322,8 +323,9 @@ struct client {
 
 struct harness {
     uv_loop_t loop;
-    uv_timer_t guard, pause;
-    bool expired, paused_out;
+    struct testlib_loop run; /* the guard and the bounded waits */
+    uv_timer_t pause;
+    bool paused_out;
     struct smtpd_policy policy;
     struct smtpd_cidr nets[1];
     char *domains[1];
@@ -354,19 +356,10 @@ static int sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_
     return HAMR_EIO;
 }
 
-/* guard_cb - the test took too long: every wait stops. */
-static void guard_cb(uv_timer_t *t)
-{
-    struct harness *h = t->data;
-    h->expired = true;
-}
-
 /* run_until - turn the loop until *flag, at most LOOP_TURNS_MAX times or the guard. */
 static bool run_until(struct harness *h, const bool *flag)
 {
-    for (int i = 0; i < LOOP_TURNS_MAX && !*flag && !h->expired; i++)
-        uv_run(&h->loop, UV_RUN_ONCE);
-    return *flag;
+    return testlib_loop_until_flag(&h->run, flag);
 }
 
 /* cidr - "a.b.c.d/n" into a network. */
@@ -387,10 +380,9 @@ static struct harness *harness_start(size_t max_sessions)
     struct harness *h = calloc(1, sizeof(*h));
     assert_non_null(h);
     assert_int_equal(uv_loop_init(&h->loop), 0);
-    uv_timer_init(&h->loop, &h->guard);
+    testlib_loop_start(&h->run, &h->loop, GUARD_MS, LOOP_TURNS_MAX);
     uv_timer_init(&h->loop, &h->pause);
-    h->guard.data = h->pause.data = h;
-    uv_timer_start(&h->guard, guard_cb, GUARD_MS, 0);
+    h->pause.data = h;
 
     struct smtpd_policy *p = &h->policy;
     hamr_strlcpy(p->hostname, "mx.hamr.test", sizeof(p->hostname));
@@ -500,7 +492,7 @@ static void client_say(struct client *c, const char *line)
 /* expect - wait until the server has said want to c (after what was already matched). */
 static void expect(struct harness *h, struct client *c, const char *want)
 {
-    for (int i = 0; i < LOOP_TURNS_MAX && !h->expired; i++) {
+    for (int i = 0; i < LOOP_TURNS_MAX && !h->run.expired; i++) {
         if (strstr(c->in + c->seen, want) != NULL || c->eof)
             break;
         uv_run(&h->loop, UV_RUN_ONCE);
@@ -561,11 +553,11 @@ static void harness_stop(struct harness *h)
     for (size_t i = 0; i < N_CLIENTS; i++)
         if (h->clients[i].used)
             assert_true(run_until(h, &h->clients[i].closed));
-    uv_close((uv_handle_t *)&h->guard, NULL);
+    testlib_loop_close(&h->run);
     uv_close((uv_handle_t *)&h->pause, NULL);
     uv_run(&h->loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&h->loop), 0);
-    assert_false(h->expired);
+    assert_false(h->run.expired);
     free(h);
 }
 
@@ -752,7 +744,8 @@ static uint64_t now_ms(struct harness *h)
 /* wait_sessions - turn the loop until the server counts n sessions. */
 static void wait_sessions(struct harness *h, size_t n)
 {
-    for (int i = 0; i < LOOP_TURNS_MAX && !h->expired && smtpd_server_sessions(h->server) != n; i++)
+    for (int i = 0; i < LOOP_TURNS_MAX && !h->run.expired && smtpd_server_sessions(h->server) != n;
+         i++)
         uv_run(&h->loop, UV_RUN_ONCE);
     assert_int_equal(smtpd_server_sessions(h->server), n);
 }

@@ -41,6 +41,7 @@
 #include "net/smtpd.h"
 #include "net/smtpd_proxy.h"
 #include "net/smtpd_server.h"
+#include "tests/lib/testlib_loop.h"
 
 /* ------------------------------------------------------------------ */
 /* Parser vectors                                                      */
@@ -478,8 +479,7 @@ struct client {
 
 struct harness {
     uv_loop_t loop;
-    uv_timer_t guard;
-    bool expired;
+    struct testlib_loop run; /* the guard and the bounded waits */
     struct smtpd_policy policy;
     struct smtpd_cidr relay_nets[2];
     struct smtpd_cidr proxy_nets[1];
@@ -510,19 +510,10 @@ static int sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_
     return 0;
 }
 
-/* guard_cb - the test took too long: every wait stops. */
-static void guard_cb(uv_timer_t *t)
-{
-    struct harness *h = t->data;
-    h->expired = true;
-}
-
 /* run_until - turn the loop until *flag, at most LOOP_TURNS_MAX times or the guard. */
 static bool run_until(struct harness *h, const bool *flag)
 {
-    for (int i = 0; i < LOOP_TURNS_MAX && !*flag && !h->expired; i++)
-        uv_run(&h->loop, UV_RUN_ONCE);
-    return *flag;
+    return testlib_loop_until_flag(&h->run, flag);
 }
 
 /*
@@ -539,9 +530,7 @@ static void harness_start_max(struct harness *h,
     memset(h, 0, sizeof(*h));
     h->cur = &h->client;
     assert_int_equal(uv_loop_init(&h->loop), 0);
-    uv_timer_init(&h->loop, &h->guard);
-    h->guard.data = h;
-    uv_timer_start(&h->guard, guard_cb, GUARD_MS, 0);
+    testlib_loop_start(&h->run, &h->loop, GUARD_MS, LOOP_TURNS_MAX);
 
     struct smtpd_policy *p = &h->policy;
     hamr_strlcpy(p->hostname, "mx.hamr.test", sizeof(p->hostname));
@@ -675,7 +664,7 @@ static void expect(struct harness *h, const char *want)
 {
     struct client *c = h->cur;
     const char *hit = NULL;
-    for (int i = 0; i < LOOP_TURNS_MAX && !h->expired; i++) {
+    for (int i = 0; i < LOOP_TURNS_MAX && !h->run.expired; i++) {
         hit = strstr(c->in + c->seen, want);
         if (hit != NULL || c->eof)
             break;
@@ -717,11 +706,10 @@ static void harness_stop(struct harness *h)
     for (size_t i = 0; i < HAMR_ARRAY_LEN(clients); i++)
         if (clients[i]->tcp.data != NULL)
             assert_true(run_until(h, &clients[i]->closed));
-    uv_timer_stop(&h->guard);
-    uv_close((uv_handle_t *)&h->guard, NULL);
+    testlib_loop_close(&h->run);
     uv_run(&h->loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&h->loop), 0);
-    assert_false(h->expired);
+    assert_false(h->run.expired);
 }
 
 /* transaction - EHLO, MAIL, RCPT rcpt (answer want_rcpt); if accepted, DATA and commit. */
@@ -740,7 +728,7 @@ static void transaction(struct harness *h, const char *rcpt, const char *want_rc
     client_say(h, "DATA\r\n");
     expect(h, "354 ");
     client_say(h, "Subject: t\r\n\r\nhello\r\n.\r\n");
-    for (int i = 0; i < LOOP_TURNS_MAX && h->sink.cb == NULL && !h->expired; i++)
+    for (int i = 0; i < LOOP_TURNS_MAX && h->sink.cb == NULL && !h->run.expired; i++)
         uv_run(&h->loop, UV_RUN_ONCE);
     assert_non_null(h->sink.cb);
     smtpd_sink_cb cb = h->sink.cb;
@@ -789,7 +777,7 @@ static void test_server_v2_relay_denied(void **state)
     client_say(h, "DATA\r\n");
     expect(h, "354 ");
     client_say(h, "\r\nhi\r\n.\r\n");
-    for (int i = 0; i < LOOP_TURNS_MAX && h->sink.cb == NULL && !h->expired; i++)
+    for (int i = 0; i < LOOP_TURNS_MAX && h->sink.cb == NULL && !h->run.expired; i++)
         uv_run(&h->loop, UV_RUN_ONCE);
     assert_non_null(h->sink.cb);
     assert_string_equal(h->sink.client_addr, "203.0.113.5");

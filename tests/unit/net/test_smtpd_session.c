@@ -42,91 +42,7 @@
 #include "net/smtpd.h"
 #include "net/smtpd_rcptmap.h"
 #include "net/smtpd_session.h"
-
-/* ------------------------------------------------------------------ */
-/* Fake transport                                                      */
-/* ------------------------------------------------------------------ */
-
-struct fake_io {
-    struct buf out; /* everything written */
-    size_t taken;   /* what test_take() already returned */
-    int pauses, resumes, closes, timer_sets;
-    bool paused;
-    uint64_t timer_ms;
-    size_t queued; /* what write_queued() reports */
-    bool released; /* smtpd_session_free() was called: no io allowed */
-    uint64_t now;  /* the clock now() reports, in ms; the test moves it */
-    bool stressed; /* what stressed() reports */
-};
-
-/* fake_io_write - record output; never after close or release. */
-static int fake_io_write(void *data, const void *buf, size_t len)
-{
-    struct fake_io *io = data;
-    assert_false(io->released);
-    assert_int_equal(io->closes, 0); /* nothing is written after close */
-    return buf_append(&io->out, buf, len);
-}
-
-/* fake_io_pause - count a pause; pauses never nest. */
-static void fake_io_pause(void *data)
-{
-    struct fake_io *io = data;
-    assert_false(io->released);
-    assert_false(io->paused);
-    io->paused = true;
-    io->pauses++;
-}
-
-/* fake_io_resume - count a resume; only after a pause. */
-static void fake_io_resume(void *data)
-{
-    struct fake_io *io = data;
-    assert_false(io->released);
-    assert_true(io->paused);
-    io->paused = false;
-    io->resumes++;
-}
-
-/* fake_io_close - count the hang-up. */
-static void fake_io_close(void *data)
-{
-    struct fake_io *io = data;
-    assert_false(io->released);
-    io->closes++;
-}
-
-/* fake_io_set_timer - remember the deadline asked for. */
-static void fake_io_set_timer(void *data, uint64_t ms)
-{
-    struct fake_io *io = data;
-    assert_false(io->released);
-    io->timer_ms = ms;
-    io->timer_sets++;
-}
-
-/* fake_io_write_queued - the backlog the test set. */
-static size_t fake_io_write_queued(void *data)
-{
-    struct fake_io *io = data;
-    return io->queued;
-}
-
-/* fake_io_now - the test's clock. */
-static uint64_t fake_io_now(void *data)
-{
-    struct fake_io *io = data;
-    assert_false(io->released);
-    return io->now;
-}
-
-/* fake_io_stressed - the load the test set. */
-static bool fake_io_stressed(void *data)
-{
-    struct fake_io *io = data;
-    assert_false(io->released);
-    return io->stressed;
-}
+#include "tests/lib/testlib_session_io.h"
 
 /* ------------------------------------------------------------------ */
 /* Fake sink                                                           */
@@ -246,18 +162,18 @@ struct harness {
     struct smtpd_policy policy;
     struct smtpd_cidr nets[2];
     char *domains[2];
-    struct fake_io io;
+    struct testlib_session_io io;
     struct fake_sink sink;
     struct smtpd_session *s;
-    char last[1 << 16];
 };
 
 #define TEST_OUTSIDE "192.0.2.1"
 #define TEST_INSIDE "10.1.2.3"
 
-/* test_policy - the defaults of smtpd.h, with hamr.test as our domain. */
+/* test_policy - the defaults of smtpd.h, with hamr.test as our domain; a recording transport. */
 static void test_policy(struct harness *h)
 {
+    assert_int_equal(testlib_session_io_init(&h->io, true), 0);
     struct smtpd_policy *p = &h->policy;
     memset(p, 0, sizeof(*p));
     hamr_strlcpy(p->hostname, "mx.hamr.test", sizeof(p->hostname));
@@ -282,25 +198,16 @@ static void test_policy(struct harness *h)
 /* test_start - a session for client; the policy may be changed before. */
 static void test_start(struct harness *h, const char *client)
 {
-    static const struct smtpd_session_io io_ops = {
-        .write = fake_io_write,
-        .pause = fake_io_pause,
-        .resume = fake_io_resume,
-        .close = fake_io_close,
-        .set_timer = fake_io_set_timer,
-        .write_queued = fake_io_write_queued,
-        .now = fake_io_now,
-        .stressed = fake_io_stressed,
-    };
-    struct smtpd_session_io io = io_ops;
+    struct smtpd_session_io io = testlib_session_io_ops(&h->io);
+    io.write_queued = testlib_session_io_write_queued;
+    io.now = testlib_session_io_now;
+    io.stressed = testlib_session_io_stressed;
     struct smtpd_sink sink = {
         .data = &h->sink,
         .new_id = fake_sink_new_id,
         .check_mail = fake_sink_check_mail,
         .submit = fake_sink_submit,
     };
-    io.data = &h->io;
-    buf_init(&h->io.out, 0);
     assert_int_equal(smtpd_session_new(&h->policy, &sink, &io, client, &h->s), 0);
     assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_CONNECTED);
 }
@@ -327,7 +234,7 @@ static int test_teardown(void **state)
     if (h->sink.cb != NULL)
         fake_sink_step(&h->sink);
     fake_sink_free(&h->sink);
-    buf_free(&h->io.out);
+    testlib_session_io_free(&h->io);
     free(h);
     return 0;
 }
@@ -341,12 +248,7 @@ static void test_send(struct harness *h, const char *text)
 /* test_take - the output since the last take, as a string. */
 static const char *test_take(struct harness *h)
 {
-    size_t n = h->io.out.len - h->io.taken;
-    assert_true(n < sizeof(h->last));
-    memcpy(h->last, h->io.out.data + h->io.taken, n);
-    h->last[n] = '\0';
-    h->io.taken = h->io.out.len;
-    return h->last;
+    return testlib_session_io_take(&h->io);
 }
 
 /* test_codes - the reply codes since the last take, "250 250 354" (last line of each reply). */
@@ -649,13 +551,15 @@ static const struct {
     {"empty line", false, "", "500 5.5.2 Error: bad syntax"},
     {"bare LF", false, "NOOP\nQUIT", "500 5.5.2 Error: bare <LF> received"},
     /* SECURITY.md S11: a command line must be well-formed UTF-8; EHLO names are ASCII. */
-    {"overlong 2-octet", false, "MAIL FROM:<\xc0\xaf@b.example>", "500 5.5.2 Error: bad UTF-8 syntax"},
+    {"overlong 2-octet", false, "MAIL FROM:<\xc0\xaf@b.example>",
+     "500 5.5.2 Error: bad UTF-8 syntax"},
     {"overlong 3-octet", false, "MAIL FROM:<\xe0\x80\xaf@b.example> SMTPUTF8",
      "500 5.5.2 Error: bad UTF-8 syntax"},
     {"surrogate", true, "RCPT TO:<\xed\xa0\x80@hamr.test>", "500 5.5.2 Error: bad UTF-8 syntax"},
     {"above U+10FFFF", false, "MAIL FROM:<\xf4\x90\x80\x80@b.example>",
      "500 5.5.2 Error: bad UTF-8 syntax"},
-    {"truncated sequence", false, "MAIL FROM:<a@b.example\xc3>", "500 5.5.2 Error: bad UTF-8 syntax"},
+    {"truncated sequence", false, "MAIL FROM:<a@b.example\xc3>",
+     "500 5.5.2 Error: bad UTF-8 syntax"},
     {"lone continuation", false, "NOOP \x80", "500 5.5.2 Error: bad UTF-8 syntax"},
     {"4-octet UTF-8", false, "MAIL FROM:<\xf0\x9f\x98\x80@b.example>",
      "553 5.6.7 Must declare SMTPUTF8 to send unicode address"},
@@ -1421,8 +1325,9 @@ static void test_observer(void **state)
     h->policy.observer.data = &o;
     h->policy.observer.reply = test_observe_reply;
     test_ehlo(h, TEST_OUTSIDE);
-    test_send(h, "FROB\r\nNOOP\r\nRCPT TO:<a@hamr.test>\r\nMAIL FROM:<a@b.example>\r\n"
-                 "RCPT TO:<x@elsewhere.example>\r\n");
+    test_send(h,
+              "FROB\r\nNOOP\r\nRCPT TO:<a@hamr.test>\r\nMAIL FROM:<a@b.example>\r\n"
+              "RCPT TO:<x@elsewhere.example>\r\n");
     assert_string_equal(test_codes(h), "502 250 503 250 554");
     assert_int_equal(o.n, 3);
     assert_int_equal(o.codes[0], 502);

@@ -36,6 +36,7 @@
 
 #include "node/control.h"
 #include "node/control_client.h"
+#include "tests/lib/testlib_loop.h"
 
 #define TEST_GUARD_MS 10000
 #define TEST_MAX_ITER 100000
@@ -53,10 +54,9 @@ struct fixture {
     uv_loop_t loop;
     struct control *ctl;
     uint16_t port;
-    bool closed;      /* control_close's callback ran */
-    uv_timer_t guard; /* bounds every wait */
-    bool guard_fired;
-    uv_async_t wake; /* the client thread is done */
+    bool closed;             /* control_close's callback ran */
+    struct testlib_loop run; /* bounds every wait */
+    uv_async_t wake;         /* the client thread is done */
 
     /* handler */
     enum test_mode mode;
@@ -126,13 +126,6 @@ static void test_handle(void *data, struct control_call *call, const Hamr__Contr
 /* Fixture.                                                                 */
 /* ------------------------------------------------------------------------ */
 
-/* test_guard_cb - a wait took too long. */
-static void test_guard_cb(uv_timer_t *t)
-{
-    struct fixture *f = t->data;
-    f->guard_fired = true;
-}
-
 /* test_wake_cb - nothing to do: the wake-up itself ends UV_RUN_ONCE. */
 static void test_wake_cb(uv_async_t *a)
 {
@@ -151,9 +144,7 @@ static int setup(void **state)
     struct fixture *f = calloc(1, sizeof(*f));
     if (f == NULL || uv_loop_init(&f->loop) != 0)
         return -1;
-    uv_timer_init(&f->loop, &f->guard);
-    f->guard.data = f;
-    uv_timer_start(&f->guard, test_guard_cb, TEST_GUARD_MS, 0);
+    testlib_loop_start(&f->run, &f->loop, TEST_GUARD_MS, TEST_MAX_ITER);
     uv_timer_init(&f->loop, &f->later);
     f->later.data = f;
     uv_async_init(&f->loop, &f->wake, test_wake_cb);
@@ -172,10 +163,7 @@ static int setup(void **state)
 /* test_run_until - run the loop until *flag, bounded in iterations and time. */
 static void test_run_until(struct fixture *f, const bool *flag)
 {
-    for (int i = 0; i < TEST_MAX_ITER && !*flag && !f->guard_fired; i++)
-        uv_run(&f->loop, UV_RUN_ONCE);
-    assert_false(f->guard_fired);
-    assert_true(*flag);
+    TESTLIB_LOOP_UNTIL(&f->run, *flag);
 }
 
 /* teardown - close everything; fails if the loop still has handles. */
@@ -189,7 +177,7 @@ static int teardown(void **state)
     }
     if (f->pending != NULL)
         control_reply_error(f->pending, HAMR_ESHUTDOWN, "shutting down");
-    uv_close((uv_handle_t *)&f->guard, NULL);
+    testlib_loop_close(&f->run);
     uv_close((uv_handle_t *)&f->later, NULL);
     uv_close((uv_handle_t *)&f->wake, NULL);
     uv_run(&f->loop, UV_RUN_DEFAULT);
@@ -222,10 +210,7 @@ static void test_start_client(struct fixture *f, test_client_fn fn)
 /* test_wait_client - run the loop until the client thread is done, then join it. */
 static void test_wait_client(struct fixture *f)
 {
-    for (int i = 0; i < TEST_MAX_ITER && !atomic_load(&f->done) && !f->guard_fired; i++)
-        uv_run(&f->loop, UV_RUN_ONCE);
-    assert_false(f->guard_fired);
-    assert_true(atomic_load(&f->done));
+    TESTLIB_LOOP_UNTIL(&f->run, atomic_load(&f->done));
     pthread_join(f->thread, NULL);
 }
 
@@ -428,11 +413,7 @@ static void test_malformed_frame_answered(void **state)
 /* test_wait_detached - run until a call is held and its connection is gone. */
 static void test_wait_detached(struct fixture *f)
 {
-    for (int i = 0;
-         i < TEST_MAX_ITER && !f->guard_fired && (f->pending == NULL || control_conns(f->ctl) != 0);
-         i++)
-        uv_run(&f->loop, UV_RUN_ONCE);
-    assert_false(f->guard_fired);
+    TESTLIB_LOOP_UNTIL(&f->run, f->pending != NULL && control_conns(f->ctl) == 0);
     assert_non_null(f->pending);
     assert_int_equal(control_conns(f->ctl), 0);
 }
@@ -460,8 +441,7 @@ static void test_answer_after_close(void **state)
     struct fixture *f = *state;
     f->mode = TEST_MODE_HOLD;
     test_start_client(f, client_one_call);
-    for (int i = 0; i < TEST_MAX_ITER && f->pending == NULL && !f->guard_fired; i++)
-        uv_run(&f->loop, UV_RUN_ONCE);
+    TESTLIB_LOOP_UNTIL(&f->run, f->pending != NULL);
     assert_non_null(f->pending);
     control_close(f->ctl, test_closed_cb, f);
     test_run_until(f, &f->closed);

@@ -27,6 +27,7 @@
 
 #include "node/http.h"
 #include "node/metrics.h"
+#include "tests/lib/testlib_loop.h"
 
 #define TEST_GUARD_MS 10000
 #define TEST_MAX_ITER 100000
@@ -155,8 +156,7 @@ struct fixture {
     struct http *srv;
     uint16_t port;
     bool srv_closed;
-    uv_timer_t guard;
-    bool guard_fired;
+    struct testlib_loop run; /* bounds every wait */
     struct metrics *metrics;
     struct health_input health;
     int ready_calls;
@@ -181,13 +181,6 @@ static void test_fill(void *data, struct metrics *m)
     metrics_gauge_set(m, METRICS_RAFT_TERM, 0, f->fill_calls);
 }
 
-/* test_guard_cb - a wait took too long. */
-static void test_guard_cb(uv_timer_t *t)
-{
-    struct fixture *f = t->data;
-    f->guard_fired = true;
-}
-
 /* test_srv_closed_cb - http_close finished. */
 static void test_srv_closed_cb(void *arg)
 {
@@ -207,9 +200,7 @@ static int setup(void **state)
     struct fixture *f = calloc(1, sizeof(*f));
     if (f == NULL || uv_loop_init(&f->loop) != 0)
         return -1;
-    uv_timer_init(&f->loop, &f->guard);
-    f->guard.data = f;
-    uv_timer_start(&f->guard, test_guard_cb, TEST_GUARD_MS, 0);
+    testlib_loop_start(&f->run, &f->loop, TEST_GUARD_MS, TEST_MAX_ITER);
     if (metrics_hamr_new("0.1.0-test", &f->metrics) != 0)
         return -1;
     f->health = (struct health_input){.leader_known = true, .is_leader = true};
@@ -232,10 +223,7 @@ static int setup(void **state)
 /* test_run_until - run the loop until *flag, bounded in iterations and time. */
 static void test_run_until(struct fixture *f, const bool *flag)
 {
-    for (int i = 0; i < TEST_MAX_ITER && !*flag && !f->guard_fired; i++)
-        uv_run(&f->loop, UV_RUN_ONCE);
-    assert_false(f->guard_fired);
-    assert_true(*flag);
+    TESTLIB_LOOP_UNTIL(&f->run, *flag);
 }
 
 /* test_client_closed_cb - one client handle closed. */
@@ -265,7 +253,7 @@ static int teardown(void **state)
     }
     for (size_t i = 0; i < f->n_clients; i++)
         test_client_close(f->clients[i]);
-    uv_close((uv_handle_t *)&f->guard, NULL);
+    testlib_loop_close(&f->run);
     uv_run(&f->loop, UV_RUN_DEFAULT);
     int rv = uv_loop_close(&f->loop);
     bool ok = rv == 0 && f->srv_closed;
@@ -655,12 +643,8 @@ static void http_many_conns(void **state)
     /* Idle clients: they send nothing, so the server holds them open. */
     for (size_t i = 0; i < HTTP_MAX_CONNS + extra; i++)
         test_client_new(f, "", 0, NULL, false);
-    bool done = false;
-    for (int i = 0; i < TEST_MAX_ITER && !done && !f->guard_fired; i++) {
-        uv_run(&f->loop, UV_RUN_ONCE);
-        done = http_conns(f->srv) == HTTP_MAX_CONNS && test_count_eof(f, 0) == extra;
-    }
-    assert_true(done);
+    TESTLIB_LOOP_UNTIL(&f->run,
+                       http_conns(f->srv) == HTTP_MAX_CONNS && test_count_eof(f, 0) == extra);
     /* The refused ones got no bytes, only EOF; the others are still waiting. */
     size_t refused = 0;
     for (size_t i = 0; i < f->n_clients; i++) {
@@ -680,12 +664,7 @@ static void http_many_conns(void **state)
     size_t n = f->n_clients;
     for (size_t i = 0; i < n; i++)
         test_client_close(f->clients[i]);
-    done = false;
-    for (int i = 0; i < TEST_MAX_ITER && !done && !f->guard_fired; i++) {
-        uv_run(&f->loop, UV_RUN_ONCE);
-        done = http_conns(f->srv) == 0;
-    }
-    assert_true(done);
+    TESTLIB_LOOP_UNTIL(&f->run, http_conns(f->srv) == 0);
     /* And a new request is served. */
     struct test_client *c = test_request(f, "GET /health/live HTTP/1.1\r\n\r\n");
     assert_int_equal(test_status(c), 200);
@@ -697,12 +676,7 @@ static void http_close_with_clients(void **state)
     struct fixture *f = *state;
     struct test_client *a = test_client_new(f, "GET /hea", 8, NULL, false);
     struct test_client *b = test_client_new(f, "", 0, NULL, false);
-    bool done = false;
-    for (int i = 0; i < TEST_MAX_ITER && !done && !f->guard_fired; i++) {
-        uv_run(&f->loop, UV_RUN_ONCE);
-        done = http_conns(f->srv) == 2 && a->connected && b->connected;
-    }
-    assert_true(done);
+    TESTLIB_LOOP_UNTIL(&f->run, http_conns(f->srv) == 2 && a->connected && b->connected);
     http_close(f->srv, test_srv_closed_cb, f);
     test_run_until(f, &f->srv_closed);
     test_run_until(f, &a->eof);

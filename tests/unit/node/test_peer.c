@@ -40,6 +40,7 @@
 #include "util/log.h"
 
 #include "node/peer.h"
+#include "tests/lib/testlib_loop.h"
 
 #define TEST_GUARD_MS 10000
 #define TEST_MAX_ITER 200000
@@ -66,8 +67,7 @@ struct test_held {
 
 struct fixture {
     uv_loop_t loop;
-    uv_timer_t guard; /* bounds every wait */
-    bool guard_fired;
+    struct testlib_loop run; /* bounds every wait */
 
     struct peer_server *srv;
     bool srv_closed;
@@ -236,22 +236,12 @@ static int test_propose(struct fixture *f, int i, size_t n, int64_t *hash)
     return rv;
 }
 
-/* test_guard_cb - a wait took too long. */
-static void test_guard_cb(uv_timer_t *t)
-{
-    struct fixture *f = t->data;
-    f->guard_fired = true;
-}
-
-/* test_wait - run the loop until cond holds, bounded in iterations and time. */
-#define test_wait(f, cond)                                                         \
-    do {                                                                           \
-        (f)->guard_fired = false;                                                  \
-        uv_timer_start(&(f)->guard, test_guard_cb, TEST_GUARD_MS, 0);              \
-        for (int i_ = 0; i_ < TEST_MAX_ITER && !(cond) && !(f)->guard_fired; i_++) \
-            uv_run(&(f)->loop, UV_RUN_ONCE);                                       \
-        uv_timer_stop(&(f)->guard);                                                \
-        assert_true(cond);                                                         \
+/* test_wait - run the loop until cond holds, bounded in iterations and time (per wait). */
+#define test_wait(f, cond)                   \
+    do {                                     \
+        testlib_loop_arm(&(f)->run);         \
+        TESTLIB_LOOP_UNTIL(&(f)->run, cond); \
+        testlib_loop_disarm(&(f)->run);      \
     } while (0)
 
 /* test_spin - a few non-blocking loop turns: lets stray events (if any) arrive. */
@@ -319,8 +309,7 @@ static int setup(void **state)
     if (f == NULL || uv_loop_init(&f->loop) != 0)
         return -1;
     log_set_level(LOG_LEVEL_ERROR);
-    uv_timer_init(&f->loop, &f->guard);
-    f->guard.data = f;
+    testlib_loop_init(&f->run, &f->loop, TEST_GUARD_MS, TEST_MAX_ITER);
     uv_timer_init(&f->loop, &f->later_timer);
     f->later_timer.data = f;
     f->raw_fd = -1;
@@ -382,7 +371,7 @@ static int teardown(void **state)
             uv_run(&f->loop, UV_RUN_ONCE);
     }
     test_raw_close(f);
-    uv_close((uv_handle_t *)&f->guard, NULL);
+    testlib_loop_close(&f->run);
     uv_close((uv_handle_t *)&f->later_timer, NULL);
     for (int i = 0; i < 100 && uv_loop_alive(&f->loop); i++)
         uv_run(&f->loop, UV_RUN_NOWAIT);

@@ -1,0 +1,322 @@
+/*
+ * testlib_nexthop.c - a scripted SMTP server on the test's libuv loop, the
+ * next hop of net/smtpc in unit tests (see testlib_nexthop.h).
+ *
+ * Happy path: accept, greet, split what the client sends into lines (the
+ * octets TLS decrypted, once STARTTLS is done), answer each line from the
+ * overrides or the defaults, count. Failure modes: "!close" overrides and
+ * a failed TLS handshake close the connection; a read error or EOF closes
+ * it and counts n_eof. Owns its connections (freed in their close
+ * callbacks) and rx; exports testlib_nexthop_*. A socket call that fails
+ * fails the cmocka test.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/ssl.h>
+#include <uv.h>
+
+#include "util/buf.h"
+#include "net/smtpc_tls.h"
+#include "tests/lib/testlib_nexthop.h"
+
+/* testlib_nexthop_write_cb - free the copy of a reply. */
+static void testlib_nexthop_write_cb(uv_write_t *req, int status)
+{
+    (void)status;
+    free(req);
+}
+
+/* testlib_nexthop_send_raw - write len octets as they are (copied). */
+static void testlib_nexthop_send_raw(struct testlib_nexthop_conn *sc, const char *data, size_t len)
+{
+    uv_write_t *req = malloc(sizeof(*req) + len);
+    assert_non_null(req);
+    char *copy = (char *)(req + 1);
+    memcpy(copy, data, len);
+    uv_buf_t b = uv_buf_init(copy, (unsigned)len);
+    assert_int_equal(uv_write(req, (uv_stream_t *)&sc->tcp, &b, 1, testlib_nexthop_write_cb), 0);
+}
+
+/* testlib_nexthop_flush - send the ciphertext the TLS engine holds. */
+static void testlib_nexthop_flush(struct testlib_nexthop_conn *sc)
+{
+    const char *out;
+    size_t n = smtpc_tls_output(sc->tls, &out);
+    if (n > 0) {
+        testlib_nexthop_send_raw(sc, out, n);
+        smtpc_tls_output_done(sc->tls, n);
+    }
+}
+
+/* testlib_nexthop_send - len octets of reply, encrypted once TLS is up. */
+static void testlib_nexthop_send(struct testlib_nexthop_conn *sc, const char *data, size_t len)
+{
+    if (!sc->tls_up) {
+        testlib_nexthop_send_raw(sc, data, len);
+        return;
+    }
+    assert_int_equal(smtpc_tls_write(sc->tls, data, len), 0);
+    testlib_nexthop_flush(sc);
+}
+
+/* testlib_nexthop_conn_close_cb - unlink and free a connection. */
+static void testlib_nexthop_conn_close_cb(uv_handle_t *h)
+{
+    struct testlib_nexthop_conn *sc = h->data;
+    for (struct testlib_nexthop_conn **pp = &sc->srv->conns; *pp; pp = &(*pp)->next) {
+        if (*pp == sc) {
+            *pp = sc->next;
+            break;
+        }
+    }
+    smtpc_tls_free(sc->tls);
+    free(sc);
+}
+
+/* testlib_nexthop_conn_close - close a connection once. */
+static void testlib_nexthop_conn_close(struct testlib_nexthop_conn *sc)
+{
+    if (sc->closing)
+        return;
+    sc->closing = true;
+    uv_close((uv_handle_t *)&sc->tcp, testlib_nexthop_conn_close_cb);
+}
+
+/* testlib_nexthop_reply - send the override for line, or def; false if that closed. */
+static bool testlib_nexthop_reply(struct testlib_nexthop_conn *sc,
+                                  const char *line,
+                                  const char *def)
+{
+    struct testlib_nexthop *s = sc->srv;
+    const char *r = def;
+    size_t len = strlen(def);
+    for (size_t i = 0; i < s->n_ov; i++) {
+        if (strncmp(line, s->ov[i].prefix, strlen(s->ov[i].prefix)) == 0) {
+            r = s->ov[i].reply;
+            len = s->ov[i].len;
+            break;
+        }
+    }
+    if (strcmp(r, "!close") == 0) {
+        testlib_nexthop_conn_close(sc);
+        return false;
+    }
+    if (strcmp(r, "!none") == 0)
+        return true;
+    testlib_nexthop_send(sc, r, len);
+    if (strncmp(line, "DATA", 4) == 0 && r[0] == '3')
+        sc->data_mode = true;
+    if (strncmp(line, "RCPT", 4) == 0 && r[0] == '2')
+        sc->rcpts_ok++;
+    if (strncmp(line, "MAIL", 4) == 0 && r[0] == '2')
+        sc->mail_ok = true;
+    return true;
+}
+
+/* testlib_nexthop_starttls - 503 unless offered and not yet in TLS; else the scripted reply. */
+static void testlib_nexthop_starttls(struct testlib_nexthop_conn *sc, const char *line)
+{
+    struct testlib_nexthop *s = sc->srv;
+    s->n_starttls++;
+    if (sc->tls_up || !s->offer_starttls) {
+        testlib_nexthop_reply(sc, line, "503 5.5.1 no\r\n");
+        return;
+    }
+    testlib_nexthop_send_raw(sc, s->starttls_reply, strlen(s->starttls_reply));
+    if (strncmp(s->starttls_reply, "220", 3) == 0)
+        assert_int_equal(smtpc_tls_new(s->ctx, true, NULL, false, &sc->tls), 0);
+}
+
+/* testlib_nexthop_line - act on one complete line. */
+static void testlib_nexthop_line(struct testlib_nexthop_conn *sc, const char *line)
+{
+    struct testlib_nexthop *s = sc->srv;
+    if (sc->data_mode) {
+        if (strcmp(line, ".\r\n") != 0)
+            return;
+        sc->data_mode = false;
+        sc->mail_ok = false;
+        sc->rcpts_ok = 0;
+        s->n_messages++;
+        testlib_nexthop_reply(sc, line, "250 2.0.0 queued\r\n");
+    } else if (strncmp(line, "EHLO", 4) == 0) {
+        testlib_nexthop_reply(sc, line, sc->tls_up ? s->ehlo_tls : s->ehlo);
+    } else if (strncmp(line, "HELO", 4) == 0) {
+        testlib_nexthop_reply(sc, line, "250 test.example\r\n");
+    } else if (strncmp(line, "STARTTLS", 8) == 0 && s->ctx != NULL) {
+        testlib_nexthop_starttls(sc, line);
+    } else if (strncmp(line, "MAIL", 4) == 0 || strncmp(line, "RSET", 4) == 0) {
+        if (line[0] == 'M' && sc->tls_up)
+            s->n_mail_tls++;
+        else if (line[0] == 'M')
+            s->n_mail_plain++;
+        sc->mail_ok = false;
+        sc->rcpts_ok = 0;
+        testlib_nexthop_reply(sc, line, "250 2.1.0 ok\r\n");
+    } else if (strncmp(line, "RCPT", 4) == 0) {
+        testlib_nexthop_reply(sc, line,
+                              sc->mail_ok ? "250 2.1.5 ok\r\n" : "503 5.5.1 need MAIL\r\n");
+    } else if (strncmp(line, "DATA", 4) == 0) {
+        testlib_nexthop_reply(
+            sc, line, sc->rcpts_ok > 0 ? "354 go ahead\r\n" : "554 5.5.1 no valid recipients\r\n");
+    } else if (strncmp(line, "QUIT", 4) == 0) {
+        testlib_nexthop_reply(sc, line, "221 bye\r\n"); /* the client closes: n_eof */
+    } else {
+        testlib_nexthop_reply(sc, line, "502 5.5.2 unknown\r\n");
+    }
+}
+
+/* testlib_nexthop_plain - record plaintext and split it into lines; stops when TLS begins. */
+static void testlib_nexthop_plain(struct testlib_nexthop_conn *sc, const char *data, size_t len)
+{
+    struct testlib_nexthop *s = sc->srv;
+    assert_int_equal(buf_append(&s->rx, data, len), 0);
+    for (size_t i = 0; i < len && !sc->closing; i++) {
+        assert_true(sc->line_len + 1 < sizeof(sc->line));
+        sc->line[sc->line_len++] = data[i];
+        if (data[i] != '\n')
+            continue;
+        sc->line[sc->line_len] = '\0';
+        sc->line_len = 0;
+        if (!sc->data_mode && i + 1 < len)
+            s->n_pipelined++;
+        bool was_plain = sc->tls == NULL;
+        testlib_nexthop_line(sc, sc->line);
+        if (was_plain && sc->tls != NULL)
+            return; /* the client waits for the 220: nothing follows */
+    }
+}
+
+/* testlib_nexthop_tls_input - ciphertext: the handshake, then decrypted lines. */
+static void testlib_nexthop_tls_input(struct testlib_nexthop_conn *sc, const char *data, size_t len)
+{
+    if (sc->srv->stall_handshake)
+        return;
+    assert_int_equal(smtpc_tls_feed(sc->tls, data, len), 0);
+    if (!sc->tls_up) {
+        int rc = smtpc_tls_handshake(sc->tls);
+        testlib_nexthop_flush(sc);
+        if (rc < 0) {
+            testlib_nexthop_conn_close(sc);
+            return;
+        }
+        if (rc == 0)
+            return;
+        sc->tls_up = true;
+        sc->srv->n_tls_up++;
+    }
+    char plain[4096];
+    long n;
+    while (!sc->closing && (n = smtpc_tls_read(sc->tls, plain, sizeof(plain))) > 0)
+        testlib_nexthop_plain(sc, plain, (size_t)n);
+    if (!sc->closing && n < 0)
+        testlib_nexthop_conn_close(sc);
+}
+
+/* testlib_nexthop_alloc_cb - a fresh buffer per read. */
+static void testlib_nexthop_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)h;
+    buf->base = malloc(suggested);
+    buf->len = buf->base ? suggested : 0;
+}
+
+/* testlib_nexthop_read_cb - EOF or error ends the connection; data goes in. */
+static void testlib_nexthop_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    struct testlib_nexthop_conn *sc = st->data;
+    if (nread < 0) {
+        if (!sc->closing)
+            sc->srv->n_eof++;
+        testlib_nexthop_conn_close(sc);
+    } else if (nread > 0 && !sc->closing && sc->tls != NULL) {
+        testlib_nexthop_tls_input(sc, buf->base, (size_t)nread);
+    } else if (nread > 0 && !sc->closing) {
+        testlib_nexthop_plain(sc, buf->base, (size_t)nread);
+    }
+    free(buf->base);
+}
+
+/* testlib_nexthop_connection_cb - accept and greet. */
+static void testlib_nexthop_connection_cb(uv_stream_t *l, int status)
+{
+    struct testlib_nexthop *s = l->data;
+    assert_int_equal(status, 0);
+    struct testlib_nexthop_conn *sc = calloc(1, sizeof(*sc));
+    assert_non_null(sc);
+    sc->srv = s;
+    assert_int_equal(uv_tcp_init(l->loop, &sc->tcp), 0);
+    sc->tcp.data = sc;
+    sc->next = s->conns;
+    s->conns = sc;
+    assert_int_equal(uv_accept(l, (uv_stream_t *)&sc->tcp), 0);
+    s->n_accepted++;
+    assert_int_equal(
+        uv_read_start((uv_stream_t *)&sc->tcp, testlib_nexthop_alloc_cb, testlib_nexthop_read_cb),
+        0);
+    testlib_nexthop_reply(sc, "<greeting>", "220 test.example ESMTP\r\n");
+}
+
+/* testlib_nexthop_start - listen on 127.0.0.1, port 0, with the default script. */
+void testlib_nexthop_start(struct testlib_nexthop *s, uv_loop_t *loop, SSL_CTX *ctx)
+{
+    memset(s, 0, sizeof(*s));
+    s->ehlo = TESTLIB_NEXTHOP_EHLO_FULL;
+    s->ehlo_tls = TESTLIB_NEXTHOP_EHLO_FULL;
+    s->ctx = ctx;
+    s->offer_starttls = ctx != NULL;
+    s->starttls_reply = "220 2.0.0 ready to start TLS\r\n";
+    buf_init(&s->rx, 4 << 20);
+    assert_int_equal(uv_tcp_init(loop, &s->listener), 0);
+    s->listener.data = s;
+    struct sockaddr_in a;
+    assert_int_equal(uv_ip4_addr("127.0.0.1", 0, &a), 0);
+    assert_int_equal(uv_tcp_bind(&s->listener, (const struct sockaddr *)&a, 0), 0);
+    assert_int_equal(uv_listen((uv_stream_t *)&s->listener, 16, testlib_nexthop_connection_cb), 0);
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    assert_int_equal(uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len), 0);
+    s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+/* testlib_nexthop_override - one more override, checked first to last. */
+void testlib_nexthop_override(struct testlib_nexthop *s,
+                              const char *prefix,
+                              const char *reply,
+                              size_t len)
+{
+    assert_true(s->n_ov < TESTLIB_NEXTHOP_OVERRIDES_MAX);
+    s->ov[s->n_ov++] = (struct testlib_nexthop_override){prefix, reply, len ? len : strlen(reply)};
+}
+
+/* testlib_nexthop_received - search rx for needle. */
+bool testlib_nexthop_received(const struct testlib_nexthop *s, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (size_t i = 0; i + n <= s->rx.len; i++)
+        if (memcmp(s->rx.data + i, needle, n) == 0)
+            return true;
+    return false;
+}
+
+/* testlib_nexthop_stop - close the listener and every connection. */
+void testlib_nexthop_stop(struct testlib_nexthop *s)
+{
+    uv_close((uv_handle_t *)&s->listener, NULL);
+    for (struct testlib_nexthop_conn *sc = s->conns; sc != NULL; sc = sc->next)
+        testlib_nexthop_conn_close(sc);
+}
+
+/* testlib_nexthop_free - release rx. */
+void testlib_nexthop_free(struct testlib_nexthop *s)
+{
+    buf_free(&s->rx);
+}
