@@ -63,7 +63,7 @@
 #include "net/smtpc.h"
 #include "net/smtpc_body.h"
 #include "net/smtpc_reply.h"
-#include "net/smtpc_tls.h"
+#include "net/tls.h"
 
 #define SMTPC_CHUNK_MAX (64 * 1024) /* body bytes per write */
 #define SMTPC_ADDR_MAX 256          /* RFC 5321 4.5.3.1.3: path, without <> here */

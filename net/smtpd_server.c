@@ -106,7 +106,7 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
-#include "net/smtpc_tls.h"
+#include "net/tls.h"
 #include "net/smtpd.h"
 #include "net/smtpd_auth.h"
 #include "net/smtpd_limits.h"

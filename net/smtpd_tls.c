@@ -17,7 +17,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
-#include "net/smtpc_tls.h"
+#include "net/tls.h"
 #include "net/smtpd_tls.h"
 
 /* smtpd_tls_ctx_new - load cert_file and key_file into a hardened context. */

@@ -33,7 +33,7 @@
 #include "util/err.h"
 #include "util/log.h"
 #include "net/smtpc.h"
-#include "net/smtpc_tls.h"
+#include "net/tls.h"
 #include "tls_testcert.h"
 
 #define WATCHDOG_MS 5000

@@ -24,7 +24,7 @@
 #include <openssl/ssl.h>
 
 #include "util/err.h"
-#include "net/smtpc_tls.h"
+#include "net/tls.h"
 #include "net/smtpd_tls.h"
 #include "tls_testcert.h"
 

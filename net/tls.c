@@ -25,7 +25,7 @@
 
 #include "util/common.h"
 #include "util/err.h"
-#include "net/smtpc_tls.h"
+#include "net/tls.h"
 
 /* Undecrypted ciphertext held from the peer, at most. */
 #define SMTPC_TLS_RBIO_MAX (1024 * 1024)
