@@ -69,7 +69,7 @@
  *
  * STARTTLS (smtpd_server_set_tls): the session answers 220 and calls
  * io.starttls; from then on the connection owns a TLS engine
- * (smtpc_tls.c, memory BIOs). Ciphertext from uv_read is fed to it, the
+ * (tls.c, memory BIOs). Ciphertext from uv_read is fed to it, the
  * handshake advances without blocking, and only decrypted octets reach the
  * session; session output is encrypted and the ciphertext goes out through
  * uv_write. A failed handshake is logged with OpenSSL's reason and closes
@@ -175,7 +175,7 @@ struct smtpd_conn {
     char client_addr[INET6_ADDRSTRLEN]; /* from the PROXY header, else peer_addr */
     char peer_addr[INET6_ADDRSTRLEN];   /* the socket's peer: the balancer if proxied */
     struct smtpd_proxy_parser proxy;
-    struct smtpc_tls *tls; /* after STARTTLS */
+    struct tls *tls;       /* after STARTTLS */
     bool tls_up;           /* handshake done */
     char rbuf[SMTPD_SERVER_READ_MAX];
 };
@@ -267,7 +267,7 @@ static void smtpd_server_conn_close_cb(uv_handle_t *handle)
         c->limits_held = false;
         smtpd_limits_release(s->limits, c->client_addr, smtpd_server_now(s));
     }
-    c->tls = smtpc_tls_free(c->tls);
+    c->tls = tls_free(c->tls);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -311,7 +311,7 @@ static void smtpd_server_conn_close(struct smtpd_conn *c)
     if (c->closing)
         return;
     if (c->tls_up) {
-        smtpc_tls_shutdown(c->tls);
+        tls_shutdown(c->tls);
         smtpd_server_tls_flush(c);
     }
     c->closing = true;
@@ -368,12 +368,12 @@ static int smtpd_server_write_raw(struct smtpd_conn *c, const void *buf, size_t 
 static int smtpd_server_tls_flush(struct smtpd_conn *c)
 {
     const char *out;
-    size_t n = smtpc_tls_output(c->tls, &out);
+    size_t n = tls_output(c->tls, &out);
 
     if (n == 0)
         return 0;
     int rc = smtpd_server_write_raw(c, out, n);
-    smtpc_tls_output_done(c->tls, n);
+    tls_output_done(c->tls, n);
     return rc;
 }
 
@@ -386,10 +386,9 @@ static int smtpd_server_io_write(void *data, const void *buf, size_t len)
         return smtpd_server_write_raw(c, buf, len);
     if (c->closing || !c->tls_up)
         return HAMR_EIO; /* nothing can be said in the middle of a handshake */
-    int rc = smtpc_tls_write(c->tls, buf, len);
+    int rc = tls_write(c->tls, buf, len);
     if (rc != 0) {
-        log_info("smtpd tls write failed client=%s err=\"%s\"", c->client_addr,
-                 smtpc_tls_error(c->tls));
+        log_info("smtpd tls write failed client=%s err=\"%s\"", c->client_addr, tls_error(c->tls));
         return rc;
     }
     return smtpd_server_tls_flush(c);
@@ -402,7 +401,7 @@ static int smtpd_server_io_starttls(void *data)
 
     if (c->server->tls_ctx == NULL || c->tls != NULL)
         return HAMR_EINVAL;
-    return smtpc_tls_new(c->server->tls_ctx, true, NULL, false, &c->tls);
+    return tls_new(c->server->tls_ctx, true, NULL, false, &c->tls);
 }
 
 /* smtpd_server_alloc_cb - every read goes into the connection's fixed buffer. */
@@ -615,18 +614,18 @@ static void smtpd_server_tls_input(struct smtpd_conn *c, const char *data, size_
 {
     char plain[SMTPD_SERVER_READ_MAX];
 
-    if (smtpc_tls_feed(c->tls, data, len) != 0) {
+    if (tls_feed(c->tls, data, len) != 0) {
         log_info("smtpd tls input over limit client=%s", c->client_addr);
         smtpd_server_conn_abort(c);
         return;
     }
     if (!c->tls_up) {
-        int rc = smtpc_tls_handshake(c->tls);
+        int rc = tls_handshake(c->tls);
         if (smtpd_server_tls_flush(c) != 0 && rc >= 0)
             rc = HAMR_EIO;
         if (rc < 0) {
             log_info("smtpd tls handshake failed client=%s err=\"%s\"", c->client_addr,
-                     smtpc_tls_error(c->tls));
+                     tls_error(c->tls));
             smtpd_server_conn_abort(c);
             return;
         }
@@ -634,11 +633,11 @@ static void smtpd_server_tls_input(struct smtpd_conn *c, const char *data, size_
             return;
         c->tls_up = true;
         char desc[96];
-        smtpc_tls_describe(c->tls, desc, sizeof(desc));
+        tls_describe(c->tls, desc, sizeof(desc));
         log_info("smtpd tls client=%s tls=\"%s\"", c->client_addr, desc);
     }
     while (!c->closing && c->session != NULL) {
-        long n = smtpc_tls_read(c->tls, plain, sizeof(plain));
+        long n = tls_read(c->tls, plain, sizeof(plain));
         if (n == 0)
             break;
         if (n == HAMR_ESHUTDOWN) {
@@ -647,7 +646,7 @@ static void smtpd_server_tls_input(struct smtpd_conn *c, const char *data, size_
         }
         if (n < 0) {
             log_info("smtpd tls read failed client=%s err=\"%s\"", c->client_addr,
-                     smtpc_tls_error(c->tls));
+                     tls_error(c->tls));
             smtpd_server_conn_abort(c);
             return;
         }
@@ -1142,7 +1141,7 @@ int smtpd_server_set_tls(struct smtpd_server *s,
 /* smtpd_server_reload_tls - read the files again; keep the old context on failure. */
 int smtpd_server_reload_tls(struct smtpd_server *s)
 {
-    char err[SMTPC_TLS_ERR_MAX + 128];
+    char err[TLS_ERR_MAX + 128];
 
     if (s->tls_ctx == NULL)
         return 0;

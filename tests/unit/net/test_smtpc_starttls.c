@@ -49,7 +49,7 @@ struct srv_conn {
     uv_tcp_t tcp;
     struct srv *srv;
     struct srv_conn *next;
-    struct smtpc_tls *tls; /* after our 220 to STARTTLS */
+    struct tls *tls; /* after our 220 to STARTTLS */
     bool tls_up;
     char line[4096];
     size_t line_len;
@@ -100,10 +100,10 @@ static void srv_send_raw(struct srv_conn *sc, const char *data, size_t len)
 static void srv_flush(struct srv_conn *sc)
 {
     const char *out;
-    size_t n = smtpc_tls_output(sc->tls, &out);
+    size_t n = tls_output(sc->tls, &out);
     if (n > 0) {
         srv_send_raw(sc, out, n);
-        smtpc_tls_output_done(sc->tls, n);
+        tls_output_done(sc->tls, n);
     }
 }
 
@@ -114,7 +114,7 @@ static void srv_send(struct srv_conn *sc, const char *text)
         srv_send_raw(sc, text, strlen(text));
         return;
     }
-    assert_int_equal(smtpc_tls_write(sc->tls, text, strlen(text)), 0);
+    assert_int_equal(tls_write(sc->tls, text, strlen(text)), 0);
     srv_flush(sc);
 }
 
@@ -127,7 +127,7 @@ static void srv_conn_close_cb(uv_handle_t *h)
             break;
         }
     }
-    smtpc_tls_free(sc->tls);
+    tls_free(sc->tls);
     free(sc);
 }
 
@@ -166,7 +166,7 @@ static void srv_line(struct srv_conn *sc, const char *line)
         }
         srv_send_raw(sc, s->starttls_reply, strlen(s->starttls_reply));
         if (strncmp(s->starttls_reply, "220", 3) == 0)
-            assert_int_equal(smtpc_tls_new(s->ctx, true, NULL, false, &sc->tls), 0);
+            assert_int_equal(tls_new(s->ctx, true, NULL, false, &sc->tls), 0);
     } else if (strncmp(line, "MAIL", 4) == 0) {
         if (sc->tls_up)
             s->n_mail_tls++;
@@ -207,9 +207,9 @@ static void srv_tls_input(struct srv_conn *sc, const char *data, size_t len)
 {
     if (sc->srv->stall_handshake)
         return;
-    assert_int_equal(smtpc_tls_feed(sc->tls, data, len), 0);
+    assert_int_equal(tls_feed(sc->tls, data, len), 0);
     if (!sc->tls_up) {
-        int rc = smtpc_tls_handshake(sc->tls);
+        int rc = tls_handshake(sc->tls);
         srv_flush(sc);
         if (rc < 0) {
             srv_conn_close(sc);
@@ -222,7 +222,7 @@ static void srv_tls_input(struct srv_conn *sc, const char *data, size_t len)
     }
     char plain[4096];
     long n;
-    while (!sc->closing && (n = smtpc_tls_read(sc->tls, plain, sizeof(plain))) > 0)
+    while (!sc->closing && (n = tls_read(sc->tls, plain, sizeof(plain))) > 0)
         srv_plain(sc, plain, (size_t)n);
     if (!sc->closing && n < 0)
         srv_conn_close(sc);
