@@ -29,7 +29,7 @@
  * Closing: tcp_server_close closes the listener and hands every connection
  * to shutdown_cb. Each handle is counted when it is initialised and again
  * as its close callback runs; when the last one has run, the server is
- * freed and done_cb runs, once.
+ * freed and done_cb, then the closer's callback, run once each.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -60,6 +60,8 @@ struct tcp_server {
     bool spare_busy;     /* the spare is closing */
     bool refuse_pending; /* no memory and the spare busy: libuv holds a connection */
     bool closing;
+    void (*closed_cb)(void *arg); /* tcp_server_close's */
+    void *closed_arg;
 };
 
 static void tcp_server_accept(struct tcp_server *s);
@@ -80,9 +82,13 @@ static void tcp_server_maybe_done(struct tcp_server *s)
     if (!s->closing || s->open_handles > 0)
         return;
     struct tcp_server_ops ops = s->ops;
+    void (*cb)(void *) = s->closed_cb;
+    void *arg = s->closed_arg;
     free(s);
     if (ops.done_cb != NULL)
         ops.done_cb(ops.data);
+    if (cb != NULL)
+        cb(arg);
 }
 
 /* tcp_server_conn_closed_cb - one handle of a connection closed; the last frees it. */
@@ -345,11 +351,13 @@ static void tcp_server_listener_closed_cb(uv_handle_t *h)
 }
 
 /* tcp_server_close - close the listener, hand every connection to shutdown_cb; idempotent. */
-void tcp_server_close(struct tcp_server *s)
+void tcp_server_close(struct tcp_server *s, void (*closed_cb)(void *arg), void *arg)
 {
     if (s->closing)
         return;
     s->closing = true;
+    s->closed_cb = closed_cb;
+    s->closed_arg = arg;
     uv_close((uv_handle_t *)&s->listener, tcp_server_listener_closed_cb);
     struct tcp_server_conn *c = s->conns;
     while (c != NULL) {

@@ -69,7 +69,9 @@ struct tcp_server_ops {
     void (*free_cb)(void *data, struct tcp_server_conn *c);
     /*
      * done_cb - after tcp_server_close, the last handle (listener,
-     * connections and all) has closed and the server is freed. Called once.
+     * connections and all) has closed and the server is freed. Called once,
+     * before tcp_server_close's closed_cb; it may free data (free itself
+     * will do). NULL: nothing.
      */
     void (*done_cb)(void *data);
 };
@@ -110,9 +112,11 @@ void tcp_server_set_max_conns(struct tcp_server *s, size_t max_conns);
 
 /*
  * tcp_server_close - close the listener and every connection (through
- * shutdown_cb); ops.done_cb runs once every handle has closed. Idempotent.
+ * shutdown_cb); once every handle has closed, ops.done_cb(ops.data) and
+ * then closed_cb(arg) (may be NULL) run, once each and never from inside
+ * this call. Idempotent: a second call changes nothing.
  */
-void tcp_server_close(struct tcp_server *s);
+void tcp_server_close(struct tcp_server *s, void (*closed_cb)(void *arg), void *arg);
 
 /*
  * tcp_server_conn_timer_init - uv_timer_init t (in c's owner's memory) and

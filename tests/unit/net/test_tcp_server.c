@@ -64,6 +64,8 @@ struct fixture {
     int shutdowns;
     int frees;
     int dones;
+    int closeds;         /* tcp_server_close's callback */
+    int dones_at_closed; /* dones when it ran */
     int frees_at_done;   /* frees when done_cb ran */
     int handles_at_done; /* loop handles (the tick aside) when done_cb ran */
     struct test_conn *accepted[TEST_CLIENTS];
@@ -135,6 +137,13 @@ static void test_done_cb(void *data)
     uv_walk(&f->loop, test_count_handle, f);
 }
 
+static void test_closed_cb(void *arg)
+{
+    struct fixture *f = arg;
+    f->closeds++;
+    f->dones_at_closed = f->dones;
+}
+
 static const struct tcp_server_ops test_ops = {
     .alloc_cb = test_alloc_cb,
     .accept_cb = test_accept_cb,
@@ -179,7 +188,7 @@ static void test_server_close(struct fixture *f)
     if (f->srv == NULL)
         return;
     int dones = f->dones;
-    tcp_server_close(f->srv);
+    tcp_server_close(f->srv, NULL, NULL);
     test_run_until(f, f->dones > dones);
     f->srv = NULL;
 }
@@ -341,17 +350,21 @@ static void close_with_conns(void **state)
     uv_timer_start(&f->accepted[1]->timer, test_tick_cb, 60000, 0);
 
     tcp_server_conn_close(&f->accepted[0]->base);
-    tcp_server_close(f->srv);
-    tcp_server_close(f->srv); /* idempotent */
+    tcp_server_close(f->srv, test_closed_cb, f);
+    tcp_server_close(f->srv, test_closed_cb, f); /* idempotent */
     assert_int_equal(f->shutdowns, 2);
     assert_int_equal(f->dones, 0); /* never from inside close */
+    assert_int_equal(f->closeds, 0);
     test_run_until(f, f->dones == 1);
     f->srv = NULL;
+    assert_int_equal(f->closeds, 1);
+    assert_int_equal(f->dones_at_closed, 1); /* done first, then the closer */
     assert_int_equal(f->frees_at_done, 3);
     assert_int_equal(f->handles_at_done, 0);
     for (int i = 0; i < 20; i++)
         uv_run(&f->loop, UV_RUN_ONCE);
     assert_int_equal(f->dones, 1);
+    assert_int_equal(f->closeds, 1);
     for (int i = 0; i < 3; i++)
         test_run_until(f, test_client_closed(f, i));
 }
@@ -361,7 +374,7 @@ static void close_idle(void **state)
 {
     struct fixture *f = *state;
     test_listen(f, "127.0.0.1", 8, TCP_SERVER_CAP_PAUSE);
-    tcp_server_close(f->srv);
+    tcp_server_close(f->srv, NULL, NULL);
     assert_int_equal(f->dones, 0);
     test_run_until(f, f->dones == 1);
     f->srv = NULL;
