@@ -17,7 +17,7 @@
  * STARTTLS: each destination carries a TLS policy (part of its key). After
  * EHLO, when STARTTLS is offered, the client sends it; on 220 it throws away
  * whatever plaintext came after the 220 (response injection, SECURITY.md
- * S21), starts a TLS engine over memory BIOs (smtpc_tls.c) and from then on
+ * S21), starts a TLS engine over memory BIOs (tls.c) and from then on
  * every octet read is fed to it and every octet written comes out of it.
  * The handshake runs as reads arrive, under the command timeout; then EHLO
  * again, and only the new extension list counts. Under MAY, no STARTTLS
@@ -63,7 +63,7 @@
 #include "net/smtpc.h"
 #include "net/smtpc_body.h"
 #include "net/smtpc_reply.h"
-#include "net/smtpc_tls.h"
+#include "net/tls.h"
 
 #define SMTPC_CHUNK_MAX (64 * 1024) /* body bytes per write */
 #define SMTPC_ADDR_MAX 256          /* RFC 5321 4.5.3.1.3: path, without <> here */
@@ -173,7 +173,7 @@ struct smtpc_conn {
     bool dot_only;  /* 354 though no recipient was accepted: send "." alone */
     bool dot_reply; /* the server answered the final dot: no RSET needed */
     struct smtpc_body body;
-    struct smtpc_tls *tls;          /* after a 220 to STARTTLS; freed with the connection */
+    struct tls *tls;                /* after a 220 to STARTTLS; freed with the connection */
     bool tls_up;                    /* handshake done: all I/O goes through tls */
     char tls_desc[96];              /* for results and logs; "none" without TLS */
     enum smtpc_tls_state tls_state; /* for results: set where TLS comes up or why it did not */
@@ -450,14 +450,14 @@ static void smtpc_conn_tls_fail(struct smtpc_conn *c, unsigned code, const char 
 static int smtpc_conn_tls_flush(struct smtpc_conn *c, bool body)
 {
     const char *out = NULL;
-    size_t n = smtpc_tls_output(c->tls, &out);
+    size_t n = tls_output(c->tls, &out);
     if (n == 0) {
         HAMR_ASSERT(!body); /* a chunk is never empty, so it always makes ciphertext */
         return 0;
     }
     int rv = smtpc_conn_write_raw(c, out, n, body);
     if (c->tls != NULL)
-        smtpc_tls_output_done(c->tls, n);
+        tls_output_done(c->tls, n);
     return rv;
 }
 
@@ -466,8 +466,8 @@ static int smtpc_conn_write(struct smtpc_conn *c, const void *data, size_t len, 
 {
     if (!c->tls_up)
         return smtpc_conn_write_raw(c, data, len, body);
-    if (smtpc_tls_write(c->tls, data, len) != 0) {
-        smtpc_conn_tls_fail(c, 0, smtpc_tls_error(c->tls));
+    if (tls_write(c->tls, data, len) != 0) {
+        smtpc_conn_tls_fail(c, 0, tls_error(c->tls));
         return HAMR_EPROTO;
     }
     return smtpc_conn_tls_flush(c, body);
@@ -980,18 +980,18 @@ static void smtpc_conn_tls_start(struct smtpc_conn *c)
 {
     struct smtpc_dest *d = c->dest;
     bool verify = d->policy == SMTPC_TLS_VERIFY;
-    int rv = smtpc_tls_new(c->pool->tls_ctx, false, d->verify_host, verify, &c->tls);
+    int rv = tls_new(c->pool->tls_ctx, false, d->verify_host, verify, &c->tls);
     if (rv != 0) {
         smtpc_conn_tls_fail(c, 0, hamr_strerror(rv));
         return;
     }
     smtpc_reply_init(&c->parser);
     smtpc_conn_enter_state(c, SMTPC_STATE_TLS);
-    rv = smtpc_tls_handshake(c->tls);
+    rv = tls_handshake(c->tls);
     if (smtpc_conn_tls_flush(c, false) != 0)
         return;
     if (rv < 0)
-        smtpc_conn_tls_fail(c, 0, smtpc_tls_error(c->tls));
+        smtpc_conn_tls_fail(c, 0, tls_error(c->tls));
 }
 
 /*
@@ -1171,22 +1171,22 @@ static void smtpc_conn_on_eof(struct smtpc_conn *c, ssize_t nread)
  */
 static void smtpc_conn_tls_input(struct smtpc_conn *c, const char *data, size_t len)
 {
-    if (smtpc_tls_feed(c->tls, data, len) != 0) {
+    if (tls_feed(c->tls, data, len) != 0) {
         smtpc_conn_tls_fail(c, 0, "too much undecrypted input");
         return;
     }
     if (!c->tls_up) {
-        int rv = smtpc_tls_handshake(c->tls);
+        int rv = tls_handshake(c->tls);
         if (smtpc_conn_tls_flush(c, false) != 0)
             return;
         if (rv < 0) {
-            smtpc_conn_tls_fail(c, 0, smtpc_tls_error(c->tls));
+            smtpc_conn_tls_fail(c, 0, tls_error(c->tls));
             return;
         }
         if (rv == 0)
             return;
         c->tls_up = true;
-        smtpc_tls_describe(c->tls, c->tls_desc, sizeof(c->tls_desc));
+        tls_describe(c->tls, c->tls_desc, sizeof(c->tls_desc));
         c->tls_state = c->dest->policy == SMTPC_TLS_VERIFY ? SMTPC_TLS_STATE_VERIFIED
                                                            : SMTPC_TLS_STATE_UNVERIFIED;
         if (c->dest->policy != SMTPC_TLS_VERIFY) {
@@ -1202,7 +1202,7 @@ static void smtpc_conn_tls_input(struct smtpc_conn *c, const char *data, size_t 
         smtpc_conn_enter_state(c, SMTPC_STATE_EHLO);
     }
     while (c->state != SMTPC_STATE_CLOSING) {
-        long n = smtpc_tls_read(c->tls, c->pbuf, sizeof(c->pbuf));
+        long n = tls_read(c->tls, c->pbuf, sizeof(c->pbuf));
         if (n == 0)
             break;
         if (n == HAMR_ESHUTDOWN) {
@@ -1210,7 +1210,7 @@ static void smtpc_conn_tls_input(struct smtpc_conn *c, const char *data, size_t 
             return;
         }
         if (n < 0) {
-            smtpc_conn_fail(c, 0, "TLS read from %s: %s", c->remote, smtpc_tls_error(c->tls));
+            smtpc_conn_fail(c, 0, "TLS read from %s: %s", c->remote, tls_error(c->tls));
             return;
         }
         smtpc_conn_on_read(c, c->pbuf, (size_t)n);
@@ -1273,7 +1273,7 @@ static void smtpc_conn_timer_cb(uv_timer_t *t)
 static void smtpc_conn_free(struct smtpc_conn *c)
 {
     struct smtpc_pool *p = c->pool;
-    smtpc_tls_free(c->tls);
+    tls_free(c->tls);
     free(c);
     HAMR_ASSERT(p->n_alive > 0);
     p->n_alive--;
@@ -1441,8 +1441,8 @@ struct smtpc_pool *smtpc_pool_new(uv_loop_t *loop, const struct smtpc_config *cf
     if (c->tls_ctx != NULL && SSL_CTX_up_ref(c->tls_ctx) == 1) {
         p->tls_ctx = c->tls_ctx;
     } else {
-        char err[SMTPC_TLS_ERR_MAX + 64];
-        p->tls_ctx = smtpc_tls_client_ctx_new(c->tls_ca_file, err, sizeof(err));
+        char err[TLS_ERR_MAX + 64];
+        p->tls_ctx = tls_client_ctx_new(c->tls_ca_file, err, sizeof(err));
         if (p->tls_ctx == NULL)
             log_warn(
                 "smtpc no STARTTLS: policy may goes plaintext, encrypt and verify defer "

@@ -40,7 +40,7 @@ struct smtpc_config {
     unsigned max_conns_per_dest;   /* concurrent connections to one next hop; 10 */
     unsigned max_msgs_per_conn;    /* messages before the connection is renewed; 100 */
     /*
-     * STARTTLS client context (smtpc_tls_client_ctx_new). The pool takes its
+     * STARTTLS client context (tls_client_ctx_new). The pool takes its
      * own reference. NULL: the pool makes one from tls_ca_file; if that fails
      * (logged), MAY goes plaintext and ENCRYPT/VERIFY deliveries are deferred.
      */

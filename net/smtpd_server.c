@@ -1,8 +1,9 @@
 /*
  * smtpd_server.c - the inbound SMTP listener: libuv TCP under smtpd_session.
  *
- * Owns: the listening handle and every connection (struct smtpd_conn: a
- * uv_tcp_t, a uv_timer_t, a fixed read buffer and its session). Exports
+ * Owns: the listener (a net/tcp_server) and every connection (struct
+ * smtpd_conn: a uv_tcp_t, a uv_timer_t, a fixed read buffer and its
+ * session; tcp_server closes the handles and counts them). Exports
  * smtpd_server.h. Converts UV_E* codes to HAMR_E* here and nowhere else.
  *
  * Happy path:
@@ -57,19 +58,20 @@
  * until its 421 is flushed, so a flood could still eat file descriptors,
  * which the raft and peer listeners of this process need too. Hence
  * max_connections (default max_sessions + SMTPD_SERVER_REFUSING_MAX)
- * bounds the accepted sockets of every kind: at it, the connection
- * callback returns without uv_accept. libuv (unix stream.c,
- * uv__server_io) then keeps the one connection it took, stops polling the
- * listener, and the rest wait in the kernel backlog (SMTPD_SERVER_BACKLOG;
- * beyond it the kernel drops SYNs and clients retry). When a connection is
- * freed, smtpd_server_accept_resume() calls uv_accept, which restarts the
- * polling. The raft and peer listeners are other sockets on the same loop:
- * pausing this one never delays them, and the fd bound keeps them able to
- * accept and connect.
+ * bounds the accepted sockets of every kind: at it, tcp_server
+ * (TCP_SERVER_CAP_PAUSE) leaves the connection unaccepted. libuv (unix
+ * stream.c, uv__server_io) then keeps the one connection it took, stops
+ * polling the listener, and the rest wait in the kernel backlog
+ * (SMTPD_SERVER_BACKLOG; beyond it the kernel drops SYNs and clients
+ * retry). When a connection is freed, tcp_server calls uv_accept, which
+ * restarts the polling. The raft and peer listeners are other sockets on
+ * the same loop: pausing this one never delays them, and the fd bound
+ * keeps them able to accept and connect. A client that gets no memory is
+ * accepted and closed at once (tcp_server), so the listener never stalls.
  *
  * STARTTLS (smtpd_server_set_tls): the session answers 220 and calls
  * io.starttls; from then on the connection owns a TLS engine
- * (smtpc_tls.c, memory BIOs). Ciphertext from uv_read is fed to it, the
+ * (tls.c, memory BIOs). Ciphertext from uv_read is fed to it, the
  * handshake advances without blocking, and only decrypted octets reach the
  * session; session output is encrypted and the ciphertext goes out through
  * uv_write. A failed handshake is logged with OpenSSL's reason and closes
@@ -106,7 +108,8 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
-#include "net/smtpc_tls.h"
+#include "net/tcp_server.h"
+#include "net/tls.h"
 #include "net/smtpd.h"
 #include "net/smtpd_auth.h"
 #include "net/smtpd_limits.h"
@@ -127,12 +130,11 @@
 
 struct smtpd_server {
     uv_loop_t *loop;
-    uv_tcp_t listener;
+    struct tcp_server *tcp; /* the listener and the connections' handles; NULL once closed */
     const struct smtpd_policy *policy;
     struct smtpd_sink sink;
     size_t max_sessions;
     size_t n_sessions;
-    size_t n_conns;
     uint16_t port;
     uint64_t greet_delay_ms;
     bool proxy_on;                           /* a PROXY header comes first */
@@ -140,8 +142,6 @@ struct smtpd_server {
     size_t n_proxy_networks;
     uint64_t proxy_timeout_ms;
     size_t n_proxy_wait;         /* connections still reading their header */
-    size_t max_conns;            /* accepted sockets at most; then stop accepting */
-    bool accept_paused;          /* a connection waits in libuv for uv_accept */
     struct smtpd_limits *limits; /* per-client counters */
     uint64_t clock_skew_ms;      /* smtpd_server_advance_clock(), tests only */
     SSL_CTX *tls_ctx;            /* NULL: STARTTLS not offered */
@@ -150,8 +150,6 @@ struct smtpd_server {
     bool draining;
     bool stressed; /* at least SMTPD_SERVER_STRESS_PCT % of max_sessions open */
     bool closing;
-    bool listener_closed;
-    struct smtpd_conn *conns;
     size_t auth_running;                           /* checks handed to the thread pool */
     struct smtpd_auth_work *auth_head, *auth_tail; /* checks waiting for a slot */
     smtpd_server_close_cb close_cb;
@@ -160,13 +158,12 @@ struct smtpd_server {
 
 /* smtpd_conn - one TCP connection. */
 struct smtpd_conn {
+    struct tcp_server_conn base;
     struct smtpd_server *server;
-    struct smtpd_conn *prev, *next;
     uv_tcp_t tcp;
     uv_timer_t timer;
     uv_shutdown_t shutdown;
     struct smtpd_session *session; /* NULL for a refused client */
-    unsigned open_handles;
     bool reading;
     bool closing;
     bool greeted;
@@ -175,8 +172,8 @@ struct smtpd_conn {
     char client_addr[INET6_ADDRSTRLEN]; /* from the PROXY header, else peer_addr */
     char peer_addr[INET6_ADDRSTRLEN];   /* the socket's peer: the balancer if proxied */
     struct smtpd_proxy_parser proxy;
-    struct smtpc_tls *tls; /* after STARTTLS */
-    bool tls_up;           /* handshake done */
+    struct tls *tls; /* after STARTTLS */
+    bool tls_up;     /* handshake done */
     char rbuf[SMTPD_SERVER_READ_MAX];
 };
 
@@ -206,13 +203,11 @@ static void smtpd_server_read_cb(uv_stream_t *stream, ssize_t nread, const uv_bu
 static void smtpd_server_proxy_input(struct smtpd_conn *c, const char *data, size_t len);
 static void smtpd_server_proxy_refuse(struct smtpd_conn *c, const char *reason);
 static int smtpd_server_tls_flush(struct smtpd_conn *c);
-static void smtpd_server_accept_resume(struct smtpd_server *s);
 
 /* smtpd_server_maybe_finish - after close: free the server once everything is gone. */
 static void smtpd_server_maybe_finish(struct smtpd_server *s)
 {
-    if (!s->closing || !s->listener_closed || s->n_conns > 0 || s->auth_running > 0 ||
-        s->auth_head != NULL)
+    if (!s->closing || s->tcp != NULL || s->auth_running > 0 || s->auth_head != NULL)
         return;
     smtpd_server_close_cb cb = s->close_cb;
     void *arg = s->close_arg;
@@ -245,15 +240,12 @@ static void smtpd_server_stress_update(struct smtpd_server *s)
         log_info("smtpd stress ends sessions=%zu max_sessions=%zu", s->n_sessions, s->max_sessions);
 }
 
-/* smtpd_server_conn_close_cb - one handle closed; the last one frees the connection. */
-static void smtpd_server_conn_close_cb(uv_handle_t *handle)
+/* smtpd_server_conn_free_cb - every handle has closed: free the session and the connection. */
+static void smtpd_server_conn_free_cb(void *data, struct tcp_server_conn *base)
 {
-    struct smtpd_conn *c = handle->data;
-    struct smtpd_server *s = c->server;
+    struct smtpd_conn *c = hamr_container_of(base, struct smtpd_conn, base);
+    struct smtpd_server *s = data;
 
-    HAMR_ASSERT(c->open_handles > 0);
-    if (--c->open_handles > 0)
-        return;
     if (c->proxy_wait) {
         c->proxy_wait = false;
         s->n_proxy_wait--;
@@ -267,28 +259,16 @@ static void smtpd_server_conn_close_cb(uv_handle_t *handle)
         c->limits_held = false;
         smtpd_limits_release(s->limits, c->client_addr, smtpd_server_now(s));
     }
-    c->tls = smtpc_tls_free(c->tls);
-    if (c->prev != NULL)
-        c->prev->next = c->next;
-    else
-        s->conns = c->next;
-    if (c->next != NULL)
-        c->next->prev = c->prev;
-    s->n_conns--;
+    c->tls = tls_free(c->tls);
     free(c);
-    smtpd_server_accept_resume(s);
-    smtpd_server_maybe_finish(s);
 }
 
 /* smtpd_server_conn_abort - close both handles now; pending writes are cancelled. */
 static void smtpd_server_conn_abort(struct smtpd_conn *c)
 {
     c->closing = true;
-    if (!uv_is_closing((uv_handle_t *)&c->tcp))
-        uv_close((uv_handle_t *)&c->tcp, smtpd_server_conn_close_cb);
-    if (!uv_is_closing((uv_handle_t *)&c->timer))
-        uv_close((uv_handle_t *)&c->timer, smtpd_server_conn_close_cb);
-    /* Asynchronous processing continues in smtpd_server_conn_close_cb(). */
+    tcp_server_conn_close(&c->base);
+    /* Asynchronous processing continues in smtpd_server_conn_free_cb(). */
 }
 
 /* smtpd_server_shutdown_cb - written output is flushed (or failed): close. */
@@ -300,7 +280,7 @@ static void smtpd_server_shutdown_cb(uv_shutdown_t *req, int status)
 /* smtpd_server_linger_cb - the peer did not take our last output in time. */
 static void smtpd_server_linger_cb(uv_timer_t *timer)
 {
-    struct smtpd_conn *c = timer->data;
+    struct smtpd_conn *c = hamr_container_of(timer, struct smtpd_conn, timer);
     log_info("smtpd close client=%s reason=linger-timeout", c->client_addr);
     smtpd_server_conn_abort(c);
 }
@@ -311,7 +291,7 @@ static void smtpd_server_conn_close(struct smtpd_conn *c)
     if (c->closing)
         return;
     if (c->tls_up) {
-        smtpc_tls_shutdown(c->tls);
+        tls_shutdown(c->tls);
         smtpd_server_tls_flush(c);
     }
     c->closing = true;
@@ -368,12 +348,12 @@ static int smtpd_server_write_raw(struct smtpd_conn *c, const void *buf, size_t 
 static int smtpd_server_tls_flush(struct smtpd_conn *c)
 {
     const char *out;
-    size_t n = smtpc_tls_output(c->tls, &out);
+    size_t n = tls_output(c->tls, &out);
 
     if (n == 0)
         return 0;
     int rc = smtpd_server_write_raw(c, out, n);
-    smtpc_tls_output_done(c->tls, n);
+    tls_output_done(c->tls, n);
     return rc;
 }
 
@@ -386,10 +366,9 @@ static int smtpd_server_io_write(void *data, const void *buf, size_t len)
         return smtpd_server_write_raw(c, buf, len);
     if (c->closing || !c->tls_up)
         return HAMR_EIO; /* nothing can be said in the middle of a handshake */
-    int rc = smtpc_tls_write(c->tls, buf, len);
+    int rc = tls_write(c->tls, buf, len);
     if (rc != 0) {
-        log_info("smtpd tls write failed client=%s err=\"%s\"", c->client_addr,
-                 smtpc_tls_error(c->tls));
+        log_info("smtpd tls write failed client=%s err=\"%s\"", c->client_addr, tls_error(c->tls));
         return rc;
     }
     return smtpd_server_tls_flush(c);
@@ -402,13 +381,13 @@ static int smtpd_server_io_starttls(void *data)
 
     if (c->server->tls_ctx == NULL || c->tls != NULL)
         return HAMR_EINVAL;
-    return smtpc_tls_new(c->server->tls_ctx, true, NULL, false, &c->tls);
+    return tls_new(c->server->tls_ctx, true, NULL, false, &c->tls);
 }
 
 /* smtpd_server_alloc_cb - every read goes into the connection's fixed buffer. */
 static void smtpd_server_alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
 {
-    struct smtpd_conn *c = handle->data;
+    struct smtpd_conn *c = hamr_container_of(handle, struct smtpd_conn, tcp);
     *buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
 }
 
@@ -443,7 +422,7 @@ static void smtpd_server_io_close(void *data)
 /* smtpd_server_timer_cb - the session's deadline, or the delayed greeting. */
 static void smtpd_server_timer_cb(uv_timer_t *timer)
 {
-    struct smtpd_conn *c = timer->data;
+    struct smtpd_conn *c = hamr_container_of(timer, struct smtpd_conn, timer);
 
     if (c->closing || c->session == NULL)
         return;
@@ -615,18 +594,18 @@ static void smtpd_server_tls_input(struct smtpd_conn *c, const char *data, size_
 {
     char plain[SMTPD_SERVER_READ_MAX];
 
-    if (smtpc_tls_feed(c->tls, data, len) != 0) {
+    if (tls_feed(c->tls, data, len) != 0) {
         log_info("smtpd tls input over limit client=%s", c->client_addr);
         smtpd_server_conn_abort(c);
         return;
     }
     if (!c->tls_up) {
-        int rc = smtpc_tls_handshake(c->tls);
+        int rc = tls_handshake(c->tls);
         if (smtpd_server_tls_flush(c) != 0 && rc >= 0)
             rc = HAMR_EIO;
         if (rc < 0) {
             log_info("smtpd tls handshake failed client=%s err=\"%s\"", c->client_addr,
-                     smtpc_tls_error(c->tls));
+                     tls_error(c->tls));
             smtpd_server_conn_abort(c);
             return;
         }
@@ -634,11 +613,11 @@ static void smtpd_server_tls_input(struct smtpd_conn *c, const char *data, size_
             return;
         c->tls_up = true;
         char desc[96];
-        smtpc_tls_describe(c->tls, desc, sizeof(desc));
+        tls_describe(c->tls, desc, sizeof(desc));
         log_info("smtpd tls client=%s tls=\"%s\"", c->client_addr, desc);
     }
     while (!c->closing && c->session != NULL) {
-        long n = smtpc_tls_read(c->tls, plain, sizeof(plain));
+        long n = tls_read(c->tls, plain, sizeof(plain));
         if (n == 0)
             break;
         if (n == HAMR_ESHUTDOWN) {
@@ -647,7 +626,7 @@ static void smtpd_server_tls_input(struct smtpd_conn *c, const char *data, size_
         }
         if (n < 0) {
             log_info("smtpd tls read failed client=%s err=\"%s\"", c->client_addr,
-                     smtpc_tls_error(c->tls));
+                     tls_error(c->tls));
             smtpd_server_conn_abort(c);
             return;
         }
@@ -660,7 +639,7 @@ static void smtpd_server_tls_input(struct smtpd_conn *c, const char *data, size_
 /* smtpd_server_read_cb - input for the session; EOF or an error ends the connection. */
 static void smtpd_server_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
-    struct smtpd_conn *c = stream->data;
+    struct smtpd_conn *c = hamr_container_of(stream, struct smtpd_conn, tcp);
 
     if (nread == 0)
         return; /* EAGAIN: not an error */
@@ -826,7 +805,7 @@ static void smtpd_server_proxy_refuse(struct smtpd_conn *c, const char *reason)
 /* smtpd_server_proxy_timeout_cb - proxy_timeout passed before the header was complete. */
 static void smtpd_server_proxy_timeout_cb(uv_timer_t *timer)
 {
-    struct smtpd_conn *c = timer->data;
+    struct smtpd_conn *c = hamr_container_of(timer, struct smtpd_conn, timer);
 
     if (c->closing || !c->proxy_wait)
         return;
@@ -889,33 +868,24 @@ static void smtpd_server_proxy_input(struct smtpd_conn *c, const char *data, siz
     smtpd_session_input(c->session, data + used, len - used);
 }
 
-/*
- * smtpd_server_accept_one - uv_accept the connection libuv holds; then a
- * session, or 421 and close.
- */
-static void smtpd_server_accept_one(struct smtpd_server *s)
+/* smtpd_server_conn_alloc_cb - memory for one client (tcp_server initialises the socket). */
+static struct tcp_server_conn *smtpd_server_conn_alloc_cb(void *data, uv_tcp_t **tcp)
 {
-    uv_stream_t *listener = (uv_stream_t *)&s->listener;
     struct smtpd_conn *c = calloc(1, sizeof(*c));
-    if (c == NULL) {
-        log_error("smtpd accept failed err=%s", hamr_strerror(HAMR_ENOMEM));
-        return;
-    }
-    c->server = s;
-    uv_tcp_init(s->loop, &c->tcp);
-    uv_timer_init(s->loop, &c->timer);
-    c->tcp.data = c;
-    c->timer.data = c;
-    c->open_handles = 2;
-    c->next = s->conns;
-    if (s->conns != NULL)
-        s->conns->prev = c;
-    s->conns = c;
-    s->n_conns++;
-    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
-        smtpd_server_conn_abort(c);
-        return;
-    }
+    if (c == NULL)
+        return NULL;
+    c->server = data;
+    *tcp = &c->tcp;
+    return &c->base;
+}
+
+/* smtpd_server_conn_accept_cb - a client is accepted: a session, or 421 and close. */
+static void smtpd_server_conn_accept_cb(void *data, struct tcp_server_conn *base)
+{
+    struct smtpd_server *s = data;
+    struct smtpd_conn *c = hamr_container_of(base, struct smtpd_conn, base);
+
+    tcp_server_conn_timer_init(base, &c->timer);
     smtpd_server_peer(c);
     if (s->proxy_on && !smtpd_proxy_addr_in(s->proxy_networks, s->n_proxy_networks, c->peer_addr))
         smtpd_server_proxy_refuse(c, "peer not in proxy_networks");
@@ -931,45 +901,26 @@ static void smtpd_server_accept_one(struct smtpd_server *s)
         smtpd_server_start_session(c);
 }
 
-/*
- * smtpd_server_connection_cb - a client is waiting. At max_conns accepted
- * sockets, leave it to libuv unaccepted: libuv stops polling the listener
- * until smtpd_server_accept_resume() accepts it (see the file comment).
- */
-static void smtpd_server_connection_cb(uv_stream_t *listener, int status)
+/* smtpd_server_conn_shutdown_cb - smtpd_server_close: 421 where a session can say it. */
+static void smtpd_server_conn_shutdown_cb(void *data, struct tcp_server_conn *base)
 {
-    struct smtpd_server *s = listener->data;
+    struct smtpd_conn *c = hamr_container_of(base, struct smtpd_conn, base);
 
-    if (status < 0) {
-        log_warn("smtpd accept failed err=%s", uv_strerror(status));
-        return;
-    }
-    if (s->n_conns >= s->max_conns) {
-        if (!s->accept_paused)
-            log_warn("smtpd accept paused conns=%zu max_connections=%zu sessions=%zu", s->n_conns,
-                     s->max_conns, s->n_sessions);
-        s->accept_paused = true;
-        return;
-    }
-    smtpd_server_accept_one(s);
+    (void)data;
+    if (c->tls != NULL && !c->tls_up)
+        smtpd_server_conn_abort(c); /* mid-handshake: no way to say 421 */
+    else if (c->session != NULL && !c->closing)
+        smtpd_session_shutdown(c->session); /* 421 now, or after a pending reply */
+    else if (c->session == NULL)
+        smtpd_server_conn_close(c);
 }
 
-/* smtpd_server_accept_resume - a socket was freed: take the connection libuv holds. */
-static void smtpd_server_accept_resume(struct smtpd_server *s)
+/* smtpd_server_tcp_done_cb - the listener and every connection are gone. */
+static void smtpd_server_tcp_done_cb(void *data)
 {
-    if (!s->accept_paused || s->closing || s->n_conns >= s->max_conns)
-        return;
-    s->accept_paused = false;
-    log_info("smtpd accept resumed conns=%zu max_connections=%zu", s->n_conns, s->max_conns);
-    smtpd_server_accept_one(s); /* uv_accept restarts polling the listener */
-}
-
-/* smtpd_server_free_cb - a listener that never listened is gone. */
-static void smtpd_server_free_cb(uv_handle_t *handle)
-{
-    struct smtpd_server *s = handle->data;
-    s->limits = smtpd_limits_free(s->limits);
-    free(s);
+    struct smtpd_server *s = data;
+    s->tcp = NULL;
+    smtpd_server_maybe_finish(s);
 }
 
 /* smtpd_server_new - bind, listen. */
@@ -983,15 +934,6 @@ int smtpd_server_new(uv_loop_t *loop,
                      char *errmsg,
                      size_t errlen)
 {
-    struct sockaddr_storage ss;
-    int rv;
-
-    memset(&ss, 0, sizeof(ss));
-    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
-        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
-        snprintf(errmsg, errlen, "listen address %s: not an IPv4 or IPv6 literal", host);
-        return HAMR_EINVAL;
-    }
     struct smtpd_server *s = calloc(1, sizeof(*s));
     if (s == NULL) {
         snprintf(errmsg, errlen, "smtpd server: %s", hamr_strerror(HAMR_ENOMEM));
@@ -1001,7 +943,6 @@ int smtpd_server_new(uv_loop_t *loop,
     s->policy = policy;
     s->sink = *sink;
     s->max_sessions = max_sessions;
-    s->max_conns = max_sessions + SMTPD_SERVER_REFUSING_MAX;
     s->proxy_timeout_ms = SMTPD_SERVER_PROXY_TIMEOUT_MS;
     /* Live entries never outnumber sessions, so this many always has room. */
     if (smtpd_limits_new(max_sessions + SMTPD_SERVER_LIMITS_IDLE, &s->limits) != 0) {
@@ -1009,27 +950,25 @@ int smtpd_server_new(uv_loop_t *loop,
         free(s);
         return HAMR_ENOMEM;
     }
-    rv = uv_tcp_init(loop, &s->listener);
+    const struct tcp_server_config cfg = {.name = "smtpd",
+                                          .host = host,
+                                          .port = port,
+                                          .backlog = SMTPD_SERVER_BACKLOG,
+                                          .max_conns = max_sessions + SMTPD_SERVER_REFUSING_MAX,
+                                          .over = TCP_SERVER_CAP_PAUSE};
+    const struct tcp_server_ops ops = {.data = s,
+                                       .alloc_cb = smtpd_server_conn_alloc_cb,
+                                       .accept_cb = smtpd_server_conn_accept_cb,
+                                       .shutdown_cb = smtpd_server_conn_shutdown_cb,
+                                       .free_cb = smtpd_server_conn_free_cb,
+                                       .done_cb = smtpd_server_tcp_done_cb};
+    int rv = tcp_server_new(loop, &cfg, &ops, &s->tcp, errmsg, errlen);
     if (rv != 0) {
-        snprintf(errmsg, errlen, "smtpd socket: %s", uv_strerror(rv));
         s->limits = smtpd_limits_free(s->limits);
         free(s);
-        return HAMR_EIO;
+        return rv;
     }
-    s->listener.data = s;
-    rv = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
-    if (rv == 0)
-        rv = uv_listen((uv_stream_t *)&s->listener, SMTPD_SERVER_BACKLOG,
-                       smtpd_server_connection_cb);
-    if (rv != 0) {
-        snprintf(errmsg, errlen, "listen on [%s]:%u: %s", host, (unsigned)port, uv_strerror(rv));
-        uv_close((uv_handle_t *)&s->listener, smtpd_server_free_cb);
-        return HAMR_EIO;
-    }
-    int len = sizeof(ss);
-    uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len);
-    s->port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
-                                            : ((struct sockaddr_in6 *)&ss)->sin6_port);
+    s->port = tcp_server_port(s->tcp);
     log_info("smtpd listening addr=%s port=%u max_sessions=%zu", host, (unsigned)s->port,
              max_sessions);
     *out = s;
@@ -1084,10 +1023,11 @@ void smtpd_server_set_limits(struct smtpd_server *s, const struct smtpd_limits_c
 /* smtpd_server_set_max_connections - the cap on accepted sockets. */
 void smtpd_server_set_max_connections(struct smtpd_server *s, size_t max_conns)
 {
-    s->max_conns = max_conns > 0 ? max_conns : s->max_sessions + SMTPD_SERVER_REFUSING_MAX;
-    if (s->max_conns < s->max_sessions)
-        s->max_conns = s->max_sessions;
-    smtpd_server_accept_resume(s);
+    if (max_conns == 0)
+        max_conns = s->max_sessions + SMTPD_SERVER_REFUSING_MAX;
+    if (max_conns < s->max_sessions)
+        max_conns = s->max_sessions;
+    tcp_server_set_max_conns(s->tcp, max_conns);
 }
 
 /* smtpd_server_limits - the per-client counters, read-only. */
@@ -1142,7 +1082,7 @@ int smtpd_server_set_tls(struct smtpd_server *s,
 /* smtpd_server_reload_tls - read the files again; keep the old context on failure. */
 int smtpd_server_reload_tls(struct smtpd_server *s)
 {
-    char err[SMTPC_TLS_ERR_MAX + 128];
+    char err[TLS_ERR_MAX + 128];
 
     if (s->tls_ctx == NULL)
         return 0;
@@ -1172,14 +1112,6 @@ size_t smtpd_server_auth_checks(const struct smtpd_server *s)
     return n;
 }
 
-/* smtpd_server_listener_close_cb - the listening handle is closed. */
-static void smtpd_server_listener_close_cb(uv_handle_t *handle)
-{
-    struct smtpd_server *s = handle->data;
-    s->listener_closed = true;
-    smtpd_server_maybe_finish(s);
-}
-
 /* smtpd_server_close - stop listening, close every session, then cb. */
 void smtpd_server_close(struct smtpd_server *s, smtpd_server_close_cb cb, void *arg)
 {
@@ -1187,14 +1119,7 @@ void smtpd_server_close(struct smtpd_server *s, smtpd_server_close_cb cb, void *
     s->closing = true;
     s->close_cb = cb;
     s->close_arg = arg;
-    uv_close((uv_handle_t *)&s->listener, smtpd_server_listener_close_cb);
-    for (struct smtpd_conn *c = s->conns; c != NULL; c = c->next) {
-        if (c->tls != NULL && !c->tls_up)
-            smtpd_server_conn_abort(c); /* mid-handshake: no way to say 421 */
-        else if (c->session != NULL && !c->closing)
-            smtpd_session_shutdown(c->session); /* 421 now, or after a pending reply */
-        else if (c->session == NULL)
-            smtpd_server_conn_close(c);
-    }
-    /* Asynchronous processing continues in the close callbacks. */
+    tcp_server_close(s->tcp, NULL,
+                     NULL); /* each connection through smtpd_server_conn_shutdown_cb */
+    /* Asynchronous processing continues in smtpd_server_tcp_done_cb. */
 }

@@ -3,7 +3,7 @@
  *
  * Owns nothing past the call: builds an SSL_CTX that smtpd_server keeps
  * (and swaps on reload). Connections run on the memory-BIO engine in
- * smtpc_tls.c.
+ * tls.c.
  *
  * Errors: a missing or bad file, or a key that does not match the
  * certificate, is reported with the file name and the drained OpenSSL
@@ -17,7 +17,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
-#include "net/smtpc_tls.h"
+#include "net/tls.h"
 #include "net/smtpd_tls.h"
 
 /* smtpd_tls_ctx_new - load cert_file and key_file into a hardened context. */
@@ -28,7 +28,7 @@ SSL_CTX *smtpd_tls_ctx_new(const char *cert_file, const char *key_file, char *er
     ERR_clear_error();
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (ctx == NULL) {
-        smtpc_tls_errors("TLS server context: ", errmsg, errlen);
+        tls_errors("TLS server context: ", errmsg, errlen);
         return NULL;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
@@ -52,7 +52,7 @@ SSL_CTX *smtpd_tls_ctx_new(const char *cert_file, const char *key_file, char *er
     }
     return ctx;
 fail:
-    smtpc_tls_errors(prefix, errmsg, errlen);
+    tls_errors(prefix, errmsg, errlen);
     SSL_CTX_free(ctx);
     return NULL;
 }

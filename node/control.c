@@ -14,10 +14,12 @@
  *     last answer: closed;
  *   - the client goes away while a call is with the handler: the call is
  *     detached (call->conn = NULL) and control_reply only frees it;
- *   - more than CONTROL_MAX_CONNS connections: new ones are closed at once.
+ *   - more than CONTROL_MAX_CONNS connections: new ones are closed at once
+ *     (net/tcp_server, which also refuses a client it gets no memory for).
  *
- * Owns: the listener, every connection (handles embedded, freed in the last
- * close callback) and each call until it is answered.
+ * Owns: the listener (a net/tcp_server), every connection (handles
+ * embedded, freed when tcp_server has closed them all) and each call until
+ * it is answered.
  *
  * Security: parses untrusted network input. Lengths are checked before any
  * allocation and input buffering is bounded; protobuf-c checks the rest.
@@ -34,33 +36,25 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "net/tcp_server.h"
 
-#include "node/listen.h"
 #include "node/control.h"
 
 #define CONTROL_READ_CHUNK 16384
 
 struct control {
-    uv_loop_t *loop;
-    uv_tcp_t listener; /* freed with the struct, after its close callback */
+    struct tcp_server *tcp; /* the listener and the connections' handles */
     struct control_handler handler;
     uint64_t idle_ms;
-    uint16_t port;
-    struct control_conn *conns; /* doubly linked */
-    size_t n_conns;
     bool closing;
-    bool listener_closed;
-    void (*closed_cb)(void *arg);
-    void *closed_arg;
 };
 
 /* control_conn - one client connection; freed when both handles have closed. */
 struct control_conn {
+    struct tcp_server_conn base;
     struct control *ctl;
-    struct control_conn *prev, *next;
     uv_tcp_t tcp;
     uv_timer_t idle;
-    int open_handles;
     struct buf in;             /* received, not yet handled; at most one frame */
     struct control_call *call; /* with the handler, not yet answered */
     bool writing;              /* an answer is being written */
@@ -84,43 +78,12 @@ struct control_write {
 static void control_conn_close(struct control_conn *conn);
 static void control_conn_process(struct control_conn *conn);
 
-/* control_maybe_done - after control_close, free c once every handle is gone. */
-static void control_maybe_done(struct control *c)
-{
-    if (!c->closing || !c->listener_closed || c->conns != NULL)
-        return;
-    void (*cb)(void *) = c->closed_cb;
-    void *arg = c->closed_arg;
-    free(c);
-    if (cb != NULL)
-        cb(arg);
-}
-
 /* control_call_free - release a call and its request. */
 static void control_call_free(struct control_call *call)
 {
     if (call->req != NULL)
         hamr__control_request__free_unpacked(call->req, NULL);
     free(call);
-}
-
-/* control_conn_closed_cb - one handle closed; the last one frees the connection. */
-static void control_conn_closed_cb(uv_handle_t *h)
-{
-    struct control_conn *conn = h->data;
-    if (--conn->open_handles > 0)
-        return;
-    struct control *c = conn->ctl;
-    if (conn->prev != NULL)
-        conn->prev->next = conn->next;
-    else
-        c->conns = conn->next;
-    if (conn->next != NULL)
-        conn->next->prev = conn->prev;
-    c->n_conns--;
-    buf_free(&conn->in);
-    free(conn);
-    control_maybe_done(c);
 }
 
 /* control_conn_close - idempotent; detaches an unanswered call. */
@@ -133,14 +96,13 @@ static void control_conn_close(struct control_conn *conn)
         conn->call->conn = NULL;
         conn->call = NULL;
     }
-    uv_close((uv_handle_t *)&conn->tcp, control_conn_closed_cb);
-    uv_close((uv_handle_t *)&conn->idle, control_conn_closed_cb);
+    tcp_server_conn_close(&conn->base);
 }
 
 /* control_idle_cb - no whole request in time: hang up. */
 static void control_idle_cb(uv_timer_t *t)
 {
-    struct control_conn *conn = t->data;
+    struct control_conn *conn = hamr_container_of(t, struct control_conn, idle);
     log_debug("control idle close");
     control_conn_close(conn);
 }
@@ -274,7 +236,7 @@ static void control_conn_process(struct control_conn *conn)
 /* control_alloc_cb - reads land in the connection's fixed chunk. */
 static void control_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
-    struct control_conn *conn = h->data;
+    struct control_conn *conn = hamr_container_of(h, struct control_conn, tcp);
     b->base = conn->rbuf;
     b->len = sizeof(conn->rbuf);
 }
@@ -282,7 +244,7 @@ static void control_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 /* control_read_cb - buffer input (bounded) and process it. */
 static void control_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
-    struct control_conn *conn = s->data;
+    struct control_conn *conn = hamr_container_of(s, struct control_conn, tcp);
     if (nread == 0)
         return;
     if (nread < 0) {
@@ -304,38 +266,24 @@ static void control_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     control_conn_process(conn);
 }
 
-/* control_connection_cb - accept one client. */
-static void control_connection_cb(uv_stream_t *server, int status)
+/* control_conn_alloc_cb - memory for one client (tcp_server initialises the socket). */
+static struct tcp_server_conn *control_conn_alloc_cb(void *data, uv_tcp_t **tcp)
 {
-    struct control *c = server->data;
-    if (status < 0) {
-        log_warn("control accept failed err=%s", uv_err_name(status));
-        return;
-    }
     struct control_conn *conn = calloc(1, sizeof(*conn));
     if (conn == NULL)
-        return; /* XXX libuv stops accepting until uv_accept: out of memory stalls the listener */
-    conn->ctl = c;
+        return NULL;
+    conn->ctl = data;
     buf_init(&conn->in, 4 + (size_t)PROTO_CONTROL_MAX);
-    uv_tcp_init(c->loop, &conn->tcp);
-    conn->tcp.data = conn;
-    uv_timer_init(c->loop, &conn->idle);
-    conn->idle.data = conn;
-    conn->open_handles = 2;
-    conn->next = c->conns;
-    if (c->conns != NULL)
-        c->conns->prev = conn;
-    c->conns = conn;
-    c->n_conns++;
-    if (uv_accept(server, (uv_stream_t *)&conn->tcp) != 0) {
-        control_conn_close(conn);
-        return;
-    }
-    if (c->n_conns > CONTROL_MAX_CONNS) {
-        log_warn("control too many connections max=%d", CONTROL_MAX_CONNS);
-        control_conn_close(conn);
-        return;
-    }
+    *tcp = &conn->tcp;
+    return &conn->base;
+}
+
+/* control_conn_accept_cb - a client is accepted: read its requests, arm the idle timer. */
+static void control_conn_accept_cb(void *data, struct tcp_server_conn *base)
+{
+    struct control_conn *conn = hamr_container_of(base, struct control_conn, base);
+    (void)data;
+    tcp_server_conn_timer_init(base, &conn->idle);
     int rv = uv_read_start((uv_stream_t *)&conn->tcp, control_alloc_cb, control_read_cb);
     if (rv != 0) {
         control_conn_close(conn);
@@ -344,12 +292,20 @@ static void control_connection_cb(uv_stream_t *server, int status)
     control_idle_start(conn);
 }
 
-/* control_listener_closed_cb - the listener is gone. */
-static void control_listener_closed_cb(uv_handle_t *h)
+/* control_conn_shutdown_cb - control_close: hang up on this client. */
+static void control_conn_shutdown_cb(void *data, struct tcp_server_conn *base)
 {
-    struct control *c = h->data;
-    c->listener_closed = true;
-    control_maybe_done(c);
+    (void)data;
+    control_conn_close(hamr_container_of(base, struct control_conn, base));
+}
+
+/* control_conn_free_cb - every handle of the connection has closed. */
+static void control_conn_free_cb(void *data, struct tcp_server_conn *base)
+{
+    struct control_conn *conn = hamr_container_of(base, struct control_conn, base);
+    (void)data;
+    buf_free(&conn->in);
+    free(conn);
 }
 
 /* control_new - bind and listen on host:port. */
@@ -366,17 +322,25 @@ int control_new(uv_loop_t *loop,
         snprintf(errmsg, errlen, "control: out of memory");
         return HAMR_ENOMEM;
     }
-    c->loop = loop;
     c->handler = *h;
     c->idle_ms = CONTROL_IDLE_TIMEOUT_MS;
-    int rv = listen_open(loop, &c->listener, c, host, port, 16, control_connection_cb,
-                         control_listener_closed_cb, &c->port, "control", errmsg, errlen);
-    if (rv == HAMR_EINVAL)
+    const struct tcp_server_config cfg = {.name = "control",
+                                          .host = host,
+                                          .port = port,
+                                          .backlog = 16,
+                                          .max_conns = CONTROL_MAX_CONNS,
+                                          .over = TCP_SERVER_CAP_CLOSE};
+    const struct tcp_server_ops ops = {.data = c,
+                                       .alloc_cb = control_conn_alloc_cb,
+                                       .accept_cb = control_conn_accept_cb,
+                                       .shutdown_cb = control_conn_shutdown_cb,
+                                       .free_cb = control_conn_free_cb,
+                                       .done_cb = free};
+    int rv = tcp_server_new(loop, &cfg, &ops, &c->tcp, errmsg, errlen);
+    if (rv != 0) {
         free(c);
-    else if (rv != 0)
-        c->closing = true; /* freed by control_listener_closed_cb; nobody is told */
-    if (rv != 0)
         return rv;
+    }
     *out = c;
     return 0;
 }
@@ -390,13 +354,13 @@ void control_set_idle_timeout(struct control *c, uint64_t ms)
 /* control_port - the bound port. */
 uint16_t control_port(const struct control *c)
 {
-    return c->port;
+    return tcp_server_port(c->tcp);
 }
 
 /* control_conns - open connections. */
 size_t control_conns(const struct control *c)
 {
-    return c->n_conns;
+    return tcp_server_conns(c->tcp);
 }
 
 /* control_close - close the listener and all connections; idempotent. */
@@ -405,9 +369,5 @@ void control_close(struct control *c, void (*closed_cb)(void *arg), void *arg)
     if (c->closing)
         return;
     c->closing = true;
-    c->closed_cb = closed_cb;
-    c->closed_arg = arg;
-    uv_close((uv_handle_t *)&c->listener, control_listener_closed_cb);
-    for (struct control_conn *conn = c->conns; conn != NULL; conn = conn->next)
-        control_conn_close(conn);
+    tcp_server_close(c->tcp, closed_cb, arg); /* c is freed before the callback */
 }

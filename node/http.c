@@ -19,11 +19,13 @@
  *   - not GET: 405 with Allow: GET; unknown path: 404;
  *   - rendering /metrics fails (over HTTP_METRICS_MAX, no memory): 500;
  *   - EOF or a read error before the head ends: closed without an answer;
- *   - more than HTTP_MAX_CONNS connections: a new one is closed at once;
+ *   - more than HTTP_MAX_CONNS connections: a new one is closed at once
+ *     (net/tcp_server, which also refuses a client it gets no memory for);
  *   - a failed write or shutdown: closed.
  *
- * Owns: the listener and every connection (handles embedded, freed in the
- * last close callback) and each response until its write completes.
+ * Owns: the listener (a net/tcp_server) and every connection (handles
+ * embedded, freed when tcp_server has closed them all) and each response
+ * until its write completes.
  *
  * Security: parses untrusted network input. The head is bounded before it
  * is buffered; only the request line is interpreted (headers are skipped);
@@ -40,8 +42,8 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "net/tcp_server.h"
 
-#include "node/listen.h"
 #include "node/http.h"
 #include "node/metrics.h"
 
@@ -103,17 +105,10 @@ bool health_ready(const struct health_input *in, char *reason, size_t len)
 /* ------------------------------------------------------------------------ */
 
 struct http {
-    uv_loop_t *loop;
-    uv_tcp_t listener; /* freed with the struct, after its close callback */
+    struct tcp_server *tcp; /* the listener and the connections' handles */
     struct http_handler handler;
     uint64_t read_timeout_ms;
-    uint16_t port;
-    struct http_conn *conns; /* doubly linked */
-    size_t n_conns;
     bool closing;
-    bool listener_closed;
-    void (*closed_cb)(void *arg);
-    void *closed_arg;
 };
 
 /*
@@ -128,12 +123,11 @@ enum http_conn_state {
 
 /* http_conn - one client connection; freed when both handles have closed. */
 struct http_conn {
+    struct tcp_server_conn base;
     struct http *srv;
-    struct http_conn *prev, *next;
     uv_tcp_t tcp;
     uv_timer_t timer; /* read timeout, then linger */
     uv_shutdown_t shutdown;
-    int open_handles;
     enum http_conn_state state;
     bool closing;
     bool eof; /* the client has half-closed */
@@ -150,50 +144,19 @@ struct http_write {
     char head[256];
 };
 
-/* http_maybe_done - after http_close, free s once every handle is gone. */
-static void http_maybe_done(struct http *s)
-{
-    if (!s->closing || !s->listener_closed || s->conns != NULL)
-        return;
-    void (*cb)(void *) = s->closed_cb;
-    void *arg = s->closed_arg;
-    free(s);
-    if (cb != NULL)
-        cb(arg);
-}
-
-/* http_conn_closed_cb - one handle closed; the last one frees the connection. */
-static void http_conn_closed_cb(uv_handle_t *h)
-{
-    struct http_conn *conn = h->data;
-    if (--conn->open_handles > 0)
-        return;
-    struct http *s = conn->srv;
-    if (conn->prev != NULL)
-        conn->prev->next = conn->next;
-    else
-        s->conns = conn->next;
-    if (conn->next != NULL)
-        conn->next->prev = conn->prev;
-    s->n_conns--;
-    free(conn);
-    http_maybe_done(s);
-}
-
 /* http_conn_close - idempotent; a pending write or shutdown is cancelled by libuv. */
 static void http_conn_close(struct http_conn *conn)
 {
     if (conn->closing)
         return;
     conn->closing = true;
-    uv_close((uv_handle_t *)&conn->tcp, http_conn_closed_cb);
-    uv_close((uv_handle_t *)&conn->timer, http_conn_closed_cb);
+    tcp_server_conn_close(&conn->base);
 }
 
 /* http_linger_cb - the client did not close in time after its answer. */
 static void http_linger_cb(uv_timer_t *t)
 {
-    http_conn_close(t->data);
+    http_conn_close(hamr_container_of(t, struct http_conn, timer));
 }
 
 /* http_shutdown_cb - our FIN is out; http_read_cb closes on the client's EOF. */
@@ -435,7 +398,7 @@ static size_t http_head_end(const char *h, size_t len, size_t from)
 /* http_timeout_cb - the head did not arrive in time. */
 static void http_timeout_cb(uv_timer_t *t)
 {
-    struct http_conn *conn = t->data;
+    struct http_conn *conn = hamr_container_of(t, struct http_conn, timer);
     log_debug("http read timeout buffered=%zu", conn->head_len);
     http_send_text(conn, 408, "request timeout\n");
 }
@@ -443,7 +406,7 @@ static void http_timeout_cb(uv_timer_t *t)
 /* http_alloc_cb - reads land in the connection's fixed chunk. */
 static void http_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
-    struct http_conn *conn = h->data;
+    struct http_conn *conn = hamr_container_of(h, struct http_conn, tcp);
     (void)suggested;
     b->base = conn->rbuf;
     b->len = sizeof(conn->rbuf);
@@ -452,7 +415,7 @@ static void http_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 /* http_read_cb - gather the head (bounded); after the answer, discard until EOF. */
 static void http_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 {
-    struct http_conn *conn = st->data;
+    struct http_conn *conn = hamr_container_of(st, struct http_conn, tcp);
     if (nread == 0 || conn->closing)
         return;
     if (nread < 0) {
@@ -488,38 +451,23 @@ static void http_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
     }
 }
 
-/* http_connection_cb - accept one client, or close it if there are too many. */
-static void http_connection_cb(uv_stream_t *server, int status)
+/* http_conn_alloc_cb - memory for one client (tcp_server initialises the socket). */
+static struct tcp_server_conn *http_conn_alloc_cb(void *data, uv_tcp_t **tcp)
 {
-    struct http *s = server->data;
-    if (status < 0) {
-        log_warn("http accept failed err=%s", uv_err_name(status));
-        return;
-    }
     struct http_conn *conn = calloc(1, sizeof(*conn));
     if (conn == NULL)
-        return; /* XXX libuv stops accepting until uv_accept: out of memory stalls the listener */
-    conn->srv = s;
-    uv_tcp_init(s->loop, &conn->tcp);
-    conn->tcp.data = conn;
-    uv_timer_init(s->loop, &conn->timer);
-    conn->timer.data = conn;
-    conn->open_handles = 2;
-    conn->next = s->conns;
-    if (s->conns != NULL)
-        s->conns->prev = conn;
-    s->conns = conn;
-    s->n_conns++;
-    if (uv_accept(server, (uv_stream_t *)&conn->tcp) != 0) {
-        http_conn_close(conn);
-        return;
-    }
-    /* Connections still closing count too: they hold memory and a descriptor. */
-    if (s->n_conns > HTTP_MAX_CONNS) {
-        log_warn("http too many connections max=%d", HTTP_MAX_CONNS);
-        http_conn_close(conn);
-        return;
-    }
+        return NULL;
+    conn->srv = data;
+    *tcp = &conn->tcp;
+    return &conn->base;
+}
+
+/* http_conn_accept_cb - a client is accepted: read its head under the read timeout. */
+static void http_conn_accept_cb(void *data, struct tcp_server_conn *base)
+{
+    struct http *s = data;
+    struct http_conn *conn = hamr_container_of(base, struct http_conn, base);
+    tcp_server_conn_timer_init(base, &conn->timer);
     if (uv_read_start((uv_stream_t *)&conn->tcp, http_alloc_cb, http_read_cb) != 0) {
         http_conn_close(conn);
         return;
@@ -527,12 +475,18 @@ static void http_connection_cb(uv_stream_t *server, int status)
     uv_timer_start(&conn->timer, http_timeout_cb, s->read_timeout_ms, 0);
 }
 
-/* http_listener_closed_cb - the listener is gone. */
-static void http_listener_closed_cb(uv_handle_t *h)
+/* http_conn_shutdown_cb - http_close: hang up on this client. */
+static void http_conn_shutdown_cb(void *data, struct tcp_server_conn *base)
 {
-    struct http *s = h->data;
-    s->listener_closed = true;
-    http_maybe_done(s);
+    (void)data;
+    http_conn_close(hamr_container_of(base, struct http_conn, base));
+}
+
+/* http_conn_free_cb - every handle of the connection has closed. */
+static void http_conn_free_cb(void *data, struct tcp_server_conn *base)
+{
+    (void)data;
+    free(hamr_container_of(base, struct http_conn, base));
 }
 
 /* http_new - bind and listen on host:port. */
@@ -553,18 +507,27 @@ int http_new(uv_loop_t *loop,
         snprintf(errmsg, errlen, "http: out of memory");
         return HAMR_ENOMEM;
     }
-    s->loop = loop;
     s->handler = *h;
     s->read_timeout_ms = HTTP_READ_TIMEOUT_MS;
-    int rv = listen_open(loop, &s->listener, s, host, port, 128, http_connection_cb,
-                         http_listener_closed_cb, &s->port, "http", errmsg, errlen);
-    if (rv == HAMR_EINVAL)
+    /* Connections still closing count against the cap too: they hold memory and a descriptor. */
+    const struct tcp_server_config cfg = {.name = "http",
+                                          .host = host,
+                                          .port = port,
+                                          .backlog = 128,
+                                          .max_conns = HTTP_MAX_CONNS,
+                                          .over = TCP_SERVER_CAP_CLOSE};
+    const struct tcp_server_ops ops = {.data = s,
+                                       .alloc_cb = http_conn_alloc_cb,
+                                       .accept_cb = http_conn_accept_cb,
+                                       .shutdown_cb = http_conn_shutdown_cb,
+                                       .free_cb = http_conn_free_cb,
+                                       .done_cb = free};
+    int rv = tcp_server_new(loop, &cfg, &ops, &s->tcp, errmsg, errlen);
+    if (rv != 0) {
         free(s);
-    else if (rv != 0)
-        s->closing = true; /* freed by http_listener_closed_cb; nobody is told */
-    if (rv != 0)
         return rv;
-    log_info("http listening addr=%s port=%u", host, (unsigned)s->port);
+    }
+    log_info("http listening addr=%s port=%u", host, (unsigned)tcp_server_port(s->tcp));
     *out = s;
     return 0;
 }
@@ -572,13 +535,13 @@ int http_new(uv_loop_t *loop,
 /* http_port - the bound port. */
 uint16_t http_port(const struct http *s)
 {
-    return s->port;
+    return tcp_server_port(s->tcp);
 }
 
 /* http_conns - open or closing connections. */
 size_t http_conns(const struct http *s)
 {
-    return s->n_conns;
+    return tcp_server_conns(s->tcp);
 }
 
 /* http_set_read_timeout - the head deadline for new connections. */
@@ -593,9 +556,5 @@ void http_close(struct http *s, void (*closed_cb)(void *arg), void *arg)
     if (s->closing)
         return;
     s->closing = true;
-    s->closed_cb = closed_cb;
-    s->closed_arg = arg;
-    uv_close((uv_handle_t *)&s->listener, http_listener_closed_cb);
-    for (struct http_conn *conn = s->conns; conn != NULL; conn = conn->next)
-        http_conn_close(conn);
+    tcp_server_close(s->tcp, closed_cb, arg); /* s is freed before the callback */
 }

@@ -31,8 +31,10 @@
  *     new client calls fail with HAMR_EBUSY; a server whose answers pile up
  *     (the client does not read) closes the connection.
  *
- * Owns: the listener, every connection (its uv_tcp_t embedded, freed in the
- * close callback), every frame until its write callback, server calls until
+ * Owns: the listener (a net/tcp_server, which also caps the server's
+ * connections at PEER_MAX_CONNS and refuses a client it gets no memory
+ * for), every connection (its uv_tcp_t embedded, freed in the close
+ * callback), every frame until its write callback, server calls until
  * peer_reply, client calls until their callback has run.
  *
  * Security: parses untrusted network input. A frame's length is checked
@@ -53,8 +55,8 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "net/tcp_server.h"
 
-#include "node/listen.h"
 #include "node/peer.h"
 
 #define PEER_READ_CHUNK 65536
@@ -89,7 +91,9 @@ struct peer_reader {
 /*
  * peer_link - a TCP connection carrying frames, embedded in a server or a
  * client connection. on_frame gets each whole frame; broken is told why the
- * link must close (it closes it).
+ * link must close (it closes it). The link is found from its handle with
+ * hamr_container_of: the handle's data belongs to the connection's owner
+ * (tcp_server on the server side).
  */
 struct peer_link {
     uv_tcp_t tcp;
@@ -173,12 +177,16 @@ static void peer_reader_next(struct peer_reader *r)
         buf_reset(&r->body);
 }
 
-/* peer_link_init - set up the handle and reader in zeroed memory the caller owns. */
-static void peer_link_init(uv_loop_t *loop, struct peer_link *l)
+/* peer_link_init - set up the reader in zeroed memory the caller owns; the handle is the caller's
+ * to initialise. */
+static void peer_link_init(
+    struct peer_link *l,
+    void (*on_frame)(struct peer_link *l, const uint8_t *p, size_t n),
+    void (*broken)(struct peer_link *l, const char *why, int uverr, size_t len))
 {
-    uv_tcp_init(loop, &l->tcp);
-    l->tcp.data = l;
     peer_reader_init(&l->rd);
+    l->on_frame = on_frame;
+    l->broken = broken;
 }
 
 /* peer_link_write_cb - a frame is out (or cancelled): release it. */
@@ -210,7 +218,7 @@ static int peer_link_write(struct peer_link *l, struct peer_frame *f)
 /* peer_link_alloc_cb - reads land in the link's fixed chunk. */
 static void peer_link_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
-    struct peer_link *l = h->data;
+    struct peer_link *l = hamr_container_of(h, struct peer_link, tcp);
     (void)suggested;
     b->base = l->rbuf;
     b->len = sizeof(l->rbuf);
@@ -219,7 +227,7 @@ static void peer_link_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 /* peer_link_read_cb - cut the input into frames and hand each to on_frame. */
 static void peer_link_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
-    struct peer_link *l = s->data;
+    struct peer_link *l = hamr_container_of(s, struct peer_link, tcp);
     if (nread == 0 || l->closing)
         return;
     if (nread < 0) {
@@ -316,25 +324,18 @@ static int peer_parse_addr(const char *addr, struct sockaddr_storage *ss)
 /* ------------------------------------------------------------------------ */
 
 struct peer_server {
-    uv_loop_t *loop;
-    uv_tcp_t listener; /* freed with the struct, after its close callback */
+    struct tcp_server *tcp; /* the listener and the connections' handles */
     struct peer_handler handler;
-    uint16_t port;
     size_t held_max; /* per connection, see peer_sconn_over */
     size_t held_calls_max;
-    struct peer_sconn *conns; /* doubly linked */
-    size_t n_conns;
     bool closing;
-    bool listener_closed;
-    void (*closed_cb)(void *arg);
-    void *closed_arg;
 };
 
 /* peer_sconn - one accepted connection; freed in its handle's close callback. */
 struct peer_sconn {
-    struct peer_link link; /* first: the handle's data points here */
+    struct peer_link link;
+    struct tcp_server_conn base;
     struct peer_server *srv;
-    struct peer_sconn *prev, *next;
     struct peer_call *calls; /* with the handler; doubly linked */
     size_t n_calls;
     size_t held; /* request bytes of those calls */
@@ -357,35 +358,6 @@ struct peer_call {
 
 static void peer_sconn_close(struct peer_sconn *conn);
 
-/* peer_server_maybe_done - after peer_server_close, free s once every handle is gone. */
-static void peer_server_maybe_done(struct peer_server *s)
-{
-    if (!s->closing || !s->listener_closed || s->conns != NULL)
-        return;
-    void (*cb)(void *) = s->closed_cb;
-    void *arg = s->closed_arg;
-    free(s);
-    if (cb != NULL)
-        cb(arg);
-}
-
-/* peer_sconn_closed_cb - the handle is closed: unlink and free the connection. */
-static void peer_sconn_closed_cb(uv_handle_t *h)
-{
-    struct peer_sconn *conn = hamr_container_of(h, struct peer_sconn, link.tcp);
-    struct peer_server *s = conn->srv;
-    if (conn->prev != NULL)
-        conn->prev->next = conn->next;
-    else
-        s->conns = conn->next;
-    if (conn->next != NULL)
-        conn->next->prev = conn->prev;
-    s->n_conns--;
-    peer_link_free(&conn->link);
-    free(conn);
-    peer_server_maybe_done(s);
-}
-
 /* peer_sconn_close - idempotent; orphans the calls still with the handler. */
 static void peer_sconn_close(struct peer_sconn *conn)
 {
@@ -400,7 +372,7 @@ static void peer_sconn_close(struct peer_sconn *conn)
     conn->calls = NULL;
     conn->n_calls = 0;
     conn->held = 0;
-    uv_close((uv_handle_t *)&conn->link.tcp, peer_sconn_closed_cb);
+    tcp_server_conn_close(&conn->base);
 }
 
 /* peer_sconn_broken - the link must go; log why. */
@@ -563,40 +535,28 @@ int peer_reply(struct peer_call *call, const Hamr__PeerResult *res)
     return rv;
 }
 
-/* peer_server_connection_cb - accept one client. */
-static void peer_server_connection_cb(uv_stream_t *listener, int status)
+/* peer_sconn_alloc_cb - memory for one client (tcp_server initialises the socket). */
+static struct tcp_server_conn *peer_sconn_alloc_cb(void *data, uv_tcp_t **tcp)
 {
-    struct peer_server *s = listener->data;
-    if (status < 0) {
-        log_warn("peer accept failed err=%s", uv_err_name(status));
-        return;
-    }
     struct peer_sconn *conn = calloc(1, sizeof(*conn));
     if (conn == NULL)
-        return; /* XXX libuv stops accepting until uv_accept: out of memory stalls the listener */
-    peer_link_init(s->loop, &conn->link);
-    conn->link.on_frame = peer_sconn_frame;
-    conn->link.broken = peer_sconn_broken;
-    conn->srv = s;
+        return NULL;
+    peer_link_init(&conn->link, peer_sconn_frame, peer_sconn_broken);
+    conn->srv = data;
     hamr_strlcpy(conn->name, "?", sizeof(conn->name));
-    conn->next = s->conns;
-    if (s->conns != NULL)
-        s->conns->prev = conn;
-    s->conns = conn;
-    s->n_conns++;
-    if (uv_accept(listener, (uv_stream_t *)&conn->link.tcp) != 0) {
-        peer_sconn_close(conn);
-        return;
-    }
+    *tcp = &conn->link.tcp;
+    return &conn->base;
+}
+
+/* peer_sconn_accept_cb - a client is accepted: name it, start reading frames. */
+static void peer_sconn_accept_cb(void *data, struct tcp_server_conn *base)
+{
+    struct peer_sconn *conn = hamr_container_of(base, struct peer_sconn, base);
+    (void)data;
     struct sockaddr_storage ss;
     int len = sizeof(ss);
     if (uv_tcp_getpeername(&conn->link.tcp, (struct sockaddr *)&ss, &len) == 0)
         peer_sockaddr_name((struct sockaddr *)&ss, conn->name, sizeof(conn->name));
-    if (s->n_conns > PEER_MAX_CONNS) {
-        log_warn("peer too many connections peer=%s max=%d", conn->name, PEER_MAX_CONNS);
-        peer_sconn_close(conn);
-        return;
-    }
     uv_tcp_nodelay(&conn->link.tcp, 1);
     uv_tcp_keepalive(&conn->link.tcp, 1, PEER_KEEPALIVE_S);
     int rv = uv_read_start((uv_stream_t *)&conn->link.tcp, peer_link_alloc_cb, peer_link_read_cb);
@@ -607,12 +567,20 @@ static void peer_server_connection_cb(uv_stream_t *listener, int status)
     log_debug("peer connection accepted peer=%s", conn->name);
 }
 
-/* peer_server_listener_closed_cb - the listener is gone. */
-static void peer_server_listener_closed_cb(uv_handle_t *h)
+/* peer_sconn_shutdown_cb - peer_server_close: close this connection. */
+static void peer_sconn_shutdown_cb(void *data, struct tcp_server_conn *base)
 {
-    struct peer_server *s = h->data;
-    s->listener_closed = true;
-    peer_server_maybe_done(s);
+    (void)data;
+    peer_sconn_close(hamr_container_of(base, struct peer_sconn, base));
+}
+
+/* peer_sconn_free_cb - the handle is closed: free the connection. */
+static void peer_sconn_free_cb(void *data, struct tcp_server_conn *base)
+{
+    struct peer_sconn *conn = hamr_container_of(base, struct peer_sconn, base);
+    (void)data;
+    peer_link_free(&conn->link);
+    free(conn);
 }
 
 /* peer_server_new - bind and listen on host:port. */
@@ -629,18 +597,26 @@ int peer_server_new(uv_loop_t *loop,
         snprintf(errmsg, errlen, "peer: out of memory");
         return HAMR_ENOMEM;
     }
-    s->loop = loop;
     s->handler = *h;
     s->held_max = PEER_HELD_MAX;
     s->held_calls_max = PEER_HELD_CALLS_MAX;
-    int rv = listen_open(loop, &s->listener, s, host, port, 64, peer_server_connection_cb,
-                         peer_server_listener_closed_cb, &s->port, "peer", errmsg, errlen);
-    if (rv == HAMR_EINVAL)
+    const struct tcp_server_config cfg = {.name = "peer",
+                                          .host = host,
+                                          .port = port,
+                                          .backlog = 64,
+                                          .max_conns = PEER_MAX_CONNS,
+                                          .over = TCP_SERVER_CAP_CLOSE};
+    const struct tcp_server_ops ops = {.data = s,
+                                       .alloc_cb = peer_sconn_alloc_cb,
+                                       .accept_cb = peer_sconn_accept_cb,
+                                       .shutdown_cb = peer_sconn_shutdown_cb,
+                                       .free_cb = peer_sconn_free_cb,
+                                       .done_cb = free};
+    int rv = tcp_server_new(loop, &cfg, &ops, &s->tcp, errmsg, errlen);
+    if (rv != 0) {
         free(s);
-    else if (rv != 0)
-        s->closing = true; /* freed by peer_server_listener_closed_cb; nobody is told */
-    if (rv != 0)
         return rv;
+    }
     *out = s;
     return 0;
 }
@@ -648,7 +624,7 @@ int peer_server_new(uv_loop_t *loop,
 /* peer_server_port - the bound port. */
 uint16_t peer_server_port(const struct peer_server *s)
 {
-    return s->port;
+    return tcp_server_port(s->tcp);
 }
 
 /* peer_server_set_held_limit - when a connection stops being read. */
@@ -661,7 +637,7 @@ void peer_server_set_held_limit(struct peer_server *s, size_t bytes, size_t call
 /* peer_server_conns - open connections. */
 size_t peer_server_conns(const struct peer_server *s)
 {
-    return s->n_conns;
+    return tcp_server_conns(s->tcp);
 }
 
 /* peer_server_close - close the listener and all connections; idempotent. */
@@ -670,11 +646,7 @@ void peer_server_close(struct peer_server *s, void (*cb)(void *arg), void *arg)
     if (s->closing)
         return;
     s->closing = true;
-    s->closed_cb = cb;
-    s->closed_arg = arg;
-    uv_close((uv_handle_t *)&s->listener, peer_server_listener_closed_cb);
-    for (struct peer_sconn *conn = s->conns; conn != NULL; conn = conn->next)
-        peer_sconn_close(conn);
+    tcp_server_close(s->tcp, cb, arg); /* s is freed before the callback */
 }
 
 /* ------------------------------------------------------------------------ */
@@ -711,7 +683,7 @@ struct peer_client {
 
 /* peer_cconn - the connection to one destination address. */
 struct peer_cconn {
-    struct peer_link link; /* first: the handle's data points here */
+    struct peer_link link;
     struct peer_client *client;
     struct peer_cconn *prev, *next;
     uv_connect_t connect;
@@ -1032,9 +1004,8 @@ static int peer_cconn_open(struct peer_client *c,
         free(conn);
         return rv;
     }
-    peer_link_init(c->loop, &conn->link);
-    conn->link.on_frame = peer_cconn_frame;
-    conn->link.broken = peer_cconn_broken;
+    uv_tcp_init(c->loop, &conn->link.tcp);
+    peer_link_init(&conn->link, peer_cconn_frame, peer_cconn_broken);
     conn->client = c;
     hamr_strlcpy(conn->addr, addr, sizeof(conn->addr));
     conn->connect_deadline = uv_now(c->loop) + c->connect_timeout_ms;

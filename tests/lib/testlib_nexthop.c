@@ -24,7 +24,7 @@
 #include <uv.h>
 
 #include "util/buf.h"
-#include "net/smtpc_tls.h"
+#include "net/tls.h"
 #include "tests/lib/testlib_nexthop.h"
 
 /* testlib_nexthop_write_cb - free the copy of a reply. */
@@ -49,10 +49,10 @@ static void testlib_nexthop_send_raw(struct testlib_nexthop_conn *sc, const char
 static void testlib_nexthop_flush(struct testlib_nexthop_conn *sc)
 {
     const char *out;
-    size_t n = smtpc_tls_output(sc->tls, &out);
+    size_t n = tls_output(sc->tls, &out);
     if (n > 0) {
         testlib_nexthop_send_raw(sc, out, n);
-        smtpc_tls_output_done(sc->tls, n);
+        tls_output_done(sc->tls, n);
     }
 }
 
@@ -63,7 +63,7 @@ static void testlib_nexthop_send(struct testlib_nexthop_conn *sc, const char *da
         testlib_nexthop_send_raw(sc, data, len);
         return;
     }
-    assert_int_equal(smtpc_tls_write(sc->tls, data, len), 0);
+    assert_int_equal(tls_write(sc->tls, data, len), 0);
     testlib_nexthop_flush(sc);
 }
 
@@ -77,7 +77,7 @@ static void testlib_nexthop_conn_close_cb(uv_handle_t *h)
             break;
         }
     }
-    smtpc_tls_free(sc->tls);
+    tls_free(sc->tls);
     free(sc);
 }
 
@@ -132,7 +132,7 @@ static void testlib_nexthop_starttls(struct testlib_nexthop_conn *sc, const char
     }
     testlib_nexthop_send_raw(sc, s->starttls_reply, strlen(s->starttls_reply));
     if (strncmp(s->starttls_reply, "220", 3) == 0)
-        assert_int_equal(smtpc_tls_new(s->ctx, true, NULL, false, &sc->tls), 0);
+        assert_int_equal(tls_new(s->ctx, true, NULL, false, &sc->tls), 0);
 }
 
 /* testlib_nexthop_line - act on one complete line. */
@@ -200,9 +200,9 @@ static void testlib_nexthop_tls_input(struct testlib_nexthop_conn *sc, const cha
 {
     if (sc->srv->stall_handshake)
         return;
-    assert_int_equal(smtpc_tls_feed(sc->tls, data, len), 0);
+    assert_int_equal(tls_feed(sc->tls, data, len), 0);
     if (!sc->tls_up) {
-        int rc = smtpc_tls_handshake(sc->tls);
+        int rc = tls_handshake(sc->tls);
         testlib_nexthop_flush(sc);
         if (rc < 0) {
             testlib_nexthop_conn_close(sc);
@@ -215,7 +215,7 @@ static void testlib_nexthop_tls_input(struct testlib_nexthop_conn *sc, const cha
     }
     char plain[4096];
     long n;
-    while (!sc->closing && (n = smtpc_tls_read(sc->tls, plain, sizeof(plain))) > 0)
+    while (!sc->closing && (n = tls_read(sc->tls, plain, sizeof(plain))) > 0)
         testlib_nexthop_plain(sc, plain, (size_t)n);
     if (!sc->closing && n < 0)
         testlib_nexthop_conn_close(sc);

@@ -26,7 +26,7 @@
 #include <uv.h>
 
 #include "util/buf.h"
-#include "net/smtpc_tls.h"
+#include "net/tls.h"
 
 #define TESTLIB_NEXTHOP_OVERRIDES_MAX 4
 #define TESTLIB_NEXTHOP_LINE_MAX 8192
@@ -47,7 +47,7 @@ struct testlib_nexthop_conn {
     uv_tcp_t tcp;
     struct testlib_nexthop *srv;
     struct testlib_nexthop_conn *next;
-    struct smtpc_tls *tls; /* after our 220 to STARTTLS */
+    struct tls *tls; /* after our 220 to STARTTLS */
     bool tls_up;           /* the handshake finished */
     char line[TESTLIB_NEXTHOP_LINE_MAX];
     size_t line_len;

@@ -33,7 +33,7 @@
 #include "util/err.h"
 #include "util/log.h"
 #include "net/smtpc.h"
-#include "net/smtpc_tls.h"
+#include "net/tls.h"
 #include "tests/lib/testlib_loop.h"
 #include "tests/lib/testlib_nexthop.h"
 #include "tests/lib/testlib_smtpc.h"

@@ -1,6 +1,6 @@
 /*
  * test_smtpd_tls.c - STARTTLS on the inbound side: net/smtpd_server with
- * net/smtpd_tls and the memory-BIO engine of net/smtpc_tls.
+ * net/smtpd_tls and the memory-BIO engine of net/tls.
  *
  * A libuv loop runs smtpd_server on 127.0.0.1; the client is a plain
  * non-blocking socket in the same thread, with an OpenSSL client on top

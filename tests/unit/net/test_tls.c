@@ -1,5 +1,5 @@
 /*
- * test_smtpc_tls.c - net/smtpc_tls, the memory-BIO TLS engine, without
+ * test_tls.c - net/tls, the memory-BIO TLS engine, without
  * sockets: a client engine and a server engine are wired back to back by
  * moving ciphertext between their BIOs a bounded number of rounds.
  *
@@ -24,33 +24,33 @@
 #include <openssl/ssl.h>
 
 #include "util/err.h"
-#include "net/smtpc_tls.h"
+#include "net/tls.h"
 #include "net/smtpd_tls.h"
 #include "tls_testcert.h"
 
 #define ROUNDS_MAX 20
 
 /* pump - move ciphertext from one engine to the other. */
-static void pump(struct smtpc_tls *from, struct smtpc_tls *to)
+static void pump(struct tls *from, struct tls *to)
 {
     const char *data;
-    size_t n = smtpc_tls_output(from, &data);
+    size_t n = tls_output(from, &data);
     if (n > 0) {
-        assert_int_equal(smtpc_tls_feed(to, data, n), 0);
-        smtpc_tls_output_done(from, n);
+        assert_int_equal(tls_feed(to, data, n), 0);
+        tls_output_done(from, n);
     }
 }
 
 /* handshake - both sides to completion; returns the client's final result. */
-static int handshake(struct smtpc_tls *cli, struct smtpc_tls *srv, int *srv_rc)
+static int handshake(struct tls *cli, struct tls *srv, int *srv_rc)
 {
     int crc = 0, src = 0;
     for (int i = 0; i < ROUNDS_MAX && (crc != 1 || src != 1); i++) {
         if (crc == 0)
-            crc = smtpc_tls_handshake(cli);
+            crc = tls_handshake(cli);
         pump(cli, srv);
         if (src == 0)
-            src = smtpc_tls_handshake(srv);
+            src = tls_handshake(srv);
         pump(srv, cli);
         if (crc < 0 || src < 0)
             break;
@@ -105,37 +105,37 @@ static void test_verify_table(void **state)
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char err[512], desc[96], buf[64];
-        SSL_CTX *cctx = smtpc_tls_client_ctx_new(
-            cases[i].right_ca ? f->tc.ca_file : f->other.ca_file, err, sizeof(err));
+        SSL_CTX *cctx = tls_client_ctx_new(cases[i].right_ca ? f->tc.ca_file : f->other.ca_file,
+                                           err, sizeof(err));
         assert_non_null(cctx);
-        struct smtpc_tls *cli, *srv;
-        assert_int_equal(smtpc_tls_new(cctx, false, cases[i].host, cases[i].verify, &cli), 0);
+        struct tls *cli, *srv;
+        assert_int_equal(tls_new(cctx, false, cases[i].host, cases[i].verify, &cli), 0);
         SSL_CTX_free(cctx); /* the connection holds its own reference */
-        assert_int_equal(smtpc_tls_new(f->sctx, true, NULL, false, &srv), 0);
+        assert_int_equal(tls_new(f->sctx, true, NULL, false, &srv), 0);
         int src;
         int crc = handshake(cli, srv, &src);
         assert_int_equal(crc, cases[i].want);
         if (crc == 1) {
             assert_int_equal(src, 1);
-            smtpc_tls_describe(cli, desc, sizeof(desc));
+            tls_describe(cli, desc, sizeof(desc));
             assert_non_null(strstr(desc, "TLSv1.3 TLS_"));
             assert_non_null(strstr(desc, cases[i].describe_tail));
-            assert_int_equal(smtpc_tls_write(cli, "EHLO x\r\n", 8), 0);
+            assert_int_equal(tls_write(cli, "EHLO x\r\n", 8), 0);
             pump(cli, srv);
-            assert_int_equal(smtpc_tls_read(srv, buf, sizeof(buf)), 8);
+            assert_int_equal(tls_read(srv, buf, sizeof(buf)), 8);
             assert_memory_equal(buf, "EHLO x\r\n", 8);
-            assert_int_equal(smtpc_tls_read(srv, buf, sizeof(buf)), 0);
-            assert_int_equal(smtpc_tls_write(srv, "250 ok\r\n", 8), 0);
+            assert_int_equal(tls_read(srv, buf, sizeof(buf)), 0);
+            assert_int_equal(tls_write(srv, "250 ok\r\n", 8), 0);
             pump(srv, cli);
-            assert_int_equal(smtpc_tls_read(cli, buf, sizeof(buf)), 8);
-            smtpc_tls_shutdown(srv);
+            assert_int_equal(tls_read(cli, buf, sizeof(buf)), 8);
+            tls_shutdown(srv);
             pump(srv, cli);
-            assert_int_equal(smtpc_tls_read(cli, buf, sizeof(buf)), HAMR_ESHUTDOWN);
+            assert_int_equal(tls_read(cli, buf, sizeof(buf)), HAMR_ESHUTDOWN);
         } else {
-            assert_non_null(strstr(smtpc_tls_error(cli), "certificate verify failed"));
+            assert_non_null(strstr(tls_error(cli), "certificate verify failed"));
         }
-        cli = smtpc_tls_free(cli);
-        srv = smtpc_tls_free(srv);
+        cli = tls_free(cli);
+        srv = tls_free(srv);
         assert_int_equal(ERR_peek_error(), 0);
     }
 }
@@ -149,16 +149,16 @@ static void test_old_client_refused(void **state)
     SSL_CTX_set_cipher_list(cctx, "DEFAULT:@SECLEVEL=0");
     SSL_CTX_set_min_proto_version(cctx, TLS1_VERSION);
     SSL_CTX_set_max_proto_version(cctx, TLS1_1_VERSION);
-    struct smtpc_tls *cli, *srv;
-    assert_int_equal(smtpc_tls_new(cctx, false, "localhost", false, &cli), 0);
+    struct tls *cli, *srv;
+    assert_int_equal(tls_new(cctx, false, "localhost", false, &cli), 0);
     SSL_CTX_free(cctx);
-    assert_int_equal(smtpc_tls_new(f->sctx, true, NULL, false, &srv), 0);
+    assert_int_equal(tls_new(f->sctx, true, NULL, false, &srv), 0);
     int src;
     (void)handshake(cli, srv, &src);
     assert_int_equal(src, HAMR_EPROTO);
-    assert_non_null(strstr(smtpc_tls_error(srv), "unsupported protocol"));
-    smtpc_tls_free(cli);
-    smtpc_tls_free(srv);
+    assert_non_null(strstr(tls_error(srv), "unsupported protocol"));
+    tls_free(cli);
+    tls_free(srv);
     ERR_clear_error(); /* the client side may have queued its own alert error */
 }
 
@@ -166,7 +166,7 @@ static void test_old_client_refused(void **state)
 static void test_bad_ca_file(void **state)
 {
     char err[512];
-    assert_null(smtpc_tls_client_ctx_new("/nonexistent/ca.pem", err, sizeof(err)));
+    assert_null(tls_client_ctx_new("/nonexistent/ca.pem", err, sizeof(err)));
     assert_non_null(strstr(err, "tls_ca_file /nonexistent/ca.pem"));
     assert_int_equal(ERR_peek_error(), 0);
 }

@@ -1,10 +1,10 @@
 /*
- * smtpc_tls.c - TLS over memory BIOs (OpenSSL 3): the STARTTLS engine.
+ * tls.c - TLS over memory BIOs (OpenSSL 3): the STARTTLS engine.
  *
  * Owns: one SSL object and its two memory BIOs (rbio: ciphertext from the
  * peer, wbio: ciphertext for the peer). No socket and no libuv: the owner
  * moves octets between the BIOs and its stream, so the handshake is
- * non-blocking by construction. Exports smtpc_tls.h.
+ * non-blocking by construction. Exports tls.h.
  *
  * Errors: OpenSSL's error queue is drained at the point of failure into
  * the connection's err buffer (and never left behind for another caller);
@@ -25,21 +25,21 @@
 
 #include "util/common.h"
 #include "util/err.h"
-#include "net/smtpc_tls.h"
+#include "net/tls.h"
 
 /* Undecrypted ciphertext held from the peer, at most. */
-#define SMTPC_TLS_RBIO_MAX (1024 * 1024)
+#define TLS_RBIO_MAX (1024 * 1024)
 
-struct smtpc_tls {
+struct tls {
     SSL *ssl;
     BIO *rbio; /* owned by ssl */
     BIO *wbio; /* owned by ssl */
     bool verify;
-    char err[SMTPC_TLS_ERR_MAX];
+    char err[TLS_ERR_MAX];
 };
 
-/* smtpc_tls_errors - drain the OpenSSL error queue into one line. */
-const char *smtpc_tls_errors(const char *prefix, char *out, size_t outlen)
+/* tls_errors - drain the OpenSSL error queue into one line. */
+const char *tls_errors(const char *prefix, char *out, size_t outlen)
 {
     size_t n = 0;
     unsigned long e;
@@ -67,8 +67,8 @@ const char *smtpc_tls_errors(const char *prefix, char *out, size_t outlen)
     return out;
 }
 
-/* smtpc_tls_fail - record why the connection failed; HAMR_EPROTO. */
-static int smtpc_tls_fail(struct smtpc_tls *t, int ssl_err)
+/* tls_fail - record why the connection failed; HAMR_EPROTO. */
+static int tls_fail(struct tls *t, int ssl_err)
 {
     char prefix[96];
 
@@ -78,14 +78,14 @@ static int smtpc_tls_fail(struct smtpc_tls *t, int ssl_err)
     } else {
         snprintf(prefix, sizeof(prefix), "TLS error %d: ", ssl_err);
     }
-    smtpc_tls_errors(prefix, t->err, sizeof(t->err));
+    tls_errors(prefix, t->err, sizeof(t->err));
     return HAMR_EPROTO;
 }
 
-/* smtpc_tls_new - SSL on ctx over two memory BIOs. */
-int smtpc_tls_new(SSL_CTX *ctx, bool server, const char *host, bool verify, struct smtpc_tls **out)
+/* tls_new - SSL on ctx over two memory BIOs. */
+int tls_new(SSL_CTX *ctx, bool server, const char *host, bool verify, struct tls **out)
 {
-    struct smtpc_tls *t = calloc(1, sizeof(*t));
+    struct tls *t = calloc(1, sizeof(*t));
     if (t == NULL)
         return HAMR_ENOMEM;
     t->ssl = SSL_new(ctx);
@@ -117,7 +117,7 @@ int smtpc_tls_new(SSL_CTX *ctx, bool server, const char *host, bool verify, stru
             SSL_set_verify(t->ssl, SSL_VERIFY_PEER, NULL);
             if (host == NULL || SSL_set1_host(t->ssl, host) != 1) {
                 ERR_clear_error();
-                smtpc_tls_free(t);
+                tls_free(t);
                 return HAMR_EIO;
             }
         }
@@ -126,8 +126,8 @@ int smtpc_tls_new(SSL_CTX *ctx, bool server, const char *host, bool verify, stru
     return 0;
 }
 
-/* smtpc_tls_free - release the SSL object and its BIOs. */
-struct smtpc_tls *smtpc_tls_free(struct smtpc_tls *t)
+/* tls_free - release the SSL object and its BIOs. */
+struct tls *tls_free(struct tls *t)
 {
     if (t == NULL)
         return NULL;
@@ -137,12 +137,12 @@ struct smtpc_tls *smtpc_tls_free(struct smtpc_tls *t)
     return NULL;
 }
 
-/* smtpc_tls_feed - ciphertext in. */
-int smtpc_tls_feed(struct smtpc_tls *t, const void *data, size_t len)
+/* tls_feed - ciphertext in. */
+int tls_feed(struct tls *t, const void *data, size_t len)
 {
     if (len == 0)
         return 0;
-    if (BIO_ctrl_pending(t->rbio) + len > SMTPC_TLS_RBIO_MAX)
+    if (BIO_ctrl_pending(t->rbio) + len > TLS_RBIO_MAX)
         return HAMR_ENOMEM;
     if (BIO_write(t->rbio, data, (int)len) != (int)len) {
         ERR_clear_error();
@@ -151,8 +151,8 @@ int smtpc_tls_feed(struct smtpc_tls *t, const void *data, size_t len)
     return 0;
 }
 
-/* smtpc_tls_handshake - one step of the handshake. */
-int smtpc_tls_handshake(struct smtpc_tls *t)
+/* tls_handshake - one step of the handshake. */
+int tls_handshake(struct tls *t)
 {
     int rc = SSL_do_handshake(t->ssl);
     if (rc == 1)
@@ -160,11 +160,11 @@ int smtpc_tls_handshake(struct smtpc_tls *t)
     int e = SSL_get_error(t->ssl, rc);
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
         return 0;
-    return smtpc_tls_fail(t, e);
+    return tls_fail(t, e);
 }
 
-/* smtpc_tls_read - plaintext out. */
-long smtpc_tls_read(struct smtpc_tls *t, void *buf, size_t cap)
+/* tls_read - plaintext out. */
+long tls_read(struct tls *t, void *buf, size_t cap)
 {
     size_t got = 0;
     int rc = SSL_read_ex(t->ssl, buf, cap, &got);
@@ -177,11 +177,11 @@ long smtpc_tls_read(struct smtpc_tls *t, void *buf, size_t cap)
         ERR_clear_error();
         return HAMR_ESHUTDOWN;
     }
-    return smtpc_tls_fail(t, e);
+    return tls_fail(t, e);
 }
 
-/* smtpc_tls_write - plaintext in, ciphertext to the write BIO. */
-int smtpc_tls_write(struct smtpc_tls *t, const void *data, size_t len)
+/* tls_write - plaintext in, ciphertext to the write BIO. */
+int tls_write(struct tls *t, const void *data, size_t len)
 {
     size_t done = 0;
     if (len == 0)
@@ -189,19 +189,19 @@ int smtpc_tls_write(struct smtpc_tls *t, const void *data, size_t len)
     /* Memory BIOs never block, so a write completes or fails. */
     if (SSL_write_ex(t->ssl, data, len, &done) == 1 && done == len)
         return 0;
-    return smtpc_tls_fail(t, SSL_get_error(t->ssl, 0));
+    return tls_fail(t, SSL_get_error(t->ssl, 0));
 }
 
-/* smtpc_tls_shutdown - queue close_notify. */
-void smtpc_tls_shutdown(struct smtpc_tls *t)
+/* tls_shutdown - queue close_notify. */
+void tls_shutdown(struct tls *t)
 {
     if (SSL_is_init_finished(t->ssl))
         (void)SSL_shutdown(t->ssl);
     ERR_clear_error();
 }
 
-/* smtpc_tls_output - ciphertext waiting. */
-size_t smtpc_tls_output(struct smtpc_tls *t, const char **data)
+/* tls_output - ciphertext waiting. */
+size_t tls_output(struct tls *t, const char **data)
 {
     char *p = NULL;
     long n = BIO_get_mem_data(t->wbio, &p);
@@ -209,8 +209,8 @@ size_t smtpc_tls_output(struct smtpc_tls *t, const char **data)
     return n > 0 ? (size_t)n : 0;
 }
 
-/* smtpc_tls_output_done - the first n octets were taken. */
-void smtpc_tls_output_done(struct smtpc_tls *t, size_t n)
+/* tls_output_done - the first n octets were taken. */
+void tls_output_done(struct tls *t, size_t n)
 {
     char tmp[4096];
     while (n > 0) {
@@ -222,26 +222,26 @@ void smtpc_tls_output_done(struct smtpc_tls *t, size_t n)
     }
 }
 
-/* smtpc_tls_describe - protocol and cipher for logs and results. */
-void smtpc_tls_describe(const struct smtpc_tls *t, char *out, size_t outlen)
+/* tls_describe - protocol and cipher for logs and results. */
+void tls_describe(const struct tls *t, char *out, size_t outlen)
 {
     snprintf(out, outlen, "%s %s%s", SSL_get_version(t->ssl),
              SSL_CIPHER_get_name(SSL_get_current_cipher(t->ssl)),
              t->verify && SSL_get_verify_result(t->ssl) == X509_V_OK ? " verified" : "");
 }
 
-/* smtpc_tls_error - the last failure. */
-const char *smtpc_tls_error(const struct smtpc_tls *t)
+/* tls_error - the last failure. */
+const char *tls_error(const struct tls *t)
 {
     return t->err;
 }
 
-/* smtpc_tls_client_ctx_new - an outbound context. */
-SSL_CTX *smtpc_tls_client_ctx_new(const char *ca_file, char *errmsg, size_t errlen)
+/* tls_client_ctx_new - an outbound context. */
+SSL_CTX *tls_client_ctx_new(const char *ca_file, char *errmsg, size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     if (ctx == NULL) {
-        smtpc_tls_errors("TLS client context: ", errmsg, errlen);
+        tls_errors("TLS client context: ", errmsg, errlen);
         return NULL;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
@@ -253,7 +253,7 @@ SSL_CTX *smtpc_tls_client_ctx_new(const char *ca_file, char *errmsg, size_t errl
         char prefix[300];
         snprintf(prefix, sizeof(prefix),
                  "tls_ca_file %s: ", ca_file != NULL && ca_file[0] ? ca_file : "(system)");
-        smtpc_tls_errors(prefix, errmsg, errlen);
+        tls_errors(prefix, errmsg, errlen);
         SSL_CTX_free(ctx);
         return NULL;
     }
