@@ -315,6 +315,36 @@ int proposer_send(struct proposer *p,
     return rv;
 }
 
+/*
+ * proposer_packed - buf (from ops->alloc; taken in every case) into raft
+ * here without a copy, or, when this node does not lead and forwarding is
+ * allowed, to the leader.
+ */
+static int proposer_packed(struct proposer *p,
+                           uint8_t *buf,
+                           size_t len,
+                           uint64_t timeout_ms,
+                           proposer_cb cb,
+                           void *arg,
+                           bool may_forward)
+{
+    int rv;
+    bool taken = false; /* by raft; a forward copies buf into its frame */
+    if (p->stopping) {
+        rv = HAMR_ESHUTDOWN;
+    } else if (p->ops.is_leader(p->ops.data)) {
+        rv = proposer_append_start(p, buf, len, timeout_ms, cb, arg);
+        taken = rv == 0;
+    } else if (may_forward) {
+        rv = proposer_forward(p, buf, len, timeout_ms, cb, arg);
+    } else {
+        rv = HAMR_ENOTLEADER;
+    }
+    if (!taken)
+        p->ops.free(buf);
+    return rv;
+}
+
 int proposer_append_packed(struct proposer *p,
                            uint8_t *buf,
                            size_t len,
@@ -322,16 +352,7 @@ int proposer_append_packed(struct proposer *p,
                            proposer_cb cb,
                            void *arg)
 {
-    int rv;
-    if (p->stopping)
-        rv = HAMR_ESHUTDOWN;
-    else if (!p->ops.is_leader(p->ops.data))
-        rv = HAMR_ENOTLEADER;
-    else
-        rv = proposer_append_start(p, buf, len, timeout_ms, cb, arg);
-    if (rv != 0)
-        p->ops.free(buf);
-    return rv;
+    return proposer_packed(p, buf, len, timeout_ms, cb, arg, false);
 }
 
 int proposer_send_packed(struct proposer *p,
@@ -341,19 +362,7 @@ int proposer_send_packed(struct proposer *p,
                          proposer_cb cb,
                          void *arg)
 {
-    int rv;
-    if (p->stopping) {
-        rv = HAMR_ESHUTDOWN;
-    } else if (p->ops.is_leader(p->ops.data)) {
-        /* The usual case on the leader: the buffer goes to raft as it is. */
-        rv = proposer_append_start(p, buf, len, timeout_ms, cb, arg);
-        if (rv == 0)
-            return 0;
-    } else {
-        rv = proposer_forward(p, buf, len, timeout_ms, cb, arg);
-    }
-    p->ops.free(buf);
-    return rv;
+    return proposer_packed(p, buf, len, timeout_ms, cb, arg, true);
 }
 
 /* ---------------------------------------------------------------------------

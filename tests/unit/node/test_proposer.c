@@ -659,6 +659,37 @@ static void test_stop_with_pending(void **state)
     assert_false(proposer_busy(p));
 }
 
+/* Packed entries: raft takes the buffer itself on the leader; a follower forwards and frees it. */
+static void test_packed(void **state)
+{
+    struct fixture *fx = *state;
+    struct fake *f = &fx->f;
+    struct proposer *p = fx->p;
+    struct rec r1 = {.f = f}, r2 = {.f = f}, r3 = {.f = f};
+    become_leader(f);
+    uint8_t *buf = malloc(16);
+    assert_non_null(buf);
+    assert_int_equal(proposer_send_packed(p, buf, 16, 1000, rec_cb, &r1), 0);
+    assert_int_equal(f->n_appends, 1);
+    assert_ptr_equal(f->appends[0].buf, buf); /* no copy */
+    raft_answer(f, 0, 0, 0);
+    assert_int_equal(r1.calls, 1);
+    become_follower(f, 2);
+    buf = malloc(16);
+    assert_non_null(buf);
+    assert_int_equal(proposer_send_packed(p, buf, 16, 1000, rec_cb, &r2), 0);
+    assert_int_equal(f->n_forwards, 1);
+    assert_int_equal(f->forwards[0].len, 16);
+    peer_answer(f, 0, 0, 0, 0, false);
+    assert_int_equal(r2.calls, 1);
+    /* What only a leader writes is never forwarded. */
+    buf = malloc(16);
+    assert_non_null(buf);
+    assert_int_equal(proposer_append_packed(p, buf, 16, 1000, rec_cb, &r3), HAMR_ENOTLEADER);
+    assert_int_equal(f->n_forwards, 1);
+    assert_int_equal(r3.calls, 0);
+}
+
 /* The leader's side: a follower's query and proposal; refusals. */
 static void test_serve(void **state)
 {
@@ -728,6 +759,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_inflight_cap, setup_cap2, teardown),
         cmocka_unit_test_setup_teardown(test_inflight_cap_deadline, setup_cap1, teardown),
         cmocka_unit_test_setup_teardown(test_stop_with_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_packed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_serve, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
