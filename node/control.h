@@ -8,6 +8,9 @@
  *
  * The channel has no authentication: bind it to loopback (the default) or
  * protect the port otherwise.
+ *
+ * Owns: its listener (net/tcp_server) and connections. May call: proto/
+ * framing, net/tcp_server, util; the handler the owner gives answers.
  */
 #ifndef HAMR_NODE_CONTROL_H
 #define HAMR_NODE_CONTROL_H

@@ -13,6 +13,8 @@
  *
  * Security: the password buffer is wiped before exit; nothing but the hash
  * is printed.
+ *
+ * Owns: nothing lasting. May call: net/smtpd_auth (the hash), util.
  */
 #include <stdio.h>
 #include <stdlib.h>

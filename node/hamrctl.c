@@ -13,6 +13,9 @@
  *
  * Security: everything the node sends back is made printable before it
  * reaches the terminal (text mode) or escaped (JSON mode).
+ *
+ * Owns: the command line and the output. May call: control_client, config
+ * (host:port parsing), util.
  */
 #include <arpa/inet.h>
 #include <stdbool.h>

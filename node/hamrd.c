@@ -11,6 +11,9 @@
  * [node] user, switches to that account before opening anything, keeps
  * only the right to bind ports below 1024 until its listeners are up and
  * then drops that too. It always runs inside its data directory.
+ *
+ * Owns: the loop, the signals and the process's exit status. May call:
+ * config, privs and relay (relay.h) only.
  */
 #include <signal.h>
 #include <stdio.h>

@@ -10,6 +10,10 @@
  *
  * The endpoint has no authentication: bind it to loopback or to a network
  * only the monitoring system reaches.
+ *
+ * Owns: its listener (net/tcp_server) and connections. May call: the
+ * metrics registry (render), net/tcp_server, util; readiness comes from the
+ * owner's callback.
  */
 #ifndef HAMR_NODE_HTTP_H
 #define HAMR_NODE_HTTP_H

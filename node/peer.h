@@ -11,6 +11,11 @@
  *
  * Both sides run on one libuv loop and use no threads. The channel has no
  * authentication: bind it to an address only the cluster can reach.
+ *
+ * Owns: the server's listener (net/tcp_server) and connections, the
+ * client's connections and calls in flight. May call: proto/ framing,
+ * net/tcp_server, util; what a request means is the handler's business
+ * (node/proposer.c on the leader).
  */
 #ifndef HAMR_NODE_PEER_H
 #define HAMR_NODE_PEER_H
