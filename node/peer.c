@@ -328,6 +328,8 @@ struct peer_server {
     struct peer_handler handler;
     size_t held_max; /* per connection, see peer_sconn_over */
     size_t held_calls_max;
+    uint64_t hello_ms; /* a connection must say hello within this */
+    uint64_t idle_ms;  /* a connection with nothing pending and no frame this long is closed */
     bool closing;
 };
 
@@ -343,6 +345,8 @@ struct peer_sconn {
     bool requests_seen;
     bool paused; /* reading stopped for backpressure */
     uint64_t node_id;
+    uv_timer_t timer;    /* the hello deadline, then the idle check */
+    uint64_t last_frame; /* uv_now of the last whole frame */
     char name[PEER_ADDR_MAX];
 };
 
@@ -397,6 +401,8 @@ static bool peer_sconn_over(const struct peer_sconn *conn)
     return conn->held > conn->srv->held_max || conn->n_calls >= conn->srv->held_calls_max;
 }
 
+static void peer_sconn_timer_cb(uv_timer_t *t);
+
 /* peer_sconn_hello - record who is calling. */
 static void peer_sconn_hello(struct peer_sconn *conn, const Hamr__PeerHello *hello)
 {
@@ -404,6 +410,7 @@ static void peer_sconn_hello(struct peer_sconn *conn, const Hamr__PeerHello *hel
     const char *v = hello->version != NULL ? hello->version : "";
     conn->hello_seen = true;
     conn->node_id = hello->node_id;
+    uv_timer_start(&conn->timer, peer_sconn_timer_cb, conn->srv->idle_ms, 0);
     log_info("peer hello peer=%s node=%" PRIu64 " version=%s format_max=%u", conn->name,
              hello->node_id, log_printable(version, sizeof(version), v, strlen(v)),
              (unsigned)hello->format_version_max);
@@ -413,6 +420,7 @@ static void peer_sconn_hello(struct peer_sconn *conn, const Hamr__PeerHello *hel
 static void peer_sconn_frame(struct peer_link *l, const uint8_t *p, size_t n)
 {
     struct peer_sconn *conn = hamr_container_of(l, struct peer_sconn, link);
+    conn->last_frame = uv_now(conn->link.tcp.loop);
     Hamr__PeerMsg *msg = hamr__peer_msg__unpack(NULL, n, p);
     if (msg == NULL) {
         peer_sconn_broken(l, "undecodable frame", 0, n);
@@ -548,6 +556,33 @@ static struct tcp_server_conn *peer_sconn_alloc_cb(void *data, uv_tcp_t **tcp)
     return &conn->base;
 }
 
+/*
+ * peer_sconn_timer_cb - no hello by the deadline, or idle (no frame for
+ * idle_ms and nothing with the handler): close, so that a stranger or a
+ * forgotten client cannot hold one of the PEER_MAX_CONNS places a node needs.
+ */
+static void peer_sconn_timer_cb(uv_timer_t *t)
+{
+    struct peer_sconn *conn = hamr_container_of(t, struct peer_sconn, timer);
+    struct peer_server *s = conn->srv;
+    if (!conn->hello_seen) {
+        log_warn("peer connection closed peer=%s reason=\"no hello within %" PRIu64 "ms\"",
+                 conn->name, s->hello_ms);
+        peer_sconn_close(conn);
+        return;
+    }
+    uint64_t now = uv_now(t->loop);
+    uint64_t quiet = now - conn->last_frame;
+    if (conn->n_calls == 0 && quiet >= s->idle_ms) {
+        log_info("peer connection closed peer=%s node=%" PRIu64 " reason=idle", conn->name,
+                 conn->node_id);
+        peer_sconn_close(conn);
+        return;
+    }
+    uv_timer_start(t, peer_sconn_timer_cb, quiet >= s->idle_ms ? s->idle_ms : s->idle_ms - quiet,
+                   0);
+}
+
 /* peer_sconn_accept_cb - a client is accepted: name it, start reading frames. */
 static void peer_sconn_accept_cb(void *data, struct tcp_server_conn *base)
 {
@@ -559,6 +594,9 @@ static void peer_sconn_accept_cb(void *data, struct tcp_server_conn *base)
         peer_sockaddr_name((struct sockaddr *)&ss, conn->name, sizeof(conn->name));
     uv_tcp_nodelay(&conn->link.tcp, 1);
     uv_tcp_keepalive(&conn->link.tcp, 1, PEER_KEEPALIVE_S);
+    tcp_server_conn_timer_init(base, &conn->timer);
+    conn->last_frame = uv_now(conn->link.tcp.loop);
+    uv_timer_start(&conn->timer, peer_sconn_timer_cb, conn->srv->hello_ms, 0);
     int rv = uv_read_start((uv_stream_t *)&conn->link.tcp, peer_link_alloc_cb, peer_link_read_cb);
     if (rv != 0) {
         peer_sconn_broken(&conn->link, "read start failed", rv, 0);
@@ -600,6 +638,8 @@ int peer_server_new(uv_loop_t *loop,
     s->handler = *h;
     s->held_max = PEER_HELD_MAX;
     s->held_calls_max = PEER_HELD_CALLS_MAX;
+    s->hello_ms = PEER_HELLO_TIMEOUT_MS;
+    s->idle_ms = PEER_IDLE_TIMEOUT_MS;
     const struct tcp_server_config cfg = {.name = "peer",
                                           .host = host,
                                           .port = port,
@@ -632,6 +672,13 @@ void peer_server_set_held_limit(struct peer_server *s, size_t bytes, size_t call
 {
     s->held_max = bytes;
     s->held_calls_max = calls;
+}
+
+/* peer_server_set_timeouts - the hello deadline and the idle timeout, in ms. */
+void peer_server_set_timeouts(struct peer_server *s, uint64_t hello_ms, uint64_t idle_ms)
+{
+    s->hello_ms = hello_ms;
+    s->idle_ms = idle_ms;
 }
 
 /* peer_server_conns - open connections. */

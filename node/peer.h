@@ -34,6 +34,8 @@
                                       * per connection before reading pauses */
 #define PEER_HELD_CALLS_MAX 65536    /* server: same, counted in calls */
 #define PEER_CONNECT_TIMEOUT_MS 2000 /* client: default connect timeout */
+#define PEER_HELLO_TIMEOUT_MS 5000   /* server: a connection says hello within this */
+#define PEER_IDLE_TIMEOUT_MS 300000  /* server: nothing pending, no frame this long: closed */
 #define PEER_VERSION_MAX 64          /* client: version string kept for hello */
 
 /* ------------------------------------------------------------------------ */
@@ -78,6 +80,14 @@ uint16_t peer_server_port(const struct peer_server *s);
  * PEER_HELD_MAX, PEER_HELD_CALLS_MAX); reading resumes as answers go out.
  */
 void peer_server_set_held_limit(struct peer_server *s, size_t bytes, size_t calls);
+
+/*
+ * peer_server_set_timeouts - a connection that has not said hello within
+ * hello_ms, or has had nothing with the handler and sent no frame for
+ * idle_ms, is closed (defaults PEER_HELLO_TIMEOUT_MS, PEER_IDLE_TIMEOUT_MS).
+ * For connections accepted from now on (hello) and for the next idle check.
+ */
+void peer_server_set_timeouts(struct peer_server *s, uint64_t hello_ms, uint64_t idle_ms);
 
 /* peer_server_conns - open connections (for tests and metrics). */
 size_t peer_server_conns(const struct peer_server *s);

@@ -297,6 +297,10 @@ class Cluster:
         leader = self.leader_hint()
         return [leader] if leader else []
 
+    def probe_send_options(self, node):
+        """probe_send_options - extra send_message arguments for a probe through node."""
+        return {}
+
     def probe(self, node, timeout=30):
         """probe - a test message through node until it gets 250 (bounded); returns its test id."""
         tid = new_test_id("probe-%s" % node.name)
@@ -307,7 +311,7 @@ class Cluster:
         def accepted():
             node.check_alive()
             res = send_message(node.smtp_port, "probe@example.org", [rcpt], msg, host=node.host,
-                               timeout=40)
+                               timeout=40, **self.probe_send_options(node))
             last[:] = [res]
             return res.code == 250
 
@@ -1038,28 +1042,10 @@ class ProxiedCluster(Cluster):
                                                                          node.http_port)
             node.write_config()
 
-    def probe(self, node, timeout=30):
-        """probe - like Cluster.probe, with a PROXY v1 header from proxy_source."""
-        tid = new_test_id("probe-%s" % node.name)
-        rcpt = "probe@example.com"
-        msg = make_message(tid, "probe@example.org", [rcpt])
-        last = []
-
-        def accepted():
-            node.check_alive()
-            res = send_message(node.smtp_port, "probe@example.org", [rcpt], msg, host=node.host,
-                               timeout=40, source=self.proxy_source,
-                               proxy_header=harness.proxy_v1_header("127.0.0.1",
-                                                                    server_port=node.smtp_port))
-            last[:] = [res]
-            return res.code == 250
-
-        try:
-            wait_for(accepted, timeout, "a 250 through %s" % node.name, interval=0.3)
-        except WaitTimeout as e:
-            raise WaitTimeout("%s; last reply %r" % (e, last[0] if last else None))
-        self.probes.append(tid)
-        return tid
+    def probe_send_options(self, node):
+        """probe_send_options - a probe comes with a PROXY v1 header from proxy_source."""
+        return {"source": self.proxy_source,
+                "proxy_header": harness.proxy_v1_header("127.0.0.1", server_port=node.smtp_port)}
 
     def health(self, node):
         """health - (status code, body) of node's GET /health/ready; (None, error) if down."""

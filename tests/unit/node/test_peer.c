@@ -705,6 +705,56 @@ static void test_hostile_input(void **state)
     assert_int_equal(f->res[3].status, 0);
 }
 
+/* test_pause_cb - a timer that sets the bool in its data. */
+static void test_pause_cb(uv_timer_t *t)
+{
+    *(bool *)t->data = true;
+}
+
+/*
+ * test_hello_deadline_and_idle - a connection that never says hello is
+ * closed at the deadline; one that said hello and then sits idle is closed
+ * after the idle timeout; one with a call still with the handler is not.
+ */
+static void test_hello_deadline_and_idle(void **state)
+{
+    struct fixture *f = *state;
+    peer_server_set_timeouts(f->srv, 200, 400);
+    uint64_t t0 = uv_now(&f->loop);
+    test_raw_connect(f, f->port);
+    test_wait(f, peer_server_conns(f->srv) == 1);
+    test_wait(f, f->raw_eof && peer_server_conns(f->srv) == 0);
+    uv_update_time(&f->loop);
+    assert_true(uv_now(&f->loop) - t0 >= 150); /* not before the deadline */
+
+    uint8_t frame[128];
+    test_raw_connect(f, f->port);
+    test_wait(f, peer_server_conns(f->srv) == 1);
+    test_raw_send(f, frame, test_pack_hello(7, frame, sizeof(frame)));
+    uv_update_time(&f->loop);
+    t0 = uv_now(&f->loop);
+    test_wait(f, f->raw_eof && peer_server_conns(f->srv) == 0);
+    uv_update_time(&f->loop);
+    assert_true(uv_now(&f->loop) - t0 >= 300); /* idle, after the hello: the longer timeout */
+
+    /* A call the handler holds keeps its connection open past the idle timeout. */
+    assert_int_equal(test_query(f, f->addr, "hold", 0, 5000), 0);
+    test_wait(f, f->n_held == 1);
+    uv_timer_t pause;
+    bool paused = false;
+    uv_timer_init(&f->loop, &pause);
+    pause.data = &paused;
+    uv_timer_start(&pause, test_pause_cb, 700, 0);
+    test_wait(f, paused);
+    uv_close((uv_handle_t *)&pause, NULL);
+    assert_int_equal(peer_server_conns(f->srv), 1);
+    test_answer(f->held[0].call, 5, true);
+    f->n_held = 0;
+    test_wait(f, f->res[0].count > 0);
+    assert_int_equal(f->res[0].status, 0);
+    assert_int_equal(f->res[0].result, 5);
+}
+
 /* test_reply_after_disconnect - the caller hung up; peer_reply only frees. */
 static void test_reply_after_disconnect(void **state)
 {
@@ -912,6 +962,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_connect_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connect_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_input, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hello_deadline_and_idle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reply_after_disconnect, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reply_to_raw_client, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_close_outstanding, setup, teardown),
