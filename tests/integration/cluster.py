@@ -297,6 +297,15 @@ class Cluster:
         leader = self.leader_hint()
         return [leader] if leader else []
 
+    def add_http(self):
+        """add_http - give every node an HTTP listener (/health, /metrics) on a free port."""
+        for node in self.nodes:
+            node.http_port = harness.free_port()
+            node.overrides = {s: dict(kv) for s, kv in node.overrides.items()}
+            node.overrides.setdefault("listen", {})["http"] = "%s:%d" % (node.host,
+                                                                         node.http_port)
+            node.write_config()
+
     def probe_send_options(self, node):
         """probe_send_options - extra send_message arguments for a probe through node."""
         return {}
@@ -1035,12 +1044,7 @@ class ProxiedCluster(Cluster):
         smtpd.update({"proxy_protocol": "on", "proxy_networks": "%s/32" % proxy_source})
         overrides["smtpd"] = smtpd
         super().__init__(env, n, overrides=overrides)
-        for node in self.nodes:
-            node.http_port = harness.free_port()
-            node.overrides = {s: dict(kv) for s, kv in node.overrides.items()}
-            node.overrides.setdefault("listen", {})["http"] = "%s:%d" % (node.host,
-                                                                         node.http_port)
-            node.write_config()
+        self.add_http()
 
     def probe_send_options(self, node):
         """probe_send_options - a probe comes with a PROXY v1 header from proxy_source."""

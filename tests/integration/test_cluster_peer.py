@@ -35,12 +35,7 @@ class ClusterPeerPolicyTest(cluster.ClusterTestCase):
         if not os.access(FORGE, os.X_OK):
             raise unittest.SkipTest("PEER_FORGE (tests/tools/peer_forge) is not built")
         c = cluster.Cluster(cls.env, 3)
-        for node in c.nodes:
-            node.http_port = harness.free_port()
-            node.overrides = {s: dict(kv) for s, kv in node.overrides.items()}
-            node.overrides.setdefault("listen", {})["http"] = "%s:%d" % (node.host,
-                                                                         node.http_port)
-            node.write_config()
+        c.add_http()
         return c
 
     def refused(self, node):
