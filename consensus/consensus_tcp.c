@@ -166,6 +166,22 @@ static void consensus_tcp_emit_cb(void *arg, const uint8_t *data, size_t len)
     struct consensus_tcp_conn *conn = arg;
     if (conn->closing || len == 0)
         return;
+    /* Most of the time the socketpair takes it all at once: no copy, no request. */
+    if (conn->queued == 0) {
+        uv_buf_t direct = uv_buf_init((char *)data, (unsigned)len);
+        int n = uv_try_write((uv_stream_t *)&conn->pipe, &direct, 1);
+        if (n > 0) {
+            data += n;
+            len -= (size_t)n;
+        } else if (n != UV_EAGAIN) {
+            log_warn("raft connection peer=%s event=closed reason=\"write to raft: %s\"",
+                     conn->peer, uv_strerror(n));
+            consensus_tcp_conn_close(conn);
+            return;
+        }
+        if (len == 0)
+            return;
+    }
     struct consensus_tcp_write *w = malloc(sizeof(*w) + len);
     if (w == NULL) {
         log_warn("raft connection peer=%s event=closed reason=\"out of memory\"", conn->peer);
