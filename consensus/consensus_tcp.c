@@ -102,8 +102,8 @@ static void consensus_tcp_maybe_closed(struct consensus_tcp *t)
     cb(&t->outer);
 }
 
-/* consensus_tcp_conn_handle_closed - one handle of a connection closed; free it after the last. */
-static void consensus_tcp_conn_handle_closed(uv_handle_t *h)
+/* consensus_tcp_conn_closed_cb - one handle of a connection closed; free it after the last. */
+static void consensus_tcp_conn_closed_cb(uv_handle_t *h)
 {
     struct consensus_tcp_conn *conn = h->data;
     struct consensus_tcp *t = conn->t;
@@ -129,10 +129,10 @@ static void consensus_tcp_conn_close(struct consensus_tcp_conn *conn)
     if (conn->next != NULL)
         conn->next->prev = conn->prev;
     t->n_conns--;
-    uv_close((uv_handle_t *)&conn->tcp, consensus_tcp_conn_handle_closed);
-    uv_close((uv_handle_t *)&conn->timer, consensus_tcp_conn_handle_closed);
+    uv_close((uv_handle_t *)&conn->tcp, consensus_tcp_conn_closed_cb);
+    uv_close((uv_handle_t *)&conn->timer, consensus_tcp_conn_closed_cb);
     if (conn->pipe_open)
-        uv_close((uv_handle_t *)&conn->pipe, consensus_tcp_conn_handle_closed);
+        uv_close((uv_handle_t *)&conn->pipe, consensus_tcp_conn_closed_cb);
 }
 
 static void consensus_tcp_conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
@@ -230,11 +230,13 @@ static void consensus_tcp_conn_refuse(struct consensus_tcp_conn *conn,
                                       const char *why)
 {
     (*counter)++;
+    const struct consensus_port_stats *st = &conn->t->stats;
+    /* id: the one the handshake claimed, 0 before a valid handshake. */
     log_warn(
-        "raft connection peer=%s event=refused reason=\"%s\" refused=%llu timed_out=%llu "
-        "over_cap=%llu",
-        conn->peer, why, (unsigned long long)conn->t->stats.refused,
-        (unsigned long long)conn->t->stats.timed_out, (unsigned long long)conn->t->stats.over_cap);
+        "raft connection peer=%s id=%llu event=refused reason=\"%s\" refused=%llu "
+        "timed_out=%llu over_cap=%llu",
+        conn->peer, (unsigned long long)conn->wire.id, why, (unsigned long long)st->refused,
+        (unsigned long long)st->timed_out, (unsigned long long)st->over_cap);
     consensus_tcp_conn_close(conn);
 }
 
@@ -481,8 +483,8 @@ static int consensus_tcp_connect(struct raft_uv_transport *outer,
     return rv;
 }
 
-/* consensus_tcp_listener_closed - the listener's close callback. */
-static void consensus_tcp_listener_closed(uv_handle_t *h)
+/* consensus_tcp_listener_closed_cb - the listener's close callback. */
+static void consensus_tcp_listener_closed_cb(uv_handle_t *h)
 {
     struct consensus_tcp *t = h->data;
     t->n_handles--;
@@ -505,7 +507,7 @@ static void consensus_tcp_close_cb(struct raft_uv_transport *outer, raft_uv_tran
     t->close_cb = cb;
     if (t->listener_open) {
         t->listener_open = false;
-        uv_close((uv_handle_t *)&t->listener, consensus_tcp_listener_closed);
+        uv_close((uv_handle_t *)&t->listener, consensus_tcp_listener_closed_cb);
     }
     while (t->conns != NULL)
         consensus_tcp_conn_close(t->conns);
