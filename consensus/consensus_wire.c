@@ -234,14 +234,20 @@ static int consensus_wire_judge(struct consensus_wire *w)
     return consensus_wire_header(w);
 }
 
-/* consensus_wire_reserve - room in buf for need bytes. */
-static int consensus_wire_reserve(struct consensus_wire *w)
+/*
+ * consensus_wire_reserve - room in buf for want bytes (at most need). The
+ * buffer grows with what has arrived, not with what a header claims, so a
+ * peer that announces a large header and stops costs only what it sent.
+ */
+static int consensus_wire_reserve(struct consensus_wire *w, size_t want)
 {
-    if (w->cap >= w->need)
+    if (w->cap >= want)
         return 0;
     size_t cap = w->cap ? w->cap : 256;
-    while (cap < w->need)
+    while (cap < want)
         cap *= 2;
+    if (cap > w->need)
+        cap = w->need;
     uint8_t *p = realloc(w->buf, cap);
     if (p == NULL)
         return HAMR_ENOMEM;
@@ -272,11 +278,11 @@ ssize_t consensus_wire_feed(struct consensus_wire *w,
                 w->state = CONSENSUS_WIRE_S_HEADER;
             continue;
         }
-        if (consensus_wire_reserve(w) != 0)
-            return HAMR_ENOMEM;
         size_t n = w->need - w->len;
         if (n > len - off)
             n = len - off;
+        if (consensus_wire_reserve(w, w->len + n) != 0)
+            return HAMR_ENOMEM;
         memcpy(w->buf + w->len, data + off, n);
         w->len += n;
         off += n;

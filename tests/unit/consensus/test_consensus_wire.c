@@ -615,12 +615,45 @@ static void test_malformed(void **state)
     }
 }
 
+/* A header announced large costs what has arrived of it, not what it claims. */
+static void test_buffer_follows_bytes(void **state)
+{
+    (void)state;
+    static const struct consensus_wire_limits big = {
+        .max_entry = 1u << 20,
+        .max_message = 1u << 30,
+        .max_entries = 1u << 20,
+    };
+    static struct stream s;
+    static struct sink out;
+    memset(&s, 0, sizeof(s));
+    memset(&out, 0, sizeof(out));
+    hs_ok(&s);
+    add64(&s, 1);
+    add64(&s, 48 + 16 * UINT64_C(1000000));
+    uint8_t some[100] = {0};
+    add(&s, some, sizeof(some));
+    struct consensus_wire w;
+    consensus_wire_init(&w, &big);
+    size_t off = 0;
+    while (off < s.len) {
+        ssize_t r = consensus_wire_feed(&w, s.b + off, s.len - off, sink_cb, &out);
+        assert_true(r > 0);
+        off += (size_t)r;
+    }
+    assert_int_equal(w.need, 16 + 48 + 16 * 1000000);
+    assert_true(w.cap <= 256);
+    assert_int_equal(out.len, 0);
+    consensus_wire_free(&w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid_every_type),
         cmocka_unit_test(test_valid_partial),
         cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_buffer_follows_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
