@@ -45,8 +45,11 @@
  * in consensus_info.failed.
  *
  * Security: the raft port is plaintext and unauthenticated (RAFT.md 4.5);
- * bind it to a private address. Addresses from the configuration are checked
- * to be IPv4 literals with a port before raft sees them.
+ * bind it to a private address. Every inbound byte is checked before libraft
+ * reads it (consensus_tcp.c, consensus_wire.c): malformed or oversized
+ * messages close the connection and are counted in consensus_info.port.
+ * Addresses from the configuration are checked to be IPv4 literals with a
+ * port before raft sees them.
  *
  * Threading: everything runs on the loop thread. The FSM callbacks run inside
  * raft: they must not call any consensus_* function. The *result of apply
@@ -91,6 +94,10 @@
 #define CONSENSUS_DEFAULT_SNAPSHOT_BYTES (64u * 1024 * 1024)
 #define CONSENSUS_DEFAULT_TRAILING 128
 #define CONSENSUS_DEFAULT_SEGMENT (64u * 1024 * 1024)
+#define CONSENSUS_DEFAULT_MAX_ENTRY (64u * 1024 * 1024)
+/* The raft port's bounds beyond the configured ones (consensus_port_limits). */
+#define CONSENSUS_PORT_MESSAGE_MIN (UINT64_C(2) << 30)
+#define CONSENSUS_PORT_MAX_ENTRIES (1u << 20) /* a 16 MiB AppendEntries header */
 
 /* consensus_link - intrusive doubly linked list; a sentinel is the list. */
 struct consensus_link {
@@ -415,6 +422,32 @@ static void consensus_config_defaults(struct consensus_config *dst,
         dst->snapshot_trailing = CONSENSUS_DEFAULT_TRAILING;
     if (dst->segment_size == 0)
         dst->segment_size = CONSENSUS_DEFAULT_SEGMENT;
+    if (dst->max_entry == 0)
+        dst->max_entry = CONSENSUS_DEFAULT_MAX_ENTRY;
+}
+
+/*
+ * consensus_port_limits - what a peer's message may claim (RAFT.md 4.5).
+ * One entry: the largest the FSM proposes plus an eighth and 1 MiB, the
+ * encoding's overhead (as consensus_segment_size allows). One message:
+ * libraft 0.15 sends a lagging follower every entry it still holds in one
+ * AppendEntries, up to a snapshot interval plus the trailing entries, and a
+ * snapshot whole; at least CONSENSUS_PORT_MESSAGE_MIN, which no snapshot of
+ * a working relay comes near.
+ */
+static void consensus_port_limits(const struct consensus_config *cfg,
+                                  struct consensus_wire_limits *lim)
+{
+    uint64_t entry = cfg->max_entry + cfg->max_entry / 8 + (UINT64_C(1) << 20);
+    entry = (entry + 7) / 8 * 8;
+    if (entry > UINT32_MAX - 7) /* the wire's entry size is a u32 */
+        entry = ((uint64_t)UINT32_MAX - 7) / 8 * 8;
+    uint64_t message = 2 * (uint64_t)cfg->snapshot_bytes + (cfg->snapshot_trailing + 64) * entry;
+    if (message < CONSENSUS_PORT_MESSAGE_MIN)
+        message = CONSENSUS_PORT_MESSAGE_MIN;
+    lim->max_entry = entry;
+    lim->max_message = message;
+    lim->max_entries = CONSENSUS_PORT_MAX_ENTRIES;
 }
 
 /* consensus_validate - reject a configuration raft would choke on, with a sentence. */
@@ -547,7 +580,9 @@ int consensus_new(uv_loop_t *loop,
     consensus_link_init(&c->inflight);
     consensus_link_init(&c->done);
 
-    rv = consensus_tcp_init(&c->transport, loop);
+    struct consensus_wire_limits limits;
+    consensus_port_limits(&c->cfg, &limits);
+    rv = consensus_tcp_init(&c->transport, loop, &limits);
     if (rv != 0) {
         consensus_errmsg(errmsg, errlen, "raft_uv_tcp_init: %s", raft_strerror(rv));
         free(c);
@@ -1082,6 +1117,7 @@ void consensus_get_info(struct consensus *c, struct consensus_info *info)
 {
     memset(info, 0, sizeof(*info));
     info->failed = c->failed;
+    info->port = c->transport.stats;
     if (c->closing) {
         /* raft may have released its configuration already. */
         info->state = CONSENSUS_UNAVAILABLE;

@@ -64,6 +64,8 @@ struct consensus_config {
     size_t snapshot_bytes;             /* snapshot after this many applied bytes; 64 MiB */
     unsigned snapshot_trailing;        /* entries kept after a snapshot; 128 */
     size_t segment_size;               /* log segment size; 64 MiB */
+    uint64_t max_entry;                /* largest entry the FSM proposes; 64 MiB. Bounds
+                                          what the raft port accepts (RAFT.md 4.5) */
     /* on_leader - leadership gained (after the barrier) or lost. May be NULL. */
     void (*on_leader)(void *arg, bool leader);
     void *on_leader_arg;
@@ -74,6 +76,14 @@ enum consensus_state {
     CONSENSUS_FOLLOWER,
     CONSENSUS_CANDIDATE,
     CONSENSUS_LEADER,
+};
+
+/* consensus_port_stats - inbound raft connections since start (RAFT.md 4.5). */
+struct consensus_port_stats {
+    uint64_t accepted;  /* handed to raft after a valid handshake */
+    uint64_t refused;   /* closed for a malformed handshake or message (logged) */
+    uint64_t timed_out; /* closed: no valid handshake within 5 s */
+    uint64_t over_cap;  /* closed at once: 64 inbound connections were open */
 };
 
 struct consensus_info {
@@ -88,6 +98,7 @@ struct consensus_info {
     size_t n_members;
     struct consensus_member members[CONSENSUS_MAX_MEMBERS];
     int roles[CONSENSUS_MAX_MEMBERS];  /* 0 standby, 1 voter, 2 spare (RAFT_*) */
+    struct consensus_port_stats port;  /* what the raft port refused */
     bool failed;                       /* raft UNAVAILABLE after start, or the state machine
                                           refused an entry: the node must exit */
 };

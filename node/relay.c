@@ -397,6 +397,7 @@ static int relay_start_raft(struct relay *r, char *err, size_t errlen)
         .snapshot_bytes = cfg->snapshot_bytes,
         .snapshot_trailing = 128,
         .segment_size = consensus_segment_size(cfg->snapshot_bytes, cfg->smtpd.message_size_limit),
+        .max_entry = cfg->smtpd.message_size_limit,
         .on_leader = relay_on_leader,
         .on_leader_arg = r,
     };

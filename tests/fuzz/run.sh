@@ -4,7 +4,8 @@
 # Usage: tests/fuzz/run.sh [SECONDS] [TARGET...]
 #   SECONDS  run time per target (default 20), passed as -max_total_time
 #   TARGET   run only these (smtpd_reader smtpd_session smtpd_proxy smtpd_auth
-#            smtpc_reply smtpc_body queue_apply queue_restore config); default: all
+#            smtpc_reply smtpc_body queue_apply queue_restore config
+#            consensus_wire); default: all
 #
 # On a fresh Debian 12 (as root) it installs clang 14, its libFuzzer runtime
 # and the build dependencies when dpkg-query says one is missing. It then
@@ -30,7 +31,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 SECONDS_PER_TARGET=${1:-20}
 shift || true
 ALL_TARGETS=(smtpd_reader smtpd_session smtpd_proxy smtpd_auth smtpc_reply smtpc_body
-             queue_apply queue_restore config)
+             queue_apply queue_restore config consensus_wire)
 if [ "$#" -gt 0 ]; then
     TARGETS=("$@")
 else
@@ -39,7 +40,7 @@ fi
 BUILD_DIR=${HAMR_FUZZ_BUILD:-build-fuzz}
 JOBS=${HAMR_JOBS:-2}
 PACKAGES=(clang libclang-rt-14-dev cmake make pkg-config libc6-dev libuv1-dev libprotobuf-c-dev
-          protobuf-c-compiler libssl-dev libinih-dev)
+          protobuf-c-compiler libssl-dev libinih-dev libraft-dev liblz4-dev)
 
 case "$SECONDS_PER_TARGET" in
     '' | *[!0-9]*)

@@ -16,6 +16,7 @@
 
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <errno.h>
 #include <ftw.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -708,12 +709,10 @@ static int cluster_transfer(int i, uint64_t target)
     return j;
 }
 
-static void test_three_voters(void **state)
+/* cluster_open3 - three voters on fresh directories and ports; returns the leader's index. */
+static int cluster_open3(char dirs[N3][64], int ports[N3])
 {
-    (void)state;
-    char dirs[N3][64];
     struct consensus_member voters[N3];
-    int ports[N3];
     for (int i = 0; i < N3; i++) {
         make_tmpdir(dirs[i], sizeof(dirs[i]));
         ports[i] = free_port();
@@ -725,7 +724,15 @@ static void test_three_voters(void **state)
         tnode_open(&nodes[i]);
     }
     assert_true(run_until(pred_one_ready, NULL));
-    int leader = ready_node();
+    return ready_node();
+}
+
+static void test_three_voters(void **state)
+{
+    (void)state;
+    char dirs[N3][64];
+    int ports[N3];
+    int leader = cluster_open3(dirs, ports);
     assert_int_equal(nodes[leader].n_leader_true, 1);
 
     static struct tracker t;
@@ -744,6 +751,9 @@ static void test_three_voters(void **state)
         assert_false(info.ready);
         assert_int_equal(info.leader_id, nodes[leader].cfg.id);
         assert_int_equal(info.n_members, N3);
+        /* The leader's connection came through the checked hop, refused by nothing. */
+        assert_true(info.port.accepted >= 1);
+        assert_int_equal(info.port.refused + info.port.timed_out + info.port.over_cap, 0);
     }
     assert_int_equal(calls, 0);
 
@@ -798,6 +808,149 @@ static void test_three_voters(void **state)
         rm_rf(dirs[i]);
     }
     assert_int_equal(bad.calls, 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* 5b: a stranger on the raft port (RAFT.md 4.5).                           */
+
+/* attack_put64 - little-endian u64 at p; returns p + 8. */
+static uint8_t *attack_put64(uint8_t *p, uint64_t v)
+{
+    toy_put64(p, v);
+    return p + 8;
+}
+
+/* attack_handshake - protocol 1, id 99, a 16-byte address; with or without its NUL. */
+static size_t attack_handshake(uint8_t *p, bool nul)
+{
+    uint8_t *q = attack_put64(p, 1);
+    q = attack_put64(q, 99);
+    q = attack_put64(q, 16);
+    memset(q, 'A', 16);
+    if (nul)
+        memcpy(q, "127.0.0.1:1", 12);
+    return 40;
+}
+
+/*
+ * attack_append - a handshake, then an AppendEntries preamble and header that
+ * claim n entries while carrying none: 95 bytes (a 39-byte header cut inside
+ * the count) or 104 (a 48-byte header, right for no entries).
+ */
+static size_t attack_append(uint8_t *p, uint64_t n, bool short_header)
+{
+    size_t len = attack_handshake(p, true);
+    uint64_t h = short_header ? 39 : 48;
+    uint8_t *q = attack_put64(p + len, 1);
+    q = attack_put64(q, h);
+    q = attack_put64(q, 1); /* term */
+    q = attack_put64(q, 0); /* prev index */
+    q = attack_put64(q, 0); /* prev term */
+    q = attack_put64(q, 0); /* commit */
+    q = attack_put64(q, n);
+    q = attack_put64(q, 0); /* unused */
+    return len + 16 + (size_t)h;
+}
+
+/* attack_send - connect to port, send len bytes; the socket is non-blocking after. */
+static int attack_send(int port, const uint8_t *buf, size_t len)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    if (len > 0)
+        assert_int_equal(send(fd, buf, len, MSG_NOSIGNAL), (ssize_t)len);
+    return fd;
+}
+
+/* pred_dropped - the node closed the connection (EOF or reset). */
+static bool pred_dropped(void *arg)
+{
+    int fd = *(int *)arg;
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
+/* More silent connections than the raft port takes (CONSENSUS_TCP_MAX_CONNS, 64). */
+#define SILENT_CONNS 70
+
+struct refused_goal {
+    struct consensus *c;
+    uint64_t refused;
+};
+
+static bool pred_refused(void *arg)
+{
+    struct refused_goal *g = arg;
+    struct consensus_info info;
+    consensus_get_info(g->c, &info);
+    return info.port.refused >= g->refused;
+}
+
+static void test_port_malformed(void **state)
+{
+    (void)state;
+    char dirs[N3][64];
+    int ports[N3];
+    int leader = cluster_open3(dirs, ports);
+    static struct tracker t;
+    uint64_t count = 0;
+    cluster_propose(leader, &count, &t);
+
+    /* Every packet at the leader and at a follower; each is dropped, counted, survived. */
+    static const uint64_t claims[] = {1, 1000000, 0xFFFFFFFFu};
+    int targets[2] = {leader, (leader + 1) % N3};
+    for (int k = 0; k < 2; k++) {
+        int i = targets[k];
+        struct consensus_info info;
+        consensus_get_info(nodes[i].c, &info);
+        struct refused_goal g = {nodes[i].c, info.port.refused};
+        for (size_t a = 0; a < 2 * HAMR_ARRAY_LEN(claims) + 1; a++) {
+            uint8_t pkt[128];
+            size_t len = a < 2 * HAMR_ARRAY_LEN(claims)
+                             ? attack_append(pkt, claims[a / 2], a % 2 == 0)
+                             : attack_handshake(pkt, false);
+            if (a % 2 == 0 && a < 2 * HAMR_ARRAY_LEN(claims))
+                assert_int_equal(len, 95);
+            int fd = attack_send(ports[i], pkt, len);
+            assert_true(run_until(pred_dropped, &fd));
+            close(fd);
+            g.refused++;
+            assert_true(run_until(pred_refused, &g));
+        }
+        cluster_propose(leader, &count, &t);
+    }
+    assert_int_equal(ready_node(), leader);
+
+    /*
+     * Silent connections: those over the cap (64, the peers' included) are
+     * closed at once, the rest once the 5 s handshake deadline passes.
+     */
+    struct consensus_info before;
+    consensus_get_info(nodes[leader].c, &before);
+    int silent[SILENT_CONNS];
+    for (int k = 0; k < SILENT_CONNS; k++)
+        silent[k] = attack_send(ports[leader], (const uint8_t *)"", 0);
+    for (int k = 0; k < SILENT_CONNS; k++) {
+        assert_true(run_until(pred_dropped, &silent[k]));
+        close(silent[k]);
+    }
+    struct consensus_info after;
+    consensus_get_info(nodes[leader].c, &after);
+    uint64_t over_cap = after.port.over_cap - before.port.over_cap;
+    uint64_t timed_out = after.port.timed_out - before.port.timed_out;
+    assert_true(over_cap >= SILENT_CONNS - 64);
+    assert_int_equal(over_cap + timed_out, SILENT_CONNS);
+    assert_int_equal(after.port.refused, before.port.refused);
+    cluster_propose(ready_node(), &count, &t);
+
+    for (int i = 0; i < N3; i++) {
+        tnode_close(&nodes[i]);
+        rm_rf(dirs[i]);
+    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1082,6 +1235,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_uncommitted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_three_voters, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_port_malformed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_membership, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
