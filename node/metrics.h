@@ -132,6 +132,7 @@ enum metrics_hamr_id {
     METRICS_FORWARDED,           /* counter */
     METRICS_RESOLVED,            /* counter */
     METRICS_PEER_REFUSED,        /* counter{reason}: enum peer_policy_reason (not "ok") */
+    METRICS_RAFT_PORT,           /* counter{event}: enum metrics_hamr_raft_port */
     METRICS_RAFT_TERM,           /* gauge */
     METRICS_RAFT_COMMIT_INDEX,   /* gauge */
     METRICS_RAFT_APPLIED_INDEX,  /* gauge */
@@ -157,6 +158,14 @@ enum metrics_hamr_outcome {
     METRICS_OUTCOME_DEFERRED,
     METRICS_OUTCOME_BOUNCED,
     METRICS_OUTCOME_EXPIRED,
+};
+
+/* Label indexes of METRICS_RAFT_PORT (consensus_port_stats). */
+enum metrics_hamr_raft_port {
+    METRICS_RAFT_PORT_ACCEPTED = 0,
+    METRICS_RAFT_PORT_REFUSED,
+    METRICS_RAFT_PORT_TIMED_OUT,
+    METRICS_RAFT_PORT_OVER_CAP,
 };
 
 /* The table itself, METRICS_HAMR_COUNT entries. */

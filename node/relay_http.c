@@ -82,6 +82,10 @@ void relay_metrics_fill(void *data, struct metrics *m)
     metrics_gauge_set(m, METRICS_RAFT_COMMIT_INDEX, 0, (double)ci.commit_index);
     metrics_gauge_set(m, METRICS_RAFT_APPLIED_INDEX, 0, (double)ci.applied_index);
     metrics_gauge_set(m, METRICS_RAFT_IS_LEADER, 0, ci.state == CONSENSUS_LEADER);
+    metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_ACCEPTED, ci.port.accepted);
+    metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_REFUSED, ci.port.refused);
+    metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_TIMED_OUT, ci.port.timed_out);
+    metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_OVER_CAP, ci.port.over_cap);
     metrics_gauge_set(m, METRICS_DISK_FREE_BYTES, 0, (double)r->disk.free_bytes);
     metrics_gauge_set(m, METRICS_DRAINING, 0, r->draining);
     metrics_gauge_set(m, METRICS_SESSIONS_OPEN, 0, (double)smtpd_server_sessions(r->smtpd));
