@@ -236,6 +236,14 @@ const char *tls_error(const struct tls *t)
     return t->err;
 }
 
+/* tls_peer_certificate - the verified peer certificate; see tls.h. */
+X509 *tls_peer_certificate(const struct tls *t)
+{
+    if (!SSL_is_init_finished(t->ssl) || SSL_get_verify_result(t->ssl) != X509_V_OK)
+        return NULL;
+    return SSL_get0_peer_certificate(t->ssl);
+}
+
 /* tls_client_ctx_new - an outbound context. */
 SSL_CTX *tls_client_ctx_new(const char *ca_file, char *errmsg, size_t errlen)
 {

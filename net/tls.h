@@ -66,6 +66,12 @@ void tls_output_done(struct tls *t, size_t n);
  */
 void tls_describe(const struct tls *t, char *out, size_t outlen);
 
+/*
+ * tls_peer_certificate - the peer's leaf certificate once the handshake is
+ * done and its chain verified; NULL otherwise. Borrowed from the connection.
+ */
+X509 *tls_peer_certificate(const struct tls *t);
+
 /* tls_error - the last failure, "" if none. */
 const char *tls_error(const struct tls *t);
 

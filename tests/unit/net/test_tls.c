@@ -26,38 +26,8 @@
 #include "util/err.h"
 #include "net/tls.h"
 #include "net/smtpd_tls.h"
+#include "tests/lib/testlib_tls.h"
 #include "tls_testcert.h"
-
-#define ROUNDS_MAX 20
-
-/* pump - move ciphertext from one engine to the other. */
-static void pump(struct tls *from, struct tls *to)
-{
-    const char *data;
-    size_t n = tls_output(from, &data);
-    if (n > 0) {
-        assert_int_equal(tls_feed(to, data, n), 0);
-        tls_output_done(from, n);
-    }
-}
-
-/* handshake - both sides to completion; returns the client's final result. */
-static int handshake(struct tls *cli, struct tls *srv, int *srv_rc)
-{
-    int crc = 0, src = 0;
-    for (int i = 0; i < ROUNDS_MAX && (crc != 1 || src != 1); i++) {
-        if (crc == 0)
-            crc = tls_handshake(cli);
-        pump(cli, srv);
-        if (src == 0)
-            src = tls_handshake(srv);
-        pump(srv, cli);
-        if (crc < 0 || src < 0)
-            break;
-    }
-    *srv_rc = src;
-    return crc;
-}
 
 struct fixture {
     struct tls_testcert tc, other;
@@ -113,7 +83,7 @@ static void test_verify_table(void **state)
         SSL_CTX_free(cctx); /* the connection holds its own reference */
         assert_int_equal(tls_new(f->sctx, true, NULL, false, &srv), 0);
         int src;
-        int crc = handshake(cli, srv, &src);
+        int crc = testlib_tls_handshake(cli, srv, &src);
         assert_int_equal(crc, cases[i].want);
         if (crc == 1) {
             assert_int_equal(src, 1);
@@ -121,15 +91,15 @@ static void test_verify_table(void **state)
             assert_non_null(strstr(desc, "TLSv1.3 TLS_"));
             assert_non_null(strstr(desc, cases[i].describe_tail));
             assert_int_equal(tls_write(cli, "EHLO x\r\n", 8), 0);
-            pump(cli, srv);
+            testlib_tls_pump(cli, srv);
             assert_int_equal(tls_read(srv, buf, sizeof(buf)), 8);
             assert_memory_equal(buf, "EHLO x\r\n", 8);
             assert_int_equal(tls_read(srv, buf, sizeof(buf)), 0);
             assert_int_equal(tls_write(srv, "250 ok\r\n", 8), 0);
-            pump(srv, cli);
+            testlib_tls_pump(srv, cli);
             assert_int_equal(tls_read(cli, buf, sizeof(buf)), 8);
             tls_shutdown(srv);
-            pump(srv, cli);
+            testlib_tls_pump(srv, cli);
             assert_int_equal(tls_read(cli, buf, sizeof(buf)), HAMR_ESHUTDOWN);
         } else {
             assert_non_null(strstr(tls_error(cli), "certificate verify failed"));
@@ -154,7 +124,7 @@ static void test_old_client_refused(void **state)
     SSL_CTX_free(cctx);
     assert_int_equal(tls_new(f->sctx, true, NULL, false, &srv), 0);
     int src;
-    (void)handshake(cli, srv, &src);
+    (void)testlib_tls_handshake(cli, srv, &src);
     assert_int_equal(src, HAMR_EPROTO);
     assert_non_null(strstr(tls_error(srv), "unsupported protocol"));
     tls_free(cli);

@@ -1,0 +1,77 @@
+/* testlib_pki.c - a cluster PKI per test through deploy/make-pki.sh. See testlib_pki.h. */
+#include "tests/lib/testlib_pki.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifndef HAMR_SOURCE_DIR
+#error "HAMR_SOURCE_DIR: the source tree, for deploy/make-pki.sh"
+#endif
+
+/* testlib_pki_run - the script with args; its output only when it fails. */
+static bool testlib_pki_run(const struct testlib_pki *p, unsigned days, const char *args)
+{
+    char cmd[1024];
+    char env[32] = "";
+    if (days > 0)
+        snprintf(env, sizeof(env), "HAMR_PKI_DAYS=%u ", days);
+    snprintf(cmd, sizeof(cmd), "%s%s/deploy/make-pki.sh '%s' %s >/dev/null", env, HAMR_SOURCE_DIR,
+             p->dir, args);
+    int rc = system(cmd);
+    if (rc != 0)
+        fprintf(stderr, "testlib_pki: \"%s\" failed (%d)\n", cmd, rc);
+    return rc == 0;
+}
+
+bool testlib_pki_init(struct testlib_pki *p)
+{
+    snprintf(p->dir, sizeof(p->dir), "/tmp/hamr-pki-XXXXXX");
+    if (mkdtemp(p->dir) == NULL) {
+        perror("testlib_pki: mkdtemp");
+        p->dir[0] = '\0';
+        return false;
+    }
+    return testlib_pki_run(p, 0, "ca");
+}
+
+bool testlib_pki_node(struct testlib_pki *p, uint64_t id, unsigned days)
+{
+    char args[64];
+    char name[64];
+    char path[512];
+    snprintf(name, sizeof(name), "node-%" PRIu64, id);
+    /* A new certificate for the same node replaces the old one (rotation). */
+    snprintf(path, sizeof(path), "%s/%s.pem", p->dir, name);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/%s.key", p->dir, name);
+    unlink(path);
+    snprintf(args, sizeof(args), "node %" PRIu64, id);
+    return testlib_pki_run(p, days, args);
+}
+
+bool testlib_pki_operator(struct testlib_pki *p, const char *name)
+{
+    char args[128];
+    snprintf(args, sizeof(args), "operator '%s'", name);
+    return testlib_pki_run(p, 0, args);
+}
+
+const char *testlib_pki_path(const struct testlib_pki *p, const char *name, char *out, size_t len)
+{
+    snprintf(out, len, "%s/%s", p->dir, name);
+    return out;
+}
+
+void testlib_pki_cleanup(struct testlib_pki *p)
+{
+    if (p->dir[0] == '\0')
+        return;
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", p->dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "testlib_pki: could not remove %s\n", p->dir);
+    p->dir[0] = '\0';
+}
