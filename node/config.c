@@ -156,12 +156,18 @@ static const struct config_key config_keys[] = {
     CK("delivery", "tls_ca_file", CONFIG_K_STRING_OPT, smtpc.tls_ca_file, 0, 0),
 
     CK("storage", "min_free", CONFIG_K_SIZE, min_free_bytes, 0, UINT64_MAX),
+
+    CK("cluster_tls", "ca_file", CONFIG_K_STRING_OPT, cluster_ca_file, 0, 0),
+    CK("cluster_tls", "cert_file", CONFIG_K_STRING_OPT, cluster_cert_file, 0, 0),
+    CK("cluster_tls", "key_file", CONFIG_K_STRING_OPT, cluster_key_file, 0, 0),
+    CK("cluster_tls", "plaintext", CONFIG_K_BOOL, cluster_plaintext, 0, 0),
 };
 
 #define CONFIG_N_KEYS HAMR_ARRAY_LEN(config_keys)
 
-static const char *const config_sections[] = {"node",     "listen",    "cluster", "smtpd",
-                                              "delivery", "transport", "storage", "tls_policy"};
+static const char *const config_sections[] = {"node",    "listen",     "cluster",
+                                              "smtpd",   "delivery",   "transport",
+                                              "storage", "tls_policy", "cluster_tls"};
 
 /* config_parse - state of one config_load, shared by the reader and the handler. */
 struct config_parse {
@@ -973,10 +979,34 @@ static int config_check_tunables(struct config_parse *p)
     return 1;
 }
 
+/* config_check_cluster_tls - the three files together, or plaintext said out loud. */
+static int config_check_cluster_tls(struct config_parse *p)
+{
+    struct hamr_config *cfg = p->cfg;
+    static const char *const keys[] = {"ca_file", "cert_file", "key_file"};
+    const char *vals[] = {cfg->cluster_ca_file, cfg->cluster_cert_file, cfg->cluster_key_file};
+    int set = 0;
+    int first_set = 0;
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(keys); i++)
+        if (vals[i][0] != '\0') {
+            set++;
+            if (first_set == 0)
+                first_set = config_key_line(p, "cluster_tls", keys[i]);
+        }
+    if (cfg->cluster_plaintext && set > 0)
+        return config_fail(p, config_key_line(p, "cluster_tls", "plaintext"),
+                           "plaintext: yes, but ca_file, cert_file or key_file is set too");
+    if (set > 0 && set < 3)
+        return config_fail(p, first_set, "ca_file, cert_file and key_file must be set together");
+    return 1;
+}
+
 static int config_cross_check(struct config_parse *p)
 {
     int rv = config_check_cluster(p);
-    return rv == 1 ? config_check_tunables(p) : rv;
+    if (rv == 1)
+        rv = config_check_tunables(p);
+    return rv == 1 ? config_check_cluster_tls(p) : rv;
 }
 
 /*

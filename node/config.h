@@ -41,14 +41,14 @@ struct config_tls_policy_entry {
 };
 
 struct hamr_config {
-    char path[4096];                 /* the file read */
+    char path[4096]; /* the file read */
 
     /* [node] */
-    uint64_t node_id;                /* id (required, > 0) */
-    char data_dir[4096];             /* data_dir (required) */
-    char hostname[CONFIG_HOST_MAX];  /* hostname (default: gethostname()) */
-    int log_level;                   /* log_level: error|warn|info|debug (info) */
-    char user[64];                   /* user: drop to this user after binding ("") */
+    uint64_t node_id;               /* id (required, > 0) */
+    char data_dir[4096];            /* data_dir (required) */
+    char hostname[CONFIG_HOST_MAX]; /* hostname (default: gethostname()) */
+    int log_level;                  /* log_level: error|warn|info|debug (info) */
+    char user[64];                  /* user: drop to this user after binding ("") */
 
     /* [listen] */
     struct config_hostport listen_smtp;    /* smtp (127.0.0.1:2525) */
@@ -60,62 +60,62 @@ struct hamr_config {
 
     /* [cluster] */
     struct consensus_member voters[CONSENSUS_MAX_MEMBERS]; /* voters = 1@ip:port, ... */
-    size_t n_voters;                 /* default: this node alone; 0 when join */
-    bool join;                       /* join (no): start empty and wait for hamrctl add */
-    unsigned election_timeout_ms;    /* election_timeout (1s) */
-    unsigned heartbeat_ms;           /* heartbeat (100ms) */
-    size_t snapshot_bytes;           /* snapshot_bytes (64M) */
-    uint64_t proposal_timeout_ms;    /* proposal_timeout (30s): 451 after */
+    size_t n_voters;              /* default: this node alone; 0 when join */
+    bool join;                    /* join (no): start empty and wait for hamrctl add */
+    unsigned election_timeout_ms; /* election_timeout (1s) */
+    unsigned heartbeat_ms;        /* heartbeat (100ms) */
+    size_t snapshot_bytes;        /* snapshot_bytes (64M) */
+    uint64_t proposal_timeout_ms; /* proposal_timeout (30s): 451 after */
 
     /* [smtpd] */
-    struct smtpd_policy smtpd;       /* hostname is copied in from [node]; also
-                                        min_data_rate (500 bytes/s; 0 = off) and
-                                        stress_timeout (10s) */
+    struct smtpd_policy smtpd;             /* hostname is copied in from [node]; also
+                                              min_data_rate (500 bytes/s; 0 = off) and
+                                              stress_timeout (10s) */
     struct smtpd_cidr relay_networks[256]; /* relay_networks (127.0.0.0/8, ::1/128) */
     size_t n_relay_networks;
-    char *relay_domains[256];        /* relay_domains (none) */
+    char *relay_domains[256]; /* relay_domains (none) */
     size_t n_relay_domains;
-    unsigned max_sessions;           /* max_sessions (500) */
-    uint64_t greet_delay_ms;         /* greet_delay (0): wait before the 220; input
-                                        before it is an early talker (554) */
-    bool proxy_protocol;             /* proxy_protocol (off): every connection starts
-                                        with a PROXY header, v1 or v2 */
+    unsigned max_sessions;                /* max_sessions (500) */
+    uint64_t greet_delay_ms;              /* greet_delay (0): wait before the 220; input
+                                             before it is an early talker (554) */
+    bool proxy_protocol;                  /* proxy_protocol (off): every connection starts
+                                             with a PROXY header, v1 or v2 */
     struct smtpd_cidr proxy_networks[64]; /* proxy_networks (none): the load balancers;
                                              required with proxy_protocol = on */
     size_t n_proxy_networks;
-    uint64_t proxy_timeout_ms;       /* proxy_timeout (5s): the header must be complete */
+    uint64_t proxy_timeout_ms;        /* proxy_timeout (5s): the header must be complete */
     unsigned client_connection_limit; /* client_connection_limit (50): sessions at once per
                                          client address; 0 = no limit */
-    unsigned client_connection_rate; /* client_connection_rate (0 = off): connections per
-                                        client address per minute */
-    unsigned client_auth_rate;       /* client_auth_rate (30; 0 = off): AUTH commands per
-                                        client address per minute */
+    unsigned client_connection_rate;  /* client_connection_rate (0 = off): connections per
+                                         client address per minute */
+    unsigned client_auth_rate;        /* client_auth_rate (30; 0 = off): AUTH commands per
+                                         client address per minute */
     struct smtpd_cidr limit_exempt_networks[64]; /* limit_exempt_networks (none): clients
                                                     the three limits above do not apply to */
     size_t n_limit_exempt_networks;
-    char tls_cert_file[1024];        /* tls_cert_file (""): PEM chain; with tls_key_file,
-                                        STARTTLS is offered */
-    char tls_key_file[1024];         /* tls_key_file (""): PEM key; set both or neither */
-    char auth_file[1024];            /* auth_file (""): SMTP AUTH credentials (hamr-passwd
-                                        lines); needs STARTTLS. smtpd.auth_max_failures:
-                                        auth_max_failures (3) */
-    char relay_recipients[1024];     /* relay_recipients (""): the relay recipient map
-                                        (net/smtpd_rcptmap.h); "" = every recipient at
-                                        relay_domains is accepted */
+    char tls_cert_file[1024];    /* tls_cert_file (""): PEM chain; with tls_key_file,
+                                    STARTTLS is offered */
+    char tls_key_file[1024];     /* tls_key_file (""): PEM key; set both or neither */
+    char auth_file[1024];        /* auth_file (""): SMTP AUTH credentials (hamr-passwd
+                                    lines); needs STARTTLS. smtpd.auth_max_failures:
+                                    auth_max_failures (3) */
+    char relay_recipients[1024]; /* relay_recipients (""): the relay recipient map
+                                    (net/smtpd_rcptmap.h); "" = every recipient at
+                                    relay_domains is accepted */
 
     /* [delivery] */
-    struct config_hostport relayhost;  /* relayhost = [host]:port ("" = none) */
-    struct smtpc_config smtpc;         /* connect_timeout (30s), command_timeout (5m),
-                                          data_done_timeout (10m), idle_timeout (10s),
-                                          max_per_destination (10), max_msgs_per_conn (100) */
-    uint64_t retry_min_ms;             /* retry_min (5m) */
-    uint64_t retry_max_ms;             /* retry_max (4000s) */
-    uint64_t queue_lifetime_ms;        /* queue_lifetime (5d) */
-    uint64_t lease_time_ms;            /* lease_time (15m) */
-    uint64_t scan_interval_ms;         /* scan_interval (1s): scheduler tick */
-    enum smtpc_tls_policy tls_policy;  /* tls_policy (may): may|encrypt|verify, the default
-                                          for domains not in [tls_policy]; tls_ca_file ("":
-                                          system store) is smtpc.tls_ca_file */
+    struct config_hostport relayhost; /* relayhost = [host]:port ("" = none) */
+    struct smtpc_config smtpc;        /* connect_timeout (30s), command_timeout (5m),
+                                         data_done_timeout (10m), idle_timeout (10s),
+                                         max_per_destination (10), max_msgs_per_conn (100) */
+    uint64_t retry_min_ms;            /* retry_min (5m) */
+    uint64_t retry_max_ms;            /* retry_max (4000s) */
+    uint64_t queue_lifetime_ms;       /* queue_lifetime (5d) */
+    uint64_t lease_time_ms;           /* lease_time (15m) */
+    uint64_t scan_interval_ms;        /* scan_interval (1s): scheduler tick */
+    enum smtpc_tls_policy tls_policy; /* tls_policy (may): may|encrypt|verify, the default
+                                         for domains not in [tls_policy]; tls_ca_file ("":
+                                         system store) is smtpc.tls_ca_file */
 
     /* [transport] */
     struct config_transport transports[CONFIG_MAX_TRANSPORTS];
@@ -126,7 +126,14 @@ struct hamr_config {
     size_t n_tls_policies;
 
     /* [storage] */
-    uint64_t min_free_bytes;           /* min_free (256M): below it MAIL gets 452 4.3.1 */
+    uint64_t min_free_bytes; /* min_free (256M): below it MAIL gets 452 4.3.1 */
+
+    /* [cluster_tls]: the cluster's PKI (net/cluster_tls.h), not the SMTP certificate */
+    char cluster_ca_file[1024];   /* ca_file (""): the cluster CA, PEM */
+    char cluster_cert_file[1024]; /* cert_file (""): this node's certificate (hamr:node:ID) */
+    char cluster_key_file[1024];  /* key_file (""): its key */
+    bool cluster_plaintext;       /* plaintext (no): raft, peer and control in the clear; a lab
+                                     only, warned about at every start */
 };
 
 /* config_defaults - fill every default. */
