@@ -9,6 +9,7 @@
 #include "net/cluster_tls.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@ struct cluster_tls {
     char *ca;
     char *cert;
     char *key;
+    uint64_t node_id; /* expected, 0: any identity */
     SSL_CTX *server;
     SSL_CTX *client;
     struct cluster_tls_identity self;
@@ -225,6 +227,17 @@ static int cluster_tls_check(const struct cluster_tls *c,
             c->cert);
         return HAMR_EINVAL;
     }
+    if (c->node_id != 0 && (l->self.role != CLUSTER_TLS_NODE || l->self.node_id != c->node_id)) {
+        if (l->self.role == CLUSTER_TLS_NODE)
+            snprintf(errmsg, errlen,
+                     "cluster certificate %s is node %" PRIu64 "'s, not node %" PRIu64 "'s",
+                     c->cert, l->self.node_id, c->node_id);
+        else
+            snprintf(errmsg, errlen,
+                     "cluster certificate %s is operator %s's, not node %" PRIu64 "'s", c->cert,
+                     l->self.name, c->node_id);
+        return HAMR_EINVAL;
+    }
     X509_STORE_CTX *vctx = X509_STORE_CTX_new();
     STACK_OF(X509) *chain = NULL;
     SSL_CTX_get0_chain_certs(l->server, &chain);
@@ -295,6 +308,7 @@ int cluster_tls_new(const struct cluster_tls_files *files,
     c->ca = strdup(files->ca);
     c->cert = strdup(files->cert);
     c->key = strdup(files->key);
+    c->node_id = files->node_id;
     int rv = HAMR_ENOMEM;
     struct cluster_tls_load l;
     if (c->ca != NULL && c->cert != NULL && c->key != NULL)

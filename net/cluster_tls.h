@@ -43,6 +43,7 @@ struct cluster_tls_files {
     const char *ca;   /* PEM: the cluster CA (one or more certificates) */
     const char *cert; /* PEM: this node's (or operator's) certificate, chain allowed */
     const char *key;  /* PEM: its private key */
+    uint64_t node_id; /* > 0: the certificate must be this node's (checked at every load) */
 };
 
 enum cluster_tls_role {

@@ -384,6 +384,36 @@ static int relay_new(uv_loop_t *loop, const struct hamr_config *cfg, struct rela
     return 0;
 }
 
+/*
+ * relay_start_cluster_tls - the cluster PKI every node-to-node and operator
+ * channel uses; plaintext only when the config says so, with a warning.
+ */
+static int relay_start_cluster_tls(struct relay *r, char *err, size_t errlen)
+{
+    const struct hamr_config *cfg = r->cfg;
+    if (cfg->cluster_ca_file[0] == '\0') {
+        log_warn(
+            "cluster channels in plaintext (raft, peer, control): anyone who reaches their "
+            "ports is trusted; for a lab only ([cluster_tls] plaintext = yes)");
+        return 0;
+    }
+    struct cluster_tls_files files = {
+        .ca = cfg->cluster_ca_file,
+        .cert = cfg->cluster_cert_file,
+        .key = cfg->cluster_key_file,
+        .node_id = cfg->node_id,
+    };
+    int rv = cluster_tls_new(&files, &r->ctls, err, errlen);
+    if (rv != 0)
+        return rv;
+    const struct cluster_tls_identity *self = cluster_tls_self(r->ctls);
+    time_t now = time(NULL);
+    log_info("cluster TLS: node %" PRIu64 " certificate %s, %ld days left (CA %ld)", self->node_id,
+             cfg->cluster_cert_file, cluster_tls_days_left(r->ctls, false, now),
+             cluster_tls_days_left(r->ctls, true, now));
+    return 0;
+}
+
 /* relay_start_raft - the disk guard, raft over the queue, and the proposer. */
 static int relay_start_raft(struct relay *r, char *err, size_t errlen)
 {
@@ -559,7 +589,9 @@ int relay_start(uv_loop_t *loop,
         snprintf(err, errlen, "out of memory");
         return rv;
     }
-    rv = relay_start_raft(r, err, errlen);
+    rv = relay_start_cluster_tls(r, err, errlen);
+    if (rv == 0)
+        rv = relay_start_raft(r, err, errlen);
     if (rv == 0)
         rv = relay_start_smtp(r, err, errlen);
     if (rv == 0)
@@ -584,6 +616,25 @@ int relay_start(uv_loop_t *loop,
     return 0;
 }
 
+/*
+ * relay_reload_cluster_tls - the cluster CA, certificate and key anew: new
+ * connections use them, open ones go on. A certificate for another node, or
+ * files that do not load, leave the old ones in place.
+ */
+static void relay_reload_cluster_tls(struct relay *r)
+{
+    if (r->ctls == NULL)
+        return;
+    char cerr[1024];
+    if (cluster_tls_reload(r->ctls, cerr, sizeof(cerr)) != 0) {
+        log_error("reload of the cluster certificate failed: %s (the old one stays in use)", cerr);
+        return;
+    }
+    time_t now = time(NULL);
+    log_info("cluster TLS reloaded: %ld days left (CA %ld)",
+             cluster_tls_days_left(r->ctls, false, now), cluster_tls_days_left(r->ctls, true, now));
+}
+
 void relay_reload(struct relay *r)
 {
     if (r->stopping)
@@ -597,6 +648,7 @@ void relay_reload(struct relay *r)
         log_error("reload of the credentials file failed: %s (the old one stays in use)", aerr);
     if (r->rcptmap != NULL && smtpd_rcptmap_reload(r->rcptmap, aerr, sizeof(aerr)) != 0)
         log_error("reload of the relay recipient map failed: %s (the old one stays in use)", aerr);
+    relay_reload_cluster_tls(r);
 }
 
 bool relay_failed(const struct relay *r)
@@ -619,6 +671,7 @@ static void relay_close_step(void *arg)
     r->metrics = metrics_free(r->metrics); /* after the HTTP listener, which borrows it */
     r->auth = smtpd_auth_free(r->auth);    /* after the SMTP server, whose sessions borrow it */
     r->rcptmap = smtpd_rcptmap_free(r->rcptmap); /* likewise */
+    cluster_tls_free(r->ctls); /* after every channel (connections hold their own contexts) */
     free(r);
     if (done)
         done(done_arg);

@@ -15,6 +15,7 @@
 #include "proto/hamr.pb-c.h"
 #include "queue/queue.h"
 #include "consensus/consensus.h"
+#include "net/cluster_tls.h"
 #include "net/smtpc.h"
 #include "net/smtpd.h"
 #include "net/smtpd_server.h"
@@ -106,6 +107,7 @@ struct relay {
     struct smtpd_policy policy;    /* cfg->smtpd plus the credentials table */
     struct smtpd_auth *auth;       /* NULL without [smtpd] auth_file */
     struct smtpd_rcptmap *rcptmap; /* NULL without [smtpd] relay_recipients */
+    struct cluster_tls *ctls;      /* the cluster PKI; NULL with [cluster_tls] plaintext */
     struct control *control;
     struct peer_server *peer_srv; /* NULL on a node without [listen] peer */
     struct peer_client *peer_cli;

@@ -124,12 +124,13 @@ static void test_refused_files(void **state)
         struct cluster_tls_files fl;
         const char *want;
     } cases[] = {
-        {{good.ca, foreign.cert, foreign.key}, "not valid under cluster CA"},
-        {{good.ca, good.cert, node2.key}, "does not match"},
-        {{good.ca, "/nonexistent/node.pem", good.key}, "/nonexistent/node.pem"},
-        {{"/nonexistent/ca.pem", good.cert, good.key}, "/nonexistent/ca.pem"},
-        {{good.ca, good.cert, ""}, "needs a CA, a certificate and a key"},
-        {{tc.ca_file, tc.cert_file, tc.key_file}, "subjectAltName URI hamr:node:ID"},
+        {{good.ca, foreign.cert, foreign.key, 0}, "not valid under cluster CA"},
+        {{good.ca, good.cert, node2.key, 0}, "does not match"},
+        {{good.ca, "/nonexistent/node.pem", good.key, 0}, "/nonexistent/node.pem"},
+        {{"/nonexistent/ca.pem", good.cert, good.key, 0}, "/nonexistent/ca.pem"},
+        {{good.ca, good.cert, "", 0}, "needs a CA, a certificate and a key"},
+        {{good.ca, node2.cert, node2.key, 1}, "is node 2's, not node 1's"},
+        {{tc.ca_file, tc.cert_file, tc.key_file, 0}, "subjectAltName URI hamr:node:ID"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char err[512] = "";
