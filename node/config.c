@@ -60,7 +60,7 @@ enum config_kind {
     CONFIG_K_SIZE,         /* bytes into a 4- or 8-byte unsigned */
     CONFIG_K_COUNT,        /* plain decimal into a 4- or 8-byte unsigned */
     CONFIG_K_BOOL,         /* yes|no|true|false|on|off|1|0 into a bool */
-    CONFIG_K_VOTERS,       /* list of ID@IPV4:PORT */
+    CONFIG_K_VOTERS,       /* list of ID@IPV4:PORT or ID@[IPV6]:PORT */
     CONFIG_K_NETWORKS,     /* list of CIDRs */
     CONFIG_K_DOMAINS,      /* list of domains */
     CONFIG_K_TLS_POLICY,   /* may|encrypt|verify into enum smtpc_tls_policy */
@@ -385,7 +385,25 @@ int config_parse_cidr(const char *s, struct smtpd_cidr *c)
     return 0;
 }
 
-/* config_parse_voter - "ID@a.b.c.d:port" with the address normalised. */
+/* config_ip_address - an IP literal and port as nodes publish it; see config.h. */
+int config_ip_address(const char *host, uint16_t port, char *out, size_t outlen)
+{
+    unsigned char a[16];
+    char norm[INET6_ADDRSTRLEN];
+    int n;
+    if (inet_pton(AF_INET, host, a) == 1) {
+        inet_ntop(AF_INET, a, norm, sizeof(norm));
+        n = snprintf(out, outlen, "%s:%u", norm, (unsigned)port);
+    } else if (inet_pton(AF_INET6, host, a) == 1) {
+        inet_ntop(AF_INET6, a, norm, sizeof(norm));
+        n = snprintf(out, outlen, "[%s]:%u", norm, (unsigned)port);
+    } else {
+        return HAMR_EINVAL;
+    }
+    return n > 0 && (size_t)n < outlen ? 0 : HAMR_EINVAL;
+}
+
+/* config_parse_voter - "ID@a.b.c.d:port" or "ID@[v6]:port", the address normalised. */
 static int config_parse_voter(const char *s, struct consensus_member *m)
 {
     const char *at = strchr(s, '@');
@@ -398,14 +416,10 @@ static int config_parse_voter(const char *s, struct consensus_member *m)
     if (config_parse_number(idtext, &id) != 0 || id == 0)
         return HAMR_EINVAL;
     struct config_hostport hp;
-    struct in_addr a4;
-    if (at[1] == '[' || config_parse_hostport(at + 1, &hp) != 0 ||
-        inet_pton(AF_INET, hp.host, &a4) != 1)
+    if (config_parse_hostport(at + 1, &hp) != 0 ||
+        config_ip_address(hp.host, hp.port, m->address, sizeof(m->address)) != 0)
         return HAMR_EINVAL;
-    char norm[INET_ADDRSTRLEN];
-    inet_ntop(AF_INET, &a4, norm, sizeof(norm));
     m->id = id;
-    snprintf(m->address, sizeof(m->address), "%s:%u", norm, (unsigned)hp.port);
     return 0;
 }
 
@@ -561,7 +575,8 @@ static int config_set_list(struct config_parse *p,
             case CONFIG_K_VOTERS: {
                 struct consensus_member m;
                 if (config_parse_voter(item, &m) != 0)
-                    return config_fail(p, p->lineno, "%s: not ID@IPV4:PORT: \"%s\"", k->name, q);
+                    return config_fail(
+                        p, p->lineno, "%s: not ID@IPV4:PORT or ID@[IPV6]:PORT: \"%s\"", k->name, q);
                 if (cfg->n_voters >= CONSENSUS_MAX_MEMBERS)
                     return config_fail(p, p->lineno, "%s: more than %d voters", k->name,
                                        CONSENSUS_MAX_MEMBERS);
@@ -890,16 +905,12 @@ static int config_check_cluster(struct config_parse *p)
         return config_fail(p, 0, "[node] data_dir is required");
 
     int raft_line = config_key_line(p, "listen", "raft");
-    struct in_addr a4;
     if (cfg->listen_raft.host[0] == '\0')
         return config_fail(p, 0, "[listen] raft is required");
-    if (inet_pton(AF_INET, cfg->listen_raft.host, &a4) != 1)
-        return config_fail(p, raft_line, "raft: must be an IPv4 address and port: \"%s\"",
-                           cfg->listen_raft.host);
-    char norm[INET_ADDRSTRLEN];
     char self[CONSENSUS_ADDR_MAX];
-    inet_ntop(AF_INET, &a4, norm, sizeof(norm));
-    snprintf(self, sizeof(self), "%s:%u", norm, (unsigned)cfg->listen_raft.port);
+    if (config_ip_address(cfg->listen_raft.host, cfg->listen_raft.port, self, sizeof(self)) != 0)
+        return config_fail(p, raft_line, "raft: must be an IP address and port: \"%s\"",
+                           cfg->listen_raft.host);
 
     if (cfg->join) {
         /* Joins with hamrctl add: it must not bootstrap a cluster of its own. */
@@ -928,9 +939,11 @@ static int config_check_cluster(struct config_parse *p)
     /* Forwarding to the leader needs the peer listener in any real cluster. */
     if (cfg->listen_peer.host[0] == '\0' && (cfg->n_voters > 1 || cfg->join))
         return config_fail(p, 0, "[listen] peer is required in a cluster of more than one node");
-    if (cfg->listen_peer.host[0] != '\0' && inet_pton(AF_INET, cfg->listen_peer.host, &a4) != 1)
+    char peer[CONSENSUS_ADDR_MAX];
+    if (cfg->listen_peer.host[0] != '\0' &&
+        config_ip_address(cfg->listen_peer.host, cfg->listen_peer.port, peer, sizeof(peer)) != 0)
         return config_fail(p, config_key_line(p, "listen", "peer"),
-                           "peer: must be an IPv4 address and port: \"%s\"", cfg->listen_peer.host);
+                           "peer: must be an IP address and port: \"%s\"", cfg->listen_peer.host);
 
     /* The control listener binds with uv_tcp_bind, which takes literals only. */
     unsigned char a6[16];

@@ -52,11 +52,11 @@ struct hamr_config {
 
     /* [listen] */
     struct config_hostport listen_smtp;    /* smtp (127.0.0.1:2525) */
-    struct config_hostport listen_raft;    /* raft (required: IPv4 literal) */
+    struct config_hostport listen_raft;    /* raft (required: IP literal) */
     struct config_hostport listen_control; /* control (127.0.0.1:7100) */
     struct config_hostport listen_http;    /* http ("" = off) */
     struct config_hostport listen_peer;    /* peer ("" = off; required with more than one
-                                              voter): node-to-node forwarding, IPv4 literal */
+                                              voter): node-to-node forwarding, IP literal */
 
     /* [cluster] */
     struct consensus_member voters[CONSENSUS_MAX_MEMBERS]; /* voters = 1@ip:port, ... */
@@ -163,6 +163,14 @@ int config_route(const struct hamr_config *cfg, const char *rcpt, struct config_
  * [delivery] tls_policy.
  */
 enum smtpc_tls_policy config_tls_policy(const struct hamr_config *cfg, const char *rcpt_domain);
+
+/*
+ * config_ip_address - "a.b.c.d:port" or "[v6]:port" (the literal
+ * normalised, as inet_ntop writes it) for an IP literal host: how raft,
+ * peer and control addresses are written wherever a node publishes them.
+ * 0, or HAMR_EINVAL when host is not an IP literal or out is too small.
+ */
+int config_ip_address(const char *host, uint16_t port, char *out, size_t outlen);
 
 /* config_parse_duration / _size / _hostport / _cidr - exported for tests. */
 int config_parse_duration(const char *s, uint64_t *ms);

@@ -514,6 +514,44 @@ static void test_list_continuation(void **state)
     free(cfg);
 }
 
+/* test_ipv6_cluster - voters, raft and peer on IPv6 literals, written as inet_ntop does. */
+static void test_ipv6_cluster(void **state)
+{
+    (void)state;
+    char err[512];
+    struct hamr_config *cfg = malloc(sizeof(*cfg));
+    assert_non_null(cfg);
+    int rc = test_load(cfg,
+                       "[node]\nid = 2\ndata_dir = /x\n"
+                       "[listen]\nraft = [0:0::1]:7002\npeer = [::1]:7202\n"
+                       "[cluster]\nvoters = 1@127.0.0.1:7001, 2@[0:0:0::0001]:7002,\n"
+                       "  3@[2001:DB8::3]:7003\n"
+                       "[cluster_tls]\nca_file = /pki/ca.pem\ncert_file = /pki/2.pem\n"
+                       "key_file = /pki/2.key\n",
+                       err, sizeof(err), NULL);
+    if (rc != 0)
+        fail_msg("%s", err);
+    assert_int_equal(cfg->n_voters, 3);
+    assert_string_equal(cfg->voters[0].address, "127.0.0.1:7001");
+    assert_string_equal(cfg->voters[1].address, "[::1]:7002");
+    assert_string_equal(cfg->voters[2].address, "[2001:db8::3]:7003");
+    assert_string_equal(cfg->listen_peer.host, "::1");
+    assert_string_equal(cfg->cluster_ca_file, "/pki/ca.pem");
+    assert_string_equal(cfg->cluster_cert_file, "/pki/2.pem");
+    assert_string_equal(cfg->cluster_key_file, "/pki/2.key");
+    assert_false(cfg->cluster_plaintext);
+    config_free(cfg);
+    free(cfg);
+
+    char out[CONSENSUS_ADDR_MAX];
+    assert_int_equal(config_ip_address("::ffff:10.0.0.1", 25, out, sizeof(out)), 0);
+    assert_string_equal(out, "[::ffff:10.0.0.1]:25");
+    assert_int_equal(config_ip_address("10.0.0.1", 7001, out, sizeof(out)), 0);
+    assert_string_equal(out, "10.0.0.1:7001");
+    assert_int_equal(config_ip_address("node1", 7001, out, sizeof(out)), HAMR_EINVAL);
+    assert_int_equal(config_ip_address("::1", 7001, out, 8), HAMR_EINVAL);
+}
+
 /* test_bad - one invalid file and the exact message after "PATH:". */
 struct test_bad {
     const char *label;
@@ -572,13 +610,15 @@ static const struct test_bad test_bad_files[] = {
     {"transport twice", BASE "[transport]\nexample.com = mx:25\nEXAMPLE.com = mx2:25\n",
      HAMR_EINVAL, ":8: example.com: given twice (first on line 7)"},
     {"bad voter", BASE "[cluster]\nvoters = 1@127.0.0.1:7001 two@127.0.0.1:7002\n", HAMR_EINVAL,
-     ":7: voters: not ID@IPV4:PORT: \"two@127.0.0.1:7002\""},
+     ":7: voters: not ID@IPV4:PORT or ID@[IPV6]:PORT: \"two@127.0.0.1:7002\""},
     {"voter by name", BASE "[cluster]\nvoters = 1@localhost:7001\n", HAMR_EINVAL,
-     ":7: voters: not ID@IPV4:PORT: \"1@localhost:7001\""},
-    {"voter ipv6", BASE "[cluster]\nvoters = 1@[::1]:7001\n", HAMR_EINVAL,
-     ":7: voters: not ID@IPV4:PORT: \"1@[::1]:7001\""},
+     ":7: voters: not ID@IPV4:PORT or ID@[IPV6]:PORT: \"1@localhost:7001\""},
+    {"voter ipv6 unbracketed", BASE "[cluster]\nvoters = 1@::1:7001\n", HAMR_EINVAL,
+     ":7: voters: not ID@IPV4:PORT or ID@[IPV6]:PORT: \"1@::1:7001\""},
+    {"voter bracketed name", BASE "[cluster]\nvoters = 1@[node1]:7001\n", HAMR_EINVAL,
+     ":7: voters: not ID@IPV4:PORT or ID@[IPV6]:PORT: \"1@[node1]:7001\""},
     {"voter id zero", BASE "[cluster]\nvoters = 0@127.0.0.1:7001\n", HAMR_EINVAL,
-     ":7: voters: not ID@IPV4:PORT: \"0@127.0.0.1:7001\""},
+     ":7: voters: not ID@IPV4:PORT or ID@[IPV6]:PORT: \"0@127.0.0.1:7001\""},
     {"voter id twice", BASE "[cluster]\nvoters = 1@127.0.0.1:7001, 1@127.0.0.1:7002\n", HAMR_EINVAL,
      ":7: voters: id 1 given twice"},
     {"voter address twice", BASE "[cluster]\nvoters = 1@127.0.0.1:7001,\n  2@127.0.0.1:7001\n",
@@ -593,7 +633,7 @@ static const struct test_bad test_bad_files[] = {
      ":0: [node] data_dir is required"},
     {"no raft", "[node]\nid = 1\ndata_dir = /x\n", HAMR_EINVAL, ":0: [listen] raft is required"},
     {"raft by name", "[node]\nid = 1\ndata_dir = /x\n[listen]\n\nraft = node1:7001\n", HAMR_EINVAL,
-     ":6: raft: must be an IPv4 address and port: \"node1\""},
+     ":6: raft: must be an IP address and port: \"node1\""},
     {"control by name", BASE "[listen]\ncontrol = localhost:7100\n", HAMR_EINVAL,
      ":7: control: must be an IP address and port: \"localhost\""},
     {"heartbeat too long", BASE "[cluster]\nheartbeat = 1s\n", HAMR_EINVAL,
@@ -615,7 +655,7 @@ static const struct test_bad test_bad_files[] = {
     {"bad bool", BASE "[cluster]\njoin = maybe\n", HAMR_EINVAL,
      ":7: join: not yes or no: \"maybe\""},
     {"peer by name", BASE "[listen]\npeer = node1:7201\n", HAMR_EINVAL,
-     ":7: peer: must be an IPv4 address and port: \"node1\""},
+     ":7: peer: must be an IP address and port: \"node1\""},
     {"join without peer", BASE "[cluster]\njoin = yes\n", HAMR_EINVAL,
      ":0: [listen] peer is required in a cluster of more than one node"},
     {"proxy without networks", BASE "[smtpd]\nmax_sessions = 5\nproxy_protocol = on\n", HAMR_EINVAL,
@@ -949,6 +989,7 @@ int main(void)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_every_key),
         cmocka_unit_test(test_list_continuation),
+        cmocka_unit_test(test_ipv6_cluster),
         cmocka_unit_test(test_bad_file_messages),
         cmocka_unit_test(test_slow_client_keys_off),
         cmocka_unit_test(test_proxy_networks_limit),
