@@ -452,8 +452,10 @@ _Static_assert(PEER_POLICY_REASONS == 6 && PEER_POLICY_LEASE == 5,
                "metrics_hamr_refusals follows enum peer_policy_reason");
 static const char *const metrics_hamr_raft_port[] = {"accepted", "refused", "timed_out", "over_cap",
                                                      NULL};
-static const char *const metrics_hamr_peer_port[] = {"accepted", "tls_failed", "identity",
-                                                     "timed_out", NULL};
+static const char *const metrics_hamr_peer_port[] = {
+    "accepted", "tls", "identity", "timed_out", "out_tls", "out_identity", NULL};
+_Static_assert(METRICS_PEER_PORT_OUT_IDENTITY == 5,
+               "metrics_hamr_peer_port follows enum metrics_hamr_peer_port");
 static const char *const metrics_hamr_outcomes[] = {"delivered", "deferred", "bounced", "expired",
                                                     NULL};
 /* Commit latency, 1 ms to 10 s: a LAN commit is a few ms, a slow disk or a
@@ -529,11 +531,12 @@ const struct metrics_def metrics_hamr_defs[] = {
                                            "event",
                                            metrics_hamr_raft_port),
     [METRICS_PEER_PORT] = METRICS_LABELLED("hamr_peer_port_connections_total",
-                                           "Inbound peer connections: identified by their hello "
-                                           "(with cluster TLS, as their certificate's node), TLS "
-                                           "failed (handshake, or not a node's certificate), "
-                                           "hello naming another node than the certificate, no "
-                                           "handshake and hello in time.",
+                                           "Peer connections: inbound identified by their hello "
+                                           "(with cluster TLS, as their certificate's node), "
+                                           "failed TLS (or not a node's certificate), hello "
+                                           "naming another node than the certificate, no "
+                                           "handshake and hello in time; outbound failed TLS, "
+                                           "server not the node meant.",
                                            METRICS_COUNTER,
                                            "event",
                                            metrics_hamr_peer_port),

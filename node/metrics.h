@@ -169,12 +169,14 @@ enum metrics_hamr_raft_port {
     METRICS_RAFT_PORT_OVER_CAP,
 };
 
-/* Label indexes of METRICS_PEER_PORT (peer_server_stats). */
+/* Label indexes of METRICS_PEER_PORT (peer_server_stats, then peer_client_stats as out_*). */
 enum metrics_hamr_peer_port {
     METRICS_PEER_PORT_ACCEPTED = 0,
-    METRICS_PEER_PORT_TLS_FAILED,
+    METRICS_PEER_PORT_TLS,
     METRICS_PEER_PORT_IDENTITY,
     METRICS_PEER_PORT_TIMED_OUT,
+    METRICS_PEER_PORT_OUT_TLS,
+    METRICS_PEER_PORT_OUT_IDENTITY,
 };
 
 /* The table itself, METRICS_HAMR_COUNT entries. */

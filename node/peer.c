@@ -474,7 +474,7 @@ static void peer_sconn_handshake(struct peer_link *l, int status)
     struct peer_sconn *conn = hamr_container_of(l, struct peer_sconn, link);
     struct peer_server *s = conn->srv;
     if (status < 0) {
-        s->stats.tls_failed++;
+        s->stats.tls++;
         if (status == UV_EPROTO)
             log_warn("peer connection refused peer=%s reason=\"TLS handshake failed\" error=\"%s\"",
                      conn->name, tls_stream_error(l->ts));
@@ -489,7 +489,7 @@ static void peer_sconn_handshake(struct peer_link *l, int status)
     struct cluster_tls_identity id;
     if (cluster_tls_peer(tls_stream_tls(l->ts), &id) != 0 || id.role != CLUSTER_TLS_NODE) {
         char who[CLUSTER_TLS_NAME_MAX + 16];
-        s->stats.tls_failed++;
+        s->stats.tls++;
         log_warn("peer connection refused peer=%s cert=%s reason=\"certificate is not a node's\"",
                  conn->name, peer_identity_name(&id, who, sizeof(who)));
         peer_sconn_close(conn);
@@ -842,6 +842,7 @@ void peer_server_close(struct peer_server *s, void (*cb)(void *arg), void *arg)
 struct peer_client {
     uv_loop_t *loop;
     struct cluster_tls *ctls; /* NULL: plaintext */
+    struct peer_client_stats stats;
     uint64_t self_id;
     char version[PEER_VERSION_MAX];
     uint64_t connect_timeout_ms;
@@ -1086,6 +1087,7 @@ static void peer_cconn_handshake(struct peer_link *l, int status)
 {
     struct peer_cconn *conn = hamr_container_of(l, struct peer_cconn, link);
     if (status < 0) {
+        conn->client->stats.tls++;
         peer_cconn_broken(l, status == UV_EPROTO ? tls_stream_error(l->ts) : "TLS handshake failed",
                           status, 0);
         return;
@@ -1094,6 +1096,7 @@ static void peer_cconn_handshake(struct peer_link *l, int status)
     if (cluster_tls_peer(tls_stream_tls(l->ts), &id) != 0 || id.role != CLUSTER_TLS_NODE ||
         id.node_id != conn->node) {
         char who[CLUSTER_TLS_NAME_MAX + 16];
+        conn->client->stats.identity++;
         log_warn("peer server refused addr=%s node=%" PRIu64
                  " cert=%s reason=\"certificate is not the node's this connection is for\" "
                  "calls=%zu",
@@ -1327,6 +1330,12 @@ void peer_client_set_queue_limit(struct peer_client *c, size_t bytes)
 size_t peer_client_pending(const struct peer_client *c)
 {
     return c->n_pending;
+}
+
+/* peer_client_stats - connections TLS ended. */
+void peer_client_stats(const struct peer_client *c, struct peer_client_stats *out)
+{
+    *out = c->stats;
 }
 
 /* peer_client_call - queue one request to node at addr; the outcome comes through cb. */

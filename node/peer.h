@@ -111,10 +111,10 @@ size_t peer_server_conns(const struct peer_server *s);
 
 /* peer_server_stats - what became of the connections accepted (counters since start). */
 struct peer_server_stats {
-    uint64_t accepted;   /* said hello (with TLS: as the node their certificate names) */
-    uint64_t tls_failed; /* TLS handshake failed or ended early, or not a node's certificate */
-    uint64_t identity;   /* the hello named another node than the certificate */
-    uint64_t timed_out;  /* no handshake and hello within the deadline */
+    uint64_t accepted;  /* said hello (with TLS: as the node their certificate names) */
+    uint64_t tls;       /* TLS handshake failed or ended early, or not a node's certificate */
+    uint64_t identity;  /* the hello named another node than the certificate */
+    uint64_t timed_out; /* no handshake and hello within the deadline */
 };
 void peer_server_stats(const struct peer_server *s, struct peer_server_stats *out);
 
@@ -204,6 +204,13 @@ int peer_client_call(struct peer_client *c,
 
 /* peer_client_pending - calls waiting for their outcome (for tests and metrics). */
 size_t peer_client_pending(const struct peer_client *c);
+
+/* peer_client_stats - the client's connections that TLS ended (counters since start). */
+struct peer_client_stats {
+    uint64_t tls;      /* TLS handshake failed (the server's certificate not of the CA, ...) */
+    uint64_t identity; /* the server's certificate named another node than the one meant */
+};
+void peer_client_stats(const struct peer_client *c, struct peer_client_stats *out);
 
 /*
  * peer_client_close - fail every outstanding call with HAMR_ESHUTDOWN (from

@@ -91,9 +91,15 @@ void relay_metrics_fill(void *data, struct metrics *m)
         struct peer_server_stats pst;
         peer_server_stats(r->peer_srv, &pst);
         metrics_counter_set(m, METRICS_PEER_PORT, METRICS_PEER_PORT_ACCEPTED, pst.accepted);
-        metrics_counter_set(m, METRICS_PEER_PORT, METRICS_PEER_PORT_TLS_FAILED, pst.tls_failed);
+        metrics_counter_set(m, METRICS_PEER_PORT, METRICS_PEER_PORT_TLS, pst.tls);
         metrics_counter_set(m, METRICS_PEER_PORT, METRICS_PEER_PORT_IDENTITY, pst.identity);
         metrics_counter_set(m, METRICS_PEER_PORT, METRICS_PEER_PORT_TIMED_OUT, pst.timed_out);
+    }
+    if (r->peer_cli != NULL) {
+        struct peer_client_stats pcs;
+        peer_client_stats(r->peer_cli, &pcs);
+        metrics_counter_set(m, METRICS_PEER_PORT, METRICS_PEER_PORT_OUT_TLS, pcs.tls);
+        metrics_counter_set(m, METRICS_PEER_PORT, METRICS_PEER_PORT_OUT_IDENTITY, pcs.identity);
     }
     metrics_gauge_set(m, METRICS_DISK_FREE_BYTES, 0, (double)r->disk.free_bytes);
     metrics_gauge_set(m, METRICS_DRAINING, 0, r->draining);
