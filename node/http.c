@@ -5,7 +5,9 @@
  * Happy path: accept -> read until the head ends (CRLF CRLF) -> parse the
  * request line -> answer from the path (the ready callback, or the metrics
  * source's fill and a render) -> one write of head and body -> shutdown (FIN)
- * -> read and discard until the client's EOF -> close.
+ * -> read and discard until the client's EOF -> close. Each step that waits
+ * for the client has a deadline on the connection's one timer: the head
+ * (read timeout), the answer (write timeout), the EOF (linger).
  *
  * Lingering after the answer is deliberate: closing a socket that still has
  * unread input makes the kernel send RST, and an RST can destroy a response
@@ -15,6 +17,8 @@
  * Failure modes:
  *   - head over HTTP_HEAD_MAX without its end: 431;
  *   - no whole head within the read timeout: 408;
+ *   - the answer not taken by the client within the write timeout (it
+ *     reads too slowly or not at all): closed;
  *   - a request line that is not "METHOD SP /target SP HTTP/1.x": 400;
  *   - not GET: 405 with Allow: GET; unknown path: 404;
  *   - rendering /metrics fails (over HTTP_METRICS_MAX, no memory): 500;
@@ -108,6 +112,7 @@ struct http {
     struct tcp_server *tcp; /* the listener and the connections' handles */
     struct http_handler handler;
     uint64_t read_timeout_ms;
+    uint64_t write_timeout_ms;
     bool closing;
 };
 
@@ -126,7 +131,7 @@ struct http_conn {
     struct tcp_server_conn base;
     struct http *srv;
     uv_tcp_t tcp;
-    uv_timer_t timer; /* read timeout, then linger */
+    uv_timer_t timer; /* read timeout, then write timeout, then linger */
     uv_shutdown_t shutdown;
     enum http_conn_state state;
     bool closing;
@@ -157,6 +162,14 @@ static void http_conn_close(struct http_conn *conn)
 static void http_linger_cb(uv_timer_t *t)
 {
     http_conn_close(hamr_container_of(t, struct http_conn, timer));
+}
+
+/* http_write_timeout_cb - the client has not taken its answer in time. */
+static void http_write_timeout_cb(uv_timer_t *t)
+{
+    struct http_conn *conn = hamr_container_of(t, struct http_conn, timer);
+    log_debug("http write timeout after %" PRIu64 " ms", conn->srv->write_timeout_ms);
+    http_conn_close(conn);
 }
 
 /* http_shutdown_cb - our FIN is out; http_read_cb closes on the client's EOF. */
@@ -236,7 +249,8 @@ static void http_send(struct http_conn *conn, int status, const char *ctype, str
     w->conn = conn;
     w->body = *body;
     buf_init(body, body->limit);
-    uv_timer_stop(&conn->timer);
+    /* A client that does not read must not hold its place: the answer has a deadline too. */
+    uv_timer_start(&conn->timer, http_write_timeout_cb, conn->srv->write_timeout_ms, 0);
     int n = snprintf(w->head, sizeof(w->head),
                      "HTTP/1.1 %d %s\r\n"
                      "Content-Type: %s\r\n"
@@ -509,6 +523,7 @@ int http_new(uv_loop_t *loop,
     }
     s->handler = *h;
     s->read_timeout_ms = HTTP_READ_TIMEOUT_MS;
+    s->write_timeout_ms = HTTP_WRITE_TIMEOUT_MS;
     /* Connections still closing count against the cap too: they hold memory and a descriptor. */
     const struct tcp_server_config cfg = {.name = "http",
                                           .host = host,
@@ -548,6 +563,12 @@ size_t http_conns(const struct http *s)
 void http_set_read_timeout(struct http *s, uint64_t ms)
 {
     s->read_timeout_ms = ms;
+}
+
+/* http_set_write_timeout - the answer deadline for answers started from now on. */
+void http_set_write_timeout(struct http *s, uint64_t ms)
+{
+    s->write_timeout_ms = ms;
 }
 
 /* http_close - close the listener and all connections; idempotent. */

@@ -6,7 +6,11 @@
  * One request per connection: every response carries Connection: close.
  * GET only (405 otherwise), 404 for other paths, request head at most
  * HTTP_HEAD_MAX bytes (431 beyond), HTTP_READ_TIMEOUT_MS to send it (408),
- * at most HTTP_MAX_CONNS connections (more are accepted and closed at once).
+ * HTTP_WRITE_TIMEOUT_MS for the client to take the answer (closed
+ * otherwise), a bounded linger for its close after that, at most
+ * HTTP_MAX_CONNS connections (more are accepted and closed at once): a
+ * client that sends slowly, reads slowly or not at all holds a place for
+ * seconds, never longer.
  *
  * The endpoint has no authentication: bind it to loopback or to a network
  * only the monitoring system reaches.
@@ -26,8 +30,9 @@
 
 #include "node/metrics.h"
 
-#define HTTP_HEAD_MAX 8192        /* request line and headers, final CRLF CRLF included */
-#define HTTP_READ_TIMEOUT_MS 5000 /* default: the whole head must arrive within this */
+#define HTTP_HEAD_MAX 8192          /* request line and headers, final CRLF CRLF included */
+#define HTTP_READ_TIMEOUT_MS 5000   /* default: the whole head must arrive within this */
+#define HTTP_WRITE_TIMEOUT_MS 10000 /* default: the whole answer must be taken within this */
 #define HTTP_MAX_CONNS 64
 #define HTTP_METRICS_MAX (4u << 20) /* a /metrics body larger than this is a 500 */
 
@@ -103,6 +108,9 @@ size_t http_conns(const struct http *s);
 
 /* http_set_read_timeout - applies to connections accepted from now on. */
 void http_set_read_timeout(struct http *s, uint64_t ms);
+
+/* http_set_write_timeout - applies to answers started from now on. */
+void http_set_write_timeout(struct http *s, uint64_t ms);
 
 /*
  * http_close - stop listening and close every connection. closed_cb(arg)

@@ -450,8 +450,12 @@ static const char *const metrics_hamr_refusals[] = {"ok",   "kind",  "identity",
                                                     "size", "lease", NULL};
 _Static_assert(PEER_POLICY_REASONS == 6 && PEER_POLICY_LEASE == 5,
                "metrics_hamr_refusals follows enum peer_policy_reason");
-static const char *const metrics_hamr_raft_port[] = {"accepted", "refused", "timed_out",
-                                                     "over_cap", NULL};
+static const char *const metrics_hamr_raft_port[] = {"accepted", "refused", "timed_out", "over_cap",
+                                                     NULL};
+static const char *const metrics_hamr_peer_port[] = {
+    "accepted", "tls", "identity", "timed_out", "out_tls", "out_identity", NULL};
+_Static_assert(METRICS_PEER_PORT_OUT_IDENTITY == 5,
+               "metrics_hamr_peer_port follows enum metrics_hamr_peer_port");
 static const char *const metrics_hamr_outcomes[] = {"delivered", "deferred", "bounced", "expired",
                                                     NULL};
 /* Commit latency, 1 ms to 10 s: a LAN commit is a few ms, a slow disk or a
@@ -526,6 +530,16 @@ const struct metrics_def metrics_hamr_defs[] = {
                                            METRICS_COUNTER,
                                            "event",
                                            metrics_hamr_raft_port),
+    [METRICS_PEER_PORT] = METRICS_LABELLED("hamr_peer_port_connections_total",
+                                           "Peer connections: inbound identified by their hello "
+                                           "(with cluster TLS, as their certificate's node), "
+                                           "failed TLS (or not a node's certificate), hello "
+                                           "naming another node than the certificate, no "
+                                           "handshake and hello in time; outbound failed TLS, "
+                                           "server not the node meant.",
+                                           METRICS_COUNTER,
+                                           "event",
+                                           metrics_hamr_peer_port),
     [METRICS_RAFT_TERM] = METRICS_PLAIN("hamr_raft_term", "Current raft term.", METRICS_GAUGE),
     [METRICS_RAFT_COMMIT_INDEX] =
         METRICS_PLAIN("hamr_raft_commit_index", "Raft commit index.", METRICS_GAUGE),

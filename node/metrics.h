@@ -133,6 +133,7 @@ enum metrics_hamr_id {
     METRICS_RESOLVED,            /* counter */
     METRICS_PEER_REFUSED,        /* counter{reason}: enum peer_policy_reason (not "ok") */
     METRICS_RAFT_PORT,           /* counter{event}: enum metrics_hamr_raft_port */
+    METRICS_PEER_PORT,           /* counter{event}: enum metrics_hamr_peer_port */
     METRICS_RAFT_TERM,           /* gauge */
     METRICS_RAFT_COMMIT_INDEX,   /* gauge */
     METRICS_RAFT_APPLIED_INDEX,  /* gauge */
@@ -166,6 +167,16 @@ enum metrics_hamr_raft_port {
     METRICS_RAFT_PORT_REFUSED,
     METRICS_RAFT_PORT_TIMED_OUT,
     METRICS_RAFT_PORT_OVER_CAP,
+};
+
+/* Label indexes of METRICS_PEER_PORT (peer_server_stats, then peer_client_stats as out_*). */
+enum metrics_hamr_peer_port {
+    METRICS_PEER_PORT_ACCEPTED = 0,
+    METRICS_PEER_PORT_TLS,
+    METRICS_PEER_PORT_IDENTITY,
+    METRICS_PEER_PORT_TIMED_OUT,
+    METRICS_PEER_PORT_OUT_TLS,
+    METRICS_PEER_PORT_OUT_IDENTITY,
 };
 
 /* The table itself, METRICS_HAMR_COUNT entries. */

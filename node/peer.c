@@ -1,15 +1,27 @@
 /*
  * peer.c - the peer channel: pipelined hamr.PeerMsg RPC between nodes over
- * libuv TCP, server (the leader answers) and client (followers forward).
+ * libuv TCP, through mutual TLS or in the clear (net/tls_stream), server
+ * (the leader answers) and client (followers forward).
  *
- * Server happy path: accept -> read frames -> hello records the caller's node
- * id -> each propose/query becomes a peer_call handed to the handler -> (now
- * or later, in any order) peer_reply -> the answer is queued for writing.
+ * Server happy path: accept -> TLS handshake (the certificate names the
+ * caller's node) -> read frames -> hello checked against the certificate
+ * (plaintext: taken as the caller's node id) -> each propose/query becomes a
+ * peer_call handed to the handler -> (now or later, in any order) peer_reply
+ * -> the answer is queued for writing.
  *
- * Client happy path: peer_client_call -> connection to addr found or opened
- * (hello queued first) -> request frame queued (written once connected) ->
- * the call waits in a req_id hash and a deadline list -> the answer is
- * matched by req_id -> cb(0, res).
+ * Client happy path: peer_client_call -> connection to node at addr found
+ * or opened (hello queued first) -> request frame queued (handed to the
+ * stream once connected, where with TLS it waits for the handshake) -> TLS
+ * handshake: the server's certificate names node -> the frames go out -> the
+ * call waits in a req_id hash and a deadline list -> the answer is matched
+ * by req_id -> cb(0, res).
+ *
+ * Identity failures (TLS): the server closes a connection whose handshake
+ * fails (no certificate, another CA's, not a node's) or whose hello names
+ * another node than its certificate, logs the address, the claim, the
+ * certificate's identity and the reason, and counts it (peer_server_stats);
+ * the client closes, unsent, a connection whose server is another node than
+ * the one meant, and its calls fail with HAMR_ECONNECT.
  *
  * Failure modes:
  *   - a frame header announcing more than PROTO_PEER_MAX, a frame that does
@@ -21,9 +33,10 @@
  *     client whose requests held by the handler pass PEER_HELD_MAX bytes or
  *     PEER_HELD_CALLS_MAX calls is not read from until answers go out (what
  *     one read already brought in is still handled);
- *   - client: connect fails or takes longer than the connect timeout, or the
- *     connection breaks: its calls fail with HAMR_ECONNECT when its handle has
- *     closed, and the next call to that address opens a new connection;
+ *   - client: connect (with TLS, connect and handshake) fails or takes
+ *     longer than the connect timeout, or the connection breaks: its calls
+ *     fail with HAMR_ECONNECT when its handle has closed, and the next call
+ *     to that address opens a new connection;
  *   - client: no answer by the call's deadline: HAMR_ETIMEDOUT, and a late
  *     answer finds no call and is dropped. One timer per client serves every
  *     deadline (the list is kept sorted) and every connect timeout;
@@ -33,14 +46,16 @@
  *
  * Owns: the listener (a net/tcp_server, which also caps the server's
  * connections at PEER_MAX_CONNS and refuses a client it gets no memory
- * for), every connection (its uv_tcp_t embedded, freed in the close
- * callback), every frame until its write callback, server calls until
- * peer_reply, client calls until their callback has run.
+ * for), every connection (its uv_tcp_t embedded, its tls_stream, both freed
+ * in the close callback), every frame until its write callback, server
+ * calls until peer_reply, client calls until their callback has run.
  *
  * Security: parses untrusted network input. A frame's length is checked
  * before its body is buffered, and the body buffer grows with the bytes that
  * actually arrive, up to that length; protobuf-c checks the rest. Text from
- * the peer (its version) is logged through log_printable.
+ * the peer (its version) is logged through log_printable. With TLS no frame
+ * is read before the handshake has shown a node certificate of the cluster
+ * CA, and the handshake is under the same deadline as the hello.
  */
 #include <arpa/inet.h>
 #include <inttypes.h>
@@ -55,7 +70,9 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "net/cluster_tls.h"
 #include "net/tcp_server.h"
+#include "net/tls_stream.h"
 
 #include "node/peer.h"
 
@@ -71,9 +88,8 @@
 
 struct peer_link;
 
-/* peer_frame - one packed frame; owned by its write request until the callback. */
+/* peer_frame - one packed frame; owned by its link from its write until the callback. */
 struct peer_frame {
-    uv_write_t req;
     struct peer_link *link;
     struct peer_frame *next; /* in a client connection's pre-connect queue */
     size_t len;              /* 4 + body */
@@ -89,18 +105,22 @@ struct peer_reader {
 };
 
 /*
- * peer_link - a TCP connection carrying frames, embedded in a server or a
- * client connection. on_frame gets each whole frame; broken is told why the
- * link must close (it closes it). The link is found from its handle with
- * hamr_container_of: the handle's data belongs to the connection's owner
- * (tcp_server on the server side).
+ * peer_link - a TCP connection carrying frames, through TLS or in the clear
+ * (net/tls_stream), embedded in a server or a client connection. on_frame
+ * gets each whole frame; handshake is told the TLS handshake's outcome
+ * (identity checks, TLS only); broken is told why the link must close (it
+ * closes it). The link is found from its handle with hamr_container_of: the
+ * handle's data belongs to the connection's owner (tcp_server on the server
+ * side).
  */
 struct peer_link {
-    uv_tcp_t tcp;
+    struct tls_stream_handle h; /* h.u.tcp: the socket */
+    struct tls_stream *ts;      /* NULL until the socket is connected or accepted */
     struct peer_reader rd;
     size_t queued; /* bytes of frames not yet written */
     bool closing;
     void (*on_frame)(struct peer_link *l, const uint8_t *p, size_t n);
+    void (*handshake)(struct peer_link *l, int status);
     /* broken - close the link; uverr is a UV_E* code, or 0 with len the offending frame length. */
     void (*broken)(struct peer_link *l, const char *why, int uverr, size_t len);
     char rbuf[PEER_READ_CHUNK];
@@ -182,17 +202,19 @@ static void peer_reader_next(struct peer_reader *r)
 static void peer_link_init(
     struct peer_link *l,
     void (*on_frame)(struct peer_link *l, const uint8_t *p, size_t n),
+    void (*handshake)(struct peer_link *l, int status),
     void (*broken)(struct peer_link *l, const char *why, int uverr, size_t len))
 {
     peer_reader_init(&l->rd);
     l->on_frame = on_frame;
+    l->handshake = handshake;
     l->broken = broken;
 }
 
 /* peer_link_write_cb - a frame is out (or cancelled): release it. */
-static void peer_link_write_cb(uv_write_t *req, int status)
+static void peer_link_write_cb(void *arg, int status)
 {
-    struct peer_frame *f = hamr_container_of(req, struct peer_frame, req);
+    struct peer_frame *f = arg;
     struct peer_link *l = f->link;
     l->queued -= f->len;
     free(f);
@@ -200,12 +222,14 @@ static void peer_link_write_cb(uv_write_t *req, int status)
         l->broken(l, "write failed", status, 0);
 }
 
-/* peer_link_write - hand f to libuv; f is owned by the link from here on. */
+/*
+ * peer_link_write - hand f to the stream (with TLS it waits there for the
+ * handshake); f is owned by the link from here on, also on failure.
+ */
 static int peer_link_write(struct peer_link *l, struct peer_frame *f)
 {
     f->link = l;
-    uv_buf_t b = uv_buf_init((char *)f->data, (unsigned)f->len);
-    int rv = uv_write(&f->req, (uv_stream_t *)&l->tcp, &b, 1, peer_link_write_cb);
+    int rv = tls_stream_write(l->ts, f->data, f->len, peer_link_write_cb, f);
     if (rv != 0) {
         l->queued -= f->len;
         free(f);
@@ -215,23 +239,33 @@ static int peer_link_write(struct peer_link *l, struct peer_frame *f)
     return 0;
 }
 
-/* peer_link_alloc_cb - reads land in the link's fixed chunk. */
-static void peer_link_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+/* peer_link_alloc_cb - plaintext lands in the link's fixed chunk. */
+static void peer_link_alloc_cb(void *data, uv_buf_t *b)
 {
-    struct peer_link *l = hamr_container_of(h, struct peer_link, tcp);
-    (void)suggested;
+    struct peer_link *l = data;
     b->base = l->rbuf;
     b->len = sizeof(l->rbuf);
 }
 
-/* peer_link_read_cb - cut the input into frames and hand each to on_frame. */
-static void peer_link_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+/* peer_link_handshake_cb - TLS is up (the context checked the chain) or failed. */
+static void peer_link_handshake_cb(void *data, int status)
 {
-    struct peer_link *l = hamr_container_of(s, struct peer_link, tcp);
+    struct peer_link *l = data;
+    if (!l->closing)
+        l->handshake(l, status);
+}
+
+/* peer_link_read_cb - cut the input into frames and hand each to on_frame. */
+static void peer_link_read_cb(void *data, ssize_t nread, const uv_buf_t *b)
+{
+    struct peer_link *l = data;
     if (nread == 0 || l->closing)
         return;
     if (nread < 0) {
-        l->broken(l, nread == UV_EOF ? "closed by peer" : "read failed", (int)nread, 0);
+        const char *why = nread == UV_EOF      ? "closed by peer"
+                          : nread == UV_EPROTO ? tls_stream_error(l->ts)
+                                               : "read failed";
+        l->broken(l, why, (int)nread, 0);
         return;
     }
     const uint8_t *p = (const uint8_t *)b->base;
@@ -256,9 +290,29 @@ static void peer_link_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     }
 }
 
-/* peer_link_free - release what the link owns besides its handle. */
+/*
+ * peer_link_start - the socket is connected or accepted: the stream over it
+ * (ctx NULL: plaintext), reading started (a TLS client sends its hello). 0
+ * or a UV_E* code.
+ */
+static int peer_link_start(struct peer_link *l, SSL_CTX *ctx, bool server)
+{
+    const struct tls_stream_ops ops = {.data = l,
+                                       .alloc_cb = peer_link_alloc_cb,
+                                       .read_cb = peer_link_read_cb,
+                                       .handshake_cb = peer_link_handshake_cb};
+    int rv = tls_stream_init(&l->ts, &l->h, ctx, server, &ops);
+    if (rv != 0)
+        return rv == HAMR_ENOMEM ? UV_ENOMEM : UV_EPROTO;
+    return tls_stream_read_start(l->ts);
+}
+
+/* peer_link_free - from the handle's close callback: the stream (whose waiting frames are freed
+ * through their callbacks) and the reader. */
 static void peer_link_free(struct peer_link *l)
 {
+    tls_stream_free(l->ts);
+    l->ts = NULL;
     buf_free(&l->rd.body);
 }
 
@@ -275,6 +329,18 @@ static void peer_sockaddr_name(const struct sockaddr *sa, char *out, size_t outl
         uv_ip4_name(s4, ip, sizeof(ip));
         snprintf(out, outlen, "%s:%u", ip, (unsigned)ntohs(s4->sin_port));
     }
+}
+
+/* peer_identity_name - "node:ID", "operator:NAME" or "none", for logs. Returns out. */
+static const char *peer_identity_name(const struct cluster_tls_identity *id, char *out, size_t len)
+{
+    if (id->role == CLUSTER_TLS_NODE)
+        snprintf(out, len, "node:%" PRIu64, id->node_id);
+    else if (id->role == CLUSTER_TLS_OPERATOR)
+        snprintf(out, len, "operator:%s", id->name);
+    else
+        snprintf(out, len, "none");
+    return out;
 }
 
 /*
@@ -324,7 +390,9 @@ static int peer_parse_addr(const char *addr, struct sockaddr_storage *ss)
 /* ------------------------------------------------------------------------ */
 
 struct peer_server {
-    struct tcp_server *tcp; /* the listener and the connections' handles */
+    struct tcp_server *tcp;   /* the listener and the connections' handles */
+    struct cluster_tls *ctls; /* NULL: plaintext */
+    struct peer_server_stats stats;
     struct peer_handler handler;
     size_t held_max; /* per connection, see peer_sconn_over */
     size_t held_calls_max;
@@ -343,9 +411,9 @@ struct peer_sconn {
     size_t held; /* request bytes of those calls */
     bool hello_seen;
     bool requests_seen;
-    bool paused; /* reading stopped for backpressure */
-    uint64_t node_id;
-    uv_timer_t timer;    /* the hello deadline, then the idle check */
+    bool paused;         /* reading stopped for backpressure */
+    uint64_t node_id;    /* the certificate's (TLS), else the hello's; 0 until known */
+    uv_timer_t timer;    /* the hello deadline (TLS handshake included), then the idle check */
     uint64_t last_frame; /* uv_now of the last whole frame */
     char name[PEER_ADDR_MAX];
 };
@@ -395,6 +463,42 @@ static void peer_sconn_broken(struct peer_link *l, const char *why, int uverr, s
     peer_sconn_close(conn);
 }
 
+/*
+ * peer_sconn_handshake - TLS is up or failed. Up: the certificate chains to
+ * the cluster CA (the context checked); it must name a node, and that node
+ * is the caller from here on. Failed or not a node's: closed, logged with
+ * the reason, counted.
+ */
+static void peer_sconn_handshake(struct peer_link *l, int status)
+{
+    struct peer_sconn *conn = hamr_container_of(l, struct peer_sconn, link);
+    struct peer_server *s = conn->srv;
+    if (status < 0) {
+        s->stats.tls++;
+        if (status == UV_EPROTO)
+            log_warn("peer connection refused peer=%s reason=\"TLS handshake failed\" error=\"%s\"",
+                     conn->name, tls_stream_error(l->ts));
+        else
+            log_info(
+                "peer connection refused peer=%s reason=\"ended during the TLS handshake\" "
+                "err=%s",
+                conn->name, uv_err_name(status));
+        peer_sconn_close(conn);
+        return;
+    }
+    struct cluster_tls_identity id;
+    if (cluster_tls_peer(tls_stream_tls(l->ts), &id) != 0 || id.role != CLUSTER_TLS_NODE) {
+        char who[CLUSTER_TLS_NAME_MAX + 16];
+        s->stats.tls++;
+        log_warn("peer connection refused peer=%s cert=%s reason=\"certificate is not a node's\"",
+                 conn->name, peer_identity_name(&id, who, sizeof(who)));
+        peer_sconn_close(conn);
+        return;
+    }
+    conn->node_id = id.node_id;
+    log_debug("peer TLS up peer=%s cert=node:%" PRIu64, conn->name, id.node_id);
+}
+
 /* peer_sconn_over - is the handler holding too much of this connection's input? */
 static bool peer_sconn_over(const struct peer_sconn *conn)
 {
@@ -403,11 +507,25 @@ static bool peer_sconn_over(const struct peer_sconn *conn)
 
 static void peer_sconn_timer_cb(uv_timer_t *t);
 
-/* peer_sconn_hello - record who is calling. */
+/*
+ * peer_sconn_hello - record who is calling. With TLS the hello must name the
+ * node the certificate names (conn->node_id since the handshake): a node
+ * may not speak for another: refused, closed, logged and counted.
+ */
 static void peer_sconn_hello(struct peer_sconn *conn, const Hamr__PeerHello *hello)
 {
     char version[PEER_VERSION_MAX];
     const char *v = hello->version != NULL ? hello->version : "";
+    struct peer_server *s = conn->srv;
+    if (tls_stream_tls(conn->link.ts) != NULL && hello->node_id != conn->node_id) {
+        s->stats.identity++;
+        log_warn("peer connection refused peer=%s node=%" PRIu64 " cert=node:%" PRIu64
+                 " reason=\"hello names another node than the certificate\"",
+                 conn->name, hello->node_id, conn->node_id);
+        peer_sconn_close(conn);
+        return;
+    }
+    s->stats.accepted++;
     conn->hello_seen = true;
     conn->node_id = hello->node_id;
     uv_timer_start(&conn->timer, peer_sconn_timer_cb, conn->srv->idle_ms, 0);
@@ -420,7 +538,7 @@ static void peer_sconn_hello(struct peer_sconn *conn, const Hamr__PeerHello *hel
 static void peer_sconn_frame(struct peer_link *l, const uint8_t *p, size_t n)
 {
     struct peer_sconn *conn = hamr_container_of(l, struct peer_sconn, link);
-    conn->last_frame = uv_now(conn->link.tcp.loop);
+    conn->last_frame = uv_now(conn->link.h.u.tcp.loop);
     Hamr__PeerMsg *msg = hamr__peer_msg__unpack(NULL, n, p);
     if (msg == NULL) {
         peer_sconn_broken(l, "undecodable frame", 0, n);
@@ -465,7 +583,7 @@ static void peer_sconn_frame(struct peer_link *l, const uint8_t *p, size_t n)
     if (!conn->paused && peer_sconn_over(conn)) {
         /* Backpressure: the handler owns enough of this client's input. */
         conn->paused = true;
-        uv_read_stop((uv_stream_t *)&conn->link.tcp);
+        tls_stream_read_stop(conn->link.ts);
         log_info("peer reading paused peer=%s held=%zu calls=%zu", conn->name, conn->held,
                  conn->n_calls);
     }
@@ -480,12 +598,12 @@ static void peer_sconn_resume(struct peer_sconn *conn)
     if (!conn->paused || peer_sconn_over(conn))
         return;
     conn->paused = false;
-    int rv = uv_read_start((uv_stream_t *)&conn->link.tcp, peer_link_alloc_cb, peer_link_read_cb);
+    int rv = tls_stream_read_start(conn->link.ts);
     if (rv != 0)
         peer_sconn_broken(&conn->link, "read restart failed", rv, 0);
 }
 
-/* peer_call_node - the node id from the connection's hello, 0 if none. */
+/* peer_call_node - the caller's node id: its certificate's (TLS), else its hello's; 0 if none. */
 uint64_t peer_call_node(const struct peer_call *call)
 {
     return call->node_id;
@@ -549,10 +667,10 @@ static struct tcp_server_conn *peer_sconn_alloc_cb(void *data, uv_tcp_t **tcp)
     struct peer_sconn *conn = calloc(1, sizeof(*conn));
     if (conn == NULL)
         return NULL;
-    peer_link_init(&conn->link, peer_sconn_frame, peer_sconn_broken);
+    peer_link_init(&conn->link, peer_sconn_frame, peer_sconn_handshake, peer_sconn_broken);
     conn->srv = data;
     hamr_strlcpy(conn->name, "?", sizeof(conn->name));
-    *tcp = &conn->link.tcp;
+    *tcp = &conn->link.h.u.tcp;
     return &conn->base;
 }
 
@@ -566,8 +684,9 @@ static void peer_sconn_timer_cb(uv_timer_t *t)
     struct peer_sconn *conn = hamr_container_of(t, struct peer_sconn, timer);
     struct peer_server *s = conn->srv;
     if (!conn->hello_seen) {
-        log_warn("peer connection closed peer=%s reason=\"no hello within %" PRIu64 "ms\"",
-                 conn->name, s->hello_ms);
+        s->stats.timed_out++;
+        log_warn("peer connection closed peer=%s reason=\"no %s within %" PRIu64 "ms\"", conn->name,
+                 tls_stream_handshaken(conn->link.ts) ? "hello" : "TLS handshake", s->hello_ms);
         peer_sconn_close(conn);
         return;
     }
@@ -588,18 +707,22 @@ static void peer_sconn_accept_cb(void *data, struct tcp_server_conn *base)
 {
     struct peer_sconn *conn = hamr_container_of(base, struct peer_sconn, base);
     (void)data;
+    struct peer_server *s = conn->srv;
     struct sockaddr_storage ss;
     int len = sizeof(ss);
-    if (uv_tcp_getpeername(&conn->link.tcp, (struct sockaddr *)&ss, &len) == 0)
+    if (uv_tcp_getpeername(&conn->link.h.u.tcp, (struct sockaddr *)&ss, &len) == 0)
         peer_sockaddr_name((struct sockaddr *)&ss, conn->name, sizeof(conn->name));
-    uv_tcp_nodelay(&conn->link.tcp, 1);
-    uv_tcp_keepalive(&conn->link.tcp, 1, PEER_KEEPALIVE_S);
+    uv_tcp_nodelay(&conn->link.h.u.tcp, 1);
+    uv_tcp_keepalive(&conn->link.h.u.tcp, 1, PEER_KEEPALIVE_S);
     tcp_server_conn_timer_init(base, &conn->timer);
-    conn->last_frame = uv_now(conn->link.tcp.loop);
-    uv_timer_start(&conn->timer, peer_sconn_timer_cb, conn->srv->hello_ms, 0);
-    int rv = uv_read_start((uv_stream_t *)&conn->link.tcp, peer_link_alloc_cb, peer_link_read_cb);
+    conn->last_frame = uv_now(conn->link.h.u.tcp.loop);
+    /* The deadline covers the TLS handshake too: a stranger that never
+     * finishes it holds a place no longer than one that never says hello. */
+    uv_timer_start(&conn->timer, peer_sconn_timer_cb, s->hello_ms, 0);
+    int rv = peer_link_start(&conn->link, s->ctls != NULL ? cluster_tls_server_ctx(s->ctls) : NULL,
+                             true);
     if (rv != 0) {
-        peer_sconn_broken(&conn->link, "read start failed", rv, 0);
+        peer_sconn_broken(&conn->link, "start failed", rv, 0);
         return;
     }
     log_debug("peer connection accepted peer=%s", conn->name);
@@ -625,6 +748,7 @@ static void peer_sconn_free_cb(void *data, struct tcp_server_conn *base)
 int peer_server_new(uv_loop_t *loop,
                     const char *host,
                     uint16_t port,
+                    struct cluster_tls *ctls,
                     const struct peer_handler *h,
                     struct peer_server **out,
                     char *errmsg,
@@ -635,6 +759,7 @@ int peer_server_new(uv_loop_t *loop,
         snprintf(errmsg, errlen, "peer: out of memory");
         return HAMR_ENOMEM;
     }
+    s->ctls = ctls;
     s->handler = *h;
     s->held_max = PEER_HELD_MAX;
     s->held_calls_max = PEER_HELD_CALLS_MAX;
@@ -687,6 +812,12 @@ size_t peer_server_conns(const struct peer_server *s)
     return tcp_server_conns(s->tcp);
 }
 
+/* peer_server_stats - what became of the connections accepted. */
+void peer_server_stats(const struct peer_server *s, struct peer_server_stats *out)
+{
+    *out = s->stats;
+}
+
 /* peer_server_close - close the listener and all connections; idempotent. */
 void peer_server_close(struct peer_server *s, void (*cb)(void *arg), void *arg)
 {
@@ -710,6 +841,8 @@ void peer_server_close(struct peer_server *s, void (*cb)(void *arg), void *arg)
  */
 struct peer_client {
     uv_loop_t *loop;
+    struct cluster_tls *ctls; /* NULL: plaintext */
+    struct peer_client_stats stats;
     uint64_t self_id;
     char version[PEER_VERSION_MAX];
     uint64_t connect_timeout_ms;
@@ -728,14 +861,16 @@ struct peer_client {
     void *closed_arg;
 };
 
-/* peer_cconn - the connection to one destination address. */
+/* peer_cconn - the connection to one destination: a node at an address. */
 struct peer_cconn {
     struct peer_link link;
     struct peer_client *client;
     struct peer_cconn *prev, *next;
     uv_connect_t connect;
-    bool connected;
-    uint64_t connect_deadline;
+    bool connected; /* TCP is up: frames go to the stream (with TLS they wait there) */
+    bool ready;     /* and the TLS handshake is done with the node meant (plain: connected) */
+    uint64_t connect_deadline; /* until ready */
+    uint64_t node;             /* the node meant; with TLS its certificate must say so */
     struct peer_frame *wait_head, *wait_tail; /* frames queued before connecting */
     struct peer_pending *calls;               /* doubly linked */
     size_t n_calls;
@@ -886,7 +1021,7 @@ static void peer_client_maybe_done(struct peer_client *c)
 /* peer_cconn_closed_cb - the handle is closed: fail the calls left, free the connection. */
 static void peer_cconn_closed_cb(uv_handle_t *h)
 {
-    struct peer_cconn *conn = hamr_container_of(h, struct peer_cconn, link.tcp);
+    struct peer_cconn *conn = hamr_container_of(h, struct peer_cconn, link.h.u.tcp);
     struct peer_client *c = conn->client;
     /* Calls fail here, not in peer_cconn_close, so that a connection that
      * breaks inside peer_client_call never runs a callback from there. */
@@ -925,7 +1060,7 @@ static void peer_cconn_close(struct peer_cconn *conn)
     if (conn->next != NULL)
         conn->next->prev = conn->prev;
     conn->prev = conn->next = NULL;
-    uv_close((uv_handle_t *)&conn->link.tcp, peer_cconn_closed_cb);
+    uv_close((uv_handle_t *)&conn->link.h.u.tcp, peer_cconn_closed_cb);
 }
 
 /* peer_cconn_broken - the link must go; log why. */
@@ -933,13 +1068,45 @@ static void peer_cconn_broken(struct peer_link *l, const char *why, int uverr, s
 {
     struct peer_cconn *conn = hamr_container_of(l, struct peer_cconn, link);
     if (uverr < 0)
-        log_msg(conn->n_calls > 0 ? LOG_LEVEL_WARN : LOG_LEVEL_INFO,
-                "peer connection lost addr=%s reason=\"%s\" err=%s calls=%zu", conn->addr, why,
-                uv_err_name(uverr), conn->n_calls);
+        log_msg(conn->n_calls > 0 || uverr == UV_EPROTO ? LOG_LEVEL_WARN : LOG_LEVEL_INFO,
+                "peer connection lost addr=%s node=%" PRIu64 " reason=\"%s\" err=%s calls=%zu",
+                conn->addr, conn->node, why, uv_err_name(uverr), conn->n_calls);
     else
-        log_warn("peer connection lost addr=%s reason=\"%s\" len=%zu calls=%zu", conn->addr, why,
-                 len, conn->n_calls);
+        log_warn("peer connection lost addr=%s node=%" PRIu64 " reason=\"%s\" len=%zu calls=%zu",
+                 conn->addr, conn->node, why, len, conn->n_calls);
     peer_cconn_close(conn);
+}
+
+/*
+ * peer_cconn_handshake - TLS is up or failed. Up: the server's certificate
+ * chains to the cluster CA (the context checked); it must also be the node
+ * this connection was opened to reach, or nothing is sent (the hello and the
+ * requests wait in the stream until this returns) and the calls fail.
+ */
+static void peer_cconn_handshake(struct peer_link *l, int status)
+{
+    struct peer_cconn *conn = hamr_container_of(l, struct peer_cconn, link);
+    if (status < 0) {
+        conn->client->stats.tls++;
+        peer_cconn_broken(l, status == UV_EPROTO ? tls_stream_error(l->ts) : "TLS handshake failed",
+                          status, 0);
+        return;
+    }
+    struct cluster_tls_identity id;
+    if (cluster_tls_peer(tls_stream_tls(l->ts), &id) != 0 || id.role != CLUSTER_TLS_NODE ||
+        id.node_id != conn->node) {
+        char who[CLUSTER_TLS_NAME_MAX + 16];
+        conn->client->stats.identity++;
+        log_warn("peer server refused addr=%s node=%" PRIu64
+                 " cert=%s reason=\"certificate is not the node's this connection is for\" "
+                 "calls=%zu",
+                 conn->addr, conn->node, peer_identity_name(&id, who, sizeof(who)), conn->n_calls);
+        peer_cconn_close(conn);
+        return;
+    }
+    conn->ready = true;
+    log_debug("peer TLS up addr=%s cert=node:%" PRIu64, conn->addr, id.node_id);
+    peer_client_arm(conn->client); /* the connect deadline is met */
 }
 
 /* peer_cconn_frame - one whole frame from a server: an answer to match. */
@@ -983,21 +1150,26 @@ static void peer_cconn_connect_cb(uv_connect_t *req, int status)
         return;
     }
     conn->connected = true;
-    log_debug("peer connected addr=%s", conn->addr);
+    log_debug("peer connected addr=%s node=%" PRIu64, conn->addr, conn->node);
+    struct peer_client *c = conn->client;
+    int rv = peer_link_start(&conn->link, c->ctls != NULL ? cluster_tls_client_ctx(c->ctls) : NULL,
+                             false);
+    if (rv != 0) {
+        peer_cconn_broken(&conn->link, "start failed", rv, 0);
+        return;
+    }
+    conn->ready = c->ctls == NULL;
     while (conn->wait_head != NULL) {
         struct peer_frame *f = conn->wait_head;
         conn->wait_head = f->next;
         if (conn->wait_head == NULL)
             conn->wait_tail = NULL;
-        int rv = peer_link_write(&conn->link, f);
+        rv = peer_link_write(&conn->link, f);
         if (rv != 0) {
             peer_cconn_broken(&conn->link, "write failed", rv, 0);
             return;
         }
     }
-    int rv = uv_read_start((uv_stream_t *)&conn->link.tcp, peer_link_alloc_cb, peer_link_read_cb);
-    if (rv != 0)
-        peer_cconn_broken(&conn->link, "read start failed", rv, 0);
 }
 
 /* peer_cconn_send - write f now, or queue it until connected. */
@@ -1016,21 +1188,22 @@ static int peer_cconn_send(struct peer_cconn *conn, struct peer_frame *f)
     return 0;
 }
 
-/* peer_cconn_find - the open connection to addr, or NULL. */
-static struct peer_cconn *peer_cconn_find(struct peer_client *c, const char *addr)
+/* peer_cconn_find - the open connection to node at addr, or NULL. */
+static struct peer_cconn *peer_cconn_find(struct peer_client *c, uint64_t node, const char *addr)
 {
     for (struct peer_cconn *conn = c->conns; conn != NULL; conn = conn->next)
-        if (strcmp(conn->addr, addr) == 0)
+        if (conn->node == node && strcmp(conn->addr, addr) == 0)
             return conn;
     return NULL;
 }
 
 /*
- * peer_cconn_open - a new connection to addr (already parsed into ss), hello
- * queued first. Only HAMR_ENOMEM fails here; a connect that fails at once
- * closes the connection, and its calls fail from the close callback.
+ * peer_cconn_open - a new connection to node at addr (already parsed into
+ * ss), hello queued first. Only HAMR_ENOMEM fails here; a connect that fails
+ * at once closes the connection, and its calls fail from the close callback.
  */
 static int peer_cconn_open(struct peer_client *c,
+                           uint64_t node,
                            const char *addr,
                            const struct sockaddr_storage *ss,
                            struct peer_cconn **out)
@@ -1051,9 +1224,10 @@ static int peer_cconn_open(struct peer_client *c,
         free(conn);
         return rv;
     }
-    uv_tcp_init(c->loop, &conn->link.tcp);
-    peer_link_init(&conn->link, peer_cconn_frame, peer_cconn_broken);
+    uv_tcp_init(c->loop, &conn->link.h.u.tcp);
+    peer_link_init(&conn->link, peer_cconn_frame, peer_cconn_handshake, peer_cconn_broken);
     conn->client = c;
+    conn->node = node;
     hamr_strlcpy(conn->addr, addr, sizeof(conn->addr));
     conn->connect_deadline = uv_now(c->loop) + c->connect_timeout_ms;
     conn->next = c->conns;
@@ -1062,9 +1236,9 @@ static int peer_cconn_open(struct peer_client *c,
     c->conns = conn;
     c->n_conns++;
     peer_cconn_send(conn, f);
-    uv_tcp_nodelay(&conn->link.tcp, 1);
-    uv_tcp_keepalive(&conn->link.tcp, 1, PEER_KEEPALIVE_S);
-    rv = uv_tcp_connect(&conn->connect, &conn->link.tcp, (const struct sockaddr *)ss,
+    uv_tcp_nodelay(&conn->link.h.u.tcp, 1);
+    uv_tcp_keepalive(&conn->link.h.u.tcp, 1, PEER_KEEPALIVE_S);
+    rv = uv_tcp_connect(&conn->connect, &conn->link.h.u.tcp, (const struct sockaddr *)ss,
                         peer_cconn_connect_cb);
     if (rv != 0)
         peer_cconn_broken(&conn->link, "connect failed", rv, 0);
@@ -1087,8 +1261,10 @@ static void peer_client_timer_cb(uv_timer_t *t)
     struct peer_cconn *conn = c->conns;
     while (conn != NULL) {
         struct peer_cconn *next = conn->next;
-        if (!conn->connected && conn->connect_deadline <= now)
-            peer_cconn_broken(&conn->link, "connect timed out", UV_ETIMEDOUT, 0);
+        if (!conn->ready && conn->connect_deadline <= now)
+            peer_cconn_broken(&conn->link,
+                              conn->connected ? "TLS handshake timed out" : "connect timed out",
+                              UV_ETIMEDOUT, 0);
         conn = next;
     }
     if (!c->closing)
@@ -1100,7 +1276,7 @@ static void peer_client_arm(struct peer_client *c)
 {
     uint64_t next = c->dl_head != NULL ? c->dl_head->deadline : UINT64_MAX;
     for (struct peer_cconn *conn = c->conns; conn != NULL; conn = conn->next)
-        if (!conn->connected && conn->connect_deadline < next)
+        if (!conn->ready && conn->connect_deadline < next)
             next = conn->connect_deadline;
     if (next == UINT64_MAX) {
         uv_timer_stop(&c->timer);
@@ -1113,7 +1289,10 @@ static void peer_client_arm(struct peer_client *c)
 }
 
 /* peer_client_new - an idle client; connections open on demand. */
-struct peer_client *peer_client_new(uv_loop_t *loop, uint64_t self_id, const char *version)
+struct peer_client *peer_client_new(uv_loop_t *loop,
+                                    uint64_t self_id,
+                                    const char *version,
+                                    struct cluster_tls *ctls)
 {
     struct peer_client *c = calloc(1, sizeof(*c));
     if (c == NULL)
@@ -1125,6 +1304,7 @@ struct peer_client *peer_client_new(uv_loop_t *loop, uint64_t self_id, const cha
     }
     c->n_buckets = PEER_HASH_MIN;
     c->loop = loop;
+    c->ctls = ctls;
     c->self_id = self_id;
     hamr_strlcpy(c->version, version != NULL ? version : "", sizeof(c->version));
     c->connect_timeout_ms = PEER_CONNECT_TIMEOUT_MS;
@@ -1152,8 +1332,15 @@ size_t peer_client_pending(const struct peer_client *c)
     return c->n_pending;
 }
 
-/* peer_client_call - queue one request to addr; the outcome comes through cb. */
+/* peer_client_stats - connections TLS ended. */
+void peer_client_stats(const struct peer_client *c, struct peer_client_stats *out)
+{
+    *out = c->stats;
+}
+
+/* peer_client_call - queue one request to node at addr; the outcome comes through cb. */
 int peer_client_call(struct peer_client *c,
+                     uint64_t node,
                      const char *addr,
                      const Hamr__PeerMsg *req,
                      uint64_t timeout_ms,
@@ -1165,7 +1352,9 @@ int peer_client_call(struct peer_client *c,
     if ((req->body_case != HAMR__PEER_MSG__BODY_PROPOSE || req->propose == NULL) &&
         (req->body_case != HAMR__PEER_MSG__BODY_QUERY || req->query == NULL))
         return HAMR_EINVAL;
-    struct peer_cconn *conn = peer_cconn_find(c, addr);
+    if (c->ctls != NULL && node == 0)
+        return HAMR_EINVAL; /* no certificate names node 0 */
+    struct peer_cconn *conn = peer_cconn_find(c, node, addr);
     struct sockaddr_storage ss;
     if (conn == NULL && peer_parse_addr(addr, &ss) != 0)
         return HAMR_EINVAL;
@@ -1181,7 +1370,7 @@ int peer_client_call(struct peer_client *c,
         free(f);
         return HAMR_ENOMEM;
     }
-    if (conn == NULL && (rv = peer_cconn_open(c, addr, &ss, &conn)) != 0) {
+    if (conn == NULL && (rv = peer_cconn_open(c, node, addr, &ss, &conn)) != 0) {
         free(p);
         free(f);
         return rv;

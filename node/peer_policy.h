@@ -16,8 +16,10 @@
  * marks PENDING recipients done: only the leader's own scheduler writes
  * those). Every refusal is logged with its reason and counted.
  *
- * The caller's node id is the one its connection's hello named; it is only
- * as good as the channel's authentication.
+ * The caller's node id is peer_call_node's: with cluster TLS the node its
+ * certificate names (node/peer.c closes a connection whose hello says
+ * otherwise), so a node cannot forward as another; in plaintext mode the
+ * hello's, taken on trust.
  *
  * Owns: nothing. May call: the queue (read), the decoded entry; pure.
  */

@@ -232,19 +232,22 @@ void proposer_expire(struct proposer *p)
  * Sends: one attempt, here or at the leader.
  * ------------------------------------------------------------------------- */
 
-/* proposer_leader_addr - the current leader's peer address when it is another node. */
-static int proposer_leader_addr(struct proposer *p, char *addr, size_t addrlen)
+/* proposer_leader_addr - the current leader (*leader) and its peer address when it is another
+ * node. */
+static int proposer_leader_addr(struct proposer *p, uint64_t *leader, char *addr, size_t addrlen)
 {
-    uint64_t leader = p->ops.leader_id(p->ops.data);
-    if (leader == 0 || p->ops.is_leader(p->ops.data))
+    *leader = p->ops.leader_id(p->ops.data);
+    if (*leader == 0 || p->ops.is_leader(p->ops.data))
         return HAMR_ENOQUORUM;
-    return p->ops.leader_addr(p->ops.data, leader, addr, addrlen);
+    return p->ops.leader_addr(p->ops.data, *leader, addr, addrlen);
 }
 
 bool proposer_leader_known(struct proposer *p)
 {
     char addr[PROPOSER_ADDR_MAX];
-    return p->ops.is_leader(p->ops.data) || proposer_leader_addr(p, addr, sizeof(addr)) == 0;
+    uint64_t leader;
+    return p->ops.is_leader(p->ops.data) ||
+           proposer_leader_addr(p, &leader, addr, sizeof(addr)) == 0;
 }
 
 /* proposer_fwd_done - the leader answered a forwarded entry (or the channel failed). */
@@ -272,7 +275,8 @@ static int proposer_forward(struct proposer *p,
                             void *arg)
 {
     char addr[PROPOSER_ADDR_MAX];
-    if (proposer_leader_addr(p, addr, sizeof(addr)) != 0)
+    uint64_t leader;
+    if (proposer_leader_addr(p, &leader, addr, sizeof(addr)) != 0)
         return HAMR_ENOQUORUM;
     struct proposer_fwd *f = calloc(1, sizeof(*f));
     if (f == NULL)
@@ -285,7 +289,7 @@ static int proposer_forward(struct proposer *p,
     Hamr__PeerMsg msg = HAMR__PEER_MSG__INIT;
     msg.body_case = HAMR__PEER_MSG__BODY_PROPOSE;
     msg.propose = &pp;
-    int rv = p->ops.forward(p->ops.data, addr, &msg, timeout_ms, proposer_fwd_done, f);
+    int rv = p->ops.forward(p->ops.data, leader, addr, &msg, timeout_ms, proposer_fwd_done, f);
     if (rv != 0) {
         free(f);
         return rv;
@@ -611,7 +615,8 @@ static void proposer_sub_query(struct proposer_sub *s)
         return;
     }
     char addr[PROPOSER_ADDR_MAX];
-    if (proposer_leader_addr(p, addr, sizeof(addr)) != 0) {
+    uint64_t leader;
+    if (proposer_leader_addr(p, &leader, addr, sizeof(addr)) != 0) {
         proposer_sub_no_leader(s);
         return;
     }
@@ -621,10 +626,9 @@ static void proposer_sub_query(struct proposer_sub *s)
     msg.body_case = HAMR__PEER_MSG__BODY_QUERY;
     msg.query = &q;
     uint64_t now = p->ops.now(p->ops.data);
-    uint64_t leader = p->ops.leader_id(p->ops.data);
     struct proposer_try *t = proposer_try_new(s);
     int rv = t == NULL ? HAMR_ENOMEM
-                       : p->ops.forward(p->ops.data, addr, &msg, s->deadline - now,
+                       : p->ops.forward(p->ops.data, leader, addr, &msg, s->deadline - now,
                                         proposer_sub_queried, t);
     if (rv != 0) {
         s->attempt = NULL;

@@ -67,8 +67,12 @@ struct proposer_ops {
     void (*free)(void *buf);
     /* append - buf (from alloc) into raft; on 0 it is raft's and cb runs once. */
     int (*append)(void *data, uint8_t *buf, size_t len, proposer_raft_cb cb, void *arg);
-    /* forward - send msg (propose or query) to addr; on 0 cb runs once. */
+    /*
+     * forward - send msg (propose or query) to leader at addr (the peer
+     * channel checks, with TLS, that addr is that node); on 0 cb runs once.
+     */
     int (*forward)(void *data,
+                   uint64_t leader,
                    const char *addr,
                    const Hamr__PeerMsg *msg,
                    uint64_t timeout_ms,

@@ -152,7 +152,10 @@ static int relay_prop_append(void *data, uint8_t *buf, size_t len, proposer_raft
     return consensus_propose(r->cons, buf, len, cb, arg);
 }
 
+/* relay_prop_forward - to the leader's peer port; with cluster TLS its certificate must be
+ * leader's. */
 static int relay_prop_forward(void *data,
+                              uint64_t leader,
                               const char *addr,
                               const Hamr__PeerMsg *msg,
                               uint64_t timeout_ms,
@@ -160,7 +163,7 @@ static int relay_prop_forward(void *data,
                               void *arg)
 {
     struct relay *r = data;
-    return peer_client_call(r->peer_cli, addr, msg, timeout_ms, cb, arg);
+    return peer_client_call(r->peer_cli, leader, addr, msg, timeout_ms, cb, arg);
 }
 
 static void relay_prop_reply(void *data, void *call, const Hamr__PeerResult *res)
@@ -536,13 +539,13 @@ static int relay_start_channels(struct relay *r, char *err, size_t errlen)
              cfg->listen_control.host, (unsigned)cfg->listen_control.port);
     if (cfg->listen_peer.host[0] != '\0') {
         struct peer_handler ph = {.data = r, .request = relay_peer_request};
-        rv = peer_server_new(r->loop, cfg->listen_peer.host, cfg->listen_peer.port, &ph,
+        rv = peer_server_new(r->loop, cfg->listen_peer.host, cfg->listen_peer.port, r->ctls, &ph,
                              &r->peer_srv, err, errlen);
         if (rv != 0)
             return rv;
         snprintf(self.peer_address, sizeof(self.peer_address), "%.48s:%u", cfg->listen_peer.host,
                  (unsigned)cfg->listen_peer.port);
-        r->peer_cli = peer_client_new(r->loop, cfg->node_id, RELAY_VERSION);
+        r->peer_cli = peer_client_new(r->loop, cfg->node_id, RELAY_VERSION, r->ctls);
         if (r->peer_cli == NULL) {
             snprintf(err, errlen, "out of memory");
             return HAMR_ENOMEM;

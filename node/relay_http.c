@@ -5,7 +5,7 @@
  * where the events happen.
  *
  * Owns: nothing. May call: reads of the queue, raft's view, the disk guard,
- * the proposer's counters, metrics; never relay.c.
+ * the proposer's and the peer server's counters, metrics; never relay.c.
  */
 #include <stdint.h>
 #include <string.h>
@@ -17,6 +17,7 @@
 #include "net/smtpd_server.h"
 #include "node/http.h"
 #include "node/metrics.h"
+#include "node/peer.h"
 #include "node/relay_internal.h"
 
 /*
@@ -86,6 +87,20 @@ void relay_metrics_fill(void *data, struct metrics *m)
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_REFUSED, ci.port.refused);
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_TIMED_OUT, ci.port.timed_out);
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_OVER_CAP, ci.port.over_cap);
+    if (r->peer_srv != NULL) {
+        struct peer_server_stats pst;
+        peer_server_stats(r->peer_srv, &pst);
+        metrics_counter_set(m, METRICS_PEER_PORT, METRICS_PEER_PORT_ACCEPTED, pst.accepted);
+        metrics_counter_set(m, METRICS_PEER_PORT, METRICS_PEER_PORT_TLS, pst.tls);
+        metrics_counter_set(m, METRICS_PEER_PORT, METRICS_PEER_PORT_IDENTITY, pst.identity);
+        metrics_counter_set(m, METRICS_PEER_PORT, METRICS_PEER_PORT_TIMED_OUT, pst.timed_out);
+    }
+    if (r->peer_cli != NULL) {
+        struct peer_client_stats pcs;
+        peer_client_stats(r->peer_cli, &pcs);
+        metrics_counter_set(m, METRICS_PEER_PORT, METRICS_PEER_PORT_OUT_TLS, pcs.tls);
+        metrics_counter_set(m, METRICS_PEER_PORT, METRICS_PEER_PORT_OUT_IDENTITY, pcs.identity);
+    }
     metrics_gauge_set(m, METRICS_DISK_FREE_BYTES, 0, (double)r->disk.free_bytes);
     metrics_gauge_set(m, METRICS_DRAINING, 0, r->draining);
     metrics_gauge_set(m, METRICS_SESSIONS_OPEN, 0, (double)smtpd_server_sessions(r->smtpd));

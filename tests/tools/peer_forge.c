@@ -11,7 +11,16 @@
  *   peer_forge ADDR AS_NODE cluster-level LEVEL
  *   peer_forge ADDR AS_NODE enqueue-as NODE             (accepted_by NODE)
  *
- * Prints "status=N name" (the leader's answer; 0 = committed) and exits 0
+ * AS_NODE is the id the hello names. Over cluster TLS, options first:
+ *
+ *   peer_forge --ca CA.pem --cert CERT.pem --key KEY.pem --to NODE ADDR AS_NODE ...
+ *
+ * presents CERT (a member's, or a stranger's: an operator's, or one of
+ * another CA with that CA as CA.pem) and checks that ADDR is node NODE (the
+ * leader).
+ *
+ * Prints "status=N name" (the leader's answer; 0 = committed; else the
+ * channel's error, e.g. -14 when the connection was refused) and exits 0
  * when an answer came, 1 when none did, 2 on bad usage.
  */
 #include <inttypes.h>
@@ -24,6 +33,7 @@
 #include "util/err.h"
 #include "proto/hamr.pb-c.h"
 #include "queue/queue_entry.h"
+#include "net/cluster_tls.h"
 #include "node/peer.h"
 
 struct forge {
@@ -102,33 +112,73 @@ static int forge_entry(int argc, char **argv, uint8_t **buf, size_t *len)
     return HAMR_EINVAL;
 }
 
+/* forge_tls - the client's contexts from --ca/--cert/--key; NULL (told why) if they do not load. */
+static struct cluster_tls *forge_tls(const char *ca, const char *cert, const char *key)
+{
+    char err[512] = "";
+    struct cluster_tls_files files = {.ca = ca, .cert = cert, .key = key};
+    struct cluster_tls *c = NULL;
+    if (cluster_tls_new(&files, &c, err, sizeof(err)) != 0) {
+        fprintf(stderr, "peer_forge: %s\n", err);
+        return NULL;
+    }
+    return c;
+}
+
 int main(int argc, char **argv)
 {
     uint8_t *entry = NULL;
     size_t len = 0;
-    if (argc < 4 || forge_entry(argc, argv, &entry, &len) != 0) {
-        fprintf(stderr, "usage: peer_forge ADDR AS_NODE KIND ARGS... (see the source)\n");
+    const char *ca = NULL, *cert = NULL, *key = NULL;
+    uint64_t to = 0;
+    while (argc > 2 && strncmp(argv[1], "--", 2) == 0) {
+        if (strcmp(argv[1], "--ca") == 0)
+            ca = argv[2];
+        else if (strcmp(argv[1], "--cert") == 0)
+            cert = argv[2];
+        else if (strcmp(argv[1], "--key") == 0)
+            key = argv[2];
+        else if (strcmp(argv[1], "--to") == 0)
+            to = strtoull(argv[2], NULL, 10);
+        else
+            break;
+        argv += 2;
+        argc -= 2;
+    }
+    if (argc < 4 || forge_entry(argc, argv, &entry, &len) != 0 ||
+        (ca != NULL && (cert == NULL || key == NULL || to == 0))) {
+        fprintf(stderr,
+                "usage: peer_forge [--ca F --cert F --key F --to NODE] ADDR AS_NODE KIND "
+                "ARGS... (see the source)\n");
+        free(entry);
+        return 2;
+    }
+    struct cluster_tls *ctls = NULL;
+    if (ca != NULL && (ctls = forge_tls(ca, cert, key)) == NULL) {
+        free(entry);
         return 2;
     }
     uv_loop_t loop;
     uv_loop_init(&loop);
     struct forge f = {.status = HAMR_ETIMEDOUT};
-    f.cli = peer_client_new(&loop, strtoull(argv[2], NULL, 10), "forge");
+    f.cli = peer_client_new(&loop, strtoull(argv[2], NULL, 10), "forge", ctls);
     Hamr__PeerPropose pp = HAMR__PEER_PROPOSE__INIT;
     pp.entry.data = entry;
     pp.entry.len = len;
     Hamr__PeerMsg msg = HAMR__PEER_MSG__INIT;
     msg.body_case = HAMR__PEER_MSG__BODY_PROPOSE;
     msg.propose = &pp;
-    int rv =
-        f.cli == NULL ? HAMR_ENOMEM : peer_client_call(f.cli, argv[1], &msg, 10000, forge_done, &f);
+    int rv = f.cli == NULL ? HAMR_ENOMEM
+                           : peer_client_call(f.cli, to, argv[1], &msg, 10000, forge_done, &f);
     free(entry);
     if (rv != 0) {
         fprintf(stderr, "peer_forge: %s\n", hamr_strerror(rv));
+        cluster_tls_free(ctls);
         return 1;
     }
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
+    cluster_tls_free(ctls);
     printf("status=%d %s\n", f.status, f.status ? hamr_strerror(f.status) : "committed");
     return f.answered ? 0 : 1;
 }

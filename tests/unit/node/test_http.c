@@ -14,10 +14,14 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <uv.h>
 
@@ -156,6 +160,9 @@ struct fixture {
     struct http *srv;
     uint16_t port;
     bool srv_closed;
+    struct http *extra; /* a second server a test made; teardown closes it if the test did not */
+    bool extra_closed;
+    int extra_fd;            /* a raw client socket a test made, -1: none */
     struct testlib_loop run; /* bounds every wait */
     struct metrics *metrics;
     struct health_input health;
@@ -216,6 +223,7 @@ static int setup(void **state)
         return -1;
     }
     f->port = http_port(f->srv);
+    f->extra_fd = -1;
     *state = f;
     return 0;
 }
@@ -251,6 +259,10 @@ static int teardown(void **state)
         http_close(f->srv, test_srv_closed_cb, f);
         http_close(f->srv, test_srv_closed_cb, f); /* idempotent */
     }
+    if (f->extra != NULL && !f->extra_closed)
+        http_close(f->extra, test_flag_cb, &f->extra_closed);
+    if (f->extra_fd >= 0)
+        close(f->extra_fd);
     for (size_t i = 0; i < f->n_clients; i++)
         test_client_close(f->clients[i]);
     testlib_loop_close(&f->run);
@@ -626,6 +638,61 @@ static void http_slow_client(void **state)
     }
 }
 
+/*
+ * http_slow_reader - a client that asks for a large /metrics and never
+ * reads: its place is freed at the write timeout, not held for as long as
+ * it likes (nor only after the linger, which would mean the answer went).
+ */
+static void http_slow_reader(void **state)
+{
+    struct fixture *f = *state;
+    /* A registry whose text (about 3 MiB) no socket buffers take while nobody reads. */
+    enum { FAMILIES = 1500, HELP = 2000 };
+    struct metrics_def *defs = calloc(FAMILIES, sizeof(*defs));
+    char *names = calloc(FAMILIES, 32);
+    char *help = malloc(HELP + 1);
+    assert_true(defs != NULL && names != NULL && help != NULL);
+    memset(help, 'h', HELP);
+    help[HELP] = '\0';
+    for (int i = 0; i < FAMILIES; i++) {
+        snprintf(names + 32 * i, 32, "test_big_%d", i);
+        defs[i] = (struct metrics_def){.name = names + 32 * i, .help = help, .type = METRICS_GAUGE};
+    }
+    struct metrics *big = NULL;
+    assert_int_equal(metrics_new(defs, FAMILIES, &big), 0);
+    struct http_handler h = {.data = f, .ready = test_ready, .metrics = big};
+    char err[256];
+    assert_int_equal(http_new(&f->loop, "127.0.0.1", 0, &h, &f->extra, err, sizeof(err)), 0);
+    struct http *srv = f->extra;
+    http_set_write_timeout(srv, 200);
+
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    f->extra_fd = fd;
+    int small = 4096;
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+    struct sockaddr_in sa;
+    uv_ip4_addr("127.0.0.1", http_port(srv), &sa);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    const char *req = "GET /metrics HTTP/1.1\r\n\r\n";
+    assert_int_equal(send(fd, req, strlen(req), 0), (ssize_t)strlen(req));
+    TESTLIB_LOOP_UNTIL(&f->run, http_conns(srv) == 1);
+    uint64_t start = uv_now(&f->loop);
+    TESTLIB_LOOP_UNTIL(&f->run, http_conns(srv) == 0);
+    uint64_t took = uv_now(&f->loop) - start;
+    print_message("slow reader closed after %llu ms\n", (unsigned long long)took);
+    assert_true(took >= 150);
+    assert_true(took < 1500); /* the linger (2 s) would mean the answer was taken */
+    close(fd);
+    f->extra_fd = -1;
+
+    http_close(srv, test_flag_cb, &f->extra_closed);
+    test_run_until(f, &f->extra_closed);
+    metrics_free(big);
+    free(defs);
+    free(names);
+    free(help);
+}
+
 /* test_count_eof - clients from first on that have seen EOF. */
 static size_t test_count_eof(struct fixture *f, size_t first)
 {
@@ -714,6 +781,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(http_split_head, setup, teardown),
         cmocka_unit_test_setup_teardown(http_half_close, setup, teardown),
         cmocka_unit_test_setup_teardown(http_slow_client, setup, teardown),
+        cmocka_unit_test_setup_teardown(http_slow_reader, setup, teardown),
         cmocka_unit_test_setup_teardown(http_many_conns, setup, teardown),
         cmocka_unit_test_setup_teardown(http_close_with_clients, setup, teardown),
         cmocka_unit_test_setup_teardown(http_new_errors, setup, teardown),

@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,15 +40,19 @@
 #include "util/err.h"
 #include "util/log.h"
 
+#include "net/cluster_tls.h"
+#include "net/tls_stream.h"
 #include "node/peer.h"
 #include "tests/lib/testlib_loop.h"
+#include "tests/lib/testlib_pki.h"
 
 #define TEST_GUARD_MS 10000
 #define TEST_MAX_ITER 200000
 #define TEST_MAX_CALLS 256
 #define TEST_MAX_HELD 16
-#define TEST_SELF_ID 42
-#define TEST_LATER_MS 5
+#define TEST_SELF_ID 42  /* the client's node (and its certificate's) */
+#define TEST_SERVER_ID 1 /* the server's node (and its certificate's) */
+#define TEST_LATER_MS 5  /* "later" answers after this (fixture's later_ms) */
 
 /* test_result - what one client callback saw. */
 struct test_result {
@@ -59,6 +64,23 @@ struct test_result {
     bool found;
 };
 
+/*
+ * test_group - plaintext, or cluster TLS: the CA's node 1 (the server), node
+ * 42 (the client), node 2, operator alice; and a stranger: another CA with
+ * its own node 42.
+ */
+struct test_group {
+    bool tls;
+    struct testlib_pki pki, other;
+    struct cluster_tls *srv_tls; /* node 1; NULL in plaintext */
+    struct cluster_tls *cli_tls; /* node 42; NULL in plaintext */
+    struct cluster_tls *n2_tls;  /* node 2 */
+    struct cluster_tls *op_tls;  /* operator alice */
+    struct cluster_tls *far_tls; /* the other CA's node 42 */
+    SSL_CTX *nocert;             /* trusts the CA, shows no certificate */
+    SSL_CTX *foreign;            /* trusts the CA, shows the other CA's node 42 */
+};
+
 /* test_held - a call the handler has not answered yet, with its answer. */
 struct test_held {
     struct peer_call *call;
@@ -66,6 +88,7 @@ struct test_held {
 };
 
 struct fixture {
+    struct test_group *g;
     uv_loop_t loop;
     struct testlib_loop run; /* bounds every wait */
 
@@ -82,6 +105,7 @@ struct fixture {
     uint64_t last_node;
     size_t last_entry_len;
     uv_timer_t later_timer;
+    uint64_t later_ms;
     struct test_held later[TEST_MAX_CALLS];
     size_t n_later;
     struct test_held held[TEST_MAX_HELD];
@@ -162,7 +186,7 @@ static void test_request(void *data, struct peer_call *call, const Hamr__PeerMsg
     if (strcmp(mode, "later") == 0 && f->n_later < TEST_MAX_CALLS) {
         f->later[f->n_later++] = (struct test_held){call, n};
         if (!uv_is_active((uv_handle_t *)&f->later_timer))
-            uv_timer_start(&f->later_timer, test_later_cb, TEST_LATER_MS, 0);
+            uv_timer_start(&f->later_timer, test_later_cb, f->later_ms, 0);
     } else if (strcmp(mode, "hold") == 0 && f->n_held < TEST_MAX_HELD) {
         f->held[f->n_held++] = (struct test_held){call, n};
     } else {
@@ -209,7 +233,8 @@ static int test_query(struct fixture *f, const char *addr, const char *mode, int
     m.body_case = HAMR__PEER_MSG__BODY_QUERY;
     m.query = &q;
     test_in_call = true;
-    int rv = peer_client_call(f->cli, addr, &m, ms, test_result_order_cb, &f->res[i]);
+    int rv =
+        peer_client_call(f->cli, TEST_SERVER_ID, addr, &m, ms, test_result_order_cb, &f->res[i]);
     test_in_call = false;
     return rv;
 }
@@ -230,7 +255,8 @@ static int test_propose(struct fixture *f, int i, size_t n, int64_t *hash)
     m.propose = &p;
     m.req_id = 12345; /* ignored: the client assigns its own */
     test_in_call = true;
-    int rv = peer_client_call(f->cli, f->addr, &m, 10000, test_result_order_cb, &f->res[i]);
+    int rv = peer_client_call(f->cli, TEST_SERVER_ID, f->addr, &m, 10000, test_result_order_cb,
+                              &f->res[i]);
     test_in_call = false;
     free(data); /* packed already: the client keeps nothing of req */
     return rv;
@@ -262,7 +288,8 @@ static int test_server_start(struct fixture *f, uint16_t port)
 {
     struct peer_handler h = {.data = f, .request = test_request};
     char err[256];
-    int rv = peer_server_new(&f->loop, "127.0.0.1", port, &h, &f->srv, err, sizeof(err));
+    int rv =
+        peer_server_new(&f->loop, "127.0.0.1", port, f->g->srv_tls, &h, &f->srv, err, sizeof(err));
     if (rv != 0) {
         fprintf(stderr, "%s\n", err);
         f->srv = NULL;
@@ -302,20 +329,22 @@ static void test_assert_once(const struct fixture *f, int n, int status)
     }
 }
 
-/* setup - a fresh loop, a server on a free port and a client. */
+/* setup - a fresh loop, a server on a free port and a client (group state in, fixture out). */
 static int setup(void **state)
 {
     struct fixture *f = calloc(1, sizeof(*f));
     if (f == NULL || uv_loop_init(&f->loop) != 0)
         return -1;
+    f->g = *state;
     log_set_level(LOG_LEVEL_ERROR);
     testlib_loop_init(&f->run, &f->loop, TEST_GUARD_MS, TEST_MAX_ITER);
     uv_timer_init(&f->loop, &f->later_timer);
     f->later_timer.data = f;
+    f->later_ms = TEST_LATER_MS;
     f->raw_fd = -1;
     if (test_server_start(f, 0) != 0)
         return -1;
-    f->cli = peer_client_new(&f->loop, TEST_SELF_ID, "hamr-test");
+    f->cli = peer_client_new(&f->loop, TEST_SELF_ID, "hamr-test", f->g->cli_tls);
     if (f->cli == NULL)
         return -1;
     test_order_fixture = f;
@@ -483,6 +512,10 @@ static void test_hello_and_answer(void **state)
     assert_int_equal(f->last_node, TEST_SELF_ID);
     assert_int_equal(f->requests, 1);
     assert_int_equal(peer_client_pending(f->cli), 0);
+    struct peer_server_stats st;
+    peer_server_stats(f->srv, &st);
+    assert_int_equal(st.accepted, 1);
+    assert_int_equal(st.tls + st.identity + st.timed_out, 0);
 }
 
 /* test_pipelined - 200 calls on one connection, half answered later in reverse order. */
@@ -816,6 +849,9 @@ static void test_client_close_outstanding(void **state)
 {
     struct fixture *f = *state;
     enum { N = 3 };
+    /* The "later" answer must come after the close, even if the calls arrive
+     * in several reads (as they may with TLS on a slow machine). */
+    f->later_ms = 500;
     for (int i = 0; i < N; i++)
         assert_int_equal(test_query(f, f->addr, "hold", i, 5000), 0);
     assert_int_equal(test_query(f, f->addr, "later", N, 5000), 0);
@@ -853,8 +889,9 @@ static void test_backpressure(void **state)
         Hamr__PeerMsg m = HAMR__PEER_MSG__INIT;
         m.body_case = HAMR__PEER_MSG__BODY_QUERY;
         m.query = &q;
-        assert_int_equal(
-            peer_client_call(f->cli, f->addr, &m, 5000, test_result_order_cb, &f->res[i]), 0);
+        assert_int_equal(peer_client_call(f->cli, TEST_SERVER_ID, f->addr, &m, 5000,
+                                          test_result_order_cb, &f->res[i]),
+                         0);
     }
     free(id);
     test_wait(f, f->n_held >= 2);
@@ -902,14 +939,16 @@ static void test_call_errors(void **state)
         assert_int_equal(test_query(f, bad_addrs[i], "now", 0, 5000), HAMR_EINVAL);
     }
     Hamr__PeerMsg none = HAMR__PEER_MSG__INIT;
-    assert_int_equal(peer_client_call(f->cli, f->addr, &none, 0, test_result_cb, &f->res[0]),
-                     HAMR_EINVAL);
+    assert_int_equal(
+        peer_client_call(f->cli, TEST_SERVER_ID, f->addr, &none, 0, test_result_cb, &f->res[0]),
+        HAMR_EINVAL);
     Hamr__PeerHello h = HAMR__PEER_HELLO__INIT;
     Hamr__PeerMsg hello = HAMR__PEER_MSG__INIT;
     hello.body_case = HAMR__PEER_MSG__BODY_HELLO;
     hello.hello = &h;
-    assert_int_equal(peer_client_call(f->cli, f->addr, &hello, 0, test_result_cb, &f->res[0]),
-                     HAMR_EINVAL);
+    assert_int_equal(
+        peer_client_call(f->cli, TEST_SERVER_ID, f->addr, &hello, 0, test_result_cb, &f->res[0]),
+        HAMR_EINVAL);
 
     /* Over the queue limit while still connecting: HAMR_EBUSY; the first goes through. */
     peer_client_set_queue_limit(f->cli, 1024 * 1024);
@@ -934,7 +973,7 @@ static void test_ipv6(void **state)
     struct peer_handler h = {.data = f, .request = test_request};
     struct peer_server *s6 = NULL;
     char err[256];
-    if (peer_server_new(&f->loop, "::1", 0, &h, &s6, err, sizeof(err)) != 0) {
+    if (peer_server_new(&f->loop, "::1", 0, f->g->srv_tls, &h, &s6, err, sizeof(err)) != 0) {
         /* The failed server closes itself: let its handle go before skipping. */
         test_spin(f);
         skip();
@@ -951,9 +990,403 @@ static void test_ipv6(void **state)
     assert_int_equal(f->res[4].leader, TEST_SELF_ID);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Cluster TLS: identities.                                                 */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * test_other_client - one query from a client of its own (self_id, its
+ * certificate ctls, NULL: plaintext) to node at the server's address; its
+ * status once the client has closed again, its counters in *cst.
+ */
+static int test_other_client(struct fixture *f,
+                             uint64_t self_id,
+                             struct cluster_tls *ctls,
+                             uint64_t node,
+                             struct peer_client_stats *cst)
+{
+    struct peer_client *c = peer_client_new(&f->loop, self_id, "other", ctls);
+    assert_non_null(c);
+    char id[32] = "now:9";
+    Hamr__PeerQuery q = HAMR__PEER_QUERY__INIT;
+    q.queue_id = id;
+    Hamr__PeerMsg m = HAMR__PEER_MSG__INIT;
+    m.body_case = HAMR__PEER_MSG__BODY_QUERY;
+    m.query = &q;
+    struct test_result r = {0};
+    assert_int_equal(peer_client_call(c, node, f->addr, &m, 5000, test_result_cb, &r), 0);
+    test_wait(f, r.count > 0);
+    peer_client_stats(c, cst);
+    bool closed = false;
+    peer_client_close(c, test_flag_cb, &closed);
+    test_wait(f, closed && peer_server_conns(f->srv) == 0);
+    assert_int_equal(r.count, 1);
+    return r.status;
+}
+
+/* test_stats - the server's counters now. */
+static struct peer_server_stats test_stats(const struct fixture *f)
+{
+    struct peer_server_stats st;
+    peer_server_stats(f->srv, &st);
+    return st;
+}
+
+/*
+ * test_tls_hello_must_match_cert - node 42's certificate with a hello that
+ * says node 7: refused before any request, counted as identity; the true
+ * hello still passes and its calls carry the certificate's id.
+ */
+static void test_tls_hello_must_match_cert(void **state)
+{
+    struct fixture *f = *state;
+    struct peer_client_stats cst;
+    assert_int_equal(test_other_client(f, 7, f->g->cli_tls, TEST_SERVER_ID, &cst), HAMR_ECONNECT);
+    assert_int_equal(cst.tls + cst.identity, 0); /* the server was the one meant */
+    struct peer_server_stats st = test_stats(f);
+    assert_int_equal(st.identity, 1);
+    assert_int_equal(st.accepted, 0);
+    assert_int_equal(f->requests, 0);
+
+    assert_int_equal(test_query(f, f->addr, "now", 1, 5000), 0);
+    test_wait(f, f->res[1].count > 0);
+    assert_int_equal(f->res[1].status, 0);
+    assert_int_equal(f->last_node, TEST_SELF_ID);
+    st = test_stats(f);
+    assert_int_equal(st.accepted, 1);
+    assert_int_equal(st.identity, 1);
+}
+
+/*
+ * test_tls_not_a_member - certificates that are not a node's of this CA:
+ * another CA's node, an operator's, and no TLS at all. Each fails the call
+ * (HAMR_ECONNECT), never reaches the handler, and counts as tls.
+ */
+static void test_tls_not_a_member(void **state)
+{
+    struct fixture *f = *state;
+    struct peer_client_stats cst;
+    /* The other CA's node does not take our server either: its own handshake fails. */
+    assert_int_equal(test_other_client(f, 42, f->g->far_tls, TEST_SERVER_ID, &cst), HAMR_ECONNECT);
+    assert_int_equal(cst.tls, 1);
+    assert_int_equal(test_other_client(f, 42, f->g->op_tls, TEST_SERVER_ID, &cst), HAMR_ECONNECT);
+    assert_int_equal(test_other_client(f, 42, NULL, TEST_SERVER_ID, &cst), HAMR_ECONNECT);
+    struct peer_server_stats st = test_stats(f);
+    assert_int_equal(st.tls, 3);
+    assert_int_equal(st.accepted + st.identity, 0);
+    assert_int_equal(f->requests, 0);
+}
+
+/* test_rawtls - a TLS client of the test's own: any context, frames written before the handshake.
+ */
+struct test_rawtls {
+    struct tls_stream_handle h;
+    struct tls_stream *ts;
+    uv_connect_t connect;
+    SSL_CTX *ctx;
+    uint8_t out[256];
+    size_t n_out;
+    int hs;   /* handshake_cb with 0 */
+    int ends; /* the end, reported */
+    int end_status;
+    int wrote; /* write callbacks */
+    size_t got;
+    bool closed;
+    char rbuf[512];
+};
+
+static void test_rawtls_alloc_cb(void *data, uv_buf_t *b)
+{
+    struct test_rawtls *t = data;
+    *b = uv_buf_init(t->rbuf, sizeof(t->rbuf));
+}
+
+static void test_rawtls_read_cb(void *data, ssize_t nread, const uv_buf_t *b)
+{
+    struct test_rawtls *t = data;
+    (void)b;
+    if (nread > 0)
+        t->got += (size_t)nread;
+    if (nread < 0) {
+        t->ends++;
+        t->end_status = (int)nread;
+    }
+}
+
+static void test_rawtls_hs_cb(void *data, int status)
+{
+    struct test_rawtls *t = data;
+    if (status == 0) {
+        t->hs++;
+        return;
+    }
+    t->ends++;
+    t->end_status = status;
+}
+
+static void test_rawtls_write_cb(void *arg, int status)
+{
+    struct test_rawtls *t = arg;
+    (void)status;
+    t->wrote++;
+}
+
+static void test_rawtls_connect_cb(uv_connect_t *req, int status)
+{
+    struct test_rawtls *t = hamr_container_of(req, struct test_rawtls, connect);
+    if (status < 0) {
+        t->ends++;
+        t->end_status = status;
+        return;
+    }
+    const struct tls_stream_ops ops = {.data = t,
+                                       .alloc_cb = test_rawtls_alloc_cb,
+                                       .read_cb = test_rawtls_read_cb,
+                                       .handshake_cb = test_rawtls_hs_cb};
+    if (tls_stream_init(&t->ts, &t->h, t->ctx, false, &ops) != 0 ||
+        tls_stream_write(t->ts, t->out, t->n_out, test_rawtls_write_cb, t) != 0 ||
+        tls_stream_read_start(t->ts) != 0) {
+        t->ends++;
+        t->end_status = UV_EPROTO;
+    }
+}
+
+static void test_rawtls_closed_cb(uv_handle_t *h)
+{
+    struct test_rawtls *t = hamr_container_of(h, struct test_rawtls, h.u.stream);
+    tls_stream_free(t->ts);
+    t->closed = true;
+}
+
+/*
+ * test_tls_stranger_certs - a client that shows no certificate, and one
+ * that shows another CA's (trusting ours): the server's handshake fails,
+ * it counts them, and the hello and query they sent reach nobody.
+ */
+static void test_tls_stranger_certs(void **state)
+{
+    struct fixture *f = *state;
+    SSL_CTX *ctxs[] = {f->g->nocert, f->g->foreign};
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(ctxs); i++) {
+        struct test_rawtls *t = calloc(1, sizeof(*t));
+        assert_non_null(t);
+        t->ctx = ctxs[i];
+        t->n_out = test_pack_hello(TEST_SELF_ID, t->out, sizeof(t->out));
+        t->n_out += test_pack_query("now:3", 3, t->out + t->n_out, sizeof(t->out) - t->n_out);
+        struct sockaddr_in sa;
+        uv_ip4_addr("127.0.0.1", f->port, &sa);
+        assert_int_equal(uv_tcp_init(&f->loop, &t->h.u.tcp), 0);
+        assert_int_equal(uv_tcp_connect(&t->connect, &t->h.u.tcp, (struct sockaddr *)&sa,
+                                        test_rawtls_connect_cb),
+                         0);
+        test_wait(f, t->ends > 0 && peer_server_conns(f->srv) == 0);
+        uv_close((uv_handle_t *)&t->h.u.stream, test_rawtls_closed_cb);
+        test_wait(f, t->closed);
+        print_message("stranger %zu: %s\n", i, uv_err_name(t->end_status));
+        assert_int_equal(t->ends, 1);
+        assert_int_equal(t->got, 0);
+        assert_int_equal(t->wrote, 1);
+        free(t);
+        struct peer_server_stats st = test_stats(f);
+        assert_int_equal(st.tls, i + 1);
+        assert_int_equal(st.accepted, 0);
+    }
+    assert_int_equal(f->requests, 0);
+}
+
+/*
+ * test_tls_wrong_server - the client means node 2, the server at that
+ * address is node 1: the call fails and nothing is sent (no hello, no
+ * request reach the server).
+ */
+static void test_tls_wrong_server(void **state)
+{
+    struct fixture *f = *state;
+    Hamr__PeerQuery q = HAMR__PEER_QUERY__INIT;
+    q.queue_id = "now:5";
+    Hamr__PeerMsg m = HAMR__PEER_MSG__INIT;
+    m.body_case = HAMR__PEER_MSG__BODY_QUERY;
+    m.query = &q;
+    assert_int_equal(peer_client_call(f->cli, 2, f->addr, &m, 5000, test_result_cb, &f->res[0]), 0);
+    test_wait(f, f->res[0].count > 0);
+    test_wait(f, peer_server_conns(f->srv) == 0);
+    test_spin(f);
+    assert_int_equal(f->res[0].status, HAMR_ECONNECT);
+    struct peer_client_stats cst;
+    peer_client_stats(f->cli, &cst);
+    assert_int_equal(cst.identity, 1);
+    assert_int_equal(cst.tls, 0);
+    struct peer_server_stats st = test_stats(f);
+    assert_int_equal(st.accepted + st.identity + st.tls, 0);
+    assert_int_equal(f->requests, 0);
+    /* Node 0 names no certificate: refused at once. */
+    assert_int_equal(peer_client_call(f->cli, 0, f->addr, &m, 5000, test_result_cb, &f->res[1]),
+                     HAMR_EINVAL);
+    /* The node meant (node 1) at the same address: a connection of its own, answered. */
+    assert_int_equal(test_query(f, f->addr, "now", 2, 5000), 0);
+    test_wait(f, f->res[2].count > 0);
+    assert_int_equal(f->res[2].status, 0);
+    assert_int_equal(f->res[2].result, 2);
+}
+
+/*
+ * test_tls_handshake_deadline - a connection that never starts TLS is closed
+ * at the hello deadline, counted as timed out; one that finished the
+ * handshake and never says hello too.
+ */
+static void test_tls_handshake_deadline(void **state)
+{
+    struct fixture *f = *state;
+    peer_server_set_timeouts(f->srv, 200, 60000);
+    uint64_t t0 = uv_now(&f->loop);
+    test_raw_connect(f, f->port);
+    test_wait(f, peer_server_conns(f->srv) == 1);
+    test_wait(f, f->raw_eof && peer_server_conns(f->srv) == 0);
+    uv_update_time(&f->loop);
+    assert_true(uv_now(&f->loop) - t0 >= 150);
+    assert_int_equal(test_stats(f).timed_out, 1);
+
+    struct test_rawtls *t = calloc(1, sizeof(*t));
+    assert_non_null(t);
+    t->ctx = cluster_tls_client_ctx(f->g->cli_tls);
+    t->n_out = test_pack_query("now:4", 4, t->out, sizeof(t->out)); /* a request, no hello */
+    struct sockaddr_in sa;
+    uv_ip4_addr("127.0.0.1", f->port, &sa);
+    assert_int_equal(uv_tcp_init(&f->loop, &t->h.u.tcp), 0);
+    assert_int_equal(
+        uv_tcp_connect(&t->connect, &t->h.u.tcp, (struct sockaddr *)&sa, test_rawtls_connect_cb),
+        0);
+    test_wait(f, t->ends > 0);
+    assert_int_equal(t->hs, 1);
+    assert_true(t->got > 0); /* the request was answered: node from the certificate */
+    uv_close((uv_handle_t *)&t->h.u.stream, test_rawtls_closed_cb);
+    test_wait(f, t->closed && peer_server_conns(f->srv) == 0);
+    free(t);
+    assert_int_equal(f->requests, 1);
+    assert_int_equal(f->last_node, TEST_SELF_ID);
+    assert_int_equal(test_stats(f).timed_out, 2);
+}
+
+/*
+ * test_tls_handshake_timeout - a listener that takes the TCP connection
+ * (kernel backlog) and never answers TLS: the connect timeout covers the
+ * handshake, so the call fails then, not at its own deadline.
+ */
+static void test_tls_handshake_timeout(void **state)
+{
+    struct fixture *f = *state;
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    socklen_t len = sizeof(sa);
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(lfd, 8), 0);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &len), 0);
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
+    peer_client_set_connect_timeout(f->cli, 100);
+    uint64_t t0 = uv_now(&f->loop);
+    assert_int_equal(test_query(f, addr, "now", 0, 5000), 0);
+    test_wait(f, f->res[0].count > 0);
+    uv_update_time(&f->loop);
+    uint64_t took = uv_now(&f->loop) - t0;
+    close(lfd);
+    test_assert_once(f, 1, HAMR_ECONNECT);
+    assert_true(took >= 90 && took < 2000);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Groups.                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* test_tls_load - cluster contexts for NAME (node-ID, operator-NAME) of pki. */
+static struct cluster_tls *test_tls_load(const struct testlib_pki *pki, const char *name)
+{
+    char ca[512], cert[512], key[512], n[96], err[512];
+    testlib_pki_path(pki, "ca.pem", ca, sizeof(ca));
+    snprintf(n, sizeof(n), "%s.pem", name);
+    testlib_pki_path(pki, n, cert, sizeof(cert));
+    snprintf(n, sizeof(n), "%s.key", name);
+    testlib_pki_path(pki, n, key, sizeof(key));
+    struct cluster_tls_files files = {.ca = ca, .cert = cert, .key = key};
+    struct cluster_tls *c = NULL;
+    if (cluster_tls_new(&files, &c, err, sizeof(err)) != 0)
+        fprintf(stderr, "cluster_tls_new %s: %s\n", name, err);
+    return c;
+}
+
+/* test_raw_ctx - a client context that trusts ca and shows cert (NULL: none). */
+static SSL_CTX *test_raw_ctx(const char *ca, const char *cert, const char *key)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL)
+        return NULL;
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    bool ok = SSL_CTX_load_verify_locations(ctx, ca, NULL) == 1;
+    if (ok && cert != NULL)
+        ok = SSL_CTX_use_certificate_chain_file(ctx, cert) == 1 &&
+             SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1;
+    if (!ok) {
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+static struct test_group test_plain_group;
+static struct test_group test_tls_group = {.tls = true};
+
+static int group_setup_plain(void **state)
+{
+    *state = &test_plain_group;
+    return 0;
+}
+
+static int group_setup_tls(void **state)
+{
+    struct test_group *g = &test_tls_group;
+    char ca[512], cert[512], key[512];
+    if (!testlib_pki_init(&g->pki) || !testlib_pki_node(&g->pki, TEST_SERVER_ID, 0) ||
+        !testlib_pki_node(&g->pki, TEST_SELF_ID, 0) || !testlib_pki_node(&g->pki, 2, 0) ||
+        !testlib_pki_operator(&g->pki, "alice") || !testlib_pki_init(&g->other) ||
+        !testlib_pki_node(&g->other, TEST_SELF_ID, 0))
+        return -1;
+    g->srv_tls = test_tls_load(&g->pki, "node-1");
+    g->cli_tls = test_tls_load(&g->pki, "node-42");
+    g->n2_tls = test_tls_load(&g->pki, "node-2");
+    g->op_tls = test_tls_load(&g->pki, "operator-alice");
+    g->far_tls = test_tls_load(&g->other, "node-42");
+    testlib_pki_path(&g->pki, "ca.pem", ca, sizeof(ca));
+    g->nocert = test_raw_ctx(ca, NULL, NULL);
+    g->foreign = test_raw_ctx(ca, testlib_pki_path(&g->other, "node-42.pem", cert, sizeof(cert)),
+                              testlib_pki_path(&g->other, "node-42.key", key, sizeof(key)));
+    if (g->srv_tls == NULL || g->cli_tls == NULL || g->n2_tls == NULL || g->op_tls == NULL ||
+        g->far_tls == NULL || g->nocert == NULL || g->foreign == NULL)
+        return -1;
+    *state = g;
+    return 0;
+}
+
+static int group_teardown_tls(void **state)
+{
+    struct test_group *g = *state;
+    cluster_tls_free(g->srv_tls);
+    cluster_tls_free(g->cli_tls);
+    cluster_tls_free(g->n2_tls);
+    cluster_tls_free(g->op_tls);
+    cluster_tls_free(g->far_tls);
+    SSL_CTX_free(g->nocert);
+    SSL_CTX_free(g->foreign);
+    testlib_pki_cleanup(&g->pki);
+    testlib_pki_cleanup(&g->other);
+    return 0;
+}
+
 int main(void)
 {
-    const struct CMUnitTest tests[] = {
+    signal(SIGPIPE, SIG_IGN); /* as hamrd does: a vanished peer is EPIPE, not death */
+    /* Plaintext: everything, raw sockets included. */
+    const struct CMUnitTest plain[] = {
         cmocka_unit_test_setup_teardown(test_hello_and_answer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pipelined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_big_propose, setup, teardown),
@@ -970,5 +1403,27 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_call_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ipv6, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    /* Cluster TLS: the same channel (raw plaintext frames cannot reach it), and identities. */
+    const struct CMUnitTest tls[] = {
+        cmocka_unit_test_setup_teardown(test_hello_and_answer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pipelined, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_big_propose, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_timeout_late_answer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_server_close_outstanding, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_connect_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_connect_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_client_close_outstanding, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_call_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ipv6, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_hello_must_match_cert, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_not_a_member, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_stranger_certs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_wrong_server, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_handshake_deadline, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_handshake_timeout, setup, teardown),
+    };
+    int failed = cmocka_run_group_tests_name("plaintext", plain, group_setup_plain, NULL);
+    failed += cmocka_run_group_tests_name("cluster TLS", tls, group_setup_tls, group_teardown_tls);
+    return failed;
 }

@@ -37,6 +37,7 @@ struct fake_append {
 
 /* fake_forward - one call sent to the fake peer client. */
 struct fake_forward {
+    uint64_t node; /* the node the channel is to check addr belongs to */
     char addr[64];
     bool query;  /* a query (else a propose) */
     char id[64]; /* the query's id */
@@ -109,6 +110,7 @@ static int fake_append(void *data, uint8_t *buf, size_t len, proposer_raft_cb cb
 }
 
 static int fake_forward(void *data,
+                        uint64_t node,
                         const char *addr,
                         const Hamr__PeerMsg *msg,
                         uint64_t timeout_ms,
@@ -118,8 +120,14 @@ static int fake_forward(void *data,
     struct fake *f = data;
     (void)timeout_ms;
     assert_true(f->n_forwards < FAKE_MAX);
+    /* The node named is the one whose address was looked up (fake_leader_addr). */
+    char want[64];
+    snprintf(want, sizeof(want), "127.0.0.1:%u", (unsigned)(7200 + node));
+    assert_true(node != 0);
+    assert_string_equal(addr, want);
     struct fake_forward *w = &f->forwards[f->n_forwards++];
     memset(w, 0, sizeof(*w));
+    w->node = node;
     snprintf(w->addr, sizeof(w->addr), "%s", addr);
     w->query = msg->body_case == HAMR__PEER_MSG__BODY_QUERY;
     if (w->query)
