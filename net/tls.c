@@ -222,6 +222,15 @@ void tls_output_done(struct tls *t, size_t n)
     }
 }
 
+/* tls_output_take - ciphertext out into the caller's buffer. */
+size_t tls_output_take(struct tls *t, void *buf, size_t cap)
+{
+    size_t got = 0;
+    if (cap == 0 || BIO_read_ex(t->wbio, buf, cap, &got) != 1)
+        return 0;
+    return got;
+}
+
 /* tls_describe - protocol and cipher for logs and results. */
 void tls_describe(const struct tls *t, char *out, size_t outlen)
 {

@@ -60,6 +60,9 @@ void tls_shutdown(struct tls *t);
 size_t tls_output(struct tls *t, const char **data);
 void tls_output_done(struct tls *t, size_t n);
 
+/* tls_output_take - move up to cap octets of waiting ciphertext into buf (one copy); how many. */
+size_t tls_output_take(struct tls *t, void *buf, size_t cap);
+
 /*
  * tls_describe - "TLSv1.3 TLS_AES_256_GCM_SHA384" after the
  * handshake, plus " verified" when the peer certificate was checked.
