@@ -452,6 +452,7 @@ _Static_assert(PEER_POLICY_REASONS == 6 && PEER_POLICY_LEASE == 5,
                "metrics_hamr_refusals follows enum peer_policy_reason");
 static const char *const metrics_hamr_raft_port[] = {"accepted", "refused", "timed_out",
                                                      "over_cap", NULL};
+static const char *const metrics_hamr_control_refusals[] = {"tls", "identity", NULL};
 static const char *const metrics_hamr_outcomes[] = {"delivered", "deferred", "bounced", "expired",
                                                     NULL};
 /* Commit latency, 1 ms to 10 s: a LAN commit is a few ms, a slow disk or a
@@ -526,6 +527,13 @@ const struct metrics_def metrics_hamr_defs[] = {
                                            METRICS_COUNTER,
                                            "event",
                                            metrics_hamr_raft_port),
+    [METRICS_CONTROL_REFUSED] = METRICS_LABELLED("hamr_control_refused_total",
+                                                 "TCP control connections refused: the TLS "
+                                                 "handshake failed (no certificate, another CA), "
+                                                 "or the certificate names no operator.",
+                                                 METRICS_COUNTER,
+                                                 "reason",
+                                                 metrics_hamr_control_refusals),
     [METRICS_RAFT_TERM] = METRICS_PLAIN("hamr_raft_term", "Current raft term.", METRICS_GAUGE),
     [METRICS_RAFT_COMMIT_INDEX] =
         METRICS_PLAIN("hamr_raft_commit_index", "Raft commit index.", METRICS_GAUGE),

@@ -133,6 +133,7 @@ enum metrics_hamr_id {
     METRICS_RESOLVED,            /* counter */
     METRICS_PEER_REFUSED,        /* counter{reason}: enum peer_policy_reason (not "ok") */
     METRICS_RAFT_PORT,           /* counter{event}: enum metrics_hamr_raft_port */
+    METRICS_CONTROL_REFUSED,     /* counter{reason}: enum metrics_hamr_control_refusal */
     METRICS_RAFT_TERM,           /* gauge */
     METRICS_RAFT_COMMIT_INDEX,   /* gauge */
     METRICS_RAFT_APPLIED_INDEX,  /* gauge */
@@ -166,6 +167,12 @@ enum metrics_hamr_raft_port {
     METRICS_RAFT_PORT_REFUSED,
     METRICS_RAFT_PORT_TIMED_OUT,
     METRICS_RAFT_PORT_OVER_CAP,
+};
+
+/* Label indexes of METRICS_CONTROL_REFUSED (control_stats). */
+enum metrics_hamr_control_refusal {
+    METRICS_CONTROL_REFUSED_TLS = 0,  /* the TLS handshake failed */
+    METRICS_CONTROL_REFUSED_IDENTITY, /* a certificate that names no operator */
 };
 
 /* The table itself, METRICS_HAMR_COUNT entries. */

@@ -86,6 +86,12 @@ void relay_metrics_fill(void *data, struct metrics *m)
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_REFUSED, ci.port.refused);
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_TIMED_OUT, ci.port.timed_out);
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_OVER_CAP, ci.port.over_cap);
+    struct control_stats cs = {0};
+    if (r->control != NULL)
+        control_get_stats(r->control, &cs);
+    metrics_counter_set(m, METRICS_CONTROL_REFUSED, METRICS_CONTROL_REFUSED_TLS, cs.refused_tls);
+    metrics_counter_set(m, METRICS_CONTROL_REFUSED, METRICS_CONTROL_REFUSED_IDENTITY,
+                        cs.refused_identity);
     metrics_gauge_set(m, METRICS_DISK_FREE_BYTES, 0, (double)r->disk.free_bytes);
     metrics_gauge_set(m, METRICS_DRAINING, 0, r->draining);
     metrics_gauge_set(m, METRICS_SESSIONS_OPEN, 0, (double)smtpd_server_sessions(r->smtpd));

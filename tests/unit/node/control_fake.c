@@ -161,7 +161,8 @@ int main(void)
     uv_loop_t *loop = uv_default_loop();
     struct control_handler h = {.data = NULL, .handle = control_fake_handle};
     char err[256];
-    if (control_new(loop, "127.0.0.1", 0, &h, &control_fake_ctl, err, sizeof(err)) != 0) {
+    const struct control_config cfg = {.host = "127.0.0.1"};
+    if (control_new(loop, &cfg, &h, &control_fake_ctl, err, sizeof(err)) != 0) {
         fprintf(stderr, "control_fake: %s\n", err);
         return 1;
     }

@@ -150,7 +150,8 @@ static int setup(void **state)
     uv_async_init(&f->loop, &f->wake, test_wake_cb);
     struct control_handler h = {.data = f, .handle = test_handle};
     char err[256];
-    if (control_new(&f->loop, "127.0.0.1", 0, &h, &f->ctl, err, sizeof(err)) != 0) {
+    const struct control_config cfg = {.host = "127.0.0.1"};
+    if (control_new(&f->loop, &cfg, &h, &f->ctl, err, sizeof(err)) != 0) {
         fprintf(stderr, "%s\n", err);
         return -1;
     }
@@ -514,13 +515,14 @@ static void test_listen_error(void **state)
     struct control_handler h = {.data = f, .handle = test_handle};
     struct control *c = NULL;
     char err[256], want[128];
-    assert_int_equal(control_new(&f->loop, "127.0.0.1", f->port, &h, &c, err, sizeof(err)),
-                     HAMR_EIO);
+    struct control_config cfg = {.host = "127.0.0.1", .port = f->port};
+    assert_int_equal(control_new(&f->loop, &cfg, &h, &c, err, sizeof(err)), HAMR_EIO);
     snprintf(want, sizeof(want), "control: cannot listen on 127.0.0.1:%u: address already in use",
              (unsigned)f->port);
     assert_string_equal(err, want);
     assert_null(c);
-    assert_int_equal(control_new(&f->loop, "localhost", 0, &h, &c, err, sizeof(err)), HAMR_EINVAL);
+    cfg = (struct control_config){.host = "localhost"};
+    assert_int_equal(control_new(&f->loop, &cfg, &h, &c, err, sizeof(err)), HAMR_EINVAL);
     assert_string_equal(err, "control: not an IP address: localhost");
 }
 
