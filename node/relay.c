@@ -544,8 +544,11 @@ static int relay_start_channels(struct relay *r, char *err, size_t errlen)
     int rv = control_new(r->loop, &ccfg, &handler, &r->control, err, errlen);
     if (rv != 0)
         return rv;
-    /* Published for hamrctl's redirects: "ip:port", or "" (no TCP control). */
-    if (cfg->listen_control.host[0] != '\0')
+    /* Published for hamrctl's redirects: "ip:port", "[v6]:port", or "" (no TCP control). */
+    if (strchr(cfg->listen_control.host, ':') != NULL)
+        snprintf(self.control_address, sizeof(self.control_address), "[%.45s]:%u",
+                 cfg->listen_control.host, (unsigned)cfg->listen_control.port);
+    else if (cfg->listen_control.host[0] != '\0')
         snprintf(self.control_address, sizeof(self.control_address), "%.48s:%u",
                  cfg->listen_control.host, (unsigned)cfg->listen_control.port);
     if (cfg->listen_peer.host[0] != '\0') {
