@@ -10,8 +10,9 @@
  *
  * Errors: HAMR_ECONNECT, HAMR_ETIMEDOUT, HAMR_EIO, HAMR_EPROTO, HAMR_ENOMEM,
  * HAMR_EINVAL, each with a sentence naming the server address and, where
- * the cause is a usual one (a TLS port asked in the clear, a certificate the
- * node does not take, a socket hamrctl may not open), what to do.
+ * the cause is a usual one (a certificate the node does not take, a CA that
+ * does not match, a socket hamrctl may not open), what to do. (A TLS port
+ * asked in the clear answers in the clear itself: node/control.c.)
  *
  * Security: the answer comes from the network. Its length is checked against
  * PROTO_CONTROL_MAX before allocating; protobuf-c decodes the rest. Over TLS
@@ -361,12 +362,6 @@ int control_client_start_tls(struct control_client *cc, SSL_CTX *ctx, char *err,
     return 0;
 }
 
-/* control_client_looks_tls - a plaintext answer whose first octets are a TLS record header. */
-static bool control_client_looks_tls(const uint8_t *hdr)
-{
-    return (hdr[0] == 0x15 || hdr[0] == 0x16) && hdr[1] == 0x03;
-}
-
 /* control_client_call - one request, one answer. */
 int control_client_call(struct control_client *cc,
                         const Hamr__ControlRequest *req,
@@ -408,14 +403,6 @@ int control_client_call(struct control_client *cc,
     rv = control_client_recv(cc, hdr, sizeof(hdr));
     if (rv == 0) {
         n = proto_u32_get(hdr);
-        if (cc->tls == NULL && control_client_looks_tls(hdr)) {
-            snprintf(err, errlen,
-                     "%s answered in TLS: its control port takes operators' certificates only "
-                     "(give --cert, --key and --ca, or HAMRCTL_CERT, HAMRCTL_KEY and "
-                     "HAMRCTL_CA)",
-                     cc->addr);
-            return HAMR_EPROTO;
-        }
         if (n > PROTO_CONTROL_MAX) {
             snprintf(err, errlen, "answer from %s too large (%zu bytes)", cc->addr, n);
             return HAMR_EPROTO;

@@ -219,6 +219,9 @@ start_fake B --host ::1 "${NODE_TLS[@]}"
 start_fake A "${NODE_TLS[@]}" --leader "[::1]:$B_port" --socket "$TMP/a.sock"
 start_fake C "${NODE_TLS[@]}" --leader "::1:$B_port"
 start_fake P --leader "[::1]:$B_port"
+# Q: a TLS port whose certificate is an operator's, not a node's.
+"$MKPKI" "$PKI" operator bob >/dev/null || { echo "FAIL make-pki.sh"; exit 1; }
+start_fake Q --tls "$PKI/ca.pem" "$PKI/operator-bob.pem" "$PKI/operator-bob.key"
 A=(-a "127.0.0.1:$A_port")
 
 expect "tls operator" 0 "" "node:        1 (leader)" -- "${A[@]}" "${OP[@]}" status
@@ -238,6 +241,9 @@ expect "tls node certificate" 1 "hamrctl: $PKI/node-1.pem is node 1's certificat
 expect "tls certificate on a plaintext port" 1 \
     "hamrctl: 127.0.0.1:$P_port closed the connection during the TLS handshake (is its control port in plaintext?" \
     "" -- -a "127.0.0.1:$P_port" "${OP[@]}" status
+expect "tls server not a node" 1 \
+    "hamrctl: 127.0.0.1:$Q_port presented a certificate of the cluster CA that names no node (hamr:node:ID)" \
+    "" -- -a "127.0.0.1:$Q_port" "${OP[@]}" status
 expect "redirect to [::1] over TLS" 0 "" "transfer ok 2 via $B_port" -- "${A[@]}" "${OP[@]}" transfer 2
 expect "redirect from the socket over TLS" 0 "" "transfer ok 2 via $B_port" -- -s "$TMP/a.sock" "${OP[@]}" transfer 2
 expect "redirect from the socket, no certificate" 1 "hamrctl: this control port takes TLS" "" \
