@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "util/common.h"
@@ -98,7 +99,8 @@ static const struct config_key config_keys[] = {
 
     CK("listen", "smtp", CONFIG_K_HOSTPORT, listen_smtp, 0, 0),
     CK("listen", "raft", CONFIG_K_HOSTPORT, listen_raft, 0, 0),
-    CK("listen", "control", CONFIG_K_HOSTPORT, listen_control, 0, 0),
+    CK("listen", "control", CONFIG_K_HOSTPORT_OPT, listen_control, 0, 0),
+    CK("listen", "control_socket", CONFIG_K_STRING_OPT, listen_control_socket, 0, 0),
     CK("listen", "http", CONFIG_K_HOSTPORT_OPT, listen_http, 0, 0),
     CK("listen", "peer", CONFIG_K_HOSTPORT_OPT, listen_peer, 0, 0),
 
@@ -456,6 +458,7 @@ void config_defaults(struct hamr_config *cfg)
     cfg->listen_smtp.port = 2525;
     hamr_strlcpy(cfg->listen_control.host, "127.0.0.1", sizeof(cfg->listen_control.host));
     cfg->listen_control.port = 7100;
+    hamr_strlcpy(cfg->listen_control_socket, "control.sock", sizeof(cfg->listen_control_socket));
 
     cfg->election_timeout_ms = 1000;
     cfg->heartbeat_ms = 100;
@@ -894,6 +897,39 @@ static int config_key_line(const struct config_parse *p, const char *section, co
     return 0;
 }
 
+/* config_control_socket - the socket's path, relative ones inside data_dir; see config.h. */
+int config_control_socket(const struct hamr_config *cfg, char *out, size_t outlen)
+{
+    const char *s = cfg->listen_control_socket;
+    int n;
+    if (s[0] == '\0' || s[0] == '/')
+        n = snprintf(out, outlen, "%s", s);
+    else
+        n = snprintf(out, outlen, "%s/%s", cfg->data_dir, s);
+    return n >= 0 && (size_t)n < outlen ? 0 : HAMR_EINVAL;
+}
+
+/*
+ * config_check_control_socket - the control channel can be reached, and
+ * the socket's path fits a sockaddr_un as hamrd binds it (from inside
+ * data_dir, so a relative path is short however deep data_dir is).
+ */
+static int config_check_control_socket(struct config_parse *p)
+{
+    struct hamr_config *cfg = p->cfg;
+    const char *s = cfg->listen_control_socket;
+    int line = config_key_line(p, "listen", "control_socket");
+    if (s[0] == '\0' && cfg->listen_control.host[0] == '\0')
+        return config_fail(p, line ? line : config_key_line(p, "listen", "control"),
+                           "control and control_socket are both off: hamrctl could not reach "
+                           "this node");
+    size_t n = strlen(s) + (s[0] == '/' ? 0 : 2); /* relative: bound as "./PATH" */
+    if (s[0] != '\0' && n >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        return config_fail(p, line, "control_socket: longer than a Unix socket path may be (%zu)",
+                           sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+    return 1;
+}
+
 /* config_cross_check - checks that involve several keys, after the whole file. */
 /* config_check_cluster - the node's identity, addresses and place among the voters. */
 static int config_check_cluster(struct config_parse *p)
@@ -947,13 +983,13 @@ static int config_check_cluster(struct config_parse *p)
 
     /* The control listener binds with uv_tcp_bind, which takes literals only. */
     unsigned char a6[16];
-    if (inet_pton(AF_INET, cfg->listen_control.host, a6) != 1 &&
+    if (cfg->listen_control.host[0] != '\0' &&
+        inet_pton(AF_INET, cfg->listen_control.host, a6) != 1 &&
         inet_pton(AF_INET6, cfg->listen_control.host, a6) != 1)
         return config_fail(p, config_key_line(p, "listen", "control"),
                            "control: must be an IP address and port: \"%s\"",
                            cfg->listen_control.host);
-
-    return 1;
+    return config_check_control_socket(p);
 }
 
 /* config_check_tunables - settings that only make sense together. */

@@ -53,7 +53,12 @@ struct hamr_config {
     /* [listen] */
     struct config_hostport listen_smtp;    /* smtp (127.0.0.1:2525) */
     struct config_hostport listen_raft;    /* raft (required: IP literal) */
-    struct config_hostport listen_control; /* control (127.0.0.1:7100) */
+    struct config_hostport listen_control; /* control (127.0.0.1:7100; "" = off): TCP,
+                                              mutual TLS with operator certificates
+                                              unless [cluster_tls] plaintext */
+    char listen_control_socket[1024];      /* control_socket (control.sock; "" = off): the
+                                              trusted Unix socket, mode 0660; a relative
+                                              path is inside data_dir */
     struct config_hostport listen_http;    /* http ("" = off) */
     struct config_hostport listen_peer;    /* peer ("" = off; required with more than one
                                               voter): node-to-node forwarding, IP literal */
@@ -171,6 +176,13 @@ enum smtpc_tls_policy config_tls_policy(const struct hamr_config *cfg, const cha
  * 0, or HAMR_EINVAL when host is not an IP literal or out is too small.
  */
 int config_ip_address(const char *host, uint16_t port, char *out, size_t outlen);
+
+/*
+ * config_control_socket - the path of the control socket: control_socket
+ * itself when absolute, else data_dir/control_socket; "" when it is off.
+ * 0, or HAMR_EINVAL when the path does not fit out.
+ */
+int config_control_socket(const struct hamr_config *cfg, char *out, size_t outlen);
 
 /* config_parse_duration / _size / _hostport / _cidr - exported for tests. */
 int config_parse_duration(const char *s, uint64_t *ms);

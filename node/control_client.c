@@ -3,16 +3,22 @@
  * and a generic JSON printer for protobuf-c messages.
  *
  * One call: connect (non-blocking connect + poll, bounded by timeout_ms),
- * send the framed request, read the 4-byte length and then the answer, all
- * within timeout_ms of the start of the call. No signals: writes use
- * MSG_NOSIGNAL, waits use poll.
+ * with TLS the handshake (net/tls's engine fed from the socket, bounded the
+ * same way), send the framed request, read the 4-byte length and then the
+ * answer, all within timeout_ms of the start of the call. No signals: writes
+ * use MSG_NOSIGNAL, waits use poll.
  *
  * Errors: HAMR_ECONNECT, HAMR_ETIMEDOUT, HAMR_EIO, HAMR_EPROTO, HAMR_ENOMEM,
- * HAMR_EINVAL, each with a sentence naming the server address.
+ * HAMR_EINVAL, each with a sentence naming the server address and, where
+ * the cause is a usual one (a certificate the node does not take, a CA that
+ * does not match, a socket hamrctl may not open), what to do. (A TLS port
+ * asked in the clear answers in the clear itself: node/control.c.)
  *
  * Security: the answer comes from the network. Its length is checked against
- * PROTO_CONTROL_MAX before allocating; protobuf-c decodes the rest. The JSON
- * printer escapes every string and replaces invalid UTF-8.
+ * PROTO_CONTROL_MAX before allocating; protobuf-c decodes the rest. Over TLS
+ * the node's certificate must chain to the cluster CA (the context) and name
+ * a node (checked here). The JSON printer escapes every string and replaces
+ * invalid UTF-8.
  */
 #include <errno.h>
 #include <math.h>
@@ -23,12 +29,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "proto/proto_frame.h"
 #include "util/common.h"
 #include "util/err.h"
+#include "net/cluster_tls.h"
+#include "net/tls.h"
 
 #include "node/control_client.h"
 
@@ -103,6 +112,7 @@ int control_client_open(struct control_client *cc,
                         size_t errlen)
 {
     cc->fd = -1;
+    cc->tls = NULL;
     cc->timeout_ms = timeout_ms ? timeout_ms : CONTROL_CLIENT_TIMEOUT_MS;
     if (strchr(host, ':') != NULL)
         snprintf(cc->addr, sizeof(cc->addr), "[%s]:%u", host, (unsigned)port);
@@ -137,9 +147,59 @@ int control_client_open(struct control_client *cc,
     return rv;
 }
 
-/* control_client_close - close the socket; idempotent. */
+/* control_client_open_unix - connect to the control socket; see control_client.h. */
+int control_client_open_unix(struct control_client *cc,
+                             const char *path,
+                             unsigned timeout_ms,
+                             char *err,
+                             size_t errlen)
+{
+    cc->fd = -1;
+    cc->tls = NULL;
+    cc->timeout_ms = timeout_ms ? timeout_ms : CONTROL_CLIENT_TIMEOUT_MS;
+    hamr_strlcpy(cc->addr, path, sizeof(cc->addr));
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    size_t n = strlen(path);
+    if (n >= sizeof(sa.sun_path)) {
+        snprintf(err, errlen,
+                 "control socket path too long (%zu bytes, at most %zu): %s (give a shorter one "
+                 "with -s, e.g. relative to the data directory)",
+                 n, sizeof(sa.sun_path) - 1, path);
+        return HAMR_EINVAL;
+    }
+    memcpy(sa.sun_path, path, n + 1);
+    struct addrinfo ai = {.ai_family = AF_UNIX,
+                          .ai_socktype = SOCK_STREAM,
+                          .ai_addr = (struct sockaddr *)&sa,
+                          .ai_addrlen = sizeof(sa)};
+    uint64_t deadline = control_client_now_ms() + cc->timeout_ms;
+    int sys_errno = 0;
+    int rv = control_client_connect_one(&ai, deadline, &cc->fd, &sys_errno);
+    if (rv == HAMR_ETIMEDOUT) {
+        snprintf(err, errlen, "cannot connect to control socket %s: timed out after %u ms", path,
+                 cc->timeout_ms);
+        return rv;
+    }
+    if (rv == 0)
+        return 0;
+    const char *hint = "";
+    if (sys_errno == ENOENT)
+        hint = " (is hamrd running, with this [listen] control_socket?)";
+    else if (sys_errno == EACCES || sys_errno == EPERM)
+        hint = " (root and members of the group of hamrd's account may use it)";
+    else if (sys_errno == ECONNREFUSED)
+        hint = " (nobody listens: hamrd is not running, or has not started yet)";
+    snprintf(err, errlen, "cannot connect to control socket %s: %s%s", path, strerror(sys_errno),
+             hint);
+    return HAMR_ECONNECT;
+}
+
+/* control_client_close - close the socket and the TLS engine; idempotent. */
 void control_client_close(struct control_client *cc)
 {
+    cc->tls = tls_free(cc->tls);
     if (cc->fd >= 0)
         close(cc->fd);
     cc->fd = -1;
@@ -185,6 +245,123 @@ static int control_client_recv_all(int fd, uint8_t *p, size_t n, uint64_t deadli
     return 0;
 }
 
+/* control_client_tls_flush - the engine's output onto the socket. */
+static int control_client_tls_flush(struct control_client *cc)
+{
+    const char *data;
+    size_t n;
+    while ((n = tls_output(cc->tls, &data)) > 0) {
+        int rv = control_client_send_all(cc->fd, (const uint8_t *)data, n, cc->deadline);
+        if (rv != 0)
+            return rv;
+        tls_output_done(cc->tls, n);
+    }
+    return 0;
+}
+
+/* control_client_tls_fill - one read of ciphertext into the engine; HAMR_EIO on EOF. */
+static int control_client_tls_fill(struct control_client *cc)
+{
+    uint8_t buf[16384];
+    for (;;) {
+        ssize_t r = recv(cc->fd, buf, sizeof(buf), 0);
+        if (r > 0)
+            return tls_feed(cc->tls, buf, (size_t)r);
+        if (r == 0)
+            return HAMR_EIO;
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return HAMR_EIO;
+        int rv = control_client_wait(cc->fd, POLLIN, cc->deadline);
+        if (rv != 0)
+            return rv;
+    }
+}
+
+/* control_client_send - n octets of plaintext, through TLS if it is on. */
+static int control_client_send(struct control_client *cc, const uint8_t *p, size_t n)
+{
+    if (cc->tls == NULL)
+        return control_client_send_all(cc->fd, p, n, cc->deadline);
+    if (tls_write(cc->tls, p, n) != 0)
+        return HAMR_EPROTO;
+    return control_client_tls_flush(cc);
+}
+
+/* control_client_recv - exactly n octets of plaintext; HAMR_EPROTO: TLS failed (tls_error). */
+static int control_client_recv(struct control_client *cc, uint8_t *p, size_t n)
+{
+    if (cc->tls == NULL)
+        return control_client_recv_all(cc->fd, p, n, cc->deadline);
+    while (n > 0) {
+        long r = tls_read(cc->tls, p, n);
+        if (r > 0) {
+            p += r;
+            n -= (size_t)r;
+            continue;
+        }
+        if (r == HAMR_ESHUTDOWN)
+            return HAMR_EIO;
+        if (r < 0)
+            return HAMR_EPROTO;
+        /* Reading may have made output (a key update's answer); then wait for more. */
+        int rv = control_client_tls_flush(cc);
+        if (rv == 0)
+            rv = control_client_tls_fill(cc);
+        if (rv != 0)
+            return rv;
+    }
+    return 0;
+}
+
+/* control_client_start_tls - the handshake, then the node's identity; see control_client.h. */
+int control_client_start_tls(struct control_client *cc, SSL_CTX *ctx, char *err, size_t errlen)
+{
+    int rv = tls_new(ctx, false, NULL, false, &cc->tls);
+    if (rv != 0) {
+        snprintf(err, errlen, "TLS with %s: cannot start: %s", cc->addr, hamr_strerror(rv));
+        return rv;
+    }
+    cc->deadline = control_client_now_ms() + cc->timeout_ms;
+    for (;;) {
+        int hs = tls_handshake(cc->tls);
+        rv = control_client_tls_flush(cc);
+        if (hs < 0) {
+            const char *why = tls_error(cc->tls);
+            snprintf(err, errlen, "TLS handshake with %s failed: %s%s", cc->addr, why,
+                     strstr(why, "certificate verify failed") != NULL
+                         ? " (is --ca the cluster's CA, the one the node's certificate is "
+                           "signed by?)"
+                         : "");
+            return HAMR_EPROTO;
+        }
+        if (rv == 0 && hs == 1)
+            break;
+        if (rv == 0)
+            rv = control_client_tls_fill(cc);
+        if (rv == HAMR_ETIMEDOUT) {
+            snprintf(err, errlen, "TLS handshake with %s: no answer within %u ms", cc->addr,
+                     cc->timeout_ms);
+            return rv;
+        }
+        if (rv != 0) {
+            snprintf(err, errlen,
+                     "%s closed the connection during the TLS handshake (is its control port "
+                     "in plaintext? then give no certificate)",
+                     cc->addr);
+            return rv == HAMR_ENOMEM ? rv : HAMR_EIO;
+        }
+    }
+    struct cluster_tls_identity id;
+    if (cluster_tls_peer(cc->tls, &id) != 0 || id.role != CLUSTER_TLS_NODE) {
+        snprintf(err, errlen,
+                 "%s presented a certificate of the cluster CA that names no node "
+                 "(hamr:node:ID); not talking to it",
+                 cc->addr);
+        return HAMR_EPROTO;
+    }
+    return 0;
+}
+
 /* control_client_call - one request, one answer. */
 int control_client_call(struct control_client *cc,
                         const Hamr__ControlRequest *req,
@@ -196,7 +373,7 @@ int control_client_call(struct control_client *cc,
         snprintf(err, errlen, "not connected to %s", cc->addr);
         return HAMR_EINVAL;
     }
-    uint64_t deadline = control_client_now_ms() + cc->timeout_ms;
+    cc->deadline = control_client_now_ms() + cc->timeout_ms;
     size_t n = hamr__control_request__get_packed_size(req);
     if (n > PROTO_CONTROL_MAX) {
         snprintf(err, errlen, "request too large");
@@ -209,18 +386,21 @@ int control_client_call(struct control_client *cc,
     }
     proto_u32_put(out, (uint32_t)n);
     hamr__control_request__pack(req, out + 4);
-    int rv = control_client_send_all(cc->fd, out, n + 4, deadline);
+    int rv = control_client_send(cc, out, n + 4);
+    int saved = errno;
     free(out);
     if (rv != 0) {
         if (rv == HAMR_ETIMEDOUT)
             snprintf(err, errlen, "timed out sending to %s", cc->addr);
+        else if (rv == HAMR_EPROTO)
+            snprintf(err, errlen, "TLS with %s failed: %s", cc->addr, tls_error(cc->tls));
         else
-            snprintf(err, errlen, "cannot send to %s: %s", cc->addr, strerror(errno));
+            snprintf(err, errlen, "cannot send to %s: %s", cc->addr, strerror(saved));
         return rv;
     }
 
     uint8_t hdr[4];
-    rv = control_client_recv_all(cc->fd, hdr, sizeof(hdr), deadline);
+    rv = control_client_recv(cc, hdr, sizeof(hdr));
     if (rv == 0) {
         n = proto_u32_get(hdr);
         if (n > PROTO_CONTROL_MAX) {
@@ -232,7 +412,7 @@ int control_client_call(struct control_client *cc,
             snprintf(err, errlen, "out of memory");
             return HAMR_ENOMEM;
         }
-        rv = control_client_recv_all(cc->fd, in, n, deadline);
+        rv = control_client_recv(cc, in, n);
         if (rv == 0) {
             *resp = hamr__control_response__unpack(NULL, n, in);
             free(in);
@@ -246,6 +426,11 @@ int control_client_call(struct control_client *cc,
     }
     if (rv == HAMR_ETIMEDOUT)
         snprintf(err, errlen, "no answer from %s within %u ms", cc->addr, cc->timeout_ms);
+    else if (rv == HAMR_EPROTO)
+        snprintf(err, errlen,
+                 "%s refused the TLS connection: %s (an operator's certificate of "
+                 "the cluster CA is needed)",
+                 cc->addr, tls_error(cc->tls));
     else
         snprintf(err, errlen, "connection to %s closed before the answer", cc->addr);
     return rv;

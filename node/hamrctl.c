@@ -1,21 +1,33 @@
 /*
  * hamrctl.c - the operator's command line: sends one ControlRequest to a
- * node's control port and prints the ControlResponse as text or JSON.
+ * node's control channel and prints the ControlResponse as text or JSON.
  *
- *   hamrctl [-s HOST:PORT | -c CONFIG] [--json] [--timeout SECONDS] VERB [ARGS]
+ *   hamrctl [-s SOCKET | -a HOST:PORT | -c CONFIG] [--cert F --key F --ca F]
+ *           [--json] [--timeout SECONDS] VERB [ARGS]
  *
- * The server is -s, else [listen] control of the -c file, else
- * 127.0.0.1:7100. Arity, queue ids, node ids, addresses and queue filters are
- * checked here, before anything is sent; the node does the work.
+ * The node is -s (a Unix socket's path; a value that reads as HOST:PORT and
+ * has no '/' is taken as -a, as before the socket existed), -a (TCP), else
+ * the -c file's [listen] control_socket (relative ones inside its data_dir)
+ * or, with the socket off, its [listen] control; else 127.0.0.1:7100. The
+ * socket needs no certificate: its file mode is the access control. TCP
+ * uses TLS with the operator certificate of --cert/--key/--ca (or
+ * HAMRCTL_CERT/HAMRCTL_KEY/HAMRCTL_CA) when one is given, the clear
+ * otherwise; a node that answers a redirect (admin verbs on a follower) is
+ * asked at the control address it names, with the same certificate.
+ * Arity, queue ids, node ids, addresses and queue filters are checked here,
+ * before anything is sent; the node does the work.
  *
  * Exit status: 0 done; 1 the node could not be reached or answered with an
- * error ("hamrctl: <error>" on stderr); 2 bad usage.
+ * error, or the certificate could not be used ("hamrctl: <error>" on
+ * stderr); 2 bad usage.
  *
  * Security: everything the node sends back is made printable before it
- * reaches the terminal (text mode) or escaped (JSON mode).
+ * reaches the terminal (text mode) or escaped (JSON mode). Over TLS the node
+ * must show a node certificate of the CA given.
  *
- * Owns: the command line and the output. May call: control_client, config
- * (host:port parsing), util.
+ * Owns: the command line, the operator's TLS context and the output. May
+ * call: control_client, net/cluster_tls (loading the operator's files),
+ * config (host:port parsing, the -c file), util.
  */
 #include <arpa/inet.h>
 #include <stdbool.h>
@@ -29,6 +41,7 @@
 #include "util/err.h"
 #include "util/log.h"
 
+#include "net/cluster_tls.h"
 #include "node/config.h"
 #include "node/control_client.h"
 
@@ -106,10 +119,16 @@ static const char *const hamrctl_states[] = {"all", "pending", "deferred", "acti
 static void hamrctl_usage(FILE *out)
 {
     fprintf(out,
-            "usage: hamrctl [-s HOST:PORT | -c CONFIG] [--json] [--timeout SECONDS] VERB "
-            "[ARGS]\n\n"
-            "  -s HOST:PORT       control address of the node (default 127.0.0.1:7100)\n"
-            "  -c CONFIG          take the control address from this hamrd config\n"
+            "usage: hamrctl [-s SOCKET | -a HOST:PORT | -c CONFIG] [--cert FILE --key FILE --ca "
+            "FILE]\n"
+            "               [--json] [--timeout SECONDS] VERB [ARGS]\n\n"
+            "  -s SOCKET          the node's control socket (HOST:PORT here means -a)\n"
+            "  -a HOST:PORT       the node's TCP control address (default 127.0.0.1:7100)\n"
+            "  -c CONFIG          take the control socket (or address) from this hamrd config\n"
+            "  --cert FILE        operator certificate for a TCP control port with TLS\n"
+            "  --key FILE         its key\n"
+            "  --ca FILE          the cluster CA the node's certificate is checked against\n"
+            "                     (or HAMRCTL_CERT, HAMRCTL_KEY, HAMRCTL_CA in the environment)\n"
             "  --json             print the answer as JSON\n"
             "  --timeout SECONDS  give up after this long (default %d)\n\nverbs:\n",
             CONTROL_CLIENT_TIMEOUT_MS / 1000);
@@ -451,41 +470,76 @@ static void hamrctl_print_version(const Hamr__ControlResponse *resp)
 
 /* hamrctl_options - what the command line said. */
 struct hamrctl_options {
-    const char *server;
-    const char *config;
+    const char *socket; /* -s */
+    const char *addr;   /* -a */
+    const char *config; /* -c */
+    const char *cert, *key, *ca;
     bool json;
     unsigned timeout_ms;
 };
 
-/* hamrctl_server - pick and parse the control address; false with a message if bad. */
-static bool hamrctl_server(const struct hamrctl_options *o, struct config_hostport *hp)
+/* hamrctl_target - where the request goes: a Unix socket, or a TCP address. */
+struct hamrctl_target {
+    bool is_unix;
+    char path[4096];
+    struct config_hostport hp;
+};
+
+/* hamrctl_from_config - the -c file's control socket, else its TCP address. */
+static bool hamrctl_from_config(const char *path, struct hamrctl_target *t)
 {
-    if (o->server != NULL) {
-        if (config_parse_hostport(o->server, hp) != 0) {
-            fprintf(stderr, "hamrctl: -s: not HOST:PORT: \"%s\"\n", o->server);
-            return false;
-        }
-        return true;
-    }
-    hamr_strlcpy(hp->host, "127.0.0.1", sizeof(hp->host));
-    hp->port = 7100;
-    if (o->config == NULL)
-        return true;
     struct hamr_config *cfg = malloc(sizeof(*cfg));
     char err[1024];
-    if (cfg == NULL || config_load(cfg, o->config, err, sizeof(err)) != 0) {
+    if (cfg == NULL || config_load(cfg, path, err, sizeof(err)) != 0) {
         fprintf(stderr, "hamrctl: %s\n", cfg ? err : "out of memory");
         free(cfg);
         return false;
     }
-    *hp = cfg->listen_control;
+    bool ok = true;
+    if (cfg->listen_control_socket[0] != '\0') {
+        t->is_unix = true;
+        if (config_control_socket(cfg, t->path, sizeof(t->path)) != 0) {
+            fprintf(stderr, "hamrctl: %s: control_socket: path too long\n", path);
+            ok = false;
+        }
+    } else {
+        t->hp = cfg->listen_control;
+    }
     config_free(cfg);
     free(cfg);
-    /* A node listening on every address is reached on loopback. */
-    if (strcmp(hp->host, "0.0.0.0") == 0)
-        hamr_strlcpy(hp->host, "127.0.0.1", sizeof(hp->host));
-    else if (strcmp(hp->host, "::") == 0)
-        hamr_strlcpy(hp->host, "::1", sizeof(hp->host));
+    if (!t->is_unix) {
+        /* A node listening on every address is reached on loopback. */
+        if (strcmp(t->hp.host, "0.0.0.0") == 0)
+            hamr_strlcpy(t->hp.host, "127.0.0.1", sizeof(t->hp.host));
+        else if (strcmp(t->hp.host, "::") == 0)
+            hamr_strlcpy(t->hp.host, "::1", sizeof(t->hp.host));
+    }
+    return ok;
+}
+
+/* hamrctl_server - pick the node to ask; false with a message if the choice is bad. */
+static bool hamrctl_server(const struct hamrctl_options *o, struct hamrctl_target *t)
+{
+    memset(t, 0, sizeof(*t));
+    if (o->socket != NULL) {
+        /* "-s HOST:PORT" meant TCP before there was a socket; a path with a '/' never does. */
+        if (strchr(o->socket, '/') != NULL || config_parse_hostport(o->socket, &t->hp) != 0) {
+            t->is_unix = true;
+            hamr_strlcpy(t->path, o->socket, sizeof(t->path));
+        }
+        return true;
+    }
+    if (o->addr != NULL) {
+        if (config_parse_hostport(o->addr, &t->hp) != 0) {
+            fprintf(stderr, "hamrctl: -a: not HOST:PORT: \"%s\"\n", o->addr);
+            return false;
+        }
+        return true;
+    }
+    if (o->config != NULL)
+        return hamrctl_from_config(o->config, t);
+    hamr_strlcpy(t->hp.host, "127.0.0.1", sizeof(t->hp.host));
+    t->hp.port = 7100;
     return true;
 }
 
@@ -509,11 +563,14 @@ static bool hamrctl_parse_timeout(const char *s, unsigned *ms)
 /* hamrctl_parse_options - options before the verb; returns argv index of the verb or -1. */
 static int hamrctl_parse_options(int argc, char **argv, struct hamrctl_options *o)
 {
+    static const char *const valued[] = {"-s", "-a", "-c", "--timeout", "--cert", "--key", "--ca"};
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--") == 0)
-            return i + 1;
+        if (strcmp(a, "--") == 0) {
+            i++;
+            break;
+        }
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             hamrctl_usage(stdout);
             exit(HAMRCTL_EXIT_OK);
@@ -522,67 +579,166 @@ static int hamrctl_parse_options(int argc, char **argv, struct hamrctl_options *
             o->json = true;
             continue;
         }
-        if (strcmp(a, "-s") == 0 || strcmp(a, "-c") == 0 || strcmp(a, "--timeout") == 0) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "hamrctl: %s needs a value\n", a);
-                return -1;
-            }
-            const char *v = argv[++i];
-            if (strcmp(a, "-s") == 0)
-                o->server = v;
-            else if (strcmp(a, "-c") == 0)
-                o->config = v;
-            else if (!hamrctl_parse_timeout(v, &o->timeout_ms)) {
-                fprintf(stderr, "hamrctl: --timeout: not 1..%d seconds: \"%s\"\n",
-                        HAMRCTL_MAX_TIMEOUT_S, v);
-                return -1;
-            }
-            continue;
+        size_t k = 0;
+        while (k < HAMR_ARRAY_LEN(valued) && strcmp(a, valued[k]) != 0)
+            k++;
+        if (k == HAMR_ARRAY_LEN(valued)) {
+            fprintf(stderr, "hamrctl: unknown option \"%s\" (see hamrctl help)\n", a);
+            return -1;
         }
-        fprintf(stderr, "hamrctl: unknown option \"%s\" (see hamrctl help)\n", a);
+        if (i + 1 >= argc) {
+            fprintf(stderr, "hamrctl: %s needs a value\n", a);
+            return -1;
+        }
+        const char *v = argv[++i];
+        const char **slots[] = {&o->socket, &o->addr, &o->config, NULL, &o->cert, &o->key, &o->ca};
+        if (slots[k] != NULL) {
+            *slots[k] = v;
+        } else if (!hamrctl_parse_timeout(v, &o->timeout_ms)) {
+            fprintf(stderr, "hamrctl: --timeout: not 1..%d seconds: \"%s\"\n",
+                    HAMRCTL_MAX_TIMEOUT_S, v);
+            return -1;
+        }
+    }
+    if ((o->socket != NULL) + (o->addr != NULL) + (o->config != NULL) > 1) {
+        fprintf(stderr, "hamrctl: give one of -s, -a and -c\n");
         return -1;
     }
-    if (o->server != NULL && o->config != NULL) {
-        fprintf(stderr, "hamrctl: give -s or -c, not both\n");
+    /* The environment stands in for flags not given. */
+    const char *env_cert = getenv("HAMRCTL_CERT");
+    const char *env_key = getenv("HAMRCTL_KEY");
+    const char *env_ca = getenv("HAMRCTL_CA");
+    if (o->cert == NULL && env_cert != NULL && env_cert[0] != '\0')
+        o->cert = env_cert;
+    if (o->key == NULL && env_key != NULL && env_key[0] != '\0')
+        o->key = env_key;
+    if (o->ca == NULL && env_ca != NULL && env_ca[0] != '\0')
+        o->ca = env_ca;
+    int n_tls = (o->cert != NULL) + (o->key != NULL) + (o->ca != NULL);
+    if (n_tls != 0 && n_tls != 3) {
+        fprintf(stderr,
+                "hamrctl: --cert, --key and --ca (or HAMRCTL_CERT, HAMRCTL_KEY, HAMRCTL_CA) go "
+                "together\n");
         return -1;
     }
     return i;
 }
 
-/* main - options, verb and arguments, one call, output; see the exit codes above. */
+/* hamrctl_tls - the operator's TLS context, made at the first TCP connection. */
+struct hamrctl_tls {
+    struct cluster_tls *ct;
+    bool failed;
+};
+
 /*
- * hamrctl_request - send req to hp and take the response; transfer and
- * membership run on the leader: a follower names it, and it is asked once.
- * false (after a message) if no response came.
+ * hamrctl_tls_ctx - the client context for TCP: NULL with no certificate
+ * given (plaintext) or when loading failed (*failed, after a message).
+ */
+static SSL_CTX *hamrctl_tls_ctx(const struct hamrctl_options *o, struct hamrctl_tls *ht)
+{
+    if (o->cert == NULL || ht->failed)
+        return NULL;
+    if (ht->ct == NULL) {
+        struct cluster_tls_files files = {.ca = o->ca, .cert = o->cert, .key = o->key};
+        char err[1024];
+        if (cluster_tls_new(&files, &ht->ct, err, sizeof(err)) != 0) {
+            fprintf(stderr, "hamrctl: %s\n", err);
+            ht->failed = true;
+            return NULL;
+        }
+        const struct cluster_tls_identity *self = cluster_tls_self(ht->ct);
+        if (self->role != CLUSTER_TLS_OPERATOR) {
+            fprintf(stderr,
+                    "hamrctl: %s is node %llu's certificate; a control port takes an operator's "
+                    "(deploy/make-pki.sh DIR operator NAME)\n",
+                    o->cert, (unsigned long long)self->node_id);
+            ht->failed = true;
+            return NULL;
+        }
+    }
+    return cluster_tls_client_ctx(ht->ct);
+}
+
+/*
+ * hamrctl_call - one request to t: connect (TLS on TCP when a certificate
+ * is given), call, close. false after a message (prefix before it).
+ */
+static bool hamrctl_call(const struct hamrctl_options *o,
+                         struct hamrctl_tls *ht,
+                         const struct hamrctl_target *t,
+                         const char *prefix,
+                         const Hamr__ControlRequest *req,
+                         Hamr__ControlResponse **resp)
+{
+    char err[768];
+    struct control_client cc;
+    int rv;
+    if (t->is_unix) {
+        rv = control_client_open_unix(&cc, t->path, o->timeout_ms, err, sizeof(err));
+    } else {
+        SSL_CTX *ctx = hamrctl_tls_ctx(o, ht);
+        if (ht->failed)
+            return false;
+        rv = control_client_open(&cc, t->hp.host, t->hp.port, o->timeout_ms, err, sizeof(err));
+        if (rv == 0 && ctx != NULL)
+            rv = control_client_start_tls(&cc, ctx, err, sizeof(err));
+    }
+    if (rv == 0)
+        rv = control_client_call(&cc, req, resp, err, sizeof(err));
+    control_client_close(&cc);
+    if (rv != 0)
+        fprintf(stderr, "hamrctl: %s%s\n", prefix, err);
+    return rv == 0;
+}
+
+/*
+ * hamrctl_parse_control - a control address a node published: "[v6]:port"
+ * or "v4:port", and the unbracketed "v6:port" older nodes published.
+ */
+static bool hamrctl_parse_control(const char *s, struct config_hostport *hp)
+{
+    if (config_parse_hostport(s, hp) == 0)
+        return true;
+    const char *colon = strrchr(s, ':');
+    unsigned char a6[16];
+    if (colon == NULL || (size_t)(colon - s) >= sizeof(hp->host))
+        return false;
+    char host[CONFIG_HOST_MAX];
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = '\0';
+    char bracketed[CONFIG_HOST_MAX + 16];
+    snprintf(bracketed, sizeof(bracketed), "[%s]%s", host, colon);
+    return inet_pton(AF_INET6, host, a6) == 1 && config_parse_hostport(bracketed, hp) == 0;
+}
+
+/*
+ * hamrctl_request - send req to t and take the response; transfer and
+ * membership run on the leader: a follower names it, and it is asked once,
+ * over TCP with the same certificate. false (after a message) if no
+ * response came.
  */
 static bool hamrctl_request(const struct hamrctl_options *o,
-                            const struct config_hostport *hp,
+                            const struct hamrctl_target *t,
                             const Hamr__ControlRequest *req,
                             Hamr__ControlResponse **resp)
 {
-    char err[512];
-    if (control_client_request(hp->host, hp->port, o->timeout_ms, req, resp, err, sizeof(err)) !=
-        0) {
-        fprintf(stderr, "hamrctl: %s\n", err);
-        return false;
+    struct hamrctl_tls ht = {0};
+    bool ok = hamrctl_call(o, &ht, t, "", req, resp);
+    const char *lc = ok ? (*resp)->leader_control : NULL;
+    if (ok && (*resp)->code == HAMR_ENOTLEADER && lc != NULL && lc[0] != '\0') {
+        struct hamrctl_target leader = {0};
+        if (hamrctl_parse_control(lc, &leader.hp) && (t->is_unix || leader.hp.port != t->hp.port ||
+                                                      strcmp(leader.hp.host, t->hp.host) != 0)) {
+            hamr__control_response__free_unpacked(*resp, NULL);
+            *resp = NULL;
+            ok = hamrctl_call(o, &ht, &leader, "leader: ", req, resp);
+        }
     }
-    const char *lc = (*resp)->leader_control;
-    if ((*resp)->code != HAMR_ENOTLEADER || lc == NULL || lc[0] == '\0')
-        return true;
-    struct config_hostport leader;
-    if (config_parse_hostport(lc, &leader) != 0 ||
-        (leader.port == hp->port && strcmp(leader.host, hp->host) == 0))
-        return true;
-    hamr__control_response__free_unpacked(*resp, NULL);
-    *resp = NULL;
-    if (control_client_request(leader.host, leader.port, o->timeout_ms, req, resp, err,
-                               sizeof(err)) != 0) {
-        fprintf(stderr, "hamrctl: leader: %s\n", err);
-        return false;
-    }
-    return true;
+    cluster_tls_free(ht.ct);
+    return ok;
 }
 
+/* main - options, verb and arguments, one call, output; see the exit codes above. */
 int main(int argc, char **argv)
 {
     struct hamrctl_options o = {.timeout_ms = CONTROL_CLIENT_TIMEOUT_MS};
@@ -619,16 +775,16 @@ int main(int argc, char **argv)
         return HAMRCTL_EXIT_OK;
     }
 
-    struct config_hostport hp;
-    if (!hamrctl_server(&o, &hp))
-        return o.server != NULL ? HAMRCTL_EXIT_USAGE : HAMRCTL_EXIT_FAIL;
+    struct hamrctl_target target;
+    if (!hamrctl_server(&o, &target))
+        return o.config == NULL ? HAMRCTL_EXIT_USAGE : HAMRCTL_EXIT_FAIL;
 
     Hamr__ControlRequest req = HAMR__CONTROL_REQUEST__INIT;
     req.verb = (char *)v->name;
     req.args = args;
     req.n_args = (size_t)n_args;
     Hamr__ControlResponse *resp = NULL;
-    if (!hamrctl_request(&o, &hp, &req, &resp))
+    if (!hamrctl_request(&o, &target, &req, &resp))
         return HAMRCTL_EXIT_FAIL;
     int rc = HAMRCTL_EXIT_OK;
     if (resp->code != 0) {

@@ -456,6 +456,9 @@ static const char *const metrics_hamr_peer_port[] = {
     "accepted", "tls", "identity", "timed_out", "out_tls", "out_identity", NULL};
 _Static_assert(METRICS_PEER_PORT_OUT_IDENTITY == 5,
                "metrics_hamr_peer_port follows enum metrics_hamr_peer_port");
+static const char *const metrics_hamr_raft_port[] = {"accepted", "refused", "timed_out",
+                                                     "over_cap", NULL};
+static const char *const metrics_hamr_control_refusals[] = {"tls", "identity", NULL};
 static const char *const metrics_hamr_outcomes[] = {"delivered", "deferred", "bounced", "expired",
                                                     NULL};
 /* Commit latency, 1 ms to 10 s: a LAN commit is a few ms, a slow disk or a
@@ -540,6 +543,13 @@ const struct metrics_def metrics_hamr_defs[] = {
                                            METRICS_COUNTER,
                                            "event",
                                            metrics_hamr_peer_port),
+    [METRICS_CONTROL_REFUSED] = METRICS_LABELLED("hamr_control_refused_total",
+                                                 "TCP control connections refused: the TLS "
+                                                 "handshake failed (no certificate, another CA), "
+                                                 "or the certificate names no operator.",
+                                                 METRICS_COUNTER,
+                                                 "reason",
+                                                 metrics_hamr_control_refusals),
     [METRICS_RAFT_TERM] = METRICS_PLAIN("hamr_raft_term", "Current raft term.", METRICS_GAUGE),
     [METRICS_RAFT_COMMIT_INDEX] =
         METRICS_PLAIN("hamr_raft_commit_index", "Raft commit index.", METRICS_GAUGE),

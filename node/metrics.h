@@ -134,6 +134,7 @@ enum metrics_hamr_id {
     METRICS_PEER_REFUSED,        /* counter{reason}: enum peer_policy_reason (not "ok") */
     METRICS_RAFT_PORT,           /* counter{event}: enum metrics_hamr_raft_port */
     METRICS_PEER_PORT,           /* counter{event}: enum metrics_hamr_peer_port */
+    METRICS_CONTROL_REFUSED,     /* counter{reason}: enum metrics_hamr_control_refusal */
     METRICS_RAFT_TERM,           /* gauge */
     METRICS_RAFT_COMMIT_INDEX,   /* gauge */
     METRICS_RAFT_APPLIED_INDEX,  /* gauge */
@@ -177,6 +178,10 @@ enum metrics_hamr_peer_port {
     METRICS_PEER_PORT_TIMED_OUT,
     METRICS_PEER_PORT_OUT_TLS,
     METRICS_PEER_PORT_OUT_IDENTITY,
+/* Label indexes of METRICS_CONTROL_REFUSED (control_stats). */
+enum metrics_hamr_control_refusal {
+    METRICS_CONTROL_REFUSED_TLS = 0,  /* the TLS handshake failed */
+    METRICS_CONTROL_REFUSED_IDENTITY, /* a certificate that names no operator */
 };
 
 /* The table itself, METRICS_HAMR_COUNT entries. */

@@ -434,10 +434,9 @@ static int relay_start_raft(struct relay *r, char *err, size_t errlen)
         .on_leader = relay_on_leader,
         .on_leader_arg = r,
     };
-    int an = snprintf(cc.address, sizeof(cc.address), "%.48s:%u", cfg->listen_raft.host,
-                      (unsigned)cfg->listen_raft.port);
-    if (an < 0 || (size_t)an >= sizeof(cc.address)) {
-        snprintf(err, errlen, "raft address too long");
+    if (config_ip_address(cfg->listen_raft.host, cfg->listen_raft.port, cc.address,
+                          sizeof(cc.address)) != 0) {
+        snprintf(err, errlen, "[listen] raft: not an IP address");
         return HAMR_EINVAL;
     }
     snprintf(cc.dir, sizeof(cc.dir), "%s", cfg->data_dir);
@@ -530,21 +529,35 @@ static int relay_start_channels(struct relay *r, char *err, size_t errlen)
         .version = RELAY_VERSION,
         .proposal_timeout_ms = cfg->proposal_timeout_ms,
     };
+    /* The socket is trusted (its mode decides who connects); TCP takes
+     * operators' certificates of the cluster CA, or anyone in plaintext mode. */
+    char sock[1024];
+    if (config_control_socket(cfg, sock, sizeof(sock)) != 0) {
+        snprintf(err, errlen, "control_socket: path too long");
+        return HAMR_EINVAL;
+    }
+    const struct control_config ccfg = {
+        .host = cfg->listen_control.host,
+        .port = cfg->listen_control.port,
+        .socket_path = sock,
+        .tls = r->ctls,
+    };
     struct control_handler handler = {.data = r, .handle = relay_ctl_handle};
-    int rv = control_new(r->loop, cfg->listen_control.host, cfg->listen_control.port, &handler,
-                         &r->control, err, errlen);
+    int rv = control_new(r->loop, &ccfg, &handler, &r->control, err, errlen);
     if (rv != 0)
         return rv;
-    snprintf(self.control_address, sizeof(self.control_address), "%.48s:%u",
-             cfg->listen_control.host, (unsigned)cfg->listen_control.port);
+    /* Published for hamrctl's redirects: "ip:port", "[v6]:port", or "" (no TCP control). */
+    if (cfg->listen_control.host[0] != '\0')
+        (void)config_ip_address(cfg->listen_control.host, cfg->listen_control.port,
+                                self.control_address, sizeof(self.control_address));
     if (cfg->listen_peer.host[0] != '\0') {
         struct peer_handler ph = {.data = r, .request = relay_peer_request};
         rv = peer_server_new(r->loop, cfg->listen_peer.host, cfg->listen_peer.port, r->ctls, &ph,
                              &r->peer_srv, err, errlen);
         if (rv != 0)
             return rv;
-        snprintf(self.peer_address, sizeof(self.peer_address), "%.48s:%u", cfg->listen_peer.host,
-                 (unsigned)cfg->listen_peer.port);
+        (void)config_ip_address(cfg->listen_peer.host, cfg->listen_peer.port, self.peer_address,
+                                sizeof(self.peer_address));
         r->peer_cli = peer_client_new(r->loop, cfg->node_id, RELAY_VERSION, r->ctls);
         if (r->peer_cli == NULL) {
             snprintf(err, errlen, "out of memory");
@@ -611,10 +624,14 @@ int relay_start(uv_loop_t *loop,
     relay_timer_start(r, &r->housekeeping_timer, relay_housekeeping, 1000);
     r->stop.timers_started = true;
     const struct directory_self *self = directory_self(r->dir);
-    log_info("started node=%" PRIu64 " smtp=%s:%u raft=%s:%u peer=%s control=%s boot=%s",
+    log_info("started node=%" PRIu64
+             " smtp=%s:%u raft=%s:%u peer=%s control=%s control_socket=%s control_tls=%s boot=%s",
              cfg->node_id, cfg->listen_smtp.host, (unsigned)cfg->listen_smtp.port,
              cfg->listen_raft.host, (unsigned)cfg->listen_raft.port,
-             self->peer_address[0] ? self->peer_address : "off", self->control_address, r->boot_id);
+             self->peer_address[0] ? self->peer_address : "off",
+             self->control_address[0] ? self->control_address : "off",
+             cfg->listen_control_socket[0] ? cfg->listen_control_socket : "off",
+             r->ctls != NULL ? "operators" : "plaintext", r->boot_id);
     *out = r;
     return 0;
 }

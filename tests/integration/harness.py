@@ -536,6 +536,7 @@ class Node:
         self.smtp_port = ports.get("smtp") or free_port()
         self.raft_port = ports.get("raft") or free_port()
         self.control_port = ports.get("control") or free_port()
+        self.control_addr = None  # what ctl gives hamrctl -s; None: HOST:control_port
         self.peer_port = ports.get("peer") or (free_port() if peer else None)
         self.argv_prefix = list(argv_prefix or [])
         self.relayhost_host = relayhost_host
@@ -613,8 +614,8 @@ class Node:
 
     def ctl(self, verb, *args, timeout=15):
         """ctl - hamrctl --json VERB ARGS against this node; the parsed JSON response."""
-        argv = [hamrctl_path(), "-s", "%s:%d" % (self.host, self.control_port), "--json",
-                verb] + list(args)
+        addr = self.control_addr or "%s:%d" % (self.host, self.control_port)
+        argv = [hamrctl_path(), "-s", addr, "--json", verb] + list(args)
         try:
             out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
                                  timeout=timeout)

@@ -28,7 +28,8 @@ through by starting it again on the same port. Every node serves
      and removed again (3 voters)
   j  drain/undrain (also sent to another node with the ID): 421 4.3.2 to new
      sessions, /health/ready 503, status
-  k  unreachable node, unknown verb, --json before and after the verb
+  k  unreachable node, unknown verb, -s naming a missing socket, -a not HOST:PORT,
+     --json before and after the verb
 
 Security: hamrctl output and node replies are untrusted text; they are only
 compared and printed with repr().
@@ -644,8 +645,16 @@ class HamrctlTest(cluster.ClusterTestCase):
         self.assertCtl(res, 2, stderr=r'unknown command "frobnicate"')
         res = self.ctl(node, "--frob", "status")
         self.assertCtl(res, 2, stderr=r'unknown option "--frob"')
+        # -s takes a control socket's path now (HOST:PORT still means TCP); -a is TCP only.
         res = self.ctl(node, "status", server="nothostport")
-        self.assertCtl(res, 2, stderr=r"-s: not HOST:PORT")
+        self.assertCtl(res, 1, stderr=r"^hamrctl: cannot connect to control socket nothostport: "
+                       r"No such file or directory")
+        res = self.ctl(node, "-a", "nothostport", "status", server="127.0.0.1:1")
+        self.assertCtl(res, 2, stderr=r"give one of -s, -a and -c")
+        out = subprocess.run([harness.hamrctl_path(), "-a", "nothostport", "status"],
+                             stdin=subprocess.DEVNULL, capture_output=True, timeout=CTL_TIMEOUT)
+        self.assertEqual(out.returncode, 2, out)
+        self.assertIn(b'hamrctl: -a: not HOST:PORT: "nothostport"', out.stderr)
         res = self.ctl(node, "--timeout", "0", "status")
         self.assertCtl(res, 2, stderr=r"--timeout")
         res = self.ctl(node, "status", "extra")

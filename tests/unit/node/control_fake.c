@@ -1,11 +1,17 @@
 /*
  * control_fake.c - a stand-in hamrd control port for the hamrctl tests.
  *
- * Listens on 127.0.0.1 (a free port), prints "PORT\n" on stdout, and answers
- * with canned data: "status" a three-node status, "queue" two messages,
- * "show ID" one message, any verb whose first argument is "MISSING" the
- * error HAMR_ENOTFOUND, any other verb "VERB ok ARGS". Exits after 30 s or
- * when stdin reaches end of file, whichever comes first.
+ *   control_fake [--host IP] [--socket PATH] [--tls CA CERT KEY] [--leader ADDR]
+ *
+ * Listens on --host (127.0.0.1 by default; a free port), and on the Unix
+ * socket PATH if given; with --tls the TCP port takes mutual TLS on that
+ * cluster PKI (operators only, as hamrd's). Prints "PORT\n" on stdout, and
+ * answers with canned data: "status" a three-node status, "queue" two
+ * messages, "show ID" one message, any verb whose first argument is
+ * "MISSING" the error HAMR_ENOTFOUND, "transfer" with --leader the error
+ * HAMR_ENOTLEADER naming ADDR, any other verb "VERB ok ARGS via PORT"
+ * (its TCP port, so that a test sees which fake answered). Exits after 30 s or when stdin reaches end of file, whichever
+ * comes first.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +22,7 @@
 #include "util/common.h"
 #include "util/err.h"
 
+#include "net/cluster_tls.h"
 #include "node/control.h"
 
 #define CONTROL_FAKE_LIFETIME_MS 30000
@@ -23,6 +30,7 @@
 static struct control *control_fake_ctl;
 static uv_timer_t control_fake_timer;
 static uv_pipe_t control_fake_stdin;
+static const char *control_fake_leader; /* --leader */
 
 /* control_fake_status - the answer to "status". */
 static void control_fake_status(struct control_call *call)
@@ -108,6 +116,12 @@ static void control_fake_handle(void *data,
 {
     if (req->n_args > 0 && strcmp(req->args[0], "MISSING") == 0) {
         control_reply_error(call, HAMR_ENOTFOUND, "no such message: %s", req->args[0]);
+    } else if (control_fake_leader != NULL && strcmp(req->verb, "transfer") == 0) {
+        Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
+        resp.code = HAMR_ENOTLEADER;
+        resp.error = "transfer: node 2 is the leader";
+        resp.leader_control = (char *)control_fake_leader;
+        control_reply(call, &resp);
     } else if (strcmp(req->verb, "status") == 0) {
         control_fake_status(call);
     } else if (strcmp(req->verb, "queue") == 0) {
@@ -119,6 +133,8 @@ static void control_fake_handle(void *data,
         size_t n = (size_t)snprintf(msg, sizeof(msg), "%s ok", req->verb);
         for (size_t i = 0; i < req->n_args && n < sizeof(msg); i++)
             n += (size_t)snprintf(msg + n, sizeof(msg) - n, " %s", req->args[i]);
+        if (n < sizeof(msg))
+            snprintf(msg + n, sizeof(msg) - n, " via %u", (unsigned)control_port(control_fake_ctl));
         Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
         resp.message = msg;
         control_reply(call, &resp);
@@ -156,13 +172,38 @@ static void control_fake_stdin_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t 
 }
 
 /* main - listen, print the port, serve until stopped. */
-int main(void)
+int main(int argc, char **argv)
 {
     uv_loop_t *loop = uv_default_loop();
-    struct control_handler h = {.data = NULL, .handle = control_fake_handle};
-    char err[256];
-    if (control_new(loop, "127.0.0.1", 0, &h, &control_fake_ctl, err, sizeof(err)) != 0) {
+    struct control_config cfg = {.host = "127.0.0.1"};
+    struct cluster_tls_files files = {0};
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--host") == 0 && i + 1 < argc) {
+            cfg.host = argv[++i];
+        } else if (strcmp(argv[i], "--socket") == 0 && i + 1 < argc) {
+            cfg.socket_path = argv[++i];
+        } else if (strcmp(argv[i], "--leader") == 0 && i + 1 < argc) {
+            control_fake_leader = argv[++i];
+        } else if (strcmp(argv[i], "--tls") == 0 && i + 3 < argc) {
+            files.ca = argv[++i];
+            files.cert = argv[++i];
+            files.key = argv[++i];
+        } else {
+            fprintf(stderr, "control_fake: bad argument \"%s\"\n", argv[i]);
+            return 2;
+        }
+    }
+    char err[1024];
+    struct cluster_tls *ct = NULL;
+    if (files.ca != NULL && cluster_tls_new(&files, &ct, err, sizeof(err)) != 0) {
         fprintf(stderr, "control_fake: %s\n", err);
+        return 1;
+    }
+    cfg.tls = ct;
+    struct control_handler h = {.data = NULL, .handle = control_fake_handle};
+    if (control_new(loop, &cfg, &h, &control_fake_ctl, err, sizeof(err)) != 0) {
+        fprintf(stderr, "control_fake: %s\n", err);
+        cluster_tls_free(ct);
         return 1;
     }
     printf("%u\n", (unsigned)control_port(control_fake_ctl));
@@ -175,5 +216,6 @@ int main(void)
                       control_fake_stdin_cb) != 0)
         fprintf(stderr, "control_fake: stdin not watched; exiting after the timeout\n");
     uv_run(loop, UV_RUN_DEFAULT);
+    cluster_tls_free(ct);
     return uv_loop_close(loop) == 0 ? 0 : 1;
 }

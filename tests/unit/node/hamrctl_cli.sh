@@ -1,11 +1,17 @@
 #!/bin/bash
 # hamrctl_cli.sh HAMRCTL CONTROL_FAKE - the hamrctl command line: usage errors
-# (exit 2), an unreachable node (exit 1), and text/JSON output and error
-# answers against control_fake, a canned control port.
+# (exit 2), an unreachable node (exit 1), text/JSON output and error answers
+# against control_fake, a canned control port; the control socket (-s, and
+# -c with no address; a socket hamrctl may not open); a TCP port with TLS
+# (operator certificate by flags and environment, and the clear errors for
+# no certificate, a node's, another CA's, a wrong --ca, a certificate on a
+# plaintext port); the redirect of an admin verb to "[::1]:PORT" (and the
+# unbracketed form older nodes publish) over TLS, from TCP and from the socket.
 set -u
 
-HAMRCTL=$1
-FAKE=$2
+HAMRCTL=$(realpath "$1")
+FAKE=$(realpath "$2")
+MKPKI=$(realpath "$(dirname "$0")/../../../deploy/make-pki.sh")
 PY=/usr/bin/python3
 TMP=$(mktemp -d /tmp/hamr-test-hamrctl-XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
@@ -45,17 +51,26 @@ expect "bad duration filter" 2 'hamrctl: --older-than: bad value "1 week"' "" --
 expect "filter without value" 2 "hamrctl: --to needs a value" "" -- queue --to
 expect "unknown option" 2 'hamrctl: unknown option "-x"' "" -- -x status
 expect "bad timeout" 2 "hamrctl: --timeout: not 1..3600 seconds" "" -- --timeout 0 status
-expect "bad -s" 2 'hamrctl: -s: not HOST:PORT: "localhost"' "" -- -s localhost status
+expect "bad -a" 2 'hamrctl: -a: not HOST:PORT: "localhost"' "" -- -a localhost status
+expect "-s and -a" 2 "hamrctl: give one of -s, -a and -c" "" -- -s /x.sock -a 127.0.0.1:1 status
+expect "cert alone" 2 "hamrctl: --cert, --key and --ca (or HAMRCTL_CERT, HAMRCTL_KEY, HAMRCTL_CA) go together" "" \
+    -- --cert /x.pem status
 expect "no verb" 2 "usage: hamrctl" "" --
-expect "help" 0 "" "hamrctl [-s HOST:PORT | -c CONFIG]" -- help
+expect "help" 0 "" "hamrctl [-s SOCKET | -a HOST:PORT | -c CONFIG] [--cert FILE --key FILE --ca FILE]" -- help
 
 # --- unreachable node: exit 1 ------------------------------------------------
 closed_port=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
 expect "unreachable" 1 "hamrctl: cannot connect to 127.0.0.1:$closed_port: Connection refused" "" \
     -- -s "127.0.0.1:$closed_port" status
-printf '[node]\nid = 1\ndata_dir = /tmp\n[listen]\nraft = 127.0.0.1:7001\ncontrol = 127.0.0.1:%s\n' \
-    "$closed_port" >"$TMP/closed.conf"
-expect "unreachable via -c" 1 "cannot connect to 127.0.0.1:$closed_port" "" -- -c "$TMP/closed.conf" status
+printf '[node]\nid = 1\ndata_dir = %s/nodata\n[listen]\nraft = 127.0.0.1:7001\ncontrol = 127.0.0.1:%s\n' \
+    "$TMP" "$closed_port" >"$TMP/closed.conf"
+expect "unreachable via -c (socket)" 1 \
+    "hamrctl: cannot connect to control socket $TMP/nodata/control.sock: No such file or directory (is hamrd running" \
+    "" -- -c "$TMP/closed.conf" status
+printf 'control_socket =\n' >>"$TMP/closed.conf"
+expect "unreachable via -c (TCP)" 1 "cannot connect to 127.0.0.1:$closed_port" "" -- -c "$TMP/closed.conf" status
+expect "unreachable -s" 1 "hamrctl: cannot connect to control socket $TMP/none.sock: No such file or directory" "" \
+    -- -s "$TMP/none.sock" status
 printf '[node]\nid = 1\nbogus = 2\n' >"$TMP/bad.conf"
 expect "bad config" 1 "hamrctl: $TMP/bad.conf:3: unknown key \"bogus\" in [node]" "" -- -c "$TMP/bad.conf" status
 
@@ -85,9 +100,10 @@ expect "flush all" 0 "" "flush ok" -- "${S[@]}" flush
 expect "add" 0 "" "add ok 4 127.0.0.1:7004" -- "${S[@]}" add 4 127.0.0.1:7004
 expect "error answer" 1 "hamrctl: no such message: MISSING" "" -- "${S[@]}" delete MISSING
 expect "version" 0 "" "hamrctl " -- "${S[@]}" version
-printf '[node]\nid = 1\ndata_dir = /tmp\n[listen]\nraft = 127.0.0.1:7001\ncontrol = 0.0.0.0:%s\n' \
+printf '[node]\nid = 1\ndata_dir = /tmp\n[listen]\nraft = 127.0.0.1:7001\ncontrol = 0.0.0.0:%s\ncontrol_socket =\n' \
     "$port" >"$TMP/fake.conf"
-expect "via -c" 0 "" "node:        1 (leader)" -- -c "$TMP/fake.conf" status
+expect "via -c (TCP)" 0 "" "node:        1 (leader)" -- -c "$TMP/fake.conf" status
+expect "-s HOST:PORT is TCP" 0 "" "node:        1 (leader)" -- -s "127.0.0.1:$port" status
 
 "$HAMRCTL" "${S[@]}" --json status >"$TMP/json" 2>"$TMP/err"
 if [ $? -eq 0 ] && $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["status"]["members"][2]["address"]=="127.0.0.1:7003", d; assert d["status"]["free_bytes"]==10737418240' "$TMP/json"; then
@@ -129,6 +145,111 @@ fi
 # Closing its stdin ends control_fake.
 exec {FAKE_PROC[1]}>&-
 wait "$fake_pid"
+
+# start_fake NAME ARGS... - control_fake ARGS in the background; its port in
+# ${NAME}_port; it runs until stop_fakes closes its stdin.
+fake_fds=()
+fake_pids=()
+start_fake() {
+    local name=$1 fd i
+    shift
+    mkfifo "$TMP/$name.in"
+    timeout 60 "$FAKE" "$@" <"$TMP/$name.in" >"$TMP/$name.port" 2>"$TMP/$name.err" &
+    fake_pids+=($!)
+    exec {fd}>"$TMP/$name.in"
+    fake_fds+=("$fd")
+    for ((i = 0; i < 100; i++)); do
+        [ -s "$TMP/$name.port" ] && break
+        sleep 0.1
+    done
+    if ! [ -s "$TMP/$name.port" ]; then
+        echo "FAIL control_fake $name did not start: $(cat "$TMP/$name.err")"
+        exit 1
+    fi
+    printf -v "${name}_port" '%s' "$(head -1 "$TMP/$name.port")"
+}
+stop_fakes() {
+    local fd
+    for fd in "${fake_fds[@]}"; do exec {fd}>&-; done
+    wait "${fake_pids[@]}"
+}
+
+# --- the control socket --------------------------------------------------------
+mkdir -p "$TMP/sockdata"
+start_fake unix --socket "$TMP/sockdata/control.sock"
+printf '[node]\nid = 1\ndata_dir = %s/sockdata\n[listen]\nraft = 127.0.0.1:7001\ncontrol = 127.0.0.1:%s\n' \
+    "$TMP" "$closed_port" >"$TMP/sock.conf"
+expect "socket via -c" 0 "" "node:        1 (leader)" -- -c "$TMP/sock.conf" status
+expect "socket via -s" 0 "" "hold ok Q1AAAA" -- -s "$TMP/sockdata/control.sock" hold Q1AAAA
+# (in this shell, not a subshell, so that a failure is counted)
+cd "$TMP" && expect "socket via -s, relative" 0 "" "hold ok Q1AAAA" -- -s "sockdata/control.sock" hold Q1AAAA
+cd "$TMP/sockdata" && expect "socket via -s, no slash" 0 "" "node:        1" -- -s control.sock status
+cd /
+mode=$(stat -c %a "$TMP/sockdata/control.sock")
+if [ "$mode" = 660 ]; then echo "ok   socket mode 0660"; else
+    echo "FAIL socket mode: $mode"
+    failures=$((failures + 1))
+fi
+if [ "$(id -u)" -eq 0 ]; then
+    chmod 755 "$TMP" "$TMP/sockdata"
+    if setpriv --reuid=nobody --regid=nogroup --clear-groups "$HAMRCTL" -s "$TMP/sockdata/control.sock" status \
+        >"$TMP/out" 2>"$TMP/err"; then
+        echo "FAIL socket permission: nobody may use a 0660 root socket"
+        failures=$((failures + 1))
+    elif grep -qF "hamrctl: cannot connect to control socket $TMP/sockdata/control.sock: Permission denied (root and members of the group of hamrd's account may use it)" "$TMP/err"; then
+        echo "ok   socket permission denied"
+    else
+        echo "FAIL socket permission denied: $(cat "$TMP/err")"
+        failures=$((failures + 1))
+    fi
+else
+    echo "skip socket permission denied (needs root)"
+fi
+
+# --- TLS: a cluster PKI, fakes with node 1's certificate -------------------------
+PKI=$TMP/pki
+{ "$MKPKI" "$PKI" ca && "$MKPKI" "$PKI" node 1 && "$MKPKI" "$PKI" operator alice &&
+    "$MKPKI" "$TMP/pki2" ca && "$MKPKI" "$TMP/pki2" operator mallory; } >/dev/null ||
+    { echo "FAIL make-pki.sh"; exit 1; }
+cat "$PKI/ca.pem" "$TMP/pki2/ca.pem" >"$TMP/both-ca.pem"
+NODE_TLS=(--tls "$PKI/ca.pem" "$PKI/node-1.pem" "$PKI/node-1.key")
+OP=(--cert "$PKI/operator-alice.pem" --key "$PKI/operator-alice.key" --ca "$PKI/ca.pem")
+# B: the "leader" on [::1]; A names it bracketed, C as older nodes did (unbracketed).
+start_fake B --host ::1 "${NODE_TLS[@]}"
+start_fake A "${NODE_TLS[@]}" --leader "[::1]:$B_port" --socket "$TMP/a.sock"
+start_fake C "${NODE_TLS[@]}" --leader "::1:$B_port"
+start_fake P --leader "[::1]:$B_port"
+# Q: a TLS port whose certificate is an operator's, not a node's.
+"$MKPKI" "$PKI" operator bob >/dev/null || { echo "FAIL make-pki.sh"; exit 1; }
+start_fake Q --tls "$PKI/ca.pem" "$PKI/operator-bob.pem" "$PKI/operator-bob.key"
+A=(-a "127.0.0.1:$A_port")
+
+expect "tls operator" 0 "" "node:        1 (leader)" -- "${A[@]}" "${OP[@]}" status
+HAMRCTL_CERT=$PKI/operator-alice.pem HAMRCTL_KEY=$PKI/operator-alice.key HAMRCTL_CA=$PKI/ca.pem \
+    expect "tls operator from the environment" 0 "" "hold ok Q1AAAA via $A_port" -- "${A[@]}" hold Q1AAAA
+expect "tls no certificate" 1 \
+    "hamrctl: this control port takes TLS with an operator certificate of the cluster CA (hamrctl --cert, --key and --ca" \
+    "" -- "${A[@]}" status
+expect "tls another CA" 1 "hamrctl: 127.0.0.1:$A_port refused the TLS connection: " "" \
+    -- "${A[@]}" --cert "$TMP/pki2/operator-mallory.pem" --key "$TMP/pki2/operator-mallory.key" \
+    --ca "$TMP/both-ca.pem" status
+expect "tls wrong --ca" 1 "hamrctl: TLS handshake with 127.0.0.1:$A_port failed: " "" \
+    -- "${A[@]}" --cert "$TMP/pki2/operator-mallory.pem" --key "$TMP/pki2/operator-mallory.key" \
+    --ca "$TMP/pki2/ca.pem" status
+expect "tls node certificate" 1 "hamrctl: $PKI/node-1.pem is node 1's certificate; a control port takes an operator's" \
+    "" -- "${A[@]}" --cert "$PKI/node-1.pem" --key "$PKI/node-1.key" --ca "$PKI/ca.pem" status
+expect "tls certificate on a plaintext port" 1 \
+    "hamrctl: 127.0.0.1:$P_port closed the connection during the TLS handshake (is its control port in plaintext?" \
+    "" -- -a "127.0.0.1:$P_port" "${OP[@]}" status
+expect "tls server not a node" 1 \
+    "hamrctl: 127.0.0.1:$Q_port presented a certificate of the cluster CA that names no node (hamr:node:ID)" \
+    "" -- -a "127.0.0.1:$Q_port" "${OP[@]}" status
+expect "redirect to [::1] over TLS" 0 "" "transfer ok 2 via $B_port" -- "${A[@]}" "${OP[@]}" transfer 2
+expect "redirect from the socket over TLS" 0 "" "transfer ok 2 via $B_port" -- -s "$TMP/a.sock" "${OP[@]}" transfer 2
+expect "redirect from the socket, no certificate" 1 "hamrctl: this control port takes TLS" "" \
+    -- -s "$TMP/a.sock" transfer 2
+expect "redirect, unbracketed v6" 0 "" "transfer ok 2 via $B_port" -- -a "127.0.0.1:$C_port" "${OP[@]}" transfer 2
+stop_fakes
 
 if [ $failures -ne 0 ]; then
     echo "$failures failure(s)"

@@ -708,6 +708,75 @@ static const struct test_bad test_bad_files[] = {
      ":7: stress_timeout: not a duration: \"soon\""},
 };
 
+/* test_control_keys - [listen] control_socket and control: defaults, off, paths, limits. */
+static void test_control_keys(void **state)
+{
+    struct hamr_config *cfg = malloc(sizeof(*cfg));
+    char err[512], path[1024];
+    /* Default: control.sock inside data_dir, and TCP on loopback. */
+    assert_int_equal(test_load(cfg, BASE, err, sizeof(err), NULL), 0);
+    assert_string_equal(cfg->listen_control_socket, "control.sock");
+    assert_int_equal(config_control_socket(cfg, path, sizeof(path)), 0);
+    assert_string_equal(path, "/var/lib/hamr/control.sock");
+    assert_int_equal(config_control_socket(cfg, path, 10), HAMR_EINVAL);
+    config_free(cfg);
+    /* An absolute path is itself; TCP off. */
+    int rc = test_load(cfg, BASE "control_socket = /run/hamr/ctl.sock\ncontrol =\n", err,
+                       sizeof(err), NULL);
+    if (rc != 0)
+        fail_msg("%s", err);
+    assert_int_equal(config_control_socket(cfg, path, sizeof(path)), 0);
+    assert_string_equal(path, "/run/hamr/ctl.sock");
+    assert_string_equal(cfg->listen_control.host, "");
+    config_free(cfg);
+    /* The socket off: "" as the path; TCP on an IPv6 literal. */
+    rc = test_load(cfg, BASE "control_socket =\ncontrol = [::1]:7100\n", err, sizeof(err), NULL);
+    if (rc != 0)
+        fail_msg("%s", err);
+    assert_int_equal(config_control_socket(cfg, path, sizeof(path)), 0);
+    assert_string_equal(path, "");
+    assert_string_equal(cfg->listen_control.host, "::1");
+    config_free(cfg);
+
+    /* Paths of n 'a's: absolute (a '/' before them) or relative. */
+    char abs108[112] = "/", rel106[112] = "", rel105[112] = "";
+    memset(abs108 + 1, 'a', 108);
+    abs108[109] = '\0';
+    memset(rel106, 'a', 106);
+    rel106[106] = '\0';
+    memset(rel105, 'a', 105);
+    rel105[105] = '\0';
+    const struct {
+        const char *name;
+        const char *key, *value;
+        const char *want;
+    } bad[] = {
+        {"both off", "control_socket =\ncontrol", "",
+         ":6: control and control_socket are both off: hamrctl could not reach this node"},
+        {"absolute too long", "control_socket", abs108,
+         ":6: control_socket: longer than a Unix socket path may be (107)"},
+        {"relative too long", "control_socket", rel106,
+         ":6: control_socket: longer than a Unix socket path may be (107)"},
+        {"control by name", "control", "localhost:7100",
+         ":6: control: must be an IP address and port: \"localhost\""},
+    };
+    char content[1024];
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(bad); i++) {
+        snprintf(content, sizeof(content), "%s%s = %s\n", BASE, bad[i].key, bad[i].value);
+        assert_int_equal(test_load(cfg, content, err, sizeof(err), NULL), HAMR_EINVAL);
+        if (strstr(err, bad[i].want) == NULL)
+            fail_msg("%s: got \"%s\", want \"%s\"", bad[i].name, err, bad[i].want);
+        config_free(cfg);
+    }
+    /* 105 octets relative ("./" makes 107): fits. */
+    snprintf(content, sizeof(content), "%scontrol_socket = %s\n", BASE, rel105);
+    rc = test_load(cfg, content, err, sizeof(err), NULL);
+    if (rc != 0)
+        fail_msg("%s", err);
+    config_free(cfg);
+    free(cfg);
+}
+
 /* test_proxy_networks_limit - 64 balancers fit, a 65th is an error on its line. */
 static void test_proxy_networks_limit(void **state)
 {
@@ -998,6 +1067,7 @@ int main(void)
         cmocka_unit_test(test_route),
         cmocka_unit_test(test_tls_policy),
         cmocka_unit_test(test_relay_recipients),
+        cmocka_unit_test(test_control_keys),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

@@ -1,5 +1,5 @@
 /*
- * test_control.c - node/control (the libuv listener) against
+ * test_control.c - node/control (the libuv listeners) against
  * node/control_client (the blocking client) and raw sockets.
  *
  * The loop runs in the test's main thread with a test handler that answers
@@ -8,6 +8,12 @@
  * and wakes the loop through a uv_async_t when it is done; every assertion
  * is made in the main thread. The loop is run UV_RUN_ONCE a bounded number of
  * times, and a guard timer bounds the wall time.
+ *
+ * Three kinds of server: TCP in the clear (most cases), the Unix socket
+ * (mode, a stale file replaced, a live one or a non-socket refused, removed
+ * at close), and TCP with TLS on a cluster PKI made by deploy/make-pki.sh
+ * once for the run (an operator served; a node's certificate, another CA's,
+ * none, and plaintext refused, each logged and counted as its kind).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,8 +31,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <openssl/ssl.h>
 
 #include <uv.h>
 
@@ -34,9 +44,12 @@
 #include "util/common.h"
 #include "util/err.h"
 
+#include "net/cluster_tls.h"
+#include "net/tls.h"
 #include "node/control.h"
 #include "node/control_client.h"
 #include "tests/lib/testlib_loop.h"
+#include "tests/lib/testlib_pki.h"
 
 #define TEST_GUARD_MS 10000
 #define TEST_MAX_ITER 100000
@@ -50,10 +63,28 @@ enum test_mode {
 struct fixture;
 typedef void (*test_client_fn)(struct fixture *f);
 
+/* What the server listens on. */
+enum test_server {
+    TEST_SERVER_TCP,  /* 127.0.0.1, in the clear */
+    TEST_SERVER_UNIX, /* a socket in a fresh directory */
+    TEST_SERVER_TLS,  /* 127.0.0.1 with TLS, node 1's certificate */
+};
+
+/* The PKI of the run (group setup): CA with node 1 and operator alice; another CA with mallory. */
+static struct {
+    struct testlib_pki pki, other;
+    char both_ca[300]; /* both CAs in one file: mallory's client trusts node 1 */
+} test_pki;
+
 struct fixture {
     uv_loop_t loop;
     struct control *ctl;
     uint16_t port;
+    char dir[64];            /* TEST_SERVER_UNIX: the directory */
+    char sock[128];          /* TEST_SERVER_UNIX: the socket's path */
+    struct cluster_tls *tls; /* TEST_SERVER_TLS: the server's */
+    SSL_CTX *cli_ctx;        /* the TLS client's context (NULL: plaintext) */
+    struct cluster_tls *cli; /* owns cli_ctx when it came from cluster_tls */
     bool closed;             /* control_close's callback ran */
     struct testlib_loop run; /* bounds every wait */
     uv_async_t wake;         /* the client thread is done */
@@ -138,8 +169,48 @@ static void test_closed_cb(void *arg)
     f->closed = true;
 }
 
-/* setup - a fresh loop with a control server on a free port. */
-static int setup(void **state)
+/* test_pki_path - a file of the run's PKI ("ca.pem", "node-1.key", ...). */
+static const char *test_pki_path(const struct testlib_pki *p, const char *name)
+{
+    static char bufs[4][300];
+    static unsigned next;
+    return testlib_pki_path(p, name, bufs[next++ % 4], sizeof(bufs[0]));
+}
+
+/* test_load - a cluster_tls on ca, cert, key (NULL on failure, logged). */
+static struct cluster_tls *test_load(const char *ca, const char *cert, const char *key)
+{
+    struct cluster_tls_files files = {.ca = ca, .cert = cert, .key = key};
+    struct cluster_tls *c = NULL;
+    char err[1024];
+    if (cluster_tls_new(&files, &c, err, sizeof(err)) != 0)
+        fprintf(stderr, "cluster_tls_new: %s\n", err);
+    return c;
+}
+
+/* group_setup - the PKI every TLS case uses, made once. */
+static int group_setup(void **state)
+{
+    if (!testlib_pki_init(&test_pki.pki) || !testlib_pki_node(&test_pki.pki, 1, 0) ||
+        !testlib_pki_operator(&test_pki.pki, "alice") || !testlib_pki_init(&test_pki.other) ||
+        !testlib_pki_operator(&test_pki.other, "mallory"))
+        return -1;
+    testlib_pki_path(&test_pki.pki, "both-ca.pem", test_pki.both_ca, sizeof(test_pki.both_ca));
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "cat '%s' '%s' >'%s'", test_pki_path(&test_pki.pki, "ca.pem"),
+             test_pki_path(&test_pki.other, "ca.pem"), test_pki.both_ca);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    testlib_pki_cleanup(&test_pki.pki);
+    testlib_pki_cleanup(&test_pki.other);
+    return 0;
+}
+
+/* setup_server - a fresh loop with a control server of the kind asked for. */
+static int setup_server(void **state, enum test_server kind)
 {
     struct fixture *f = calloc(1, sizeof(*f));
     if (f == NULL || uv_loop_init(&f->loop) != 0)
@@ -148,16 +219,46 @@ static int setup(void **state)
     uv_timer_init(&f->loop, &f->later);
     f->later.data = f;
     uv_async_init(&f->loop, &f->wake, test_wake_cb);
+    f->client_timeout_ms = 5000;
+    *state = f;
     struct control_handler h = {.data = f, .handle = test_handle};
+    struct control_config cfg = {.host = "127.0.0.1"};
+    if (kind == TEST_SERVER_UNIX) {
+        snprintf(f->dir, sizeof(f->dir), "/tmp/hamr-test-control-XXXXXX");
+        if (mkdtemp(f->dir) == NULL)
+            return -1;
+        snprintf(f->sock, sizeof(f->sock), "%s/control.sock", f->dir);
+        cfg = (struct control_config){.socket_path = f->sock};
+    } else if (kind == TEST_SERVER_TLS) {
+        f->tls = test_load(test_pki_path(&test_pki.pki, "ca.pem"),
+                           test_pki_path(&test_pki.pki, "node-1.pem"),
+                           test_pki_path(&test_pki.pki, "node-1.key"));
+        if (f->tls == NULL)
+            return -1;
+        cfg.tls = f->tls;
+    }
     char err[256];
-    if (control_new(&f->loop, "127.0.0.1", 0, &h, &f->ctl, err, sizeof(err)) != 0) {
+    if (control_new(&f->loop, &cfg, &h, &f->ctl, err, sizeof(err)) != 0) {
         fprintf(stderr, "%s\n", err);
         return -1;
     }
     f->port = control_port(f->ctl);
-    f->client_timeout_ms = 5000;
-    *state = f;
     return 0;
+}
+
+static int setup(void **state)
+{
+    return setup_server(state, TEST_SERVER_TCP);
+}
+
+static int setup_unix(void **state)
+{
+    return setup_server(state, TEST_SERVER_UNIX);
+}
+
+static int setup_tls(void **state)
+{
+    return setup_server(state, TEST_SERVER_TLS);
 }
 
 /* test_run_until - run the loop until *flag, bounded in iterations and time. */
@@ -182,6 +283,17 @@ static int teardown(void **state)
     uv_close((uv_handle_t *)&f->wake, NULL);
     uv_run(&f->loop, UV_RUN_DEFAULT);
     int rv = uv_loop_close(&f->loop);
+    cluster_tls_free(f->tls);
+    if (f->cli != NULL)
+        cluster_tls_free(f->cli);
+    else if (f->cli_ctx != NULL)
+        SSL_CTX_free(f->cli_ctx);
+    if (f->dir[0] != '\0') {
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+        if (system(cmd) != 0)
+            rv = -1;
+    }
     free(f);
     return rv == 0 ? 0 : -1;
 }
@@ -229,8 +341,11 @@ static int test_call(struct fixture *f,
     int rc = control_client_call(cc, &req, &resp, f->client_err, sizeof(f->client_err));
     if (rc == 0) {
         size_t n = strlen(f->client_msg);
-        snprintf(f->client_msg + n, sizeof(f->client_msg) - n, "%s%s", n ? ";" : "", resp->message);
+        snprintf(f->client_msg + n, sizeof(f->client_msg) - n, "%s%s", n ? ";" : "",
+                 resp->message != NULL ? resp->message : "");
         f->client_code = resp->code;
+        if (resp->code != 0)
+            hamr_strlcpy(f->client_err, resp->error, sizeof(f->client_err));
         hamr__control_response__free_unpacked(resp, NULL);
     }
     return rc;
@@ -259,6 +374,31 @@ static void client_two_calls(struct fixture *f)
         f->client_rc = test_call(f, &cc, "status", NULL, 0);
     if (f->client_rc == 0)
         f->client_rc = test_call(f, &cc, "show", args, 1);
+    control_client_close(&cc);
+}
+
+/* client_unix_call - "status" over the control socket. */
+static void client_unix_call(struct fixture *f)
+{
+    struct control_client cc;
+    f->client_rc = control_client_open_unix(&cc, f->sock, f->client_timeout_ms, f->client_err,
+                                            sizeof(f->client_err));
+    if (f->client_rc == 0)
+        f->client_rc = test_call(f, &cc, "status", NULL, 0);
+    control_client_close(&cc);
+}
+
+/* client_tls_call - "status" over TCP, with TLS on f->cli_ctx (plaintext without one). */
+static void client_tls_call(struct fixture *f)
+{
+    struct control_client cc;
+    f->client_rc = control_client_open(&cc, "127.0.0.1", f->port, f->client_timeout_ms,
+                                       f->client_err, sizeof(f->client_err));
+    if (f->client_rc == 0 && f->cli_ctx != NULL)
+        f->client_rc =
+            control_client_start_tls(&cc, f->cli_ctx, f->client_err, sizeof(f->client_err));
+    if (f->client_rc == 0)
+        f->client_rc = test_call(f, &cc, "status", NULL, 0);
     control_client_close(&cc);
 }
 
@@ -514,14 +654,237 @@ static void test_listen_error(void **state)
     struct control_handler h = {.data = f, .handle = test_handle};
     struct control *c = NULL;
     char err[256], want[128];
-    assert_int_equal(control_new(&f->loop, "127.0.0.1", f->port, &h, &c, err, sizeof(err)),
-                     HAMR_EIO);
+    struct control_config cfg = {.host = "127.0.0.1", .port = f->port};
+    assert_int_equal(control_new(&f->loop, &cfg, &h, &c, err, sizeof(err)), HAMR_EIO);
     snprintf(want, sizeof(want), "control: cannot listen on 127.0.0.1:%u: address already in use",
              (unsigned)f->port);
     assert_string_equal(err, want);
     assert_null(c);
-    assert_int_equal(control_new(&f->loop, "localhost", 0, &h, &c, err, sizeof(err)), HAMR_EINVAL);
+    cfg = (struct control_config){.host = "localhost"};
+    assert_int_equal(control_new(&f->loop, &cfg, &h, &c, err, sizeof(err)), HAMR_EINVAL);
     assert_string_equal(err, "control: not an IP address: localhost");
+}
+
+/* ------------------------------------------------------------------------ */
+/* The Unix socket.                                                         */
+/* ------------------------------------------------------------------------ */
+
+/* test_unix_call - a call over the socket; the file is a socket of mode 0660; no TCP port. */
+static void test_unix_call(void **state)
+{
+    struct fixture *f = *state;
+    f->mode = TEST_MODE_SYNC;
+    test_start_client(f, client_unix_call);
+    test_wait_client(f);
+    if (f->client_rc != 0)
+        fail_msg("%s", f->client_err);
+    assert_string_equal(f->client_msg, "sync:status:");
+    struct stat st;
+    assert_int_equal(lstat(f->sock, &st), 0);
+    assert_true(S_ISSOCK(st.st_mode));
+    assert_int_equal(st.st_mode & 07777, 0660);
+    assert_int_equal(control_port(f->ctl), 0);
+}
+
+/* test_unix_stale_socket - a file left by a listener that is gone is replaced. */
+static void test_unix_stale_socket(void **state)
+{
+    struct fixture *f = *state;
+    /* Close the fixture's control but put a dead socket file back at its path. */
+    control_close(f->ctl, test_closed_cb, f);
+    test_run_until(f, &f->closed);
+    assert_int_equal(access(f->sock, F_OK), -1); /* removed at close */
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    hamr_strlcpy(sa.sun_path, f->sock, sizeof(sa.sun_path));
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(fd, 1), 0);
+    close(fd); /* the file stays, nobody listens */
+    struct stat before;
+    assert_int_equal(lstat(f->sock, &before), 0);
+
+    struct control_handler h = {.data = f, .handle = test_handle};
+    struct control_config cfg = {.socket_path = f->sock};
+    char err[256];
+    f->ctl = NULL;
+    if (control_new(&f->loop, &cfg, &h, &f->ctl, err, sizeof(err)) != 0)
+        fail_msg("%s", err);
+    f->closed = false; /* a new one for teardown to close */
+    struct stat after;
+    assert_int_equal(lstat(f->sock, &after), 0);
+    assert_int_equal(after.st_mode & 07777, 0660);
+    f->mode = TEST_MODE_SYNC;
+    test_start_client(f, client_unix_call);
+    test_wait_client(f);
+    if (f->client_rc != 0)
+        fail_msg("%s", f->client_err);
+    assert_string_equal(f->client_msg, "sync:status:");
+}
+
+/* test_unix_live_socket - a second control on a socket someone listens on is refused. */
+static void test_unix_live_socket(void **state)
+{
+    struct fixture *f = *state;
+    struct control_handler h = {.data = f, .handle = test_handle};
+    struct control_config cfg = {.host = "127.0.0.1", .socket_path = f->sock};
+    struct control *c = NULL;
+    char err[256], want[256];
+    int rv = control_new(&f->loop, &cfg, &h, &c, err, sizeof(err));
+    if (c != NULL)
+        control_close(c, NULL, NULL); /* so that a failure below does not hang the loop */
+    assert_int_equal(rv, HAMR_EEXIST);
+    assert_null(c);
+    snprintf(want, sizeof(want),
+             "control: another process listens on %s (is another hamrd running on this data "
+             "directory?)",
+             f->sock);
+    assert_string_equal(err, want);
+    /* The first one is untouched. */
+    f->mode = TEST_MODE_SYNC;
+    test_start_client(f, client_unix_call);
+    test_wait_client(f);
+    if (f->client_rc != 0)
+        fail_msg("%s", f->client_err);
+}
+
+/* test_unix_bad_paths - not a socket, too long, nothing to listen on. */
+static void test_unix_bad_paths(void **state)
+{
+    struct fixture *f = *state;
+    struct control_handler h = {.data = f, .handle = test_handle};
+    struct control *c = NULL;
+    char path[300], err[512], want[512];
+    snprintf(path, sizeof(path), "%s/plain", f->dir);
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fputs("keep me\n", fp);
+    fclose(fp);
+    struct control_config cfg = {.socket_path = path};
+    int rv = control_new(&f->loop, &cfg, &h, &c, err, sizeof(err));
+    if (c != NULL)
+        control_close(c, NULL, NULL); /* so that a failure below does not hang the loop */
+    assert_int_equal(rv, HAMR_EEXIST);
+    snprintf(want, sizeof(want), "control: %s exists and is not a socket; remove it", path);
+    assert_string_equal(err, want);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_size, 8);
+
+    memset(path, 'x', 200);
+    path[0] = '/';
+    path[200] = '\0';
+    assert_int_equal(control_new(&f->loop, &cfg, &h, &c, err, sizeof(err)), HAMR_EINVAL);
+    assert_non_null(strstr(err, "control: socket path too long (200 bytes, at most 107)"));
+
+    cfg = (struct control_config){.socket_path = ""};
+    assert_int_equal(control_new(&f->loop, &cfg, &h, &c, err, sizeof(err)), HAMR_EINVAL);
+    assert_null(c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* TCP with TLS.                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* test_tls_client - f's client context from a cluster_tls on these files. */
+static void test_tls_client(struct fixture *f, const char *ca, const char *cert, const char *key)
+{
+    f->cli = test_load(ca, cert, key);
+    assert_non_null(f->cli);
+    f->cli_ctx = cluster_tls_client_ctx(f->cli);
+}
+
+/* test_tls_stats - run the loop until the server counted tls and identity refusals. */
+static void test_tls_stats(struct fixture *f, uint64_t tls, uint64_t identity)
+{
+    struct control_stats st;
+    TESTLIB_LOOP_UNTIL(&f->run, (control_get_stats(f->ctl, &st),
+                                 st.refused_tls == tls && st.refused_identity == identity));
+    control_get_stats(f->ctl, &st);
+    assert_int_equal(st.refused_tls, tls);
+    assert_int_equal(st.refused_identity, identity);
+}
+
+/* test_tls_operator - an operator's certificate is served. */
+static void test_tls_operator(void **state)
+{
+    struct fixture *f = *state;
+    f->mode = TEST_MODE_LATER;
+    test_tls_client(f, test_pki_path(&test_pki.pki, "ca.pem"),
+                    test_pki_path(&test_pki.pki, "operator-alice.pem"),
+                    test_pki_path(&test_pki.pki, "operator-alice.key"));
+    test_start_client(f, client_tls_call);
+    test_wait_client(f);
+    if (f->client_rc != 0)
+        fail_msg("%s", f->client_err);
+    assert_string_equal(f->client_msg, "later:status:");
+    assert_int_equal(f->calls, 1);
+    test_tls_stats(f, 0, 0);
+}
+
+/* test_tls_node_refused - a node's certificate: HAMR_EPERM, no call, counted as identity. */
+static void test_tls_node_refused(void **state)
+{
+    struct fixture *f = *state;
+    test_tls_client(f, test_pki_path(&test_pki.pki, "ca.pem"),
+                    test_pki_path(&test_pki.pki, "node-1.pem"),
+                    test_pki_path(&test_pki.pki, "node-1.key"));
+    test_start_client(f, client_tls_call);
+    test_wait_client(f);
+    assert_int_equal(f->client_rc, 0);
+    assert_int_equal(f->client_code, HAMR_EPERM);
+    assert_string_equal(f->client_err,
+                        "control over TCP takes operator certificates only "
+                        "(hamr:operator:NAME); this one is node:1");
+    assert_int_equal(f->calls, 0);
+    test_tls_stats(f, 0, 1);
+}
+
+/* test_tls_other_ca_refused - an operator of another CA: the handshake fails, counted as tls. */
+static void test_tls_other_ca_refused(void **state)
+{
+    struct fixture *f = *state;
+    test_tls_client(f, test_pki.both_ca, test_pki_path(&test_pki.other, "operator-mallory.pem"),
+                    test_pki_path(&test_pki.other, "operator-mallory.key"));
+    test_start_client(f, client_tls_call);
+    test_wait_client(f);
+    assert_int_equal(f->client_rc, HAMR_EPROTO);
+    char want[128];
+    snprintf(want, sizeof(want), "127.0.0.1:%u refused the TLS connection: ", (unsigned)f->port);
+    assert_non_null(strstr(f->client_err, want));
+    assert_non_null(strstr(f->client_err, "unknown ca"));
+    assert_int_equal(f->calls, 0);
+    test_tls_stats(f, 1, 0);
+}
+
+/* test_tls_no_certificate_refused - TLS without a client certificate: counted as tls. */
+static void test_tls_no_certificate_refused(void **state)
+{
+    struct fixture *f = *state;
+    char err[512];
+    f->cli_ctx = tls_client_ctx_new(test_pki_path(&test_pki.pki, "ca.pem"), err, sizeof(err));
+    assert_non_null(f->cli_ctx);
+    SSL_CTX_set_verify(f->cli_ctx, SSL_VERIFY_PEER, NULL); /* it checks the node, shows nothing */
+    test_start_client(f, client_tls_call);
+    test_wait_client(f);
+    assert_int_equal(f->client_rc, HAMR_EPROTO);
+    assert_non_null(strstr(f->client_err, "refused the TLS connection: "));
+    assert_non_null(strstr(f->client_err, "certificate required"));
+    assert_int_equal(f->calls, 0);
+    test_tls_stats(f, 1, 0);
+}
+
+/* test_tls_plaintext_refused - a plaintext request on the TLS port: told so in its framing. */
+static void test_tls_plaintext_refused(void **state)
+{
+    struct fixture *f = *state;
+    test_start_client(f, client_tls_call);
+    test_wait_client(f);
+    assert_int_equal(f->client_rc, 0);
+    assert_int_equal(f->client_code, HAMR_EPERM);
+    assert_non_null(
+        strstr(f->client_err, "this control port takes TLS with an operator certificate"));
+    assert_int_equal(f->calls, 0);
+    test_tls_stats(f, 1, 0);
 }
 
 /* test_json_of - JSON text of m (caller frees). */
@@ -643,6 +1006,15 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_listen_error, setup, teardown),
         cmocka_unit_test(test_client_refused),
         cmocka_unit_test(test_json),
+        cmocka_unit_test_setup_teardown(test_unix_call, setup_unix, teardown),
+        cmocka_unit_test_setup_teardown(test_unix_stale_socket, setup_unix, teardown),
+        cmocka_unit_test_setup_teardown(test_unix_live_socket, setup_unix, teardown),
+        cmocka_unit_test_setup_teardown(test_unix_bad_paths, setup_unix, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_operator, setup_tls, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_node_refused, setup_tls, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_other_ca_refused, setup_tls, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_no_certificate_refused, setup_tls, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_plaintext_refused, setup_tls, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
