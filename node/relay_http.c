@@ -86,6 +86,10 @@ void relay_metrics_fill(void *data, struct metrics *m)
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_REFUSED, ci.port.refused);
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_TIMED_OUT, ci.port.timed_out);
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_OVER_CAP, ci.port.over_cap);
+    metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_TLS, ci.port.tls);
+    metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_IDENTITY, ci.port.identity);
+    metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_OUT_TLS, ci.port.out_tls);
+    metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_OUT_IDENTITY, ci.port.out_identity);
     metrics_gauge_set(m, METRICS_DISK_FREE_BYTES, 0, (double)r->disk.free_bytes);
     metrics_gauge_set(m, METRICS_DRAINING, 0, r->draining);
     metrics_gauge_set(m, METRICS_SESSIONS_OPEN, 0, (double)smtpd_server_sessions(r->smtpd));
