@@ -463,8 +463,7 @@ static void consensus_tcp_conn_tls_write_cb(uv_write_t *req, int status)
         consensus_tcp_conn_close(conn);
 }
 
-/* consensus_tcp_conn_tls_flush - what the engine has for the peer, onto the socket. 0 or -1
- * (closed). */
+/* consensus_tcp_conn_tls_flush - the engine's output onto the socket; 0, or -1 (closed). */
 static int consensus_tcp_conn_tls_flush(struct consensus_tcp_conn *conn)
 {
     const char *data;
@@ -535,8 +534,7 @@ static void consensus_tcp_conn_tls_pump(struct consensus_tcp_conn *conn)
     }
 }
 
-/* consensus_tcp_conn_read_cb - the peer's bytes: to the TLS engine, or straight to consensus_wire.
- */
+/* consensus_tcp_conn_read_cb - the peer's bytes: to the TLS engine, or straight to the checker. */
 static void consensus_tcp_conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct consensus_tcp_conn *conn = s->data;
@@ -669,8 +667,7 @@ static void consensus_tcp_out_unlink(struct consensus_tcp_out *out)
     out->prev = out->next = NULL;
 }
 
-/* consensus_tcp_out_close - idempotent: unlink, close every handle; status for a pending connect.
- */
+/* consensus_tcp_out_close - idempotent: unlink, close every handle; status: a pending connect's. */
 static void consensus_tcp_out_close(struct consensus_tcp_out *out, int status)
 {
     if (out->closing)
@@ -745,8 +742,7 @@ static void consensus_tcp_out_tls_pump(struct consensus_tcp_out *out);
 /* consensus_tcp_out_write_cb - ciphertext reached the socket (or was canceled). */
 static void consensus_tcp_out_write_cb(uv_write_t *req, int status);
 
-/* consensus_tcp_out_pipe_alloc_cb / _read_cb - libraft's bytes: encrypted onto TCP; EOF: it let go.
- */
+/* consensus_tcp_out_alloc_cb - one buffer for both reads: the server's bytes and libraft's. */
 static void consensus_tcp_out_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct consensus_tcp_out *out = h->data;
@@ -780,6 +776,7 @@ static int consensus_tcp_out_tls_flush(struct consensus_tcp_out *out)
     return 0;
 }
 
+/* consensus_tcp_out_pipe_read_cb - libraft's bytes, encrypted onto TCP; EOF: it let go. */
 static void consensus_tcp_out_pipe_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct consensus_tcp_out *out = s->data;
@@ -819,8 +816,7 @@ static void consensus_tcp_out_write_cb(uv_write_t *req, int status)
     }
 }
 
-/* consensus_tcp_out_established - TLS is up and names the right node: the handshake, then libraft.
- */
+/* consensus_tcp_out_established - TLS names the right node: the raft handshake, then libraft. */
 static void consensus_tcp_out_established(struct consensus_tcp_out *out)
 {
     struct consensus_tcp *t = out->t;
