@@ -8,7 +8,7 @@
  * request (proposals, membership changes, the election barrier, a transfer).
  *
  * Happy path:
- *   consensus_new: validate, mkdir -p, raft_uv_tcp_init, raft_uv_init,
+ *   consensus_new: validate, mkdir -p, consensus_tcp_init, raft_uv_init,
  *     raft_init, tune, raft_bootstrap (RAFT_CANTBOOTSTRAP = restart, fine).
  *   consensus_start: raft_start (loads the whole log synchronously), then the
  *     poll timer watches raft_state(): 0.15 has no state-change callback.
@@ -44,19 +44,21 @@
  * UNAVAILABLE after start, an entry the FSM refuses) are logged and reported
  * in consensus_info.failed.
  *
- * Security: the raft port is plaintext and unauthenticated (RAFT.md 4.5);
- * bind it to a private address. Every inbound byte is checked before libraft
- * reads it (consensus_tcp.c, consensus_wire.c): malformed or oversized
- * messages close the connection and are counted in consensus_info.port.
- * Addresses from the configuration are checked to be IPv4 literals with a
- * port before raft sees them.
+ * Security (RAFT.md 4.5): with cfg.tls every raft connection is mutual TLS
+ * 1.3 under the cluster's CA and a peer's raft id must be the one its
+ * certificate names, both ways (consensus_tcp.c); without it the raft port
+ * is plaintext and unauthenticated: bind it to a private address. Either
+ * way every inbound byte is checked before libraft reads it
+ * (consensus_wire.c): malformed or oversized messages close the connection
+ * and are counted in consensus_info.port. Addresses from the configuration
+ * are checked to be IP literals with a port ("a.b.c.d:port", "[v6]:port")
+ * before raft sees them.
  *
  * Threading: everything runs on the loop thread. The FSM callbacks run inside
  * raft: they must not call any consensus_* function. The *result of apply
  * reaches a proposer only on the node that proposed, while it still leads;
  * raft drops it everywhere else, so it must not own memory.
  */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -137,7 +139,7 @@ struct consensus {
 
     struct raft raft;
     struct raft_io io;
-    struct consensus_tcp transport; /* raft_uv_tcp with TCP_NODELAY */
+    struct consensus_tcp transport; /* every raft connection; TLS with cfg.tls */
     struct raft_fsm raft_fsm;
 
     uv_timer_t poll_timer; /* polls raft_state() */
@@ -277,34 +279,11 @@ static int consensus_err(int rv)
     }
 }
 
-/* consensus_check_address - "a.b.c.d:port", IPv4 literal, port 1..65535. */
+/* consensus_check_address - "a.b.c.d:port" or "[IPv6]:port", literals, port 1..65535. */
 static int consensus_check_address(const char *address)
 {
-    const char *colon = strrchr(address, ':');
-    if (colon == NULL)
-        return HAMR_EINVAL;
-    size_t host_len = (size_t)(colon - address);
-    char host[INET_ADDRSTRLEN];
-    if (host_len == 0 || host_len >= sizeof(host))
-        return HAMR_EINVAL;
-    memcpy(host, address, host_len);
-    host[host_len] = '\0';
-    struct in_addr in;
-    if (inet_pton(AF_INET, host, &in) != 1)
-        return HAMR_EINVAL;
-    const char *p = colon + 1;
-    size_t digits = strlen(p);
-    if (digits == 0 || digits > 5)
-        return HAMR_EINVAL;
-    unsigned long port = 0;
-    for (size_t i = 0; i < digits; i++) {
-        if (p[i] < '0' || p[i] > '9')
-            return HAMR_EINVAL;
-        port = port * 10 + (unsigned long)(p[i] - '0');
-    }
-    if (port == 0 || port > 65535)
-        return HAMR_EINVAL;
-    return 0;
+    struct sockaddr_storage ss;
+    return consensus_tcp_parse(address, &ss) == 0 ? 0 : HAMR_EINVAL;
 }
 
 /* consensus_kick - run consensus_dispatch on the next loop iteration. */
@@ -471,7 +450,9 @@ static int consensus_validate(const struct consensus_config *cfg,
                       strnlen(cfg->address, sizeof(cfg->address)));
         consensus_errmsg(
             errmsg, errlen,
-            "raft address \"%s\" must be an IPv4 literal with a port, like 10.0.0.1:9101", shown);
+            "raft address \"%s\" must be an IP literal with a port, like 10.0.0.1:9101 or "
+            "[fd00::1]:9101",
+            shown);
         return HAMR_EINVAL;
     }
     if (memchr(cfg->dir, '\0', sizeof(cfg->dir)) == NULL || cfg->dir[0] == '\0') {
@@ -496,9 +477,9 @@ static int consensus_validate(const struct consensus_config *cfg,
         const struct consensus_member *m = &cfg->voters[i];
         if (m->id == 0 || memchr(m->address, '\0', sizeof(m->address)) == NULL ||
             consensus_check_address(m->address) != 0) {
-            consensus_errmsg(
-                errmsg, errlen,
-                "voter %zu: id must be > 0 and the address an IPv4 literal with a port", i);
+            consensus_errmsg(errmsg, errlen,
+                             "voter %zu: id must be > 0 and the address an IP literal with a port",
+                             i);
             return HAMR_EINVAL;
         }
     }
@@ -543,7 +524,6 @@ static void consensus_new_abort_cb(struct raft *r)
 {
     struct consensus *c = r->data;
     raft_uv_close(&c->io);
-    consensus_tcp_close(&c->transport);
     free(c);
 }
 
@@ -582,9 +562,9 @@ int consensus_new(uv_loop_t *loop,
 
     struct consensus_wire_limits limits;
     consensus_port_limits(&c->cfg, &limits);
-    rv = consensus_tcp_init(&c->transport, loop, &limits);
+    rv = consensus_tcp_init(&c->transport, loop, &limits, c->cfg.tls);
     if (rv != 0) {
-        consensus_errmsg(errmsg, errlen, "raft_uv_tcp_init: %s", raft_strerror(rv));
+        consensus_errmsg(errmsg, errlen, "raft transport: %s", raft_strerror(rv));
         free(c);
         return consensus_err(rv);
     }
@@ -592,7 +572,6 @@ int consensus_new(uv_loop_t *loop,
     if (rv != 0) {
         consensus_errmsg(errmsg, errlen, "raft bind address %s: %s", c->cfg.address,
                          raft_strerror(rv));
-        consensus_tcp_close(&c->transport);
         free(c);
         return consensus_err(rv);
     }
@@ -600,7 +579,6 @@ int consensus_new(uv_loop_t *loop,
     if (rv != 0) {
         consensus_errmsg(errmsg, errlen, "raft_uv_init %s: %s: %s", c->cfg.dir, raft_strerror(rv),
                          c->io.errmsg);
-        consensus_tcp_close(&c->transport);
         free(c);
         return consensus_err(rv);
     }
@@ -619,7 +597,6 @@ int consensus_new(uv_loop_t *loop,
         consensus_errmsg(errmsg, errlen, "raft_init: %s: %s", raft_strerror(rv),
                          raft_errmsg(&c->raft));
         raft_uv_close(&c->io);
-        consensus_tcp_close(&c->transport);
         free(c);
         return consensus_err(rv);
     }
@@ -1181,7 +1158,7 @@ void consensus_free(void *p)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Close: raft_close, then raft_uv_close + raft_uv_tcp_close, handles, free. */
+/* Close: raft_close (which closes the transport), then raft_uv_close, handles, free. */
 
 /* consensus_close_finish - last close callback: deliver what is left, then free. */
 static void consensus_close_finish(struct consensus *c)
@@ -1229,7 +1206,6 @@ static void consensus_raft_closed_cb(struct raft *r)
 {
     struct consensus *c = r->data;
     raft_uv_close(&c->io);
-    consensus_tcp_close(&c->transport);
     consensus_close_step(c);
 }
 

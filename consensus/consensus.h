@@ -1,6 +1,7 @@
 /*
  * consensus.h - canonical raft (libraft 0.15) with its libuv disk back end and
- * TCP transport, behind a small interface that knows nothing of mail.
+ * hamr's TCP transport (optionally mutual TLS), behind a small interface that
+ * knows nothing of mail.
  *
  * The state machine is a struct consensus_fsm of function pointers; entries
  * are opaque byte buffers. A proposal is called back exactly once: 0 when the
@@ -50,8 +51,10 @@ struct consensus_fsm {
 
 struct consensus_member {
     uint64_t id;
-    char address[CONSENSUS_ADDR_MAX]; /* IPv4 literal "a.b.c.d:port" */
+    char address[CONSENSUS_ADDR_MAX]; /* "a.b.c.d:port" or "[IPv6]:port", literals */
 };
+
+struct cluster_tls; /* net/cluster_tls.h */
 
 struct consensus_config {
     uint64_t id;                       /* > 0 */
@@ -66,6 +69,11 @@ struct consensus_config {
     size_t segment_size;               /* log segment size; 64 MiB */
     uint64_t max_entry;                /* largest entry the FSM proposes; 64 MiB. Bounds
                                           what the raft port accepts (RAFT.md 4.5) */
+    struct cluster_tls *tls;           /* NULL: plain TCP. Else every raft connection is
+                                          mutual TLS 1.3 and a peer's id must be the one
+                                          its certificate names (RAFT.md 4.5). Borrowed:
+                                          must outlive the consensus; reloads reach new
+                                          connections */
     /* on_leader - leadership gained (after the barrier) or lost. May be NULL. */
     void (*on_leader)(void *arg, bool leader);
     void *on_leader_arg;
@@ -78,12 +86,16 @@ enum consensus_state {
     CONSENSUS_LEADER,
 };
 
-/* consensus_port_stats - inbound raft connections since start (RAFT.md 4.5). */
+/* consensus_port_stats - raft connections since start (RAFT.md 4.5); each refusal is logged. */
 struct consensus_port_stats {
-    uint64_t accepted;  /* handed to raft after a valid handshake */
-    uint64_t refused;   /* closed for a malformed handshake or message (logged) */
-    uint64_t timed_out; /* closed: no valid handshake within 5 s */
-    uint64_t over_cap;  /* closed at once: 64 inbound connections were open */
+    uint64_t accepted;     /* inbound, handed to raft after a valid handshake */
+    uint64_t refused;      /* inbound, closed for a malformed handshake or message */
+    uint64_t timed_out;    /* inbound, closed: no valid (TLS and raft) handshake within 5 s */
+    uint64_t over_cap;     /* inbound, closed at once: 64 inbound connections were open */
+    uint64_t tls;          /* inbound, TLS failed: no certificate, another CA, a bad record */
+    uint64_t identity;     /* inbound, the certificate names no node, or not the claimed id */
+    uint64_t out_tls;      /* outbound, TLS failed (or the server refused our certificate) */
+    uint64_t out_identity; /* outbound, the server's certificate names another node, or none */
 };
 
 struct consensus_info {
@@ -164,7 +176,7 @@ int consensus_transfer(struct consensus *c, uint64_t id,
 /*
  * consensus_add / consensus_assign / consensus_remove - membership changes,
  * leader only, one at a time (RAFT.md 7.8). add makes id a SPARE at address
- * (IPv4 literal "a.b.c.d:port", copied); assign gives it a CONSENSUS_ROLE_*.
+ * ("a.b.c.d:port" or "[IPv6]:port", copied); assign gives it a CONSENSUS_ROLE_*.
  * On 0, cb(arg, status) runs exactly once, never inside the call. Errors:
  * HAMR_ENOTLEADER, HAMR_ECANTCHANGE (another change is pending), HAMR_EINVAL,
  * HAMR_EEXIST (duplicate id or address, or the role is already held),

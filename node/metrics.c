@@ -450,14 +450,15 @@ static const char *const metrics_hamr_refusals[] = {"ok",   "kind",  "identity",
                                                     "size", "lease", NULL};
 _Static_assert(PEER_POLICY_REASONS == 6 && PEER_POLICY_LEASE == 5,
                "metrics_hamr_refusals follows enum peer_policy_reason");
-static const char *const metrics_hamr_raft_port[] = {"accepted", "refused", "timed_out", "over_cap",
-                                                     NULL};
+static const char *const metrics_hamr_raft_port[] = {"accepted", "refused",      "timed_out",
+                                                     "over_cap", "tls",          "identity",
+                                                     "out_tls",  "out_identity", NULL};
+_Static_assert(METRICS_RAFT_PORT_OUT_IDENTITY == 7,
+               "metrics_hamr_raft_port follows enum metrics_hamr_raft_port");
 static const char *const metrics_hamr_peer_port[] = {
     "accepted", "tls", "identity", "timed_out", "out_tls", "out_identity", NULL};
 _Static_assert(METRICS_PEER_PORT_OUT_IDENTITY == 5,
                "metrics_hamr_peer_port follows enum metrics_hamr_peer_port");
-static const char *const metrics_hamr_raft_port[] = {"accepted", "refused", "timed_out",
-                                                     "over_cap", NULL};
 static const char *const metrics_hamr_control_refusals[] = {"tls", "identity", NULL};
 static const char *const metrics_hamr_outcomes[] = {"delivered", "deferred", "bounced", "expired",
                                                     NULL};
@@ -528,8 +529,9 @@ const struct metrics_def metrics_hamr_defs[] = {
                                               "reason",
                                               metrics_hamr_refusals),
     [METRICS_RAFT_PORT] = METRICS_LABELLED("hamr_raft_port_connections_total",
-                                           "Inbound raft connections: handed to raft, refused "
-                                           "(malformed), timed out, over the cap.",
+                                           "Raft connections: inbound handed to raft, refused "
+                                           "(malformed), timed out, over the cap, failed TLS, "
+                                           "wrong identity; outbound failed TLS, wrong identity.",
                                            METRICS_COUNTER,
                                            "event",
                                            metrics_hamr_raft_port),

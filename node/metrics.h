@@ -168,6 +168,10 @@ enum metrics_hamr_raft_port {
     METRICS_RAFT_PORT_REFUSED,
     METRICS_RAFT_PORT_TIMED_OUT,
     METRICS_RAFT_PORT_OVER_CAP,
+    METRICS_RAFT_PORT_TLS,
+    METRICS_RAFT_PORT_IDENTITY,
+    METRICS_RAFT_PORT_OUT_TLS,
+    METRICS_RAFT_PORT_OUT_IDENTITY,
 };
 
 /* Label indexes of METRICS_PEER_PORT (peer_server_stats, then peer_client_stats as out_*). */
@@ -178,6 +182,8 @@ enum metrics_hamr_peer_port {
     METRICS_PEER_PORT_TIMED_OUT,
     METRICS_PEER_PORT_OUT_TLS,
     METRICS_PEER_PORT_OUT_IDENTITY,
+};
+
 /* Label indexes of METRICS_CONTROL_REFUSED (control_stats). */
 enum metrics_hamr_control_refusal {
     METRICS_CONTROL_REFUSED_TLS = 0,  /* the TLS handshake failed */

@@ -433,6 +433,7 @@ static int relay_start_raft(struct relay *r, char *err, size_t errlen)
         .max_entry = cfg->smtpd.message_size_limit,
         .on_leader = relay_on_leader,
         .on_leader_arg = r,
+        .tls = r->ctls,
     };
     if (config_ip_address(cfg->listen_raft.host, cfg->listen_raft.port, cc.address,
                           sizeof(cc.address)) != 0) {

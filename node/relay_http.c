@@ -87,6 +87,10 @@ void relay_metrics_fill(void *data, struct metrics *m)
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_REFUSED, ci.port.refused);
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_TIMED_OUT, ci.port.timed_out);
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_OVER_CAP, ci.port.over_cap);
+    metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_TLS, ci.port.tls);
+    metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_IDENTITY, ci.port.identity);
+    metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_OUT_TLS, ci.port.out_tls);
+    metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_OUT_IDENTITY, ci.port.out_identity);
     if (r->peer_srv != NULL) {
         struct peer_server_stats pst;
         peer_server_stats(r->peer_srv, &pst);

@@ -1159,14 +1159,19 @@ static void test_bad_config(void **state)
         unsigned election, heartbeat;
         const char *want; /* in errmsg */
     } cases[] = {
-        {"hostname", "localhost:9101", 1, 0, 0, "IPv4"},
-        {"no port", "127.0.0.1", 1, 0, 0, "IPv4"},
-        {"port 0", "127.0.0.1:0", 1, 0, 0, "IPv4"},
-        {"port too big", "127.0.0.1:65536", 1, 0, 0, "IPv4"},
-        {"port not a number", "127.0.0.1:9x", 1, 0, 0, "IPv4"},
-        {"ipv6", "[::1]:9101", 1, 0, 0, "IPv4"},
-        {"short quad", "127.1:9101", 1, 0, 0, "IPv4"},
-        {"empty", "", 1, 0, 0, "IPv4"},
+        {"hostname", "localhost:9101", 1, 0, 0, "IP literal"},
+        {"no port", "127.0.0.1", 1, 0, 0, "IP literal"},
+        {"port 0", "127.0.0.1:0", 1, 0, 0, "IP literal"},
+        {"port too big", "127.0.0.1:65536", 1, 0, 0, "IP literal"},
+        {"port not a number", "127.0.0.1:9x", 1, 0, 0, "IP literal"},
+        {"ipv6 without brackets", "::1:9101", 1, 0, 0, "IP literal"},
+        {"ipv6 without port", "[::1]", 1, 0, 0, "IP literal"},
+        {"ipv6 port 0", "[::1]:0", 1, 0, 0, "IP literal"},
+        {"ipv4 in brackets", "[127.0.0.1]:9101", 1, 0, 0, "IP literal"},
+        {"ipv6 not a literal", "[::g]:9101", 1, 0, 0, "IP literal"},
+        {"ipv6 unclosed", "[::1:9101", 1, 0, 0, "IP literal"},
+        {"short quad", "127.1:9101", 1, 0, 0, "IP literal"},
+        {"empty", "", 1, 0, 0, "IP literal"},
         {"id 0", "127.0.0.1:9101", 0, 0, 0, "id"},
         {"heartbeat >= election", "127.0.0.1:9101", 1, 100, 100, "heartbeat"},
     };
