@@ -15,8 +15,10 @@
 #   deploy/local-cluster.sh start ID      start node ID again (same data directory)
 #   deploy/local-cluster.sh transfer [ID] move leadership (to node ID), print the new leader
 #
-# Owns run/ in the repository (configs, data directories, logs, pid files;
-# keep it out of git). The recording sink (deploy/sink.py) listens on
+# Owns run/ in the repository (configs, data directories, logs, pid files,
+# the cluster's certificates in run/pki; keep it out of git). Raft, peer and
+# control speak mutual TLS with run/pki (deploy/make-pki.sh: a CA, node-N, and
+# operator-local for hamrctl over TCP). The recording sink (deploy/sink.py) listens on
 # 127.0.0.1:2600 and writes into run/sink/; it is every node's relayhost.
 # Node N listens for SMTP on 2524+N, raft on 7000+N, peer (forwarding to
 # the leader) on 7200+N, control on 7100+N. NODES (default 3) sets the node
@@ -126,7 +128,7 @@ lc_voters() {
 lc_peer_supported() {
     local probe rc
     probe=$(mktemp -d)
-    printf '[node]\nid = 1\ndata_dir = %s/data\n[listen]\nraft = 127.0.0.1:%d\npeer = 127.0.0.1:%d\n' \
+    printf '[node]\nid = 1\ndata_dir = %s/data\n[cluster_tls]\nplaintext = yes\n[listen]\nraft = 127.0.0.1:%d\npeer = 127.0.0.1:%d\n' \
         "$probe" $((RAFT_BASE + 1)) $((PEER_BASE + 1)) >"$probe/probe.conf"
     rc=0
     "$BUILD/hamrd" --check-config -c "$probe/probe.conf" >/dev/null 2>&1 || rc=1
@@ -144,6 +146,22 @@ lc_check_id() {
 # lc_lb - true if the cluster runs behind HAProxy (up --lb).
 lc_lb() {
     [ -e "$RUN/lb" ]
+}
+
+# lc_pki - run/pki: the cluster CA, a certificate for each node and one for
+# the operator "local" (deploy/make-pki.sh), made once; node keys are given
+# to the user the nodes run as.
+lc_pki() {
+    local i
+    [ -e "$RUN/pki/ca.pem" ] || "$REPO/deploy/make-pki.sh" "$RUN/pki" ca >/dev/null
+    [ -e "$RUN/pki/operator-local.pem" ] ||
+        "$REPO/deploy/make-pki.sh" "$RUN/pki" operator local >/dev/null
+    for ((i = 1; i <= NODES; i++)); do
+        [ -e "$RUN/pki/node-$i.pem" ] || "$REPO/deploy/make-pki.sh" "$RUN/pki" node "$i" >/dev/null
+        if [ "$(id -u)" -eq 0 ]; then
+            chown "${HAMR_USER:-nobody}" "$RUN/pki/node-$i.key"
+        fi
+    done
 }
 
 # lc_write_config N - run/nodeN/hamr.conf.
@@ -203,6 +221,12 @@ scan_interval = 200ms
 
 [storage]
 min_free = 16M
+
+[cluster_tls]
+# Raft, peer and control over mutual TLS with the certificates in run/pki.
+ca_file = $RUN/pki/ca.pem
+cert_file = $RUN/pki/node-$n.pem
+key_file = $RUN/pki/node-$n.key
 EOF
 }
 
@@ -228,6 +252,7 @@ lc_start_node() {
         echo "local-cluster: node$n already running (pid $(cat "$pidfile"))"
         return 0
     fi
+    lc_pki
     lc_write_config "$n"
     "$BUILD/hamrd" --check-config -c "$RUN/node$n/hamr.conf" >/dev/null ||
         lc_die "node$n: bad config $RUN/node$n/hamr.conf"
@@ -236,11 +261,20 @@ lc_start_node() {
     echo "local-cluster: node$n started (pid $!, smtp 127.0.0.1:$((SMTP_BASE + n)), log $RUN/node$n.log)"
 }
 
-# lc_ctl N ARGS... - hamrctl against node N.
+# lc_hint - how to reach the nodes with hamrctl by hand.
+lc_hint() {
+    echo "local-cluster: raft, peer and control use mutual TLS with $RUN/pki;" \
+        "hamrctl -c $RUN/node1/hamr.conf status (the control socket), or" \
+        "hamrctl -a 127.0.0.1:$((CONTROL_BASE + 1)) --cert $RUN/pki/operator-local.pem" \
+        "--key $RUN/pki/operator-local.key --ca $RUN/pki/ca.pem status"
+}
+
+# lc_ctl N ARGS... - hamrctl against node N's control port, over TLS as operator "local".
 lc_ctl() {
     local n=$1
     shift
-    "$BUILD/hamrctl" -s "127.0.0.1:$((CONTROL_BASE + n))" "$@"
+    "$BUILD/hamrctl" -a "127.0.0.1:$((CONTROL_BASE + n))" --cert "$RUN/pki/operator-local.pem" \
+        --key "$RUN/pki/operator-local.key" --ca "$RUN/pki/ca.pem" "$@"
 }
 
 # lc_leader - print the id of the leader that every reachable node names; false if none.
@@ -390,6 +424,7 @@ lc_up() {
         lc_status
         echo "local-cluster: leader is node$(lc_leader || echo "? (none agreed)");" \
             "send mail to 127.0.0.1:$LB_PORT"
+        lc_hint
         return 0
     fi
     # Every node takes mail when followers forward; otherwise only the leader does.
@@ -408,6 +443,7 @@ lc_up() {
     done
     lc_status
     echo "local-cluster: leader is node$(lc_leader || echo "? (none agreed)")"
+    lc_hint
 }
 
 # lc_kill N - kill -9 node N (no clean shutdown: for trying failover).

@@ -46,6 +46,9 @@
 #                      "scp %f %n:/usr/sbin/hamrd.new && ssh %n mv /usr/sbin/hamrd.new /usr/sbin/hamrd"
 #   HAMR_BIN           [/usr/sbin/hamrd]
 #   HAMRCTL            [hamrctl]
+#   HAMRCTL_CERT, HAMRCTL_KEY, HAMRCTL_CA  an operator's certificate and key and the
+#                      cluster CA (deploy/make-pki.sh DIR operator NAME): the TCP
+#                      control ports take only mutual TLS with [cluster_tls]
 #   HAMR_CHECK_TIMEOUT [30]  HAMR_DRAIN_TIMEOUT [60]  HAMR_DRAIN_GRACE [3]
 #   HAMR_STOP_TIMEOUT  [60]  HAMR_READY_TIMEOUT [120]  (seconds)
 #

@@ -1047,6 +1047,11 @@ static int config_check_cluster_tls(struct config_parse *p)
                            "plaintext: yes, but ca_file, cert_file or key_file is set too");
     if (set > 0 && set < 3)
         return config_fail(p, first_set, "ca_file, cert_file and key_file must be set together");
+    /* Between nodes TLS is the default: the clear has to be asked for. */
+    if (set == 0 && !cfg->cluster_plaintext)
+        return config_fail(p, 0,
+                           "[cluster_tls] ca_file, cert_file and key_file are required "
+                           "(deploy/make-pki.sh makes them), or plaintext = yes for a lab");
     return 1;
 }
 

@@ -67,6 +67,62 @@ def give_to_run_user(path):
         parent = os.path.dirname(parent)
 
 
+MAKE_PKI = os.path.join(REPO, "deploy", "make-pki.sh")
+HAMRCTL_TLS_ENV = ("HAMRCTL_CERT", "HAMRCTL_KEY", "HAMRCTL_CA")
+_PKI = {"dir": None, "nodes": set()}
+
+
+def pki_dir():
+    """pki_dir - this process's cluster PKI (deploy/make-pki.sh): a CA and operator "tests".
+
+    Made once, in a temporary directory removed at exit; node certificates are
+    added by pki_node. Every cluster of the tests shares the CA, as the nodes of
+    one real cluster do.
+    """
+    if _PKI["dir"] is None:
+        d = tempfile.mkdtemp(prefix="hamr-pki-")
+        os.chmod(d, 0o755)
+        for args in (["ca"], ["operator", "tests"]):
+            subprocess.run(["bash", MAKE_PKI, d] + args, check=True, stdout=subprocess.DEVNULL)
+        atexit.register(shutil.rmtree, d, True)
+        _PKI["dir"] = d
+    return _PKI["dir"]
+
+
+def pki_node(node_id):
+    """pki_node - {ca_file, cert_file, key_file} of node node_id in pki_dir (made on first use)."""
+    d = pki_dir()
+    if node_id not in _PKI["nodes"]:
+        if not os.path.exists(os.path.join(d, "node-%d.pem" % node_id)):
+            subprocess.run(["bash", MAKE_PKI, d, "node", str(node_id)], check=True,
+                           stdout=subprocess.DEVNULL)
+        _PKI["nodes"].add(node_id)
+    return {"ca_file": os.path.join(d, "ca.pem"),
+            "cert_file": os.path.join(d, "node-%d.pem" % node_id),
+            "key_file": os.path.join(d, "node-%d.key" % node_id)}
+
+
+def ctl_tls_env(env=None):
+    """ctl_tls_env - env (default os.environ) with HAMRCTL_CERT/_KEY/_CA of operator "tests".
+
+    What hamrctl needs for a TCP control port of a node with the test PKI.
+    """
+    d = pki_dir()
+    out = dict(os.environ if env is None else env)
+    out.update({"HAMRCTL_CERT": os.path.join(d, "operator-tests.pem"),
+                "HAMRCTL_KEY": os.path.join(d, "operator-tests.key"),
+                "HAMRCTL_CA": os.path.join(d, "ca.pem")})
+    return out
+
+
+def ctl_plain_env(env=None):
+    """ctl_plain_env - env (default os.environ) without HAMRCTL_CERT/_KEY/_CA."""
+    out = dict(os.environ if env is None else env)
+    for k in HAMRCTL_TLS_ENV:
+        out.pop(k, None)
+    return out
+
+
 class WaitTimeout(AssertionError):
     """WaitTimeout - a bounded wait ran out (an AssertionError, so it reads as a failure)."""
 
@@ -566,6 +622,10 @@ class Node:
         }
         if RUN_USER:
             sections["node"]["user"] = RUN_USER
+        # Between nodes TLS is the default; plaintext = yes in overrides turns it off.
+        tls_over = self.overrides.get("cluster_tls", {})
+        if str(tls_over.get("plaintext", "no")).lower() not in ("yes", "true", "on", "1"):
+            sections["cluster_tls"] = pki_node(self.id)
         if self.peer_port:
             sections["listen"]["peer"] = "%s:%d" % (self.host, self.peer_port)
         if self.relayhost_port:
@@ -612,13 +672,31 @@ class Node:
         if self.proc:
             self.proc.check_alive()
 
+    def tls(self):
+        """tls - the node's [cluster_tls] files ({} in plaintext mode)."""
+        return {k: v for k, v in self.config_sections().get("cluster_tls", {}).items()
+                if k.endswith("_file")}
+
+    def ctl_env(self):
+        """ctl_env - the environment hamrctl needs for this node's TCP control port.
+
+        The test PKI's operator certificate when the node uses the test PKI; none
+        in plaintext mode; the caller's own HAMRCTL_* for a PKI of its own.
+        """
+        tls = self.tls()
+        if not tls:
+            return ctl_plain_env()
+        if tls.get("ca_file") == pki_node(self.id)["ca_file"]:
+            return ctl_tls_env()
+        return dict(os.environ)
+
     def ctl(self, verb, *args, timeout=15):
         """ctl - hamrctl --json VERB ARGS against this node; the parsed JSON response."""
         addr = self.control_addr or "%s:%d" % (self.host, self.control_port)
         argv = [hamrctl_path(), "-s", addr, "--json", verb] + list(args)
         try:
             out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                                 timeout=timeout)
+                                 timeout=timeout, env=self.ctl_env())
         except subprocess.TimeoutExpired:
             raise CtlError("%s timed out" % " ".join(argv))
         if out.returncode != 0:
@@ -727,6 +805,8 @@ def config_key_supported(section, key, value):
             f.write("[node]\nid = 1\ndata_dir = %s\n[listen]\nraft = 127.0.0.1:%d\n"
                     "[%s]\n%s = %s\n" % (os.path.join(d, "data"), free_port(), section, key,
                                          value))
+            if section != "cluster_tls":  # a probe of one key, not of the cluster PKI
+                f.write("[cluster_tls]\nplaintext = yes\n")
         out = subprocess.run([hamrd_path(), "--check-config", "-c", path], capture_output=True,
                              stdin=subprocess.DEVNULL, timeout=30)
         return out.returncode == 0

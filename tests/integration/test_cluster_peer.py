@@ -55,9 +55,14 @@ class ClusterPeerPolicyTest(cluster.ClusterTestCase):
 
     def forge(self, leader, as_node, *args):
         """forge - peer_forge against leader's peer port as node as_node; its output line."""
-        out = subprocess.run([FORGE, "%s:%d" % (leader.host, leader.peer_port), str(as_node)]
-                             + list(args), capture_output=True, timeout=30,
-                             stdin=subprocess.DEVNULL)
+        tls = []
+        if leader.tls():  # as_node's own certificate: a member gone bad, not a stranger
+            files = harness.pki_node(as_node)
+            tls = ["--ca", files["ca_file"], "--cert", files["cert_file"],
+                   "--key", files["key_file"], "--to", str(leader.id)]
+        out = subprocess.run([FORGE] + tls + ["%s:%d" % (leader.host, leader.peer_port),
+                                              str(as_node)] + list(args),
+                             capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
         text = out.stdout.decode() + out.stderr.decode()
         self.assertEqual(out.returncode, 0, "peer_forge %s: %s" % (args, text))
         return text.strip()

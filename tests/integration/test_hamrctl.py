@@ -122,7 +122,7 @@ class HamrctlTest(cluster.ClusterTestCase):
         server = server or "%s:%d" % (node.host, node.control_port)
         argv = [harness.hamrctl_path(), "-s", server] + list(args)
         out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                             timeout=timeout)
+                             timeout=timeout, env=node.ctl_env())
         return Ctl(argv, out.returncode, out.stdout.decode("utf-8", "replace"),
                    out.stderr.decode("utf-8", "replace"))
 

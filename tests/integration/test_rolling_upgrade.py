@@ -143,7 +143,7 @@ class RollingUpgradeTest(cluster.BalancerTestCase):
 
     def run_script(self, timeout=200):
         """run_script - rolling-upgrade.sh over every node; (exit status, [(time, line)])."""
-        env = dict(os.environ)
+        env = self.cluster.nodes[0].ctl_env()  # hamrctl over TLS: an operator's certificate
         helper = "%s %s %s" % (harness.PYTHON, self.helper, self.nodectl.path)
         env.update({
             "HAMR_BIN": self.installed,

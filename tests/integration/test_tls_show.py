@@ -127,7 +127,8 @@ class TlsShowTest(harness.HamrTestCase):
         """show_text - the text of "hamrctl show ID" (exit 0 required)."""
         argv = [harness.hamrctl_path(), "-s", "%s:%d" % (node.host, node.control_port),
                 "show", qid]
-        out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=15)
+        out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=15,
+                             env=node.ctl_env())
         self.assertEqual(out.returncode, 0, out)
         return out.stdout.decode("utf-8", "replace")
 

@@ -62,7 +62,7 @@ expect "help" 0 "" "hamrctl [-s SOCKET | -a HOST:PORT | -c CONFIG] [--cert FILE 
 closed_port=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
 expect "unreachable" 1 "hamrctl: cannot connect to 127.0.0.1:$closed_port: Connection refused" "" \
     -- -s "127.0.0.1:$closed_port" status
-printf '[node]\nid = 1\ndata_dir = %s/nodata\n[listen]\nraft = 127.0.0.1:7001\ncontrol = 127.0.0.1:%s\n' \
+printf '[node]\nid = 1\ndata_dir = %s/nodata\n[cluster_tls]\nplaintext = yes\n[listen]\nraft = 127.0.0.1:7001\ncontrol = 127.0.0.1:%s\n' \
     "$TMP" "$closed_port" >"$TMP/closed.conf"
 expect "unreachable via -c (socket)" 1 \
     "hamrctl: cannot connect to control socket $TMP/nodata/control.sock: No such file or directory (is hamrd running" \
@@ -100,7 +100,7 @@ expect "flush all" 0 "" "flush ok" -- "${S[@]}" flush
 expect "add" 0 "" "add ok 4 127.0.0.1:7004" -- "${S[@]}" add 4 127.0.0.1:7004
 expect "error answer" 1 "hamrctl: no such message: MISSING" "" -- "${S[@]}" delete MISSING
 expect "version" 0 "" "hamrctl " -- "${S[@]}" version
-printf '[node]\nid = 1\ndata_dir = /tmp\n[listen]\nraft = 127.0.0.1:7001\ncontrol = 0.0.0.0:%s\ncontrol_socket =\n' \
+printf '[node]\nid = 1\ndata_dir = /tmp\n[cluster_tls]\nplaintext = yes\n[listen]\nraft = 127.0.0.1:7001\ncontrol = 0.0.0.0:%s\ncontrol_socket =\n' \
     "$port" >"$TMP/fake.conf"
 expect "via -c (TCP)" 0 "" "node:        1 (leader)" -- -c "$TMP/fake.conf" status
 expect "-s HOST:PORT is TCP" 0 "" "node:        1 (leader)" -- -s "127.0.0.1:$port" status
@@ -177,7 +177,7 @@ stop_fakes() {
 # --- the control socket --------------------------------------------------------
 mkdir -p "$TMP/sockdata"
 start_fake unix --socket "$TMP/sockdata/control.sock"
-printf '[node]\nid = 1\ndata_dir = %s/sockdata\n[listen]\nraft = 127.0.0.1:7001\ncontrol = 127.0.0.1:%s\n' \
+printf '[node]\nid = 1\ndata_dir = %s/sockdata\n[cluster_tls]\nplaintext = yes\n[listen]\nraft = 127.0.0.1:7001\ncontrol = 127.0.0.1:%s\n' \
     "$TMP" "$closed_port" >"$TMP/sock.conf"
 expect "socket via -c" 0 "" "node:        1 (leader)" -- -c "$TMP/sock.conf" status
 expect "socket via -s" 0 "" "hold ok Q1AAAA" -- -s "$TMP/sockdata/control.sock" hold Q1AAAA

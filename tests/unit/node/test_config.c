@@ -26,7 +26,11 @@
 static char test_dir[64];
 
 /* Minimal valid file; tests append sections to it. */
-#define BASE "[node]\nid = 1\ndata_dir = /var/lib/hamr\n[listen]\nraft = 127.0.0.1:7001\n"
+/* BASE_TLS: the smallest valid file but for the cluster PKI; BASE: that in the clear. */
+#define BASE_TLS "[node]\nid = 1\ndata_dir = /var/lib/hamr\n[listen]\nraft = 127.0.0.1:7001\n"
+#define BASE                                                                                      \
+    "[node]\nid = 1\ndata_dir = /var/lib/hamr\n[cluster_tls]\nplaintext = yes\n[listen]\nraft = " \
+    "127.0.0.1:7001\n"
 
 /* test_write - write content to a file in test_dir; returns its path (static buffer). */
 static const char *test_write(const char *content)
@@ -382,7 +386,12 @@ static const char test_full[] =
     ".Example.COM = 10.9.9.9:2525 ; inline comment\n"
     "\n"
     "[storage]\n"
-    "min_free = 1G\n";
+    "min_free = 1G\n"
+    "\n"
+    "[cluster_tls]\n"
+    "ca_file = /etc/hamr/pki/ca.pem\n"
+    "cert_file = /etc/hamr/pki/node-2.pem\n"
+    "key_file = /etc/hamr/pki/node-2.key\n";
 
 /* test_every_key - every key set to a value other than its default. */
 static void test_every_key(void **state)
@@ -472,6 +481,10 @@ static void test_every_key(void **state)
     assert_string_equal(cfg->transports[1].domain, ".example.com");
     assert_string_equal(cfg->transports[1].next_hop.host, "10.9.9.9");
     assert_int_equal(cfg->min_free_bytes, 1ull << 30);
+    assert_string_equal(cfg->cluster_ca_file, "/etc/hamr/pki/ca.pem");
+    assert_string_equal(cfg->cluster_cert_file, "/etc/hamr/pki/node-2.pem");
+    assert_string_equal(cfg->cluster_key_file, "/etc/hamr/pki/node-2.key");
+    assert_false(cfg->cluster_plaintext);
     config_free(cfg);
     assert_int_equal(cfg->n_relay_domains, 0);
     config_free(cfg); /* idempotent */
@@ -562,30 +575,30 @@ struct test_bad {
 
 static const struct test_bad test_bad_files[] = {
     {"bad size", BASE "[smtpd]\nmessage_size_limit = 10Q\n", HAMR_EINVAL,
-     ":7: message_size_limit: not a size: \"10Q\""},
+     ":9: message_size_limit: not a size: \"10Q\""},
     {"bad duration", BASE "[cluster]\nelection_timeout = 3 s\n", HAMR_EINVAL,
-     ":7: election_timeout: not a duration: \"3 s\""},
+     ":9: election_timeout: not a duration: \"3 s\""},
     {"bad count", BASE "[smtpd]\n\n\nrecipient_limit = many\n", HAMR_EINVAL,
-     ":9: recipient_limit: not a number: \"many\""},
+     ":11: recipient_limit: not a number: \"many\""},
     {"count out of range", BASE "[smtpd]\nmax_errors = 0\n", HAMR_EINVAL,
-     ":7: max_errors: out of range: \"0\""},
+     ":9: max_errors: out of range: \"0\""},
     {"duration out of range", BASE "[cluster]\nheartbeat = 0ms\n", HAMR_EINVAL,
-     ":7: heartbeat: out of range: \"0ms\""},
+     ":9: heartbeat: out of range: \"0ms\""},
     {"unsigned overflow", BASE "[cluster]\nelection_timeout = 100d\n", HAMR_EINVAL,
-     ":7: election_timeout: out of range: \"100d\""},
+     ":9: election_timeout: out of range: \"100d\""},
     {"unknown key", BASE "[smtpd]\nmax_sesions = 5\n", HAMR_EINVAL,
-     ":7: unknown key \"max_sesions\" in [smtpd]"},
+     ":9: unknown key \"max_sesions\" in [smtpd]"},
     {"key of another section", BASE "[node]\nsmtp = 127.0.0.1:25\n", HAMR_EINVAL,
-     ":7: unknown key \"smtp\" in [node]"},
+     ":9: unknown key \"smtp\" in [node]"},
     {"unknown section", BASE "\n[smptd]\nmax_sessions = 5\n", HAMR_EINVAL,
-     ":7: unknown section [smptd]"},
-    {"unknown empty section", BASE "[bogus]\n", HAMR_EINVAL, ":6: unknown section [bogus]"},
+     ":9: unknown section [smptd]"},
+    {"unknown empty section", BASE "[bogus]\n", HAMR_EINVAL, ":8: unknown section [bogus]"},
     {"outside a section", "id = 1\n", HAMR_EINVAL, ":1: \"id\" outside a [section]"},
     {"syntax error", BASE "[smtpd]\nmax_sessions\n", HAMR_EINVAL,
-     ":7: syntax error (expected [section] or key = value)"},
+     ":9: syntax error (expected [section] or key = value)"},
     {"unclosed section", BASE "[smtpd\n", HAMR_EINVAL,
-     ":6: syntax error (expected [section] or key = value)"},
-    {"scalar twice", BASE "[node]\nid = 3\n", HAMR_EINVAL, ":7: id: given twice (first on line 2)"},
+     ":8: syntax error (expected [section] or key = value)"},
+    {"scalar twice", BASE "[node]\nid = 3\n", HAMR_EINVAL, ":9: id: given twice (first on line 2)"},
     {"indented scalar", "[node]\nid = 1\n  data_dir = /x\n", HAMR_EINVAL,
      ":3: indented line continues \"id\" (line 2); only lists continue, so do not indent keys"},
     {"bad log level", "[node]\nlog_level = loud\n", HAMR_EINVAL,
@@ -596,37 +609,37 @@ static const struct test_bad test_bad_files[] = {
      "[node]\nuser = aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n",
      HAMR_EINVAL, ":2: user: longer than 63 characters"},
     {"bad hostport", BASE "[listen]\nsmtp = 127.0.0.1\n", HAMR_EINVAL,
-     ":7: smtp: not host:port: \"127.0.0.1\""},
+     ":9: smtp: not host:port: \"127.0.0.1\""},
     {"bad relayhost", BASE "[delivery]\nrelayhost = [mx]:0\n", HAMR_EINVAL,
-     ":7: relayhost: not host:port: \"[mx]:0\""},
+     ":9: relayhost: not host:port: \"[mx]:0\""},
     {"bad network", BASE "[smtpd]\nrelay_networks = 10.0.0.0/8, 10.0.0.0/40\n", HAMR_EINVAL,
-     ":7: relay_networks: not a network: \"10.0.0.0/40\""},
+     ":9: relay_networks: not a network: \"10.0.0.0/40\""},
     {"bad domain", BASE "[smtpd]\nrelay_domains = exa mple..com\n", HAMR_EINVAL,
-     ":7: relay_domains: not a domain: \"mple..com\""},
+     ":9: relay_domains: not a domain: \"mple..com\""},
     {"bad transport value", BASE "[transport]\nexample.com = mx.example.com\n", HAMR_EINVAL,
-     ":7: example.com: not host:port: \"mx.example.com\""},
+     ":9: example.com: not host:port: \"mx.example.com\""},
     {"bad transport domain", BASE "[transport]\nexa/mple.com = mx:25\n", HAMR_EINVAL,
-     ":7: transport: not a domain: \"exa/mple.com\""},
+     ":9: transport: not a domain: \"exa/mple.com\""},
     {"transport twice", BASE "[transport]\nexample.com = mx:25\nEXAMPLE.com = mx2:25\n",
-     HAMR_EINVAL, ":8: example.com: given twice (first on line 7)"},
+     HAMR_EINVAL, ":10: example.com: given twice (first on line 9)"},
     {"bad voter", BASE "[cluster]\nvoters = 1@127.0.0.1:7001 two@127.0.0.1:7002\n", HAMR_EINVAL,
-     ":7: voters: not ID@IPV4:PORT or ID@[IPV6]:PORT: \"two@127.0.0.1:7002\""},
+     ":9: voters: not ID@IPV4:PORT or ID@[IPV6]:PORT: \"two@127.0.0.1:7002\""},
     {"voter by name", BASE "[cluster]\nvoters = 1@localhost:7001\n", HAMR_EINVAL,
-     ":7: voters: not ID@IPV4:PORT or ID@[IPV6]:PORT: \"1@localhost:7001\""},
+     ":9: voters: not ID@IPV4:PORT or ID@[IPV6]:PORT: \"1@localhost:7001\""},
     {"voter ipv6 unbracketed", BASE "[cluster]\nvoters = 1@::1:7001\n", HAMR_EINVAL,
-     ":7: voters: not ID@IPV4:PORT or ID@[IPV6]:PORT: \"1@::1:7001\""},
+     ":9: voters: not ID@IPV4:PORT or ID@[IPV6]:PORT: \"1@::1:7001\""},
     {"voter bracketed name", BASE "[cluster]\nvoters = 1@[node1]:7001\n", HAMR_EINVAL,
-     ":7: voters: not ID@IPV4:PORT or ID@[IPV6]:PORT: \"1@[node1]:7001\""},
+     ":9: voters: not ID@IPV4:PORT or ID@[IPV6]:PORT: \"1@[node1]:7001\""},
     {"voter id zero", BASE "[cluster]\nvoters = 0@127.0.0.1:7001\n", HAMR_EINVAL,
-     ":7: voters: not ID@IPV4:PORT or ID@[IPV6]:PORT: \"0@127.0.0.1:7001\""},
+     ":9: voters: not ID@IPV4:PORT or ID@[IPV6]:PORT: \"0@127.0.0.1:7001\""},
     {"voter id twice", BASE "[cluster]\nvoters = 1@127.0.0.1:7001, 1@127.0.0.1:7002\n", HAMR_EINVAL,
-     ":7: voters: id 1 given twice"},
+     ":9: voters: id 1 given twice"},
     {"voter address twice", BASE "[cluster]\nvoters = 1@127.0.0.1:7001,\n  2@127.0.0.1:7001\n",
-     HAMR_EINVAL, ":8: voters: address 127.0.0.1:7001 given twice"},
+     HAMR_EINVAL, ":10: voters: address 127.0.0.1:7001 given twice"},
     {"self not a voter", BASE "[cluster]\nvoters = 2@127.0.0.1:7002, 3@127.0.0.1:7003\n",
-     HAMR_EINVAL, ":7: voters: this node (id 1) is not listed"},
+     HAMR_EINVAL, ":9: voters: this node (id 1) is not listed"},
     {"self at another address", BASE "[cluster]\n\nvoters = 1@127.0.0.1:7009\n", HAMR_EINVAL,
-     ":8: voters: this node is listed at 127.0.0.1:7009 but [listen] raft is 127.0.0.1:7001"},
+     ":10: voters: this node is listed at 127.0.0.1:7009 but [listen] raft is 127.0.0.1:7001"},
     {"no id", "[node]\ndata_dir = /x\n[listen]\nraft = 127.0.0.1:7001\n", HAMR_EINVAL,
      ":0: [node] id is required"},
     {"no data_dir", "[node]\nid = 1\n[listen]\nraft = 127.0.0.1:7001\n", HAMR_EINVAL,
@@ -635,77 +648,83 @@ static const struct test_bad test_bad_files[] = {
     {"raft by name", "[node]\nid = 1\ndata_dir = /x\n[listen]\n\nraft = node1:7001\n", HAMR_EINVAL,
      ":6: raft: must be an IP address and port: \"node1\""},
     {"control by name", BASE "[listen]\ncontrol = localhost:7100\n", HAMR_EINVAL,
-     ":7: control: must be an IP address and port: \"localhost\""},
+     ":9: control: must be an IP address and port: \"localhost\""},
     {"heartbeat too long", BASE "[cluster]\nheartbeat = 1s\n", HAMR_EINVAL,
-     ":7: heartbeat (1000ms) must be less than election_timeout (1000ms)"},
+     ":9: heartbeat (1000ms) must be less than election_timeout (1000ms)"},
     {"election too short", BASE "[cluster]\nelection_timeout = 100ms\n", HAMR_EINVAL,
-     ":7: heartbeat (100ms) must be less than election_timeout (100ms)"},
+     ":9: heartbeat (100ms) must be less than election_timeout (100ms)"},
     {"retry_min above retry_max", BASE "[delivery]\nretry_max = 1m\nretry_min = 2m\n", HAMR_EINVAL,
-     ":8: retry_min must not exceed retry_max"},
+     ":10: retry_min must not exceed retry_max"},
     {"retry_max below default min", BASE "[delivery]\nretry_max = 1m\n", HAMR_EINVAL,
-     ":7: retry_min must not exceed retry_max"},
+     ":9: retry_min must not exceed retry_max"},
     {"message too big", BASE "[smtpd]\nmessage_size_limit = 65M\n", HAMR_EINVAL,
-     ":7: message_size_limit: at most 64M (a message is one raft entry)"},
+     ":9: message_size_limit: at most 64M (a message is one raft entry)"},
     {"section after a vertical tab", "\v[bogus]\n" BASE, HAMR_EINVAL,
      ":1: unknown section [bogus]"},
     {"cluster without peer", BASE "[cluster]\nvoters = 1@127.0.0.1:7001, 2@127.0.0.1:7002\n",
      HAMR_EINVAL, ":0: [listen] peer is required in a cluster of more than one node"},
     {"join with voters", BASE "[cluster]\njoin = yes\nvoters = 1@127.0.0.1:7001\n", HAMR_EINVAL,
-     ":8: voters: a node that joins (join = yes) lists no voters"},
+     ":10: voters: a node that joins (join = yes) lists no voters"},
     {"bad bool", BASE "[cluster]\njoin = maybe\n", HAMR_EINVAL,
-     ":7: join: not yes or no: \"maybe\""},
+     ":9: join: not yes or no: \"maybe\""},
     {"peer by name", BASE "[listen]\npeer = node1:7201\n", HAMR_EINVAL,
-     ":7: peer: must be an IP address and port: \"node1\""},
+     ":9: peer: must be an IP address and port: \"node1\""},
     {"join without peer", BASE "[cluster]\njoin = yes\n", HAMR_EINVAL,
      ":0: [listen] peer is required in a cluster of more than one node"},
     {"proxy without networks", BASE "[smtpd]\nmax_sessions = 5\nproxy_protocol = on\n", HAMR_EINVAL,
-     ":8: proxy_protocol: on needs proxy_networks (the load balancers)"},
+     ":10: proxy_protocol: on needs proxy_networks (the load balancers)"},
     {"proxy bad bool", BASE "[smtpd]\nproxy_protocol = v2\n", HAMR_EINVAL,
-     ":7: proxy_protocol: not yes or no: \"v2\""},
+     ":9: proxy_protocol: not yes or no: \"v2\""},
     {"proxy bad network", BASE "[smtpd]\nproxy_networks = 10.0.0.1, haproxy.example\n", HAMR_EINVAL,
-     ":7: proxy_networks: not a network: \"haproxy.example\""},
+     ":9: proxy_networks: not a network: \"haproxy.example\""},
     {"tls cert without key", BASE "[smtpd]\nmax_sessions = 5\ntls_cert_file = /c.pem\n",
-     HAMR_EINVAL, ":8: tls_cert_file and tls_key_file must be set together"},
+     HAMR_EINVAL, ":10: tls_cert_file and tls_key_file must be set together"},
     {"tls key without cert", BASE "[smtpd]\ntls_key_file = /k.pem\n", HAMR_EINVAL,
-     ":7: tls_cert_file and tls_key_file must be set together"},
+     ":9: tls_cert_file and tls_key_file must be set together"},
     {"auth without tls", BASE "[smtpd]\nmax_sessions = 5\nauth_file = /etc/hamr/passwd\n",
-     HAMR_EINVAL, ":8: auth_file needs tls_cert_file and tls_key_file (AUTH only over TLS)"},
-    {"cluster tls cert alone", BASE "[cluster_tls]\nca_file = /ca.pem\ncert_file = /n.pem\n",
+     HAMR_EINVAL, ":10: auth_file needs tls_cert_file and tls_key_file (AUTH only over TLS)"},
+    {"cluster tls cert alone", BASE_TLS "[cluster_tls]\nca_file = /ca.pem\ncert_file = /n.pem\n",
      HAMR_EINVAL, ":7: ca_file, cert_file and key_file must be set together"},
-    {"cluster tls and plaintext", BASE "[cluster_tls]\nplaintext = yes\nkey_file = /n.key\n",
+    {"cluster tls and plaintext", BASE_TLS "[cluster_tls]\nplaintext = yes\nkey_file = /n.key\n",
      HAMR_EINVAL, ":7: plaintext: yes, but ca_file, cert_file or key_file is set too"},
-    {"cluster tls unknown key", BASE "[cluster_tls]\ncafile = /ca.pem\n", HAMR_EINVAL,
+    {"cluster tls missing", BASE_TLS, HAMR_EINVAL,
+     ":0: [cluster_tls] ca_file, cert_file and key_file are required (deploy/make-pki.sh makes "
+     "them), or plaintext = yes for a lab"},
+    {"cluster tls plaintext no", BASE_TLS "[cluster_tls]\nplaintext = no\n", HAMR_EINVAL,
+     ":0: [cluster_tls] ca_file, cert_file and key_file are required (deploy/make-pki.sh makes "
+     "them), or plaintext = yes for a lab"},
+    {"cluster tls unknown key", BASE_TLS "[cluster_tls]\ncafile = /ca.pem\n", HAMR_EINVAL,
      ":7: unknown key \"cafile\" in [cluster_tls]"},
     {"auth max failures zero", BASE "[smtpd]\nauth_max_failures = 0\n", HAMR_EINVAL,
-     ":7: auth_max_failures: out of range: \"0\""},
+     ":9: auth_max_failures: out of range: \"0\""},
     {"proxy timeout zero", BASE "[smtpd]\nproxy_timeout = 0s\n", HAMR_EINVAL,
-     ":7: proxy_timeout: out of range: \"0s\""},
+     ":9: proxy_timeout: out of range: \"0s\""},
     {"proxy timeout too long", BASE "[smtpd]\nproxy_timeout = 6m\n", HAMR_EINVAL,
-     ":7: proxy_timeout: out of range: \"6m\""},
+     ":9: proxy_timeout: out of range: \"6m\""},
     {"proxy timeout junk", BASE "[smtpd]\nproxy_timeout = soon\n", HAMR_EINVAL,
-     ":7: proxy_timeout: not a duration: \"soon\""},
+     ":9: proxy_timeout: not a duration: \"soon\""},
     {"client limit junk", BASE "[smtpd]\nclient_connection_limit = many\n", HAMR_EINVAL,
-     ":7: client_connection_limit: not a number: \"many\""},
+     ":9: client_connection_limit: not a number: \"many\""},
     {"client rate too high", BASE "[smtpd]\nclient_connection_rate = 1000001\n", HAMR_EINVAL,
-     ":7: client_connection_rate: out of range: \"1000001\""},
+     ":9: client_connection_rate: out of range: \"1000001\""},
     {"exempt bad network", BASE "[smtpd]\nlimit_exempt_networks = 10.0.0.0/33\n", HAMR_EINVAL,
-     ":7: limit_exempt_networks: not a network: \"10.0.0.0/33\""},
+     ":9: limit_exempt_networks: not a network: \"10.0.0.0/33\""},
     {"auth rate too high", BASE "[smtpd]\nclient_auth_rate = 1000001\n", HAMR_EINVAL,
-     ":7: client_auth_rate: out of range: \"1000001\""},
+     ":9: client_auth_rate: out of range: \"1000001\""},
     {"auth rate negative", BASE "[smtpd]\n\nclient_auth_rate = -1\n", HAMR_EINVAL,
-     ":8: client_auth_rate: not a number: \"-1\""},
+     ":10: client_auth_rate: not a number: \"-1\""},
     {"auth rate twice", BASE "[smtpd]\nclient_auth_rate = 5\nclient_auth_rate = 6\n", HAMR_EINVAL,
-     ":8: client_auth_rate: given twice (first on line 7)"},
+     ":10: client_auth_rate: given twice (first on line 9)"},
     {"min data rate junk", BASE "[smtpd]\nmin_data_rate = fast\n", HAMR_EINVAL,
-     ":7: min_data_rate: not a size: \"fast\""},
+     ":9: min_data_rate: not a size: \"fast\""},
     {"min data rate too high", BASE "[smtpd]\nmin_data_rate = 2G\n", HAMR_EINVAL,
-     ":7: min_data_rate: out of range: \"2G\""},
+     ":9: min_data_rate: out of range: \"2G\""},
     {"stress timeout zero", BASE "[smtpd]\nstress_timeout = 0s\n", HAMR_EINVAL,
-     ":7: stress_timeout: out of range: \"0s\""},
+     ":9: stress_timeout: out of range: \"0s\""},
     {"stress timeout too long", BASE "[smtpd]\nstress_timeout = 2d\n", HAMR_EINVAL,
-     ":7: stress_timeout: out of range: \"2d\""},
+     ":9: stress_timeout: out of range: \"2d\""},
     {"stress timeout junk", BASE "[smtpd]\nstress_timeout = soon\n", HAMR_EINVAL,
-     ":7: stress_timeout: not a duration: \"soon\""},
+     ":9: stress_timeout: not a duration: \"soon\""},
 };
 
 /* test_control_keys - [listen] control_socket and control: defaults, off, paths, limits. */
@@ -752,13 +771,13 @@ static void test_control_keys(void **state)
         const char *want;
     } bad[] = {
         {"both off", "control_socket =\ncontrol", "",
-         ":6: control and control_socket are both off: hamrctl could not reach this node"},
+         ":8: control and control_socket are both off: hamrctl could not reach this node"},
         {"absolute too long", "control_socket", abs108,
-         ":6: control_socket: longer than a Unix socket path may be (107)"},
+         ":8: control_socket: longer than a Unix socket path may be (107)"},
         {"relative too long", "control_socket", rel106,
-         ":6: control_socket: longer than a Unix socket path may be (107)"},
+         ":8: control_socket: longer than a Unix socket path may be (107)"},
         {"control by name", "control", "localhost:7100",
-         ":6: control: must be an IP address and port: \"localhost\""},
+         ":8: control: must be an IP address and port: \"localhost\""},
     };
     char content[1024];
     for (size_t i = 0; i < HAMR_ARRAY_LEN(bad); i++) {
@@ -798,7 +817,7 @@ static void test_proxy_networks_limit(void **state)
             config_free(cfg);
         } else {
             assert_int_equal(rc, HAMR_EINVAL);
-            assert_non_null(strstr(err, ":71: proxy_networks: more than 64 networks"));
+            assert_non_null(strstr(err, ":73: proxy_networks: more than 64 networks"));
         }
         free(cfg);
     }
@@ -856,7 +875,7 @@ static void test_long_line(void **state)
     const char *path;
     assert_int_equal(test_load(cfg, content, err, sizeof(err), &path), HAMR_EINVAL);
     snprintf(want, sizeof(want),
-             "%s:7: line longer than 198 characters (continue a list on an indented next line)",
+             "%s:9: line longer than 198 characters (continue a list on an indented next line)",
              path);
     assert_string_equal(err, want);
     free(cfg);
@@ -981,13 +1000,13 @@ static void test_tls_policy(void **state)
         const char *want;
     } bad[] = {
         {BASE "[delivery]\ntls_policy = required\n",
-         ":7: tls_policy: not one of may, encrypt, verify: \"required\""},
+         ":9: tls_policy: not one of may, encrypt, verify: \"required\""},
         {BASE "[tls_policy]\nexample.com = may\nexample.org = dane\n",
-         ":8: example.org: not one of may, encrypt, verify: \"dane\""},
+         ":10: example.org: not one of may, encrypt, verify: \"dane\""},
         {BASE "[tls_policy]\nexample.com = may\nEXAMPLE.com = verify\n",
-         ":8: example.com: given twice (first on line 7)"},
+         ":10: example.com: given twice (first on line 9)"},
         {BASE "[tls_policy]\nbad_domain..x = verify\n",
-         ":7: tls_policy: not a domain: \"bad_domain..x\""},
+         ":9: tls_policy: not a domain: \"bad_domain..x\""},
     };
     for (size_t i = 0; i < HAMR_ARRAY_LEN(bad); i++) {
         assert_int_equal(test_load(cfg, bad[i].content, err, sizeof(err), &path), HAMR_EINVAL);
@@ -1035,9 +1054,9 @@ static void test_relay_recipients(void **state)
         const char *content;
         const char *want;
     } bad[] = {
-        {BASE "[node]\nrelay_recipients = /x\n", ":7: unknown key \"relay_recipients\" in [node]"},
+        {BASE "[node]\nrelay_recipients = /x\n", ":9: unknown key \"relay_recipients\" in [node]"},
         {BASE "[smtpd]\nrelay_recipients = /x\nrelay_recipients = /y\n",
-         ":8: relay_recipients: given twice (first on line 7)"},
+         ":10: relay_recipients: given twice (first on line 9)"},
     };
     for (size_t i = 0; i < HAMR_ARRAY_LEN(bad); i++) {
         assert_int_equal(test_load(cfg, bad[i].content, err, sizeof(err), &path), HAMR_EINVAL);
