@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# run.sh - throughput and latency of a 3-node hamr cluster against a stock
-# single Postfix relay on this machine, in one run.
+# run.sh - throughput and latency of a 3-node hamr cluster, with mutual TLS
+# between its nodes and with plain TCP, against a stock single Postfix relay
+# on this machine, in one run.
 #
 #   bench/run.sh [-m MESSAGES] [-c SESSIONS] [-z "4K 64K"] [--long] [-P]
-#                [--only hamr|postfix] [--target auto|leader|spread]
+#                [--only "hamr hamr-plain postfix"] [--target auto|leader|spread]
 #                [--scan-interval DUR] [--outage] [--postfix-tools] [--perf] [--keep]
 #                [--rebuild]
+#
+# Systems (all three by default; --only names some, in the order to run them):
+#   hamr         raft, peer and control channels in mutual TLS 1.3 (the
+#                default): a PKI made in the work directory by
+#                deploy/make-pki.sh (a CA and nodes 1-3), [cluster_tls] in
+#                each node's config
+#   hamr-plain   the same cluster with those channels in plain TCP
+#                ([cluster_tls] plaintext = yes, a lab's setting)
+#   postfix      one stock Postfix
 #
 # For every system and message size it starts a fresh relay and a fresh
 # counting sink (bench/countsink.c) on 127.0.0.1, sends MESSAGES messages
@@ -33,16 +43,21 @@
 # -f) and "seconds" and "msg/s" run from that moment to the last message
 # counted: how fast the backlog drains once the next hop is back.
 #
-# hamr: 3 voters with their own configs and data directories in the work
-# directory; [delivery] relayhost is the sink, max_per_destination 20. The
-# load goes to all three SMTP ports when a follower takes mail (it forwards
-# to the leader), else to the leader alone; the table says which. Postfix:
-# the Debian package's binaries with their own config directory and queue
-# directory, master.cf as shipped (chroot off) with smtpd on a free port,
-# relayhost the sink, default queue settings and concurrency limits.
+# hamr, hamr-plain: 3 voters with their own configs and data directories in
+# the work directory; [delivery] relayhost is the sink, max_per_destination
+# 20; hamrctl reaches each node through its control socket (no certificate
+# in either mode). Started as root, hamrd drops to nobody, which owns the
+# node keys. The load goes to all three SMTP ports when a follower takes
+# mail (it forwards to the leader), else to the leader alone; the table
+# says which. SMTP itself is plain in both: only the channels between the
+# nodes differ. Postfix: the Debian package's binaries with their own config
+# directory and queue directory, master.cf as shipped (chroot off) with
+# smtpd on a free port, relayhost the sink, default queue settings and
+# concurrency limits.
 #
-# Owns: a work directory (mktemp under ${TMPDIR:-/tmp}, removed at the end
-# unless --keep) and every process it starts, all stopped by the EXIT trap.
+# Owns: a work directory (mktemp under ${TMPDIR:-/tmp}, with the PKI in its
+# pki/; removed at the end unless --keep) and every process it starts, all
+# stopped by the EXIT trap.
 # Builds hamrd/hamrctl (Release, no sanitizers) into HAMR_BUILD (default
 # build-release/) when they are missing or with --rebuild, and the two bench
 # programs into HAMR_BUILD/bench/. Installs postfix with apt-get (debconf
@@ -57,7 +72,7 @@ PYTHON=/usr/bin/python3
 MESSAGES=5000
 SESSIONS=20
 SIZES="4K 64K"
-SYSTEMS="hamr postfix"
+SYSTEMS="hamr hamr-plain postfix"
 PIPELINING=0
 TARGET=auto
 SCAN_INTERVAL=200ms
@@ -74,6 +89,7 @@ CLK_TCK=$(getconf CLK_TCK)
 STARTED_PIDS=()    # processes to stop at exit (hamrd, countsink, perf)
 POSTFIX_CONFS=()   # postfix config directories to stop at exit
 WORK=""
+PKI=""             # the cluster PKI (hamr), made by the first case that needs it
 ROWS=()            # table rows, printed at the end
 NOTES=()           # lines printed under the table
 
@@ -90,7 +106,7 @@ bench_say() {
 
 # bench_usage - print usage and exit 2.
 bench_usage() {
-    sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -120,7 +136,7 @@ bench_parse_args() {
     [[ $SESSIONS =~ ^[0-9]+$ && $SESSIONS -ge 1 ]] || bench_usage
     case "$TARGET" in auto | leader | spread) ;; *) bench_usage ;; esac
     for s in $SYSTEMS; do
-        case "$s" in hamr | postfix) ;; *) bench_usage ;; esac
+        case "$s" in hamr | hamr-plain | postfix) ;; *) bench_usage ;; esac
     done
 }
 
@@ -422,7 +438,7 @@ bench_outage_end() {
 bench_row() {
     local bad
     bad=$(($(bench_field "$LOAD" non250) + $(bench_field "$LOAD" failed) + $(bench_field "$LOAD" unsent)))
-    ROWS+=("$(printf '%-26s %5s %9s %9s %8s %9s %9s %8s %8s %8s %7s' \
+    ROWS+=("$(printf '%-32s %5s %9s %9s %8s %9s %9s %8s %8s %8s %7s' \
         "$1" "$2" "$MESSAGES" "$GOT" "$E2E" "$RATE$DRAINED" \
         "$(bench_field "$LOAD" accept_rate | cut -d. -f1)" \
         "$(bench_field "$LOAD" lat_p50_ms)" "$(bench_field "$LOAD" lat_p99_ms)" \
@@ -435,13 +451,37 @@ bench_row() {
 # hamr: three voters.
 # ---------------------------------------------------------------------------
 
-# hamr_write_config DIR N VOTERS SMTP RAFT CONTROL PEER SINK - DIR/nodeN/hamr.conf.
+# hamr_pki - the cluster PKI in WORK/pki, once per run: a CA and nodes 1-3; sets PKI.
+# Every case's cluster has the ids 1-3, so every case uses the same certificates.
+hamr_pki() {
+    local i
+    [ -z "$PKI" ] || return 0
+    mkdir -p "$WORK/pki"
+    "$REPO/deploy/make-pki.sh" "$WORK/pki" ca >/dev/null || bench_die "make-pki.sh: no CA"
+    for i in 1 2 3; do
+        "$REPO/deploy/make-pki.sh" "$WORK/pki" node "$i" 127.0.0.1 >/dev/null ||
+            bench_die "make-pki.sh: no certificate for node $i"
+        # hamrd reads its key after dropping to nobody (and again on reload); mode stays 0600.
+        [ "$(id -u)" -eq 0 ] && chown nobody "$WORK/pki/node-$i.key"
+    done
+    PKI=$WORK/pki
+}
+
+# hamr_write_config DIR N VOTERS SMTP RAFT CONTROL PEER SINK TLS - DIR/nodeN/hamr.conf;
+# TLS is "tls" (the PKI's files for node N) or "plain".
 hamr_write_config() {
-    local dir=$1/node$2 peer_line="" user_line=""
+    local dir=$1/node$2 peer_line="" user_line="" tls_lines
     mkdir -p "$dir/data"
     # hamrd refuses to run as root: started by root, it drops to nobody.
     [ "$(id -u)" -eq 0 ] && user_line="user = nobody"
     [ -n "$7" ] && peer_line="peer = 127.0.0.1:$7"
+    if [ "$9" = tls ]; then
+        tls_lines="ca_file = $PKI/ca.pem
+cert_file = $PKI/node-$2.pem
+key_file = $PKI/node-$2.key"
+    else
+        tls_lines="plaintext = yes"
+    fi
     cat >"$dir/hamr.conf" <<EOF
 # Written by bench/run.sh.
 [node]
@@ -476,6 +516,9 @@ retry_max = 60s
 
 [storage]
 min_free = 16M
+
+[cluster_tls]
+$tls_lines
 EOF
 }
 
@@ -484,20 +527,21 @@ hamr_peer_supported() {
     local ports
     ports=$(bench_free_ports 2)
     mkdir -p "$1/probe"
-    printf '[node]\nid = 1\ndata_dir = %s\n[listen]\nraft = 127.0.0.1:%s\npeer = 127.0.0.1:%s\n' \
+    printf '[node]\nid = 1\ndata_dir = %s\n[listen]\nraft = 127.0.0.1:%s\npeer = 127.0.0.1:%s\n[cluster_tls]\nplaintext = yes\n' \
         "$1/probe/data" ${ports} >"$1/probe/hamr.conf"
     "$BUILD/hamrd" --check-config -c "$1/probe/hamr.conf" >/dev/null 2>&1
 }
 
-# hamr_state CONTROL_PORT - "leader", "follower", ... of one node, or nothing.
+# hamr_state CONFIG - "leader", "follower", ... of one node, or nothing. hamrctl -c goes
+# through the node's control socket: no certificate, whatever [cluster_tls] says.
 hamr_state() {
-    "$BUILD/hamrctl" -s "127.0.0.1:$1" --json --timeout 2 status 2>/dev/null |
+    "$BUILD/hamrctl" -c "$1" --json --timeout 2 status 2>/dev/null |
         "$PYTHON" -c 'import json, sys
 d = json.load(sys.stdin)
 print(str(d.get("status", d).get("state", "")).lower())' 2>/dev/null
 }
 
-# hamr_find_leader CONTROL_PORTS... - print the index (1..) of the single leader; false if none.
+# hamr_find_leader CONFIGS... - print the index (1..) of the single leader; false if none.
 hamr_find_leader() {
     local i=0 p n=0 who=""
     for p in "$@"; do
@@ -510,12 +554,17 @@ hamr_find_leader() {
     [ "$n" -eq 1 ] && echo "$who"
 }
 
-# hamr_case SIZE - one hamr case: cluster up, probe, load, drain, cluster down.
+# hamr_case SIZE SYSTEM - one hamr case: cluster up, probe, load, drain, cluster down.
+# SYSTEM is "hamr" (mutual TLS between the nodes) or "hamr-plain" (plain TCP).
 hamr_case() {
-    local size=$1
-    local dir="$WORK/hamr-$size" ports sink i voters="" pids=() smtp=() raft=() ctl=()
-    local peer=() leader targets=() mode base probe_ok=0 cpu0 cpu1 f label
+    local size=$1 sys=$2
+    local dir="$WORK/$sys-$size" ports sink i voters="" pids=() smtp=() raft=() ctl=()
+    local peer=() confs=() leader targets=() mode base probe_ok=0 cpu0 cpu1 f label tls=plain
     mkdir -p "$dir"
+    if [ "$sys" = hamr ]; then
+        hamr_pki
+        tls=tls
+    fi
     read -r -a ports <<<"$(bench_free_ports 13)"
     sink=${ports[0]}
     for i in 0 1 2; do
@@ -524,24 +573,24 @@ hamr_case() {
         ctl+=("${ports[7 + i]}")
         peer+=("${ports[10 + i]}")
         voters+="${voters:+, }$((i + 1))@127.0.0.1:${raft[i]}"
+        confs+=("$dir/node$((i + 1))/hamr.conf")
     done
     hamr_peer_supported "$dir" || peer=("" "" "")
     SINK_QUIT=$((MESSAGES + 2)) # --postfix-tools: the load and a probe through each follower
     [ "$OUTAGE" -eq 1 ] || bench_sink_start "$dir" "$sink"
     for i in 0 1 2; do
         hamr_write_config "$dir" $((i + 1)) "$voters" "${smtp[i]}" "${raft[i]}" "${ctl[i]}" \
-            "${peer[i]}" "$sink"
-        "$BUILD/hamrd" --check-config -c "$dir/node$((i + 1))/hamr.conf" >/dev/null ||
-            bench_die "bad config $dir/node$((i + 1))/hamr.conf"
+            "${peer[i]}" "$sink" "$tls"
+        "$BUILD/hamrd" --check-config -c "${confs[i]}" >/dev/null ||
+            bench_die "bad config ${confs[i]}"
     done
     for i in 0 1 2; do
-        "$BUILD/hamrd" -c "$dir/node$((i + 1))/hamr.conf" >"$dir/node$((i + 1)).log" 2>&1 \
-            </dev/null &
+        "$BUILD/hamrd" -c "${confs[i]}" >"$dir/node$((i + 1)).log" 2>&1 </dev/null &
         pids+=($!)
         STARTED_PIDS+=($!)
     done
-    bench_wait 60 hamr_find_leader "${ctl[@]}" || bench_die "no leader in 60 s (see $dir/node*.log)"
-    leader=$(hamr_find_leader "${ctl[@]}") || bench_die "leadership changed during start-up"
+    bench_wait 60 hamr_find_leader "${confs[@]}" || bench_die "no leader in 60 s (see $dir/node*.log)"
+    leader=$(hamr_find_leader "${confs[@]}") || bench_die "leadership changed during start-up"
     # Which nodes take mail: probe every follower with one message.
     mode=leader
     if [ "$TARGET" != leader ]; then
@@ -557,14 +606,14 @@ hamr_case() {
         done
     fi
     if [ "$TARGET" = spread ] && [ "$mode" = leader ]; then
-        NOTES+=("hamr: --target spread asked for, but a follower refused mail: sent to the leader only")
+        NOTES+=("$sys: --target spread asked for, but a follower refused mail: sent to the leader only")
     fi
     if [ "$mode" = spread ]; then
         for i in 0 1 2; do targets+=("127.0.0.1:${smtp[i]}"); done
-        label="hamr 3 nodes, all 3"
+        label="$sys 3 nodes, all 3"
     else
         targets=("127.0.0.1:${smtp[leader - 1]}")
-        label="hamr 3 nodes, leader only"
+        label="$sys 3 nodes, leader only"
     fi
     if [ "$POSTFIX_TOOLS" -eq 1 ] && [ "$probe_ok" -ne 2 ]; then
         bench_die "--postfix-tools needs both followers to take mail (smtp-sink counts to $SINK_QUIT)"
@@ -579,22 +628,22 @@ hamr_case() {
     fi
     cpu0=$(bench_cpu "${pids[@]}")
     bench_perf_start "${pids[leader - 1]}" "$dir/perf.data"
-    bench_say "hamr $size: leader is node$leader; load to ${targets[*]} ($mode)"
+    bench_say "$sys $size: leader is node$leader; load to ${targets[*]} ($mode)"
     bench_load "$dir" "$size" "${targets[@]}"
     if [ "$OUTAGE" -eq 1 ]; then
-        bench_outage_end "$dir" "$sink" "$BUILD/hamrctl" -s "127.0.0.1:${ctl[leader - 1]}" flush
+        bench_outage_end "$dir" "$sink" "$BUILD/hamrctl" -c "${confs[leader - 1]}" flush
         bench_drain "$dir" "$base" "$OUTAGE_END"
     else
         bench_drain "$dir" "$base"
     fi
-    bench_perf_stop "$dir/perf.data" "hamr leader, $size"
+    bench_perf_stop "$dir/perf.data" "$sys leader, $size"
     cpu1=$(bench_cpu "${pids[@]}")
     bench_row "$label" "$size" $((cpu1 - cpu0))
     f=""
     for i in 0 1 2; do
         f+=" node$((i + 1))$([ $((i + 1)) -eq "$leader" ] && echo "(leader)")=$(bench_ticks_to_s "$(bench_cpu "${pids[i]}")")s"
     done
-    NOTES+=("hamr $size cpu per node (whole life):$f")
+    NOTES+=("$sys $size cpu per node (whole life):$f")
     for i in "${pids[@]}" "$SINK_PID"; do
         bench_stop_pid "$i"
         bench_forget_pid "$i"
@@ -702,7 +751,7 @@ bench_print() {
     local r n
     echo
     echo "hamr benchmark: $MESSAGES messages per case, $SESSIONS sessions, pipelining $([ "$PIPELINING" -eq 1 ] && echo on || echo off), $(nproc) CPUs, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    printf '%-26s %5s %9s %9s %8s %9s %9s %8s %8s %8s %7s\n' system size messages delivered \
+    printf '%-32s %5s %9s %9s %8s %9s %9s %8s %8s %8s %7s\n' system size messages delivered \
         seconds "msg/s e2e" accept/s "p50 ms" "p99 ms" non-250 "cpu s"
     for r in "${ROWS[@]}"; do
         echo "$r"
@@ -717,6 +766,7 @@ bench_print() {
     [ "$POSTFIX_TOOLS" -eq 1 ] &&
         echo "load: Postfix's smtp-source (no per-message latency: p50/p99 \"-\"); sink: Postfix's smtp-sink."
     echo "hamr: scan_interval $SCAN_INTERVAL, max_per_destination 20; cpu s: all relay processes."
+    echo "hamr: raft, peer and control between the nodes in mutual TLS 1.3; hamr-plain: in plain TCP."
     for n in "${NOTES[@]}"; do
         echo "$n"
     done
@@ -730,7 +780,10 @@ main() {
     bench_prepare
     for size in $SIZES; do
         for sys in $SYSTEMS; do
-            "${sys}_case" "$size"
+            case "$sys" in
+            hamr | hamr-plain) hamr_case "$size" "$sys" ;;
+            postfix) postfix_case "$size" ;;
+            esac
         done
     done
     bench_print
