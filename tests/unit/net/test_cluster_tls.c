@@ -165,6 +165,7 @@ static void test_mutual(void **state)
     char desc[96];
     tls_describe(srv, desc, sizeof(desc));
     assert_non_null(strstr(desc, "TLSv1.3"));
+    assert_non_null(strstr(desc, "TLS_AES_128_GCM_SHA256")); /* the cheapest suite first */
     tls_free(cli);
     tls_free(srv);
 
