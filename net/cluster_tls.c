@@ -367,11 +367,15 @@ uint64_t cluster_tls_reloads(const struct cluster_tls *c)
     return c->reloads;
 }
 
+time_t cluster_tls_not_after(const struct cluster_tls *c, bool ca)
+{
+    return ca ? c->ca_not_after : c->cert_not_after;
+}
+
 /* cluster_tls_days_left - whole days, rounded down (negative once expired). */
 long cluster_tls_days_left(const struct cluster_tls *c, bool ca, time_t now)
 {
-    time_t end = ca ? c->ca_not_after : c->cert_not_after;
-    long long secs = (long long)end - (long long)now;
+    long long secs = (long long)cluster_tls_not_after(c, ca) - (long long)now;
     long long days = secs / 86400;
     if (secs < 0 && secs % 86400 != 0)
         days--;

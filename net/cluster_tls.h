@@ -97,6 +97,13 @@ const struct cluster_tls_identity *cluster_tls_self(const struct cluster_tls *c)
  */
 long cluster_tls_days_left(const struct cluster_tls *c, bool ca, time_t now);
 
+/*
+ * cluster_tls_not_after - the time (Unix seconds) this node's certificate
+ * (ca false) or the CA's earliest (ca true) stops being valid, as loaded
+ * last; 0 if the certificate's notAfter could not be read.
+ */
+time_t cluster_tls_not_after(const struct cluster_tls *c, bool ca);
+
 /* cluster_tls_reloads - successful reloads since cluster_tls_new. */
 uint64_t cluster_tls_reloads(const struct cluster_tls *c);
 

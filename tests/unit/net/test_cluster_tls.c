@@ -8,8 +8,10 @@
  * file and a certificate with no hamr name are refused with the file named;
  * mutual TLS 1.3 between two nodes, each seeing the other's id; a client
  * with no certificate, or one from another CA, fails the server's
- * handshake; days until expiry; reload takes a new certificate, and a
- * broken file on reload leaves the old contexts in place.
+ * handshake; days until expiry; notAfter of the certificate and the CA as
+ * the files say (read here with OpenSSL alone), before and after a reload;
+ * reload takes a new certificate, and a broken file on reload leaves the
+ * old contexts in place.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,6 +24,7 @@
 #include <time.h>
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 
 #include "util/err.h"
@@ -108,6 +111,60 @@ static void test_identities(void **state)
     assert_int_equal(cluster_tls_days_left(n1, false, time(NULL) + 825L * 86400 + 3600), -1);
     cluster_tls_free(n1);
     cluster_tls_free(op);
+    assert_int_equal(ERR_peek_error(), 0);
+}
+
+/* file_time - notBefore (not_after false) or notAfter of the first certificate in file. */
+static time_t file_time(const char *file, bool not_after)
+{
+    FILE *fp = fopen(file, "r");
+    assert_non_null(fp);
+    X509 *x = PEM_read_X509(fp, NULL, NULL, NULL);
+    fclose(fp);
+    assert_non_null(x);
+    struct tm tm;
+    const ASN1_TIME *t = not_after ? X509_get0_notAfter(x) : X509_get0_notBefore(x);
+    assert_int_equal(ASN1_TIME_to_tm(t, &tm), 1);
+    X509_free(x);
+    return timegm(&tm);
+}
+
+/*
+ * test_not_after - a 30-day node certificate: notAfter as the files say,
+ * whole days counted down to the second it ends; a reload to a 10-day one
+ * moves it.
+ */
+static void test_not_after(void **state)
+{
+    struct fixture *f = *state;
+    char ca[512], pem[512], err[512];
+    assert_true(testlib_pki_node(&f->pki, 3, 30));
+    testlib_pki_path(&f->pki, "ca.pem", ca, sizeof(ca));
+    testlib_pki_path(&f->pki, "node-3.pem", pem, sizeof(pem));
+    struct cluster_tls *n3 = load(f, &f->pki, "node-3");
+    time_t begin = file_time(pem, false);
+    time_t end = file_time(pem, true);
+    assert_int_equal(end - begin, 30L * 86400);
+    assert_int_equal(cluster_tls_not_after(n3, false), end);
+    assert_int_equal(cluster_tls_not_after(n3, true), file_time(ca, true));
+    const struct {
+        time_t now;
+        long want;
+    } cases[] = {
+        {begin, 30}, {begin + 1, 29}, {end - 86400, 1}, {end - 1, 0}, {end, 0}, {end + 1, -1},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        if (cluster_tls_days_left(n3, false, cases[i].now) != cases[i].want)
+            fail_msg("now = notAfter %+lld s: %ld days left, want %ld",
+                     (long long)(cases[i].now - end),
+                     cluster_tls_days_left(n3, false, cases[i].now), cases[i].want);
+
+    assert_true(testlib_pki_node(&f->pki, 3, 10));
+    assert_int_equal(cluster_tls_reload(n3, err, sizeof(err)), 0);
+    assert_int_equal(cluster_tls_not_after(n3, false), file_time(pem, true));
+    assert_int_equal(cluster_tls_not_after(n3, false) - file_time(pem, false), 10L * 86400);
+    assert_int_equal(cluster_tls_not_after(n3, true), file_time(ca, true));
+    cluster_tls_free(n3);
     assert_int_equal(ERR_peek_error(), 0);
 }
 
@@ -244,9 +301,8 @@ static void test_reload(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_identities),
-        cmocka_unit_test(test_refused_files),
-        cmocka_unit_test(test_mutual),
+        cmocka_unit_test(test_identities),    cmocka_unit_test(test_not_after),
+        cmocka_unit_test(test_refused_files), cmocka_unit_test(test_mutual),
         cmocka_unit_test(test_reload),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
