@@ -3,9 +3,10 @@
  * made per run by deploy/make-pki.sh; handshakes through net/tls engines
  * wired back to back (no sockets).
  *
- * Covers: a node's and an operator's identity from their certificates; a
- * certificate of another CA, a key that is not the certificate's, a missing
- * file and a certificate with no hamr name are refused with the file named;
+ * Covers: a node's and an operator's identity from their certificates, and
+ * their names ("node:1", "operator:alice"); a certificate of another CA, a
+ * key that is not the certificate's, a missing file and a certificate with
+ * no hamr name are refused with the file named;
  * mutual TLS 1.3 between two nodes, each seeing the other's id; a client
  * with no certificate, or one from another CA, fails the server's
  * handshake; days until expiry; notAfter of the certificate and the CA as
@@ -105,6 +106,13 @@ static void test_identities(void **state)
     assert_int_equal(cluster_tls_self(n1)->node_id, 1);
     assert_int_equal(cluster_tls_self(op)->role, CLUSTER_TLS_OPERATOR);
     assert_string_equal(cluster_tls_self(op)->name, "alice");
+    char name[CLUSTER_TLS_NAME_MAX + 16];
+    assert_string_equal(cluster_tls_identity_name(cluster_tls_self(n1), name, sizeof(name)),
+                        "node:1");
+    assert_string_equal(cluster_tls_identity_name(cluster_tls_self(op), name, sizeof(name)),
+                        "operator:alice");
+    struct cluster_tls_identity none = {.role = CLUSTER_TLS_NONE, .node_id = 3};
+    assert_string_equal(cluster_tls_identity_name(&none, name, sizeof(name)), "none");
     long days = cluster_tls_days_left(n1, false, time(NULL));
     assert_true(days == 824 || days == 825);
     assert_true(cluster_tls_days_left(n1, true, time(NULL)) >= 3649);
