@@ -48,6 +48,7 @@ struct metrics_family {
     size_t n_series;
     uint64_t *buckets; /* histogram: n_buckets + 1 counts, the last is +Inf */
     char label_value[METRICS_LABEL_VALUE_MAX]; /* run-time label value */
+    bool hidden;                               /* metrics_hide: left out of the render */
 };
 
 struct metrics {
@@ -221,6 +222,13 @@ void metrics_set_label(struct metrics *m, unsigned id, const char *value)
     struct metrics_family *f = &m->families[id];
     HAMR_ASSERT(f->def->label != NULL && f->def->values == NULL);
     hamr_strlcpy(f->label_value, value, sizeof(f->label_value));
+}
+
+/* metrics_hide - show or hide a whole family. */
+void metrics_hide(struct metrics *m, unsigned id, bool hidden)
+{
+    HAMR_ASSERT(id < m->n_families);
+    m->families[id].hidden = hidden;
 }
 
 /* metrics_label_index - position of value in id's fixed label set. */
@@ -419,10 +427,12 @@ static int metrics_render_family(const struct metrics *m,
     return rv;
 }
 
-/* metrics_render - the whole registry in exposition format 0.0.4. */
+/* metrics_render - the whole registry, but hidden families, in exposition format 0.0.4. */
 int metrics_render(const struct metrics *m, struct buf *out)
 {
     for (size_t i = 0; i < m->n_families; i++) {
+        if (m->families[i].hidden)
+            continue;
         int rv = metrics_render_family(m, &m->families[i], out);
         if (rv != 0)
             return rv;

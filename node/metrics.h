@@ -16,6 +16,7 @@
 #ifndef HAMR_NODE_METRICS_H
 #define HAMR_NODE_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -97,6 +98,14 @@ void metrics_observe(struct metrics *m, unsigned id, double v);
  * label and no values (copied, truncated to METRICS_LABEL_VALUE_MAX - 1).
  */
 void metrics_set_label(struct metrics *m, unsigned id, const char *value);
+
+/*
+ * metrics_hide - leave family id out of the render (HELP and TYPE too) while
+ * hidden is true, for a metric that does not apply to this node (no cluster
+ * TLS): an absent series raises no alert, a zero one would. Its values are
+ * kept and may still be set. Every family starts shown.
+ */
+void metrics_hide(struct metrics *m, unsigned id, bool hidden);
 
 /* metrics_label_index - index of value in id's fixed label set, or -1. Not for hot paths. */
 int metrics_label_index(const struct metrics *m, unsigned id, const char *value);
