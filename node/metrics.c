@@ -470,6 +470,8 @@ static const char *const metrics_hamr_peer_port[] = {
 _Static_assert(METRICS_PEER_PORT_OUT_IDENTITY == 5,
                "metrics_hamr_peer_port follows enum metrics_hamr_peer_port");
 static const char *const metrics_hamr_control_refusals[] = {"tls", "identity", NULL};
+static const char *const metrics_hamr_certs[] = {"node", "ca", NULL};
+_Static_assert(METRICS_CERT_CA == 1, "metrics_hamr_certs follows enum metrics_hamr_cert");
 static const char *const metrics_hamr_outcomes[] = {"delivered", "deferred", "bounced", "expired",
                                                     NULL};
 /* Commit latency, 1 ms to 10 s: a LAN commit is a few ms, a slow disk or a
@@ -562,6 +564,25 @@ const struct metrics_def metrics_hamr_defs[] = {
                                                  METRICS_COUNTER,
                                                  "reason",
                                                  metrics_hamr_control_refusals),
+    [METRICS_PKI_DAYS_LEFT] = METRICS_LABELLED(
+        "hamr_cluster_tls_days_left",
+        "Whole days until a cluster certificate expires, rounded down (negative once expired): "
+        "this node's (cert=\"node\") or the cluster CA's (cert=\"ca\"). Absent in plaintext.",
+        METRICS_GAUGE,
+        "cert",
+        metrics_hamr_certs),
+    [METRICS_PKI_NOT_AFTER] =
+        METRICS_LABELLED("hamr_cluster_tls_not_after_seconds",
+                         "When a cluster certificate expires (its notAfter), in Unix seconds: "
+                         "this node's or the cluster CA's. Absent in plaintext.",
+                         METRICS_GAUGE,
+                         "cert",
+                         metrics_hamr_certs),
+    [METRICS_PKI_RELOADS] =
+        METRICS_PLAIN("hamr_cluster_tls_reloads_total",
+                      "Successful reloads of the cluster CA, certificate and key (SIGHUP). "
+                      "Absent in plaintext.",
+                      METRICS_COUNTER),
     [METRICS_RAFT_TERM] = METRICS_PLAIN("hamr_raft_term", "Current raft term.", METRICS_GAUGE),
     [METRICS_RAFT_COMMIT_INDEX] =
         METRICS_PLAIN("hamr_raft_commit_index", "Raft commit index.", METRICS_GAUGE),

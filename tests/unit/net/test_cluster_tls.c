@@ -25,7 +25,6 @@
 #include <time.h>
 
 #include <openssl/err.h>
-#include <openssl/pem.h>
 #include <openssl/ssl.h>
 
 #include "util/err.h"
@@ -122,21 +121,6 @@ static void test_identities(void **state)
     assert_int_equal(ERR_peek_error(), 0);
 }
 
-/* file_time - notBefore (not_after false) or notAfter of the first certificate in file. */
-static time_t file_time(const char *file, bool not_after)
-{
-    FILE *fp = fopen(file, "r");
-    assert_non_null(fp);
-    X509 *x = PEM_read_X509(fp, NULL, NULL, NULL);
-    fclose(fp);
-    assert_non_null(x);
-    struct tm tm;
-    const ASN1_TIME *t = not_after ? X509_get0_notAfter(x) : X509_get0_notBefore(x);
-    assert_int_equal(ASN1_TIME_to_tm(t, &tm), 1);
-    X509_free(x);
-    return timegm(&tm);
-}
-
 /*
  * test_not_after - a 30-day node certificate: notAfter as the files say,
  * whole days counted down to the second it ends; a reload to a 10-day one
@@ -145,16 +129,14 @@ static time_t file_time(const char *file, bool not_after)
 static void test_not_after(void **state)
 {
     struct fixture *f = *state;
-    char ca[512], pem[512], err[512];
+    char err[512];
     assert_true(testlib_pki_node(&f->pki, 3, 30));
-    testlib_pki_path(&f->pki, "ca.pem", ca, sizeof(ca));
-    testlib_pki_path(&f->pki, "node-3.pem", pem, sizeof(pem));
     struct cluster_tls *n3 = load(f, &f->pki, "node-3");
-    time_t begin = file_time(pem, false);
-    time_t end = file_time(pem, true);
+    time_t begin = testlib_pki_time(&f->pki, "node-3.pem", false);
+    time_t end = testlib_pki_time(&f->pki, "node-3.pem", true);
     assert_int_equal(end - begin, 30L * 86400);
     assert_int_equal(cluster_tls_not_after(n3, false), end);
-    assert_int_equal(cluster_tls_not_after(n3, true), file_time(ca, true));
+    assert_int_equal(cluster_tls_not_after(n3, true), testlib_pki_time(&f->pki, "ca.pem", true));
     const struct {
         time_t now;
         long want;
@@ -169,9 +151,12 @@ static void test_not_after(void **state)
 
     assert_true(testlib_pki_node(&f->pki, 3, 10));
     assert_int_equal(cluster_tls_reload(n3, err, sizeof(err)), 0);
-    assert_int_equal(cluster_tls_not_after(n3, false), file_time(pem, true));
-    assert_int_equal(cluster_tls_not_after(n3, false) - file_time(pem, false), 10L * 86400);
-    assert_int_equal(cluster_tls_not_after(n3, true), file_time(ca, true));
+    assert_int_equal(cluster_tls_not_after(n3, false),
+                     testlib_pki_time(&f->pki, "node-3.pem", true));
+    assert_int_equal(
+        cluster_tls_not_after(n3, false) - testlib_pki_time(&f->pki, "node-3.pem", false),
+        10L * 86400);
+    assert_int_equal(cluster_tls_not_after(n3, true), testlib_pki_time(&f->pki, "ca.pem", true));
     cluster_tls_free(n3);
     assert_int_equal(ERR_peek_error(), 0);
 }

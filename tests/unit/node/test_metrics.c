@@ -355,6 +355,8 @@ static void hamr_updates(void **state)
     metrics_gauge_set(m, METRICS_QUEUE_RCPTS, METRICS_STATE_DEFERRED, 7);
     metrics_counter_set(m, METRICS_FORWARDED, 0, 12);
     metrics_observe(m, METRICS_COMMIT_SECONDS, 0.003);
+    metrics_gauge_set(m, METRICS_PKI_DAYS_LEFT, METRICS_CERT_CA, 3649);
+    metrics_gauge_set(m, METRICS_PKI_NOT_AFTER, METRICS_CERT_NODE, 1798761600);
     char *text = testlib_metrics_text(m);
     assert_non_null(strstr(text, "\nhamr_smtp_sessions_total 1\n"));
     assert_non_null(strstr(text, "\nhamr_smtp_sessions_open 1\n"));
@@ -365,6 +367,10 @@ static void hamr_updates(void **state)
     assert_non_null(strstr(text, "\nhamr_commit_latency_seconds_bucket{le=\"0.0025\"} 0\n"));
     assert_non_null(strstr(text, "\nhamr_commit_latency_seconds_bucket{le=\"0.005\"} 1\n"));
     assert_non_null(strstr(text, "\nhamr_commit_latency_seconds_sum 0.003\n"));
+    assert_non_null(strstr(text, "\nhamr_cluster_tls_days_left{cert=\"ca\"} 3649\n"));
+    assert_non_null(strstr(text, "\nhamr_cluster_tls_days_left{cert=\"node\"} 0\n"));
+    assert_non_null(
+        strstr(text, "\nhamr_cluster_tls_not_after_seconds{cert=\"node\"} 1798761600\n"));
     free(text);
     metrics_free(m);
 }
