@@ -125,6 +125,25 @@ int cluster_tls_identity_of(X509 *cert, struct cluster_tls_identity *id)
     return 0;
 }
 
+/* cluster_tls_identity_name - an identity as logs and hamrctl show it; see cluster_tls.h. */
+const char *cluster_tls_identity_name(const struct cluster_tls_identity *id,
+                                      char *out,
+                                      size_t outlen)
+{
+    switch (id->role) {
+        case CLUSTER_TLS_NODE:
+            snprintf(out, outlen, "node:%" PRIu64, id->node_id);
+            return out;
+        case CLUSTER_TLS_OPERATOR:
+            snprintf(out, outlen, "operator:%s", id->name);
+            return out;
+        case CLUSTER_TLS_NONE:
+            break;
+    }
+    snprintf(out, outlen, "none");
+    return out;
+}
+
 /* cluster_tls_peer - the identity of a verified peer; see cluster_tls.h. */
 int cluster_tls_peer(const struct tls *t, struct cluster_tls_identity *id)
 {
@@ -380,11 +399,15 @@ uint64_t cluster_tls_reloads(const struct cluster_tls *c)
     return c->reloads;
 }
 
+time_t cluster_tls_not_after(const struct cluster_tls *c, bool ca)
+{
+    return ca ? c->ca_not_after : c->cert_not_after;
+}
+
 /* cluster_tls_days_left - whole days, rounded down (negative once expired). */
 long cluster_tls_days_left(const struct cluster_tls *c, bool ca, time_t now)
 {
-    time_t end = ca ? c->ca_not_after : c->cert_not_after;
-    long long secs = (long long)end - (long long)now;
+    long long secs = (long long)cluster_tls_not_after(c, ca) - (long long)now;
     long long days = secs / 86400;
     if (secs < 0 && secs % 86400 != 0)
         days--;

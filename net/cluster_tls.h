@@ -97,11 +97,27 @@ const struct cluster_tls_identity *cluster_tls_self(const struct cluster_tls *c)
  */
 long cluster_tls_days_left(const struct cluster_tls *c, bool ca, time_t now);
 
+/*
+ * cluster_tls_not_after - the time (Unix seconds) this node's certificate
+ * (ca false) or the CA's earliest (ca true) stops being valid, as loaded
+ * last; 0 if the certificate's notAfter could not be read.
+ */
+time_t cluster_tls_not_after(const struct cluster_tls *c, bool ca);
+
 /* cluster_tls_reloads - successful reloads since cluster_tls_new. */
 uint64_t cluster_tls_reloads(const struct cluster_tls *c);
 
 /* cluster_tls_identity_of - the hamr identity a certificate carries. 0, or -1 with role NONE. */
 int cluster_tls_identity_of(X509 *cert, struct cluster_tls_identity *id);
+
+/*
+ * cluster_tls_identity_name - "node:ID", "operator:NAME" or "none" into out
+ * (truncated to outlen); returns out. Printable as it stands: an operator
+ * name is [A-Za-z0-9._-] (cluster_tls_identity_of refuses any other).
+ */
+const char *cluster_tls_identity_name(const struct cluster_tls_identity *id,
+                                      char *out,
+                                      size_t outlen);
 
 /*
  * cluster_tls_peer - the identity of a connection's peer, once its

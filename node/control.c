@@ -383,24 +383,6 @@ static void control_refused_log(struct control_conn *conn,
              st->refused_tls, st->refused_identity);
 }
 
-/* control_identity_name - "node:ID", "operator:NAME" or "none", for logs. */
-static void control_identity_name(const struct cluster_tls_identity *id, char *out, size_t outlen)
-{
-    char name[CLUSTER_TLS_NAME_MAX * 4];
-    switch (id->role) {
-        case CLUSTER_TLS_NODE:
-            snprintf(out, outlen, "node:%" PRIu64, id->node_id);
-            return;
-        case CLUSTER_TLS_OPERATOR:
-            snprintf(out, outlen, "operator:%s",
-                     log_printable(name, sizeof(name), id->name, strlen(id->name)));
-            return;
-        case CLUSTER_TLS_NONE:
-            break;
-    }
-    hamr_strlcpy(out, "none", outlen);
-}
-
 /* control_clear_write - a refusal written in the clear to a client that spoke no TLS. */
 struct control_clear_write {
     uv_write_t req;
@@ -479,7 +461,7 @@ static void control_handshake_cb(void *data, int status)
     char who[CLUSTER_TLS_NAME_MAX * 4 + 16];
     if (cluster_tls_peer(tls_stream_tls(conn->ts), &id) != 0)
         memset(&id, 0, sizeof(id));
-    control_identity_name(&id, who, sizeof(who));
+    cluster_tls_identity_name(&id, who, sizeof(who));
     if (id.role == CLUSTER_TLS_OPERATOR) {
         log_debug("control connection peer=%s identity=%s event=accepted", conn->peer, who);
         return;

@@ -27,7 +27,8 @@
  *
  * Owns: the command line, the operator's TLS context and the output. May
  * call: control_client, net/cluster_tls (loading the operator's files),
- * config (host:port parsing, the -c file), util.
+ * config (host:port parsing, the -c file), pki_status (the cluster TLS line
+ * of status), util.
  */
 #include <arpa/inet.h>
 #include <stdbool.h>
@@ -44,6 +45,7 @@
 #include "net/cluster_tls.h"
 #include "node/config.h"
 #include "node/control_client.h"
+#include "node/pki_status.h"
 
 #ifndef HAMR_VERSION
 #define HAMR_VERSION "unknown"
@@ -355,6 +357,11 @@ static void hamrctl_print_status(const Hamr__ControlResponse *resp)
     printf("digest:      %s\n", hamrctl_p(s->queue_digest));
     printf("free space:  %s\n", hamrctl_bytes(s->free_bytes, b, sizeof(b)));
     printf("draining:    %s\n", s->draining ? "yes" : "no");
+    /* A node older than the field sends none: no line rather than a guess. */
+    if (s->cluster_tls != NULL) {
+        char tls[256];
+        printf("cluster tls: %s\n", pki_status_describe(s->cluster_tls, tls, sizeof(tls)));
+    }
     if (s->version != NULL && s->version[0] != '\0')
         printf("version:     %s (cluster feature level %u)\n", hamrctl_p(s->version),
                s->cluster_level);

@@ -60,14 +60,17 @@ static void hamrd_relay_stopped(void *arg)
     uv_close((uv_handle_t *)&h->sig_hup, NULL);
 }
 
-/* hamrd_on_signal - SIGTERM/SIGINT: stop; SIGHUP: reload TLS, credentials, recipient map. */
+/*
+ * hamrd_on_signal - SIGTERM/SIGINT: stop; SIGHUP: reload TLS, credentials,
+ * recipient map and the cluster PKI.
+ */
 static void hamrd_on_signal(uv_signal_t *s, int signum)
 {
     struct hamrd *h = s->data;
     if (signum == SIGHUP) {
         log_info(
-            "SIGHUP received: reloading the TLS certificate, the credentials file and the "
-            "relay recipient map");
+            "SIGHUP received: reloading the TLS certificate, the credentials file, the "
+            "relay recipient map and the cluster CA, certificate and key");
         if (h->relay != NULL && !h->stopped)
             relay_reload(h->relay);
         return;

@@ -48,6 +48,7 @@ struct metrics_family {
     size_t n_series;
     uint64_t *buckets; /* histogram: n_buckets + 1 counts, the last is +Inf */
     char label_value[METRICS_LABEL_VALUE_MAX]; /* run-time label value */
+    bool hidden;                               /* metrics_hide: left out of the render */
 };
 
 struct metrics {
@@ -221,6 +222,13 @@ void metrics_set_label(struct metrics *m, unsigned id, const char *value)
     struct metrics_family *f = &m->families[id];
     HAMR_ASSERT(f->def->label != NULL && f->def->values == NULL);
     hamr_strlcpy(f->label_value, value, sizeof(f->label_value));
+}
+
+/* metrics_hide - show or hide a whole family. */
+void metrics_hide(struct metrics *m, unsigned id, bool hidden)
+{
+    HAMR_ASSERT(id < m->n_families);
+    m->families[id].hidden = hidden;
 }
 
 /* metrics_label_index - position of value in id's fixed label set. */
@@ -419,10 +427,12 @@ static int metrics_render_family(const struct metrics *m,
     return rv;
 }
 
-/* metrics_render - the whole registry in exposition format 0.0.4. */
+/* metrics_render - the whole registry, but hidden families, in exposition format 0.0.4. */
 int metrics_render(const struct metrics *m, struct buf *out)
 {
     for (size_t i = 0; i < m->n_families; i++) {
+        if (m->families[i].hidden)
+            continue;
         int rv = metrics_render_family(m, &m->families[i], out);
         if (rv != 0)
             return rv;
@@ -460,6 +470,8 @@ static const char *const metrics_hamr_peer_port[] = {
 _Static_assert(METRICS_PEER_PORT_OUT_IDENTITY == 5,
                "metrics_hamr_peer_port follows enum metrics_hamr_peer_port");
 static const char *const metrics_hamr_control_refusals[] = {"tls", "identity", NULL};
+static const char *const metrics_hamr_certs[] = {"node", "ca", NULL};
+_Static_assert(METRICS_CERT_CA == 1, "metrics_hamr_certs follows enum metrics_hamr_cert");
 static const char *const metrics_hamr_outcomes[] = {"delivered", "deferred", "bounced", "expired",
                                                     NULL};
 /* Commit latency, 1 ms to 10 s: a LAN commit is a few ms, a slow disk or a
@@ -552,6 +564,25 @@ const struct metrics_def metrics_hamr_defs[] = {
                                                  METRICS_COUNTER,
                                                  "reason",
                                                  metrics_hamr_control_refusals),
+    [METRICS_PKI_DAYS_LEFT] = METRICS_LABELLED(
+        "hamr_cluster_tls_days_left",
+        "Whole days until a cluster certificate expires, rounded down (negative once expired): "
+        "this node's (cert=\"node\") or the cluster CA's (cert=\"ca\"). Absent in plaintext.",
+        METRICS_GAUGE,
+        "cert",
+        metrics_hamr_certs),
+    [METRICS_PKI_NOT_AFTER] =
+        METRICS_LABELLED("hamr_cluster_tls_not_after_seconds",
+                         "When a cluster certificate expires (its notAfter), in Unix seconds: "
+                         "this node's or the cluster CA's. Absent in plaintext.",
+                         METRICS_GAUGE,
+                         "cert",
+                         metrics_hamr_certs),
+    [METRICS_PKI_RELOADS] =
+        METRICS_PLAIN("hamr_cluster_tls_reloads_total",
+                      "Successful reloads of the cluster CA, certificate and key (SIGHUP). "
+                      "Absent in plaintext.",
+                      METRICS_COUNTER),
     [METRICS_RAFT_TERM] = METRICS_PLAIN("hamr_raft_term", "Current raft term.", METRICS_GAUGE),
     [METRICS_RAFT_COMMIT_INDEX] =
         METRICS_PLAIN("hamr_raft_commit_index", "Raft commit index.", METRICS_GAUGE),

@@ -16,6 +16,7 @@
 #ifndef HAMR_NODE_METRICS_H
 #define HAMR_NODE_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -98,6 +99,14 @@ void metrics_observe(struct metrics *m, unsigned id, double v);
  */
 void metrics_set_label(struct metrics *m, unsigned id, const char *value);
 
+/*
+ * metrics_hide - leave family id out of the render (HELP and TYPE too) while
+ * hidden is true, for a metric that does not apply to this node (no cluster
+ * TLS): an absent series raises no alert, a zero one would. Its values are
+ * kept and may still be set. Every family starts shown.
+ */
+void metrics_hide(struct metrics *m, unsigned id, bool hidden);
+
 /* metrics_label_index - index of value in id's fixed label set, or -1. Not for hot paths. */
 int metrics_label_index(const struct metrics *m, unsigned id, const char *value);
 
@@ -135,6 +144,9 @@ enum metrics_hamr_id {
     METRICS_RAFT_PORT,           /* counter{event}: enum metrics_hamr_raft_port */
     METRICS_PEER_PORT,           /* counter{event}: enum metrics_hamr_peer_port */
     METRICS_CONTROL_REFUSED,     /* counter{reason}: enum metrics_hamr_control_refusal */
+    METRICS_PKI_DAYS_LEFT,       /* gauge{cert}: enum metrics_hamr_cert; hidden in plaintext */
+    METRICS_PKI_NOT_AFTER,       /* gauge{cert}: Unix seconds; hidden in plaintext */
+    METRICS_PKI_RELOADS,         /* counter; hidden in plaintext */
     METRICS_RAFT_TERM,           /* gauge */
     METRICS_RAFT_COMMIT_INDEX,   /* gauge */
     METRICS_RAFT_APPLIED_INDEX,  /* gauge */
@@ -188,6 +200,12 @@ enum metrics_hamr_peer_port {
 enum metrics_hamr_control_refusal {
     METRICS_CONTROL_REFUSED_TLS = 0,  /* the TLS handshake failed */
     METRICS_CONTROL_REFUSED_IDENTITY, /* a certificate that names no operator */
+};
+
+/* Label indexes of METRICS_PKI_DAYS_LEFT and METRICS_PKI_NOT_AFTER (the cluster PKI). */
+enum metrics_hamr_cert {
+    METRICS_CERT_NODE = 0, /* this node's certificate */
+    METRICS_CERT_CA,       /* the cluster CA (the earliest to expire of the CA file's) */
 };
 
 /* The table itself, METRICS_HAMR_COUNT entries. */

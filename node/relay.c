@@ -55,6 +55,7 @@
 #include "node/disk_guard.h"
 #include "node/peer.h"
 #include "node/peer_policy.h"
+#include "node/pki_status.h"
 #include "node/proposer.h"
 #include "node/relay.h"
 #include "node/relay_internal.h"
@@ -409,11 +410,7 @@ static int relay_start_cluster_tls(struct relay *r, char *err, size_t errlen)
     int rv = cluster_tls_new(&files, &r->ctls, err, errlen);
     if (rv != 0)
         return rv;
-    const struct cluster_tls_identity *self = cluster_tls_self(r->ctls);
-    time_t now = time(NULL);
-    log_info("cluster TLS: node %" PRIu64 " certificate %s, %ld days left (CA %ld)", self->node_id,
-             cfg->cluster_cert_file, cluster_tls_days_left(r->ctls, false, now),
-             cluster_tls_days_left(r->ctls, true, now));
+    pki_status_log(r->ctls, time(NULL), "loaded", cfg->cluster_cert_file, cfg->cluster_ca_file);
     return 0;
 }
 
@@ -640,20 +637,21 @@ int relay_start(uv_loop_t *loop,
 /*
  * relay_reload_cluster_tls - the cluster CA, certificate and key anew: new
  * connections use them, open ones go on. A certificate for another node, or
- * files that do not load, leave the old ones in place.
+ * files that do not load, leave the old ones in place. Then logs the days
+ * left of what is in use (pki_status_log), with a warning when it is due.
  */
 static void relay_reload_cluster_tls(struct relay *r)
 {
     if (r->ctls == NULL)
         return;
     char cerr[1024];
+    const char *event = "reloaded";
     if (cluster_tls_reload(r->ctls, cerr, sizeof(cerr)) != 0) {
         log_error("reload of the cluster certificate failed: %s (the old one stays in use)", cerr);
-        return;
+        event = "kept";
     }
-    time_t now = time(NULL);
-    log_info("cluster TLS reloaded: %ld days left (CA %ld)",
-             cluster_tls_days_left(r->ctls, false, now), cluster_tls_days_left(r->ctls, true, now));
+    /* Either way: how long the certificate in use has left, warned if due. */
+    pki_status_log(r->ctls, time(NULL), event, r->cfg->cluster_cert_file, r->cfg->cluster_ca_file);
 }
 
 void relay_reload(struct relay *r)

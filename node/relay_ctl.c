@@ -10,7 +10,8 @@
  *
  * Owns: nothing beyond one call. May call: the queue (read), raft's view and
  * transfer and membership (consensus_*), the directory, the proposer,
- * queue_entry, the control channel's reply; never relay.c.
+ * queue_entry, the cluster PKI's expiry (pki_status), the control channel's
+ * reply; never relay.c.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -32,6 +33,7 @@
 #include "net/smtpc.h"
 #include "node/config.h"
 #include "node/clock.h"
+#include "node/pki_status.h"
 #include "node/relay_internal.h"
 
 /* ---------------------------------------------------------------------------
@@ -121,6 +123,10 @@ static void relay_ctl_status(struct relay *r, struct control_call *call)
     ns.forwarded = ps.forwarded;
     ns.resolved = ps.resolved;
     ns.leader_control = (char *)directory_control_address(r->dir, info.leader_id);
+    Hamr__ClusterTlsStatus tls;
+    char ident[PKI_STATUS_IDENT_MAX];
+    pki_status_fill(r->ctls, time(NULL), &tls, ident, sizeof(ident));
+    ns.cluster_tls = &tls;
     Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
     resp.status = &ns;
     control_reply(call, &resp);

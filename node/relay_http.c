@@ -5,10 +5,12 @@
  * where the events happen.
  *
  * Owns: nothing. May call: reads of the queue, raft's view, the disk guard,
- * the proposer's and the peer server's counters, metrics; never relay.c.
+ * the proposer's and the peer server's counters, the cluster PKI's expiry
+ * (pki_status), metrics; never relay.c.
  */
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #include <uv.h>
 
@@ -18,6 +20,7 @@
 #include "node/http.h"
 #include "node/metrics.h"
 #include "node/peer.h"
+#include "node/pki_status.h"
 #include "node/relay_internal.h"
 
 /*
@@ -111,6 +114,7 @@ void relay_metrics_fill(void *data, struct metrics *m)
     metrics_counter_set(m, METRICS_CONTROL_REFUSED, METRICS_CONTROL_REFUSED_TLS, cs.refused_tls);
     metrics_counter_set(m, METRICS_CONTROL_REFUSED, METRICS_CONTROL_REFUSED_IDENTITY,
                         cs.refused_identity);
+    pki_status_metrics(r->ctls, time(NULL), m);
     metrics_gauge_set(m, METRICS_DISK_FREE_BYTES, 0, (double)r->disk.free_bytes);
     metrics_gauge_set(m, METRICS_DRAINING, 0, r->draining);
     metrics_gauge_set(m, METRICS_SESSIONS_OPEN, 0, (double)smtpd_server_sessions(r->smtpd));

@@ -4,7 +4,8 @@ over mutual TLS on the cluster PKI at an IPv6 control address.
 
 ControlSocketTest (one node; its TCP control is off, so only the socket can answer):
   a  hamrctl -c CONFIG, with no address, asks over [listen] control_socket; the file
-     is a socket of mode 0660 owned by the account hamrd runs as and its group
+     is a socket of mode 0660 owned by the account hamrd runs as and its group;
+     status says the cluster channels are in plaintext
   b  as root: a user whose group is that account's may use it; one outside it gets
      "Permission denied" and exit 1
   c  kill -9 leaves the file; the restart replaces it (logged) and hamrctl reaches
@@ -17,6 +18,10 @@ ControlTlsClusterTest (three voters with [cluster_tls] on make-pki.sh certificat
      "[::1]:PORT" with the same certificate; then from another follower's socket
   g  no certificate, another CA's operator and a node's certificate are refused:
      hamrctl's errors, the node's answer, hamr_control_refused_total{reason}
+  h  rotation: status and /metrics give the days left and notAfter of node 1's
+     certificate and the CA as the files say; a 10-day certificate in its place and
+     SIGHUP: status says "(renew soon)", hamr_cluster_tls_days_left and
+     _reloads_total follow, the log warns, and node 1 still takes mail
 
 Needs ::1 (skips without it). Security: replies are untrusted text, only compared.
 """
@@ -25,12 +30,14 @@ import http.client
 import os
 import pwd
 import re
+import signal
 import socket
 import ssl
 import stat
 import struct
 import subprocess
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -40,6 +47,14 @@ from harness import field, wait_for  # noqa: E402
 
 MAKE_PKI = os.path.join(harness.REPO, "deploy", "make-pki.sh")
 TLS_ENV = ("HAMRCTL_CERT", "HAMRCTL_KEY", "HAMRCTL_CA")
+
+
+def cert_time(pem, which="enddate"):
+    """cert_time - a certificate file's notAfter ("enddate") or notBefore ("startdate") in
+    Unix seconds, as the openssl command reads it."""
+    out = subprocess.run(["openssl", "x509", "-noout", "-" + which, "-in", pem], check=True,
+                         capture_output=True, text=True).stdout
+    return int(ssl.cert_time_to_seconds(out.strip().split("=", 1)[1]))
 
 
 def run_ctl(args, env=None, user=None, timeout=20):
@@ -86,6 +101,7 @@ class ControlSocketTest(harness.HamrTestCase):
         rc, out, err = run_ctl(["-c", self.node.conf_path, "status"])
         self.assertEqual(rc, 0, err)
         self.assertIn("node:        1 (leader)", out)
+        self.assertIn("\ncluster tls: off (plaintext)\n", out)
         st = os.lstat(self.sock)
         self.assertTrue(stat.S_ISSOCK(st.st_mode))
         self.assertEqual(st.st_mode & 0o7777, 0o660)
@@ -189,16 +205,24 @@ class ControlTlsClusterTest(ClusterTestCase):
                 os.environ[k] = v
         super().tearDownClass()
 
-    def refused(self, node):
-        """refused - {reason: count} of hamr_control_refused_total on node's /metrics."""
+    def metrics(self, node):
+        """metrics - the text of node's /metrics."""
         conn = http.client.HTTPConnection(node.host, node.http_port, timeout=10)
         try:
             conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
+            return conn.getresponse().read().decode()
         finally:
             conn.close()
+
+    def refused(self, node):
+        """refused - {reason: count} of hamr_control_refused_total on node's /metrics."""
         return {m.group(1): int(float(m.group(2))) for m in re.finditer(
-            r'(?m)^hamr_control_refused_total\{reason="(\w+)"\} (\S+)$', text)}
+            r'(?m)^hamr_control_refused_total\{reason="(\w+)"\} (\S+)$', self.metrics(node))}
+
+    def tls_series(self, node):
+        """tls_series - {(name, cert label or ""): value} of node's hamr_cluster_tls_* series."""
+        return {(m.group(1), m.group(2) or ""): int(float(m.group(3))) for m in re.finditer(
+            r'(?m)^(hamr_cluster_tls_\w+)(?:\{cert="(\w+)"\})? (\S+)$', self.metrics(node))}
 
     def test_e_published_bracketed(self):
         leader = self.cluster.wait_leader()
@@ -259,6 +283,58 @@ class ControlTlsClusterTest(ClusterTestCase):
         wait_for(counted, 10, "hamr_control_refused_total: tls +2, identity +1")
         log = node.proc.log_text()
         self.assertIn("identity=node:2 event=refused", log)
+
+    def test_h_rotation_days_left(self):
+        node = self.cluster.node(1)
+        pem = os.path.join(self.pki_dir, "node-1.pem")
+        key = os.path.join(self.pki_dir, "node-1.key")
+        ca_end = cert_time(os.path.join(self.pki_dir, "ca.pem"))
+        tls = field(node.status(), "cluster_tls")
+        self.assertEqual(tls["identity"], "node:1")
+        self.assertFalse(tls["plaintext"])
+        self.assertIn(tls["cert_days_left"], (824, 825))  # make-pki.sh's default, 825 days
+        self.assertEqual(tls["cert_not_after"], cert_time(pem))
+        self.assertEqual(tls["ca_not_after"], ca_end)
+        self.assertEqual(tls["reloads"], 0)
+        series = self.tls_series(node)
+        self.assertIn(series[("hamr_cluster_tls_days_left", "node")], (824, 825))
+        self.assertGreaterEqual(series[("hamr_cluster_tls_days_left", "ca")], 3649)
+        self.assertEqual(series[("hamr_cluster_tls_not_after_seconds", "node")], cert_time(pem))
+        self.assertEqual(series[("hamr_cluster_tls_not_after_seconds", "ca")], ca_end)
+        self.assertEqual(series[("hamr_cluster_tls_reloads_total", "")], 0)
+
+        # Rotation: a 10-day certificate of the same CA in place of the old one, then SIGHUP.
+        os.remove(pem)
+        os.remove(key)
+        subprocess.run([MAKE_PKI, self.pki_dir, "node", "1"], check=True,
+                       stdout=subprocess.DEVNULL, env=dict(os.environ, HAMR_PKI_DAYS="10"))
+        harness.give_to_run_user(pem)
+        harness.give_to_run_user(key)
+        # Past its first second, 10 days is 9 whole days left (and stays so for the test).
+        begin = cert_time(pem, "startdate")
+        wait_for(lambda: time.time() >= begin + 1, 5, "the clock past notBefore")
+        node.proc.popen.send_signal(signal.SIGHUP)
+        wait_for(lambda: field(node.status(), "cluster_tls")["reloads"] == 1, 20,
+                 "node 1 to reload its cluster certificate")
+        tls = field(node.status(), "cluster_tls")
+        self.assertEqual(tls["cert_days_left"], 9)
+        self.assertEqual(tls["cert_not_after"], cert_time(pem))
+        rc, out, err = run_ctl(["-a", "[::1]:%d" % node.control_port, "status"])
+        self.assertEqual(rc, 0, err)
+        self.assertIn("\ncluster tls: node:1, certificate expires in 9 days (renew soon), CA in ",
+                      out)
+        series = self.tls_series(node)
+        self.assertEqual(series[("hamr_cluster_tls_days_left", "node")], 9)
+        self.assertEqual(series[("hamr_cluster_tls_not_after_seconds", "node")], cert_time(pem))
+        self.assertEqual(series[("hamr_cluster_tls_reloads_total", "")], 1)
+        log = "\n".join(line for line in node.proc.log_text().splitlines()
+                        if "cluster TLS" in line)
+        self.assertIn("cluster TLS reloaded: node:1, certificate expires in 9 days (renew soon)",
+                      log)
+        self.assertIn("warn node=1 cluster TLS: the certificate of node:1 (%s) expires in 9 days"
+                      % pem, log)
+        # The cluster goes on: node 1 still takes mail, committed through raft.
+        self.cluster.probe(node)
 
 
 if __name__ == "__main__":

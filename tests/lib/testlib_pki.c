@@ -7,6 +7,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
 #ifndef HAMR_SOURCE_DIR
 #error "HAMR_SOURCE_DIR: the source tree, for deploy/make-pki.sh"
 #endif
@@ -63,6 +66,24 @@ const char *testlib_pki_path(const struct testlib_pki *p, const char *name, char
 {
     snprintf(out, len, "%s/%s", p->dir, name);
     return out;
+}
+
+time_t testlib_pki_time(const struct testlib_pki *p, const char *name, bool not_after)
+{
+    char path[512];
+    FILE *fp = fopen(testlib_pki_path(p, name, path, sizeof(path)), "r");
+    X509 *x = fp != NULL ? PEM_read_X509(fp, NULL, NULL, NULL) : NULL;
+    if (fp != NULL)
+        fclose(fp);
+    struct tm tm;
+    const ASN1_TIME *t = x == NULL   ? NULL
+                         : not_after ? X509_get0_notAfter(x)
+                                     : X509_get0_notBefore(x);
+    time_t v = t != NULL && ASN1_TIME_to_tm(t, &tm) == 1 ? timegm(&tm) : 0;
+    X509_free(x);
+    if (v == 0)
+        fprintf(stderr, "testlib_pki: no certificate time in %s\n", path);
+    return v;
 }
 
 void testlib_pki_cleanup(struct testlib_pki *p)

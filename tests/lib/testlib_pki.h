@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 struct testlib_pki {
     char dir[256];
@@ -24,6 +25,13 @@ bool testlib_pki_operator(struct testlib_pki *p, const char *name);
 
 /* testlib_pki_path - "DIR/NAME" into out (NAME: "ca.pem", "node-2.key", ...); returns out. */
 const char *testlib_pki_path(const struct testlib_pki *p, const char *name, char *out, size_t len);
+
+/*
+ * testlib_pki_time - notBefore (not_after false) or notAfter of the first
+ * certificate in DIR/NAME, read with OpenSSL alone (a check on what hamr
+ * reads); 0 (logged) if it cannot be read.
+ */
+time_t testlib_pki_time(const struct testlib_pki *p, const char *name, bool not_after);
 
 /* testlib_pki_cleanup - remove the directory and everything in it. */
 void testlib_pki_cleanup(struct testlib_pki *p);

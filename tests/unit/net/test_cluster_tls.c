@@ -3,13 +3,16 @@
  * made per run by deploy/make-pki.sh; handshakes through net/tls engines
  * wired back to back (no sockets).
  *
- * Covers: a node's and an operator's identity from their certificates; a
- * certificate of another CA, a key that is not the certificate's, a missing
- * file and a certificate with no hamr name are refused with the file named;
+ * Covers: a node's and an operator's identity from their certificates, and
+ * their names ("node:1", "operator:alice"); a certificate of another CA, a
+ * key that is not the certificate's, a missing file and a certificate with
+ * no hamr name are refused with the file named;
  * mutual TLS 1.3 between two nodes, each seeing the other's id; a client
  * with no certificate, or one from another CA, fails the server's
- * handshake; days until expiry; reload takes a new certificate, and a
- * broken file on reload leaves the old contexts in place.
+ * handshake; days until expiry; notAfter of the certificate and the CA as
+ * the files say (read here with OpenSSL alone), before and after a reload;
+ * reload takes a new certificate, and a broken file on reload leaves the
+ * old contexts in place.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -102,12 +105,59 @@ static void test_identities(void **state)
     assert_int_equal(cluster_tls_self(n1)->node_id, 1);
     assert_int_equal(cluster_tls_self(op)->role, CLUSTER_TLS_OPERATOR);
     assert_string_equal(cluster_tls_self(op)->name, "alice");
+    char name[CLUSTER_TLS_NAME_MAX + 16];
+    assert_string_equal(cluster_tls_identity_name(cluster_tls_self(n1), name, sizeof(name)),
+                        "node:1");
+    assert_string_equal(cluster_tls_identity_name(cluster_tls_self(op), name, sizeof(name)),
+                        "operator:alice");
+    struct cluster_tls_identity none = {.role = CLUSTER_TLS_NONE, .node_id = 3};
+    assert_string_equal(cluster_tls_identity_name(&none, name, sizeof(name)), "none");
     long days = cluster_tls_days_left(n1, false, time(NULL));
     assert_true(days == 824 || days == 825);
     assert_true(cluster_tls_days_left(n1, true, time(NULL)) >= 3649);
     assert_int_equal(cluster_tls_days_left(n1, false, time(NULL) + 825L * 86400 + 3600), -1);
     cluster_tls_free(n1);
     cluster_tls_free(op);
+    assert_int_equal(ERR_peek_error(), 0);
+}
+
+/*
+ * test_not_after - a 30-day node certificate: notAfter as the files say,
+ * whole days counted down to the second it ends; a reload to a 10-day one
+ * moves it.
+ */
+static void test_not_after(void **state)
+{
+    struct fixture *f = *state;
+    char err[512];
+    assert_true(testlib_pki_node(&f->pki, 3, 30));
+    struct cluster_tls *n3 = load(f, &f->pki, "node-3");
+    time_t begin = testlib_pki_time(&f->pki, "node-3.pem", false);
+    time_t end = testlib_pki_time(&f->pki, "node-3.pem", true);
+    assert_int_equal(end - begin, 30L * 86400);
+    assert_int_equal(cluster_tls_not_after(n3, false), end);
+    assert_int_equal(cluster_tls_not_after(n3, true), testlib_pki_time(&f->pki, "ca.pem", true));
+    const struct {
+        time_t now;
+        long want;
+    } cases[] = {
+        {begin, 30}, {begin + 1, 29}, {end - 86400, 1}, {end - 1, 0}, {end, 0}, {end + 1, -1},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        if (cluster_tls_days_left(n3, false, cases[i].now) != cases[i].want)
+            fail_msg("now = notAfter %+lld s: %ld days left, want %ld",
+                     (long long)(cases[i].now - end),
+                     cluster_tls_days_left(n3, false, cases[i].now), cases[i].want);
+
+    assert_true(testlib_pki_node(&f->pki, 3, 10));
+    assert_int_equal(cluster_tls_reload(n3, err, sizeof(err)), 0);
+    assert_int_equal(cluster_tls_not_after(n3, false),
+                     testlib_pki_time(&f->pki, "node-3.pem", true));
+    assert_int_equal(
+        cluster_tls_not_after(n3, false) - testlib_pki_time(&f->pki, "node-3.pem", false),
+        10L * 86400);
+    assert_int_equal(cluster_tls_not_after(n3, true), testlib_pki_time(&f->pki, "ca.pem", true));
+    cluster_tls_free(n3);
     assert_int_equal(ERR_peek_error(), 0);
 }
 
@@ -245,9 +295,8 @@ static void test_reload(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_identities),
-        cmocka_unit_test(test_refused_files),
-        cmocka_unit_test(test_mutual),
+        cmocka_unit_test(test_identities),    cmocka_unit_test(test_not_after),
+        cmocka_unit_test(test_refused_files), cmocka_unit_test(test_mutual),
         cmocka_unit_test(test_reload),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

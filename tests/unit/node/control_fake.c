@@ -2,20 +2,26 @@
  * control_fake.c - a stand-in hamrd control port for the hamrctl tests.
  *
  *   control_fake [--host IP] [--socket PATH] [--tls CA CERT KEY] [--leader ADDR]
+ *                [--now SECONDS] [--old]
  *
  * Listens on --host (127.0.0.1 by default; a free port), and on the Unix
  * socket PATH if given; with --tls the TCP port takes mutual TLS on that
  * cluster PKI (operators only, as hamrd's). Prints "PORT\n" on stdout, and
- * answers with canned data: "status" a three-node status, "queue" two
- * messages, "show ID" one message, any verb whose first argument is
- * "MISSING" the error HAMR_ENOTFOUND, "transfer" with --leader the error
- * HAMR_ENOTLEADER naming ADDR, any other verb "VERB ok ARGS via PORT"
- * (its TCP port, so that a test sees which fake answered). Exits after 30 s or when stdin reaches end of file, whichever
- * comes first.
+ * answers with canned data: "status" a three-node status (its cluster TLS
+ * part: what hamrd says of the --tls files, pki_status_fill, at Unix time
+ * --now or else the clock; plaintext without --tls; left out with --old, as
+ * a node older than the field), "queue" two messages, "show ID" one
+ * message, any verb whose first argument is "MISSING" the error
+ * HAMR_ENOTFOUND, "transfer" with --leader the error HAMR_ENOTLEADER naming
+ * ADDR, any other verb "VERB ok ARGS via PORT" (its TCP port, so that a
+ * test sees which fake answered). Exits after 30 s or when stdin reaches end
+ * of file, whichever comes first.
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <uv.h>
 
@@ -24,13 +30,17 @@
 
 #include "net/cluster_tls.h"
 #include "node/control.h"
+#include "node/pki_status.h"
 
 #define CONTROL_FAKE_LIFETIME_MS 30000
 
 static struct control *control_fake_ctl;
 static uv_timer_t control_fake_timer;
 static uv_pipe_t control_fake_stdin;
-static const char *control_fake_leader; /* --leader */
+static const char *control_fake_leader;      /* --leader */
+static struct cluster_tls *control_fake_tls; /* --tls, else NULL */
+static time_t control_fake_now;              /* --now, else 0: the clock */
+static bool control_fake_old;                /* --old */
 
 /* control_fake_status - the answer to "status". */
 static void control_fake_status(struct control_call *call)
@@ -62,6 +72,12 @@ static void control_fake_status(struct control_call *call)
     st.queue_digest = "9f86d081";
     st.free_bytes = 10ull << 30;
     st.version = "0.1.0";
+    Hamr__ClusterTlsStatus tls;
+    char ident[PKI_STATUS_IDENT_MAX];
+    pki_status_fill(control_fake_tls, control_fake_now != 0 ? control_fake_now : time(NULL), &tls,
+                    ident, sizeof(ident));
+    if (!control_fake_old)
+        st.cluster_tls = &tls;
     Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
     resp.status = &st;
     control_reply(call, &resp);
@@ -184,6 +200,10 @@ int main(int argc, char **argv)
             cfg.socket_path = argv[++i];
         } else if (strcmp(argv[i], "--leader") == 0 && i + 1 < argc) {
             control_fake_leader = argv[++i];
+        } else if (strcmp(argv[i], "--now") == 0 && i + 1 < argc) {
+            control_fake_now = (time_t)strtoll(argv[++i], NULL, 10);
+        } else if (strcmp(argv[i], "--old") == 0) {
+            control_fake_old = true;
         } else if (strcmp(argv[i], "--tls") == 0 && i + 3 < argc) {
             files.ca = argv[++i];
             files.cert = argv[++i];
@@ -200,6 +220,7 @@ int main(int argc, char **argv)
         return 1;
     }
     cfg.tls = ct;
+    control_fake_tls = ct;
     struct control_handler h = {.data = NULL, .handle = control_fake_handle};
     if (control_new(loop, &cfg, &h, &control_fake_ctl, err, sizeof(err)) != 0) {
         fprintf(stderr, "control_fake: %s\n", err);

@@ -6,7 +6,9 @@
 # (operator certificate by flags and environment, and the clear errors for
 # no certificate, a node's, another CA's, a wrong --ca, a certificate on a
 # plaintext port); the redirect of an admin verb to "[::1]:PORT" (and the
-# unbracketed form older nodes publish) over TLS, from TCP and from the socket.
+# unbracketed form older nodes publish) over TLS, from TCP and from the socket;
+# status's cluster TLS line and JSON: plaintext, a 10-day certificate at a
+# known time (days and notAfter from the file), and a node too old to say.
 set -u
 
 HAMRCTL=$(realpath "$1")
@@ -89,6 +91,7 @@ expect "status" 0 "" "node:        1 (leader)" -- "${S[@]}" status
 expect "status members" 0 "" "             3 127.0.0.1:7003 voter" -- "${S[@]}" status
 expect "status queue" 0 "" "queue:       2 messages (0 held), 3 recipients pending, 0 leased, 4.0 KiB" \
     -- "${S[@]}" status
+expect "status plaintext" 0 "" "cluster tls: off (plaintext)" -- "${S[@]}" status
 expect "queue table" 0 "" "-- 3 Kbytes in 2 messages." -- "${S[@]}" queue --state deferred --older-than 1h
 expect "queue held mark" 0 "" "Q2BBBB!" -- "${S[@]}" queue
 expect "queue escapes" 0 "" "(451 4.7.1 greylisted ?[31m)" -- "${S[@]}" queue
@@ -106,7 +109,7 @@ expect "via -c (TCP)" 0 "" "node:        1 (leader)" -- -c "$TMP/fake.conf" stat
 expect "-s HOST:PORT is TCP" 0 "" "node:        1 (leader)" -- -s "127.0.0.1:$port" status
 
 "$HAMRCTL" "${S[@]}" --json status >"$TMP/json" 2>"$TMP/err"
-if [ $? -eq 0 ] && $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["status"]["members"][2]["address"]=="127.0.0.1:7003", d; assert d["status"]["free_bytes"]==10737418240' "$TMP/json"; then
+if [ $? -eq 0 ] && $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["status"]["members"][2]["address"]=="127.0.0.1:7003", d; assert d["status"]["free_bytes"]==10737418240; assert d["status"]["cluster_tls"]["plaintext"] is True, d' "$TMP/json"; then
     echo "ok   json status"
 else
     echo "FAIL json status: $(cat "$TMP/json" "$TMP/err")"
@@ -249,6 +252,46 @@ expect "redirect from the socket over TLS" 0 "" "transfer ok 2 via $B_port" -- -
 expect "redirect from the socket, no certificate" 1 "hamrctl: this control port takes TLS" "" \
     -- -s "$TMP/a.sock" transfer 2
 expect "redirect, unbracketed v6" 0 "" "transfer ok 2 via $B_port" -- -a "127.0.0.1:$C_port" "${OP[@]}" transfer 2
+
+# --- status: cluster TLS, days left and notAfter ---------------------------------
+# cert_time FILE startdate|enddate - the certificate's notBefore/notAfter, Unix seconds.
+cert_time() {
+    date -u -d "$(openssl x509 -noout "-$2" -in "$1" | cut -d= -f2)" +%s
+}
+HAMR_PKI_DAYS=10 "$MKPKI" "$PKI" node 3 >/dev/null || { echo "FAIL make-pki.sh"; exit 1; }
+n3_begin=$(cert_time "$PKI/node-3.pem" startdate)
+n3_end=$(cert_time "$PKI/node-3.pem" enddate)
+ca_end=$(cert_time "$PKI/ca.pem" enddate)
+now=$((n3_begin + 1)) # one second in: 9 whole days left
+ca_days=$(((ca_end - now) / 86400))
+start_fake D --socket "$TMP/d.sock" --tls "$PKI/ca.pem" "$PKI/node-3.pem" "$PKI/node-3.key" --now "$now"
+start_fake E --socket "$TMP/e.sock" --tls "$PKI/ca.pem" "$PKI/node-3.pem" "$PKI/node-3.key" \
+    --now "$n3_begin"
+start_fake O --socket "$TMP/o.sock" --old
+expect "status cluster tls" 0 "" \
+    "cluster tls: node:3, certificate expires in 9 days (renew soon), CA in $ca_days days" \
+    -- -s "$TMP/d.sock" status
+expect "status cluster tls, 10 days" 0 "" \
+    "cluster tls: node:3, certificate expires in 10 days (renew soon), CA in $ca_days days" \
+    -- -s "$TMP/e.sock" status
+"$HAMRCTL" -s "$TMP/d.sock" --json status >"$TMP/json" 2>"$TMP/err"
+if [ $? -eq 0 ] && $PY -c 'import json,sys; t=json.load(open(sys.argv[1]))["status"]["cluster_tls"]; w={"plaintext": False, "identity": "node:3", "cert_days_left": 9, "ca_days_left": int(sys.argv[4]), "cert_not_after": int(sys.argv[2]), "ca_not_after": int(sys.argv[3]), "reloads": 0}; assert t==w, (t, w)' \
+    "$TMP/json" "$n3_end" "$ca_end" "$ca_days"; then
+    echo "ok   json status cluster tls"
+else
+    echo "FAIL json status cluster tls: $(cat "$TMP/json" "$TMP/err")"
+    failures=$((failures + 1))
+fi
+# A node older than the field says nothing of it: no line, null in JSON.
+if "$HAMRCTL" -s "$TMP/o.sock" status >"$TMP/out" 2>"$TMP/err" && grep -q '^draining:' "$TMP/out" &&
+    ! grep -q 'cluster tls' "$TMP/out" &&
+    "$HAMRCTL" -s "$TMP/o.sock" --json status >"$TMP/json" 2>>"$TMP/err" &&
+    $PY -c 'import json,sys; assert json.load(open(sys.argv[1]))["status"].get("cluster_tls") is None' "$TMP/json"; then
+    echo "ok   status of an older node"
+else
+    echo "FAIL status of an older node: $(cat "$TMP/out" "$TMP/json" "$TMP/err")"
+    failures=$((failures + 1))
+fi
 stop_fakes
 
 if [ $failures -ne 0 ]; then

@@ -1,7 +1,8 @@
 /*
  * test_metrics.c - node/metrics: the registry, its exposition text (exact,
  * for a small registry), escaping, cumulative histogram buckets, number
- * formatting, def validation, the render limit, and the hamr metric set.
+ * formatting, def validation, the render limit, hidden families, and the
+ * hamr metric set.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,17 +20,7 @@
 #include "util/err.h"
 
 #include "node/metrics.h"
-
-/* test_render - render m into a NUL-terminated malloc'd string. */
-static char *test_render(const struct metrics *m)
-{
-    struct buf b;
-    buf_init(&b, 1 << 20);
-    assert_int_equal(metrics_render(m, &b), 0);
-    assert_int_equal(buf_append(&b, "", 1), 0);
-    size_t len;
-    return (char *)buf_steal(&b, &len);
-}
+#include "tests/lib/testlib_metrics.h"
 
 /* ------------------------------------------------------------------------ */
 /* A small registry, rendered exactly.                                      */
@@ -72,7 +63,7 @@ static void render_small_exact(void **state)
     metrics_observe(m, T_LAT, 2); /* above every bound: +Inf only */
     metrics_set_label(m, T_INFO, "1.0 \"beta\"\\x\ny");
     metrics_gauge_set(m, T_INFO, 0, 1);
-    char *text = test_render(m);
+    char *text = testlib_metrics_text(m);
     const char *want =
         "# HELP t_requests_total Requests by colour.\n"
         "# TYPE t_requests_total counter\n"
@@ -108,13 +99,37 @@ static void render_fresh_zero(void **state)
     (void)state;
     struct metrics *m = NULL;
     assert_int_equal(metrics_new(test_defs, T_COUNT, &m), 0);
-    char *text = test_render(m);
+    char *text = testlib_metrics_text(m);
     assert_non_null(strstr(text, "t_requests_total{colour=\"red\"} 0\n"));
     assert_non_null(strstr(text, "t_requests_total{colour=\"green\"} 0\n"));
     assert_non_null(strstr(text, "t_temperature 0\n"));
     assert_non_null(strstr(text, "t_latency_seconds_bucket{le=\"+Inf\"} 0\n"));
     assert_non_null(strstr(text, "t_latency_seconds_sum 0\n"));
     assert_non_null(strstr(text, "t_info{version=\"\"} 0\n"));
+    free(text);
+    metrics_free(m);
+}
+
+/* render_hidden - a hidden family leaves no line at all; shown again, its values are back. */
+static void render_hidden(void **state)
+{
+    (void)state;
+    struct metrics *m = NULL;
+    assert_int_equal(metrics_new(test_defs, T_COUNT, &m), 0);
+    metrics_hide(m, T_TEMP, true);
+    metrics_hide(m, T_LAT, true);
+    metrics_gauge_set(m, T_TEMP, 0, 21);
+    metrics_observe(m, T_LAT, 0.5);
+    char *text = testlib_metrics_text(m);
+    assert_null(strstr(text, "t_temperature"));
+    assert_null(strstr(text, "t_latency_seconds"));
+    assert_non_null(strstr(text, "# TYPE t_requests_total counter\n"));
+    assert_non_null(strstr(text, "\nt_info{version=\"\"} 0\n"));
+    free(text);
+    metrics_hide(m, T_TEMP, false);
+    text = testlib_metrics_text(m);
+    assert_non_null(strstr(text, "# TYPE t_temperature gauge\nt_temperature 21\n"));
+    assert_null(strstr(text, "t_latency_seconds"));
     free(text);
     metrics_free(m);
 }
@@ -140,7 +155,7 @@ static void hist_cumulative(void **state)
         metrics_observe(m, T_LAT, samples[i].v);
         want[samples[i].bucket]++;
     }
-    char *text = test_render(m);
+    char *text = testlib_metrics_text(m);
     const char *les[] = {"0.01", "0.1", "1", "+Inf"};
     unsigned cum = 0;
     for (size_t i = 0; i < 4; i++) {
@@ -186,7 +201,7 @@ static void gauge_formats(void **state)
         struct metrics *m = NULL;
         assert_int_equal(metrics_new(&test_defs[T_TEMP], 1, &m), 0);
         metrics_gauge_set(m, 0, 0, cases[i].v);
-        char *text = test_render(m);
+        char *text = testlib_metrics_text(m);
         char want[128];
         snprintf(want, sizeof(want), "\nt_temperature %s\n", cases[i].want);
         if (strstr(text, want) == NULL)
@@ -305,7 +320,7 @@ static void hamr_set_renders(void **state)
     static const char *const types[] = {"counter", "gauge", "histogram"};
     struct metrics *m = NULL;
     assert_int_equal(metrics_hamr_new("0.1.0", &m), 0);
-    char *text = test_render(m);
+    char *text = testlib_metrics_text(m);
     for (unsigned i = 0; i < METRICS_HAMR_COUNT; i++) {
         const struct metrics_def *d = &metrics_hamr_defs[i];
         char line[256];
@@ -340,7 +355,9 @@ static void hamr_updates(void **state)
     metrics_gauge_set(m, METRICS_QUEUE_RCPTS, METRICS_STATE_DEFERRED, 7);
     metrics_counter_set(m, METRICS_FORWARDED, 0, 12);
     metrics_observe(m, METRICS_COMMIT_SECONDS, 0.003);
-    char *text = test_render(m);
+    metrics_gauge_set(m, METRICS_PKI_DAYS_LEFT, METRICS_CERT_CA, 3649);
+    metrics_gauge_set(m, METRICS_PKI_NOT_AFTER, METRICS_CERT_NODE, 1798761600);
+    char *text = testlib_metrics_text(m);
     assert_non_null(strstr(text, "\nhamr_smtp_sessions_total 1\n"));
     assert_non_null(strstr(text, "\nhamr_smtp_sessions_open 1\n"));
     assert_non_null(strstr(text, "\nhamr_deliveries_total{outcome=\"bounced\"} 1\n"));
@@ -350,6 +367,10 @@ static void hamr_updates(void **state)
     assert_non_null(strstr(text, "\nhamr_commit_latency_seconds_bucket{le=\"0.0025\"} 0\n"));
     assert_non_null(strstr(text, "\nhamr_commit_latency_seconds_bucket{le=\"0.005\"} 1\n"));
     assert_non_null(strstr(text, "\nhamr_commit_latency_seconds_sum 0.003\n"));
+    assert_non_null(strstr(text, "\nhamr_cluster_tls_days_left{cert=\"ca\"} 3649\n"));
+    assert_non_null(strstr(text, "\nhamr_cluster_tls_days_left{cert=\"node\"} 0\n"));
+    assert_non_null(
+        strstr(text, "\nhamr_cluster_tls_not_after_seconds{cert=\"node\"} 1798761600\n"));
     free(text);
     metrics_free(m);
 }
@@ -375,7 +396,7 @@ static void hamr_rejects(void **state)
         if (metrics_counter(m, METRICS_SMTP_REJECTS, (unsigned)idx) != before + 1)
             fail_msg("code %d did not count as %s", cases[i].code, cases[i].label);
     }
-    char *text = test_render(m);
+    char *text = testlib_metrics_text(m);
     assert_non_null(strstr(text, "\nhamr_smtp_rejects_total{code=\"other\"} 3\n"));
     assert_non_null(strstr(text, "\nhamr_smtp_rejects_total{code=\"451\"} 1\n"));
     assert_non_null(strstr(text, "\nhamr_smtp_rejects_total{code=\"450\"} 0\n"));
@@ -387,11 +408,11 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(render_small_exact), cmocka_unit_test(render_fresh_zero),
-        cmocka_unit_test(hist_cumulative),    cmocka_unit_test(gauge_formats),
-        cmocka_unit_test(gauge_add),          cmocka_unit_test(defs_invalid),
-        cmocka_unit_test(render_limit),       cmocka_unit_test(label_index),
-        cmocka_unit_test(hamr_set_renders),   cmocka_unit_test(hamr_updates),
-        cmocka_unit_test(hamr_rejects),
+        cmocka_unit_test(render_hidden),      cmocka_unit_test(hist_cumulative),
+        cmocka_unit_test(gauge_formats),      cmocka_unit_test(gauge_add),
+        cmocka_unit_test(defs_invalid),       cmocka_unit_test(render_limit),
+        cmocka_unit_test(label_index),        cmocka_unit_test(hamr_set_renders),
+        cmocka_unit_test(hamr_updates),       cmocka_unit_test(hamr_rejects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
