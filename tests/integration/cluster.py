@@ -1,7 +1,7 @@
 """cluster.py - a hamr cluster of real hamrd processes, a load generator and an oracle.
 
 What it does:
-  Cluster   starts N hamrd voters (free ports on 127.0.0.1, or fixed ports
+  Cluster   starts N hamrd voters (free ports on 127.0.0.1 or ::1, or fixed ports
             inside network namespaces given by a NetLab) and one recording
             sink as every node's relayhost; waits (bounded) until exactly one
             leader is known by every live node and a test message through
@@ -101,18 +101,22 @@ def cluster_log(text):
 class Cluster:
     """Cluster - N voters and one sink in a harness.Env.
 
-    lab: a NetLab (nodes in namespaces) or None (127.0.0.1, free ports).
+    lab: a NetLab (nodes in namespaces) or None (host, free ports).
+    host: without a lab, the address of every node and of the sink: 127.0.0.1,
+    or an IPv6 literal such as "::1" (raft, peer, control, voters and the
+    relayhost are then written bracketed, "[::1]:PORT").
     overrides: {section: {key: value}} applied to every node's config.
     """
 
-    def __init__(self, env, n=3, lab=None, overrides=None):
+    def __init__(self, env, n=3, lab=None, overrides=None, host="127.0.0.1"):
         self.env = env
         self.lab = lab
+        self.host = lab.hub_addr if lab else host
         self.forwarding = cluster_forwarding_supported()
         if lab:
             self.sink = env.sink(host=lab.hub_addr, port=2600)
         else:
-            self.sink = env.sink(port=harness.free_port())
+            self.sink = env.sink(host=host, port=harness.free_port(host))
         overrides = dict(overrides or {})
         delivery = {"lease_time": "%ds" % LEASE_TIME, "retry_min": "1s", "retry_max": "4s",
                     "scan_interval": "200ms"}
@@ -127,20 +131,21 @@ class Cluster:
                     ports["peer"] = 7200 + i
                 specs.append((i, host, ports, lab.exec_prefix(i)))
             else:
-                ports = {"smtp": harness.free_port(), "raft": harness.free_port(),
-                         "control": harness.free_port()}
+                ports = {"smtp": harness.free_port(host), "raft": harness.free_port(host),
+                         "control": harness.free_port(host)}
                 if self.forwarding:
-                    ports["peer"] = harness.free_port()
-                specs.append((i, "127.0.0.1", ports, None))
-        voters = ", ".join("%d@%s:%d" % (i, host, ports["raft"]) for i, host, ports, _ in specs)
+                    ports["peer"] = harness.free_port(host)
+                specs.append((i, host, ports, None))
+        voters = ", ".join("%d@%s" % (i, harness.hostport(h, ports["raft"]))
+                           for i, h, ports, _ in specs)
         if lab:
             overrides.setdefault("smtpd", {})
             overrides["smtpd"] = dict(overrides["smtpd"], relay_networks="%s.0/24" % lab.subnet)
         self.nodes = []
-        for i, host, ports, prefix in specs:
-            node = env.node(node_id=i, host=host, ports=ports, voters=voters,
+        for i, h, ports, prefix in specs:
+            node = env.node(node_id=i, host=h, ports=ports, voters=voters,
                             relayhost_port=self.sink.port,
-                            relayhost_host=lab.hub_addr if lab else "127.0.0.1",
+                            relayhost_host=lab.hub_addr if lab else host,
                             overrides=overrides, argv_prefix=prefix)
             self.nodes.append(node)
         self.probes = []  # test ids of readiness probes (delivered like any other mail)
@@ -300,10 +305,10 @@ class Cluster:
     def add_http(self):
         """add_http - give every node an HTTP listener (/health, /metrics) on a free port."""
         for node in self.nodes:
-            node.http_port = harness.free_port()
+            node.http_port = harness.free_port(node.host)
             node.overrides = {s: dict(kv) for s, kv in node.overrides.items()}
-            node.overrides.setdefault("listen", {})["http"] = "%s:%d" % (node.host,
-                                                                         node.http_port)
+            node.overrides.setdefault("listen", {})["http"] = harness.hostport(node.host,
+                                                                               node.http_port)
             node.write_config()
 
     def probe_send_options(self, node):

@@ -1,4 +1,5 @@
-"""harness.py - real hamrd processes and a recording sink on 127.0.0.1, for integration tests.
+"""harness.py - real hamrd processes and a recording sink on 127.0.0.1 (or ::1), for integration
+tests.
 
 What it does: picks free ports, writes node configs into a temporary
 directory, starts, stops and kills hamrd (binary from $HAMRD, default
@@ -175,8 +176,29 @@ def _ephemeral_low():
         return 32768
 
 
-def free_port():
-    """free_port - a TCP port on 127.0.0.1 that was free a moment ago.
+def is_ipv6(host):
+    """is_ipv6 - is host an IPv6 literal ("::1")?"""
+    return ":" in host
+
+
+def hostport(host, port):
+    """hostport - "HOST:PORT", with an IPv6 literal bracketed ("[::1]:PORT"), as hamr and
+    hamrctl write addresses."""
+    return "[%s]:%d" % (host, port) if is_ipv6(host) else "%s:%d" % (host, port)
+
+
+def ipv6_loopback():
+    """ipv6_loopback - can a socket be bound on ::1?"""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def free_port(host="127.0.0.1"):
+    """free_port - a TCP port on host (127.0.0.1, or ::1) that was free a moment ago.
 
     Ports come from below the kernel's ephemeral range, so that the outgoing
     connections of the nodes started so far (raft, peer, delivery) cannot be
@@ -190,9 +212,10 @@ def free_port():
         port = random.randrange(low, high)
         if port in _ports_handed_out:
             continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
             try:
-                s.bind(("127.0.0.1", port))
+                s.bind((host, port))
             except OSError:
                 continue
         _ports_handed_out.add(port)
@@ -494,7 +517,7 @@ def _kill_everything():
 
 
 class Sink:
-    """Sink - deploy/sink.py on 127.0.0.1; port 0 lets the OS choose."""
+    """Sink - deploy/sink.py on 127.0.0.1 (or host, e.g. ::1); port 0 lets the OS choose."""
 
     def __init__(self, env, name="sink", port=0, tempfail_first=0, reject_rcpt=None,
                  tempfail_rcpt=None, host="127.0.0.1"):
@@ -514,7 +537,7 @@ class Sink:
         self.proc = None
 
     def start(self, timeout=15):
-        argv = [PYTHON, sink_path(), "--listen", "%s:%d" % (self.host, self.port),
+        argv = [PYTHON, sink_path(), "--listen", hostport(self.host, self.port),
                 "--dir", self.dir, "--log", self.log_path] + self.options
         log_path = os.path.join(self.env.dir, self.name + ".log")
         skip = os.path.getsize(log_path) if os.path.exists(log_path) else 0
@@ -525,7 +548,7 @@ class Sink:
             with open(log_path, "rb") as f:
                 f.seek(skip)
                 text = f.read().decode("utf-8", "replace")
-            m = re.search(r"sink listening on [\d.]+:(\d+)", text)
+            m = re.search(r"sink listening on \S+:(\d+)", text)
             return m and int(m.group(1))
 
         self.port = wait_for(listening, timeout, "%s to listen" % self.name)
@@ -571,7 +594,8 @@ class Node:
     """Node - one hamrd: its config, data directory, ports and process.
 
     By default every listener is on a free port of 127.0.0.1. A cluster node
-    may instead give host (the IPv4 address of all its listeners), ports
+    may instead give host (the IPv4 or IPv6 literal of all its listeners,
+    e.g. "::1": written bracketed where hamr wants an address), ports
     ({"smtp", "raft", "control", "peer"}: fixed ports), peer=True (a [listen]
     peer on a free port), relayhost_host, and argv_prefix (run hamrd through
     e.g. "ip netns exec NS", which execs in place, so signals reach hamrd).
@@ -589,11 +613,11 @@ class Node:
         self.conf_path = os.path.join(self.home, "hamr.conf")
         self.host = host
         ports = ports or {}
-        self.smtp_port = ports.get("smtp") or free_port()
-        self.raft_port = ports.get("raft") or free_port()
-        self.control_port = ports.get("control") or free_port()
+        self.smtp_port = ports.get("smtp") or free_port(host)
+        self.raft_port = ports.get("raft") or free_port(host)
+        self.control_port = ports.get("control") or free_port(host)
         self.control_addr = None  # what ctl gives hamrctl -s; None: HOST:control_port
-        self.peer_port = ports.get("peer") or (free_port() if peer else None)
+        self.peer_port = ports.get("peer") or (free_port(host) if peer else None)
         self.argv_prefix = list(argv_prefix or [])
         self.relayhost_host = relayhost_host
         self.voters = voters
@@ -607,10 +631,11 @@ class Node:
         sections = {
             "node": {"id": str(self.id), "data_dir": self.data_dir,
                      "hostname": "%s.relay.test" % self.name, "log_level": "debug"},
-            "listen": {"smtp": "%s:%d" % (self.host, self.smtp_port),
-                       "raft": "%s:%d" % (self.host, self.raft_port),
-                       "control": "%s:%d" % (self.host, self.control_port)},
-            "cluster": {"voters": self.voters or "%d@%s:%d" % (self.id, self.host, self.raft_port),
+            "listen": {"smtp": hostport(self.host, self.smtp_port),
+                       "raft": hostport(self.host, self.raft_port),
+                       "control": hostport(self.host, self.control_port)},
+            "cluster": {"voters": self.voters or "%d@%s" % (self.id,
+                                                            hostport(self.host, self.raft_port)),
                         "election_timeout": "1s", "heartbeat": "100ms",
                         # Small log segments: many nodes share the test machine's disk.
                         "snapshot_bytes": "16M"},
@@ -620,6 +645,8 @@ class Node:
                          "lease_time": "30s", "scan_interval": "200ms"},
             "storage": {"min_free": "16M"},
         }
+        if is_ipv6(self.host):
+            sections["smtpd"]["relay_networks"] = "127.0.0.0/8, ::1/128"
         if RUN_USER:
             sections["node"]["user"] = RUN_USER
         # Between nodes TLS is the default; plaintext = yes in overrides turns it off.
@@ -627,7 +654,7 @@ class Node:
         if str(tls_over.get("plaintext", "no")).lower() not in ("yes", "true", "on", "1"):
             sections["cluster_tls"] = pki_node(self.id)
         if self.peer_port:
-            sections["listen"]["peer"] = "%s:%d" % (self.host, self.peer_port)
+            sections["listen"]["peer"] = hostport(self.host, self.peer_port)
         if self.relayhost_port:
             sections["delivery"]["relayhost"] = "[%s]:%d" % (self.relayhost_host,
                                                              self.relayhost_port)
@@ -692,7 +719,7 @@ class Node:
 
     def ctl(self, verb, *args, timeout=15):
         """ctl - hamrctl --json VERB ARGS against this node; the parsed JSON response."""
-        addr = self.control_addr or "%s:%d" % (self.host, self.control_port)
+        addr = self.control_addr or hostport(self.host, self.control_port)
         argv = [hamrctl_path(), "-s", addr, "--json", verb] + list(args)
         try:
             out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,

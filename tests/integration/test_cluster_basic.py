@@ -1,13 +1,20 @@
 #!/usr/bin/python3
 """test_cluster_basic.py - a 3-node hamr cluster on 127.0.0.1 takes mail through every node.
 
+With HAMR_CLUSTER_HOST=::1 (ctest integ_cluster_basic_ipv6) every node, the
+sink and hamrctl use ::1 instead: IPv6 voters, raft, peer and control
+addresses, published bracketed; skipped when ::1 is not configured here.
+
 Covers: mail sent to each of the three nodes is delivered exactly once,
 byte-identical after the Received: header; followers answer 250 (they
 forward to the leader and wait for the commit); afterwards every queue is
 empty and every queue digest and applied index are equal; "hamrctl status"
-on every node names the same leader and term; "hamrctl transfer ID" makes
-the chosen node leader, also when sent to a follower; a short load through
-all nodes passes the oracle (no loss, no duplicate, no corruption).
+on every node names the same leader and term, and the leader's control
+address as HOST:PORT ("[::1]:PORT" on IPv6); "hamrctl transfer ID" makes
+the chosen node leader, also when sent to a follower (which redirects
+hamrctl over TLS to the leader's control address), and the old leader then
+forwards mail to the new one; a short load through all nodes passes the
+oracle (no loss, no duplicate, no corruption).
 
 Without follower forwarding in this hamrd ([listen] peer unknown) the
 follower cases are skipped and mail goes to the leader only.
@@ -22,8 +29,21 @@ import cluster  # noqa: E402
 import harness  # noqa: E402
 from harness import field, make_message, new_test_id, send_message, sha256_hex  # noqa: E402
 
+# The address of every node and of the sink: 127.0.0.1, or ::1 for the IPv6 run.
+HOST = os.environ.get("HAMR_CLUSTER_HOST") or "127.0.0.1"
+
 
 class ClusterBasicTest(cluster.ClusterTestCase):
+    @classmethod
+    def setUpClass(cls):
+        if HOST == "::1" and not harness.ipv6_loopback():
+            raise unittest.SkipTest("::1 is not configured on this machine")
+        super().setUpClass()
+
+    @classmethod
+    def make_cluster(cls):
+        return cluster.Cluster(cls.env, 3, host=HOST)
+
     def send_each(self, nodes, tag):
         """send_each - one message through each node (no retry: a 4xx fails the test)."""
         sent = {}
@@ -58,6 +78,8 @@ class ClusterBasicTest(cluster.ClusterTestCase):
         for s in sts.values():
             members = field(s, "members", [])
             self.assertEqual(sorted(int(field(m, "id")) for m in members), [1, 2, 3])
+            self.assertEqual(field(s, "leader_control"),
+                             harness.hostport(HOST, leader.control_port), s)
 
     def test_b_leader_delivers_once(self):
         leader = self.cluster.wait_leader()
@@ -98,6 +120,8 @@ class ClusterBasicTest(cluster.ClusterTestCase):
         new = harness.wait_for(lambda: (lambda n: n if n is target else None)(
             self.cluster.agreed_leader()), 20, "node %d to lead" % target.id)
         self.assertIs(new, target)
+        # The old leader is a follower now: it forwards to the new one.
+        self.check_delivered_once(self.send_each([leader], "after-transfer"))
 
     def test_g_short_load_through_all(self):
         load = cluster.LoadGen(self.cluster, "basic", threads=4, max_messages=150,

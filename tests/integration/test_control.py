@@ -43,7 +43,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from cluster import Cluster, ClusterTestCase, cluster_log  # noqa: E402
-from harness import field, wait_for  # noqa: E402
+from harness import field, ipv6_loopback, wait_for  # noqa: E402
 
 MAKE_PKI = os.path.join(harness.REPO, "deploy", "make-pki.sh")
 TLS_ENV = ("HAMRCTL_CERT", "HAMRCTL_KEY", "HAMRCTL_CA")
@@ -66,17 +66,6 @@ def run_ctl(args, env=None, user=None, timeout=20):
     out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
                          env=env)
     return out.returncode, out.stdout.decode(errors="replace"), out.stderr.decode(errors="replace")
-
-
-def ipv6_loopback():
-    """ipv6_loopback - can a socket be bound on ::1?"""
-    try:
-        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        s.bind(("::1", 0))
-        s.close()
-        return True
-    except OSError:
-        return False
 
 
 class ControlSocketTest(harness.HamrTestCase):
