@@ -622,10 +622,14 @@ int relay_start(uv_loop_t *loop,
     relay_timer_start(r, &r->housekeeping_timer, relay_housekeeping, 1000);
     r->stop.timers_started = true;
     const struct directory_self *self = directory_self(r->dir);
+    /* Bracketed like every address a node publishes ("[::1]:2525"). */
+    const bool smtp6 = strchr(cfg->listen_smtp.host, ':') != NULL;
+    char raft[CONSENSUS_ADDR_MAX] = "";
+    (void)config_ip_address(cfg->listen_raft.host, cfg->listen_raft.port, raft, sizeof(raft));
     log_info("started node=%" PRIu64
-             " smtp=%s:%u raft=%s:%u peer=%s control=%s control_socket=%s control_tls=%s boot=%s",
-             cfg->node_id, cfg->listen_smtp.host, (unsigned)cfg->listen_smtp.port,
-             cfg->listen_raft.host, (unsigned)cfg->listen_raft.port,
+             " smtp=%s%s%s:%u raft=%s peer=%s control=%s control_socket=%s control_tls=%s boot=%s",
+             cfg->node_id, smtp6 ? "[" : "", cfg->listen_smtp.host, smtp6 ? "]" : "",
+             (unsigned)cfg->listen_smtp.port, raft,
              self->peer_address[0] ? self->peer_address : "off",
              self->control_address[0] ? self->control_address : "off",
              cfg->listen_control_socket[0] ? cfg->listen_control_socket : "off",
