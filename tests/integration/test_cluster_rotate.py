@@ -10,7 +10,7 @@ written beside it, given to the account hamrd runs as, and renamed over the
 configured path (os.replace), then hamrd gets SIGHUP.
 
   a  every node in turn gets a new key and certificate (ROT_DAYS days): its
-     log says "cluster TLS reloaded: N days left" with the new validity, and
+     log says "cluster TLS reloaded: node:ID, certificate expires in N days, ..." with the new validity, and
      new TLS connections to its control, raft and peer ports present the new
      certificate. Then a leadership transfer to a node that has not led
      (so the others hold no peer connection to it and must open new ones,
@@ -60,7 +60,10 @@ ROT_DAYS = 400  # test a's new certificates
 FIX_DAYS = 500  # test b's
 CA1_DAYS = 5000  # test c's new CA (the first one has make-pki.sh's 3650)
 CA1_NODE_DAYS = 600  # and the node certificates it signs
-RELOADED = re.compile(r"cluster TLS reloaded: (-?\d+) days left \(CA (-?\d+)\)")
+# "cluster TLS reloaded: node:2, certificate expires in 400 days, CA in 3649 days (...)";
+# "(renew soon)" after the days under 30, "expired" once past.
+RELOADED = re.compile(r"cluster TLS reloaded: node:\d+, certificate expires in (-?\d+) days"
+                      r"(?: \(renew soon\))?, CA in (-?\d+) days")
 RELOAD_FAILED = re.compile(r"reload of the cluster certificate failed: (.*) "
                            r"\(the old one stays in use\)")
 PEER_HELLO = re.compile(r"peer hello peer=(\S+) node=(\d+)")

@@ -90,7 +90,8 @@ class ControlSocketTest(harness.HamrTestCase):
         rc, out, err = run_ctl(["-c", self.node.conf_path, "status"])
         self.assertEqual(rc, 0, err)
         self.assertIn("node:        1 (leader)", out)
-        self.assertIn("\ncluster tls: off (plaintext)\n", out)
+        self.assertRegex(out, r"\ncluster tls: node:1, certificate expires in \d+ days, CA in \d+ "
+                              r"days\n")
         st = os.lstat(self.sock)
         self.assertTrue(stat.S_ISSOCK(st.st_mode))
         self.assertEqual(st.st_mode & 0o7777, 0o660)
