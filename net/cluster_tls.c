@@ -131,6 +131,20 @@ int cluster_tls_peer(const struct tls *t, struct cluster_tls_identity *id)
     return cluster_tls_identity_of(tls_peer_certificate(t), id);
 }
 
+/* cluster_tls_identity_name - the identity as logs write it. */
+const char *cluster_tls_identity_name(const struct cluster_tls_identity *id,
+                                      char *out,
+                                      size_t outlen)
+{
+    if (id->role == CLUSTER_TLS_NODE)
+        snprintf(out, outlen, "node:%" PRIu64, id->node_id);
+    else if (id->role == CLUSTER_TLS_OPERATOR)
+        snprintf(out, outlen, "operator:%s", id->name);
+    else
+        snprintf(out, outlen, "none");
+    return out;
+}
+
 /* cluster_tls_time - an ASN1_TIME as time_t (0 if unreadable). */
 static time_t cluster_tls_time(const ASN1_TIME *at)
 {

@@ -104,6 +104,15 @@ uint64_t cluster_tls_reloads(const struct cluster_tls *c);
 int cluster_tls_identity_of(X509 *cert, struct cluster_tls_identity *id);
 
 /*
+ * cluster_tls_identity_name - "node:ID", "operator:NAME" or "none" into out
+ * (size outlen, truncated), for logs; returns out. Operator names are
+ * printable by construction (cluster_tls_identity_of checks them).
+ */
+const char *cluster_tls_identity_name(const struct cluster_tls_identity *id,
+                                      char *out,
+                                      size_t outlen);
+
+/*
  * cluster_tls_peer - the identity of a connection's peer, once its
  * handshake is done: 0, or -1 (no verified certificate, or no single hamr
  * identity in it).

@@ -331,18 +331,6 @@ static void peer_sockaddr_name(const struct sockaddr *sa, char *out, size_t outl
     }
 }
 
-/* peer_identity_name - "node:ID", "operator:NAME" or "none", for logs. Returns out. */
-static const char *peer_identity_name(const struct cluster_tls_identity *id, char *out, size_t len)
-{
-    if (id->role == CLUSTER_TLS_NODE)
-        snprintf(out, len, "node:%" PRIu64, id->node_id);
-    else if (id->role == CLUSTER_TLS_OPERATOR)
-        snprintf(out, len, "operator:%s", id->name);
-    else
-        snprintf(out, len, "none");
-    return out;
-}
-
 /*
  * peer_parse_addr - "a.b.c.d:port" or "[v6]:port" into ss. raft 0.15 speaks
  * IPv4 only, but the channel itself does not care. HAMR_EINVAL.
@@ -491,7 +479,7 @@ static void peer_sconn_handshake(struct peer_link *l, int status)
         char who[CLUSTER_TLS_NAME_MAX + 16];
         s->stats.tls++;
         log_warn("peer connection refused peer=%s cert=%s reason=\"certificate is not a node's\"",
-                 conn->name, peer_identity_name(&id, who, sizeof(who)));
+                 conn->name, cluster_tls_identity_name(&id, who, sizeof(who)));
         peer_sconn_close(conn);
         return;
     }
@@ -1100,7 +1088,8 @@ static void peer_cconn_handshake(struct peer_link *l, int status)
         log_warn("peer server refused addr=%s node=%" PRIu64
                  " cert=%s reason=\"certificate is not the node's this connection is for\" "
                  "calls=%zu",
-                 conn->addr, conn->node, peer_identity_name(&id, who, sizeof(who)), conn->n_calls);
+                 conn->addr, conn->node, cluster_tls_identity_name(&id, who, sizeof(who)),
+                 conn->n_calls);
         peer_cconn_close(conn);
         return;
     }

@@ -105,7 +105,7 @@ void relay_metrics_fill(void *data, struct metrics *m)
         metrics_counter_set(m, METRICS_PEER_PORT, METRICS_PEER_PORT_OUT_TLS, pcs.tls);
         metrics_counter_set(m, METRICS_PEER_PORT, METRICS_PEER_PORT_OUT_IDENTITY, pcs.identity);
     }
-    struct control_stats cs = {0};
+    struct operator_gate_stats cs = {0};
     if (r->control != NULL)
         control_get_stats(r->control, &cs);
     metrics_counter_set(m, METRICS_CONTROL_REFUSED, METRICS_CONTROL_REFUSED_TLS, cs.refused_tls);

@@ -796,7 +796,7 @@ static void test_tls_client(struct fixture *f, const char *ca, const char *cert,
 /* test_tls_stats - run the loop until the server counted tls and identity refusals. */
 static void test_tls_stats(struct fixture *f, uint64_t tls, uint64_t identity)
 {
-    struct control_stats st;
+    struct operator_gate_stats st;
     TESTLIB_LOOP_UNTIL(&f->run, (control_get_stats(f->ctl, &st),
                                  st.refused_tls == tls && st.refused_identity == identity));
     control_get_stats(f->ctl, &st);
