@@ -135,6 +135,7 @@ enum metrics_hamr_id {
     METRICS_RAFT_PORT,           /* counter{event}: enum metrics_hamr_raft_port */
     METRICS_PEER_PORT,           /* counter{event}: enum metrics_hamr_peer_port */
     METRICS_CONTROL_REFUSED,     /* counter{reason}: enum metrics_hamr_control_refusal */
+    METRICS_METRICS_REFUSED,     /* counter{reason}: the same labels, of [listen] metrics */
     METRICS_RAFT_TERM,           /* gauge */
     METRICS_RAFT_COMMIT_INDEX,   /* gauge */
     METRICS_RAFT_APPLIED_INDEX,  /* gauge */
@@ -184,7 +185,7 @@ enum metrics_hamr_peer_port {
     METRICS_PEER_PORT_OUT_IDENTITY,
 };
 
-/* Label indexes of METRICS_CONTROL_REFUSED (control_stats). */
+/* Label indexes of METRICS_CONTROL_REFUSED and METRICS_METRICS_REFUSED (operator_gate_stats). */
 enum metrics_hamr_control_refusal {
     METRICS_CONTROL_REFUSED_TLS = 0,  /* the TLS handshake failed */
     METRICS_CONTROL_REFUSED_IDENTITY, /* a certificate that names no operator */
