@@ -141,8 +141,8 @@ void tcp_server_conn_close(struct tcp_server_conn *c)
     /* Asynchronous processing continues in tcp_server_conn_closed_cb. */
 }
 
-/* tcp_server_peer_name - "ip:port" or "[v6]:port" of c's peer, for logs. */
-static void tcp_server_peer_name(const struct tcp_server_conn *c, char *out, size_t outlen)
+/* tcp_server_conn_peer - "ip:port" or "[v6]:port" of c's peer, for logs. */
+void tcp_server_conn_peer(const struct tcp_server_conn *c, char *out, size_t outlen)
 {
     struct sockaddr_storage ss;
     int len = sizeof(ss);
@@ -226,7 +226,7 @@ static void tcp_server_accept(struct tcp_server *s)
     }
     if (s->n_conns > s->max_conns) {
         char peer[INET6_ADDRSTRLEN + 8];
-        tcp_server_peer_name(c, peer, sizeof(peer));
+        tcp_server_conn_peer(c, peer, sizeof(peer));
         log_warn("%s too many connections peer=%s max=%zu", s->name, peer, s->max_conns);
         tcp_server_conn_close(c);
         return;

@@ -132,4 +132,10 @@ void tcp_server_conn_timer_init(struct tcp_server_conn *c, uv_timer_t *t);
  */
 void tcp_server_conn_close(struct tcp_server_conn *c);
 
+/*
+ * tcp_server_conn_peer - "ip:port" or "[v6]:port" of c's peer into out
+ * (size outlen, truncated), "?" if the socket cannot say: for logs.
+ */
+void tcp_server_conn_peer(const struct tcp_server_conn *c, char *out, size_t outlen);
+
 #endif

@@ -102,6 +102,7 @@ static const struct config_key config_keys[] = {
     CK("listen", "control", CONFIG_K_HOSTPORT_OPT, listen_control, 0, 0),
     CK("listen", "control_socket", CONFIG_K_STRING_OPT, listen_control_socket, 0, 0),
     CK("listen", "http", CONFIG_K_HOSTPORT_OPT, listen_http, 0, 0),
+    CK("listen", "metrics", CONFIG_K_HOSTPORT_OPT, listen_metrics, 0, 0),
     CK("listen", "peer", CONFIG_K_HOSTPORT_OPT, listen_peer, 0, 0),
 
     CK("cluster", "voters", CONFIG_K_VOTERS, voters, 0, 0),
@@ -931,6 +932,19 @@ static int config_check_control_socket(struct config_parse *p)
 }
 
 /* config_cross_check - checks that involve several keys, after the whole file. */
+/* config_check_literal - [listen] name, if set, is an IP literal. 1, or config_fail's code. */
+static int config_check_literal(struct config_parse *p,
+                                const char *name,
+                                const struct config_hostport *hp)
+{
+    unsigned char a6[16];
+    if (hp->host[0] == '\0' || inet_pton(AF_INET, hp->host, a6) == 1 ||
+        inet_pton(AF_INET6, hp->host, a6) == 1)
+        return 1;
+    return config_fail(p, config_key_line(p, "listen", name),
+                       "%s: must be an IP address and port: \"%s\"", name, hp->host);
+}
+
 /* config_check_cluster - the node's identity, addresses and place among the voters. */
 static int config_check_cluster(struct config_parse *p)
 {
@@ -981,15 +995,11 @@ static int config_check_cluster(struct config_parse *p)
         return config_fail(p, config_key_line(p, "listen", "peer"),
                            "peer: must be an IP address and port: \"%s\"", cfg->listen_peer.host);
 
-    /* The control listener binds with uv_tcp_bind, which takes literals only. */
-    unsigned char a6[16];
-    if (cfg->listen_control.host[0] != '\0' &&
-        inet_pton(AF_INET, cfg->listen_control.host, a6) != 1 &&
-        inet_pton(AF_INET6, cfg->listen_control.host, a6) != 1)
-        return config_fail(p, config_key_line(p, "listen", "control"),
-                           "control: must be an IP address and port: \"%s\"",
-                           cfg->listen_control.host);
-    return config_check_control_socket(p);
+    /* The control and metrics listeners bind with uv_tcp_bind, which takes literals only. */
+    int rv = config_check_literal(p, "control", &cfg->listen_control);
+    if (rv == 1)
+        rv = config_check_literal(p, "metrics", &cfg->listen_metrics);
+    return rv == 1 ? config_check_control_socket(p) : rv;
 }
 
 /* config_check_tunables - settings that only make sense together. */
@@ -1047,6 +1057,12 @@ static int config_check_cluster_tls(struct config_parse *p)
                            "plaintext: yes, but ca_file, cert_file or key_file is set too");
     if (set > 0 && set < 3)
         return config_fail(p, first_set, "ca_file, cert_file and key_file must be set together");
+    /* The metrics listener is the cluster PKI's: without one it has nothing to verify. */
+    if (cfg->cluster_plaintext && cfg->listen_metrics.host[0] != '\0')
+        return config_fail(
+            p, config_key_line(p, "listen", "metrics"),
+            "metrics: serves over mutual TLS with the cluster PKI, but [cluster_tls] "
+            "plaintext = yes; set ca_file, cert_file and key_file, or use http");
     /* Between nodes TLS is the default: the clear has to be asked for. */
     if (set == 0 && !cfg->cluster_plaintext)
         return config_fail(p, 0,

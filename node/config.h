@@ -59,7 +59,11 @@ struct hamr_config {
     char listen_control_socket[1024];      /* control_socket (control.sock; "" = off): the
                                               trusted Unix socket, mode 0660; a relative
                                               path is inside data_dir */
-    struct config_hostport listen_http;    /* http ("" = off) */
+    struct config_hostport listen_http;    /* http ("" = off): health and, without
+                                              metrics, /metrics, in the clear */
+    struct config_hostport listen_metrics; /* metrics ("" = off): the same endpoints over
+                                              mutual TLS, operators only; needs the
+                                              [cluster_tls] files; IP literal */
     struct config_hostport listen_peer;    /* peer ("" = off; required with more than one
                                               voter): node-to-node forwarding, IP literal */
 

@@ -40,10 +40,8 @@
  * decides who connects, and the umask is narrowed while it is bound, so the
  * file never exists with wider permissions.
  */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -63,6 +61,7 @@
 #include "net/tls_stream.h"
 
 #include "node/control.h"
+#include "node/operator_gate.h"
 
 #define CONTROL_READ_CHUNK 16384
 #define CONTROL_BACKLOG 16
@@ -85,7 +84,7 @@ struct control {
     size_t parts; /* open: the TCP server, the Unix listener, each Unix connection and refusal */
     struct control_handler handler;
     uint64_t idle_ms;
-    struct control_stats stats;
+    struct operator_gate_stats stats;
     bool closing;
     void (*closed_cb)(void *arg);
     void *closed_arg;
@@ -368,21 +367,6 @@ static void control_read_cb(void *data, ssize_t nread, const uv_buf_t *b)
     control_conn_process(conn);
 }
 
-/* control_refused_log - one refusal: count it and say who, what they showed, and why. */
-static void control_refused_log(struct control_conn *conn,
-                                uint64_t *counter,
-                                const char *identity,
-                                const char *why)
-{
-    (*counter)++;
-    const struct control_stats *st = &conn->ctl->stats;
-    char safe[TLS_ERR_MAX];
-    log_warn("control connection peer=%s identity=%s event=refused reason=\"%s\" tls=%" PRIu64
-             " identity_refused=%" PRIu64,
-             conn->peer, identity, log_printable(safe, sizeof(safe), why, strlen(why)),
-             st->refused_tls, st->refused_identity);
-}
-
 /* control_clear_write - a refusal written in the clear to a client that spoke no TLS. */
 struct control_clear_write {
     uv_write_t req;
@@ -438,35 +422,22 @@ static void control_refuse_in_clear(struct control_conn *conn)
 static void control_handshake_cb(void *data, int status)
 {
     struct control_conn *conn = data;
-    struct control *c = conn->ctl;
-    if (status != 0) {
-        const char *why = tls_stream_error(conn->ts);
-        if (status == UV_EPROTO)
-            control_refused_log(conn, &c->stats.refused_tls, "-", why);
-        /* A control frame's length (00 00 ..) where a TLS record's version is:
-         * OpenSSL's "wrong version number". Told so in the clear. */
-        if (status == UV_EPROTO && strstr(why, "wrong version number") != NULL) {
-            control_refuse_in_clear(conn);
-            return;
-        }
-        if (status != UV_EPROTO)
-            log_debug(
-                "control connection peer=%s event=closed reason=\"%s before the TLS "
-                "handshake was done\"",
-                conn->peer, status == UV_EOF ? "end of stream" : uv_strerror(status));
+    char who[OPERATOR_GATE_WHO_MAX];
+    enum operator_gate_verdict v = operator_gate_check("control", conn->peer, status, conn->ts,
+                                                       &conn->ctl->stats, who, sizeof(who));
+    if (v == OPERATOR_GATE_OK)
+        return;
+    /* A control frame's length (00 00 ..) where a TLS record's version is:
+     * OpenSSL's "wrong version number". Told so in the clear. */
+    if (v == OPERATOR_GATE_TLS && status == UV_EPROTO &&
+        strstr(tls_stream_error(conn->ts), "wrong version number") != NULL) {
+        control_refuse_in_clear(conn);
+        return;
+    }
+    if (v == OPERATOR_GATE_TLS) {
         control_conn_close(conn);
         return;
     }
-    struct cluster_tls_identity id;
-    char who[CLUSTER_TLS_NAME_MAX * 4 + 16];
-    if (cluster_tls_peer(tls_stream_tls(conn->ts), &id) != 0)
-        memset(&id, 0, sizeof(id));
-    cluster_tls_identity_name(&id, who, sizeof(who));
-    if (id.role == CLUSTER_TLS_OPERATOR) {
-        log_debug("control connection peer=%s identity=%s event=accepted", conn->peer, who);
-        return;
-    }
-    control_refused_log(conn, &c->stats.refused_identity, who, "the certificate names no operator");
     conn->refused = true;
     char text[sizeof(who) + 128];
     snprintf(text, sizeof(text),
@@ -521,32 +492,12 @@ static struct tcp_server_conn *control_conn_alloc_cb(void *data, uv_tcp_t **tcp)
     return &conn->base;
 }
 
-/* control_peer_name - "ip:port" or "[ip]:port" of a TCP client. */
-static void control_peer_name(uv_tcp_t *tcp, char *out, size_t outlen)
-{
-    struct sockaddr_storage ss;
-    int len = sizeof(ss);
-    char ip[INET6_ADDRSTRLEN];
-    hamr_strlcpy(out, "?", outlen);
-    if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &len) != 0)
-        return;
-    if (ss.ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
-        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
-        snprintf(out, outlen, "%s:%u", ip, (unsigned)ntohs(a->sin_port));
-    } else if (ss.ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
-        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
-        snprintf(out, outlen, "[%s]:%u", ip, (unsigned)ntohs(a->sin6_port));
-    }
-}
-
 /* control_conn_accept_cb - a TCP client is accepted: TLS (if any) and requests. */
 static void control_conn_accept_cb(void *data, struct tcp_server_conn *base)
 {
     struct control_conn *conn = hamr_container_of(base, struct control_conn, base);
     struct control *c = data;
-    control_peer_name(&conn->h.u.tcp, conn->peer, sizeof(conn->peer));
+    tcp_server_conn_peer(base, conn->peer, sizeof(conn->peer));
     tcp_server_conn_timer_init(base, &conn->idle);
     control_conn_start(conn, c->tls != NULL ? cluster_tls_server_ctx(c->tls) : NULL);
 }
@@ -857,7 +808,7 @@ size_t control_conns(const struct control *c)
 }
 
 /* control_get_stats - the refusal counters. */
-void control_get_stats(const struct control *c, struct control_stats *out)
+void control_get_stats(const struct control *c, struct operator_gate_stats *out)
 {
     *out = c->stats;
 }

@@ -16,7 +16,7 @@
  *     a client whose certificate names an operator (hamr:operator:NAME) is
  *     served. A failed handshake (no certificate, another CA) or another
  *     identity (a node's certificate) is logged with the peer and counted
- *     (control_stats); the identity refusal is answered with HAMR_EPERM and
+ *     (control_get_stats); the identity refusal is answered with HAMR_EPERM and
  *     a sentence before the connection is closed;
  *   - TCP without one ([cluster_tls] plaintext = yes, a lab): anyone who
  *     reaches the port. Bind it to loopback or leave it off.
@@ -24,8 +24,9 @@
  * Owns: its listeners (net/tcp_server for TCP, a libuv pipe for the Unix
  * socket, and the socket file while it listens), their connections, each
  * connection's tls_stream. May call: proto/ framing, net/tcp_server,
- * net/tls_stream, net/cluster_tls (the contexts, the peer's identity), util;
- * the handler the owner gives answers.
+ * net/tls_stream, net/cluster_tls (the contexts), node/operator_gate (the
+ * peer's identity, the refusal's log line and counters), util; the handler
+ * the owner gives answers.
  */
 #ifndef HAMR_NODE_CONTROL_H
 #define HAMR_NODE_CONTROL_H
@@ -37,6 +38,8 @@
 
 #include "net/cluster_tls.h"
 #include "proto/hamr.pb-c.h"
+
+#include "node/operator_gate.h"
 
 #define CONTROL_MAX_CONNS 64          /* more connections are accepted and closed */
 #define CONTROL_IDLE_TIMEOUT_MS 60000 /* default: close a connection idle this long */
@@ -62,12 +65,6 @@ struct control_config {
     struct cluster_tls *tls; /* NULL: TCP in the clear; else mutual TLS on its server
                                 context (taken per connection, so a reload applies to new
                                 ones); borrowed, must outlive the control */
-};
-
-/* control_stats - what the TCP listener refused (for /metrics). */
-struct control_stats {
-    uint64_t refused_tls;      /* the TLS handshake failed: no certificate, another CA, no TLS */
-    uint64_t refused_identity; /* a valid certificate that names no operator */
 };
 
 /*
@@ -96,7 +93,7 @@ uint16_t control_port(const struct control *c);
 size_t control_conns(const struct control *c);
 
 /* control_get_stats - the refusal counters. */
-void control_get_stats(const struct control *c, struct control_stats *out);
+void control_get_stats(const struct control *c, struct operator_gate_stats *out);
 
 /*
  * control_reply - answer call with resp (packed here; resp is not kept) and

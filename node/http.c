@@ -2,11 +2,14 @@
  * http.c - the health and metrics HTTP endpoint (see http.h) and the
  * readiness decision.
  *
- * Happy path: accept -> read until the head ends (CRLF CRLF) -> parse the
+ * Happy path: accept -> (TLS: handshake, the client's certificate must
+ * name an operator) -> read until the head ends (CRLF CRLF) -> parse the
  * request line -> answer from the path (the ready callback, or the metrics
- * source's fill and a render) -> one write of head and body -> shutdown (FIN)
- * -> read and discard until the client's EOF -> close. Each step that waits
- * for the client has a deadline on the connection's one timer: the head
+ * source's fill and a render) -> write head and body -> shutdown (TLS
+ * close_notify, then FIN) -> read and discard until the client's EOF ->
+ * close. Every connection reads and writes through a net/tls_stream, in the
+ * clear on a listener without TLS. Each step that waits for the client has
+ * a deadline on the connection's one timer: the handshake and the head
  * (read timeout), the answer (write timeout), the EOF (linger).
  *
  * Lingering after the answer is deliberate: closing a socket that still has
@@ -20,20 +23,27 @@
  *   - the answer not taken by the client within the write timeout (it
  *     reads too slowly or not at all): closed;
  *   - a request line that is not "METHOD SP /target SP HTTP/1.x": 400;
- *   - not GET: 405 with Allow: GET; unknown path: 404;
+ *   - not GET: 405 with Allow: GET; unknown path: 404; /metrics on a
+ *     listener in the clear whose metrics are on the TLS listener: 403;
  *   - rendering /metrics fails (over HTTP_METRICS_MAX, no memory): 500;
  *   - EOF or a read error before the head ends: closed without an answer;
  *   - more than HTTP_MAX_CONNS connections: a new one is closed at once
  *     (net/tcp_server, which also refuses a client it gets no memory for);
- *   - a failed write or shutdown: closed.
+ *   - a failed write or shutdown: closed;
+ *   - TLS: the handshake fails (no certificate, another CA, not TLS at
+ *     all): logged with the peer and the reason, counted (refused_tls),
+ *     closed; not done within the read timeout: closed; a verified
+ *     certificate that names no operator (a node's): logged, counted
+ *     (refused_identity), answered 403, nothing it sent is read.
  *
  * Owns: the listener (a net/tcp_server) and every connection (handles
- * embedded, freed when tcp_server has closed them all) and each response
- * until its write completes.
+ * embedded, freed when tcp_server has closed them all), each connection's
+ * tls_stream, and each response until its writes complete.
  *
  * Security: parses untrusted network input. The head is bounded before it
  * is buffered; only the request line is interpreted (headers are skipped);
- * the path is logged through log_printable.
+ * the path is logged through log_printable. With TLS nothing is read as a
+ * request before the client's certificate has been checked.
  */
 #include <arpa/inet.h>
 #include <inttypes.h>
@@ -46,15 +56,19 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "net/cluster_tls.h"
 #include "net/tcp_server.h"
+#include "net/tls_stream.h"
 
 #include "node/http.h"
 #include "node/metrics.h"
+#include "node/operator_gate.h"
 
 #define HTTP_READ_CHUNK 4096
 #define HTTP_LINGER_MS 2000 /* after the answer, wait this long for the client's EOF */
 #define HTTP_METHOD_MAX 16
 #define HTTP_MIB (1024 * 1024)
+#define HTTP_PEER_MAX 64
 
 /* ------------------------------------------------------------------------ */
 /* Readiness.                                                               */
@@ -111,8 +125,12 @@ bool health_ready(const struct health_input *in, char *reason, size_t len)
 struct http {
     struct tcp_server *tcp; /* the listener and the connections' handles */
     struct http_handler handler;
+    struct cluster_tls *tls; /* NULL: in the clear */
+    bool metrics_tls_only;   /* /metrics is a 403 here */
+    const char *name;        /* "http" or "metrics", for logs */
     uint64_t read_timeout_ms;
     uint64_t write_timeout_ms;
+    struct operator_gate_stats stats;
     bool closing;
 };
 
@@ -130,21 +148,23 @@ enum http_conn_state {
 struct http_conn {
     struct tcp_server_conn base;
     struct http *srv;
-    uv_tcp_t tcp;
-    uv_timer_t timer; /* read timeout, then write timeout, then linger */
-    uv_shutdown_t shutdown;
+    struct tls_stream_handle h; /* h.u.tcp */
+    struct tls_stream *ts;      /* NULL until started */
+    uv_timer_t timer;           /* read timeout, then write timeout, then linger */
     enum http_conn_state state;
     bool closing;
     bool eof; /* the client has half-closed */
     size_t head_len;
+    char peer[HTTP_PEER_MAX]; /* "ip:port", for logs */
     char head[HTTP_HEAD_MAX];
     char rbuf[HTTP_READ_CHUNK];
 };
 
-/* http_write - one answer in flight: head text and body. */
+/* http_write - one answer in flight: head text and body, one tls_stream write each. */
 struct http_write {
-    uv_write_t req;
     struct http_conn *conn;
+    unsigned pending; /* writes whose callback has not run */
+    int status;       /* the first failure among them */
     struct buf body;
     char head[256];
 };
@@ -168,29 +188,36 @@ static void http_linger_cb(uv_timer_t *t)
 static void http_write_timeout_cb(uv_timer_t *t)
 {
     struct http_conn *conn = hamr_container_of(t, struct http_conn, timer);
-    log_debug("http write timeout after %" PRIu64 " ms", conn->srv->write_timeout_ms);
+    log_debug("%s write timeout peer=%s after %" PRIu64 " ms", conn->srv->name, conn->peer,
+              conn->srv->write_timeout_ms);
     http_conn_close(conn);
 }
 
-/* http_shutdown_cb - our FIN is out; http_read_cb closes on the client's EOF. */
-static void http_shutdown_cb(uv_shutdown_t *req, int status)
+/* http_shutdown_cb - our close_notify and FIN are out; http_read_cb closes on the client's EOF. */
+static void http_shutdown_cb(void *arg, int status)
 {
-    struct http_conn *conn = req->data;
+    struct http_conn *conn = arg;
     if (status < 0 && !conn->closing)
         http_conn_close(conn);
 }
 
-/* http_write_cb - the answer is written: shut down and linger. */
-static void http_write_cb(uv_write_t *req, int status)
+/* http_write_cb - one part of the answer is written; after the last: shut down and linger. */
+static void http_write_cb(void *arg, int status)
 {
-    struct http_write *w = hamr_container_of(req, struct http_write, req);
+    struct http_write *w = arg;
     struct http_conn *conn = w->conn;
+    if (status < 0 && w->status == 0)
+        w->status = status;
+    if (--w->pending > 0)
+        return;
+    status = w->status;
     buf_free(&w->body);
     free(w);
     if (conn->closing)
         return;
     if (status < 0) {
-        log_debug("http write failed err=%s", uv_err_name(status));
+        log_debug("%s write failed peer=%s err=%s", conn->srv->name, conn->peer,
+                  uv_err_name(status));
         http_conn_close(conn);
         return;
     }
@@ -200,8 +227,7 @@ static void http_write_cb(uv_write_t *req, int status)
         return;
     }
     conn->state = HTTP_CONN_LINGER;
-    conn->shutdown.data = conn;
-    if (uv_shutdown(&conn->shutdown, (uv_stream_t *)&conn->tcp, http_shutdown_cb) != 0) {
+    if (tls_stream_shutdown(conn->ts, http_shutdown_cb, conn) != 0) {
         http_conn_close(conn);
         return;
     }
@@ -217,6 +243,8 @@ static const char *http_reason(int status)
             return "OK";
         case 400:
             return "Bad Request";
+        case 403:
+            return "Forbidden";
         case 404:
             return "Not Found";
         case 405:
@@ -236,7 +264,8 @@ static const char *http_reason(int status)
 
 /*
  * http_send - write status, headers and body (taken over: body is left
- * empty) and go on to linger. On failure the connection is closed.
+ * empty) and go on to linger. On failure the connection is closed. Two
+ * writes rather than one buffer: a /metrics body of megabytes is not copied.
  */
 static void http_send(struct http_conn *conn, int status, const char *ctype, struct buf *body)
 {
@@ -262,17 +291,21 @@ static void http_send(struct http_conn *conn, int status, const char *ctype, str
                      status, http_reason(status), ctype, w->body.len,
                      status == 405 ? "Allow: GET\r\n" : "");
     HAMR_ASSERT(n > 0 && (size_t)n < sizeof(w->head));
-    uv_buf_t bufs[2] = {uv_buf_init(w->head, (unsigned)n),
-                        uv_buf_init((char *)w->body.data, (unsigned)w->body.len)};
     conn->state = HTTP_CONN_WRITING;
-    int rv =
-        uv_write(&w->req, (uv_stream_t *)&conn->tcp, bufs, w->body.len > 0 ? 2 : 1, http_write_cb);
-    if (rv != 0) {
+    if (tls_stream_write(conn->ts, w->head, (size_t)n, http_write_cb, w) != 0) {
         buf_free(&w->body);
         free(w);
         http_conn_close(conn);
         return;
     }
+    w->pending = 1;
+    if (w->body.len == 0)
+        return; /* Asynchronous processing continues in http_write_cb. */
+    if (tls_stream_write(conn->ts, w->body.data, w->body.len, http_write_cb, w) != 0) {
+        http_conn_close(conn); /* the head's callback (cancelled) frees w */
+        return;
+    }
+    w->pending = 2;
     /* Asynchronous processing continues in http_write_cb. */
 }
 
@@ -381,6 +414,8 @@ static void http_handle(struct http_conn *conn)
         http_send_text(conn, 200, "ok\n");
     else if (HTTP_PATH_IS("/health/ready"))
         http_answer_ready(conn);
+    else if (HTTP_PATH_IS("/metrics") && s->metrics_tls_only)
+        http_send_text(conn, 403, "/metrics is served over TLS on [listen] metrics\n");
     else if (HTTP_PATH_IS("/metrics") && s->handler.metrics != NULL)
         http_answer_metrics(conn);
     else
@@ -409,32 +444,40 @@ static size_t http_head_end(const char *h, size_t len, size_t from)
     return 0;
 }
 
-/* http_timeout_cb - the head did not arrive in time. */
+/*
+ * http_timeout_cb - the head did not arrive in time: 408. A TLS client
+ * still in its handshake can be sent nothing, so it is only closed.
+ */
 static void http_timeout_cb(uv_timer_t *t)
 {
     struct http_conn *conn = hamr_container_of(t, struct http_conn, timer);
-    log_debug("http read timeout buffered=%zu", conn->head_len);
+    const char *name = conn->srv->name;
+    if (!tls_stream_handshaken(conn->ts)) {
+        log_debug("%s handshake timeout peer=%s", name, conn->peer);
+        http_conn_close(conn);
+        return;
+    }
+    log_debug("%s read timeout peer=%s buffered=%zu", name, conn->peer, conn->head_len);
     http_send_text(conn, 408, "request timeout\n");
 }
 
-/* http_alloc_cb - reads land in the connection's fixed chunk. */
-static void http_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+/* http_alloc_cb - plaintext lands in the connection's fixed chunk. */
+static void http_alloc_cb(void *data, uv_buf_t *b)
 {
-    struct http_conn *conn = hamr_container_of(h, struct http_conn, tcp);
-    (void)suggested;
-    b->base = conn->rbuf;
-    b->len = sizeof(conn->rbuf);
+    struct http_conn *conn = data;
+    *b = uv_buf_init(conn->rbuf, sizeof(conn->rbuf));
 }
 
 /* http_read_cb - gather the head (bounded); after the answer, discard until EOF. */
-static void http_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+static void http_read_cb(void *data, ssize_t nread, const uv_buf_t *b)
 {
-    struct http_conn *conn = hamr_container_of(st, struct http_conn, tcp);
+    struct http_conn *conn = data;
     if (nread == 0 || conn->closing)
         return;
     if (nread < 0) {
         if (nread != UV_EOF) {
-            log_debug("http read failed err=%s", uv_err_name((int)nread));
+            log_debug("%s read failed peer=%s err=%s reason=\"%s\"", conn->srv->name, conn->peer,
+                      uv_err_name((int)nread), tls_stream_error(conn->ts));
             http_conn_close(conn);
         } else if (conn->state == HTTP_CONN_WRITING) {
             /* A client may half-close after its request: let the answer
@@ -460,9 +503,40 @@ static void http_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
         return;
     }
     if (conn->head_len == sizeof(conn->head)) {
-        log_warn("http request head too large max=%d", HTTP_HEAD_MAX);
+        log_warn("%s request head too large peer=%s max=%d", conn->srv->name, conn->peer,
+                 HTTP_HEAD_MAX);
         http_send_text(conn, 431, "request header fields too large\n");
     }
+}
+
+/*
+ * http_handshake_cb - TLS only: the handshake is over. A failure is a
+ * refusal (tls), closed; a certificate without an operator's name is
+ * answered 403 (identity), and what it sent is discarded. An operator goes
+ * on to its request.
+ */
+static void http_handshake_cb(void *data, int status)
+{
+    struct http_conn *conn = data;
+    struct http *s = conn->srv;
+    char who[OPERATOR_GATE_WHO_MAX];
+    switch (
+        operator_gate_check(s->name, conn->peer, status, conn->ts, &s->stats, who, sizeof(who))) {
+        case OPERATOR_GATE_OK:
+            return;
+        case OPERATOR_GATE_TLS:
+            http_conn_close(conn);
+            return;
+        case OPERATOR_GATE_IDENTITY:
+            break;
+    }
+    /* A node never scrapes: only operators (a scraper has its own) see /metrics. */
+    char text[sizeof(who) + 96];
+    snprintf(text, sizeof(text),
+             "this listener takes operator certificates only (hamr:operator:NAME); this one is "
+             "%s\n",
+             who);
+    http_send_text(conn, 403, text);
 }
 
 /* http_conn_alloc_cb - memory for one client (tcp_server initialises the socket). */
@@ -472,17 +546,36 @@ static struct tcp_server_conn *http_conn_alloc_cb(void *data, uv_tcp_t **tcp)
     if (conn == NULL)
         return NULL;
     conn->srv = data;
-    *tcp = &conn->tcp;
+    *tcp = &conn->h.u.tcp;
     return &conn->base;
 }
 
-/* http_conn_accept_cb - a client is accepted: read its head under the read timeout. */
+/*
+ * http_conn_accept_cb - a client is accepted: through a tls_stream (TLS on
+ * the server context, or the clear) read its head under the read timeout,
+ * which bounds the handshake too.
+ */
 static void http_conn_accept_cb(void *data, struct tcp_server_conn *base)
 {
     struct http *s = data;
     struct http_conn *conn = hamr_container_of(base, struct http_conn, base);
+    tcp_server_conn_peer(base, conn->peer, sizeof(conn->peer));
     tcp_server_conn_timer_init(base, &conn->timer);
-    if (uv_read_start((uv_stream_t *)&conn->tcp, http_alloc_cb, http_read_cb) != 0) {
+    SSL_CTX *ctx = s->tls != NULL ? cluster_tls_server_ctx(s->tls) : NULL;
+    const struct tls_stream_ops ops = {
+        .data = conn,
+        .alloc_cb = http_alloc_cb,
+        .read_cb = http_read_cb,
+        .handshake_cb = ctx != NULL ? http_handshake_cb : NULL,
+    };
+    int rv = tls_stream_init(&conn->ts, &conn->h, ctx, true, &ops);
+    if (rv != 0) {
+        log_warn("%s connection peer=%s event=closed reason=\"%s\"", s->name, conn->peer,
+                 hamr_strerror(rv));
+        http_conn_close(conn);
+        return;
+    }
+    if (tls_stream_read_start(conn->ts) != 0) {
         http_conn_close(conn);
         return;
     }
@@ -500,13 +593,14 @@ static void http_conn_shutdown_cb(void *data, struct tcp_server_conn *base)
 static void http_conn_free_cb(void *data, struct tcp_server_conn *base)
 {
     (void)data;
-    free(hamr_container_of(base, struct http_conn, base));
+    struct http_conn *conn = hamr_container_of(base, struct http_conn, base);
+    tls_stream_free(conn->ts); /* may run http_write_cb for writes that waited */
+    free(conn);
 }
 
-/* http_new - bind and listen on host:port. */
+/* http_new - bind and listen as cfg says. */
 int http_new(uv_loop_t *loop,
-             const char *host,
-             uint16_t port,
+             const struct http_config *cfg,
              const struct http_handler *h,
              struct http **out,
              char *errmsg,
@@ -522,27 +616,32 @@ int http_new(uv_loop_t *loop,
         return HAMR_ENOMEM;
     }
     s->handler = *h;
+    s->tls = cfg->tls;
+    s->metrics_tls_only = cfg->metrics_tls_only;
+    s->name = cfg->tls != NULL ? "metrics" : "http";
     s->read_timeout_ms = HTTP_READ_TIMEOUT_MS;
     s->write_timeout_ms = HTTP_WRITE_TIMEOUT_MS;
     /* Connections still closing count against the cap too: they hold memory and a descriptor. */
-    const struct tcp_server_config cfg = {.name = "http",
-                                          .host = host,
-                                          .port = port,
-                                          .backlog = 128,
-                                          .max_conns = HTTP_MAX_CONNS,
-                                          .over = TCP_SERVER_CAP_CLOSE};
+    const struct tcp_server_config tcfg = {.name = s->name,
+                                           .host = cfg->host,
+                                           .port = cfg->port,
+                                           .backlog = 128,
+                                           .max_conns = HTTP_MAX_CONNS,
+                                           .over = TCP_SERVER_CAP_CLOSE};
     const struct tcp_server_ops ops = {.data = s,
                                        .alloc_cb = http_conn_alloc_cb,
                                        .accept_cb = http_conn_accept_cb,
                                        .shutdown_cb = http_conn_shutdown_cb,
                                        .free_cb = http_conn_free_cb,
                                        .done_cb = free};
-    int rv = tcp_server_new(loop, &cfg, &ops, &s->tcp, errmsg, errlen);
+    int rv = tcp_server_new(loop, &tcfg, &ops, &s->tcp, errmsg, errlen);
     if (rv != 0) {
         free(s);
         return rv;
     }
-    log_info("http listening addr=%s port=%u", host, (unsigned)tcp_server_port(s->tcp));
+    log_info("%s listening addr=%s port=%u%s%s", s->name, cfg->host,
+             (unsigned)tcp_server_port(s->tcp), s->tls != NULL ? " tls=operators" : "",
+             s->metrics_tls_only ? " metrics=tls-listener" : "");
     *out = s;
     return 0;
 }
@@ -557,6 +656,12 @@ uint16_t http_port(const struct http *s)
 size_t http_conns(const struct http *s)
 {
     return tcp_server_conns(s->tcp);
+}
+
+/* http_get_stats - the refusal counters. */
+void http_get_stats(const struct http *s, struct operator_gate_stats *out)
+{
+    *out = s->stats;
 }
 
 /* http_set_read_timeout - the head deadline for new connections. */

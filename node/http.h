@@ -5,19 +5,33 @@
  *
  * One request per connection: every response carries Connection: close.
  * GET only (405 otherwise), 404 for other paths, request head at most
- * HTTP_HEAD_MAX bytes (431 beyond), HTTP_READ_TIMEOUT_MS to send it (408),
+ * HTTP_HEAD_MAX bytes (431 beyond), HTTP_READ_TIMEOUT_MS to send it (408;
+ * with TLS the handshake counts against it, and a client that has not
+ * finished the handshake by then is closed without an answer),
  * HTTP_WRITE_TIMEOUT_MS for the client to take the answer (closed
  * otherwise), a bounded linger for its close after that, at most
  * HTTP_MAX_CONNS connections (more are accepted and closed at once): a
  * client that sends slowly, reads slowly or not at all holds a place for
  * seconds, never longer.
  *
- * The endpoint has no authentication: bind it to loopback or to a network
- * only the monitoring system reaches.
+ * Two kinds of listener, the same endpoints:
+ *   - in the clear ([listen] http): no authentication; bind it to loopback
+ *     or to a network only the balancers and the monitoring system reach.
+ *     With metrics_tls_only, /metrics is a 403 there (it is served on the
+ *     TLS listener), and the health endpoints stay for the balancers;
+ *   - mutual TLS 1.3 on the cluster PKI ([listen] metrics): the node shows
+ *     its node certificate, the client must show one of the cluster CA
+ *     naming an operator (hamr:operator:NAME). A failed handshake (no
+ *     certificate, another CA, not TLS) is closed, a certificate naming no
+ *     operator (a node's) answered 403; both are logged with the peer and
+ *     counted (http_get_stats). Nothing the client sent is read as a
+ *     request before its certificate has been checked.
  *
- * Owns: its listener (net/tcp_server) and connections. May call: the
- * metrics registry (render), net/tcp_server, util; readiness comes from the
- * owner's callback.
+ * Owns: its listener (net/tcp_server), connections and their tls_streams.
+ * May call: the metrics registry (render), net/tcp_server, net/tls_stream,
+ * net/cluster_tls (the server context), node/operator_gate (the peer's
+ * identity, the refusal's log line and counters), util; readiness comes
+ * from the owner's callback.
  */
 #ifndef HAMR_NODE_HTTP_H
 #define HAMR_NODE_HTTP_H
@@ -28,7 +42,9 @@
 
 #include <uv.h>
 
+#include "net/cluster_tls.h"
 #include "node/metrics.h"
+#include "node/operator_gate.h"
 
 #define HTTP_HEAD_MAX 8192          /* request line and headers, final CRLF CRLF included */
 #define HTTP_READ_TIMEOUT_MS 5000   /* default: the whole head must arrive within this */
@@ -87,14 +103,23 @@ struct http_handler {
     struct metrics_source source;
 };
 
+/* http_config - where and how a listener serves. */
+struct http_config {
+    const char *host;        /* IPv4 or IPv6 literal; borrowed for http_new only */
+    uint16_t port;           /* 0 picks a free one, see http_port */
+    struct cluster_tls *tls; /* NULL: in the clear; else mutual TLS on its server context
+                                (taken per connection, so a reload applies to new ones),
+                                operators only; borrowed, must outlive the server */
+    bool metrics_tls_only;   /* answer /metrics with 403: it is on the TLS listener */
+};
+
 /*
- * http_new - listen on host:port (IPv4 or IPv6 literal; port 0 picks a free
- * one, see http_port). h is copied. 0 and *out, or HAMR_EINVAL / HAMR_EIO /
- * HAMR_ENOMEM with a sentence in errmsg (size errlen).
+ * http_new - listen as cfg says. cfg and h are copied. 0 and *out, or
+ * HAMR_EINVAL / HAMR_EIO / HAMR_ENOMEM with a sentence in errmsg (size
+ * errlen).
  */
 int http_new(uv_loop_t *loop,
-             const char *host,
-             uint16_t port,
+             const struct http_config *cfg,
              const struct http_handler *h,
              struct http **out,
              char *errmsg,
@@ -105,6 +130,9 @@ uint16_t http_port(const struct http *s);
 
 /* http_conns - connections open or closing (for tests and logs). */
 size_t http_conns(const struct http *s);
+
+/* http_get_stats - the refusal counters (zero for a listener in the clear). */
+void http_get_stats(const struct http *s, struct operator_gate_stats *out);
 
 /* http_set_read_timeout - applies to connections accepted from now on. */
 void http_set_read_timeout(struct http *s, uint64_t ms);

@@ -583,6 +583,14 @@ const struct metrics_def metrics_hamr_defs[] = {
                       "Successful reloads of the cluster CA, certificate and key (SIGHUP). "
                       "Absent in plaintext.",
                       METRICS_COUNTER),
+    [METRICS_METRICS_REFUSED] = METRICS_LABELLED("hamr_metrics_refused_total",
+                                                 "Connections to the TLS metrics listener "
+                                                 "refused: the TLS handshake failed (no "
+                                                 "certificate, another CA, not TLS), or the "
+                                                 "certificate names no operator.",
+                                                 METRICS_COUNTER,
+                                                 "reason",
+                                                 metrics_hamr_control_refusals),
     [METRICS_RAFT_TERM] = METRICS_PLAIN("hamr_raft_term", "Current raft term.", METRICS_GAUGE),
     [METRICS_RAFT_COMMIT_INDEX] =
         METRICS_PLAIN("hamr_raft_commit_index", "Raft commit index.", METRICS_GAUGE),

@@ -147,6 +147,7 @@ enum metrics_hamr_id {
     METRICS_PKI_DAYS_LEFT,       /* gauge{cert}: enum metrics_hamr_cert; hidden in plaintext */
     METRICS_PKI_NOT_AFTER,       /* gauge{cert}: Unix seconds; hidden in plaintext */
     METRICS_PKI_RELOADS,         /* counter; hidden in plaintext */
+    METRICS_METRICS_REFUSED,     /* counter{reason}: the same labels, of [listen] metrics */
     METRICS_RAFT_TERM,           /* gauge */
     METRICS_RAFT_COMMIT_INDEX,   /* gauge */
     METRICS_RAFT_APPLIED_INDEX,  /* gauge */
@@ -196,7 +197,7 @@ enum metrics_hamr_peer_port {
     METRICS_PEER_PORT_OUT_IDENTITY,
 };
 
-/* Label indexes of METRICS_CONTROL_REFUSED (control_stats). */
+/* Label indexes of METRICS_CONTROL_REFUSED and METRICS_METRICS_REFUSED (operator_gate_stats). */
 enum metrics_hamr_control_refusal {
     METRICS_CONTROL_REFUSED_TLS = 0,  /* the TLS handshake failed */
     METRICS_CONTROL_REFUSED_IDENTITY, /* a certificate that names no operator */

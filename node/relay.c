@@ -518,6 +518,37 @@ static int relay_start_smtp(struct relay *r, char *err, size_t errlen)
     return smtpd_server_set_tls(r->smtpd, cfg->tls_cert_file, cfg->tls_key_file, err, errlen);
 }
 
+/*
+ * relay_start_http - the HTTP listeners: [listen] http in the clear, and
+ * [listen] metrics over mutual TLS (config.c has made sure there is a PKI).
+ * With the second, the first keeps only the health endpoints.
+ */
+static int relay_start_http(struct relay *r, char *err, size_t errlen)
+{
+    const struct hamr_config *cfg = r->cfg;
+    bool tls_metrics = cfg->listen_metrics.host[0] != '\0';
+    HAMR_ASSERT(!tls_metrics || r->ctls != NULL);
+    struct http_handler hh = {
+        .data = r,
+        .ready = relay_http_ready,
+        .metrics = r->metrics,
+        .source = {.data = r, .fill = relay_metrics_fill},
+    };
+    if (cfg->listen_http.host[0] != '\0') {
+        const struct http_config hc = {.host = cfg->listen_http.host,
+                                       .port = cfg->listen_http.port,
+                                       .metrics_tls_only = tls_metrics};
+        int rv = http_new(r->loop, &hc, &hh, &r->http, err, errlen);
+        if (rv != 0)
+            return rv;
+    }
+    if (!tls_metrics)
+        return 0;
+    const struct http_config mc = {
+        .host = cfg->listen_metrics.host, .port = cfg->listen_metrics.port, .tls = r->ctls};
+    return http_new(r->loop, &mc, &hh, &r->metrics_http, err, errlen);
+}
+
 /* relay_start_channels - control, peer (server and client) and HTTP listeners; the directory. */
 static int relay_start_channels(struct relay *r, char *err, size_t errlen)
 {
@@ -562,18 +593,9 @@ static int relay_start_channels(struct relay *r, char *err, size_t errlen)
             return HAMR_ENOMEM;
         }
     }
-    if (cfg->listen_http.host[0] != '\0') {
-        struct http_handler hh = {
-            .data = r,
-            .ready = relay_http_ready,
-            .metrics = r->metrics,
-            .source = {.data = r, .fill = relay_metrics_fill},
-        };
-        rv = http_new(r->loop, cfg->listen_http.host, cfg->listen_http.port, &hh, &r->http, err,
-                      errlen);
-        if (rv != 0)
-            return rv;
-    }
+    rv = relay_start_http(r, err, errlen);
+    if (rv != 0)
+        return rv;
     r->dir = directory_new(&self, r->cons, r->queue, r->prop);
     if (r->dir == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -746,6 +768,10 @@ static void relay_close_all(struct relay *r)
     if (r->http != NULL) {
         r->stop.closing++;
         http_close(r->http, relay_close_step, r);
+    }
+    if (r->metrics_http != NULL) {
+        r->stop.closing++;
+        http_close(r->metrics_http, relay_close_step, r);
     }
     if (r->smtpd != NULL) {
         r->stop.closing++;

@@ -5,8 +5,9 @@
  * where the events happen.
  *
  * Owns: nothing. May call: reads of the queue, raft's view, the disk guard,
- * the proposer's and the peer server's counters, the cluster PKI's expiry
- * (pki_status), metrics; never relay.c.
+ * the proposer's, the peer server's, the control's and the TLS metrics
+ * listener's counters, the cluster PKI's expiry (pki_status), metrics;
+ * never relay.c.
  */
 #include <stdint.h>
 #include <string.h>
@@ -76,6 +77,15 @@ static int relay_http_count(void *arg, const struct queue_msg *m)
     return 0;
 }
 
+/* relay_http_refusals - an operators' listener's refusals into its {reason} family. */
+static void relay_http_refusals(struct metrics *m,
+                                enum metrics_hamr_id family,
+                                const struct operator_gate_stats *st)
+{
+    metrics_counter_set(m, family, METRICS_CONTROL_REFUSED_TLS, st->refused_tls);
+    metrics_counter_set(m, family, METRICS_CONTROL_REFUSED_IDENTITY, st->refused_identity);
+}
+
 /* relay_metrics_fill - gauges from the current state, just before a render. */
 void relay_metrics_fill(void *data, struct metrics *m)
 {
@@ -108,12 +118,13 @@ void relay_metrics_fill(void *data, struct metrics *m)
         metrics_counter_set(m, METRICS_PEER_PORT, METRICS_PEER_PORT_OUT_TLS, pcs.tls);
         metrics_counter_set(m, METRICS_PEER_PORT, METRICS_PEER_PORT_OUT_IDENTITY, pcs.identity);
     }
-    struct control_stats cs = {0};
+    struct operator_gate_stats cs = {0}, hs = {0};
     if (r->control != NULL)
         control_get_stats(r->control, &cs);
-    metrics_counter_set(m, METRICS_CONTROL_REFUSED, METRICS_CONTROL_REFUSED_TLS, cs.refused_tls);
-    metrics_counter_set(m, METRICS_CONTROL_REFUSED, METRICS_CONTROL_REFUSED_IDENTITY,
-                        cs.refused_identity);
+    if (r->metrics_http != NULL)
+        http_get_stats(r->metrics_http, &hs);
+    relay_http_refusals(m, METRICS_CONTROL_REFUSED, &cs);
+    relay_http_refusals(m, METRICS_METRICS_REFUSED, &hs);
     pki_status_metrics(r->ctls, time(NULL), m);
     metrics_gauge_set(m, METRICS_DISK_FREE_BYTES, 0, (double)r->disk.free_bytes);
     metrics_gauge_set(m, METRICS_DRAINING, 0, r->draining);

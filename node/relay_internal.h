@@ -113,6 +113,7 @@ struct relay {
     struct peer_client *peer_cli;
     struct metrics *metrics;
     struct http *http;             /* NULL without [listen] http */
+    struct http *metrics_http;     /* NULL without [listen] metrics: the TLS one */
     uv_timer_t housekeeping_timer; /* once a second: disk, deadlines, raft health */
     uv_timer_t retry_timer;        /* every RELAY_RETRY_MS: proposer, directory */
     uint64_t last_leader_id;       /* for counting leader changes */

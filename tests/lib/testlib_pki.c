@@ -10,6 +10,8 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "net/cluster_tls.h"
+
 #ifndef HAMR_SOURCE_DIR
 #error "HAMR_SOURCE_DIR: the source tree, for deploy/make-pki.sh"
 #endif
@@ -95,4 +97,29 @@ void testlib_pki_cleanup(struct testlib_pki *p)
     if (system(cmd) != 0)
         fprintf(stderr, "testlib_pki: could not remove %s\n", p->dir);
     p->dir[0] = '\0';
+}
+
+bool testlib_pki_operators(struct testlib_pki *p,
+                           struct testlib_pki *other,
+                           const char *name,
+                           char *both_ca,
+                           size_t len)
+{
+    if (!testlib_pki_init(p) || !testlib_pki_node(p, 1, 0) || !testlib_pki_operator(p, name) ||
+        !testlib_pki_init(other) || !testlib_pki_operator(other, "mallory"))
+        return false;
+    testlib_pki_path(p, "both-ca.pem", both_ca, len);
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "cat '%s/ca.pem' '%s/ca.pem' >'%s'", p->dir, other->dir, both_ca);
+    return system(cmd) == 0;
+}
+
+struct cluster_tls *testlib_pki_load(const char *ca, const char *cert, const char *key)
+{
+    struct cluster_tls_files files = {.ca = ca, .cert = cert, .key = key};
+    struct cluster_tls *c = NULL;
+    char err[512];
+    if (cluster_tls_new(&files, &c, err, sizeof(err)) != 0)
+        fprintf(stderr, "cluster_tls_new: %s\n", err);
+    return c;
 }

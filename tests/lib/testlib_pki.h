@@ -33,6 +33,24 @@ const char *testlib_pki_path(const struct testlib_pki *p, const char *name, char
  */
 time_t testlib_pki_time(const struct testlib_pki *p, const char *name, bool not_after);
 
+/*
+ * testlib_pki_operators - what the tests of an operators' listener use: p
+ * with node 1 and operator NAME, other (another CA) with operator
+ * "mallory", and both CAs in one file, both_ca (size len, in p's
+ * directory), for a client of other's that trusts node 1. false (logged)
+ * on failure.
+ */
+bool testlib_pki_operators(struct testlib_pki *p,
+                           struct testlib_pki *other,
+                           const char *name,
+                           char *both_ca,
+                           size_t len);
+
+struct cluster_tls;
+
+/* testlib_pki_load - a cluster_tls on these files (NULL on failure, logged). */
+struct cluster_tls *testlib_pki_load(const char *ca, const char *cert, const char *key);
+
 /* testlib_pki_cleanup - remove the directory and everything in it. */
 void testlib_pki_cleanup(struct testlib_pki *p);
 

@@ -262,6 +262,7 @@ static void test_defaults(void **state)
     assert_string_equal(cfg->listen_control.host, "127.0.0.1");
     assert_int_equal(cfg->listen_control.port, 7100);
     assert_string_equal(cfg->listen_http.host, "");
+    assert_string_equal(cfg->listen_metrics.host, "");
     assert_int_equal(cfg->n_voters, 1);
     assert_int_equal(cfg->voters[0].id, 1);
     assert_string_equal(cfg->voters[0].address, "127.0.0.1:7001");
@@ -333,6 +334,7 @@ static const char test_full[] =
     "raft = 10.0.0.2:7002\n"
     "control = 127.0.0.1:7102\n"
     "http = 0.0.0.0:8002\n"
+    "metrics = 10.0.0.2:8443\n"
     "peer = 10.0.0.2:7202\n"
     "\n"
     "[cluster]\n"
@@ -413,6 +415,8 @@ static void test_every_key(void **state)
     assert_int_equal(cfg->listen_control.port, 7102);
     assert_string_equal(cfg->listen_http.host, "0.0.0.0");
     assert_int_equal(cfg->listen_http.port, 8002);
+    assert_string_equal(cfg->listen_metrics.host, "10.0.0.2");
+    assert_int_equal(cfg->listen_metrics.port, 8443);
     assert_string_equal(cfg->listen_peer.host, "10.0.0.2");
     assert_int_equal(cfg->listen_peer.port, 7202);
     assert_int_equal(cfg->n_voters, 3);
@@ -536,7 +540,7 @@ static void test_ipv6_cluster(void **state)
     assert_non_null(cfg);
     int rc = test_load(cfg,
                        "[node]\nid = 2\ndata_dir = /x\n"
-                       "[listen]\nraft = [0:0::1]:7002\npeer = [::1]:7202\n"
+                       "[listen]\nraft = [0:0::1]:7002\npeer = [::1]:7202\nmetrics = [::1]:8443\n"
                        "[cluster]\nvoters = 1@127.0.0.1:7001, 2@[0:0:0::0001]:7002,\n"
                        "  3@[2001:DB8::3]:7003\n"
                        "[cluster_tls]\nca_file = /pki/ca.pem\ncert_file = /pki/2.pem\n"
@@ -549,6 +553,8 @@ static void test_ipv6_cluster(void **state)
     assert_string_equal(cfg->voters[1].address, "[::1]:7002");
     assert_string_equal(cfg->voters[2].address, "[2001:db8::3]:7003");
     assert_string_equal(cfg->listen_peer.host, "::1");
+    assert_string_equal(cfg->listen_metrics.host, "::1");
+    assert_int_equal(cfg->listen_metrics.port, 8443);
     assert_string_equal(cfg->cluster_ca_file, "/pki/ca.pem");
     assert_string_equal(cfg->cluster_cert_file, "/pki/2.pem");
     assert_string_equal(cfg->cluster_key_file, "/pki/2.key");
@@ -649,6 +655,12 @@ static const struct test_bad test_bad_files[] = {
      ":6: raft: must be an IP address and port: \"node1\""},
     {"control by name", BASE "[listen]\ncontrol = localhost:7100\n", HAMR_EINVAL,
      ":9: control: must be an IP address and port: \"localhost\""},
+    {"metrics by name", BASE "[listen]\nmetrics = prometheus.example:8443\n", HAMR_EINVAL,
+     ":9: metrics: must be an IP address and port: \"prometheus.example\""},
+    {"metrics without a pki", BASE "[listen]\nhttp = 127.0.0.1:8080\nmetrics = [::1]:8443\n",
+     HAMR_EINVAL,
+     ":10: metrics: serves over mutual TLS with the cluster PKI, but [cluster_tls] plaintext = "
+     "yes; set ca_file, cert_file and key_file, or use http"},
     {"heartbeat too long", BASE "[cluster]\nheartbeat = 1s\n", HAMR_EINVAL,
      ":9: heartbeat (1000ms) must be less than election_timeout (1000ms)"},
     {"election too short", BASE "[cluster]\nelection_timeout = 100ms\n", HAMR_EINVAL,

@@ -177,29 +177,14 @@ static const char *test_pki_path(const struct testlib_pki *p, const char *name)
     return testlib_pki_path(p, name, bufs[next++ % 4], sizeof(bufs[0]));
 }
 
-/* test_load - a cluster_tls on ca, cert, key (NULL on failure, logged). */
-static struct cluster_tls *test_load(const char *ca, const char *cert, const char *key)
-{
-    struct cluster_tls_files files = {.ca = ca, .cert = cert, .key = key};
-    struct cluster_tls *c = NULL;
-    char err[1024];
-    if (cluster_tls_new(&files, &c, err, sizeof(err)) != 0)
-        fprintf(stderr, "cluster_tls_new: %s\n", err);
-    return c;
-}
-
 /* group_setup - the PKI every TLS case uses, made once. */
 static int group_setup(void **state)
 {
-    if (!testlib_pki_init(&test_pki.pki) || !testlib_pki_node(&test_pki.pki, 1, 0) ||
-        !testlib_pki_operator(&test_pki.pki, "alice") || !testlib_pki_init(&test_pki.other) ||
-        !testlib_pki_operator(&test_pki.other, "mallory"))
-        return -1;
-    testlib_pki_path(&test_pki.pki, "both-ca.pem", test_pki.both_ca, sizeof(test_pki.both_ca));
-    char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "cat '%s' '%s' >'%s'", test_pki_path(&test_pki.pki, "ca.pem"),
-             test_pki_path(&test_pki.other, "ca.pem"), test_pki.both_ca);
-    return system(cmd) == 0 ? 0 : -1;
+    (void)state;
+    return testlib_pki_operators(&test_pki.pki, &test_pki.other, "alice", test_pki.both_ca,
+                                 sizeof(test_pki.both_ca))
+               ? 0
+               : -1;
 }
 
 static int group_teardown(void **state)
@@ -230,9 +215,9 @@ static int setup_server(void **state, enum test_server kind)
         snprintf(f->sock, sizeof(f->sock), "%s/control.sock", f->dir);
         cfg = (struct control_config){.socket_path = f->sock};
     } else if (kind == TEST_SERVER_TLS) {
-        f->tls = test_load(test_pki_path(&test_pki.pki, "ca.pem"),
-                           test_pki_path(&test_pki.pki, "node-1.pem"),
-                           test_pki_path(&test_pki.pki, "node-1.key"));
+        f->tls = testlib_pki_load(test_pki_path(&test_pki.pki, "ca.pem"),
+                                  test_pki_path(&test_pki.pki, "node-1.pem"),
+                                  test_pki_path(&test_pki.pki, "node-1.key"));
         if (f->tls == NULL)
             return -1;
         cfg.tls = f->tls;
@@ -788,7 +773,7 @@ static void test_unix_bad_paths(void **state)
 /* test_tls_client - f's client context from a cluster_tls on these files. */
 static void test_tls_client(struct fixture *f, const char *ca, const char *cert, const char *key)
 {
-    f->cli = test_load(ca, cert, key);
+    f->cli = testlib_pki_load(ca, cert, key);
     assert_non_null(f->cli);
     f->cli_ctx = cluster_tls_client_ctx(f->cli);
 }
@@ -796,7 +781,7 @@ static void test_tls_client(struct fixture *f, const char *ca, const char *cert,
 /* test_tls_stats - run the loop until the server counted tls and identity refusals. */
 static void test_tls_stats(struct fixture *f, uint64_t tls, uint64_t identity)
 {
-    struct control_stats st;
+    struct operator_gate_stats st;
     TESTLIB_LOOP_UNTIL(&f->run, (control_get_stats(f->ctl, &st),
                                  st.refused_tls == tls && st.refused_identity == identity));
     control_get_stats(f->ctl, &st);

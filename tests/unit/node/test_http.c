@@ -7,6 +7,13 @@
  * connects, writes its request in one or more pieces, optionally half-closes,
  * and reads until EOF. The loop runs UV_RUN_ONCE a bounded number of times
  * and a guard timer bounds the wall time; teardown fails if handles remain.
+ *
+ * The TLS listener is tested on a cluster PKI made by deploy/make-pki.sh
+ * once for the run, with TLS clients on the same loop (net/tls_stream as
+ * the client): an operator is served; a node's certificate, another CA's,
+ * none, plaintext and a stalled handshake are refused, and counted as
+ * their kind. A listener in the clear whose /metrics is on the TLS one
+ * answers 403 there and keeps the health endpoints.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -29,15 +36,22 @@
 #include "util/common.h"
 #include "util/err.h"
 
+#include "net/cluster_tls.h"
+#include "net/tls.h"
+#include "net/tls_stream.h"
 #include "node/http.h"
 #include "node/metrics.h"
 #include "tests/lib/testlib_loop.h"
+#include "tests/lib/testlib_pki.h"
 
 #define TEST_GUARD_MS 10000
 #define TEST_MAX_ITER 100000
 #define TEST_RESP_MAX (1 << 20)
 #define TEST_MAX_CLIENTS 80
 #define TEST_MIB (1024ull * 1024)
+
+/* A listener in the clear on a free port of 127.0.0.1. */
+static const struct http_config test_local = {.host = "127.0.0.1"};
 
 /* ------------------------------------------------------------------------ */
 /* Readiness decision.                                                      */
@@ -134,6 +148,14 @@ static void health_table(void **state)
 /* ------------------------------------------------------------------------ */
 
 struct fixture;
+struct test_tls_client;
+
+/* The PKI of the run (group setup): CA with node 1 and operator prometheus; another with mallory.
+ */
+static struct {
+    struct testlib_pki pki, other;
+    char both_ca[300]; /* both CAs in one file: mallory's client trusts node 1 */
+} test_pki;
 
 /* test_client - one connection: write pieces, maybe half-close, read until EOF. */
 struct test_client {
@@ -170,7 +192,14 @@ struct fixture {
     int fill_calls;
     struct test_client *clients[TEST_MAX_CLIENTS];
     size_t n_clients;
+    struct cluster_tls *tls;         /* the TLS server's (setup_tls) */
+    struct cluster_tls *cli;         /* the TLS clients' certificate, when from the PKI */
+    SSL_CTX *cli_ctx;                /* the TLS clients' context */
+    struct test_tls_client *tls_cli; /* the one TLS client a test made */
 };
+
+static void test_tls_client_close(struct test_tls_client *c);
+static void test_tls_client_free(struct test_tls_client *c);
 
 /* test_ready - the readiness callback: the fixture's input. */
 static void test_ready(void *data, struct health_input *in)
@@ -201,8 +230,8 @@ static void test_flag_cb(void *arg)
     *(bool *)arg = true;
 }
 
-/* setup - a fresh loop, a hamr registry and a server on a free port. */
-static int setup(void **state)
+/* setup_server - a fresh loop, a hamr registry and a server as cfg says on a free port. */
+static int setup_server(void **state, const struct http_config *cfg)
 {
     struct fixture *f = calloc(1, sizeof(*f));
     if (f == NULL || uv_loop_init(&f->loop) != 0)
@@ -218,13 +247,50 @@ static int setup(void **state)
         .source = {.data = f, .fill = test_fill},
     };
     char err[256];
-    if (http_new(&f->loop, "127.0.0.1", 0, &h, &f->srv, err, sizeof(err)) != 0) {
+    if (http_new(&f->loop, cfg, &h, &f->srv, err, sizeof(err)) != 0) {
         fprintf(stderr, "%s\n", err);
         return -1;
     }
     f->port = http_port(f->srv);
     f->extra_fd = -1;
+    f->tls = cfg->tls;
     *state = f;
+    return 0;
+}
+
+/* setup - a server in the clear. */
+static int setup(void **state)
+{
+    return setup_server(state, &test_local);
+}
+
+/* setup_tls - a TLS server on node 1's certificate. */
+static int setup_tls(void **state)
+{
+    char ca[320], cert[320], key[320];
+    struct http_config cfg = {.host = "127.0.0.1"};
+    cfg.tls = testlib_pki_load(testlib_pki_path(&test_pki.pki, "ca.pem", ca, sizeof(ca)),
+                               testlib_pki_path(&test_pki.pki, "node-1.pem", cert, sizeof(cert)),
+                               testlib_pki_path(&test_pki.pki, "node-1.key", key, sizeof(key)));
+    return cfg.tls != NULL ? setup_server(state, &cfg) : -1;
+}
+
+/* group_setup - the PKI every TLS case uses, made once. */
+static int group_setup(void **state)
+{
+    (void)state;
+    return testlib_pki_operators(&test_pki.pki, &test_pki.other, "prometheus", test_pki.both_ca,
+                                 sizeof(test_pki.both_ca))
+               ? 0
+               : -1;
+}
+
+/* group_teardown - remove the PKI. */
+static int group_teardown(void **state)
+{
+    (void)state;
+    testlib_pki_cleanup(&test_pki.pki);
+    testlib_pki_cleanup(&test_pki.other);
     return 0;
 }
 
@@ -265,6 +331,7 @@ static int teardown(void **state)
         close(f->extra_fd);
     for (size_t i = 0; i < f->n_clients; i++)
         test_client_close(f->clients[i]);
+    test_tls_client_close(f->tls_cli);
     testlib_loop_close(&f->run);
     uv_run(&f->loop, UV_RUN_DEFAULT);
     int rv = uv_loop_close(&f->loop);
@@ -274,6 +341,12 @@ static int teardown(void **state)
         buf_free(&f->clients[i]->resp);
         free(f->clients[i]);
     }
+    test_tls_client_free(f->tls_cli);
+    cluster_tls_free(f->tls);
+    if (f->cli != NULL)
+        cluster_tls_free(f->cli);
+    else if (f->cli_ctx != NULL)
+        SSL_CTX_free(f->cli_ctx);
     metrics_free(f->metrics);
     free(f);
     return ok ? 0 : -1;
@@ -533,7 +606,7 @@ static void http_no_metrics(void **state)
     struct http_handler h = {.data = f, .ready = test_ready};
     struct http *other = NULL;
     char err[256];
-    assert_int_equal(http_new(&f->loop, "127.0.0.1", 0, &h, &other, err, sizeof(err)), 0);
+    assert_int_equal(http_new(&f->loop, &test_local, &h, &other, err, sizeof(err)), 0);
     uint16_t port = f->port;
     f->port = http_port(other);
     struct test_client *c = test_request(f, "GET /metrics HTTP/1.1\r\n\r\n");
@@ -662,7 +735,7 @@ static void http_slow_reader(void **state)
     assert_int_equal(metrics_new(defs, FAMILIES, &big), 0);
     struct http_handler h = {.data = f, .ready = test_ready, .metrics = big};
     char err[256];
-    assert_int_equal(http_new(&f->loop, "127.0.0.1", 0, &h, &f->extra, err, sizeof(err)), 0);
+    assert_int_equal(http_new(&f->loop, &test_local, &h, &f->extra, err, sizeof(err)), 0);
     struct http *srv = f->extra;
     http_set_write_timeout(srv, 200);
 
@@ -759,14 +832,269 @@ static void http_new_errors(void **state)
     struct http_handler h = {.data = f, .ready = test_ready};
     struct http *s = NULL;
     char err[256];
-    assert_int_equal(http_new(&f->loop, "localhost", 0, &h, &s, err, sizeof(err)), HAMR_EINVAL);
+    const struct http_config by_name = {.host = "localhost"};
+    const struct http_config in_use = {.host = "127.0.0.1", .port = f->port};
+    assert_int_equal(http_new(&f->loop, &by_name, &h, &s, err, sizeof(err)), HAMR_EINVAL);
     assert_non_null(strstr(err, "not an IP address"));
-    assert_int_equal(http_new(&f->loop, "127.0.0.1", f->port, &h, &s, err, sizeof(err)), HAMR_EIO);
+    assert_int_equal(http_new(&f->loop, &in_use, &h, &s, err, sizeof(err)), HAMR_EIO);
     assert_non_null(strstr(err, "cannot listen"));
     struct http_handler none = {.data = f};
-    assert_int_equal(http_new(&f->loop, "127.0.0.1", 0, &none, &s, err, sizeof(err)), HAMR_EINVAL);
+    assert_int_equal(http_new(&f->loop, &test_local, &none, &s, err, sizeof(err)), HAMR_EINVAL);
     assert_null(s);
     /* The failed listener is closed by the loop; teardown checks nothing is left. */
+}
+
+/* ------------------------------------------------------------------------ */
+/* TLS: the metrics listener.                                               */
+/* ------------------------------------------------------------------------ */
+
+/* test_tls_client - one TLS connection through net/tls_stream on the test's loop. */
+struct test_tls_client {
+    struct fixture *f;
+    struct tls_stream_handle h;
+    struct tls_stream *ts;
+    uv_connect_t connect;
+    const char *req;
+    int end;     /* how the stream ended: UV_EOF, UV_EPROTO, ... */
+    bool done;   /* the end was reported */
+    bool closed; /* the handle closed */
+    struct buf resp;
+    char rbuf[16384];
+};
+
+/* test_tls_closed_cb - the handle is closed: the stream goes. */
+static void test_tls_closed_cb(uv_handle_t *h)
+{
+    struct test_tls_client *c = hamr_container_of((uv_tcp_t *)h, struct test_tls_client, h.u.tcp);
+    tls_stream_free(c->ts);
+    c->ts = NULL;
+    c->closed = true;
+}
+
+/* test_tls_client_close - close the handle (once); NULL is fine. */
+static void test_tls_client_close(struct test_tls_client *c)
+{
+    if (c != NULL && !uv_is_closing((uv_handle_t *)&c->h.u.tcp))
+        uv_close((uv_handle_t *)&c->h.u.tcp, test_tls_closed_cb);
+}
+
+/* test_tls_client_free - after the loop has run dry; NULL is fine. */
+static void test_tls_client_free(struct test_tls_client *c)
+{
+    if (c == NULL)
+        return;
+    buf_free(&c->resp);
+    free(c);
+}
+
+/* test_tls_alloc_cb - plaintext lands in the client's chunk. */
+static void test_tls_alloc_cb(void *data, uv_buf_t *b)
+{
+    struct test_tls_client *c = data;
+    *b = uv_buf_init(c->rbuf, sizeof(c->rbuf));
+}
+
+/* test_tls_read_cb - collect the answer until the end, then hang up. */
+static void test_tls_read_cb(void *data, ssize_t nread, const uv_buf_t *b)
+{
+    struct test_tls_client *c = data;
+    if (nread > 0)
+        assert_int_equal(buf_append(&c->resp, b->base, (size_t)nread), 0);
+    if (nread >= 0)
+        return;
+    c->end = (int)nread;
+    c->done = true;
+    test_tls_client_close(c);
+}
+
+/* test_tls_write_cb - ignore: the write fails when the server refuses us. */
+static void test_tls_write_cb(void *arg, int status)
+{
+    (void)arg;
+    (void)status;
+}
+
+/* test_tls_connect_cb - connected: TLS on f->cli_ctx (the clear without), the request. */
+static void test_tls_connect_cb(uv_connect_t *req, int status)
+{
+    struct test_tls_client *c = req->data;
+    assert_int_equal(status, 0);
+    const struct tls_stream_ops ops = {
+        .data = c, .alloc_cb = test_tls_alloc_cb, .read_cb = test_tls_read_cb};
+    assert_int_equal(tls_stream_init(&c->ts, &c->h, c->f->cli_ctx, false, &ops), 0);
+    assert_int_equal(tls_stream_read_start(c->ts), 0);
+    if (c->req[0] != '\0')
+        assert_int_equal(tls_stream_write(c->ts, c->req, strlen(c->req), test_tls_write_cb, NULL),
+                         0);
+}
+
+/* test_tls_request - send req over TLS (f->cli_ctx) and run until the stream ends. */
+static struct test_tls_client *test_tls_request(struct fixture *f, const char *req)
+{
+    struct test_tls_client *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    assert_null(f->tls_cli);
+    f->tls_cli = c;
+    c->f = f;
+    c->req = req;
+    buf_init(&c->resp, TEST_RESP_MAX);
+    uv_tcp_init(&f->loop, &c->h.u.tcp);
+    c->connect.data = c;
+    struct sockaddr_in sa;
+    uv_ip4_addr("127.0.0.1", f->port, &sa);
+    assert_int_equal(
+        uv_tcp_connect(&c->connect, &c->h.u.tcp, (const struct sockaddr *)&sa, test_tls_connect_cb),
+        0);
+    test_run_until(f, &c->done);
+    assert_int_equal(buf_append(&c->resp, "", 1), 0); /* NUL-terminate for strstr */
+    return c;
+}
+
+/* test_tls_cli - the clients' context from a cluster_tls on these files of pki. */
+static void test_tls_cli(struct fixture *f,
+                         const struct testlib_pki *pki,
+                         const char *ca,
+                         const char *cert_name)
+{
+    char cert[320], key[320], name[64];
+    snprintf(name, sizeof(name), "%s.key", cert_name);
+    testlib_pki_path(pki, name, key, sizeof(key));
+    snprintf(name, sizeof(name), "%s.pem", cert_name);
+    f->cli = testlib_pki_load(ca, testlib_pki_path(pki, name, cert, sizeof(cert)), key);
+    assert_non_null(f->cli);
+    f->cli_ctx = cluster_tls_client_ctx(f->cli);
+}
+
+/* test_run_ca - the run's CA file (static buffer). */
+static const char *test_run_ca(void)
+{
+    static char ca[320];
+    return testlib_pki_path(&test_pki.pki, "ca.pem", ca, sizeof(ca));
+}
+
+/* test_tls_stats - run the loop until the server counted tls and identity refusals. */
+static void test_tls_stats(struct fixture *f, uint64_t tls, uint64_t identity)
+{
+    struct operator_gate_stats st;
+    TESTLIB_LOOP_UNTIL(&f->run, (http_get_stats(f->srv, &st),
+                                 st.refused_tls == tls && st.refused_identity == identity));
+}
+
+/* test_tls_status - the status of a TLS client's answer. */
+static int test_tls_status(const struct test_tls_client *c)
+{
+    const char *r = (const char *)c->resp.data;
+    assert_true(c->resp.len > 13);
+    assert_memory_equal(r, "HTTP/1.1 ", 9);
+    return atoi(r + 9);
+}
+
+/* test_tls_handshake_refused - a request over f->cli_ctx ends in a TLS failure, unanswered,
+ * counted. */
+static void test_tls_handshake_refused(struct fixture *f)
+{
+    struct test_tls_client *c = test_tls_request(f, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert_int_not_equal(c->end, UV_EOF);
+    assert_string_equal((const char *)c->resp.data, "");
+    assert_int_equal(f->fill_calls, 0);
+    test_tls_stats(f, 1, 0);
+}
+
+/* http_tls_operator - an operator's certificate gets /metrics; nothing refused. */
+static void http_tls_operator(void **state)
+{
+    struct fixture *f = *state;
+    test_tls_cli(f, &test_pki.pki, test_run_ca(), "operator-prometheus");
+    struct test_tls_client *c = test_tls_request(f, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert_int_equal(c->end, UV_EOF);
+    assert_int_equal(test_tls_status(c), 200);
+    const char *r = (const char *)c->resp.data;
+    assert_non_null(strstr(r, "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"));
+    assert_non_null(strstr(r, "\nhamr_build_info{version=\"0.1.0-test\"} 1\n"));
+    assert_int_equal(f->fill_calls, 1);
+    test_tls_stats(f, 0, 0);
+}
+
+/* http_tls_node_refused - a node's certificate: 403 naming it, no render, counted as identity. */
+static void http_tls_node_refused(void **state)
+{
+    struct fixture *f = *state;
+    test_tls_cli(f, &test_pki.pki, test_run_ca(), "node-1");
+    struct test_tls_client *c = test_tls_request(f, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert_int_equal(test_tls_status(c), 403);
+    assert_non_null(strstr((const char *)c->resp.data, "this one is node:1\n"));
+    assert_int_equal(f->fill_calls, 0);
+    test_tls_stats(f, 0, 1);
+}
+
+/* http_tls_other_ca_refused - an operator of another CA: the handshake fails, counted as tls. */
+static void http_tls_other_ca_refused(void **state)
+{
+    struct fixture *f = *state;
+    test_tls_cli(f, &test_pki.other, test_pki.both_ca, "operator-mallory");
+    test_tls_handshake_refused(f);
+}
+
+/* http_tls_no_certificate_refused - TLS without a client certificate: counted as tls. */
+static void http_tls_no_certificate_refused(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    f->cli_ctx = tls_client_ctx_new(test_run_ca(), err, sizeof(err));
+    assert_non_null(f->cli_ctx);
+    SSL_CTX_set_verify(f->cli_ctx, SSL_VERIFY_PEER, NULL); /* it checks the node, shows nothing */
+    test_tls_handshake_refused(f);
+}
+
+/* http_tls_plaintext_refused - a plaintext request on the TLS port: closed, counted as tls. */
+static void http_tls_plaintext_refused(void **state)
+{
+    struct fixture *f = *state;
+    struct test_client *c = test_client_new(f, "GET /metrics HTTP/1.1\r\n\r\n", 25, NULL, false);
+    test_run_until(f, &c->eof);
+    assert_false(c->resp.len >= 5 && memcmp(c->resp.data, "HTTP/", 5) == 0);
+    assert_int_equal(f->fill_calls, 0);
+    test_tls_stats(f, 1, 0);
+}
+
+/* http_tls_handshake_timeout - a client that never finishes its handshake: closed in time. */
+static void http_tls_handshake_timeout(void **state)
+{
+    struct fixture *f = *state;
+    http_set_read_timeout(f->srv, 100);
+    uint64_t start = uv_now(&f->loop);
+    struct test_client *c = test_client_new(f, "", 0, NULL, false);
+    test_run_until(f, &c->eof);
+    assert_int_equal(c->resp.len, 0); /* no 408: nothing can be said before the handshake */
+    assert_true(c->eof_at - start >= 90);
+    assert_true(c->eof_at - start < 2000);
+    test_tls_stats(f, 0, 0);
+}
+
+/* http_metrics_tls_only - in the clear with /metrics on the TLS listener: 403; health stays. */
+static void http_metrics_tls_only(void **state)
+{
+    struct fixture *f = *state;
+    struct http_handler h = {.data = f, .ready = test_ready, .metrics = f->metrics};
+    const struct http_config cfg = {.host = "127.0.0.1", .metrics_tls_only = true};
+    char err[256];
+    assert_int_equal(http_new(&f->loop, &cfg, &h, &f->extra, err, sizeof(err)), 0);
+    uint16_t port = f->port;
+    f->port = http_port(f->extra);
+    struct test_client *c = test_request(f, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert_int_equal(test_status(c), 403);
+    assert_string_equal(test_body(c), "/metrics is served over TLS on [listen] metrics\n");
+    test_check_length(c);
+    c = test_request(f, "GET /metrics?x=1 HTTP/1.1\r\n\r\n");
+    assert_int_equal(test_status(c), 403);
+    c = test_request(f, "GET /health/live HTTP/1.1\r\n\r\n");
+    assert_int_equal(test_status(c), 200);
+    c = test_request(f, "GET /health/ready HTTP/1.1\r\n\r\n");
+    assert_int_equal(test_status(c), 200);
+    assert_int_equal(f->fill_calls, 0);
+    f->port = port;
+    http_close(f->extra, test_flag_cb, &f->extra_closed);
+    test_run_until(f, &f->extra_closed);
 }
 
 int main(void)
@@ -785,6 +1113,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(http_many_conns, setup, teardown),
         cmocka_unit_test_setup_teardown(http_close_with_clients, setup, teardown),
         cmocka_unit_test_setup_teardown(http_new_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(http_metrics_tls_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(http_tls_operator, setup_tls, teardown),
+        cmocka_unit_test_setup_teardown(http_tls_node_refused, setup_tls, teardown),
+        cmocka_unit_test_setup_teardown(http_tls_other_ca_refused, setup_tls, teardown),
+        cmocka_unit_test_setup_teardown(http_tls_no_certificate_refused, setup_tls, teardown),
+        cmocka_unit_test_setup_teardown(http_tls_plaintext_refused, setup_tls, teardown),
+        cmocka_unit_test_setup_teardown(http_tls_handshake_timeout, setup_tls, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
