@@ -186,8 +186,9 @@ enum metrics_hamr_peer_port {
 
 /* Label indexes of METRICS_CONTROL_REFUSED (control_stats). */
 enum metrics_hamr_control_refusal {
-    METRICS_CONTROL_REFUSED_TLS = 0,  /* the TLS handshake failed */
-    METRICS_CONTROL_REFUSED_IDENTITY, /* a certificate that names no operator */
+    METRICS_CONTROL_REFUSED_TLS = 0,   /* the TLS handshake failed */
+    METRICS_CONTROL_REFUSED_IDENTITY,  /* a certificate that names no operator */
+    METRICS_CONTROL_REFUSED_TIMED_OUT, /* no TLS handshake and first request in time */
 };
 
 /* The table itself, METRICS_HAMR_COUNT entries. */

@@ -111,6 +111,8 @@ void relay_metrics_fill(void *data, struct metrics *m)
     metrics_counter_set(m, METRICS_CONTROL_REFUSED, METRICS_CONTROL_REFUSED_TLS, cs.refused_tls);
     metrics_counter_set(m, METRICS_CONTROL_REFUSED, METRICS_CONTROL_REFUSED_IDENTITY,
                         cs.refused_identity);
+    metrics_counter_set(m, METRICS_CONTROL_REFUSED, METRICS_CONTROL_REFUSED_TIMED_OUT,
+                        cs.timed_out);
     metrics_gauge_set(m, METRICS_DISK_FREE_BYTES, 0, (double)r->disk.free_bytes);
     metrics_gauge_set(m, METRICS_DRAINING, 0, r->draining);
     metrics_gauge_set(m, METRICS_SESSIONS_OPEN, 0, (double)smtpd_server_sessions(r->smtpd));
