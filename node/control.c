@@ -26,8 +26,10 @@
  *   - a verified certificate that names no operator (a node's): logged,
  *     counted (refused_identity), answered HAMR_EPERM with a sentence and
  *     closed once that is written; nothing it sent is handled;
- *   - more than CONTROL_MAX_CONNS connections on a listener: new ones are
- *     closed at once (net/tcp_server for TCP, here for the Unix socket).
+ *   - more than CONTROL_MAX_CONNS connections on a listener: over TCP the
+ *     oldest that has not asked anything is closed to make room
+ *     (net/tcp_server, TCP_SERVER_CAP_EVICT), else the new one; on the Unix
+ *     socket new ones are closed at once.
  *
  * Owns: the TCP listener (a net/tcp_server, whose connections' handles are
  * embedded here and freed when tcp_server has closed them all), the Unix
@@ -340,6 +342,8 @@ static void control_conn_process(struct control_conn *conn)
     call->conn = conn;
     conn->call = call;
     conn->asked = true;
+    if (!conn->is_unix)
+        tcp_server_conn_busy(&conn->base);
     uv_timer_stop(&conn->idle);
     if (call->req == NULL) {
         control_reply_error(call, HAMR_EPROTO, "malformed control request");
@@ -839,7 +843,7 @@ int control_new(uv_loop_t *loop,
                                                .port = cfg->port,
                                                .backlog = CONTROL_BACKLOG,
                                                .max_conns = CONTROL_MAX_CONNS,
-                                               .over = TCP_SERVER_CAP_CLOSE};
+                                               .over = TCP_SERVER_CAP_EVICT};
         const struct tcp_server_ops ops = {.data = c,
                                            .alloc_cb = control_conn_alloc_cb,
                                            .accept_cb = control_conn_accept_cb,

@@ -38,7 +38,7 @@
 #include "net/cluster_tls.h"
 #include "proto/hamr.pb-c.h"
 
-#define CONTROL_MAX_CONNS 64          /* more connections are accepted and closed */
+#define CONTROL_MAX_CONNS 64          /* TCP: past it the oldest silent one is evicted */
 #define CONTROL_IDLE_TIMEOUT_MS 60000 /* default: close a connection idle this long */
 /*
  * Default: a TCP client's TLS handshake and first whole request within this

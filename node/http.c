@@ -23,8 +23,11 @@
  *   - not GET: 405 with Allow: GET; unknown path: 404;
  *   - rendering /metrics fails (over HTTP_METRICS_MAX, no memory): 500;
  *   - EOF or a read error before the head ends: closed without an answer;
- *   - more than HTTP_MAX_CONNS connections: a new one is closed at once
- *     (net/tcp_server, which also refuses a client it gets no memory for);
+ *   - more than HTTP_MAX_CONNS connections: the oldest that has not sent a
+ *     whole head is closed to make room (net/tcp_server, TCP_SERVER_CAP_EVICT),
+ *     so that silent connections cannot keep a health check out; when every
+ *     one has, the new one is closed at once (tcp_server also refuses a
+ *     client it gets no memory for);
  *   - a failed write or shutdown: closed.
  *
  * Owns: the listener (a net/tcp_server) and every connection (handles
@@ -456,6 +459,7 @@ static void http_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
     size_t end = http_head_end(conn->head, conn->head_len, from);
     if (end != 0) {
         conn->head_len = end;
+        tcp_server_conn_busy(&conn->base); /* asked: not evicted for a newcomer */
         http_handle(conn);
         return;
     }
@@ -530,7 +534,7 @@ int http_new(uv_loop_t *loop,
                                           .port = port,
                                           .backlog = 128,
                                           .max_conns = HTTP_MAX_CONNS,
-                                          .over = TCP_SERVER_CAP_CLOSE};
+                                          .over = TCP_SERVER_CAP_EVICT};
     const struct tcp_server_ops ops = {.data = s,
                                        .alloc_cb = http_conn_alloc_cb,
                                        .accept_cb = http_conn_accept_cb,
