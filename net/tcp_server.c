@@ -15,6 +15,9 @@
  *
  * Failure modes:
  *   - past max_conns: TCP_SERVER_CAP_CLOSE accepts and closes at once;
+ *     TCP_SERVER_CAP_EVICT closes the oldest connection not marked busy
+ *     (through shutdown_cb) and keeps the new one, or closes the new one
+ *     when all are busy;
  *     TCP_SERVER_CAP_PAUSE leaves the connection to libuv, which stops
  *     polling the listener (unix stream.c, uv__server_io) until
  *     uv_accept, called when a connection is freed;
@@ -55,6 +58,7 @@ struct tcp_server {
     uint16_t port;
     struct tcp_server_conn *conns;
     size_t n_conns;
+    size_t n_closing;    /* of n_conns, those tcp_server_conn_close has run on */
     size_t open_handles; /* the listener, the spare and every connection's, until closed */
     bool paused;         /* at the cap, libuv holds a connection for uv_accept */
     bool spare_busy;     /* the spare is closing */
@@ -107,6 +111,8 @@ static void tcp_server_conn_closed_cb(uv_handle_t *h)
     if (c->next != NULL)
         c->next->prev = c->prev;
     s->n_conns--;
+    if (c->closing)
+        s->n_closing--;
     s->ops.free_cb(s->ops.data, c);
     tcp_server_resume(s);
     tcp_server_maybe_done(s);
@@ -135,10 +141,17 @@ void tcp_server_conn_close(struct tcp_server_conn *c)
     if (c->closing)
         return;
     c->closing = true;
+    c->srv->n_closing++;
     for (size_t i = 0; i < c->n_handles; i++)
         if (!uv_is_closing(c->handles[i]))
             uv_close(c->handles[i], tcp_server_conn_closed_cb);
     /* Asynchronous processing continues in tcp_server_conn_closed_cb. */
+}
+
+/* tcp_server_conn_busy - c is a client that has asked something: never evicted. */
+void tcp_server_conn_busy(struct tcp_server_conn *c)
+{
+    c->busy = true;
 }
 
 /* tcp_server_conn_peer - "ip:port" or "[v6]:port" of c's peer, for logs. */
@@ -191,6 +204,35 @@ static void tcp_server_refuse(struct tcp_server *s)
 }
 
 /*
+ * tcp_server_evict - TCP_SERVER_CAP_EVICT: room for newcomer c. True when
+ * the connections not closing are within the cap, or once the oldest that
+ * is neither busy nor c has been handed to shutdown_cb; false when all are
+ * busy.
+ */
+static bool tcp_server_evict(struct tcp_server *s, struct tcp_server_conn *c)
+{
+    if (s->n_conns - s->n_closing <= s->max_conns)
+        return true;
+    struct tcp_server_conn *victim = NULL;
+    for (struct tcp_server_conn *x = s->conns; x != NULL; x = x->next) /* newest first */
+        if (x != c && !x->busy && !x->closing)
+            victim = x;
+    if (victim == NULL)
+        return false;
+    char peer[INET6_ADDRSTRLEN + 8];
+    tcp_server_conn_peer(victim, peer, sizeof(peer));
+    log_info(
+        "%s evicted peer=%s reason=\"room for a new connection, it has asked nothing\" "
+        "max=%zu",
+        s->name, peer, s->max_conns);
+    if (s->ops.shutdown_cb != NULL)
+        s->ops.shutdown_cb(s->ops.data, victim);
+    else
+        tcp_server_conn_close(victim);
+    return true;
+}
+
+/*
  * tcp_server_accept - take the connection libuv holds: pause at the cap,
  * else allocate, accept, and close it past the cap or start it.
  */
@@ -224,7 +266,7 @@ static void tcp_server_accept(struct tcp_server *s)
         tcp_server_conn_close(c);
         return;
     }
-    if (s->n_conns > s->max_conns) {
+    if (s->n_conns > s->max_conns && !(s->over == TCP_SERVER_CAP_EVICT && tcp_server_evict(s, c))) {
         char peer[INET6_ADDRSTRLEN + 8];
         tcp_server_conn_peer(c, peer, sizeof(peer));
         log_warn("%s too many connections peer=%s max=%zu", s->name, peer, s->max_conns);

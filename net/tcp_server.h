@@ -20,6 +20,16 @@ enum tcp_server_cap {
      * server accepts again when a connection is freed (or the cap is raised).
      */
     TCP_SERVER_CAP_PAUSE,
+    /*
+     * Accepted; to make room, the oldest connection the owner has not
+     * marked busy (tcp_server_conn_busy: it has asked something) is closed
+     * the owner's way (shutdown_cb). If every connection is busy, as
+     * TCP_SERVER_CAP_CLOSE. For listeners whose clients ask at once (a
+     * health check, hamrctl, a peer's hello): silent connections can no
+     * longer keep them out. Closing connections do not count against the
+     * cap here; they are gone by the next loop iteration.
+     */
+    TCP_SERVER_CAP_EVICT,
 };
 
 /* Handles one connection may register: its socket and one more (a timer). */
@@ -38,6 +48,7 @@ struct tcp_server_conn {
     size_t n_handles;    /* registered */
     size_t open_handles; /* registered, close callback not yet run */
     bool closing;        /* tcp_server_conn_close has run */
+    bool busy;           /* tcp_server_conn_busy has run: never evicted */
 };
 
 /*
@@ -137,5 +148,11 @@ void tcp_server_conn_close(struct tcp_server_conn *c);
  * (size outlen, truncated), "?" if the socket cannot say: for logs.
  */
 void tcp_server_conn_peer(const struct tcp_server_conn *c, char *out, size_t outlen);
+
+/*
+ * tcp_server_conn_busy - c has shown it is a client (a whole request, a
+ * hello): TCP_SERVER_CAP_EVICT never closes it to make room.
+ */
+void tcp_server_conn_busy(struct tcp_server_conn *c);
 
 #endif

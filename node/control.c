@@ -14,8 +14,11 @@
  *   - a frame longer than PROTO_CONTROL_MAX, or more buffered input than one
  *     such frame: the connection is closed without an answer;
  *   - a frame that does not decode: answered with HAMR_EPROTO, no handler call;
- *   - no whole request within the idle timeout after connecting (the TLS
- *     handshake included) or after the last answer: closed;
+ *   - TCP: no TLS handshake and first whole request within the first
+ *     timeout (5 s) after connecting: closed, logged, counted (timed_out);
+ *     so that silent strangers cannot hold the listener's 64 places;
+ *   - no whole request within the idle timeout after the last answer (on
+ *     the Unix socket, after connecting too): closed;
  *   - the client goes away while a call is with the handler: the call is
  *     detached (call->conn = NULL) and control_reply only frees it;
  *   - the TLS handshake fails (no certificate, another CA, not TLS at all):
@@ -23,8 +26,10 @@
  *   - a verified certificate that names no operator (a node's): logged,
  *     counted (refused_identity), answered HAMR_EPERM with a sentence and
  *     closed once that is written; nothing it sent is handled;
- *   - more than CONTROL_MAX_CONNS connections on a listener: new ones are
- *     closed at once (net/tcp_server for TCP, here for the Unix socket).
+ *   - more than CONTROL_MAX_CONNS connections on a listener: over TCP the
+ *     oldest that has not asked anything is closed to make room
+ *     (net/tcp_server, TCP_SERVER_CAP_EVICT), else the new one; on the Unix
+ *     socket new ones are closed at once.
  *
  * Owns: the TCP listener (a net/tcp_server, whose connections' handles are
  * embedded here and freed when tcp_server has closed them all), the Unix
@@ -84,6 +89,7 @@ struct control {
     size_t parts; /* open: the TCP server, the Unix listener, each Unix connection and refusal */
     struct control_handler handler;
     uint64_t idle_ms;
+    uint64_t first_ms; /* TCP: TLS handshake and first request within this */
     struct operator_gate_stats stats;
     bool closing;
     void (*closed_cb)(void *arg);
@@ -104,6 +110,7 @@ struct control_conn {
     struct control_call *call;        /* with the handler, not yet answered */
     bool writing;                     /* an answer is being written */
     bool refused;                     /* answered with a refusal: close once it is out */
+    bool asked;                       /* a whole request has arrived */
     bool closing;
     char peer[CONTROL_PEER_MAX]; /* "ip:port" or "unix", for logs */
     char rbuf[CONTROL_READ_CHUNK];
@@ -195,18 +202,33 @@ static void control_conn_close(struct control_conn *conn)
     uv_close((uv_handle_t *)&conn->idle, control_unix_conn_closed_cb);
 }
 
-/* control_idle_cb - no whole request in time: hang up. */
+/* control_first_ms - the first timeout: the shorter of first_ms and idle_ms. */
+static uint64_t control_first_ms(const struct control *c)
+{
+    return c->first_ms < c->idle_ms ? c->first_ms : c->idle_ms;
+}
+
+/* control_idle_cb - no whole request in time: hang up (counted if it never asked anything). */
 static void control_idle_cb(uv_timer_t *t)
 {
     struct control_conn *conn = hamr_container_of(t, struct control_conn, idle);
-    log_debug("control idle close peer=%s", conn->peer);
+    if (!conn->is_unix && !conn->asked) {
+        conn->ctl->stats.timed_out++;
+        log_warn(
+            "control connection peer=%s event=closed reason=\"no TLS handshake and "
+            "request within %" PRIu64 "ms\" timed_out=%" PRIu64,
+            conn->peer, control_first_ms(conn->ctl), conn->ctl->stats.timed_out);
+    } else {
+        log_debug("control idle close peer=%s", conn->peer);
+    }
     control_conn_close(conn);
 }
 
-/* control_idle_start - (re)arm the idle timer. */
+/* control_idle_start - (re)arm the idle timer; before the first request, the first timeout. */
 static void control_idle_start(struct control_conn *conn)
 {
-    uv_timer_start(&conn->idle, control_idle_cb, conn->ctl->idle_ms, 0);
+    uint64_t ms = !conn->is_unix && !conn->asked ? control_first_ms(conn->ctl) : conn->ctl->idle_ms;
+    uv_timer_start(&conn->idle, control_idle_cb, ms, 0);
 }
 
 /* control_write_cb - an answer is out: go on with the next request (or close a refusal). */
@@ -318,6 +340,9 @@ static void control_conn_process(struct control_conn *conn)
     conn->in.len -= 4 + n;
     call->conn = conn;
     conn->call = call;
+    conn->asked = true;
+    if (!conn->is_unix)
+        tcp_server_conn_busy(&conn->base);
     uv_timer_stop(&conn->idle);
     if (call->req == NULL) {
         control_reply_error(call, HAMR_EPROTO, "malformed control request");
@@ -737,6 +762,7 @@ int control_new(uv_loop_t *loop,
     c->loop = loop;
     c->handler = *h;
     c->idle_ms = CONTROL_IDLE_TIMEOUT_MS;
+    c->first_ms = CONTROL_FIRST_TIMEOUT_MS;
     c->tls = cfg->tls;
     int fd = -1;
     int rv = want_unix ? control_unix_bind(c, cfg->socket_path, &fd, errmsg, errlen) : 0;
@@ -750,7 +776,7 @@ int control_new(uv_loop_t *loop,
                                                .port = cfg->port,
                                                .backlog = CONTROL_BACKLOG,
                                                .max_conns = CONTROL_MAX_CONNS,
-                                               .over = TCP_SERVER_CAP_CLOSE};
+                                               .over = TCP_SERVER_CAP_EVICT};
         const struct tcp_server_ops ops = {.data = c,
                                            .alloc_cb = control_conn_alloc_cb,
                                            .accept_cb = control_conn_accept_cb,
@@ -793,6 +819,12 @@ int control_new(uv_loop_t *loop,
 void control_set_idle_timeout(struct control *c, uint64_t ms)
 {
     c->idle_ms = ms;
+}
+
+/* control_set_first_timeout - applies to connections accepted from now on. */
+void control_set_first_timeout(struct control *c, uint64_t ms)
+{
+    c->first_ms = ms;
 }
 
 /* control_port - the bound TCP port, 0 without one. */

@@ -41,8 +41,15 @@
 
 #include "node/operator_gate.h"
 
-#define CONTROL_MAX_CONNS 64          /* more connections are accepted and closed */
+#define CONTROL_MAX_CONNS 64          /* TCP: past it the oldest silent one is evicted */
 #define CONTROL_IDLE_TIMEOUT_MS 60000 /* default: close a connection idle this long */
+/*
+ * Default: a TCP client's TLS handshake and first whole request within this
+ * (hamrctl sends its request as soon as it is connected). Without it, 64
+ * silent connections would hold every place of the TCP listener for the
+ * whole idle timeout, and no operator could connect.
+ */
+#define CONTROL_FIRST_TIMEOUT_MS 5000
 
 struct control;
 struct control_call;
@@ -85,6 +92,14 @@ int control_new(uv_loop_t *loop,
 
 /* control_set_idle_timeout - close connections idle for ms (default CONTROL_IDLE_TIMEOUT_MS). */
 void control_set_idle_timeout(struct control *c, uint64_t ms);
+
+/*
+ * control_set_first_timeout - close a TCP connection with no TLS handshake
+ * and first whole request within ms of connecting (default
+ * CONTROL_FIRST_TIMEOUT_MS; the idle timeout if that is shorter): logged,
+ * counted (operator_gate_stats.timed_out).
+ */
+void control_set_first_timeout(struct control *c, uint64_t ms);
 
 /* control_port - the TCP port actually bound; 0 without a TCP listener. */
 uint16_t control_port(const struct control *c);

@@ -27,14 +27,18 @@
  *     listener in the clear whose metrics are on the TLS listener: 403;
  *   - rendering /metrics fails (over HTTP_METRICS_MAX, no memory): 500;
  *   - EOF or a read error before the head ends: closed without an answer;
- *   - more than HTTP_MAX_CONNS connections: a new one is closed at once
- *     (net/tcp_server, which also refuses a client it gets no memory for);
+ *   - more than HTTP_MAX_CONNS connections: the oldest that has not sent a
+ *     whole head is closed to make room (net/tcp_server, TCP_SERVER_CAP_EVICT),
+ *     so that silent connections cannot keep a health check out; when every
+ *     one has, the new one is closed at once (tcp_server also refuses a
+ *     client it gets no memory for);
  *   - a failed write or shutdown: closed;
  *   - TLS: the handshake fails (no certificate, another CA, not TLS at
  *     all): logged with the peer and the reason, counted (refused_tls),
- *     closed; not done within the read timeout: closed; a verified
- *     certificate that names no operator (a node's): logged, counted
- *     (refused_identity), answered 403, nothing it sent is read.
+ *     closed; not done within the read timeout: closed, counted
+ *     (timed_out); a verified certificate that names no operator (a
+ *     node's): logged, counted (refused_identity), answered 403, nothing it
+ *     sent is read.
  *
  * Owns: the listener (a net/tcp_server) and every connection (handles
  * embedded, freed when tcp_server has closed them all), each connection's
@@ -453,6 +457,7 @@ static void http_timeout_cb(uv_timer_t *t)
     struct http_conn *conn = hamr_container_of(t, struct http_conn, timer);
     const char *name = conn->srv->name;
     if (!tls_stream_handshaken(conn->ts)) {
+        conn->srv->stats.timed_out++;
         log_debug("%s handshake timeout peer=%s", name, conn->peer);
         http_conn_close(conn);
         return;
@@ -499,6 +504,7 @@ static void http_read_cb(void *data, ssize_t nread, const uv_buf_t *b)
     size_t end = http_head_end(conn->head, conn->head_len, from);
     if (end != 0) {
         conn->head_len = end;
+        tcp_server_conn_busy(&conn->base); /* asked: not evicted for a newcomer */
         http_handle(conn);
         return;
     }
@@ -627,7 +633,7 @@ int http_new(uv_loop_t *loop,
                                            .port = cfg->port,
                                            .backlog = 128,
                                            .max_conns = HTTP_MAX_CONNS,
-                                           .over = TCP_SERVER_CAP_CLOSE};
+                                           .over = TCP_SERVER_CAP_EVICT};
     const struct tcp_server_ops ops = {.data = s,
                                        .alloc_cb = http_conn_alloc_cb,
                                        .accept_cb = http_conn_accept_cb,

@@ -10,7 +10,8 @@
  * finished the handshake by then is closed without an answer),
  * HTTP_WRITE_TIMEOUT_MS for the client to take the answer (closed
  * otherwise), a bounded linger for its close after that, at most
- * HTTP_MAX_CONNS connections (more are accepted and closed at once): a
+ * HTTP_MAX_CONNS connections (past it, the oldest that has not sent a whole
+ * head is closed to make room, else the new one): a
  * client that sends slowly, reads slowly or not at all holds a place for
  * seconds, never longer.
  *

@@ -469,7 +469,9 @@ static const char *const metrics_hamr_peer_port[] = {
     "accepted", "tls", "identity", "timed_out", "out_tls", "out_identity", NULL};
 _Static_assert(METRICS_PEER_PORT_OUT_IDENTITY == 5,
                "metrics_hamr_peer_port follows enum metrics_hamr_peer_port");
-static const char *const metrics_hamr_control_refusals[] = {"tls", "identity", NULL};
+static const char *const metrics_hamr_control_refusals[] = {"tls", "identity", "timed_out", NULL};
+_Static_assert(METRICS_CONTROL_REFUSED_TIMED_OUT == 2,
+               "metrics_hamr_control_refusals follows enum metrics_hamr_control_refusal");
 static const char *const metrics_hamr_certs[] = {"node", "ca", NULL};
 _Static_assert(METRICS_CERT_CA == 1, "metrics_hamr_certs follows enum metrics_hamr_cert");
 static const char *const metrics_hamr_outcomes[] = {"delivered", "deferred", "bounced", "expired",
@@ -560,7 +562,8 @@ const struct metrics_def metrics_hamr_defs[] = {
     [METRICS_CONTROL_REFUSED] = METRICS_LABELLED("hamr_control_refused_total",
                                                  "TCP control connections refused: the TLS "
                                                  "handshake failed (no certificate, another CA), "
-                                                 "or the certificate names no operator.",
+                                                 "the certificate names no operator, or no "
+                                                 "handshake and request came in time.",
                                                  METRICS_COUNTER,
                                                  "reason",
                                                  metrics_hamr_control_refusals),

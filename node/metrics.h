@@ -199,8 +199,9 @@ enum metrics_hamr_peer_port {
 
 /* Label indexes of METRICS_CONTROL_REFUSED and METRICS_METRICS_REFUSED (operator_gate_stats). */
 enum metrics_hamr_control_refusal {
-    METRICS_CONTROL_REFUSED_TLS = 0,  /* the TLS handshake failed */
-    METRICS_CONTROL_REFUSED_IDENTITY, /* a certificate that names no operator */
+    METRICS_CONTROL_REFUSED_TLS = 0,   /* the TLS handshake failed */
+    METRICS_CONTROL_REFUSED_IDENTITY,  /* a certificate that names no operator */
+    METRICS_CONTROL_REFUSED_TIMED_OUT, /* no TLS handshake and first request in time */
 };
 
 /* Label indexes of METRICS_PKI_DAYS_LEFT and METRICS_PKI_NOT_AFTER (the cluster PKI). */

@@ -23,6 +23,7 @@
 struct operator_gate_stats {
     uint64_t refused_tls;      /* the TLS handshake failed: no certificate, another CA, no TLS */
     uint64_t refused_identity; /* a valid certificate that names no operator */
+    uint64_t timed_out;        /* no TLS handshake and first request in time (control) */
 };
 
 enum operator_gate_verdict {

@@ -84,6 +84,7 @@ static void relay_http_refusals(struct metrics *m,
 {
     metrics_counter_set(m, family, METRICS_CONTROL_REFUSED_TLS, st->refused_tls);
     metrics_counter_set(m, family, METRICS_CONTROL_REFUSED_IDENTITY, st->refused_identity);
+    metrics_counter_set(m, family, METRICS_CONTROL_REFUSED_TIMED_OUT, st->timed_out);
 }
 
 /* relay_metrics_fill - gauges from the current state, just before a render. */

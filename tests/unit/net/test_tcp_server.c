@@ -9,7 +9,9 @@
  * counted, and teardown fails if the loop still has handles.
  *
  * Covers: the cap that closes (the client past it sees EOF, the others
- * stay); the cap that pauses (the client past it is not even allocated
+ * stay); the cap that evicts (the oldest connection not marked busy goes,
+ * through shutdown_cb, and the newcomer stays; with every one busy the
+ * newcomer goes); the cap that pauses (the client past it is not even allocated
  * until a connection is freed or the cap is raised); a failed allocation
  * (the client is accepted and closed, twice in a row through the spare
  * handle, and the listener accepts the next client); close with
@@ -280,6 +282,39 @@ static void cap_close(void **state)
     assert_false(test_client_closed(f, 3));
 }
 
+/* cap_evict - past max_conns the oldest idle connection makes room; busy ones never do. */
+static void cap_evict(void **state)
+{
+    struct fixture *f = *state;
+    test_listen(f, "127.0.0.1", 3, TCP_SERVER_CAP_EVICT);
+    for (int i = 0; i < 3; i++) {
+        test_connect(f, AF_INET);
+        test_run_until(f, f->accepts == i + 1);
+    }
+    tcp_server_conn_busy(&f->accepted[0]->base); /* the oldest has asked something */
+
+    /* A fourth: the oldest idle one (client 1) is shut down, the newcomer kept. */
+    test_connect(f, AF_INET);
+    test_run_until(f, f->accepts == 4 && f->frees == 1 && test_client_closed(f, 1));
+    assert_int_equal(f->shutdowns, 1);
+    assert_int_equal(tcp_server_conns(f->srv), 3);
+    assert_false(test_client_closed(f, 0));
+    assert_false(test_client_closed(f, 2));
+    assert_false(test_client_closed(f, 3));
+
+    /* Every one busy: a fifth is closed at once, as with TCP_SERVER_CAP_CLOSE. */
+    tcp_server_conn_busy(&f->accepted[2]->base);
+    tcp_server_conn_busy(&f->accepted[3]->base);
+    test_connect(f, AF_INET);
+    test_run_until(f, f->allocs == 5 && f->frees == 2 && test_client_closed(f, 4));
+    assert_int_equal(f->accepts, 4);
+    assert_int_equal(f->shutdowns, 1);
+    assert_int_equal(tcp_server_conns(f->srv), 3);
+    for (int i = 0; i < 4; i++)
+        if (i != 1)
+            assert_false(test_client_closed(f, i));
+}
+
 /* cap_pause - at max_conns nothing more is allocated until a connection is freed. */
 static void cap_pause(void **state)
 {
@@ -442,6 +477,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(cap_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(cap_evict, setup, teardown),
         cmocka_unit_test_setup_teardown(cap_pause, setup, teardown),
         cmocka_unit_test_setup_teardown(alloc_fail, setup, teardown),
         cmocka_unit_test_setup_teardown(close_with_conns, setup, teardown),

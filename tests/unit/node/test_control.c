@@ -9,6 +9,9 @@
  * is made in the main thread. The loop is run UV_RUN_ONCE a bounded number of
  * times, and a guard timer bounds the wall time.
  *
+ * A silent TCP client is closed by the first timeout (counted), one that
+ * has asked something only by the idle timeout.
+ *
  * Three kinds of server: TCP in the clear (most cases), the Unix socket
  * (mode, a stale file replaced, a live one or a non-socket refused, removed
  * at close), and TCP with TLS on a cluster PKI made by deploy/make-pki.sh
@@ -362,6 +365,20 @@ static void client_two_calls(struct fixture *f)
     control_client_close(&cc);
 }
 
+/* client_two_calls_apart - two calls on one connection, 100 ms between them. */
+static void client_two_calls_apart(struct fixture *f)
+{
+    struct control_client cc;
+    f->client_rc = control_client_open(&cc, "127.0.0.1", f->port, f->client_timeout_ms,
+                                       f->client_err, sizeof(f->client_err));
+    if (f->client_rc == 0)
+        f->client_rc = test_call(f, &cc, "status", NULL, 0);
+    usleep(100 * 1000);
+    if (f->client_rc == 0)
+        f->client_rc = test_call(f, &cc, "status", NULL, 0);
+    control_client_close(&cc);
+}
+
 /* client_unix_call - "status" over the control socket. */
 static void client_unix_call(struct fixture *f)
 {
@@ -591,6 +608,36 @@ static void test_idle_timeout(void **state)
     test_wait_client(f);
     assert_int_equal(f->raw_read, 0);
     assert_int_equal(f->calls, 0);
+}
+
+/* test_first_timeout - a silent TCP client is closed by the first timeout and counted. */
+static void test_first_timeout(void **state)
+{
+    struct fixture *f = *state;
+    control_set_first_timeout(f->ctl, 20); /* the idle timeout stays at 60 s */
+    test_start_client(f, client_wait_eof);
+    test_wait_client(f);
+    assert_int_equal(f->raw_read, 0);
+    assert_int_equal(f->calls, 0);
+    struct operator_gate_stats st;
+    control_get_stats(f->ctl, &st);
+    assert_int_equal(st.timed_out, 1);
+    assert_int_equal(st.refused_tls + st.refused_identity, 0);
+}
+
+/* test_first_timeout_then_idle - after the first request, the idle timeout governs. */
+static void test_first_timeout_then_idle(void **state)
+{
+    struct fixture *f = *state;
+    control_set_first_timeout(f->ctl, 20);
+    test_start_client(f, client_two_calls_apart);
+    test_wait_client(f);
+    if (f->client_rc != 0)
+        fail_msg("%s", f->client_err);
+    assert_int_equal(f->calls, 2);
+    struct operator_gate_stats st;
+    control_get_stats(f->ctl, &st);
+    assert_int_equal(st.timed_out, 0);
 }
 
 /* test_client_timeout - no answer in time: HAMR_ETIMEDOUT and the sentence. */
@@ -988,6 +1035,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_answer_after_client_left, setup, teardown),
         cmocka_unit_test_setup_teardown(test_answer_after_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_first_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_first_timeout_then_idle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_listen_error, setup, teardown),
         cmocka_unit_test(test_client_refused),

@@ -1069,6 +1069,9 @@ static void http_tls_handshake_timeout(void **state)
     assert_true(c->eof_at - start >= 90);
     assert_true(c->eof_at - start < 2000);
     test_tls_stats(f, 0, 0);
+    struct operator_gate_stats st;
+    http_get_stats(f->srv, &st);
+    assert_int_equal(st.timed_out, 1); /* counted as hamr_metrics_refused_total{reason="timed_out"} */
 }
 
 /* http_metrics_tls_only - in the clear with /metrics on the TLS listener: 403; health stays. */
