@@ -61,7 +61,7 @@ enum hamrctl_args {
     HAMRCTL_ARGS_NONE,
     HAMRCTL_ARGS_QUEUE_ID, /* one queue id (optional if min_args is 0) */
     HAMRCTL_ARGS_NODE_ID,  /* one node id (optional if min_args is 0) */
-    HAMRCTL_ARGS_ADD,      /* node id, then IPV4:PORT */
+    HAMRCTL_ARGS_ADD,      /* node id, then IPV4:PORT or [IPV6]:PORT */
     HAMRCTL_ARGS_FILTERS,  /* --state S, --to DOMAIN, --older-than DURATION */
 };
 
@@ -100,7 +100,7 @@ static const struct hamrctl_verb hamrctl_verbs[] = {
      "fail pending recipients and send a bounce"},
     {"transfer", "[NODE]", 0, 1, HAMRCTL_ARGS_NODE_ID, hamrctl_print_message,
      "move leadership (to NODE)"},
-    {"add", "NODE IPV4:PORT", 2, 2, HAMRCTL_ARGS_ADD, hamrctl_print_message,
+    {"add", "NODE IP:PORT", 2, 2, HAMRCTL_ARGS_ADD, hamrctl_print_message,
      "add a node to the cluster"},
     {"promote", "NODE", 1, 1, HAMRCTL_ARGS_NODE_ID, hamrctl_print_message, "make a node a voter"},
     {"remove", "NODE", 1, 1, HAMRCTL_ARGS_NODE_ID, hamrctl_print_message,
@@ -179,13 +179,15 @@ static bool hamrctl_valid_node_id(const char *s)
     return v > 0;
 }
 
-/* hamrctl_valid_ipv4_port - "a.b.c.d:port", the form raft addresses take. */
-static bool hamrctl_valid_ipv4_port(const char *s)
+/* hamrctl_valid_raft_address - "a.b.c.d:port" or "[v6]:port", the forms raft addresses take. */
+static bool hamrctl_valid_raft_address(const char *s)
 {
     struct config_hostport hp;
-    struct in_addr a;
-    return s[0] != '[' && config_parse_hostport(s, &hp) == 0 &&
-           inet_pton(AF_INET, hp.host, &a) == 1;
+    char norm[CONSENSUS_ADDR_MAX];
+    bool v6 = strchr(s, ']') != NULL;
+    return config_parse_hostport(s, &hp) == 0 && (s[0] == '[') == v6 &&
+           config_ip_address(hp.host, hp.port, norm, sizeof(norm)) == 0 &&
+           (strchr(hp.host, ':') != NULL) == v6;
 }
 
 /* hamrctl_valid_text - a non-empty filter argument without blanks or control bytes. */
@@ -264,8 +266,9 @@ static bool hamrctl_check_args(const struct hamrctl_verb *v, char **args, int n)
                 fprintf(stderr, "hamrctl: not a node id: \"%s\"\n", args[0]);
                 return false;
             }
-            if (!hamrctl_valid_ipv4_port(args[1])) {
-                fprintf(stderr, "hamrctl: not an IPV4:PORT address: \"%s\"\n", args[1]);
+            if (!hamrctl_valid_raft_address(args[1])) {
+                fprintf(stderr, "hamrctl: not an IPV4:PORT or [IPV6]:PORT address: \"%s\"\n",
+                        args[1]);
                 return false;
             }
             return true;

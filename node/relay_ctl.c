@@ -532,8 +532,16 @@ static void relay_ctl_membership(struct relay *r,
     hamr_strlcpy(m->verb, v, sizeof(m->verb));
     int rv;
     if (add) {
-        hamr_strlcpy(m->address, req->args[1], sizeof(m->address));
-        rv = consensus_add(r->cons, id, req->args[1], relay_ctl_member_done, m);
+        /* The raft address as every node writes it ("[v6]:port" normalised), or refused. */
+        struct config_hostport hp;
+        if (config_parse_hostport(req->args[1], &hp) != 0 ||
+            config_ip_address(hp.host, hp.port, m->address, sizeof(m->address)) != 0) {
+            free(m);
+            control_reply_error(call, HAMR_EINVAL, "add: not IPV4:PORT or [IPV6]:PORT: \"%.64s\"",
+                                req->args[1]);
+            return;
+        }
+        rv = consensus_add(r->cons, id, m->address, relay_ctl_member_done, m);
     } else if (strcmp(v, "promote") == 0) {
         rv = consensus_assign(r->cons, id, CONSENSUS_ROLE_VOTER, relay_ctl_member_done, m);
     } else {

@@ -24,6 +24,7 @@ the sink, and swaks by test_relay).
 import atexit
 import contextlib
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -734,6 +735,20 @@ class Node:
             return json.loads(out.stdout)
         except ValueError as e:
             raise CtlError("%s: not JSON (%s): %r" % (" ".join(argv), e, out.stdout[:500]))
+
+    def metrics(self):
+        """metrics - the text of the node's /metrics (its [listen] http, node.http_port)."""
+        conn = http.client.HTTPConnection(self.host, self.http_port, timeout=10)
+        try:
+            conn.request("GET", "/metrics")
+            return conn.getresponse().read().decode()
+        finally:
+            conn.close()
+
+    def counters(self, name, label="event"):
+        """counters - {label value: count} of the labelled counter name on /metrics."""
+        return {m.group(1): int(float(m.group(2))) for m in re.finditer(
+            r'(?m)^%s\{%s="(\w+)"\} (\S+)$' % (name, label), self.metrics())}
 
     def status(self):
         """status - the NodeStatus object of "hamrctl status"."""

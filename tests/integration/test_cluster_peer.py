@@ -15,11 +15,9 @@ nothing unexpected delivered).
 """
 
 import os
-import re
 import subprocess
 import sys
 import unittest
-import http.client
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster  # noqa: E402
@@ -38,20 +36,9 @@ class ClusterPeerPolicyTest(cluster.ClusterTestCase):
         c.add_http()
         return c
 
-    def counters(self, node, name, label):
-        """counters - {label value: count} of the counter name on node's /metrics."""
-        conn = http.client.HTTPConnection(node.host, node.http_port, timeout=10)
-        try:
-            conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
-        finally:
-            conn.close()
-        return {m.group(1): int(float(m.group(2))) for m in re.finditer(
-            r'(?m)^%s\{%s="(\w+)"\} (\S+)$' % (name, label), text)}
-
     def refused(self, node):
         """refused - {reason: count} of hamr_peer_refused_total on node's /metrics."""
-        return self.counters(node, "hamr_peer_refused_total", "reason")
+        return node.counters("hamr_peer_refused_total", "reason")
 
     def forge(self, leader, as_node, *args):
         """forge - peer_forge against leader's peer port as node as_node; its output line."""
@@ -121,7 +108,7 @@ class ClusterPeerPolicyTest(cluster.ClusterTestCase):
                                                                                 after))
         self.assertIn("peer entry refused node=%d" % member.id, leader.proc.log_text())
         # Raft's own connections reach the leader through the checked hop, none refused.
-        port = self.counters(leader, "hamr_raft_port_connections_total", "event")
+        port = leader.counters("hamr_raft_port_connections_total", "event")
         self.assertGreater(port.get("accepted", 0), 0, port)
         self.assertEqual(port.get("refused", 0), 0, port)
         # Nothing of it took effect: the message is still queued and its recipient not done,

@@ -85,17 +85,10 @@ class ClusterTrustTest(cluster.ClusterTestCase):
     # --- what the nodes say ------------------------------------------------
 
     def metrics(self, node):
-        conn = http.client.HTTPConnection(node.host, node.http_port, timeout=10)
-        try:
-            conn.request("GET", "/metrics")
-            return conn.getresponse().read().decode()
-        finally:
-            conn.close()
+        return node.metrics()
 
     def counters(self, node, name, label="event"):
-        """counters - {label value: count} of the counter name on node's /metrics."""
-        return {m.group(1): int(float(m.group(2))) for m in re.finditer(
-            r'(?m)^%s\{%s="(\w+)"\} (\S+)$' % (name, label), self.metrics(node))}
+        return node.counters(name, label)
 
     def raft_port(self, node):
         return self.counters(node, "hamr_raft_port_connections_total")

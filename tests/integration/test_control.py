@@ -26,7 +26,6 @@ ControlTlsClusterTest (three voters with [cluster_tls] on make-pki.sh certificat
 Needs ::1 (skips without it). Security: replies are untrusted text, only compared.
 """
 
-import http.client
 import os
 import pwd
 import re
@@ -196,18 +195,11 @@ class ControlTlsClusterTest(ClusterTestCase):
         super().tearDownClass()
 
     def metrics(self, node):
-        """metrics - the text of node's /metrics."""
-        conn = http.client.HTTPConnection(node.host, node.http_port, timeout=10)
-        try:
-            conn.request("GET", "/metrics")
-            return conn.getresponse().read().decode()
-        finally:
-            conn.close()
+        return node.metrics()
 
     def refused(self, node):
         """refused - {reason: count} of hamr_control_refused_total on node's /metrics."""
-        return {m.group(1): int(float(m.group(2))) for m in re.finditer(
-            r'(?m)^hamr_control_refused_total\{reason="(\w+)"\} (\S+)$', self.metrics(node))}
+        return node.counters("hamr_control_refused_total", "reason")
 
     def tls_series(self, node):
         """tls_series - {(name, cert label or ""): value} of node's hamr_cluster_tls_* series."""

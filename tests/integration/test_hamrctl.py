@@ -497,12 +497,12 @@ class HamrctlTest(cluster.ClusterTestCase):
         follower = self.follower()
         three = {1: "voter", 2: "voter", 3: "voter"}
         cases = [
-            (("add", "9"), 2, r"usage: hamrctl \[options\] add NODE IPV4:PORT"),
-            (("add",), 2, r"usage: hamrctl \[options\] add NODE IPV4:PORT"),
-            (("add", "9", "nothost"), 2, r'not an IPV4:PORT address: "nothost"'),
-            (("add", "9", "localhost:7000"), 2, r'not an IPV4:PORT address: "localhost:7000"'),
-            (("add", "9", "127.0.0.1"), 2, r'not an IPV4:PORT address: "127.0.0.1"'),
-            (("add", "9", "127.0.0.1:99999"), 2, r'not an IPV4:PORT address'),
+            (("add", "9"), 2, r"usage: hamrctl \[options\] add NODE IP:PORT"),
+            (("add",), 2, r"usage: hamrctl \[options\] add NODE IP:PORT"),
+            (("add", "9", "nothost"), 2, r'not an IPV4:PORT or \[IPV6\]:PORT address: "nothost"'),
+            (("add", "9", "localhost:7000"), 2, r'not an IPV4:PORT or \[IPV6\]:PORT address: "localhost:7000"'),
+            (("add", "9", "127.0.0.1"), 2, r'not an IPV4:PORT or \[IPV6\]:PORT address: "127.0.0.1"'),
+            (("add", "9", "127.0.0.1:99999"), 2, r'not an IPV4:PORT or \[IPV6\]:PORT address'),
             (("add", "x", "127.0.0.1:7000"), 2, r'not a node id: "x"'),
             (("add", "0", "127.0.0.1:7000"), 2, r'not a node id: "0"'),
             (("promote",), 2, r"usage: hamrctl \[options\] promote NODE"),

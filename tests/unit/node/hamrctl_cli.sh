@@ -46,7 +46,9 @@ expect "extra argument" 2 "usage: hamrctl [options] status" "" -- status now
 expect "two ids to hold" 2 "usage: hamrctl [options] hold ID" "" -- hold A B
 expect "bad queue id" 2 'hamrctl: not a queue id: "a/b"' "" -- hold a/b
 expect "bad node id" 2 'hamrctl: not a node id: "0"' "" -- promote 0
-expect "bad add address" 2 'hamrctl: not an IPV4:PORT address: "node4"' "" -- add 4 node4
+expect "bad add address" 2 'hamrctl: not an IPV4:PORT or [IPV6]:PORT address: "node4"' "" -- add 4 node4
+expect "add ipv6 unbracketed" 2 'hamrctl: not an IPV4:PORT or [IPV6]:PORT address: "::1:7004"' "" -- add 4 ::1:7004
+expect "add ipv4 bracketed" 2 'hamrctl: not an IPV4:PORT or [IPV6]:PORT address: "[127.0.0.1]:7004"' "" -- add 4 '[127.0.0.1]:7004'
 expect "bad queue filter" 2 'hamrctl: unknown queue filter "--color"' "" -- queue --color red
 expect "bad state filter" 2 'hamrctl: --state: bad value "sleeping"' "" -- queue --state sleeping
 expect "bad duration filter" 2 'hamrctl: --older-than: bad value "1 week"' "" -- queue --older-than "1 week"
@@ -101,6 +103,7 @@ expect "show tls" 0 "" "    tls: verify TLSv1.3 TLS_AES_256_GCM_SHA384 (verified
 expect "hold" 0 "" "hold ok Q1AAAA" -- "${S[@]}" hold Q1AAAA
 expect "flush all" 0 "" "flush ok" -- "${S[@]}" flush
 expect "add" 0 "" "add ok 4 127.0.0.1:7004" -- "${S[@]}" add 4 127.0.0.1:7004
+expect "add ipv6" 0 "" "add ok 5 [2001:db8::5]:7005" -- "${S[@]}" add 5 '[2001:db8::5]:7005'
 expect "error answer" 1 "hamrctl: no such message: MISSING" "" -- "${S[@]}" delete MISSING
 expect "version" 0 "" "hamrctl " -- "${S[@]}" version
 printf '[node]\nid = 1\ndata_dir = /tmp\n[cluster_tls]\nplaintext = yes\n[listen]\nraft = 127.0.0.1:7001\ncontrol = 0.0.0.0:%s\ncontrol_socket =\n' \
