@@ -359,7 +359,7 @@ static void test_base64(void **state)
 static void test_file_lines(void **state)
 {
     struct harness *h = *state;
-    char good[512];
+    char good[256];
     test_cred_line(good, sizeof(good), "carol", "pw");
     good[strlen(good) - 1] = '\0';
     static const char salt[] = "AAAAAAAAAAAAAAAAAAAAAA==";                     /* 16 zeros */
