@@ -55,6 +55,8 @@
 #define HAMRCTL_EXIT_FAIL 1
 #define HAMRCTL_EXIT_USAGE 2
 #define HAMRCTL_MAX_TIMEOUT_S 3600
+/* The largest page hamrd gives (RELAY_QUEUE_PAGE_MAX, node/relay_internal.h). */
+#define HAMRCTL_QUEUE_LIMIT_MAX 10000
 
 /* hamrctl_args - what the arguments of a verb are. */
 enum hamrctl_args {
@@ -62,17 +64,17 @@ enum hamrctl_args {
     HAMRCTL_ARGS_QUEUE_ID, /* one queue id (optional if min_args is 0) */
     HAMRCTL_ARGS_NODE_ID,  /* one node id (optional if min_args is 0) */
     HAMRCTL_ARGS_ADD,      /* node id, then IPV4:PORT or [IPV6]:PORT */
-    HAMRCTL_ARGS_FILTERS,  /* --state S, --to DOMAIN, --older-than DURATION */
+    HAMRCTL_ARGS_FILTERS, /* --state S, --to DOMAIN, --older-than DURATION, --limit N, --after ID */
 };
 
-/* hamrctl_print - render a successful answer as text. */
-typedef void (*hamrctl_print)(const Hamr__ControlResponse *resp);
+/* hamrctl_print - render a successful answer to the verb with args as text. */
+typedef void (*hamrctl_print)(const Hamr__ControlResponse *resp, char **args, int n_args);
 
-static void hamrctl_print_status(const Hamr__ControlResponse *resp);
-static void hamrctl_print_queue(const Hamr__ControlResponse *resp);
-static void hamrctl_print_show(const Hamr__ControlResponse *resp);
-static void hamrctl_print_message(const Hamr__ControlResponse *resp);
-static void hamrctl_print_version(const Hamr__ControlResponse *resp);
+static void hamrctl_print_status(const Hamr__ControlResponse *resp, char **args, int n_args);
+static void hamrctl_print_queue(const Hamr__ControlResponse *resp, char **args, int n_args);
+static void hamrctl_print_show(const Hamr__ControlResponse *resp, char **args, int n_args);
+static void hamrctl_print_message(const Hamr__ControlResponse *resp, char **args, int n_args);
+static void hamrctl_print_version(const Hamr__ControlResponse *resp, char **args, int n_args);
 
 struct hamrctl_verb {
     const char *name;
@@ -86,8 +88,11 @@ struct hamrctl_verb {
 static const struct hamrctl_verb hamrctl_verbs[] = {
     {"status", "", 0, 0, HAMRCTL_ARGS_NONE, hamrctl_print_status,
      "members, roles, leader, term, indexes and queue counts"},
-    {"queue", "[--state all|pending|deferred|active|held] [--to DOMAIN] [--older-than DURATION]", 0,
-     6, HAMRCTL_ARGS_FILTERS, hamrctl_print_queue, "list queued messages"},
+    {"queue",
+     "[--state all|pending|deferred|active|held] [--to DOMAIN] [--older-than DURATION] "
+     "[--limit N] [--after ID]",
+     0, 10, HAMRCTL_ARGS_FILTERS, hamrctl_print_queue,
+     "list queued messages, a page (1000, at most 10000) at a time"},
     {"show", "ID", 1, 1, HAMRCTL_ARGS_QUEUE_ID, hamrctl_print_show,
      "one message: envelope, recipients, headers"},
     {"hold", "ID", 1, 1, HAMRCTL_ARGS_QUEUE_ID, hamrctl_print_message, "stop delivering a message"},
@@ -221,6 +226,12 @@ static bool hamrctl_check_filters(char **args, int n)
         } else if (strcmp(name, "--older-than") == 0) {
             uint64_t ms;
             ok = config_parse_duration(value, &ms) == 0;
+        } else if (strcmp(name, "--limit") == 0) {
+            char *end;
+            unsigned long lim = value[0] >= '0' && value[0] <= '9' ? strtoul(value, &end, 10) : 0;
+            ok = lim >= 1 && lim <= HAMRCTL_QUEUE_LIMIT_MAX && *end == '\0';
+        } else if (strcmp(name, "--after") == 0) {
+            ok = hamrctl_valid_queue_id(value);
         } else {
             fprintf(stderr, "hamrctl: unknown queue filter \"%s\"\n", name);
             return false;
@@ -327,12 +338,14 @@ static const char *hamrctl_bytes(uint64_t n, char *out, size_t outlen)
 }
 
 /* hamrctl_print_status - the node and cluster block. */
-static void hamrctl_print_status(const Hamr__ControlResponse *resp)
+static void hamrctl_print_status(const Hamr__ControlResponse *resp, char **args, int n_args)
 {
+    (void)args;
+    (void)n_args;
     const Hamr__NodeStatus *s = resp->status;
     char b[64];
     if (s == NULL) {
-        hamrctl_print_message(resp);
+        hamrctl_print_message(resp, args, n_args);
         return;
     }
     printf("node:        %llu (%s)\n", (unsigned long long)s->id, hamrctl_p(s->state));
@@ -381,11 +394,31 @@ static void hamrctl_print_rcpt_line(const Hamr__QueueRcpt *r, int indent)
         printf("%*s  (%s)\n", indent, "", hamrctl_p(r->last_error));
 }
 
+/*
+ * hamrctl_print_more - when the node stopped before the end of the queue,
+ * the command that lists the next page: the same filters and --limit, and
+ * --after the id the node named in place of any given.
+ */
+static void hamrctl_print_more(const Hamr__ControlResponse *resp, char **args, int n_args)
+{
+    if (resp->next_after == NULL || resp->next_after[0] == '\0')
+        return;
+    printf("(more: hamrctl queue");
+    for (int i = 0; i + 1 < n_args; i += 2)
+        if (strcmp(args[i], "--after") != 0)
+            printf(" %s %s", hamrctl_p(args[i]), hamrctl_p(args[i + 1]));
+    printf(" --after %s)\n", hamrctl_p(resp->next_after));
+}
+
 /* hamrctl_print_queue - a mailq-like table with a total line. */
-static void hamrctl_print_queue(const Hamr__ControlResponse *resp)
+static void hamrctl_print_queue(const Hamr__ControlResponse *resp, char **args, int n_args)
 {
     if (resp->n_entries == 0) {
-        printf("Mail queue is empty\n");
+        /* With next_after, the node stopped at its scan bound before finding a match. */
+        bool more = resp->next_after != NULL && resp->next_after[0] != '\0';
+        printf("%s\n",
+               more ? "No matching message in this part of the queue" : "Mail queue is empty");
+        hamrctl_print_more(resp, args, n_args);
         return;
     }
     uint64_t total = 0;
@@ -406,6 +439,7 @@ static void hamrctl_print_queue(const Hamr__ControlResponse *resp)
     }
     printf("-- %llu Kbytes in %zu message%s.\n", (unsigned long long)((total + 1023) / 1024),
            resp->n_entries, resp->n_entries == 1 ? "" : "s");
+    hamrctl_print_more(resp, args, n_args);
 }
 
 /* hamrctl_print_headers - the header block, one printable line each, indented. */
@@ -423,8 +457,10 @@ static void hamrctl_print_headers(const char *h)
 }
 
 /* hamrctl_print_show - one message in detail. */
-static void hamrctl_print_show(const Hamr__ControlResponse *resp)
+static void hamrctl_print_show(const Hamr__ControlResponse *resp, char **args, int n_args)
 {
+    (void)args;
+    (void)n_args;
     char t[64];
     for (size_t i = 0; i < resp->n_entries; i++) {
         const Hamr__QueueEntry *e = resp->entries[i];
@@ -452,19 +488,23 @@ static void hamrctl_print_show(const Hamr__ControlResponse *resp)
         hamrctl_print_headers(e->headers);
     }
     if (resp->n_entries == 0)
-        hamrctl_print_message(resp);
+        hamrctl_print_message(resp, args, n_args);
 }
 
 /* hamrctl_print_message - the free-text result, if any. */
-static void hamrctl_print_message(const Hamr__ControlResponse *resp)
+static void hamrctl_print_message(const Hamr__ControlResponse *resp, char **args, int n_args)
 {
+    (void)args;
+    (void)n_args;
     if (resp->message != NULL && resp->message[0] != '\0')
         printf("%s\n", hamrctl_p(resp->message));
 }
 
 /* hamrctl_print_version - ours, then the node's ("hamrd X.Y.Z" in the message). */
-static void hamrctl_print_version(const Hamr__ControlResponse *resp)
+static void hamrctl_print_version(const Hamr__ControlResponse *resp, char **args, int n_args)
 {
+    (void)args;
+    (void)n_args;
     printf("hamrctl %s\n", HAMR_VERSION);
     if (resp->message != NULL && resp->message[0] != '\0')
         printf("%s\n", hamrctl_p(resp->message));
@@ -805,7 +845,7 @@ int main(int argc, char **argv)
         if (control_client_json(stdout, &resp->base) != 0)
             rc = HAMRCTL_EXIT_FAIL;
     } else {
-        v->print(resp);
+        v->print(resp, args, n_args);
     }
     hamr__control_response__free_unpacked(resp, NULL);
     if (fflush(stdout) != 0)

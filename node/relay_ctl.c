@@ -32,6 +32,7 @@
 #include "consensus/consensus.h"
 #include "net/smtpc.h"
 #include "node/config.h"
+#include "node/ctl_queue.h"
 #include "node/clock.h"
 #include "node/pki_status.h"
 #include "node/relay_internal.h"
@@ -39,23 +40,6 @@
 /* ---------------------------------------------------------------------------
  * Control verbs.
  * ------------------------------------------------------------------------- */
-
-static const char *relay_rcpt_state_name(const struct queue_rcpt *qr)
-{
-    switch (qr->state) {
-        case QUEUE_RCPT_PENDING:
-            return qr->attempts > 0 ? "deferred" : "pending";
-        case QUEUE_RCPT_LEASED:
-            return "active";
-        case QUEUE_RCPT_DELIVERED:
-            return "delivered";
-        case QUEUE_RCPT_BOUNCED:
-            return "bounced";
-        case QUEUE_RCPT_EXPIRED:
-            return "expired";
-    }
-    return "?";
-}
 
 static const char *relay_state_name(enum consensus_state s)
 {
@@ -132,200 +116,47 @@ static void relay_ctl_status(struct relay *r, struct control_call *call)
     control_reply(call, &resp);
 }
 
-/* relay_ctl_filter - hamrctl queue filters: --state S, --to DOMAIN, --older-than DUR. */
-struct relay_ctl_filter {
-    const char *state;
-    const char *to;
-    uint64_t older_than_ms;
-    uint64_t now;
-    const char *id; /* show: exactly this id */
-    bool headers;
-    Hamr__QueueEntry **entries;
-    size_t n, cap;
-    int err;
-};
-
-/* relay_ctl_headers - the header block of a body, capped. */
-static char *relay_ctl_headers(const struct queue_msg *m)
-{
-    size_t n = m->body_len;
-    const uint8_t *end = memmem(m->body, m->body_len, "\r\n\r\n", 4);
-    if (end != NULL)
-        n = (size_t)(end - m->body) + 2;
-    if (n > RELAY_SHOW_HEADERS_MAX)
-        n = RELAY_SHOW_HEADERS_MAX;
-    char *h = malloc(n + 1);
-    if (h == NULL)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = m->body[i];
-        h[i] = (c == '\r' || c == '\n' || c == '\t' || (c >= 0x20 && c < 0x7f)) ? (char)c : '?';
-    }
-    h[n] = '\0';
-    return h;
-}
-
-/* relay_ctl_collect - queue_foreach callback building QueueEntry records. */
-static int relay_ctl_collect(void *arg, const struct queue_msg *m)
-{
-    struct relay_ctl_filter *f = arg;
-    if (f->id != NULL && strcmp(f->id, m->id) != 0)
-        return 0;
-    if (f->older_than_ms && m->received_at_ms + f->older_than_ms > f->now)
-        return 0;
-    bool match_state = f->state == NULL || strcmp(f->state, "all") == 0;
-    bool match_to = f->to == NULL;
-    for (size_t i = 0; i < m->n_rcpts; i++) {
-        const struct queue_rcpt *qr = &m->rcpts[i];
-        if (f->state != NULL) {
-            if (strcmp(f->state, "held") == 0)
-                match_state = match_state || m->held;
-            else if (strcmp(f->state, relay_rcpt_state_name(qr)) == 0)
-                match_state = true;
-        }
-        if (f->to != NULL) {
-            const char *at = strrchr(qr->addr, '@');
-            const char *dom = at ? at + 1 : qr->addr;
-            size_t dl = strlen(dom), tl = strlen(f->to);
-            if (dl >= tl && hamr_strncaseeq(dom + dl - tl, f->to, tl + 1) &&
-                (dl == tl || dom[dl - tl - 1] == '.'))
-                match_to = true;
-        }
-    }
-    if (!match_state || !match_to)
-        return 0;
-    if (f->n == f->cap) {
-        size_t cap = f->cap ? f->cap * 2 : 16;
-        Hamr__QueueEntry **p = realloc(f->entries, cap * sizeof(*p));
-        if (p == NULL) {
-            f->err = HAMR_ENOMEM;
-            return 1;
-        }
-        f->entries = p;
-        f->cap = cap;
-    }
-    Hamr__QueueEntry *qe = calloc(1, sizeof(*qe));
-    Hamr__QueueRcpt **rs = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(*rs));
-    if (qe == NULL || rs == NULL) {
-        free(qe);
-        free(rs);
-        f->err = HAMR_ENOMEM;
-        return 1;
-    }
-    hamr__queue_entry__init(qe);
-    qe->queue_id = (char *)m->id;
-    qe->sender = m->sender;
-    qe->size = m->body_len;
-    qe->received_at_ms = m->received_at_ms;
-    qe->held = m->held;
-    qe->is_dsn = m->is_dsn;
-    qe->client_addr = m->client_addr ? m->client_addr : "";
-    qe->helo = m->helo ? m->helo : "";
-    qe->expires_at_ms = m->expires_at_ms;
-    qe->rcpts = rs;
-    for (size_t i = 0; i < m->n_rcpts; i++) {
-        const struct queue_rcpt *qr = &m->rcpts[i];
-        Hamr__QueueRcpt *x = calloc(1, sizeof(*x));
-        if (x == NULL) {
-            f->err = HAMR_ENOMEM;
-            break;
-        }
-        hamr__queue_rcpt__init(x);
-        x->addr = qr->addr;
-        x->state = (char *)relay_rcpt_state_name(qr);
-        x->attempts = qr->attempts;
-        x->next_attempt_ms = qr->next_attempt_ms;
-        x->last_error = qr->last_error ? qr->last_error : "";
-        x->tls_policy = qr->tls_policy ? qr->tls_policy : "";
-        x->tls = qr->tls ? qr->tls : "";
-        rs[qe->n_rcpts++] = x;
-    }
-    if (f->headers)
-        qe->headers = relay_ctl_headers(m);
-    f->entries[f->n++] = qe;
-    return f->err != 0;
-}
-
-/* relay_ctl_filter_free - release what relay_ctl_collect built. */
-static void relay_ctl_filter_free(struct relay_ctl_filter *f)
-{
-    for (size_t i = 0; i < f->n; i++) {
-        Hamr__QueueEntry *qe = f->entries[i];
-        for (size_t j = 0; j < qe->n_rcpts; j++)
-            free(qe->rcpts[j]);
-        free(qe->rcpts);
-        if (f->headers)
-            free(qe->headers);
-        free(qe);
-    }
-    free(f->entries);
-}
-
-/* relay_ctl_queue - hamrctl queue [filters] / show ID. */
+/*
+ * relay_ctl_queue - hamrctl queue [filters] [--limit N] [--after ID] / show ID:
+ * one page (node/ctl_queue.h), built and answered at once.
+ */
 static void relay_ctl_queue(struct relay *r,
                             struct control_call *call,
                             const Hamr__ControlRequest *req,
                             bool show)
 {
-    struct relay_ctl_filter f = {.now = clock_wall_ms()};
+    struct ctl_queue_page pg;
+    ctl_queue_page_init(&pg, clock_wall_ms());
+    char err[256];
+    int rv;
     if (show) {
         if (req->n_args != 1) {
             control_reply_error(call, HAMR_EINVAL, "usage: show ID");
             return;
         }
-        f.id = req->args[0];
-        f.headers = true;
+        rv = ctl_queue_show(r->queue, req->args[0], &pg);
+        if (rv == HAMR_ENOTFOUND)
+            snprintf(err, sizeof(err), "no message with id %s in the queue", req->args[0]);
+        else
+            snprintf(err, sizeof(err), "show: %s", hamr_strerror(rv));
+    } else {
+        const char *after = NULL;
+        rv = ctl_queue_parse(req->args, req->n_args, &pg, &after, err, sizeof(err));
+        if (rv == 0)
+            rv = ctl_queue_list(r->queue, &pg, after, err, sizeof(err));
     }
-    for (size_t i = 0; !show && i < req->n_args; i++) {
-        const char *a = req->args[i];
-        const char *v = i + 1 < req->n_args ? req->args[i + 1] : NULL;
-        if (v == NULL) {
-            control_reply_error(call, HAMR_EINVAL, "queue: %s needs a value", a);
-            return;
-        }
-        if (strcmp(a, "--state") == 0) {
-            static const char *const ok[] = {"all", "pending", "deferred", "active", "held"};
-            bool found = false;
-            for (size_t k = 0; k < HAMR_ARRAY_LEN(ok); k++)
-                found = found || strcmp(v, ok[k]) == 0;
-            if (!found) {
-                control_reply_error(call, HAMR_EINVAL,
-                                    "queue: unknown state \"%s\" (all, pending, deferred, "
-                                    "active, held)",
-                                    v);
-                return;
-            }
-            f.state = v;
-        } else if (strcmp(a, "--to") == 0) {
-            f.to = v;
-        } else if (strcmp(a, "--older-than") == 0) {
-            if (config_parse_duration(v, &f.older_than_ms) != 0) {
-                control_reply_error(call, HAMR_EINVAL, "queue: not a duration: \"%s\"", v);
-                return;
-            }
-        } else {
-            control_reply_error(call, HAMR_EINVAL, "queue: unknown option \"%s\"", a);
-            return;
-        }
-        i++;
-    }
-    queue_foreach(r->queue, relay_ctl_collect, &f);
-    if (f.err != 0) {
-        relay_ctl_filter_free(&f);
-        control_reply_error(call, f.err, "queue: %s", hamr_strerror(f.err));
-        return;
-    }
-    if (show && f.n == 0) {
-        relay_ctl_filter_free(&f);
-        control_reply_error(call, HAMR_ENOTFOUND, "no message with id %s in the queue",
-                            req->args[0]);
+    if (rv != 0) {
+        ctl_queue_page_free(&pg);
+        control_reply_error(call, rv, "%s", err);
         return;
     }
     Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
-    resp.n_entries = f.n;
-    resp.entries = f.entries;
+    resp.n_entries = pg.n;
+    resp.entries = pg.entries;
+    if (pg.next_after != NULL)
+        resp.next_after = (char *)pg.next_after;
     control_reply(call, &resp);
-    relay_ctl_filter_free(&f);
+    ctl_queue_page_free(&pg);
 }
 
 struct relay_ctl_admin {

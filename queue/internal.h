@@ -35,6 +35,19 @@
 #define QUEUE_NOT_IN_HEAP SIZE_MAX
 
 /*
+ * queue_counts - what hamrctl status reports, kept by queue_link,
+ * queue_unlink and queue_touch so that queue_get_stats costs O(1), not a walk
+ * of every message. Derived like the scheduler indexes: never replicated,
+ * never in a snapshot or the digest; a restore rebuilds them by linking.
+ */
+struct queue_counts {
+    size_t held;
+    size_t rcpts_pending;
+    size_t rcpts_leased;
+    size_t bytes;
+};
+
+/*
  * queue_item - a queued message with its links; msg is what callers see.
  *
  * Besides the table and the acceptance list, an item sits in two indexes
@@ -54,6 +67,7 @@ struct queue_item {
     size_t heap_pos;                /* index in q->heap, or QUEUE_NOT_IN_HEAP */
     bool leased;                    /* on q->leased */
     struct queue_item *lprev, *lnext;
+    struct queue_counts counted; /* what this item adds to q->counts */
 };
 
 /* queue_done - the id of a finished message, kept for dedupe. */
@@ -86,6 +100,7 @@ struct queue {
     bool heap_broken;
     bool index_off; /* queue_set_sched_index(q, false): walk every message */
     struct queue_item *leased;
+    struct queue_counts counts; /* sums of every item's counted */
 };
 
 /* queue.c: helpers */
@@ -155,6 +170,9 @@ void queue_heap_remove(struct queue *q, struct queue_item *it);
 
 /* queue_leased_set - put it on or take it off the list of leased messages. */
 void queue_leased_set(struct queue *q, struct queue_item *it, bool leased);
+
+/* queue_count - add (sign 1) or take away (sign -1) the share of it in q->counts. */
+void queue_count(struct queue *q, struct queue_item *it, int sign);
 
 /* queue_touch - it changed (recipients, held): bring both indexes up to date. */
 void queue_touch(struct queue *q, struct queue_item *it);

@@ -234,6 +234,7 @@ void queue_link(struct queue *q, struct queue_item *it)
     queue_heap_insert(q, it);
     it->leased = false;
     queue_leased_set(q, it, leased);
+    queue_count(q, it, 1);
     queue_grow_msgs(q);
     size_t b = it->hash & (q->mcap - 1);
     it->hnext = q->mtab[b];
@@ -253,6 +254,7 @@ static void queue_unlink(struct queue *q, struct queue_item *it)
 {
     queue_heap_remove(q, it);
     queue_leased_set(q, it, false);
+    queue_count(q, it, -1);
     struct queue_item **pp = &q->mtab[it->hash & (q->mcap - 1)];
     while (*pp != it)
         pp = &(*pp)->hnext;
@@ -342,6 +344,7 @@ static void queue_clear(struct queue *q)
     q->heap_len = 0;
     q->heap_broken = false;
     q->leased = NULL;
+    q->counts = (struct queue_counts){0};
 }
 
 /* queue_new - an empty queue with its hash tables. */
@@ -409,18 +412,33 @@ void queue_foreach(const struct queue *q,
             return;
 }
 
-/* queue_get_stats - counts over the whole queue (a walk, for status only). */
+/* queue_foreach_after - visit messages in acceptance order after one of them. */
+int queue_foreach_after(const struct queue *q,
+                        const char *after,
+                        int (*fn)(void *arg, const struct queue_msg *m),
+                        void *arg)
+{
+    const struct queue_item *it = q->head;
+    if (after != NULL && after[0] != '\0') {
+        const struct queue_item *from = queue_lookup(q, after);
+        if (from == NULL)
+            return HAMR_ENOTFOUND;
+        it = from->next;
+    }
+    for (; it != NULL; it = it->next)
+        if (fn(arg, &it->msg) != 0)
+            break;
+    return 0;
+}
+
+/* queue_get_stats - the counts kept by queue_count: O(1), however long the queue. */
 void queue_get_stats(const struct queue *q, struct queue_stats *st)
 {
     memset(st, 0, sizeof(*st));
     st->messages = q->mcount;
     st->applied = q->applied;
-    for (const struct queue_item *it = q->head; it != NULL; it = it->next) {
-        st->held += it->msg.held;
-        st->bytes += it->msg.body_len;
-        for (size_t i = 0; i < it->msg.n_rcpts; i++) {
-            st->rcpts_pending += it->msg.rcpts[i].state == QUEUE_RCPT_PENDING;
-            st->rcpts_leased += it->msg.rcpts[i].state == QUEUE_RCPT_LEASED;
-        }
-    }
+    st->held = q->counts.held;
+    st->bytes = q->counts.bytes;
+    st->rcpts_pending = q->counts.rcpts_pending;
+    st->rcpts_leased = q->counts.rcpts_leased;
 }

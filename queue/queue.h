@@ -55,15 +55,15 @@ struct queue_rcpt {
     enum queue_rcpt_state state;
     uint32_t attempts;
     uint64_t next_attempt_ms;
-    char *last_error;          /* NULL if none */
-    uint64_t lease_id;         /* valid while LEASED */
+    char *last_error;  /* NULL if none */
+    uint64_t lease_id; /* valid while LEASED */
     uint64_t lease_node;
     uint64_t lease_term;
     uint64_t lease_expires_ms;
     char *lease_boot_id;
     char *lease_dest;
-    char *tls_policy;          /* last attempt's TLS policy ("may", ...); NULL if unknown */
-    char *tls;                 /* last attempt's TLS, or why none; NULL if unknown */
+    char *tls_policy; /* last attempt's TLS policy ("may", ...); NULL if unknown */
+    char *tls;        /* last attempt's TLS, or why none; NULL if unknown */
 };
 
 /*
@@ -79,7 +79,7 @@ struct queue_rcpt {
 
 struct queue_msg {
     char id[QUEUE_ID_MAX];
-    char *sender;              /* "" for the null sender */
+    char *sender; /* "" for the null sender */
     struct queue_rcpt *rcpts;
     size_t n_rcpts;
     uint8_t *body;
@@ -87,20 +87,20 @@ struct queue_msg {
     bool body_8bit;
     bool is_dsn;
     bool held;
-    uint64_t received_at_ms;   /* timestamp of the Enqueue entry */
+    uint64_t received_at_ms; /* timestamp of the Enqueue entry */
     uint64_t expires_at_ms;
     char *client_addr;
     char *helo;
     uint64_t accepted_by;
     uint32_t dsn_count;
-    uint64_t seq;              /* acceptance order on this node (not replicated; renumbered by a restore) */
+    uint64_t seq; /* acceptance order on this node (not replicated; renumbered by a restore) */
 };
 
 struct queue_apply_result {
-    int status;                /* 0, or a HAMR_E* code for a refused command */
-    bool duplicate;            /* Enqueue of a known id */
-    unsigned dsn_generated;    /* DSNs enqueued by this entry */
-    unsigned finished;         /* messages that left the queue */
+    int status;             /* 0, or a HAMR_E* code for a refused command */
+    bool duplicate;         /* Enqueue of a known id */
+    unsigned dsn_generated; /* DSNs enqueued by this entry */
+    unsigned finished;      /* messages that left the queue */
 };
 
 struct queue_stats {
@@ -108,8 +108,8 @@ struct queue_stats {
     size_t held;
     size_t rcpts_pending;
     size_t rcpts_leased;
-    size_t bytes;              /* sum of body sizes */
-    uint64_t applied;          /* entries applied */
+    size_t bytes;     /* sum of body sizes */
+    uint64_t applied; /* entries applied */
 };
 
 struct queue;
@@ -151,7 +151,21 @@ bool queue_contains(const struct queue *q, const char *id);
  * queue_foreach - call fn for every queued message in acceptance order;
  * stop early when fn returns non-zero. fn must not change the queue.
  */
-void queue_foreach(const struct queue *q, int (*fn)(void *arg, const struct queue_msg *m), void *arg);
+void queue_foreach(const struct queue *q,
+                   int (*fn)(void *arg, const struct queue_msg *m),
+                   void *arg);
+
+/*
+ * queue_foreach_after - as queue_foreach, but starting after the message
+ * with id after (from the first message when after is NULL or ""): what
+ * hamrctl queue --after pages with. Finding the start is a table lookup, so
+ * a page costs its own length, not the messages before it. Returns 0, or
+ * HAMR_ENOTFOUND when after is no longer queued (fn is not called).
+ */
+int queue_foreach_after(const struct queue *q,
+                        const char *after,
+                        int (*fn)(void *arg, const struct queue_msg *m),
+                        void *arg);
 
 /*
  * queue_foreach_due - call fn, each once and in no particular order, for
@@ -188,6 +202,7 @@ void queue_set_sched_index(struct queue *q, bool on);
  */
 int queue_sched_index_check(const struct queue *q);
 
+/* queue_get_stats - the counts of hamrctl status; O(1), kept up to date on every change. */
 void queue_get_stats(const struct queue *q, struct queue_stats *st);
 
 /*
@@ -204,7 +219,7 @@ struct queue_node {
     char control_address[QUEUE_ADDR_MAX];
     char version[32];
     uint32_t format_version_max;
-    bool draining;             /* hamrctl drain, as the node last published it */
+    bool draining; /* hamrctl drain, as the node last published it */
 };
 
 /* queue_node_find - the directory entry of node_id, or NULL. Borrowed until the next apply. */

@@ -146,9 +146,39 @@ void queue_leased_set(struct queue *q, struct queue_item *it, bool leased)
     it->lprev = it->lnext = NULL;
 }
 
-/* queue_touch - it changed (recipients, held): bring both indexes up to date. */
+/*
+ * queue_count - with sign 1, count it as it is now and add that to
+ * q->counts; with sign -1, take away what was last added for it. Adding and
+ * taking away the stored share (not a recount) keeps the sums exact whatever
+ * changed in between.
+ */
+void queue_count(struct queue *q, struct queue_item *it, int sign)
+{
+    struct queue_counts *c = &it->counted;
+    if (sign > 0) {
+        *c = (struct queue_counts){.held = it->msg.held, .bytes = it->msg.body_len};
+        for (size_t i = 0; i < it->msg.n_rcpts; i++) {
+            c->rcpts_pending += it->msg.rcpts[i].state == QUEUE_RCPT_PENDING;
+            c->rcpts_leased += it->msg.rcpts[i].state == QUEUE_RCPT_LEASED;
+        }
+        q->counts.held += c->held;
+        q->counts.rcpts_pending += c->rcpts_pending;
+        q->counts.rcpts_leased += c->rcpts_leased;
+        q->counts.bytes += c->bytes;
+    } else {
+        q->counts.held -= c->held;
+        q->counts.rcpts_pending -= c->rcpts_pending;
+        q->counts.rcpts_leased -= c->rcpts_leased;
+        q->counts.bytes -= c->bytes;
+        *c = (struct queue_counts){0};
+    }
+}
+
+/* queue_touch - it changed (recipients, held): bring the indexes and counts up to date. */
 void queue_touch(struct queue *q, struct queue_item *it)
 {
+    queue_count(q, it, -1);
+    queue_count(q, it, 1);
     uint64_t old = it->wake_ms;
     bool leased;
     it->wake_ms = queue_wake(&it->msg, &leased);

@@ -30,6 +30,9 @@ through by starting it again on the same port. Every node serves
      sessions, /health/ready 503, status
   k  unreachable node, unknown verb, -s naming a missing socket, -a not HOST:PORT,
      --json before and after the verb
+  l  25 queued messages paged with --limit 10 on a follower: 3 pages (10, 10,
+     5), every id once and in the order they were accepted; the text names
+     the next page's command, JSON its next_after; status counts them
 
 Security: hamrctl output and node replies are untrusted text; they are only
 compared and printed with repr().
@@ -679,6 +682,47 @@ class HamrctlTest(cluster.ClusterTestCase):
                 self.assertIsInstance(field(res.json(), "entries"), list)
         res = self.ctl(node, "--json", "show", UNKNOWN_ID)
         self.assertCtl(res, 1, stderr=r"no message with id")
+
+    def test_l_queue_pages(self):
+        self.sink_down()
+        via = self.cluster.node(1)
+        sent = []
+        for i in range(25):
+            _, qid = self.submit(via, "page@example.org", ["page%d@example.com" % i],
+                                 "ctl-page")
+            self.cleanup_ids.append(qid)
+            sent.append(qid)
+        follower = self.follower()
+        # Each one's first attempt has failed: the --state filter below matches them all.
+        wait_for(lambda: self.queue_ids(follower, "--state", "deferred") == set(sent), 30,
+                 "25 messages deferred on %s" % follower.name, interval=0.2)
+        res = self.ctl(follower, "--json", "status")
+        self.assertCtl(res, 0)
+        self.assertEqual(int(field(field(res.json(), "status"), "queue_messages")), 25)
+
+        pages, after = [], None
+        while True:
+            args = ["--json", "queue", "--limit", "10"] + (["--after", after] if after else [])
+            res = self.ctl(follower, *args)
+            self.assertCtl(res, 0)
+            d = res.json()
+            pages.append([field(e, "queue_id") for e in field(d, "entries", []) or []])
+            after = field(d, "next_after", "")
+            if not after:
+                break
+            self.assertEqual(after, pages[-1][-1], repr(res))
+            self.assertLess(len(pages), 5, pages)
+        self.assertEqual([len(p) for p in pages], [10, 10, 5])
+        self.assertEqual([q for p in pages for q in p], sent)
+
+        res = self.ctl(follower, "queue", "--state", "deferred", "--limit", "10")
+        self.assertCtl(res, 0, stdout=r"-- \d+ Kbytes in 10 messages\.\n"
+                       r"\(more: hamrctl queue --state deferred --limit 10 --after %s\)\n$"
+                       % re.escape(sent[9]))
+        res = self.ctl(follower, "queue", "--limit", "10", "--after", sent[19])
+        self.assertCtl(res, 0, stdout=r"-- \d+ Kbytes in 5 messages\.\n$")
+        res = self.ctl(follower, "queue", "--limit", "0")
+        self.assertCtl(res, 2, stderr=r'--limit: bad value "0"')
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@
  * answers with canned data: "status" a three-node status (its cluster TLS
  * part: what hamrd says of the --tls files, pki_status_fill, at Unix time
  * --now or else the clock; plaintext without --tls; left out with --old, as
- * a node older than the field), "queue" two messages, "show ID" one
+ * a node older than the field), "queue" two messages (paged as hamrd does:
+ * "--limit 1" gives one and next_after, "--after Q1AAAA" starts at the
+ * second; other arguments are ignored), "show ID" one
  * message, any verb whose first argument is "MISSING" the error
  * HAMR_ENOTFOUND, "transfer" with --leader the error HAMR_ENOTLEADER naming
  * ADDR, any other verb "VERB ok ARGS via PORT" (its TCP port, so that a
@@ -83,8 +85,8 @@ static void control_fake_status(struct control_call *call)
     control_reply(call, &resp);
 }
 
-/* control_fake_entries - the answer to "queue" (two) and "show" (one). */
-static void control_fake_entries(struct control_call *call, size_t n)
+/* control_fake_entries - n entries from first: the answer to "queue" and "show". */
+static void control_fake_entries(struct control_call *call, size_t first, size_t n)
 {
     Hamr__QueueRcpt r1 = HAMR__QUEUE_RCPT__INIT, r2 = HAMR__QUEUE_RCPT__INIT;
     r1.addr = "bob@example.org";
@@ -120,9 +122,24 @@ static void control_fake_entries(struct control_call *call, size_t n)
     e[1].rcpts = rcpts + 1;
     e[1].n_rcpts = 1;
     Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
-    resp.entries = ep;
+    resp.entries = ep + first;
     resp.n_entries = n;
+    if (first + n < 2)
+        resp.next_after = e[first + n - 1].queue_id;
     control_reply(call, &resp);
+}
+
+/* control_fake_queue - "queue [--limit N] [--after Q1AAAA]" over the two canned entries. */
+static void control_fake_queue(struct control_call *call, const Hamr__ControlRequest *req)
+{
+    size_t first = 0, n = 2;
+    for (size_t i = 0; i + 1 < req->n_args; i += 2) {
+        if (strcmp(req->args[i], "--after") == 0 && strcmp(req->args[i + 1], "Q1AAAA") == 0)
+            first = 1;
+        else if (strcmp(req->args[i], "--limit") == 0 && strcmp(req->args[i + 1], "1") == 0)
+            n = 1;
+    }
+    control_fake_entries(call, first, n < 2 - first ? n : 2 - first);
 }
 
 /* control_fake_handle - canned answers, always at once. */
@@ -141,9 +158,9 @@ static void control_fake_handle(void *data,
     } else if (strcmp(req->verb, "status") == 0) {
         control_fake_status(call);
     } else if (strcmp(req->verb, "queue") == 0) {
-        control_fake_entries(call, 2);
+        control_fake_queue(call, req);
     } else if (strcmp(req->verb, "show") == 0) {
-        control_fake_entries(call, 1);
+        control_fake_entries(call, 0, 1);
     } else {
         char msg[512];
         size_t n = (size_t)snprintf(msg, sizeof(msg), "%s ok", req->verb);

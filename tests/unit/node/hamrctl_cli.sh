@@ -53,6 +53,10 @@ expect "bad queue filter" 2 'hamrctl: unknown queue filter "--color"' "" -- queu
 expect "bad state filter" 2 'hamrctl: --state: bad value "sleeping"' "" -- queue --state sleeping
 expect "bad duration filter" 2 'hamrctl: --older-than: bad value "1 week"' "" -- queue --older-than "1 week"
 expect "filter without value" 2 "hamrctl: --to needs a value" "" -- queue --to
+expect "limit zero" 2 'hamrctl: --limit: bad value "0"' "" -- queue --limit 0
+expect "limit above the cap" 2 'hamrctl: --limit: bad value "10001"' "" -- queue --limit 10001
+expect "limit not a number" 2 'hamrctl: --limit: bad value "5x"' "" -- queue --limit 5x
+expect "after a bad id" 2 'hamrctl: --after: bad value "a/b"' "" -- queue --after a/b
 expect "unknown option" 2 'hamrctl: unknown option "-x"' "" -- -x status
 expect "bad timeout" 2 "hamrctl: --timeout: not 1..3600 seconds" "" -- --timeout 0 status
 expect "bad -a" 2 'hamrctl: -a: not HOST:PORT: "localhost"' "" -- -a localhost status
@@ -97,6 +101,16 @@ expect "status plaintext" 0 "" "cluster tls: off (plaintext)" -- "${S[@]}" statu
 expect "queue table" 0 "" "-- 3 Kbytes in 2 messages." -- "${S[@]}" queue --state deferred --older-than 1h
 expect "queue held mark" 0 "" "Q2BBBB!" -- "${S[@]}" queue
 expect "queue escapes" 0 "" "(451 4.7.1 greylisted ?[31m)" -- "${S[@]}" queue
+expect "queue first page" 0 "" "(more: hamrctl queue --state all --limit 1 --after Q1AAAA)" \
+    -- "${S[@]}" queue --state all --limit 1
+expect "queue last page" 0 "" "Q2BBBB!" -- "${S[@]}" queue --limit 1 --after Q1AAAA
+"$HAMRCTL" "${S[@]}" queue --limit 1 --after Q1AAAA >"$TMP/out" 2>&1
+if ! grep -q "more:" "$TMP/out" && ! grep -q "Q1AAAA" "$TMP/out"; then
+    echo "ok   queue last page: no more line"
+else
+    echo "FAIL queue last page: $(cat "$TMP/out")"
+    failures=$((failures + 1))
+fi
 expect "show" 0 "" "    state: deferred, attempts: 2, next attempt:" -- "${S[@]}" show Q1AAAA
 expect "show headers" 0 "" "  Subject: hello" -- "${S[@]}" show Q1AAAA
 expect "show tls" 0 "" "    tls: verify TLSv1.3 TLS_AES_256_GCM_SHA384 (verified)?[0m" -- "${S[@]}" show Q1AAAA
@@ -130,6 +144,13 @@ if [ $? -eq 0 ] && $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); e=d[
     echo "ok   json queue"
 else
     echo "FAIL json queue: $(cat "$TMP/json" "$TMP/err")"
+    failures=$((failures + 1))
+fi
+"$HAMRCTL" "${S[@]}" --json queue --limit 1 >"$TMP/json" 2>"$TMP/err"
+if [ $? -eq 0 ] && $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); assert len(d["entries"])==1 and d["next_after"]=="Q1AAAA", d' "$TMP/json"; then
+    echo "ok   json queue page"
+else
+    echo "FAIL json queue page: $(cat "$TMP/json" "$TMP/err")"
     failures=$((failures + 1))
 fi
 

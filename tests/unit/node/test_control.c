@@ -991,7 +991,8 @@ static void test_json(void **state)
         "  },\n"
         "  \"entries\": [],\n"
         "  \"message\": \"\",\n"
-        "  \"leader_control\": \"\"\n"
+        "  \"leader_control\": \"\",\n"
+        "  \"next_after\": \"\"\n"
         "}\n";
     assert_string_equal(text, want);
     free(text);

@@ -285,6 +285,61 @@ static void test_foreach_stops(void **state)
     assert_int_equal(n, 2);
 }
 
+/* after_cb - record the ids queue_foreach_after visits, in order. */
+struct after_seen {
+    char ids[8][QUEUE_ID_MAX];
+    size_t n;
+};
+
+static int after_cb(void *arg, const struct queue_msg *m)
+{
+    struct after_seen *a = arg;
+    assert_true(a->n < HAMR_ARRAY_LEN(a->ids));
+    snprintf(a->ids[a->n++], sizeof(a->ids[0]), "%s", m->id);
+    return 0;
+}
+
+/* queue_foreach_after: from the start, after an id, after the last; a gone id is ENOTFOUND. */
+static void test_foreach_after(void **state)
+{
+    struct queue *q = *state;
+    for (int i = 0; i < 5; i++) {
+        char id[8];
+        snprintf(id, sizeof(id), "P%d", i);
+        struct fx_enq e = {.id = id, .sender = "s@x.test", .rcpts = {"r@y.test"}};
+        fx_enqueue(q, T0 + (uint64_t)i, &e);
+    }
+    fx_admin(q, T0 + 10, HAMR__ADMIN__OP__DELETE, "P2");
+    static const struct {
+        const char *label, *after;
+        int want_rv;
+        const char *want[5];
+    } cases[] = {
+        {"from the start", NULL, 0, {"P0", "P1", "P3", "P4"}},
+        {"empty is the start", "", 0, {"P0", "P1", "P3", "P4"}},
+        {"after the first", "P0", 0, {"P1", "P3", "P4"}},
+        {"skips a deleted one", "P1", 0, {"P3", "P4"}},
+        {"after the last", "P4", 0, {NULL}},
+        {"gone", "P2", HAMR_ENOTFOUND, {NULL}},
+        {"never queued", "nope", HAMR_ENOTFOUND, {NULL}},
+    };
+    for (size_t c = 0; c < HAMR_ARRAY_LEN(cases); c++) {
+        struct after_seen a = {.n = 0};
+        print_message("case: %s\n", cases[c].label);
+        assert_int_equal(queue_foreach_after(q, cases[c].after, after_cb, &a), cases[c].want_rv);
+        size_t k = 0;
+        for (; k < HAMR_ARRAY_LEN(cases[c].want) && cases[c].want[k] != NULL; k++) {
+            assert_true(k < a.n);
+            assert_string_equal(a.ids[k], cases[c].want[k]);
+        }
+        assert_int_equal(a.n, k);
+    }
+    /* It stops when the callback says so, as queue_foreach does. */
+    int n = 0;
+    assert_int_equal(queue_foreach_after(q, "P0", stop_cb, &n), 0);
+    assert_int_equal(n, 2);
+}
+
 /* Table: Enqueue validation. */
 static void test_enqueue_validation(void **state)
 {
@@ -407,7 +462,7 @@ static void test_decode_errors(void **state)
     uint8_t wrong_magic[256];
     memcpy(wrong_magic, good, good_len);
     wrong_magic[0] = 'X';
-    static const uint8_t garbage[] = {'H', 'A', 'M', 'R', 0, 0, 0, 8,
+    static const uint8_t garbage[] = {'H',  'A',  'M',  'R',  0,    0,    0,    8,
                                       0xff, 0xff, 0xff, 0xff, 0x0f, 0x01, 0xff, 0xff};
     /* A frame with padding, one padding byte set: must be refused. */
     uint8_t bad_pad[256];
@@ -1426,6 +1481,80 @@ static void test_replay_determinism(void **state)
         queue_free(b);
         queue_free(c);
         queue_free(d);
+    }
+}
+
+/* stats_walk_cb - the status counts the slow way, one message at a time. */
+static int stats_walk_cb(void *arg, const struct queue_msg *m)
+{
+    struct queue_stats *w = arg;
+    w->messages++;
+    w->held += m->held;
+    w->bytes += m->body_len;
+    for (size_t i = 0; i < m->n_rcpts; i++) {
+        w->rcpts_pending += m->rcpts[i].state == QUEUE_RCPT_PENDING;
+        w->rcpts_leased += m->rcpts[i].state == QUEUE_RCPT_LEASED;
+    }
+    return 0;
+}
+
+/* assert_stats_match_walk - queue_get_stats (kept counts) equals a full walk. */
+static void assert_stats_match_walk(const struct queue *q)
+{
+    struct queue_stats st, w = {0};
+    queue_get_stats(q, &st);
+    queue_foreach(q, stats_walk_cb, &w);
+    assert_int_equal(st.messages, w.messages);
+    assert_int_equal(st.held, w.held);
+    assert_int_equal(st.bytes, w.bytes);
+    assert_int_equal(st.rcpts_pending, w.rcpts_pending);
+    assert_int_equal(st.rcpts_leased, w.rcpts_leased);
+}
+
+/*
+ * The status counts are kept on every apply (enqueue, lease, outcome, DSN,
+ * hold, release, flush, bounce, delete, expiry) and by a restore, which
+ * also replaces whatever the queue held before; after each step they equal
+ * a walk, and they leave the digest alone.
+ */
+static void test_stats_counts_kept(void **state)
+{
+    (void)state;
+    static const uint64_t seeds[] = {7, 0x9e3779b97f4a7c15ull};
+    for (size_t si = 0; si < HAMR_ARRAY_LEN(seeds); si++) {
+        struct entry_bytes e[N_OPS];
+        random_entries(seeds[si], e);
+        struct queue *a = queue_new(), *c = queue_new();
+        struct queue_stats most = {0};
+        for (int i = 0; i < N_OPS; i++) {
+            feed(a, e, i, i + 1);
+            assert_stats_match_walk(a);
+            struct queue_stats st;
+            queue_get_stats(a, &st);
+            most.held = st.held > most.held ? st.held : most.held;
+            most.rcpts_leased =
+                st.rcpts_leased > most.rcpts_leased ? st.rcpts_leased : most.rcpts_leased;
+            if (i % 40 != 39)
+                continue;
+            /* c holds an older state: the restore must not add to it. */
+            uint8_t *snap;
+            size_t len;
+            assert_int_equal(queue_snapshot(a, NULL, &snap, &len), 0);
+            assert_int_equal(queue_restore(c, snap, len), 0);
+            free(snap);
+            assert_stats_match_walk(c);
+            char da[65], dc[65];
+            digest_of(a, da);
+            digest_of(c, dc);
+            assert_string_equal(da, dc);
+        }
+        /* The mix held and leased something at some point. */
+        assert_true(most.held > 0);
+        assert_true(most.rcpts_leased > 0);
+        for (int i = 0; i < N_OPS; i++)
+            free(e[i].buf);
+        queue_free(a);
+        queue_free(c);
     }
 }
 
@@ -2650,6 +2779,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_enqueue_and_find, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_messages_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_foreach_stops, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_foreach_after, setup, teardown),
         cmocka_unit_test(test_enqueue_validation),
         cmocka_unit_test_setup_teardown(test_enqueue_duplicate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_decode_errors, setup, teardown),
@@ -2675,6 +2805,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_digest_format, setup, teardown),
         cmocka_unit_test(test_replay_determinism),
         cmocka_unit_test(test_replay_dsn_invariants),
+        cmocka_unit_test(test_stats_counts_kept),
         cmocka_unit_test(test_apply_alloc_failures),
         cmocka_unit_test(test_snapshot_alloc_failures),
         cmocka_unit_test_setup_teardown(test_node_insert_replace_order, setup, teardown),
