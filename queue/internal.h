@@ -68,6 +68,7 @@ struct queue_done {
 struct queue {
     struct queue_item **mtab;
     size_t mcap, mcount;
+    size_t mbytes; /* sum of the linked messages' body_len (queue_link/unlink) */
     struct queue_item *head, *tail;
     struct queue_done **dtab;
     size_t dcap, dcount;

@@ -246,6 +246,7 @@ void queue_link(struct queue *q, struct queue_item *it)
         q->head = it;
     q->tail = it;
     q->mcount++;
+    q->mbytes += it->msg.body_len;
 }
 
 /* queue_unlink - take an item out of the table, the list and the indexes (not freed). */
@@ -267,6 +268,7 @@ static void queue_unlink(struct queue *q, struct queue_item *it)
         q->tail = it->prev;
     it->hnext = it->prev = it->next = NULL;
     q->mcount--;
+    q->mbytes -= it->msg.body_len;
 }
 
 /* queue_done_new - a done record, not yet linked. */
@@ -339,6 +341,7 @@ static void queue_clear(struct queue *q)
     q->head = q->tail = NULL;
     q->dhead = q->dtail = NULL;
     q->mcount = q->dcount = 0;
+    q->mbytes = 0;
     q->heap_len = 0;
     q->heap_broken = false;
     q->leased = NULL;
@@ -409,15 +412,29 @@ void queue_foreach(const struct queue *q,
             return;
 }
 
+/* queue_size - messages and body bytes, kept on every link and unlink. */
+void queue_size(const struct queue *q, size_t *messages, size_t *bytes)
+{
+    *messages = q->mcount;
+    *bytes = q->mbytes;
+}
+
+/* queue_full - at or above either limit (0: none). */
+bool queue_full(const struct queue *q, uint64_t max_messages, uint64_t max_bytes)
+{
+    return (max_messages != 0 && (uint64_t)q->mcount >= max_messages) ||
+           (max_bytes != 0 && (uint64_t)q->mbytes >= max_bytes);
+}
+
 /* queue_get_stats - counts over the whole queue (a walk, for status only). */
 void queue_get_stats(const struct queue *q, struct queue_stats *st)
 {
     memset(st, 0, sizeof(*st));
     st->messages = q->mcount;
     st->applied = q->applied;
+    st->bytes = q->mbytes;
     for (const struct queue_item *it = q->head; it != NULL; it = it->next) {
         st->held += it->msg.held;
-        st->bytes += it->msg.body_len;
         for (size_t i = 0; i < it->msg.n_rcpts; i++) {
             st->rcpts_pending += it->msg.rcpts[i].state == QUEUE_RCPT_PENDING;
             st->rcpts_leased += it->msg.rcpts[i].state == QUEUE_RCPT_LEASED;

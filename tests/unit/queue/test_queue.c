@@ -407,7 +407,7 @@ static void test_decode_errors(void **state)
     uint8_t wrong_magic[256];
     memcpy(wrong_magic, good, good_len);
     wrong_magic[0] = 'X';
-    static const uint8_t garbage[] = {'H', 'A', 'M', 'R', 0, 0, 0, 8,
+    static const uint8_t garbage[] = {'H',  'A',  'M',  'R',  0,    0,    0,    8,
                                       0xff, 0xff, 0xff, 0xff, 0x0f, 0x01, 0xff, 0xff};
     /* A frame with padding, one padding byte set: must be refused. */
     uint8_t bad_pad[256];
@@ -504,6 +504,99 @@ static void test_lease_then_delivered(void **state)
     queue_get_stats(q, &st);
     assert_int_equal(st.messages, 0);
     assert_int_equal(st.applied, 4);
+}
+
+/* size_walk_cb - add one message's body to the walk's sum. */
+static int size_walk_cb(void *arg, const struct queue_msg *m)
+{
+    size_t *sum = arg;
+    *sum += m->body_len;
+    return 0;
+}
+
+/* assert_size - queue_size says n messages and bytes, and a walk agrees. */
+static void assert_size(const struct queue *q, size_t n, size_t bytes)
+{
+    size_t messages = 0, b = 0, walked = 0;
+    queue_size(q, &messages, &b);
+    queue_foreach(q, size_walk_cb, &walked);
+    assert_int_equal(messages, n);
+    assert_int_equal(b, bytes);
+    assert_int_equal(walked, bytes);
+}
+
+/*
+ * queue_size counts without a walk: Enqueue adds a body, a duplicate adds
+ * nothing, finished and deleted messages take theirs away, and a restored
+ * snapshot counts the same.
+ */
+static void test_size_counter(void **state)
+{
+    struct queue *q = *state;
+    assert_size(q, 0, 0);
+    struct fx_enq a = {.id = "A",
+                       .sender = "s@x.test",
+                       .rcpts = {"r@y.test"},
+                       .body = "0123456789\r\n",
+                       .expires = T0 + MIN};
+    struct fx_enq b = {.id = "B",
+                       .sender = "s@x.test",
+                       .rcpts = {"r@y.test"},
+                       .body = "Subject: b\r\n\r\nhello, queue\r\n",
+                       .expires = T0 + MIN};
+    size_t la = strlen(a.body), lb = strlen(b.body);
+    assert_int_equal(fx_enqueue(q, T0, &a).status, 0);
+    assert_size(q, 1, la);
+    assert_int_equal(fx_enqueue(q, T0 + 1, &b).status, 0);
+    assert_size(q, 2, la + lb);
+    assert_true(fx_enqueue(q, T0 + 2, &a).duplicate);
+    assert_size(q, 2, la + lb);
+
+    struct queue *r = fx_snapshot_roundtrip(q);
+    assert_size(r, 2, la + lb);
+    queue_free(r);
+
+    assert_int_equal(fx_admin(q, T0 + 3, HAMR__ADMIN__OP__DELETE, "A").finished, 1);
+    assert_size(q, 1, lb);
+    lease_idx(q, T0 + 4, "B", 7, 0, 1);
+    struct fx_outcome o = {.id = "B", .lease_id = 7, .n = 1, .res = {{0, DELIVERED, 250, "ok"}}};
+    assert_int_equal(fx_outcome(q, T0 + 5, &o).finished, 1);
+    assert_size(q, 0, 0);
+}
+
+/* queue_full: at a limit is full, one below is not; 0 is no limit; either limit alone. */
+static void test_full(void **state)
+{
+    struct queue *q = *state;
+    assert_false(queue_full(q, 0, 0));
+    assert_false(queue_full(q, 1, 1));
+    struct fx_enq a = {.id = "A",
+                       .sender = "s@x.test",
+                       .rcpts = {"r@y.test"},
+                       .body = "0123456789",
+                       .expires = T0 + MIN};
+    struct fx_enq b = {.id = "B",
+                       .sender = "s@x.test",
+                       .rcpts = {"r@y.test"},
+                       .body = "01234",
+                       .expires = T0 + MIN};
+    fx_enqueue(q, T0, &a);
+    fx_enqueue(q, T0, &b);
+    /* Two messages of 15 bytes. */
+    assert_true(queue_full(q, 2, 0));
+    assert_true(queue_full(q, 1, 0));
+    assert_false(queue_full(q, 3, 0));
+    assert_true(queue_full(q, 0, 15));
+    assert_true(queue_full(q, 0, 14));
+    assert_false(queue_full(q, 0, 16));
+    assert_false(queue_full(q, 0, 0));
+    assert_true(queue_full(q, 3, 15));
+    assert_true(queue_full(q, 2, 16));
+    assert_false(queue_full(q, 3, 16));
+    assert_int_equal(fx_admin(q, T0 + 1, HAMR__ADMIN__OP__DELETE, "A").finished, 1);
+    assert_false(queue_full(q, 2, 0));
+    assert_false(queue_full(q, 0, 6));
+    assert_true(queue_full(q, 0, 5));
 }
 
 /* Fencing: a result counts only under the lease the recipient holds now. */
@@ -2693,6 +2786,8 @@ int main(void)
         cmocka_unit_test(test_tls_below_level_ignored),
         cmocka_unit_test_setup_teardown(test_tls_snapshot_digest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tls_old_entries, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_size_counter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_full, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
