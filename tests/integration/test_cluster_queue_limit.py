@@ -20,7 +20,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster  # noqa: E402
 import harness  # noqa: E402
-from harness import RawSMTP, make_message, new_test_id, send_message, wait_for  # noqa: E402
+from harness import mail_reply, make_message, new_test_id, send_message, wait_for  # noqa: E402
 
 LIMIT = 5
 APPLY_BOUND = 20.0  # a committed message is applied on every node
@@ -34,18 +34,6 @@ class ClusterQueueLimitTest(cluster.ClusterTestCase):
         c = cluster.Cluster(cls.env, 3, overrides={"storage": {"queue_max_messages": str(LIMIT)}})
         c.add_http()
         return c
-
-    def mail_reply(self, node):
-        """mail_reply - (code, text) of MAIL to node on a connection of its own."""
-        conn = RawSMTP(node.smtp_port, host=node.host, timeout=10)
-        try:
-            self.assertEqual(conn.greeting[0], 220)
-            self.assertEqual(conn.cmd("EHLO client.test")[0], 250)
-            reply = conn.cmd("MAIL FROM:<limit@example.org>")
-            conn.cmd("QUIT")
-            return reply
-        finally:
-            conn.close()
 
     def ready(self, node):
         """ready - (status, body) of node's /health/ready."""
@@ -93,7 +81,7 @@ class ClusterQueueLimitTest(cluster.ClusterTestCase):
         self.wait_queued(LIMIT, APPLY_BOUND)
 
         for node in nodes:
-            code, text = self.mail_reply(node)
+            code, text = mail_reply(node.smtp_port, node.host, "limit@example.org")
             self.assertEqual((code, text), (452, FULL_TEXT), "MAIL on %s" % node.name)
             res = self.send(node, "over-%s" % node.name)
             self.assertEqual((res.stage, res.code), ("mail", 452), "%s: %r" % (node.name, res))
@@ -110,7 +98,7 @@ class ClusterQueueLimitTest(cluster.ClusterTestCase):
         c.sink.start()
         self.wait_queued(0, DRAIN_BOUND)
         for node in nodes:
-            code, text = self.mail_reply(node)
+            code, text = mail_reply(node.smtp_port, node.host, "limit@example.org")
             self.assertEqual(code, 250, "MAIL on %s after the drain: %r" % (node.name, text))
         for node in c.nodes:
             self.assertEqual(self.ready(node), (200, "ready\n"))

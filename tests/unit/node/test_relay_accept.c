@@ -12,11 +12,13 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
 
+#include "util/common.h"
 #include "util/err.h"
 #include "queue/queue.h"
 #include "net/smtpd_reply.h"
@@ -67,35 +69,40 @@ static const char *test_reply(int err)
     return line;
 }
 
-/* At queue_max_messages MAIL gets 452 4.3.1 and the queue-full text. */
-static void test_messages_limit(void **state)
-{
-    struct test_ctx *c = *state;
-    c->cfg.queue_max_messages = 2;
-    test_enqueue(c, "A", NULL);
-    test_enqueue(c, "B", NULL);
-    int rc = relay_sink_check_mail(&c->r);
-    assert_int_equal(rc, HAMR_EQUEUEFULL);
-    assert_string_equal(test_reply(rc),
-                        "452 4.3.1 Insufficient system storage: mail queue full\r\n");
-    /* Raised by one, the same queue is below it (queue_full, without the raft side). */
-    c->cfg.queue_max_messages = 3;
-    assert_false(queue_full(c->r.queue, c->cfg.queue_max_messages, c->cfg.queue_max_bytes));
-}
+/* One limit per row: the queue holds two 10-byte messages. */
+static const struct {
+    const char *label;
+    uint64_t max_messages, max_bytes;     /* at the limit */
+    uint64_t below_messages, below_bytes; /* the limits one higher */
+} test_limit_cases[] = {
+    {"queue_max_messages", 2, 0, 3, 0},
+    {"queue_max_bytes", 0, 20, 0, 21},
+    {"both, messages reached", 2, 21, 3, 21},
+};
 
-/* At queue_max_bytes (the sum of the bodies) likewise; 0 turns a limit off. */
-static void test_bytes_limit(void **state)
+/*
+ * test_limits - at a limit MAIL gets 452 4.3.1 and the queue-full text; with
+ * the limit one higher the same queue is not full (queue_full, without the
+ * raft side).
+ */
+static void test_limits(void **state)
 {
     struct test_ctx *c = *state;
     test_enqueue(c, "A", "0123456789");
     test_enqueue(c, "B", "0123456789");
-    c->cfg.queue_max_bytes = 20;
-    int rc = relay_sink_check_mail(&c->r);
-    assert_int_equal(rc, HAMR_EQUEUEFULL);
-    assert_string_equal(test_reply(rc),
-                        "452 4.3.1 Insufficient system storage: mail queue full\r\n");
-    c->cfg.queue_max_bytes = 21;
-    assert_false(queue_full(c->r.queue, c->cfg.queue_max_messages, c->cfg.queue_max_bytes));
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(test_limit_cases); i++) {
+        c->cfg.queue_max_messages = test_limit_cases[i].max_messages;
+        c->cfg.queue_max_bytes = test_limit_cases[i].max_bytes;
+        int rc = relay_sink_check_mail(&c->r);
+        if (rc != HAMR_EQUEUEFULL)
+            fail_msg("%s: got %s", test_limit_cases[i].label, hamr_errname(rc));
+        assert_string_equal(test_reply(rc),
+                            "452 4.3.1 Insufficient system storage: mail queue full\r\n");
+        c->cfg.queue_max_messages = test_limit_cases[i].below_messages;
+        c->cfg.queue_max_bytes = test_limit_cases[i].below_bytes;
+        if (queue_full(c->r.queue, c->cfg.queue_max_messages, c->cfg.queue_max_bytes))
+            fail_msg("%s: full with the limit one higher", test_limit_cases[i].label);
+    }
 }
 
 /* Draining outranks a full queue (421 and close), a full queue nothing else. */
@@ -117,8 +124,7 @@ static void test_order(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_messages_limit, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_bytes_limit, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_limits, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_order, test_setup, test_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

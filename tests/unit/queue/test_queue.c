@@ -525,6 +525,17 @@ static void assert_size(const struct queue *q, size_t n, size_t bytes)
     assert_int_equal(walked, bytes);
 }
 
+/* enqueue_body - one message to one recipient with this body, expiring in a minute. */
+static struct queue_apply_result enqueue_body(struct queue *q,
+                                              uint64_t ts,
+                                              const char *id,
+                                              const char *body)
+{
+    struct fx_enq e = {
+        .id = id, .sender = "s@x.test", .rcpts = {"r@y.test"}, .body = body, .expires = T0 + MIN};
+    return fx_enqueue(q, ts, &e);
+}
+
 /*
  * queue_size counts without a walk: Enqueue adds a body, a duplicate adds
  * nothing, finished and deleted messages take theirs away, and a restored
@@ -534,22 +545,13 @@ static void test_size_counter(void **state)
 {
     struct queue *q = *state;
     assert_size(q, 0, 0);
-    struct fx_enq a = {.id = "A",
-                       .sender = "s@x.test",
-                       .rcpts = {"r@y.test"},
-                       .body = "0123456789\r\n",
-                       .expires = T0 + MIN};
-    struct fx_enq b = {.id = "B",
-                       .sender = "s@x.test",
-                       .rcpts = {"r@y.test"},
-                       .body = "Subject: b\r\n\r\nhello, queue\r\n",
-                       .expires = T0 + MIN};
-    size_t la = strlen(a.body), lb = strlen(b.body);
-    assert_int_equal(fx_enqueue(q, T0, &a).status, 0);
+    const char *a = "0123456789\r\n", *b = "Subject: b\r\n\r\nhello, queue\r\n";
+    size_t la = strlen(a), lb = strlen(b);
+    assert_int_equal(enqueue_body(q, T0, "A", a).status, 0);
     assert_size(q, 1, la);
-    assert_int_equal(fx_enqueue(q, T0 + 1, &b).status, 0);
+    assert_int_equal(enqueue_body(q, T0 + 1, "B", b).status, 0);
     assert_size(q, 2, la + lb);
-    assert_true(fx_enqueue(q, T0 + 2, &a).duplicate);
+    assert_true(enqueue_body(q, T0 + 2, "A", a).duplicate);
     assert_size(q, 2, la + lb);
 
     struct queue *r = fx_snapshot_roundtrip(q);
@@ -570,18 +572,8 @@ static void test_full(void **state)
     struct queue *q = *state;
     assert_false(queue_full(q, 0, 0));
     assert_false(queue_full(q, 1, 1));
-    struct fx_enq a = {.id = "A",
-                       .sender = "s@x.test",
-                       .rcpts = {"r@y.test"},
-                       .body = "0123456789",
-                       .expires = T0 + MIN};
-    struct fx_enq b = {.id = "B",
-                       .sender = "s@x.test",
-                       .rcpts = {"r@y.test"},
-                       .body = "01234",
-                       .expires = T0 + MIN};
-    fx_enqueue(q, T0, &a);
-    fx_enqueue(q, T0, &b);
+    assert_int_equal(enqueue_body(q, T0, "A", "0123456789").status, 0);
+    assert_int_equal(enqueue_body(q, T0, "B", "01234").status, 0);
     /* Two messages of 15 bytes. */
     assert_true(queue_full(q, 2, 0));
     assert_true(queue_full(q, 1, 0));
