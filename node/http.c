@@ -121,9 +121,10 @@ bool health_ready(const struct health_input *in, char *reason, size_t len)
     /* A full queue leaves the node ready, on purpose. The limits are on the
      * replicated queue, so every node reaches them at the same moment: 503
      * here would take the whole cluster out of the balancer, which then
-     * refuses or drops connections, where 452 4.3.1 at MAIL tells each
-     * client to retry later (RFC 5321 4.5.3.1.10). The body says why, and
-     * /metrics has hamr_queue_full for the alert. */
+     * refuses or drops connections, where 452 4.3.1 at MAIL ("insufficient
+     * system storage", RFC 5321 4.2.3; "mail system full", RFC 3463 X.3.1)
+     * tells each client to keep the message and retry. The body says why,
+     * and /metrics has hamr_queue_full for the alert. */
     if (in->queue_full) {
         snprintf(reason, len,
                  "ready; queue full: %" PRIu64 " messages (limit %" PRIu64 "), %" PRIu64
