@@ -104,7 +104,8 @@ struct smtpd_sink {
     int (*new_id)(void *data, char *id, size_t idlen);
     /*
      * check_mail - may this node take a new transaction now? Called at MAIL.
-     * 0: yes; HAMR_ENOSPACE: 452 4.3.1; HAMR_NOQUORUM/HAMR_EDRAINING: 421/451.
+     * 0: yes; HAMR_ENOSPACE or HAMR_EQUEUEFULL: 452 4.3.1; HAMR_NOQUORUM/HAMR_EDRAINING:
+     * 451/421.
      * May be NULL (always yes).
      */
     int (*check_mail)(void *data);

@@ -63,6 +63,8 @@ static const struct smtpd_reply smtpd_reply_table[SMTPD_REPLY_COUNT] = {
     [SMTPD_REPLY_DRAINING] = {421, "4.3.2", "%s Service not available, draining", false},
     [SMTPD_REPLY_SHUTDOWN] = {421, "4.3.2", "%s Service not available, shutting down", false},
     [SMTPD_REPLY_NO_STORAGE] = {452, "4.3.1", "Insufficient system storage", false},
+    [SMTPD_REPLY_QUEUE_FULL] = {452, "4.3.1", "Insufficient system storage: mail queue full",
+                                false},
     [SMTPD_REPLY_TRY_AGAIN] = {451, "4.3.0", "Error: queue not available, try again later", false},
     [SMTPD_REPLY_LOCAL_ERROR] = {451, "4.3.0", "Error: local error in processing", false},
 };
@@ -72,11 +74,12 @@ static const struct {
     int err;
     enum smtpd_reply_id reply;
 } smtpd_reply_errors[] = {
-    {HAMR_ESHUTDOWN, SMTPD_REPLY_SHUTDOWN},   {HAMR_EDRAINING, SMTPD_REPLY_DRAINING},
-    {HAMR_ENOSPACE, SMTPD_REPLY_NO_STORAGE},  {HAMR_ENOMEM, SMTPD_REPLY_LOCAL_ERROR},
-    {HAMR_ENOTLEADER, SMTPD_REPLY_TRY_AGAIN}, {HAMR_ELEADERSHIPLOST, SMTPD_REPLY_TRY_AGAIN},
-    {HAMR_ETIMEDOUT, SMTPD_REPLY_TRY_AGAIN},  {HAMR_ENOQUORUM, SMTPD_REPLY_TRY_AGAIN},
-    {HAMR_EBUSY, SMTPD_REPLY_TRY_AGAIN},      {HAMR_ECORRUPT, SMTPD_REPLY_TRY_AGAIN},
+    {HAMR_ESHUTDOWN, SMTPD_REPLY_SHUTDOWN},        {HAMR_EDRAINING, SMTPD_REPLY_DRAINING},
+    {HAMR_ENOSPACE, SMTPD_REPLY_NO_STORAGE},       {HAMR_EQUEUEFULL, SMTPD_REPLY_QUEUE_FULL},
+    {HAMR_ENOMEM, SMTPD_REPLY_LOCAL_ERROR},        {HAMR_ENOTLEADER, SMTPD_REPLY_TRY_AGAIN},
+    {HAMR_ELEADERSHIPLOST, SMTPD_REPLY_TRY_AGAIN}, {HAMR_ETIMEDOUT, SMTPD_REPLY_TRY_AGAIN},
+    {HAMR_ENOQUORUM, SMTPD_REPLY_TRY_AGAIN},       {HAMR_EBUSY, SMTPD_REPLY_TRY_AGAIN},
+    {HAMR_ECORRUPT, SMTPD_REPLY_TRY_AGAIN},
 };
 
 /* smtpd_reply_get - the row for id. */

@@ -52,6 +52,7 @@ enum smtpd_reply_id {
     SMTPD_REPLY_DRAINING,        /* 421 4.3.2 */
     SMTPD_REPLY_SHUTDOWN,        /* 421 4.3.2 */
     SMTPD_REPLY_NO_STORAGE,      /* 452 4.3.1 */
+    SMTPD_REPLY_QUEUE_FULL,      /* 452 4.3.1 the cluster's queue limits */
     SMTPD_REPLY_TRY_AGAIN,       /* 451 4.3.0 */
     SMTPD_REPLY_LOCAL_ERROR,     /* 451 4.3.0 local resource problem */
     SMTPD_REPLY_COUNT

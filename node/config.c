@@ -159,6 +159,8 @@ static const struct config_key config_keys[] = {
     CK("delivery", "tls_ca_file", CONFIG_K_STRING_OPT, smtpc.tls_ca_file, 0, 0),
 
     CK("storage", "min_free", CONFIG_K_SIZE, min_free_bytes, 0, UINT64_MAX),
+    CK("storage", "queue_max_messages", CONFIG_K_COUNT, queue_max_messages, 0, UINT64_MAX),
+    CK("storage", "queue_max_bytes", CONFIG_K_SIZE, queue_max_bytes, 0, UINT64_MAX),
 
     CK("cluster_tls", "ca_file", CONFIG_K_STRING_OPT, cluster_ca_file, 0, 0),
     CK("cluster_tls", "cert_file", CONFIG_K_STRING_OPT, cluster_cert_file, 0, 0),
@@ -497,6 +499,8 @@ void config_defaults(struct hamr_config *cfg)
     cfg->scan_interval_ms = 1 * CONFIG_SEC;
 
     cfg->min_free_bytes = 256 * CONFIG_MIB;
+    cfg->queue_max_messages = 1000000;
+    cfg->queue_max_bytes = 0;
     config_link_policy(cfg);
 }
 

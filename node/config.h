@@ -136,6 +136,10 @@ struct hamr_config {
 
     /* [storage] */
     uint64_t min_free_bytes; /* min_free (256M): below it MAIL gets 452 4.3.1 */
+    /* The cluster-wide queue limits, on the replicated queue every node has
+     * applied: at or above either, MAIL gets 452 4.3.1. 0 turns one off. */
+    uint64_t queue_max_messages; /* queue_max_messages (1000000) */
+    uint64_t queue_max_bytes;    /* queue_max_bytes (0: off) */
 
     /* [cluster_tls]: the cluster's PKI (net/cluster_tls.h), not the SMTP certificate */
     char cluster_ca_file[1024];   /* ca_file (""): the cluster CA, PEM */

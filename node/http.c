@@ -118,6 +118,20 @@ bool health_ready(const struct health_input *in, char *reason, size_t len)
                  in->disk_free_bytes / HTTP_MIB, in->min_free_bytes / HTTP_MIB);
         return false;
     }
+    /* A full queue leaves the node ready, on purpose. The limits are on the
+     * replicated queue, so every node reaches them at the same moment: 503
+     * here would take the whole cluster out of the balancer, which then
+     * refuses or drops connections, where 452 4.3.1 at MAIL ("insufficient
+     * system storage", RFC 5321 4.2.3; "mail system full", RFC 3463 X.3.1)
+     * tells each client to keep the message and retry. The body says why,
+     * and /metrics has hamr_queue_full for the alert. */
+    if (in->queue_full) {
+        snprintf(reason, len,
+                 "ready; queue full: %" PRIu64 " messages (limit %" PRIu64 "), %" PRIu64
+                 " bytes (limit %" PRIu64 ")",
+                 in->queue_messages, in->queue_max_messages, in->queue_bytes, in->queue_max_bytes);
+        return true;
+    }
     snprintf(reason, len, "ready");
     return true;
 }
@@ -336,7 +350,7 @@ static void http_answer_ready(struct http_conn *conn)
     char reason[200], text[256];
     bool ok = health_ready(&in, reason, sizeof(reason));
     if (ok)
-        snprintf(text, sizeof(text), "ready\n");
+        snprintf(text, sizeof(text), "%s\n", reason);
     else
         snprintf(text, sizeof(text), "not ready: %s\n", reason);
     http_send_text(conn, ok ? 200 : 503, text);

@@ -73,6 +73,11 @@ struct health_input {
     uint64_t disk_free_bytes;        /* on the data directory's file system */
     uint64_t min_free_bytes;         /* [storage] min_free; 0 turns the check off */
     uint64_t apply_lag;              /* commit index minus applied index */
+    bool queue_full;                 /* at [storage] queue_max_messages or queue_max_bytes */
+    uint64_t queue_messages;         /* the replicated queue's size, for the text */
+    uint64_t queue_bytes;
+    uint64_t queue_max_messages; /* the limits (0: none) */
+    uint64_t queue_max_bytes;
 };
 
 /* HEALTH_MAX_APPLY_LAG - more committed entries than this still to apply: "catching up". */
@@ -84,7 +89,9 @@ struct health_input {
  * truncated): "raft failed", "draining", "no leader", "no contact with the
  * leader for N ms (limit M ms)", "catching up: N entries behind", "disk low:
  * N MiB free, M MiB required".
- * reason is "ready" when true. reason may be NULL when len is 0.
+ * reason is "ready" when true, or, at a queue limit, "ready; queue full: N
+ * messages (limit M), B bytes (limit L)": the node stays in the balancer
+ * (see health_ready). reason may be NULL when len is 0.
  */
 bool health_ready(const struct health_input *in, char *reason, size_t len);
 

@@ -609,6 +609,21 @@ const struct metrics_def metrics_hamr_defs[] = {
                                               METRICS_GAUGE),
     [METRICS_DRAINING] =
         METRICS_PLAIN("hamr_draining", "1 while the node is draining.", METRICS_GAUGE),
+    [METRICS_QUEUE_BYTES] = METRICS_PLAIN("hamr_queue_bytes",
+                                          "Sum of the message bodies in the replicated queue.",
+                                          METRICS_GAUGE),
+    [METRICS_QUEUE_LIMIT_MSGS] = METRICS_PLAIN("hamr_queue_limit_messages",
+                                               "[storage] queue_max_messages: messages the "
+                                               "cluster queues before MAIL gets 452 (0: no limit).",
+                                               METRICS_GAUGE),
+    [METRICS_QUEUE_LIMIT_BYTES] = METRICS_PLAIN("hamr_queue_limit_bytes",
+                                                "[storage] queue_max_bytes: body bytes the cluster "
+                                                "queues before MAIL gets 452 (0: no limit).",
+                                                METRICS_GAUGE),
+    [METRICS_QUEUE_FULL] = METRICS_PLAIN("hamr_queue_full",
+                                         "1 while the replicated queue is at a queue limit and "
+                                         "MAIL gets 452 4.3.1 on every node.",
+                                         METRICS_GAUGE),
     [METRICS_BUILD_INFO] = METRICS_LABELLED("hamr_build_info",
                                             "Version of this hamr build.",
                                             METRICS_GAUGE,

@@ -155,6 +155,10 @@ enum metrics_hamr_id {
     METRICS_RAFT_LEADER_CHANGES, /* counter */
     METRICS_DISK_FREE_BYTES,     /* gauge */
     METRICS_DRAINING,            /* gauge 0/1 */
+    METRICS_QUEUE_BYTES,         /* gauge: body bytes in the replicated queue */
+    METRICS_QUEUE_LIMIT_MSGS,    /* gauge: [storage] queue_max_messages (0: none) */
+    METRICS_QUEUE_LIMIT_BYTES,   /* gauge: [storage] queue_max_bytes (0: none) */
+    METRICS_QUEUE_FULL,          /* gauge 0/1: at a queue limit, MAIL gets 452 */
     METRICS_BUILD_INFO,          /* gauge{version} = 1 */
     METRICS_HAMR_COUNT
 };

@@ -270,12 +270,35 @@ static void relay_disk_step_aside(struct relay *r)
                  r->disk.free_bytes, r->disk.soft);
 }
 
+/*
+ * relay_check_queue_limits - one log line when the replicated queue reaches
+ * a queue limit and one when it has room again; each refused MAIL is logged
+ * by the session as a reject.
+ */
+static void relay_check_queue_limits(struct relay *r)
+{
+    bool full = queue_full(r->queue, r->cfg->queue_max_messages, r->cfg->queue_max_bytes);
+    if (full == r->queue_full)
+        return;
+    r->queue_full = full;
+    size_t msgs, bytes;
+    queue_size(r->queue, &msgs, &bytes);
+    if (full)
+        log_warn("queue full messages=%zu limit_messages=%" PRIu64 " bytes=%zu limit_bytes=%" PRIu64
+                 " action=MAIL refused with 452 4.3.1",
+                 msgs, r->cfg->queue_max_messages, bytes, r->cfg->queue_max_bytes);
+    else
+        log_info("queue below its limits messages=%zu bytes=%zu action=MAIL accepted again", msgs,
+                 bytes);
+}
+
 /* relay_housekeeping - once a second. */
 static void relay_housekeeping(uv_timer_t *t)
 {
     struct relay *r = t->data;
     relay_check_disk(r);
     relay_disk_step_aside(r);
+    relay_check_queue_limits(r);
     proposer_expire(r->prop);
     struct consensus_info info;
     consensus_get_info(r->cons, &info);

@@ -12,7 +12,8 @@
  * committed, and HAMR_EINDOUBT (hang up, no reply) when it may still have.
  *
  * Owns: struct relay_accept_state. May call: the proposer, the disk guard,
- * queue_entry (packing), metrics; never relay.c.
+ * the queue's size against [storage] queue_max_*, queue_entry (packing),
+ * metrics; never relay.c.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -62,6 +63,14 @@ int relay_sink_check_mail(void *data)
         return HAMR_EDRAINING;
     if (disk_guard_low(&r->disk))
         return HAMR_ENOSPACE;
+    /* The cluster's limits, on this node's applied state: a follower a few
+     * entries behind may let a message or two past the limit, or refuse one
+     * the leader would take; either is harmless, and asking the leader on
+     * every MAIL is not worth a round trip. Checked at MAIL only, as Postfix
+     * checks queue_minfree: transactions open now may still end in 250, so
+     * the queue can pass the limit by the sessions in DATA. */
+    if (queue_full(r->queue, r->cfg->queue_max_messages, r->cfg->queue_max_bytes))
+        return HAMR_EQUEUEFULL;
     /* Any known leader will do, even one still busy with its election
      * barrier or a transfer: by the end of DATA the submit waits for it. */
     struct consensus_info info;

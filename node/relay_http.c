@@ -26,9 +26,10 @@
 
 /*
  * relay_http_ready - /health/ready: leader known, in quorum, not draining,
- * disk headroom. raft 0.15 keeps a follower's idea of the leader only until
- * its election timer fires without hearing from it, so "a leader is known"
- * stands for "heard from the leader within about an election timeout".
+ * disk headroom; a full queue only in the text (health_ready says why).
+ * raft 0.15 keeps a follower's idea of the leader only until its election
+ * timer fires without hearing from it, so "a leader is known" stands for
+ * "heard from the leader within about an election timeout".
  */
 void relay_http_ready(void *data, struct health_input *in)
 {
@@ -44,6 +45,13 @@ void relay_http_ready(void *data, struct health_input *in)
     in->disk_free_bytes = r->disk.free_bytes;
     in->min_free_bytes = r->disk.soft;
     in->apply_lag = ci.commit_index > ci.applied_index ? ci.commit_index - ci.applied_index : 0;
+    size_t qmsgs, qbytes;
+    queue_size(r->queue, &qmsgs, &qbytes);
+    in->queue_messages = qmsgs;
+    in->queue_bytes = qbytes;
+    in->queue_max_messages = r->cfg->queue_max_messages;
+    in->queue_max_bytes = r->cfg->queue_max_bytes;
+    in->queue_full = queue_full(r->queue, r->cfg->queue_max_messages, r->cfg->queue_max_bytes);
 }
 
 struct relay_http_counts {
@@ -129,6 +137,13 @@ void relay_metrics_fill(void *data, struct metrics *m)
     pki_status_metrics(r->ctls, time(NULL), m);
     metrics_gauge_set(m, METRICS_DISK_FREE_BYTES, 0, (double)r->disk.free_bytes);
     metrics_gauge_set(m, METRICS_DRAINING, 0, r->draining);
+    size_t qmsgs, qbytes;
+    queue_size(r->queue, &qmsgs, &qbytes);
+    metrics_gauge_set(m, METRICS_QUEUE_BYTES, 0, (double)qbytes);
+    metrics_gauge_set(m, METRICS_QUEUE_LIMIT_MSGS, 0, (double)r->cfg->queue_max_messages);
+    metrics_gauge_set(m, METRICS_QUEUE_LIMIT_BYTES, 0, (double)r->cfg->queue_max_bytes);
+    metrics_gauge_set(m, METRICS_QUEUE_FULL, 0,
+                      queue_full(r->queue, r->cfg->queue_max_messages, r->cfg->queue_max_bytes));
     metrics_gauge_set(m, METRICS_SESSIONS_OPEN, 0, (double)smtpd_server_sessions(r->smtpd));
     metrics_counter_set(m, METRICS_DUPLICATE_WINDOWS, 0, r->sched.duplicate_windows);
     struct proposer_stats ps;

@@ -120,6 +120,7 @@ struct relay {
     bool draining;
     bool stopping;
     bool failed;
+    bool queue_full; /* at a queue limit at the last housekeeping: log the changes */
     struct relay_accept_state accept;
     struct relay_sched_state sched;
     struct relay_stop_state stop;

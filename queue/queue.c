@@ -431,6 +431,20 @@ int queue_foreach_after(const struct queue *q,
     return 0;
 }
 
+/* queue_size - messages and body bytes, kept by queue_count. */
+void queue_size(const struct queue *q, size_t *messages, size_t *bytes)
+{
+    *messages = q->mcount;
+    *bytes = q->counts.bytes;
+}
+
+/* queue_full - at or above either limit (0: none). */
+bool queue_full(const struct queue *q, uint64_t max_messages, uint64_t max_bytes)
+{
+    return (max_messages != 0 && (uint64_t)q->mcount >= max_messages) ||
+           (max_bytes != 0 && (uint64_t)q->counts.bytes >= max_bytes);
+}
+
 /* queue_get_stats - the counts kept by queue_count: O(1), however long the queue. */
 void queue_get_stats(const struct queue *q, struct queue_stats *st)
 {

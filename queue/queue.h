@@ -202,6 +202,21 @@ void queue_set_sched_index(struct queue *q, bool on);
  */
 int queue_sched_index_check(const struct queue *q);
 
+/*
+ * queue_size - how many messages are queued and the sum of their body
+ * sizes, in O(1): both are kept as messages are linked and unlinked, so the
+ * acceptance path may ask on every MAIL.
+ */
+void queue_size(const struct queue *q, size_t *messages, size_t *bytes);
+
+/*
+ * queue_full - the queue holds max_messages messages or more, or
+ * max_bytes bytes of bodies or more; a limit of 0 is no limit. The limits
+ * are the node's ([storage] queue_max_*), the counts the replicated state's,
+ * so every node that has applied the same entries gives the same answer.
+ */
+bool queue_full(const struct queue *q, uint64_t max_messages, uint64_t max_bytes);
+
 /* queue_get_stats - the counts of hamrctl status; O(1), kept up to date on every change. */
 void queue_get_stats(const struct queue *q, struct queue_stats *st);
 

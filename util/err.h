@@ -29,7 +29,8 @@
     X(CORRUPT, 19, "corrupt data")                                          \
     X(CANTCHANGE, 20, "a membership change is already in progress")        \
     X(PERM, 21, "not permitted")                                             \
-    X(INDOUBT, 22, "outcome unknown: it may still commit")
+    X(INDOUBT, 22, "outcome unknown: it may still commit")                  \
+    X(QUEUEFULL, 23, "mail queue full")
 
 enum {
 #define HAMR_ERR_ENUM(name, num, text) HAMR_E##name = -(num),

@@ -444,6 +444,23 @@ class RawSMTP:
             pass
 
 
+def mail_reply(port, host="127.0.0.1", sender="probe@example.org", timeout=10):
+    """mail_reply - (code, text) of MAIL FROM:<sender> on a connection of its own, after a 220
+    greeting and a 250 to EHLO (asserted); then QUIT."""
+    conn = RawSMTP(port, host=host, timeout=timeout)
+    try:
+        if conn.greeting[0] != 220:
+            raise AssertionError("greeting: %r" % (conn.greeting,))
+        ehlo = conn.cmd("EHLO client.test")
+        if ehlo[0] != 250:
+            raise AssertionError("EHLO: %r" % (ehlo,))
+        reply = conn.cmd("MAIL FROM:<%s>" % sender)
+        conn.cmd("QUIT")
+        return reply
+    finally:
+        conn.close()
+
+
 class Proc:
     """Proc - one child process with its output in a log file."""
 

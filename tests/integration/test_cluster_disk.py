@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster  # noqa: E402
 import harness  # noqa: E402
 from cluster import LEASE_TIME, cluster_log  # noqa: E402
-from harness import RawSMTP, field, make_message, send_message  # noqa: E402
+from harness import field, mail_reply, make_message, send_message  # noqa: E402
 
 IMAGE_MB = 200  # each node's file system: 3 x 18 MiB segments, snapshots, SOFT to spare
 MIN_FREE = 16 << 20  # [storage] min_free as harness.Node sets it
@@ -237,14 +237,7 @@ class ClusterDiskTest(cluster.ClusterTestCase):
 
     def assert_mail_refused(self, node):
         """assert_mail_refused - a client talking to node directly gets 452 4.3.1 at MAIL."""
-        conn = RawSMTP(node.smtp_port, host=node.host, timeout=10)
-        try:
-            self.assertEqual(conn.greeting[0], 220)
-            self.assertEqual(conn.cmd("EHLO client.test")[0], 250)
-            code, text = conn.cmd("MAIL FROM:<full@example.org>")
-            conn.cmd("QUIT")
-        finally:
-            conn.close()
+        code, text = mail_reply(node.smtp_port, node.host, "full@example.org")
         self.assertEqual(code, 452, "MAIL on a full node: %r" % text)
         self.assertIn("4.3.1", text)
         return code, text

@@ -1218,6 +1218,7 @@ static const struct {
     bool closes;
 } test_check_mail_cases[] = {
     {HAMR_ENOSPACE, "452 4.3.1 Insufficient system storage\r\n", false},
+    {HAMR_EQUEUEFULL, "452 4.3.1 Insufficient system storage: mail queue full\r\n", false},
     {HAMR_ENOQUORUM, "451 4.3.0 Error: queue not available, try again later\r\n", false},
     {HAMR_EDRAINING, "421 4.3.2 mx.hamr.test Service not available, draining\r\n", true},
 };

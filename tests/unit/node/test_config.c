@@ -316,6 +316,8 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->scan_interval_ms, 1000);
     assert_int_equal(cfg->n_transports, 0);
     assert_int_equal(cfg->min_free_bytes, 256ull << 20);
+    assert_int_equal(cfg->queue_max_messages, 1000000);
+    assert_int_equal(cfg->queue_max_bytes, 0);
     config_free(cfg);
     free(cfg);
 }
@@ -389,6 +391,8 @@ static const char test_full[] =
     "\n"
     "[storage]\n"
     "min_free = 1G\n"
+    "queue_max_messages = 5000\n"
+    "queue_max_bytes = 2G\n"
     "\n"
     "[cluster_tls]\n"
     "ca_file = /etc/hamr/pki/ca.pem\n"
@@ -485,6 +489,8 @@ static void test_every_key(void **state)
     assert_string_equal(cfg->transports[1].domain, ".example.com");
     assert_string_equal(cfg->transports[1].next_hop.host, "10.9.9.9");
     assert_int_equal(cfg->min_free_bytes, 1ull << 30);
+    assert_int_equal(cfg->queue_max_messages, 5000);
+    assert_int_equal(cfg->queue_max_bytes, 2ull << 30);
     assert_string_equal(cfg->cluster_ca_file, "/etc/hamr/pki/ca.pem");
     assert_string_equal(cfg->cluster_cert_file, "/etc/hamr/pki/node-2.pem");
     assert_string_equal(cfg->cluster_key_file, "/etc/hamr/pki/node-2.key");
@@ -586,6 +592,10 @@ static const struct test_bad test_bad_files[] = {
      ":9: election_timeout: not a duration: \"3 s\""},
     {"bad count", BASE "[smtpd]\n\n\nrecipient_limit = many\n", HAMR_EINVAL,
      ":11: recipient_limit: not a number: \"many\""},
+    {"queue_max_messages not a count", BASE "[storage]\nqueue_max_messages = 1M\n", HAMR_EINVAL,
+     ":9: queue_max_messages: not a number: \"1M\""},
+    {"queue_max_bytes not a size", BASE "[storage]\nqueue_max_bytes = lots\n", HAMR_EINVAL,
+     ":9: queue_max_bytes: not a size: \"lots\""},
     {"count out of range", BASE "[smtpd]\nmax_errors = 0\n", HAMR_EINVAL,
      ":9: max_errors: out of range: \"0\""},
     {"duration out of range", BASE "[cluster]\nheartbeat = 0ms\n", HAMR_EINVAL,

@@ -96,6 +96,9 @@ static void health_table(void **state)
         {"catching up", base, false, "catching up: 1001 entries behind"},
         {"lag at the limit", base, true, "ready"},
         {"catching up beats disk", base, false, "catching up: 5000 entries behind"},
+        {"queue full stays ready", base, true,
+         "ready; queue full: 5 messages (limit 5), 900 bytes (limit 0)"},
+        {"disk low beats queue full", base, false, "disk low: 0 MiB free, 256 MiB required"},
     };
     cases[1].in.raft_failed = true;
     cases[2].in.draining = true;
@@ -126,6 +129,13 @@ static void health_table(void **state)
     cases[18].in.apply_lag = HEALTH_MAX_APPLY_LAG;
     cases[19].in.apply_lag = 5000;
     cases[19].in.disk_free_bytes = 0;
+    for (size_t i = 20; i <= 21; i++) {
+        cases[i].in.queue_full = true;
+        cases[i].in.queue_messages = 5;
+        cases[i].in.queue_max_messages = 5;
+        cases[i].in.queue_bytes = 900;
+    }
+    cases[21].in.disk_free_bytes = 0;
 
     for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
         char reason[128];
@@ -1071,7 +1081,8 @@ static void http_tls_handshake_timeout(void **state)
     test_tls_stats(f, 0, 0);
     struct operator_gate_stats st;
     http_get_stats(f->srv, &st);
-    assert_int_equal(st.timed_out, 1); /* counted as hamr_metrics_refused_total{reason="timed_out"} */
+    assert_int_equal(st.timed_out,
+                     1); /* counted as hamr_metrics_refused_total{reason="timed_out"} */
 }
 
 /* http_metrics_tls_only - in the clear with /metrics on the TLS listener: 403; health stays. */

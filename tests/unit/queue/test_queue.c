@@ -561,6 +561,91 @@ static void test_lease_then_delivered(void **state)
     assert_int_equal(st.applied, 4);
 }
 
+/* size_walk_cb - add one message's body to the walk's sum. */
+static int size_walk_cb(void *arg, const struct queue_msg *m)
+{
+    size_t *sum = arg;
+    *sum += m->body_len;
+    return 0;
+}
+
+/* assert_size - queue_size says n messages and bytes, and a walk agrees. */
+static void assert_size(const struct queue *q, size_t n, size_t bytes)
+{
+    size_t messages = 0, b = 0, walked = 0;
+    queue_size(q, &messages, &b);
+    queue_foreach(q, size_walk_cb, &walked);
+    assert_int_equal(messages, n);
+    assert_int_equal(b, bytes);
+    assert_int_equal(walked, bytes);
+}
+
+/* enqueue_body - one message to one recipient with this body, expiring in a minute. */
+static struct queue_apply_result enqueue_body(struct queue *q,
+                                              uint64_t ts,
+                                              const char *id,
+                                              const char *body)
+{
+    struct fx_enq e = {
+        .id = id, .sender = "s@x.test", .rcpts = {"r@y.test"}, .body = body, .expires = T0 + MIN};
+    return fx_enqueue(q, ts, &e);
+}
+
+/*
+ * queue_size counts without a walk: Enqueue adds a body, a duplicate adds
+ * nothing, finished and deleted messages take theirs away, and a restored
+ * snapshot counts the same.
+ */
+static void test_size_counter(void **state)
+{
+    struct queue *q = *state;
+    assert_size(q, 0, 0);
+    const char *a = "0123456789\r\n", *b = "Subject: b\r\n\r\nhello, queue\r\n";
+    size_t la = strlen(a), lb = strlen(b);
+    assert_int_equal(enqueue_body(q, T0, "A", a).status, 0);
+    assert_size(q, 1, la);
+    assert_int_equal(enqueue_body(q, T0 + 1, "B", b).status, 0);
+    assert_size(q, 2, la + lb);
+    assert_true(enqueue_body(q, T0 + 2, "A", a).duplicate);
+    assert_size(q, 2, la + lb);
+
+    struct queue *r = fx_snapshot_roundtrip(q);
+    assert_size(r, 2, la + lb);
+    queue_free(r);
+
+    assert_int_equal(fx_admin(q, T0 + 3, HAMR__ADMIN__OP__DELETE, "A").finished, 1);
+    assert_size(q, 1, lb);
+    lease_idx(q, T0 + 4, "B", 7, 0, 1);
+    struct fx_outcome o = {.id = "B", .lease_id = 7, .n = 1, .res = {{0, DELIVERED, 250, "ok"}}};
+    assert_int_equal(fx_outcome(q, T0 + 5, &o).finished, 1);
+    assert_size(q, 0, 0);
+}
+
+/* queue_full: at a limit is full, one below is not; 0 is no limit; either limit alone. */
+static void test_full(void **state)
+{
+    struct queue *q = *state;
+    assert_false(queue_full(q, 0, 0));
+    assert_false(queue_full(q, 1, 1));
+    assert_int_equal(enqueue_body(q, T0, "A", "0123456789").status, 0);
+    assert_int_equal(enqueue_body(q, T0, "B", "01234").status, 0);
+    /* Two messages of 15 bytes. */
+    assert_true(queue_full(q, 2, 0));
+    assert_true(queue_full(q, 1, 0));
+    assert_false(queue_full(q, 3, 0));
+    assert_true(queue_full(q, 0, 15));
+    assert_true(queue_full(q, 0, 14));
+    assert_false(queue_full(q, 0, 16));
+    assert_false(queue_full(q, 0, 0));
+    assert_true(queue_full(q, 3, 15));
+    assert_true(queue_full(q, 2, 16));
+    assert_false(queue_full(q, 3, 16));
+    assert_int_equal(fx_admin(q, T0 + 1, HAMR__ADMIN__OP__DELETE, "A").finished, 1);
+    assert_false(queue_full(q, 2, 0));
+    assert_false(queue_full(q, 0, 6));
+    assert_true(queue_full(q, 0, 5));
+}
+
 /* Fencing: a result counts only under the lease the recipient holds now. */
 static void test_outcome_fencing(void **state)
 {
@@ -2824,6 +2909,8 @@ int main(void)
         cmocka_unit_test(test_tls_below_level_ignored),
         cmocka_unit_test_setup_teardown(test_tls_snapshot_digest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tls_old_entries, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_size_counter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_full, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,131 @@
+/*
+ * test_relay_accept.c - the queue limits at MAIL (relay_sink_check_mail):
+ * a queue at queue_max_messages or queue_max_bytes refuses with 452 4.3.1
+ * and says the queue is full; the disk guard's 452 keeps its own text.
+ *
+ * The relay is a zeroed struct with only what the refusals read (config,
+ * queue, disk guard). A queue below its limits goes on to ask raft for a
+ * leader, which needs a running node: that side is covered by queue_full's
+ * tests in tests/unit/queue and by integ_cluster_queue_limit.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "util/common.h"
+#include "util/err.h"
+#include "queue/queue.h"
+#include "net/smtpd_reply.h"
+#include "node/config.h"
+#include "node/relay_internal.h"
+#include "queue_fixture.h"
+
+#define T0 1765000000000ull
+
+struct test_ctx {
+    struct hamr_config cfg;
+    struct relay r;
+};
+
+/* test_setup - a relay with an empty queue, no limits, the disk guard content. */
+static int test_setup(void **state)
+{
+    struct test_ctx *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    c->r.cfg = &c->cfg;
+    c->r.queue = queue_new();
+    assert_non_null(c->r.queue);
+    *state = c;
+    return 0;
+}
+
+static int test_teardown(void **state)
+{
+    struct test_ctx *c = *state;
+    c->r.queue = queue_free(c->r.queue);
+    free(c);
+    return 0;
+}
+
+/* test_enqueue - one message of body (the fixture's default when NULL). */
+static void test_enqueue(struct test_ctx *c, const char *id, const char *body)
+{
+    struct fx_enq e = {
+        .id = id, .sender = "s@x.test", .rcpts = {"r@y.test"}, .body = body, .expires = T0 + 60000};
+    assert_int_equal(fx_enqueue(c->r.queue, T0, &e).status, 0);
+}
+
+/* test_reply - the line a session sends for err. */
+static const char *test_reply(int err)
+{
+    static char line[256];
+    smtpd_reply_format(smtpd_reply_for_error(err), "mx.hamr.test", line, sizeof(line));
+    return line;
+}
+
+/* One limit per row: the queue holds two 10-byte messages. */
+static const struct {
+    const char *label;
+    uint64_t max_messages, max_bytes;     /* at the limit */
+    uint64_t below_messages, below_bytes; /* the limits one higher */
+} test_limit_cases[] = {
+    {"queue_max_messages", 2, 0, 3, 0},
+    {"queue_max_bytes", 0, 20, 0, 21},
+    {"both, messages reached", 2, 21, 3, 21},
+};
+
+/*
+ * test_limits - at a limit MAIL gets 452 4.3.1 and the queue-full text; with
+ * the limit one higher the same queue is not full (queue_full, without the
+ * raft side).
+ */
+static void test_limits(void **state)
+{
+    struct test_ctx *c = *state;
+    test_enqueue(c, "A", "0123456789");
+    test_enqueue(c, "B", "0123456789");
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(test_limit_cases); i++) {
+        c->cfg.queue_max_messages = test_limit_cases[i].max_messages;
+        c->cfg.queue_max_bytes = test_limit_cases[i].max_bytes;
+        int rc = relay_sink_check_mail(&c->r);
+        if (rc != HAMR_EQUEUEFULL)
+            fail_msg("%s: got %s", test_limit_cases[i].label, hamr_errname(rc));
+        assert_string_equal(test_reply(rc),
+                            "452 4.3.1 Insufficient system storage: mail queue full\r\n");
+        c->cfg.queue_max_messages = test_limit_cases[i].below_messages;
+        c->cfg.queue_max_bytes = test_limit_cases[i].below_bytes;
+        if (queue_full(c->r.queue, c->cfg.queue_max_messages, c->cfg.queue_max_bytes))
+            fail_msg("%s: full with the limit one higher", test_limit_cases[i].label);
+    }
+}
+
+/* Draining outranks a full queue (421 and close), a full queue nothing else. */
+static void test_order(void **state)
+{
+    struct test_ctx *c = *state;
+    c->cfg.queue_max_messages = 1;
+    test_enqueue(c, "A", NULL);
+    c->r.draining = true;
+    assert_int_equal(relay_sink_check_mail(&c->r), HAMR_EDRAINING);
+    c->r.draining = false;
+    c->r.disk.soft = 1; /* free_bytes 0: below the soft limit */
+    assert_int_equal(relay_sink_check_mail(&c->r), HAMR_ENOSPACE);
+    assert_string_equal(test_reply(HAMR_ENOSPACE), "452 4.3.1 Insufficient system storage\r\n");
+    c->r.disk.soft = 0;
+    assert_int_equal(relay_sink_check_mail(&c->r), HAMR_EQUEUEFULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_limits, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_order, test_setup, test_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
