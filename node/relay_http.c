@@ -54,36 +54,11 @@ void relay_http_ready(void *data, struct health_input *in)
     in->queue_full = queue_full(r->queue, r->cfg->queue_max_messages, r->cfg->queue_max_bytes);
 }
 
-struct relay_http_counts {
-    uint64_t msgs[4];
-    uint64_t rcpts[4];
-};
-
-/* relay_http_count - queue_foreach: recipients and messages by state. */
-static int relay_http_count(void *arg, const struct queue_msg *m)
-{
-    struct relay_http_counts *c = arg;
-    int mstate = METRICS_STATE_PENDING;
-    for (size_t i = 0; i < m->n_rcpts; i++) {
-        const struct queue_rcpt *qr = &m->rcpts[i];
-        int st;
-        if (qr->state == QUEUE_RCPT_LEASED)
-            st = METRICS_STATE_ACTIVE;
-        else if (qr->state == QUEUE_RCPT_PENDING)
-            st = qr->attempts > 0 ? METRICS_STATE_DEFERRED : METRICS_STATE_PENDING;
-        else
-            continue; /* final */
-        if (m->held)
-            st = METRICS_STATE_HELD;
-        c->rcpts[st]++;
-        /* A message is as far along as its most advanced recipient. */
-        if (st == METRICS_STATE_HELD || st == METRICS_STATE_ACTIVE ||
-            (st == METRICS_STATE_DEFERRED && mstate == METRICS_STATE_PENDING))
-            mstate = st;
-    }
-    c->msgs[mstate]++;
-    return 0;
-}
+_Static_assert(METRICS_STATE_PENDING == (int)QUEUE_STAGE_PENDING &&
+                   METRICS_STATE_DEFERRED == (int)QUEUE_STAGE_DEFERRED &&
+                   METRICS_STATE_ACTIVE == (int)QUEUE_STAGE_ACTIVE &&
+                   METRICS_STATE_HELD == (int)QUEUE_STAGE_HELD && QUEUE_STAGES == 4,
+               "the state label of the queue gauges follows enum queue_stage");
 
 /* relay_http_refusals - an operators' listener's refusals into its {reason} family. */
 static void relay_http_refusals(struct metrics *m,
@@ -150,11 +125,11 @@ void relay_metrics_fill(void *data, struct metrics *m)
     proposer_get_stats(r->prop, &ps);
     metrics_counter_set(m, METRICS_FORWARDED, 0, ps.forwarded);
     metrics_counter_set(m, METRICS_RESOLVED, 0, ps.resolved);
-    struct relay_http_counts c;
-    memset(&c, 0, sizeof(c));
-    queue_foreach(r->queue, relay_http_count, &c);
-    for (unsigned st = 0; st < 4; st++) {
-        metrics_gauge_set(m, METRICS_QUEUE_MESSAGES, st, (double)c.msgs[st]);
-        metrics_gauge_set(m, METRICS_QUEUE_RCPTS, st, (double)c.rcpts[st]);
+    /* Kept by the queue on every change: a scrape costs the same with a million queued. */
+    struct queue_stats qs;
+    queue_get_stats(r->queue, &qs);
+    for (unsigned st = 0; st < QUEUE_STAGES; st++) {
+        metrics_gauge_set(m, METRICS_QUEUE_MESSAGES, st, (double)qs.stage_msgs[st]);
+        metrics_gauge_set(m, METRICS_QUEUE_RCPTS, st, (double)qs.stage_rcpts[st]);
     }
 }

@@ -45,6 +45,8 @@ struct queue_counts {
     size_t rcpts_pending;
     size_t rcpts_leased;
     size_t bytes;
+    size_t stage_msgs[QUEUE_STAGES];
+    size_t stage_rcpts[QUEUE_STAGES];
 };
 
 /*

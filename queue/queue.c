@@ -455,4 +455,6 @@ void queue_get_stats(const struct queue *q, struct queue_stats *st)
     st->bytes = q->counts.bytes;
     st->rcpts_pending = q->counts.rcpts_pending;
     st->rcpts_leased = q->counts.rcpts_leased;
+    memcpy(st->stage_msgs, q->counts.stage_msgs, sizeof(st->stage_msgs));
+    memcpy(st->stage_rcpts, q->counts.stage_rcpts, sizeof(st->stage_rcpts));
 }

@@ -103,13 +103,29 @@ struct queue_apply_result {
     unsigned finished;      /* messages that left the queue */
 };
 
+/*
+ * queue_stage - where a recipient stands, as mailq and /metrics show it:
+ * pending (never tried), deferred (tried, waiting to retry), active (leased
+ * to a delivery), held (its message is on hold). A message is at the stage
+ * of its most advanced live recipient (held, then active, then deferred).
+ */
+enum queue_stage {
+    QUEUE_STAGE_PENDING = 0,
+    QUEUE_STAGE_DEFERRED,
+    QUEUE_STAGE_ACTIVE,
+    QUEUE_STAGE_HELD,
+    QUEUE_STAGES
+};
+
 struct queue_stats {
     size_t messages;
     size_t held;
     size_t rcpts_pending;
     size_t rcpts_leased;
-    size_t bytes;     /* sum of body sizes */
-    uint64_t applied; /* entries applied */
+    size_t bytes;                     /* sum of body sizes */
+    uint64_t applied;                 /* entries applied */
+    size_t stage_msgs[QUEUE_STAGES];  /* messages by queue_stage */
+    size_t stage_rcpts[QUEUE_STAGES]; /* live recipients by queue_stage */
 };
 
 struct queue;

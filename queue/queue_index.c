@@ -152,6 +152,42 @@ void queue_leased_set(struct queue *q, struct queue_item *it, bool leased)
  * taking away the stored share (not a recount) keeps the sums exact whatever
  * changed in between.
  */
+/* queue_count_stages - it's message and live recipients by queue_stage, into c. */
+static void queue_count_stages(const struct queue_msg *m, struct queue_counts *c)
+{
+    enum queue_stage mstage = QUEUE_STAGE_PENDING;
+    for (size_t i = 0; i < m->n_rcpts; i++) {
+        const struct queue_rcpt *r = &m->rcpts[i];
+        enum queue_stage st;
+        if (r->state == QUEUE_RCPT_LEASED)
+            st = QUEUE_STAGE_ACTIVE;
+        else if (r->state == QUEUE_RCPT_PENDING)
+            st = r->attempts > 0 ? QUEUE_STAGE_DEFERRED : QUEUE_STAGE_PENDING;
+        else
+            continue; /* final */
+        if (m->held)
+            st = QUEUE_STAGE_HELD;
+        c->stage_rcpts[st]++;
+        if (st > mstage) /* held, then active, then deferred, then pending */
+            mstage = st;
+    }
+    c->stage_msgs[mstage]++;
+}
+
+/* queue_counts_add - sum += sign * c. */
+static void queue_counts_add(struct queue_counts *sum, const struct queue_counts *c, int sign)
+{
+    size_t d = sign > 0 ? 1 : (size_t)-1; /* unsigned wrap-around subtracts exactly */
+    sum->held += d * c->held;
+    sum->rcpts_pending += d * c->rcpts_pending;
+    sum->rcpts_leased += d * c->rcpts_leased;
+    sum->bytes += d * c->bytes;
+    for (int i = 0; i < QUEUE_STAGES; i++) {
+        sum->stage_msgs[i] += d * c->stage_msgs[i];
+        sum->stage_rcpts[i] += d * c->stage_rcpts[i];
+    }
+}
+
 void queue_count(struct queue *q, struct queue_item *it, int sign)
 {
     struct queue_counts *c = &it->counted;
@@ -161,15 +197,10 @@ void queue_count(struct queue *q, struct queue_item *it, int sign)
             c->rcpts_pending += it->msg.rcpts[i].state == QUEUE_RCPT_PENDING;
             c->rcpts_leased += it->msg.rcpts[i].state == QUEUE_RCPT_LEASED;
         }
-        q->counts.held += c->held;
-        q->counts.rcpts_pending += c->rcpts_pending;
-        q->counts.rcpts_leased += c->rcpts_leased;
-        q->counts.bytes += c->bytes;
+        queue_count_stages(&it->msg, c);
+        queue_counts_add(&q->counts, c, 1);
     } else {
-        q->counts.held -= c->held;
-        q->counts.rcpts_pending -= c->rcpts_pending;
-        q->counts.rcpts_leased -= c->rcpts_leased;
-        q->counts.bytes -= c->bytes;
+        queue_counts_add(&q->counts, c, -1);
         *c = (struct queue_counts){0};
     }
 }

@@ -1576,10 +1576,32 @@ static int stats_walk_cb(void *arg, const struct queue_msg *m)
     w->messages++;
     w->held += m->held;
     w->bytes += m->body_len;
+    bool active = false, deferred = false, live = false;
     for (size_t i = 0; i < m->n_rcpts; i++) {
-        w->rcpts_pending += m->rcpts[i].state == QUEUE_RCPT_PENDING;
-        w->rcpts_leased += m->rcpts[i].state == QUEUE_RCPT_LEASED;
+        const struct queue_rcpt *r = &m->rcpts[i];
+        w->rcpts_pending += r->state == QUEUE_RCPT_PENDING;
+        w->rcpts_leased += r->state == QUEUE_RCPT_LEASED;
+        if (r->state != QUEUE_RCPT_PENDING && r->state != QUEUE_RCPT_LEASED)
+            continue;
+        live = true;
+        active |= r->state == QUEUE_RCPT_LEASED;
+        deferred |= r->state == QUEUE_RCPT_PENDING && r->attempts > 0;
+        if (m->held)
+            w->stage_rcpts[QUEUE_STAGE_HELD]++;
+        else if (r->state == QUEUE_RCPT_LEASED)
+            w->stage_rcpts[QUEUE_STAGE_ACTIVE]++;
+        else
+            w->stage_rcpts[r->attempts > 0 ? QUEUE_STAGE_DEFERRED : QUEUE_STAGE_PENDING]++;
     }
+    /* A message shows its most advanced live recipient: held, active, deferred, pending. */
+    if (m->held && live)
+        w->stage_msgs[QUEUE_STAGE_HELD]++;
+    else if (active)
+        w->stage_msgs[QUEUE_STAGE_ACTIVE]++;
+    else if (deferred)
+        w->stage_msgs[QUEUE_STAGE_DEFERRED]++;
+    else
+        w->stage_msgs[QUEUE_STAGE_PENDING]++;
     return 0;
 }
 
@@ -1594,6 +1616,10 @@ static void assert_stats_match_walk(const struct queue *q)
     assert_int_equal(st.bytes, w.bytes);
     assert_int_equal(st.rcpts_pending, w.rcpts_pending);
     assert_int_equal(st.rcpts_leased, w.rcpts_leased);
+    for (int i = 0; i < QUEUE_STAGES; i++) {
+        assert_int_equal(st.stage_msgs[i], w.stage_msgs[i]);
+        assert_int_equal(st.stage_rcpts[i], w.stage_rcpts[i]);
+    }
 }
 
 /*
