@@ -45,6 +45,7 @@ struct queue_dnode {
     struct queue_item *it;
     struct queue_domain *dom;
     uint64_t key;
+    uint64_t next_key;   /* scratch of queue_dom_rekey */
     size_t pos;          /* index in its heap */
     uint32_t first_rcpt; /* the item's first recipient in dom */
 };
@@ -66,6 +67,10 @@ struct queue_domain {
     struct queue_domain *hnext;       /* hash chain */
     struct queue_domain *prev, *next; /* q->domains */
     struct queue_dheap heap;
+    /* queue_dom_link: the message of seq link_seq (never reused, unlike
+     * an address) has its dnode for this domain at index link_k. */
+    uint64_t link_seq;
+    size_t link_k;
 };
 
 /*
@@ -208,8 +213,7 @@ void queue_leased_set(struct queue *q, struct queue_item *it, bool leased);
 /* queue_touch - it changed (recipients, held): bring both indexes up to date. */
 void queue_touch(struct queue *q, struct queue_item *it);
 
-/* queue_dom_link - add a newly linked item to the domain index (gives the index up on no memory).
- */
+/* queue_dom_link - add a newly linked item to the index (gives the index up on no memory). */
 void queue_dom_link(struct queue *q, struct queue_item *it);
 
 /* queue_dom_unlink - take it out of the domain index; frees domains left empty. */

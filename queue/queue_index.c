@@ -226,7 +226,11 @@ static const char *queue_dom_name(const char *addr)
     return at ? at + 1 : addr;
 }
 
-/* queue_dom_key - dn's key: see struct queue_domain and struct queue (expiry). */
+/*
+ * queue_dom_key - dn's key (see struct queue_domain and struct queue, for
+ * the expiry heap), the plain way: what queue_sched_index_check holds
+ * queue_dom_rekey's answer against.
+ */
 static uint64_t queue_dom_key(const struct queue_item *it, const struct queue_dnode *dn)
 {
     const struct queue_msg *m = &it->msg;
@@ -348,8 +352,42 @@ void queue_dom_clear(struct queue *q)
     q->dom_broken = false;
 }
 
-/* queue_dom_link - add a newly linked item to the domain index (gives the index up on no memory).
+/* queue_dnode_rekey - dn takes its next_key, and its place in h (if it is in one). */
+static void queue_dnode_rekey(struct queue_dheap *h, struct queue_dnode *dn)
+{
+    if (dn->next_key != dn->key && dn->pos != QUEUE_NOT_IN_HEAP) {
+        dn->key = dn->next_key;
+        queue_dheap_fix(h, dn->pos);
+    }
+}
+
+/*
+ * queue_dom_rekey - it changed (or was just inserted): every key of its
+ * dnodes from one pass over the recipients, so a message with many
+ * recipients in many domains costs O(recipients + domains log n) to apply.
  */
+static void queue_dom_rekey(struct queue *q, struct queue_item *it)
+{
+    const struct queue_msg *m = &it->msg;
+    bool open = false;
+    for (size_t k = 0; k < it->n_dnodes; k++)
+        it->dnodes[k].next_key = UINT64_MAX;
+    for (size_t i = 0; i < m->n_rcpts; i++) {
+        const struct queue_rcpt *r = &m->rcpts[i];
+        open = open || r->state == QUEUE_RCPT_PENDING || r->state == QUEUE_RCPT_LEASED;
+        if (it->n_dnodes == 0 || m->held || r->state != QUEUE_RCPT_PENDING)
+            continue;
+        struct queue_dnode *dn = &it->dnodes[it->rdn[i]];
+        if (r->next_attempt_ms < dn->next_key)
+            dn->next_key = r->next_attempt_ms;
+    }
+    it->exp.next_key = !m->held && open && m->expires_at_ms != 0 ? m->expires_at_ms : UINT64_MAX;
+    for (size_t k = 0; k < it->n_dnodes; k++)
+        queue_dnode_rekey(&it->dnodes[k].dom->heap, &it->dnodes[k]);
+    queue_dnode_rekey(&q->expiry, &it->exp);
+}
+
+/* queue_dom_link - add a newly linked item to the index (gives the index up on no memory). */
 void queue_dom_link(struct queue *q, struct queue_item *it)
 {
     const struct queue_msg *m = &it->msg;
@@ -362,32 +400,29 @@ void queue_dom_link(struct queue *q, struct queue_item *it)
     if (it->dnodes == NULL || it->rdn == NULL)
         goto fail;
     for (size_t i = 0; i < m->n_rcpts; i++) {
-        const char *name = queue_dom_name(m->rcpts[i].addr);
-        size_t k = 0;
-        while (k < it->n_dnodes && strcmp(it->dnodes[k].dom->name, name) != 0)
-            k++;
-        it->rdn[i] = (uint32_t)k;
-        if (k < it->n_dnodes)
-            continue;
-        struct queue_domain *d = queue_dom_find(q, name);
+        struct queue_domain *d = queue_dom_find(q, queue_dom_name(m->rcpts[i].addr));
         if (d == NULL)
             goto fail;
+        if (d->link_seq == m->seq) { /* a domain of an earlier recipient */
+            it->rdn[i] = (uint32_t)d->link_k;
+            continue;
+        }
+        size_t k = it->n_dnodes++;
+        it->rdn[i] = (uint32_t)k;
+        d->link_seq = m->seq;
+        d->link_k = k;
         it->dnodes[k] = (struct queue_dnode){
             .it = it, .dom = d, .pos = QUEUE_NOT_IN_HEAP, .first_rcpt = (uint32_t)i};
-        it->n_dnodes++;
         if (queue_dheap_insert(&d->heap, &it->dnodes[k]) != 0) {
             if (d->heap.len == 0)
                 queue_dom_free(q, d);
             goto fail;
         }
     }
-    for (size_t k = 0; k < it->n_dnodes; k++) {
-        it->dnodes[k].key = queue_dom_key(it, &it->dnodes[k]);
-        queue_dheap_fix(&it->dnodes[k].dom->heap, it->dnodes[k].pos);
-    }
-    it->exp.key = queue_dom_key(it, &it->exp);
     if (queue_dheap_insert(&q->expiry, &it->exp) != 0)
         goto fail;
+    /* Inserted with key 0: now the real keys. */
+    queue_dom_rekey(q, it);
     return;
 fail:
     /* Not on the acceptance list yet: give_up would not find it. */
@@ -399,24 +434,6 @@ fail:
 void queue_dom_unlink(struct queue *q, struct queue_item *it)
 {
     queue_dom_drop(q, it);
-}
-
-/* queue_dom_touch - it changed: new keys, heaps reordered. */
-static void queue_dom_touch(struct queue *q, struct queue_item *it)
-{
-    for (size_t k = 0; k < it->n_dnodes; k++) {
-        struct queue_dnode *dn = &it->dnodes[k];
-        uint64_t key = queue_dom_key(it, dn);
-        if (key != dn->key && dn->pos != QUEUE_NOT_IN_HEAP) {
-            dn->key = key;
-            queue_dheap_fix(&dn->dom->heap, dn->pos);
-        }
-    }
-    uint64_t key = queue_dom_key(it, &it->exp);
-    if (key != it->exp.key && it->exp.pos != QUEUE_NOT_IN_HEAP) {
-        it->exp.key = key;
-        queue_dheap_fix(&q->expiry, it->exp.pos);
-    }
 }
 
 /* queue_dheap_check - h is in order and every dnode knows its place. */
@@ -462,7 +479,7 @@ static int queue_dom_check(const struct queue *q)
 /* queue_touch - it changed (recipients, held): bring both indexes up to date. */
 void queue_touch(struct queue *q, struct queue_item *it)
 {
-    queue_dom_touch(q, it);
+    queue_dom_rekey(q, it);
     uint64_t old = it->wake_ms;
     bool leased;
     it->wake_ms = queue_wake(&it->msg, &leased);
