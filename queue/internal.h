@@ -5,7 +5,8 @@
  *
  *   queue.c          items, tables, the done set, queries
  *   queue_apply.c    queue_apply and the command handlers
- *   queue_index.c    the derived scheduler indexes (due-time heap, leased list)
+ *   queue_index.c    the derived scheduler indexes (due-time heap, leased list,
+ *                    domain index)
  *   queue_node.c     the node directory and the cluster feature level
  *   queue_snapshot.c snapshot, restore and digest
  *   queue_entry.c    the encoders of the entries queue_apply decodes
@@ -210,13 +211,13 @@ void queue_heap_remove(struct queue *q, struct queue_item *it);
 /* queue_leased_set - put it on or take it off the list of leased messages. */
 void queue_leased_set(struct queue *q, struct queue_item *it, bool leased);
 
-/* queue_touch - it changed (recipients, held): bring both indexes up to date. */
+/* queue_touch - it changed (recipients, held): bring the indexes up to date. */
 void queue_touch(struct queue *q, struct queue_item *it);
 
 /* queue_dom_link - add a newly linked item to the index (gives the index up on no memory). */
 void queue_dom_link(struct queue *q, struct queue_item *it);
 
-/* queue_dom_unlink - take it out of the domain index; frees domains left empty. */
+/* queue_dom_unlink - out of the domain index, dnodes freed; domains left empty are freed. */
 void queue_dom_unlink(struct queue *q, struct queue_item *it);
 
 /* queue_dom_clear - free the domain index (the items are gone or going); it starts afresh. */

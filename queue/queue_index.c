@@ -192,7 +192,7 @@ static void queue_dheap_fix(struct queue_dheap *h, size_t i)
     queue_dheap_set(h, i, dn);
 }
 
-/* queue_dheap_insert - add dn to h; HAMR-style -1 on no memory (h unchanged). */
+/* queue_dheap_insert - add dn to h; -1 on no memory (h unchanged). */
 static int queue_dheap_insert(struct queue_dheap *h, struct queue_dnode *dn)
 {
     if (h->len == h->cap) {
@@ -306,8 +306,8 @@ static struct queue_domain *queue_dom_find(struct queue *q, const char *name)
     return d;
 }
 
-/* queue_dom_drop - take it out of every heap of the index and free its dnodes. */
-static void queue_dom_drop(struct queue *q, struct queue_item *it)
+/* queue_dom_unlink - out of the domain index, dnodes freed; domains left empty are freed. */
+void queue_dom_unlink(struct queue *q, struct queue_item *it)
 {
     for (size_t k = 0; k < it->n_dnodes; k++) {
         struct queue_dnode *dn = &it->dnodes[k];
@@ -330,7 +330,7 @@ static void queue_dom_drop(struct queue *q, struct queue_item *it)
 static void queue_dom_give_up(struct queue *q)
 {
     for (struct queue_item *it = q->head; it != NULL; it = it->next)
-        queue_dom_drop(q, it);
+        queue_dom_unlink(q, it);
     queue_dom_clear(q);
     q->dom_broken = true;
 }
@@ -426,14 +426,8 @@ void queue_dom_link(struct queue *q, struct queue_item *it)
     return;
 fail:
     /* Not on the acceptance list yet: give_up would not find it. */
-    queue_dom_drop(q, it);
+    queue_dom_unlink(q, it);
     queue_dom_give_up(q);
-}
-
-/* queue_dom_unlink - take it out of the domain index; frees domains left empty. */
-void queue_dom_unlink(struct queue *q, struct queue_item *it)
-{
-    queue_dom_drop(q, it);
 }
 
 /* queue_dheap_check - h is in order and every dnode knows its place. */
@@ -476,7 +470,7 @@ static int queue_dom_check(const struct queue *q)
     return queue_dheap_check(&q->expiry);
 }
 
-/* queue_touch - it changed (recipients, held): bring both indexes up to date. */
+/* queue_touch - it changed (recipients, held): bring the indexes up to date. */
 void queue_touch(struct queue *q, struct queue_item *it)
 {
     queue_dom_rekey(q, it);
