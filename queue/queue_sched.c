@@ -658,11 +658,9 @@ static int queue_sched_walk(struct queue_sched_ctx *x,
                             size_t n)
 {
     struct queue_sched_bucket *b = &x->finals;
-    if (dest != NULL && queue_sched_full(x, dest))
-        return 0;
     if (dest != NULL && (b = queue_sched_bucket_of(x, dest)) == NULL)
         return HAMR_ENOMEM;
-    if (b->limit == 0)
+    if (b->limit == 0) /* at max_per_dest: its messages are not looked at */
         return 0;
     x->n_front = 0;
     for (size_t k = 0; k < n; k++)

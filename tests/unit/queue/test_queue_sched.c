@@ -932,6 +932,42 @@ static void test_domains_share_destination(void **state)
     assert_int_equal(queue_sched_index_check(q), 0);
 }
 
+/*
+ * A pick costs what it hands out: 5000 due messages for a destination with
+ * two free slots and 5000 for one at its limit are picked within 100
+ * allocations, where a walk over the due messages makes a group (an
+ * allocation) for each message of the free destination and runs out.
+ */
+static void test_domain_pick_costs_what_it_picks(void **state)
+{
+    struct queue *q = *state;
+    char id[32];
+    for (int i = 0; i < 10000; i++) {
+        snprintf(id, sizeof(id), "M%05d", i);
+        enq(q, T0 + (uint64_t)i, id, i % 2 ? "u@two.test" : "u@one.test", NULL, NULL, 0);
+    }
+    lease(q, T0 + MIN, "M00001", 0, 2, "other", T0 + 60 * MIN, 1, "[two.test]:25");
+    lease(q, T0 + MIN, "M00003", 0, 2, "other", T0 + 60 * MIN, 2, "[two.test]:25");
+    struct queue_sched_limits lim = {.max_per_dest = 2, .max_items = 256, .self_node = 1};
+    for (int on = 1; on >= 0; on--) {
+        queue_set_sched_index(q, on);
+        struct queue_work *w = NULL;
+        fx_fail_after(100);
+        int n = queue_sched_pick(q, T0 + MIN, &lim, &route, &w);
+        bool failed = fx_fail_off();
+        if (on) {
+            assert_false(failed);
+            assert_int_equal(n, 2);
+            assert_string_equal(w[0].queue_id, "M00000");
+            assert_string_equal(w[1].queue_id, "M00002");
+        } else {
+            assert_int_equal(n, HAMR_ENOMEM);
+        }
+        queue_work_free(w, n > 0 ? (size_t)n : 0);
+    }
+    queue_set_sched_index(q, true);
+}
+
 static void test_heap_out_of_memory(void **state)
 {
     (void)state;
@@ -1041,6 +1077,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_domain_lapsed_and_held, setup, teardown),
         cmocka_unit_test_setup_teardown(test_domain_expiry_at_full_dest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_domains_share_destination, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_domain_pick_costs_what_it_picks, setup, teardown),
         cmocka_unit_test(test_heap_out_of_memory),
         cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
         cmocka_unit_test(test_backoff_table),
