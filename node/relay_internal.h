@@ -30,8 +30,8 @@
 
 #define RELAY_VERSION "0.1.0"
 #define RELAY_SCHED_MAX_ITEMS 256
-#define RELAY_SCHED_DUTY 5 /* a kick waits DUTY times the last pick: at most 1/DUTY of the loop */
-#define RELAY_RETRY_MS 100 /* wait before trying a proposal again (no leader yet) */
+#define RELAY_SCHED_DUTY 5       /* a kick waits DUTY times the last pick, at most scan_interval */
+#define RELAY_RETRY_MS 100       /* wait before trying a proposal again (no leader yet) */
 #define RELAY_STOP_GRACE_MS 5000 /* a gentle stop waits this long for work in flight */
 
 /*

@@ -422,13 +422,16 @@ static void relay_sched_final(struct relay *r, const struct queue_work *w, uint6
  * (sched_in_flight), so under load rounds follow each other as fast as leases
  * commit, and the timer covers retries that fall due.
  *
- * A pick costs the due messages it looks at. When thousands are due but
- * their destination has no free slot (a dead next hop with a short retry
- * time), every pick looks at all of them and hands out little, and running
- * one per commit would take the loop from SMTP and raft. So after a pick
- * that took D ms, a kick waits until RELAY_SCHED_DUTY * D ms have passed
- * since it began: the scheduler gets at most 1/RELAY_SCHED_DUTY of the loop.
- * A pick of a few ms rounds to no wait at all.
+ * A pick from the queue's domain index costs what it hands out (tens of
+ * microseconds for a full round, bench/README.md "schedbench"), so under a
+ * backlog of any size the next round starts as soon as the last lease
+ * commits or an outcome applies. Without the index (it could not grow) a
+ * pick walks every due message, and running one per commit would take the
+ * loop from SMTP and raft. So after a pick that took D, a kick waits until
+ * RELAY_SCHED_DUTY * D has passed since it began (the scheduler gets at
+ * most 1/RELAY_SCHED_DUTY of the loop), but never longer than
+ * scan_interval: the periodic tick picks then anyway. Lease entries are not
+ * what this protects: at most one round is in flight (in_flight).
  */
 void relay_sched_kick(struct relay *r)
 {
@@ -528,8 +531,10 @@ void relay_sched_tick(uv_timer_t *t)
     struct queue_work *work = NULL;
     uint64_t started = uv_hrtime();
     int n = queue_sched_pick(r->queue, now, &lim, &route, &work);
-    uint64_t took_ms = (uv_hrtime() - started) / 1000000;
-    r->sched.rest_until = uv_now(r->loop) + RELAY_SCHED_DUTY * took_ms;
+    uint64_t rest_ms = RELAY_SCHED_DUTY * ((uv_hrtime() - started) / 1000000);
+    if (rest_ms > r->cfg->scan_interval_ms)
+        rest_ms = r->cfg->scan_interval_ms;
+    r->sched.rest_until = uv_now(r->loop) + rest_ms;
     if (n <= 0) {
         queue_work_free(work, 0);
         if (n < 0)

@@ -5,7 +5,8 @@
  *
  *   queue.c          items, tables, the done set, queries
  *   queue_apply.c    queue_apply and the command handlers
- *   queue_index.c    the derived scheduler indexes (due-time heap, leased list)
+ *   queue_index.c    the derived scheduler indexes (due-time heap, leased list,
+ *                    domain index)
  *   queue_node.c     the node directory and the cluster feature level
  *   queue_snapshot.c snapshot, restore and digest
  *   queue_entry.c    the encoders of the entries queue_apply decodes
@@ -33,6 +34,45 @@
 #define QUEUE_ADMIN_BOUNCE_TEXT "bounced by the administrator"
 
 #define QUEUE_NOT_IN_HEAP SIZE_MAX
+
+struct queue_domain;
+
+/*
+ * queue_dnode - an item's place in one heap of the domain index: the heap
+ * of a recipient domain (dom set) or the expiry heap (dom NULL). Heaps of
+ * dnodes are ordered by (key, the item's seq).
+ */
+struct queue_dnode {
+    struct queue_item *it;
+    struct queue_domain *dom;
+    uint64_t key;
+    uint64_t next_key;   /* scratch of queue_dom_rekey */
+    size_t pos;          /* index in its heap */
+    uint32_t first_rcpt; /* the item's first recipient in dom */
+};
+
+struct queue_dheap {
+    struct queue_dnode **a;
+    size_t len, cap;
+};
+
+/*
+ * queue_domain - the messages with a recipient in one domain (the text
+ * after the last '@', as the route sees it), in a heap on the earliest
+ * next attempt of their PENDING recipients there (UINT64_MAX for none or a
+ * held message). A domain lives while a message has a recipient there.
+ */
+struct queue_domain {
+    char *name;
+    uint64_t hash;
+    struct queue_domain *hnext;       /* hash chain */
+    struct queue_domain *prev, *next; /* q->domains */
+    struct queue_dheap heap;
+    /* queue_dom_link: the message of seq link_seq (never reused, unlike
+     * an address) has its dnode for this domain at index link_k. */
+    uint64_t link_seq;
+    size_t link_k;
+};
 
 /*
  * queue_counts - what hamrctl status reports, kept by queue_link,
@@ -70,6 +110,12 @@ struct queue_item {
     bool leased;                    /* on q->leased */
     struct queue_item *lprev, *lnext;
     struct queue_counts counted; /* what this item adds to q->counts */
+    /* The domain index (queue_index.c): one dnode per distinct recipient
+     * domain, rdn[i] the dnode of recipient i, and the expiry heap's. */
+    struct queue_dnode *dnodes;
+    size_t n_dnodes;
+    uint32_t *rdn;
+    struct queue_dnode exp;
 };
 
 /* queue_done - the id of a finished message, kept for dedupe. */
@@ -103,6 +149,15 @@ struct queue {
     bool index_off; /* queue_set_sched_index(q, false): walk every message */
     struct queue_item *leased;
     struct queue_counts counts; /* sums of every item's counted */
+    /* The domain index (queue_index.c, used by queue_sched.c): domains by
+     * name and in a list, and the expiry heap (key expires_at_ms of an
+     * unheld message with an open recipient, else UINT64_MAX). dom_broken:
+     * it could not grow and was given up; the scheduler walks the due heap. */
+    struct queue_domain **dom_tab;
+    size_t dom_cap, dom_count;
+    struct queue_domain *domains;
+    struct queue_dheap expiry;
+    bool dom_broken;
 };
 
 /* queue.c: helpers */
@@ -176,8 +231,23 @@ void queue_leased_set(struct queue *q, struct queue_item *it, bool leased);
 /* queue_count - add (sign 1) or take away (sign -1) the share of it in q->counts. */
 void queue_count(struct queue *q, struct queue_item *it, int sign);
 
-/* queue_touch - it changed (recipients, held): bring both indexes up to date. */
+/* queue_touch - it changed (recipients, held): bring the indexes and counts up to date. */
 void queue_touch(struct queue *q, struct queue_item *it);
+
+/* queue_dom_link - add a newly linked item to the index (gives the index up on no memory). */
+void queue_dom_link(struct queue *q, struct queue_item *it);
+
+/* queue_dom_unlink - out of the domain index, dnodes freed; domains left empty are freed. */
+void queue_dom_unlink(struct queue *q, struct queue_item *it);
+
+/* queue_dom_clear - free the domain index (the items are gone or going); it starts afresh. */
+void queue_dom_clear(struct queue *q);
+
+/* queue_dheap_less - a comes before b in a heap of the domain index. */
+static inline bool queue_dheap_less(const struct queue_dnode *a, const struct queue_dnode *b)
+{
+    return a->key != b->key ? a->key < b->key : a->it->msg.seq < b->it->msg.seq;
+}
 
 /* queue_node.c: the node directory */
 

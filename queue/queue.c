@@ -97,6 +97,8 @@ struct queue_item *queue_item_free(struct queue_item *it)
     free(m->body);
     free(m->client_addr);
     free(m->helo);
+    free(it->dnodes);
+    free(it->rdn);
     free(it);
     return NULL;
 }
@@ -235,6 +237,7 @@ void queue_link(struct queue *q, struct queue_item *it)
     it->leased = false;
     queue_leased_set(q, it, leased);
     queue_count(q, it, 1);
+    queue_dom_link(q, it);
     queue_grow_msgs(q);
     size_t b = it->hash & (q->mcap - 1);
     it->hnext = q->mtab[b];
@@ -255,6 +258,7 @@ static void queue_unlink(struct queue *q, struct queue_item *it)
     queue_heap_remove(q, it);
     queue_leased_set(q, it, false);
     queue_count(q, it, -1);
+    queue_dom_unlink(q, it);
     struct queue_item **pp = &q->mtab[it->hash & (q->mcap - 1)];
     while (*pp != it)
         pp = &(*pp)->hnext;
@@ -345,6 +349,7 @@ static void queue_clear(struct queue *q)
     q->heap_broken = false;
     q->leased = NULL;
     q->counts = (struct queue_counts){0};
+    queue_dom_clear(q);
 }
 
 /* queue_new - an empty queue with its hash tables. */
@@ -373,6 +378,7 @@ struct queue *queue_free(struct queue *q)
     free(q->mtab);
     free(q->dtab);
     free(q->heap);
+    free(q->expiry.a);
     free(q);
     return NULL;
 }

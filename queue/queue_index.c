@@ -6,9 +6,22 @@
  * read them. Neither is replicated: snapshots and the digest never see
  * them, and a heap that cannot grow is given up (every message is walked
  * instead), which costs time, never correctness.
+ *
+ * The domain index lets a pick cost what it picks: for each recipient
+ * domain, a heap of its messages on the earliest next attempt of their
+ * PENDING recipients there, so queue_sched_pick skips a destination at its
+ * limit without looking at its messages and stops walking one once it has
+ * its free slots' worth; and a heap of messages on expires_at_ms, so
+ * expiries are found without walking every due message. It is keyed by
+ * domain, which a message's recipients never change, not by destination,
+ * which depends on the configuration (the scheduler maps domains to
+ * destinations at pick time, once per domain). Like the heap, it is given
+ * up when it cannot grow.
  */
 #include <stdlib.h>
+#include <string.h>
 
+#include "util/hash.h"
 #include "queue/internal.h"
 #include "queue/queue.h"
 
@@ -146,13 +159,7 @@ void queue_leased_set(struct queue *q, struct queue_item *it, bool leased)
     it->lprev = it->lnext = NULL;
 }
 
-/*
- * queue_count - with sign 1, count it as it is now and add that to
- * q->counts; with sign -1, take away what was last added for it. Adding and
- * taking away the stored share (not a recount) keeps the sums exact whatever
- * changed in between.
- */
-/* queue_count_stages - it's message and live recipients by queue_stage, into c. */
+/* queue_count_stages - its message and live recipients by queue_stage, into c. */
 static void queue_count_stages(const struct queue_msg *m, struct queue_counts *c)
 {
     enum queue_stage mstage = QUEUE_STAGE_PENDING;
@@ -188,6 +195,12 @@ static void queue_counts_add(struct queue_counts *sum, const struct queue_counts
     }
 }
 
+/*
+ * queue_count - with sign 1, count it as it is now and add that to
+ * q->counts; with sign -1, take away what was last added for it. Adding and
+ * taking away the stored share (not a recount) keeps the sums exact whatever
+ * changed in between.
+ */
 void queue_count(struct queue *q, struct queue_item *it, int sign)
 {
     struct queue_counts *c = &it->counted;
@@ -205,11 +218,323 @@ void queue_count(struct queue *q, struct queue_item *it, int sign)
     }
 }
 
+/* ------------------------------------------------------------------------
+ * The domain index
+ * ------------------------------------------------------------------------ */
+
+/* queue_dheap_set - put dn at position i of h. */
+static void queue_dheap_set(struct queue_dheap *h, size_t i, struct queue_dnode *dn)
+{
+    h->a[i] = dn;
+    dn->pos = i;
+}
+
+/* queue_dheap_fix - restore the order of h after the key of the dnode at i changed. */
+static void queue_dheap_fix(struct queue_dheap *h, size_t i)
+{
+    struct queue_dnode *dn = h->a[i];
+    while (i > 0 && queue_dheap_less(dn, h->a[(i - 1) / 2])) {
+        queue_dheap_set(h, i, h->a[(i - 1) / 2]);
+        i = (i - 1) / 2;
+    }
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= h->len)
+            break;
+        if (c + 1 < h->len && queue_dheap_less(h->a[c + 1], h->a[c]))
+            c++;
+        if (!queue_dheap_less(h->a[c], dn))
+            break;
+        queue_dheap_set(h, i, h->a[c]);
+        i = c;
+    }
+    queue_dheap_set(h, i, dn);
+}
+
+/* queue_dheap_insert - add dn to h; -1 on no memory (h unchanged). */
+static int queue_dheap_insert(struct queue_dheap *h, struct queue_dnode *dn)
+{
+    if (h->len == h->cap) {
+        size_t cap = h->cap ? 2 * h->cap : 8;
+        struct queue_dnode **a = realloc(h->a, cap * sizeof(*a));
+        if (a == NULL)
+            return -1;
+        h->a = a;
+        h->cap = cap;
+    }
+    queue_dheap_set(h, h->len++, dn);
+    queue_dheap_fix(h, dn->pos);
+    return 0;
+}
+
+/* queue_dheap_remove - take dn out of h (it is in). */
+static void queue_dheap_remove(struct queue_dheap *h, struct queue_dnode *dn)
+{
+    struct queue_dnode *last = h->a[--h->len];
+    if (last != dn) {
+        queue_dheap_set(h, dn->pos, last);
+        queue_dheap_fix(h, last->pos);
+    }
+    dn->pos = QUEUE_NOT_IN_HEAP;
+}
+
+/* queue_dom_name - the domain of an address as the route sees it: after the last '@'. */
+static const char *queue_dom_name(const char *addr)
+{
+    const char *at = strrchr(addr, '@');
+    return at ? at + 1 : addr;
+}
+
+/*
+ * queue_dom_key - dn's key (see struct queue_domain and struct queue, for
+ * the expiry heap), the plain way: what queue_sched_index_check holds
+ * queue_dom_rekey's answer against.
+ */
+static uint64_t queue_dom_key(const struct queue_item *it, const struct queue_dnode *dn)
+{
+    const struct queue_msg *m = &it->msg;
+    if (m->held)
+        return UINT64_MAX;
+    uint64_t key = UINT64_MAX;
+    bool open = false;
+    for (size_t i = 0; i < m->n_rcpts; i++) {
+        const struct queue_rcpt *r = &m->rcpts[i];
+        open = open || r->state == QUEUE_RCPT_PENDING || r->state == QUEUE_RCPT_LEASED;
+        if (dn->dom != NULL && r->state == QUEUE_RCPT_PENDING && &it->dnodes[it->rdn[i]] == dn &&
+            r->next_attempt_ms < key)
+            key = r->next_attempt_ms;
+    }
+    if (dn->dom == NULL)
+        return open && m->expires_at_ms != 0 ? m->expires_at_ms : UINT64_MAX;
+    return key;
+}
+
+/* queue_dom_free - release an empty domain. */
+static void queue_dom_free(struct queue *q, struct queue_domain *d)
+{
+    struct queue_domain **pp = &q->dom_tab[d->hash & (q->dom_cap - 1)];
+    while (*pp != d)
+        pp = &(*pp)->hnext;
+    *pp = d->hnext;
+    if (d->prev)
+        d->prev->next = d->next;
+    else
+        q->domains = d->next;
+    if (d->next)
+        d->next->prev = d->prev;
+    q->dom_count--;
+    free(d->heap.a);
+    free(d->name);
+    free(d);
+}
+
+/* queue_dom_find - the domain called name, created if missing; NULL on no memory. */
+static struct queue_domain *queue_dom_find(struct queue *q, const char *name)
+{
+    uint64_t h = hash_fnv1a64_str(name);
+    if (q->dom_cap > 0)
+        for (struct queue_domain *d = q->dom_tab[h & (q->dom_cap - 1)]; d != NULL; d = d->hnext)
+            if (d->hash == h && strcmp(d->name, name) == 0)
+                return d;
+    if (q->dom_count >= q->dom_cap) {
+        size_t cap = q->dom_cap ? 2 * q->dom_cap : QUEUE_HASH_MIN;
+        struct queue_domain **t = calloc(cap, sizeof(*t));
+        if (t == NULL)
+            return NULL;
+        for (struct queue_domain *d = q->domains; d != NULL; d = d->next) {
+            d->hnext = t[d->hash & (cap - 1)];
+            t[d->hash & (cap - 1)] = d;
+        }
+        free(q->dom_tab);
+        q->dom_tab = t;
+        q->dom_cap = cap;
+    }
+    struct queue_domain *d = calloc(1, sizeof(*d));
+    if (d == NULL || (d->name = queue_strdup(name)) == NULL) {
+        free(d);
+        return NULL;
+    }
+    d->hash = h;
+    d->hnext = q->dom_tab[h & (q->dom_cap - 1)];
+    q->dom_tab[h & (q->dom_cap - 1)] = d;
+    d->next = q->domains;
+    if (q->domains)
+        q->domains->prev = d;
+    q->domains = d;
+    q->dom_count++;
+    return d;
+}
+
+/* queue_dom_unlink - out of the domain index, dnodes freed; domains left empty are freed. */
+void queue_dom_unlink(struct queue *q, struct queue_item *it)
+{
+    for (size_t k = 0; k < it->n_dnodes; k++) {
+        struct queue_dnode *dn = &it->dnodes[k];
+        if (dn->pos == QUEUE_NOT_IN_HEAP)
+            continue;
+        queue_dheap_remove(&dn->dom->heap, dn);
+        if (dn->dom->heap.len == 0)
+            queue_dom_free(q, dn->dom);
+    }
+    if (it->exp.pos != QUEUE_NOT_IN_HEAP)
+        queue_dheap_remove(&q->expiry, &it->exp);
+    free(it->dnodes);
+    free(it->rdn);
+    it->dnodes = NULL;
+    it->rdn = NULL;
+    it->n_dnodes = 0;
+}
+
+/* queue_dom_give_up - no memory: drop the whole domain index (the scheduler walks the heap). */
+static void queue_dom_give_up(struct queue *q)
+{
+    for (struct queue_item *it = q->head; it != NULL; it = it->next)
+        queue_dom_unlink(q, it);
+    queue_dom_clear(q);
+    q->dom_broken = true;
+}
+
+/* queue_dom_clear - free the domain index (the items are gone or going); it starts afresh. */
+void queue_dom_clear(struct queue *q)
+{
+    while (q->domains != NULL) {
+        struct queue_domain *d = q->domains;
+        q->domains = d->next;
+        free(d->heap.a);
+        free(d->name);
+        free(d);
+    }
+    free(q->dom_tab);
+    q->dom_tab = NULL;
+    q->dom_cap = q->dom_count = 0;
+    q->expiry.len = 0;
+    q->dom_broken = false;
+}
+
+/* queue_dnode_rekey - dn takes its next_key, and its place in h (if it is in one). */
+static void queue_dnode_rekey(struct queue_dheap *h, struct queue_dnode *dn)
+{
+    if (dn->next_key != dn->key && dn->pos != QUEUE_NOT_IN_HEAP) {
+        dn->key = dn->next_key;
+        queue_dheap_fix(h, dn->pos);
+    }
+}
+
+/*
+ * queue_dom_rekey - it changed (or was just inserted): every key of its
+ * dnodes from one pass over the recipients, so a message with many
+ * recipients in many domains costs O(recipients + domains log n) to apply.
+ */
+static void queue_dom_rekey(struct queue *q, struct queue_item *it)
+{
+    const struct queue_msg *m = &it->msg;
+    bool open = false;
+    for (size_t k = 0; k < it->n_dnodes; k++)
+        it->dnodes[k].next_key = UINT64_MAX;
+    for (size_t i = 0; i < m->n_rcpts; i++) {
+        const struct queue_rcpt *r = &m->rcpts[i];
+        open = open || r->state == QUEUE_RCPT_PENDING || r->state == QUEUE_RCPT_LEASED;
+        if (it->n_dnodes == 0 || m->held || r->state != QUEUE_RCPT_PENDING)
+            continue;
+        struct queue_dnode *dn = &it->dnodes[it->rdn[i]];
+        if (r->next_attempt_ms < dn->next_key)
+            dn->next_key = r->next_attempt_ms;
+    }
+    it->exp.next_key = !m->held && open && m->expires_at_ms != 0 ? m->expires_at_ms : UINT64_MAX;
+    for (size_t k = 0; k < it->n_dnodes; k++)
+        queue_dnode_rekey(&it->dnodes[k].dom->heap, &it->dnodes[k]);
+    queue_dnode_rekey(&q->expiry, &it->exp);
+}
+
+/* queue_dom_link - add a newly linked item to the index (gives the index up on no memory). */
+void queue_dom_link(struct queue *q, struct queue_item *it)
+{
+    const struct queue_msg *m = &it->msg;
+    it->exp = (struct queue_dnode){.it = it, .pos = QUEUE_NOT_IN_HEAP};
+    it->n_dnodes = 0;
+    if (q->dom_broken)
+        return;
+    it->dnodes = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(*it->dnodes));
+    it->rdn = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(*it->rdn));
+    if (it->dnodes == NULL || it->rdn == NULL)
+        goto fail;
+    for (size_t i = 0; i < m->n_rcpts; i++) {
+        struct queue_domain *d = queue_dom_find(q, queue_dom_name(m->rcpts[i].addr));
+        if (d == NULL)
+            goto fail;
+        if (d->link_seq == m->seq) { /* a domain of an earlier recipient */
+            it->rdn[i] = (uint32_t)d->link_k;
+            continue;
+        }
+        size_t k = it->n_dnodes++;
+        it->rdn[i] = (uint32_t)k;
+        d->link_seq = m->seq;
+        d->link_k = k;
+        it->dnodes[k] = (struct queue_dnode){
+            .it = it, .dom = d, .pos = QUEUE_NOT_IN_HEAP, .first_rcpt = (uint32_t)i};
+        if (queue_dheap_insert(&d->heap, &it->dnodes[k]) != 0) {
+            if (d->heap.len == 0)
+                queue_dom_free(q, d);
+            goto fail;
+        }
+    }
+    if (queue_dheap_insert(&q->expiry, &it->exp) != 0)
+        goto fail;
+    /* Inserted with key 0: now the real keys. */
+    queue_dom_rekey(q, it);
+    return;
+fail:
+    /* Not on the acceptance list yet: give_up would not find it. */
+    queue_dom_unlink(q, it);
+    queue_dom_give_up(q);
+}
+
+/* queue_dheap_check - h is in order and every dnode knows its place. */
+static int queue_dheap_check(const struct queue_dheap *h)
+{
+    for (size_t i = 0; i < h->len; i++) {
+        if (h->a[i]->pos != i || h->a[i]->key != queue_dom_key(h->a[i]->it, h->a[i]))
+            return -1;
+        if (i > 0 && queue_dheap_less(h->a[i], h->a[(i - 1) / 2]))
+            return -1;
+    }
+    return 0;
+}
+
+/* queue_dom_check - the domain index matches the items (queue_sched_index_check). */
+static int queue_dom_check(const struct queue *q)
+{
+    size_t dnodes = 0, in_heaps = 0, exp = 0, domains = 0;
+    for (const struct queue_item *it = q->head; it != NULL; it = it->next) {
+        dnodes += it->n_dnodes;
+        exp += it->exp.pos != QUEUE_NOT_IN_HEAP;
+        if (q->dom_broken ? it->n_dnodes != 0 : it->n_dnodes == 0 && it->msg.n_rcpts != 0)
+            return -1;
+        for (size_t i = 0; i < it->n_dnodes && i < it->msg.n_rcpts; i++)
+            if (strcmp(it->dnodes[it->rdn[i]].dom->name, queue_dom_name(it->msg.rcpts[i].addr)) !=
+                0)
+                return -1;
+    }
+    for (const struct queue_domain *d = q->domains; d != NULL; d = d->next) {
+        if (d->heap.len == 0 || queue_dheap_check(&d->heap) != 0)
+            return -1;
+        for (size_t i = 0; i < d->heap.len; i++)
+            if (d->heap.a[i]->dom != d)
+                return -1;
+        in_heaps += d->heap.len;
+        domains++;
+    }
+    if (domains != q->dom_count || in_heaps != dnodes || exp != q->expiry.len)
+        return -1;
+    return queue_dheap_check(&q->expiry);
+}
+
 /* queue_touch - it changed (recipients, held): bring the indexes and counts up to date. */
 void queue_touch(struct queue *q, struct queue_item *it)
 {
     queue_count(q, it, -1);
     queue_count(q, it, 1);
+    queue_dom_rekey(q, it);
     uint64_t old = it->wake_ms;
     bool leased;
     it->wake_ms = queue_wake(&it->msg, &leased);
@@ -303,5 +628,5 @@ int queue_sched_index_check(const struct queue *q)
             return -1;
         on_list++;
     }
-    return on_list == leased ? 0 : -1;
+    return on_list == leased ? queue_dom_check(q) : -1;
 }

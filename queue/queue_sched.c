@@ -2,10 +2,13 @@
  * queue_sched.c - the leader's delivery scheduling policy over the queue.
  *
  * queue_sched_pick reads the queue at a given time and returns work items;
- * it changes nothing, so it may run as often as the leader likes. It visits
- * only the messages with a lease and those due at the given time
- * (queue_foreach_due), so a large deferred backlog costs nothing until its
- * retries fall due. Steps:
+ * it changes nothing, so it may run as often as the leader likes. From the
+ * domain index (queue_index.c) it visits the messages with a lease, the
+ * expired ones, and per destination with free slots only as many due
+ * messages as it can hand out there (see "Step 2 from the domain index"),
+ * so neither a deferred backlog nor a due one costs more than what is
+ * picked. Without the index (it could not grow, or queue_set_sched_index
+ * turned it off) it walks every due message (queue_foreach_due). Steps:
  *   1. count active leases per destination (distinct messages holding an
  *      unexpired lease there; leases of this node under another boot id
  *      died with their process and are not counted);
@@ -40,6 +43,7 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/hash.h"
+#include "queue/internal.h"
 #include "queue/queue_sched.h"
 
 /*
@@ -81,12 +85,13 @@ struct queue_sched_group {
     enum queue_work_kind kind;
     uint64_t seq;         /* acceptance order of the message (queue_msg.seq) */
     uint64_t first_ms;    /* earliest next attempt among the recipients */
-    uint64_t made;        /* creation order: the last tie-break */
+    uint64_t made;        /* its first recipient's index: among the groups of one
+                             message, the order a walk over its recipients makes them */
     const char *queue_id; /* borrowed from the queue */
     const char *dest;     /* borrowed from the routes table ("" for the final kinds) */
     uint32_t *idx;
     size_t n, cap;
-    size_t next_free;     /* free list, while unused */
+    size_t next_free; /* free list, while unused */
 };
 
 /* queue_sched_ctx - state of one pick while walking the queue. */
@@ -99,11 +104,12 @@ struct queue_sched_ctx {
     struct queue_sched_group *groups; /* kept groups and free slots */
     size_t n_groups, cap_groups;
     size_t free_head; /* first free group, or SIZE_MAX */
-    uint64_t made;
     size_t *cur;      /* groups of the message being collected */
     size_t n_cur, cap_cur;
     struct queue_sched_bucket finals; /* EXPIRE and NOROUTE groups */
-    size_t max_items; /* lim->max_items, SIZE_MAX for none */
+    size_t max_items;                 /* lim->max_items, SIZE_MAX for none */
+    const struct queue_dnode **front; /* queue_sched_walk's frontier, a min-heap */
+    size_t n_front, cap_front;
     int err;
 };
 
@@ -254,7 +260,6 @@ static size_t queue_sched_group_new(struct queue_sched_ctx *x)
         gi = x->n_groups++;
     }
     memset(&x->groups[gi], 0, sizeof(x->groups[gi]));
-    x->groups[gi].made = ++x->made;
     return gi;
 }
 
@@ -282,6 +287,7 @@ static int queue_sched_group_add(struct queue_sched_ctx *x,
         x->cur[x->n_cur++] = gi;
         g = &x->groups[gi];
         g->kind = kind;
+        g->made = i;
         g->seq = m->seq;
         g->first_ms = UINT64_MAX;
         g->queue_id = m->id;
@@ -329,23 +335,33 @@ static void queue_sched_heap_fix(struct queue_sched_ctx *x, struct queue_sched_b
  * it is kept while the bucket has room, else it replaces the worst kept
  * group if it comes before it, else it is dropped.
  */
+/*
+ * queue_sched_bucket_of - the bucket of dest's DELIVER groups, with its limit
+ * set on first use; NULL on no memory. The pointer lasts until the counts
+ * table grows (a destination not seen before).
+ */
+static struct queue_sched_bucket *queue_sched_bucket_of(struct queue_sched_ctx *x, const char *dest)
+{
+    struct queue_sched_count *c = queue_sched_counts_slot(&x->counts, dest);
+    if (c == NULL)
+        return NULL;
+    struct queue_sched_bucket *b = &c->keep;
+    if (!b->limit_set) {
+        /* The destination's free slots, and never more than max_items. */
+        unsigned per = x->lim->max_per_dest;
+        size_t free_slots = per == 0 ? SIZE_MAX : (c->count < per ? per - c->count : 0);
+        b->limit = free_slots < x->max_items ? free_slots : x->max_items;
+        b->limit_set = true;
+    }
+    return b;
+}
+
 static int queue_sched_keep(struct queue_sched_ctx *x, size_t gi)
 {
     struct queue_sched_group *g = &x->groups[gi];
     struct queue_sched_bucket *b = &x->finals; /* limit set by queue_sched_pick */
-    if (g->kind == QUEUE_WORK_DELIVER) {
-        struct queue_sched_count *c = queue_sched_counts_slot(&x->counts, g->dest);
-        if (c == NULL)
-            return HAMR_ENOMEM;
-        b = &c->keep;
-        if (!b->limit_set) {
-            /* The destination's free slots, and never more than max_items. */
-            unsigned per = x->lim->max_per_dest;
-            size_t free_slots = per == 0 ? SIZE_MAX : (c->count < per ? per - c->count : 0);
-            b->limit = free_slots < x->max_items ? free_slots : x->max_items;
-            b->limit_set = true;
-        }
-    }
+    if (g->kind == QUEUE_WORK_DELIVER && (b = queue_sched_bucket_of(x, g->dest)) == NULL)
+        return HAMR_ENOMEM;
     if (b->n < b->limit) {
         if (queue_sched_room(&b->heap, &b->cap, b->n, sizeof(*b->heap), 8) != 0)
             return HAMR_ENOMEM;
@@ -397,6 +413,27 @@ static bool queue_sched_full(struct queue_sched_ctx *x, const char *dest)
     return x->lim->max_per_dest != 0 && c != NULL && c->count >= x->lim->max_per_dest;
 }
 
+/*
+ * queue_sched_keep_cur - the message's groups are complete (rv 0): each
+ * competes for its place; or they are dropped (rv an error, kept in x->err).
+ * Returns 1 to stop a walk on error, else 0.
+ */
+static int queue_sched_keep_cur(struct queue_sched_ctx *x, int rv)
+{
+    for (size_t k = 0; k < x->n_cur; k++) {
+        if (rv == 0)
+            rv = queue_sched_keep(x, x->cur[k]);
+        else
+            queue_sched_group_drop(x, x->cur[k]);
+    }
+    x->n_cur = 0;
+    if (rv != 0) {
+        x->err = rv;
+        return 1;
+    }
+    return 0;
+}
+
 /* queue_sched_collect_cb - step 2 for one message. */
 static int queue_sched_collect_cb(void *arg, const struct queue_msg *m)
 {
@@ -432,19 +469,7 @@ static int queue_sched_collect_cb(void *arg, const struct queue_msg *m)
             rv = queue_sched_group_add(x, m, QUEUE_WORK_DELIVER, dest, (uint32_t)i);
         }
     }
-    /* The message's groups are complete: each competes for its place. */
-    for (size_t k = 0; k < x->n_cur; k++) {
-        if (rv == 0)
-            rv = queue_sched_keep(x, x->cur[k]);
-        else
-            queue_sched_group_drop(x, x->cur[k]);
-    }
-    x->n_cur = 0;
-    if (rv != 0) {
-        x->err = rv;
-        return 1;
-    }
-    return 0;
+    return queue_sched_keep_cur(x, rv);
 }
 
 /* queue_sched_order - qsort_r on group numbers (queue_sched_before); arg is the group array. */
@@ -464,6 +489,7 @@ static void queue_sched_ctx_free(struct queue_sched_ctx *x)
     free(x->groups);
     free(x->cur);
     free(x->finals.heap);
+    free(x->front);
     queue_sched_counts_free(&x->counts);
     queue_sched_counts_free(&x->routes);
 }
@@ -525,6 +551,204 @@ static int queue_sched_select(struct queue_sched_ctx *x, struct queue_work **out
     return (int)k;
 }
 
+/* ------------------------------------------------------------------------
+ * Step 2 from the domain index (queue_index.c)
+ *
+ * The due messages fall in four parts, each collected its own way:
+ *   - messages with a LEASED recipient (few: leases are bounded by
+ *     max_per_dest): walked in full with queue_sched_collect_cb;
+ *   - the others past their lifetime: from the expiry heap, the same way;
+ *   - the others with a recipient of an unroutable domain: NOROUTE groups,
+ *     walked like a destination whose bucket is the finals;
+ *   - the rest, per destination: the heaps of its domains merged in
+ *     (earliest next attempt, seq) order, which is the order of the groups
+ *     they give (a group's first_ms is the smallest key its message has in
+ *     those heaps), so the walk stops once the destination's bucket is full
+ *     and the next message cannot come before the worst group in it. A
+ *     destination at max_per_dest is not walked at all.
+ * A pick so costs the leased messages, the expired ones, the domains, and
+ * per destination what it picks (with a log factor), not the due backlog.
+ * ------------------------------------------------------------------------ */
+
+/* queue_sched_front_push - add dn to the frontier; HAMR_ENOMEM. */
+static int queue_sched_front_push(struct queue_sched_ctx *x, const struct queue_dnode *dn)
+{
+    if (queue_sched_room(&x->front, &x->cap_front, x->n_front, sizeof(*x->front), 16) != 0)
+        return HAMR_ENOMEM;
+    size_t i = x->n_front++;
+    for (; i > 0 && queue_dheap_less(dn, x->front[(i - 1) / 2]); i = (i - 1) / 2)
+        x->front[i] = x->front[(i - 1) / 2];
+    x->front[i] = dn;
+    return 0;
+}
+
+/* queue_sched_front_pop - the first dnode of the frontier (which is not empty). */
+static const struct queue_dnode *queue_sched_front_pop(struct queue_sched_ctx *x)
+{
+    const struct queue_dnode *top = x->front[0], *last = x->front[--x->n_front];
+    size_t i = 0;
+    for (size_t c; (c = 2 * i + 1) < x->n_front; i = c) {
+        if (c + 1 < x->n_front && queue_dheap_less(x->front[c + 1], x->front[c]))
+            c++;
+        if (!queue_dheap_less(x->front[c], last))
+            break;
+        x->front[i] = x->front[c];
+    }
+    if (x->n_front > 0)
+        x->front[i] = last;
+    return top;
+}
+
+/* queue_sched_same_dest - two routes (NULL: none) lead to the same place. */
+static bool queue_sched_same_dest(const char *a, const char *b)
+{
+    return a == NULL || b == NULL ? a == b : strcmp(a, b) == 0;
+}
+
+/*
+ * queue_sched_walk_item - the group of dn's message for dest (NULL: its
+ * unroutable recipients), made once: at the dnode of the message's domains
+ * routed there that comes first in the merged walk. Messages collected in
+ * another part (leased, expired) are skipped.
+ */
+static int queue_sched_walk_item(struct queue_sched_ctx *x,
+                                 const struct queue_dnode *dn,
+                                 const char *dest)
+{
+    const struct queue_item *it = dn->it;
+    const struct queue_msg *m = &it->msg;
+    if (it->leased || m->held || (m->expires_at_ms != 0 && x->now_ms >= m->expires_at_ms))
+        return 0;
+    const struct queue_dnode *first = NULL;
+    const char *d = NULL;
+    for (size_t k = 0; k < it->n_dnodes; k++) {
+        const struct queue_dnode *o = &it->dnodes[k];
+        if (o->key > x->now_ms || (first != NULL && !queue_dheap_less(o, first)))
+            continue;
+        if (queue_sched_route(x, m->rcpts[o->first_rcpt].addr, &d) != 0)
+            return queue_sched_keep_cur(x, HAMR_ENOMEM);
+        if (queue_sched_same_dest(d, dest))
+            first = o;
+    }
+    if (first != dn)
+        return 0;
+    x->n_cur = 0;
+    int rv = 0;
+    for (size_t i = 0; rv == 0 && i < m->n_rcpts; i++) {
+        const struct queue_rcpt *r = &m->rcpts[i];
+        if (r->state != QUEUE_RCPT_PENDING || r->next_attempt_ms > x->now_ms)
+            continue;
+        if (queue_sched_route(x, r->addr, &d) != 0)
+            rv = HAMR_ENOMEM;
+        else if (queue_sched_same_dest(d, dest))
+            rv = queue_sched_group_add(x, m, dest ? QUEUE_WORK_DELIVER : QUEUE_WORK_NOROUTE,
+                                       dest ? dest : "", (uint32_t)i);
+    }
+    return queue_sched_keep_cur(x, rv);
+}
+
+/*
+ * queue_sched_walk - collect dest's groups (NULL: NOROUTE) from the heaps
+ * of its n domains, merged, until its bucket is full and no later message
+ * can beat the worst kept group.
+ */
+static int queue_sched_walk(struct queue_sched_ctx *x,
+                            const char *dest,
+                            struct queue_domain *const *doms,
+                            size_t n)
+{
+    struct queue_sched_bucket *b = &x->finals;
+    if (dest != NULL && (b = queue_sched_bucket_of(x, dest)) == NULL)
+        return HAMR_ENOMEM;
+    if (b->limit == 0) /* at max_per_dest: its messages are not looked at */
+        return 0;
+    x->n_front = 0;
+    for (size_t k = 0; k < n; k++)
+        if (queue_sched_front_push(x, doms[k]->heap.a[0]) != 0)
+            return HAMR_ENOMEM;
+    while (x->n_front > 0) {
+        const struct queue_dnode *dn = queue_sched_front_pop(x);
+        if (b->n >= b->limit) {
+            const struct queue_sched_group *w = &x->groups[b->heap[0]];
+            if (dn->key > w->first_ms || (dn->key == w->first_ms && dn->it->msg.seq > w->seq))
+                break;
+        }
+        const struct queue_dheap *h = &dn->dom->heap;
+        for (size_t c = 2 * dn->pos + 1; c <= 2 * dn->pos + 2 && c < h->len; c++)
+            if (h->a[c]->key <= x->now_ms && queue_sched_front_push(x, h->a[c]) != 0)
+                return HAMR_ENOMEM;
+        if (queue_sched_walk_item(x, dn, dest) != 0)
+            return x->err;
+    }
+    return 0;
+}
+
+/* queue_sched_expired - the expiry heap below position i, pruned where the key is past now. */
+static int queue_sched_expired(struct queue_sched_ctx *x, const struct queue *q, size_t i)
+{
+    if (i >= q->expiry.len || q->expiry.a[i]->key > x->now_ms)
+        return 0;
+    const struct queue_item *it = q->expiry.a[i]->it;
+    if (!it->leased && queue_sched_collect_cb(x, &it->msg) != 0)
+        return 1;
+    if (queue_sched_expired(x, q, 2 * i + 1) != 0)
+        return 1;
+    return queue_sched_expired(x, q, 2 * i + 2);
+}
+
+/* queue_sched_dom_route - a due domain and where it goes (NULL: nowhere), to sort by. */
+struct queue_sched_dom_route {
+    const char *dest;
+    struct queue_domain *dom;
+};
+
+/* queue_sched_dom_order - qsort: by destination, unroutable first. */
+static int queue_sched_dom_order(const void *a, const void *b)
+{
+    const char *x = ((const struct queue_sched_dom_route *)a)->dest;
+    const char *y = ((const struct queue_sched_dom_route *)b)->dest;
+    if (x == NULL || y == NULL)
+        return (x != NULL) - (y != NULL);
+    return strcmp(x, y);
+}
+
+/* queue_sched_by_domain - step 2 from the indexes (see the banner above). */
+static void queue_sched_by_domain(struct queue_sched_ctx *x, const struct queue *q)
+{
+    queue_foreach_leased(q, queue_sched_collect_cb, x);
+    if (x->err != 0 || queue_sched_expired(x, q, 0) != 0)
+        return;
+    struct queue_sched_dom_route *due = calloc(q->dom_count ? q->dom_count : 1, sizeof(*due));
+    if (due == NULL) {
+        x->err = HAMR_ENOMEM;
+        return;
+    }
+    size_t n = 0;
+    for (struct queue_domain *d = q->domains; d != NULL; d = d->next) {
+        const struct queue_dnode *top = d->heap.a[0];
+        if (top->key > x->now_ms)
+            continue;
+        if (queue_sched_route(x, top->it->msg.rcpts[top->first_rcpt].addr, &due[n].dest) != 0) {
+            x->err = HAMR_ENOMEM;
+            break;
+        }
+        due[n++].dom = d;
+    }
+    qsort(due, n, sizeof(*due), queue_sched_dom_order);
+    struct queue_domain **doms = calloc(n ? n : 1, sizeof(*doms));
+    if (doms == NULL && x->err == 0)
+        x->err = HAMR_ENOMEM;
+    for (size_t i = 0, j; x->err == 0 && i < n; i = j) {
+        for (j = i; j < n && queue_sched_same_dest(due[j].dest, due[i].dest); j++)
+            doms[j - i] = due[j].dom;
+        int rv = queue_sched_walk(x, due[i].dest, doms, j - i);
+        if (rv != 0)
+            x->err = rv;
+    }
+    free(doms);
+    free(due);
+}
+
 /* queue_sched_pick - count, collect, then select (see the top of the file). */
 int queue_sched_pick(const struct queue *q,
                      uint64_t now_ms,
@@ -543,8 +767,10 @@ int queue_sched_pick(const struct queue *q,
     x.finals.limit = x.max_items; /* only max_items bounds EXPIRE and NOROUTE */
     x.finals.limit_set = true;
     queue_foreach_leased(q, queue_sched_count_cb, &x);
-    if (x.err == 0)
+    if (x.err == 0 && (q->heap_broken || q->index_off || q->dom_broken))
         queue_foreach_due(q, now_ms, queue_sched_collect_cb, &x);
+    else if (x.err == 0)
+        queue_sched_by_domain(&x, q);
     int rv = x.err;
     if (rv == 0)
         rv = queue_sched_select(&x, out);

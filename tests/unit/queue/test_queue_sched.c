@@ -517,8 +517,12 @@ static int ref_count_cb(void *arg, const struct queue_msg *m)
     return 0;
 }
 
-static void ref_add(struct ref_ctx *x, size_t first, const struct queue_msg *m,
-                    enum queue_work_kind kind, const char *dest, uint32_t i)
+static void ref_add(struct ref_ctx *x,
+                    size_t first,
+                    const struct queue_msg *m,
+                    enum queue_work_kind kind,
+                    const char *dest,
+                    uint32_t i)
 {
     struct ref_group *g = NULL;
     for (size_t k = first; k < x->n && g == NULL; k++)
@@ -579,7 +583,9 @@ static int ref_order(const void *a, const void *b)
 }
 
 /* ref_pick_matches - the oracle's pick equals queue_sched_pick's. */
-static void ref_pick_matches(const struct queue *q, uint64_t now, unsigned per_dest,
+static void ref_pick_matches(const struct queue *q,
+                             uint64_t now,
+                             unsigned per_dest,
                              size_t max_items)
 {
     static struct ref_ctx x;
@@ -630,8 +636,7 @@ static void same_picks(struct queue *q, uint64_t now, unsigned per_dest, size_t 
         assert_string_equal(a[i].queue_id, b[i].queue_id);
         assert_string_equal(a[i].dest, b[i].dest);
         assert_int_equal(a[i].n_rcpts, b[i].n_rcpts);
-        assert_memory_equal(a[i].rcpt_indexes, b[i].rcpt_indexes,
-                            a[i].n_rcpts * sizeof(uint32_t));
+        assert_memory_equal(a[i].rcpt_indexes, b[i].rcpt_indexes, a[i].n_rcpts * sizeof(uint32_t));
     }
     queue_work_free(a, (size_t)na);
     queue_work_free(b, (size_t)nb);
@@ -664,8 +669,7 @@ static void test_index_matches_full_walk(void **state)
                     snprintf(rcpt[i], sizeof(rcpt[i]), "u%d@%s", i, domains[rnd(4)]);
                 size_t n = 1 + rnd(3);
                 uint64_t expires = rnd(4) == 0 ? now + rnd(5 * MIN) : 0;
-                enq(q, now, id, rcpt[0], n > 1 ? rcpt[1] : NULL, n > 2 ? rcpt[2] : NULL,
-                    expires);
+                enq(q, now, id, rcpt[0], n > 1 ? rcpt[1] : NULL, n > 2 ? rcpt[2] : NULL, expires);
                 break;
             }
             case 3:
@@ -767,6 +771,203 @@ static void test_index_after_admin_bounce(void **state)
  * scheduler's heap growing included), the message is either refused with
  * the queue unchanged or queued and found by the next pick.
  */
+/* ------------------------------------------------------------------------
+ * The domain index: a pick that stops at what it can hand out
+ * ------------------------------------------------------------------------ */
+
+/* pick_ids - the queue ids a pick returned, space-separated, into out. */
+static void pick_ids(struct queue_work *w, int n, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    for (int i = 0; i < n; i++) {
+        size_t len = strlen(out);
+        snprintf(out + len, outlen - len, "%s%s", i ? " " : "", w[i].queue_id);
+    }
+}
+
+/* expect_pick - the ids of a pick (in order), and the same with the index off. */
+static void expect_pick(struct queue *q,
+                        uint64_t now,
+                        unsigned per_dest,
+                        size_t max_items,
+                        const char *want)
+{
+    struct queue_work *w = NULL;
+    int n = pick(q, now, per_dest, max_items, &w);
+    char got[1024];
+    pick_ids(w, n, got, sizeof(got));
+    queue_work_free(w, (size_t)n);
+    assert_string_equal(got, want);
+    same_picks(q, now, per_dest, max_items);
+    assert_int_equal(queue_sched_index_check(q), 0);
+}
+
+/*
+ * 50 domains with 40 due messages each, one domain at its limit: every
+ * other domain gets its two oldest, the full one nothing; with max_items
+ * the oldest groups win whatever their domain.
+ */
+static void test_domain_fair_share(void **state)
+{
+    struct queue *q = *state;
+    char id[32], rcpt[48];
+    for (int i = 0; i < 40 * 50; i++) {
+        snprintf(id, sizeof(id), "M%04d", i);
+        snprintf(rcpt, sizeof(rcpt), "u@d%02d.test", i % 50);
+        enq(q, T0 + (uint64_t)i, id, rcpt, NULL, NULL, 0);
+    }
+    lease(q, T0 + 5000, "M0000", 0, 2, "other", T0 + 60 * MIN, 1, "[d00.test]:25");
+    lease(q, T0 + 5000, "M0050", 0, 2, "other", T0 + 60 * MIN, 2, "[d00.test]:25");
+    struct queue_work *w = NULL;
+    int n = pick(q, T0 + MIN, 2, 0, &w);
+    assert_int_equal(n, 49 * 2);
+    int per[50] = {0};
+    for (int i = 0; i < n; i++) {
+        int m = atoi(w[i].queue_id + 1), d = atoi(w[i].dest + 2);
+        assert_int_equal(m % 50, d);
+        assert_true(m / 50 < 2); /* the two oldest of the domain */
+        per[d]++;
+    }
+    assert_int_equal(per[0], 0);
+    for (int d = 1; d < 50; d++)
+        assert_int_equal(per[d], 2);
+    queue_work_free(w, (size_t)n);
+    same_picks(q, T0 + MIN, 2, 0);
+    expect_pick(q, T0 + MIN, 2, 5, "M0001 M0002 M0003 M0004 M0005");
+    expect_pick(q, T0 + MIN, 1, 3, "M0001 M0002 M0003");
+}
+
+/* One domain: a held message is passed over, lapsed leases come back first. */
+static void test_domain_lapsed_and_held(void **state)
+{
+    struct queue *q = *state;
+    char id[32];
+    for (int i = 0; i < 200; i++) {
+        snprintf(id, sizeof(id), "M%03d", i);
+        enq(q, T0 + (uint64_t)i, id, "u@one.test", NULL, NULL, 0);
+    }
+    lease(q, T0 + 300, "M000", 0, 2, "other", T0 + MIN, 1, "[one.test]:25");
+    lease(q, T0 + 300, "M001", 0, 2, "other", T0 + MIN, 2, "[one.test]:25");
+    fx_admin(q, T0 + 301, HAMR__ADMIN__OP__HOLD, "M002");
+    expect_pick(q, T0 + 302, 4, 0, "M003 M004");
+    expect_pick(q, T0 + 302, 2, 0, "");
+    expect_pick(q, T0 + MIN, 4, 0, "M000 M001 M003 M004");
+    fx_admin(q, T0 + MIN, HAMR__ADMIN__OP__RELEASE, "M002");
+    expect_pick(q, T0 + MIN, 4, 0, "M000 M001 M002 M003");
+    /* A deferred message goes behind the ones due now, and is not due before its time. */
+    defer(q, T0 + MIN, "M003", 0, T0 + 2 * MIN);
+    expect_pick(q, T0 + MIN, 4, 0, "M000 M001 M002 M004");
+    expect_pick(q, T0 + 2 * MIN, 4, 0, "M000 M001 M002 M004");
+    expect_pick(q, T0 + 2 * MIN, 0, 6, "M000 M001 M002 M004 M005 M006");
+}
+
+/* A destination at its limit still has its expired messages expired. */
+static void test_domain_expiry_at_full_dest(void **state)
+{
+    struct queue *q = *state;
+    char id[32];
+    for (int i = 0; i < 300; i++) {
+        snprintf(id, sizeof(id), "M%03d", i);
+        enq(q, T0 + (uint64_t)i, id, "u@one.test", NULL, NULL, i == 150 ? T0 + MIN : 0);
+    }
+    lease(q, T0 + 400, "M000", 0, 2, "other", T0 + 60 * MIN, 1, "[one.test]:25");
+    lease(q, T0 + 400, "M001", 0, 2, "other", T0 + 60 * MIN, 2, "[one.test]:25");
+    expect_pick(q, T0 + MIN - 1, 2, 0, "");
+    struct queue_work *w = NULL;
+    int n = pick(q, T0 + MIN, 2, 0, &w);
+    assert_int_equal(n, 1);
+    assert_int_equal(w[0].kind, QUEUE_WORK_EXPIRE);
+    assert_string_equal(w[0].queue_id, "M150");
+    queue_work_free(w, (size_t)n);
+    same_picks(q, T0 + MIN, 2, 0);
+    /* Room again: the expiry first (it is the oldest due), then the oldest. */
+    expect_pick(q, T0 + MIN, 3, 0, "M002 M150");
+}
+
+/* Route: x.test and y.test share one next hop; other domains as route_by_domain. */
+static int route_shared(void *data, const char *rcpt, char *dest, size_t destlen)
+{
+    const char *at = strrchr(rcpt, '@');
+    if (at != NULL && (strcmp(at + 1, "x.test") == 0 || strcmp(at + 1, "y.test") == 0)) {
+        snprintf(dest, destlen, "[mx.test]:25");
+        return 0;
+    }
+    return route_by_domain(data, rcpt, dest, destlen);
+}
+
+/* Two domains, one destination: one item per message, the domains' heaps merged in order. */
+static void test_domains_share_destination(void **state)
+{
+    struct queue *q = *state;
+    enq(q, T0, "A", "a@x.test", "b@y.test", "c@z.test", 0);
+    enq(q, T0 + 1, "B", "a@y.test", NULL, NULL, 0);
+    enq(q, T0 + 2, "C", "a@x.test", NULL, NULL, 0);
+    enq(q, T0 + 3, "D", "a@y.test", "b@x.test", NULL, 0);
+    defer(q, T0 + 4, "A", 0, T0 + MIN); /* A's x.test recipient later: y.test still due */
+    const struct queue_route shared = {.data = NULL, .dest = route_shared};
+    for (int on = 1; on >= 0; on--) {
+        queue_set_sched_index(q, on);
+        for (unsigned per = 0; per <= 4; per++) {
+            struct queue_sched_limits lim = {.max_per_dest = per, .self_node = 1};
+            struct queue_work *w = NULL;
+            int n = queue_sched_pick(q, T0 + 10, &lim, &shared, &w);
+            char got[256];
+            pick_ids(w, n, got, sizeof(got));
+            /* z.test always; mx.test: A (only b@y.test), B, C, D (both) in order,
+             * each once (0: no limit). */
+            static const char *const want[] = {"A A B C D", "A A", "A A B", "A A B C", "A A B C D"};
+            assert_string_equal(got, want[per]);
+            for (int i = 0; i < n; i++) {
+                if (strcmp(w[i].queue_id, "D") == 0)
+                    assert_int_equal(w[i].n_rcpts, 2);
+                if (strcmp(w[i].queue_id, "A") == 0 && strcmp(w[i].dest, "[mx.test]:25") == 0) {
+                    assert_int_equal(w[i].n_rcpts, 1);
+                    assert_int_equal(w[i].rcpt_indexes[0], 1);
+                }
+            }
+            queue_work_free(w, (size_t)n);
+        }
+    }
+    queue_set_sched_index(q, true);
+    assert_int_equal(queue_sched_index_check(q), 0);
+}
+
+/*
+ * A pick costs what it hands out: 5000 due messages for a destination with
+ * two free slots and 5000 for one at its limit are picked within 100
+ * allocations, where a walk over the due messages makes a group (an
+ * allocation) for each message of the free destination and runs out.
+ */
+static void test_domain_pick_costs_what_it_picks(void **state)
+{
+    struct queue *q = *state;
+    char id[32];
+    for (int i = 0; i < 10000; i++) {
+        snprintf(id, sizeof(id), "M%05d", i);
+        enq(q, T0 + (uint64_t)i, id, i % 2 ? "u@two.test" : "u@one.test", NULL, NULL, 0);
+    }
+    lease(q, T0 + MIN, "M00001", 0, 2, "other", T0 + 60 * MIN, 1, "[two.test]:25");
+    lease(q, T0 + MIN, "M00003", 0, 2, "other", T0 + 60 * MIN, 2, "[two.test]:25");
+    struct queue_sched_limits lim = {.max_per_dest = 2, .max_items = 256, .self_node = 1};
+    for (int on = 1; on >= 0; on--) {
+        queue_set_sched_index(q, on);
+        struct queue_work *w = NULL;
+        fx_fail_after(100);
+        int n = queue_sched_pick(q, T0 + MIN, &lim, &route, &w);
+        bool failed = fx_fail_off();
+        if (on) {
+            assert_false(failed);
+            assert_int_equal(n, 2);
+            assert_string_equal(w[0].queue_id, "M00000");
+            assert_string_equal(w[1].queue_id, "M00002");
+        } else {
+            assert_int_equal(n, HAMR_ENOMEM);
+        }
+        queue_work_free(w, n > 0 ? (size_t)n : 0);
+    }
+    queue_set_sched_index(q, true);
+}
+
 static void test_heap_out_of_memory(void **state)
 {
     (void)state;
@@ -872,6 +1073,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_backlog_not_walked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_index_matches_full_walk, setup, teardown),
         cmocka_unit_test_setup_teardown(test_index_after_admin_bounce, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_domain_fair_share, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_domain_lapsed_and_held, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_domain_expiry_at_full_dest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_domains_share_destination, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_domain_pick_costs_what_it_picks, setup, teardown),
         cmocka_unit_test(test_heap_out_of_memory),
         cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
         cmocka_unit_test(test_backoff_table),
