@@ -117,6 +117,27 @@ def ctl_tls_env(env=None):
     return out
 
 
+def ctl_env_push(cert_base, ca):
+    """ctl_env_push - hamrctl in this process presents CERT_BASE.pem/.key and trusts ca.
+
+    For tests with a PKI of their own. Returns what HAMRCTL_* were before, for
+    ctl_env_pop.
+    """
+    saved = {k: os.environ.get(k) for k in HAMRCTL_TLS_ENV}
+    os.environ.update({"HAMRCTL_CERT": cert_base + ".pem", "HAMRCTL_KEY": cert_base + ".key",
+                       "HAMRCTL_CA": ca})
+    return saved
+
+
+def ctl_env_pop(saved):
+    """ctl_env_pop - HAMRCTL_* back to what ctl_env_push found (None: nothing to do)."""
+    for k, v in (saved or {}).items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def ctl_plain_env(env=None):
     """ctl_plain_env - env (default os.environ) without HAMRCTL_CERT/_KEY/_CA."""
     out = dict(os.environ if env is None else env)

@@ -54,7 +54,6 @@ from cluster import Cluster, ClusterTestCase, cluster_log  # noqa: E402
 from harness import make_message, new_test_id, send_message, sha256_hex, wait_for  # noqa: E402
 
 MAKE_PKI = os.path.join(harness.REPO, "deploy", "make-pki.sh")
-TLS_ENV = ("HAMRCTL_CERT", "HAMRCTL_KEY", "HAMRCTL_CA")
 NODE_DAYS = 100  # the certificates the nodes start with
 ROT_DAYS = 400  # test a's new certificates
 FIX_DAYS = 500  # test b's
@@ -169,8 +168,8 @@ class ClusterRotateTest(ClusterTestCase):
                 p = os.path.join(live, "node-%d.%s" % (i, ext))
                 shutil.copyfile(os.path.join(d, "node-%d.%s" % (i, ext)), p)
                 os.chmod(p, mode)
-        cls.saved_env = {k: os.environ.get(k) for k in TLS_ENV}
-        cls.use_operator(os.path.join(d, "operator-alice"), os.path.join(d, "ca.pem"))
+        cls.saved_env = harness.ctl_env_push(os.path.join(d, "operator-alice"),
+                                             os.path.join(d, "ca.pem"))
         c = Cluster(cls.env, 3)
         for node in c.nodes:
             node.overrides = {s: dict(kv) for s, kv in node.overrides.items()}
@@ -184,16 +183,11 @@ class ClusterRotateTest(ClusterTestCase):
     @classmethod
     def use_operator(cls, base, ca):
         """use_operator - hamrctl (and served_cert) present BASE.pem/.key and trust ca."""
-        os.environ.update({"HAMRCTL_CERT": base + ".pem", "HAMRCTL_KEY": base + ".key",
-                           "HAMRCTL_CA": ca})
+        harness.ctl_env_push(base, ca)
 
     @classmethod
     def tearDownClass(cls):
-        for k, v in getattr(cls, "saved_env", {}).items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        harness.ctl_env_pop(getattr(cls, "saved_env", None))
         super().tearDownClass()
 
     # --- helpers ------------------------------------------------------------

@@ -45,7 +45,6 @@ from cluster import Cluster, ClusterTestCase, cluster_log  # noqa: E402
 from harness import field, ipv6_loopback, wait_for  # noqa: E402
 
 MAKE_PKI = os.path.join(harness.REPO, "deploy", "make-pki.sh")
-TLS_ENV = ("HAMRCTL_CERT", "HAMRCTL_KEY", "HAMRCTL_CA")
 
 
 def cert_time(pem, which="enddate"):
@@ -168,10 +167,8 @@ class ControlTlsClusterTest(ClusterTestCase):
             for p in (os.path.join(d, "ca.pem"), os.path.join(d2, "ca.pem")):
                 with open(p) as f:
                     out.write(f.read())
-        cls.saved_env = {k: os.environ.get(k) for k in TLS_ENV}
-        os.environ.update({"HAMRCTL_CERT": os.path.join(d, "operator-alice.pem"),
-                           "HAMRCTL_KEY": os.path.join(d, "operator-alice.key"),
-                           "HAMRCTL_CA": os.path.join(d, "ca.pem")})
+        cls.saved_env = harness.ctl_env_push(os.path.join(d, "operator-alice"),
+                                             os.path.join(d, "ca.pem"))
         c = Cluster(cls.env, 3)
         c.add_http()
         for node in c.nodes:
@@ -187,11 +184,7 @@ class ControlTlsClusterTest(ClusterTestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for k, v in getattr(cls, "saved_env", {}).items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        harness.ctl_env_pop(getattr(cls, "saved_env", None))
         super().tearDownClass()
 
     def metrics(self, node):
@@ -230,7 +223,7 @@ class ControlTlsClusterTest(ClusterTestCase):
         node = self.cluster.nodes[0]
         addr = "[::1]:%d" % node.control_port
         before = self.refused(node)
-        plain = {k: v for k, v in os.environ.items() if k not in TLS_ENV}
+        plain = harness.ctl_plain_env()
         rc, _, err = run_ctl(["-a", addr, "status"], env=plain)
         self.assertEqual(rc, 1)
         self.assertIn("hamrctl: this control port takes TLS with an operator certificate", err)
