@@ -124,18 +124,6 @@ lc_voters() {
     echo "$out"
 }
 
-# lc_peer_supported - true if this hamrd knows [listen] peer (follower forwarding).
-lc_peer_supported() {
-    local probe rc
-    probe=$(mktemp -d)
-    printf '[node]\nid = 1\ndata_dir = %s/data\n[cluster_tls]\nplaintext = yes\n[listen]\nraft = 127.0.0.1:%d\npeer = 127.0.0.1:%d\n' \
-        "$probe" $((RAFT_BASE + 1)) $((PEER_BASE + 1)) >"$probe/probe.conf"
-    rc=0
-    "$BUILD/hamrd" --check-config -c "$probe/probe.conf" >/dev/null 2>&1 || rc=1
-    rm -rf "$probe"
-    return $rc
-}
-
 # lc_check_id ID - die unless ID is a node number of this cluster.
 lc_check_id() {
     if ! [[ "$1" =~ ^[0-9]+$ ]] || [ "$1" -lt 1 ] || [ "$1" -gt "$NODES" ]; then
@@ -172,9 +160,7 @@ lc_write_config() {
     if [ "$(id -u)" -eq 0 ]; then
         user="user = ${HAMR_USER:-nobody}"
     fi
-    if lc_peer_supported; then
-        peer="peer = 127.0.0.1:$((PEER_BASE + n))"
-    fi
+    peer="peer = 127.0.0.1:$((PEER_BASE + n))"
     # /health and /metrics on 8101-8103; HAProxy (--lb) checks /health/ready there.
     http="http = 127.0.0.1:$((HTTP_BASE + n))"
     if lc_lb; then
@@ -385,7 +371,7 @@ PY
 }
 
 lc_up() {
-    local lb=$1 now n id file leader targets
+    local lb=$1 now n id file
     if [ "$lb" = yes ]; then
         PACKAGES+=(haproxy)
     fi
@@ -411,7 +397,6 @@ lc_up() {
         lc_start_node "$n"
     done
     lc_wait 60 "a leader (see $RUN/node*.log)" lc_has_leader
-    leader=$(lc_leader)
     if lc_lb; then
         lc_start_lb
         # Nodes take SMTP only from HAProxy: send the test mail through it.
@@ -427,14 +412,8 @@ lc_up() {
         lc_hint
         return 0
     fi
-    # Every node takes mail when followers forward; otherwise only the leader does.
-    if lc_peer_supported; then
-        targets=$(seq 1 "$NODES")
-    else
-        echo "local-cluster: this hamrd has no [listen] peer: sending to the leader only"
-        targets=$leader
-    fi
-    for n in $targets; do
+    # Every node takes mail: followers forward it to the leader.
+    for ((n = 1; n <= NODES; n++)); do
         id="local-cluster-$(date +%s)-$$-node$n"
         lc_send_test "$id" "$n"
         lc_wait 60 "the test message through node$n to reach $RUN/sink/" lc_landed "$id"
