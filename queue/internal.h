@@ -28,7 +28,6 @@
 #define QUEUE_ACCEPT_ID_MAX (QUEUE_ID_MAX - 1 - 12)
 /* last_error is cut at this many bytes. */
 #define QUEUE_ERROR_MAX 512
-#define QUEUE_SHA256_LEN 32
 #define QUEUE_HASH_MIN 64
 /* Text of the per-recipient error after an administrative bounce. */
 #define QUEUE_ADMIN_BOUNCE_TEXT "bounced by the administrator"
@@ -85,6 +84,7 @@ struct queue_counts {
     size_t rcpts_pending;
     size_t rcpts_leased;
     size_t bytes;
+    size_t missing; /* bodies this node lacks */
     size_t stage_msgs[QUEUE_STAGES];
     size_t stage_rcpts[QUEUE_STAGES];
 };
@@ -101,7 +101,6 @@ struct queue_counts {
  */
 struct queue_item {
     struct queue_msg msg;
-    uint8_t sha256[QUEUE_SHA256_LEN]; /* of the body, for snapshots and the digest */
     uint64_t hash;
     struct queue_item *hnext;       /* hash chain */
     struct queue_item *prev, *next; /* acceptance order */
@@ -158,6 +157,9 @@ struct queue {
     struct queue_domain *domains;
     struct queue_dheap expiry;
     bool dom_broken;
+    /* Where bodies live (queue_set_body_ops); without, in memory. */
+    struct queue_body_ops body_ops;
+    bool has_body_ops;
 };
 
 /* queue.c: helpers */
@@ -193,8 +195,29 @@ struct queue_item *queue_item_new(const char *id,
 /* queue_item_set_text - replace client_addr / helo (copied). */
 int queue_item_set_text(struct queue_item *it, const char *client_addr, const char *helo);
 
-/* queue_item_set_body - copy the body in. */
-int queue_item_set_body(struct queue_item *it, const uint8_t *body, size_t len);
+/*
+ * queue_item_keep_body - it's body (its body_sha256 already set): with body
+ * ops put in the store (*body stays the caller's), else taken into memory
+ * (*body becomes NULL). Non-zero: a store that failed; the apply must fail.
+ */
+int queue_item_keep_body(struct queue *q, struct queue_item *it, uint8_t **body, size_t len);
+
+/* queue_item_release_body - it leaves the queue: its body's record is no longer needed. */
+void queue_item_release_body(struct queue *q, struct queue_item *it);
+
+/* queue_item_drop - an item that was never linked: its body released, then freed. NULL. */
+struct queue_item *queue_item_drop(struct queue *q, struct queue_item *it);
+
+/*
+ * queue_item_read_head - up to n bytes from the start of it's body, from
+ * memory or the store: *out borrowed or malloc'ed (then *owned is true).
+ * A missing or unreadable body gives 0 bytes.
+ */
+size_t queue_item_read_head(const struct queue *q,
+                            const struct queue_msg *m,
+                            size_t n,
+                            const uint8_t **out,
+                            uint8_t **owned);
 
 /* queue_lookup - the item with this id, or NULL. */
 struct queue_item *queue_lookup(const struct queue *q, const char *id);

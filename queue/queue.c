@@ -150,17 +150,107 @@ int queue_item_set_text(struct queue_item *it, const char *client_addr, const ch
     return 0;
 }
 
-/* queue_item_set_body - copy the body in. */
-int queue_item_set_body(struct queue_item *it, const uint8_t *body, size_t len)
+/* queue_set_body_ops - bodies go through ops from now on. */
+void queue_set_body_ops(struct queue *q, const struct queue_body_ops *ops)
 {
+    q->body_ops = *ops;
+    q->has_body_ops = true;
+}
+
+/* queue_item_keep_body - into the store, or taken into memory. */
+int queue_item_keep_body(struct queue *q, struct queue_item *it, uint8_t **body, size_t len)
+{
+    struct queue_msg *m = &it->msg;
+    m->body_len = len;
     if (len == 0)
+        return 0; /* nothing to keep: an empty body is never missing */
+    if (!q->has_body_ops) {
+        m->body = *body;
+        *body = NULL;
         return 0;
-    it->msg.body = malloc(len);
-    if (it->msg.body == NULL)
-        return HAMR_ENOMEM;
-    memcpy(it->msg.body, body, len);
-    it->msg.body_len = len;
+    }
+    int rv = q->body_ops.put(q->body_ops.arg, m->id, *body, len, m->body_sha256, &m->body_loc);
+    if (rv != 0)
+        return rv;
+    m->body_stored = true;
     return 0;
+}
+
+/* queue_item_release_body - tell the store the record may go. */
+void queue_item_release_body(struct queue *q, struct queue_item *it)
+{
+    if (it->msg.body_stored && q->has_body_ops && q->body_ops.release != NULL)
+        q->body_ops.release(q->body_ops.arg, it->msg.id, it->msg.body_loc);
+    it->msg.body_stored = false;
+}
+
+/* queue_item_drop - release the body of an unlinked item and free it. */
+struct queue_item *queue_item_drop(struct queue *q, struct queue_item *it)
+{
+    if (it != NULL)
+        queue_item_release_body(q, it);
+    return queue_item_free(it);
+}
+
+/* queue_item_read_head - the first n bytes of a body, wherever it is. */
+size_t queue_item_read_head(const struct queue *q,
+                            const struct queue_msg *m,
+                            size_t n,
+                            const uint8_t **out,
+                            uint8_t **owned)
+{
+    *owned = NULL;
+    *out = m->body;
+    if (n > m->body_len)
+        n = m->body_len;
+    if (m->body != NULL || n == 0)
+        return m->body != NULL ? n : 0;
+    if (!m->body_stored || !q->has_body_ops || q->body_ops.read == NULL)
+        return 0;
+    uint8_t *buf = malloc(n);
+    if (buf == NULL)
+        return 0;
+    long long got = q->body_ops.read(q->body_ops.arg, m->body_loc, 0, buf, n);
+    if (got <= 0) {
+        free(buf);
+        return 0;
+    }
+    *out = *owned = buf;
+    return (size_t)got;
+}
+
+/* queue_body_found - a fetched body is in the store at loc now. */
+int queue_body_found(struct queue *q, const char *id, uint64_t loc)
+{
+    struct queue_item *it = queue_lookup(q, id);
+    if (it == NULL)
+        return HAMR_ENOTFOUND;
+    queue_item_release_body(q, it);
+    it->msg.body_loc = loc;
+    it->msg.body_stored = true;
+    it->msg.body_missing = false;
+    queue_touch(q, it);
+    return 0;
+}
+
+/* queue_body_lost - the stored copy is bad: forget it, the body is missing. */
+int queue_body_lost(struct queue *q, const char *id)
+{
+    struct queue_item *it = queue_lookup(q, id);
+    if (it == NULL)
+        return HAMR_ENOTFOUND;
+    if (it->msg.body == NULL && it->msg.body_len > 0) {
+        queue_item_release_body(q, it);
+        it->msg.body_missing = true;
+        queue_touch(q, it);
+    }
+    return 0;
+}
+
+/* queue_bodies_missing - kept by queue_count. */
+size_t queue_bodies_missing(const struct queue *q)
+{
+    return q->counts.missing;
 }
 
 /* queue_grow_msgs - double the message table when full; failure only keeps chains longer. */
@@ -386,6 +476,7 @@ struct queue *queue_free(struct queue *q)
 /* queue_finish - a message leaves the queue; its id goes to the done set. Takes d. */
 void queue_finish(struct queue *q, struct queue_item *it, struct queue_done *d)
 {
+    queue_item_release_body(q, it);
     queue_unlink(q, it);
     queue_item_free(it);
     queue_done_link(q, d);

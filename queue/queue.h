@@ -40,6 +40,7 @@
 #include <stdint.h>
 
 #define QUEUE_ID_MAX 64
+#define QUEUE_SHA256_LEN 32
 #define QUEUE_DONE_TTL_MS (24ull * 3600 * 1000)
 
 enum queue_rcpt_state {
@@ -75,6 +76,14 @@ struct queue_rcpt {
 #define QUEUE_LEVEL_TLS 2
 /* Bounds on what apply accepts from an entry (longer text is cut). */
 #define QUEUE_TLS_POLICY_MAX 16
+/*
+ * QUEUE_LEVEL_STORE - the level from which snapshots leave bodies out
+ * (Enqueue.body_len says how long each is): every node keeps bodies in its
+ * own store and fetches what it lacks from a peer. Below it a snapshot
+ * still carries every body, read back from the store, so that a node of an
+ * older build that installs it has them.
+ */
+#define QUEUE_LEVEL_STORE 3
 #define QUEUE_TLS_MAX 160
 
 struct queue_msg {
@@ -82,8 +91,12 @@ struct queue_msg {
     char *sender; /* "" for the null sender */
     struct queue_rcpt *rcpts;
     size_t n_rcpts;
-    uint8_t *body;
-    size_t body_len;
+    uint8_t *body;   /* in memory (a queue without body ops), else NULL */
+    size_t body_len; /* wherever it is */
+    uint8_t body_sha256[QUEUE_SHA256_LEN];
+    uint64_t body_loc; /* with body ops: where the node's store has it (not replicated) */
+    bool body_stored;  /* body_loc is valid */
+    bool body_missing; /* this node lacks the body (to fetch from a peer; not replicated) */
     bool body_8bit;
     bool is_dsn;
     bool held;
@@ -132,6 +145,59 @@ struct queue;
 
 /* queue_new - an empty queue; NULL on no memory. */
 struct queue *queue_new(void);
+
+/*
+ * queue_body_ops - where bodies live when they are not kept in memory: the
+ * node's body store (queue/body_store.h). The queue stays deterministic:
+ * what it replicates and digests is each body's length and SHA-256; where
+ * a node keeps the bytes is its own business (body_loc, body_stored,
+ * body_missing are never replicated). Without ops (tests, tools) bodies
+ * are kept in memory as before.
+ *
+ *   put     - a body that arrived in an Enqueue, a DSN made by apply, or a
+ *             snapshot below QUEUE_LEVEL_STORE: keep it, set *loc. Non-zero
+ *             fails the apply: the node must stop (the body is still in raft's
+ *             log, which is never compacted past a body not on disk).
+ *   locate  - a message restored from a snapshot without its body: 0 and
+ *             *loc if the store has it, else non-zero (the body is missing).
+ *   release - the message left the queue (finished, deleted, or not in a
+ *             snapshot that replaced the state).
+ *   read    - up to n bytes of the body at loc from offset off, or a
+ *             negative code: a DSN's copy of the original headers, and the
+ *             bodies of a snapshot below QUEUE_LEVEL_STORE.
+ */
+struct queue_body_ops {
+    void *arg;
+    int (*put)(void *arg,
+               const char *id,
+               const uint8_t *body,
+               size_t len,
+               const uint8_t sha[QUEUE_SHA256_LEN],
+               uint64_t *loc);
+    int (*locate)(void *arg,
+                  const char *id,
+                  size_t len,
+                  const uint8_t sha[QUEUE_SHA256_LEN],
+                  uint64_t *loc);
+    void (*release)(void *arg, const char *id, uint64_t loc);
+    long long (*read)(void *arg, uint64_t loc, uint64_t off, uint8_t *buf, size_t n);
+};
+
+/* queue_set_body_ops - keep bodies through ops from now on (copied); before anything is applied. */
+void queue_set_body_ops(struct queue *q, const struct queue_body_ops *ops);
+
+/*
+ * queue_body_found - the node has the body of id at loc now (fetched from a
+ * peer): no longer missing. HAMR_ENOTFOUND if id is not queued (the caller
+ * then releases loc itself).
+ */
+int queue_body_found(struct queue *q, const char *id, uint64_t loc);
+
+/* queue_body_lost - the body of id in the store is unreadable or corrupt: missing now. */
+int queue_body_lost(struct queue *q, const char *id);
+
+/* queue_bodies_missing - how many queued messages this node lacks the body of (O(1)). */
+size_t queue_bodies_missing(const struct queue *q);
 
 /* queue_free - release everything; returns NULL. */
 struct queue *queue_free(struct queue *q);

@@ -100,7 +100,7 @@ static void queue_rcpt_set_error(struct queue_rcpt *r, char *text)
  * yet linked; *dsn_count gets the message's new DSN counter. *out is NULL
  * when no DSN is owed (null sender, a DSN itself, nothing failed).
  */
-static int queue_dsn_prepare(const struct queue *q,
+static int queue_dsn_prepare(struct queue *q,
                              const struct queue_msg *m,
                              const struct queue_dsn_rcpt *failed,
                              size_t n_failed,
@@ -130,7 +130,20 @@ static int queue_dsn_prepare(const struct queue *q,
     uint8_t *body = NULL;
     size_t len = 0;
     bool eight_bit = false;
-    int rv = queue_dsn_build(m, failed, n_failed, reporter, now_ms, id, &body, &len, &eight_bit);
+    /*
+     * The DSN quotes the original's header block, from memory or from the
+     * store. Every node that has the body quotes the same bytes; one that
+     * still lacks it (fetching after a snapshot) quotes none, and its copy
+     * of this DSN differs from the others' (consensus/RAFT.md).
+     */
+    struct queue_msg orig = *m;
+    uint8_t *head = NULL;
+    const uint8_t *p = NULL;
+    orig.body_len = queue_item_read_head(q, m, QUEUE_DSN_HEADERS_MAX + 2, &p, &head);
+    orig.body = (uint8_t *)p;
+    int rv =
+        queue_dsn_build(&orig, failed, n_failed, reporter, now_ms, id, &body, &len, &eight_bit);
+    free(head);
     if (rv != 0)
         return rv;
     char *rcpt = m->sender;
@@ -139,15 +152,20 @@ static int queue_dsn_prepare(const struct queue *q,
         free(body);
         return HAMR_ENOMEM;
     }
-    it->msg.body = body;
-    it->msg.body_len = len;
     it->msg.body_8bit = eight_bit;
     it->msg.is_dsn = true;
     it->msg.expires_at_ms = dsn_expires_at_ms;
     it->msg.accepted_by = 0;
-    if (!queue_sha256(body, len, it->sha256)) {
+    if (!queue_sha256(body, len, it->msg.body_sha256)) {
+        free(body);
         queue_item_free(it);
         return HAMR_ENOMEM;
+    }
+    rv = queue_item_keep_body(q, it, &body, len);
+    free(body);
+    if (rv != 0) {
+        queue_item_free(it);
+        return rv;
     }
     *out = it;
     *dsn_count = n + 1;
@@ -200,13 +218,16 @@ static int queue_apply_enqueue(struct queue *q,
         queue_item_free(it);
         return HAMR_ENOMEM;
     }
-    if (e->body.len > 0) {
-        it->msg.body = e->body.data;
-        it->msg.body_len = e->body.len;
-        e->body.data = NULL; /* hamr__entry__free_unpacked skips it now */
+    memcpy(it->msg.body_sha256, sha, sizeof(sha));
+    /* Taken, not copied, when kept in memory: free_unpacked skips a NULL body. */
+    size_t body_len = e->body.len;
+    int rv = queue_item_keep_body(q, it, &e->body.data, body_len);
+    if (e->body.data == NULL)
         e->body.len = 0;
+    if (rv != 0) {
+        queue_item_free(it);
+        return rv;
     }
-    memcpy(it->sha256, sha, sizeof(sha));
     it->msg.expires_at_ms = e->expires_at_ms;
     it->msg.is_dsn = e->is_dsn;
     it->msg.body_8bit = e->body_8bit;
@@ -346,7 +367,7 @@ struct queue_outcome_plan {
 };
 
 /* queue_outcome_plan_free - release what the plan still owns. */
-static void queue_outcome_plan_free(struct queue_outcome_plan *p, size_t n)
+static void queue_outcome_plan_free(struct queue *q, struct queue_outcome_plan *p, size_t n)
 {
     for (size_t i = 0; p->errors && i < n; i++)
         free(p->errors[i]);
@@ -360,7 +381,7 @@ static void queue_outcome_plan_free(struct queue_outcome_plan *p, size_t n)
     free(p->tls);
     free(p->applies);
     free(p->failed);
-    queue_item_free(p->dsn);
+    queue_item_drop(q, p->dsn);
     free(p->done);
 }
 
@@ -382,7 +403,7 @@ static int queue_outcome_validate(const struct queue_msg *m, const Hamr__Outcome
 }
 
 /* queue_outcome_prepare - fill the plan: which results apply, texts, DSN, done record. */
-static int queue_outcome_prepare(const struct queue *q,
+static int queue_outcome_prepare(struct queue *q,
                                  const struct queue_msg *m,
                                  const Hamr__Outcome *o,
                                  uint64_t ts,
@@ -470,7 +491,7 @@ static int queue_apply_outcome(struct queue *q,
     struct queue_outcome_plan p = {0};
     rv = queue_outcome_prepare(q, m, o, ts, &p);
     if (rv != 0) {
-        queue_outcome_plan_free(&p, o->n_results);
+        queue_outcome_plan_free(q, &p, o->n_results);
         return rv;
     }
     /* Nothing below can fail. */
@@ -520,7 +541,7 @@ static int queue_apply_outcome(struct queue *q,
         p.done = NULL;
         res->finished++;
     }
-    queue_outcome_plan_free(&p, o->n_results);
+    queue_outcome_plan_free(q, &p, o->n_results);
     return 0;
 }
 
@@ -595,7 +616,7 @@ static int queue_admin_bounce(struct queue *q,
         free(errors[i]);
     free(errors);
     free(failed);
-    queue_item_free(dsn);
+    queue_item_drop(q, dsn);
     free(done);
     return rv;
 }
@@ -659,7 +680,9 @@ static int queue_apply_admin(struct queue *q,
  * ------------------------------------------------------------------------ */
 
 /* queue_apply_node_info - a NodeInfo entry; a bad one is refused, not fatal. */
-static int queue_apply_node_info(struct queue *q, const Hamr__NodeInfo *ni, uint64_t ts,
+static int queue_apply_node_info(struct queue *q,
+                                 const Hamr__NodeInfo *ni,
+                                 uint64_t ts,
                                  struct queue_apply_result *res)
 {
     res->status = queue_node_put(q, ni, ts);

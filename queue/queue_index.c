@@ -189,6 +189,7 @@ static void queue_counts_add(struct queue_counts *sum, const struct queue_counts
     sum->rcpts_pending += d * c->rcpts_pending;
     sum->rcpts_leased += d * c->rcpts_leased;
     sum->bytes += d * c->bytes;
+    sum->missing += d * c->missing;
     for (int i = 0; i < QUEUE_STAGES; i++) {
         sum->stage_msgs[i] += d * c->stage_msgs[i];
         sum->stage_rcpts[i] += d * c->stage_rcpts[i];
@@ -205,7 +206,8 @@ void queue_count(struct queue *q, struct queue_item *it, int sign)
 {
     struct queue_counts *c = &it->counted;
     if (sign > 0) {
-        *c = (struct queue_counts){.held = it->msg.held, .bytes = it->msg.body_len};
+        *c = (struct queue_counts){
+            .held = it->msg.held, .bytes = it->msg.body_len, .missing = it->msg.body_missing};
         for (size_t i = 0; i < it->msg.n_rcpts; i++) {
             c->rcpts_pending += it->msg.rcpts[i].state == QUEUE_RCPT_PENDING;
             c->rcpts_leased += it->msg.rcpts[i].state == QUEUE_RCPT_LEASED;

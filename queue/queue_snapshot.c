@@ -44,6 +44,8 @@ struct queue_snap {
     Hamr__DoneId **donep;
     Hamr__NodeInfo *ni;
     Hamr__NodeInfo **nip;
+    uint8_t **bodies; /* read back from the store (below QUEUE_LEVEL_STORE); owned */
+    size_t n_bodies;
 };
 
 /* queue_snap_free - release the arrays (never the strings they point to). */
@@ -59,6 +61,44 @@ static void queue_snap_free(struct queue_snap *s)
     free(s->donep);
     free(s->ni);
     free(s->nip);
+    for (size_t i = 0; i < s->n_bodies; i++)
+        free(s->bodies[i]);
+    free(s->bodies);
+}
+
+/*
+ * queue_snap_body - the body of m for a snapshot: from memory; or left out
+ * with its length (from QUEUE_LEVEL_STORE); or read back from the store
+ * (older levels, whose nodes expect every body). A body this node lacks
+ * cannot go into an older-level snapshot: HAMR_ENOTFOUND, and raft tries
+ * the snapshot again later.
+ */
+static int queue_snap_body(const struct queue *q,
+                           const struct queue_msg *m,
+                           Hamr__Enqueue *e,
+                           struct queue_snap *s)
+{
+    if (m->body != NULL || m->body_len == 0) {
+        e->body.data = m->body;
+        e->body.len = m->body_len;
+        return 0;
+    }
+    if (q->cluster_level >= QUEUE_LEVEL_STORE) {
+        e->body_len = m->body_len;
+        return 0;
+    }
+    if (!m->body_stored || !q->has_body_ops || q->body_ops.read == NULL)
+        return HAMR_ENOTFOUND;
+    uint8_t *b = malloc(m->body_len);
+    if (b == NULL)
+        return HAMR_ENOMEM;
+    s->bodies[s->n_bodies++] = b;
+    long long got = q->body_ops.read(q->body_ops.arg, m->body_loc, 0, b, m->body_len);
+    if (got < 0 || (size_t)got != m->body_len)
+        return got < 0 ? (int)got : HAMR_EIO;
+    e->body.data = b;
+    e->body.len = m->body_len;
+    return 0;
 }
 
 /* queue_snap_text - a borrowed string for a protobuf field ("" for NULL). */
@@ -108,8 +148,12 @@ static int queue_snap_build(const struct queue *q, bool with_bodies, struct queu
     s->rsp = calloc(nr ? nr : 1, sizeof(*s->rsp));
     s->done = calloc(nd ? nd : 1, sizeof(*s->done));
     s->donep = calloc(nd ? nd : 1, sizeof(*s->donep));
+    if (with_bodies && q->has_body_ops && q->cluster_level < QUEUE_LEVEL_STORE)
+        s->bodies = calloc(nm ? nm : 1, sizeof(*s->bodies));
     if (!s->qm || !s->qmp || !s->enq || !s->rcpt_addrs || !s->rs || !s->rsp || !s->done ||
-        !s->donep) {
+        !s->donep ||
+        (with_bodies && q->has_body_ops && q->cluster_level < QUEUE_LEVEL_STORE &&
+         s->bodies == NULL)) {
         queue_snap_free(s);
         return HAMR_ENOMEM;
     }
@@ -122,13 +166,14 @@ static int queue_snap_build(const struct queue *q, bool with_bodies, struct queu
         e->sender = queue_snap_text(m->sender);
         e->n_rcpts = m->n_rcpts;
         e->rcpts = &s->rcpt_addrs[ri];
-        if (with_bodies) {
-            e->body.data = m->body;
-            e->body.len = m->body_len;
+        int rv = with_bodies ? queue_snap_body(q, m, e, s) : 0;
+        if (rv != 0) {
+            queue_snap_free(s);
+            return rv;
         }
         e->expires_at_ms = m->expires_at_ms;
         e->is_dsn = m->is_dsn;
-        e->body_sha256.data = (uint8_t *)it->sha256;
+        e->body_sha256.data = (uint8_t *)it->msg.body_sha256;
         e->body_sha256.len = QUEUE_SHA256_LEN;
         e->client_addr = queue_snap_text(m->client_addr);
         e->helo = queue_snap_text(m->helo);
@@ -204,8 +249,62 @@ int queue_snapshot(const struct queue *q, void *(*alloc)(size_t), uint8_t **out,
     return rv;
 }
 
+/*
+ * queue_restore_body - the body of a restored message: from the snapshot
+ * (checked against its hash, then kept as an Enqueue's is), or left out of
+ * it: then the old state's record if it had the same body, else wherever
+ * the store finds it, else missing (to fetch). A queue without body ops
+ * cannot take a snapshot without bodies.
+ */
+static int queue_restore_body(struct queue *n,
+                              const struct queue *old,
+                              struct queue_item *it,
+                              const Hamr__Enqueue *e)
+{
+    struct queue_msg *m = &it->msg;
+    memcpy(m->body_sha256, e->body_sha256.data, QUEUE_SHA256_LEN);
+    if (e->body.len > 0 || e->body_len == 0) {
+        uint8_t sha[QUEUE_SHA256_LEN];
+        if (!queue_sha256(e->body.data, e->body.len, sha))
+            return HAMR_ENOMEM;
+        /* The body must be the one that was accepted. */
+        if (memcmp(sha, m->body_sha256, QUEUE_SHA256_LEN) != 0)
+            return HAMR_ECORRUPT;
+    } else if (!n->has_body_ops) {
+        return HAMR_ECORRUPT;
+    }
+    size_t len = e->body.len > 0 ? e->body.len : e->body_len;
+    const struct queue_item *was = queue_lookup(old, m->id);
+    if (len > 0 && was != NULL && was->msg.body_stored && was->msg.body_len == len &&
+        memcmp(was->msg.body_sha256, m->body_sha256, QUEUE_SHA256_LEN) == 0) {
+        m->body_len = len;
+        m->body_loc = was->msg.body_loc; /* shared until the old state goes */
+        m->body_stored = true;
+        return 0;
+    }
+    if (e->body.len > 0) {
+        uint8_t *copy = malloc(e->body.len);
+        if (copy == NULL)
+            return HAMR_ENOMEM;
+        memcpy(copy, e->body.data, e->body.len);
+        int rv = queue_item_keep_body(n, it, &copy, e->body.len);
+        free(copy);
+        return rv;
+    }
+    m->body_len = len;
+    if (n->body_ops.locate != NULL &&
+        n->body_ops.locate(n->body_ops.arg, m->id, len, m->body_sha256, &m->body_loc) == 0)
+        m->body_stored = true;
+    else
+        m->body_missing = true;
+    return 0;
+}
+
 /* queue_restore_msg - one message from a snapshot, checked, not yet linked. */
-static int queue_restore_msg(const Hamr__QueuedMessage *qm, struct queue_item **out)
+static int queue_restore_msg(struct queue *n,
+                             const struct queue *old,
+                             const Hamr__QueuedMessage *qm,
+                             struct queue_item **out)
 {
     *out = NULL;
     const Hamr__Enqueue *e = qm->enqueue;
@@ -217,16 +316,9 @@ static int queue_restore_msg(const Hamr__QueuedMessage *qm, struct queue_item **
         queue_item_new(e->queue_id, e->sender, e->rcpts, e->n_rcpts, qm->received_at_ms);
     if (it == NULL)
         return HAMR_ENOMEM;
-    if (queue_item_set_text(it, e->client_addr, e->helo) != 0 ||
-        queue_item_set_body(it, e->body.data, e->body.len) != 0 ||
-        !queue_sha256(e->body.data, e->body.len, it->sha256)) {
+    if (queue_item_set_text(it, e->client_addr, e->helo) != 0) {
         queue_item_free(it);
         return HAMR_ENOMEM;
-    }
-    /* The body must be the one that was accepted. */
-    if (memcmp(it->sha256, e->body_sha256.data, QUEUE_SHA256_LEN) != 0) {
-        queue_item_free(it);
-        return HAMR_ECORRUPT;
     }
     struct queue_msg *m = &it->msg;
     m->expires_at_ms = e->expires_at_ms;
@@ -259,23 +351,29 @@ static int queue_restore_msg(const Hamr__QueuedMessage *qm, struct queue_item **
             return HAMR_ENOMEM;
         }
     }
+    /* Last: from here on a failure must give the body's record back. */
+    int rv = queue_restore_body(n, old, it, e);
+    if (rv != 0) {
+        queue_item_drop(n, it);
+        return rv;
+    }
     *out = it;
     return 0;
 }
 
 /* queue_restore_into - fill the empty queue n from a decoded snapshot. */
-static int queue_restore_into(struct queue *n, const Hamr__Snapshot *s)
+static int queue_restore_into(struct queue *n, const struct queue *old, const Hamr__Snapshot *s)
 {
     /* A level this build cannot reach; absent (older snapshot, or level 1) is 1. */
     if (s->cluster_level > n->format_max)
         return HAMR_EVERSION;
     for (size_t i = 0; i < s->n_messages; i++) {
         struct queue_item *it;
-        int rv = queue_restore_msg(s->messages[i], &it);
+        int rv = queue_restore_msg(n, old, s->messages[i], &it);
         if (rv != 0)
             return rv;
         if (queue_contains(n, it->msg.id)) {
-            queue_item_free(it);
+            queue_item_drop(n, it);
             return HAMR_ECORRUPT;
         }
         queue_link(n, it);
@@ -299,6 +397,22 @@ static int queue_restore_into(struct queue *n, const Hamr__Snapshot *s)
     return 0;
 }
 
+/*
+ * queue_release_unshared - give back the body records of from's messages
+ * that keep's messages do not share (same id, same record): the state that
+ * goes after a restore, or the one that was being built when it failed.
+ */
+static void queue_release_unshared(struct queue *from, const struct queue *keep)
+{
+    for (struct queue_item *it = from->head; it != NULL; it = it->next) {
+        const struct queue_item *k = queue_lookup(keep, it->msg.id);
+        if (k != NULL && k->msg.body_stored && it->msg.body_stored &&
+            k->msg.body_loc == it->msg.body_loc)
+            continue;
+        queue_item_release_body(from, it);
+    }
+}
+
 /* queue_restore - build a new state from a snapshot, then swap it in. */
 int queue_restore(struct queue *q, const uint8_t *buf, size_t len)
 {
@@ -312,9 +426,12 @@ int queue_restore(struct queue *q, const uint8_t *buf, size_t len)
         return HAMR_ENOMEM;
     }
     n->format_max = q->format_max; /* a property of the build, not of the state */
-    rv = queue_restore_into(n, s);
+    if (q->has_body_ops)
+        queue_set_body_ops(n, &q->body_ops);
+    rv = queue_restore_into(n, q, s);
     hamr__snapshot__free_unpacked(s, NULL);
     if (rv != 0) {
+        queue_release_unshared(n, q);
         queue_free(n);
         return rv;
     }
@@ -322,6 +439,7 @@ int queue_restore(struct queue *q, const uint8_t *buf, size_t len)
     struct queue tmp = *q;
     *q = *n;
     *n = tmp;
+    queue_release_unshared(n, q);
     queue_free(n);
     return 0;
 }
