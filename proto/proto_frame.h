@@ -32,9 +32,12 @@
  * Formats this build applies. Format 2 adds the outbound TLS fields of
  * RcptResult/RcptState; the state machine copies them only once the
  * replicated cluster level is 2 (queue.h, QUEUE_LEVEL_TLS), so entries stay
- * stamped with format 1 and builds of format 1 still read them.
+ * stamped with format 1 and builds of format 1 still read them. Format 3
+ * (QUEUE_LEVEL_STORE) adds Enqueue.body_len: from cluster level 3 snapshots
+ * carry each body's length and hash, not the body, which only nodes that
+ * keep a body store and fetch from peers can install.
  */
-#define PROTO_FORMAT_VERSION_MAX 2
+#define PROTO_FORMAT_VERSION_MAX 3
 #define PROTO_SNAPSHOT_VERSION 1
 #define PROTO_CONTROL_MAX (64u * 1024 * 1024)
 /* Peer frames: same layout as control frames; a proposal carries a whole message. */
