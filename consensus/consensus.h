@@ -47,6 +47,19 @@ struct consensus_fsm {
     int (*snapshot)(void *data, uint8_t **buf, size_t *len);
     /* restore - replace the whole state; buf is borrowed. */
     int (*restore)(void *data, const uint8_t *buf, size_t len);
+    /*
+     * Snapshots off the loop (optional; all three or none): snapshot_view
+     * runs on the loop where raft would call snapshot (which is then
+     * unused) and returns a consistent view of the state, cheaply (a copy
+     * on write: a forked child, say); snapshot_write runs in libuv's thread
+     * pool and turns the view into the whole state in one buffer from
+     * consensus_malloc (ownership passes); snapshot_release runs on the
+     * loop afterwards, whatever happened, and frees the view. Errors are
+     * HAMR_E*: raft tries again after a later apply batch.
+     */
+    int (*snapshot_view)(void *data, void **view);
+    int (*snapshot_write)(void *view, uint8_t **buf, size_t *len);
+    void (*snapshot_release)(void *view);
 };
 
 struct consensus_member {

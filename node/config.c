@@ -161,6 +161,8 @@ static const struct config_key config_keys[] = {
     CK("storage", "min_free", CONFIG_K_SIZE, min_free_bytes, 0, UINT64_MAX),
     CK("storage", "queue_max_messages", CONFIG_K_COUNT, queue_max_messages, 0, UINT64_MAX),
     CK("storage", "queue_max_bytes", CONFIG_K_SIZE, queue_max_bytes, 0, UINT64_MAX),
+    CK("storage", "body_segment_size", CONFIG_K_SIZE, body_segment_bytes, 64 * 1024,
+       1024 * CONFIG_MIB),
 
     CK("cluster_tls", "ca_file", CONFIG_K_STRING_OPT, cluster_ca_file, 0, 0),
     CK("cluster_tls", "cert_file", CONFIG_K_STRING_OPT, cluster_cert_file, 0, 0),
@@ -501,6 +503,7 @@ void config_defaults(struct hamr_config *cfg)
     cfg->min_free_bytes = 256 * CONFIG_MIB;
     cfg->queue_max_messages = 1000000;
     cfg->queue_max_bytes = 0;
+    cfg->body_segment_bytes = 64 * CONFIG_MIB;
     config_link_policy(cfg);
 }
 

@@ -140,6 +140,7 @@ struct hamr_config {
      * applied: at or above either, MAIL gets 452 4.3.1. 0 turns one off. */
     uint64_t queue_max_messages; /* queue_max_messages (1000000) */
     uint64_t queue_max_bytes;    /* queue_max_bytes (0: off) */
+    uint64_t body_segment_bytes; /* body_segment_size: the body store's segments */
 
     /* [cluster_tls]: the cluster's PKI (net/cluster_tls.h), not the SMTP certificate */
     char cluster_ca_file[1024];   /* ca_file (""): the cluster CA, PEM */

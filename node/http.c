@@ -113,6 +113,12 @@ bool health_ready(const struct health_input *in, char *reason, size_t len)
         snprintf(reason, len, "catching up: %" PRIu64 " entries behind", in->apply_lag);
         return false;
     }
+    /* After a snapshot install this node lacks bodies: until it has them it
+     * is one copy short, so a rolling upgrade must not take the next node. */
+    if (in->bodies_missing > 0) {
+        snprintf(reason, len, "fetching bodies: %" PRIu64 " missing", in->bodies_missing);
+        return false;
+    }
     if (in->min_free_bytes != 0 && in->disk_free_bytes < in->min_free_bytes) {
         snprintf(reason, len, "disk low: %" PRIu64 " MiB free, %" PRIu64 " MiB required",
                  in->disk_free_bytes / HTTP_MIB, in->min_free_bytes / HTTP_MIB);

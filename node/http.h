@@ -73,6 +73,7 @@ struct health_input {
     uint64_t disk_free_bytes;        /* on the data directory's file system */
     uint64_t min_free_bytes;         /* [storage] min_free; 0 turns the check off */
     uint64_t apply_lag;              /* commit index minus applied index */
+    uint64_t bodies_missing;         /* queued messages whose body this node is fetching */
     bool queue_full;                 /* at [storage] queue_max_messages or queue_max_bytes */
     uint64_t queue_messages;         /* the replicated queue's size, for the text */
     uint64_t queue_bytes;

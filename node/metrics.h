@@ -159,6 +159,13 @@ enum metrics_hamr_id {
     METRICS_QUEUE_LIMIT_MSGS,    /* gauge: [storage] queue_max_messages (0: none) */
     METRICS_QUEUE_LIMIT_BYTES,   /* gauge: [storage] queue_max_bytes (0: none) */
     METRICS_QUEUE_FULL,          /* gauge 0/1: at a queue limit, MAIL gets 452 */
+    METRICS_BODIES_MISSING,      /* gauge: queued messages whose body this node lacks */
+    METRICS_BODY_STORE_BYTES,    /* gauge: size of the body store's segments */
+    METRICS_BODY_STORE_SEGMENTS, /* gauge: segment files */
+    METRICS_BODY_STORE_SYNCS,    /* counter: body store syncs */
+    METRICS_BODY_READ_ERRORS,    /* counter: bodies found unreadable or corrupt on disk */
+    METRICS_BODIES_FETCHED,      /* counter: bodies fetched from peers */
+    METRICS_BODY_FETCH_CORRUPT,  /* counter: fetched bodies whose SHA-256 did not match */
     METRICS_BUILD_INFO,          /* gauge{version} = 1 */
     METRICS_HAMR_COUNT
 };

@@ -57,11 +57,12 @@
 #include "node/peer_policy.h"
 #include "node/pki_status.h"
 #include "node/proposer.h"
+#include "node/body_fetch.h"
 #include "node/relay.h"
 #include "node/relay_internal.h"
 
 /* relay_fail - a fatal error: log it and stop the node (systemd restarts it). */
-static void relay_fail(struct relay *r, const char *why)
+void relay_fail(struct relay *r, const char *why)
 {
     if (r->failed)
         return;
@@ -96,13 +97,6 @@ static int relay_fsm_apply(void *data, const uint8_t *buf, size_t len, void **re
     return 0;
 }
 
-/* relay_fsm_snapshot - the whole queue for raft. */
-static int relay_fsm_snapshot(void *data, uint8_t **buf, size_t *len)
-{
-    struct relay *r = data;
-    return queue_snapshot(r->queue, consensus_malloc, buf, len);
-}
-
 /* relay_fsm_restore - replace the queue from a snapshot. */
 static int relay_fsm_restore(void *data, const uint8_t *buf, size_t len)
 {
@@ -110,6 +104,8 @@ static int relay_fsm_restore(void *data, const uint8_t *buf, size_t len)
     int rv = queue_restore(r->queue, buf, len);
     if (rv != 0)
         log_error("snapshot restore failed error=\"%s\"", hamr_strerror(rv));
+    else
+        relay_bodies_restored(r); /* fetch what the snapshot's messages lack here */
     return rv;
 }
 
@@ -473,8 +469,10 @@ static int relay_start_raft(struct relay *r, char *err, size_t errlen)
     struct consensus_fsm fsm = {
         .data = r,
         .apply = relay_fsm_apply,
-        .snapshot = relay_fsm_snapshot,
         .restore = relay_fsm_restore,
+        .snapshot_view = relay_snapshot_view, /* off the loop: relay_snapshot.c */
+        .snapshot_write = relay_snapshot_write,
+        .snapshot_release = relay_snapshot_release,
     };
     int rv = consensus_new(r->loop, &cc, &fsm, &r->cons, err, errlen);
     if (rv != 0)
@@ -650,11 +648,15 @@ int relay_start(uv_loop_t *loop,
     }
     rv = relay_start_cluster_tls(r, err, errlen);
     if (rv == 0)
+        rv = relay_bodies_open(r, err, errlen);
+    if (rv == 0)
         rv = relay_start_raft(r, err, errlen);
     if (rv == 0)
         rv = relay_start_smtp(r, err, errlen);
     if (rv == 0)
         rv = relay_start_channels(r, err, errlen);
+    if (rv == 0)
+        rv = relay_bodies_start(r, err, errlen);
     if (rv != 0) {
         /* Close what was opened; r is freed once the last handle has
          * closed (hamrd runs the loop once more). */
@@ -759,13 +761,23 @@ static void relay_close_timer(struct relay *r, uv_timer_t *t)
     uv_close((uv_handle_t *)t, relay_close_handle_cb);
 }
 
+/* relay_close_store - after raft (whose last applies may write bodies): the body store. */
+static void relay_close_store(void *arg)
+{
+    struct relay *r = arg;
+    relay_bodies_close(r, relay_close_step, r);
+}
+
 /* relay_close_raft - close raft (which fails what it holds), counted. */
 static void relay_close_raft(void *arg)
 {
     struct relay *r = arg;
     if (r->cons != NULL) {
         r->stop.closing++;
-        consensus_close(r->cons, relay_close_step, r);
+        consensus_close(r->cons, relay_close_store, r);
+    } else {
+        r->stop.closing++;
+        relay_close_store(r);
     }
     relay_close_step(r); /* the pool's count */
 }
@@ -808,6 +820,9 @@ static void relay_close_all(struct relay *r)
         r->stop.closing++;
         peer_server_close(r->peer_srv, relay_close_step, r);
     }
+    if (r->fetch != NULL)
+        body_fetch_close(r->fetch); /* its calls fail as the peer client closes */
+    r->fetch = NULL;
     if (r->peer_cli != NULL) {
         r->stop.closing++;
         peer_client_close(r->peer_cli, relay_close_step, r);

@@ -26,6 +26,7 @@
 #include "util/err.h"
 #include "util/log.h"
 #include "proto/hamr.pb-c.h"
+#include "queue/body_store.h"
 #include "queue/queue.h"
 #include "queue/queue_entry.h"
 #include "queue/queue_sched.h"
@@ -111,6 +112,14 @@ static void relay_ctl_status(struct relay *r, struct control_call *call)
     char ident[PKI_STATUS_IDENT_MAX];
     pki_status_fill(r->ctls, time(NULL), &tls, ident, sizeof(ident));
     ns.cluster_tls = &tls;
+    if (r->store != NULL) {
+        struct body_store_stats bs;
+        body_store_get_stats(r->store, &bs);
+        ns.body_store = true;
+        ns.bodies_missing = queue_bodies_missing(r->queue);
+        ns.body_store_bytes = bs.disk_bytes;
+        ns.body_store_segments = bs.segments;
+    }
     Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
     resp.status = &ns;
     control_reply(call, &resp);

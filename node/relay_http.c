@@ -15,9 +15,11 @@
 
 #include <uv.h>
 
+#include "queue/body_store.h"
 #include "queue/queue.h"
 #include "consensus/consensus.h"
 #include "net/smtpd_server.h"
+#include "node/body_fetch.h"
 #include "node/http.h"
 #include "node/metrics.h"
 #include "node/peer.h"
@@ -52,6 +54,7 @@ void relay_http_ready(void *data, struct health_input *in)
     in->queue_max_messages = r->cfg->queue_max_messages;
     in->queue_max_bytes = r->cfg->queue_max_bytes;
     in->queue_full = queue_full(r->queue, r->cfg->queue_max_messages, r->cfg->queue_max_bytes);
+    in->bodies_missing = queue_bodies_missing(r->queue);
 }
 
 _Static_assert(METRICS_STATE_PENDING == (int)QUEUE_STAGE_PENDING &&
@@ -119,6 +122,21 @@ void relay_metrics_fill(void *data, struct metrics *m)
     metrics_gauge_set(m, METRICS_QUEUE_LIMIT_BYTES, 0, (double)r->cfg->queue_max_bytes);
     metrics_gauge_set(m, METRICS_QUEUE_FULL, 0,
                       queue_full(r->queue, r->cfg->queue_max_messages, r->cfg->queue_max_bytes));
+    metrics_gauge_set(m, METRICS_BODIES_MISSING, 0, (double)queue_bodies_missing(r->queue));
+    if (r->store != NULL) {
+        struct body_store_stats bs;
+        body_store_get_stats(r->store, &bs);
+        metrics_gauge_set(m, METRICS_BODY_STORE_BYTES, 0, (double)bs.disk_bytes);
+        metrics_gauge_set(m, METRICS_BODY_STORE_SEGMENTS, 0, (double)bs.segments);
+        metrics_counter_set(m, METRICS_BODY_STORE_SYNCS, 0, bs.syncs);
+        metrics_counter_set(m, METRICS_BODY_READ_ERRORS, 0, bs.read_errors);
+    }
+    if (r->fetch != NULL) {
+        struct body_fetch_stats fs;
+        body_fetch_get_stats(r->fetch, &fs);
+        metrics_counter_set(m, METRICS_BODIES_FETCHED, 0, fs.fetched);
+        metrics_counter_set(m, METRICS_BODY_FETCH_CORRUPT, 0, fs.corrupt);
+    }
     metrics_gauge_set(m, METRICS_SESSIONS_OPEN, 0, (double)smtpd_server_sessions(r->smtpd));
     metrics_counter_set(m, METRICS_DUPLICATE_WINDOWS, 0, r->sched.duplicate_windows);
     struct proposer_stats ps;

@@ -12,6 +12,9 @@
 
 #include <uv.h>
 
+struct body_store;
+struct body_fetch;
+
 #include "proto/hamr.pb-c.h"
 #include "queue/queue.h"
 #include "consensus/consensus.h"
@@ -53,9 +56,11 @@ struct relay_delivery {
     uint32_t *rcpt_indexes;
     char **rcpts;
     char *sender;
-    uint8_t *body; /* a copy: the queue may drop the message meanwhile */
+    uint8_t *body; /* read from the store (or copied): the queue may drop the message */
     size_t body_len;
     bool body_8bit;
+    struct config_hostport hp; /* the destination */
+    enum smtpc_tls_policy policy;
     struct smtpc_msg msg;
     struct relay_delivery *prev, *next;
 };
@@ -70,6 +75,7 @@ struct relay_sched_state {
     struct relay_delivery *deliveries;
     size_t n_deliveries;
     uint64_t duplicate_windows; /* outcomes lost after a delivery attempt */
+    unsigned reading;           /* deliveries waiting for their body from the store */
 };
 
 /* relay_accept_state - the acceptance path (relay_accept.c). */
@@ -111,6 +117,8 @@ struct relay {
     struct peer_server *peer_srv; /* NULL on a node without [listen] peer */
     struct peer_client *peer_cli;
     struct metrics *metrics;
+    struct body_store *store;  /* bodies on this node's disk (relay_bodies.c) */
+    struct body_fetch *fetch;  /* bodies this node lacks, from peers; NULL without a peer port */
     struct http *http;             /* NULL without [listen] http */
     struct http *metrics_http;     /* NULL without [listen] metrics: the TLS one */
     uv_timer_t housekeeping_timer; /* once a second: disk, deadlines, raft health */
@@ -125,6 +133,24 @@ struct relay {
     struct relay_sched_state sched;
     struct relay_stop_state stop;
 };
+
+/* relay.c */
+void relay_fail(struct relay *r, const char *why);
+
+/* relay_bodies.c */
+int relay_bodies_open(struct relay *r, char *err, size_t errlen);
+int relay_bodies_start(struct relay *r, char *err, size_t errlen);
+int relay_bodies_before_snapshot(struct relay *r);
+void relay_bodies_restored(struct relay *r);
+void relay_bodies_want(struct relay *r, const struct queue_msg *m);
+void relay_bodies_corrupt(struct relay *r, const char *id, int status);
+void relay_bodies_serve(struct relay *r, struct peer_call *call, const Hamr__PeerFetch *req);
+void relay_bodies_close(struct relay *r, void (*cb)(void *arg), void *arg);
+
+/* relay_snapshot.c */
+int relay_snapshot_view(void *data, void **view);
+int relay_snapshot_write(void *view, uint8_t **buf, size_t *len);
+void relay_snapshot_release(void *view);
 
 /* relay_accept.c */
 int relay_queue_id(uint64_t ms, uint64_t node_id, uint64_t counter, char *id, size_t idlen);

@@ -33,6 +33,7 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "queue/body_store.h"
 #include "queue/queue.h"
 #include "queue/queue_entry.h"
 #include "queue/queue_sched.h"
@@ -279,33 +280,75 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
         relay_outcome_done(d, rv, 0);
 }
 
-/* relay_deliver_start - deliver the recipients this node's lease got. */
+/* relay_deliver_send - hand d (its body read) to the SMTP client pool. */
+static void relay_deliver_send(struct relay *r, struct relay_delivery *d)
+{
+    d->msg.sender = d->sender;
+    d->msg.rcpts = (const char *const *)d->rcpts;
+    d->msg.n_rcpts = d->n_rcpts;
+    d->msg.body = d->body;
+    d->msg.body_len = d->body_len;
+    d->msg.body_8bit = d->body_8bit;
+    int rv = r->stopping ? HAMR_ESHUTDOWN
+                         : smtpc_pool_deliver_tls(r->pool, d->hp.host, d->hp.port, d->policy,
+                                                  d->hp.host, &d->msg, relay_delivery_done, d);
+    if (rv != 0) {
+        log_warn("delivery not started id=%s error=\"%s\"", d->queue_id, hamr_strerror(rv));
+        /* Nothing was attempted: the lease simply expires and the work is picked again. */
+        relay_outcome_done(d, 0, 0);
+        return;
+    }
+    d->next = r->sched.deliveries;
+    if (r->sched.deliveries)
+        r->sched.deliveries->prev = d;
+    r->sched.deliveries = d;
+    r->sched.n_deliveries++;
+}
+
+/* relay_deliver_read_done - the body came from the store (or did not). */
+static void relay_deliver_read_done(void *arg, int status, uint8_t *body, size_t len)
+{
+    struct relay_delivery *d = arg;
+    struct relay *r = d->relay;
+    r->sched.reading--;
+    if (status != 0) {
+        if (status != HAMR_ESHUTDOWN)
+            relay_bodies_corrupt(r, d->queue_id, status);
+        relay_outcome_done(d, 0, 0);
+        return;
+    }
+    d->body = body;
+    d->body_len = len;
+    relay_deliver_send(r, d);
+}
+
+/*
+ * relay_deliver_start - deliver the recipients this node's lease got. The
+ * body is read from the store in the thread pool (checked against its
+ * SHA-256); a corrupt one is fetched again from a peer and the lease left
+ * to expire.
+ */
 static void relay_deliver_start(struct relay *r,
                                 const struct queue_msg *m,
                                 uint64_t lease_id,
                                 const char *dest)
 {
-    struct config_hostport hp;
-    if (config_parse_hostport(dest, &hp) != 0) {
-        log_error("bad destination id=%s dest=%s", m->id, dest);
-        return;
-    }
-    enum smtpc_tls_policy policy = SMTPC_TLS_MAY;
     struct relay_delivery *d = calloc(1, sizeof(*d));
     if (d == NULL)
         return;
     d->relay = r;
     hamr_strlcpy(d->queue_id, m->id, sizeof(d->queue_id));
+    if (config_parse_hostport(dest, &d->hp) != 0) {
+        log_error("bad destination id=%s dest=%s", m->id, dest);
+        goto fail;
+    }
     d->lease_id = lease_id;
     d->expires_at_ms = m->expires_at_ms;
     d->rcpt_indexes = calloc(m->n_rcpts, sizeof(*d->rcpt_indexes));
     d->rcpts = calloc(m->n_rcpts, sizeof(*d->rcpts));
     d->sender = strdup(m->sender);
-    d->body = malloc(m->body_len ? m->body_len : 1);
-    if (d->rcpt_indexes == NULL || d->rcpts == NULL || d->sender == NULL || d->body == NULL)
+    if (d->rcpt_indexes == NULL || d->rcpts == NULL || d->sender == NULL)
         goto fail;
-    memcpy(d->body, m->body, m->body_len);
-    d->body_len = m->body_len;
     d->body_8bit = m->body_8bit;
     for (size_t i = 0; i < m->n_rcpts; i++) {
         const struct queue_rcpt *qr = &m->rcpts[i];
@@ -321,24 +364,26 @@ static void relay_deliver_start(struct relay *r,
     if (d->n_rcpts == 0)
         goto fail;
     /* The configuration is not reloaded, so relay_delivery_done finds the same policy. */
-    policy = relay_sched_policy(r, d->rcpts, d->n_rcpts);
-    d->msg.sender = d->sender;
-    d->msg.rcpts = (const char *const *)d->rcpts;
-    d->msg.n_rcpts = d->n_rcpts;
-    d->msg.body = d->body;
-    d->msg.body_len = d->body_len;
-    d->msg.body_8bit = d->body_8bit;
-    int rv = smtpc_pool_deliver_tls(r->pool, hp.host, hp.port, policy, hp.host, &d->msg,
-                                    relay_delivery_done, d);
-    if (rv != 0) {
-        log_warn("delivery not started id=%s error=\"%s\"", m->id, hamr_strerror(rv));
+    d->policy = relay_sched_policy(r, d->rcpts, d->n_rcpts);
+    if (m->body != NULL || m->body_len == 0) {
+        /* In memory (a queue without a store), or empty. */
+        d->body = malloc(m->body_len ? m->body_len : 1);
+        if (d->body == NULL)
+            goto fail;
+        if (m->body_len > 0)
+            memcpy(d->body, m->body, m->body_len);
+        d->body_len = m->body_len;
+        relay_deliver_send(r, d);
+        return;
+    }
+    if (!m->body_stored) {
+        relay_bodies_want(r, m);
         goto fail;
     }
-    d->next = r->sched.deliveries;
-    if (r->sched.deliveries)
-        r->sched.deliveries->prev = d;
-    r->sched.deliveries = d;
-    r->sched.n_deliveries++;
+    if (body_store_read(r->store, m->body_loc, m->id, m->body_len, m->body_sha256,
+                        relay_deliver_read_done, d) != 0)
+        goto fail;
+    r->sched.reading++;
     return;
 fail:
     /* Nothing was attempted: the lease simply expires and the work is picked again. */
@@ -542,13 +587,21 @@ void relay_sched_tick(uv_timer_t *t)
         return;
     }
 
-    /* Split: final outcomes now, deliveries under one lease. */
+    /* Split: final outcomes now, deliveries under one lease; not a message
+     * whose body this node lacks: it is being fetched (relay_bodies.c). */
     size_t n_deliver = 0;
     for (int i = 0; i < n; i++) {
-        if (work[i].kind == QUEUE_WORK_DELIVER)
+        if (work[i].kind == QUEUE_WORK_DELIVER) {
+            const struct queue_msg *m = queue_find(r->queue, work[i].queue_id);
+            if (m != NULL && m->body_missing) {
+                relay_bodies_want(r, m);
+                work[i].kind = QUEUE_WORK_SKIP;
+                continue;
+            }
             n_deliver++;
-        else
+        } else {
             relay_sched_final(r, &work[i], now);
+        }
     }
     if (n_deliver == 0) {
         queue_work_free(work, (size_t)n);
