@@ -68,16 +68,16 @@
 struct body_store;
 
 struct body_store_stats {
-    uint64_t segments;      /* segment files on disk */
-    uint64_t disk_bytes;    /* their total size */
-    uint64_t live;          /* records put or claimed and not released */
-    uint64_t live_bytes;    /* their body bytes */
-    uint64_t puts;          /* since open */
-    uint64_t syncs;         /* completed syncs (thread pool and sync_now) */
-    uint64_t unsynced;      /* records written but not yet synced */
-    uint64_t removed;       /* segments unlinked since open */
-    uint64_t read_errors;   /* reads that failed or did not match (corrupt, missing) */
-    uint64_t last_sync_us;  /* duration of the last sync */
+    uint64_t segments;     /* segment files on disk */
+    uint64_t disk_bytes;   /* their total size */
+    uint64_t live;         /* records put or claimed and not released */
+    uint64_t live_bytes;   /* their body bytes */
+    uint64_t puts;         /* since open */
+    uint64_t syncs;        /* completed syncs (thread pool and sync_now) */
+    uint64_t unsynced;     /* records written but not yet synced */
+    uint64_t removed;      /* segments unlinked since open */
+    uint64_t read_errors;  /* reads that failed or did not match (corrupt, missing) */
+    uint64_t last_sync_us; /* duration of the last sync */
 };
 
 /*
@@ -96,8 +96,10 @@ int body_store_open(uv_loop_t *loop,
 /*
  * body_store_put - append a body (its SHA-256 given, not checked here) and
  * set *loc. The record is in the page cache on return and on disk after the
- * next sync. HAMR_NOSPACE / HAMR_EIO: nothing usable was written; the node
- * must stop. HAMR_EINVAL: id empty or over 255 bytes, or len over 4 GiB.
+ * next sync. HAMR_ENOSPACE / HAMR_EIO: nothing usable was written; the node
+ * must stop (after a failed sync every put returns HAMR_EIO). HAMR_EINVAL:
+ * id empty or over 255 bytes, or len over 4 GiB - 1. HAMR_ENOMEM, and
+ * HAMR_ESHUTDOWN once body_store_close was called: nothing was written.
  */
 int body_store_put(struct body_store *s,
                    const char *id,
@@ -108,8 +110,9 @@ int body_store_put(struct body_store *s,
 
 /*
  * body_store_claim - during startup (before body_store_claims_done): the
- * newest complete record of id with this length and hash, counted live.
- * 0 and *loc, or HAMR_ENOTFOUND (also after claims_done).
+ * newest complete record of id with this length and hash, counted live
+ * (a second claim of the same record returns it without counting it again).
+ * 0 and *loc, or HAMR_ENOTFOUND (also after claims_done), HAMR_ENOMEM.
  */
 int body_store_claim(struct body_store *s,
                      const char *id,
@@ -117,17 +120,26 @@ int body_store_claim(struct body_store *s,
                      const uint8_t sha[BODY_SHA256_LEN],
                      uint64_t *loc);
 
-/* body_store_claims_done - free the startup index; remove segments with nothing live. Idempotent. */
+/*
+ * body_store_claims_done - free the startup index; remove segments with
+ * nothing live. Idempotent.
+ */
 void body_store_claims_done(struct body_store *s);
 
-/* body_store_release - the record at loc is no longer needed (its message left the queue). */
+/*
+ * body_store_release - the record at loc is no longer needed (its message
+ * left the queue). A loc that is not live (released already, never put or
+ * claimed) is logged and ignored: counting it would remove a segment that
+ * other records still need.
+ */
 void body_store_release(struct body_store *s, uint64_t loc);
 
 /*
  * body_store_sync_now - on the loop thread: everything put so far is on
  * disk when this returns 0 (fdatasync of the segments with unsynced
  * records, fsync of the directory when segments were created). HAMR_EIO
- * otherwise.
+ * otherwise, and from then on (a failed sync is never retried: Linux reports
+ * a lost write once).
  */
 int body_store_sync_now(struct body_store *s);
 
@@ -147,7 +159,8 @@ typedef void (*body_store_read_cb)(void *arg, int status, uint8_t *body, size_t 
  * body_store_read - read the whole body at loc in the thread pool and
  * check it is id's, of len bytes, with this SHA-256. cb runs exactly once,
  * never inside this call, unless this returns non-zero (HAMR_ENOMEM,
- * HAMR_EINVAL for BODY_LOC_NONE).
+ * HAMR_EINVAL for BODY_LOC_NONE or an id that is empty or over 255 bytes,
+ * HAMR_ESHUTDOWN once body_store_close was called). id and sha are copied.
  */
 int body_store_read(struct body_store *s,
                     uint64_t loc,
@@ -172,7 +185,8 @@ void body_store_get_stats(const struct body_store *s, struct body_store_stats *s
 /*
  * body_store_close - wait for work in the thread pool (sync, reads, unlinks:
  * read callbacks run with HAMR_ESHUTDOWN or their result), sync, close,
- * free; cb(arg) afterwards, never inside this call.
+ * free; cb(arg) afterwards, never inside this call. A second call does
+ * nothing. A failed final sync is logged (the node is stopping anyway).
  */
 void body_store_close(struct body_store *s, void (*cb)(void *arg), void *arg);
 

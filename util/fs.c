@@ -1,15 +1,18 @@
 /*
- * fs.c - small file-system helpers: mkdir -p.
+ * fs.c - small file-system helpers: mkdir -p, fsync of a directory (what
+ * makes a file's creation durable, not only its contents).
  *
  * Paths come from the operator's configuration, never from the network.
  */
 #include "util/fs.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "util/common.h"
 #include "util/err.h"
@@ -44,4 +47,42 @@ int fs_mkdirs(const char *dir, mode_t mode, char *errmsg, size_t errlen)
         return HAMR_EINVAL;
     }
     return 0;
+}
+
+/* fs_fsync_dir - fsync a directory; see fs.h. */
+int fs_fsync_dir(const char *dir, char *errmsg, size_t errlen)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || fsync(fd) != 0) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        if (errmsg != NULL)
+            snprintf(errmsg, errlen, "fsync directory %s: %s", dir, strerror(e));
+        return HAMR_EIO;
+    }
+    close(fd);
+    return 0;
+}
+
+/* fs_fsync_parent - fsync the directory holding path; see fs.h. */
+int fs_fsync_parent(const char *path, char *errmsg, size_t errlen)
+{
+    char parent[PATH_MAX];
+    size_t len = hamr_strlcpy(parent, path, sizeof(parent));
+    if (len >= sizeof(parent)) {
+        if (errmsg != NULL)
+            snprintf(errmsg, errlen, "fsync directory: path too long");
+        return HAMR_EINVAL;
+    }
+    while (len > 1 && parent[len - 1] == '/') /* "a/b/" is "a/b" */
+        parent[--len] = '\0';
+    char *slash = strrchr(parent, '/');
+    if (slash == NULL)
+        return fs_fsync_dir(".", errmsg, errlen);
+    if (slash == parent)
+        slash[1] = '\0'; /* "/x": the root */
+    else
+        *slash = '\0';
+    return fs_fsync_dir(parent, errmsg, errlen);
 }
