@@ -1,11 +1,12 @@
 /*
  * peer.c - the peer channel: pipelined hamr.PeerMsg RPC between nodes over
  * libuv TCP, through mutual TLS or in the clear (net/tls_stream), server
- * (the leader answers) and client (followers forward).
+ * (the leader answers; every node serves body chunks) and client (followers
+ * forward; a node lacking bodies fetches them).
  *
  * Server happy path: accept -> TLS handshake (the certificate names the
  * caller's node) -> read frames -> hello checked against the certificate
- * (plaintext: taken as the caller's node id) -> each propose/query becomes a
+ * (plaintext: taken as the caller's node id) -> each propose/query/fetch becomes a
  * peer_call handed to the handler -> (now or later, in any order) peer_reply
  * -> the answer is queued for writing.
  *
@@ -26,7 +27,7 @@
  * Failure modes:
  *   - a frame header announcing more than PROTO_PEER_MAX, a frame that does
  *     not decode, or a PeerMsg with an unexpected body (server: anything but
- *     hello first, propose, query; client: anything but result): the
+ *     hello first, propose, query, fetch; client: anything but result): the
  *     connection is closed and the reason logged;
  *   - server: the client goes away while calls are with the handler: they
  *     are orphaned (call->conn = NULL) and peer_reply only frees them; a
@@ -544,6 +545,7 @@ static void peer_sconn_frame(struct peer_link *l, const uint8_t *p, size_t n)
             return;
         case HAMR__PEER_MSG__BODY_PROPOSE:
         case HAMR__PEER_MSG__BODY_QUERY:
+        case HAMR__PEER_MSG__BODY_FETCH:
             break;
         default:
             hamr__peer_msg__free_unpacked(msg, NULL);
@@ -576,8 +578,17 @@ static void peer_sconn_frame(struct peer_link *l, const uint8_t *p, size_t n)
                  conn->n_calls);
     }
     struct peer_server *s = conn->srv;
-    s->handler.request(s->handler.data, call, msg);
-    /* The answer may come from inside request() or later, in any order. */
+    if (msg->body_case != HAMR__PEER_MSG__BODY_FETCH) {
+        s->handler.request(s->handler.data, call, msg);
+    } else if (s->handler.fetch != NULL) {
+        s->handler.fetch(s->handler.data, call, msg->fetch);
+    } else {
+        /* A node that keeps no bodies (or a handler that does not serve them) has none. */
+        Hamr__PeerResult res = HAMR__PEER_RESULT__INIT;
+        res.status = HAMR_ENOTFOUND;
+        peer_reply(call, &res);
+    }
+    /* The answer may come from inside the handler or later, in any order. */
 }
 
 /* peer_sconn_resume - answers went out: read again if reading was paused. */
@@ -1339,7 +1350,8 @@ int peer_client_call(struct peer_client *c,
     if (c->closing)
         return HAMR_ESHUTDOWN;
     if ((req->body_case != HAMR__PEER_MSG__BODY_PROPOSE || req->propose == NULL) &&
-        (req->body_case != HAMR__PEER_MSG__BODY_QUERY || req->query == NULL))
+        (req->body_case != HAMR__PEER_MSG__BODY_QUERY || req->query == NULL) &&
+        (req->body_case != HAMR__PEER_MSG__BODY_FETCH || req->fetch == NULL))
         return HAMR_EINVAL;
     if (c->ctls != NULL && node == 0)
         return HAMR_EINVAL; /* no certificate names node 0 */

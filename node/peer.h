@@ -1,12 +1,13 @@
 /*
  * peer.h - the peer channel between hamr nodes: pipelined request/answer RPC
  * over TCP, mutual TLS when the cluster has a PKI (net/cluster_tls), used by
- * followers to forward proposals and queries to the leader.
+ * followers to forward proposals and queries to the leader, and by any node
+ * to fetch message bodies it lacks from the others (node/body_fetch.h).
  *
  * Frames: 4-byte big-endian length (at most PROTO_PEER_MAX), then a
  * hamr.PeerMsg (proto/hamr.proto). A connection opens with a PeerMsg carrying
  * `hello` (no answer). After it, the client sends PeerMsg requests with
- * `propose` or `query` and a req_id of its choosing; the server answers each
+ * `propose`, `query` or `fetch` and a req_id of its choosing; the server answers each
  * with a PeerMsg carrying `result` and the same req_id, in any order. Many
  * requests may be outstanding on one connection.
  *
@@ -27,7 +28,7 @@
  * net/tcp_server, net/tls_stream, net/cluster_tls (identities; the contexts
  * are the caller's, taken anew for each connection so a reload applies),
  * util; what a request means is the handler's business (node/proposer.c on
- * the leader).
+ * the leader, node/body_fetch.c for fetch).
  */
 #ifndef HAMR_NODE_PEER_H
 #define HAMR_NODE_PEER_H
@@ -60,15 +61,19 @@ struct peer_server;
 struct peer_call; /* one request waiting for its answer */
 
 /*
- * peer_handler - what the node does with a request. msg is a PeerMsg with
- * `propose` or `query` set (hello is handled inside: see peer_call_node).
- * msg is borrowed until the call is answered. The handler must answer every
- * call exactly once with peer_reply(), now or later, even if the connection
- * or the whole server has gone away meanwhile.
+ * peer_handler - what the node does with a request. request gets a PeerMsg
+ * with `propose` or `query` set (hello is handled inside: see
+ * peer_call_node); fetch gets the `fetch` body of a PeerMsg (optional: when
+ * NULL the server answers a fetch itself with HAMR_ENOTFOUND, "no such body
+ * here"). What they are given is borrowed until the call is answered. The
+ * handler must answer every call exactly once with peer_reply(), now or
+ * later, even if the connection or the whole server has gone away
+ * meanwhile.
  */
 struct peer_handler {
     void *data;
     void (*request)(void *data, struct peer_call *call, const Hamr__PeerMsg *msg);
+    void (*fetch)(void *data, struct peer_call *call, const Hamr__PeerFetch *req);
 };
 
 /*
@@ -183,7 +188,7 @@ void peer_client_set_queue_limit(struct peer_client *c, size_t bytes);
 typedef void (*peer_result_cb)(void *arg, int status, const Hamr__PeerResult *res);
 
 /*
- * peer_client_call - send req (a PeerMsg with `propose` or `query` set; its
+ * peer_client_call - send req (a PeerMsg with `propose`, `query` or `fetch` set; its
  * req_id is ignored and assigned here) to node at addr, "a.b.c.d:port" or
  * "[v6]:port"; with TLS the server's certificate must name node, else
  * nothing is sent and the call fails with HAMR_ECONNECT. req is packed

@@ -1,5 +1,5 @@
 /*
- * peer_policy.c - what the leader takes from another node over the peer
+ * peer_policy.c - what a node takes from another node over the peer
  * channel (see peer_policy.h for the rules and why).
  */
 #include <stdbool.h>
@@ -63,6 +63,17 @@ enum peer_policy_reason peer_policy_check(const Hamr__Entry *e,
         default:
             return PEER_POLICY_KIND;
     }
+}
+
+enum peer_policy_reason peer_policy_fetch(const Hamr__PeerFetch *f, uint64_t from)
+{
+    if (from == 0)
+        return PEER_POLICY_IDENTITY;
+    if (f->queue_id == NULL || f->queue_id[0] == '\0' || strlen(f->queue_id) >= QUEUE_ID_MAX)
+        return PEER_POLICY_ENVELOPE;
+    if (f->max == 0)
+        return PEER_POLICY_SIZE;
+    return PEER_POLICY_OK;
 }
 
 const char *peer_policy_reason_name(enum peer_policy_reason r)

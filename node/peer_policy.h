@@ -1,5 +1,5 @@
 /*
- * peer_policy.h - what the leader takes from another node over the peer
+ * peer_policy.h - what a node takes from another node over the peer
  * channel. A follower forwards only what it may ask the leader to commit:
  *
  *   Enqueue   a message it accepted itself (accepted_by is the caller), with
@@ -15,6 +15,18 @@
  * Never Admin, Lease, ClusterLevel, nor an Outcome without a lease (lease 0
  * marks PENDING recipients done: only the leader's own scheduler writes
  * those). Every refusal is logged with its reason and counted.
+ *
+ * Any node (leader or not) serves a PeerFetch, one chunk of a message body,
+ * to any node of the cluster that names itself (peer_policy_fetch): it only
+ * reads, and every node holds the same queue, so there is nothing one node
+ * may read that another may not. Even a caller that claims to be this node
+ * is served (with cluster TLS only this node holds that certificate; in
+ * plaintext the claim proves nothing either way). Checked: a caller at all
+ * (node 0: no certificate nor hello), a queue id of 1 to QUEUE_ID_MAX - 1
+ * bytes (PEER_POLICY_ENVELOPE), max at least 1 (PEER_POLICY_SIZE; a larger
+ * max than the server's chunk is capped there, not refused, so a peer with
+ * a larger chunk still gets served). The offset is checked against the
+ * body's length where that is known (node/body_fetch.c).
  *
  * The caller's node id is peer_call_node's: with cluster TLS the node its
  * certificate names (node/peer.c closes a connection whose hello says
@@ -57,6 +69,9 @@ enum peer_policy_reason peer_policy_check(const Hamr__Entry *e,
                                           uint64_t from,
                                           const struct queue *q,
                                           const struct peer_policy_limits *lim);
+
+/* peer_policy_fetch - may node `from` read this chunk of a body? PEER_POLICY_OK or why not. */
+enum peer_policy_reason peer_policy_fetch(const Hamr__PeerFetch *f, uint64_t from);
 
 /* peer_policy_reason_name - a word for logs and the metric label. */
 const char *peer_policy_reason_name(enum peer_policy_reason r);

@@ -1,7 +1,8 @@
 /*
  * test_peer_policy.c - what a leader takes from another node over the peer
  * channel (node/peer_policy.c): each kind of entry, from the node it names
- * and from another, against a real queue holding a leased message.
+ * and from another, against a real queue holding a leased message; and what
+ * any node may read (a body fetch).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -184,13 +185,54 @@ static void test_kinds(void **state)
     assert_string_equal(peer_policy_reason_name(PEER_POLICY_REASONS), "unknown");
 }
 
+/*
+ * A fetch only reads: any node that names itself may ask, the leader's own
+ * id included; the request's bounds are checked. Table: label, caller,
+ * queue id, max, the reason expected.
+ */
+static void test_fetch(void **state)
+{
+    (void)state;
+    char longest[QUEUE_ID_MAX], too_long[QUEUE_ID_MAX + 1];
+    memset(longest, 'a', sizeof(longest) - 1);
+    longest[sizeof(longest) - 1] = '\0';
+    memset(too_long, 'a', sizeof(too_long) - 1);
+    too_long[sizeof(too_long) - 1] = '\0';
+    const struct {
+        const char *label;
+        uint64_t from;
+        const char *id;
+        uint32_t max;
+        enum peer_policy_reason want;
+    } cases[] = {
+        {"another node", 2, "Q1", 1024 * 1024, PEER_POLICY_OK},
+        {"as this node", 1, "Q1", 1, PEER_POLICY_OK},
+        {"over the chunk size (capped by the server)", 3, "Q1", UINT32_MAX, PEER_POLICY_OK},
+        {"longest id", 2, longest, 10, PEER_POLICY_OK},
+        {"no caller", 0, "Q1", 10, PEER_POLICY_IDENTITY},
+        {"no id", 2, NULL, 10, PEER_POLICY_ENVELOPE},
+        {"empty id", 2, "", 10, PEER_POLICY_ENVELOPE},
+        {"id too long", 2, too_long, 10, PEER_POLICY_ENVELOPE},
+        {"max 0", 2, "Q1", 0, PEER_POLICY_SIZE},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        Hamr__PeerFetch fr = HAMR__PEER_FETCH__INIT;
+        fr.queue_id = (char *)cases[i].id;
+        fr.offset = 5;
+        fr.max = cases[i].max;
+        enum peer_policy_reason got = peer_policy_fetch(&fr, cases[i].from);
+        if (got != cases[i].want)
+            fail_msg("%s: got %s, want %s", cases[i].label, peer_policy_reason_name(got),
+                     peer_policy_reason_name(cases[i].want));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_enqueue),
-        cmocka_unit_test(test_node_info),
-        cmocka_unit_test(test_outcome),
-        cmocka_unit_test(test_kinds),
+        cmocka_unit_test(test_enqueue), cmocka_unit_test(test_node_info),
+        cmocka_unit_test(test_outcome), cmocka_unit_test(test_kinds),
+        cmocka_unit_test(test_fetch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
