@@ -274,6 +274,8 @@ static int queue_restore_body(struct queue *n,
         return HAMR_ECORRUPT;
     }
     size_t len = e->body.len > 0 ? e->body.len : e->body_len;
+    if (len == 0)
+        return 0; /* nothing to keep, share or locate: an empty body is never missing */
     const struct queue_item *was = queue_lookup(old, m->id);
     if (len > 0 && was != NULL && was->msg.body_stored && was->msg.body_len == len &&
         memcmp(was->msg.body_sha256, m->body_sha256, QUEUE_SHA256_LEN) == 0) {
@@ -351,6 +353,15 @@ static int queue_restore_msg(struct queue *n,
             return HAMR_ENOMEM;
         }
     }
+    /*
+     * A repeated id is refused before its body is looked at: the repeat
+     * would share the old state's record with the first copy, and giving
+     * it back would release a record the old state still holds.
+     */
+    if (queue_contains(n, m->id)) {
+        queue_item_free(it);
+        return HAMR_ECORRUPT;
+    }
     /* Last: from here on a failure must give the body's record back. */
     int rv = queue_restore_body(n, old, it, e);
     if (rv != 0) {
@@ -372,10 +383,6 @@ static int queue_restore_into(struct queue *n, const struct queue *old, const Ha
         int rv = queue_restore_msg(n, old, s->messages[i], &it);
         if (rv != 0)
             return rv;
-        if (queue_contains(n, it->msg.id)) {
-            queue_item_drop(n, it);
-            return HAMR_ECORRUPT;
-        }
         queue_link(n, it);
     }
     for (size_t i = 0; i < s->n_done; i++) {

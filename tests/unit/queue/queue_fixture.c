@@ -10,6 +10,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +27,8 @@ const char *const fx_default_body =
     "BODY-LINE-MARKER\r\n";
 
 #define FX_REPORTER "mx.hamr.test"
+#define FX_T0 1700000000000ull
+#define FX_MIN (60ull * 1000)
 
 /* ------------------------------------------------------------------------
  * Allocation failure on demand (linked with -Wl,--wrap=malloc,...)
@@ -210,6 +213,84 @@ uint8_t *fx_pack_admin(uint64_t ts, Hamr__Admin__Op op, const char *id, size_t *
     return fx_pack(&e, ts, len);
 }
 
+/* fx_level_pack - a ClusterLevel entry. */
+uint8_t *fx_level_pack(uint64_t ts, uint32_t level, size_t *len)
+{
+    Hamr__Entry e = HAMR__ENTRY__INIT;
+    Hamr__ClusterLevel cl = HAMR__CLUSTER_LEVEL__INIT;
+    cl.level = level;
+    e.cmd_case = HAMR__ENTRY__CMD_CLUSTER_LEVEL;
+    e.cluster_level = &cl;
+    return fx_pack(&e, ts, len);
+}
+
+/* fx_rng_next - xorshift64*, seeded: the same sequence on every run. */
+uint64_t fx_rng_next(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 2685821657736338717ull;
+}
+
+/* fx_random_entries - a mix of every entry kind over a small id space. */
+void fx_random_entries(uint64_t seed, struct fx_bytes *out)
+{
+    uint64_t s = seed;
+    uint64_t ts = FX_T0;
+    const char *const senders[] = {"a@x.test", "", "b@y.test"};
+    const char *const diags[] = {"5.1.1 unknown", "4.2.2 full", "", "oops\r\nX: y"};
+    for (int i = 0; i < FX_RANDOM_OPS; i++) {
+        /* About 5 min apart on average: 400 entries span the done-set TTL. */
+        ts += fx_rng_next(&s) % (10 * FX_MIN);
+        char id[16];
+        snprintf(id, sizeof(id), "R%u", (unsigned)(fx_rng_next(&s) % FX_RANDOM_IDS));
+        unsigned kind = (unsigned)(fx_rng_next(&s) % 10);
+        if (kind < 3) {
+            char body[64];
+            snprintf(body, sizeof(body), "Subject: %s\r\n\r\nbody %d\r\n", id, i);
+            struct fx_enq e = {.id = id,
+                               .sender = senders[fx_rng_next(&s) % 3],
+                               .rcpts = {"r0@a.test", "r1@b.test", "r2@a.test"},
+                               .body = body,
+                               .expires = ts + 60 * FX_MIN};
+            if (fx_rng_next(&s) % 4 == 0)
+                e.rcpts[2] = NULL;
+            out[i].buf = fx_pack_enqueue(ts, &e, &out[i].len);
+        } else if (kind < 5) {
+            struct fx_lease l = {.node = 1 + fx_rng_next(&s) % 3,
+                                 .term = 1 + (uint64_t)i / 100,
+                                 .expires = ts + (fx_rng_next(&s) % 10) * FX_MIN,
+                                 .boot = (fx_rng_next(&s) % 2) ? "b1" : "b2",
+                                 .id = id,
+                                 .idx = {0, 1, 2},
+                                 .n = 1 + fx_rng_next(&s) % 3,
+                                 .lease_id = 1 + fx_rng_next(&s) % 8,
+                                 .dest = "d"};
+            out[i].buf = fx_pack_lease(ts, &l, &out[i].len);
+        } else if (kind < 8) {
+            struct fx_outcome o = {.id = id,
+                                   .lease_id = fx_rng_next(&s) % 9,
+                                   .n = 1 + fx_rng_next(&s) % 2,
+                                   .next_ms = ts + 5 * FX_MIN,
+                                   .remote = "[192.0.2.1]:25"};
+            o.res[0].idx = 0;
+            o.res[1].idx = 1 + fx_rng_next(&s) % 2;
+            for (size_t k = 0; k < o.n; k++) {
+                o.res[k].status = (Hamr__RcptResult__Status)(fx_rng_next(&s) % 4);
+                o.res[k].code = 400 + 100 * (fx_rng_next(&s) % 2) + 50;
+                o.res[k].diag = diags[fx_rng_next(&s) % 4];
+            }
+            out[i].buf = fx_pack_outcome(ts, &o, &out[i].len);
+        } else {
+            Hamr__Admin__Op op = (Hamr__Admin__Op)(fx_rng_next(&s) % 5);
+            out[i].buf = fx_pack_admin(ts, op, fx_rng_next(&s) % 5 == 0 ? "" : id, &out[i].len);
+        }
+    }
+}
+
 /* fx_apply - apply and free framed bytes. */
 struct queue_apply_result fx_apply(struct queue *q, uint8_t *buf, size_t len)
 {
@@ -249,6 +330,14 @@ struct queue_apply_result fx_admin(struct queue *q, uint64_t ts, Hamr__Admin__Op
 {
     size_t len;
     uint8_t *b = fx_pack_admin(ts, op, id, &len);
+    return fx_apply(q, b, len);
+}
+
+/* fx_level - pack and apply a ClusterLevel. */
+struct queue_apply_result fx_level(struct queue *q, uint64_t ts, uint32_t level)
+{
+    size_t len;
+    uint8_t *b = fx_level_pack(ts, level, &len);
     return fx_apply(q, b, len);
 }
 

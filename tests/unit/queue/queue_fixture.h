@@ -72,6 +72,26 @@ uint8_t *fx_pack_enqueue(uint64_t ts, const struct fx_enq *s, size_t *len);
 uint8_t *fx_pack_lease(uint64_t ts, const struct fx_lease *s, size_t *len);
 uint8_t *fx_pack_outcome(uint64_t ts, const struct fx_outcome *s, size_t *len);
 uint8_t *fx_pack_admin(uint64_t ts, Hamr__Admin__Op op, const char *id, size_t *len);
+/* fx_level_pack - a ClusterLevel entry raising the level to level. */
+uint8_t *fx_level_pack(uint64_t ts, uint32_t level, size_t *len);
+
+/* fx_bytes - one framed entry (malloc'd). */
+struct fx_bytes {
+    uint8_t *buf;
+    size_t len;
+};
+
+#define FX_RANDOM_OPS 400
+#define FX_RANDOM_IDS 24
+
+/* fx_rng_next - xorshift64*: the next number of the sequence seeded in *s. */
+uint64_t fx_rng_next(uint64_t *s);
+
+/*
+ * fx_random_entries - FX_RANDOM_OPS framed entries of every kind over
+ * FX_RANDOM_IDS ids, from 1700000000000 ms on: the same for the same seed.
+ */
+void fx_random_entries(uint64_t seed, struct fx_bytes *out);
 
 /* fx_apply - apply framed bytes, assert queue_apply returned 0, free them. */
 struct queue_apply_result fx_apply(struct queue *q, uint8_t *buf, size_t len);
@@ -84,6 +104,9 @@ struct queue_apply_result fx_admin(struct queue *q,
                                    uint64_t ts,
                                    Hamr__Admin__Op op,
                                    const char *id);
+
+/* fx_level - pack and apply a ClusterLevel entry; queue_apply must return 0. */
+struct queue_apply_result fx_level(struct queue *q, uint64_t ts, uint32_t level);
 
 /* fx_rcpt - recipient i of a queued message (asserts it exists). */
 const struct queue_rcpt *fx_rcpt(const struct queue *q, const char *id, size_t i);

@@ -85,8 +85,6 @@ static struct queue_apply_result lease_idx(struct queue *q,
     return fx_lease(q, ts, &l);
 }
 
-static struct queue_apply_result level_apply(struct queue *q, uint64_t ts, uint32_t level);
-
 /* tls_res - one result with its TLS fields; NULL fields are left out (an older writer). */
 struct tls_res {
     uint32_t idx;
@@ -1431,83 +1429,8 @@ static void test_digest_format(void **state)
  * Determinism over a long pseudo-random sequence
  * ------------------------------------------------------------------------ */
 
-/* rng - xorshift64*, seeded: the same sequence on every run. */
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * 2685821657736338717ull;
-}
-
-struct entry_bytes {
-    uint8_t *buf;
-    size_t len;
-};
-
-#define N_OPS 400
-#define N_IDS 24
-
-/* random_entries - a mix of every entry kind over a small id space. */
-static void random_entries(uint64_t seed, struct entry_bytes *out)
-{
-    uint64_t s = seed;
-    uint64_t ts = T0;
-    static const char *const senders[] = {"a@x.test", "", "b@y.test"};
-    static const char *const diags[] = {"5.1.1 unknown", "4.2.2 full", "", "oops\r\nX: y"};
-    for (int i = 0; i < N_OPS; i++) {
-        /* About 5 min apart on average: 400 entries span the done-set TTL. */
-        ts += rng_next(&s) % (10 * MIN);
-        char id[16];
-        snprintf(id, sizeof(id), "R%u", (unsigned)(rng_next(&s) % N_IDS));
-        unsigned kind = (unsigned)(rng_next(&s) % 10);
-        if (kind < 3) {
-            char body[64];
-            snprintf(body, sizeof(body), "Subject: %s\r\n\r\nbody %d\r\n", id, i);
-            struct fx_enq e = {.id = id,
-                               .sender = senders[rng_next(&s) % 3],
-                               .rcpts = {"r0@a.test", "r1@b.test", "r2@a.test"},
-                               .body = body,
-                               .expires = ts + 60 * MIN};
-            if (rng_next(&s) % 4 == 0)
-                e.rcpts[2] = NULL;
-            out[i].buf = fx_pack_enqueue(ts, &e, &out[i].len);
-        } else if (kind < 5) {
-            struct fx_lease l = {.node = 1 + rng_next(&s) % 3,
-                                 .term = 1 + (uint64_t)i / 100,
-                                 .expires = ts + (rng_next(&s) % 10) * MIN,
-                                 .boot = (rng_next(&s) % 2) ? "b1" : "b2",
-                                 .id = id,
-                                 .idx = {0, 1, 2},
-                                 .n = 1 + rng_next(&s) % 3,
-                                 .lease_id = 1 + rng_next(&s) % 8,
-                                 .dest = "d"};
-            out[i].buf = fx_pack_lease(ts, &l, &out[i].len);
-        } else if (kind < 8) {
-            struct fx_outcome o = {.id = id,
-                                   .lease_id = rng_next(&s) % 9,
-                                   .n = 1 + rng_next(&s) % 2,
-                                   .next_ms = ts + 5 * MIN,
-                                   .remote = "[192.0.2.1]:25"};
-            o.res[0].idx = 0;
-            o.res[1].idx = 1 + rng_next(&s) % 2;
-            for (size_t k = 0; k < o.n; k++) {
-                o.res[k].status = (Hamr__RcptResult__Status)(rng_next(&s) % 4);
-                o.res[k].code = 400 + 100 * (rng_next(&s) % 2) + 50;
-                o.res[k].diag = diags[rng_next(&s) % 4];
-            }
-            out[i].buf = fx_pack_outcome(ts, &o, &out[i].len);
-        } else {
-            Hamr__Admin__Op op = (Hamr__Admin__Op)(rng_next(&s) % 5);
-            out[i].buf = fx_pack_admin(ts, op, rng_next(&s) % 5 == 0 ? "" : id, &out[i].len);
-        }
-    }
-}
-
 /* feed - apply entries [from, to) and return how many were refused. */
-static unsigned feed(struct queue *q, const struct entry_bytes *e, int from, int to)
+static unsigned feed(struct queue *q, const struct fx_bytes *e, int from, int to)
 {
     unsigned refused = 0;
     for (int i = from; i < to; i++) {
@@ -1523,11 +1446,11 @@ static void test_replay_determinism(void **state)
     (void)state;
     static const uint64_t seeds[] = {1, 0x9e3779b97f4a7c15ull, 424242};
     for (size_t si = 0; si < HAMR_ARRAY_LEN(seeds); si++) {
-        struct entry_bytes e[N_OPS];
-        random_entries(seeds[si], e);
+        struct fx_bytes e[FX_RANDOM_OPS];
+        fx_random_entries(seeds[si], e);
         struct queue *a = queue_new(), *b = queue_new();
-        unsigned ra = feed(a, e, 0, N_OPS / 2);
-        unsigned rb = feed(b, e, 0, N_OPS / 2);
+        unsigned ra = feed(a, e, 0, FX_RANDOM_OPS / 2);
+        unsigned rb = feed(b, e, 0, FX_RANDOM_OPS / 2);
         assert_int_equal(ra, rb);
         /* Mid-way snapshot into a third queue. */
         uint8_t *snap;
@@ -1536,9 +1459,9 @@ static void test_replay_determinism(void **state)
         struct queue *c = queue_new();
         assert_int_equal(queue_restore(c, snap, len), 0);
         free(snap);
-        ra += feed(a, e, N_OPS / 2, N_OPS);
-        rb += feed(b, e, N_OPS / 2, N_OPS);
-        feed(c, e, N_OPS / 2, N_OPS);
+        ra += feed(a, e, FX_RANDOM_OPS / 2, FX_RANDOM_OPS);
+        rb += feed(b, e, FX_RANDOM_OPS / 2, FX_RANDOM_OPS);
+        feed(c, e, FX_RANDOM_OPS / 2, FX_RANDOM_OPS);
         char da[65], db[65], dc[65];
         digest_of(a, da);
         digest_of(b, db);
@@ -1550,17 +1473,17 @@ static void test_replay_determinism(void **state)
         /* The sequence exercised the interesting paths. */
         struct queue_stats st;
         queue_get_stats(a, &st);
-        assert_int_equal(st.applied, N_OPS);
+        assert_int_equal(st.applied, FX_RANDOM_OPS);
         assert_true(ra > 0);
-        assert_true(ra < N_OPS);
+        assert_true(ra < FX_RANDOM_OPS);
 
         /* A different order gives a different state. */
         struct queue *d = queue_new();
-        feed(d, e, N_OPS / 2, N_OPS);
+        feed(d, e, FX_RANDOM_OPS / 2, FX_RANDOM_OPS);
         char dd[65];
         digest_of(d, dd);
         assert_string_not_equal(da, dd);
-        for (int i = 0; i < N_OPS; i++)
+        for (int i = 0; i < FX_RANDOM_OPS; i++)
             free(e[i].buf);
         queue_free(a);
         queue_free(b);
@@ -1633,11 +1556,11 @@ static void test_stats_counts_kept(void **state)
     (void)state;
     static const uint64_t seeds[] = {7, 0x9e3779b97f4a7c15ull};
     for (size_t si = 0; si < HAMR_ARRAY_LEN(seeds); si++) {
-        struct entry_bytes e[N_OPS];
-        random_entries(seeds[si], e);
+        struct fx_bytes e[FX_RANDOM_OPS];
+        fx_random_entries(seeds[si], e);
         struct queue *a = queue_new(), *c = queue_new();
         struct queue_stats most = {0};
-        for (int i = 0; i < N_OPS; i++) {
+        for (int i = 0; i < FX_RANDOM_OPS; i++) {
             feed(a, e, i, i + 1);
             assert_stats_match_walk(a);
             struct queue_stats st;
@@ -1662,7 +1585,7 @@ static void test_stats_counts_kept(void **state)
         /* The mix held and leased something at some point. */
         assert_true(most.held > 0);
         assert_true(most.rcpts_leased > 0);
-        for (int i = 0; i < N_OPS; i++)
+        for (int i = 0; i < FX_RANDOM_OPS; i++)
             free(e[i].buf);
         queue_free(a);
         queue_free(c);
@@ -1686,11 +1609,11 @@ static int dsn_check_cb(void *arg, const struct queue_msg *m)
 static void test_replay_dsn_invariants(void **state)
 {
     (void)state;
-    struct entry_bytes e[N_OPS];
-    random_entries(7, e);
+    struct fx_bytes e[FX_RANDOM_OPS];
+    fx_random_entries(7, e);
     struct queue *q = queue_new();
     unsigned dsns = 0;
-    for (int i = 0; i < N_OPS; i++) {
+    for (int i = 0; i < FX_RANDOM_OPS; i++) {
         struct queue_apply_result res;
         assert_int_equal(queue_apply(q, e[i].buf, e[i].len, &res), 0);
         assert_true(res.dsn_generated <= 1);
@@ -1711,7 +1634,7 @@ static void test_replay_dsn_invariants(void **state)
 /* fault_prep - three messages, one of them leased, one finished. */
 static void fault_prep(struct queue *q)
 {
-    assert_int_equal(level_apply(q, T0 - 1, QUEUE_LEVEL_TLS).status, 0);
+    assert_int_equal(fx_level(q, T0 - 1, QUEUE_LEVEL_TLS).status, 0);
     one_msg(q, "a@example.org");
     struct fx_enq e2 = {.id = "M2", .sender = "b@x.test", .rcpts = {"r@y.test", "s@y.test"}};
     fx_enqueue(q, T0, &e2);
@@ -2290,25 +2213,6 @@ static void test_node_digest(void **state)
  * The cluster feature level (ClusterLevel entries)
  * ------------------------------------------------------------------------ */
 
-/* level_pack - a framed ClusterLevel entry at ts; the bytes are malloc'd. */
-static uint8_t *level_pack(uint64_t ts, uint32_t level, size_t *len)
-{
-    Hamr__Entry e = HAMR__ENTRY__INIT;
-    Hamr__ClusterLevel cl = HAMR__CLUSTER_LEVEL__INIT;
-    cl.level = level;
-    e.cmd_case = HAMR__ENTRY__CMD_CLUSTER_LEVEL;
-    e.cluster_level = &cl;
-    return fx_pack(&e, ts, len);
-}
-
-/* level_apply - apply a ClusterLevel entry at ts; queue_apply must return 0. */
-static struct queue_apply_result level_apply(struct queue *q, uint64_t ts, uint32_t level)
-{
-    size_t len;
-    uint8_t *b = level_pack(ts, level, &len);
-    return fx_apply(q, b, len);
-}
-
 /* refused_admin - an entry that changes nothing but the counter and the timestamp. */
 static void refused_admin(struct queue *q, uint64_t ts)
 {
@@ -2325,7 +2229,7 @@ static void test_cluster_level_build_format(void **state)
 
     /* The entry decodes: ClusterLevel is a kind of format 1. */
     size_t len;
-    uint8_t *b = level_pack(T0 + 1, PROTO_FORMAT_VERSION_MAX, &len);
+    uint8_t *b = fx_level_pack(T0 + 1, PROTO_FORMAT_VERSION_MAX, &len);
     Hamr__Entry *e = NULL;
     assert_int_equal(proto_entry_unpack(b, len, &e), 0);
     assert_int_equal(e->format_version, 1);
@@ -2336,11 +2240,11 @@ static void test_cluster_level_build_format(void **state)
     assert_int_equal(queue_cluster_level(q), PROTO_FORMAT_VERSION_MAX);
 
     /* One above the build's format: refused, not fatal, level kept. */
-    struct queue_apply_result r = level_apply(q, T0 + 2, PROTO_FORMAT_VERSION_MAX + 1);
+    struct queue_apply_result r = fx_level(q, T0 + 2, PROTO_FORMAT_VERSION_MAX + 1);
     assert_int_equal(r.status, HAMR_EVERSION);
     assert_false(r.duplicate);
     assert_int_equal(queue_cluster_level(q), PROTO_FORMAT_VERSION_MAX);
-    assert_int_equal(level_apply(q, T0 + 3, UINT32_MAX).status, HAMR_EVERSION);
+    assert_int_equal(fx_level(q, T0 + 3, UINT32_MAX).status, HAMR_EVERSION);
     assert_int_equal(queue_cluster_level(q), PROTO_FORMAT_VERSION_MAX);
 
     /* The queue goes on: the message is still there and commands apply. */
@@ -2392,7 +2296,7 @@ static void test_cluster_level_sequence(void **state)
         uint32_t was = queue_cluster_level(q);
         char before[65], d1[65], d2[65];
         digest_of(q, before);
-        struct queue_apply_result r = level_apply(q, ts, steps[i].level);
+        struct queue_apply_result r = fx_level(q, ts, steps[i].level);
         if (r.status != steps[i].want_status)
             fail_msg("%s: status %d, want %d", steps[i].label, r.status, steps[i].want_status);
         if (queue_cluster_level(q) != steps[i].want_level)
@@ -2401,7 +2305,7 @@ static void test_cluster_level_sequence(void **state)
         assert_int_equal(r.dsn_generated, 0);
         assert_int_equal(r.finished, 0);
         if (steps[i].want_level != was)
-            assert_int_equal(level_apply(ref, ts, steps[i].level).status, 0);
+            assert_int_equal(fx_level(ref, ts, steps[i].level).status, 0);
         else
             refused_admin(ref, ts);
         assert_int_equal(queue_cluster_level(ref), steps[i].want_level);
@@ -2447,7 +2351,7 @@ static void test_cluster_level_snapshot(void **state)
 
     /* The digest covers the level: only the level differs from level1's state... */
     struct queue *same = fx_snapshot_roundtrip(q);
-    assert_int_equal(level_apply(q, T0 + 9, 3).status, 0);
+    assert_int_equal(fx_level(q, T0 + 9, 3).status, 0);
     refused_admin(same, T0 + 9);
     digest_of(q, d1);
     digest_of(same, d2);
@@ -2468,8 +2372,8 @@ static void test_cluster_level_snapshot(void **state)
     assert_string_equal(d1, d2);
     fx_assert_same_msgs(q, r);
     /* Both go on identically: a lower level stays a no-op after the restore. */
-    assert_int_equal(level_apply(q, T0 + 10, 2).status, 0);
-    assert_int_equal(level_apply(r, T0 + 10, 2).status, 0);
+    assert_int_equal(fx_level(q, T0 + 10, 2).status, 0);
+    assert_int_equal(fx_level(r, T0 + 10, 2).status, 0);
     assert_int_equal(queue_cluster_level(r), 3);
     digest_of(q, d1);
     digest_of(r, d2);
@@ -2506,7 +2410,7 @@ static void test_cluster_level_snapshot(void **state)
     digest_of(r, d1);
     digest_of(low, d2);
     assert_string_equal(d1, d2);
-    assert_int_equal(level_apply(r, T0 + 11, 3).status, 0);
+    assert_int_equal(fx_level(r, T0 + 11, 3).status, 0);
     assert_int_equal(queue_cluster_level(r), 3);
     queue_free(low);
     queue_free(r);
@@ -2547,7 +2451,7 @@ static void test_cluster_level_old_snapshot(void **state)
         assert_non_null(q);
         queue_set_format_max(q, 2);
         one_msg(q, "a@example.org");
-        assert_int_equal(level_apply(q, T0 + 1, 2).status, 0);
+        assert_int_equal(fx_level(q, T0 + 1, 2).status, 0);
         size_t len;
         uint8_t *snap = level_snapshot(cases[i].field, &len);
         int rv = queue_restore(q, snap, len);
@@ -2580,7 +2484,7 @@ static void test_cluster_level_old_snapshot(void **state)
     struct queue *q = queue_new();
     assert_non_null(q);
     queue_set_format_max(q, 3);
-    assert_int_equal(level_apply(q, T0, 3).status, 0);
+    assert_int_equal(fx_level(q, T0, 3).status, 0);
     size_t len;
     uint8_t *snap = bad_snapshot(0, &len);
     assert_int_equal(queue_restore(q, snap, len), 0);
@@ -2656,7 +2560,7 @@ static void test_cluster_level_possible(void **state)
 static void test_tls_outcome_fields(void **state)
 {
     struct queue *q = *state;
-    assert_int_equal(level_apply(q, T0 - 1, QUEUE_LEVEL_TLS).status, 0);
+    assert_int_equal(fx_level(q, T0 - 1, QUEUE_LEVEL_TLS).status, 0);
     one_msg(q, "a@example.org");
     for (size_t i = 0; i < 3; i++)
         assert_tls(q, i, NULL, NULL);
@@ -2698,7 +2602,7 @@ static void test_tls_outcome_fields(void **state)
 static void test_tls_text_bounded(void **state)
 {
     struct queue *q = *state;
-    assert_int_equal(level_apply(q, T0 - 1, QUEUE_LEVEL_TLS).status, 0);
+    assert_int_equal(fx_level(q, T0 - 1, QUEUE_LEVEL_TLS).status, 0);
     one_msg(q, "a@example.org");
     static char long_tls[1000], long_policy[100];
     memset(long_tls, 'x', sizeof(long_tls) - 1);
@@ -2765,7 +2669,7 @@ static void test_tls_below_level_ignored(void **state)
     assert_string_equal(d1, d2);
 
     /* Once the level is raised, the same kind of entry takes effect. */
-    assert_int_equal(level_apply(q, T0 + 3, QUEUE_LEVEL_TLS).status, 0);
+    assert_int_equal(fx_level(q, T0 + 3, QUEUE_LEVEL_TLS).status, 0);
     assert_int_equal(queue_cluster_level(q), QUEUE_LEVEL_TLS);
     assert_int_equal(lease_idx(q, T0 + MIN + 4, "M", 8, 0, 1).status, 0);
     tls_outcome(q, T0 + MIN + 5, 8, with, 1);
@@ -2793,7 +2697,7 @@ static void snapshot_rcpt_tls(const struct queue *q, size_t i, char *policy, cha
 static void test_tls_snapshot_digest(void **state)
 {
     struct queue *q = *state;
-    assert_int_equal(level_apply(q, T0 - 1, QUEUE_LEVEL_TLS).status, 0);
+    assert_int_equal(fx_level(q, T0 - 1, QUEUE_LEVEL_TLS).status, 0);
     one_msg(q, "a@example.org");
     assert_int_equal(lease_idx(q, T0 + 1, "M", 7, 0, 3).status, 0);
     const struct tls_res a[] = {{0, DEFERRED, "verify", TLS_V13},
@@ -2832,7 +2736,7 @@ static void test_tls_snapshot_digest(void **state)
     };
     for (size_t v = 0; v < HAMR_ARRAY_LEN(variants); v++) {
         struct queue *o = queue_new();
-        assert_int_equal(level_apply(o, T0 - 1, QUEUE_LEVEL_TLS).status, 0);
+        assert_int_equal(fx_level(o, T0 - 1, QUEUE_LEVEL_TLS).status, 0);
         one_msg(o, "a@example.org");
         assert_int_equal(lease_idx(o, T0 + 1, "M", 7, 0, 3).status, 0);
         struct tls_res b[3] = {variants[v][0], a[1], a[2]};
@@ -2863,7 +2767,7 @@ static void test_tls_old_entries(void **state)
     assert_string_equal(e->outcome->results[0]->tls_policy, "");
     assert_string_equal(e->outcome->results[0]->tls, "");
     hamr__entry__free_unpacked(e, NULL);
-    assert_int_equal(level_apply(q, T0 + 2, QUEUE_LEVEL_TLS).status, 0);
+    assert_int_equal(fx_level(q, T0 + 2, QUEUE_LEVEL_TLS).status, 0);
     assert_int_equal(fx_apply(q, b, len).status, 0);
     assert_tls(q, 0, NULL, NULL);
     assert_int_equal(fx_rcpt(q, "M", 0)->attempts, 1);
