@@ -68,8 +68,7 @@ static void storebench_closed_cb(void *arg)
     *(bool *)arg = true;
 }
 
-/* storebench_store - N puts of body through a body store in dir; a sync_now every batch if batch.
- */
+/* storebench_store - N puts through a body store in dir; a sync_now every batch (if not 0). */
 static struct storebench_result storebench_store(const char *dir,
                                                  unsigned n,
                                                  const uint8_t *body,

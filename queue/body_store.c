@@ -510,8 +510,7 @@ static int body_store_roll(struct body_store *s)
 
 /* ---- startup index ---------------------------------------------------- */
 
-/* body_store_index_slot - the slot of id (len octets): its entry, or the empty slot it would take.
- */
+/* body_store_index_slot - id's entry (len octets), or the empty slot it would take. */
 static struct body_store_ent *body_store_index_slot(struct body_store_ent *tab,
                                                     size_t cap,
                                                     const char *id,
@@ -1202,8 +1201,7 @@ int body_store_read(struct body_store *s,
     return 0;
 }
 
-/* body_store_pread - part of a body, synchronously (through the segment's own descriptor if open).
- */
+/* body_store_pread - part of a body, on the loop (the segment's own descriptor if open). */
 ssize_t body_store_pread(struct body_store *s, uint64_t loc, uint64_t off, uint8_t *buf, size_t n)
 {
     struct body_store_seg *seg =
