@@ -161,7 +161,8 @@ struct body_store {
     int failed; /* sticky HAMR_EIO after a failed sync */
 
     struct body_store_sync sync; /* the pool's; then the final sync at close */
-    int *now_fds;                /* sync_now's list, as large as sync.fds: no allocation there */
+    int *now_fds;                /* sync_now's list: no allocation there */
+    size_t fds_cap;              /* room in now_fds, and what sync.fds must have */
     bool sync_running;
     struct body_store_read *reads;
     size_t inflight; /* sync, reads and unlinks in the pool */
@@ -459,15 +460,13 @@ static int body_store_seg_create(struct body_store *s, uint32_t num, char *err, 
     size_t open_fds = 1;
     for (size_t i = 0; i < s->nsegs; i++)
         open_fds += s->segs[i]->fd >= 0;
-    if (open_fds > s->sync.cap) {
-        int *fds = realloc(s->sync.fds, 2 * open_fds * sizeof(*fds));
-        if (fds != NULL)
-            s->sync.fds = fds;
-        int *now = fds != NULL ? realloc(s->now_fds, 2 * open_fds * sizeof(*now)) : NULL;
+    if (open_fds > s->fds_cap) {
+        /* sync.fds grows in body_store_sync_reserve: a worker may be reading it now */
+        int *now = realloc(s->now_fds, 2 * open_fds * sizeof(*now));
         if (now == NULL)
             return HAMR_ENOMEM;
         s->now_fds = now;
-        s->sync.cap = 2 * open_fds;
+        s->fds_cap = 2 * open_fds;
     }
     char name[BODY_STORE_NAME_LEN + 1];
     body_store_seg_name(num, name);
@@ -511,8 +510,7 @@ static int body_store_roll(struct body_store *s)
 
 /* ---- startup index ---------------------------------------------------- */
 
-/* body_store_index_slot - the slot of id (len octets): its entry, or the empty slot it would take.
- */
+/* body_store_index_slot - id's entry (len octets), or the empty slot it would take. */
 static struct body_store_ent *body_store_index_slot(struct body_store_ent *tab,
                                                     size_t cap,
                                                     const char *id,
@@ -929,13 +927,29 @@ static void body_store_sync_fill(struct body_store *s, struct body_store_sync *y
     y->dir_gen = s->dir_gen;
 }
 
+/* body_store_sync_reserve - room in the pool's list for every open descriptor (no sync running). */
+static int body_store_sync_reserve(struct body_store *s)
+{
+    HAMR_ASSERT(!s->sync_running);
+    if (s->sync.cap >= s->fds_cap)
+        return 0;
+    int *fds = realloc(s->sync.fds, s->fds_cap * sizeof(*fds));
+    if (fds == NULL)
+        return HAMR_ENOMEM;
+    s->sync.fds = fds;
+    s->sync.cap = s->fds_cap;
+    return 0;
+}
+
 /*
  * body_store_sync_start - one sync in the pool unless one runs already (its
- * after-work callback starts the next if more was put meanwhile).
+ * after-work callback starts the next if more was put meanwhile). Without
+ * memory for its list it starts none: the next put tries again, and
+ * sync_now needs no allocation.
  */
 static void body_store_sync_start(struct body_store *s)
 {
-    if (s->sync_running || s->closing || s->failed != 0)
+    if (s->sync_running || s->closing || s->failed != 0 || body_store_sync_reserve(s) != 0)
         return;
     body_store_sync_fill(s, &s->sync, true);
     s->sync_running = true;
@@ -957,7 +971,7 @@ int body_store_sync_now(struct body_store *s)
      * calls on one file are fine, and none is closed until that worker's
      * after-work callback.
      */
-    struct body_store_sync y = {.fds = s->now_fds, .cap = s->sync.cap};
+    struct body_store_sync y = {.fds = s->now_fds, .cap = s->fds_cap};
     body_store_sync_fill(s, &y, false);
     body_store_sync_work(&y.req);
     if (y.status != 0) {
@@ -1187,8 +1201,7 @@ int body_store_read(struct body_store *s,
     return 0;
 }
 
-/* body_store_pread - part of a body, synchronously (through the segment's own descriptor if open).
- */
+/* body_store_pread - part of a body, on the loop (the segment's own descriptor if open). */
 ssize_t body_store_pread(struct body_store *s, uint64_t loc, uint64_t off, uint8_t *buf, size_t n)
 {
     struct body_store_seg *seg =
@@ -1265,10 +1278,16 @@ static void body_store_work_done(struct body_store *s)
     if (!s->closing || s->inflight > 0 || s->final_started)
         return;
     s->final_started = true;
-    if (s->failed == 0)
+    if (s->failed == 0 && body_store_sync_reserve(s) == 0) {
         body_store_sync_fill(s, &s->sync, false);
-    else
-        s->sync.nfds = 0, s->sync.dirfd = -1; /* nothing a sync could still prove */
+    } else {
+        /* failed: nothing a sync could still prove; no memory: said in the log */
+        s->sync.nfds = 0;
+        s->sync.dirfd = -1;
+        s->sync.target_seq = s->synced_seq;
+        if (s->failed == 0)
+            log_error("body store: no memory for the final sync dir=%s", s->dir);
+    }
     s->final_req.data = s;
     HAMR_ASSERT(
         uv_queue_work(s->loop, &s->final_req, body_store_final_work, body_store_final_after) == 0);

@@ -163,6 +163,32 @@ static uint64_t put(struct fixture *f, const char *id, size_t n, unsigned seed, 
     return loc;
 }
 
+/* id_of - the id of a test's i-th body: prefix, then i. */
+static const char *id_of(char buf[32], const char *prefix, int i)
+{
+    snprintf(buf, 32, "%s%d", prefix, i);
+    return buf;
+}
+
+/*
+ * put_many - n bodies, the i-th under id_of(prefix, i), of size + i * step
+ * octets made with seed i; their locations into locs (and hashes into shas
+ * unless NULL).
+ */
+static void put_many(struct fixture *f,
+                     const char *prefix,
+                     int n,
+                     size_t size,
+                     size_t step,
+                     uint64_t *locs,
+                     uint8_t (*shas)[BODY_SHA256_LEN])
+{
+    char id[32];
+    for (int i = 0; i < n; i++)
+        locs[i] = put(f, id_of(id, prefix, i), size + (size_t)i * step, (unsigned)i,
+                      shas != NULL ? shas[i] : NULL);
+}
+
 /* expect_body - loc reads back as id's body of n octets made with seed. */
 static void expect_body(struct fixture *f, uint64_t loc, const char *id, size_t n, unsigned seed)
 {
@@ -220,10 +246,9 @@ static void test_round_trip(void **state)
     static const size_t sizes[] = {0, 1, 4096, 65537, MIB};
     uint64_t locs[5];
     uint64_t total = 0;
-    for (size_t i = 0; i < 5; i++) {
-        char id[32];
-        snprintf(id, sizeof(id), "msg-%zu", i);
-        locs[i] = put(f, id, sizes[i], (unsigned)i, NULL);
+    char id[32];
+    for (int i = 0; i < 5; i++) {
+        locs[i] = put(f, id_of(id, "msg-", i), sizes[i], (unsigned)i, NULL);
         total += sizes[i];
     }
     assert_int_equal(BODY_LOC_OFF(locs[0]), 0);
@@ -235,11 +260,8 @@ static void test_round_trip(void **state)
     assert_int_equal(s0.segments, 1);
     assert_int_equal(s0.disk_bytes, total + 5 * (48 + 5));
     assert_int_equal(seg_size(f, BODY_LOC_SEG(locs[0])), s0.disk_bytes);
-    for (size_t i = 0; i < 5; i++) {
-        char id[32];
-        snprintf(id, sizeof(id), "msg-%zu", i);
-        expect_body(f, locs[i], id, sizes[i], (unsigned)i);
-    }
+    for (int i = 0; i < 5; i++)
+        expect_body(f, locs[i], id_of(id, "msg-", i), sizes[i], (unsigned)i);
     assert_int_equal(stats(f).read_errors, 0);
     /* what put refuses */
     uint8_t sha[BODY_SHA256_LEN] = {0};
@@ -317,11 +339,7 @@ static void test_roll(void **state)
     struct fixture *f = *state;
     store_open(f, 4096);
     uint64_t locs[10];
-    for (int i = 0; i < 10; i++) {
-        char id[8];
-        snprintf(id, sizeof(id), "r%d", i);
-        locs[i] = put(f, id, 1000, (unsigned)i, NULL); /* 1050-octet records: 3 per segment */
-    }
+    put_many(f, "r", 10, 1000, 0, locs, NULL); /* 1050-octet records: 3 per segment */
     uint32_t seg0 = BODY_LOC_SEG(locs[0]);
     for (int i = 0; i < 10; i++) {
         assert_int_equal(BODY_LOC_SEG(locs[i]), seg0 + (uint32_t)i / 3);
@@ -338,11 +356,9 @@ static void test_roll(void **state)
         assert_true(seg_exists(f, n));
     assert_int_equal(seg_size(f, seg0), 3 * 1050);
     assert_int_equal(seg_size(f, seg0 + 4), 48 + 3 + 10000);
-    for (int i = 0; i < 10; i++) {
-        char id[8];
-        snprintf(id, sizeof(id), "r%d", i);
-        expect_body(f, locs[i], id, 1000, (unsigned)i);
-    }
+    char id[32];
+    for (int i = 0; i < 10; i++)
+        expect_body(f, locs[i], id_of(id, "r", i), 1000, (unsigned)i);
     expect_body(f, big, "big", 10000, 42);
     TESTLIB_LOOP_UNTIL(&f->w, body_store_synced(f->s));
     assert_int_equal(stats(f).unsynced, 0);
@@ -356,11 +372,7 @@ static void test_reopen_claim(void **state)
     enum { N = 40 };
     uint64_t locs[N];
     uint8_t shas[N][BODY_SHA256_LEN];
-    for (int i = 0; i < N; i++) {
-        char id[16];
-        snprintf(id, sizeof(id), "id-%d", i);
-        locs[i] = put(f, id, (size_t)(i * 100), (unsigned)i, shas[i]);
-    }
+    put_many(f, "id-", N, 0, 100, locs, shas);
     uint8_t old_sha[BODY_SHA256_LEN], new_sha[BODY_SHA256_LEN];
     put(f, "dup", 300, 1, old_sha);
     uint64_t dup_new = put(f, "dup", 300, 2, new_sha); /* the newer record of one id wins */
@@ -373,9 +385,9 @@ static void test_reopen_claim(void **state)
     assert_int_equal(st.segments, last_seg - first_seg + 2); /* and a new active one */
     assert_int_equal(st.live, 0);
     uint64_t loc;
+    char id[32];
     for (int i = 0; i < N; i++) {
-        char id[16];
-        snprintf(id, sizeof(id), "id-%d", i);
+        id_of(id, "id-", i);
         uint8_t other[BODY_SHA256_LEN];
         memcpy(other, shas[i], sizeof(other));
         other[0] ^= 0xff;
@@ -397,11 +409,8 @@ static void test_reopen_claim(void **state)
     /* a new record goes into a new segment, after the old ones */
     uint64_t fresh = put(f, "fresh", 10, 9, NULL);
     assert_int_equal(BODY_LOC_SEG(fresh), last_seg + 1);
-    for (int i = 0; i < N; i += 7) {
-        char id[16];
-        snprintf(id, sizeof(id), "id-%d", i);
-        expect_body(f, locs[i], id, (size_t)(i * 100), (unsigned)i);
-    }
+    for (int i = 0; i < N; i += 7)
+        expect_body(f, locs[i], id_of(id, "id-", i), (size_t)(i * 100), (unsigned)i);
     body_store_claims_done(f->s);
     assert_int_equal(body_store_claim(f->s, "dup", 300, new_sha, &loc), HAMR_ENOTFOUND);
 }
@@ -413,11 +422,7 @@ static void test_torn_tail(void **state)
     store_open(f, 0);
     uint8_t shas[5][BODY_SHA256_LEN];
     uint64_t locs[5];
-    for (int i = 0; i < 5; i++) {
-        char id[8];
-        snprintf(id, sizeof(id), "t%d", i);
-        locs[i] = put(f, id, 2000, (unsigned)i, shas[i]);
-    }
+    put_many(f, "t", 5, 2000, 0, locs, shas);
     uint32_t seg = BODY_LOC_SEG(locs[0]);
     store_close(f);
     char path[400];
@@ -427,10 +432,9 @@ static void test_torn_tail(void **state)
 
     store_open(f, 0);
     uint64_t loc;
+    char id[32];
     for (int i = 0; i < 4; i++) {
-        char id[8];
-        snprintf(id, sizeof(id), "t%d", i);
-        assert_int_equal(body_store_claim(f->s, id, 2000, shas[i], &loc), 0);
+        assert_int_equal(body_store_claim(f->s, id_of(id, "t", i), 2000, shas[i], &loc), 0);
         assert_int_equal(loc, locs[i]);
     }
     assert_int_equal(body_store_claim(f->s, "t4", 2000, shas[4], &loc), HAMR_ENOTFOUND);
@@ -462,11 +466,7 @@ static void test_claims_done_removes(void **state)
     store_open(f, 4096);
     uint8_t shas[9][BODY_SHA256_LEN];
     uint64_t locs[9];
-    for (int i = 0; i < 9; i++) {
-        char id[8];
-        snprintf(id, sizeof(id), "c%d", i);
-        locs[i] = put(f, id, 1000, (unsigned)i, shas[i]); /* segments s, s+1, s+2 */
-    }
+    put_many(f, "c", 9, 1000, 0, locs, shas); /* segments s, s+1, s+2 */
     uint32_t s0 = BODY_LOC_SEG(locs[0]);
     assert_int_equal(BODY_LOC_SEG(locs[8]), s0 + 2);
     store_close(f);
@@ -513,11 +513,7 @@ static void test_release_unlinks(void **state)
     store_open(f, 4096);
     body_store_claims_done(f->s); /* a fresh store: nothing to claim */
     uint64_t locs[4];
-    for (int i = 0; i < 4; i++) {
-        char id[8];
-        snprintf(id, sizeof(id), "u%d", i);
-        locs[i] = put(f, id, 1000, (unsigned)i, NULL);
-    }
+    put_many(f, "u", 4, 1000, 0, locs, NULL);
     uint32_t s0 = BODY_LOC_SEG(locs[0]);
     assert_int_equal(BODY_LOC_SEG(locs[3]), s0 + 1);
     TESTLIB_LOOP_UNTIL(&f->w, body_store_synced(f->s));
@@ -552,11 +548,8 @@ static void test_sync_now(void **state)
 {
     struct fixture *f = *state;
     store_open(f, 16384);
-    for (int i = 0; i < 50; i++) {
-        char id[8];
-        snprintf(id, sizeof(id), "s%d", i);
-        put(f, id, 3000, (unsigned)i, NULL); /* rolls every 5 records */
-    }
+    uint64_t locs[50];
+    put_many(f, "s", 50, 3000, 0, locs, NULL); /* rolls every 5 records */
     struct body_store_stats st = stats(f);
     assert_int_equal(st.puts, 50);
     assert_true(st.unsynced > 0); /* the loop has not run: no sync finished */
