@@ -16,6 +16,7 @@
 
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <ftw.h>
 #include <netinet/in.h>
@@ -114,6 +115,51 @@ static int toy_restore(void *data, const uint8_t *buf, size_t len)
     return 0;
 }
 
+/*
+ * The same snapshot taken off the loop (consensus_fsm.snapshot_view): the
+ * view is a copy of the toy made on the loop, packed in the thread pool.
+ */
+struct toy_view {
+    struct toy copy;
+    struct toy *owner;
+    pthread_t writer; /* the thread that packed it */
+    bool written;
+};
+
+static pthread_t toy_loop_thread;
+static int toy_views, toy_releases, toy_off_loop;
+
+static int toy_snapshot_view(void *data, void **view)
+{
+    struct toy *t = data;
+    struct toy_view *v = calloc(1, sizeof(*v));
+    if (v == NULL)
+        return HAMR_ENOMEM;
+    v->copy = *t;
+    v->owner = t;
+    t->n_snapshot++;
+    toy_views++;
+    *view = v;
+    return 0;
+}
+
+static int toy_snapshot_write(void *view, uint8_t **buf, size_t *len)
+{
+    struct toy_view *v = view;
+    v->writer = pthread_self();
+    v->written = true;
+    return toy_snapshot(&v->copy, buf, len);
+}
+
+static void toy_snapshot_release(void *view)
+{
+    struct toy_view *v = view;
+    toy_releases++;
+    if (v->written && !pthread_equal(v->writer, toy_loop_thread))
+        toy_off_loop++;
+    free(v);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Nodes, proposals and the bounded loop.                                   */
 
@@ -126,6 +172,7 @@ struct tnode {
     bool leader;
     bool closed;
     bool outsider; /* not (yet) a member: replication checks skip it */
+    bool async;    /* snapshots through snapshot_view (off the loop) */
 };
 
 struct tracker;
@@ -245,6 +292,12 @@ static void tnode_open(struct tnode *n)
 {
     struct consensus_fsm fsm = {
         .data = &n->toy, .apply = toy_apply, .snapshot = toy_snapshot, .restore = toy_restore};
+    if (n->async) {
+        fsm.snapshot = NULL;
+        fsm.snapshot_view = toy_snapshot_view;
+        fsm.snapshot_write = toy_snapshot_write;
+        fsm.snapshot_release = toy_snapshot_release;
+    }
     memset(&n->toy, 0, sizeof(n->toy));
     n->toy.in_order = 1;
     n->n_leader_true = 0;
@@ -535,6 +588,54 @@ static void test_snapshot_by_bytes(void **state)
     assert_true(run_until(pred_snapshot_on_disk, dir));
     tnode_close(&n);
 
+    tnode_open(&n);
+    assert_true(run_until(pred_ready, &n));
+    assert_int_equal(n.toy.n_restore, 1);
+    assert_toy(&n.toy, 40);
+    assert_int_equal(n.toy.bytes, 40 * 1024);
+    tnode_close(&n);
+    rm_rf(dir);
+}
+
+/*
+ * 3b: the same with the snapshot packed in the thread pool (version 3,
+ * RAFT.md 2.2): every view is released once, packed off the loop thread,
+ * written to disk, and restored on restart.
+ */
+static void test_snapshot_off_loop(void **state)
+{
+    (void)state;
+    char dir[64];
+    make_tmpdir(dir, sizeof(dir));
+    int port = free_port();
+    struct consensus_member voters[1] = {{.id = 1}};
+    snprintf(voters[0].address, sizeof(voters[0].address), "127.0.0.1:%d", port);
+    static struct tnode n;
+    tnode_config(&n, 1, port, dir, voters, 1);
+    n.cfg.snapshot_bytes = 4096;
+    n.cfg.snapshot_trailing = 2;
+    n.async = true;
+    toy_loop_thread = pthread_self();
+    toy_views = toy_releases = toy_off_loop = 0;
+    tnode_open(&n);
+    assert_true(run_until(pred_ready, &n));
+
+    static struct tracker t;
+    tracker_init(&t);
+    for (int i = 0; i < 40; i++) {
+        propose_n(n.c, &t, i, (uint64_t)i + 1, 1, 1024);
+        wait_fired(&t, i + 1);
+    }
+    assert_all_ok(&t, 0, 40, 1);
+    assert_toy(&n.toy, 40);
+    assert_true(run_until(pred_snapshot_on_disk, dir));
+    tnode_close(&n);
+    assert_true(toy_views >= 3);
+    assert_true(toy_views <= 10);
+    assert_int_equal(toy_releases, toy_views);
+    assert_int_equal(toy_off_loop, toy_views);
+
+    n.async = false; /* the format on disk is the same either way */
     tnode_open(&n);
     assert_true(run_until(pred_ready, &n));
     assert_int_equal(n.toy.n_restore, 1);
@@ -1236,6 +1337,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_single_voter, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_recovery, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_by_bytes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_off_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_propose_not_ready, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_uncommitted, setup, teardown),
