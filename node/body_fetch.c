@@ -178,6 +178,11 @@ struct body_fetch_job {
     size_t got;
 };
 
+/* body_fetch_list - a singly linked FIFO of items (through next). */
+struct body_fetch_list {
+    struct body_fetch_item *head, *tail;
+};
+
 struct body_fetch {
     uv_loop_t *loop;
     struct peer_client *pc;
@@ -186,8 +191,8 @@ struct body_fetch {
     struct body_fetch_item **buckets;
     size_t n_buckets; /* a power of two */
     size_t n_items;
-    struct body_fetch_item *ready_head, *ready_tail; /* in the order wanted */
-    struct body_fetch_item *later_head, *later_tail; /* by due time */
+    struct body_fetch_list ready; /* in the order wanted */
+    struct body_fetch_list later; /* by due time */
     struct body_fetch_job *jobs[BODY_FETCH_PARALLEL];
     struct body_fetch_stats stats;
     uint64_t call_timeout_ms;
@@ -215,6 +220,14 @@ static struct body_fetch_item *body_fetch_find(struct body_fetch *f, const char 
     return it;
 }
 
+/* body_fetch_link - put it in its hash chain (body_fetch_want counts it). */
+static void body_fetch_link(struct body_fetch *f, struct body_fetch_item *it)
+{
+    struct body_fetch_item **b = body_fetch_bucket(f, it->id);
+    it->hnext = *b;
+    *b = it;
+}
+
 /* body_fetch_grow - double the hash table; on failure keep the longer chains. */
 static void body_fetch_grow(struct body_fetch *f)
 {
@@ -227,13 +240,10 @@ static void body_fetch_grow(struct body_fetch *f)
     f->buckets = nb;
     f->n_buckets = n;
     for (size_t i = 0; i < old_n; i++) {
-        struct body_fetch_item *it = old[i];
-        while (it != NULL) {
-            struct body_fetch_item *next = it->hnext;
-            struct body_fetch_item **b = body_fetch_bucket(f, it->id);
-            it->hnext = *b;
-            *b = it;
-            it = next;
+        struct body_fetch_item *next;
+        for (struct body_fetch_item *it = old[i]; it != NULL; it = next) {
+            next = it->hnext;
+            body_fetch_link(f, it);
         }
     }
     free(old);
@@ -250,39 +260,57 @@ static void body_fetch_forget(struct body_fetch *f, struct body_fetch_item *it)
     free(it);
 }
 
-/* body_fetch_ready_push - append it to the ready list (head: in front of the rest). */
-static void body_fetch_ready_push(struct body_fetch *f, struct body_fetch_item *it, bool head)
+/* body_fetch_list_push - append it to l. */
+static void body_fetch_list_push(struct body_fetch_list *l, struct body_fetch_item *it)
 {
     it->next = NULL;
-    if (f->ready_head == NULL) {
-        f->ready_head = f->ready_tail = it;
-    } else if (head) {
-        it->next = f->ready_head;
-        f->ready_head = it;
-    } else {
-        f->ready_tail->next = it;
-        f->ready_tail = it;
-    }
+    if (l->tail != NULL)
+        l->tail->next = it;
+    else
+        l->head = it;
+    l->tail = it;
 }
 
-/* body_fetch_later_push - into the later list by due time (mostly at its tail). */
+/* body_fetch_list_push_front - put it in front of the rest of l. */
+static void body_fetch_list_push_front(struct body_fetch_list *l, struct body_fetch_item *it)
+{
+    it->next = l->head;
+    l->head = it;
+    if (l->tail == NULL)
+        l->tail = it;
+}
+
+/* body_fetch_list_pop - take the head of l (not empty). */
+static struct body_fetch_item *body_fetch_list_pop(struct body_fetch_list *l)
+{
+    struct body_fetch_item *it = l->head;
+    l->head = it->next;
+    if (l->head == NULL)
+        l->tail = NULL;
+    it->next = NULL;
+    return it;
+}
+
+/*
+ * body_fetch_later_push - into the later list by due time: mostly at its
+ * tail (backoffs grow), else after the last item due no later than it.
+ */
 static void body_fetch_later_push(struct body_fetch *f, struct body_fetch_item *it)
 {
-    it->next = NULL;
-    if (f->later_head == NULL) {
-        f->later_head = f->later_tail = it;
+    struct body_fetch_list *l = &f->later;
+    if (l->head == NULL || l->tail->due <= it->due) {
+        body_fetch_list_push(l, it);
         return;
     }
-    if (f->later_tail->due <= it->due) {
-        f->later_tail->next = it;
-        f->later_tail = it;
+    if (it->due < l->head->due) {
+        body_fetch_list_push_front(l, it);
         return;
     }
-    struct body_fetch_item **p = &f->later_head;
-    while ((*p)->due <= it->due)
-        p = &(*p)->next;
-    it->next = *p;
-    *p = it;
+    struct body_fetch_item *after = l->head;
+    while (after->next->due <= it->due)
+        after = after->next;
+    it->next = after->next;
+    after->next = it;
 }
 
 /* body_fetch_free_slot - a slot without a job, or -1. */
@@ -314,10 +342,10 @@ static void body_fetch_arm(struct body_fetch *f)
         return;
     uint64_t now = uv_now(f->loop);
     uint64_t next = UINT64_MAX;
-    if (f->ready_head != NULL && body_fetch_free_slot(f) >= 0)
+    if (f->ready.head != NULL && body_fetch_free_slot(f) >= 0)
         next = now;
-    else if (f->later_head != NULL)
-        next = f->later_head->due;
+    else if (f->later.head != NULL)
+        next = f->later.head->due;
     if (next == UINT64_MAX) {
         uv_timer_stop(&f->timer);
         return;
@@ -409,15 +437,8 @@ static void body_fetch_start(struct body_fetch *f, size_t slot, struct body_fetc
 static void body_fetch_pump(struct body_fetch *f)
 {
     int slot;
-    while (body_fetch_running(f) && f->ready_head != NULL &&
-           (slot = body_fetch_free_slot(f)) >= 0) {
-        struct body_fetch_item *it = f->ready_head;
-        f->ready_head = it->next;
-        if (f->ready_head == NULL)
-            f->ready_tail = NULL;
-        it->next = NULL;
-        body_fetch_start(f, (size_t)slot, it);
-    }
+    while (body_fetch_running(f) && f->ready.head != NULL && (slot = body_fetch_free_slot(f)) >= 0)
+        body_fetch_start(f, (size_t)slot, body_fetch_list_pop(&f->ready));
 }
 
 /* body_fetch_timer_cb - retries that are due join the ready list; fill the slots. */
@@ -425,13 +446,8 @@ static void body_fetch_timer_cb(uv_timer_t *t)
 {
     struct body_fetch *f = t->data;
     uint64_t now = uv_now(f->loop);
-    while (f->later_head != NULL && f->later_head->due <= now) {
-        struct body_fetch_item *it = f->later_head;
-        f->later_head = it->next;
-        if (f->later_head == NULL)
-            f->later_tail = NULL;
-        body_fetch_ready_push(f, it, false);
-    }
+    while (f->later.head != NULL && f->later.head->due <= now)
+        body_fetch_list_push(&f->ready, body_fetch_list_pop(&f->later));
     body_fetch_pump(f);
     body_fetch_arm(f);
 }
@@ -549,7 +565,7 @@ static void body_fetch_store(struct body_fetch_job *job)
             f->error = rv;
         body_fetch_job_end(job);
         if (!f->closing)
-            body_fetch_ready_push(f, it, true);
+            body_fetch_list_push_front(&f->ready, it);
         return;
     }
     f->stats.fetched++;
@@ -692,11 +708,9 @@ int body_fetch_want(struct body_fetch *f,
     memcpy(it->sha, sha, BODY_FETCH_SHA256_LEN);
     if (f->n_items >= 2 * f->n_buckets)
         body_fetch_grow(f);
-    struct body_fetch_item **b = body_fetch_bucket(f, id);
-    it->hnext = *b;
-    *b = it;
+    body_fetch_link(f, it);
     f->n_items++;
-    body_fetch_ready_push(f, it, false);
+    body_fetch_list_push(&f->ready, it);
     body_fetch_arm(f);
     return 0;
 }

@@ -71,16 +71,15 @@ struct test_server {
     int served_of[TEST_BODIES];
 };
 
-/* test_group - plaintext, or cluster TLS (nodes 1, 2 and 42 of one CA). */
+/* test_group - cluster TLS (nodes 1, 2 and 42 of one CA); all NULL: plaintext. */
 struct test_group {
-    bool tls;
     struct testlib_pki pki;
     struct cluster_tls *srv_tls[TEST_SERVERS];
     struct cluster_tls *cli_tls;
 };
 
 struct fixture {
-    struct test_group *g;
+    const struct test_group *g;
     uv_loop_t loop;
     struct testlib_loop run;
     uv_timer_t tick; /* wakes the loop: a condition set from a timer callback is seen */
@@ -104,6 +103,9 @@ struct fixture {
 };
 
 static struct test_body test_bodies[TEST_BODIES];
+
+/* The plaintext group runs without a group setup: its tests' state starts NULL. */
+static const struct test_group test_plain_group;
 
 /* ------------------------------------------------------------------------ */
 /* The bodies, the sources, the sink.                                       */
@@ -281,18 +283,7 @@ static void test_tick_cb(uv_timer_t *t)
 }
 
 /* test_wait - run the loop until cond holds, bounded (the guard is armed per wait). */
-#define test_wait(f, cond)                   \
-    do {                                     \
-        testlib_loop_arm(&(f)->run);         \
-        TESTLIB_LOOP_UNTIL(&(f)->run, cond); \
-        testlib_loop_disarm(&(f)->run);      \
-    } while (0)
-
-/* test_flag_cb - a close callback that sets a bool. */
-static void test_flag_cb(void *arg)
-{
-    *(bool *)arg = true;
-}
+#define test_wait(f, cond) TESTLIB_LOOP_WAIT(&(f)->run, cond)
 
 /* test_server_start - server k on 127.0.0.1, any port, with every body. */
 static int test_server_start(struct fixture *f, int k)
@@ -335,7 +326,7 @@ static int setup(void **state)
     struct fixture *f = calloc(1, sizeof(*f));
     if (f == NULL || uv_loop_init(&f->loop) != 0)
         return -1;
-    f->g = *state;
+    f->g = *state != NULL ? *state : &test_plain_group;
     log_set_level(getenv("TEST_DEBUG") ? LOG_LEVEL_DEBUG : LOG_LEVEL_ERROR);
     testlib_loop_init(&f->run, &f->loop, TEST_GUARD_MS, TEST_MAX_TURNS);
     uv_timer_init(&f->loop, &f->tick);
@@ -358,13 +349,6 @@ static int setup(void **state)
     return 0;
 }
 
-/* test_walk_cb - name a handle left open (teardown diagnostics). */
-static void test_walk_cb(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    fprintf(stderr, "open handle: %s closing=%d\n", uv_handle_type_name(h->type), uv_is_closing(h));
-}
-
 /* teardown - close the fetcher, the client, the servers; fail if handles remain. */
 static int teardown(void **state)
 {
@@ -373,24 +357,20 @@ static int teardown(void **state)
     for (int k = 0; k < TEST_SERVERS; k++)
         test_release(&f->s[k]);
     if (!f->cli_closed)
-        peer_client_close(f->cli, test_flag_cb, &f->cli_closed);
+        peer_client_close(f->cli, testlib_flag_cb, &f->cli_closed);
     for (int i = 0; i < TEST_MAX_TURNS && !f->cli_closed; i++)
         uv_run(&f->loop, UV_RUN_ONCE);
     for (int k = 0; k < TEST_SERVERS; k++) {
         struct test_server *s = &f->s[k];
         if (s->srv == NULL)
             continue;
-        peer_server_close(s->srv, test_flag_cb, &s->closed);
+        peer_server_close(s->srv, testlib_flag_cb, &s->closed);
         for (int i = 0; i < TEST_MAX_TURNS && !s->closed; i++)
             uv_run(&f->loop, UV_RUN_ONCE);
     }
     testlib_loop_close(&f->run);
     uv_close((uv_handle_t *)&f->tick, NULL);
-    for (int i = 0; i < 100 && uv_loop_alive(&f->loop); i++)
-        uv_run(&f->loop, UV_RUN_NOWAIT);
-    int rv = uv_loop_close(&f->loop);
-    if (rv != 0)
-        uv_walk(&f->loop, test_walk_cb, NULL);
+    int rv = testlib_loop_finish(&f->loop);
     for (int i = 0; i < TEST_BODIES; i++)
         free(f->stored[i]);
     bool ok = rv == 0 && f->cli_closed;
@@ -507,7 +487,7 @@ static void test_peer_without_fetch(void **state)
 {
     struct fixture *f = *state;
     struct test_server *s = &f->s[0];
-    peer_server_close(s->srv, test_flag_cb, &s->closed);
+    peer_server_close(s->srv, testlib_flag_cb, &s->closed);
     test_wait(f, s->closed);
     s->srv = NULL;
     s->closed = false;
@@ -636,7 +616,7 @@ static void test_close_in_flight(void **state)
     assert_int_equal(test_want(f, 21), 0);
     test_wait(f, f->s[0].n_held == BODY_FETCH_PARALLEL);
     f->n_order = 0; /* the retries must not call the client once it is freed */
-    peer_client_close(f->cli, test_flag_cb, &f->cli_closed);
+    peer_client_close(f->cli, testlib_flag_cb, &f->cli_closed);
     /* Every call failed (from inside the close): both bodies are still wanted. */
     assert_int_equal(test_stats(f).unavailable, 2);
     test_wait(f, f->cli_closed);
@@ -739,14 +719,7 @@ static struct cluster_tls *test_load(const struct testlib_pki *pki, uint64_t id)
     return testlib_pki_load(ca, cert, key);
 }
 
-static struct test_group test_plain_group;
-static struct test_group test_tls_group = {.tls = true};
-
-static int group_setup_plain(void **state)
-{
-    *state = &test_plain_group;
-    return 0;
-}
+static struct test_group test_tls_group;
 
 static int group_setup_tls(void **state)
 {
@@ -790,7 +763,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_serve, setup, teardown),
     };
-    int failed = cmocka_run_group_tests_name("plaintext", tests, group_setup_plain, NULL);
+    int failed = cmocka_run_group_tests_name("plaintext", tests, NULL, NULL);
     failed +=
         cmocka_run_group_tests_name("cluster TLS", tests, group_setup_tls, group_teardown_tls);
     test_bodies_free();
