@@ -178,6 +178,13 @@ struct body_fetch_job {
     size_t got;
 };
 
+/* body_fetch_unreachable - a peer address that could not be reached, and until when to ask it last.
+ */
+struct body_fetch_unreachable {
+    char addr[BODY_FETCH_ADDR_MAX];
+    uint64_t until; /* loop time; 0: a free entry */
+};
+
 /* body_fetch_list - a singly linked FIFO of items (through next). */
 struct body_fetch_list {
     struct body_fetch_item *head, *tail;
@@ -194,6 +201,7 @@ struct body_fetch {
     struct body_fetch_list ready; /* in the order wanted */
     struct body_fetch_list later; /* by due time */
     struct body_fetch_job *jobs[BODY_FETCH_PARALLEL];
+    struct body_fetch_unreachable unreachable[BODY_FETCH_UNREACHABLE_MAX];
     struct body_fetch_stats stats;
     uint64_t call_timeout_ms;
     uint64_t backoff_min_ms;
@@ -313,6 +321,51 @@ static void body_fetch_later_push(struct body_fetch *f, struct body_fetch_item *
     after->next = it;
 }
 
+/* body_fetch_unreachable_find - the live entry for addr, or NULL. */
+static struct body_fetch_unreachable *body_fetch_unreachable_find(struct body_fetch *f,
+                                                                  const char *addr)
+{
+    uint64_t now = uv_now(f->loop);
+    for (size_t i = 0; i < BODY_FETCH_UNREACHABLE_MAX; i++)
+        if (f->unreachable[i].until > now && strcmp(f->unreachable[i].addr, addr) == 0)
+            return &f->unreachable[i];
+    return NULL;
+}
+
+/*
+ * body_fetch_unreachable_mark - addr could not be reached: ask it last for
+ * a while. The entry that ends soonest makes room.
+ */
+static void body_fetch_unreachable_mark(struct body_fetch *f, const char *addr)
+{
+    struct body_fetch_unreachable *u = body_fetch_unreachable_find(f, addr);
+    if (u == NULL) {
+        u = &f->unreachable[0];
+        for (size_t i = 1; i < BODY_FETCH_UNREACHABLE_MAX; i++)
+            if (f->unreachable[i].until < u->until)
+                u = &f->unreachable[i];
+    }
+    hamr_strlcpy(u->addr, addr, sizeof(u->addr));
+    u->until = uv_now(f->loop) + BODY_FETCH_UNREACHABLE_MS;
+}
+
+/*
+ * body_fetch_order_peers - the sink's order, but the peers that could not
+ * be reached lately after the others (each part in the sink's order).
+ */
+static void body_fetch_order_peers(struct body_fetch *f, struct body_fetch_job *job)
+{
+    struct body_fetch_peer late[BODY_FETCH_PEERS_MAX];
+    size_t n = 0, n_late = 0;
+    for (size_t i = 0; i < job->n_peers; i++) {
+        if (body_fetch_unreachable_find(f, job->peers[i].addr) != NULL)
+            late[n_late++] = job->peers[i];
+        else
+            job->peers[n++] = job->peers[i];
+    }
+    memcpy(&job->peers[n], late, n_late * sizeof(late[0]));
+}
+
 /* body_fetch_free_slot - a slot without a job, or -1. */
 static int body_fetch_free_slot(const struct body_fetch *f)
 {
@@ -430,6 +483,7 @@ static void body_fetch_start(struct body_fetch *f, size_t slot, struct body_fetc
     }
     if (job->n_peers > BODY_FETCH_PEERS_MAX)
         job->n_peers = BODY_FETCH_PEERS_MAX;
+    body_fetch_order_peers(f, job);
     body_fetch_ask(job);
 }
 
@@ -510,6 +564,8 @@ static void body_fetch_ask(struct body_fetch_job *job)
         if (rv == 0)
             return; /* Asynchronous processing continues in body_fetch_answer_cb. */
         f->stats.failed_attempts++;
+        if (rv == HAMR_EINVAL)
+            body_fetch_unreachable_mark(f, p->addr); /* a bad address: no use asking first */
         log_debug("body fetch call failed id=%s node=%" PRIu64 " addr=%s err=%s",
                   body_fetch_id_log(idl, sizeof(idl), it->id), p->node_id, p->addr,
                   hamr_errname(rv));
@@ -593,6 +649,8 @@ static void body_fetch_answer(struct body_fetch_job *job, int status, const Hamr
     struct body_fetch_item *it = job->item;
     const struct body_fetch_peer *p = &job->peers[job->peer];
     char idl[BODY_FETCH_ID_MAX];
+    if (status == HAMR_ECONNECT || status == HAMR_ETIMEDOUT)
+        body_fetch_unreachable_mark(f, p->addr);
     if (status == 0 && res->status != 0)
         status = res->status;
     if (status != 0) {

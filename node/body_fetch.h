@@ -12,7 +12,10 @@
  * and fetches BODY_FETCH_PARALLEL of them at a time, each in chunks of up
  * to BODY_FETCH_CHUNK from one peer after another (the sink's order of
  * preference) until one hands over bytes of the right length and SHA-256;
- * the body then goes to the sink's store. A body that no peer has (or only
+ * the body then goes to the sink's store. A peer that could not be reached
+ * (connect failed or timed out, or no answer in time) is asked after the
+ * others for BODY_FETCH_UNREACHABLE_MS, so that one node down costs a
+ * connect timeout once, not once per body. A body that no peer has (or only
  * corrupt) is logged once and tried again after a backoff that doubles
  * from 1 s to 60 s; it leaves the set only when stored, or when the sink's
  * `wanted` says it is no longer wanted (checked before every round of
@@ -70,6 +73,8 @@ struct peer_client;
 #define BODY_FETCH_CALL_TIMEOUT_MS 30000          /* one chunk from one peer */
 #define BODY_FETCH_BACKOFF_MIN_MS 1000            /* first retry of an unavailable body */
 #define BODY_FETCH_BACKOFF_MAX_MS 60000           /* the backoff doubles up to this */
+#define BODY_FETCH_UNREACHABLE_MS 10000 /* a peer that could not be reached is asked last */
+#define BODY_FETCH_UNREACHABLE_MAX 16   /* such peers remembered */
 
 /* ------------------------------------------------------------------------ */
 /* Server side.                                                             */

@@ -18,11 +18,15 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <openssl/sha.h>
 #include <uv.h>
@@ -43,6 +47,9 @@
 #define TEST_SERVERS 2
 #define TEST_SELF_ID 42
 #define TEST_HELD_MAX 8
+#define TEST_ROUNDS_MAX 16 /* round start times kept per body */
+#define TEST_BACKOFF_MIN 20
+#define TEST_BACKOFF_MAX 100
 
 /* test_body - one body of the test set. */
 struct test_body {
@@ -91,6 +98,7 @@ struct fixture {
     /* the sink */
     int order[TEST_SERVERS]; /* peers, by index into s */
     size_t n_order;
+    char dead_addr[64]; /* when set, the first peer: node 3, where nothing listens */
     bool not_wanted[TEST_BODIES];
     uint8_t *stored[TEST_BODIES];
     size_t stored_len[TEST_BODIES];
@@ -98,6 +106,8 @@ struct fixture {
     int n_stored;
     int store_rv;                 /* what store returns */
     int first_asked[TEST_BODIES]; /* the order of the first `wanted` per body, -1: never */
+    uint64_t round_at[TEST_BODIES][TEST_ROUNDS_MAX]; /* loop time of each `wanted` */
+    int rounds[TEST_BODIES];
     int n_asked;
     int wanted_calls;
 };
@@ -225,6 +235,11 @@ static size_t test_sink_peers(void *data, struct body_fetch_peer *out, size_t ma
 {
     struct fixture *f = data;
     size_t n = 0;
+    if (f->dead_addr[0] != '\0' && n < max) {
+        out[n].node_id = 3;
+        snprintf(out[n].addr, sizeof(out[n].addr), "%s", f->dead_addr);
+        n++;
+    }
     for (size_t k = 0; k < f->n_order && n < max; k++, n++) {
         out[n].node_id = (uint64_t)f->order[k] + 1;
         snprintf(out[n].addr, sizeof(out[n].addr), "%s", f->s[f->order[k]].addr);
@@ -242,6 +257,9 @@ static bool test_sink_wanted(void *data, const char *id, uint64_t *len, uint8_t 
         return false;
     if (f->first_asked[i] < 0)
         f->first_asked[i] = f->n_asked++;
+    if (f->rounds[i] < TEST_ROUNDS_MAX)
+        f->round_at[i][f->rounds[i]] = uv_now(&f->loop);
+    f->rounds[i]++;
     if (f->not_wanted[i] || f->stored[i] != NULL)
         return false;
     *len = test_bodies[i].len;
@@ -316,7 +334,7 @@ static struct body_fetch *test_fetcher_new(struct fixture *f)
         .data = f, .peers = test_sink_peers, .wanted = test_sink_wanted, .store = test_sink_store};
     struct body_fetch *bf = body_fetch_new(&f->loop, f->cli, &sink);
     if (bf != NULL)
-        body_fetch_set_timing(bf, 5000, 20, 100); /* retries in ms, not seconds */
+        body_fetch_set_timing(bf, 5000, TEST_BACKOFF_MIN, TEST_BACKOFF_MAX); /* ms, not s */
     return bf;
 }
 
@@ -532,6 +550,74 @@ static void test_unavailable_then_retry(void **state)
     test_assert_stored(f, 12);
     assert_int_equal(body_fetch_pending(f->bf), 0);
     assert_int_equal(test_stats(f).fetched, 2);
+}
+
+/*
+ * test_backoff_spacing - three bodies no peer has, wanted at different
+ * times, so their retries interleave in the later list: each body's rounds
+ * are at least its backoff apart (20, 40, 80, then 100 ms: the timer never
+ * spins), and all three come once a peer has them.
+ */
+static void test_backoff_spacing(void **state)
+{
+    struct fixture *f = *state;
+    const int ids[] = {15, 16, 17};
+    for (int k = 0; k < TEST_SERVERS; k++)
+        for (int j = 0; j < 3; j++)
+            f->s[k].has[ids[j]] = false;
+    assert_int_equal(test_want(f, 15), 0);
+    test_wait(f, f->rounds[15] >= 3);
+    assert_int_equal(test_want(f, 16), 0);
+    test_wait(f, f->rounds[16] >= 2);
+    assert_int_equal(test_want(f, 17), 0);
+    test_wait(f, f->rounds[15] >= 7 && f->rounds[16] >= 6 && f->rounds[17] >= 5);
+    for (int j = 0; j < 3; j++) {
+        int i = ids[j];
+        int n = f->rounds[i] < TEST_ROUNDS_MAX ? f->rounds[i] : TEST_ROUNDS_MAX;
+        uint64_t backoff = TEST_BACKOFF_MIN;
+        for (int r = 1; r < n; r++) {
+            uint64_t gap = f->round_at[i][r] - f->round_at[i][r - 1];
+            if (gap < backoff)
+                fail_msg("M%02d: round %d came %llu ms after the last, backoff %llu", i, r,
+                         (unsigned long long)gap, (unsigned long long)backoff);
+            backoff = backoff * 2 > TEST_BACKOFF_MAX ? TEST_BACKOFF_MAX : backoff * 2;
+        }
+    }
+    assert_int_equal(body_fetch_pending(f->bf), 3);
+    for (int j = 0; j < 3; j++)
+        f->s[1].has[ids[j]] = true;
+    test_wait(f, f->n_stored == 3);
+    for (int j = 0; j < 3; j++)
+        test_assert_stored(f, ids[j]);
+    assert_int_equal(body_fetch_pending(f->bf), 0);
+}
+
+/*
+ * test_unreachable_asked_last - the first peer of the sink's order has
+ * nothing listening: it fails the first round(s) (both slots may ask it
+ * before its first failure comes back), then is asked after node 1 only,
+ * so ten bodies cost no more than two failed calls.
+ */
+static void test_unreachable_asked_last(void **state)
+{
+    struct fixture *f = *state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(sa);
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    close(fd); /* bound once, so free now, and nobody listens there */
+    snprintf(f->dead_addr, sizeof(f->dead_addr), "127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
+    for (int i = 20; i < 30; i++)
+        assert_int_equal(test_want(f, i), 0);
+    test_wait(f, f->n_stored == 10);
+    for (int i = 20; i < 30; i++)
+        test_assert_stored(f, i);
+    struct body_fetch_stats st = test_stats(f);
+    assert_true(st.failed_attempts >= 1 && st.failed_attempts <= BODY_FETCH_PARALLEL);
+    assert_int_equal(st.unavailable, 0);
 }
 
 /* test_no_peers - nobody to ask: unavailable, retried, and never dropped while wanted. */
@@ -757,6 +843,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_corrupt_first_peer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_peer_without_fetch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unavailable_then_retry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backoff_spacing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unreachable_asked_last, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_peers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_not_wanted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_fails, setup, teardown),
