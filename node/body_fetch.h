@@ -34,6 +34,18 @@
  * serve fetches (for instance by their NodeInfo's format_version_max or the
  * cluster level that brings body stores in).
  *
+ * Wiring (node/relay.c): the peer server's handler gets
+ *   .fetch = a function (data, call, req) calling body_fetch_serve with the
+ *   node's source: lookup from the queue's metadata of the message (length,
+ *   hash, where its body is; HAMR_ENOTFOUND when it is not queued or its
+ *   body is missing here), read with body_store_pread, refused counting
+ *   metrics METRICS_PEER_REFUSED by reason;
+ * the fetcher is made next to the peer client (body_fetch_new), fed by
+ * body_fetch_want for each body a restored snapshot lacks or a read found
+ * corrupt, and closed before the peer client (body_fetch_close). Its sink:
+ * peers from the node directory (not this node), wanted from the queue and
+ * the body store, store by body_store_put (an error there stops the node).
+ *
  * Owns (client): the wanted set, the buffers of bodies being fetched
  * (bounded by their length, BODY_FETCH_PARALLEL of them), one timer, the
  * calls in flight until their callbacks. Borrows: the loop, the peer client

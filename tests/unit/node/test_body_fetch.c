@@ -833,23 +833,26 @@ static int group_teardown_tls(void **state)
     return 0;
 }
 
+/* TEST_CASE - a test with the fixture's setup and teardown. */
+#define TEST_CASE(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     test_bodies_make();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_fetch_many, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_want_invalid, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_corrupt_first_peer, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_peer_without_fetch, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unavailable_then_retry, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_backoff_spacing, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unreachable_asked_last, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_no_peers, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_not_wanted, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_store_fails, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_close_in_flight, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_serve, setup, teardown),
+        TEST_CASE(test_fetch_many),
+        TEST_CASE(test_want_invalid),
+        TEST_CASE(test_corrupt_first_peer),
+        TEST_CASE(test_peer_without_fetch),
+        TEST_CASE(test_unavailable_then_retry),
+        TEST_CASE(test_backoff_spacing),
+        TEST_CASE(test_unreachable_asked_last),
+        TEST_CASE(test_no_peers),
+        TEST_CASE(test_not_wanted),
+        TEST_CASE(test_store_fails),
+        TEST_CASE(test_close_in_flight),
+        TEST_CASE(test_serve),
     };
     int failed = cmocka_run_group_tests_name("plaintext", tests, NULL, NULL);
     failed +=
