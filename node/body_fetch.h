@@ -48,12 +48,16 @@
  *
  * Owns (client): the wanted set, the buffers of bodies being fetched
  * (bounded by their length, BODY_FETCH_PARALLEL of them), one timer, the
- * calls in flight until their callbacks. Borrows: the loop, the peer client
- * (which must outlive the fetcher's last call: closing the client fails
- * them) and the sink (copied).
+ * calls in flight until their callbacks. The set holds one item (about 150
+ * bytes) per body wanted, so it is bounded by the queue: only queued
+ * messages' bodies are wanted, once each. Borrows: the loop, the peer
+ * client (it must outlive the fetcher: close the fetcher first, then the
+ * client, whose close fails the calls still in flight, which are then
+ * freed) and the sink (copied).
  *
  * Errors: HAMR_EINVAL (bad id or length), HAMR_ENOMEM, HAMR_ESHUTDOWN
- * (fetcher closing or stopped by the sink's store).
+ * (fetcher closing). A store the sink refuses stops the fetcher instead
+ * (body_fetch_error); wanted bodies are still taken then, and kept.
  *
  * Security: answers from peers are checked (length, SHA-256, chunk bounds)
  * before anything is stored; queue ids are logged through log_printable.
@@ -210,7 +214,8 @@ int body_fetch_error(const struct body_fetch *f);
 /*
  * body_fetch_close - forget every wanted body and stop. Calls in flight stay
  * with the peer client; their callbacks find the fetcher closed and only
- * free what they hold, so the peer client may be closed before or after.
+ * free what they hold, whether they are answered or failed by the client's
+ * close (which may come right after this).
  * The fetcher is freed once its timer has closed (the loop's next turn).
  * Idempotent until then; NULL does nothing.
  */
