@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include <stdbool.h>
+#include <stdio.h>
 
 #include <uv.h>
 
@@ -79,6 +80,30 @@ bool testlib_loop_until_flag(struct testlib_loop *w, const bool *flag)
     while (!*flag && testlib_loop_turn(w, &turns))
         ;
     return *flag;
+}
+
+/* testlib_flag_cb - sets *(bool *)arg. */
+void testlib_flag_cb(void *arg)
+{
+    *(bool *)arg = true;
+}
+
+/* testlib_loop_walk_cb - name a handle left open. */
+static void testlib_loop_walk_cb(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    fprintf(stderr, "open handle: %s closing=%d\n", uv_handle_type_name(h->type), uv_is_closing(h));
+}
+
+/* testlib_loop_finish - run the loop dry and close it; name what stayed open. */
+int testlib_loop_finish(uv_loop_t *loop)
+{
+    for (int i = 0; i < 100 && uv_loop_alive(loop); i++)
+        uv_run(loop, UV_RUN_NOWAIT);
+    int rv = uv_loop_close(loop);
+    if (rv != 0)
+        uv_walk(loop, testlib_loop_walk_cb, NULL);
+    return rv;
 }
 
 /* testlib_loop_fail_expired - the guard fired while the test waited for what. */

@@ -68,4 +68,23 @@ void testlib_loop_fail_expired(const struct testlib_loop *w, const char *what);
         assert_true(cond);                                       \
     } while (0)
 
+/* TESTLIB_LOOP_WAIT - TESTLIB_LOOP_UNTIL with the guard armed for this wait alone. */
+#define TESTLIB_LOOP_WAIT(w, cond)   \
+    do {                             \
+        testlib_loop_arm(w);         \
+        TESTLIB_LOOP_UNTIL(w, cond); \
+        testlib_loop_disarm(w);      \
+    } while (0)
+
+/* testlib_flag_cb - a done callback, cb(arg), that sets the bool arg points to. */
+void testlib_flag_cb(void *arg);
+
+/*
+ * testlib_loop_finish - once the test has closed its handles (the guard's
+ * with testlib_loop_close): run loop dry (a bounded number of non-blocking
+ * turns), close it, and name on stderr every handle still open. Returns
+ * uv_loop_close's result: 0 when nothing was left.
+ */
+int testlib_loop_finish(uv_loop_t *loop);
+
 #endif

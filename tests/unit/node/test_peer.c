@@ -263,24 +263,13 @@ static int test_propose(struct fixture *f, int i, size_t n, int64_t *hash)
 }
 
 /* test_wait - run the loop until cond holds, bounded in iterations and time (per wait). */
-#define test_wait(f, cond)                   \
-    do {                                     \
-        testlib_loop_arm(&(f)->run);         \
-        TESTLIB_LOOP_UNTIL(&(f)->run, cond); \
-        testlib_loop_disarm(&(f)->run);      \
-    } while (0)
+#define test_wait(f, cond) TESTLIB_LOOP_WAIT(&(f)->run, cond)
 
 /* test_spin - a few non-blocking loop turns: lets stray events (if any) arrive. */
 static void test_spin(struct fixture *f)
 {
     for (int i = 0; i < 20; i++)
         uv_run(&f->loop, UV_RUN_NOWAIT);
-}
-
-/* test_flag_cb - a close callback that sets a bool. */
-static void test_flag_cb(void *arg)
-{
-    *(bool *)arg = true;
 }
 
 /* test_server_start - a server on 127.0.0.1:port (0: any). */
@@ -304,8 +293,8 @@ static int test_server_start(struct fixture *f, uint16_t port)
 /* test_server_stop - close the server and wait for its callback. */
 static void test_server_stop(struct fixture *f)
 {
-    peer_server_close(f->srv, test_flag_cb, &f->srv_closed);
-    peer_server_close(f->srv, test_flag_cb, &f->srv_closed); /* idempotent */
+    peer_server_close(f->srv, testlib_flag_cb, &f->srv_closed);
+    peer_server_close(f->srv, testlib_flag_cb, &f->srv_closed); /* idempotent */
     test_wait(f, f->srv_closed);
     f->srv = NULL;
 }
@@ -374,13 +363,6 @@ static void test_raw_close(struct fixture *f)
     }
 }
 
-/* test_walk_cb - name a handle left open (teardown diagnostics). */
-static void test_walk_cb(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    fprintf(stderr, "open handle: %s closing=%d\n", uv_handle_type_name(h->type), uv_is_closing(h));
-}
-
 /* teardown - answer what is held, close everything, fail if handles remain. */
 static int teardown(void **state)
 {
@@ -390,23 +372,19 @@ static int teardown(void **state)
     f->n_held = 0;
     test_later_cb(&f->later_timer);
     if (f->cli != NULL && !f->cli_closed) {
-        peer_client_close(f->cli, test_flag_cb, &f->cli_closed);
+        peer_client_close(f->cli, testlib_flag_cb, &f->cli_closed);
         for (int i = 0; i < TEST_MAX_ITER && !f->cli_closed; i++)
             uv_run(&f->loop, UV_RUN_ONCE);
     }
     if (f->srv != NULL && !f->srv_closed) {
-        peer_server_close(f->srv, test_flag_cb, &f->srv_closed);
+        peer_server_close(f->srv, testlib_flag_cb, &f->srv_closed);
         for (int i = 0; i < TEST_MAX_ITER && !f->srv_closed; i++)
             uv_run(&f->loop, UV_RUN_ONCE);
     }
     test_raw_close(f);
     testlib_loop_close(&f->run);
     uv_close((uv_handle_t *)&f->later_timer, NULL);
-    for (int i = 0; i < 100 && uv_loop_alive(&f->loop); i++)
-        uv_run(&f->loop, UV_RUN_NOWAIT);
-    int rv = uv_loop_close(&f->loop);
-    if (rv != 0)
-        uv_walk(&f->loop, test_walk_cb, NULL);
+    int rv = testlib_loop_finish(&f->loop);
     bool ok = rv == 0 && f->cli_closed;
     free(f);
     return ok ? 0 : -1;
@@ -597,7 +575,7 @@ static void test_server_close_outstanding(void **state)
     test_wait(f, f->n_held == N);
     uint16_t port = f->port;
     struct peer_server *old = f->srv;
-    peer_server_close(old, test_flag_cb, &f->srv_closed);
+    peer_server_close(old, testlib_flag_cb, &f->srv_closed);
     f->srv = NULL;
     test_wait(f, f->srv_closed && test_count_all(f, N) == N);
     test_spin(f);
@@ -856,8 +834,8 @@ static void test_client_close_outstanding(void **state)
         assert_int_equal(test_query(f, f->addr, "hold", i, 5000), 0);
     assert_int_equal(test_query(f, f->addr, "later", N, 5000), 0);
     test_wait(f, f->n_held == N && f->n_later == 1);
-    peer_client_close(f->cli, test_flag_cb, &f->cli_closed);
-    peer_client_close(f->cli, test_flag_cb, &f->cli_closed); /* idempotent */
+    peer_client_close(f->cli, testlib_flag_cb, &f->cli_closed);
+    peer_client_close(f->cli, testlib_flag_cb, &f->cli_closed); /* idempotent */
     test_assert_once(f, N + 1, HAMR_ESHUTDOWN);
     assert_false(f->cli_closed); /* never inside peer_client_close */
     test_wait(f, f->cli_closed && peer_server_conns(f->srv) == 0);
@@ -983,7 +961,7 @@ static void test_ipv6(void **state)
     assert_int_equal(test_query(f, addr, "now", 4, 5000), 0);
     test_wait(f, f->res[4].count > 0);
     bool closed = false;
-    peer_server_close(s6, test_flag_cb, &closed);
+    peer_server_close(s6, testlib_flag_cb, &closed);
     test_wait(f, closed);
     assert_int_equal(f->res[4].status, 0);
     assert_int_equal(f->res[4].result, 4);
@@ -1018,7 +996,7 @@ static int test_other_client(struct fixture *f,
     test_wait(f, r.count > 0);
     peer_client_stats(c, cst);
     bool closed = false;
-    peer_client_close(c, test_flag_cb, &closed);
+    peer_client_close(c, testlib_flag_cb, &closed);
     test_wait(f, closed && peer_server_conns(f->srv) == 0);
     assert_int_equal(r.count, 1);
     return r.status;
