@@ -70,23 +70,23 @@ struct consensus_member {
 struct cluster_tls; /* net/cluster_tls.h */
 
 struct consensus_config {
-    uint64_t id;                       /* > 0 */
-    char address[CONSENSUS_ADDR_MAX];  /* where peers reach us; also the bind address */
-    char dir[4096];                    /* data directory; created if missing */
+    uint64_t id;                           /* > 0 */
+    char address[CONSENSUS_ADDR_MAX];      /* where peers reach us; also the bind address */
+    char dir[4096];                        /* data directory; created if missing */
     const struct consensus_member *voters; /* bootstrap configuration (copied) */
     size_t n_voters;
-    unsigned election_timeout_ms;      /* 1000 */
-    unsigned heartbeat_ms;             /* 100 */
-    size_t snapshot_bytes;             /* snapshot after this many applied bytes; 64 MiB */
-    unsigned snapshot_trailing;        /* entries kept after a snapshot; 128 */
-    size_t segment_size;               /* log segment size; 64 MiB */
-    uint64_t max_entry;                /* largest entry the FSM proposes; 64 MiB. Bounds
-                                          what the raft port accepts (RAFT.md 4.5) */
-    struct cluster_tls *tls;           /* NULL: plain TCP. Else every raft connection is
-                                          mutual TLS 1.3 and a peer's id must be the one
-                                          its certificate names (RAFT.md 4.5). Borrowed:
-                                          must outlive the consensus; reloads reach new
-                                          connections */
+    unsigned election_timeout_ms; /* 1000 */
+    unsigned heartbeat_ms;        /* 100 */
+    size_t snapshot_bytes;        /* snapshot after this many applied bytes; 64 MiB */
+    unsigned snapshot_trailing;   /* entries kept after a snapshot; 128 */
+    size_t segment_size;          /* log segment size; 64 MiB */
+    uint64_t max_entry;           /* largest entry the FSM proposes; 64 MiB. Bounds
+                                     what the raft port accepts (RAFT.md 4.5) */
+    struct cluster_tls *tls;      /* NULL: plain TCP. Else every raft connection is
+                                     mutual TLS 1.3 and a peer's id must be the one
+                                     its certificate names (RAFT.md 4.5). Borrowed:
+                                     must outlive the consensus; reloads reach new
+                                     connections */
     /* on_leader - leadership gained (after the barrier) or lost. May be NULL. */
     void (*on_leader)(void *arg, bool leader);
     void *on_leader_arg;
@@ -113,19 +113,19 @@ struct consensus_port_stats {
 
 struct consensus_info {
     enum consensus_state state;
-    bool ready;                        /* leader and the election barrier applied */
+    bool ready; /* leader and the election barrier applied */
     uint64_t term;
     uint64_t commit_index;
     uint64_t applied_index;
     uint64_t last_index;
-    uint64_t leader_id;                /* 0 if unknown */
+    uint64_t leader_id; /* 0 if unknown */
     char leader_address[CONSENSUS_ADDR_MAX];
     size_t n_members;
     struct consensus_member members[CONSENSUS_MAX_MEMBERS];
-    int roles[CONSENSUS_MAX_MEMBERS];  /* 0 standby, 1 voter, 2 spare (RAFT_*) */
-    struct consensus_port_stats port;  /* what the raft port refused */
-    bool failed;                       /* raft UNAVAILABLE after start, or the state machine
-                                          refused an entry: the node must exit */
+    int roles[CONSENSUS_MAX_MEMBERS]; /* 0 standby, 1 voter, 2 spare (RAFT_*) */
+    struct consensus_port_stats port; /* what the raft port refused */
+    bool failed;                      /* raft UNAVAILABLE after start, or the state machine
+                                         refused an entry: the node must exit */
 };
 
 struct consensus;
@@ -153,8 +153,11 @@ void consensus_free(void *p);
  * copied. Bootstraps cfg->voters if the directory is pristine. Errors carry a
  * sentence in errmsg (size errlen).
  */
-int consensus_new(uv_loop_t *loop, const struct consensus_config *cfg,
-                  const struct consensus_fsm *fsm, struct consensus **out, char *errmsg,
+int consensus_new(uv_loop_t *loop,
+                  const struct consensus_config *cfg,
+                  const struct consensus_fsm *fsm,
+                  struct consensus **out,
+                  char *errmsg,
                   size_t errlen);
 
 /* consensus_start - load the log (synchronously) and begin ticking. */
@@ -167,7 +170,10 @@ int consensus_start(struct consensus *c, char *errmsg, size_t errlen);
  * Errors: HAMR_ENOTLEADER (not leader, not ready, or transferring),
  * HAMR_ESHUTDOWN (closing), HAMR_EINVAL (empty buffer), HAMR_ENOMEM.
  */
-int consensus_propose(struct consensus *c, uint8_t *buf, size_t len, consensus_apply_cb cb,
+int consensus_propose(struct consensus *c,
+                      uint8_t *buf,
+                      size_t len,
+                      consensus_apply_cb cb,
                       void *arg);
 
 /* consensus_get_info - a consistent view of raft's state. */
@@ -183,8 +189,10 @@ uint64_t consensus_term(struct consensus *c);
  * consensus_transfer - hand leadership to id (0: any up-to-date voter):
  * barrier, raft_transfer, retried up to 3 times. cb(arg, status, new_leader).
  */
-int consensus_transfer(struct consensus *c, uint64_t id,
-                       void (*cb)(void *arg, int status, uint64_t leader), void *arg);
+int consensus_transfer(struct consensus *c,
+                       uint64_t id,
+                       void (*cb)(void *arg, int status, uint64_t leader),
+                       void *arg);
 
 /*
  * consensus_add / consensus_assign / consensus_remove - membership changes,
@@ -195,11 +203,19 @@ int consensus_transfer(struct consensus *c, uint64_t id,
  * HAMR_EEXIST (duplicate id or address, or the role is already held),
  * HAMR_ESHUTDOWN.
  */
-int consensus_add(struct consensus *c, uint64_t id, const char *address,
-                  void (*cb)(void *arg, int status), void *arg);
-int consensus_assign(struct consensus *c, uint64_t id, int role,
-                     void (*cb)(void *arg, int status), void *arg);
-int consensus_remove(struct consensus *c, uint64_t id, void (*cb)(void *arg, int status),
+int consensus_add(struct consensus *c,
+                  uint64_t id,
+                  const char *address,
+                  void (*cb)(void *arg, int status),
+                  void *arg);
+int consensus_assign(struct consensus *c,
+                     uint64_t id,
+                     int role,
+                     void (*cb)(void *arg, int status),
+                     void *arg);
+int consensus_remove(struct consensus *c,
+                     uint64_t id,
+                     void (*cb)(void *arg, int status),
                      void *arg);
 
 /*

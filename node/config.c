@@ -161,7 +161,11 @@ static const struct config_key config_keys[] = {
     CK("storage", "min_free", CONFIG_K_SIZE, min_free_bytes, 0, UINT64_MAX),
     CK("storage", "queue_max_messages", CONFIG_K_COUNT, queue_max_messages, 0, UINT64_MAX),
     CK("storage", "queue_max_bytes", CONFIG_K_SIZE, queue_max_bytes, 0, UINT64_MAX),
-    CK("storage", "body_segment_size", CONFIG_K_SIZE, body_segment_bytes, 64 * 1024,
+    CK("storage",
+       "body_segment_size",
+       CONFIG_K_SIZE,
+       body_segment_bytes,
+       64 * 1024,
        1024 * CONFIG_MIB),
 
     CK("cluster_tls", "ca_file", CONFIG_K_STRING_OPT, cluster_ca_file, 0, 0),

@@ -371,7 +371,8 @@ static void hamrctl_print_status(const Hamr__ControlResponse *resp, char **args,
         (unsigned long long)s->queue_rcpts_pending, (unsigned long long)s->queue_rcpts_leased,
         hamrctl_bytes(s->queue_bytes, b, sizeof(b)));
     if (s->body_store) {
-        printf("bodies:      %s on disk in %llu segment%s", hamrctl_bytes(s->body_store_bytes, b, sizeof(b)),
+        printf("bodies:      %s on disk in %llu segment%s",
+               hamrctl_bytes(s->body_store_bytes, b, sizeof(b)),
                (unsigned long long)s->body_store_segments, s->body_store_segments == 1 ? "" : "s");
         if (s->bodies_missing > 0)
             printf(", %llu missing (fetching from peers)", (unsigned long long)s->bodies_missing);

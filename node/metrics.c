@@ -641,9 +641,8 @@ const struct metrics_def metrics_hamr_defs[] = {
                                                "Bodies found unreadable or corrupt in the store "
                                                "(each is fetched again from a peer).",
                                                METRICS_COUNTER),
-    [METRICS_BODIES_FETCHED] = METRICS_PLAIN("hamr_bodies_fetched_total",
-                                             "Bodies fetched from peers.",
-                                             METRICS_COUNTER),
+    [METRICS_BODIES_FETCHED] =
+        METRICS_PLAIN("hamr_bodies_fetched_total", "Bodies fetched from peers.", METRICS_COUNTER),
     [METRICS_BODY_FETCH_CORRUPT] = METRICS_PLAIN("hamr_body_fetch_corrupt_total",
                                                  "Bodies received from a peer whose SHA-256 did "
                                                  "not match.",

@@ -601,7 +601,8 @@ static int relay_start_channels(struct relay *r, char *err, size_t errlen)
         (void)config_ip_address(cfg->listen_control.host, cfg->listen_control.port,
                                 self.control_address, sizeof(self.control_address));
     if (cfg->listen_peer.host[0] != '\0') {
-        struct peer_handler ph = {.data = r, .request = relay_peer_request};
+        struct peer_handler ph = {
+            .data = r, .request = relay_peer_request, .fetch = relay_bodies_serve_call};
         rv = peer_server_new(r->loop, cfg->listen_peer.host, cfg->listen_peer.port, r->ctls, &ph,
                              &r->peer_srv, err, errlen);
         if (rv != 0)

@@ -163,9 +163,5 @@ int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_c
 void relay_peer_request(void *data, struct peer_call *call, const Hamr__PeerMsg *msg)
 {
     struct relay *r = data;
-    if (msg->body_case == HAMR__PEER_MSG__BODY_FETCH) {
-        relay_bodies_serve(r, call, msg->fetch); /* any node: it only reads */
-        return;
-    }
     proposer_serve(r->prop, call, peer_call_node(call), msg);
 }

@@ -158,8 +158,7 @@ static int relay_fetch_store(void *data, const char *id, const uint8_t *body, si
         return rv;
     }
     (void)queue_body_found(r->queue, id, loc);
-    log_info("body fetched id=%s bytes=%zu missing=%zu", id, len,
-             queue_bodies_missing(r->queue));
+    log_info("body fetched id=%s bytes=%zu missing=%zu", id, len, queue_bodies_missing(r->queue));
     relay_sched_kick(r);
     return 0;
 }
@@ -246,10 +245,20 @@ static ssize_t relay_serve_read(void *data, const char *id, uint64_t off, uint8_
     return body_store_pread(r->store, m->body_loc, off, buf, n);
 }
 
-void relay_bodies_serve(struct relay *r, struct peer_call *call, const Hamr__PeerFetch *req)
+/* relay_serve_refused - a fetch the peer policy refused: counted with the other refusals. */
+static void relay_serve_refused(void *data, enum peer_policy_reason why)
 {
-    const struct body_fetch_source src = {
-        .data = r, .lookup = relay_serve_lookup, .read = relay_serve_read};
+    struct relay *r = data;
+    metrics_inc_label(r->metrics, METRICS_PEER_REFUSED, why);
+}
+
+/* relay_bodies_serve_call - the peer server's fetch handler: any node may read. */
+void relay_bodies_serve_call(void *data, struct peer_call *call, const Hamr__PeerFetch *req)
+{
+    const struct body_fetch_source src = {.data = data,
+                                          .lookup = relay_serve_lookup,
+                                          .read = relay_serve_read,
+                                          .refused = relay_serve_refused};
     body_fetch_serve(&src, call, req);
 }
 

@@ -119,8 +119,8 @@ struct relay {
     struct metrics *metrics;
     struct body_store *store;  /* bodies on this node's disk (relay_bodies.c) */
     struct body_fetch *fetch;  /* bodies this node lacks, from peers; NULL without a peer port */
-    struct http *http;             /* NULL without [listen] http */
-    struct http *metrics_http;     /* NULL without [listen] metrics: the TLS one */
+    struct http *http;         /* NULL without [listen] http */
+    struct http *metrics_http; /* NULL without [listen] metrics: the TLS one */
     uv_timer_t housekeeping_timer; /* once a second: disk, deadlines, raft health */
     uv_timer_t retry_timer;        /* every RELAY_RETRY_MS: proposer, directory */
     uint64_t last_leader_id;       /* for counting leader changes */
@@ -144,7 +144,7 @@ int relay_bodies_before_snapshot(struct relay *r);
 void relay_bodies_restored(struct relay *r);
 void relay_bodies_want(struct relay *r, const struct queue_msg *m);
 void relay_bodies_corrupt(struct relay *r, const char *id, int status);
-void relay_bodies_serve(struct relay *r, struct peer_call *call, const Hamr__PeerFetch *req);
+void relay_bodies_serve_call(void *data, struct peer_call *call, const Hamr__PeerFetch *req);
 void relay_bodies_close(struct relay *r, void (*cb)(void *arg), void *arg);
 
 /* relay_snapshot.c */

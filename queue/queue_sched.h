@@ -29,18 +29,18 @@ struct queue_route {
 };
 
 struct queue_sched_limits {
-    unsigned max_per_dest;     /* messages leased to one destination at once */
-    size_t max_items;          /* work items per call */
-    uint64_t self_node;        /* this leader's node id */
-    const char *self_boot_id;  /* this process's boot id: leases of self_node with
-                                  another boot id died with that process */
+    unsigned max_per_dest;    /* messages leased to one destination at once */
+    size_t max_items;         /* work items per call */
+    uint64_t self_node;       /* this leader's node id */
+    const char *self_boot_id; /* this process's boot id: leases of self_node with
+                                 another boot id died with that process */
 };
 
 enum queue_work_kind {
-    QUEUE_WORK_DELIVER = 0,    /* lease and deliver */
-    QUEUE_WORK_EXPIRE,         /* queue lifetime over: Outcome EXPIRED, lease_id 0 */
-    QUEUE_WORK_NOROUTE,        /* no route: Outcome BOUNCED, lease_id 0 */
-    QUEUE_WORK_SKIP,           /* set by the caller: left alone this round */
+    QUEUE_WORK_DELIVER = 0, /* lease and deliver */
+    QUEUE_WORK_EXPIRE,      /* queue lifetime over: Outcome EXPIRED, lease_id 0 */
+    QUEUE_WORK_NOROUTE,     /* no route: Outcome BOUNCED, lease_id 0 */
+    QUEUE_WORK_SKIP,        /* set by the caller: left alone this round */
 };
 
 struct queue_work {
@@ -59,8 +59,11 @@ struct queue_work {
  * active leases get nothing more. Returns the number of items in *out
  * (array owned by the caller: queue_work_free), or a HAMR_E* code.
  */
-int queue_sched_pick(const struct queue *q, uint64_t now_ms, const struct queue_sched_limits *lim,
-                     const struct queue_route *route, struct queue_work **out);
+int queue_sched_pick(const struct queue *q,
+                     uint64_t now_ms,
+                     const struct queue_sched_limits *lim,
+                     const struct queue_route *route,
+                     struct queue_work **out);
 
 /* queue_work_free - free an array from queue_sched_pick; returns NULL. */
 struct queue_work *queue_work_free(struct queue_work *w, size_t n);
