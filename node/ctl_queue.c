@@ -54,23 +54,29 @@ static const char *ctl_queue_rcpt_state(const struct queue_rcpt *qr)
     return "?";
 }
 
-/* ctl_queue_headers - the header block of a body, capped. */
-static char *ctl_queue_headers(const struct queue_msg *m)
+/* ctl_queue_headers - the header block of a body (in memory or in the node's store), capped. */
+static char *ctl_queue_headers(const struct queue *q, const struct queue_msg *m)
 {
-    size_t n = m->body_len;
-    const uint8_t *end = memmem(m->body, m->body_len, "\r\n\r\n", 4);
+    const uint8_t *body;
+    uint8_t *owned;
+    size_t len = queue_body_head(q, m, CTL_QUEUE_HEADERS_MAX + 2, &body, &owned);
+    size_t n = len;
+    const uint8_t *end = len > 0 ? memmem(body, len, "\r\n\r\n", 4) : NULL;
     if (end != NULL)
-        n = (size_t)(end - m->body) + 2;
+        n = (size_t)(end - body) + 2;
     if (n > CTL_QUEUE_HEADERS_MAX)
         n = CTL_QUEUE_HEADERS_MAX;
     char *h = malloc(n + 1);
-    if (h == NULL)
+    if (h == NULL) {
+        free(owned);
         return NULL;
+    }
     for (size_t i = 0; i < n; i++) {
-        unsigned char c = m->body[i];
+        unsigned char c = body[i];
         h[i] = (c == '\r' || c == '\n' || c == '\t' || (c >= 0x20 && c < 0x7f)) ? (char)c : '?';
     }
     h[n] = '\0';
+    free(owned);
     return h;
 }
 
@@ -151,7 +157,7 @@ static int ctl_queue_add(struct ctl_queue_page *f, const struct queue_msg *m)
         rs[qe->n_rcpts++] = x;
     }
     if (f->headers)
-        qe->headers = ctl_queue_headers(m);
+        qe->headers = ctl_queue_headers(f->q, m);
     f->entries[f->n++] = qe;
     /* The entry's field tag and length prefix take at most 11 bytes more. */
     f->bytes += hamr__queue_entry__get_packed_size(qe) + 11;
@@ -274,5 +280,6 @@ int ctl_queue_show(const struct queue *q, const char *id, struct ctl_queue_page 
     if (m == NULL)
         return HAMR_ENOTFOUND;
     pg->headers = true;
+    pg->q = q;
     return ctl_queue_add(pg, m);
 }

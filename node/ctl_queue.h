@@ -37,6 +37,7 @@ struct ctl_queue_page {
     uint64_t older_than_ms;
     uint64_t now_ms;
     bool headers;           /* show: with the header block */
+    const struct queue *q;  /* show: where the header block is read from */
     size_t limit;           /* entries (CTL_QUEUE_PAGE) */
     size_t scan_max;        /* messages looked at (CTL_QUEUE_SCAN_MAX) */
     size_t bytes_max;       /* packed entries (CTL_QUEUE_PAGE_BYTES) */

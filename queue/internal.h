@@ -208,17 +208,6 @@ void queue_item_release_body(struct queue *q, struct queue_item *it);
 /* queue_item_drop - an item that was never linked: its body released, then freed. NULL. */
 struct queue_item *queue_item_drop(struct queue *q, struct queue_item *it);
 
-/*
- * queue_item_read_head - up to n bytes from the start of it's body, from
- * memory or the store: *out borrowed or malloc'ed (then *owned is true).
- * A missing or unreadable body gives 0 bytes.
- */
-size_t queue_item_read_head(const struct queue *q,
-                            const struct queue_msg *m,
-                            size_t n,
-                            const uint8_t **out,
-                            uint8_t **owned);
-
 /* queue_lookup - the item with this id, or NULL. */
 struct queue_item *queue_lookup(const struct queue *q, const char *id);
 

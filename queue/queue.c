@@ -192,12 +192,12 @@ struct queue_item *queue_item_drop(struct queue *q, struct queue_item *it)
     return queue_item_free(it);
 }
 
-/* queue_item_read_head - the first n bytes of a body, wherever it is. */
-size_t queue_item_read_head(const struct queue *q,
-                            const struct queue_msg *m,
-                            size_t n,
-                            const uint8_t **out,
-                            uint8_t **owned)
+/* queue_body_head - the first n bytes of a body, wherever it is. */
+size_t queue_body_head(const struct queue *q,
+                       const struct queue_msg *m,
+                       size_t n,
+                       const uint8_t **out,
+                       uint8_t **owned)
 {
     *owned = NULL;
     *out = m->body;

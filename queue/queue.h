@@ -196,6 +196,18 @@ int queue_body_found(struct queue *q, const char *id, uint64_t loc);
 /* queue_body_lost - the body of id in the store is unreadable or corrupt: missing now. */
 int queue_body_lost(struct queue *q, const char *id);
 
+/*
+ * queue_body_head - up to n bytes from the start of m's body, from memory or
+ * through the body ops' read: *out points at them, and *owned is a buffer
+ * to free (NULL when *out is the queue's own memory). Returns how many; 0
+ * for a body that is missing or cannot be read.
+ */
+size_t queue_body_head(const struct queue *q,
+                       const struct queue_msg *m,
+                       size_t n,
+                       const uint8_t **out,
+                       uint8_t **owned);
+
 /* queue_bodies_missing - how many queued messages this node lacks the body of (O(1)). */
 size_t queue_bodies_missing(const struct queue *q);
 

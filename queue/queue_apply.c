@@ -133,13 +133,14 @@ static int queue_dsn_prepare(struct queue *q,
     /*
      * The DSN quotes the original's header block, from memory or from the
      * store. Every node that has the body quotes the same bytes; one that
-     * still lacks it (fetching after a snapshot) quotes none, and its copy
-     * of this DSN differs from the others' (consensus/RAFT.md).
+     * still lacks it (fetching after a snapshot) quotes none, so its copy
+     * of this DSN (and its digest) differs from the others' until the DSN
+     * leaves the queue: still a valid DSN should that node deliver it.
      */
     struct queue_msg orig = *m;
     uint8_t *head = NULL;
     const uint8_t *p = NULL;
-    orig.body_len = queue_item_read_head(q, m, QUEUE_DSN_HEADERS_MAX + 2, &p, &head);
+    orig.body_len = queue_body_head(q, m, QUEUE_DSN_HEADERS_MAX + 2, &p, &head);
     orig.body = (uint8_t *)p;
     int rv =
         queue_dsn_build(&orig, failed, n_failed, reporter, now_ms, id, &body, &len, &eight_bit);
