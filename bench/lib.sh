@@ -65,6 +65,44 @@ bench_reap() {
     kill -KILL "$1" 2>/dev/null || true
 }
 
+# bench_usage_lines FIRST,LAST - those lines of the running script's header comment (its
+# usage) on stderr; exit 2.
+bench_usage_lines() {
+    sed -n "$1p" "$0" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+# bench_parse OPTION_FUNCTION USAGE_FUNCTION ARGS... - every option in ARGS into the globals:
+# the common ones (bench_common_option), the script's own with OPTION_FUNCTION OPTION [VALUE]
+# (it sets BENCH_SHIFT like bench_common_option and is false for an option it does not know),
+# USAGE_FUNCTION for an unknown one.
+bench_parse() {
+    local fn=$1 usage=$2
+    shift 2
+    while [ $# -gt 0 ]; do
+        if ! bench_common_option "$@" && ! "$fn" "$@"; then
+            echo "$(basename "$0"): unknown option $1" >&2
+            "$usage"
+        fi
+        shift "$BENCH_SHIFT"
+    done
+}
+
+# bench_common_option OPTION [VALUE] - the options both scripts take (-m, -c, --only, --keep,
+# --rebuild) into their globals; sets BENCH_SHIFT to the arguments it used; false if OPTION is
+# not one of them.
+bench_common_option() {
+    BENCH_SHIFT=2
+    case "$1" in
+    -m) MESSAGES=${2:?} ;;
+    -c) SESSIONS=${2:?} ;;
+    --only) SYSTEMS=${2:?} ;;
+    --keep) KEEP=1; BENCH_SHIFT=1 ;;
+    --rebuild) REBUILD=1; BENCH_SHIFT=1 ;;
+    *) return 1 ;;
+    esac
+}
+
 # bench_stop_pid PID - SIGTERM, wait up to 20 s, then SIGKILL.
 bench_stop_pid() {
     local pid=$1

@@ -77,32 +77,29 @@ ROWS=()            # table rows, printed at the end
 
 # bench_usage - print usage and exit 2.
 bench_usage() {
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
-    exit 2
+    bench_usage_lines 2,9
+}
+
+# bench_option OPTION [VALUE] - one of run.sh's own options (bench_parse); false if unknown.
+bench_option() {
+    BENCH_SHIFT=1
+    case "$1" in
+    -z) SIZES=${2:?}; BENCH_SHIFT=2 ;;
+    --long) MESSAGES=50000 ;;
+    -P) PIPELINING=1 ;;
+    --target) TARGET=${2:?}; BENCH_SHIFT=2 ;;
+    --scan-interval) SCAN_INTERVAL=${2:?}; BENCH_SHIFT=2 ;;
+    --perf) PERF=1 ;;
+    --outage) OUTAGE=1 ;;
+    --postfix-tools) POSTFIX_TOOLS=1 ;;
+    -h | --help) bench_usage ;;
+    *) return 1 ;;
+    esac
 }
 
 # bench_parse_args - options into the globals above.
 bench_parse_args() {
-    while [ $# -gt 0 ]; do
-        case "$1" in
-        -m) MESSAGES=${2:?}; shift ;;
-        -c) SESSIONS=${2:?}; shift ;;
-        -z) SIZES=${2:?}; shift ;;
-        --long) MESSAGES=50000 ;;
-        -P) PIPELINING=1 ;;
-        --only) SYSTEMS=${2:?}; shift ;;
-        --target) TARGET=${2:?}; shift ;;
-        --scan-interval) SCAN_INTERVAL=${2:?}; shift ;;
-        --perf) PERF=1 ;;
-        --outage) OUTAGE=1 ;;
-        --postfix-tools) POSTFIX_TOOLS=1 ;;
-        --keep) KEEP=1 ;;
-        --rebuild) REBUILD=1 ;;
-        -h | --help) bench_usage ;;
-        *) echo "bench: unknown option $1" >&2; bench_usage ;;
-        esac
-        shift
-    done
+    bench_parse bench_option bench_usage "$@"
     [[ $MESSAGES =~ ^[0-9]+$ && $MESSAGES -ge 1 ]] || bench_usage
     [[ $SESSIONS =~ ^[0-9]+$ && $SESSIONS -ge 1 ]] || bench_usage
     case "$TARGET" in auto | leader | spread) ;; *) bench_usage ;; esac
