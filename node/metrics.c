@@ -631,6 +631,10 @@ const struct metrics_def metrics_hamr_defs[] = {
     [METRICS_BODY_STORE_BYTES] = METRICS_PLAIN("hamr_body_store_bytes",
                                                "Size of the body store's segment files.",
                                                METRICS_GAUGE),
+    [METRICS_BODY_MEMORY_BYTES] = METRICS_PLAIN("hamr_body_memory_bytes",
+                                                "Bodies applied in the last second, still in "
+                                                "memory and not yet written to the body store.",
+                                                METRICS_GAUGE),
     [METRICS_BODY_STORE_SEGMENTS] = METRICS_PLAIN("hamr_body_store_segments",
                                                   "Segment files of the body store.",
                                                   METRICS_GAUGE),

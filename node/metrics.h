@@ -161,6 +161,7 @@ enum metrics_hamr_id {
     METRICS_QUEUE_FULL,          /* gauge 0/1: at a queue limit, MAIL gets 452 */
     METRICS_BODIES_MISSING,      /* gauge: queued messages whose body this node lacks */
     METRICS_BODY_STORE_BYTES,    /* gauge: size of the body store's segments */
+    METRICS_BODY_MEMORY_BYTES,   /* gauge: bodies not yet written to the store */
     METRICS_BODY_STORE_SEGMENTS, /* gauge: segment files */
     METRICS_BODY_STORE_SYNCS,    /* counter: body store syncs */
     METRICS_BODY_READ_ERRORS,    /* counter: bodies found unreadable or corrupt on disk */

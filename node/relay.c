@@ -101,7 +101,8 @@ static int relay_fsm_apply(void *data, const uint8_t *buf, size_t len, void **re
         return rv;
     }
     *result = (void *)(intptr_t)(res.status != 0 ? res.status : (res.duplicate ? 1 : 0));
-    relay_sched_kick(r); /* new mail, or a recipient done: there may be work */
+    relay_bodies_spill(r, true); /* only past RELAY_BODY_KEEP_BYTES in memory */
+    relay_sched_kick(r);         /* new mail, or a recipient done: there may be work */
     char why[200];
     if (disk_guard_applied(&r->disk, len, why, sizeof(why)) != 0)
         relay_fail(r, why);
@@ -321,8 +322,10 @@ static void relay_housekeeping(uv_timer_t *t)
 static void relay_retry_tick(uv_timer_t *t)
 {
     struct relay *r = t->data;
-    if (!r->stopping)
+    if (!r->stopping) {
         directory_tick(r->dir, r->draining);
+        relay_bodies_spill(r, false); /* bodies older than RELAY_BODY_KEEP_MS to the store */
+    }
     proposer_tick(r->prop);
     struct consensus_info info;
     consensus_get_info(r->cons, &info);

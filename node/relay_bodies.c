@@ -5,10 +5,14 @@
  *
  * The queue in memory keeps each message's envelope, recipients, body
  * length and SHA-256; the bytes are in data_dir/bodies. An Enqueue's body
- * is appended to the store when the entry applies; raft's log keeps it too
- * until a snapshot, and relay_bodies_before_snapshot syncs the store before
- * every snapshot, so no entry is compacted while its body is not on this
- * node's disk: a 250 always means "on a majority of disks".
+ * stays in memory for RELAY_BODY_KEEP_MS after it applies (at most
+ * RELAY_BODY_KEEP_BYTES of them), then is appended to the store
+ * (relay_bodies_spill, write-behind): mail delivered within that second,
+ * most of it when the next hop is up, is never written twice. Raft's log
+ * keeps every body until a snapshot; a snapshot carries the bodies still
+ * in memory, and relay_bodies_before_snapshot syncs the store before it is
+ * taken, so no entry is compacted while its body is not on this node's
+ * disk: a 250 always means "on a majority of disks".
  *
  * A node lacks bodies after it installs a snapshot (new, wiped, far
  * behind: from cluster level 3 snapshots carry no bodies), or when a record
@@ -33,6 +37,7 @@
 #include "queue/body_store.h"
 #include "queue/queue.h"
 #include "node/body_fetch.h"
+#include "node/clock.h"
 #include "node/relay_internal.h"
 
 /* The queue's body ops over the store. */
@@ -91,9 +96,28 @@ int relay_bodies_open(struct relay *r, char *err, size_t errlen)
         .locate = relay_body_locate,
         .release = relay_body_release,
         .read = relay_body_read,
+        .write_behind = true,
     };
     queue_set_body_ops(r->queue, &ops);
     return 0;
+}
+
+void relay_bodies_spill(struct relay *r, bool when_over)
+{
+    if (r->store == NULL || r->failed)
+        return;
+    if (when_over && queue_body_memory(r->queue) <= RELAY_BODY_KEEP_BYTES)
+        return;
+    int rv = queue_body_spill(r->queue, clock_wall_ms(), RELAY_BODY_KEEP_MS, RELAY_BODY_KEEP_BYTES,
+                              RELAY_BODY_SPILL_BUDGET, NULL);
+    if (rv != 0) {
+        char why[200];
+        snprintf(why, sizeof(why),
+                 "disk full: the body store could not write (%s); stopping before a raft log "
+                 "write fails",
+                 hamr_strerror(rv));
+        relay_fail(r, why);
+    }
 }
 
 int relay_bodies_before_snapshot(struct relay *r)

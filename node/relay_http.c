@@ -128,6 +128,7 @@ void relay_metrics_fill(void *data, struct metrics *m)
         body_store_get_stats(r->store, &bs);
         metrics_gauge_set(m, METRICS_BODY_STORE_BYTES, 0, (double)bs.disk_bytes);
         metrics_gauge_set(m, METRICS_BODY_STORE_SEGMENTS, 0, (double)bs.segments);
+        metrics_gauge_set(m, METRICS_BODY_MEMORY_BYTES, 0, (double)queue_body_memory(r->queue));
         metrics_counter_set(m, METRICS_BODY_STORE_SYNCS, 0, bs.syncs);
         metrics_counter_set(m, METRICS_BODY_READ_ERRORS, 0, bs.read_errors);
     }

@@ -141,6 +141,11 @@ void relay_fail(struct relay *r, const char *why);
 int relay_bodies_open(struct relay *r, char *err, size_t errlen);
 int relay_bodies_start(struct relay *r, char *err, size_t errlen);
 int relay_bodies_before_snapshot(struct relay *r);
+/* Write-behind: bodies younger than KEEP_MS stay in memory, at most KEEP_BYTES of them. */
+#define RELAY_BODY_KEEP_MS 1000
+#define RELAY_BODY_KEEP_BYTES ((size_t)32 << 20)
+#define RELAY_BODY_SPILL_BUDGET ((size_t)8 << 20) /* per call: a few ms of writes */
+void relay_bodies_spill(struct relay *r, bool when_over);
 void relay_bodies_restored(struct relay *r);
 void relay_bodies_want(struct relay *r, const struct queue_msg *m);
 void relay_bodies_corrupt(struct relay *r, const char *id, int status);

@@ -160,6 +160,11 @@ struct queue {
     /* Where bodies live (queue_set_body_ops); without, in memory. */
     struct queue_body_ops body_ops;
     bool has_body_ops;
+    /* write_behind: the bodies in memory are those of mem_head and every
+     * item after it in acceptance order (queue_body_spill goes in that
+     * order, and new items come at the end); mem_bytes their sum. */
+    struct queue_item *mem_head;
+    size_t mem_bytes;
 };
 
 /* queue.c: helpers */
@@ -198,9 +203,14 @@ int queue_item_set_text(struct queue_item *it, const char *client_addr, const ch
 /*
  * queue_item_keep_body - it's body (its body_sha256 already set): with body
  * ops put in the store (*body stays the caller's), else taken into memory
- * (*body becomes NULL). Non-zero: a store that failed; the apply must fail.
+ * (*body becomes NULL); with write_behind ops also taken into memory unless
+ * now (a restore). Non-zero: a store that failed; the apply must fail.
  */
-int queue_item_keep_body(struct queue *q, struct queue_item *it, uint8_t **body, size_t len);
+int queue_item_keep_body(struct queue *q,
+                         struct queue_item *it,
+                         uint8_t **body,
+                         size_t len,
+                         bool now);
 
 /* queue_item_release_body - it leaves the queue: its body's record is no longer needed. */
 void queue_item_release_body(struct queue *q, struct queue_item *it);

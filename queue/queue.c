@@ -158,13 +158,17 @@ void queue_set_body_ops(struct queue *q, const struct queue_body_ops *ops)
 }
 
 /* queue_item_keep_body - into the store, or taken into memory. */
-int queue_item_keep_body(struct queue *q, struct queue_item *it, uint8_t **body, size_t len)
+int queue_item_keep_body(struct queue *q,
+                         struct queue_item *it,
+                         uint8_t **body,
+                         size_t len,
+                         bool now)
 {
     struct queue_msg *m = &it->msg;
     m->body_len = len;
     if (len == 0)
         return 0; /* nothing to keep: an empty body is never missing */
-    if (!q->has_body_ops) {
+    if (!q->has_body_ops || (q->body_ops.write_behind && !now)) {
         m->body = *body;
         *body = NULL;
         return 0;
@@ -217,6 +221,45 @@ size_t queue_body_head(const struct queue *q,
     }
     *out = *owned = buf;
     return (size_t)got;
+}
+
+/* queue_body_spill - put the oldest bodies in memory (see queue.h). */
+int queue_body_spill(struct queue *q,
+                     uint64_t now_ms,
+                     uint64_t keep_ms,
+                     size_t keep_bytes,
+                     size_t budget,
+                     size_t *spilled)
+{
+    size_t done = 0;
+    int rv = 0;
+    while (q->mem_head != NULL && done < budget) {
+        struct queue_item *it = q->mem_head;
+        struct queue_msg *m = &it->msg;
+        if (m->body != NULL) {
+            if (q->mem_bytes <= keep_bytes && m->received_at_ms + keep_ms > now_ms)
+                break;
+            rv = q->body_ops.put(q->body_ops.arg, m->id, m->body, m->body_len, m->body_sha256,
+                                 &m->body_loc);
+            if (rv != 0)
+                break;
+            free(m->body);
+            m->body = NULL;
+            m->body_stored = true;
+            q->mem_bytes -= m->body_len;
+            done += m->body_len;
+        }
+        q->mem_head = it->next;
+    }
+    if (spilled != NULL)
+        *spilled = done;
+    return rv;
+}
+
+/* queue_body_memory - the sum kept by queue_link, queue_unlink and queue_body_spill. */
+size_t queue_body_memory(const struct queue *q)
+{
+    return q->mem_bytes;
 }
 
 /* queue_body_found - a fetched body is in the store at loc now. */
@@ -328,6 +371,12 @@ void queue_link(struct queue *q, struct queue_item *it)
     queue_leased_set(q, it, leased);
     queue_count(q, it, 1);
     queue_dom_link(q, it);
+    if (q->has_body_ops && it->msg.body != NULL) {
+        /* write_behind: in memory until queue_body_spill; always at the end. */
+        if (q->mem_head == NULL)
+            q->mem_head = it;
+        q->mem_bytes += it->msg.body_len;
+    }
     queue_grow_msgs(q);
     size_t b = it->hash & (q->mcap - 1);
     it->hnext = q->mtab[b];
@@ -349,6 +398,10 @@ static void queue_unlink(struct queue *q, struct queue_item *it)
     queue_leased_set(q, it, false);
     queue_count(q, it, -1);
     queue_dom_unlink(q, it);
+    if (q->has_body_ops && it->msg.body != NULL)
+        q->mem_bytes -= it->msg.body_len;
+    if (q->mem_head == it)
+        q->mem_head = it->next;
     struct queue_item **pp = &q->mtab[it->hash & (q->mcap - 1)];
     while (*pp != it)
         pp = &(*pp)->hnext;

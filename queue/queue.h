@@ -165,6 +165,13 @@ struct queue *queue_new(void);
  *   read    - up to n bytes of the body at loc from offset off, or a
  *             negative code: a DSN's copy of the original headers, and the
  *             bodies of a snapshot below QUEUE_LEVEL_STORE.
+ *
+ * write_behind: the bodies of Enqueues and DSNs stay in memory when they
+ * apply, and queue_body_spill puts them later, oldest first: a message
+ * delivered before then never touches the store. Snapshots carry the
+ * bodies still in memory (whatever the level), so nothing leaves raft's
+ * log without its body on disk, in the store or in the snapshot. A
+ * snapshot's bodies are put at once when it is restored.
  */
 struct queue_body_ops {
     void *arg;
@@ -181,6 +188,7 @@ struct queue_body_ops {
                   uint64_t *loc);
     void (*release)(void *arg, const char *id, uint64_t loc);
     long long (*read)(void *arg, uint64_t loc, uint64_t off, uint8_t *buf, size_t n);
+    bool write_behind;
 };
 
 /* queue_set_body_ops - keep bodies through ops from now on (copied); before anything is applied. */
@@ -207,6 +215,23 @@ size_t queue_body_head(const struct queue *q,
                        size_t n,
                        const uint8_t **out,
                        uint8_t **owned);
+
+/*
+ * queue_body_spill - with write_behind: put the bodies still in memory,
+ * oldest first, while more than keep_bytes of them are in memory or the
+ * oldest was received keep_ms or more before now_ms, and at most about
+ * budget bytes in this call. *spilled (may be NULL) gets the bytes put.
+ * 0, or put's error: the node must stop.
+ */
+int queue_body_spill(struct queue *q,
+                     uint64_t now_ms,
+                     uint64_t keep_ms,
+                     size_t keep_bytes,
+                     size_t budget,
+                     size_t *spilled);
+
+/* queue_body_memory - with write_behind: bytes of bodies in memory, not yet put (O(1)). */
+size_t queue_body_memory(const struct queue *q);
 
 /* queue_bodies_missing - how many queued messages this node lacks the body of (O(1)). */
 size_t queue_bodies_missing(const struct queue *q);

@@ -162,7 +162,7 @@ static int queue_dsn_prepare(struct queue *q,
         queue_item_free(it);
         return HAMR_ENOMEM;
     }
-    rv = queue_item_keep_body(q, it, &body, len);
+    rv = queue_item_keep_body(q, it, &body, len, false);
     free(body);
     if (rv != 0) {
         queue_item_free(it);
@@ -222,7 +222,7 @@ static int queue_apply_enqueue(struct queue *q,
     memcpy(it->msg.body_sha256, sha, sizeof(sha));
     /* Taken, not copied, when kept in memory: free_unpacked skips a NULL body. */
     size_t body_len = e->body.len;
-    int rv = queue_item_keep_body(q, it, &e->body.data, body_len);
+    int rv = queue_item_keep_body(q, it, &e->body.data, body_len, false);
     if (e->body.data == NULL)
         e->body.len = 0;
     if (rv != 0) {

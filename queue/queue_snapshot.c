@@ -277,19 +277,22 @@ static int queue_restore_body(struct queue *n,
     if (len == 0)
         return 0; /* nothing to keep, share or locate: an empty body is never missing */
     const struct queue_item *was = queue_lookup(old, m->id);
-    if (len > 0 && was != NULL && was->msg.body_stored && was->msg.body_len == len &&
-        memcmp(was->msg.body_sha256, m->body_sha256, QUEUE_SHA256_LEN) == 0) {
+    bool same = len > 0 && was != NULL && was->msg.body_len == len &&
+                memcmp(was->msg.body_sha256, m->body_sha256, QUEUE_SHA256_LEN) == 0;
+    if (same && was->msg.body_stored) {
         m->body_len = len;
         m->body_loc = was->msg.body_loc; /* shared until the old state goes */
         m->body_stored = true;
         return 0;
     }
-    if (e->body.len > 0) {
-        uint8_t *copy = malloc(e->body.len);
+    /* From the snapshot, or from the old state's memory (write_behind). */
+    const uint8_t *from = e->body.len > 0 ? e->body.data : same ? was->msg.body : NULL;
+    if (from != NULL) {
+        uint8_t *copy = malloc(len);
         if (copy == NULL)
             return HAMR_ENOMEM;
-        memcpy(copy, e->body.data, e->body.len);
-        int rv = queue_item_keep_body(n, it, &copy, e->body.len);
+        memcpy(copy, from, len);
+        int rv = queue_item_keep_body(n, it, &copy, len, true);
         free(copy);
         return rv;
     }

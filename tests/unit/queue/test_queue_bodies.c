@@ -1122,6 +1122,108 @@ static void test_random_against_memory(void **state)
     }
 }
 
+/*
+ * Write-behind: bodies stay in memory when they apply; queue_body_spill
+ * puts the oldest first, by age or by bytes in memory, within its budget;
+ * a message finished before then is never put; a snapshot carries the
+ * bodies still in memory (level 3 too), and a restore puts them at once.
+ */
+static void test_write_behind(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_init(&p);
+    queue_free(p.ops);
+    p.ops = queue_new();
+    assert_non_null(p.ops);
+    struct queue_body_ops ops = {.arg = &p.s,
+                                 .put = st_put,
+                                 .locate = st_locate,
+                                 .release = st_release,
+                                 .read = st_read,
+                                 .write_behind = true};
+    queue_set_body_ops(p.ops, &ops);
+    pair_level(&p, T0, QUEUE_LEVEL_STORE);
+    char *b[4];
+    size_t total = 0;
+    for (int i = 0; i < 4; i++) {
+        char id[8];
+        snprintf(id, sizeof(id), "W%d", i);
+        b[i] = body_of(id, 1000 * (size_t)(i + 1));
+        struct fx_enq e = enq(id, b[i], 1);
+        assert_int_equal(pair_enqueue(&p, T0 + (uint64_t)i * 1000, &e).status, 0);
+        total += strlen(b[i]);
+    }
+    assert_int_equal(p.s.puts, 0);
+    assert_int_equal(queue_body_memory(p.ops), total);
+    const struct queue_msg *m0 = queue_find(p.ops, "W0");
+    assert_non_null(m0->body);
+    assert_false(m0->body_stored);
+
+    /* W0 finishes before it is written: never put. */
+    /* lease 0 applies to a PENDING recipient */
+    struct fx_outcome o = {.id = "W0", .lease_id = 0, .n = 1, .res = {{0, DELIVERED, 250, "ok"}}};
+    assert_int_equal(pair_outcome(&p, T0 + 4000, &o).finished, 1);
+    assert_int_equal(queue_body_memory(p.ops), total - strlen(b[0]));
+
+    /* Nothing old enough and under the bytes: nothing put. */
+    size_t put = 99;
+    assert_int_equal(queue_body_spill(p.ops, T0 + 1500, 1000, total, total, &put), 0);
+    assert_int_equal(put, 0);
+    /* W1 (received T0+1000) is 1 s old at T0+2000, W2 is not. */
+    assert_int_equal(queue_body_spill(p.ops, T0 + 2000, 1000, total, total, &put), 0);
+    assert_int_equal(put, strlen(b[1]));
+    assert_int_equal(p.s.puts, 1);
+    assert_memory_equal(stored(&p.s, p.ops, "W1")->bytes, b[1], strlen(b[1]));
+    assert_non_null(queue_find(p.ops, "W2")->body);
+
+    /* A snapshot at level 3 carries W2 and W3 (in memory), not W1 (stored). */
+    size_t len;
+    uint8_t *sn = snap(p.ops, &len);
+    assert_true(len > strlen(b[2]) + strlen(b[3]));
+    assert_true(len < strlen(b[1]) + strlen(b[2]) + strlen(b[3]));
+    struct store s2;
+    memset(&s2, 0, sizeof(s2));
+    (void)store_add(&s2, "W1", b[1], strlen(b[1])); /* as a restarted node's store has it */
+    s2.r[0].refs = 0;
+    struct queue *q2 = ops_queue(&s2);
+    assert_int_equal(queue_restore(q2, sn, len), 0);
+    assert_int_equal(queue_bodies_missing(q2), 0);
+    assert_int_equal(queue_body_memory(q2), 0); /* a restore puts at once */
+    assert_memory_equal(stored(&s2, q2, "W3")->bytes, b[3], strlen(b[3]));
+    assert_same_digest(q2, p.ops);
+    free(sn);
+    queue_free(q2);
+    store_free(&s2);
+
+    /* By bytes: keep at most 0 bytes, but a budget of one body per call. */
+    assert_int_equal(queue_body_spill(p.ops, T0, 60000, 0, 1, &put), 0);
+    assert_int_equal(put, strlen(b[2]));
+    assert_int_equal(queue_body_spill(p.ops, T0, 60000, 0, 1, &put), 0);
+    assert_int_equal(put, strlen(b[3]));
+    assert_int_equal(queue_body_memory(p.ops), 0);
+    assert_int_equal(p.s.puts, 3);
+    assert_same_bodies(&p.s, p.ops, p.mem);
+    assert_live(&p.s, p.ops);
+
+    /* A put that fails stops the spill and keeps the body in memory. */
+    char *b4 = body_of("W4", 500);
+    struct fx_enq e4 = enq("W4", b4, 1);
+    assert_int_equal(pair_enqueue(&p, T0 + 5000, &e4).status, 0);
+    p.s.fail_put = true;
+    assert_int_not_equal(queue_body_spill(p.ops, T0 + 9000, 1000, 0, 1 << 20, &put), 0);
+    assert_non_null(queue_find(p.ops, "W4")->body);
+    assert_int_equal(queue_body_memory(p.ops), strlen(b4));
+    p.s.fail_put = false;
+    assert_int_equal(queue_body_spill(p.ops, T0 + 9000, 1000, 0, 1 << 20, &put), 0);
+    assert_int_equal(queue_body_memory(p.ops), 0);
+    assert_live(&p.s, p.ops);
+    free(b4);
+    for (int i = 0; i < 4; i++)
+        free(b[i]);
+    pair_free(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1137,6 +1239,7 @@ int main(void)
         cmocka_unit_test(test_restore_duplicate_keeps_shared),
         cmocka_unit_test(test_empty_body),
         cmocka_unit_test(test_random_against_memory),
+        cmocka_unit_test(test_write_behind),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
