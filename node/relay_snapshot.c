@@ -125,6 +125,12 @@ int relay_snapshot_view(void *data, void **out)
         return HAMR_EIO;
     }
     if (pid == 0) {
+        /* The parent's handlers write into libuv's signal pipe, which the
+         * child shares: a SIGTERM sent to the whole group (systemd does)
+         * would reach the parent twice. The child just dies of it. */
+        static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+        for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+            signal(sigs[i], SIG_DFL);
         close(p[0]);
         relay_snap_child(r, p[1]);
     }
