@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -116,7 +117,13 @@ int relay_snapshot_view(void *data, void **out)
         free(v);
         return HAMR_EIO;
     }
+    /* Signals wait while the child resets its handlers (below). */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
     pid_t pid = fork();
+    if (pid != 0)
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) {
         log_warn("snapshot: fork failed error=\"%s\"", strerror(errno));
         close(p[0]);
@@ -131,6 +138,7 @@ int relay_snapshot_view(void *data, void **out)
         static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
         for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
             signal(sigs[i], SIG_DFL);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
         close(p[0]);
         relay_snap_child(r, p[1]);
     }
