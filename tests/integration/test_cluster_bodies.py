@@ -341,8 +341,9 @@ class BodiesTestCase(cluster.ClusterTestCase):
         """watch_fetch - until node (started after mark in its log) restored a snapshot, has
         every body (none missing, /health/ready 200) and holds the queued messages. Returns
         what was seen on the way: max_missing (status or 503 body), saw_503 (a 503 saying
-        "fetching bodies"), took (seconds)."""
-        seen = {"max_missing": 0, "saw_503": False, "ready": None}
+        "fetching bodies"), reasons ({/health/ready answer: seconds when first seen}), took
+        (seconds)."""
+        seen = {"max_missing": 0, "saw_503": False, "ready": None, "reasons": {}}
         t0 = time.monotonic()
 
         def done():
@@ -352,14 +353,25 @@ class BodiesTestCase(cluster.ClusterTestCase):
             except OSError:
                 return False  # not listening yet
             seen["ready"] = (code, body)
+            reason = re.sub(r"\d+", "N", "%d %s" % (code, body.strip()))
+            if reason not in seen["reasons"]:
+                seen["reasons"][reason] = round(time.monotonic() - t0, 2)
             m = re.search(r"fetching bodies: (\d+) missing", body)
             if code == 503 and m:
                 seen["saw_503"] = True
                 seen["max_missing"] = max(seen["max_missing"], int(m.group(1)))
             try:
                 s = node.status()
-            except CtlError:
+            except CtlError as e:
+                seen["status"] = str(e)[:300]
                 return False
+            seen["status"] = {k: field(s, k) for k in ("state", "applied_index", "queue_messages",
+                                                       "bodies_missing")}
+            seen.setdefault("status_first", {})
+            key = "messages=%s missing=%s" % (field(s, "queue_messages"),
+                                              field(s, "bodies_missing"))
+            if key not in seen["status_first"] and len(seen["status_first"]) < 20:
+                seen["status_first"][key] = round(time.monotonic() - t0, 2)
             missing = int(field(s, "bodies_missing", 0) or 0)
             seen["max_missing"] = max(seen["max_missing"], missing)
             if "consensus event=restore " not in node.proc.log_text()[mark:]:
@@ -418,6 +430,8 @@ class ClusterBodiesTest(BodiesTestCase):
                     % (follower.name, fetched, seen["took"], seen["max_missing"], seen["saw_503"],
                        field(fs, "body_store_bytes"), field(fs, "body_store_segments"),
                        field(ls, "body_store_bytes"), field(ls, "body_store_segments")))
+        cluster_log("wiped %s: /health/ready answers (seconds after the start): %s; status: %s"
+                    % (follower.name, seen["reasons"], seen.get("status_first")))
         self.assertTrue(seen["saw_503"] or seen["max_missing"] > 0 or fetched > 0,
                         "the wiped follower never reported a body missing")
         self.assertGreater(fetched, 0, "hamr_bodies_fetched_total on the wiped follower")
@@ -586,6 +600,8 @@ class ClusterBodiesTest(BodiesTestCase):
 
 
 class ClusterBodiesMemoryTest(BodiesTestCase):
+    SNAPSHOT_BYTES = "1M"  # raft's in-memory log: at most about 1 MiB + 128 entries
+
     @classmethod
     def setUpClass(cls):
         # Freed bodies held in AddressSanitizer's quarantine (256 MiB by default)
