@@ -38,10 +38,11 @@ body_segment_size 1M: several segments):
 ClusterBodiesMemoryTest (snapshot_bytes 256K, so raft's in-memory log stays
 small): memory_per_message  RSS (VmRSS) of each hamrd after 1,000 queued
 messages and after 20,000 more of 4 KiB: the growth per queued message is
-printed and must stay under MEMORY_BOUND bytes (bodies are on disk; what
-stays in memory is metadata). Under AddressSanitizer the nodes run with
-quarantine_size_mb=0, since freed bodies held in ASan's quarantine are not
-what is measured.
+printed and must stay under MEMORY_BOUND (2000) bytes (bodies are on disk;
+what stays in memory is metadata; the target is 300). Under AddressSanitizer
+the nodes run with quarantine_size_mb=0, since freed bodies held in ASan's
+quarantine are not what is measured, and the bound is doubled for ASan's
+per-allocation headers and redzones.
 
 ClusterBodiesOutageTest (snapshot_bytes and body_segment_size 16M):
   outage_scenario  the next hop down and 20,000 messages of 16 KiB sent by
@@ -86,6 +87,10 @@ MEMORY_WARMUP = 1000
 MEMORY_MESSAGES = 20000
 MEMORY_BYTES = 4 * 1024
 MEMORY_BOUND = 2000  # bytes of RSS per queued message (the metadata target is 300)
+# Under AddressSanitizer every allocation carries a chunk header and redzones:
+# measured 1625-1934 bytes a message there against 1388-1445 on a plain build
+# (4 KiB bodies), so the bound doubles rather than flake.
+MEMORY_ASAN_FACTOR = 2
 
 RECORD = struct.Struct("<4sBBHQ32s")  # "HMBD", version, id_len, 0, body_len, SHA-256
 
@@ -124,13 +129,27 @@ def body_records(path):
     return out
 
 
-def rss_bytes(node):
-    """rss_bytes - VmRSS of node's hamrd from /proc/PID/status, in bytes."""
+def proc_status(node):
+    """proc_status - {VmRSS, RssAnon, RssFile, ...: bytes} of node's hamrd (/proc/PID/status)."""
+    out = {}
     with open("/proc/%d/status" % node.proc.popen.pid) as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS for %s" % node.name)
+            key, _, value = line.partition(":")
+            parts = value.split()
+            if len(parts) == 2 and parts[1] == "kB":
+                out[key] = int(parts[0]) * 1024
+    return out
+
+
+def rss_bytes(node):
+    """rss_bytes - VmRSS of node's hamrd, in bytes."""
+    return proc_status(node)["VmRSS"]
+
+
+def asan_build(node):
+    """asan_build - does node's hamrd run with AddressSanitizer (libasan mapped)?"""
+    with open("/proc/%d/maps" % node.proc.popen.pid) as f:
+        return "libasan" in f.read()
 
 
 class BodiesTestCase(cluster.ClusterTestCase):
@@ -622,23 +641,33 @@ class ClusterBodiesMemoryTest(BodiesTestCase):
         self.next_hop_down()
         warm = self.send_load("mem-warm", MEMORY_WARMUP, MEMORY_BYTES)
         self.wait_applied(len(warm.ok()))
-        rss0 = {n.id: rss_bytes(n) for n in c.nodes}
+        st0 = {n.id: proc_status(n) for n in c.nodes}
+        rss0 = {i: st["VmRSS"] for i, st in st0.items()}
         load = self.send_load("mem", MEMORY_MESSAGES, MEMORY_BYTES, threads=10, bound=600)
         added = len(load.ok())
         self.assertGreater(added, MEMORY_MESSAGES * 0.9, "too few messages queued to measure")
         self.wait_applied(len(warm.ok()) + added, APPLY_BOUND * 2)
-        rss1 = {n.id: rss_bytes(n) for n in c.nodes}
+        st1 = {n.id: proc_status(n) for n in c.nodes}
+        rss1 = {i: st["VmRSS"] for i, st in st1.items()}
         per = {i: (rss1[i] - rss0[i]) / added for i in rss0}
+        asan = asan_build(c.nodes[0])
+        leader = c.wait_leader()
         for n in c.nodes:
-            line = ("memory: %s VmRSS %.1f MiB after %d queued, %.1f MiB after %d more of %d "
-                    "bytes: %.0f bytes per queued message"
-                    % (n.name, rss0[n.id] / 2**20, len(warm.ok()), rss1[n.id] / 2**20, added,
-                       MEMORY_BYTES, per[n.id]))
+            line = ("memory: %s%s VmRSS %.1f MiB after %d queued, %.1f MiB after %d more of %d "
+                    "bytes: %.0f bytes per queued message (RssAnon %+.0f, RssFile %+.0f per "
+                    "message)%s"
+                    % (n.name, " (leader)" if n is leader else "", rss0[n.id] / 2**20,
+                       len(warm.ok()), rss1[n.id] / 2**20, added, MEMORY_BYTES, per[n.id],
+                       (st1[n.id].get("RssAnon", 0) - st0[n.id].get("RssAnon", 0)) / added,
+                       (st1[n.id].get("RssFile", 0) - st0[n.id].get("RssFile", 0)) / added,
+                       "; AddressSanitizer build" if asan else ""))
             cluster_log(line)
             sys.stderr.write(line + "\n")
-        self.assertLessEqual(max(per.values()), MEMORY_BOUND,
-                             "RSS growth per queued message over %d bytes: %s"
-                             % (MEMORY_BOUND, {i: round(v) for i, v in per.items()}))
+        bound = MEMORY_BOUND * (MEMORY_ASAN_FACTOR if asan else 1)
+        self.assertLessEqual(max(per.values()), bound,
+                             "RSS growth per queued message over %d bytes%s: %s"
+                             % (bound, " (AddressSanitizer build)" if asan else "",
+                                {i: round(v) for i, v in per.items()}))
         self.next_hop_up()
         cluster.oracle_run(self, c, [warm, load], "bodies-memory", events=[],
                            timeout=DRAIN_TIMEOUT)
@@ -675,9 +704,12 @@ class ClusterBodiesOutageTest(BodiesTestCase):
         rss = {n.name: rss_bytes(n) >> 20 for n in c.nodes}
         line = ("outage: %d messages of %d bytes through %d clients, all 250 in %.1fs "
                 "(%.0f msg/s); leader %s term %d throughout; queued on every node, queue "
-                "%s bytes; RSS MiB %s" % (OUTAGE_MESSAGES, OUTAGE_BYTES, OUTAGE_CLIENTS,
-                                          load.took, OUTAGE_MESSAGES / load.took, leader.name,
-                                          term, field(sts[leader.id], "queue_bytes"), rss))
+                "%s bytes; VmRSS MiB %s%s"
+                % (OUTAGE_MESSAGES, OUTAGE_BYTES, OUTAGE_CLIENTS, load.took,
+                   OUTAGE_MESSAGES / load.took, leader.name, term,
+                   field(sts[leader.id], "queue_bytes"), rss,
+                   " (AddressSanitizer build: freed memory is held in its quarantine)"
+                   if asan_build(leader) else ""))
         cluster_log(line)
         sys.stderr.write(line + "\n")
         t1 = time.monotonic()
