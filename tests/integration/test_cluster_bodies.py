@@ -27,8 +27,10 @@ body_segment_size 1M: several segments):
      wiped follower while it is fetching (bodies fetched > 0 and missing > 0);
      restarted, it finishes. Tried twice (the second time with 1500 more);
      skipped, saying so, when the fetch was over before the kill.
-  corrupt_body_refetched  one byte of a queued body flipped in the leader's
-     segment file: at delivery the leader finds the SHA-256 wrong ("body
+  corrupt_body_refetched  once the leader has written its bodies to the store
+     (a body stays in memory for about a second after it applies:
+     hamr_body_memory_bytes 0), one byte of a queued body is flipped in the
+     leader's segment file: at delivery the leader finds the SHA-256 wrong ("body
      unreadable", hamr_body_read_errors_total >= 1), fetches it from a peer
      ("body fetched") and delivers the right bytes.
   restart_with_backlog  3000 messages queued, all three nodes stopped with
@@ -37,7 +39,8 @@ body_segment_size 1M: several segments):
 
 ClusterBodiesMemoryTest (snapshot_bytes 256K, so raft's in-memory log stays
 small): memory_per_message  RSS (VmRSS) of each hamrd after 1,000 queued
-messages and after 20,000 more of 4 KiB: the growth per queued message is
+messages and after 20,000 more of 4 KiB, each time once every body is written
+to the store (hamr_body_memory_bytes 0): the growth per queued message is
 printed and must stay under MEMORY_BOUND (2000) bytes (bodies are on disk;
 what stays in memory is metadata; the target is 300). Under AddressSanitizer
 the nodes run with quarantine_size_mb=0, since freed bodies held in ASan's
@@ -78,6 +81,7 @@ SNAPSHOT_BOUND = 60.0  # ... and every node has taken a snapshot
 FETCH_BOUND = 180.0  # a wiped follower started -> it has every body
 RESTART_BOUND = 90.0  # all nodes started -> a leader and the whole queue on each
 LEVEL_BOUND = 30.0  # a new cluster reaches feature level 3 by itself
+BODIES_WRITTEN_BOUND = 20.0  # applied -> the write-behind has put every body in the store
 DRAIN_TIMEOUT = 300.0  # the sink is back -> every queue empty (oracle)
 OUTAGE_MESSAGES = 20000
 OUTAGE_BYTES = 16 * 1024
@@ -307,6 +311,22 @@ class BodiesTestCase(cluster.ClusterTestCase):
             raise harness.WaitTimeout("%s\n  %s" % (e, "\n  ".join(
                 "node%d: %s" % (i, s and {k: field(s, k) for k in keys})
                 for i, s in sorted(last.items()))))
+
+    def wait_bodies_written(self, nodes=None, timeout=BODIES_WRITTEN_BOUND):
+        """wait_bodies_written - every node has written the bodies it keeps in memory for a
+        while after they apply (the write-behind) to its body store: hamr_body_memory_bytes
+        0 (a build without that gauge keeps none)."""
+        nodes = nodes or self.cluster.nodes
+
+        def written():
+            self.env.check_nodes_alive()
+            for n in nodes:
+                m = re.search(r"(?m)^hamr_body_memory_bytes (\S+)$", n.metrics())
+                if m and float(m.group(1)) != 0:
+                    return False
+            return True
+
+        wait_for(written, timeout, "every node to write its bodies to its store", interval=0.1)
 
     def wait_snapshots(self, marks, nodes=None):
         """wait_snapshots - every node logged "consensus event=snapshot" after marks."""
@@ -572,6 +592,7 @@ class ClusterBodiesTest(BodiesTestCase):
         self.wait_applied(5)
         leader = c.wait_leader()
         victim = load.ok()[0]
+        self.wait_bodies_written([leader])
         self.corrupt_body(leader, victim.test_id)
         errors0 = self.metric(leader, "hamr_body_read_errors_total")
         marks = c.log_marks()
@@ -641,12 +662,14 @@ class ClusterBodiesMemoryTest(BodiesTestCase):
         self.next_hop_down()
         warm = self.send_load("mem-warm", MEMORY_WARMUP, MEMORY_BYTES)
         self.wait_applied(len(warm.ok()))
+        self.wait_bodies_written()
         st0 = {n.id: proc_status(n) for n in c.nodes}
         rss0 = {i: st["VmRSS"] for i, st in st0.items()}
         load = self.send_load("mem", MEMORY_MESSAGES, MEMORY_BYTES, threads=10, bound=600)
         added = len(load.ok())
         self.assertGreater(added, MEMORY_MESSAGES * 0.9, "too few messages queued to measure")
         self.wait_applied(len(warm.ok()) + added, APPLY_BOUND * 2)
+        self.wait_bodies_written()
         st1 = {n.id: proc_status(n) for n in c.nodes}
         rss1 = {i: st["VmRSS"] for i, st in st1.items()}
         per = {i: (rss1[i] - rss0[i]) / added for i in rss0}
