@@ -457,16 +457,32 @@ class Attempt:
             self.t_end)
 
 
+def load_filler(tid, n):
+    """load_filler - about n bytes (at least one line) of 78-byte lines naming tid, CRLF ended."""
+    out = []
+    size = 0
+    i = 0
+    while size < n or not out:
+        head = "%s fill %06d " % (tid, i)
+        line = head + "abcdefghijklmnopqrstuvwxyz"[i % 26] * max(1, 76 - len(head)) + "\r\n"
+        out.append(line)
+        size += len(line)
+        i += 1
+    return "".join(out)
+
+
 class LoadGen:
     """LoadGen - threads sending unique messages until count or time runs out, or stop().
 
     targets: a callable returning the nodes to send to now (round robin);
     default cluster.entry_nodes. pace: seconds between one client's
-    transactions (keeps a 2-core machine responsive).
+    transactions (keeps a 2-core machine responsive). body_bytes: when
+    non-zero, each body is filled up to about that many bytes with lines
+    carrying its test id (load_filler); by default bodies are a few lines.
     """
 
     def __init__(self, cluster, prefix, threads=6, max_messages=2000, max_seconds=120,
-                 targets=None, pace=0.05, smtp_timeout=45):
+                 targets=None, pace=0.05, smtp_timeout=45, body_bytes=0):
         self.cluster = cluster
         self.prefix = "%s-%s" % (prefix, os.urandom(3).hex())
         self.n_threads = threads
@@ -475,6 +491,7 @@ class LoadGen:
         self.targets = targets or cluster.entry_nodes
         self.pace = pace
         self.smtp_timeout = smtp_timeout
+        self.body_bytes = body_bytes
         self.attempts = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -538,8 +555,11 @@ class LoadGen:
                      for i in range(rnd.randrange(1, 20))]
             if rnd.random() < 0.2:
                 lines.insert(rnd.randrange(len(lines)), ".dot-leading line")
+            body = "\r\n".join(lines) + "\r\n"
+            if self.body_bytes:
+                body += load_filler(tid, self.body_bytes - len(body))
             msg = make_message(tid, "load@example.org", [rcpt], subject="load %s" % tid,
-                               body="\r\n".join(lines) + "\r\n")
+                               body=body)
             a = Attempt(tid, node.id, rcpt, sha256_hex(msg))
             a.t_start = time.monotonic()
             res = send_message(node.smtp_port, "load@example.org", [rcpt], msg, host=node.host,
