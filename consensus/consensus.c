@@ -430,8 +430,12 @@ static int consensus_fsm_snapshot_finalize(struct raft_fsm *rf,
             log_info("consensus event=snapshot index=%llu bytes=%zu view_ms=%.1f write_ms=%llu",
                      (unsigned long long)c->snap.index, c->snap.len, c->snap.view_ns / 1e6,
                      (unsigned long long)ms);
+        /* The buffer is the view's: only the array is ours. */
         c->fsm.snapshot_release(c->snap.view);
         c->snap.view = NULL;
+        raft_free(*bufs);
+        *bufs = NULL;
+        *n_bufs = 0;
     }
     if (*bufs != NULL) {
         for (unsigned i = 0; i < *n_bufs; i++)

@@ -52,9 +52,9 @@ struct consensus_fsm {
      * runs on the loop where raft would call snapshot (which is then
      * unused) and returns a consistent view of the state, cheaply (a copy
      * on write: a forked child, say); snapshot_write runs in libuv's thread
-     * pool and turns the view into the whole state in one buffer from
-     * consensus_malloc (ownership passes); snapshot_release runs on the
-     * loop afterwards, whatever happened, and frees the view. Errors are
+     * pool and turns the view into the whole state in one buffer, which
+     * stays the view's; snapshot_release runs on the loop afterwards,
+     * whatever happened, and frees the view and its buffer. Errors are
      * HAMR_E*: raft tries again after a later apply batch.
      */
     int (*snapshot_view)(void *data, void **view);

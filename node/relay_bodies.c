@@ -27,7 +27,6 @@
  * store, the fetcher, the peer client, log; never relay.c.
  */
 #include <inttypes.h>
-#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,40 +102,14 @@ int relay_bodies_open(struct relay *r, char *err, size_t errlen)
     return 0;
 }
 
-/*
- * relay_bodies_trim - give the memory of spilled bodies back to the system.
- * Bodies are malloc'ed a few KiB at a time between the queue's own small
- * allocations, so glibc keeps the freed ones in its heap: with the next hop
- * down, RSS grew by about 3.9 KB for every queued 4 KiB message (measured
- * with integ_cluster_bodies_memory on a build without sanitizers) although
- * only the envelope stays. malloc_trim returns free pages inside the heap
- * too (madvise); it walks the free lists, so it runs at most once a second,
- * after at least RELAY_BODY_TRIM_BYTES were spilled.
- */
-static void relay_bodies_trim(struct relay *r, size_t spilled)
-{
-    r->bodies_untrimmed += spilled;
-    uint64_t now = uv_now(r->loop);
-    if (r->bodies_untrimmed < RELAY_BODY_TRIM_BYTES || now < r->bodies_trimmed_at + 1000)
-        return;
-    uint64_t t0 = uv_hrtime();
-    malloc_trim(0);
-    log_debug("bodies trim bytes=%zu took_ms=%.1f", r->bodies_untrimmed,
-              (double)(uv_hrtime() - t0) / 1e6);
-    r->bodies_untrimmed = 0;
-    r->bodies_trimmed_at = now;
-}
-
 void relay_bodies_spill(struct relay *r, bool when_over)
 {
     if (r->store == NULL || r->failed)
         return;
     if (when_over && queue_body_memory(r->queue) <= RELAY_BODY_KEEP_BYTES)
         return;
-    size_t spilled = 0;
     int rv = queue_body_spill(r->queue, clock_wall_ms(), RELAY_BODY_KEEP_MS, RELAY_BODY_KEEP_BYTES,
-                              RELAY_BODY_SPILL_BUDGET, &spilled);
-    relay_bodies_trim(r, spilled);
+                              RELAY_BODY_SPILL_BUDGET, NULL);
     if (rv != 0) {
         char why[200];
         snprintf(why, sizeof(why),

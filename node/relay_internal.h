@@ -119,8 +119,6 @@ struct relay {
     struct metrics *metrics;
     struct body_store *store;   /* bodies on this node's disk (relay_bodies.c) */
     struct body_fetch *fetch;   /* bodies this node lacks, from peers; NULL without a peer port */
-    size_t bodies_untrimmed;    /* spilled since the last malloc_trim (relay_bodies_trim) */
-    uint64_t bodies_trimmed_at; /* uv_now of that trim */
     struct http *http;          /* NULL without [listen] http */
     struct http *metrics_http;  /* NULL without [listen] metrics: the TLS one */
     uv_timer_t housekeeping_timer; /* once a second: disk, deadlines, raft health */
@@ -147,7 +145,6 @@ int relay_bodies_before_snapshot(struct relay *r);
 #define RELAY_BODY_KEEP_MS 1000
 #define RELAY_BODY_KEEP_BYTES ((size_t)32 << 20)
 #define RELAY_BODY_SPILL_BUDGET ((size_t)8 << 20) /* per call: a few ms of writes */
-#define RELAY_BODY_TRIM_BYTES ((size_t)4 << 20)   /* spilled before a malloc_trim */
 void relay_bodies_spill(struct relay *r, bool when_over);
 void relay_bodies_restored(struct relay *r);
 void relay_bodies_want(struct relay *r, const struct queue_msg *m);

@@ -32,6 +32,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -46,8 +47,10 @@
 #include "node/relay_internal.h"
 
 struct relay_snap_view {
-    pid_t pid; /* the child, 0 once reaped */
-    int fd;    /* the pipe's read end */
+    pid_t pid;    /* the child, 0 once reaped */
+    int fd;       /* the pipe's read end */
+    uint8_t *buf; /* the snapshot read from it: pages of its own */
+    size_t len;
 };
 
 /* relay_snap_write_all - the whole of p to fd (in the child). */
@@ -172,15 +175,23 @@ int relay_snapshot_write(void *view, uint8_t **buf, size_t *len)
     }
     for (int i = 0; i < 8; i++)
         n = (n << 8) | hdr[i];
-    uint8_t *b = n > SIZE_MAX - 1 ? NULL : consensus_malloc(n ? (size_t)n : 1);
-    if (b == NULL) {
+    /*
+     * Pages of its own, not the malloc heap: the buffer is megabytes and
+     * grows with the queue, and glibc would keep each freed one in this
+     * pool thread's arena (RSS grew by KBs per queued message).
+     */
+    size_t map = n ? (size_t)n : 1;
+    void *b = n > SIZE_MAX - 1
+                  ? MAP_FAILED
+                  : mmap(NULL, map, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (b == MAP_FAILED) {
         /* The child blocks on a full pipe until the read end closes (release). */
         return HAMR_ENOMEM;
     }
-    if (relay_snap_read_all(v->fd, b, (size_t)n) != 0 || relay_snap_reap(v) != 0) {
-        consensus_free(b);
+    v->buf = b;
+    v->len = map;
+    if (relay_snap_read_all(v->fd, b, (size_t)n) != 0 || relay_snap_reap(v) != 0)
         return HAMR_EIO;
-    }
     *buf = b;
     *len = (size_t)n;
     return 0;
@@ -194,5 +205,7 @@ void relay_snapshot_release(void *view)
         kill(v->pid, SIGKILL);
         (void)relay_snap_reap(v);
     }
+    if (v->buf != NULL)
+        munmap(v->buf, v->len);
     free(v);
 }

@@ -94,8 +94,9 @@ MEMORY_BOUND = 2000  # bytes of RSS per queued message (the metadata target is 3
 # Under AddressSanitizer every allocation carries a chunk header and redzones:
 # measured 1546-1934 bytes a message there (4 KiB bodies), so the bound doubles
 # rather than flake. On a plain build: 1388-1445 before the body write-behind,
-# 3900-3967 with it (glibc keeps the freed bodies resident; 975-1020 with
-# MALLOC_MMAP_THRESHOLD_=4096), which this bound fails.
+# 3900-3967 with it while raft's snapshot buffers came from the malloc heap
+# (glibc kept the freed ones, megabytes each, in the pool threads' arenas),
+# 993-1012 since they are pages of their own (node/relay_snapshot.c).
 MEMORY_ASAN_FACTOR = 2
 
 RECORD = struct.Struct("<4sBBHQ32s")  # "HMBD", version, id_len, 0, body_len, SHA-256

@@ -121,6 +121,7 @@ static int toy_restore(void *data, const uint8_t *buf, size_t len)
  */
 struct toy_view {
     struct toy copy;
+    uint8_t *buf; /* what toy_snapshot_write made: the view's */
     struct toy *owner;
     pthread_t writer; /* the thread that packed it */
     bool written;
@@ -148,7 +149,9 @@ static int toy_snapshot_write(void *view, uint8_t **buf, size_t *len)
     struct toy_view *v = view;
     v->writer = pthread_self();
     v->written = true;
-    return toy_snapshot(&v->copy, buf, len);
+    int rv = toy_snapshot(&v->copy, buf, len);
+    v->buf = rv == 0 ? *buf : NULL;
+    return rv;
 }
 
 static void toy_snapshot_release(void *view)
@@ -157,6 +160,7 @@ static void toy_snapshot_release(void *view)
     toy_releases++;
     if (v->written && !pthread_equal(v->writer, toy_loop_thread))
         toy_off_loop++;
+    consensus_free(v->buf);
     free(v);
 }
 
