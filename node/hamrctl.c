@@ -378,7 +378,12 @@ static void hamrctl_print_status(const Hamr__ControlResponse *resp, char **args,
             printf(", %llu missing (fetching from peers)", (unsigned long long)s->bodies_missing);
         printf("\n");
     }
-    printf("digest:      %s\n", hamrctl_p(s->queue_digest));
+    if (s->queue_digest != NULL && s->queue_digest[0] != '\0')
+        printf("digest:      %s\n", hamrctl_p(s->queue_digest));
+    else
+        printf(
+            "digest:      not computed (more than 100000 messages queued: it would hold up the "
+            "node)\n");
     printf("free space:  %s\n", hamrctl_bytes(s->free_bytes, b, sizeof(b)));
     printf("draining:    %s\n", s->draining ? "yes" : "no");
     /* A node older than the field sends none: no line rather than a guess. */

@@ -32,6 +32,7 @@ struct body_fetch;
 #include "node/proposer.h"
 
 #define RELAY_VERSION "0.1.0"
+#define RELAY_DIGEST_MAX_MESSAGES 100000 /* status leaves the O(queue) digest out above this */
 #define RELAY_SCHED_MAX_ITEMS 256
 #define RELAY_SCHED_DUTY 5       /* a kick waits DUTY times the last pick, at most scan_interval */
 #define RELAY_RETRY_MS 100       /* wait before trying a proposal again (no leader yet) */
@@ -117,10 +118,10 @@ struct relay {
     struct peer_server *peer_srv; /* NULL on a node without [listen] peer */
     struct peer_client *peer_cli;
     struct metrics *metrics;
-    struct body_store *store;   /* bodies on this node's disk (relay_bodies.c) */
-    struct body_fetch *fetch;   /* bodies this node lacks, from peers; NULL without a peer port */
-    struct http *http;          /* NULL without [listen] http */
-    struct http *metrics_http;  /* NULL without [listen] metrics: the TLS one */
+    struct body_store *store;  /* bodies on this node's disk (relay_bodies.c) */
+    struct body_fetch *fetch;  /* bodies this node lacks, from peers; NULL without a peer port */
+    struct http *http;         /* NULL without [listen] http */
+    struct http *metrics_http; /* NULL without [listen] metrics: the TLS one */
     uv_timer_t housekeeping_timer; /* once a second: disk, deadlines, raft health */
     uv_timer_t retry_timer;        /* every RELAY_RETRY_MS: proposer, directory */
     uint64_t last_leader_id;       /* for counting leader changes */
