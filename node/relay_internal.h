@@ -76,7 +76,6 @@ struct relay_sched_state {
     struct relay_delivery *deliveries;
     size_t n_deliveries;
     uint64_t duplicate_windows; /* outcomes lost after a delivery attempt */
-    unsigned reading;           /* deliveries waiting for their body from the store */
 };
 
 /* relay_accept_state - the acceptance path (relay_accept.c). */

@@ -310,7 +310,6 @@ static void relay_deliver_read_done(void *arg, int status, uint8_t *body, size_t
 {
     struct relay_delivery *d = arg;
     struct relay *r = d->relay;
-    r->sched.reading--;
     if (status != 0) {
         if (status != HAMR_ESHUTDOWN)
             relay_bodies_corrupt(r, d->queue_id, status);
@@ -383,7 +382,6 @@ static void relay_deliver_start(struct relay *r,
     if (body_store_read(r->store, m->body_loc, m->id, m->body_len, m->body_sha256,
                         relay_deliver_read_done, d) != 0)
         goto fail;
-    r->sched.reading++;
     return;
 fail:
     /* Nothing was attempted: the lease simply expires and the work is picked again. */
