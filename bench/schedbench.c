@@ -31,10 +31,10 @@
 #include "queue/queue.h"
 #include "queue/queue_entry.h"
 #include "queue/queue_sched.h"
+#include "bench/bench_queue.h"
 
 #define T0 1700000000000ull
 #define MAX_ITEMS 256 /* node/relay_internal.h RELAY_SCHED_MAX_ITEMS */
-#define LEASE_MS (5ull * 60 * 1000)
 
 /* schedbench_ns - monotonic nanoseconds. */
 static uint64_t schedbench_ns(void)
@@ -51,17 +51,6 @@ static int schedbench_route(void *data, const char *rcpt, char *dest, size_t des
     const char *at = strrchr(rcpt, '@');
     int n = snprintf(dest, destlen, "[%s]:25", at ? at + 1 : rcpt);
     return n > 0 && (size_t)n < destlen ? 0 : -1;
-}
-
-/* schedbench_apply - apply one packed entry (malloc'd, freed here); exits on error. */
-static void schedbench_apply(struct queue *q, int rv, uint8_t *buf, size_t len)
-{
-    struct queue_apply_result res;
-    if (rv != 0 || queue_apply(q, buf, len, &res) != 0 || res.status != 0) {
-        fprintf(stderr, "schedbench: apply failed\n");
-        exit(1);
-    }
-    free(buf);
 }
 
 /* schedbench_fill - n messages, one recipient each, on d domains, all due at T0. */
@@ -83,7 +72,7 @@ static void schedbench_fill(struct queue *q, size_t n, unsigned d)
         uint8_t *buf = NULL;
         size_t len = 0;
         int rv = queue_entry_enqueue(&a, T0, NULL, &buf, &len);
-        schedbench_apply(q, rv, buf, len);
+        bench_queue_apply(q, rv, buf, len);
     }
 }
 
@@ -104,16 +93,7 @@ static void schedbench_lease(struct queue *q,
                                                    .lease_id = ++*lease_id,
                                                    .destination = w[i].dest};
     }
-    struct queue_entry_lease_args a = {.node_id = 1,
-                                       .term = 1,
-                                       .expires_at_ms = now + LEASE_MS,
-                                       .boot_id = "bench",
-                                       .items = items,
-                                       .n_items = (size_t)n};
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    int rv = queue_entry_lease(&a, now, NULL, &buf, &len);
-    schedbench_apply(q, rv, buf, len);
+    bench_queue_lease(q, now, items, (size_t)n);
     free(items);
 }
 
@@ -135,7 +115,7 @@ static void schedbench_deliver(struct queue *q,
         uint8_t *buf = NULL;
         size_t len = 0;
         int rv = queue_entry_outcome(&a, now, NULL, &buf, &len);
-        schedbench_apply(q, rv, buf, len);
+        bench_queue_apply(q, rv, buf, len);
     }
 }
 
@@ -150,8 +130,10 @@ static void schedbench_case(size_t n, unsigned d, unsigned per_dest, int rounds)
     double fill_s = (double)(schedbench_ns() - t) / 1e9;
 
     struct queue_route route = {.data = NULL, .dest = schedbench_route};
-    struct queue_sched_limits lim = {
-        .max_per_dest = per_dest, .max_items = MAX_ITEMS, .self_node = 1, .self_boot_id = "bench"};
+    struct queue_sched_limits lim = {.max_per_dest = per_dest,
+                                     .max_items = MAX_ITEMS,
+                                     .self_node = 1,
+                                     .self_boot_id = BENCH_QUEUE_BOOT};
     uint64_t now = T0 + 1000, lease_id = 0, free_ns = 0, full_ns = 0;
     size_t items = 0;
     for (int r = 0; r < rounds; r++, now += 10) {

@@ -130,13 +130,13 @@ static int ctl_queue_add(struct ctl_queue_page *f, const struct queue_msg *m)
     }
     hamr__queue_entry__init(qe);
     qe->queue_id = (char *)m->id;
-    qe->sender = m->sender;
+    qe->sender = (char *)m->sender; /* borrowed: packed before the queue changes */
     qe->size = m->body_len;
     qe->received_at_ms = m->received_at_ms;
     qe->held = m->held;
     qe->is_dsn = m->is_dsn;
-    qe->client_addr = m->client_addr ? m->client_addr : "";
-    qe->helo = m->helo ? m->helo : "";
+    qe->client_addr = (char *)(m->client_addr ? m->client_addr : "");
+    qe->helo = (char *)(m->helo ? m->helo : "");
     qe->expires_at_ms = m->expires_at_ms;
     qe->rcpts = rs;
     for (size_t i = 0; i < m->n_rcpts; i++) {
@@ -147,13 +147,13 @@ static int ctl_queue_add(struct ctl_queue_page *f, const struct queue_msg *m)
             break;
         }
         hamr__queue_rcpt__init(x);
-        x->addr = qr->addr;
+        x->addr = (char *)qr->addr;
         x->state = (char *)ctl_queue_rcpt_state(qr);
         x->attempts = qr->attempts;
         x->next_attempt_ms = qr->next_attempt_ms;
-        x->last_error = qr->last_error ? qr->last_error : "";
-        x->tls_policy = qr->tls_policy ? qr->tls_policy : "";
-        x->tls = qr->tls ? qr->tls : "";
+        x->last_error = (char *)(qr->last_error ? qr->last_error : "");
+        x->tls_policy = (char *)(qr->tls_policy ? qr->tls_policy : "");
+        x->tls = (char *)(qr->tls ? qr->tls : "");
         rs[qe->n_rcpts++] = x;
     }
     if (f->headers)

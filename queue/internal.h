@@ -5,8 +5,9 @@
  *
  *   queue.c          items, tables, the done set, queries
  *   queue_apply.c    queue_apply and the command handlers
- *   queue_index.c    the derived scheduler indexes (due-time heap, leased list,
- *                    domain index)
+ *   queue_index.c    the derived scheduler indexes (leased set, domain index,
+ *                    expiry heap) and the counts
+ *   queue_str.c      the shared copies of repeated texts
  *   queue_node.c     the node directory and the cluster feature level
  *   queue_snapshot.c snapshot, restore and digest
  *   queue_entry.c    the encoders of the entries queue_apply decodes
@@ -32,21 +33,19 @@
 /* Text of the per-recipient error after an administrative bounce. */
 #define QUEUE_ADMIN_BOUNCE_TEXT "bounced by the administrator"
 
-#define QUEUE_NOT_IN_HEAP SIZE_MAX
+#define QUEUE_NOT_IN_HEAP UINT32_MAX
 
 struct queue_domain;
 
 /*
- * queue_dnode - an item's place in one heap of the domain index: the heap
- * of a recipient domain (dom set) or the expiry heap (dom NULL). Heaps of
- * dnodes are ordered by (key, the item's seq).
+ * queue_dnode - an item's place in the heap of one of its recipient
+ * domains. Heaps of dnodes are ordered by (key, the item's seq).
  */
 struct queue_dnode {
     struct queue_item *it;
     struct queue_domain *dom;
     uint64_t key;
-    uint64_t next_key;   /* scratch of queue_dom_rekey */
-    size_t pos;          /* index in its heap */
+    uint32_t pos;        /* index in its heap */
     uint32_t first_rcpt; /* the item's first recipient in dom */
 };
 
@@ -90,40 +89,78 @@ struct queue_counts {
 };
 
 /*
+ * queue_tally - what one item adds to q->counts, kept so that the share
+ * taken away later is exactly the one added: its live recipients by kind
+ * (with the message's held and missing flags and body_len that is enough
+ * to rebuild the whole struct queue_counts share, queue_tally_counts).
+ */
+struct queue_tally {
+    uint32_t fresh;    /* PENDING, never tried */
+    uint32_t deferred; /* PENDING, tried */
+    uint32_t active;   /* LEASED */
+    bool held;
+    bool missing;
+    bool on; /* added to q->counts */
+};
+
+/*
  * queue_item - a queued message with its links; msg is what callers see.
  *
- * Besides the table and the acceptance list, an item sits in two indexes
- * for the scheduler (queue_foreach_due), derived from its state and kept up
- * to date by queue_touch after every change: a binary min-heap on wake_ms
- * (the earliest time the scheduler can find work in it, queue_wake), and
- * the list of messages with a LEASED recipient. Neither is part of the
- * replicated state: snapshots and the digest never see them.
+ * One allocation holds the item, its recipients, its id and their
+ * addresses (queue_item_new): a backlog of millions is mostly items, so
+ * each costs what it must (queuemem in bench/ measures it). The other texts
+ * are shared copies (queue_str.c).
+ *
+ * Besides the table and the acceptance list, an item sits in indexes for
+ * the scheduler, derived from its state and kept up to date by queue_touch
+ * after every change: the set of messages with a LEASED recipient, the heap
+ * of each of its recipient domains (dnodes), and the expiry heap (exp_key:
+ * expires_at_ms of an unheld message with an open recipient, else
+ * UINT64_MAX). None is replicated: snapshots and the digest never see them.
  */
 struct queue_item {
     struct queue_msg msg;
-    uint64_t hash;
     struct queue_item *hnext;       /* hash chain */
     struct queue_item *prev, *next; /* acceptance order */
-    uint64_t wake_ms;               /* queue_wake at the last queue_touch */
-    size_t heap_pos;                /* index in q->heap, or QUEUE_NOT_IN_HEAP */
-    bool leased;                    /* on q->leased */
-    struct queue_item *lprev, *lnext;
-    struct queue_counts counted; /* what this item adds to q->counts */
+    uint32_t hash;                  /* of the id: the table's bucket */
+    uint32_t leased_pos;            /* index in q->leased, or QUEUE_NOT_IN_HEAP */
+    uint32_t exp_pos;               /* index in q->expiry, or QUEUE_NOT_IN_HEAP */
+    uint32_t n_dnodes;
+    uint64_t exp_key;
+    struct queue_tally counted; /* what this item adds to q->counts */
     /* The domain index (queue_index.c): one dnode per distinct recipient
-     * domain, rdn[i] the dnode of recipient i, and the expiry heap's. */
+     * domain (dn1 when there is one), rdn[i] the dnode of recipient i
+     * (NULL when there is one dnode: queue_rdn). */
     struct queue_dnode *dnodes;
-    size_t n_dnodes;
     uint32_t *rdn;
-    struct queue_dnode exp;
+    struct queue_dnode dn1;
 };
 
-/* queue_done - the id of a finished message, kept for dedupe. */
+/* queue_rdn - the index of recipient i's dnode. */
+static inline uint32_t queue_rdn(const struct queue_item *it, size_t i)
+{
+    return it->rdn != NULL ? it->rdn[i] : 0;
+}
+
+/* queue_item_leased - it has a LEASED recipient (it is in q->leased). */
+static inline bool queue_item_leased(const struct queue_item *it)
+{
+    return it->leased_pos != QUEUE_NOT_IN_HEAP;
+}
+
+/* queue_iheap - a heap of items on (exp_key, seq): the expiry heap. */
+struct queue_iheap {
+    struct queue_item **a;
+    size_t len, cap;
+};
+
+/* queue_done - the id of a finished message, kept for dedupe (one allocation with its id). */
 struct queue_done {
-    char id[QUEUE_ID_MAX];
-    uint64_t done_at_ms;
-    uint64_t hash;
     struct queue_done *hnext; /* hash chain */
     struct queue_done *next;  /* insertion order */
+    uint64_t done_at_ms;
+    uint32_t hash;
+    char id[];
 };
 
 struct queue {
@@ -140,13 +177,12 @@ struct queue {
     uint32_t cluster_level; /* 1..format_max, never falls */
     uint32_t format_max;    /* highest level applied: this build's format */
     uint64_t next_seq;      /* acceptance number of the next linked message */
-    /* Scheduler indexes (see struct queue_item). heap_broken: the heap could
-     * not grow, so queue_foreach_due walks every message instead. */
-    struct queue_item **heap;
-    size_t heap_len, heap_cap;
-    bool heap_broken;
-    bool index_off; /* queue_set_sched_index(q, false): walk every message */
-    struct queue_item *leased;
+    /* Scheduler indexes (see struct queue_item). leased_broken: the set
+     * could not grow, so queue_foreach_leased walks every message instead. */
+    struct queue_item **leased;
+    size_t leased_len, leased_cap;
+    bool leased_broken;
+    bool index_off;             /* queue_set_sched_index(q, false): walk every message */
     struct queue_counts counts; /* sums of every item's counted */
     /* The domain index (queue_index.c, used by queue_sched.c): domains by
      * name and in a list, and the expiry heap (key expires_at_ms of an
@@ -155,7 +191,7 @@ struct queue {
     struct queue_domain **dom_tab;
     size_t dom_cap, dom_count;
     struct queue_domain *domains;
-    struct queue_dheap expiry;
+    struct queue_iheap expiry;
     bool dom_broken;
     /* Where bodies live (queue_set_body_ops); without, in memory. */
     struct queue_body_ops body_ops;
@@ -172,8 +208,19 @@ struct queue {
 /* queue_strdup - copy of s ("" for NULL); NULL on no memory. */
 char *queue_strdup(const char *s);
 
-/* queue_strdup_opt - copy of s, or NULL for NULL and "" (absent optional text). */
-int queue_strdup_opt(const char *s, char **out);
+/* queue_str.c: shared copies of repeated texts */
+
+/* queue_str - a reference to the shared copy of s ("" for NULL); NULL on no memory. */
+const char *queue_str(const char *s);
+
+/* queue_str_opt - a reference for s, or NULL for NULL and "" (absent optional text). */
+int queue_str_opt(const char *s, const char **out);
+
+/* queue_str_put - give back a reference from queue_str (NULL: nothing). */
+void queue_str_put(const char *s);
+
+/* queue_str_count - shared texts alive (tests). */
+size_t queue_str_count(void);
 
 /*
  * queue_sha256 - digest of n bytes; false only when libcrypto fails. The
@@ -193,7 +240,7 @@ struct queue_item *queue_item_free(struct queue_item *it);
 /* queue_item_new - an item with n_rcpts PENDING recipients due at received_at_ms. */
 struct queue_item *queue_item_new(const char *id,
                                   const char *sender,
-                                  char **rcpts,
+                                  char *const *rcpts,
                                   size_t n_rcpts,
                                   uint64_t received_at_ms);
 
@@ -241,13 +288,7 @@ void queue_finish(struct queue *q, struct queue_item *it, struct queue_done *d);
 /* queue_wake - the earliest time the scheduler can find work in m (queue_index.c). */
 uint64_t queue_wake(const struct queue_msg *m, bool *leased);
 
-/* queue_heap_insert - add it; on no memory the heap is given up (heap_broken). */
-void queue_heap_insert(struct queue *q, struct queue_item *it);
-
-/* queue_heap_remove - take it out of the heap (if it is in). */
-void queue_heap_remove(struct queue *q, struct queue_item *it);
-
-/* queue_leased_set - put it on or take it off the list of leased messages. */
+/* queue_leased_set - put it in or take it out of the set of leased messages. */
 void queue_leased_set(struct queue *q, struct queue_item *it, bool leased);
 
 /* queue_count - add (sign 1) or take away (sign -1) the share of it in q->counts. */

@@ -48,16 +48,6 @@ char *queue_strdup(const char *s)
     return p;
 }
 
-/* queue_strdup_opt - copy of s, or NULL for NULL and "" (absent optional text). */
-int queue_strdup_opt(const char *s, char **out)
-{
-    *out = NULL;
-    if (s == NULL || s[0] == '\0')
-        return 0;
-    *out = queue_strdup(s);
-    return *out ? 0 : HAMR_ENOMEM;
-}
-
 /* queue_sha256 - digest of n bytes; false only when libcrypto fails. */
 bool queue_sha256(const uint8_t *p, size_t n, uint8_t out[QUEUE_SHA256_LEN])
 {
@@ -84,67 +74,83 @@ struct queue_item *queue_item_free(struct queue_item *it)
     if (it == NULL)
         return NULL;
     struct queue_msg *m = &it->msg;
-    for (size_t i = 0; m->rcpts != NULL && i < m->n_rcpts; i++) {
-        free(m->rcpts[i].addr);
-        free(m->rcpts[i].last_error);
-        free(m->rcpts[i].lease_boot_id);
-        free(m->rcpts[i].lease_dest);
-        free(m->rcpts[i].tls_policy);
-        free(m->rcpts[i].tls);
+    for (size_t i = 0; i < m->n_rcpts; i++) {
+        queue_str_put(m->rcpts[i].last_error);
+        queue_str_put(m->rcpts[i].lease_boot_id);
+        queue_str_put(m->rcpts[i].lease_dest);
+        queue_str_put(m->rcpts[i].tls_policy);
+        queue_str_put(m->rcpts[i].tls);
     }
-    free(m->rcpts);
-    free(m->sender);
+    queue_str_put(m->sender);
+    queue_str_put(m->client_addr);
+    queue_str_put(m->helo);
     free(m->body);
-    free(m->client_addr);
-    free(m->helo);
-    free(it->dnodes);
+    if (it->dnodes != &it->dn1)
+        free(it->dnodes);
     free(it->rdn);
     free(it);
     return NULL;
 }
 
-/* queue_item_new - an item with n_rcpts PENDING recipients due at received_at_ms. */
+/*
+ * queue_item_new - an item with n_rcpts PENDING recipients due at
+ * received_at_ms: one allocation for the item, the recipients, then the id
+ * and the addresses (see struct queue_item).
+ */
 struct queue_item *queue_item_new(const char *id,
                                   const char *sender,
-                                  char **rcpts,
+                                  char *const *rcpts,
                                   size_t n_rcpts,
                                   uint64_t received_at_ms)
 {
-    struct queue_item *it = calloc(1, sizeof(*it));
+    if (n_rcpts > UINT32_MAX)
+        return NULL;
+    size_t id_len = strnlen(id, QUEUE_ID_MAX - 1);
+    size_t size = sizeof(struct queue_item) + n_rcpts * sizeof(struct queue_rcpt) + id_len + 1;
+    for (size_t i = 0; i < n_rcpts; i++)
+        size += strlen(rcpts[i] ? rcpts[i] : "") + 1;
+    struct queue_item *it = calloc(1, size);
     if (it == NULL)
         return NULL;
     struct queue_msg *m = &it->msg;
-    hamr_strlcpy(m->id, id, sizeof(m->id));
-    it->hash = hash_fnv1a64_str(m->id);
+    m->rcpts = (struct queue_rcpt *)(void *)(it + 1);
+    char *text = (char *)(m->rcpts + n_rcpts);
+    memcpy(text, id, id_len);
+    text[id_len] = '\0';
+    m->id = text;
+    text += id_len + 1;
+    it->hash = (uint32_t)hash_fnv1a64_str(m->id);
+    it->leased_pos = it->exp_pos = QUEUE_NOT_IN_HEAP;
+    it->dnodes = &it->dn1;
     m->received_at_ms = received_at_ms;
-    m->sender = queue_strdup(sender);
-    m->client_addr = queue_strdup("");
-    m->helo = queue_strdup("");
-    m->rcpts = calloc(n_rcpts, sizeof(*m->rcpts));
-    if (m->sender == NULL || m->client_addr == NULL || m->helo == NULL || m->rcpts == NULL)
-        return queue_item_free(it);
-    m->n_rcpts = n_rcpts;
+    m->n_rcpts = (uint32_t)n_rcpts;
     for (size_t i = 0; i < n_rcpts; i++) {
+        size_t n = strlen(rcpts[i] ? rcpts[i] : "");
+        memcpy(text, rcpts[i] ? rcpts[i] : "", n + 1);
+        m->rcpts[i].addr = text;
         m->rcpts[i].state = QUEUE_RCPT_PENDING;
         m->rcpts[i].next_attempt_ms = received_at_ms;
-        m->rcpts[i].addr = queue_strdup(rcpts[i]);
-        if (m->rcpts[i].addr == NULL)
-            return queue_item_free(it);
+        text += n + 1;
     }
+    m->sender = queue_str(sender);
+    m->client_addr = queue_str("");
+    m->helo = queue_str("");
+    if (m->sender == NULL || m->client_addr == NULL || m->helo == NULL)
+        return queue_item_free(it);
     return it;
 }
 
-/* queue_item_set_text - replace client_addr / helo (copied). */
+/* queue_item_set_text - replace client_addr / helo (shared copies). */
 int queue_item_set_text(struct queue_item *it, const char *client_addr, const char *helo)
 {
-    char *c = queue_strdup(client_addr), *h = queue_strdup(helo);
+    const char *c = queue_str(client_addr), *h = queue_str(helo);
     if (c == NULL || h == NULL) {
-        free(c);
-        free(h);
+        queue_str_put(c);
+        queue_str_put(h);
         return HAMR_ENOMEM;
     }
-    free(it->msg.client_addr);
-    free(it->msg.helo);
+    queue_str_put(it->msg.client_addr);
+    queue_str_put(it->msg.helo);
     it->msg.client_addr = c;
     it->msg.helo = h;
     return 0;
@@ -343,7 +349,7 @@ static void queue_grow_done(struct queue *q)
 /* queue_lookup - the item with this id, or NULL. */
 struct queue_item *queue_lookup(const struct queue *q, const char *id)
 {
-    uint64_t h = hash_fnv1a64_str(id);
+    uint32_t h = (uint32_t)hash_fnv1a64_str(id);
     for (struct queue_item *it = q->mtab[h & (q->mcap - 1)]; it != NULL; it = it->hnext)
         if (it->hash == h && strcmp(it->msg.id, id) == 0)
             return it;
@@ -353,7 +359,7 @@ struct queue_item *queue_lookup(const struct queue *q, const char *id)
 /* queue_done_lookup - the done record of this id, or NULL. */
 static struct queue_done *queue_done_lookup(const struct queue *q, const char *id)
 {
-    uint64_t h = hash_fnv1a64_str(id);
+    uint32_t h = (uint32_t)hash_fnv1a64_str(id);
     for (struct queue_done *d = q->dtab[h & (q->dcap - 1)]; d != NULL; d = d->hnext)
         if (d->hash == h && strcmp(d->id, id) == 0)
             return d;
@@ -365,9 +371,8 @@ void queue_link(struct queue *q, struct queue_item *it)
 {
     bool leased;
     it->msg.seq = ++q->next_seq;
-    it->wake_ms = queue_wake(&it->msg, &leased);
-    queue_heap_insert(q, it);
-    it->leased = false;
+    (void)queue_wake(&it->msg, &leased);
+    it->leased_pos = QUEUE_NOT_IN_HEAP;
     queue_leased_set(q, it, leased);
     queue_count(q, it, 1);
     queue_dom_link(q, it);
@@ -394,7 +399,6 @@ void queue_link(struct queue *q, struct queue_item *it)
 /* queue_unlink - take an item out of the table, the list and the indexes (not freed). */
 static void queue_unlink(struct queue *q, struct queue_item *it)
 {
-    queue_heap_remove(q, it);
     queue_leased_set(q, it, false);
     queue_count(q, it, -1);
     queue_dom_unlink(q, it);
@@ -421,11 +425,13 @@ static void queue_unlink(struct queue *q, struct queue_item *it)
 /* queue_done_new - a done record, not yet linked. */
 struct queue_done *queue_done_new(const char *id, uint64_t done_at_ms)
 {
-    struct queue_done *d = calloc(1, sizeof(*d));
+    size_t n = strnlen(id, QUEUE_ID_MAX - 1);
+    struct queue_done *d = calloc(1, sizeof(*d) + n + 1);
     if (d == NULL)
         return NULL;
-    hamr_strlcpy(d->id, id, sizeof(d->id));
-    d->hash = hash_fnv1a64_str(d->id);
+    memcpy(d->id, id, n);
+    d->id[n] = '\0';
+    d->hash = (uint32_t)hash_fnv1a64_str(d->id);
     d->done_at_ms = done_at_ms;
     return d;
 }
@@ -488,9 +494,8 @@ static void queue_clear(struct queue *q)
     q->head = q->tail = NULL;
     q->dhead = q->dtail = NULL;
     q->mcount = q->dcount = 0;
-    q->heap_len = 0;
-    q->heap_broken = false;
-    q->leased = NULL;
+    q->leased_len = 0;
+    q->leased_broken = false;
     q->counts = (struct queue_counts){0};
     queue_dom_clear(q);
 }
@@ -520,7 +525,7 @@ struct queue *queue_free(struct queue *q)
         queue_clear(q);
     free(q->mtab);
     free(q->dtab);
-    free(q->heap);
+    free(q->leased);
     free(q->expiry.a);
     free(q);
     return NULL;

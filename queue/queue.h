@@ -51,20 +51,25 @@ enum queue_rcpt_state {
     QUEUE_RCPT_EXPIRED,
 };
 
+/*
+ * The texts of a message and its recipients are the queue's and read-only:
+ * addr and id are kept with the item, the others are shared copies
+ * (queue_str.c), one per distinct text however many messages hold it.
+ */
 struct queue_rcpt {
-    char *addr;
+    const char *addr;
     enum queue_rcpt_state state;
     uint32_t attempts;
     uint64_t next_attempt_ms;
-    char *last_error;  /* NULL if none */
-    uint64_t lease_id; /* valid while LEASED */
+    const char *last_error; /* NULL if none */
+    uint64_t lease_id;      /* valid while LEASED */
     uint64_t lease_node;
     uint64_t lease_term;
     uint64_t lease_expires_ms;
-    char *lease_boot_id;
-    char *lease_dest;
-    char *tls_policy; /* last attempt's TLS policy ("may", ...); NULL if unknown */
-    char *tls;        /* last attempt's TLS, or why none; NULL if unknown */
+    const char *lease_boot_id;
+    const char *lease_dest;
+    const char *tls_policy; /* last attempt's TLS policy ("may", ...); NULL if unknown */
+    const char *tls;        /* last attempt's TLS, or why none; NULL if unknown */
 };
 
 /*
@@ -87,10 +92,11 @@ struct queue_rcpt {
 #define QUEUE_TLS_MAX 160
 
 struct queue_msg {
-    char id[QUEUE_ID_MAX];
-    char *sender; /* "" for the null sender */
+    const char *id;
+    const char *sender; /* "" for the null sender */
     struct queue_rcpt *rcpts;
-    size_t n_rcpts;
+    uint32_t n_rcpts;
+    uint32_t dsn_count;
     uint8_t *body;   /* in memory (a queue without body ops), else NULL */
     size_t body_len; /* wherever it is */
     uint8_t body_sha256[QUEUE_SHA256_LEN];
@@ -102,10 +108,9 @@ struct queue_msg {
     bool held;
     uint64_t received_at_ms; /* timestamp of the Enqueue entry */
     uint64_t expires_at_ms;
-    char *client_addr;
-    char *helo;
+    const char *client_addr;
+    const char *helo;
     uint64_t accepted_by;
-    uint32_t dsn_count;
     uint64_t seq; /* acceptance order on this node (not replicated; renumbered by a restore) */
 };
 

@@ -40,7 +40,7 @@ static bool queue_streq(const char *a, const char *b)
 }
 
 /* queue_error_text - "<code> <text>" reduced to printable ASCII and bounded, or NULL if empty. */
-static int queue_error_text(uint32_t code, const char *text, char **out)
+static int queue_error_text(uint32_t code, const char *text, const char **out)
 {
     char clean[QUEUE_ERROR_MAX];
     char line[QUEUE_ERROR_MAX + 16];
@@ -51,17 +51,17 @@ static int queue_error_text(uint32_t code, const char *text, char **out)
     else
         snprintf(line, sizeof(line), "%s", clean);
     line[QUEUE_ERROR_MAX - 1] = '\0';
-    return queue_strdup_opt(line, out);
+    return queue_str_opt(line, out);
 }
 
 /* queue_bounded_text - text reduced to printable ASCII and cut to max-1 bytes, or NULL if empty. */
-static int queue_bounded_text(const char *text, size_t max, char **out)
+static int queue_bounded_text(const char *text, size_t max, const char **out)
 {
     char clean[QUEUE_TLS_MAX];
     HAMR_ASSERT(max <= sizeof(clean));
     text = text ? text : "";
     log_printable(clean, max, text, strlen(text));
-    return queue_strdup_opt(clean, out);
+    return queue_str_opt(clean, out);
 }
 
 /* queue_rcpt_final - the recipient reached a final state. */
@@ -74,8 +74,8 @@ static bool queue_rcpt_final(const struct queue_rcpt *r)
 /* queue_rcpt_clear_lease - forget the lease fields. */
 static void queue_rcpt_clear_lease(struct queue_rcpt *r)
 {
-    free(r->lease_boot_id);
-    free(r->lease_dest);
+    queue_str_put(r->lease_boot_id);
+    queue_str_put(r->lease_dest);
     r->lease_boot_id = NULL;
     r->lease_dest = NULL;
     r->lease_id = 0;
@@ -84,10 +84,10 @@ static void queue_rcpt_clear_lease(struct queue_rcpt *r)
     r->lease_expires_ms = 0;
 }
 
-/* queue_rcpt_set_error - replace last_error, taking ownership of text. */
-static void queue_rcpt_set_error(struct queue_rcpt *r, char *text)
+/* queue_rcpt_set_error - replace last_error, taking the reference text. */
+static void queue_rcpt_set_error(struct queue_rcpt *r, const char *text)
 {
-    free(r->last_error);
+    queue_str_put(r->last_error);
     r->last_error = text;
 }
 
@@ -147,7 +147,7 @@ static int queue_dsn_prepare(struct queue *q,
     free(head);
     if (rv != 0)
         return rv;
-    char *rcpt = m->sender;
+    char *const rcpt = (char *)m->sender;
     struct queue_item *it = queue_item_new(id, "", &rcpt, 1, now_ms);
     if (it == NULL) {
         free(body);
@@ -282,15 +282,15 @@ static int queue_apply_lease_item(struct queue *q,
         return 0;
     /* Allocate every copy first: the item is applied whole or not at all. */
     size_t n = item->n_rcpt_indexes;
-    char **boot = calloc(n ? n : 1, sizeof(*boot));
-    char **dest = calloc(n ? n : 1, sizeof(*dest));
+    const char **boot = calloc(n ? n : 1, sizeof(*boot));
+    const char **dest = calloc(n ? n : 1, sizeof(*dest));
     int rv = (boot && dest) ? 0 : HAMR_ENOMEM;
     for (size_t i = 0; rv == 0 && i < n; i++) {
         if (!queue_rcpt_leasable(&m->rcpts[item->rcpt_indexes[i]], l, ts))
             continue;
-        rv = queue_strdup_opt(l->boot_id, &boot[i]);
+        rv = queue_str_opt(l->boot_id, &boot[i]);
         if (rv == 0)
-            rv = queue_strdup_opt(item->destination, &dest[i]);
+            rv = queue_str_opt(item->destination, &dest[i]);
     }
     for (size_t i = 0; rv == 0 && i < n; i++) {
         struct queue_rcpt *r = &m->rcpts[item->rcpt_indexes[i]];
@@ -310,8 +310,8 @@ static int queue_apply_lease_item(struct queue *q,
     if (rv == 0)
         queue_touch(q, it);
     for (size_t i = 0; boot && dest && i < n; i++) {
-        free(boot[i]);
-        free(dest[i]);
+        queue_str_put(boot[i]);
+        queue_str_put(dest[i]);
     }
     free(boot);
     free(dest);
@@ -355,11 +355,11 @@ static bool queue_outcome_applies(const struct queue_rcpt *r, uint64_t lease_id,
 
 /* queue_outcome_plan - what an Outcome will do, computed before any change. */
 struct queue_outcome_plan {
-    bool *applies;       /* per result */
-    char **errors;       /* per result: new last_error (owned until used) */
-    bool *set_tls;       /* per result: replace tls_policy and tls (level and policy given) */
-    char **tls_policies; /* per result: new tls_policy (owned until used) */
-    char **tls;          /* per result: new tls (owned until used) */
+    bool *applies;             /* per result */
+    const char **errors;       /* per result: new last_error (held until used) */
+    bool *set_tls;             /* per result: replace tls_policy and tls (level and policy given) */
+    const char **tls_policies; /* per result: new tls_policy (held until used) */
+    const char **tls;          /* per result: new tls (held until used) */
     struct queue_dsn_rcpt *failed;
     size_t n_failed;
     struct queue_item *dsn; /* owned until linked */
@@ -371,11 +371,11 @@ struct queue_outcome_plan {
 static void queue_outcome_plan_free(struct queue *q, struct queue_outcome_plan *p, size_t n)
 {
     for (size_t i = 0; p->errors && i < n; i++)
-        free(p->errors[i]);
+        queue_str_put(p->errors[i]);
     for (size_t i = 0; p->tls_policies && i < n; i++)
-        free(p->tls_policies[i]);
+        queue_str_put(p->tls_policies[i]);
     for (size_t i = 0; p->tls && i < n; i++)
-        free(p->tls[i]);
+        queue_str_put(p->tls[i]);
     free(p->errors);
     free(p->set_tls);
     free(p->tls_policies);
@@ -503,8 +503,8 @@ static int queue_apply_outcome(struct queue *q,
         struct queue_rcpt *rc = &m->rcpts[r->rcpt_index];
         queue_rcpt_clear_lease(rc);
         if (p.set_tls[i]) {
-            free(rc->tls_policy);
-            free(rc->tls);
+            queue_str_put(rc->tls_policy);
+            queue_str_put(rc->tls);
             rc->tls_policy = p.tls_policies[i];
             rc->tls = p.tls[i];
             p.tls_policies[i] = p.tls[i] = NULL;
@@ -560,7 +560,7 @@ static int queue_admin_bounce(struct queue *q,
     struct queue_msg *m = &it->msg;
     size_t n_rcpts = m->n_rcpts;
     struct queue_dsn_rcpt *failed = calloc(n_rcpts, sizeof(*failed));
-    char **errors = calloc(m->n_rcpts, sizeof(*errors));
+    const char **errors = calloc(m->n_rcpts, sizeof(*errors));
     struct queue_item *dsn = NULL;
     struct queue_done *done = NULL;
     uint32_t dsn_count = m->dsn_count;
@@ -575,7 +575,7 @@ static int queue_admin_bounce(struct queue *q,
         if (r->state != QUEUE_RCPT_PENDING)
             continue;
         final_after++;
-        errors[i] = queue_strdup(QUEUE_ADMIN_BOUNCE_TEXT);
+        errors[i] = queue_str(QUEUE_ADMIN_BOUNCE_TEXT);
         if (errors[i] == NULL)
             rv = HAMR_ENOMEM;
         struct queue_dsn_rcpt *f = &failed[n_failed++];
@@ -614,7 +614,7 @@ static int queue_admin_bounce(struct queue *q,
     }
     /* m may be gone now: use the count taken before. */
     for (size_t i = 0; errors && i < n_rcpts; i++)
-        free(errors[i]);
+        queue_str_put(errors[i]);
     free(errors);
     free(failed);
     queue_item_drop(q, dsn);

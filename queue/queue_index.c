@@ -1,11 +1,11 @@
 /*
  * queue_index.c - the scheduler's indexes over the queue, derived from its
- * state: a binary min-heap of messages on their wake time (queue_wake) and
- * the list of messages with a LEASED recipient. queue_touch brings both up
- * to date after every change; queue_foreach_due and queue_foreach_leased
- * read them. Neither is replicated: snapshots and the digest never see
- * them, and a heap that cannot grow is given up (every message is walked
- * instead), which costs time, never correctness.
+ * state, and the counts: the set of messages with a LEASED recipient, the
+ * domain index and the expiry heap. queue_touch brings them up to date
+ * after every change; queue_sched_pick reads them. None is replicated:
+ * snapshots and the digest never see them, and an index that cannot grow
+ * is given up (every message is walked instead), which costs time, never
+ * correctness.
  *
  * The domain index lets a pick cost what it picks: for each recipient
  * domain, a heap of its messages on the earliest next attempt of their
@@ -15,8 +15,8 @@
  * expiries are found without walking every due message. It is keyed by
  * domain, which a message's recipients never change, not by destination,
  * which depends on the configuration (the scheduler maps domains to
- * destinations at pick time, once per domain). Like the heap, it is given
- * up when it cannot grow.
+ * destinations at pick time, once per domain). Like the leased set, it is
+ * given up when it cannot grow.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -58,127 +58,83 @@ uint64_t queue_wake(const struct queue_msg *m, bool *leased)
     return m->held ? UINT64_MAX : wake;
 }
 
-/* queue_heap_set - put it at heap position i. */
-static void queue_heap_set(struct queue *q, size_t i, struct queue_item *it)
-{
-    q->heap[i] = it;
-    it->heap_pos = i;
-}
-
-/* queue_heap_up - move the item at i towards the root while it wakes earlier than its parent. */
-static void queue_heap_up(struct queue *q, size_t i)
-{
-    struct queue_item *it = q->heap[i];
-    while (i > 0) {
-        size_t parent = (i - 1) / 2;
-        if (q->heap[parent]->wake_ms <= it->wake_ms)
-            break;
-        queue_heap_set(q, i, q->heap[parent]);
-        i = parent;
-    }
-    queue_heap_set(q, i, it);
-}
-
-/* queue_heap_down - move the item at i towards the leaves while a child wakes earlier. */
-static void queue_heap_down(struct queue *q, size_t i)
-{
-    struct queue_item *it = q->heap[i];
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= q->heap_len)
-            break;
-        if (c + 1 < q->heap_len && q->heap[c + 1]->wake_ms < q->heap[c]->wake_ms)
-            c++;
-        if (it->wake_ms <= q->heap[c]->wake_ms)
-            break;
-        queue_heap_set(q, i, q->heap[c]);
-        i = c;
-    }
-    queue_heap_set(q, i, it);
-}
-
-/* queue_heap_insert - add it; on no memory the heap is given up (heap_broken). */
-void queue_heap_insert(struct queue *q, struct queue_item *it)
-{
-    it->heap_pos = QUEUE_NOT_IN_HEAP;
-    if (q->heap_broken)
-        return;
-    if (q->heap_len == q->heap_cap) {
-        size_t cap = q->heap_cap ? 2 * q->heap_cap : QUEUE_HASH_MIN;
-        struct queue_item **h = realloc(q->heap, cap * sizeof(*h));
-        if (h == NULL) {
-            /* Correctness does not depend on the heap: walk everything from now on. */
-            for (size_t i = 0; i < q->heap_len; i++)
-                q->heap[i]->heap_pos = QUEUE_NOT_IN_HEAP;
-            q->heap_len = 0;
-            q->heap_broken = true;
-            return;
-        }
-        q->heap = h;
-        q->heap_cap = cap;
-    }
-    queue_heap_set(q, q->heap_len++, it);
-    queue_heap_up(q, it->heap_pos);
-}
-
-/* queue_heap_remove - take it out of the heap (if it is in). */
-void queue_heap_remove(struct queue *q, struct queue_item *it)
-{
-    size_t i = it->heap_pos;
-    if (i == QUEUE_NOT_IN_HEAP)
-        return;
-    it->heap_pos = QUEUE_NOT_IN_HEAP;
-    struct queue_item *last = q->heap[--q->heap_len];
-    if (last == it)
-        return;
-    queue_heap_set(q, i, last);
-    queue_heap_up(q, i);
-    queue_heap_down(q, last->heap_pos);
-}
-
-/* queue_leased_set - put it on or take it off the list of leased messages. */
+/* queue_leased_set - put it in or take it out of the set of leased messages. */
 void queue_leased_set(struct queue *q, struct queue_item *it, bool leased)
 {
-    if (leased == it->leased)
+    if (leased == queue_item_leased(it) || (leased && q->leased_broken))
         return;
-    it->leased = leased;
-    if (leased) {
-        it->lprev = NULL;
-        it->lnext = q->leased;
-        if (q->leased)
-            q->leased->lprev = it;
-        q->leased = it;
+    if (!leased) {
+        struct queue_item *last = q->leased[--q->leased_len];
+        q->leased[it->leased_pos] = last;
+        last->leased_pos = it->leased_pos;
+        it->leased_pos = QUEUE_NOT_IN_HEAP;
         return;
     }
-    if (it->lprev)
-        it->lprev->lnext = it->lnext;
-    else
-        q->leased = it->lnext;
-    if (it->lnext)
-        it->lnext->lprev = it->lprev;
-    it->lprev = it->lnext = NULL;
+    if (q->leased_len == q->leased_cap) {
+        size_t cap = q->leased_cap ? 2 * q->leased_cap : QUEUE_HASH_MIN;
+        struct queue_item **a = realloc(q->leased, cap * sizeof(*a));
+        if (a == NULL) {
+            /* Correctness does not depend on the set: walk everything from now on. */
+            for (size_t i = 0; i < q->leased_len; i++)
+                q->leased[i]->leased_pos = QUEUE_NOT_IN_HEAP;
+            q->leased_len = 0;
+            q->leased_broken = true;
+            return;
+        }
+        q->leased = a;
+        q->leased_cap = cap;
+    }
+    it->leased_pos = (uint32_t)q->leased_len;
+    q->leased[q->leased_len++] = it;
 }
 
-/* queue_count_stages - its message and live recipients by queue_stage, into c. */
-static void queue_count_stages(const struct queue_msg *m, struct queue_counts *c)
+/* queue_tally_of - what the item adds to q->counts as it is now. */
+static struct queue_tally queue_tally_of(const struct queue_item *it)
 {
-    enum queue_stage mstage = QUEUE_STAGE_PENDING;
+    const struct queue_msg *m = &it->msg;
+    struct queue_tally t = {.held = m->held, .missing = m->body_missing};
     for (size_t i = 0; i < m->n_rcpts; i++) {
         const struct queue_rcpt *r = &m->rcpts[i];
-        enum queue_stage st;
         if (r->state == QUEUE_RCPT_LEASED)
-            st = QUEUE_STAGE_ACTIVE;
+            t.active++;
+        else if (r->state == QUEUE_RCPT_PENDING && r->attempts > 0)
+            t.deferred++;
         else if (r->state == QUEUE_RCPT_PENDING)
-            st = r->attempts > 0 ? QUEUE_STAGE_DEFERRED : QUEUE_STAGE_PENDING;
-        else
-            continue; /* final */
-        if (m->held)
-            st = QUEUE_STAGE_HELD;
-        c->stage_rcpts[st]++;
-        if (st > mstage) /* held, then active, then deferred, then pending */
-            mstage = st;
+            t.fresh++;
     }
-    c->stage_msgs[mstage]++;
+    return t;
+}
+
+/*
+ * queue_tally_counts - t as a share of q->counts: the message at the stage
+ * of its most advanced live recipient (held, then active, then deferred,
+ * then pending; with no live recipient, pending), each live recipient at
+ * its own (every one held when the message is).
+ */
+static struct queue_counts queue_tally_counts(const struct queue_tally *t, size_t bytes)
+{
+    struct queue_counts c = {.held = t->held,
+                             .rcpts_pending = (size_t)t->fresh + t->deferred,
+                             .rcpts_leased = t->active,
+                             .bytes = bytes,
+                             .missing = t->missing};
+    size_t live = (size_t)t->fresh + t->deferred + t->active;
+    if (t->held) {
+        c.stage_rcpts[QUEUE_STAGE_HELD] = live;
+    } else {
+        c.stage_rcpts[QUEUE_STAGE_PENDING] = t->fresh;
+        c.stage_rcpts[QUEUE_STAGE_DEFERRED] = t->deferred;
+        c.stage_rcpts[QUEUE_STAGE_ACTIVE] = t->active;
+    }
+    enum queue_stage st = QUEUE_STAGE_PENDING;
+    if (t->held && live > 0)
+        st = QUEUE_STAGE_HELD;
+    else if (t->active > 0)
+        st = QUEUE_STAGE_ACTIVE;
+    else if (t->deferred > 0)
+        st = QUEUE_STAGE_DEFERRED;
+    c.stage_msgs[st] = 1;
+    return c;
 }
 
 /* queue_counts_add - sum += sign * c. */
@@ -197,88 +153,103 @@ static void queue_counts_add(struct queue_counts *sum, const struct queue_counts
 }
 
 /*
- * queue_count - with sign 1, count it as it is now and add that to
+ * queue_count - with sign 1, tally it as it is now and add that to
  * q->counts; with sign -1, take away what was last added for it. Adding and
- * taking away the stored share (not a recount) keeps the sums exact whatever
- * changed in between.
+ * taking away the stored tally (not a recount) keeps the sums exact whatever
+ * changed in between; body_len never changes while an item is linked.
  */
 void queue_count(struct queue *q, struct queue_item *it, int sign)
 {
-    struct queue_counts *c = &it->counted;
     if (sign > 0) {
-        *c = (struct queue_counts){
-            .held = it->msg.held, .bytes = it->msg.body_len, .missing = it->msg.body_missing};
-        for (size_t i = 0; i < it->msg.n_rcpts; i++) {
-            c->rcpts_pending += it->msg.rcpts[i].state == QUEUE_RCPT_PENDING;
-            c->rcpts_leased += it->msg.rcpts[i].state == QUEUE_RCPT_LEASED;
-        }
-        queue_count_stages(&it->msg, c);
-        queue_counts_add(&q->counts, c, 1);
-    } else {
-        queue_counts_add(&q->counts, c, -1);
-        *c = (struct queue_counts){0};
+        it->counted = queue_tally_of(it);
+        it->counted.on = true;
+    } else if (!it->counted.on) {
+        return;
     }
+    struct queue_counts c = queue_tally_counts(&it->counted, it->msg.body_len);
+    queue_counts_add(&q->counts, &c, sign);
+    if (sign < 0)
+        it->counted = (struct queue_tally){0};
 }
 
 /* ------------------------------------------------------------------------
  * The domain index
  * ------------------------------------------------------------------------ */
 
-/* queue_dheap_set - put dn at position i of h. */
-static void queue_dheap_set(struct queue_dheap *h, size_t i, struct queue_dnode *dn)
+/*
+ * QUEUE_HEAP_DEFINE - the binary min-heap operations of one heap type:
+ * htype (a, len, cap) of pointers to etype, ordered by less, each element
+ * knowing its index in pos (QUEUE_NOT_IN_HEAP when out). Two heaps share
+ * them: the domains' heaps of dnodes and the expiry heap of items.
+ *   name##_fix(h, i)     restore the order after the key at i changed
+ *   name##_insert(h, e)  add e; -1 on no memory (h unchanged)
+ *   name##_remove(h, e)  take e out (if it is in)
+ */
+#define QUEUE_HEAP_DEFINE(name, htype, etype, less, pos, min_cap) \
+    static void name##_set(htype *h, size_t i, etype *e)          \
+    {                                                             \
+        h->a[i] = e;                                              \
+        e->pos = (uint32_t)i;                                     \
+    }                                                             \
+    static void name##_fix(htype *h, size_t i)                    \
+    {                                                             \
+        etype *e = h->a[i];                                       \
+        while (i > 0 && less(e, h->a[(i - 1) / 2])) {             \
+            name##_set(h, i, h->a[(i - 1) / 2]);                  \
+            i = (i - 1) / 2;                                      \
+        }                                                         \
+        for (;;) {                                                \
+            size_t c = 2 * i + 1;                                 \
+            if (c >= h->len)                                      \
+                break;                                            \
+            if (c + 1 < h->len && less(h->a[c + 1], h->a[c]))     \
+                c++;                                              \
+            if (!less(h->a[c], e))                                \
+                break;                                            \
+            name##_set(h, i, h->a[c]);                            \
+            i = c;                                                \
+        }                                                         \
+        name##_set(h, i, e);                                      \
+    }                                                             \
+    static int name##_insert(htype *h, etype *e)                  \
+    {                                                             \
+        if (h->len == h->cap) {                                   \
+            size_t cap = h->cap ? 2 * h->cap : (min_cap);         \
+            etype **a = realloc(h->a, cap * sizeof(*a));          \
+            if (a == NULL)                                        \
+                return -1;                                        \
+            h->a = a;                                             \
+            h->cap = cap;                                         \
+        }                                                         \
+        name##_set(h, h->len++, e);                               \
+        name##_fix(h, e->pos);                                    \
+        return 0;                                                 \
+    }                                                             \
+    static void name##_remove(htype *h, etype *e)                 \
+    {                                                             \
+        if (e->pos == QUEUE_NOT_IN_HEAP)                          \
+            return;                                               \
+        etype *last = h->a[--h->len];                             \
+        if (last != e) {                                          \
+            name##_set(h, e->pos, last);                          \
+            name##_fix(h, last->pos);                             \
+        }                                                         \
+        e->pos = QUEUE_NOT_IN_HEAP;                               \
+    }
+
+/* queue_iheap_less - a comes before b in the expiry heap. */
+static bool queue_iheap_less(const struct queue_item *a, const struct queue_item *b)
 {
-    h->a[i] = dn;
-    dn->pos = i;
+    return a->exp_key != b->exp_key ? a->exp_key < b->exp_key : a->msg.seq < b->msg.seq;
 }
 
-/* queue_dheap_fix - restore the order of h after the key of the dnode at i changed. */
-static void queue_dheap_fix(struct queue_dheap *h, size_t i)
-{
-    struct queue_dnode *dn = h->a[i];
-    while (i > 0 && queue_dheap_less(dn, h->a[(i - 1) / 2])) {
-        queue_dheap_set(h, i, h->a[(i - 1) / 2]);
-        i = (i - 1) / 2;
-    }
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= h->len)
-            break;
-        if (c + 1 < h->len && queue_dheap_less(h->a[c + 1], h->a[c]))
-            c++;
-        if (!queue_dheap_less(h->a[c], dn))
-            break;
-        queue_dheap_set(h, i, h->a[c]);
-        i = c;
-    }
-    queue_dheap_set(h, i, dn);
-}
-
-/* queue_dheap_insert - add dn to h; -1 on no memory (h unchanged). */
-static int queue_dheap_insert(struct queue_dheap *h, struct queue_dnode *dn)
-{
-    if (h->len == h->cap) {
-        size_t cap = h->cap ? 2 * h->cap : 8;
-        struct queue_dnode **a = realloc(h->a, cap * sizeof(*a));
-        if (a == NULL)
-            return -1;
-        h->a = a;
-        h->cap = cap;
-    }
-    queue_dheap_set(h, h->len++, dn);
-    queue_dheap_fix(h, dn->pos);
-    return 0;
-}
-
-/* queue_dheap_remove - take dn out of h (it is in). */
-static void queue_dheap_remove(struct queue_dheap *h, struct queue_dnode *dn)
-{
-    struct queue_dnode *last = h->a[--h->len];
-    if (last != dn) {
-        queue_dheap_set(h, dn->pos, last);
-        queue_dheap_fix(h, last->pos);
-    }
-    dn->pos = QUEUE_NOT_IN_HEAP;
-}
+QUEUE_HEAP_DEFINE(queue_dheap, struct queue_dheap, struct queue_dnode, queue_dheap_less, pos, 8)
+QUEUE_HEAP_DEFINE(queue_iheap,
+                  struct queue_iheap,
+                  struct queue_item,
+                  queue_iheap_less,
+                  exp_pos,
+                  QUEUE_HASH_MIN)
 
 /* queue_dom_name - the domain of an address as the route sees it: after the last '@'. */
 static const char *queue_dom_name(const char *addr)
@@ -288,9 +259,8 @@ static const char *queue_dom_name(const char *addr)
 }
 
 /*
- * queue_dom_key - dn's key (see struct queue_domain and struct queue, for
- * the expiry heap), the plain way: what queue_sched_index_check holds
- * queue_dom_rekey's answer against.
+ * queue_dom_key - dn's key (see struct queue_domain), the plain way: what
+ * queue_sched_index_check holds queue_dom_rekey's answer against.
  */
 static uint64_t queue_dom_key(const struct queue_item *it, const struct queue_dnode *dn)
 {
@@ -298,17 +268,22 @@ static uint64_t queue_dom_key(const struct queue_item *it, const struct queue_dn
     if (m->held)
         return UINT64_MAX;
     uint64_t key = UINT64_MAX;
-    bool open = false;
     for (size_t i = 0; i < m->n_rcpts; i++) {
         const struct queue_rcpt *r = &m->rcpts[i];
-        open = open || r->state == QUEUE_RCPT_PENDING || r->state == QUEUE_RCPT_LEASED;
-        if (dn->dom != NULL && r->state == QUEUE_RCPT_PENDING && &it->dnodes[it->rdn[i]] == dn &&
+        if (r->state == QUEUE_RCPT_PENDING && &it->dnodes[queue_rdn(it, i)] == dn &&
             r->next_attempt_ms < key)
             key = r->next_attempt_ms;
     }
-    if (dn->dom == NULL)
-        return open && m->expires_at_ms != 0 ? m->expires_at_ms : UINT64_MAX;
     return key;
+}
+
+/* queue_exp_key - the item's key in the expiry heap (see struct queue_item). */
+static uint64_t queue_exp_key(const struct queue_msg *m)
+{
+    bool open = false;
+    for (size_t i = 0; i < m->n_rcpts && !open; i++)
+        open = m->rcpts[i].state == QUEUE_RCPT_PENDING || m->rcpts[i].state == QUEUE_RCPT_LEASED;
+    return !m->held && open && m->expires_at_ms != 0 ? m->expires_at_ms : UINT64_MAX;
 }
 
 /* queue_dom_free - release an empty domain. */
@@ -378,11 +353,11 @@ void queue_dom_unlink(struct queue *q, struct queue_item *it)
         if (dn->dom->heap.len == 0)
             queue_dom_free(q, dn->dom);
     }
-    if (it->exp.pos != QUEUE_NOT_IN_HEAP)
-        queue_dheap_remove(&q->expiry, &it->exp);
-    free(it->dnodes);
+    queue_iheap_remove(&q->expiry, it);
+    if (it->dnodes != &it->dn1)
+        free(it->dnodes);
     free(it->rdn);
-    it->dnodes = NULL;
+    it->dnodes = &it->dn1;
     it->rdn = NULL;
     it->n_dnodes = 0;
 }
@@ -413,63 +388,84 @@ void queue_dom_clear(struct queue *q)
     q->dom_broken = false;
 }
 
-/* queue_dnode_rekey - dn takes its next_key, and its place in h (if it is in one). */
-static void queue_dnode_rekey(struct queue_dheap *h, struct queue_dnode *dn)
-{
-    if (dn->next_key != dn->key && dn->pos != QUEUE_NOT_IN_HEAP) {
-        dn->key = dn->next_key;
-        queue_dheap_fix(h, dn->pos);
-    }
-}
-
 /*
  * queue_dom_rekey - it changed (or was just inserted): every key of its
  * dnodes from one pass over the recipients, so a message with many
- * recipients in many domains costs O(recipients + domains log n) to apply.
+ * recipients in many domains costs O(recipients + domains log n) to apply,
+ * and its expiry key. The new keys are gathered in a scratch array (on the
+ * stack for a few domains); without memory for one, one pass per dnode.
  */
 static void queue_dom_rekey(struct queue *q, struct queue_item *it)
 {
     const struct queue_msg *m = &it->msg;
-    bool open = false;
-    for (size_t k = 0; k < it->n_dnodes; k++)
-        it->dnodes[k].next_key = UINT64_MAX;
-    for (size_t i = 0; i < m->n_rcpts; i++) {
-        const struct queue_rcpt *r = &m->rcpts[i];
-        open = open || r->state == QUEUE_RCPT_PENDING || r->state == QUEUE_RCPT_LEASED;
-        if (it->n_dnodes == 0 || m->held || r->state != QUEUE_RCPT_PENDING)
-            continue;
-        struct queue_dnode *dn = &it->dnodes[it->rdn[i]];
-        if (r->next_attempt_ms < dn->next_key)
-            dn->next_key = r->next_attempt_ms;
+    uint64_t stack[16], *keys = stack;
+    if (it->n_dnodes > sizeof(stack) / sizeof(stack[0]))
+        keys = malloc(it->n_dnodes * sizeof(*keys));
+    if (keys != NULL) {
+        for (size_t k = 0; k < it->n_dnodes; k++)
+            keys[k] = UINT64_MAX;
+        for (size_t i = 0; it->n_dnodes > 0 && !m->held && i < m->n_rcpts; i++) {
+            const struct queue_rcpt *r = &m->rcpts[i];
+            uint32_t k = queue_rdn(it, i);
+            if (r->state == QUEUE_RCPT_PENDING && r->next_attempt_ms < keys[k])
+                keys[k] = r->next_attempt_ms;
+        }
     }
-    it->exp.next_key = !m->held && open && m->expires_at_ms != 0 ? m->expires_at_ms : UINT64_MAX;
-    for (size_t k = 0; k < it->n_dnodes; k++)
-        queue_dnode_rekey(&it->dnodes[k].dom->heap, &it->dnodes[k]);
-    queue_dnode_rekey(&q->expiry, &it->exp);
+    for (size_t k = 0; k < it->n_dnodes; k++) {
+        struct queue_dnode *dn = &it->dnodes[k];
+        uint64_t key = keys != NULL ? keys[k] : queue_dom_key(it, dn);
+        if (key != dn->key && dn->pos != QUEUE_NOT_IN_HEAP) {
+            dn->key = key;
+            queue_dheap_fix(&dn->dom->heap, dn->pos);
+        }
+    }
+    if (keys != stack)
+        free(keys);
+    uint64_t exp = queue_exp_key(m);
+    if (exp != it->exp_key && it->exp_pos != QUEUE_NOT_IN_HEAP) {
+        it->exp_key = exp;
+        queue_iheap_fix(&q->expiry, it->exp_pos);
+    }
 }
 
 /* queue_dom_link - add a newly linked item to the index (gives the index up on no memory). */
 void queue_dom_link(struct queue *q, struct queue_item *it)
 {
     const struct queue_msg *m = &it->msg;
-    it->exp = (struct queue_dnode){.it = it, .pos = QUEUE_NOT_IN_HEAP};
+    it->dnodes = &it->dn1;
+    it->rdn = NULL;
     it->n_dnodes = 0;
+    it->exp_pos = QUEUE_NOT_IN_HEAP;
+    it->exp_key = 0;
     if (q->dom_broken)
         return;
-    it->dnodes = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(*it->dnodes));
-    it->rdn = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(*it->rdn));
-    if (it->dnodes == NULL || it->rdn == NULL)
-        goto fail;
     for (size_t i = 0; i < m->n_rcpts; i++) {
         struct queue_domain *d = queue_dom_find(q, queue_dom_name(m->rcpts[i].addr));
         if (d == NULL)
             goto fail;
         if (d->link_seq == m->seq) { /* a domain of an earlier recipient */
-            it->rdn[i] = (uint32_t)d->link_k;
+            if (it->rdn != NULL)
+                it->rdn[i] = (uint32_t)d->link_k;
             continue;
         }
-        size_t k = it->n_dnodes++;
-        it->rdn[i] = (uint32_t)k;
+        size_t k = it->n_dnodes;
+        if (k == 1) {
+            /* A second domain: the dnodes and the recipients' map get arrays. */
+            struct queue_dnode *a = calloc(m->n_rcpts, sizeof(*a));
+            it->rdn = calloc(m->n_rcpts, sizeof(*it->rdn));
+            if (a == NULL || it->rdn == NULL) {
+                free(a);
+                goto fail;
+            }
+            queue_dheap_remove(&it->dn1.dom->heap, &it->dn1);
+            a[0] = it->dn1;
+            it->dnodes = a;
+            if (queue_dheap_insert(&a[0].dom->heap, &a[0]) != 0)
+                goto fail; /* a heap never shrinks: there is room for what left it */
+        }
+        it->n_dnodes++;
+        if (it->rdn != NULL)
+            it->rdn[i] = (uint32_t)k;
         d->link_seq = m->seq;
         d->link_k = k;
         it->dnodes[k] = (struct queue_dnode){
@@ -480,7 +476,7 @@ void queue_dom_link(struct queue *q, struct queue_item *it)
             goto fail;
         }
     }
-    if (queue_dheap_insert(&q->expiry, &it->exp) != 0)
+    if (queue_iheap_insert(&q->expiry, it) != 0)
         goto fail;
     /* Inserted with key 0: now the real keys. */
     queue_dom_rekey(q, it);
@@ -503,18 +499,33 @@ static int queue_dheap_check(const struct queue_dheap *h)
     return 0;
 }
 
+/* queue_iheap_check - the expiry heap is in order and every item knows its place. */
+static int queue_iheap_check(const struct queue_iheap *h)
+{
+    for (size_t i = 0; i < h->len; i++) {
+        if (h->a[i]->exp_pos != i || h->a[i]->exp_key != queue_exp_key(&h->a[i]->msg))
+            return -1;
+        if (i > 0 && queue_iheap_less(h->a[i], h->a[(i - 1) / 2]))
+            return -1;
+    }
+    return 0;
+}
+
 /* queue_dom_check - the domain index matches the items (queue_sched_index_check). */
 static int queue_dom_check(const struct queue *q)
 {
     size_t dnodes = 0, in_heaps = 0, exp = 0, domains = 0;
     for (const struct queue_item *it = q->head; it != NULL; it = it->next) {
         dnodes += it->n_dnodes;
-        exp += it->exp.pos != QUEUE_NOT_IN_HEAP;
+        exp += it->exp_pos != QUEUE_NOT_IN_HEAP;
         if (q->dom_broken ? it->n_dnodes != 0 : it->n_dnodes == 0 && it->msg.n_rcpts != 0)
             return -1;
+        if ((it->n_dnodes > 1) != (it->rdn != NULL) ||
+            (it->n_dnodes > 1) == (it->dnodes == &it->dn1))
+            return -1;
         for (size_t i = 0; i < it->n_dnodes && i < it->msg.n_rcpts; i++)
-            if (strcmp(it->dnodes[it->rdn[i]].dom->name, queue_dom_name(it->msg.rcpts[i].addr)) !=
-                0)
+            if (strcmp(it->dnodes[queue_rdn(it, i)].dom->name,
+                       queue_dom_name(it->msg.rcpts[i].addr)) != 0)
                 return -1;
     }
     for (const struct queue_domain *d = q->domains; d != NULL; d = d->next) {
@@ -528,7 +539,7 @@ static int queue_dom_check(const struct queue *q)
     }
     if (domains != q->dom_count || in_heaps != dnodes || exp != q->expiry.len)
         return -1;
-    return queue_dheap_check(&q->expiry);
+    return queue_iheap_check(&q->expiry);
 }
 
 /* queue_touch - it changed (recipients, held): bring the indexes and counts up to date. */
@@ -537,64 +548,42 @@ void queue_touch(struct queue *q, struct queue_item *it)
     queue_count(q, it, -1);
     queue_count(q, it, 1);
     queue_dom_rekey(q, it);
-    uint64_t old = it->wake_ms;
     bool leased;
-    it->wake_ms = queue_wake(&it->msg, &leased);
-    if (it->heap_pos != QUEUE_NOT_IN_HEAP && it->wake_ms != old) {
-        if (it->wake_ms < old)
-            queue_heap_up(q, it->heap_pos);
-        else
-            queue_heap_down(q, it->heap_pos);
-    }
+    (void)queue_wake(&it->msg, &leased);
     queue_leased_set(q, it, leased);
 }
 
-/* queue_due_visit - the heap below position i, pruned where wake_ms > now_ms. */
-static int queue_due_visit(const struct queue *q,
-                           size_t i,
-                           uint64_t now_ms,
-                           int (*fn)(void *arg, const struct queue_msg *m),
-                           void *arg)
-{
-    if (i >= q->heap_len || q->heap[i]->wake_ms > now_ms)
-        return 0;
-    if (fn(arg, &q->heap[i]->msg) != 0)
-        return 1;
-    if (queue_due_visit(q, 2 * i + 1, now_ms, fn, arg) != 0)
-        return 1;
-    return queue_due_visit(q, 2 * i + 2, now_ms, fn, arg);
-}
-
+/*
+ * queue_foreach_due - without the indexes: every message due by now_ms or
+ * with a lease (a lease that lapses later still counts, as it holds a slot).
+ */
 void queue_foreach_due(const struct queue *q,
                        uint64_t now_ms,
                        int (*fn)(void *arg, const struct queue_msg *m),
                        void *arg)
 {
-    if (q->heap_broken || q->index_off) {
-        for (const struct queue_item *it = q->head; it != NULL; it = it->next)
-            if ((it->wake_ms <= now_ms || it->leased) && fn(arg, &it->msg) != 0)
-                return;
-        return;
-    }
-    if (queue_due_visit(q, 0, now_ms, fn, arg) != 0)
-        return;
-    for (const struct queue_item *it = q->leased; it != NULL; it = it->lnext)
-        if (it->wake_ms > now_ms && fn(arg, &it->msg) != 0)
+    for (const struct queue_item *it = q->head; it != NULL; it = it->next) {
+        bool leased;
+        if ((queue_wake(&it->msg, &leased) <= now_ms || leased) && fn(arg, &it->msg) != 0)
             return;
+    }
 }
 
 void queue_foreach_leased(const struct queue *q,
                           int (*fn)(void *arg, const struct queue_msg *m),
                           void *arg)
 {
-    if (q->index_off) {
-        for (const struct queue_item *it = q->head; it != NULL; it = it->next)
-            if (it->leased && fn(arg, &it->msg) != 0)
+    if (q->index_off || q->leased_broken) {
+        for (const struct queue_item *it = q->head; it != NULL; it = it->next) {
+            bool leased;
+            (void)queue_wake(&it->msg, &leased);
+            if (leased && fn(arg, &it->msg) != 0)
                 return;
+        }
         return;
     }
-    for (const struct queue_item *it = q->leased; it != NULL; it = it->lnext)
-        if (fn(arg, &it->msg) != 0)
+    for (size_t i = 0; i < q->leased_len; i++)
+        if (fn(arg, &q->leased[i]->msg) != 0)
             return;
 }
 
@@ -605,30 +594,16 @@ void queue_set_sched_index(struct queue *q, bool on)
 
 int queue_sched_index_check(const struct queue *q)
 {
-    size_t in_heap = 0, leased = 0, on_list = 0;
+    size_t leased = 0;
     for (const struct queue_item *it = q->head; it != NULL; it = it->next) {
         bool has_lease;
-        if (it->wake_ms != queue_wake(&it->msg, &has_lease) || it->leased != has_lease)
+        (void)queue_wake(&it->msg, &has_lease);
+        if (!q->leased_broken && queue_item_leased(it) != has_lease)
             return -1;
-        leased += it->leased;
-        if (it->heap_pos == QUEUE_NOT_IN_HEAP) {
-            if (!q->heap_broken)
-                return -1;
-            continue;
-        }
-        in_heap++;
-        if (it->heap_pos >= q->heap_len || q->heap[it->heap_pos] != it)
+        if (queue_item_leased(it) &&
+            (it->leased_pos >= q->leased_len || q->leased[it->leased_pos] != it))
             return -1;
+        leased += queue_item_leased(it);
     }
-    if (in_heap != q->heap_len)
-        return -1;
-    for (size_t i = 1; i < q->heap_len; i++)
-        if (q->heap[(i - 1) / 2]->wake_ms > q->heap[i]->wake_ms)
-            return -1;
-    for (const struct queue_item *it = q->leased; it != NULL; it = it->lnext) {
-        if (!it->leased || (it->lnext != NULL && it->lnext->lprev != it))
-            return -1;
-        on_list++;
-    }
-    return on_list == leased ? queue_dom_check(q) : -1;
+    return leased == q->leased_len ? queue_dom_check(q) : -1;
 }

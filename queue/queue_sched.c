@@ -617,7 +617,7 @@ static int queue_sched_walk_item(struct queue_sched_ctx *x,
 {
     const struct queue_item *it = dn->it;
     const struct queue_msg *m = &it->msg;
-    if (it->leased || m->held || (m->expires_at_ms != 0 && x->now_ms >= m->expires_at_ms))
+    if (queue_item_leased(it) || m->held || (m->expires_at_ms != 0 && x->now_ms >= m->expires_at_ms))
         return 0;
     const struct queue_dnode *first = NULL;
     const char *d = NULL;
@@ -686,10 +686,10 @@ static int queue_sched_walk(struct queue_sched_ctx *x,
 /* queue_sched_expired - the expiry heap below position i, pruned where the key is past now. */
 static int queue_sched_expired(struct queue_sched_ctx *x, const struct queue *q, size_t i)
 {
-    if (i >= q->expiry.len || q->expiry.a[i]->key > x->now_ms)
+    if (i >= q->expiry.len || q->expiry.a[i]->exp_key > x->now_ms)
         return 0;
-    const struct queue_item *it = q->expiry.a[i]->it;
-    if (!it->leased && queue_sched_collect_cb(x, &it->msg) != 0)
+    const struct queue_item *it = q->expiry.a[i];
+    if (!queue_item_leased(it) && queue_sched_collect_cb(x, &it->msg) != 0)
         return 1;
     if (queue_sched_expired(x, q, 2 * i + 1) != 0)
         return 1;
@@ -767,7 +767,7 @@ int queue_sched_pick(const struct queue *q,
     x.finals.limit = x.max_items; /* only max_items bounds EXPIRE and NOROUTE */
     x.finals.limit_set = true;
     queue_foreach_leased(q, queue_sched_count_cb, &x);
-    if (x.err == 0 && (q->heap_broken || q->index_off || q->dom_broken))
+    if (x.err == 0 && (q->index_off || q->dom_broken))
         queue_foreach_due(q, now_ms, queue_sched_collect_cb, &x);
     else if (x.err == 0)
         queue_sched_by_domain(&x, q);

@@ -347,11 +347,11 @@ static int queue_restore_msg(struct queue *n,
         r->lease_node = rs->lease_node;
         r->lease_term = rs->lease_term;
         r->lease_expires_ms = rs->lease_expires_ms;
-        if (queue_strdup_opt(rs->last_error, &r->last_error) != 0 ||
-            queue_strdup_opt(rs->lease_boot_id, &r->lease_boot_id) != 0 ||
-            queue_strdup_opt(rs->lease_destination, &r->lease_dest) != 0 ||
-            queue_strdup_opt(rs->tls_policy, &r->tls_policy) != 0 ||
-            queue_strdup_opt(rs->tls, &r->tls) != 0) {
+        if (queue_str_opt(rs->last_error, &r->last_error) != 0 ||
+            queue_str_opt(rs->lease_boot_id, &r->lease_boot_id) != 0 ||
+            queue_str_opt(rs->lease_destination, &r->lease_dest) != 0 ||
+            queue_str_opt(rs->tls_policy, &r->tls_policy) != 0 ||
+            queue_str_opt(rs->tls, &r->tls) != 0) {
             queue_item_free(it);
             return HAMR_ENOMEM;
         }

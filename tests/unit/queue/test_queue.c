@@ -8,7 +8,7 @@
  * the leader may propose for a set of voters), and the outbound TLS of each
  * recipient's last attempt (format 2: set by Outcome from its level on, kept
  * through snapshots and the digest, ignored below the level, empty in old
- * entries).
+ * entries), and the shared copies of repeated texts.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,6 +23,7 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "proto/proto_frame.h"
+#include "queue/internal.h"
 #include "queue/queue.h"
 #include "queue_fixture.h"
 
@@ -164,6 +165,76 @@ static void assert_tls(const struct queue *q, size_t i, const char *policy, cons
 #define TLS_V13 "TLSv1.3 TLS_AES_256_GCM_SHA384 (verified)"
 #define TLS_PLAIN "none (plaintext: no STARTTLS)"
 #define TLS_NOT_OFFERED "none (deferred: STARTTLS not offered)"
+
+/*
+ * Equal texts of different messages are one shared copy (queue_str.c):
+ * sender, client address, HELO, last error, lease boot id and destination;
+ * every copy is freed once its last holder goes, through outcomes,
+ * snapshots and queue_free.
+ */
+static void test_shared_texts(void **state)
+{
+    (void)state;
+    size_t base = queue_str_count();
+    struct queue *q = queue_new();
+    assert_non_null(q);
+    const char *ids[] = {"A", "B", "C"};
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(ids); i++) {
+        char sender[32];
+        snprintf(sender, sizeof(sender), "s%s@example.org", i == 2 ? "x" : ""); /* C differs */
+        struct fx_enq e = {.id = ids[i],
+                           .sender = sender,
+                           .rcpts = {"r@one.test"},
+                           .client_addr = "192.0.2.1",
+                           .helo = "mx.example.org",
+                           .expires = T0 + 5 * 24 * 60 * MIN};
+        assert_int_equal(fx_enqueue(q, T0, &e).status, 0);
+        struct fx_lease l = {.node = 1,
+                             .term = 3,
+                             .expires = T0 + 10 * MIN,
+                             .boot = "boot-a",
+                             .id = ids[i],
+                             .n = 1,
+                             .lease_id = 10 + i,
+                             .dest = "[10.0.0.1]:25"};
+        assert_int_equal(fx_lease(q, T0 + 1, &l).status, 0);
+    }
+    const struct queue_msg *a = queue_find(q, "A"), *b = queue_find(q, "B"),
+                           *c = queue_find(q, "C");
+    assert_ptr_equal(a->sender, b->sender);
+    assert_ptr_not_equal(a->sender, c->sender);
+    assert_string_equal(c->sender, "sx@example.org");
+    assert_ptr_equal(a->client_addr, c->client_addr);
+    assert_ptr_equal(a->helo, b->helo);
+    assert_ptr_equal(a->rcpts[0].lease_boot_id, c->rcpts[0].lease_boot_id);
+    assert_ptr_equal(a->rcpts[0].lease_dest, b->rcpts[0].lease_dest);
+    /* The id and the address are the item's own. */
+    assert_ptr_not_equal(a->rcpts[0].addr, b->rcpts[0].addr);
+    assert_string_equal(a->id, "A");
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(ids); i++) {
+        struct fx_outcome o = {.id = ids[i],
+                               .lease_id = 10 + i,
+                               .n = 1,
+                               .res = {{0, DEFERRED, 451, "try later"}},
+                               .next_ms = T0 + 60 * MIN};
+        assert_int_equal(fx_outcome(q, T0 + 2, &o).status, 0);
+    }
+    a = queue_find(q, "A");
+    c = queue_find(q, "C");
+    assert_string_equal(a->rcpts[0].last_error, "451 try later");
+    assert_ptr_equal(a->rcpts[0].last_error, c->rcpts[0].last_error);
+    assert_null(a->rcpts[0].lease_boot_id);
+    /* Two senders, client, HELO, the error: five texts; the lease's are gone. */
+    assert_int_equal(queue_str_count() - base, 5);
+    struct queue *r = fx_snapshot_roundtrip(q);
+    fx_assert_same_msgs(q, r);
+    assert_ptr_equal(queue_find(r, "A")->sender, a->sender);
+    assert_int_equal(queue_str_count() - base, 5);
+    queue_free(q);
+    assert_int_equal(queue_str_count() - base, 5);
+    queue_free(r);
+    assert_int_equal(queue_str_count(), base);
+}
 
 /* ------------------------------------------------------------------------ */
 
@@ -2841,6 +2912,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls_old_entries, setup, teardown),
         cmocka_unit_test_setup_teardown(test_size_counter, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full, setup, teardown),
+        cmocka_unit_test(test_shared_texts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

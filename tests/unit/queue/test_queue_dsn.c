@@ -169,8 +169,8 @@ static void build(const char *body,
 {
     struct queue_msg m;
     memset(&m, 0, sizeof(m));
-    hamr_strlcpy(m.id, "M", sizeof(m.id));
-    m.sender = (char *)"a@example.org";
+    m.id = "M";
+    m.sender = "a@example.org";
     m.body = (uint8_t *)body;
     m.body_len = strlen(body);
     m.received_at_ms = T0 - 3600 * 1000;
