@@ -27,10 +27,11 @@
  *
  * Snapshots: raft's trigger counts entries; mail-sized entries need a byte
  * trigger (RAFT.md 7.3). The threshold is kept huge; when applied bytes pass
- * cfg.snapshot_bytes it is set to 1, so raft snapshots after the current
- * apply batch, and the snapshot callback restores the huge value. The FSM is
- * version 2 with snapshot_finalize (synchronous snapshot, buffers released by
- * us); LZ4 is off so raft writes the buffer as is.
+ * cfg.snapshot_bytes (the first time after a start: a random point past
+ * half of it, so that the nodes do not snapshot together) it is set to 1, so raft snapshots after
+ * the current apply batch, and the snapshot callback restores the huge value. The FSM is version 2
+ * with snapshot_finalize (synchronous snapshot, buffers released by us); LZ4 is off so raft writes
+ * the buffer as is.
  *
  * Close: raft 0.15 crashes (NULL dereference in its log reference counts)
  * when raft_close cancels log writes that are still in flight: the cleanup
@@ -67,6 +68,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <raft.h>
 #include <raft/uv.h>
@@ -173,8 +175,10 @@ struct consensus {
         uint64_t index;
         uint64_t started_ns, view_ns;
     } snap;
-    /* Byte-based snapshot trigger (RAFT.md 7.3). */
+    /* Byte-based snapshot trigger (RAFT.md 7.3): a snapshot once
+     * applied_bytes passes snapshot_due (see consensus_snapshot_due). */
     size_t applied_bytes;
+    size_t snapshot_due;
     bool snapshot_armed;
 
     /* Leadership transfer (RAFT.md 7.7). */
@@ -306,6 +310,25 @@ static void consensus_kick(struct consensus *c)
 /* ------------------------------------------------------------------------ */
 /* State machine adapter: struct consensus_fsm behind struct raft_fsm (v2).  */
 
+/*
+ * consensus_snapshot_due - the applied bytes after which a node that has
+ * just started takes its first snapshot: a random point between half and
+ * all of snapshot_bytes, so that the nodes of a cluster, which apply the
+ * same entries, do not all snapshot at the same moment (each resets its
+ * count at its own snapshot, so they stay apart). A snapshot makes a node's
+ * log appends wait behind its writes; while only one node snapshots, the
+ * other two still commit. Not part of any replicated state.
+ */
+static size_t consensus_snapshot_due(size_t snapshot_bytes)
+{
+    uint64_t r = uv_hrtime() ^ ((uint64_t)getpid() << 32);
+    r ^= r >> 33; /* a 64-bit finaliser: any bit of the input moves every bit */
+    r *= 0xff51afd7ed558ccdull;
+    r ^= r >> 33;
+    size_t half = snapshot_bytes / 2;
+    return snapshot_bytes - (half > 0 ? (size_t)(r % half) : 0);
+}
+
 /* consensus_fsm_apply - a committed entry: pass it on, count bytes for the snapshot trigger. */
 static int consensus_fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **result)
 {
@@ -322,7 +345,7 @@ static int consensus_fsm_apply(struct raft_fsm *rf, const struct raft_buffer *bu
         return RAFT_INVALID;
     }
     c->applied_bytes += buf->len;
-    if (!c->snapshot_armed && c->applied_bytes > c->cfg.snapshot_bytes) {
+    if (!c->snapshot_armed && c->applied_bytes > c->snapshot_due) {
         /* raft checks the threshold after this apply batch. */
         raft_set_snapshot_threshold(&c->raft, 1);
         c->snapshot_armed = true;
@@ -351,6 +374,7 @@ static int consensus_fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[
     *bufs = arr;
     *n_bufs = 1;
     c->applied_bytes = 0;
+    c->snapshot_due = c->cfg.snapshot_bytes;
     c->snapshot_armed = false;
     raft_set_snapshot_threshold(&c->raft, CONSENSUS_THRESHOLD_OFF);
     log_info("consensus event=snapshot index=%llu bytes=%zu",
@@ -383,6 +407,7 @@ static int consensus_fsm_snapshot_view(struct raft_fsm *rf,
     c->snap.started_ns = uv_hrtime();
     c->snap.view_ns = c->snap.started_ns - t0;
     c->applied_bytes = 0;
+    c->snapshot_due = c->cfg.snapshot_bytes;
     c->snapshot_armed = false;
     raft_set_snapshot_threshold(&c->raft, CONSENSUS_THRESHOLD_OFF);
     return 0;
@@ -702,6 +727,7 @@ int consensus_new(uv_loop_t *loop,
     raft_set_heartbeat_timeout(&c->raft, c->cfg.heartbeat_ms);
     raft_set_snapshot_trailing(&c->raft, c->cfg.snapshot_trailing);
     raft_set_snapshot_threshold(&c->raft, CONSENSUS_THRESHOLD_OFF);
+    c->snapshot_due = consensus_snapshot_due(c->cfg.snapshot_bytes);
 
     rv = consensus_bootstrap(c, cfg, errmsg, errlen);
     if (rv != 0) {
