@@ -651,6 +651,14 @@ const struct metrics_def metrics_hamr_defs[] = {
                                                  "Bodies received from a peer whose SHA-256 did "
                                                  "not match.",
                                                  METRICS_COUNTER),
+    [METRICS_DESTS_SUSPENDED] = METRICS_PLAIN("hamr_destinations_suspended",
+                                              "Next hops this leader does not try for now: "
+                                              "their last attempt got no SMTP session.",
+                                              METRICS_GAUGE),
+    [METRICS_SUSPENSIONS] = METRICS_PLAIN("hamr_destination_suspensions_total",
+                                          "Next hops suspended after an attempt got no SMTP "
+                                          "session.",
+                                          METRICS_COUNTER),
     [METRICS_BUILD_INFO] = METRICS_LABELLED("hamr_build_info",
                                             "Version of this hamr build.",
                                             METRICS_GAUGE,

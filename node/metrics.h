@@ -167,6 +167,8 @@ enum metrics_hamr_id {
     METRICS_BODY_READ_ERRORS,    /* counter: bodies found unreadable or corrupt on disk */
     METRICS_BODIES_FETCHED,      /* counter: bodies fetched from peers */
     METRICS_BODY_FETCH_CORRUPT,  /* counter: fetched bodies whose SHA-256 did not match */
+    METRICS_DESTS_SUSPENDED,     /* gauge: next hops the leader does not try (dead) */
+    METRICS_SUSPENSIONS,         /* counter: next hops suspended */
     METRICS_BUILD_INFO,          /* gauge{version} = 1 */
     METRICS_HAMR_COUNT
 };

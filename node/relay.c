@@ -101,8 +101,10 @@ static int relay_fsm_apply(void *data, const uint8_t *buf, size_t len, void **re
         return rv;
     }
     *result = (void *)(intptr_t)(res.status != 0 ? res.status : (res.duplicate ? 1 : 0));
-    relay_bodies_spill(r, true); /* only past RELAY_BODY_KEEP_BYTES in memory */
-    relay_sched_kick(r);         /* new mail, or a recipient done: there may be work */
+    if (res.flushed)
+        relay_sched_resume_all(r); /* the operator wants everything tried now */
+    relay_bodies_spill(r, true);   /* only past RELAY_BODY_KEEP_BYTES in memory */
+    relay_sched_kick(r);           /* new mail, or a recipient done: there may be work */
     char why[200];
     if (disk_guard_applied(&r->disk, len, why, sizeof(why)) != 0)
         relay_fail(r, why);
@@ -753,6 +755,7 @@ static void relay_close_step(void *arg)
     r->dir = directory_free(r->dir);
     r->prop = proposer_free(r->prop); /* after raft and the peer client answered it all */
     r->queue = queue_free(r->queue);
+    free(r->sched.suspended);
     r->metrics = metrics_free(r->metrics); /* after the HTTP listener, which borrows it */
     r->auth = smtpd_auth_free(r->auth);    /* after the SMTP server, whose sessions borrow it */
     r->rcptmap = smtpd_rcptmap_free(r->rcptmap); /* likewise */

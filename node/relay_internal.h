@@ -17,6 +17,7 @@ struct body_fetch;
 
 #include "proto/hamr.pb-c.h"
 #include "queue/queue.h"
+#include "queue/queue_sched.h"
 #include "consensus/consensus.h"
 #include "net/cluster_tls.h"
 #include "net/smtpc.h"
@@ -34,7 +35,14 @@ struct body_fetch;
 #define RELAY_VERSION "0.1.0"
 #define RELAY_DIGEST_MAX_MESSAGES 100000 /* status leaves the O(queue) digest out above this */
 #define RELAY_SCHED_MAX_ITEMS 256
-#define RELAY_SCHED_DUTY 5       /* a kick waits DUTY times the last pick, at most scan_interval */
+#define RELAY_SCHED_DUTY 5     /* a kick waits DUTY times the last pick, at most scan_interval */
+#define RELAY_SUSPEND_MAX 1024 /* suspended next hops remembered at once */
+
+/* relay_suspended - a next hop the leader does not try before until (uv_now). */
+struct relay_suspended {
+    char dest[QUEUE_DEST_MAX];
+    uint64_t until;
+};
 #define RELAY_RETRY_MS 100       /* wait before trying a proposal again (no leader yet) */
 #define RELAY_STOP_GRACE_MS 5000 /* a gentle stop waits this long for work in flight */
 
@@ -75,7 +83,9 @@ struct relay_sched_state {
     uint64_t lease_counter;
     struct relay_delivery *deliveries;
     size_t n_deliveries;
-    uint64_t duplicate_windows; /* outcomes lost after a delivery attempt */
+    uint64_t duplicate_windows;        /* outcomes lost after a delivery attempt */
+    struct relay_suspended *suspended; /* dead next hops (relay_sched_suspend) */
+    size_t n_suspended;
 };
 
 /* relay_accept_state - the acceptance path (relay_accept.c). */
@@ -167,6 +177,13 @@ void relay_peer_request(void *data, struct peer_call *call, const Hamr__PeerMsg 
 /* relay_sched.c */
 void relay_sched_tick(uv_timer_t *t);
 void relay_sched_kick(struct relay *r);
+
+/*
+ * relay_sched_resume_all - forget every suspended next hop (a flush of the
+ * whole queue applied: the operator wants everything tried now, as
+ * Postfix's postqueue -f revives dead destinations); frees the table.
+ */
+void relay_sched_resume_all(struct relay *r);
 int relay_route_dest(void *data, const char *rcpt, char *dest, size_t destlen);
 
 /* relay_http.c */

@@ -12,6 +12,15 @@
  * there is one; if it is lost, the lease expires and the recipients are
  * delivered again: a counted duplicate window.
  *
+ * A next hop that gave an attempt no SMTP session (no connection, or a
+ * refusal before EHLO) is suspended for retry_min, as Postfix marks a
+ * destination dead: the scheduler gives it no work until then, so a dead
+ * next hop costs a probe of up to max_per_destination messages per
+ * retry_min, not a Lease and an Outcome entry in the raft log for every
+ * queued message that comes due (with a large backlog those retries were
+ * most of the log). Its recipients still expire; a flush of the whole queue
+ * revives every next hop; the table is the leader's own, never replicated.
+ *
  * Every result of an attempt also says which TLS policy the attempt ran
  * under and what TLS it got (or why none), so that hamrctl show can tell an
  * operator (SECURITY.md S17). Those fields are format 2: they are written
@@ -126,6 +135,94 @@ static void relay_sched_tls_text(enum smtpc_tls_policy policy,
     snprintf(out, outlen, "none (no connection)");
 }
 
+/* relay_sched_find_suspended - the entry of dest, or NULL. */
+static struct relay_suspended *relay_sched_find_suspended(struct relay *r, const char *dest)
+{
+    for (size_t i = 0; i < r->sched.n_suspended; i++)
+        if (strcmp(r->sched.suspended[i].dest, dest) == 0)
+            return &r->sched.suspended[i];
+    return NULL;
+}
+
+/* relay_sched_drop_suspended - forget entry s (swapped with the last). */
+static void relay_sched_drop_suspended(struct relay *r, struct relay_suspended *s)
+{
+    *s = r->sched.suspended[--r->sched.n_suspended];
+    metrics_gauge_set(r->metrics, METRICS_DESTS_SUSPENDED, 0, (double)r->sched.n_suspended);
+}
+
+/* relay_sched_suspended - queue_route.suspended: dest is not to be tried yet. */
+static bool relay_sched_suspended(void *data, const char *dest)
+{
+    struct relay *r = data;
+    struct relay_suspended *s = relay_sched_find_suspended(r, dest);
+    if (s == NULL)
+        return false;
+    if (uv_now(r->loop) < s->until)
+        return true;
+    /* Its time is up: this pick's work for it is the probe. */
+    log_info("destination %s: suspension over, trying again", dest);
+    relay_sched_drop_suspended(r, s);
+    return false;
+}
+
+/*
+ * relay_sched_suspend_note - what attempt d to dest tells of the next hop:
+ * no SMTP session and no recipient answered for itself: suspended for
+ * retry_min (logged once, when it starts); a session: not suspended.
+ */
+static void relay_sched_suspend_note(struct relay *r,
+                                     const struct relay_delivery *d,
+                                     const struct smtpc_result *res)
+{
+    char dest[QUEUE_DEST_MAX];
+    int n = snprintf(dest, sizeof(dest), "[%s]:%u", d->hp.host, (unsigned)d->hp.port);
+    if (n <= 0 || (size_t)n >= sizeof(dest))
+        return;
+    bool dead = res->tls_state == SMTPC_TLS_STATE_NO_CONNECTION ||
+                res->tls_state == SMTPC_TLS_STATE_REFUSED_BEFORE_EHLO;
+    for (size_t i = 0; dead && i < res->n_rcpts; i++)
+        dead = res->rcpts[i].status == SMTPC_TEMP;
+    struct relay_suspended *s = relay_sched_find_suspended(r, dest);
+    if (!dead) {
+        if (s != NULL) {
+            log_info("destination %s: resumed", dest);
+            relay_sched_drop_suspended(r, s);
+        }
+        return;
+    }
+    uint64_t until = uv_now(r->loop) + r->cfg->retry_min_ms;
+    if (s != NULL) {
+        s->until = until;
+        return;
+    }
+    if (r->sched.n_suspended == RELAY_SUSPEND_MAX)
+        return; /* remembered enough: the others are simply tried when due */
+    if (r->sched.suspended == NULL) {
+        r->sched.suspended = calloc(RELAY_SUSPEND_MAX, sizeof(*r->sched.suspended));
+        if (r->sched.suspended == NULL)
+            return;
+    }
+    s = &r->sched.suspended[r->sched.n_suspended++];
+    hamr_strlcpy(s->dest, dest, sizeof(s->dest));
+    s->until = until;
+    metrics_inc(r->metrics, METRICS_SUSPENSIONS);
+    metrics_gauge_set(r->metrics, METRICS_DESTS_SUSPENDED, 0, (double)r->sched.n_suspended);
+    log_warn("destination %s: suspended for %" PRIu64 " ms: no SMTP session (%s)", dest,
+             r->cfg->retry_min_ms,
+             res->n_rcpts > 0 && res->rcpts[0].text[0] ? res->rcpts[0].text : "no reply");
+}
+
+void relay_sched_resume_all(struct relay *r)
+{
+    if (r->sched.n_suspended > 0)
+        log_info("every suspended destination resumed (%zu): flush", r->sched.n_suspended);
+    free(r->sched.suspended);
+    r->sched.suspended = NULL;
+    r->sched.n_suspended = 0;
+    metrics_gauge_set(r->metrics, METRICS_DESTS_SUSPENDED, 0, 0);
+}
+
 /* relay_sched_done - a scheduler proposal (lease or outcome) finished. */
 static void relay_sched_release(struct relay *r)
 {
@@ -238,6 +335,7 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
     struct relay_delivery *d = arg;
     struct relay *r = d->relay;
     relay_delivery_unlink(r, d);
+    relay_sched_suspend_note(r, d, res);
 
     uint64_t now = clock_wall_ms();
     uint64_t backoff =
@@ -570,7 +668,8 @@ void relay_sched_tick(uv_timer_t *t)
         .self_node = r->cfg->node_id,
         .self_boot_id = r->boot_id,
     };
-    struct queue_route route = {.data = r, .dest = relay_route_dest};
+    struct queue_route route = {
+        .data = r, .dest = relay_route_dest, .suspended = relay_sched_suspended};
     struct queue_work *work = NULL;
     uint64_t started = uv_hrtime();
     int n = queue_sched_pick(r->queue, now, &lim, &route, &work);

@@ -119,6 +119,7 @@ struct queue_apply_result {
     bool duplicate;         /* Enqueue of a known id */
     unsigned dsn_generated; /* DSNs enqueued by this entry */
     unsigned finished;      /* messages that left the queue */
+    bool flushed;           /* an Admin FLUSH took effect (a message, or the whole queue) */
 };
 
 /*

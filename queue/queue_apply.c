@@ -641,6 +641,7 @@ static int queue_apply_admin(struct queue *q,
     if (a->op == HAMR__ADMIN__OP__FLUSH && a->queue_id[0] == '\0') {
         for (struct queue_item *it = q->head; it != NULL; it = it->next)
             queue_admin_flush(q, it, ts);
+        res->flushed = true;
         return 0;
     }
     struct queue_item *it = queue_lookup(q, a->queue_id);
@@ -667,6 +668,7 @@ static int queue_apply_admin(struct queue *q,
             return 0;
         case HAMR__ADMIN__OP__FLUSH:
             queue_admin_flush(q, it, ts);
+            res->flushed = true;
             return 0;
         case HAMR__ADMIN__OP__BOUNCE:
             return queue_admin_bounce(q, it, a, ts, res);

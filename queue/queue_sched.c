@@ -347,9 +347,11 @@ static struct queue_sched_bucket *queue_sched_bucket_of(struct queue_sched_ctx *
         return NULL;
     struct queue_sched_bucket *b = &c->keep;
     if (!b->limit_set) {
-        /* The destination's free slots, and never more than max_items. */
+        /* The destination's free slots (none while suspended), and never more than max_items. */
         unsigned per = x->lim->max_per_dest;
         size_t free_slots = per == 0 ? SIZE_MAX : (c->count < per ? per - c->count : 0);
+        if (x->route->suspended != NULL && x->route->suspended(x->route->data, dest))
+            free_slots = 0;
         b->limit = free_slots < x->max_items ? free_slots : x->max_items;
         b->limit_set = true;
     }
@@ -406,10 +408,17 @@ static int queue_sched_route(struct queue_sched_ctx *x, const char *rcpt, const 
     return 0;
 }
 
-/* queue_sched_full - dest already has max_per_dest live leases (it gets nothing this pick). */
+/*
+ * queue_sched_full - dest already has max_per_dest live leases, or is
+ * suspended (it gets nothing this pick).
+ */
 static bool queue_sched_full(struct queue_sched_ctx *x, const char *dest)
 {
     const struct queue_sched_count *c = queue_sched_counts_find(&x->counts, dest);
+    if (c != NULL && c->keep.limit_set)
+        return c->keep.limit == 0;
+    if (x->route->suspended != NULL && x->route->suspended(x->route->data, dest))
+        return true;
     return x->lim->max_per_dest != 0 && c != NULL && c->count >= x->lim->max_per_dest;
 }
 
@@ -617,7 +626,8 @@ static int queue_sched_walk_item(struct queue_sched_ctx *x,
 {
     const struct queue_item *it = dn->it;
     const struct queue_msg *m = &it->msg;
-    if (queue_item_leased(it) || m->held || (m->expires_at_ms != 0 && x->now_ms >= m->expires_at_ms))
+    if (queue_item_leased(it) || m->held ||
+        (m->expires_at_ms != 0 && x->now_ms >= m->expires_at_ms))
         return 0;
     const struct queue_dnode *first = NULL;
     const char *d = NULL;

@@ -26,6 +26,13 @@ struct queue_route {
     void *data;
     /* Write the key into dest (NUL-terminated). Non-zero: no route (the recipient bounces). */
     int (*dest)(void *data, const char *rcpt, char *dest, size_t destlen);
+    /*
+     * Optional (NULL: none is): dest is suspended (a dead next hop, the
+     * leader's own judgement): it gets no DELIVER work, as if it were at
+     * max_per_dest; its recipients still expire. Asked at most once per
+     * destination and pick on the indexed path.
+     */
+    bool (*suspended)(void *data, const char *dest);
 };
 
 struct queue_sched_limits {

@@ -3,7 +3,8 @@
  * grouping by destination, the per-destination limit, NOROUTE and EXPIRE
  * work, ordering, max_items, the backoff table, and the scheduler's index
  * (a deferred backlog is not walked; random histories give the same picks
- * as a walk over every message; running out of memory while it grows).
+ * as a walk over every message; running out of memory while it grows), and
+ * suspended destinations.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -884,6 +885,62 @@ static void test_domain_expiry_at_full_dest(void **state)
     expect_pick(q, T0 + MIN, 3, 0, "M002 M150");
 }
 
+/* Route with suspension: "[two.test]:25" is suspended; the calls are counted. */
+static int suspended_calls;
+
+static bool suspend_two(void *data, const char *dest)
+{
+    (void)data;
+    suspended_calls++;
+    return strcmp(dest, "[two.test]:25") == 0;
+}
+
+/*
+ * A suspended destination gets no DELIVER work, others theirs; its expired
+ * recipients still expire. The same with the index and walking every
+ * message, and the index asks once per destination and pick.
+ */
+static void test_suspended_destination(void **state)
+{
+    struct queue *q = *state;
+    enq(q, T0, "A", "a@one.test", "b@two.test", NULL, 0);
+    enq(q, T0 + 1, "B", "c@two.test", NULL, NULL, 0);
+    enq(q, T0 + 2, "C", "d@two.test", NULL, NULL, T0 + MIN);
+    enq(q, T0 + 3, "D", "e@one.test", NULL, NULL, 0);
+    const struct queue_route susp = {
+        .data = NULL, .dest = route_by_domain, .suspended = suspend_two};
+    struct queue_sched_limits lim = {
+        .max_per_dest = 10, .max_items = 0, .self_node = 1, .self_boot_id = "boot-now"};
+    for (int indexed = 1; indexed >= 0; indexed--) {
+        queue_set_sched_index(q, indexed != 0);
+        for (int late = 0; late <= 1; late++) {
+            struct queue_work *w = NULL;
+            suspended_calls = 0;
+            int n = queue_sched_pick(q, late ? T0 + MIN : T0 + 10, &lim, &susp, &w);
+            /* Early: A's and D's one.test recipients. Late: C has expired too. */
+            assert_int_equal(n, late ? 3 : 2);
+            for (int i = 0; i < n; i++) {
+                if (w[i].kind == QUEUE_WORK_DELIVER) {
+                    assert_string_equal(w[i].dest, "[one.test]:25");
+                    assert_int_equal(w[i].n_rcpts, 1);
+                } else {
+                    assert_int_equal(w[i].kind, QUEUE_WORK_EXPIRE);
+                    assert_string_equal(w[i].queue_id, "C");
+                }
+            }
+            if (indexed)
+                assert_int_equal(suspended_calls, 2); /* one.test's and two.test's next hops */
+            queue_work_free(w, (size_t)n);
+        }
+    }
+    /* Without the callback, two.test gets its work. */
+    queue_set_sched_index(q, true);
+    struct queue_work *w = NULL;
+    int n = queue_sched_pick(q, T0 + 10, &lim, &route, &w);
+    assert_int_equal(n, 5); /* A twice (two next hops), B, C, D */
+    queue_work_free(w, (size_t)n);
+}
+
 /* Route: x.test and y.test share one next hop; other domains as route_by_domain. */
 static int route_shared(void *data, const char *rcpt, char *dest, size_t destlen)
 {
@@ -1077,6 +1134,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_domain_lapsed_and_held, setup, teardown),
         cmocka_unit_test_setup_teardown(test_domain_expiry_at_full_dest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_domains_share_destination, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_suspended_destination, setup, teardown),
         cmocka_unit_test_setup_teardown(test_domain_pick_costs_what_it_picks, setup, teardown),
         cmocka_unit_test(test_heap_out_of_memory),
         cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
