@@ -165,6 +165,8 @@ int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_c
 void relay_peer_request(void *data, struct peer_call *call, const Hamr__PeerMsg *msg);
 
 /* relay_sched.c */
+struct queue_work;
+size_t relay_sched_skip_missing(struct relay *r, struct queue_work *work, int n);
 void relay_sched_tick(uv_timer_t *t);
 void relay_sched_kick(struct relay *r);
 int relay_route_dest(void *data, const char *rcpt, char *dest, size_t destlen);
@@ -175,5 +177,6 @@ void relay_metrics_fill(void *data, struct metrics *m);
 
 /* relay_ctl.c */
 void relay_ctl_handle(void *data, struct control_call *call, const Hamr__ControlRequest *req);
+void relay_ctl_digest(const struct queue *q, size_t max, char digest[65]);
 
 #endif
