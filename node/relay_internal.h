@@ -146,6 +146,7 @@ int relay_bodies_before_snapshot(struct relay *r);
 #define RELAY_BODY_KEEP_BYTES ((size_t)32 << 20)
 #define RELAY_BODY_SPILL_BUDGET ((size_t)8 << 20) /* per call: a few ms of writes */
 void relay_bodies_spill(struct relay *r, bool when_over);
+void relay_bodies_write_failed(struct relay *r, int rv);
 void relay_bodies_restored(struct relay *r);
 void relay_bodies_want(struct relay *r, const struct queue_msg *m);
 void relay_bodies_corrupt(struct relay *r, const char *id, int status);
