@@ -865,12 +865,7 @@ class NetLab:
                  " chain input { type filter hook input priority 0; ip saddr { %s } drop; }\n"
                  " chain output { type filter hook output priority 0; ip daddr { %s } drop; }\n"
                  "}\n" % (self.TABLE, addrs, addrs))
-        self._nft(i, ["delete", "table", "inet", self.TABLE], check=False)
-        out = subprocess.run(self.exec_prefix(i) + ["nft", "-f", "-"], input=rules.encode(),
-                             capture_output=True, timeout=20)
-        if out.returncode != 0:
-            raise RuntimeError("nft in %s: %s" % (self.node_ns(i),
-                                                  out.stderr.decode(errors="replace")))
+        self._replace_rules(i, rules)
 
     def drop_oneway(self, i, peers, direction="output"):
         """drop_oneway - node i drops only the packets going one way between it and peers.
@@ -887,12 +882,7 @@ class NetLab:
         rules = ("table inet %s {\n"
                  " chain %s { type filter hook %s priority 0; %s { %s } drop; }\n"
                  "}\n" % (self.TABLE, direction, direction, match, addrs))
-        self._nft(i, ["delete", "table", "inet", self.TABLE], check=False)
-        out = subprocess.run(self.exec_prefix(i) + ["nft", "-f", "-"], input=rules.encode(),
-                             capture_output=True, timeout=20)
-        if out.returncode != 0:
-            raise RuntimeError("nft in %s: %s" % (self.node_ns(i),
-                                                  out.stderr.decode(errors="replace")))
+        self._replace_rules(i, rules)
 
     def refuse_ports(self, i, peers, ports):
         """refuse_ports - node i's TCP connections to the given ports of peers are refused
@@ -907,6 +897,10 @@ class NetLab:
                  " chain output { type filter hook output priority 0; "
                  "ip daddr { %s } tcp dport { %s } reject with tcp reset; }\n"
                  "}\n" % (self.TABLE, addrs, dports))
+        self._replace_rules(i, rules)
+
+    def _replace_rules(self, i, rules):
+        """_replace_rules - node i's table of rules becomes rules (nft -f text)."""
         self._nft(i, ["delete", "table", "inet", self.TABLE], check=False)
         out = subprocess.run(self.exec_prefix(i) + ["nft", "-f", "-"], input=rules.encode(),
                              capture_output=True, timeout=20)
