@@ -561,6 +561,13 @@ static void relay_sched_lease(struct relay *r,
  * only expire unused, and a leader that has just installed a snapshot may
  * lack many. Final outcomes (expired, no route) need no body and stay.
  * Returns the deliveries left.
+ *
+ * XXX: a pick hands out the oldest due work of a destination, up to its free
+ * slots (queue_sched.c), and a skipped message keeps its place: while the
+ * leader lacks the bodies of that many of a destination's oldest messages,
+ * the newer ones it has wait behind them. The fetcher asks for bodies in
+ * queue order, so this lasts as long as fetching the oldest, unless no peer
+ * has them.
  */
 size_t relay_sched_skip_missing(struct relay *r, struct queue_work *work, int n)
 {
