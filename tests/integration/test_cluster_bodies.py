@@ -740,9 +740,9 @@ class ClusterBodiesLeaderTest(BodiesTestCase, cluster.NetLabTestCase):
         is what makes "still lacks bodies" a fact rather than a race: unrestricted, the
         fetch starts the moment the snapshot is installed and is over within seconds, while
         the node can lead only once raft has brought its log up to date (a transfer waits
-        for that; here it took about 30 s after the install). Slowing a peer instead would
-        slow raft with it (kill -STOP of a peer stops its heartbeats and moves leadership),
-        and hamr has no setting that slows the fetch.
+        for that: 30 s after the install with libraft 0.15, consensus/RAFT.md 4.5). Slowing
+        a peer instead would slow raft with it (kill -STOP of a peer stops its heartbeats
+        and moves leadership), and hamr has no setting that slows the fetch.
 
         Leadership is then moved to N ("hamrctl transfer"), the next hop comes back and the
         queue is flushed. For 15 scan intervals N's queue must show no recipient leased and
