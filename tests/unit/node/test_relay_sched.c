@@ -4,8 +4,8 @@
  * is skipped (relay_sched_skip_missing), and the state digest is left out
  * above a count of queued messages (relay_ctl_digest).
  *
- * The relay is a zeroed struct with only what those read (the queue; no
- * fetcher, so asking for a body is a no-op). A body goes missing as on a
+ * The relay is relay_fixture's zeroed struct: a queue, no fetcher (asking
+ * for a body is a no-op). A body goes missing as on a
  * node whose store lost it: the queue keeps bodies through body ops that
  * store nothing, and queue_body_lost marks one missing. The rest of a
  * scheduling round (the lease, raft) is covered by
@@ -28,14 +28,14 @@
 #include "node/config.h"
 #include "node/relay_internal.h"
 #include "queue_fixture.h"
+#include "relay_fixture.h"
 
 #define T0 1765000000000ull
 #define TEST_MSGS 6
 
 struct test_ctx {
-    struct hamr_config cfg;
-    struct relay r;
-    uint64_t next_loc;
+    struct relay_fx *fx;
+    uint64_t next_loc; /* the body ops' last location */
 };
 
 /* test_put - the body ops' put: nothing kept, a new location. */
@@ -78,15 +78,13 @@ static int test_setup(void **state)
 {
     struct test_ctx *c = calloc(1, sizeof(*c));
     assert_non_null(c);
-    c->r.cfg = &c->cfg;
-    c->r.queue = queue_new();
-    assert_non_null(c->r.queue);
+    c->fx = relay_fx_new();
     const struct queue_body_ops ops = {.arg = c,
                                        .put = test_put,
                                        .locate = test_locate,
                                        .release = test_release,
                                        .read = test_read};
-    queue_set_body_ops(c->r.queue, &ops);
+    queue_set_body_ops(c->fx->r.queue, &ops);
     *state = c;
     return 0;
 }
@@ -94,7 +92,7 @@ static int test_setup(void **state)
 static int test_teardown(void **state)
 {
     struct test_ctx *c = *state;
-    c->r.queue = queue_free(c->r.queue);
+    c->fx = relay_fx_free(c->fx);
     free(c);
     return 0;
 }
@@ -113,9 +111,9 @@ static void test_enqueue(struct test_ctx *c, size_t n)
     for (size_t i = 0; i < n; i++) {
         struct fx_enq e = {
             .id = test_id(i), .sender = "s@x.test", .rcpts = {"r@y.test"}, .expires = T0 + 3600000};
-        assert_int_equal(fx_enqueue(c->r.queue, T0, &e).status, 0);
+        assert_int_equal(fx_enqueue(c->fx->r.queue, T0, &e).status, 0);
     }
-    assert_int_equal(queue_bodies_missing(c->r.queue), 0);
+    assert_int_equal(queue_bodies_missing(c->fx->r.queue), 0);
 }
 
 /* test_route - every recipient to one next hop. */
@@ -131,7 +129,7 @@ static int test_pick(struct test_ctx *c, struct queue_work **work)
 {
     struct queue_sched_limits lim = {.max_per_dest = 0, .max_items = 100, .self_node = 1};
     struct queue_route route = {.data = c, .dest = test_route};
-    return queue_sched_pick(c->r.queue, T0 + 1000, &lim, &route, work);
+    return queue_sched_pick(c->fx->r.queue, T0 + 1000, &lim, &route, work);
 }
 
 /* Rows: which of TEST_MSGS messages lack their body; the rest must stay deliveries. */
@@ -158,19 +156,19 @@ static void test_skip_missing(void **state)
         for (size_t i = 0; i < TEST_MSGS; i++) {
             if (!test_skip_cases[k].lost[i])
                 continue;
-            assert_int_equal(queue_body_lost(c->r.queue, test_id(i)), 0);
+            assert_int_equal(queue_body_lost(c->fx->r.queue, test_id(i)), 0);
             lost++;
         }
-        assert_int_equal(queue_bodies_missing(c->r.queue), lost);
+        assert_int_equal(queue_bodies_missing(c->fx->r.queue), lost);
         struct queue_work *work = NULL;
         int n = test_pick(c, &work);
         assert_int_equal(n, TEST_MSGS);
-        size_t got = relay_sched_skip_missing(&c->r, work, n);
+        size_t got = relay_sched_skip_missing(&c->fx->r, work, n);
         if (got != test_skip_cases[k].want_deliver)
             fail_msg("%s: %zu deliveries left, want %zu", test_skip_cases[k].label, got,
                      test_skip_cases[k].want_deliver);
         for (int w = 0; w < n; w++) {
-            const struct queue_msg *m = queue_find(c->r.queue, work[w].queue_id);
+            const struct queue_msg *m = queue_find(c->fx->r.queue, work[w].queue_id);
             assert_non_null(m);
             enum queue_work_kind want = m->body_missing ? QUEUE_WORK_SKIP : QUEUE_WORK_DELIVER;
             if (work[w].kind != want)
@@ -187,14 +185,14 @@ static void test_skip_leaves_finals(void **state)
 {
     struct test_ctx *c = *state;
     test_enqueue(c, 2);
-    assert_int_equal(queue_body_lost(c->r.queue, test_id(0)), 0);
-    assert_int_equal(queue_body_lost(c->r.queue, test_id(1)), 0);
+    assert_int_equal(queue_body_lost(c->fx->r.queue, test_id(0)), 0);
+    assert_int_equal(queue_body_lost(c->fx->r.queue, test_id(1)), 0);
     struct queue_work work[3] = {
         {.kind = QUEUE_WORK_EXPIRE}, {.kind = QUEUE_WORK_NOROUTE}, {.kind = QUEUE_WORK_DELIVER}};
     hamr_strlcpy(work[0].queue_id, test_id(0), sizeof(work[0].queue_id));
     hamr_strlcpy(work[1].queue_id, test_id(1), sizeof(work[1].queue_id));
     hamr_strlcpy(work[2].queue_id, "gone", sizeof(work[2].queue_id)); /* left the queue */
-    assert_int_equal(relay_sched_skip_missing(&c->r, work, 3), 1);
+    assert_int_equal(relay_sched_skip_missing(&c->fx->r, work, 3), 1);
     assert_int_equal(work[0].kind, QUEUE_WORK_EXPIRE);
     assert_int_equal(work[1].kind, QUEUE_WORK_NOROUTE);
     assert_int_equal(work[2].kind, QUEUE_WORK_DELIVER);
@@ -205,11 +203,11 @@ static void test_digest_limit(void **state)
 {
     struct test_ctx *c = *state;
     char want[65], got[65];
-    relay_ctl_digest(c->r.queue, 0, got); /* an empty queue is at any limit */
-    queue_digest(c->r.queue, want);
+    relay_ctl_digest(c->fx->r.queue, 0, got); /* an empty queue is at any limit */
+    queue_digest(c->fx->r.queue, want);
     assert_string_equal(got, want);
     test_enqueue(c, 3);
-    queue_digest(c->r.queue, want);
+    queue_digest(c->fx->r.queue, want);
     assert_int_equal(strlen(want), 64);
     static const struct {
         size_t max;
@@ -217,7 +215,7 @@ static void test_digest_limit(void **state)
     } rows[] = {{0, false}, {2, false}, {3, true}, {4, true}, {RELAY_DIGEST_MAX_MESSAGES, true}};
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
         memset(got, 'x', sizeof(got));
-        relay_ctl_digest(c->r.queue, rows[i].max, got);
+        relay_ctl_digest(c->fx->r.queue, rows[i].max, got);
         if (rows[i].want_digest)
             assert_string_equal(got, want);
         else

@@ -5,8 +5,8 @@
  * sent to it (systemd signals the whole group) kills it at once instead of
  * reaching the parent a second time through libuv's signal pipe.
  *
- * The relay is a zeroed struct with a queue and no body store (a queue
- * without body ops puts every body in the snapshot). The bodies make the
+ * The relay is relay_fixture's zeroed struct with a queue and no body store
+ * (a queue without body ops puts every body in the snapshot). The bodies make the
  * snapshot larger than a pipe holds, so the child stays blocked in its write
  * until the test reads or signals it.
  */
@@ -34,24 +34,16 @@
 #include "node/config.h"
 #include "node/relay_internal.h"
 #include "queue_fixture.h"
+#include "relay_fixture.h"
 
 #define T0 1765000000000ull
 #define TEST_MSGS 64
 #define TEST_BODY 4096 /* 64 of them: four times a pipe's default capacity */
 
-struct test_ctx {
-    struct hamr_config cfg;
-    struct relay r;
-};
-
 /* test_setup - a relay whose queue holds TEST_MSGS messages of TEST_BODY octets. */
 static int test_setup(void **state)
 {
-    struct test_ctx *c = calloc(1, sizeof(*c));
-    assert_non_null(c);
-    c->r.cfg = &c->cfg;
-    c->r.queue = queue_new();
-    assert_non_null(c->r.queue);
+    struct relay_fx *c = relay_fx_new();
     static char body[TEST_BODY + 1];
     for (size_t i = 0; i < TEST_MSGS; i++) {
         char id[16];
@@ -67,18 +59,10 @@ static int test_setup(void **state)
     return 0;
 }
 
-static int test_teardown(void **state)
-{
-    struct test_ctx *c = *state;
-    c->r.queue = queue_free(c->r.queue);
-    free(c);
-    return 0;
-}
-
 /* What comes out of the pipe is a snapshot that restores to the same state. */
 static void test_snapshot_through_pipe(void **state)
 {
-    struct test_ctx *c = *state;
+    struct relay_fx *c = *state;
     void *view = NULL;
     assert_int_equal(relay_snapshot_view(&c->r, &view), 0);
     uint8_t *buf = NULL;
@@ -123,7 +107,7 @@ static pid_t test_child_pid(void)
 /* With a SIGTERM handler in the parent, a SIGTERM kills the blocked child, and only it. */
 static void test_child_dies_of_sigterm(void **state)
 {
-    struct test_ctx *c = *state;
+    struct relay_fx *c = *state;
     struct sigaction sa, old;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = test_term_cb;
@@ -159,8 +143,8 @@ static void test_child_dies_of_sigterm(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_snapshot_through_pipe, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_child_dies_of_sigterm, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_through_pipe, test_setup, relay_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_child_dies_of_sigterm, test_setup, relay_fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
