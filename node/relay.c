@@ -83,21 +83,17 @@ static int relay_fsm_apply(void *data, const uint8_t *buf, size_t len, void **re
     int rv = queue_apply(r->queue, buf, len, &res);
     if (rv != 0) {
         /* Refuse loudly, never skip: raft stops applying at this index. */
-        char why[200];
         if (rv == HAMR_ENOSPACE || rv == HAMR_EIO) {
             /* The body store could not write the body: the entry stays in the
              * log (raft never compacts past it), the node stops as it does
              * before raft's own write can fail, and applies it on restart. */
-            if (disk_guard_check(&r->disk, why, sizeof(why)) == 0)
-                snprintf(why, sizeof(why),
-                         "disk full: the body store could not write (%s); stopping before a raft "
-                         "log write fails",
-                         hamr_strerror(rv));
+            relay_bodies_write_failed(r, rv);
         } else {
+            char why[200];
             snprintf(why, sizeof(why), "cannot apply log entry: %s (newer hamr version?)",
                      hamr_strerror(rv));
+            relay_fail(r, why);
         }
-        relay_fail(r, why);
         return rv;
     }
     *result = (void *)(intptr_t)(res.status != 0 ? res.status : (res.duplicate ? 1 : 0));

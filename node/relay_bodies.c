@@ -38,6 +38,7 @@
 #include "queue/queue.h"
 #include "node/body_fetch.h"
 #include "node/clock.h"
+#include "node/disk_guard.h"
 #include "node/relay_internal.h"
 
 /* The queue's body ops over the store. */
@@ -110,14 +111,26 @@ void relay_bodies_spill(struct relay *r, bool when_over)
         return;
     int rv = queue_body_spill(r->queue, clock_wall_ms(), RELAY_BODY_KEEP_MS, RELAY_BODY_KEEP_BYTES,
                               RELAY_BODY_SPILL_BUDGET, NULL);
-    if (rv != 0) {
-        char why[200];
+    if (rv != 0)
+        relay_bodies_write_failed(r, rv);
+}
+
+/*
+ * relay_bodies_write_failed - the store could not write a body (rv): stop the
+ * node, as the disk guard stops it before raft's own write can fail, with the
+ * guard's sentence when it finds the disk under its floor. Nothing is lost:
+ * the body is still in the raft log or a snapshot (see above), and reaches
+ * the store when the node starts again.
+ */
+void relay_bodies_write_failed(struct relay *r, int rv)
+{
+    char why[200];
+    if (disk_guard_check(&r->disk, why, sizeof(why)) == 0)
         snprintf(why, sizeof(why),
                  "disk full: the body store could not write (%s); stopping before a raft log "
                  "write fails",
                  hamr_strerror(rv));
-        relay_fail(r, why);
-    }
+    relay_fail(r, why);
 }
 
 int relay_bodies_before_snapshot(struct relay *r)

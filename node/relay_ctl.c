@@ -57,6 +57,22 @@ static const char *relay_state_name(enum consensus_state s)
     return "unavailable";
 }
 
+/*
+ * relay_ctl_digest - the state digest hamrctl status shows, or "" when more
+ * than max messages are queued. The digest hashes the whole state: about a
+ * second of the loop per million messages, which would stall raft (hamrctl
+ * status timed out with a million queued); the count is O(1). Status passes
+ * RELAY_DIGEST_MAX_MESSAGES ("" in JSON; hamrctl says why).
+ */
+void relay_ctl_digest(const struct queue *q, size_t max, char digest[65])
+{
+    struct queue_stats st;
+    queue_get_stats(q, &st);
+    digest[0] = '\0';
+    if (st.messages <= max)
+        queue_digest(q, digest);
+}
+
 /* relay_ctl_status - hamrctl status. */
 static void relay_ctl_status(struct relay *r, struct control_call *call)
 {
@@ -64,15 +80,8 @@ static void relay_ctl_status(struct relay *r, struct control_call *call)
     consensus_get_info(r->cons, &info);
     struct queue_stats st;
     queue_get_stats(r->queue, &st);
-    /*
-     * The digest hashes the whole state: about a second of the loop per
-     * million messages, which would stall raft (hamrctl status timed out
-     * with a million queued). Above RELAY_DIGEST_MAX_MESSAGES it is left
-     * out ("" in JSON; hamrctl says why).
-     */
-    char digest[65] = "";
-    if (st.messages <= RELAY_DIGEST_MAX_MESSAGES)
-        queue_digest(r->queue, digest);
+    char digest[65];
+    relay_ctl_digest(r->queue, RELAY_DIGEST_MAX_MESSAGES, digest);
 
     Hamr__MemberStatus ms[CONSENSUS_MAX_MEMBERS];
     Hamr__MemberStatus *msp[CONSENSUS_MAX_MEMBERS];

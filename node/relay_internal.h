@@ -156,6 +156,7 @@ int relay_bodies_before_snapshot(struct relay *r);
 #define RELAY_BODY_KEEP_BYTES ((size_t)32 << 20)
 #define RELAY_BODY_SPILL_BUDGET ((size_t)8 << 20) /* per call: a few ms of writes */
 void relay_bodies_spill(struct relay *r, bool when_over);
+void relay_bodies_write_failed(struct relay *r, int rv);
 void relay_bodies_restored(struct relay *r);
 void relay_bodies_want(struct relay *r, const struct queue_msg *m);
 void relay_bodies_corrupt(struct relay *r, const char *id, int status);
@@ -175,6 +176,8 @@ int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_c
 void relay_peer_request(void *data, struct peer_call *call, const Hamr__PeerMsg *msg);
 
 /* relay_sched.c */
+struct queue_work;
+size_t relay_sched_skip_missing(struct relay *r, struct queue_work *work, int n);
 void relay_sched_tick(uv_timer_t *t);
 void relay_sched_kick(struct relay *r);
 
@@ -192,5 +195,6 @@ void relay_metrics_fill(void *data, struct metrics *m);
 
 /* relay_ctl.c */
 void relay_ctl_handle(void *data, struct control_call *call, const Hamr__ControlRequest *req);
+void relay_ctl_digest(const struct queue *q, size_t max, char digest[65]);
 
 #endif

@@ -34,6 +34,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -41,6 +42,7 @@
 
 #include "util/common.h"
 #include "util/err.h"
+#include "util/fs.h"
 #include "util/log.h"
 #include "queue/queue.h"
 #include "consensus/consensus.h"
@@ -52,36 +54,6 @@ struct relay_snap_view {
     uint8_t *buf; /* the snapshot read from it: pages of its own */
     size_t len;
 };
-
-/* relay_snap_write_all - the whole of p to fd (in the child). */
-static int relay_snap_write_all(int fd, const uint8_t *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-/* relay_snap_read_all - exactly n bytes from fd (in the thread pool). */
-static int relay_snap_read_all(int fd, uint8_t *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t k = read(fd, p, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return -1;
-        p += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
 
 /* relay_snap_child - pack the queue into the pipe and leave. Never returns. */
 static void relay_snap_child(struct relay *r, int fd)
@@ -103,7 +75,9 @@ static void relay_snap_child(struct relay *r, int fd)
     uint8_t hdr[8];
     for (int i = 0; i < 8; i++)
         hdr[i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
-    if (relay_snap_write_all(fd, hdr, sizeof(hdr)) != 0 || relay_snap_write_all(fd, buf, len) != 0)
+    struct iovec iov[2] = {{.iov_base = hdr, .iov_len = sizeof(hdr)},
+                           {.iov_base = buf, .iov_len = len}};
+    if (fs_writev_full(fd, iov, 2, -1) != 0)
         _exit(2);
     _exit(0);
 }
@@ -169,7 +143,7 @@ int relay_snapshot_write(void *view, uint8_t **buf, size_t *len)
     struct relay_snap_view *v = view;
     uint8_t hdr[8];
     uint64_t n = 0;
-    if (relay_snap_read_all(v->fd, hdr, sizeof(hdr)) != 0) {
+    if (fs_read_full(v->fd, hdr, sizeof(hdr), -1) != (ssize_t)sizeof(hdr)) {
         (void)relay_snap_reap(v);
         return HAMR_EIO;
     }
@@ -190,7 +164,7 @@ int relay_snapshot_write(void *view, uint8_t **buf, size_t *len)
     }
     v->buf = b;
     v->len = map;
-    if (relay_snap_read_all(v->fd, b, (size_t)n) != 0 || relay_snap_reap(v) != 0)
+    if (fs_read_full(v->fd, b, (size_t)n, -1) != (ssize_t)n || relay_snap_reap(v) != 0)
         return HAMR_EIO;
     *buf = b;
     *len = (size_t)n;

@@ -259,18 +259,7 @@ static bool body_store_hdr_valid(const uint8_t hdr[BODY_STORE_HDR_LEN])
 /* body_store_pread_full - n octets at off, retrying short reads; octets read, or -errno. */
 static ssize_t body_store_pread_full(int fd, void *buf, size_t n, uint64_t off)
 {
-    size_t done = 0;
-    while (done < n) {
-        ssize_t r = pread(fd, (uint8_t *)buf + done, n - done, (off_t)(off + done));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -errno;
-        if (r == 0)
-            break;
-        done += (size_t)r;
-    }
-    return (ssize_t)done;
+    return fs_read_full(fd, buf, n, (off_t)off);
 }
 
 /*
@@ -777,32 +766,20 @@ int body_store_open(uv_loop_t *loop,
 static int body_store_write(struct body_store *s, struct iovec *iov, int iovcnt)
 {
     struct body_store_seg *seg = s->active;
-    uint64_t start = seg->size, off = start;
-    while (iovcnt > 0) {
-        ssize_t w = pwritev(seg->fd, iov, iovcnt, (off_t)off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            int e = w < 0 ? errno : ENOSPC; /* 0 octets written: no room */
-            log_error("body store: write seg=%" PRIu32 " off=%" PRIu64 ": %s", seg->num, off,
-                      strerror(e));
-            if (ftruncate(seg->fd, (off_t)start) != 0)
-                s->roll_next = true;
-            return body_store_errno(e);
-        }
-        off += (uint64_t)w;
-        while (iovcnt > 0 && (size_t)w >= iov->iov_len) {
-            w -= (ssize_t)iov->iov_len;
-            iov++;
-            iovcnt--;
-        }
-        if (iovcnt > 0) {
-            iov->iov_base = (uint8_t *)iov->iov_base + w;
-            iov->iov_len -= (size_t)w;
-        }
+    uint64_t start = seg->size, len = 0;
+    for (int i = 0; i < iovcnt; i++)
+        len += iov[i].iov_len;
+    int rv = fs_writev_full(seg->fd, iov, iovcnt, (off_t)start);
+    if (rv != 0) {
+        int e = -rv; /* ENOSPC also when a write took nothing: no room */
+        log_error("body store: write seg=%" PRIu32 " off=%" PRIu64 " len=%" PRIu64 ": %s", seg->num,
+                  start, len, strerror(e));
+        if (ftruncate(seg->fd, (off_t)start) != 0)
+            s->roll_next = true;
+        return body_store_errno(e);
     }
-    seg->size = off;
-    s->st.disk_bytes += off - start;
+    seg->size = start + len;
+    s->st.disk_bytes += len;
     return 0;
 }
 

@@ -1,6 +1,8 @@
 /*
  * fs.c - small file-system helpers: mkdir -p, fsync of a directory (what
- * makes a file's creation durable, not only its contents).
+ * makes a file's creation durable, not only its contents), and reads and
+ * writes of a whole buffer, which a single read(2) or write(2) does not
+ * promise (a signal, a pipe, a file system near full all cut them short).
  *
  * Paths come from the operator's configuration, never from the network.
  */
@@ -9,9 +11,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "util/common.h"
@@ -85,4 +89,55 @@ int fs_fsync_parent(const char *path, char *errmsg, size_t errlen)
     else
         *slash = '\0';
     return fs_fsync_dir(parent, errmsg, errlen);
+}
+
+/* fs_read_full - n octets, short reads and EINTR retried; see fs.h. */
+ssize_t fs_read_full(int fd, void *buf, size_t n, off_t off)
+{
+    uint8_t *p = buf;
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = off >= 0 ? pread(fd, p + done, n - done, off + (off_t)done)
+                             : read(fd, p + done, n - done);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -errno;
+        if (r == 0)
+            break;
+        done += (size_t)r;
+    }
+    return (ssize_t)done;
+}
+
+/* fs_writev_full - every octet of iov, short writes and EINTR retried; see fs.h. */
+int fs_writev_full(int fd, struct iovec *iov, int iovcnt, off_t off)
+{
+    for (;;) {
+        /* Empty entries first: a write of nothing returns 0, which means "no room". */
+        while (iovcnt > 0 && iov->iov_len == 0) {
+            iov++;
+            iovcnt--;
+        }
+        if (iovcnt == 0)
+            return 0;
+        ssize_t w = off >= 0 ? pwritev(fd, iov, iovcnt, off) : writev(fd, iov, iovcnt);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -errno;
+        if (w == 0)
+            return -ENOSPC;
+        if (off >= 0)
+            off += w;
+        while (iovcnt > 0 && (size_t)w >= iov->iov_len) {
+            w -= (ssize_t)iov->iov_len;
+            iov++;
+            iovcnt--;
+        }
+        if (iovcnt > 0) {
+            iov->iov_base = (uint8_t *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
+    }
 }

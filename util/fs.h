@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 /*
  * fs_mkdirs - mkdir -p dir with mode for every directory it creates; the
@@ -25,5 +26,22 @@ int fs_fsync_dir(const char *dir, char *errmsg, size_t errlen);
  * path was created. As fs_fsync_dir.
  */
 int fs_fsync_parent(const char *path, char *errmsg, size_t errlen);
+
+/*
+ * fs_read_full - n octets from fd into buf, retrying short reads and EINTR:
+ * at offset off (pread) when off >= 0, else from the file position (read:
+ * a pipe). Returns the octets read, fewer than n only at the end of the
+ * file, or -errno (the caller decides what the errno means to it).
+ */
+ssize_t fs_read_full(int fd, void *buf, size_t n, off_t off);
+
+/*
+ * fs_writev_full - every octet of iov[0..iovcnt) to fd, retrying short
+ * writes and EINTR: at offset off (pwritev) when off >= 0, else at the file
+ * position (writev: a pipe). The iovec array is borrowed and used up: its
+ * entries are changed on the way. 0, or -errno; a write that takes no
+ * octet of a non-empty vector is -ENOSPC (a full file system).
+ */
+int fs_writev_full(int fd, struct iovec *iov, int iovcnt, off_t off);
 
 #endif

@@ -305,7 +305,9 @@ class Cluster:
     def add_http(self):
         """add_http - give every node an HTTP listener (/health, /metrics) on a free port."""
         for node in self.nodes:
-            node.http_port = harness.free_port(node.host)
+            # In a NetLab each node has an address of its own, which the test's
+            # namespace cannot bind to probe a port: a fixed one is free there.
+            node.http_port = 7300 + node.id if self.lab else harness.free_port(node.host)
             node.overrides = {s: dict(kv) for s, kv in node.overrides.items()}
             node.overrides.setdefault("listen", {})["http"] = harness.hostport(node.host,
                                                                                node.http_port)
@@ -738,7 +740,7 @@ class NetLab:
     TABLE = "hamrt_partition"
     OWNER_MARK = "test_cluster_partition"  # in the command line of a run that owns namespaces
     # Every script whose runs own namespaces (OWNER_MARK among them).
-    OWNER_MARKS = (OWNER_MARK, "test_cluster_flap")
+    OWNER_MARKS = (OWNER_MARK, "test_cluster_flap", "test_cluster_bodies")
 
     def __init__(self, n=3):
         self.n = n
@@ -863,12 +865,7 @@ class NetLab:
                  " chain input { type filter hook input priority 0; ip saddr { %s } drop; }\n"
                  " chain output { type filter hook output priority 0; ip daddr { %s } drop; }\n"
                  "}\n" % (self.TABLE, addrs, addrs))
-        self._nft(i, ["delete", "table", "inet", self.TABLE], check=False)
-        out = subprocess.run(self.exec_prefix(i) + ["nft", "-f", "-"], input=rules.encode(),
-                             capture_output=True, timeout=20)
-        if out.returncode != 0:
-            raise RuntimeError("nft in %s: %s" % (self.node_ns(i),
-                                                  out.stderr.decode(errors="replace")))
+        self._replace_rules(i, rules)
 
     def drop_oneway(self, i, peers, direction="output"):
         """drop_oneway - node i drops only the packets going one way between it and peers.
@@ -885,6 +882,25 @@ class NetLab:
         rules = ("table inet %s {\n"
                  " chain %s { type filter hook %s priority 0; %s { %s } drop; }\n"
                  "}\n" % (self.TABLE, direction, direction, match, addrs))
+        self._replace_rules(i, rules)
+
+    def refuse_ports(self, i, peers, ports):
+        """refuse_ports - node i's TCP connections to the given ports of peers are refused
+        (a reset at once, so the caller fails fast instead of waiting for a timeout); the
+        rest of the traffic between them, raft's included, still flows. Replaces node i's
+        rules (as isolate does); heal removes them."""
+        peers = sorted(set(peers) - {i})
+        self.cut[i] = set(peers)
+        addrs = ", ".join(self.node_addr(p) for p in peers)
+        dports = ", ".join(str(p) for p in sorted(ports))
+        rules = ("table inet %s {\n"
+                 " chain output { type filter hook output priority 0; "
+                 "ip daddr { %s } tcp dport { %s } reject with tcp reset; }\n"
+                 "}\n" % (self.TABLE, addrs, dports))
+        self._replace_rules(i, rules)
+
+    def _replace_rules(self, i, rules):
+        """_replace_rules - node i's table of rules becomes rules (nft -f text)."""
         self._nft(i, ["delete", "table", "inet", self.TABLE], check=False)
         out = subprocess.run(self.exec_prefix(i) + ["nft", "-f", "-"], input=rules.encode(),
                              capture_output=True, timeout=20)

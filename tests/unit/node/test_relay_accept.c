@@ -25,36 +25,12 @@
 #include "node/config.h"
 #include "node/relay_internal.h"
 #include "queue_fixture.h"
+#include "relay_fixture.h"
 
 #define T0 1765000000000ull
 
-struct test_ctx {
-    struct hamr_config cfg;
-    struct relay r;
-};
-
-/* test_setup - a relay with an empty queue, no limits, the disk guard content. */
-static int test_setup(void **state)
-{
-    struct test_ctx *c = calloc(1, sizeof(*c));
-    assert_non_null(c);
-    c->r.cfg = &c->cfg;
-    c->r.queue = queue_new();
-    assert_non_null(c->r.queue);
-    *state = c;
-    return 0;
-}
-
-static int test_teardown(void **state)
-{
-    struct test_ctx *c = *state;
-    c->r.queue = queue_free(c->r.queue);
-    free(c);
-    return 0;
-}
-
 /* test_enqueue - one message of body (the fixture's default when NULL). */
-static void test_enqueue(struct test_ctx *c, const char *id, const char *body)
+static void test_enqueue(struct relay_fx *c, const char *id, const char *body)
 {
     struct fx_enq e = {
         .id = id, .sender = "s@x.test", .rcpts = {"r@y.test"}, .body = body, .expires = T0 + 60000};
@@ -87,7 +63,7 @@ static const struct {
  */
 static void test_limits(void **state)
 {
-    struct test_ctx *c = *state;
+    struct relay_fx *c = *state;
     test_enqueue(c, "A", "0123456789");
     test_enqueue(c, "B", "0123456789");
     for (size_t i = 0; i < HAMR_ARRAY_LEN(test_limit_cases); i++) {
@@ -108,7 +84,7 @@ static void test_limits(void **state)
 /* Draining outranks a full queue (421 and close), a full queue nothing else. */
 static void test_order(void **state)
 {
-    struct test_ctx *c = *state;
+    struct relay_fx *c = *state;
     c->cfg.queue_max_messages = 1;
     test_enqueue(c, "A", NULL);
     c->r.draining = true;
@@ -124,8 +100,8 @@ static void test_order(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_limits, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_order, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_limits, relay_fx_setup, relay_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_order, relay_fx_setup, relay_fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
