@@ -831,7 +831,8 @@ static void smtpc_conn_source_read(struct smtpc_conn *c)
     int rv = src->read(src->data, smtpc_conn_source_cb, c);
     if (rv != 0) {
         c->src_pending = false;
-        smtpc_conn_fail(c, 0, "message body unreadable, data not ended: %s", hamr_strerror(rv));
+        smtpc_conn_fail(c, 0, "message body failed, dropped before the end of data: %s",
+                        hamr_strerror(rv));
         return;
     }
     /* Asynchronous processing continues in smtpc_conn_source_cb. */
@@ -847,7 +848,8 @@ static void smtpc_conn_source_cb(void *arg, int status, const uint8_t *data, siz
     HAMR_ASSERT(c->src_pending && c->state == SMTPC_STATE_BODY);
     c->src_pending = false;
     if (status != 0) {
-        smtpc_conn_fail(c, 0, "message body unreadable, data not ended: %s", hamr_strerror(status));
+        smtpc_conn_fail(c, 0, "message body failed, dropped before the end of data: %s",
+                        hamr_strerror(status));
         return;
     }
     smtpc_body_feed(&c->body, data, len, last);
