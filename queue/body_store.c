@@ -116,6 +116,14 @@ struct body_store_sync {
     uint64_t us;
 };
 
+/* A record as a reader expects it: where, whose, how long, which SHA-256. */
+struct body_store_ref {
+    uint64_t loc;
+    char id[BODY_STORE_ID_MAX + 1];
+    size_t len;
+    uint8_t sha[BODY_SHA256_LEN];
+};
+
 /*
  * A read in the pool: copies of everything the worker needs, and its
  * outcome. One kind of request serves the three ways to read: the whole
@@ -128,11 +136,7 @@ struct body_store_read {
     struct body_store *s;
     struct body_store_read *prev, *next; /* reads in flight, to cancel at close */
     int dirfd;
-    uint32_t seg;
-    uint32_t off;
-    char id[BODY_STORE_ID_MAX + 1];
-    size_t len;
-    uint8_t sha[BODY_SHA256_LEN];
+    struct body_store_ref ref;
     uint64_t from; /* the body's bytes [from, from + n) go to buf */
     size_t n;
     uint8_t *buf;
@@ -147,10 +151,7 @@ struct body_store_read {
 /* A body read chunk after chunk (body_store_stream_new). */
 struct body_store_stream {
     struct body_store *s;
-    uint64_t loc;
-    char id[BODY_STORE_ID_MAX + 1];
-    size_t len;
-    uint8_t sha[BODY_SHA256_LEN];
+    struct body_store_ref ref;
     size_t chunk;   /* bytes per read */
     uint8_t *buf;   /* chunk bytes, allocated by the first read */
     EVP_MD_CTX *md; /* the SHA-256 of the bytes handed out so far */
@@ -1138,8 +1139,9 @@ void body_store_release(struct body_store *s, uint64_t loc)
 static void body_store_read_work(uv_work_t *req)
 {
     struct body_store_read *r = hamr_container_of(req, struct body_store_read, req);
+    const struct body_store_ref *ref = &r->ref;
     char name[BODY_STORE_NAME_LEN + 1];
-    body_store_seg_name(r->seg, name);
+    body_store_seg_name(BODY_LOC_SEG(ref->loc), name);
     int fd = openat(r->dirfd, name, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         r->status = errno == ENOENT ? HAMR_ENOTFOUND : HAMR_EIO;
@@ -1147,11 +1149,12 @@ static void body_store_read_work(uv_work_t *req)
     }
     uint64_t len;
     uint8_t sha[BODY_SHA256_LEN];
-    int rv = body_store_rec_read_hdr(fd, r->off, r->id, &len, sha);
-    if (rv == 0 && (len != r->len || memcmp(sha, r->sha, BODY_SHA256_LEN) != 0))
+    uint32_t off = BODY_LOC_OFF(ref->loc);
+    int rv = body_store_rec_read_hdr(fd, off, ref->id, &len, sha);
+    if (rv == 0 && (len != ref->len || memcmp(sha, ref->sha, BODY_SHA256_LEN) != 0))
         rv = HAMR_ECORRUPT;
     if (rv == 0) {
-        uint64_t at = r->off + BODY_STORE_HDR_LEN + strlen(r->id) + r->from;
+        uint64_t at = off + BODY_STORE_HDR_LEN + strlen(ref->id) + r->from;
         ssize_t n = body_store_pread_full(fd, r->buf, r->n, at);
         if (n < 0)
             rv = HAMR_EIO;
@@ -1165,11 +1168,11 @@ static void body_store_read_work(uv_work_t *req)
         /* libcrypto fails only for want of memory */
         if (r->n > 0 && EVP_DigestUpdate(r->md, r->buf, r->n) != 1)
             rv = HAMR_ENOMEM;
-        else if (r->from + r->n < r->len)
+        else if (r->from + r->n < ref->len)
             ; /* not the end yet: the digest is checked with the last chunk */
         else if (EVP_DigestFinal_ex(r->md, md, &mdlen) != 1 || mdlen != BODY_SHA256_LEN)
             rv = HAMR_ENOMEM;
-        else if (CRYPTO_memcmp(md, r->sha, BODY_SHA256_LEN) != 0)
+        else if (CRYPTO_memcmp(md, ref->sha, BODY_SHA256_LEN) != 0)
             rv = HAMR_ECORRUPT;
     }
     r->status = rv;
@@ -1178,21 +1181,44 @@ static void body_store_read_work(uv_work_t *req)
 static void body_store_read_after(uv_work_t *req, int status);
 
 /*
- * body_store_read_new - a request for the record at loc of id (len bytes,
- * this SHA-256), not yet queued; NULL on ENOMEM. Checks as the public
- * calls promise: HAMR_EINVAL, HAMR_ESHUTDOWN in *rv.
+ * body_store_ref_set - *ref from the caller's arguments (copied): 0, or
+ * HAMR_EINVAL for BODY_LOC_NONE or an id that is empty or over 255 bytes.
  */
-static struct body_store_read *body_store_read_new(struct body_store *s,
-                                                   uint64_t loc,
-                                                   const char *id,
-                                                   size_t len,
-                                                   const uint8_t sha[BODY_SHA256_LEN],
-                                                   int *rv)
+static int body_store_ref_set(struct body_store_ref *ref,
+                              uint64_t loc,
+                              const char *id,
+                              size_t len,
+                              const uint8_t sha[BODY_SHA256_LEN])
 {
     size_t id_len = id != NULL ? strlen(id) : 0;
-    *rv = HAMR_EINVAL;
     if (loc == BODY_LOC_NONE || id_len == 0 || id_len > BODY_STORE_ID_MAX)
+        return HAMR_EINVAL;
+    ref->loc = loc;
+    memcpy(ref->id, id, id_len + 1);
+    ref->len = len;
+    memcpy(ref->sha, sha, BODY_SHA256_LEN);
+    return 0;
+}
+
+/* body_store_md_new - a SHA-256 context, begun; NULL for want of memory. */
+static EVP_MD_CTX *body_store_md_new(void)
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    if (md != NULL && EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+        EVP_MD_CTX_free(md);
         return NULL;
+    }
+    return md;
+}
+
+/*
+ * body_store_read_new - a request for the record ref names, not yet
+ * queued; NULL with HAMR_ESHUTDOWN or HAMR_ENOMEM in *rv.
+ */
+static struct body_store_read *body_store_read_new(struct body_store *s,
+                                                   const struct body_store_ref *ref,
+                                                   int *rv)
+{
     *rv = HAMR_ESHUTDOWN;
     if (s->closing)
         return NULL;
@@ -1202,11 +1228,7 @@ static struct body_store_read *body_store_read_new(struct body_store *s,
         return NULL;
     r->s = s;
     r->dirfd = s->dirfd;
-    r->seg = BODY_LOC_SEG(loc);
-    r->off = BODY_LOC_OFF(loc);
-    memcpy(r->id, id, id_len + 1);
-    r->len = len;
-    memcpy(r->sha, sha, BODY_SHA256_LEN);
+    r->ref = *ref;
     *rv = 0;
     return r;
 }
@@ -1250,7 +1272,7 @@ static void body_store_read_after(uv_work_t *req, int status)
             free(r->buf);
             r->buf = NULL;
         }
-        r->cb(r->arg, r->status, r->buf, r->status == 0 ? r->len : 0);
+        r->cb(r->arg, r->status, r->buf, r->status == 0 ? r->ref.len : 0);
     }
     free(r);
     body_store_work_done(s);
@@ -1265,16 +1287,15 @@ int body_store_read(struct body_store *s,
                     body_store_read_cb cb,
                     void *arg)
 {
-    int rv;
-    if (cb == NULL)
-        return HAMR_EINVAL;
-    struct body_store_read *r = body_store_read_new(s, loc, id, len, sha, &rv);
+    struct body_store_ref ref;
+    int rv = cb == NULL ? HAMR_EINVAL : body_store_ref_set(&ref, loc, id, len, sha);
+    struct body_store_read *r = rv == 0 ? body_store_read_new(s, &ref, &rv) : NULL;
     if (r == NULL)
         return rv;
     r->n = len;
     r->buf = malloc(len > 0 ? len : 1);
-    r->md = EVP_MD_CTX_new();
-    if (r->buf == NULL || r->md == NULL || EVP_DigestInit_ex(r->md, EVP_sha256(), NULL) != 1) {
+    r->md = body_store_md_new();
+    if (r->buf == NULL || r->md == NULL) {
         free(r->buf);
         EVP_MD_CTX_free(r->md);
         free(r);
@@ -1298,10 +1319,11 @@ int body_store_read_range(struct body_store *s,
                           body_store_range_cb cb,
                           void *arg)
 {
-    int rv;
+    struct body_store_ref ref;
+    int rv = body_store_ref_set(&ref, loc, id, len, sha);
     if (cb == NULL || off > len || n > len - off || (n > 0 && buf == NULL))
-        return HAMR_EINVAL; /* past the end of the body */
-    struct body_store_read *r = body_store_read_new(s, loc, id, len, sha, &rv);
+        rv = HAMR_EINVAL; /* past the end of the body */
+    struct body_store_read *r = rv == 0 ? body_store_read_new(s, &ref, &rv) : NULL;
     if (r == NULL)
         return rv;
     r->from = off;
@@ -1324,23 +1346,17 @@ int body_store_stream_new(struct body_store *s,
                           size_t chunk,
                           struct body_store_stream **out)
 {
-    size_t id_len = id != NULL ? strlen(id) : 0;
-    if (loc == BODY_LOC_NONE || id_len == 0 || id_len > BODY_STORE_ID_MAX || chunk == 0)
-        return HAMR_EINVAL;
+    struct body_store_ref ref;
+    int rv = chunk == 0 ? HAMR_EINVAL : body_store_ref_set(&ref, loc, id, len, sha);
+    if (rv != 0)
+        return rv;
     struct body_store_stream *st = calloc(1, sizeof(*st));
-    if (st == NULL)
-        return HAMR_ENOMEM;
-    st->md = EVP_MD_CTX_new();
-    if (st->md == NULL || EVP_DigestInit_ex(st->md, EVP_sha256(), NULL) != 1) {
-        EVP_MD_CTX_free(st->md);
+    if (st == NULL || (st->md = body_store_md_new()) == NULL) {
         free(st);
         return HAMR_ENOMEM;
     }
     st->s = s;
-    st->loc = loc;
-    memcpy(st->id, id, id_len + 1);
-    st->len = len;
-    memcpy(st->sha, sha, BODY_SHA256_LEN);
+    st->ref = ref;
     st->chunk = chunk;
     *out = st;
     return 0;
@@ -1359,13 +1375,13 @@ int body_store_stream_next(struct body_store_stream *st, body_store_stream_cb cb
 {
     if (cb == NULL || st->busy || st->ended)
         return HAMR_EINVAL;
-    size_t left = st->len - (size_t)st->pos;
+    size_t left = st->ref.len - (size_t)st->pos;
     size_t n = left < st->chunk ? left : st->chunk;
     /* Allocated here, not at new: a delivery waiting for a connection holds no chunk. */
     if (st->buf == NULL && (st->buf = malloc(st->chunk)) == NULL)
         return HAMR_ENOMEM;
     int rv;
-    struct body_store_read *r = body_store_read_new(st->s, st->loc, st->id, st->len, st->sha, &rv);
+    struct body_store_read *r = body_store_read_new(st->s, &st->ref, &rv);
     if (r == NULL)
         return rv;
     r->from = st->pos;
@@ -1394,7 +1410,7 @@ static void body_store_stream_after(struct body_store_read *r)
     }
     if (r->status == 0)
         st->pos += r->n;
-    bool last = r->status == 0 && st->pos == st->len;
+    bool last = r->status == 0 && st->pos == st->ref.len;
     st->ended = r->status != 0 || last;
     st->cb(st->arg, r->status, r->status == 0 ? st->buf : NULL, r->status == 0 ? r->n : 0, last);
 }
