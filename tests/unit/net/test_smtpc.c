@@ -1028,9 +1028,10 @@ static void test_source_chunks(void **state)
 
 /*
  * test_source_fails - a source that fails at its first, a middle or its
- * last chunk (as a SHA-256 that does not match at the end would): the
- * final dot is never sent, the connection is dropped, every recipient is
- * SMTPC_TEMP; the next message goes through on a new connection.
+ * last chunk (as a SHA-256 that does not match at the end would), or whose
+ * read fails at once: the final dot is never sent, the connection is
+ * dropped, every recipient is SMTPC_TEMP; the next message goes through on
+ * a new connection.
  */
 static void test_source_fails(void **state)
 {
@@ -1041,11 +1042,16 @@ static void test_source_fails(void **state)
     assert_non_null(body);
     for (size_t i = 0; i < len; i++)
         body[i] = i % 50 == 49 ? '\n' : i % 50 == 0 ? '.' : 'b';
-    static const int fail_at[] = {0, 3, 9}; /* 1000-byte chunks: 9 is the last */
-    for (size_t k = 0; k < sizeof(fail_at) / sizeof(fail_at[0]); k++) {
+    static const struct {
+        int fail_at; /* 1000-byte chunks: 9 is the last */
+        int sync_fail;
+    } cases[] = {{0, 0}, {3, 0}, {9, 0}, {0, HAMR_ENOMEM}};
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        int fail_at = cases[k].fail_at;
         struct fake_source *fs = fake_source_new(f, body, len, 1000);
-        fs->fail_at = fail_at[k];
+        fs->fail_at = fail_at;
         fs->fail_status = HAMR_ECORRUPT;
+        fs->sync_fail = cases[k].sync_fail;
         struct smtpc_msg m = msg_source(2, fs);
         struct result r = {0};
         unsigned eof0 = f->srv.n_eof, msgs0 = f->srv.n_messages;
@@ -1053,8 +1059,8 @@ static void test_source_fails(void **state)
         TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
         assert_all(&r, 2, SMTPC_TEMP, 0);
         assert_non_null(strstr(r.r[0].text, "dropped before the end of data"));
-        assert_int_equal(fs->reads, fail_at[k] + 1);
-        assert_int_equal(fs->answers, fail_at[k] + 1);
+        assert_int_equal(fs->reads, fail_at + 1);
+        assert_int_equal(fs->answers, cases[k].sync_fail != 0 ? 0 : fail_at + 1);
         assert_int_equal(fs->cancels, 0);
         TESTLIB_LOOP_UNTIL(&f->run, f->srv.n_eof == eof0 + 1);
         assert_int_equal(f->srv.n_messages, msgs0);
@@ -1063,7 +1069,7 @@ static void test_source_fails(void **state)
         assert_non_null(d);
         /* What went out is the chunks before the failed one, and no end of data. */
         assert_true(dlen < 5 || memcmp(d + dlen - 5, "\r\n.\r\n", 5) != 0);
-        assert_int_equal(dlen, (size_t)fail_at[k] * 1000 / 50 * 52);
+        assert_int_equal(dlen, (size_t)fail_at * 1000 / 50 * 52);
         fake_source_close(fs);
         /* The pool goes on: a good message on a fresh connection. */
         buf_reset(&f->srv.rx);
@@ -1078,29 +1084,7 @@ static void test_source_fails(void **state)
     free(body);
 }
 
-/* test_source_read_refused - a source whose read fails at once: no dot, SMTPC_TEMP. */
-static void test_source_read_refused(void **state)
-{
-    struct testlib_smtpc *f = *state;
-    testlib_smtpc_pool_start(f);
-    struct fake_source *fs = fake_source_new(f, body_std, sizeof(body_std) - 1, 4);
-    fs->sync_fail = HAMR_ENOMEM;
-    struct smtpc_msg m = msg_source(1, fs);
-    struct result r = {0};
-    deliver(f, &m, &r);
-    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
-    assert_all(&r, 1, SMTPC_TEMP, 0);
-    assert_int_equal(fs->reads, 1);
-    assert_int_equal(f->srv.n_messages, 0);
-    TESTLIB_LOOP_UNTIL(&f->run, f->srv.n_eof == 1);
-    size_t dlen = 0;
-    assert_non_null(data_of(f, &dlen));
-    assert_int_equal(dlen, 0);
-    fake_source_close(fs);
-}
-
-/* test_source_cancel - the pool closes while a chunk is asked for: cancelled once, never answered.
- */
+/* test_source_cancel - the pool closes while a chunk is awaited: cancelled once, never answered. */
 static void test_source_cancel(void **state)
 {
     struct testlib_smtpc *f = *state;
@@ -1147,7 +1131,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_large_body, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_source_chunks, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_source_fails, setup, testlib_smtpc_teardown),
-        cmocka_unit_test_setup_teardown(test_source_read_refused, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_source_cancel, setup, testlib_smtpc_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
