@@ -27,6 +27,14 @@
  * keeps an enum smtpc_tls_state, set where TLS comes up or where the reason
  * it did not becomes known, and every result carries it.
  *
+ * Bodies: given whole (borrowed) or by a source (smtpc_source) that hands
+ * over one chunk at a time. With a source the client asks for a chunk only
+ * when the last one is written: read, fill (dot-stuffing), write, read again,
+ * so a delivery holds one chunk of the body and one of wire form. A chunk
+ * that fails (unreadable, or the SHA-256 of the whole did not match) drops
+ * the connection before the final dot: the next hop discards the partial
+ * message and the attempt is SMTPC_TEMP.
+ *
  * Failure modes: a 4xx/5xx reply decides the recipients it applies to
  * (SMTPC_TEMP/SMTPC_PERM). Connection failure, timeout, EOF, a malformed reply
  * or a reply we did not ask for (yet) decides every recipient still open as
@@ -35,7 +43,7 @@
  *
  * Owns: the pool owns its destinations, their queued jobs and connections.
  * A connection owns its libuv handles (embedded, freed only after their close
- * callbacks), its reply parser, a 64 KiB body chunk buffer, its TLS engine
+ * callbacks), its reply parser, a 64 KiB wire-form chunk buffer, its TLS engine
  * after STARTTLS and at most one job. The pool holds one reference to the
  * client SSL_CTX. Messages are borrowed from the caller until the job's callback.
  *
@@ -173,6 +181,7 @@ struct smtpc_conn {
     bool dot_only;  /* 354 though no recipient was accepted: send "." alone */
     bool dot_reply; /* the server answered the final dot: no RSET needed */
     struct smtpc_body body;
+    bool src_pending;               /* a chunk was asked of the message's source and has not come */
     struct tls *tls;                /* after a 220 to STARTTLS; freed with the connection */
     bool tls_up;                    /* handshake done: all I/O goes through tls */
     char tls_desc[96];              /* for results and logs; "none" without TLS */
@@ -220,6 +229,7 @@ struct smtpc_cmd_write_req {
 
 static void smtpc_conn_next(struct smtpc_conn *c);
 static void smtpc_conn_body_next(struct smtpc_conn *c);
+static void smtpc_conn_source_read(struct smtpc_conn *c);
 static void smtpc_conn_close(struct smtpc_conn *c);
 static void smtpc_pool_kick(struct smtpc_pool *p);
 static void smtpc_pool_maybe_free(struct smtpc_pool *p);
@@ -364,6 +374,12 @@ static void smtpc_conn_fail(struct smtpc_conn *c, unsigned code, const char *fmt
 
     struct smtpc_job *job = c->job;
     c->job = NULL;
+    if (c->src_pending) {
+        /* The chunk asked for must not come to a connection that is gone. */
+        const struct smtpc_source *src = job->msg->source;
+        c->src_pending = false;
+        src->cancel(src->data);
+    }
     char remote[sizeof(c->remote)];
     char tls[sizeof(c->tls_desc)];
     enum smtpc_tls_state tls_state = c->tls_state;
@@ -783,18 +799,61 @@ static void smtpc_conn_body_written(struct smtpc_conn *c)
 }
 
 /*
- * smtpc_conn_body_next - write the next chunk of the body; with the last
- * one (which ends in ".\r\n") the reply to the dot becomes owed.
+ * smtpc_conn_body_next - write the next chunk of wire form; with the last
+ * one (which ends in ".\r\n") the reply to the dot becomes owed. When the
+ * body's chunk is used up, the next is asked of the source instead.
  */
 static void smtpc_conn_body_next(struct smtpc_conn *c)
 {
-    size_t n = smtpc_body_fill(&c->body, c->chunk, sizeof(c->chunk));
+    size_t n = 0;
+    while (n == 0) {
+        if (smtpc_body_need(&c->body)) {
+            smtpc_conn_source_read(c);
+            return;
+        }
+        n = smtpc_body_fill(&c->body, c->chunk, sizeof(c->chunk));
+    }
     if (smtpc_conn_write(c, c->chunk, n, true) != 0)
         return;
     if (c->body.done) {
         c->n_expected++;
         smtpc_conn_enter_state(c, SMTPC_STATE_DOT);
     }
+}
+
+static void smtpc_conn_source_cb(void *arg, int status, const uint8_t *data, size_t len, bool last);
+
+/* smtpc_conn_source_read - ask the message's source for the next chunk of the body. */
+static void smtpc_conn_source_read(struct smtpc_conn *c)
+{
+    const struct smtpc_source *src = c->job->msg->source;
+    c->src_pending = true;
+    int rv = src->read(src->data, smtpc_conn_source_cb, c);
+    if (rv != 0) {
+        c->src_pending = false;
+        smtpc_conn_fail(c, 0, "message body failed, dropped before the end of data: %s",
+                        hamr_strerror(rv));
+        return;
+    }
+    /* Asynchronous processing continues in smtpc_conn_source_cb. */
+}
+
+/*
+ * smtpc_conn_source_cb - the chunk asked of the source: send it, or drop
+ * the connection before the final dot when the source failed.
+ */
+static void smtpc_conn_source_cb(void *arg, int status, const uint8_t *data, size_t len, bool last)
+{
+    struct smtpc_conn *c = arg;
+    HAMR_ASSERT(c->src_pending && c->state == SMTPC_STATE_BODY);
+    c->src_pending = false;
+    if (status != 0) {
+        smtpc_conn_fail(c, 0, "message body failed, dropped before the end of data: %s",
+                        hamr_strerror(status));
+        return;
+    }
+    smtpc_body_feed(&c->body, data, len, last);
+    smtpc_conn_body_next(c);
 }
 
 /* smtpc_conn_on_mail - the reply to MAIL FROM. */
@@ -868,7 +927,10 @@ static void smtpc_conn_on_data(struct smtpc_conn *c, const struct smtpc_reply *r
     if (cls == 3) {
         if (c->mail_ok && c->n_accepted > 0) {
             const struct smtpc_msg *m = c->job->msg;
-            smtpc_body_init(&c->body, m->body, m->body_len);
+            if (m->source != NULL)
+                smtpc_body_begin(&c->body); /* the first chunk is asked for at once */
+            else
+                smtpc_body_init(&c->body, m->body, m->body_len);
             smtpc_conn_enter_state(c, SMTPC_STATE_BODY);
             smtpc_conn_body_next(c);
             return;
@@ -1533,7 +1595,9 @@ int smtpc_pool_deliver_tls(struct smtpc_pool *p,
     if (!smtpc_host_ok(host) || !smtpc_host_ok(verify_host) || port == 0 ||
         (policy != SMTPC_TLS_MAY && policy != SMTPC_TLS_ENCRYPT && policy != SMTPC_TLS_VERIFY) ||
         m == NULL || cb == NULL || m->n_rcpts == 0 || m->rcpts == NULL ||
-        (m->body == NULL && m->body_len > 0) || !smtpc_addr_ok(m->sender))
+        (m->source == NULL && m->body == NULL && m->body_len > 0) ||
+        (m->source != NULL && (m->source->read == NULL || m->source->cancel == NULL)) ||
+        !smtpc_addr_ok(m->sender))
         return HAMR_EINVAL;
     for (size_t i = 0; i < m->n_rcpts; i++)
         if (!smtpc_addr_ok(m->rcpts[i]) || m->rcpts[i][0] == '\0')

@@ -54,12 +54,42 @@ enum smtpc_status {
     SMTPC_PERM = 2, /* 5xx: bounce */
 };
 
+/*
+ * smtpc_source_cb - the next chunk of a body from its source: status 0
+ * with data (len bytes, borrowed until the client asks for the next chunk
+ * or the attempt ends), last once the body is complete and proven (a
+ * source that checks a digest says last only when it matched); or a
+ * HAMR_E* code: the body cannot be sent as it should be.
+ */
+typedef void (*smtpc_source_cb)(void *arg, int status, const uint8_t *data, size_t len, bool last);
+
+/*
+ * smtpc_source - a message body that comes in chunks (read from disk while
+ * it is sent), so that no more than a chunk of it need be in memory.
+ *   read:   ask for the next chunk. 0: cb(cb_arg, ...) runs exactly once,
+ *           later, never inside read, unless cancel comes first; or a
+ *           HAMR_E* code, and cb never runs.
+ *   cancel: the attempt ended while a chunk was asked for (connection
+ *           lost, timeout, pool closing): cb must never run after this.
+ * A chunk that fails, or a read that returns an error, ends the attempt
+ * before the final "." is sent: the connection is dropped in the middle of
+ * DATA, so the next hop discards what it got (RFC 5321 4.1.1.4: only the
+ * final "." completes a message), and every recipient still open gets
+ * SMTPC_TEMP. A body that fails its check is never delivered.
+ */
+struct smtpc_source {
+    void *data;
+    int (*read)(void *data, smtpc_source_cb cb, void *cb_arg);
+    void (*cancel)(void *data);
+};
+
 struct smtpc_msg {
     const char *sender;       /* without <>; "" for the null sender */
     const char *const *rcpts; /* without <> */
     size_t n_rcpts;
-    const uint8_t *body; /* CRLF line ends, not dot-stuffed */
-    size_t body_len;
+    const uint8_t *body;               /* CRLF line ends, not dot-stuffed; unused with a source */
+    size_t body_len;                   /* with a source too: for SIZE= */
+    const struct smtpc_source *source; /* not NULL: the body comes from here, in chunks */
     bool body_8bit;
 };
 

@@ -10,6 +10,10 @@
  *
  * Owns nothing: the body is borrowed and the caller gives the output room,
  * so a large body is sent through one bounded buffer instead of a second copy.
+ * The body may also come in chunks (read from disk as it is sent): a CR at
+ * the end of one chunk is sent as CRLF at once and an LF that starts the
+ * next is then dropped, and whether the next byte starts a line is carried
+ * over, so every split of a body gives the same wire form as the whole.
  */
 #include <string.h>
 
@@ -20,11 +24,36 @@
 /* smtpc_body_init - start on data (len bytes), borrowed until done. */
 void smtpc_body_init(struct smtpc_body *b, const uint8_t *data, size_t len)
 {
+    smtpc_body_begin(b);
+    smtpc_body_feed(b, data, len, true);
+}
+
+/* smtpc_body_begin - start on a body that comes in chunks. */
+void smtpc_body_begin(struct smtpc_body *b)
+{
+    b->data = NULL;
+    b->len = 0;
+    b->pos = 0;
+    b->bol = true;
+    b->skip_lf = false;
+    b->last = false;
+    b->done = false;
+}
+
+/* smtpc_body_feed - the next chunk; the previous one must be consumed. */
+void smtpc_body_feed(struct smtpc_body *b, const uint8_t *data, size_t len, bool last)
+{
+    HAMR_ASSERT(smtpc_body_need(b));
     b->data = data;
     b->len = len;
     b->pos = 0;
-    b->bol = true;
-    b->done = false;
+    b->last = last;
+}
+
+/* smtpc_body_need - the chunk is consumed and the body goes on. */
+bool smtpc_body_need(const struct smtpc_body *b)
+{
+    return !b->last && b->pos == b->len;
 }
 
 /* smtpc_body_fill - write the next at most cap bytes of wire form into out. */
@@ -34,6 +63,12 @@ size_t smtpc_body_fill(struct smtpc_body *b, uint8_t *out, size_t cap)
     size_t n = 0;
     if (b->done)
         return 0;
+    if (b->skip_lf && b->pos < b->len) {
+        /* The CR that ended the last chunk was sent as CRLF: this LF is its own. */
+        b->skip_lf = false;
+        if (b->data[b->pos] == '\n')
+            b->pos++;
+    }
     /* Each input byte gives at most two output bytes. */
     while (b->pos < b->len && n + 2 <= cap) {
         /* Fast path: the rest of a line that needs no stuffing and no line
@@ -54,6 +89,8 @@ size_t smtpc_body_fill(struct smtpc_body *b, uint8_t *out, size_t cap)
         if (c == '\r' || c == '\n') {
             if (c == '\r' && b->pos < b->len && b->data[b->pos] == '\n')
                 b->pos++;
+            else if (c == '\r' && b->pos == b->len && !b->last)
+                b->skip_lf = true; /* its LF, if any, starts the next chunk */
             out[n++] = '\r';
             out[n++] = '\n';
             b->bol = true;
@@ -64,7 +101,7 @@ size_t smtpc_body_fill(struct smtpc_body *b, uint8_t *out, size_t cap)
         out[n++] = c;
         b->bol = false;
     }
-    if (b->pos < b->len)
+    if (b->pos < b->len || !b->last)
         return n;
     size_t tail = b->bol ? 3 : 5;
     if (n + tail > cap)

@@ -8,22 +8,42 @@
 
 #define SMTPC_BODY_FILL_MIN 5 /* smallest output room that always makes progress */
 
-/* smtpc_body - position in a borrowed body while it is being sent. */
+/*
+ * smtpc_body - position in a body while it is being sent, given whole or in
+ * chunks. What a line end or a leading dot needs is kept across chunks
+ * (bol, skip_lf), so the wire form does not depend on where they split.
+ */
 struct smtpc_body {
-    const uint8_t *data;
+    const uint8_t *data; /* the chunk being sent, borrowed until consumed */
     size_t len;
     size_t pos;
-    bool bol;  /* the next output byte starts a line */
-    bool done; /* the final ".\r\n" has been produced */
+    bool bol;     /* the next output byte starts a line */
+    bool skip_lf; /* the last chunk ended in CR, already sent as CRLF: drop a leading LF */
+    bool last;    /* data is the end of the body */
+    bool done;    /* the final ".\r\n" has been produced */
 };
 
-/* smtpc_body_init - start on data (len bytes), borrowed until done. */
+/* smtpc_body_init - start on the whole body: data (len bytes), borrowed until done. */
 void smtpc_body_init(struct smtpc_body *b, const uint8_t *data, size_t len);
+
+/* smtpc_body_begin - start on a body that comes in chunks (smtpc_body_feed). */
+void smtpc_body_begin(struct smtpc_body *b);
+
+/*
+ * smtpc_body_feed - the next chunk, data (len bytes, borrowed until
+ * smtpc_body_need says it is consumed); last: nothing follows it. Only when
+ * smtpc_body_need is true.
+ */
+void smtpc_body_feed(struct smtpc_body *b, const uint8_t *data, size_t len, bool last);
+
+/* smtpc_body_need - the chunk is consumed and more of the body is to come. */
+bool smtpc_body_need(const struct smtpc_body *b);
 
 /*
  * smtpc_body_fill - write the next at most cap bytes (cap >=
- * SMTPC_BODY_FILL_MIN) of wire form into out. Returns the count; b->done is
- * set once the final ".\r\n" is in out.
+ * SMTPC_BODY_FILL_MIN) of wire form into out. Returns the count (0 when the
+ * chunk is consumed and the next is needed); b->done is set once the final
+ * ".\r\n" is in out.
  */
 size_t smtpc_body_fill(struct smtpc_body *b, uint8_t *out, size_t cap);
 

@@ -3,8 +3,10 @@
  * them (server), over the peer channel (see body_fetch.h for why).
  *
  * Server happy path: PeerFetch -> peer_policy_fetch -> source lookup (length,
- * SHA-256) -> read of at most BODY_FETCH_CHUNK bytes from the offset ->
- * peer_reply, all before body_fetch_serve returns.
+ * SHA-256) -> read of at most BODY_FETCH_CHUNK bytes from the offset (in
+ * the thread pool for a stored body; the answer waits in a
+ * body_fetch_serving) -> peer_reply from the read's callback. The peer
+ * server keeps the call until it is answered, even if its connection goes.
  *
  * Client happy path: body_fetch_want -> the id joins the wanted set (a hash,
  * for idempotence) and the ready list (FIFO: the order wanted) -> the timer
@@ -85,6 +87,44 @@ static void body_fetch_serve_error(struct peer_call *call, int status)
     peer_reply(call, &res);
 }
 
+/* body_fetch_serving - one answer waiting for its source's read. */
+struct body_fetch_serving {
+    struct peer_call *call;
+    uint64_t from; /* the caller's node, for the log */
+    uint64_t offset;
+    uint64_t len;
+    size_t n;
+    uint8_t sha[BODY_FETCH_SHA256_LEN];
+    char id[BODY_FETCH_ID_MAX];
+    uint8_t buf[]; /* n bytes */
+};
+
+/* body_fetch_serve_read_done - the source has read the chunk: answer with it, or the error. */
+static void body_fetch_serve_read_done(void *arg, ssize_t got)
+{
+    struct body_fetch_serving *sv = arg;
+    char idl[BODY_FETCH_ID_MAX];
+    if (got <= 0 || (size_t)got > sv->n) {
+        /* Short of its length, or an error: the body here is not what the
+         * queue says. The caller asks the next peer. */
+        int err = got < 0 ? (int)got : HAMR_EIO;
+        log_warn("body fetch read failed node=%" PRIu64 " id=%s offset=%" PRIu64 " err=%s",
+                 sv->from, body_fetch_id_log(idl, sizeof(idl), sv->id), sv->offset,
+                 hamr_errname(err));
+        body_fetch_serve_error(sv->call, err);
+        free(sv);
+        return;
+    }
+    Hamr__PeerResult res = HAMR__PEER_RESULT__INIT;
+    res.data.data = sv->buf;
+    res.data.len = (size_t)got; /* a short read is fine: the caller asks from where it ends */
+    res.total_len = sv->len;
+    res.body_sha256.data = sv->sha;
+    res.body_sha256.len = sizeof(sv->sha);
+    peer_reply(sv->call, &res);
+    free(sv);
+}
+
 void body_fetch_serve(const struct body_fetch_source *src,
                       struct peer_call *call,
                       const Hamr__PeerFetch *req)
@@ -116,35 +156,28 @@ void body_fetch_serve(const struct body_fetch_source *src,
     size_t n = req->max < BODY_FETCH_CHUNK ? req->max : BODY_FETCH_CHUNK;
     if (left < n)
         n = (size_t)left;
-    uint8_t *buf = NULL;
-    ssize_t got = 0;
-    if (n > 0) {
-        buf = malloc(n);
-        if (buf == NULL) {
-            body_fetch_serve_error(call, HAMR_ENOMEM);
-            return;
-        }
-        got = src->read(src->data, req->queue_id, req->offset, buf, n);
-        if (got <= 0 || (size_t)got > n) {
-            /* Short of its length, or an error: the body here is not what the
-             * queue says. The caller asks the next peer. */
-            int err = got < 0 ? (int)got : HAMR_EIO;
-            log_warn("body fetch read failed node=%" PRIu64 " id=%s offset=%" PRIu64 " err=%s",
-                     from, body_fetch_id_log(idl, sizeof(idl), req->queue_id), req->offset,
-                     hamr_errname(err));
-            free(buf);
-            body_fetch_serve_error(call, err);
-            return;
-        }
+    if (n == 0) { /* at the end: nothing to read */
+        Hamr__PeerResult res = HAMR__PEER_RESULT__INIT;
+        res.total_len = len;
+        res.body_sha256.data = sha;
+        res.body_sha256.len = sizeof(sha);
+        peer_reply(call, &res);
+        return;
     }
-    Hamr__PeerResult res = HAMR__PEER_RESULT__INIT;
-    res.data.data = buf;
-    res.data.len = (size_t)got; /* a short read is fine: the caller asks from where it ends */
-    res.total_len = len;
-    res.body_sha256.data = sha;
-    res.body_sha256.len = sizeof(sha);
-    peer_reply(call, &res);
-    free(buf);
+    struct body_fetch_serving *sv = malloc(sizeof(*sv) + n);
+    if (sv == NULL) {
+        body_fetch_serve_error(call, HAMR_ENOMEM);
+        return;
+    }
+    sv->call = call;
+    sv->from = from;
+    sv->offset = req->offset;
+    sv->len = len;
+    sv->n = n;
+    memcpy(sv->sha, sha, sizeof(sha));
+    hamr_strlcpy(sv->id, req->queue_id, sizeof(sv->id)); /* checked by peer_policy_fetch */
+    src->read(src->data, sv->id, sv->offset, sv->buf, n, body_fetch_serve_read_done, sv);
+    /* Asynchronous processing (maybe done already): body_fetch_serve_read_done answers. */
 }
 
 /* ------------------------------------------------------------------------ */

@@ -38,7 +38,8 @@
  *   .fetch = a function (data, call, req) calling body_fetch_serve with the
  *   node's source: lookup from the queue's metadata of the message (length,
  *   hash, where its body is; HAMR_ENOTFOUND when it is not queued or its
- *   body is missing here), read with body_store_pread, refused counting
+ *   body is missing here), read with body_store_read_range (in the thread
+ *   pool) or from memory, refused counting
  *   metrics METRICS_PEER_REFUSED by reason;
  * the fetcher is made next to the peer client (body_fetch_new), fed by
  * body_fetch_want for each body a restored snapshot lacks or a read found
@@ -97,30 +98,47 @@ struct peer_client;
 /* ------------------------------------------------------------------------ */
 
 /*
- * body_fetch_source - the bodies this node can serve. Both functions run on
- * the loop, inside body_fetch_serve.
+ * body_fetch_read_cb - the outcome of a source's read: the number of bytes
+ * read (0 only at the body's end), or a negative HAMR_E*.
+ */
+typedef void (*body_fetch_read_cb)(void *arg, ssize_t got);
+
+/*
+ * body_fetch_source - the bodies this node can serve. Every function runs
+ * on the loop; lookup and read are called inside body_fetch_serve.
  *   lookup: the body of message id: 0 with its length and SHA-256, or
  *           HAMR_ENOTFOUND (not queued here, or its body missing or known
  *           corrupt on this node).
- *   read:   up to n bytes of that body from off into buf: the number read
- *           (0 only at its end), or a negative HAMR_E*.
+ *   read:   start reading up to n bytes of that body from off into buf
+ *           (borrowed until done): done(arg, got) runs exactly once, on the
+ *           loop, later (a read from disk, in the thread pool: never on the
+ *           loop, where a cold body would stall raft) or inside read (a
+ *           body still in memory, or an error found at once).
  *   refused (optional): a request peer_policy_fetch refused, for the
  *           node's counters (it is logged here).
  */
 struct body_fetch_source {
     void *data;
     int (*lookup)(void *data, const char *id, uint64_t *len, uint8_t sha[BODY_FETCH_SHA256_LEN]);
-    ssize_t (*read)(void *data, const char *id, uint64_t off, uint8_t *buf, size_t n);
+    void (*read)(void *data,
+                 const char *id,
+                 uint64_t off,
+                 uint8_t *buf,
+                 size_t n,
+                 body_fetch_read_cb done,
+                 void *arg);
     void (*refused)(void *data, enum peer_policy_reason why);
 };
 
 /*
- * body_fetch_serve - answer call (peer_reply, exactly once, before this
- * returns) to req, a PeerFetch from peer_call_node(call): status 0 with up
- * to min(req->max, BODY_FETCH_CHUNK) bytes from req->offset (none at the
- * end), total_len and body_sha256; or HAMR_EPERM (refused by
- * peer_policy_fetch), HAMR_ENOTFOUND, HAMR_EINVAL (offset past the end),
- * HAMR_ENOMEM, or the read's error. src and req are borrowed for the call.
+ * body_fetch_serve - answer call (peer_reply, exactly once, inside this
+ * call or when the source's read is done) to req, a PeerFetch from
+ * peer_call_node(call): status 0 with up to min(req->max,
+ * BODY_FETCH_CHUNK) bytes from req->offset (none at the end), total_len
+ * and body_sha256; or HAMR_EPERM (refused by peer_policy_fetch),
+ * HAMR_ENOTFOUND, HAMR_EINVAL (offset past the end), HAMR_ENOMEM, or the
+ * read's error. src and req are borrowed for this call only (what the
+ * answer needs later is copied).
  */
 void body_fetch_serve(const struct body_fetch_source *src,
                       struct peer_call *call,

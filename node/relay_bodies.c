@@ -264,22 +264,44 @@ static int relay_serve_lookup(void *data, const char *id, uint64_t *len, uint8_t
     return 0;
 }
 
-static ssize_t relay_serve_read(void *data, const char *id, uint64_t off, uint8_t *buf, size_t n)
+/*
+ * relay_serve_read - a chunk for a peer: from memory at once, or from the
+ * store in the thread pool (a cold body read on the loop would stall raft
+ * and every SMTP session for as long as the disk takes).
+ */
+static void relay_serve_read(void *data,
+                             const char *id,
+                             uint64_t off,
+                             uint8_t *buf,
+                             size_t n,
+                             body_fetch_read_cb done,
+                             void *arg)
 {
     struct relay *r = data;
     const struct queue_msg *m = queue_find(r->queue, id);
-    if (m == NULL || m->body_missing)
-        return HAMR_ENOTFOUND;
-    if (m->body != NULL) {
-        if (off >= m->body_len)
-            return 0;
-        size_t k = m->body_len - off < n ? m->body_len - off : n;
-        memcpy(buf, m->body + off, k);
-        return (ssize_t)k;
+    if (m == NULL || m->body_missing) {
+        done(arg, HAMR_ENOTFOUND);
+        return;
     }
-    if (!m->body_stored)
-        return m->body_len == 0 ? 0 : HAMR_ENOTFOUND;
-    return body_store_pread(r->store, m->body_loc, off, buf, n);
+    if (off >= m->body_len) {
+        done(arg, 0);
+        return;
+    }
+    size_t k = m->body_len - off < n ? (size_t)(m->body_len - off) : n;
+    if (m->body != NULL) {
+        memcpy(buf, m->body + off, k);
+        done(arg, (ssize_t)k);
+        return;
+    }
+    if (!m->body_stored || r->store == NULL) {
+        done(arg, r->store == NULL ? HAMR_ESHUTDOWN : HAMR_ENOTFOUND);
+        return;
+    }
+    int rv = body_store_read_range(r->store, m->body_loc, id, m->body_len, m->body_sha256, off, buf,
+                                   k, done, arg);
+    if (rv != 0)
+        done(arg, rv);
+    /* Asynchronous processing: the store calls done from the loop. */
 }
 
 /* relay_serve_refused - a fetch the peer policy refused: counted with the other refusals. */

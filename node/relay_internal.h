@@ -13,6 +13,7 @@
 #include <uv.h>
 
 struct body_store;
+struct body_store_stream;
 struct body_fetch;
 
 #include "proto/hamr.pb-c.h"
@@ -65,9 +66,19 @@ struct relay_delivery {
     uint32_t *rcpt_indexes;
     char **rcpts;
     char *sender;
-    uint8_t *body; /* read from the store (or copied): the queue may drop the message */
+    uint8_t *body; /* a body still in memory, copied: the queue may drop the message */
     size_t body_len;
     bool body_8bit;
+    /*
+     * A stored body is not read whole: the SMTP client asks the source for
+     * one chunk at a time and the stream reads it from the store (its
+     * SHA-256 checked with the last). body_status: what a chunk failed with.
+     */
+    struct body_store_stream *stream;
+    struct smtpc_source source;
+    smtpc_source_cb source_cb; /* the client's, for the chunk in flight */
+    void *source_arg;
+    int body_status;
     struct config_hostport hp; /* the destination */
     enum smtpc_tls_policy policy;
     struct smtpc_msg msg;

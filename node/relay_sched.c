@@ -56,6 +56,12 @@
  * Scheduling and delivery (leader only).
  * ------------------------------------------------------------------------- */
 
+/*
+ * Bytes of a stored body read per chunk of a delivery: the SMTP client's
+ * write size, so that each chunk read is about one write on the wire.
+ */
+#define RELAY_DELIVER_CHUNK (64 * 1024)
+
 /* relay_route_dest - destination key "[host]:port" of a recipient. */
 int relay_route_dest(void *data, const char *rcpt, char *dest, size_t destlen)
 {
@@ -252,6 +258,7 @@ static void relay_outcome_done(void *arg, int status, intptr_t result)
     free(d->rcpt_indexes);
     free(d->sender);
     free(d->body);
+    body_store_stream_free(d->stream);
     free(d);
 }
 
@@ -335,6 +342,22 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
     struct relay_delivery *d = arg;
     struct relay *r = d->relay;
     relay_delivery_unlink(r, d);
+    /* Freed now, not with d: an Outcome in flight may outlive the store. */
+    d->stream = body_store_stream_free(d->stream);
+    if (d->body_status != 0) {
+        /*
+         * The stored body failed a read or its SHA-256 at the end, and the
+         * client dropped the connection before the final dot: nothing was
+         * delivered. As when a whole read found it corrupt before a
+         * delivery: no Outcome (the lease expires), the body is marked
+         * missing and fetched from a peer, and the message is not leased
+         * again until it is here.
+         */
+        if (d->body_status != HAMR_ESHUTDOWN && d->body_status != HAMR_ENOMEM)
+            relay_bodies_corrupt(r, d->queue_id, d->body_status);
+        relay_outcome_done(d, 0, 0);
+        return;
+    }
     relay_sched_suspend_note(r, d, res);
 
     uint64_t now = clock_wall_ms();
@@ -378,7 +401,7 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
         relay_outcome_done(d, rv, 0);
 }
 
-/* relay_deliver_send - hand d (its body read) to the SMTP client pool. */
+/* relay_deliver_send - hand d (its body in memory, or its stream) to the SMTP client pool. */
 static void relay_deliver_send(struct relay *r, struct relay_delivery *d)
 {
     d->msg.sender = d->sender;
@@ -386,6 +409,7 @@ static void relay_deliver_send(struct relay *r, struct relay_delivery *d)
     d->msg.n_rcpts = d->n_rcpts;
     d->msg.body = d->body;
     d->msg.body_len = d->body_len;
+    d->msg.source = d->stream != NULL ? &d->source : NULL;
     d->msg.body_8bit = d->body_8bit;
     int rv = r->stopping ? HAMR_ESHUTDOWN
                          : smtpc_pool_deliver_tls(r->pool, d->hp.host, d->hp.port, d->policy,
@@ -403,27 +427,47 @@ static void relay_deliver_send(struct relay *r, struct relay_delivery *d)
     r->sched.n_deliveries++;
 }
 
-/* relay_deliver_read_done - the body came from the store (or did not). */
-static void relay_deliver_read_done(void *arg, int status, uint8_t *body, size_t len)
+/* relay_deliver_chunk_done - a chunk of the stored body (or its failure) for the client. */
+static void relay_deliver_chunk_done(void *arg,
+                                     int status,
+                                     const uint8_t *data,
+                                     size_t n,
+                                     bool last)
 {
     struct relay_delivery *d = arg;
-    struct relay *r = d->relay;
-    if (status != 0) {
-        if (status != HAMR_ESHUTDOWN)
-            relay_bodies_corrupt(r, d->queue_id, status);
-        relay_outcome_done(d, 0, 0);
-        return;
-    }
-    d->body = body;
-    d->body_len = len;
-    relay_deliver_send(r, d);
+    if (status != 0)
+        d->body_status = status;
+    d->source_cb(d->source_arg, status, data, n, last);
+}
+
+/* relay_deliver_source_read - the client wants the next chunk: read it from the store. */
+static int relay_deliver_source_read(void *data, smtpc_source_cb cb, void *cb_arg)
+{
+    struct relay_delivery *d = data;
+    d->source_cb = cb;
+    d->source_arg = cb_arg;
+    int rv = body_store_stream_next(d->stream, relay_deliver_chunk_done, d);
+    if (rv != 0)
+        d->body_status = rv;
+    /* Asynchronous processing continues in relay_deliver_chunk_done. */
+    return rv;
+}
+
+/* relay_deliver_source_cancel - the attempt ended while a chunk was read: drop the stream. */
+static void relay_deliver_source_cancel(void *data)
+{
+    struct relay_delivery *d = data;
+    d->stream = body_store_stream_free(d->stream); /* its read is never reported */
 }
 
 /*
- * relay_deliver_start - deliver the recipients this node's lease got. The
- * body is read from the store in the thread pool (checked against its
- * SHA-256); a corrupt one is fetched again from a peer and the lease left
- * to expire.
+ * relay_deliver_start - deliver the recipients this node's lease got. A
+ * stored body is streamed from the store to the SMTP client, a chunk at a
+ * time, read in the thread pool (RELAY_DELIVER_CHUNK: one chunk of body and
+ * one of wire form per delivery are in memory, whatever its size); its
+ * SHA-256 is checked with the last chunk, before the final dot. A corrupt
+ * one is fetched again from a peer and the lease left to expire
+ * (relay_delivery_done).
  */
 static void relay_deliver_start(struct relay *r,
                                 const struct queue_msg *m,
@@ -477,9 +521,13 @@ static void relay_deliver_start(struct relay *r,
         relay_bodies_want(r, m);
         goto fail;
     }
-    if (body_store_read(r->store, m->body_loc, m->id, m->body_len, m->body_sha256,
-                        relay_deliver_read_done, d) != 0)
+    if (body_store_stream_new(r->store, m->body_loc, m->id, m->body_len, m->body_sha256,
+                              RELAY_DELIVER_CHUNK, &d->stream) != 0)
         goto fail;
+    d->body_len = m->body_len;
+    d->source = (struct smtpc_source){
+        .data = d, .read = relay_deliver_source_read, .cancel = relay_deliver_source_cancel};
+    relay_deliver_send(r, d);
     return;
 fail:
     /* Nothing was attempted: the lease simply expires and the work is picked again. */

@@ -12,7 +12,8 @@
  * Happy path of a body: put (pwritev on the loop, into the page cache) ->
  * a sync in the pool (fdatasync of the segments written since the last
  * sync, fsync of the directory if a segment was created) -> reads by
- * location in the pool (open by name, pread, SHA-256) -> release; when the
+ * location in the pool (open by name, pread, SHA-256): whole, by range, or
+ * chunk after chunk with the SHA-256 carried between them -> release; when the
  * last live record of a closed segment goes, the file is unlinked.
  *
  * Failure modes: a write that fails is cut off again (ftruncate) and
@@ -115,21 +116,51 @@ struct body_store_sync {
     uint64_t us;
 };
 
-/* A read in the pool: copies of everything the worker needs, and its outcome. */
+/* A record as a reader expects it: where, whose, how long, which SHA-256. */
+struct body_store_ref {
+    uint64_t loc;
+    char id[BODY_STORE_ID_MAX + 1];
+    size_t len;
+    uint8_t sha[BODY_SHA256_LEN];
+};
+
+/*
+ * A read in the pool: copies of everything the worker needs, and its
+ * outcome. One kind of request serves the three ways to read: the whole
+ * body (body_store_read: buf is malloc'ed here, md checks it), a range
+ * (body_store_read_range: the caller's buf, no md) and the next chunk of a
+ * stream (body_store_stream_next: the stream's buf and md).
+ */
 struct body_store_read {
     uv_work_t req;
     struct body_store *s;
     struct body_store_read *prev, *next; /* reads in flight, to cancel at close */
     int dirfd;
-    uint32_t seg;
-    uint32_t off;
-    char id[BODY_STORE_ID_MAX + 1];
-    size_t len;
-    uint8_t sha[BODY_SHA256_LEN];
-    body_store_read_cb cb;
+    struct body_store_ref ref;
+    uint64_t from; /* the body's bytes [from, from + n) go to buf */
+    size_t n;
+    uint8_t *buf;
+    EVP_MD_CTX *md; /* not NULL: fed the bytes; at the body's end its digest must be sha */
+    struct body_store_stream *stream; /* a stream's chunk; NULL otherwise */
+    body_store_read_cb cb;            /* a whole read's */
+    body_store_range_cb range_cb;     /* a range's */
     void *arg;
     int status;
-    uint8_t *body;
+};
+
+/* A body read chunk after chunk (body_store_stream_new). */
+struct body_store_stream {
+    struct body_store *s;
+    struct body_store_ref ref;
+    size_t chunk;   /* bytes per read */
+    uint8_t *buf;   /* chunk bytes, allocated by the first read */
+    EVP_MD_CTX *md; /* the SHA-256 of the bytes handed out so far */
+    uint64_t pos;   /* body bytes handed out */
+    bool busy;      /* a read is in the pool */
+    bool freed;     /* body_store_stream_free came while busy: the read frees it */
+    bool ended;     /* the last chunk or an error was reported: no more reads */
+    body_store_stream_cb cb;
+    void *arg;
 };
 
 /* The unlink of an empty segment, in the pool. */
@@ -1074,52 +1105,124 @@ void body_store_release(struct body_store *s, uint64_t loc)
 
 /* ---- reads ------------------------------------------------------------ */
 
-/* body_store_read_body - the checked body of r's record from fd, malloc'ed into r->body. */
-static int body_store_read_body(struct body_store_read *r, int fd)
-{
-    uint64_t len;
-    uint8_t sha[BODY_SHA256_LEN];
-    int rv = body_store_rec_read_hdr(fd, r->off, r->id, &len, sha);
-    if (rv != 0)
-        return rv;
-    if (len != r->len || memcmp(sha, r->sha, BODY_SHA256_LEN) != 0)
-        return HAMR_ECORRUPT;
-    uint8_t *body = malloc(len > 0 ? len : 1);
-    if (body == NULL)
-        return HAMR_ENOMEM;
-    ssize_t n = body_store_pread_full(fd, body, len, r->off + BODY_STORE_HDR_LEN + strlen(r->id));
-    unsigned int mdlen = 0;
-    uint8_t md[EVP_MAX_MD_SIZE];
-    if (n < 0)
-        rv = HAMR_EIO;
-    else if ((size_t)n < len)
-        rv = HAMR_ECORRUPT; /* the file ends inside the body */
-    else if (EVP_Digest(body, len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != BODY_SHA256_LEN)
-        rv = HAMR_ENOMEM; /* libcrypto fails only for want of memory */
-    else if (CRYPTO_memcmp(md, r->sha, BODY_SHA256_LEN) != 0)
-        rv = HAMR_ECORRUPT;
-    if (rv != 0) {
-        free(body);
-        return rv;
-    }
-    r->body = body;
-    return 0;
-}
-
-/* body_store_read_work - in the pool: open the segment by name, read and check the record. */
+/*
+ * body_store_read_work - in the pool: open the segment by name, check the
+ * record's header against what the caller expects (id, length, SHA-256),
+ * read the range into buf and, with md, feed it the bytes and at the
+ * body's end compare its digest. Every read opens the segment anew: a
+ * stream's chunks may be far apart in time, and a descriptor held between
+ * them would be one more thing for a worker to close.
+ */
 static void body_store_read_work(uv_work_t *req)
 {
     struct body_store_read *r = hamr_container_of(req, struct body_store_read, req);
+    const struct body_store_ref *ref = &r->ref;
     char name[BODY_STORE_NAME_LEN + 1];
-    body_store_seg_name(r->seg, name);
+    body_store_seg_name(BODY_LOC_SEG(ref->loc), name);
     int fd = openat(r->dirfd, name, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         r->status = errno == ENOENT ? HAMR_ENOTFOUND : HAMR_EIO;
         return;
     }
-    r->status = body_store_read_body(r, fd);
+    uint64_t len;
+    uint8_t sha[BODY_SHA256_LEN];
+    uint32_t off = BODY_LOC_OFF(ref->loc);
+    int rv = body_store_rec_read_hdr(fd, off, ref->id, &len, sha);
+    if (rv == 0 && (len != ref->len || memcmp(sha, ref->sha, BODY_SHA256_LEN) != 0))
+        rv = HAMR_ECORRUPT;
+    if (rv == 0) {
+        uint64_t at = off + BODY_STORE_HDR_LEN + strlen(ref->id) + r->from;
+        ssize_t n = body_store_pread_full(fd, r->buf, r->n, at);
+        if (n < 0)
+            rv = HAMR_EIO;
+        else if ((size_t)n < r->n)
+            rv = HAMR_ECORRUPT; /* the file ends inside the body */
+    }
     close(fd);
+    if (rv == 0 && r->md != NULL) {
+        unsigned int mdlen = 0;
+        uint8_t md[EVP_MAX_MD_SIZE];
+        /* libcrypto fails only for want of memory */
+        if (r->n > 0 && EVP_DigestUpdate(r->md, r->buf, r->n) != 1)
+            rv = HAMR_ENOMEM;
+        else if (r->from + r->n < ref->len)
+            ; /* not the end yet: the digest is checked with the last chunk */
+        else if (EVP_DigestFinal_ex(r->md, md, &mdlen) != 1 || mdlen != BODY_SHA256_LEN)
+            rv = HAMR_ENOMEM;
+        else if (CRYPTO_memcmp(md, ref->sha, BODY_SHA256_LEN) != 0)
+            rv = HAMR_ECORRUPT;
+    }
+    r->status = rv;
 }
+
+static void body_store_read_after(uv_work_t *req, int status);
+
+/*
+ * body_store_ref_set - *ref from the caller's arguments (copied): 0, or
+ * HAMR_EINVAL for BODY_LOC_NONE or an id that is empty or over 255 bytes.
+ */
+static int body_store_ref_set(struct body_store_ref *ref,
+                              uint64_t loc,
+                              const char *id,
+                              size_t len,
+                              const uint8_t sha[BODY_SHA256_LEN])
+{
+    size_t id_len = id != NULL ? strlen(id) : 0;
+    if (loc == BODY_LOC_NONE || id_len == 0 || id_len > BODY_STORE_ID_MAX)
+        return HAMR_EINVAL;
+    ref->loc = loc;
+    memcpy(ref->id, id, id_len + 1);
+    ref->len = len;
+    memcpy(ref->sha, sha, BODY_SHA256_LEN);
+    return 0;
+}
+
+/* body_store_md_new - a SHA-256 context, begun; NULL for want of memory. */
+static EVP_MD_CTX *body_store_md_new(void)
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    if (md != NULL && EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+        EVP_MD_CTX_free(md);
+        return NULL;
+    }
+    return md;
+}
+
+/*
+ * body_store_read_new - a request for the record ref names, not yet
+ * queued; NULL with HAMR_ESHUTDOWN or HAMR_ENOMEM in *rv.
+ */
+static struct body_store_read *body_store_read_new(struct body_store *s,
+                                                   const struct body_store_ref *ref,
+                                                   int *rv)
+{
+    *rv = HAMR_ESHUTDOWN;
+    if (s->closing)
+        return NULL;
+    *rv = HAMR_ENOMEM;
+    struct body_store_read *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    r->s = s;
+    r->dirfd = s->dirfd;
+    r->ref = *ref;
+    *rv = 0;
+    return r;
+}
+
+/* body_store_read_queue - hand r to the pool; body_store_read_after reports it. */
+static void body_store_read_queue(struct body_store *s, struct body_store_read *r)
+{
+    HAMR_ASSERT(uv_queue_work(s->loop, &r->req, body_store_read_work, body_store_read_after) == 0);
+    r->next = s->reads;
+    if (s->reads != NULL)
+        s->reads->prev = r;
+    s->reads = r;
+    s->inflight++;
+    /* Asynchronous processing: body_store_read_after runs on the loop. */
+}
+
+static void body_store_stream_after(struct body_store_read *r);
 
 /* body_store_read_after - on the loop: hand the outcome to the caller, exactly once. */
 static void body_store_read_after(uv_work_t *req, int status)
@@ -1136,13 +1239,23 @@ static void body_store_read_after(uv_work_t *req, int status)
         r->status = HAMR_ESHUTDOWN;
     else if (r->status != 0)
         s->st.read_errors++;
-    size_t len = r->status == 0 ? r->len : 0;
-    r->cb(r->arg, r->status, r->status == 0 ? r->body : NULL, len);
+    if (r->stream != NULL) {
+        body_store_stream_after(r);
+    } else if (r->range_cb != NULL) {
+        r->range_cb(r->arg, r->status == 0 ? (ssize_t)r->n : r->status);
+    } else {
+        EVP_MD_CTX_free(r->md);
+        if (r->status != 0) {
+            free(r->buf);
+            r->buf = NULL;
+        }
+        r->cb(r->arg, r->status, r->buf, r->status == 0 ? r->ref.len : 0);
+    }
     free(r);
     body_store_work_done(s);
 }
 
-/* body_store_read - a read in the pool; body_store_read_after reports it. */
+/* body_store_read - the whole body, read and checked in the pool. */
 int body_store_read(struct body_store *s,
                     uint64_t loc,
                     const char *id,
@@ -1151,31 +1264,144 @@ int body_store_read(struct body_store *s,
                     body_store_read_cb cb,
                     void *arg)
 {
-    size_t id_len = id != NULL ? strlen(id) : 0;
-    if (loc == BODY_LOC_NONE || id_len == 0 || id_len > BODY_STORE_ID_MAX || cb == NULL)
-        return HAMR_EINVAL;
-    if (s->closing)
-        return HAMR_ESHUTDOWN;
-    struct body_store_read *r = calloc(1, sizeof(*r));
+    struct body_store_ref ref;
+    int rv = cb == NULL ? HAMR_EINVAL : body_store_ref_set(&ref, loc, id, len, sha);
+    struct body_store_read *r = rv == 0 ? body_store_read_new(s, &ref, &rv) : NULL;
     if (r == NULL)
+        return rv;
+    r->n = len;
+    r->buf = malloc(len > 0 ? len : 1);
+    r->md = body_store_md_new();
+    if (r->buf == NULL || r->md == NULL) {
+        free(r->buf);
+        EVP_MD_CTX_free(r->md);
+        free(r);
         return HAMR_ENOMEM;
-    r->s = s;
-    r->dirfd = s->dirfd;
-    r->seg = BODY_LOC_SEG(loc);
-    r->off = BODY_LOC_OFF(loc);
-    memcpy(r->id, id, id_len + 1);
-    r->len = len;
-    memcpy(r->sha, sha, BODY_SHA256_LEN);
+    }
     r->cb = cb;
     r->arg = arg;
-    HAMR_ASSERT(uv_queue_work(s->loop, &r->req, body_store_read_work, body_store_read_after) == 0);
-    r->next = s->reads;
-    if (s->reads != NULL)
-        s->reads->prev = r;
-    s->reads = r;
-    s->inflight++;
-    /* Asynchronous processing: body_store_read_after runs on the loop. */
+    body_store_read_queue(s, r);
     return 0;
+}
+
+/* body_store_read_range - n bytes of the body from off into buf, in the pool. */
+int body_store_read_range(struct body_store *s,
+                          uint64_t loc,
+                          const char *id,
+                          size_t len,
+                          const uint8_t sha[BODY_SHA256_LEN],
+                          uint64_t off,
+                          uint8_t *buf,
+                          size_t n,
+                          body_store_range_cb cb,
+                          void *arg)
+{
+    struct body_store_ref ref;
+    int rv = body_store_ref_set(&ref, loc, id, len, sha);
+    if (cb == NULL || off > len || n > len - off || (n > 0 && buf == NULL))
+        rv = HAMR_EINVAL; /* past the end of the body */
+    struct body_store_read *r = rv == 0 ? body_store_read_new(s, &ref, &rv) : NULL;
+    if (r == NULL)
+        return rv;
+    r->from = off;
+    r->n = n;
+    r->buf = buf;
+    r->range_cb = cb;
+    r->arg = arg;
+    body_store_read_queue(s, r);
+    return 0;
+}
+
+/* ---- streams ---------------------------------------------------------- */
+
+/* body_store_stream_new - a reader of one record's body, chunk after chunk. */
+int body_store_stream_new(struct body_store *s,
+                          uint64_t loc,
+                          const char *id,
+                          size_t len,
+                          const uint8_t sha[BODY_SHA256_LEN],
+                          size_t chunk,
+                          struct body_store_stream **out)
+{
+    struct body_store_ref ref;
+    int rv = chunk == 0 ? HAMR_EINVAL : body_store_ref_set(&ref, loc, id, len, sha);
+    if (rv != 0)
+        return rv;
+    struct body_store_stream *st = calloc(1, sizeof(*st));
+    if (st == NULL || (st->md = body_store_md_new()) == NULL) {
+        free(st);
+        return HAMR_ENOMEM;
+    }
+    st->s = s;
+    st->ref = ref;
+    st->chunk = chunk;
+    *out = st;
+    return 0;
+}
+
+/* body_store_stream_release - the stream's memory. */
+static void body_store_stream_release(struct body_store_stream *st)
+{
+    EVP_MD_CTX_free(st->md);
+    free(st->buf);
+    free(st);
+}
+
+/* body_store_stream_next - the next chunk, read in the pool. */
+int body_store_stream_next(struct body_store_stream *st, body_store_stream_cb cb, void *arg)
+{
+    if (cb == NULL || st->busy || st->ended)
+        return HAMR_EINVAL;
+    size_t left = st->ref.len - (size_t)st->pos;
+    size_t n = left < st->chunk ? left : st->chunk;
+    /* Allocated here, not at new: a delivery waiting for a connection holds no chunk. */
+    if (st->buf == NULL && (st->buf = malloc(st->chunk)) == NULL)
+        return HAMR_ENOMEM;
+    int rv;
+    struct body_store_read *r = body_store_read_new(st->s, &st->ref, &rv);
+    if (r == NULL)
+        return rv;
+    r->from = st->pos;
+    r->n = n;
+    r->buf = st->buf;
+    r->md = st->md;
+    r->stream = st;
+    st->busy = true;
+    st->cb = cb;
+    st->arg = arg;
+    body_store_read_queue(st->s, r);
+    return 0;
+}
+
+/*
+ * body_store_stream_after - on the loop: report a stream's chunk, unless
+ * the stream was freed meanwhile (then free it now, and say nothing).
+ */
+static void body_store_stream_after(struct body_store_read *r)
+{
+    struct body_store_stream *st = r->stream;
+    st->busy = false;
+    if (st->freed) {
+        body_store_stream_release(st);
+        return;
+    }
+    if (r->status == 0)
+        st->pos += r->n;
+    bool last = r->status == 0 && st->pos == st->ref.len;
+    st->ended = r->status != 0 || last;
+    st->cb(st->arg, r->status, r->status == 0 ? st->buf : NULL, r->status == 0 ? r->n : 0, last);
+}
+
+/* body_store_stream_free - drop the stream; a read in flight is not reported. */
+struct body_store_stream *body_store_stream_free(struct body_store_stream *st)
+{
+    if (st == NULL)
+        return NULL;
+    if (st->busy)
+        st->freed = true; /* body_store_stream_after frees it */
+    else
+        body_store_stream_release(st);
+    return NULL;
 }
 
 /* body_store_pread - part of a body, on the loop (the segment's own descriptor if open). */

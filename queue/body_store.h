@@ -30,7 +30,9 @@
  *
  * Locations: a uint64_t, BODY_LOC(segment, offset of the record). Reading
  * by location checks the record's header (magic, id, length) and the
- * body's SHA-256 against what the caller expects.
+ * body's SHA-256 against what the caller expects: all at once
+ * (body_store_read), by range (body_store_read_range, for a peer's fetch)
+ * or chunk after chunk (streams, for delivery), each read in the pool.
  *
  * Startup: body_store_open scans every segment's record headers (not the
  * bodies) into a temporary index, id -> newest complete record.
@@ -171,11 +173,88 @@ int body_store_read(struct body_store *s,
                     void *arg);
 
 /*
+ * body_store_range_cb - the outcome of body_store_read_range: the number of
+ * bytes read (all that were asked), or a negative HAMR_E*: HAMR_ECORRUPT
+ * (the record is not the one expected, or the file ends inside it),
+ * HAMR_ENOTFOUND, HAMR_EIO, HAMR_ESHUTDOWN (store closing).
+ */
+typedef void (*body_store_range_cb)(void *arg, ssize_t got);
+
+/*
+ * body_store_read_range - read n bytes of the body at loc from offset off
+ * into buf (borrowed until cb) in the thread pool, the record's header
+ * checked as body_store_read checks it (id, len and SHA-256 as expected);
+ * the body's hash is not (a range proves nothing: see the streams below).
+ * cb runs exactly once, never inside this call, unless this returns
+ * non-zero: HAMR_EINVAL (a range past len, BODY_LOC_NONE, a bad id),
+ * HAMR_ENOMEM, HAMR_ESHUTDOWN. id and sha are copied.
+ */
+int body_store_read_range(struct body_store *s,
+                          uint64_t loc,
+                          const char *id,
+                          size_t len,
+                          const uint8_t sha[BODY_SHA256_LEN],
+                          uint64_t off,
+                          uint8_t *buf,
+                          size_t n,
+                          body_store_range_cb cb,
+                          void *arg);
+
+/*
+ * Streams: a body read from start to end a chunk at a time, so that only a
+ * chunk of it is ever in memory (delivery: the SMTP client sends each chunk
+ * before it asks for the next). The stream keeps a SHA-256 context across
+ * the chunks; the read of the last one finishes it, and a digest that is not
+ * the expected one fails that read with HAMR_ECORRUPT. Every chunk before
+ * it is handed out unproven: a consumer must not act on the body (say the
+ * final "." of DATA) before the last chunk came with status 0.
+ */
+struct body_store_stream;
+
+/*
+ * body_store_stream_cb - one chunk: status 0 and data (n bytes, the
+ * stream's buffer, valid until the next read or free), last once the body
+ * is whole and its SHA-256 matched; or an error as for body_store_read
+ * (data NULL), after which the stream only reads no more.
+ */
+typedef void (
+    *body_store_stream_cb)(void *arg, int status, const uint8_t *data, size_t n, bool last);
+
+/*
+ * body_store_stream_new - a stream over the body at loc of id (len bytes,
+ * this SHA-256; both copied), chunk bytes per read. No I/O and no chunk
+ * buffer until the first read. 0 and *out, or HAMR_EINVAL, HAMR_ENOMEM.
+ * Free every stream before body_store_close's callback runs.
+ */
+int body_store_stream_new(struct body_store *s,
+                          uint64_t loc,
+                          const char *id,
+                          size_t len,
+                          const uint8_t sha[BODY_SHA256_LEN],
+                          size_t chunk,
+                          struct body_store_stream **out);
+
+/*
+ * body_store_stream_next - read the next chunk (up to chunk bytes; an
+ * empty body gives one empty last chunk) in the thread pool. cb runs
+ * exactly once, never inside this call, unless the stream is freed first,
+ * or this returns non-zero: HAMR_EINVAL (a read in flight, or the stream
+ * ended), HAMR_ENOMEM, HAMR_ESHUTDOWN (store closing).
+ */
+int body_store_stream_next(struct body_store_stream *st, body_store_stream_cb cb, void *arg);
+
+/*
+ * body_store_stream_free - drop st; returns NULL. A read in flight
+ * finishes in the pool, is not reported, and frees the stream then.
+ */
+struct body_store_stream *body_store_stream_free(struct body_store_stream *st);
+
+/*
  * body_store_pread - synchronously, on the loop: up to n bytes of the body
  * at loc from offset off (bodies are usually in the page cache; used for a
- * DSN's copy of the headers, a chunk sent to a fetching peer, and legacy
- * snapshots). Returns the number of bytes read (0 at the end), or a
- * negative HAMR_E*; the record header is checked, the hash is not.
+ * DSN's copy of the headers and legacy snapshots). Returns the number of
+ * bytes read (0 at the end), or a negative HAMR_E*; the record header is
+ * checked, the hash is not.
  */
 ssize_t body_store_pread(struct body_store *s, uint64_t loc, uint64_t off, uint8_t *buf, size_t n);
 

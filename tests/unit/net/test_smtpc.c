@@ -872,6 +872,239 @@ static void test_large_body(void **state)
     free(body);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Bodies from a source, chunk after chunk                                  */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * fake_source - a body handed out chunk bytes at a time, each answer from
+ * a zero timer on the test loop (never inside read), each chunk in a fresh
+ * allocation freed at the next (ASan catches a client that keeps one).
+ * fail_at: the read (from 0) that fails with fail_status, -1 for none;
+ * sync_fail: read returns it at once; hold: never answer (the test ends
+ * the attempt and expects a cancel). Freed by fake_source_close.
+ */
+struct fake_source {
+    struct smtpc_source src;
+    uv_timer_t timer;
+    const uint8_t *body;
+    size_t len, pos, chunk;
+    int fail_at;
+    int fail_status;
+    int sync_fail;
+    bool hold;
+    int reads, answers, cancels;
+    bool pending;
+    smtpc_source_cb cb;
+    void *cb_arg;
+    uint8_t *piece;
+};
+
+static void fake_source_timer_cb(uv_timer_t *t)
+{
+    struct fake_source *fs = t->data;
+    assert_true(fs->pending);
+    fs->pending = false;
+    fs->answers++;
+    free(fs->piece);
+    fs->piece = NULL;
+    if (fs->reads - 1 == fs->fail_at) {
+        fs->cb(fs->cb_arg, fs->fail_status, NULL, 0, false);
+        return;
+    }
+    size_t n = fs->len - fs->pos < fs->chunk ? fs->len - fs->pos : fs->chunk;
+    fs->piece = malloc(n + 1);
+    assert_non_null(fs->piece);
+    memcpy(fs->piece, fs->body + fs->pos, n);
+    fs->pos += n;
+    fs->cb(fs->cb_arg, 0, fs->piece, n, fs->pos == fs->len);
+}
+
+static int fake_source_read(void *data, smtpc_source_cb cb, void *cb_arg)
+{
+    struct fake_source *fs = data;
+    assert_false(fs->pending);
+    fs->reads++;
+    if (fs->sync_fail != 0)
+        return fs->sync_fail;
+    fs->pending = true;
+    fs->cb = cb;
+    fs->cb_arg = cb_arg;
+    if (!fs->hold)
+        uv_timer_start(&fs->timer, fake_source_timer_cb, 0, 0);
+    return 0;
+}
+
+static void fake_source_cancel(void *data)
+{
+    struct fake_source *fs = data;
+    assert_true(fs->pending);
+    fs->pending = false;
+    fs->cancels++;
+    uv_timer_stop(&fs->timer);
+}
+
+/* fake_source_new - a source over body (len, borrowed) on f's loop. */
+static struct fake_source *fake_source_new(struct testlib_smtpc *f,
+                                           const void *body,
+                                           size_t len,
+                                           size_t chunk)
+{
+    struct fake_source *fs = calloc(1, sizeof(*fs));
+    assert_non_null(fs);
+    uv_timer_init(&f->loop, &fs->timer);
+    fs->timer.data = fs;
+    fs->body = body;
+    fs->len = len;
+    fs->chunk = chunk;
+    fs->fail_at = -1;
+    fs->src =
+        (struct smtpc_source){.data = fs, .read = fake_source_read, .cancel = fake_source_cancel};
+    return fs;
+}
+
+static void fake_source_closed_cb(uv_handle_t *h)
+{
+    struct fake_source *fs = h->data;
+    free(fs->piece);
+    free(fs);
+}
+
+/* fake_source_close - no chunk may be outstanding; freed once the timer has closed. */
+static void fake_source_close(struct fake_source *fs)
+{
+    assert_false(fs->pending);
+    uv_close((uv_handle_t *)&fs->timer, fake_source_closed_cb);
+}
+
+/* msg_source - msg_std(n_rcpts) with its body from fs. */
+static struct smtpc_msg msg_source(size_t n_rcpts, struct fake_source *fs)
+{
+    struct smtpc_msg m = msg_std(n_rcpts);
+    m.body = NULL;
+    m.body_len = fs->len;
+    m.source = &fs->src;
+    return m;
+}
+
+/* data_of - what the next hop read after the first "DATA\r\n" (NULL if none), and its length. */
+static const char *data_of(const struct testlib_smtpc *f, size_t *len)
+{
+    for (size_t i = 0; i + 6 <= f->srv.rx.len; i++) {
+        if (memcmp(f->srv.rx.data + i, "DATA\r\n", 6) == 0) {
+            *len = f->srv.rx.len - i - 6;
+            return (const char *)f->srv.rx.data + i + 6;
+        }
+    }
+    return NULL;
+}
+
+/* test_source_chunks - the body from a source, in chunks of any size: the same bytes on the wire.
+ */
+static void test_source_chunks(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    testlib_smtpc_pool_start(f);
+    static const size_t chunks[] = {1, 2, 3, 5, 13, 1000};
+    size_t body_len = sizeof(body_std) - 1;
+    for (size_t c = 0; c < sizeof(chunks) / sizeof(chunks[0]); c++) {
+        struct fake_source *fs = fake_source_new(f, body_std, body_len, chunks[c]);
+        struct smtpc_msg m = msg_source(1, fs);
+        struct result r = {0};
+        size_t rx0 = f->srv.rx.len;
+        deliver(f, &m, &r);
+        TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+        assert_all(&r, 1, SMTPC_OK, 250);
+        assert_int_equal(f->srv.n_messages, c + 1);
+        assert_int_equal(fs->reads, (int)((body_len + chunks[c] - 1) / chunks[c]));
+        assert_int_equal(fs->cancels, 0);
+        /* this message's bytes end with its body's wire form */
+        size_t wire = sizeof(body_std_wire) - 1;
+        assert_true(f->srv.rx.len - rx0 > wire);
+        assert_memory_equal(f->srv.rx.data + f->srv.rx.len - wire, body_std_wire, wire);
+        fake_source_close(fs);
+    }
+}
+
+/*
+ * test_source_fails - a source that fails at its first, a middle or its
+ * last chunk (as a SHA-256 that does not match at the end would), or whose
+ * read fails at once: the final dot is never sent, the connection is
+ * dropped, every recipient is SMTPC_TEMP; the next message goes through on
+ * a new connection.
+ */
+static void test_source_fails(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    testlib_smtpc_pool_start(f);
+    size_t len = 10000;
+    char *body = malloc(len);
+    assert_non_null(body);
+    for (size_t i = 0; i < len; i++)
+        body[i] = i % 50 == 49 ? '\n' : i % 50 == 0 ? '.' : 'b';
+    static const struct {
+        int fail_at; /* 1000-byte chunks: 9 is the last */
+        int sync_fail;
+    } cases[] = {{0, 0}, {3, 0}, {9, 0}, {0, HAMR_ENOMEM}};
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        int fail_at = cases[k].fail_at;
+        struct fake_source *fs = fake_source_new(f, body, len, 1000);
+        fs->fail_at = fail_at;
+        fs->fail_status = HAMR_ECORRUPT;
+        fs->sync_fail = cases[k].sync_fail;
+        struct smtpc_msg m = msg_source(2, fs);
+        struct result r = {0};
+        unsigned eof0 = f->srv.n_eof, msgs0 = f->srv.n_messages;
+        deliver(f, &m, &r);
+        TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+        assert_all(&r, 2, SMTPC_TEMP, 0);
+        assert_non_null(strstr(r.r[0].text, "dropped before the end of data"));
+        assert_int_equal(fs->reads, fail_at + 1);
+        assert_int_equal(fs->answers, cases[k].sync_fail != 0 ? 0 : fail_at + 1);
+        assert_int_equal(fs->cancels, 0);
+        TESTLIB_LOOP_UNTIL(&f->run, f->srv.n_eof == eof0 + 1);
+        assert_int_equal(f->srv.n_messages, msgs0);
+        size_t dlen = 0;
+        const char *d = data_of(f, &dlen);
+        assert_non_null(d);
+        /* What went out is the chunks before the failed one, and no end of data. */
+        assert_true(dlen < 5 || memcmp(d + dlen - 5, "\r\n.\r\n", 5) != 0);
+        assert_int_equal(dlen, (size_t)fail_at * 1000 / 50 * 52);
+        fake_source_close(fs);
+        /* The pool goes on: a good message on a fresh connection. */
+        buf_reset(&f->srv.rx);
+        struct smtpc_msg ok = msg_std(1);
+        struct result r2 = {0};
+        deliver(f, &ok, &r2);
+        TESTLIB_LOOP_UNTIL(&f->run, r2.calls == 1);
+        assert_all(&r2, 1, SMTPC_OK, 250);
+        assert_int_equal(f->srv.n_messages, msgs0 + 1);
+        buf_reset(&f->srv.rx);
+    }
+    free(body);
+}
+
+/* test_source_cancel - the pool closes while a chunk is awaited: cancelled once, never answered. */
+static void test_source_cancel(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    testlib_smtpc_pool_start(f);
+    struct fake_source *fs = fake_source_new(f, body_std, sizeof(body_std) - 1, 4);
+    fs->hold = true;
+    struct smtpc_msg m = msg_source(1, fs);
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, fs->pending);
+    smtpc_pool_close(f->pool, testlib_smtpc_pool_closed_cb, f);
+    assert_all(&r, 1, SMTPC_TEMP, 0);
+    assert_string_equal(r.r[0].text, "shutdown");
+    assert_int_equal(fs->cancels, 1);
+    TESTLIB_LOOP_UNTIL(&f->run, f->pool_closed);
+    assert_int_equal(fs->answers, 0);
+    assert_int_equal(f->srv.n_messages, 0);
+    fake_source_close(fs);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -896,6 +1129,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_invalid, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_null_sender, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_large_body, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_source_chunks, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_source_fails, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_source_cancel, setup, testlib_smtpc_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

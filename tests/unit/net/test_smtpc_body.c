@@ -1,7 +1,8 @@
 /*
  * test_smtpc_body.c - body to DATA wire form: dot-stuffing, CRLF only (bare
  * CR and bare LF become CRLF, SECURITY.md S2 outbound), the final dot, and
- * the same output whatever the chunk size.
+ * the same output whatever the chunk size, and whatever the places where
+ * a body that comes in chunks is split.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -104,11 +105,134 @@ static void test_body_never_bare(void **state)
     }
 }
 
+/*
+ * body_run_split - the full wire form of in[0..len), fed as chunks that end
+ * at the offsets in cuts (rising, each below len; the last chunk runs to
+ * len), each copied to its own allocation so a read past a chunk's end is
+ * caught under ASan. Output room is cap bytes at a time.
+ */
+static char *body_run_split(const char *in,
+                            size_t len,
+                            const size_t *cuts,
+                            size_t n_cuts,
+                            size_t cap,
+                            size_t *out_len)
+{
+    struct smtpc_body b;
+    smtpc_body_begin(&b);
+    size_t alloc = 2 * len + 8, olen = 0, next = 0, from = 0;
+    char *out = malloc(alloc);
+    uint8_t *chunk = malloc(cap);
+    uint8_t *piece = NULL;
+    assert_non_null(out);
+    assert_non_null(chunk);
+    for (int guard = 0; !b.done; guard++) {
+        assert_true(guard < 100000);
+        if (smtpc_body_need(&b)) {
+            size_t to = next < n_cuts ? cuts[next++] : len;
+            assert_true(to >= from && to <= len);
+            free(piece);
+            piece = malloc(to - from + 1);
+            assert_non_null(piece);
+            memcpy(piece, in + from, to - from);
+            smtpc_body_feed(&b, piece, to - from, to == len && next >= n_cuts);
+            from = to;
+            continue;
+        }
+        size_t n = smtpc_body_fill(&b, chunk, cap);
+        assert_true(n <= cap);
+        assert_true(olen + n <= alloc);
+        memcpy(out + olen, chunk, n);
+        olen += n;
+    }
+    assert_false(smtpc_body_need(&b));
+    free(piece);
+    free(chunk);
+    *out_len = olen;
+    return out;
+}
+
+/* Bodies whose line ends and dots fall on chunk edges in every way. */
+static const char *const split_bodies[] = {
+    "a\r\nb\r\n",
+    ".\r\n.\r\n..\r\n.",
+    "x\r\n.\r\ny\n.\nz\r.\r",
+    "a\r\r\nb\n\r\n\r\r\n.\n\r.",
+    "\r",
+    "\n",
+    ".",
+    "\r\n",
+    "\r\n.\r\n",
+    "line one\r\n.two\rthree\n..four\r\n\r\n.\r\nend",
+};
+
+/* test_body_every_split - one cut, then two, at every place: the same bytes as the whole body. */
+static void test_body_every_split(void **state)
+{
+    (void)state;
+    static const size_t caps[] = {SMTPC_BODY_FILL_MIN, 7, 64 * 1024};
+    for (size_t i = 0; i < sizeof(split_bodies) / sizeof(split_bodies[0]); i++) {
+        const char *in = split_bodies[i];
+        size_t len = strlen(in), want_len = 0;
+        char *want = body_run(in, 64 * 1024, &want_len);
+        for (size_t c = 0; c < sizeof(caps) / sizeof(caps[0]); c++) {
+            for (size_t x = 0; x <= len; x++) {
+                for (size_t y = x; y <= len; y++) {
+                    size_t cuts[2] = {x, y}, got_len = 0;
+                    /* y == x also gives an empty chunk between the two halves */
+                    char *got = body_run_split(in, len, cuts, 2, caps[c], &got_len);
+                    if (got_len != want_len || memcmp(got, want, want_len) != 0)
+                        fail_msg("body %zu cut at %zu and %zu (cap %zu): wrong output", i, x, y,
+                                 caps[c]);
+                    free(got);
+                }
+            }
+        }
+        free(want);
+    }
+}
+
+/* test_body_split_random - random bodies cut into random chunks: the same bytes as whole. */
+static void test_body_split_random(void **state)
+{
+    (void)state;
+    static const char alphabet[] = "\r\n.a";
+    char in[2048];
+    size_t cuts[64];
+    unsigned seed = 4242;
+    for (int round = 0; round < 200; round++) {
+        for (size_t i = 0; i < sizeof(in); i++) {
+            seed = seed * 1103515245u + 12345u;
+            in[i] = alphabet[(seed >> 16) % 4];
+        }
+        size_t n_cuts = 0, at = 0;
+        while (n_cuts < 64) {
+            seed = seed * 1103515245u + 12345u;
+            at += (seed >> 16) % 80;
+            if (at >= sizeof(in))
+                break;
+            cuts[n_cuts++] = at;
+        }
+        char whole[sizeof(in) + 1];
+        memcpy(whole, in, sizeof(in));
+        whole[sizeof(in)] = '\0';
+        size_t want_len = 0, got_len = 0;
+        char *want = body_run(whole, 64, &want_len);
+        char *got = body_run_split(in, sizeof(in), cuts, n_cuts, 64, &got_len);
+        assert_int_equal(got_len, want_len);
+        assert_memory_equal(got, want, want_len);
+        free(want);
+        free(got);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_body_table),
         cmocka_unit_test(test_body_never_bare),
+        cmocka_unit_test(test_body_every_split),
+        cmocka_unit_test(test_body_split_random),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -67,6 +67,9 @@ struct test_server {
     char addr[64];
     bool has[TEST_BODIES];
     int flip;        /* index of the body served with a byte flipped, or -1 */
+    int fail_read;   /* index of the body whose reads fail (HAMR_EIO), or -1 */
+    bool async;      /* reads answer from the thread pool, not inside the call */
+    int reading;     /* async reads not yet answered */
     bool hold;       /* keep fetch calls for the test to answer */
     bool serve_none; /* no fetch handler in the peer handler at all */
     struct body_fetch_source src;
@@ -174,13 +177,18 @@ static int test_src_lookup(void *data, const char *id, uint64_t *len, uint8_t sh
     return 0;
 }
 
-/* test_src_read - bytes of the body; the flipped one has its middle byte changed. */
-static ssize_t test_src_read(void *data, const char *id, uint64_t off, uint8_t *buf, size_t n)
+/* test_src_copy - bytes of the body, or an error; the flipped one has its middle byte changed. */
+static ssize_t test_src_copy(struct test_server *s,
+                             const char *id,
+                             uint64_t off,
+                             uint8_t *buf,
+                             size_t n)
 {
-    struct test_server *s = data;
     int i = test_index(id);
     if (i < 0 || !s->has[i])
         return HAMR_ENOTFOUND;
+    if (i == s->fail_read)
+        return HAMR_EIO;
     const struct test_body *b = &test_bodies[i];
     if (off >= b->len)
         return 0;
@@ -190,8 +198,70 @@ static ssize_t test_src_read(void *data, const char *id, uint64_t off, uint8_t *
     size_t mid = b->len / 2;
     if (i == s->flip && mid >= off && mid < off + n)
         buf[mid - off] ^= 0x20;
-    s->served_of[i]++;
     return (ssize_t)n;
+}
+
+/* test_src_read_req - an async read of the test source, in the thread pool as the store's are. */
+struct test_src_read_req {
+    uv_work_t req;
+    struct test_server *s;
+    char id[BODY_FETCH_ID_MAX];
+    uint64_t off;
+    uint8_t *buf;
+    size_t n;
+    ssize_t got;
+    body_fetch_read_cb done;
+    void *arg;
+};
+
+static void test_src_read_work(uv_work_t *req)
+{
+    struct test_src_read_req *q = req->data;
+    q->got = test_src_copy(q->s, q->id, q->off, q->buf, q->n);
+}
+
+static void test_src_read_after(uv_work_t *req, int status)
+{
+    struct test_src_read_req *q = req->data;
+    assert_int_equal(status, 0);
+    q->s->reading--;
+    int i = test_index(q->id);
+    if (q->got > 0)
+        q->s->served_of[i]++;
+    q->done(q->arg, q->got);
+    free(q);
+}
+
+/* test_src_read - the chunk at once, or (async) from the thread pool. */
+static void test_src_read(void *data,
+                          const char *id,
+                          uint64_t off,
+                          uint8_t *buf,
+                          size_t n,
+                          body_fetch_read_cb done,
+                          void *arg)
+{
+    struct test_server *s = data;
+    if (!s->async) {
+        ssize_t got = test_src_copy(s, id, off, buf, n);
+        if (got > 0)
+            s->served_of[test_index(id)]++;
+        done(arg, got);
+        return;
+    }
+    struct test_src_read_req *q = calloc(1, sizeof(*q));
+    assert_non_null(q);
+    q->req.data = q;
+    q->s = s;
+    snprintf(q->id, sizeof(q->id), "%s", id);
+    q->off = off;
+    q->buf = buf;
+    q->n = n;
+    q->done = done;
+    q->arg = arg;
+    s->reading++;
+    assert_int_equal(uv_queue_work(&s->f->loop, &q->req, test_src_read_work, test_src_read_after),
+                     0);
 }
 
 /* test_fetch - the peer handler's fetch: serve now, or hold the call. */
@@ -309,6 +379,7 @@ static int test_server_start(struct fixture *f, int k)
     struct test_server *s = &f->s[k];
     s->f = f;
     s->flip = -1;
+    s->fail_read = -1;
     for (int i = 0; i < TEST_BODIES; i++)
         s->has[i] = true;
     s->src =
@@ -742,9 +813,12 @@ static void test_answer_cb(void *arg, int status, const Hamr__PeerResult *res)
                 memcmp(res->body_sha256.data, test_bodies[7].sha, BODY_FETCH_SHA256_LEN) == 0;
 }
 
-static void test_serve(void **state)
+/*
+ * test_serve_with - the server's answers, the source reading at once or
+ * from the thread pool (as the body store does): the same either way.
+ */
+static void test_serve_with(struct fixture *f, bool async)
 {
-    struct fixture *f = *state;
     const struct {
         const char *label;
         const char *id;
@@ -761,7 +835,10 @@ static void test_serve(void **state)
         {"not here", "M99", 0, 100, HAMR_ENOTFOUND, 0},
         {"max 0 (refused)", "M07", 0, 0, HAMR_EPERM, 0},
         {"no id (refused)", "", 0, 100, HAMR_EPERM, 0},
+        {"read fails", "M03", 0, 100, HAMR_EIO, 0},
     };
+    f->s[0].async = async;
+    f->s[0].fail_read = 3;
     struct test_answer ans[sizeof(cases) / sizeof(cases[0])];
     memset(ans, 0, sizeof(ans));
     size_t n = sizeof(cases) / sizeof(cases[0]);
@@ -777,16 +854,38 @@ static void test_serve(void **state)
             peer_client_call(f->cli, 1, f->s[0].addr, &m, 5000, test_answer_cb, &ans[i]), 0);
     }
     test_wait(f, peer_client_pending(f->cli) == 0);
+    assert_int_equal(f->s[0].reading, 0);
     for (size_t i = 0; i < n; i++) {
         if (ans[i].count != 1 || ans[i].status != 0 || ans[i].rstatus != cases[i].want_status ||
             ans[i].len != cases[i].want_len)
-            fail_msg("%s: count %d status %d answer %d len %zu", cases[i].label, ans[i].count,
-                     ans[i].status, ans[i].rstatus, ans[i].len);
+            fail_msg("%s (%s): count %d status %d answer %d len %zu", cases[i].label,
+                     async ? "async" : "at once", ans[i].count, ans[i].status, ans[i].rstatus,
+                     ans[i].len);
         if (cases[i].want_status == 0 && (ans[i].total != TEST_BIG || !ans[i].sha_ok))
             fail_msg("%s: total %llu sha_ok %d", cases[i].label, (unsigned long long)ans[i].total,
                      ans[i].sha_ok);
     }
     assert_int_equal(ans[3].first, test_bodies[7].data[5]);
+    assert_int_equal(ans[1].first, test_bodies[7].data[TEST_BIG - 10]);
+}
+
+static void test_serve(void **state)
+{
+    test_serve_with(*state, false);
+}
+
+static void test_serve_async(void **state)
+{
+    test_serve_with(*state, true);
+}
+
+/* test_fetch_many_async - whole bodies fetched from servers that read in the thread pool. */
+static void test_fetch_many_async(void **state)
+{
+    struct fixture *f = *state;
+    for (int k = 0; k < TEST_SERVERS; k++)
+        f->s[k].async = true;
+    test_fetch_many(state);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -853,6 +952,8 @@ int main(void)
         TEST_CASE(test_store_fails),
         TEST_CASE(test_close_in_flight),
         TEST_CASE(test_serve),
+        TEST_CASE(test_serve_async),
+        TEST_CASE(test_fetch_many_async),
     };
     int failed = cmocka_run_group_tests_name("plaintext", tests, NULL, NULL);
     failed +=

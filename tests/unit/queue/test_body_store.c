@@ -2,7 +2,8 @@
  * test_body_store.c - the on-disk body store (queue/body_store.c) on a real
  * directory under $TMPDIR and a fresh libuv loop per test: round trips,
  * corruption, segment rolls, reopen and claims, torn tails, removal of
- * segments, syncs, pread, and close with reads in flight. Waits are bounded
+ * segments, syncs, pread, ranged and streamed (chunked) reads, and close
+ * with reads in flight. Waits are bounded
  * loop runs (tests/lib/testlib_loop.h), never sleeps.
  */
 #include <setjmp.h>
@@ -707,6 +708,265 @@ static void test_close_idle(void **state)
     assert_true(seg_exists(f, 1)); /* never appends to an earlier process's segment */
 }
 
+/* ---- ranges and streams ------------------------------------------------- */
+
+/* A range's outcome. */
+struct got_range {
+    int calls;
+    ssize_t got;
+};
+
+static void range_cb(void *arg, ssize_t got)
+{
+    struct got_range *g = arg;
+    g->calls++;
+    g->got = got;
+}
+
+/* A stream's chunks, appended as they come. */
+struct got_stream {
+    int calls;
+    int status;
+    bool last;
+    uint8_t *body; /* the chunks so far */
+    size_t len, cap;
+    size_t max_chunk;
+};
+
+static void stream_cb(void *arg, int status, const uint8_t *data, size_t n, bool last)
+{
+    struct got_stream *g = arg;
+    g->calls++;
+    g->status = status;
+    g->last = last;
+    if (status != 0) {
+        assert_null(data);
+        assert_int_equal(n, 0);
+        assert_false(last);
+        return;
+    }
+    assert_true(g->len + n <= g->cap);
+    if (n > 0)
+        memcpy(g->body + g->len, data, n);
+    g->len += n;
+    if (n > g->max_chunk)
+        g->max_chunk = n;
+}
+
+/*
+ * stream_all - read loc as id's body (len, sha) in chunks of chunk bytes
+ * until the last or a failed one; the outcome in *g (g->body to free).
+ * Returns the number of reads.
+ */
+static int stream_all(struct fixture *f,
+                      uint64_t loc,
+                      const char *id,
+                      size_t len,
+                      const uint8_t sha[BODY_SHA256_LEN],
+                      size_t chunk,
+                      struct got_stream *g)
+{
+    memset(g, 0, sizeof(*g));
+    g->cap = len + 1;
+    g->body = malloc(g->cap);
+    assert_non_null(g->body);
+    struct body_store_stream *st = NULL;
+    assert_int_equal(body_store_stream_new(f->s, loc, id, len, sha, chunk, &st), 0);
+    int reads = 0;
+    while (g->status == 0 && !g->last) {
+        int before = g->calls;
+        assert_int_equal(body_store_stream_next(st, stream_cb, g), 0);
+        assert_int_equal(g->calls, before); /* never inside the call */
+        /* a second read while one is in flight is refused */
+        assert_int_equal(body_store_stream_next(st, stream_cb, g), HAMR_EINVAL);
+        TESTLIB_LOOP_UNTIL(&f->w, g->calls > before);
+        assert_int_equal(g->calls, before + 1);
+        assert_true(++reads <= (int)(len / chunk) + 2);
+    }
+    /* ended: no more reads */
+    assert_int_equal(body_store_stream_next(st, stream_cb, g), HAMR_EINVAL);
+    assert_null(body_store_stream_free(st));
+    return reads;
+}
+
+/* A body read in chunks of every size comes back whole, each chunk at most the size asked. */
+static void test_stream_chunks(void **state)
+{
+    struct fixture *f = *state;
+    store_open(f, 0);
+    static const size_t lens[] = {0, 1, 4096, 65536, 65537, 200000};
+    static const size_t chunks[] = {1, 7, 4096, 65536, 1 << 20};
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+        char id[32];
+        uint8_t sha[BODY_SHA256_LEN];
+        uint64_t loc = put(f, id_of(id, "s", (int)i), lens[i], (unsigned)i, sha);
+        uint8_t *want = fill(lens[i], (unsigned)i);
+        for (size_t c = 0; c < sizeof(chunks) / sizeof(chunks[0]); c++) {
+            if (lens[i] / chunks[c] > 5000)
+                continue; /* a byte at a time through the pool: enough with the small ones */
+            struct got_stream g;
+            int reads = stream_all(f, loc, id, lens[i], sha, chunks[c], &g);
+            if (g.status != 0 || !g.last || g.len != lens[i] ||
+                (lens[i] > 0 && memcmp(g.body, want, lens[i]) != 0))
+                fail_msg("len %zu chunk %zu: status %d last %d len %zu", lens[i], chunks[c],
+                         g.status, g.last, g.len);
+            assert_true(g.max_chunk <= chunks[c]);
+            size_t want_reads = lens[i] == 0 ? 1 : (lens[i] + chunks[c] - 1) / chunks[c];
+            assert_int_equal(reads, want_reads);
+            free(g.body);
+        }
+        free(want);
+    }
+    assert_int_equal(stats(f).read_errors, 0);
+}
+
+/*
+ * One octet flipped in the body: every chunk before the last comes out
+ * (nothing in them can tell), the last one fails with HAMR_ECORRUPT.
+ */
+static void test_stream_flipped_byte(void **state)
+{
+    struct fixture *f = *state;
+    store_open(f, 0);
+    uint8_t sha[BODY_SHA256_LEN];
+    uint64_t loc = put(f, "victim", 50000, 3, sha);
+    assert_int_equal(body_store_sync_now(f->s), 0);
+    char path[400];
+    seg_path(f, BODY_LOC_SEG(loc), path);
+    int fd = open(path, O_RDWR);
+    assert_true(fd >= 0);
+    off_t at = BODY_LOC_OFF(loc) + 48 + 6 + 123;
+    uint8_t c;
+    assert_int_equal(pread(fd, &c, 1, at), 1);
+    c ^= 0x01;
+    assert_int_equal(pwrite(fd, &c, 1, at), 1);
+    close(fd);
+    struct got_stream g;
+    int reads = stream_all(f, loc, "victim", 50000, sha, 10000, &g);
+    assert_int_equal(reads, 5);
+    assert_int_equal(g.status, HAMR_ECORRUPT);
+    assert_false(g.last);
+    assert_int_equal(g.len, 40000); /* four chunks handed out before the last failed */
+    assert_int_equal(stats(f).read_errors, 1);
+    free(g.body);
+    /* The whole read agrees; a stream of another length or hash fails at once. */
+    struct got whole;
+    read_wait(f, loc, "victim", 50000, sha, &whole);
+    assert_int_equal(whole.status, HAMR_ECORRUPT);
+    uint8_t other[BODY_SHA256_LEN];
+    memcpy(other, sha, sizeof(other));
+    other[0] ^= 1;
+    reads = stream_all(f, loc, "victim", 50000, other, 10000, &g);
+    assert_int_equal(reads, 1);
+    assert_int_equal(g.status, HAMR_ECORRUPT);
+    free(g.body);
+    reads = stream_all(f, loc, "victim", 49999, sha, 10000, &g);
+    assert_int_equal(reads, 1);
+    assert_int_equal(g.status, HAMR_ECORRUPT);
+    free(g.body);
+    reads = stream_all(f, BODY_LOC(BODY_LOC_SEG(loc) + 3, 0), "victim", 50000, sha, 10000, &g);
+    assert_int_equal(g.status, HAMR_ENOTFOUND);
+    free(g.body);
+}
+
+/* Ranges: the bytes asked for, checked against the record; past the end refused. */
+static void test_read_range(void **state)
+{
+    struct fixture *f = *state;
+    store_open(f, 0);
+    uint8_t sha[BODY_SHA256_LEN];
+    uint64_t loc = put(f, "r", 10000, 5, sha);
+    uint8_t *want = fill(10000, 5);
+    uint8_t buf[4096];
+    static const struct {
+        uint64_t off;
+        size_t n;
+    } ok[] = {{0, 100}, {5000, 4096}, {9990, 10}, {10000, 0}, {0, 0}};
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        struct got_range g = {0};
+        memset(buf, 0xee, sizeof(buf));
+        assert_int_equal(body_store_read_range(f->s, loc, "r", 10000, sha, ok[i].off, buf, ok[i].n,
+                                               range_cb, &g),
+                         0);
+        assert_int_equal(g.calls, 0);
+        TESTLIB_LOOP_UNTIL(&f->w, g.calls > 0);
+        assert_int_equal(g.calls, 1);
+        assert_int_equal(g.got, (ssize_t)ok[i].n);
+        if (ok[i].n > 0)
+            assert_memory_equal(buf, want + ok[i].off, ok[i].n);
+    }
+    struct got_range g = {0};
+    assert_int_equal(body_store_read_range(f->s, loc, "r", 10000, sha, 9990, buf, 11, range_cb, &g),
+                     HAMR_EINVAL);
+    assert_int_equal(body_store_read_range(f->s, loc, "r", 10000, sha, 10001, buf, 0, range_cb, &g),
+                     HAMR_EINVAL);
+    assert_int_equal(
+        body_store_read_range(f->s, loc, "r", 10000, sha, UINT64_MAX, buf, 1, range_cb, &g),
+        HAMR_EINVAL);
+    assert_int_equal(
+        body_store_read_range(f->s, BODY_LOC_NONE, "r", 10000, sha, 0, buf, 1, range_cb, &g),
+        HAMR_EINVAL);
+    /* Another id, length or hash than the record's: HAMR_ECORRUPT. */
+    uint8_t other[BODY_SHA256_LEN];
+    memcpy(other, sha, sizeof(other));
+    other[5] ^= 1;
+    assert_int_equal(body_store_read_range(f->s, loc, "r", 10000, other, 0, buf, 10, range_cb, &g),
+                     0);
+    TESTLIB_LOOP_UNTIL(&f->w, g.calls > 0);
+    assert_int_equal(g.got, HAMR_ECORRUPT);
+    g.calls = 0;
+    assert_int_equal(body_store_read_range(f->s, loc, "q", 10000, sha, 0, buf, 10, range_cb, &g),
+                     0);
+    TESTLIB_LOOP_UNTIL(&f->w, g.calls > 0);
+    assert_int_equal(g.got, HAMR_ECORRUPT);
+    assert_int_equal(g.calls, 1);
+    assert_int_equal(stats(f).read_errors, 2);
+    free(want);
+}
+
+/*
+ * A stream freed with a read in flight never reports it (its caller has
+ * gone); the read still ends, and the store then closes (ASan: nothing
+ * leaks). Another stream in flight at close gets its chunk or
+ * HAMR_ESHUTDOWN, once.
+ */
+static void test_stream_free_in_flight(void **state)
+{
+    struct fixture *f = *state;
+    store_open(f, 0);
+    uint8_t sha[BODY_SHA256_LEN];
+    uint64_t loc = put(f, "busy", 300000, 9, sha);
+    struct body_store_stream *st = NULL, *st2 = NULL;
+    struct got_stream g = {.cap = 300001}, g2 = {.cap = 300001};
+    g.body = malloc(g.cap);
+    g2.body = malloc(g2.cap);
+    assert_non_null(g.body);
+    assert_non_null(g2.body);
+    assert_int_equal(body_store_stream_new(f->s, loc, "busy", 300000, sha, 65536, &st), 0);
+    assert_int_equal(body_store_stream_new(f->s, loc, "busy", 300000, sha, 65536, &st2), 0);
+    assert_int_equal(body_store_stream_next(st, stream_cb, &g), 0);
+    assert_null(body_store_stream_free(st));
+    assert_int_equal(body_store_stream_next(st2, stream_cb, &g2), 0);
+    TESTLIB_LOOP_UNTIL(&f->w, g2.calls > 0);
+    assert_int_equal(g2.status, 0);
+    assert_int_equal(body_store_stream_next(st2, stream_cb, &g2), 0);
+    f->closed = false;
+    body_store_close(f->s, close_cb, f);
+    /* a stream of a closing store reads no more */
+    struct body_store_stream *st3 = NULL;
+    assert_int_equal(body_store_stream_new(f->s, loc, "busy", 300000, sha, 65536, &st3), 0);
+    assert_int_equal(body_store_stream_next(st3, stream_cb, &g), HAMR_ESHUTDOWN);
+    assert_null(body_store_stream_free(st3));
+    TESTLIB_LOOP_UNTIL(&f->w, f->closed);
+    f->s = NULL;
+    assert_int_equal(g.calls, 0);
+    assert_int_equal(g2.calls, 2);
+    assert_true(g2.status == 0 || g2.status == HAMR_ESHUTDOWN);
+    assert_null(body_store_stream_free(st2));
+    free(g.body);
+    free(g2.body);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -723,6 +983,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_write_fails, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_reads_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_idle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_chunks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_flipped_byte, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_range, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_free_in_flight, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
