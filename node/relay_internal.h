@@ -187,8 +187,6 @@ int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_c
 void relay_peer_request(void *data, struct peer_call *call, const Hamr__PeerMsg *msg);
 
 /* relay_sched.c */
-struct queue_work;
-size_t relay_sched_skip_missing(struct relay *r, struct queue_work *work, int n);
 void relay_sched_tick(uv_timer_t *t);
 void relay_sched_kick(struct relay *r);
 

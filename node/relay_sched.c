@@ -700,38 +700,6 @@ static void relay_sched_lease(struct relay *r,
     r->sched.in_flight++;
 }
 
-/*
- * relay_sched_skip_missing - of the work[0..n) a pick returned, the
- * deliveries of a message whose body this node lacks become QUEUE_WORK_SKIP,
- * and the fetcher is asked for the body (relay_bodies.c): a lease now would
- * only expire unused, and a leader that has just installed a snapshot may
- * lack many. Final outcomes (expired, no route) need no body and stay.
- * Returns the deliveries left.
- *
- * XXX: a pick hands out the oldest due work of a destination, up to its free
- * slots (queue_sched.c), and a skipped message keeps its place: while the
- * leader lacks the bodies of that many of a destination's oldest messages,
- * the newer ones it has wait behind them. The fetcher asks for bodies in
- * queue order, so this lasts as long as fetching the oldest, unless no peer
- * has them.
- */
-size_t relay_sched_skip_missing(struct relay *r, struct queue_work *work, int n)
-{
-    size_t n_deliver = 0;
-    for (int i = 0; i < n; i++) {
-        if (work[i].kind != QUEUE_WORK_DELIVER)
-            continue;
-        const struct queue_msg *m = queue_find(r->queue, work[i].queue_id);
-        if (m != NULL && m->body_missing) {
-            relay_bodies_want(r, m);
-            work[i].kind = QUEUE_WORK_SKIP;
-            continue;
-        }
-        n_deliver++;
-    }
-    return n_deliver;
-}
-
 /* relay_sched_tick - leader: lease due work, expire what is too old. */
 void relay_sched_tick(uv_timer_t *t)
 {
@@ -764,11 +732,14 @@ void relay_sched_tick(uv_timer_t *t)
         return;
     }
 
-    /* Split: final outcomes now, deliveries under one lease. */
-    size_t n_deliver = relay_sched_skip_missing(r, work, n);
+    /* Split: final outcomes now, deliveries under one lease. The pick
+     * gives no delivery of a message whose body this node lacks. */
+    size_t n_deliver = 0;
     for (int i = 0; i < n; i++) {
         if (work[i].kind == QUEUE_WORK_EXPIRE || work[i].kind == QUEUE_WORK_NOROUTE)
             relay_sched_final(r, &work[i], now);
+        else
+            n_deliver++;
     }
     if (n_deliver == 0) {
         queue_work_free(work, (size_t)n);

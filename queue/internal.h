@@ -57,8 +57,8 @@ struct queue_dheap {
 /*
  * queue_domain - the messages with a recipient in one domain (the text
  * after the last '@', as the route sees it), in a heap on the earliest
- * next attempt of their PENDING recipients there (UINT64_MAX for none or a
- * held message). A domain lives while a message has a recipient there.
+ * next attempt of their PENDING recipients there (UINT64_MAX for none, a
+ * held message, or one whose body this node lacks). A domain lives while a message has a recipient there.
  */
 struct queue_domain {
     char *name;

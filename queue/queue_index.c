@@ -265,7 +265,7 @@ static const char *queue_dom_name(const char *addr)
 static uint64_t queue_dom_key(const struct queue_item *it, const struct queue_dnode *dn)
 {
     const struct queue_msg *m = &it->msg;
-    if (m->held)
+    if (m->held || m->body_missing)
         return UINT64_MAX;
     uint64_t key = UINT64_MAX;
     for (size_t i = 0; i < m->n_rcpts; i++) {
@@ -404,7 +404,8 @@ static void queue_dom_rekey(struct queue *q, struct queue_item *it)
     if (keys != NULL) {
         for (size_t k = 0; k < it->n_dnodes; k++)
             keys[k] = UINT64_MAX;
-        for (size_t i = 0; it->n_dnodes > 0 && !m->held && i < m->n_rcpts; i++) {
+        bool out = m->held || m->body_missing; /* not delivered from here: out of the heaps' way */
+        for (size_t i = 0; it->n_dnodes > 0 && !out && i < m->n_rcpts; i++) {
             const struct queue_rcpt *r = &m->rcpts[i];
             uint32_t k = queue_rdn(it, i);
             if (r->state == QUEUE_RCPT_PENDING && r->next_attempt_ms < keys[k])

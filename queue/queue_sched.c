@@ -31,6 +31,13 @@
  * boot of this node is therefore only re-leased for delivery, never
  * expired or bounced here: once its lease lapses it is.
  *
+ * A message whose body this node lacks (body_missing: a snapshot installed,
+ * or a stored copy found corrupt) gets no DELIVER work until the body has
+ * been fetched: a lease now would only expire unused. The domain index
+ * keeps it out of its domains' heaps meanwhile (queue_index.c), so neither
+ * does it cost a pick anything nor does it hold back the newer messages of
+ * its destination; it still expires and still has no route.
+ *
  * A message with expires_at_ms 0 never expires. max_per_dest 0 and
  * max_items 0 mean no limit.
  *
@@ -472,9 +479,10 @@ static int queue_sched_collect_cb(void *arg, const struct queue_msg *m)
         } else if (dest == NULL) {
             if (unheld)
                 rv = queue_sched_group_add(x, m, QUEUE_WORK_NOROUTE, "", (uint32_t)i);
-        } else if (!queue_sched_full(x, dest)) {
+        } else if (!m->body_missing && !queue_sched_full(x, dest)) {
             /* A full destination gets nothing: no group to build for each
-             * of its waiting messages. */
+             * of its waiting messages. Nor does a message whose body this
+             * node lacks: it is being fetched (see the top). */
             rv = queue_sched_group_add(x, m, QUEUE_WORK_DELIVER, dest, (uint32_t)i);
         }
     }

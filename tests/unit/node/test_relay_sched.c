@@ -1,8 +1,9 @@
 /*
  * test_relay_sched.c - what the leader's scheduler and hamrctl status decide
- * from the queue alone: a delivery of a message whose body this node lacks
- * is skipped (relay_sched_skip_missing), and the state digest is left out
- * above a count of queued messages (relay_ctl_digest).
+ * from the queue alone: a message whose body this node lacks gets no
+ * delivery (the pick leaves it out, queue_sched.c) and holds back no newer
+ * message of its next hop, yet still expires; and the state digest is left
+ * out above a count of queued messages (relay_ctl_digest).
  *
  * The relay is relay_fixture's zeroed struct: a queue, no fetcher (asking
  * for a body is a no-op). A body goes missing as on a
@@ -105,15 +106,21 @@ static const char *test_id(size_t i)
     return ids[i];
 }
 
-/* test_enqueue - messages 0..n, one recipient each, all due at T0; stored, none missing. */
-static void test_enqueue(struct test_ctx *c, size_t n)
+/* test_enqueue - messages 0..n, one recipient each, all due at T0, expiring at expires; stored. */
+static void test_enqueue_until(struct test_ctx *c, size_t n, uint64_t expires)
 {
     for (size_t i = 0; i < n; i++) {
         struct fx_enq e = {
-            .id = test_id(i), .sender = "s@x.test", .rcpts = {"r@y.test"}, .expires = T0 + 3600000};
+            .id = test_id(i), .sender = "s@x.test", .rcpts = {"r@y.test"}, .expires = expires};
         assert_int_equal(fx_enqueue(c->fx->r.queue, T0, &e).status, 0);
     }
     assert_int_equal(queue_bodies_missing(c->fx->r.queue), 0);
+}
+
+/* test_enqueue - messages 0..n, due at T0, expiring in an hour. */
+static void test_enqueue(struct test_ctx *c, size_t n)
+{
+    test_enqueue_until(c, n, T0 + 3600000);
 }
 
 /* test_route - every recipient to one next hop. */
@@ -124,78 +131,89 @@ static int test_route(void *data, const char *rcpt, char *dest, size_t destlen)
     return 0;
 }
 
-/* test_pick - the leader's pick at T0 + 1 s: one delivery per message. */
-static int test_pick(struct test_ctx *c, struct queue_work **work)
+/* test_pick - the leader's pick at T0 + 1 s, at most per_dest (0: any) to the one next hop. */
+static int test_pick(struct test_ctx *c, unsigned per_dest, struct queue_work **work)
 {
-    struct queue_sched_limits lim = {.max_per_dest = 0, .max_items = 100, .self_node = 1};
+    struct queue_sched_limits lim = {.max_per_dest = per_dest, .max_items = 100, .self_node = 1};
     struct queue_route route = {.data = c, .dest = test_route};
     return queue_sched_pick(c->fx->r.queue, T0 + 1000, &lim, &route, work);
 }
 
-/* Rows: which of TEST_MSGS messages lack their body; the rest must stay deliveries. */
+/* Rows: which of TEST_MSGS messages lack their body; per_dest; the deliveries the pick gives. */
 static const struct {
     const char *label;
     bool lost[TEST_MSGS];
-    size_t want_deliver;
-} test_skip_cases[] = {
-    {"every body here", {false}, TEST_MSGS},
-    {"the oldest lacks its body", {true}, TEST_MSGS - 1},
-    {"two in the middle", {false, false, true, true}, TEST_MSGS - 2},
-    {"every body missing (a new leader after a snapshot)", {true, true, true, true, true, true}, 0},
+    unsigned per_dest;
+    const char *want; /* the picked ids in order */
+} test_pick_cases[] = {
+    {"every body here", {false}, 0, "M0 M1 M2 M3 M4 M5"},
+    {"the oldest lacks its body", {true}, 0, "M1 M2 M3 M4 M5"},
+    {"two in the middle", {false, false, true, true}, 0, "M0 M1 M4 M5"},
+    {"every body missing (a new leader after a snapshot)",
+     {true, true, true, true, true, true},
+     0,
+     ""},
+    /* The two oldest missing at a limit of two: the newer ones go, not held back. */
+    {"the oldest missing at the next hop's limit", {true, true}, 2, "M2 M3"},
 };
 
-/* A delivery of a message whose body is missing is skipped; every other one is left alone. */
-static void test_skip_missing(void **state)
+/* The pick gives no delivery of a message whose body is missing, and lets newer ones by. */
+static void test_pick_leaves_missing(void **state)
 {
     (void)state;
-    for (size_t k = 0; k < sizeof(test_skip_cases) / sizeof(test_skip_cases[0]); k++) {
+    for (size_t k = 0; k < sizeof(test_pick_cases) / sizeof(test_pick_cases[0]); k++) {
         struct test_ctx *c;
         test_setup((void **)&c);
         test_enqueue(c, TEST_MSGS);
         size_t lost = 0;
         for (size_t i = 0; i < TEST_MSGS; i++) {
-            if (!test_skip_cases[k].lost[i])
+            if (!test_pick_cases[k].lost[i])
                 continue;
             assert_int_equal(queue_body_lost(c->fx->r.queue, test_id(i)), 0);
             lost++;
         }
         assert_int_equal(queue_bodies_missing(c->fx->r.queue), lost);
+        assert_int_equal(queue_sched_index_check(c->fx->r.queue), 0);
         struct queue_work *work = NULL;
-        int n = test_pick(c, &work);
-        assert_int_equal(n, TEST_MSGS);
-        size_t got = relay_sched_skip_missing(&c->fx->r, work, n);
-        if (got != test_skip_cases[k].want_deliver)
-            fail_msg("%s: %zu deliveries left, want %zu", test_skip_cases[k].label, got,
-                     test_skip_cases[k].want_deliver);
-        for (int w = 0; w < n; w++) {
-            const struct queue_msg *m = queue_find(c->fx->r.queue, work[w].queue_id);
-            assert_non_null(m);
-            enum queue_work_kind want = m->body_missing ? QUEUE_WORK_SKIP : QUEUE_WORK_DELIVER;
-            if (work[w].kind != want)
-                fail_msg("%s: %s is kind %d, want %d", test_skip_cases[k].label, m->id,
-                         (int)work[w].kind, (int)want);
+        int n = test_pick(c, test_pick_cases[k].per_dest, &work);
+        assert_true(n >= 0);
+        char got[TEST_MSGS * (QUEUE_ID_MAX + 1)] = "";
+        size_t used = 0;
+        for (int w = 0; w < n && w < TEST_MSGS; w++) {
+            assert_int_equal(work[w].kind, QUEUE_WORK_DELIVER);
+            int k2 = snprintf(got + used, sizeof(got) - used, "%s%.8s", w ? " " : "",
+                              work[w].queue_id);
+            assert_true(k2 > 0 && (size_t)k2 < sizeof(got) - used);
+            used += (size_t)k2;
         }
+        if (strcmp(got, test_pick_cases[k].want) != 0)
+            fail_msg("%s: picked \"%s\", want \"%s\"", test_pick_cases[k].label, got,
+                     test_pick_cases[k].want);
+        work = queue_work_free(work, (size_t)n);
+        /* Fetched again: due like the others. */
+        for (size_t i = 0; i < TEST_MSGS; i++)
+            if (test_pick_cases[k].lost[i])
+                assert_int_equal(queue_body_found(c->fx->r.queue, test_id(i), 1000 + i), 0);
+        assert_int_equal(queue_sched_index_check(c->fx->r.queue), 0);
+        n = test_pick(c, 0, &work);
+        assert_int_equal(n, TEST_MSGS);
         work = queue_work_free(work, (size_t)n);
         test_teardown((void **)&c);
     }
 }
 
-/* An expiry needs no body: it stays, and is not counted as a delivery. */
-static void test_skip_leaves_finals(void **state)
+/* An expiry needs no body: a message past its lifetime expires whether or not it has one. */
+static void test_missing_still_expires(void **state)
 {
     struct test_ctx *c = *state;
-    test_enqueue(c, 2);
+    test_enqueue_until(c, 2, T0 + 500);
     assert_int_equal(queue_body_lost(c->fx->r.queue, test_id(0)), 0);
-    assert_int_equal(queue_body_lost(c->fx->r.queue, test_id(1)), 0);
-    struct queue_work work[3] = {
-        {.kind = QUEUE_WORK_EXPIRE}, {.kind = QUEUE_WORK_NOROUTE}, {.kind = QUEUE_WORK_DELIVER}};
-    hamr_strlcpy(work[0].queue_id, test_id(0), sizeof(work[0].queue_id));
-    hamr_strlcpy(work[1].queue_id, test_id(1), sizeof(work[1].queue_id));
-    hamr_strlcpy(work[2].queue_id, "gone", sizeof(work[2].queue_id)); /* left the queue */
-    assert_int_equal(relay_sched_skip_missing(&c->fx->r, work, 3), 1);
-    assert_int_equal(work[0].kind, QUEUE_WORK_EXPIRE);
-    assert_int_equal(work[1].kind, QUEUE_WORK_NOROUTE);
-    assert_int_equal(work[2].kind, QUEUE_WORK_DELIVER);
+    struct queue_work *work = NULL;
+    int n = test_pick(c, 0, &work);
+    assert_int_equal(n, 2);
+    for (int w = 0; w < n; w++)
+        assert_int_equal(work[w].kind, QUEUE_WORK_EXPIRE);
+    queue_work_free(work, (size_t)n);
 }
 
 /* The digest up to the limit, the same as the queue's; none above it. */
@@ -233,8 +251,8 @@ static void test_digest_max(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_skip_missing),
-        cmocka_unit_test_setup_teardown(test_skip_leaves_finals, test_setup, test_teardown),
+        cmocka_unit_test(test_pick_leaves_missing),
+        cmocka_unit_test_setup_teardown(test_missing_still_expires, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_digest_limit, test_setup, test_teardown),
         cmocka_unit_test(test_digest_max),
     };
