@@ -36,14 +36,9 @@ struct body_fetch;
 #define RELAY_VERSION "0.1.0"
 #define RELAY_DIGEST_MAX_MESSAGES 100000 /* status leaves the O(queue) digest out above this */
 #define RELAY_SCHED_MAX_ITEMS 256
-#define RELAY_SCHED_DUTY 5     /* a kick waits DUTY times the last pick, at most scan_interval */
-#define RELAY_SUSPEND_MAX 1024 /* suspended next hops remembered at once */
-
-/* relay_suspended - a next hop the leader does not try before until (uv_now). */
-struct relay_suspended {
-    char dest[QUEUE_DEST_MAX];
-    uint64_t until;
-};
+#define RELAY_SCHED_DUTY 5       /* a kick waits DUTY times the last pick, at most scan_interval */
+#define RELAY_SUSPEND_MAX 1024   /* suspended next hops remembered at once */
+#define RELAY_SUSPEND_MS 10000   /* a suspended next hop is probed this often (or retry_min) */
 #define RELAY_RETRY_MS 100       /* wait before trying a proposal again (no leader yet) */
 #define RELAY_STOP_GRACE_MS 5000 /* a gentle stop waits this long for work in flight */
 
@@ -83,6 +78,16 @@ struct relay_delivery {
     enum smtpc_tls_policy policy;
     struct smtpc_msg msg;
     struct relay_delivery *prev, *next;
+};
+
+/*
+ * relay_suspended - a next hop the leader gives no work before until
+ * (uv_now), then one message as a probe (probing) until its outcome.
+ */
+struct relay_suspended {
+    char dest[QUEUE_DEST_MAX];
+    uint64_t until;
+    bool probing;
 };
 
 /* relay_sched_state - scheduling and delivery (relay_sched.c). */

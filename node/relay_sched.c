@@ -13,13 +13,14 @@
  * delivered again: a counted duplicate window.
  *
  * A next hop that gave an attempt no SMTP session (no connection, or a
- * refusal before EHLO) is suspended for retry_min, as Postfix marks a
- * destination dead: the scheduler gives it no work until then, so a dead
- * next hop costs a probe of up to max_per_destination messages per
- * retry_min, not a Lease and an Outcome entry in the raft log for every
- * queued message that comes due (with a large backlog those retries were
- * most of the log). Its recipients still expire; a flush of the whole queue
- * revives every next hop; the table is the leader's own, never replicated.
+ * refusal before EHLO) is suspended, as Postfix marks a destination dead:
+ * the scheduler gives it no work for RELAY_SUSPEND_MS (at most retry_min),
+ * then one message as a probe; a probe that gets a session lifts the
+ * suspension, one that does not renews it. So a dead next hop costs a
+ * Lease and an Outcome entry per probe interval, not one of each for every
+ * queued message as it comes due (with a large backlog those retries were
+ * most of the raft log). Recipients still expire; a flush lifts every
+ * suspension; the table is the leader's own, never replicated.
  *
  * Every result of an attempt also says which TLS policy the attempt ran
  * under and what TLS it got (or why none), so that hamrctl show can tell an
@@ -157,25 +158,25 @@ static void relay_sched_drop_suspended(struct relay *r, struct relay_suspended *
     metrics_gauge_set(r->metrics, METRICS_DESTS_SUSPENDED, 0, (double)r->sched.n_suspended);
 }
 
-/* relay_sched_suspended - queue_route.suspended: dest is not to be tried yet. */
-static bool relay_sched_suspended(void *data, const char *dest)
+/* relay_sched_dest_max - queue_route.dest_max: 0 while suspended, 1 for the probe, else -1. */
+static int relay_sched_dest_max(void *data, const char *dest)
 {
     struct relay *r = data;
     struct relay_suspended *s = relay_sched_find_suspended(r, dest);
     if (s == NULL)
-        return false;
+        return -1;
     if (uv_now(r->loop) < s->until)
-        return true;
-    /* Its time is up: this pick's work for it is the probe. */
-    log_info("destination %s: suspension over, trying again", dest);
-    relay_sched_drop_suspended(r, s);
-    return false;
+        return 0;
+    if (!s->probing)
+        log_debug("destination %s: still suspended, one message as a probe", dest);
+    s->probing = true;
+    return 1;
 }
 
 /*
- * relay_sched_suspend_note - what attempt d to dest tells of the next hop:
- * no SMTP session and no recipient answered for itself: suspended for
- * retry_min (logged once, when it starts); a session: not suspended.
+ * relay_sched_suspend_note - what attempt d tells of its next hop: no SMTP
+ * session and no recipient answered for itself: suspended (logged once,
+ * when it starts; a failed probe renews it quietly); a session: not.
  */
 static void relay_sched_suspend_note(struct relay *r,
                                      const struct relay_delivery *d,
@@ -197,9 +198,11 @@ static void relay_sched_suspend_note(struct relay *r,
         }
         return;
     }
-    uint64_t until = uv_now(r->loop) + r->cfg->retry_min_ms;
+    uint64_t wait =
+        r->cfg->retry_min_ms < RELAY_SUSPEND_MS ? r->cfg->retry_min_ms : RELAY_SUSPEND_MS;
     if (s != NULL) {
-        s->until = until;
+        s->until = uv_now(r->loop) + wait;
+        s->probing = false;
         return;
     }
     if (r->sched.n_suspended == RELAY_SUSPEND_MAX)
@@ -211,12 +214,12 @@ static void relay_sched_suspend_note(struct relay *r,
     }
     s = &r->sched.suspended[r->sched.n_suspended++];
     hamr_strlcpy(s->dest, dest, sizeof(s->dest));
-    s->until = until;
+    s->until = uv_now(r->loop) + wait;
+    s->probing = false;
     metrics_inc(r->metrics, METRICS_SUSPENSIONS);
     metrics_gauge_set(r->metrics, METRICS_DESTS_SUSPENDED, 0, (double)r->sched.n_suspended);
-    log_warn("destination %s: suspended for %" PRIu64 " ms: no SMTP session (%s)", dest,
-             r->cfg->retry_min_ms,
-             res->n_rcpts > 0 && res->rcpts[0].text[0] ? res->rcpts[0].text : "no reply");
+    log_warn("destination %s: suspended, a probe every %" PRIu64 " ms: no SMTP session (%s)", dest,
+             wait, res->n_rcpts > 0 && res->rcpts[0].text[0] ? res->rcpts[0].text : "no reply");
 }
 
 void relay_sched_resume_all(struct relay *r)
@@ -717,7 +720,7 @@ void relay_sched_tick(uv_timer_t *t)
         .self_boot_id = r->boot_id,
     };
     struct queue_route route = {
-        .data = r, .dest = relay_route_dest, .suspended = relay_sched_suspended};
+        .data = r, .dest = relay_route_dest, .dest_max = relay_sched_dest_max};
     struct queue_work *work = NULL;
     uint64_t started = uv_hrtime();
     int n = queue_sched_pick(r->queue, now, &lim, &route, &work);

@@ -342,6 +342,24 @@ static void queue_sched_heap_fix(struct queue_sched_ctx *x, struct queue_sched_b
  * it is kept while the bucket has room, else it replaces the worst kept
  * group if it comes before it, else it is dropped.
  */
+/* A destination the caller suspended (dest_max 0): no slot at all. */
+#define QUEUE_SCHED_SUSPENDED UINT_MAX
+
+/*
+ * queue_sched_dest_max - dest's limit on leased messages: max_per_dest (0:
+ * none), lowered by the route's dest_max; QUEUE_SCHED_SUSPENDED for 0.
+ */
+static unsigned queue_sched_dest_max(const struct queue_sched_ctx *x, const char *dest)
+{
+    unsigned per = x->lim->max_per_dest;
+    int cap = x->route->dest_max != NULL ? x->route->dest_max(x->route->data, dest) : -1;
+    if (cap == 0)
+        return QUEUE_SCHED_SUSPENDED;
+    if (cap > 0 && (per == 0 || (unsigned)cap < per))
+        per = (unsigned)cap;
+    return per;
+}
+
 /*
  * queue_sched_bucket_of - the bucket of dest's DELIVER groups, with its limit
  * set on first use; NULL on no memory. The pointer lasts until the counts
@@ -354,10 +372,10 @@ static struct queue_sched_bucket *queue_sched_bucket_of(struct queue_sched_ctx *
         return NULL;
     struct queue_sched_bucket *b = &c->keep;
     if (!b->limit_set) {
-        /* The destination's free slots (none while suspended), and never more than max_items. */
-        unsigned per = x->lim->max_per_dest;
+        /* The destination's free slots, and never more than max_items. */
+        unsigned per = queue_sched_dest_max(x, dest);
         size_t free_slots = per == 0 ? SIZE_MAX : (c->count < per ? per - c->count : 0);
-        if (x->route->suspended != NULL && x->route->suspended(x->route->data, dest))
+        if (per == QUEUE_SCHED_SUSPENDED)
             free_slots = 0;
         b->limit = free_slots < x->max_items ? free_slots : x->max_items;
         b->limit_set = true;
@@ -416,17 +434,17 @@ static int queue_sched_route(struct queue_sched_ctx *x, const char *rcpt, const 
 }
 
 /*
- * queue_sched_full - dest already has max_per_dest live leases, or is
- * suspended (it gets nothing this pick).
+ * queue_sched_full - dest already has as many live leases as it may
+ * (max_per_dest, or the route's dest_max), or is suspended: it gets nothing
+ * this pick.
  */
 static bool queue_sched_full(struct queue_sched_ctx *x, const char *dest)
 {
     const struct queue_sched_count *c = queue_sched_counts_find(&x->counts, dest);
     if (c != NULL && c->keep.limit_set)
         return c->keep.limit == 0;
-    if (x->route->suspended != NULL && x->route->suspended(x->route->data, dest))
-        return true;
-    return x->lim->max_per_dest != 0 && c != NULL && c->count >= x->lim->max_per_dest;
+    unsigned per = queue_sched_dest_max(x, dest);
+    return per == QUEUE_SCHED_SUSPENDED || (per != 0 && c != NULL && c->count >= per);
 }
 
 /*

@@ -27,12 +27,13 @@ struct queue_route {
     /* Write the key into dest (NUL-terminated). Non-zero: no route (the recipient bounces). */
     int (*dest)(void *data, const char *rcpt, char *dest, size_t destlen);
     /*
-     * Optional (NULL: none is): dest is suspended (a dead next hop, the
-     * leader's own judgement): it gets no DELIVER work, as if it were at
-     * max_per_dest; its recipients still expire. Asked at most once per
-     * destination and pick on the indexed path.
+     * Optional (NULL: none): the most messages dest may hold leases for at
+     * once, when the caller limits it below max_per_dest (0: suspended, a
+     * dead next hop; 1: one probe), or -1 for no limit of its own. Its
+     * recipients still expire. Asked at most once per destination and pick
+     * on the indexed path.
      */
-    bool (*suspended)(void *data, const char *dest);
+    int (*dest_max)(void *data, const char *dest);
 };
 
 struct queue_sched_limits {

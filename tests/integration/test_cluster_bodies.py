@@ -230,7 +230,22 @@ class BodiesTestCase(cluster.ClusterTestCase):
         c.sink.stop()
         cluster_log("next hop down (sink stopped)")
 
+    def next_hop_refusing(self):
+        """next_hop_refusing - as next_hop_down, but the next hop answers: a sink on the same
+        address that gives every recipient 451. Each attempt is then a session, which never
+        suspends the next hop (relay_sched.c), so "hamrctl flush" makes every message one
+        lease and one deferral, as snapshot_after_load needs."""
+        self.next_hop_down()
+        c = self.cluster
+        self.refusing = self.env.sink(name="sink-451", host=c.sink.host, port=c.sink.port,
+                                      tempfail_rcpt=".").start()
+        cluster_log("next hop refusing (451 to every recipient)")
+
     def next_hop_up(self):
+        refusing = getattr(self, "refusing", None)
+        if refusing is not None:
+            refusing.stop()
+            self.refusing = None
         cluster_log("next hop up (sink started)")
         self.cluster.sink.start()
         self.flush()
@@ -716,7 +731,9 @@ class ClusterBodiesLeaderTest(BodiesTestCase, cluster.NetLabTestCase):
         queued messages were applied, so that a node installing the leader's snapshot gets
         every one of them from it, none with its body from the log. "hamrctl flush" with the
         next hop down makes every message due: a lease and a deferral each, entries enough
-        for a snapshot (snapshot_bytes 256K). Waits until the state is at rest again."""
+        for a snapshot (snapshot_bytes 256K), provided the next hop answers (next_hop_refusing:
+        a next hop that gives no session is suspended, and a flush then costs one probe).
+        Waits until the state is at rest again."""
         c = self.cluster
         for _ in range(tries):
             marks = c.log_marks()
@@ -732,8 +749,8 @@ class ClusterBodiesLeaderTest(BodiesTestCase, cluster.NetLabTestCase):
     def test_new_leader_lacks_bodies(self):
         """The leader killed while a new leader still lacks bodies: nothing lost.
 
-        With the next hop down, 2000 messages are queued and every node snapshots after
-        the last of them. A follower, N, is stopped, its data_dir removed, and started with
+        With the next hop refusing every recipient (451), 2000 messages are queued and
+        every node snapshots after the last of them. A follower, N, is stopped, its data_dir removed, and started with
         every connection it makes to the peers' peer ports refused by nft in its namespace:
         it installs the snapshot over raft (port untouched), so it holds every message and
         lacks every body, and each fetch fails at once and backs off. Refusing its fetches
@@ -746,8 +763,8 @@ class ClusterBodiesLeaderTest(BodiesTestCase, cluster.NetLabTestCase):
 
         Leadership is then moved to N ("hamrctl transfer"), the next hop comes back and the
         queue is flushed. For 15 scan intervals N's queue must show no recipient leased and
-        the sink no message of the load: the leader leases nothing whose body it lacks
-        (relay_sched.c, QUEUE_WORK_SKIP), which is the assertion of the skip. The old leader
+        the sink no message of the load: the leader leases nothing whose body it lacks (the
+        pick leaves such a message out, queue_sched.c), which is the assertion of the skip. The old leader
         is killed with -9 while N leads and still lacks every body (bodies_missing, no body
         fetched). Then N's fetches are let through: it fetches from the third node, and as
         the bodies arrive it delivers them. The old leader is started again so that all
@@ -756,7 +773,7 @@ class ClusterBodiesLeaderTest(BodiesTestCase, cluster.NetLabTestCase):
         """
         c = self.cluster
         lab = self.lab
-        self.next_hop_down()
+        self.next_hop_refusing()
         load = self.send_load("lack", 2000, 3 * 1024)
         queued = len(load.ok())
         self.wait_applied(queued, at_rest=True)

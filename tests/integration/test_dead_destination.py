@@ -3,26 +3,27 @@
 
 The relayhost's port is closed. 60 messages queue up with retry_min =
 retry_max = 2s, so without suspension every one of them would be tried every
-two seconds (about 90 attempts in the three rounds measured below). With it,
-the first attempts that get no SMTP session suspend the destination for
-retry_min (hamr_destinations_suspended 1, a "suspended" log line), and each
-round after that is one probe of at most max_per_destination x 4 messages
-(here 4). The test waits for three more suspensions (three probe rounds) and
-checks that at most 3 x 4 + 4 attempts were made meanwhile. Then the sink
-starts on that port and "hamrctl flush" revives the destination at once:
-every message is delivered exactly once, the gauge is back to 0.
+two seconds: three more deferrals would follow within milliseconds. With it,
+the first attempts that get no SMTP session suspend the destination
+(hamr_destinations_suspended 1, a "suspended" log line) and from then on one
+message is tried as a probe every retry_min (2 s here; 10 s at most): once
+nothing is leased, the next three deferrals take at least two probe
+intervals. Then the sink starts on that port and "hamrctl flush" lifts the
+suspension at once: every message is delivered exactly once, the gauge is
+back to 0.
 """
 
 import os
 import re
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import free_port, hostport, make_message, new_test_id, wait_for  # noqa: E402
 
 MESSAGES = 60
-PROBE = 4  # max_per_destination 1: the scheduler leases up to 4 messages per next hop
+PROBE_S = 2.0  # retry_min: the probe interval
 ROUNDS = 3
 
 
@@ -57,21 +58,22 @@ class DeadDestinationTest(harness.HamrTestCase):
             msg = make_message(tid, sender, [rcpt], subject="dead %d" % i)
             self.assertReply(self.node.send(sender, [rcpt], msg), 250, "2.0.0")
 
-        text = wait_for(lambda: (lambda t: t if metric(t, "hamr_destinations_suspended") == 1
-                                 else None)(self.node.metrics()),
-                        30, "the dead next hop to be suspended")
+        wait_for(lambda: metric(self.node.metrics(), "hamr_destinations_suspended") == 1,
+                 30, "the dead next hop to be suspended")
         dest = "[127.0.0.1]:%d" % self.sink_port
-        self.assertIn("destination %s: suspended for 2000 ms" % dest, self.node.proc.log_text())
-        s0, d0 = metric(text, "hamr_destination_suspensions_total"), deferred(text)
-        self.assertGreaterEqual(s0, 1)
-
-        text = wait_for(lambda: (lambda t: t if metric(t, "hamr_destination_suspensions_total")
-                                 >= s0 + ROUNDS else None)(self.node.metrics()),
-                        30, "%d probe rounds" % ROUNDS)
-        attempts = deferred(text) - d0
-        self.assertLessEqual(attempts, ROUNDS * PROBE + PROBE,
-                             "%d attempts at a suspended next hop in %d probe rounds"
-                             % (attempts, ROUNDS))
+        self.assertIn("destination %s: suspended, a probe every 2000 ms" % dest,
+                      self.node.proc.log_text())
+        # Nothing leased: the first attempts are all answered; from here on, probes only.
+        wait_for(lambda: int(harness.field(self.node.status(), "queue_rcpts_leased", 0) or 0)
+                 == 0, 30, "no recipient leased")
+        d0, t0 = deferred(self.node.metrics()), time.monotonic()
+        wait_for(lambda: deferred(self.node.metrics()) >= d0 + ROUNDS, 30,
+                 "%d more deferrals" % ROUNDS, interval=0.02)
+        took = time.monotonic() - t0
+        self.assertGreaterEqual(took, (ROUNDS - 1) * PROBE_S * 0.9,
+                                "%d attempts at a suspended next hop in %.2fs" % (ROUNDS, took))
+        self.assertEqual(metric(self.node.metrics(), "hamr_destination_suspensions_total"), 1,
+                         "a failed probe is not a new suspension")
         self.assertEqual(self.node.queue_messages(), MESSAGES, "a message left the queue")
 
         sink = self.env.sink(port=self.sink_port).start()

@@ -8,8 +8,10 @@ cluster's real state (queues of every node, what the sink received, status).
 
 The cluster retries deferred mail after 1 h (retry_min = retry_max = 1h), so
 a message whose first attempt failed stays queued until an operator acts.
-Mail is kept queued by stopping the sink (connection refused) and let
-through by starting it again on the same port. Every node serves
+Mail is kept queued by stopping the sink (connection refused; the leader
+then suspends the next hop and tries one message every 10 s) or, where every
+message must be tried, by a sink on the same port that answers 451 to every
+recipient; it is let through by starting the sink again on the same port. Every node serves
 [listen] http so that drain can be checked against /health/ready.
 
   a  queue on every node lists the same messages; --json parses; filters
@@ -142,14 +144,30 @@ class HamrctlTest(cluster.ClusterTestCase):
             self.assertEqual(res.out, "", repr(res))
 
     def sink_up(self):
+        self.refusing_stop()
         sink = self.cluster.sink
         if sink.proc is None or not sink.proc.alive():
             sink.start()
 
     def sink_down(self):
+        self.refusing_stop()
         sink = self.cluster.sink
         if sink.proc is not None and sink.proc.alive():
             sink.stop()
+
+    def sink_refusing(self):
+        """sink_refusing - the next hop answers, but 451 to every recipient: every message
+        is tried (a session never suspends the next hop, as a refused connection does)."""
+        self.sink_down()
+        sink = self.cluster.sink
+        self.refusing = self.env.sink(name="sink-451", host=sink.host, port=sink.port,
+                                      tempfail_rcpt=".").start()
+
+    def refusing_stop(self):
+        refusing = getattr(self, "refusing", None)
+        if refusing is not None:
+            refusing.stop()
+            self.refusing = None
 
     def follower(self, exclude=()):
         leader = self.cluster.wait_leader(30)
@@ -684,7 +702,9 @@ class HamrctlTest(cluster.ClusterTestCase):
         self.assertCtl(res, 1, stderr=r"no message with id")
 
     def test_l_queue_pages(self):
-        self.sink_down()
+        # Refused connections would suspend the next hop: one probe every 10 s, so only the
+        # first few messages would have had an attempt within the bound below.
+        self.sink_refusing()
         via = self.cluster.node(1)
         sent = []
         for i in range(25):

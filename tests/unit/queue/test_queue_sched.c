@@ -885,20 +885,21 @@ static void test_domain_expiry_at_full_dest(void **state)
     expect_pick(q, T0 + MIN, 3, 0, "M002 M150");
 }
 
-/* Route with suspension: "[two.test]:25" is suspended; the calls are counted. */
-static int suspended_calls;
+/* Route limits: "[two.test]:25" may have two_max leased messages (0: suspended); calls counted. */
+static int dest_max_calls, two_max;
 
-static bool suspend_two(void *data, const char *dest)
+static int dest_max_two(void *data, const char *dest)
 {
     (void)data;
-    suspended_calls++;
-    return strcmp(dest, "[two.test]:25") == 0;
+    dest_max_calls++;
+    return strcmp(dest, "[two.test]:25") == 0 ? two_max : -1;
 }
 
 /*
- * A suspended destination gets no DELIVER work, others theirs; its expired
- * recipients still expire. The same with the index and walking every
- * message, and the index asks once per destination and pick.
+ * A suspended destination (dest_max 0) gets no DELIVER work, others theirs;
+ * its expired recipients still expire. The same with the index and walking
+ * every message, and the index asks once per destination and pick. A
+ * destination on probation (dest_max 1) gets one message, the oldest due.
  */
 static void test_suspended_destination(void **state)
 {
@@ -907,16 +908,17 @@ static void test_suspended_destination(void **state)
     enq(q, T0 + 1, "B", "c@two.test", NULL, NULL, 0);
     enq(q, T0 + 2, "C", "d@two.test", NULL, NULL, T0 + MIN);
     enq(q, T0 + 3, "D", "e@one.test", NULL, NULL, 0);
-    const struct queue_route susp = {
-        .data = NULL, .dest = route_by_domain, .suspended = suspend_two};
+    const struct queue_route lim_route = {
+        .data = NULL, .dest = route_by_domain, .dest_max = dest_max_two};
     struct queue_sched_limits lim = {
         .max_per_dest = 10, .max_items = 0, .self_node = 1, .self_boot_id = "boot-now"};
+    two_max = 0;
     for (int indexed = 1; indexed >= 0; indexed--) {
         queue_set_sched_index(q, indexed != 0);
         for (int late = 0; late <= 1; late++) {
             struct queue_work *w = NULL;
-            suspended_calls = 0;
-            int n = queue_sched_pick(q, late ? T0 + MIN : T0 + 10, &lim, &susp, &w);
+            dest_max_calls = 0;
+            int n = queue_sched_pick(q, late ? T0 + MIN : T0 + 10, &lim, &lim_route, &w);
             /* Early: A's and D's one.test recipients. Late: C has expired too. */
             assert_int_equal(n, late ? 3 : 2);
             for (int i = 0; i < n; i++) {
@@ -929,9 +931,27 @@ static void test_suspended_destination(void **state)
                 }
             }
             if (indexed)
-                assert_int_equal(suspended_calls, 2); /* one.test's and two.test's next hops */
+                assert_int_equal(dest_max_calls, 2); /* one.test's and two.test's next hops */
             queue_work_free(w, (size_t)n);
         }
+    }
+    /* On probation: one message for two.test, the oldest due (A's second recipient). */
+    two_max = 1;
+    for (int indexed = 1; indexed >= 0; indexed--) {
+        queue_set_sched_index(q, indexed != 0);
+        struct queue_work *w = NULL;
+        int n = queue_sched_pick(q, T0 + 10, &lim, &lim_route, &w);
+        int two = 0;
+        for (int i = 0; i < n; i++) {
+            if (strcmp(w[i].dest, "[two.test]:25") != 0)
+                continue;
+            two++;
+            assert_string_equal(w[i].queue_id, "A");
+            assert_int_equal(w[i].rcpt_indexes[0], 1);
+        }
+        assert_int_equal(two, 1);
+        assert_int_equal(n, 3); /* A and D to one.test, A to two.test */
+        queue_work_free(w, (size_t)n);
     }
     /* Without the callback, two.test gets its work. */
     queue_set_sched_index(q, true);
