@@ -13,10 +13,11 @@
  * at once inside ares_send.
  *
  * Failure modes: c-ares's timeouts (dns_timer_cb drives them), SERVFAIL
- * and REFUSED after every server was tried, a network error, a malformed
- * answer: all DNS_TEMPFAIL, never cached, so the next delivery attempt asks
- * again (c-ares has already retried tries times by then; holding a failure
- * would only delay recovery, and the queue's own retry schedule paces us).
+ * and REFUSED after every server was tried (c-ares moves on to the next
+ * server on those, as libresolv does, then reports ARES_ECONNREFUSED:
+ * HAMR_ECONNECT here), a network error, a malformed answer: all DNS_TEMPFAIL, never cached, so the
+ * next delivery attempt asks again (c-ares has already retried tries times by then; holding a
+ * failure would only delay recovery, and the queue's own retry schedule paces us).
  *
  * The query is built here, not by ares_query: ares_create_query with an
  * EDNS0 OPT record (RFC 6891; 1232 octets, the DNS flag day 2020 size), and
@@ -369,8 +370,13 @@ static int dns_ares_err(int status, char *why, size_t size)
             err = HAMR_EPROTO;
             break;
         case ARES_ECONNREFUSED:
-            err = HAMR_ECONNECT;
-            break;
+            /*
+             * c-ares 1.18 takes a SERVFAIL, REFUSED or NOTIMP answer as a cue
+             * to try the next server and, when none is left, ends the query
+             * with this code rather than the server's: the RCODE is lost.
+             */
+            snprintf(why, size, "no server answered (SERVFAIL, REFUSED or unreachable)");
+            return HAMR_ECONNECT;
         case ARES_ENOMEM:
             err = HAMR_ENOMEM;
             break;
