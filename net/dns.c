@@ -88,6 +88,7 @@ struct dns_query {
     struct dns_link link;      /* in an entry's waiters, or on r->ready / r->dispatching */
     struct dns_answer *answer; /* once ready: a reference */
     bool cached;
+    enum dns_type type;
     dns_query_cb cb;
     void *arg;
 };
@@ -403,11 +404,14 @@ static void dns_answer_cb(void *arg, int status, int timeouts, unsigned char *ab
     struct dns_entry *e = arg;
     struct dns_answer *a = calloc(1, sizeof(*a));
     if (!a) {
-        /* Nothing to hand over: the waiters get the shared failure of dns_close's kind. */
-        log_error("dns: out of memory for an answer name=%s", e->name);
+        /*
+         * The waiters are owed an answer all the same: they share this
+         * static TEMPFAIL, whose count starts above zero and so is never freed.
+         */
         static struct dns_answer nomem = {
             .refs = 1, .err = HAMR_ENOMEM, .p = {.status = DNS_TEMPFAIL, .why = "out of memory"}};
-        nomem.refs++; /* never reaches 0: static */
+        log_error("dns: out of memory for an answer name=%s", e->name);
+        nomem.refs++;
         a = &nomem;
     } else {
         a->refs = 1;
@@ -421,7 +425,6 @@ static void dns_answer_cb(void *arg, int status, int timeouts, unsigned char *ab
             a->p.status = DNS_TEMPFAIL;
             a->err = dns_ares_err(status, a->p.why, sizeof(a->p.why));
         }
-        a->p.type = e->type;
     }
     if (a->p.status == DNS_TEMPFAIL && a->err != HAMR_ECANCELED)
         log_info("dns: tempfail name=%s type=%d why=\"%s\"", e->name, (int)e->type, a->p.why);
@@ -630,6 +633,7 @@ int dns_query(struct dns *r,
     if (!q)
         return HAMR_ENOMEM;
     q->r = r;
+    q->type = type;
     q->cb = cb;
     q->arg = arg;
     dns_link_init(&q->link);
@@ -687,7 +691,7 @@ static void dns_deliver(struct dns_query *q)
     struct dns_answer *a = q->answer;
     struct dns_result res;
     memset(&res, 0, sizeof(res));
-    res.type = a->p.type;
+    res.type = q->type;
     if (r->closing) {
         res.status = DNS_TEMPFAIL;
         res.err = HAMR_ECANCELED;

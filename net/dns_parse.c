@@ -424,6 +424,9 @@ static int dns_parse_body(const uint8_t *msg, size_t len, struct dns_parsed *out
     rv = dns_parse_answers(msg, len, &pos, an, out);
     if (rv != 0)
         return rv;
+    /* An NXDOMAIN with records of the type contradicts itself (a CNAME chain may precede it). */
+    if (out->status == DNS_NXDOMAIN && out->n > 0)
+        return dns_parse_fail(out, "records with NXDOMAIN");
     if (out->status == DNS_OK && out->n > 0)
         return 0;
     if (out->status == DNS_OK)
