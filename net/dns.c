@@ -716,19 +716,25 @@ static void dns_deliver(struct dns_query *q)
 }
 
 /*
- * dns_dispatch_cb - call back what is ready. The list is moved aside first,
+ * dns_dispatch - call back what is ready. The list is moved aside first,
  * so that answers made ready by these callbacks wait for the next turn; a
- * callback may cancel another query on it or close the resolver.
+ * callback may cancel another query on it or close the resolver (which
+ * then calls back the rest of it as cancelled).
  */
-static void dns_dispatch_cb(uv_timer_t *t)
+static void dns_dispatch(struct dns *r)
 {
-    struct dns *r = t->data;
     dns_link_splice(&r->dispatching, &r->ready);
     while (!dns_link_empty(&r->dispatching)) {
         struct dns_link *l = r->dispatching.next;
         dns_link_remove(l);
         dns_deliver(hamr_container_of(l, struct dns_query, link));
     }
+}
+
+/* dns_dispatch_cb - the zero timer dns_ready starts. */
+static void dns_dispatch_cb(uv_timer_t *t)
+{
+    dns_dispatch(t->data);
 }
 
 /*
@@ -746,12 +752,7 @@ void dns_close(struct dns *r, void (*closed_cb)(void *arg), void *arg)
     r->closed_arg = arg;
     ares_destroy(r->channel);
     r->channel = NULL;
-    dns_link_splice(&r->dispatching, &r->ready);
-    while (!dns_link_empty(&r->dispatching)) {
-        struct dns_link *l = r->dispatching.next;
-        dns_link_remove(l);
-        dns_deliver(hamr_container_of(l, struct dns_query, link));
-    }
+    dns_dispatch(r); /* closing: dns_deliver reports each as cancelled */
     for (size_t i = 0; i < r->n_buckets; i++)
         while (r->buckets[i])
             dns_entry_free(r->buckets[i]);

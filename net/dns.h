@@ -95,11 +95,23 @@ struct dns_tlsa {
  */
 struct dns_result {
     enum dns_status status;
-    int err; /* DNS_TEMPFAIL: why, a HAMR_E* code (ETIMEDOUT, EPROTO, ECANCELED...) */
+    /*
+     * DNS_TEMPFAIL: why, as a HAMR_E* code. ETIMEDOUT: no answer in time;
+     * ECONNECT: every server answered SERVFAIL or REFUSED, or none could be
+     * reached; EPROTO: a malformed answer or another RCODE; ENOMEM; EIO;
+     * ECANCELED: dns_close. 0 otherwise.
+     */
+    int err;
     enum dns_type type;
-    bool ad;      /* the answer's AD bit: the resolver validated it (DNSSEC, RFC 4035 3.2.3) */
-    bool cached;  /* served from the cache */
-    uint32_t ttl; /* seconds left: records, the smallest TTL; negative, the SOA's (RFC 2308) */
+    bool ad;     /* the answer's AD bit: the resolver validated it (DNSSEC, RFC 4035 3.2.3) */
+    bool cached; /* served from the cache */
+    /*
+     * Seconds the answer stays cached: the smallest TTL of the records (and
+     * of CNAMEs before them), or for NXDOMAIN and NODATA the SOA's (RFC 2308
+     * section 5), within dns_config's bounds, less the time since it was
+     * fetched. 0 for DNS_TEMPFAIL, which is never cached.
+     */
+    uint32_t ttl;
     size_t n;
     union {
         const struct dns_mx *mx;
@@ -107,7 +119,7 @@ struct dns_result {
         const struct dns_txt *txt;
         const struct dns_tlsa *tlsa;
     } u;
-    char why[96]; /* DNS_TEMPFAIL: a short reason for the log, e.g. "timed out" */
+    char why[96]; /* DNS_TEMPFAIL: a reason for the log, e.g. "malformed answer: ..." */
 };
 
 /* dns_result_null_mx - res is the null MX of RFC 7505: one MX, preference 0, host ".". */

@@ -137,6 +137,15 @@ static void test_new_resolver(struct fixture *f)
     dns_set_clock(f->r, test_clock, f);
 }
 
+/* test_reopen - close the resolver and make a new one with f->cfg as the test changed it. */
+static void test_reopen(struct fixture *f)
+{
+    dns_close(f->r, testlib_flag_cb, &f->closed);
+    TESTLIB_LOOP_WAIT(&f->w, f->closed);
+    f->closed = false;
+    test_new_resolver(f);
+}
+
 /* test_tick_cb - nothing: the tick only ends each loop turn. */
 static void test_tick_cb(uv_timer_t *t)
 {
@@ -188,15 +197,26 @@ static void test_ask(struct fixture *f, const char *name, enum dns_type type, st
     assert_int_equal(g->calls, 1);
 }
 
+/* test_ask_ok - test_ask, and the answer must be DNS_OK with n records and that ttl. */
+static void test_ask_ok(struct fixture *f,
+                        const char *name,
+                        enum dns_type type,
+                        struct test_got *g,
+                        size_t n,
+                        uint32_t ttl)
+{
+    test_ask(f, name, type, g);
+    assert_int_equal(g->res.status, DNS_OK);
+    assert_int_equal(g->res.n, n);
+    assert_int_equal(g->res.ttl, ttl);
+}
+
 /* mx_records - preferences and hosts as sent (case kept), the smallest TTL. */
 static void mx_records(void **state)
 {
     struct fixture *f = *state;
     struct test_got g;
-    test_ask(f, "mx.test", DNS_TYPE_MX, &g);
-    assert_int_equal(g.res.status, DNS_OK);
-    assert_int_equal(g.res.n, 3);
-    assert_int_equal(g.res.ttl, 200);
+    test_ask_ok(f, "mx.test", DNS_TYPE_MX, &g, 3, 200);
     assert_false(g.res.ad);
     assert_false(g.res.cached);
     assert_int_equal(g.mx[0].pref, 20);
@@ -216,12 +236,21 @@ static void null_mx(void **state)
 {
     struct fixture *f = *state;
     struct test_got g;
-    test_ask(f, "null.test.", DNS_TYPE_MX, &g);
-    assert_int_equal(g.res.status, DNS_OK);
-    assert_int_equal(g.res.n, 1);
+    test_ask_ok(f, "null.test.", DNS_TYPE_MX, &g, 1, 300);
     assert_int_equal(g.mx[0].pref, 0);
     assert_string_equal(g.mx[0].host, "");
     assert_true(g.null_mx);
+}
+
+/* test_want_addr - record i of g is text (an IPv4 or IPv6 literal) with ttl. */
+static void test_want_addr(const struct test_got *g, size_t i, const char *text, uint32_t ttl)
+{
+    uint8_t want[16];
+    int family = strchr(text, ':') ? AF_INET6 : AF_INET;
+    assert_int_equal(g->addr[i].family, family);
+    assert_int_equal(inet_pton(family, text, want), 1);
+    assert_memory_equal(g->addr[i].addr, want, family == AF_INET ? 4 : 16);
+    assert_int_equal(g->addr[i].ttl, ttl);
 }
 
 /* addresses - A and AAAA with each record's TTL. */
@@ -229,35 +258,17 @@ static void addresses(void **state)
 {
     struct fixture *f = *state;
     struct test_got g;
-    uint8_t want[16];
 
-    test_ask(f, "A.TEST", DNS_TYPE_A, &g);
-    assert_int_equal(g.res.status, DNS_OK);
-    assert_int_equal(g.res.n, 2);
-    assert_int_equal(g.res.ttl, 60);
-    assert_int_equal(g.addr[0].family, AF_INET);
-    assert_int_equal(inet_pton(AF_INET, "192.0.2.1", want), 1);
-    assert_memory_equal(g.addr[0].addr, want, 4);
-    assert_int_equal(g.addr[0].ttl, 60);
-    assert_int_equal(inet_pton(AF_INET, "192.0.2.2", want), 1);
-    assert_memory_equal(g.addr[1].addr, want, 4);
-    assert_int_equal(g.addr[1].ttl, 90);
+    test_ask_ok(f, "A.TEST", DNS_TYPE_A, &g, 2, 60);
+    test_want_addr(&g, 0, "192.0.2.1", 60);
+    test_want_addr(&g, 1, "192.0.2.2", 90);
 
-    test_ask(f, "a.test", DNS_TYPE_AAAA, &g);
-    assert_int_equal(g.res.status, DNS_OK);
-    assert_int_equal(g.res.n, 1);
-    assert_int_equal(g.addr[0].family, AF_INET6);
-    assert_int_equal(inet_pton(AF_INET6, "2001:db8::25", want), 1);
-    assert_memory_equal(g.addr[0].addr, want, 16);
-    assert_int_equal(g.addr[0].ttl, 120);
+    test_ask_ok(f, "a.test", DNS_TYPE_AAAA, &g, 1, 120);
+    test_want_addr(&g, 0, "2001:db8::25", 120);
 
     /* Behind a CNAME: the target's records, the CNAME's smaller TTL. */
-    test_ask(f, "cname.test", DNS_TYPE_A, &g);
-    assert_int_equal(g.res.status, DNS_OK);
-    assert_int_equal(g.res.n, 1);
-    assert_int_equal(g.res.ttl, 30);
-    assert_int_equal(inet_pton(AF_INET, "192.0.2.9", want), 1);
-    assert_memory_equal(g.addr[0].addr, want, 4);
+    test_ask_ok(f, "cname.test", DNS_TYPE_A, &g, 1, 30);
+    test_want_addr(&g, 0, "192.0.2.9", 300);
 }
 
 /* txt_and_tlsa - TXT strings joined; TLSA fields and data; AD passed on. */
@@ -267,16 +278,12 @@ static void txt_and_tlsa(void **state)
     struct test_got g;
     uint8_t want[32];
 
-    test_ask(f, "txt.test", DNS_TYPE_TXT, &g);
-    assert_int_equal(g.res.status, DNS_OK);
-    assert_int_equal(g.res.n, 1);
+    test_ask_ok(f, "txt.test", DNS_TYPE_TXT, &g, 1, 300);
     assert_string_equal(g.txt, "v=spf1 ip4:192.0.2.0/24 -all");
     assert_int_equal(g.txt_len, strlen("v=spf1 ip4:192.0.2.0/24 -all"));
 
-    test_ask(f, "_25._tcp.mx1.mx.test", DNS_TYPE_TLSA, &g);
-    assert_int_equal(g.res.status, DNS_OK);
+    test_ask_ok(f, "_25._tcp.mx1.mx.test", DNS_TYPE_TLSA, &g, 2, 300);
     assert_true(g.res.ad);
-    assert_int_equal(g.res.n, 2);
     assert_int_equal(g.tlsa[0].usage, 3);
     assert_int_equal(g.tlsa[0].selector, 1);
     assert_int_equal(g.tlsa[0].mtype, 1);
@@ -386,13 +393,10 @@ static void ttl_bounds(void **state)
 {
     struct fixture *f = *state;
     struct test_got g;
-    dns_close(f->r, testlib_flag_cb, &f->closed);
-    TESTLIB_LOOP_WAIT(&f->w, f->closed);
-    f->closed = false;
     f->cfg.ttl_min = 100;
     f->cfg.ttl_max = 250;
     f->cfg.negative_ttl_max = 200;
-    test_new_resolver(f);
+    test_reopen(f);
     test_ask(f, "a.test", DNS_TYPE_A, &g); /* 60 s */
     assert_int_equal(g.res.ttl, 100);
     test_ask(f, "ad.test", DNS_TYPE_A, &g); /* 300 s */
@@ -406,11 +410,8 @@ static void cache_bound(void **state)
 {
     struct fixture *f = *state;
     struct test_got g;
-    dns_close(f->r, testlib_flag_cb, &f->closed);
-    TESTLIB_LOOP_WAIT(&f->w, f->closed);
-    f->closed = false;
     f->cfg.cache_size = 2;
-    test_new_resolver(f);
+    test_reopen(f);
     test_ask(f, "a.test", DNS_TYPE_A, &g);
     test_ask(f, "ad.test", DNS_TYPE_A, &g);
     test_ask(f, "a.test", DNS_TYPE_A, &g); /* a.test used last: ad.test goes next */
