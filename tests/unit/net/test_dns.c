@@ -20,7 +20,8 @@
  * the SOA's TTL, TEMPFAIL never kept, the size bound); identical queries
  * in flight sent once; cancel (in flight and after a cache hit) calls
  * nothing; close calls every waiting query back once as cancelled, then
- * nothing; hostile names refused before any query; malformed answers (cut
+ * nothing, also when a callback closes; servers c-ares cannot read are
+ * refused; hostile names refused before any query; malformed answers (cut
  * short, lying counts, a compression loop, a bad MX host) as TEMPFAIL.
  */
 #include <stdarg.h>
@@ -506,6 +507,63 @@ static void close_in_flight(void **state)
     f->r = NULL;
 }
 
+/* test_closer - a caller whose callback closes the resolver. */
+struct test_closer {
+    struct fixture *f;
+    struct test_got got;
+};
+
+/* test_closer_cb - record the answer, then close the resolver from inside the callback. */
+static void test_closer_cb(void *arg, const struct dns_result *res)
+{
+    struct test_closer *c = arg;
+    test_got_cb(&c->got, res);
+    dns_close(c->f->r, testlib_flag_cb, &c->f->closed);
+}
+
+/* close_from_callback - the first answer closes: the next, ready too, comes back cancelled, once.
+ */
+static void close_from_callback(void **state)
+{
+    struct fixture *f = *state;
+    struct test_closer first = {.f = f};
+    struct test_got second;
+    memset(&second, 0, sizeof(second));
+
+    assert_int_equal(dns_query(f->r, "a.test", DNS_TYPE_A, test_closer_cb, &first, NULL), 0);
+    assert_int_equal(dns_query(f->r, "a.test", DNS_TYPE_A, test_got_cb, &second, NULL), 0);
+    TESTLIB_LOOP_WAIT(&f->w, f->closed);
+    assert_int_equal(first.got.calls, 1);
+    assert_int_equal(first.got.res.status, DNS_OK);
+    assert_int_equal(second.calls, 1);
+    assert_int_equal(second.res.status, DNS_TEMPFAIL);
+    assert_int_equal(second.res.err, HAMR_ECANCELED);
+    f->r = NULL;
+}
+
+/* bad_config - servers c-ares cannot read, and no tries, are refused. */
+static void bad_config(void **state)
+{
+    struct fixture *f = *state;
+    struct dns_config cfg = f->cfg;
+    struct dns *r = (struct dns *)&cfg; /* must be set to NULL on failure */
+
+    snprintf(cfg.servers, sizeof(cfg.servers), "not an address");
+    assert_int_equal(dns_new(&f->loop, &cfg, &r), HAMR_EINVAL);
+    assert_null(r);
+    cfg = f->cfg;
+    cfg.tries = 0;
+    assert_int_equal(dns_new(&f->loop, &cfg, &r), HAMR_EINVAL);
+    assert_null(r);
+    /* An explicit list with IPv6 and ports is read. */
+    cfg = f->cfg;
+    snprintf(cfg.servers, sizeof(cfg.servers), "%s, [::1]:5353", f->srv.servers);
+    assert_int_equal(dns_new(&f->loop, &cfg, &r), 0);
+    bool closed = false;
+    dns_close(r, testlib_flag_cb, &closed);
+    TESTLIB_LOOP_WAIT(&f->w, closed);
+}
+
 /* hostile_names - refused before any query, the callback never runs. */
 static void hostile_names(void **state)
 {
@@ -553,6 +611,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(shared_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(close_in_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(close_from_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(bad_config, setup, teardown),
         cmocka_unit_test_setup_teardown(hostile_names, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
