@@ -32,7 +32,6 @@
  * cache entries and the answers. Thread: the loop's only.
  * Errors: HAMR_EINVAL, HAMR_ENOMEM, HAMR_EIO, HAMR_ESHUTDOWN.
  */
-#include <ctype.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -113,6 +112,7 @@ struct dns {
     size_t n_buckets;
     struct dns_link lru;
     size_t n_cached;
+    size_t cached_bytes; /* dns_entry_bytes of the cached entries */
     uint64_t seed;
     uint64_t (*now_ms)(void *arg);
     void *now_arg;
@@ -170,6 +170,7 @@ void dns_config_default(struct dns_config *cfg)
     cfg->timeout_ms = 5000;
     cfg->tries = 2;
     cfg->cache_size = 10000;
+    cfg->cache_max_bytes = 16u << 20;
     cfg->ttl_min = 5;
     cfg->ttl_max = 3600;
     cfg->negative_ttl_min = 60;
@@ -237,13 +238,17 @@ static int dns_name_normalize(const char *name, char *out)
             if (label == 0)
                 return HAMR_EINVAL;
             label = 0;
-        } else if (isalnum(c) || c == '-' || c == '_') {
+        } else if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_') {
             if (++label > 63)
                 return HAMR_EINVAL;
+        } else if (c >= 'A' && c <= 'Z') {
+            if (++label > 63)
+                return HAMR_EINVAL;
+            c = (unsigned char)(c - 'A' + 'a'); /* ASCII only, whatever the locale */
         } else {
             return HAMR_EINVAL;
         }
-        out[i] = (char)tolower(c);
+        out[i] = (char)c;
     }
     if (label == 0)
         return HAMR_EINVAL;
@@ -281,6 +286,12 @@ static struct dns_answer *dns_answer_unref(struct dns_answer *a)
     return NULL;
 }
 
+/* dns_entry_bytes - what a cached entry holds in memory, as the byte bound counts it. */
+static size_t dns_entry_bytes(const struct dns_entry *e)
+{
+    return sizeof(*e) + sizeof(*e->answer) + e->answer->p.bytes;
+}
+
 /*
  * dns_entry_free - take e out of the table (and the LRU if cached) and free
  * it. Its waiters must be gone (delivered, or moved to the ready list).
@@ -294,6 +305,7 @@ static void dns_entry_free(struct dns_entry *e)
     if (!e->fetching) {
         dns_link_remove(&e->lru);
         r->n_cached--;
+        r->cached_bytes -= dns_entry_bytes(e);
     }
     HAMR_ASSERT(dns_link_empty(&e->waiters));
     dns_answer_unref(e->answer);
@@ -351,7 +363,8 @@ static void dns_entry_done(struct dns_entry *e, struct dns_answer *a)
     e->expires_ms = a->born_ms + (uint64_t)a->ttl * 1000;
     dns_link_push(&r->lru, &e->lru, true);
     r->n_cached++;
-    while (r->n_cached > c->cache_size)
+    r->cached_bytes += dns_entry_bytes(e);
+    while (r->n_cached > c->cache_size || r->cached_bytes > c->cache_max_bytes)
         dns_entry_free(hamr_container_of(r->lru.prev, struct dns_entry, lru));
 }
 

@@ -47,9 +47,15 @@ struct dns_config {
      * reads it; "" means the nameservers of /etc/resolv.conf.
      */
     char servers[512];
-    uint64_t timeout_ms;       /* first try per server; c-ares doubles it each round; 5 s */
-    unsigned tries;            /* rounds over the servers; 2 (Postfix's resolver: RES_DFLRETRY) */
-    unsigned cache_size;       /* answers kept at most, oldest use out first; 10000; 0: no cache */
+    uint64_t timeout_ms; /* first try per server; c-ares doubles it each round; 5 s */
+    unsigned tries;      /* rounds over the servers; 2 (Postfix's resolver: RES_DFLRETRY) */
+    unsigned cache_size; /* answers kept at most, oldest use out first; 10000; 0: no cache */
+    /*
+     * Bytes of parsed records the cache may hold; 16 MiB. The count alone
+     * would let a zone that answers with 64 KiB of TXT or 128 MX records
+     * per name grow the cache by that much per name it gets us to ask.
+     */
+    size_t cache_max_bytes;
     uint32_t ttl_min;          /* positive answers kept at least (s); 5 */
     uint32_t ttl_max;          /* and at most (s); 3600 */
     uint32_t negative_ttl_min; /* NXDOMAIN and NODATA kept at least (s); 60 */

@@ -420,6 +420,8 @@ static int dns_parse_body(const uint8_t *msg, size_t len, struct dns_parsed *out
         if (!out->records ||
             (!out->blob && (out->type == DNS_TYPE_TXT || out->type == DNS_TYPE_TLSA)))
             return HAMR_ENOMEM;
+        out->bytes =
+            want * dns_record_size(out->type) + (out->blob ? len + DNS_PARSE_RECORDS_MAX : 0);
     }
     rv = dns_parse_answers(msg, len, &pos, an, out);
     if (rv != 0)

@@ -30,6 +30,7 @@ struct dns_parsed {
     size_t n;
     void *records;
     uint8_t *blob;
+    size_t bytes; /* allocated for records and blob: what the cache counts */
     char why[96]; /* DNS_TEMPFAIL, or the reason HAMR_EPROTO was returned */
 };
 

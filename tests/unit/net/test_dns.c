@@ -17,7 +17,7 @@
  * REFUSED as TEMPFAIL, a timeout); AD passed on and asked for (AD and EDNS0
  * in the query); the cache (the smallest TTL, a second query answered
  * without the server, an expired entry asked again, negative answers for
- * the SOA's TTL, TEMPFAIL never kept, the size bound); identical queries
+ * the SOA's TTL, TEMPFAIL never kept, the bounds in entries and bytes); identical queries
  * in flight sent once; cancel (in flight and after a cache hit) calls
  * nothing; close calls every waiting query back once as cancelled, then
  * nothing, also when a callback closes; servers c-ares cannot read are
@@ -406,7 +406,7 @@ static void ttl_bounds(void **state)
     assert_int_equal(g.res.ttl, 200);
 }
 
-/* cache_bound - cache_size 2: the least recently used goes first. */
+/* cache_bound - cache_size 2: the least recently used goes first; cache_max_bytes holds too. */
 static void cache_bound(void **state)
 {
     struct fixture *f = *state;
@@ -425,6 +425,16 @@ static void cache_bound(void **state)
     assert_false(g.res.cached);
     assert_int_equal(testlib_dns_count(&f->srv, "ad.test", DNS_TYPE_A), 2);
     assert_int_equal(testlib_dns_count(&f->srv, "a.test", DNS_TYPE_A), 1);
+
+    /* The byte bound: an answer larger than it is handed out, then dropped. */
+    f->cfg.cache_max_bytes = 1;
+    test_reopen(f);
+    test_ask(f, "mx.test", DNS_TYPE_MX, &g);
+    assert_int_equal(g.res.n, 3);
+    assert_int_equal(dns_cache_entries(f->r), 0);
+    test_ask(f, "mx.test", DNS_TYPE_MX, &g);
+    assert_false(g.res.cached);
+    assert_int_equal(testlib_dns_count(&f->srv, "mx.test", DNS_TYPE_MX), 2);
 }
 
 /* shared_flight - three identical queries at once: one DNS query, three callbacks. */
