@@ -10,6 +10,12 @@
  * (RFC 5321 section 5.1): records, NXDOMAIN (bounce), NODATA (for MX: the
  * implicit MX on A/AAAA) and TEMPFAIL (defer).
  *
+ * The cache keeps records for their smallest TTL and NXDOMAIN or NODATA for
+ * the SOA's (RFC 2308 section 5), both within dns_config's bounds, and
+ * never a TEMPFAIL. Queries ask for the AD bit (RFC 6840 section 5.7), and
+ * each result says whether the answer had it: net/dns.c says why, and how
+ * far it can be trusted.
+ *
  * Thread: the loop's only. Errors: HAMR_EINVAL (bad name, type or config),
  * HAMR_ENOMEM, HAMR_EIO (c-ares could not start), HAMR_ESHUTDOWN (closing).
  *
@@ -37,8 +43,7 @@ enum dns_type {
     DNS_TYPE_TLSA = 52,
 };
 
-/* The longest name in text form, without the trailing dot (RFC 1035 2.3.4: 255 octets on the wire).
- */
+/* The longest name as text, without the trailing dot (RFC 1035 2.3.4: 255 octets on the wire). */
 #define DNS_NAME_MAX 253
 
 struct dns_config {
@@ -51,7 +56,8 @@ struct dns_config {
     unsigned tries;      /* rounds over the servers; 2 (Postfix's resolver: RES_DFLRETRY) */
     unsigned cache_size; /* answers kept at most, oldest use out first; 10000; 0: no cache */
     /*
-     * Bytes of parsed records the cache may hold; 16 MiB. The count alone
+     * Bytes the cache may hold (parsed records and their bookkeeping); 16
+     * MiB, least recently used out first. The count alone
      * would let a zone that answers with 64 KiB of TXT or 128 MX records
      * per name grow the cache by that much per name it gets us to ask.
      */
