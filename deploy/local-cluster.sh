@@ -54,8 +54,8 @@ PYTHON=/usr/bin/python3
 # needs libnet-ssleay-perl and its SASL mechanisms libauthen-sasl-perl, which
 # swaks only recommends; the README's examples use both.
 PACKAGES=(cmake gcc libc6-dev make pkg-config libraft-dev liblz4-dev libuv1-dev libprotobuf-c-dev
-          protobuf-c-compiler libssl-dev libcmocka-dev libinih-dev python3 python3-aiosmtpd swaks
-          libnet-ssleay-perl libauthen-sasl-perl openssl)
+          protobuf-c-compiler libssl-dev libcmocka-dev libinih-dev libc-ares-dev python3
+          python3-aiosmtpd swaks libnet-ssleay-perl libauthen-sasl-perl openssl)
 
 # lc_die - print a message and exit 1.
 lc_die() {

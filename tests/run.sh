@@ -26,8 +26,8 @@ JOBS=${HAMR_JOBS:-2}
 # the test certificates; e2fsprogs, util-linux and mount make the small loop
 # disks of the disk-full tests; curl is the README's way to scrape /metrics over TLS.
 PACKAGES=(cmake gcc libc6-dev make pkg-config libraft-dev liblz4-dev libuv1-dev libprotobuf-c-dev
-          protobuf-c-compiler libssl-dev libcmocka-dev libinih-dev python3 python3-aiosmtpd
-          swaks libnet-ssleay-perl libauthen-sasl-perl openssl curl
+          protobuf-c-compiler libssl-dev libcmocka-dev libinih-dev libc-ares-dev python3
+          python3-aiosmtpd swaks libnet-ssleay-perl libauthen-sasl-perl openssl curl
           postfix nftables iproute2 haproxy sslscan e2fsprogs util-linux mount)
 
 # run_sh_missing_packages - print the packages of PACKAGES that are not installed.
