@@ -88,7 +88,9 @@
 /* RFC 4954 4: a response line may be up to 12288 octets, CRLF excluded. */
 #define SMTPD_SESSION_AUTH_LINE_MAX 12288
 #define SMTPD_SESSION_BODY_KEEP (128 * 1024) /* a larger body buffer is freed after its message */
-#define SMTPD_SESSION_AUTH_FAILURES 3 /* auth_max_failures when 0 */
+#define SMTPD_SESSION_AUTH_FAILURES 3        /* auth_max_failures when 0 */
+/* A MAIL parameter's value: AUTH= carries a mailbox in xtext, up to three octets per octet. */
+#define SMTPD_PARAM_VALUE_MAX 1024
 
 /* smtpd_auth_step - what an AUTH exchange waits for from the client. */
 enum smtpd_auth_step {
@@ -148,10 +150,10 @@ struct smtpd_session {
     unsigned errors;
     unsigned commands;
     unsigned messages;
-    uint64_t data_start_ms; /* io.now when the 354 went out */
+    uint64_t data_start_ms;    /* io.now when the 354 went out */
     uint64_t request_start_ms; /* io.now of the last reply: the next command is due
                                   within command_timeout of it, however it trickles in */
-    uint64_t data_octets;   /* input received in DATA since then */
+    uint64_t data_octets;      /* input received in DATA since then */
 };
 
 static uint64_t smtpd_session_next_id = 1;
@@ -520,6 +522,12 @@ static int smtpd_session_check_none(struct smtpd_session *s, const char *arg)
     return 0;
 }
 
+/* smtpd_session_auth_offered - EHLO lists AUTH (RFC 4954 4 / SECURITY.md S17: only inside TLS). */
+static bool smtpd_session_auth_offered(const struct smtpd_session *s)
+{
+    return s->policy->auth != NULL && s->tls;
+}
+
 /* smtpd_session_proceed_helo - HELO and EHLO (RFC 5321 4.1.1.1): reset, greet back. */
 static void smtpd_session_proceed_helo(struct smtpd_session *s, const char *arg)
 {
@@ -543,8 +551,7 @@ static void smtpd_session_proceed_helo(struct smtpd_session *s, const char *arg)
      */
     char text[SMTPD_REPLY_LINE_MAX * 2];
     bool offer_tls = s->io.starttls != NULL && !s->tls;
-    /* RFC 4954 4 / SECURITY.md S17: AUTH only inside TLS. */
-    bool offer_auth = s->policy->auth != NULL && s->tls;
+    bool offer_auth = smtpd_session_auth_offered(s);
     int len =
         snprintf(text, sizeof(text),
                  "250-%s\r\n250-PIPELINING\r\n250-SIZE %zu\r\n250-8BITMIME\r\n"
@@ -694,6 +701,27 @@ static bool smtpd_session_parse_size(const char *v, uint64_t *out)
     return true;
 }
 
+/*
+ * smtpd_session_xtext_ok - v is xtext (RFC 3461 4): printable ASCII but '+'
+ * and '=', or '+' and two upper-case hex digits. "<>" is xtext too.
+ */
+static bool smtpd_session_xtext_ok(const char *v)
+{
+    if (*v == '\0')
+        return false;
+    for (; *v; v++) {
+        if (*v == '+') {
+            for (int k = 1; k <= 2; k++)
+                if (!((v[k] >= '0' && v[k] <= '9') || (v[k] >= 'A' && v[k] <= 'F')))
+                    return false;
+            v += 2;
+        } else if (*v < 33 || *v > 126 || *v == '=') {
+            return false;
+        }
+    }
+    return true;
+}
+
 /* smtpd_session_check_mail - order, path and parameters (RFC 5321 4.1.1.2, RFC 1870, RFC 6152). */
 static int smtpd_session_check_mail(struct smtpd_session *s, const char *arg)
 {
@@ -724,7 +752,7 @@ static void smtpd_session_proceed_mail(struct smtpd_session *s, const char *arg)
         return;
     }
     bool body_8bit = false;
-    char key[32], value[32];
+    char key[32], value[SMTPD_PARAM_VALUE_MAX];
     bool bad_param;
     while ((p = smtpd_session_next_param(p, key, sizeof(key), value, sizeof(value), &bad_param))) {
         if (bad_param) {
@@ -748,6 +776,17 @@ static void smtpd_session_proceed_mail(struct smtpd_session *s, const char *arg)
                 body_8bit = false;
             } else {
                 smtpd_session_reply(s, SMTPD_REPLY_PARAM_SYNTAX, "BODY");
+                return;
+            }
+        } else if (hamr_strncaseeq(key, "AUTH", 5) && smtpd_session_auth_offered(s)) {
+            /*
+             * RFC 4954 5: a server that offers AUTH takes the parameter
+             * (the original submitter, xtext, or <> for unknown). hamr does
+             * not pass it on, which RFC 4954 allows: it is as if the next
+             * hop were told AUTH=<>.
+             */
+            if (!smtpd_session_xtext_ok(value)) {
+                smtpd_session_reply(s, SMTPD_REPLY_PARAM_SYNTAX, "AUTH");
                 return;
             }
         } else {

@@ -536,6 +536,9 @@ static const struct {
      "555 5.5.4 Unsupported option: FOO"},
     {"SMTPUTF8 param", false, "MAIL FROM:<a@b.example> SMTPUTF8",
      "555 5.5.4 Unsupported option: SMTPUTF8"},
+    /* AUTH= is taken only where AUTH is offered (inside TLS, test_smtpd_tls). */
+    {"AUTH param, AUTH not offered", false, "MAIL FROM:<a@b.example> AUTH=<>",
+     "555 5.5.4 Unsupported option: AUTH"},
     {"RCPT param", true, "RCPT TO:<a@hamr.test> NOTIFY=NEVER",
      "555 5.5.4 Unsupported option: NOTIFY"},
     {"bad BODY", false, "MAIL FROM:<a@b.example> BODY=9BIT", "501 5.5.4 Bad BODY parameter syntax"},

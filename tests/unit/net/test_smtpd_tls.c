@@ -571,6 +571,46 @@ static bool wait_check(struct harness *h)
     return false;
 }
 
+/*
+ * MAIL's AUTH= parameter (RFC 4954 5) where AUTH is offered: <> and an
+ * xtext mailbox are taken, before and after authentication; a value that
+ * is not xtext gets 501.
+ */
+static void test_mail_auth_param(void **state)
+{
+    (void)state;
+    struct harness h;
+    char path[] = "/tmp/hamr-tls-authparam-XXXXXX";
+    harness_start(&h, true);
+    struct smtpd_auth *auth = auth_file(path, "alice", "secret-alice");
+    h.policy.auth = auth;
+    h.policy.auth_max_failures = 10;
+    start_tls(&h);
+    expect(&h, "EHLO client.test\r\n", "250-mx.hamr.test");
+    assert_non_null(strstr(h.in, "250-AUTH PLAIN LOGIN\r\n"));
+    static const struct {
+        const char *cmd, *want;
+    } cases[] = {
+        {"MAIL FROM:<a@client.test> AUTH=<>\r\n", "250 2.1.0"},
+        {"MAIL FROM:<a@client.test> AUTH=alice+40client.test\r\n", "250 2.1.0"},
+        {"MAIL FROM:<a@client.test> auth=<> BODY=8BITMIME\r\n", "250 2.1.0"},
+        {"MAIL FROM:<a@client.test> AUTH=alice+4\r\n", "501 5.5.4 Bad AUTH parameter syntax"},
+        {"MAIL FROM:<a@client.test> AUTH=alice+4a\r\n", "501 5.5.4 Bad AUTH parameter syntax"},
+        {"MAIL FROM:<a@client.test> AUTH=a+2Bb+\r\n", "501 5.5.4 Bad AUTH parameter syntax"},
+    };
+    for (int round = 0; round < 2; round++) {
+        if (round == 1) /* "\0alice\0secret-alice" */
+            expect(&h, "AUTH PLAIN AGFsaWNlAHNlY3JldC1hbGljZQ==\r\n", "235 2.7.0");
+        for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+            expect(&h, cases[i].cmd, cases[i].want);
+            expect(&h, "RSET\r\n", "250 2.0.0");
+        }
+    }
+    harness_stop(&h);
+    smtpd_auth_free(auth);
+    unlink(path);
+}
+
 /* test_auth_over_tls - AUTH on a real loop: checks on the thread pool, replies in order. */
 static void test_auth_over_tls(void **state)
 {
@@ -690,6 +730,7 @@ int main(void)
         cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_reload),
         cmocka_unit_test(test_auth_over_tls),
+        cmocka_unit_test(test_mail_auth_param),
         cmocka_unit_test(test_auth_rate_over_tls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
