@@ -37,27 +37,30 @@ struct smtpd_observer {
 };
 
 /* smtpd_policy - inbound limits and relay rules. Borrowed by sessions. */
+/* The longest [smtpd] postmaster: a mailbox (SMTP_ADDR_PATH_MAX) and its NUL. */
+#define SMTPD_POSTMASTER_MAX 257
+
 struct smtpd_policy {
-    char hostname[256];              /* banner, Received: */
+    char hostname[256];                      /* banner, Received: */
     const struct smtpd_cidr *relay_networks; /* clients that may relay anywhere */
     size_t n_relay_networks;
-    char *const *relay_domains;      /* "example.com" exact, ".example.com" subdomains */
+    char *const *relay_domains; /* "example.com" exact, ".example.com" subdomains */
     size_t n_relay_domains;
-    size_t message_size_limit;       /* bytes, advertised as SIZE; 10 MiB */
-    size_t recipient_limit;          /* 1000 */
-    size_t header_size_limit;        /* bytes of the header block; 100 KiB */
-    unsigned hopcount_limit;         /* Received: headers; 50 */
-    unsigned max_errors;             /* hard error limit, then 421; 20 */
-    uint64_t command_timeout_ms;     /* per command wait; 300 s */
-    uint64_t data_timeout_ms;        /* per read during DATA; 300 s */
-    struct smtpd_observer observer;  /* metrics; zeroed: none */
+    size_t message_size_limit;      /* bytes, advertised as SIZE; 10 MiB */
+    size_t recipient_limit;         /* 1000 */
+    size_t header_size_limit;       /* bytes of the header block; 100 KiB */
+    unsigned hopcount_limit;        /* Received: headers; 50 */
+    unsigned max_errors;            /* hard error limit, then 421; 20 */
+    uint64_t command_timeout_ms;    /* per command wait; 300 s */
+    uint64_t data_timeout_ms;       /* per read during DATA; 300 s */
+    struct smtpd_observer observer; /* metrics; zeroed: none */
     /*
      * SMTP AUTH (RFC 4954): NULL, AUTH is off. Otherwise PLAIN and LOGIN
      * are offered after STARTTLS only, and a client that authenticated may
      * relay anywhere. Borrowed; see net/smtpd_auth.h.
      */
     const struct smtpd_auth *auth;
-    unsigned auth_max_failures;      /* failed AUTH per session, then 421; 3 (0: 3) */
+    unsigned auth_max_failures; /* failed AUTH per session, then 421; 3 (0: 3) */
     /*
      * Slow clients (SECURITY.md S14). min_data_rate: bytes per second; the
      * whole DATA phase must end by 354 + data_timeout + received /
@@ -75,19 +78,26 @@ struct smtpd_policy {
      * net/smtpd_rcptmap.h.
      */
     const struct smtpd_rcptmap *rcptmap;
+    /*
+     * Where mail to <postmaster> with no domain goes (RFC 5321 4.5.1: it
+     * must be accepted from anyone): a mailbox with its domain, or "" for
+     * postmaster@hostname. Such a recipient is exempt from the relay
+     * check and the recipient map.
+     */
+    char postmaster[SMTPD_POSTMASTER_MAX];
 };
 
 /* smtpd_envelope - a finished message, borrowed by the sink until its callback. */
 struct smtpd_envelope {
-    const char *queue_id;            /* from sink->new_id, already in Received: */
-    const char *client_addr;         /* text form of the client's address */
-    const char *helo;                /* EHLO/HELO argument, "" if none */
-    const char *sender;              /* reverse-path without <>, "" for null sender */
-    const char *const *rcpts;        /* forward-paths without <> */
+    const char *queue_id;     /* from sink->new_id, already in Received: */
+    const char *client_addr;  /* text form of the client's address */
+    const char *helo;         /* EHLO/HELO argument, "" if none */
+    const char *sender;       /* reverse-path without <>, "" for null sender */
+    const char *const *rcpts; /* forward-paths without <> */
     size_t n_rcpts;
-    const uint8_t *body;             /* un-stuffed, CRLF line ends, our Received: first */
+    const uint8_t *body; /* un-stuffed, CRLF line ends, our Received: first */
     size_t body_len;
-    bool body_8bit;                  /* BODY=8BITMIME */
+    bool body_8bit; /* BODY=8BITMIME */
 };
 
 /*

@@ -863,6 +863,21 @@ static void smtpd_session_proceed_rcpt(struct smtpd_session *s, const char *arg)
         smtpd_session_reply(s, SMTPD_REPLY_TOO_MANY_RCPTS, NULL);
         return;
     }
+    if (!a.has_domain) {
+        /* <postmaster> (RFC 5321 4.5.1): from anyone, to the configured mailbox. */
+        char to[SMTPD_POSTMASTER_MAX + sizeof("postmaster@") + sizeof(s->policy->hostname)];
+        if (s->policy->postmaster[0] != '\0')
+            hamr_strlcpy(to, s->policy->postmaster, sizeof(to));
+        else
+            snprintf(to, sizeof(to), "postmaster@%s", s->policy->hostname);
+        if (smtpd_tx_add_rcpt(s->tx, to) != 0) {
+            smtpd_session_reply(s, SMTPD_REPLY_LOCAL_ERROR, NULL);
+            return;
+        }
+        smtpd_session_enter_state(s, SMTPD_STATE_RCPT);
+        smtpd_session_reply(s, SMTPD_REPLY_RCPT_OK, NULL);
+        return;
+    }
     if (!smtpd_session_relay_ok(s, &a)) {
         char shown[SMTP_ADDR_PATH_MAX + 3];
         snprintf(shown, sizeof(shown), "<%s>", a.text);

@@ -132,6 +132,7 @@ static const struct config_key config_keys[] = {
     CK("smtpd", "client_connection_rate", CONFIG_K_COUNT, client_connection_rate, 0, 1000000),
     CK("smtpd", "client_auth_rate", CONFIG_K_COUNT, client_auth_rate, 0, 1000000),
     CK("smtpd", "limit_exempt_networks", CONFIG_K_NETWORKS, limit_exempt_networks, 0, 0),
+    CK("smtpd", "postmaster", CONFIG_K_STRING_OPT, smtpd.postmaster, 0, 0),
     CK("smtpd", "tls_cert_file", CONFIG_K_STRING_OPT, tls_cert_file, 0, 0),
     CK("smtpd", "tls_key_file", CONFIG_K_STRING_OPT, tls_key_file, 0, 0),
     CK("smtpd", "auth_file", CONFIG_K_STRING_OPT, auth_file, 0, 0),
@@ -1046,6 +1047,17 @@ static int config_check_tunables(struct config_parse *p)
     if (cfg->smtpd.message_size_limit > CONFIG_MESSAGE_SIZE_MAX)
         return config_fail(p, config_key_line(p, "smtpd", "message_size_limit"),
                            "message_size_limit: at most 64M (a message is one raft entry)");
+    if (cfg->smtpd.postmaster[0] != '\0') {
+        char path[SMTPD_POSTMASTER_MAX + 3];
+        snprintf(path, sizeof(path), "<%s>", cfg->smtpd.postmaster);
+        const char *pp = path;
+        struct smtp_addr a;
+        if (smtp_addr_parse_path(&pp, 0, &a) != 0 || *pp != '\0' || !a.has_domain ||
+            strcmp(a.text, cfg->smtpd.postmaster) != 0)
+            return config_fail(p, config_key_line(p, "smtpd", "postmaster"),
+                               "postmaster: not a mailbox with a domain: \"%s\"",
+                               cfg->smtpd.postmaster);
+    }
     return 1;
 }
 

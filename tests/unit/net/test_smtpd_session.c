@@ -652,6 +652,38 @@ static void test_line_too_long(void **state)
     test_expect(h, "250 2.1.5 Ok\r\n");
 }
 
+/*
+ * <postmaster> with no domain (RFC 5321 4.5.1) is taken from any client,
+ * in any case, and goes to postmaster@hostname, or to [smtpd] postmaster.
+ */
+static void test_postmaster(void **state)
+{
+    struct harness *h = *state;
+
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h, "MAIL FROM:<a@b.example>\r\nRCPT TO:<postmaster>\r\nRCPT TO:<PostMaster>\r\n");
+    assert_string_equal(test_codes(h), "250 250 250");
+    test_send(h, "RSET\r\n");
+    test_take(h);
+    test_transaction(h, "postmaster", "hi\r\n.\r\n");
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0001\r\n");
+    assert_int_equal(h->sink.msgs[0].n_rcpts, 1);
+    assert_string_equal(h->sink.msgs[0].rcpts[0], "postmaster@mx.hamr.test");
+
+    struct harness *h2 = calloc(1, sizeof(*h2));
+    assert_non_null(h2);
+    test_policy(h2);
+    hamr_strlcpy(h2->policy.postmaster, "abuse-desk@ops.example", sizeof(h2->policy.postmaster));
+    test_ehlo(h2, TEST_OUTSIDE);
+    test_transaction(h2, "postmaster", "hi\r\n.\r\n");
+    fake_sink_step(&h2->sink);
+    test_expect(h2, "250 2.0.0 Ok: queued as HAMRQ0001\r\n");
+    assert_string_equal(h2->sink.msgs[0].rcpts[0], "abuse-desk@ops.example");
+    void *p = h2;
+    test_teardown(&p);
+}
+
 /* test_rset_clears - RSET drops sender and recipients. */
 static void test_rset_clears(void **state)
 {
@@ -850,8 +882,8 @@ static void test_relay_denied(void **state)
     test_expect(h, "554 5.7.1 <x@hamr.test.evil.example>: Relay access denied\r\n");
     test_send(h, "RCPT TO:<x@evilhamr.test>\r\n");
     test_expect(h, "554 5.7.1 <x@evilhamr.test>: Relay access denied\r\n");
-    test_send(h, "RCPT TO:<postmaster>\r\n");
-    test_expect(h, "554 5.7.1 <postmaster>: Relay access denied\r\n");
+    test_send(h, "RCPT TO:<postmaster@victim.example>\r\n");
+    test_expect(h, "554 5.7.1 <postmaster@victim.example>: Relay access denied\r\n");
     test_send(h, "RCPT TO:<@hamr.test:x@victim.example>\r\n");
     test_expect(h, "554 5.7.1 <x@victim.example>: Relay access denied\r\n");
     test_send(h, "RCPT TO:<x@HAMR.TEST>\r\nRCPT TO:<x@deep.x.sub.hamr.test>\r\n");
@@ -953,7 +985,7 @@ static void test_relay_networks(void **state)
         assert_int_equal(m->n_rcpts, 5);
         assert_string_equal(m->rcpts[1], "relaytest%nmap.scanme.org@hamr.test");
         assert_string_equal(m->rcpts[2], "\"x@victim.example\"@hamr.test");
-        assert_string_equal(m->rcpts[4], "Postmaster");
+        assert_string_equal(m->rcpts[4], "postmaster@mx.hamr.test"); /* RFC 5321 4.5.1 */
         fake_sink_step(&h->sink);
         void *p = h;
         test_teardown(&p);
@@ -1694,6 +1726,7 @@ int main(void)
         T(test_length_limits),
         T(test_line_too_long),
         T(test_rset_clears),
+        T(test_postmaster),
         T(test_helo_received),
         T(test_size_mid_data),
         T(test_body_rejects),

@@ -354,6 +354,7 @@ static const char test_full[] =
     "header_size_limit = 64K\n"
     "hopcount_limit = 30\n"
     "max_errors = 5\n"
+    "postmaster = hostmaster@ops.example.com\n"
     "command_timeout = 2m\n"
     "data_timeout = 3m\n"
     "max_sessions = 50\n"
@@ -443,6 +444,7 @@ static void test_every_key(void **state)
     assert_int_equal(cfg->smtpd.header_size_limit, 65536);
     assert_int_equal(cfg->smtpd.hopcount_limit, 30);
     assert_int_equal(cfg->smtpd.max_errors, 5);
+    assert_string_equal(cfg->smtpd.postmaster, "hostmaster@ops.example.com");
     assert_int_equal(cfg->smtpd.command_timeout_ms, 120000);
     assert_int_equal(cfg->smtpd.data_timeout_ms, 180000);
     assert_int_equal(cfg->max_sessions, 50);
@@ -705,6 +707,12 @@ static const struct test_bad test_bad_files[] = {
      ":9: tls_cert_file and tls_key_file must be set together"},
     {"auth without tls", BASE "[smtpd]\nmax_sessions = 5\nauth_file = /etc/hamr/passwd\n",
      HAMR_EINVAL, ":10: auth_file needs tls_cert_file and tls_key_file (AUTH only over TLS)"},
+    {"postmaster without domain", BASE "[smtpd]\npostmaster = root\n", HAMR_EINVAL,
+     ":9: postmaster: not a mailbox with a domain: \"root\""},
+    {"postmaster with brackets", BASE "[smtpd]\nmax_sessions = 5\npostmaster = <a@b.example>\n",
+     HAMR_EINVAL, ":10: postmaster: not a mailbox with a domain: \"<a@b.example>\""},
+    {"postmaster two addresses", BASE "[smtpd]\npostmaster = a@b.example c@d.example\n",
+     HAMR_EINVAL, ":9: postmaster: not a mailbox with a domain: \"a@b.example c@d.example\""},
     {"cluster tls cert alone", BASE_TLS "[cluster_tls]\nca_file = /ca.pem\ncert_file = /n.pem\n",
      HAMR_EINVAL, ":7: ca_file, cert_file and key_file must be set together"},
     {"cluster tls and plaintext", BASE_TLS "[cluster_tls]\nplaintext = yes\nkey_file = /n.key\n",
