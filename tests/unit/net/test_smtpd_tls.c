@@ -572,6 +572,22 @@ static bool wait_check(struct harness *h)
 }
 
 /*
+ * auth_session_start - a server whose auth_file (made at path) has alice,
+ * and a client inside TLS that has seen AUTH offered. Returns the table.
+ */
+static struct smtpd_auth *auth_session_start(struct harness *h, char *path)
+{
+    harness_start(h, true);
+    struct smtpd_auth *auth = auth_file(path, "alice", "secret-alice");
+    h->policy.auth = auth;
+    h->policy.auth_max_failures = 10;
+    start_tls(h);
+    expect(h, "EHLO client.test\r\n", "250-mx.hamr.test");
+    assert_non_null(strstr(h->in, "250-AUTH PLAIN LOGIN\r\n"));
+    return auth;
+}
+
+/*
  * MAIL's AUTH= parameter (RFC 4954 5) where AUTH is offered: <> and an
  * xtext mailbox are taken, before and after authentication; a value that
  * is not xtext gets 501.
@@ -581,13 +597,7 @@ static void test_mail_auth_param(void **state)
     (void)state;
     struct harness h;
     char path[] = "/tmp/hamr-tls-authparam-XXXXXX";
-    harness_start(&h, true);
-    struct smtpd_auth *auth = auth_file(path, "alice", "secret-alice");
-    h.policy.auth = auth;
-    h.policy.auth_max_failures = 10;
-    start_tls(&h);
-    expect(&h, "EHLO client.test\r\n", "250-mx.hamr.test");
-    assert_non_null(strstr(h.in, "250-AUTH PLAIN LOGIN\r\n"));
+    struct smtpd_auth *auth = auth_session_start(&h, path);
     static const struct {
         const char *cmd, *want;
     } cases[] = {
@@ -617,13 +627,7 @@ static void test_auth_over_tls(void **state)
     (void)state;
     struct harness h;
     char path[] = "/tmp/hamr-tls-auth-XXXXXX";
-    harness_start(&h, true);
-    struct smtpd_auth *auth = auth_file(path, "alice", "secret-alice");
-    h.policy.auth = auth;
-    h.policy.auth_max_failures = 10;
-    start_tls(&h);
-    expect(&h, "EHLO client.test\r\n", "250-mx.hamr.test");
-    assert_non_null(strstr(h.in, "250-AUTH PLAIN LOGIN\r\n"));
+    struct smtpd_auth *auth = auth_session_start(&h, path);
     /* "\0alice\0wrong" and "\0alice\0secret-alice" */
     expect(&h, "AUTH PLAIN AGFsaWNlAHdyb25n\r\n", "535 5.7.8 Error: authentication failed\r\n");
     client_send(&h, "AUTH PLAIN AGFsaWNlAHNlY3JldC1hbGljZQ==\r\nNOOP\r\n");
