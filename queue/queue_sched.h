@@ -48,7 +48,6 @@ enum queue_work_kind {
     QUEUE_WORK_DELIVER = 0, /* lease and deliver */
     QUEUE_WORK_EXPIRE,      /* queue lifetime over: Outcome EXPIRED, lease_id 0 */
     QUEUE_WORK_NOROUTE,     /* no route: Outcome BOUNCED, lease_id 0 */
-    QUEUE_WORK_SKIP,        /* set by the caller: left alone this round */
 };
 
 struct queue_work {
