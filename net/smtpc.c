@@ -75,7 +75,6 @@
 
 #define SMTPC_CHUNK_MAX (64 * 1024) /* body bytes per write */
 #define SMTPC_ADDR_MAX 256          /* RFC 5321 4.5.3.1.3: path, without <> here */
-#define SMTPC_HOST_MAX 255
 #define SMTPC_CMD_LINE_MAX 512 /* RFC 5321 4.5.3.1.4, our lines fit easily */
 
 /*

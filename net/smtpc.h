@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <sys/socket.h>
+
 #include <openssl/ssl.h>
 #include <uv.h>
 
@@ -29,6 +31,65 @@ enum smtpc_tls_policy {
     SMTPC_TLS_MAY = 0,
     SMTPC_TLS_ENCRYPT = 1,
     SMTPC_TLS_VERIFY = 2,
+};
+
+enum smtpc_status {
+    SMTPC_OK = 0,   /* 2xx: delivered */
+    SMTPC_TEMP = 1, /* 4xx, connection failure, timeout, malformed reply: retry */
+    SMTPC_PERM = 2, /* 5xx: bounce */
+};
+
+#define SMTPC_HOST_MAX 255
+
+/* smtpc_target - one address a delivery may connect to, and the host it belongs to. */
+struct smtpc_target {
+    /*
+     * The MX host, or the next hop's own name or literal: logged with the
+     * address, sent as SNI, and matched against the certificate under
+     * SMTPC_TLS_VERIFY unless the delivery named a verify_host.
+     */
+    char host[SMTPC_HOST_MAX + 1];
+    struct sockaddr_storage addr; /* AF_INET or AF_INET6, with the port */
+};
+
+/*
+ * smtpc_route - what a next hop resolved to. SMTPC_OK: n > 0 targets, in the
+ * order to try them. SMTPC_TEMP or SMTPC_PERM: no target (n 0); every
+ * recipient of the delivery gets this status, code and text, e.g. 556
+ * "5.1.10 ... does not accept mail (nullMX)" or 451 "4.4.3 ... try again".
+ */
+struct smtpc_route {
+    enum smtpc_status status;
+    unsigned code;
+    char text[256];
+    size_t n;
+    const struct smtpc_target *targets; /* borrowed for the callback */
+};
+
+typedef void (*smtpc_route_cb)(void *arg, const struct smtpc_route *route);
+
+/*
+ * smtpc_resolver - how the pool turns a next hop into addresses. nexthop is
+ * what smtpc_pool_deliver was given: an IP literal, bare or in brackets
+ * ("192.0.2.1", "[192.0.2.1]", "[2001:db8::1]"), is itself; "[name]" is
+ * the name's own addresses (no MX lookup, as in Postfix); a bare "name" is
+ * the MX lookup of RFC 5321 section 5.1. port goes into every target.
+ *   resolve: 0 and *handle: cb(cb_arg, route) runs exactly once, later,
+ *            never inside resolve, unless cancel(data, *handle) comes
+ *            first; or a HAMR_E* code, and cb never runs.
+ *   cancel:  the caller goes away: cb must never run after this.
+ * Without a resolver the pool takes literals as they are and resolves
+ * names (bracketed or not, never MX) with uv_getaddrinfo.
+ */
+struct smtpc_resolver {
+    void *data;
+    int (*resolve)(void *data,
+                   const char *nexthop,
+                   uint16_t port,
+                   smtpc_route_cb cb,
+                   void *cb_arg,
+                   void **handle);
+    void (*cancel)(void *data, void *handle);
 };
 
 struct smtpc_config {
@@ -46,12 +107,21 @@ struct smtpc_config {
      */
     SSL_CTX *tls_ctx;
     char tls_ca_file[1024]; /* PEM CA file for VERIFY; "" = the system trust store */
-};
-
-enum smtpc_status {
-    SMTPC_OK = 0,   /* 2xx: delivered */
-    SMTPC_TEMP = 1, /* 4xx, connection failure, timeout, malformed reply: retry */
-    SMTPC_PERM = 2, /* 5xx: bounce */
+    /*
+     * Next hops to addresses (borrowed; must outlive the pool). NULL:
+     * literals, and uv_getaddrinfo for names.
+     */
+    const struct smtpc_resolver *resolver;
+    /*
+     * Per attempt (one connection's first job), as Postfix's
+     * smtp_mx_address_limit and smtp_mx_session_limit: addresses tried at
+     * most (5), and SMTP sessions (a greeting was read) at most (2). A
+     * failed connect, a timeout or a lost connection before EHLO is
+     * answered, or a refused greeting, EHLO or HELO moves on to the next
+     * address while both allow; anything after EHLO does not.
+     */
+    unsigned address_limit;
+    unsigned session_limit;
 };
 
 /*
@@ -138,6 +208,8 @@ struct smtpc_result {
     size_t n_rcpts;
     struct smtpc_rcpt_result *rcpts; /* n_rcpts entries, valid during the callback */
     char remote[128];                /* "ip:port" of the next hop, "" if none */
+    char host[SMTPC_HOST_MAX + 1];   /* the target host of remote ("" if none) */
+    unsigned n_tried;                /* addresses connected to (or tried) in this attempt */
     char tls[96];                    /* "none", or e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384 verified"
                                         ("... unverified" when the policy did not check) */
     enum smtpc_tls_state tls_state;  /* why tls is "none", or how TLS was up */
@@ -152,8 +224,10 @@ struct smtpc_pool;
 struct smtpc_pool *smtpc_pool_new(uv_loop_t *loop, const struct smtpc_config *cfg);
 
 /*
- * smtpc_pool_deliver - deliver m to host:port (IPv4/IPv6 literal or a name,
- * resolved with uv_getaddrinfo). Borrows m and everything it points to
+ * smtpc_pool_deliver - deliver m to host:port, host a next hop as
+ * smtpc_resolver describes it (resolved by the config's resolver, or
+ * uv_getaddrinfo without one), trying its addresses in order within
+ * address_limit and session_limit. Borrows m and everything it points to
  * until cb. Queues when max_conns_per_dest connections are busy; reuses idle
  * connections. Returns 0 (cb will run exactly once, never from inside this
  * call) or a HAMR_E* code (cb never runs).
@@ -168,7 +242,8 @@ int smtpc_pool_deliver(struct smtpc_pool *p,
 /*
  * smtpc_pool_deliver_tls - smtpc_pool_deliver under a TLS policy (the plain
  * call is SMTPC_TLS_MAY). verify_host: the name (or IP literal) the
- * certificate must match under SMTPC_TLS_VERIFY; NULL or "" means host.
+ * certificate must match under SMTPC_TLS_VERIFY; NULL or "" means the host
+ * each target belongs to (the MX host name, or the next hop's own name).
  * Connections are pooled per host, port, policy and verify_host, so a
  * connection opened under one policy never carries mail for another.
  */

@@ -1,0 +1,71 @@
+/*
+ * mx.h - next hops to addresses for the SMTP client: the MX routing of RFC
+ * 5321 section 5.1 on net/dns, as an smtpc_resolver.
+ *
+ * A bare domain is looked up as MX: the records sorted by preference, equal
+ * preferences shuffled; no MX (NODATA) is the implicit MX, the domain's own
+ * addresses; a null MX (RFC 7505) is PERM 556 5.1.10; a domain that does
+ * not exist is PERM 550 5.4.4 (Postfix's "Host or domain name not found");
+ * a temporary failure is TEMP 451 4.4.3. An MX host that is this cluster
+ * (its name is one of self_names, or one of its addresses is one of
+ * self_addrs) ends the list at its preference: the hosts preferred over it
+ * are kept, and when none is, the mail would loop back to us (PERM 550
+ * 5.4.6, "mail for D loops back to myself"). "[name]" is the name's own
+ * addresses, no MX lookup; a literal ("192.0.2.1", "[192.0.2.1]",
+ * "[2001:db8::1]") is itself. Each host's A and AAAA are asked at once (as
+ * inet_protocols allows); their order follows address_preference. A host
+ * whose address lookups all fail is skipped; if no host has an address,
+ * the route is TEMP when any lookup failed temporarily, else PERM 5.4.4.
+ *
+ * Thread: the loop's only. Owns: struct mx and the lookups in flight.
+ */
+#ifndef HAMR_NET_MX_H
+#define HAMR_NET_MX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "net/dns.h"
+#include "net/smtpc.h"
+
+enum mx_inet {
+    MX_INET_ALL = 0, /* IPv4 and IPv6 */
+    MX_INET_IPV4 = 1,
+    MX_INET_IPV6 = 2,
+};
+
+enum mx_pref {
+    MX_PREF_ANY = 0,  /* each host's addresses shuffled */
+    MX_PREF_IPV6 = 1, /* IPv6 first, then IPv4 */
+    MX_PREF_IPV4 = 2,
+};
+
+#define MX_SELF_MAX 64
+
+struct mx_config {
+    unsigned address_limit; /* targets returned at most; 0: 5 */
+    enum mx_inet inet_protocols;
+    enum mx_pref address_preference;
+    /* This cluster, for the loop check: names (no trailing dot, any case) and addresses. */
+    char self_names[MX_SELF_MAX][DNS_NAME_MAX + 1];
+    size_t n_self_names;
+    struct dns_addr self_addrs[MX_SELF_MAX]; /* ttl unused */
+    size_t n_self_addrs;
+};
+
+struct mx;
+
+/* mx_new - routing on dns (borrowed; must outlive it); cfg copied. 0, or HAMR_ENOMEM. */
+int mx_new(struct dns *dns, const struct mx_config *cfg, struct mx **out);
+
+/* mx_resolver - the smtpc_resolver of m (valid as long as m). */
+const struct smtpc_resolver *mx_resolver(struct mx *m);
+
+/*
+ * mx_free - end m. Every route still being resolved is called back first,
+ * from inside mx_free, with SMTPC_TEMP "4.4.3 shutdown" (the contract of
+ * smtpc_resolver: exactly once unless cancelled). NULL is fine.
+ */
+void mx_free(struct mx *m);
+
+#endif
