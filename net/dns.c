@@ -213,6 +213,12 @@ void dns_set_clock(struct dns *r, uint64_t (*now_ms)(void *arg), void *arg)
     r->now_arg = arg;
 }
 
+/* dns_loop - see dns.h. */
+uv_loop_t *dns_loop(const struct dns *r)
+{
+    return r->loop;
+}
+
 /* dns_cache_entries - cached answers now. */
 size_t dns_cache_entries(const struct dns *r)
 {

@@ -20,10 +20,10 @@
  * HAMR_ENOMEM, HAMR_EIO (c-ares could not start), HAMR_ESHUTDOWN (closing).
  *
  * Not yet wired: node/config.c has no [dns] section (servers, timeout,
- * tries and cache_size map onto struct dns_config one to one), the MX
- * routing of RFC 5321 section 5.1 (sort by preference, implicit MX, null MX
- * bounce) belongs to the delivery code, and smtpc still resolves next hops
- * with uv_getaddrinfo; it should take addresses from here instead.
+ * tries and cache_size map onto struct dns_config one to one), and smtpc
+ * still resolves next hops with uv_getaddrinfo; the MX routing of RFC 5321
+ * section 5.1 on this resolver is net/mx, the smtpc_resolver it should be
+ * given instead.
  */
 #ifndef HAMR_NET_DNS_H
 #define HAMR_NET_DNS_H
@@ -187,6 +187,9 @@ void dns_cancel(struct dns_query *q);
  * and r is freed then. A second call does nothing.
  */
 void dns_close(struct dns *r, void (*closed_cb)(void *arg), void *arg);
+
+/* dns_loop - the loop r runs on, for a module built on r that needs a handle of its own. */
+uv_loop_t *dns_loop(const struct dns *r);
 
 /* dns_cache_entries - answers in the cache now (for tests and metrics). */
 size_t dns_cache_entries(const struct dns *r);

@@ -16,6 +16,10 @@
  * inet_protocols allows); their order follows address_preference. A host
  * whose address lookups all fail is skipped; if no host has an address,
  * the route is TEMP when any lookup failed temporarily, else PERM 5.4.4.
+ * The loop check applies to "[name]" and literals too (PERM 5.4.6 when the
+ * name or an address is ours); a literal of a family inet_protocols turns
+ * off is PERM 5.4.4. At most 10 MX hosts are looked up; the targets are
+ * deduplicated by address and cut at address_limit.
  *
  * Thread: the loop's only. Owns: struct mx and the lookups in flight.
  */
@@ -55,7 +59,11 @@ struct mx_config {
 
 struct mx;
 
-/* mx_new - routing on dns (borrowed; must outlive it); cfg copied. 0, or HAMR_ENOMEM. */
+/*
+ * mx_new - routing on dns (borrowed; must outlive it) and its loop; cfg
+ * copied. 0, or HAMR_EINVAL (counts over MX_SELF_MAX, an enum or a self
+ * address family out of range) or HAMR_ENOMEM.
+ */
 int mx_new(struct dns *dns, const struct mx_config *cfg, struct mx **out);
 
 /* mx_resolver - the smtpc_resolver of m (valid as long as m). */
@@ -64,7 +72,10 @@ const struct smtpc_resolver *mx_resolver(struct mx *m);
 /*
  * mx_free - end m. Every route still being resolved is called back first,
  * from inside mx_free, with SMTPC_TEMP "4.4.3 shutdown" (the contract of
- * smtpc_resolver: exactly once unless cancelled). NULL is fine.
+ * smtpc_resolver: exactly once unless cancelled); resolve fails with
+ * HAMR_ESHUTDOWN from then on. Call it before dns_close of m's resolver.
+ * m's memory goes when its timer's close callback runs, on the loop's
+ * next turn (run the loop before uv_loop_close). NULL is fine.
  */
 void mx_free(struct mx *m);
 

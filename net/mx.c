@@ -1,0 +1,923 @@
+/*
+ * mx.c - the smtpc_resolver of net/mx.h: next hops to ordered targets by
+ * the MX routing of RFC 5321 section 5.1 (and RFC 7505's null MX), on the
+ * lookups of net/dns.
+ *
+ * Happy path, a bare domain: mx_resolve checks the next hop and asks for
+ * its MX -> mx_route_after_mx sorts the records (equal preferences in a
+ * random order), drops duplicates and every host from the first self name
+ * on, keeps MX_HOSTS_MAX and asks each host's A and AAAA at once ->
+ * mx_route_after_addr takes each answer (and marks a host whose address
+ * is ours); the last one -> mx_route_finish cuts the list at the first
+ * self host, orders each host's addresses by address_preference, makes at
+ * most address_limit targets and calls back. "[name]" starts at the host
+ * lookups with the name as its one host; a literal is decided at once.
+ *
+ * What is decided inside mx_resolve (a literal, "[name]" that is one of
+ * self_names) waits on the ready list for a zero timer (mx_dispatch_cb),
+ * so that the callback never runs inside resolve (the contract of
+ * smtpc_resolver); the rest is called back from the DNS callbacks.
+ *
+ * Failure modes: the MX lookup's NXDOMAIN (PERM 5.4.4), TEMPFAIL (TEMP
+ * 4.4.3) or null MX (PERM 5.1.10); a loop (PERM 5.4.6); no address for
+ * any host kept (TEMP 4.4.3 if a lookup of one of them failed for now,
+ * else PERM 5.4.4); out of memory after resolve returned (TEMP 4.3.0);
+ * mx_free (TEMP 4.4.3 "shutdown"). dns_query failing inside mx_resolve
+ * makes resolve fail with its code; failing later (an MX host name that
+ * net/dns refuses, a full heap) counts as that host's lookup failing.
+ *
+ * Loops: as Postfix (smtp_addr.c), a self host ends the MX list at its
+ * preference, and a list with nothing before it is a loop. Unlike
+ * Postfix's, our check also applies to "[name]" and to literals: a next
+ * hop that names this cluster or one of its addresses would send the mail
+ * back to us whatever its form, and bouncing it beats passing it around
+ * until its hop count runs out. A host whose address lookups fail for now
+ * cannot be told to be self: it is skipped, as any host without address.
+ *
+ * Owns struct mx, its dispatch timer, the routes in flight, their DNS
+ * queries and targets. Thread: the loop's only.
+ * Errors: HAMR_EINVAL (next hop, config), HAMR_ENOMEM, HAMR_ESHUTDOWN,
+ * and what dns_query returns.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <uv.h>
+
+#include "util/common.h"
+#include "util/err.h"
+#include "util/log.h"
+#include "net/dns.h"
+#include "net/mx.h"
+#include "net/smtpc.h"
+
+/*
+ * MX hosts looked up per route at most: the best ten are more than a
+ * delivery attempt tries (address_limit), and a zone cannot make us send
+ * more queries than that for one next hop.
+ */
+#define MX_HOSTS_MAX 10
+/* Addresses kept per host and record type (all of them are checked against self_addrs). */
+#define MX_HOST_ADDRS_MAX 16
+#define MX_ADDRESS_LIMIT_DEFAULT 5
+#define MX_LITERAL_MAX 64 /* "[IPv6:...]" with room to spare */
+
+/* mx_link - a circular doubly-linked list node (head and members alike). */
+struct mx_link {
+    struct mx_link *prev, *next;
+};
+
+struct mx_route;
+struct mx_host;
+
+/* mx_lookup - one address query (A or AAAA) of one host. */
+struct mx_lookup {
+    struct mx_host *h;
+    struct dns_query *q; /* while in flight */
+};
+
+/* mx_host - one MX host (or the next hop's own name) and what its lookups found. */
+struct mx_host {
+    struct mx_route *rt;
+    uint16_t pref;
+    char name[DNS_NAME_MAX + 1]; /* lower case, no trailing dot */
+    struct mx_lookup look[2];    /* A, AAAA */
+    struct dns_addr addrs[2 * MX_HOST_ADDRS_MAX];
+    size_t n_addrs;
+    bool self;     /* its name is one of self_names, or one of its addresses is ours */
+    bool tempfail; /* one of its lookups failed for now */
+};
+
+enum mx_kind {
+    MX_KIND_LITERAL = 0, /* "192.0.2.1", "[192.0.2.1]", "[2001:db8::1]", "::1" */
+    MX_KIND_HOST = 1,    /* "[name]": the name's addresses */
+    MX_KIND_MX = 2,      /* "name": its MX */
+};
+
+/* mx_route - one next hop being resolved, until it is called back or cancelled. */
+struct mx_route {
+    struct mx *m;
+    struct mx_link all;   /* m->routes: every route not called back yet */
+    struct mx_link ready; /* m->ready or m->dispatching: decided, waiting for the timer */
+    enum mx_kind kind;
+    smtpc_route_cb cb;
+    void *cb_arg;
+    uint16_t port;
+    char domain[DNS_NAME_MAX + 1]; /* the name (lower case, no dot), or the literal */
+    struct dns_query *mxq;         /* the MX lookup in flight */
+    unsigned pending;              /* address lookups in flight */
+    struct smtpc_route res;        /* the outcome, once decided */
+    struct smtpc_target *targets;  /* res's, owned */
+    struct mx_host hosts[MX_HOSTS_MAX];
+    size_t n_hosts;
+};
+
+struct mx {
+    struct dns *dns;
+    struct mx_config cfg;
+    struct smtpc_resolver resolver;
+    uv_timer_t dispatch; /* zero timer: the ready list is called back */
+    struct mx_link routes, ready, dispatching;
+    uint64_t rng; /* splitmix64 state: the order of equal preferences and of addresses */
+    bool closing;
+};
+
+/* mx_link_init - an empty list, or a node on none. */
+static void mx_link_init(struct mx_link *l)
+{
+    l->prev = l->next = l;
+}
+
+/* mx_link_empty - no member. */
+static bool mx_link_empty(const struct mx_link *l)
+{
+    return l->next == l;
+}
+
+/* mx_link_remove - out of its list (a node on none stays as it is). */
+static void mx_link_remove(struct mx_link *n)
+{
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+    mx_link_init(n);
+}
+
+/* mx_link_push - n at the end of head's list. */
+static void mx_link_push(struct mx_link *head, struct mx_link *n)
+{
+    n->prev = head->prev;
+    n->next = head;
+    head->prev->next = n;
+    head->prev = n;
+}
+
+/* mx_link_splice - every member of from moved to the end of to; from left empty. */
+static void mx_link_splice(struct mx_link *to, struct mx_link *from)
+{
+    if (mx_link_empty(from))
+        return;
+    from->next->prev = to->prev;
+    to->prev->next = from->next;
+    from->prev->next = to;
+    to->prev = from->prev;
+    mx_link_init(from);
+}
+
+/*
+ * mx_random - the next number of splitmix64. Not for secrets: it only
+ * spreads load over equal preferences and addresses (RFC 5321 5.1).
+ */
+static uint64_t mx_random(struct mx *m)
+{
+    uint64_t z = (m->rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* mx_shuffle - addrs in a random order (Fisher-Yates). */
+static void mx_shuffle(struct mx *m, struct dns_addr *addrs, size_t n)
+{
+    for (size_t i = n; i > 1; i--) {
+        size_t j = (size_t)(mx_random(m) % i);
+        struct dns_addr t = addrs[i - 1];
+        addrs[i - 1] = addrs[j];
+        addrs[j] = t;
+    }
+}
+
+/*
+ * mx_name_normalize - name (len octets) checked and copied in lower case,
+ * without the one trailing dot it may have, into out (DNS_NAME_MAX + 1):
+ * the rules of net/dns (letters, digits, '-' and '_', labels of 1 to 63),
+ * so that a next hop dns_query would refuse is refused by resolve.
+ */
+static int mx_name_normalize(const char *name, size_t len, char *out)
+{
+    size_t label = 0;
+    if (len > 0 && name[len - 1] == '.')
+        len--;
+    if (len == 0 || len > DNS_NAME_MAX)
+        return HAMR_EINVAL;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c == '.') {
+            if (label == 0)
+                return HAMR_EINVAL;
+            label = 0;
+            out[i] = '.';
+            continue;
+        }
+        if (c >= 'A' && c <= 'Z')
+            c = (unsigned char)(c - 'A' + 'a'); /* ASCII only, whatever the locale */
+        else if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_'))
+            return HAMR_EINVAL;
+        if (++label > 63)
+            return HAMR_EINVAL;
+        out[i] = (char)c;
+    }
+    if (label == 0)
+        return HAMR_EINVAL;
+    out[len] = '\0';
+    return 0;
+}
+
+/* mx_self_name - name (lower case, no trailing dot) is one of self_names (any case, a dot or not).
+ */
+static bool mx_self_name(const struct mx *m, const char *name)
+{
+    size_t len = strlen(name);
+    for (size_t i = 0; i < m->cfg.n_self_names; i++) {
+        const char *s = m->cfg.self_names[i];
+        size_t sl = strnlen(s, sizeof(m->cfg.self_names[i]));
+        if (sl > 0 && s[sl - 1] == '.')
+            sl--;
+        if (sl == len && len > 0 && hamr_strncaseeq(s, name, len))
+            return true;
+    }
+    return false;
+}
+
+/* mx_addr_len - octets of a's address: 4 or 16. */
+static size_t mx_addr_len(const struct dns_addr *a)
+{
+    return a->family == AF_INET ? 4 : 16;
+}
+
+/* mx_addr_eq - same family and address (the TTLs do not matter). */
+static bool mx_addr_eq(const struct dns_addr *a, const struct dns_addr *b)
+{
+    return a->family == b->family && memcmp(a->addr, b->addr, mx_addr_len(a)) == 0;
+}
+
+/* mx_self_addr - a is one of self_addrs. */
+static bool mx_self_addr(const struct mx *m, const struct dns_addr *a)
+{
+    for (size_t i = 0; i < m->cfg.n_self_addrs; i++)
+        if (mx_addr_eq(&m->cfg.self_addrs[i], a))
+            return true;
+    return false;
+}
+
+/* mx_family_ok - inet_protocols lets us connect to family. */
+static bool mx_family_ok(const struct mx *m, int family)
+{
+    if (family == AF_INET)
+        return m->cfg.inet_protocols != MX_INET_IPV6;
+    return m->cfg.inet_protocols != MX_INET_IPV4;
+}
+
+/* mx_addr_type - "A", "AAAA": what a "no address" text names, as inet_protocols asks. */
+static const char *mx_addr_type(const struct mx *m)
+{
+    return m->cfg.inet_protocols == MX_INET_IPV6 ? "AAAA" : "A";
+}
+
+/*
+ * mx_parse_literal - text (len octets, no brackets) as an address: dotted
+ * IPv4 or IPv6 text, the latter also after RFC 5321's "IPv6:" tag (4.1.3).
+ * The tag only in brackets. Into a; *host_off gets where the address text
+ * starts (after the tag).
+ * 0, or HAMR_EINVAL.
+ */
+static int mx_parse_literal(const char *text,
+                            size_t len,
+                            bool bracketed,
+                            struct dns_addr *a,
+                            size_t *host_off)
+{
+    char buf[MX_LITERAL_MAX];
+    bool v6_tag = bracketed && len > 5 && hamr_strncaseeq(text, "ipv6:", 5);
+    size_t off = v6_tag ? 5 : 0;
+    if (len == 0 || len - off >= sizeof(buf))
+        return HAMR_EINVAL;
+    memcpy(buf, text + off, len - off);
+    buf[len - off] = '\0';
+    memset(a, 0, sizeof(*a));
+    *host_off = off;
+    if (!v6_tag && inet_pton(AF_INET, buf, a->addr) == 1) {
+        a->family = AF_INET;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, buf, a->addr) == 1) {
+        a->family = AF_INET6;
+        return 0;
+    }
+    return HAMR_EINVAL;
+}
+
+/* mx_target_set - t: host (truncated to SMTPC_HOST_MAX) at a, port. */
+static void mx_target_set(struct smtpc_target *t,
+                          const char *host,
+                          const struct dns_addr *a,
+                          uint16_t port)
+{
+    memset(t, 0, sizeof(*t));
+    hamr_strlcpy(t->host, host, sizeof(t->host));
+    if (a->family == AF_INET) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&t->addr;
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons(port);
+        memcpy(&sin->sin_addr, a->addr, 4);
+    } else {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&t->addr;
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons(port);
+        memcpy(&sin6->sin6_addr, a->addr, 16);
+    }
+}
+
+/* mx_route_fail - the outcome of rt is status (TEMP or PERM), code and text; no target. */
+__attribute__((format(printf, 4, 5))) static void mx_route_fail(struct mx_route *rt,
+                                                                enum smtpc_status status,
+                                                                unsigned code,
+                                                                const char *fmt,
+                                                                ...)
+{
+    va_list ap;
+    free(rt->targets);
+    rt->targets = NULL;
+    memset(&rt->res, 0, sizeof(rt->res));
+    rt->res.status = status;
+    rt->res.code = code;
+    va_start(ap, fmt);
+    vsnprintf(rt->res.text, sizeof(rt->res.text), fmt, ap);
+    va_end(ap);
+}
+
+/* mx_route_ok - the outcome of rt is its n targets (n > 0). */
+static void mx_route_ok(struct mx_route *rt, size_t n)
+{
+    memset(&rt->res, 0, sizeof(rt->res));
+    rt->res.status = SMTPC_OK;
+    rt->res.code = 250;
+    rt->res.n = n;
+}
+
+/* mx_route_cancel_queries - every DNS lookup of rt still in flight cancelled. */
+static void mx_route_cancel_queries(struct mx_route *rt)
+{
+    if (rt->mxq) {
+        dns_cancel(rt->mxq);
+        rt->mxq = NULL;
+    }
+    for (size_t i = 0; i < rt->n_hosts; i++) {
+        for (size_t j = 0; j < 2; j++) {
+            if (rt->hosts[i].look[j].q) {
+                dns_cancel(rt->hosts[i].look[j].q);
+                rt->hosts[i].look[j].q = NULL;
+            }
+        }
+    }
+    rt->pending = 0;
+}
+
+/* mx_route_free - rt off every list, its lookups cancelled, freed. */
+static void mx_route_free(struct mx_route *rt)
+{
+    mx_route_cancel_queries(rt);
+    mx_link_remove(&rt->all);
+    mx_link_remove(&rt->ready);
+    free(rt->targets);
+    free(rt);
+}
+
+/*
+ * mx_route_callback - rt's outcome to its caller, once, then rt freed. rt
+ * is off m's lists before the call, so that the callback may resolve,
+ * cancel other routes or call mx_free.
+ */
+static void mx_route_callback(struct mx_route *rt)
+{
+    char hop[DNS_NAME_MAX + 1];
+    struct smtpc_route res = rt->res;
+    res.targets = res.n > 0 ? rt->targets : NULL;
+    log_debug("mx: route nexthop=%s status=%d code=%u targets=%zu first=%s text=\"%s\"",
+              log_printable(hop, sizeof(hop), rt->domain, strlen(rt->domain)), (int)res.status,
+              res.code, res.n, res.n > 0 ? res.targets[0].host : "-", res.text);
+    mx_link_remove(&rt->all);
+    mx_link_remove(&rt->ready);
+    rt->cb(rt->cb_arg, &res);
+    free(rt->targets);
+    free(rt);
+}
+
+static void mx_dispatch_cb(uv_timer_t *t);
+
+/* mx_route_defer - rt, decided inside resolve, called back from the next turn of the loop. */
+static void mx_route_defer(struct mx_route *rt)
+{
+    struct mx *m = rt->m;
+    mx_link_push(&m->ready, &rt->ready);
+    uv_timer_start(&m->dispatch, mx_dispatch_cb, 0, 0);
+}
+
+/*
+ * mx_dispatch_cb - call back what is ready. The list is moved aside
+ * first, so that a route a callback resolves waits for the next turn; a
+ * callback may cancel another route on it, or call mx_free (which calls
+ * back the rest as shut down).
+ */
+static void mx_dispatch_cb(uv_timer_t *t)
+{
+    struct mx *m = t->data;
+    mx_link_splice(&m->dispatching, &m->ready);
+    while (!m->closing && !mx_link_empty(&m->dispatching))
+        mx_route_callback(hamr_container_of(m->dispatching.next, struct mx_route, ready));
+}
+
+/* mx_route_literal - a literal's outcome: itself, unless its family is off or it is ours. */
+static void mx_route_literal(struct mx_route *rt, const struct dns_addr *a)
+{
+    struct mx *m = rt->m;
+    if (!mx_family_ok(m, a->family)) {
+        /* The address can never be reached from here: a retry would not change that. */
+        mx_route_fail(rt, SMTPC_PERM, 550,
+                      "5.4.4 mail for [%s] cannot be delivered: address family disabled by "
+                      "inet_protocols",
+                      rt->domain);
+        return;
+    }
+    if (mx_self_addr(m, a)) {
+        mx_route_fail(rt, SMTPC_PERM, 550, "5.4.6 mail for [%s] loops back to myself", rt->domain);
+        return;
+    }
+    rt->targets = calloc(1, sizeof(*rt->targets));
+    if (!rt->targets) {
+        mx_route_fail(rt, SMTPC_TEMP, 451, "4.3.0 local resource failure: out of memory");
+        return;
+    }
+    mx_target_set(&rt->targets[0], rt->domain, a, rt->port);
+    mx_route_ok(rt, 1);
+}
+
+static void mx_route_after_addr(void *arg, const struct dns_result *res);
+
+/*
+ * mx_host_ask - h's A and AAAA (as inet_protocols allows) asked at once.
+ * A lookup that cannot start marks h: a name net/dns refuses has no
+ * address; anything else (no memory, closing) is a temporary failure.
+ * Returns the first error of dns_query (0: all started), for mx_resolve,
+ * which gives up on it.
+ */
+static int mx_host_ask(struct mx_host *h)
+{
+    static const enum dns_type types[2] = {DNS_TYPE_A, DNS_TYPE_AAAA};
+    struct mx_route *rt = h->rt;
+    struct mx *m = rt->m;
+    int first = 0;
+    for (size_t i = 0; i < 2; i++) {
+        if (!mx_family_ok(m, types[i] == DNS_TYPE_A ? AF_INET : AF_INET6))
+            continue;
+        h->look[i].h = h;
+        int rc =
+            dns_query(m->dns, h->name, types[i], mx_route_after_addr, &h->look[i], &h->look[i].q);
+        if (rc == 0) {
+            rt->pending++;
+            continue;
+        }
+        h->look[i].q = NULL;
+        if (rc != HAMR_EINVAL)
+            h->tempfail = true;
+        if (first == 0)
+            first = rc;
+    }
+    return first;
+}
+
+/* mx_route_add_host - name (normalized) at pref as rt's next host; false if rt has it already. */
+static bool mx_route_add_host(struct mx_route *rt, const char *name, uint16_t pref)
+{
+    for (size_t i = 0; i < rt->n_hosts; i++)
+        if (strcmp(rt->hosts[i].name, name) == 0)
+            return false;
+    struct mx_host *h = &rt->hosts[rt->n_hosts++];
+    memset(h, 0, sizeof(*h));
+    h->rt = rt;
+    h->pref = pref;
+    hamr_strlcpy(h->name, name, sizeof(h->name));
+    h->self = mx_self_name(rt->m, name);
+    return true;
+}
+
+/* mx_sort_entry - one MX record with its random tie-breaker. */
+struct mx_sort_entry {
+    uint16_t pref;
+    uint64_t key;
+    const char *host;
+};
+
+/* mx_sort_cmp - by preference, then by the random key (RFC 5321 5.1: equal ones in random order).
+ */
+static int mx_sort_cmp(const void *a, const void *b)
+{
+    const struct mx_sort_entry *x = a, *y = b;
+    if (x->pref != y->pref)
+        return x->pref < y->pref ? -1 : 1;
+    return x->key < y->key ? -1 : x->key > y->key ? 1 : 0;
+}
+
+/*
+ * mx_route_take_mx - rt's hosts from the MX records of res: sorted, each
+ * name once (at its best preference), none from the first self name on
+ * (RFC 5321 5.1: "records with preference values equal to or greater
+ * than" our own are discarded), MX_HOSTS_MAX at most. A record with the
+ * root as its host among others (a broken null MX) is no host. Returns
+ * false when rt's outcome is decided (a loop, no host, no memory).
+ */
+static bool mx_route_take_mx(struct mx_route *rt, const struct dns_result *res)
+{
+    struct mx *m = rt->m;
+    struct mx_sort_entry *v = calloc(res->n > 0 ? res->n : 1, sizeof(*v));
+    size_t n = 0;
+    if (!v) {
+        mx_route_fail(rt, SMTPC_TEMP, 451, "4.3.0 local resource failure: out of memory");
+        return false;
+    }
+    for (size_t i = 0; i < res->n; i++) {
+        if (res->u.mx[i].host[0] == '\0')
+            continue;
+        v[n].pref = res->u.mx[i].pref;
+        v[n].key = mx_random(m);
+        v[n].host = res->u.mx[i].host;
+        n++;
+    }
+    qsort(v, n, sizeof(*v), mx_sort_cmp);
+
+    bool self = false;
+    uint16_t self_pref = 0;
+    char name[DNS_NAME_MAX + 1];
+    for (size_t i = 0; i < n && !self; i++) {
+        if (mx_name_normalize(v[i].host, strlen(v[i].host), name) == 0 && mx_self_name(m, name)) {
+            self = true;
+            self_pref = v[i].pref;
+        }
+    }
+    for (size_t i = 0; i < n && rt->n_hosts < MX_HOSTS_MAX; i++) {
+        if (self && v[i].pref >= self_pref)
+            break;
+        if (mx_name_normalize(v[i].host, strlen(v[i].host), name) != 0)
+            continue; /* net/dns_parse lets no such name through; be safe */
+        mx_route_add_host(rt, name, v[i].pref);
+    }
+    free(v);
+
+    if (rt->n_hosts > 0)
+        return true;
+    if (self)
+        mx_route_fail(rt, SMTPC_PERM, 550, "5.4.6 mail for %s loops back to myself", rt->domain);
+    else /* only root hosts: no better than a null MX */
+        mx_route_fail(rt, SMTPC_PERM, 556,
+                      "5.1.10 recipient domain %s does not accept mail (null MX, RFC 7505)",
+                      rt->domain);
+    return false;
+}
+
+static void mx_route_finish(struct mx_route *rt);
+
+/*
+ * mx_route_after_mx - the MX answer: the hosts to look up (the records,
+ * or the domain itself for NODATA, RFC 5321 5.1's implicit MX), asked at
+ * once; or the outcome, called back now.
+ */
+static void mx_route_after_mx(void *arg, const struct dns_result *res)
+{
+    struct mx_route *rt = arg;
+    rt->mxq = NULL;
+    switch (res->status) {
+        case DNS_TEMPFAIL:
+            log_debug("mx: lookup failed name=%s type=MX why=\"%s\"", rt->domain, res->why);
+            mx_route_fail(rt, SMTPC_TEMP, 451,
+                          "4.4.3 Host or domain name not found. Name service error for name=%s "
+                          "type=MX: Host not found, try again",
+                          rt->domain);
+            mx_route_callback(rt);
+            return;
+        case DNS_NXDOMAIN:
+            mx_route_fail(rt, SMTPC_PERM, 550,
+                          "5.4.4 Host or domain name not found. Name service error for name=%s "
+                          "type=MX: Host not found",
+                          rt->domain);
+            mx_route_callback(rt);
+            return;
+        case DNS_NODATA:
+            mx_route_add_host(rt, rt->domain, 0);
+            if (rt->hosts[0].self) {
+                mx_route_fail(rt, SMTPC_PERM, 550, "5.4.6 mail for %s loops back to myself",
+                              rt->domain);
+                mx_route_callback(rt);
+                return;
+            }
+            break;
+        case DNS_OK:
+            if (dns_result_null_mx(res)) {
+                mx_route_fail(rt, SMTPC_PERM, 556,
+                              "5.1.10 recipient domain %s does not accept mail (null MX, RFC 7505)",
+                              rt->domain);
+                mx_route_callback(rt);
+                return;
+            }
+            if (!mx_route_take_mx(rt, res)) {
+                mx_route_callback(rt);
+                return;
+            }
+            break;
+    }
+    for (size_t i = 0; i < rt->n_hosts; i++)
+        mx_host_ask(&rt->hosts[i]); /* a failure marks the host */
+    if (rt->pending == 0)
+        mx_route_finish(rt);
+    /* Otherwise asynchronous processing goes on in mx_route_after_addr. */
+}
+
+/* mx_route_after_addr - one host's A or AAAA; the last answer of the route finishes it. */
+static void mx_route_after_addr(void *arg, const struct dns_result *res)
+{
+    struct mx_lookup *l = arg;
+    struct mx_host *h = l->h;
+    struct mx_route *rt = h->rt;
+    struct mx *m = rt->m;
+    l->q = NULL;
+    rt->pending--;
+    if (res->status == DNS_OK) {
+        size_t kept = 0;
+        for (size_t i = 0; i < res->n; i++) {
+            const struct dns_addr *a = &res->u.addr[i];
+            if (a->family != AF_INET && a->family != AF_INET6)
+                continue;
+            if (mx_self_addr(m, a))
+                h->self = true;
+            if (kept < MX_HOST_ADDRS_MAX && h->n_addrs < HAMR_ARRAY_LEN(h->addrs)) {
+                h->addrs[h->n_addrs++] = *a;
+                kept++;
+            }
+        }
+    } else if (res->status == DNS_TEMPFAIL) {
+        log_debug("mx: lookup failed name=%s type=%s why=\"%s\"", h->name,
+                  res->type == DNS_TYPE_A ? "A" : "AAAA", res->why);
+        h->tempfail = true;
+    }
+    if (rt->pending == 0)
+        mx_route_finish(rt);
+}
+
+/*
+ * mx_host_order - h's addresses as address_preference wants them into out
+ * (room for h->n_addrs): ANY all shuffled; IPV6 or IPV4 that family first,
+ * each family shuffled. Returns the count.
+ */
+static size_t mx_host_order(struct mx *m, const struct mx_host *h, struct dns_addr *out)
+{
+    size_t n = 0;
+    if (m->cfg.address_preference == MX_PREF_ANY) {
+        memcpy(out, h->addrs, h->n_addrs * sizeof(*out));
+        mx_shuffle(m, out, h->n_addrs);
+        return h->n_addrs;
+    }
+    int first = m->cfg.address_preference == MX_PREF_IPV6 ? AF_INET6 : AF_INET;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t start = n;
+        for (size_t i = 0; i < h->n_addrs; i++)
+            if ((h->addrs[i].family == first) == (pass == 0))
+                out[n++] = h->addrs[i];
+        mx_shuffle(m, out + start, n - start);
+    }
+    return n;
+}
+
+/*
+ * mx_route_finish - every lookup answered: the hosts before the first
+ * self one kept (none: a loop), their addresses in order, each address
+ * once, address_limit at most; no address at all is TEMP if a lookup of a
+ * kept host failed for now, else PERM. Calls back.
+ */
+static void mx_route_finish(struct mx_route *rt)
+{
+    struct mx *m = rt->m;
+    size_t kept = rt->n_hosts, total = 0;
+    bool tempfail = false;
+    for (size_t i = 0; i < rt->n_hosts; i++) {
+        if (rt->hosts[i].self) {
+            /* Hosts are sorted: the first self host has the best self preference. */
+            uint16_t self_pref = rt->hosts[i].pref;
+            for (kept = 0; kept < rt->n_hosts && rt->hosts[kept].pref < self_pref; kept++)
+                ;
+            break;
+        }
+    }
+    if (kept == 0) {
+        mx_route_fail(rt, SMTPC_PERM, 550, "5.4.6 mail for %s loops back to myself", rt->domain);
+        mx_route_callback(rt);
+        return;
+    }
+    for (size_t i = 0; i < kept; i++) {
+        total += rt->hosts[i].n_addrs;
+        tempfail = tempfail || rt->hosts[i].tempfail;
+    }
+    size_t limit = m->cfg.address_limit ? m->cfg.address_limit : MX_ADDRESS_LIMIT_DEFAULT;
+    size_t cap = total < limit ? total : limit, n = 0;
+    if (cap > 0) {
+        rt->targets = calloc(cap, sizeof(*rt->targets));
+        if (!rt->targets) {
+            mx_route_fail(rt, SMTPC_TEMP, 451, "4.3.0 local resource failure: out of memory");
+            mx_route_callback(rt);
+            return;
+        }
+    }
+    struct dns_addr order[2 * MX_HOST_ADDRS_MAX];
+    for (size_t i = 0; i < kept && n < cap; i++) {
+        const struct mx_host *h = &rt->hosts[i];
+        size_t k = mx_host_order(m, h, order);
+        for (size_t j = 0; j < k && n < cap; j++) {
+            /* An address behind two MX names is tried once, at the better one. */
+            bool seen = false;
+            for (size_t t = 0; t < i && !seen; t++)
+                for (size_t u = 0; u < rt->hosts[t].n_addrs && !seen; u++)
+                    seen = mx_addr_eq(&rt->hosts[t].addrs[u], &order[j]);
+            if (!seen)
+                mx_target_set(&rt->targets[n++], h->name, &order[j], rt->port);
+        }
+    }
+    if (n > 0) {
+        mx_route_ok(rt, n);
+    } else if (tempfail) {
+        mx_route_fail(rt, SMTPC_TEMP, 451,
+                      "4.4.3 Host or domain name not found. Name service error for name=%s "
+                      "type=%s: Host not found, try again",
+                      rt->hosts[0].name, mx_addr_type(m));
+    } else {
+        mx_route_fail(rt, SMTPC_PERM, 550,
+                      "5.4.4 Host or domain name not found. Name service error for name=%s "
+                      "type=%s: Host not found",
+                      rt->hosts[0].name, mx_addr_type(m));
+    }
+    mx_route_callback(rt);
+}
+
+/*
+ * mx_route_parse - the next hop's form into rt: kind and domain (the
+ * literal without brackets or "IPv6:" tag, or the name normalized), and
+ * a literal's address into *a. 0, or HAMR_EINVAL.
+ */
+static int mx_route_parse(struct mx_route *rt, const char *nexthop, struct dns_addr *a)
+{
+    size_t len = strlen(nexthop), off = 0;
+    const char *inner = nexthop;
+    bool bracketed = len >= 2 && nexthop[0] == '[' && nexthop[len - 1] == ']';
+    if (bracketed) {
+        inner++;
+        len -= 2;
+    } else if (memchr(nexthop, '[', len) || memchr(nexthop, ']', len)) {
+        return HAMR_EINVAL;
+    }
+    if (len == 0)
+        return HAMR_EINVAL;
+    if (mx_parse_literal(inner, len, bracketed, a, &off) == 0) {
+        rt->kind = MX_KIND_LITERAL;
+        memcpy(rt->domain, inner + off, len - off); /* under MX_LITERAL_MAX */
+        rt->domain[len - off] = '\0';
+        return 0;
+    }
+    if (bracketed && len > 5 && hamr_strncaseeq(inner, "ipv6:", 5))
+        return HAMR_EINVAL; /* a tagged literal that is no address */
+    rt->kind = bracketed ? MX_KIND_HOST : MX_KIND_MX;
+    return mx_name_normalize(inner, len, rt->domain);
+}
+
+/*
+ * mx_resolve - smtpc_resolver.resolve: see smtpc.h. A literal, or a
+ * "[name]" that is ours, is decided here and called back from the
+ * dispatch timer; the rest starts its lookups.
+ */
+static int mx_resolve(void *data,
+                      const char *nexthop,
+                      uint16_t port,
+                      smtpc_route_cb cb,
+                      void *cb_arg,
+                      void **handle)
+{
+    struct mx *m = data;
+    struct dns_addr a;
+    int rc;
+    if (m->closing)
+        return HAMR_ESHUTDOWN;
+    struct mx_route *rt = calloc(1, sizeof(*rt));
+    if (!rt)
+        return HAMR_ENOMEM;
+    rt->m = m;
+    rt->cb = cb;
+    rt->cb_arg = cb_arg;
+    rt->port = port;
+    mx_link_init(&rt->all);
+    mx_link_init(&rt->ready);
+    rc = mx_route_parse(rt, nexthop, &a);
+    if (rc != 0) {
+        free(rt);
+        return rc;
+    }
+    switch (rt->kind) {
+        case MX_KIND_LITERAL:
+            mx_route_literal(rt, &a);
+            mx_route_defer(rt);
+            break;
+        case MX_KIND_HOST:
+            mx_route_add_host(rt, rt->domain, 0);
+            if (rt->hosts[0].self) {
+                mx_route_fail(rt, SMTPC_PERM, 550, "5.4.6 mail for [%s] loops back to myself",
+                              rt->domain);
+                mx_route_defer(rt);
+                break;
+            }
+            rc = mx_host_ask(&rt->hosts[0]);
+            break;
+        case MX_KIND_MX:
+            rc = dns_query(m->dns, rt->domain, DNS_TYPE_MX, mx_route_after_mx, rt, &rt->mxq);
+            if (rc != 0)
+                rt->mxq = NULL;
+            break;
+    }
+    if (rc != 0) {
+        mx_route_free(rt); /* cancels whichever lookup did start */
+        return rc;
+    }
+    mx_link_push(&m->routes, &rt->all);
+    *handle = rt;
+    return 0;
+}
+
+/* mx_cancel - smtpc_resolver.cancel: rt's lookups cancelled, rt freed, never called back. */
+static void mx_cancel(void *data, void *handle)
+{
+    (void)data;
+    mx_route_free(handle);
+}
+
+/* mx_new - see mx.h. */
+int mx_new(struct dns *dns, const struct mx_config *cfg, struct mx **out)
+{
+    *out = NULL;
+    if (cfg->n_self_names > MX_SELF_MAX || cfg->n_self_addrs > MX_SELF_MAX ||
+        cfg->inet_protocols > MX_INET_IPV6 || cfg->address_preference > MX_PREF_IPV4)
+        return HAMR_EINVAL;
+    for (size_t i = 0; i < cfg->n_self_addrs; i++)
+        if (cfg->self_addrs[i].family != AF_INET && cfg->self_addrs[i].family != AF_INET6)
+            return HAMR_EINVAL;
+    struct mx *m = calloc(1, sizeof(*m));
+    if (!m)
+        return HAMR_ENOMEM;
+    m->dns = dns;
+    m->cfg = *cfg;
+    mx_link_init(&m->routes);
+    mx_link_init(&m->ready);
+    mx_link_init(&m->dispatching);
+    /* Synchronous uv_random (no callback): getrandom(2), no thread pool. */
+    if (uv_random(NULL, NULL, &m->rng, sizeof(m->rng), 0, NULL) != 0)
+        m->rng = (uint64_t)(uintptr_t)m ^ uv_hrtime();
+    uv_timer_init(dns_loop(dns), &m->dispatch);
+    m->dispatch.data = m;
+    m->resolver.data = m;
+    m->resolver.resolve = mx_resolve;
+    m->resolver.cancel = mx_cancel;
+    *out = m;
+    return 0;
+}
+
+/* mx_resolver - see mx.h. */
+const struct smtpc_resolver *mx_resolver(struct mx *m)
+{
+    return &m->resolver;
+}
+
+/* mx_closed_cb - the dispatch timer is closed: m goes. */
+static void mx_closed_cb(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+/*
+ * mx_free - every route left called back as shut down (its lookups
+ * cancelled first; a callback may cancel another route or resolve, which
+ * fails with HAMR_ESHUTDOWN), then the timer closed; m's memory goes with
+ * the timer's close callback, on the loop's next turn.
+ */
+void mx_free(struct mx *m)
+{
+    if (!m || m->closing)
+        return;
+    m->closing = true;
+    while (!mx_link_empty(&m->routes)) {
+        struct mx_route *rt = hamr_container_of(m->routes.next, struct mx_route, all);
+        mx_route_cancel_queries(rt);
+        mx_route_fail(rt, SMTPC_TEMP, 451, "4.4.3 shutdown");
+        mx_route_callback(rt);
+    }
+    uv_timer_stop(&m->dispatch);
+    uv_close((uv_handle_t *)&m->dispatch, mx_closed_cb);
+}
