@@ -352,6 +352,18 @@ __attribute__((format(printf, 4, 5))) static void mx_route_fail(struct mx_route 
     va_end(ap);
 }
 
+/*
+ * mx_route_loop - the outcome of rt is a loop (RFC 5321 5.1, Postfix's
+ * text), naming the next hop as it was given: "[name]" or "[literal]"
+ * in brackets, a domain bare.
+ */
+static void mx_route_loop(struct mx_route *rt)
+{
+    bool br = rt->kind != MX_KIND_MX;
+    mx_route_fail(rt, SMTPC_PERM, 550, "5.4.6 mail for %s%s%s loops back to myself", br ? "[" : "",
+                  rt->domain, br ? "]" : "");
+}
+
 /* mx_route_ok - the outcome of rt is its n targets (n > 0). */
 static void mx_route_ok(struct mx_route *rt, size_t n)
 {
@@ -446,7 +458,7 @@ static void mx_route_literal(struct mx_route *rt, const struct dns_addr *a)
         return;
     }
     if (mx_self_addr(m, a)) {
-        mx_route_fail(rt, SMTPC_PERM, 550, "5.4.6 mail for [%s] loops back to myself", rt->domain);
+        mx_route_loop(rt);
         return;
     }
     rt->targets = calloc(1, sizeof(*rt->targets));
@@ -572,7 +584,7 @@ static bool mx_route_take_mx(struct mx_route *rt, const struct dns_result *res)
     if (rt->n_hosts > 0)
         return true;
     if (self)
-        mx_route_fail(rt, SMTPC_PERM, 550, "5.4.6 mail for %s loops back to myself", rt->domain);
+        mx_route_loop(rt);
     else /* only root hosts: no better than a null MX */
         mx_route_fail(rt, SMTPC_PERM, 556,
                       "5.1.10 recipient domain %s does not accept mail (null MX, RFC 7505)",
@@ -610,8 +622,7 @@ static void mx_route_after_mx(void *arg, const struct dns_result *res)
         case DNS_NODATA:
             mx_route_add_host(rt, rt->domain, 0);
             if (rt->hosts[0].self) {
-                mx_route_fail(rt, SMTPC_PERM, 550, "5.4.6 mail for %s loops back to myself",
-                              rt->domain);
+                mx_route_loop(rt);
                 mx_route_callback(rt);
                 return;
             }
@@ -713,7 +724,7 @@ static void mx_route_finish(struct mx_route *rt)
         }
     }
     if (kept == 0) {
-        mx_route_fail(rt, SMTPC_PERM, 550, "5.4.6 mail for %s loops back to myself", rt->domain);
+        mx_route_loop(rt);
         mx_route_callback(rt);
         return;
     }
@@ -830,8 +841,7 @@ static int mx_resolve(void *data,
         case MX_KIND_HOST:
             mx_route_add_host(rt, rt->domain, 0);
             if (rt->hosts[0].self) {
-                mx_route_fail(rt, SMTPC_PERM, 550, "5.4.6 mail for [%s] loops back to myself",
-                              rt->domain);
+                mx_route_loop(rt);
                 mx_route_defer(rt);
                 break;
             }
