@@ -19,10 +19,10 @@
  * host only) and by address (MX, "[name]", a literal); "[name]" without
  * MX lookup; literals, bare and bracketed, IPv4 and IPv6, with the port;
  * next hops refused (callback never run); address_limit and
- * address_preference; inet_protocols ipv4 (no AAAA asked) and ipv6 (a v4
- * literal refused); an MX host behind a CNAME; cancel (in flight, during
- * host lookups, and a literal before its turn); mx_free calling back what
- * is pending with TEMP "4.4.3 shutdown", from inside it.
+ * address_preference; an address behind two hosts once; inet_protocols ipv4 (no AAAA asked) and
+ * ipv6 (a v4 literal refused); an MX host behind a CNAME; cancel (in flight, during host lookups,
+ * and a literal before its turn); mx_free calling back what is pending with TEMP "4.4.3 shutdown",
+ * from inside it.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -122,6 +122,8 @@ static const struct testlib_dns_row test_zone[] = {
             {DNS_TYPE_MX, 300, "30 b.host.test"}}},
     {"many.test", DNS_TYPE_MX, .an = {{DNS_TYPE_MX, 300, "10 many.host.test"}}},
     {"cname.test", DNS_TYPE_MX, .an = {{DNS_TYPE_MX, 300, "10 alias.host.test"}}},
+    {"shared.test", DNS_TYPE_MX,
+     .an = {{DNS_TYPE_MX, 300, "20 alias.host.test"}, {DNS_TYPE_MX, 300, "10 a.host.test"}}},
     {"slow.test", DNS_TYPE_MX, .spoil = TESTLIB_DNS_SILENT},
     {"slowhost.test", DNS_TYPE_MX, .an = {{DNS_TYPE_MX, 300, "10 silent.host.test"}}},
 };
@@ -601,6 +603,17 @@ static void cname_host(void **state)
     test_want_target(&g, 0, "alias.host.test", "192.0.2.1");
 }
 
+/* shared_address - an address behind two MX hosts is one target, under the better host. */
+static void shared_address(void **state)
+{
+    struct fixture *f = *state;
+    struct test_got g;
+    test_route(f, "shared.test", &g);
+    assert_int_equal(g.route.status, SMTPC_OK);
+    assert_int_equal(g.route.n, 1);
+    test_want_target(&g, 0, "a.host.test", "192.0.2.1");
+}
+
 /* cancel - in flight, during the host lookups, and a literal before its turn: no callback, ever. */
 static void cancel(void **state)
 {
@@ -687,6 +700,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(address_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(inet_protocols, setup, teardown),
         cmocka_unit_test_setup_teardown(cname_host, setup, teardown),
+        cmocka_unit_test_setup_teardown(shared_address, setup, teardown),
         cmocka_unit_test_setup_teardown(cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(free_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(bad_config, setup, teardown),
