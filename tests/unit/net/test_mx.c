@@ -664,6 +664,34 @@ static void free_pending(void **state)
         assert_int_equal(g[i].calls, 1);
 }
 
+/* test_free_cb - a route callback that frees the router (f at arg) from inside. */
+static void test_free_cb(void *arg, const struct smtpc_route *route)
+{
+    struct fixture *f = arg;
+    assert_int_equal(route->status, SMTPC_OK);
+    f->closed = true; /* borrowed as "called" until teardown */
+    mx_free(f->m);
+    f->m = NULL;
+}
+
+/* free_from_callback - mx_free in a callback: the route after it on the ready list is shut down. */
+static void free_from_callback(void **state)
+{
+    struct fixture *f = *state;
+    const struct smtpc_resolver *res = mx_resolver(f->m);
+    struct test_got g;
+    void *h[2] = {NULL, NULL};
+    memset(&g, 0, sizeof(g));
+    assert_int_equal(res->resolve(res->data, "192.0.2.1", TEST_PORT, test_free_cb, f, &h[0]), 0);
+    assert_int_equal(res->resolve(res->data, "192.0.2.2", TEST_PORT, test_got_cb, &g, &h[1]), 0);
+    TESTLIB_LOOP_WAIT(&f->w, f->closed);
+    f->closed = false;
+    assert_int_equal(g.calls, 1);
+    test_want_fail(&g, SMTPC_TEMP, 451, "4.4.3 shutdown");
+    test_idle(f, 20);
+    assert_int_equal(g.calls, 1);
+}
+
 /* bad_config - counts and enums out of range refused. */
 static void bad_config(void **state)
 {
@@ -703,6 +731,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(shared_address, setup, teardown),
         cmocka_unit_test_setup_teardown(cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(free_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(free_from_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(bad_config, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
