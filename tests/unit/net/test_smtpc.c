@@ -30,6 +30,7 @@
 #include "net/smtpc.h"
 #include "tests/lib/testlib_loop.h"
 #include "tests/lib/testlib_nexthop.h"
+#include "tests/lib/testlib_resolver.h"
 #include "tests/lib/testlib_smtpc.h"
 
 /* The EHLO reply without PIPELINING and 8BITMIME. */
@@ -1116,120 +1117,6 @@ static void test_source_cancel(void **state)
 /* Next hops with several addresses                                         */
 /* ------------------------------------------------------------------------ */
 
-#define FAKE_TARGETS_MAX 4
-
-/*
- * fake_resolver - an smtpc_resolver that answers its scripted route from a
- * zero timer (never inside resolve), records what it was asked, holds the
- * answer back when told (for cancel) and counts answers and cancels. Freed
- * once its timer has closed (fake_resolver_close).
- */
-struct fake_resolver {
-    struct smtpc_resolver r;
-    uv_timer_t timer;
-    struct smtpc_route route; /* the script; targets point at t */
-    struct smtpc_target t[FAKE_TARGETS_MAX];
-    bool hold; /* never answer */
-    bool pending;
-    smtpc_route_cb cb;
-    void *cb_arg;
-    int calls, answers, cancels;
-    char nexthop[SMTPC_HOST_MAX + 1];
-    uint16_t port;
-};
-
-static void fake_resolver_timer_cb(uv_timer_t *t)
-{
-    struct fake_resolver *fr = t->data;
-    assert_true(fr->pending);
-    fr->pending = false;
-    fr->answers++;
-    fr->cb(fr->cb_arg, &fr->route);
-}
-
-static int fake_resolver_resolve(void *data,
-                                 const char *nexthop,
-                                 uint16_t port,
-                                 smtpc_route_cb cb,
-                                 void *cb_arg,
-                                 void **handle)
-{
-    struct fake_resolver *fr = data;
-    assert_false(fr->pending); /* one delivery at a time in these tests */
-    fr->calls++;
-    hamr_strlcpy(fr->nexthop, nexthop, sizeof(fr->nexthop));
-    fr->port = port;
-    fr->cb = cb;
-    fr->cb_arg = cb_arg;
-    fr->pending = true;
-    *handle = fr;
-    if (!fr->hold)
-        uv_timer_start(&fr->timer, fake_resolver_timer_cb, 0, 0);
-    return 0;
-}
-
-static void fake_resolver_cancel(void *data, void *handle)
-{
-    struct fake_resolver *fr = data;
-    assert_ptr_equal(handle, fr);
-    assert_true(fr->pending);
-    fr->pending = false;
-    fr->cancels++;
-    uv_timer_stop(&fr->timer);
-}
-
-/* fake_resolver_new - a resolver on loop whose route is OK with no target yet. */
-static struct fake_resolver *fake_resolver_new(uv_loop_t *loop)
-{
-    struct fake_resolver *fr = calloc(1, sizeof(*fr));
-    assert_non_null(fr);
-    fr->r = (struct smtpc_resolver){
-        .data = fr, .resolve = fake_resolver_resolve, .cancel = fake_resolver_cancel};
-    assert_int_equal(uv_timer_init(loop, &fr->timer), 0);
-    fr->timer.data = fr;
-    fr->route.status = SMTPC_OK;
-    fr->route.targets = fr->t;
-    return fr;
-}
-
-/* fake_resolver_add - one more target: host, at ip:port. */
-static void fake_resolver_add(struct fake_resolver *fr,
-                              const char *host,
-                              const char *ip,
-                              uint16_t port)
-{
-    assert_true(fr->route.n < FAKE_TARGETS_MAX);
-    struct smtpc_target *t = &fr->t[fr->route.n++];
-    hamr_strlcpy(t->host, host, sizeof(t->host));
-    if (strchr(ip, ':') != NULL)
-        assert_int_equal(uv_ip6_addr(ip, port, (struct sockaddr_in6 *)&t->addr), 0);
-    else
-        assert_int_equal(uv_ip4_addr(ip, port, (struct sockaddr_in *)&t->addr), 0);
-}
-
-/* fake_resolver_fail - the route decides every recipient: st, code, text. */
-static void fake_resolver_fail(struct fake_resolver *fr,
-                               enum smtpc_status st,
-                               unsigned code,
-                               const char *text)
-{
-    fr->route.status = st;
-    fr->route.code = code;
-    hamr_strlcpy(fr->route.text, text, sizeof(fr->route.text));
-    fr->route.n = 0;
-}
-
-static void fake_resolver_closed_cb(uv_handle_t *h)
-{
-    free(h->data);
-}
-
-/* fake_resolver_close - free fr once its timer has closed (a cancel may still come first). */
-static void fake_resolver_close(struct fake_resolver *fr)
-{
-    uv_close((uv_handle_t *)&fr->timer, fake_resolver_closed_cb);
-}
-
 /*
  * multi - the client fixture with a fake resolver in its configuration and
  * a second next hop, other, that a test may start on any loopback address.
@@ -1237,7 +1124,7 @@ static void fake_resolver_close(struct fake_resolver *fr)
  */
 struct multi {
     struct testlib_smtpc *f;
-    struct fake_resolver *fr;
+    struct testlib_resolver *fr;
     struct testlib_nexthop other;
     bool other_started;
 };
@@ -1247,7 +1134,7 @@ static int setup_multi(void **state)
     struct multi *mf = calloc(1, sizeof(*mf));
     assert_non_null(mf);
     mf->f = testlib_smtpc_new(NULL);
-    mf->fr = fake_resolver_new(&mf->f->loop);
+    mf->fr = testlib_resolver_new(&mf->f->loop);
     mf->f->cfg.resolver = &mf->fr->r;
     *state = mf;
     return 0;
@@ -1267,7 +1154,7 @@ static int teardown_multi(void **state)
     struct multi *mf = *state;
     if (mf->other_started)
         testlib_nexthop_stop(&mf->other);
-    fake_resolver_close(mf->fr); /* freed by the loop, after the pool's close */
+    testlib_resolver_close(mf->fr); /* freed by the loop, after the pool's close */
     testlib_smtpc_free(mf->f);
     if (mf->other_started) {
         assert_true(mf->other.listener_closed);
@@ -1310,8 +1197,8 @@ static void test_next_after_refused(void **state)
 {
     struct multi *mf = *state;
     struct testlib_smtpc *f = mf->f;
-    fake_resolver_add(mf->fr, "mx1.example.test", "127.0.0.3", f->srv.port);
-    fake_resolver_add(mf->fr, "mx2.example.test", "127.0.0.1", f->srv.port);
+    testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.3", f->srv.port);
+    testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.1", f->srv.port);
     testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(1);
     struct result r = {0};
@@ -1358,8 +1245,8 @@ static void test_next_after_greeting(void **state)
         testlib_nexthop_override(bad, cases[i].prefix, cases[i].reply, 0);
         if (cases[i].connect_timeout_ms > 0)
             f->cfg.connect_timeout_ms = cases[i].connect_timeout_ms;
-        fake_resolver_add(mf->fr, "mx1.example.test", "127.0.0.2", bad->port);
-        fake_resolver_add(mf->fr, "mx2.example.test", "127.0.0.1", f->srv.port);
+        testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.2", bad->port);
+        testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.1", f->srv.port);
         testlib_smtpc_pool_start(f);
         struct smtpc_msg m = msg_std(1);
         struct result r = {0};
@@ -1380,8 +1267,8 @@ static void test_rcpt_perm_stays(void **state)
     struct testlib_smtpc *f = mf->f;
     struct testlib_nexthop *other = multi_other(mf, "127.0.0.2");
     testlib_nexthop_override(&f->srv, "RCPT", "550 5.1.1 no such user\r\n", 0);
-    fake_resolver_add(mf->fr, "mx1.example.test", "127.0.0.1", f->srv.port);
-    fake_resolver_add(mf->fr, "mx2.example.test", "127.0.0.2", other->port);
+    testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.1", f->srv.port);
+    testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.2", other->port);
     testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(1);
     struct result r = {0};
@@ -1400,8 +1287,8 @@ static void test_mail_temp_stays(void **state)
     struct testlib_smtpc *f = mf->f;
     struct testlib_nexthop *other = multi_other(mf, "127.0.0.2");
     testlib_nexthop_override(&f->srv, "MAIL", "451 4.3.0 later\r\n", 0);
-    fake_resolver_add(mf->fr, "mx1.example.test", "127.0.0.1", f->srv.port);
-    fake_resolver_add(mf->fr, "mx2.example.test", "127.0.0.2", other->port);
+    testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.1", f->srv.port);
+    testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.2", other->port);
     testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(1);
     struct result r = {0};
@@ -1418,8 +1305,8 @@ static void test_address_limit(void **state)
     struct multi *mf = *state;
     struct testlib_smtpc *f = mf->f;
     f->cfg.address_limit = 1;
-    fake_resolver_add(mf->fr, "mx1.example.test", "127.0.0.3", f->srv.port);
-    fake_resolver_add(mf->fr, "mx2.example.test", "127.0.0.1", f->srv.port);
+    testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.3", f->srv.port);
+    testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.1", f->srv.port);
     testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(2);
     struct result r = {0};
@@ -1445,9 +1332,9 @@ static void test_session_limit(void **state)
     f->cfg.session_limit = 1;
     struct testlib_nexthop *bad = multi_other(mf, "127.0.0.2");
     testlib_nexthop_override(bad, "<greeting>", "421 4.3.2 busy\r\n", 0);
-    fake_resolver_add(mf->fr, "mx1.example.test", "127.0.0.3", f->srv.port);
-    fake_resolver_add(mf->fr, "mx2.example.test", "127.0.0.2", bad->port);
-    fake_resolver_add(mf->fr, "mx3.example.test", "127.0.0.1", f->srv.port);
+    testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.3", f->srv.port);
+    testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.2", bad->port);
+    testlib_resolver_add(mf->fr, "mx3.example.test", "127.0.0.1", f->srv.port);
     testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(1);
     struct result r = {0};
@@ -1469,8 +1356,8 @@ static void test_all_refused(void **state)
     struct testlib_smtpc *f = mf->f;
     struct testlib_nexthop *bad = multi_other(mf, "127.0.0.2");
     testlib_nexthop_override(bad, "<greeting>", "554 5.7.1 go away\r\n", 0);
-    fake_resolver_add(mf->fr, "mx1.example.test", "127.0.0.2", bad->port);
-    fake_resolver_add(mf->fr, "mx2.example.test", "127.0.0.3", f->srv.port);
+    testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.2", bad->port);
+    testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.3", f->srv.port);
     testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(1);
     struct result r = {0};
@@ -1493,8 +1380,8 @@ static void test_move_on_within_conns(void **state)
     struct multi *mf = *state;
     struct testlib_smtpc *f = mf->f;
     f->cfg.max_conns_per_dest = 1;
-    fake_resolver_add(mf->fr, "mx1.example.test", "127.0.0.3", f->srv.port);
-    fake_resolver_add(mf->fr, "mx2.example.test", "127.0.0.1", f->srv.port);
+    testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.3", f->srv.port);
+    testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.1", f->srv.port);
     testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(1);
     struct result r[2] = {{0}};
@@ -1529,7 +1416,7 @@ static void test_route_fails(void **state)
         setup_multi(&st);
         struct multi *mf = st;
         struct testlib_smtpc *f = mf->f;
-        fake_resolver_fail(mf->fr, cases[i].status, cases[i].code, cases[i].text);
+        testlib_resolver_fail(mf->fr, cases[i].status, cases[i].code, cases[i].text);
         testlib_smtpc_pool_start(f);
         struct smtpc_msg m = msg_std(3);
         struct result r = {0};
@@ -1554,7 +1441,7 @@ static void test_resolver_cancel(void **state)
     struct multi *mf = *state;
     struct testlib_smtpc *f = mf->f;
     mf->fr->hold = true;
-    fake_resolver_add(mf->fr, "mx1.example.test", "127.0.0.1", f->srv.port);
+    testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.1", f->srv.port);
     testlib_smtpc_pool_start(f);
     struct smtpc_msg m = msg_std(1);
     struct result r = {0};
