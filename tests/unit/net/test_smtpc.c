@@ -1174,6 +1174,16 @@ static void deliver_via(struct multi *mf, const struct smtpc_msg *m, struct resu
     assert_int_equal(r->calls, 0);
 }
 
+/* run_via - start the pool, deliver msg_std(n_rcpts) with deliver_via, wait for the callback. */
+static void run_via(struct multi *mf, size_t n_rcpts, struct result *r)
+{
+    struct testlib_smtpc *f = mf->f;
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_std(n_rcpts);
+    deliver_via(mf, &m, r);
+    TESTLIB_LOOP_UNTIL(&f->run, r->calls == 1);
+}
+
 /* assert_delivered_by_srv - r is OK 250 from f->srv, reached as host at the n_tried-th target. */
 static void assert_delivered_by_srv(struct multi *mf,
                                     const struct result *r,
@@ -1199,11 +1209,8 @@ static void test_next_after_refused(void **state)
     struct testlib_smtpc *f = mf->f;
     testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.3", f->srv.port);
     testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.1", f->srv.port);
-    testlib_smtpc_pool_start(f);
-    struct smtpc_msg m = msg_std(1);
     struct result r = {0};
-    deliver_via(mf, &m, &r);
-    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    run_via(mf, 1, &r);
     assert_delivered_by_srv(mf, &r, "mx2.example.test", 2);
     assert_int_equal(r.tls_state, SMTPC_TLS_STATE_NOT_OFFERED);
     assert_int_equal(f->srv.n_accepted, 1);
@@ -1247,11 +1254,8 @@ static void test_next_after_greeting(void **state)
             f->cfg.connect_timeout_ms = cases[i].connect_timeout_ms;
         testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.2", bad->port);
         testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.1", f->srv.port);
-        testlib_smtpc_pool_start(f);
-        struct smtpc_msg m = msg_std(1);
         struct result r = {0};
-        deliver_via(mf, &m, &r);
-        TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+        run_via(mf, 1, &r);
         print_message("case %s\n", cases[i].label);
         assert_delivered_by_srv(mf, &r, "mx2.example.test", 2);
         assert_int_equal(bad->n_accepted, 1);
@@ -1269,11 +1273,8 @@ static void test_rcpt_perm_stays(void **state)
     testlib_nexthop_override(&f->srv, "RCPT", "550 5.1.1 no such user\r\n", 0);
     testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.1", f->srv.port);
     testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.2", other->port);
-    testlib_smtpc_pool_start(f);
-    struct smtpc_msg m = msg_std(1);
     struct result r = {0};
-    deliver_via(mf, &m, &r);
-    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    run_via(mf, 1, &r);
     assert_all(&r, 1, SMTPC_PERM, 550);
     assert_string_equal(r.host, "mx1.example.test");
     assert_int_equal(r.n_tried, 1);
@@ -1289,11 +1290,8 @@ static void test_mail_temp_stays(void **state)
     testlib_nexthop_override(&f->srv, "MAIL", "451 4.3.0 later\r\n", 0);
     testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.1", f->srv.port);
     testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.2", other->port);
-    testlib_smtpc_pool_start(f);
-    struct smtpc_msg m = msg_std(1);
     struct result r = {0};
-    deliver_via(mf, &m, &r);
-    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    run_via(mf, 1, &r);
     assert_all(&r, 1, SMTPC_TEMP, 451);
     assert_int_equal(r.n_tried, 1);
     assert_int_equal(other->n_accepted, 0);
@@ -1307,11 +1305,8 @@ static void test_address_limit(void **state)
     f->cfg.address_limit = 1;
     testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.3", f->srv.port);
     testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.1", f->srv.port);
-    testlib_smtpc_pool_start(f);
-    struct smtpc_msg m = msg_std(2);
     struct result r = {0};
-    deliver_via(mf, &m, &r);
-    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    run_via(mf, 2, &r);
     assert_all(&r, 2, SMTPC_TEMP, 0);
     assert_non_null(strstr(r.r[0].text, "connect to 127.0.0.3:"));
     assert_string_equal(r.host, "mx1.example.test");
@@ -1335,11 +1330,8 @@ static void test_session_limit(void **state)
     testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.3", f->srv.port);
     testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.2", bad->port);
     testlib_resolver_add(mf->fr, "mx3.example.test", "127.0.0.1", f->srv.port);
-    testlib_smtpc_pool_start(f);
-    struct smtpc_msg m = msg_std(1);
     struct result r = {0};
-    deliver_via(mf, &m, &r);
-    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    run_via(mf, 1, &r);
     assert_all(&r, 1, SMTPC_TEMP, 421);
     assert_string_equal(r.r[0].text, "4.3.2 busy");
     assert_string_equal(r.host, "mx2.example.test");
@@ -1358,11 +1350,8 @@ static void test_all_refused(void **state)
     testlib_nexthop_override(bad, "<greeting>", "554 5.7.1 go away\r\n", 0);
     testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.2", bad->port);
     testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.3", f->srv.port);
-    testlib_smtpc_pool_start(f);
-    struct smtpc_msg m = msg_std(1);
     struct result r = {0};
-    deliver_via(mf, &m, &r);
-    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    run_via(mf, 1, &r);
     assert_all(&r, 1, SMTPC_TEMP, 0);
     assert_non_null(strstr(r.r[0].text, "connect to 127.0.0.3:"));
     assert_string_equal(r.host, "mx2.example.test");
@@ -1417,11 +1406,8 @@ static void test_route_fails(void **state)
         struct multi *mf = st;
         struct testlib_smtpc *f = mf->f;
         testlib_resolver_fail(mf->fr, cases[i].status, cases[i].code, cases[i].text);
-        testlib_smtpc_pool_start(f);
-        struct smtpc_msg m = msg_std(3);
         struct result r = {0};
-        deliver_via(mf, &m, &r);
-        TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+        run_via(mf, 3, &r);
         assert_all(&r, 3, cases[i].status, cases[i].code);
         for (size_t k = 0; k < 3; k++)
             assert_string_equal(r.r[k].text, cases[i].text);
@@ -1472,11 +1458,8 @@ static void test_resolver_timeout(void **state)
     struct testlib_smtpc *f = mf->f;
     f->cfg.connect_timeout_ms = 50;
     mf->fr->hold = true;
-    testlib_smtpc_pool_start(f);
-    struct smtpc_msg m = msg_std(1);
     struct result r = {0};
-    deliver_via(mf, &m, &r);
-    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    run_via(mf, 1, &r);
     assert_all(&r, 1, SMTPC_TEMP, 0);
     assert_string_equal(r.r[0].text, "timeout resolving host");
     assert_int_equal(r.n_tried, 0);

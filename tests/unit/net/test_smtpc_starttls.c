@@ -242,6 +242,28 @@ struct verify_case {
     bool ok;
 };
 
+/*
+ * assert_verify_outcome - under VERIFY, ok: delivered over verified TLS,
+ * one MAIL more than mails_before; else deferred on the certificate check
+ * with no MAIL.
+ */
+static void assert_verify_outcome(const struct testlib_smtpc *f,
+                                  const struct result *r,
+                                  bool ok,
+                                  unsigned mails_before)
+{
+    if (ok) {
+        assert_tls_ok(f, r, " verified");
+        assert_false(ends_with(r->tls, "unverified"));
+        assert_int_equal(f->srv.n_mail_tls, mails_before + 1);
+    } else {
+        assert_int_equal(r->r.status, SMTPC_TEMP);
+        assert_non_null(strstr(r->r.text, "certificate verify failed"));
+        assert_int_equal(r->tls_state, SMTPC_TLS_STATE_HANDSHAKE_FAILED);
+        assert_int_equal(f->srv.n_mail_tls, mails_before);
+    }
+}
+
 static void test_verify_names(void **state)
 {
     static const struct verify_case cases[] = {
@@ -257,22 +279,12 @@ static void test_verify_names(void **state)
         struct result r;
         unsigned mails_before = f->srv.n_mail_tls;
         deliver_wait(f, SMTPC_TLS_VERIFY, cases[i].verify_host, &r);
-        if (cases[i].ok) {
-            assert_tls_ok(f, &r, " verified");
-            assert_false(ends_with(r.tls, "unverified"));
-            assert_int_equal(f->srv.n_mail_tls, mails_before + 1);
-        } else {
-            assert_int_equal(r.r.status, SMTPC_TEMP);
-            assert_non_null(strstr(r.r.text, "certificate verify failed"));
-            assert_int_equal(r.tls_state, SMTPC_TLS_STATE_HANDSHAKE_FAILED);
-            assert_int_equal(f->srv.n_mail_tls, mails_before);
-        }
+        assert_verify_outcome(f, &r, cases[i].ok, mails_before);
     }
     assert_int_equal(f->srv.n_mail_plain, 0);
 }
 
-/* target_name_case - the host a resolver gives the target, the delivery's verify_host, the outcome.
- */
+/* target_name_case - the target's host (from the resolver), the verify_host, the outcome. */
 struct target_name_case {
     const char *target_host;
     const char *verify_host;
@@ -309,15 +321,7 @@ static void test_verify_target_host(void **state)
                                    cases[i].verify_host, &msg, done_cb, &r),
             0);
         TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
-        if (cases[i].ok) {
-            assert_tls_ok(f, &r, " verified");
-            assert_int_equal(f->srv.n_mail_tls, mails_before + 1);
-        } else {
-            assert_int_equal(r.r.status, SMTPC_TEMP);
-            assert_non_null(strstr(r.r.text, "certificate verify failed"));
-            assert_int_equal(r.tls_state, SMTPC_TLS_STATE_HANDSHAKE_FAILED);
-            assert_int_equal(f->srv.n_mail_tls, mails_before);
-        }
+        assert_verify_outcome(f, &r, cases[i].ok, mails_before);
         /* Each case its own connection: a pooled one would skip the resolver. */
         smtpc_pool_close(f->pool, testlib_smtpc_pool_closed_cb, f);
         TESTLIB_LOOP_UNTIL(&f->run, f->pool_closed);
