@@ -9,9 +9,8 @@
  * targets (the config's smtpc_resolver; without one, literals as they are
  * and uv_getaddrinfo for names), connects to the first, reads the 220
  * greeting, says EHLO (HELO after a 5xx to EHLO) and then runs
- * transactions: MAIL, RCPT per recipient, DATA,
- * the body, the final dot. With PIPELINING, MAIL + RCPTs + DATA go out in one
- * write and the replies are matched in order (RFC 2920 3.1). After a
+ * transactions: MAIL, RCPT per recipient, DATA, the body, the final dot. With PIPELINING, MAIL +
+ * RCPTs + DATA go out in one write and the replies are matched in order (RFC 2920 3.1). After a
  * transaction the connection takes the next job of its destination; without
  * one it idles for idle_timeout_ms, then says QUIT. After max_msgs_per_conn
  * transactions it says QUIT as well.
@@ -175,6 +174,7 @@ struct smtpc_job {
     void *arg;
     struct smtpc_rcpt_result *res; /* msg->n_rcpts entries */
     unsigned char *rstate;         /* enum smtpc_rcpt_state per recipient */
+    unsigned n_tried;              /* addresses tried for it; 1 on a reused connection */
 };
 
 /* smtpc_conn - one connection to a next hop. */
@@ -316,7 +316,7 @@ static void smtpc_job_finish(struct smtpc_job *job, const struct smtpc_conn *c)
     const char *remote = c != NULL ? c->remote : "";
     const char *host = c != NULL ? c->host : "";
     const char *tls = c != NULL ? c->tls_desc : "none";
-    unsigned n_tried = c != NULL ? (unsigned)c->att.next : 0;
+    unsigned n_tried = job->n_tried;
     size_t n = job->msg->n_rcpts;
     size_t count[3] = {0, 0, 0};
     const struct smtpc_rcpt_result *shown = &job->res[0];
@@ -662,6 +662,7 @@ static void smtpc_conn_connect_next(struct smtpc_conn *c)
 {
     HAMR_ASSERT(c->att.next < c->att.n);
     const struct smtpc_target *t = &c->att.targets[c->att.next++];
+    c->job->n_tried = (unsigned)c->att.next;
     hamr_strlcpy(c->host, t->host, sizeof(c->host));
     smtpc_conn_connect(c, (const struct sockaddr *)&t->addr);
 }
@@ -877,6 +878,8 @@ static struct smtpc_conn *smtpc_conn_alloc(struct smtpc_dest *d,
     /* Resolve or connect failures, or anything else before EHLO is answered. */
     c->tls_state = SMTPC_TLS_STATE_NO_CONNECTION;
     smtpc_reply_init(&c->parser);
+    /* smtpc_dest_dispatch checks the limit; smtpc_conn_move_on closes the old one first. */
+    HAMR_ASSERT(d->n_conns < p->cfg.max_conns_per_dest);
     c->next = d->conns;
     d->conns = c;
     d->n_conns++;
@@ -1248,6 +1251,7 @@ static void smtpc_conn_next(struct smtpc_conn *c)
             if (d->q_head == NULL)
                 d->q_tail = NULL;
             c->job->next = NULL;
+            c->job->n_tried = 1; /* the connection it is given */
         }
         if (smtpc_conn_start_tx(c) == 0)
             return;

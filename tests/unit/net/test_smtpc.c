@@ -1380,6 +1380,8 @@ static void test_move_on_within_conns(void **state)
     assert_all(&r[0], 1, SMTPC_OK, 250);
     assert_all(&r[1], 1, SMTPC_OK, 250);
     assert_string_equal(r[1].host, "mx2.example.test");
+    assert_int_equal(r[0].n_tried, 2);
+    assert_int_equal(r[1].n_tried, 1); /* the connection it was given */
     assert_int_equal(mf->fr->calls, 1);
     assert_int_equal(f->srv.n_accepted, 1);
     assert_int_equal(f->srv.n_messages, 2);
