@@ -718,16 +718,17 @@ static void smtpc_conn_route(struct smtpc_conn *c, const struct smtpc_route *rou
         smtpc_conn_end(c, route->status == SMTPC_PERM ? SMTPC_PERM : SMTPC_TEMP, route->code, text);
         return;
     }
+    size_t avail = route->targets != NULL ? route->n : 0;
     size_t max = c->pool->cfg.address_limit;
-    if (route->n < max)
-        max = route->n;
+    if (avail < max)
+        max = avail;
     struct smtpc_target *t = max > 0 ? calloc(max, sizeof(*t)) : NULL;
     if (max > 0 && t == NULL) {
         smtpc_conn_fail(c, 0, "out of memory");
         return;
     }
     size_t n = 0;
-    for (size_t i = 0; i < route->n && n < max; i++) {
+    for (size_t i = 0; i < avail && n < max; i++) {
         const struct smtpc_target *rt = &route->targets[i];
         if (rt->addr.ss_family != AF_INET && rt->addr.ss_family != AF_INET6)
             continue;
