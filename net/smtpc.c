@@ -5,11 +5,12 @@
  * and arms a zero timer ("kick"), so that no callback ever runs inside
  * smtpc_pool_deliver. The kick hands each queued job to an idle connection of
  * that destination, or opens a new one while fewer than max_conns_per_dest
- * exist. A new connection resolves the host (uv_getaddrinfo; literals are
- * used as they are), connects, reads the 220 greeting, says EHLO (HELO after
- * a 5xx to EHLO) and then runs transactions: MAIL, RCPT per recipient, DATA,
- * the body, the final dot. With PIPELINING, MAIL + RCPTs + DATA go out in one
- * write and the replies are matched in order (RFC 2920 3.1). After a
+ * exist. A new connection resolves the next hop into an ordered list of
+ * targets (the config's smtpc_resolver; without one, literals as they are
+ * and uv_getaddrinfo for names), connects to the first, reads the 220
+ * greeting, says EHLO (HELO after a 5xx to EHLO) and then runs
+ * transactions: MAIL, RCPT per recipient, DATA, the body, the final dot. With PIPELINING, MAIL +
+ * RCPTs + DATA go out in one write and the replies are matched in order (RFC 2920 3.1). After a
  * transaction the connection takes the next job of its destination; without
  * one it idles for idle_timeout_ms, then says QUIT. After max_msgs_per_conn
  * transactions it says QUIT as well.
@@ -34,6 +35,18 @@
  * that fails (unreadable, or the SHA-256 of the whole did not match) drops
  * the connection before the final dot: the next hop discards the partial
  * message and the attempt is SMTPC_TEMP.
+ *
+ * Trying the next address (Postfix smtp_connect.c): while no EHLO or HELO
+ * has been accepted and no TLS begun, a failure of a connection that
+ * carries a job (connect refused, timeout, lost connection, malformed
+ * reply, a refused greeting, EHLO or HELO, a 421) moves the job on to the
+ * next target while address_limit and session_limit allow. A libuv TCP
+ * handle cannot connect twice, so moving on means a fresh smtpc_conn: the
+ * old one leaves its destination at once and the new one joins it, taking
+ * the job and the rest of the attempt (struct smtpc_attempt). After EHLO is
+ * accepted nothing moves on: the server has spoken for the mail. A route
+ * that is TEMP or PERM (e.g. a null MX) decides every recipient without a
+ * connection.
  *
  * Failure modes: a 4xx/5xx reply decides the recipients it applies to
  * (SMTPC_TEMP/SMTPC_PERM). Connection failure, timeout, EOF, a malformed reply
@@ -75,7 +88,7 @@
 
 #define SMTPC_CHUNK_MAX (64 * 1024) /* body bytes per write */
 #define SMTPC_ADDR_MAX 256          /* RFC 5321 4.5.3.1.3: path, without <> here */
-#define SMTPC_CMD_LINE_MAX 512 /* RFC 5321 4.5.3.1.4, our lines fit easily */
+#define SMTPC_CMD_LINE_MAX 512      /* RFC 5321 4.5.3.1.4, our lines fit easily */
 
 /*
  * The connection states. A connection only moves forward through
@@ -141,6 +154,17 @@ enum smtpc_rcpt_state {
 
 struct smtpc_dest;
 
+/*
+ * smtpc_attempt - one job's walk through the addresses of its next hop,
+ * handed from connection to connection as each one fails before EHLO.
+ */
+struct smtpc_attempt {
+    struct smtpc_target *targets; /* owned; NULL until the route came */
+    size_t n;                     /* targets, at most address_limit */
+    size_t next;                  /* the next to connect to; also how many were tried */
+    unsigned n_sessions;          /* greetings read, whatever they said */
+};
+
 /* smtpc_job - one smtpc_pool_deliver call, queued or running. */
 struct smtpc_job {
     struct smtpc_job *next; /* in the destination's queue */
@@ -150,6 +174,7 @@ struct smtpc_job {
     void *arg;
     struct smtpc_rcpt_result *res; /* msg->n_rcpts entries */
     unsigned char *rstate;         /* enum smtpc_rcpt_state per recipient */
+    unsigned n_tried;              /* addresses tried for it; 1 on a reused connection */
 };
 
 /* smtpc_conn - one connection to a next hop. */
@@ -164,7 +189,13 @@ struct smtpc_conn {
     uv_getaddrinfo_t gai;
     uv_connect_t connect_req;
     bool gai_pending;
-    int handles_open; /* close callbacks still to come once CLOSING */
+    bool rsv_pending; /* the config's resolver owes smtpc_conn_route_cb */
+    void *rsv_handle; /* the resolver's, for cancel */
+    struct smtpc_attempt att;
+    char host[SMTPC_HOST_MAX + 1]; /* the target's host: results, logs, SNI */
+    char ip[64];                   /* the target's address, for logs */
+    uint16_t rport;                /* the target's port, for logs */
+    int handles_open;              /* close callbacks still to come once CLOSING */
     struct smtpc_reply_parser parser;
     unsigned n_expected; /* replies owed for commands written */
     unsigned n_avail;    /* of those, how many the current read may answer */
@@ -197,7 +228,8 @@ struct smtpc_dest {
     char host[SMTPC_HOST_MAX + 1];
     uint16_t port;
     enum smtpc_tls_policy policy;
-    char verify_host[SMTPC_HOST_MAX + 1]; /* the name the certificate must match */
+    /* The name the certificate must match; "": each target's host. */
+    char verify_host[SMTPC_HOST_MAX + 1];
     struct smtpc_job *q_head, *q_tail;
     struct smtpc_conn *conns;
     unsigned n_conns;
@@ -232,6 +264,7 @@ static void smtpc_conn_source_read(struct smtpc_conn *c);
 static void smtpc_conn_close(struct smtpc_conn *c);
 static void smtpc_pool_kick(struct smtpc_pool *p);
 static void smtpc_pool_maybe_free(struct smtpc_pool *p);
+static bool smtpc_host_ok(const char *host);
 
 /* ------------------------------------------------------------------------ */
 /* Jobs                                                                     */
@@ -272,13 +305,18 @@ static void smtpc_job_decide_rest(struct smtpc_job *job,
             smtpc_job_decide(job, i, st, code, text);
 }
 
-/* smtpc_job_finish - log the attempt, run the callback once, free the job. */
-static void smtpc_job_finish(struct smtpc_job *job,
-                             const char *remote,
-                             const char *tls,
-                             enum smtpc_tls_state tls_state)
+/*
+ * smtpc_job_finish - log the attempt, run the callback once, free the job.
+ * c: the connection the job used last (borrowed; it may be CLOSING, its
+ * memory lasts until its close callbacks), or NULL when there was none.
+ */
+static void smtpc_job_finish(struct smtpc_job *job, const struct smtpc_conn *c)
 {
     struct smtpc_pool *p = job->pool;
+    const char *remote = c != NULL ? c->remote : "";
+    const char *host = c != NULL ? c->host : "";
+    const char *tls = c != NULL ? c->tls_desc : "none";
+    unsigned n_tried = job->n_tried;
     size_t n = job->msg->n_rcpts;
     size_t count[3] = {0, 0, 0};
     const struct smtpc_rcpt_result *shown = &job->res[0];
@@ -299,14 +337,20 @@ static void smtpc_job_finish(struct smtpc_job *job,
                                                   : "mixed";
     char text[sizeof(shown->text)];
     log_info(
-        "delivery to=%zu relay=%s status=%s ok=%zu temp=%zu perm=%zu code=%u tls=\"%s\" "
-        "text=\"%s\"",
-        n, remote[0] ? remote : "none", status, count[SMTPC_OK], count[SMTPC_TEMP],
-        count[SMTPC_PERM], shown->code, tls,
+        "delivery to=%zu relay=%s host=%s tried=%u status=%s ok=%zu temp=%zu perm=%zu code=%u "
+        "tls=\"%s\" text=\"%s\"",
+        n, remote[0] ? remote : "none", host[0] ? host : "none", n_tried, status, count[SMTPC_OK],
+        count[SMTPC_TEMP], count[SMTPC_PERM], shown->code, tls,
         log_printable(text, sizeof(text), shown->text, strlen(shown->text)));
 
-    struct smtpc_result res = {.n_rcpts = n, .rcpts = job->res, .tls_state = tls_state};
+    struct smtpc_result res = {
+        .n_rcpts = n,
+        .rcpts = job->res,
+        .n_tried = n_tried,
+        .tls_state = c != NULL ? c->tls_state : SMTPC_TLS_STATE_NO_CONNECTION,
+    };
     hamr_strlcpy(res.remote, remote, sizeof(res.remote));
+    hamr_strlcpy(res.host, host, sizeof(res.host));
     hamr_strlcpy(res.tls, tls, sizeof(res.tls));
     HAMR_ASSERT(p->n_active > 0);
     p->n_active--;
@@ -352,12 +396,53 @@ static void smtpc_conn_enter_state(struct smtpc_conn *c, enum smtpc_state s)
     uv_timer_start(&c->timer, smtpc_conn_timer_cb, smtpc_conn_timeout_ms(c, s), 0);
 }
 
+static bool smtpc_conn_may_move_on(const struct smtpc_conn *c);
+static void smtpc_conn_move_on(struct smtpc_conn *c,
+                               struct smtpc_job *job,
+                               unsigned code,
+                               const char *text);
+
 /*
- * smtpc_conn_fail - the attempt failed without a usable reply (or with one
- * that ends the session): every open recipient gets SMTPC_TEMP, and the
- * connection is discarded before the callback runs, so that the callback may
- * do anything, smtpc_pool_close included.
+ * smtpc_conn_end - the connection is done for (status st, code and text for
+ * every open recipient of its job): move the job on to the next address
+ * when that is allowed (smtpc_conn_may_move_on), else discard the
+ * connection and then finish the job, so that the callback may do
+ * anything, smtpc_pool_close included.
  */
+static void smtpc_conn_end(struct smtpc_conn *c,
+                           enum smtpc_status st,
+                           unsigned code,
+                           const char *text)
+{
+    if (c->state == SMTPC_STATE_CLOSING)
+        return;
+    struct smtpc_job *job = c->job;
+    if (job != NULL && st == SMTPC_TEMP && smtpc_conn_may_move_on(c)) {
+        c->job = NULL;
+        smtpc_conn_move_on(c, job, code, text);
+        return;
+    }
+    c->job = NULL;
+    if (c->src_pending) {
+        /* The chunk asked for must not come to a connection that is gone. */
+        const struct smtpc_source *src = job->msg->source;
+        c->src_pending = false;
+        src->cancel(src->data);
+    }
+    if (job == NULL) {
+        char pr[sizeof(((struct smtpc_rcpt_result *)0)->text)];
+        log_info("smtpc conn=%llu relay=%s closed in state %s: %s", c->id,
+                 c->remote[0] ? c->remote : "none", smtpc_state_names[c->state],
+                 log_printable(pr, sizeof(pr), text, strlen(text)));
+    }
+    smtpc_conn_close(c);
+    if (job != NULL) {
+        smtpc_job_decide_rest(job, st, code, text);
+        smtpc_job_finish(job, c); /* c stays readable until its close callbacks */
+    }
+}
+
+/* smtpc_conn_fail - the attempt failed without a usable reply, or with one that ends it: TEMP. */
 static void smtpc_conn_fail(struct smtpc_conn *c, unsigned code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -370,31 +455,7 @@ static void smtpc_conn_fail(struct smtpc_conn *c, unsigned code, const char *fmt
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
-
-    struct smtpc_job *job = c->job;
-    c->job = NULL;
-    if (c->src_pending) {
-        /* The chunk asked for must not come to a connection that is gone. */
-        const struct smtpc_source *src = job->msg->source;
-        c->src_pending = false;
-        src->cancel(src->data);
-    }
-    char remote[sizeof(c->remote)];
-    char tls[sizeof(c->tls_desc)];
-    enum smtpc_tls_state tls_state = c->tls_state;
-    hamr_strlcpy(remote, c->remote, sizeof(remote));
-    hamr_strlcpy(tls, c->tls_desc, sizeof(tls));
-    if (job == NULL) {
-        char pr[sizeof(text)];
-        log_info("smtpc conn=%llu relay=%s closed in state %s: %s", c->id,
-                 remote[0] ? remote : "none", smtpc_state_names[c->state],
-                 log_printable(pr, sizeof(pr), text, strlen(text)));
-    }
-    smtpc_conn_close(c);
-    if (job != NULL) {
-        smtpc_job_decide_rest(job, SMTPC_TEMP, code, text);
-        smtpc_job_finish(job, remote, tls, tls_state);
-    }
+    smtpc_conn_end(c, SMTPC_TEMP, code, text);
 }
 
 static void smtpc_conn_body_written(struct smtpc_conn *c);
@@ -574,21 +635,20 @@ static void smtpc_conn_connect_cb(uv_connect_t *req, int status)
     smtpc_conn_enter_state(c, SMTPC_STATE_GREETING);
 }
 
-/* smtpc_conn_connect - connect to a resolved address. */
+/* smtpc_conn_connect - connect to a target's address (sa, with its port). */
 static void smtpc_conn_connect(struct smtpc_conn *c, const struct sockaddr *sa)
 {
-    char ip[64] = "?";
-    int port = 0;
+    hamr_strlcpy(c->ip, "?", sizeof(c->ip));
     if (sa->sa_family == AF_INET6) {
         const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
-        uv_ip6_name(s6, ip, sizeof(ip));
-        port = ntohs(s6->sin6_port);
-        snprintf(c->remote, sizeof(c->remote), "[%s]:%d", ip, port);
+        uv_ip6_name(s6, c->ip, sizeof(c->ip));
+        c->rport = ntohs(s6->sin6_port);
+        snprintf(c->remote, sizeof(c->remote), "[%s]:%u", c->ip, (unsigned)c->rport);
     } else {
         const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
-        uv_ip4_name(s4, ip, sizeof(ip));
-        port = ntohs(s4->sin_port);
-        snprintf(c->remote, sizeof(c->remote), "%s:%d", ip, port);
+        uv_ip4_name(s4, c->ip, sizeof(c->ip));
+        c->rport = ntohs(s4->sin_port);
+        snprintf(c->remote, sizeof(c->remote), "%s:%u", c->ip, (unsigned)c->rport);
     }
     c->connect_req.data = c;
     int rv = uv_tcp_connect(&c->connect_req, &c->tcp, sa, smtpc_conn_connect_cb);
@@ -597,7 +657,109 @@ static void smtpc_conn_connect(struct smtpc_conn *c, const struct sockaddr *sa)
     /* Asynchronous processing continues in smtpc_conn_connect_cb. */
 }
 
-/* smtpc_conn_resolve_cb - the host name is resolved: connect to the first address. */
+/* smtpc_conn_connect_next - connect to the attempt's next target (there is one). */
+static void smtpc_conn_connect_next(struct smtpc_conn *c)
+{
+    HAMR_ASSERT(c->att.next < c->att.n);
+    const struct smtpc_target *t = &c->att.targets[c->att.next++];
+    c->job->n_tried = (unsigned)c->att.next;
+    hamr_strlcpy(c->host, t->host, sizeof(c->host));
+    smtpc_conn_connect(c, (const struct sockaddr *)&t->addr);
+}
+
+/* smtpc_host_strip - the next hop without the brackets of "[...]" (nor "IPv6:" inside them). */
+static void smtpc_host_strip(const char *host, char *out, size_t size)
+{
+    size_t n = strlen(host);
+    if (n >= 2 && host[0] == '[' && host[n - 1] == ']') {
+        host++;
+        n -= 2;
+        /* RFC 5321 4.1.3: an IPv6 address literal is "[IPv6:2001:db8::1]". */
+        if (n > 5 && hamr_strncaseeq(host, "IPv6:", 5)) {
+            host += 5;
+            n -= 5;
+        }
+    }
+    if (n >= size)
+        n = size - 1;
+    memcpy(out, host, n);
+    out[n] = '\0';
+}
+
+/* smtpc_target_literal - t for the IP literal s (no brackets) and port; false if s is a name. */
+static bool smtpc_target_literal(struct smtpc_target *t, const char *s, uint16_t port)
+{
+    struct sockaddr_in s4;
+    struct sockaddr_in6 s6;
+    memset(t, 0, sizeof(*t));
+    if (uv_ip4_addr(s, port, &s4) == 0)
+        memcpy(&t->addr, &s4, sizeof(s4));
+    else if (strchr(s, ':') != NULL && uv_ip6_addr(s, port, &s6) == 0)
+        memcpy(&t->addr, &s6, sizeof(s6));
+    else
+        return false;
+    hamr_strlcpy(t->host, s, sizeof(t->host));
+    return true;
+}
+
+/*
+ * smtpc_conn_route - the next hop is resolved (route borrowed): a TEMP or
+ * PERM route decides every recipient and discards the connection; an OK
+ * one gives the attempt its targets (address_limit at most, copied) and the
+ * connection connects to the first.
+ */
+static void smtpc_conn_route(struct smtpc_conn *c, const struct smtpc_route *route)
+{
+    char name[SMTPC_HOST_MAX + 1];
+    smtpc_host_strip(c->dest->host, name, sizeof(name));
+    if (route->status != SMTPC_OK) {
+        char text[sizeof(route->text) + 1];
+        snprintf(text, sizeof(text), "%.*s", (int)sizeof(route->text), route->text);
+        smtpc_conn_end(c, route->status == SMTPC_PERM ? SMTPC_PERM : SMTPC_TEMP, route->code, text);
+        return;
+    }
+    size_t avail = route->targets != NULL ? route->n : 0;
+    size_t max = c->pool->cfg.address_limit;
+    if (avail < max)
+        max = avail;
+    struct smtpc_target *t = max > 0 ? calloc(max, sizeof(*t)) : NULL;
+    if (max > 0 && t == NULL) {
+        smtpc_conn_fail(c, 0, "out of memory");
+        return;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < avail && n < max; i++) {
+        const struct smtpc_target *rt = &route->targets[i];
+        if (rt->addr.ss_family != AF_INET && rt->addr.ss_family != AF_INET6)
+            continue;
+        t[n] = *rt;
+        t[n].host[SMTPC_HOST_MAX] = '\0';
+        /* The host goes into logs and SNI: the next hop's own name if it is unfit. */
+        if (!smtpc_host_ok(t[n].host))
+            hamr_strlcpy(t[n].host, name, sizeof(t[n].host));
+        n++;
+    }
+    if (n == 0) {
+        free(t);
+        smtpc_conn_fail(c, 0, "resolve %s: no address", name);
+        return;
+    }
+    c->att.targets = t;
+    c->att.n = n;
+    smtpc_conn_connect_next(c);
+}
+
+/* smtpc_conn_route_cb - the config's resolver answered (never after its cancel). */
+static void smtpc_conn_route_cb(void *arg, const struct smtpc_route *route)
+{
+    struct smtpc_conn *c = arg;
+    HAMR_ASSERT(c->rsv_pending && c->state == SMTPC_STATE_CONNECTING);
+    c->rsv_pending = false;
+    c->rsv_handle = NULL;
+    smtpc_conn_route(c, route);
+}
+
+/* smtpc_conn_resolve_cb - uv_getaddrinfo answered: each address it gave is a target, in order. */
 static void smtpc_conn_resolve_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     struct smtpc_conn *c = req->data;
@@ -607,36 +769,63 @@ static void smtpc_conn_resolve_cb(uv_getaddrinfo_t *req, int status, struct addr
         smtpc_conn_close(c); /* frees c if its handles are closed already */
         return;
     }
-    if (status < 0 || res == NULL) {
-        char host[SMTPC_HOST_MAX + 1];
-        uv_freeaddrinfo(res);
-        smtpc_conn_fail(c, 0, "resolve %s: %s",
-                        log_printable(host, sizeof(host), c->dest->host, strlen(c->dest->host)),
-                        status < 0 ? uv_strerror(status) : "no address");
+    char name[SMTPC_HOST_MAX + 1];
+    smtpc_host_strip(c->dest->host, name, sizeof(name));
+    size_t max = 0;
+    for (const struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next)
+        max++;
+    if (max > c->pool->cfg.address_limit)
+        max = c->pool->cfg.address_limit;
+    struct smtpc_target *t = status == 0 && max > 0 ? calloc(max, sizeof(*t)) : NULL;
+    size_t n = 0;
+    for (const struct addrinfo *ai = res; t != NULL && ai != NULL && n < max; ai = ai->ai_next) {
+        if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
+            ai->ai_addrlen > sizeof(t[n].addr))
+            continue;
+        hamr_strlcpy(t[n].host, name, sizeof(t[n].host));
+        memcpy(&t[n].addr, ai->ai_addr, ai->ai_addrlen);
+        n++;
+    }
+    uv_freeaddrinfo(res);
+    if (status < 0 || (max > 0 && t == NULL)) {
+        char pr[SMTPC_HOST_MAX + 1];
+        smtpc_conn_fail(c, 0, "resolve %s: %s", log_printable(pr, sizeof(pr), name, strlen(name)),
+                        status < 0 ? uv_strerror(status) : "out of memory");
         return;
     }
-    /*
-     * XXX: only the first address is tried. Trying the others needs a fresh
-     * TCP handle per attempt; the queue retries the whole delivery anyway.
-     */
-    struct sockaddr_storage ss;
-    memcpy(&ss, res->ai_addr, res->ai_addrlen < sizeof(ss) ? res->ai_addrlen : sizeof(ss));
-    uv_freeaddrinfo(res);
-    smtpc_conn_connect(c, (const struct sockaddr *)&ss);
+    struct smtpc_route route = {.status = SMTPC_OK, .n = n, .targets = t};
+    smtpc_conn_route(c, &route);
+    free(t);
 }
 
-/* smtpc_conn_start - resolve (unless a literal) and connect. */
-static void smtpc_conn_start(struct smtpc_conn *c)
+/*
+ * smtpc_conn_resolve - the next hop to targets: through the config's
+ * resolver; without one, an IP literal (bare or in brackets) is its own
+ * target and a name (brackets stripped) goes to uv_getaddrinfo.
+ */
+static void smtpc_conn_resolve(struct smtpc_conn *c)
 {
     struct smtpc_dest *d = c->dest;
-    struct sockaddr_in s4;
-    struct sockaddr_in6 s6;
-    if (uv_ip4_addr(d->host, d->port, &s4) == 0) {
-        smtpc_conn_connect(c, (const struct sockaddr *)&s4);
+    const struct smtpc_resolver *rsv = c->pool->cfg.resolver;
+    char name[SMTPC_HOST_MAX + 1];
+    char pr[SMTPC_HOST_MAX + 1];
+    if (rsv != NULL) {
+        int rv = rsv->resolve(rsv->data, d->host, d->port, smtpc_conn_route_cb, c, &c->rsv_handle);
+        if (rv != 0) {
+            smtpc_conn_fail(c, 0, "resolve %s: %s",
+                            log_printable(pr, sizeof(pr), d->host, strlen(d->host)),
+                            hamr_strerror(rv));
+            return;
+        }
+        c->rsv_pending = true;
+        /* Asynchronous processing continues in smtpc_conn_route_cb. */
         return;
     }
-    if (strchr(d->host, ':') != NULL && uv_ip6_addr(d->host, d->port, &s6) == 0) {
-        smtpc_conn_connect(c, (const struct sockaddr *)&s6);
+    smtpc_host_strip(d->host, name, sizeof(name));
+    struct smtpc_target literal;
+    if (smtpc_target_literal(&literal, name, d->port)) {
+        struct smtpc_route route = {.status = SMTPC_OK, .n = 1, .targets = &literal};
+        smtpc_conn_route(c, &route);
         return;
     }
     char port[8];
@@ -647,11 +836,9 @@ static void smtpc_conn_start(struct smtpc_conn *c)
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_NUMERICSERV;
     c->gai.data = c;
-    int rv = uv_getaddrinfo(c->pool->loop, &c->gai, smtpc_conn_resolve_cb, d->host, port, &hints);
+    int rv = uv_getaddrinfo(c->pool->loop, &c->gai, smtpc_conn_resolve_cb, name, port, &hints);
     if (rv != 0) {
-        char host[SMTPC_HOST_MAX + 1];
-        smtpc_conn_fail(c, 0, "resolve %s: %s",
-                        log_printable(host, sizeof(host), d->host, strlen(d->host)),
+        smtpc_conn_fail(c, 0, "resolve %s: %s", log_printable(pr, sizeof(pr), name, strlen(name)),
                         uv_strerror(rv));
         return;
     }
@@ -659,22 +846,26 @@ static void smtpc_conn_start(struct smtpc_conn *c)
     /* Asynchronous processing continues in smtpc_conn_resolve_cb. */
 }
 
-/* smtpc_conn_new - open a connection to d for job (which it takes over). */
-static void smtpc_conn_new(struct smtpc_dest *d, struct smtpc_job *job)
+/*
+ * smtpc_conn_alloc - a connection to d for job (which it takes over),
+ * joined to d, its connect deadline running. NULL, with the job left to
+ * the caller and *why set, when there is no memory or no socket.
+ */
+static struct smtpc_conn *smtpc_conn_alloc(struct smtpc_dest *d,
+                                           struct smtpc_job *job,
+                                           const char **why)
 {
     struct smtpc_pool *p = d->pool;
     struct smtpc_conn *c = calloc(1, sizeof(*c));
     if (c == NULL) {
-        smtpc_job_decide_rest(job, SMTPC_TEMP, 0, "out of memory");
-        smtpc_job_finish(job, "", "none", SMTPC_TLS_STATE_NO_CONNECTION);
-        return;
+        *why = "out of memory";
+        return NULL;
     }
     int rv = uv_tcp_init(p->loop, &c->tcp);
     if (rv != 0) {
         free(c);
-        smtpc_job_decide_rest(job, SMTPC_TEMP, 0, "out of sockets");
-        smtpc_job_finish(job, "", "none", SMTPC_TLS_STATE_NO_CONNECTION);
-        return;
+        *why = "out of sockets";
+        return NULL;
     }
     uv_timer_init(p->loop, &c->timer);
     c->tcp.data = c;
@@ -688,13 +879,79 @@ static void smtpc_conn_new(struct smtpc_dest *d, struct smtpc_job *job)
     /* Resolve or connect failures, or anything else before EHLO is answered. */
     c->tls_state = SMTPC_TLS_STATE_NO_CONNECTION;
     smtpc_reply_init(&c->parser);
+    /* smtpc_dest_dispatch checks the limit; smtpc_conn_move_on closes the old one first. */
+    HAMR_ASSERT(d->n_conns < p->cfg.max_conns_per_dest);
     c->next = d->conns;
     d->conns = c;
     d->n_conns++;
     p->n_alive++;
     log_debug("smtpc conn=%llu new, state CONNECTING", c->id);
     uv_timer_start(&c->timer, smtpc_conn_timer_cb, p->cfg.connect_timeout_ms, 0);
-    smtpc_conn_start(c);
+    return c;
+}
+
+/* smtpc_conn_new - open a connection to d for job (which it takes over): resolve, connect. */
+static void smtpc_conn_new(struct smtpc_dest *d, struct smtpc_job *job)
+{
+    const char *why = NULL;
+    struct smtpc_conn *c = smtpc_conn_alloc(d, job, &why);
+    if (c == NULL) {
+        smtpc_job_decide_rest(job, SMTPC_TEMP, 0, why);
+        smtpc_job_finish(job, NULL);
+        return;
+    }
+    smtpc_conn_resolve(c);
+}
+
+/*
+ * smtpc_conn_may_move_on - may c's job go on to the next target? Only while
+ * no EHLO or HELO was accepted and no TLS begun, while there is a next
+ * target, fewer than address_limit were tried and fewer than session_limit
+ * greetings were read (Postfix smtp_mx_address_limit and
+ * smtp_mx_session_limit), and never once the pool is closing.
+ */
+static bool smtpc_conn_may_move_on(const struct smtpc_conn *c)
+{
+    const struct smtpc_config *cfg = &c->pool->cfg;
+    if (c->pool->closing || c->tls != NULL || c->att.targets == NULL)
+        return false;
+    if (c->state != SMTPC_STATE_CONNECTING && c->state != SMTPC_STATE_GREETING &&
+        c->state != SMTPC_STATE_EHLO && c->state != SMTPC_STATE_HELO)
+        return false;
+    return c->att.next < c->att.n && c->att.next < cfg->address_limit &&
+           c->att.n_sessions < cfg->session_limit;
+}
+
+/*
+ * smtpc_conn_move_on - c failed before EHLO was accepted (code, text):
+ * discard it and open a fresh connection (a libuv TCP handle connects only
+ * once) to the next target, which takes over job and the attempt. c leaves
+ * its destination before the new one joins, so n_conns never goes over
+ * max_conns_per_dest. Without memory or a socket the job fails with text,
+ * as it would have with no next target.
+ */
+static void smtpc_conn_move_on(struct smtpc_conn *c,
+                               struct smtpc_job *job,
+                               unsigned code,
+                               const char *text)
+{
+    struct smtpc_dest *d = c->dest;
+    char pr[sizeof(((struct smtpc_rcpt_result *)0)->text)];
+    log_info("smtpc conn=%llu relay=%s[%s]:%u failed (%s), trying next address", c->id, c->host,
+             c->ip, (unsigned)c->rport, log_printable(pr, sizeof(pr), text, strlen(text)));
+    struct smtpc_attempt att = c->att;
+    c->att.targets = NULL; /* the next connection owns them; c keeps its counts for results */
+    smtpc_conn_close(c);
+    const char *why = NULL;
+    struct smtpc_conn *n = smtpc_conn_alloc(d, job, &why);
+    if (n == NULL) {
+        free(att.targets);
+        smtpc_job_decide_rest(job, SMTPC_TEMP, code, text);
+        smtpc_job_finish(job, c); /* c stays readable until its close callbacks */
+        return;
+    }
+    n->att = att;
+    smtpc_conn_connect_next(n);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -718,7 +975,7 @@ static int smtpc_conn_start_tx(struct smtpc_conn *c)
                  (unsigned long long)c->size_limit, c->remote);
         smtpc_job_decide_rest(job, SMTPC_PERM, 552, text);
         c->job = NULL;
-        smtpc_job_finish(job, c->remote, c->tls_desc, c->tls_state);
+        smtpc_job_finish(job, c);
         return 1;
     }
 
@@ -776,7 +1033,7 @@ static void smtpc_conn_tx_end(struct smtpc_conn *c)
     HAMR_ASSERT(c->n_expected == 0);
     struct smtpc_job *job = c->job;
     c->job = NULL;
-    smtpc_job_finish(job, c->remote, c->tls_desc, c->tls_state);
+    smtpc_job_finish(job, c);
     if (c->state == SMTPC_STATE_CLOSING)
         return; /* the callback closed the pool */
     if (!c->dot_reply) {
@@ -995,6 +1252,7 @@ static void smtpc_conn_next(struct smtpc_conn *c)
             if (d->q_head == NULL)
                 d->q_tail = NULL;
             c->job->next = NULL;
+            c->job->n_tried = 1; /* the connection it is given */
         }
         if (smtpc_conn_start_tx(c) == 0)
             return;
@@ -1041,7 +1299,9 @@ static void smtpc_conn_tls_start(struct smtpc_conn *c)
 {
     struct smtpc_dest *d = c->dest;
     bool verify = d->policy == SMTPC_TLS_VERIFY;
-    int rv = tls_new(c->pool->tls_ctx, false, d->verify_host, verify, &c->tls);
+    /* SNI and the name to verify: the delivery's verify_host, else the target's host. */
+    const char *name = d->verify_host[0] != '\0' ? d->verify_host : c->host;
+    int rv = tls_new(c->pool->tls_ctx, false, name, verify, &c->tls);
     if (rv != 0) {
         smtpc_conn_tls_fail(c, 0, hamr_strerror(rv));
         return;
@@ -1070,6 +1330,9 @@ static void smtpc_conn_refused(struct smtpc_conn *c, const struct smtpc_reply *r
 /* smtpc_conn_on_reply - one complete, solicited reply for the current state. */
 static void smtpc_conn_on_reply(struct smtpc_conn *c, const struct smtpc_reply *r)
 {
+    /* A greeting was read, whatever it said: one session of session_limit. */
+    if (c->state == SMTPC_STATE_GREETING)
+        c->att.n_sessions++;
     /* RFC 5321 3.8: 421 means the server is closing the session. */
     if (r->code == 421 && c->state != SMTPC_STATE_QUIT) {
         if (c->state == SMTPC_STATE_GREETING || c->state == SMTPC_STATE_EHLO ||
@@ -1335,6 +1598,7 @@ static void smtpc_conn_free(struct smtpc_conn *c)
 {
     struct smtpc_pool *p = c->pool;
     tls_free(c->tls);
+    free(c->att.targets);
     free(c);
     HAMR_ASSERT(p->n_alive > 0);
     p->n_alive--;
@@ -1379,6 +1643,13 @@ static void smtpc_conn_close(struct smtpc_conn *c)
     c->next = NULL;
     if (c->gai_pending)
         uv_cancel((uv_req_t *)&c->gai); /* the callback still runs, with an error */
+    if (c->rsv_pending) {
+        /* Unlike uv_cancel, the resolver's cancel means its callback never runs. */
+        const struct smtpc_resolver *rsv = c->pool->cfg.resolver;
+        c->rsv_pending = false;
+        rsv->cancel(rsv->data, c->rsv_handle);
+        c->rsv_handle = NULL;
+    }
     c->handles_open = 2;
     uv_close((uv_handle_t *)&c->tcp, smtpc_conn_handle_close_cb);
     uv_close((uv_handle_t *)&c->timer, smtpc_conn_handle_close_cb);
@@ -1498,6 +1769,10 @@ struct smtpc_pool *smtpc_pool_new(uv_loop_t *loop, const struct smtpc_config *cf
         c->max_conns_per_dest = 10;
     if (c->max_msgs_per_conn == 0)
         c->max_msgs_per_conn = 100;
+    if (c->address_limit == 0)
+        c->address_limit = 5;
+    if (c->session_limit == 0)
+        c->session_limit = 2;
     c->tls_ca_file[sizeof(c->tls_ca_file) - 1] = '\0';
     if (c->tls_ctx != NULL && SSL_CTX_up_ref(c->tls_ctx) == 1) {
         p->tls_ctx = c->tls_ctx;
@@ -1589,9 +1864,11 @@ int smtpc_pool_deliver_tls(struct smtpc_pool *p,
 {
     if (p->closing)
         return HAMR_ESHUTDOWN;
-    if (verify_host == NULL || verify_host[0] == '\0')
-        verify_host = host;
-    if (!smtpc_host_ok(host) || !smtpc_host_ok(verify_host) || port == 0 ||
+    /* "": each target's host, decided per connection (smtpc_conn_tls_start). */
+    if (verify_host == NULL)
+        verify_host = "";
+    if (!smtpc_host_ok(host) || (verify_host[0] != '\0' && !smtpc_host_ok(verify_host)) ||
+        port == 0 ||
         (policy != SMTPC_TLS_MAY && policy != SMTPC_TLS_ENCRYPT && policy != SMTPC_TLS_VERIFY) ||
         m == NULL || cb == NULL || m->n_rcpts == 0 || m->rcpts == NULL ||
         (m->source == NULL && m->body == NULL && m->body_len > 0) ||
@@ -1643,7 +1920,7 @@ void smtpc_pool_close(struct smtpc_pool *p, void (*closed_cb)(void *arg), void *
             if (d->q_head == NULL)
                 d->q_tail = NULL;
             smtpc_job_decide_rest(job, SMTPC_TEMP, 0, "shutdown");
-            smtpc_job_finish(job, "", "none", SMTPC_TLS_STATE_NO_CONNECTION);
+            smtpc_job_finish(job, NULL);
         }
         while (d->conns != NULL)
             smtpc_conn_fail(d->conns, 0, "shutdown"); /* unlinks the connection */

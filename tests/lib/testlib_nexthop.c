@@ -268,6 +268,16 @@ static void testlib_nexthop_connection_cb(uv_stream_t *l, int status)
 /* testlib_nexthop_start - listen on 127.0.0.1, port 0, with the default script. */
 void testlib_nexthop_start(struct testlib_nexthop *s, uv_loop_t *loop, SSL_CTX *ctx)
 {
+    testlib_nexthop_start_on(s, loop, ctx, "127.0.0.1", 0);
+}
+
+/* testlib_nexthop_start_on - listen on ip:port (port 0: the OS picks), with the default script. */
+void testlib_nexthop_start_on(struct testlib_nexthop *s,
+                              uv_loop_t *loop,
+                              SSL_CTX *ctx,
+                              const char *ip,
+                              uint16_t port)
+{
     memset(s, 0, sizeof(*s));
     s->ehlo = TESTLIB_NEXTHOP_EHLO_FULL;
     s->ehlo_tls = TESTLIB_NEXTHOP_EHLO_FULL;
@@ -277,14 +287,20 @@ void testlib_nexthop_start(struct testlib_nexthop *s, uv_loop_t *loop, SSL_CTX *
     buf_init(&s->rx, 4 << 20);
     assert_int_equal(uv_tcp_init(loop, &s->listener), 0);
     s->listener.data = s;
-    struct sockaddr_in a;
-    assert_int_equal(uv_ip4_addr("127.0.0.1", 0, &a), 0);
+    struct sockaddr_storage a;
+    if (strchr(ip, ':') != NULL)
+        assert_int_equal(uv_ip6_addr(ip, port, (struct sockaddr_in6 *)&a), 0);
+    else
+        assert_int_equal(uv_ip4_addr(ip, port, (struct sockaddr_in *)&a), 0);
     assert_int_equal(uv_tcp_bind(&s->listener, (const struct sockaddr *)&a, 0), 0);
     assert_int_equal(uv_listen((uv_stream_t *)&s->listener, 16, testlib_nexthop_connection_cb), 0);
     struct sockaddr_storage ss;
     int len = sizeof(ss);
     assert_int_equal(uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len), 0);
-    s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6)
+        s->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    else
+        s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
 }
 
 /* testlib_nexthop_override - one more override, checked first to last. */
@@ -307,10 +323,17 @@ bool testlib_nexthop_received(const struct testlib_nexthop *s, const char *needl
     return false;
 }
 
+/* testlib_nexthop_listener_close_cb - the listener is closed. */
+static void testlib_nexthop_listener_close_cb(uv_handle_t *h)
+{
+    struct testlib_nexthop *s = h->data;
+    s->listener_closed = true;
+}
+
 /* testlib_nexthop_stop - close the listener and every connection. */
 void testlib_nexthop_stop(struct testlib_nexthop *s)
 {
-    uv_close((uv_handle_t *)&s->listener, NULL);
+    uv_close((uv_handle_t *)&s->listener, testlib_nexthop_listener_close_cb);
     for (struct testlib_nexthop_conn *sc = s->conns; sc != NULL; sc = sc->next)
         testlib_nexthop_conn_close(sc);
 }

@@ -1,7 +1,7 @@
 /*
  * testlib_nexthop.h - a scripted SMTP server on the test's libuv loop
- * (127.0.0.1, a port the OS picks): the next hop of the outbound SMTP
- * client (net/smtpc) in unit tests.
+ * (127.0.0.1 or another loopback address, a port the OS picks): the next
+ * hop of the outbound SMTP client (net/smtpc) in unit tests.
  *
  * It answers each command line with a plausible default (MAIL before RCPT
  * before DATA, a 250 after the final dot) unless the test set an override
@@ -48,7 +48,7 @@ struct testlib_nexthop_conn {
     struct testlib_nexthop *srv;
     struct testlib_nexthop_conn *next;
     struct tls *tls; /* after our 220 to STARTTLS */
-    bool tls_up;           /* the handshake finished */
+    bool tls_up;     /* the handshake finished */
     char line[TESTLIB_NEXTHOP_LINE_MAX];
     size_t line_len;
     bool data_mode;
@@ -80,6 +80,7 @@ struct testlib_nexthop {
     unsigned n_tls_up;
     unsigned n_mail_plain; /* MAIL commands read in plaintext */
     unsigned n_mail_tls;   /* MAIL commands read over TLS */
+    bool listener_closed;  /* after stop: the listener's close callback ran */
 };
 
 /*
@@ -88,6 +89,16 @@ struct testlib_nexthop {
  * offer_starttls on; the EHLO replies are the test's to set.
  */
 void testlib_nexthop_start(struct testlib_nexthop *s, uv_loop_t *loop, SSL_CTX *ctx);
+
+/*
+ * testlib_nexthop_start_on - testlib_nexthop_start on ip (any loopback
+ * address, e.g. "127.0.0.2" or "::1") and port (0: the OS picks).
+ */
+void testlib_nexthop_start_on(struct testlib_nexthop *s,
+                              uv_loop_t *loop,
+                              SSL_CTX *ctx,
+                              const char *ip,
+                              uint16_t port);
 
 /* testlib_nexthop_override - answer lines starting with prefix with reply (len octets, 0: strlen).
  */
@@ -99,7 +110,10 @@ void testlib_nexthop_override(struct testlib_nexthop *s,
 /* testlib_nexthop_received - has s read needle (on any connection)? */
 bool testlib_nexthop_received(const struct testlib_nexthop *s, const char *needle);
 
-/* testlib_nexthop_stop - close the listener and every connection; the loop frees them. */
+/*
+ * testlib_nexthop_stop - close the listener and every connection; the loop
+ * frees them. s must live until listener_closed is set and conns is NULL.
+ */
 void testlib_nexthop_stop(struct testlib_nexthop *s);
 
 /* testlib_nexthop_free - release what s recorded, once stop's closes ran. */

@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <netdb.h>
+
 #include <uv.h>
 
 #include "util/buf.h"
@@ -28,6 +30,7 @@
 #include "net/smtpc.h"
 #include "tests/lib/testlib_loop.h"
 #include "tests/lib/testlib_nexthop.h"
+#include "tests/lib/testlib_resolver.h"
 #include "tests/lib/testlib_smtpc.h"
 
 /* The EHLO reply without PIPELINING and 8BITMIME. */
@@ -43,6 +46,8 @@ struct result {
     size_t n;
     struct smtpc_rcpt_result r[4];
     char remote[128];
+    char host[SMTPC_HOST_MAX + 1];
+    unsigned n_tried;
     enum smtpc_tls_state tls_state;
 };
 
@@ -65,6 +70,8 @@ static void done_cb(void *arg, const struct smtpc_result *res)
     assert_true(res->n_rcpts <= 4);
     memcpy(r->r, res->rcpts, res->n_rcpts * sizeof(res->rcpts[0]));
     hamr_strlcpy(r->remote, res->remote, sizeof(r->remote));
+    hamr_strlcpy(r->host, res->host, sizeof(r->host));
+    r->n_tried = res->n_tried;
     r->tls_state = res->tls_state;
 }
 
@@ -577,7 +584,7 @@ static void test_connect_refused(void **state)
     assert_int_equal(r.tls_state, SMTPC_TLS_STATE_NO_CONNECTION);
 }
 
-/* test_hostname - a name goes through uv_getaddrinfo ("localhost" is 127.0.0.1 here). */
+/* test_hostname - a name goes through uv_getaddrinfo; localhost reaches 127.0.0.1. */
 static void test_hostname(void **state)
 {
     struct testlib_smtpc *f = *state;
@@ -586,9 +593,10 @@ static void test_hostname(void **state)
     struct result r = {0};
     assert_int_equal(smtpc_pool_deliver(f->pool, "localhost", f->srv.port, &m, done_cb, &r), 0);
     TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
-    if (strncmp(r.remote, "127.0.0.1:", 10) != 0)
-        skip(); /* localhost resolved to ::1 first on this host */
+    /* Where localhost is ::1 first, that address refuses and 127.0.0.1 is tried next. */
     assert_all(&r, 1, SMTPC_OK, 250);
+    assert_int_equal(strncmp(r.remote, "127.0.0.1:", 10), 0);
+    assert_string_equal(r.host, "localhost");
 }
 
 /* test_size_exceeded - SIZE offered and the body is larger: 552 PERM, nothing sent. */
@@ -1105,6 +1113,441 @@ static void test_source_cancel(void **state)
     fake_source_close(fs);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Next hops with several addresses                                         */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * multi - the client fixture with a fake resolver in its configuration and
+ * a second next hop, other, that a test may start on any loopback address.
+ * f->srv (127.0.0.1) is the next hop that takes the mail.
+ */
+struct multi {
+    struct testlib_smtpc *f;
+    struct testlib_resolver *fr;
+    struct testlib_nexthop other;
+    bool other_started;
+};
+
+static int setup_multi(void **state)
+{
+    struct multi *mf = calloc(1, sizeof(*mf));
+    assert_non_null(mf);
+    mf->f = testlib_smtpc_new(NULL);
+    mf->fr = testlib_resolver_new(&mf->f->loop);
+    mf->f->cfg.resolver = &mf->fr->r;
+    *state = mf;
+    return 0;
+}
+
+/* multi_other - start the second next hop on ip, port 0. */
+static struct testlib_nexthop *multi_other(struct multi *mf, const char *ip)
+{
+    testlib_nexthop_start_on(&mf->other, &mf->f->loop, NULL, ip, 0);
+    mf->other_started = true;
+    return &mf->other;
+}
+
+/* teardown_multi - the pool closes first (a pending resolve is cancelled), then everything. */
+static int teardown_multi(void **state)
+{
+    struct multi *mf = *state;
+    if (mf->other_started)
+        testlib_nexthop_stop(&mf->other);
+    testlib_resolver_close(mf->fr); /* freed by the loop, after the pool's close */
+    testlib_smtpc_free(mf->f);
+    if (mf->other_started) {
+        assert_true(mf->other.listener_closed);
+        assert_null(mf->other.conns);
+        testlib_nexthop_free(&mf->other);
+    }
+    free(mf);
+    *state = NULL;
+    return 0;
+}
+
+/* deliver_via - queue m to "example.test" (the fake resolver's to answer) at f->srv's port. */
+static void deliver_via(struct multi *mf, const struct smtpc_msg *m, struct result *r)
+{
+    struct testlib_smtpc *f = mf->f;
+    assert_int_equal(smtpc_pool_deliver(f->pool, "example.test", f->srv.port, m, done_cb, r), 0);
+    assert_int_equal(r->calls, 0);
+}
+
+/* run_via - start the pool, deliver msg_std(n_rcpts) with deliver_via, wait for the callback. */
+static void run_via(struct multi *mf, size_t n_rcpts, struct result *r)
+{
+    struct testlib_smtpc *f = mf->f;
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_std(n_rcpts);
+    deliver_via(mf, &m, r);
+    TESTLIB_LOOP_UNTIL(&f->run, r->calls == 1);
+}
+
+/* assert_delivered_by_srv - r is OK 250 from f->srv, reached as host at the n_tried-th target. */
+static void assert_delivered_by_srv(struct multi *mf,
+                                    const struct result *r,
+                                    const char *host,
+                                    unsigned n_tried)
+{
+    char remote[64];
+    snprintf(remote, sizeof(remote), "127.0.0.1:%u", mf->f->srv.port);
+    assert_all(r, 1, SMTPC_OK, 250);
+    assert_string_equal(r->remote, remote);
+    assert_string_equal(r->host, host);
+    assert_int_equal(r->n_tried, n_tried);
+    assert_int_equal(mf->f->srv.n_messages, 1);
+    assert_int_equal(mf->fr->calls, 1);
+    assert_string_equal(mf->fr->nexthop, "example.test");
+    assert_int_equal(mf->fr->port, mf->f->srv.port);
+}
+
+/* test_next_after_refused - nothing listens at the first address: the second takes the mail. */
+static void test_next_after_refused(void **state)
+{
+    struct multi *mf = *state;
+    struct testlib_smtpc *f = mf->f;
+    testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.3", f->srv.port);
+    testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.1", f->srv.port);
+    struct result r = {0};
+    run_via(mf, 1, &r);
+    assert_delivered_by_srv(mf, &r, "mx2.example.test", 2);
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_NOT_OFFERED);
+    assert_int_equal(f->srv.n_accepted, 1);
+}
+
+/* greeting_case - how the first address refuses before EHLO is accepted. */
+struct greeting_case {
+    const char *label;
+    const char *prefix; /* the line answered by reply on the first address */
+    const char *reply;
+    uint64_t connect_timeout_ms; /* 0: the fixture's */
+};
+
+/*
+ * test_next_after_greeting - a refused greeting (421, 554), a greeting that
+ * never comes, a refused EHLO (4xx) and HELO, a 421 to EHLO, a connection
+ * lost after the greeting: the second address takes the mail.
+ */
+static void test_next_after_greeting(void **state)
+{
+    (void)state;
+    static const struct greeting_case cases[] = {
+        {"421 greeting", "<greeting>", "421 4.3.2 busy\r\n", 0},
+        {"554 greeting", "<greeting>", "554 5.7.1 go away\r\n", 0},
+        {"no greeting", "<greeting>", "!none", 100},
+        {"450 to EHLO", "EHLO", "450 4.7.1 later\r\n", 0},
+        {"421 to EHLO", "EHLO", "421 4.3.2 closing\r\n", 0},
+        {"EOF after EHLO", "EHLO", "!close", 0},
+        {"HELO refused", "HELO", "550 5.7.1 no\r\n", 0},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        void *st = NULL;
+        setup_multi(&st);
+        struct multi *mf = st;
+        struct testlib_smtpc *f = mf->f;
+        struct testlib_nexthop *bad = multi_other(mf, "127.0.0.2");
+        if (strcmp(cases[i].prefix, "HELO") == 0)
+            testlib_nexthop_override(bad, "EHLO", "502 5.5.2 what\r\n", 0);
+        testlib_nexthop_override(bad, cases[i].prefix, cases[i].reply, 0);
+        if (cases[i].connect_timeout_ms > 0)
+            f->cfg.connect_timeout_ms = cases[i].connect_timeout_ms;
+        testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.2", bad->port);
+        testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.1", f->srv.port);
+        struct result r = {0};
+        run_via(mf, 1, &r);
+        print_message("case %s\n", cases[i].label);
+        assert_delivered_by_srv(mf, &r, "mx2.example.test", 2);
+        assert_int_equal(bad->n_accepted, 1);
+        assert_int_equal(bad->n_mail_plain, 0);
+        teardown_multi(&st);
+    }
+}
+
+/* test_rcpt_perm_stays - a 5xx to RCPT on the first address is the answer: no second address. */
+static void test_rcpt_perm_stays(void **state)
+{
+    struct multi *mf = *state;
+    struct testlib_smtpc *f = mf->f;
+    struct testlib_nexthop *other = multi_other(mf, "127.0.0.2");
+    testlib_nexthop_override(&f->srv, "RCPT", "550 5.1.1 no such user\r\n", 0);
+    testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.1", f->srv.port);
+    testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.2", other->port);
+    struct result r = {0};
+    run_via(mf, 1, &r);
+    assert_all(&r, 1, SMTPC_PERM, 550);
+    assert_string_equal(r.host, "mx1.example.test");
+    assert_int_equal(r.n_tried, 1);
+    assert_int_equal(other->n_accepted, 0);
+}
+
+/* test_mail_temp_stays - a 4xx to MAIL, after EHLO: deferred, no second address. */
+static void test_mail_temp_stays(void **state)
+{
+    struct multi *mf = *state;
+    struct testlib_smtpc *f = mf->f;
+    struct testlib_nexthop *other = multi_other(mf, "127.0.0.2");
+    testlib_nexthop_override(&f->srv, "MAIL", "451 4.3.0 later\r\n", 0);
+    testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.1", f->srv.port);
+    testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.2", other->port);
+    struct result r = {0};
+    run_via(mf, 1, &r);
+    assert_all(&r, 1, SMTPC_TEMP, 451);
+    assert_int_equal(r.n_tried, 1);
+    assert_int_equal(other->n_accepted, 0);
+}
+
+/* test_address_limit - address_limit 1: the refused first address is the last one tried. */
+static void test_address_limit(void **state)
+{
+    struct multi *mf = *state;
+    struct testlib_smtpc *f = mf->f;
+    f->cfg.address_limit = 1;
+    testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.3", f->srv.port);
+    testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.1", f->srv.port);
+    struct result r = {0};
+    run_via(mf, 2, &r);
+    assert_all(&r, 2, SMTPC_TEMP, 0);
+    assert_non_null(strstr(r.r[0].text, "connect to 127.0.0.3:"));
+    assert_string_equal(r.host, "mx1.example.test");
+    assert_non_null(strstr(r.remote, "127.0.0.3:"));
+    assert_int_equal(r.n_tried, 1);
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_NO_CONNECTION);
+    assert_int_equal(f->srv.n_accepted, 0);
+}
+
+/*
+ * test_session_limit - session_limit 1: a refused connect is no session, so
+ * the second address is tried; its 421 greeting is one, so the third is not.
+ */
+static void test_session_limit(void **state)
+{
+    struct multi *mf = *state;
+    struct testlib_smtpc *f = mf->f;
+    f->cfg.session_limit = 1;
+    struct testlib_nexthop *bad = multi_other(mf, "127.0.0.2");
+    testlib_nexthop_override(bad, "<greeting>", "421 4.3.2 busy\r\n", 0);
+    testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.3", f->srv.port);
+    testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.2", bad->port);
+    testlib_resolver_add(mf->fr, "mx3.example.test", "127.0.0.1", f->srv.port);
+    struct result r = {0};
+    run_via(mf, 1, &r);
+    assert_all(&r, 1, SMTPC_TEMP, 421);
+    assert_string_equal(r.r[0].text, "4.3.2 busy");
+    assert_string_equal(r.host, "mx2.example.test");
+    assert_int_equal(r.n_tried, 2);
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_REFUSED_BEFORE_EHLO);
+    assert_int_equal(bad->n_accepted, 1);
+    assert_int_equal(f->srv.n_accepted, 0);
+}
+
+/* test_all_refused - every address refuses: the last one's error, every address tried. */
+static void test_all_refused(void **state)
+{
+    struct multi *mf = *state;
+    struct testlib_smtpc *f = mf->f;
+    struct testlib_nexthop *bad = multi_other(mf, "127.0.0.2");
+    testlib_nexthop_override(bad, "<greeting>", "554 5.7.1 go away\r\n", 0);
+    testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.2", bad->port);
+    testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.3", f->srv.port);
+    struct result r = {0};
+    run_via(mf, 1, &r);
+    assert_all(&r, 1, SMTPC_TEMP, 0);
+    assert_non_null(strstr(r.r[0].text, "connect to 127.0.0.3:"));
+    assert_string_equal(r.host, "mx2.example.test");
+    assert_int_equal(r.n_tried, 2);
+    assert_int_equal(bad->n_accepted, 1);
+}
+
+/*
+ * test_move_on_within_conns - max_conns_per_dest 1: the job moves on within
+ * the one connection allowed, and the next job reuses that connection
+ * without a new resolve.
+ */
+static void test_move_on_within_conns(void **state)
+{
+    struct multi *mf = *state;
+    struct testlib_smtpc *f = mf->f;
+    f->cfg.max_conns_per_dest = 1;
+    testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.3", f->srv.port);
+    testlib_resolver_add(mf->fr, "mx2.example.test", "127.0.0.1", f->srv.port);
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_std(1);
+    struct result r[2] = {{0}};
+    deliver_via(mf, &m, &r[0]);
+    deliver_via(mf, &m, &r[1]);
+    TESTLIB_LOOP_UNTIL(&f->run, r[0].calls + r[1].calls == 2);
+    assert_all(&r[0], 1, SMTPC_OK, 250);
+    assert_all(&r[1], 1, SMTPC_OK, 250);
+    assert_string_equal(r[1].host, "mx2.example.test");
+    assert_int_equal(r[0].n_tried, 2);
+    assert_int_equal(r[1].n_tried, 1); /* the connection it was given */
+    assert_int_equal(mf->fr->calls, 1);
+    assert_int_equal(f->srv.n_accepted, 1);
+    assert_int_equal(f->srv.n_messages, 2);
+}
+
+/* route_case - a route that decides the delivery without a connection. */
+struct route_case {
+    enum smtpc_status status;
+    unsigned code;
+    const char *text;
+};
+
+/* test_route_fails - TEMP and PERM routes: every recipient gets them, nothing connects. */
+static void test_route_fails(void **state)
+{
+    (void)state;
+    static const struct route_case cases[] = {
+        {SMTPC_PERM, 556, "5.1.10 example.test does not accept mail (nullMX)"},
+        {SMTPC_TEMP, 451, "4.4.3 example.test: DNS lookup failed, try again"},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        void *st = NULL;
+        setup_multi(&st);
+        struct multi *mf = st;
+        struct testlib_smtpc *f = mf->f;
+        testlib_resolver_fail(mf->fr, cases[i].status, cases[i].code, cases[i].text);
+        struct result r = {0};
+        run_via(mf, 3, &r);
+        assert_all(&r, 3, cases[i].status, cases[i].code);
+        for (size_t k = 0; k < 3; k++)
+            assert_string_equal(r.r[k].text, cases[i].text);
+        assert_string_equal(r.remote, "");
+        assert_string_equal(r.host, "");
+        assert_int_equal(r.n_tried, 0);
+        assert_int_equal(r.tls_state, SMTPC_TLS_STATE_NO_CONNECTION);
+        assert_int_equal(f->srv.n_accepted, 0);
+        assert_int_equal(smtpc_pool_active(f->pool), 0);
+        teardown_multi(&st);
+    }
+}
+
+/* test_resolver_cancel - the pool closes while the resolver owes its answer: cancelled, once. */
+static void test_resolver_cancel(void **state)
+{
+    struct multi *mf = *state;
+    struct testlib_smtpc *f = mf->f;
+    mf->fr->hold = true;
+    testlib_resolver_add(mf->fr, "mx1.example.test", "127.0.0.1", f->srv.port);
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_std(1);
+    struct result r = {0};
+    deliver_via(mf, &m, &r);
+    /*
+     * Non-blocking turns: a blocking one would wait in poll, after the kick
+     * called resolve, for the client's connect deadline, which cancels.
+     */
+    for (int i = 0; i < 100 && mf->fr->calls == 0; i++)
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_int_equal(mf->fr->calls, 1);
+    assert_true(mf->fr->pending);
+    smtpc_pool_close(f->pool, testlib_smtpc_pool_closed_cb, f);
+    assert_all(&r, 1, SMTPC_TEMP, 0);
+    assert_string_equal(r.r[0].text, "shutdown");
+    assert_int_equal(mf->fr->cancels, 1);
+    assert_false(mf->fr->pending);
+    TESTLIB_LOOP_UNTIL(&f->run, f->pool_closed);
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(mf->fr->answers, 0);
+    assert_int_equal(f->srv.n_accepted, 0);
+}
+
+/* test_resolver_timeout - the resolver never answers: the connect timeout, and a cancel. */
+static void test_resolver_timeout(void **state)
+{
+    struct multi *mf = *state;
+    struct testlib_smtpc *f = mf->f;
+    f->cfg.connect_timeout_ms = 50;
+    mf->fr->hold = true;
+    struct result r = {0};
+    run_via(mf, 1, &r);
+    assert_all(&r, 1, SMTPC_TEMP, 0);
+    assert_string_equal(r.r[0].text, "timeout resolving host");
+    assert_int_equal(r.n_tried, 0);
+    assert_int_equal(mf->fr->cancels, 1);
+    assert_int_equal(mf->fr->answers, 0);
+}
+
+/*
+ * test_hostname_addresses - no resolver: every address getaddrinfo gives
+ * for "localhost" is tried in order. The next hop listens on the last of
+ * them only, so each one before it refuses (with one address, it is the
+ * only try).
+ */
+static void test_hostname_addresses(void **state)
+{
+    struct multi *mf = *state;
+    struct testlib_smtpc *f = mf->f;
+    f->cfg.resolver = NULL;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    assert_int_equal(getaddrinfo("localhost", "25", &hints, &res), 0);
+    char last[64] = "";
+    unsigned n = 0;
+    for (const struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        if (ai->ai_family == AF_INET6)
+            uv_ip6_name((const struct sockaddr_in6 *)ai->ai_addr, last, sizeof(last));
+        else
+            uv_ip4_name((const struct sockaddr_in *)ai->ai_addr, last, sizeof(last));
+        n++;
+    }
+    freeaddrinfo(res);
+    assert_true(n >= 1 && n <= 5);
+    struct testlib_nexthop *srv = multi_other(mf, last);
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_std(1);
+    struct result r = {0};
+    assert_int_equal(smtpc_pool_deliver(f->pool, "localhost", srv->port, &m, done_cb, &r), 0);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 1, SMTPC_OK, 250);
+    assert_string_equal(r.host, "localhost");
+    assert_int_equal(r.n_tried, n);
+    char remote[128];
+    snprintf(remote, sizeof(remote), strchr(last, ':') ? "[%s]:%u" : "%s:%u", last, srv->port);
+    assert_string_equal(r.remote, remote);
+    assert_int_equal(srv->n_messages, 1);
+    assert_int_equal(mf->fr->calls, 0);
+}
+
+/* test_literals - no resolver: IP literals, bare or in brackets, are their own one target. */
+static void test_literals(void **state)
+{
+    struct multi *mf = *state;
+    struct testlib_smtpc *f = mf->f;
+    f->cfg.resolver = NULL;
+    struct testlib_nexthop *srv6 = multi_other(mf, "::1");
+    testlib_smtpc_pool_start(f);
+    const struct {
+        const char *nexthop;
+        const char *host;
+        const char *ip;
+        uint16_t port;
+    } cases[] = {
+        {"127.0.0.1", "127.0.0.1", "127.0.0.1", f->srv.port},
+        {"[127.0.0.1]", "127.0.0.1", "127.0.0.1", f->srv.port},
+        {"::1", "::1", "[::1]", srv6->port},
+        {"[::1]", "::1", "[::1]", srv6->port},
+        {"[IPv6:::1]", "::1", "[::1]", srv6->port},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        struct smtpc_msg m = msg_std(1);
+        struct result r = {0};
+        assert_int_equal(
+            smtpc_pool_deliver(f->pool, cases[i].nexthop, cases[i].port, &m, done_cb, &r), 0);
+        TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+        print_message("case %s\n", cases[i].nexthop);
+        assert_all(&r, 1, SMTPC_OK, 250);
+        assert_string_equal(r.host, cases[i].host);
+        char remote[128];
+        snprintf(remote, sizeof(remote), "%s:%u", cases[i].ip, cases[i].port);
+        assert_string_equal(r.remote, remote);
+        assert_int_equal(r.n_tried, 1);
+    }
+    assert_int_equal(f->srv.n_messages, 2);
+    assert_int_equal(srv6->n_messages, 3);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1132,6 +1575,19 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_source_chunks, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_source_fails, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_source_cancel, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_next_after_refused, setup_multi, teardown_multi),
+        cmocka_unit_test(test_next_after_greeting),
+        cmocka_unit_test_setup_teardown(test_rcpt_perm_stays, setup_multi, teardown_multi),
+        cmocka_unit_test_setup_teardown(test_mail_temp_stays, setup_multi, teardown_multi),
+        cmocka_unit_test_setup_teardown(test_address_limit, setup_multi, teardown_multi),
+        cmocka_unit_test_setup_teardown(test_session_limit, setup_multi, teardown_multi),
+        cmocka_unit_test_setup_teardown(test_all_refused, setup_multi, teardown_multi),
+        cmocka_unit_test_setup_teardown(test_move_on_within_conns, setup_multi, teardown_multi),
+        cmocka_unit_test(test_route_fails),
+        cmocka_unit_test_setup_teardown(test_resolver_cancel, setup_multi, teardown_multi),
+        cmocka_unit_test_setup_teardown(test_resolver_timeout, setup_multi, teardown_multi),
+        cmocka_unit_test_setup_teardown(test_hostname_addresses, setup_multi, teardown_multi),
+        cmocka_unit_test_setup_teardown(test_literals, setup_multi, teardown_multi),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -36,6 +36,7 @@
 #include "net/tls.h"
 #include "tests/lib/testlib_loop.h"
 #include "tests/lib/testlib_nexthop.h"
+#include "tests/lib/testlib_resolver.h"
 #include "tests/lib/testlib_smtpc.h"
 #include "tls_testcert.h"
 
@@ -241,6 +242,28 @@ struct verify_case {
     bool ok;
 };
 
+/*
+ * assert_verify_outcome - under VERIFY, ok: delivered over verified TLS,
+ * one MAIL more than mails_before; else deferred on the certificate check
+ * with no MAIL.
+ */
+static void assert_verify_outcome(const struct testlib_smtpc *f,
+                                  const struct result *r,
+                                  bool ok,
+                                  unsigned mails_before)
+{
+    if (ok) {
+        assert_tls_ok(f, r, " verified");
+        assert_false(ends_with(r->tls, "unverified"));
+        assert_int_equal(f->srv.n_mail_tls, mails_before + 1);
+    } else {
+        assert_int_equal(r->r.status, SMTPC_TEMP);
+        assert_non_null(strstr(r->r.text, "certificate verify failed"));
+        assert_int_equal(r->tls_state, SMTPC_TLS_STATE_HANDSHAKE_FAILED);
+        assert_int_equal(f->srv.n_mail_tls, mails_before);
+    }
+}
+
 static void test_verify_names(void **state)
 {
     static const struct verify_case cases[] = {
@@ -256,18 +279,58 @@ static void test_verify_names(void **state)
         struct result r;
         unsigned mails_before = f->srv.n_mail_tls;
         deliver_wait(f, SMTPC_TLS_VERIFY, cases[i].verify_host, &r);
-        if (cases[i].ok) {
-            assert_tls_ok(f, &r, " verified");
-            assert_false(ends_with(r.tls, "unverified"));
-            assert_int_equal(f->srv.n_mail_tls, mails_before + 1);
-        } else {
-            assert_int_equal(r.r.status, SMTPC_TEMP);
-            assert_non_null(strstr(r.r.text, "certificate verify failed"));
-            assert_int_equal(r.tls_state, SMTPC_TLS_STATE_HANDSHAKE_FAILED);
-            assert_int_equal(f->srv.n_mail_tls, mails_before);
-        }
+        assert_verify_outcome(f, &r, cases[i].ok, mails_before);
     }
     assert_int_equal(f->srv.n_mail_plain, 0);
+}
+
+/* target_name_case - the target's host (from the resolver), the verify_host, the outcome. */
+struct target_name_case {
+    const char *target_host;
+    const char *verify_host;
+    bool ok;
+};
+
+/*
+ * test_verify_target_host - through a resolver, with no verify_host the
+ * certificate must name the target's host (the MX host), not the next hop;
+ * a verify_host given still wins.
+ */
+static void test_verify_target_host(void **state)
+{
+    static const struct target_name_case cases[] = {
+        {"localhost", NULL, true},             /* in the certificate */
+        {"localhost", "", true},               /* "" is NULL */
+        {"mx.other.test", NULL, false},        /* not in it */
+        {"mx.other.test", "localhost", true},  /* the caller's name wins */
+        {"localhost", "mx.other.test", false}, /* ... both ways */
+    };
+    struct testlib_smtpc *f = *state;
+    struct testlib_resolver *fr = testlib_resolver_new(&f->loop);
+    f->cfg.resolver = &fr->r;
+    testlib_smtpc_pool_start(f);
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        print_message("case %s %s\n", cases[i].target_host,
+                      cases[i].verify_host ? cases[i].verify_host : "NULL");
+        fr->route.n = 0;
+        testlib_resolver_add(fr, cases[i].target_host, "127.0.0.1", f->srv.port);
+        struct result r = {0};
+        unsigned mails_before = f->srv.n_mail_tls;
+        assert_int_equal(
+            smtpc_pool_deliver_tls(f->pool, "example.test", f->srv.port, SMTPC_TLS_VERIFY,
+                                   cases[i].verify_host, &msg, done_cb, &r),
+            0);
+        TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+        assert_verify_outcome(f, &r, cases[i].ok, mails_before);
+        /* Each case its own connection: a pooled one would skip the resolver. */
+        smtpc_pool_close(f->pool, testlib_smtpc_pool_closed_cb, f);
+        TESTLIB_LOOP_UNTIL(&f->run, f->pool_closed);
+        f->pool_closed = false;
+        testlib_smtpc_pool_start(f);
+    }
+    assert_int_equal(fr->calls, (int)HAMR_ARRAY_LEN(cases));
+    assert_int_equal(f->srv.n_mail_plain, 0);
+    testlib_resolver_close(fr); /* the pool of the fixture resolves nothing more */
 }
 
 /* A reply pushed behind the 220 to STARTTLS is thrown away, not read as the EHLO reply. */
@@ -436,6 +499,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_second_ehlo_counts, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_reuse_keeps_tls, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_policies_not_shared, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_verify_target_host, setup, testlib_smtpc_teardown),
         cmocka_unit_test(test_policy_names),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
