@@ -132,7 +132,7 @@ struct sts_config {
 enum sts_status {
     STS_OK = 0,        /* policy fetched and parsed: id and policy set */
     STS_NONE = 1,      /* no policy: no STS TXT record (NXDOMAIN, NODATA, none or several) */
-    STS_TEMPFAIL = 2,  /* the TXT lookup failed for now, or sts_free (err HAMR_ESHUTDOWN) */
+    STS_TEMPFAIL = 2,  /* the TXT lookup failed for now or outlasted the timeout; sts_free */
     STS_FAILED = 3,    /* a TXT record, but no policy: address, TCP, TLS, HTTP or parse */
     STS_UNCHANGED = 4, /* sts_fetch_if_changed: the TXT id is the known one; id set, no policy */
 };
