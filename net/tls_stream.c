@@ -302,12 +302,16 @@ static void tls_stream_tls_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_
     tls_stream_deliver(s);
 }
 
-/* tls_stream_init - the engine (TLS) or nothing (plain) over h. */
-int tls_stream_init(struct tls_stream **out,
-                    struct tls_stream_handle *h,
-                    SSL_CTX *ctx,
-                    bool server,
-                    const struct tls_stream_ops *ops)
+/*
+ * tls_stream_init_host - the engine (TLS) or nothing (plain) over h; a
+ * client with host sends it as SNI and verifies the certificate against it.
+ */
+static int tls_stream_init_host(struct tls_stream **out,
+                                struct tls_stream_handle *h,
+                                SSL_CTX *ctx,
+                                bool server,
+                                const char *host,
+                                const struct tls_stream_ops *ops)
 {
     struct tls_stream *s = calloc(1, sizeof(*s));
     if (s == NULL)
@@ -321,7 +325,7 @@ int tls_stream_init(struct tls_stream **out,
             free(s);
             return HAMR_ENOMEM;
         }
-        int rv = tls_new(ctx, server, NULL, false, &s->tls);
+        int rv = tls_new(ctx, server, host, host != NULL, &s->tls);
         if (rv != 0) {
             free(s->chunk);
             free(s);
@@ -333,6 +337,28 @@ int tls_stream_init(struct tls_stream **out,
     h->ts = s;
     *out = s;
     return 0;
+}
+
+/* tls_stream_init - see tls_stream.h. */
+int tls_stream_init(struct tls_stream **out,
+                    struct tls_stream_handle *h,
+                    SSL_CTX *ctx,
+                    bool server,
+                    const struct tls_stream_ops *ops)
+{
+    return tls_stream_init_host(out, h, ctx, server, NULL, ops);
+}
+
+/* tls_stream_init_client - see tls_stream.h. */
+int tls_stream_init_client(struct tls_stream **out,
+                           struct tls_stream_handle *h,
+                           SSL_CTX *ctx,
+                           const char *host,
+                           const struct tls_stream_ops *ops)
+{
+    if (ctx == NULL || host == NULL || host[0] == '\0')
+        return HAMR_EINVAL;
+    return tls_stream_init_host(out, h, ctx, false, host, ops);
 }
 
 /* tls_stream_read_start - read the socket; with TLS, a client's first call sends its hello. */

@@ -100,6 +100,21 @@ int tls_stream_init(struct tls_stream **out,
                     const struct tls_stream_ops *ops);
 
 /*
+ * tls_stream_init_client - as tls_stream_init for a TLS client (ctx not
+ * NULL) that sends host (copied) as SNI (RFC 6066 3) and accepts only a
+ * certificate chain ctx trusts that names host (SSL_set1_host): the
+ * handshake fails with UV_EPROTO otherwise, "certificate verify failed
+ * (...)" in tls_stream_error. For a server known by its DNS name, such as
+ * the MTA-STS policy host (net/mta_sts). 0, HAMR_EINVAL (no ctx or host),
+ * HAMR_ENOMEM or HAMR_EIO (the engine could not be made, or host refused).
+ */
+int tls_stream_init_client(struct tls_stream **out,
+                           struct tls_stream_handle *h,
+                           SSL_CTX *ctx,
+                           const char *host,
+                           const struct tls_stream_ops *ops);
+
+/*
  * tls_stream_read_start / _read_stop - as uv_read_start/_stop; start is 0
  * or a UV_E* code, and does nothing once the end was reported. Stopping
  * inside read_cb stops reading the socket, but the plaintext of the socket

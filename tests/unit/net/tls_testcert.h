@@ -38,12 +38,16 @@ static inline bool tls_testcert_ext(X509 *crt, X509 *issuer, int nid, const char
     return ok;
 }
 
-/* tls_testcert_make - a certificate for key, signed by ca_key (self-signed when ca is NULL). */
-static inline X509 *tls_testcert_make(EVP_PKEY *key,
-                                      const char *cn,
-                                      X509 *ca,
-                                      EVP_PKEY *ca_key,
-                                      long serial)
+/*
+ * tls_testcert_make_san - a certificate for key, signed by ca_key
+ * (self-signed, a CA, when ca is NULL); a leaf names san ("DNS:a,IP:b").
+ */
+static inline X509 *tls_testcert_make_san(EVP_PKEY *key,
+                                          const char *cn,
+                                          const char *san,
+                                          X509 *ca,
+                                          EVP_PKEY *ca_key,
+                                          long serial)
 {
     X509 *crt = X509_new();
     X509_set_version(crt, 2);
@@ -62,13 +66,23 @@ static inline X509 *tls_testcert_make(EVP_PKEY *key,
              tls_testcert_ext(crt, issuer, NID_subject_key_identifier, "hash");
     else
         ok = tls_testcert_ext(crt, issuer, NID_basic_constraints, "CA:FALSE") &&
-             tls_testcert_ext(crt, issuer, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1") &&
+             tls_testcert_ext(crt, issuer, NID_subject_alt_name, san) &&
              tls_testcert_ext(crt, issuer, NID_authority_key_identifier, "keyid");
     if (!ok || X509_sign(crt, ca_key, EVP_sha256()) == 0) {
         X509_free(crt);
         return NULL;
     }
     return crt;
+}
+
+/* tls_testcert_make - tls_testcert_make_san for localhost and 127.0.0.1. */
+static inline X509 *tls_testcert_make(EVP_PKEY *key,
+                                      const char *cn,
+                                      X509 *ca,
+                                      EVP_PKEY *ca_key,
+                                      long serial)
+{
+    return tls_testcert_make_san(key, cn, "DNS:localhost,IP:127.0.0.1", ca, ca_key, serial);
 }
 
 /* tls_testcert_write - PEM files; false on failure. */
