@@ -27,11 +27,12 @@
  * net/dns refuses, a full heap) counts as that host's lookup failing.
  *
  * Loops: as Postfix (smtp_addr.c), a self host ends the MX list at its
- * preference, and a list with nothing before it is a loop. Unlike
- * Postfix's, our check also applies to "[name]" and to literals: a next
- * hop that names this cluster or one of its addresses would send the mail
- * back to us whatever its form, and bouncing it beats passing it around
- * until its hop count runs out. A host whose address lookups fail for now
+ * preference, and a list with nothing before it is a loop. As in Postfix,
+ * only MX lookups (the implicit MX too) are checked: "[name]" and a
+ * literal are where the operator (or the sender) said to go, and the
+ * address of this node is a common one there (a content filter on
+ * [127.0.0.1]:10025, another port of this host); a real loop of that kind
+ * ends at the hop count. A host whose address lookups fail for now
  * cannot be told to be self: it is skipped, as any host without address.
  *
  * Owns struct mx, its dispatch timer, the routes in flight, their DNS
@@ -445,7 +446,7 @@ static void mx_dispatch_cb(uv_timer_t *t)
         mx_route_callback(hamr_container_of(m->dispatching.next, struct mx_route, ready));
 }
 
-/* mx_route_literal - a literal's outcome: itself, unless its family is off or it is ours. */
+/* mx_route_literal - a literal's outcome: itself, unless its family is off. */
 static void mx_route_literal(struct mx_route *rt, const struct dns_addr *a)
 {
     struct mx *m = rt->m;
@@ -455,10 +456,6 @@ static void mx_route_literal(struct mx_route *rt, const struct dns_addr *a)
                       "5.4.4 mail for [%s] cannot be delivered: address family disabled by "
                       "inet_protocols",
                       rt->domain);
-        return;
-    }
-    if (mx_self_addr(m, a)) {
-        mx_route_loop(rt);
         return;
     }
     rt->targets = calloc(1, sizeof(*rt->targets));
@@ -515,7 +512,7 @@ static bool mx_route_add_host(struct mx_route *rt, const char *name, uint16_t pr
     h->rt = rt;
     h->pref = pref;
     hamr_strlcpy(h->name, name, sizeof(h->name));
-    h->self = mx_self_name(rt->m, name);
+    h->self = rt->kind == MX_KIND_MX && mx_self_name(rt->m, name);
     return true;
 }
 
@@ -663,7 +660,7 @@ static void mx_route_after_addr(void *arg, const struct dns_result *res)
             const struct dns_addr *a = &res->u.addr[i];
             if (a->family != AF_INET && a->family != AF_INET6)
                 continue;
-            if (mx_self_addr(m, a))
+            if (rt->kind == MX_KIND_MX && mx_self_addr(m, a))
                 h->self = true;
             if (kept < MX_HOST_ADDRS_MAX && h->n_addrs < HAMR_ARRAY_LEN(h->addrs)) {
                 h->addrs[h->n_addrs++] = *a;
@@ -840,11 +837,6 @@ static int mx_resolve(void *data,
             break;
         case MX_KIND_HOST:
             mx_route_add_host(rt, rt->domain, 0);
-            if (rt->hosts[0].self) {
-                mx_route_loop(rt);
-                mx_route_defer(rt);
-                break;
-            }
             rc = mx_host_ask(&rt->hosts[0]);
             break;
         case MX_KIND_MX:

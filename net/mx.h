@@ -16,10 +16,10 @@
  * inet_protocols allows); their order follows address_preference. A host
  * whose address lookups all fail is skipped; if no host has an address,
  * the route is TEMP when any lookup failed temporarily, else PERM 5.4.4.
- * The loop check applies to "[name]" and literals too (PERM 5.4.6 when the
- * name or an address is ours); a literal of a family inet_protocols turns
- * off is PERM 5.4.4. At most 10 MX hosts are looked up; the targets are
- * deduplicated by address and cut at address_limit.
+ * As in Postfix, only MX lookups are checked for loops, not "[name]" or a
+ * literal (a content filter on [127.0.0.1]:10025 is this host's address);
+ * a literal of a family inet_protocols turns off is PERM 5.4.4. At most 10 MX hosts are looked up;
+ * the targets are deduplicated by address and cut at address_limit.
  *
  * Thread: the loop's only. Owns: struct mx and the lookups in flight.
  */
