@@ -65,6 +65,9 @@ enum config_kind {
     CONFIG_K_NETWORKS,     /* list of CIDRs */
     CONFIG_K_DOMAINS,      /* list of domains */
     CONFIG_K_TLS_POLICY,   /* may|encrypt|verify into enum smtpc_tls_policy */
+    CONFIG_K_WORD,         /* one of the key's words into an int-sized enum: its index */
+    CONFIG_K_ADDRS,        /* list of IP literals into mx.self_addrs */
+    CONFIG_K_DNS_SERVERS,  /* list of IP[:PORT] or [IPV6]:PORT into dns.servers */
 };
 
 /* config_key - one known key: where it lives and which values are allowed. */
@@ -75,13 +78,24 @@ struct config_key {
     size_t offset;
     size_t width; /* sizeof the field */
     uint64_t min, max;
+    const char *const *words; /* CONFIG_K_WORD: the values allowed, NULL-terminated */
 };
 
 #define CONFIG_FIELD_SIZE(field) sizeof(((struct hamr_config *)0)->field)
-#define CK(sec, nm, kind, field, min, max)                                                     \
-    {                                                                                          \
-        sec, nm, kind, offsetof(struct hamr_config, field), CONFIG_FIELD_SIZE(field), min, max \
+#define CK(sec, nm, kind, field, min, max)                                                      \
+    {                                                                                           \
+        sec, nm, kind, offsetof(struct hamr_config, field), CONFIG_FIELD_SIZE(field), min, max, \
+            NULL                                                                                \
     }
+#define CKW(sec, nm, field, words)                                                                \
+    {                                                                                             \
+        sec, nm, CONFIG_K_WORD, offsetof(struct hamr_config, field), CONFIG_FIELD_SIZE(field), 0, \
+            0, words                                                                              \
+    }
+
+/* The words of CONFIG_K_WORD keys, in the order of their enums. */
+static const char *const config_inet_words[] = {"all", "ipv4", "ipv6", NULL};
+static const char *const config_pref_words[] = {"any", "ipv6", "ipv4", NULL};
 
 #define CONFIG_SEC 1000ull
 #define CONFIG_MIN (60 * CONFIG_SEC)
@@ -158,6 +172,17 @@ static const struct config_key config_keys[] = {
     CK("delivery", "scan_interval", CONFIG_K_DURATION, scan_interval_ms, 1, CONFIG_HOUR),
     CK("delivery", "tls_policy", CONFIG_K_TLS_POLICY, tls_policy, 0, 0),
     CK("delivery", "tls_ca_file", CONFIG_K_STRING_OPT, smtpc.tls_ca_file, 0, 0),
+    CK("delivery", "port", CONFIG_K_COUNT, delivery_port, 1, 65535),
+    CK("delivery", "address_limit", CONFIG_K_COUNT, smtpc.address_limit, 1, 100),
+    CK("delivery", "session_limit", CONFIG_K_COUNT, smtpc.session_limit, 1, 100),
+    CKW("delivery", "inet_protocols", mx.inet_protocols, config_inet_words),
+    CKW("delivery", "address_preference", mx.address_preference, config_pref_words),
+    CK("delivery", "self_addresses", CONFIG_K_ADDRS, mx.self_addrs, 0, 0),
+
+    CK("dns", "servers", CONFIG_K_DNS_SERVERS, dns.servers, 0, 0),
+    CK("dns", "timeout", CONFIG_K_DURATION, dns.timeout_ms, 10, 5 * CONFIG_MIN),
+    CK("dns", "tries", CONFIG_K_COUNT, dns.tries, 1, 10),
+    CK("dns", "cache_size", CONFIG_K_COUNT, dns.cache_size, 0, 10000000),
 
     CK("storage", "min_free", CONFIG_K_SIZE, min_free_bytes, 0, UINT64_MAX),
     CK("storage", "queue_max_messages", CONFIG_K_COUNT, queue_max_messages, 0, UINT64_MAX),
@@ -177,9 +202,9 @@ static const struct config_key config_keys[] = {
 
 #define CONFIG_N_KEYS HAMR_ARRAY_LEN(config_keys)
 
-static const char *const config_sections[] = {"node",    "listen",     "cluster",
-                                              "smtpd",   "delivery",   "transport",
-                                              "storage", "tls_policy", "cluster_tls"};
+static const char *const config_sections[] = {"node",        "listen",    "cluster", "smtpd",
+                                              "delivery",    "transport", "storage", "tls_policy",
+                                              "cluster_tls", "dns"};
 
 /* config_parse - state of one config_load, shared by the reader and the handler. */
 struct config_parse {
@@ -359,7 +384,43 @@ int config_parse_hostport(const char *s, struct config_hostport *hp)
         return HAMR_EINVAL;
     hamr_strlcpy(hp->host, host, sizeof(hp->host));
     hp->port = (uint16_t)port;
+    struct in_addr a4;
+    hp->mx = s[0] != '[' && inet_pton(AF_INET, host, &a4) != 1;
     return 0;
+}
+
+/* config_parse_ip - an IPv4 or IPv6 literal (no brackets, no port). */
+static int config_parse_ip(const char *s, struct dns_addr *a)
+{
+    memset(a, 0, sizeof(*a));
+    if (inet_pton(AF_INET, s, a->addr) == 1) {
+        a->family = AF_INET;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, s, a->addr) == 1) {
+        a->family = AF_INET6;
+        return 0;
+    }
+    return HAMR_EINVAL;
+}
+
+/*
+ * config_dns_server - one [dns] servers item ("IP", "IP:PORT", "IPV6" or
+ * "[IPV6]:PORT") as c-ares's server list writes it ("IP:PORT", "[IPV6]:PORT").
+ */
+static int config_dns_server(const char *item, char *out, size_t outlen)
+{
+    struct dns_addr a;
+    struct config_hostport hp;
+    int n;
+    if (config_parse_ip(item, &a) == 0)
+        n = snprintf(out, outlen, a.family == AF_INET6 ? "[%s]:53" : "%s:53", item);
+    else if (config_parse_hostport(item, &hp) == 0 && config_parse_ip(hp.host, &a) == 0)
+        n = snprintf(out, outlen, a.family == AF_INET6 ? "[%s]:%u" : "%s:%u", hp.host,
+                     (unsigned)hp.port);
+    else
+        return HAMR_EINVAL;
+    return n > 0 && (size_t)n < outlen ? 0 : HAMR_EINVAL;
 }
 
 /*
@@ -454,6 +515,7 @@ static void config_link_policy(struct hamr_config *cfg)
     cfg->smtpd.n_relay_networks = cfg->n_relay_networks;
     cfg->smtpd.relay_domains = cfg->relay_domains;
     cfg->smtpd.n_relay_domains = cfg->n_relay_domains;
+    cfg->mx.address_limit = cfg->smtpc.address_limit;
 }
 
 /* config_defaults - fill every default. */
@@ -504,6 +566,13 @@ void config_defaults(struct hamr_config *cfg)
     cfg->queue_lifetime_ms = 5 * CONFIG_DAY;
     cfg->lease_time_ms = 15 * CONFIG_MIN;
     cfg->scan_interval_ms = 1 * CONFIG_SEC;
+    cfg->delivery_port = 25;
+    cfg->smtpc.address_limit = 5;
+    cfg->smtpc.session_limit = 2;
+    cfg->mx.address_limit = 5;
+    cfg->mx.inet_protocols = MX_INET_ALL;
+    cfg->mx.address_preference = MX_PREF_ANY;
+    dns_config_default(&cfg->dns);
 
     cfg->min_free_bytes = 256 * CONFIG_MIB;
     cfg->queue_max_messages = 1000000;
@@ -583,6 +652,10 @@ static int config_set_list(struct config_parse *p,
             cfg->n_voters = 0;
         else if (k->kind == CONFIG_K_NETWORKS)
             *config_networks_count(cfg, k) = 0;
+        else if (k->kind == CONFIG_K_ADDRS)
+            cfg->mx.n_self_addrs = 0;
+        else if (k->kind == CONFIG_K_DNS_SERVERS)
+            cfg->dns.servers[0] = '\0';
     }
     char *cursor = copy, *item;
     while ((item = config_next_item(&cursor)) != NULL) {
@@ -628,6 +701,29 @@ static int config_set_list(struct config_parse *p,
                     return config_fail(p, p->lineno, "%s: out of memory", k->name);
                 smtp_addr_lower(d, strlen(d));
                 cfg->relay_domains[cfg->n_relay_domains++] = d;
+                break;
+            }
+            case CONFIG_K_ADDRS: {
+                struct dns_addr a;
+                if (config_parse_ip(item, &a) != 0)
+                    return config_fail(p, p->lineno, "%s: not an IP address: \"%s\"", k->name, q);
+                if (cfg->mx.n_self_addrs >= HAMR_ARRAY_LEN(cfg->mx.self_addrs))
+                    return config_fail(p, p->lineno, "%s: more than %zu addresses", k->name,
+                                       HAMR_ARRAY_LEN(cfg->mx.self_addrs));
+                cfg->mx.self_addrs[cfg->mx.n_self_addrs++] = a;
+                break;
+            }
+            case CONFIG_K_DNS_SERVERS: {
+                char norm[64];
+                if (config_dns_server(item, norm, sizeof(norm)) != 0)
+                    return config_fail(p, p->lineno, "%s: not IP, IP:PORT or [IPV6]:PORT: \"%s\"",
+                                       k->name, q);
+                char *servers = cfg->dns.servers;
+                size_t used = strlen(servers);
+                int n = snprintf(servers + used, sizeof(cfg->dns.servers) - used, "%s%s",
+                                 used > 0 ? "," : "", norm);
+                if (n < 0 || (size_t)n >= sizeof(cfg->dns.servers) - used)
+                    return config_fail(p, p->lineno, "%s: too many servers", k->name);
                 break;
             }
             default:
@@ -677,6 +773,25 @@ static int config_set_value(struct config_parse *p, const struct config_key *k, 
                                    k->width - 1);
             hamr_strlcpy(field, value, k->width);
             return 1;
+        case CONFIG_K_WORD: {
+            HAMR_ASSERT(k->width == sizeof(int));
+            for (int i = 0; k->words[i] != NULL; i++) {
+                if (strcmp(value, k->words[i]) == 0) {
+                    memcpy(field, &i, sizeof(i));
+                    return 1;
+                }
+            }
+            char words[128] = "";
+            for (int i = 0; k->words[i] != NULL; i++) {
+                size_t used = strlen(words);
+                snprintf(words + used, sizeof(words) - used, "%s%s",
+                         i == 0                    ? ""
+                         : k->words[i + 1] == NULL ? " or "
+                                                   : ", ",
+                         k->words[i]);
+            }
+            return config_fail(p, p->lineno, "%s: not %s: \"%s\"", k->name, words, q);
+        }
         case CONFIG_K_TLS_POLICY: {
             enum smtpc_tls_policy pol;
             if (smtpc_tls_policy_parse(value, &pol) != 0)
@@ -825,7 +940,8 @@ static int config_handler(void *user, const char *section, const char *name, con
         if (strcmp(k->section, section) != 0 || strcmp(k->name, name) != 0)
             continue;
         bool is_list = k->kind == CONFIG_K_VOTERS || k->kind == CONFIG_K_NETWORKS ||
-                       k->kind == CONFIG_K_DOMAINS;
+                       k->kind == CONFIG_K_DOMAINS || k->kind == CONFIG_K_ADDRS ||
+                       k->kind == CONFIG_K_DNS_SERVERS;
         bool first = p->key_line[i] == 0;
         if (!first && !is_list) {
             if (p->indented)
@@ -1155,7 +1271,47 @@ int config_load(struct hamr_config *cfg, const char *path, char *err, size_t err
     return ret;
 }
 
-/* config_route - next hop for rcpt: exact transport, longest ".suffix", relayhost. */
+/*
+ * config_route_mx - the next hop of a domain without a transport or
+ * relayhost (RFC 5321 5.1): the domain itself, looked up as MX, or an
+ * address literal ("[192.0.2.1]", "[IPv6:2001:db8::1]") as it is; both on
+ * [delivery] port.
+ */
+static int config_route_mx(const struct hamr_config *cfg,
+                           const char *dom,
+                           size_t n,
+                           struct config_hostport *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->port = (uint16_t)cfg->delivery_port;
+    if (n >= 2 && dom[0] == '[' && dom[n - 1] == ']') {
+        const char *lit = dom + 1;
+        size_t len = n - 2;
+        if (len > 5 && hamr_strncaseeq(lit, "IPv6:", 5)) {
+            lit += 5;
+            len -= 5;
+        }
+        struct dns_addr a;
+        if (len >= sizeof(out->host))
+            return HAMR_ENOTFOUND;
+        memcpy(out->host, lit, len);
+        out->host[len] = '\0';
+        if (config_parse_ip(out->host, &a) != 0)
+            return HAMR_ENOTFOUND;
+        return 0;
+    }
+    if (n == 0 || n >= sizeof(out->host))
+        return HAMR_ENOTFOUND;
+    memcpy(out->host, dom, n);
+    out->host[n] = '\0';
+    smtp_addr_lower(out->host, n);
+    if (!config_valid_hostname(out->host))
+        return HAMR_ENOTFOUND;
+    out->mx = true;
+    return 0;
+}
+
+/* config_route - next hop for rcpt: exact transport, longest ".suffix", relayhost, MX. */
 int config_route(const struct hamr_config *cfg, const char *rcpt, struct config_hostport *out)
 {
     const char *dom = smtp_addr_domain_of(rcpt);
@@ -1188,7 +1344,7 @@ int config_route(const struct hamr_config *cfg, const char *rcpt, struct config_
         *out = cfg->relayhost;
         return 0;
     }
-    return HAMR_ENOTFOUND;
+    return config_route_mx(cfg, dom, n, out);
 }
 
 /* config_tls_policy - [tls_policy]: exact domain, longest ".suffix", else the default. */

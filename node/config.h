@@ -16,6 +16,8 @@
 #include <stdint.h>
 
 #include "consensus/consensus.h"
+#include "net/dns.h"
+#include "net/mx.h"
 #include "net/smtpc.h"
 #include "net/smtpd.h"
 
@@ -26,6 +28,12 @@
 struct config_hostport {
     char host[CONFIG_HOST_MAX]; /* literal or name; "" if unset */
     uint16_t port;
+    /*
+     * Written without brackets and a name, not a literal: as a next hop,
+     * looked up as MX ("host:port"); "[host]:port" is the host's own
+     * addresses, as in Postfix.
+     */
+    bool mx;
 };
 
 /* config_transport - [transport] domain = [host]:port. */
@@ -125,6 +133,18 @@ struct hamr_config {
     enum smtpc_tls_policy tls_policy; /* tls_policy (may): may|encrypt|verify, the default
                                          for domains not in [tls_policy]; tls_ca_file ("":
                                          system store) is smtpc.tls_ca_file */
+    unsigned delivery_port;           /* port (25): of MX hosts and address literals */
+    /*
+     * address_limit (5) and session_limit (2) are smtpc's (address_limit
+     * copied into mx); mx also has inet_protocols (all|ipv4|ipv6),
+     * address_preference (any|ipv6|ipv4) and self_addresses (none: the
+     * addresses of this cluster besides its nodes' own, e.g. a load
+     * balancer's; the relay adds the nodes' and its hostname).
+     */
+    struct mx_config mx;
+
+    /* [dns]: servers ("" = /etc/resolv.conf), timeout (5s), tries (2), cache_size (10000) */
+    struct dns_config dns;
 
     /* [transport] */
     struct config_transport transports[CONFIG_MAX_TRANSPORTS];
@@ -166,7 +186,9 @@ void config_free(struct hamr_config *cfg);
 /*
  * config_route - next hop for a recipient address: the [transport] entry of
  * its domain (exact match first, then the longest ".suffix"), else the
- * relayhost. 0, or HAMR_ENOTFOUND when there is none.
+ * relayhost, else the domain itself on [delivery] port, looked up as MX
+ * (mx set), or an address literal's address. 0, or HAMR_ENOTFOUND when
+ * the domain is neither a host name nor an address literal.
  */
 int config_route(const struct hamr_config *cfg, const char *rcpt, struct config_hostport *out);
 

@@ -302,6 +302,14 @@ static void test_defaults(void **state)
     assert_ptr_equal(cfg->smtpd.relay_networks, cfg->relay_networks);
     assert_int_equal(cfg->smtpd.n_relay_networks, 2);
     assert_string_equal(cfg->relayhost.host, "");
+    assert_int_equal(cfg->delivery_port, 25);
+    assert_int_equal(cfg->smtpc.address_limit, 5);
+    assert_int_equal(cfg->smtpc.session_limit, 2);
+    assert_int_equal(cfg->mx.inet_protocols, MX_INET_ALL);
+    assert_int_equal(cfg->mx.address_preference, MX_PREF_ANY);
+    assert_int_equal(cfg->mx.n_self_addrs, 0);
+    assert_string_equal(cfg->dns.servers, "");
+    assert_int_equal(cfg->dns.tries, 2);
     assert_string_equal(cfg->smtpc.helo_name, cfg->hostname);
     assert_int_equal(cfg->smtpc.connect_timeout_ms, 30000);
     assert_int_equal(cfg->smtpc.command_timeout_ms, 300000);
@@ -385,6 +393,19 @@ static const char test_full[] =
     "queue_lifetime = 2d\n"
     "lease_time = 5m\n"
     "scan_interval = 500ms\n"
+    "port = 2525\n"
+    "address_limit = 3\n"
+    "session_limit = 1\n"
+    "inet_protocols = ipv6\n"
+    "address_preference = ipv4\n"
+    "self_addresses = 192.0.2.25, 2001:db8::25\n"
+    "\n"
+    "[dns]\n"
+    "servers = 127.0.0.1:5353, [::1]:53\n"
+    "  192.0.2.53\n"
+    "timeout = 2s\n"
+    "tries = 3\n"
+    "cache_size = 500\n"
     "\n"
     "[transport]\n"
     "example.com = [mx.example.com]:25\n"
@@ -487,6 +508,19 @@ static void test_every_key(void **state)
     assert_int_equal(cfg->queue_lifetime_ms, 2ull * 86400000);
     assert_int_equal(cfg->lease_time_ms, 300000);
     assert_int_equal(cfg->scan_interval_ms, 500);
+    assert_int_equal(cfg->delivery_port, 2525);
+    assert_int_equal(cfg->smtpc.address_limit, 3);
+    assert_int_equal(cfg->mx.address_limit, 3);
+    assert_int_equal(cfg->smtpc.session_limit, 1);
+    assert_int_equal(cfg->mx.inet_protocols, MX_INET_IPV6);
+    assert_int_equal(cfg->mx.address_preference, MX_PREF_IPV4);
+    assert_int_equal(cfg->mx.n_self_addrs, 2);
+    assert_int_equal(cfg->mx.self_addrs[0].family, AF_INET);
+    assert_int_equal(cfg->mx.self_addrs[1].family, AF_INET6);
+    assert_string_equal(cfg->dns.servers, "127.0.0.1:5353,[::1]:53,192.0.2.53:53");
+    assert_int_equal(cfg->dns.timeout_ms, 2000);
+    assert_int_equal(cfg->dns.tries, 3);
+    assert_int_equal(cfg->dns.cache_size, 500);
     assert_int_equal(cfg->n_transports, 2);
     assert_string_equal(cfg->transports[1].domain, ".example.com");
     assert_string_equal(cfg->transports[1].next_hop.host, "10.9.9.9");
@@ -630,6 +664,15 @@ static const struct test_bad test_bad_files[] = {
      ":9: smtp: not host:port: \"127.0.0.1\""},
     {"bad relayhost", BASE "[delivery]\nrelayhost = [mx]:0\n", HAMR_EINVAL,
      ":9: relayhost: not host:port: \"[mx]:0\""},
+    {"bad inet_protocols", BASE "[delivery]\ninet_protocols = ipv5\n", HAMR_EINVAL,
+     ":9: inet_protocols: not all, ipv4 or ipv6: \"ipv5\""},
+    {"bad self address", BASE "[delivery]\nself_addresses = 192.0.2.1, lb.example\n", HAMR_EINVAL,
+     ":9: self_addresses: not an IP address: \"lb.example\""},
+    {"dns server by name", BASE "[dns]\nservers = ns.example:53\n", HAMR_EINVAL,
+     ":9: servers: not IP, IP:PORT or [IPV6]:PORT: \"ns.example:53\""},
+    {"dns tries 0", BASE "[dns]\ntries = 0\n", HAMR_EINVAL, ":9: tries: out of range: \"0\""},
+    {"delivery port 0", BASE "[delivery]\nport = 0\n", HAMR_EINVAL,
+     ":9: port: out of range: \"0\""},
     {"bad network", BASE "[smtpd]\nrelay_networks = 10.0.0.0/8, 10.0.0.0/40\n", HAMR_EINVAL,
      ":9: relay_networks: not a network: \"10.0.0.0/40\""},
     {"bad domain", BASE "[smtpd]\nrelay_domains = exa mple..com\n", HAMR_EINVAL,
@@ -953,8 +996,12 @@ static void test_route(void **state)
         {"a@x.deep.example.com", 0, "deep.example.com", 2525},
         {"a@deep.example.com", 0, "sub.example.com", 25},
         {"\"odd@local\"@other.org", 0, "192.0.2.1", 25},
-        {"a@sub.other.org", HAMR_ENOTFOUND, NULL, 0},
-        {"a@notexample.com", HAMR_ENOTFOUND, NULL, 0},
+        /* No transport, no relayhost: the domain itself, as MX, on [delivery] port. */
+        {"a@sub.other.org", 0, "sub.other.org", 25},
+        {"a@NotExample.COM.", 0, "notexample.com", 25},
+        {"a@[192.0.2.7]", 0, "192.0.2.7", 25},
+        {"a@[IPv6:2001:db8::7]", 0, "2001:db8::7", 25},
+        {"a@[not.a.literal]", HAMR_ENOTFOUND, NULL, 0},
         {"a@", HAMR_ENOTFOUND, NULL, 0},
     };
     for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
@@ -966,8 +1013,25 @@ static void test_route(void **state)
         if (rc == 0) {
             assert_string_equal(hp.host, cases[i].host);
             assert_int_equal(hp.port, cases[i].port);
+            /* MX lookups for domains only: not for a literal, not for a bracketed next hop. */
+            bool want_mx = strchr(cases[i].rcpt, '[') == NULL &&
+                           strcmp(cases[i].host, "192.0.2.1") != 0 &&
+                           strstr(cases[i].host, ".example.com") == NULL;
+            if (hp.mx != want_mx)
+                fail_msg("route %s: mx %d", cases[i].rcpt, hp.mx);
         }
     }
+    /* [delivery] port is the port of MX routes; a bare name as next hop is looked up as MX. */
+    cfg->delivery_port = 2526;
+    struct config_hostport hm;
+    assert_int_equal(config_route(cfg, "a@mx.test", &hm), 0);
+    assert_int_equal(hm.port, 2526);
+    assert_int_equal(config_parse_hostport("mail.example.net:25", &hm), 0);
+    assert_true(hm.mx);
+    assert_int_equal(config_parse_hostport("[mail.example.net]:25", &hm), 0);
+    assert_false(hm.mx);
+    assert_int_equal(config_parse_hostport("192.0.2.1:25", &hm), 0);
+    assert_false(hm.mx);
     /* With a relayhost, whatever has no transport goes there. */
     hamr_strlcpy(cfg->relayhost.host, "smart.example.net", sizeof(cfg->relayhost.host));
     cfg->relayhost.port = 587;
