@@ -119,6 +119,7 @@ struct dns {
     bool closing;
     void (*closed_cb)(void *arg);
     void *closed_arg;
+    struct dns_stats stats;
 };
 
 /* dns_link_init - an empty list. */
@@ -223,6 +224,12 @@ uv_loop_t *dns_loop(const struct dns *r)
 size_t dns_cache_entries(const struct dns *r)
 {
     return r->n_cached;
+}
+
+/* dns_get_stats - a copy of the counters. */
+void dns_get_stats(const struct dns *r, struct dns_stats *out)
+{
+    *out = r->stats;
 }
 
 /*
@@ -630,6 +637,7 @@ static void dns_send(struct dns *r, struct dns_entry *e)
         return;
     }
     buf[3] |= DNS_HEADER_AD;
+    r->stats.sent++;
     ares_send(r->channel, buf, len, dns_answer_cb, e);
     ares_free_string(buf);
     dns_timer_update(r);
@@ -726,6 +734,8 @@ static void dns_deliver(struct dns_query *q)
         res.u.mx = a->p.records; /* the union's members all point to a->p.records */
         memcpy(res.why, a->p.why, sizeof(res.why));
     }
+    r->stats.answers[res.status]++;
+    r->stats.cache_hits += res.cached;
     dns_query_cb cb = q->cb;
     void *arg = q->arg;
     q->answer = NULL;

@@ -19,11 +19,8 @@
  * Thread: the loop's only. Errors: HAMR_EINVAL (bad name, type or config),
  * HAMR_ENOMEM, HAMR_EIO (c-ares could not start), HAMR_ESHUTDOWN (closing).
  *
- * Not yet wired: node/config.c has no [dns] section (servers, timeout,
- * tries and cache_size map onto struct dns_config one to one), and smtpc
- * still resolves next hops with uv_getaddrinfo; the MX routing of RFC 5321
- * section 5.1 on this resolver is net/mx, the smtpc_resolver it should be
- * given instead.
+ * The MX routing of RFC 5321 section 5.1 on top of it is net/mx.c; the
+ * [dns] config keys map onto struct dns_config one to one.
  */
 #ifndef HAMR_NET_DNS_H
 #define HAMR_NET_DNS_H
@@ -193,6 +190,15 @@ uv_loop_t *dns_loop(const struct dns *r);
 
 /* dns_cache_entries - answers in the cache now (for tests and metrics). */
 size_t dns_cache_entries(const struct dns *r);
+
+/* dns_stats - what the resolver has answered since dns_new (for metrics). */
+struct dns_stats {
+    uint64_t answers[4]; /* callbacks by enum dns_status, cancellations on close too */
+    uint64_t cache_hits; /* of those, answered from the cache */
+    uint64_t sent;       /* queries sent to a server (lookups shared or cached are not) */
+};
+
+void dns_get_stats(const struct dns *r, struct dns_stats *out);
 
 /*
  * dns_set_clock - the cache's clock in milliseconds (default: uv_now of the

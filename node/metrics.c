@@ -451,6 +451,10 @@ int metrics_render(const struct metrics *m, struct buf *out)
  */
 static const int metrics_hamr_reject_codes[] = {421, 450, 451, 452, 454, 455, 500, 501, 502, 503,
                                                 504, 530, 535, 550, 551, 552, 553, 554, 555};
+/* The results of METRICS_DNS_ANSWERS, in the order of enum dns_status. */
+static const char *const metrics_hamr_dns_results[] = {"ok", "nxdomain", "nodata", "tempfail",
+                                                       NULL};
+
 static const char *const metrics_hamr_reject_labels[] = {
     "421", "450", "451", "452", "454", "455", "500", "501", "502",   "503", "504",
     "530", "535", "550", "551", "552", "553", "554", "555", "other", NULL};
@@ -659,6 +663,21 @@ const struct metrics_def metrics_hamr_defs[] = {
                                           "Next hops suspended after an attempt got no SMTP "
                                           "session.",
                                           METRICS_COUNTER),
+    [METRICS_DNS_ANSWERS] = METRICS_LABELLED("hamr_dns_answers_total",
+                                             "DNS lookups of next hops answered, by result: "
+                                             "records, the name does not exist, no record of "
+                                             "the type, a temporary failure.",
+                                             METRICS_COUNTER,
+                                             "result",
+                                             metrics_hamr_dns_results),
+    [METRICS_DNS_CACHE_HITS] = METRICS_PLAIN("hamr_dns_cache_hits_total",
+                                             "DNS lookups answered from the cache.",
+                                             METRICS_COUNTER),
+    [METRICS_DNS_SENT] = METRICS_PLAIN("hamr_dns_queries_sent_total",
+                                       "DNS queries sent to a server.",
+                                       METRICS_COUNTER),
+    [METRICS_DNS_CACHE_ENTRIES] =
+        METRICS_PLAIN("hamr_dns_cache_entries", "Answers in the DNS cache.", METRICS_GAUGE),
     [METRICS_BUILD_INFO] = METRICS_LABELLED("hamr_build_info",
                                             "Version of this hamr build.",
                                             METRICS_GAUGE,

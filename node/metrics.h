@@ -169,6 +169,10 @@ enum metrics_hamr_id {
     METRICS_BODY_FETCH_CORRUPT,  /* counter: fetched bodies whose SHA-256 did not match */
     METRICS_DESTS_SUSPENDED,     /* gauge: next hops the leader does not try (dead) */
     METRICS_SUSPENSIONS,         /* counter: next hops suspended */
+    METRICS_DNS_ANSWERS,         /* counter{result}: DNS lookups answered, by enum dns_status */
+    METRICS_DNS_CACHE_HITS,      /* counter: of those, from the cache */
+    METRICS_DNS_SENT,            /* counter: DNS queries sent to a server */
+    METRICS_DNS_CACHE_ENTRIES,   /* gauge: answers in the DNS cache */
     METRICS_BUILD_INFO,          /* gauge{version} = 1 */
     METRICS_HAMR_COUNT
 };

@@ -15,9 +15,11 @@
 
 #include <uv.h>
 
+#include "util/common.h"
 #include "queue/body_store.h"
 #include "queue/queue.h"
 #include "consensus/consensus.h"
+#include "net/dns.h"
 #include "net/smtpd_server.h"
 #include "node/body_fetch.h"
 #include "node/http.h"
@@ -83,6 +85,15 @@ void relay_metrics_fill(void *data, struct metrics *m)
     metrics_gauge_set(m, METRICS_RAFT_COMMIT_INDEX, 0, (double)ci.commit_index);
     metrics_gauge_set(m, METRICS_RAFT_APPLIED_INDEX, 0, (double)ci.applied_index);
     metrics_gauge_set(m, METRICS_RAFT_IS_LEADER, 0, ci.state == CONSENSUS_LEADER);
+    if (r->dns != NULL) {
+        struct dns_stats ds;
+        dns_get_stats(r->dns, &ds);
+        for (unsigned i = 0; i < HAMR_ARRAY_LEN(ds.answers); i++)
+            metrics_counter_set(m, METRICS_DNS_ANSWERS, i, ds.answers[i]);
+        metrics_counter_set(m, METRICS_DNS_CACHE_HITS, 0, ds.cache_hits);
+        metrics_counter_set(m, METRICS_DNS_SENT, 0, ds.sent);
+        metrics_gauge_set(m, METRICS_DNS_CACHE_ENTRIES, 0, (double)dns_cache_entries(r->dns));
+    }
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_ACCEPTED, ci.port.accepted);
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_REFUSED, ci.port.refused);
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_TIMED_OUT, ci.port.timed_out);

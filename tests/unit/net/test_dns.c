@@ -370,6 +370,14 @@ static void cache_ttl(void **state)
     assert_false(g.res.cached);
     assert_int_equal(g.res.ttl, 200);
     assert_int_equal(testlib_dns_count(&f->srv, "mx.test", DNS_TYPE_MX), 2);
+
+    /* The counters behind /metrics: three answers, one from the cache, two sent. */
+    struct dns_stats st;
+    dns_get_stats(f->r, &st);
+    assert_int_equal(st.answers[DNS_OK], 3);
+    assert_int_equal(st.answers[DNS_TEMPFAIL], 0);
+    assert_int_equal(st.cache_hits, 1);
+    assert_int_equal(st.sent, 2);
 }
 
 /* negative_ttl - NXDOMAIN held for the SOA minimum (300 s), not beyond. */
@@ -387,6 +395,10 @@ static void negative_ttl(void **state)
     test_ask(f, "nx.test", DNS_TYPE_MX, &g);
     assert_false(g.res.cached);
     assert_int_equal(testlib_dns_count(&f->srv, "nx.test", DNS_TYPE_MX), 2);
+    struct dns_stats st;
+    dns_get_stats(f->r, &st);
+    assert_int_equal(st.answers[DNS_NXDOMAIN], 3);
+    assert_int_equal(st.answers[DNS_OK], 0);
 }
 
 /* ttl_bounds - the configured maximum caps a long TTL, the minimum lifts a short one. */
