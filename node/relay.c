@@ -33,6 +33,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <openssl/rand.h>
 #include <uv.h>
 
@@ -43,6 +46,8 @@
 #include "proto/proto_frame.h"
 #include "queue/queue.h"
 #include "consensus/consensus.h"
+#include "net/dns.h"
+#include "net/mx.h"
 #include "net/smtpc.h"
 #include "net/smtpd.h"
 #include "net/smtpd_auth.h"
@@ -500,15 +505,102 @@ static int relay_start_raft(struct relay *r, char *err, size_t errlen)
     return rv;
 }
 
-/* relay_start_smtp - the delivery pool and the SMTP listener with its policy. */
-static int relay_start_smtp(struct relay *r, char *err, size_t errlen)
+/* relay_self_add - one more address of this cluster for the loop check (duplicates once). */
+static void relay_self_add(struct mx_config *mc, int family, const void *addr)
+{
+    size_t len = family == AF_INET6 ? 16 : 4;
+    for (size_t i = 0; i < mc->n_self_addrs; i++)
+        if (mc->self_addrs[i].family == family && memcmp(mc->self_addrs[i].addr, addr, len) == 0)
+            return;
+    if (mc->n_self_addrs == HAMR_ARRAY_LEN(mc->self_addrs))
+        return;
+    struct dns_addr *a = &mc->self_addrs[mc->n_self_addrs++];
+    memset(a, 0, sizeof(*a));
+    a->family = family;
+    memcpy(a->addr, addr, len);
+}
+
+/* relay_self_add_host - host, when an IP literal; the wildcard: every local address. */
+static void relay_self_add_host(struct mx_config *mc, const char *host)
+{
+    uint8_t a[16];
+    int family = inet_pton(AF_INET, host, a) == 1    ? AF_INET
+                 : inet_pton(AF_INET6, host, a) == 1 ? AF_INET6
+                                                     : 0;
+    static const uint8_t zero[16];
+    if (family == 0)
+        return;
+    if (memcmp(a, zero, family == AF_INET ? 4 : 16) != 0) {
+        relay_self_add(mc, family, a);
+        return;
+    }
+    /* Listening on every address (Postfix's inet_interfaces = all): each is ours. */
+    uv_interface_address_t *ifs = NULL;
+    int n = 0;
+    if (uv_interface_addresses(&ifs, &n) != 0)
+        return;
+    for (int i = 0; i < n; i++) {
+        if (ifs[i].address.address4.sin_family == AF_INET)
+            relay_self_add(mc, AF_INET, &ifs[i].address.address4.sin_addr);
+        else if (ifs[i].address.address6.sin6_family == AF_INET6)
+            relay_self_add(mc, AF_INET6, &ifs[i].address.address6.sin6_addr);
+    }
+    uv_free_interface_addresses(ifs, n);
+}
+
+/*
+ * relay_mx_config - the MX routing's config: the [delivery] keys, and who
+ * "myself" is for the loop check of RFC 5321 5.1 (an MX host that is this
+ * cluster): this node's hostname, the addresses it takes SMTP on, every
+ * voter's address (the other nodes), and [delivery] self_addresses (a load
+ * balancer in front of the cluster).
+ */
+static void relay_mx_config(const struct hamr_config *cfg, struct mx_config *mc)
+{
+    *mc = cfg->mx;
+    hamr_strlcpy(mc->self_names[0], cfg->hostname, sizeof(mc->self_names[0]));
+    mc->n_self_names = 1;
+    relay_self_add_host(mc, cfg->listen_smtp.host);
+    for (size_t i = 0; i < cfg->n_voters; i++) {
+        struct config_hostport hp;
+        if (config_parse_hostport(cfg->voters[i].address, &hp) == 0)
+            relay_self_add_host(mc, hp.host);
+    }
+}
+
+/* relay_start_delivery - the resolver, MX routing and the delivery pool. */
+static int relay_start_delivery(struct relay *r, char *err, size_t errlen)
 {
     const struct hamr_config *cfg = r->cfg;
-    r->pool = smtpc_pool_new(r->loop, &cfg->smtpc);
+    int rv = dns_new(r->loop, &cfg->dns, &r->dns);
+    if (rv != 0) {
+        snprintf(err, errlen, "DNS resolver: %s", hamr_strerror(rv));
+        return rv;
+    }
+    struct mx_config mc;
+    relay_mx_config(cfg, &mc);
+    rv = mx_new(r->dns, &mc, &r->mx);
+    if (rv != 0) {
+        snprintf(err, errlen, "MX routing: %s", hamr_strerror(rv));
+        return rv;
+    }
+    struct smtpc_config sc = cfg->smtpc;
+    sc.resolver = mx_resolver(r->mx);
+    r->pool = smtpc_pool_new(r->loop, &sc);
     if (r->pool == NULL) {
         snprintf(err, errlen, "out of memory");
         return HAMR_ENOMEM;
     }
+    return 0;
+}
+
+/* relay_start_smtp - the delivery pool and the SMTP listener with its policy. */
+static int relay_start_smtp(struct relay *r, char *err, size_t errlen)
+{
+    const struct hamr_config *cfg = r->cfg;
+    int rv = relay_start_delivery(r, err, errlen);
+    if (rv != 0)
+        return rv;
     struct smtpd_sink sink = {
         .data = r,
         .new_id = relay_sink_new_id,
@@ -520,7 +612,6 @@ static int relay_start_smtp(struct relay *r, char *err, size_t errlen)
     r->policy.observer.data = r;
     r->policy.observer.session = relay_observe_session;
     r->policy.observer.reply = relay_observe_reply;
-    int rv;
     if (cfg->auth_file[0] != '\0') {
         rv = smtpd_auth_new(cfg->auth_file, &r->auth, err, errlen);
         if (rv != 0)
@@ -792,6 +883,14 @@ static void relay_close_raft(void *arg)
     } else {
         r->stop.closing++;
         relay_close_store(r);
+    }
+    /* After the pool, which cancelled every route it was resolving. */
+    mx_free(r->mx);
+    r->mx = NULL;
+    if (r->dns != NULL) {
+        r->stop.closing++;
+        dns_close(r->dns, relay_close_step, r);
+        r->dns = NULL;
     }
     relay_close_step(r); /* the pool's count */
 }

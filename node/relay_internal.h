@@ -74,7 +74,9 @@ struct relay_delivery {
     smtpc_source_cb source_cb; /* the client's, for the chunk in flight */
     void *source_arg;
     int body_status;
-    struct config_hostport hp; /* the destination */
+    char dest[QUEUE_DEST_MAX];    /* the destination key: "[host]:port" or "domain:port" */
+    char nexthop[QUEUE_DEST_MAX]; /* its host part, for the SMTP client's resolver */
+    uint16_t port;
     enum smtpc_tls_policy policy;
     struct smtpc_msg msg;
     struct relay_delivery *prev, *next;
@@ -134,6 +136,8 @@ struct relay {
     struct directory *dir;  /* our NodeInfo, the others' addresses, the cluster level */
     struct disk_guard disk; /* free space: 452 at MAIL, stop before raft's log write fails */
     struct smtpc_pool *pool;
+    struct dns *dns; /* the resolver of next hops (MX, addresses), on the loop */
+    struct mx *mx;   /* next hops to addresses for the pool (RFC 5321 5.1) */
     struct smtpd_server *smtpd;
     struct smtpd_policy policy;    /* cfg->smtpd plus the credentials table */
     struct smtpd_auth *auth;       /* NULL without [smtpd] auth_file */

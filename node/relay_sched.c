@@ -63,15 +63,42 @@
  */
 #define RELAY_DELIVER_CHUNK (64 * 1024)
 
-/* relay_route_dest - destination key "[host]:port" of a recipient. */
+/*
+ * relay_route_dest - destination key of a recipient: "[host]:port" for a
+ * next hop taken as it is, "domain:port" for one looked up as MX. The key
+ * is what the SMTP client is given as the next hop, and what the queue
+ * groups by (it is in Lease entries too).
+ */
 int relay_route_dest(void *data, const char *rcpt, char *dest, size_t destlen)
 {
     struct relay *r = data;
     struct config_hostport hp;
     if (config_route(r->cfg, rcpt, &hp) != 0)
         return HAMR_ENOTFOUND;
-    int n = snprintf(dest, destlen, "[%s]:%u", hp.host, (unsigned)hp.port);
+    int n = snprintf(dest, destlen, hp.mx ? "%s:%u" : "[%s]:%u", hp.host, (unsigned)hp.port);
     return (n > 0 && (size_t)n < destlen) ? 0 : HAMR_EINVAL;
+}
+
+/*
+ * relay_dest_split - a destination key into the next hop (brackets kept:
+ * they mean "no MX lookup") and the port. 0 or HAMR_EINVAL.
+ */
+static int relay_dest_split(const char *dest, char *nexthop, size_t len, uint16_t *port)
+{
+    const char *colon = strrchr(dest, ':');
+    if (colon == NULL || colon == dest || (size_t)(colon - dest) >= len)
+        return HAMR_EINVAL;
+    char *end = NULL;
+    errno = 0;
+    unsigned long p = strtoul(colon + 1, &end, 10);
+    if (errno != 0 || end == colon + 1 || *end != '\0' || p == 0 || p > 65535)
+        return HAMR_EINVAL;
+    memcpy(nexthop, dest, (size_t)(colon - dest));
+    nexthop[colon - dest] = '\0';
+    if (strchr(nexthop, ':') != NULL && (nexthop[0] != '[' || colon[-1] != ']'))
+        return HAMR_EINVAL; /* an IPv6 literal is always in brackets */
+    *port = (uint16_t)p;
+    return 0;
 }
 
 /*
@@ -182,10 +209,7 @@ static void relay_sched_suspend_note(struct relay *r,
                                      const struct relay_delivery *d,
                                      const struct smtpc_result *res)
 {
-    char dest[QUEUE_DEST_MAX];
-    int n = snprintf(dest, sizeof(dest), "[%s]:%u", d->hp.host, (unsigned)d->hp.port);
-    if (n <= 0 || (size_t)n >= sizeof(dest))
-        return;
+    const char *dest = d->dest;
     bool dead = res->tls_state == SMTPC_TLS_STATE_NO_CONNECTION ||
                 res->tls_state == SMTPC_TLS_STATE_REFUSED_BEFORE_EHLO;
     for (size_t i = 0; dead && i < res->n_rcpts; i++)
@@ -415,8 +439,8 @@ static void relay_deliver_send(struct relay *r, struct relay_delivery *d)
     d->msg.source = d->stream != NULL ? &d->source : NULL;
     d->msg.body_8bit = d->body_8bit;
     int rv = r->stopping ? HAMR_ESHUTDOWN
-                         : smtpc_pool_deliver_tls(r->pool, d->hp.host, d->hp.port, d->policy,
-                                                  d->hp.host, &d->msg, relay_delivery_done, d);
+                         : smtpc_pool_deliver_tls(r->pool, d->nexthop, d->port, d->policy, NULL,
+                                                  &d->msg, relay_delivery_done, d);
     if (rv != 0) {
         log_warn("delivery not started id=%s error=\"%s\"", d->queue_id, hamr_strerror(rv));
         /* Nothing was attempted: the lease simply expires and the work is picked again. */
@@ -482,7 +506,8 @@ static void relay_deliver_start(struct relay *r,
         return;
     d->relay = r;
     hamr_strlcpy(d->queue_id, m->id, sizeof(d->queue_id));
-    if (config_parse_hostport(dest, &d->hp) != 0) {
+    hamr_strlcpy(d->dest, dest, sizeof(d->dest));
+    if (relay_dest_split(dest, d->nexthop, sizeof(d->nexthop), &d->port) != 0) {
         log_error("bad destination id=%s dest=%s", m->id, dest);
         goto fail;
     }
