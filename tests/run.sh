@@ -24,11 +24,12 @@ JOBS=${HAMR_JOBS:-2}
 # --tls needs libnet-ssleay-perl and its SASL mechanisms beyond PLAIN, LOGIN and
 # CRAM-MD5 libauthen-sasl-perl (swaks only recommends both); the openssl command makes
 # the test certificates; e2fsprogs, util-linux and mount make the small loop
-# disks of the disk-full tests; curl is the README's way to scrape /metrics over TLS.
+# disks of the disk-full tests; curl is the README's way to scrape /metrics over TLS;
+# nsd serves the zones of the MX routing tests (its service stays unstarted).
 PACKAGES=(cmake gcc libc6-dev make pkg-config libraft-dev liblz4-dev libuv1-dev libprotobuf-c-dev
           protobuf-c-compiler libssl-dev libcmocka-dev libinih-dev libc-ares-dev python3
           python3-aiosmtpd swaks libnet-ssleay-perl libauthen-sasl-perl openssl curl
-          postfix nftables iproute2 haproxy sslscan e2fsprogs util-linux mount)
+          postfix nftables iproute2 haproxy sslscan e2fsprogs util-linux mount nsd)
 
 # run_sh_missing_packages - print the packages of PACKAGES that are not installed.
 run_sh_missing_packages() {
