@@ -13,7 +13,8 @@
  * Security: the peer is untrusted. Contexts made here allow TLS 1.2 and
  * later only, no compression and no renegotiation (SECURITY.md S17). A
  * client that verifies checks the chain and the host name (SSL_set1_host);
- * a failed verification fails the handshake.
+ * one with DANE (tls_dane) checks the certificate against TLSA records
+ * instead. Either way a failed verification fails the handshake.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -35,6 +36,7 @@ struct tls {
     BIO *rbio; /* owned by ssl */
     BIO *wbio; /* owned by ssl */
     bool verify;
+    bool dane; /* tls_dane: the peer is authenticated by TLSA records */
     char err[TLS_ERR_MAX];
 };
 
@@ -72,7 +74,11 @@ static int tls_fail(struct tls *t, int ssl_err)
 {
     char prefix[96];
 
-    if (ssl_err == SSL_ERROR_SSL && SSL_get_verify_result(t->ssl) != X509_V_OK && t->verify) {
+    if (ssl_err == SSL_ERROR_SSL && SSL_get_verify_result(t->ssl) != X509_V_OK && t->dane) {
+        snprintf(prefix, sizeof(prefix), "DANE: no TLSA record matched (%s): ",
+                 X509_verify_cert_error_string(SSL_get_verify_result(t->ssl)));
+    } else if (ssl_err == SSL_ERROR_SSL && SSL_get_verify_result(t->ssl) != X509_V_OK &&
+               t->verify) {
         snprintf(prefix, sizeof(prefix), "certificate verify failed (%s): ",
                  X509_verify_cert_error_string(SSL_get_verify_result(t->ssl)));
     } else {
@@ -231,12 +237,61 @@ size_t tls_output_take(struct tls *t, void *buf, size_t cap)
     return got;
 }
 
+/* tls_dane - DANE for client t; see tls.h. */
+int tls_dane(struct tls *t, const char *host)
+{
+    if (host == NULL || host[0] == '\0' || SSL_dane_enable(t->ssl, host) <= 0) {
+        tls_errors("DANE: ", t->err, sizeof(t->err));
+        return HAMR_EIO;
+    }
+    /*
+     * RFC 7672 3.1.3: usages 0 and 1 (PKIX-TA, PKIX-EE) are not used for
+     * SMTP; the caller passes only 2 and 3. With DANE-EE the name and the
+     * dates of the certificate do not matter (3.1.1): no partial wildcard
+     * or name checks beyond what OpenSSL's DANE does for DANE-TA.
+     */
+    SSL_dane_set_flags(t->ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);
+    SSL_set_verify(t->ssl, SSL_VERIFY_PEER, NULL);
+    t->dane = true;
+    return 0;
+}
+
+/* tls_dane_add - one TLSA record; see tls.h. */
+int tls_dane_add(struct tls *t,
+                 uint8_t usage,
+                 uint8_t selector,
+                 uint8_t mtype,
+                 const uint8_t *data,
+                 size_t len)
+{
+    int rc = SSL_dane_tlsa_add(t->ssl, usage, selector, mtype, data, len);
+    if (rc > 0)
+        return 1;
+    if (rc == 0) {
+        ERR_clear_error(); /* unusable: skipped, as RFC 6698 4.1 says */
+        return 0;
+    }
+    tls_errors("DANE TLSA: ", t->err, sizeof(t->err));
+    return HAMR_EIO;
+}
+
+/* tls_dane_verified - the peer matched a TLSA record. */
+bool tls_dane_verified(const struct tls *t)
+{
+    return t->dane && SSL_is_init_finished(t->ssl) && SSL_get_verify_result(t->ssl) == X509_V_OK &&
+           SSL_get0_dane_authority(t->ssl, NULL, NULL) >= 0;
+}
+
 /* tls_describe - protocol and cipher for logs and results. */
 void tls_describe(const struct tls *t, char *out, size_t outlen)
 {
+    const char *how = "";
+    if (t->dane)
+        how = tls_dane_verified(t) ? " dane-verified" : "";
+    else if (t->verify && SSL_get_verify_result(t->ssl) == X509_V_OK)
+        how = " verified";
     snprintf(out, outlen, "%s %s%s", SSL_get_version(t->ssl),
-             SSL_CIPHER_get_name(SSL_get_current_cipher(t->ssl)),
-             t->verify && SSL_get_verify_result(t->ssl) == X509_V_OK ? " verified" : "");
+             SSL_CIPHER_get_name(SSL_get_current_cipher(t->ssl)), how);
 }
 
 /* tls_error - the last failure. */
@@ -251,6 +306,16 @@ X509 *tls_peer_certificate(const struct tls *t)
     if (!SSL_is_init_finished(t->ssl) || SSL_get_verify_result(t->ssl) != X509_V_OK)
         return NULL;
     return SSL_get0_peer_certificate(t->ssl);
+}
+
+/* tls_client_ctx_dane - DANE on ctx; see tls.h. */
+int tls_client_ctx_dane(SSL_CTX *ctx, char *errmsg, size_t errlen)
+{
+    if (SSL_CTX_dane_enable(ctx) <= 0) {
+        tls_errors("TLS client context DANE: ", errmsg, errlen);
+        return HAMR_EIO;
+    }
+    return 0;
 }
 
 /* tls_client_ctx_new - an outbound context. */

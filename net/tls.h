@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <openssl/ssl.h>
 
@@ -64,8 +65,38 @@ void tls_output_done(struct tls *t, size_t n);
 size_t tls_output_take(struct tls *t, void *buf, size_t cap);
 
 /*
+ * tls_dane - authenticate the server of client t by DANE (RFC 7672) instead
+ * of its name and a CA: before the first tls_handshake, with ctx prepared by
+ * tls_client_ctx_dane. host: the TLSA base domain (the MX host; also SNI
+ * when tls_new set none). Then tls_dane_add each record. The peer is
+ * verified (SSL_VERIFY_PEER): a certificate that matches no record fails
+ * the handshake. 0, or HAMR_EIO (DANE not enabled on the context, or
+ * OpenSSL refused; the reason in tls_error).
+ */
+int tls_dane(struct tls *t, const char *host);
+
+/*
+ * tls_dane_add - one TLSA record (RFC 6698 2.1) for tls_dane's t. 1: added;
+ * 0: unusable (a usage, selector or matching type OpenSSL does not know,
+ * or data of the wrong length for the digest), skipped; HAMR_EIO: failed.
+ */
+int tls_dane_add(struct tls *t,
+                 uint8_t usage,
+                 uint8_t selector,
+                 uint8_t mtype,
+                 const uint8_t *data,
+                 size_t len);
+
+/*
+ * tls_dane_verified - the handshake of t is done, the peer's chain verified
+ * and a TLSA record matched it (SSL_get0_dane_authority >= 0).
+ */
+bool tls_dane_verified(const struct tls *t);
+
+/*
  * tls_describe - "TLSv1.3 TLS_AES_256_GCM_SHA384" after the
- * handshake, plus " verified" when the peer certificate was checked.
+ * handshake, plus " verified" when the peer certificate was checked, or
+ * " dane-verified" when it matched a TLSA record (tls_dane).
  */
 void tls_describe(const struct tls *t, char *out, size_t outlen);
 
@@ -90,5 +121,12 @@ const char *tls_errors(const char *prefix, char *out, size_t outlen);
  * not NULL/"", else the system trust store. NULL on failure (errmsg set).
  */
 SSL_CTX *tls_client_ctx_new(const char *ca_file, char *errmsg, size_t errlen);
+
+/*
+ * tls_client_ctx_dane - enable DANE on a client context (once; again is
+ * harmless), so that its connections may use tls_dane. 0, or HAMR_EIO
+ * with the reason in errmsg.
+ */
+int tls_client_ctx_dane(SSL_CTX *ctx, char *errmsg, size_t errlen);
 
 #endif
