@@ -25,18 +25,21 @@
  * in AD whether it validated the answer (RFC 6840 section 5.7) without
  * asking for the RRSIGs that DO would bring. ares_send leaves the answer's
  * header as the server sent it, so AD reaches dns_parse. AD is only worth
- * as much as the path to the resolver: trust it from a resolver on
- * localhost (DANE, RFC 7672 section 1.3), which is for the wiring to decide.
+ * as much as the path to the resolver: dns_ad_trusted says whether every
+ * server is on this host (DANE, RFC 7672 section 1.3) or the config said
+ * to trust it anyway ([dns] trust_ad).
  *
  * Owns the c-ares channel, its polls and timer, the dispatch timer, the
  * cache entries and the answers. Thread: the loop's only.
  * Errors: HAMR_EINVAL, HAMR_ENOMEM, HAMR_EIO, HAMR_ESHUTDOWN.
  */
+#include <arpa/inet.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <ares.h>
 #include <uv.h>
@@ -117,6 +120,7 @@ struct dns {
     uint64_t (*now_ms)(void *arg);
     void *now_arg;
     bool closing;
+    bool ad_trusted; /* dns_ad_trusted: decided at dns_new */
     void (*closed_cb)(void *arg);
     void *closed_arg;
     struct dns_stats stats;
@@ -562,6 +566,28 @@ static void dns_sock_state_cb(void *data, ares_socket_t fd, int readable, int wr
     uv_poll_start(&(*pp)->poll, events, dns_poll_cb);
 }
 
+/*
+ * dns_servers_local - every server of channel (configured, or what c-ares
+ * read from /etc/resolv.conf) is on this host: 127.0.0.0/8 or ::1. None
+ * at all, or a list c-ares cannot give, is not.
+ */
+static bool dns_servers_local(ares_channel channel)
+{
+    static const uint8_t loop6[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    struct ares_addr_port_node *servers = NULL;
+    if (ares_get_servers_ports(channel, &servers) != ARES_SUCCESS)
+        return false;
+    bool local = servers != NULL;
+    for (const struct ares_addr_port_node *s = servers; s != NULL && local; s = s->next) {
+        if (s->family == AF_INET)
+            local = (ntohl(s->addr.addr4.s_addr) >> 24) == 127;
+        else
+            local = s->family == AF_INET6 && memcmp(&s->addr.addr6, loop6, 16) == 0;
+    }
+    ares_free_data(servers);
+    return local;
+}
+
 /* dns_new - the channel with its options, the servers, the timers and the table. */
 int dns_new(uv_loop_t *loop, const struct dns_config *cfg, struct dns **out)
 {
@@ -613,12 +639,19 @@ int dns_new(uv_loop_t *loop, const struct dns_config *cfg, struct dns **out)
         free(r);
         return st == ARES_ENOMEM ? HAMR_ENOMEM : st == ARES_EBADSTR ? HAMR_EINVAL : HAMR_EIO;
     }
+    r->ad_trusted = cfg->trust_ad || dns_servers_local(r->channel);
     uv_timer_init(loop, &r->timer);
     uv_timer_init(loop, &r->dispatch);
     r->timer.data = r->dispatch.data = r;
     r->handles = 2;
     *out = r;
     return 0;
+}
+
+/* dns_ad_trusted - see dns.h. */
+bool dns_ad_trusted(const struct dns *r)
+{
+    return r->ad_trusted;
 }
 
 /*

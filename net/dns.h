@@ -63,6 +63,14 @@ struct dns_config {
     uint32_t ttl_max;          /* and at most (s); 3600 */
     uint32_t negative_ttl_min; /* NXDOMAIN and NODATA kept at least (s); 60 */
     uint32_t negative_ttl_max; /* and at most (s); 3600 */
+    /*
+     * Trust the AD bit of answers although a server is not on this host
+     * ([dns] trust_ad; default false). Without it, AD is trusted only when
+     * every server (the configured ones, or those of /etc/resolv.conf) is
+     * a loopback address: 127.0.0.0/8 or ::1 (Postfix's rule, RFC 7672
+     * section 1.3). See dns_ad_trusted.
+     */
+    bool trust_ad;
 };
 
 /* dns_config_default - the defaults above into cfg. */
@@ -184,6 +192,14 @@ void dns_cancel(struct dns_query *q);
  * and r is freed then. A second call does nothing.
  */
 void dns_close(struct dns *r, void (*closed_cb)(void *arg), void *arg);
+
+/*
+ * dns_ad_trusted - may the AD bit of r's answers be believed (DNSSEC
+ * validated by a resolver we trust)? true when the config said trust_ad,
+ * or when every server c-ares uses is a loopback address; decided once,
+ * at dns_new. DANE (net/mx.c) applies only then.
+ */
+bool dns_ad_trusted(const struct dns *r);
 
 /* dns_loop - the loop r runs on, for a module built on r that needs a handle of its own. */
 uv_loop_t *dns_loop(const struct dns *r);
