@@ -78,10 +78,17 @@ struct mx_link {
 struct mx_route;
 struct mx_host;
 
-/* mx_lookup - one address query (A or AAAA) of one host. */
+/* mx_lookup - one address query (A or AAAA), or the TLSA query, of one host. */
 struct mx_lookup {
     struct mx_host *h;
     struct dns_query *q; /* while in flight */
+};
+
+/* mx_tlsa_state - what the TLSA lookup of a host found (DANE only). */
+enum mx_tlsa_state {
+    MX_TLSA_NONE = 0,     /* not asked (DANE off, insecure MX or address), or no secure record */
+    MX_TLSA_SECURE = 1,   /* DNSSEC-validated TLSA records: the host is DANE-required */
+    MX_TLSA_TEMPFAIL = 2, /* the lookup failed (SERVFAIL, bogus, timeout): host not used */
 };
 
 /* mx_host - one MX host (or the next hop's own name) and what its lookups found. */
@@ -94,6 +101,12 @@ struct mx_host {
     size_t n_addrs;
     bool self;     /* its name is one of self_names, or one of its addresses is ours */
     bool tempfail; /* one of its lookups failed for now */
+    /* DANE (rt->dane): whether its address answers were all validated, and its TLSA. */
+    bool addr_insecure; /* an A or AAAA answer with records came without AD */
+    struct mx_lookup tlsa_look;
+    enum mx_tlsa_state tlsa;
+    size_t n_tlsa;
+    struct smtpc_tlsa tlsa_rr[SMTPC_TLSA_MAX]; /* usable records: usage 2 or 3, short data */
 };
 
 enum mx_kind {
@@ -113,7 +126,10 @@ struct mx_route {
     uint16_t port;
     char domain[DNS_NAME_MAX + 1]; /* the name (lower case, no dot), or the literal */
     struct dns_query *mxq;         /* the MX lookup in flight */
-    unsigned pending;              /* address lookups in flight */
+    unsigned pending;              /* address (then TLSA) lookups in flight */
+    bool dane;                     /* TLSA wanted (opts->dane) and AD trusted (dns_ad_trusted) */
+    bool mx_secure;                /* the MX answer (or NODATA) was validated; "[name]": true */
+    bool tlsa_asked;               /* the TLSA phase has started (mx_route_finish) */
     struct smtpc_route res;        /* the outcome, once decided */
     struct smtpc_target *targets;  /* res's, owned */
     struct mx_host hosts[MX_HOSTS_MAX];
@@ -388,6 +404,10 @@ static void mx_route_cancel_queries(struct mx_route *rt)
                 rt->hosts[i].look[j].q = NULL;
             }
         }
+        if (rt->hosts[i].tlsa_look.q) {
+            dns_cancel(rt->hosts[i].tlsa_look.q);
+            rt->hosts[i].tlsa_look.q = NULL;
+        }
     }
     rt->pending = 0;
 }
@@ -600,6 +620,8 @@ static void mx_route_after_mx(void *arg, const struct dns_result *res)
 {
     struct mx_route *rt = arg;
     rt->mxq = NULL;
+    /* RFC 7672 2.2.1: DANE only for an MX RRset (or its denial) that validated. */
+    rt->mx_secure = res->ad;
     switch (res->status) {
         case DNS_TEMPFAIL:
             log_debug("mx: lookup failed name=%s type=MX why=\"%s\"", rt->domain, res->why);
@@ -656,6 +678,8 @@ static void mx_route_after_addr(void *arg, const struct dns_result *res)
     rt->pending--;
     if (res->status == DNS_OK) {
         size_t kept = 0;
+        if (!res->ad)
+            h->addr_insecure = true; /* RFC 7672 2.2.2: no DANE for this host */
         for (size_t i = 0; i < res->n; i++) {
             const struct dns_addr *a = &res->u.addr[i];
             if (a->family != AF_INET && a->family != AF_INET6)
@@ -701,6 +725,92 @@ static size_t mx_host_order(struct mx *m, const struct mx_host *h, struct dns_ad
 }
 
 /*
+ * mx_tlsa_usable - a TLSA record hamr can match (RFC 7672 3.1): usage
+ * DANE-TA (2) or DANE-EE (3); PKIX-TA and PKIX-EE (0, 1) are not for SMTP
+ * (3.1.3) and are ignored. Selector 0 or 1, matching type 0 to 2 with
+ * data of at most SMTPC_TLSA_DATA_MAX octets: full certificates or keys
+ * (type 0) are nearly always longer and are left out.
+ */
+static bool mx_tlsa_usable(const struct dns_tlsa *r)
+{
+    return (r->usage == 2 || r->usage == 3) && r->selector <= 1 && r->mtype <= 2 && r->len > 0 &&
+           r->len <= SMTPC_TLSA_DATA_MAX;
+}
+
+/*
+ * mx_route_after_tlsa - one host's TLSA answer: validated records make it
+ * DANE-required (those hamr can use kept; none usable still means TLS,
+ * RFC 7672 2.2); a validated or insecure "none" is no DANE; an insecure
+ * answer with records is ignored (2.2.3); a failure (SERVFAIL, which is
+ * also what a validating resolver says of a bogus answer, or a timeout)
+ * leaves the host out. The last answer finishes the route.
+ */
+static void mx_route_after_tlsa(void *arg, const struct dns_result *res)
+{
+    struct mx_lookup *l = arg;
+    struct mx_host *h = l->h;
+    struct mx_route *rt = h->rt;
+    l->q = NULL;
+    rt->pending--;
+    if (res->status == DNS_TEMPFAIL) {
+        log_info("mx: TLSA lookup failed host=%s why=\"%s\": host not used (DANE)", h->name,
+                 res->why);
+        h->tlsa = MX_TLSA_TEMPFAIL;
+    } else if (res->status == DNS_OK && res->ad) {
+        h->tlsa = MX_TLSA_SECURE;
+        for (size_t i = 0; i < res->n && h->n_tlsa < SMTPC_TLSA_MAX; i++) {
+            const struct dns_tlsa *r = &res->u.tlsa[i];
+            if (!mx_tlsa_usable(r))
+                continue;
+            struct smtpc_tlsa *t = &h->tlsa_rr[h->n_tlsa++];
+            t->usage = r->usage;
+            t->selector = r->selector;
+            t->mtype = r->mtype;
+            t->len = (uint8_t)r->len;
+            memcpy(t->data, r->data, r->len);
+        }
+    }
+    if (rt->pending == 0)
+        mx_route_finish(rt);
+}
+
+/*
+ * mx_route_ask_tlsa - the TLSA records of the first kept hosts that have
+ * addresses, where DANE may apply: the MX answer and the host's address
+ * answers validated (RFC 7672 2.2.1, 2.2.2). The base domain is the MX
+ * host name as the MX record gave it: a CNAME in front of the host is
+ * not followed to a TLSA name of its own (a simplification of 2.2.3).
+ * A lookup that cannot start fails the host as a TEMPFAIL would, except
+ * a name too long for one (no such TLSA record can exist).
+ */
+static void mx_route_ask_tlsa(struct mx_route *rt, size_t kept)
+{
+    struct mx *m = rt->m;
+    rt->tlsa_asked = true;
+    if (!rt->dane || !rt->mx_secure)
+        return;
+    for (size_t i = 0; i < kept; i++) {
+        struct mx_host *h = &rt->hosts[i];
+        if (h->n_addrs == 0 || h->addr_insecure)
+            continue;
+        char name[DNS_NAME_MAX + 16];
+        int n = snprintf(name, sizeof(name), "_%u._tcp.%s", (unsigned)rt->port, h->name);
+        if (n < 0 || (size_t)n > DNS_NAME_MAX)
+            continue;
+        h->tlsa_look.h = h;
+        int rc = dns_query(m->dns, name, DNS_TYPE_TLSA, mx_route_after_tlsa, &h->tlsa_look,
+                           &h->tlsa_look.q);
+        if (rc == 0) {
+            rt->pending++;
+            continue;
+        }
+        h->tlsa_look.q = NULL;
+        if (rc != HAMR_EINVAL)
+            h->tlsa = MX_TLSA_TEMPFAIL;
+    }
+}
+
+/*
  * mx_route_finish - every lookup answered: the hosts before the first
  * self one kept (none: a loop), their addresses in order, each address
  * once, address_limit at most; no address at all is TEMP if a lookup of a
@@ -725,7 +835,17 @@ static void mx_route_finish(struct mx_route *rt)
         mx_route_callback(rt);
         return;
     }
+    if (!rt->tlsa_asked) {
+        mx_route_ask_tlsa(rt, kept);
+        if (rt->pending > 0)
+            return; /* Asynchronous processing goes on in mx_route_after_tlsa. */
+    }
+    size_t tlsa_failed = 0;
     for (size_t i = 0; i < kept; i++) {
+        if (rt->hosts[i].tlsa == MX_TLSA_TEMPFAIL) {
+            tlsa_failed++;
+            continue;
+        }
         total += rt->hosts[i].n_addrs;
         tempfail = tempfail || rt->hosts[i].tempfail;
     }
@@ -742,6 +862,8 @@ static void mx_route_finish(struct mx_route *rt)
     struct dns_addr order[2 * MX_HOST_ADDRS_MAX];
     for (size_t i = 0; i < kept && n < cap; i++) {
         const struct mx_host *h = &rt->hosts[i];
+        if (h->tlsa == MX_TLSA_TEMPFAIL)
+            continue;
         size_t k = mx_host_order(m, h, order);
         for (size_t j = 0; j < k && n < cap; j++) {
             /* An address behind two MX names is tried once, at the better one. */
@@ -749,12 +871,26 @@ static void mx_route_finish(struct mx_route *rt)
             for (size_t t = 0; t < i && !seen; t++)
                 for (size_t u = 0; u < rt->hosts[t].n_addrs && !seen; u++)
                     seen = mx_addr_eq(&rt->hosts[t].addrs[u], &order[j]);
-            if (!seen)
-                mx_target_set(&rt->targets[n++], h->name, &order[j], rt->port);
+            if (seen)
+                continue;
+            struct smtpc_target *t = &rt->targets[n++];
+            mx_target_set(t, h->name, &order[j], rt->port);
+            if (h->tlsa == MX_TLSA_SECURE) {
+                t->dane = true;
+                t->n_tlsa = h->n_tlsa;
+                memcpy(t->tlsa, h->tlsa_rr, h->n_tlsa * sizeof(t->tlsa[0]));
+            }
         }
     }
     if (n > 0) {
         mx_route_ok(rt, n);
+    } else if (tlsa_failed > 0) {
+        /* Postfix: "TLSA lookup error for ..."; never plaintext instead (RFC 7672 2.2). */
+        mx_route_fail(rt, SMTPC_TEMP, 450,
+                      "4.7.5 TLSA lookup error for _%u._tcp.%s: no MX host of %s can be used "
+                      "securely (DANE), try again",
+                      (unsigned)rt->port, rt->hosts[0].name, rt->domain);
+        rt->res.dane_unusable = true;
     } else if (tempfail) {
         mx_route_fail(rt, SMTPC_TEMP, 451,
                       "4.4.3 Host or domain name not found. Name service error for name=%s "
@@ -807,6 +943,7 @@ static int mx_route_parse(struct mx_route *rt, const char *nexthop, struct dns_a
 static int mx_resolve(void *data,
                       const char *nexthop,
                       uint16_t port,
+                      const struct smtpc_resolve_opts *opts,
                       smtpc_route_cb cb,
                       void *cb_arg,
                       void **handle)
@@ -823,6 +960,8 @@ static int mx_resolve(void *data,
     rt->cb = cb;
     rt->cb_arg = cb_arg;
     rt->port = port;
+    /* Without a trusted AD bit nothing is "secure": no TLSA query at all (RFC 7672 1.3). */
+    rt->dane = opts != NULL && opts->dane && dns_ad_trusted(m->dns);
     mx_link_init(&rt->all);
     mx_link_init(&rt->ready);
     rc = mx_route_parse(rt, nexthop, &a);
@@ -836,6 +975,7 @@ static int mx_resolve(void *data,
             mx_route_defer(rt);
             break;
         case MX_KIND_HOST:
+            rt->mx_secure = true; /* no MX: the name's own addresses decide (as Postfix) */
             mx_route_add_host(rt, rt->domain, 0);
             rc = mx_host_ask(&rt->hosts[0]);
             break;

@@ -28,6 +28,15 @@
  * keeps an enum smtpc_tls_state, set where TLS comes up or where the reason
  * it did not becomes known, and every result carries it.
  *
+ * DANE (policies DANE and DANE_ONLY, RFC 7672): the resolve asks for TLSA
+ * records (smtpc_resolve_opts.dane). Under DANE_ONLY the targets without
+ * usable records are dropped when the route comes (none left: deferred,
+ * SMTPC_TLS_STATE_DANE_UNUSABLE). A target with records needs STARTTLS, and
+ * the handshake runs with OpenSSL's DANE (tls_dane): the certificate must
+ * match one of them, or the attempt is deferred (DANE_FAILED) before any
+ * MAIL, and never goes on in plaintext. A target without records under
+ * DANE is handled as under MAY.
+ *
  * Bodies: given whole (borrowed) or by a source (smtpc_source) that hands
  * over one chunk at a time. With a source the client asks for a chunk only
  * when the last one is written: read, fill (dot-stuffing), write, read again,
@@ -228,7 +237,7 @@ struct smtpc_dest {
     char host[SMTPC_HOST_MAX + 1];
     uint16_t port;
     enum smtpc_tls_policy policy;
-    /* The name the certificate must match; "": each target's host. */
+    /* The name the certificate must match (VERIFY); "": each target's host. */
     char verify_host[SMTPC_HOST_MAX + 1];
     struct smtpc_job *q_head, *q_tail;
     struct smtpc_conn *conns;
@@ -239,6 +248,8 @@ struct smtpc_pool {
     uv_loop_t *loop;
     struct smtpc_config cfg; /* cfg.tls_ctx is NULL: the pool's reference is tls_ctx */
     SSL_CTX *tls_ctx;        /* NULL: no STARTTLS */
+    bool tls_dane;           /* DANE enabled on tls_ctx (tls_client_ctx_dane) */
+    struct smtpc_stats stats;
     struct smtpc_dest *dests;
     uv_timer_t kick; /* zero timer: dispatch queued jobs outside callers' stacks */
     size_t n_active; /* jobs queued or running */
@@ -503,6 +514,51 @@ static int smtpc_conn_write_raw(struct smtpc_conn *c, const void *data, size_t l
     return 0;
 }
 
+/* smtpc_policy_dane - policy looks up TLSA records (DANE or DANE_ONLY). */
+static bool smtpc_policy_dane(enum smtpc_tls_policy policy)
+{
+    return policy == SMTPC_TLS_DANE || policy == SMTPC_TLS_DANE_ONLY;
+}
+
+/* smtpc_conn_target - the target c connects (or connected) to; NULL before the route. */
+static const struct smtpc_target *smtpc_conn_target(const struct smtpc_conn *c)
+{
+    if (c->att.targets == NULL || c->att.next == 0)
+        return NULL;
+    return &c->att.targets[c->att.next - 1];
+}
+
+/*
+ * smtpc_conn_dane - DANE applies to c's target: TLS is mandatory. Its
+ * certificate must match a TLSA record when it has usable ones
+ * (smtpc_conn_dane_auth); with validated records of which none is usable
+ * TLS is mandatory but unauthenticated (RFC 7672 2.2; Postfix: encrypt).
+ */
+static bool smtpc_conn_dane(const struct smtpc_conn *c)
+{
+    const struct smtpc_target *t = smtpc_conn_target(c);
+    return c->dest != NULL && smtpc_policy_dane(c->dest->policy) && t != NULL && t->dane;
+}
+
+/* smtpc_conn_dane_auth - DANE applies to c's target and it has usable TLSA records. */
+static bool smtpc_conn_dane_auth(const struct smtpc_conn *c)
+{
+    return smtpc_conn_dane(c) && smtpc_conn_target(c)->n_tlsa > 0;
+}
+
+/*
+ * smtpc_conn_tls_required - no plaintext on c: the policy demands TLS
+ * (ENCRYPT, VERIFY), or DANE applies to its target.
+ */
+static bool smtpc_conn_tls_required(const struct smtpc_conn *c)
+{
+    if (c->dest == NULL)
+        return false;
+    if (c->dest->policy == SMTPC_TLS_ENCRYPT || c->dest->policy == SMTPC_TLS_VERIFY)
+        return true;
+    return smtpc_conn_dane(c);
+}
+
 /*
  * smtpc_conn_tls_fail - STARTTLS or TLS failed: defer the attempt, discard
  * the connection. Under MAY, Postfix would retry this delivery in plaintext
@@ -511,8 +567,12 @@ static int smtpc_conn_write_raw(struct smtpc_conn *c, const void *data, size_t l
  */
 static void smtpc_conn_tls_fail(struct smtpc_conn *c, unsigned code, const char *why)
 {
-    c->tls_state = SMTPC_TLS_STATE_HANDSHAKE_FAILED;
-    if (c->dest != NULL && c->dest->policy != SMTPC_TLS_MAY)
+    bool dane = smtpc_conn_dane(c);
+    c->tls_state = dane ? SMTPC_TLS_STATE_DANE_FAILED : SMTPC_TLS_STATE_HANDSHAKE_FAILED;
+    c->pool->stats.dane_failed += dane;
+    if (dane)
+        smtpc_conn_fail(c, code, "4.7.5 DANE: TLS required but failed with %s: %s", c->remote, why);
+    else if (smtpc_conn_tls_required(c))
         smtpc_conn_fail(c, code, "TLS required but failed with %s: %s", c->remote, why);
     else
         smtpc_conn_fail(c, code, "TLS handshake failed with %s: %s", c->remote, why);
@@ -713,6 +773,10 @@ static void smtpc_conn_route(struct smtpc_conn *c, const struct smtpc_route *rou
     char name[SMTPC_HOST_MAX + 1];
     smtpc_host_strip(c->dest->host, name, sizeof(name));
     if (route->status != SMTPC_OK) {
+        if (route->dane_unusable && route->status == SMTPC_TEMP) {
+            c->tls_state = SMTPC_TLS_STATE_DANE_UNUSABLE;
+            c->pool->stats.dane_unusable++;
+        }
         char text[sizeof(route->text) + 1];
         snprintf(text, sizeof(text), "%.*s", (int)sizeof(route->text), route->text);
         smtpc_conn_end(c, route->status == SMTPC_PERM ? SMTPC_PERM : SMTPC_TEMP, route->code, text);
@@ -728,16 +792,28 @@ static void smtpc_conn_route(struct smtpc_conn *c, const struct smtpc_route *rou
         return;
     }
     size_t n = 0;
+    bool dane_only = c->dest->policy == SMTPC_TLS_DANE_ONLY;
     for (size_t i = 0; i < avail && n < max; i++) {
         const struct smtpc_target *rt = &route->targets[i];
         if (rt->addr.ss_family != AF_INET && rt->addr.ss_family != AF_INET6)
             continue;
+        if (dane_only && (!rt->dane || rt->n_tlsa == 0))
+            continue; /* RFC 7672 has no such policy; Postfix's dane-only */
         t[n] = *rt;
         t[n].host[SMTPC_HOST_MAX] = '\0';
         /* The host goes into logs and SNI: the next hop's own name if it is unfit. */
         if (!smtpc_host_ok(t[n].host))
             hamr_strlcpy(t[n].host, name, sizeof(t[n].host));
         n++;
+    }
+    if (n == 0 && dane_only && avail > 0) {
+        free(t);
+        c->tls_state = SMTPC_TLS_STATE_DANE_UNUSABLE;
+        c->pool->stats.dane_unusable++;
+        smtpc_conn_end(c, SMTPC_TEMP, 450,
+                       "4.7.5 TLS policy dane-only: no MX host of the next hop has usable "
+                       "DNSSEC-validated TLSA records");
+        return;
     }
     if (n == 0) {
         free(t);
@@ -810,7 +886,9 @@ static void smtpc_conn_resolve(struct smtpc_conn *c)
     char name[SMTPC_HOST_MAX + 1];
     char pr[SMTPC_HOST_MAX + 1];
     if (rsv != NULL) {
-        int rv = rsv->resolve(rsv->data, d->host, d->port, smtpc_conn_route_cb, c, &c->rsv_handle);
+        struct smtpc_resolve_opts opts = {.dane = smtpc_policy_dane(d->policy)};
+        int rv = rsv->resolve(rsv->data, d->host, d->port, &opts, smtpc_conn_route_cb, c,
+                              &c->rsv_handle);
         if (rv != 0) {
             smtpc_conn_fail(c, 0, "resolve %s: %s",
                             log_printable(pr, sizeof(pr), d->host, strlen(d->host)),
@@ -1276,10 +1354,17 @@ static void smtpc_conn_after_ehlo(struct smtpc_conn *c)
             smtpc_conn_enter_state(c, SMTPC_STATE_STARTTLS);
             return;
         }
-        bool may = c->dest->policy == SMTPC_TLS_MAY;
+        bool may = !smtpc_conn_tls_required(c);
         c->tls_state = offered ? SMTPC_TLS_STATE_NO_CLIENT_CTX
                        : may   ? SMTPC_TLS_STATE_NOT_OFFERED
                                : SMTPC_TLS_STATE_NOT_OFFERED_REQUIRED;
+        if (!may && smtpc_conn_dane(c)) {
+            c->tls_state = SMTPC_TLS_STATE_DANE_FAILED;
+            c->pool->stats.dane_failed++;
+            smtpc_conn_fail(c, 0, "4.7.5 DANE: TLS required (TLSA records) but %s by %s",
+                            offered ? "no TLS client context" : "STARTTLS not offered", c->remote);
+            return;
+        }
         if (!may) {
             if (offered)
                 smtpc_conn_fail(c, 0, "TLS required but no TLS client context");
@@ -1289,6 +1374,37 @@ static void smtpc_conn_after_ehlo(struct smtpc_conn *c)
         }
     }
     smtpc_conn_next(c);
+}
+
+/*
+ * smtpc_conn_tls_dane - the TLSA records of c's target onto its new TLS
+ * engine, the TLSA base domain being the target's host (the MX host name,
+ * RFC 7672 2.2.3). 0; or the attempt failed (deferred) and HAMR_EIO: the
+ * pool has no DANE, OpenSSL refused, or no record was usable to it.
+ */
+static int smtpc_conn_tls_dane(struct smtpc_conn *c)
+{
+    const struct smtpc_target *t = smtpc_conn_target(c);
+    if (!c->pool->tls_dane || tls_dane(c->tls, t->host) != 0) {
+        smtpc_conn_tls_fail(c, 0, c->pool->tls_dane ? tls_error(c->tls) : "no DANE in OpenSSL");
+        return HAMR_EIO;
+    }
+    size_t added = 0;
+    for (size_t i = 0; i < t->n_tlsa && i < SMTPC_TLSA_MAX; i++) {
+        const struct smtpc_tlsa *r = &t->tlsa[i];
+        int rv = tls_dane_add(c->tls, r->usage, r->selector, r->mtype, r->data, r->len);
+        if (rv < 0) {
+            smtpc_conn_tls_fail(c, 0, tls_error(c->tls));
+            return HAMR_EIO;
+        }
+        added += (size_t)rv;
+    }
+    if (added == 0) {
+        /* RFC 7672 2.2: TLSA records, none usable: TLS is still mandatory, and fails here. */
+        smtpc_conn_tls_fail(c, 0, "no usable TLSA record");
+        return HAMR_EIO;
+    }
+    return 0;
 }
 
 /*
@@ -1306,6 +1422,8 @@ static void smtpc_conn_tls_start(struct smtpc_conn *c)
         smtpc_conn_tls_fail(c, 0, hamr_strerror(rv));
         return;
     }
+    if (smtpc_conn_dane_auth(c) && smtpc_conn_tls_dane(c) != 0)
+        return;
     smtpc_reply_init(&c->parser);
     smtpc_conn_enter_state(c, SMTPC_STATE_TLS);
     rv = tls_handshake(c->tls);
@@ -1509,11 +1627,19 @@ static void smtpc_conn_tls_input(struct smtpc_conn *c, const char *data, size_t 
         }
         if (rv == 0)
             return;
+        bool dane = smtpc_conn_dane_auth(c);
+        if (dane && !tls_dane_verified(c->tls)) {
+            /* SSL_VERIFY_PEER fails the handshake first; never go on unauthenticated. */
+            smtpc_conn_tls_fail(c, 0, "no TLSA record matched");
+            return;
+        }
         c->tls_up = true;
         tls_describe(c->tls, c->tls_desc, sizeof(c->tls_desc));
-        c->tls_state = c->dest->policy == SMTPC_TLS_VERIFY ? SMTPC_TLS_STATE_VERIFIED
-                                                           : SMTPC_TLS_STATE_UNVERIFIED;
-        if (c->dest->policy != SMTPC_TLS_VERIFY) {
+        bool verified = dane || c->dest->policy == SMTPC_TLS_VERIFY;
+        c->tls_state = verified ? SMTPC_TLS_STATE_VERIFIED : SMTPC_TLS_STATE_UNVERIFIED;
+        if (dane)
+            c->pool->stats.dane_verified++;
+        if (!verified) {
             size_t n = strlen(c->tls_desc);
             snprintf(c->tls_desc + n, sizeof(c->tls_desc) - n, " unverified");
         }
@@ -1785,6 +1911,12 @@ struct smtpc_pool *smtpc_pool_new(uv_loop_t *loop, const struct smtpc_config *cf
                 "err=\"%s\"",
                 err);
     }
+    if (p->tls_ctx != NULL) {
+        char err[TLS_ERR_MAX + 64];
+        p->tls_dane = tls_client_ctx_dane(p->tls_ctx, err, sizeof(err)) == 0;
+        if (!p->tls_dane)
+            log_warn("smtpc no DANE: targets with TLSA records are deferred err=\"%s\"", err);
+    }
     c->tls_ctx = NULL; /* the pool's reference is p->tls_ctx */
     uv_timer_init(loop, &p->kick);
     p->kick.data = p;
@@ -1868,9 +2000,8 @@ int smtpc_pool_deliver_tls(struct smtpc_pool *p,
     if (verify_host == NULL)
         verify_host = "";
     if (!smtpc_host_ok(host) || (verify_host[0] != '\0' && !smtpc_host_ok(verify_host)) ||
-        port == 0 ||
-        (policy != SMTPC_TLS_MAY && policy != SMTPC_TLS_ENCRYPT && policy != SMTPC_TLS_VERIFY) ||
-        m == NULL || cb == NULL || m->n_rcpts == 0 || m->rcpts == NULL ||
+        port == 0 || (unsigned)policy > SMTPC_TLS_DANE_ONLY || m == NULL || cb == NULL ||
+        m->n_rcpts == 0 || m->rcpts == NULL ||
         (m->source == NULL && m->body == NULL && m->body_len > 0) ||
         (m->source != NULL && (m->source->read == NULL || m->source->cancel == NULL)) ||
         !smtpc_addr_ok(m->sender))
@@ -1928,13 +2059,20 @@ void smtpc_pool_close(struct smtpc_pool *p, void (*closed_cb)(void *arg), void *
     uv_close((uv_handle_t *)&p->kick, smtpc_pool_kick_close_cb);
 }
 
+/* smtpc_pool_get_stats - the pool's counters. */
+void smtpc_pool_get_stats(const struct smtpc_pool *p, struct smtpc_stats *out)
+{
+    *out = p->stats;
+}
+
 /* smtpc_pool_active - deliveries queued or running. */
 size_t smtpc_pool_active(const struct smtpc_pool *p)
 {
     return p->n_active;
 }
 
-static const char *const smtpc_tls_policy_names[] = {"may", "encrypt", "verify"};
+static const char *const smtpc_tls_policy_names[] = {"may", "encrypt", "verify", "dane",
+                                                     "dane-only"};
 
 /* smtpc_tls_policy_name - the policy's config word. */
 const char *smtpc_tls_policy_name(enum smtpc_tls_policy policy)

@@ -6,7 +6,8 @@
  * (HELO fallback), MAIL (SIZE=, BODY=8BITMIME when offered), one RCPT per
  * recipient (PIPELINING when offered), DATA with dot-stuffing and CRLF-only
  * output, RSET between messages, QUIT. Several messages share a connection.
- * STARTTLS (RFC 3207) under a per-delivery policy: may, encrypt, verify.
+ * STARTTLS (RFC 3207) under a per-delivery policy: may, encrypt, verify,
+ * dane, dane-only (RFC 7672).
  */
 #ifndef HAMR_NET_SMTPC_H
 #define HAMR_NET_SMTPC_H
@@ -26,11 +27,23 @@
  * or no delivery (SMTPC_TEMP), certificate not checked. VERIFY: as ENCRYPT,
  * plus the chain must lead to a trusted CA and the certificate must name the
  * next hop (its name, or its IP for a literal).
+ *
+ * DANE (RFC 7672, Postfix's smtp_tls_security_level dane and dane-only):
+ * the resolver is asked for TLSA records (smtpc_resolve_opts.dane) and
+ * marks the targets that have usable ones (smtpc_target.dane). DANE: a
+ * target with TLSA records needs STARTTLS and a certificate that matches
+ * one of them (DANE-TA 2 or DANE-EE 3), else SMTPC_TEMP; a target
+ * without is treated as MAY. DANE_ONLY: as DANE, but targets without
+ * usable TLSA records are not used at all. The numbers keep the order of
+ * the first three only: DANE is not "stricter" than VERIFY (without TLSA
+ * records it is MAY); callers that combine policies decide how.
  */
 enum smtpc_tls_policy {
     SMTPC_TLS_MAY = 0,
     SMTPC_TLS_ENCRYPT = 1,
     SMTPC_TLS_VERIFY = 2,
+    SMTPC_TLS_DANE = 3,
+    SMTPC_TLS_DANE_ONLY = 4,
 };
 
 enum smtpc_status {
@@ -41,6 +54,22 @@ enum smtpc_status {
 
 #define SMTPC_HOST_MAX 255
 
+/*
+ * TLSA records a target carries at most, and the longest association data
+ * kept: a SHA-512 digest. A full-certificate or full-key record (matching
+ * type 0) is longer than that and is left out (RFC 7672 3.1.2 advises
+ * digests); a target whose records are all such has no usable TLSA.
+ */
+#define SMTPC_TLSA_MAX 8
+#define SMTPC_TLSA_DATA_MAX 64
+
+/* smtpc_tlsa - one usable TLSA record (RFC 6698 2.1): usage 2 or 3. */
+struct smtpc_tlsa {
+    uint8_t usage, selector, mtype;
+    uint8_t len; /* octets of data, 1 to SMTPC_TLSA_DATA_MAX */
+    uint8_t data[SMTPC_TLSA_DATA_MAX];
+};
+
 /* smtpc_target - one address a delivery may connect to, and the host it belongs to. */
 struct smtpc_target {
     /*
@@ -50,6 +79,15 @@ struct smtpc_target {
      */
     char host[SMTPC_HOST_MAX + 1];
     struct sockaddr_storage addr; /* AF_INET or AF_INET6, with the port */
+    /*
+     * DANE (only when the resolve asked for it): the host has DNSSEC-secure
+     * TLSA records, n_tlsa > 0 of them usable. Under SMTPC_TLS_DANE and
+     * DANE_ONLY the connection then needs TLS and a certificate that
+     * matches one of them; under the other policies it is not looked at.
+     */
+    bool dane;
+    size_t n_tlsa;
+    struct smtpc_tlsa tlsa[SMTPC_TLSA_MAX];
 };
 
 /*
@@ -64,9 +102,25 @@ struct smtpc_route {
     char text[256];
     size_t n;
     const struct smtpc_target *targets; /* borrowed for the callback */
+    /*
+     * SMTPC_TEMP because DANE made every host unusable (its TLSA lookup
+     * failed, so it cannot be told to be safe to use): the result's
+     * tls_state says SMTPC_TLS_STATE_DANE_UNUSABLE, not "no connection".
+     */
+    bool dane_unusable;
 };
 
 typedef void (*smtpc_route_cb)(void *arg, const struct smtpc_route *route);
+
+/*
+ * smtpc_resolve_opts - what the delivery needs of the resolve besides the
+ * addresses. dane: look up TLSA records where DNSSEC allows (RFC 7672
+ * section 2.2) and fill smtpc_target.dane and .tlsa; false: no TLSA query
+ * at all. A struct, so that more (MTA-STS MX patterns) can follow.
+ */
+struct smtpc_resolve_opts {
+    bool dane;
+};
 
 /*
  * smtpc_resolver - how the pool turns a next hop into addresses. nexthop is
@@ -74,6 +128,7 @@ typedef void (*smtpc_route_cb)(void *arg, const struct smtpc_route *route);
  * ("192.0.2.1", "[192.0.2.1]", "[2001:db8::1]"), is itself; "[name]" is
  * the name's own addresses (no MX lookup, as in Postfix); a bare "name" is
  * the MX lookup of RFC 5321 section 5.1. port goes into every target.
+ * opts (borrowed for the call, never NULL) says what else to look up.
  *   resolve: 0 and *handle: cb(cb_arg, route) runs exactly once, later,
  *            never inside resolve, unless cancel(data, *handle) comes
  *            first; or a HAMR_E* code, and cb never runs.
@@ -86,6 +141,7 @@ struct smtpc_resolver {
     int (*resolve)(void *data,
                    const char *nexthop,
                    uint16_t port,
+                   const struct smtpc_resolve_opts *opts,
                    smtpc_route_cb cb,
                    void *cb_arg,
                    void **handle);
@@ -200,8 +256,23 @@ enum smtpc_tls_state {
     SMTPC_TLS_STATE_HANDSHAKE_FAILED = 5,
     /* TLS up, certificate not checked (MAY, ENCRYPT); tls says which. */
     SMTPC_TLS_STATE_UNVERIFIED = 6,
-    /* TLS up, chain and name checked (VERIFY); tls says which. */
+    /*
+     * TLS up, chain and name checked (VERIFY), or the certificate matched
+     * a TLSA record (DANE, DANE_ONLY: tls ends in "dane-verified").
+     */
     SMTPC_TLS_STATE_VERIFIED = 7,
+    /*
+     * DANE, DANE_ONLY: the target has TLSA records but TLS did not come up
+     * authenticated by them (no STARTTLS, a failed handshake, or no
+     * record matched). Deferred, nothing sent in clear, no MAIL.
+     */
+    SMTPC_TLS_STATE_DANE_FAILED = 8,
+    /*
+     * DANE, DANE_ONLY: no target was usable before any connection: every
+     * host's TLSA lookup failed, or (DANE_ONLY) none had usable TLSA
+     * records or the resolver's AD bit is not trusted. Deferred.
+     */
+    SMTPC_TLS_STATE_DANE_UNUSABLE = 9,
 };
 
 struct smtpc_result {
@@ -211,7 +282,8 @@ struct smtpc_result {
     char host[SMTPC_HOST_MAX + 1];   /* the target host of remote ("" if none) */
     unsigned n_tried;                /* addresses connected to (or tried) in this attempt */
     char tls[96];                    /* "none", or e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384 verified"
-                                        ("... unverified" when the policy did not check) */
+                                        ("... unverified" when the policy did not check,
+                                        "... dane-verified" when a TLSA record matched) */
     enum smtpc_tls_state tls_state;  /* why tls is "none", or how TLS was up */
 };
 
@@ -256,10 +328,13 @@ int smtpc_pool_deliver_tls(struct smtpc_pool *p,
                            smtpc_done_cb cb,
                            void *arg);
 
-/* smtpc_tls_policy_name - "may", "encrypt" or "verify". */
+/* smtpc_tls_policy_name - "may", "encrypt", "verify", "dane" or "dane-only". */
 const char *smtpc_tls_policy_name(enum smtpc_tls_policy policy);
 
-/* smtpc_tls_policy_parse - "may"|"encrypt"|"verify" (any case); 0 or HAMR_EINVAL. */
+/*
+ * smtpc_tls_policy_parse - "may"|"encrypt"|"verify"|"dane"|"dane-only"
+ * (any case); 0 or HAMR_EINVAL.
+ */
 int smtpc_tls_policy_parse(const char *s, enum smtpc_tls_policy *out);
 
 /*
@@ -270,5 +345,14 @@ void smtpc_pool_close(struct smtpc_pool *p, void (*closed_cb)(void *arg), void *
 
 /* smtpc_pool_active - deliveries queued or running (for tests and metrics). */
 size_t smtpc_pool_active(const struct smtpc_pool *p);
+
+/* smtpc_stats - what the pool's connections made of DANE since smtpc_pool_new (for metrics). */
+struct smtpc_stats {
+    uint64_t dane_verified; /* TLS sessions whose certificate matched a TLSA record */
+    uint64_t dane_failed;   /* DANE targets deferred: no STARTTLS, handshake or match failed */
+    uint64_t dane_unusable; /* attempts deferred before connecting: no DANE-usable host */
+};
+
+void smtpc_pool_get_stats(const struct smtpc_pool *p, struct smtpc_stats *out);
 
 #endif

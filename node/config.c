@@ -64,7 +64,7 @@ enum config_kind {
     CONFIG_K_VOTERS,       /* list of ID@IPV4:PORT or ID@[IPV6]:PORT */
     CONFIG_K_NETWORKS,     /* list of CIDRs */
     CONFIG_K_DOMAINS,      /* list of domains */
-    CONFIG_K_TLS_POLICY,   /* may|encrypt|verify into enum smtpc_tls_policy */
+    CONFIG_K_TLS_POLICY,   /* may|encrypt|verify|dane|dane-only into enum smtpc_tls_policy */
     CONFIG_K_WORD,         /* one of the key's words into an int-sized enum: its index */
     CONFIG_K_ADDRS,        /* list of IP literals into mx.self_addrs */
     CONFIG_K_DNS_SERVERS,  /* list of IP[:PORT] or [IPV6]:PORT into dns.servers */
@@ -183,6 +183,7 @@ static const struct config_key config_keys[] = {
     CK("dns", "timeout", CONFIG_K_DURATION, dns.timeout_ms, 10, 5 * CONFIG_MIN),
     CK("dns", "tries", CONFIG_K_COUNT, dns.tries, 1, 10),
     CK("dns", "cache_size", CONFIG_K_COUNT, dns.cache_size, 0, 10000000),
+    CK("dns", "trust_ad", CONFIG_K_BOOL, dns.trust_ad, 0, 0),
 
     CK("storage", "min_free", CONFIG_K_SIZE, min_free_bytes, 0, UINT64_MAX),
     CK("storage", "queue_max_messages", CONFIG_K_COUNT, queue_max_messages, 0, UINT64_MAX),
@@ -795,7 +796,8 @@ static int config_set_value(struct config_parse *p, const struct config_key *k, 
         case CONFIG_K_TLS_POLICY: {
             enum smtpc_tls_policy pol;
             if (smtpc_tls_policy_parse(value, &pol) != 0)
-                return config_fail(p, p->lineno, "%s: not one of may, encrypt, verify: \"%s\"",
+                return config_fail(p, p->lineno,
+                                   "%s: not one of may, encrypt, verify, dane, dane-only: \"%s\"",
                                    k->name, q);
             memcpy(field, &pol, sizeof(pol));
             return 1;
@@ -902,7 +904,7 @@ static int config_set_transport(struct config_parse *p, const char *name, const 
     return 1;
 }
 
-/* config_set_tls_policy - [tls_policy] domain = may|encrypt|verify. */
+/* config_set_tls_policy - [tls_policy] domain = may|encrypt|verify|dane|dane-only. */
 static int config_set_tls_policy(struct config_parse *p, const char *name, const char *value)
 {
     struct hamr_config *cfg = p->cfg;
@@ -914,7 +916,8 @@ static int config_set_tls_policy(struct config_parse *p, const char *name, const
                             p->tls_policy_line) != 1)
         return 0;
     if (smtpc_tls_policy_parse(value, &e.policy) != 0)
-        return config_fail(p, p->lineno, "%s: not one of may, encrypt, verify: \"%s\"", e.domain,
+        return config_fail(p, p->lineno,
+                           "%s: not one of may, encrypt, verify, dane, dane-only: \"%s\"", e.domain,
                            config_quote(q, sizeof(q), value));
     p->tls_policy_line[cfg->n_tls_policies] = p->lineno;
     cfg->tls_policies[cfg->n_tls_policies++] = e;

@@ -102,15 +102,41 @@ static int relay_dest_split(const char *dest, char *nexthop, size_t len, uint16_
 }
 
 /*
+ * relay_sched_policy_rank - how strict a policy is when recipients'
+ * policies combine: may < dane < encrypt < verify < dane-only. dane
+ * without TLSA records is may, so it ranks under encrypt (a domain that
+ * demands TLS never loses that to a neighbour's dane); verify outranks
+ * dane (a PKIX check the next hop may fail defers, it never downgrades);
+ * dane-only, authenticated TLS or nothing, is the strictest.
+ */
+static int relay_sched_policy_rank(enum smtpc_tls_policy p)
+{
+    switch (p) {
+        case SMTPC_TLS_MAY:
+            return 0;
+        case SMTPC_TLS_DANE:
+            return 1;
+        case SMTPC_TLS_ENCRYPT:
+            return 2;
+        case SMTPC_TLS_VERIFY:
+            return 3;
+        case SMTPC_TLS_DANE_ONLY:
+            return 4;
+    }
+    return 4;
+}
+
+/*
  * relay_sched_policy - the TLS policy of one delivery: one connection
- * carries every recipient, so the strictest of their domains' policies.
+ * carries every recipient, so the strictest of their domains' policies
+ * (relay_sched_policy_rank).
  */
 static enum smtpc_tls_policy relay_sched_policy(const struct relay *r, char *const *rcpts, size_t n)
 {
     enum smtpc_tls_policy policy = SMTPC_TLS_MAY;
     for (size_t i = 0; i < n; i++) {
         enum smtpc_tls_policy p1 = config_tls_policy(r->cfg, rcpts[i]);
-        if (p1 > policy)
+        if (relay_sched_policy_rank(p1) > relay_sched_policy_rank(policy))
             policy = p1;
     }
     return policy;
@@ -122,7 +148,12 @@ static enum smtpc_tls_policy relay_sched_policy(const struct relay *r, char *con
  * (verified)" or "(unverified)" when TLS was up; "none (plaintext: no
  * STARTTLS)" when mail went in the clear under policy may; "none (no
  * connection)"; or "none (deferred: STARTTLS not offered)" and the like,
- * where "deferred" is the recipient's status.
+ * where "deferred" is the recipient's status. Under dane and dane-only:
+ * "... (dane-verified)" when a TLSA record matched, "(unverified; dane: no
+ * TLSA, opportunistic)" or "none (plaintext: no STARTTLS; dane: no TLSA)"
+ * when the next hop had no usable TLSA records and dane went on as may,
+ * "none (deferred: dane: TLSA records but ...)" and "none (deferred: dane:
+ * no usable host)".
  */
 static void relay_sched_tls_text(enum smtpc_tls_policy policy,
                                  const struct smtpc_result *res,
@@ -130,22 +161,37 @@ static void relay_sched_tls_text(enum smtpc_tls_policy policy,
                                  char *out,
                                  size_t outlen)
 {
+    bool dane = policy == SMTPC_TLS_DANE || policy == SMTPC_TLS_DANE_ONLY;
     switch (res->tls_state) {
         case SMTPC_TLS_STATE_VERIFIED:
         case SMTPC_TLS_STATE_UNVERIFIED: {
-            /* smtpc: "<protocol> <cipher>", then " verified" or " unverified". */
+            /* smtpc: "<protocol> <cipher>", then " verified", " dane-verified" or " unverified". */
             const char *how =
-                res->tls_state == SMTPC_TLS_STATE_VERIFIED ? "verified" : "unverified";
+                res->tls_state == SMTPC_TLS_STATE_UNVERIFIED ? "unverified" : "verified";
             char desc[sizeof(res->tls)];
             hamr_strlcpy(desc, res->tls, sizeof(desc));
-            size_t n = strlen(desc), m = strlen(how);
+            size_t n = strlen(desc);
+            if (n > 14 && strcmp(desc + n - 14, " dane-verified") == 0) {
+                how = "dane-verified";
+                desc[n - 14] = '\0';
+            }
+            size_t m = strlen(how);
             if (n > m && desc[n - m - 1] == ' ' && strcmp(desc + n - m, how) == 0)
                 desc[n - m - 1] = '\0';
-            snprintf(out, outlen, "%s (%s)", desc, how);
+            snprintf(out, outlen, "%s (%s%s)", desc, how,
+                     dane && res->tls_state == SMTPC_TLS_STATE_UNVERIFIED
+                         ? "; dane: no TLSA, opportunistic"
+                         : "");
             return;
         }
         case SMTPC_TLS_STATE_NOT_OFFERED:
-            snprintf(out, outlen, "none (plaintext: no STARTTLS)");
+            snprintf(out, outlen, "none (plaintext: no STARTTLS%s)", dane ? "; dane: no TLSA" : "");
+            return;
+        case SMTPC_TLS_STATE_DANE_FAILED:
+            snprintf(out, outlen, "none (%s: dane: TLSA records but no authenticated TLS)", status);
+            return;
+        case SMTPC_TLS_STATE_DANE_UNUSABLE:
+            snprintf(out, outlen, "none (%s: dane: no usable host)", status);
             return;
         case SMTPC_TLS_STATE_NOT_OFFERED_REQUIRED:
             snprintf(out, outlen, "none (%s: STARTTLS not offered)", status);

@@ -56,7 +56,7 @@ struct testlib_dns_row {
     struct testlib_dns_rr ns[2];
 };
 
-#define TESTLIB_DNS_ROWS_MAX 64
+#define TESTLIB_DNS_ROWS_MAX 128
 
 struct testlib_dns {
     uv_udp_t udp;

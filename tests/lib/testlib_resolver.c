@@ -33,6 +33,7 @@ static void testlib_resolver_timer_cb(uv_timer_t *t)
 static int testlib_resolver_resolve(void *data,
                                     const char *nexthop,
                                     uint16_t port,
+                                    const struct smtpc_resolve_opts *opts,
                                     smtpc_route_cb cb,
                                     void *cb_arg,
                                     void **handle)
@@ -42,6 +43,7 @@ static int testlib_resolver_resolve(void *data,
     fr->calls++;
     hamr_strlcpy(fr->nexthop, nexthop, sizeof(fr->nexthop));
     fr->port = port;
+    fr->opts = *opts;
     fr->cb = cb;
     fr->cb_arg = cb_arg;
     fr->pending = true;

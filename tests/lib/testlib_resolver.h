@@ -31,6 +31,7 @@ struct testlib_resolver {
     int calls, answers, cancels;
     char nexthop[SMTPC_HOST_MAX + 1]; /* of the last resolve */
     uint16_t port;
+    struct smtpc_resolve_opts opts; /* of the last resolve */
 };
 
 /* testlib_resolver_new - a resolver on loop (borrowed); freed by testlib_resolver_close. */

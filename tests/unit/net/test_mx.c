@@ -22,7 +22,11 @@
  * address_preference; an address behind two hosts once; inet_protocols ipv4 (no AAAA asked) and
  * ipv6 (a v4 literal refused); an MX host behind a CNAME; cancel (in flight, during host lookups,
  * and a literal before its turn); mx_free calling back what is pending with TEMP "4.4.3 shutdown",
- * from inside it.
+ * from inside it. DANE (opts->dane): TLSA asked only then, only under a
+ * validated MX and validated host addresses; usable records kept (PKIX
+ * usages left out); NODATA, insecure answers: no DANE; a TLSA SERVFAIL
+ * leaves the host out (alone: TEMP 4.7.5); "[name]" by its addresses, a
+ * literal never; an untrusted resolver (or trust_ad) decides.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -126,7 +130,52 @@ static const struct testlib_dns_row test_zone[] = {
      .an = {{DNS_TYPE_MX, 300, "20 alias.host.test"}, {DNS_TYPE_MX, 300, "10 a.host.test"}}},
     {"slow.test", DNS_TYPE_MX, .spoil = TESTLIB_DNS_SILENT},
     {"slowhost.test", DNS_TYPE_MX, .an = {{DNS_TYPE_MX, 300, "10 silent.host.test"}}},
+    /* DANE: validated (ad) and insecure hosts, TLSA at port TEST_PORT. */
+    {"d1.host.test", DNS_TYPE_A, .ad = true, .an = {{DNS_TYPE_A, 300, "192.0.2.41"}}},
+    {"d1.host.test", DNS_TYPE_AAAA, .ad = true, TEST_NODATA},
+    {"_2525._tcp.d1.host.test", DNS_TYPE_TLSA, .ad = true,
+     .an = {{DNS_TYPE_TLSA, 300,
+             "3 1 1 0101010101010101010101010101010101010101010101010101010101010101"},
+            {DNS_TYPE_TLSA, 300,
+             "1 1 1 0202020202020202020202020202020202020202020202020202020202020202"},
+            {DNS_TYPE_TLSA, 300,
+             "2 0 1 0202020202020202020202020202020202020202020202020202020202020202"}}},
+    {"d2.host.test", DNS_TYPE_A, .ad = true, .an = {{DNS_TYPE_A, 300, "192.0.2.42"}}},
+    {"d2.host.test", DNS_TYPE_AAAA, .ad = true, TEST_NODATA},
+    {"_2525._tcp.d2.host.test", DNS_TYPE_TLSA, .ad = true, TEST_NODATA},
+    {"d3.host.test", DNS_TYPE_A, .ad = true, .an = {{DNS_TYPE_A, 300, "192.0.2.43"}}},
+    {"d3.host.test", DNS_TYPE_AAAA, .ad = true, TEST_NODATA},
+    {"_2525._tcp.d3.host.test", DNS_TYPE_TLSA, .rcode = 2},
+    {"d4.host.test", DNS_TYPE_A, .ad = true, .an = {{DNS_TYPE_A, 300, "192.0.2.44"}}},
+    {"d4.host.test", DNS_TYPE_AAAA, .ad = true, TEST_NODATA},
+    {"_2525._tcp.d4.host.test", DNS_TYPE_TLSA,
+     .an = {{DNS_TYPE_TLSA, 300,
+             "3 1 1 0101010101010101010101010101010101010101010101010101010101010101"}}},
+    {"d5.host.test", DNS_TYPE_A, .ad = true, .an = {{DNS_TYPE_A, 300, "192.0.2.45"}}},
+    {"d5.host.test", DNS_TYPE_AAAA, .ad = true, TEST_NODATA},
+    {"_2525._tcp.d5.host.test", DNS_TYPE_TLSA, .ad = true,
+     .an = {{DNS_TYPE_TLSA, 300,
+             "1 1 1 0101010101010101010101010101010101010101010101010101010101010101"}}},
+    {"i1.host.test", DNS_TYPE_A, .an = {{DNS_TYPE_A, 300, "192.0.2.46"}}},
+    {"i1.host.test", DNS_TYPE_AAAA, TEST_NODATA},
+    {"_2525._tcp.i1.host.test", DNS_TYPE_TLSA, .ad = true,
+     .an = {{DNS_TYPE_TLSA, 300,
+             "3 1 1 0101010101010101010101010101010101010101010101010101010101010101"}}},
+    {"dane.test", DNS_TYPE_MX, .ad = true,
+     .an = {{DNS_TYPE_MX, 300, "10 d1.host.test"},
+            {DNS_TYPE_MX, 300, "20 d2.host.test"},
+            {DNS_TYPE_MX, 300, "30 i1.host.test"},
+            {DNS_TYPE_MX, 300, "40 d4.host.test"},
+            {DNS_TYPE_MX, 300, "50 d5.host.test"}}},
+    {"insecure.test", DNS_TYPE_MX, .an = {{DNS_TYPE_MX, 300, "10 d1.host.test"}}},
+    {"tlsafail.test", DNS_TYPE_MX, .ad = true,
+     .an = {{DNS_TYPE_MX, 300, "10 d3.host.test"}, {DNS_TYPE_MX, 300, "20 d2.host.test"}}},
+    {"tlsafailall.test", DNS_TYPE_MX, .ad = true, .an = {{DNS_TYPE_MX, 300, "10 d3.host.test"}}},
 };
+
+/* The options of a resolve: no DANE (the default path), and DANE. */
+static const struct smtpc_resolve_opts test_no_opts = {.dane = false};
+static const struct smtpc_resolve_opts test_dane_opts = {.dane = true};
 
 /* test_got - what one route callback received, copied out of the borrowed route. */
 struct test_got {
@@ -250,17 +299,26 @@ static int teardown(void **state)
     return 0;
 }
 
-/* test_route - resolve nexthop and wait for its one callback, into g. */
-static void test_route(struct fixture *f, const char *nexthop, struct test_got *g)
+/* test_route_opts - resolve nexthop with opts and wait for its one callback, into g. */
+static void test_route_opts(struct fixture *f,
+                            const char *nexthop,
+                            const struct smtpc_resolve_opts *opts,
+                            struct test_got *g)
 {
     const struct smtpc_resolver *res = mx_resolver(f->m);
     void *handle = NULL;
     memset(g, 0, sizeof(*g));
-    assert_int_equal(res->resolve(res->data, nexthop, TEST_PORT, test_got_cb, g, &handle), 0);
+    assert_int_equal(res->resolve(res->data, nexthop, TEST_PORT, opts, test_got_cb, g, &handle), 0);
     assert_non_null(handle);
     assert_int_equal(g->calls, 0); /* never from inside resolve */
     TESTLIB_LOOP_WAIT(&f->w, g->calls > 0);
     assert_int_equal(g->calls, 1);
+}
+
+/* test_route - resolve nexthop without DANE and wait for its one callback, into g. */
+static void test_route(struct fixture *f, const char *nexthop, struct test_got *g)
+{
+    test_route_opts(f, nexthop, &test_no_opts, g);
 }
 
 /* test_want_target - target i of g is host at text (an IPv4 or IPv6 literal), TEST_PORT. */
@@ -520,8 +578,9 @@ static void bad_nexthops(void **state)
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         void *handle = NULL;
         print_message("case: \"%s\"\n", bad[i]);
-        assert_int_equal(res->resolve(res->data, bad[i], TEST_PORT, test_got_cb, &g, &handle),
-                         HAMR_EINVAL);
+        assert_int_equal(
+            res->resolve(res->data, bad[i], TEST_PORT, &test_no_opts, test_got_cb, &g, &handle),
+            HAMR_EINVAL);
     }
     test_idle(f, 20);
     assert_int_equal(g.calls, 0);
@@ -618,10 +677,15 @@ static void cancel(void **state)
     struct test_got g[3];
     void *h[3] = {NULL, NULL, NULL};
     memset(g, 0, sizeof(g));
-    assert_int_equal(res->resolve(res->data, "slow.test", TEST_PORT, test_got_cb, &g[0], &h[0]), 0);
-    assert_int_equal(res->resolve(res->data, "slowhost.test", TEST_PORT, test_got_cb, &g[1], &h[1]),
+    assert_int_equal(
+        res->resolve(res->data, "slow.test", TEST_PORT, &test_no_opts, test_got_cb, &g[0], &h[0]),
+        0);
+    assert_int_equal(res->resolve(res->data, "slowhost.test", TEST_PORT, &test_no_opts, test_got_cb,
+                                  &g[1], &h[1]),
                      0);
-    assert_int_equal(res->resolve(res->data, "192.0.2.1", TEST_PORT, test_got_cb, &g[2], &h[2]), 0);
+    assert_int_equal(
+        res->resolve(res->data, "192.0.2.1", TEST_PORT, &test_no_opts, test_got_cb, &g[2], &h[2]),
+        0);
     res->cancel(res->data, h[2]);
     TESTLIB_LOOP_WAIT(&f->w, testlib_dns_count(&f->srv, "slow.test", DNS_TYPE_MX) > 0 &&
                                  testlib_dns_count(&f->srv, "silent.host.test", DNS_TYPE_A) > 0);
@@ -640,11 +704,16 @@ static void free_pending(void **state)
     struct test_got g[3];
     void *h[3] = {NULL, NULL, NULL};
     memset(g, 0, sizeof(g));
-    assert_int_equal(res->resolve(res->data, "slow.test", TEST_PORT, test_got_cb, &g[0], &h[0]), 0);
-    assert_int_equal(res->resolve(res->data, "slowhost.test", TEST_PORT, test_got_cb, &g[1], &h[1]),
+    assert_int_equal(
+        res->resolve(res->data, "slow.test", TEST_PORT, &test_no_opts, test_got_cb, &g[0], &h[0]),
+        0);
+    assert_int_equal(res->resolve(res->data, "slowhost.test", TEST_PORT, &test_no_opts, test_got_cb,
+                                  &g[1], &h[1]),
                      0);
     TESTLIB_LOOP_WAIT(&f->w, testlib_dns_count(&f->srv, "silent.host.test", DNS_TYPE_A) > 0);
-    assert_int_equal(res->resolve(res->data, "192.0.2.1", TEST_PORT, test_got_cb, &g[2], &h[2]), 0);
+    assert_int_equal(
+        res->resolve(res->data, "192.0.2.1", TEST_PORT, &test_no_opts, test_got_cb, &g[2], &h[2]),
+        0);
     mx_free(f->m);
     for (size_t i = 0; i < 3; i++) {
         assert_int_equal(g[i].calls, 1);
@@ -652,8 +721,9 @@ static void free_pending(void **state)
     }
     /* Closing: resolve refused until m is gone (on the loop's next turn). */
     void *late = NULL;
-    assert_int_equal(res->resolve(res->data, "a.host.test", TEST_PORT, test_got_cb, &g[0], &late),
-                     HAMR_ESHUTDOWN);
+    assert_int_equal(
+        res->resolve(res->data, "a.host.test", TEST_PORT, &test_no_opts, test_got_cb, &g[0], &late),
+        HAMR_ESHUTDOWN);
     f->m = NULL;
     test_idle(f, 400);
     for (size_t i = 0; i < 3; i++)
@@ -678,14 +748,162 @@ static void free_from_callback(void **state)
     struct test_got g;
     void *h[2] = {NULL, NULL};
     memset(&g, 0, sizeof(g));
-    assert_int_equal(res->resolve(res->data, "192.0.2.1", TEST_PORT, test_free_cb, f, &h[0]), 0);
-    assert_int_equal(res->resolve(res->data, "192.0.2.2", TEST_PORT, test_got_cb, &g, &h[1]), 0);
+    assert_int_equal(
+        res->resolve(res->data, "192.0.2.1", TEST_PORT, &test_no_opts, test_free_cb, f, &h[0]), 0);
+    assert_int_equal(
+        res->resolve(res->data, "192.0.2.2", TEST_PORT, &test_no_opts, test_got_cb, &g, &h[1]), 0);
     TESTLIB_LOOP_WAIT(&f->w, f->closed);
     f->closed = false;
     assert_int_equal(g.calls, 1);
     test_want_fail(&g, SMTPC_TEMP, 451, "4.4.3 shutdown");
     test_idle(f, 20);
     assert_int_equal(g.calls, 1);
+}
+
+/* test_tlsa_count - TLSA queries for host at TEST_PORT. */
+static unsigned test_tlsa_count(const struct fixture *f, const char *host)
+{
+    char name[300];
+    snprintf(name, sizeof(name), "_%u._tcp.%s", (unsigned)TEST_PORT, host);
+    return testlib_dns_count(&f->srv, name, DNS_TYPE_TLSA);
+}
+
+/*
+ * dane_secure_mx - a validated MX: a host with validated TLSA records is
+ * DANE-required with the usable ones (3 1 1 and 2 0 1; PKIX-EE 1 left
+ * out); TLSA NODATA, an insecure host address (no TLSA query at all) and
+ * insecure TLSA records are no DANE; only unusable records (PKIX) is DANE
+ * with none (TLS mandatory, unauthenticated).
+ */
+static void dane_secure_mx(void **state)
+{
+    struct fixture *f = *state;
+    struct test_got g;
+    test_route_opts(f, "dane.test", &test_dane_opts, &g);
+    assert_int_equal(g.route.status, SMTPC_OK);
+    assert_int_equal(g.route.n, 5);
+    test_want_target(&g, 0, "d1.host.test", "192.0.2.41");
+    assert_true(g.t[0].dane);
+    assert_int_equal(g.t[0].n_tlsa, 2);
+    assert_int_equal(g.t[0].tlsa[0].usage, 3);
+    assert_int_equal(g.t[0].tlsa[0].selector, 1);
+    assert_int_equal(g.t[0].tlsa[0].mtype, 1);
+    assert_int_equal(g.t[0].tlsa[0].len, 32);
+    assert_int_equal(g.t[0].tlsa[0].data[0], 0x01);
+    assert_int_equal(g.t[0].tlsa[1].usage, 2);
+    assert_int_equal(g.t[0].tlsa[1].selector, 0);
+    assert_int_equal(g.t[0].tlsa[1].data[31], 0x02);
+    test_want_target(&g, 1, "d2.host.test", "192.0.2.42");
+    assert_false(g.t[1].dane); /* TLSA NODATA */
+    test_want_target(&g, 2, "i1.host.test", "192.0.2.46");
+    assert_false(g.t[2].dane); /* its address was not validated */
+    assert_int_equal(test_tlsa_count(f, "i1.host.test"), 0);
+    test_want_target(&g, 3, "d4.host.test", "192.0.2.44");
+    assert_false(g.t[3].dane); /* TLSA records without AD */
+    test_want_target(&g, 4, "d5.host.test", "192.0.2.45");
+    assert_true(g.t[4].dane);
+    assert_int_equal(g.t[4].n_tlsa, 0);
+    assert_int_equal(test_tlsa_count(f, "d1.host.test"), 1);
+
+    /* "[name]": DANE by the host's own validated addresses. */
+    test_route_opts(f, "[d1.host.test]", &test_dane_opts, &g);
+    assert_int_equal(g.route.n, 1);
+    assert_true(g.t[0].dane);
+    assert_int_equal(g.t[0].n_tlsa, 2);
+    /* A literal: never. */
+    test_route_opts(f, "[192.0.2.41]", &test_dane_opts, &g);
+    assert_int_equal(g.route.n, 1);
+    assert_false(g.t[0].dane);
+}
+
+/* dane_off - without opts->dane: no TLSA query, no target DANE (the default path). */
+static void dane_off(void **state)
+{
+    struct fixture *f = *state;
+    struct test_got g;
+    test_route(f, "dane.test", &g);
+    assert_int_equal(g.route.status, SMTPC_OK);
+    assert_int_equal(g.route.n, 5);
+    for (size_t i = 0; i < g.route.n; i++)
+        assert_false(g.t[i].dane);
+    assert_int_equal(test_tlsa_count(f, "d1.host.test"), 0);
+    assert_int_equal(test_tlsa_count(f, "d2.host.test"), 0);
+}
+
+/* dane_insecure_mx - an MX answer without AD: no DANE for any of its hosts, no TLSA query. */
+static void dane_insecure_mx(void **state)
+{
+    struct fixture *f = *state;
+    struct test_got g;
+    test_route_opts(f, "insecure.test", &test_dane_opts, &g);
+    assert_int_equal(g.route.status, SMTPC_OK);
+    assert_int_equal(g.route.n, 1);
+    test_want_target(&g, 0, "d1.host.test", "192.0.2.41");
+    assert_false(g.t[0].dane);
+    assert_int_equal(test_tlsa_count(f, "d1.host.test"), 0);
+}
+
+/*
+ * dane_tlsa_servfail - a TLSA lookup that fails leaves its host out, never
+ * a plaintext fallback; when it was the only host: TEMP 4.7.5, marked.
+ */
+static void dane_tlsa_servfail(void **state)
+{
+    struct fixture *f = *state;
+    struct test_got g;
+    test_route_opts(f, "tlsafail.test", &test_dane_opts, &g);
+    assert_int_equal(g.route.status, SMTPC_OK);
+    assert_int_equal(g.route.n, 1);
+    test_want_target(&g, 0, "d2.host.test", "192.0.2.42");
+    assert_false(g.t[0].dane);
+    assert_true(test_tlsa_count(f, "d3.host.test") >= 1);
+
+    test_route_opts(f, "tlsafailall.test", &test_dane_opts, &g);
+    test_want_fail(&g, SMTPC_TEMP, 450, "4.7.5 TLSA lookup error for _2525._tcp.d3.host.test");
+    assert_true(g.route.dane_unusable);
+}
+
+/*
+ * dane_untrusted - a resolver that is not all on this host: AD not
+ * trusted, so no TLSA query and no DANE; trust_ad says otherwise.
+ */
+static void dane_untrusted(void **state)
+{
+    struct fixture *f = *state;
+    struct dns_config dcfg;
+    struct test_got g;
+    assert_true(dns_ad_trusted(f->r)); /* 127.0.0.1 */
+    mx_free(f->m);
+    f->m = NULL;
+    dns_close(f->r, testlib_flag_cb, &f->closed);
+    TESTLIB_LOOP_WAIT(&f->w, f->closed);
+    f->closed = false;
+    dns_config_default(&dcfg);
+    /* The second server is never asked while the first answers (no rotation). */
+    snprintf(dcfg.servers, sizeof(dcfg.servers), "%s,192.0.2.53:53", f->srv.servers);
+    dcfg.timeout_ms = 200;
+    dcfg.tries = 1;
+    assert_int_equal(dns_new(&f->loop, &dcfg, &f->r), 0);
+    assert_false(dns_ad_trusted(f->r));
+    test_mx_new(f);
+    test_route_opts(f, "dane.test", &test_dane_opts, &g);
+    assert_int_equal(g.route.status, SMTPC_OK);
+    assert_int_equal(g.route.n, 5);
+    for (size_t i = 0; i < g.route.n; i++)
+        assert_false(g.t[i].dane);
+    assert_int_equal(test_tlsa_count(f, "d1.host.test"), 0);
+
+    mx_free(f->m);
+    f->m = NULL;
+    dns_close(f->r, testlib_flag_cb, &f->closed);
+    TESTLIB_LOOP_WAIT(&f->w, f->closed);
+    f->closed = false;
+    dcfg.trust_ad = true;
+    assert_int_equal(dns_new(&f->loop, &dcfg, &f->r), 0);
+    assert_true(dns_ad_trusted(f->r));
+    test_mx_new(f);
+    test_route_opts(f, "dane.test", &test_dane_opts, &g);
+    assert_true(g.t[0].dane);
 }
 
 /* bad_config - counts and enums out of range refused. */
@@ -729,6 +947,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(free_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(free_from_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(bad_config, setup, teardown),
+        cmocka_unit_test_setup_teardown(dane_secure_mx, setup, teardown),
+        cmocka_unit_test_setup_teardown(dane_off, setup, teardown),
+        cmocka_unit_test_setup_teardown(dane_insecure_mx, setup, teardown),
+        cmocka_unit_test_setup_teardown(dane_tlsa_servfail, setup, teardown),
+        cmocka_unit_test_setup_teardown(dane_untrusted, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

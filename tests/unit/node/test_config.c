@@ -310,6 +310,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->mx.n_self_addrs, 0);
     assert_string_equal(cfg->dns.servers, "");
     assert_int_equal(cfg->dns.tries, 2);
+    assert_false(cfg->dns.trust_ad);
     assert_string_equal(cfg->smtpc.helo_name, cfg->hostname);
     assert_int_equal(cfg->smtpc.connect_timeout_ms, 30000);
     assert_int_equal(cfg->smtpc.command_timeout_ms, 300000);
@@ -406,6 +407,7 @@ static const char test_full[] =
     "timeout = 2s\n"
     "tries = 3\n"
     "cache_size = 500\n"
+    "trust_ad = yes\n"
     "\n"
     "[transport]\n"
     "example.com = [mx.example.com]:25\n"
@@ -521,6 +523,7 @@ static void test_every_key(void **state)
     assert_int_equal(cfg->dns.timeout_ms, 2000);
     assert_int_equal(cfg->dns.tries, 3);
     assert_int_equal(cfg->dns.cache_size, 500);
+    assert_true(cfg->dns.trust_ad);
     assert_int_equal(cfg->n_transports, 2);
     assert_string_equal(cfg->transports[1].domain, ".example.com");
     assert_string_equal(cfg->transports[1].next_hop.host, "10.9.9.9");
@@ -1064,12 +1067,14 @@ static void test_tls_policy(void **state)
                        "[tls_policy]\n"
                        "bank.example = verify\n"
                        ".example.com = May\n"
-                       ".secure.example.com = verify\n",
+                       ".secure.example.com = verify\n"
+                       "dane.example = dane\n"
+                       "only.example = DANE-only\n",
                        err, sizeof(err), NULL);
     if (rc != 0)
         fail_msg("%s", err);
     assert_string_equal(cfg->smtpc.tls_ca_file, "/etc/hamr/ca.pem");
-    assert_int_equal(cfg->n_tls_policies, 3);
+    assert_int_equal(cfg->n_tls_policies, 5);
     static const struct {
         const char *rcpt;
         enum smtpc_tls_policy want;
@@ -1081,6 +1086,8 @@ static void test_tls_policy(void **state)
         {"a@example.com", SMTPC_TLS_ENCRYPT},         /* ".example.com" is subdomains only */
         {"a@x.secure.example.com", SMTPC_TLS_VERIFY}, /* longest suffix wins */
         {"a@other.org", SMTPC_TLS_ENCRYPT},
+        {"a@dane.example", SMTPC_TLS_DANE},
+        {"a@only.example", SMTPC_TLS_DANE_ONLY},
         {"a@", SMTPC_TLS_ENCRYPT},
     };
     for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++)
@@ -1094,9 +1101,9 @@ static void test_tls_policy(void **state)
         const char *want;
     } bad[] = {
         {BASE "[delivery]\ntls_policy = required\n",
-         ":9: tls_policy: not one of may, encrypt, verify: \"required\""},
-        {BASE "[tls_policy]\nexample.com = may\nexample.org = dane\n",
-         ":10: example.org: not one of may, encrypt, verify: \"dane\""},
+         ":9: tls_policy: not one of may, encrypt, verify, dane, dane-only: \"required\""},
+        {BASE "[tls_policy]\nexample.com = may\nexample.org = tlsa\n",
+         ":10: example.org: not one of may, encrypt, verify, dane, dane-only: \"tlsa\""},
         {BASE "[tls_policy]\nexample.com = may\nEXAMPLE.com = verify\n",
          ":10: example.com: given twice (first on line 9)"},
         {BASE "[tls_policy]\nbad_domain..x = verify\n",
