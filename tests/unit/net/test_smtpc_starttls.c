@@ -12,8 +12,13 @@
  * reply; a refused STARTTLS and a handshake timeout defer; only the EHLO
  * list after TLS counts; a reused connection keeps TLS; deliveries under
  * different policies do not share a connection; without a TLS client
- * context may goes plaintext and encrypt defers. Every case also checks the
- * result's tls_state.
+ * context may goes plaintext and encrypt defers. DANE, through a fake
+ * resolver whose target carries TLSA records: DANE-EE 3 1 1 of the
+ * certificate's key (and DANE-TA 2 0 1 of the CA) delivers "dane-verified"
+ * whatever the name; a mismatch, or no STARTTLS, defers without MAIL; a
+ * target without TLSA under dane goes on as may; dane-only without a DANE
+ * target defers without connecting. Every case also checks the result's
+ * tls_state.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -26,7 +31,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <uv.h>
 
 #include "util/common.h"
@@ -456,6 +464,224 @@ static void test_policies_not_shared(void **state)
     assert_int_equal(f->srv.n_messages, 5);
 }
 
+/* ------------------------------------------------------------------------ */
+/* DANE                                                                     */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * dane_fixture - the STARTTLS next hop reached through a fake resolver,
+ * whose one target ("mx.dane.test" at 127.0.0.1) the test marks for DANE.
+ */
+struct dane_fixture {
+    struct testlib_smtpc *f;
+    struct testlib_resolver *fr;
+};
+
+static int setup_dane(void **state)
+{
+    struct dane_fixture *df = calloc(1, sizeof(*df));
+    assert_non_null(df);
+    df->f = testlib_smtpc_new(server_ctx);
+    df->f->srv.ehlo = ehlo_offer;
+    df->f->srv.ehlo_tls = ehlo_after_tls;
+    df->fr = testlib_resolver_new(&df->f->loop);
+    df->f->cfg.resolver = &df->fr->r;
+    testlib_resolver_add(df->fr, "mx.dane.test", "127.0.0.1", df->f->srv.port);
+    *state = df;
+    return 0;
+}
+
+static int teardown_dane(void **state)
+{
+    struct dane_fixture *df = *state;
+    testlib_resolver_close(df->fr); /* freed by the loop, after the pool's close */
+    testlib_smtpc_free(df->f);
+    free(df);
+    *state = NULL;
+    return 0;
+}
+
+/*
+ * dane_digest - SHA-256 of the first certificate in file (PEM): of its
+ * SubjectPublicKeyInfo (selector 1) or of the whole certificate (0).
+ */
+static void dane_digest(const char *file, uint8_t selector, uint8_t out[32])
+{
+    FILE *fp = fopen(file, "r");
+    assert_non_null(fp);
+    X509 *x = PEM_read_X509(fp, NULL, NULL, NULL);
+    fclose(fp);
+    assert_non_null(x);
+    unsigned char *der = NULL;
+    int len = selector == 1 ? i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &der) : i2d_X509(x, &der);
+    assert_true(len > 0);
+    unsigned int n = 0;
+    assert_int_equal(EVP_Digest(der, (size_t)len, out, &n, EVP_sha256(), NULL), 1);
+    assert_int_equal(n, 32);
+    OPENSSL_free(der);
+    X509_free(x);
+}
+
+/* dane_target - the resolver's target carries one TLSA record (usage selector 1 and data). */
+static void dane_target(struct dane_fixture *df,
+                        uint8_t usage,
+                        uint8_t selector,
+                        const uint8_t *data)
+{
+    struct smtpc_target *t = &df->fr->t[0];
+    t->dane = true;
+    t->n_tlsa = 1;
+    t->tlsa[0].usage = usage;
+    t->tlsa[0].selector = selector;
+    t->tlsa[0].mtype = 1;
+    t->tlsa[0].len = 32;
+    memcpy(t->tlsa[0].data, data, 32);
+}
+
+/* dane_deliver - one delivery to "dane.test" under policy, until its callback. */
+static void dane_deliver(struct dane_fixture *df, enum smtpc_tls_policy policy, struct result *r)
+{
+    struct testlib_smtpc *f = df->f;
+    memset(r, 0, sizeof(*r));
+    testlib_smtpc_pool_start(f);
+    assert_int_equal(
+        smtpc_pool_deliver_tls(f->pool, "dane.test", f->srv.port, policy, NULL, &msg, done_cb, r),
+        0);
+    TESTLIB_LOOP_UNTIL(&f->run, r->calls == 1);
+}
+
+/*
+ * test_dane_ee_match - DANE-EE 3 1 1 of the server's key: delivered over
+ * TLS, "dane-verified", although neither the name (mx.dane.test) nor the
+ * CA (not in the pool's trust) would pass verify; the resolve asked for TLSA.
+ */
+static void test_dane_ee_match(void **state)
+{
+    struct dane_fixture *df = *state;
+    struct result r;
+    uint8_t digest[32];
+    dane_digest(certs.cert_file, 1, digest);
+    dane_target(df, 3, 1, digest);
+    df->f->cfg.tls_ca_file[0] = '\0';
+    dane_deliver(df, SMTPC_TLS_DANE, &r);
+    assert_true(df->fr->opts.dane);
+    assert_int_equal(r.r.status, SMTPC_OK);
+    assert_true(ends_with(r.tls, " dane-verified"));
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_VERIFIED);
+    assert_int_equal(df->f->srv.n_mail_plain, 0);
+    assert_int_equal(df->f->srv.n_mail_tls, 1);
+    struct smtpc_stats st;
+    smtpc_pool_get_stats(df->f->pool, &st);
+    assert_int_equal(st.dane_verified, 1);
+    assert_int_equal(st.dane_failed, 0);
+}
+
+/*
+ * test_dane_ta_match - DANE-TA 2 0 1 of the CA certificate the server
+ * sends in its chain; the leaf names the base domain. Then the same
+ * record for a base domain the leaf does not name: deferred.
+ */
+static void test_dane_ta_match(void **state)
+{
+    struct dane_fixture *df = *state;
+    struct result r;
+    uint8_t digest[32];
+    dane_digest(certs.ca_file, 0, digest);
+    dane_target(df, 2, 0, digest);
+    df->f->cfg.tls_ca_file[0] = '\0';
+    /* DANE-TA checks the leaf's name against the TLSA base domain (RFC 7672 3.2.2). */
+    hamr_strlcpy(df->fr->t[0].host, "localhost", sizeof(df->fr->t[0].host));
+    dane_deliver(df, SMTPC_TLS_DANE_ONLY, &r);
+    if (r.r.status != SMTPC_OK)
+        fail_msg("not delivered: %s", r.r.text);
+    assert_true(ends_with(r.tls, " dane-verified"));
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_VERIFIED);
+}
+
+/* test_dane_mismatch - a record of another key: deferred, DANE_FAILED, the server never got MAIL.
+ */
+static void test_dane_mismatch(void **state)
+{
+    struct dane_fixture *df = *state;
+    struct result r;
+    uint8_t digest[32];
+    dane_digest(other_certs.cert_file, 1, digest);
+    dane_target(df, 3, 1, digest);
+    dane_deliver(df, SMTPC_TLS_DANE, &r);
+    assert_deferred(df->f, &r, "DANE");
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_DANE_FAILED);
+    assert_string_equal(r.tls, "none");
+    struct smtpc_stats st;
+    smtpc_pool_get_stats(df->f->pool, &st);
+    assert_int_equal(st.dane_verified, 0);
+    assert_int_equal(st.dane_failed, 1);
+}
+
+/* test_dane_not_offered - a DANE target without STARTTLS: deferred, no MAIL, no plaintext. */
+static void test_dane_not_offered(void **state)
+{
+    struct dane_fixture *df = *state;
+    struct result r;
+    uint8_t digest[32];
+    dane_digest(certs.cert_file, 1, digest);
+    dane_target(df, 3, 1, digest);
+    srv_no_starttls(df->f);
+    dane_deliver(df, SMTPC_TLS_DANE, &r);
+    assert_deferred(df->f, &r, "STARTTLS not offered");
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_DANE_FAILED);
+}
+
+/* test_dane_no_tlsa - dane, a target without TLSA records: as may, plaintext without STARTTLS. */
+static void test_dane_no_tlsa(void **state)
+{
+    struct dane_fixture *df = *state;
+    struct result r;
+    srv_no_starttls(df->f);
+    dane_deliver(df, SMTPC_TLS_DANE, &r);
+    assert_true(df->fr->opts.dane);
+    assert_int_equal(r.r.status, SMTPC_OK);
+    assert_string_equal(r.tls, "none");
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_NOT_OFFERED);
+    assert_int_equal(df->f->srv.n_mail_plain, 1);
+}
+
+/* test_dane_no_tlsa_offered - dane, no TLSA, STARTTLS offered: opportunistic TLS, unverified. */
+static void test_dane_no_tlsa_offered(void **state)
+{
+    struct dane_fixture *df = *state;
+    struct result r;
+    dane_deliver(df, SMTPC_TLS_DANE, &r);
+    assert_int_equal(r.r.status, SMTPC_OK);
+    assert_true(ends_with(r.tls, " unverified"));
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_UNVERIFIED);
+}
+
+/* test_dane_only_no_tlsa - dane-only, no target with TLSA records: deferred before connecting. */
+static void test_dane_only_no_tlsa(void **state)
+{
+    struct dane_fixture *df = *state;
+    struct result r;
+    dane_deliver(df, SMTPC_TLS_DANE_ONLY, &r);
+    assert_int_equal(r.r.status, SMTPC_TEMP);
+    assert_true(strstr(r.r.text, "4.7.5") != NULL);
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_DANE_UNUSABLE);
+    assert_int_equal(df->f->srv.n_accepted, 0);
+}
+
+/* test_may_no_dane_opts - a policy without DANE resolves without asking for TLSA. */
+static void test_may_no_dane_opts(void **state)
+{
+    struct dane_fixture *df = *state;
+    struct result r;
+    uint8_t digest[32];
+    dane_digest(other_certs.cert_file, 1, digest);
+    dane_target(df, 3, 1, digest); /* ignored: not a DANE policy */
+    dane_deliver(df, SMTPC_TLS_MAY, &r);
+    assert_false(df->fr->opts.dane);
+    assert_int_equal(r.r.status, SMTPC_OK);
+    assert_true(ends_with(r.tls, " unverified"));
+}
+
 static void test_policy_names(void **state)
 {
     static const struct {
@@ -467,6 +693,10 @@ static void test_policy_names(void **state)
         {"encrypt", 0, SMTPC_TLS_ENCRYPT},
         {"verify", 0, SMTPC_TLS_VERIFY},
         {"VERIFY", 0, SMTPC_TLS_VERIFY},
+        {"dane", 0, SMTPC_TLS_DANE},
+        {"dane-only", 0, SMTPC_TLS_DANE_ONLY},
+        {"DANE-Only", 0, SMTPC_TLS_DANE_ONLY},
+        {"dane-", HAMR_EINVAL, SMTPC_TLS_MAY},
         {"", HAMR_EINVAL, SMTPC_TLS_MAY},
         {"none", HAMR_EINVAL, SMTPC_TLS_MAY},
         {"mayx", HAMR_EINVAL, SMTPC_TLS_MAY},
@@ -501,6 +731,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_policies_not_shared, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_verify_target_host, setup, testlib_smtpc_teardown),
         cmocka_unit_test(test_policy_names),
+        cmocka_unit_test_setup_teardown(test_dane_ee_match, setup_dane, teardown_dane),
+        cmocka_unit_test_setup_teardown(test_dane_ta_match, setup_dane, teardown_dane),
+        cmocka_unit_test_setup_teardown(test_dane_mismatch, setup_dane, teardown_dane),
+        cmocka_unit_test_setup_teardown(test_dane_not_offered, setup_dane, teardown_dane),
+        cmocka_unit_test_setup_teardown(test_dane_no_tlsa, setup_dane, teardown_dane),
+        cmocka_unit_test_setup_teardown(test_dane_no_tlsa_offered, setup_dane, teardown_dane),
+        cmocka_unit_test_setup_teardown(test_dane_only_no_tlsa, setup_dane, teardown_dane),
+        cmocka_unit_test_setup_teardown(test_may_no_dane_opts, setup_dane, teardown_dane),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
