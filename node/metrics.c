@@ -455,6 +455,9 @@ static const int metrics_hamr_reject_codes[] = {421, 450, 451, 452, 454, 455, 50
 static const char *const metrics_hamr_dns_results[] = {"ok", "nxdomain", "nodata", "tempfail",
                                                        NULL};
 
+/* The results of METRICS_DANE, in the order relay_metrics_fill sets them. */
+static const char *const metrics_hamr_dane_results[] = {"verified", "failed", "unusable", NULL};
+
 static const char *const metrics_hamr_reject_labels[] = {
     "421", "450", "451", "452", "454", "455", "500", "501", "502",   "503", "504",
     "530", "535", "550", "551", "552", "553", "554", "555", "other", NULL};
@@ -678,6 +681,15 @@ const struct metrics_def metrics_hamr_defs[] = {
                                        METRICS_COUNTER),
     [METRICS_DNS_CACHE_ENTRIES] =
         METRICS_PLAIN("hamr_dns_cache_entries", "Answers in the DNS cache.", METRICS_GAUGE),
+    [METRICS_DANE] = METRICS_LABELLED("hamr_dane_total",
+                                      "DANE (tls_policy dane, dane-only) by result: TLS "
+                                      "sessions authenticated by a TLSA record, attempts "
+                                      "deferred at a host with TLSA records (no STARTTLS, "
+                                      "no match), attempts deferred before connecting (no "
+                                      "usable host).",
+                                      METRICS_COUNTER,
+                                      "result",
+                                      metrics_hamr_dane_results),
     [METRICS_BUILD_INFO] = METRICS_LABELLED("hamr_build_info",
                                             "Version of this hamr build.",
                                             METRICS_GAUGE,

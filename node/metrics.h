@@ -173,6 +173,7 @@ enum metrics_hamr_id {
     METRICS_DNS_CACHE_HITS,      /* counter: of those, from the cache */
     METRICS_DNS_SENT,            /* counter: DNS queries sent to a server */
     METRICS_DNS_CACHE_ENTRIES,   /* gauge: answers in the DNS cache */
+    METRICS_DANE,                /* counter{result}: DANE outcomes (smtpc_stats) */
     METRICS_BUILD_INFO,          /* gauge{version} = 1 */
     METRICS_HAMR_COUNT
 };

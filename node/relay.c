@@ -568,6 +568,24 @@ static void relay_mx_config(const struct hamr_config *cfg, struct mx_config *mc)
     }
 }
 
+/*
+ * relay_dane_check - log once, at start, when a tls_policy says dane or
+ * dane-only but the resolver's AD bit is not trusted: DANE then never
+ * applies (dane acts as may, dane-only defers everything).
+ */
+static void relay_dane_check(const struct hamr_config *cfg, const struct dns *dns)
+{
+    bool dane = cfg->tls_policy == SMTPC_TLS_DANE || cfg->tls_policy == SMTPC_TLS_DANE_ONLY;
+    for (size_t i = 0; i < cfg->n_tls_policies && !dane; i++)
+        dane = cfg->tls_policies[i].policy == SMTPC_TLS_DANE ||
+               cfg->tls_policies[i].policy == SMTPC_TLS_DANE_ONLY;
+    if (dane && !dns_ad_trusted(dns))
+        log_warn(
+            "tls_policy dane: the DNS resolver is not on this host and [dns] trust_ad is no: "
+            "DNSSEC cannot be trusted, so DANE never applies (dane acts as may, dane-only "
+            "defers)");
+}
+
 /* relay_start_delivery - the resolver, MX routing and the delivery pool. */
 static int relay_start_delivery(struct relay *r, char *err, size_t errlen)
 {
@@ -584,6 +602,7 @@ static int relay_start_delivery(struct relay *r, char *err, size_t errlen)
         snprintf(err, errlen, "MX routing: %s", hamr_strerror(rv));
         return rv;
     }
+    relay_dane_check(cfg, r->dns);
     struct smtpc_config sc = cfg->smtpc;
     sc.resolver = mx_resolver(r->mx);
     r->pool = smtpc_pool_new(r->loop, &sc);

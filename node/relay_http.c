@@ -20,6 +20,7 @@
 #include "queue/queue.h"
 #include "consensus/consensus.h"
 #include "net/dns.h"
+#include "net/smtpc.h"
 #include "net/smtpd_server.h"
 #include "node/body_fetch.h"
 #include "node/http.h"
@@ -93,6 +94,13 @@ void relay_metrics_fill(void *data, struct metrics *m)
         metrics_counter_set(m, METRICS_DNS_CACHE_HITS, 0, ds.cache_hits);
         metrics_counter_set(m, METRICS_DNS_SENT, 0, ds.sent);
         metrics_gauge_set(m, METRICS_DNS_CACHE_ENTRIES, 0, (double)dns_cache_entries(r->dns));
+    }
+    if (r->pool != NULL) {
+        struct smtpc_stats st;
+        smtpc_pool_get_stats(r->pool, &st);
+        metrics_counter_set(m, METRICS_DANE, 0, st.dane_verified);
+        metrics_counter_set(m, METRICS_DANE, 1, st.dane_failed);
+        metrics_counter_set(m, METRICS_DANE, 2, st.dane_unusable);
     }
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_ACCEPTED, ci.port.accepted);
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_REFUSED, ci.port.refused);
