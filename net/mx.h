@@ -21,6 +21,17 @@
  * a literal of a family inet_protocols turns off is PERM 5.4.4. At most 10 MX hosts are looked up;
  * the targets are deduplicated by address and cut at address_limit.
  *
+ * DANE (smtpc_resolve_opts.dane, and dns_ad_trusted of the resolver): when
+ * the MX answer (or its NODATA) had the AD bit (RFC 7672 2.2.1; "[name]":
+ * always) and a host's A/AAAA answers did (2.2.2), the TLSA records of
+ * "_PORT._tcp.HOST" are asked, HOST the MX host name as given (a CNAME in
+ * front of it is not followed, a simplification of 2.2.3). Validated
+ * records make the host's targets DANE (smtpc_target.dane, with the usable
+ * records: usage 2 or 3, digests of at most SMTPC_TLSA_DATA_MAX octets);
+ * none, or an insecure answer, is no DANE; a failed lookup leaves the host
+ * out, and with no host left the route is TEMP 450 4.7.5 (dane_unusable).
+ * Literals never have DANE. Without opts->dane, no TLSA query at all.
+ *
  * Thread: the loop's only. Owns: struct mx and the lookups in flight.
  */
 #ifndef HAMR_NET_MX_H
