@@ -522,11 +522,11 @@ static void dane_digest(const char *file, uint8_t selector, uint8_t out[32])
     X509_free(x);
 }
 
-/* dane_target - the resolver's target carries one TLSA record (usage selector 1 and data). */
-static void dane_target(struct dane_fixture *df,
-                        uint8_t usage,
-                        uint8_t selector,
-                        const uint8_t *data)
+/*
+ * dane_target - the resolver's target carries one TLSA record: usage,
+ * selector, matching type 1 (SHA-256) of the first certificate in file.
+ */
+static void dane_target(struct dane_fixture *df, uint8_t usage, uint8_t selector, const char *file)
 {
     struct smtpc_target *t = &df->fr->t[0];
     t->dane = true;
@@ -535,7 +535,7 @@ static void dane_target(struct dane_fixture *df,
     t->tlsa[0].selector = selector;
     t->tlsa[0].mtype = 1;
     t->tlsa[0].len = 32;
-    memcpy(t->tlsa[0].data, data, 32);
+    dane_digest(file, selector, t->tlsa[0].data);
 }
 
 /* dane_deliver - one delivery to "dane.test" under policy, until its callback. */
@@ -559,9 +559,7 @@ static void test_dane_ee_match(void **state)
 {
     struct dane_fixture *df = *state;
     struct result r;
-    uint8_t digest[32];
-    dane_digest(certs.cert_file, 1, digest);
-    dane_target(df, 3, 1, digest);
+    dane_target(df, 3, 1, certs.cert_file);
     df->f->cfg.tls_ca_file[0] = '\0';
     dane_deliver(df, SMTPC_TLS_DANE, &r);
     assert_true(df->fr->opts.dane);
@@ -585,9 +583,7 @@ static void test_dane_ta_match(void **state)
 {
     struct dane_fixture *df = *state;
     struct result r;
-    uint8_t digest[32];
-    dane_digest(certs.ca_file, 0, digest);
-    dane_target(df, 2, 0, digest);
+    dane_target(df, 2, 0, certs.ca_file);
     df->f->cfg.tls_ca_file[0] = '\0';
     /* DANE-TA checks the leaf's name against the TLSA base domain (RFC 7672 3.2.2). */
     hamr_strlcpy(df->fr->t[0].host, "localhost", sizeof(df->fr->t[0].host));
@@ -604,9 +600,7 @@ static void test_dane_mismatch(void **state)
 {
     struct dane_fixture *df = *state;
     struct result r;
-    uint8_t digest[32];
-    dane_digest(other_certs.cert_file, 1, digest);
-    dane_target(df, 3, 1, digest);
+    dane_target(df, 3, 1, other_certs.cert_file);
     dane_deliver(df, SMTPC_TLS_DANE, &r);
     assert_deferred(df->f, &r, "DANE");
     assert_int_equal(r.tls_state, SMTPC_TLS_STATE_DANE_FAILED);
@@ -622,9 +616,7 @@ static void test_dane_not_offered(void **state)
 {
     struct dane_fixture *df = *state;
     struct result r;
-    uint8_t digest[32];
-    dane_digest(certs.cert_file, 1, digest);
-    dane_target(df, 3, 1, digest);
+    dane_target(df, 3, 1, certs.cert_file);
     srv_no_starttls(df->f);
     dane_deliver(df, SMTPC_TLS_DANE, &r);
     assert_deferred(df->f, &r, "STARTTLS not offered");
@@ -673,9 +665,7 @@ static void test_may_no_dane_opts(void **state)
 {
     struct dane_fixture *df = *state;
     struct result r;
-    uint8_t digest[32];
-    dane_digest(other_certs.cert_file, 1, digest);
-    dane_target(df, 3, 1, digest); /* ignored: not a DANE policy */
+    dane_target(df, 3, 1, other_certs.cert_file); /* ignored: not a DANE policy */
     dane_deliver(df, SMTPC_TLS_MAY, &r);
     assert_false(df->fr->opts.dane);
     assert_int_equal(r.r.status, SMTPC_OK);
