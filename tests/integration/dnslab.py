@@ -60,6 +60,15 @@ def dns_query(port, name, qtype=6, host="127.0.0.1", timeout=0.5):
     return None if flags is None else flags[1] & 0x0F
 
 
+def _wait_serving(proc, ready, timeout, what):
+    """_wait_serving - until ready() holds, proc staying alive meanwhile."""
+    def check():
+        proc.check_alive()
+        return ready()
+
+    wait_for(check, timeout, what, interval=0.1)
+
+
 class AuthDNS:
     """AuthDNS - NSD on 127.0.0.1:port serving zones {origin: text or None}."""
 
@@ -109,13 +118,8 @@ class AuthDNS:
         self.proc = self.env.spawn(self.name, [NSD, "-d", "-c",
                                                os.path.join(self.dir, "nsd.conf")])
         origin = next(o for o, t in self.zones.items() if t is not None)
-
-        def answering():
-            self.proc.check_alive()
-            return dns_query(self.port, origin) == 0
-
-        wait_for(answering, timeout, "%s to answer on port %d" % (self.name, self.port),
-                 interval=0.1)
+        _wait_serving(self.proc, lambda: dns_query(self.port, origin) == 0, timeout,
+                      "%s to answer on port %d" % (self.name, self.port))
         return self
 
     def stop(self):
@@ -264,13 +268,8 @@ class ValidatingDNS:
             f.write("\n".join(conf) + "\n")
         self.proc = self.env.spawn(self.name + "-unbound", [UNBOUND, "-d", "-c", path])
         origin = next(iter(self.signed))
-
-        def validating():
-            self.proc.check_alive()
-            return dns_answer_ad(self.port, origin, 6) == (0, True)
-
-        wait_for(validating, timeout, "unbound on %d to validate %s" % (self.port, origin),
-                 interval=0.1)
+        _wait_serving(self.proc, lambda: dns_answer_ad(self.port, origin, 6) == (0, True),
+                      timeout, "unbound on %d to validate %s" % (self.port, origin))
         return self
 
     def stop(self):
