@@ -654,8 +654,12 @@ static void test_sts_older_build(void **state)
  * Snapshot, restore and digest
  * ------------------------------------------------------------------------ */
 
-/* build_cache - a queue at the level with a message and three policies, one of them without mx. */
-static struct queue *build_cache(void)
+/*
+ * build_cache_with - a queue at the level with a message and three
+ * policies (c.example, then a, then b.example without mx); a is the
+ * a.example policy applied second.
+ */
+static struct queue *build_cache_with(const struct queue_entry_sts_args *a)
 {
     struct queue *q = sts_queue();
     struct fx_enq m = {.id = "M", .sender = "a@example.org", .rcpts = {"b@example.com"}};
@@ -665,12 +669,18 @@ static struct queue *build_cache(void)
     c.mx = mx3;
     c.n_mx = 3;
     c.mode = QUEUE_STS_TESTING;
-    struct queue_entry_sts_args a = pol("A.example.", T0 + 2, 3600);
     struct queue_entry_sts_args b = {.domain = "b.example", .id = "x", .fetched_at_ms = T0 + 3};
     assert_int_equal(sts_apply(q, T0 + 1, &c).status, 0);
-    assert_int_equal(sts_apply(q, T0 + 2, &a).status, 0);
+    assert_int_equal(sts_apply(q, T0 + 2, a).status, 0);
     assert_int_equal(sts_apply(q, T0 + 3, &b).status, 0);
     return q;
+}
+
+/* build_cache - build_cache_with the default a.example policy. */
+static struct queue *build_cache(void)
+{
+    struct queue_entry_sts_args a = pol("A.example.", T0 + 2, 3600);
+    return build_cache_with(&a);
 }
 
 /* collect - up to 16 policies of a cache, in its order. */
@@ -795,18 +805,7 @@ static void test_sts_digest(void **state)
     variants[3].a.n_mx = 1;
     for (size_t v = 0; v < HAMR_ARRAY_LEN(variants); v++) {
         /* The same history as build_cache with one field of the a.example policy changed. */
-        struct queue *o = sts_queue();
-        struct fx_enq m = {.id = "M", .sender = "a@example.org", .rcpts = {"b@example.com"}};
-        assert_int_equal(fx_enqueue(o, T0, &m).status, 0);
-        static const char *const mx3[] = {"mx1.c.example", "mx2.c.example", "*.c.example"};
-        struct queue_entry_sts_args c = pol("c.example", T0 + 1, 86400);
-        c.mx = mx3;
-        c.n_mx = 3;
-        c.mode = QUEUE_STS_TESTING;
-        struct queue_entry_sts_args b = {.domain = "b.example", .id = "x", .fetched_at_ms = T0 + 3};
-        assert_int_equal(sts_apply(o, T0 + 1, &c).status, 0);
-        assert_int_equal(sts_apply(o, T0 + 2, &variants[v].a).status, 0);
-        assert_int_equal(sts_apply(o, T0 + 3, &b).status, 0);
+        struct queue *o = build_cache_with(&variants[v].a);
         char d[65];
         digest_of(o, d);
         if (strcmp(d, base) == 0)
