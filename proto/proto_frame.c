@@ -8,8 +8,11 @@
 static const uint8_t proto_entry_magic[4] = {'H', 'A', 'M', 'R'};
 static const uint8_t proto_snapshot_magic[4] = {'H', 'M', 'S', 'N'};
 
-static int proto_pack_magic(const ProtobufCMessage *m, const uint8_t magic[4],
-                            void *(*alloc)(size_t), uint8_t **out, size_t *len)
+static int proto_pack_magic(const ProtobufCMessage *m,
+                            const uint8_t magic[4],
+                            void *(*alloc)(size_t),
+                            uint8_t **out,
+                            size_t *len)
 {
     size_t n = protobuf_c_message_get_packed_size(m);
     uint8_t *p = (alloc ? alloc : malloc)(n + 4);
@@ -59,21 +62,23 @@ int proto_entry_unpack(const uint8_t *buf, size_t len, Hamr__Entry **out)
         return HAMR_EVERSION;
     }
     switch (e->cmd_case) {
-    case HAMR__ENTRY__CMD_ENQUEUE:
-    case HAMR__ENTRY__CMD_OUTCOME:
-    case HAMR__ENTRY__CMD_LEASE:
-    case HAMR__ENTRY__CMD_ADMIN:
-    case HAMR__ENTRY__CMD_NODE_INFO:
-    case HAMR__ENTRY__CMD_CLUSTER_LEVEL:
-        /*
-         * The kinds of format 1. A kind added later goes here too, and the
-         * leader proposes it only once ClusterLevel has reached its format.
-         */
-        break;
-    default:
-        /* Unknown kind (a newer writer, or none at all): refuse, never skip. */
-        hamr__entry__free_unpacked(e, NULL);
-        return HAMR_EVERSION;
+        case HAMR__ENTRY__CMD_ENQUEUE:
+        case HAMR__ENTRY__CMD_OUTCOME:
+        case HAMR__ENTRY__CMD_LEASE:
+        case HAMR__ENTRY__CMD_ADMIN:
+        case HAMR__ENTRY__CMD_NODE_INFO:
+        case HAMR__ENTRY__CMD_CLUSTER_LEVEL:
+            /*
+             * The kinds of format 1. A kind added later goes here too, and the
+             * leader proposes it only once ClusterLevel has reached its format.
+             */
+        case HAMR__ENTRY__CMD_STS_POLICY:
+            /* Format 4 (QUEUE_LEVEL_STS): the replicated MTA-STS policy cache. */
+            break;
+        default:
+            /* Unknown kind (a newer writer, or none at all): refuse, never skip. */
+            hamr__entry__free_unpacked(e, NULL);
+            return HAMR_EVERSION;
     }
     *out = e;
     return 0;

@@ -35,9 +35,13 @@
  * stamped with format 1 and builds of format 1 still read them. Format 3
  * (QUEUE_LEVEL_STORE) adds Enqueue.body_len: from cluster level 3 snapshots
  * carry each body's length and hash, not the body, which only nodes that
- * keep a body store and fetch from peers can install.
+ * keep a body store and fetch from peers can install. Format 4
+ * (QUEUE_LEVEL_STS) adds the entry kind StsPolicy (Entry.sts_policy) and
+ * Snapshot.sts_policies, the replicated MTA-STS policy cache: a leader
+ * proposes it only from cluster level 4, and a build of format 3 or older
+ * refuses the kind (HAMR_EVERSION from proto_entry_unpack) and stops.
  */
-#define PROTO_FORMAT_VERSION_MAX 3
+#define PROTO_FORMAT_VERSION_MAX 4
 #define PROTO_SNAPSHOT_VERSION 1
 #define PROTO_CONTROL_MAX (64u * 1024 * 1024)
 /* Peer frames: same layout as control frames; a proposal carries a whole message. */

@@ -9,6 +9,7 @@
  *                    expiry heap) and the counts
  *   queue_str.c      the shared copies of repeated texts
  *   queue_node.c     the node directory and the cluster feature level
+ *   queue_sts.c      the MTA-STS policy cache
  *   queue_snapshot.c snapshot, restore and digest
  *   queue_entry.c    the encoders of the entries queue_apply decodes
  */
@@ -58,7 +59,8 @@ struct queue_dheap {
  * queue_domain - the messages with a recipient in one domain (the text
  * after the last '@', as the route sees it), in a heap on the earliest
  * next attempt of their PENDING recipients there (UINT64_MAX for none, a
- * held message, or one whose body this node lacks). A domain lives while a message has a recipient there.
+ * held message, or one whose body this node lacks). A domain lives while a message has a recipient
+ * there.
  */
 struct queue_domain {
     char *name;
@@ -201,6 +203,12 @@ struct queue {
      * order, and new items come at the end); mem_bytes their sum. */
     struct queue_item *mem_head;
     size_t mem_bytes;
+    /* The MTA-STS policy cache (queue_sts.c): sts_len policies sorted by
+     * domain, sts_next_expiry the earliest expires_at_ms among them
+     * (UINT64_MAX when empty), so most applies need not walk the table. */
+    struct queue_sts_rec **sts;
+    size_t sts_len, sts_cap;
+    uint64_t sts_next_expiry;
 };
 
 /* queue.c: helpers */
@@ -316,5 +324,34 @@ static inline bool queue_dheap_less(const struct queue_dnode *a, const struct qu
 
 /* queue_node_put - insert or replace the entry of ni->node_id, keeping the order. */
 int queue_node_put(struct queue *q, const Hamr__NodeInfo *ni, uint64_t ts);
+
+/* queue_sts.c: the MTA-STS policy cache */
+
+/*
+ * queue_sts_rec - one cached policy in one allocation: the record, the
+ * pattern pointers, then domain, id and patterns as NUL-terminated text.
+ */
+struct queue_sts_rec {
+    struct queue_sts pub;
+    char *mx_ptrs[]; /* pub.n_mx of them, then the texts */
+};
+
+/*
+ * queue_sts_apply - a StsPolicy entry at ts (see queue.h): 0 with *status
+ * 0 or HAMR_EINVAL (refused, nothing changed), or HAMR_ENOMEM with the
+ * cache unchanged. The level check is the caller's.
+ */
+int queue_sts_apply(struct queue *q, const Hamr__StsPolicy *p, uint64_t ts, int *status);
+
+/*
+ * queue_sts_restore - add one policy of a snapshot to the cache of a new
+ * queue, as checked as an entry: HAMR_ECORRUPT for a bad one, a repeated
+ * domain or one too many, HAMR_ENOMEM. No pruning: the state is the
+ * snapshot's.
+ */
+int queue_sts_restore(struct queue *q, const Hamr__StsPolicy *p);
+
+/* queue_sts_clear - free every cached policy and the table. */
+void queue_sts_clear(struct queue *q);
 
 #endif

@@ -15,9 +15,9 @@
  * The queue's files, and what they share, are listed in internal.h: the
  * commands (and their atomicity, errors and input checks) are in
  * queue_apply.c, the scheduler indexes in queue_index.c, the node directory
- * and cluster feature level in queue_node.c, snapshot/restore/digest in
- * queue_snapshot.c. This file keeps the messages, their tables, the done
- * set and the read-only queries.
+ * and cluster feature level in queue_node.c, the MTA-STS policy cache in
+ * queue_sts.c, snapshot/restore/digest in queue_snapshot.c. This file keeps
+ * the messages, their tables, the done set and the read-only queries.
  *
  * Errors: HAMR_ENOMEM only (queue_new returns NULL).
  */
@@ -509,6 +509,7 @@ struct queue *queue_new(void)
     q->mcap = q->dcap = QUEUE_HASH_MIN;
     q->cluster_level = 1;
     q->format_max = PROTO_FORMAT_VERSION_MAX;
+    q->sts_next_expiry = UINT64_MAX;
     q->mtab = calloc(q->mcap, sizeof(*q->mtab));
     q->dtab = calloc(q->dcap, sizeof(*q->dtab));
     if (q->mtab == NULL || q->dtab == NULL)
@@ -527,6 +528,7 @@ struct queue *queue_free(struct queue *q)
     free(q->dtab);
     free(q->leased);
     free(q->expiry.a);
+    queue_sts_clear(q);
     free(q);
     return NULL;
 }

@@ -29,6 +29,8 @@
  *              BOUNCE (pending fail, one DSN).
  *   NodeInfo - replace one node's entry in the node directory (below).
  *   ClusterLevel - raise the cluster feature level (below).
+ *   StsPolicy - from cluster level QUEUE_LEVEL_STS: store a domain's MTA-STS
+ *              policy in the replicated policy cache (below).
  * A message whose recipients are all final leaves the queue; its id stays in
  * the dedupe set for QUEUE_DONE_TTL_MS of entry time.
  */
@@ -89,6 +91,16 @@ struct queue_rcpt {
  * older build that installs it has them.
  */
 #define QUEUE_LEVEL_STORE 3
+/*
+ * QUEUE_LEVEL_STS - the level (format) of the StsPolicy entry kind and of
+ * the policy cache in snapshots (see "The MTA-STS policy cache" below). A
+ * leader proposes StsPolicy only once queue_cluster_level() >= 4: a build
+ * of an older format stops at the entry (it does not know the kind), and
+ * below the level this build refuses it (res->status HAMR_EVERSION), so the
+ * cache is empty, and snapshots are those of an older build, until every
+ * voter can apply it.
+ */
+#define QUEUE_LEVEL_STS 4
 #define QUEUE_TLS_MAX 160
 
 struct queue_msg {
@@ -250,7 +262,9 @@ struct queue *queue_free(struct queue *q);
  * filled (res->status says whether the command took effect), or, for an
  * entry that cannot be decoded or is of an unknown kind or newer version,
  * HAMR_ECORRUPT / HAMR_EVERSION with the state unchanged: the caller must
- * stop (refuse loudly), never skip it.
+ * stop (refuse loudly), never skip it. A queue playing an older build
+ * (queue_set_format_max below QUEUE_LEVEL_STS) treats StsPolicy as such a
+ * kind, as that build's decoder would.
  */
 int queue_apply(struct queue *q, const uint8_t *buf, size_t len, struct queue_apply_result *res);
 
@@ -413,5 +427,75 @@ uint32_t queue_cluster_level(const struct queue *q);
 uint32_t queue_cluster_level_possible(const struct queue *q,
                                       const uint64_t *voters,
                                       size_t n_voters);
+
+/*
+ * The MTA-STS policy cache (RFC 8461): each domain's policy as the leader
+ * fetched it, replicated by StsPolicy entries (from QUEUE_LEVEL_STS) and
+ * kept in snapshots, so that a new leader enforces what the old one
+ * learned. The table is keyed by domain (lower case, no trailing dot) and
+ * holds at most QUEUE_STS_MAX policies.
+ *
+ * Apply (deterministic: the entry's timestamp is the only time):
+ *   - Refused as a command (res->status, nothing changes): below
+ *     QUEUE_LEVEL_STS (HAMR_EVERSION); a domain that is not a host name of
+ *     at most QUEUE_STS_HOST_MAX octets, an id that is not 1 to
+ *     QUEUE_STS_ID_MAX letters and digits, an unknown mode, more than
+ *     QUEUE_STS_MX_MAX patterns or one that is not a host name or "*." and
+ *     a host name (at most QUEUE_STS_HOST_MAX octets), a max_age above
+ *     QUEUE_STS_MAX_AGE_MAX (all HAMR_EINVAL). Domain and patterns are
+ *     taken in lower case and without one trailing dot.
+ *   - Then every policy that has expired at the entry's timestamp ts
+ *     (fetched_at_ms + max_age * 1000 < ts) is dropped.
+ *   - The entry replaces the domain's policy only if its fetched_at_ms is
+ *     not older than the one held: an older fetch applied late never wins
+ *     (a no-op, res->status 0). A newer fetch that has itself expired at ts
+ *     removes the domain's policy and is not kept.
+ *   - A new domain in a full table: the policy that expires first goes,
+ *     ties broken by domain (byte order), so every node picks the same; that
+ *     may be the new policy itself (then it is not kept).
+ * A policy found may have expired since the last StsPolicy entry: the
+ * caller compares expires_at_ms with its own clock.
+ */
+#define QUEUE_STS_MAX 10000
+#define QUEUE_STS_HOST_MAX 253
+#define QUEUE_STS_ID_MAX 32
+#define QUEUE_STS_MX_MAX 64
+#define QUEUE_STS_MAX_AGE_MAX 31557600u
+
+/* queue_sts_mode - the policy mode (hamr.proto StsPolicy.Mode, RFC 8461 3.2). */
+enum queue_sts_mode {
+    QUEUE_STS_NONE = 0,    /* "none": the domain withdrew its policy */
+    QUEUE_STS_TESTING = 1, /* "testing": report, deliver anyway */
+    QUEUE_STS_ENFORCE = 2, /* "enforce": only matching MX hosts with valid TLS */
+};
+
+/* queue_sts - one cached policy; every pointer is the queue's, read-only. */
+struct queue_sts {
+    const char *domain; /* lower case, no trailing dot */
+    const char *id;     /* the TXT record's id */
+    enum queue_sts_mode mode;
+    const char *const *mx; /* n_mx patterns, lower case: "mx.example.com", "*.example.com" */
+    size_t n_mx;
+    uint32_t max_age_s;
+    uint64_t fetched_at_ms;
+    uint64_t expires_at_ms; /* fetched_at_ms + max_age_s * 1000 (UINT64_MAX if that overflows) */
+};
+
+/*
+ * queue_sts_find - the cached policy of domain (any case, a trailing dot
+ * ignored), or NULL. Borrowed until the next apply or restore.
+ */
+const struct queue_sts *queue_sts_find(const struct queue *q, const char *domain);
+
+/* queue_sts_count - how many policies the cache holds (O(1)). */
+size_t queue_sts_count(const struct queue *q);
+
+/*
+ * queue_sts_foreach - call fn for every cached policy in domain order; stop
+ * early when fn returns non-zero. fn must not change the queue.
+ */
+void queue_sts_foreach(const struct queue *q,
+                       int (*fn)(void *arg, const struct queue_sts *p),
+                       void *arg);
 
 #endif

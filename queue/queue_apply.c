@@ -1,7 +1,7 @@
 /*
  * queue_apply.c - queue_apply: decode one committed entry and run its
- * command (Enqueue, Lease, Outcome, Admin, NodeInfo, ClusterLevel) as
- * queue.h specifies, and the DSN each failure owes.
+ * command (Enqueue, Lease, Outcome, Admin, NodeInfo, ClusterLevel,
+ * StsPolicy) as queue.h specifies, and the DSN each failure owes.
  *
  * Atomicity: each command is validated and everything it needs is
  * allocated before the first change, so a refused command (res->status) or
@@ -9,8 +9,8 @@
  *
  * Errors: queue_apply returns HAMR_ECORRUPT / HAMR_EVERSION for an entry it
  * cannot decode and HAMR_ENOMEM; refused commands return 0 with res->status
- * HAMR_ENOTFOUND, HAMR_EINVAL, HAMR_ETOOBIG, HAMR_ECORRUPT or (a
- * ClusterLevel above this build's format) HAMR_EVERSION.
+ * HAMR_ENOTFOUND, HAMR_EINVAL, HAMR_ETOOBIG, HAMR_ECORRUPT or HAMR_EVERSION
+ * (a ClusterLevel above this build's format, a StsPolicy below its level).
  *
  * Security: entries come from the replicated log, written by other nodes
  * from untrusted SMTP input. Ids are length-checked, indexes bounds-checked,
@@ -716,8 +716,39 @@ static int queue_apply_cluster_level(struct queue *q,
 }
 
 /* ------------------------------------------------------------------------
+ * StsPolicy (the cache itself is in queue_sts.c)
+ * ------------------------------------------------------------------------ */
+
+/*
+ * queue_apply_sts - a StsPolicy entry. Below QUEUE_LEVEL_STS it is refused
+ * (no leader proposes it there), so the cache stays empty until every voter
+ * can apply the kind; a bad policy is refused, not fatal.
+ */
+static int queue_apply_sts(struct queue *q,
+                           const Hamr__StsPolicy *p,
+                           uint64_t ts,
+                           struct queue_apply_result *res)
+{
+    if (q->cluster_level < QUEUE_LEVEL_STS) {
+        res->status = HAMR_EVERSION;
+        return 0;
+    }
+    return queue_sts_apply(q, p, ts, &res->status);
+}
+
+/* ------------------------------------------------------------------------
  * Apply
  * ------------------------------------------------------------------------ */
+
+/*
+ * queue_apply_kind_format - the format that introduced an entry kind. A
+ * kind above q->format_max is one a build of that format does not know:
+ * its proto_entry_unpack refuses it, which queue_set_format_max plays.
+ */
+static uint32_t queue_apply_kind_format(Hamr__Entry__CmdCase kind)
+{
+    return kind == HAMR__ENTRY__CMD_STS_POLICY ? QUEUE_LEVEL_STS : 1;
+}
 
 /* queue_apply - decode one entry, prune the done set, run the command. */
 int queue_apply(struct queue *q, const uint8_t *buf, size_t len, struct queue_apply_result *res)
@@ -727,6 +758,10 @@ int queue_apply(struct queue *q, const uint8_t *buf, size_t len, struct queue_ap
     int rv = proto_entry_unpack(buf, len, &e);
     if (rv != 0)
         return rv;
+    if (queue_apply_kind_format(e->cmd_case) > q->format_max) {
+        hamr__entry__free_unpacked(e, NULL);
+        return HAMR_EVERSION;
+    }
     uint64_t ts = e->timestamp_ms;
     /*
      * Pruning first lets an id finished more than a TTL ago be enqueued
@@ -752,6 +787,9 @@ int queue_apply(struct queue *q, const uint8_t *buf, size_t len, struct queue_ap
             break;
         case HAMR__ENTRY__CMD_CLUSTER_LEVEL:
             rv = queue_apply_cluster_level(q, e->cluster_level, res);
+            break;
+        case HAMR__ENTRY__CMD_STS_POLICY:
+            rv = queue_apply_sts(q, e->sts_policy, ts, res);
             break;
         default:
             /* proto_entry_unpack refuses kinds it does not know. */

@@ -22,6 +22,10 @@ _Static_assert((int)QUEUE_ENTRY_DELIVERED == HAMR__RCPT_RESULT__STATUS__DELIVERE
                    (int)QUEUE_ENTRY_BOUNCED == HAMR__RCPT_RESULT__STATUS__BOUNCED &&
                    (int)QUEUE_ENTRY_EXPIRED == HAMR__RCPT_RESULT__STATUS__EXPIRED,
                "queue_entry_status follows RcptResult.Status");
+_Static_assert((int)QUEUE_STS_NONE == HAMR__STS_POLICY__MODE__NONE &&
+                   (int)QUEUE_STS_TESTING == HAMR__STS_POLICY__MODE__TESTING &&
+                   (int)QUEUE_STS_ENFORCE == HAMR__STS_POLICY__MODE__ENFORCE,
+               "queue_sts_mode follows StsPolicy.Mode");
 _Static_assert((int)QUEUE_ENTRY_ADMIN_DELETE == HAMR__ADMIN__OP__DELETE &&
                    (int)QUEUE_ENTRY_ADMIN_HOLD == HAMR__ADMIN__OP__HOLD &&
                    (int)QUEUE_ENTRY_ADMIN_RELEASE == HAMR__ADMIN__OP__RELEASE &&
@@ -198,6 +202,36 @@ int queue_entry_node_info(const struct queue_entry_node_info_args *a,
     e.cmd_case = HAMR__ENTRY__CMD_NODE_INFO;
     e.node_info = &ni;
     return queue_entry_pack(&e, ts, alloc, out, len);
+}
+
+/* queue_entry_sts - a StsPolicy entry; the pattern pointers are copied into an array freed before
+ * return. */
+int queue_entry_sts(const struct queue_entry_sts_args *a,
+                    uint64_t ts,
+                    void *(*alloc)(size_t),
+                    uint8_t **out,
+                    size_t *len)
+{
+    size_t n = a->n_mx;
+    char **mx = calloc(n ? n : 1, sizeof(*mx));
+    if (mx == NULL)
+        return HAMR_ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        mx[i] = queue_entry_text(a->mx[i]);
+    Hamr__StsPolicy sp = HAMR__STS_POLICY__INIT;
+    sp.domain = queue_entry_text(a->domain);
+    sp.id = queue_entry_text(a->id);
+    sp.mode = (Hamr__StsPolicy__Mode)a->mode;
+    sp.n_mx = n;
+    sp.mx = mx;
+    sp.max_age = a->max_age_s;
+    sp.fetched_at_ms = a->fetched_at_ms;
+    Hamr__Entry e = HAMR__ENTRY__INIT;
+    e.cmd_case = HAMR__ENTRY__CMD_STS_POLICY;
+    e.sts_policy = &sp;
+    int rv = queue_entry_pack(&e, ts, alloc, out, len);
+    free(mx);
+    return rv;
 }
 
 /* queue_entry_cluster_level - a ClusterLevel entry. */

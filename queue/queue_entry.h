@@ -18,6 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "queue/queue.h"
+
 /* queue_entry_enqueue_args - a message to add (queue.h, Enqueue). */
 struct queue_entry_enqueue_args {
     const char *queue_id;
@@ -145,6 +147,32 @@ int queue_entry_node_info(const struct queue_entry_node_info_args *a,
                           void *(*alloc)(size_t),
                           uint8_t **out,
                           size_t *len);
+
+/*
+ * queue_entry_sts_args - one domain's MTA-STS policy as fetched (queue.h,
+ * struct queue_sts; hamr.proto StsPolicy). Not checked here: apply refuses
+ * a policy out of bounds (res->status HAMR_EINVAL).
+ */
+struct queue_entry_sts_args {
+    const char *domain; /* the policy domain; apply keys it in lower case, without trailing dot */
+    const char *id;     /* the _mta-sts TXT record's id */
+    enum queue_sts_mode mode;
+    const char *const *mx; /* n_mx MX patterns (a NULL one is sent as ""); NULL when n_mx is 0 */
+    size_t n_mx;
+    uint32_t max_age_s;     /* at most QUEUE_STS_MAX_AGE_MAX */
+    uint64_t fetched_at_ms; /* when the fetch completed, by the fetcher's clock */
+};
+
+/*
+ * queue_entry_sts - a StsPolicy entry (format 4). Propose it only once
+ * queue_cluster_level() >= QUEUE_LEVEL_STS: a node of an older build stops
+ * at it, and below the level apply refuses it.
+ */
+int queue_entry_sts(const struct queue_entry_sts_args *a,
+                    uint64_t ts,
+                    void *(*alloc)(size_t),
+                    uint8_t **out,
+                    size_t *len);
 
 /* queue_entry_cluster_level - a ClusterLevel entry raising the feature level to level. */
 int queue_entry_cluster_level(uint32_t level,

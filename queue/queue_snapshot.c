@@ -5,7 +5,8 @@
  *
  * Errors: HAMR_ENOMEM; queue_restore also HAMR_ECORRUPT (a snapshot that
  * does not decode or is inconsistent: bad ids, duplicates, a body that does
- * not match its SHA-256) and HAMR_EVERSION (a newer format or level).
+ * not match its SHA-256, an MTA-STS policy apply would refuse or one below
+ * QUEUE_LEVEL_STS) and HAMR_EVERSION (a newer format or level).
  *
  * Security: a snapshot comes from another node; it is checked as an entry
  * is, and on any error the state is left as it was.
@@ -26,7 +27,8 @@
  * Snapshot, restore and digest
  *
  * The Snapshot message is built over the queue's own memory (no copies of
- * strings or bodies) in acceptance order, so its encoding is canonical: the
+ * strings or bodies) in acceptance order (the node directory by node id,
+ * MTA-STS policies by domain), so its encoding is canonical: the
  * same state gives the same bytes on every node. The digest hashes that
  * encoding with the bodies left out (their SHA-256 stands in for them).
  * ------------------------------------------------------------------------ */
@@ -44,6 +46,8 @@ struct queue_snap {
     Hamr__DoneId **donep;
     Hamr__NodeInfo *ni;
     Hamr__NodeInfo **nip;
+    Hamr__StsPolicy *sts;
+    Hamr__StsPolicy **stsp;
     uint8_t **bodies; /* read back from the store (below QUEUE_LEVEL_STORE); owned */
     size_t n_bodies;
 };
@@ -61,6 +65,8 @@ static void queue_snap_free(struct queue_snap *s)
     free(s->donep);
     free(s->ni);
     free(s->nip);
+    free(s->sts);
+    free(s->stsp);
     for (size_t i = 0; i < s->n_bodies; i++)
         free(s->bodies[i]);
     free(s->bodies);
@@ -126,6 +132,39 @@ static void queue_snap_rcpt(Hamr__RcptState *rs, const struct queue_rcpt *r)
     /* "" is not encoded: a state without them snapshots and hashes as before format 2. */
     rs->tls_policy = queue_snap_text(r->tls_policy);
     rs->tls = queue_snap_text(r->tls);
+}
+
+/*
+ * queue_snap_sts - the MTA-STS policy cache, in the table's (domain) order.
+ * Empty below QUEUE_LEVEL_STS, so it adds nothing to the encoding (or the
+ * digest) of an older build's state. On failure s is freed.
+ */
+static int queue_snap_sts(const struct queue *q, struct queue_snap *s)
+{
+    if (q->sts_len == 0)
+        return 0;
+    s->sts = calloc(q->sts_len, sizeof(*s->sts));
+    s->stsp = calloc(q->sts_len, sizeof(*s->stsp));
+    if (s->sts == NULL || s->stsp == NULL) {
+        queue_snap_free(s);
+        return HAMR_ENOMEM;
+    }
+    for (size_t i = 0; i < q->sts_len; i++) {
+        const struct queue_sts *p = &q->sts[i]->pub;
+        Hamr__StsPolicy *sp = &s->sts[i];
+        hamr__sts_policy__init(sp);
+        sp->domain = (char *)p->domain;
+        sp->id = (char *)p->id;
+        sp->mode = (Hamr__StsPolicy__Mode)p->mode;
+        sp->n_mx = p->n_mx;
+        sp->mx = (char **)p->mx;
+        sp->max_age = p->max_age_s;
+        sp->fetched_at_ms = p->fetched_at_ms;
+        s->stsp[i] = sp;
+    }
+    s->snap.n_sts_policies = q->sts_len;
+    s->snap.sts_policies = s->stsp;
+    return 0;
 }
 
 /* queue_snap_build - fill s from q; bodies are left out when with_bodies is false. */
@@ -234,7 +273,7 @@ static int queue_snap_build(const struct queue *q, bool with_bodies, struct queu
         s->snap.n_nodes = q->n_nodes;
         s->snap.nodes = s->nip;
     }
-    return 0;
+    return queue_snap_sts(q, s);
 }
 
 /* queue_snapshot - the framed Snapshot of the whole state. */
@@ -400,6 +439,18 @@ static int queue_restore_into(struct queue *n, const struct queue *old, const Ha
     for (size_t i = 0; i < s->n_nodes; i++) {
         if (queue_node_put(n, s->nodes[i], s->last_timestamp_ms) != 0)
             return HAMR_ECORRUPT;
+    }
+    /*
+     * The cache exists from QUEUE_LEVEL_STS on (apply refuses StsPolicy
+     * below it); a snapshot with policies at a lower level is not one a
+     * hamr build writes.
+     */
+    if (s->n_sts_policies > 0 && s->cluster_level < QUEUE_LEVEL_STS)
+        return HAMR_ECORRUPT;
+    for (size_t i = 0; i < s->n_sts_policies; i++) {
+        int rv = queue_sts_restore(n, s->sts_policies[i]);
+        if (rv != 0)
+            return rv;
     }
     n->cluster_level = s->cluster_level > 1 ? s->cluster_level : 1;
     n->last_timestamp_ms = s->last_timestamp_ms;
