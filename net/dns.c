@@ -168,20 +168,6 @@ static void dns_link_splice(struct dns_link *to, struct dns_link *from)
     dns_link_init(from);
 }
 
-/* dns_config_default - the defaults documented in dns.h. */
-void dns_config_default(struct dns_config *cfg)
-{
-    memset(cfg, 0, sizeof(*cfg));
-    cfg->timeout_ms = 5000;
-    cfg->tries = 2;
-    cfg->cache_size = 10000;
-    cfg->cache_max_bytes = 16u << 20;
-    cfg->ttl_min = 5;
-    cfg->ttl_max = 3600;
-    cfg->negative_ttl_min = 60;
-    cfg->negative_ttl_max = 3600;
-}
-
 /* dns_status_name - for logs. */
 const char *dns_status_name(enum dns_status status)
 {

@@ -73,8 +73,23 @@ struct dns_config {
     bool trust_ad;
 };
 
-/* dns_config_default - the defaults above into cfg. */
-void dns_config_default(struct dns_config *cfg);
+/*
+ * dns_config_default - the defaults above into cfg. Inline, so that the
+ * config parser (and its fuzz target) need not link the resolver.
+ */
+static inline void dns_config_default(struct dns_config *cfg)
+{
+    *cfg = (struct dns_config){
+        .timeout_ms = 5000,
+        .tries = 2,
+        .cache_size = 10000,
+        .cache_max_bytes = 16u << 20,
+        .ttl_min = 5,
+        .ttl_max = 3600,
+        .negative_ttl_min = 60,
+        .negative_ttl_max = 3600,
+    };
+}
 
 enum dns_status {
     DNS_OK = 0,       /* records of the type asked for (n > 0) */
