@@ -113,6 +113,9 @@ int sts_policy_parse(const char *text,
  */
 bool sts_mx_match(const struct sts_policy *p, const char *host);
 
+/* sts_pattern_match - host matches the one pattern pat, as sts_mx_match says. */
+bool sts_pattern_match(const char *pat, const char *host);
+
 /* The fetch, on the loop. */
 
 struct dns;

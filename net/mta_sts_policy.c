@@ -380,28 +380,31 @@ fail:
     return rc;
 }
 
-/* sts_mx_match - see mta_sts.h. */
-bool sts_mx_match(const struct sts_policy *p, const char *host)
+/* sts_pattern_match - see mta_sts.h. */
+bool sts_pattern_match(const char *pat, const char *host)
 {
     size_t hlen = strnlen(host, STS_HOST_MAX + 2);
     if (hlen > 0 && host[hlen - 1] == '.')
         hlen--;
     if (hlen == 0 || hlen > STS_HOST_MAX)
         return false;
-    for (size_t i = 0; i < p->n_mx && i < STS_MX_MAX; i++) {
-        const char *pat = p->mx[i];
-        size_t plen = strnlen(pat, STS_HOST_MAX + 1);
-        if (plen >= 2 && pat[0] == '*' && pat[1] == '.') {
-            /* "*.rest": one non-empty label, then ".rest" (RFC 8461 4.1). */
-            size_t rlen = plen - 1; /* ".rest" */
-            if (hlen <= rlen || !hamr_strncaseeq(host + hlen - rlen, pat + 1, rlen))
-                continue;
-            size_t first = hlen - rlen;
-            if (first > 0 && memchr(host, '.', first) == NULL)
-                return true;
-        } else if (plen == hlen && hamr_strncaseeq(host, pat, hlen)) {
-            return true;
-        }
+    size_t plen = strnlen(pat, STS_HOST_MAX + 1);
+    if (plen >= 2 && pat[0] == '*' && pat[1] == '.') {
+        /* "*.rest": one non-empty label, then ".rest" (RFC 8461 4.1). */
+        size_t rlen = plen - 1; /* ".rest" */
+        if (hlen <= rlen || !hamr_strncaseeq(host + hlen - rlen, pat + 1, rlen))
+            return false;
+        size_t first = hlen - rlen;
+        return first > 0 && memchr(host, '.', first) == NULL;
     }
+    return plen == hlen && hamr_strncaseeq(host, pat, hlen);
+}
+
+/* sts_mx_match - see mta_sts.h. */
+bool sts_mx_match(const struct sts_policy *p, const char *host)
+{
+    for (size_t i = 0; i < p->n_mx && i < STS_MX_MAX; i++)
+        if (sts_pattern_match(p->mx[i], host))
+            return true;
     return false;
 }

@@ -56,6 +56,7 @@
 #include "util/err.h"
 #include "util/log.h"
 #include "net/dns.h"
+#include "net/mta_sts.h"
 #include "net/mx.h"
 #include "net/smtpc.h"
 
@@ -128,10 +129,13 @@ struct mx_route {
     struct dns_query *mxq;         /* the MX lookup in flight */
     unsigned pending;              /* address (then TLSA) lookups in flight */
     bool dane;                     /* TLSA wanted (opts->dane) and AD trusted (dns_ad_trusted) */
-    bool mx_secure;                /* the MX answer (or NODATA) was validated; "[name]": true */
-    bool tlsa_asked;               /* the TLSA phase has started (mx_route_finish) */
-    struct smtpc_route res;        /* the outcome, once decided */
-    struct smtpc_target *targets;  /* res's, owned */
+    char **patterns;               /* MTA-STS enforce: the MX hosts allowed (opts), owned */
+    size_t n_patterns;
+    bool sts_dropped;             /* an MX host was left out for not matching patterns */
+    bool mx_secure;               /* the MX answer (or NODATA) was validated; "[name]": true */
+    bool tlsa_asked;              /* the TLSA phase has started (mx_route_finish) */
+    struct smtpc_route res;       /* the outcome, once decided */
+    struct smtpc_target *targets; /* res's, owned */
     struct mx_host hosts[MX_HOSTS_MAX];
     size_t n_hosts;
 };
@@ -413,11 +417,63 @@ static void mx_route_cancel_queries(struct mx_route *rt)
 }
 
 /* mx_route_free - rt off every list, its lookups cancelled, freed. */
+/* mx_route_free_patterns - rt's copy of the MTA-STS patterns. */
+static void mx_route_free_patterns(struct mx_route *rt)
+{
+    for (size_t i = 0; i < rt->n_patterns; i++)
+        free(rt->patterns[i]);
+    free(rt->patterns);
+    rt->patterns = NULL;
+    rt->n_patterns = 0;
+}
+
+/* mx_route_set_patterns - rt's own copy of opts's patterns; HAMR_ENOMEM. */
+static int mx_route_set_patterns(struct mx_route *rt, const struct smtpc_resolve_opts *opts)
+{
+    if (opts == NULL || opts->n_mx_patterns == 0)
+        return 0;
+    rt->patterns = calloc(opts->n_mx_patterns, sizeof(*rt->patterns));
+    if (rt->patterns == NULL)
+        return HAMR_ENOMEM;
+    for (size_t i = 0; i < opts->n_mx_patterns; i++) {
+        rt->patterns[i] = strdup(opts->mx_patterns[i]);
+        if (rt->patterns[i] == NULL)
+            return HAMR_ENOMEM;
+        rt->n_patterns++;
+    }
+    return 0;
+}
+
+/*
+ * mx_route_sts_allows - name (an MX host, or the domain as its implicit
+ * MX) may be used under rt's MTA-STS patterns (RFC 8461 4.1); one that may
+ * not is remembered, so that an empty list says why.
+ */
+static bool mx_route_sts_allows(struct mx_route *rt, const char *name)
+{
+    if (rt->n_patterns == 0)
+        return true;
+    for (size_t i = 0; i < rt->n_patterns; i++)
+        if (sts_pattern_match(rt->patterns[i], name))
+            return true;
+    log_info("mx: %s left out: it does not match the MTA-STS policy of %s", name, rt->domain);
+    rt->sts_dropped = true;
+    return false;
+}
+
+/* mx_route_sts_none - no MX host matches the MTA-STS policy: deferred (RFC 8461 5). */
+static void mx_route_sts_none(struct mx_route *rt)
+{
+    mx_route_fail(rt, SMTPC_TEMP, 451,
+                  "4.7.5 MTA-STS: no MX host of %s matches its policy (enforce)", rt->domain);
+}
+
 static void mx_route_free(struct mx_route *rt)
 {
     mx_route_cancel_queries(rt);
     mx_link_remove(&rt->all);
     mx_link_remove(&rt->ready);
+    mx_route_free_patterns(rt);
     free(rt->targets);
     free(rt);
 }
@@ -438,6 +494,7 @@ static void mx_route_callback(struct mx_route *rt)
     mx_link_remove(&rt->all);
     mx_link_remove(&rt->ready);
     rt->cb(rt->cb_arg, &res);
+    mx_route_free_patterns(rt);
     free(rt->targets);
     free(rt);
 }
@@ -594,13 +651,16 @@ static bool mx_route_take_mx(struct mx_route *rt, const struct dns_result *res)
             break;
         if (mx_name_normalize(v[i].host, strlen(v[i].host), name) != 0)
             continue; /* net/dns_parse lets no such name through; be safe */
-        mx_route_add_host(rt, name, v[i].pref);
+        if (mx_route_sts_allows(rt, name))
+            mx_route_add_host(rt, name, v[i].pref);
     }
     free(v);
 
     if (rt->n_hosts > 0)
         return true;
-    if (self)
+    if (rt->sts_dropped)
+        mx_route_sts_none(rt);
+    else if (self)
         mx_route_loop(rt);
     else /* only root hosts: no better than a null MX */
         mx_route_fail(rt, SMTPC_PERM, 556,
@@ -639,6 +699,11 @@ static void mx_route_after_mx(void *arg, const struct dns_result *res)
             mx_route_callback(rt);
             return;
         case DNS_NODATA:
+            if (!mx_route_sts_allows(rt, rt->domain)) {
+                mx_route_sts_none(rt);
+                mx_route_callback(rt);
+                return;
+            }
             mx_route_add_host(rt, rt->domain, 0);
             if (rt->hosts[0].self) {
                 mx_route_loop(rt);
@@ -965,7 +1030,10 @@ static int mx_resolve(void *data,
     mx_link_init(&rt->all);
     mx_link_init(&rt->ready);
     rc = mx_route_parse(rt, nexthop, &a);
+    if (rc == 0 && rt->kind == MX_KIND_MX)
+        rc = mx_route_set_patterns(rt, opts);
     if (rc != 0) {
+        mx_route_free_patterns(rt);
         free(rt);
         return rc;
     }

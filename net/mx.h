@@ -21,6 +21,10 @@
  * a literal of a family inet_protocols turns off is PERM 5.4.4. At most 10 MX hosts are looked up;
  * the targets are deduplicated by address and cut at address_limit.
  *
+ * MTA-STS enforce (smtpc_resolve_opts.mx_patterns, RFC 8461 4.1): MX hosts
+ * (the implicit MX too) that match none of the patterns are left out
+ * before their addresses are asked; none left is TEMP 451 4.7.5.
+ *
  * DANE (smtpc_resolve_opts.dane, and dns_ad_trusted of the resolver): when
  * the MX answer (or its NODATA) had the AD bit (RFC 7672 2.2.1; "[name]":
  * always) and a host's A/AAAA answers did (2.2.2), the TLSA records of

@@ -239,6 +239,10 @@ struct smtpc_dest {
     enum smtpc_tls_policy policy;
     /* The name the certificate must match (VERIFY); "": each target's host. */
     char verify_host[SMTPC_HOST_MAX + 1];
+    /* MTA-STS MX patterns (smtpc_resolve_opts), each NUL-ended, one after the other. */
+    char *patterns;
+    const char **pattern_v;
+    size_t n_patterns;
     struct smtpc_job *q_head, *q_tail;
     struct smtpc_conn *conns;
     unsigned n_conns;
@@ -274,6 +278,7 @@ static void smtpc_conn_body_next(struct smtpc_conn *c);
 static void smtpc_conn_source_read(struct smtpc_conn *c);
 static void smtpc_conn_close(struct smtpc_conn *c);
 static void smtpc_pool_kick(struct smtpc_pool *p);
+static void smtpc_dest_free(struct smtpc_dest *d);
 static void smtpc_pool_maybe_free(struct smtpc_pool *p);
 static bool smtpc_host_ok(const char *host);
 
@@ -886,7 +891,9 @@ static void smtpc_conn_resolve(struct smtpc_conn *c)
     char name[SMTPC_HOST_MAX + 1];
     char pr[SMTPC_HOST_MAX + 1];
     if (rsv != NULL) {
-        struct smtpc_resolve_opts opts = {.dane = smtpc_policy_dane(d->policy)};
+        struct smtpc_resolve_opts opts = {.dane = smtpc_policy_dane(d->policy),
+                                          .mx_patterns = d->pattern_v,
+                                          .n_mx_patterns = d->n_patterns};
         int rv = rsv->resolve(rsv->data, d->host, d->port, &opts, smtpc_conn_route_cb, c,
                               &c->rsv_handle);
         if (rv != 0) {
@@ -1823,7 +1830,7 @@ static void smtpc_pool_kick_cb(uv_timer_t *t)
         struct smtpc_dest *d = *pp;
         if (d->conns == NULL && d->q_head == NULL) {
             *pp = d->next;
-            free(d);
+            smtpc_dest_free(d);
         } else {
             pp = &d->next;
         }
@@ -1855,7 +1862,7 @@ static void smtpc_pool_maybe_free(struct smtpc_pool *p)
         struct smtpc_dest *d = p->dests;
         HAMR_ASSERT(d->conns == NULL && d->q_head == NULL);
         p->dests = d->next;
-        free(d);
+        smtpc_dest_free(d);
     }
     void (*cb)(void *) = p->closed_cb;
     void *arg = p->closed_arg;
@@ -1950,24 +1957,68 @@ static bool smtpc_host_ok(const char *host)
 }
 
 /* smtpc_pool_dest - the destination (host, port, policy, verify_host), created when missing. */
-static struct smtpc_dest *smtpc_pool_dest(struct smtpc_pool *p,
-                                          const char *host,
-                                          uint16_t port,
-                                          enum smtpc_tls_policy policy,
-                                          const char *verify_host)
+/* smtpc_dest_patterns_eq - d keeps to exactly the patterns of dv (in order). */
+static bool smtpc_dest_patterns_eq(const struct smtpc_dest *d, const struct smtpc_delivery *dv)
+{
+    if (d->n_patterns != dv->n_mx_patterns)
+        return false;
+    for (size_t i = 0; i < d->n_patterns; i++)
+        if (strcmp(d->pattern_v[i], dv->mx_patterns[i]) != 0)
+            return false;
+    return true;
+}
+
+/* smtpc_dest_free - a destination with no job and no connection left. */
+static void smtpc_dest_free(struct smtpc_dest *d)
+{
+    free(d->patterns);
+    free(d->pattern_v);
+    free(d);
+}
+
+/* smtpc_dest_set_patterns - d's own copy of dv's patterns; false on no memory. */
+static bool smtpc_dest_set_patterns(struct smtpc_dest *d, const struct smtpc_delivery *dv)
+{
+    if (dv->n_mx_patterns == 0)
+        return true;
+    size_t len = 0;
+    for (size_t i = 0; i < dv->n_mx_patterns; i++)
+        len += strlen(dv->mx_patterns[i]) + 1;
+    d->patterns = malloc(len);
+    d->pattern_v = calloc(dv->n_mx_patterns, sizeof(*d->pattern_v));
+    if (d->patterns == NULL || d->pattern_v == NULL)
+        return false;
+    char *at = d->patterns;
+    for (size_t i = 0; i < dv->n_mx_patterns; i++) {
+        size_t n = strlen(dv->mx_patterns[i]) + 1;
+        memcpy(at, dv->mx_patterns[i], n);
+        d->pattern_v[i] = at;
+        at += n;
+    }
+    d->n_patterns = dv->n_mx_patterns;
+    return true;
+}
+
+/* smtpc_pool_dest - the destination of dv (verify_host already ""-for-NULL), created when missing.
+ */
+static struct smtpc_dest *smtpc_pool_dest(struct smtpc_pool *p, const struct smtpc_delivery *dv)
 {
     for (struct smtpc_dest *d = p->dests; d != NULL; d = d->next)
-        if (d->port == port && d->policy == policy && strcmp(d->host, host) == 0 &&
-            strcmp(d->verify_host, verify_host) == 0)
+        if (d->port == dv->port && d->policy == dv->policy && strcmp(d->host, dv->host) == 0 &&
+            strcmp(d->verify_host, dv->verify_host) == 0 && smtpc_dest_patterns_eq(d, dv))
             return d;
     struct smtpc_dest *d = calloc(1, sizeof(*d));
     if (d == NULL)
         return NULL;
     d->pool = p;
-    hamr_strlcpy(d->host, host, sizeof(d->host));
-    d->port = port;
-    d->policy = policy;
-    hamr_strlcpy(d->verify_host, verify_host, sizeof(d->verify_host));
+    hamr_strlcpy(d->host, dv->host, sizeof(d->host));
+    d->port = dv->port;
+    d->policy = dv->policy;
+    hamr_strlcpy(d->verify_host, dv->verify_host, sizeof(d->verify_host));
+    if (!smtpc_dest_set_patterns(d, dv)) {
+        smtpc_dest_free(d);
+        return NULL;
+    }
     d->next = p->dests;
     p->dests = d;
     return d;
@@ -1994,11 +2045,33 @@ int smtpc_pool_deliver_tls(struct smtpc_pool *p,
                            smtpc_done_cb cb,
                            void *arg)
 {
+    struct smtpc_delivery dv = {
+        .host = host, .port = port, .policy = policy, .verify_host = verify_host};
+    return smtpc_pool_deliver_to(p, &dv, m, cb, arg);
+}
+
+/* smtpc_pool_deliver_to - queue m for dv's next hop; cb runs later, exactly once. */
+int smtpc_pool_deliver_to(struct smtpc_pool *p,
+                          const struct smtpc_delivery *dv_in,
+                          const struct smtpc_msg *m,
+                          smtpc_done_cb cb,
+                          void *arg)
+{
     if (p->closing)
         return HAMR_ESHUTDOWN;
+    struct smtpc_delivery dvc = *dv_in;
+    const struct smtpc_delivery *dv = &dvc;
     /* "": each target's host, decided per connection (smtpc_conn_tls_start). */
-    if (verify_host == NULL)
-        verify_host = "";
+    if (dvc.verify_host == NULL)
+        dvc.verify_host = "";
+    const char *host = dvc.host, *verify_host = dvc.verify_host;
+    uint16_t port = dvc.port;
+    enum smtpc_tls_policy policy = dvc.policy;
+    if (host == NULL || (dvc.n_mx_patterns > 0 && dvc.mx_patterns == NULL))
+        return HAMR_EINVAL;
+    for (size_t i = 0; i < dvc.n_mx_patterns; i++)
+        if (!smtpc_host_ok(dvc.mx_patterns[i]))
+            return HAMR_EINVAL;
     if (!smtpc_host_ok(host) || (verify_host[0] != '\0' && !smtpc_host_ok(verify_host)) ||
         port == 0 || (unsigned)policy > SMTPC_TLS_DANE_ONLY || m == NULL || cb == NULL ||
         m->n_rcpts == 0 || m->rcpts == NULL ||
@@ -2015,7 +2088,7 @@ int smtpc_pool_deliver_tls(struct smtpc_pool *p,
         return HAMR_ENOMEM;
     job->res = calloc(m->n_rcpts, sizeof(*job->res));
     job->rstate = calloc(m->n_rcpts, sizeof(*job->rstate));
-    struct smtpc_dest *d = smtpc_pool_dest(p, host, port, policy, verify_host);
+    struct smtpc_dest *d = smtpc_pool_dest(p, dv);
     if (job->res == NULL || job->rstate == NULL || d == NULL) {
         smtpc_job_free(job);
         return HAMR_ENOMEM; /* an empty new dest is dropped by the next kick */

@@ -120,6 +120,14 @@ typedef void (*smtpc_route_cb)(void *arg, const struct smtpc_route *route);
  */
 struct smtpc_resolve_opts {
     bool dane;
+    /*
+     * MTA-STS enforce (RFC 8461 4.1): only MX hosts that match one of these
+     * patterns ("mx.example.com", "*.example.com") may be used, and none
+     * matching is a TEMP route ("4.7.5 MTA-STS: ..."). n_mx_patterns 0: no
+     * filter. For MX lookups only: "[name]" and literals ignore it.
+     */
+    const char *const *mx_patterns;
+    size_t n_mx_patterns;
 };
 
 /*
@@ -327,6 +335,28 @@ int smtpc_pool_deliver_tls(struct smtpc_pool *p,
                            const struct smtpc_msg *m,
                            smtpc_done_cb cb,
                            void *arg);
+
+/*
+ * smtpc_delivery - where a delivery goes and what it demands: host and port
+ * as smtpc_pool_deliver, policy and verify_host as smtpc_pool_deliver_tls,
+ * and the MTA-STS MX patterns the route must keep to (copied; see
+ * smtpc_resolve_opts). Connections are pooled per everything here.
+ */
+struct smtpc_delivery {
+    const char *host;
+    uint16_t port;
+    enum smtpc_tls_policy policy;
+    const char *verify_host;
+    const char *const *mx_patterns;
+    size_t n_mx_patterns;
+};
+
+/* smtpc_pool_deliver_to - smtpc_pool_deliver_tls with every field of dv. */
+int smtpc_pool_deliver_to(struct smtpc_pool *p,
+                          const struct smtpc_delivery *dv,
+                          const struct smtpc_msg *m,
+                          smtpc_done_cb cb,
+                          void *arg);
 
 /* smtpc_tls_policy_name - "may", "encrypt", "verify", "dane" or "dane-only". */
 const char *smtpc_tls_policy_name(enum smtpc_tls_policy policy);
