@@ -179,6 +179,12 @@ static const struct config_key config_keys[] = {
     CKW("delivery", "address_preference", mx.address_preference, config_pref_words),
     CK("delivery", "self_addresses", CONFIG_K_ADDRS, mx.self_addrs, 0, 0),
 
+    CK("mta_sts", "enabled", CONFIG_K_BOOL, sts_enabled, 0, 0),
+    CK("mta_sts", "https_port", CONFIG_K_COUNT, sts_https_port, 1, 65535),
+    CK("mta_sts", "timeout", CONFIG_K_DURATION, sts.timeout_ms, 100, 5 * CONFIG_MIN),
+    CK("mta_sts", "ca_file", CONFIG_K_STRING_OPT, sts.ca_file, 0, 0),
+    CK("mta_sts", "refresh", CONFIG_K_DURATION, sts_refresh_ms, CONFIG_SEC, 365 * CONFIG_DAY),
+
     CK("dns", "servers", CONFIG_K_DNS_SERVERS, dns.servers, 0, 0),
     CK("dns", "timeout", CONFIG_K_DURATION, dns.timeout_ms, 10, 5 * CONFIG_MIN),
     CK("dns", "tries", CONFIG_K_COUNT, dns.tries, 1, 10),
@@ -205,7 +211,7 @@ static const struct config_key config_keys[] = {
 
 static const char *const config_sections[] = {"node",        "listen",    "cluster", "smtpd",
                                               "delivery",    "transport", "storage", "tls_policy",
-                                              "cluster_tls", "dns"};
+                                              "cluster_tls", "dns",       "mta_sts"};
 
 /* config_parse - state of one config_load, shared by the reader and the handler. */
 struct config_parse {
@@ -517,6 +523,7 @@ static void config_link_policy(struct hamr_config *cfg)
     cfg->smtpd.relay_domains = cfg->relay_domains;
     cfg->smtpd.n_relay_domains = cfg->n_relay_domains;
     cfg->mx.address_limit = cfg->smtpc.address_limit;
+    cfg->sts.https_port = (uint16_t)cfg->sts_https_port;
 }
 
 /* config_defaults - fill every default. */
@@ -574,6 +581,10 @@ void config_defaults(struct hamr_config *cfg)
     cfg->mx.inet_protocols = MX_INET_ALL;
     cfg->mx.address_preference = MX_PREF_ANY;
     dns_config_default(&cfg->dns);
+    cfg->sts_enabled = true;
+    cfg->sts_https_port = 443;
+    cfg->sts.timeout_ms = 30 * CONFIG_SEC;
+    cfg->sts_refresh_ms = CONFIG_HOUR;
 
     cfg->min_free_bytes = 256 * CONFIG_MIB;
     cfg->queue_max_messages = 1000000;
@@ -1351,14 +1362,16 @@ int config_route(const struct hamr_config *cfg, const char *rcpt, struct config_
 }
 
 /* config_tls_policy - [tls_policy]: exact domain, longest ".suffix", else the default. */
-enum smtpc_tls_policy config_tls_policy(const struct hamr_config *cfg, const char *rcpt_domain)
+/* config_tls_policy_entry - the [tls_policy] entry of a domain: exact, else the longest suffix. */
+const struct config_tls_policy_entry *config_tls_policy_entry(const struct hamr_config *cfg,
+                                                              const char *rcpt_domain)
 {
     const char *dom = smtp_addr_domain_of(rcpt_domain);
     size_t n = strlen(dom);
     if (n > 0 && dom[n - 1] == '.')
         n--; /* "example.com." is "example.com" */
     if (n == 0 || n >= CONFIG_HOST_MAX)
-        return cfg->tls_policy;
+        return NULL;
     const struct config_tls_policy_entry *best = NULL;
     size_t best_len = 0;
     for (size_t i = 0; i < cfg->n_tls_policies; i++) {
@@ -1366,12 +1379,18 @@ enum smtpc_tls_policy config_tls_policy(const struct hamr_config *cfg, const cha
         /* ".example.com" matches subdomains only, not example.com itself. */
         int m = smtp_addr_domain_match(dom, n, e->domain);
         if (m == SMTP_ADDR_MATCH_EXACT)
-            return e->policy;
+            return e;
         size_t el = strlen(e->domain);
         if (m == SMTP_ADDR_MATCH_SUFFIX && el > best_len) {
             best = e;
             best_len = el;
         }
     }
-    return best != NULL ? best->policy : cfg->tls_policy;
+    return best;
+}
+
+enum smtpc_tls_policy config_tls_policy(const struct hamr_config *cfg, const char *rcpt_domain)
+{
+    const struct config_tls_policy_entry *e = config_tls_policy_entry(cfg, rcpt_domain);
+    return e != NULL ? e->policy : cfg->tls_policy;
 }

@@ -17,6 +17,7 @@
 
 #include "consensus/consensus.h"
 #include "net/dns.h"
+#include "net/mta_sts.h"
 #include "net/mx.h"
 #include "net/smtpc.h"
 #include "net/smtpd.h"
@@ -146,6 +147,17 @@ struct hamr_config {
     /* [dns]: servers ("" = /etc/resolv.conf), timeout (5s), tries (2), cache_size (10000) */
     struct dns_config dns;
 
+    /*
+     * [mta_sts]: enabled (yes): MTA-STS (RFC 8461) for domains routed by MX
+     * without a [tls_policy] entry; https_port (443); timeout (30s), ca_file
+     * ("": the system store) in sts; refresh (1h): a cached policy older
+     * than this is checked again (its TXT id) while it is used.
+     */
+    bool sts_enabled;
+    unsigned sts_https_port;
+    struct sts_config sts;
+    uint64_t sts_refresh_ms;
+
     /* [transport] */
     struct config_transport transports[CONFIG_MAX_TRANSPORTS];
     size_t n_transports;
@@ -199,6 +211,10 @@ int config_route(const struct hamr_config *cfg, const char *rcpt, struct config_
  * [delivery] tls_policy.
  */
 enum smtpc_tls_policy config_tls_policy(const struct hamr_config *cfg, const char *rcpt_domain);
+
+/* config_tls_policy_entry - the [tls_policy] entry config_tls_policy found, or NULL. */
+const struct config_tls_policy_entry *config_tls_policy_entry(const struct hamr_config *cfg,
+                                                              const char *rcpt_domain);
 
 /*
  * config_ip_address - "a.b.c.d:port" or "[v6]:port" (the literal
