@@ -378,6 +378,9 @@ static void hamrctl_print_status(const Hamr__ControlResponse *resp, char **args,
             printf(", %llu missing (fetching from peers)", (unsigned long long)s->bodies_missing);
         printf("\n");
     }
+    if (s->sts_policies > 0)
+        printf("mta-sts:     %llu polic%s cached (replicated)\n",
+               (unsigned long long)s->sts_policies, s->sts_policies == 1 ? "y" : "ies");
     if (s->queue_digest != NULL && s->queue_digest[0] != '\0')
         printf("digest:      %s\n", hamrctl_p(s->queue_digest));
     else

@@ -610,7 +610,7 @@ static int relay_start_delivery(struct relay *r, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return HAMR_ENOMEM;
     }
-    return 0;
+    return relay_sts_start(r, err, errlen);
 }
 
 /* relay_start_smtp - the delivery pool and the SMTP listener with its policy. */
@@ -926,6 +926,7 @@ static void relay_close_all(struct relay *r)
     if (r->prop != NULL)
         proposer_stop(r->prop); /* submits waiting for a leader give up (421) */
     relay_close_timer(r, &r->sched.kick_timer);
+    relay_sts_close(r); /* deliveries waiting for a policy end unsent (r->stopping) */
     if (r->stop.timers_started) {
         relay_close_timer(r, &r->stop.timer);
         relay_close_timer(r, &r->retry_timer);

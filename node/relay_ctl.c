@@ -136,6 +136,7 @@ static void relay_ctl_status(struct relay *r, struct control_call *call)
         ns.body_store_bytes = bs.disk_bytes;
         ns.body_store_segments = bs.segments;
     }
+    ns.sts_policies = queue_sts_count(r->queue);
     Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
     resp.status = &ns;
     control_reply(call, &resp);

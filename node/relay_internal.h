@@ -74,6 +74,12 @@ struct relay_delivery {
     smtpc_source_cb source_cb; /* the client's, for the chunk in flight */
     void *source_arg;
     int body_status;
+    /* MTA-STS (relay_sts.c): asked once; the policy applied; the fetch d waits for. */
+    bool sts_checked;
+    enum queue_sts_mode sts_mode;
+    char **sts_mx; /* enforce: the MX patterns the next hop must match */
+    size_t n_sts_mx;
+    struct relay_delivery *sts_next;
     char dest[QUEUE_DEST_MAX];    /* the destination key: "[host]:port" or "domain:port" */
     char nexthop[QUEUE_DEST_MAX]; /* its host part, for the SMTP client's resolver */
     uint16_t port;
@@ -104,6 +110,22 @@ struct relay_sched_state {
     uint64_t duplicate_windows;        /* outcomes lost after a delivery attempt */
     struct relay_suspended *suspended; /* dead next hops (relay_sched_suspend) */
     size_t n_suspended;
+};
+
+/* relay_sts_none - a domain without an MTA-STS policy (or whose fetch failed) until until. */
+struct relay_sts_none {
+    char domain[254];
+    uint64_t until; /* wall clock ms */
+};
+
+#define RELAY_STS_NONE_SLOTS 1024 /* a power of two */
+
+/* relay_sts_state - MTA-STS fetches and what the leader remembers of them (relay_sts.c). */
+struct relay_sts_state {
+    struct sts *fetcher; /* NULL with [mta_sts] enabled = no */
+    struct relay_sts_fetch *fetches;
+    size_t n_fetches;
+    struct relay_sts_none none[RELAY_STS_NONE_SLOTS];
 };
 
 /* relay_accept_state - the acceptance path (relay_accept.c). */
@@ -161,6 +183,7 @@ struct relay {
     bool queue_full; /* at a queue limit at the last housekeeping: log the changes */
     struct relay_accept_state accept;
     struct relay_sched_state sched;
+    struct relay_sts_state sts;
     struct relay_stop_state stop;
 };
 
@@ -206,6 +229,15 @@ void relay_sched_kick(struct relay *r);
  */
 void relay_sched_resume_all(struct relay *r);
 int relay_route_dest(void *data, const char *rcpt, char *dest, size_t destlen);
+/* relay_deliver_send - hand d to the SMTP client pool (after its MTA-STS policy is known). */
+void relay_deliver_send(struct relay *r, struct relay_delivery *d);
+
+/* relay_sts.c */
+int relay_sts_start(struct relay *r, char *err, size_t errlen);
+void relay_sts_close(struct relay *r);
+bool relay_sts_hold(struct relay *r, struct relay_delivery *d);
+const char *relay_sts_policy_name(const struct relay_delivery *d);
+void relay_sts_delivery_free(struct relay_delivery *d);
 
 /* relay_http.c */
 void relay_http_ready(void *data, struct health_input *in);

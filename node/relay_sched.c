@@ -332,6 +332,7 @@ static void relay_outcome_done(void *arg, int status, intptr_t result)
     free(d->sender);
     free(d->body);
     body_store_stream_free(d->stream);
+    relay_sts_delivery_free(d);
     free(d);
 }
 
@@ -357,14 +358,13 @@ static void relay_delivery_rcpt(struct relay *r,
                                 const struct relay_delivery *d,
                                 size_t i,
                                 const struct smtpc_result *res,
-                                enum smtpc_tls_policy policy,
                                 bool tls_fields,
                                 uint64_t now,
                                 struct queue_entry_result *out,
                                 char *tls)
 {
     const struct smtpc_rcpt_result *rr = &res->rcpts[i];
-    const char *policy_name = smtpc_tls_policy_name(policy);
+    const char *policy_name = relay_sts_policy_name(d);
     out->rcpt_index = d->rcpt_indexes[i];
     out->smtp_code = rr->code;
     out->diagnostic = rr->text;
@@ -396,7 +396,7 @@ static void relay_delivery_rcpt(struct relay *r,
         [QUEUE_ENTRY_BOUNCED] = "bounced",
         [QUEUE_ENTRY_EXPIRED] = "expired",
     };
-    relay_sched_tls_text(policy, res, status_name[out->status], tls, QUEUE_TLS_MAX);
+    relay_sched_tls_text(d->policy, res, status_name[out->status], tls, QUEUE_TLS_MAX);
     if (tls_fields) {
         out->tls_policy = policy_name;
         out->tls = tls;
@@ -444,10 +444,9 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
         relay_outcome_done(d, HAMR_ENOMEM, 0);
         return;
     }
-    enum smtpc_tls_policy policy = relay_sched_policy(r, d->rcpts, d->n_rcpts);
     bool tls_fields = queue_cluster_level(r->queue) >= QUEUE_LEVEL_TLS;
     for (size_t i = 0; i < d->n_rcpts; i++) {
-        relay_delivery_rcpt(r, d, i, res, policy, tls_fields, now, &results[i], tls[i]);
+        relay_delivery_rcpt(r, d, i, res, tls_fields, now, &results[i], tls[i]);
     }
     struct queue_entry_outcome_args oc = {
         .queue_id = d->queue_id,
@@ -474,9 +473,15 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
         relay_outcome_done(d, rv, 0);
 }
 
-/* relay_deliver_send - hand d (its body in memory, or its stream) to the SMTP client pool. */
-static void relay_deliver_send(struct relay *r, struct relay_delivery *d)
+/*
+ * relay_deliver_send - hand d (its body in memory, or its stream) to the
+ * SMTP client pool, once its MTA-STS policy is known (relay_sts_hold may
+ * park d on a fetch, which calls this again).
+ */
+void relay_deliver_send(struct relay *r, struct relay_delivery *d)
 {
+    if (relay_sts_hold(r, d))
+        return;
     d->msg.sender = d->sender;
     d->msg.rcpts = (const char *const *)d->rcpts;
     d->msg.n_rcpts = d->n_rcpts;
@@ -485,8 +490,15 @@ static void relay_deliver_send(struct relay *r, struct relay_delivery *d)
     d->msg.source = d->stream != NULL ? &d->source : NULL;
     d->msg.body_8bit = d->body_8bit;
     int rv = r->stopping ? HAMR_ESHUTDOWN
-                         : smtpc_pool_deliver_tls(r->pool, d->nexthop, d->port, d->policy, NULL,
-                                                  &d->msg, relay_delivery_done, d);
+                         : smtpc_pool_deliver_to(r->pool,
+                                                 &(struct smtpc_delivery){
+                                                     .host = d->nexthop,
+                                                     .port = d->port,
+                                                     .policy = d->policy,
+                                                     .mx_patterns = (const char *const *)d->sts_mx,
+                                                     .n_mx_patterns = d->n_sts_mx,
+                                                 },
+                                                 &d->msg, relay_delivery_done, d);
     if (rv != 0) {
         log_warn("delivery not started id=%s error=\"%s\"", d->queue_id, hamr_strerror(rv));
         /* Nothing was attempted: the lease simply expires and the work is picked again. */
@@ -578,7 +590,7 @@ static void relay_deliver_start(struct relay *r,
     }
     if (d->n_rcpts == 0)
         goto fail;
-    /* The configuration is not reloaded, so relay_delivery_done finds the same policy. */
+    /* MTA-STS may raise it (relay_sts_hold); the outcome reports what it ran under. */
     d->policy = relay_sched_policy(r, d->rcpts, d->n_rcpts);
     if (m->body != NULL || m->body_len == 0) {
         /* In memory (a queue without a store), or empty. */
