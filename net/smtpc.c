@@ -552,6 +552,21 @@ static bool smtpc_conn_dane_auth(const struct smtpc_conn *c)
 }
 
 /*
+ * smtpc_conn_verify - c's certificate must chain to a trusted CA and name
+ * the host: policy VERIFY; or DANE with MTA-STS patterns (enforce) for a
+ * target DANE does not cover: DANE first where TLSA records are, then
+ * MTA-STS (RFC 8461 2), rather than the opportunistic TLS of plain DANE.
+ */
+static bool smtpc_conn_verify(const struct smtpc_conn *c)
+{
+    if (c->dest == NULL)
+        return false;
+    if (c->dest->policy == SMTPC_TLS_VERIFY)
+        return true;
+    return smtpc_policy_dane(c->dest->policy) && c->dest->n_patterns > 0 && !smtpc_conn_dane(c);
+}
+
+/*
  * smtpc_conn_tls_required - no plaintext on c: the policy demands TLS
  * (ENCRYPT, VERIFY), or DANE applies to its target.
  */
@@ -561,7 +576,7 @@ static bool smtpc_conn_tls_required(const struct smtpc_conn *c)
         return false;
     if (c->dest->policy == SMTPC_TLS_ENCRYPT || c->dest->policy == SMTPC_TLS_VERIFY)
         return true;
-    return smtpc_conn_dane(c);
+    return smtpc_conn_dane(c) || smtpc_conn_verify(c);
 }
 
 /*
@@ -1421,7 +1436,7 @@ static int smtpc_conn_tls_dane(struct smtpc_conn *c)
 static void smtpc_conn_tls_start(struct smtpc_conn *c)
 {
     struct smtpc_dest *d = c->dest;
-    bool verify = d->policy == SMTPC_TLS_VERIFY;
+    bool verify = smtpc_conn_verify(c);
     /* SNI and the name to verify: the delivery's verify_host, else the target's host. */
     const char *name = d->verify_host[0] != '\0' ? d->verify_host : c->host;
     int rv = tls_new(c->pool->tls_ctx, false, name, verify, &c->tls);
@@ -1642,7 +1657,7 @@ static void smtpc_conn_tls_input(struct smtpc_conn *c, const char *data, size_t 
         }
         c->tls_up = true;
         tls_describe(c->tls, c->tls_desc, sizeof(c->tls_desc));
-        bool verified = dane || c->dest->policy == SMTPC_TLS_VERIFY;
+        bool verified = dane || smtpc_conn_verify(c);
         c->tls_state = verified ? SMTPC_TLS_STATE_VERIFIED : SMTPC_TLS_STATE_UNVERIFIED;
         if (dane)
             c->pool->stats.dane_verified++;

@@ -322,7 +322,10 @@ const char *relay_sts_policy_name(const struct relay_delivery *d)
 {
     switch (d->sts_mode) {
         case QUEUE_STS_ENFORCE:
-            return "mta-sts";
+            /* DANE where the hosts have TLSA records, MTA-STS where not (smtpc_conn_verify). */
+            return d->policy == SMTPC_TLS_DANE        ? "dane+mta-sts"
+                   : d->policy == SMTPC_TLS_DANE_ONLY ? "dane-only"
+                                                      : "mta-sts";
         case QUEUE_STS_TESTING:
             return d->policy == SMTPC_TLS_MAY ? "may (mta-sts testing)"
                                               : smtpc_tls_policy_name(d->policy);
