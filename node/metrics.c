@@ -458,6 +458,10 @@ static const char *const metrics_hamr_dns_results[] = {"ok", "nxdomain", "nodata
 /* The results of METRICS_DANE, in the order relay_metrics_fill sets them. */
 static const char *const metrics_hamr_dane_results[] = {"verified", "failed", "unusable", NULL};
 
+/* The sources of METRICS_TLS_POLICY_SOURCE, in the order of enum metrics_hamr_tls_source. */
+static const char *const metrics_hamr_tls_sources[] = {"default", "domain", "dane", "mta_sts",
+                                                       NULL};
+
 static const char *const metrics_hamr_reject_labels[] = {
     "421", "450", "451", "452", "454", "455", "500", "501", "502",   "503", "504",
     "530", "535", "550", "551", "552", "553", "554", "555", "other", NULL};
@@ -690,6 +694,13 @@ const struct metrics_def metrics_hamr_defs[] = {
                                       METRICS_COUNTER,
                                       "result",
                                       metrics_hamr_dane_results),
+    [METRICS_TLS_POLICY_SOURCE] = METRICS_LABELLED("hamr_tls_policy_deliveries_total",
+                                                   "Delivery attempts by the source of their "
+                                                   "TLS policy: [delivery] tls_policy, a "
+                                                   "[tls_policy] entry, DANE, MTA-STS.",
+                                                   METRICS_COUNTER,
+                                                   "source",
+                                                   metrics_hamr_tls_sources),
     [METRICS_BUILD_INFO] = METRICS_LABELLED("hamr_build_info",
                                             "Version of this hamr build.",
                                             METRICS_GAUGE,

@@ -174,6 +174,8 @@ enum metrics_hamr_id {
     METRICS_DNS_SENT,            /* counter: DNS queries sent to a server */
     METRICS_DNS_CACHE_ENTRIES,   /* gauge: answers in the DNS cache */
     METRICS_DANE,                /* counter{result}: DANE outcomes (smtpc_stats) */
+    METRICS_TLS_POLICY_SOURCE,   /* counter{source}: delivery attempts by where their TLS policy
+                                    came from (enum metrics_hamr_tls_source) */
     METRICS_BUILD_INFO,          /* gauge{version} = 1 */
     METRICS_HAMR_COUNT
 };
@@ -184,6 +186,14 @@ enum metrics_hamr_state {
     METRICS_STATE_DEFERRED,
     METRICS_STATE_ACTIVE,
     METRICS_STATE_HELD,
+};
+
+/* Label indexes of METRICS_TLS_POLICY_SOURCE. */
+enum metrics_hamr_tls_source {
+    METRICS_TLS_SOURCE_DEFAULT = 0, /* [delivery] tls_policy */
+    METRICS_TLS_SOURCE_DOMAIN,      /* a [tls_policy] entry */
+    METRICS_TLS_SOURCE_DANE,        /* a TLSA record authenticated the session */
+    METRICS_TLS_SOURCE_MTA_STS,     /* an MTA-STS policy (enforce or testing) */
 };
 
 /* Label indexes of METRICS_DELIVERIES. */

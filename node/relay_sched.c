@@ -51,6 +51,7 @@
 #include "net/smtpc.h"
 #include "node/config.h"
 #include "node/clock.h"
+#include "node/metrics.h"
 #include "node/relay_internal.h"
 
 /* ---------------------------------------------------------------------------
@@ -409,6 +410,20 @@ static void relay_delivery_rcpt(struct relay *r,
              rr->code);
 }
 
+/* relay_sched_tls_source - where the TLS policy of attempt d came from (for /metrics). */
+static unsigned relay_sched_tls_source(const struct relay *r,
+                                       const struct relay_delivery *d,
+                                       const struct smtpc_result *res)
+{
+    if (res->tls_state == SMTPC_TLS_STATE_VERIFIED && strstr(res->tls, "dane") != NULL)
+        return METRICS_TLS_SOURCE_DANE; /* DANE before MTA-STS, where the host has TLSA */
+    if (d->sts_mode != QUEUE_STS_NONE)
+        return METRICS_TLS_SOURCE_MTA_STS;
+    if (d->n_rcpts > 0 && config_tls_policy_entry(r->cfg, d->rcpts[0]) != NULL)
+        return METRICS_TLS_SOURCE_DOMAIN;
+    return METRICS_TLS_SOURCE_DEFAULT;
+}
+
 /* relay_delivery_done - the SMTP client finished: propose the Outcome. */
 static void relay_delivery_done(void *arg, const struct smtpc_result *res)
 {
@@ -432,6 +447,7 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
         return;
     }
     relay_sched_suspend_note(r, d, res);
+    metrics_inc_label(r->metrics, METRICS_TLS_POLICY_SOURCE, relay_sched_tls_source(r, d, res));
 
     uint64_t now = clock_wall_ms();
     uint64_t backoff =

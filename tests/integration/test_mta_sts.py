@@ -72,12 +72,15 @@ class MtaStsTest(harness.HamrTestCase):
         cls.mx2 = tlslab.StartTlsSink("127.0.0.3", port, *mx2)
         https_port = harness.free_port(POLICY_HOST)
         cls.web = tlslab.PolicyServer(POLICY_HOST, https_port, *web, POLICIES)
+        http_port = harness.free_port()
         cls.node = cls.env.node(overrides={
+            "listen": {"http": "127.0.0.1:%d" % http_port},
             "dns": {"servers": "127.0.0.1:%d" % cls.dns.port},
             "delivery": {"port": str(port), "tls_ca_file": ca[0], "retry_min": "1h",
                          "retry_max": "1h"},
             "mta_sts": {"https_port": str(https_port), "ca_file": ca[0], "timeout": "10s"},
         })
+        cls.node.http_port = http_port
         cls.node.start()
 
     @classmethod
@@ -139,6 +142,13 @@ class MtaStsTest(harness.HamrTestCase):
         line = wait_for(lambda: self.delivery_line(rcpt), 10, "the delivery line")
         self.assertIn("tls_policy=may ", line)
         self.assertEqual(self.web.requests, before, "a policy host was asked")
+
+    def test_e_metrics_by_policy_source(self):
+        src = self.node.counters("hamr_tls_policy_deliveries_total", label="source")
+        # a, b and c ran under a policy of their domain; d under the default.
+        self.assertGreaterEqual(src.get("mta_sts", 0), 3, src)
+        self.assertGreaterEqual(src.get("default", 0), 1, src)
+        self.assertEqual(src.get("dane", 0), 0, src)
 
 
 if __name__ == "__main__":
