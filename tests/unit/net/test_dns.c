@@ -22,7 +22,12 @@
  * nothing; close calls every waiting query back once as cancelled, then
  * nothing, also when a callback closes; servers c-ares cannot read are
  * refused; hostile names refused before any query; malformed answers (cut
- * short, lying counts, a compression loop, a bad MX host) as TEMPFAIL.
+ * short, lying counts, a compression loop, a bad MX host) as TEMPFAIL;
+ * a truncated UDP answer (TC) asked again over TCP and its records all
+ * kept, two such queries on one connection; an answer over 512 octets
+ * taken over UDP thanks to EDNS0, and one over our EDNS0 size asked again
+ * over TCP although TC was not set; a TCP answer that never comes (the
+ * connection closed) or never ends (cut short) as TEMPFAIL in bounded time.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -46,6 +51,24 @@
 #define TEST_GUARD_MS 5000
 #define TEST_TURNS 10000
 #define TEST_TLSA_SHA256 "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+/*
+ * Runs of AAAA records for the large answers: TEST_AAAA8(1) is 2001:db8::10
+ * to 2001:db8::17. Each record is 28 octets (a 2-octet pointer as owner),
+ * so 24 make a 698-octet message and 48 one of 1371.
+ */
+/* Kept by hand: clang-format 14 splits a macro that expands to a braced initializer. */
+/* clang-format off */
+#define TEST_AAAA(n) {DNS_TYPE_AAAA, 300, "2001:db8::" #n}
+#define TEST_AAAA8(p) \
+    TEST_AAAA(p##0), TEST_AAAA(p##1), TEST_AAAA(p##2), TEST_AAAA(p##3), \
+    TEST_AAAA(p##4), TEST_AAAA(p##5), TEST_AAAA(p##6), TEST_AAAA(p##7)
+/* clang-format on */
+#define TEST_BIG_N 24
+#define TEST_HUGE_N 48
+/* c-ares's rule for a UDP answer without EDNS0 (RFC 1035 4.2.1), and our EDNS0 size (net/dns.c). */
+#define TEST_UDP_PLAIN_MAX 512
+#define TEST_EDNS_SIZE 1232
 
 /* The fake server's zone: one row per question the tests ask. */
 static const struct testlib_dns_row test_zone[] = {
@@ -76,6 +99,25 @@ static const struct testlib_dns_row test_zone[] = {
      .an = {{DNS_TYPE_MX, 300, "10 mx.loop.test"}}},
     {"badmx.test", DNS_TYPE_MX, .an = {{DNS_TYPE_MX, 300, "10 b@d.test"}}},
     {"other.test", DNS_TYPE_A, .an = {{DNS_TYPE_A, 300, "192.0.2.3"}}},
+    {"tc.test", DNS_TYPE_MX, .spoil = TESTLIB_DNS_TC_UDP,
+     .an = {{DNS_TYPE_MX, 300, "10 mx1.tc.test"},
+            {DNS_TYPE_MX, 300, "20 mx2.tc.test"},
+            {DNS_TYPE_MX, 250, "30 mx3.tc.test"},
+            {DNS_TYPE_MX, 300, "40 mx4.tc.test"}}},
+    {"tc.test", DNS_TYPE_A, .spoil = TESTLIB_DNS_TC_UDP,
+     .an = {{DNS_TYPE_A, 300, "192.0.2.11"},
+            {DNS_TYPE_A, 300, "192.0.2.12"},
+            {DNS_TYPE_A, 300, "192.0.2.13"}}},
+    {"tc.test", DNS_TYPE_AAAA, .spoil = TESTLIB_DNS_TC_UDP,
+     .an = {{DNS_TYPE_AAAA, 300, "2001:db8::11"}, {DNS_TYPE_AAAA, 300, "2001:db8::12"}}},
+    {"tcclose.test", DNS_TYPE_A, .spoil = TESTLIB_DNS_TC_TCP_CLOSE,
+     .an = {{DNS_TYPE_A, 300, "192.0.2.21"}, {DNS_TYPE_A, 300, "192.0.2.22"}}},
+    {"tccut.test", DNS_TYPE_A, .spoil = TESTLIB_DNS_TC_TCP_CUT,
+     .an = {{DNS_TYPE_A, 300, "192.0.2.31"}, {DNS_TYPE_A, 300, "192.0.2.32"}}},
+    {"big.test", DNS_TYPE_AAAA, .an = {TEST_AAAA8(1), TEST_AAAA8(2), TEST_AAAA8(3)}},
+    {"huge.test", DNS_TYPE_AAAA,
+     .an = {TEST_AAAA8(1), TEST_AAAA8(2), TEST_AAAA8(3), TEST_AAAA8(4), TEST_AAAA8(5),
+            TEST_AAAA8(6)}},
 };
 
 /* test_got - what one callback received, copied out of the borrowed result. */
@@ -83,7 +125,7 @@ struct test_got {
     unsigned calls;
     struct dns_result res; /* res.u is not valid after the call: use the copies */
     struct dns_mx mx[4];
-    struct dns_addr addr[4];
+    struct dns_addr addr[TESTLIB_DNS_RRS_MAX];
     char txt[256];
     size_t txt_len;
     struct dns_tlsa tlsa[2];
@@ -118,7 +160,7 @@ static void test_got_cb(void *arg, const struct dns_result *res)
     for (size_t i = 0; i < res->n; i++) {
         if (res->type == DNS_TYPE_MX && i < 4)
             g->mx[i] = res->u.mx[i];
-        if ((res->type == DNS_TYPE_A || res->type == DNS_TYPE_AAAA) && i < 4)
+        if ((res->type == DNS_TYPE_A || res->type == DNS_TYPE_AAAA) && i < TESTLIB_DNS_RRS_MAX)
             g->addr[i] = res->u.addr[i];
         if (res->type == DNS_TYPE_TXT && i == 0 && res->u.txt[0].len < sizeof(g->txt)) {
             memcpy(g->txt, res->u.txt[0].text, res->u.txt[0].len + 1);
@@ -618,6 +660,269 @@ static void hostile_names(void **state)
     assert_int_equal(f->srv.queries, 1);
 }
 
+/* test_want_aaaa_run - records 0..n of g are TEST_AAAA8(1), TEST_AAAA8(2), ... in order. */
+static void test_want_aaaa_run(const struct test_got *g, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char text[32];
+        snprintf(text, sizeof(text), "2001:db8::%zu", 10 * (i / 8 + 1) + i % 8);
+        test_want_addr(g, i, text, 300);
+    }
+}
+
+/*
+ * tcp_fallback - TC over UDP: c-ares asks again over TCP, on the same
+ * address and port, and the TCP answer's records all come back. Two such
+ * queries at once share one connection (RFC 7766 section 6.2.1).
+ */
+static void tcp_fallback(void **state)
+{
+    struct fixture *f = *state;
+    struct test_got g;
+
+    test_ask_ok(f, "tc.test", DNS_TYPE_MX, &g, 4, 250);
+    for (unsigned i = 0; i < 4; i++) {
+        char host[32];
+        snprintf(host, sizeof(host), "mx%u.tc.test", i + 1);
+        assert_int_equal(g.mx[i].pref, 10 * (i + 1));
+        assert_string_equal(g.mx[i].host, host);
+    }
+    assert_int_equal(f->srv.queries, 2);
+    assert_int_equal(f->srv.tcp_queries, 1);
+    assert_int_equal(f->srv.tcp_accepted, 1);
+    assert_int_equal(testlib_dns_count(&f->srv, "tc.test", DNS_TYPE_MX), 2);
+    assert_int_equal(testlib_dns_tcp_count(&f->srv, "tc.test", DNS_TYPE_MX), 1);
+    /* The TCP query is the UDP one again: EDNS0 and AD still asked for. */
+    assert_true(f->srv.last_tcp);
+    assert_true(f->srv.last_edns);
+    assert_true(f->srv.last_ad);
+
+    /*
+     * Both UDP answers come back truncated in one loop turn: c-ares queues
+     * both TCP queries on the one connection it opens to the server (1.18
+     * closes it again once no query is left, so the MX lookup's is gone).
+     */
+    struct test_got a, aaaa;
+    memset(&a, 0, sizeof(a));
+    memset(&aaaa, 0, sizeof(aaaa));
+    assert_int_equal(dns_query(f->r, "tc.test", DNS_TYPE_A, test_got_cb, &a, NULL), 0);
+    assert_int_equal(dns_query(f->r, "tc.test", DNS_TYPE_AAAA, test_got_cb, &aaaa, NULL), 0);
+    TESTLIB_LOOP_WAIT(&f->w, a.calls > 0 && aaaa.calls > 0);
+    assert_int_equal(a.res.status, DNS_OK);
+    assert_int_equal(a.res.n, 3);
+    test_want_addr(&a, 0, "192.0.2.11", 300);
+    test_want_addr(&a, 2, "192.0.2.13", 300);
+    assert_int_equal(aaaa.res.status, DNS_OK);
+    assert_int_equal(aaaa.res.n, 2);
+    test_want_addr(&aaaa, 1, "2001:db8::12", 300);
+    assert_int_equal(testlib_dns_tcp_count(&f->srv, "tc.test", DNS_TYPE_A), 1);
+    assert_int_equal(testlib_dns_tcp_count(&f->srv, "tc.test", DNS_TYPE_AAAA), 1);
+    assert_int_equal(f->srv.tcp_queries, 3);
+    assert_int_equal(f->srv.tcp_accepted, 2);
+}
+
+/*
+ * big_answer - over 512 octets over UDP: taken as it is, since our EDNS0
+ * OPT offers 1232 (RFC 6891 section 6.2.5) and c-ares checks the size
+ * against ednspsz, not 512. Over 1232 with TC clear: c-ares 1.18 treats
+ * the answer as truncated all the same (process_answer: "tc || alen >
+ * packetsz") and asks again over TCP, where the records all arrive.
+ */
+static void big_answer(void **state)
+{
+    struct fixture *f = *state;
+    struct test_got g;
+
+    test_ask_ok(f, "big.test", DNS_TYPE_AAAA, &g, TEST_BIG_N, 300);
+    test_want_aaaa_run(&g, TEST_BIG_N);
+    assert_true(f->srv.last_edns);
+    assert_false(f->srv.last_tcp);
+    assert_true(f->srv.last_len > TEST_UDP_PLAIN_MAX);
+    assert_true(f->srv.last_len <= TEST_EDNS_SIZE);
+    assert_int_equal(f->srv.tcp_queries, 0);
+    assert_int_equal(testlib_dns_count(&f->srv, "big.test", DNS_TYPE_AAAA), 1);
+
+    test_ask_ok(f, "huge.test", DNS_TYPE_AAAA, &g, TEST_HUGE_N, 300);
+    test_want_aaaa_run(&g, TEST_HUGE_N);
+    assert_true(f->srv.last_tcp);
+    assert_true(f->srv.last_len > TEST_EDNS_SIZE);
+    assert_int_equal(testlib_dns_count(&f->srv, "huge.test", DNS_TYPE_AAAA), 2);
+    assert_int_equal(testlib_dns_tcp_count(&f->srv, "huge.test", DNS_TYPE_AAAA), 1);
+}
+
+/* test_broken_case - a TCP retry that goes wrong, and how c-ares 1.18 ends it. */
+struct test_broken_case {
+    const char *label;
+    const char *name;
+    int want_err;
+    bool want_full_timeout; /* the lookup waits out the resolver's timeout */
+};
+
+/*
+ * tcp_fallback_broken - TC over UDP, then no whole answer over TCP: TEMPFAIL
+ * (never cached), within a bound set by the resolver's 200 ms timeout. The
+ * two ways c-ares 1.18 ends it differ: a connection the server closes is a
+ * server error (handle_error: the query moves on, and with one server and
+ * one try it ends at once as ARES_ECONNREFUSED, HAMR_ECONNECT); an answer
+ * cut short on an open connection waits for the rest until the TCP try's
+ * own timeout (ARES_ETIMEOUT; the timeout restarts when the query goes
+ * over TCP, so the lookup takes a little more than one timeout).
+ */
+static void tcp_fallback_broken(void **state)
+{
+    static const struct test_broken_case cases[] = {
+        {"closed without an answer", "tcclose.test", HAMR_ECONNECT, false},
+        {"answer cut short, connection left open", "tccut.test", HAMR_ETIMEDOUT, true},
+    };
+    struct fixture *f = *state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const struct test_broken_case *c = &cases[i];
+        struct test_got g;
+        print_message("case: %s\n", c->label);
+        uint64_t t0 = uv_hrtime();
+        test_ask(f, c->name, DNS_TYPE_A, &g);
+        uint64_t took_ms = (uv_hrtime() - t0) / 1000000;
+        assert_int_equal(g.res.status, DNS_TEMPFAIL);
+        assert_int_equal(g.res.err, c->want_err);
+        assert_int_equal(g.res.n, 0);
+        assert_true(g.res.why[0] != '\0');
+        assert_true(took_ms < 5 * f->cfg.timeout_ms);
+        if (c->want_full_timeout)
+            assert_true(took_ms >= f->cfg.timeout_ms);
+        assert_int_equal(testlib_dns_count(&f->srv, c->name, DNS_TYPE_A), 2);
+        assert_int_equal(testlib_dns_tcp_count(&f->srv, c->name, DNS_TYPE_A), 1);
+    }
+    assert_int_equal(dns_cache_entries(f->r), 0);
+}
+
+/* test_client - a bare TCP client of the fake server, for its framing. */
+struct test_client {
+    uv_tcp_t tcp;
+    uv_connect_t connect;
+    uv_write_t writes[3];
+    bool connected;
+    unsigned written;
+    size_t len;
+    uint8_t in[512];
+};
+
+/* test_client_connect_cb - connected (or not: the test fails on the flag). */
+static void test_client_connect_cb(uv_connect_t *req, int status)
+{
+    struct test_client *c = req->data;
+    c->connected = status == 0;
+}
+
+/* test_client_write_cb - one write done. */
+static void test_client_write_cb(uv_write_t *req, int status)
+{
+    struct test_client *c = req->data;
+    assert_int_equal(status, 0);
+    c->written++;
+}
+
+/* test_client_alloc_cb - the free end of the client's buffer. */
+static void test_client_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct test_client *c = h->data;
+    *buf = uv_buf_init((char *)c->in + c->len, (unsigned)(sizeof(c->in) - c->len));
+}
+
+/* test_client_read_cb - keep what comes; the server does not close first. */
+static void test_client_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    struct test_client *c = st->data;
+    assert_true(nread >= 0);
+    c->len += (size_t)nread;
+}
+
+/* test_client_write - n octets of p as write number i (p must outlive the write). */
+static void test_client_write(struct test_client *c, unsigned i, const uint8_t *p, size_t n)
+{
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    c->writes[i].data = c;
+    assert_int_equal(uv_write(&c->writes[i], (uv_stream_t *)&c->tcp, &b, 1, test_client_write_cb),
+                     0);
+}
+
+/* test_query_frame - a length-prefixed query for name's A records with id into b; its length. */
+static size_t test_query_frame(uint8_t *b, size_t size, unsigned id, const char *name)
+{
+    size_t n = 2;
+    const uint8_t header[12] = {id >> 8, id & 0xFF, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0};
+    memcpy(b + n, header, sizeof(header));
+    n += sizeof(header);
+    while (*name) {
+        size_t l = strcspn(name, ".");
+        assert_true(n + 1 + l + 5 < size);
+        b[n++] = (uint8_t)l;
+        memcpy(b + n, name, l);
+        n += l;
+        name += l + (name[l] == '.');
+    }
+    const uint8_t tail[5] = {0, 0, DNS_TYPE_A, 0, 1}; /* root, type A, class IN */
+    memcpy(b + n, tail, sizeof(tail));
+    n += sizeof(tail);
+    b[0] = (uint8_t)((n - 2) >> 8);
+    b[1] = (uint8_t)(n - 2);
+    return n;
+}
+
+/*
+ * fake_server_tcp_framing - the fake server itself (c-ares writes each
+ * query whole, so the tests above never split one): a query split across
+ * reads, and a read holding the end of one and the start of the next, are
+ * answered in order, each with its length prefix (RFC 1035 4.2.2).
+ */
+static void fake_server_tcp_framing(void **state)
+{
+    struct fixture *f = *state;
+    struct test_client c;
+    struct sockaddr_in sin;
+    uint8_t q[128];
+    memset(&c, 0, sizeof(c));
+    size_t n1 = test_query_frame(q, sizeof(q), 0x1234, "other.test");
+    size_t n2 = test_query_frame(q + n1, sizeof(q) - n1, 0x1235, "a.test");
+
+    assert_int_equal(uv_ip4_addr("127.0.0.1", atoi(strchr(f->srv.servers, ':') + 1), &sin), 0);
+    assert_int_equal(uv_tcp_init(&f->loop, &c.tcp), 0);
+    c.tcp.data = c.connect.data = &c;
+    assert_int_equal(
+        uv_tcp_connect(&c.connect, &c.tcp, (const struct sockaddr *)&sin, test_client_connect_cb),
+        0);
+    TESTLIB_LOOP_WAIT(&f->w, c.connected);
+    assert_int_equal(
+        uv_read_start((uv_stream_t *)&c.tcp, test_client_alloc_cb, test_client_read_cb), 0);
+
+    /* One octet of the first frame's length, alone in the server's read. */
+    test_client_write(&c, 0, q, 1);
+    TESTLIB_LOOP_WAIT(&f->w, f->srv.conns[0].used && f->srv.conns[0].len == 1);
+    /* The rest of the first frame and 5 octets of the second. */
+    test_client_write(&c, 1, q + 1, n1 - 1 + 5);
+    TESTLIB_LOOP_WAIT(&f->w, f->srv.tcp_queries == 1 && f->srv.conns[0].len == 5);
+    test_client_write(&c, 2, q + n1 + 5, n2 - 5);
+    TESTLIB_LOOP_WAIT(&f->w, f->srv.tcp_queries == 2);
+    assert_int_equal(f->srv.tcp_accepted, 1);
+
+    /* Two answers, in order: other.test (1 A record), then a.test (2). */
+    size_t at = 0;
+    for (unsigned i = 0; i < 2; i++) {
+        TESTLIB_LOOP_WAIT(
+            &f->w, c.len >= at + 2 && c.len >= at + 2 + ((size_t)c.in[at] << 8 | c.in[at + 1]));
+        const uint8_t *m = c.in + at + 2;
+        assert_int_equal(m[0] << 8 | m[1], 0x1234 + i); /* ID */
+        assert_int_equal(m[3] & 0x0F, 0);               /* NOERROR */
+        assert_int_equal(m[2] & 0x02, 0);               /* no TC over TCP */
+        assert_int_equal(m[6] << 8 | m[7], i + 1);      /* ANCOUNT */
+        at += 2 + ((size_t)c.in[at] << 8 | c.in[at + 1]);
+    }
+    assert_int_equal(c.len, at);
+    assert_int_equal(c.written, 3);
+    uv_close((uv_handle_t *)&c.tcp, NULL);
+    /* The server sees EOF and closes its end. */
+    TESTLIB_LOOP_WAIT(&f->w, !f->srv.conns[0].used);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -636,6 +941,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(close_from_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(bad_config, setup, teardown),
         cmocka_unit_test_setup_teardown(hostile_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(tcp_fallback, setup, teardown),
+        cmocka_unit_test_setup_teardown(big_answer, setup, teardown),
+        cmocka_unit_test_setup_teardown(tcp_fallback_broken, setup, teardown),
+        cmocka_unit_test_setup_teardown(fake_server_tcp_framing, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
