@@ -1402,7 +1402,7 @@ static void smtpc_conn_auth_start(struct smtpc_conn *c);
 /*
  * smtpc_conn_after_ehlo - EHLO (or HELO) was accepted: start TLS when it is
  * offered and not up yet; refuse to go on in plaintext when the policy
- * demands TLS (SECURITY.md S17) or AUTH would go in plaintext; then
+ * demands TLS (SECURITY.md S17) or AUTH would go in plaintext (S23); then
  * authenticate when the destination has credentials, else run
  * transactions.
  */
@@ -1437,7 +1437,7 @@ static void smtpc_conn_after_ehlo(struct smtpc_conn *c)
             return;
         }
         if (smtpc_conn_auth_needs_tls(c)) {
-            /* The password is never sent in the clear (SECURITY.md S24). */
+            /* The password is never sent in the clear (SECURITY.md S23). */
             if (!offered)
                 c->tls_state = SMTPC_TLS_STATE_NOT_OFFERED_REQUIRED;
             smtpc_conn_fail(
