@@ -27,6 +27,7 @@
 
 #include "util/common.h"
 #include "util/err.h"
+#include "util/fs.h"
 #include "util/log.h"
 #include "net/smtpc_auth.h"
 
@@ -213,22 +214,13 @@ static int smtpc_auth_load(const char *path,
         return HAMR_EIO;
     }
     rc = smtpc_auth_check_mode(f, path, errmsg, errlen);
-    while (rc == 0 && fgets(line, sizeof(line), f) != NULL) {
-        lineno++;
-        size_t len = strlen(line);
-        if (len > 0 && line[len - 1] == '\n') {
-            line[--len] = '\0';
-        } else if (!feof(f)) {
-            snprintf(errmsg, errlen, "%s:%u: line longer than %d octets", path, lineno,
-                     SMTPC_AUTH_LINE_MAX);
-            rc = HAMR_EINVAL;
+    while (rc == 0) {
+        char *start = NULL;
+        int got = fs_table_line(f, path, line, sizeof(line), &lineno, &start, errmsg, errlen);
+        if (got <= 0) {
+            rc = got; /* 0 at the end of the file */
             break;
         }
-        while (len > 0 && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t'))
-            line[--len] = '\0';
-        const char *start = line + strspn(line, " \t");
-        if (*start == '\0' || *start == '#')
-            continue;
         struct smtpc_auth_entry e;
         const char *why = smtpc_auth_parse_line(start, &e);
         OPENSSL_cleanse(line, sizeof(line));
@@ -245,10 +237,6 @@ static int smtpc_auth_load(const char *path,
         }
     }
     OPENSSL_cleanse(line, sizeof(line));
-    if (rc == 0 && ferror(f)) {
-        snprintf(errmsg, errlen, "%s:%u: read error", path, lineno);
-        rc = HAMR_EIO;
-    }
     fclose(f);
     if (rc != 0)
         smtpc_auth_table_free(t);

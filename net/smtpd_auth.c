@@ -36,6 +36,7 @@
 #include "util/b64.h"
 #include "util/common.h"
 #include "util/err.h"
+#include "util/fs.h"
 #include "util/log.h"
 #include "net/smtpd_auth.h"
 
@@ -279,22 +280,13 @@ static int smtpd_auth_load(const char *path,
         snprintf(errmsg, errlen, "%s:0: %s", path, strerror(e));
         return HAMR_EIO;
     }
-    while (fgets(line, sizeof(line), f) != NULL) {
-        lineno++;
-        size_t len = strlen(line);
-        if (len > 0 && line[len - 1] == '\n') {
-            line[--len] = '\0';
-        } else if (!feof(f)) {
-            snprintf(errmsg, errlen, "%s:%u: line longer than %d octets", path, lineno,
-                     SMTPD_AUTH_LINE_MAX);
-            rc = HAMR_EINVAL;
+    for (;;) {
+        char *start = NULL;
+        int got = fs_table_line(f, path, line, sizeof(line), &lineno, &start, errmsg, errlen);
+        if (got <= 0) {
+            rc = got; /* 0 at the end of the file */
             break;
         }
-        while (len > 0 && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t'))
-            line[--len] = '\0';
-        const char *start = line + strspn(line, " \t");
-        if (*start == '\0' || *start == '#')
-            continue;
         if (start != line) {
             snprintf(errmsg, errlen, "%s:%u: line starts with white space", path, lineno);
             rc = HAMR_EINVAL;
@@ -325,10 +317,6 @@ static int smtpd_auth_load(const char *path,
             snprintf(errmsg, errlen, "%s:%u: out of memory", path, lineno);
             break;
         }
-    }
-    if (rc == 0 && ferror(f)) {
-        snprintf(errmsg, errlen, "%s:%u: read error", path, lineno);
-        rc = HAMR_EIO;
     }
     fclose(f);
     if (rc != 0) {
