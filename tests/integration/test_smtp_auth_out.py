@@ -25,10 +25,8 @@ import os
 import shutil
 import signal
 import ssl
-import subprocess
 import sys
 import threading
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -77,17 +75,6 @@ class RecordingHandler:
             return [m for m in self.messages if tid.encode() in m[2]]
 
 
-def make_cert(directory):
-    """make_cert - a self-signed certificate for IP 127.0.0.1; returns (cert, key) paths."""
-    cert = os.path.join(directory, "relay-cert.pem")
-    key = os.path.join(directory, "relay-key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
-                    "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
-    return cert, key
-
-
 def write_auth(path, port, password, mode=0o600):
     """write_auth - the credentials file for the relayhost "[127.0.0.1]:port"."""
     with open(path, "w") as f:
@@ -102,7 +89,7 @@ def write_auth(path, port, password, mode=0o600):
 class SmtpAuthOutTest(harness.HamrTestCase):
     @classmethod
     def setUpEnv(cls):
-        cert, key = make_cert(cls.env.dir)
+        cert, key = harness.make_ip_cert(cls.env.dir, "relay")
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(cert, key)
         cls.handler = RecordingHandler()
