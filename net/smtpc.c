@@ -45,6 +45,18 @@
  * the connection before the final dot: the next hop discards the partial
  * message and the attempt is SMTPC_TEMP.
  *
+ * AUTH (RFC 4954): a destination with credentials (part of its key)
+ * authenticates once per connection, after the last EHLO and before the
+ * first MAIL: AUTH PLAIN with the initial response (RFC 4616), else AUTH
+ * LOGIN (user name and password each answering a 334). Only inside TLS
+ * unless the config says auth_plaintext: under MAY with credentials, a
+ * next hop without STARTTLS is deferred, as one under ENCRYPT is, and the
+ * password never goes out. 235 makes the connection READY; any other reply
+ * defers the job and discards the connection, and since EHLO was accepted
+ * no other address is tried (Postfix: "SASL authentication failed",
+ * deferred). The commands that carry credentials are logged (debug) as
+ * "AUTH PLAIN ********" and the like, and their buffers are wiped.
+ *
  * Trying the next address (Postfix smtp_connect.c): while no EHLO or HELO
  * has been accepted and no TLS begun, a failure of a connection that
  * carries a job (connect refused, timeout, lost connection, malformed
@@ -84,13 +96,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
 #include <uv.h>
 
+#include "util/b64.h"
 #include "util/buf.h"
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
 #include "net/smtpc.h"
+#include "net/smtpc_auth.h"
 #include "net/smtpc_body.h"
 #include "net/smtpc_reply.h"
 #include "net/tls.h"
@@ -101,8 +116,8 @@
 
 /*
  * The connection states. A connection only moves forward through
- * CONNECTING -> GREETING -> EHLO [-> HELO | -> STARTTLS -> TLS -> EHLO] -> READY,
- * then loops
+ * CONNECTING -> GREETING -> EHLO [-> HELO | -> STARTTLS -> TLS -> EHLO]
+ * [-> AUTH | -> AUTH_LOGIN -> AUTH_USER -> AUTH] -> READY, then loops
  * READY -> MAIL -> RCPT -> DATA -> BODY -> DOT -> READY, where a failed
  * transaction ends in RSET -> READY instead. READY without a job is idle.
  * Any state may go to QUIT (polite end) or CLOSING (discard); CLOSING is
@@ -122,14 +137,18 @@ enum smtpc_state {
     SMTPC_STATE_DOT,  /* waiting for the reply to the final dot */
     SMTPC_STATE_RSET,
     SMTPC_STATE_QUIT,
-    SMTPC_STATE_STARTTLS, /* waiting for 220 to STARTTLS */
-    SMTPC_STATE_TLS,      /* TLS handshake; no reply owed */
+    SMTPC_STATE_STARTTLS,   /* waiting for 220 to STARTTLS */
+    SMTPC_STATE_TLS,        /* TLS handshake; no reply owed */
+    SMTPC_STATE_AUTH,       /* waiting for 235 to AUTH PLAIN, or to the LOGIN password */
+    SMTPC_STATE_AUTH_LOGIN, /* waiting for 334 to AUTH LOGIN */
+    SMTPC_STATE_AUTH_USER,  /* waiting for 334 to the LOGIN user name */
     SMTPC_STATE_CLOSING,
 };
 
 static const char *const smtpc_state_names[] = {
-    "CONNECTING", "GREETING", "EHLO", "HELO", "READY",    "MAIL", "RCPT",    "DATA",
-    "BODY",       "DOT",      "RSET", "QUIT", "STARTTLS", "TLS",  "CLOSING",
+    "CONNECTING", "GREETING", "EHLO", "HELO",       "READY",     "MAIL",
+    "RCPT",       "DATA",     "BODY", "DOT",        "RSET",      "QUIT",
+    "STARTTLS",   "TLS",      "AUTH", "AUTH_LOGIN", "AUTH_USER", "CLOSING",
 };
 
 /* What a connection waits for in each state, for timeout and EOF texts. */
@@ -148,6 +167,9 @@ static const char *const smtpc_state_waits[] = {
     "reply to QUIT",
     "reply to STARTTLS",
     "TLS handshake",
+    "reply to AUTH",
+    "reply to AUTH LOGIN",
+    "reply to the AUTH LOGIN user name",
     "close",
 };
 
@@ -239,6 +261,10 @@ struct smtpc_dest {
     enum smtpc_tls_policy policy;
     /* The name the certificate must match (VERIFY); "": each target's host. */
     char verify_host[SMTPC_HOST_MAX + 1];
+    /* Credentials (auth): AUTH after the last EHLO; wiped when d is freed. */
+    bool auth;
+    char auth_user[SMTPC_AUTH_USER_MAX + 1];
+    char auth_pass[SMTPC_AUTH_PASS_MAX + 1];
     /* MTA-STS MX patterns (smtpc_resolve_opts), each NUL-ended, one after the other. */
     char *patterns;
     const char **pattern_v;
@@ -482,6 +508,8 @@ static void smtpc_conn_cmd_write_cb(uv_write_t *req, int status)
     struct smtpc_cmd_write_req *w = hamr_container_of(req, struct smtpc_cmd_write_req, req);
     struct smtpc_conn *c = w->conn;
     bool body = w->body;
+    if (!body)
+        OPENSSL_cleanse(w->data, w->len); /* a command may carry credentials (AUTH) */
     free(w);
     if (status == UV_ECANCELED || c->state == SMTPC_STATE_CLOSING)
         return;
@@ -1360,9 +1388,23 @@ static void smtpc_conn_next(struct smtpc_conn *c)
 }
 
 /*
+ * smtpc_conn_auth_needs_tls - c's destination has credentials and they may
+ * go only inside TLS (no auth_plaintext): STARTTLS is required, whatever
+ * the policy (Postfix smtp_sasl_tls_security_options, noplaintext).
+ */
+static bool smtpc_conn_auth_needs_tls(const struct smtpc_conn *c)
+{
+    return c->dest != NULL && c->dest->auth && !c->pool->cfg.auth_plaintext;
+}
+
+static void smtpc_conn_auth_start(struct smtpc_conn *c);
+
+/*
  * smtpc_conn_after_ehlo - EHLO (or HELO) was accepted: start TLS when it is
  * offered and not up yet; refuse to go on in plaintext when the policy
- * demands TLS (SECURITY.md S17); else run transactions.
+ * demands TLS (SECURITY.md S17) or AUTH would go in plaintext (S23); then
+ * authenticate when the destination has credentials, else run
+ * transactions.
  */
 static void smtpc_conn_after_ehlo(struct smtpc_conn *c)
 {
@@ -1394,8 +1436,143 @@ static void smtpc_conn_after_ehlo(struct smtpc_conn *c)
                 smtpc_conn_fail(c, 0, "TLS required but not offered by %s", c->remote);
             return;
         }
+        if (smtpc_conn_auth_needs_tls(c)) {
+            /* The password is never sent in the clear (SECURITY.md S23). */
+            if (!offered)
+                c->tls_state = SMTPC_TLS_STATE_NOT_OFFERED_REQUIRED;
+            smtpc_conn_fail(
+                c, 0, "4.7.0 TLS not available with %s (%s) and AUTH would be sent in plaintext",
+                c->remote, offered ? "no TLS client context" : "STARTTLS not offered");
+            return;
+        }
+    }
+    if (c->dest->auth) {
+        smtpc_conn_auth_start(c);
+        return;
     }
     smtpc_conn_next(c);
+}
+
+/*
+ * smtpc_conn_send_secret - write line (len octets, a command that carries
+ * credentials and owes one reply), log it at debug level as shown, never as
+ * it is, and wipe line. 0, or the attempt failed and a negative code.
+ */
+static int smtpc_conn_send_secret(struct smtpc_conn *c, char *line, size_t len, const char *shown)
+{
+    log_debug("smtpc conn=%llu relay=%s send \"%s\"", c->id, c->remote, shown);
+    int rv = smtpc_conn_send(c, line, len, 1);
+    OPENSSL_cleanse(line, len);
+    return rv;
+}
+
+/*
+ * smtpc_conn_send_b64 - write prefix, the base64 of data (len octets) and
+ * CRLF as one command that carries credentials (smtpc_conn_send_secret).
+ */
+static int smtpc_conn_send_b64(struct smtpc_conn *c,
+                               const char *prefix,
+                               const uint8_t *data,
+                               size_t len,
+                               const char *shown)
+{
+    /* RFC 4954 4: an AUTH line may be 12288 octets; ours are far shorter. */
+    char line[32 + (SMTPC_AUTH_USER_MAX + SMTPC_AUTH_PASS_MAX + 4) / 3 * 4 + 4];
+    size_t n = strlen(prefix);
+    HAMR_ASSERT(n < 32);
+    memcpy(line, prefix, n);
+    int rv = b64_encode(data, len, line + n, sizeof(line) - n - 2);
+    HAMR_ASSERT(rv == 0); /* user and password lengths were checked */
+    n += strlen(line + n);
+    memcpy(line + n, "\r\n", 2);
+    rv = smtpc_conn_send_secret(c, line, n + 2, shown);
+    OPENSSL_cleanse(line, sizeof(line));
+    return rv;
+}
+
+/*
+ * smtpc_conn_auth_start - after the last EHLO, with credentials: AUTH
+ * PLAIN with the initial response (RFC 4616 2: authzid empty, NUL, user,
+ * NUL, password), else AUTH LOGIN; a next hop that offers neither is
+ * deferred (smtpc_delivery explains why not plaintext-without-AUTH).
+ */
+static void smtpc_conn_auth_start(struct smtpc_conn *c)
+{
+    const struct smtpc_dest *d = c->dest;
+    if ((c->ext & SMTPC_EXT_AUTH_PLAIN) != 0) {
+        uint8_t msg[SMTPC_AUTH_USER_MAX + SMTPC_AUTH_PASS_MAX + 2];
+        size_t ul = strlen(d->auth_user), pl = strlen(d->auth_pass);
+        msg[0] = '\0';
+        memcpy(msg + 1, d->auth_user, ul);
+        msg[1 + ul] = '\0';
+        memcpy(msg + 2 + ul, d->auth_pass, pl);
+        int rv = smtpc_conn_send_b64(c, "AUTH PLAIN ", msg, 2 + ul + pl, "AUTH PLAIN ********");
+        OPENSSL_cleanse(msg, sizeof(msg));
+        if (rv != 0)
+            return;
+        smtpc_conn_enter_state(c, SMTPC_STATE_AUTH);
+        return;
+    }
+    if ((c->ext & SMTPC_EXT_AUTH_LOGIN) != 0) {
+        if (smtpc_conn_send(c, "AUTH LOGIN\r\n", 12, 1) != 0)
+            return;
+        smtpc_conn_enter_state(c, SMTPC_STATE_AUTH_LOGIN);
+        return;
+    }
+    if ((c->ext & SMTPC_EXT_AUTH) != 0)
+        smtpc_conn_fail(c, 0,
+                        "4.7.0 next hop %s offers no AUTH mechanism hamr supports (PLAIN, LOGIN)",
+                        c->remote);
+    else
+        smtpc_conn_fail(c, 0, "4.7.0 next hop %s does not offer AUTH", c->remote);
+}
+
+/*
+ * smtpc_conn_auth_failed - AUTH (or a step of LOGIN) was answered with r,
+ * not 235 or 334: every recipient is deferred, as Postfix does ("SASL
+ * authentication failed"; a 535 means wrong credentials, which the
+ * operator must fix, and mail waits for that rather than bouncing), and
+ * the connection is discarded. No other address is tried: EHLO was
+ * accepted, so smtpc_conn_may_move_on says no.
+ */
+static void smtpc_conn_auth_failed(struct smtpc_conn *c, const struct smtpc_reply *r)
+{
+    smtpc_conn_fail(c, r->code, "4.7.0 SASL authentication failed with %s: %u %s", c->remote,
+                    r->code, r->text);
+}
+
+/* smtpc_conn_on_auth - a reply in one of the AUTH states. */
+static void smtpc_conn_on_auth(struct smtpc_conn *c, const struct smtpc_reply *r)
+{
+    const struct smtpc_dest *d = c->dest;
+    switch (c->state) {
+        case SMTPC_STATE_AUTH_LOGIN:
+            if (r->code != 334)
+                break;
+            if (smtpc_conn_send_b64(c, "", (const uint8_t *)d->auth_user, strlen(d->auth_user),
+                                    "******** (LOGIN user name)") != 0)
+                return;
+            smtpc_conn_enter_state(c, SMTPC_STATE_AUTH_USER);
+            return;
+        case SMTPC_STATE_AUTH_USER:
+            if (r->code != 334)
+                break;
+            if (smtpc_conn_send_b64(c, "", (const uint8_t *)d->auth_pass, strlen(d->auth_pass),
+                                    "******** (LOGIN password)") != 0)
+                return;
+            smtpc_conn_enter_state(c, SMTPC_STATE_AUTH);
+            return;
+        default:
+            /* RFC 4954 6: 235 2.7.0 Authentication Succeeded. */
+            if (r->code / 100 != 2)
+                break;
+            char pr[SMTPC_AUTH_USER_MAX + 1];
+            log_info("smtpc conn=%llu relay=%s authenticated user=%s", c->id, c->remote,
+                     log_printable(pr, sizeof(pr), d->auth_user, strlen(d->auth_user)));
+            smtpc_conn_next(c);
+            return;
+    }
+    smtpc_conn_auth_failed(c, r);
 }
 
 /*
@@ -1525,6 +1702,11 @@ static void smtpc_conn_on_reply(struct smtpc_conn *c, const struct smtpc_reply *
                 return;
             }
             smtpc_conn_tls_start(c);
+            return;
+        case SMTPC_STATE_AUTH:
+        case SMTPC_STATE_AUTH_LOGIN:
+        case SMTPC_STATE_AUTH_USER:
+            smtpc_conn_on_auth(c, r);
             return;
         case SMTPC_STATE_MAIL:
             smtpc_conn_on_mail(c, r);
@@ -1960,6 +2142,19 @@ static bool smtpc_addr_ok(const char *a)
     return true;
 }
 
+/*
+ * smtpc_cred_ok - a user name or password fit for AUTH: 1..max octets, no
+ * control octet (RFC 4616 forbids NUL; a CR or LF would end the line).
+ */
+static bool smtpc_cred_ok(const char *s, size_t max)
+{
+    size_t n = 0;
+    for (; s[n] != '\0'; n++)
+        if (n >= max || (unsigned char)s[n] < 0x20 || s[n] == 0x7f)
+            return false;
+    return n > 0;
+}
+
 /* smtpc_host_ok - a host name or literal fit for logs and SNI. */
 static bool smtpc_host_ok(const char *host)
 {
@@ -1971,7 +2166,6 @@ static bool smtpc_host_ok(const char *host)
     return true;
 }
 
-/* smtpc_pool_dest - the destination (host, port, policy, verify_host), created when missing. */
 /* smtpc_dest_patterns_eq - d keeps to exactly the patterns of dv (in order). */
 static bool smtpc_dest_patterns_eq(const struct smtpc_dest *d, const struct smtpc_delivery *dv)
 {
@@ -1986,6 +2180,7 @@ static bool smtpc_dest_patterns_eq(const struct smtpc_dest *d, const struct smtp
 /* smtpc_dest_free - a destination with no job and no connection left. */
 static void smtpc_dest_free(struct smtpc_dest *d)
 {
+    OPENSSL_cleanse(d->auth_pass, sizeof(d->auth_pass));
     free(d->patterns);
     free(d->pattern_v);
     free(d);
@@ -2018,9 +2213,13 @@ static bool smtpc_dest_set_patterns(struct smtpc_dest *d, const struct smtpc_del
  */
 static struct smtpc_dest *smtpc_pool_dest(struct smtpc_pool *p, const struct smtpc_delivery *dv)
 {
+    bool auth = dv->auth_user != NULL;
     for (struct smtpc_dest *d = p->dests; d != NULL; d = d->next)
         if (d->port == dv->port && d->policy == dv->policy && strcmp(d->host, dv->host) == 0 &&
-            strcmp(d->verify_host, dv->verify_host) == 0 && smtpc_dest_patterns_eq(d, dv))
+            strcmp(d->verify_host, dv->verify_host) == 0 && smtpc_dest_patterns_eq(d, dv) &&
+            d->auth == auth &&
+            (!auth || (strcmp(d->auth_user, dv->auth_user) == 0 &&
+                       strcmp(d->auth_pass, dv->auth_pass) == 0)))
             return d;
     struct smtpc_dest *d = calloc(1, sizeof(*d));
     if (d == NULL)
@@ -2030,6 +2229,11 @@ static struct smtpc_dest *smtpc_pool_dest(struct smtpc_pool *p, const struct smt
     d->port = dv->port;
     d->policy = dv->policy;
     hamr_strlcpy(d->verify_host, dv->verify_host, sizeof(d->verify_host));
+    if (auth) {
+        d->auth = true;
+        hamr_strlcpy(d->auth_user, dv->auth_user, sizeof(d->auth_user));
+        hamr_strlcpy(d->auth_pass, dv->auth_pass, sizeof(d->auth_pass));
+    }
     if (!smtpc_dest_set_patterns(d, dv)) {
         smtpc_dest_free(d);
         return NULL;
@@ -2097,6 +2301,10 @@ int smtpc_pool_deliver_to(struct smtpc_pool *p,
     for (size_t i = 0; i < m->n_rcpts; i++)
         if (!smtpc_addr_ok(m->rcpts[i]) || m->rcpts[i][0] == '\0')
             return HAMR_EINVAL;
+    if ((dvc.auth_user == NULL) != (dvc.auth_pass == NULL) ||
+        (dvc.auth_user != NULL && (!smtpc_cred_ok(dvc.auth_user, SMTPC_AUTH_USER_MAX) ||
+                                   !smtpc_cred_ok(dvc.auth_pass, SMTPC_AUTH_PASS_MAX))))
+        return HAMR_EINVAL;
 
     struct smtpc_job *job = calloc(1, sizeof(*job));
     if (job == NULL)

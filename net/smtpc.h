@@ -7,7 +7,9 @@
  * recipient (PIPELINING when offered), DATA with dot-stuffing and CRLF-only
  * output, RSET between messages, QUIT. Several messages share a connection.
  * STARTTLS (RFC 3207) under a per-delivery policy: may, encrypt, verify,
- * dane, dane-only (RFC 7672).
+ * dane, dane-only (RFC 7672). SMTP AUTH (RFC 4954) with PLAIN or LOGIN
+ * when a delivery carries credentials, only inside TLS unless the config
+ * allows plaintext.
  */
 #ifndef HAMR_NET_SMTPC_H
 #define HAMR_NET_SMTPC_H
@@ -186,6 +188,13 @@ struct smtpc_config {
      */
     unsigned address_limit;
     unsigned session_limit;
+    /*
+     * AUTH without TLS ([delivery] auth_plaintext): false (the default),
+     * a delivery with credentials needs TLS whatever its policy (Postfix's
+     * smtp_sasl_tls_security_options = noanonymous, noplaintext): with
+     * no TLS it is deferred and the password is never sent.
+     */
+    bool auth_plaintext;
 };
 
 /*
@@ -249,7 +258,11 @@ enum smtpc_tls_state {
     SMTPC_TLS_STATE_REFUSED_BEFORE_EHLO = 1,
     /* MAY: EHLO (or HELO) listed no STARTTLS; the mail went in plaintext. */
     SMTPC_TLS_STATE_NOT_OFFERED = 2,
-    /* ENCRYPT or VERIFY: no STARTTLS offered; deferred, no MAIL was sent. */
+    /*
+     * ENCRYPT or VERIFY, or credentials without auth_plaintext (AUTH
+     * would go in plaintext): no STARTTLS offered; deferred, no MAIL (and
+     * no AUTH) was sent.
+     */
     SMTPC_TLS_STATE_NOT_OFFERED_REQUIRED = 3,
     /*
      * STARTTLS was offered but the pool has no TLS client context: MAY went
@@ -339,8 +352,23 @@ int smtpc_pool_deliver_tls(struct smtpc_pool *p,
 /*
  * smtpc_delivery - where a delivery goes and what it demands: host and port
  * as smtpc_pool_deliver, policy and verify_host as smtpc_pool_deliver_tls,
- * and the MTA-STS MX patterns the route must keep to (copied; see
- * smtpc_resolve_opts). Connections are pooled per everything here.
+ * the MTA-STS MX patterns the route must keep to (copied; see
+ * smtpc_resolve_opts), and the credentials to authenticate with.
+ * Connections are pooled per everything here, credentials included, so
+ * that two users never share a connection.
+ *
+ * auth_user and auth_pass (copied; both NULL: no AUTH): after the last
+ * EHLO the client sends AUTH PLAIN (RFC 4616), or AUTH LOGIN when PLAIN is
+ * not offered, before any MAIL. User and password are 1..255 octets
+ * without control characters. AUTH goes only inside TLS unless
+ * smtpc_config.auth_plaintext: under MAY, STARTTLS is then required (no
+ * STARTTLS, or no TLS client context: SMTPC_TEMP, "4.7.0 ... AUTH would be
+ * sent in plaintext"). A next hop that lists no AUTH, or neither PLAIN nor
+ * LOGIN, defers (Postfix would deliver without AUTH; a smarthost that wants
+ * AUTH would refuse the mail anyway). Any reply but 235 to AUTH (535 bad
+ * credentials, 454, another 5xx) defers every recipient ("SASL
+ * authentication failed"), as Postfix does, and no further address of the
+ * next hop is tried. The password is never logged.
  */
 struct smtpc_delivery {
     const char *host;
@@ -349,6 +377,8 @@ struct smtpc_delivery {
     const char *verify_host;
     const char *const *mx_patterns;
     size_t n_mx_patterns;
+    const char *auth_user;
+    const char *auth_pass;
 };
 
 /* smtpc_pool_deliver_to - smtpc_pool_deliver_tls with every field of dv. */

@@ -58,10 +58,37 @@ static bool smtpc_reply_keyword(const char *line, size_t len, const char *kw)
     return len == n || line[n] == ' ';
 }
 
+/*
+ * smtpc_reply_auth_mechs - the mechanisms of an AUTH line (after "AUTH "
+ * or "AUTH="), space-separated, any case: the ones the client knows.
+ */
+static unsigned smtpc_reply_auth_mechs(const char *s, size_t len)
+{
+    unsigned ext = SMTPC_EXT_AUTH;
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && s[i] == ' ')
+            i++;
+        size_t start = i;
+        while (i < len && s[i] != ' ')
+            i++;
+        size_t n = i - start;
+        if (n == 5 && hamr_strncaseeq(s + start, "PLAIN", 5))
+            ext |= SMTPC_EXT_AUTH_PLAIN;
+        else if (n == 5 && hamr_strncaseeq(s + start, "LOGIN", 5))
+            ext |= SMTPC_EXT_AUTH_LOGIN;
+    }
+    return ext;
+}
+
 /* smtpc_reply_ehlo_line - note a keyword from one EHLO line (text after "250-"). */
 void smtpc_reply_ehlo_line(struct smtpc_reply *r, const char *line, size_t len)
 {
-    if (smtpc_reply_keyword(line, len, "PIPELINING")) {
+    if (len >= 4 && hamr_strncaseeq(line, "AUTH", 4) &&
+        (len == 4 || line[4] == ' ' || line[4] == '=')) {
+        /* RFC 4954 3; "AUTH=" is what servers once wrote for old clients. */
+        r->ext |= len > 5 ? smtpc_reply_auth_mechs(line + 5, len - 5) : SMTPC_EXT_AUTH;
+    } else if (smtpc_reply_keyword(line, len, "PIPELINING")) {
         r->ext |= SMTPC_EXT_PIPELINING;
     } else if (smtpc_reply_keyword(line, len, "8BITMIME")) {
         r->ext |= SMTPC_EXT_8BITMIME;

@@ -16,6 +16,15 @@ enum {
     SMTPC_EXT_SIZE = 1 << 1,       /* RFC 1870 */
     SMTPC_EXT_8BITMIME = 1 << 2,   /* RFC 6152 */
     SMTPC_EXT_STARTTLS = 1 << 3,   /* RFC 3207 */
+    /*
+     * RFC 4954: "AUTH mech ..." (or the pre-standard "AUTH=mech ...", as
+     * some servers still list it). SMTPC_EXT_AUTH for either line, plus one
+     * bit per mechanism the client can use (RFC 4616 PLAIN; LOGIN, never
+     * standardised but everywhere).
+     */
+    SMTPC_EXT_AUTH = 1 << 4,
+    SMTPC_EXT_AUTH_PLAIN = 1 << 5,
+    SMTPC_EXT_AUTH_LOGIN = 1 << 6,
 };
 
 /* smtpc_reply - one complete reply. */

@@ -33,8 +33,10 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "util/b64.h"
 #include "util/common.h"
 #include "util/err.h"
+#include "util/fs.h"
 #include "util/log.h"
 #include "net/smtpd_auth.h"
 
@@ -62,91 +64,19 @@ struct smtpd_auth {
 };
 
 /* ------------------------------------------------------------------ */
-/* base64 (RFC 4648 section 4)                                          */
+/* base64 (RFC 4648 section 4): util/b64, under this module's names     */
 /* ------------------------------------------------------------------ */
 
-static const char smtpd_auth_b64[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/* smtpd_auth_b64_value - the 6-bit value of c, or -1. */
-static int smtpd_auth_b64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
-/* smtpd_auth_b64_decode - strict decode: groups of 4, '=' only at the very end. */
+/* smtpd_auth_b64_decode - b64_decode. */
 int smtpd_auth_b64_decode(const char *in, size_t len, uint8_t *out, size_t outlen, size_t *n)
 {
-    size_t o = 0;
-
-    *n = 0;
-    if (len % 4 != 0)
-        return HAMR_EINVAL;
-    for (size_t i = 0; i < len; i += 4) {
-        int v[4];
-        size_t pad = 0;
-        for (size_t j = 0; j < 4; j++) {
-            unsigned char c = (unsigned char)in[i + j];
-            if (c == '=' && i + 4 == len && j >= 2) {
-                v[j] = 0;
-                pad++;
-                continue;
-            }
-            if (pad > 0) /* a character after '=' */
-                return HAMR_EINVAL;
-            v[j] = smtpd_auth_b64_value(c);
-            if (v[j] < 0)
-                return HAMR_EINVAL;
-        }
-        uint32_t w =
-            (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
-        size_t take = 3 - pad;
-        /* Non-canonical: bits under the padding must be zero. */
-        if ((pad == 1 && (w & 0xff) != 0) || (pad == 2 && (w & 0xffff) != 0))
-            return HAMR_EINVAL;
-        if (o + take > outlen)
-            return HAMR_ETOOBIG;
-        out[o++] = (uint8_t)(w >> 16);
-        if (take > 1)
-            out[o++] = (uint8_t)(w >> 8);
-        if (take > 2)
-            out[o++] = (uint8_t)w;
-    }
-    *n = o;
-    return 0;
+    return b64_decode(in, len, out, outlen, n);
 }
 
-/* smtpd_auth_b64_encode - encode with padding, NUL-terminated. */
+/* smtpd_auth_b64_encode - b64_encode. */
 int smtpd_auth_b64_encode(const uint8_t *in, size_t len, char *out, size_t outlen)
 {
-    size_t need = (len + 2) / 3 * 4 + 1;
-    size_t o = 0;
-
-    if (need > outlen)
-        return HAMR_ETOOBIG;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t w = (uint32_t)in[i] << 16;
-        if (i + 1 < len)
-            w |= (uint32_t)in[i + 1] << 8;
-        if (i + 2 < len)
-            w |= in[i + 2];
-        out[o++] = smtpd_auth_b64[(w >> 18) & 63];
-        out[o++] = smtpd_auth_b64[(w >> 12) & 63];
-        out[o++] = i + 1 < len ? smtpd_auth_b64[(w >> 6) & 63] : '=';
-        out[o++] = i + 2 < len ? smtpd_auth_b64[w & 63] : '=';
-    }
-    out[o] = '\0';
-    return 0;
+    return b64_encode(in, len, out, outlen);
 }
 
 /* ------------------------------------------------------------------ */
@@ -350,22 +280,13 @@ static int smtpd_auth_load(const char *path,
         snprintf(errmsg, errlen, "%s:0: %s", path, strerror(e));
         return HAMR_EIO;
     }
-    while (fgets(line, sizeof(line), f) != NULL) {
-        lineno++;
-        size_t len = strlen(line);
-        if (len > 0 && line[len - 1] == '\n') {
-            line[--len] = '\0';
-        } else if (!feof(f)) {
-            snprintf(errmsg, errlen, "%s:%u: line longer than %d octets", path, lineno,
-                     SMTPD_AUTH_LINE_MAX);
-            rc = HAMR_EINVAL;
+    for (;;) {
+        char *start = NULL;
+        int got = fs_table_line(f, path, line, sizeof(line), &lineno, &start, errmsg, errlen);
+        if (got <= 0) {
+            rc = got; /* 0 at the end of the file */
             break;
         }
-        while (len > 0 && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t'))
-            line[--len] = '\0';
-        const char *start = line + strspn(line, " \t");
-        if (*start == '\0' || *start == '#')
-            continue;
         if (start != line) {
             snprintf(errmsg, errlen, "%s:%u: line starts with white space", path, lineno);
             rc = HAMR_EINVAL;
@@ -396,10 +317,6 @@ static int smtpd_auth_load(const char *path,
             snprintf(errmsg, errlen, "%s:%u: out of memory", path, lineno);
             break;
         }
-    }
-    if (rc == 0 && ferror(f)) {
-        snprintf(errmsg, errlen, "%s:%u: read error", path, lineno);
-        rc = HAMR_EIO;
     }
     fclose(f);
     if (rc != 0) {

@@ -114,16 +114,18 @@ int smtpd_auth_hash_line(const char *user,
 bool smtpd_auth_user_ok(const char *name, size_t len);
 
 /*
- * smtpd_auth_b64_decode - strict standard base64 (RFC 4648 section 4, with
- * padding, no white space) of in[0..len) into out (room for outlen). The
- * decoded length goes to *n. HAMR_EINVAL for anything malformed,
- * HAMR_ETOOBIG if out is too small. Safe on any untrusted input.
+ * smtpd_auth_b64_decode - b64_decode (util/b64.h): strict standard base64
+ * (RFC 4648 section 4, with padding, no white space) of in[0..len) into
+ * out (room for outlen). The decoded length goes to *n. HAMR_EINVAL for
+ * anything malformed, HAMR_ETOOBIG if out is too small. Safe on any
+ * untrusted input.
  */
 int smtpd_auth_b64_decode(const char *in, size_t len, uint8_t *out, size_t outlen, size_t *n);
 
 /*
- * smtpd_auth_b64_encode - standard base64 of in[0..len) into out,
- * NUL-terminated. HAMR_ETOOBIG if out (outlen) is too small.
+ * smtpd_auth_b64_encode - b64_encode (util/b64.h): standard base64 of
+ * in[0..len) into out, NUL-terminated. HAMR_ETOOBIG if out (outlen) is too
+ * small.
  */
 int smtpd_auth_b64_encode(const uint8_t *in, size_t len, char *out, size_t outlen);
 

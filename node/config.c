@@ -172,6 +172,8 @@ static const struct config_key config_keys[] = {
     CK("delivery", "scan_interval", CONFIG_K_DURATION, scan_interval_ms, 1, CONFIG_HOUR),
     CK("delivery", "tls_policy", CONFIG_K_TLS_POLICY, tls_policy, 0, 0),
     CK("delivery", "tls_ca_file", CONFIG_K_STRING_OPT, smtpc.tls_ca_file, 0, 0),
+    CK("delivery", "auth_file", CONFIG_K_STRING_OPT, delivery_auth_file, 0, 0),
+    CK("delivery", "auth_plaintext", CONFIG_K_BOOL, smtpc.auth_plaintext, 0, 0),
     CK("delivery", "port", CONFIG_K_COUNT, delivery_port, 1, 65535),
     CK("delivery", "address_limit", CONFIG_K_COUNT, smtpc.address_limit, 1, 100),
     CK("delivery", "session_limit", CONFIG_K_COUNT, smtpc.session_limit, 1, 100),

@@ -136,6 +136,13 @@ struct hamr_config {
                                          system store) is smtpc.tls_ca_file */
     unsigned delivery_port;           /* port (25): of MX hosts and address literals */
     /*
+     * auth_file (""): outbound SMTP AUTH credentials, one "NEXTHOP
+     * USER:PASSWORD" line per next hop (net/smtpc_auth.h), read at start
+     * and on SIGHUP; auth_plaintext (no) is smtpc.auth_plaintext: AUTH
+     * also without TLS.
+     */
+    char delivery_auth_file[1024];
+    /*
      * address_limit (5) and session_limit (2) are smtpc's (address_limit
      * copied into mx); mx also has inet_protocols (all|ipv4|ipv6),
      * address_preference (any|ipv6|ipv4) and self_addresses (none: the

@@ -50,6 +50,7 @@
 #include "net/mx.h"
 #include "net/smtpc.h"
 #include "net/smtpd.h"
+#include "net/smtpc_auth.h"
 #include "net/smtpd_auth.h"
 #include "net/smtpd_rcptmap.h"
 #include "net/smtpd_server.h"
@@ -603,6 +604,12 @@ static int relay_start_delivery(struct relay *r, char *err, size_t errlen)
         return rv;
     }
     relay_dane_check(cfg, r->dns);
+    /* Outbound AUTH: a bad line, or a file others may read, stops the start. */
+    if (cfg->delivery_auth_file[0] != '\0') {
+        rv = smtpc_auth_new(cfg->delivery_auth_file, &r->sauth, err, errlen);
+        if (rv != 0)
+            return rv;
+    }
     struct smtpc_config sc = cfg->smtpc;
     sc.resolver = mx_resolver(r->mx);
     r->pool = smtpc_pool_new(r->loop, &sc);
@@ -841,6 +848,10 @@ void relay_reload(struct relay *r)
         log_error("reload of the credentials file failed: %s (the old one stays in use)", aerr);
     if (r->rcptmap != NULL && smtpd_rcptmap_reload(r->rcptmap, aerr, sizeof(aerr)) != 0)
         log_error("reload of the relay recipient map failed: %s (the old one stays in use)", aerr);
+    /* Deliveries started from now on use the new credentials; running ones keep their copy. */
+    if (r->sauth != NULL && smtpc_auth_reload(r->sauth, aerr, sizeof(aerr)) != 0)
+        log_error("reload of the delivery credentials file failed: %s (the old one stays in use)",
+                  aerr);
     relay_reload_cluster_tls(r);
 }
 
@@ -865,6 +876,7 @@ static void relay_close_step(void *arg)
     r->metrics = metrics_free(r->metrics); /* after the HTTP listener, which borrows it */
     r->auth = smtpd_auth_free(r->auth);    /* after the SMTP server, whose sessions borrow it */
     r->rcptmap = smtpd_rcptmap_free(r->rcptmap); /* likewise */
+    r->sauth = smtpc_auth_free(r->sauth);        /* the pool copied what it was given */
     cluster_tls_free(r->ctls); /* after every channel (connections hold their own contexts) */
     free(r);
     if (done)

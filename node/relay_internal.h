@@ -164,6 +164,7 @@ struct relay {
     struct smtpd_policy policy;    /* cfg->smtpd plus the credentials table */
     struct smtpd_auth *auth;       /* NULL without [smtpd] auth_file */
     struct smtpd_rcptmap *rcptmap; /* NULL without [smtpd] relay_recipients */
+    struct smtpc_auth *sauth;      /* NULL without [delivery] auth_file: outbound AUTH */
     struct cluster_tls *ctls;      /* the cluster PKI; NULL with [cluster_tls] plaintext */
     struct control *control;
     struct peer_server *peer_srv; /* NULL on a node without [listen] peer */

@@ -49,6 +49,7 @@
 #include "queue/queue_sched.h"
 #include "consensus/consensus.h"
 #include "net/smtpc.h"
+#include "net/smtpc_auth.h"
 #include "node/config.h"
 #include "node/clock.h"
 #include "node/metrics.h"
@@ -505,16 +506,23 @@ void relay_deliver_send(struct relay *r, struct relay_delivery *d)
     d->msg.body_len = d->body_len;
     d->msg.source = d->stream != NULL ? &d->source : NULL;
     d->msg.body_8bit = d->body_8bit;
+    struct smtpc_delivery dv = {
+        .host = d->nexthop,
+        .port = d->port,
+        .policy = d->policy,
+        .mx_patterns = (const char *const *)d->sts_mx,
+        .n_mx_patterns = d->n_sts_mx,
+    };
+    /*
+     * Outbound AUTH: the credentials of the destination key as written
+     * ("[host]:port" for a relayhost or transport, "domain:port" for MX
+     * routing). Borrowed from the table for the call only: the pool copies
+     * them, so a reload between attempts is safe.
+     */
+    if (r->sauth != NULL)
+        (void)smtpc_auth_lookup(r->sauth, d->dest, &dv.auth_user, &dv.auth_pass);
     int rv = r->stopping ? HAMR_ESHUTDOWN
-                         : smtpc_pool_deliver_to(r->pool,
-                                                 &(struct smtpc_delivery){
-                                                     .host = d->nexthop,
-                                                     .port = d->port,
-                                                     .policy = d->policy,
-                                                     .mx_patterns = (const char *const *)d->sts_mx,
-                                                     .n_mx_patterns = d->n_sts_mx,
-                                                 },
-                                                 &d->msg, relay_delivery_done, d);
+                         : smtpc_pool_deliver_to(r->pool, &dv, &d->msg, relay_delivery_done, d);
     if (rv != 0) {
         log_warn("delivery not started id=%s error=\"%s\"", d->queue_id, hamr_strerror(rv));
         /* Nothing was attempted: the lease simply expires and the work is picked again. */

@@ -141,3 +141,37 @@ int fs_writev_full(int fd, struct iovec *iov, int iovcnt, off_t off)
         }
     }
 }
+
+/* fs_table_line - the next entry of a table file; see fs.h. */
+int fs_table_line(FILE *f,
+                  const char *path,
+                  char *line,
+                  size_t size,
+                  unsigned *lineno,
+                  char **start,
+                  char *errmsg,
+                  size_t errlen)
+{
+    while (fgets(line, (int)size, f) != NULL) {
+        (*lineno)++;
+        size_t len = strlen(line);
+        if (len > 0 && line[len - 1] == '\n') {
+            line[--len] = '\0';
+        } else if (!feof(f)) {
+            snprintf(errmsg, errlen, "%s:%u: line longer than %zu octets", path, *lineno, size - 2);
+            return HAMR_EINVAL;
+        }
+        while (len > 0 && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t'))
+            line[--len] = '\0';
+        char *s = line + strspn(line, " \t");
+        if (*s == '\0' || *s == '#')
+            continue;
+        *start = s;
+        return 1;
+    }
+    if (ferror(f)) {
+        snprintf(errmsg, errlen, "%s:%u: read error", path, *lineno);
+        return HAMR_EIO;
+    }
+    return 0;
+}

@@ -3,6 +3,7 @@
 #define HAMR_UTIL_FS_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
@@ -43,5 +44,24 @@ ssize_t fs_read_full(int fd, void *buf, size_t n, off_t off);
  * octet of a non-empty vector is -ENOSPC (a full file system).
  */
 int fs_writev_full(int fd, struct iovec *iov, int iovcnt, off_t off);
+
+/*
+ * fs_table_line - the next entry of a line-oriented table file (the
+ * credentials and map files): reads lines from f into line (size octets,
+ * room for the longest line plus its newline and NUL), counting them in
+ * *lineno, and skips blank lines and '#' comments. 1: *start points at the
+ * entry's first non-blank octet inside line, a trailing CR, blanks and tabs
+ * removed; 0: the end of the file; or HAMR_EINVAL (a line longer than
+ * size - 2 octets) and HAMR_EIO (a read error) with "PATH:LINE: reason" in
+ * errmsg. f and path are borrowed. The caller wipes line if it holds secrets.
+ */
+int fs_table_line(FILE *f,
+                  const char *path,
+                  char *line,
+                  size_t size,
+                  unsigned *lineno,
+                  char **start,
+                  char *errmsg,
+                  size_t errlen);
 
 #endif

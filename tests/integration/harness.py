@@ -219,6 +219,21 @@ def ipv6_loopback():
         return False
 
 
+def make_ip_cert(directory, prefix="sink"):
+    """make_ip_cert - a self-signed certificate for IP 127.0.0.1 (openssl req): (cert, key) paths.
+
+    For an SMTP server in the test process (aiosmtpd) that hamrd talks STARTTLS to.
+    """
+    cert = os.path.join(directory, "%s-cert.pem" % prefix)
+    key = os.path.join(directory, "%s-key.pem" % prefix)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+    os.chmod(cert, 0o644)
+    return cert, key
+
+
 def free_port(host="127.0.0.1"):
     """free_port - a TCP port on host (127.0.0.1, or ::1) that was free a moment ago.
 

@@ -57,18 +57,6 @@ class TempfailHandler:
         return "451 4.3.0 try again later"
 
 
-def make_cert(directory):
-    """make_cert - a self-signed certificate for IP 127.0.0.1; returns (cert, key) paths."""
-    cert = os.path.join(directory, "sink-cert.pem")
-    key = os.path.join(directory, "sink-key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
-                    "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
-    os.chmod(cert, 0o644)
-    return cert, key
-
-
 class TlsShowTest(harness.HamrTestCase):
     @classmethod
     def setUpEnv(cls):
@@ -80,7 +68,7 @@ class TlsShowTest(harness.HamrTestCase):
         cls.controller = None
         if Controller is None or shutil.which("openssl") is None:
             return
-        cert, key = make_cert(cls.env.dir)
+        cert, key = harness.make_ip_cert(cls.env.dir)
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(cert, key)
         cls.handler = TempfailHandler()

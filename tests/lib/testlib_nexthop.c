@@ -17,12 +17,14 @@
 #include <cmocka.h>
 
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/ssl.h>
 #include <uv.h>
 
+#include "util/b64.h"
 #include "util/buf.h"
 #include "net/tls.h"
 #include "tests/lib/testlib_nexthop.h"
@@ -135,6 +137,116 @@ static void testlib_nexthop_starttls(struct testlib_nexthop_conn *sc, const char
         assert_int_equal(tls_new(s->ctx, true, NULL, false, &sc->tls), 0);
 }
 
+/* testlib_nexthop_say - send a NUL-ended reply. */
+static void testlib_nexthop_say(struct testlib_nexthop_conn *sc, const char *reply)
+{
+    testlib_nexthop_send(sc, reply, strlen(reply));
+}
+
+/* testlib_nexthop_has_override - is there an override for line? */
+static bool testlib_nexthop_has_override(const struct testlib_nexthop *s, const char *line)
+{
+    for (size_t i = 0; i < s->n_ov; i++)
+        if (strncmp(line, s->ov[i].prefix, strlen(s->ov[i].prefix)) == 0)
+            return true;
+    return false;
+}
+
+/* testlib_nexthop_b64_line - decode line (base64, CRLF) into out (NUL-ended); false if malformed.
+ */
+static bool testlib_nexthop_b64_line(const char *line, char *out, size_t outlen, size_t *n)
+{
+    size_t len = strcspn(line, "\r\n");
+    if (b64_decode(line, len, (uint8_t *)out, outlen - 1, n) != 0)
+        return false;
+    out[*n] = '\0';
+    return true;
+}
+
+/* testlib_nexthop_auth_check - 235 if user and pass are the scripted ones, else 535. */
+static void testlib_nexthop_auth_check(struct testlib_nexthop_conn *sc,
+                                       const char *user,
+                                       const char *pass)
+{
+    struct testlib_nexthop *s = sc->srv;
+    sc->auth_step = 0;
+    if (strcmp(user, s->auth_user) == 0 && strcmp(pass, s->auth_pass) == 0) {
+        s->n_auth_ok++;
+        testlib_nexthop_say(sc, "235 2.7.0 Authentication successful\r\n");
+        return;
+    }
+    const char *no = "535 5.7.8 Authentication credentials invalid\r\n";
+    testlib_nexthop_send(sc, no, strlen(no));
+}
+
+/* testlib_nexthop_auth_plain - RFC 4616 message (n octets): authzid NUL user NUL pass. */
+static void testlib_nexthop_auth_plain(struct testlib_nexthop_conn *sc, const char *msg, size_t n)
+{
+    const char *user = memchr(msg, '\0', n);
+    const char *pass = user != NULL ? memchr(user + 1, '\0', n - (size_t)(user + 1 - msg)) : NULL;
+    if (pass == NULL) {
+        sc->auth_step = 0;
+        testlib_nexthop_say(sc, "501 5.5.2 bad PLAIN\r\n");
+        return;
+    }
+    testlib_nexthop_auth_check(sc, user + 1, pass + 1);
+}
+
+/* testlib_nexthop_auth_step - a line that answers our 334. */
+static void testlib_nexthop_auth_step(struct testlib_nexthop_conn *sc, const char *line)
+{
+    char dec[1024];
+    size_t n = 0;
+    if (!testlib_nexthop_b64_line(line, dec, sizeof(dec), &n)) {
+        sc->auth_step = 0;
+        testlib_nexthop_say(sc, "501 5.5.2 bad base64\r\n");
+        return;
+    }
+    if (sc->auth_step == 1) {
+        assert_true(n < sizeof(sc->login_user));
+        memcpy(sc->login_user, dec, n + 1);
+        sc->auth_step = 2;
+        testlib_nexthop_say(sc, "334 UGFzc3dvcmQ6\r\n");
+    } else if (sc->auth_step == 2) {
+        testlib_nexthop_auth_check(sc, sc->login_user, dec);
+    } else {
+        testlib_nexthop_auth_plain(sc, dec, n);
+    }
+}
+
+/* testlib_nexthop_auth - AUTH PLAIN [ir] or AUTH LOGIN (RFC 4954). */
+static void testlib_nexthop_auth(struct testlib_nexthop_conn *sc, const char *line)
+{
+    struct testlib_nexthop *s = sc->srv;
+    s->n_auth++;
+    if (!sc->tls_up)
+        s->n_auth_clear++;
+    const char *mech = line + 5;
+    size_t ml = strcspn(mech, " \r\n");
+    snprintf(s->auth_mech, sizeof(s->auth_mech), "%.*s", (int)ml, mech);
+    if (testlib_nexthop_has_override(s, line) || s->auth_user == NULL) {
+        testlib_nexthop_reply(sc, line, "502 5.5.2 unknown\r\n");
+        return;
+    }
+    if (strcmp(s->auth_mech, "PLAIN") == 0 && mech[ml] == ' ') {
+        char dec[1024];
+        size_t n = 0;
+        if (!testlib_nexthop_b64_line(mech + ml + 1, dec, sizeof(dec), &n)) {
+            testlib_nexthop_say(sc, "501 5.5.2 bad base64\r\n");
+            return;
+        }
+        testlib_nexthop_auth_plain(sc, dec, n);
+    } else if (strcmp(s->auth_mech, "PLAIN") == 0) {
+        sc->auth_step = 3;
+        testlib_nexthop_say(sc, "334 \r\n");
+    } else if (strcmp(s->auth_mech, "LOGIN") == 0) {
+        sc->auth_step = 1;
+        testlib_nexthop_say(sc, "334 VXNlcm5hbWU6\r\n");
+    } else {
+        testlib_nexthop_say(sc, "504 5.5.4 unrecognized mechanism\r\n");
+    }
+}
+
 /* testlib_nexthop_line - act on one complete line. */
 static void testlib_nexthop_line(struct testlib_nexthop_conn *sc, const char *line)
 {
@@ -147,6 +259,10 @@ static void testlib_nexthop_line(struct testlib_nexthop_conn *sc, const char *li
         sc->rcpts_ok = 0;
         s->n_messages++;
         testlib_nexthop_reply(sc, line, "250 2.0.0 queued\r\n");
+    } else if (sc->auth_step != 0) {
+        testlib_nexthop_auth_step(sc, line);
+    } else if (strncmp(line, "AUTH ", 5) == 0) {
+        testlib_nexthop_auth(sc, line);
     } else if (strncmp(line, "EHLO", 4) == 0) {
         testlib_nexthop_reply(sc, line, sc->tls_up ? s->ehlo_tls : s->ehlo);
     } else if (strncmp(line, "HELO", 4) == 0) {

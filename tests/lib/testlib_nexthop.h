@@ -9,7 +9,11 @@
  * what TLS decrypted), and counts connections, pipelined lines, messages,
  * MAIL commands in and out of TLS, and connections the client ended. Given
  * a TLS server context it understands STARTTLS (smtpc_tls as the engine),
- * which the test may refuse, follow with injected bytes or stall.
+ * which the test may refuse, follow with injected bytes or stall. Given
+ * auth_user and auth_pass it answers AUTH PLAIN (with or without an
+ * initial response) and AUTH LOGIN, 235 for those credentials and 535
+ * otherwise (an "AUTH" override replaces its answer), and counts AUTH
+ * commands, those read in plaintext, and successes.
  *
  * The test sets the script fields after testlib_nexthop_start and before
  * the client connects. Failures (a socket call, a line over the buffer)
@@ -54,6 +58,9 @@ struct testlib_nexthop_conn {
     bool data_mode;
     bool mail_ok;      /* a MAIL was accepted in this transaction */
     unsigned rcpts_ok; /* in this transaction */
+    /* AUTH in progress: 0 none, 1 LOGIN wants the user, 2 the password, 3 PLAIN's response. */
+    int auth_step;
+    char login_user[256];
     bool closing;
 };
 
@@ -69,6 +76,8 @@ struct testlib_nexthop {
     bool offer_starttls;        /* with ctx: STARTTLS gets starttls_reply, else 503 */
     const char *starttls_reply; /* may carry injected bytes after the 220 */
     bool stall_handshake;       /* say 220 to STARTTLS, then ignore everything */
+    const char *auth_user;      /* not NULL: AUTH accepts this user ... */
+    const char *auth_pass;      /* ... with this password (else 502 to AUTH) */
     /* What it saw. */
     struct buf rx; /* every octet read, all connections (decrypted over TLS) */
     struct testlib_nexthop_conn *conns;
@@ -80,6 +89,10 @@ struct testlib_nexthop {
     unsigned n_tls_up;
     unsigned n_mail_plain; /* MAIL commands read in plaintext */
     unsigned n_mail_tls;   /* MAIL commands read over TLS */
+    unsigned n_auth;       /* AUTH commands */
+    unsigned n_auth_clear; /* of those, read in plaintext */
+    unsigned n_auth_ok;    /* answered 235 */
+    char auth_mech[16];    /* the mechanism of the last AUTH */
     bool listener_closed;  /* after stop: the listener's close callback ran */
 };
 

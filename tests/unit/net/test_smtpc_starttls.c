@@ -74,12 +74,8 @@ static int group_setup(void **state)
     (void)state;
     if (!tls_testcert_init(&certs) || !tls_testcert_init(&other_certs))
         return -1;
-    server_ctx = SSL_CTX_new(TLS_server_method());
-    if (server_ctx == NULL ||
-        SSL_CTX_use_certificate_chain_file(server_ctx, certs.cert_file) != 1 ||
-        SSL_CTX_use_PrivateKey_file(server_ctx, certs.key_file, SSL_FILETYPE_PEM) != 1)
-        return -1;
-    return 0;
+    server_ctx = tls_testcert_server_ctx(&certs);
+    return server_ctx != NULL ? 0 : -1;
 }
 
 static int group_teardown(void **state)

@@ -14,6 +14,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -123,6 +124,21 @@ static inline bool tls_testcert_init(struct tls_testcert *tc)
     EVP_PKEY_free(key);
     EVP_PKEY_free(ca_key);
     return ok;
+}
+
+/*
+ * tls_testcert_server_ctx - a TLS server context that presents tc's
+ * certificate (the scripted next hop's); NULL on failure. The caller frees it.
+ */
+static inline SSL_CTX *tls_testcert_server_ctx(const struct tls_testcert *tc)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx != NULL && (SSL_CTX_use_certificate_chain_file(ctx, tc->cert_file) != 1 ||
+                        SSL_CTX_use_PrivateKey_file(ctx, tc->key_file, SSL_FILETYPE_PEM) != 1)) {
+        SSL_CTX_free(ctx);
+        ctx = NULL;
+    }
+    return ctx;
 }
 
 /* tls_testcert_cleanup - remove the files and the directory. */

@@ -305,6 +305,8 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->delivery_port, 25);
     assert_int_equal(cfg->smtpc.address_limit, 5);
     assert_int_equal(cfg->smtpc.session_limit, 2);
+    assert_string_equal(cfg->delivery_auth_file, "");
+    assert_false(cfg->smtpc.auth_plaintext);
     assert_int_equal(cfg->mx.inet_protocols, MX_INET_ALL);
     assert_int_equal(cfg->mx.address_preference, MX_PREF_ANY);
     assert_int_equal(cfg->mx.n_self_addrs, 0);
@@ -397,6 +399,8 @@ static const char test_full[] =
     "port = 2525\n"
     "address_limit = 3\n"
     "session_limit = 1\n"
+    "auth_file = /etc/hamr/relay_passwd\n"
+    "auth_plaintext = yes\n"
     "inet_protocols = ipv6\n"
     "address_preference = ipv4\n"
     "self_addresses = 192.0.2.25, 2001:db8::25\n"
@@ -514,6 +518,8 @@ static void test_every_key(void **state)
     assert_int_equal(cfg->smtpc.address_limit, 3);
     assert_int_equal(cfg->mx.address_limit, 3);
     assert_int_equal(cfg->smtpc.session_limit, 1);
+    assert_string_equal(cfg->delivery_auth_file, "/etc/hamr/relay_passwd");
+    assert_true(cfg->smtpc.auth_plaintext);
     assert_int_equal(cfg->mx.inet_protocols, MX_INET_IPV6);
     assert_int_equal(cfg->mx.address_preference, MX_PREF_IPV4);
     assert_int_equal(cfg->mx.n_self_addrs, 2);
@@ -751,6 +757,10 @@ static const struct test_bad test_bad_files[] = {
      HAMR_EINVAL, ":10: tls_cert_file and tls_key_file must be set together"},
     {"tls key without cert", BASE "[smtpd]\ntls_key_file = /k.pem\n", HAMR_EINVAL,
      ":9: tls_cert_file and tls_key_file must be set together"},
+    {"delivery auth_plaintext bad bool", BASE "[delivery]\nauth_plaintext = maybe\n", HAMR_EINVAL,
+     ":9: auth_plaintext: not yes or no: \"maybe\""},
+    {"delivery auth_file twice", BASE "[delivery]\nauth_file = /a\nauth_file = /b\n", HAMR_EINVAL,
+     ":10: auth_file: given twice (first on line 9)"},
     {"auth without tls", BASE "[smtpd]\nmax_sessions = 5\nauth_file = /etc/hamr/passwd\n",
      HAMR_EINVAL, ":10: auth_file needs tls_cert_file and tls_key_file (AUTH only over TLS)"},
     {"postmaster without domain", BASE "[smtpd]\npostmaster = root\n", HAMR_EINVAL,

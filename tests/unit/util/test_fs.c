@@ -118,6 +118,46 @@ static uint8_t test_moved[TEST_PIPE_TOTAL];
 static volatile size_t test_moved_n;
 static volatile unsigned test_signals;
 
+/* test_table_line - entries of a table file: comments, blanks, CR, indentation, a long line. */
+static void test_table_line(void **state)
+{
+    (void)state;
+    static const char text[] =
+        "# comment\n\n   \t\n  indented x\t \r\nplain\n  # late comment\n"
+        "0123456789012345678901234\nlast";
+    FILE *f = fmemopen((void *)text, sizeof(text) - 1, "r");
+    assert_non_null(f);
+    char line[24], err[128];
+    unsigned lineno = 0;
+    char *start = NULL;
+    assert_int_equal(fs_table_line(f, "T", line, sizeof(line), &lineno, &start, err, sizeof(err)),
+                     1);
+    assert_int_equal(lineno, 4);
+    assert_string_equal(start, "indented x");
+    assert_int_equal(fs_table_line(f, "T", line, sizeof(line), &lineno, &start, err, sizeof(err)),
+                     1);
+    assert_int_equal(lineno, 5);
+    assert_true(start == line);
+    assert_string_equal(start, "plain");
+    /* Line 7 is 25 octets: over the 22 that a 24-octet buffer holds. */
+    assert_int_equal(fs_table_line(f, "T", line, sizeof(line), &lineno, &start, err, sizeof(err)),
+                     HAMR_EINVAL);
+    assert_string_equal(err, "T:7: line longer than 22 octets");
+    fclose(f);
+
+    f = fmemopen((void *)"a\nlast", 6, "r");
+    lineno = 0;
+    assert_int_equal(fs_table_line(f, "T", line, sizeof(line), &lineno, &start, err, sizeof(err)),
+                     1);
+    assert_int_equal(fs_table_line(f, "T", line, sizeof(line), &lineno, &start, err, sizeof(err)),
+                     1);
+    assert_string_equal(start, "last"); /* no newline at the end of the file */
+    assert_int_equal(fs_table_line(f, "T", line, sizeof(line), &lineno, &start, err, sizeof(err)),
+                     0);
+    assert_int_equal(lineno, 2);
+    fclose(f);
+}
+
 /* test_drain_cb - SIGALRM while a write blocks on a full pipe: read a little of it. */
 static void test_drain_cb(int sig)
 {
@@ -258,6 +298,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fsync_dir),
+        cmocka_unit_test(test_table_line),
         cmocka_unit_test(test_read_write_file),
         cmocka_unit_test(test_writev_pipe_interrupted),
         cmocka_unit_test(test_read_pipe_interrupted),
