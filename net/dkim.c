@@ -664,6 +664,7 @@ int dkim_sign(const struct dkim_sign_params *sp,
     int rv = dkim_key_alg(key, &a);
     if (rv != 0)
         return rv;
+    *alg = a;
     size_t hdr_len, body_off;
     dkim_split(msg, len, &hdr_len, &body_off);
     uint8_t bh[32];
@@ -723,8 +724,6 @@ int dkim_sign(const struct dkim_sign_params *sp,
         rv = HAMR_EINVAL;
     if (rv == 0)
         rv = buf_append(out, hdr.data, hdr.len);
-    if (rv == 0)
-        *alg = a;
     buf_free(&hdr);
     buf_free(&in);
     return rv;

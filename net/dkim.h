@@ -112,7 +112,8 @@ struct dkim_sign_params {
  * every instance, from always. 0, HAMR_EINVAL (key of another type, an RSA
  * key under DKIM_RSA_MIN_BITS, a header longer than DKIM_HEADER_MAX), HAMR_EIO
  * (OpenSSL failed; its error queue is drained into the log) or
- * HAMR_ENOMEM. *alg is set on success.
+ * HAMR_ENOMEM. *alg is set once the key's type is known: on success, and
+ * on the failures after that (for counting them by algorithm).
  */
 int dkim_sign(const struct dkim_sign_params *sp,
               EVP_PKEY *key,
@@ -168,7 +169,7 @@ size_t dkim_keys_count(const struct dkim_keys *k);
  * On 0, the DKIM-Signature header is appended to out and *alg says how it
  * was signed. HAMR_ENOTFOUND: nothing to sign with (no key for the domain,
  * or no single From: mailbox); out is unchanged. Otherwise dkim_sign's
- * error, with a sentence in err.
+ * error (and *alg as it leaves it), with a sentence in err.
  */
 int dkim_keys_sign(const struct dkim_keys *k,
                    const uint8_t *msg,

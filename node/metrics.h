@@ -174,6 +174,8 @@ enum metrics_hamr_id {
     METRICS_DNS_SENT,            /* counter: DNS queries sent to a server */
     METRICS_DNS_CACHE_ENTRIES,   /* gauge: answers in the DNS cache */
     METRICS_DANE,                /* counter{result}: DANE outcomes (smtpc_stats) */
+    METRICS_DKIM_SIGNED,         /* counter{alg}: messages DKIM-signed, by enum dkim_alg */
+    METRICS_DKIM_FAILURES,       /* counter{alg}: signing failed (451 4.3.0), by enum dkim_alg */
     METRICS_BUILD_INFO,          /* gauge{version} = 1 */
     METRICS_HAMR_COUNT
 };
