@@ -17,8 +17,8 @@
  *   1. bh= is SHA-256 of the relaxed body (dkim_body_*).
  *   2. h= lists the fields of dkim_sign_headers that the message has, each
  *      name once per instance (5.4.2: instances are taken from the bottom
- *      up), "from" always, and once more with oversign_from (a From: added
- *      later then breaks the signature, 5.4.2 and 8.15).
+ *      up; at most DKIM_INSTANCES_MAX of one name), "from" always, and once more with oversign_from
+ * (a From: added later then breaks the signature, 5.4.2 and 8.15).
  *   3. The header hash input is each listed field in relaxed form with its
  *      CRLF, then this DKIM-Signature field itself with an empty b= and no
  *      CRLF (3.7). rsa-sha256 signs that input with RSASSA-PKCS1-v1_5 and
@@ -589,6 +589,12 @@ static int dkim_header_input(const struct dkim_field *fields,
         size_t count = 0;
         for (size_t i = 0; i < n; i++)
             count += dkim_field_is(&fields[i], name);
+        /* Bounded, so the header fits DKIM_HEADER_MAX (and the room the
+         * leader allows a forwarded body, PEER_POLICY_HEADER_ROOM): a
+         * verifier takes instances from the bottom, so the ones above the
+         * signed ones are simply unsigned (RFC 6376 5.4.2). */
+        if (count > DKIM_INSTANCES_MAX)
+            count = DKIM_INSTANCES_MAX;
         bool from = k == 0;
         size_t listed = count + (from && (oversign_from || count == 0) ? 1 : 0);
         for (size_t j = 0; j < listed && rv == 0; j++) {

@@ -11,11 +11,12 @@
 
 #include "util/buf.h"
 
-#define DKIM_DOMAIN_MAX 256   /* a domain (or ".suffix") and its NUL */
-#define DKIM_SELECTOR_MAX 64  /* a selector and its NUL (RFC 6376 3.1: sub-domain labels) */
-#define DKIM_PATH_MAX 4096    /* a key file's path and its NUL */
-#define DKIM_KEYS_MAX 256     /* [dkim] key lines */
-#define DKIM_HEADER_MAX 16384 /* the DKIM-Signature header we build, CRLF included */
+#define DKIM_DOMAIN_MAX 256  /* a domain (or ".suffix") and its NUL */
+#define DKIM_SELECTOR_MAX 64 /* a selector and its NUL (RFC 6376 3.1: sub-domain labels) */
+#define DKIM_PATH_MAX 4096   /* a key file's path and its NUL */
+#define DKIM_KEYS_MAX 256    /* [dkim] key lines */
+#define DKIM_HEADER_MAX 8192 /* the DKIM-Signature header we build, CRLF included */
+#define DKIM_INSTANCES_MAX 8 /* instances of one field signed at most (the lowest ones) */
 #define DKIM_RSA_MIN_BITS 1024
 #define DKIM_RSA_WARN_BITS 2048
 
@@ -109,7 +110,9 @@ struct dkim_sign_params {
  * body; CRLF line ends), signed with key (RSA or Ed25519; borrowed),
  * appended to out (folded, lines under 78 octets, ending in CRLF). The
  * signed header fields are those of dkim_sign_headers present in msg,
- * every instance, from always. 0, HAMR_EINVAL (key of another type, an RSA
+ * every instance up to DKIM_INSTANCES_MAX from the bottom (which keeps the
+ * header under DKIM_HEADER_MAX: 23 names of at most 26 octets), from
+ * always. 0, HAMR_EINVAL (key of another type, an RSA
  * key under DKIM_RSA_MIN_BITS, a header longer than DKIM_HEADER_MAX), HAMR_EIO
  * (OpenSSL failed; its error queue is drained into the log) or
  * HAMR_ENOMEM. *alg is set once the key's type is known: on success, and

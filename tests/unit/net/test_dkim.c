@@ -420,6 +420,30 @@ static void test_sign_instances(void **state)
     test_verify(out.data, out.len, canon, ed, alg);
     buf_free(&out);
 
+    /* Twenty To: fields: the lowest DKIM_INSTANCES_MAX are signed. */
+    struct buf many;
+    buf_init(&many, 0);
+    assert_int_equal(buf_append(&many, "From: a@example.com\r\n", 21), 0);
+    for (int i = 0; i < 20; i++) {
+        char line[64];
+        int n = snprintf(line, sizeof(line), "To: t%02d@example.net\r\n", i);
+        assert_int_equal(buf_append(&many, line, (size_t)n), 0);
+    }
+    assert_int_equal(buf_append(&many, "\r\nbody\r\n", 8), 0);
+    char many_canon[512] = "from:a@example.com\r\n";
+    size_t off = strlen(many_canon);
+    for (int i = 19; i >= 20 - DKIM_INSTANCES_MAX; i--)
+        off += (size_t)snprintf(many_canon + off, sizeof(many_canon) - off,
+                                "to:t%02d@example.net\r\n", i);
+    buf_init(&out, 0);
+    assert_int_equal(dkim_sign(&sp, ed, many.data, many.len, &out, &alg), 0);
+    u = test_unfold(out.data, out.len);
+    assert_string_equal(test_tag(u, "h"), "from:to:to:to:to:to:to:to:to");
+    free(u);
+    test_verify(out.data, out.len, many_canon, ed, alg);
+    buf_free(&out);
+    buf_free(&many);
+
     /* No From: at all: "from" is still listed (RFC 6376 5.4), as a null string. */
     static const char nofrom[] = "Subject: x\r\n\r\nbody\r\n";
     buf_init(&out, 0);
