@@ -261,7 +261,7 @@ static void dkim_body_sha(void *arg, const uint8_t *p, size_t n)
     EVP_DigestUpdate(arg, p, n);
 }
 
-/* dkim_body_hash_range - relaxed body of p[0..n) hashed into hash. */
+/* dkim_body_hash - SHA-256 of the relaxed body of p[0..n) into hash. */
 int dkim_body_hash(const uint8_t *p, size_t n, uint8_t hash[32])
 {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
