@@ -203,6 +203,10 @@ static const struct config_key config_keys[] = {
        64 * 1024,
        1024 * CONFIG_MIB),
 
+    /* [dkim] key lines are handled by config_set_dkim_key. */
+    CK("dkim", "sign", CONFIG_K_BOOL, dkim_sign, 0, 0),
+    CK("dkim", "oversign_from", CONFIG_K_BOOL, dkim_oversign_from, 0, 0),
+
     CK("cluster_tls", "ca_file", CONFIG_K_STRING_OPT, cluster_ca_file, 0, 0),
     CK("cluster_tls", "cert_file", CONFIG_K_STRING_OPT, cluster_cert_file, 0, 0),
     CK("cluster_tls", "key_file", CONFIG_K_STRING_OPT, cluster_key_file, 0, 0),
@@ -213,7 +217,7 @@ static const struct config_key config_keys[] = {
 
 static const char *const config_sections[] = {"node",        "listen",    "cluster", "smtpd",
                                               "delivery",    "transport", "storage", "tls_policy",
-                                              "cluster_tls", "dns",       "mta_sts"};
+                                              "cluster_tls", "dns",       "mta_sts", "dkim"};
 
 /* config_parse - state of one config_load, shared by the reader and the handler. */
 struct config_parse {
@@ -227,6 +231,7 @@ struct config_parse {
     int key_line[CONFIG_N_KEYS]; /* where each key was set; 0 = default */
     int transport_line[CONFIG_MAX_TRANSPORTS];
     int tls_policy_line[CONFIG_MAX_TRANSPORTS];
+    int dkim_line[DKIM_KEYS_MAX];
     int error_line; /* first error; 0 = none (errors on line 0 use has_error) */
     bool has_error;
     char *err;
@@ -584,6 +589,8 @@ void config_defaults(struct hamr_config *cfg)
     cfg->mx.address_preference = MX_PREF_ANY;
     dns_config_default(&cfg->dns);
     cfg->sts_enabled = true;
+    cfg->dkim_sign = true;
+    cfg->dkim_oversign_from = true;
     cfg->sts_https_port = 443;
     cfg->sts.timeout_ms = 30 * CONFIG_SEC;
     cfg->sts_refresh_ms = CONFIG_HOUR;
@@ -604,6 +611,9 @@ void config_free(struct hamr_config *cfg)
     }
     cfg->n_relay_domains = 0;
     cfg->smtpd.n_relay_domains = 0;
+    free(cfg->dkim_keys);
+    cfg->dkim_keys = NULL;
+    cfg->n_dkim_keys = 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -937,6 +947,78 @@ static int config_set_tls_policy(struct config_parse *p, const char *name, const
     return 1;
 }
 
+/*
+ * config_dkim_name_ok - a selector (RFC 6376 3.1: sub-domain *("." sub-domain))
+ * or a signing domain: labels of letters, digits and '-', shorter than max.
+ * Stricter than config_valid_domain (no '_'): net/dkim matches From: domains
+ * of these characters only, so anything else would never sign.
+ */
+static bool config_dkim_name_ok(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n >= max || s[0] == '.' || s[n - 1] == '.')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '-' || (c == '.' && s[i + 1] != '.');
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+/*
+ * config_set_dkim_key - [dkim] key = DOMAIN SELECTOR PATH: one key per line,
+ * the key given as often as there are keys (a list like relay_domains, but
+ * each entry is three words, so one entry per line). The file is read when
+ * the node starts (relay.c), as [node] user.
+ */
+static int config_set_dkim_key(struct config_parse *p, const char *value)
+{
+    struct hamr_config *cfg = p->cfg;
+    char copy[DKIM_PATH_MAX + DKIM_DOMAIN_MAX + DKIM_SELECTOR_MAX], q[128];
+    if (hamr_strlcpy(copy, value, sizeof(copy)) >= sizeof(copy))
+        return config_fail(p, p->lineno, "key: line too long");
+    char *save = NULL;
+    char *w[4];
+    size_t n = 0;
+    for (char *t = strtok_r(copy, " \t", &save); t != NULL && n < 4;
+         t = strtok_r(NULL, " \t", &save))
+        w[n++] = t;
+    if (n != 3)
+        return config_fail(p, p->lineno,
+                           "key: not DOMAIN SELECTOR PATH: \"%s\" (a path has no blanks)",
+                           config_quote(q, sizeof(q), value));
+    struct dkim_key_spec s;
+    memset(&s, 0, sizeof(s));
+    if (!config_valid_domain(w[0]) ||
+        !config_dkim_name_ok(w[0] + (w[0][0] == '.'), sizeof(s.domain) - 1))
+        return config_fail(p, p->lineno, "key: not a domain: \"%s\"",
+                           config_quote(q, sizeof(q), w[0]));
+    hamr_strlcpy(s.domain, w[0], sizeof(s.domain));
+    smtp_addr_lower(s.domain, strlen(s.domain));
+    if (!config_dkim_name_ok(w[1], DKIM_SELECTOR_MAX))
+        return config_fail(p, p->lineno, "key: not a selector: \"%s\"",
+                           config_quote(q, sizeof(q), w[1]));
+    hamr_strlcpy(s.selector, w[1], sizeof(s.selector));
+    if (hamr_strlcpy(s.path, w[2], sizeof(s.path)) >= sizeof(s.path))
+        return config_fail(p, p->lineno, "key: path too long");
+    for (size_t i = 0; i < cfg->n_dkim_keys; i++)
+        if (strcmp(cfg->dkim_keys[i].domain, s.domain) == 0)
+            return config_fail(p, p->lineno, "key: %s given twice (first on line %d)", s.domain,
+                               p->dkim_line[i]);
+    if (cfg->n_dkim_keys >= DKIM_KEYS_MAX)
+        return config_fail(p, p->lineno, "key: more than %d keys", DKIM_KEYS_MAX);
+    struct dkim_key_spec *a = realloc(cfg->dkim_keys, (cfg->n_dkim_keys + 1) * sizeof(*a));
+    if (a == NULL)
+        return config_fail(p, p->lineno, "key: out of memory");
+    cfg->dkim_keys = a;
+    p->dkim_line[cfg->n_dkim_keys] = p->lineno;
+    cfg->dkim_keys[cfg->n_dkim_keys++] = s;
+    return 1;
+}
+
 /* config_handler - inih callback for one name = value line. Returns 1, or 0 on error. */
 static int config_handler(void *user, const char *section, const char *name, const char *value)
 {
@@ -951,6 +1033,8 @@ static int config_handler(void *user, const char *section, const char *name, con
         return config_set_transport(p, name, value);
     if (strcmp(section, "tls_policy") == 0)
         return config_set_tls_policy(p, name, value);
+    if (strcmp(section, "dkim") == 0 && strcmp(name, "key") == 0)
+        return config_set_dkim_key(p, value);
     for (size_t i = 0; i < CONFIG_N_KEYS; i++) {
         const struct config_key *k = &config_keys[i];
         if (strcmp(k->section, section) != 0 || strcmp(k->name, name) != 0)

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "consensus/consensus.h"
+#include "net/dkim.h"
 #include "net/dns.h"
 #include "net/mta_sts.h"
 #include "net/mx.h"
@@ -173,6 +174,19 @@ struct hamr_config {
     struct config_tls_policy_entry tls_policies[CONFIG_MAX_TRANSPORTS];
     size_t n_tls_policies;
 
+    /*
+     * [dkim]: DKIM signing (net/dkim.h) of mail whose From: domain has a
+     * key. key = DOMAIN SELECTOR PATH, one line per key, given as often as
+     * needed (DOMAIN "example.com" exact or ".example.com" its subdomains,
+     * signed as d=example.com); the files are read at start and on SIGHUP.
+     * sign (yes): no = sign nothing, read no key. oversign_from (yes): h=
+     * lists "from" once more than present.
+     */
+    struct dkim_key_spec *dkim_keys; /* malloc'd, n_dkim_keys of them; freed by config_free */
+    size_t n_dkim_keys;
+    bool dkim_sign;
+    bool dkim_oversign_from;
+
     /* [storage] */
     uint64_t min_free_bytes; /* min_free (256M): below it MAIL gets 452 4.3.1 */
     /* The cluster-wide queue limits, on the replicated queue every node has
@@ -199,7 +213,7 @@ void config_defaults(struct hamr_config *cfg);
  */
 int config_load(struct hamr_config *cfg, const char *path, char *err, size_t errlen);
 
-/* config_free - release what config_load allocated (relay_domains). */
+/* config_free - release what config_load allocated (relay_domains, dkim_keys). */
 void config_free(struct hamr_config *cfg);
 
 /*

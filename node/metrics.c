@@ -32,6 +32,7 @@
 #include "util/common.h"
 #include "util/err.h"
 
+#include "net/dkim.h"
 #include "node/metrics.h"
 #include "node/peer_policy.h"
 
@@ -462,6 +463,11 @@ static const char *const metrics_hamr_dane_results[] = {"verified", "failed", "u
 static const char *const metrics_hamr_tls_sources[] = {"default", "domain", "dane", "mta_sts",
                                                        NULL};
 
+/* The algorithms of METRICS_DKIM_SIGNED and _FAILURES, in the order of enum dkim_alg. */
+static const char *const metrics_hamr_dkim_algs[] = {"rsa", "ed25519", NULL};
+_Static_assert(DKIM_ALG_RSA_SHA256 == 0 && DKIM_ALG_ED25519_SHA256 == 1 && DKIM_ALG_COUNT == 2,
+               "metrics_hamr_dkim_algs follows enum dkim_alg");
+
 static const char *const metrics_hamr_reject_labels[] = {
     "421", "450", "451", "452", "454", "455", "500", "501", "502",   "503", "504",
     "530", "535", "550", "551", "552", "553", "554", "555", "other", NULL};
@@ -701,6 +707,18 @@ const struct metrics_def metrics_hamr_defs[] = {
                                                    METRICS_COUNTER,
                                                    "source",
                                                    metrics_hamr_tls_sources),
+    [METRICS_DKIM_SIGNED] = METRICS_LABELLED("hamr_dkim_signed_total",
+                                             "Messages DKIM-signed on acceptance, by key "
+                                             "algorithm (rsa-sha256, ed25519-sha256).",
+                                             METRICS_COUNTER,
+                                             "alg",
+                                             metrics_hamr_dkim_algs),
+    [METRICS_DKIM_FAILURES] = METRICS_LABELLED("hamr_dkim_failures_total",
+                                               "Messages whose DKIM signing failed (answered "
+                                               "451 4.3.0), by key algorithm.",
+                                               METRICS_COUNTER,
+                                               "alg",
+                                               metrics_hamr_dkim_algs),
     [METRICS_BUILD_INFO] = METRICS_LABELLED("hamr_build_info",
                                             "Version of this hamr build.",
                                             METRICS_GAUGE,

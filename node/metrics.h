@@ -176,6 +176,8 @@ enum metrics_hamr_id {
     METRICS_DANE,                /* counter{result}: DANE outcomes (smtpc_stats) */
     METRICS_TLS_POLICY_SOURCE,   /* counter{source}: delivery attempts by where their TLS policy
                                     came from (enum metrics_hamr_tls_source) */
+    METRICS_DKIM_SIGNED,         /* counter{alg}: messages DKIM-signed, by enum dkim_alg */
+    METRICS_DKIM_FAILURES,       /* counter{alg}: signing failed (451 4.3.0), by enum dkim_alg */
     METRICS_BUILD_INFO,          /* gauge{version} = 1 */
     METRICS_HAMR_COUNT
 };

@@ -61,7 +61,11 @@ struct peer_policy_limits {
     size_t recipient_limit;      /* [smtpd] recipient_limit */
 };
 
-/* PEER_POLICY_HEADER_ROOM - what a node adds to a message's body (our Received: header). */
+/*
+ * PEER_POLICY_HEADER_ROOM - what a node adds to a message's body: our
+ * Received: header, and a DKIM-Signature: field (under DKIM_HEADER_MAX,
+ * about 1 KiB in practice).
+ */
 #define PEER_POLICY_HEADER_ROOM (16 * 1024)
 
 /* peer_policy_check - may node `from` have e committed? PEER_POLICY_OK or why not. */

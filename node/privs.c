@@ -128,6 +128,12 @@ int privs_absolute(struct hamr_config *cfg, char *err, size_t errlen)
         if (rv != 0)
             return rv;
     }
+    for (size_t i = 0; i < cfg->n_dkim_keys; i++) {
+        int rv = privs_absolute_one(cfg->dkim_keys[i].path, sizeof(cfg->dkim_keys[i].path), cwd,
+                                    err, errlen);
+        if (rv != 0)
+            return rv;
+    }
     return 0;
 }
 

@@ -650,6 +650,13 @@ static int relay_start_smtp(struct relay *r, char *err, size_t errlen)
             return rv;
         r->policy.rcptmap = r->rcptmap;
     }
+    /* DKIM keys, read as [node] user: one that does not load stops the start. */
+    if (cfg->dkim_sign && cfg->n_dkim_keys > 0) {
+        rv = dkim_keys_new(cfg->dkim_keys, cfg->n_dkim_keys, &r->dkim, err, errlen);
+        if (rv != 0)
+            return rv;
+        log_info("dkim: %zu keys loaded, mail from their domains is signed", cfg->n_dkim_keys);
+    }
     rv = smtpd_server_new(r->loop, cfg->listen_smtp.host, cfg->listen_smtp.port, &r->policy, &sink,
                           cfg->max_sessions, &r->smtpd, err, errlen);
     if (rv != 0)
@@ -852,6 +859,12 @@ void relay_reload(struct relay *r)
     if (r->sauth != NULL && smtpc_auth_reload(r->sauth, aerr, sizeof(aerr)) != 0)
         log_error("reload of the delivery credentials file failed: %s (the old one stays in use)",
                   aerr);
+    if (r->dkim != NULL) {
+        if (dkim_keys_reload(r->dkim, aerr, sizeof(aerr)) != 0)
+            log_error("reload of the DKIM keys failed: %s (the old ones stay in use)", aerr);
+        else
+            log_info("dkim: %zu keys reloaded", dkim_keys_count(r->dkim));
+    }
     relay_reload_cluster_tls(r);
 }
 
@@ -877,6 +890,7 @@ static void relay_close_step(void *arg)
     r->auth = smtpd_auth_free(r->auth);    /* after the SMTP server, whose sessions borrow it */
     r->rcptmap = smtpd_rcptmap_free(r->rcptmap); /* likewise */
     r->sauth = smtpc_auth_free(r->sauth);        /* the pool copied what it was given */
+    r->dkim = dkim_keys_free(r->dkim);
     cluster_tls_free(r->ctls); /* after every channel (connections hold their own contexts) */
     free(r);
     if (done)

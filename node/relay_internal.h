@@ -21,6 +21,7 @@ struct body_fetch;
 #include "queue/queue_sched.h"
 #include "consensus/consensus.h"
 #include "net/cluster_tls.h"
+#include "net/dkim.h"
 #include "net/smtpc.h"
 #include "net/smtpd.h"
 #include "net/smtpd_server.h"
@@ -165,6 +166,7 @@ struct relay {
     struct smtpd_auth *auth;       /* NULL without [smtpd] auth_file */
     struct smtpd_rcptmap *rcptmap; /* NULL without [smtpd] relay_recipients */
     struct smtpc_auth *sauth;      /* NULL without [delivery] auth_file: outbound AUTH */
+    struct dkim_keys *dkim;        /* NULL without [dkim] keys, or with sign = no */
     struct cluster_tls *ctls;      /* the cluster PKI; NULL with [cluster_tls] plaintext */
     struct control *control;
     struct peer_server *peer_srv; /* NULL on a node without [listen] peer */

@@ -27,11 +27,13 @@ JOBS=${HAMR_JOBS:-2}
 # disks of the disk-full tests; curl is the README's way to scrape /metrics over TLS;
 # nsd serves the zones of the MX routing tests (its service stays unstarted); the DANE test
 # signs a zone with ldnsutils (ldns-keygen, ldns-signzone) and validates it with unbound.
+# The DKIM test verifies every signed message twice: python3-dkim (python3-nacl, which it
+# depends on, does Ed25519) and opendkim-tools' opendkim-testmsg.
 PACKAGES=(cmake gcc libc6-dev make pkg-config libraft-dev liblz4-dev libuv1-dev libprotobuf-c-dev
           protobuf-c-compiler libssl-dev libcmocka-dev libinih-dev libc-ares-dev python3
           python3-aiosmtpd swaks libnet-ssleay-perl libauthen-sasl-perl openssl curl
           postfix nftables iproute2 haproxy sslscan e2fsprogs util-linux mount nsd unbound
-          ldnsutils)
+          ldnsutils python3-dkim python3-nacl opendkim-tools)
 
 # run_sh_missing_packages - print the packages of PACKAGES that are not installed.
 run_sh_missing_packages() {

@@ -4,7 +4,7 @@
 # Usage: tests/fuzz/run.sh [SECONDS] [TARGET...]
 #   SECONDS  run time per target (default 20), passed as -max_total_time
 #   TARGET   run only these (smtpd_reader smtpd_session smtpd_proxy smtpd_auth
-#            smtpc_reply smtpc_body dns_parse mta_sts queue_apply queue_restore
+#            smtpc_reply smtpc_body dns_parse mta_sts dkim queue_apply queue_restore
 #            config consensus_wire); default: all
 #
 # On a fresh Debian 12 (as root) it installs clang 14, its libFuzzer runtime
@@ -31,7 +31,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 SECONDS_PER_TARGET=${1:-20}
 shift || true
 ALL_TARGETS=(smtpd_reader smtpd_session smtpd_proxy smtpd_auth smtpc_reply smtpc_body
-             dns_parse mta_sts queue_apply queue_restore config consensus_wire)
+             dns_parse mta_sts dkim queue_apply queue_restore config consensus_wire)
 if [ "$#" -gt 0 ]; then
     TARGETS=("$@")
 else

@@ -1177,6 +1177,85 @@ static void test_relay_recipients(void **state)
     free(cfg);
 }
 
+/*
+ * test_dkim - [dkim]: no keys by default (sign and oversign_from yes); key
+ * lines, repeated and continued, in order, domains in lower case, ".suffix"
+ * entries; sign = no; every bad line named with its line. The key files are
+ * read by the relay (net/dkim), not here.
+ */
+static void test_dkim(void **state)
+{
+    (void)state;
+    struct hamr_config *cfg = malloc(sizeof(*cfg));
+    char err[512], want[700];
+    const char *path;
+
+    assert_int_equal(test_load(cfg, BASE, err, sizeof(err), NULL), 0);
+    assert_int_equal(cfg->n_dkim_keys, 0);
+    assert_null(cfg->dkim_keys);
+    assert_true(cfg->dkim_sign);
+    assert_true(cfg->dkim_oversign_from);
+    config_free(cfg);
+
+    int rc = test_load(cfg,
+                       BASE
+                       "[dkim]\n"
+                       "key = Example.ORG rsa2026 /etc/hamr/dkim/example.org.pem\n"
+                       "key = .example.net  ed.2026\t/etc/hamr/dkim/net.pem\n"
+                       "    example.net ed-1 relative/net.pem\n"
+                       "oversign_from = no\n",
+                       err, sizeof(err), NULL);
+    if (rc != 0)
+        fail_msg("%s", err);
+    assert_int_equal(cfg->n_dkim_keys, 3);
+    assert_string_equal(cfg->dkim_keys[0].domain, "example.org");
+    assert_string_equal(cfg->dkim_keys[0].selector, "rsa2026");
+    assert_string_equal(cfg->dkim_keys[0].path, "/etc/hamr/dkim/example.org.pem");
+    assert_string_equal(cfg->dkim_keys[1].domain, ".example.net");
+    assert_string_equal(cfg->dkim_keys[1].selector, "ed.2026");
+    assert_string_equal(cfg->dkim_keys[2].domain, "example.net");
+    assert_string_equal(cfg->dkim_keys[2].selector, "ed-1");
+    assert_string_equal(cfg->dkim_keys[2].path, "relative/net.pem");
+    assert_true(cfg->dkim_sign);
+    assert_false(cfg->dkim_oversign_from);
+    config_free(cfg);
+    assert_null(cfg->dkim_keys);
+    assert_int_equal(cfg->n_dkim_keys, 0);
+
+    rc = test_load(cfg, BASE "[dkim]\nsign = no\nkey = example.org s /k.pem\n", err, sizeof(err),
+                   NULL);
+    if (rc != 0)
+        fail_msg("%s", err);
+    assert_false(cfg->dkim_sign);
+    assert_int_equal(cfg->n_dkim_keys, 1);
+    config_free(cfg);
+
+    static const struct {
+        const char *content;
+        const char *want;
+    } bad[] = {
+        {BASE "[dkim]\nkey = example.org s\n",
+         ":9: key: not DOMAIN SELECTOR PATH: \"example.org s\" (a path has no blanks)"},
+        {BASE "[dkim]\nkey = example.org s /a b.pem\n",
+         ":9: key: not DOMAIN SELECTOR PATH: \"example.org s /a b.pem\" (a path has no blanks)"},
+        {BASE "[dkim]\nkey = exa_mple.org s /k.pem\n", ":9: key: not a domain: \"exa_mple.org\""},
+        {BASE "[dkim]\nkey = example.org s_1 /k.pem\n", ":9: key: not a selector: \"s_1\""},
+        {BASE "[dkim]\nkey = example.org s..1 /k.pem\n", ":9: key: not a selector: \"s..1\""},
+        {BASE "[dkim]\nkey = example.org s /k.pem\nkey = EXAMPLE.org t /l.pem\n",
+         ":10: key: example.org given twice (first on line 9)"},
+        {BASE "[dkim]\nsign = maybe\n", ":9: sign: not yes or no: \"maybe\""},
+        {BASE "[dkim]\nselector = s\n", ":9: unknown key \"selector\" in [dkim]"},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(bad); i++) {
+        if (test_load(cfg, bad[i].content, err, sizeof(err), &path) != HAMR_EINVAL)
+            fail_msg("not refused: %s", bad[i].want);
+        snprintf(want, sizeof(want), "%s%s", path, bad[i].want);
+        assert_string_equal(err, want);
+        assert_null(cfg->dkim_keys);
+    }
+    free(cfg);
+}
+
 /* main - the tests share one temporary directory. */
 int main(void)
 {
@@ -1197,6 +1276,7 @@ int main(void)
         cmocka_unit_test(test_route),
         cmocka_unit_test(test_tls_policy),
         cmocka_unit_test(test_relay_recipients),
+        cmocka_unit_test(test_dkim),
         cmocka_unit_test(test_control_keys),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
