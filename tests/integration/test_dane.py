@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dnslab  # noqa: E402
 import harness  # noqa: E402
 from harness import field, make_message, new_test_id, wait_for  # noqa: E402
-from test_tls_show import TLS_LEVEL, make_cert  # noqa: E402
+from test_tls_show import TLS_LEVEL  # noqa: E402
 
 try:
     from aiosmtpd.controller import Controller
@@ -108,10 +108,10 @@ class DaneTest(harness.HamrTestCase):
         if Controller is None or shutil.which("openssl") is None:
             raise harness.unittest.SkipTest("needs python3-aiosmtpd and openssl")
         port = harness.free_port("127.0.0.2")
-        cert, key = make_cert(cls.env.dir)
+        cert, key = harness.make_ip_cert(cls.env.dir)
         other_dir = os.path.join(cls.env.dir, "other")
         os.makedirs(other_dir, exist_ok=True)
-        other_cert, _ = make_cert(other_dir)
+        other_cert, _ = harness.make_ip_cert(other_dir)
         zone = ZONE.format(port=port, good=spki_sha256(cert), bad=spki_sha256(other_cert))
         cls.dns = dnslab.ValidatingDNS(cls.env, {"test": zone}, {"plain.test": PLAIN_ZONE})
         cls.dns.start()
