@@ -45,6 +45,7 @@
 #include <uv.h>
 
 #include "util/common.h"
+#include "util/dlist.h"
 #include "util/err.h"
 #include "util/hash.h"
 #include "util/log.h"
@@ -56,11 +57,6 @@
 #define DNS_HEADER_AD 0x20 /* octet 3 of the header */
 #define DNS_BUCKETS_MIN 64
 #define DNS_BUCKETS_MAX (1u << 20)
-
-/* dns_link - a circular doubly-linked list node (head and members alike). */
-struct dns_link {
-    struct dns_link *prev, *next;
-};
 
 /* dns_answer - one parsed answer, shared by the cache and the callers it is due to. */
 struct dns_answer {
@@ -75,11 +71,11 @@ struct dns_answer {
 struct dns_entry {
     struct dns *r;
     struct dns_entry *hnext; /* bucket chain */
-    struct dns_link lru;     /* cached entries only, most recently used first */
+    struct dlist lru;        /* cached entries only, most recently used first */
     uint64_t hash;
     enum dns_type type;
     bool fetching;
-    struct dns_link waiters; /* struct dns_query, while fetching */
+    struct dlist waiters; /* struct dns_query, while fetching */
     struct dns_answer *answer;
     uint64_t expires_ms;
     char name[DNS_NAME_MAX + 1]; /* lower case, no trailing dot */
@@ -87,7 +83,7 @@ struct dns_entry {
 
 struct dns_query {
     struct dns *r;
-    struct dns_link link;      /* in an entry's waiters, or on r->ready / r->dispatching */
+    struct dlist link;         /* in an entry's waiters, or on r->ready / r->dispatching */
     struct dns_answer *answer; /* once ready: a reference */
     bool cached;
     enum dns_type type;
@@ -110,10 +106,10 @@ struct dns {
     uv_timer_t dispatch; /* zero timer: the ready list is called back */
     struct dns_poll *polls;
     unsigned handles; /* open libuv handles (timers, polls, closing ones too) */
-    struct dns_link ready, dispatching;
+    struct dlist ready, dispatching;
     struct dns_entry **buckets;
     size_t n_buckets;
-    struct dns_link lru;
+    struct dlist lru;
     size_t n_cached;
     size_t cached_bytes; /* dns_entry_bytes of the cached entries */
     uint64_t seed;
@@ -125,48 +121,6 @@ struct dns {
     void *closed_arg;
     struct dns_stats stats;
 };
-
-/* dns_link_init - an empty list. */
-static void dns_link_init(struct dns_link *l)
-{
-    l->prev = l->next = l;
-}
-
-/* dns_link_empty - no member. */
-static bool dns_link_empty(const struct dns_link *l)
-{
-    return l->next == l;
-}
-
-/* dns_link_remove - out of its list, and alone. */
-static void dns_link_remove(struct dns_link *n)
-{
-    n->prev->next = n->next;
-    n->next->prev = n->prev;
-    dns_link_init(n);
-}
-
-/* dns_link_push - n at the tail of head (front: with at_front). */
-static void dns_link_push(struct dns_link *head, struct dns_link *n, bool at_front)
-{
-    struct dns_link *after = at_front ? head : head->prev;
-    n->prev = after;
-    n->next = after->next;
-    after->next->prev = n;
-    after->next = n;
-}
-
-/* dns_link_splice - every member of from to the tail of to; from ends empty. */
-static void dns_link_splice(struct dns_link *to, struct dns_link *from)
-{
-    if (dns_link_empty(from))
-        return;
-    from->next->prev = to->prev;
-    to->prev->next = from->next;
-    from->prev->next = to;
-    to->prev = from->prev;
-    dns_link_init(from);
-}
 
 /* dns_status_name - for logs. */
 const char *dns_status_name(enum dns_status status)
@@ -306,11 +260,11 @@ static void dns_entry_free(struct dns_entry *e)
     HAMR_ASSERT(*pp == e);
     *pp = e->hnext;
     if (!e->fetching) {
-        dns_link_remove(&e->lru);
+        dlist_remove(&e->lru);
         r->n_cached--;
         r->cached_bytes -= dns_entry_bytes(e);
     }
-    HAMR_ASSERT(dns_link_empty(&e->waiters));
+    HAMR_ASSERT(dlist_empty(&e->waiters));
     dns_answer_unref(e->answer);
     free(e);
 }
@@ -324,7 +278,7 @@ static void dns_ready(struct dns_query *q, struct dns_answer *a)
     struct dns *r = q->r;
     a->refs++;
     q->answer = a;
-    dns_link_push(&r->ready, &q->link, false);
+    dlist_push(&r->ready, &q->link, false);
     if (!r->closing && !uv_is_active((uv_handle_t *)&r->dispatch))
         uv_timer_start(&r->dispatch, dns_dispatch_cb, 0, 0);
 }
@@ -351,9 +305,9 @@ static void dns_entry_done(struct dns_entry *e, struct dns_answer *a)
         a->ttl =
             dns_ttl_bound(a->p.has_soa ? a->p.ttl : 0, c->negative_ttl_min, c->negative_ttl_max);
     a->born_ms = dns_now(r);
-    while (!dns_link_empty(&e->waiters)) {
-        struct dns_link *l = e->waiters.next;
-        dns_link_remove(l);
+    while (!dlist_empty(&e->waiters)) {
+        struct dlist *l = e->waiters.next;
+        dlist_remove(l);
         dns_ready(hamr_container_of(l, struct dns_query, link), a);
     }
     if (a->p.status == DNS_TEMPFAIL || c->cache_size == 0 || r->closing) {
@@ -364,7 +318,7 @@ static void dns_entry_done(struct dns_entry *e, struct dns_answer *a)
     a->refs++;
     e->answer = a;
     e->expires_ms = a->born_ms + (uint64_t)a->ttl * 1000;
-    dns_link_push(&r->lru, &e->lru, true);
+    dlist_push(&r->lru, &e->lru, true);
     r->n_cached++;
     r->cached_bytes += dns_entry_bytes(e);
     while (r->n_cached > c->cache_size || r->cached_bytes > c->cache_max_bytes)
@@ -586,9 +540,9 @@ int dns_new(uv_loop_t *loop, const struct dns_config *cfg, struct dns **out)
         return HAMR_ENOMEM;
     r->loop = loop;
     r->cfg = *cfg;
-    dns_link_init(&r->ready);
-    dns_link_init(&r->dispatching);
-    dns_link_init(&r->lru);
+    dlist_init(&r->ready);
+    dlist_init(&r->dispatching);
+    dlist_init(&r->lru);
     r->n_buckets = DNS_BUCKETS_MIN;
     while (r->n_buckets < cfg->cache_size && r->n_buckets < DNS_BUCKETS_MAX)
         r->n_buckets <<= 1;
@@ -682,7 +636,7 @@ int dns_query(struct dns *r,
     q->type = type;
     q->cb = cb;
     q->arg = arg;
-    dns_link_init(&q->link);
+    dlist_init(&q->link);
 
     uint64_t h = dns_hash(r, type, norm);
     struct dns_entry *e = *dns_entry_find(r, h, type, norm);
@@ -691,12 +645,12 @@ int dns_query(struct dns *r,
         e = NULL;
     }
     if (e && !e->fetching) {
-        dns_link_remove(&e->lru);
-        dns_link_push(&r->lru, &e->lru, true);
+        dlist_remove(&e->lru);
+        dlist_push(&r->lru, &e->lru, true);
         q->cached = true;
         dns_ready(q, e->answer);
     } else if (e) {
-        dns_link_push(&e->waiters, &q->link, false);
+        dlist_push(&e->waiters, &q->link, false);
     } else {
         e = calloc(1, sizeof(*e));
         if (!e) {
@@ -708,12 +662,12 @@ int dns_query(struct dns *r,
         e->type = type;
         e->fetching = true;
         memcpy(e->name, norm, sizeof(norm));
-        dns_link_init(&e->lru);
-        dns_link_init(&e->waiters);
+        dlist_init(&e->lru);
+        dlist_init(&e->waiters);
         struct dns_entry **pp = &r->buckets[h & (r->n_buckets - 1)];
         e->hnext = *pp;
         *pp = e;
-        dns_link_push(&e->waiters, &q->link, false);
+        dlist_push(&e->waiters, &q->link, false);
         dns_send(r, e);
         /* e may be gone already: ares_send can fail at once. */
     }
@@ -725,7 +679,7 @@ int dns_query(struct dns *r,
 /* dns_cancel - off whatever list q is on; its answer reference dropped. */
 void dns_cancel(struct dns_query *q)
 {
-    dns_link_remove(&q->link);
+    dlist_remove(&q->link);
     dns_answer_unref(q->answer);
     free(q);
 }
@@ -771,10 +725,10 @@ static void dns_deliver(struct dns_query *q)
  */
 static void dns_dispatch(struct dns *r)
 {
-    dns_link_splice(&r->dispatching, &r->ready);
-    while (!dns_link_empty(&r->dispatching)) {
-        struct dns_link *l = r->dispatching.next;
-        dns_link_remove(l);
+    dlist_splice(&r->dispatching, &r->ready);
+    while (!dlist_empty(&r->dispatching)) {
+        struct dlist *l = r->dispatching.next;
+        dlist_remove(l);
         dns_deliver(hamr_container_of(l, struct dns_query, link));
     }
 }

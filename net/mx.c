@@ -53,6 +53,7 @@
 #include <uv.h>
 
 #include "util/common.h"
+#include "util/dlist.h"
 #include "util/err.h"
 #include "util/log.h"
 #include "net/dns.h"
@@ -70,11 +71,6 @@
 #define MX_HOST_ADDRS_MAX 16
 #define MX_ADDRESS_LIMIT_DEFAULT 5
 #define MX_LITERAL_MAX 64 /* "[IPv6:...]" with room to spare */
-
-/* mx_link - a circular doubly-linked list node (head and members alike). */
-struct mx_link {
-    struct mx_link *prev, *next;
-};
 
 struct mx_route;
 struct mx_host;
@@ -119,8 +115,8 @@ enum mx_kind {
 /* mx_route - one next hop being resolved, until it is called back or cancelled. */
 struct mx_route {
     struct mx *m;
-    struct mx_link all;   /* m->routes: every route not called back yet */
-    struct mx_link ready; /* m->ready or m->dispatching: decided, waiting for the timer */
+    struct dlist all;   /* m->routes: every route not called back yet */
+    struct dlist ready; /* m->ready or m->dispatching: decided, waiting for the timer */
     enum mx_kind kind;
     smtpc_route_cb cb;
     void *cb_arg;
@@ -145,51 +141,10 @@ struct mx {
     struct mx_config cfg;
     struct smtpc_resolver resolver;
     uv_timer_t dispatch; /* zero timer: the ready list is called back */
-    struct mx_link routes, ready, dispatching;
+    struct dlist routes, ready, dispatching;
     uint64_t rng; /* splitmix64 state: the order of equal preferences and of addresses */
     bool closing;
 };
-
-/* mx_link_init - an empty list, or a node on none. */
-static void mx_link_init(struct mx_link *l)
-{
-    l->prev = l->next = l;
-}
-
-/* mx_link_empty - no member. */
-static bool mx_link_empty(const struct mx_link *l)
-{
-    return l->next == l;
-}
-
-/* mx_link_remove - out of its list (a node on none stays as it is). */
-static void mx_link_remove(struct mx_link *n)
-{
-    n->prev->next = n->next;
-    n->next->prev = n->prev;
-    mx_link_init(n);
-}
-
-/* mx_link_push - n at the end of head's list. */
-static void mx_link_push(struct mx_link *head, struct mx_link *n)
-{
-    n->prev = head->prev;
-    n->next = head;
-    head->prev->next = n;
-    head->prev = n;
-}
-
-/* mx_link_splice - every member of from moved to the end of to; from left empty. */
-static void mx_link_splice(struct mx_link *to, struct mx_link *from)
-{
-    if (mx_link_empty(from))
-        return;
-    from->next->prev = to->prev;
-    to->prev->next = from->next;
-    from->prev->next = to;
-    to->prev = from->prev;
-    mx_link_init(from);
-}
 
 /*
  * mx_random - the next number of splitmix64. Not for secrets: it only
@@ -471,8 +426,8 @@ static void mx_route_sts_none(struct mx_route *rt)
 static void mx_route_free(struct mx_route *rt)
 {
     mx_route_cancel_queries(rt);
-    mx_link_remove(&rt->all);
-    mx_link_remove(&rt->ready);
+    dlist_remove(&rt->all);
+    dlist_remove(&rt->ready);
     mx_route_free_patterns(rt);
     free(rt->targets);
     free(rt);
@@ -491,8 +446,8 @@ static void mx_route_callback(struct mx_route *rt)
     log_debug("mx: route nexthop=%s status=%d code=%u targets=%zu first=%s text=\"%s\"",
               log_printable(hop, sizeof(hop), rt->domain, strlen(rt->domain)), (int)res.status,
               res.code, res.n, res.n > 0 ? res.targets[0].host : "-", res.text);
-    mx_link_remove(&rt->all);
-    mx_link_remove(&rt->ready);
+    dlist_remove(&rt->all);
+    dlist_remove(&rt->ready);
     rt->cb(rt->cb_arg, &res);
     mx_route_free_patterns(rt);
     free(rt->targets);
@@ -505,7 +460,7 @@ static void mx_dispatch_cb(uv_timer_t *t);
 static void mx_route_defer(struct mx_route *rt)
 {
     struct mx *m = rt->m;
-    mx_link_push(&m->ready, &rt->ready);
+    dlist_push(&m->ready, &rt->ready, false);
     uv_timer_start(&m->dispatch, mx_dispatch_cb, 0, 0);
 }
 
@@ -518,8 +473,8 @@ static void mx_route_defer(struct mx_route *rt)
 static void mx_dispatch_cb(uv_timer_t *t)
 {
     struct mx *m = t->data;
-    mx_link_splice(&m->dispatching, &m->ready);
-    while (!m->closing && !mx_link_empty(&m->dispatching))
+    dlist_splice(&m->dispatching, &m->ready);
+    while (!m->closing && !dlist_empty(&m->dispatching))
         mx_route_callback(hamr_container_of(m->dispatching.next, struct mx_route, ready));
 }
 
@@ -1027,8 +982,8 @@ static int mx_resolve(void *data,
     rt->port = port;
     /* Without a trusted AD bit nothing is "secure": no TLSA query at all (RFC 7672 1.3). */
     rt->dane = opts != NULL && opts->dane && dns_ad_trusted(m->dns);
-    mx_link_init(&rt->all);
-    mx_link_init(&rt->ready);
+    dlist_init(&rt->all);
+    dlist_init(&rt->ready);
     rc = mx_route_parse(rt, nexthop, &a);
     if (rc == 0 && rt->kind == MX_KIND_MX)
         rc = mx_route_set_patterns(rt, opts);
@@ -1057,7 +1012,7 @@ static int mx_resolve(void *data,
         mx_route_free(rt); /* cancels whichever lookup did start */
         return rc;
     }
-    mx_link_push(&m->routes, &rt->all);
+    dlist_push(&m->routes, &rt->all, false);
     *handle = rt;
     return 0;
 }
@@ -1084,9 +1039,9 @@ int mx_new(struct dns *dns, const struct mx_config *cfg, struct mx **out)
         return HAMR_ENOMEM;
     m->dns = dns;
     m->cfg = *cfg;
-    mx_link_init(&m->routes);
-    mx_link_init(&m->ready);
-    mx_link_init(&m->dispatching);
+    dlist_init(&m->routes);
+    dlist_init(&m->ready);
+    dlist_init(&m->dispatching);
     /* Synchronous uv_random (no callback): getrandom(2), no thread pool. */
     if (uv_random(NULL, NULL, &m->rng, sizeof(m->rng), 0, NULL) != 0)
         m->rng = (uint64_t)(uintptr_t)m ^ uv_hrtime();
@@ -1122,7 +1077,7 @@ void mx_free(struct mx *m)
     if (!m || m->closing)
         return;
     m->closing = true;
-    while (!mx_link_empty(&m->routes)) {
+    while (!dlist_empty(&m->routes)) {
         struct mx_route *rt = hamr_container_of(m->routes.next, struct mx_route, all);
         mx_route_cancel_queries(rt);
         mx_route_fail(rt, SMTPC_TEMP, 451, "4.4.3 shutdown");
