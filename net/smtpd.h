@@ -85,7 +85,17 @@ struct smtpd_policy {
      * check and the recipient map.
      */
     char postmaster[SMTPD_POSTMASTER_MAX];
+    /*
+     * The listen backlog (read by smtpd_server_new only): connections the
+     * kernel completes and holds while the server is not accepting (busy,
+     * or at max_connections); beyond it SYNs are dropped and clients wait
+     * for their retransmission, without a banner. 0: SMTPD_LISTEN_BACKLOG.
+     * The kernel caps it at net.core.somaxconn.
+     */
+    unsigned listen_backlog;
 };
+
+#define SMTPD_LISTEN_BACKLOG 1024
 
 /* smtpd_envelope - a finished message, borrowed by the sink until its callback. */
 struct smtpd_envelope {

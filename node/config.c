@@ -147,6 +147,7 @@ static const struct config_key config_keys[] = {
     CK("smtpd", "client_auth_rate", CONFIG_K_COUNT, client_auth_rate, 0, 1000000),
     CK("smtpd", "limit_exempt_networks", CONFIG_K_NETWORKS, limit_exempt_networks, 0, 0),
     CK("smtpd", "postmaster", CONFIG_K_STRING_OPT, smtpd.postmaster, 0, 0),
+    CK("smtpd", "listen_backlog", CONFIG_K_COUNT, smtpd.listen_backlog, 1, 65535),
     CK("smtpd", "tls_cert_file", CONFIG_K_STRING_OPT, tls_cert_file, 0, 0),
     CK("smtpd", "tls_key_file", CONFIG_K_STRING_OPT, tls_key_file, 0, 0),
     CK("smtpd", "auth_file", CONFIG_K_STRING_OPT, auth_file, 0, 0),
@@ -565,6 +566,7 @@ void config_defaults(struct hamr_config *cfg)
     cfg->smtpd.min_data_rate = 500;
     cfg->smtpd.stress_timeout_ms = 10 * CONFIG_SEC;
     cfg->smtpd.auth_max_failures = 3;
+    cfg->smtpd.listen_backlog = SMTPD_LISTEN_BACKLOG;
     cfg->max_sessions = 500;
     cfg->proxy_timeout_ms = 5 * CONFIG_SEC;
     cfg->client_connection_limit = 50;

@@ -303,6 +303,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->smtpd.n_relay_networks, 2);
     assert_string_equal(cfg->relayhost.host, "");
     assert_int_equal(cfg->delivery_port, 25);
+    assert_int_equal(cfg->smtpd.listen_backlog, SMTPD_LISTEN_BACKLOG);
     assert_int_equal(cfg->smtpc.address_limit, 5);
     assert_int_equal(cfg->smtpc.session_limit, 2);
     assert_string_equal(cfg->delivery_auth_file, "");
