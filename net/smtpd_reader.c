@@ -71,13 +71,12 @@ void smtpd_reader_init(struct smtpd_reader *r)
     smtpd_reader_reset_line(r);
 }
 
-/* smtpd_reader_start_data - switch to DATA mode. */
-void smtpd_reader_start_data(struct smtpd_reader *r,
-                             struct buf *body,
-                             size_t size_limit,
-                             size_t header_limit)
+/* smtpd_reader_open_body - a fresh message record into body (DATA or BDAT). */
+static void smtpd_reader_open_body(struct smtpd_reader *r,
+                                   struct buf *body,
+                                   size_t size_limit,
+                                   size_t header_limit)
 {
-    r->mode = SMTPD_READER_MODE_DATA;
     r->dstate = SMTPD_READER_D_BOL;
     r->hstate = SMTPD_READER_H_LINE_START;
     r->hpending = 0;
@@ -89,6 +88,35 @@ void smtpd_reader_start_data(struct smtpd_reader *r,
     r->header_limit = header_limit;
     memset(&r->data, 0, sizeof(r->data));
     r->out_len = 0;
+}
+
+/* smtpd_reader_start_data - switch to DATA mode. */
+void smtpd_reader_start_data(struct smtpd_reader *r,
+                             struct buf *body,
+                             size_t size_limit,
+                             size_t header_limit)
+{
+    smtpd_reader_open_body(r, body, size_limit, header_limit);
+    r->mode = SMTPD_READER_MODE_DATA;
+}
+
+/* smtpd_reader_start_bdat - open a BDAT message; the mode stays command. */
+void smtpd_reader_start_bdat(struct smtpd_reader *r,
+                             struct buf *body,
+                             size_t size_limit,
+                             size_t header_limit)
+{
+    smtpd_reader_open_body(r, body, size_limit, header_limit);
+}
+
+/* smtpd_reader_start_chunk - read the next size octets as a chunk. */
+void smtpd_reader_start_chunk(struct smtpd_reader *r, uint64_t size, bool keep)
+{
+    HAMR_ASSERT(r->mode == SMTPD_READER_MODE_COMMAND);
+    r->chunk_left = size;
+    r->chunk_keep = keep && r->body != NULL;
+    if (size > 0)
+        r->mode = SMTPD_READER_MODE_CHUNK;
 }
 
 /* smtpd_reader_line_octet - count one content octet of a command line; store it if it fits. */
@@ -113,6 +141,13 @@ static enum smtpd_reader_event smtpd_reader_line_end(struct smtpd_reader *r)
         ev = SMTPD_READER_LINE_BARE_LF;
     else if (r->line_bare_cr)
         ev = SMTPD_READER_LINE_BARE_CR;
+    if (ev != SMTPD_READER_LINE && ev != SMTPD_READER_NEED_MORE) {
+        /* The session tells "BDAT ..." from the head (SECURITY.md S22). */
+        size_t head =
+            r->line_len < sizeof(r->long_head) - 1 ? r->line_len : sizeof(r->long_head) - 1;
+        memcpy(r->long_head, r->line, head);
+        r->long_head[head] = '\0';
+    }
     size_t keep = ev == SMTPD_READER_LINE ? r->line_len : 0;
     smtpd_reader_reset_line(r);
     r->line_len = keep;
@@ -384,6 +419,85 @@ static enum smtpd_reader_event smtpd_reader_feed_data(struct smtpd_reader *r,
     return SMTPD_READER_NEED_MORE;
 }
 
+/*
+ * smtpd_reader_chunk_octet - one octet of a kept chunk. Line ends are
+ * tracked only to flag bare LF and bare CR as DATA does; a CR at a chunk's
+ * end waits in D_CR for the next chunk. D_BOL means nothing here: there is
+ * no dot-stuffing.
+ */
+static void smtpd_reader_chunk_octet(struct smtpd_reader *r, uint8_t c)
+{
+    if (r->dstate == SMTPD_READER_D_CR) {
+        if (c == '\n') {
+            smtpd_reader_emit(r, '\r');
+            smtpd_reader_emit(r, '\n');
+            r->dstate = SMTPD_READER_D_BOL;
+            return;
+        }
+        r->data.bare_cr = true;
+        smtpd_reader_emit(r, '\r');
+    }
+    smtpd_reader_data_mid(r, c);
+}
+
+/* smtpd_reader_feed_chunk - chunk mode: consume up to the chunk's end. */
+static enum smtpd_reader_event smtpd_reader_feed_chunk(struct smtpd_reader *r,
+                                                       const uint8_t *in,
+                                                       size_t len,
+                                                       size_t *used)
+{
+    size_t n = r->chunk_left < len ? (size_t)r->chunk_left : len;
+    size_t i = 0;
+
+    if (!r->chunk_keep) {
+        i = n;
+    } else {
+        while (i < n) {
+            if (r->dstate != SMTPD_READER_D_CR && !r->in_headers) {
+                size_t j = i + scan_line_end(in + i, n - i, true);
+                if (j > i) {
+                    smtpd_reader_emit_run(r, in + i, j - i);
+                    r->dstate = SMTPD_READER_D_MID;
+                    i = j;
+                    continue;
+                }
+            }
+            smtpd_reader_chunk_octet(r, in[i++]);
+        }
+        smtpd_reader_flush(r);
+    }
+    r->chunk_left -= n;
+    *used = n;
+    if (r->chunk_left > 0)
+        return SMTPD_READER_NEED_MORE;
+    r->mode = SMTPD_READER_MODE_COMMAND;
+    smtpd_reader_reset_line(r);
+    return SMTPD_READER_CHUNK_END;
+}
+
+/* smtpd_reader_end_bdat - the LAST chunk ended. */
+void smtpd_reader_end_bdat(struct smtpd_reader *r)
+{
+    if (r->body == NULL)
+        return;
+    if (r->dstate == SMTPD_READER_D_CR) {
+        r->data.bare_cr = true;
+        smtpd_reader_emit(r, '\r');
+        r->dstate = SMTPD_READER_D_MID;
+    }
+    smtpd_reader_flush(r);
+    r->body = NULL;
+}
+
+/* smtpd_reader_forget_body - the borrowed body goes away: store nothing more. */
+void smtpd_reader_forget_body(struct smtpd_reader *r)
+{
+    HAMR_ASSERT(r->mode != SMTPD_READER_MODE_DATA);
+    r->body = NULL;
+    r->out_len = 0;
+    r->chunk_keep = false;
+}
+
 /* smtpd_reader_feed - parse until one event completes. */
 enum smtpd_reader_event smtpd_reader_feed(struct smtpd_reader *r,
                                           const uint8_t *in,
@@ -392,6 +506,8 @@ enum smtpd_reader_event smtpd_reader_feed(struct smtpd_reader *r,
 {
     if (r->mode == SMTPD_READER_MODE_DATA)
         return smtpd_reader_feed_data(r, in, len, used);
+    if (r->mode == SMTPD_READER_MODE_CHUNK)
+        return smtpd_reader_feed_chunk(r, in, len, used);
     return smtpd_reader_feed_command(r, in, len, used);
 }
 

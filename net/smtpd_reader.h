@@ -20,11 +20,13 @@ enum smtpd_reader_event {
     SMTPD_READER_LINE_BARE_CR,  /* a complete line that held a bare CR */
     SMTPD_READER_LINE_NUL,      /* a complete line that held a NUL */
     SMTPD_READER_DATA_END,      /* CRLF.CRLF seen; the reader is in command mode again */
+    SMTPD_READER_CHUNK_END,     /* a BDAT chunk's last octet; command mode again */
 };
 
 enum smtpd_reader_mode {
     SMTPD_READER_MODE_COMMAND,
     SMTPD_READER_MODE_DATA,
+    SMTPD_READER_MODE_CHUNK, /* BDAT (RFC 3030): a counted run of octets */
 };
 
 /* smtpd_reader_data - what one DATA phase held; valid after DATA_END. */
@@ -49,9 +51,9 @@ struct smtpd_reader {
     size_t line_octets; /* octets of the current line so far, CRLF excluded */
     bool cr_pending;    /* last octet was CR, not yet known to be bare */
     bool line_bare_lf, line_bare_cr, line_nul;
-    bool discarding; /* dropping the tail of an over-long line */
+    bool discarding;   /* dropping the tail of an over-long line */
     char long_head[8]; /* the first octets of the last over-long line, NUL-terminated */
-    bool line_ready; /* line holds the last LINE event's text */
+    bool line_ready;   /* line holds the last LINE event's text */
     /* data mode */
     int dstate;
     int hstate;
@@ -63,7 +65,9 @@ struct smtpd_reader {
     size_t size_limit;
     size_t header_limit;
     struct smtpd_reader_data data;
-    uint8_t out[4096]; /* staging for body octets, flushed into body */
+    uint64_t chunk_left; /* chunk mode: octets still to read */
+    bool chunk_keep;     /* chunk mode: octets are message data (else dropped) */
+    uint8_t out[4096];   /* staging for body octets, flushed into body */
     size_t out_len;
 };
 
@@ -80,6 +84,39 @@ void smtpd_reader_start_data(struct smtpd_reader *r,
                              struct buf *body,
                              size_t size_limit,
                              size_t header_limit);
+
+/*
+ * smtpd_reader_start_bdat - open a BDAT message (RFC 3030) at its first
+ * chunk: the same body, limits and record as smtpd_reader_start_data, but
+ * the reader stays in command mode until smtpd_reader_start_chunk.
+ */
+void smtpd_reader_start_bdat(struct smtpd_reader *r,
+                             struct buf *body,
+                             size_t size_limit,
+                             size_t header_limit);
+
+/*
+ * smtpd_reader_start_chunk - the next size octets are a BDAT chunk: taken
+ * as they are (no dot-stuffing, no line end ends anything) and, with keep,
+ * added to the message opened by smtpd_reader_start_bdat, with the same
+ * checks as DATA (bare LF, bare CR, NUL flagged; size and header limits;
+ * Received: counted; a CRLF split between chunks is one CRLF). Without
+ * keep the octets are read and dropped. CHUNK_END comes after the last
+ * one; size 0 gives no event (the caller ends the chunk itself).
+ */
+void smtpd_reader_start_chunk(struct smtpd_reader *r, uint64_t size, bool keep);
+
+/*
+ * smtpd_reader_end_bdat - the LAST chunk ended: a CR still waiting for its
+ * LF is bare; flush. smtpd_reader_data then holds the message's record.
+ */
+void smtpd_reader_end_bdat(struct smtpd_reader *r);
+
+/*
+ * smtpd_reader_forget_body - the body of an open BDAT message is about to
+ * be freed (RSET, an error): store nothing more into it.
+ */
+void smtpd_reader_forget_body(struct smtpd_reader *r);
 
 /*
  * smtpd_reader_feed - parse in[0..len) until one event completes.

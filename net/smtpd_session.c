@@ -110,6 +110,7 @@ struct smtpd_tx {
     char queue_id[SMTPD_QUEUE_ID_MAX];
     struct buf body;  /* our Received: header, then the un-stuffed data */
     size_t data_size; /* un-stuffed data octets (without Received:) */
+    bool bdat;        /* a BDAT chunk opened the message: DATA and RCPT are out of order */
     struct smtpd_envelope env;
 };
 
@@ -154,6 +155,13 @@ struct smtpd_session {
     uint64_t request_start_ms; /* io.now of the last reply: the next command is due
                                   within command_timeout of it, however it trickles in */
     uint64_t data_octets;      /* input received in DATA since then */
+    /* The BDAT chunk being read (RFC 3030), its reply due after its last octet. */
+    uint64_t bdat_size;              /* octets of the chunk */
+    bool bdat_last;                  /* "BDAT n LAST" */
+    enum smtpd_state bdat_back;      /* the state after the chunk */
+    enum smtpd_reply_id bdat_reject; /* the reply owed instead; SMTPD_REPLY_COUNT: none */
+    bool bdat_drop_tx;               /* the message could not be opened: end the transaction */
+    char bdat_reject_arg[64];        /* its argument */
 };
 
 static uint64_t smtpd_session_next_id = 1;
@@ -169,6 +177,7 @@ static const struct {
     [SMTPD_STATE_MAIL] = {"MAIL", SMTPD_SESSION_T_COMMAND},
     [SMTPD_STATE_RCPT] = {"RCPT", SMTPD_SESSION_T_COMMAND},
     [SMTPD_STATE_DATA] = {"DATA", SMTPD_SESSION_T_DATA},
+    [SMTPD_STATE_BDAT] = {"BDAT", SMTPD_SESSION_T_DATA},
     [SMTPD_STATE_COMMITTING] = {"COMMITTING", SMTPD_SESSION_T_NONE},
     [SMTPD_STATE_CLOSING] = {"CLOSING", SMTPD_SESSION_T_NONE},
 };
@@ -222,6 +231,8 @@ static struct smtpd_tx *smtpd_tx_free(struct smtpd_tx *tx)
 static void smtpd_session_tx_reset(struct smtpd_session *s)
 {
     HAMR_ASSERT(!s->submit_pending);
+    if (s->tx != NULL && s->tx->bdat)
+        smtpd_reader_forget_body(&s->reader);
     if (s->tx != NULL && s->tx->body.data != NULL && s->tx->body.cap <= SMTPD_SESSION_BODY_KEEP &&
         s->spare_body.data == NULL) {
         s->spare_body = s->tx->body;
@@ -546,8 +557,9 @@ static void smtpd_session_proceed_helo(struct smtpd_session *s, const char *arg)
         return;
     }
     /*
-     * RFC 2920, RFC 1870, RFC 6152, RFC 3207, RFC 2034. No CHUNKING
-     * (SECURITY.md S22). STARTTLS only before TLS (RFC 3207 4.2).
+     * RFC 2920, RFC 1870, RFC 6152, RFC 3030 (CHUNKING without BINARYMIME:
+     * SECURITY.md S22), RFC 3207, RFC 2034. STARTTLS only before TLS
+     * (RFC 3207 4.2).
      */
     char text[SMTPD_REPLY_LINE_MAX * 2];
     bool offer_tls = s->io.starttls != NULL && !s->tls;
@@ -555,7 +567,7 @@ static void smtpd_session_proceed_helo(struct smtpd_session *s, const char *arg)
     int len =
         snprintf(text, sizeof(text),
                  "250-%s\r\n250-PIPELINING\r\n250-SIZE %zu\r\n250-8BITMIME\r\n"
-                 "%s%s250 ENHANCEDSTATUSCODES\r\n",
+                 "250-CHUNKING\r\n%s%s250 ENHANCEDSTATUSCODES\r\n",
                  s->policy->hostname, s->policy->message_size_limit,
                  offer_tls ? "250-STARTTLS\r\n" : "", offer_auth ? "250-AUTH PLAIN LOGIN\r\n" : "");
     HAMR_ASSERT(len > 0 && (size_t)len < sizeof(text));
@@ -830,6 +842,10 @@ static int smtpd_session_check_rcpt(struct smtpd_session *s, const char *arg)
         smtpd_session_reply(s, SMTPD_REPLY_BAD_ORDER, "need MAIL command");
         return -1;
     }
+    if (s->tx->bdat) {
+        smtpd_session_reply(s, SMTPD_REPLY_BAD_ORDER, "BDAT in progress");
+        return -1;
+    }
     return 0;
 }
 
@@ -911,6 +927,11 @@ static int smtpd_session_check_data(struct smtpd_session *s, const char *arg)
         smtpd_session_reply(s, SMTPD_REPLY_BAD_ORDER, "need RCPT command");
         return -1;
     }
+    /* RFC 3030 2: DATA and BDAT do not mix in one transaction. */
+    if (s->tx->bdat) {
+        smtpd_session_reply(s, SMTPD_REPLY_BAD_ORDER, "BDAT in progress");
+        return -1;
+    }
     return 0;
 }
 
@@ -969,11 +990,32 @@ static int smtpd_session_add_received(struct smtpd_session *s)
     return buf_append(&tx->body, hdr, (size_t)n);
 }
 
+/*
+ * smtpd_session_open_message - the queue id and our Received: (at DATA or
+ * the first BDAT chunk). SMTPD_REPLY_COUNT on success; otherwise the reply
+ * owed, with *arg its argument (or NULL).
+ */
+static enum smtpd_reply_id smtpd_session_open_message(struct smtpd_session *s, const char **arg)
+{
+    struct smtpd_tx *tx = s->tx;
+    int rc = s->sink.new_id(s->sink.data, tx->queue_id, sizeof(tx->queue_id));
+
+    *arg = NULL;
+    if (rc != 0 || tx->queue_id[0] == '\0') {
+        *arg = s->policy->hostname;
+        return smtpd_reply_for_error(rc ? rc : HAMR_EINVAL);
+    }
+    tx->queue_id[sizeof(tx->queue_id) - 1] = '\0';
+    log_printable(tx->queue_id, sizeof(tx->queue_id), tx->queue_id, strlen(tx->queue_id));
+    if (smtpd_session_add_received(s) != 0)
+        return SMTPD_REPLY_LOCAL_ERROR;
+    return SMTPD_REPLY_COUNT;
+}
+
 /* smtpd_session_proceed_data - queue id, Received:, 354, DATA mode (RFC 5321 4.1.1.4). */
 static void smtpd_session_proceed_data(struct smtpd_session *s, const char *arg)
 {
     struct smtpd_tx *tx = s->tx;
-    int rc;
 
     /* RFC 2920 3.1 / SECURITY.md S5: nothing may follow DATA before our 354. */
     if (s->input_off < s->input.len) {
@@ -981,15 +1023,10 @@ static void smtpd_session_proceed_data(struct smtpd_session *s, const char *arg)
         smtpd_session_reply(s, SMTPD_REPLY_DESYNC, NULL);
         return;
     }
-    rc = s->sink.new_id(s->sink.data, tx->queue_id, sizeof(tx->queue_id));
-    if (rc != 0 || tx->queue_id[0] == '\0') {
-        smtpd_session_reply(s, smtpd_reply_for_error(rc ? rc : HAMR_EINVAL), s->policy->hostname);
-        return;
-    }
-    tx->queue_id[sizeof(tx->queue_id) - 1] = '\0';
-    log_printable(tx->queue_id, sizeof(tx->queue_id), tx->queue_id, strlen(tx->queue_id));
-    if (smtpd_session_add_received(s) != 0) {
-        smtpd_session_reply(s, SMTPD_REPLY_LOCAL_ERROR, NULL);
+    const char *reject_arg;
+    enum smtpd_reply_id reject = smtpd_session_open_message(s, &reject_arg);
+    if (reject != SMTPD_REPLY_COUNT) {
+        smtpd_session_reply(s, reject, reject_arg);
         return;
     }
     smtpd_reader_start_data(&s->reader, &tx->body, s->policy->message_size_limit,
@@ -998,6 +1035,141 @@ static void smtpd_session_proceed_data(struct smtpd_session *s, const char *arg)
     s->data_octets = 0;
     smtpd_session_enter_state(s, SMTPD_STATE_DATA);
     smtpd_session_reply(s, SMTPD_REPLY_DATA_GO, NULL);
+}
+
+/* The longest chunk-size we take: UINT64_MAX has 20 digits. */
+#define SMTPD_SESSION_BDAT_DIGITS 20
+#define SMTPD_SESSION_BDAT_SYNTAX "501 5.5.4 Syntax: BDAT chunk-size [LAST]\r\n"
+
+/*
+ * smtpd_session_parse_bdat - "chunk-size [SP LAST]" (RFC 3030 4):
+ * chunk-size is 1*DIGIT, here at most 20 digits and within uint64_t; one
+ * space before LAST (any case), nothing else, no sign, no other spaces.
+ */
+static bool smtpd_session_parse_bdat(const char *arg, uint64_t *size, bool *last)
+{
+    const char *p = arg;
+    uint64_t n = 0;
+    size_t digits = 0;
+
+    while (*p >= '0' && *p <= '9') {
+        uint64_t d = (uint64_t)(*p - '0');
+        if (++digits > SMTPD_SESSION_BDAT_DIGITS || n > (UINT64_MAX - d) / 10)
+            return false;
+        n = n * 10 + d;
+        p++;
+    }
+    if (digits == 0)
+        return false;
+    *last = false;
+    if (*p == ' ' && hamr_strncaseeq(p + 1, "LAST", 5)) {
+        *last = true;
+        p += 5;
+    }
+    if (*p != '\0')
+        return false;
+    *size = n;
+    return true;
+}
+
+/*
+ * smtpd_session_bdat_syntax - a BDAT line we cannot read: where its chunk
+ * ends is unknown, and its octets must never be taken as commands
+ * (SECURITY.md S22). 501 5.5.4 and close.
+ */
+static void smtpd_session_bdat_syntax(struct smtpd_session *s)
+{
+    hamr_strlcpy(s->verb, "BDAT", sizeof(s->verb));
+    smtpd_session_reply_raw(s, 501, true, true, SMTPD_SESSION_BDAT_SYNTAX,
+                            strlen(SMTPD_SESSION_BDAT_SYNTAX));
+}
+
+static void smtpd_session_data_end(struct smtpd_session *s);
+
+/*
+ * smtpd_session_bdat_chunk_end - the chunk's last octet was read: the
+ * reply owed for it. A non-LAST chunk of a good transaction: 250 with its
+ * size. LAST: the message goes through the checks of DATA and to the sink.
+ */
+static void smtpd_session_bdat_chunk_end(struct smtpd_session *s)
+{
+    hamr_strlcpy(s->verb, "BDAT", sizeof(s->verb));
+    smtpd_session_enter_state(s, s->bdat_back);
+    if (s->bdat_reject != SMTPD_REPLY_COUNT) {
+        if (s->bdat_drop_tx) {
+            smtpd_session_tx_reset(s);
+            smtpd_session_enter_state(s, SMTPD_STATE_READY);
+        }
+        smtpd_session_reply(s, s->bdat_reject,
+                            s->bdat_reject_arg[0] != '\0' ? s->bdat_reject_arg : NULL);
+        return;
+    }
+    if (!s->bdat_last) {
+        char line[SMTPD_REPLY_LINE_MAX];
+        int n =
+            snprintf(line, sizeof(line), "250 2.0.0 %" PRIu64 " octets received\r\n", s->bdat_size);
+        HAMR_ASSERT(n > 0 && (size_t)n < sizeof(line));
+        smtpd_session_reply_raw(s, 250, false, false, line, (size_t)n);
+        return;
+    }
+    smtpd_reader_end_bdat(&s->reader);
+    smtpd_session_data_end(s);
+}
+
+/*
+ * smtpd_session_proceed_bdat - "BDAT n [LAST]" (RFC 3030). The n octets
+ * after the command line are read whatever the answer will be (RFC 3030 2:
+ * the server consumes the chunk before it replies; else they would be read
+ * as commands): into the message after MAIL and RCPT, dropped otherwise
+ * (503 5.5.1 after them). The first chunk opens the message as DATA does
+ * (queue id, Received:). A chunk is read under data_timeout and
+ * min_data_rate, each chunk with its own deadline.
+ */
+static void smtpd_session_proceed_bdat(struct smtpd_session *s, const char *arg)
+{
+    uint64_t size;
+    bool last;
+
+    if (!smtpd_session_parse_bdat(arg, &size, &last)) {
+        smtpd_session_bdat_syntax(s);
+        return;
+    }
+    s->bdat_size = size;
+    s->bdat_last = last;
+    s->bdat_back = s->state;
+    s->bdat_reject = SMTPD_REPLY_COUNT;
+    s->bdat_reject_arg[0] = '\0';
+    s->bdat_drop_tx = false;
+    const char *reject_arg = NULL;
+    if (s->state == SMTPD_STATE_GREETED) {
+        s->bdat_reject = SMTPD_REPLY_BAD_ORDER;
+        reject_arg = "send HELO/EHLO first";
+    } else if (s->tx == NULL) {
+        s->bdat_reject = SMTPD_REPLY_BAD_ORDER;
+        reject_arg = "need MAIL command";
+    } else if (s->state != SMTPD_STATE_RCPT) {
+        s->bdat_reject = SMTPD_REPLY_BAD_ORDER;
+        reject_arg = "need RCPT command";
+    } else if (!s->tx->bdat) {
+        s->bdat_reject = smtpd_session_open_message(s, &reject_arg);
+        /* Later chunks must not make a message without this one's octets. */
+        s->bdat_drop_tx = s->bdat_reject != SMTPD_REPLY_COUNT;
+        if (s->bdat_reject == SMTPD_REPLY_COUNT) {
+            s->tx->bdat = true;
+            smtpd_reader_start_bdat(&s->reader, &s->tx->body, s->policy->message_size_limit,
+                                    s->policy->header_size_limit);
+        }
+    }
+    if (reject_arg != NULL)
+        hamr_strlcpy(s->bdat_reject_arg, reject_arg, sizeof(s->bdat_reject_arg));
+    smtpd_reader_start_chunk(&s->reader, size, s->bdat_reject == SMTPD_REPLY_COUNT);
+    s->data_start_ms = smtpd_session_now(s);
+    s->data_octets = 0;
+    if (size == 0) {
+        smtpd_session_bdat_chunk_end(s);
+        return;
+    }
+    smtpd_session_enter_state(s, SMTPD_STATE_BDAT);
 }
 
 /* smtpd_session_proceed_rset - drop the transaction (RFC 5321 4.1.1.5). */
@@ -1417,6 +1589,8 @@ static const struct smtpd_cmd smtpd_session_cmds[] = {
     {"RCPT", SMTPD_CMD_NEED_ARG, smtpd_session_check_rcpt, smtpd_session_proceed_rcpt},
     {"DATA", SMTPD_CMD_NO_ARG | SMTPD_CMD_SYNC, smtpd_session_check_data,
      smtpd_session_proceed_data},
+    /* No NEED_ARG: a BDAT line of any form must be answered by proceed_bdat. */
+    {"BDAT", 0, smtpd_session_check_none, smtpd_session_proceed_bdat},
     {"RSET", SMTPD_CMD_NO_ARG, smtpd_session_check_none, smtpd_session_proceed_rset},
     {"NOOP", 0, smtpd_session_check_none, smtpd_session_proceed_noop},
     {"QUIT", SMTPD_CMD_NO_ARG, smtpd_session_check_none, smtpd_session_proceed_quit},
@@ -1560,9 +1734,9 @@ static void smtpd_session_commit_cb(void *arg, int status)
     }
     char queue_id[SMTPD_QUEUE_ID_MAX];
     hamr_strlcpy(queue_id, tx->queue_id, sizeof(queue_id));
+    hamr_strlcpy(s->verb, tx->bdat ? "BDAT" : ".", sizeof(s->verb));
     smtpd_session_tx_reset(s);
     smtpd_session_enter_state(s, SMTPD_STATE_READY);
-    hamr_strlcpy(s->verb, ".", sizeof(s->verb));
     if (status == 0)
         smtpd_session_reply(s, SMTPD_REPLY_QUEUED, queue_id);
     else
@@ -1585,7 +1759,7 @@ static void smtpd_session_data_end(struct smtpd_session *s)
     struct smtpd_tx *tx = s->tx;
     enum smtpd_reply_id reject = SMTPD_REPLY_COUNT;
 
-    hamr_strlcpy(s->verb, ".", sizeof(s->verb));
+    hamr_strlcpy(s->verb, tx->bdat ? "BDAT" : ".", sizeof(s->verb));
     if (d->bare_lf)
         reject = SMTPD_REPLY_DATA_BARE_LF;
     else if (d->bare_cr)
@@ -1644,6 +1818,13 @@ static void smtpd_session_event(struct smtpd_session *s, enum smtpd_reader_event
     size_t len;
     const char *line;
 
+    if (ev != SMTPD_READER_LINE && ev != SMTPD_READER_DATA_END && ev != SMTPD_READER_CHUNK_END &&
+        ev != SMTPD_READER_NEED_MORE &&
+        hamr_strncaseeq(smtpd_reader_long_head(&s->reader), "BDAT ", 5)) {
+        /* A broken BDAT line (too long, bare LF/CR, NUL): the chunk is not found. */
+        smtpd_session_bdat_syntax(s);
+        return;
+    }
     switch (ev) {
         case SMTPD_READER_LINE:
             line = smtpd_reader_line(&s->reader, &len);
@@ -1671,6 +1852,9 @@ static void smtpd_session_event(struct smtpd_session *s, enum smtpd_reader_event
             break;
         case SMTPD_READER_DATA_END:
             smtpd_session_data_end(s);
+            break;
+        case SMTPD_READER_CHUNK_END:
+            smtpd_session_bdat_chunk_end(s);
             break;
         case SMTPD_READER_NEED_MORE:
             break;
@@ -1724,7 +1908,8 @@ void smtpd_session_input(struct smtpd_session *s, const void *data, size_t len)
         smtpd_session_reply(s, SMTPD_REPLY_PREGREET, NULL);
         return;
     }
-    if (s->state == SMTPD_STATE_DATA && s->policy->min_data_rate > 0) {
+    if ((s->state == SMTPD_STATE_DATA || s->state == SMTPD_STATE_BDAT) &&
+        s->policy->min_data_rate > 0) {
         /* Too late for what came before (the timer may not have run yet). */
         if (smtpd_session_now(s) >= smtpd_session_data_deadline(s)) {
             smtpd_session_time_out(s, "data-rate");
@@ -1798,7 +1983,7 @@ static void smtpd_session_time_out(struct smtpd_session *s, const char *reason)
 {
     log_info("smtpd session=%" PRIu64 " timeout client=%s state=%s reason=%s%s", s->id,
              s->client_addr, smtpd_state_name(s->state), reason,
-             s->state == SMTPD_STATE_DATA ? " queued=no" : "");
+             s->state == SMTPD_STATE_DATA || s->state == SMTPD_STATE_BDAT ? " queued=no" : "");
     s->verb[0] = '\0';
     smtpd_session_reply(s, SMTPD_REPLY_TIMEOUT, s->policy->hostname);
 }
@@ -1808,7 +1993,8 @@ void smtpd_session_timeout(struct smtpd_session *s)
 {
     if (s->io_detached || s->state == SMTPD_STATE_CLOSING || s->submit_pending || s->auth_pending)
         return;
-    bool rate = s->state == SMTPD_STATE_DATA && s->policy->min_data_rate > 0 &&
+    bool rate = (s->state == SMTPD_STATE_DATA || s->state == SMTPD_STATE_BDAT) &&
+                s->policy->min_data_rate > 0 &&
                 smtpd_session_now(s) >= smtpd_session_data_deadline(s);
     smtpd_session_time_out(s, rate ? "data-rate" : "idle");
 }

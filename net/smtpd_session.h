@@ -36,6 +36,7 @@ enum smtpd_state {
     SMTPD_STATE_MAIL,       /* MAIL accepted, no recipient yet */
     SMTPD_STATE_RCPT,       /* at least one recipient accepted */
     SMTPD_STATE_DATA,       /* 354 sent; reading the body */
+    SMTPD_STATE_BDAT,       /* reading the octets of a BDAT chunk (RFC 3030) */
     SMTPD_STATE_COMMITTING, /* body complete; submit in flight */
     SMTPD_STATE_CLOSING,    /* hanging up; no more input is looked at */
     SMTPD_STATE_COUNT

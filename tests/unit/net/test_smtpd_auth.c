@@ -529,9 +529,10 @@ static void test_ehlo_offer(void **state)
     test_start(h, true);
     test_take(h);
     test_send(h, "EHLO client.example\r\n");
-    test_expect(h,
-                "250-mx.hamr.test\r\n250-PIPELINING\r\n250-SIZE 1048576\r\n250-8BITMIME\r\n"
-                "250-STARTTLS\r\n250 ENHANCEDSTATUSCODES\r\n");
+    test_expect(
+        h,
+        "250-mx.hamr.test\r\n250-PIPELINING\r\n250-SIZE 1048576\r\n250-8BITMIME\r\n250-CHUNKING\r\n"
+        "250-STARTTLS\r\n250 ENHANCEDSTATUSCODES\r\n");
     test_send(h, "AUTH PLAIN\r\n");
     test_expect(h, "530 5.7.0 Must issue a STARTTLS command first\r\n");
     test_send(h, test_plain("", "alice", "secret-alice"));
@@ -545,9 +546,10 @@ static void test_ehlo_offer(void **state)
     test_send(h, "AUTH PLAIN\r\n");
     test_expect(h, "503 5.5.1 Error: send EHLO first\r\n");
     test_send(h, "EHLO client.example\r\n");
-    test_expect(h,
-                "250-mx.hamr.test\r\n250-PIPELINING\r\n250-SIZE 1048576\r\n250-8BITMIME\r\n"
-                "250-AUTH PLAIN LOGIN\r\n250 ENHANCEDSTATUSCODES\r\n");
+    test_expect(
+        h,
+        "250-mx.hamr.test\r\n250-PIPELINING\r\n250-SIZE 1048576\r\n250-8BITMIME\r\n250-CHUNKING\r\n"
+        "250-AUTH PLAIN LOGIN\r\n250 ENHANCEDSTATUSCODES\r\n");
     h->s = smtpd_session_free(h->s);
 
     /* Not configured: never offered, and AUTH is not implemented. */

@@ -41,6 +41,8 @@ static const char *test_name(enum smtpd_reader_event ev)
             return "NUL";
         case SMTPD_READER_DATA_END:
             return "END";
+        case SMTPD_READER_CHUNK_END:
+            return "CHUNK";
     }
     return "?";
 }
@@ -594,6 +596,107 @@ static void test_property_random_octets(void **state)
 }
 
 /* main - run every test. */
+/*
+ * test_chunk_feed - feed one BDAT chunk in pieces of step octets (0: all
+ * at once); the chunk must end exactly after its size, leaving the rest.
+ */
+static size_t test_chunk_feed(struct smtpd_reader *r, const char *in, size_t len, size_t step)
+{
+    size_t pos = 0;
+    for (;;) {
+        size_t n = step == 0 || step > len - pos ? len - pos : step;
+        size_t used = 0;
+        enum smtpd_reader_event ev = smtpd_reader_feed(r, (const uint8_t *)in + pos, n, &used);
+        pos += used;
+        if (ev == SMTPD_READER_CHUNK_END)
+            return pos;
+        assert_int_equal(ev, SMTPD_READER_NEED_MORE);
+        assert_true(pos < len);
+    }
+}
+
+/*
+ * test_bdat_chunks - BDAT (RFC 3030): octets taken as they are (no
+ * unstuffing, "." lines and CRLF.CRLF are data); a chunk ends by count and
+ * what follows is commands again; a CRLF split between chunks is one CRLF;
+ * bare LF, bare CR (also a CR that ends the LAST chunk) and NUL are flagged
+ * as in DATA; dropped chunks store nothing; the size limit holds.
+ */
+static void test_bdat_chunks(void **state)
+{
+    (void)state;
+    static const char c1[] = "Subject: x\r\nReceived: a\r\n\r\n.\r\n..dot\r";
+    static const char c2[] = "\nend\r\n";
+    for (size_t step = 0; step < 4; step++) {
+        struct smtpd_reader r;
+        struct buf body;
+        char in[256];
+        buf_init(&body, 1 << 20);
+        smtpd_reader_init(&r);
+        smtpd_reader_start_bdat(&r, &body, 1 << 20, 1 << 20);
+        assert_int_equal(smtpd_reader_mode(&r), SMTPD_READER_MODE_COMMAND);
+        int n = snprintf(in, sizeof(in), "%sRSET\r\n", c1);
+        smtpd_reader_start_chunk(&r, sizeof(c1) - 1, true);
+        assert_int_equal(smtpd_reader_mode(&r), SMTPD_READER_MODE_CHUNK);
+        assert_int_equal(test_chunk_feed(&r, in, (size_t)n, step), sizeof(c1) - 1);
+        assert_int_equal(smtpd_reader_mode(&r), SMTPD_READER_MODE_COMMAND);
+        size_t used = 0;
+        assert_int_equal(smtpd_reader_feed(&r, (const uint8_t *)in + sizeof(c1) - 1, 6, &used),
+                         SMTPD_READER_LINE);
+        assert_string_equal(smtpd_reader_line(&r, NULL), "RSET");
+        smtpd_reader_start_chunk(&r, sizeof(c2) - 1, true);
+        assert_int_equal(test_chunk_feed(&r, c2, sizeof(c2) - 1, step), sizeof(c2) - 1);
+        smtpd_reader_end_bdat(&r);
+        const struct smtpd_reader_data *d = smtpd_reader_data(&r);
+        assert_false(d->bare_lf || d->bare_cr || d->nul || d->too_big);
+        assert_int_equal(d->received, 1);
+        assert_int_equal(d->size, sizeof(c1) - 1 + sizeof(c2) - 1);
+        assert_int_equal(body.len, d->size);
+        assert_memory_equal(body.data, c1, sizeof(c1) - 1);
+        assert_memory_equal(body.data + sizeof(c1) - 1, c2, sizeof(c2) - 1);
+        buf_free(&body);
+    }
+    static const struct {
+        const char *in;
+        bool bare_lf, bare_cr, nul;
+    } flags[] = {
+        {"a\nb\r\n", true, false, false},
+        {"a\rb\r\n", false, true, false},
+        {"a\r\nb\r", false, true, false}, /* the LAST chunk ends in CR */
+        {"a\0b\r\n", false, false, true},
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(flags); i++) {
+        struct smtpd_reader r;
+        struct buf body;
+        buf_init(&body, 1 << 20);
+        smtpd_reader_init(&r);
+        smtpd_reader_start_bdat(&r, &body, 1 << 20, 1 << 20);
+        smtpd_reader_start_chunk(&r, 5, true);
+        assert_int_equal(test_chunk_feed(&r, flags[i].in, 5, 0), 5);
+        smtpd_reader_end_bdat(&r);
+        const struct smtpd_reader_data *d = smtpd_reader_data(&r);
+        assert_int_equal(d->bare_lf, flags[i].bare_lf);
+        assert_int_equal(d->bare_cr, flags[i].bare_cr);
+        assert_int_equal(d->nul, flags[i].nul);
+        buf_free(&body);
+    }
+    /* Dropped chunk: nothing stored. Size limit: counted past it, stored up to it. */
+    struct smtpd_reader r;
+    struct buf body;
+    buf_init(&body, 1 << 20);
+    smtpd_reader_init(&r);
+    smtpd_reader_start_chunk(&r, 10, false);
+    assert_int_equal(test_chunk_feed(&r, "0123456789MAIL", 14, 3), 10);
+    smtpd_reader_start_bdat(&r, &body, 8, 1 << 20);
+    smtpd_reader_start_chunk(&r, 12, true);
+    assert_int_equal(test_chunk_feed(&r, "xxxxxxxxxxxx", 12, 5), 12);
+    smtpd_reader_end_bdat(&r);
+    assert_true(smtpd_reader_data(&r)->too_big);
+    assert_int_equal(smtpd_reader_data(&r)->size, 12);
+    assert_int_equal(body.len, 8);
+    buf_free(&body);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -609,6 +712,7 @@ int main(void)
         cmocka_unit_test(test_header_limit),
         cmocka_unit_test(test_roundtrip_valid_bodies),
         cmocka_unit_test(test_property_random_octets),
+        cmocka_unit_test(test_bdat_chunks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -297,7 +297,7 @@ static void test_transaction(struct harness *h, const char *rcpt, const char *bo
 /* Tests                                                               */
 /* ------------------------------------------------------------------ */
 
-/* test_greeting_and_ehlo - 220, then the EHLO keywords: no CHUNKING, STARTTLS or AUTH. */
+/* test_greeting_and_ehlo - 220, then the EHLO keywords: CHUNKING, no STARTTLS or AUTH. */
 static void test_greeting_and_ehlo(void **state)
 {
     struct harness *h = *state;
@@ -311,7 +311,7 @@ static void test_greeting_and_ehlo(void **state)
     test_send(h, "EHLO client.example\r\n");
     test_expect(h,
                 "250-mx.hamr.test\r\n250-PIPELINING\r\n250-SIZE 10485760\r\n250-8BITMIME\r\n"
-                "250 ENHANCEDSTATUSCODES\r\n");
+                "250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n");
     test_send(h, "HELO again.example\r\n");
     test_expect(h, "250 mx.hamr.test\r\n");
     test_send(h, "EHLO\r\n");
@@ -1500,6 +1500,377 @@ static void test_byte_by_byte(void **state)
 }
 
 /* ------------------------------------------------------------------ */
+/* CHUNKING / BDAT (RFC 3030, SECURITY.md S22)                         */
+/* ------------------------------------------------------------------ */
+
+/* test_bdat - "BDAT <len of data>[ LAST]\r\n" then data[0..len) in one write. */
+static void test_bdat(struct harness *h, const char *data, size_t len, bool last)
+{
+    char buf[4096];
+    int n = snprintf(buf, sizeof(buf), "BDAT %zu%s\r\n", len, last ? " LAST" : "");
+    assert_true(n > 0 && (size_t)n + len <= sizeof(buf));
+    memcpy(buf + n, data, len);
+    smtpd_session_input(h->s, buf, (size_t)n + len);
+}
+
+/* test_bdat_rcpt - EHLO, MAIL, RCPT; replies taken. */
+static void test_bdat_rcpt(struct harness *h)
+{
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h, "MAIL FROM:<sender@example.org>\r\nRCPT TO:<user@hamr.test>\r\n");
+    assert_string_equal(test_codes(h), "250 250");
+}
+
+/*
+ * test_bdat_single - EHLO offers CHUNKING (not BINARYMIME); one LAST chunk
+ * is the message byte for byte (no unstuffing: "..x" stays, a lone "."
+ * line and CRLF.CRLF are data), after the same Received: as DATA; the
+ * 250 comes from the sink's commit; BODY=8BITMIME is passed on.
+ */
+static void test_bdat_single(void **state)
+{
+    struct harness *h = *state;
+    static const char msg[] = "Subject: chunk\r\n\r\n..x\r\n.\r\nend\r\n.\r\n";
+
+    test_start(h, TEST_OUTSIDE);
+    smtpd_session_greet(h->s);
+    test_take(h);
+    test_send(h, "EHLO client.example\r\n");
+    const char *ehlo = test_take(h);
+    assert_non_null(strstr(ehlo, "250-CHUNKING\r\n"));
+    assert_null(strstr(ehlo, "BINARYMIME"));
+    test_send(h, "MAIL FROM:<sender@example.org> BODY=8BITMIME\r\nRCPT TO:<user@hamr.test>\r\n");
+    assert_string_equal(test_codes(h), "250 250");
+    test_bdat(h, msg, sizeof(msg) - 1, true);
+    test_expect(h, "");
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_COMMITTING);
+    assert_int_equal(h->sink.submits, 1);
+    const struct fake_msg *m = &h->sink.msgs[0];
+    assert_true(m->body_8bit);
+    assert_string_equal(m->sender, "sender@example.org");
+    assert_string_equal(m->rcpts[0], "user@hamr.test");
+    static const char head[] =
+        "Received: from client.example (192.0.2.1)\r\n"
+        "\tby mx.hamr.test (hamr) with ESMTP id HAMRQ0001\r\n"
+        "\tfor <user@hamr.test>; ";
+    assert_memory_equal(m->body, head, sizeof(head) - 1);
+    assert_string_equal(body_after_received(m), msg);
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0001\r\n");
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_READY);
+}
+
+/*
+ * test_bdat_same_as_data - a message sent with DATA (stuffed) and the same
+ * message with BDAT in three chunks (a CRLF split between two) reach the
+ * sink with the same octets after Received:.
+ */
+static void test_bdat_same_as_data(void **state)
+{
+    struct harness *h = *state;
+    static const char msg[] = "From: a@b\r\nSubject: same\r\n\r\n.lead\r\nline 2\r\n";
+    static const char stuffed[] = "From: a@b\r\nSubject: same\r\n\r\n..lead\r\nline 2\r\n.\r\n";
+
+    test_ehlo(h, TEST_OUTSIDE);
+    test_transaction(h, "user@hamr.test", stuffed);
+    assert_int_equal(h->sink.submits, 1);
+    fake_sink_step(&h->sink);
+    assert_string_equal(test_codes(h), "250");
+    test_send(h, "MAIL FROM:<sender@example.org>\r\nRCPT TO:<user@hamr.test>\r\n");
+    assert_string_equal(test_codes(h), "250 250");
+    size_t cut1 = 12, cut2 = 34; /* msg[34] is the LF of ".lead\r\n" */
+    assert_int_equal(msg[cut2 - 1], '\r');
+    test_bdat(h, msg, cut1, false);
+    test_expect(h, "250 2.0.0 12 octets received\r\n");
+    test_bdat(h, msg + cut1, cut2 - cut1, false);
+    test_expect(h, "250 2.0.0 22 octets received\r\n");
+    test_bdat(h, msg + cut2, sizeof(msg) - 1 - cut2, true);
+    assert_int_equal(h->sink.submits, 2);
+    assert_string_equal(body_after_received(&h->sink.msgs[0]), msg);
+    assert_string_equal(body_after_received(&h->sink.msgs[1]), msg);
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0002\r\n");
+}
+
+/* test_bdat_zero_last - "BDAT 0 LAST" ends a message; alone it makes one of our Received: only. */
+static void test_bdat_zero_last(void **state)
+{
+    struct harness *h = *state;
+
+    test_bdat_rcpt(h);
+    test_bdat(h, "hello\r\n", 7, false);
+    test_expect(h, "250 2.0.0 7 octets received\r\n");
+    test_send(h, "BDAT 0 LAST\r\n");
+    assert_int_equal(h->sink.submits, 1);
+    assert_string_equal(body_after_received(&h->sink.msgs[0]), "hello\r\n");
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0001\r\n");
+    test_send(h, "MAIL FROM:<sender@example.org>\r\nRCPT TO:<user@hamr.test>\r\nbdat 0 last\r\n");
+    assert_string_equal(test_codes(h), "250 250");
+    assert_int_equal(h->sink.submits, 2);
+    assert_string_equal(body_after_received(&h->sink.msgs[1]), "");
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0002\r\n");
+}
+
+/*
+ * test_bdat_pipelined - MAIL, RCPT, two BDATs with their octets and a NOOP
+ * in one write (RFC 3030 allows it): the octets after "BDAT n\r\n" are
+ * data, the line after them a command, answered after the commit.
+ */
+static void test_bdat_pipelined(void **state)
+{
+    struct harness *h = *state;
+    static const char in[] =
+        "MAIL FROM:<sender@example.org>\r\nRCPT TO:<user@hamr.test>\r\n"
+        "BDAT 12\r\nRSET\r\nQUIT\r\nBDAT 6 LAST\r\nNOOP\r\nNOOP\r\n";
+
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h, in);
+    test_expect(h, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 12 octets received\r\n");
+    assert_int_equal(h->sink.submits, 1);
+    assert_string_equal(body_after_received(&h->sink.msgs[0]), "RSET\r\nQUIT\r\nNOOP\r\n");
+    assert_true(h->io.paused);
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0001\r\n250 2.0.0 Ok\r\n");
+    assert_int_equal(h->io.closes, 0);
+}
+
+/*
+ * test_bdat_split - commands and chunks one octet per write, the CRLF
+ * ending the header block split between two chunks: one message, the
+ * chunk octets never parsed as commands, the NOOP after them answered.
+ */
+static void test_bdat_split(void **state)
+{
+    struct harness *h = *state;
+    static const char in[] = "BDAT 13\r\nSubject: x\r\n\rBDAT 7 LAST\r\n\nbody\r\nNOOP\r\n";
+
+    test_bdat_rcpt(h);
+    for (size_t i = 0; i < sizeof(in) - 1; i++) {
+        smtpd_session_input(h->s, in + i, 1);
+        if (i == 9)
+            assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_BDAT);
+    }
+    assert_int_equal(h->sink.submits, 1);
+    assert_string_equal(body_after_received(&h->sink.msgs[0]), "Subject: x\r\n\r\nbody\r\n");
+    fake_sink_step(&h->sink);
+    assert_string_equal(test_codes(h), "250 250 250");
+}
+
+/*
+ * test_bdat_out_of_order - BDAT before EHLO, before MAIL, before RCPT:
+ * the chunk is read and dropped, then 503 5.5.1; what it held ("RSET",
+ * "MAIL FROM") never runs as a command (smuggling, SECURITY.md S22); the
+ * transaction that follows works.
+ */
+static void test_bdat_out_of_order(void **state)
+{
+    struct harness *h = *state;
+    static const char evil[] = "RSET\r\nMAIL FROM:<x@evil.example>\r\nRCPT TO:<v@hamr.test>\r\n";
+
+    test_start(h, TEST_OUTSIDE);
+    smtpd_session_greet(h->s);
+    test_take(h);
+    test_bdat(h, evil, sizeof(evil) - 1, false);
+    test_expect(h, "503 5.5.1 Error: send HELO/EHLO first\r\n");
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_GREETED);
+    test_send(h, "EHLO client.example\r\n");
+    test_take(h);
+    test_bdat(h, evil, sizeof(evil) - 1, true);
+    test_expect(h, "503 5.5.1 Error: need MAIL command\r\n");
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_READY);
+    test_send(h, "MAIL FROM:<sender@example.org>\r\n");
+    test_take(h);
+    test_bdat(h, evil, sizeof(evil) - 1, true);
+    test_expect(h, "503 5.5.1 Error: need RCPT command\r\n");
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_MAIL);
+    assert_int_equal(h->sink.ids, 0);
+    test_send(h, "RCPT TO:<user@hamr.test>\r\n");
+    test_take(h);
+    test_bdat(h, "Subject: ok\r\n\r\nok\r\n", 19, true);
+    assert_int_equal(h->sink.submits, 1);
+    assert_string_equal(h->sink.msgs[0].sender, "sender@example.org");
+    assert_int_equal(h->sink.msgs[0].n_rcpts, 1);
+    assert_string_equal(body_after_received(&h->sink.msgs[0]), "Subject: ok\r\n\r\nok\r\n");
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0001\r\n");
+}
+
+/*
+ * test_bdat_mixing - after a BDAT chunk DATA and RCPT are 503 5.5.1 (RFC
+ * 3030 2); RSET drops the half message and a DATA transaction then works.
+ */
+static void test_bdat_mixing(void **state)
+{
+    struct harness *h = *state;
+
+    test_bdat_rcpt(h);
+    test_bdat(h, "part one\r\n", 10, false);
+    test_take(h);
+    test_send(h, "DATA\r\nRCPT TO:<other@hamr.test>\r\n");
+    test_expect(h, "503 5.5.1 Error: BDAT in progress\r\n503 5.5.1 Error: BDAT in progress\r\n");
+    test_send(h, "RSET\r\n");
+    test_take(h);
+    test_transaction(h, "user@hamr.test", "data\r\n.\r\n");
+    assert_int_equal(h->sink.submits, 1);
+    assert_string_equal(body_after_received(&h->sink.msgs[0]), "data\r\n");
+    fake_sink_step(&h->sink);
+    assert_string_equal(test_codes(h), "250");
+}
+
+/*
+ * test_bdat_bad_size - a chunk-size that is not 1*DIGIT within 20 digits
+ * and 64 bits, odd spaces, anything after LAST, a BDAT line with a bare LF
+ * or over 512 octets: 501 5.5.4 and close (where the chunk ends is
+ * unknown); the octets behind it are never run.
+ */
+static void test_bdat_bad_size(void **state)
+{
+    struct harness *h = *state;
+    static const char *const bad[] = {
+        "BDAT\r\n",
+        "BDAT x\r\n",
+        "BDAT +5\r\n",
+        "BDAT -5\r\n",
+        "BDAT  5\r\n",
+        "BDAT 5 \r\n",
+        "BDAT 5  LAST\r\n",
+        "BDAT 5 LASTX\r\n",
+        "BDAT 5 FIRST\r\n",
+        "BDAT 0x10\r\n",
+        "BDAT 123456789012345678901\r\n",
+        "BDAT 18446744073709551616\r\n",
+        "BDAT 5\nRSET\r\n",
+        "BDAT 5\rRSET\r\n",
+    };
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(bad); i++) {
+        test_bdat_rcpt(h);
+        char in[256];
+        snprintf(in, sizeof(in), "%sNOOP\r\n", bad[i]);
+        test_send(h, in);
+        if (strcmp(test_take(h), "501 5.5.4 Syntax: BDAT chunk-size [LAST]\r\n") != 0)
+            fail_msg("%s: no 501", bad[i]);
+        assert_int_equal(h->io.closes, 1);
+        assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_CLOSING);
+        h->io.released = true;
+        h->s = smtpd_session_free(h->s);
+        testlib_session_io_free(&h->io);
+        assert_int_equal(testlib_session_io_init(&h->io, true), 0);
+    }
+    char longline[700];
+    memset(longline, '9', sizeof(longline));
+    memcpy(longline, "BDAT ", 5);
+    memcpy(longline + sizeof(longline) - 2, "\r\n", 2);
+    test_bdat_rcpt(h);
+    smtpd_session_input(h->s, longline, sizeof(longline));
+    test_expect(h, "501 5.5.4 Syntax: BDAT chunk-size [LAST]\r\n");
+    assert_int_equal(h->io.closes, 1);
+    assert_int_equal(h->sink.submits, 0);
+}
+
+/*
+ * test_bdat_over_limit - chunks past message_size_limit are read to their
+ * end and dropped, later chunks still get 250, and the LAST one 552 5.3.4
+ * (as DATA, SECURITY.md S8): nothing queued, the session goes on. A
+ * chunk-size near 2^64 is read as far as it goes: the count never wraps.
+ */
+static void test_bdat_over_limit(void **state)
+{
+    struct harness *h = *state;
+    char part[600];
+    memset(part, 'a', sizeof(part));
+    memcpy(part + sizeof(part) - 2, "\r\n", 2);
+
+    h->policy.message_size_limit = 1000;
+    test_bdat_rcpt(h);
+    test_bdat(h, part, sizeof(part), false);
+    test_bdat(h, part, sizeof(part), false);
+    test_bdat(h, part, sizeof(part), true);
+    test_expect(h,
+                "250 2.0.0 600 octets received\r\n250 2.0.0 600 octets received\r\n"
+                "552 5.3.4 Message size exceeds fixed limit\r\n");
+    assert_int_equal(h->sink.submits, 0);
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_READY);
+    test_send(h, "MAIL FROM:<sender@example.org>\r\nRCPT TO:<user@hamr.test>\r\n");
+    test_take(h);
+    test_bdat(h, part, sizeof(part), true);
+    assert_int_equal(h->sink.submits, 1);
+    fake_sink_step(&h->sink);
+    assert_string_equal(test_codes(h), "250");
+    test_send(h, "MAIL FROM:<sender@example.org>\r\nRCPT TO:<user@hamr.test>\r\n");
+    test_take(h);
+    test_send(h, "BDAT 18446744073709551615 LAST\r\n");
+    for (int i = 0; i < 10; i++)
+        smtpd_session_input(h->s, part, sizeof(part));
+    test_expect(h, "");
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_BDAT);
+    assert_int_equal(h->sink.submits, 1);
+}
+
+/*
+ * test_bdat_content_checks - the DATA checks after the LAST chunk: bare
+ * LF, bare CR (also one that ends the message), NUL, header size, hops;
+ * nothing queued.
+ */
+static void test_bdat_content_checks(void **state)
+{
+    struct harness *h = *state;
+    static const struct {
+        const char *data;
+        size_t len;
+        const char *reply;
+    } cases[] = {
+        {"a\nb\r\n", 5, "550 5.5.2 Error: bare <LF> received\r\n"},
+        {"a\rb\r\n", 5, "550 5.5.2 Error: bare <CR> received\r\n"},
+        {"a\r\nb\r", 5, "550 5.5.2 Error: bare <CR> received\r\n"},
+        {"a\0b\r\n", 5, "554 5.6.0 Message contains NUL characters\r\n"},
+    };
+    test_bdat_rcpt(h);
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        if (i > 0) {
+            test_send(h, "MAIL FROM:<sender@example.org>\r\nRCPT TO:<user@hamr.test>\r\n");
+            test_take(h);
+        }
+        test_bdat(h, cases[i].data, cases[i].len, true);
+        test_expect(h, cases[i].reply);
+    }
+    char hops[2048];
+    size_t n = 0;
+    for (int i = 0; i < 50; i++)
+        n += (size_t)snprintf(hops + n, sizeof(hops) - n, "Received: hop %d\r\n", i);
+    test_send(h, "MAIL FROM:<sender@example.org>\r\nRCPT TO:<user@hamr.test>\r\n");
+    test_take(h);
+    test_bdat(h, hops, n / 2, false);
+    test_bdat(h, hops + n / 2, n - n / 2, true);
+    assert_string_equal(test_codes(h), "250 554");
+    assert_int_equal(h->sink.submits, 0);
+}
+
+/*
+ * test_bdat_data_rate - a chunk is read under data_timeout and
+ * min_data_rate, each chunk from its own BDAT: a trickle is cut with
+ * 421 4.4.2 and nothing is submitted.
+ */
+static void test_bdat_data_rate(void **state)
+{
+    struct harness *h = *state;
+    h->policy.min_data_rate = 500;
+    h->io.now = 0;
+    test_bdat_rcpt(h);
+    test_send(h, "BDAT 100\r\n");
+    assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_BDAT);
+    assert_int_equal(h->io.timer_ms, 200000);
+    h->io.now = 150000;
+    test_send(h, "x");
+    assert_int_equal(h->io.timer_ms, 50002); /* 2 ms for the octet */
+    h->io.now = 200002;
+    smtpd_session_timeout(h->s);
+    test_expect(h, "421 4.4.2 mx.hamr.test Error: timeout exceeded\r\n");
+    assert_int_equal(h->sink.submits, 0);
+}
+
+/* ------------------------------------------------------------------ */
 /* Relay recipient map (SECURITY.md S20)                               */
 /* ------------------------------------------------------------------ */
 
@@ -1755,6 +2126,17 @@ int main(void)
         T(test_input_bound),
         T(test_shutdown),
         T(test_byte_by_byte),
+        T(test_bdat_single),
+        T(test_bdat_same_as_data),
+        T(test_bdat_zero_last),
+        T(test_bdat_pipelined),
+        T(test_bdat_split),
+        T(test_bdat_out_of_order),
+        T(test_bdat_mixing),
+        T(test_bdat_bad_size),
+        T(test_bdat_over_limit),
+        T(test_bdat_content_checks),
+        T(test_bdat_data_rate),
         T(test_rcptmap_rcpt),
         T(test_rcptmap_mixed),
         cmocka_unit_test(test_rcptmap_unchecked),
