@@ -161,7 +161,7 @@ struct smtpd_session {
     enum smtpd_state bdat_back;      /* the state after the chunk */
     enum smtpd_reply_id bdat_reject; /* the reply owed instead; SMTPD_REPLY_COUNT: none */
     bool bdat_drop_tx;               /* the message could not be opened: end the transaction */
-    char bdat_reject_arg[64];        /* its argument */
+    char bdat_reject_arg[256];       /* its argument (a hostname fits) */
 };
 
 static uint64_t smtpd_session_next_id = 1;
@@ -1589,8 +1589,7 @@ static const struct smtpd_cmd smtpd_session_cmds[] = {
     {"RCPT", SMTPD_CMD_NEED_ARG, smtpd_session_check_rcpt, smtpd_session_proceed_rcpt},
     {"DATA", SMTPD_CMD_NO_ARG | SMTPD_CMD_SYNC, smtpd_session_check_data,
      smtpd_session_proceed_data},
-    /* No NEED_ARG: a BDAT line of any form must be answered by proceed_bdat. */
-    {"BDAT", 0, smtpd_session_check_none, smtpd_session_proceed_bdat},
+    /* BDAT is not here: smtpd_session_command hands it to proceed_bdat first. */
     {"RSET", SMTPD_CMD_NO_ARG, smtpd_session_check_none, smtpd_session_proceed_rset},
     {"NOOP", 0, smtpd_session_check_none, smtpd_session_proceed_noop},
     {"QUIT", SMTPD_CMD_NO_ARG, smtpd_session_check_none, smtpd_session_proceed_quit},
@@ -1622,6 +1621,16 @@ static void smtpd_session_command(struct smtpd_session *s, const char *line, siz
     while (vlen < len && line[vlen] != ' ')
         vlen++;
     log_printable(s->verb, sizeof(s->verb), line, vlen);
+    if (vlen == 4 && hamr_strncaseeq(line, "BDAT", 4)) {
+        /*
+         * Before the generic checks, whose replies would leave the chunk's
+         * octets to be read as commands: every BDAT line is either read
+         * with its chunk or refused with a close (SECURITY.md S22).
+         */
+        hamr_strlcpy(s->verb, "BDAT", sizeof(s->verb));
+        smtpd_session_proceed_bdat(s, vlen < len ? line + vlen + 1 : "");
+        return;
+    }
     if (smtpd_session_forbidden(line)) {
         smtpd_session_reply(s, SMTPD_REPLY_FORBIDDEN, NULL);
         return;

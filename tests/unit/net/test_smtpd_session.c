@@ -1743,6 +1743,8 @@ static void test_bdat_bad_size(void **state)
         "BDAT 18446744073709551616\r\n",
         "BDAT 5\nRSET\r\n",
         "BDAT 5\rRSET\r\n",
+        "BDAT 5\xff\r\n",
+        "BDAT 5 L\xc3\xa4ST\r\n",
     };
     for (size_t i = 0; i < HAMR_ARRAY_LEN(bad); i++) {
         test_bdat_rcpt(h);
@@ -1758,6 +1760,14 @@ static void test_bdat_bad_size(void **state)
         testlib_session_io_free(&h->io);
         assert_int_equal(testlib_session_io_init(&h->io, true), 0);
     }
+    test_bdat_rcpt(h);
+    smtpd_session_input(h->s, "BDAT 5\0\r\nNOOP\r\n", 15);
+    test_expect(h, "501 5.5.4 Syntax: BDAT chunk-size [LAST]\r\n");
+    assert_int_equal(h->io.closes, 1);
+    h->io.released = true;
+    h->s = smtpd_session_free(h->s);
+    testlib_session_io_free(&h->io);
+    assert_int_equal(testlib_session_io_init(&h->io, true), 0);
     char longline[700];
     memset(longline, '9', sizeof(longline));
     memcpy(longline, "BDAT ", 5);
