@@ -23,7 +23,9 @@ command injection, state reset inside TLS, openssl s_client and swaks
 S9 recipient limit, error limit, delivery to the accepted recipients only;
 S10 malformed paths and parameters, source routes; S11 SMTPUTF8; S17 the
 TLS versions, ciphers, compression and renegotiation (sslscan and a raw
-ClientHello), AUTH only inside TLS; S22 BDAT without CHUNKING.
+ClientHello), AUTH only inside TLS; S22 CHUNKING: a BDAT message byte-exact
+at the sink, BDAT out of order, mixed with DATA, with bad sizes, over the
+size limit and with a bare LF.
 
 The sink is deploy/sink.py run with a longer line limit (its own limit is
 64 KB), so that a 2 MB line can be recorded rather than refused.
@@ -731,22 +733,91 @@ class ContentTest(harness.HamrTestCase):
 
     # -- S22 -------------------------------------------------------------
 
-    def test_s22_bdat(self):
-        with self.nothing_extra():
+    def bdat(self, conn, data, last=False):
+        """bdat - "BDAT n [LAST]" and its n octets in one write (RFC 3030 allows pipelining)."""
+        conn.send(b"BDAT %d%s\r\n" % (len(data), b" LAST" if last else b"") + data)
+
+    def test_s22_bdat_delivered(self):
+        """A message in BDAT chunks (one CRLF split between two) reaches the sink byte-exact."""
+        tid = new_test_id("s22")
+        body = (b".\r\n..\r\n.leading dot\r\n\r\n.\r\nBDAT 5 LAST\r\n"
+                b"RSET\r\nMAIL FROM:<smuggled@example.org>\r\n" + b"z" * 100000 + b"\r\n")
+        message = make_message(tid, "s22@example.org", ["s22@example.com"], body=body)
+        cut = message.index(b"\r\n.leading") + 1  # between CR and LF
+        with self.nothing_extra(allowed={tid}):
             conn = self.connect()
             keywords = self.ehlo(conn)
-            self.assertNotIn("CHUNKING", keywords)
+            self.assertIn("CHUNKING", keywords)
             self.assertNotIn("BINARYMIME", keywords)
-            for label in ("no transaction", "in a transaction"):
-                with self.subTest(case=label):
-                    if label == "in a transaction":
-                        self.assertReply(conn.cmd("MAIL FROM:<s22@example.org>"), 250, "2.1.0")
-                        self.assertReply(conn.cmd("RCPT TO:<s22@example.com>"), 250, "2.1.5")
-                    # Not advertised, so an unknown command, as Postfix answers it.
-                    self.assertReply(conn.cmd("BDAT 0 LAST"), 502, "5.5.2")
-            # Nothing was taken as message content; RSET drops the open transaction.
+            # MAIL, RCPT and two chunks in one write, then the LAST chunk.
+            conn.send(b"MAIL FROM:<s22@example.org> BODY=8BITMIME\r\n"
+                      b"RCPT TO:<s22@example.com>\r\n")
+            self.bdat(conn, message[:10])
+            self.bdat(conn, message[10:cut])
+            self.assertReply(conn.reply(), 250, "2.1.0")
+            self.assertReply(conn.reply(), 250, "2.1.5")
+            self.assertReply(conn.reply(), 250, "2.0.0")
+            self.assertReply(conn.reply(), 250, "2.0.0")
+            self.bdat(conn, message[cut:], last=True)
+            self.assertReply(conn.reply(), 250, "2.0.0")
+            self.assertReply(conn.cmd("QUIT"), 221, "2.0.0", "extra replies: chunk octets run")
+        recs = self.sink.by_test_id(tid)
+        self.assertEqual(len(recs), 1, recs)
+        self.assertEqual(recs[0]["mail_from"], "s22@example.org")
+        data = harness.Sink.read_file(recs[0])
+        self.assertTrue(data.startswith(b"Received: from "), data[:80])
+        self.assertEqual(content_bare_line_ends(data), [], "bare CR/LF sent downstream")
+        self.assertEqual(content_strip_received(data), message, "BDAT message changed")
+        self.assertEqual(recs[0]["sha256_after_received"], sha256_hex(message))
+
+    def test_s22_bdat_refused(self):
+        """Out of order, mixed with DATA, bad sizes, over the limit, bare LF: nothing queued."""
+        tid = new_test_id("s22bad")
+        evil = (b"RSET\r\nMAIL FROM:<smuggled@example.org>\r\nRCPT TO:<victim@example.com>\r\n"
+                b"DATA\r\nX-Test-Id: " + tid.encode() + b"\r\n\r\nsmuggled\r\n.\r\n")
+        with self.nothing_extra():
+            conn = self.connect()
+            self.ehlo(conn)
+            # Before MAIL: the chunk is read and dropped, none of it runs as a command.
+            self.bdat(conn, evil)
+            self.assertReply(conn.reply(), 503, "5.5.1")
+            self.bdat(conn, evil, last=True)
+            self.assertReply(conn.reply(), 503, "5.5.1")
+            self.assertReply(conn.cmd("NOOP"), 250, "2.0.0", "chunk octets were run")
+            # Before RCPT, then DATA after a chunk.
+            self.assertReply(conn.cmd("MAIL FROM:<s22@example.org>"), 250, "2.1.0")
+            self.bdat(conn, evil)
+            self.assertReply(conn.reply(), 503, "5.5.1")
+            self.assertReply(conn.cmd("RCPT TO:<s22@example.com>"), 250, "2.1.5")
+            self.bdat(conn, evil)
+            self.assertReply(conn.reply(), 250, "2.0.0")
+            self.assertReply(conn.cmd("DATA"), 503, "5.5.1")
             self.assertReply(conn.cmd("RSET"), 250, "2.0.0")
+            # Bare LF in a chunk: refused after LAST as DATA refuses it.
+            self.assertReply(conn.cmd("MAIL FROM:<s22@example.org>"), 250, "2.1.0")
+            self.assertReply(conn.cmd("RCPT TO:<s22@example.com>"), 250, "2.1.5")
+            self.bdat(conn, b"X-Test-Id: " + tid.encode() + b"\r\n\r\nbare\nlf\r\n", last=True)
+            self.assertReply(conn.reply(), 550, "5.5.2")
+            # Over message_size_limit: every chunk read, 552 5.3.4 after LAST.
+            self.assertReply(conn.cmd("MAIL FROM:<s22@example.org>"), 250, "2.1.0")
+            self.assertReply(conn.cmd("RCPT TO:<s22@example.com>"), 250, "2.1.5")
+            part = (b"y" * 998 + b"\r\n") * 1500  # 1.5 MB
+            for k in range(3):
+                self.bdat(conn, part, last=k == 2)
+            self.assertReply(conn.reply(), 250, "2.0.0")
+            self.assertReply(conn.reply(), 250, "2.0.0")
+            self.assertReply(conn.reply(), 552, "5.3.4")
             self.assertReply(conn.cmd("QUIT"), 221)
+            for bad in (b"BDAT +5", b"BDAT 5 ", b"BDAT  5", b"BDAT x", b"BDAT 5 LASTS",
+                        b"BDAT 99999999999999999999999", b"BDAT 5\nRSET"):
+                with self.subTest(size=bad):
+                    conn = self.connect()
+                    self.ehlo(conn)
+                    conn.send(bad + b"\r\nRSET\r\n")
+                    replies = conn.replies_until_close()
+                    self.assertEqual(len(replies), 1, replies)
+                    self.assertReply(replies[0], 501, "5.5.4")
+        self.assertEqual(self.sink.by_test_id(tid), [])
 
 
 if __name__ == "__main__":
