@@ -485,6 +485,16 @@ void smtpd_reader_end_bdat(struct smtpd_reader *r)
         smtpd_reader_emit(r, '\r');
         r->dstate = SMTPD_READER_D_MID;
     }
+    if (r->dstate != SMTPD_READER_D_BOL) {
+        /*
+         * The last line has no CRLF: end it, so the message is what the
+         * same text sent with DATA would be (DATA's data always ends in
+         * CRLF) and the queue holds CRLF lines only.
+         */
+        smtpd_reader_emit(r, '\r');
+        smtpd_reader_emit(r, '\n');
+        r->dstate = SMTPD_READER_D_BOL;
+    }
     smtpd_reader_flush(r);
     r->body = NULL;
 }

@@ -108,7 +108,8 @@ void smtpd_reader_start_chunk(struct smtpd_reader *r, uint64_t size, bool keep);
 
 /*
  * smtpd_reader_end_bdat - the LAST chunk ended: a CR still waiting for its
- * LF is bare; flush. smtpd_reader_data then holds the message's record.
+ * LF is bare; a last line without CRLF gets one (counted in size); flush.
+ * smtpd_reader_data then holds the message's record.
  */
 void smtpd_reader_end_bdat(struct smtpd_reader *r);
 

@@ -620,7 +620,8 @@ static size_t test_chunk_feed(struct smtpd_reader *r, const char *in, size_t len
  * unstuffing, "." lines and CRLF.CRLF are data); a chunk ends by count and
  * what follows is commands again; a CRLF split between chunks is one CRLF;
  * bare LF, bare CR (also a CR that ends the LAST chunk) and NUL are flagged
- * as in DATA; dropped chunks store nothing; the size limit holds.
+ * as in DATA; dropped chunks store nothing; the size limit holds; a last
+ * line without CRLF gets one.
  */
 static void test_bdat_chunks(void **state)
 {
@@ -689,11 +690,23 @@ static void test_bdat_chunks(void **state)
     assert_int_equal(test_chunk_feed(&r, "0123456789MAIL", 14, 3), 10);
     smtpd_reader_start_bdat(&r, &body, 8, 1 << 20);
     smtpd_reader_start_chunk(&r, 12, true);
-    assert_int_equal(test_chunk_feed(&r, "xxxxxxxxxxxx", 12, 5), 12);
+    assert_int_equal(test_chunk_feed(&r, "xxxxxxxxxx\r\n", 12, 5), 12);
     smtpd_reader_end_bdat(&r);
     assert_true(smtpd_reader_data(&r)->too_big);
     assert_int_equal(smtpd_reader_data(&r)->size, 12);
     assert_int_equal(body.len, 8);
+    buf_free(&body);
+    /* A last line without CRLF is ended with one. */
+    buf_init(&body, 1 << 20);
+    smtpd_reader_init(&r);
+    smtpd_reader_start_bdat(&r, &body, 1 << 20, 1 << 20);
+    smtpd_reader_start_chunk(&r, 3, true);
+    assert_int_equal(test_chunk_feed(&r, "abc", 3, 0), 3);
+    smtpd_reader_end_bdat(&r);
+    assert_false(smtpd_reader_data(&r)->bare_cr);
+    assert_int_equal(smtpd_reader_data(&r)->size, 5);
+    assert_int_equal(body.len, 5);
+    assert_memory_equal(body.data, "abc\r\n", 5);
     buf_free(&body);
 }
 

@@ -1525,7 +1525,8 @@ static void test_bdat_rcpt(struct harness *h)
  * test_bdat_single - EHLO offers CHUNKING (not BINARYMIME); one LAST chunk
  * is the message byte for byte (no unstuffing: "..x" stays, a lone "."
  * line and CRLF.CRLF are data), after the same Received: as DATA; the
- * 250 comes from the sink's commit; BODY=8BITMIME is passed on.
+ * 250 comes from the sink's commit; BODY=8BITMIME is passed on. A message
+ * whose last line lacks CRLF gets one.
  */
 static void test_bdat_single(void **state)
 {
@@ -1558,6 +1559,14 @@ static void test_bdat_single(void **state)
     fake_sink_step(&h->sink);
     test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0001\r\n");
     assert_int_equal(smtpd_session_state(h->s), SMTPD_STATE_READY);
+    /* A last line without CRLF gets one, as the same text sent with DATA has it. */
+    test_send(h, "MAIL FROM:<sender@example.org>\r\nRCPT TO:<user@hamr.test>\r\n");
+    test_take(h);
+    test_bdat(h, "Subject: y\r\n\r\nno end", 20, true);
+    assert_int_equal(h->sink.submits, 2);
+    assert_string_equal(body_after_received(&h->sink.msgs[1]), "Subject: y\r\n\r\nno end\r\n");
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0002\r\n");
 }
 
 /*
