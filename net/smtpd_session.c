@@ -12,6 +12,11 @@
  *   -> checks -> submit (reading paused, no client deadline) -> sink
  *   callback -> 250 queued as <id> (only on status 0) -> reading resumes and
  *   any commands pipelined after the dot are processed.
+ *   BDAT (RFC 3030, SECURITY.md S22): "BDAT n [LAST]" -> the n octets are
+ *   read by count (BDAT state, DATA's timeouts), whatever the reply will be
+ *   -> 250 per chunk, 503 out of order; the first chunk opens the message
+ *   as DATA does; after LAST, DATA's checks and the sink. A BDAT line that
+ *   cannot be read: 501 and close.
  * Failure modes:
  *   syntax/order errors reply 5xx and are counted; at max_errors 421 and
  *   close; timeout 421 4.4.2; input before the greeting or body octets

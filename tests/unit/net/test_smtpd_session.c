@@ -21,6 +21,11 @@
  * recipients of outside clients, source routes stripped, relay clients
  * unchecked, the reject counted, a mixed transaction delivered to its
  * known recipients only, and a reload seen by a live session.
+ * CHUNKING (SECURITY.md S22): BDAT in one or many chunks, pipelined and
+ * split into 1-octet reads, the same message as by DATA, BDAT 0 LAST,
+ * out of order (chunk read and dropped, nothing of it run), mixed with
+ * DATA, bad sizes (501 and close), over the size limit, content checks
+ * and the data rate.
  */
 #include <stdarg.h>
 #include <stddef.h>
