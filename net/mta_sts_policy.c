@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "util/common.h"
+#include "util/hostname.h"
 #include "util/err.h"
 #include "util/log.h"
 #include "net/mta_sts.h"
@@ -42,12 +43,6 @@ const char *sts_mode_name(enum sts_mode mode)
     return "?";
 }
 
-/* sts_is_alnum - an ASCII letter or digit, whatever the locale. */
-static bool sts_is_alnum(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-}
-
 /* sts_is_wsp - WSP of RFC 5234: a space or a tab. */
 static bool sts_is_wsp(unsigned char c)
 {
@@ -67,11 +62,11 @@ static char sts_lower(char c)
  */
 static bool sts_ext_name_ok(const char *p, size_t n)
 {
-    if (n == 0 || n > 32 || !sts_is_alnum((unsigned char)p[0]))
+    if (n == 0 || n > 32 || !hostname_alnum((unsigned char)p[0]))
         return false;
     for (size_t i = 1; i < n; i++) {
         unsigned char c = (unsigned char)p[i];
-        if (!sts_is_alnum(c) && c != '_' && c != '-' && c != '.')
+        if (!hostname_alnum(c) && c != '_' && c != '-' && c != '.')
             return false;
     }
     return true;
@@ -125,7 +120,7 @@ int sts_txt_parse(const char *txt, size_t len, char *id, size_t idlen)
             if (have_id || vl == 0 || vl > STS_ID_MAX)
                 return HAMR_EINVAL;
             for (size_t k = 0; k < vl; k++)
-                if (!sts_is_alnum((unsigned char)val[k]))
+                if (!hostname_alnum((unsigned char)val[k]))
                     return HAMR_EINVAL;
             memcpy(id, val, vl);
             id[vl] = '\0';
@@ -183,42 +178,12 @@ __attribute__((format(printf, 4, 5))) static int sts_why(char *why,
     return HAMR_EINVAL;
 }
 
-/*
- * sts_host_ok - a host name as RFC 5321's Domain writes it: labels of 1
- * to 63 letters, digits and '-', neither first nor last a '-' (Let-dig
- * [Ldh-str]), joined by '.', STS_HOST_MAX octets in all, no trailing dot.
- */
-static bool sts_host_ok(const char *p, size_t n)
-{
-    size_t label = 0;
-    if (n == 0 || n > STS_HOST_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)p[i];
-        if (c == '.') {
-            if (label == 0 || p[i - 1] == '-')
-                return false;
-            label = 0;
-            continue;
-        }
-        if (c == '-') {
-            if (label == 0)
-                return false;
-        } else if (!sts_is_alnum(c)) {
-            return false;
-        }
-        if (++label > 63)
-            return false;
-    }
-    return label > 0 && p[n - 1] != '-';
-}
-
 /* sts_pattern_ok - an mx value (RFC 8461 3.2 sts-policy-mx-value = ["*."] Domain). */
 static bool sts_pattern_ok(const char *p, size_t n)
 {
     if (n >= 2 && p[0] == '*' && p[1] == '.')
-        return sts_host_ok(p + 2, n - 2);
-    return sts_host_ok(p, n);
+        return hostname_ok(p + 2, n - 2, STS_HOST_MAX);
+    return hostname_ok(p, n, STS_HOST_MAX);
 }
 
 /* sts_policy_state - what a policy parse has seen so far. */

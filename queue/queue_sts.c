@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "util/common.h"
+#include "util/hostname.h"
 #include "util/err.h"
 #include "proto/proto_frame.h"
 #include "queue/internal.h"
@@ -40,43 +41,6 @@
 /* ------------------------------------------------------------------------
  * Checks and normal form
  * ------------------------------------------------------------------------ */
-
-/* queue_sts_alnum - an ASCII letter or digit (no locale). */
-static bool queue_sts_alnum(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-}
-
-/*
- * queue_sts_host_ok - a host name as RFC 5321's Domain writes it: labels of
- * 1 to 63 letters, digits and '-', neither first nor last a '-', joined by
- * '.'. The same rule as the policy parser's (net/mta_sts_policy.c), which
- * queue/ may not include.
- */
-static bool queue_sts_host_ok(const char *p, size_t n)
-{
-    size_t label = 0;
-    if (n == 0)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)p[i];
-        if (c == '.') {
-            if (label == 0 || p[i - 1] == '-')
-                return false;
-            label = 0;
-            continue;
-        }
-        if (c == '-') {
-            if (label == 0)
-                return false;
-        } else if (!queue_sts_alnum(c)) {
-            return false;
-        }
-        if (++label > 63)
-            return false;
-    }
-    return label > 0 && p[n - 1] != '-';
-}
 
 /*
  * queue_sts_norm - s in lower case without one trailing dot into out
@@ -102,7 +66,7 @@ static bool queue_sts_norm(const char *s, char out[QUEUE_STS_TEXT_MAX], size_t *
 /* queue_sts_domain - s normalised into out, if that is a host name. */
 static bool queue_sts_domain(const char *s, char out[QUEUE_STS_TEXT_MAX], size_t *n)
 {
-    return s != NULL && queue_sts_norm(s, out, n) && queue_sts_host_ok(out, *n);
+    return s != NULL && queue_sts_norm(s, out, n) && hostname_ok(out, *n, QUEUE_STS_HOST_MAX);
 }
 
 /* queue_sts_pattern - s normalised into out, if that is a host name or "*." and one. */
@@ -111,8 +75,8 @@ static bool queue_sts_pattern(const char *s, char out[QUEUE_STS_TEXT_MAX], size_
     if (s == NULL || !queue_sts_norm(s, out, n))
         return false;
     if (*n >= 2 && out[0] == '*' && out[1] == '.')
-        return queue_sts_host_ok(out + 2, *n - 2);
-    return queue_sts_host_ok(out, *n);
+        return hostname_ok(out + 2, *n - 2, QUEUE_STS_HOST_MAX);
+    return hostname_ok(out, *n, QUEUE_STS_HOST_MAX);
 }
 
 /* queue_sts_id_ok - 1 to QUEUE_STS_ID_MAX letters and digits (RFC 8461 3.1). */
@@ -124,7 +88,7 @@ static bool queue_sts_id_ok(const char *id)
     if (n == 0 || n > QUEUE_STS_ID_MAX)
         return false;
     for (size_t i = 0; i < n; i++)
-        if (!queue_sts_alnum((unsigned char)id[i]))
+        if (!hostname_alnum((unsigned char)id[i]))
             return false;
     return true;
 }
