@@ -176,15 +176,10 @@ void dns_get_stats(const struct dns *r, struct dns_stats *out)
     *out = r->stats;
 }
 
-/*
- * dns_name_normalize - name checked and copied, in lower case and without
- * the one trailing dot it may have, into out (DNS_NAME_MAX + 1). Host name
- * characters and '_' (TLSA owners: "_25._tcp.mx.example") only: anything
- * else, an empty label or one over 63 (RFC 1035 2.3.4) is HAMR_EINVAL.
- */
-static int dns_name_normalize(const char *name, char *out)
+/* dns_name_norm - see dns.h. */
+int dns_name_norm(const char *name, size_t len, char *out)
 {
-    size_t len = strlen(name), label = 0;
+    size_t label = 0;
     if (len > 0 && name[len - 1] == '.')
         len--;
     if (len == 0 || len > DNS_NAME_MAX)
@@ -211,6 +206,12 @@ static int dns_name_normalize(const char *name, char *out)
         return HAMR_EINVAL;
     out[len] = '\0';
     return 0;
+}
+
+/* dns_name_normalize - dns_name_norm of a NUL-terminated name. */
+static int dns_name_normalize(const char *name, char *out)
+{
+    return dns_name_norm(name, strlen(name), out);
 }
 
 /* dns_hash - bucket hash of (type, name), seeded per resolver: names come from mail. */

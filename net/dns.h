@@ -154,6 +154,15 @@ struct dns_result {
     char why[96]; /* DNS_TEMPFAIL: a reason for the log, e.g. "malformed answer: ..." */
 };
 
+/*
+ * dns_name_norm - name (len octets) checked and copied, in lower case and
+ * without the one trailing dot it may have, into out (DNS_NAME_MAX + 1):
+ * letters, digits, '-' and '_' (TLSA owners: "_25._tcp.mx.example") in
+ * labels of 1 to 63 (RFC 1035 2.3.4). 0, or HAMR_EINVAL: a name dns_query
+ * refuses.
+ */
+int dns_name_norm(const char *name, size_t len, char *out);
+
 /* dns_result_null_mx - res is the null MX of RFC 7505: one MX, preference 0, host ".". */
 bool dns_result_null_mx(const struct dns_result *res);
 

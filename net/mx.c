@@ -169,42 +169,6 @@ static void mx_shuffle(struct mx *m, struct dns_addr *addrs, size_t n)
     }
 }
 
-/*
- * mx_name_normalize - name (len octets) checked and copied in lower case,
- * without the one trailing dot it may have, into out (DNS_NAME_MAX + 1):
- * the rules of net/dns (letters, digits, '-' and '_', labels of 1 to 63),
- * so that a next hop dns_query would refuse is refused by resolve.
- */
-static int mx_name_normalize(const char *name, size_t len, char *out)
-{
-    size_t label = 0;
-    if (len > 0 && name[len - 1] == '.')
-        len--;
-    if (len == 0 || len > DNS_NAME_MAX)
-        return HAMR_EINVAL;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)name[i];
-        if (c == '.') {
-            if (label == 0)
-                return HAMR_EINVAL;
-            label = 0;
-            out[i] = '.';
-            continue;
-        }
-        if (c >= 'A' && c <= 'Z')
-            c = (unsigned char)(c - 'A' + 'a'); /* ASCII only, whatever the locale */
-        else if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_'))
-            return HAMR_EINVAL;
-        if (++label > 63)
-            return HAMR_EINVAL;
-        out[i] = (char)c;
-    }
-    if (label == 0)
-        return HAMR_EINVAL;
-    out[len] = '\0';
-    return 0;
-}
-
 /* mx_self_name - name (lower case, no trailing dot) is one of self_names (any case, a dot or not).
  */
 static bool mx_self_name(const struct mx *m, const char *name)
@@ -596,7 +560,7 @@ static bool mx_route_take_mx(struct mx_route *rt, const struct dns_result *res)
     uint16_t self_pref = 0;
     char name[DNS_NAME_MAX + 1];
     for (size_t i = 0; i < n && !self; i++) {
-        if (mx_name_normalize(v[i].host, strlen(v[i].host), name) == 0 && mx_self_name(m, name)) {
+        if (dns_name_norm(v[i].host, strlen(v[i].host), name) == 0 && mx_self_name(m, name)) {
             self = true;
             self_pref = v[i].pref;
         }
@@ -604,7 +568,7 @@ static bool mx_route_take_mx(struct mx_route *rt, const struct dns_result *res)
     for (size_t i = 0; i < n && rt->n_hosts < MX_HOSTS_MAX; i++) {
         if (self && v[i].pref >= self_pref)
             break;
-        if (mx_name_normalize(v[i].host, strlen(v[i].host), name) != 0)
+        if (dns_name_norm(v[i].host, strlen(v[i].host), name) != 0)
             continue; /* net/dns_parse lets no such name through; be safe */
         if (mx_route_sts_allows(rt, name))
             mx_route_add_host(rt, name, v[i].pref);
@@ -952,7 +916,7 @@ static int mx_route_parse(struct mx_route *rt, const char *nexthop, struct dns_a
     if (bracketed && len > 5 && hamr_strncaseeq(inner, "ipv6:", 5))
         return HAMR_EINVAL; /* a tagged literal that is no address */
     rt->kind = bracketed ? MX_KIND_HOST : MX_KIND_MX;
-    return mx_name_normalize(inner, len, rt->domain);
+    return dns_name_norm(inner, len, rt->domain);
 }
 
 /*
