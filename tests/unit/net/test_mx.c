@@ -373,6 +373,43 @@ static void mx_order(void **state)
     assert_int_equal(testlib_dns_count(&f->srv, "order.test", DNS_TYPE_MX), 1);
 }
 
+/*
+ * sts_patterns - MTA-STS enforce (opts->mx_patterns): MX hosts matching no
+ * pattern are left out before their addresses are asked; none matching is
+ * TEMP 4.7.5, and so is an implicit MX the patterns do not name; "[name]"
+ * and literals ignore the patterns.
+ */
+static void sts_patterns(void **state)
+{
+    struct fixture *f = *state;
+    struct test_got g;
+    static const char *const only_b[] = {"b.host.test"};
+    static const char *const wild[] = {"*.host.test"};
+    static const char *const other[] = {"mx.elsewhere.test", "*.elsewhere.test"};
+    struct smtpc_resolve_opts opts = {.mx_patterns = only_b, .n_mx_patterns = 1};
+
+    test_route_opts(f, "order.test", &opts, &g);
+    assert_int_equal(g.route.status, SMTPC_OK);
+    assert_int_equal(g.route.n, 2);
+    test_want_target(&g, 0, "b.host.test", "192.0.2.2");
+    test_want_target(&g, 1, "b.host.test", "2001:db8::2");
+    assert_int_equal(testlib_dns_count(&f->srv, "a.host.test", DNS_TYPE_A), 0);
+
+    opts = (struct smtpc_resolve_opts){.mx_patterns = wild, .n_mx_patterns = 1};
+    test_route_opts(f, "order.test", &opts, &g);
+    assert_int_equal(g.route.n, 4);
+
+    opts = (struct smtpc_resolve_opts){.mx_patterns = other, .n_mx_patterns = 2};
+    test_route_opts(f, "order.test", &opts, &g);
+    test_want_fail(&g, SMTPC_TEMP, 451, "4.7.5 MTA-STS: no MX host of order.test matches");
+    test_route_opts(f, "implicit.test", &opts, &g);
+    test_want_fail(&g, SMTPC_TEMP, 451, "4.7.5 MTA-STS: no MX host of implicit.test matches");
+
+    test_route_opts(f, "[a.host.test]", &opts, &g);
+    assert_int_equal(g.route.status, SMTPC_OK);
+    test_want_target(&g, 0, "a.host.test", "192.0.2.1");
+}
+
 /* mx_equal_shuffled - equal preferences: both hosts every time, each of them first in some runs. */
 static void mx_equal_shuffled(void **state)
 {
@@ -952,6 +989,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(dane_insecure_mx, setup, teardown),
         cmocka_unit_test_setup_teardown(dane_tlsa_servfail, setup, teardown),
         cmocka_unit_test_setup_teardown(dane_untrusted, setup, teardown),
+        cmocka_unit_test_setup_teardown(sts_patterns, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
