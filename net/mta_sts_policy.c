@@ -178,9 +178,15 @@ __attribute__((format(printf, 4, 5))) static int sts_why(char *why,
     return HAMR_EINVAL;
 }
 
-/* sts_pattern_ok - an mx value (RFC 8461 3.2 sts-policy-mx-value = ["*."] Domain). */
+/*
+ * sts_pattern_ok - an mx value (RFC 8461 3.2 sts-policy-mx-value = ["*."]
+ * Domain), STS_HOST_MAX octets in all, "*." included: it must fit a
+ * struct sts_policy mx slot and the replicated cache's bound.
+ */
 static bool sts_pattern_ok(const char *p, size_t n)
 {
+    if (n > STS_HOST_MAX)
+        return false;
     if (n >= 2 && p[0] == '*' && p[1] == '.')
         return hostname_ok(p + 2, n - 2, STS_HOST_MAX);
     return hostname_ok(p, n, STS_HOST_MAX);

@@ -219,6 +219,17 @@ static void policy_limits(void **state)
     n = (size_t)snprintf(buf, sizeof(buf), "version: STSv1\nmode: enforce\nmax_age: 1\nmx: a%s\n",
                          host);
     assert_int_equal(sts_policy_parse(buf, n, &p, why, sizeof(why)), HAMR_EINVAL);
+    /* "*." counts in the 253: "*." and a name of 251 fits, of 252 or 253 does not. */
+    n = (size_t)snprintf(buf, sizeof(buf), "version: STSv1\nmode: enforce\nmax_age: 1\nmx: *.%s\n",
+                         host + 2);
+    assert_int_equal(sts_policy_parse(buf, n, &p, why, sizeof(why)), 0);
+    assert_int_equal(strlen(p.mx[0]), 253);
+    n = (size_t)snprintf(buf, sizeof(buf), "version: STSv1\nmode: enforce\nmax_age: 1\nmx: *.%s\n",
+                         host + 1);
+    assert_int_equal(sts_policy_parse(buf, n, &p, why, sizeof(why)), HAMR_EINVAL);
+    n = (size_t)snprintf(buf, sizeof(buf), "version: STSv1\nmode: enforce\nmax_age: 1\nmx: *.%s\n",
+                         host);
+    assert_int_equal(sts_policy_parse(buf, n, &p, why, sizeof(why)), HAMR_EINVAL);
     /* A label of 64. */
     memset(host, 'b', 64);
     memcpy(host + 64, ".example", 9);
