@@ -23,6 +23,8 @@
 #include <openssl/ssl.h>
 #include <uv.h>
 
+#include "net/smtp_ext.h"
+
 /*
  * smtpc_tls_policy - what a delivery demands of TLS (ordered: a larger value
  * is stricter). MAY: STARTTLS when offered, plaintext when not. ENCRYPT: TLS
@@ -234,12 +236,31 @@ struct smtpc_msg {
     size_t body_len;                   /* with a source too: for SIZE= */
     const struct smtpc_source *source; /* not NULL: the body comes from here, in chunks */
     bool body_8bit;
+    /*
+     * The envelope extensions (net/smtp_ext.h). smtputf8: the message needs
+     * SMTPUTF8; a next hop that does not offer it fails every recipient
+     * for good with 5.6.7 (no downgrade). requiretls: REQUIRETLS (RFC 8689):
+     * verified TLS and a next hop that offers REQUIRETLS, else 5.7.30.
+     * ret, envid and rcpt_dsn (n_rcpts entries or NULL) go out as RET=,
+     * ENVID=, NOTIFY= and ORCPT= to a next hop that offers DSN.
+     */
+    bool smtputf8;
+    bool requiretls;
+    uint8_t ret;
+    const char *envid;
+    const struct smtp_dsn_rcpt *rcpt_dsn;
 };
 
 struct smtpc_rcpt_result {
     enum smtpc_status status;
     unsigned code;  /* reply code, 0 when there was none */
     char text[512]; /* reply text (printable) or local reason */
+    /*
+     * The next hop offered DSN and took this recipient (a 2xx to RCPT and
+     * to the message), so it sends any further notice (RFC 3461 5.2.2):
+     * hamr owes no "relayed" notice.
+     */
+    bool dsn_passed;
 };
 
 /*

@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "net/smtp_ext.h"
+
 #define SMTPD_QUEUE_ID_MAX 64 /* including the NUL */
 
 struct smtpd_auth;
@@ -108,6 +110,18 @@ struct smtpd_envelope {
     const uint8_t *body; /* un-stuffed, CRLF line ends, our Received: first */
     size_t body_len;
     bool body_8bit; /* BODY=8BITMIME */
+    /*
+     * The envelope extensions (net/smtp_ext.h), taken only while the
+     * sink's ext_ok says yes. smtputf8: MAIL SMTPUTF8. requiretls: MAIL
+     * REQUIRETLS (only over TLS). ret: enum smtp_ret. envid: the decoded
+     * ENVID, NULL if none. rcpt_dsn: n_rcpts entries, parallel to rcpts,
+     * or NULL when no RCPT gave NOTIFY or ORCPT.
+     */
+    bool smtputf8;
+    bool requiretls;
+    uint8_t ret;
+    const char *envid;
+    const struct smtp_dsn_rcpt *rcpt_dsn;
 };
 
 /*
@@ -129,6 +143,12 @@ struct smtpd_sink {
      * May be NULL (always yes).
      */
     int (*check_mail)(void *data);
+    /*
+     * ext_ok - may sessions offer and take SMTPUTF8, DSN and REQUIRETLS now
+     * (can every voter replicate them)? Asked at EHLO and at MAIL. May be
+     * NULL (always yes).
+     */
+    bool (*ext_ok)(void *data);
     /*
      * submit - accept env. The sink borrows env (and every pointer in it)
      * until cb runs. If submit returns 0, cb runs exactly once, later, never
