@@ -40,8 +40,12 @@
  * Snapshot.sts_policies, the replicated MTA-STS policy cache: a leader
  * proposes it only from cluster level 4, and a build of format 3 or older
  * refuses the kind (HAMR_EVERSION from proto_entry_unpack) and stops.
+ * Format 5 (QUEUE_LEVEL_EXT) adds the envelope extensions (SMTPUTF8,
+ * REQUIRETLS, DSN) as fields of Enqueue, RcptResult, Outcome and
+ * QueuedMessage; nodes take them from SMTP, and apply honours them, only
+ * from cluster level 5, so an older build never meets one.
  */
-#define PROTO_FORMAT_VERSION_MAX 4
+#define PROTO_FORMAT_VERSION_MAX 5
 #define PROTO_SNAPSHOT_VERSION 1
 #define PROTO_CONTROL_MAX (64u * 1024 * 1024)
 /* Peer frames: same layout as control frames; a proposal carries a whole message. */

@@ -254,6 +254,21 @@ struct queue_item *queue_item_new(const char *id,
 
 /* queue_item_set_text - replace client_addr / helo (copied). */
 int queue_item_set_text(struct queue_item *it, const char *client_addr, const char *helo);
+/*
+ * queue_enqueue_ext - the envelope extensions of e (format 5) into it:
+ * SMTPUTF8, REQUIRETLS, TLS-Required: No and the DSN parameters. 0,
+ * HAMR_EINVAL (a text over its bound, a count that is not n_rcpts) or
+ * HAMR_ENOMEM.
+ */
+int queue_enqueue_ext(struct queue_item *it, const Hamr__Enqueue *e);
+/* queue_item_set_ext - the message's DSN parameters (see queue.c). */
+int queue_item_set_ext(struct queue_item *it,
+                       uint8_t ret,
+                       const char *envid,
+                       const uint32_t *notify,
+                       size_t n_notify,
+                       char *const *orcpt,
+                       size_t n_orcpt);
 
 /*
  * queue_item_keep_body - it's body (its body_sha256 already set): with body

@@ -84,6 +84,7 @@ struct queue_item *queue_item_free(struct queue_item *it)
     queue_str_put(m->sender);
     queue_str_put(m->client_addr);
     queue_str_put(m->helo);
+    free((void *)m->ext);
     free(m->body);
     if (it->dnodes != &it->dn1)
         free(it->dnodes);
@@ -153,6 +154,70 @@ int queue_item_set_text(struct queue_item *it, const char *client_addr, const ch
     queue_str_put(it->msg.helo);
     it->msg.client_addr = c;
     it->msg.helo = h;
+    return 0;
+}
+
+/*
+ * queue_item_set_ext - the message's DSN parameters: ret, envid (NULL or ""
+ * for none), notify and orcpt (NULL or n_rcpts entries each; NULL or ""
+ * entries for none). Nothing given leaves m->ext NULL. Texts over their
+ * bound, and a count that is not n_rcpts: HAMR_EINVAL.
+ */
+int queue_item_set_ext(struct queue_item *it,
+                       uint8_t ret,
+                       const char *envid,
+                       const uint32_t *notify,
+                       size_t n_notify,
+                       char *const *orcpt,
+                       size_t n_orcpt)
+{
+    struct queue_msg *m = &it->msg;
+    size_t n = m->n_rcpts;
+    if ((n_notify != 0 && n_notify != n) || (n_orcpt != 0 && n_orcpt != n) || ret > QUEUE_RET_HDRS)
+        return HAMR_EINVAL;
+    size_t elen = envid != NULL ? strlen(envid) : 0;
+    if (elen > QUEUE_ENVID_MAX)
+        return HAMR_EINVAL;
+    size_t size = sizeof(struct queue_ext) + n * (sizeof(uint8_t) + sizeof(char *)) + elen + 1;
+    bool any = ret != 0 || elen != 0;
+    for (size_t i = 0; i < n_notify; i++) {
+        if (notify[i] > QUEUE_NOTIFY_ALL)
+            return HAMR_EINVAL;
+        any = any || notify[i] != 0;
+    }
+    for (size_t i = 0; i < n_orcpt; i++) {
+        size_t len = orcpt[i] != NULL ? strlen(orcpt[i]) : 0;
+        if (len > QUEUE_ORCPT_MAX)
+            return HAMR_EINVAL;
+        size += len + 1;
+        any = any || len != 0;
+    }
+    free((void *)m->ext);
+    m->ext = NULL;
+    if (!any)
+        return 0;
+    struct queue_ext *x = calloc(1, size);
+    if (x == NULL)
+        return HAMR_ENOMEM;
+    x->orcpt = (const char **)(void *)(x + 1);
+    x->notify = (uint8_t *)(x->orcpt + n);
+    char *text = (char *)(x->notify + n);
+    x->ret = ret;
+    for (size_t i = 0; i < n_notify; i++)
+        x->notify[i] = (uint8_t)notify[i];
+    for (size_t i = 0; i < n_orcpt; i++) {
+        size_t len = orcpt[i] != NULL ? strlen(orcpt[i]) : 0;
+        if (len == 0)
+            continue;
+        memcpy(text, orcpt[i], len + 1);
+        x->orcpt[i] = text;
+        text += len + 1;
+    }
+    if (elen != 0) {
+        memcpy(text, envid, elen + 1);
+        x->envid = text;
+    }
+    m->ext = x;
     return 0;
 }
 

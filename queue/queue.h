@@ -102,6 +102,37 @@ struct queue_rcpt {
  */
 #define QUEUE_LEVEL_STS 4
 #define QUEUE_TLS_MAX 160
+/*
+ * QUEUE_LEVEL_EXT - the level (format) of the envelope extensions: SMTPUTF8,
+ * REQUIRETLS, TLS-Required: No, and DSN's RET, ENVID, NOTIFY and ORCPT in
+ * the Enqueue; dsn_passed in results; delay notices. Below it apply ignores
+ * them all, so a message gets exactly what an older build would give it.
+ */
+#define QUEUE_LEVEL_EXT 5
+/* NOTIFY bits, as net/smtp_ext.h's SMTP_NOTIFY_* (the node checks they agree). */
+#define QUEUE_NOTIFY_NEVER 0x01
+#define QUEUE_NOTIFY_SUCCESS 0x02
+#define QUEUE_NOTIFY_FAILURE 0x04
+#define QUEUE_NOTIFY_DELAY 0x08
+#define QUEUE_NOTIFY_ALL 0x0f
+/* RET values, as enum smtp_ret. */
+#define QUEUE_RET_FULL 1
+#define QUEUE_RET_HDRS 2
+/* Bounds on what apply keeps (RFC 3461 4.4 and 4.2). */
+#define QUEUE_ENVID_MAX 100
+#define QUEUE_ORCPT_MAX 500
+
+/*
+ * queue_ext - a message's DSN parameters, for a message that was given any
+ * (one allocation with its texts; NULL in queue_msg otherwise). notify and
+ * orcpt have n_rcpts entries.
+ */
+struct queue_ext {
+    uint8_t ret;        /* 0 not given, QUEUE_RET_FULL or QUEUE_RET_HDRS */
+    const char *envid;  /* decoded ENVID, NULL if none */
+    uint8_t *notify;    /* QUEUE_NOTIFY_* bits per recipient, 0: not given */
+    const char **orcpt; /* per recipient: "rfc822;addr" (decoded), NULL if none */
+};
 
 struct queue_msg {
     const char *id;
@@ -118,7 +149,13 @@ struct queue_msg {
     bool body_8bit;
     bool is_dsn;
     bool held;
-    uint64_t received_at_ms; /* timestamp of the Enqueue entry */
+    /* Format 5 (QUEUE_LEVEL_EXT): the envelope extensions. */
+    bool smtputf8 : 1;           /* MAIL SMTPUTF8 */
+    bool requiretls : 1;         /* MAIL REQUIRETLS */
+    bool tls_optional : 1;       /* "TLS-Required: No" (and no REQUIRETLS) */
+    bool delay_warned : 1;       /* its delay notice went out */
+    const struct queue_ext *ext; /* DSN parameters, NULL if none were given */
+    uint64_t received_at_ms;     /* timestamp of the Enqueue entry */
     uint64_t expires_at_ms;
     const char *client_addr;
     const char *helo;

@@ -96,9 +96,10 @@ static void queue_rcpt_set_error(struct queue_rcpt *r, const char *text)
  * ------------------------------------------------------------------------ */
 
 /*
- * queue_dsn_prepare - build the DSN item for the failed recipients of m, not
- * yet linked; *dsn_count gets the message's new DSN counter. *out is NULL
- * when no DSN is owed (null sender, a DSN itself, nothing failed).
+ * queue_dsn_prepare - build the DSN item for the given recipients of m (of
+ * one kind: see queue_dsn_rcpt), not yet linked. *dsn_count is the counter
+ * to number it from, and gets the counter after it. *out is NULL when no
+ * DSN is owed (null sender, a DSN itself, no recipient).
  */
 static int queue_dsn_prepare(struct queue *q,
                              const struct queue_msg *m,
@@ -110,14 +111,14 @@ static int queue_dsn_prepare(struct queue *q,
                              struct queue_item **out,
                              uint32_t *dsn_count)
 {
+    uint32_t from = *dsn_count;
     *out = NULL;
-    *dsn_count = m->dsn_count;
     /* RFC 5321 section 6.1 and RFC 3464: never a DSN to <> or about a DSN. */
     if (n_failed == 0 || m->sender[0] == '\0' || m->is_dsn)
         return 0;
     /* "<id>-B<n>", skipping any n already taken so that ids stay unique. */
     char id[QUEUE_ID_MAX];
-    uint32_t n = m->dsn_count;
+    uint32_t n = from;
     for (;;) {
         int w = snprintf(id, sizeof(id), "%s-B%u", m->id, n);
         HAMR_ASSERT(w > 0 && (size_t)w < sizeof(id));
@@ -154,6 +155,7 @@ static int queue_dsn_prepare(struct queue *q,
         return HAMR_ENOMEM;
     }
     it->msg.body_8bit = eight_bit;
+    it->msg.smtputf8 = m->smtputf8; /* RFC 6533: its addresses stay UTF-8 */
     it->msg.is_dsn = true;
     it->msg.expires_at_ms = dsn_expires_at_ms;
     it->msg.accepted_by = 0;
@@ -219,6 +221,17 @@ static int queue_apply_enqueue(struct queue *q,
         queue_item_free(it);
         return HAMR_ENOMEM;
     }
+    /* Format 5: below the level a node of an older build applies this entry too. */
+    if (q->cluster_level >= QUEUE_LEVEL_EXT) {
+        int xrv = queue_enqueue_ext(it, e);
+        if (xrv != 0) {
+            queue_item_free(it);
+            if (xrv != HAMR_EINVAL)
+                return xrv;
+            res->status = xrv;
+            return 0;
+        }
+    }
     memcpy(it->msg.body_sha256, sha, sizeof(sha));
     /* Taken, not copied, when kept in memory: free_unpacked skips a NULL body. */
     size_t body_len = e->body.len;
@@ -234,6 +247,19 @@ static int queue_apply_enqueue(struct queue *q,
     it->msg.body_8bit = e->body_8bit;
     it->msg.accepted_by = e->accepted_by;
     queue_link(q, it);
+    return 0;
+}
+
+/* queue_enqueue_ext - e's envelope extensions into it (see internal.h). */
+int queue_enqueue_ext(struct queue_item *it, const Hamr__Enqueue *e)
+{
+    int rv = queue_item_set_ext(it, (uint8_t)(e->ret > 255 ? 255 : e->ret), e->envid, e->notify,
+                                e->n_notify, e->orcpt, e->n_orcpt);
+    if (rv != 0)
+        return rv;
+    it->msg.smtputf8 = e->smtputf8;
+    it->msg.requiretls = e->requiretls;
+    it->msg.tls_optional = e->tls_optional && !e->requiretls;
     return 0;
 }
 
@@ -353,6 +379,39 @@ static bool queue_outcome_applies(const struct queue_rcpt *r, uint64_t lease_id,
            (r->state == QUEUE_RCPT_LEASED && r->lease_expires_ms <= ts);
 }
 
+/*
+ * queue_notify_wants - does recipient i of m ask for a notice of this kind
+ * (QUEUE_NOTIFY_FAILURE, _DELAY or _SUCCESS)? Without NOTIFY (RFC 3461
+ * 4.1) hamr sends failures and delays, never success; NEVER sends none.
+ * Below QUEUE_LEVEL_EXT m has no parameters and only failures go out.
+ */
+static bool queue_notify_wants(const struct queue_msg *m, size_t i, uint8_t kind)
+{
+    uint8_t notify = m->ext != NULL ? m->ext->notify[i] : 0;
+    if (notify == 0)
+        return kind != QUEUE_NOTIFY_SUCCESS;
+    return (notify & kind) != 0;
+}
+
+/* queue_notice_rcpt - recipient i of m as a DSN lists it. */
+static void queue_notice_rcpt(struct queue_dsn_rcpt *f,
+                              const struct queue_msg *m,
+                              size_t i,
+                              enum queue_rcpt_state state,
+                              const Hamr__RcptResult *r,
+                              const char *remote)
+{
+    f->addr = m->rcpts[i].addr;
+    f->state = state;
+    f->smtp_code = r != NULL ? r->smtp_code : 0;
+    f->diagnostic = r != NULL ? r->diagnostic : NULL;
+    f->remote = remote;
+    f->orcpt = m->ext != NULL ? m->ext->orcpt[i] : NULL;
+}
+
+/* The notices one Outcome can owe: failures, a delay warning, relayed ones. */
+enum { QUEUE_NOTICE_FAILED, QUEUE_NOTICE_DELAYED, QUEUE_NOTICE_RELAYED, QUEUE_NOTICES };
+
 /* queue_outcome_plan - what an Outcome will do, computed before any change. */
 struct queue_outcome_plan {
     bool *applies;             /* per result */
@@ -360,10 +419,11 @@ struct queue_outcome_plan {
     bool *set_tls;             /* per result: replace tls_policy and tls (level and policy given) */
     const char **tls_policies; /* per result: new tls_policy (held until used) */
     const char **tls;          /* per result: new tls (held until used) */
-    struct queue_dsn_rcpt *failed;
-    size_t n_failed;
-    struct queue_item *dsn; /* owned until linked */
+    struct queue_dsn_rcpt *notice[QUEUE_NOTICES]; /* recipients per notice kind */
+    size_t n_notice[QUEUE_NOTICES];
+    struct queue_item *dsn[QUEUE_NOTICES]; /* owned until linked */
     uint32_t dsn_count;
+    bool delay_warned;       /* the message's delay notice is given by this outcome */
     struct queue_done *done; /* owned until linked; NULL if the message stays */
 };
 
@@ -381,8 +441,10 @@ static void queue_outcome_plan_free(struct queue *q, struct queue_outcome_plan *
     free(p->tls_policies);
     free(p->tls);
     free(p->applies);
-    free(p->failed);
-    queue_item_drop(q, p->dsn);
+    for (size_t k = 0; k < QUEUE_NOTICES; k++) {
+        free(p->notice[k]);
+        queue_item_drop(q, p->dsn[k]);
+    }
     free(p->done);
 }
 
@@ -413,13 +475,22 @@ static int queue_outcome_prepare(struct queue *q,
     size_t n = o->n_results;
     p->applies = calloc(n ? n : 1, sizeof(*p->applies));
     p->errors = calloc(n ? n : 1, sizeof(*p->errors));
-    p->failed = calloc(n ? n : 1, sizeof(*p->failed));
+    for (size_t k = 0; k < QUEUE_NOTICES; k++)
+        p->notice[k] = calloc(n ? n : 1, sizeof(*p->notice[k]));
     p->set_tls = calloc(n ? n : 1, sizeof(*p->set_tls));
     p->tls_policies = calloc(n ? n : 1, sizeof(*p->tls_policies));
     p->tls = calloc(n ? n : 1, sizeof(*p->tls));
-    if (p->applies == NULL || p->errors == NULL || p->failed == NULL || p->set_tls == NULL ||
-        p->tls_policies == NULL || p->tls == NULL)
+    if (p->applies == NULL || p->errors == NULL || p->notice[0] == NULL || p->notice[1] == NULL ||
+        p->notice[2] == NULL || p->set_tls == NULL || p->tls_policies == NULL || p->tls == NULL)
         return HAMR_ENOMEM;
+    bool ext = q->cluster_level >= QUEUE_LEVEL_EXT;
+    /*
+     * One delay notice per message (as Postfix's delay_warning_time): the
+     * first DEFERRED result applied once the message is older than the
+     * outcome's delay_warning_ms gives it, for the recipients that want it.
+     */
+    bool delay_due = ext && o->delay_warning_ms > 0 && !m->delay_warned &&
+                     ts >= m->received_at_ms && ts - m->received_at_ms >= o->delay_warning_ms;
     size_t final_after = 0;
     for (size_t i = 0; i < m->n_rcpts; i++)
         final_after += queue_rcpt_final(&m->rcpts[i]);
@@ -447,23 +518,41 @@ static int queue_outcome_prepare(struct queue *q,
             if (rv != 0)
                 return rv;
         }
-        if (r->status == HAMR__RCPT_RESULT__STATUS__DEFERRED)
+        size_t ri = r->rcpt_index;
+        if (r->status == HAMR__RCPT_RESULT__STATUS__DEFERRED) {
+            if (delay_due) {
+                p->delay_warned = true;
+                if (queue_notify_wants(m, ri, QUEUE_NOTIFY_DELAY))
+                    queue_notice_rcpt(
+                        &p->notice[QUEUE_NOTICE_DELAYED][p->n_notice[QUEUE_NOTICE_DELAYED]++], m,
+                        ri, QUEUE_RCPT_PENDING, r, o->remote);
+            }
             continue;
+        }
         final_after++;
-        if (r->status == HAMR__RCPT_RESULT__STATUS__DELIVERED)
+        if (r->status == HAMR__RCPT_RESULT__STATUS__DELIVERED) {
+            /* RFC 3461 5.2.2: relayed to a next hop that did not take NOTIFY. */
+            if (ext && queue_notify_wants(m, ri, QUEUE_NOTIFY_SUCCESS) && !r->dsn_passed)
+                queue_notice_rcpt(
+                    &p->notice[QUEUE_NOTICE_RELAYED][p->n_notice[QUEUE_NOTICE_RELAYED]++], m, ri,
+                    QUEUE_RCPT_DELIVERED, r, o->remote);
             continue;
-        struct queue_dsn_rcpt *f = &p->failed[p->n_failed++];
-        f->addr = rc->addr;
-        f->state = r->status == HAMR__RCPT_RESULT__STATUS__EXPIRED ? QUEUE_RCPT_EXPIRED
-                                                                   : QUEUE_RCPT_BOUNCED;
-        f->smtp_code = r->smtp_code;
-        f->diagnostic = r->diagnostic;
-        f->remote = o->remote;
+        }
+        if (!queue_notify_wants(m, ri, QUEUE_NOTIFY_FAILURE))
+            continue;
+        queue_notice_rcpt(&p->notice[QUEUE_NOTICE_FAILED][p->n_notice[QUEUE_NOTICE_FAILED]++], m,
+                          ri,
+                          r->status == HAMR__RCPT_RESULT__STATUS__EXPIRED ? QUEUE_RCPT_EXPIRED
+                                                                          : QUEUE_RCPT_BOUNCED,
+                          r, o->remote);
     }
-    int rv = queue_dsn_prepare(q, m, p->failed, p->n_failed, o->reporter, o->dsn_expires_at_ms, ts,
-                               &p->dsn, &p->dsn_count);
-    if (rv != 0)
-        return rv;
+    p->dsn_count = m->dsn_count;
+    for (size_t k = 0; k < QUEUE_NOTICES; k++) {
+        int rv = queue_dsn_prepare(q, m, p->notice[k], p->n_notice[k], o->reporter,
+                                   o->dsn_expires_at_ms, ts, &p->dsn[k], &p->dsn_count);
+        if (rv != 0)
+            return rv;
+    }
     if (final_after == m->n_rcpts) {
         p->done = queue_done_new(m->id, ts);
         if (p->done == NULL)
@@ -531,11 +620,15 @@ static int queue_apply_outcome(struct queue *q,
         }
     }
     m->dsn_count = p.dsn_count;
+    if (p.delay_warned)
+        m->delay_warned = true;
     queue_touch(q, it);
-    if (p.dsn != NULL) {
-        queue_link(q, p.dsn);
-        p.dsn = NULL;
-        res->dsn_generated++;
+    for (size_t k = 0; k < QUEUE_NOTICES; k++) {
+        if (p.dsn[k] != NULL) {
+            queue_link(q, p.dsn[k]);
+            p.dsn[k] = NULL;
+            res->dsn_generated++;
+        }
     }
     if (p.done != NULL) {
         queue_finish(q, it, p.done);
@@ -564,7 +657,7 @@ static int queue_admin_bounce(struct queue *q,
     struct queue_item *dsn = NULL;
     struct queue_done *done = NULL;
     uint32_t dsn_count = m->dsn_count;
-    size_t n_failed = 0, final_after = 0;
+    size_t n_failed = 0, n_bounced = 0, final_after = 0;
     int rv = (failed && errors) ? 0 : HAMR_ENOMEM;
     for (size_t i = 0; rv == 0 && i < m->n_rcpts; i++) {
         struct queue_rcpt *r = &m->rcpts[i];
@@ -575,18 +668,20 @@ static int queue_admin_bounce(struct queue *q,
         if (r->state != QUEUE_RCPT_PENDING)
             continue;
         final_after++;
+        n_bounced++;
         errors[i] = queue_str(QUEUE_ADMIN_BOUNCE_TEXT);
         if (errors[i] == NULL)
             rv = HAMR_ENOMEM;
+        if (!queue_notify_wants(m, i, QUEUE_NOTIFY_FAILURE))
+            continue;
         struct queue_dsn_rcpt *f = &failed[n_failed++];
-        f->addr = r->addr;
-        f->state = QUEUE_RCPT_BOUNCED;
+        queue_notice_rcpt(f, m, i, QUEUE_RCPT_BOUNCED, NULL, NULL);
         f->diagnostic = QUEUE_ADMIN_BOUNCE_TEXT;
     }
     if (rv == 0)
         rv = queue_dsn_prepare(q, m, failed, n_failed, a->reporter, a->dsn_expires_at_ms, ts, &dsn,
                                &dsn_count);
-    if (rv == 0 && n_failed > 0 && final_after == m->n_rcpts) {
+    if (rv == 0 && n_bounced > 0 && final_after == m->n_rcpts) {
         done = queue_done_new(m->id, ts);
         if (done == NULL)
             rv = HAMR_ENOMEM;

@@ -35,6 +35,7 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "util/utf8.h"
 #include "queue/queue_dsn.h"
 
 /* Text of one sanitised field (an address, a host name, a diagnostic). */
@@ -50,6 +51,44 @@ static const char *queue_dsn_clean(char *out, size_t outlen, const char *in)
     if (in == NULL)
         in = "";
     return log_printable(out, outlen, in, strlen(in));
+}
+
+/*
+ * queue_dsn_addr - an address for the DSN's text and fields: kept as it is
+ * when utf8 (an SMTPUTF8 message, RFC 6533) and it is well-formed UTF-8
+ * without controls, else made printable ASCII.
+ */
+static const char *queue_dsn_addr(char *out, size_t outlen, const char *in, bool utf8)
+{
+    size_t n = in != NULL ? strlen(in) : 0;
+    if (utf8 && n < outlen && utf8_valid(in, n)) {
+        memcpy(out, in, n + 1);
+        return out;
+    }
+    return queue_dsn_clean(out, outlen, in);
+}
+
+/* queue_dsn_kind - what a DSN for these recipients says (all have the kind of the first). */
+enum queue_dsn_kind {
+    QUEUE_DSN_FAILED,
+    QUEUE_DSN_DELAYED,
+    QUEUE_DSN_RELAYED,
+};
+
+static enum queue_dsn_kind queue_dsn_kind_of(const struct queue_dsn_rcpt *r)
+{
+    if (r->state == QUEUE_RCPT_PENDING || r->state == QUEUE_RCPT_LEASED)
+        return QUEUE_DSN_DELAYED;
+    if (r->state == QUEUE_RCPT_DELIVERED)
+        return QUEUE_DSN_RELAYED;
+    return QUEUE_DSN_FAILED;
+}
+
+/* queue_dsn_full - a failure under RET=FULL with the whole body at hand: return it all. */
+static bool queue_dsn_full(const struct queue_msg *orig, enum queue_dsn_kind kind)
+{
+    return kind == QUEUE_DSN_FAILED && orig->ext != NULL && orig->ext->ret == QUEUE_RET_FULL &&
+           orig->body != NULL && orig->body_len > 0 && orig->body_len <= QUEUE_DSN_HEADERS_MAX;
 }
 
 /* queue_dsn_token - copy keeping only characters safe in a Message-ID or boundary. */
@@ -119,6 +158,12 @@ void queue_dsn_status(const struct queue_dsn_rcpt *r, char out[QUEUE_DSN_STATUS_
         hamr_strlcpy(out, "4.4.7", QUEUE_DSN_STATUS_MAX);
         return;
     }
+    enum queue_dsn_kind kind = queue_dsn_kind_of(r);
+    if (kind == QUEUE_DSN_RELAYED) {
+        hamr_strlcpy(out, "2.0.0", QUEUE_DSN_STATUS_MAX);
+        return;
+    }
+    char cls = kind == QUEUE_DSN_DELAYED ? '4' : '5';
     const char *p = r->diagnostic ? r->diagnostic : "";
     while (*p == ' ')
         p++;
@@ -134,13 +179,13 @@ void queue_dsn_status(const struct queue_dsn_rcpt *r, char out[QUEUE_DSN_STATUS_
             size_t nd = queue_dsn_digits(d);
             char end = d[nd];
             if (nd != 0 && (end == '\0' || end == ' ' || end == ';' || end == ',')) {
-                /* Action: failed says permanent, whatever class the reply gave. */
-                snprintf(out, QUEUE_DSN_STATUS_MAX, "5.%.*s.%.*s", (int)ns, s, (int)nd, d);
+                /* Action: failed says permanent, delayed transient, whatever the reply gave. */
+                snprintf(out, QUEUE_DSN_STATUS_MAX, "%c.%.*s.%.*s", cls, (int)ns, s, (int)nd, d);
                 return;
             }
         }
     }
-    hamr_strlcpy(out, "5.0.0", QUEUE_DSN_STATUS_MAX);
+    snprintf(out, QUEUE_DSN_STATUS_MAX, "%c.0.0", cls);
 }
 
 /* queue_dsn_header_block - length of the original header block of body, bounded. */
@@ -165,10 +210,16 @@ static size_t queue_dsn_header_block(const uint8_t *body, size_t len)
     return i;
 }
 
-/* queue_dsn_part_headers - the original headers with CRLF lines of at most 998 octets. */
-static int queue_dsn_part_headers(struct buf *b, const struct queue_msg *orig, bool *eight_bit)
+/*
+ * queue_dsn_part_headers - the original headers (or with full the whole
+ * message) with CRLF lines of at most 998 octets.
+ */
+static int queue_dsn_part_headers(struct buf *b,
+                                  const struct queue_msg *orig,
+                                  bool full,
+                                  bool *eight_bit)
 {
-    size_t n = queue_dsn_header_block(orig->body, orig->body_len);
+    size_t n = full ? orig->body_len : queue_dsn_header_block(orig->body, orig->body_len);
     const uint8_t *p = orig->body;
     size_t i = 0;
     int rv = 0;
@@ -205,24 +256,45 @@ static bool queue_dsn_all_expired(const struct queue_dsn_rcpt *rcpts, size_t n)
     return true;
 }
 
+/* The opening words of part 1, by kind. */
+static const char *const queue_dsn_intro[][4] = {
+    [QUEUE_DSN_FAILED] = {"Your message could not be delivered to one or more",
+                          "recipients and has been given up on. The reasons",
+                          "are listed below; the headers of your message are", "attached."},
+    [QUEUE_DSN_DELAYED] =
+        {"#### THIS IS A WARNING ONLY. YOU DO NOT NEED TO RESEND YOUR MESSAGE. ####",
+         "Your message could not be delivered yet to the recipients",
+         "listed below. It is still being retried; the reasons",
+         "are listed below; the headers of your message are attached."},
+    [QUEUE_DSN_RELAYED] = {"Your message was relayed to the recipients listed below.",
+                           "The next hop does not offer delivery notifications, so",
+                           "this is the last notice you will get from this path about",
+                           "these recipients. The headers of your message are attached."},
+};
+
 /* queue_dsn_part_text - part 1: what happened, in words. */
 static int queue_dsn_part_text(struct buf *b,
+                               const struct queue_msg *orig,
                                const struct queue_dsn_rcpt *rcpts,
                                size_t n,
                                const char *reporter)
 {
     char addr[QUEUE_DSN_FIELD_MAX], diag[QUEUE_DSN_FIELD_MAX], remote[QUEUE_DSN_FIELD_MAX];
+    enum queue_dsn_kind kind = queue_dsn_kind_of(&rcpts[0]);
     int rv = 0;
     rv = rv ? rv : queue_dsn_line(b, "This is the mail delivery system at %s.", reporter);
     rv = rv ? rv : queue_dsn_line(b, "%s", "");
-    rv = rv ? rv : queue_dsn_line(b, "%s", "Your message could not be delivered to one or more");
-    rv = rv ? rv : queue_dsn_line(b, "%s", "recipients and has been given up on. The reasons");
-    rv = rv ? rv : queue_dsn_line(b, "%s", "are listed below; the headers of your message are");
-    rv = rv ? rv : queue_dsn_line(b, "%s", "attached.");
+    for (size_t k = 0; k < 4; k++)
+        rv = rv ? rv : queue_dsn_line(b, "%s", queue_dsn_intro[kind][k]);
+    if (kind == QUEUE_DSN_DELAYED) {
+        char until[64];
+        queue_dsn_date(orig->expires_at_ms, until, sizeof(until));
+        rv = rv ? rv : queue_dsn_line(b, "It will be retried until %s.", until);
+    }
     rv = rv ? rv : queue_dsn_line(b, "%s", "");
     for (size_t i = 0; rv == 0 && i < n; i++) {
         const struct queue_dsn_rcpt *r = &rcpts[i];
-        queue_dsn_clean(addr, sizeof(addr), r->addr);
+        queue_dsn_addr(addr, sizeof(addr), r->addr, orig->smtputf8);
         queue_dsn_clean(diag, sizeof(diag), r->diagnostic);
         queue_dsn_clean(remote, sizeof(remote), r->remote);
         char reply[QUEUE_DSN_FIELD_MAX + 16];
@@ -230,7 +302,13 @@ static int queue_dsn_part_text(struct buf *b,
             snprintf(reply, sizeof(reply), "%u %s", r->smtp_code, diag);
         else
             snprintf(reply, sizeof(reply), "%s", diag);
-        if (r->state == QUEUE_RCPT_EXPIRED && reply[0] != '\0')
+        if (kind == QUEUE_DSN_RELAYED && remote[0] != '\0')
+            rv = queue_dsn_line(b, "<%s>: relayed to %s: %s", addr, remote, reply);
+        else if (kind == QUEUE_DSN_RELAYED)
+            rv = queue_dsn_line(b, "<%s>: relayed", addr);
+        else if (kind == QUEUE_DSN_DELAYED)
+            rv = queue_dsn_line(b, "<%s>: delayed: %s", addr, reply[0] ? reply : "not yet tried");
+        else if (r->state == QUEUE_RCPT_EXPIRED && reply[0] != '\0')
             rv = queue_dsn_line(b, "<%s>: delivery time expired; last error: %s", addr, reply);
         else if (r->state == QUEUE_RCPT_EXPIRED)
             rv = queue_dsn_line(b, "<%s>: delivery time expired", addr);
@@ -250,9 +328,21 @@ static int queue_dsn_part_report(struct buf *b,
                                  size_t n,
                                  const char *reporter)
 {
+    static const char *const action[] = {
+        [QUEUE_DSN_FAILED] = "failed",
+        [QUEUE_DSN_DELAYED] = "delayed",
+        [QUEUE_DSN_RELAYED] = "relayed",
+    };
     char field[QUEUE_DSN_FIELD_MAX], date[64];
+    enum queue_dsn_kind kind = queue_dsn_kind_of(&rcpts[0]);
+    /* RFC 6533 3: the utf-8 address type, in a message/global-delivery-status. */
+    const char *type = orig->smtputf8 ? "utf-8" : "rfc822";
     int rv = 0;
     /* Per-message fields (section 2.2). */
+    if (orig->ext != NULL && orig->ext->envid != NULL) {
+        queue_dsn_clean(field, sizeof(field), orig->ext->envid);
+        rv = rv ? rv : queue_dsn_line(b, "Original-Envelope-Id: %s", field);
+    }
     rv = rv ? rv : queue_dsn_line(b, "Reporting-MTA: dns; %s", reporter);
     queue_dsn_clean(field, sizeof(field), orig->id);
     rv = rv ? rv : queue_dsn_line(b, "X-Hamr-Queue-ID: %s", field);
@@ -264,9 +354,18 @@ static int queue_dsn_part_report(struct buf *b,
         char status[QUEUE_DSN_STATUS_MAX];
         queue_dsn_status(r, status);
         rv = rv ? rv : queue_dsn_line(b, "%s", "");
-        queue_dsn_clean(field, sizeof(field), r->addr);
-        rv = rv ? rv : queue_dsn_line(b, "Final-Recipient: rfc822; %s", field);
-        rv = rv ? rv : queue_dsn_line(b, "%s", "Action: failed");
+        if (r->orcpt != NULL && strchr(r->orcpt, ';') != NULL) {
+            /* The type was checked at RCPT (an atom); the token rule keeps it one. */
+            const char *semi = strchr(r->orcpt, ';');
+            char otype[40], raw[40];
+            snprintf(raw, sizeof(raw), "%.*s", (int)(semi - r->orcpt), r->orcpt);
+            queue_dsn_token(otype, sizeof(otype), raw);
+            queue_dsn_addr(field, sizeof(field), semi + 1, orig->smtputf8);
+            rv = rv ? rv : queue_dsn_line(b, "Original-Recipient: %s; %s", otype, field);
+        }
+        queue_dsn_addr(field, sizeof(field), r->addr, orig->smtputf8);
+        rv = rv ? rv : queue_dsn_line(b, "Final-Recipient: %s; %s", type, field);
+        rv = rv ? rv : queue_dsn_line(b, "Action: %s", action[kind]);
         rv = rv ? rv : queue_dsn_line(b, "Status: %s", status);
         if (r->remote != NULL && r->remote[0] != '\0') {
             queue_dsn_clean(field, sizeof(field), r->remote);
@@ -275,6 +374,10 @@ static int queue_dsn_part_report(struct buf *b,
         if (r->smtp_code != 0) {
             queue_dsn_clean(field, sizeof(field), r->diagnostic);
             rv = rv ? rv : queue_dsn_line(b, "Diagnostic-Code: smtp; %u %s", r->smtp_code, field);
+        }
+        if (kind == QUEUE_DSN_DELAYED) {
+            queue_dsn_date(orig->expires_at_ms, date, sizeof(date));
+            rv = rv ? rv : queue_dsn_line(b, "Will-Retry-Until: %s", date);
         }
     }
     return rv;
@@ -327,19 +430,33 @@ static int queue_dsn_assemble(struct buf *b,
                               struct buf *parts[3],
                               bool eight_bit)
 {
-    static const char *const part_headers[3][2] = {
-        {"Content-Description: Notification", "Content-Type: text/plain; charset=us-ascii"},
-        {"Content-Description: Delivery report", "Content-Type: message/delivery-status"},
-        {"Content-Description: Undelivered Message Headers", "Content-Type: text/rfc822-headers"},
+    enum queue_dsn_kind kind = queue_dsn_kind_of(&rcpts[0]);
+    bool full = queue_dsn_full(orig, kind), utf8 = orig->smtputf8;
+    /* RFC 6533 6.3 and 6.4: the global types for an SMTPUTF8 message. */
+    const char *part_headers[3][2] = {
+        {"Content-Description: Notification", "Content-Type: text/plain; charset=utf-8"},
+        {"Content-Description: Delivery report",
+         utf8 ? "Content-Type: message/global-delivery-status"
+              : "Content-Type: message/delivery-status"},
+        {full                       ? "Content-Description: Undelivered Message"
+         : kind == QUEUE_DSN_FAILED ? "Content-Description: Undelivered Message Headers"
+                                    : "Content-Description: Message Headers",
+         full ? (utf8 ? "Content-Type: message/global" : "Content-Type: message/rfc822")
+              : (utf8 ? "Content-Type: message/global-headers"
+                      : "Content-Type: text/rfc822-headers")},
     };
+    if (!utf8)
+        part_headers[0][1] = "Content-Type: text/plain; charset=us-ascii";
     char boundary[80], date[64], sender[QUEUE_DSN_FIELD_MAX], id[QUEUE_ID_MAX];
     int rv = queue_dsn_boundary(boundary, sizeof(boundary), parts, 3);
     if (rv != 0)
         return rv;
     queue_dsn_date(timestamp_ms, date, sizeof(date));
-    queue_dsn_clean(sender, sizeof(sender), orig->sender);
+    queue_dsn_addr(sender, sizeof(sender), orig->sender, utf8);
     queue_dsn_token(id, sizeof(id), dsn_id);
-    const char *subject = queue_dsn_all_expired(rcpts, n)
+    const char *subject = kind == QUEUE_DSN_DELAYED   ? "Delayed Mail (still being retried)"
+                          : kind == QUEUE_DSN_RELAYED ? "Successful Mail Delivery Report"
+                          : queue_dsn_all_expired(rcpts, n)
                               ? "Undelivered Mail Returned to Sender: delivery time expired"
                               : "Undelivered Mail Returned to Sender";
 
@@ -362,7 +479,7 @@ static int queue_dsn_assemble(struct buf *b,
         rv = rv ? rv : queue_dsn_line(b, "--%s", boundary);
         rv = rv ? rv : queue_dsn_line(b, "%s", part_headers[i][0]);
         rv = rv ? rv : queue_dsn_line(b, "%s", part_headers[i][1]);
-        if (i == 2 && eight_bit)
+        if ((i == 2 && eight_bit) || (i < 2 && utf8))
             rv = rv ? rv : queue_dsn_line(b, "%s", "Content-Transfer-Encoding: 8bit");
         rv = rv ? rv : queue_dsn_line(b, "%s", "");
         rv = rv ? rv : buf_append(b, parts[i]->data, parts[i]->len);
@@ -401,9 +518,10 @@ int queue_dsn_build(const struct queue_msg *orig,
     struct buf *parts[3] = {&text, &report, &headers};
     bool eight_bit = false;
 
-    int rv = queue_dsn_part_text(&text, rcpts, n_rcpts, host);
+    bool full = queue_dsn_full(orig, queue_dsn_kind_of(&rcpts[0]));
+    int rv = queue_dsn_part_text(&text, orig, rcpts, n_rcpts, host);
     rv = rv ? rv : queue_dsn_part_report(&report, orig, rcpts, n_rcpts, host);
-    rv = rv ? rv : queue_dsn_part_headers(&headers, orig, &eight_bit);
+    rv = rv ? rv : queue_dsn_part_headers(&headers, orig, full, &eight_bit);
     rv = rv ? rv
             : queue_dsn_assemble(&all, orig, rcpts, n_rcpts, host, timestamp_ms, dsn_id, parts,
                                  eight_bit);
@@ -415,6 +533,6 @@ int queue_dsn_build(const struct queue_msg *orig,
         return rv;
     }
     *out = buf_steal(&all, len);
-    *body_8bit = eight_bit;
+    *body_8bit = eight_bit || orig->smtputf8;
     return 0;
 }

@@ -50,6 +50,8 @@ struct queue_snap {
     Hamr__StsPolicy **stsp;
     uint8_t **bodies; /* read back from the store (below QUEUE_LEVEL_STORE); owned */
     size_t n_bodies;
+    uint32_t *notify; /* Enqueue.notify of the messages with DSN parameters */
+    char **orcpt;     /* Enqueue.orcpt of those messages */
 };
 
 /* queue_snap_free - release the arrays (never the strings they point to). */
@@ -67,6 +69,8 @@ static void queue_snap_free(struct queue_snap *s)
     free(s->nip);
     free(s->sts);
     free(s->stsp);
+    free(s->notify);
+    free(s->orcpt);
     for (size_t i = 0; i < s->n_bodies; i++)
         free(s->bodies[i]);
     free(s->bodies);
@@ -167,6 +171,38 @@ static int queue_snap_sts(const struct queue *q, struct queue_snap *s)
     return 0;
 }
 
+/*
+ * queue_snap_ext - m's DSN parameters into e, its per-recipient arrays in
+ * notify and orcpt (n_rcpts entries each); returns n_rcpts. Every field
+ * is written as the Enqueue that made it had it, so the snapshot of a
+ * message is the same whether it was applied or restored.
+ */
+static size_t queue_snap_ext(const struct queue_msg *m,
+                             Hamr__Enqueue *e,
+                             uint32_t *notify,
+                             char **orcpt)
+{
+    const struct queue_ext *x = m->ext;
+    bool any_notify = false, any_orcpt = false;
+    for (size_t i = 0; i < m->n_rcpts; i++) {
+        notify[i] = x->notify[i];
+        orcpt[i] = (char *)(x->orcpt[i] != NULL ? x->orcpt[i] : "");
+        any_notify = any_notify || x->notify[i] != 0;
+        any_orcpt = any_orcpt || x->orcpt[i] != NULL;
+    }
+    e->ret = x->ret;
+    e->envid = (char *)(x->envid != NULL ? x->envid : "");
+    if (any_notify) {
+        e->n_notify = m->n_rcpts;
+        e->notify = notify;
+    }
+    if (any_orcpt) {
+        e->n_orcpt = m->n_rcpts;
+        e->orcpt = orcpt;
+    }
+    return m->n_rcpts;
+}
+
 /* queue_snap_build - fill s from q; bodies are left out when with_bodies is false. */
 static int queue_snap_build(const struct queue *q, bool with_bodies, struct queue_snap *s)
 {
@@ -176,9 +212,20 @@ static int queue_snap_build(const struct queue *q, bool with_bodies, struct queu
     static const Hamr__DoneId done_init = HAMR__DONE_ID__INIT;
     memset(s, 0, sizeof(*s));
     s->snap = snap_init;
-    size_t nm = q->mcount, nd = q->dcount, nr = 0;
-    for (const struct queue_item *it = q->head; it != NULL; it = it->next)
+    size_t nm = q->mcount, nd = q->dcount, nr = 0, nx = 0;
+    for (const struct queue_item *it = q->head; it != NULL; it = it->next) {
         nr += it->msg.n_rcpts;
+        if (it->msg.ext != NULL)
+            nx += it->msg.n_rcpts;
+    }
+    if (nx > 0) {
+        s->notify = calloc(nx, sizeof(*s->notify));
+        s->orcpt = calloc(nx, sizeof(*s->orcpt));
+        if (s->notify == NULL || s->orcpt == NULL) {
+            queue_snap_free(s);
+            return HAMR_ENOMEM;
+        }
+    }
     s->qm = calloc(nm ? nm : 1, sizeof(*s->qm));
     s->qmp = calloc(nm ? nm : 1, sizeof(*s->qmp));
     s->enq = calloc(nm ? nm : 1, sizeof(*s->enq));
@@ -196,7 +243,7 @@ static int queue_snap_build(const struct queue *q, bool with_bodies, struct queu
         queue_snap_free(s);
         return HAMR_ENOMEM;
     }
-    size_t mi = 0, ri = 0;
+    size_t mi = 0, ri = 0, xi = 0;
     for (const struct queue_item *it = q->head; it != NULL; it = it->next, mi++) {
         const struct queue_msg *m = &it->msg;
         Hamr__Enqueue *e = &s->enq[mi];
@@ -218,6 +265,11 @@ static int queue_snap_build(const struct queue *q, bool with_bodies, struct queu
         e->helo = queue_snap_text(m->helo);
         e->accepted_by = m->accepted_by;
         e->body_8bit = m->body_8bit;
+        if (m->ext != NULL)
+            xi += queue_snap_ext(m, e, &s->notify[xi], &s->orcpt[xi]);
+        e->smtputf8 = m->smtputf8;
+        e->requiretls = m->requiretls;
+        e->tls_optional = m->tls_optional;
         Hamr__QueuedMessage *qm = &s->qm[mi];
         *qm = qm_init;
         qm->enqueue = e;
@@ -226,6 +278,7 @@ static int queue_snap_build(const struct queue *q, bool with_bodies, struct queu
         qm->held = m->held;
         qm->received_at_ms = m->received_at_ms;
         qm->dsn_count = m->dsn_count;
+        qm->delay_warned = m->delay_warned;
         for (size_t i = 0; i < m->n_rcpts; i++, ri++) {
             s->rcpt_addrs[ri] = queue_snap_text(m->rcpts[i].addr);
             queue_snap_rcpt(&s->rs[ri], &m->rcpts[i]);
@@ -371,6 +424,13 @@ static int queue_restore_msg(struct queue *n,
     m->accepted_by = e->accepted_by;
     m->held = qm->held;
     m->dsn_count = qm->dsn_count;
+    /* Only a level-5 state has them (apply ignores them below it). */
+    int xrv = queue_enqueue_ext(it, e);
+    if (xrv != 0) {
+        queue_item_free(it);
+        return xrv == HAMR_ENOMEM ? xrv : HAMR_ECORRUPT;
+    }
+    m->delay_warned = qm->delay_warned;
     for (size_t i = 0; i < m->n_rcpts; i++) {
         const Hamr__RcptState *rs = qm->rcpts[i];
         struct queue_rcpt *r = &m->rcpts[i];

@@ -140,6 +140,15 @@ uint8_t *fx_pack_enqueue(uint64_t ts, const struct fx_enq *s, size_t *len)
     enq.helo = (char *)(s->helo ? s->helo : "");
     enq.accepted_by = s->accepted_by;
     enq.body_8bit = s->body_8bit;
+    enq.smtputf8 = s->smtputf8;
+    enq.requiretls = s->requiretls;
+    enq.tls_optional = s->tls_optional;
+    enq.ret = s->ret;
+    enq.envid = (char *)(s->envid ? s->envid : "");
+    enq.n_notify = s->n_notify;
+    enq.notify = (uint32_t *)s->notify;
+    enq.n_orcpt = s->n_orcpt;
+    enq.orcpt = (char **)s->orcpt;
     e.cmd_case = HAMR__ENTRY__CMD_ENQUEUE;
     e.enqueue = &enq;
     return fx_pack(&e, ts, len);
@@ -184,6 +193,7 @@ uint8_t *fx_pack_outcome(uint64_t ts, const struct fx_outcome *s, size_t *len)
         rr[i].status = s->res[i].status;
         rr[i].smtp_code = s->res[i].code;
         rr[i].diagnostic = (char *)(s->res[i].diag ? s->res[i].diag : "");
+        rr[i].dsn_passed = s->res[i].dsn_passed;
         rrp[i] = &rr[i];
     }
     o.queue_id = (char *)s->id;
@@ -194,6 +204,7 @@ uint8_t *fx_pack_outcome(uint64_t ts, const struct fx_outcome *s, size_t *len)
     o.reporter = (char *)(s->reporter ? s->reporter : FX_REPORTER);
     o.dsn_expires_at_ms = s->dsn_expires ? s->dsn_expires : ts + FX_DSN_TTL;
     o.remote = (char *)(s->remote ? s->remote : "");
+    o.delay_warning_ms = s->delay_warning_ms;
     e.cmd_case = HAMR__ENTRY__CMD_OUTCOME;
     e.outcome = &o;
     return fx_pack(&e, ts, len);

@@ -26,6 +26,14 @@ struct fx_enq {
     const char *helo;
     uint64_t accepted_by;
     bool body_8bit;
+    /* Format 5: the envelope extensions (notify/orcpt: n_notify/n_orcpt entries). */
+    bool smtputf8, requiretls, tls_optional;
+    uint32_t ret;
+    const char *envid;
+    uint32_t notify[FX_MAX];
+    size_t n_notify;
+    const char *orcpt[FX_MAX];
+    size_t n_orcpt;
 };
 
 /* fx_lease - a Lease of one item. */
@@ -47,6 +55,7 @@ struct fx_res {
     Hamr__RcptResult__Status status;
     uint32_t code;
     const char *diag;
+    bool dsn_passed;
 };
 
 /* fx_outcome - an Outcome. */
@@ -59,6 +68,7 @@ struct fx_outcome {
     const char *reporter;
     uint64_t dsn_expires;
     const char *remote;
+    uint64_t delay_warning_ms;
 };
 
 /* The default message body used when fx_enq.body is NULL. */
