@@ -169,6 +169,7 @@ static const struct config_key config_keys[] = {
     CK("delivery", "retry_min", CONFIG_K_DURATION, retry_min_ms, 1, 365 * CONFIG_DAY),
     CK("delivery", "retry_max", CONFIG_K_DURATION, retry_max_ms, 1, 365 * CONFIG_DAY),
     CK("delivery", "queue_lifetime", CONFIG_K_DURATION, queue_lifetime_ms, 1, 365 * CONFIG_DAY),
+    CK("delivery", "delay_warning_time", CONFIG_K_DURATION, delay_warning_ms, 0, 365 * CONFIG_DAY),
     CK("delivery", "lease_time", CONFIG_K_DURATION, lease_time_ms, 1, CONFIG_DAY),
     CK("delivery", "scan_interval", CONFIG_K_DURATION, scan_interval_ms, 1, CONFIG_HOUR),
     CK("delivery", "tls_policy", CONFIG_K_TLS_POLICY, tls_policy, 0, 0),

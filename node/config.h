@@ -130,6 +130,7 @@ struct hamr_config {
     uint64_t retry_min_ms;            /* retry_min (5m) */
     uint64_t retry_max_ms;            /* retry_max (4000s) */
     uint64_t queue_lifetime_ms;       /* queue_lifetime (5d) */
+    uint64_t delay_warning_ms;        /* delay_warning_time (0: no delay notices) */
     uint64_t lease_time_ms;           /* lease_time (15m) */
     uint64_t scan_interval_ms;        /* scan_interval (1s): scheduler tick */
     enum smtpc_tls_policy tls_policy; /* tls_policy (may): may|encrypt|verify, the default

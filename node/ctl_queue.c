@@ -107,6 +107,44 @@ static bool ctl_queue_match(const struct ctl_queue_page *f, const struct queue_m
     return match_state && match_to;
 }
 
+/* Room for show's texts of the envelope extensions, kept in the entry's own allocation. */
+#define CTL_QUEUE_EXT_TEXT 192
+#define CTL_QUEUE_DSN_TEXT (QUEUE_ORCPT_MAX + 64)
+
+/* ctl_queue_ext_text - m's envelope extensions as show prints them, into out. */
+static void ctl_queue_ext_text(const struct queue_msg *m, char *out, size_t outlen)
+{
+    const struct queue_ext *x = m->ext;
+    snprintf(out, outlen, "%s%s%s%s%s%s", m->smtputf8 ? " SMTPUTF8" : "",
+             m->requiretls ? " REQUIRETLS" : "", m->tls_optional ? " TLS-Required:No" : "",
+             x != NULL && x->ret == QUEUE_RET_FULL   ? " RET=FULL"
+             : x != NULL && x->ret == QUEUE_RET_HDRS ? " RET=HDRS"
+                                                     : "",
+             x != NULL && x->envid != NULL ? " ENVID=" : "",
+             x != NULL && x->envid != NULL ? x->envid : "");
+    if (out[0] == ' ')
+        memmove(out, out + 1, strlen(out));
+}
+
+/* ctl_queue_dsn_text - recipient i's NOTIFY and ORCPT as show prints them, into out. */
+static void ctl_queue_dsn_text(const struct queue_msg *m, size_t i, char *out, size_t outlen)
+{
+    static const char *const words[] = {"NEVER", "SUCCESS", "FAILURE", "DELAY"};
+    size_t j = 0;
+    out[0] = '\0';
+    uint8_t notify = m->ext->notify[i];
+    for (unsigned b = 0; b < 4; b++) {
+        if ((notify & (1u << b)) == 0)
+            continue;
+        int w = snprintf(out + j, outlen - j, "%s%s", j == 0 ? "NOTIFY=" : ",", words[b]);
+        if (w < 0 || (size_t)w >= outlen - j)
+            return;
+        j += (size_t)w;
+    }
+    if (m->ext->orcpt[i] != NULL)
+        snprintf(out + j, outlen - j, "%sORCPT=%s", j ? " " : "", m->ext->orcpt[i]);
+}
+
 /* ctl_queue_add - append the QueueEntry of m to f; 0 or HAMR_ENOMEM (in f->err too). */
 static int ctl_queue_add(struct ctl_queue_page *f, const struct queue_msg *m)
 {
@@ -120,7 +158,7 @@ static int ctl_queue_add(struct ctl_queue_page *f, const struct queue_msg *m)
         f->entries = p;
         f->cap = cap;
     }
-    Hamr__QueueEntry *qe = calloc(1, sizeof(*qe));
+    Hamr__QueueEntry *qe = calloc(1, sizeof(*qe) + (f->headers ? CTL_QUEUE_EXT_TEXT : 0));
     Hamr__QueueRcpt **rs = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(*rs));
     if (qe == NULL || rs == NULL) {
         free(qe);
@@ -139,14 +177,23 @@ static int ctl_queue_add(struct ctl_queue_page *f, const struct queue_msg *m)
     qe->helo = (char *)(m->helo ? m->helo : "");
     qe->expires_at_ms = m->expires_at_ms;
     qe->rcpts = rs;
+    if (f->headers) {
+        qe->extensions = (char *)(qe + 1);
+        ctl_queue_ext_text(m, qe->extensions, CTL_QUEUE_EXT_TEXT);
+    }
+    bool dsn = f->headers && m->ext != NULL;
     for (size_t i = 0; i < m->n_rcpts; i++) {
         const struct queue_rcpt *qr = &m->rcpts[i];
-        Hamr__QueueRcpt *x = calloc(1, sizeof(*x));
+        Hamr__QueueRcpt *x = calloc(1, sizeof(*x) + (dsn ? CTL_QUEUE_DSN_TEXT : 0));
         if (x == NULL) {
             f->err = HAMR_ENOMEM;
             break;
         }
         hamr__queue_rcpt__init(x);
+        if (dsn) {
+            x->dsn = (char *)(x + 1);
+            ctl_queue_dsn_text(m, i, x->dsn, CTL_QUEUE_DSN_TEXT);
+        }
         x->addr = (char *)qr->addr;
         x->state = (char *)ctl_queue_rcpt_state(qr);
         x->attempts = qr->attempts;

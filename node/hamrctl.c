@@ -487,12 +487,16 @@ static void hamrctl_print_show(const Hamr__ControlResponse *resp, char **args, i
         printf("client:      %s (helo %s)\n", hamrctl_p(e->client_addr), hamrctl_p(e->helo));
         printf("sender:      <%s>%s\n", hamrctl_p(e->sender),
                e->is_dsn ? " (delivery status notification)" : "");
+        if (e->extensions != NULL && e->extensions[0] != '\0')
+            printf("extensions:  %s\n", hamrctl_p(e->extensions));
         printf("recipients:\n");
         for (size_t j = 0; j < e->n_rcpts; j++) {
             const Hamr__QueueRcpt *r = e->rcpts[j];
             printf("  %s\n", hamrctl_p(r->addr));
             printf("    state: %s, attempts: %u, next attempt: %s\n", hamrctl_p(r->state),
                    r->attempts, hamrctl_time(r->next_attempt_ms, true, t, sizeof(t)));
+            if (r->dsn != NULL && r->dsn[0] != '\0')
+                printf("    dsn: %s\n", hamrctl_p(r->dsn));
             if (r->last_error != NULL && r->last_error[0] != '\0')
                 printf("    last error: %s\n", hamrctl_p(r->last_error));
             /* The last attempt's TLS policy, then the TLS it got or why none. */

@@ -631,6 +631,7 @@ static int relay_start_smtp(struct relay *r, char *err, size_t errlen)
         .data = r,
         .new_id = relay_sink_new_id,
         .check_mail = relay_sink_check_mail,
+        .ext_ok = relay_sink_ext_ok,
         .submit = relay_sink_submit,
     };
     /* The sessions' policy: the config's, plus the credentials table (AUTH). */

@@ -48,6 +48,7 @@
 #include "queue/queue.h"
 #include "consensus/consensus.h"
 #include "net/dkim.h"
+#include "net/smtp_ext.h"
 #include "node/peer.h"
 #include "node/clock.h"
 #include "node/relay_internal.h"
@@ -164,6 +165,106 @@ static int relay_sink_dkim(struct relay *r,
     return 0;
 }
 
+/* The queue keeps NOTIFY and RET with net/smtp_ext.h's values. */
+_Static_assert(SMTP_NOTIFY_NEVER == QUEUE_NOTIFY_NEVER &&
+                   SMTP_NOTIFY_SUCCESS == QUEUE_NOTIFY_SUCCESS &&
+                   SMTP_NOTIFY_FAILURE == QUEUE_NOTIFY_FAILURE &&
+                   SMTP_NOTIFY_DELAY == QUEUE_NOTIFY_DELAY && SMTP_NOTIFY_ALL == QUEUE_NOTIFY_ALL,
+               "NOTIFY bits");
+_Static_assert(SMTP_RET_FULL == QUEUE_RET_FULL && SMTP_RET_HDRS == QUEUE_RET_HDRS, "RET values");
+_Static_assert(SMTP_ENVID_MAX == QUEUE_ENVID_MAX && SMTP_ORCPT_MAX == QUEUE_ORCPT_MAX, "bounds");
+
+/* relay_sink_ext_ok - SMTPUTF8, DSN and REQUIRETLS: once every voter can replicate them. */
+bool relay_sink_ext_ok(void *data)
+{
+    struct relay *r = data;
+    return queue_cluster_level(r->queue) >= QUEUE_LEVEL_EXT;
+}
+
+/*
+ * relay_tls_required_no - the header block of body has a "TLS-Required: No"
+ * field (RFC 8689 5: the sender asks that TLS policies not stop the
+ * message). Field name and value compared without regard to case, blanks
+ * around the value ignored, folding too.
+ */
+static bool relay_tls_required_no(const uint8_t *body, size_t len)
+{
+    static const char name[] = "tls-required:";
+    size_t i = 0;
+    while (i < len) {
+        const uint8_t *nl = memchr(body + i, '\n', len - i);
+        size_t end = nl != NULL ? (size_t)(nl - body) : len;
+        size_t n = end - i;
+        if (n > 0 && body[end - 1] == '\r')
+            n--;
+        if (n == 0)
+            return false; /* the end of the header block */
+        if (n >= sizeof(name) - 1 &&
+            hamr_strncaseeq((const char *)body + i, name, sizeof(name) - 1)) {
+            size_t v = i + sizeof(name) - 1, ve = i + n;
+            /* The value may be folded onto the next lines. */
+            while (nl != NULL && end + 1 < len && (body[end + 1] == ' ' || body[end + 1] == '\t')) {
+                const uint8_t *nl2 = memchr(body + end + 1, '\n', len - end - 1);
+                end = nl2 != NULL ? (size_t)(nl2 - body) : len;
+                ve = end > 0 && body[end - 1] == '\r' ? end - 1 : end;
+                nl = nl2;
+            }
+            size_t k = 0;
+            char word[3];
+            for (size_t x = v; x < ve; x++) {
+                uint8_t c = body[x];
+                if (c == ' ' || c == '\t' || c == '\r' || c == '\n')
+                    continue;
+                if (k == sizeof(word))
+                    return false;
+                word[k++] = (char)c;
+            }
+            return k == 2 && hamr_strncaseeq(word, "no", 2);
+        }
+        i = end + 1;
+    }
+    return false;
+}
+
+/*
+ * relay_sink_enqueue_ext - env's envelope extensions into enq (format 5).
+ * The session takes them only while relay_sink_ext_ok says yes, so below
+ * the level every field stays unset. notify and orcpt: n_rcpts entries
+ * each, for the entry's lifetime. HAMR_ENOMEM.
+ */
+static int relay_sink_enqueue_ext(struct relay *r,
+                                  const struct smtpd_envelope *env,
+                                  const uint8_t *body,
+                                  size_t body_len,
+                                  Hamr__Enqueue *enq,
+                                  uint32_t **notify,
+                                  char ***orcpt)
+{
+    *notify = NULL;
+    *orcpt = NULL;
+    if (queue_cluster_level(r->queue) < QUEUE_LEVEL_EXT)
+        return 0;
+    enq->smtputf8 = env->smtputf8;
+    enq->requiretls = env->requiretls;
+    enq->tls_optional = !env->requiretls && relay_tls_required_no(body, body_len);
+    enq->ret = env->ret;
+    enq->envid = (char *)(env->envid != NULL ? env->envid : "");
+    if (env->rcpt_dsn == NULL)
+        return 0;
+    *notify = calloc(env->n_rcpts, sizeof(**notify));
+    *orcpt = calloc(env->n_rcpts, sizeof(**orcpt));
+    if (*notify == NULL || *orcpt == NULL)
+        return HAMR_ENOMEM;
+    for (size_t i = 0; i < env->n_rcpts; i++) {
+        (*notify)[i] = env->rcpt_dsn[i].notify;
+        (*orcpt)[i] = (char *)(env->rcpt_dsn[i].orcpt != NULL ? env->rcpt_dsn[i].orcpt : "");
+    }
+    enq->n_notify = enq->n_orcpt = env->n_rcpts;
+    enq->notify = *notify;
+    enq->orcpt = *orcpt;
+    return 0;
+}
+
 int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_cb cb, void *arg)
 {
     struct relay *r = data;
@@ -198,6 +299,9 @@ int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_c
     enq.helo = (char *)env->helo;
     enq.accepted_by = r->cfg->node_id;
     enq.body_8bit = env->body_8bit;
+    uint32_t *notify;
+    char **orcpt;
+    rv = relay_sink_enqueue_ext(r, env, body, body_len, &enq, &notify, &orcpt);
     Hamr__Entry e = HAMR__ENTRY__INIT;
     e.timestamp_ms = now;
     e.cmd_case = HAMR__ENTRY__CMD_ENQUEUE;
@@ -205,8 +309,11 @@ int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_c
 
     uint8_t *entry;
     size_t len;
-    rv = proto_entry_pack(&e, NULL, &entry, &len);
+    if (rv == 0)
+        rv = proto_entry_pack(&e, NULL, &entry, &len);
     free(signed_body); /* packed: the entry has its own copy */
+    free(notify);
+    free(orcpt);
     if (rv != 0)
         return rv;
     struct relay_sink_req *q = calloc(1, sizeof(*q));

@@ -85,6 +85,14 @@ struct relay_delivery {
     char nexthop[QUEUE_DEST_MAX]; /* its host part, for the SMTP client's resolver */
     uint16_t port;
     enum smtpc_tls_policy policy;
+    /*
+     * The envelope extensions, copied (the queue may drop the message):
+     * msg.smtputf8, msg.requiretls and msg.ret are set at the start;
+     * envid and rcpt_dsn (n_rcpts entries, their orcpt copies owned) back
+     * msg.envid and msg.rcpt_dsn.
+     */
+    char *envid;
+    struct smtp_dsn_rcpt *rcpt_dsn;
     struct smtpc_msg msg;
     struct relay_delivery *prev, *next;
 };
@@ -218,6 +226,8 @@ void relay_snapshot_release(void *view);
 int relay_queue_id(uint64_t ms, uint64_t node_id, uint64_t counter, char *id, size_t idlen);
 int relay_sink_new_id(void *data, char *id, size_t idlen);
 int relay_sink_check_mail(void *data);
+/* relay_sink_ext_ok - may sessions take SMTPUTF8, DSN and REQUIRETLS (cluster level 5)? */
+bool relay_sink_ext_ok(void *data);
 int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_cb cb, void *arg);
 void relay_peer_request(void *data, struct peer_call *call, const Hamr__PeerMsg *msg);
 

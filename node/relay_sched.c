@@ -327,8 +327,13 @@ static void relay_outcome_done(void *arg, int status, intptr_t result)
         log_info("outcome ignored id=%s lease=%" PRIx64 " reason=\"%s\"", d->queue_id, d->lease_id,
                  hamr_strerror((int)result));
     }
-    for (size_t i = 0; i < d->n_rcpts; i++)
+    for (size_t i = 0; i < d->n_rcpts; i++) {
         free(d->rcpts[i]);
+        if (d->rcpt_dsn != NULL)
+            free((char *)d->rcpt_dsn[i].orcpt);
+    }
+    free(d->rcpt_dsn);
+    free(d->envid);
     free(d->rcpts);
     free(d->rcpt_indexes);
     free(d->sender);
@@ -370,6 +375,8 @@ static void relay_delivery_rcpt(struct relay *r,
     out->rcpt_index = d->rcpt_indexes[i];
     out->smtp_code = rr->code;
     out->diagnostic = rr->text;
+    out->dsn_passed = rr->status == SMTPC_OK && rr->dsn_passed &&
+                      queue_cluster_level(r->queue) >= QUEUE_LEVEL_EXT;
     switch (rr->status) {
         case SMTPC_OK:
             out->status = QUEUE_ENTRY_DELIVERED;
@@ -474,6 +481,8 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
         .reporter = r->cfg->hostname,
         .dsn_expires_at_ms = now + r->cfg->queue_lifetime_ms,
         .remote = res->remote,
+        .delay_warning_ms =
+            queue_cluster_level(r->queue) >= QUEUE_LEVEL_EXT ? r->cfg->delay_warning_ms : 0,
     };
     /* An Outcome is a no-op when applied twice (the lease no longer matches),
      * so through a leader change it is simply proposed again, for as long as
@@ -506,6 +515,8 @@ void relay_deliver_send(struct relay *r, struct relay_delivery *d)
     d->msg.body_len = d->body_len;
     d->msg.source = d->stream != NULL ? &d->source : NULL;
     d->msg.body_8bit = d->body_8bit;
+    d->msg.envid = d->envid;
+    d->msg.rcpt_dsn = d->rcpt_dsn;
     struct smtpc_delivery dv = {
         .host = d->nexthop,
         .port = d->port,
@@ -570,6 +581,31 @@ static void relay_deliver_source_cancel(void *data)
 }
 
 /*
+ * relay_deliver_ext - the envelope extensions of m into d, for its leased
+ * recipients (d->rcpt_indexes): 0 or HAMR_ENOMEM.
+ */
+static int relay_deliver_ext(struct relay_delivery *d, const struct queue_msg *m)
+{
+    d->msg.smtputf8 = m->smtputf8;
+    d->msg.requiretls = m->requiretls;
+    if (m->ext == NULL)
+        return 0;
+    d->msg.ret = m->ext->ret;
+    if (m->ext->envid != NULL && (d->envid = strdup(m->ext->envid)) == NULL)
+        return HAMR_ENOMEM;
+    d->rcpt_dsn = calloc(d->n_rcpts, sizeof(*d->rcpt_dsn));
+    if (d->rcpt_dsn == NULL)
+        return HAMR_ENOMEM;
+    for (size_t i = 0; i < d->n_rcpts; i++) {
+        uint32_t qi = d->rcpt_indexes[i];
+        d->rcpt_dsn[i].notify = m->ext->notify[qi];
+        if (m->ext->orcpt[qi] != NULL && (d->rcpt_dsn[i].orcpt = strdup(m->ext->orcpt[qi])) == NULL)
+            return HAMR_ENOMEM;
+    }
+    return 0;
+}
+
+/*
  * relay_deliver_start - deliver the recipients this node's lease got. A
  * stored body is streamed from the store to the SMTP client, a chunk at a
  * time, read in the thread pool (RELAY_DELIVER_CHUNK: one chunk of body and
@@ -614,8 +650,19 @@ static void relay_deliver_start(struct relay *r,
     }
     if (d->n_rcpts == 0)
         goto fail;
+    if (relay_deliver_ext(d, m) != 0)
+        goto fail;
     /* MTA-STS may raise it (relay_sts_hold); the outcome reports what it ran under. */
     d->policy = relay_sched_policy(r, d->rcpts, d->n_rcpts);
+    if (m->tls_optional) {
+        /*
+         * "TLS-Required: No" (RFC 8689 5): the sender asks that no TLS
+         * policy stop this message. It goes as under "may": STARTTLS when
+         * offered, no DANE, no MTA-STS, plaintext when there is no TLS.
+         */
+        d->policy = SMTPC_TLS_MAY;
+        d->sts_checked = true;
+    }
     if (m->body != NULL || m->body_len == 0) {
         /* In memory (a queue without a store), or empty. */
         d->body = malloc(m->body_len ? m->body_len : 1);

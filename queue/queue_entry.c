@@ -75,6 +75,19 @@ int queue_entry_enqueue(const struct queue_entry_enqueue_args *a,
     enq.helo = queue_entry_text(a->helo);
     enq.accepted_by = a->accepted_by;
     enq.body_8bit = a->body_8bit;
+    enq.smtputf8 = a->smtputf8;
+    enq.requiretls = a->requiretls;
+    enq.tls_optional = a->tls_optional;
+    enq.ret = a->ret;
+    enq.envid = queue_entry_text(a->envid);
+    if (a->notify != NULL) {
+        enq.n_notify = a->n_rcpts;
+        enq.notify = (uint32_t *)a->notify;
+    }
+    if (a->orcpt != NULL) {
+        enq.n_orcpt = a->n_rcpts;
+        enq.orcpt = (char **)a->orcpt;
+    }
     Hamr__Entry e = HAMR__ENTRY__INIT;
     e.cmd_case = HAMR__ENTRY__CMD_ENQUEUE;
     e.enqueue = &enq;
@@ -142,6 +155,7 @@ int queue_entry_outcome(const struct queue_entry_outcome_args *a,
             /* "" is not encoded: below format 2 the entry is byte for byte the old one. */
             results[i].tls_policy = queue_entry_text(r->tls_policy);
             results[i].tls = queue_entry_text(r->tls);
+            results[i].dsn_passed = r->dsn_passed;
             rp[i] = &results[i];
         }
         Hamr__Outcome oc = HAMR__OUTCOME__INIT;
@@ -153,6 +167,7 @@ int queue_entry_outcome(const struct queue_entry_outcome_args *a,
         oc.reporter = queue_entry_text(a->reporter);
         oc.dsn_expires_at_ms = a->dsn_expires_at_ms;
         oc.remote = queue_entry_text(a->remote);
+        oc.delay_warning_ms = a->delay_warning_ms;
         Hamr__Entry e = HAMR__ENTRY__INIT;
         e.cmd_case = HAMR__ENTRY__CMD_OUTCOME;
         e.outcome = &oc;

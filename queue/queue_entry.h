@@ -34,6 +34,19 @@ struct queue_entry_enqueue_args {
     const char *client_addr;
     const char *helo;
     uint64_t accepted_by; /* node id */
+    /*
+     * Format 5 (QUEUE_LEVEL_EXT): written only by a node that took them
+     * while the cluster was at that level. notify and orcpt: NULL, or
+     * n_rcpts entries each (0 and "", never NULL, where a recipient gave
+     * none).
+     */
+    bool smtputf8;
+    bool requiretls;
+    bool tls_optional;
+    uint8_t ret;
+    const char *envid;
+    const uint32_t *notify;
+    const char *const *orcpt;
 };
 
 /*
@@ -88,6 +101,7 @@ struct queue_entry_result {
     const char *diagnostic;
     const char *tls_policy; /* format 2: NULL (or "") below QUEUE_LEVEL_TLS */
     const char *tls;        /* format 2: as tls_policy */
+    bool dsn_passed;        /* format 5: the next hop took NOTIFY (false below QUEUE_LEVEL_EXT) */
 };
 
 /* queue_entry_outcome_args - the results of one attempt (lease_id 0: expiry, no route). */
@@ -99,7 +113,8 @@ struct queue_entry_outcome_args {
     uint64_t next_attempt_ms; /* for DEFERRED results */
     const char *reporter;     /* Reporting-MTA of a DSN */
     uint64_t dsn_expires_at_ms;
-    const char *remote; /* the next hop that answered, or NULL */
+    const char *remote;        /* the next hop that answered, or NULL */
+    uint64_t delay_warning_ms; /* format 5: a delay notice is owed past this age; 0 none */
 };
 
 /* queue_entry_outcome - an Outcome entry. */
