@@ -95,6 +95,15 @@ static void queue_rcpt_set_error(struct queue_rcpt *r, const char *text)
  * DSN generation, shared by Outcome and Admin BOUNCE
  * ------------------------------------------------------------------------ */
 
+/* queue_ascii - s has no octet above 0x7f. */
+static bool queue_ascii(const char *s)
+{
+    for (; *s != '\0'; s++)
+        if ((unsigned char)*s > 0x7f)
+            return false;
+    return true;
+}
+
 /*
  * queue_dsn_prepare - build the DSN item for the given recipients of m (of
  * one kind: see queue_dsn_rcpt), not yet linked. *dsn_count is the counter
@@ -155,7 +164,12 @@ static int queue_dsn_prepare(struct queue *q,
         return HAMR_ENOMEM;
     }
     it->msg.body_8bit = eight_bit;
-    it->msg.smtputf8 = m->smtputf8; /* RFC 6533: its addresses stay UTF-8 */
+    /*
+     * RFC 6533: its addresses stay UTF-8. It needs SMTPUTF8 itself only
+     * when the address it goes to does: a next hop without it would
+     * otherwise fail a notice that no other notice can report.
+     */
+    it->msg.smtputf8 = m->smtputf8 && !queue_ascii(m->sender);
     it->msg.is_dsn = true;
     it->msg.expires_at_ms = dsn_expires_at_ms;
     it->msg.accepted_by = 0;
