@@ -6,7 +6,7 @@ appends one JSON line per (message, recipient) to a log, so that tests can
 check what hamr delivered: what was lost, duplicated or corrupted.
 
     sink.py --listen 127.0.0.1:2600 --dir DIR [--log FILE.jsonl]
-            [--tempfail-first N] [--reject-rcpt REGEX] [--tempfail-rcpt REGEX]
+            [--tempfail-first N] [--reject-rcpt REGEX] [--tempfail-rcpt REGEX] [--smtputf8]
 
 Owns: DIR (message files "<time>-<n>.eml", written to a temporary name and
 renamed, so a reader never sees half a file) and the log (one JSON object per
@@ -23,7 +23,8 @@ Behaviour switches: --tempfail-first N answers the first N DATA commands with
 "451 4.3.0 try later"; --reject-rcpt answers matching recipients with
 "550 5.1.1 no such user"; --tempfail-rcpt answers matching recipients with
 "451 4.3.0 try later". Every refusal is also printed on stdout, one line per
-event, so a test can count them.
+event, so a test can count them. --smtputf8 offers SMTPUTF8 (RFC 6531); each
+record then also lists the MAIL parameters it got ("mail_options").
 
 Prints "sink listening on HOST:PORT" once it accepts connections (PORT may be
 given as 0: the bound port is printed). Exits 0 on SIGTERM or SIGINT.
@@ -142,6 +143,7 @@ class SinkHandler:
             "sha256_after_received": hashlib.sha256(sink_strip_received(data)).hexdigest(),
             "test_id": sink_header_value(data, "X-Test-Id"),
             "file": path,
+            "mail_options": list(envelope.mail_options or []),
         }
         for rcpt in envelope.rcpt_tos:
             record["rcpt"] = rcpt
@@ -169,7 +171,8 @@ async def sink_main(args):
 
     def factory():
         return SinkSMTP(handler, hostname="sink.test", ident="hamr-test-sink",
-                        data_size_limit=SINK_MAX_MESSAGE, decode_data=False, loop=loop)
+                        data_size_limit=SINK_MAX_MESSAGE, decode_data=False, loop=loop,
+                        enable_SMTPUTF8=args.smtputf8)
 
     server = await loop.create_server(factory, host=host, port=port, reuse_address=True)
     stop = asyncio.Event()
@@ -191,6 +194,7 @@ def main():
     parser.add_argument("--tempfail-first", type=int, default=0, metavar="N")
     parser.add_argument("--reject-rcpt", metavar="REGEX")
     parser.add_argument("--tempfail-rcpt", metavar="REGEX")
+    parser.add_argument("--smtputf8", action="store_true", help="offer SMTPUTF8 (RFC 6531)")
     args = parser.parse_args()
     try:
         asyncio.run(sink_main(args))

@@ -574,7 +574,7 @@ class Sink:
     """Sink - deploy/sink.py on 127.0.0.1 (or host, e.g. ::1); port 0 lets the OS choose."""
 
     def __init__(self, env, name="sink", port=0, tempfail_first=0, reject_rcpt=None,
-                 tempfail_rcpt=None, host="127.0.0.1"):
+                 tempfail_rcpt=None, host="127.0.0.1", smtputf8=False):
         self.env = env
         self.name = name
         self.port = port
@@ -588,6 +588,8 @@ class Sink:
             self.options += ["--reject-rcpt", reject_rcpt]
         if tempfail_rcpt:
             self.options += ["--tempfail-rcpt", tempfail_rcpt]
+        if smtputf8:
+            self.options += ["--smtputf8"]
         self.proc = None
 
     def start(self, timeout=15):
