@@ -208,7 +208,7 @@ static const char *smtpd_rcptmap_check_entry(const char *e, size_t len)
         return "more than one @ in entry";
     if (local_len > SMTPD_RCPTMAP_LOCAL_MAX)
         return "local part longer than 64 octets";
-    if (local_len > 0 && !smtp_addr_dot_string_ok(e, local_len))
+    if (local_len > 0 && !smtp_addr_dot_string_ok(e, local_len, 0))
         return "bad local part (want a dot-atom, RFC 5322 3.2.3)";
     if (domain_len == 0)
         return "no domain after @";
