@@ -117,6 +117,10 @@ static void test_orcpt(void **state)
         if (smtp_orcpt_parse(bad[i], out))
             fail_msg("ORCPT=%s was accepted", bad[i]);
 
+    /* An addr-type of 32 octets is taken, of 33 not. */
+    assert_true(smtp_orcpt_parse("x-234567890123456789012345678901;a@b", out));
+    assert_false(smtp_orcpt_parse("x-2345678901234567890123456789012;a@b", out));
+
     /* 500 octets decoded fit, 501 do not. */
     char v[600];
     int k = snprintf(v, sizeof(v), "rfc822;");
