@@ -15,12 +15,19 @@
  * allow a final dot. The rule flags of smtp_addr.h name each difference,
  * so that every caller keeps what it accepted.
  *
+ * SMTPUTF8 (RFC 6531 3.3) is a rule of its own: under it a local part may
+ * hold UTF-8 characters and a domain U-labels, each character checked to be
+ * well-formed as it is scanned. Nothing is case-folded or normalised
+ * beyond ASCII, and no U-label is converted to an A-label (no IDNA).
+ *
  * Errors: smtp_addr_parse_path returns HAMR_EINVAL (syntax) or HAMR_EPROTO
- * (8-bit octets); the scanners return NULL, the checks false.
+ * (8-bit octets without SMTPUTF8); the scanners return NULL, the checks
+ * false.
  *
  * Security: parses untrusted network input. Every scan is bounded by its
  * end pointer or the string's NUL; a parsed mailbox fits its fixed buffer
- * (the path limit is checked before the copy) and is printable ASCII.
+ * (the path limit is checked before the copy) and is printable ASCII, or
+ * under SMTPUTF8 printable ASCII and well-formed UTF-8.
  */
 #include <arpa/inet.h>
 #include <stdbool.h>
@@ -29,6 +36,7 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "net/smtp_addr.h"
+#include "net/smtp_ext.h"
 
 /* smtp_addr_atext - RFC 5322 3.2.3 atext: letters, digits and !#$%&'*+-/=?^_`{|}~. */
 static bool smtp_addr_atext(unsigned char c)
@@ -36,6 +44,21 @@ static bool smtp_addr_atext(unsigned char c)
     if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
         return true;
     return c != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL;
+}
+
+/*
+ * smtp_addr_utf8_char - the length of the one well-formed UTF-8 character
+ * of two to four octets at p (before end), 0 if there is none: an ASCII
+ * octet, a malformed or cut sequence, a C1 control (smtp_utf8_valid).
+ */
+static size_t smtp_addr_utf8_char(const char *p, const char *end)
+{
+    unsigned char c = (unsigned char)*p;
+    size_t n = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 0;
+
+    if (n == 0 || (size_t)(end - p) < n || !smtp_utf8_valid(p, n))
+        return 0;
+    return n;
 }
 
 /* smtp_addr_label_char - may c appear in a label under rules (RFC 5321 Let-dig, Ldh-str)? */
@@ -82,8 +105,15 @@ const char *smtp_addr_domain_scan(const char *p, const char *end, unsigned rules
     for (;;) {
         /* sub-domain = Let-dig [Ldh-str] */
         const char *label = p;
-        while (p < end && smtp_addr_label_char((unsigned char)*p, rules))
-            p++;
+        size_t u;
+        while (p < end) {
+            if (smtp_addr_label_char((unsigned char)*p, rules))
+                p++;
+            else if ((rules & SMTP_ADDR_DOM_UTF8) && (u = smtp_addr_utf8_char(p, end)) > 0)
+                p += u; /* RFC 6531 3.3: sub-domain =/ U-label */
+            else
+                break;
+        }
         if (p == label)
             return NULL;
         if (!(rules & SMTP_ADDR_DOM_EDGE_HYPHEN) && (label[0] == '-' || p[-1] == '-'))
@@ -94,7 +124,8 @@ const char *smtp_addr_domain_scan(const char *p, const char *end, unsigned rules
             break;
         p++;
         if ((rules & SMTP_ADDR_DOM_FINAL_DOT) &&
-            (p == end || !smtp_addr_label_char((unsigned char)*p, rules)))
+            (p == end || (!smtp_addr_label_char((unsigned char)*p, rules) &&
+                          !((rules & SMTP_ADDR_DOM_UTF8) && smtp_addr_utf8_char(p, end) > 0))))
             break;
     }
     if (p - start > SMTP_ADDR_DOMAIN_MAX)
@@ -108,8 +139,11 @@ bool smtp_addr_domain_ok(const char *d, size_t len, unsigned rules)
     return smtp_addr_domain_scan(d, d + len, rules, NULL) == d + len;
 }
 
-/* smtp_addr_quoted_scan - Quoted-string at p (on its '"'); its end or NULL. */
-static const char *smtp_addr_quoted_scan(const char *p, const char *end, bool *routed)
+/* smtp_addr_quoted_scan - Quoted-string at p (on its '"') under rules; its end or NULL. */
+static const char *smtp_addr_quoted_scan(const char *p,
+                                         const char *end,
+                                         unsigned rules,
+                                         bool *routed)
 {
     /* Quoted-string = DQUOTE *QcontentSMTP DQUOTE; qtextSMTP / "\" %d32-126 */
     p++;
@@ -119,6 +153,11 @@ static const char *smtp_addr_quoted_scan(const char *p, const char *end, bool *r
         unsigned char c = (unsigned char)*p;
         if (c == '"')
             return p + 1;
+        size_t u;
+        if ((rules & SMTP_ADDR_LOCAL_UTF8) && (u = smtp_addr_utf8_char(p, end)) > 0) {
+            p += u; /* RFC 6531 3.3: qtextSMTP =/ UTF8-non-ascii */
+            continue;
+        }
         if (c == '\\') {
             if (end - p < 2)
                 return NULL;
@@ -133,22 +172,29 @@ static const char *smtp_addr_quoted_scan(const char *p, const char *end, bool *r
     }
 }
 
-/* smtp_addr_local_scan - Dot-string, or Quoted-string when quoted_ok; its end or NULL. */
-const char *smtp_addr_local_scan(const char *p, const char *end, bool quoted_ok, bool *routed)
+/* smtp_addr_local_scan - Dot-string, or Quoted-string when rules allow; its end or NULL. */
+const char *smtp_addr_local_scan(const char *p, const char *end, unsigned rules, bool *routed)
 {
     bool dummy = false;
     if (routed == NULL)
         routed = &dummy;
     *routed = false;
-    if (quoted_ok && p < end && *p == '"')
-        return smtp_addr_quoted_scan(p, end, routed);
-    /* Dot-string = Atom *("." Atom) */
+    if ((rules & SMTP_ADDR_LOCAL_QUOTED) && p < end && *p == '"')
+        return smtp_addr_quoted_scan(p, end, rules, routed);
+    /* Dot-string = Atom *("." Atom); RFC 6532 3.2: atext =/ UTF8-non-ascii */
     for (;;) {
         const char *atom = p;
-        while (p < end && smtp_addr_atext((unsigned char)*p)) {
-            if (*p == '%' || *p == '!')
-                *routed = true;
-            p++;
+        size_t u;
+        while (p < end) {
+            if (smtp_addr_atext((unsigned char)*p)) {
+                if (*p == '%' || *p == '!')
+                    *routed = true;
+                p++;
+            } else if ((rules & SMTP_ADDR_LOCAL_UTF8) && (u = smtp_addr_utf8_char(p, end)) > 0) {
+                p += u;
+            } else {
+                break;
+            }
         }
         if (p == atom)
             return NULL;
@@ -159,9 +205,9 @@ const char *smtp_addr_local_scan(const char *p, const char *end, bool quoted_ok,
 }
 
 /* smtp_addr_dot_string_ok - the scan covers exactly p[0..len). */
-bool smtp_addr_dot_string_ok(const char *p, size_t len)
+bool smtp_addr_dot_string_ok(const char *p, size_t len, unsigned rules)
 {
-    return smtp_addr_local_scan(p, p + len, false, NULL) == p + len;
+    return smtp_addr_local_scan(p, p + len, rules & SMTP_ADDR_LOCAL_UTF8, NULL) == p + len;
 }
 
 /* smtp_addr_parse_path - "<" [A-d-l ":"] Mailbox ">" or "<>" at *pp. */
@@ -170,8 +216,10 @@ int smtp_addr_parse_path(const char **pp, unsigned flags, struct smtp_addr *a)
     const char *p = *pp;
     const char *end = p + strlen(p);
 
+    bool utf8 = (flags & SMTP_ADDR_UTF8_OK) != 0;
+
     memset(a, 0, sizeof(*a));
-    for (const char *q = p; q < end; q++)
+    for (const char *q = p; q < end && !utf8; q++)
         if ((unsigned char)*q >= 0x80)
             return HAMR_EPROTO;
     if (*p++ != '<')
@@ -201,7 +249,8 @@ int smtp_addr_parse_path(const char **pp, unsigned flags, struct smtp_addr *a)
         }
     }
     const char *local = p;
-    p = smtp_addr_local_scan(p, end, true, &a->routed);
+    p = smtp_addr_local_scan(p, end, SMTP_ADDR_LOCAL_QUOTED | (utf8 ? SMTP_ADDR_LOCAL_UTF8 : 0),
+                             &a->routed);
     if (p == NULL)
         return HAMR_EINVAL;
     size_t local_len = (size_t)(p - local);
@@ -210,7 +259,8 @@ int smtp_addr_parse_path(const char **pp, unsigned flags, struct smtp_addr *a)
     const char *domain = NULL;
     if (*p == '@') {
         domain = ++p;
-        p = smtp_addr_domain_scan(p, end, SMTP_ADDR_DOM_PATH, &a->literal);
+        p = smtp_addr_domain_scan(p, end, SMTP_ADDR_DOM_PATH | (utf8 ? SMTP_ADDR_DOM_UTF8 : 0),
+                                  &a->literal);
         if (p == NULL)
             return HAMR_EINVAL;
         a->has_domain = true;
@@ -237,7 +287,10 @@ const char *smtp_addr_domain_of(const char *addr)
     return at ? at + 1 : addr;
 }
 
-/* smtp_addr_lower - ASCII only: no locale, so the result is the same everywhere. */
+/*
+ * smtp_addr_lower - ASCII only: no locale, so the result is the same
+ * everywhere; UTF-8 octets (>= 0x80) are never touched.
+ */
 void smtp_addr_lower(char *s, size_t len)
 {
     for (size_t i = 0; i < len; i++)
@@ -278,7 +331,11 @@ bool smtp_addr_key(const char *addr, char *key, size_t size, size_t *len, size_t
     return true;
 }
 
-/* smtp_addr_domain_match - "d" exactly, or ".d" for a longer name ending in it. */
+/*
+ * smtp_addr_domain_match - "d" exactly, or ".d" for a longer name ending in
+ * it. hamr_strncaseeq folds ASCII only, so a U-label matches only octet for
+ * octet: no IDNA, no Unicode case folding.
+ */
 int smtp_addr_domain_match(const char *domain, size_t len, const char *pattern)
 {
     size_t plen = strlen(pattern);

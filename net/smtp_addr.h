@@ -23,6 +23,12 @@
 #define SMTP_ADDR_DOM_LABEL63 0x08     /* labels of at most 63 octets (RFC 1035 2.3.4) */
 #define SMTP_ADDR_DOM_FINAL_DOT 0x10   /* one '.' may end the name ("example.com.") */
 #define SMTP_ADDR_DOM_SUFFIX 0x20      /* one '.' may start it (".example.com": its subdomains) */
+/*
+ * SMTPUTF8 (RFC 6531 3.3): a label may hold well-formed UTF-8 (a U-label),
+ * taken octet for octet: no IDNA conversion to or from A-labels, so
+ * "b\xc3\xbccher.example" and "xn--bcher-kva.example" are two names here.
+ */
+#define SMTP_ADDR_DOM_UTF8 0x40
 
 /*
  * The rule sets hamr's callers use: MAIL FROM / RCPT TO (smtpd_session),
@@ -50,18 +56,30 @@ const char *smtp_addr_domain_scan(const char *p, const char *end, unsigned rules
 /* smtp_addr_domain_ok - is d[0..len) exactly one domain under rules? */
 bool smtp_addr_domain_ok(const char *d, size_t len, unsigned rules);
 
+/* Local part rules for smtp_addr_local_scan and smtp_addr_dot_string_ok. */
+#define SMTP_ADDR_LOCAL_QUOTED 0x01 /* a Quoted-string too (RFC 5321 4.1.2) */
+/*
+ * SMTPUTF8 (RFC 6531 3.3, RFC 6532 3.2): well-formed UTF-8 characters
+ * (smtp_utf8_valid: no C1 control) count as atext and qtext.
+ */
+#define SMTP_ADDR_LOCAL_UTF8 0x02
+
 /*
  * smtp_addr_local_scan - a local part at p, reading no further than end:
- * a Dot-string of RFC 5322 atext, or with quoted_ok also a Quoted-string
- * (RFC 5321 4.1.2: printable ASCII, "\" escapes one printable octet).
+ * a Dot-string of RFC 5322 atext, or with SMTP_ADDR_LOCAL_QUOTED also a
+ * Quoted-string (RFC 5321 4.1.2: printable ASCII, "\" escapes one printable
+ * octet); with SMTP_ADDR_LOCAL_UTF8 either may hold UTF-8 characters.
  * Returns its end (after the closing quote) or NULL. *routed (may be NULL)
  * is set when it holds '%' or '!', or inside quotes '@', '%' or '!': a
  * route we would not know how to follow. Length is not checked here.
  */
-const char *smtp_addr_local_scan(const char *p, const char *end, bool quoted_ok, bool *routed);
+const char *smtp_addr_local_scan(const char *p, const char *end, unsigned rules, bool *routed);
 
-/* smtp_addr_dot_string_ok - is p[0..len) exactly one Dot-string (RFC 5322 dot-atom)? */
-bool smtp_addr_dot_string_ok(const char *p, size_t len);
+/*
+ * smtp_addr_dot_string_ok - is p[0..len) exactly one Dot-string (RFC 5322
+ * dot-atom; with SMTP_ADDR_LOCAL_UTF8 in rules, UTF-8 characters too)?
+ */
+bool smtp_addr_dot_string_ok(const char *p, size_t len, unsigned rules);
 
 /* smtp_addr - a parsed mailbox from a reverse-path or forward-path. */
 struct smtp_addr {
@@ -76,6 +94,12 @@ struct smtp_addr {
 /* smtp_addr_parse_path flags. */
 #define SMTP_ADDR_NULL_OK 0x01       /* "<>" is allowed (reverse-path, RFC 5321 4.1.1.2) */
 #define SMTP_ADDR_POSTMASTER_OK 0x02 /* "<postmaster>", any case, no domain (RFC 5321 4.1.1.3) */
+/*
+ * SMTPUTF8 was given (RFC 6531 3.3): UTF-8 characters in the local part
+ * and U-labels in the domain (SMTP_ADDR_LOCAL_UTF8, SMTP_ADDR_DOM_UTF8).
+ * Source-route domains stay ASCII.
+ */
+#define SMTP_ADDR_UTF8_OK 0x04
 
 /*
  * smtp_addr_parse_path - parse "<path>" at *pp (a NUL-terminated string,
@@ -84,17 +108,24 @@ struct smtp_addr {
  * 5321 4.1.1.3, App. C: SHOULD accept, MAY ignore). Enforces the
  * local-part and path limits of 4.5.3.1 and the domain limit. The angle
  * brackets are required: a bare address is a syntax error. On success *pp
- * points after the '>' and 0 is returned. HAMR_EPROTO: an octet >= 0x80
- * anywhere from *pp to the end of the string (parameters too), which
- * without SMTPUTF8 (RFC 6531) cannot be taken; HAMR_EINVAL: any other
- * syntax error. Safe on untrusted input; a->text is then printable ASCII.
+ * points after the '>' and 0 is returned. HAMR_EPROTO: without
+ * SMTP_ADDR_UTF8_OK, an octet >= 0x80 anywhere from *pp to the end of the
+ * string (parameters too), which without SMTPUTF8 (RFC 6531) cannot be
+ * taken; HAMR_EINVAL: any other syntax error, malformed UTF-8 included.
+ * Safe on untrusted input; a->text is then printable ASCII, or with
+ * SMTP_ADDR_UTF8_OK printable ASCII and well-formed UTF-8 characters
+ * (smtp_utf8_valid holds for it).
  */
 int smtp_addr_parse_path(const char **pp, unsigned flags, struct smtp_addr *a);
 
 /* smtp_addr_domain_of - the domain of addr: after its last '@', or all of addr if none. */
 const char *smtp_addr_domain_of(const char *addr);
 
-/* smtp_addr_lower - ASCII lower case in place of s[0..len) (domains compare without case). */
+/*
+ * smtp_addr_lower - ASCII lower case in place of s[0..len) (domains compare
+ * without case). Octets >= 0x80 (UTF-8) are left as they are: no Unicode
+ * case folding, so UTF-8 text compares octet for octet.
+ */
 void smtp_addr_lower(char *s, size_t len);
 
 /*
@@ -114,7 +145,9 @@ bool smtp_addr_key(const char *addr, char *key, size_t size, size_t *len, size_t
 /*
  * smtp_addr_domain_match - does domain[0..len) match pattern ("d": that
  * domain; ".d": its subdomains, not d itself), without regard to ASCII
- * case? An empty pattern matches nothing.
+ * case? An empty pattern matches nothing. A U-label compares octet for
+ * octet (no IDNA): "b\xc3\xbccher.example" does not match
+ * "xn--bcher-kva.example", but does match ".example".
  */
 int smtp_addr_domain_match(const char *domain, size_t len, const char *pattern);
 

@@ -165,6 +165,35 @@ bool smtp_utf8_valid(const char *s, size_t n)
     return utf8_valid(s, n);
 }
 
+/*
+ * smtp_ext_utf8_addr_ok - a[0..n) is utf-8-addr-unitext (RFC 6533 3):
+ * well-formed UTF-8 without controls (smtp_utf8_valid) whose ASCII octets
+ * are QCHAR ('!' to '~' but '+', '=' and '\'), or a '\' that starts an
+ * EmbeddedUnicodeChar "\x{HEXPOINT}" (here 2 to 6 upper-case hex digits).
+ * '+' and '=' would read as xtext and break the parameter on the way out.
+ */
+static bool smtp_ext_utf8_addr_ok(const char *a, size_t n)
+{
+    if (n == 0 || !smtp_utf8_valid(a, n))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)a[i];
+        if (c == ' ' || c == '+' || c == '=')
+            return false;
+        if (c != '\\')
+            continue;
+        size_t j = i + 3, digits = 0;
+        if (n - i < 3 || a[i + 1] != 'x' || a[i + 2] != '{')
+            return false;
+        while (j < n && digits < 6 && smtp_ext_hex(a[j]) >= 0)
+            j++, digits++;
+        if (digits < 2 || j == n || a[j] != '}')
+            return false;
+        i = j;
+    }
+    return true;
+}
+
 /* smtp_orcpt_parse - see smtp_ext.h. */
 bool smtp_orcpt_parse(const char *v, char out[SMTP_ORCPT_MAX + 1])
 {
@@ -186,8 +215,8 @@ bool smtp_orcpt_parse(const char *v, char out[SMTP_ORCPT_MAX + 1])
     const char *a = semi + 1;
     size_t alen = strlen(a);
     if (utf8) {
-        /* RFC 6533 3: utf-8-addr-xtext may carry UTF-8 itself; kept as given. */
-        if (alen == 0 || alen > SMTP_ORCPT_MAX - tlen - 1 || !smtp_utf8_valid(a, alen))
+        /* RFC 6533 3: utf-8-addr-unitext carries UTF-8 itself; kept as given. */
+        if (alen > SMTP_ORCPT_MAX - tlen - 1 || !smtp_ext_utf8_addr_ok(a, alen))
             return false;
         memcpy(out + tlen + 1, a, alen + 1);
         return true;

@@ -70,9 +70,10 @@ void smtp_notify_format(uint8_t bits, char *out, size_t outlen);
 /*
  * smtp_orcpt_parse - an ORCPT= value (addr-type ";" xtext) into out as
  * "type;decoded" with the type in lower case. The type is an atom (letters,
- * digits, '-'); the decoded address is printable ASCII, or well-formed
- * UTF-8 when the type is "utf-8" (RFC 6533 3). false otherwise, or when it
- * is longer than SMTP_ORCPT_MAX.
+ * digits, '-'); the decoded address is printable ASCII, or when the type
+ * is "utf-8" well-formed UTF-8 with no control, '+' or '=' and '\' only in
+ * "\x{HEX}" (RFC 6533 3, utf-8-addr-unitext, kept as given). false
+ * otherwise, or when it is longer than SMTP_ORCPT_MAX.
  */
 bool smtp_orcpt_parse(const char *v, char out[SMTP_ORCPT_MAX + 1]);
 

@@ -15,6 +15,12 @@
  * slot; it allocates nothing. A reload builds a whole new table and swaps it
  * in only when the file was read without error.
  *
+ * SMTPUTF8 recipients (RFC 6531) are entries like any other: an entry may
+ * hold well-formed UTF-8 in its local part and U-labels in its domain.
+ * Case is folded for ASCII letters only (smtp_addr_lower never touches an
+ * octet >= 0x80), so UTF-8 compares octet for octet; a U-label never
+ * matches its A-label form (no IDNA): list both if clients use both.
+ *
  * Errors: loading names the file and the line ("PATH:LINE: reason", LINE 0
  * for the whole file); a lookup answers 0 (listed) or HAMR_ENOTFOUND.
  *
@@ -42,6 +48,7 @@
 #include "util/hash.h"
 #include "util/log.h"
 #include "net/smtp_addr.h"
+#include "net/smtp_ext.h"
 #include "net/smtpd_rcptmap.h"
 
 /* smtpd_rcptmap_slot - one place in the index: an entry's offset + 1 (0: empty) and its hash. */
@@ -189,13 +196,14 @@ static const char *smtpd_rcptmap_check_entry(const char *e, size_t len)
 {
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)e[i];
-        if (c >= 0x80)
-            return "non-ASCII octet in entry";
         if (c < 0x20 || c == 0x7f)
             return "control character in entry";
         if (c == ' ')
             return "space in entry (one address per line)";
     }
+    /* RFC 6531 addresses: UTF-8, well-formed, and no C1 control either. */
+    if (!smtp_utf8_valid(e, len))
+        return "non-ASCII octets that are not UTF-8 in entry";
     if (len > SMTPD_RCPTMAP_ENTRY_MAX)
         return "entry longer than 254 octets";
     const char *at = memchr(e, '@', len);
@@ -208,11 +216,11 @@ static const char *smtpd_rcptmap_check_entry(const char *e, size_t len)
         return "more than one @ in entry";
     if (local_len > SMTPD_RCPTMAP_LOCAL_MAX)
         return "local part longer than 64 octets";
-    if (local_len > 0 && !smtp_addr_dot_string_ok(e, local_len))
+    if (local_len > 0 && !smtp_addr_dot_string_ok(e, local_len, SMTP_ADDR_LOCAL_UTF8))
         return "bad local part (want a dot-atom, RFC 5322 3.2.3)";
     if (domain_len == 0)
         return "no domain after @";
-    if (!smtp_addr_domain_ok(domain, domain_len, SMTP_ADDR_DOM_TABLE))
+    if (!smtp_addr_domain_ok(domain, domain_len, SMTP_ADDR_DOM_TABLE | SMTP_ADDR_DOM_UTF8))
         return "bad domain (want letters, digits, '-' and dots)";
     return NULL;
 }

@@ -14,11 +14,13 @@
  *
  * Blank lines and lines whose first non-blank octet is '#' are ignored;
  * white space at the end of a line (and a CR before the LF) is dropped.
- * An entry is printable ASCII with no space, at most SMTPD_RCPTMAP_ENTRY_MAX
- * octets (RFC 5321 4.5.3.1.3: a path is 256 octets with its <>). The local
- * part is a dot-atom (RFC 5322 3.2.3) of at most 64 octets, the domain a
- * dot-separated list of letters, digits and '-'. Both halves compare
- * without regard to case, as Postfix does by default. A wildcard covers
+ * An entry is printable ASCII or well-formed UTF-8 (RFC 6531 addresses)
+ * with no space, at most SMTPD_RCPTMAP_ENTRY_MAX octets (RFC 5321
+ * 4.5.3.1.3: a path is 256 octets with its <>). The local part is a
+ * dot-atom (RFC 5322 3.2.3, RFC 6532 3.2) of at most 64 octets, the domain
+ * a dot-separated list of letters, digits, '-' and UTF-8 (U-labels, taken
+ * as they are: no IDNA). Both halves compare without regard to ASCII case,
+ * as Postfix does by default; UTF-8 compares octet for octet. A wildcard covers
  * exactly its domain, not subdomains. Entries listed twice count once.
  */
 #define SMTPD_RCPTMAP_ENTRY_MAX (SMTP_ADDR_PATH_MAX - 2) /* 254 */

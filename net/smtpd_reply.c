@@ -45,6 +45,14 @@ static const struct smtpd_reply smtpd_reply_table[SMTPD_REPLY_COUNT] = {
     [SMTPD_REPLY_NO_ARGS] = {501, "5.5.4", "Syntax: %s", true},
     [SMTPD_REPLY_PARAM_SYNTAX] = {501, "5.5.4", "Bad %s parameter syntax", true},
     [SMTPD_REPLY_PARAM_UNKNOWN] = {555, "5.5.4", "Unsupported option: %s", true},
+    [SMTPD_REPLY_PARAM_TWICE] = {501, "5.5.4", "Duplicate %s parameter", true},
+    /*
+     * RFC 8689 2: REQUIRETLS is offered inside TLS only. 530 as RFC 3207 4
+     * answers a command that needs TLS first; 5.7.10 "Encryption needed"
+     * (RFC 5248).
+     */
+    [SMTPD_REPLY_REQUIRETLS_TLS] = {530, "5.7.10", "REQUIRETLS needs TLS: issue STARTTLS first",
+                                    true},
     [SMTPD_REPLY_UTF8] = {553, "5.6.7", "Must declare SMTPUTF8 to send unicode address", true},
     [SMTPD_REPLY_SIZE_EXCEEDED] = {552, "5.3.4", "Message size exceeds fixed limit", true},
     [SMTPD_REPLY_HEADER_EXCEEDED] = {552, "5.3.4", "Message header size exceeds limit", true},

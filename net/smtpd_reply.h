@@ -35,6 +35,8 @@ enum smtpd_reply_id {
     SMTPD_REPLY_NO_ARGS,         /* 501 5.5.4 command takes no argument */
     SMTPD_REPLY_PARAM_SYNTAX,    /* 501 5.5.4 bad value for a known parameter */
     SMTPD_REPLY_PARAM_UNKNOWN,   /* 555 5.5.4 */
+    SMTPD_REPLY_PARAM_TWICE,     /* 501 5.5.4 a parameter given twice */
+    SMTPD_REPLY_REQUIRETLS_TLS,  /* 530 5.7.10 REQUIRETLS outside TLS */
     SMTPD_REPLY_UTF8,            /* 553 5.6.7 */
     SMTPD_REPLY_SIZE_EXCEEDED,   /* 552 5.3.4 */
     SMTPD_REPLY_HEADER_EXCEEDED, /* 552 5.3.4 header block */

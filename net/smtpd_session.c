@@ -63,8 +63,18 @@
  * the body by message_size_limit. Client text is logged only through
  * log_printable() and truncated; bodies are never logged. Addresses are
  * parsed strictly (RFC 5321 4.1.2, by smtp_addr) and only printable ASCII
- * survives into replies, logs and the Received: header. A routed local part
- * (%, !, quoted @) is never rewritten into a destination (SECURITY.md S12).
+ * survives into replies, logs and the Received: header; under SMTPUTF8 an
+ * address may also hold well-formed UTF-8 (no C0 or C1 control), which
+ * the Received: header and the envelope carry as it is and replies and
+ * logs show escaped. A routed local part (%, !, quoted @) is never
+ * rewritten into a destination (SECURITY.md S12).
+ *
+ * Envelope extensions (SECURITY.md S24), offered and taken only while the
+ * sink's ext_ok says yes: SMTPUTF8 (RFC 6531), DSN (RFC 3461: RET, ENVID,
+ * NOTIFY, ORCPT; xtext decoded within fixed bounds by net/smtp_ext) and
+ * REQUIRETLS (RFC 8689, inside TLS only; outside it 530 5.7.10). Each
+ * parameter is taken once (again: 501 5.5.4); not offered, 555 5.5.4 as
+ * any unknown parameter.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -79,6 +89,7 @@
 #include "util/err.h"
 #include "util/log.h"
 #include "net/smtp_addr.h"
+#include "net/smtp_ext.h"
 #include "net/smtpd.h"
 #include "net/smtpd_auth.h"
 #include "net/smtpd_proxy.h"
@@ -109,7 +120,16 @@ enum smtpd_auth_step {
 struct smtpd_tx {
     char sender[SMTP_ADDR_PATH_MAX + 1];
     bool body_8bit;
+    /* The envelope extensions (net/smtp_ext.h), as MAIL gave them. */
+    bool ext;        /* the sink's ext_ok said yes at MAIL: RCPT takes NOTIFY and ORCPT */
+    bool smtputf8;   /* SMTPUTF8 (RFC 6531): UTF-8 paths */
+    bool requiretls; /* REQUIRETLS (RFC 8689) */
+    uint8_t ret;     /* enum smtp_ret */
+    bool has_envid;
+    char envid[SMTP_ENVID_MAX + 1]; /* decoded */
     char **rcpts;
+    struct smtp_dsn_rcpt *rcpt_dsn; /* cap_rcpts entries, parallel to rcpts; owns each orcpt */
+    bool any_dsn;                   /* some RCPT gave NOTIFY or ORCPT */
     size_t n_rcpts;
     size_t cap_rcpts;
     char queue_id[SMTPD_QUEUE_ID_MAX];
@@ -219,9 +239,12 @@ static struct smtpd_tx *smtpd_tx_free(struct smtpd_tx *tx)
 {
     if (tx == NULL)
         return NULL;
-    for (size_t i = 0; i < tx->n_rcpts; i++)
+    for (size_t i = 0; i < tx->n_rcpts; i++) {
         free(tx->rcpts[i]);
+        free((char *)tx->rcpt_dsn[i].orcpt);
+    }
     free(tx->rcpts);
+    free(tx->rcpt_dsn);
     buf_free(&tx->body);
     free(tx);
     return NULL;
@@ -247,21 +270,43 @@ static void smtpd_session_tx_reset(struct smtpd_session *s)
     s->tx = smtpd_tx_free(s->tx);
 }
 
-/* smtpd_tx_add_rcpt - copy rcpt into tx. HAMR_ENOMEM. */
-static int smtpd_tx_add_rcpt(struct smtpd_tx *tx, const char *rcpt)
+/* smtpd_tx_grow - room for one more recipient in rcpts and rcpt_dsn. HAMR_ENOMEM. */
+static int smtpd_tx_grow(struct smtpd_tx *tx)
 {
-    if (tx->n_rcpts == tx->cap_rcpts) {
-        size_t cap = tx->cap_rcpts ? tx->cap_rcpts * 2 : 8;
-        char **p = realloc(tx->rcpts, cap * sizeof(*p));
-        if (p == NULL)
-            return HAMR_ENOMEM;
-        tx->rcpts = p;
-        tx->cap_rcpts = cap;
-    }
-    char *copy = strdup(rcpt);
-    if (copy == NULL)
+    if (tx->n_rcpts < tx->cap_rcpts)
+        return 0;
+    size_t cap = tx->cap_rcpts ? tx->cap_rcpts * 2 : 8;
+    char **p = realloc(tx->rcpts, cap * sizeof(*p));
+    if (p == NULL)
         return HAMR_ENOMEM;
+    tx->rcpts = p;
+    struct smtp_dsn_rcpt *d = realloc(tx->rcpt_dsn, cap * sizeof(*d));
+    if (d == NULL)
+        return HAMR_ENOMEM; /* rcpts is larger than needed; cap_rcpts stays right for both */
+    tx->rcpt_dsn = d;
+    tx->cap_rcpts = cap;
+    return 0;
+}
+
+/*
+ * smtpd_tx_add_rcpt - copy rcpt, with its DSN parameters (dsn; its orcpt
+ * copied too), into tx. HAMR_ENOMEM.
+ */
+static int smtpd_tx_add_rcpt(struct smtpd_tx *tx, const char *rcpt, const struct smtp_dsn_rcpt *dsn)
+{
+    if (smtpd_tx_grow(tx) != 0)
+        return HAMR_ENOMEM;
+    char *copy = strdup(rcpt);
+    char *orcpt = dsn->orcpt != NULL ? strdup(dsn->orcpt) : NULL;
+    if (copy == NULL || (dsn->orcpt != NULL && orcpt == NULL)) {
+        free(copy);
+        free(orcpt);
+        return HAMR_ENOMEM;
+    }
+    tx->rcpt_dsn[tx->n_rcpts] = (struct smtp_dsn_rcpt){.notify = dsn->notify, .orcpt = orcpt};
     tx->rcpts[tx->n_rcpts++] = copy;
+    if (dsn->notify != 0 || orcpt != NULL)
+        tx->any_dsn = true;
     return 0;
 }
 
@@ -435,7 +480,8 @@ static void smtpd_session_arm_timer(struct smtpd_session *s)
  * smtpd_session_parse_path - parse "<path>" at *pp into a (smtp_addr_parse_path
  * with flags). On success *pp points after '>' and SMTPD_REPLY_COUNT is
  * returned; otherwise the reply to give: SMTPD_REPLY_UTF8 for 8-bit octets
- * (RFC 6531 was not declared), else bad_syntax.
+ * without SMTP_ADDR_UTF8_OK (SMTPUTF8 was not declared), else bad_syntax
+ * (malformed UTF-8 included).
  */
 static enum smtpd_reply_id smtpd_session_parse_path(const char **pp,
                                                     struct smtp_addr *a,
@@ -454,7 +500,13 @@ static bool smtpd_session_in_relay_networks(const struct smtpd_policy *p, const 
     return smtpd_proxy_addr_in(p->relay_networks, p->n_relay_networks, client);
 }
 
-/* smtpd_session_relay_domain - is domain one of ours ("d" exact, ".d" subdomains, any case)? */
+/*
+ * smtpd_session_relay_domain - is domain one of ours ("d" exact, ".d"
+ * subdomains, ASCII case ignored)? A U-label domain (SMTPUTF8) matches
+ * octet for octet: relay_domains are ASCII and nothing here converts
+ * between U-labels and A-labels (no IDNA), so it can be ours only under a
+ * ".d" entry, as "b\xc3\xbccher.hamr.test" is under ".hamr.test".
+ */
 static bool smtpd_session_relay_domain(const struct smtpd_policy *p, const char *domain)
 {
     size_t dlen = strlen(domain);
@@ -544,6 +596,16 @@ static bool smtpd_session_auth_offered(const struct smtpd_session *s)
     return s->policy->auth != NULL && s->tls;
 }
 
+/*
+ * smtpd_session_ext_offered - may the session offer and take SMTPUTF8, DSN
+ * and REQUIRETLS now? The sink says whether every voter can replicate
+ * them (asked at EHLO and again at MAIL, since that can change between).
+ */
+static bool smtpd_session_ext_offered(const struct smtpd_session *s)
+{
+    return s->sink.ext_ok == NULL || s->sink.ext_ok(s->sink.data);
+}
+
 /* smtpd_session_proceed_helo - HELO and EHLO (RFC 5321 4.1.1.1): reset, greet back. */
 static void smtpd_session_proceed_helo(struct smtpd_session *s, const char *arg)
 {
@@ -563,25 +625,32 @@ static void smtpd_session_proceed_helo(struct smtpd_session *s, const char *arg)
     }
     /*
      * RFC 2920, RFC 1870, RFC 6152, RFC 3030 (CHUNKING without BINARYMIME:
-     * SECURITY.md S22), RFC 3207, RFC 2034. STARTTLS only before TLS
-     * (RFC 3207 4.2).
+     * SECURITY.md S22), RFC 6531, RFC 3461, RFC 3207, RFC 4954, RFC 8689,
+     * RFC 2034. STARTTLS only before TLS (RFC 3207 4.2); REQUIRETLS only
+     * inside it (RFC 8689 2); the three envelope extensions only while the
+     * sink's ext_ok says yes.
      */
     char text[SMTPD_REPLY_LINE_MAX * 2];
     bool offer_tls = s->io.starttls != NULL && !s->tls;
     bool offer_auth = smtpd_session_auth_offered(s);
+    bool offer_ext = smtpd_session_ext_offered(s);
     int len =
         snprintf(text, sizeof(text),
                  "250-%s\r\n250-PIPELINING\r\n250-SIZE %zu\r\n250-8BITMIME\r\n"
-                 "250-CHUNKING\r\n%s%s250 ENHANCEDSTATUSCODES\r\n",
+                 "250-CHUNKING\r\n%s%s%s%s250 ENHANCEDSTATUSCODES\r\n",
                  s->policy->hostname, s->policy->message_size_limit,
-                 offer_tls ? "250-STARTTLS\r\n" : "", offer_auth ? "250-AUTH PLAIN LOGIN\r\n" : "");
+                 offer_ext ? "250-SMTPUTF8\r\n250-DSN\r\n" : "",
+                 offer_tls ? "250-STARTTLS\r\n" : "", offer_auth ? "250-AUTH PLAIN LOGIN\r\n" : "",
+                 offer_ext && s->tls ? "250-REQUIRETLS\r\n" : "");
     HAMR_ASSERT(len > 0 && (size_t)len < sizeof(text));
     smtpd_session_reply_raw(s, 250, false, false, text, (size_t)len);
 }
 
 /*
- * smtpd_session_check_helo - HELO/EHLO need a hostname, in ASCII: SMTPUTF8
- * is not offered. Other odd octets are only escaped where the name is shown.
+ * smtpd_session_check_helo - HELO/EHLO need a hostname, in ASCII even when
+ * SMTPUTF8 is offered (a client gives an internationalised name in
+ * A-labels there). Other odd octets are only escaped where the name is
+ * shown.
  */
 static int smtpd_session_check_helo(struct smtpd_session *s, const char *arg)
 {
@@ -653,8 +722,14 @@ static bool smtpd_session_is_letdig(unsigned char c)
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
 }
 
-/* smtpd_session_next_param - split off the next "KEY[=VALUE]"; NULL at the end. */
+/*
+ * smtpd_session_next_param - split off the next "KEY[=VALUE]"; NULL at the
+ * end. utf8: SMTPUTF8 was given, and a value may hold UTF-8 too (RFC 6531
+ * 3.3: esmtp-value =/ UTF8-non-ascii; the command line is well-formed
+ * UTF-8 by then).
+ */
 static const char *smtpd_session_next_param(const char *p,
+                                            bool utf8,
                                             char *key,
                                             size_t keylen,
                                             char *value,
@@ -682,7 +757,7 @@ static const char *smtpd_session_next_param(const char *p,
     if (*p == '=') {
         p++;
         /* esmtp-value = 1*(%d33-60 / %d62-126) */
-        while (*p > 32 && *p < 127 && *p != '=') {
+        while ((*p > 32 && *p < 127 && *p != '=') || (utf8 && (unsigned char)*p >= 0x80)) {
             if (v + 1 < valuelen)
                 value[v++] = *p;
             else
@@ -751,10 +826,170 @@ static int smtpd_session_check_mail(struct smtpd_session *s, const char *arg)
     return 0;
 }
 
-/* smtpd_session_proceed_mail - parse, ask the sink, open the transaction. */
+/* smtpd_mail_params - what MAIL's parameters asked for. */
+struct smtpd_mail_params {
+    bool ext; /* SMTPUTF8, DSN and REQUIRETLS are offered */
+    bool body_8bit;
+    bool smtputf8;
+    bool requiretls;
+    uint8_t ret;
+    bool has_envid;
+    char envid[SMTP_ENVID_MAX + 1];
+    unsigned seen; /* bit i: smtpd_mail_ext_names[i] was given */
+};
+
+/* The extension parameters of MAIL; each may be given once. */
+enum { SMTPD_MAIL_SMTPUTF8, SMTPD_MAIL_RET, SMTPD_MAIL_ENVID, SMTPD_MAIL_REQUIRETLS };
+static const char *const smtpd_mail_ext_names[] = {"SMTPUTF8", "RET", "ENVID", "REQUIRETLS"};
+
+/* smtpd_session_param_index - the index of key in names (any case), or n if not there. */
+static size_t smtpd_session_param_index(const char *key, const char *const *names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (hamr_strncaseeq(key, names[i], strlen(names[i]) + 1))
+            return i;
+    return n;
+}
+
+/*
+ * smtpd_session_mail_ext - one of MAIL's extension parameters into mp:
+ * SMTPUTF8 (RFC 6531 3.4, no value), RET=FULL|HDRS and ENVID=xtext (RFC
+ * 3461 4.3, 4.4; the decoded ENVID is 1 to 100 printable ASCII octets),
+ * REQUIRETLS (RFC 8689 4, no value, inside TLS only). value is "" when
+ * none was given. SMTPD_REPLY_COUNT when taken; otherwise the reply, with
+ * *name its argument. A key that is none of them, or any of them while
+ * they are not offered: SMTPD_REPLY_PARAM_UNKNOWN.
+ */
+static enum smtpd_reply_id smtpd_session_mail_ext(const struct smtpd_session *s,
+                                                  const char *key,
+                                                  const char *value,
+                                                  struct smtpd_mail_params *mp,
+                                                  const char **name)
+{
+    size_t i =
+        smtpd_session_param_index(key, smtpd_mail_ext_names, HAMR_ARRAY_LEN(smtpd_mail_ext_names));
+    size_t n;
+
+    *name = key;
+    if (i == HAMR_ARRAY_LEN(smtpd_mail_ext_names) || !mp->ext)
+        return SMTPD_REPLY_PARAM_UNKNOWN;
+    *name = smtpd_mail_ext_names[i];
+    if (mp->seen & (1u << i))
+        return SMTPD_REPLY_PARAM_TWICE;
+    mp->seen |= 1u << i;
+    switch (i) {
+        case SMTPD_MAIL_SMTPUTF8:
+            if (value[0] != '\0')
+                return SMTPD_REPLY_PARAM_SYNTAX;
+            mp->smtputf8 = true;
+            break;
+        case SMTPD_MAIL_RET:
+            if (hamr_strncaseeq(value, "FULL", 5))
+                mp->ret = SMTP_RET_FULL;
+            else if (hamr_strncaseeq(value, "HDRS", 5))
+                mp->ret = SMTP_RET_HDRS;
+            else
+                return SMTPD_REPLY_PARAM_SYNTAX;
+            break;
+        case SMTPD_MAIL_ENVID:
+            if (!smtp_xtext_decode(value, strlen(value), mp->envid, sizeof(mp->envid), &n) ||
+                !smtp_envid_ok(mp->envid, n))
+                return SMTPD_REPLY_PARAM_SYNTAX;
+            mp->has_envid = true;
+            break;
+        case SMTPD_MAIL_REQUIRETLS:
+            if (value[0] != '\0')
+                return SMTPD_REPLY_PARAM_SYNTAX;
+            if (!s->tls)
+                return SMTPD_REPLY_REQUIRETLS_TLS; /* RFC 8689 2: not offered outside TLS */
+            mp->requiretls = true;
+            break;
+    }
+    return SMTPD_REPLY_COUNT;
+}
+
+/*
+ * smtpd_session_mail_param - one MAIL parameter into mp. SMTPD_REPLY_COUNT
+ * when taken; otherwise the reply, with *arg its argument.
+ */
+static enum smtpd_reply_id smtpd_session_mail_param(const struct smtpd_session *s,
+                                                    const char *key,
+                                                    const char *value,
+                                                    struct smtpd_mail_params *mp,
+                                                    const char **arg)
+{
+    *arg = NULL;
+    if (hamr_strncaseeq(key, "SIZE", 5)) {
+        uint64_t size;
+        *arg = "SIZE";
+        if (!smtpd_session_parse_size(value, &size))
+            return SMTPD_REPLY_PARAM_SYNTAX;
+        if (size > s->policy->message_size_limit)
+            return SMTPD_REPLY_SIZE_EXCEEDED;
+    } else if (hamr_strncaseeq(key, "BODY", 5)) {
+        *arg = "BODY";
+        if (hamr_strncaseeq(value, "8BITMIME", 9))
+            mp->body_8bit = true;
+        else if (hamr_strncaseeq(value, "7BIT", 5))
+            mp->body_8bit = false;
+        else
+            return SMTPD_REPLY_PARAM_SYNTAX;
+    } else if (hamr_strncaseeq(key, "AUTH", 5) && smtpd_session_auth_offered(s)) {
+        /*
+         * RFC 4954 5: a server that offers AUTH takes the parameter
+         * (the original submitter, xtext, or <> for unknown). hamr does
+         * not pass it on, which RFC 4954 allows: it is as if the next
+         * hop were told AUTH=<>.
+         */
+        *arg = "AUTH";
+        if (!smtpd_session_xtext_ok(value))
+            return SMTPD_REPLY_PARAM_SYNTAX;
+    } else {
+        return smtpd_session_mail_ext(s, key, value, mp, arg);
+    }
+    return SMTPD_REPLY_COUNT;
+}
+
+/*
+ * smtpd_session_open_tx - a transaction for sender with MAIL's parameters.
+ * NULL: out of memory.
+ */
+static struct smtpd_tx *smtpd_session_open_tx(struct smtpd_session *s,
+                                              const char *sender,
+                                              const struct smtpd_mail_params *mp)
+{
+    struct smtpd_tx *tx = calloc(1, sizeof(*tx));
+    if (tx == NULL)
+        return NULL;
+    hamr_strlcpy(tx->sender, sender, sizeof(tx->sender));
+    tx->body_8bit = mp->body_8bit;
+    tx->ext = mp->ext;
+    tx->smtputf8 = mp->smtputf8;
+    tx->requiretls = mp->requiretls;
+    tx->ret = mp->ret;
+    tx->has_envid = mp->has_envid;
+    memcpy(tx->envid, mp->envid, sizeof(tx->envid));
+    /* The reader stores at most message_size_limit; the rest is our Received:. */
+    size_t limit = s->policy->message_size_limit;
+    buf_init(&tx->body, limit > SIZE_MAX - 2048 ? 0 : limit + 2048);
+    if (s->spare_body.data != NULL && s->spare_body.cap <= tx->body.limit) {
+        tx->body.data = s->spare_body.data;
+        tx->body.cap = s->spare_body.cap;
+        buf_init(&s->spare_body, 0);
+    }
+    return tx;
+}
+
+/*
+ * smtpd_session_proceed_mail - parse, ask the sink, open the transaction.
+ * While the extensions are offered the path is parsed as SMTPUTF8 would
+ * have it, since the parameter comes after it; a path that is not ASCII
+ * then needs SMTPUTF8 among the parameters (RFC 6531 3.4: 553 5.6.7).
+ */
 static void smtpd_session_proceed_mail(struct smtpd_session *s, const char *arg)
 {
     struct smtp_addr a;
+    struct smtpd_mail_params mp = {.ext = smtpd_session_ext_offered(s)};
     const char *p = smtpd_session_parse_keyword(arg, "FROM:");
     int rc;
 
@@ -762,54 +997,30 @@ static void smtpd_session_proceed_mail(struct smtpd_session *s, const char *arg)
         smtpd_session_reply(s, SMTPD_REPLY_SENDER_SYNTAX, NULL);
         return;
     }
-    enum smtpd_reply_id bad =
-        smtpd_session_parse_path(&p, &a, SMTP_ADDR_NULL_OK, SMTPD_REPLY_SENDER_SYNTAX);
+    enum smtpd_reply_id bad = smtpd_session_parse_path(
+        &p, &a, SMTP_ADDR_NULL_OK | (mp.ext ? SMTP_ADDR_UTF8_OK : 0), SMTPD_REPLY_SENDER_SYNTAX);
     if (bad != SMTPD_REPLY_COUNT) {
         smtpd_session_reply(s, bad, NULL);
         return;
     }
-    bool body_8bit = false;
     char key[32], value[SMTPD_PARAM_VALUE_MAX];
     bool bad_param;
-    while ((p = smtpd_session_next_param(p, key, sizeof(key), value, sizeof(value), &bad_param))) {
+    while ((p = smtpd_session_next_param(p, false, key, sizeof(key), value, sizeof(value),
+                                         &bad_param))) {
+        const char *reply_arg;
         if (bad_param) {
             smtpd_session_reply(s, SMTPD_REPLY_SENDER_SYNTAX, NULL);
             return;
         }
-        if (hamr_strncaseeq(key, "SIZE", 5)) {
-            uint64_t size;
-            if (!smtpd_session_parse_size(value, &size)) {
-                smtpd_session_reply(s, SMTPD_REPLY_PARAM_SYNTAX, "SIZE");
-                return;
-            }
-            if (size > s->policy->message_size_limit) {
-                smtpd_session_reply(s, SMTPD_REPLY_SIZE_EXCEEDED, NULL);
-                return;
-            }
-        } else if (hamr_strncaseeq(key, "BODY", 5)) {
-            if (hamr_strncaseeq(value, "8BITMIME", 9)) {
-                body_8bit = true;
-            } else if (hamr_strncaseeq(value, "7BIT", 5)) {
-                body_8bit = false;
-            } else {
-                smtpd_session_reply(s, SMTPD_REPLY_PARAM_SYNTAX, "BODY");
-                return;
-            }
-        } else if (hamr_strncaseeq(key, "AUTH", 5) && smtpd_session_auth_offered(s)) {
-            /*
-             * RFC 4954 5: a server that offers AUTH takes the parameter
-             * (the original submitter, xtext, or <> for unknown). hamr does
-             * not pass it on, which RFC 4954 allows: it is as if the next
-             * hop were told AUTH=<>.
-             */
-            if (!smtpd_session_xtext_ok(value)) {
-                smtpd_session_reply(s, SMTPD_REPLY_PARAM_SYNTAX, "AUTH");
-                return;
-            }
-        } else {
-            smtpd_session_reply(s, SMTPD_REPLY_PARAM_UNKNOWN, key);
+        bad = smtpd_session_mail_param(s, key, value, &mp, &reply_arg);
+        if (bad != SMTPD_REPLY_COUNT) {
+            smtpd_session_reply(s, bad, reply_arg);
             return;
         }
+    }
+    if (!mp.smtputf8 && !smtp_is_ascii(a.text, strlen(a.text))) {
+        smtpd_session_reply(s, SMTPD_REPLY_UTF8, NULL);
+        return;
     }
     if (s->sink.check_mail != NULL) {
         rc = s->sink.check_mail(s->sink.data);
@@ -818,20 +1029,10 @@ static void smtpd_session_proceed_mail(struct smtpd_session *s, const char *arg)
             return;
         }
     }
-    struct smtpd_tx *tx = calloc(1, sizeof(*tx));
+    struct smtpd_tx *tx = smtpd_session_open_tx(s, a.text, &mp);
     if (tx == NULL) {
         smtpd_session_reply(s, SMTPD_REPLY_LOCAL_ERROR, NULL);
         return;
-    }
-    hamr_strlcpy(tx->sender, a.text, sizeof(tx->sender));
-    tx->body_8bit = body_8bit;
-    /* The reader stores at most message_size_limit; the rest is our Received:. */
-    size_t limit = s->policy->message_size_limit;
-    buf_init(&tx->body, limit > SIZE_MAX - 2048 ? 0 : limit + 2048);
-    if (s->spare_body.data != NULL && s->spare_body.cap <= tx->body.limit) {
-        tx->body.data = s->spare_body.data;
-        tx->body.cap = s->spare_body.cap;
-        buf_init(&s->spare_body, 0);
     }
     s->tx = tx;
     smtpd_session_enter_state(s, SMTPD_STATE_MAIL);
@@ -854,31 +1055,113 @@ static int smtpd_session_check_rcpt(struct smtpd_session *s, const char *arg)
     return 0;
 }
 
+/* smtpd_rcpt_params - what RCPT's parameters asked for (RFC 3461 4.1, 4.2). */
+struct smtpd_rcpt_params {
+    uint8_t notify; /* SMTP_NOTIFY_* bits, 0 if not given */
+    bool has_orcpt;
+    char orcpt[SMTP_ORCPT_MAX + 1]; /* "type;address", decoded */
+    unsigned seen;                  /* bit i: smtpd_rcpt_ext_names[i] was given */
+};
+
+/* The DSN parameters of RCPT; each may be given once. */
+enum { SMTPD_RCPT_NOTIFY, SMTPD_RCPT_ORCPT };
+static const char *const smtpd_rcpt_ext_names[] = {"NOTIFY", "ORCPT"};
+
+/*
+ * smtpd_session_rcpt_param - one RCPT parameter into rp: NOTIFY= and
+ * ORCPT= (RFC 3461 4.1, 4.2), only when the transaction took DSN at MAIL.
+ * SMTPD_REPLY_COUNT when taken; otherwise the reply, with *name its
+ * argument.
+ */
+static enum smtpd_reply_id smtpd_session_rcpt_param(const struct smtpd_session *s,
+                                                    const char *key,
+                                                    const char *value,
+                                                    struct smtpd_rcpt_params *rp,
+                                                    const char **name)
+{
+    size_t i =
+        smtpd_session_param_index(key, smtpd_rcpt_ext_names, HAMR_ARRAY_LEN(smtpd_rcpt_ext_names));
+
+    *name = key;
+    if (i == HAMR_ARRAY_LEN(smtpd_rcpt_ext_names) || !s->tx->ext)
+        return SMTPD_REPLY_PARAM_UNKNOWN;
+    *name = smtpd_rcpt_ext_names[i];
+    if (rp->seen & (1u << i))
+        return SMTPD_REPLY_PARAM_TWICE;
+    rp->seen |= 1u << i;
+    if (i == SMTPD_RCPT_NOTIFY) {
+        if (!smtp_notify_parse(value, &rp->notify))
+            return SMTPD_REPLY_PARAM_SYNTAX;
+    } else {
+        if (!smtp_orcpt_parse(value, rp->orcpt))
+            return SMTPD_REPLY_PARAM_SYNTAX;
+        rp->has_orcpt = true;
+    }
+    return SMTPD_REPLY_COUNT;
+}
+
+/*
+ * smtpd_session_rcpt_params - RCPT's parameters after the path at p into
+ * rp. false when one was refused (the reply has gone out).
+ */
+static bool smtpd_session_rcpt_params(struct smtpd_session *s,
+                                      const char *p,
+                                      struct smtpd_rcpt_params *rp)
+{
+    /* ORCPT's value is xtext: up to three octets for each of its own. */
+    char key[32], value[SMTP_XTEXT_MAX(SMTP_ORCPT_MAX) + 1];
+    bool bad;
+
+    while ((p = smtpd_session_next_param(p, s->tx->smtputf8, key, sizeof(key), value, sizeof(value),
+                                         &bad))) {
+        const char *name;
+        if (bad) {
+            smtpd_session_reply(s, SMTPD_REPLY_RCPT_SYNTAX, NULL);
+            return false;
+        }
+        enum smtpd_reply_id r = smtpd_session_rcpt_param(s, key, value, rp, &name);
+        if (r != SMTPD_REPLY_COUNT) {
+            smtpd_session_reply(s, r, name);
+            return false;
+        }
+    }
+    return true;
+}
+
+/*
+ * smtpd_session_show_path - "<addr>" for a reply: printable ASCII only
+ * (a UTF-8 address shows '?' for each octet it has above 0x7f).
+ */
+static const char *smtpd_session_show_path(char *out, size_t outlen, const char *addr)
+{
+    char shown[SMTP_ADDR_PATH_MAX + 1];
+    log_printable(shown, sizeof(shown), addr, strlen(addr));
+    snprintf(out, outlen, "<%s>", shown);
+    return out;
+}
+
 /* smtpd_session_proceed_rcpt - parse, limit, relay control, remember (RFC 5321 4.1.1.3). */
 static void smtpd_session_proceed_rcpt(struct smtpd_session *s, const char *arg)
 {
     struct smtp_addr a;
+    struct smtpd_rcpt_params rp = {0};
     const char *p = smtpd_session_parse_keyword(arg, "TO:");
+    char shown[SMTP_ADDR_PATH_MAX + 3];
 
     if (p == NULL) {
         smtpd_session_reply(s, SMTPD_REPLY_RCPT_SYNTAX, NULL);
         return;
     }
-    enum smtpd_reply_id bad_path =
-        smtpd_session_parse_path(&p, &a, SMTP_ADDR_POSTMASTER_OK, SMTPD_REPLY_RCPT_SYNTAX);
+    enum smtpd_reply_id bad_path = smtpd_session_parse_path(
+        &p, &a, SMTP_ADDR_POSTMASTER_OK | (s->tx->smtputf8 ? SMTP_ADDR_UTF8_OK : 0),
+        SMTPD_REPLY_RCPT_SYNTAX);
     if (bad_path != SMTPD_REPLY_COUNT) {
         smtpd_session_reply(s, bad_path, NULL);
         return;
     }
-    char key[32], value[32];
-    bool bad;
-    if ((p = smtpd_session_next_param(p, key, sizeof(key), value, sizeof(value), &bad))) {
-        if (bad)
-            smtpd_session_reply(s, SMTPD_REPLY_RCPT_SYNTAX, NULL);
-        else
-            smtpd_session_reply(s, SMTPD_REPLY_PARAM_UNKNOWN, key); /* no DSN offered */
+    if (!smtpd_session_rcpt_params(s, p, &rp))
         return;
-    }
+    struct smtp_dsn_rcpt dsn = {.notify = rp.notify, .orcpt = rp.has_orcpt ? rp.orcpt : NULL};
     /* RFC 5321 4.5.3.1.10: "452 too many recipients" past the limit. */
     if (s->tx->n_rcpts >= s->policy->recipient_limit) {
         smtpd_session_reply(s, SMTPD_REPLY_TOO_MANY_RCPTS, NULL);
@@ -891,7 +1174,7 @@ static void smtpd_session_proceed_rcpt(struct smtpd_session *s, const char *arg)
             hamr_strlcpy(to, s->policy->postmaster, sizeof(to));
         else
             snprintf(to, sizeof(to), "postmaster@%s", s->policy->hostname);
-        if (smtpd_tx_add_rcpt(s->tx, to) != 0) {
+        if (smtpd_tx_add_rcpt(s->tx, to, &dsn) != 0) {
             smtpd_session_reply(s, SMTPD_REPLY_LOCAL_ERROR, NULL);
             return;
         }
@@ -900,18 +1183,16 @@ static void smtpd_session_proceed_rcpt(struct smtpd_session *s, const char *arg)
         return;
     }
     if (!smtpd_session_relay_ok(s, &a)) {
-        char shown[SMTP_ADDR_PATH_MAX + 3];
-        snprintf(shown, sizeof(shown), "<%s>", a.text);
-        smtpd_session_reply(s, SMTPD_REPLY_RELAY_DENIED, shown);
+        smtpd_session_reply(s, SMTPD_REPLY_RELAY_DENIED,
+                            smtpd_session_show_path(shown, sizeof(shown), a.text));
         return;
     }
     if (!smtpd_session_rcpt_known(s, &a)) {
-        char shown[SMTP_ADDR_PATH_MAX + 3]; /* a.text is printable: the parser saw to it */
-        snprintf(shown, sizeof(shown), "<%s>", a.text);
-        smtpd_session_reply(s, SMTPD_REPLY_RCPT_UNKNOWN, shown);
+        smtpd_session_reply(s, SMTPD_REPLY_RCPT_UNKNOWN,
+                            smtpd_session_show_path(shown, sizeof(shown), a.text));
         return;
     }
-    if (smtpd_tx_add_rcpt(s->tx, a.text) != 0) {
+    if (smtpd_tx_add_rcpt(s->tx, a.text, &dsn) != 0) {
         smtpd_session_reply(s, SMTPD_REPLY_LOCAL_ERROR, NULL);
         return;
     }
@@ -954,11 +1235,19 @@ static void smtpd_session_rfc5322_date(char *out, size_t outlen)
              months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
-/* smtpd_session_protocol - the Received: "with" keyword (RFC 3848). */
+/*
+ * smtpd_session_protocol - the Received: "with" keyword (RFC 3848; RFC
+ * 6531 4.3 for a message sent with SMTPUTF8).
+ */
 static const char *smtpd_session_protocol(const struct smtpd_session *s)
 {
     if (!s->esmtp)
         return "SMTP";
+    if (s->tx != NULL && s->tx->smtputf8) {
+        if (s->authenticated)
+            return s->tls ? "UTF8SMTPSA" : "UTF8SMTPA";
+        return s->tls ? "UTF8SMTPS" : "UTF8SMTP";
+    }
     if (s->authenticated)
         return s->tls ? "ESMTPSA" : "ESMTPA";
     return s->tls ? "ESMTPS" : "ESMTP";
@@ -1720,10 +2009,11 @@ static void smtpd_session_commit_cb(void *arg, int status)
     HAMR_ASSERT(s->submit_pending && tx != NULL);
     s->submit_pending = false;
     if (status == 0) {
+        char from[SMTP_ADDR_PATH_MAX + 1]; /* a UTF-8 sender is logged escaped */
         s->messages++;
         log_info("smtpd session=%" PRIu64 " queued id=%s from=<%s> nrcpt=%zu size=%zu%s", s->id,
-                 tx->queue_id, tx->sender, tx->n_rcpts, tx->data_size,
-                 s->io_detached ? " client=gone" : "");
+                 tx->queue_id, log_printable(from, sizeof(from), tx->sender, strlen(tx->sender)),
+                 tx->n_rcpts, tx->data_size, s->io_detached ? " client=gone" : "");
     } else {
         log_info("smtpd session=%" PRIu64 " submit failed id=%s err=%s", s->id, tx->queue_id,
                  hamr_errname(status));
@@ -1805,6 +2095,11 @@ static void smtpd_session_data_end(struct smtpd_session *s)
         .body = tx->body.data,
         .body_len = tx->body.len,
         .body_8bit = tx->body_8bit,
+        .smtputf8 = tx->smtputf8,
+        .requiretls = tx->requiretls,
+        .ret = tx->ret,
+        .envid = tx->has_envid ? tx->envid : NULL,
+        .rcpt_dsn = tx->any_dsn ? tx->rcpt_dsn : NULL,
     };
     s->submit_pending = true;
     smtpd_session_enter_state(s, SMTPD_STATE_COMMITTING);

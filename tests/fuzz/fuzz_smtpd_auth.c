@@ -34,7 +34,8 @@
  *   - an envelope with a recipient outside our relay domains comes only
  *     after 235, and its Received: says "with ESMTPSA" exactly when the
  *     client authenticated ("ESMTPS" otherwise: always inside TLS; plain
- *     "SMTP" after HELO).
+ *     "SMTP" after HELO; "UTF8SMTPSA" and "UTF8SMTPS" for a message sent
+ *     with SMTPUTF8, RFC 6531 4.3).
  *
  * Security note: the input is arbitrary bytes, as from a hostile client
  * that completed a TLS handshake.
@@ -157,7 +158,9 @@ static int fuzz_auth_submit(void *data,
     FUZZ_CHECK(left > sizeof(by) - 1 && memcmp(eol, by, sizeof(by) - 1) == 0);
     const char *with = (const char *)eol + sizeof(by) - 1;
     left -= sizeof(by) - 1;
-    const char *want = authed ? "ESMTPSA id " : "ESMTPS id ";
+    /* RFC 6531 4.3: a message sent with SMTPUTF8 says UTF8SMTPS[A]. */
+    const char *want = env->smtputf8 ? (authed ? "UTF8SMTPSA id " : "UTF8SMTPS id ")
+                                     : (authed ? "ESMTPSA id " : "ESMTPS id ");
     FUZZ_CHECK((left > strlen(want) && memcmp(with, want, strlen(want)) == 0) ||
                (left > 8 && memcmp(with, "SMTP id ", 8) == 0));
     k->cb = cb;

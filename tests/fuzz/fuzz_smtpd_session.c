@@ -14,7 +14,9 @@
  *   byte 1  bits 0-1 how input is cut into reads (one read, per line, per
  *           octet, pseudo-random); bits 2-3 what happens at the end (nothing,
  *           timeout, shutdown, shutdown before the last read); bit 4 the
- *           client talks before the greeting.
+ *           client talks before the greeting; bit 5 the sink's ext_ok says
+ *           no (SMTPUTF8, DSN and REQUIRETLS not offered); bit 6 the
+ *           transport does STARTTLS (at once, as the unit tests' fake).
  *   rest    what the client sends.
  *
  * Properties checked:
@@ -23,9 +25,16 @@
  *   - nothing is written after close; no transport call after the owner let
  *     go; pause and resume alternate;
  *   - a submitted envelope is clean: printable sender, helo and recipients
- *     of bounded length, 1..recipient_limit recipients, our queue id, a body
+ *     of bounded length (with SMTPUTF8, well-formed UTF-8 without controls
+ *     in the addresses), 1..recipient_limit recipients, our queue id, a body
  *     that starts with our Received:, has CRLF line ends only, no NUL, ends
  *     in CRLF and is within message_size_limit (SECURITY.md S1-S3, S7, S8);
+ *   - its extensions are sane (SECURITY.md S11, S24): none while ext_ok
+ *     says no; REQUIRETLS only inside TLS; RET a known value; ENVID 1-100
+ *     printable ASCII; rcpt_dsn NULL or one entry per recipient, some of
+ *     them set, NOTIFY bits NEVER alone or of SUCCESS, FAILURE and DELAY,
+ *     ORCPT "type;address" within 500 octets, well-formed UTF-8 without
+ *     controls;
  *   - a client outside relay_networks gets only recipients in our relay
  *     domains, with a domain (not a literal) and no %, ! or quoted @
  *     (SECURITY.md S12);
@@ -46,6 +55,7 @@
 
 #include "util/common.h"
 #include "util/err.h"
+#include "net/smtp_ext.h"
 #include "net/smtpd.h"
 #include "net/smtpd_session.h"
 #include "fuzz_common.h"
@@ -65,6 +75,8 @@ struct fuzz_session_replies {
 struct fuzz_session_sink {
     int mode; /* 0 commit, 1 fail in callback, 2 fail in submit, 3 hold */
     bool nospace;
+    bool ext_no;                   /* ext_ok says no */
+    const struct smtpd_session *s; /* for smtpd_session_tls */
     unsigned mails, ids, submits;
     unsigned answered_ok; /* successful callbacks while the client could still hear */
     const struct fuzz_session_policy *fp;
@@ -111,6 +123,13 @@ static int fuzz_session_check_mail(void *data)
     return k->nospace && k->mails % 2 == 0 ? HAMR_ENOSPACE : 0;
 }
 
+/* fuzz_session_ext_ok - the answer byte 1 chose. */
+static bool fuzz_session_ext_ok(void *data)
+{
+    const struct fuzz_session_sink *k = data;
+    return !k->ext_no;
+}
+
 /* fuzz_session_hash - FNV-1a of n bytes. */
 static uint64_t fuzz_session_hash(uint64_t h, const void *p, size_t n)
 {
@@ -133,6 +152,15 @@ static uint64_t fuzz_session_env_hash(const struct smtpd_envelope *env)
     for (size_t i = 0; i < env->n_rcpts; i++)
         h = fuzz_session_hash(h, env->rcpts[i], strlen(env->rcpts[i]) + 1);
     h = fuzz_session_hash(h, env->body, env->body_len);
+    uint8_t flags[3] = {env->smtputf8, env->requiretls, env->ret};
+    h = fuzz_session_hash(h, flags, sizeof(flags));
+    if (env->envid != NULL)
+        h = fuzz_session_hash(h, env->envid, strlen(env->envid) + 1);
+    for (size_t i = 0; env->rcpt_dsn != NULL && i < env->n_rcpts; i++) {
+        h = fuzz_session_hash(h, &env->rcpt_dsn[i].notify, 1);
+        if (env->rcpt_dsn[i].orcpt != NULL)
+            h = fuzz_session_hash(h, env->rcpt_dsn[i].orcpt, strlen(env->rcpt_dsn[i].orcpt) + 1);
+    }
     return h;
 }
 
@@ -146,13 +174,44 @@ static bool fuzz_session_relay_domain(const char *domain)
     return n > sizeof(sub) - 1 && hamr_strncaseeq(domain + n - (sizeof(sub) - 1), sub, sizeof(sub));
 }
 
-/* fuzz_session_check_addr - a parsed path: printable, bounded, no <> or spaces outside quotes. */
-static void fuzz_session_check_addr(const char *a)
+/*
+ * fuzz_session_check_addr - a parsed path: printable (with SMTPUTF8,
+ * well-formed UTF-8 without controls), bounded, no <> or source route.
+ */
+static void fuzz_session_check_addr(const char *a, bool utf8)
 {
     size_t n = strlen(a);
     FUZZ_CHECK(n <= 256);
-    FUZZ_CHECK(fuzz_is_printable(a, n));
+    FUZZ_CHECK(utf8 ? smtp_utf8_valid(a, n) : fuzz_is_printable(a, n));
     FUZZ_CHECK(a[0] != '<' && a[0] != '@'); /* no brackets, no source route left */
+}
+
+/* fuzz_session_check_ext - the envelope extensions (SECURITY.md S11, S24). */
+static void fuzz_session_check_ext(const struct fuzz_session_sink *k,
+                                   const struct smtpd_envelope *env)
+{
+    if (k->ext_no)
+        FUZZ_CHECK(!env->smtputf8 && !env->requiretls && env->ret == SMTP_RET_UNSET &&
+                   env->envid == NULL && env->rcpt_dsn == NULL);
+    FUZZ_CHECK(!env->requiretls || smtpd_session_tls(k->s));
+    FUZZ_CHECK(env->ret <= SMTP_RET_HDRS);
+    FUZZ_CHECK(env->envid == NULL || smtp_envid_ok(env->envid, strlen(env->envid)));
+    if (env->rcpt_dsn == NULL)
+        return;
+    bool any = false;
+    for (size_t i = 0; i < env->n_rcpts; i++) {
+        const struct smtp_dsn_rcpt *d = &env->rcpt_dsn[i];
+        FUZZ_CHECK((d->notify & ~SMTP_NOTIFY_ALL) == 0);
+        FUZZ_CHECK(!(d->notify & SMTP_NOTIFY_NEVER) || d->notify == SMTP_NOTIFY_NEVER);
+        any = any || d->notify != 0 || d->orcpt != NULL;
+        if (d->orcpt == NULL)
+            continue;
+        size_t n = strlen(d->orcpt);
+        const char *semi = strchr(d->orcpt, ';');
+        FUZZ_CHECK(n <= SMTP_ORCPT_MAX && smtp_utf8_valid(d->orcpt, n));
+        FUZZ_CHECK(semi != NULL && semi > d->orcpt && semi[1] != '\0');
+    }
+    FUZZ_CHECK(any);
 }
 
 /* fuzz_session_check_env - what a sink may rely on in an envelope. */
@@ -162,11 +221,12 @@ static void fuzz_session_check_env(const struct fuzz_session_sink *k,
     const struct fuzz_session_policy *fp = k->fp;
     FUZZ_CHECK(strcmp(env->queue_id, k->last_id) == 0);
     FUZZ_CHECK(strlen(env->helo) <= 255 && fuzz_is_printable(env->helo, strlen(env->helo)));
-    fuzz_session_check_addr(env->sender);
+    fuzz_session_check_addr(env->sender, env->smtputf8);
+    fuzz_session_check_ext(k, env);
     FUZZ_CHECK(env->n_rcpts >= 1 && env->n_rcpts <= fp->policy.recipient_limit);
     for (size_t i = 0; i < env->n_rcpts; i++) {
         const char *r = env->rcpts[i];
-        fuzz_session_check_addr(r);
+        fuzz_session_check_addr(r, env->smtputf8);
         if (fp->relay_client)
             continue;
         /* <postmaster> with no domain goes to postmaster@hostname (RFC 5321 4.5.1). */
@@ -276,7 +336,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct fuzz_session_replies replies = {0};
     bool backlog = (b0 & 0x80) != 0;
     struct testlib_session_io io;
-    struct fuzz_session_sink k = {.mode = (b0 >> 4) & 3, .nospace = (b0 & 0x40) != 0, .fp = &fp};
+    struct fuzz_session_sink k = {
+        .mode = (b0 >> 4) & 3, .nospace = (b0 & 0x40) != 0, .ext_no = (b1 & 0x20) != 0, .fp = &fp};
     bool early_talker = (b1 & 0x10) != 0;
 
     fuzz_session_policy_init(&fp, (b0 >> 2) & 3, ci);
@@ -287,14 +348,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     io.queued = backlog ? SMTPD_SESSION_OUT_HIGH + 1 : 0;
     struct smtpd_session_io ops = testlib_session_io_ops(&io);
     ops.write_queued = testlib_session_io_write_queued;
+    if (b1 & 0x40)
+        ops.starttls = testlib_session_io_starttls;
     const struct smtpd_sink sink = {
         .data = &k,
         .new_id = fuzz_session_new_id,
         .check_mail = fuzz_session_check_mail,
+        .ext_ok = fuzz_session_ext_ok,
         .submit = fuzz_session_submit,
     };
     struct smtpd_session *s = NULL;
     FUZZ_CHECK(smtpd_session_new(&fp.policy, &sink, &ops, fuzz_session_clients[ci], &s) == 0);
+    k.s = s;
     FUZZ_CHECK(smtpd_session_state(s) == SMTPD_STATE_CONNECTED);
 
     struct fuzz_session_io_feed feed = {

@@ -33,6 +33,7 @@ struct test_path_case {
 
 #define NUL_OK SMTP_ADDR_NULL_OK
 #define PM_OK SMTP_ADDR_POSTMASTER_OK
+#define U8 SMTP_ADDR_UTF8_OK
 
 static const struct test_path_case test_paths[] = {
     /* label, in, flags, rc, text, rest, has_domain, literal, routed, null */
@@ -122,6 +123,43 @@ static const struct test_path_case test_paths[] = {
      false, false},
     {"8-bit even when the syntax is bad", "u\xff", 0, HAMR_EPROTO, NULL, NULL, false, false, false,
      false},
+    /* SMTPUTF8 (RFC 6531 3.3): UTF-8 local parts and U-labels, well-formed only. */
+    {"utf8 local", "<us\xc3\xa9r@ex.com>", U8, 0, "us\xc3\xa9r@ex.com", "", true, false, false,
+     false},
+    {"utf8 U-label",
+     "<u@b\xc3\xbc"
+     "cher.example>",
+     U8, 0,
+     "u@b\xc3\xbc"
+     "cher.example",
+     "", true, false, false, false},
+    {"utf8 4-octet and 3-octet", "<\xf0\x9f\x98\x80@\xe4\xbe\x8b.example>", U8, 0,
+     "\xf0\x9f\x98\x80@\xe4\xbe\x8b.example", "", true, false, false, false},
+    {"utf8 quoted", "<\"j\xc3\xb6 d\"@ex.com>", U8, 0, "\"j\xc3\xb6 d\"@ex.com", "", true, false,
+     false, false},
+    {"utf8 flag, ASCII", "<User@Example.COM>", U8, 0, "User@Example.COM", "", true, false, false,
+     false},
+    {"utf8 flag, 8-bit parameters are not the path's", "<u@ex.com> X=\xff", U8, 0, "u@ex.com",
+     " X=\xff", true, false, false, false},
+    {"utf8 routed", "<\xc3\xa9%x@ex.com>", U8, 0, "\xc3\xa9%x@ex.com", "", true, false, true,
+     false},
+    {"utf8 overlong", "<\xc0\xaf@ex.com>", U8, HAMR_EINVAL, NULL, NULL, false, false, false, false},
+    {"utf8 C1 control", "<a\xc2\x85@ex.com>", U8, HAMR_EINVAL, NULL, NULL, false, false, false,
+     false},
+    {"utf8 lone continuation", "<a\x80@ex.com>", U8, HAMR_EINVAL, NULL, NULL, false, false, false,
+     false},
+    {"utf8 cut sequence", "<a\xe4\xbe@ex.com>", U8, HAMR_EINVAL, NULL, NULL, false, false, false,
+     false},
+    {"utf8 surrogate in domain", "<a@\xed\xa0\x80.ex>", U8, HAMR_EINVAL, NULL, NULL, false, false,
+     false, false},
+    {"utf8 above U+10FFFF", "<a@\xf4\x90\x80\x80.ex>", U8, HAMR_EINVAL, NULL, NULL, false, false,
+     false, false},
+    {"utf8 label ends in -", "<a@\xc3\xa9-.ex>", U8, HAMR_EINVAL, NULL, NULL, false, false, false,
+     false},
+    {"utf8 source route stays ASCII", "<@r\xc3\xa9.ex:u@ex.com>", U8, HAMR_EINVAL, NULL, NULL,
+     false, false, false, false},
+    {"utf8 quoted escape is ASCII", "<\"a\\\xc3\xa9\"@ex.com>", U8, HAMR_EINVAL, NULL, NULL, false,
+     false, false, false},
 };
 
 /* test_parse_path - every row of test_paths. */
@@ -201,6 +239,23 @@ static void test_limits(void **state)
         if (rc == 0)
             assert_int_equal(strlen(a.text) + 2, strlen(buf));
     }
+
+    /* Under SMTPUTF8 the limits count octets: 32 two-octet characters fill a local part. */
+    char u[600];
+    size_t k = 0;
+    u[k++] = '<';
+    for (size_t i = 0; i < 32; i++) {
+        u[k++] = '\xc3';
+        u[k++] = '\xa9';
+    }
+    memcpy(u + k, "@ex.com>", 9);
+    struct smtp_addr ua;
+    const char *up = u;
+    assert_int_equal(smtp_addr_parse_path(&up, SMTP_ADDR_UTF8_OK, &ua), 0);
+    memmove(u + 2, u + 1, strlen(u + 1) + 1); /* 65 octets */
+    u[1] = 'x';
+    up = u;
+    assert_int_equal(smtp_addr_parse_path(&up, SMTP_ADDR_UTF8_OK, &ua), HAMR_EINVAL);
 
     /* The domain limit, in a source route where the path limit does not hide it. */
     char route[600];
@@ -286,6 +341,24 @@ static void test_domains(void **state)
     assert_ptr_equal(smtp_addr_domain_scan(s, s + strlen(s), 0, &lit), s + 6);
     assert_false(lit);
     assert_ptr_equal(smtp_addr_domain_scan(s, s + 2, 0, NULL), s + 2);
+    /* U-labels only under SMTP_ADDR_DOM_UTF8, well-formed, Ldh rules kept. */
+    s = "b\xc3\xbc"
+        "cher.example";
+    assert_false(smtp_addr_domain_ok(s, strlen(s), SMTP_ADDR_DOM_PATH));
+    assert_true(smtp_addr_domain_ok(s, strlen(s), SMTP_ADDR_DOM_PATH | SMTP_ADDR_DOM_UTF8));
+    assert_true(smtp_addr_domain_ok(s, strlen(s), SMTP_ADDR_DOM_TABLE | SMTP_ADDR_DOM_UTF8));
+    s = "b\xc3\xbc"
+        "cher.example.";
+    assert_true(smtp_addr_domain_ok(s, strlen(s), SMTP_ADDR_DOM_HOST | SMTP_ADDR_DOM_UTF8));
+    s = "\xc3\xbc.\xc3\xbc";
+    assert_true(smtp_addr_domain_ok(s, strlen(s), SMTP_ADDR_DOM_UTF8));
+    s = "ex\xe9.com"; /* Latin-1, not UTF-8 */
+    assert_false(smtp_addr_domain_ok(s, strlen(s), SMTP_ADDR_DOM_UTF8));
+    s = "-\xc3\xbc.example";
+    assert_false(smtp_addr_domain_ok(s, strlen(s), SMTP_ADDR_DOM_UTF8));
+    s = "b\xc3\xbc"; /* a scan stops before a character cut by end */
+    assert_ptr_equal(smtp_addr_domain_scan(s, s + 2, SMTP_ADDR_DOM_UTF8, NULL), s + 1);
+
     s = "[10.0.0.1]:25";
     assert_ptr_equal(smtp_addr_domain_scan(s, s + strlen(s), SMTP_ADDR_DOM_LITERAL, &lit), s + 10);
     assert_true(lit);
@@ -308,19 +381,28 @@ static void test_local_parts(void **state)
         {"a(comment)", false}, {"x", true},         {"{|}~#$&*=?^_`/-", true},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-        if (smtp_addr_dot_string_ok(cases[i].in, strlen(cases[i].in)) != cases[i].dot_string)
+        if (smtp_addr_dot_string_ok(cases[i].in, strlen(cases[i].in), 0) != cases[i].dot_string)
             fail_msg("\"%s\": want %d", cases[i].in, cases[i].dot_string);
+
+    /* RFC 6532 3.2: UTF-8 characters are atext under SMTP_ADDR_LOCAL_UTF8 only. */
+    assert_true(smtp_addr_dot_string_ok("\xc3\xa9", 2, SMTP_ADDR_LOCAL_UTF8));
+    assert_true(smtp_addr_dot_string_ok("a.\xc3\xa9.b", 6, SMTP_ADDR_LOCAL_UTF8));
+    assert_false(smtp_addr_dot_string_ok("\xc3", 1, SMTP_ADDR_LOCAL_UTF8));
+    assert_false(smtp_addr_dot_string_ok("\xc2\x85", 2, SMTP_ADDR_LOCAL_UTF8)); /* C1 */
+    assert_false(smtp_addr_dot_string_ok("\"\xc3\xa9\"", 4, SMTP_ADDR_LOCAL_UTF8));
 
     bool routed = true;
     const char *s = "plain@x";
-    assert_ptr_equal(smtp_addr_local_scan(s, s + strlen(s), true, &routed), s + 5);
+    assert_ptr_equal(smtp_addr_local_scan(s, s + strlen(s), SMTP_ADDR_LOCAL_QUOTED, &routed),
+                     s + 5);
     assert_false(routed);
     s = "\"q@x\"@y";
-    assert_null(smtp_addr_local_scan(s, s + strlen(s), false, &routed));
-    assert_ptr_equal(smtp_addr_local_scan(s, s + strlen(s), true, &routed), s + 5);
+    assert_null(smtp_addr_local_scan(s, s + strlen(s), 0, &routed));
+    assert_ptr_equal(smtp_addr_local_scan(s, s + strlen(s), SMTP_ADDR_LOCAL_QUOTED, &routed),
+                     s + 5);
     assert_true(routed);
     s = "\"open";
-    assert_null(smtp_addr_local_scan(s, s + strlen(s), true, NULL));
+    assert_null(smtp_addr_local_scan(s, s + strlen(s), SMTP_ADDR_LOCAL_QUOTED, NULL));
 }
 
 /* test_compare - lookup keys, the domain of an address, lower case, domain matching. */
@@ -354,6 +436,16 @@ static void test_compare(void **state)
     assert_string_equal(s, "mixed.Example-1.COM");
     smtp_addr_lower(s, strlen(s));
     assert_string_equal(s, "mixed.example-1.com");
+    /* ASCII only: UTF-8 octets are never touched ("\xc3\x89" is capital E acute). */
+    char u[] =
+        "\xc3\x89T\xc3\xa9@B\xc3\x9c"
+        "CHER.Example";
+    smtp_addr_lower(u, strlen(u));
+    assert_string_equal(u,
+                        "\xc3\x89t\xc3\xa9@b\xc3\x9c"
+                        "cher.example");
+    assert_true(smtp_addr_key("\xc3\x89T@X.COM", key, sizeof(key), &len, &at));
+    assert_string_equal(key, "\xc3\x89t@x.com");
 
     static const struct {
         const char *domain, *pattern;
@@ -368,6 +460,23 @@ static void test_compare(void **state)
         {"sub.example.com", "example.com", SMTP_ADDR_MATCH_NONE},
         {"example.com", "", SMTP_ADDR_MATCH_NONE},
         {"example.co", "example.com", SMTP_ADDR_MATCH_NONE},
+        /* U-labels: ASCII case only, octet for octet, no IDNA. */
+        {"B\xc3\xbc"
+         "cher.Example",
+         "b\xc3\xbc"
+         "cher.example",
+         SMTP_ADDR_MATCH_EXACT},
+        {"b\xc3\x9c"
+         "cher.example",
+         "b\xc3\xbc"
+         "cher.example",
+         SMTP_ADDR_MATCH_NONE},
+        {"b\xc3\xbc"
+         "cher.example",
+         "xn--bcher-kva.example", SMTP_ADDR_MATCH_NONE},
+        {"b\xc3\xbc"
+         "cher.EXAMPLE",
+         ".example", SMTP_ADDR_MATCH_SUFFIX},
     };
     for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
         if (smtp_addr_domain_match(m[i].domain, strlen(m[i].domain), m[i].pattern) != m[i].want)

@@ -99,12 +99,27 @@ static void test_orcpt(void **state)
     assert_true(smtp_orcpt_format(out, wire, sizeof(wire)));
     assert_string_equal(wire, out);
 
-    static const char *const bad[] = {"rfc822",     ";a@b",           "rfc 822;a@b",
-                                      "rfc822;",    "rfc822;a=b",     "rfc822;a+0Ab",
-                                      "utf-8;\xc3", "rfc822;\xc3\xa9"};
+    /* RFC 6533 3: a utf-8 address may embed "\x{HEX}", and takes no '+' or '='. */
+    assert_true(smtp_orcpt_parse("UTF-8;a\\x{2B}b\\x{1F600}@example.com", out));
+    assert_string_equal(out, "utf-8;a\\x{2B}b\\x{1F600}@example.com");
+
+    static const char *const bad[] = {"rfc822",           ";a@b",
+                                      "rfc 822;a@b",      "rfc822;",
+                                      "rfc822;a=b",       "rfc822;a+0Ab",
+                                      "utf-8;\xc3",       "rfc822;\xc3\xa9",
+                                      "utf-8;",           "utf-8;a+b@x",
+                                      "utf-8;a+2Bb@x",    "utf-8;a=b@x",
+                                      "utf-8;a b@x",      "utf-8;a\\b@x",
+                                      "utf-8;a\\x{}@x",   "utf-8;a\\x{2B@x",
+                                      "utf-8;a\\x{2b}@x", "utf-8;a\\x{1234567}@x",
+                                      "utf-8;a\\x",       "utf-8;a\xc2\x85@x"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         if (smtp_orcpt_parse(bad[i], out))
             fail_msg("ORCPT=%s was accepted", bad[i]);
+
+    /* An addr-type of 32 octets is taken, of 33 not. */
+    assert_true(smtp_orcpt_parse("x-234567890123456789012345678901;a@b", out));
+    assert_false(smtp_orcpt_parse("x-2345678901234567890123456789012;a@b", out));
 
     /* 500 octets decoded fit, 501 do not. */
     char v[600];

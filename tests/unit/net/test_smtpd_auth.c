@@ -532,7 +532,7 @@ static void test_ehlo_offer(void **state)
     test_expect(
         h,
         "250-mx.hamr.test\r\n250-PIPELINING\r\n250-SIZE 1048576\r\n250-8BITMIME\r\n250-CHUNKING\r\n"
-        "250-STARTTLS\r\n250 ENHANCEDSTATUSCODES\r\n");
+        "250-SMTPUTF8\r\n250-DSN\r\n250-STARTTLS\r\n250 ENHANCEDSTATUSCODES\r\n");
     test_send(h, "AUTH PLAIN\r\n");
     test_expect(h, "530 5.7.0 Must issue a STARTTLS command first\r\n");
     test_send(h, test_plain("", "alice", "secret-alice"));
@@ -549,7 +549,8 @@ static void test_ehlo_offer(void **state)
     test_expect(
         h,
         "250-mx.hamr.test\r\n250-PIPELINING\r\n250-SIZE 1048576\r\n250-8BITMIME\r\n250-CHUNKING\r\n"
-        "250-AUTH PLAIN LOGIN\r\n250 ENHANCEDSTATUSCODES\r\n");
+        "250-SMTPUTF8\r\n250-DSN\r\n250-AUTH PLAIN LOGIN\r\n250-REQUIRETLS\r\n"
+        "250 ENHANCEDSTATUSCODES\r\n");
     h->s = smtpd_session_free(h->s);
 
     /* Not configured: never offered, and AUTH is not implemented. */

@@ -7,8 +7,10 @@
  * without regard to case, quoted local parts, near misses (subdomains,
  * suffixes, other users) and addresses that are too long or not addresses;
  * every kind of bad line with its exact "FILE:LINE: reason" (no @, spaces,
- * over-long entries and lines, control characters, NUL, non-ASCII, bad
- * local parts and domains) and a missing file; the entry limit (1,000,000
+ * over-long entries and lines, control characters, NUL, 8-bit octets that
+ * are not UTF-8, C1 controls, bad local parts and domains); UTF-8 entries
+ * (RFC 6531) compared with ASCII case folded and UTF-8 octet for octet, no
+ * IDNA and a missing file; the entry limit (1,000,000
  * load, one more does not) and the 64 MiB file limit; reload keeping the
  * old table on a bad file, and a held table surviving a reload and the
  * map's free.
@@ -138,6 +140,57 @@ static void test_good_file(void **state)
     assert_null(m);
 }
 
+/*
+ * test_utf8_entries - SMTPUTF8 recipients (RFC 6531): ASCII letters match
+ * in any case, UTF-8 octet for octet (no Unicode case folding), a U-label
+ * never its A-label (no IDNA).
+ */
+static void test_utf8_entries(void **state)
+{
+    (void)state;
+    struct smtpd_rcptmap *m = NULL;
+    char err[512] = "";
+    static const struct {
+        const char *addr;
+        int want;
+    } cases[] = {
+        {"j\xc3\xbcrgen@example.com", 0},
+        {"J\xc3\xbcRGEN@EXAMPLE.COM", 0},
+        {"j\xc3\x9crgen@example.com", HAMR_ENOTFOUND}, /* capital U umlaut */
+        {"jurgen@example.com", HAMR_ENOTFOUND},
+        {"anyone@b\xc3\xbc"
+         "cher.example",
+         0},
+        {"Anyone@B\xc3\xbc"
+         "CHER.Example",
+         0},
+        {"anyone@b\xc3\x9c"
+         "cher.example",
+         HAMR_ENOTFOUND},
+        {"anyone@xn--bcher-kva.example", HAMR_ENOTFOUND},
+        {"user@xn--caf-dma.example", 0},
+        {"user@caf\xc3\xa9.example", HAMR_ENOTFOUND}, /* the same name as a U-label */
+        {"\xe7\x94\xa8\xe6\x88\xb7@b\xc3\xbc"
+         "cher.example",
+         0},
+    };
+
+    test_write_str(
+        "J\xc3\xbcrgen@Example.com\n@B\xc3\xbc"
+        "cher.example\n"
+        "user@xn--caf-dma.example\n");
+    int rc = smtpd_rcptmap_new(test_path, &m, err, sizeof(err));
+    if (rc != 0)
+        fail_msg("%s", err);
+    assert_int_equal(smtpd_rcptmap_entries(m), 3);
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        int got = smtpd_rcptmap_lookup(m, cases[i].addr);
+        if (got != cases[i].want)
+            fail_msg("lookup \"%s\": got %d want %d", cases[i].addr, got, cases[i].want);
+    }
+    smtpd_rcptmap_free(m);
+}
+
 /* test_empty_file - comments only: loads, nothing is found. */
 static void test_empty_file(void **state)
 {
@@ -201,8 +254,13 @@ static const struct {
     {"DEL", "a\177@example.com\n", 0, ":1: control character in entry"},
     {"NUL", "ok@example.com\nal\0ce@example.com\n", 33, ":2: control character in entry"},
     {"bare CR inside", "al\rce@example.com\n", 0, ":1: control character in entry"},
-    {"UTF-8", "j\xc3\xbcrgen@example.com\n", 0, ":1: non-ASCII octet in entry"},
-    {"UTF-8 domain", "a@b\xc3\xbc.example\n", 0, ":1: non-ASCII octet in entry"},
+    {"Latin-1", "j\xfcrgen@example.com\n", 0, ":1: non-ASCII octets that are not UTF-8 in entry"},
+    {"overlong UTF-8", "a\xc0\xaf@example.com\n", 0,
+     ":1: non-ASCII octets that are not UTF-8 in entry"},
+    {"C1 control", "a\xc2\x85@example.com\n", 0,
+     ":1: non-ASCII octets that are not UTF-8 in entry"},
+    {"cut UTF-8 domain", "a@b\xc3.example\n", 0,
+     ":1: non-ASCII octets that are not UTF-8 in entry"},
     {"two @", "a@b@example.com\n", 0, ":1: more than one @ in entry"},
     {"no domain", "alice@\n", 0, ":1: no domain after @"},
     {"lone @", "@\n", 0, ":1: no domain after @"},
@@ -402,7 +460,7 @@ int main(void)
         cmocka_unit_test(test_long_entries), cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_long_lines),   cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_entry_limit),  cmocka_unit_test(test_size_limit),
-        cmocka_unit_test(test_reload),
+        cmocka_unit_test(test_reload),       cmocka_unit_test(test_utf8_entries),
     };
     log_set_level(LOG_LEVEL_ERROR);
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);

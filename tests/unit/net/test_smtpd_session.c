@@ -26,6 +26,13 @@
  * out of order (chunk read and dropped, nothing of it run), mixed with
  * DATA, bad sizes (501 and close), over the size limit, content checks
  * and the data rate.
+ * Envelope extensions (SECURITY.md S11, S24): SMTPUTF8 and DSN in EHLO as
+ * the sink's ext_ok says (at EHLO and at MAIL), REQUIRETLS only inside
+ * TLS; SMTPUTF8, RET, ENVID, REQUIRETLS, NOTIFY and ORCPT landing in the
+ * envelope (rcpt_dsn parallel to the recipients, NULL when none gave
+ * any), each malformed value, each repeat, each refused when not offered;
+ * UTF-8 paths with and without SMTPUTF8, malformed UTF-8, U-labels under
+ * the relay rules and the recipient map.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -65,9 +72,18 @@ struct fake_msg {
     uint8_t *body;
     size_t body_len;
     bool body_8bit;
+    bool smtputf8, requiretls;
+    uint8_t ret;
+    char *envid;     /* NULL when the envelope had none */
+    bool has_dsn;    /* rcpt_dsn was not NULL */
+    uint8_t *notify; /* n_rcpts entries, when has_dsn */
+    char **orcpt;    /* n_rcpts entries (each may be NULL), when has_dsn */
 };
 
 struct fake_sink {
+    bool ext_hook; /* give the session an ext_ok (else NULL: always yes) */
+    bool ext_no;   /* what ext_ok answers: no */
+    int ext_asks;  /* ext_ok calls */
     int check_mail_rc;
     int submit_rc; /* returned by submit itself; the callback then never runs */
     int status;    /* what the callback reports */
@@ -96,6 +112,33 @@ static int fake_sink_check_mail(void *data)
     return k->check_mail_rc;
 }
 
+/* fake_sink_ext_ok - the answer the test set. */
+static bool fake_sink_ext_ok(void *data)
+{
+    struct fake_sink *k = data;
+    k->ext_asks++;
+    return !k->ext_no;
+}
+
+/* fake_sink_copy_ext - the envelope extensions of env into m. */
+static void fake_sink_copy_ext(struct fake_msg *m, const struct smtpd_envelope *env)
+{
+    m->smtputf8 = env->smtputf8;
+    m->requiretls = env->requiretls;
+    m->ret = env->ret;
+    m->envid = env->envid != NULL ? strdup(env->envid) : NULL;
+    m->has_dsn = env->rcpt_dsn != NULL;
+    if (!m->has_dsn)
+        return;
+    m->notify = calloc(env->n_rcpts, 1);
+    m->orcpt = calloc(env->n_rcpts, sizeof(char *));
+    for (size_t i = 0; i < env->n_rcpts; i++) {
+        m->notify[i] = env->rcpt_dsn[i].notify;
+        if (env->rcpt_dsn[i].orcpt != NULL)
+            m->orcpt[i] = strdup(env->rcpt_dsn[i].orcpt);
+    }
+}
+
 /* fake_sink_submit - copy the envelope and hold the callback for fake_sink_step(). */
 static int fake_sink_submit(void *data,
                             const struct smtpd_envelope *env,
@@ -122,6 +165,7 @@ static int fake_sink_submit(void *data,
     m->body[env->body_len] = '\0';
     m->body_len = env->body_len;
     m->body_8bit = env->body_8bit;
+    fake_sink_copy_ext(m, env);
     k->pending_env = env;
     k->cb = cb;
     k->cb_arg = arg;
@@ -152,10 +196,16 @@ static void fake_sink_step(struct fake_sink *k)
 static void fake_sink_free(struct fake_sink *k)
 {
     for (size_t i = 0; i < k->n_msgs; i++) {
-        for (size_t j = 0; j < k->msgs[i].n_rcpts; j++)
+        for (size_t j = 0; j < k->msgs[i].n_rcpts; j++) {
             free(k->msgs[i].rcpts[j]);
+            if (k->msgs[i].orcpt != NULL)
+                free(k->msgs[i].orcpt[j]);
+        }
         free(k->msgs[i].rcpts);
         free(k->msgs[i].body);
+        free(k->msgs[i].envid);
+        free(k->msgs[i].notify);
+        free(k->msgs[i].orcpt);
     }
 }
 
@@ -164,6 +214,7 @@ static void fake_sink_free(struct fake_sink *k)
 /* ------------------------------------------------------------------ */
 
 struct harness {
+    bool offer_tls; /* the transport can do STARTTLS (testlib_session_io_starttls) */
     struct smtpd_policy policy;
     struct smtpd_cidr nets[2];
     char *domains[2];
@@ -207,10 +258,13 @@ static void test_start(struct harness *h, const char *client)
     io.write_queued = testlib_session_io_write_queued;
     io.now = testlib_session_io_now;
     io.stressed = testlib_session_io_stressed;
+    if (h->offer_tls)
+        io.starttls = testlib_session_io_starttls;
     struct smtpd_sink sink = {
         .data = &h->sink,
         .new_id = fake_sink_new_id,
         .check_mail = fake_sink_check_mail,
+        .ext_ok = h->sink.ext_hook ? fake_sink_ext_ok : NULL,
         .submit = fake_sink_submit,
     };
     assert_int_equal(smtpd_session_new(&h->policy, &sink, &io, client, &h->s), 0);
@@ -302,7 +356,10 @@ static void test_transaction(struct harness *h, const char *rcpt, const char *bo
 /* Tests                                                               */
 /* ------------------------------------------------------------------ */
 
-/* test_greeting_and_ehlo - 220, then the EHLO keywords: CHUNKING, no STARTTLS or AUTH. */
+/*
+ * test_greeting_and_ehlo - 220, then the EHLO keywords: CHUNKING, SMTPUTF8
+ * and DSN (no ext_ok: always yes), no STARTTLS, AUTH or REQUIRETLS.
+ */
 static void test_greeting_and_ehlo(void **state)
 {
     struct harness *h = *state;
@@ -316,7 +373,7 @@ static void test_greeting_and_ehlo(void **state)
     test_send(h, "EHLO client.example\r\n");
     test_expect(h,
                 "250-mx.hamr.test\r\n250-PIPELINING\r\n250-SIZE 10485760\r\n250-8BITMIME\r\n"
-                "250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n");
+                "250-CHUNKING\r\n250-SMTPUTF8\r\n250-DSN\r\n250 ENHANCEDSTATUSCODES\r\n");
     test_send(h, "HELO again.example\r\n");
     test_expect(h, "250 mx.hamr.test\r\n");
     test_send(h, "EHLO\r\n");
@@ -366,6 +423,11 @@ static void test_happy_path(void **state)
     assert_int_equal(m->n_rcpts, 1);
     assert_string_equal(m->rcpts[0], "user@hamr.test");
     assert_true(m->body_8bit);
+    assert_false(m->smtputf8);
+    assert_false(m->requiretls);
+    assert_int_equal(m->ret, SMTP_RET_UNSET);
+    assert_null(m->envid);
+    assert_false(m->has_dsn);
 
     /* Received: first, then the un-stuffed data byte for byte. */
     static const char head[] =
@@ -539,13 +601,11 @@ static const struct {
      "553 5.6.7 Must declare SMTPUTF8 to send unicode address"},
     {"unknown MAIL param", false, "MAIL FROM:<a@b.example> FOO=BAR",
      "555 5.5.4 Unsupported option: FOO"},
-    {"SMTPUTF8 param", false, "MAIL FROM:<a@b.example> SMTPUTF8",
-     "555 5.5.4 Unsupported option: SMTPUTF8"},
+    {"SMTPUTF8 param", false, "MAIL FROM:<a@b.example> SMTPUTF8", "250 2.1.0 Ok"},
     /* AUTH= is taken only where AUTH is offered (inside TLS, test_smtpd_tls). */
     {"AUTH param, AUTH not offered", false, "MAIL FROM:<a@b.example> AUTH=<>",
      "555 5.5.4 Unsupported option: AUTH"},
-    {"RCPT param", true, "RCPT TO:<a@hamr.test> NOTIFY=NEVER",
-     "555 5.5.4 Unsupported option: NOTIFY"},
+    {"RCPT param", true, "RCPT TO:<a@hamr.test> X-FOO=1", "555 5.5.4 Unsupported option: X-FOO"},
     {"bad BODY", false, "MAIL FROM:<a@b.example> BODY=9BIT", "501 5.5.4 Bad BODY parameter syntax"},
     {"bad SIZE", false, "MAIL FROM:<a@b.example> SIZE=12x", "501 5.5.4 Bad SIZE parameter syntax"},
     {"huge SIZE", false, "MAIL FROM:<a@b.example> SIZE=99999999999999999999999",
@@ -2105,6 +2165,362 @@ static void test_rcptmap_reload(void **state)
     test_rcptmap_done(h, m, path);
 }
 
+/* ------------------------------------------------------------------ */
+/* Envelope extensions: SMTPUTF8, DSN, REQUIRETLS (SECURITY.md S24)    */
+/* ------------------------------------------------------------------ */
+
+/* test_ext_tls - greeted, STARTTLS, EHLO inside TLS; output discarded. */
+static void test_ext_tls(struct harness *h, const char *client)
+{
+    h->offer_tls = true;
+    test_ehlo(h, client);
+    test_send(h, "STARTTLS\r\n");
+    test_expect(h, "220 2.0.0 Ready to start TLS\r\n");
+    test_send(h, "EHLO client.example\r\n");
+    test_take(h);
+    assert_true(smtpd_session_tls(h->s));
+}
+
+/*
+ * test_ext_ehlo - SMTPUTF8 and DSN while ext_ok says yes (asked at each
+ * EHLO), REQUIRETLS only inside TLS as well; none of them while it says no.
+ */
+static void test_ext_ehlo(void **state)
+{
+    struct harness *h = *state;
+    static const char base[] =
+        "250-mx.hamr.test\r\n250-PIPELINING\r\n250-SIZE 10485760\r\n"
+        "250-8BITMIME\r\n250-CHUNKING\r\n";
+
+    h->sink.ext_hook = true;
+    h->offer_tls = true;
+    test_start(h, TEST_OUTSIDE);
+    smtpd_session_greet(h->s);
+    test_take(h);
+    test_send(h, "EHLO client.example\r\n");
+    char want[1024];
+    snprintf(want, sizeof(want), "%s%s", base,
+             "250-SMTPUTF8\r\n250-DSN\r\n250-STARTTLS\r\n250 ENHANCEDSTATUSCODES\r\n");
+    test_expect(h, want);
+    assert_int_equal(h->sink.ext_asks, 1);
+    h->sink.ext_no = true;
+    test_send(h, "EHLO client.example\r\n");
+    snprintf(want, sizeof(want), "%s%s", base, "250-STARTTLS\r\n250 ENHANCEDSTATUSCODES\r\n");
+    test_expect(h, want);
+    assert_int_equal(h->sink.ext_asks, 2);
+    test_send(h, "STARTTLS\r\nEHLO client.example\r\n");
+    test_take(h); /* the EHLO after STARTTLS is dropped with the plaintext */
+    test_send(h, "EHLO client.example\r\n");
+    snprintf(want, sizeof(want), "%s%s", base, "250 ENHANCEDSTATUSCODES\r\n");
+    test_expect(h, want);
+    h->sink.ext_no = false;
+    test_send(h, "EHLO client.example\r\n");
+    snprintf(want, sizeof(want), "%s%s", base,
+             "250-SMTPUTF8\r\n250-DSN\r\n250-REQUIRETLS\r\n250 ENHANCEDSTATUSCODES\r\n");
+    test_expect(h, want);
+    /* HELO lists nothing, and asks nothing. */
+    int asks = h->sink.ext_asks;
+    test_send(h, "HELO client.example\r\n");
+    test_expect(h, "250 mx.hamr.test\r\n");
+    assert_int_equal(h->sink.ext_asks, asks);
+}
+
+/*
+ * test_ext_not_offered - while ext_ok says no (even if it said yes at
+ * EHLO) every extension parameter is unknown, and a UTF-8 path needs
+ * SMTPUTF8 as before.
+ */
+static void test_ext_not_offered(void **state)
+{
+    struct harness *h = *state;
+    static const struct {
+        const char *cmd, *want;
+    } cases[] = {
+        {"MAIL FROM:<a@b.example> SMTPUTF8", "555 5.5.4 Unsupported option: SMTPUTF8\r\n"},
+        {"MAIL FROM:<a@b.example> RET=FULL", "555 5.5.4 Unsupported option: RET\r\n"},
+        {"MAIL FROM:<a@b.example> ENVID=x", "555 5.5.4 Unsupported option: ENVID\r\n"},
+        {"MAIL FROM:<a@b.example> REQUIRETLS", "555 5.5.4 Unsupported option: REQUIRETLS\r\n"},
+        {"MAIL FROM:<\xc3\xbc@b.example> SMTPUTF8",
+         "553 5.6.7 Must declare SMTPUTF8 to send unicode address\r\n"},
+        {"MAIL FROM:<a@b.example>", "250 2.1.0 Ok\r\n"},
+        {"RCPT TO:<a@hamr.test> NOTIFY=NEVER", "555 5.5.4 Unsupported option: NOTIFY\r\n"},
+        {"RCPT TO:<a@hamr.test> ORCPT=rfc822;a@hamr.test",
+         "555 5.5.4 Unsupported option: ORCPT\r\n"},
+    };
+    char line[256];
+
+    h->sink.ext_hook = true;
+    test_ehlo(h, TEST_OUTSIDE);
+    h->sink.ext_no = true;
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
+        snprintf(line, sizeof(line), "%s\r\n", cases[i].cmd);
+        test_send(h, line);
+        const char *got = test_take(h);
+        if (strcmp(got, cases[i].want) != 0)
+            fail_msg("%s: got \"%s\" want \"%s\"", cases[i].cmd, got, cases[i].want);
+    }
+    assert_int_equal(h->sink.ext_asks, 1 + 6); /* EHLO, then each MAIL */
+    /* The answer at MAIL holds for the transaction: no later "yes" opens DSN. */
+    h->sink.ext_no = false;
+    test_send(h, "RCPT TO:<a@hamr.test> NOTIFY=NEVER\r\n");
+    test_expect(h, "555 5.5.4 Unsupported option: NOTIFY\r\n");
+}
+
+/*
+ * test_ext_envelope - every parameter taken lands in the envelope: inside
+ * TLS, a UTF-8 sender with SMTPUTF8, RET, ENVID (decoded), REQUIRETLS; per
+ * recipient NOTIFY and ORCPT (decoded), parallel to the recipients;
+ * Received: says UTF8SMTPS (RFC 6531 4.3).
+ */
+static void test_ext_envelope(void **state)
+{
+    struct harness *h = *state;
+
+    test_ext_tls(h, TEST_OUTSIDE);
+    test_send(h,
+              "MAIL FROM:<j\xc3\xb6rg@b\xc3\xbc"
+              "cher.example> smtputf8 RET=hdrs "
+              "ENVID=QQ+2B1+3D REQUIRETLS BODY=8BITMIME\r\n");
+    test_expect(h, "250 2.1.0 Ok\r\n");
+    test_send(h, "RCPT TO:<a@hamr.test> NOTIFY=SUCCESS,delay ORCPT=RFC822;A+2Bb@hamr.test\r\n");
+    test_send(h, "RCPT TO:<\xe7\x94\xa8@x.sub.hamr.test>\r\n");
+    test_send(h, "RCPT TO:<Postmaster> NOTIFY=NEVER\r\n");
+    test_send(h, "RCPT TO:<c@hamr.test> ORCPT=utf-8;\xc3\xa7@hamr.test\r\n");
+    test_send(h, "DATA\r\n");
+    assert_string_equal(test_codes(h), "250 250 250 250 354");
+    test_send(h, "Subject: \xc3\xbc\r\n\r\nhi\r\n.\r\n");
+    assert_int_equal(h->sink.submits, 1);
+    const struct fake_msg *m = &h->sink.msgs[0];
+    assert_string_equal(m->sender,
+                        "j\xc3\xb6rg@b\xc3\xbc"
+                        "cher.example");
+    assert_true(m->smtputf8);
+    assert_true(m->requiretls);
+    assert_true(m->body_8bit);
+    assert_int_equal(m->ret, SMTP_RET_HDRS);
+    assert_string_equal(m->envid, "QQ+1=");
+    assert_int_equal(m->n_rcpts, 4);
+    assert_string_equal(m->rcpts[1], "\xe7\x94\xa8@x.sub.hamr.test");
+    assert_string_equal(m->rcpts[2], "postmaster@mx.hamr.test");
+    assert_true(m->has_dsn);
+    assert_int_equal(m->notify[0], SMTP_NOTIFY_SUCCESS | SMTP_NOTIFY_DELAY);
+    assert_string_equal(m->orcpt[0], "rfc822;A+b@hamr.test");
+    assert_int_equal(m->notify[1], 0);
+    assert_null(m->orcpt[1]);
+    assert_int_equal(m->notify[2], SMTP_NOTIFY_NEVER);
+    assert_null(m->orcpt[2]);
+    assert_int_equal(m->notify[3], 0);
+    assert_string_equal(m->orcpt[3], "utf-8;\xc3\xa7@hamr.test");
+    assert_non_null(strstr((const char *)m->body, " with UTF8SMTPS id HAMRQ0001"));
+    assert_string_equal(body_after_received(m), "Subject: \xc3\xbc\r\n\r\nhi\r\n");
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0001\r\n");
+
+    /* The next transaction starts clean: nothing of the last one's parameters. */
+    test_send(h, "MAIL FROM:<a@b.example>\r\nRCPT TO:<a@hamr.test>\r\nDATA\r\n");
+    assert_string_equal(test_codes(h), "250 250 354");
+    test_send(h, "hi\r\n.\r\n");
+    m = &h->sink.msgs[1];
+    assert_false(m->smtputf8);
+    assert_false(m->requiretls);
+    assert_int_equal(m->ret, SMTP_RET_UNSET);
+    assert_null(m->envid);
+    assert_false(m->has_dsn);
+    assert_non_null(strstr((const char *)m->body, " with ESMTPS id HAMRQ0002"));
+}
+
+/* Extension parameters, one transaction each: the reply to the last command. */
+static const struct {
+    const char *label;
+    bool tls;
+    const char *mail; /* NULL: MAIL FROM:<a@b.example> */
+    const char *rcpt; /* NULL: none */
+    const char *want;
+} test_ext_cases[] = {
+    {"SMTPUTF8 value", false, "MAIL FROM:<a@b.example> SMTPUTF8=yes", NULL,
+     "501 5.5.4 Bad SMTPUTF8 parameter syntax"},
+    {"SMTPUTF8 twice", false, "MAIL FROM:<a@b.example> SMTPUTF8 smtputf8", NULL,
+     "501 5.5.4 Duplicate SMTPUTF8 parameter"},
+    {"RET other", false, "MAIL FROM:<a@b.example> RET=ALL", NULL,
+     "501 5.5.4 Bad RET parameter syntax"},
+    {"RET no value", false, "MAIL FROM:<a@b.example> RET", NULL,
+     "501 5.5.4 Bad RET parameter syntax"},
+    {"RET twice", false, "MAIL FROM:<a@b.example> RET=FULL RET=HDRS", NULL,
+     "501 5.5.4 Duplicate RET parameter"},
+    {"RET full", false, "MAIL FROM:<a@b.example> RET=Full", NULL, "250 2.1.0 Ok"},
+    {"ENVID empty", false, "MAIL FROM:<a@b.example> ENVID=", NULL,
+     "501 5.1.7 Bad sender address syntax"},
+    {"ENVID cut hex", false, "MAIL FROM:<a@b.example> ENVID=a+2", NULL,
+     "501 5.5.4 Bad ENVID parameter syntax"},
+    {"ENVID lower-case hex", false, "MAIL FROM:<a@b.example> ENVID=a+2b", NULL,
+     "501 5.5.4 Bad ENVID parameter syntax"},
+    {"ENVID decodes to LF", false, "MAIL FROM:<a@b.example> ENVID=a+0Ab", NULL,
+     "501 5.5.4 Bad ENVID parameter syntax"},
+    {"ENVID decodes to NUL", false, "MAIL FROM:<a@b.example> ENVID=a+00", NULL,
+     "501 5.5.4 Bad ENVID parameter syntax"},
+    {"ENVID decodes to 8-bit", false, "MAIL FROM:<a@b.example> ENVID=a+C3+BC", NULL,
+     "501 5.5.4 Bad ENVID parameter syntax"},
+    {"ENVID 100", false,
+     "MAIL FROM:<a@b.example> ENVID=0123456789012345678901234567890123456789012345678901234567"
+     "890123456789012345678901234567890123456789",
+     NULL, "250 2.1.0 Ok"},
+    {"ENVID 101", false,
+     "MAIL FROM:<a@b.example> ENVID=0123456789012345678901234567890123456789012345678901234567"
+     "8901234567890123456789012345678901234567890",
+     NULL, "501 5.5.4 Bad ENVID parameter syntax"},
+    {"ENVID 100 encoded", false,
+     "MAIL FROM:<a@b.example> ENVID=+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B"
+     "+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B"
+     "+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B"
+     "+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B+2B",
+     NULL, "250 2.1.0 Ok"},
+    {"ENVID twice", false, "MAIL FROM:<a@b.example> ENVID=x ENVID=x", NULL,
+     "501 5.5.4 Duplicate ENVID parameter"},
+    {"REQUIRETLS outside TLS", false, "MAIL FROM:<a@b.example> REQUIRETLS", NULL,
+     "530 5.7.10 REQUIRETLS needs TLS: issue STARTTLS first"},
+    {"REQUIRETLS value", true, "MAIL FROM:<a@b.example> REQUIRETLS=YES", NULL,
+     "501 5.5.4 Bad REQUIRETLS parameter syntax"},
+    {"REQUIRETLS twice", true, "MAIL FROM:<a@b.example> REQUIRETLS REQUIRETLS", NULL,
+     "501 5.5.4 Duplicate REQUIRETLS parameter"},
+    {"REQUIRETLS inside TLS", true, "MAIL FROM:<a@b.example> requiretls", NULL, "250 2.1.0 Ok"},
+    {"unknown after the known", false, "MAIL FROM:<a@b.example> SMTPUTF8 X-Y=1", NULL,
+     "555 5.5.4 Unsupported option: X-Y"},
+    /* RCPT: NOTIFY and ORCPT. */
+    {"NOTIFY never and more", false, NULL, "RCPT TO:<a@hamr.test> NOTIFY=NEVER,SUCCESS",
+     "501 5.5.4 Bad NOTIFY parameter syntax"},
+    {"NOTIFY other", false, NULL, "RCPT TO:<a@hamr.test> NOTIFY=SOMETIMES",
+     "501 5.5.4 Bad NOTIFY parameter syntax"},
+    {"NOTIFY repeated keyword", false, NULL, "RCPT TO:<a@hamr.test> NOTIFY=DELAY,DELAY",
+     "501 5.5.4 Bad NOTIFY parameter syntax"},
+    {"NOTIFY empty item", false, NULL, "RCPT TO:<a@hamr.test> NOTIFY=SUCCESS,",
+     "501 5.5.4 Bad NOTIFY parameter syntax"},
+    {"NOTIFY empty", false, NULL,
+     "RCPT TO:<a@hamr.test> NOTIFY=", "501 5.1.3 Bad recipient address syntax"},
+    {"NOTIFY twice", false, NULL, "RCPT TO:<a@hamr.test> NOTIFY=SUCCESS NOTIFY=FAILURE",
+     "501 5.5.4 Duplicate NOTIFY parameter"},
+    {"NOTIFY all three", false, NULL, "RCPT TO:<a@hamr.test> NOTIFY=failure,Success,DELAY",
+     "250 2.1.5 Ok"},
+    {"ORCPT no type", false, NULL, "RCPT TO:<a@hamr.test> ORCPT=a@hamr.test",
+     "501 5.5.4 Bad ORCPT parameter syntax"},
+    {"ORCPT empty type", false, NULL, "RCPT TO:<a@hamr.test> ORCPT=;a@hamr.test",
+     "501 5.5.4 Bad ORCPT parameter syntax"},
+    {"ORCPT empty address", false, NULL, "RCPT TO:<a@hamr.test> ORCPT=rfc822;",
+     "501 5.5.4 Bad ORCPT parameter syntax"},
+    {"ORCPT bad xtext", false, NULL, "RCPT TO:<a@hamr.test> ORCPT=rfc822;a+4@hamr.test",
+     "501 5.5.4 Bad ORCPT parameter syntax"},
+    {"ORCPT decodes to CR", false, NULL, "RCPT TO:<a@hamr.test> ORCPT=rfc822;a+0D@hamr.test",
+     "501 5.5.4 Bad ORCPT parameter syntax"},
+    {"ORCPT type of 33 octets", false, NULL,
+     "RCPT TO:<a@hamr.test> ORCPT=x-2345678901234567890123456789012;a@hamr.test",
+     "501 5.5.4 Bad ORCPT parameter syntax"},
+    {"ORCPT type of 32 octets", false, NULL,
+     "RCPT TO:<a@hamr.test> ORCPT=x-234567890123456789012345678901;a@hamr.test", "250 2.1.5 Ok"},
+    {"ORCPT twice", false, NULL,
+     "RCPT TO:<a@hamr.test> ORCPT=rfc822;a@hamr.test ORCPT=rfc822;a@hamr.test",
+     "501 5.5.4 Duplicate ORCPT parameter"},
+    {"ORCPT UTF-8 without SMTPUTF8", false, NULL,
+     "RCPT TO:<a@hamr.test> ORCPT=utf-8;\xc3\xa7@hamr.test",
+     "553 5.6.7 Must declare SMTPUTF8 to send unicode address"},
+    {"ORCPT UTF-8 with SMTPUTF8", false, "MAIL FROM:<a@b.example> SMTPUTF8",
+     "RCPT TO:<a@hamr.test> ORCPT=utf-8;\xc3\xa7@hamr.test", "250 2.1.5 Ok"},
+    {"ORCPT 8-bit rfc822 with SMTPUTF8", false, "MAIL FROM:<a@b.example> SMTPUTF8",
+     "RCPT TO:<a@hamr.test> ORCPT=rfc822;\xc3\xa7@hamr.test",
+     "501 5.5.4 Bad ORCPT parameter syntax"},
+    {"RCPT unknown", false, NULL, "RCPT TO:<a@hamr.test> NOTIFY=NEVER RRVS=2030-01-01",
+     "555 5.5.4 Unsupported option: RRVS"},
+    /* SMTPUTF8 paths (RFC 6531 3.3, 3.4). */
+    {"UTF-8 sender without SMTPUTF8", false, "MAIL FROM:<\xc3\xbc@b.example> RET=FULL", NULL,
+     "553 5.6.7 Must declare SMTPUTF8 to send unicode address"},
+    {"U-label sender without SMTPUTF8", false, "MAIL FROM:<a@b\xc3\xbc.example>", NULL,
+     "553 5.6.7 Must declare SMTPUTF8 to send unicode address"},
+    {"UTF-8 sender with SMTPUTF8", false, "MAIL FROM:<\xc3\xbc@b\xc3\xbc.example> SMTPUTF8", NULL,
+     "250 2.1.0 Ok"},
+    {"UTF-8 sender, C1 control", false, "MAIL FROM:<a\xc2\x85@b.example> SMTPUTF8", NULL,
+     "501 5.1.7 Bad sender address syntax"},
+    {"UTF-8 sender, overlong", false, "MAIL FROM:<\xc0\xaf@b.example> SMTPUTF8", NULL,
+     "500 5.5.2 Error: bad UTF-8 syntax"},
+    {"UTF-8 sender, surrogate", false, "MAIL FROM:<\xed\xa0\x80@b.example> SMTPUTF8", NULL,
+     "500 5.5.2 Error: bad UTF-8 syntax"},
+    {"UTF-8 parameter value", false, "MAIL FROM:<a@b.example> SMTPUTF8 ENVID=\xc3\xbc", NULL,
+     "501 5.1.7 Bad sender address syntax"},
+    {"UTF-8 rcpt without SMTPUTF8", false, NULL, "RCPT TO:<\xc3\xbc@hamr.test>",
+     "553 5.6.7 Must declare SMTPUTF8 to send unicode address"},
+    {"UTF-8 rcpt with SMTPUTF8", false, "MAIL FROM:<a@b.example> SMTPUTF8",
+     "RCPT TO:<\xc3\xbc@hamr.test>", "250 2.1.5 Ok"},
+    {"UTF-8 rcpt quoted", false, "MAIL FROM:<a@b.example> SMTPUTF8",
+     "RCPT TO:<\"\xc3\xbc x\"@hamr.test>", "250 2.1.5 Ok"},
+    {"UTF-8 rcpt, C1 control", false, "MAIL FROM:<a@b.example> SMTPUTF8",
+     "RCPT TO:<\xc2\x9b@hamr.test>", "501 5.1.3 Bad recipient address syntax"},
+    /* U-labels and the relay rules: octet for octet, no IDNA. */
+    {"U-label under .sub.hamr.test", false, "MAIL FROM:<a@b.example> SMTPUTF8",
+     "RCPT TO:<a@b\xc3\xbc"
+     "cher.sub.hamr.test>",
+     "250 2.1.5 Ok"},
+    {"U-label elsewhere", false, "MAIL FROM:<a@b.example> SMTPUTF8",
+     "RCPT TO:<a@b\xc3\xbc"
+     "cher.example>",
+     "554 5.7.1 <a@b??cher.example>: Relay access denied"},
+    {"U-label look-alike of hamr.test", false, "MAIL FROM:<a@b.example> SMTPUTF8",
+     "RCPT TO:<a@h\xc3\xa0mr.test>", "554 5.7.1 <a@h??mr.test>: Relay access denied"},
+    {"UTF-8 in a source route", false, "MAIL FROM:<a@b.example> SMTPUTF8",
+     "RCPT TO:<@r\xc3\xbc.example:a@hamr.test>", "501 5.1.3 Bad recipient address syntax"},
+};
+
+/* test_ext_replies - each row of test_ext_cases in a fresh session (ext_ok NULL: offered). */
+static void test_ext_replies(void **state)
+{
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(test_ext_cases); i++) {
+        struct harness *h;
+        void *p;
+        char line[1024], want[600];
+        test_setup(&p);
+        h = p;
+        if (test_ext_cases[i].tls)
+            test_ext_tls(h, TEST_OUTSIDE);
+        else
+            test_ehlo(h, TEST_OUTSIDE);
+        const char *mail = test_ext_cases[i].mail;
+        snprintf(line, sizeof(line), "%s\r\n", mail != NULL ? mail : "MAIL FROM:<a@b.example>");
+        test_send(h, line);
+        if (test_ext_cases[i].rcpt != NULL) {
+            assert_string_equal(test_take(h), "250 2.1.0 Ok\r\n");
+            snprintf(line, sizeof(line), "%s\r\n", test_ext_cases[i].rcpt);
+            test_send(h, line);
+        }
+        snprintf(want, sizeof(want), "%s\r\n", test_ext_cases[i].want);
+        const char *got = test_take(h);
+        if (strcmp(got, want) != 0)
+            fail_msg("%s: got \"%s\" want \"%s\"", test_ext_cases[i].label, got, want);
+        test_teardown(&p);
+    }
+}
+
+/*
+ * test_ext_rcptmap - SMTPUTF8 recipients against the relay recipient map:
+ * ASCII case folded, UTF-8 octet for octet; the unknown one is shown
+ * escaped in the 550.
+ */
+static void test_ext_rcptmap(void **state)
+{
+    struct harness *h = *state;
+    char path[] = TEST_RCPTMAP_TEMPLATE;
+    struct smtpd_rcptmap *m = test_rcptmap_new(path,
+                                               "J\xc3\xb6rg@hamr.test\n@b\xc3\xbc"
+                                               "cher.sub.hamr.test\n");
+
+    h->policy.rcptmap = m;
+    test_ehlo(h, TEST_OUTSIDE);
+    test_send(h, "MAIL FROM:<a@b.example> SMTPUTF8\r\n");
+    test_send(h, "RCPT TO:<j\xc3\xb6RG@HAMR.test>\r\n");
+    test_send(h, "RCPT TO:<j\xc3\x96rg@hamr.test>\r\n"); /* capital O umlaut: another user */
+    test_send(h,
+              "RCPT TO:<anyone@B\xc3\xbc"
+              "CHER.sub.hamr.test>\r\n");
+    test_expect(
+        h, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n" TEST_UNKNOWN("<j??rg@hamr.test>") "250 2.1.5 Ok\r\n");
+    test_rcptmap_done(h, m, path);
+}
+
 /* main - run every test; only errors are logged. */
 int main(void)
 {
@@ -2166,6 +2582,11 @@ int main(void)
         cmocka_unit_test(test_rcptmap_unchecked),
         T(test_rcptmap_errors),
         T(test_rcptmap_reload),
+        T(test_ext_ehlo),
+        T(test_ext_not_offered),
+        T(test_ext_envelope),
+        cmocka_unit_test(test_ext_replies),
+        T(test_ext_rcptmap),
 #undef T
     };
     log_set_level(LOG_LEVEL_ERROR);
