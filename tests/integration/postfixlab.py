@@ -32,7 +32,10 @@ What it does:
   then SIGKILL to any process left of this instance only (a process whose
   environment holds MAIL_CONFIG=this CONF directory: Postfix hands it to
   every daemon the master starts). An atexit hook stops an instance a test
-  forgot.
+  forgot, and a guard process per instance (this file run with --guard, in
+  a session of its own) stops it when the test process dies without
+  stopping it (SIGKILL, a ctest timeout): it waits for EOF on a pipe from
+  the test process.
 
 Gotchas (Postfix 3.7 on Debian 12, run as root):
 - It must run as root (the master binds the port and starts the daemons
@@ -62,7 +65,8 @@ Gotchas (Postfix 3.7 on Debian 12, run as root):
 - The master daemonises (its own session): it is not a child of the test,
   hence the explicit stop and the atexit hook. "postfix stop" returns as
   soon as the master has released its lock; its children die a moment
-  later, so the lab waits for them (bounded) and kills what is left.
+  later, so the lab waits for them (bounded) and kills what is left. Its
+  orphans are reaped by PID 1 (for a while they show as zombies).
 - Retry timers are short (1 s queue runs and backoff) so that a relayhost
   that starts late, or a deferral, costs seconds, not Postfix's minutes.
 - smtplib itself refuses mail(..., ["SMTPUTF8"]) when the server did not
@@ -77,6 +81,7 @@ import shutil
 import signal
 import smtplib
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -123,6 +128,64 @@ def _stop_all():
             lab.stop()
         except Exception:
             pass
+
+
+def instance_pids(conf_dir):
+    """instance_pids - pids of live processes whose environment has MAIL_CONFIG=conf_dir.
+
+    "postfix -c DIR" exports MAIL_CONFIG=DIR, and the master hands it on to
+    every daemon it starts: this finds one instance's processes and no other's.
+    """
+    marker = b"MAIL_CONFIG=" + conf_dir.encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/environ" % entry, "rb") as f:
+                env = f.read().split(b"\0")
+            with open("/proc/%s/stat" % entry, "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if marker in env and state not in (b"Z", b"X"):
+            pids.append(int(entry))
+    return pids
+
+
+def postfix_cmd(conf_dir, log_path, args, timeout=60):
+    """postfix_cmd - postfix -c CONF_DIR ARGS, output appended to log_path; the exit status."""
+    with open(log_path, "ab") as log:
+        log.write(("=== %s postfix %s\n" % (time.strftime("%H:%M:%S"), " ".join(args))).encode())
+        log.flush()
+        return subprocess.run([POSTFIX, "-c", conf_dir] + list(args), stdin=subprocess.DEVNULL,
+                              stdout=log, stderr=log, timeout=timeout).returncode
+
+
+def reap(conf_dir, log_path, timeout=15):
+    """reap - stop the instance of conf_dir: postfix stop, a bounded wait, SIGKILL to the rest.
+
+    Returns the pids that had to be killed.
+    """
+    if instance_pids(conf_dir):
+        try:
+            postfix_cmd(conf_dir, log_path, ["stop"], timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        wait_for(lambda: not instance_pids(conf_dir), timeout,
+                 "the processes of Postfix %s to exit" % conf_dir, interval=0.1)
+        return []
+    except harness.WaitTimeout:
+        left = instance_pids(conf_dir)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_for(lambda: not instance_pids(conf_dir), 10,
+                 "the processes of Postfix %s to die of SIGKILL" % conf_dir, interval=0.1)
+        return left
 
 
 class Delivered:
@@ -217,6 +280,7 @@ class PostfixLab:
         self.log_path = os.path.join(self.dir, "maillog")
         self.cmd_log_path = os.path.join(self.dir, "postfix-cmd.log")
         self.master_pid = None
+        self.guard = None
         self._write()
 
     # --- configuration ------------------------------------------------------
@@ -297,14 +361,7 @@ class PostfixLab:
     # --- start and stop -----------------------------------------------------
 
     def _postfix(self, *args, timeout=60):
-        """_postfix - postfix -c CONF ARGS, output appended to postfix-cmd.log; the exit status."""
-        with open(self.cmd_log_path, "ab") as log:
-            log.write(("=== %s postfix %s\n" % (time.strftime("%H:%M:%S"),
-                                               " ".join(args))).encode())
-            log.flush()
-            return subprocess.run([POSTFIX, "-c", self.conf_dir] + list(args),
-                                  stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                  timeout=timeout).returncode
+        return postfix_cmd(self.conf_dir, self.cmd_log_path, args, timeout)
 
     def start(self, timeout=30):
         """start - postfix start, then until the smtpd greets with 220; returns self."""
@@ -313,6 +370,14 @@ class PostfixLab:
             raise AssertionError("postfix -c %s start: exit %d\n%s" % (self.conf_dir, rc,
                                                                        self.diagnostics()))
         _RUNNING.append(self)
+        # The master has left for a session of its own: should this process die
+        # without stop() (a SIGKILL, a test timeout), the guard sees EOF on its
+        # stdin and stops the instance.
+        with open(self.cmd_log_path, "ab") as log:
+            self.guard = subprocess.Popen([harness.PYTHON, os.path.abspath(__file__), "--guard",
+                                           self.conf_dir, self.cmd_log_path],
+                                          stdin=subprocess.PIPE, stdout=log, stderr=log,
+                                          start_new_session=True)
         try:
             with open(os.path.join(self.queue_dir, "pid", "master.pid")) as f:
                 self.master_pid = int(f.read().split()[0])
@@ -335,54 +400,28 @@ class PostfixLab:
             raise AssertionError("%s\n%s" % (e, self.diagnostics()))
         return self
 
-    def _instance_pids(self):
-        """_instance_pids - pids of live processes whose environment names this CONF dir."""
-        marker = b"MAIL_CONFIG=" + self.conf_dir.encode()
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open("/proc/%s/environ" % entry, "rb") as f:
-                    env = f.read().split(b"\0")
-                with open("/proc/%s/stat" % entry, "rb") as f:
-                    state = f.read().rsplit(b")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if marker in env and state not in (b"Z", b"X"):
-                pids.append(int(entry))
-        return pids
-
     def running(self):
         """running - is any process of this instance alive?"""
-        return bool(self._instance_pids())
+        return bool(instance_pids(self.conf_dir))
 
     def stop(self, timeout=15):
         """stop - postfix stop, wait (bounded) for its processes, SIGKILL what is left.
 
         Returns the pids that had to be killed (an empty list on a clean stop).
+        The guard (see start) is then let go.
         """
         if self in _RUNNING:
             _RUNNING.remove(self)
-        if self._instance_pids():
+        killed = reap(self.conf_dir, self.cmd_log_path, timeout)
+        if self.guard is not None:
+            self.guard.stdin.close()  # EOF: the guard finds nothing left and exits
             try:
-                self._postfix("stop", timeout=timeout)
+                self.guard.wait(timeout + 15)
             except subprocess.TimeoutExpired:
-                pass
-        try:
-            wait_for(lambda: not self._instance_pids(), timeout,
-                     "the Postfix lab's processes to exit", interval=0.1)
-            return []
-        except AssertionError:
-            left = self._instance_pids()
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            wait_for(lambda: not self._instance_pids(), 10,
-                     "the Postfix lab's processes to die of SIGKILL", interval=0.1)
-            return left
+                self.guard.kill()
+                self.guard.wait(10)
+            self.guard = None
+        return killed
 
     def close(self):
         """close - stop, and remove the lab's directory when it is the lab's own."""
@@ -484,3 +523,12 @@ class PostfixLab:
         """queue_ids_of - Postfix queue ids whose cleanup logged message-id=<message_id>."""
         return re.findall(r"postfix/cleanup\[\d+\]: (\w+): message-id=<%s>" % re.escape(message_id),
                           self.log_text())
+
+
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--guard":
+    # The guard of one instance: waits for EOF on stdin (its lab stopped, or
+    # the test process gone), then stops whatever is left of the instance.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while sys.stdin.buffer.read(4096):
+        pass
+    sys.exit(1 if reap(sys.argv[2], sys.argv[3]) else 0)
