@@ -12,7 +12,9 @@ use it can trust it: it advertises DSN and SMTPUTF8 when on, and neither
 when off (then it refuses "MAIL ... SMTPUTF8" and NOTIFY); with NOTIFY=SUCCESS
 Postfix sends a success DSN (message/delivery-status, "Action: delivered",
 the ENVID and ORCPT given) to the relayhost the lab was given, a recording
-sink; without NOTIFY it sends none; an SMTPUTF8 transaction to a UTF-8
+sink; without NOTIFY it sends none; a message it relays to that relayhost
+and has refused there comes back as a failure DSN ("Action: failed",
+5.1.1); an SMTPUTF8 transaction to a UTF-8
 mailbox name is delivered. Two lab instances run side by side, and each
 stops cleanly without leaving a process behind.
 """
@@ -41,8 +43,9 @@ class PostfixPeerTest(harness.HamrTestCase):
     @classmethod
     def setUpEnv(cls):
         cls.labs = []
-        cls.sink = cls.env.sink().start()
-        # Postfix's own mail (its DSNs) goes to the sink.
+        # Postfix's own mail (its DSNs), and what it relays, goes to the sink,
+        # which refuses refused@... with 550 5.1.1.
+        cls.sink = cls.env.sink(reject_rcpt=r"^refused@").start()
         cls.pf = postfixlab.PostfixLab(cls.env, relayhost_port=cls.sink.port)
         cls.labs.append(cls.pf)
         cls.pf.start()
@@ -178,7 +181,27 @@ class PostfixPeerTest(harness.HamrTestCase):
         self.assertNotRegex(self.pf.log_text(), r"\]: %s: sender delivery status" % qid2)
         self.assertEqual(self.dsn_records("env-" + tid2), [])
 
-    def test_d_smtputf8_direct(self):
+    def test_d_failure_dsn_to_relayhost(self):
+        """Relayed by the lab to its relayhost, refused there: a failure DSN comes back."""
+        tid = new_test_id("pf-fail")
+        envid = "env-" + tid
+        sender, rcpt = "fail-sender@client.test", "refused@elsewhere.test"
+        msg = make_message(tid, sender, [rcpt], subject="failure DSN")
+        qid = self.send_direct(self.pf, sender, rcpt, msg, mail_options=["ENVID=" + envid])
+        (rec, data), = wait_for(lambda: self.dsn_records(envid), 30,
+                                "Postfix's failure DSN for %s at the sink" % envid, interval=0.1)
+        self.assertEqual(rec["rcpt"], sender)
+        report = email.message_from_bytes(data, policy=email.policy.compat32)
+        (status,) = [p for p in report.walk() if p.get_content_type() == "message/delivery-status"]
+        per_rcpt = status.get_payload()[1]
+        self.assertEqual(per_rcpt["Action"], "failed")
+        self.assertEqual(per_rcpt["Status"], "5.1.1")
+        self.assertEqual(per_rcpt["Final-Recipient"].replace(" ", ""), "rfc822;" + rcpt)
+        self.assertRegex(self.pf.log_text(), r"\]: %s: to=<%s>, relay=127\.0\.0\.1\[127\.0\.0\.1\]"
+                         r":%d, .*status=bounced" % (qid, re.escape(rcpt), self.sink.port))
+        self.assertEqual(self.sink.events("reject_rcpt"), 1)
+
+    def test_e_smtputf8_direct(self):
         tid = new_test_id("pf-utf8")
         sender, rcpt = "jörg@client.test", "grüße@pf.test"
         msg = make_message(tid, sender, [rcpt], subject="Grüße",
@@ -194,7 +217,7 @@ class PostfixPeerTest(harness.HamrTestCase):
 
     # --- hamr to Postfix ----------------------------------------------------
 
-    def test_e_relay_through_hamr(self):
+    def test_f_relay_through_hamr(self):
         tid = new_test_id("pf-relay")
         sender, rcpt = "alice@example.org", "bob@pf.test"
         msg = make_message(tid, sender, [rcpt], subject="via hamr", body=relay_body(),
