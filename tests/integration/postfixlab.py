@@ -67,6 +67,11 @@ Gotchas (Postfix 3.7 on Debian 12, run as root):
   soon as the master has released its lock; its children die a moment
   later, so the lab waits for them (bounded) and kills what is left. Its
   orphans are reaped by PID 1 (for a while they show as zombies).
+- The master binds the smtpd port itself; should the free port have been
+  taken meanwhile, "postfix start" fails (after about 2 s) with "bind ...
+  Address already in use" in the maillog, and the lab tries again on
+  another port (three tries). A start that fails otherwise stops what
+  started and raises with the log.
 - Retry timers are short (1 s queue runs and backoff) so that a relayhost
   that starts late, or a deferral, costs seconds, not Postfix's minutes.
 - smtplib itself refuses mail(..., ["SMTPUTF8"]) when the server did not
@@ -364,13 +369,13 @@ class PostfixLab:
         return postfix_cmd(self.conf_dir, self.cmd_log_path, args, timeout)
 
     def start(self, timeout=30):
-        """start - postfix start, then until the smtpd greets with 220; returns self."""
-        rc = self._postfix("start", timeout=timeout)
-        if rc != 0:
-            raise AssertionError("postfix -c %s start: exit %d\n%s" % (self.conf_dir, rc,
-                                                                       self.diagnostics()))
+        """start - postfix start, then until the smtpd greets with 220; returns self.
+
+        On failure the instance is stopped (what started of it) before the
+        AssertionError, which quotes the log, is raised.
+        """
         _RUNNING.append(self)
-        # The master has left for a session of its own: should this process die
+        # The master leaves for a session of its own: should this process die
         # without stop() (a SIGKILL, a test timeout), the guard sees EOF on its
         # stdin and stops the instance.
         with open(self.cmd_log_path, "ab") as log:
@@ -378,6 +383,25 @@ class PostfixLab:
                                            self.conf_dir, self.cmd_log_path],
                                           stdin=subprocess.PIPE, stdout=log, stderr=log,
                                           start_new_session=True)
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, timeout):
+        for _ in range(3):
+            skip = len(self.log_text())
+            rc = self._postfix("start", timeout=timeout)
+            if rc == 0 or "Address already in use" not in self.log_text()[skip:]:
+                break
+            # The free port was taken meanwhile: another one, once more.
+            self.port = harness.free_port(self.host)
+            self._write()
+        if rc != 0:
+            raise AssertionError("postfix -c %s start: exit %d\n%s" % (self.conf_dir, rc,
+                                                                       self.diagnostics()))
         try:
             with open(os.path.join(self.queue_dir, "pid", "master.pid")) as f:
                 self.master_pid = int(f.read().split()[0])
@@ -398,7 +422,6 @@ class PostfixLab:
                      interval=0.1)
         except AssertionError as e:
             raise AssertionError("%s\n%s" % (e, self.diagnostics()))
-        return self
 
     def running(self):
         """running - is any process of this instance alive?"""

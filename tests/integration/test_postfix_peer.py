@@ -43,6 +43,16 @@ class PostfixPeerTest(harness.HamrTestCase):
     @classmethod
     def setUpEnv(cls):
         cls.labs = []
+        try:
+            cls._start_all()
+        except BaseException:
+            for lab in cls.labs:  # before the harness removes their directory
+                sys.stderr.write("\n" + lab.diagnostics(100) + "\n")
+                lab.stop()
+            raise
+
+    @classmethod
+    def _start_all(cls):
         # Postfix's own mail (its DSNs), and what it relays, goes to the sink,
         # which refuses refused@... with 550 5.1.1.
         cls.sink = cls.env.sink(reject_rcpt=r"^refused@").start()
