@@ -18,7 +18,9 @@ BUILD_DIR=${HAMR_TEST_BUILD:-build-test}
 JOBS=${HAMR_JOBS:-2}
 # Every package is named here: apt-get runs with --no-install-recommends, so
 # nothing may come in as a mere recommendation of another package.
-# postfix is only for /usr/sbin/smtp-sink and smtp-source; its service stays unconfigured.
+# postfix gives /usr/sbin/smtp-sink and smtp-source, and the private receiving Postfix
+# instances of tests/integration/postfixlab.py (own config and queue under the test's
+# temporary directory); the system's Postfix service stays unconfigured.
 # nftables (and iproute2's ip netns) cut nodes apart in the cluster partition tests;
 # haproxy is the load balancer of the balancer and rolling-upgrade tests; swaks's
 # --tls needs libnet-ssleay-perl and its SASL mechanisms beyond PLAIN, LOGIN and
@@ -93,6 +95,7 @@ run_sh_check_tools() {
     run_sh_need "openssl req and s_client" openssl openssl version
     run_sh_need "sslscan --starttls-smtp" sslscan sh -c 'sslscan --help 2>&1 | grep -q -- --starttls-smtp'
     run_sh_need "smtp-sink and smtp-source" postfix test -x /usr/sbin/smtp-sink -a -x /usr/sbin/smtp-source
+    run_sh_need "a private Postfix (master, smtpd, virtual)" postfix sh -c 'd=$(/usr/sbin/postconf -dh daemon_directory) && test -x "$d/master" -a -x "$d/smtpd" -a -x "$d/virtual" && getent passwd postfix >/dev/null && getent group postdrop >/dev/null'
     run_sh_need "haproxy" haproxy /usr/sbin/haproxy -v
     run_sh_need "nft" nftables sh -c 'command -v nft || test -x /usr/sbin/nft'
     run_sh_need "ip netns" iproute2 ip netns list
