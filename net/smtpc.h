@@ -241,6 +241,11 @@ struct smtpc_msg {
      * SMTPUTF8; a next hop that does not offer it fails every recipient
      * for good with 5.6.7 (no downgrade). requiretls: REQUIRETLS (RFC 8689):
      * verified TLS and a next hop that offers REQUIRETLS, else 5.7.30.
+     * Under every policy the certificate is then checked (by a TLSA record
+     * where DANE has usable ones, else as under VERIFY), on connections
+     * that carry no other mail; the first host that fails decides (no
+     * other MX is tried). Both failures carry code 0 and a text that opens
+     * with the enhanced status.
      * ret, envid and rcpt_dsn (n_rcpts entries or NULL) go out as RET=,
      * ENVID=, NOTIFY= and ORCPT= to a next hop that offers DSN.
      */

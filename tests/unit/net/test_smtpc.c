@@ -613,6 +613,216 @@ static void test_size_exceeded(void **state)
     assert_false(testlib_nexthop_received(&f->srv, "MAIL"));
 }
 
+/* The EHLO reply with PIPELINING, SIZE and DSN; and with SMTPUTF8 as well. */
+static const char srv_ehlo_dsn[] =
+    "250-test.example\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n250 DSN\r\n";
+static const char srv_ehlo_dsn_utf8[] =
+    "250-test.example\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n250-DSN\r\n250 SMTPUTF8\r\n";
+
+/*
+ * The DSN parameters of msg_dsn's recipients: NOTIFY and an ORCPT that
+ * needs xtext; NEVER alone; and an ORCPT of type utf-8 (with U+00FC).
+ */
+static const struct smtp_dsn_rcpt dsn_rcpts[] = {
+    {SMTP_NOTIFY_SUCCESS | SMTP_NOTIFY_FAILURE, "rfc822;a+x=y@x.test"},
+    {SMTP_NOTIFY_NEVER, NULL},
+    {0, "utf-8;c\xc3\xbc@x.test"},
+};
+
+/* msg_dsn - msg_std to three recipients with RET=FULL, an ENVID that needs xtext, dsn_rcpts. */
+static struct smtpc_msg msg_dsn(void)
+{
+    struct smtpc_msg m = msg_std(3);
+    m.ret = SMTP_RET_FULL;
+    m.envid = "id+1=2 x";
+    m.rcpt_dsn = dsn_rcpts;
+    return m;
+}
+
+/* assert_received_exactly - the server read exactly the commands want, then the body. */
+static void assert_received_exactly(const struct testlib_smtpc *f, const char *want)
+{
+    char all[2048];
+    int n = snprintf(all, sizeof(all), "%s%s", want, body_std_wire);
+    assert_true(n > 0 && (size_t)n < sizeof(all));
+    if (f->srv.rx.len != (size_t)n || memcmp(f->srv.rx.data, all, (size_t)n) != 0)
+        fail_msg("received \"%.*s\"", (int)f->srv.rx.len, (const char *)f->srv.rx.data);
+}
+
+/*
+ * test_dsn_offered - DSN offered: RET=, ENVID= and NOTIFY=, ORCPT= in
+ * xtext, exactly; the utf-8 ORCPT left out without SMTPUTF8; dsn_passed
+ * for the recipients taken, not for the refused one.
+ */
+static void test_dsn_offered(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = srv_ehlo_dsn;
+    testlib_nexthop_override(&f->srv, "RCPT TO:<b@", "550 5.1.1 no such user\r\n", 0);
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_dsn();
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    char want[1024];
+    snprintf(want, sizeof(want),
+             "EHLO client.test\r\n"
+             "MAIL FROM:<s@y.test> SIZE=%zu RET=FULL ENVID=id+2B1+3D2+20x\r\n"
+             "RCPT TO:<a@x.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+2Bx+3Dy@x.test\r\n"
+             "RCPT TO:<b@x.test> NOTIFY=NEVER\r\n"
+             "RCPT TO:<c@x.test>\r\n"
+             "DATA\r\n",
+             m.body_len);
+    assert_received_exactly(f, want);
+    assert_int_equal(r.r[0].status, SMTPC_OK);
+    assert_int_equal(r.r[1].status, SMTPC_PERM);
+    assert_int_equal(r.r[2].status, SMTPC_OK);
+    assert_true(r.r[0].dsn_passed);
+    assert_false(r.r[1].dsn_passed);
+    assert_true(r.r[2].dsn_passed);
+}
+
+/* test_dsn_unpipelined - the same parameters on RCPT commands sent one at a time. */
+static void test_dsn_unpipelined(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = "250-test.example\r\n250 DSN\r\n";
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_dsn();
+    m.ret = SMTP_RET_HDRS;
+    m.envid = NULL;
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 3, SMTPC_OK, 250);
+    assert_received_exactly(f,
+                            "EHLO client.test\r\n"
+                            "MAIL FROM:<s@y.test> RET=HDRS\r\n"
+                            "RCPT TO:<a@x.test> NOTIFY=SUCCESS,FAILURE "
+                            "ORCPT=rfc822;a+2Bx+3Dy@x.test\r\n"
+                            "RCPT TO:<b@x.test> NOTIFY=NEVER\r\n"
+                            "RCPT TO:<c@x.test>\r\n"
+                            "DATA\r\n");
+    for (size_t i = 0; i < 3; i++)
+        assert_true(r.r[i].dsn_passed);
+}
+
+/* test_dsn_not_offered - no DSN: none of its parameters, and no dsn_passed. */
+static void test_dsn_not_offered(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_dsn();
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 3, SMTPC_OK, 250);
+    char want[512];
+    snprintf(want, sizeof(want),
+             "EHLO client.test\r\n"
+             "MAIL FROM:<s@y.test> SIZE=%zu\r\n"
+             "RCPT TO:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nRCPT TO:<c@x.test>\r\n"
+             "DATA\r\n",
+             m.body_len);
+    assert_received_exactly(f, want);
+    for (size_t i = 0; i < 3; i++)
+        assert_false(r.r[i].dsn_passed);
+}
+
+/* test_dsn_dot_refused - DSN offered, the message refused after the dot: no dsn_passed. */
+static void test_dsn_dot_refused(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = srv_ehlo_dsn;
+    testlib_nexthop_override(&f->srv, ".", "451 4.3.0 try later\r\n", 0);
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_dsn();
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 3, SMTPC_TEMP, 451);
+    for (size_t i = 0; i < 3; i++)
+        assert_false(r.r[i].dsn_passed);
+}
+
+/* test_smtputf8_offered - SMTPUTF8 on MAIL, and the utf-8 ORCPT as it is. */
+static void test_smtputf8_offered(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = srv_ehlo_dsn_utf8;
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_dsn();
+    m.smtputf8 = true;
+    m.body_8bit = true; /* no 8BITMIME offered: no BODY= */
+    m.ret = SMTP_RET_UNSET;
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 3, SMTPC_OK, 250);
+    char want[1024];
+    snprintf(want, sizeof(want),
+             "EHLO client.test\r\n"
+             "MAIL FROM:<s@y.test> SIZE=%zu SMTPUTF8 ENVID=id+2B1+3D2+20x\r\n"
+             "RCPT TO:<a@x.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+2Bx+3Dy@x.test\r\n"
+             "RCPT TO:<b@x.test> NOTIFY=NEVER\r\n"
+             "RCPT TO:<c@x.test> ORCPT=utf-8;c\xc3\xbc@x.test\r\n"
+             "DATA\r\n",
+             m.body_len);
+    assert_received_exactly(f, want);
+}
+
+/* test_smtputf8_8bitmime - SMTPUTF8 after BODY=8BITMIME, DSN not offered. */
+static void test_smtputf8_8bitmime(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = "250-test.example\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n";
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_std(1);
+    m.smtputf8 = true;
+    m.body_8bit = true;
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 1, SMTPC_OK, 250);
+    assert_received_exactly(f,
+                            "EHLO client.test\r\n"
+                            "MAIL FROM:<s@y.test> BODY=8BITMIME SMTPUTF8\r\n"
+                            "RCPT TO:<a@x.test>\r\n"
+                            "DATA\r\n");
+}
+
+/*
+ * test_smtputf8_not_offered - no SMTPUTF8: every recipient fails for good
+ * with 5.6.7 and no reply code, no MAIL; the connection carries the next
+ * message.
+ */
+static void test_smtputf8_not_offered(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = srv_ehlo_dsn;
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_std(2);
+    m.smtputf8 = true;
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 2, SMTPC_PERM, 0);
+    for (size_t i = 0; i < 2; i++) {
+        assert_string_equal(r.r[i].text,
+                            "5.6.7 SMTPUTF8 is required, but was not offered by host "
+                            "127.0.0.1[127.0.0.1]");
+        assert_false(r.r[i].dsn_passed);
+    }
+    assert_false(testlib_nexthop_received(&f->srv, "MAIL"));
+    struct smtpc_msg m2 = msg_std(1);
+    struct result r2 = {0};
+    deliver(f, &m2, &r2);
+    TESTLIB_LOOP_UNTIL(&f->run, r2.calls == 1);
+    assert_all(&r2, 1, SMTPC_OK, 250);
+    assert_int_equal(f->srv.n_accepted, 1);
+    assert_int_equal(f->srv.n_messages, 1);
+}
+
 /* test_reuse - two messages one after the other share one connection, no RSET. */
 static void test_reuse(void **state)
 {
@@ -1560,6 +1770,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_connect_refused, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_hostname, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_size_exceeded, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_dsn_offered, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_dsn_unpipelined, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_dsn_not_offered, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_dsn_dot_refused, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_smtputf8_offered, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_smtputf8_8bitmime, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_smtputf8_not_offered, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_reuse, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_reuse_after_failure, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_serialised, setup, testlib_smtpc_teardown),
