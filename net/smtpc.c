@@ -9,11 +9,15 @@
  * targets (the config's smtpc_resolver; without one, literals as they are
  * and uv_getaddrinfo for names), connects to the first, reads the 220
  * greeting, says EHLO (HELO after a 5xx to EHLO) and then runs
- * transactions: MAIL, RCPT per recipient, DATA, the body, the final dot. With PIPELINING, MAIL +
- * RCPTs + DATA go out in one write and the replies are matched in order (RFC 2920 3.1). After a
- * transaction the connection takes the next job of its destination; without
- * one it idles for idle_timeout_ms, then says QUIT. After max_msgs_per_conn
- * transactions it says QUIT as well.
+ * transactions: MAIL, RCPT per recipient, DATA, the body, the final dot.
+ * With PIPELINING, MAIL + RCPTs + DATA go out in one write and the replies
+ * are matched in order (RFC 2920 3.1). With CHUNKING (RFC 3030) the body
+ * goes in BDAT chunks instead, as it is (no dot-stuffing, no final dot),
+ * once the RCPT replies showed a recipient accepted; with PIPELINING each
+ * chunk goes as soon as the last is written, without it once the last is
+ * answered. After a transaction the connection takes the next job of its
+ * destination; without one it idles for idle_timeout_ms, then says QUIT.
+ * After max_msgs_per_conn transactions it says QUIT as well.
  *
  * STARTTLS: each destination carries a TLS policy (part of its key). After
  * EHLO, when STARTTLS is offered, the client sends it; on 220 it throws away
@@ -125,6 +129,7 @@
 #include "net/tls.h"
 
 #define SMTPC_CHUNK_MAX (64 * 1024) /* body bytes per write */
+#define SMTPC_BDAT_HEAD_MAX 32      /* "BDAT 65536 LAST\r\n", in front of its chunk */
 #define SMTPC_ADDR_MAX 256          /* RFC 5321 4.5.3.1.3: path, without <> here */
 #define SMTPC_CMD_LINE_MAX 512      /* RFC 5321 4.5.3.1.4, our lines fit easily */
 /*
@@ -138,8 +143,9 @@
  * The connection states. A connection only moves forward through
  * CONNECTING -> GREETING -> EHLO [-> HELO | -> STARTTLS -> TLS -> EHLO]
  * [-> AUTH | -> AUTH_LOGIN -> AUTH_USER -> AUTH] -> READY, then loops
- * READY -> MAIL -> RCPT -> DATA -> BODY -> DOT -> READY, where a failed
- * transaction ends in RSET -> READY instead. READY without a job is idle.
+ * READY -> MAIL -> RCPT -> DATA -> BODY -> DOT -> READY, or with CHUNKING
+ * READY -> MAIL -> RCPT -> BDAT -> READY, where a failed transaction ends
+ * in RSET -> READY instead. READY without a job is idle.
  * Any state may go to QUIT (polite end) or CLOSING (discard); CLOSING is
  * final. n_expected counts replies owed for commands already written; a
  * reply while it is zero is a protocol error.
@@ -155,6 +161,7 @@ enum smtpc_state {
     SMTPC_STATE_DATA, /* waiting for 354 */
     SMTPC_STATE_BODY, /* writing the body; no reply owed */
     SMTPC_STATE_DOT,  /* waiting for the reply to the final dot */
+    SMTPC_STATE_BDAT, /* writing BDAT chunks, their replies owed (CHUNKING) */
     SMTPC_STATE_RSET,
     SMTPC_STATE_QUIT,
     SMTPC_STATE_STARTTLS,   /* waiting for 220 to STARTTLS */
@@ -166,9 +173,9 @@ enum smtpc_state {
 };
 
 static const char *const smtpc_state_names[] = {
-    "CONNECTING", "GREETING", "EHLO", "HELO",       "READY",     "MAIL",
-    "RCPT",       "DATA",     "BODY", "DOT",        "RSET",      "QUIT",
-    "STARTTLS",   "TLS",      "AUTH", "AUTH_LOGIN", "AUTH_USER", "CLOSING",
+    "CONNECTING", "GREETING", "EHLO",       "HELO",      "READY",   "MAIL", "RCPT",
+    "DATA",       "BODY",     "DOT",        "BDAT",      "RSET",    "QUIT", "STARTTLS",
+    "TLS",        "AUTH",     "AUTH_LOGIN", "AUTH_USER", "CLOSING",
 };
 
 /* What a connection waits for in each state, for timeout and EOF texts. */
@@ -183,6 +190,7 @@ static const char *const smtpc_state_waits[] = {
     "reply to DATA",
     "body write",
     "reply to end of data",
+    "reply to BDAT",
     "reply to RSET",
     "reply to QUIT",
     "reply to STARTTLS",
@@ -261,6 +269,12 @@ struct smtpc_conn {
     bool mail_ok;
     bool dot_only;  /* 354 though no recipient was accepted: send "." alone */
     bool dot_reply; /* the server answered the final dot: no RSET needed */
+    /* BDAT (CHUNKING offered): chunks written and answered, the LAST one written, a refusal. */
+    bool bdat;
+    unsigned bdat_sent;
+    unsigned bdat_answered;
+    bool bdat_last;
+    bool bdat_failed;
     struct smtpc_body body;
     bool src_pending;               /* a chunk was asked of the message's source and has not come */
     struct tls *tls;                /* after a 220 to STARTTLS; freed with the connection */
@@ -269,7 +283,8 @@ struct smtpc_conn {
     enum smtpc_tls_state tls_state; /* for results: set where TLS comes up or why it did not */
     char rbuf[4096];
     char pbuf[4096]; /* plaintext out of tls */
-    uint8_t chunk[SMTPC_CHUNK_MAX];
+    /* Wire form; with BDAT its command goes in front, so that both go in one write. */
+    uint8_t chunk[SMTPC_BDAT_HEAD_MAX + SMTPC_CHUNK_MAX];
 };
 
 /* smtpc_dest - the jobs and connections of one host:port. */
@@ -1348,6 +1363,11 @@ static int smtpc_conn_start_tx(struct smtpc_conn *c)
     c->mail_ok = false;
     c->dot_only = false;
     c->dot_reply = false;
+    c->bdat = (c->ext & SMTPC_EXT_CHUNKING) != 0;
+    c->bdat_sent = 0;
+    c->bdat_answered = 0;
+    c->bdat_last = false;
+    c->bdat_failed = false;
     c->n_msgs++;
 
     bool pipelining = (c->ext & SMTPC_EXT_PIPELINING) != 0;
@@ -1357,12 +1377,15 @@ static int smtpc_conn_start_tx(struct smtpc_conn *c)
     int rv = smtpc_conn_mail_append(c, &b);
     unsigned n_replies = 1;
     if (pipelining) {
-        /* RFC 2920 3.1: DATA is the last command of the group. */
+        /*
+         * RFC 2920 3.1: DATA is the last command of the group. BDAT waits
+         * for the RCPT replies, so that no body goes out for nobody.
+         */
         for (size_t i = 0; rv == 0 && i < m->n_rcpts; i++)
             rv = smtpc_conn_rcpt_append(c, &b, i);
-        if (rv == 0)
+        if (rv == 0 && !c->bdat)
             rv = buf_append(&b, "DATA\r\n", 6);
-        n_replies = (unsigned)m->n_rcpts + 2;
+        n_replies = (unsigned)m->n_rcpts + (c->bdat ? 1 : 2);
     }
     if (rv != 0) {
         buf_free(&b);
@@ -1398,9 +1421,56 @@ static void smtpc_conn_tx_end(struct smtpc_conn *c)
     smtpc_conn_next(c);
 }
 
-/* smtpc_conn_body_written - a body chunk is written: send the next one. */
+/*
+ * smtpc_conn_bdat_timer - the deadline for the next BDAT reply: the one to
+ * the LAST chunk gets what the final dot gets (RFC 5321 4.5.3.2.6).
+ */
+static void smtpc_conn_bdat_timer(struct smtpc_conn *c)
+{
+    const struct smtpc_config *cfg = &c->pool->cfg;
+    uv_timer_start(&c->timer, smtpc_conn_timer_cb,
+                   c->bdat_last ? cfg->data_done_timeout_ms : cfg->command_timeout_ms, 0);
+}
+
+/*
+ * smtpc_conn_bdat_send - "BDAT n" and the n octets of wire form after
+ * SMTPC_BDAT_HEAD_MAX in c->chunk (RFC 3030 2), "BDAT n LAST" when they
+ * end the body (n may be 0, for an empty body or one that ended with its
+ * last chunk), in one write, which saves a copy and a small segment per
+ * chunk. Each owes a reply. The LAST write completes nothing: its reply
+ * ends the transaction.
+ */
+static void smtpc_conn_bdat_send(struct smtpc_conn *c, size_t n)
+{
+    bool last = c->body.done;
+    char head[SMTPC_BDAT_HEAD_MAX];
+    int hn = snprintf(head, sizeof(head), "BDAT %zu%s\r\n", n, last ? " LAST" : "");
+    HAMR_ASSERT(hn > 0 && (size_t)hn < sizeof(head));
+    uint8_t *at = c->chunk + SMTPC_BDAT_HEAD_MAX - hn;
+    memcpy(at, head, (size_t)hn);
+    if (smtpc_conn_write(c, at, (size_t)hn + n, !last) != 0)
+        return;
+    c->n_expected++;
+    c->bdat_sent++;
+    if (last) {
+        c->bdat_last = true;
+        smtpc_conn_bdat_timer(c);
+    }
+}
+
+/*
+ * smtpc_conn_body_written - a body chunk is written: send the next one;
+ * for BDAT only when pipelining, else its reply sends it (smtpc_conn_on_bdat).
+ */
 static void smtpc_conn_body_written(struct smtpc_conn *c)
 {
+    if (c->state == SMTPC_STATE_BDAT) {
+        if (!(c->ext & SMTPC_EXT_PIPELINING) || c->bdat_last || c->bdat_failed)
+            return;
+        uv_timer_start(&c->timer, smtpc_conn_timer_cb, c->pool->cfg.command_timeout_ms, 0);
+        smtpc_conn_body_next(c);
+        return;
+    }
     if (c->state != SMTPC_STATE_BODY)
         return; /* the last chunk: the reply to the dot is awaited in DOT */
     uv_timer_start(&c->timer, smtpc_conn_timer_cb, c->pool->cfg.command_timeout_ms, 0);
@@ -1415,12 +1485,17 @@ static void smtpc_conn_body_written(struct smtpc_conn *c)
 static void smtpc_conn_body_next(struct smtpc_conn *c)
 {
     size_t n = 0;
-    while (n == 0) {
+    size_t off = c->state == SMTPC_STATE_BDAT ? SMTPC_BDAT_HEAD_MAX : 0;
+    while (n == 0 && !c->body.done) {
         if (smtpc_body_need(&c->body)) {
             smtpc_conn_source_read(c);
             return;
         }
-        n = smtpc_body_fill(&c->body, c->chunk, sizeof(c->chunk));
+        n = smtpc_body_fill(&c->body, c->chunk + off, SMTPC_CHUNK_MAX);
+    }
+    if (c->state == SMTPC_STATE_BDAT) {
+        smtpc_conn_bdat_send(c, n);
+        return;
     }
     if (smtpc_conn_write(c, c->chunk, n, true) != 0)
         return;
@@ -1454,7 +1529,7 @@ static void smtpc_conn_source_read(struct smtpc_conn *c)
 static void smtpc_conn_source_cb(void *arg, int status, const uint8_t *data, size_t len, bool last)
 {
     struct smtpc_conn *c = arg;
-    HAMR_ASSERT(c->src_pending && c->state == SMTPC_STATE_BODY);
+    HAMR_ASSERT(c->src_pending && (c->state == SMTPC_STATE_BODY || c->state == SMTPC_STATE_BDAT));
     c->src_pending = false;
     if (status != 0) {
         smtpc_conn_fail(c, 0, "message body failed, dropped before the end of data: %s",
@@ -1462,6 +1537,23 @@ static void smtpc_conn_source_cb(void *arg, int status, const uint8_t *data, siz
         return;
     }
     smtpc_body_feed(&c->body, data, len, last);
+    smtpc_conn_body_next(c);
+}
+
+/*
+ * smtpc_conn_body_start - send the body after 354 (s BODY) or by BDAT (s
+ * BDAT, once a recipient was accepted).
+ */
+static void smtpc_conn_body_start(struct smtpc_conn *c, enum smtpc_state s)
+{
+    const struct smtpc_msg *m = c->job->msg;
+    if (m->source != NULL)
+        smtpc_body_begin(&c->body); /* the first chunk is asked for at once */
+    else
+        smtpc_body_init(&c->body, m->body, m->body_len);
+    if (s == SMTPC_STATE_BDAT)
+        smtpc_body_bdat(&c->body);
+    smtpc_conn_enter_state(c, s);
     smtpc_conn_body_next(c);
 }
 
@@ -1516,12 +1608,16 @@ static void smtpc_conn_on_rcpt(struct smtpc_conn *c, const struct smtpc_reply *r
             return;
         return; /* stay in RCPT */
     }
-    if (pipelining) {
+    if (pipelining && !c->bdat) {
         smtpc_conn_enter_state(c, SMTPC_STATE_DATA);
         return;
     }
     if (c->n_accepted == 0) {
         smtpc_conn_tx_end(c); /* no body for nobody: RSET */
+        return;
+    }
+    if (c->bdat) {
+        smtpc_conn_body_start(c, SMTPC_STATE_BDAT);
         return;
     }
     if (smtpc_conn_send(c, "DATA\r\n", 6, 1) != 0)
@@ -1535,13 +1631,7 @@ static void smtpc_conn_on_data(struct smtpc_conn *c, const struct smtpc_reply *r
     unsigned cls = r->code / 100;
     if (cls == 3) {
         if (c->mail_ok && c->n_accepted > 0) {
-            const struct smtpc_msg *m = c->job->msg;
-            if (m->source != NULL)
-                smtpc_body_begin(&c->body); /* the first chunk is asked for at once */
-            else
-                smtpc_body_init(&c->body, m->body, m->body_len);
-            smtpc_conn_enter_state(c, SMTPC_STATE_BODY);
-            smtpc_conn_body_next(c);
+            smtpc_conn_body_start(c, SMTPC_STATE_BODY);
             return;
         }
         /*
@@ -1591,6 +1681,49 @@ static void smtpc_conn_on_dot(struct smtpc_conn *c, const struct smtpc_reply *r)
         smtpc_conn_dot_decide(c, r);
     c->dot_reply = true;
     smtpc_conn_tx_end(c);
+}
+
+/*
+ * smtpc_conn_on_bdat - the reply to one BDAT chunk, in order. The reply to
+ * LAST decides the accepted recipients as the one to the final dot does.
+ * RFC 3030 2: after a 4xx or 5xx the transaction has failed (that reply
+ * decides every open recipient) and no further BDAT may be sent; those
+ * already on their way are answered and discarded, then RSET. Without
+ * PIPELINING each 2xx sends the next chunk.
+ */
+static void smtpc_conn_on_bdat(struct smtpc_conn *c, const struct smtpc_reply *r)
+{
+    unsigned cls = r->code / 100;
+    if (cls != 2 && cls != 4 && cls != 5) {
+        smtpc_conn_fail(c, r->code, "protocol error: reply %u to BDAT from %s", r->code, c->remote);
+        return;
+    }
+    c->bdat_answered++;
+    if (cls != 2 && !c->bdat_failed) {
+        c->bdat_failed = true;
+        smtpc_job_decide_rest(c->job, smtpc_status_of(r->code), r->code, r->text);
+        if (c->src_pending) {
+            const struct smtpc_source *src = c->job->msg->source;
+            c->src_pending = false;
+            src->cancel(src->data);
+        }
+    }
+    if (c->bdat_failed) {
+        if (c->n_expected == 0)
+            smtpc_conn_tx_end(c); /* dot_reply is false: RSET */
+        else
+            smtpc_conn_bdat_timer(c);
+        return;
+    }
+    if (c->bdat_last && c->bdat_answered == c->bdat_sent) {
+        smtpc_conn_dot_decide(c, r);
+        c->dot_reply = true;
+        smtpc_conn_tx_end(c);
+        return;
+    }
+    smtpc_conn_bdat_timer(c);
+    if (!(c->ext & SMTPC_EXT_PIPELINING) && !c->bdat_last)
+        smtpc_conn_body_next(c);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1970,6 +2103,9 @@ static void smtpc_conn_on_reply(struct smtpc_conn *c, const struct smtpc_reply *
             return;
         case SMTPC_STATE_DOT:
             smtpc_conn_on_dot(c, r);
+            return;
+        case SMTPC_STATE_BDAT:
+            smtpc_conn_on_bdat(c, r);
             return;
         case SMTPC_STATE_RSET:
             if (r->code / 100 != 2) {

@@ -5,7 +5,8 @@
  * a next hop, and reports one result per recipient. RFC 5321 client: EHLO
  * (HELO fallback), MAIL (SIZE=, BODY=8BITMIME when offered), one RCPT per
  * recipient (PIPELINING when offered), DATA with dot-stuffing and CRLF-only
- * output, RSET between messages, QUIT. Several messages share a connection.
+ * output (BDAT chunks when CHUNKING is offered, RFC 3030), RSET between
+ * messages, QUIT. Several messages share a connection.
  * STARTTLS (RFC 3207) under a per-delivery policy: may, encrypt, verify,
  * dane, dane-only (RFC 7672). SMTP AUTH (RFC 4954) with PLAIN or LOGIN
  * when a delivery carries credentials, only inside TLS unless the config
@@ -217,10 +218,11 @@ typedef void (*smtpc_source_cb)(void *arg, int status, const uint8_t *data, size
  *   cancel: the attempt ended while a chunk was asked for (connection
  *           lost, timeout, pool closing): cb must never run after this.
  * A chunk that fails, or a read that returns an error, ends the attempt
- * before the final "." is sent: the connection is dropped in the middle of
- * DATA, so the next hop discards what it got (RFC 5321 4.1.1.4: only the
- * final "." completes a message), and every recipient still open gets
- * SMTPC_TEMP. A body that fails its check is never delivered.
+ * before the final "." (or BDAT ... LAST) is sent: the connection is
+ * dropped in the middle of DATA, so the next hop discards what it got (RFC
+ * 5321 4.1.1.4: only the final "." completes a message; RFC 3030 2: only
+ * LAST does), and every recipient still open gets SMTPC_TEMP. A body that fails its check is never
+ * delivered.
  */
 struct smtpc_source {
     void *data;

@@ -94,6 +94,8 @@ void smtpc_reply_ehlo_line(struct smtpc_reply *r, const char *line, size_t len)
         r->ext |= SMTPC_EXT_8BITMIME;
     } else if (smtpc_reply_keyword(line, len, "STARTTLS")) {
         r->ext |= SMTPC_EXT_STARTTLS;
+    } else if (smtpc_reply_keyword(line, len, "CHUNKING")) {
+        r->ext |= SMTPC_EXT_CHUNKING;
     } else if (smtpc_reply_keyword(line, len, "DSN")) {
         r->ext |= SMTPC_EXT_DSN;
     } else if (smtpc_reply_keyword(line, len, "SMTPUTF8")) {

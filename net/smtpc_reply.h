@@ -28,6 +28,7 @@ enum {
     SMTPC_EXT_DSN = 1 << 7,        /* RFC 3461 */
     SMTPC_EXT_SMTPUTF8 = 1 << 8,   /* RFC 6531 */
     SMTPC_EXT_REQUIRETLS = 1 << 9, /* RFC 8689 */
+    SMTPC_EXT_CHUNKING = 1 << 10,  /* RFC 3030 */
 };
 
 /* smtpc_reply - one complete reply. */

@@ -49,6 +49,8 @@ static const struct reply_case reply_cases[] = {
     {"ehlo DSN SMTPUTF8 REQUIRETLS", "250-mx\r\n250-dsn\r\n250-SMTPUTF8\r\n250 REQUIRETLS\r\n", 0,
      1, 250, 4, "mx dsn SMTPUTF8 REQUIRETLS",
      SMTPC_EXT_DSN | SMTPC_EXT_SMTPUTF8 | SMTPC_EXT_REQUIRETLS, 0},
+    {"ehlo CHUNKING", "250-mx\r\n250-CHUNKING\r\n250 PIPELINING\r\n", 0, 1, 250, 3,
+     "mx CHUNKING PIPELINING", SMTPC_EXT_CHUNKING | SMTPC_EXT_PIPELINING, 0},
     {"ehlo extension prefixes are not the extensions", "250-mx\r\n250-DSNX\r\n250 REQUIRETLS2\r\n",
      0, 1, 250, 3, "mx DSNX REQUIRETLS2", 0, 0},
     {"ehlo keyword on first line ignored", "250 PIPELINING\r\n", 0, 1, 250, 1, "PIPELINING", 0, 0},

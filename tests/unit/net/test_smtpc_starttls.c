@@ -702,6 +702,25 @@ static void test_policy_names(void **state)
     }
 }
 
+/*
+ * test_chunking_over_tls - CHUNKING offered inside TLS only: the body goes
+ * by BDAT through the TLS engine, as it is; the EHLO before TLS did not
+ * offer it.
+ */
+static void test_chunking_over_tls(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    struct result r;
+    f->srv.ehlo_tls = "250-test.example\r\n250-PIPELINING\r\n250 CHUNKING\r\n";
+    testlib_smtpc_pool_start(f);
+    deliver_wait(f, SMTPC_TLS_MAY, NULL, &r);
+    assert_tls_ok(f, &r, " unverified");
+    assert_int_equal(f->srv.n_bdat, 1);
+    assert_int_equal(f->srv.bdat_body.len, sizeof(body) - 1);
+    assert_memory_equal(f->srv.bdat_body.data, body, sizeof(body) - 1);
+    assert_int_equal(f->srv.n_messages, 1);
+}
+
 /* ------------------------------------------------------------------------ */
 /* REQUIRETLS (RFC 8689)                                                    */
 /* ------------------------------------------------------------------------ */
@@ -887,6 +906,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dane_no_tlsa_offered, setup_dane, teardown_dane),
         cmocka_unit_test_setup_teardown(test_dane_only_no_tlsa, setup_dane, teardown_dane),
         cmocka_unit_test_setup_teardown(test_may_no_dane_opts, setup_dane, teardown_dane),
+        cmocka_unit_test_setup_teardown(test_chunking_over_tls, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_requiretls_plaintext, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_requiretls_unverified, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_requiretls_not_offered, setup, testlib_smtpc_teardown),
