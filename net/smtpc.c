@@ -1251,8 +1251,13 @@ static int smtpc_conn_rcpt_dsn_append(const struct smtpc_conn *c,
     }
     if (rv != 0 || dsn->orcpt == NULL)
         return rv;
-    if (hamr_strncaseeq(dsn->orcpt, "utf-8;", 6) && !(c->ext & SMTPC_EXT_SMTPUTF8))
-        return 0;
+    if (hamr_strncaseeq(dsn->orcpt, "utf-8;", 6)) {
+        /* Sent as it is: never a control octet or a space on the command line (S10). */
+        const char *a = dsn->orcpt + 6;
+        if (!(c->ext & SMTPC_EXT_SMTPUTF8) || !smtp_utf8_valid(a, strlen(a)) ||
+            strchr(a, ' ') != NULL)
+            return 0;
+    }
     char orcpt[SMTP_XTEXT_MAX(SMTP_ORCPT_MAX) + 1];
     if (!smtp_orcpt_format(dsn->orcpt, orcpt, sizeof(orcpt)))
         return 0;

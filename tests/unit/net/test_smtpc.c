@@ -771,6 +771,39 @@ static void test_smtputf8_offered(void **state)
     assert_received_exactly(f, want);
 }
 
+/*
+ * test_dsn_orcpt_unsafe - an ORCPT with a CR, LF or space never reaches
+ * the command line as it is: encoded (rfc822) or left out (utf-8).
+ */
+static void test_dsn_orcpt_unsafe(void **state)
+{
+    static const struct smtp_dsn_rcpt unsafe[] = {
+        {0, "rfc822;a\r\nRSET"},
+        {0, "utf-8;b\r\nRSET"},
+        {0, "utf-8;c d@x.test"},
+    };
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = srv_ehlo_dsn_utf8;
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_std(3);
+    m.smtputf8 = true;
+    m.rcpt_dsn = unsafe;
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 3, SMTPC_OK, 250);
+    char want[1024];
+    snprintf(want, sizeof(want),
+             "EHLO client.test\r\n"
+             "MAIL FROM:<s@y.test> SIZE=%zu SMTPUTF8\r\n"
+             "RCPT TO:<a@x.test> ORCPT=rfc822;a+0D+0ARSET\r\n"
+             "RCPT TO:<b@x.test>\r\n"
+             "RCPT TO:<c@x.test>\r\n"
+             "DATA\r\n",
+             m.body_len);
+    assert_received_exactly(f, want);
+}
+
 /* test_smtputf8_8bitmime - SMTPUTF8 after BODY=8BITMIME, DSN not offered. */
 static void test_smtputf8_8bitmime(void **state)
 {
@@ -2005,6 +2038,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dsn_not_offered, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_dsn_dot_refused, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_smtputf8_offered, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_dsn_orcpt_unsafe, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_smtputf8_8bitmime, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_smtputf8_not_offered, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_reuse, setup, testlib_smtpc_teardown),
