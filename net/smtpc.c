@@ -9,11 +9,15 @@
  * targets (the config's smtpc_resolver; without one, literals as they are
  * and uv_getaddrinfo for names), connects to the first, reads the 220
  * greeting, says EHLO (HELO after a 5xx to EHLO) and then runs
- * transactions: MAIL, RCPT per recipient, DATA, the body, the final dot. With PIPELINING, MAIL +
- * RCPTs + DATA go out in one write and the replies are matched in order (RFC 2920 3.1). After a
- * transaction the connection takes the next job of its destination; without
- * one it idles for idle_timeout_ms, then says QUIT. After max_msgs_per_conn
- * transactions it says QUIT as well.
+ * transactions: MAIL, RCPT per recipient, DATA, the body, the final dot.
+ * With PIPELINING, MAIL + RCPTs + DATA go out in one write and the replies
+ * are matched in order (RFC 2920 3.1). With CHUNKING (RFC 3030) the body
+ * goes in BDAT chunks instead, as it is (no dot-stuffing, no final dot),
+ * once the RCPT replies showed a recipient accepted; with PIPELINING each
+ * chunk goes as soon as the last is written, without it once the last is
+ * answered. After a transaction the connection takes the next job of its
+ * destination; without one it idles for idle_timeout_ms, then says QUIT.
+ * After max_msgs_per_conn transactions it says QUIT as well.
  *
  * STARTTLS: each destination carries a TLS policy (part of its key). After
  * EHLO, when STARTTLS is offered, the client sends it; on 220 it throws away
@@ -36,6 +40,19 @@
  * match one of them, or the attempt is deferred (DANE_FAILED) before any
  * MAIL, and never goes on in plaintext. A target without records under
  * DANE is handled as under MAY.
+ *
+ * Envelope extensions (net/smtp_ext.h): the EHLO list says whether the
+ * next hop takes DSN (RFC 3461), SMTPUTF8 (RFC 6531) and REQUIRETLS (RFC
+ * 8689). DSN parameters (RET=, ENVID=, NOTIFY=, ORCPT=) go only to a next
+ * hop that offers DSN, and a recipient it took is marked dsn_passed: the
+ * notices are then its to send. A message that needs SMTPUTF8 is never
+ * downgraded: a next hop without it fails every recipient for good (5.6.7)
+ * before MAIL. A message with REQUIRETLS has destinations of its own, whose
+ * connections need TLS and check the certificate whatever the policy (a
+ * target with usable TLSA records by DANE, any other by PKIX); no STARTTLS,
+ * a failed handshake or check, or a next hop that does not offer
+ * REQUIRETLS fails every recipient for good (5.7.30), at the first host
+ * where it happens (smtpc_conn_requiretls_fail says why no other MX).
  *
  * Bodies: given whole (borrowed) or by a source (smtpc_source) that hands
  * over one chunk at a time. With a source the client asks for a chunk only
@@ -104,6 +121,7 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "net/smtp_ext.h"
 #include "net/smtpc.h"
 #include "net/smtpc_auth.h"
 #include "net/smtpc_body.h"
@@ -111,15 +129,23 @@
 #include "net/tls.h"
 
 #define SMTPC_CHUNK_MAX (64 * 1024) /* body bytes per write */
+#define SMTPC_BDAT_HEAD_MAX 32      /* "BDAT 65536 LAST\r\n", in front of its chunk */
 #define SMTPC_ADDR_MAX 256          /* RFC 5321 4.5.3.1.3: path, without <> here */
 #define SMTPC_CMD_LINE_MAX 512      /* RFC 5321 4.5.3.1.4, our lines fit easily */
+/*
+ * RFC 3461 4: DSN parameters lengthen MAIL by up to 100 octets and RCPT by
+ * up to 500 (more here, since xtext may take three octets for one).
+ */
+#define SMTPC_RCPT_LINE_MAX \
+    (SMTPC_CMD_LINE_MAX + SMTPC_ADDR_MAX + SMTP_XTEXT_MAX(SMTP_ORCPT_MAX) + 64)
 
 /*
  * The connection states. A connection only moves forward through
  * CONNECTING -> GREETING -> EHLO [-> HELO | -> STARTTLS -> TLS -> EHLO]
  * [-> AUTH | -> AUTH_LOGIN -> AUTH_USER -> AUTH] -> READY, then loops
- * READY -> MAIL -> RCPT -> DATA -> BODY -> DOT -> READY, where a failed
- * transaction ends in RSET -> READY instead. READY without a job is idle.
+ * READY -> MAIL -> RCPT -> DATA -> BODY -> DOT -> READY, or with CHUNKING
+ * READY -> MAIL -> RCPT -> BDAT -> READY, where a failed transaction ends
+ * in RSET -> READY instead. READY without a job is idle.
  * Any state may go to QUIT (polite end) or CLOSING (discard); CLOSING is
  * final. n_expected counts replies owed for commands already written; a
  * reply while it is zero is a protocol error.
@@ -135,6 +161,7 @@ enum smtpc_state {
     SMTPC_STATE_DATA, /* waiting for 354 */
     SMTPC_STATE_BODY, /* writing the body; no reply owed */
     SMTPC_STATE_DOT,  /* waiting for the reply to the final dot */
+    SMTPC_STATE_BDAT, /* writing BDAT chunks, their replies owed (CHUNKING) */
     SMTPC_STATE_RSET,
     SMTPC_STATE_QUIT,
     SMTPC_STATE_STARTTLS,   /* waiting for 220 to STARTTLS */
@@ -146,9 +173,9 @@ enum smtpc_state {
 };
 
 static const char *const smtpc_state_names[] = {
-    "CONNECTING", "GREETING", "EHLO", "HELO",       "READY",     "MAIL",
-    "RCPT",       "DATA",     "BODY", "DOT",        "RSET",      "QUIT",
-    "STARTTLS",   "TLS",      "AUTH", "AUTH_LOGIN", "AUTH_USER", "CLOSING",
+    "CONNECTING", "GREETING", "EHLO",       "HELO",      "READY",   "MAIL", "RCPT",
+    "DATA",       "BODY",     "DOT",        "BDAT",      "RSET",    "QUIT", "STARTTLS",
+    "TLS",        "AUTH",     "AUTH_LOGIN", "AUTH_USER", "CLOSING",
 };
 
 /* What a connection waits for in each state, for timeout and EOF texts. */
@@ -163,6 +190,7 @@ static const char *const smtpc_state_waits[] = {
     "reply to DATA",
     "body write",
     "reply to end of data",
+    "reply to BDAT",
     "reply to RSET",
     "reply to QUIT",
     "reply to STARTTLS",
@@ -241,6 +269,12 @@ struct smtpc_conn {
     bool mail_ok;
     bool dot_only;  /* 354 though no recipient was accepted: send "." alone */
     bool dot_reply; /* the server answered the final dot: no RSET needed */
+    /* BDAT (CHUNKING offered): chunks written and answered, the LAST one written, a refusal. */
+    bool bdat;
+    unsigned bdat_sent;
+    unsigned bdat_answered;
+    bool bdat_last;
+    bool bdat_failed;
     struct smtpc_body body;
     bool src_pending;               /* a chunk was asked of the message's source and has not come */
     struct tls *tls;                /* after a 220 to STARTTLS; freed with the connection */
@@ -249,7 +283,8 @@ struct smtpc_conn {
     enum smtpc_tls_state tls_state; /* for results: set where TLS comes up or why it did not */
     char rbuf[4096];
     char pbuf[4096]; /* plaintext out of tls */
-    uint8_t chunk[SMTPC_CHUNK_MAX];
+    /* Wire form; with BDAT its command goes in front, so that both go in one write. */
+    uint8_t chunk[SMTPC_BDAT_HEAD_MAX + SMTPC_CHUNK_MAX];
 };
 
 /* smtpc_dest - the jobs and connections of one host:port. */
@@ -261,6 +296,14 @@ struct smtpc_dest {
     enum smtpc_tls_policy policy;
     /* The name the certificate must match (VERIFY); "": each target's host. */
     char verify_host[SMTPC_HOST_MAX + 1];
+    /*
+     * REQUIRETLS (RFC 8689): the messages of d demand verified TLS and a
+     * next hop that offers REQUIRETLS; d's connections check the
+     * certificate whatever the policy (smtpc_conn_verify), and never carry
+     * a message without the demand, nor one with it a connection that
+     * did not check.
+     */
+    bool requiretls;
     /* Credentials (auth): AUTH after the last EHLO; wiped when d is freed. */
     bool auth;
     char auth_user[SMTPC_AUTH_USER_MAX + 1];
@@ -583,7 +626,8 @@ static bool smtpc_conn_dane_auth(const struct smtpc_conn *c)
  * smtpc_conn_verify - c's certificate must chain to a trusted CA and name
  * the host: policy VERIFY; or DANE with MTA-STS patterns (enforce) for a
  * target DANE does not cover: DANE first where TLSA records are, then
- * MTA-STS (RFC 8461 2), rather than the opportunistic TLS of plain DANE.
+ * MTA-STS (RFC 8461 2), rather than the opportunistic TLS of plain DANE;
+ * or REQUIRETLS under any policy, for a target DANE does not authenticate.
  */
 static bool smtpc_conn_verify(const struct smtpc_conn *c)
 {
@@ -591,18 +635,23 @@ static bool smtpc_conn_verify(const struct smtpc_conn *c)
         return false;
     if (c->dest->policy == SMTPC_TLS_VERIFY)
         return true;
+    /* RFC 8689 4.2.1: PKIX, where no usable TLSA record authenticates the host instead. */
+    if (c->dest->requiretls)
+        return !smtpc_conn_dane_auth(c);
     return smtpc_policy_dane(c->dest->policy) && c->dest->n_patterns > 0 && !smtpc_conn_dane(c);
 }
 
 /*
  * smtpc_conn_tls_required - no plaintext on c: the policy demands TLS
- * (ENCRYPT, VERIFY), or DANE applies to its target.
+ * (ENCRYPT, VERIFY), its messages demand it (REQUIRETLS), or DANE applies
+ * to its target.
  */
 static bool smtpc_conn_tls_required(const struct smtpc_conn *c)
 {
     if (c->dest == NULL)
         return false;
-    if (c->dest->policy == SMTPC_TLS_ENCRYPT || c->dest->policy == SMTPC_TLS_VERIFY)
+    if (c->dest->policy == SMTPC_TLS_ENCRYPT || c->dest->policy == SMTPC_TLS_VERIFY ||
+        c->dest->requiretls)
         return true;
     return smtpc_conn_dane(c) || smtpc_conn_verify(c);
 }
@@ -624,6 +673,49 @@ static void smtpc_conn_tls_fail(struct smtpc_conn *c, unsigned code, const char 
         smtpc_conn_fail(c, code, "TLS required but failed with %s: %s", c->remote, why);
     else
         smtpc_conn_fail(c, code, "TLS handshake failed with %s: %s", c->remote, why);
+}
+
+/*
+ * smtpc_conn_requiretls_fail - c cannot carry mail under REQUIRETLS (RFC
+ * 8689 4.2.1): no STARTTLS, or a handshake or certificate check that
+ * failed. The message must not go to this host, and every open recipient
+ * fails for good with 5.7.30 ("why by host": fmt and its arguments); the
+ * connection is discarded. RFC 8689 lets the client try other MX hosts
+ * first; hamr does not: moving on is done only before EHLO is accepted and
+ * TLS begun (smtpc_conn_may_move_on), and the MX hosts of one domain
+ * nearly always share their TLS setup.
+ */
+static void smtpc_conn_requiretls_fail(struct smtpc_conn *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void smtpc_conn_requiretls_fail(struct smtpc_conn *c, const char *fmt, ...)
+{
+    static const char prefix[] = "5.7.30 REQUIRETLS support required, but ";
+    char text[sizeof(((struct smtpc_rcpt_result *)0)->text)];
+    size_t n = hamr_strlcpy(text, prefix, sizeof(text));
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text + n, sizeof(text) - n, fmt, ap);
+    va_end(ap);
+    smtpc_conn_end(c, SMTPC_PERM, 0, text);
+}
+
+/*
+ * smtpc_conn_tls_rejected - the handshake failed, or the certificate did
+ * not pass its check (why): for REQUIRETLS mail the host is unfit
+ * (smtpc_conn_requiretls_fail), for any other a TLS failure that defers
+ * (smtpc_conn_tls_fail).
+ */
+static void smtpc_conn_tls_rejected(struct smtpc_conn *c, const char *why)
+{
+    if (!c->dest->requiretls) {
+        smtpc_conn_tls_fail(c, 0, why);
+        return;
+    }
+    bool dane = smtpc_conn_dane(c);
+    c->tls_state = dane ? SMTPC_TLS_STATE_DANE_FAILED : SMTPC_TLS_STATE_HANDSHAKE_FAILED;
+    c->pool->stats.dane_failed += dane;
+    smtpc_conn_requiretls_fail(c, "TLS failed with host %s[%s]: %s", c->host, c->ip, why);
 }
 
 /*
@@ -1086,58 +1178,219 @@ static void smtpc_conn_move_on(struct smtpc_conn *c,
 /* Transactions                                                             */
 /* ------------------------------------------------------------------------ */
 
-/*
- * smtpc_conn_start_tx - send MAIL (with RCPTs and DATA when pipelining) for
- * c->job. Returns 0 when commands went out (or the connection failed), 1 when
- * the job was finished without sending anything (SIZE exceeded).
- */
-static int smtpc_conn_start_tx(struct smtpc_conn *c)
+/* smtpc_buf_puts - append the string str to b. */
+static int smtpc_buf_puts(struct buf *b, const char *str)
 {
-    struct smtpc_job *job = c->job;
-    const struct smtpc_msg *m = job->msg;
+    return buf_append(b, str, strlen(str));
+}
 
-    /* RFC 1870 6: do not send what the server said it will refuse. */
-    if ((c->ext & SMTPC_EXT_SIZE) && c->size_limit > 0 && m->body_len > c->size_limit) {
-        char text[sizeof(job->res[0].text)];
-        snprintf(text, sizeof(text), "message size %zu exceeds size limit %llu of %s", m->body_len,
-                 (unsigned long long)c->size_limit, c->remote);
-        smtpc_job_decide_rest(job, SMTPC_PERM, 552, text);
-        c->job = NULL;
-        smtpc_job_finish(job, c);
-        return 1;
-    }
+/*
+ * smtpc_conn_mail_dsn_append - RET= and ENVID= (RFC 3461 4.3, 4.4) for m
+ * onto the MAIL command in b, for a next hop that offers DSN. An ENVID too
+ * long to be one is left out rather than sent cut.
+ */
+static int smtpc_conn_mail_dsn_append(const struct smtpc_msg *m, struct buf *b)
+{
+    int rv = 0;
+    if (m->ret == SMTP_RET_FULL)
+        rv = smtpc_buf_puts(b, " RET=FULL");
+    else if (m->ret == SMTP_RET_HDRS)
+        rv = smtpc_buf_puts(b, " RET=HDRS");
+    if (rv != 0 || m->envid == NULL || m->envid[0] == '\0')
+        return rv;
+    char xtext[SMTP_XTEXT_MAX(SMTP_ENVID_MAX) + 1];
+    if (!smtp_xtext_encode(m->envid, strlen(m->envid), xtext, sizeof(xtext)))
+        return 0;
+    rv = smtpc_buf_puts(b, " ENVID=");
+    return rv != 0 ? rv : smtpc_buf_puts(b, xtext);
+}
 
-    c->rcpt_idx = 0;
-    c->n_accepted = 0;
-    c->mail_ok = false;
-    c->dot_only = false;
-    c->dot_reply = false;
-    c->n_msgs++;
-
-    bool pipelining = (c->ext & SMTPC_EXT_PIPELINING) != 0;
-    struct buf b;
-    /* Bounded by the address checks in smtpc_pool_deliver. */
-    buf_init(&b, (m->n_rcpts + 2) * (SMTPC_ADDR_MAX + 64));
-    int rv = smtpc_cmd_append(&b, "MAIL FROM:<%s>", m->sender);
+/*
+ * smtpc_conn_mail_append - the MAIL command for c->job onto b, with the
+ * parameters the next hop takes. SMTPUTF8 and REQUIRETLS were checked to
+ * be offered (smtpc_conn_tx_check).
+ */
+static int smtpc_conn_mail_append(const struct smtpc_conn *c, struct buf *b)
+{
+    const struct smtpc_msg *m = c->job->msg;
+    int rv = smtpc_cmd_append(b, "MAIL FROM:<%s>", m->sender);
     if (rv == 0 && (c->ext & SMTPC_EXT_SIZE))
-        rv = smtpc_cmd_append(&b, " SIZE=%zu", m->body_len);
+        rv = smtpc_cmd_append(b, " SIZE=%zu", m->body_len);
     /*
      * RFC 6152 says not to send 8-bit data to a server without 8BITMIME, but
      * like Postfix and most MTAs we send it anyway, without BODY=: bouncing
      * would help nobody and nearly every server today passes 8-bit through.
      */
     if (rv == 0 && m->body_8bit && (c->ext & SMTPC_EXT_8BITMIME))
-        rv = smtpc_cmd_append(&b, " BODY=8BITMIME");
-    if (rv == 0)
-        rv = buf_append(&b, "\r\n", 2);
+        rv = smtpc_buf_puts(b, " BODY=8BITMIME");
+    if (rv == 0 && m->smtputf8) /* RFC 6531 3.4 */
+        rv = smtpc_buf_puts(b, " SMTPUTF8");
+    if (rv == 0 && m->requiretls) /* RFC 8689 4.1 */
+        rv = smtpc_buf_puts(b, " REQUIRETLS");
+    if (rv == 0 && (c->ext & SMTPC_EXT_DSN))
+        rv = smtpc_conn_mail_dsn_append(m, b);
+    return rv != 0 ? rv : buf_append(b, "\r\n", 2);
+}
+
+/*
+ * smtpc_conn_rcpt_dsn_append - NOTIFY= and ORCPT= (RFC 3461 4.1, 4.2) of
+ * one recipient onto its RCPT command in b, for a next hop that offers
+ * DSN. An ORCPT of type utf-8 (RFC 6533 3) goes only to a next hop that
+ * offers SMTPUTF8 as well; one that cannot be written is left out.
+ */
+static int smtpc_conn_rcpt_dsn_append(const struct smtpc_conn *c,
+                                      const struct smtp_dsn_rcpt *dsn,
+                                      struct buf *b)
+{
+    int rv = 0;
+    if (dsn->notify != 0) {
+        char notify[64];
+        smtp_notify_format(dsn->notify, notify, sizeof(notify));
+        rv = smtpc_buf_puts(b, " NOTIFY=");
+        rv = rv != 0 ? rv : smtpc_buf_puts(b, notify);
+    }
+    if (rv != 0 || dsn->orcpt == NULL)
+        return rv;
+    if (hamr_strncaseeq(dsn->orcpt, "utf-8;", 6)) {
+        /* Sent as it is: never a control octet or a space on the command line (S10). */
+        const char *a = dsn->orcpt + 6;
+        if (!(c->ext & SMTPC_EXT_SMTPUTF8) || !smtp_utf8_valid(a, strlen(a)) ||
+            strchr(a, ' ') != NULL)
+            return 0;
+    }
+    char orcpt[SMTP_XTEXT_MAX(SMTP_ORCPT_MAX) + 1];
+    if (!smtp_orcpt_format(dsn->orcpt, orcpt, sizeof(orcpt)))
+        return 0;
+    rv = smtpc_buf_puts(b, " ORCPT=");
+    return rv != 0 ? rv : smtpc_buf_puts(b, orcpt);
+}
+
+/* smtpc_conn_rcpt_append - the RCPT command for recipient i of c->job onto b. */
+static int smtpc_conn_rcpt_append(const struct smtpc_conn *c, struct buf *b, size_t i)
+{
+    const struct smtpc_msg *m = c->job->msg;
+    int rv = smtpc_cmd_append(b, "RCPT TO:<%s>", m->rcpts[i]);
+    if (rv == 0 && (c->ext & SMTPC_EXT_DSN) && m->rcpt_dsn != NULL)
+        rv = smtpc_conn_rcpt_dsn_append(c, &m->rcpt_dsn[i], b);
+    return rv != 0 ? rv : buf_append(b, "\r\n", 2);
+}
+
+/* smtpc_conn_send_rcpt - write the RCPT command for recipient i (unpipelined). */
+static int smtpc_conn_send_rcpt(struct smtpc_conn *c, size_t i)
+{
+    struct buf b;
+    buf_init(&b, SMTPC_RCPT_LINE_MAX);
+    int rv = smtpc_conn_rcpt_append(c, &b, i);
+    if (rv != 0) {
+        buf_free(&b);
+        smtpc_conn_fail(c, 0, "out of memory");
+        return rv;
+    }
+    rv = smtpc_conn_send(c, b.data, b.len, 1);
+    buf_free(&b);
+    return rv;
+}
+
+/*
+ * smtpc_conn_tx_refuse - c->job cannot go to this next hop: every
+ * recipient gets st, code and text without a word to the server, and the
+ * job is finished. Returns 1 for smtpc_conn_start_tx.
+ */
+static int smtpc_conn_tx_refuse(struct smtpc_conn *c,
+                                enum smtpc_status st,
+                                unsigned code,
+                                const char *text)
+{
+    struct smtpc_job *job = c->job;
+    smtpc_job_decide_rest(job, st, code, text);
+    c->job = NULL;
+    smtpc_job_finish(job, c);
+    return 1;
+}
+
+/*
+ * smtpc_conn_tx_check - may c->job go to this next hop? 0 if so; 1 when
+ * the job was refused (smtpc_conn_tx_refuse), each check in turn:
+ *   SIZE: RFC 1870 6, do not send what the server said it will refuse.
+ *   REQUIRETLS: RFC 8689 4.2.1, verified TLS (PKIX or DANE) and the
+ *     extension offered after STARTTLS, else 5.7.30. The connection
+ *     demanded TLS before this (smtpc_conn_after_ehlo); TLS that is up
+ *     but not verified is left (DANE records of which none is usable).
+ *   SMTPUTF8: RFC 6531 3.4, no downgrade: 5.6.7, Postfix's words. As in
+ *     Postfix this fails for good at once, other MX hosts untried: it is
+ *     a property of the domain's servers, not of one host.
+ * The failures carry no reply code: the text opens with the enhanced
+ * status, where the delivery status notice looks for it.
+ */
+static int smtpc_conn_tx_check(struct smtpc_conn *c)
+{
+    const struct smtpc_msg *m = c->job->msg;
+    char text[sizeof(c->job->res[0].text)];
+    if ((c->ext & SMTPC_EXT_SIZE) && c->size_limit > 0 && m->body_len > c->size_limit) {
+        snprintf(text, sizeof(text), "message size %zu exceeds size limit %llu of %s", m->body_len,
+                 (unsigned long long)c->size_limit, c->remote);
+        return smtpc_conn_tx_refuse(c, SMTPC_PERM, 552, text);
+    }
+    if (m->requiretls) {
+        HAMR_ASSERT(c->dest->requiretls);
+        const char *why = c->tls_state != SMTPC_TLS_STATE_VERIFIED ? "TLS is not verified with"
+                          : !(c->ext & SMTPC_EXT_REQUIRETLS)       ? "was not offered by"
+                                                                   : NULL;
+        if (why != NULL) {
+            snprintf(text, sizeof(text), "5.7.30 REQUIRETLS support required, but %s host %s[%s]",
+                     why, c->host, c->ip);
+            return smtpc_conn_tx_refuse(c, SMTPC_PERM, 0, text);
+        }
+    }
+    if (m->smtputf8 && !(c->ext & SMTPC_EXT_SMTPUTF8)) {
+        snprintf(text, sizeof(text),
+                 "5.6.7 SMTPUTF8 is required, but was not offered by host %s[%s]", c->host, c->ip);
+        return smtpc_conn_tx_refuse(c, SMTPC_PERM, 0, text);
+    }
+    return 0;
+}
+
+/*
+ * smtpc_conn_start_tx - send MAIL (with RCPTs and DATA when pipelining) for
+ * c->job. Returns 0 when commands went out (or the connection failed), 1 when
+ * the job was finished without sending anything (smtpc_conn_tx_check).
+ */
+static int smtpc_conn_start_tx(struct smtpc_conn *c)
+{
+    struct smtpc_job *job = c->job;
+    const struct smtpc_msg *m = job->msg;
+
+    if (smtpc_conn_tx_check(c) != 0)
+        return 1;
+
+    c->rcpt_idx = 0;
+    c->n_accepted = 0;
+    c->mail_ok = false;
+    c->dot_only = false;
+    c->dot_reply = false;
+    c->bdat = (c->ext & SMTPC_EXT_CHUNKING) != 0;
+    c->bdat_sent = 0;
+    c->bdat_answered = 0;
+    c->bdat_last = false;
+    c->bdat_failed = false;
+    c->n_msgs++;
+
+    bool pipelining = (c->ext & SMTPC_EXT_PIPELINING) != 0;
+    struct buf b;
+    /* Bounded by the address checks in smtpc_pool_deliver and the DSN limits. */
+    buf_init(&b, (m->n_rcpts + 2) * SMTPC_RCPT_LINE_MAX);
+    int rv = smtpc_conn_mail_append(c, &b);
     unsigned n_replies = 1;
     if (pipelining) {
-        /* RFC 2920 3.1: DATA is the last command of the group. */
+        /*
+         * RFC 2920 3.1: DATA is the last command of the group. BDAT waits
+         * for the RCPT replies, so that no body goes out for nobody.
+         */
         for (size_t i = 0; rv == 0 && i < m->n_rcpts; i++)
-            rv = smtpc_cmd_append(&b, "RCPT TO:<%s>\r\n", m->rcpts[i]);
-        if (rv == 0)
+            rv = smtpc_conn_rcpt_append(c, &b, i);
+        if (rv == 0 && !c->bdat)
             rv = buf_append(&b, "DATA\r\n", 6);
-        n_replies = (unsigned)m->n_rcpts + 2;
+        n_replies = (unsigned)m->n_rcpts + (c->bdat ? 1 : 2);
     }
     if (rv != 0) {
         buf_free(&b);
@@ -1173,9 +1426,56 @@ static void smtpc_conn_tx_end(struct smtpc_conn *c)
     smtpc_conn_next(c);
 }
 
-/* smtpc_conn_body_written - a body chunk is written: send the next one. */
+/*
+ * smtpc_conn_bdat_timer - the deadline for the next BDAT reply: the one to
+ * the LAST chunk gets what the final dot gets (RFC 5321 4.5.3.2.6).
+ */
+static void smtpc_conn_bdat_timer(struct smtpc_conn *c)
+{
+    const struct smtpc_config *cfg = &c->pool->cfg;
+    uv_timer_start(&c->timer, smtpc_conn_timer_cb,
+                   c->bdat_last ? cfg->data_done_timeout_ms : cfg->command_timeout_ms, 0);
+}
+
+/*
+ * smtpc_conn_bdat_send - "BDAT n" and the n octets of wire form after
+ * SMTPC_BDAT_HEAD_MAX in c->chunk (RFC 3030 2), "BDAT n LAST" when they
+ * end the body (n may be 0, for an empty body or one that ended with its
+ * last chunk), in one write, which saves a copy and a small segment per
+ * chunk. Each owes a reply. The LAST write completes nothing: its reply
+ * ends the transaction.
+ */
+static void smtpc_conn_bdat_send(struct smtpc_conn *c, size_t n)
+{
+    bool last = c->body.done;
+    char head[SMTPC_BDAT_HEAD_MAX];
+    int hn = snprintf(head, sizeof(head), "BDAT %zu%s\r\n", n, last ? " LAST" : "");
+    HAMR_ASSERT(hn > 0 && (size_t)hn < sizeof(head));
+    uint8_t *at = c->chunk + SMTPC_BDAT_HEAD_MAX - hn;
+    memcpy(at, head, (size_t)hn);
+    if (smtpc_conn_write(c, at, (size_t)hn + n, !last) != 0)
+        return;
+    c->n_expected++;
+    c->bdat_sent++;
+    if (last) {
+        c->bdat_last = true;
+        smtpc_conn_bdat_timer(c);
+    }
+}
+
+/*
+ * smtpc_conn_body_written - a body chunk is written: send the next one;
+ * for BDAT only when pipelining, else its reply sends it (smtpc_conn_on_bdat).
+ */
 static void smtpc_conn_body_written(struct smtpc_conn *c)
 {
+    if (c->state == SMTPC_STATE_BDAT) {
+        if (!(c->ext & SMTPC_EXT_PIPELINING) || c->bdat_last || c->bdat_failed)
+            return;
+        uv_timer_start(&c->timer, smtpc_conn_timer_cb, c->pool->cfg.command_timeout_ms, 0);
+        smtpc_conn_body_next(c);
+        return;
+    }
     if (c->state != SMTPC_STATE_BODY)
         return; /* the last chunk: the reply to the dot is awaited in DOT */
     uv_timer_start(&c->timer, smtpc_conn_timer_cb, c->pool->cfg.command_timeout_ms, 0);
@@ -1190,12 +1490,17 @@ static void smtpc_conn_body_written(struct smtpc_conn *c)
 static void smtpc_conn_body_next(struct smtpc_conn *c)
 {
     size_t n = 0;
-    while (n == 0) {
+    size_t off = c->state == SMTPC_STATE_BDAT ? SMTPC_BDAT_HEAD_MAX : 0;
+    while (n == 0 && !c->body.done) {
         if (smtpc_body_need(&c->body)) {
             smtpc_conn_source_read(c);
             return;
         }
-        n = smtpc_body_fill(&c->body, c->chunk, sizeof(c->chunk));
+        n = smtpc_body_fill(&c->body, c->chunk + off, SMTPC_CHUNK_MAX);
+    }
+    if (c->state == SMTPC_STATE_BDAT) {
+        smtpc_conn_bdat_send(c, n);
+        return;
     }
     if (smtpc_conn_write(c, c->chunk, n, true) != 0)
         return;
@@ -1229,7 +1534,7 @@ static void smtpc_conn_source_read(struct smtpc_conn *c)
 static void smtpc_conn_source_cb(void *arg, int status, const uint8_t *data, size_t len, bool last)
 {
     struct smtpc_conn *c = arg;
-    HAMR_ASSERT(c->src_pending && c->state == SMTPC_STATE_BODY);
+    HAMR_ASSERT(c->src_pending && (c->state == SMTPC_STATE_BODY || c->state == SMTPC_STATE_BDAT));
     c->src_pending = false;
     if (status != 0) {
         smtpc_conn_fail(c, 0, "message body failed, dropped before the end of data: %s",
@@ -1237,6 +1542,23 @@ static void smtpc_conn_source_cb(void *arg, int status, const uint8_t *data, siz
         return;
     }
     smtpc_body_feed(&c->body, data, len, last);
+    smtpc_conn_body_next(c);
+}
+
+/*
+ * smtpc_conn_body_start - send the body after 354 (s BODY) or by BDAT (s
+ * BDAT, once a recipient was accepted).
+ */
+static void smtpc_conn_body_start(struct smtpc_conn *c, enum smtpc_state s)
+{
+    const struct smtpc_msg *m = c->job->msg;
+    if (m->source != NULL)
+        smtpc_body_begin(&c->body); /* the first chunk is asked for at once */
+    else
+        smtpc_body_init(&c->body, m->body, m->body_len);
+    if (s == SMTPC_STATE_BDAT)
+        smtpc_body_bdat(&c->body);
+    smtpc_conn_enter_state(c, s);
     smtpc_conn_body_next(c);
 }
 
@@ -1261,7 +1583,7 @@ static void smtpc_conn_on_mail(struct smtpc_conn *c, const struct smtpc_reply *r
         smtpc_conn_tx_end(c);
         return;
     }
-    if (smtpc_conn_send_line(c, "RCPT TO:<%s>\r\n", c->job->msg->rcpts[0]) != 0)
+    if (smtpc_conn_send_rcpt(c, 0) != 0)
         return;
     smtpc_conn_enter_state(c, SMTPC_STATE_RCPT);
 }
@@ -1287,16 +1609,20 @@ static void smtpc_conn_on_rcpt(struct smtpc_conn *c, const struct smtpc_reply *r
     c->rcpt_idx++;
     bool pipelining = (c->ext & SMTPC_EXT_PIPELINING) != 0;
     if (c->rcpt_idx < m->n_rcpts) {
-        if (!pipelining && smtpc_conn_send_line(c, "RCPT TO:<%s>\r\n", m->rcpts[c->rcpt_idx]) != 0)
+        if (!pipelining && smtpc_conn_send_rcpt(c, c->rcpt_idx) != 0)
             return;
         return; /* stay in RCPT */
     }
-    if (pipelining) {
+    if (pipelining && !c->bdat) {
         smtpc_conn_enter_state(c, SMTPC_STATE_DATA);
         return;
     }
     if (c->n_accepted == 0) {
         smtpc_conn_tx_end(c); /* no body for nobody: RSET */
+        return;
+    }
+    if (c->bdat) {
+        smtpc_conn_body_start(c, SMTPC_STATE_BDAT);
         return;
     }
     if (smtpc_conn_send(c, "DATA\r\n", 6, 1) != 0)
@@ -1310,13 +1636,7 @@ static void smtpc_conn_on_data(struct smtpc_conn *c, const struct smtpc_reply *r
     unsigned cls = r->code / 100;
     if (cls == 3) {
         if (c->mail_ok && c->n_accepted > 0) {
-            const struct smtpc_msg *m = c->job->msg;
-            if (m->source != NULL)
-                smtpc_body_begin(&c->body); /* the first chunk is asked for at once */
-            else
-                smtpc_body_init(&c->body, m->body, m->body_len);
-            smtpc_conn_enter_state(c, SMTPC_STATE_BODY);
-            smtpc_conn_body_next(c);
+            smtpc_conn_body_start(c, SMTPC_STATE_BODY);
             return;
         }
         /*
@@ -1338,6 +1658,21 @@ static void smtpc_conn_on_data(struct smtpc_conn *c, const struct smtpc_reply *r
     smtpc_conn_fail(c, r->code, "protocol error: reply %u to DATA from %s", r->code, c->remote);
 }
 
+/*
+ * smtpc_conn_dot_decide - the reply to the final dot decides the accepted
+ * recipients. A next hop that offers DSN and took the message owes any
+ * further notice for them (RFC 3461 5.2.2): dsn_passed.
+ */
+static void smtpc_conn_dot_decide(struct smtpc_conn *c, const struct smtpc_reply *r)
+{
+    struct smtpc_job *job = c->job;
+    bool passed = r->code / 100 == 2 && (c->ext & SMTPC_EXT_DSN) != 0;
+    for (size_t i = 0; passed && i < job->msg->n_rcpts; i++)
+        if (job->rstate[i] == SMTPC_RCPT_ACCEPTED)
+            job->res[i].dsn_passed = true;
+    smtpc_job_decide_rest(job, smtpc_status_of(r->code), r->code, r->text);
+}
+
 /* smtpc_conn_on_dot - the reply to the final dot decides the accepted recipients. */
 static void smtpc_conn_on_dot(struct smtpc_conn *c, const struct smtpc_reply *r)
 {
@@ -1348,9 +1683,52 @@ static void smtpc_conn_on_dot(struct smtpc_conn *c, const struct smtpc_reply *r)
         return;
     }
     if (!c->dot_only)
-        smtpc_job_decide_rest(c->job, smtpc_status_of(r->code), r->code, r->text);
+        smtpc_conn_dot_decide(c, r);
     c->dot_reply = true;
     smtpc_conn_tx_end(c);
+}
+
+/*
+ * smtpc_conn_on_bdat - the reply to one BDAT chunk, in order. The reply to
+ * LAST decides the accepted recipients as the one to the final dot does.
+ * RFC 3030 2: after a 4xx or 5xx the transaction has failed (that reply
+ * decides every open recipient) and no further BDAT may be sent; those
+ * already on their way are answered and discarded, then RSET. Without
+ * PIPELINING each 2xx sends the next chunk.
+ */
+static void smtpc_conn_on_bdat(struct smtpc_conn *c, const struct smtpc_reply *r)
+{
+    unsigned cls = r->code / 100;
+    if (cls != 2 && cls != 4 && cls != 5) {
+        smtpc_conn_fail(c, r->code, "protocol error: reply %u to BDAT from %s", r->code, c->remote);
+        return;
+    }
+    c->bdat_answered++;
+    if (cls != 2 && !c->bdat_failed) {
+        c->bdat_failed = true;
+        smtpc_job_decide_rest(c->job, smtpc_status_of(r->code), r->code, r->text);
+        if (c->src_pending) {
+            const struct smtpc_source *src = c->job->msg->source;
+            c->src_pending = false;
+            src->cancel(src->data);
+        }
+    }
+    if (c->bdat_failed) {
+        if (c->n_expected == 0)
+            smtpc_conn_tx_end(c); /* dot_reply is false: RSET */
+        else
+            smtpc_conn_bdat_timer(c);
+        return;
+    }
+    if (c->bdat_last && c->bdat_answered == c->bdat_sent) {
+        smtpc_conn_dot_decide(c, r);
+        c->dot_reply = true;
+        smtpc_conn_tx_end(c);
+        return;
+    }
+    smtpc_conn_bdat_timer(c);
+    if (!(c->ext & SMTPC_EXT_PIPELINING) && !c->bdat_last)
+        smtpc_conn_body_next(c);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1361,7 +1739,8 @@ static void smtpc_conn_on_dot(struct smtpc_conn *c, const struct smtpc_reply *r)
  * smtpc_conn_next - the connection is READY: run the next job of its
  * destination, or idle until idle_timeout_ms, or QUIT once it has carried
  * max_msgs_per_conn messages. A loop, not recursion: jobs refused without
- * a word to the server (SIZE) are finished here one after the other.
+ * a word to the server (smtpc_conn_tx_check) are finished here one after
+ * the other.
  */
 static void smtpc_conn_next(struct smtpc_conn *c)
 {
@@ -1422,6 +1801,16 @@ static void smtpc_conn_after_ehlo(struct smtpc_conn *c)
         c->tls_state = offered ? SMTPC_TLS_STATE_NO_CLIENT_CTX
                        : may   ? SMTPC_TLS_STATE_NOT_OFFERED
                                : SMTPC_TLS_STATE_NOT_OFFERED_REQUIRED;
+        /* Without a client context the fault is ours: deferred below. */
+        if (!offered && c->dest->requiretls) {
+            bool dane = smtpc_conn_dane(c);
+            if (dane)
+                c->tls_state = SMTPC_TLS_STATE_DANE_FAILED;
+            c->pool->stats.dane_failed += dane;
+            smtpc_conn_requiretls_fail(c, "STARTTLS was not offered by host %s[%s]", c->host,
+                                       c->ip);
+            return;
+        }
         if (!may && smtpc_conn_dane(c)) {
             c->tls_state = SMTPC_TLS_STATE_DANE_FAILED;
             c->pool->stats.dane_failed++;
@@ -1629,7 +2018,7 @@ static void smtpc_conn_tls_start(struct smtpc_conn *c)
     if (smtpc_conn_tls_flush(c, false) != 0)
         return;
     if (rv < 0)
-        smtpc_conn_tls_fail(c, 0, tls_error(c->tls));
+        smtpc_conn_tls_rejected(c, tls_error(c->tls));
 }
 
 /*
@@ -1719,6 +2108,9 @@ static void smtpc_conn_on_reply(struct smtpc_conn *c, const struct smtpc_reply *
             return;
         case SMTPC_STATE_DOT:
             smtpc_conn_on_dot(c, r);
+            return;
+        case SMTPC_STATE_BDAT:
+            smtpc_conn_on_bdat(c, r);
             return;
         case SMTPC_STATE_RSET:
             if (r->code / 100 != 2) {
@@ -1826,7 +2218,7 @@ static void smtpc_conn_tls_input(struct smtpc_conn *c, const char *data, size_t 
         if (smtpc_conn_tls_flush(c, false) != 0)
             return;
         if (rv < 0) {
-            smtpc_conn_tls_fail(c, 0, tls_error(c->tls));
+            smtpc_conn_tls_rejected(c, tls_error(c->tls));
             return;
         }
         if (rv == 0)
@@ -1834,7 +2226,7 @@ static void smtpc_conn_tls_input(struct smtpc_conn *c, const char *data, size_t 
         bool dane = smtpc_conn_dane_auth(c);
         if (dane && !tls_dane_verified(c->tls)) {
             /* SSL_VERIFY_PEER fails the handshake first; never go on unauthenticated. */
-            smtpc_conn_tls_fail(c, 0, "no TLSA record matched");
+            smtpc_conn_tls_rejected(c, "no TLSA record matched");
             return;
         }
         c->tls_up = true;
@@ -2209,15 +2601,19 @@ static bool smtpc_dest_set_patterns(struct smtpc_dest *d, const struct smtpc_del
     return true;
 }
 
-/* smtpc_pool_dest - the destination of dv (verify_host already ""-for-NULL), created when missing.
+/*
+ * smtpc_pool_dest - the destination of dv (verify_host already "" for NULL)
+ * for messages with or without REQUIRETLS, created when missing.
  */
-static struct smtpc_dest *smtpc_pool_dest(struct smtpc_pool *p, const struct smtpc_delivery *dv)
+static struct smtpc_dest *smtpc_pool_dest(struct smtpc_pool *p,
+                                          const struct smtpc_delivery *dv,
+                                          bool requiretls)
 {
     bool auth = dv->auth_user != NULL;
     for (struct smtpc_dest *d = p->dests; d != NULL; d = d->next)
-        if (d->port == dv->port && d->policy == dv->policy && strcmp(d->host, dv->host) == 0 &&
-            strcmp(d->verify_host, dv->verify_host) == 0 && smtpc_dest_patterns_eq(d, dv) &&
-            d->auth == auth &&
+        if (d->port == dv->port && d->policy == dv->policy && d->requiretls == requiretls &&
+            strcmp(d->host, dv->host) == 0 && strcmp(d->verify_host, dv->verify_host) == 0 &&
+            smtpc_dest_patterns_eq(d, dv) && d->auth == auth &&
             (!auth || (strcmp(d->auth_user, dv->auth_user) == 0 &&
                        strcmp(d->auth_pass, dv->auth_pass) == 0)))
             return d;
@@ -2228,6 +2624,7 @@ static struct smtpc_dest *smtpc_pool_dest(struct smtpc_pool *p, const struct smt
     hamr_strlcpy(d->host, dv->host, sizeof(d->host));
     d->port = dv->port;
     d->policy = dv->policy;
+    d->requiretls = requiretls;
     hamr_strlcpy(d->verify_host, dv->verify_host, sizeof(d->verify_host));
     if (auth) {
         d->auth = true;
@@ -2311,7 +2708,7 @@ int smtpc_pool_deliver_to(struct smtpc_pool *p,
         return HAMR_ENOMEM;
     job->res = calloc(m->n_rcpts, sizeof(*job->res));
     job->rstate = calloc(m->n_rcpts, sizeof(*job->rstate));
-    struct smtpc_dest *d = smtpc_pool_dest(p, dv);
+    struct smtpc_dest *d = smtpc_pool_dest(p, dv, m->requiretls);
     if (job->res == NULL || job->rstate == NULL || d == NULL) {
         smtpc_job_free(job);
         return HAMR_ENOMEM; /* an empty new dest is dropped by the next kick */

@@ -5,7 +5,8 @@
  * a next hop, and reports one result per recipient. RFC 5321 client: EHLO
  * (HELO fallback), MAIL (SIZE=, BODY=8BITMIME when offered), one RCPT per
  * recipient (PIPELINING when offered), DATA with dot-stuffing and CRLF-only
- * output, RSET between messages, QUIT. Several messages share a connection.
+ * output (BDAT chunks when CHUNKING is offered, RFC 3030), RSET between
+ * messages, QUIT. Several messages share a connection.
  * STARTTLS (RFC 3207) under a per-delivery policy: may, encrypt, verify,
  * dane, dane-only (RFC 7672). SMTP AUTH (RFC 4954) with PLAIN or LOGIN
  * when a delivery carries credentials, only inside TLS unless the config
@@ -217,10 +218,11 @@ typedef void (*smtpc_source_cb)(void *arg, int status, const uint8_t *data, size
  *   cancel: the attempt ended while a chunk was asked for (connection
  *           lost, timeout, pool closing): cb must never run after this.
  * A chunk that fails, or a read that returns an error, ends the attempt
- * before the final "." is sent: the connection is dropped in the middle of
- * DATA, so the next hop discards what it got (RFC 5321 4.1.1.4: only the
- * final "." completes a message), and every recipient still open gets
- * SMTPC_TEMP. A body that fails its check is never delivered.
+ * before the final "." (or BDAT ... LAST) is sent: the connection is
+ * dropped in the middle of DATA, so the next hop discards what it got (RFC
+ * 5321 4.1.1.4: only the final "." completes a message; RFC 3030 2: only
+ * LAST does), and every recipient still open gets SMTPC_TEMP. A body that fails its check is never
+ * delivered.
  */
 struct smtpc_source {
     void *data;
@@ -241,6 +243,11 @@ struct smtpc_msg {
      * SMTPUTF8; a next hop that does not offer it fails every recipient
      * for good with 5.6.7 (no downgrade). requiretls: REQUIRETLS (RFC 8689):
      * verified TLS and a next hop that offers REQUIRETLS, else 5.7.30.
+     * Under every policy the certificate is then checked (by a TLSA record
+     * where DANE has usable ones, else as under VERIFY), on connections
+     * that carry no other mail; the first host that fails decides (no
+     * other MX is tried). Both failures carry code 0 and a text that opens
+     * with the enhanced status.
      * ret, envid and rcpt_dsn (n_rcpts entries or NULL) go out as RET=,
      * ENVID=, NOTIFY= and ORCPT= to a next hop that offers DSN.
      */

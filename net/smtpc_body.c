@@ -14,6 +14,9 @@
  * the end of one chunk is sent as CRLF at once and an LF that starts the
  * next is then dropped, and whether the next byte starts a line is carried
  * over, so every split of a body gives the same wire form as the whole.
+ *
+ * BDAT (RFC 3030) counts octets instead of looking for the final dot: the
+ * same form without dot-stuffing and without that dot.
  */
 #include <string.h>
 
@@ -38,6 +41,13 @@ void smtpc_body_begin(struct smtpc_body *b)
     b->skip_lf = false;
     b->last = false;
     b->done = false;
+    b->bdat = false;
+}
+
+/* smtpc_body_bdat - no dot-stuffing and no final dot from here on. */
+void smtpc_body_bdat(struct smtpc_body *b)
+{
+    b->bdat = true;
 }
 
 /* smtpc_body_feed - the next chunk; the previous one must be consumed. */
@@ -96,23 +106,26 @@ size_t smtpc_body_fill(struct smtpc_body *b, uint8_t *out, size_t cap)
             b->bol = true;
             continue;
         }
-        if (b->bol && c == '.')
+        if (b->bol && c == '.' && !b->bdat)
             out[n++] = '.';
         out[n++] = c;
         b->bol = false;
     }
     if (b->pos < b->len || !b->last)
         return n;
-    size_t tail = b->bol ? 3 : 5;
+    size_t tail = (b->bol ? 0 : 2) + (b->bdat ? 0 : 3);
     if (n + tail > cap)
         return n;
     if (!b->bol) {
         out[n++] = '\r';
         out[n++] = '\n';
+        b->bol = true;
     }
-    out[n++] = '.';
-    out[n++] = '\r';
-    out[n++] = '\n';
+    if (!b->bdat) {
+        out[n++] = '.';
+        out[n++] = '\r';
+        out[n++] = '\n';
+    }
     b->done = true;
     return n;
 }

@@ -94,6 +94,14 @@ void smtpc_reply_ehlo_line(struct smtpc_reply *r, const char *line, size_t len)
         r->ext |= SMTPC_EXT_8BITMIME;
     } else if (smtpc_reply_keyword(line, len, "STARTTLS")) {
         r->ext |= SMTPC_EXT_STARTTLS;
+    } else if (smtpc_reply_keyword(line, len, "CHUNKING")) {
+        r->ext |= SMTPC_EXT_CHUNKING;
+    } else if (smtpc_reply_keyword(line, len, "DSN")) {
+        r->ext |= SMTPC_EXT_DSN;
+    } else if (smtpc_reply_keyword(line, len, "SMTPUTF8")) {
+        r->ext |= SMTPC_EXT_SMTPUTF8;
+    } else if (smtpc_reply_keyword(line, len, "REQUIRETLS")) {
+        r->ext |= SMTPC_EXT_REQUIRETLS;
     } else if (smtpc_reply_keyword(line, len, "SIZE")) {
         /* RFC 1870: "SIZE" [SP number]; no number or 0 means no fixed limit. */
         uint64_t v = 0;

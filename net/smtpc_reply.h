@@ -25,6 +25,10 @@ enum {
     SMTPC_EXT_AUTH = 1 << 4,
     SMTPC_EXT_AUTH_PLAIN = 1 << 5,
     SMTPC_EXT_AUTH_LOGIN = 1 << 6,
+    SMTPC_EXT_DSN = 1 << 7,        /* RFC 3461 */
+    SMTPC_EXT_SMTPUTF8 = 1 << 8,   /* RFC 6531 */
+    SMTPC_EXT_REQUIRETLS = 1 << 9, /* RFC 8689 */
+    SMTPC_EXT_CHUNKING = 1 << 10,  /* RFC 3030 */
 };
 
 /* smtpc_reply - one complete reply. */

@@ -247,6 +247,37 @@ static void testlib_nexthop_auth(struct testlib_nexthop_conn *sc, const char *li
     }
 }
 
+/* testlib_nexthop_bdat_done - a BDAT chunk is read: answer it. */
+static void testlib_nexthop_bdat_done(struct testlib_nexthop_conn *sc)
+{
+    bool ok = sc->mail_ok && sc->rcpts_ok > 0;
+    if (sc->bdat_last) {
+        sc->srv->n_messages += ok;
+        sc->mail_ok = false;
+        sc->rcpts_ok = 0;
+    }
+    testlib_nexthop_reply(sc, sc->bdat_cmd,
+                          !ok             ? "554 5.5.1 no valid recipients\r\n"
+                          : sc->bdat_last ? "250 2.0.0 queued\r\n"
+                                          : "250 2.0.0 chunk ok\r\n");
+}
+
+/* testlib_nexthop_bdat - "BDAT n [LAST]": the next n octets are the chunk. */
+static void testlib_nexthop_bdat(struct testlib_nexthop_conn *sc, const char *line)
+{
+    char *end = NULL;
+    unsigned long long n = strtoull(line + 5, &end, 10);
+    assert_true(end != line + 5);
+    sc->srv->n_bdat++;
+    sc->bdat_last = strcmp(end, " LAST\r\n") == 0;
+    assert_true(sc->bdat_last || strcmp(end, "\r\n") == 0);
+    assert_true(strlen(line) < sizeof(sc->bdat_cmd));
+    memcpy(sc->bdat_cmd, line, strlen(line) + 1);
+    sc->bdat_left = (size_t)n;
+    if (n == 0)
+        testlib_nexthop_bdat_done(sc);
+}
+
 /* testlib_nexthop_line - act on one complete line. */
 static void testlib_nexthop_line(struct testlib_nexthop_conn *sc, const char *line)
 {
@@ -283,6 +314,8 @@ static void testlib_nexthop_line(struct testlib_nexthop_conn *sc, const char *li
     } else if (strncmp(line, "DATA", 4) == 0) {
         testlib_nexthop_reply(
             sc, line, sc->rcpts_ok > 0 ? "354 go ahead\r\n" : "554 5.5.1 no valid recipients\r\n");
+    } else if (strncmp(line, "BDAT ", 5) == 0) {
+        testlib_nexthop_bdat(sc, line);
     } else if (strncmp(line, "QUIT", 4) == 0) {
         testlib_nexthop_reply(sc, line, "221 bye\r\n"); /* the client closes: n_eof */
     } else {
@@ -296,13 +329,23 @@ static void testlib_nexthop_plain(struct testlib_nexthop_conn *sc, const char *d
     struct testlib_nexthop *s = sc->srv;
     assert_int_equal(buf_append(&s->rx, data, len), 0);
     for (size_t i = 0; i < len && !sc->closing; i++) {
+        if (sc->bdat_left > 0) {
+            size_t k = len - i < sc->bdat_left ? len - i : sc->bdat_left;
+            assert_int_equal(buf_append(&s->bdat_body, data + i, k), 0);
+            sc->bdat_left -= k;
+            i += k - 1;
+            if (sc->bdat_left == 0)
+                testlib_nexthop_bdat_done(sc);
+            continue;
+        }
         assert_true(sc->line_len + 1 < sizeof(sc->line));
         sc->line[sc->line_len++] = data[i];
         if (data[i] != '\n')
             continue;
         sc->line[sc->line_len] = '\0';
         sc->line_len = 0;
-        if (!sc->data_mode && i + 1 < len)
+        /* The octets of a chunk behind its BDAT are not pipelining. */
+        if (!sc->data_mode && i + 1 < len && strncmp(sc->line, "BDAT ", 5) != 0)
             s->n_pipelined++;
         bool was_plain = sc->tls == NULL;
         testlib_nexthop_line(sc, sc->line);
@@ -401,6 +444,7 @@ void testlib_nexthop_start_on(struct testlib_nexthop *s,
     s->offer_starttls = ctx != NULL;
     s->starttls_reply = "220 2.0.0 ready to start TLS\r\n";
     buf_init(&s->rx, 4 << 20);
+    buf_init(&s->bdat_body, 4 << 20);
     assert_int_equal(uv_tcp_init(loop, &s->listener), 0);
     s->listener.data = s;
     struct sockaddr_storage a;
@@ -458,4 +502,5 @@ void testlib_nexthop_stop(struct testlib_nexthop *s)
 void testlib_nexthop_free(struct testlib_nexthop *s)
 {
     buf_free(&s->rx);
+    buf_free(&s->bdat_body);
 }

@@ -13,7 +13,10 @@
  * auth_user and auth_pass it answers AUTH PLAIN (with or without an
  * initial response) and AUTH LOGIN, 235 for those credentials and 535
  * otherwise (an "AUTH" override replaces its answer), and counts AUTH
- * commands, those read in plaintext, and successes.
+ * commands, those read in plaintext, and successes. It takes BDAT chunks
+ * (RFC 3030) whether or not the EHLO script lists CHUNKING, keeps their
+ * octets apart (bdat_body) and answers each chunk once it is read: 554
+ * without a recipient, 250 otherwise (a "BDAT" override replaces it).
  *
  * The test sets the script fields after testlib_nexthop_start and before
  * the client connects. Failures (a socket call, a line over the buffer)
@@ -61,6 +64,10 @@ struct testlib_nexthop_conn {
     /* AUTH in progress: 0 none, 1 LOGIN wants the user, 2 the password, 3 PLAIN's response. */
     int auth_step;
     char login_user[256];
+    /* BDAT (RFC 3030): octets of the chunk still to come, and its command for the reply. */
+    size_t bdat_left;
+    bool bdat_last;
+    char bdat_cmd[64];
     bool closing;
 };
 
@@ -93,6 +100,8 @@ struct testlib_nexthop {
     unsigned n_auth_clear; /* of those, read in plaintext */
     unsigned n_auth_ok;    /* answered 235 */
     char auth_mech[16];    /* the mechanism of the last AUTH */
+    unsigned n_bdat;       /* BDAT commands */
+    struct buf bdat_body;  /* the octets of every BDAT chunk, all connections */
     bool listener_closed;  /* after stop: the listener's close callback ran */
 };
 

@@ -613,6 +613,249 @@ static void test_size_exceeded(void **state)
     assert_false(testlib_nexthop_received(&f->srv, "MAIL"));
 }
 
+/* The EHLO reply with PIPELINING, SIZE and DSN; and with SMTPUTF8 as well. */
+static const char srv_ehlo_dsn[] =
+    "250-test.example\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n250 DSN\r\n";
+static const char srv_ehlo_dsn_utf8[] =
+    "250-test.example\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n250-DSN\r\n250 SMTPUTF8\r\n";
+
+/*
+ * The DSN parameters of msg_dsn's recipients: NOTIFY and an ORCPT that
+ * needs xtext; NEVER alone; and an ORCPT of type utf-8 (with U+00FC).
+ */
+static const struct smtp_dsn_rcpt dsn_rcpts[] = {
+    {SMTP_NOTIFY_SUCCESS | SMTP_NOTIFY_FAILURE, "rfc822;a+x=y@x.test"},
+    {SMTP_NOTIFY_NEVER, NULL},
+    {0, "utf-8;c\xc3\xbc@x.test"},
+};
+
+/* msg_dsn - msg_std to three recipients with RET=FULL, an ENVID that needs xtext, dsn_rcpts. */
+static struct smtpc_msg msg_dsn(void)
+{
+    struct smtpc_msg m = msg_std(3);
+    m.ret = SMTP_RET_FULL;
+    m.envid = "id+1=2 x";
+    m.rcpt_dsn = dsn_rcpts;
+    return m;
+}
+
+/* assert_received_exactly - the server read exactly the commands want, then the body. */
+static void assert_received_exactly(const struct testlib_smtpc *f, const char *want)
+{
+    char all[2048];
+    int n = snprintf(all, sizeof(all), "%s%s", want, body_std_wire);
+    assert_true(n > 0 && (size_t)n < sizeof(all));
+    if (f->srv.rx.len != (size_t)n || memcmp(f->srv.rx.data, all, (size_t)n) != 0)
+        fail_msg("received \"%.*s\"", (int)f->srv.rx.len, (const char *)f->srv.rx.data);
+}
+
+/*
+ * test_dsn_offered - DSN offered: RET=, ENVID= and NOTIFY=, ORCPT= in
+ * xtext, exactly; the utf-8 ORCPT left out without SMTPUTF8; dsn_passed
+ * for the recipients taken, not for the refused one.
+ */
+static void test_dsn_offered(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = srv_ehlo_dsn;
+    testlib_nexthop_override(&f->srv, "RCPT TO:<b@", "550 5.1.1 no such user\r\n", 0);
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_dsn();
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    char want[1024];
+    snprintf(want, sizeof(want),
+             "EHLO client.test\r\n"
+             "MAIL FROM:<s@y.test> SIZE=%zu RET=FULL ENVID=id+2B1+3D2+20x\r\n"
+             "RCPT TO:<a@x.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+2Bx+3Dy@x.test\r\n"
+             "RCPT TO:<b@x.test> NOTIFY=NEVER\r\n"
+             "RCPT TO:<c@x.test>\r\n"
+             "DATA\r\n",
+             m.body_len);
+    assert_received_exactly(f, want);
+    assert_int_equal(r.r[0].status, SMTPC_OK);
+    assert_int_equal(r.r[1].status, SMTPC_PERM);
+    assert_int_equal(r.r[2].status, SMTPC_OK);
+    assert_true(r.r[0].dsn_passed);
+    assert_false(r.r[1].dsn_passed);
+    assert_true(r.r[2].dsn_passed);
+}
+
+/* test_dsn_unpipelined - the same parameters on RCPT commands sent one at a time. */
+static void test_dsn_unpipelined(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = "250-test.example\r\n250 DSN\r\n";
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_dsn();
+    m.ret = SMTP_RET_HDRS;
+    m.envid = NULL;
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 3, SMTPC_OK, 250);
+    assert_received_exactly(f,
+                            "EHLO client.test\r\n"
+                            "MAIL FROM:<s@y.test> RET=HDRS\r\n"
+                            "RCPT TO:<a@x.test> NOTIFY=SUCCESS,FAILURE "
+                            "ORCPT=rfc822;a+2Bx+3Dy@x.test\r\n"
+                            "RCPT TO:<b@x.test> NOTIFY=NEVER\r\n"
+                            "RCPT TO:<c@x.test>\r\n"
+                            "DATA\r\n");
+    for (size_t i = 0; i < 3; i++)
+        assert_true(r.r[i].dsn_passed);
+}
+
+/* test_dsn_not_offered - no DSN: none of its parameters, and no dsn_passed. */
+static void test_dsn_not_offered(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_dsn();
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 3, SMTPC_OK, 250);
+    char want[512];
+    snprintf(want, sizeof(want),
+             "EHLO client.test\r\n"
+             "MAIL FROM:<s@y.test> SIZE=%zu\r\n"
+             "RCPT TO:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nRCPT TO:<c@x.test>\r\n"
+             "DATA\r\n",
+             m.body_len);
+    assert_received_exactly(f, want);
+    for (size_t i = 0; i < 3; i++)
+        assert_false(r.r[i].dsn_passed);
+}
+
+/* test_dsn_dot_refused - DSN offered, the message refused after the dot: no dsn_passed. */
+static void test_dsn_dot_refused(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = srv_ehlo_dsn;
+    testlib_nexthop_override(&f->srv, ".", "451 4.3.0 try later\r\n", 0);
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_dsn();
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 3, SMTPC_TEMP, 451);
+    for (size_t i = 0; i < 3; i++)
+        assert_false(r.r[i].dsn_passed);
+}
+
+/* test_smtputf8_offered - SMTPUTF8 on MAIL, and the utf-8 ORCPT as it is. */
+static void test_smtputf8_offered(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = srv_ehlo_dsn_utf8;
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_dsn();
+    m.smtputf8 = true;
+    m.body_8bit = true; /* no 8BITMIME offered: no BODY= */
+    m.ret = SMTP_RET_UNSET;
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 3, SMTPC_OK, 250);
+    char want[1024];
+    snprintf(want, sizeof(want),
+             "EHLO client.test\r\n"
+             "MAIL FROM:<s@y.test> SIZE=%zu SMTPUTF8 ENVID=id+2B1+3D2+20x\r\n"
+             "RCPT TO:<a@x.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+2Bx+3Dy@x.test\r\n"
+             "RCPT TO:<b@x.test> NOTIFY=NEVER\r\n"
+             "RCPT TO:<c@x.test> ORCPT=utf-8;c\xc3\xbc@x.test\r\n"
+             "DATA\r\n",
+             m.body_len);
+    assert_received_exactly(f, want);
+}
+
+/*
+ * test_dsn_orcpt_unsafe - an ORCPT with a CR, LF or space never reaches
+ * the command line as it is: encoded (rfc822) or left out (utf-8).
+ */
+static void test_dsn_orcpt_unsafe(void **state)
+{
+    static const struct smtp_dsn_rcpt unsafe[] = {
+        {0, "rfc822;a\r\nRSET"},
+        {0, "utf-8;b\r\nRSET"},
+        {0, "utf-8;c d@x.test"},
+    };
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = srv_ehlo_dsn_utf8;
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_std(3);
+    m.smtputf8 = true;
+    m.rcpt_dsn = unsafe;
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 3, SMTPC_OK, 250);
+    char want[1024];
+    snprintf(want, sizeof(want),
+             "EHLO client.test\r\n"
+             "MAIL FROM:<s@y.test> SIZE=%zu SMTPUTF8\r\n"
+             "RCPT TO:<a@x.test> ORCPT=rfc822;a+0D+0ARSET\r\n"
+             "RCPT TO:<b@x.test>\r\n"
+             "RCPT TO:<c@x.test>\r\n"
+             "DATA\r\n",
+             m.body_len);
+    assert_received_exactly(f, want);
+}
+
+/* test_smtputf8_8bitmime - SMTPUTF8 after BODY=8BITMIME, DSN not offered. */
+static void test_smtputf8_8bitmime(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = "250-test.example\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n";
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_std(1);
+    m.smtputf8 = true;
+    m.body_8bit = true;
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 1, SMTPC_OK, 250);
+    assert_received_exactly(f,
+                            "EHLO client.test\r\n"
+                            "MAIL FROM:<s@y.test> BODY=8BITMIME SMTPUTF8\r\n"
+                            "RCPT TO:<a@x.test>\r\n"
+                            "DATA\r\n");
+}
+
+/*
+ * test_smtputf8_not_offered - no SMTPUTF8: every recipient fails for good
+ * with 5.6.7 and no reply code, no MAIL; the connection carries the next
+ * message.
+ */
+static void test_smtputf8_not_offered(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = srv_ehlo_dsn;
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_std(2);
+    m.smtputf8 = true;
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 2, SMTPC_PERM, 0);
+    for (size_t i = 0; i < 2; i++) {
+        assert_string_equal(r.r[i].text,
+                            "5.6.7 SMTPUTF8 is required, but was not offered by host "
+                            "127.0.0.1[127.0.0.1]");
+        assert_false(r.r[i].dsn_passed);
+    }
+    assert_false(testlib_nexthop_received(&f->srv, "MAIL"));
+    struct smtpc_msg m2 = msg_std(1);
+    struct result r2 = {0};
+    deliver(f, &m2, &r2);
+    TESTLIB_LOOP_UNTIL(&f->run, r2.calls == 1);
+    assert_all(&r2, 1, SMTPC_OK, 250);
+    assert_int_equal(f->srv.n_accepted, 1);
+    assert_int_equal(f->srv.n_messages, 1);
+}
+
 /* test_reuse - two messages one after the other share one connection, no RSET. */
 static void test_reuse(void **state)
 {
@@ -1548,6 +1791,236 @@ static void test_literals(void **state)
     assert_int_equal(srv6->n_messages, 3);
 }
 
+/* ------------------------------------------------------------------------ */
+/* CHUNKING: the body by BDAT                                               */
+/* ------------------------------------------------------------------------ */
+
+static const char srv_ehlo_chunking[] =
+    "250-test.example\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n250-DSN\r\n250 CHUNKING\r\n";
+static const char srv_ehlo_chunking_unpipelined[] = "250-test.example\r\n250 CHUNKING\r\n";
+/* body_std as BDAT sends it: no dot-stuffing, no final dot. */
+static const char body_std_bdat[] = "Subject: t\r\n\r\n.hidden\r\nline\r\n.\r\nend\r\n";
+
+/* assert_bdat_body - the next hop read exactly want (len octets) in BDAT chunks, and no DATA. */
+static void assert_bdat_body(const struct testlib_smtpc *f, const void *want, size_t len)
+{
+    assert_int_equal(f->srv.bdat_body.len, len);
+    if (len > 0)
+        assert_memory_equal(f->srv.bdat_body.data, want, len);
+    assert_false(testlib_nexthop_received(&f->srv, "DATA\r\n"));
+    assert_true(testlib_nexthop_received(&f->srv, " LAST\r\n"));
+}
+
+/*
+ * test_chunking_pipelined - CHUNKING and PIPELINING: MAIL and RCPTs in one
+ * write, then one "BDAT n LAST" with the body as it is (lines that start
+ * with '.' too); DSN offered, so the recipients are dsn_passed.
+ */
+static void test_chunking_pipelined(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = srv_ehlo_chunking;
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_std(2);
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 2, SMTPC_OK, 250);
+    assert_string_equal(r.r[0].text, "2.0.0 queued");
+    assert_true(r.r[0].dsn_passed && r.r[1].dsn_passed);
+    char want[512];
+    int n = snprintf(want, sizeof(want),
+                     "EHLO client.test\r\n"
+                     "MAIL FROM:<s@y.test> SIZE=%zu\r\n"
+                     "RCPT TO:<a@x.test>\r\n"
+                     "RCPT TO:<b@x.test>\r\n"
+                     "BDAT %zu LAST\r\n%s",
+                     m.body_len, sizeof(body_std_bdat) - 1, body_std_bdat);
+    assert_int_equal(f->srv.rx.len, (size_t)n);
+    assert_memory_equal(f->srv.rx.data, want, (size_t)n);
+    assert_bdat_body(f, body_std_bdat, sizeof(body_std_bdat) - 1);
+    assert_true(f->srv.n_pipelined > 0);
+    assert_int_equal(f->srv.n_messages, 1);
+    assert_int_equal(f->srv.n_bdat, 1);
+}
+
+/* test_chunking_unpipelined - CHUNKING alone: one command per round trip, then BDAT. */
+static void test_chunking_unpipelined(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = srv_ehlo_chunking_unpipelined;
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_std(1);
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 1, SMTPC_OK, 250);
+    assert_false(r.r[0].dsn_passed);
+    char want[512];
+    int n = snprintf(want, sizeof(want),
+                     "EHLO client.test\r\n"
+                     "MAIL FROM:<s@y.test>\r\n"
+                     "RCPT TO:<a@x.test>\r\n"
+                     "BDAT %zu LAST\r\n%s",
+                     sizeof(body_std_bdat) - 1, body_std_bdat);
+    assert_int_equal(f->srv.rx.len, (size_t)n);
+    assert_memory_equal(f->srv.rx.data, want, (size_t)n);
+    assert_int_equal(f->srv.n_pipelined, 0);
+}
+
+/* test_chunking_empty - an empty body, whole or from a source: "BDAT 0 LAST" alone. */
+static void test_chunking_empty(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = srv_ehlo_chunking;
+    testlib_smtpc_pool_start(f);
+    for (int from_source = 0; from_source < 2; from_source++) {
+        struct fake_source *fs = fake_source_new(f, "", 0, 1024);
+        struct smtpc_msg m = from_source ? msg_source(1, fs) : msg_std(1);
+        if (!from_source) {
+            m.body = (const uint8_t *)"";
+            m.body_len = 0;
+        }
+        struct result r = {0};
+        size_t rx0 = f->srv.rx.len;
+        deliver(f, &m, &r);
+        TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+        assert_all(&r, 1, SMTPC_OK, 250);
+        static const char tail[] = "RCPT TO:<a@x.test>\r\nBDAT 0 LAST\r\n";
+        assert_true(f->srv.rx.len - rx0 >= sizeof(tail) - 1);
+        assert_memory_equal(f->srv.rx.data + f->srv.rx.len - (sizeof(tail) - 1), tail,
+                            sizeof(tail) - 1);
+        assert_int_equal(fs->reads, from_source);
+        fake_source_close(fs);
+    }
+    assert_bdat_body(f, "", 0);
+    assert_int_equal(f->srv.n_messages, 2);
+    assert_int_equal(f->srv.n_bdat, 2);
+}
+
+/*
+ * chunking_large - a body of lines that start with '.' and end in a bare
+ * LF, over four 64 KiB chunks of a source: every octet arrives in BDAT
+ * chunks as it is (CRLF for the LF), the last one LAST.
+ */
+static void chunking_large(struct testlib_smtpc *f, const char *ehlo)
+{
+    f->srv.ehlo = ehlo;
+    testlib_smtpc_pool_start(f);
+    size_t len = 200 * 1024, lines = len / 100;
+    uint8_t *body = malloc(len), *want = malloc(lines * 101);
+    assert_non_null(body);
+    assert_non_null(want);
+    for (size_t i = 0; i < len; i++)
+        body[i] = (i % 100 == 99) ? '\n' : (i % 100 == 0 ? '.' : 'a');
+    for (size_t l = 0; l < lines; l++) {
+        memcpy(want + l * 101, body + l * 100, 99);
+        memcpy(want + l * 101 + 99, "\r\n", 2);
+    }
+    struct fake_source *fs = fake_source_new(f, body, len, 64 * 1024);
+    struct smtpc_msg m = msg_source(1, fs);
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 1, SMTPC_OK, 250);
+    assert_bdat_body(f, want, lines * 101);
+    assert_int_equal(fs->reads, 4);
+    assert_true(f->srv.n_bdat >= 4);
+    assert_int_equal(f->srv.n_messages, 1);
+    fake_source_close(fs);
+    free(want);
+    free(body);
+}
+
+static void test_chunking_large_pipelined(void **state)
+{
+    chunking_large(*state, srv_ehlo_chunking);
+}
+
+static void test_chunking_large_unpipelined(void **state)
+{
+    chunking_large(*state, srv_ehlo_chunking_unpipelined);
+    struct testlib_smtpc *f = *state;
+    assert_int_equal(f->srv.n_pipelined, 0);
+}
+
+/* test_chunking_one_chunk - a body of exactly one 64 KiB source chunk, in CRLF lines: as it is. */
+static void test_chunking_one_chunk(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = srv_ehlo_chunking;
+    testlib_smtpc_pool_start(f);
+    size_t len = 64 * 1024;
+    uint8_t *body = malloc(len);
+    assert_non_null(body);
+    for (size_t i = 0; i < len; i++)
+        body[i] = i % 64 == 62 ? '\r' : i % 64 == 63 ? '\n' : i % 64 == 0 ? '.' : 'b';
+    struct fake_source *fs = fake_source_new(f, body, len, len);
+    struct smtpc_msg m = msg_source(1, fs);
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 1, SMTPC_OK, 250);
+    assert_bdat_body(f, body, len);
+    assert_int_equal(fs->reads, 1);
+    assert_true(f->srv.n_bdat >= 1 && f->srv.n_bdat <= 2);
+    fake_source_close(fs);
+    free(body);
+}
+
+/*
+ * test_chunking_refused - a 4xx to the first of several pipelined BDAT
+ * chunks decides the message; no BDAT follows the replies still owed,
+ * then RSET, and the connection carries the next message.
+ */
+static void test_chunking_refused(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = srv_ehlo_chunking;
+    testlib_nexthop_override(&f->srv, "BDAT", "452 4.3.1 full\r\n", 0);
+    f->cfg.max_conns_per_dest = 1; /* the next message waits for the RSET */
+    testlib_smtpc_pool_start(f);
+    size_t len = 200 * 1024;
+    uint8_t *body = malloc(len);
+    assert_non_null(body);
+    memset(body, 'x', len);
+    struct fake_source *fs = fake_source_new(f, body, len, 64 * 1024);
+    struct smtpc_msg m = msg_source(2, fs);
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 2, SMTPC_TEMP, 452);
+    assert_false(r.r[0].dsn_passed);
+    assert_false(fs->pending);
+    assert_false(testlib_nexthop_received(&f->srv, " LAST\r\n"));
+    fake_source_close(fs);
+    free(body);
+    f->srv.n_ov = 0;
+    struct smtpc_msg m2 = msg_std(1);
+    struct result r2 = {0};
+    deliver(f, &m2, &r2);
+    TESTLIB_LOOP_UNTIL(&f->run, r2.calls == 1);
+    assert_all(&r2, 1, SMTPC_OK, 250);
+    assert_true(testlib_nexthop_received(&f->srv, "RSET\r\n"));
+    assert_int_equal(f->srv.n_accepted, 1);
+}
+
+/* test_chunking_no_rcpt - no recipient accepted: no BDAT at all, RSET. */
+static void test_chunking_no_rcpt(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo = srv_ehlo_chunking;
+    testlib_nexthop_override(&f->srv, "RCPT", "550 5.1.1 no\r\n", 0);
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_std(2);
+    struct result r = {0};
+    deliver(f, &m, &r);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_all(&r, 2, SMTPC_PERM, 550);
+    TESTLIB_LOOP_UNTIL(&f->run, testlib_nexthop_received(&f->srv, "RSET\r\n"));
+    assert_int_equal(f->srv.n_bdat, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1560,6 +2033,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_connect_refused, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_hostname, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_size_exceeded, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_dsn_offered, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_dsn_unpipelined, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_dsn_not_offered, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_dsn_dot_refused, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_smtputf8_offered, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_dsn_orcpt_unsafe, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_smtputf8_8bitmime, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_smtputf8_not_offered, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_reuse, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_reuse_after_failure, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_serialised, setup, testlib_smtpc_teardown),
@@ -1575,6 +2056,16 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_source_chunks, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_source_fails, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_source_cancel, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_chunking_pipelined, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_chunking_unpipelined, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_chunking_empty, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_chunking_large_pipelined, setup,
+                                        testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_chunking_large_unpipelined, setup,
+                                        testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_chunking_one_chunk, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_chunking_refused, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_chunking_no_rcpt, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_next_after_refused, setup_multi, teardown_multi),
         cmocka_unit_test(test_next_after_greeting),
         cmocka_unit_test_setup_teardown(test_rcpt_perm_stays, setup_multi, teardown_multi),

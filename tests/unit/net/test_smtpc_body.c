@@ -2,7 +2,8 @@
  * test_smtpc_body.c - body to DATA wire form: dot-stuffing, CRLF only (bare
  * CR and bare LF become CRLF, SECURITY.md S2 outbound), the final dot, and
  * the same output whatever the chunk size, and whatever the places where
- * a body that comes in chunks is split.
+ * a body that comes in chunks is split. BDAT's form: the same without
+ * stuffing and without the final dot.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +11,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,11 +36,23 @@ static const struct body_case body_cases[] = {
     {"LF CR", "a\n\rb", "a\r\n\r\nb\r\n.\r\n"},
 };
 
-/* body_run - the full wire form of in, produced cap bytes at a time. */
-static char *body_run(const char *in, size_t cap, size_t *out_len)
+/* The BDAT form of some of the cases: no stuffing, no final dot. */
+static const struct body_case bdat_cases[] = {
+    {"empty", "", ""},
+    {"one line", "a\r\n", "a\r\n"},
+    {"no final CRLF", "a", "a\r\n"},
+    {"dots as they are", ".a\r\nb.\r\n.\r\n..\r\n", ".a\r\nb.\r\n.\r\n..\r\n"},
+    {"leading dot, no CRLF", ".", ".\r\n"},
+    {"smuggling forms", "x\r\n.\r\ny\n.\nz\r.\r", "x\r\n.\r\ny\r\n.\r\nz\r\n.\r\n"},
+};
+
+/* body_run - the full wire form of in (BDAT's if bdat), produced cap bytes at a time. */
+static char *body_run(const char *in, size_t cap, bool bdat, size_t *out_len)
 {
     struct smtpc_body b;
     smtpc_body_init(&b, (const uint8_t *)in, strlen(in));
+    if (bdat)
+        smtpc_body_bdat(&b);
     size_t alloc = 2 * strlen(in) + 8, len = 0;
     char *out = malloc(alloc);
     assert_non_null(out);
@@ -63,13 +77,19 @@ static void test_body_table(void **state)
 {
     (void)state;
     static const size_t caps[] = {SMTPC_BODY_FILL_MIN, 6, 7, 64 * 1024};
-    for (size_t i = 0; i < sizeof(body_cases) / sizeof(body_cases[0]); i++) {
-        for (size_t c = 0; c < sizeof(caps) / sizeof(caps[0]); c++) {
-            size_t len = 0;
-            char *out = body_run(body_cases[i].in, caps[c], &len);
-            if (len != strlen(body_cases[i].want) || memcmp(out, body_cases[i].want, len) != 0)
-                fail_msg("%s (cap %zu): wrong output", body_cases[i].label, caps[c]);
-            free(out);
+    for (int bdat = 0; bdat < 2; bdat++) {
+        const struct body_case *cases = bdat ? bdat_cases : body_cases;
+        size_t n = bdat ? sizeof(bdat_cases) / sizeof(bdat_cases[0])
+                        : sizeof(body_cases) / sizeof(body_cases[0]);
+        for (size_t i = 0; i < n; i++) {
+            for (size_t c = 0; c < sizeof(caps) / sizeof(caps[0]); c++) {
+                size_t len = 0;
+                char *out = body_run(cases[i].in, caps[c], bdat != 0, &len);
+                if (len != strlen(cases[i].want) || memcmp(out, cases[i].want, len) != 0)
+                    fail_msg("%s%s (cap %zu): wrong output", bdat ? "BDAT " : "", cases[i].label,
+                             caps[c]);
+                free(out);
+            }
         }
     }
 }
@@ -88,7 +108,7 @@ static void test_body_never_bare(void **state)
         }
         in[sizeof(in) - 1] = '\0';
         size_t len = 0;
-        char *out = body_run(in, 64, &len);
+        char *out = body_run(in, 64, false, &len);
         assert_true(len >= 3);
         assert_memory_equal(out + len - 3, ".\r\n", 3);
         for (size_t i = 0; i < len; i++) {
@@ -174,7 +194,7 @@ static void test_body_every_split(void **state)
     for (size_t i = 0; i < sizeof(split_bodies) / sizeof(split_bodies[0]); i++) {
         const char *in = split_bodies[i];
         size_t len = strlen(in), want_len = 0;
-        char *want = body_run(in, 64 * 1024, &want_len);
+        char *want = body_run(in, 64 * 1024, false, &want_len);
         for (size_t c = 0; c < sizeof(caps) / sizeof(caps[0]); c++) {
             for (size_t x = 0; x <= len; x++) {
                 for (size_t y = x; y <= len; y++) {
@@ -217,7 +237,7 @@ static void test_body_split_random(void **state)
         memcpy(whole, in, sizeof(in));
         whole[sizeof(in)] = '\0';
         size_t want_len = 0, got_len = 0;
-        char *want = body_run(whole, 64, &want_len);
+        char *want = body_run(whole, 64, false, &want_len);
         char *got = body_run_split(in, sizeof(in), cuts, n_cuts, 64, &got_len);
         assert_int_equal(got_len, want_len);
         assert_memory_equal(got, want, want_len);

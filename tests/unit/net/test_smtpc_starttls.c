@@ -17,8 +17,11 @@
  * certificate's key (and DANE-TA 2 0 1 of the CA) delivers "dane-verified"
  * whatever the name; a mismatch, or no STARTTLS, defers without MAIL; a
  * target without TLSA under dane goes on as may; dane-only without a DANE
- * target defers without connecting. Every case also checks the result's
- * tls_state.
+ * target defers without connecting. REQUIRETLS (RFC 8689) under any
+ * policy: no STARTTLS, an unverified certificate, or no REQUIRETLS in the
+ * EHLO list after TLS fails for good with 5.7.30 and no MAIL; a verified
+ * next hop (PKIX, or a matching TLSA record) that offers it gets "MAIL ...
+ * REQUIRETLS". Every case also checks the result's tls_state.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -699,6 +702,184 @@ static void test_policy_names(void **state)
     }
 }
 
+/*
+ * test_chunking_over_tls - CHUNKING offered inside TLS only: the body goes
+ * by BDAT through the TLS engine, as it is; the EHLO before TLS did not
+ * offer it.
+ */
+static void test_chunking_over_tls(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    struct result r;
+    f->srv.ehlo_tls = "250-test.example\r\n250-PIPELINING\r\n250 CHUNKING\r\n";
+    testlib_smtpc_pool_start(f);
+    deliver_wait(f, SMTPC_TLS_MAY, NULL, &r);
+    assert_tls_ok(f, &r, " unverified");
+    assert_int_equal(f->srv.n_bdat, 1);
+    assert_int_equal(f->srv.bdat_body.len, sizeof(body) - 1);
+    assert_memory_equal(f->srv.bdat_body.data, body, sizeof(body) - 1);
+    assert_int_equal(f->srv.n_messages, 1);
+}
+
+/* ------------------------------------------------------------------------ */
+/* REQUIRETLS (RFC 8689)                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* The next hop's EHLO reply inside TLS when it offers REQUIRETLS. */
+static const char ehlo_requiretls[] =
+    "250-test.example\r\n250-PIPELINING\r\n250-REQUIRETLS\r\n250 SIZE 1000000\r\n";
+
+static const struct smtpc_msg msg_requiretls = {.sender = "s@y.test",
+                                                .rcpts = rcpt1,
+                                                .n_rcpts = 1,
+                                                .body = (const uint8_t *)body,
+                                                .body_len = sizeof(body) - 1,
+                                                .requiretls = true};
+
+/* requiretls_wait - msg_requiretls to the test server under policy, until its callback. */
+static void requiretls_wait(struct testlib_smtpc *f, enum smtpc_tls_policy policy, struct result *r)
+{
+    memset(r, 0, sizeof(*r));
+    assert_int_equal(smtpc_pool_deliver_tls(f->pool, "127.0.0.1", f->srv.port, policy, NULL,
+                                            &msg_requiretls, done_cb, r),
+                     0);
+    TESTLIB_LOOP_UNTIL(&f->run, r->calls == 1);
+}
+
+/* assert_requiretls_failed - 5.7.30 for good, no reply code, why in the text, no MAIL. */
+static void assert_requiretls_failed(const struct testlib_smtpc *f,
+                                     const struct result *r,
+                                     const char *why)
+{
+    static const char prefix[] = "5.7.30 REQUIRETLS support required, but ";
+    assert_int_equal(r->r.status, SMTPC_PERM);
+    assert_int_equal(r->r.code, 0);
+    assert_false(r->r.dsn_passed);
+    if (strncmp(r->r.text, prefix, sizeof(prefix) - 1) != 0 || strstr(r->r.text, why) == NULL)
+        fail_msg("text \"%s\" is not \"%s...%s\"", r->r.text, prefix, why);
+    assert_int_equal(f->srv.n_mail_plain + f->srv.n_mail_tls, 0);
+    assert_int_equal(f->srv.n_messages, 0);
+}
+
+/* test_requiretls_plaintext - no STARTTLS, under may and encrypt alike: 5.7.30 before MAIL. */
+static void test_requiretls_plaintext(void **state)
+{
+    static const enum smtpc_tls_policy policies[] = {SMTPC_TLS_MAY, SMTPC_TLS_ENCRYPT,
+                                                     SMTPC_TLS_VERIFY};
+    struct testlib_smtpc *f = *state;
+    srv_no_starttls(f);
+    testlib_smtpc_pool_start(f);
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(policies); i++) {
+        struct result r;
+        requiretls_wait(f, policies[i], &r);
+        assert_requiretls_failed(f, &r, "STARTTLS was not offered by host 127.0.0.1[127.0.0.1]");
+        assert_int_equal(r.tls_state, SMTPC_TLS_STATE_NOT_OFFERED_REQUIRED);
+    }
+    assert_int_equal(f->srv.n_starttls, 0);
+}
+
+/* test_requiretls_unverified - may, and a certificate of an unknown CA: checked all the same. */
+static void test_requiretls_unverified(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    struct result r;
+    f->srv.ehlo_tls = ehlo_requiretls;
+    hamr_strlcpy(f->cfg.tls_ca_file, other_certs.ca_file, sizeof(f->cfg.tls_ca_file));
+    testlib_smtpc_pool_start(f);
+    requiretls_wait(f, SMTPC_TLS_MAY, &r);
+    assert_requiretls_failed(f, &r, "TLS failed with host 127.0.0.1[127.0.0.1]: ");
+    assert_non_null(strstr(r.r.text, "certificate verify failed"));
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_HANDSHAKE_FAILED);
+    /* The same message without REQUIRETLS goes on under may, unverified. */
+    deliver_wait(f, SMTPC_TLS_MAY, NULL, &r);
+    assert_tls_ok(f, &r, " unverified");
+}
+
+/* test_requiretls_not_offered - verified TLS, but no REQUIRETLS after STARTTLS: 5.7.30. */
+static void test_requiretls_not_offered(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    struct result r;
+    /* Before TLS it does not count (RFC 3207 4.2). */
+    f->srv.ehlo = "250-test.example\r\n250-STARTTLS\r\n250 REQUIRETLS\r\n";
+    testlib_smtpc_pool_start(f);
+    requiretls_wait(f, SMTPC_TLS_MAY, &r);
+    assert_requiretls_failed(f, &r, "but was not offered by host 127.0.0.1[127.0.0.1]");
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_VERIFIED);
+    assert_int_equal(f->srv.n_tls_up, 1);
+}
+
+/*
+ * test_requiretls_ok - may and encrypt are checked as verify; a verified
+ * next hop that offers REQUIRETLS gets "MAIL ... REQUIRETLS" over TLS. A
+ * message without REQUIRETLS never shares that connection.
+ */
+static void test_requiretls_ok(void **state)
+{
+    static const enum smtpc_tls_policy policies[] = {SMTPC_TLS_MAY, SMTPC_TLS_ENCRYPT,
+                                                     SMTPC_TLS_VERIFY};
+    struct testlib_smtpc *f = *state;
+    f->srv.ehlo_tls = ehlo_requiretls;
+    testlib_smtpc_pool_start(f);
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(policies); i++) {
+        struct result r;
+        requiretls_wait(f, policies[i], &r);
+        assert_tls_ok(f, &r, " verified");
+        assert_int_equal(f->srv.n_mail_tls, i + 1);
+    }
+    char want[128];
+    snprintf(want, sizeof(want), "MAIL FROM:<s@y.test> SIZE=%zu REQUIRETLS\r\n", sizeof(body) - 1);
+    assert_true(testlib_nexthop_received(&f->srv, want));
+    assert_int_equal(f->srv.n_messages, 3);
+    assert_int_equal(f->srv.n_accepted, 3); /* one connection per policy */
+    struct result r;
+    deliver_wait(f, SMTPC_TLS_MAY, NULL, &r);
+    assert_tls_ok(f, &r, " unverified");
+    assert_int_equal(f->srv.n_accepted, 4);
+}
+
+/*
+ * test_requiretls_dane - under dane, a target with a matching TLSA record
+ * is verified by it (name and CA unchecked) and takes REQUIRETLS mail.
+ */
+static void test_requiretls_dane(void **state)
+{
+    struct dane_fixture *df = *state;
+    struct testlib_smtpc *f = df->f;
+    struct result r = {0};
+    dane_target(df, 3, 1, certs.cert_file);
+    f->cfg.tls_ca_file[0] = '\0';
+    f->srv.ehlo_tls = ehlo_requiretls;
+    testlib_smtpc_pool_start(f);
+    assert_int_equal(smtpc_pool_deliver_tls(f->pool, "dane.test", f->srv.port, SMTPC_TLS_DANE, NULL,
+                                            &msg_requiretls, done_cb, &r),
+                     0);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    if (r.r.status != SMTPC_OK)
+        fail_msg("not delivered: %s", r.r.text);
+    assert_true(ends_with(r.tls, " dane-verified"));
+    assert_true(testlib_nexthop_received(&f->srv, "REQUIRETLS\r\n"));
+}
+
+/*
+ * test_requiretls_dane_no_tlsa - under dane, a target without TLSA records
+ * (may for other mail) needs a certificate that passes PKIX for REQUIRETLS.
+ */
+static void test_requiretls_dane_no_tlsa(void **state)
+{
+    struct dane_fixture *df = *state;
+    struct testlib_smtpc *f = df->f;
+    struct result r = {0};
+    hamr_strlcpy(f->cfg.tls_ca_file, other_certs.ca_file, sizeof(f->cfg.tls_ca_file));
+    f->srv.ehlo_tls = ehlo_requiretls;
+    testlib_smtpc_pool_start(f);
+    assert_int_equal(smtpc_pool_deliver_tls(f->pool, "dane.test", f->srv.port, SMTPC_TLS_DANE, NULL,
+                                            &msg_requiretls, done_cb, &r),
+                     0);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_requiretls_failed(f, &r, "certificate verify failed");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -725,6 +906,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dane_no_tlsa_offered, setup_dane, teardown_dane),
         cmocka_unit_test_setup_teardown(test_dane_only_no_tlsa, setup_dane, teardown_dane),
         cmocka_unit_test_setup_teardown(test_may_no_dane_opts, setup_dane, teardown_dane),
+        cmocka_unit_test_setup_teardown(test_chunking_over_tls, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_requiretls_plaintext, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_requiretls_unverified, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_requiretls_not_offered, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_requiretls_ok, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_requiretls_dane, setup_dane, teardown_dane),
+        cmocka_unit_test_setup_teardown(test_requiretls_dane_no_tlsa, setup_dane, teardown_dane),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
