@@ -8,10 +8,11 @@
  *
  * Command mode: only CRLF ends a line. A bare LF or a bare CR inside a line
  * does not end it; the line is reported as invalid when its CRLF arrives.
- * A NUL makes the line invalid too. A line longer than 512 octets, CRLF
- * included (RFC 5321 4.5.3.1.4), is reported as soon as the limit is passed
- * and the rest of it, up to the next CRLF, is dropped unbuffered: its tail
- * is never parsed as a command.
+ * A NUL makes the line invalid too. A line longer than
+ * SMTPD_READER_LINE_MAX (2048) octets, CRLF included (RFC 5321 4.5.3.1.4's
+ * 512 as raised by RFC 3461, RFC 1870 and RFC 4954; see smtpd_reader.h),
+ * is reported as soon as the limit is passed and the rest of it, up to the
+ * next CRLF, is dropped unbuffered: its tail is never parsed as a command.
  *
  * DATA mode: RFC 5321 4.5.2 dot-unstuffing; only CRLF "." CRLF ends the
  * data, where the start of DATA counts as following a CRLF. Bare LF, bare

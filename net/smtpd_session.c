@@ -105,7 +105,11 @@
 #define SMTPD_SESSION_AUTH_LINE_MAX 12288
 #define SMTPD_SESSION_BODY_KEEP (128 * 1024) /* a larger body buffer is freed after its message */
 #define SMTPD_SESSION_AUTH_FAILURES 3        /* auth_max_failures when 0 */
-/* A MAIL parameter's value: AUTH= carries a mailbox in xtext, up to three octets per octet. */
+/*
+ * A MAIL parameter's value: AUTH= carries a mailbox in xtext, up to three
+ * octets per octet. A command line may be longer (SMTPD_READER_LINE_MAX);
+ * a longer value is a syntax error, never cut short.
+ */
 #define SMTPD_PARAM_VALUE_MAX 1024
 
 /* smtpd_auth_step - what an AUTH exchange waits for from the client. */
@@ -1331,7 +1335,12 @@ static void smtpd_session_proceed_data(struct smtpd_session *s, const char *arg)
     smtpd_session_reply(s, SMTPD_REPLY_DATA_GO, NULL);
 }
 
-/* The longest chunk-size we take: UINT64_MAX has 20 digits. */
+/*
+ * The longest chunk-size we take: UINT64_MAX has 20 digits. So a BDAT line
+ * we read is at most 30 octets ("BDAT " 20 digits " LAST"); any longer one
+ * the reader passes (up to SMTPD_READER_LINE_MAX) fails the parse and gets
+ * 501 and close, as one the reader refuses does (SECURITY.md S22).
+ */
 #define SMTPD_SESSION_BDAT_DIGITS 20
 #define SMTPD_SESSION_BDAT_SYNTAX "501 5.5.4 Syntax: BDAT chunk-size [LAST]\r\n"
 

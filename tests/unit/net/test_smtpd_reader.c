@@ -2,7 +2,7 @@
  * test_smtpd_reader.c - unit tests of the SMTP input parser (net/smtpd_reader).
  *
  * Covers: command line splitting across arbitrary chunk boundaries, bare
- * LF / bare CR / NUL in command lines, the 512-octet limit and the discard
+ * LF / bare CR / NUL in command lines, the 2048-octet limit and the discard
  * of an over-long line's tail, every SMTP smuggling terminator of
  * SECURITY.md S1-S3 inside DATA, dot-unstuffing, the size and header limits,
  * the Received: count, and two properties on generated input: re-stuffing a
@@ -131,22 +131,29 @@ static void test_command_table(void **state)
     }
 }
 
-/* test_line_limit - 510 octets + CRLF is a line; 511 is too long (RFC 5321 4.5.3.1.4). */
+/*
+ * test_line_limit - SMTPD_READER_LINE_MAX (2048) octets with CRLF is a
+ * line; one more is too long (RFC 5321 4.5.3.1.4 as raised by RFC 3461).
+ */
 static void test_line_limit(void **state)
 {
-    char in[1200], out[2048], want[1024];
+    enum { MAX = SMTPD_READER_LINE_MAX };
+    char in[MAX + 16], out[MAX + 64], want[MAX + 16];
 
-    memset(in, 'A', 510);
-    memcpy(in + 510, "\r\n", 2);
-    test_commands(in, 512, 0, out, sizeof(out));
-    snprintf(want, sizeof(want), "LINE(%.*s)", 510, in);
+    assert_int_equal(MAX, 2048);
+    memset(in, 'A', MAX - 2);
+    memcpy(in + MAX - 2, "\r\n", 2);
+    test_commands(in, MAX, 0, out, sizeof(out));
+    snprintf(want, sizeof(want), "LINE(%.*s)", MAX - 2, in);
+    assert_string_equal(out, want);
+    test_commands(in, MAX, 1, out, sizeof(out));
     assert_string_equal(out, want);
 
-    memset(in, 'A', 511);
-    memcpy(in + 511, "\r\nNOOP\r\n", 8);
-    test_commands(in, 519, 0, out, sizeof(out));
+    memset(in, 'A', MAX - 1);
+    memcpy(in + MAX - 1, "\r\nNOOP\r\n", 8);
+    test_commands(in, MAX + 7, 0, out, sizeof(out));
     assert_string_equal(out, "TOOLONG|LINE(NOOP)");
-    test_commands(in, 519, 1, out, sizeof(out));
+    test_commands(in, MAX + 7, 1, out, sizeof(out));
     assert_string_equal(out, "TOOLONG|LINE(NOOP)");
 }
 
@@ -167,7 +174,7 @@ static void test_long_line_tail_discarded(void **state)
         assert_string_equal(out, "TOOLONG|LINE(QUIT)");
     }
     /* A tail that holds bare CR/LF is dropped too, and the next line is clean. */
-    memcpy(in + 600, "\rRSET\n", 6);
+    memcpy(in + SMTPD_READER_LINE_MAX + 100, "\rRSET\n", 6);
     test_commands(in, len, 0, out, sizeof(out));
     assert_string_equal(out, "TOOLONG|LINE(QUIT)");
     free(in);

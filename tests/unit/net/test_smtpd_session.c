@@ -53,6 +53,7 @@
 #include "util/log.h"
 #include "net/smtpd.h"
 #include "net/smtpd_rcptmap.h"
+#include "net/smtpd_reader.h"
 #include "net/smtpd_session.h"
 #include "tests/lib/testlib_session_io.h"
 
@@ -699,22 +700,57 @@ static void test_length_limits(void **state)
     assert_string_equal(test_rcpt_len(h, 64, 190), "501");
 }
 
-/* test_line_too_long - 500 5.5.2; the tail of the line is not run as a command (S6). */
+/*
+ * test_line_mail - "MAIL FROM:<aaa...>" padded to len octets with its CRLF;
+ * the reply.
+ */
+static const char *test_line_mail(struct harness *h, size_t len)
+{
+    char *line = malloc(len);
+    assert_non_null(line);
+    assert_true(len > 14);
+    memcpy(line, "MAIL FROM:<", 11);
+    memset(line + 11, 'a', len - 14);
+    memcpy(line + len - 3, ">\r\n", 3);
+    smtpd_session_input(h->s, line, len);
+    free(line);
+    return test_take(h);
+}
+
+/*
+ * test_line_too_long - command lines of up to SMTPD_READER_LINE_MAX (2048)
+ * octets with CRLF are read (RFC 3461 raises RFC 5321's 512; Postfix's
+ * line_length_limit): the 2048-octet MAIL gets the path's syntax reply.
+ * One octet more is 500 5.5.2, counted; the tail of the line is not run as
+ * a command (S6).
+ */
 static void test_line_too_long(void **state)
 {
     struct harness *h = *state;
-    char line[800];
+    enum { LONG = SMTPD_READER_LINE_MAX + 500 };
+    char line[LONG + 8];
 
+    assert_int_equal(SMTPD_READER_LINE_MAX, 2048);
     test_ehlo(h, TEST_OUTSIDE);
+    assert_string_equal(test_line_mail(h, 512), "501 5.1.7 Bad sender address syntax\r\n");
+    assert_string_equal(test_line_mail(h, 600), "501 5.1.7 Bad sender address syntax\r\n");
+    assert_string_equal(test_line_mail(h, SMTPD_READER_LINE_MAX),
+                        "501 5.1.7 Bad sender address syntax\r\n");
+    assert_string_equal(test_line_mail(h, SMTPD_READER_LINE_MAX + 1),
+                        "500 5.5.2 Error: line too long\r\n");
     test_send(h, "MAIL FROM:<a@b.example>\r\n");
-    test_take(h);
-    memset(line, 'A', 600);
-    memcpy(line + 600, " RSET\r\n", 8);
+    test_expect(h, "250 2.1.0 Ok\r\n");
+    memset(line, 'A', LONG);
+    memcpy(line + LONG, " RSET\r\n", 8);
     test_send(h, line);
     test_expect(h, "500 5.5.2 Error: line too long\r\n");
     /* RSET did not run: the transaction is still open. */
     test_send(h, "RCPT TO:<a@hamr.test>\r\n");
     test_expect(h, "250 2.1.5 Ok\r\n");
+    /* Three 501s and two 500s were counted: the next error is the sixth. */
+    h->policy.max_errors = 6;
+    test_send(h, "FOO\r\n");
+    assert_string_equal(test_codes(h), "502 421");
 }
 
 /*
@@ -1796,8 +1832,9 @@ static void test_bdat_mixing(void **state)
 /*
  * test_bdat_bad_size - a chunk-size that is not 1*DIGIT within 20 digits
  * and 64 bits, odd spaces, anything after LAST, a BDAT line with a bare LF
- * or over 512 octets: 501 5.5.4 and close (where the chunk ends is
- * unknown); the octets behind it are never run.
+ * or over 512 octets (one of 700, which the reader passes, and one over
+ * SMTPD_READER_LINE_MAX, which it refuses): 501 5.5.4 and close (where
+ * the chunk ends is unknown); the octets behind it are never run.
  */
 static void test_bdat_bad_size(void **state)
 {
@@ -1842,14 +1879,25 @@ static void test_bdat_bad_size(void **state)
     h->s = smtpd_session_free(h->s);
     testlib_session_io_free(&h->io);
     assert_int_equal(testlib_session_io_init(&h->io, true), 0);
-    char longline[700];
-    memset(longline, '9', sizeof(longline));
-    memcpy(longline, "BDAT ", 5);
-    memcpy(longline + sizeof(longline) - 2, "\r\n", 2);
-    test_bdat_rcpt(h);
-    smtpd_session_input(h->s, longline, sizeof(longline));
-    test_expect(h, "501 5.5.4 Syntax: BDAT chunk-size [LAST]\r\n");
-    assert_int_equal(h->io.closes, 1);
+    static const size_t longs[] = {700, SMTPD_READER_LINE_MAX + 100};
+    char longline[SMTPD_READER_LINE_MAX + 100];
+    for (size_t i = 0; i < HAMR_ARRAY_LEN(longs); i++) {
+        size_t len = longs[i];
+        memset(longline, '9', len);
+        memcpy(longline, "BDAT ", 5);
+        memcpy(longline + len - 7, " LAST\r\n", 7);
+        if (i > 0) {
+            h->io.released = true;
+            h->s = smtpd_session_free(h->s);
+            testlib_session_io_free(&h->io);
+            assert_int_equal(testlib_session_io_init(&h->io, true), 0);
+        }
+        test_bdat_rcpt(h);
+        smtpd_session_input(h->s, longline, len);
+        smtpd_session_input(h->s, "NOOP\r\n", 6);
+        test_expect(h, "501 5.5.4 Syntax: BDAT chunk-size [LAST]\r\n");
+        assert_int_equal(h->io.closes, 1);
+    }
     assert_int_equal(h->sink.submits, 0);
 }
 
