@@ -31,8 +31,9 @@
  * TLS; SMTPUTF8, RET, ENVID, REQUIRETLS, NOTIFY and ORCPT landing in the
  * envelope (rcpt_dsn parallel to the recipients, NULL when none gave
  * any), each malformed value, each repeat, each refused when not offered;
- * UTF-8 paths with and without SMTPUTF8, malformed UTF-8, U-labels under
- * the relay rules and the recipient map.
+ * ENVID and ORCPT at their longest, on lines over 512 octets; UTF-8
+ * paths with and without SMTPUTF8, malformed UTF-8, U-labels under the
+ * relay rules and the recipient map.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -51,6 +52,7 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "net/smtp_addr.h"
 #include "net/smtpd.h"
 #include "net/smtpd_rcptmap.h"
 #include "net/smtpd_reader.h"
@@ -2377,6 +2379,80 @@ static void test_ext_envelope(void **state)
     assert_non_null(strstr((const char *)m->body, " with ESMTPS id HAMRQ0002"));
 }
 
+/*
+ * test_ext_long_lines - the DSN parameters at their longest, on command
+ * lines well over RFC 5321's 512 octets (RFC 3461 5 raises it): a MAIL
+ * with a 256-octet path, SIZE, BODY and an ENVID of 100 octets sent as 300
+ * ("+2B" each); an RCPT with NOTIFY and an ORCPT of exactly 500 decoded
+ * octets (992 on the wire). Both land in the envelope whole; an ORCPT of
+ * 501 octets is refused.
+ */
+static void test_ext_long_lines(void **state)
+{
+    struct harness *h = *state;
+    enum { ADDR = SMTP_ORCPT_MAX - 7 }; /* after "rfc822;" */
+    char line[SMTPD_READER_LINE_MAX], sender[SMTP_ADDR_PATH_MAX], envid[SMTP_ENVID_MAX + 1];
+    char orcpt[SMTP_ORCPT_MAX + 2];
+    size_t n;
+
+    test_ehlo(h, TEST_OUTSIDE);
+    /* <64 octets @ 189 octets> is the longest path: 256 octets with <>. */
+    memset(sender, 'l', 64);
+    sender[64] = '@';
+    for (size_t i = 0; i < 189; i++)
+        sender[65 + i] = (i % 10 == 9 && i + 1 < 189) ? '.' : 'd';
+    sender[254] = '\0';
+    memset(envid, '+', SMTP_ENVID_MAX);
+    envid[SMTP_ENVID_MAX] = '\0';
+    n = (size_t)snprintf(line, sizeof(line),
+                         "MAIL FROM:<%s> SIZE=1000 BODY=8BITMIME ENVID=", sender);
+    for (size_t i = 0; i < SMTP_ENVID_MAX; i++)
+        n += (size_t)snprintf(line + n, sizeof(line) - n, "+2B");
+    n += (size_t)snprintf(line + n, sizeof(line) - n, " RET=HDRS\r\n");
+    assert_true(n > 600 && n < sizeof(line));
+    test_send(h, line);
+    test_expect(h, "250 2.1.0 Ok\r\n");
+
+    /* "rfc822;" then 493 octets, every other one '+' or '=' (xtext "+2B", "+3D"). */
+    n = (size_t)snprintf(line, sizeof(line),
+                         "RCPT TO:<a@hamr.test> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=rfc822;");
+    memcpy(orcpt, "rfc822;", 7);
+    for (size_t i = 0; i < ADDR; i++) {
+        char c = i % 2 ? "+="[(i / 2) % 2] : 'a';
+        orcpt[7 + i] = c;
+        n += (size_t)snprintf(line + n, sizeof(line) - n, "%s",
+                              c == '+'   ? "+2B"
+                              : c == '=' ? "+3D"
+                                         : "a");
+    }
+    orcpt[SMTP_ORCPT_MAX] = '\0';
+    n += (size_t)snprintf(line + n, sizeof(line) - n, "\r\n");
+    assert_true(n > 1000 && n < sizeof(line));
+    test_send(h, line);
+    test_expect(h, "250 2.1.5 Ok\r\n");
+    /* One octet more is over RFC 3461's 500. */
+    memcpy(line + n - 2, "a\r\n", 4);
+    test_send(h, line);
+    test_expect(h, "501 5.5.4 Bad ORCPT parameter syntax\r\n");
+
+    test_send(h, "DATA\r\n");
+    assert_string_equal(test_codes(h), "354");
+    test_send(h, "hi\r\n.\r\n");
+    assert_int_equal(h->sink.submits, 1);
+    const struct fake_msg *m = &h->sink.msgs[0];
+    assert_string_equal(m->sender, sender);
+    assert_true(m->body_8bit);
+    assert_int_equal(m->ret, SMTP_RET_HDRS);
+    assert_string_equal(m->envid, envid);
+    assert_int_equal(m->n_rcpts, 1);
+    assert_true(m->has_dsn);
+    assert_int_equal(m->notify[0], SMTP_NOTIFY_SUCCESS | SMTP_NOTIFY_FAILURE | SMTP_NOTIFY_DELAY);
+    assert_int_equal(strlen(m->orcpt[0]), SMTP_ORCPT_MAX);
+    assert_string_equal(m->orcpt[0], orcpt);
+    fake_sink_step(&h->sink);
+    test_expect(h, "250 2.0.0 Ok: queued as HAMRQ0001\r\n");
+}
+
 /* Extension parameters, one transaction each: the reply to the last command. */
 static const struct {
     const char *label;
@@ -2633,6 +2709,7 @@ int main(void)
         T(test_ext_ehlo),
         T(test_ext_not_offered),
         T(test_ext_envelope),
+        T(test_ext_long_lines),
         cmocka_unit_test(test_ext_replies),
         T(test_ext_rcptmap),
 #undef T
