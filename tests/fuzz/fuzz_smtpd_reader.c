@@ -10,7 +10,8 @@
  * as in one read.
  *
  * Properties checked (SECURITY.md S1-S3, S6):
- *   - a LINE is at most 510 octets and holds no CR, LF or NUL;
+ *   - a LINE is at most SMTPD_READER_LINE_MAX - 2 (2046) octets and holds
+ *     no CR, LF or NUL;
  *   - DATA_END only in DATA mode, at most one per DATA phase, and the reader
  *     is in command mode after it;
  *   - the un-stuffed body is empty or ends in CRLF, holds what was counted
