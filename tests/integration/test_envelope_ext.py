@@ -15,7 +15,9 @@ gets one; a UTF-8 envelope reaches the SMTPUTF8 next hop as it was sent
 5.6.7; a deferred recipient gets exactly one delay notice whatever the number
 of attempts, and hamrctl show lists the parameters; REQUIRETLS is refused
 outside TLS and, to a next hop without TLS, bounces 5.7.30; "TLS-Required: No"
-lets a message through to a domain whose tls_policy is encrypt.
+lets a message through to a domain whose tls_policy is encrypt; an ORCPT of
+500 octets and an ENVID of 100 sent as 300, on lines over 512 octets, come
+back whole in the notice.
 """
 
 import email
@@ -243,6 +245,27 @@ class EnvelopeExtTest(harness.HamrTestCase):
         self.assertEqual([c for c, _ in replies], [250, 250, 250], replies)
         recs = self.sink.wait_test_id(tid, 1, 30)
         self.assertEqual(recs[0]["rcpt"], rcpt)
+
+    def test_i_long_lines(self):
+        # RFC 3461 lets RCPT and MAIL lines grow past RFC 5321's 512 octets:
+        # an ORCPT of 500 octets (986 on the wire) and an ENVID of 100 sent
+        # as 300 are taken whole and come back whole in the notice.
+        tid = new_test_id("longdsn")
+        rcpt = "dora@example.com"
+        addr = "a+" * 243 + "@x.test"
+        self.assertEqual(len("rfc822;" + addr), 500)
+        orcpt = "ORCPT=rfc822;" + addr.replace("+", "+2B")
+        envid = "ENVID=" + "+2B" * 100
+        self.assertGreater(len("RCPT TO:<%s> NOTIFY=SUCCESS %s" % (rcpt, orcpt)), 1000)
+        data = make_message(tid, SENDER, [rcpt])
+        replies = self.transact(SENDER, [(rcpt, ["NOTIFY=SUCCESS", orcpt])], data,
+                                ["SIZE=%d" % len(data), "BODY=8BITMIME", "RET=HDRS", envid])
+        self.assertEqual([c for c, _ in replies], [250, 250, 250], replies)
+        wait_for(lambda: self.notices(self.sink, SENDER, tid), 30, "the relayed notice")
+        self.node.wait_queue_empty()
+        body = self.notices(self.sink, SENDER, tid)[0][1]
+        self.assertIn(b"\r\nOriginal-Recipient: rfc822; " + addr.encode() + b"\r\n", body)
+        self.assertIn(b"\r\nOriginal-Envelope-Id: " + b"+" * 100 + b"\r\n", body)
 
 
 if __name__ == "__main__":
