@@ -64,6 +64,12 @@ struct smtpd_policy {
     const struct smtpd_auth *auth;
     unsigned auth_max_failures; /* failed AUTH per session, then 421; 3 (0: 3) */
     /*
+     * NOOP, RSET, VRFY, HELP and empty BDAT chunks without LAST per session
+     * before each further one counts toward max_errors (Postfix's
+     * smtpd_junk_command_limit); 100 (0: 100).
+     */
+    unsigned junk_command_limit;
+    /*
      * Slow clients (SECURITY.md S14). min_data_rate: bytes per second; the
      * whole DATA phase must end by 354 + data_timeout + received /
      * min_data_rate, else 421 4.4.2; 500 (0: off). stress_timeout_ms: the

@@ -77,6 +77,7 @@
  * any unknown parameter.
  */
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,6 +106,7 @@
 #define SMTPD_SESSION_AUTH_LINE_MAX 12288
 #define SMTPD_SESSION_BODY_KEEP (128 * 1024) /* a larger body buffer is freed after its message */
 #define SMTPD_SESSION_AUTH_FAILURES 3        /* auth_max_failures when 0 */
+#define SMTPD_SESSION_JUNK_LIMIT 100         /* junk_command_limit when 0 (Postfix's) */
 /*
  * A MAIL parameter's value: AUTH= carries a mailbox in xtext, up to three
  * octets per octet. A command line may be longer (SMTPD_READER_LINE_MAX);
@@ -178,6 +180,7 @@ struct smtpd_session {
     struct smtpd_tx *tx;
     struct buf spare_body; /* the last transaction's body buffer, emptied, for the next */
     unsigned errors;
+    unsigned junk; /* NOOP, RSET, VRFY, HELP and empty non-LAST BDAT chunks so far */
     unsigned commands;
     unsigned messages;
     uint64_t data_start_ms;    /* io.now when the 354 went out */
@@ -1345,6 +1348,35 @@ static void smtpd_session_proceed_data(struct smtpd_session *s, const char *arg)
 #define SMTPD_SESSION_BDAT_SYNTAX "501 5.5.4 Syntax: BDAT chunk-size [LAST]\r\n"
 
 /*
+ * smtpd_session_junk - one more command that moves no mail along: past
+ * junk_command_limit of them in a session each counts toward max_errors
+ * (Postfix's smtpd_junk_command_limit), so that a client cannot keep a
+ * session busy with them forever. The count starts again after each
+ * message accepted, so a client that sends RSET between messages is never
+ * counted. true: it counts.
+ */
+static bool smtpd_session_junk(struct smtpd_session *s)
+{
+    unsigned limit =
+        s->policy->junk_command_limit ? s->policy->junk_command_limit : SMTPD_SESSION_JUNK_LIMIT;
+    if (s->junk < UINT_MAX)
+        s->junk++;
+    return s->junk > limit;
+}
+
+/* smtpd_session_reply_junk - the reply of a junk command, an error past the limit. */
+static void smtpd_session_reply_junk(struct smtpd_session *s, enum smtpd_reply_id id)
+{
+    if (!smtpd_session_junk(s)) {
+        smtpd_session_reply(s, id, NULL);
+        return;
+    }
+    char line[SMTPD_REPLY_LINE_MAX];
+    size_t n = smtpd_reply_format(id, NULL, line, sizeof(line));
+    smtpd_session_reply_raw(s, smtpd_reply_get(id)->code, true, false, line, n);
+}
+
+/*
  * smtpd_session_parse_bdat - "chunk-size [SP LAST]" (RFC 3030 4):
  * chunk-size is 1*DIGIT, here at most 20 digits and within uint64_t; one
  * space before LAST (any case), nothing else, no sign, no other spaces.
@@ -1412,7 +1444,9 @@ static void smtpd_session_bdat_chunk_end(struct smtpd_session *s)
         int n =
             snprintf(line, sizeof(line), "250 2.0.0 %" PRIu64 " octets received\r\n", s->bdat_size);
         HAMR_ASSERT(n > 0 && (size_t)n < sizeof(line));
-        smtpd_session_reply_raw(s, 250, false, false, line, (size_t)n);
+        /* An empty chunk that is not the last moves nothing: junk, as NOOP. */
+        bool junk = s->bdat_size == 0 && smtpd_session_junk(s);
+        smtpd_session_reply_raw(s, 250, junk, false, line, (size_t)n);
         return;
     }
     smtpd_reader_end_bdat(&s->reader);
@@ -1481,13 +1515,13 @@ static void smtpd_session_proceed_rset(struct smtpd_session *s, const char *arg)
     smtpd_session_tx_reset(s);
     if (s->state != SMTPD_STATE_GREETED)
         smtpd_session_enter_state(s, SMTPD_STATE_READY);
-    smtpd_session_reply(s, SMTPD_REPLY_OK, NULL);
+    smtpd_session_reply_junk(s, SMTPD_REPLY_OK);
 }
 
 /* smtpd_session_proceed_noop - 250 (RFC 5321 4.1.1.9). */
 static void smtpd_session_proceed_noop(struct smtpd_session *s, const char *arg)
 {
-    smtpd_session_reply(s, SMTPD_REPLY_OK, NULL);
+    smtpd_session_reply_junk(s, SMTPD_REPLY_OK);
 }
 
 /* smtpd_session_proceed_quit - 221 and close (RFC 5321 4.1.1.10). */
@@ -1499,13 +1533,13 @@ static void smtpd_session_proceed_quit(struct smtpd_session *s, const char *arg)
 /* smtpd_session_proceed_vrfy - 252: we do not verify (RFC 5321 3.5.3). */
 static void smtpd_session_proceed_vrfy(struct smtpd_session *s, const char *arg)
 {
-    smtpd_session_reply(s, SMTPD_REPLY_VRFY, NULL);
+    smtpd_session_reply_junk(s, SMTPD_REPLY_VRFY);
 }
 
 /* smtpd_session_proceed_help - 214. */
 static void smtpd_session_proceed_help(struct smtpd_session *s, const char *arg)
 {
-    smtpd_session_reply(s, SMTPD_REPLY_HELP, NULL);
+    smtpd_session_reply_junk(s, SMTPD_REPLY_HELP);
 }
 
 /* STARTTLS replies (RFC 3207, SECURITY.md S4); not in the shared table. */
@@ -2020,6 +2054,7 @@ static void smtpd_session_commit_cb(void *arg, int status)
     if (status == 0) {
         char from[SMTP_ADDR_PATH_MAX + 1]; /* a UTF-8 sender is logged escaped */
         s->messages++;
+        s->junk = 0; /* as Postfix: the junk count starts again after each message */
         log_info("smtpd session=%" PRIu64 " queued id=%s from=<%s> nrcpt=%zu size=%zu%s", s->id,
                  tx->queue_id, log_printable(from, sizeof(from), tx->sender, strlen(tx->sender)),
                  tx->n_rcpts, tx->data_size, s->io_detached ? " client=gone" : "");

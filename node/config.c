@@ -133,6 +133,7 @@ static const struct config_key config_keys[] = {
     CK("smtpd", "header_size_limit", CONFIG_K_SIZE, smtpd.header_size_limit, 1024, UINT32_MAX),
     CK("smtpd", "hopcount_limit", CONFIG_K_COUNT, smtpd.hopcount_limit, 1, 10000),
     CK("smtpd", "max_errors", CONFIG_K_COUNT, smtpd.max_errors, 1, 1000000),
+    CK("smtpd", "junk_command_limit", CONFIG_K_COUNT, smtpd.junk_command_limit, 1, 1000000),
     CK("smtpd", "command_timeout", CONFIG_K_DURATION, smtpd.command_timeout_ms, 1, CONFIG_DAY),
     CK("smtpd", "data_timeout", CONFIG_K_DURATION, smtpd.data_timeout_ms, 1, CONFIG_DAY),
     CK("smtpd", "min_data_rate", CONFIG_K_SIZE, smtpd.min_data_rate, 0, 1024 * CONFIG_MIB),
@@ -562,6 +563,7 @@ void config_defaults(struct hamr_config *cfg)
     cfg->smtpd.header_size_limit = 100 * 1024;
     cfg->smtpd.hopcount_limit = 50;
     cfg->smtpd.max_errors = 20;
+    cfg->smtpd.junk_command_limit = 100;
     cfg->smtpd.command_timeout_ms = 5 * CONFIG_MIN;
     cfg->smtpd.data_timeout_ms = 5 * CONFIG_MIN;
     cfg->smtpd.min_data_rate = 500;

@@ -1114,6 +1114,78 @@ static void test_max_errors(void **state)
     test_expect(h, "");
 }
 
+/*
+ * test_junk_commands - past junk_command_limit, each NOOP, RSET, VRFY, HELP
+ * and empty non-LAST BDAT chunk still gets its reply but counts toward
+ * max_errors, until 421; commands that move mail do not count.
+ */
+static void test_junk_commands(void **state)
+{
+    struct harness *h = *state;
+
+    h->policy.max_errors = 3;
+    h->policy.junk_command_limit = 4;
+    test_ehlo(h, TEST_OUTSIDE);
+    /* MAIL and RCPT are not junk: the four junk commands are still free. */
+    test_send(h,
+              "NOOP\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<a@hamr.test>\r\nHELP\r\n"
+              "VRFY x\r\n");
+    assert_string_equal(test_codes(h), "250 250 250 214 252");
+    assert_int_equal(h->io.closes, 0);
+    /* The fourth junk command is free, the fifth and sixth count, BDAT 0 the seventh. */
+    test_send(h, "BDAT 0\r\nNOOP\r\nRSET\r\n");
+    assert_string_equal(test_codes(h), "250 250 250");
+    assert_int_equal(h->io.closes, 0);
+    test_send(h, "MAIL FROM:<a@b.example>\r\nRCPT TO:<a@hamr.test>\r\nBDAT 0\r\n");
+    test_expect(h,
+                "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 0 octets received\r\n"
+                "421 4.7.0 mx.hamr.test Error: too many errors\r\n");
+    assert_int_equal(h->io.closes, 1);
+}
+
+/* test_junk_reset - the count starts again after each accepted message. */
+static void test_junk_reset(void **state)
+{
+    struct harness *h = *state;
+
+    h->policy.max_errors = 1;
+    h->policy.junk_command_limit = 2;
+    test_ehlo(h, TEST_OUTSIDE);
+    for (int i = 0; i < 3; i++) {
+        test_send(h,
+                  "RSET\r\nNOOP\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<a@hamr.test>\r\n"
+                  "DATA\r\n");
+        assert_string_equal(test_codes(h), "250 250 250 250 354");
+        test_send(h, "Subject: x\r\n\r\nbody\r\n.\r\n");
+        fake_sink_step(&h->sink);
+        assert_string_equal(test_codes(h), "250");
+        assert_int_equal(h->io.closes, 0);
+    }
+    test_send(h, "RSET\r\nNOOP\r\nNOOP\r\n");
+    assert_string_equal(test_codes(h), "250 250 250 421"); /* the third still gets its 250 */
+    assert_int_equal(h->io.closes, 1);
+}
+
+/* test_junk_default - junk_command_limit 0 means 100. */
+static void test_junk_default(void **state)
+{
+    struct harness *h = *state;
+    char many[101 * 6 + 1];
+
+    h->policy.max_errors = 1;
+    h->policy.junk_command_limit = 0;
+    test_ehlo(h, TEST_OUTSIDE);
+    for (int i = 0; i < 100; i++)
+        memcpy(many + 6 * i, "NOOP\r\n", 6);
+    many[600] = '\0';
+    test_send(h, many);
+    assert_int_equal(h->io.closes, 0);
+    test_take(h);
+    test_send(h, "NOOP\r\n");
+    test_expect(h, "250 2.0.0 Ok\r\n421 4.7.0 mx.hamr.test Error: too many errors\r\n");
+    assert_int_equal(h->io.closes, 1);
+}
+
 /* test_timeout - the deadline per state, and 421 4.4.2 when it passes. */
 static void test_timeout(void **state)
 {
@@ -2672,6 +2744,9 @@ int main(void)
         T(test_nmap_open_relay),
         T(test_relay_networks),
         T(test_max_errors),
+        T(test_junk_commands),
+        T(test_junk_reset),
+        T(test_junk_default),
         T(test_timeout),
         T(test_command_trickle),
         T(test_min_data_rate_timer),
