@@ -113,6 +113,16 @@ struct smtpc_route {
      * tls_state says SMTPC_TLS_STATE_DANE_UNUSABLE, not "no connection".
      */
     bool dane_unusable;
+    /*
+     * SMTPC_OK: nobody could have forged the lookup that chose the hosts.
+     * Either there was no MX lookup (an IP literal, "[name]", or a name
+     * resolved without a resolver: the operator named the host) or the MX
+     * answer (or its NODATA, for the implicit MX) was DNSSEC-validated by
+     * a resolver whose AD bit is trusted (RFC 7672 2.2.1). REQUIRETLS mail
+     * needs this or MTA-STS patterns (RFC 8689 4.2.1). A resolver that
+     * cannot tell leaves it false.
+     */
+    bool mx_secure;
 };
 
 typedef void (*smtpc_route_cb)(void *arg, const struct smtpc_route *route);
