@@ -252,7 +252,10 @@ struct smtpc_msg {
      * The envelope extensions (net/smtp_ext.h). smtputf8: the message needs
      * SMTPUTF8; a next hop that does not offer it fails every recipient
      * for good with 5.6.7 (no downgrade). requiretls: REQUIRETLS (RFC 8689):
-     * verified TLS and a next hop that offers REQUIRETLS, else 5.7.30.
+     * an MX lookup that was protected (smtpc_route.mx_secure, or MTA-STS
+     * patterns in the delivery), verified TLS and a next hop that offers
+     * REQUIRETLS, else 5.7.30; an unprotected MX lookup fails the
+     * recipients before any connection.
      * Under every policy the certificate is then checked (by a TLSA record
      * where DANE has usable ones, else as under VERIFY), on connections
      * that carry no other mail; the first host that fails decides (no
