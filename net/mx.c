@@ -128,7 +128,7 @@ struct mx_route {
     char **patterns;               /* MTA-STS enforce: the MX hosts allowed (opts), owned */
     size_t n_patterns;
     bool sts_dropped;             /* an MX host was left out for not matching patterns */
-    bool mx_secure;               /* the MX answer (or NODATA) was validated; "[name]": true */
+    bool mx_secure;               /* MX (or NODATA) validated, AD trusted; no MX lookup: true */
     bool tlsa_asked;              /* the TLSA phase has started (mx_route_finish) */
     struct smtpc_route res;       /* the outcome, once decided */
     struct smtpc_target *targets; /* res's, owned */
@@ -311,6 +311,7 @@ static void mx_route_ok(struct mx_route *rt, size_t n)
     rt->res.status = SMTPC_OK;
     rt->res.code = 250;
     rt->res.n = n;
+    rt->res.mx_secure = rt->mx_secure;
 }
 
 /* mx_route_cancel_queries - every DNS lookup of rt still in flight cancelled. */
@@ -599,8 +600,12 @@ static void mx_route_after_mx(void *arg, const struct dns_result *res)
 {
     struct mx_route *rt = arg;
     rt->mxq = NULL;
-    /* RFC 7672 2.2.1: DANE only for an MX RRset (or its denial) that validated. */
-    rt->mx_secure = res->ad;
+    /*
+     * RFC 7672 2.2.1: DANE only for an MX RRset (or its denial) that
+     * validated; RFC 8689 4.2.1: REQUIRETLS mail likewise (the route's
+     * mx_secure). The AD bit of an untrusted resolver proves nothing.
+     */
+    rt->mx_secure = res->ad && dns_ad_trusted(rt->m->dns);
     switch (res->status) {
         case DNS_TEMPFAIL:
             log_debug("mx: lookup failed name=%s type=MX why=\"%s\"", rt->domain, res->why);
@@ -958,6 +963,7 @@ static int mx_resolve(void *data,
     }
     switch (rt->kind) {
         case MX_KIND_LITERAL:
+            rt->mx_secure = true; /* no lookup at all */
             mx_route_literal(rt, &a);
             mx_route_defer(rt);
             break;

@@ -25,6 +25,11 @@
  * (the implicit MX too) that match none of the patterns are left out
  * before their addresses are asked; none left is TEMP 451 4.7.5.
  *
+ * smtpc_route.mx_secure (what REQUIRETLS needs, RFC 8689 4.2.1): true for
+ * a literal and "[name]" (no MX lookup), and for a name whose MX answer
+ * (or its NODATA) had the AD bit from a resolver dns_ad_trusted believes;
+ * every answer carries AD, so this costs no query, DANE or not.
+ *
  * DANE (smtpc_resolve_opts.dane, and dns_ad_trusted of the resolver): when
  * the MX answer (or its NODATA) had the AD bit (RFC 7672 2.2.1; "[name]":
  * always) and a host's A/AAAA answers did (2.2.2), the TLSA records of

@@ -49,7 +49,8 @@
  * downgraded: a next hop without it fails every recipient for good (5.6.7)
  * before MAIL. A message with REQUIRETLS has destinations of its own, whose
  * connections need TLS and check the certificate whatever the policy (a
- * target with usable TLSA records by DANE, any other by PKIX); no STARTTLS,
+ * target with usable TLSA records by DANE, any other by PKIX); an MX
+ * lookup neither DNSSEC nor MTA-STS enforce protected, no STARTTLS,
  * a failed handshake or check, or a next hop that does not offer
  * REQUIRETLS fails every recipient for good (5.7.30), at the first host
  * where it happens (smtpc_conn_requiretls_fail says why no other MX).
@@ -677,13 +678,13 @@ static void smtpc_conn_tls_fail(struct smtpc_conn *c, unsigned code, const char 
 
 /*
  * smtpc_conn_requiretls_fail - c cannot carry mail under REQUIRETLS (RFC
- * 8689 4.2.1): no STARTTLS, or a handshake or certificate check that
- * failed. The message must not go to this host, and every open recipient
- * fails for good with 5.7.30 ("why by host": fmt and its arguments); the
- * connection is discarded. RFC 8689 lets the client try other MX hosts
- * first; hamr does not: moving on is done only before EHLO is accepted and
- * TLS begun (smtpc_conn_may_move_on), and the MX hosts of one domain
- * nearly always share their TLS setup.
+ * 8689 4.2.1): an MX lookup nothing protected (before any connection), no
+ * STARTTLS, or a handshake or certificate check that failed. The message
+ * must not go there, and every open recipient fails for good with 5.7.30
+ * (why: fmt and its arguments); the connection is discarded. RFC 8689
+ * lets the client try other MX hosts first; hamr does not: moving on is
+ * done only before EHLO is accepted and TLS begun (smtpc_conn_may_move_on),
+ * and the MX hosts of one domain nearly always share their TLS setup.
  */
 static void smtpc_conn_requiretls_fail(struct smtpc_conn *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -922,6 +923,19 @@ static void smtpc_conn_route(struct smtpc_conn *c, const struct smtpc_route *rou
         smtpc_conn_end(c, route->status == SMTPC_PERM ? SMTPC_PERM : SMTPC_TEMP, route->code, text);
         return;
     }
+    /*
+     * RFC 8689 4.2.1: REQUIRETLS mail only to MX hosts that DNSSEC or an
+     * MTA-STS policy in enforce mode (the patterns the route kept to)
+     * vouch for. A route with MTA-STS patterns had its hosts filtered.
+     * Mail without REQUIRETLS has other destinations: it is not held up.
+     */
+    if (c->dest->requiretls && !route->mx_secure && c->dest->n_patterns == 0) {
+        smtpc_conn_requiretls_fail(c,
+                                   "the MX records of %s are not DNSSEC-validated and no MTA-STS "
+                                   "policy covers them",
+                                   name);
+        return;
+    }
     size_t avail = route->targets != NULL ? route->n : 0;
     size_t max = c->pool->cfg.address_limit;
     if (avail < max)
@@ -1009,7 +1023,8 @@ static void smtpc_conn_resolve_cb(uv_getaddrinfo_t *req, int status, struct addr
                         status < 0 ? uv_strerror(status) : "out of memory");
         return;
     }
-    struct smtpc_route route = {.status = SMTPC_OK, .n = n, .targets = t};
+    /* No MX lookup: the operator named this host. */
+    struct smtpc_route route = {.status = SMTPC_OK, .n = n, .targets = t, .mx_secure = true};
     smtpc_conn_route(c, &route);
     free(t);
 }
@@ -1044,7 +1059,8 @@ static void smtpc_conn_resolve(struct smtpc_conn *c)
     smtpc_host_strip(d->host, name, sizeof(name));
     struct smtpc_target literal;
     if (smtpc_target_literal(&literal, name, d->port)) {
-        struct smtpc_route route = {.status = SMTPC_OK, .n = 1, .targets = &literal};
+        struct smtpc_route route = {
+            .status = SMTPC_OK, .n = 1, .targets = &literal, .mx_secure = true};
         smtpc_conn_route(c, &route);
         return;
     }

@@ -113,6 +113,16 @@ struct smtpc_route {
      * tls_state says SMTPC_TLS_STATE_DANE_UNUSABLE, not "no connection".
      */
     bool dane_unusable;
+    /*
+     * SMTPC_OK: nobody could have forged the lookup that chose the hosts.
+     * Either there was no MX lookup (an IP literal, "[name]", or a name
+     * resolved without a resolver: the operator named the host) or the MX
+     * answer (or its NODATA, for the implicit MX) was DNSSEC-validated by
+     * a resolver whose AD bit is trusted (RFC 7672 2.2.1). REQUIRETLS mail
+     * needs this or MTA-STS patterns (RFC 8689 4.2.1). A resolver that
+     * cannot tell leaves it false.
+     */
+    bool mx_secure;
 };
 
 typedef void (*smtpc_route_cb)(void *arg, const struct smtpc_route *route);
@@ -242,7 +252,10 @@ struct smtpc_msg {
      * The envelope extensions (net/smtp_ext.h). smtputf8: the message needs
      * SMTPUTF8; a next hop that does not offer it fails every recipient
      * for good with 5.6.7 (no downgrade). requiretls: REQUIRETLS (RFC 8689):
-     * verified TLS and a next hop that offers REQUIRETLS, else 5.7.30.
+     * an MX lookup that was protected (smtpc_route.mx_secure, or MTA-STS
+     * patterns in the delivery), verified TLS and a next hop that offers
+     * REQUIRETLS, else 5.7.30; an unprotected MX lookup fails the
+     * recipients before any connection.
      * Under every policy the certificate is then checked (by a TLSA record
      * where DANE has usable ones, else as under VERIFY), on connections
      * that carry no other mail; the first host that fails decides (no

@@ -64,7 +64,7 @@ static void testlib_resolver_cancel(void *data, void *handle)
     uv_timer_stop(&fr->timer);
 }
 
-/* testlib_resolver_new - OK route, no target, nothing held. */
+/* testlib_resolver_new - OK route (mx_secure), no target, nothing held. */
 struct testlib_resolver *testlib_resolver_new(uv_loop_t *loop)
 {
     struct testlib_resolver *fr = calloc(1, sizeof(*fr));
@@ -75,6 +75,7 @@ struct testlib_resolver *testlib_resolver_new(uv_loop_t *loop)
     fr->timer.data = fr;
     fr->route.status = SMTPC_OK;
     fr->route.targets = fr->t;
+    fr->route.mx_secure = true;
     return fr;
 }
 

@@ -20,7 +20,10 @@
 struct testlib_resolver {
     struct smtpc_resolver r; /* what the pool's configuration points at */
     uv_timer_t timer;
-    /* The script: an OK route with no target until the test adds some. */
+    /*
+     * The script: an OK route with no target until the test adds some, and
+     * mx_secure (a validated MX answer) until the test clears it.
+     */
     struct smtpc_route route; /* targets point at t */
     struct smtpc_target t[TESTLIB_RESOLVER_TARGETS_MAX];
     bool hold; /* never answer */

@@ -26,7 +26,10 @@
  * validated MX and validated host addresses; usable records kept (PKIX
  * usages left out); NODATA, insecure answers: no DANE; a TLSA SERVFAIL
  * leaves the host out (alone: TEMP 4.7.5); "[name]" by its addresses, a
- * literal never; an untrusted resolver (or trust_ad) decides.
+ * literal never; an untrusted resolver (or trust_ad) decides. The route's
+ * mx_secure: a validated MX answer or NODATA, "[name]" and literals, with
+ * DANE or without; not an answer without AD, nor one of an untrusted
+ * resolver.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -171,6 +174,10 @@ static const struct testlib_dns_row test_zone[] = {
     {"tlsafail.test", DNS_TYPE_MX, .ad = true,
      .an = {{DNS_TYPE_MX, 300, "10 d3.host.test"}, {DNS_TYPE_MX, 300, "20 d2.host.test"}}},
     {"tlsafailall.test", DNS_TYPE_MX, .ad = true, .an = {{DNS_TYPE_MX, 300, "10 d3.host.test"}}},
+    /* A validated NODATA: the implicit MX, secure. */
+    {"implicitsec.test", DNS_TYPE_MX, .ad = true, TEST_NODATA},
+    {"implicitsec.test", DNS_TYPE_A, .an = {{DNS_TYPE_A, 300, "192.0.2.20"}}},
+    {"implicitsec.test", DNS_TYPE_AAAA, TEST_NODATA},
 };
 
 /* The options of a resolve: no DANE (the default path), and DANE. */
@@ -929,6 +936,9 @@ static void dane_untrusted(void **state)
     for (size_t i = 0; i < g.route.n; i++)
         assert_false(g.t[i].dane);
     assert_int_equal(test_tlsa_count(f, "d1.host.test"), 0);
+    assert_false(g.route.mx_secure); /* its AD proves nothing either */
+    test_route(f, "[d1.host.test]", &g);
+    assert_true(g.route.mx_secure); /* no MX lookup */
 
     mx_free(f->m);
     f->m = NULL;
@@ -941,6 +951,44 @@ static void dane_untrusted(void **state)
     test_mx_new(f);
     test_route_opts(f, "dane.test", &test_dane_opts, &g);
     assert_true(g.t[0].dane);
+    assert_true(g.route.mx_secure);
+}
+
+/*
+ * mx_secure - the route says whether its MX lookup was protected (RFC 8689
+ * 4.2.1), DANE asked or not: a validated MX answer or NODATA from a
+ * trusted resolver, "[name]" and literals (no MX lookup) are; answers
+ * without AD are not.
+ */
+static void mx_secure(void **state)
+{
+    static const struct {
+        const char *nexthop;
+        bool secure;
+    } cases[] = {
+        {"dane.test", true},        /* MX with AD */
+        {"implicitsec.test", true}, /* NODATA with AD: the implicit MX */
+        {"insecure.test", false},   /* MX without AD */
+        {"order.test", false},      /* likewise */
+        {"implicit.test", false},   /* NODATA without AD */
+        {"[a.host.test]", true},    /* named by the operator */
+        {"[192.0.2.1]", true},      /* literals */
+        {"192.0.2.1", true},        /* bare */
+        {"[IPv6:2001:db8::1]", true},
+    };
+    struct fixture *f = *state;
+    struct test_got g;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        print_message("case: %s\n", cases[i].nexthop);
+        test_route(f, cases[i].nexthop, &g);
+        assert_int_equal(g.route.status, SMTPC_OK);
+        assert_int_equal(g.route.mx_secure, cases[i].secure);
+        test_route_opts(f, cases[i].nexthop, &test_dane_opts, &g);
+        assert_int_equal(g.route.status, SMTPC_OK);
+        assert_int_equal(g.route.mx_secure, cases[i].secure);
+    }
+    test_route(f, "implicitsec.test", &g);
+    test_want_target(&g, 0, "implicitsec.test", "192.0.2.20");
 }
 
 /* bad_config - counts and enums out of range refused. */
@@ -990,6 +1038,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(dane_tlsa_servfail, setup, teardown),
         cmocka_unit_test_setup_teardown(dane_untrusted, setup, teardown),
         cmocka_unit_test_setup_teardown(sts_patterns, setup, teardown),
+        cmocka_unit_test_setup_teardown(mx_secure, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,7 +21,10 @@
  * policy: no STARTTLS, an unverified certificate, or no REQUIRETLS in the
  * EHLO list after TLS fails for good with 5.7.30 and no MAIL; a verified
  * next hop (PKIX, or a matching TLSA record) that offers it gets "MAIL ...
- * REQUIRETLS". Every case also checks the result's tls_state.
+ * REQUIRETLS"; an MX route that was not DNSSEC-validated fails it with
+ * 5.7.30 before any connection unless MTA-STS patterns came with the
+ * delivery, and other mail to that domain goes on. Every case also
+ * checks the result's tls_state.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -880,6 +883,82 @@ static void test_requiretls_dane_no_tlsa(void **state)
     assert_requiretls_failed(f, &r, "certificate verify failed");
 }
 
+/*
+ * mx_insecure_resolver - a fake resolver on f whose route to the one
+ * target "localhost" (named in the certificate) at the test server came
+ * from an MX lookup nothing protected.
+ */
+static struct testlib_resolver *mx_insecure_resolver(struct testlib_smtpc *f)
+{
+    struct testlib_resolver *fr = testlib_resolver_new(&f->loop);
+    testlib_resolver_add(fr, "localhost", "127.0.0.1", f->srv.port);
+    fr->route.mx_secure = false;
+    f->cfg.resolver = &fr->r;
+    return fr;
+}
+
+/*
+ * test_requiretls_mx_insecure - the MX records were not validated and no
+ * MTA-STS policy filtered them (RFC 8689 4.2.1): 5.7.30 without a
+ * connection. Mail without REQUIRETLS to that domain is not affected.
+ */
+static void test_requiretls_mx_insecure(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    struct testlib_resolver *fr = mx_insecure_resolver(f);
+    struct result r = {0};
+    f->srv.ehlo_tls = ehlo_requiretls;
+    testlib_smtpc_pool_start(f);
+    assert_int_equal(smtpc_pool_deliver_tls(f->pool, "example.test", f->srv.port, SMTPC_TLS_VERIFY,
+                                            NULL, &msg_requiretls, done_cb, &r),
+                     0);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_requiretls_failed(f, &r,
+                             "the MX records of example.test are not DNSSEC-validated and no "
+                             "MTA-STS policy covers them");
+    assert_int_equal(r.tls_state, SMTPC_TLS_STATE_NO_CONNECTION);
+    assert_int_equal(fr->calls, 1);
+    assert_int_equal(f->srv.n_accepted, 0);
+
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(smtpc_pool_deliver_tls(f->pool, "example.test", f->srv.port, SMTPC_TLS_VERIFY,
+                                            NULL, &msg, done_cb, &r),
+                     0);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    assert_tls_ok(f, &r, " verified");
+    assert_int_equal(fr->calls, 2);
+    assert_false(testlib_nexthop_received(&f->srv, "REQUIRETLS\r\n"));
+    testlib_resolver_close(fr); /* the pool of the fixture resolves nothing more */
+}
+
+/*
+ * test_requiretls_mx_sts - the same unvalidated MX, but the delivery keeps
+ * to MTA-STS enforce patterns: the MX hosts are covered, the TLS checks
+ * follow, and a verified next hop that offers REQUIRETLS takes the mail.
+ */
+static void test_requiretls_mx_sts(void **state)
+{
+    static const char *const patterns[] = {"localhost"};
+    struct testlib_smtpc *f = *state;
+    struct testlib_resolver *fr = mx_insecure_resolver(f);
+    struct result r = {0};
+    f->srv.ehlo_tls = ehlo_requiretls;
+    testlib_smtpc_pool_start(f);
+    struct smtpc_delivery dv = {.host = "example.test",
+                                .port = f->srv.port,
+                                .policy = SMTPC_TLS_VERIFY,
+                                .mx_patterns = patterns,
+                                .n_mx_patterns = 1};
+    assert_int_equal(smtpc_pool_deliver_to(f->pool, &dv, &msg_requiretls, done_cb, &r), 0);
+    TESTLIB_LOOP_UNTIL(&f->run, r.calls == 1);
+    if (r.r.status != SMTPC_OK)
+        fail_msg("not delivered: %s", r.r.text);
+    assert_tls_ok(f, &r, " verified");
+    assert_int_equal(fr->opts.n_mx_patterns, 1);
+    assert_true(testlib_nexthop_received(&f->srv, "REQUIRETLS\r\n"));
+    testlib_resolver_close(fr); /* the pool of the fixture resolves nothing more */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -913,6 +992,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_requiretls_ok, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_requiretls_dane, setup_dane, teardown_dane),
         cmocka_unit_test_setup_teardown(test_requiretls_dane_no_tlsa, setup_dane, teardown_dane),
+        cmocka_unit_test_setup_teardown(test_requiretls_mx_insecure, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_requiretls_mx_sts, setup, testlib_smtpc_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
