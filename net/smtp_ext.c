@@ -153,10 +153,7 @@ bool smtp_envid_ok(const char *s, size_t n)
 /* smtp_is_ascii - see smtp_ext.h. */
 bool smtp_is_ascii(const char *s, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] > 0x7f)
-            return false;
-    return true;
+    return utf8_ascii(s, n);
 }
 
 /* smtp_utf8_valid - see smtp_ext.h. */

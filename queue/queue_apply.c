@@ -24,6 +24,7 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "util/utf8.h"
 #include "proto/proto_frame.h"
 #include "queue/internal.h"
 #include "queue/queue.h"
@@ -95,15 +96,6 @@ static void queue_rcpt_set_error(struct queue_rcpt *r, const char *text)
  * DSN generation, shared by Outcome and Admin BOUNCE
  * ------------------------------------------------------------------------ */
 
-/* queue_ascii - s has no octet above 0x7f. */
-static bool queue_ascii(const char *s)
-{
-    for (; *s != '\0'; s++)
-        if ((unsigned char)*s > 0x7f)
-            return false;
-    return true;
-}
-
 /*
  * queue_dsn_prepare - build the DSN item for the given recipients of m (of
  * one kind: see queue_dsn_rcpt), not yet linked. *dsn_count is the counter
@@ -169,7 +161,7 @@ static int queue_dsn_prepare(struct queue *q,
      * when the address it goes to does: a next hop without it would
      * otherwise fail a notice that no other notice can report.
      */
-    it->msg.smtputf8 = m->smtputf8 && !queue_ascii(m->sender);
+    it->msg.smtputf8 = m->smtputf8 && !utf8_ascii(m->sender, strlen(m->sender));
     it->msg.is_dsn = true;
     it->msg.expires_at_ms = dsn_expires_at_ms;
     it->msg.accepted_by = 0;
@@ -433,7 +425,7 @@ struct queue_outcome_plan {
     bool *set_tls;             /* per result: replace tls_policy and tls (level and policy given) */
     const char **tls_policies; /* per result: new tls_policy (held until used) */
     const char **tls;          /* per result: new tls (held until used) */
-    struct queue_dsn_rcpt *notice[QUEUE_NOTICES]; /* recipients per notice kind */
+    struct queue_dsn_rcpt *notice[QUEUE_NOTICES]; /* recipients per notice kind (one block) */
     size_t n_notice[QUEUE_NOTICES];
     struct queue_item *dsn[QUEUE_NOTICES]; /* owned until linked */
     uint32_t dsn_count;
@@ -455,10 +447,9 @@ static void queue_outcome_plan_free(struct queue *q, struct queue_outcome_plan *
     free(p->tls_policies);
     free(p->tls);
     free(p->applies);
-    for (size_t k = 0; k < QUEUE_NOTICES; k++) {
-        free(p->notice[k]);
+    free(p->notice[0]); /* one allocation for every kind */
+    for (size_t k = 0; k < QUEUE_NOTICES; k++)
         queue_item_drop(q, p->dsn[k]);
-    }
     free(p->done);
 }
 
@@ -489,13 +480,15 @@ static int queue_outcome_prepare(struct queue *q,
     size_t n = o->n_results;
     p->applies = calloc(n ? n : 1, sizeof(*p->applies));
     p->errors = calloc(n ? n : 1, sizeof(*p->errors));
-    for (size_t k = 0; k < QUEUE_NOTICES; k++)
-        p->notice[k] = calloc(n ? n : 1, sizeof(*p->notice[k]));
+    /* A recipient is in one list at most: n entries per kind, in one allocation. */
+    p->notice[0] = calloc(QUEUE_NOTICES * (n ? n : 1), sizeof(*p->notice[0]));
+    for (size_t k = 1; p->notice[0] != NULL && k < QUEUE_NOTICES; k++)
+        p->notice[k] = p->notice[0] + k * (n ? n : 1);
     p->set_tls = calloc(n ? n : 1, sizeof(*p->set_tls));
     p->tls_policies = calloc(n ? n : 1, sizeof(*p->tls_policies));
     p->tls = calloc(n ? n : 1, sizeof(*p->tls));
-    if (p->applies == NULL || p->errors == NULL || p->notice[0] == NULL || p->notice[1] == NULL ||
-        p->notice[2] == NULL || p->set_tls == NULL || p->tls_policies == NULL || p->tls == NULL)
+    if (p->applies == NULL || p->errors == NULL || p->notice[0] == NULL || p->set_tls == NULL ||
+        p->tls_policies == NULL || p->tls == NULL)
         return HAMR_ENOMEM;
     bool ext = q->cluster_level >= QUEUE_LEVEL_EXT;
     /*

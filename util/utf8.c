@@ -38,3 +38,12 @@ bool utf8_valid(const char *s, size_t n)
     }
     return true;
 }
+
+/* utf8_ascii - see utf8.h. */
+bool utf8_ascii(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] > 0x7f)
+            return false;
+    return true;
+}

@@ -1,4 +1,4 @@
-/* utf8.h - the UTF-8 check the SMTP session and the DSN builder share. Pure. */
+/* utf8.h - the UTF-8 checks the SMTP session and the queue share. Pure. */
 #ifndef HAMR_UTIL_UTF8_H
 #define HAMR_UTIL_UTF8_H
 
@@ -11,5 +11,8 @@
  * character and no DEL.
  */
 bool utf8_valid(const char *s, size_t n);
+
+/* utf8_ascii - no octet of s (n octets) is above 0x7f. */
+bool utf8_ascii(const char *s, size_t n);
 
 #endif
