@@ -27,6 +27,7 @@
 #include "queue/queue.h"
 #include "node/config.h"
 #include "node/ctl_queue.h"
+#include "net/smtp_ext.h"
 
 void ctl_queue_page_init(struct ctl_queue_page *pg, uint64_t now_ms)
 {
@@ -129,20 +130,12 @@ static void ctl_queue_ext_text(const struct queue_msg *m, char *out, size_t outl
 /* ctl_queue_dsn_text - recipient i's NOTIFY and ORCPT as show prints them, into out. */
 static void ctl_queue_dsn_text(const struct queue_msg *m, size_t i, char *out, size_t outlen)
 {
-    static const char *const words[] = {"NEVER", "SUCCESS", "FAILURE", "DELAY"};
-    size_t j = 0;
-    out[0] = '\0';
-    uint8_t notify = m->ext->notify[i];
-    for (unsigned b = 0; b < 4; b++) {
-        if ((notify & (1u << b)) == 0)
-            continue;
-        int w = snprintf(out + j, outlen - j, "%s%s", j == 0 ? "NOTIFY=" : ",", words[b]);
-        if (w < 0 || (size_t)w >= outlen - j)
-            return;
-        j += (size_t)w;
-    }
-    if (m->ext->orcpt[i] != NULL)
-        snprintf(out + j, outlen - j, "%sORCPT=%s", j ? " " : "", m->ext->orcpt[i]);
+    char notify[64] = "";
+    if (m->ext->notify[i] != 0)
+        smtp_notify_format(m->ext->notify[i], notify, sizeof(notify));
+    snprintf(out, outlen, "%s%s%s%s%s", notify[0] ? "NOTIFY=" : "", notify,
+             notify[0] && m->ext->orcpt[i] ? " " : "", m->ext->orcpt[i] ? "ORCPT=" : "",
+             m->ext->orcpt[i] ? m->ext->orcpt[i] : "");
 }
 
 /* ctl_queue_add - append the QueueEntry of m to f; 0 or HAMR_ENOMEM (in f->err too). */
