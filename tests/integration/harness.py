@@ -260,6 +260,20 @@ def free_port(host="127.0.0.1"):
     raise RuntimeError("no free port below %d" % high)
 
 
+def file_text(path):
+    """file_text - a log file's text (invalid UTF-8 replaced), "" if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def text_tail(text, n):
+    """text_tail - the last n lines of text."""
+    return "\n".join(text.splitlines()[-n:])
+
+
 def wait_for(pred, timeout, what, interval=0.05):
     """wait_for - poll pred every interval seconds until it returns a true value; return it.
 
@@ -551,14 +565,10 @@ class Proc:
             _ALL_PROCS.remove(self)
 
     def log_text(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return file_text(self.log_path)
 
     def log_tail(self, n=150):
-        return "\n".join(self.log_text().splitlines()[-n:])
+        return text_tail(self.log_text(), n)
 
 
 @atexit.register

@@ -462,26 +462,17 @@ class PostfixLab:
     # --- the log ------------------------------------------------------------
 
     def log_text(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return harness.file_text(self.log_path)
 
     def log_tail(self, n=60):
-        return "\n".join(self.log_text().splitlines()[-n:])
+        return harness.text_tail(self.log_text(), n)
 
     def diagnostics(self, n=60):
         """diagnostics - the tails of the maillog and of the postfix command output."""
-        try:
-            with open(self.cmd_log_path, "rb") as f:
-                cmd = f.read().decode("utf-8", "replace")
-        except OSError:
-            cmd = ""
         return ("----- Postfix lab maillog (%s), last %d lines -----\n%s\n"
                 "----- postfix commands (%s) -----\n%s"
                 % (self.log_path, n, self.log_tail(n), self.cmd_log_path,
-                   "\n".join(cmd.splitlines()[-30:])))
+                   harness.text_tail(harness.file_text(self.cmd_log_path), 30)))
 
     # --- SMTP and mailboxes -------------------------------------------------
 
