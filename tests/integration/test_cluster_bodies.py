@@ -733,13 +733,20 @@ class ClusterBodiesLeaderTest(BodiesTestCase, cluster.NetLabTestCase):
         next hop down makes every message due: a lease and a deferral each, entries enough
         for a snapshot (snapshot_bytes 256K), provided the next hop answers (next_hop_refusing:
         a next hop that gives no session is suspended, and a flush then costs one probe).
-        Waits until the state is at rest again."""
+        Waits until the state is at rest again.
+
+        A snapshot is written in the thread pool and logged when it is done, with the index
+        it was taken at: one started during the load may be logged after the flush, so only
+        a snapshot at or past the index the load was applied at counts."""
         c = self.cluster
+        sts = self.wait_applied(queued, at_rest=True)
+        loaded = int(field(next(iter(sts.values())), "applied_index", 0) or 0)
         for _ in range(tries):
             marks = c.log_marks()
             self.flush()
             self.wait_applied(queued, at_rest=True)
-            if all("consensus event=snapshot " in n.proc.log_text()[marks[n.id]:]
+            if all(any(int(i) >= loaded for i in re.findall(
+                    r"consensus event=snapshot index=(\d+) ", n.proc.log_text()[marks[n.id]:]))
                    for n in c.nodes):
                 return
             cluster_log("no snapshot on every node after a flush yet: once more")
