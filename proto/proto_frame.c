@@ -74,6 +74,8 @@ int proto_entry_unpack(const uint8_t *buf, size_t len, Hamr__Entry **out)
              */
         case HAMR__ENTRY__CMD_STS_POLICY:
             /* Format 4 (QUEUE_LEVEL_STS): the replicated MTA-STS policy cache. */
+        case HAMR__ENTRY__CMD_LEASE_RENEW:
+            /* Format 6 (QUEUE_LEVEL_SPREAD): a holder's leases extended. */
             break;
         default:
             /* Unknown kind (a newer writer, or none at all): refuse, never skip. */

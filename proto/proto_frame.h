@@ -43,9 +43,11 @@
  * Format 5 (QUEUE_LEVEL_EXT) adds the envelope extensions (SMTPUTF8,
  * REQUIRETLS, DSN) as fields of Enqueue, RcptResult, Outcome and
  * QueuedMessage; nodes take them from SMTP, and apply honours them, only
- * from cluster level 5, so an older build never meets one.
+ * from cluster level 5, so an older build never meets one. Format 6
+ * (QUEUE_LEVEL_SPREAD) adds the entry kind LeaseRenew and NodeInfo.zone:
+ * leases go to any node, which renews them while it delivers.
  */
-#define PROTO_FORMAT_VERSION_MAX 5
+#define PROTO_FORMAT_VERSION_MAX 6
 #define PROTO_SNAPSHOT_VERSION 1
 #define PROTO_CONTROL_MAX (64u * 1024 * 1024)
 /* Peer frames: same layout as control frames; a proposal carries a whole message. */

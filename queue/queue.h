@@ -109,6 +109,12 @@ struct queue_rcpt {
  * them all, so a message gets exactly what an older build would give it.
  */
 #define QUEUE_LEVEL_EXT 5
+/*
+ * QUEUE_LEVEL_SPREAD - the level (format) from which any node delivers: the
+ * LeaseRenew entry kind, the peer channel's PeerReport and NodeInfo.zone.
+ * Below it only the leader holds leases, as an older build expects.
+ */
+#define QUEUE_LEVEL_SPREAD 6
 /* NOTIFY bits, as net/smtp_ext.h's SMTP_NOTIFY_* (the node checks they agree). */
 #define QUEUE_NOTIFY_NEVER 0x01
 #define QUEUE_NOTIFY_SUCCESS 0x02
