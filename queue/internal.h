@@ -198,6 +198,7 @@ struct queue {
     /* Where bodies live (queue_set_body_ops); without, in memory. */
     struct queue_body_ops body_ops;
     bool has_body_ops;
+    struct queue_lease_hook lease_hook; /* queue_set_lease_hook; zero: none */
     /* write_behind: the bodies in memory are those of mem_head and every
      * item after it in acceptance order (queue_body_spill goes in that
      * order, and new items come at the end); mem_bytes their sum. */

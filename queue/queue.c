@@ -228,6 +228,14 @@ void queue_set_body_ops(struct queue *q, const struct queue_body_ops *ops)
     q->has_body_ops = true;
 }
 
+void queue_set_lease_hook(struct queue *q, const struct queue_lease_hook *h)
+{
+    if (h != NULL)
+        q->lease_hook = *h;
+    else
+        memset(&q->lease_hook, 0, sizeof(q->lease_hook));
+}
+
 /* queue_item_keep_body - into the store, or taken into memory. */
 int queue_item_keep_body(struct queue *q,
                          struct queue_item *it,

@@ -31,6 +31,9 @@
  *   ClusterLevel - raise the cluster feature level (below).
  *   StsPolicy - from cluster level QUEUE_LEVEL_STS: store a domain's MTA-STS
  *              policy in the replicated policy cache (below).
+ *   LeaseRenew - from cluster level QUEUE_LEVEL_SPREAD: recipients still
+ *              LEASED under an item's lease_id by node_id and boot_id run
+ *              until expires_at_ms (never earlier than they did).
  * A message whose recipients are all final leaves the queue; its id stays in
  * the dedupe set for QUEUE_DONE_TTL_MS of entry time.
  */
@@ -251,6 +254,48 @@ struct queue_body_ops {
     long long (*read)(void *arg, uint64_t loc, uint64_t off, uint8_t *buf, size_t n);
     bool write_behind;
 };
+
+/*
+ * queue_lease_hook - what a node is told of leases while they apply (in
+ * apply, so the callee must not apply or propose; it notes and acts later):
+ *
+ *   granted - a Lease gave recipients of queue_id under lease_id to this
+ *             node (node_id) and this process (boot_id), until expires_at_ms.
+ *   renewed - a LeaseRenew extended this node's lease_id of queue_id to
+ *             expires_at_ms; asked_mono_ms is the holder's monotonic clock
+ *             when it asked (its PeerReport), from which it counts its end.
+ *   lapsed  - on every node: a Lease took recipient rcpt of queue_id over
+ *             from old_lease of old_node, which had run out without an
+ *             Outcome. If that delivery had passed its final dot the
+ *             recipient may get the message twice: the duplicate window.
+ *
+ * Any of them may be NULL. boot_id is borrowed and must outlive the queue.
+ */
+struct queue_lease_hook {
+    void *arg;
+    uint64_t node_id;
+    const char *boot_id;
+    void (*granted)(void *arg,
+                    const char *queue_id,
+                    uint64_t lease_id,
+                    const char *dest,
+                    uint64_t expires_at_ms);
+    void (*renewed)(void *arg,
+                    const char *queue_id,
+                    uint64_t lease_id,
+                    uint64_t expires_at_ms,
+                    uint64_t asked_mono_ms);
+    void (*lapsed)(void *arg,
+                   const char *queue_id,
+                   const char *rcpt,
+                   uint64_t old_lease,
+                   uint64_t old_node,
+                   uint64_t new_lease,
+                   uint64_t new_node);
+};
+
+/* queue_set_lease_hook - tell h of leases from now on (copied); NULL: nobody. */
+void queue_set_lease_hook(struct queue *q, const struct queue_lease_hook *h);
 
 /* queue_set_body_ops - keep bodies through ops from now on (copied); before anything is applied. */
 void queue_set_body_ops(struct queue *q, const struct queue_body_ops *ops);

@@ -324,11 +324,17 @@ static int queue_apply_lease_item(struct queue *q,
         if (rv == 0)
             rv = queue_str_opt(item->destination, &dest[i]);
     }
+    const struct queue_lease_hook *h = &q->lease_hook;
+    bool granted = false;
     for (size_t i = 0; rv == 0 && i < n; i++) {
         struct queue_rcpt *r = &m->rcpts[item->rcpt_indexes[i]];
         /* A repeated index is leased once; the copies made for it stay unused. */
         if (!queue_rcpt_leasable(r, l, ts))
             continue;
+        if (r->state == QUEUE_RCPT_LEASED && h->lapsed != NULL)
+            h->lapsed(h->arg, m->id, r->addr, r->lease_id, r->lease_node, item->lease_id,
+                      l->node_id);
+        granted = true;
         queue_rcpt_clear_lease(r);
         r->state = QUEUE_RCPT_LEASED;
         r->lease_id = item->lease_id;
@@ -341,6 +347,9 @@ static int queue_apply_lease_item(struct queue *q,
     }
     if (rv == 0)
         queue_touch(q, it);
+    if (rv == 0 && granted && h->granted != NULL && l->node_id == h->node_id &&
+        queue_streq(l->boot_id, h->boot_id))
+        h->granted(h->arg, m->id, item->lease_id, item->destination, l->expires_at_ms);
     for (size_t i = 0; boot && dest && i < n; i++) {
         queue_str_put(boot[i]);
         queue_str_put(dest[i]);
@@ -363,6 +372,49 @@ static int queue_apply_lease(struct queue *q,
             return rv;
         if (status != 0 && res->status == 0)
             res->status = status;
+    }
+    return 0;
+}
+
+/*
+ * queue_apply_lease_renew - from QUEUE_LEVEL_SPREAD: each item's recipients
+ * still LEASED under its lease_id by the renewal's node and boot run until
+ * expires_at_ms, never earlier than before. An item whose lease has been
+ * replaced or ended is left alone: the holder has lost it.
+ */
+static int queue_apply_lease_renew(struct queue *q,
+                                   const Hamr__LeaseRenew *lr,
+                                   struct queue_apply_result *res)
+{
+    if (q->cluster_level < QUEUE_LEVEL_SPREAD) {
+        res->status = HAMR_EVERSION;
+        return 0;
+    }
+    const struct queue_lease_hook *h = &q->lease_hook;
+    bool ours = h->renewed != NULL && lr->node_id == h->node_id &&
+                queue_streq(lr->boot_id, h->boot_id);
+    for (size_t i = 0; i < lr->n_items; i++) {
+        const Hamr__LeaseRenewItem *item = lr->items[i];
+        struct queue_item *it = item->lease_id != 0 ? queue_lookup(q, item->queue_id) : NULL;
+        if (it == NULL)
+            continue;
+        struct queue_msg *m = &it->msg;
+        bool held = false, moved = false;
+        for (size_t k = 0; k < m->n_rcpts; k++) {
+            struct queue_rcpt *r = &m->rcpts[k];
+            if (r->state != QUEUE_RCPT_LEASED || r->lease_id != item->lease_id ||
+                r->lease_node != lr->node_id || !queue_streq(r->lease_boot_id, lr->boot_id))
+                continue;
+            held = true;
+            if (lr->expires_at_ms > r->lease_expires_ms) {
+                r->lease_expires_ms = lr->expires_at_ms;
+                moved = true;
+            }
+        }
+        if (moved)
+            queue_touch(q, it);
+        if (held && ours)
+            h->renewed(h->arg, m->id, item->lease_id, lr->expires_at_ms, lr->asked_mono_ms);
     }
     return 0;
 }
@@ -849,7 +901,14 @@ static int queue_apply_sts(struct queue *q,
  */
 static uint32_t queue_apply_kind_format(Hamr__Entry__CmdCase kind)
 {
-    return kind == HAMR__ENTRY__CMD_STS_POLICY ? QUEUE_LEVEL_STS : 1;
+    switch (kind) {
+        case HAMR__ENTRY__CMD_STS_POLICY:
+            return QUEUE_LEVEL_STS;
+        case HAMR__ENTRY__CMD_LEASE_RENEW:
+            return QUEUE_LEVEL_SPREAD;
+        default:
+            return 1;
+    }
 }
 
 /* queue_apply - decode one entry, prune the done set, run the command. */
@@ -892,6 +951,9 @@ int queue_apply(struct queue *q, const uint8_t *buf, size_t len, struct queue_ap
             break;
         case HAMR__ENTRY__CMD_STS_POLICY:
             rv = queue_apply_sts(q, e->sts_policy, ts, res);
+            break;
+        case HAMR__ENTRY__CMD_LEASE_RENEW:
+            rv = queue_apply_lease_renew(q, e->lease_renew, res);
             break;
         default:
             /* proto_entry_unpack refuses kinds it does not know. */

@@ -133,6 +133,40 @@ int queue_entry_lease(const struct queue_entry_lease_args *a,
     return rv;
 }
 
+int queue_entry_lease_renew(const struct queue_entry_lease_renew_args *a,
+                            uint64_t ts,
+                            void *(*alloc)(size_t),
+                            uint8_t **out,
+                            size_t *len)
+{
+    size_t n = a->n_items;
+    Hamr__LeaseRenewItem *items = calloc(n ? n : 1, sizeof(*items));
+    Hamr__LeaseRenewItem **ip = calloc(n ? n : 1, sizeof(*ip));
+    int rv = HAMR_ENOMEM;
+    if (items != NULL && ip != NULL) {
+        for (size_t i = 0; i < n; i++) {
+            hamr__lease_renew_item__init(&items[i]);
+            items[i].queue_id = queue_entry_text(a->items[i].queue_id);
+            items[i].lease_id = a->items[i].lease_id;
+            ip[i] = &items[i];
+        }
+        Hamr__LeaseRenew lr = HAMR__LEASE_RENEW__INIT;
+        lr.node_id = a->node_id;
+        lr.boot_id = queue_entry_text(a->boot_id);
+        lr.expires_at_ms = a->expires_at_ms;
+        lr.asked_mono_ms = a->asked_mono_ms;
+        lr.n_items = n;
+        lr.items = ip;
+        Hamr__Entry e = HAMR__ENTRY__INIT;
+        e.cmd_case = HAMR__ENTRY__CMD_LEASE_RENEW;
+        e.lease_renew = &lr;
+        rv = queue_entry_pack(&e, ts, alloc, out, len);
+    }
+    free(items);
+    free(ip);
+    return rv;
+}
+
 /* queue_entry_outcome - an Outcome; the results are built in two arrays freed before return. */
 int queue_entry_outcome(const struct queue_entry_outcome_args *a,
                         uint64_t ts,

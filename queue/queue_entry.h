@@ -85,6 +85,29 @@ int queue_entry_lease(const struct queue_entry_lease_args *a,
                       uint8_t **out,
                       size_t *len);
 
+/* queue_entry_renew_item - one lease its holder still uses. */
+struct queue_entry_renew_item {
+    const char *queue_id;
+    uint64_t lease_id;
+};
+
+/* queue_entry_lease_renew_args - node_id's (boot_id's) leases run until expires_at_ms. */
+struct queue_entry_lease_renew_args {
+    uint64_t node_id;
+    const char *boot_id;
+    uint64_t expires_at_ms;
+    uint64_t asked_mono_ms;
+    const struct queue_entry_renew_item *items;
+    size_t n_items;
+};
+
+/* queue_entry_lease_renew - a LeaseRenew entry (format 6: from QUEUE_LEVEL_SPREAD only). */
+int queue_entry_lease_renew(const struct queue_entry_lease_renew_args *a,
+                            uint64_t ts,
+                            void *(*alloc)(size_t),
+                            uint8_t **out,
+                            size_t *len);
+
 /* queue_entry_status - what an attempt did to one recipient (hamr.proto RcptResult.Status). */
 enum queue_entry_status {
     QUEUE_ENTRY_DELIVERED = 0,

@@ -547,13 +547,14 @@ static void test_decode_errors(void **state)
     memcpy(long_len, good, good_len);
     proto_u32_put(long_len + 4, (uint32_t)good_len);
     /*
-     * An Entry of format 1 whose only command is oneof field 17, a kind this
+     * An Entry of format 1 whose only command is oneof field 18, a kind this
      * build does not know (a newer writer): format_version 1 (08 01), then
-     * field 17 as an empty length-delimited value (8a 01 00), padded to 8.
-     * (Field 16 is StsPolicy, format 4: test_queue_sts.c.)
+     * field 18 as an empty length-delimited value (92 01 00), padded to 8.
+     * (Field 16 is StsPolicy, format 4: test_queue_sts.c; 17 LeaseRenew,
+     * format 6: test_queue_lease.c.)
      */
-    static const uint8_t kind17[] = {'H',  'A',  'M',  'R',  0,    0, 0, 5,
-                                     0x08, 0x01, 0x8a, 0x01, 0x00, 0, 0, 0};
+    static const uint8_t kind18[] = {'H',  'A',  'M',  'R',  0,    0, 0, 5,
+                                     0x08, 0x01, 0x92, 0x01, 0x00, 0, 0, 0};
 
     const struct {
         const char *label;
@@ -572,7 +573,7 @@ static void test_decode_errors(void **state)
         {"format_version above this build's", v2, v2_len, HAMR_EVERSION},
         {"format_version 0", v0, v0_len, HAMR_EVERSION},
         {"no cmd", nocmd, nocmd_len, HAMR_EVERSION},
-        {"unknown kind (field 17)", kind17, sizeof(kind17), HAMR_EVERSION},
+        {"unknown kind (field 18)", kind18, sizeof(kind18), HAMR_EVERSION},
     };
     for (size_t i = 0; i < HAMR_ARRAY_LEN(cases); i++) {
         struct queue_apply_result res;
