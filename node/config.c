@@ -110,6 +110,7 @@ static const struct config_key config_keys[] = {
     CK("node", "hostname", CONFIG_K_STRING, hostname, 0, 0),
     CK("node", "log_level", CONFIG_K_LOGLEVEL, log_level, 0, 0),
     CK("node", "user", CONFIG_K_STRING_OPT, user, 0, 0),
+    CK("node", "max_clock_skew", CONFIG_K_DURATION, max_clock_skew_ms, 0, CONFIG_DAY),
 
     CK("listen", "smtp", CONFIG_K_HOSTPORT, listen_smtp, 0, 0),
     CK("listen", "raft", CONFIG_K_HOSTPORT, listen_raft, 0, 0),
@@ -172,6 +173,7 @@ static const struct config_key config_keys[] = {
     CK("delivery", "queue_lifetime", CONFIG_K_DURATION, queue_lifetime_ms, 1, 365 * CONFIG_DAY),
     CK("delivery", "delay_warning_time", CONFIG_K_DURATION, delay_warning_ms, 0, 365 * CONFIG_DAY),
     CK("delivery", "lease_time", CONFIG_K_DURATION, lease_time_ms, 1, CONFIG_DAY),
+    CK("delivery", "delivery_slots", CONFIG_K_COUNT, delivery_slots, 0, 100000),
     CK("delivery", "scan_interval", CONFIG_K_DURATION, scan_interval_ms, 1, CONFIG_HOUR),
     CK("delivery", "tls_policy", CONFIG_K_TLS_POLICY, tls_policy, 0, 0),
     CK("delivery", "tls_ca_file", CONFIG_K_STRING_OPT, smtpc.tls_ca_file, 0, 0),
@@ -584,7 +586,9 @@ void config_defaults(struct hamr_config *cfg)
     cfg->retry_min_ms = 5 * CONFIG_MIN;
     cfg->retry_max_ms = 4000 * CONFIG_SEC;
     cfg->queue_lifetime_ms = 5 * CONFIG_DAY;
-    cfg->lease_time_ms = 15 * CONFIG_MIN;
+    cfg->lease_time_ms = 30 * CONFIG_SEC;
+    cfg->delivery_slots = 256;
+    cfg->max_clock_skew_ms = 5 * CONFIG_SEC;
     cfg->scan_interval_ms = 1 * CONFIG_SEC;
     cfg->delivery_port = 25;
     cfg->smtpc.address_limit = 5;

@@ -131,7 +131,9 @@ struct hamr_config {
     uint64_t retry_max_ms;            /* retry_max (4000s) */
     uint64_t queue_lifetime_ms;       /* queue_lifetime (5d) */
     uint64_t delay_warning_ms;        /* delay_warning_time (0: no delay notices) */
-    uint64_t lease_time_ms;           /* lease_time (15m) */
+    uint64_t lease_time_ms;           /* lease_time (30s): renewed while the delivery runs */
+    uint64_t delivery_slots;          /* delivery_slots (256): deliveries this node runs at once */
+    uint64_t max_clock_skew_ms;       /* [node] max_clock_skew (5s): wall clock off the cluster's */
     uint64_t scan_interval_ms;        /* scan_interval (1s): scheduler tick */
     enum smtpc_tls_policy tls_policy; /* tls_policy (may): may|encrypt|verify, the default
                                          for domains not in [tls_policy]; tls_ca_file ("":

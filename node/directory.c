@@ -38,8 +38,16 @@ struct directory {
     bool draining;  /* the draining flag of our last committed NodeInfo */
     bool sent_draining;
     bool info_in_flight;
-    bool level_in_flight; /* a ClusterLevel proposal is out */
+    bool level_in_flight;        /* a ClusterLevel proposal is out */
+    uint64_t (*now)(void *data); /* the time entries are stamped with; NULL: the wall clock */
+    void *now_data;
 };
+
+/* directory_now - the timestamp of an entry we write now. */
+static uint64_t directory_now(const struct directory *d)
+{
+    return d->now != NULL ? d->now(d->now_data) : clock_wall_ms();
+}
 
 /* directory_info_done - our NodeInfo committed (followers can forward to us). */
 static void directory_info_done(void *arg, int status, intptr_t result)
@@ -76,7 +84,7 @@ static void directory_publish(struct directory *d, bool draining)
     };
     uint8_t *buf;
     size_t len;
-    if (queue_entry_node_info(&ni, clock_wall_ms(), consensus_malloc, &buf, &len) != 0)
+    if (queue_entry_node_info(&ni, directory_now(d), consensus_malloc, &buf, &len) != 0)
         return;
     d->sent_ready = ready;
     d->sent_term = term;
@@ -123,7 +131,7 @@ static void directory_raise_level(struct directory *d)
         return;
     uint8_t *buf;
     size_t len;
-    if (queue_entry_cluster_level(possible, clock_wall_ms(), consensus_malloc, &buf, &len) != 0)
+    if (queue_entry_cluster_level(possible, directory_now(d), consensus_malloc, &buf, &len) != 0)
         return;
     if (proposer_append_packed(d->prop, buf, len, d->self.proposal_timeout_ms, directory_level_done,
                                d) == 0)
@@ -175,6 +183,12 @@ struct directory *directory_new(const struct directory_self *self,
     d->queue = queue;
     d->prop = prop;
     return d;
+}
+
+void directory_set_clock(struct directory *d, uint64_t (*now)(void *data), void *data)
+{
+    d->now = now;
+    d->now_data = data;
 }
 
 struct directory *directory_free(struct directory *d)

@@ -61,4 +61,10 @@ const struct directory_self *directory_self(const struct directory *d);
 /* directory_free - after the proposer has answered everything. Returns NULL. */
 struct directory *directory_free(struct directory *d);
 
+/*
+ * directory_set_clock - stamp the entries we write with now(data) (the
+ * cluster time, node/cluster_clock.h) instead of the wall clock.
+ */
+void directory_set_clock(struct directory *d, uint64_t (*now)(void *data), void *data);
+
 #endif

@@ -389,6 +389,28 @@ static void hamrctl_print_status(const Hamr__ControlResponse *resp, char **args,
             "node)\n");
     printf("free space:  %s\n", hamrctl_bytes(s->free_bytes, b, sizeof(b)));
     printf("draining:    %s\n", s->draining ? "yes" : "no");
+    if (s->cluster_level >= 6) {
+        /* Format 6: every node delivers under the cluster time (relay_spread.c). */
+        if (!s->clock_known)
+            printf("clock:       cluster time not known yet\n");
+        else
+            printf("clock:       %+.3f s from the cluster time%s\n",
+                   (double)s->clock_skew_ms / 1000.0,
+                   s->clock_skewed ? " (skewed: past [node] max_clock_skew)" : "");
+        printf("delivery:    %llu running here, %llu stopped (lease ran out), %llu leases lapsed\n",
+               (unsigned long long)s->deliveries_running, (unsigned long long)s->deliveries_stopped,
+               (unsigned long long)s->lease_lapses);
+        for (size_t i = 0; i < s->n_delivery_members; i++) {
+            const Hamr__DeliveryMember *d = s->delivery_members[i];
+            printf(
+                "%-13s%llu: %u running of %u slots, %llu leased, heard %.1f s ago, clock "
+                "%+.3f s%s%s\n",
+                i == 0 ? "deliverers:" : "", (unsigned long long)d->id, d->deliveries, d->slots,
+                (unsigned long long)d->leased, (double)d->heard_ms / 1000.0,
+                (double)d->skew_ms / 1000.0, d->bodies_missing ? ", lacks bodies" : "",
+                d->usable ? "" : " (gets no lease)");
+        }
+    }
     /* A node older than the field sends none: no line rather than a guess. */
     if (s->cluster_tls != NULL) {
         char tls[256];

@@ -113,6 +113,12 @@ bool health_ready(const struct health_input *in, char *reason, size_t len)
         snprintf(reason, len, "catching up: %" PRIu64 " entries behind", in->apply_lag);
         return false;
     }
+    /* From cluster level 6 a node stamps times in the cluster time, which it
+     * learns from the leader within a report or two; it takes no mail before. */
+    if (in->clock_unknown) {
+        snprintf(reason, len, "cluster time not known yet");
+        return false;
+    }
     /* After a snapshot install this node lacks bodies: until it has them it
      * is one copy short, so a rolling upgrade must not take the next node. */
     if (in->bodies_missing > 0) {
@@ -136,6 +142,14 @@ bool health_ready(const struct health_input *in, char *reason, size_t len)
                  "ready; queue full: %" PRIu64 " messages (limit %" PRIu64 "), %" PRIu64
                  " bytes (limit %" PRIu64 ")",
                  in->queue_messages, in->queue_max_messages, in->queue_bytes, in->queue_max_bytes);
+        return true;
+    }
+    /* A wall clock off the cluster time harms nothing hamr stamps (it uses
+     * the cluster time), so the node stays ready; the text says so for the
+     * operator, as /metrics (hamr_clock_skewed) and hamrctl status do. */
+    if (in->clock_skewed) {
+        snprintf(reason, len, "ready; clock skew: %+.1f s from the cluster time (limit %.1f s)",
+                 (double)in->clock_skew_ms / 1000.0, (double)in->max_clock_skew_ms / 1000.0);
         return true;
     }
     snprintf(reason, len, "ready");

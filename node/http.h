@@ -79,6 +79,10 @@ struct health_input {
     uint64_t queue_bytes;
     uint64_t queue_max_messages; /* the limits (0: none) */
     uint64_t queue_max_bytes;
+    bool clock_unknown;         /* no cluster time yet: the node takes no mail */
+    bool clock_skewed;          /* wall clock more than max_clock_skew_ms off the cluster time */
+    int64_t clock_skew_ms;      /* that wall clock less the cluster time */
+    uint64_t max_clock_skew_ms; /* [node] max_clock_skew */
 };
 
 /* HEALTH_MAX_APPLY_LAG - more committed entries than this still to apply: "catching up". */
@@ -88,11 +92,14 @@ struct health_input {
  * health_ready - true if the node should get traffic. Otherwise false with
  * the first reason that applies, most severe first, in reason (size len,
  * truncated): "raft failed", "draining", "no leader", "no contact with the
- * leader for N ms (limit M ms)", "catching up: N entries behind", "disk low:
- * N MiB free, M MiB required".
+ * leader for N ms (limit M ms)", "catching up: N entries behind", "cluster
+ * time not known yet", "fetching bodies: N missing", "disk low: N MiB free,
+ * M MiB required".
  * reason is "ready" when true, or, at a queue limit, "ready; queue full: N
  * messages (limit M), B bytes (limit L)": the node stays in the balancer
- * (see health_ready). reason may be NULL when len is 0.
+ * (see health_ready); with a wall clock off the cluster time, "ready; clock
+ * skew: +S s from the cluster time (limit L s)". reason may be NULL when
+ * len is 0.
  */
 bool health_ready(const struct health_input *in, char *reason, size_t len);
 

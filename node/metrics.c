@@ -719,6 +719,25 @@ const struct metrics_def metrics_hamr_defs[] = {
                                                METRICS_COUNTER,
                                                "alg",
                                                metrics_hamr_dkim_algs),
+    [METRICS_CLOCK_SKEW] = METRICS_PLAIN("hamr_clock_skew_seconds",
+                                         "This node's wall clock less the cluster time "
+                                         "(the leader's), 0 while it is not known.",
+                                         METRICS_GAUGE),
+    [METRICS_CLOCK_SKEWED] = METRICS_PLAIN("hamr_clock_skewed",
+                                           "1 when this node's wall clock is more than "
+                                           "[node] max_clock_skew away from the cluster time.",
+                                           METRICS_GAUGE),
+    [METRICS_LEASE_LAPSES] = METRICS_PLAIN("hamr_lease_lapses_total",
+                                           "Delivery leases that ran out without an outcome and "
+                                           "were given to a node again: each a possible "
+                                           "duplicate, logged with both lease ids.",
+                                           METRICS_COUNTER),
+    [METRICS_DELIVERIES_STOPPED] = METRICS_PLAIN("hamr_deliveries_stopped_total",
+                                                 "Deliveries this node stopped before the final "
+                                                 "dot because their lease ran out by its clock.",
+                                                 METRICS_COUNTER),
+    [METRICS_DELIVERIES_RUNNING] =
+        METRICS_PLAIN("hamr_deliveries_running", "Deliveries this node runs now.", METRICS_GAUGE),
     [METRICS_BUILD_INFO] = METRICS_LABELLED("hamr_build_info",
                                             "Version of this hamr build.",
                                             METRICS_GAUGE,

@@ -178,6 +178,11 @@ enum metrics_hamr_id {
                                     came from (enum metrics_hamr_tls_source) */
     METRICS_DKIM_SIGNED,         /* counter{alg}: messages DKIM-signed, by enum dkim_alg */
     METRICS_DKIM_FAILURES,       /* counter{alg}: signing failed (451 4.3.0), by enum dkim_alg */
+    METRICS_CLOCK_SKEW,          /* gauge: this node's wall clock less the cluster time, s */
+    METRICS_CLOCK_SKEWED,        /* gauge 0/1: more than [node] max_clock_skew away */
+    METRICS_LEASE_LAPSES,        /* counter: leases taken over after running out */
+    METRICS_DELIVERIES_STOPPED,  /* counter: deliveries stopped before the final dot */
+    METRICS_DELIVERIES_RUNNING,  /* gauge: deliveries this node runs now */
     METRICS_BUILD_INFO,          /* gauge{version} = 1 */
     METRICS_HAMR_COUNT
 };

@@ -546,6 +546,7 @@ static void peer_sconn_frame(struct peer_link *l, const uint8_t *p, size_t n)
         case HAMR__PEER_MSG__BODY_PROPOSE:
         case HAMR__PEER_MSG__BODY_QUERY:
         case HAMR__PEER_MSG__BODY_FETCH:
+        case HAMR__PEER_MSG__BODY_REPORT:
             break;
         default:
             hamr__peer_msg__free_unpacked(msg, NULL);
@@ -1351,7 +1352,8 @@ int peer_client_call(struct peer_client *c,
         return HAMR_ESHUTDOWN;
     if ((req->body_case != HAMR__PEER_MSG__BODY_PROPOSE || req->propose == NULL) &&
         (req->body_case != HAMR__PEER_MSG__BODY_QUERY || req->query == NULL) &&
-        (req->body_case != HAMR__PEER_MSG__BODY_FETCH || req->fetch == NULL))
+        (req->body_case != HAMR__PEER_MSG__BODY_FETCH || req->fetch == NULL) &&
+        (req->body_case != HAMR__PEER_MSG__BODY_REPORT || req->report == NULL))
         return HAMR_EINVAL;
     if (c->ctls != NULL && node == 0)
         return HAMR_EINVAL; /* no certificate names node 0 */

@@ -7,7 +7,7 @@
  * Frames: 4-byte big-endian length (at most PROTO_PEER_MAX), then a
  * hamr.PeerMsg (proto/hamr.proto). A connection opens with a PeerMsg carrying
  * `hello` (no answer). After it, the client sends PeerMsg requests with
- * `propose`, `query` or `fetch` and a req_id of its choosing; the server answers each
+ * `propose`, `query`, `fetch` or `report` and a req_id of its choosing; the server answers each
  * with a PeerMsg carrying `result` and the same req_id, in any order. Many
  * requests may be outstanding on one connection.
  *
@@ -62,7 +62,7 @@ struct peer_call; /* one request waiting for its answer */
 
 /*
  * peer_handler - what the node does with a request. request gets a PeerMsg
- * with `propose` or `query` set (hello is handled inside: see
+ * with `propose`, `query` or `report` set (hello is handled inside: see
  * peer_call_node); fetch gets the `fetch` body of a PeerMsg (optional: when
  * NULL the server answers a fetch itself with HAMR_ENOTFOUND, "no such body
  * here"). What they are given is borrowed until the call is answered. The
@@ -188,7 +188,7 @@ void peer_client_set_queue_limit(struct peer_client *c, size_t bytes);
 typedef void (*peer_result_cb)(void *arg, int status, const Hamr__PeerResult *res);
 
 /*
- * peer_client_call - send req (a PeerMsg with `propose`, `query` or `fetch` set; its
+ * peer_client_call - send req (a PeerMsg with `propose`, `query`, `fetch` or `report` set; its
  * req_id is ignored and assigned here) to node at addr, "a.b.c.d:port" or
  * "[v6]:port"; with TLS the server's certificate must name node, else
  * nothing is sent and the call fails with HAMR_ECONNECT. req is packed

@@ -358,6 +358,7 @@ static void relay_on_leader(void *arg, bool leader)
     struct consensus_info info;
     consensus_get_info(r->cons, &info);
     log_info("leadership %s term=%" PRIu64, leader ? "gained" : "lost", info.term);
+    relay_spread_leader(r, leader); /* the member table and the cluster clock start anew */
     if (leader && !r->stopping && r->dir != NULL)
         directory_tick(r->dir, r->draining);
     if (leader && r->draining) {
@@ -366,6 +367,12 @@ static void relay_on_leader(void *arg, bool leader)
         log_info("draining node elected: transferring leadership");
         consensus_transfer(r->cons, 0, relay_drain_transfer_done, r);
     }
+}
+
+/* relay_now_cb - the cluster time, for the directory's entries. */
+static uint64_t relay_now_cb(void *data)
+{
+    return relay_cluster_now(data);
 }
 
 /* relay_boot_id - a random id for this process: leases name it. */
@@ -421,6 +428,7 @@ static int relay_new(uv_loop_t *loop, const struct hamr_config *cfg, struct rela
     /* Before raft starts: replaying the log applies entries, which kick the scheduler. */
     uv_timer_init(loop, &r->sched.kick_timer);
     r->sched.kick_timer.data = r;
+    relay_spread_init(r);
     *out = r;
     return 0;
 }
@@ -760,6 +768,7 @@ static int relay_start_channels(struct relay *r, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return HAMR_ENOMEM;
     }
+    directory_set_clock(r->dir, relay_now_cb, r);
     return 0;
 }
 
@@ -805,6 +814,8 @@ int relay_start(uv_loop_t *loop,
     relay_timer_start(r, &r->retry_timer, relay_retry_tick, RELAY_RETRY_MS);
     relay_timer_start(r, &r->sched.timer, relay_sched_tick, cfg->scan_interval_ms);
     relay_timer_start(r, &r->housekeeping_timer, relay_housekeeping, 1000);
+    relay_timer_start(r, &r->spread.timer, NULL, 0);
+    relay_spread_start(r);
     r->stop.timers_started = true;
     const struct directory_self *self = directory_self(r->dir);
     /* Bracketed like every address a node publishes ("[::1]:2525"). */
@@ -953,12 +964,15 @@ static void relay_close_all(struct relay *r)
     if (r->prop != NULL)
         proposer_stop(r->prop); /* submits waiting for a leader give up (421) */
     relay_close_timer(r, &r->sched.kick_timer);
-    relay_sts_close(r); /* deliveries waiting for a policy end unsent (r->stopping) */
+    relay_close_timer(r, &r->spread.start_timer);
+    relay_spread_close(r); /* leases granted but not started run out */
+    relay_sts_close(r);    /* deliveries waiting for a policy end unsent (r->stopping) */
     if (r->stop.timers_started) {
         relay_close_timer(r, &r->stop.timer);
         relay_close_timer(r, &r->retry_timer);
         relay_close_timer(r, &r->sched.timer);
         relay_close_timer(r, &r->housekeeping_timer);
+        relay_close_timer(r, &r->spread.timer);
     }
     if (r->http != NULL) {
         r->stop.closing++;

@@ -96,6 +96,10 @@ int relay_sink_check_mail(void *data)
     consensus_get_info(r->cons, &info);
     if (info.leader_id == 0)
         return HAMR_ENOQUORUM;
+    /* From cluster level 6: not before this node knows the cluster time,
+     * so that no message gets its expiry from a clock that is off. */
+    if (!relay_clock_usable(r))
+        return HAMR_ENOQUORUM;
     return 0;
 }
 
@@ -283,7 +287,7 @@ int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_c
 
     uint8_t sha[SHA256_DIGEST_LENGTH];
     SHA256(body, body_len, sha);
-    uint64_t now = clock_wall_ms();
+    uint64_t now = relay_cluster_now(r);
 
     Hamr__Enqueue enq = HAMR__ENQUEUE__INIT;
     enq.queue_id = (char *)env->queue_id;
@@ -339,5 +343,9 @@ int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_c
 void relay_peer_request(void *data, struct peer_call *call, const Hamr__PeerMsg *msg)
 {
     struct relay *r = data;
+    if (msg->body_case == HAMR__PEER_MSG__BODY_REPORT) {
+        relay_spread_serve(r, call, msg->report); /* a node that delivers, to the leader */
+        return;
+    }
     proposer_serve(r->prop, call, peer_call_node(call), msg);
 }

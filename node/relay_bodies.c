@@ -109,8 +109,8 @@ void relay_bodies_spill(struct relay *r, bool when_over)
         return;
     if (when_over && queue_body_memory(r->queue) <= RELAY_BODY_KEEP_BYTES)
         return;
-    int rv = queue_body_spill(r->queue, clock_wall_ms(), RELAY_BODY_KEEP_MS, RELAY_BODY_KEEP_BYTES,
-                              RELAY_BODY_SPILL_BUDGET, NULL);
+    int rv = queue_body_spill(r->queue, relay_cluster_now(r), RELAY_BODY_KEEP_MS,
+                              RELAY_BODY_KEEP_BYTES, RELAY_BODY_SPILL_BUDGET, NULL);
     if (rv != 0)
         relay_bodies_write_failed(r, rv);
 }

@@ -137,6 +137,9 @@ static void relay_ctl_status(struct relay *r, struct control_call *call)
         ns.body_store_segments = bs.segments;
     }
     ns.sts_policies = queue_sts_count(r->queue);
+    Hamr__DeliveryMember dm[CONSENSUS_MAX_MEMBERS];
+    Hamr__DeliveryMember *dmp[CONSENSUS_MAX_MEMBERS];
+    relay_spread_fill_status(r, &ns, dm, dmp);
     Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
     resp.status = &ns;
     control_reply(call, &resp);
@@ -152,7 +155,7 @@ static void relay_ctl_queue(struct relay *r,
                             bool show)
 {
     struct ctl_queue_page pg;
-    ctl_queue_page_init(&pg, clock_wall_ms());
+    ctl_queue_page_init(&pg, relay_cluster_now(r));
     char err[256];
     int rv;
     if (show) {
@@ -239,7 +242,7 @@ static void relay_ctl_admin(struct relay *r,
     a->call = call;
     hamr_strlcpy(a->verb, req->verb, sizeof(a->verb));
     hamr_strlcpy(a->id, id, sizeof(a->id));
-    uint64_t now = clock_wall_ms();
+    uint64_t now = relay_cluster_now(r);
     uint8_t *entry;
     size_t len;
     int rv = queue_entry_admin(op, id, r->cfg->hostname, now + r->cfg->queue_lifetime_ms, now,

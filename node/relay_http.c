@@ -27,6 +27,7 @@
 #include "node/metrics.h"
 #include "node/peer.h"
 #include "node/pki_status.h"
+#include "node/clock.h"
 #include "node/relay_internal.h"
 
 /*
@@ -58,6 +59,11 @@ void relay_http_ready(void *data, struct health_input *in)
     in->queue_max_bytes = r->cfg->queue_max_bytes;
     in->queue_full = queue_full(r->queue, r->cfg->queue_max_messages, r->cfg->queue_max_bytes);
     in->bodies_missing = queue_bodies_missing(r->queue);
+    in->clock_unknown = !relay_clock_usable(r);
+    uint64_t now = uv_now(r->loop), wall = clock_wall_ms();
+    in->clock_skewed = relay_spread_on(r) && cluster_clock_skewed(&r->spread.clock, now, wall);
+    in->clock_skew_ms = cluster_clock_skew(&r->spread.clock, now, wall);
+    in->max_clock_skew_ms = r->cfg->max_clock_skew_ms;
 }
 
 _Static_assert(METRICS_STATE_PENDING == (int)QUEUE_STAGE_PENDING &&
@@ -159,6 +165,8 @@ void relay_metrics_fill(void *data, struct metrics *m)
     }
     metrics_gauge_set(m, METRICS_SESSIONS_OPEN, 0, (double)smtpd_server_sessions(r->smtpd));
     metrics_counter_set(m, METRICS_DUPLICATE_WINDOWS, 0, r->sched.duplicate_windows);
+    metrics_counter_set(m, METRICS_LEASE_LAPSES, 0, r->spread.lapses);
+    metrics_gauge_set(m, METRICS_DELIVERIES_RUNNING, 0, (double)r->sched.n_deliveries);
     struct proposer_stats ps;
     proposer_get_stats(r->prop, &ps);
     metrics_counter_set(m, METRICS_FORWARDED, 0, ps.forwarded);

@@ -25,6 +25,7 @@ struct body_fetch;
 #include "net/smtpc.h"
 #include "net/smtpd.h"
 #include "net/smtpd_server.h"
+#include "node/cluster_clock.h"
 #include "node/config.h"
 #include "node/control.h"
 #include "node/directory.h"
@@ -42,6 +43,17 @@ struct body_fetch;
 #define RELAY_SUSPEND_MS 10000   /* a suspended next hop is probed this often (or retry_min) */
 #define RELAY_RETRY_MS 100       /* wait before trying a proposal again (no leader yet) */
 #define RELAY_STOP_GRACE_MS 5000 /* a gentle stop waits this long for work in flight */
+/*
+ * Leases to any node (relay_spread.c, from cluster level 6): every node
+ * reports to the leader every RELAY_REPORT_MS; one not heard from for
+ * RELAY_REPORT_FRESH_MS gets no new lease. Below the level only the leader
+ * delivers and nobody renews, so its leases last at least
+ * RELAY_LEGACY_LEASE_MS (the old default) whatever lease_time says.
+ */
+#define RELAY_REPORT_MS 1000
+#define RELAY_REPORT_FRESH_MS 3500
+#define RELAY_REPORT_DESTS_MAX 64
+#define RELAY_LEGACY_LEASE_MS (15 * 60 * 1000)
 
 /*
  * RELAY_MAX_INFLIGHT - proposals handed to raft and not yet answered. More
@@ -94,7 +106,58 @@ struct relay_delivery {
     char *envid;
     struct smtp_dsn_rcpt *rcpt_dsn;
     struct smtpc_msg msg;
+    /*
+     * The lease, by this node's monotonic clock (uv_now): past deadline the
+     * leader may have given the recipients to another node, so the attempt
+     * is stopped before its final dot (lapsed) unless a renewal moved the
+     * deadline on (relay_spread.c).
+     */
+    uint64_t deadline;
+    bool lapsed;
     struct relay_delivery *prev, *next;
+};
+
+/* relay_start - a lease granted to this node, started on the loop's next turn. */
+struct relay_start {
+    char queue_id[QUEUE_ID_MAX];
+    char dest[QUEUE_DEST_MAX];
+    uint64_t lease_id;
+    uint64_t deadline; /* uv_now */
+    struct relay_start *next;
+};
+
+/* relay_member - what the leader knows of one node from its reports (relay_spread.c). */
+struct relay_member {
+    uint64_t id;
+    char boot_id[33];
+    uint64_t heard;          /* uv_now of its last report this term; 0: none */
+    uint32_t slots;          /* deliveries it runs at once at most */
+    uint32_t deliveries;     /* running at its last report */
+    uint32_t assigned;       /* delivery items leased to it since */
+    uint64_t bodies_missing; /* bodies it lacks */
+    uint64_t wall_ms;        /* its wall clock when it reported */
+    int64_t skew_ms;         /* that wall clock less our cluster time, then */
+    bool renewing;           /* a LeaseRenew of its leases is in flight */
+    char **suspended;        /* next hops it gives no work now */
+    size_t n_suspended;
+    char **probing; /* next hops it has suspended whose probe is due */
+    size_t n_probing;
+    uint64_t leased; /* delivery items leased to it this term (for status) */
+};
+
+/* relay_spread_state - leases to any node, renewals, the cluster clock (relay_spread.c). */
+struct relay_spread_state {
+    uv_timer_t timer;       /* every RELAY_REPORT_MS: report, renew, stop what ran out */
+    uv_timer_t start_timer; /* starts the leases granted during an apply */
+    struct relay_start *starts;
+    struct relay_start **starts_tail;
+    struct relay_member members[CONSENSUS_MAX_MEMBERS];
+    size_t n_members;
+    struct cluster_clock clock;
+    bool report_in_flight;
+    uint64_t lapses;  /* leases taken over after running out: possible duplicates */
+    uint64_t stopped; /* deliveries stopped before the final dot: their lease ran out */
+    uint64_t late;    /* leases granted to this node that it got too late to use */
 };
 
 /*
@@ -195,6 +258,7 @@ struct relay {
     struct relay_accept_state accept;
     struct relay_sched_state sched;
     struct relay_sts_state sts;
+    struct relay_spread_state spread;
     struct relay_stop_state stop;
 };
 
@@ -244,6 +308,42 @@ void relay_sched_resume_all(struct relay *r);
 int relay_route_dest(void *data, const char *rcpt, char *dest, size_t destlen);
 /* relay_deliver_send - hand d to the SMTP client pool (after its MTA-STS policy is known). */
 void relay_deliver_send(struct relay *r, struct relay_delivery *d);
+
+/*
+ * relay_deliver_start - deliver the recipients of m that lease_id gave this
+ * node, stopping before the final dot once deadline (uv_now) has passed.
+ */
+void relay_deliver_start(struct relay *r,
+                         const struct queue_msg *m,
+                         uint64_t lease_id,
+                         const char *dest,
+                         uint64_t deadline);
+
+/*
+ * relay_deliver_lapsed - has d's lease run out by this node's clock
+ * (d->deadline)? Then it is marked so and never reaches its final dot.
+ */
+bool relay_deliver_lapsed(struct relay_delivery *d);
+
+/* relay_spread.c */
+void relay_spread_init(struct relay *r);
+void relay_spread_start(struct relay *r);
+void relay_spread_close(struct relay *r);
+bool relay_spread_on(const struct relay *r);
+uint64_t relay_lease_ms(const struct relay *r);
+uint64_t relay_cluster_now(struct relay *r);
+void relay_spread_leader(struct relay *r, bool leader);
+void relay_spread_serve(struct relay *r, struct peer_call *call, const Hamr__PeerReport *rep);
+bool relay_spread_ready(struct relay *r);
+bool relay_clock_usable(struct relay *r);
+int relay_spread_dest_max(struct relay *r, const char *dest);
+struct relay_member *relay_spread_holder(struct relay *r, const char *dest);
+/* relay_spread_fill_status - the clock and delivery fields of st; dm, dmp: CONSENSUS_MAX_MEMBERS
+ * each. */
+void relay_spread_fill_status(struct relay *r,
+                              Hamr__NodeStatus *st,
+                              Hamr__DeliveryMember *dm,
+                              Hamr__DeliveryMember **dmp);
 
 /* relay_sts.c */
 int relay_sts_start(struct relay *r, char *err, size_t errlen);

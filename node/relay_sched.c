@@ -237,6 +237,8 @@ static void relay_sched_drop_suspended(struct relay *r, struct relay_suspended *
 static int relay_sched_dest_max(void *data, const char *dest)
 {
     struct relay *r = data;
+    if (relay_spread_on(r))
+        return relay_spread_dest_max(r, dest); /* every node's suspensions */
     struct relay_suspended *s = relay_sched_find_suspended(r, dest);
     if (s == NULL)
         return -1;
@@ -440,6 +442,19 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
     relay_delivery_unlink(r, d);
     /* Freed now, not with d: an Outcome in flight may outlive the store. */
     d->stream = body_store_stream_free(d->stream);
+    if (d->lapsed && d->body_status != 0) {
+        /*
+         * Stopped before the final dot: the lease ran out by our clock, so
+         * the leader may have leased the recipients again. Nothing was
+         * delivered and no Outcome is sent.
+         */
+        r->spread.stopped++;
+        metrics_inc(r->metrics, METRICS_DELIVERIES_STOPPED);
+        log_warn("delivery stopped id=%s lease=%" PRIx64 " dest=%s reason=\"lease ran out\"",
+                 d->queue_id, d->lease_id, d->dest);
+        relay_outcome_done(d, 0, 0);
+        return;
+    }
     if (d->body_status != 0) {
         /*
          * The stored body failed a read or its SHA-256 at the end, and the
@@ -457,7 +472,7 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
     relay_sched_suspend_note(r, d, res);
     metrics_inc_label(r->metrics, METRICS_TLS_POLICY_SOURCE, relay_sched_tls_source(r, d, res));
 
-    uint64_t now = clock_wall_ms();
+    uint64_t now = relay_cluster_now(r);
     uint64_t backoff =
         queue_sched_backoff(d->max_attempts, r->cfg->retry_min_ms, r->cfg->retry_max_ms);
     struct queue_entry_result *results = calloc(d->n_rcpts, sizeof(*results));
@@ -493,8 +508,7 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
     free(results);
     free(tls);
     if (rv == 0)
-        rv = proposer_submit(r->prop, entry, len, NULL, r->cfg->lease_time_ms, relay_outcome_done,
-                             d);
+        rv = proposer_submit(r->prop, entry, len, NULL, relay_lease_ms(r), relay_outcome_done, d);
     if (rv != 0)
         relay_outcome_done(d, rv, 0);
 }
@@ -547,6 +561,23 @@ void relay_deliver_send(struct relay *r, struct relay_delivery *d)
     r->sched.n_deliveries++;
 }
 
+/*
+ * relay_deliver_lapsed - has d's lease run out by this node's clock? Then
+ * the leader may have leased its recipients again: it must not reach its
+ * final dot (relay_spread.c).
+ */
+bool relay_deliver_lapsed(struct relay_delivery *d)
+{
+    if (!d->lapsed && uv_now(d->relay->loop) >= d->deadline) {
+        d->lapsed = true;
+        log_warn("lease running out id=%s lease=%" PRIx64
+                 " dest=%s action=stopping before the "
+                 "final dot",
+                 d->queue_id, d->lease_id, d->dest);
+    }
+    return d->lapsed;
+}
+
 /* relay_deliver_chunk_done - a chunk of the stored body (or its failure) for the client. */
 static void relay_deliver_chunk_done(void *arg,
                                      int status,
@@ -555,6 +586,8 @@ static void relay_deliver_chunk_done(void *arg,
                                      bool last)
 {
     struct relay_delivery *d = arg;
+    if (status == 0 && relay_deliver_lapsed(d))
+        status = HAMR_ETIMEDOUT; /* the lease ran out meanwhile: no final dot */
     if (status != 0)
         d->body_status = status;
     d->source_cb(d->source_arg, status, data, n, last);
@@ -566,6 +599,10 @@ static int relay_deliver_source_read(void *data, smtpc_source_cb cb, void *cb_ar
     struct relay_delivery *d = data;
     d->source_cb = cb;
     d->source_arg = cb_arg;
+    if (relay_deliver_lapsed(d)) {
+        d->body_status = HAMR_ETIMEDOUT;
+        return HAMR_ETIMEDOUT;
+    }
     int rv = body_store_stream_next(d->stream, relay_deliver_chunk_done, d);
     if (rv != 0)
         d->body_status = rv;
@@ -614,15 +651,17 @@ static int relay_deliver_ext(struct relay_delivery *d, const struct queue_msg *m
  * one is fetched again from a peer and the lease left to expire
  * (relay_delivery_done).
  */
-static void relay_deliver_start(struct relay *r,
-                                const struct queue_msg *m,
-                                uint64_t lease_id,
-                                const char *dest)
+void relay_deliver_start(struct relay *r,
+                         const struct queue_msg *m,
+                         uint64_t lease_id,
+                         const char *dest,
+                         uint64_t deadline)
 {
     struct relay_delivery *d = calloc(1, sizeof(*d));
     if (d == NULL)
         return;
     d->relay = r;
+    d->deadline = deadline;
     hamr_strlcpy(d->queue_id, m->id, sizeof(d->queue_id));
     hamr_strlcpy(d->dest, dest, sizeof(d->dest));
     if (relay_dest_split(dest, d->nexthop, sizeof(d->nexthop), &d->port) != 0) {
@@ -693,28 +732,26 @@ fail:
 
 struct relay_lease_req {
     struct relay *relay;
+    uint64_t node; /* the holder */
     size_t n;
     struct queue_work *work;
-    uint64_t *lease_ids;
 };
 
-/* relay_lease_done - the Lease committed: start what it granted to us. */
+/*
+ * relay_lease_done - the Lease committed (or not). Its holder, this node or
+ * another, started the deliveries when the entry applied (the queue's lease
+ * hook, relay_spread.c).
+ */
 static void relay_lease_done(void *arg, int status, intptr_t result)
 {
     struct relay_lease_req *lr = arg;
     struct relay *r = lr->relay;
+    (void)result;
     relay_sched_release(r);
-    if (status == 0 && !r->stopping && consensus_is_ready(r->cons)) {
-        for (size_t i = 0; i < lr->n; i++) {
-            const struct queue_msg *m = queue_find(r->queue, lr->work[i].queue_id);
-            if (m != NULL)
-                relay_deliver_start(r, m, lr->lease_ids[i], lr->work[i].dest);
-        }
-    } else if (status != 0) {
-        log_warn("lease not committed error=\"%s\"", hamr_strerror(status));
-    }
+    if (status != 0)
+        log_warn("lease not committed node=%" PRIu64 " error=\"%s\"", lr->node,
+                 hamr_strerror(status));
     queue_work_free(lr->work, lr->n);
-    free(lr->lease_ids);
     free(lr);
 }
 
@@ -790,57 +827,43 @@ void relay_sched_kick(struct relay *r)
 }
 
 /*
- * relay_sched_lease - one Lease entry for the n_deliver deliveries among
- * work[0..n) (taken; the final outcomes were proposed already); the
- * deliveries start when it commits (relay_lease_done).
+ * relay_sched_lease - one Lease entry handing the n deliveries of dw (taken)
+ * to node (boot); they start when it applies on that node.
  */
 static void relay_sched_lease(struct relay *r,
-                              struct queue_work *work,
-                              int n,
-                              size_t n_deliver,
+                              struct queue_work *dw,
+                              size_t n,
+                              uint64_t node,
+                              const char *boot,
                               uint64_t now)
 {
     struct relay_lease_req *lr = calloc(1, sizeof(*lr));
-    struct queue_entry_lease_item *items = calloc(n_deliver, sizeof(*items));
-    struct queue_work *dw = calloc(n_deliver, sizeof(*dw));
-    uint64_t *ids = calloc(n_deliver, sizeof(*ids));
-    if (lr == NULL || items == NULL || dw == NULL || ids == NULL) {
+    struct queue_entry_lease_item *items = calloc(n ? n : 1, sizeof(*items));
+    if (lr == NULL || items == NULL) {
         free(lr);
         free(items);
-        free(dw);
-        free(ids);
-        queue_work_free(work, (size_t)n);
+        queue_work_free(dw, n);
         return;
     }
-    size_t k = 0;
-    for (int i = 0; i < n; i++) {
-        if (work[i].kind != QUEUE_WORK_DELIVER)
-            continue;
-        dw[k] = work[i]; /* move: the rcpt array now belongs to dw */
-        work[i].rcpt_indexes = NULL;
-        work[i].n_rcpts = 0;
-        ids[k] = ++r->sched.lease_counter;
+    for (size_t k = 0; k < n; k++) {
         items[k].queue_id = dw[k].queue_id;
         items[k].rcpt_indexes = dw[k].rcpt_indexes;
         items[k].n_rcpts = dw[k].n_rcpts;
-        items[k].lease_id = ids[k];
+        items[k].lease_id = ++r->sched.lease_counter;
         items[k].destination = dw[k].dest;
-        k++;
     }
-    queue_work_free(work, (size_t)n);
-
     struct queue_entry_lease_args lease = {
-        .node_id = r->cfg->node_id,
+        .node_id = node,
         .term = consensus_term(r->cons),
-        .expires_at_ms = now + r->cfg->lease_time_ms,
-        .boot_id = r->boot_id,
+        .expires_at_ms = now + relay_lease_ms(r),
+        .boot_id = boot,
         .items = items,
-        .n_items = n_deliver,
+        .n_items = n,
     };
     lr->relay = r;
-    lr->n = n_deliver;
+    lr->node = node;
+    lr->n = n;
     lr->work = dw;
-    lr->lease_ids = ids;
     uint8_t *entry;
     size_t len;
     int rv = queue_entry_lease(&lease, now, consensus_malloc, &entry, &len);
@@ -849,12 +872,57 @@ static void relay_sched_lease(struct relay *r,
         rv = proposer_append_packed(r->prop, entry, len, r->cfg->proposal_timeout_ms,
                                     relay_lease_done, lr);
     if (rv != 0) {
-        queue_work_free(dw, n_deliver);
-        free(ids);
+        queue_work_free(dw, n);
         free(lr);
         return;
     }
     r->sched.in_flight++;
+}
+
+/*
+ * relay_sched_assign - the deliveries among work[0..n) (moved out) to
+ * their holders, one Lease entry each: below QUEUE_LEVEL_SPREAD all to this
+ * node, from it to the node relay_spread_holder chooses; a delivery no node
+ * can take now is left for a later round.
+ */
+static void relay_sched_assign(struct relay *r, struct queue_work *work, int n, uint64_t now)
+{
+    size_t n_holders = 0;
+    uint64_t holders[CONSENSUS_MAX_MEMBERS];
+    const char *boots[CONSENSUS_MAX_MEMBERS];
+    struct queue_work *dw[CONSENSUS_MAX_MEMBERS] = {NULL};
+    size_t dn[CONSENSUS_MAX_MEMBERS] = {0};
+    bool spread = relay_spread_on(r);
+    for (int i = 0; i < n; i++) {
+        if (work[i].kind != QUEUE_WORK_DELIVER)
+            continue;
+        uint64_t node = r->cfg->node_id;
+        const char *boot = r->boot_id;
+        if (spread) {
+            struct relay_member *mb = relay_spread_holder(r, work[i].dest);
+            if (mb == NULL)
+                continue;
+            node = mb->id;
+            boot = mb->boot_id;
+        }
+        size_t h = 0;
+        while (h < n_holders && holders[h] != node)
+            h++;
+        if (h == n_holders) {
+            dw[h] = calloc((size_t)n, sizeof(**dw));
+            if (dw[h] == NULL)
+                continue;
+            holders[h] = node;
+            boots[h] = boot;
+            n_holders++;
+        }
+        dw[h][dn[h]++] = work[i]; /* move: the rcpt array now belongs to dw */
+        work[i].rcpt_indexes = NULL;
+        work[i].n_rcpts = 0;
+    }
+    queue_work_free(work, (size_t)n);
+    for (size_t h = 0; h < n_holders; h++)
+        relay_sched_lease(r, dw[h], dn[h], holders[h], boots[h], now);
 }
 
 /* relay_sched_tick - leader: lease due work, expire what is too old. */
@@ -865,8 +933,11 @@ void relay_sched_tick(uv_timer_t *t)
         proposer_expire(r->prop);
     if (r->stopping || r->sched.in_flight > 0 || !consensus_is_ready(r->cons))
         return;
+    /* From QUEUE_LEVEL_SPREAD: not before the cluster time is the voters' (cluster_clock.h). */
+    if (!relay_spread_ready(r))
+        return;
 
-    uint64_t now = clock_wall_ms();
+    uint64_t now = relay_cluster_now(r);
     struct queue_sched_limits lim = {
         .max_per_dest = r->cfg->smtpc.max_conns_per_dest * 4,
         .max_items = RELAY_SCHED_MAX_ITEMS,
@@ -889,19 +960,10 @@ void relay_sched_tick(uv_timer_t *t)
         return;
     }
 
-    /* Split: final outcomes now, deliveries under one lease. The pick
-     * gives no delivery of a message whose body this node lacks. */
-    size_t n_deliver = 0;
-    for (int i = 0; i < n; i++) {
+    /* Split: final outcomes now, deliveries under a lease per holder. The
+     * pick gives no delivery of a message whose body this node lacks. */
+    for (int i = 0; i < n; i++)
         if (work[i].kind == QUEUE_WORK_EXPIRE || work[i].kind == QUEUE_WORK_NOROUTE)
             relay_sched_final(r, &work[i], now);
-        else
-            n_deliver++;
-    }
-    if (n_deliver == 0) {
-        queue_work_free(work, (size_t)n);
-        return;
-    }
-
-    relay_sched_lease(r, work, n, n_deliver, now);
+    relay_sched_assign(r, work, n, now);
 }

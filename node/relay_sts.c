@@ -200,7 +200,7 @@ static void relay_sts_fetched(void *arg, const struct sts_result *res)
     struct relay_sts_fetch *f = arg;
     struct relay *r = f->relay;
     relay_sts_unlink(r, f);
-    uint64_t now = clock_wall_ms();
+    uint64_t now = relay_cluster_now(r);
     const struct queue_sts *held = queue_sts_find(r->queue, f->domain);
     bool held_valid = held != NULL && now < held->expires_at_ms;
     const char *mx[STS_MX_MAX];
@@ -298,7 +298,7 @@ bool relay_sts_hold(struct relay *r, struct relay_delivery *d)
     const char *domain = relay_sts_domain(r, d);
     if (domain == NULL)
         return false;
-    uint64_t now = clock_wall_ms();
+    uint64_t now = relay_cluster_now(r);
     const struct queue_sts *p = queue_sts_find(r->queue, domain);
     if (p != NULL && now < p->expires_at_ms) {
         if (p->mode != QUEUE_STS_NONE)

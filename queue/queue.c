@@ -228,6 +228,11 @@ void queue_set_body_ops(struct queue *q, const struct queue_body_ops *ops)
     q->has_body_ops = true;
 }
 
+uint64_t queue_last_timestamp(const struct queue *q)
+{
+    return q->last_timestamp_ms;
+}
+
 void queue_set_lease_hook(struct queue *q, const struct queue_lease_hook *h)
 {
     if (h != NULL)

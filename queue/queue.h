@@ -339,6 +339,9 @@ int queue_body_spill(struct queue *q,
 /* queue_body_memory - with write_behind: bytes of bodies in memory, not yet put (O(1)). */
 size_t queue_body_memory(const struct queue *q);
 
+/* queue_last_timestamp - the newest Entry.timestamp_ms applied (or restored): never falls. */
+uint64_t queue_last_timestamp(const struct queue *q);
+
 /* queue_bodies_missing - how many queued messages this node lacks the body of (O(1)). */
 size_t queue_bodies_missing(const struct queue *q);
 

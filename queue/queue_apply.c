@@ -391,8 +391,8 @@ static int queue_apply_lease_renew(struct queue *q,
         return 0;
     }
     const struct queue_lease_hook *h = &q->lease_hook;
-    bool ours = h->renewed != NULL && lr->node_id == h->node_id &&
-                queue_streq(lr->boot_id, h->boot_id);
+    bool ours =
+        h->renewed != NULL && lr->node_id == h->node_id && queue_streq(lr->boot_id, h->boot_id);
     for (size_t i = 0; i < lr->n_items; i++) {
         const Hamr__LeaseRenewItem *item = lr->items[i];
         struct queue_item *it = item->lease_id != 0 ? queue_lookup(q, item->queue_id) : NULL;

@@ -30,8 +30,7 @@ static bool queue_node_text_ok(const char *s, size_t max)
 /* queue_node_put - insert or replace the entry of ni->node_id, keeping the order. */
 int queue_node_put(struct queue *q, const Hamr__NodeInfo *ni, uint64_t ts)
 {
-    if (ni == NULL || ni->node_id == 0 ||
-        !queue_node_text_ok(ni->peer_address, QUEUE_ADDR_MAX) ||
+    if (ni == NULL || ni->node_id == 0 || !queue_node_text_ok(ni->peer_address, QUEUE_ADDR_MAX) ||
         !queue_node_text_ok(ni->control_address, QUEUE_ADDR_MAX) ||
         !queue_node_text_ok(ni->version, sizeof(q->nodes[0].version)))
         return HAMR_EINVAL;

@@ -42,8 +42,11 @@ static struct queue *spread_queue(uint32_t level)
 }
 
 /* lease_ab - lease both recipients of M to node under boot until T0 + 30 s. */
-static struct queue_apply_result lease_ab(struct queue *q, uint64_t ts, uint64_t node,
-                                          const char *boot, uint64_t lease_id)
+static struct queue_apply_result lease_ab(struct queue *q,
+                                          uint64_t ts,
+                                          uint64_t node,
+                                          const char *boot,
+                                          uint64_t lease_id)
 {
     struct fx_lease l = {.node = node,
                          .term = 1,
@@ -58,8 +61,12 @@ static struct queue_apply_result lease_ab(struct queue *q, uint64_t ts, uint64_t
 }
 
 /* renew - apply a LeaseRenew of (M, lease_id) for node/boot; the apply result. */
-static struct queue_apply_result renew(struct queue *q, uint64_t ts, uint64_t node,
-                                       const char *boot, uint64_t lease_id, uint64_t until,
+static struct queue_apply_result renew(struct queue *q,
+                                       uint64_t ts,
+                                       uint64_t node,
+                                       const char *boot,
+                                       uint64_t lease_id,
+                                       uint64_t until,
                                        uint64_t asked)
 {
     struct queue_entry_renew_item it = {.queue_id = "M", .lease_id = lease_id};
@@ -81,7 +88,10 @@ struct hook_log {
     char id[64], dest[64], rcpt[64];
 };
 
-static void hook_granted(void *arg, const char *id, uint64_t lease_id, const char *dest,
+static void hook_granted(void *arg,
+                         const char *id,
+                         uint64_t lease_id,
+                         const char *dest,
                          uint64_t expires)
 {
     struct hook_log *h = arg;
@@ -92,7 +102,10 @@ static void hook_granted(void *arg, const char *id, uint64_t lease_id, const cha
     hamr_strlcpy(h->dest, dest, sizeof(h->dest));
 }
 
-static void hook_renewed(void *arg, const char *id, uint64_t lease_id, uint64_t expires,
+static void hook_renewed(void *arg,
+                         const char *id,
+                         uint64_t lease_id,
+                         uint64_t expires,
                          uint64_t asked)
 {
     struct hook_log *h = arg;
@@ -103,8 +116,13 @@ static void hook_renewed(void *arg, const char *id, uint64_t lease_id, uint64_t 
     hamr_strlcpy(h->id, id, sizeof(h->id));
 }
 
-static void hook_lapsed(void *arg, const char *id, const char *rcpt, uint64_t old_lease,
-                        uint64_t old_node, uint64_t new_lease, uint64_t new_node)
+static void hook_lapsed(void *arg,
+                        const char *id,
+                        const char *rcpt,
+                        uint64_t old_lease,
+                        uint64_t old_node,
+                        uint64_t new_lease,
+                        uint64_t new_node)
 {
     struct hook_log *h = arg;
     h->lapsed++;
@@ -171,12 +189,13 @@ static void test_renew_not_holder(void **state)
     (void)state;
     struct queue *q = spread_queue(QUEUE_LEVEL_SPREAD);
     lease_ab(q, T0 + SEC, 2, "b2", 7);
-    renew(q, T0 + 2 * SEC, 3, "b2", 7, T0 + HOUR, 1);      /* not the holder */
-    renew(q, T0 + 2 * SEC, 2, "b2-old", 7, T0 + HOUR, 1);  /* an older process */
-    renew(q, T0 + 2 * SEC, 2, "b2", 6, T0 + HOUR, 1);      /* another lease */
+    renew(q, T0 + 2 * SEC, 3, "b2", 7, T0 + HOUR, 1);     /* not the holder */
+    renew(q, T0 + 2 * SEC, 2, "b2-old", 7, T0 + HOUR, 1); /* an older process */
+    renew(q, T0 + 2 * SEC, 2, "b2", 6, T0 + HOUR, 1);     /* another lease */
     assert_int_equal(fx_rcpt(q, "M", 0)->lease_expires_ms, T0 + 31 * SEC);
     /* A delivered recipient is not LEASED any more: the renewal leaves it alone. */
-    struct fx_outcome o = {.id = "M", .lease_id = 7, .res = {{.idx = 0, .status = DELIVERED}}, .n = 1};
+    struct fx_outcome o = {
+        .id = "M", .lease_id = 7, .res = {{.idx = 0, .status = DELIVERED}}, .n = 1};
     fx_outcome(q, T0 + 3 * SEC, &o);
     renew(q, T0 + 4 * SEC, 2, "b2", 7, T0 + HOUR, 1);
     assert_int_equal(fx_rcpt(q, "M", 0)->state, QUEUE_RCPT_DELIVERED);
@@ -184,7 +203,8 @@ static void test_renew_not_holder(void **state)
     queue_free(q);
 }
 
-/* test_renew_below_level - below QUEUE_LEVEL_SPREAD the kind is refused, as an older build would. */
+/* test_renew_below_level - below QUEUE_LEVEL_SPREAD the kind is refused, as an older build would.
+ */
 static void test_renew_below_level(void **state)
 {
     (void)state;
@@ -267,12 +287,9 @@ static void test_hook_lapsed(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_renew_extends),
-        cmocka_unit_test(test_renew_never_shortens),
-        cmocka_unit_test(test_renew_not_holder),
-        cmocka_unit_test(test_renew_below_level),
-        cmocka_unit_test(test_hook_granted_renewed),
-        cmocka_unit_test(test_hook_lapsed),
+        cmocka_unit_test(test_renew_extends),        cmocka_unit_test(test_renew_never_shortens),
+        cmocka_unit_test(test_renew_not_holder),     cmocka_unit_test(test_renew_below_level),
+        cmocka_unit_test(test_hook_granted_renewed), cmocka_unit_test(test_hook_lapsed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
