@@ -26,8 +26,8 @@ recipient; it is let through by starting the sink again on the same port. Every 
   f  bounce: exactly one DSN to the sender, nothing to the recipients
   g  transfer N through a follower (hamrctl follows the redirect); bad ids
   h  add/promote/remove bad input leaves the membership alone
-  i  a 4th node started with join = yes is added (4 voters, takes mail)
-     and removed again (3 voters)
+  i  a 4th node started with join = yes (zone dc3, given to add as --zone)
+     is added (4 voters, takes mail) and removed again (3 voters)
   j  drain/undrain (also sent to another node with the ID): 421 4.3.2 to new
      sessions, /health/ready 503, status
   k  unreachable node, unknown verb, -s naming a missing socket, -a not HOST:PORT,
@@ -560,6 +560,11 @@ class HamrctlTest(cluster.ClusterTestCase):
         overrides.setdefault("cluster", {}).update(voters=None, join="yes")
         if self.http:
             overrides["listen"]["http"] = "127.0.0.1:%d" % harness.free_port()
+        # A zone of its own (given to add too): dc1 keeps 2 of the 4 voters, no majority.
+        zone = []
+        if self.zones:
+            overrides["node"]["zone"] = "dc3"
+            zone = ["--zone", "dc3"]
         n4 = self.env.node(node_id=4, peer=True, relayhost_port=c.sink.port, overrides=overrides)
         self.assertNotIn("voters", n4.config_sections()["cluster"])
         n4.start(wait=False)
@@ -571,14 +576,15 @@ class HamrctlTest(cluster.ClusterTestCase):
         wait_for(answers, 30, "node4 to answer hamrctl")
         follower = self.follower()
         res = self.ctl(follower, "--timeout", "60", "add", "4", "127.0.0.1:%d" % n4.raft_port,
-                       timeout=90)
+                       *zone, timeout=90)
         self.assertCtl(res, 0, stdout=r"^add 4: done\n$")
         four = {1: "voter", 2: "voter", 3: "voter", 4: "voter"}
         for node in c.nodes + [n4]:
             wait_for(lambda n=node: self.members(n) == four, 30, "4 voters on %s" % node.name,
                      interval=0.2)
         res = self.ctl(follower, "status")
-        self.assertCtl(res, 0, stdout=r"(?m)^\s+4 127\.0\.0\.1:%d voter$" % n4.raft_port)
+        self.assertCtl(res, 0, stdout=r"(?m)^\s+4 127\.0\.0\.1:%d voter( zone dc3)?$"
+                       % n4.raft_port)
         res = self.ctl(follower, "add", "4", "127.0.0.1:%d" % n4.raft_port)
         self.assertCtl(res, 1, stderr=r"^hamrctl: add 4: ")
         # Node 4 takes mail (it forwards to the leader) and it is delivered once.
