@@ -487,7 +487,8 @@ static void relay_ctl_membership(struct relay *r,
             return;
         }
         if (m->warning[0] != '\0')
-            log_warn("membership node=%" PRIu64 " added despite zones: %s", id, m->warning);
+            log_warn("membership node=%" PRIu64 " adding despite zones (--force): %s", id,
+                     m->warning);
         rv = consensus_add(r->cons, id, m->address, relay_ctl_member_done, m);
     } else if (strcmp(v, "promote") == 0) {
         rv = consensus_assign(r->cons, id, CONSENSUS_ROLE_VOTER, relay_ctl_member_done, m);
