@@ -2,8 +2,11 @@
 # rolling-upgrade.sh - replace hamrd on every node of a cluster, one node at a time,
 # without losing quorum and without refusing mail.
 #
-#   deploy/rolling-upgrade.sh [-f CLUSTER_FILE] NEW_HAMRD [NODE...]
+#   deploy/rolling-upgrade.sh [--force] [-f CLUSTER_FILE] NEW_HAMRD [NODE...]
 #
+#   --force       take a node down even when the quorum check (step 1) fails,
+#                 after HAMR_CHECK_TIMEOUT, with a warning: the cluster may stop
+#                 taking mail until the node is back
 #   NEW_HAMRD     the new hamrd binary (it must run: "NEW_HAMRD --version" is tried first)
 #   NODE          NAME=CONTROL[,HTTP], e.g. node1=10.0.1.11:7100,10.0.1.11:8101
 #                 NAME is what %n stands for in the commands below (the systemd
@@ -20,7 +23,10 @@
 #      when it answers, names the leader and has applied what the leader had
 #      committed just before it was asked. If the healthy voters other than
 #      this node are not more than half of all voters, stop here (retried up
-#      to HAMR_CHECK_TIMEOUT seconds, for a node still catching up).
+#      to HAMR_CHECK_TIMEOUT seconds, for a node still catching up) unless
+#      --force. It also warns when one zone ([node] zone, as hamrctl status
+#      shows it) holds a majority of the voters: losing that zone while a node
+#      is down loses quorum.
 #   2. hamrctl drain: new SMTP sessions get 421 4.3.2, /health/ready says 503,
 #      and a leader hands leadership to another voter. Wait (HAMR_DRAIN_TIMEOUT)
 #      until another node leads and, with HTTP, until hamr_smtp_sessions_open
@@ -83,9 +89,11 @@ STAGE="" # what the current node has been through, for the failure message
 
 # The JSON and HTTP work, in Python (stdlib only). Subcommands:
 #   status CONTROL        one line: id state leader_id term commit applied draining
-#   quorum TARGET N NAME=CONTROL...
+#   quorum TARGET NAME=CONTROL...
 #                         print "ok: ..." and exit 0 if the voters other than node
-#                         TARGET that are healthy are more than half of all voters
+#                         TARGET that are healthy are more than half of all voters;
+#                         a second line "zone warning: ..." if one zone holds a
+#                         majority of the voters
 #   sessions HTTP         hamr_smtp_sessions_open from /metrics
 #   ready HTTP            exit 0 if /health/ready answers 200; print the answer
 RU_PY='
@@ -172,10 +180,27 @@ elif cmd == "quorum":
     msg = ("leader %s, %d voters, healthy without %s: %s%s"
            % (lname, len(voters), target, ", ".join(healthy) or "none",
               "; not healthy: " + "; ".join(why) if why else ""))
+    # Zones as the leader knows them (util/zone.c zone_majority): a voter
+    # without one counts among the voters, not for a zone.
+    zones = {}
+    for m in ls.get("members") or []:
+        z = str(m.get("zone") or "")
+        if m.get("role") == "voter" and z:
+            zones[z] = zones.get(z, 0) + 1
+    major = [(z, c) for z, c in sorted(zones.items()) if 2 * c > len(voters)]
+    zmsg = ""
+    if major:
+        zmsg = ("zone warning: zone %r holds %d of the %d voters (%s): losing that zone "
+                "loses quorum" % (major[0][0], major[0][1], len(voters),
+                                  ", ".join("%r %d" % zc for zc in sorted(zones.items()))))
     if 2 * len(healthy) > len(voters):
         print("ok: " + msg)
+        if zmsg:
+            print(zmsg)
         sys.exit(0)
     print("no quorum without %s: %s" % (target, msg))
+    if zmsg:
+        print(zmsg)
     sys.exit(1)
 elif cmd == "sessions":
     code, text = http_get(sys.argv[3], "/metrics")
@@ -211,7 +236,7 @@ ru_die() {
 
 # ru_usage - the usage line; exit 2.
 ru_usage() {
-    echo "usage: $0 [-f CLUSTER_FILE] NEW_HAMRD [NAME=CONTROL[,HTTP]...]" >&2
+    echo "usage: $0 [--force] [-f CLUSTER_FILE] NEW_HAMRD [NAME=CONTROL[,HTTP]...]" >&2
     exit 2
 }
 
@@ -291,6 +316,16 @@ ru_quorum_ok() {
     done
     QUORUM_MSG=$(ru_py quorum "${NAMES[$1]}" "${args[@]}") && return 0
     return 1
+}
+
+# ru_zone_warning - repeat the quorum check's zone warning, if any, on stderr.
+ru_zone_warning() {
+    local line
+    while IFS= read -r line; do
+        case $line in
+        "zone warning: "*) echo "rolling-upgrade: WARNING: ${line#zone warning: }" >&2 ;;
+        esac
+    done <<<"${QUORUM_MSG:-}"
 }
 
 # ru_not_leader I - true once node I answers, is not the leader and names another leader.
@@ -384,14 +419,27 @@ ru_upgrade() {
     ru_say "== $name (control ${CONTROLS[$i]}${HTTPS[$i]:+, http ${HTTPS[$i]}})"
 
     # 1. Quorum without this node.
-    local end=$((SECONDS + HAMR_CHECK_TIMEOUT))
+    local end=$((SECONDS + HAMR_CHECK_TIMEOUT)) forced=0
     until ru_quorum_ok "$i"; do
         if [ "$SECONDS" -ge "$end" ]; then
-            ru_die "refusing to take $name down: ${QUORUM_MSG:-no answer}"
+            if [ "$FORCE" = 1 ]; then
+                forced=1
+                break
+            fi
+            ru_zone_warning
+            QUORUM_MSG=${QUORUM_MSG:-no answer}
+            ru_die "refusing to take $name down: ${QUORUM_MSG%%$'\n'*}" \
+                "(--force takes it down anyway)"
         fi
         sleep 1
     done
-    ru_say "$name: quorum check $QUORUM_MSG"
+    if [ "$forced" = 1 ]; then
+        echo "rolling-upgrade: WARNING: taking $name down without quorum (--force):" \
+            "${QUORUM_MSG%%$'\n'*}" >&2
+    else
+        ru_say "$name: quorum check ${QUORUM_MSG%%$'\n'*}"
+    fi
+    ru_zone_warning
 
     # 2. Drain.
     ru_ctl "$i" drain || ru_die "hamrctl drain failed on $name"
@@ -442,6 +490,17 @@ ru_upgrade() {
 }
 
 FILE=""
+FORCE=0
+# --force is a long option, which getopts does not know: take it out first.
+ARGS=()
+for arg in "$@"; do
+    if [ "$arg" = "--force" ]; then
+        FORCE=1
+    else
+        ARGS+=("$arg")
+    fi
+done
+set -- ${ARGS[@]+"${ARGS[@]}"}
 while getopts "f:h" opt; do
     case $opt in
     f) FILE=$OPTARG ;;

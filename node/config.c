@@ -42,6 +42,7 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "util/zone.h"
 #include "net/smtp_addr.h"
 
 #include "node/config.h"
@@ -68,6 +69,7 @@ enum config_kind {
     CONFIG_K_WORD,         /* one of the key's words into an int-sized enum: its index */
     CONFIG_K_ADDRS,        /* list of IP literals into mx.self_addrs */
     CONFIG_K_DNS_SERVERS,  /* list of IP[:PORT] or [IPV6]:PORT into dns.servers */
+    CONFIG_K_ZONE,         /* a zone name (util/zone.h), or empty for none */
 };
 
 /* config_key - one known key: where it lives and which values are allowed. */
@@ -111,6 +113,7 @@ static const struct config_key config_keys[] = {
     CK("node", "log_level", CONFIG_K_LOGLEVEL, log_level, 0, 0),
     CK("node", "user", CONFIG_K_STRING_OPT, user, 0, 0),
     CK("node", "max_clock_skew", CONFIG_K_DURATION, max_clock_skew_ms, 0, CONFIG_DAY),
+    CK("node", "zone", CONFIG_K_ZONE, zone, 0, 0),
 
     CK("listen", "smtp", CONFIG_K_HOSTPORT, listen_smtp, 0, 0),
     CK("listen", "raft", CONFIG_K_HOSTPORT, listen_raft, 0, 0),
@@ -804,6 +807,14 @@ static int config_set_value(struct config_parse *p, const struct config_key *k, 
             if (strlen(value) >= k->width)
                 return config_fail(p, p->lineno, "%s: longer than %zu characters", k->name,
                                    k->width - 1);
+            hamr_strlcpy(field, value, k->width);
+            return 1;
+        case CONFIG_K_ZONE:
+            if (value[0] != '\0' && !zone_name_ok(value))
+                return config_fail(p, p->lineno,
+                                   "%s: not 1 to %d letters, digits, '.', '_' or '-': \"%s\"",
+                                   k->name, ZONE_NAME_MAX - 1, q);
+            HAMR_ASSERT(k->width == ZONE_NAME_MAX);
             hamr_strlcpy(field, value, k->width);
             return 1;
         case CONFIG_K_WORD: {

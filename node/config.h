@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/zone.h"
 #include "consensus/consensus.h"
 #include "net/dkim.h"
 #include "net/dns.h"
@@ -59,6 +60,7 @@ struct hamr_config {
     char hostname[CONFIG_HOST_MAX]; /* hostname (default: gethostname()) */
     int log_level;                  /* log_level: error|warn|info|debug (info) */
     char user[64];                  /* user: drop to this user after binding ("") */
+    char zone[ZONE_NAME_MAX];       /* zone: data centre or rack, [A-Za-z0-9._-]{1,63} ("") */
 
     /* [listen] */
     struct config_hostport listen_smtp;    /* smtp (127.0.0.1:2525) */

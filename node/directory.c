@@ -7,6 +7,12 @@
  * win an election), by a leader again once per term, and whenever the
  * draining flag changes. Only one is in flight at a time; one that does not
  * commit is tried again at the next tick.
+ *
+ * The zone ([node] zone) is kept by the replicated directory only from
+ * cluster level QUEUE_LEVEL_SPREAD on (queue_node.c): a NodeInfo published
+ * before the cluster was upgraded carried it in vain. So once the level is
+ * there and the directory does not hold our zone, we publish again, and the
+ * zones of upgraded clusters appear without a restart.
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -64,6 +70,15 @@ static void directory_info_done(void *arg, int status, intptr_t result)
                  hamr_strerror(status ? status : (int)result));
 }
 
+/* directory_zone_due - our zone is set, the level keeps zones, and the directory lacks it. */
+static bool directory_zone_due(const struct directory *d)
+{
+    if (d->self.zone[0] == '\0' || queue_cluster_level(d->queue) < QUEUE_LEVEL_SPREAD)
+        return false;
+    const struct queue_node *n = queue_node_find(d->queue, d->self.node_id);
+    return n == NULL || strcmp(n->zone, d->self.zone) != 0;
+}
+
 /* directory_publish - write our NodeInfo if it is due. */
 static void directory_publish(struct directory *d, bool draining)
 {
@@ -71,7 +86,8 @@ static void directory_publish(struct directory *d, bool draining)
         return;
     bool ready = consensus_is_ready(d->cons);
     uint64_t term = consensus_term(d->cons);
-    bool need = !d->boot_done || (ready && d->info_term != term) || d->draining != draining;
+    bool need = !d->boot_done || (ready && d->info_term != term) || d->draining != draining ||
+                directory_zone_due(d);
     if (!need || !proposer_leader_known(d->prop))
         return;
     struct queue_entry_node_info_args ni = {
@@ -81,6 +97,7 @@ static void directory_publish(struct directory *d, bool draining)
         .version = d->self.version,
         .format_version_max = PROTO_FORMAT_VERSION_MAX,
         .draining = draining,
+        .zone = d->self.zone,
     };
     uint8_t *buf;
     size_t len;
@@ -163,6 +180,12 @@ bool directory_draining(const struct directory *d, uint64_t node)
 {
     const struct queue_node *n = queue_node_find(d->queue, node);
     return n != NULL && n->draining;
+}
+
+const char *directory_zone(const struct directory *d, uint64_t node)
+{
+    const struct queue_node *n = queue_node_find(d->queue, node);
+    return n != NULL ? n->zone : "";
 }
 
 const struct directory_self *directory_self(const struct directory *d)

@@ -4,10 +4,11 @@
  * feature level derived from it.
  *
  * Owns: this node's own NodeInfo (its peer and control addresses, version,
- * the newest entry format it can apply, whether it is draining) and when to
- * publish it again (once after start, by a leader once per term, when the
- * draining flag changes); the ClusterLevel entry a leader commits once every
- * voter can apply a newer format (rolling upgrades).
+ * the newest entry format it can apply, whether it is draining, its zone)
+ * and when to publish it again (once after start, by a leader once per
+ * term, when the draining flag changes, and once the cluster level reaches
+ * QUEUE_LEVEL_SPREAD while the directory lacks its zone); the ClusterLevel entry a leader commits
+ * once every voter can apply a newer format (rolling upgrades).
  *
  * May call: the proposer (to publish), raft's view (consensus_*: leader,
  * term, voters), the queue's node table (read only).
@@ -19,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/zone.h"
 #include "consensus/consensus.h"
 
 struct queue;
@@ -30,6 +32,7 @@ struct directory_self {
     char control_address[CONSENSUS_ADDR_MAX];
     const char *version; /* static */
     uint64_t proposal_timeout_ms;
+    char zone[ZONE_NAME_MAX]; /* [node] zone, "" for none */
 };
 
 struct directory;
@@ -54,6 +57,9 @@ const char *directory_control_address(const struct directory *d, uint64_t node);
 
 /* directory_draining - node's draining flag from its last NodeInfo (false if unknown). */
 bool directory_draining(const struct directory *d, uint64_t node);
+
+/* directory_zone - node's zone from its last NodeInfo, "" if unknown or none (borrowed). */
+const char *directory_zone(const struct directory *d, uint64_t node);
 
 /* directory_self - what this node publishes about itself. */
 const struct directory_self *directory_self(const struct directory *d);

@@ -41,6 +41,7 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "util/zone.h"
 
 #include "net/cluster_tls.h"
 #include "node/config.h"
@@ -63,7 +64,7 @@ enum hamrctl_args {
     HAMRCTL_ARGS_NONE,
     HAMRCTL_ARGS_QUEUE_ID, /* one queue id (optional if min_args is 0) */
     HAMRCTL_ARGS_NODE_ID,  /* one node id (optional if min_args is 0) */
-    HAMRCTL_ARGS_ADD,      /* node id, then IPV4:PORT or [IPV6]:PORT */
+    HAMRCTL_ARGS_ADD,      /* node id, IPV4:PORT or [IPV6]:PORT, [--zone ZONE] [--force] */
     HAMRCTL_ARGS_FILTERS, /* --state S, --to DOMAIN, --older-than DURATION, --limit N, --after ID */
 };
 
@@ -105,8 +106,9 @@ static const struct hamrctl_verb hamrctl_verbs[] = {
      "fail pending recipients and send a bounce"},
     {"transfer", "[NODE]", 0, 1, HAMRCTL_ARGS_NODE_ID, hamrctl_print_message,
      "move leadership (to NODE)"},
-    {"add", "NODE IP:PORT", 2, 2, HAMRCTL_ARGS_ADD, hamrctl_print_message,
-     "add a node to the cluster"},
+    {"add", "NODE IP:PORT [--zone ZONE] [--force]", 2, 5, HAMRCTL_ARGS_ADD, hamrctl_print_message,
+     "add a node to the cluster (ZONE: its [node] zone; refused if one zone would then hold a "
+     "majority of the voters, unless --force)"},
     {"promote", "NODE", 1, 1, HAMRCTL_ARGS_NODE_ID, hamrctl_print_message, "make a node a voter"},
     {"remove", "NODE", 1, 1, HAMRCTL_ARGS_NODE_ID, hamrctl_print_message,
      "remove a node from the cluster"},
@@ -282,6 +284,22 @@ static bool hamrctl_check_args(const struct hamrctl_verb *v, char **args, int n)
                         args[1]);
                 return false;
             }
+            for (int i = 2; i < n; i++) {
+                if (strcmp(args[i], "--force") == 0)
+                    continue;
+                if (strcmp(args[i], "--zone") == 0 && i + 1 < n) {
+                    if (!zone_name_ok(args[++i])) {
+                        fprintf(stderr,
+                                "hamrctl: --zone: not 1 to %d letters, digits, '.', '_' or '-': "
+                                "\"%s\"\n",
+                                ZONE_NAME_MAX - 1, args[i]);
+                        return false;
+                    }
+                    continue;
+                }
+                hamrctl_verb_usage(v);
+                return false;
+            }
             return true;
     }
     return false;
@@ -337,6 +355,26 @@ static const char *hamrctl_bytes(uint64_t n, char *out, size_t outlen)
     return out;
 }
 
+/*
+ * hamrctl_print_zones - "zones:" with the voters per zone, and a warning
+ * when one zone holds a majority of them (losing it loses quorum). No line
+ * when no voter has a known zone.
+ */
+static void hamrctl_print_zones(const char *const *zones, size_t n)
+{
+    char summary[512];
+    zone_summary(zones, n, summary, sizeof(summary));
+    if (summary[0] == '\0')
+        return;
+    size_t count;
+    const char *major = zone_majority(zones, n, &count);
+    printf("zones:       %s (voters)", hamrctl_p(summary));
+    if (major != NULL)
+        printf("; warning: zone %s holds %zu of %zu voters, losing it loses quorum",
+               hamrctl_p(major), count, n);
+    printf("\n");
+}
+
 /* hamrctl_print_status - the node and cluster block. */
 static void hamrctl_print_status(const Hamr__ControlResponse *resp, char **args, int n_args)
 {
@@ -358,12 +396,20 @@ static void hamrctl_print_status(const Hamr__ControlResponse *resp, char **args,
     printf("index:       commit %llu, applied %llu, last %llu\n",
            (unsigned long long)s->commit_index, (unsigned long long)s->applied_index,
            (unsigned long long)s->last_index);
+    /* The zone goes last, and only when known, so the fields before it stay where they were. */
+    const char *zones[64];
+    size_t n_voters = 0;
     for (size_t i = 0; i < s->n_members; i++) {
         const Hamr__MemberStatus *m = s->members[i];
-        printf("%-13s%llu %s %s%s%s\n", i == 0 ? "members:" : "", (unsigned long long)m->id,
+        bool zoned = m->zone != NULL && m->zone[0] != '\0';
+        printf("%-13s%llu %s %s%s%s%s%s\n", i == 0 ? "members:" : "", (unsigned long long)m->id,
                hamrctl_p(m->address), hamrctl_p(m->role), m->id == s->leader_id ? " (leader)" : "",
-               m->draining ? " (draining)" : "");
+               m->draining ? " (draining)" : "", zoned ? " zone " : "",
+               zoned ? hamrctl_p(m->zone) : "");
+        if (m->role != NULL && strcmp(m->role, "voter") == 0 && n_voters < HAMR_ARRAY_LEN(zones))
+            zones[n_voters++] = zoned ? m->zone : "";
     }
+    hamrctl_print_zones(zones, n_voters);
     printf(
         "queue:       %llu messages (%llu held), %llu recipients pending, %llu leased, "
         "%s\n",
@@ -389,6 +435,8 @@ static void hamrctl_print_status(const Hamr__ControlResponse *resp, char **args,
             "node)\n");
     printf("free space:  %s\n", hamrctl_bytes(s->free_bytes, b, sizeof(b)));
     printf("draining:    %s\n", s->draining ? "yes" : "no");
+    printf("zone:        %s\n",
+           s->zone != NULL && s->zone[0] != '\0' ? hamrctl_p(s->zone) : "none");
     if (s->cluster_level >= 6) {
         /* Format 6: every node delivers under the cluster time (relay_spread.c). */
         if (!s->clock_known)

@@ -724,6 +724,7 @@ static int relay_start_channels(struct relay *r, char *err, size_t errlen)
         .version = RELAY_VERSION,
         .proposal_timeout_ms = cfg->proposal_timeout_ms,
     };
+    hamr_strlcpy(self.zone, cfg->zone, sizeof(self.zone));
     /* The socket is trusted (its mode decides who connects); TCP takes
      * operators' certificates of the cluster CA, or anyone in plaintext mode. */
     char sock[1024];

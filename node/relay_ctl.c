@@ -25,6 +25,7 @@
 #include "util/common.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "util/zone.h"
 #include "proto/hamr.pb-c.h"
 #include "queue/body_store.h"
 #include "queue/queue.h"
@@ -95,6 +96,7 @@ static void relay_ctl_status(struct relay *r, struct control_call *call)
                              : directory_draining(r->dir, info.members[i].id);
         ms[i].role =
             (char *)(info.roles[i] >= 0 && info.roles[i] <= 2 ? roles[info.roles[i]] : "unknown");
+        ms[i].zone = (char *)directory_zone(r->dir, info.members[i].id);
         msp[i] = &ms[i];
     }
     Hamr__NodeStatus ns = HAMR__NODE_STATUS__INIT;
@@ -137,6 +139,7 @@ static void relay_ctl_status(struct relay *r, struct control_call *call)
         ns.body_store_segments = bs.segments;
     }
     ns.sts_policies = queue_sts_count(r->queue);
+    ns.zone = (char *)r->cfg->zone;
     Hamr__DeliveryMember dm[CONSENSUS_MAX_MEMBERS];
     Hamr__DeliveryMember *dmp[CONSENSUS_MAX_MEMBERS];
     relay_spread_fill_status(r, &ns, dm, dmp);
@@ -310,6 +313,47 @@ static bool relay_ctl_is_member(struct relay *r, uint64_t id)
     return false;
 }
 
+/*
+ * relay_ctl_add_zones - hamrctl add: refuse (HAMR_EPERM, with the reason in
+ * why) when, once node id is a voter in zone (NULL or "": not known), one
+ * zone would hold a majority of the voters, so that losing that zone alone
+ * would lose quorum. The other voters' zones are the directory's (known from
+ * cluster level QUEUE_LEVEL_SPREAD on); a voter without one counts as a
+ * voter but not for a zone. force: warn in why, do not refuse. Returns 0 or
+ * HAMR_EPERM; why is "" when there is nothing to say.
+ */
+static int relay_ctl_add_zones(struct relay *r,
+                               uint64_t id,
+                               const char *zone,
+                               bool force,
+                               char *why,
+                               size_t whylen)
+{
+    struct consensus_info info;
+    consensus_get_info(r->cons, &info);
+    const char *zones[CONSENSUS_MAX_MEMBERS + 1];
+    size_t n = 0;
+    for (size_t i = 0; i < info.n_members; i++)
+        if (info.roles[i] == CONSENSUS_ROLE_VOTER && info.members[i].id != id)
+            zones[n++] = directory_zone(r->dir, info.members[i].id);
+    zones[n++] = zone != NULL ? zone : "";
+    why[0] = '\0';
+    size_t count;
+    const char *major = zone_majority(zones, n, &count);
+    if (major == NULL)
+        return 0;
+    char summary[256];
+    zone_summary(zones, n, summary, sizeof(summary));
+    int w = snprintf(why, whylen,
+                     "zone %s would hold %zu of the %zu voters (zones: %s%s): losing that zone "
+                     "would lose the quorum",
+                     major, count, n, summary,
+                     zone == NULL || zone[0] == '\0' ? "; new node: unknown" : "");
+    if (w < 0 || (size_t)w >= whylen) /* a cut sentence is still the right answer */
+        why[whylen - 1] = '\0';
+    return force ? 0 : HAMR_EPERM;
+}
+
 /* relay_ctl_member - one membership change in progress. */
 struct relay_ctl_member {
     struct relay *relay;
@@ -318,6 +362,7 @@ struct relay_ctl_member {
     char address[CONSENSUS_ADDR_MAX];
     int step; /* add: 0 add, 1 standby, 2 voter */
     char verb[16];
+    char warning[320]; /* add --force: the zone warning to repeat in the answer ("" none) */
 };
 
 /* relay_ctl_member_done - a step of add/promote/remove finished. */
@@ -349,8 +394,9 @@ static void relay_ctl_member_done(void *arg, int status)
                                 ? "another membership change is in progress; try again"
                                 : hamr_strerror(status));
     } else {
-        char text[128];
-        snprintf(text, sizeof(text), "%s %" PRIu64 ": done", m->verb, m->id);
+        char text[512];
+        snprintf(text, sizeof(text), "%s %" PRIu64 ": done%s%s", m->verb, m->id,
+                 m->warning[0] != '\0' ? "; warning: " : "", m->warning);
         log_info("membership node=%" PRIu64 " %s done", m->id, m->verb);
         Hamr__ControlResponse resp = HAMR__CONTROL_RESPONSE__INIT;
         resp.message = text;
@@ -359,17 +405,49 @@ static void relay_ctl_member_done(void *arg, int status)
     free(m);
 }
 
-/* relay_ctl_membership - hamrctl add ID ADDR / promote ID / remove ID. */
+/*
+ * relay_ctl_add_options - add's options after ID ADDR: "--zone Z" (the new
+ * node's [node] zone) and "--force". False after replying with the error.
+ */
+static bool relay_ctl_add_options(struct control_call *call,
+                                  const Hamr__ControlRequest *req,
+                                  const char **zone,
+                                  bool *force)
+{
+    *zone = NULL;
+    *force = false;
+    for (size_t i = 2; i < req->n_args; i++) {
+        const char *a = req->args[i];
+        if (strcmp(a, "--force") == 0) {
+            *force = true;
+        } else if (strcmp(a, "--zone") == 0 && i + 1 < req->n_args &&
+                   zone_name_ok(req->args[i + 1])) {
+            *zone = req->args[++i];
+        } else {
+            control_reply_error(call, HAMR_EINVAL,
+                                "usage: add ID ADDR [--zone ZONE] [--force] (bad \"%.64s\")", a);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* relay_ctl_membership - hamrctl add ID ADDR [--zone Z] [--force] / promote ID / remove ID. */
 static void relay_ctl_membership(struct relay *r,
                                  struct control_call *call,
                                  const Hamr__ControlRequest *req)
 {
     const char *v = req->verb;
     bool add = strcmp(v, "add") == 0;
-    if (req->n_args != (add ? 2u : 1u)) {
-        control_reply_error(call, HAMR_EINVAL, "usage: %s ID%s", v, add ? " ADDR" : "");
+    if (add ? req->n_args < 2u || req->n_args > 5u : req->n_args != 1u) {
+        control_reply_error(call, HAMR_EINVAL, "usage: %s ID%s", v,
+                            add ? " ADDR [--zone ZONE] [--force]" : "");
         return;
     }
+    const char *zone = NULL;
+    bool force = false;
+    if (add && !relay_ctl_add_options(call, req, &zone, &force))
+        return;
     uint64_t id;
     if (!relay_ctl_node_id(call, v, req->args[0], &id))
         return;
@@ -401,6 +479,19 @@ static void relay_ctl_membership(struct relay *r,
                                 req->args[1]);
             return;
         }
+        /* Zones: no single zone may hold a majority of the voters (unless forced). */
+        if (relay_ctl_add_zones(r, id, zone, force, m->warning, sizeof(m->warning)) != 0) {
+            control_reply_error(call, HAMR_EPERM,
+                                "add %" PRIu64
+                                ": refused: %s; spread the voters over more zones, "
+                                "or add --force to add it anyway",
+                                id, m->warning);
+            free(m);
+            return;
+        }
+        if (m->warning[0] != '\0')
+            log_warn("membership node=%" PRIu64 " adding despite zones (--force): %s", id,
+                     m->warning);
         rv = consensus_add(r->cons, id, m->address, relay_ctl_member_done, m);
     } else if (strcmp(v, "promote") == 0) {
         rv = consensus_assign(r->cons, id, CONSENSUS_ROLE_VOTER, relay_ctl_member_done, m);

@@ -338,8 +338,14 @@ static inline bool queue_dheap_less(const struct queue_dnode *a, const struct qu
 
 /* queue_node.c: the node directory */
 
-/* queue_node_put - insert or replace the entry of ni->node_id, keeping the order. */
-int queue_node_put(struct queue *q, const Hamr__NodeInfo *ni, uint64_t ts);
+/*
+ * queue_node_put - insert or replace the entry of ni->node_id, keeping the
+ * order. level is the cluster level the entry is read at: below
+ * QUEUE_LEVEL_SPREAD ni->zone is ignored (not even checked), as a build of
+ * an older format does; from it on a zone that is not "" or a zone name is
+ * HAMR_EINVAL.
+ */
+int queue_node_put(struct queue *q, const Hamr__NodeInfo *ni, uint32_t level, uint64_t ts);
 
 /* queue_sts.c: the MTA-STS policy cache */
 

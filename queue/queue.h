@@ -44,6 +44,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/zone.h"
+
 #define QUEUE_ID_MAX 64
 #define QUEUE_SHA256_LEN 32
 #define QUEUE_DONE_TTL_MS (24ull * 3600 * 1000)
@@ -465,6 +467,12 @@ struct queue_node {
     char version[32];
     uint32_t format_version_max;
     bool draining; /* hamrctl drain, as the node last published it */
+    /*
+     * [node] zone as the node published it, "" for none. Kept only from
+     * QUEUE_LEVEL_SPREAD on: below it apply ignores NodeInfo.zone, as an
+     * older build does, so the digest agrees across a rolling upgrade.
+     */
+    char zone[ZONE_NAME_MAX];
 };
 
 /* queue_node_find - the directory entry of node_id, or NULL. Borrowed until the next apply. */

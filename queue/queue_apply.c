@@ -836,13 +836,16 @@ static int queue_apply_admin(struct queue *q,
  * NodeInfo and ClusterLevel (the directory itself is in queue_node.c)
  * ------------------------------------------------------------------------ */
 
-/* queue_apply_node_info - a NodeInfo entry; a bad one is refused, not fatal. */
+/*
+ * queue_apply_node_info - a NodeInfo entry; a bad one is refused, not fatal.
+ * Its zone counts only from QUEUE_LEVEL_SPREAD on (queue_node_put).
+ */
 static int queue_apply_node_info(struct queue *q,
                                  const Hamr__NodeInfo *ni,
                                  uint64_t ts,
                                  struct queue_apply_result *res)
 {
-    res->status = queue_node_put(q, ni, ts);
+    res->status = queue_node_put(q, ni, q->cluster_level, ts);
     return 0;
 }
 

@@ -247,6 +247,7 @@ int queue_entry_node_info(const struct queue_entry_node_info_args *a,
     ni.version = queue_entry_text(a->version);
     ni.format_version_max = a->format_version_max;
     ni.draining = a->draining;
+    ni.zone = queue_entry_text(a->zone);
     Hamr__Entry e = HAMR__ENTRY__INIT;
     e.cmd_case = HAMR__ENTRY__CMD_NODE_INFO;
     e.node_info = &ni;

@@ -177,6 +177,7 @@ struct queue_entry_node_info_args {
     const char *version;
     uint32_t format_version_max;
     bool draining;
+    const char *zone; /* [node] zone; NULL or "" for none (format 6, NodeInfo.zone) */
 };
 
 /* queue_entry_node_info - a NodeInfo entry. */

@@ -1,6 +1,7 @@
 /*
  * queue_node.c - the replicated node directory (NodeInfo entries: where each
- * node listens, which version it runs, whether it drains) and the cluster
+ * node listens, which version it runs, whether it drains, its zone from
+ * cluster level 6) and the cluster
  * feature level (ClusterLevel entries), as specified in queue.h. Applying
  * the entries is in queue_apply.c; this file keeps the directory and
  * answers about it.
@@ -12,6 +13,7 @@
 
 #include "util/common.h"
 #include "util/err.h"
+#include "util/zone.h"
 #include "queue/internal.h"
 #include "queue/queue.h"
 
@@ -28,11 +30,15 @@ static bool queue_node_text_ok(const char *s, size_t max)
 }
 
 /* queue_node_put - insert or replace the entry of ni->node_id, keeping the order. */
-int queue_node_put(struct queue *q, const Hamr__NodeInfo *ni, uint64_t ts)
+int queue_node_put(struct queue *q, const Hamr__NodeInfo *ni, uint32_t level, uint64_t ts)
 {
     if (ni == NULL || ni->node_id == 0 || !queue_node_text_ok(ni->peer_address, QUEUE_ADDR_MAX) ||
         !queue_node_text_ok(ni->control_address, QUEUE_ADDR_MAX) ||
         !queue_node_text_ok(ni->version, sizeof(q->nodes[0].version)))
+        return HAMR_EINVAL;
+    /* Format 6: an older build neither keeps nor checks the field. */
+    const char *zone = level >= QUEUE_LEVEL_SPREAD && ni->zone != NULL ? ni->zone : "";
+    if (zone[0] != '\0' && !zone_name_ok(zone))
         return HAMR_EINVAL;
     size_t i = 0;
     while (i < q->n_nodes && q->nodes[i].node_id < ni->node_id)
@@ -51,6 +57,7 @@ int queue_node_put(struct queue *q, const Hamr__NodeInfo *ni, uint64_t ts)
     hamr_strlcpy(n->version, ni->version, sizeof(n->version));
     n->format_version_max = ni->format_version_max;
     n->draining = ni->draining;
+    hamr_strlcpy(n->zone, zone, sizeof(n->zone));
     return 0;
 }
 

@@ -321,6 +321,7 @@ static int queue_snap_build(const struct queue *q, bool with_bodies, struct queu
             s->ni[i].version = (char *)n->version;
             s->ni[i].format_version_max = n->format_version_max;
             s->ni[i].draining = n->draining;
+            s->ni[i].zone = (char *)n->zone;
             s->nip[i] = &s->ni[i];
         }
         s->snap.n_nodes = q->n_nodes;
@@ -497,7 +498,8 @@ static int queue_restore_into(struct queue *n, const struct queue *old, const Ha
         queue_done_link(n, rec);
     }
     for (size_t i = 0; i < s->n_nodes; i++) {
-        if (queue_node_put(n, s->nodes[i], s->last_timestamp_ms) != 0)
+        /* At the snapshot's level: a zone below QUEUE_LEVEL_SPREAD is ignored. */
+        if (queue_node_put(n, s->nodes[i], s->cluster_level, s->last_timestamp_ms) != 0)
             return HAMR_ECORRUPT;
     }
     /*

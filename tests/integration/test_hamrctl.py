@@ -26,8 +26,8 @@ recipient; it is let through by starting the sink again on the same port. Every 
   f  bounce: exactly one DSN to the sender, nothing to the recipients
   g  transfer N through a follower (hamrctl follows the redirect); bad ids
   h  add/promote/remove bad input leaves the membership alone
-  i  a 4th node started with join = yes is added (4 voters, takes mail)
-     and removed again (3 voters)
+  i  a 4th node started with join = yes (zone dc3, given to add as --zone)
+     is added (4 voters, takes mail) and removed again (3 voters)
   j  drain/undrain (also sent to another node with the ID): 421 4.3.2 to new
      sessions, /health/ready 503, status
   k  unreachable node, unknown verb, -s naming a missing socket, -a not HOST:PORT,
@@ -35,6 +35,9 @@ recipient; it is let through by starting the sink again on the same port. Every 
   l  25 queued messages paged with --limit 10 on a follower: 3 pages (10, 10,
      5), every id once and in the order they were accepted; the text names
      the next page's command, JSON its next_after; status counts them
+  m  zones ([node] zone dc1, dc1, dc2): status shows each member's zone, this
+     node's, and the voters per zone with the majority warning; add --zone dc1
+     (dc1 would hold 3 of 4 voters) is refused and leaves the membership alone
 
 Security: hamrctl output and node replies are untrusted text; they are only
 compared and printed with repr().
@@ -91,12 +94,17 @@ class HamrctlTest(cluster.ClusterTestCase):
             raise unittest.SkipTest("this hamrd has no follower forwarding ([listen] peer)")
         cls.http = harness.config_key_supported("listen", "http",
                                                 "127.0.0.1:%d" % harness.free_port())
+        cls.zones = {1: "dc1", 2: "dc1", 3: "dc2"}
+        if not harness.config_key_supported("node", "zone", "dc1"):
+            cls.zones = None
         for node in c.nodes:
             # Each node its own overrides (the Cluster shares one dict) with its own HTTP port.
             node.overrides = copy.deepcopy(node.overrides)
             if cls.http:
                 node.http_port = harness.free_port()
                 node.overrides.setdefault("listen", {})["http"] = "127.0.0.1:%d" % node.http_port
+            if cls.zones:
+                node.overrides.setdefault("node", {})["zone"] = cls.zones[node.id]
             node.write_config()
         return c
 
@@ -552,6 +560,11 @@ class HamrctlTest(cluster.ClusterTestCase):
         overrides.setdefault("cluster", {}).update(voters=None, join="yes")
         if self.http:
             overrides["listen"]["http"] = "127.0.0.1:%d" % harness.free_port()
+        # A zone of its own (given to add too): dc1 keeps 2 of the 4 voters, no majority.
+        zone = []
+        if self.zones:
+            overrides["node"]["zone"] = "dc3"
+            zone = ["--zone", "dc3"]
         n4 = self.env.node(node_id=4, peer=True, relayhost_port=c.sink.port, overrides=overrides)
         self.assertNotIn("voters", n4.config_sections()["cluster"])
         n4.start(wait=False)
@@ -563,14 +576,15 @@ class HamrctlTest(cluster.ClusterTestCase):
         wait_for(answers, 30, "node4 to answer hamrctl")
         follower = self.follower()
         res = self.ctl(follower, "--timeout", "60", "add", "4", "127.0.0.1:%d" % n4.raft_port,
-                       timeout=90)
+                       *zone, timeout=90)
         self.assertCtl(res, 0, stdout=r"^add 4: done\n$")
         four = {1: "voter", 2: "voter", 3: "voter", 4: "voter"}
         for node in c.nodes + [n4]:
             wait_for(lambda n=node: self.members(n) == four, 30, "4 voters on %s" % node.name,
                      interval=0.2)
         res = self.ctl(follower, "status")
-        self.assertCtl(res, 0, stdout=r"(?m)^\s+4 127\.0\.0\.1:%d voter$" % n4.raft_port)
+        self.assertCtl(res, 0, stdout=r"(?m)^\s+4 127\.0\.0\.1:%d voter( zone dc3)?$"
+                       % n4.raft_port)
         res = self.ctl(follower, "add", "4", "127.0.0.1:%d" % n4.raft_port)
         self.assertCtl(res, 1, stderr=r"^hamrctl: add 4: ")
         # Node 4 takes mail (it forwards to the leader) and it is delivered once.
@@ -590,6 +604,36 @@ class HamrctlTest(cluster.ClusterTestCase):
         rc = n4.stop()
         self.assertEqual(rc, 0, "node4 exited with %s on SIGTERM after its removal" % rc)
         c.probe(c.wait_leader(30), timeout=15)
+
+    def member_zones(self, node):
+        """member_zones - {id: zone} of node's status ("" for none)."""
+        return {int(field(m, "id")): field(m, "zone", "") or ""
+                for m in field(node.status(), "members") or []}
+
+    def test_m_zones(self):
+        if not self.zones:
+            self.skipTest("this hamrd has no [node] zone")
+        c = self.cluster
+        # Zones are kept from cluster level 6 on; each node publishes its own again then.
+        self.wait_everywhere(lambda n: self.member_zones(n) == self.zones, "every zone known",
+                             timeout=30)
+        node = c.node(1)
+        self.assertEqual(field(node.status(), "zone"), "dc1")
+        res = self.ctl(node, "status")
+        self.assertCtl(res, 0, stdout=r"(?m)^zone:        dc1$")
+        self.assertCtl(res, 0, stdout=r"(?m)^\s+3 127\.0\.0\.1:%d voter.* zone dc2$"
+                       % c.node(3).raft_port)
+        self.assertCtl(res, 0, stdout=r"(?m)^zones:       dc1 2, dc2 1 \(voters\); warning: "
+                       r"zone dc1 holds 2 of 3 voters, losing it loses quorum$")
+        # A fourth voter in dc1 would give dc1 3 of 4: refused, nothing changes.
+        three = {1: "voter", 2: "voter", 3: "voter"}
+        port = harness.free_port()
+        res = self.ctl(self.follower(), "add", "5", "127.0.0.1:%d" % port, "--zone", "dc1")
+        self.assertCtl(res, 1, stderr=r"^hamrctl: add 5: refused: zone dc1 would hold 3 of the "
+                       r"4 voters \(zones: dc1 3, dc2 1\): losing that zone would lose the "
+                       r"quorum; .*--force")
+        for n in c.nodes:
+            self.assertEqual(self.members(n), three, n.name)
 
     def member_draining(self, asked, node_id):
         """member_draining - node_id's draining flag in asked's status, None if not listed."""

@@ -50,11 +50,13 @@ static void control_fake_status(struct control_call *call)
     Hamr__MemberStatus m[3];
     Hamr__MemberStatus *mp[3];
     static const char *const addrs[] = {"127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"};
+    static const char *const zones[] = {"dc1", "dc1", "dc2"};
     for (int i = 0; i < 3; i++) {
         hamr__member_status__init(&m[i]);
         m[i].id = (uint64_t)i + 1;
         m[i].address = (char *)addrs[i];
         m[i].role = "voter";
+        m[i].zone = (char *)zones[i];
         mp[i] = &m[i];
     }
     Hamr__NodeStatus st = HAMR__NODE_STATUS__INIT;
@@ -62,6 +64,7 @@ static void control_fake_status(struct control_call *call)
     st.state = "leader";
     st.leader_id = 1;
     st.leader_address = "127.0.0.1:7001";
+    st.zone = "dc1";
     st.term = 7;
     st.commit_index = 120;
     st.applied_index = 119;

@@ -49,6 +49,9 @@ expect "bad node id" 2 'hamrctl: not a node id: "0"' "" -- promote 0
 expect "bad add address" 2 'hamrctl: not an IPV4:PORT or [IPV6]:PORT address: "node4"' "" -- add 4 node4
 expect "add ipv6 unbracketed" 2 'hamrctl: not an IPV4:PORT or [IPV6]:PORT address: "::1:7004"' "" -- add 4 ::1:7004
 expect "add ipv4 bracketed" 2 'hamrctl: not an IPV4:PORT or [IPV6]:PORT address: "[127.0.0.1]:7004"' "" -- add 4 '[127.0.0.1]:7004'
+expect "add bad zone" 2 "hamrctl: --zone: not 1 to 63 letters, digits, '.', '_' or '-': \"dc/1\"" "" -- add 4 127.0.0.1:7004 --zone dc/1
+expect "add zone without value" 2 "usage: hamrctl [options] add NODE IP:PORT [--zone ZONE] [--force]" "" -- add 4 127.0.0.1:7004 --zone
+expect "add unknown option" 2 "usage: hamrctl [options] add NODE IP:PORT [--zone ZONE] [--force]" "" -- add 4 127.0.0.1:7004 --forse
 expect "bad queue filter" 2 'hamrctl: unknown queue filter "--color"' "" -- queue --color red
 expect "bad state filter" 2 'hamrctl: --state: bad value "sleeping"' "" -- queue --state sleeping
 expect "bad duration filter" 2 'hamrctl: --older-than: bad value "1 week"' "" -- queue --older-than "1 week"
@@ -95,6 +98,11 @@ S=(-s "127.0.0.1:$port")
 
 expect "status" 0 "" "node:        1 (leader)" -- "${S[@]}" status
 expect "status members" 0 "" "             3 127.0.0.1:7003 voter" -- "${S[@]}" status
+expect "status member zone" 0 "" "             3 127.0.0.1:7003 voter zone dc2" -- "${S[@]}" status
+expect "status zone" 0 "" "zone:        dc1" -- "${S[@]}" status
+expect "status zones" 0 "" \
+    "zones:       dc1 2, dc2 1 (voters); warning: zone dc1 holds 2 of 3 voters, losing it loses quorum" \
+    -- "${S[@]}" status
 expect "status queue" 0 "" "queue:       2 messages (0 held), 3 recipients pending, 0 leased, 4.0 KiB" \
     -- "${S[@]}" status
 expect "status plaintext" 0 "" "cluster tls: off (plaintext)" -- "${S[@]}" status
@@ -118,6 +126,8 @@ expect "hold" 0 "" "hold ok Q1AAAA" -- "${S[@]}" hold Q1AAAA
 expect "flush all" 0 "" "flush ok" -- "${S[@]}" flush
 expect "add" 0 "" "add ok 4 127.0.0.1:7004" -- "${S[@]}" add 4 127.0.0.1:7004
 expect "add ipv6" 0 "" "add ok 5 [2001:db8::5]:7005" -- "${S[@]}" add 5 '[2001:db8::5]:7005'
+expect "add zone force" 0 "" "add ok 4 127.0.0.1:7004 --zone dc3 --force" \
+    -- "${S[@]}" add 4 127.0.0.1:7004 --zone dc3 --force
 expect "error answer" 1 "hamrctl: no such message: MISSING" "" -- "${S[@]}" delete MISSING
 expect "version" 0 "" "hamrctl " -- "${S[@]}" version
 printf '[node]\nid = 1\ndata_dir = /tmp\n[cluster_tls]\nplaintext = yes\n[listen]\nraft = 127.0.0.1:7001\ncontrol = 0.0.0.0:%s\ncontrol_socket =\n' \

@@ -257,6 +257,7 @@ static void test_defaults(void **state)
         assert_string_equal(cfg->hostname, host);
     assert_int_equal(cfg->log_level, LOG_LEVEL_INFO);
     assert_string_equal(cfg->user, "");
+    assert_string_equal(cfg->zone, "");
     assert_string_equal(cfg->listen_smtp.host, "127.0.0.1");
     assert_int_equal(cfg->listen_smtp.port, 2525);
     assert_string_equal(cfg->listen_control.host, "127.0.0.1");
@@ -344,6 +345,7 @@ static const char test_full[] =
     "hostname = mx2.example.net\n"
     "log_level = debug\n"
     "user = hamr\n"
+    "zone = eu-west.rack_7\n"
     "\n"
     "[listen]\n"
     "smtp = [::1]:25\n"
@@ -443,6 +445,7 @@ static void test_every_key(void **state)
     assert_string_equal(cfg->hostname, "mx2.example.net");
     assert_int_equal(cfg->log_level, LOG_LEVEL_DEBUG);
     assert_string_equal(cfg->user, "hamr");
+    assert_string_equal(cfg->zone, "eu-west.rack_7");
     assert_string_equal(cfg->listen_smtp.host, "::1");
     assert_int_equal(cfg->listen_smtp.port, 25);
     assert_string_equal(cfg->listen_raft.host, "10.0.0.2");
@@ -672,6 +675,15 @@ static const struct test_bad test_bad_files[] = {
     {"long user",
      "[node]\nuser = aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n",
      HAMR_EINVAL, ":2: user: longer than 63 characters"},
+    {"bad zone", BASE "[node]\nzone = dc 1\n", HAMR_EINVAL,
+     ":9: zone: not 1 to 63 letters, digits, '.', '_' or '-': \"dc 1\""},
+    {"zone with a slash", "[node]\nzone = eu/west\n", HAMR_EINVAL,
+     ":2: zone: not 1 to 63 letters, digits, '.', '_' or '-': \"eu/west\""},
+    {"long zone",
+     "[node]\nzone = aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n",
+     HAMR_EINVAL,
+     ":2: zone: not 1 to 63 letters, digits, '.', '_' or '-': "
+     "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\""},
     {"bad hostport", BASE "[listen]\nsmtp = 127.0.0.1\n", HAMR_EINVAL,
      ":9: smtp: not host:port: \"127.0.0.1\""},
     {"bad relayhost", BASE "[delivery]\nrelayhost = [mx]:0\n", HAMR_EINVAL,

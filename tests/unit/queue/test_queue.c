@@ -25,6 +25,7 @@
 #include "proto/proto_frame.h"
 #include "queue/internal.h"
 #include "queue/queue.h"
+#include "queue/queue_entry.h"
 #include "queue_fixture.h"
 
 #define T0 1700000000000ull
@@ -2490,6 +2491,113 @@ static void test_cluster_level_snapshot(void **state)
     queue_free(q);
 }
 
+/* zone_apply - apply a NodeInfo of node 2 with zone (packed by queue_entry_node_info). */
+static struct queue_apply_result zone_apply(struct queue *q, uint64_t ts, const char *zone)
+{
+    const struct queue_entry_node_info_args a = {
+        .node_id = 2,
+        .peer_address = "10.0.0.2:7201",
+        .control_address = "10.0.0.2:7101",
+        .version = "hamr 0.1.0",
+        .format_version_max = QUEUE_LEVEL_SPREAD,
+        .zone = zone,
+    };
+    uint8_t *b;
+    size_t len;
+    assert_int_equal(queue_entry_node_info(&a, ts, malloc, &b, &len), 0);
+    return fx_apply(q, b, len);
+}
+
+/*
+ * NodeInfo.zone is ignored below QUEUE_LEVEL_SPREAD (state and digest those
+ * of a build without the field), kept and checked from it on, and carried
+ * by snapshots; a snapshot below the level has its zones ignored.
+ */
+static void test_node_zone(void **state)
+{
+    (void)state;
+    struct queue *q = queue_new(), *ref = queue_new();
+    assert_non_null(q);
+    assert_non_null(ref);
+    queue_set_format_max(q, QUEUE_LEVEL_SPREAD);
+    queue_set_format_max(ref, QUEUE_LEVEL_SPREAD);
+    char d1[65], d2[65];
+
+    /* Below the level: neither kept nor checked; the digest is that without a zone. */
+    assert_int_equal(fx_level(q, T0, QUEUE_LEVEL_SPREAD - 1).status, 0);
+    assert_int_equal(fx_level(ref, T0, QUEUE_LEVEL_SPREAD - 1).status, 0);
+    assert_int_equal(zone_apply(q, T0 + 1, "dc1").status, 0);
+    assert_int_equal(zone_apply(ref, T0 + 1, NULL).status, 0);
+    assert_string_equal(queue_node_find(q, 2)->zone, "");
+    digest_of(q, d1);
+    digest_of(ref, d2);
+    assert_string_equal(d1, d2);
+    assert_int_equal(zone_apply(q, T0 + 2, "not a zone").status, 0);
+    assert_int_equal(zone_apply(ref, T0 + 2, NULL).status, 0);
+    digest_of(q, d1);
+    digest_of(ref, d2);
+    assert_string_equal(d1, d2);
+
+    /* From the level on: kept, part of the digest, and a bad one is refused. */
+    assert_int_equal(fx_level(q, T0 + 3, QUEUE_LEVEL_SPREAD).status, 0);
+    assert_int_equal(fx_level(ref, T0 + 3, QUEUE_LEVEL_SPREAD).status, 0);
+    assert_int_equal(zone_apply(q, T0 + 4, "dc1").status, 0);
+    assert_int_equal(zone_apply(ref, T0 + 4, NULL).status, 0);
+    assert_string_equal(queue_node_find(q, 2)->zone, "dc1");
+    assert_string_equal(queue_node_find(ref, 2)->zone, "");
+    digest_of(q, d1);
+    digest_of(ref, d2);
+    assert_string_not_equal(d1, d2);
+    assert_int_equal(zone_apply(q, T0 + 5, "dc/1").status, HAMR_EINVAL);
+    assert_string_equal(queue_node_find(q, 2)->zone, "dc1");
+
+    /* Snapshot round trip keeps it, and the digest. */
+    struct queue *r = fx_snapshot_roundtrip(q);
+    assert_string_equal(queue_node_find(r, 2)->zone, "dc1");
+    digest_of(q, d1);
+    digest_of(r, d2);
+    assert_string_equal(d1, d2);
+    queue_free(r);
+
+    /* A snapshot below the level: its zones are ignored (not refused). */
+    Hamr__NodeInfo ni = HAMR__NODE_INFO__INIT;
+    ni.node_id = 3;
+    ni.peer_address = "10.0.0.3:7201";
+    ni.control_address = "10.0.0.3:7101";
+    ni.version = "hamr 0.1.0";
+    ni.zone = "dc2";
+    Hamr__NodeInfo *nip[] = {&ni};
+    Hamr__Snapshot s = HAMR__SNAPSHOT__INIT;
+    s.applied = 7;
+    s.last_timestamp_ms = T0;
+    s.cluster_level = QUEUE_LEVEL_SPREAD - 1;
+    s.n_nodes = 1;
+    s.nodes = nip;
+    uint8_t *snap;
+    size_t len;
+    assert_int_equal(proto_snapshot_pack(&s, NULL, &snap, &len), 0);
+    r = queue_new();
+    assert_non_null(r);
+    queue_set_format_max(r, QUEUE_LEVEL_SPREAD);
+    assert_int_equal(queue_restore(r, snap, len), 0);
+    free(snap);
+    assert_string_equal(queue_node_find(r, 3)->zone, "");
+    queue_free(r);
+    /* At the level a bad zone makes the snapshot corrupt. */
+    s.cluster_level = QUEUE_LEVEL_SPREAD;
+    ni.zone = "dc 2";
+    assert_int_equal(proto_snapshot_pack(&s, NULL, &snap, &len), 0);
+    r = queue_new();
+    assert_non_null(r);
+    queue_set_format_max(r, QUEUE_LEVEL_SPREAD);
+    assert_int_equal(queue_restore(r, snap, len), HAMR_ECORRUPT);
+    free(snap);
+    queue_free(r);
+
+    queue_free(ref);
+    queue_free(q);
+}
+
 /* level_snapshot - a hand-made snapshot without messages, its cluster_level field as given. */
 static uint8_t *level_snapshot(uint32_t level, size_t *len)
 {
@@ -2906,6 +3014,7 @@ int main(void)
         cmocka_unit_test(test_cluster_level_sequence),
         cmocka_unit_test(test_cluster_level_snapshot),
         cmocka_unit_test(test_cluster_level_old_snapshot),
+        cmocka_unit_test(test_node_zone),
         cmocka_unit_test_setup_teardown(test_cluster_level_possible, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tls_outcome_fields, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tls_text_bounded, setup, teardown),
