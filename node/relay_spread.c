@@ -424,7 +424,9 @@ static void relay_spread_sample(struct relay *r, uint64_t now)
     if (voters == 0)
         return;
     uint64_t stepped = cluster_clock_sample(&r->spread.clock, now, walls, n, voters);
-    if (stepped > 0)
+    if (stepped > 0 && queue_last_timestamp(r->queue) == 0)
+        log_info("cluster clock set from the voters' wall clocks (a new cluster)");
+    else if (stepped > 0)
         log_warn("cluster clock stepped forward by %" PRIu64 " ms to the voters' median", stepped);
 }
 
