@@ -423,10 +423,14 @@ static void relay_spread_sample(struct relay *r, uint64_t now)
     }
     if (voters == 0)
         return;
+    /* Led since before the log was replayed (or the level reached 6): start
+     * again from the newest time in the log, never backwards. */
+    uint64_t floor = queue_last_timestamp(r->queue);
+    if (!cluster_clock_synced(&r->spread.clock) &&
+        cluster_clock_now(&r->spread.clock, now, 0) < floor)
+        cluster_clock_lead(&r->spread.clock, now, floor);
     uint64_t stepped = cluster_clock_sample(&r->spread.clock, now, walls, n, voters);
-    if (stepped > 0 && queue_last_timestamp(r->queue) == 0)
-        log_info("cluster clock set from the voters' wall clocks (a new cluster)");
-    else if (stepped > 0)
+    if (stepped > 0)
         log_warn("cluster clock stepped forward by %" PRIu64 " ms to the voters' median", stepped);
 }
 
