@@ -498,6 +498,7 @@ static void relay_delivery_done(void *arg, const struct smtpc_result *res)
         .remote = res->remote,
         .delay_warning_ms =
             queue_cluster_level(r->queue) >= QUEUE_LEVEL_EXT ? r->cfg->delay_warning_ms : 0,
+        .node_id = r->cfg->node_id,
     };
     /* An Outcome is a no-op when applied twice (the lease no longer matches),
      * so through a leader change it is simply proposed again, for as long as

@@ -15,7 +15,8 @@
  *              the entry's timestamp) become LEASED under item.lease_id for
  *              node_id until expires_at_ms. Others in the item are left alone.
  *   Outcome  - per recipient: applied only if the recipient is LEASED under
- *              outcome.lease_id (fencing); lease_id 0 applies to PENDING ones
+ *              outcome.lease_id (fencing) and, from QUEUE_LEVEL_SPREAD, by
+ *              outcome.node_id (the holder); lease_id 0 applies to PENDING ones
  *              (expiry). DELIVERED/BOUNCED/EXPIRED are final; DEFERRED goes
  *              back to PENDING with attempts+1 and next_attempt_ms.
  *              BOUNCED/EXPIRED recipients of one Outcome produce exactly one

@@ -425,12 +425,20 @@ static int queue_apply_lease_renew(struct queue *q,
 
 /*
  * queue_outcome_applies - fencing: a result counts only for a recipient
- * leased under the outcome's lease_id. lease_id 0 (expiry, no route) counts
+ * leased under the outcome's lease_id (from QUEUE_LEVEL_SPREAD: and held by
+ * the outcome's node_id, so only the holder reports). lease_id 0 (expiry, no route) counts
  * for a recipient nobody holds: PENDING, or LEASED under a lease that has
  * lapsed at ts, which is what the scheduler reports as due.
  */
-static bool queue_outcome_applies(const struct queue_rcpt *r, uint64_t lease_id, uint64_t ts)
+static bool queue_outcome_applies(const struct queue *q,
+                                  const struct queue_rcpt *r,
+                                  const Hamr__Outcome *o,
+                                  uint64_t ts)
 {
+    uint64_t lease_id = o->lease_id;
+    /* From QUEUE_LEVEL_SPREAD any node holds leases: only its holder reports. */
+    if (lease_id != 0 && q->cluster_level >= QUEUE_LEVEL_SPREAD && r->lease_node != o->node_id)
+        return false;
     if (lease_id != 0)
         return r->state == QUEUE_RCPT_LEASED && r->lease_id == lease_id;
     return r->state == QUEUE_RCPT_PENDING ||
@@ -556,7 +564,7 @@ static int queue_outcome_prepare(struct queue *q,
     for (size_t i = 0; i < n; i++) {
         const Hamr__RcptResult *r = o->results[i];
         const struct queue_rcpt *rc = &m->rcpts[r->rcpt_index];
-        p->applies[i] = queue_outcome_applies(rc, o->lease_id, ts);
+        p->applies[i] = queue_outcome_applies(q, rc, o, ts);
         if (!p->applies[i])
             continue;
         if (r->status != HAMR__RCPT_RESULT__STATUS__DELIVERED) {

@@ -202,6 +202,7 @@ int queue_entry_outcome(const struct queue_entry_outcome_args *a,
         oc.dsn_expires_at_ms = a->dsn_expires_at_ms;
         oc.remote = queue_entry_text(a->remote);
         oc.delay_warning_ms = a->delay_warning_ms;
+        oc.node_id = a->node_id;
         Hamr__Entry e = HAMR__ENTRY__INIT;
         e.cmd_case = HAMR__ENTRY__CMD_OUTCOME;
         e.outcome = &oc;

@@ -138,6 +138,7 @@ struct queue_entry_outcome_args {
     uint64_t dsn_expires_at_ms;
     const char *remote;        /* the next hop that answered, or NULL */
     uint64_t delay_warning_ms; /* format 5: a delay notice is owed past this age; 0 none */
+    uint64_t node_id;          /* format 6: the node that ran the attempt (the lease's holder) */
 };
 
 /* queue_entry_outcome - an Outcome entry. */

@@ -205,6 +205,7 @@ uint8_t *fx_pack_outcome(uint64_t ts, const struct fx_outcome *s, size_t *len)
     o.dsn_expires_at_ms = s->dsn_expires ? s->dsn_expires : ts + FX_DSN_TTL;
     o.remote = (char *)(s->remote ? s->remote : "");
     o.delay_warning_ms = s->delay_warning_ms;
+    o.node_id = s->node;
     e.cmd_case = HAMR__ENTRY__CMD_OUTCOME;
     e.outcome = &o;
     return fx_pack(&e, ts, len);

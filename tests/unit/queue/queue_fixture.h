@@ -69,6 +69,7 @@ struct fx_outcome {
     uint64_t dsn_expires;
     const char *remote;
     uint64_t delay_warning_ms;
+    uint64_t node; /* format 6: the node that ran the attempt */
 };
 
 /* The default message body used when fx_enq.body is NULL. */

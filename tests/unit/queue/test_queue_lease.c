@@ -195,11 +195,45 @@ static void test_renew_not_holder(void **state)
     assert_int_equal(fx_rcpt(q, "M", 0)->lease_expires_ms, T0 + 31 * SEC);
     /* A delivered recipient is not LEASED any more: the renewal leaves it alone. */
     struct fx_outcome o = {
-        .id = "M", .lease_id = 7, .res = {{.idx = 0, .status = DELIVERED}}, .n = 1};
+        .id = "M", .lease_id = 7, .res = {{.idx = 0, .status = DELIVERED}}, .n = 1, .node = 2};
     fx_outcome(q, T0 + 3 * SEC, &o);
     renew(q, T0 + 4 * SEC, 2, "b2", 7, T0 + HOUR, 1);
     assert_int_equal(fx_rcpt(q, "M", 0)->state, QUEUE_RCPT_DELIVERED);
     assert_int_equal(fx_rcpt(q, "M", 1)->lease_expires_ms, T0 + HOUR);
+    queue_free(q);
+}
+
+/*
+ * test_outcome_only_from_holder - from QUEUE_LEVEL_SPREAD a result under a
+ * lease applies only when the holder reports it; below it, as before.
+ */
+static void test_outcome_only_from_holder(void **state)
+{
+    (void)state;
+    struct queue *q = spread_queue(QUEUE_LEVEL_SPREAD);
+    lease_ab(q, T0 + SEC, 2, "b2", 7);
+    struct fx_outcome o = {
+        .id = "M",
+        .lease_id = 7,
+        .res = {{.idx = 0, .status = DELIVERED}, {.idx = 1, .status = DELIVERED}},
+        .n = 2,
+        .node = 3};
+    fx_outcome(q, T0 + 2 * SEC, &o); /* node 3 does not hold lease 7 */
+    assert_int_equal(fx_rcpt(q, "M", 0)->state, QUEUE_RCPT_LEASED);
+    assert_int_equal(fx_rcpt(q, "M", 1)->state, QUEUE_RCPT_LEASED);
+    o.node = 0; /* nobody named */
+    fx_outcome(q, T0 + 3 * SEC, &o);
+    assert_int_equal(fx_rcpt(q, "M", 0)->state, QUEUE_RCPT_LEASED);
+    o.node = 2;
+    fx_outcome(q, T0 + 4 * SEC, &o);
+    assert_null(queue_find(q, "M")); /* both delivered: the message is done */
+    queue_free(q);
+    /* Below the level the node is not looked at, as an older build does. */
+    q = spread_queue(QUEUE_LEVEL_EXT);
+    lease_ab(q, T0 + SEC, 2, "b2", 7);
+    o.node = 3;
+    fx_outcome(q, T0 + 2 * SEC, &o);
+    assert_null(queue_find(q, "M"));
     queue_free(q);
 }
 
@@ -239,11 +273,13 @@ static void test_hook_granted_renewed(void **state)
                            .lease_id = 5,
                            .res = {{.idx = 0, .status = DEFERRED}, {.idx = 1, .status = DEFERRED}},
                            .n = 2,
-                           .next_ms = T0 + 2 * SEC};
+                           .next_ms = T0 + 2 * SEC,
+                           .node = 3};
     fx_outcome(q, T0 + 2 * SEC, &o);
     lease_ab(q, T0 + 3 * SEC, 2, "b1", 6); /* our node, an older process */
     assert_int_equal(h.granted, 0);
     o.lease_id = 6;
+    o.node = 2;
     fx_outcome(q, T0 + 4 * SEC, &o);
     lease_ab(q, T0 + 5 * SEC, 2, "b2", 7);
     assert_int_equal(h.granted, 1);
@@ -287,9 +323,13 @@ static void test_hook_lapsed(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_renew_extends),        cmocka_unit_test(test_renew_never_shortens),
-        cmocka_unit_test(test_renew_not_holder),     cmocka_unit_test(test_renew_below_level),
-        cmocka_unit_test(test_hook_granted_renewed), cmocka_unit_test(test_hook_lapsed),
+        cmocka_unit_test(test_renew_extends),
+        cmocka_unit_test(test_renew_never_shortens),
+        cmocka_unit_test(test_renew_not_holder),
+        cmocka_unit_test(test_renew_below_level),
+        cmocka_unit_test(test_hook_granted_renewed),
+        cmocka_unit_test(test_hook_lapsed),
+        cmocka_unit_test(test_outcome_only_from_holder),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
