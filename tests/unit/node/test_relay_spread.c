@@ -1,0 +1,196 @@
+/*
+ * test_relay_spread.c - whom the leader gives a delivery (relay_spread.c),
+ * from its member table alone: the node with the most free slots; none to a
+ * node not heard from lately, one that lacks bodies, one that drains, or
+ * one without slots; a destination only to nodes that reach it, and one
+ * probe when every node has it suspended. And the ends a holder counts for
+ * its leases: a grant applied too late to use is dropped, a renewal counts
+ * from when the holder asked.
+ *
+ * The relay is relay_fixture's zeroed struct plus a loop (for uv_now), a
+ * directory over its queue (for the draining flags) and a member table
+ * filled by hand as reports would fill it. Reports, raft and the LeaseRenew
+ * round trip are covered by the integration tests (test_cluster_spread.py).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <uv.h>
+
+#include "util/common.h"
+#include "queue/queue.h"
+#include "queue/queue_entry.h"
+#include "node/directory.h"
+#include "node/relay_internal.h"
+#include "queue_fixture.h"
+#include "relay_fixture.h"
+
+#define DEST "[127.0.0.1]:25"
+#define OTHER "example.net:25"
+
+struct spread_fx {
+    struct relay_fx *fx;
+    uv_loop_t loop;
+};
+
+static int spread_setup(void **state)
+{
+    struct spread_fx *s = calloc(1, sizeof(*s));
+    assert_non_null(s);
+    s->fx = relay_fx_new();
+    assert_int_equal(uv_loop_init(&s->loop), 0);
+    uv_update_time(&s->loop);
+    struct relay *r = &s->fx->r;
+    r->loop = &s->loop;
+    s->fx->cfg.node_id = 1;
+    s->fx->cfg.lease_time_ms = 30000;
+    struct directory_self self = {.node_id = 1, .version = "test"};
+    r->dir = directory_new(&self, NULL, r->queue, NULL);
+    assert_non_null(r->dir);
+    *state = s;
+    return 0;
+}
+
+static int spread_teardown(void **state)
+{
+    struct spread_fx *s = *state;
+    struct relay *r = &s->fx->r;
+    relay_spread_close(r);
+    r->dir = directory_free(r->dir);
+    assert_int_equal(uv_loop_close(&s->loop), 0);
+    relay_fx_free(s->fx);
+    free(s);
+    return 0;
+}
+
+/* member - node id heard now with slots and deliveries running. */
+static struct relay_member *member(struct relay *r, uint64_t id, uint32_t slots, uint32_t running)
+{
+    assert_true(r->spread.n_members < HAMR_ARRAY_LEN(r->spread.members));
+    struct relay_member *mb = &r->spread.members[r->spread.n_members++];
+    memset(mb, 0, sizeof(*mb));
+    mb->id = id;
+    snprintf(mb->boot_id, sizeof(mb->boot_id), "boot%llu", (unsigned long long)id);
+    mb->heard = uv_now(r->loop) != 0 ? uv_now(r->loop) : 1;
+    mb->slots = slots;
+    mb->deliveries = running;
+    return mb;
+}
+
+/* dests - a member's list of next hops (suspended or probing), copied. */
+static char **dests(const char *a, size_t *n)
+{
+    char **v = calloc(1, sizeof(*v));
+    assert_non_null(v);
+    v[0] = strdup(a);
+    assert_non_null(v[0]);
+    *n = 1;
+    return v;
+}
+
+/* holder_id - whom relay_spread_holder gives one delivery to dest (0: nobody). */
+static uint64_t holder_id(struct relay *r, const char *dest)
+{
+    struct relay_member *mb = relay_spread_holder(r, dest);
+    return mb != NULL ? mb->id : 0;
+}
+
+/* test_most_free_slots - each delivery goes to the node with the most free slots. */
+static void test_most_free_slots(void **state)
+{
+    struct spread_fx *s = *state;
+    struct relay *r = &s->fx->r;
+    member(r, 1, 10, 6); /* 4 free */
+    member(r, 2, 10, 0); /* 10 free */
+    member(r, 3, 10, 3); /* 7 free */
+    uint64_t got[4] = {0};
+    for (int i = 0; i < 21; i++)
+        got[holder_id(r, DEST)]++;
+    /* 21 deliveries fill every free slot: 4 + 10 + 7. */
+    assert_int_equal(got[1], 4);
+    assert_int_equal(got[2], 10);
+    assert_int_equal(got[3], 7);
+    assert_int_equal(holder_id(r, DEST), 0); /* no free slot left anywhere */
+    assert_int_equal(r->spread.members[1].leased, 10);
+    /* The first ones went to the emptiest node. */
+    r->spread.members[0].assigned = r->spread.members[1].assigned = 0;
+    r->spread.members[2].assigned = 0;
+    assert_int_equal(holder_id(r, DEST), 2);
+}
+
+/* test_unusable - not heard lately, lacking bodies, draining, no slots: nothing. */
+static void test_unusable(void **state)
+{
+    struct spread_fx *s = *state;
+    struct relay *r = &s->fx->r;
+    uv_sleep(5); /* uv_now must be past RELAY_REPORT_FRESH_MS for the stale member */
+    uv_update_time(r->loop);
+    struct relay_member *stale = member(r, 2, 100, 0);
+    struct relay_member *lacks = member(r, 3, 100, 0);
+    struct relay_member *drains = member(r, 4, 100, 0);
+    struct relay_member *none = member(r, 5, 0, 0);
+    lacks->bodies_missing = 1;
+    stale->heard = uv_now(r->loop) > RELAY_REPORT_FRESH_MS + 1
+                       ? uv_now(r->loop) - RELAY_REPORT_FRESH_MS - 1
+                       : 0; /* 0: never heard */
+    struct queue_entry_node_info_args ni = {.node_id = 4, .version = "test", .draining = true};
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(queue_entry_node_info(&ni, 1000, NULL, &buf, &len), 0);
+    fx_apply(r->queue, buf, len);
+    assert_true(directory_draining(r->dir, 4));
+    (void)none;
+    (void)drains;
+    assert_int_equal(holder_id(r, DEST), 0);
+    assert_int_equal(relay_spread_dest_max(r, DEST), 0);
+    /* This node lacking bodies still delivers what it has (the pick leaves out the rest). */
+    struct relay_member *self = member(r, 1, 1, 0);
+    self->bodies_missing = 7;
+    assert_int_equal(holder_id(r, DEST), 1);
+    assert_int_equal(relay_spread_dest_max(r, DEST), -1);
+}
+
+/* test_suspended_dest - a next hop only to the nodes that reach it; one probe when none does. */
+static void test_suspended_dest(void **state)
+{
+    struct spread_fx *s = *state;
+    struct relay *r = &s->fx->r;
+    struct relay_member *a = member(r, 1, 10, 0);
+    struct relay_member *b = member(r, 2, 100, 0);
+    b->suspended = dests(DEST, &b->n_suspended);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(holder_id(r, DEST), 1); /* node 2 has more slots, but no egress */
+    assert_int_equal(holder_id(r, OTHER), 2);
+    assert_int_equal(relay_spread_dest_max(r, DEST), -1);
+    a->suspended = dests(DEST, &a->n_suspended);
+    assert_int_equal(relay_spread_dest_max(r, DEST), 0);
+    assert_int_equal(holder_id(r, DEST), 0);
+    /* Node 1's suspension is due for its probe: one message, to node 1. */
+    a->probing = a->suspended;
+    a->n_probing = a->n_suspended;
+    a->suspended = NULL;
+    a->n_suspended = 0;
+    assert_int_equal(relay_spread_dest_max(r, DEST), 1);
+    assert_int_equal(holder_id(r, DEST), 1);
+    /* A node that reaches it wins over a probe. */
+    struct relay_member *c = member(r, 3, 1, 0);
+    (void)c;
+    assert_int_equal(relay_spread_dest_max(r, DEST), -1);
+    assert_int_equal(holder_id(r, DEST), 3);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_most_free_slots, spread_setup, spread_teardown),
+        cmocka_unit_test_setup_teardown(test_unusable, spread_setup, spread_teardown),
+        cmocka_unit_test_setup_teardown(test_suspended_dest, spread_setup, spread_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
