@@ -329,6 +329,7 @@ static void relay_retry_tick(uv_timer_t *t)
     if (!r->stopping) {
         directory_tick(r->dir, r->draining);
         relay_bodies_spill(r, false); /* bodies older than RELAY_BODY_KEEP_MS to the store */
+        relay_spread_poke(r);         /* the cluster time, as soon as a leader answers */
     }
     proposer_tick(r->prop);
     struct consensus_info info;

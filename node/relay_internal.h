@@ -336,6 +336,8 @@ void relay_spread_leader(struct relay *r, bool leader);
 void relay_spread_serve(struct relay *r, struct peer_call *call, const Hamr__PeerReport *rep);
 bool relay_spread_ready(struct relay *r);
 bool relay_clock_usable(struct relay *r);
+/* relay_spread_poke - a node that does not know the cluster time yet asks the leader now. */
+void relay_spread_poke(struct relay *r);
 int relay_spread_dest_max(struct relay *r, const char *dest);
 struct relay_member *relay_spread_holder(struct relay *r, const char *dest);
 /* relay_spread_fill_status - the clock and delivery fields of st; dm, dmp: CONSENSUS_MAX_MEMBERS

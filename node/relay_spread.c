@@ -595,18 +595,25 @@ void relay_spread_leader(struct relay *r, bool leader)
 
 /*
  * relay_clock_usable - may this node stamp times now? Below the level
- * always (its wall clock, as before). From it: a leader once it has seen a
- * majority's clocks, any other node once a leader has told it the cluster
- * time; until then it takes no mail (451), so no message gets an expiry
- * from a clock that is off.
+ * always (its wall clock, as before). From it: a leader at once (it starts
+ * from the newest time in the log and what it knew as a follower, never
+ * backwards; only a cluster that restarts as a whole, where nobody knew,
+ * runs on the log's time until the voters' clocks come in a second later),
+ * any other node once a leader has told it the cluster time; until then it
+ * takes no mail (451), so no message gets an expiry from a clock that is
+ * off. relay_spread_poke asks as soon as a leader is known.
  */
 bool relay_clock_usable(struct relay *r)
 {
-    if (!relay_spread_on(r))
-        return true;
-    if (consensus_is_ready(r->cons))
-        return cluster_clock_synced(&r->spread.clock);
-    return cluster_clock_known(&r->spread.clock);
+    return !relay_spread_on(r) || cluster_clock_known(&r->spread.clock);
+}
+
+void relay_spread_poke(struct relay *r)
+{
+    if (r->stopping || !relay_spread_on(r) || cluster_clock_known(&r->spread.clock))
+        return;
+    /* Not yet told the cluster time: ask now rather than at the next tick. */
+    relay_spread_report(r, uv_now(r->loop), false);
 }
 
 bool relay_spread_ready(struct relay *r)
