@@ -470,6 +470,15 @@ $tls_lines
 EOF
 }
 
+# hamr_delivered PORT - hamr_deliveries_total{outcome="delivered"} on the /metrics of the node
+# whose [listen] http is 127.0.0.1:PORT (HAMR_HTTP=1): the deliveries it made since it started
+# (0 if it cannot be asked).
+hamr_delivered() {
+    [ -n "$1" ] || { echo 0; return; }
+    curl -s -m 5 "http://127.0.0.1:$1/metrics" 2>/dev/null |
+        awk '$1 == "hamr_deliveries_total{outcome=\"delivered\"}" { n = $2 } END { printf "%d\n", n }'
+}
+
 # hamr_peer_supported DIR - true if this hamrd takes [listen] peer (followers forward).
 hamr_peer_supported() {
     local ports
