@@ -759,7 +759,8 @@ class Node:
                     give_to_run_user(value)
         env = dict(os.environ, **self.proc_env) if self.proc_env else None
         self.proc = self.env.spawn(self.name,
-                                   self.argv_prefix + [hamrd_path(), "-c", self.conf_path], env=env)
+                                   self.argv_prefix + [hamrd_path(), "-c", self.conf_path],
+                                   env=env)
         if wait:
             self.wait_ready(timeout)
         return self

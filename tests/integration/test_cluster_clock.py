@@ -183,7 +183,10 @@ class ClusterClockTest(cluster.ClusterTestCase):
         """report - what node says of its clock: status JSON, status text, metrics, ready."""
         s = self.cluster.status(node)
         text = self.status_text(node)
-        metrics = node.metrics()
+        try:
+            metrics = node.metrics()
+        except OSError:
+            metrics = ""
         code, body = self.cluster.health(node)
         return {
             "known": bool(field(s, "clock_known", False)),
@@ -263,11 +266,12 @@ class ClusterClockTest(cluster.ClusterTestCase):
 
     def check_stamps(self, tag):
         """check_stamps - the deferred messages of tag are queued on every node with times in
-        the cluster time and tried DEFER_ATTEMPTS times at least, none expired."""
+        the cluster time (checked as soon as they are there), then tried DEFER_ATTEMPTS times
+        at least, none expired."""
         mine = [d for d in self.deferred if d[0].startswith("clock-%s-" % tag)]
         rows = {}
 
-        def tried():
+        def queued(attempts):
             self.cluster.env.check_nodes_alive()
             for node in self.cluster.nodes:
                 entries = {}
@@ -278,12 +282,12 @@ class ClusterClockTest(cluster.ClusterTestCase):
                 for _, rcpt, _, _, _ in mine:
                     if rcpt not in entries:
                         return False
-                    if int(field(entries[rcpt][1], "attempts", 0) or 0) < DEFER_ATTEMPTS:
+                    if int(field(entries[rcpt][1], "attempts", 0) or 0) < attempts:
                         return False
             return True
 
-        wait_for(tried, 30, "the deferred messages of %s tried %d times on every node"
-                 % (tag, DEFER_ATTEMPTS), interval=0.5)
+        wait_for(lambda: queued(0), 30, "the deferred messages of %s queued on every node" % tag,
+                 interval=0.5)
         for node in self.cluster.nodes:
             for tid, rcpt, via, before, after in mine:
                 e, r = rows[node.name][rcpt]
@@ -291,7 +295,6 @@ class ClusterClockTest(cluster.ClusterTestCase):
                 expires = int(field(e, "expires_at_ms", 0) or 0) / 1000.0
                 what = "%s accepted by node%d (clock %+d s), as %s sees it" % (
                     tid, via, self.cluster.node(via).clock_offset, node.name)
-                self.assertEqual(field(r, "state"), "deferred", "%s: %r" % (what, r))
                 self.assertGreaterEqual(received, before - STAMP_TOLERANCE,
                                         "%s: arrival stamped %.1f s before it was sent"
                                         % (what, before - received))
@@ -301,6 +304,15 @@ class ClusterClockTest(cluster.ClusterTestCase):
                 self.assertAlmostEqual(expires - received, QUEUE_LIFETIME, delta=1.0,
                                        msg="%s: expiry %.1f s after arrival" % (
                                            what, expires - received))
+        wait_for(lambda: queued(DEFER_ATTEMPTS), 30, "the deferred messages of %s tried %d "
+                 "times on every node" % (tag, DEFER_ATTEMPTS), interval=0.5)
+        for node in self.cluster.nodes:
+            for tid, rcpt, via, _, _ in mine:
+                r = rows[node.name][rcpt][1]
+                # deferred, or active while a holder tries it again
+                self.assertIn(field(r, "state"), ("deferred", "active"),
+                              "%s accepted by node%d, as %s sees it: %r"
+                              % (tid, via, node.name, r))
         cluster_log("deferred %s: %d messages, arrival and expiry in the cluster time on every "
                     "node, tried %d+ times, none expired" % (tag, len(mine), DEFER_ATTEMPTS))
 
