@@ -470,6 +470,15 @@ $tls_lines
 EOF
 }
 
+# hamr_delivered PORT - hamr_deliveries_total{outcome="delivered"} on the /metrics of the node
+# whose [listen] http is 127.0.0.1:PORT (HAMR_HTTP=1): the deliveries it made since it started
+# (0 if it cannot be asked).
+hamr_delivered() {
+    [ -n "$1" ] || { echo 0; return; }
+    curl -s -m 5 "http://127.0.0.1:$1/metrics" 2>/dev/null |
+        awk '$1 == "hamr_deliveries_total{outcome=\"delivered\"}" { n = $2 } END { printf "%d\n", n }'
+}
+
 # hamr_peer_supported DIR - true if this hamrd takes [listen] peer (followers forward).
 hamr_peer_supported() {
     local ports
@@ -488,6 +497,20 @@ hamr_state() {
         "$PYTHON" -c 'import json, sys
 d = json.load(sys.stdin)
 print(str(d.get("status", d).get("state", "")).lower())' 2>/dev/null
+}
+
+# hamr_clock_known CONFIGS... - true once every node knows the cluster time (or the cluster is
+# below level 6, which has none): until then a node answers MAIL with 451.
+hamr_clock_known() {
+    local p
+    for p in "$@"; do
+        "$BUILD/hamrctl" -c "$p" --json --timeout 2 status 2>/dev/null |
+            "$PYTHON" -c 'import json, sys
+d = json.load(sys.stdin)
+s = d.get("status", d)
+level = int(s.get("clusterLevel", s.get("cluster_level", 0)) or 0)
+sys.exit(0 if s.get("clockKnown", s.get("clock_known")) or level < 6 else 1)' 2>/dev/null || return 1
+    done
 }
 
 # hamr_find_leader CONFIGS... - print the index (1..) of the single leader; false if none.
@@ -552,6 +575,10 @@ hamr_cluster_start() {
     bench_wait 60 hamr_find_leader "${HC_CONFS[@]}" ||
         bench_die "no leader in 60 s (see $dir/node*.log)"
     HC_LEADER=$(hamr_find_leader "${HC_CONFS[@]}") || bench_die "leadership changed during start-up"
+    # A follower takes mail once it knows the cluster time, a report or two after the
+    # election: probed before, it would answer 451 and the load would go to the leader only.
+    bench_wait 30 hamr_clock_known "${HC_CONFS[@]}" ||
+        bench_say "$sys: a node does not know the cluster time after 30 s (see $dir/node*.log)"
 }
 
 # hamr_pick_targets SYSTEM - where the load goes: one probe message to each follower of the

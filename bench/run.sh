@@ -27,6 +27,11 @@
 #   p50/p99 ms   time from writing the final "." to reading its reply (250s)
 #   non-250      messages refused (any reply but 250) or lost with the connection
 #   cpu s        CPU seconds of the relay's processes during the case
+# and, for each hamr case, one line per node: the deliveries it made during the
+# case (its /metrics hamr_deliveries_total{outcome="delivered"}, before the load
+# and after the drain), their share of the case's, and its CPU seconds over the
+# same span; every node delivers from cluster level 6, so the three lines show
+# how the work is spread.
 #
 # --postfix-tools: the load comes from Postfix's smtp-source (one per target,
 # sessions and messages split between them, -d: messages follow each other
@@ -74,6 +79,10 @@ SIZES="4K 64K"
 SYSTEMS="hamr hamr-plain postfix"
 OUTAGE=0
 ROWS=()            # table rows, printed at the end
+NODE_ROWS=()       # hamr: one row per node and case (deliveries and cpu), printed at the end
+# Each node gets a [listen] http port: its /metrics counts the deliveries it made. Nothing
+# asks it anything during the load.
+HAMR_HTTP=1
 
 # bench_usage - print usage and exit 2.
 bench_usage() {
@@ -126,6 +135,7 @@ bench_row() {
 hamr_case() {
     local size=$1 sys=$2
     local dir="$WORK/$sys-$size" i pids leader label base cpu0 cpu1 f
+    local ncpu0=() ndel0=() ncpu=() ndel=() total=0
     SINK_QUIT=$((MESSAGES + 2)) # --postfix-tools: the load and a probe through each follower
     hamr_cluster_start "$dir" "$sys"
     pids=("${HC_PIDS[@]}")
@@ -144,6 +154,10 @@ hamr_case() {
         bench_wait 30 bench_sink_has "$dir" "$HC_PROBE_OK" || bench_die "probe messages not delivered"
         base=$(bench_sink_field "$dir" messages)
     fi
+    for i in 0 1 2; do
+        ndel0[i]=$(hamr_delivered "${HC_HTTP[i]}")
+        ncpu0[i]=$(bench_cpu "${pids[i]}")
+    done
     cpu0=$(bench_cpu "${pids[@]}")
     bench_perf_start "${pids[leader - 1]}" "$dir/perf.data"
     bench_say "$sys $size: leader is node$leader; load to ${HC_TARGETS[*]} ($HC_MODE)"
@@ -156,7 +170,19 @@ hamr_case() {
     fi
     bench_perf_stop "$dir/perf.data" "$sys leader, $size"
     cpu1=$(bench_cpu "${pids[@]}")
+    for i in 0 1 2; do
+        ncpu[i]=$(($(bench_cpu "${pids[i]}") - ncpu0[i]))
+        ndel[i]=$(($(hamr_delivered "${HC_HTTP[i]}") - ndel0[i]))
+        total=$((total + ndel[i]))
+    done
     bench_row "$label" "$size" $((cpu1 - cpu0))
+    for i in 0 1 2; do
+        NODE_ROWS+=("$(printf '%-32s %5s %-14s %10s %6s %7s' "$label" "$size" \
+            "node$((i + 1))$([ $((i + 1)) -eq "$leader" ] && echo " (leader)")" "${ndel[i]}" \
+            "$([ "$total" -gt 0 ] && echo "$((100 * ndel[i] / total))%" || echo -)" \
+            "$(bench_ticks_to_s "${ncpu[i]}")")")
+        bench_say "$sys $size: node$((i + 1)) made ${ndel[i]} of $total deliveries, cpu $(bench_ticks_to_s "${ncpu[i]}") s"
+    done
     f=""
     for i in 0 1 2; do
         f+=" node$((i + 1))$([ $((i + 1)) -eq "$leader" ] && echo "(leader)")=$(bench_ticks_to_s "$(bench_cpu "${pids[i]}")")s"
@@ -220,6 +246,17 @@ bench_print() {
     fi
     [ "$POSTFIX_TOOLS" -eq 1 ] &&
         echo "load: Postfix's smtp-source (no per-message latency: p50/p99 \"-\"); sink: Postfix's smtp-sink."
+    if [ "${#NODE_ROWS[@]}" -gt 0 ]; then
+        echo
+        printf '%-32s %5s %-14s %10s %6s %7s\n' system size node deliveries share "cpu s"
+        for r in "${NODE_ROWS[@]}"; do
+            echo "$r"
+        done
+        echo
+        echo "deliveries: hamr_deliveries_total{outcome=\"delivered\"} on the node's /metrics, before the load"
+        echo "and after the drain (probes not counted); share: of the three nodes' sum; cpu s: the node's"
+        echo "hamrd over the same span. (leader): the leader when the cluster started."
+    fi
     echo "hamr: scan_interval $SCAN_INTERVAL, max_per_destination 20; cpu s: all relay processes."
     echo "hamr: raft, peer and control between the nodes in mutual TLS 1.3; hamr-plain: in plain TCP."
     for n in "${NOTES[@]}"; do

@@ -7,6 +7,7 @@ check what hamr delivered: what was lost, duplicated or corrupted.
 
     sink.py --listen 127.0.0.1:2600 --dir DIR [--log FILE.jsonl]
             [--tempfail-first N] [--reject-rcpt REGEX] [--tempfail-rcpt REGEX] [--smtputf8]
+            [--data-delay SECONDS]
 
 Owns: DIR (message files "<time>-<n>.eml", written to a temporary name and
 renamed, so a reader never sees half a file) and the log (one JSON object per
@@ -25,6 +26,8 @@ Behaviour switches: --tempfail-first N answers the first N DATA commands with
 "451 4.3.0 try later". Every refusal is also printed on stdout, one line per
 event, so a test can count them. --smtputf8 offers SMTPUTF8 (RFC 6531); each
 record then also lists the MAIL parameters it got ("mail_options").
+--data-delay SECONDS waits that long after the end of the data before it
+stores the message and answers (a slow next hop: deliveries stay in flight).
 
 Prints "sink listening on HOST:PORT" once it accepts connections (PORT may be
 given as 0: the bound port is printed). Exits 0 on SIGTERM or SIGINT.
@@ -100,6 +103,7 @@ class SinkHandler:
         self.tempfail_left = args.tempfail_first
         self.reject_rcpt = re.compile(args.reject_rcpt) if args.reject_rcpt else None
         self.tempfail_rcpt = re.compile(args.tempfail_rcpt) if args.tempfail_rcpt else None
+        self.data_delay = max(0.0, args.data_delay)
         self.count = 0
         self.log = open(self.log_path, "a", encoding="utf-8")
 
@@ -125,6 +129,8 @@ class SinkHandler:
             self.tempfail_left -= 1
             self.event("tempfail_data", mail_from=mail_from, rcpts=envelope.rcpt_tos)
             return "451 4.3.0 try later"
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         data = bytes(envelope.original_content or b"")
         self.count += 1
         now = time.time()
@@ -195,6 +201,8 @@ def main():
     parser.add_argument("--reject-rcpt", metavar="REGEX")
     parser.add_argument("--tempfail-rcpt", metavar="REGEX")
     parser.add_argument("--smtputf8", action="store_true", help="offer SMTPUTF8 (RFC 6531)")
+    parser.add_argument("--data-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="wait this long before answering the end of the data")
     args = parser.parse_args()
     try:
         asyncio.run(sink_main(args))

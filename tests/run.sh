@@ -31,11 +31,13 @@ JOBS=${HAMR_JOBS:-2}
 # signs a zone with ldnsutils (ldns-keygen, ldns-signzone) and validates it with unbound.
 # The DKIM test verifies every signed message twice: python3-dkim (python3-nacl, which it
 # depends on, does Ed25519) and opendkim-tools' opendkim-testmsg.
+# libfaketime (and its faketime command) steps one node's wall clock in the clock tests.
 PACKAGES=(cmake gcc libc6-dev make pkg-config libraft-dev liblz4-dev libuv1-dev libprotobuf-c-dev
           protobuf-c-compiler libssl-dev libcmocka-dev libinih-dev libc-ares-dev python3
           python3-aiosmtpd swaks libnet-ssleay-perl libauthen-sasl-perl openssl curl
           postfix nftables iproute2 haproxy sslscan e2fsprogs util-linux mount nsd unbound
-          ldnsutils python3-dkim python3-nacl opendkim-tools)
+          ldnsutils python3-dkim python3-nacl opendkim-tools faketime
+          libfaketime)
 
 # run_sh_missing_packages - print the packages of PACKAGES that are not installed.
 run_sh_missing_packages() {
@@ -102,6 +104,7 @@ run_sh_check_tools() {
     run_sh_need "mkfs.ext4" e2fsprogs sh -c 'command -v mkfs.ext4 || test -x /usr/sbin/mkfs.ext4 || test -x /sbin/mkfs.ext4'
     run_sh_need "fallocate" util-linux sh -c 'command -v fallocate'
     run_sh_need "mount" mount sh -c 'command -v mount'
+    run_sh_need "libfaketime (libfaketimeMT.so.1)" libfaketime sh -c 'ls /usr/lib/*/faketime/libfaketimeMT.so.1'
     run_sh_need "python3 aiosmtpd" python3-aiosmtpd /usr/bin/python3 -c 'import aiosmtpd.controller'
     if [ "${#RUN_SH_UNABLE[@]}" -gt 0 ]; then
         echo "run.sh: the tests need tools that are missing or lack a part:" >&2

@@ -313,6 +313,24 @@ class Cluster:
                                                                                node.http_port)
             node.write_config()
 
+    def health(self, node):
+        """health - (status code, body) of node's GET /health/ready (add_http); (None, error)
+        if it cannot be asked."""
+        try:
+            with socket.create_connection((node.host, node.http_port), timeout=5) as s:
+                s.sendall(b"GET /health/ready HTTP/1.0\r\n\r\n")
+                data = b""
+                while len(data) < 65536:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+        except OSError as e:
+            return None, str(e)
+        head, _, body = data.partition(b"\r\n\r\n")
+        m = re.match(rb"HTTP/1\.[01] (\d{3})", head)
+        return (int(m.group(1)) if m else None), body.decode("utf-8", "replace").strip()
+
     def probe_send_options(self, node):
         """probe_send_options - extra send_message arguments for a probe through node."""
         return {}
@@ -1091,23 +1109,6 @@ class ProxiedCluster(Cluster):
         """probe_send_options - a probe comes with a PROXY v1 header from proxy_source."""
         return {"source": self.proxy_source,
                 "proxy_header": harness.proxy_v1_header("127.0.0.1", server_port=node.smtp_port)}
-
-    def health(self, node):
-        """health - (status code, body) of node's GET /health/ready; (None, error) if down."""
-        try:
-            with socket.create_connection((node.host, node.http_port), timeout=5) as s:
-                s.sendall(b"GET /health/ready HTTP/1.0\r\n\r\n")
-                data = b""
-                while len(data) < 65536:
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-        except OSError as e:
-            return None, str(e)
-        head, _, body = data.partition(b"\r\n\r\n")
-        m = re.match(rb"HTTP/1\.[01] (\d{3})", head)
-        return (int(m.group(1)) if m else None), body.decode("utf-8", "replace").strip()
 
 
 def gap_max(times, t0, t1):

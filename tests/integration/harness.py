@@ -72,6 +72,9 @@ def give_to_run_user(path):
 MAKE_PKI = os.path.join(REPO, "deploy", "make-pki.sh")
 HAMRCTL_TLS_ENV = ("HAMRCTL_CERT", "HAMRCTL_KEY", "HAMRCTL_CA")
 _PKI = {"dir": None, "nodes": set()}
+# Extra environment of deploy/make-pki.sh, set before the first pki_dir() (e.g. libfaketime
+# with FAKETIME="-1d": certificates valid from a day back, for nodes whose clock is behind).
+PKI_ENV = {}
 
 
 def pki_dir():
@@ -85,7 +88,8 @@ def pki_dir():
         d = tempfile.mkdtemp(prefix="hamr-pki-")
         os.chmod(d, 0o755)
         for args in (["ca"], ["operator", "tests"]):
-            subprocess.run(["bash", MAKE_PKI, d] + args, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(["bash", MAKE_PKI, d] + args, check=True, stdout=subprocess.DEVNULL,
+                           env=dict(os.environ, **PKI_ENV))
         atexit.register(shutil.rmtree, d, True)
         _PKI["dir"] = d
     return _PKI["dir"]
@@ -97,7 +101,7 @@ def pki_node(node_id):
     if node_id not in _PKI["nodes"]:
         if not os.path.exists(os.path.join(d, "node-%d.pem" % node_id)):
             subprocess.run(["bash", MAKE_PKI, d, "node", str(node_id)], check=True,
-                           stdout=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, env=dict(os.environ, **PKI_ENV))
         _PKI["nodes"].add(node_id)
     return {"ca_file": os.path.join(d, "ca.pem"),
             "cert_file": os.path.join(d, "node-%d.pem" % node_id),
@@ -584,7 +588,7 @@ class Sink:
     """Sink - deploy/sink.py on 127.0.0.1 (or host, e.g. ::1); port 0 lets the OS choose."""
 
     def __init__(self, env, name="sink", port=0, tempfail_first=0, reject_rcpt=None,
-                 tempfail_rcpt=None, host="127.0.0.1", smtputf8=False):
+                 tempfail_rcpt=None, host="127.0.0.1", smtputf8=False, data_delay=0):
         self.env = env
         self.name = name
         self.port = port
@@ -600,6 +604,8 @@ class Sink:
             self.options += ["--tempfail-rcpt", tempfail_rcpt]
         if smtputf8:
             self.options += ["--smtputf8"]
+        if data_delay:
+            self.options += ["--data-delay", str(data_delay)]
         self.proc = None
 
     def start(self, timeout=15):
@@ -665,6 +671,8 @@ class Node:
     ({"smtp", "raft", "control", "peer"}: fixed ports), peer=True (a [listen]
     peer on a free port), relayhost_host, and argv_prefix (run hamrd through
     e.g. "ip netns exec NS", which execs in place, so signals reach hamrd).
+    proc_env: variables added to hamrd's environment at its next start (e.g.
+    LD_PRELOAD of libfaketime); empty by default.
     """
 
     def __init__(self, env, node_id=1, name=None, relayhost_port=None, voters=None,
@@ -689,6 +697,7 @@ class Node:
         self.voters = voters
         self.relayhost_port = relayhost_port
         self.overrides = overrides or {}
+        self.proc_env = {}
         self.proc = None
         self.write_config()
 
@@ -748,8 +757,10 @@ class Node:
             for key, value in keys.items():
                 if key.endswith("_file") or key == "relay_recipients":
                     give_to_run_user(value)
+        env = dict(os.environ, **self.proc_env) if self.proc_env else None
         self.proc = self.env.spawn(self.name,
-                                   self.argv_prefix + [hamrd_path(), "-c", self.conf_path])
+                                   self.argv_prefix + [hamrd_path(), "-c", self.conf_path],
+                                   env=env)
         if wait:
             self.wait_ready(timeout)
         return self
@@ -939,8 +950,9 @@ class Env:
         self.nodes = []
         self.sinks = []
 
-    def spawn(self, name, argv):
-        proc = Proc(name, argv, os.path.join(self.dir, name + ".log"))
+    def spawn(self, name, argv, env=None):
+        """spawn - start argv logging to NAME.log; env: its environment (None: ours)."""
+        proc = Proc(name, argv, os.path.join(self.dir, name + ".log"), env=env)
         self.procs.append(proc)
         return proc
 
