@@ -113,16 +113,16 @@ bool health_ready(const struct health_input *in, char *reason, size_t len)
         snprintf(reason, len, "catching up: %" PRIu64 " entries behind", in->apply_lag);
         return false;
     }
-    /* From cluster level 6 a node stamps times in the cluster time, which it
-     * learns from the leader within a report or two; it takes no mail before. */
-    if (in->clock_unknown) {
-        snprintf(reason, len, "cluster time not known yet");
-        return false;
-    }
     /* After a snapshot install this node lacks bodies: until it has them it
      * is one copy short, so a rolling upgrade must not take the next node. */
     if (in->bodies_missing > 0) {
         snprintf(reason, len, "fetching bodies: %" PRIu64 " missing", in->bodies_missing);
+        return false;
+    }
+    /* From cluster level 6 a node stamps times in the cluster time, which it
+     * learns from the leader within a report or two; it takes no mail before. */
+    if (in->clock_unknown) {
+        snprintf(reason, len, "cluster time not known yet");
         return false;
     }
     if (in->min_free_bytes != 0 && in->disk_free_bytes < in->min_free_bytes) {

@@ -92,8 +92,8 @@ struct health_input {
  * health_ready - true if the node should get traffic. Otherwise false with
  * the first reason that applies, most severe first, in reason (size len,
  * truncated): "raft failed", "draining", "no leader", "no contact with the
- * leader for N ms (limit M ms)", "catching up: N entries behind", "cluster
- * time not known yet", "fetching bodies: N missing", "disk low: N MiB free,
+ * leader for N ms (limit M ms)", "catching up: N entries behind", "fetching
+ * bodies: N missing", "cluster time not known yet", "disk low: N MiB free,
  * M MiB required".
  * reason is "ready" when true, or, at a queue limit, "ready; queue full: N
  * messages (limit M), B bytes (limit L)": the node stays in the balancer

@@ -551,6 +551,7 @@ int queue_restore(struct queue *q, const uint8_t *buf, size_t len)
     n->format_max = q->format_max; /* a property of the build, not of the state */
     if (q->has_body_ops)
         queue_set_body_ops(n, &q->body_ops);
+    n->lease_hook = q->lease_hook; /* the node's, like the body ops: not part of the state */
     rv = queue_restore_into(n, q, s);
     hamr__snapshot__free_unpacked(s, NULL);
     if (rv != 0) {

@@ -215,6 +215,22 @@ class BodiesTestCase(cluster.ClusterTestCase):
 
     # --- the next hop -------------------------------------------------------
 
+    def drain_followers(self, leader, nodes=None):
+        """drain_followers - "hamrctl drain" on every node but leader (or on nodes): from
+        cluster level 6 a draining node gets no delivery lease, so the leader delivers."""
+        for node in nodes or [n for n in self.cluster.nodes if n is not leader]:
+            node.ctl("drain", timeout=30)
+            cluster_log("%s drains: it gets no delivery lease" % node.name)
+        drained = {n.id for n in (nodes or self.cluster.nodes) if n is not leader}
+
+        def known():
+            st = self.cluster.status(leader)
+            flags = {int(field(m, "id", 0) or 0): field(m, "draining") is True
+                     for m in (field(st, "members") or [])} if st is not None else {}
+            return all(flags.get(i) for i in drained)
+
+        wait_for(known, 30, "the leader to know nodes %s drain" % sorted(drained), interval=0.1)
+
     def flush(self):
         """flush - "hamrctl flush" on the leader: every queued message is due now."""
         leader = self.cluster.wait_leader()
@@ -632,6 +648,9 @@ class ClusterBodiesTest(BodiesTestCase):
         self.corrupt_body(leader, victim.test_id)
         errors0 = self.metric(leader, "hamr_body_read_errors_total")
         marks = c.log_marks()
+        # From cluster level 6 any node delivers: the followers drain, so that they get no
+        # lease and the leader delivers (and reads) the corrupt body. They still serve it.
+        self.drain_followers(leader)
         self.next_hop_up()
         res = cluster.oracle_run(self, c, load, "bodies-corrupt", events=[], timeout=120)
         self.assertEqual(res.delivered, 5)
@@ -797,6 +816,10 @@ class ClusterBodiesLeaderTest(BodiesTestCase, cluster.NetLabTestCase):
 
         mark = self.wipe_and_restart(new, before_start=refuse_fetches)
         self.lacks_every_body(new, mark, queued)
+        # From cluster level 6 the third node, which has every body, would deliver what the
+        # new leader lacks: drained, it gets no lease, and the window below shows the new
+        # leader's own pick. It still serves the bodies N fetches once let through.
+        self.drain_followers(old, nodes=[third])
         c.transfer(target=new, timeout=30)
         cluster_log("%s leads and lacks all %d bodies" % (new.name, queued))
         self.next_hop_up()

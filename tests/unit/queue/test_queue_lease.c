@@ -300,6 +300,24 @@ static void test_hook_granted_renewed(void **state)
     queue_free(q);
 }
 
+/* test_hook_kept_by_restore - a snapshot installed (or loaded at start) keeps the node's hook. */
+static void test_hook_kept_by_restore(void **state)
+{
+    (void)state;
+    struct queue *q = spread_queue(QUEUE_LEVEL_SPREAD);
+    struct hook_log h;
+    hooked(q, &h);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(queue_snapshot(q, NULL, &buf, &len), 0);
+    assert_int_equal(queue_restore(q, buf, len), 0);
+    free(buf);
+    lease_ab(q, T0 + SEC, 2, "b2", 7);
+    assert_int_equal(h.granted, 1);
+    assert_int_equal(h.lease_id, 7);
+    queue_free(q);
+}
+
 /* test_hook_lapsed - a lease run out without an Outcome and taken over: every node hears. */
 static void test_hook_lapsed(void **state)
 {
@@ -330,6 +348,7 @@ int main(void)
         cmocka_unit_test(test_hook_granted_renewed),
         cmocka_unit_test(test_hook_lapsed),
         cmocka_unit_test(test_outcome_only_from_holder),
+        cmocka_unit_test(test_hook_kept_by_restore),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
