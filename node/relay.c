@@ -429,6 +429,8 @@ static int relay_new(uv_loop_t *loop, const struct hamr_config *cfg, struct rela
     /* Before raft starts: replaying the log applies entries, which kick the scheduler. */
     uv_timer_init(loop, &r->sched.kick_timer);
     r->sched.kick_timer.data = r;
+    uv_timer_init(loop, &r->sched.mem_timer);
+    r->sched.mem_timer.data = r;
     relay_spread_init(r);
     *out = r;
     return 0;
@@ -966,6 +968,7 @@ static void relay_close_all(struct relay *r)
     if (r->prop != NULL)
         proposer_stop(r->prop); /* submits waiting for a leader give up (421) */
     relay_close_timer(r, &r->sched.kick_timer);
+    relay_close_timer(r, &r->sched.mem_timer);
     relay_close_timer(r, &r->spread.start_timer);
     relay_spread_close(r); /* leases granted but not started run out */
     relay_sts_close(r);    /* deliveries waiting for a policy end unsent (r->stopping) */

@@ -114,6 +114,8 @@ struct relay_delivery {
      */
     uint64_t deadline;
     bool lapsed;
+    bool mem_queued;                 /* on relay_sched_state.mem_waiting */
+    struct relay_delivery *mem_next; /* on it */
     struct relay_delivery *prev, *next;
 };
 
@@ -138,6 +140,7 @@ struct relay_member {
     uint64_t wall_ms;        /* its wall clock when it reported */
     int64_t skew_ms;         /* that wall clock less our cluster time, then */
     bool renewing;           /* a LeaseRenew of its leases is in flight */
+    bool probed;             /* given a probe since its last report */
     char **suspended;        /* next hops it gives no work now */
     size_t n_suspended;
     char **probing; /* next hops it has suspended whose probe is due */
@@ -174,8 +177,10 @@ struct relay_suspended {
 struct relay_sched_state {
     uv_timer_t timer;      /* every scan_interval: lease due work, expire */
     uv_timer_t kick_timer; /* early run (relay_sched_kick) */
-    uint64_t rest_until;   /* uv_now before which a kick waits (RELAY_SCHED_DUTY) */
-    unsigned in_flight;    /* scheduler proposals not yet answered */
+    uv_timer_t mem_timer;  /* hands bodies in memory to their deliveries (relay_deliver_mem_read) */
+    struct relay_delivery *mem_waiting;
+    uint64_t rest_until; /* uv_now before which a kick waits (RELAY_SCHED_DUTY) */
+    unsigned in_flight;  /* scheduler proposals not yet answered */
     uint64_t lease_counter;
     struct relay_delivery *deliveries;
     size_t n_deliveries;
@@ -306,6 +311,13 @@ void relay_sched_kick(struct relay *r);
  */
 void relay_sched_resume_all(struct relay *r);
 int relay_route_dest(void *data, const char *rcpt, char *dest, size_t destlen);
+/*
+ * relay_sched_dest_state - what this node's attempts say of dest at now
+ * (uv_now): RELAY_DEST_OK; RELAY_DEST_SUSPENDED (no SMTP session lately);
+ * RELAY_DEST_PROBE (suspended, its probe is due and none runs).
+ */
+enum { RELAY_DEST_OK = 0, RELAY_DEST_SUSPENDED = 1, RELAY_DEST_PROBE = 2 };
+int relay_sched_dest_state(struct relay *r, const char *dest, uint64_t now);
 /* relay_deliver_send - hand d to the SMTP client pool (after its MTA-STS policy is known). */
 void relay_deliver_send(struct relay *r, struct relay_delivery *d);
 

@@ -296,6 +296,20 @@ static void relay_sched_suspend_note(struct relay *r,
              wait, res->n_rcpts > 0 && res->rcpts[0].text[0] ? res->rcpts[0].text : "no reply");
 }
 
+int relay_sched_dest_state(struct relay *r, const char *dest, uint64_t now)
+{
+    struct relay_suspended *s = relay_sched_find_suspended(r, dest);
+    if (s == NULL)
+        return RELAY_DEST_OK;
+    if (now < s->until)
+        return RELAY_DEST_SUSPENDED;
+    /* Due for its probe, unless one is running already. */
+    for (const struct relay_delivery *d = r->sched.deliveries; d != NULL; d = d->next)
+        if (strcmp(d->dest, dest) == 0)
+            return RELAY_DEST_SUSPENDED;
+    return RELAY_DEST_PROBE;
+}
+
 void relay_sched_resume_all(struct relay *r)
 {
     if (r->sched.n_suspended > 0)
@@ -333,6 +347,14 @@ static void relay_outcome_done(void *arg, int status, intptr_t result)
         free(d->rcpts[i]);
         if (d->rcpt_dsn != NULL)
             free((char *)d->rcpt_dsn[i].orcpt);
+    }
+    if (d->mem_queued) {
+        /* Never left waiting for its body once it is gone. */
+        struct relay_delivery **pp = &r->sched.mem_waiting;
+        while (*pp != NULL && *pp != d)
+            pp = &(*pp)->mem_next;
+        if (*pp == d)
+            *pp = d->mem_next;
     }
     free(d->rcpt_dsn);
     free(d->envid);
@@ -528,7 +550,7 @@ void relay_deliver_send(struct relay *r, struct relay_delivery *d)
     d->msg.n_rcpts = d->n_rcpts;
     d->msg.body = d->body;
     d->msg.body_len = d->body_len;
-    d->msg.source = d->stream != NULL ? &d->source : NULL;
+    d->msg.source = d->source.read != NULL ? &d->source : NULL;
     d->msg.body_8bit = d->body_8bit;
     d->msg.envid = d->envid;
     d->msg.rcpt_dsn = d->rcpt_dsn;
@@ -616,6 +638,63 @@ static void relay_deliver_source_cancel(void *data)
 {
     struct relay_delivery *d = data;
     d->stream = body_store_stream_free(d->stream); /* its read is never reported */
+}
+
+/*
+ * A body still in memory (it arrived less than a second ago, or the node
+ * keeps no store) goes to the client through a source too, as one chunk
+ * handed over on the loop's next turn (a source answers later, never
+ * inside read): so it is asked for only once the next hop has said 354,
+ * and a delivery whose lease ran out meanwhile stops before its final dot
+ * like one read from the store.
+ */
+
+/* relay_deliver_mem_cb - hand each waiting delivery its body. */
+static void relay_deliver_mem_cb(uv_timer_t *t)
+{
+    struct relay *r = t->data;
+    struct relay_delivery *d = r->sched.mem_waiting;
+    r->sched.mem_waiting = NULL;
+    while (d != NULL) {
+        struct relay_delivery *next = d->mem_next;
+        d->mem_next = NULL;
+        d->mem_queued = false;
+        relay_deliver_chunk_done(d, 0, d->body, d->body_len, true);
+        d = next;
+    }
+}
+
+/* relay_deliver_mem_read - the client wants the body: on the next turn, unless the lease ran out.
+ */
+static int relay_deliver_mem_read(void *data, smtpc_source_cb cb, void *cb_arg)
+{
+    struct relay_delivery *d = data;
+    struct relay *r = d->relay;
+    d->source_cb = cb;
+    d->source_arg = cb_arg;
+    if (relay_deliver_lapsed(d)) {
+        d->body_status = HAMR_ETIMEDOUT;
+        return HAMR_ETIMEDOUT;
+    }
+    d->mem_next = r->sched.mem_waiting;
+    r->sched.mem_waiting = d;
+    d->mem_queued = true;
+    if (!uv_is_active((uv_handle_t *)&r->sched.mem_timer))
+        uv_timer_start(&r->sched.mem_timer, relay_deliver_mem_cb, 0, 0);
+    return 0;
+}
+
+/* relay_deliver_mem_cancel - the attempt ended while its body waited: take it off the list. */
+static void relay_deliver_mem_cancel(void *data)
+{
+    struct relay_delivery *d = data;
+    struct relay_delivery **pp = &d->relay->sched.mem_waiting;
+    while (*pp != NULL && *pp != d)
+        pp = &(*pp)->mem_next;
+    if (*pp == d)
+        *pp = d->mem_next;
+    d->mem_next = NULL;
+    d->mem_queued = false;
 }
 
 /*
@@ -711,6 +790,8 @@ void relay_deliver_start(struct relay *r,
         if (m->body_len > 0)
             memcpy(d->body, m->body, m->body_len);
         d->body_len = m->body_len;
+        d->source = (struct smtpc_source){
+            .data = d, .read = relay_deliver_mem_read, .cancel = relay_deliver_mem_cancel};
         relay_deliver_send(r, d);
         return;
     }

@@ -258,10 +258,10 @@ static int relay_report_build(struct relay *r, uint64_t now, struct relay_report
     rr->rep.renew = rr->item_ptrs;
     for (size_t i = 0; i < ns; i++) {
         struct relay_suspended *s = &r->sched.suspended[i];
-        if (now < s->until)
-            rr->suspended[rr->rep.n_suspended++] = s->dest;
-        else
+        if (relay_sched_dest_state(r, s->dest, now) == RELAY_DEST_PROBE)
             rr->probing[rr->rep.n_probing++] = s->dest;
+        else
+            rr->suspended[rr->rep.n_suspended++] = s->dest;
     }
     rr->rep.suspended = rr->suspended;
     rr->rep.probing = rr->probing;
@@ -548,6 +548,7 @@ static void relay_spread_report_in(struct relay *r,
     mb->slots = rep->delivery_slots;
     mb->deliveries = rep->deliveries;
     mb->assigned = 0;
+    mb->probed = false;
     mb->bodies_missing = rep->bodies_missing;
     mb->wall_ms = rep->wall_ms;
     relay_member_dests_free(mb);
@@ -652,6 +653,22 @@ static int64_t relay_member_free_slots(const struct relay_member *mb)
     return (int64_t)mb->slots - (int64_t)mb->deliveries - (int64_t)mb->assigned;
 }
 
+/*
+ * relay_member_dest - what mb's attempts say of dest: this node's own from
+ * its table as it is now (an attempt that just failed counts at once), the
+ * others' from their last report.
+ */
+static int relay_member_dest(struct relay *r, const struct relay_member *mb, const char *dest)
+{
+    if (mb->id == r->cfg->node_id)
+        return relay_sched_dest_state(r, dest, uv_now(r->loop));
+    if (relay_strv_has(mb->probing, mb->n_probing, dest))
+        return RELAY_DEST_PROBE;
+    if (relay_strv_has(mb->suspended, mb->n_suspended, dest))
+        return RELAY_DEST_SUSPENDED;
+    return RELAY_DEST_OK;
+}
+
 int relay_spread_dest_max(struct relay *r, const char *dest)
 {
     uint64_t now = uv_now(r->loop);
@@ -660,34 +677,40 @@ int relay_spread_dest_max(struct relay *r, const char *dest)
         const struct relay_member *mb = &r->spread.members[i];
         if (!relay_member_usable(r, mb, now))
             continue;
-        if (relay_strv_has(mb->probing, mb->n_probing, dest))
-            probe = true;
-        else if (!relay_strv_has(mb->suspended, mb->n_suspended, dest))
+        int st = relay_member_dest(r, mb, dest);
+        if (st == RELAY_DEST_OK)
             return -1; /* someone can reach it */
+        if (st == RELAY_DEST_PROBE && !mb->probed)
+            probe = true;
     }
     return probe ? 1 : 0;
 }
 
+/*
+ * relay_spread_holder - the node for one delivery to dest: first a node
+ * whose probe of dest is due (one probe per node and report, even while
+ * others reach dest, so that its suspension can lift), else the node with
+ * the most free slots among those that reach dest. NULL: none can take it.
+ */
 struct relay_member *relay_spread_holder(struct relay *r, const char *dest)
 {
     uint64_t now = uv_now(r->loop);
-    struct relay_member *best = NULL, *probe = NULL;
+    struct relay_member *best = NULL;
     for (size_t i = 0; i < r->spread.n_members; i++) {
         struct relay_member *mb = &r->spread.members[i];
         if (!relay_member_usable(r, mb, now) || relay_member_free_slots(mb) <= 0)
             continue;
-        if (relay_strv_has(mb->suspended, mb->n_suspended, dest))
-            continue;
-        if (relay_strv_has(mb->probing, mb->n_probing, dest)) {
-            if (probe == NULL)
-                probe = mb;
-            continue;
+        int st = relay_member_dest(r, mb, dest);
+        if (st == RELAY_DEST_PROBE && !mb->probed) {
+            mb->probed = true;
+            best = mb;
+            break;
         }
+        if (st != RELAY_DEST_OK)
+            continue;
         if (best == NULL || relay_member_free_slots(mb) > relay_member_free_slots(best))
             best = mb;
     }
-    if (best == NULL)
-        best = probe;
     if (best != NULL) {
         best->assigned++;
         best->leased++;

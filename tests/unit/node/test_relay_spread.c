@@ -156,33 +156,67 @@ static void test_unusable(void **state)
     assert_int_equal(relay_spread_dest_max(r, DEST), -1);
 }
 
-/* test_suspended_dest - a next hop only to the nodes that reach it; one probe when none does. */
+/*
+ * test_suspended_dest - a next hop only to the nodes that reach it; a node
+ * whose probe is due gets one delivery to it per report, even while others
+ * reach it, so that its suspension can lift.
+ */
 static void test_suspended_dest(void **state)
 {
     struct spread_fx *s = *state;
     struct relay *r = &s->fx->r;
-    struct relay_member *a = member(r, 1, 10, 0);
-    struct relay_member *b = member(r, 2, 100, 0);
+    struct relay_member *a = member(r, 2, 10, 0);
+    struct relay_member *b = member(r, 3, 100, 0);
     b->suspended = dests(DEST, &b->n_suspended);
     for (int i = 0; i < 5; i++)
-        assert_int_equal(holder_id(r, DEST), 1); /* node 2 has more slots, but no egress */
-    assert_int_equal(holder_id(r, OTHER), 2);
+        assert_int_equal(holder_id(r, DEST), 2); /* node 3 has more slots, but no egress */
+    assert_int_equal(holder_id(r, OTHER), 3);
     assert_int_equal(relay_spread_dest_max(r, DEST), -1);
     a->suspended = dests(DEST, &a->n_suspended);
     assert_int_equal(relay_spread_dest_max(r, DEST), 0);
     assert_int_equal(holder_id(r, DEST), 0);
-    /* Node 1's suspension is due for its probe: one message, to node 1. */
+    /* Node 2's probe is due: one message, to node 2, then nothing until its next report. */
     a->probing = a->suspended;
     a->n_probing = a->n_suspended;
     a->suspended = NULL;
     a->n_suspended = 0;
     assert_int_equal(relay_spread_dest_max(r, DEST), 1);
-    assert_int_equal(holder_id(r, DEST), 1);
-    /* A node that reaches it wins over a probe. */
-    struct relay_member *c = member(r, 3, 1, 0);
-    (void)c;
+    assert_int_equal(holder_id(r, DEST), 2);
+    assert_int_equal(relay_spread_dest_max(r, DEST), 0);
+    assert_int_equal(holder_id(r, DEST), 0);
+    /* A node that reaches it takes the rest. */
+    member(r, 4, 1, 0);
     assert_int_equal(relay_spread_dest_max(r, DEST), -1);
-    assert_int_equal(holder_id(r, DEST), 3);
+    assert_int_equal(holder_id(r, DEST), 4);
+    /* Node 2 reports again, still due: its probe comes first, even now. */
+    a->probed = false;
+    r->spread.members[2].assigned = 0;
+    assert_int_equal(holder_id(r, DEST), 2);
+    assert_int_equal(holder_id(r, DEST), 4);
+}
+
+/* test_self_live - this node's own suspensions count at once, not at its next report. */
+static void test_self_live(void **state)
+{
+    struct spread_fx *s = *state;
+    struct relay *r = &s->fx->r;
+    member(r, 1, 10, 0); /* this node: its report listed nothing */
+    member(r, 2, 5, 0);
+    assert_int_equal(holder_id(r, DEST), 1);
+    r->sched.suspended = calloc(RELAY_SUSPEND_MAX, sizeof(*r->sched.suspended));
+    assert_non_null(r->sched.suspended);
+    hamr_strlcpy(r->sched.suspended[0].dest, DEST, sizeof(r->sched.suspended[0].dest));
+    r->sched.suspended[0].until = uv_now(r->loop) + 10000;
+    r->sched.n_suspended = 1;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(holder_id(r, DEST), 2);
+    /* Its probe is due: one for this node, then the others again. */
+    r->sched.suspended[0].until = uv_now(r->loop);
+    assert_int_equal(holder_id(r, DEST), 1);
+    assert_int_equal(holder_id(r, DEST), 2);
+    free(r->sched.suspended);
+    r->sched.suspended = NULL;
+    r->sched.n_suspended = 0;
 }
 
 int main(void)
@@ -191,6 +225,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_most_free_slots, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_unusable, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_suspended_dest, spread_setup, spread_teardown),
+        cmocka_unit_test_setup_teardown(test_self_live, spread_setup, spread_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
