@@ -742,8 +742,11 @@ class NetLab:
     PREFIX = "hamrt-"
     TABLE = "hamrt_partition"
     OWNER_MARK = "test_cluster_partition"  # in the command line of a run that owns namespaces
-    # Every script whose runs own namespaces (OWNER_MARK among them).
-    OWNER_MARKS = (OWNER_MARK, "test_cluster_flap", "test_cluster_bodies", "test_cluster_spread")
+    # Every script whose runs own namespaces (OWNER_MARK among them). Any cluster test
+    # script ("test_cluster_", e.g. of another checkout with scripts this one does not
+    # know) counts as well: its namespaces are never taken for a crashed run's.
+    OWNER_MARKS = (OWNER_MARK, "test_cluster_flap", "test_cluster_bodies", "test_cluster_spread",
+                   "test_cluster_")
 
     def __init__(self, n=3):
         self.n = n

@@ -27,8 +27,10 @@ ClusterSpreadTest (three nodes on 127.0.0.1):
      "deliverers:" line per node, each with deliveries leased; no lease ran out;
      oracle: nothing lost, no duplicate.
   b_kill_delivering_follower  a slow next hop (sink --data-start-delay and
-     --data-delay); once a follower has deliveries running (hamrctl status
-     deliveries_running) it is killed with -9. The leases it held run out and
+     --data-delay); once the first final dots have reached it and a follower has
+     deliveries running (hamrctl status deliveries_running), that follower is
+     killed with -9 (some of its deliveries wait for the reply to their final
+     dot: the duplicate window). The leases it held run out and
      are leased again (the "lease ran out ... node=VICTIM" lines of the
      survivors name them): every one is delivered by a survivor within
      2 * LEASE + TAKEOVER_SLACK of the kill (measured, from the survivors'
@@ -81,6 +83,8 @@ SPREAD_MESSAGES = 600
 PARTITION_MESSAGES = 24
 PER_DEST = 2  # [delivery] max_per_destination of ClusterSpreadNetTest
 FIRST_WAVE = 4 * PER_DEST  # deliveries leased at once to one next hop
+RETRY = "10s"
+HEALED_MESSAGES = 240  # after the heal: 4 clients, 0.3 s apart (about 20 s)  # [delivery] retry_min and retry_max of ClusterSpreadNetTest
 LOAD_BOUND = 150.0  # seconds a load may take to be answered
 DRAIN_BOUND = 90.0  # the load's end -> every queue empty
 TAKEOVER_SLACK = 12.0  # beyond 2 * LEASE: scan, lease, the slow next hop's waits
@@ -312,6 +316,11 @@ class ClusterSpreadTest(SpreadTestCase):
         followers = [n for n in c.nodes if n is not leader]
         load = self.run_load("sp-b", 90, threads=4, pace=0.05, wait=False)
         load.wait_ok(10, 30)
+        # The first final dots are in: deliveries wait for the reply to theirs (SLOW_DOT),
+        # so the kill falls into the duplicate window of some.
+        prefix = load.prefix + "-"
+        wait_for(lambda: any((r.get("test_id") or "").startswith(prefix) for r in self.records()),
+                 30, "the first delivery of the load at the next hop", interval=0.05)
         victim, st = self.wait_running(followers)
         wall_kill = time.time()
         c.kill9(victim)
@@ -348,6 +357,10 @@ class ClusterSpreadTest(SpreadTestCase):
         c.restart(victim)
         c.wait_caught_up(victim, 60)
         res, lapsed = self.spread_oracle("spread-kill-follower", [load])
+        by_tid = {a.test_id: a for a in load.attempts}
+        dup_qids = {by_tid[t].queue_id for t in res.duplicates}
+        self.assertEqual(sorted(dup_qids - taken), [], "duplicates of messages whose lease "
+                         "%s did not hold" % victim.name)
         self.assertIs(c.wait_leader(), leader, "the leader changed")
         sys.stderr.write("spread-kill-follower: %d leases taken over, last delivered %.1fs after "
                          "the kill (bound %.0fs), dup=%d\n"
@@ -358,9 +371,13 @@ class ClusterSpreadNetTest(SpreadTestCase, cluster.NetLabTestCase):
     """ClusterSpreadNetTest - the cluster in network namespaces (cluster.NetLab), with
     [delivery] max_per_destination PER_DEST: the leader leases at most 4 * PER_DEST
     deliveries to the next hop at once (relay_sched.c), so that the messages after the
-    first wave are leased well after they were accepted (their bodies in the store)."""
+    first wave are leased well after they were accepted (their bodies in the store);
+    and retry_min RETRY: a node suspends a next hop it cannot reach for retry_min (at
+    most 10 s) before it reports it as probing, so the leader's status shows the
+    suspension for that long."""
 
-    DELIVERY = {"lease_time": "%ds" % LEASE, "max_per_destination": str(PER_DEST)}
+    DELIVERY = {"lease_time": "%ds" % LEASE, "max_per_destination": str(PER_DEST),
+                "retry_min": RETRY, "retry_max": RETRY}
 
     def test_a_partition_delivering_follower(self):
         """Cut off in the second wave of deliveries: bodies streamed from the store."""
@@ -511,16 +528,26 @@ class ClusterSpreadNetTest(SpreadTestCase, cluster.NetLabTestCase):
         self.assertLessEqual(len(after), PROBES_AFTER_SUSPEND,
                              "%s still got deliveries to %s after suspending it: %s"
                              % (victim.name, dest, after[:5]))
-        # Healed: a second load is delivered (the blocked node's share is printed).
+        # Healed: a second load, long enough for the node's suspension to end (RETRY) and
+        # for a probe: the node must deliver again (a probe that gets a session lifts the
+        # suspension, relay_sched.c).
         lab.heal()
+        wall_heal = time.time()
         self.marks = c.log_marks()
-        load2 = self.run_load("sp-e2", 120, threads=6, pace=0.02)
+        load2 = self.run_load("sp-e2", HEALED_MESSAGES, threads=4, pace=0.3)
         res2, _ = self.spread_oracle("spread-egress-healed", [load, load2])
+        self.assertEqual(res2.dup, 0, "duplicates: %s" % res2.duplicates)
         sent2 = self.sent_by_node(set(self.qid_map([load2])))
-        cluster_log("egress healed: second load delivered by node %s" % sent2)
+        first = min((t for _, t, qid, _ in self.matches(SENT_RE, [victim])), default=None)
+        cluster_log("egress healed: second load (%.1fs) delivered by node %s; %s's first "
+                    "delivery %s after the heal" % (load2.stop().attempts[-1].t_end
+                                                     - load2.t_begin, sent2, victim.name,
+                                                     first and "%.1fs" % (first - wall_heal)))
         sys.stderr.write("spread-egress-blocked: suspended %.1fs after the block, %d tries after "
                          "it settled, drained %.1fs after the load; healed: by node %s\n"
                          % (t_susp - wall_block, len(after), drained, sent2))
+        self.assertGreater(sent2[victim.id], 0, "%s never delivered again after the heal"
+                           % victim.name)
 
 
 if __name__ == "__main__":
