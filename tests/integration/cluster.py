@@ -26,7 +26,8 @@ What it does:
             the test process's main thread enters the hub, so the sink,
             hamrctl and the load generator talk to the nodes over the bridge.
             nftables rules inside a node's namespace cut it off from chosen
-            peers (both ways, or one way only: drop_oneway). Leftover
+            peers (both ways, or one way only: drop_oneway), or from
+            the sink's port on the hub (block_hub_port). Leftover
             namespaces of a crashed earlier run are removed first; this
             run's are removed at teardown and at exit.
   ClusterTestCase  the shape of a cluster test class: one cluster per class

@@ -57,8 +57,10 @@ ip netns and nft, else it skips; the sink listens on the hub, 10.77.0.1):
      ...: suspended"), the leader's status shows it suspended for that member,
      and after SUSPEND_SETTLE it starts at most PROBES_AFTER_SUSPEND deliveries
      to it; the whole load is delivered by the other nodes within
-     DRAIN_BOUND of the load's end. Healed, a second load is delivered (the
-     node's part in it is printed). Oracle: nothing lost, no duplicate.
+     DRAIN_BOUND of the load's end. Healed, a second load of about 20 s (longer
+     than the suspension, RETRY): the node must deliver some of it again (its
+     suspension ends and a probe that gets a session lifts it, relay_sched.c).
+     Oracle: nothing lost, no duplicate.
 
 Run one case with python3 THIS Class.test_x (ctest does, one entry per case).
 """
