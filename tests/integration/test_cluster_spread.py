@@ -101,9 +101,11 @@ DOT_EPSILON = 0.3  # seconds: a final dot logged by the sink this late is after 
 # then stops the delivery) and one after the final dot (the message taken: a holder
 # gone then is the duplicate window). For the partition the wait before 354 is longer
 # than a holder's end of a lease (LEASE * 4 / 5), so that every delivery waiting for
-# its 354 when its node is cut off outlives its lease; renewed, it would not.
+# its 354 when its node is cut off outlives its lease (renewed, it would not), and
+# longer by more than the second on whose tick the holder logs "lease running out":
+# a final dot sent after the end is then also after that line.
 SLOW_START = 1.0
-SLOW_START_PAST_LEASE = LEASE * 4 / 5 + 0.7
+SLOW_START_PAST_LEASE = LEASE * 4 / 5 + 2.2
 SLOW_DOT = 1.5
 
 LOG_TIME = r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z "
