@@ -7,7 +7,7 @@ check what hamr delivered: what was lost, duplicated or corrupted.
 
     sink.py --listen 127.0.0.1:2600 --dir DIR [--log FILE.jsonl]
             [--tempfail-first N] [--reject-rcpt REGEX] [--tempfail-rcpt REGEX] [--smtputf8]
-            [--data-delay SECONDS]
+            [--data-start-delay SECONDS] [--data-delay SECONDS]
 
 Owns: DIR (message files "<time>-<n>.eml", written to a temporary name and
 renamed, so a reader never sees half a file) and the log (one JSON object per
@@ -18,7 +18,8 @@ line, written after the message file, flushed at once):
      "sha256_after_received": of the data after its first header, if that
         header is a Received: header (the one hamr adds), with its folded
         continuation lines, is removed,
-     "test_id": the X-Test-Id header or null, "file": path of the message}
+     "test_id": the X-Test-Id header or null, "file": path of the message,
+     "peer": the client's address}
 
 Behaviour switches: --tempfail-first N answers the first N DATA commands with
 "451 4.3.0 try later"; --reject-rcpt answers matching recipients with
@@ -28,6 +29,13 @@ event, so a test can count them. --smtputf8 offers SMTPUTF8 (RFC 6531); each
 record then also lists the MAIL parameters it got ("mail_options").
 --data-delay SECONDS waits that long after the end of the data before it
 stores the message and answers (a slow next hop: deliveries stay in flight).
+
+A slow next hop: --data-start-delay waits that long before answering DATA
+with 354 (the client has not sent the body yet); --data-delay waits that long
+before answering the final dot. The message is stored and logged as soon as
+the final dot is in, before that wait, as a real MTA that has taken the
+message would: a client that drops the connection during the wait has still
+delivered it (and delivers it twice if it tries again).
 
 Prints "sink listening on HOST:PORT" once it accepts connections (PORT may be
 given as 0: the bound port is printed). Exits 0 on SIGTERM or SIGINT.
@@ -49,16 +57,24 @@ import signal
 import sys
 import time
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, syntax
 
 SINK_MAX_MESSAGE = 64 * 1024 * 1024  # bytes; larger than hamr's own 64M cap
 SINK_MAX_LINE = 64 * 1024  # record long lines instead of refusing them
 
 
 class SinkSMTP(SMTP):
-    """SinkSMTP - aiosmtpd session with a longer line limit than RFC 5321's 1000."""
+    """SinkSMTP - aiosmtpd session with a longer line limit than RFC 5321's 1000, and the
+    wait before 354 of --data-start-delay."""
 
     line_length_limit = SINK_MAX_LINE
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg):
+        delay = getattr(self.event_handler, "data_start_delay", 0)
+        if delay > 0 and self.envelope.rcpt_tos:
+            await asyncio.sleep(delay)
+        return await super().smtp_DATA(arg)
 
 
 def sink_header_value(data, name):
@@ -103,7 +119,8 @@ class SinkHandler:
         self.tempfail_left = args.tempfail_first
         self.reject_rcpt = re.compile(args.reject_rcpt) if args.reject_rcpt else None
         self.tempfail_rcpt = re.compile(args.tempfail_rcpt) if args.tempfail_rcpt else None
-        self.data_delay = max(0.0, args.data_delay)
+        self.data_start_delay = args.data_start_delay
+        self.data_delay = args.data_delay
         self.count = 0
         self.log = open(self.log_path, "a", encoding="utf-8")
 
@@ -129,8 +146,6 @@ class SinkHandler:
             self.tempfail_left -= 1
             self.event("tempfail_data", mail_from=mail_from, rcpts=envelope.rcpt_tos)
             return "451 4.3.0 try later"
-        if self.data_delay:
-            await asyncio.sleep(self.data_delay)
         data = bytes(envelope.original_content or b"")
         self.count += 1
         now = time.time()
@@ -149,6 +164,7 @@ class SinkHandler:
             "sha256_after_received": hashlib.sha256(sink_strip_received(data)).hexdigest(),
             "test_id": sink_header_value(data, "X-Test-Id"),
             "file": path,
+            "peer": session.peer[0] if isinstance(session.peer, tuple) else str(session.peer),
             "mail_options": list(envelope.mail_options or []),
         }
         for rcpt in envelope.rcpt_tos:
@@ -157,6 +173,8 @@ class SinkHandler:
         self.log.flush()
         os.fsync(self.log.fileno())
         self.event("delivered", file=path, mail_from=mail_from, rcpts=envelope.rcpt_tos)
+        if self.data_delay > 0:
+            await asyncio.sleep(self.data_delay)
         return "250 2.0.0 Ok: stored as %s" % name
 
 
@@ -201,8 +219,10 @@ def main():
     parser.add_argument("--reject-rcpt", metavar="REGEX")
     parser.add_argument("--tempfail-rcpt", metavar="REGEX")
     parser.add_argument("--smtputf8", action="store_true", help="offer SMTPUTF8 (RFC 6531)")
+    parser.add_argument("--data-start-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="wait before answering DATA with 354")
     parser.add_argument("--data-delay", type=float, default=0.0, metavar="SECONDS",
-                        help="wait this long before answering the end of the data")
+                        help="wait before answering the final dot (the message is stored first)")
     args = parser.parse_args()
     try:
         asyncio.run(sink_main(args))

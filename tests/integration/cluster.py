@@ -26,7 +26,8 @@ What it does:
             the test process's main thread enters the hub, so the sink,
             hamrctl and the load generator talk to the nodes over the bridge.
             nftables rules inside a node's namespace cut it off from chosen
-            peers (both ways, or one way only: drop_oneway). Leftover
+            peers (both ways, or one way only: drop_oneway), or from
+            the sink's port on the hub (block_hub_port). Leftover
             namespaces of a crashed earlier run are removed first; this
             run's are removed at teardown and at exit.
   ClusterTestCase  the shape of a cluster test class: one cluster per class
@@ -437,7 +438,8 @@ class Cluster:
 class Attempt:
     """Attempt - one SMTP transaction of the load generator."""
 
-    __slots__ = ("test_id", "node", "code", "text", "stage", "t_start", "t_end", "sha256", "rcpt")
+    __slots__ = ("test_id", "node", "code", "text", "stage", "t_start", "t_end", "sha256", "rcpt",
+                 "queue_id")
 
     def __init__(self, test_id, node, rcpt, sha):
         self.test_id = test_id
@@ -449,6 +451,7 @@ class Attempt:
         self.stage = "connect"
         self.t_start = 0.0
         self.t_end = 0.0
+        self.queue_id = None  # hamr's queue id, from "queued as" in the 250
 
     @property
     def ok(self):
@@ -586,6 +589,7 @@ class LoadGen:
                                timeout=self.smtp_timeout)
             a.t_end = time.monotonic()
             a.code, a.text, a.stage = res.code, res.text, res.stage
+            a.queue_id = res.queue_id
             with self._lock:
                 self.attempts.append(a)
             self._stop.wait(self.pace)
@@ -757,8 +761,11 @@ class NetLab:
     PREFIX = "hamrt-"
     TABLE = "hamrt_partition"
     OWNER_MARK = "test_cluster_partition"  # in the command line of a run that owns namespaces
-    # Every script whose runs own namespaces (OWNER_MARK among them).
-    OWNER_MARKS = (OWNER_MARK, "test_cluster_flap", "test_cluster_bodies")
+    # Every script whose runs own namespaces (OWNER_MARK among them). Any cluster test
+    # script ("test_cluster_", e.g. of another checkout with scripts this one does not
+    # know) counts as well: its namespaces are never taken for a crashed run's.
+    OWNER_MARKS = (OWNER_MARK, "test_cluster_flap", "test_cluster_bodies", "test_cluster_spread",
+                   "test_cluster_")
 
     def __init__(self, n=3):
         self.n = n
@@ -915,6 +922,21 @@ class NetLab:
                  " chain output { type filter hook output priority 0; "
                  "ip daddr { %s } tcp dport { %s } reject with tcp reset; }\n"
                  "}\n" % (self.TABLE, addrs, dports))
+        self._replace_rules(i, rules)
+
+    def block_hub_port(self, i, port, how="reset"):
+        """block_hub_port - node i's TCP connections to port on the hub (where the sink
+        listens) fail: "reset" refuses them at once, "drop" lets them time out. Everything
+        else, the cluster's traffic included, still flows. Replaces node i's rules (as
+        isolate does); heal removes them."""
+        if how not in ("reset", "drop"):
+            raise ValueError("how must be reset or drop")
+        self.cut[i] = set()
+        verdict = "reject with tcp reset" if how == "reset" else "drop"
+        rules = ("table inet %s {\n"
+                 " chain output { type filter hook output priority 0; "
+                 "ip daddr %s tcp dport %d %s; }\n"
+                 "}\n" % (self.TABLE, self.hub_addr, port, verdict))
         self._replace_rules(i, rules)
 
     def _replace_rules(self, i, rules):

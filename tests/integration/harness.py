@@ -585,10 +585,15 @@ def _kill_everything():
 
 
 class Sink:
-    """Sink - deploy/sink.py on 127.0.0.1 (or host, e.g. ::1); port 0 lets the OS choose."""
+    """Sink - deploy/sink.py on 127.0.0.1 (or host, e.g. ::1); port 0 lets the OS choose.
+
+    data_start_delay, data_delay: a slow next hop (seconds before 354, before the reply to
+    the final dot; sink.py --data-start-delay, --data-delay).
+    """
 
     def __init__(self, env, name="sink", port=0, tempfail_first=0, reject_rcpt=None,
-                 tempfail_rcpt=None, host="127.0.0.1", smtputf8=False, data_delay=0):
+                 tempfail_rcpt=None, host="127.0.0.1", smtputf8=False, data_start_delay=0,
+                 data_delay=0):
         self.env = env
         self.name = name
         self.port = port
@@ -604,6 +609,8 @@ class Sink:
             self.options += ["--tempfail-rcpt", tempfail_rcpt]
         if smtputf8:
             self.options += ["--smtputf8"]
+        if data_start_delay:
+            self.options += ["--data-start-delay", str(data_start_delay)]
         if data_delay:
             self.options += ["--data-delay", str(data_delay)]
         self.proc = None
