@@ -19,7 +19,7 @@ time stamped from one node's wall clock, one hour off, would show: a
 message accepted by a node an hour behind would expire at once, one
 accepted by a node an hour ahead would be kept an hour too long, and a
 holder an hour ahead would expire whatever it failed to deliver. The sink
-answers every DATA after SINK_DELAY seconds (a slow next hop: deliveries and
+answers every DATA (354) after SINK_DELAY seconds (a slow next hop: deliveries and
 their leases are live when a clock jumps) and tempfails the recipients
 "defer-*" until the end of the case, so that a few messages sent by the test
 stay queued, tried again and again by every holder: the queue shows their
@@ -74,7 +74,7 @@ FAKETIME_LIBS = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
 STEP = 3600  # seconds: the jump of a wall clock
 QUEUE_LIFETIME = 1800  # seconds: [delivery] queue_lifetime of this cluster
 MAX_CLOCK_SKEW = 5.0  # seconds: [node] max_clock_skew (hamr's default)
-SINK_DELAY = 0.5  # seconds the sink waits before it answers the end of the data
+SINK_DELAY = 0.5  # seconds the sink waits before it answers DATA with 354
 SKEW_TOLERANCE = 2.5  # seconds: a follower's estimate, the 1 s cache of the offset
 STAMP_TOLERANCE = 5.0  # seconds between the test's clock and a stamped arrival
 PKI_BACKDATE = 86400  # seconds: the test PKI is made valid from a day back
@@ -108,7 +108,9 @@ class ClusterClockTest(cluster.ClusterTestCase):
         c = cluster.Cluster(cls.env, 3,
                             overrides={"delivery": {"queue_lifetime": "%ds" % QUEUE_LIFETIME}})
         c.add_http()
-        c.sink.options += ["--data-delay", str(SINK_DELAY)]
+        # Before the 354, not after the final dot: the case restarts the sink, and a sink
+        # stopped between storing a message and its 250 would make a duplicate of it.
+        c.sink.options += ["--data-start-delay", str(SINK_DELAY)]
         cls.defer_options = ["--tempfail-rcpt", "^" + DEFER_PREFIX]
         c.sink.options += cls.defer_options
         # The sanitizers' runtime must come first among the libraries unless told
