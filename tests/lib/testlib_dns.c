@@ -469,8 +469,8 @@ void testlib_dns_start(struct testlib_dns *s,
                        const struct testlib_dns_row *rows,
                        size_t n_rows)
 {
-    int udp_fd, tcp_fd;
-    unsigned port;
+    int udp_fd = -1, tcp_fd = -1; /* set by testlib_dns_bind, which fails the test otherwise */
+    unsigned port = 0;
 
     assert_true(n_rows <= TESTLIB_DNS_ROWS_MAX);
     memset(s, 0, sizeof(*s));
