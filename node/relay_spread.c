@@ -169,6 +169,24 @@ static void relay_spread_renewed(void *arg,
             s->deadline = deadline;
 }
 
+static struct relay_member *relay_member_find(struct relay *r, uint64_t node, bool make);
+
+/*
+ * relay_spread_ended - the lease hook: node's attempt is over. On the leader
+ * its slot is free again now, not at its next report.
+ */
+static void relay_spread_ended(void *arg, uint64_t node)
+{
+    struct relay *r = arg;
+    struct relay_member *mb = relay_member_find(r, node, false);
+    if (mb == NULL)
+        return;
+    if (mb->assigned > 0)
+        mb->assigned--;
+    else if (mb->deliveries > 0)
+        mb->deliveries--;
+}
+
 /* relay_spread_lapsed - the lease hook, on every node: a lease ran out and was taken over. */
 static void relay_spread_lapsed(void *arg,
                                 const char *queue_id,
@@ -718,6 +736,15 @@ struct relay_member *relay_spread_holder(struct relay *r, const char *dest)
     return best;
 }
 
+size_t relay_spread_usable(struct relay *r)
+{
+    uint64_t now = uv_now(r->loop);
+    size_t n = 0;
+    for (size_t i = 0; i < r->spread.n_members; i++)
+        n += relay_member_usable(r, &r->spread.members[i], now);
+    return n;
+}
+
 void relay_spread_fill_status(struct relay *r,
                               Hamr__NodeStatus *st,
                               Hamr__DeliveryMember *dm,
@@ -765,6 +792,7 @@ void relay_spread_init(struct relay *r)
         .boot_id = r->boot_id,
         .granted = relay_spread_granted,
         .renewed = relay_spread_renewed,
+        .ended = relay_spread_ended,
         .lapsed = relay_spread_lapsed,
     };
     queue_set_lease_hook(r->queue, &h);

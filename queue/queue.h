@@ -267,6 +267,8 @@ struct queue_body_ops {
  *   renewed - a LeaseRenew extended this node's lease_id of queue_id to
  *             expires_at_ms; asked_mono_ms is the holder's monotonic clock
  *             when it asked (its PeerReport), from which it counts its end.
+ *   ended   - on every node: an Outcome ended a lease that node held (its
+ *             attempt is over, so the leader counts a free delivery slot).
  *   lapsed  - on every node: a Lease took recipient rcpt of queue_id over
  *             from old_lease of old_node, which had run out without an
  *             Outcome. If that delivery had passed its final dot the
@@ -288,6 +290,7 @@ struct queue_lease_hook {
                     uint64_t lease_id,
                     uint64_t expires_at_ms,
                     uint64_t asked_mono_ms);
+    void (*ended)(void *arg, uint64_t node);
     void (*lapsed)(void *arg,
                    const char *queue_id,
                    const char *rcpt,

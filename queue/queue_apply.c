@@ -652,11 +652,14 @@ static int queue_apply_outcome(struct queue *q,
         return rv;
     }
     /* Nothing below can fail. */
+    uint64_t ended_node = 0; /* the holder of the lease this outcome ends */
     for (size_t i = 0; i < o->n_results; i++) {
         if (!p.applies[i])
             continue;
         const Hamr__RcptResult *r = o->results[i];
         struct queue_rcpt *rc = &m->rcpts[r->rcpt_index];
+        if (o->lease_id != 0 && rc->state == QUEUE_RCPT_LEASED)
+            ended_node = rc->lease_node;
         queue_rcpt_clear_lease(rc);
         if (p.set_tls[i]) {
             queue_str_put(rc->tls_policy);
@@ -703,6 +706,8 @@ static int queue_apply_outcome(struct queue *q,
         res->finished++;
     }
     queue_outcome_plan_free(q, &p, o->n_results);
+    if (ended_node != 0 && q->lease_hook.ended != NULL)
+        q->lease_hook.ended(q->lease_hook.arg, ended_node);
     return 0;
 }
 

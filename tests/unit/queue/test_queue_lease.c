@@ -83,7 +83,8 @@ static struct queue_apply_result renew(struct queue *q,
 }
 
 struct hook_log {
-    int granted, renewed, lapsed;
+    int granted, renewed, lapsed, ended;
+    uint64_t ended_node;
     uint64_t lease_id, expires, asked, old_lease, old_node, new_node;
     char id[64], dest[64], rcpt[64];
 };
@@ -116,6 +117,13 @@ static void hook_renewed(void *arg,
     hamr_strlcpy(h->id, id, sizeof(h->id));
 }
 
+static void hook_ended(void *arg, uint64_t node)
+{
+    struct hook_log *h = arg;
+    h->ended++;
+    h->ended_node = node;
+}
+
 static void hook_lapsed(void *arg,
                         const char *id,
                         const char *rcpt,
@@ -143,6 +151,7 @@ static void hooked(struct queue *q, struct hook_log *h)
                                   .boot_id = "b2",
                                   .granted = hook_granted,
                                   .renewed = hook_renewed,
+                                  .ended = hook_ended,
                                   .lapsed = hook_lapsed};
     queue_set_lease_hook(q, &hk);
 }
@@ -300,6 +309,28 @@ static void test_hook_granted_renewed(void **state)
     queue_free(q);
 }
 
+/* test_hook_ended - an Outcome that ends a lease tells every node whose it was, once. */
+static void test_hook_ended(void **state)
+{
+    (void)state;
+    struct queue *q = spread_queue(QUEUE_LEVEL_SPREAD);
+    struct hook_log h;
+    hooked(q, &h);
+    lease_ab(q, T0 + SEC, 3, "b3", 5);
+    struct fx_outcome o = {.id = "M",
+                           .lease_id = 5,
+                           .res = {{.idx = 0, .status = DEFERRED}, {.idx = 1, .status = DEFERRED}},
+                           .n = 2,
+                           .next_ms = T0 + 2 * SEC,
+                           .node = 3};
+    fx_outcome(q, T0 + 2 * SEC, &o);
+    assert_int_equal(h.ended, 1);
+    assert_int_equal(h.ended_node, 3);
+    fx_outcome(q, T0 + 3 * SEC, &o); /* again: the lease is over, nothing ends */
+    assert_int_equal(h.ended, 1);
+    queue_free(q);
+}
+
 /* test_hook_kept_by_restore - a snapshot installed (or loaded at start) keeps the node's hook. */
 static void test_hook_kept_by_restore(void **state)
 {
@@ -349,6 +380,7 @@ int main(void)
         cmocka_unit_test(test_hook_lapsed),
         cmocka_unit_test(test_outcome_only_from_holder),
         cmocka_unit_test(test_hook_kept_by_restore),
+        cmocka_unit_test(test_hook_ended),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
