@@ -352,8 +352,6 @@ bool relay_clock_usable(struct relay *r);
 void relay_spread_poke(struct relay *r);
 int relay_spread_dest_max(struct relay *r, const char *dest);
 struct relay_member *relay_spread_holder(struct relay *r, const char *dest);
-/* relay_spread_usable - nodes that may be given deliveries now. */
-size_t relay_spread_usable(struct relay *r);
 /* relay_spread_fill_status - the clock and delivery fields of st; dm, dmp: CONSENSUS_MAX_MEMBERS
  * each. */
 void relay_spread_fill_status(struct relay *r,

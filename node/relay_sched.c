@@ -1007,20 +1007,6 @@ static void relay_sched_assign(struct relay *r, struct queue_work *work, int n, 
         relay_sched_lease(r, dw[h], dn[h], holders[h], boots[h], now);
 }
 
-/*
- * relay_sched_dest_cap - messages one destination may hold leases for at
- * once, counted by the leader for the whole cluster: four per connection a
- * node may open to it (max_per_destination), so that a node's pool always
- * has the next message queued, for each node that delivers (from
- * QUEUE_LEVEL_SPREAD; else for this one alone). Each node still opens at
- * most max_per_destination connections to it.
- */
-static unsigned relay_sched_dest_cap(struct relay *r)
-{
-    size_t nodes = relay_spread_on(r) ? relay_spread_usable(r) : 1;
-    return (unsigned)(r->cfg->smtpc.max_conns_per_dest * 4 * (nodes > 0 ? nodes : 1));
-}
-
 /* relay_sched_tick - leader: lease due work, expire what is too old. */
 void relay_sched_tick(uv_timer_t *t)
 {
@@ -1035,7 +1021,7 @@ void relay_sched_tick(uv_timer_t *t)
 
     uint64_t now = relay_cluster_now(r);
     struct queue_sched_limits lim = {
-        .max_per_dest = relay_sched_dest_cap(r),
+        .max_per_dest = r->cfg->smtpc.max_conns_per_dest * 4,
         .max_items = RELAY_SCHED_MAX_ITEMS,
         .self_node = r->cfg->node_id,
         .self_boot_id = r->boot_id,

@@ -736,15 +736,6 @@ struct relay_member *relay_spread_holder(struct relay *r, const char *dest)
     return best;
 }
 
-size_t relay_spread_usable(struct relay *r)
-{
-    uint64_t now = uv_now(r->loop);
-    size_t n = 0;
-    for (size_t i = 0; i < r->spread.n_members; i++)
-        n += relay_member_usable(r, &r->spread.members[i], now);
-    return n;
-}
-
 void relay_spread_fill_status(struct relay *r,
                               Hamr__NodeStatus *st,
                               Hamr__DeliveryMember *dm,
