@@ -278,7 +278,7 @@ print(d.get("applied_index", ""), d.get("queue_digest", ""))' 2>/dev/null
 # hamr_snapshots DIR LEADER - the leader's snapshot figures from its log and data_dir.
 hamr_snapshots() {
     local log=$1/node$2.log stats files
-    stats=$(grep -a 'consensus event=snapshot ' "$log" | sed 's/.*event=snapshot //' | "$PYTHON" -c '
+    stats=$({ grep -a 'consensus event=snapshot ' "$log" || true; } | sed 's/.*event=snapshot //' | "$PYTHON" -c '
 import re, statistics, sys
 b, v, w = [], [], []
 for line in sys.stdin:
