@@ -1212,6 +1212,11 @@ uint64_t consensus_term(struct consensus *c)
     return c->raft.current_term;
 }
 
+uint64_t consensus_applied_index(struct consensus *c)
+{
+    return c->closing ? 0 : raft_last_applied(&c->raft);
+}
+
 void consensus_get_info(struct consensus *c, struct consensus_info *info)
 {
     memset(info, 0, sizeof(*info));

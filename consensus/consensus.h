@@ -184,6 +184,8 @@ bool consensus_is_ready(struct consensus *c);
 
 /* consensus_term - the current term. */
 uint64_t consensus_term(struct consensus *c);
+/* consensus_applied_index - the last log index applied here (0 while closing). */
+uint64_t consensus_applied_index(struct consensus *c);
 
 /*
  * consensus_transfer - hand leadership to id (0: any up-to-date voter):

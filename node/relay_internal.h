@@ -141,6 +141,7 @@ struct relay_member {
     int64_t skew_ms;         /* that wall clock less our cluster time, then */
     bool renewing;           /* a LeaseRenew of its leases is in flight */
     bool probed;             /* given a probe since its last report */
+    bool behind;             /* had not applied what the leader had a tick before */
     char **suspended;        /* next hops it gives no work now */
     size_t n_suspended;
     char **probing; /* next hops it has suspended whose probe is due */
@@ -158,9 +159,12 @@ struct relay_spread_state {
     size_t n_members;
     struct cluster_clock clock;
     bool report_in_flight;
+    bool report_again; /* relay_spread_tell while a report was in flight */
     uint64_t lapses;  /* leases taken over after running out: possible duplicates */
     uint64_t stopped; /* deliveries stopped before the final dot: their lease ran out */
     uint64_t late;    /* leases granted to this node that it got too late to use */
+    uint64_t applied_now;  /* leader: its applied index at the last tick */
+    uint64_t applied_mark; /* leader: ... at the tick before (a report behind it is behind) */
 };
 
 /*
@@ -350,6 +354,8 @@ bool relay_spread_ready(struct relay *r);
 bool relay_clock_usable(struct relay *r);
 /* relay_spread_poke - a node that does not know the cluster time yet asks the leader now. */
 void relay_spread_poke(struct relay *r);
+/* relay_spread_tell - a follower whose next hops changed (one suspended) reports now. */
+void relay_spread_tell(struct relay *r);
 int relay_spread_dest_max(struct relay *r, const char *dest);
 struct relay_member *relay_spread_holder(struct relay *r, const char *dest);
 /* relay_spread_fill_status - the clock and delivery fields of st; dm, dmp: CONSENSUS_MAX_MEMBERS

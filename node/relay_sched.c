@@ -292,6 +292,7 @@ static void relay_sched_suspend_note(struct relay *r,
     s->probing = false;
     metrics_inc(r->metrics, METRICS_SUSPENSIONS);
     metrics_gauge_set(r->metrics, METRICS_DESTS_SUSPENDED, 0, (double)r->sched.n_suspended);
+    relay_spread_tell(r);
     log_warn("destination %s: suspended, a probe every %" PRIu64 " ms: no SMTP session (%s)", dest,
              wait, res->n_rcpts > 0 && res->rcpts[0].text[0] ? res->rcpts[0].text : "no reply");
 }

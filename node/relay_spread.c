@@ -12,8 +12,10 @@
  *
  *   - gives each delivery to the node with the most free slots that can
  *     reach its next hop (relay_spread_holder): one Lease entry per holder.
- *     A node not heard from for RELAY_REPORT_FRESH_MS, a draining one, and
- *     one that lacks bodies get nothing. Per-destination limits are the
+ *     A node not heard from for RELAY_REPORT_FRESH_MS, a draining one, one
+ *     that lacks bodies and one that is behind in the log (it had not
+ *     applied what the leader had a tick earlier: it would get the Lease
+ *     too late) get nothing. Per-destination limits are the
  *     queue's, so they hold for the whole cluster: the leader counts every
  *     lease whoever holds it.
  *   - renews the leases a holder still uses with one LeaseRenew entry whose
@@ -272,6 +274,7 @@ static int relay_report_build(struct relay *r, uint64_t now, struct relay_report
     rr->rep.bodies_missing = queue_bodies_missing(r->queue);
     rr->rep.wall_ms = clock_wall_ms();
     rr->rep.mono_ms = now;
+    rr->rep.applied_index = consensus_applied_index(r->cons);
     rr->rep.n_renew = k;
     rr->rep.renew = rr->item_ptrs;
     for (size_t i = 0; i < ns; i++) {
@@ -304,6 +307,10 @@ static void relay_spread_answered(void *arg, int status, const Hamr__PeerResult 
         log_debug("report not answered error=\"%s\"",
                   hamr_strerror(status != 0 ? status : res->status));
     free(rc);
+    if (r->spread.report_again) {
+        r->spread.report_again = false;
+        relay_spread_tell(r);
+    }
 }
 
 static void relay_spread_report_in(struct relay *r,
@@ -361,6 +368,8 @@ static void relay_spread_tick(uv_timer_t *t)
     relay_spread_expire(r);
     if (!relay_spread_on(r))
         return;
+    r->spread.applied_mark = r->spread.applied_now;
+    r->spread.applied_now = consensus_applied_index(r->cons);
     relay_spread_report(r, now, true);
     int64_t skew = cluster_clock_skew(&r->spread.clock, now, clock_wall_ms());
     metrics_gauge_set(r->metrics, METRICS_CLOCK_SKEW, 0, (double)skew / 1000.0);
@@ -569,6 +578,15 @@ static void relay_spread_report_in(struct relay *r,
     mb->probed = false;
     mb->bodies_missing = rep->bodies_missing;
     mb->wall_ms = rep->wall_ms;
+    /* A node catching up (restarted, wiped, cut off a while) would apply a
+     * Lease only after its end: it had not applied what we had a tick ago. */
+    bool behind = rep->applied_index != 0 && rep->applied_index < r->spread.applied_mark;
+    if (behind != mb->behind && node != r->cfg->node_id)
+        log_info("node %" PRIu64 " %s (applied index %" PRIu64 ", ours a tick ago %" PRIu64 ")",
+                 node, behind ? "is behind in the log: no deliveries until it catches up"
+                              : "has caught up: deliveries again",
+                 rep->applied_index, r->spread.applied_mark);
+    mb->behind = behind;
     relay_member_dests_free(mb);
     mb->suspended = relay_strv_copy(rep->suspended, rep->n_suspended, &mb->n_suspended);
     mb->probing = relay_strv_copy(rep->probing, rep->n_probing, &mb->n_probing);
@@ -635,6 +653,26 @@ void relay_spread_poke(struct relay *r)
     relay_spread_report(r, uv_now(r->loop), false);
 }
 
+/*
+ * relay_spread_tell - report now rather than at the next tick: this node
+ * has just suspended a next hop. Until the leader hears of it, it goes on
+ * giving this node deliveries there, and a refused connection fails each in
+ * a millisecond: a second's worth was hundreds of attempts, each an Outcome
+ * in the raft log (a restarted node, which knows of no suspension, took
+ * thousands). A report in flight is followed by another once answered. The
+ * leader reads its own suspensions live.
+ */
+void relay_spread_tell(struct relay *r)
+{
+    if (r->stopping || !relay_spread_on(r) || consensus_is_ready(r->cons))
+        return;
+    if (r->spread.report_in_flight) {
+        r->spread.report_again = true;
+        return;
+    }
+    relay_spread_report(r, uv_now(r->loop), false);
+}
+
 bool relay_spread_ready(struct relay *r)
 {
     if (!relay_spread_on(r))
@@ -662,7 +700,7 @@ static bool relay_member_usable(struct relay *r, const struct relay_member *mb, 
         return false;
     if (mb->id == r->cfg->node_id)
         return true; /* the pick leaves out what we lack */
-    return mb->bodies_missing == 0 && !directory_draining(r->dir, mb->id);
+    return mb->bodies_missing == 0 && !mb->behind && !directory_draining(r->dir, mb->id);
 }
 
 /* relay_member_free_slots - slots mb has left, by its report and what we gave it since. */
