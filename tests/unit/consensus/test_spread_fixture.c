@@ -655,6 +655,16 @@ static void test_holder_cut_off(void **state)
     /* Node 2 was granted C, then B; it was renewed once; node 3 never renewed. */
     assert_int_equal(s->log[1].granted, 2);
     assert_int_equal(s->log[2].renewed, 0);
+
+    /* Node 3's late report, under its old lease or claiming the new one: refused everywhere. */
+    assert_int_equal(spread_outcome(s, 0, 3, "B", lease_b, 2, QUEUE_ENTRY_DELIVERED)->res.finished,
+                     0);
+    assert_int_equal(spread_outcome(s, 0, 3, "B", lease_b2, 2, QUEUE_ENTRY_DELIVERED)->res.finished,
+                     0);
+    cluster_sync(s->c, 0, ALL);
+    spread_assert_leased(s, ALL, "B", 2, lease_b2, 2, end2);
+    for (unsigned i = 0; i < N_SRV; i++)
+        assert_int_equal(s->log[i].ended[3], 0);
 }
 
 /* ------------------------------------------------------------------------
@@ -710,11 +720,19 @@ static void test_renewal_across_leader_change(void **state)
     assert_int_not_equal(lease2, lease);
     cluster_sync(s->c, b, live);
     spread_assert_leased(s, live, "D", 1, lease2, b + 1, end2);
-    for (unsigned i = 1; i < N_SRV; i++) {
+
+    /* A comes back as a follower and applies the same: its hook reports the lapse too. */
+    heal(s->c, 0, ISOLATE_KILL);
+    cluster_sync(s->c, b, ALL);
+    spread_assert_leased(s, ALL, "D", 1, lease2, b + 1, end2);
+    for (unsigned i = 0; i < N_SRV; i++) {
         assert_int_equal(s->log[i].n_lapses, 1);
         assert_int_equal(s->log[i].lapses[0].old_lease, lease);
         assert_int_equal(s->log[i].lapses[0].old_node, 3);
+        assert_int_equal(s->log[i].lapses[0].new_lease, lease2);
+        assert_int_equal(s->log[i].lapses[0].new_node, b + 1);
     }
+    assert_int_equal(cluster_leader_of(s->c, s->c->n), b);
 }
 
 /* ------------------------------------------------------------------------
