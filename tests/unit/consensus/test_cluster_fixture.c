@@ -3,17 +3,10 @@
  * of a real raft 0.15 cluster on raft's in-memory fixture: deterministic,
  * simulated time, no sockets, no disk, no threads.
  *
- * Each fixture server gets a version-2 struct raft_fsm around its own struct
- * queue: apply -> queue_apply (a non-zero return is recorded and fails the
- * test: no entry written here is undecodable); snapshot -> queue_snapshot
- * into one raft_malloc'd buffer that raft owns and frees (no
- * snapshot_finalize); restore -> queue_restore, then raft_free of the buffer.
- * The fixture's raft_io reports version 0, so the FSM cannot be version 3.
- *
- * Proposals are packed with proto_entry_pack(raft_malloc) and handed to
- * raft_apply on a chosen server; each request's callback status and the
- * queue's apply result are recorded in the cluster. Every wait steps the
- * fixture with a bound in simulated milliseconds; a wait that runs out fails.
+ * The harness (cluster_fixture.h) runs one queue per fixture server as its
+ * raft_fsm and records every proposal; entries here are packed from
+ * Hamr__Entry with proto_entry_pack(raft_malloc), timestamped with the
+ * simulated clock. Every wait is bounded in simulated milliseconds.
  *
  * The scenarios: replication, leader crash after and before commit (the
  * old leader disconnected or killed), the unknown outcome resolved by queue
@@ -21,14 +14,6 @@
  * of proposals, the commit stall of an unbounded stream, membership changes,
  * snapshot install and lease fencing across leaders. raft_fixture_step
  * checks Election Safety and Leader Append-Only on every step.
- *
- * Notes on this libraft (0.15, Debian):
- *   - its assertions are compiled out, so the preconditions of
- *     raft_fixture_elect and raft_fixture_depose (no leader, every server a
- *     follower, default election timeout) are checked here first;
- *   - raft_fixture_disconnect(f, i, j) cuts only the direction i -> j;
- *   - a killed server gets no ticks: a killed leader stays leader, and its
- *     pending requests are called back only once it runs again.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -49,306 +34,7 @@
 #include "util/err.h"
 #include "proto/proto_frame.h"
 #include "queue/queue.h"
-
-#define T0 1700000000000ull /* wall clock of simulated time 0 */
-#define MIN_MS (60ull * 1000)
-#define ELECTION_MS 1000 /* the fixture's default election timeout */
-#define MAX_PROPS 512
-#define MAX_CHANGES 8
-#define MAX_RCPTS 4
-
-/* ------------------------------------------------------------------------
- * The cluster: fixture, one queue per server, recorded requests
- * ------------------------------------------------------------------------ */
-
-/* cluster_server - one server's state machine and what raft did with it. */
-struct cluster_server {
-    struct raft_fsm fsm;
-    struct queue *q;
-    struct queue_apply_result last; /* result of the newest apply, for raft_apply callbacks */
-    unsigned n_apply;
-    unsigned n_snapshot;
-    unsigned n_restore;
-    int apply_error;   /* first non-zero queue_apply return, 0 if none */
-    int restore_error; /* first non-zero queue_restore return, 0 if none */
-};
-
-struct cluster;
-
-/* cluster_prop - one raft_apply request and what its callback reported. */
-struct cluster_prop {
-    struct raft_apply req;
-    struct cluster *c;
-    unsigned server;               /* index of the server it was proposed on */
-    char id[QUEUE_ID_MAX];         /* queue id the entry is about */
-    unsigned n_cb;                 /* callback count: must end at most 1 */
-    int status;                    /* callback status */
-    struct queue_apply_result res; /* the queue's result when status is 0 */
-    raft_time done_at;             /* simulated time of the callback */
-};
-
-/* cluster_change - a membership change or a barrier and its callback. */
-struct cluster_change {
-    struct raft_change change;
-    struct raft_barrier barrier;
-    unsigned n_cb;
-    int status;
-};
-
-/* cluster_transfer - a leadership transfer and what its callback saw. */
-struct cluster_transfer {
-    struct raft_transfer req;
-    struct cluster *c;
-    unsigned from; /* server the transfer was asked of */
-    unsigned n_cb;
-    raft_id leader_seen; /* raft_leader() on that server in the callback */
-    raft_time at;        /* simulated time of the callback */
-};
-
-struct cluster {
-    struct raft_fixture f;
-    struct cluster_server srv[RAFT_FIXTURE_MAX_SERVERS];
-    unsigned n;
-    struct cluster_prop props[MAX_PROPS];
-    size_t n_props;
-    struct cluster_change changes[MAX_CHANGES];
-    size_t n_changes;
-    struct cluster_transfer transfers[2];
-};
-
-/* fsm_apply_cb - apply one committed entry to this server's queue. */
-static int fsm_apply_cb(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
-{
-    struct cluster_server *s = fsm->data;
-    int rv = queue_apply(s->q, buf->base, buf->len, &s->last);
-    s->n_apply++;
-    if (rv != 0) {
-        /* Stops applying at this index; the test fails on the recorded error. */
-        if (s->apply_error == 0)
-            s->apply_error = rv;
-        return RAFT_MALFORMED;
-    }
-    *result = &s->last;
-    return 0;
-}
-
-/*
- * fsm_snapshot_cb - the whole queue in one buffer. Version-2 FSM without
- * snapshot_finalize: raft takes the array and the buffer and raft_frees both.
- */
-static int fsm_snapshot_cb(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
-{
-    struct cluster_server *s = fsm->data;
-    struct raft_buffer *b = raft_malloc(sizeof(*b));
-    if (b == NULL)
-        return RAFT_NOMEM;
-    uint8_t *out = NULL;
-    size_t len = 0;
-    if (queue_snapshot(s->q, raft_malloc, &out, &len) != 0) {
-        raft_free(b);
-        return RAFT_NOMEM;
-    }
-    b->base = out;
-    b->len = len;
-    *bufs = b;
-    *n_bufs = 1;
-    s->n_snapshot++;
-    return 0;
-}
-
-/* fsm_restore_cb - replace the queue with a snapshot; on success the buffer is ours to free. */
-static int fsm_restore_cb(struct raft_fsm *fsm, struct raft_buffer *buf)
-{
-    struct cluster_server *s = fsm->data;
-    int rv = queue_restore(s->q, buf->base, buf->len);
-    if (rv != 0) {
-        if (s->restore_error == 0)
-            s->restore_error = rv;
-        return RAFT_MALFORMED;
-    }
-    raft_free(buf->base);
-    s->n_restore++;
-    return 0;
-}
-
-/* cluster_server_init - a fresh queue and its FSM for server slot i. */
-static void cluster_server_init(struct cluster *c, unsigned i)
-{
-    struct cluster_server *s = &c->srv[i];
-    memset(s, 0, sizeof(*s));
-    s->q = queue_new();
-    assert_non_null(s->q);
-    s->fsm.version = 2;
-    s->fsm.data = s;
-    s->fsm.apply = fsm_apply_cb;
-    s->fsm.snapshot = fsm_snapshot_cb;
-    s->fsm.restore = fsm_restore_cb;
-    s->fsm.snapshot_finalize = NULL;
-}
-
-/* cluster_raft - the raft instance of server i. */
-static struct raft *cluster_raft(struct cluster *c, unsigned i)
-{
-    return raft_fixture_get(&c->f, i);
-}
-
-/* cluster_now - the fixture's simulated time. */
-static raft_time cluster_now(struct cluster *c)
-{
-    return raft_fixture_time(&c->f);
-}
-
-/* cluster_new - n voters, bootstrapped and started, with pre-vote on (as hamrd runs). */
-static struct cluster *cluster_new(unsigned n)
-{
-    struct cluster *c = calloc(1, sizeof(*c));
-    assert_non_null(c);
-    assert_int_equal(raft_fixture_initialize(&c->f), 0);
-    for (unsigned i = 0; i < n; i++) {
-        cluster_server_init(c, i);
-        assert_int_equal(raft_fixture_grow(&c->f, &c->srv[i].fsm), 0);
-        raft_set_pre_vote(cluster_raft(c, i), true);
-    }
-    c->n = n;
-    struct raft_configuration conf;
-    assert_int_equal(raft_fixture_configuration(&c->f, n, &conf), 0);
-    assert_int_equal(raft_fixture_bootstrap(&c->f, &conf), 0);
-    raft_configuration_close(&conf);
-    assert_int_equal(raft_fixture_start(&c->f), 0);
-    return c;
-}
-
-/* cluster_free - close the fixture (pending requests are called back), then the queues. */
-static void cluster_free(struct cluster *c)
-{
-    raft_fixture_close(&c->f);
-    for (size_t i = 0; i < c->n_props; i++)
-        assert_true(c->props[i].n_cb <= 1);
-    for (unsigned i = 0; i < c->n; i++)
-        c->srv[i].q = queue_free(c->srv[i].q);
-    free(c);
-}
-
-static int setup3(void **state)
-{
-    *state = cluster_new(3);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    cluster_free(*state);
-    return 0;
-}
-
-/* cluster_check - no server failed to apply or restore anything. */
-static void cluster_check(struct cluster *c)
-{
-    for (unsigned i = 0; i < c->n; i++) {
-        if (c->srv[i].apply_error != 0 || c->srv[i].restore_error != 0)
-            fail_msg("server %u: apply %s, restore %s", i, hamr_errname(c->srv[i].apply_error),
-                     hamr_errname(c->srv[i].restore_error));
-    }
-}
-
-/* cluster_all_followers - every server is a follower (precondition of raft_fixture_elect). */
-static bool cluster_all_followers(struct cluster *c)
-{
-    for (unsigned i = 0; i < c->n; i++)
-        if (raft_state(cluster_raft(c, i)) != RAFT_FOLLOWER)
-            return false;
-    return true;
-}
-
-/* cluster_elect - make server i the leader; the fixture must have none now. */
-static void cluster_elect(struct cluster *c, unsigned i)
-{
-    assert_int_equal(raft_fixture_leader_index(&c->f), c->n);
-    assert_true(cluster_all_followers(c));
-    raft_fixture_elect(&c->f, i);
-    assert_int_equal(raft_fixture_leader_index(&c->f), i);
-    assert_int_equal(raft_state(cluster_raft(c, i)), RAFT_LEADER);
-}
-
-/* cluster_leader_of - the server in leader state with the highest term, or c->n. */
-static unsigned cluster_leader_of(struct cluster *c, unsigned skip)
-{
-    unsigned best = c->n;
-    raft_term term = 0;
-    for (unsigned i = 0; i < c->n; i++) {
-        struct raft *r = cluster_raft(c, i);
-        if (i == skip || !raft_fixture_alive(&c->f, i) || raft_state(r) != RAFT_LEADER)
-            continue;
-        if (r->current_term > term) {
-            term = r->current_term;
-            best = i;
-        }
-    }
-    return best;
-}
-
-/* cluster_step_until - step until pred holds; false if max_ms of simulated time ran out. */
-static bool cluster_step_until(struct cluster *c,
-                               bool (*pred)(struct raft_fixture *f, void *arg),
-                               void *arg,
-                               unsigned max_ms)
-{
-    return raft_fixture_step_until(&c->f, pred, arg, max_ms);
-}
-
-/* ------------------------------------------------------------------------
- * Entries and proposals
- * ------------------------------------------------------------------------ */
-
-/* prop_cb - record a raft_apply callback. */
-static void prop_cb(struct raft_apply *req, int status, void *result)
-{
-    struct cluster_prop *p = req->data;
-    p->n_cb++;
-    p->status = status;
-    p->done_at = raft_fixture_time(&p->c->f);
-    if (status == 0 && result != NULL)
-        p->res = *(const struct queue_apply_result *)result;
-}
-
-/*
- * cluster_propose - pack e (timestamped with the simulated clock) and
- * raft_apply it on server i. Returns raft_apply's code; on 0, *out is the
- * recorded request. On failure the buffer is still ours and is freed here.
- */
-static int cluster_propose(struct cluster *c,
-                           unsigned i,
-                           Hamr__Entry *e,
-                           const char *id,
-                           struct cluster_prop **out)
-{
-    assert_true(c->n_props < MAX_PROPS);
-    e->timestamp_ms = T0 + cluster_now(c);
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    assert_int_equal(proto_entry_pack(e, raft_malloc, &buf, &len), 0);
-    if (len % PROTO_ENTRY_ALIGN != 0) {
-        raft_free(buf);
-        fail_msg("entry of %zu bytes is not padded to %d", len, PROTO_ENTRY_ALIGN);
-    }
-    struct cluster_prop *p = &c->props[c->n_props];
-    memset(p, 0, sizeof(*p));
-    p->req.data = p;
-    p->c = c;
-    p->server = i;
-    p->status = -1;
-    hamr_strlcpy(p->id, id ? id : "", sizeof(p->id));
-    struct raft_buffer rb = {.base = buf, .len = len};
-    int rv = raft_apply(cluster_raft(c, i), &p->req, &rb, 1, prop_cb);
-    if (rv != 0) {
-        raft_free(buf);
-        return rv;
-    }
-    c->n_props++;
-    if (out != NULL)
-        *out = p;
-    return 0;
-}
+#include "cluster_fixture.h"
 
 /* msg_body - the deterministic body of message id. */
 static void msg_body(const char *id, char *out, size_t cap)
@@ -465,133 +151,6 @@ static int propose_outcome(struct cluster *c,
     return cluster_propose(c, i, &e, id, out);
 }
 
-/* prop_done_pred - the request has been called back. */
-static bool prop_done_pred(struct raft_fixture *f, void *arg)
-{
-    (void)f;
-    const struct cluster_prop *p = arg;
-    return p->n_cb > 0;
-}
-
-/* prop_wait - step until p is called back (bounded); assert its status. */
-static void prop_wait(struct cluster *c, struct cluster_prop *p, int want_status, unsigned max_ms)
-{
-    if (!cluster_step_until(c, prop_done_pred, p, max_ms))
-        fail_msg("proposal %s on server %u: no callback within %u ms", p->id, p->server, max_ms);
-    assert_int_equal(p->n_cb, 1);
-    if (p->status != want_status)
-        fail_msg("proposal %s: status %d (%s), want %d", p->id, p->status, raft_strerror(p->status),
-                 want_status);
-    cluster_check(c);
-}
-
-/* committed - assert a proposal was accepted (rv 0) and wait until it commits with status 0. */
-static struct cluster_prop *committed(struct cluster *c, int rv)
-{
-    if (rv != 0)
-        fail_msg("raft_apply: %d (%s)", rv, raft_strerror(rv));
-    struct cluster_prop *p = &c->props[c->n_props - 1];
-    prop_wait(c, p, 0, 2000);
-    return p;
-}
-
-/* change_cb / barrier_cb - record a membership change or barrier callback. */
-static void change_cb(struct raft_change *req, int status)
-{
-    struct cluster_change *ch = req->data;
-    ch->n_cb++;
-    ch->status = status;
-}
-
-static void barrier_cb(struct raft_barrier *req, int status)
-{
-    struct cluster_change *ch = req->data;
-    ch->n_cb++;
-    ch->status = status;
-}
-
-/* change_new - a zeroed change record that lives as long as the cluster. */
-static struct cluster_change *change_new(struct cluster *c)
-{
-    assert_true(c->n_changes < MAX_CHANGES);
-    struct cluster_change *ch = &c->changes[c->n_changes++];
-    memset(ch, 0, sizeof(*ch));
-    ch->change.data = ch;
-    ch->barrier.data = ch;
-    ch->status = -1;
-    return ch;
-}
-
-/* change_done_pred - the change or barrier has been called back. */
-static bool change_done_pred(struct raft_fixture *f, void *arg)
-{
-    (void)f;
-    const struct cluster_change *ch = arg;
-    return ch->n_cb > 0;
-}
-
-/* change_wait - step until ch is called back with status 0 (bounded). */
-static void change_wait(struct cluster *c, struct cluster_change *ch, unsigned max_ms)
-{
-    if (!cluster_step_until(c, change_done_pred, ch, max_ms))
-        fail_msg("change: no callback within %u ms", max_ms);
-    assert_int_equal(ch->n_cb, 1);
-    if (ch->status != 0)
-        fail_msg("change: status %d (%s)", ch->status, raft_strerror(ch->status));
-}
-
-/* cluster_barrier - a barrier on leader i: everything before it is applied there. */
-static void cluster_barrier(struct cluster *c, unsigned i)
-{
-    struct cluster_change *ch = change_new(c);
-    assert_int_equal(raft_barrier(cluster_raft(c, i), &ch->barrier, barrier_cb), 0);
-    change_wait(c, ch, 3000);
-    assert_int_equal(raft_last_applied(cluster_raft(c, i)), ch->barrier.index);
-}
-
-/* cluster_wait_applied - step until server i applied index (bounded). */
-static void cluster_wait_applied(struct cluster *c, unsigned i, raft_index index, unsigned max_ms)
-{
-    if (!raft_fixture_step_until_applied(&c->f, i, index, max_ms))
-        fail_msg("server %u: applied %llu, want %llu within %u ms", i,
-                 (unsigned long long)raft_last_applied(cluster_raft(c, i)),
-                 (unsigned long long)index, max_ms);
-    cluster_check(c);
-}
-
-/* cluster_sync - servers in mask apply everything leader applied (bounded). */
-static void cluster_sync(struct cluster *c, unsigned leader, unsigned mask)
-{
-    raft_index idx = raft_last_applied(cluster_raft(c, leader));
-    for (unsigned i = 0; i < c->n; i++)
-        if (mask & (1u << i))
-            cluster_wait_applied(c, i, idx, 3000);
-}
-
-/* cluster_assert_same - servers in mask have equal digests and queue_contains answers. */
-static void cluster_assert_same(struct cluster *c, unsigned mask)
-{
-    char want[65] = "", got[65];
-    unsigned first = c->n;
-    cluster_check(c);
-    for (unsigned i = 0; i < c->n; i++) {
-        if (!(mask & (1u << i)))
-            continue;
-        queue_digest(c->srv[i].q, got);
-        if (first == c->n) {
-            first = i;
-            memcpy(want, got, sizeof(want));
-            continue;
-        }
-        if (strcmp(want, got) != 0)
-            fail_msg("digest of server %u differs from server %u", i, first);
-        for (size_t k = 0; k < c->n_props; k++)
-            assert_int_equal(queue_contains(c->srv[i].q, c->props[k].id),
-                             queue_contains(c->srv[first].q, c->props[k].id));
-    }
-    assert_true(first < c->n);
-}
-
 /* count_cb - count messages whose id equals arg's. */
 struct count_arg {
     const char *id;
@@ -692,29 +251,6 @@ static void test_replication(void **state)
     queue_free(empty);
 }
 
-/* cluster_of - the cluster that embeds fixture f. */
-static struct cluster *cluster_of(struct raft_fixture *f)
-{
-    return hamr_container_of(f, struct cluster, f);
-}
-
-/* other_leader_pred - some live server other than *arg is leader. */
-static bool other_leader_pred(struct raft_fixture *f, void *arg)
-{
-    struct cluster *c = cluster_of(f);
-    return cluster_leader_of(c, *(const unsigned *)arg) < c->n;
-}
-
-/* wait_other_leader - step until a server other than skip leads (bounded); its index. */
-static unsigned wait_other_leader(struct cluster *c, unsigned skip, unsigned max_ms)
-{
-    if (!cluster_step_until(c, other_leader_pred, &skip, max_ms))
-        fail_msg("no leader other than server %u within %u ms", skip, max_ms);
-    unsigned l = cluster_leader_of(c, skip);
-    assert_true(l < c->n && l != skip);
-    return l;
-}
-
 /* ------------------------------------------------------------------------
  * 2. Leader crash after commit
  * ------------------------------------------------------------------------ */
@@ -774,39 +310,6 @@ static void test_leader_crash_after_commit(void **state)
 /* ------------------------------------------------------------------------
  * 3. Leader crash before commit
  * ------------------------------------------------------------------------ */
-
-enum isolate_kind { ISOLATE_DISCONNECT, ISOLATE_KILL };
-
-/* isolate - cut server i off from the others, by network or by killing it. */
-static void isolate(struct cluster *c, unsigned i, enum isolate_kind kind)
-{
-    if (kind == ISOLATE_KILL) {
-        raft_fixture_kill(&c->f, i);
-        return;
-    }
-    /* raft_fixture_disconnect(f, i, j) cuts one direction, i to j: cut both. */
-    for (unsigned j = 0; j < c->n; j++) {
-        if (j != i) {
-            raft_fixture_disconnect(&c->f, i, j);
-            raft_fixture_disconnect(&c->f, j, i);
-        }
-    }
-}
-
-/* heal - undo isolate. */
-static void heal(struct cluster *c, unsigned i, enum isolate_kind kind)
-{
-    if (kind == ISOLATE_KILL) {
-        raft_fixture_revive(&c->f, i);
-        return;
-    }
-    for (unsigned j = 0; j < c->n; j++) {
-        if (j != i) {
-            raft_fixture_reconnect(&c->f, i, j);
-            raft_fixture_reconnect(&c->f, j, i);
-        }
-    }
-}
 
 /* crash_before_commit - the old leader appended X alone; X is re-proposed and exists once. */
 static void crash_before_commit(struct cluster *c, enum isolate_kind kind)
@@ -1391,18 +894,24 @@ static void test_fencing_across_leaders(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_replication, setup3, teardown),
-        cmocka_unit_test_setup_teardown(test_leader_crash_after_commit, setup3, teardown),
-        cmocka_unit_test_setup_teardown(test_crash_before_commit_disconnected, setup3, teardown),
-        cmocka_unit_test_setup_teardown(test_crash_before_commit_killed, setup3, teardown),
-        cmocka_unit_test_setup_teardown(test_unknown_outcome_by_queue_id, setup3, teardown),
-        cmocka_unit_test_setup_teardown(test_minority_partition, setup3, teardown),
-        cmocka_unit_test_setup_teardown(test_majority_loss, setup3, teardown),
-        cmocka_unit_test_setup_teardown(test_transfer_under_load, setup3, teardown),
-        cmocka_unit_test_setup_teardown(test_commit_stall_unbounded_stream, setup3, teardown),
-        cmocka_unit_test_setup_teardown(test_membership, setup3, teardown),
-        cmocka_unit_test_setup_teardown(test_snapshot_install, setup3, teardown),
-        cmocka_unit_test_setup_teardown(test_fencing_across_leaders, setup3, teardown),
+        cmocka_unit_test_setup_teardown(test_replication, cluster_setup3, cluster_teardown),
+        cmocka_unit_test_setup_teardown(test_leader_crash_after_commit, cluster_setup3,
+                                        cluster_teardown),
+        cmocka_unit_test_setup_teardown(test_crash_before_commit_disconnected, cluster_setup3,
+                                        cluster_teardown),
+        cmocka_unit_test_setup_teardown(test_crash_before_commit_killed, cluster_setup3,
+                                        cluster_teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_outcome_by_queue_id, cluster_setup3,
+                                        cluster_teardown),
+        cmocka_unit_test_setup_teardown(test_minority_partition, cluster_setup3, cluster_teardown),
+        cmocka_unit_test_setup_teardown(test_majority_loss, cluster_setup3, cluster_teardown),
+        cmocka_unit_test_setup_teardown(test_transfer_under_load, cluster_setup3, cluster_teardown),
+        cmocka_unit_test_setup_teardown(test_commit_stall_unbounded_stream, cluster_setup3,
+                                        cluster_teardown),
+        cmocka_unit_test_setup_teardown(test_membership, cluster_setup3, cluster_teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_install, cluster_setup3, cluster_teardown),
+        cmocka_unit_test_setup_teardown(test_fencing_across_leaders, cluster_setup3,
+                                        cluster_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
