@@ -328,6 +328,8 @@ static void relay_sched_release(struct relay *r)
     relay_sched_kick(r);
 }
 
+static void relay_deliver_mem_cancel(void *data);
+
 /* relay_outcome_done - an Outcome committed or failed. */
 static void relay_outcome_done(void *arg, int status, intptr_t result)
 {
@@ -348,14 +350,8 @@ static void relay_outcome_done(void *arg, int status, intptr_t result)
         if (d->rcpt_dsn != NULL)
             free((char *)d->rcpt_dsn[i].orcpt);
     }
-    if (d->mem_queued) {
-        /* Never left waiting for its body once it is gone. */
-        struct relay_delivery **pp = &r->sched.mem_waiting;
-        while (*pp != NULL && *pp != d)
-            pp = &(*pp)->mem_next;
-        if (*pp == d)
-            *pp = d->mem_next;
-    }
+    if (d->mem_queued)
+        relay_deliver_mem_cancel(d); /* never left waiting for its body once it is gone */
     free(d->rcpt_dsn);
     free(d->envid);
     free(d->rcpts);
