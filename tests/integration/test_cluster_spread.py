@@ -70,14 +70,12 @@ Run one case with python3 THIS Class.test_x (ctest does, one entry per case).
 import calendar
 import os
 import re
-import subprocess
 import sys
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster  # noqa: E402
-import harness  # noqa: E402
 from cluster import cluster_log  # noqa: E402
 from harness import field, wait_for  # noqa: E402
 
@@ -227,15 +225,6 @@ class SpreadTestCase(cluster.ClusterTestCase):
             if qid in qids:
                 out[node_id] += 1
         return out
-
-    def status_text(self, node):
-        """status_text - what "hamrctl status" prints for node (text, not JSON)."""
-        argv = [harness.hamrctl_path(), "-s", harness.hostport(node.host, node.control_port),
-                "status"]
-        out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=15,
-                             env=node.ctl_env())
-        self.assertEqual(out.returncode, 0, out.stderr.decode(errors="replace"))
-        return out.stdout.decode("utf-8", "replace")
 
     def wait_running(self, candidates, least=1, timeout=RUNNING_BOUND):
         """wait_running - until one of candidates reports at least `least` deliveries running
