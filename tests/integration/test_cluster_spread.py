@@ -73,6 +73,15 @@ ip netns and nft, else it skips; the sink listens on the hub, 10.77.0.1):
      a small load through that node only, then the oracle: nothing lost, no
      duplicate.
 
+ClusterSpreadNoSlotsTest (three nodes on 127.0.0.1, node NO_SLOTS_NODE with
+[delivery] delivery_slots = 0):
+  a_no_slots  NO_SLOTS_MESSAGES messages through all three nodes: the node
+     without slots answers its share with 250 but delivers none (no "status=sent"
+     line of the load, hamr_deliveries_total unchanged, the leader's
+     "deliverers:" line for it: 0 slots, nothing leased); the two others deliver
+     everything (oracle: nothing lost, no duplicate; their status=sent lines
+     add up to the acknowledged messages).
+
 Run one case with python3 THIS Class.test_x (ctest does, one entry per case).
 """
 
@@ -108,6 +117,8 @@ DOT_EPSILON = 0.3  # seconds: a final dot logged by the sink this late is after 
 RESTART_BOUND = 45.0  # a restarted follower follows the leader again
 CLOCK_BOUND = 15.0  # peer ports healed -> the follower knows the cluster time (MAIL 250)
 CLOCK_MESSAGES = 12  # the load through that follower once it knows the time
+NO_SLOTS_MESSAGES = 150
+NO_SLOTS_NODE = 3  # the node of ClusterSpreadNoSlotsTest with [delivery] delivery_slots = 0
 TRY_AGAIN = "451 4.3.0 Error: queue not available, try again later"
 # The slow next hop: a wait before 354 (the body not yet sent: a lease running out
 # then stops the delivery) and one after the final dot (the message taken: a holder
@@ -635,6 +646,54 @@ class ClusterSpreadNetTest(SpreadTestCase, cluster.NetLabTestCase):
         if resume:
             self.assertGreater(sent2[victim.id], 0, "%s never delivered again after the heal"
                                % victim.name)
+
+
+class ClusterSpreadNoSlotsTest(SpreadTestCase):
+    """ClusterSpreadNoSlotsTest - node NO_SLOTS_NODE runs no delivery ([delivery]
+    delivery_slots = 0): the leader leases nothing to it, whichever node leads."""
+
+    @classmethod
+    def make_cluster(cls):
+        c = super().make_cluster()
+        node = c.node(NO_SLOTS_NODE)
+        node.overrides = {s: dict(kv) for s, kv in node.overrides.items()}
+        node.overrides.setdefault("delivery", {})["delivery_slots"] = "0"
+        node.write_config()
+        return c
+
+    def test_a_no_slots(self):
+        c = self.cluster
+        idle = c.node(NO_SLOTS_NODE)
+        leader = c.wait_leader()
+        before = {n.id: n.counters("hamr_deliveries_total", label="outcome") for n in c.nodes}
+        load = self.run_load("sp-z", NO_SLOTS_MESSAGES, threads=4, pace=0.02)
+        taken = [a for a in load.ok() if a.node == idle.id]
+        self.assertGreater(len(taken), 0, "%s answered none of the load with 250" % idle.name)
+        res, lapsed = self.spread_oracle("spread-no-slots", [load])
+        self.assertEqual(res.dup, 0, "duplicates without a fault: %s" % res.duplicates)
+        self.assertEqual(lapsed, set(), "a lease ran out without a fault")
+        qids = set(self.qid_map([load]))
+        sent = self.sent_by_node(qids)
+        after = {n.id: n.counters("hamr_deliveries_total", label="outcome") for n in c.nodes}
+        delta = {i: sum(after[i].values()) - sum(before[i].values()) for i in after}
+        cluster_log("no slots: %s took %d of %d acknowledged; deliveries by node %s, "
+                    "hamr_deliveries_total grew by %s" % (idle.name, len(taken), len(qids),
+                                                          sent, delta))
+        self.assertEqual(sent[idle.id], 0, "%s delivered with delivery_slots = 0" % idle.name)
+        self.assertEqual(delta[idle.id], 0, "%s recorded delivery outcomes" % idle.name)
+        for n in c.nodes:
+            if n is not idle:
+                self.assertGreater(sent[n.id], 0, "%s delivered none of the load" % n.name)
+        self.assertEqual(sum(sent.values()), len(qids), "a delivery logged twice or not at all")
+        self.assertIs(c.wait_leader(), leader, "the leader changed")
+        text = self.status_text(leader)
+        rows = {int(m.group(1)): m for m in DELIVERER_RE.finditer(text)}
+        self.assertIn(idle.id, rows, "no deliverers: line for %s:\n%s" % (idle.name, text))
+        row = rows[idle.id]
+        self.assertEqual((int(row.group(2)), int(row.group(3)), int(row.group(4))), (0, 0, 0),
+                         "running, slots, leased of %s: %s" % (idle.name, row.group(0)))
+        sys.stderr.write("spread-no-slots: %s took %d messages and delivered none; the others "
+                         "delivered %s\n" % (idle.name, len(taken), sent))
 
 
 if __name__ == "__main__":
