@@ -38,6 +38,8 @@ struct body_fetch;
 #define RELAY_VERSION "0.1.0"
 #define RELAY_DIGEST_MAX_MESSAGES 100000 /* status leaves the O(queue) digest out above this */
 #define RELAY_SCHED_MAX_ITEMS 256
+/* Buckets of the index of running deliveries by lease id: a power of two. */
+#define RELAY_SCHED_LEASE_SLOTS 512
 #define RELAY_SCHED_DUTY 5       /* a kick waits DUTY times the last pick, at most scan_interval */
 #define RELAY_SUSPEND_MAX 1024   /* suspended next hops remembered at once */
 #define RELAY_SUSPEND_MS 10000   /* a suspended next hop is probed this often (or retry_min) */
@@ -117,6 +119,7 @@ struct relay_delivery {
     bool mem_queued;                 /* on relay_sched_state.mem_waiting */
     struct relay_delivery *mem_next; /* on it */
     struct relay_delivery *prev, *next;
+    struct relay_delivery *lease_next; /* in its bucket of relay_sched_state.by_lease */
 };
 
 /* relay_start - a lease granted to this node, started on the loop's next turn. */
@@ -175,6 +178,7 @@ struct relay_suspended {
     char dest[QUEUE_DEST_MAX];
     uint64_t until;
     bool probing;
+    size_t running; /* deliveries to dest this node runs now: a probe is one of them */
 };
 
 /* relay_sched_state - scheduling and delivery (relay_sched.c). */
@@ -188,6 +192,11 @@ struct relay_sched_state {
     uint64_t lease_counter;
     struct relay_delivery *deliveries;
     size_t n_deliveries;
+    /*
+     * The same deliveries by lease id (relay_sched_lease_first): a renewal
+     * finds its delivery without walking them all, once per renewed item.
+     */
+    struct relay_delivery *by_lease[RELAY_SCHED_LEASE_SLOTS];
     uint64_t duplicate_windows;        /* outcomes lost after a delivery attempt */
     struct relay_suspended *suspended; /* dead next hops (relay_sched_suspend) */
     size_t n_suspended;
@@ -322,6 +331,21 @@ int relay_route_dest(void *data, const char *rcpt, char *dest, size_t destlen);
  */
 enum { RELAY_DEST_OK = 0, RELAY_DEST_SUSPENDED = 1, RELAY_DEST_PROBE = 2 };
 int relay_sched_dest_state(struct relay *r, const char *dest, uint64_t now);
+/*
+ * relay_delivery_link, relay_delivery_unlink - d onto the running
+ * deliveries (the list, the index by lease id, its next hop's count), and
+ * off them. Only relay_sched.c runs deliveries; exported for unit tests.
+ */
+void relay_delivery_link(struct relay *r, struct relay_delivery *d);
+void relay_delivery_unlink(struct relay *r, struct relay_delivery *d);
+
+/*
+ * relay_sched_lease_first - the first running delivery in lease_id's bucket
+ * of the index; follow lease_next. Other lease ids share buckets, and a
+ * lease id is unique only with its queue id: the caller compares both.
+ */
+struct relay_delivery *relay_sched_lease_first(struct relay *r, uint64_t lease_id);
+
 /* relay_deliver_send - hand d to the SMTP client pool (after its MTA-STS policy is known). */
 void relay_deliver_send(struct relay *r, struct relay_delivery *d);
 

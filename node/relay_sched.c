@@ -42,6 +42,7 @@
 
 #include "util/common.h"
 #include "util/err.h"
+#include "util/hash.h"
 #include "util/log.h"
 #include "queue/body_store.h"
 #include "queue/queue.h"
@@ -290,6 +291,11 @@ static void relay_sched_suspend_note(struct relay *r,
     hamr_strlcpy(s->dest, dest, sizeof(s->dest));
     s->until = uv_now(r->loop) + wait;
     s->probing = false;
+    /* Counted from here on by relay_delivery_link and _unlink; once, those running now. */
+    s->running = 0;
+    for (const struct relay_delivery *o = r->sched.deliveries; o != NULL; o = o->next)
+        if (strcmp(o->dest, dest) == 0)
+            s->running++;
     metrics_inc(r->metrics, METRICS_SUSPENSIONS);
     metrics_gauge_set(r->metrics, METRICS_DESTS_SUSPENDED, 0, (double)r->sched.n_suspended);
     relay_spread_tell(r);
@@ -305,10 +311,7 @@ int relay_sched_dest_state(struct relay *r, const char *dest, uint64_t now)
     if (now < s->until)
         return RELAY_DEST_SUSPENDED;
     /* Due for its probe, unless one is running already. */
-    for (const struct relay_delivery *d = r->sched.deliveries; d != NULL; d = d->next)
-        if (strcmp(d->dest, dest) == 0)
-            return RELAY_DEST_SUSPENDED;
-    return RELAY_DEST_PROBE;
+    return s->running > 0 ? RELAY_DEST_SUSPENDED : RELAY_DEST_PROBE;
 }
 
 void relay_sched_resume_all(struct relay *r)
@@ -328,6 +331,8 @@ static void relay_sched_release(struct relay *r)
     r->sched.in_flight--;
     relay_sched_kick(r);
 }
+
+static void relay_deliver_mem_cancel(void *data);
 
 /* relay_outcome_done - an Outcome committed or failed. */
 static void relay_outcome_done(void *arg, int status, intptr_t result)
@@ -349,14 +354,8 @@ static void relay_outcome_done(void *arg, int status, intptr_t result)
         if (d->rcpt_dsn != NULL)
             free((char *)d->rcpt_dsn[i].orcpt);
     }
-    if (d->mem_queued) {
-        /* Never left waiting for its body once it is gone. */
-        struct relay_delivery **pp = &r->sched.mem_waiting;
-        while (*pp != NULL && *pp != d)
-            pp = &(*pp)->mem_next;
-        if (*pp == d)
-            *pp = d->mem_next;
-    }
+    if (d->mem_queued)
+        relay_deliver_mem_cancel(d); /* never left waiting for its body once it is gone */
     free(d->rcpt_dsn);
     free(d->envid);
     free(d->rcpts);
@@ -368,8 +367,35 @@ static void relay_outcome_done(void *arg, int status, intptr_t result)
     free(d);
 }
 
-/* relay_delivery_unlink - take d off the running list. */
-static void relay_delivery_unlink(struct relay *r, struct relay_delivery *d)
+/* relay_sched_lease_slot - the bucket of lease_id in the index of running deliveries. */
+static size_t relay_sched_lease_slot(uint64_t lease_id)
+{
+    /* Hashed, not masked: that the low bits of a lease id are a counter is no promise. */
+    return (size_t)(hash_fnv1a64(&lease_id, sizeof(lease_id), 0) & (RELAY_SCHED_LEASE_SLOTS - 1));
+}
+
+struct relay_delivery *relay_sched_lease_first(struct relay *r, uint64_t lease_id)
+{
+    return r->sched.by_lease[relay_sched_lease_slot(lease_id)];
+}
+
+void relay_delivery_link(struct relay *r, struct relay_delivery *d)
+{
+    d->prev = NULL;
+    d->next = r->sched.deliveries;
+    if (r->sched.deliveries)
+        r->sched.deliveries->prev = d;
+    r->sched.deliveries = d;
+    r->sched.n_deliveries++;
+    struct relay_delivery **bucket = &r->sched.by_lease[relay_sched_lease_slot(d->lease_id)];
+    d->lease_next = *bucket;
+    *bucket = d;
+    struct relay_suspended *s = relay_sched_find_suspended(r, d->dest);
+    if (s != NULL)
+        s->running++;
+}
+
+void relay_delivery_unlink(struct relay *r, struct relay_delivery *d)
 {
     if (d->prev)
         d->prev->next = d->next;
@@ -379,6 +405,15 @@ static void relay_delivery_unlink(struct relay *r, struct relay_delivery *d)
         d->next->prev = d->prev;
     d->prev = d->next = NULL;
     r->sched.n_deliveries--;
+    struct relay_delivery **pp = &r->sched.by_lease[relay_sched_lease_slot(d->lease_id)];
+    while (*pp != NULL && *pp != d)
+        pp = &(*pp)->lease_next;
+    if (*pp == d)
+        *pp = d->lease_next;
+    d->lease_next = NULL;
+    struct relay_suspended *s = relay_sched_find_suspended(r, d->dest);
+    if (s != NULL && s->running > 0)
+        s->running--;
 }
 
 /*
@@ -578,11 +613,7 @@ void relay_deliver_send(struct relay *r, struct relay_delivery *d)
         relay_outcome_done(d, 0, 0);
         return;
     }
-    d->next = r->sched.deliveries;
-    if (r->sched.deliveries)
-        r->sched.deliveries->prev = d;
-    r->sched.deliveries = d;
-    r->sched.n_deliveries++;
+    relay_delivery_link(r, d);
 }
 
 /*

@@ -162,7 +162,8 @@ static void relay_spread_renewed(void *arg,
     (void)expires_at_ms;
     /* The leader stamped its end after we asked: count from the asking. */
     uint64_t deadline = asked_mono_ms + relay_lease_ms(r) - relay_lease_margin(r);
-    for (struct relay_delivery *d = r->sched.deliveries; d != NULL; d = d->next)
+    for (struct relay_delivery *d = relay_sched_lease_first(r, lease_id); d != NULL;
+         d = d->lease_next)
         if (d->lease_id == lease_id && strcmp(d->queue_id, queue_id) == 0 &&
             d->deadline < deadline && !d->lapsed)
             d->deadline = deadline;

@@ -1184,6 +1184,15 @@ class ClusterTestCase(harness.HamrTestCase):
                 self.cluster.restart(node)
         self.cluster.wait_ready(timeout)
 
+    def status_text(self, node):
+        """status_text - what "hamrctl status" prints for node (text, not JSON)."""
+        argv = [harness.hamrctl_path(), "-s", harness.hostport(node.host, node.control_port),
+                "status"]
+        out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=15,
+                             env=node.ctl_env())
+        self.assertEqual(out.returncode, 0, out.stderr.decode(errors="replace"))
+        return out.stdout.decode("utf-8", "replace")
+
     def stop_loads(self):
         """stop_loads - stop self.load and every load in self.loads that still runs."""
         for load in [getattr(self, "load", None)] + list(getattr(self, "loads", [])):

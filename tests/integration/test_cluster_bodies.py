@@ -75,7 +75,6 @@ import os
 import re
 import shutil
 import struct
-import subprocess
 import sys
 import time
 import unittest
@@ -315,15 +314,6 @@ class BodiesTestCase(cluster.ClusterTestCase):
         m = re.search(r"(?m)^%s (\S+)$" % re.escape(name), text or node.metrics())
         self.assertIsNotNone(m, "%s missing from %s's /metrics" % (name, node.name))
         return float(m.group(1))
-
-    def status_text(self, node):
-        """status_text - what "hamrctl status" prints for node (text, not JSON)."""
-        argv = [harness.hamrctl_path(), "-s", harness.hostport(node.host, node.control_port),
-                "status"]
-        out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=15,
-                             env=node.ctl_env())
-        self.assertEqual(out.returncode, 0, out.stderr.decode(errors="replace"))
-        return out.stdout.decode("utf-8", "replace")
 
     def wait_applied(self, n, timeout=APPLY_BOUND, nodes=None, at_rest=False):
         """wait_applied - every node's queue holds n messages at one applied index, with the

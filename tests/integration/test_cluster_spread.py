@@ -63,6 +63,24 @@ ip netns and nft, else it skips; the sink listens on the hub, 10.77.0.1):
   d_egress_healed_resumes  the same, and the node must deliver some of the
      second load: its suspension ends after RETRY, and a probe that gets a
      session lifts it (relay_sched.c).
+  e_clock_unknown  a node that knows the leader but not yet the cluster time
+     takes no mail (relay_clock_usable): a follower is stopped and started again
+     with its connections to the others' peer ports refused (raft still flows),
+     so it follows the leader but no report of its is answered. Once its status
+     shows the leader, cluster level 6 and clock_known false, MAIL FROM gets
+     "451 4.3.0 Error: queue not available, try again later" and /health/ready
+     503 "not ready: cluster time not known yet". Healed, MAIL gets 250 within CLOCK_BOUND;
+     a small load through that node only, then the oracle: nothing lost, no
+     duplicate.
+
+ClusterSpreadNoSlotsTest (three nodes on 127.0.0.1, node NO_SLOTS_NODE with
+[delivery] delivery_slots = 0):
+  a_no_slots  NO_SLOTS_MESSAGES messages through all three nodes: the node
+     without slots answers its share with 250 but delivers none (no "status=sent"
+     line of the load, hamr_deliveries_total unchanged, the leader's
+     "deliverers:" line for it: 0 slots, nothing leased); the two others deliver
+     everything (oracle: nothing lost, no duplicate; their status=sent lines
+     add up to the acknowledged messages).
 
 Run one case with python3 THIS Class.test_x (ctest does, one entry per case).
 """
@@ -70,7 +88,6 @@ Run one case with python3 THIS Class.test_x (ctest does, one entry per case).
 import calendar
 import os
 import re
-import subprocess
 import sys
 import time
 import unittest
@@ -97,6 +114,12 @@ SUSPEND_BOUND = 30.0  # egress blocked -> the destination suspended on that node
 SUSPEND_SETTLE = 3.0  # suspended -> the leader knows (reports every second)
 PROBES_AFTER_SUSPEND = 3  # deliveries the blocked node may start after SUSPEND_SETTLE
 DOT_EPSILON = 0.3  # seconds: a final dot logged by the sink this late is after the lapse
+RESTART_BOUND = 45.0  # a restarted follower follows the leader again
+CLOCK_BOUND = 15.0  # peer ports healed -> the follower knows the cluster time (MAIL 250)
+CLOCK_MESSAGES = 12  # the load through that follower once it knows the time
+NO_SLOTS_MESSAGES = 150
+NO_SLOTS_NODE = 3  # the node of ClusterSpreadNoSlotsTest with [delivery] delivery_slots = 0
+TRY_AGAIN = "451 4.3.0 Error: queue not available, try again later"
 # The slow next hop: a wait before 354 (the body not yet sent: a lease running out
 # then stops the delivery) and one after the final dot (the message taken: a holder
 # gone then is the duplicate window). For the partition the wait before 354 is longer
@@ -227,15 +250,6 @@ class SpreadTestCase(cluster.ClusterTestCase):
             if qid in qids:
                 out[node_id] += 1
         return out
-
-    def status_text(self, node):
-        """status_text - what "hamrctl status" prints for node (text, not JSON)."""
-        argv = [harness.hamrctl_path(), "-s", harness.hostport(node.host, node.control_port),
-                "status"]
-        out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=15,
-                             env=node.ctl_env())
-        self.assertEqual(out.returncode, 0, out.stderr.decode(errors="replace"))
-        return out.stdout.decode("utf-8", "replace")
 
     def wait_running(self, candidates, least=1, timeout=RUNNING_BOUND):
         """wait_running - until one of candidates reports at least `least` deliveries running
@@ -499,6 +513,66 @@ class ClusterSpreadNetTest(SpreadTestCase, cluster.NetLabTestCase):
         """As b; after the heal the blocked node delivers to the next hop again."""
         self.egress_blocked("sp-r", resume=True)
 
+    def test_e_clock_unknown(self):
+        """A follower that knows the leader but not the cluster time: 451 at MAIL, then 250
+        once a report of its is answered."""
+        c = self.cluster
+        lab = self.lab
+        leader = c.wait_leader()
+        victim = next(n for n in c.nodes if n is not leader)
+        others = [n for n in c.nodes if n is not victim]
+        c.stop(victim)
+        # Restarted, it knows nothing of the cluster time; its reports to the leader's peer
+        # port are refused, raft is not.
+        lab.refuse_ports(victim.id, [n.id for n in others], [n.peer_port for n in others])
+        c.restart(victim)
+
+        def follows():
+            self.env.check_nodes_alive()
+            s = c.status(victim)
+            if s is None or int(field(s, "leader_id", 0) or 0) in (0, victim.id):
+                return None
+            return s if int(field(s, "cluster_level", 0) or 0) >= 6 else None
+
+        # Any other leader will do (a leader knows the time: it stamps it).
+        st = wait_for(follows, RESTART_BOUND, "%s to follow a leader at level 6 again"
+                      % victim.name, interval=0.1)
+        leader = c.node(int(field(st, "leader_id")))
+        self.assertFalse(field(st, "clock_known", False),
+                         "%s knows the cluster time with its reports refused" % victim.name)
+        code, text = harness.mail_reply(victim.smtp_port, host=victim.host)
+        cluster_log("clock unknown: %s follows %s; MAIL FROM: %s %s"
+                    % (victim.name, leader.name, code, text))
+        self.assertEqual(text, TRY_AGAIN, "MAIL FROM on a node without the cluster time")
+        code, body = c.health(victim)
+        self.assertEqual((code, body), (503, "not ready: cluster time not known yet"))
+        st = c.status(victim)
+        self.assertIsNotNone(st)
+        self.assertEqual(int(field(st, "leader_id", 0) or 0), leader.id, "no leader, or another")
+        self.assertFalse(field(st, "clock_known", False))
+
+        lab.heal()
+        t_heal = time.monotonic()
+
+        def takes_mail():
+            self.env.check_nodes_alive()
+            return harness.mail_reply(victim.smtp_port, host=victim.host)[0] == 250
+
+        wait_for(takes_mail, CLOCK_BOUND, "%s to take mail once its reports are answered"
+                 % victim.name, interval=0.2)
+        took = time.monotonic() - t_heal
+        st = c.status(victim)
+        self.assertTrue(field(st, "clock_known", False), "250 at MAIL, but clock_known false")
+        load = self.run_load("sp-t", CLOCK_MESSAGES, threads=2, pace=0.05,
+                             targets=lambda: [victim])
+        self.assertEqual(len(load.ok()), CLOCK_MESSAGES, "replies %s" % [
+            (a.code, a.text) for a in load.attempts if not a.ok][:5])
+        res, lapsed = self.spread_oracle("spread-clock-unknown", [load])
+        self.assertEqual(res.dup, 0, "duplicates without a fault: %s" % res.duplicates)
+        sys.stderr.write("spread-clock-unknown: 451 while %s knew the leader but not the time; "
+                         "250 %.1fs after the heal (bound %.0fs)\n" % (victim.name, took,
+                                                                      CLOCK_BOUND))
+
     def egress_blocked(self, name, resume):
         """egress_blocked - a follower's connections to the next hop refused under a load of
         300 (see the module docstring); healed, a second load of about 20 s; resume: the
@@ -572,6 +646,54 @@ class ClusterSpreadNetTest(SpreadTestCase, cluster.NetLabTestCase):
         if resume:
             self.assertGreater(sent2[victim.id], 0, "%s never delivered again after the heal"
                                % victim.name)
+
+
+class ClusterSpreadNoSlotsTest(SpreadTestCase):
+    """ClusterSpreadNoSlotsTest - node NO_SLOTS_NODE runs no delivery ([delivery]
+    delivery_slots = 0): the leader leases nothing to it, whichever node leads."""
+
+    @classmethod
+    def make_cluster(cls):
+        c = super().make_cluster()
+        node = c.node(NO_SLOTS_NODE)
+        node.overrides = {s: dict(kv) for s, kv in node.overrides.items()}
+        node.overrides.setdefault("delivery", {})["delivery_slots"] = "0"
+        node.write_config()
+        return c
+
+    def test_a_no_slots(self):
+        c = self.cluster
+        idle = c.node(NO_SLOTS_NODE)
+        leader = c.wait_leader()
+        before = {n.id: n.counters("hamr_deliveries_total", label="outcome") for n in c.nodes}
+        load = self.run_load("sp-z", NO_SLOTS_MESSAGES, threads=4, pace=0.02)
+        taken = [a for a in load.ok() if a.node == idle.id]
+        self.assertGreater(len(taken), 0, "%s answered none of the load with 250" % idle.name)
+        res, lapsed = self.spread_oracle("spread-no-slots", [load])
+        self.assertEqual(res.dup, 0, "duplicates without a fault: %s" % res.duplicates)
+        self.assertEqual(lapsed, set(), "a lease ran out without a fault")
+        qids = set(self.qid_map([load]))
+        sent = self.sent_by_node(qids)
+        after = {n.id: n.counters("hamr_deliveries_total", label="outcome") for n in c.nodes}
+        delta = {i: sum(after[i].values()) - sum(before[i].values()) for i in after}
+        cluster_log("no slots: %s took %d of %d acknowledged; deliveries by node %s, "
+                    "hamr_deliveries_total grew by %s" % (idle.name, len(taken), len(qids),
+                                                          sent, delta))
+        self.assertEqual(sent[idle.id], 0, "%s delivered with delivery_slots = 0" % idle.name)
+        self.assertEqual(delta[idle.id], 0, "%s recorded delivery outcomes" % idle.name)
+        for n in c.nodes:
+            if n is not idle:
+                self.assertGreater(sent[n.id], 0, "%s delivered none of the load" % n.name)
+        self.assertEqual(sum(sent.values()), len(qids), "a delivery logged twice or not at all")
+        self.assertIs(c.wait_leader(), leader, "the leader changed")
+        text = self.status_text(leader)
+        rows = {int(m.group(1)): m for m in DELIVERER_RE.finditer(text)}
+        self.assertIn(idle.id, rows, "no deliverers: line for %s:\n%s" % (idle.name, text))
+        row = rows[idle.id]
+        self.assertEqual((int(row.group(2)), int(row.group(3)), int(row.group(4))), (0, 0, 0),
+                         "running, slots, leased of %s: %s" % (idle.name, row.group(0)))
+        sys.stderr.write("spread-no-slots: %s took %d messages and delivered none; the others "
+                         "delivered %s\n" % (idle.name, len(taken), sent))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@
  * one without slots; a destination only to nodes that reach it, and one
  * probe when every node has it suspended. And the ends a holder counts for
  * its leases: a grant applied too late to use is dropped, a renewal counts
- * from when the holder asked.
+ * from when the holder asked. And the index of running deliveries
+ * (relay_delivery_link): a LeaseRenew applied reaches the deliveries of its
+ * leases that still run and no other, and a suspended next hop's probe is
+ * due once no delivery to it runs.
  *
  * The relay is relay_fixture's zeroed struct plus a loop (for uv_now), a
  * directory over its queue (for the draining flags) and a member table
@@ -33,10 +36,13 @@
 
 #define DEST "[127.0.0.1]:25"
 #define OTHER "example.net:25"
+#define T0 1765000000000ull
+#define HOUR 3600000ull
 
 struct spread_fx {
     struct relay_fx *fx;
     uv_loop_t loop;
+    bool hooked; /* relay_spread_init ran: its start timer is to close */
 };
 
 static int spread_setup(void **state)
@@ -62,6 +68,10 @@ static int spread_teardown(void **state)
     struct spread_fx *s = *state;
     struct relay *r = &s->fx->r;
     relay_spread_close(r);
+    if (s->hooked) {
+        uv_close((uv_handle_t *)&r->spread.start_timer, NULL);
+        uv_run(&s->loop, UV_RUN_DEFAULT);
+    }
     r->dir = directory_free(r->dir);
     assert_int_equal(uv_loop_close(&s->loop), 0);
     relay_fx_free(s->fx);
@@ -219,6 +229,102 @@ static void test_self_live(void **state)
     r->sched.n_suspended = 0;
 }
 
+/*
+ * test_renew_index - more running deliveries than the index has buckets,
+ * half of them unlinked again (heads, middles and tails of its chains): a
+ * LeaseRenew of every lease moves the end of those still running and of no
+ * other; a suspended next hop stays without its probe while a delivery to
+ * it runs, and gets it once the last one is unlinked.
+ */
+static void test_renew_index(void **state)
+{
+    enum { N = RELAY_SCHED_LEASE_SLOTS + 88 };
+    const uint64_t base = 0x5eed00000000ull;
+    struct spread_fx *s = *state;
+    struct relay *r = &s->fx->r;
+    hamr_strlcpy(r->boot_id, "B1", sizeof(r->boot_id));
+    assert_int_equal(fx_level(r->queue, T0 - HOUR, QUEUE_LEVEL_SPREAD).status, 0);
+    static char ids[N][16];
+    struct queue_entry_renew_item *items = calloc(N, sizeof(*items));
+    struct relay_delivery *d = calloc(N, sizeof(*d));
+    assert_non_null(items);
+    assert_non_null(d);
+    for (size_t i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "M%zu", i);
+        struct fx_enq e = {.id = ids[i],
+                           .sender = "s@example.org",
+                           .rcpts = {"a@example.net"},
+                           .expires = T0 + 100 * HOUR};
+        fx_enqueue(r->queue, T0, &e);
+        /* Granted before the hook is set: nothing starts, the test links them itself. */
+        struct fx_lease l = {.node = 1,
+                             .term = 1,
+                             .expires = T0 + 31000,
+                             .boot = "B1",
+                             .id = ids[i],
+                             .idx = {0},
+                             .n = 1,
+                             .lease_id = base + i,
+                             .dest = i % 2 == 0 ? DEST : OTHER};
+        fx_lease(r->queue, T0 + 1000, &l);
+        items[i] = (struct queue_entry_renew_item){.queue_id = ids[i], .lease_id = base + i};
+    }
+    relay_spread_init(r);
+    s->hooked = true;
+
+    /* DEST is suspended and due for its probe before any delivery to it runs. */
+    r->sched.suspended = calloc(RELAY_SUSPEND_MAX, sizeof(*r->sched.suspended));
+    assert_non_null(r->sched.suspended);
+    hamr_strlcpy(r->sched.suspended[0].dest, DEST, sizeof(r->sched.suspended[0].dest));
+    r->sched.n_suspended = 1;
+    assert_int_equal(relay_sched_dest_state(r, DEST, 1), RELAY_DEST_PROBE);
+
+    for (size_t i = 0; i < N; i++) {
+        d[i].relay = r;
+        hamr_strlcpy(d[i].queue_id, ids[i], sizeof(d[i].queue_id));
+        hamr_strlcpy(d[i].dest, i % 2 == 0 ? DEST : OTHER, sizeof(d[i].dest));
+        d[i].lease_id = base + i;
+        d[i].deadline = 1;
+        relay_delivery_link(r, &d[i]);
+    }
+    assert_int_equal(r->sched.n_deliveries, N);
+    assert_int_equal(relay_sched_dest_state(r, DEST, 1), RELAY_DEST_SUSPENDED);
+    assert_int_equal(relay_sched_dest_state(r, OTHER, 1), RELAY_DEST_OK);
+    /* The deliveries to DEST end (the even ones), in an order unlike the links'. */
+    for (size_t i = 2; i < N; i += 2)
+        relay_delivery_unlink(r, &d[i]);
+    assert_int_equal(relay_sched_dest_state(r, DEST, 1), RELAY_DEST_SUSPENDED);
+    relay_delivery_unlink(r, &d[0]);
+    assert_int_equal(relay_sched_dest_state(r, DEST, 1), RELAY_DEST_PROBE);
+    assert_int_equal(r->sched.n_deliveries, N / 2);
+
+    struct queue_entry_lease_renew_args a = {.node_id = 1,
+                                             .boot_id = "B1",
+                                             .expires_at_ms = T0 + HOUR,
+                                             .asked_mono_ms = 5000,
+                                             .items = items,
+                                             .n_items = N};
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(queue_entry_lease_renew(&a, T0 + 2000, NULL, &buf, &len), 0);
+    assert_int_equal(fx_apply(r->queue, buf, len).status, 0);
+    /* From the asking, lease_time less its fifth: 5000 + 30000 - 6000. */
+    for (size_t i = 0; i < N; i++)
+        assert_int_equal(d[i].deadline, i % 2 == 0 ? 1 : 29000);
+
+    for (size_t i = 1; i < N; i += 2)
+        relay_delivery_unlink(r, &d[i]);
+    assert_int_equal(r->sched.n_deliveries, 0);
+    assert_null(r->sched.deliveries);
+    for (size_t k = 0; k < RELAY_SCHED_LEASE_SLOTS; k++)
+        assert_null(r->sched.by_lease[k]);
+    free(r->sched.suspended);
+    r->sched.suspended = NULL;
+    r->sched.n_suspended = 0;
+    free(d);
+    free(items);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -226,6 +332,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unusable, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_suspended_dest, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_self_live, spread_setup, spread_teardown),
+        cmocka_unit_test_setup_teardown(test_renew_index, spread_setup, spread_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
