@@ -201,6 +201,13 @@ static void relay_spread_lapsed(void *arg,
 {
     struct relay *r = arg;
     r->spread.lapses++;
+    if (new_lease == 0) {
+        log_warn("lease ran out id=%s to=<%s> lease=%" PRIx64 " node=%" PRIu64
+                 " and the recipient failed without a lease (expired or no route): possibly "
+                 "delivered, if that attempt had passed its final dot",
+                 queue_id, rcpt, old_lease, old_node);
+        return;
+    }
     log_warn("lease ran out id=%s to=<%s> lease=%" PRIx64 " node=%" PRIu64 " new_lease=%" PRIx64
              " new_node=%" PRIu64
              " possible duplicate: delivered twice if the first attempt had passed its final dot",
@@ -584,8 +591,9 @@ static void relay_spread_report_in(struct relay *r,
     bool behind = rep->applied_index != 0 && rep->applied_index < r->spread.applied_mark;
     if (behind != mb->behind && node != r->cfg->node_id)
         log_info("node %" PRIu64 " %s (applied index %" PRIu64 ", ours a tick ago %" PRIu64 ")",
-                 node, behind ? "is behind in the log: no deliveries until it catches up"
-                              : "has caught up: deliveries again",
+                 node,
+                 behind ? "is behind in the log: no deliveries until it catches up"
+                        : "has caught up: deliveries again",
                  rep->applied_index, r->spread.applied_mark);
     mb->behind = behind;
     relay_member_dests_free(mb);

@@ -273,6 +273,10 @@ struct queue_body_ops {
  *             from old_lease of old_node, which had run out without an
  *             Outcome. If that delivery had passed its final dot the
  *             recipient may get the message twice: the duplicate window.
+ *             new_lease and new_node are 0 when an Outcome without a lease
+ *             (expired, no route) ended the lapsed lease instead: then the
+ *             recipient may have the message while its sender is told it
+ *             failed.
  *
  * Any of them may be NULL. boot_id is borrowed and must outlive the queue.
  */

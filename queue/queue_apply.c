@@ -653,6 +653,7 @@ static int queue_apply_outcome(struct queue *q,
     }
     /* Nothing below can fail. */
     uint64_t ended_node = 0; /* the holder of the lease this outcome ends */
+    const struct queue_lease_hook *h = &q->lease_hook;
     for (size_t i = 0; i < o->n_results; i++) {
         if (!p.applies[i])
             continue;
@@ -660,6 +661,12 @@ static int queue_apply_outcome(struct queue *q,
         struct queue_rcpt *rc = &m->rcpts[r->rcpt_index];
         if (o->lease_id != 0 && rc->state == QUEUE_RCPT_LEASED)
             ended_node = rc->lease_node;
+        /* An expiry (or no route) without a lease ends a lease that ran out
+         * without an Outcome: its holder may have delivered, though the
+         * sender will be told of a failure. The same window as a Lease that
+         * takes the recipient over, so told the same way (new lease 0). */
+        if (o->lease_id == 0 && rc->state == QUEUE_RCPT_LEASED && h->lapsed != NULL)
+            h->lapsed(h->arg, m->id, rc->addr, rc->lease_id, rc->lease_node, 0, 0);
         queue_rcpt_clear_lease(rc);
         if (p.set_tls[i]) {
             queue_str_put(rc->tls_policy);

@@ -26,6 +26,7 @@
 #define HOUR (3600ull * SEC)
 #define DEFERRED HAMR__RCPT_RESULT__STATUS__DEFERRED
 #define DELIVERED HAMR__RCPT_RESULT__STATUS__DELIVERED
+#define EXPIRED HAMR__RCPT_RESULT__STATUS__EXPIRED
 
 /* spread_queue - a queue at level with message M to a and b, both pending. */
 static struct queue *spread_queue(uint32_t level)
@@ -369,6 +370,36 @@ static void test_hook_lapsed(void **state)
     queue_free(q);
 }
 
+/*
+ * test_hook_lapsed_expired - a lease run out and then ended by an expiry
+ * without a lease (the message's lifetime passed): every node hears, with
+ * new lease 0, since the holder may have delivered what the sender is told
+ * failed. A live lease is not ended by it, and nothing is heard.
+ */
+static void test_hook_lapsed_expired(void **state)
+{
+    (void)state;
+    struct queue *q = spread_queue(QUEUE_LEVEL_SPREAD);
+    struct hook_log h;
+    hooked(q, &h);
+    lease_ab(q, T0 + SEC, 3, "b3", 5); /* ends at T0 + 31 s */
+    struct fx_outcome o = {.id = "M",
+                           .res = {{.idx = 0, .status = EXPIRED}, {.idx = 1, .status = EXPIRED}},
+                           .n = 2,
+                           .node = 1};
+    fx_outcome(q, T0 + 20 * SEC, &o); /* lease 5 still live: not for an expiry */
+    assert_int_equal(fx_rcpt(q, "M", 0)->state, QUEUE_RCPT_LEASED);
+    assert_int_equal(h.lapsed, 0);
+    fx_outcome(q, T0 + 40 * SEC, &o);
+    assert_int_equal(h.lapsed, 2); /* a and b */
+    assert_int_equal(h.old_lease, 5);
+    assert_int_equal(h.old_node, 3);
+    assert_int_equal(h.lease_id, 0);
+    assert_int_equal(h.new_node, 0);
+    assert_null(queue_find(q, "M")); /* both expired: the message is done */
+    queue_free(q);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -378,6 +409,7 @@ int main(void)
         cmocka_unit_test(test_renew_below_level),
         cmocka_unit_test(test_hook_granted_renewed),
         cmocka_unit_test(test_hook_lapsed),
+        cmocka_unit_test(test_hook_lapsed_expired),
         cmocka_unit_test(test_outcome_only_from_holder),
         cmocka_unit_test(test_hook_kept_by_restore),
         cmocka_unit_test(test_hook_ended),
