@@ -394,6 +394,27 @@ static uint64_t spread_lease(struct spread *s,
     return first;
 }
 
+/*
+ * spread_lease_one - on a started cluster, leader 0 takes message id
+ * (n_rcpts recipients at domain) and leases it to node 3; its lease id,
+ * and the lease's end in *end.
+ */
+static uint64_t spread_lease_one(struct spread *s,
+                                 const char *id,
+                                 const char *domain,
+                                 size_t n_rcpts,
+                                 uint64_t *end)
+{
+    spread_enqueue(s, 0, id, domain, n_rcpts, spread_now(s, 0) + 120 * HOUR);
+    struct queue_work *w = NULL;
+    int n = spread_pick(s, 0, spread_now(s, 0), 4, &w);
+    assert_int_equal(n, 1);
+    uint64_t lease = spread_lease(s, 0, w, 1, 3);
+    *end = s->last_end;
+    queue_work_free(w, (size_t)n);
+    return lease;
+}
+
 /* spread_renew - leader i renews node's lease_id of queue_id until its cluster time + LEASE_MS. */
 static uint64_t spread_renew(struct spread *s,
                              unsigned i,
@@ -675,14 +696,8 @@ static void test_renewal_across_leader_change(void **state)
 {
     struct spread *s = *state;
     spread_start(s, 0);
-    uint64_t t = spread_now(s, 0);
-    spread_enqueue(s, 0, "D", "d.test", 1, t + 120 * HOUR);
-    struct queue_work *w = NULL;
-    int n = spread_pick(s, 0, spread_now(s, 0), 4, &w);
-    assert_int_equal(n, 1);
-    uint64_t lease = spread_lease(s, 0, w, 1, 3);
-    uint64_t end = s->last_end;
-    queue_work_free(w, (size_t)n);
+    uint64_t end = 0;
+    uint64_t lease = spread_lease_one(s, "D", "d.test", 1, &end);
 
     spread_advance(s, (unsigned)(LEASE_MS / 2));
     uint64_t renewed_end = spread_renew(s, 0, 3, "D", lease);
@@ -704,7 +719,8 @@ static void test_renewal_across_leader_change(void **state)
     spread_advance_past(s, b, end + 1);
     uint64_t now = spread_now(s, b);
     assert_true(now > end && now < renewed_end);
-    n = spread_pick(s, b, now, 4, &w);
+    struct queue_work *w = NULL;
+    int n = spread_pick(s, b, now, 4, &w);
     assert_int_equal(n, 0);
     queue_work_free(w, 0);
     spread_assert_leased(s, live, "D", 1, lease, 3, renewed_end);
@@ -852,14 +868,8 @@ static void test_outcome_from_non_holder_refused(void **state)
 {
     struct spread *s = *state;
     spread_start(s, 0);
-    uint64_t t = spread_now(s, 0);
-    spread_enqueue(s, 0, "E", "e.test", 2, t + 120 * HOUR);
-    struct queue_work *w = NULL;
-    int n = spread_pick(s, 0, spread_now(s, 0), 4, &w);
-    assert_int_equal(n, 1);
-    uint64_t lease = spread_lease(s, 0, w, 1, 3);
-    uint64_t end = s->last_end;
-    queue_work_free(w, (size_t)n);
+    uint64_t end = 0;
+    uint64_t lease = spread_lease_one(s, "E", "e.test", 2, &end);
 
     /* The right lease id from node 2, then from node 1 (the leader itself): refused. */
     for (uint64_t node = 1; node <= 2; node++) {
