@@ -350,6 +350,20 @@ static void test_hook_kept_by_restore(void **state)
     queue_free(q);
 }
 
+/* assert_lapsed - h heard both recipients a and b taken from old_lease of old_node. */
+static void assert_lapsed(const struct hook_log *h,
+                          uint64_t old_lease,
+                          uint64_t old_node,
+                          uint64_t new_lease,
+                          uint64_t new_node)
+{
+    assert_int_equal(h->lapsed, 2); /* a and b */
+    assert_int_equal(h->old_lease, old_lease);
+    assert_int_equal(h->old_node, old_node);
+    assert_int_equal(h->lease_id, new_lease);
+    assert_int_equal(h->new_node, new_node);
+}
+
 /* test_hook_lapsed - a lease run out without an Outcome and taken over: every node hears. */
 static void test_hook_lapsed(void **state)
 {
@@ -361,11 +375,7 @@ static void test_hook_lapsed(void **state)
     lease_ab(q, T0 + 20 * SEC, 1, "b1", 6); /* before the end: not taken */
     assert_int_equal(h.lapsed, 0);
     lease_ab(q, T0 + 40 * SEC, 1, "b1", 6);
-    assert_int_equal(h.lapsed, 2); /* a and b */
-    assert_int_equal(h.old_lease, 5);
-    assert_int_equal(h.old_node, 3);
-    assert_int_equal(h.lease_id, 6);
-    assert_int_equal(h.new_node, 1);
+    assert_lapsed(&h, 5, 3, 6, 1);
     assert_string_equal(h.rcpt, "b@example.net");
     queue_free(q);
 }
@@ -391,11 +401,7 @@ static void test_hook_lapsed_expired(void **state)
     assert_int_equal(fx_rcpt(q, "M", 0)->state, QUEUE_RCPT_LEASED);
     assert_int_equal(h.lapsed, 0);
     fx_outcome(q, T0 + 40 * SEC, &o);
-    assert_int_equal(h.lapsed, 2); /* a and b */
-    assert_int_equal(h.old_lease, 5);
-    assert_int_equal(h.old_node, 3);
-    assert_int_equal(h.lease_id, 0);
-    assert_int_equal(h.new_node, 0);
+    assert_lapsed(&h, 5, 3, 0, 0);
     assert_null(queue_find(q, "M")); /* both expired: the message is done */
     queue_free(q);
 }
