@@ -134,7 +134,8 @@ static void test_most_free_slots(void **state)
     assert_int_equal(holder_id(r, DEST), 2);
 }
 
-/* test_unusable - not heard lately, lacking bodies, draining, no slots: nothing. */
+/* test_unusable - not heard lately, lacking bodies, draining, no slots, behind in the log: nothing.
+ */
 static void test_unusable(void **state)
 {
     struct spread_fx *s = *state;
@@ -145,7 +146,9 @@ static void test_unusable(void **state)
     struct relay_member *lacks = member(r, 3, 100, 0);
     struct relay_member *drains = member(r, 4, 100, 0);
     struct relay_member *none = member(r, 5, 0, 0);
+    struct relay_member *behind = member(r, 6, 100, 0);
     lacks->bodies_missing = 1;
+    behind->behind = true; /* had not applied what the leader had a tick before */
     stale->heard = uv_now(r->loop) > RELAY_REPORT_FRESH_MS + 1
                        ? uv_now(r->loop) - RELAY_REPORT_FRESH_MS - 1
                        : 0; /* 0: never heard */
