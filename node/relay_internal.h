@@ -145,6 +145,7 @@ struct relay_member {
     bool renewing;           /* a LeaseRenew of its leases is in flight */
     bool probed;             /* given a probe since its last report */
     bool behind;             /* had not applied what the leader had a tick before */
+    uint64_t rejoin_index;   /* seen (re)started: behind until it has applied this index */
     char **suspended;        /* next hops it gives no work now */
     size_t n_suspended;
     char **probing; /* next hops it has suspended whose probe is due */
@@ -162,10 +163,10 @@ struct relay_spread_state {
     size_t n_members;
     struct cluster_clock clock;
     bool report_in_flight;
-    bool report_again; /* relay_spread_tell while a report was in flight */
-    uint64_t lapses;  /* leases taken over after running out: possible duplicates */
-    uint64_t stopped; /* deliveries stopped before the final dot: their lease ran out */
-    uint64_t late;    /* leases granted to this node that it got too late to use */
+    bool report_again;     /* relay_spread_tell while a report was in flight */
+    uint64_t lapses;       /* leases taken over after running out: possible duplicates */
+    uint64_t stopped;      /* deliveries stopped before the final dot: their lease ran out */
+    uint64_t late;         /* leases granted to this node that it got too late to use */
     uint64_t applied_now;  /* leader: its applied index at the last tick */
     uint64_t applied_mark; /* leader: ... at the tick before (a report behind it is behind) */
 };
@@ -380,6 +381,15 @@ bool relay_clock_usable(struct relay *r);
 void relay_spread_poke(struct relay *r);
 /* relay_spread_tell - a follower whose next hops changed (one suspended) reports now. */
 void relay_spread_tell(struct relay *r);
+/*
+ * relay_member_place - leader: a report of mb says boot and applied (ours:
+ * the leader's applied index now); sets mb->behind (no new leases).
+ */
+void relay_member_place(struct relay *r,
+                        struct relay_member *mb,
+                        const char *boot,
+                        uint64_t applied,
+                        uint64_t ours);
 int relay_spread_dest_max(struct relay *r, const char *dest);
 struct relay_member *relay_spread_holder(struct relay *r, const char *dest);
 /* relay_spread_fill_status - the clock and delivery fields of st; dm, dmp: CONSENSUS_MAX_MEMBERS

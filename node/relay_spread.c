@@ -562,6 +562,39 @@ static void relay_spread_renew(struct relay *r,
 }
 
 /*
+ * relay_member_place - leader: where mb (its report says boot and applied,
+ * our own applied index is ours) stands in the log. A node catching up
+ * (restarted, wiped, cut off a while) would apply a Lease only after its
+ * end, so it is behind, and gets none, while it has not applied what we
+ * had a tick ago (applied_mark) or, seen (re)started, nothing made since:
+ * a wiped node can sit at its snapshot's index, taking no entries (RAFT.md
+ * 4.5), and in an idle cluster that index is ours too. Applied 0 is a
+ * build that does not report it: never behind.
+ */
+void relay_member_place(struct relay *r,
+                        struct relay_member *mb,
+                        const char *boot,
+                        uint64_t applied,
+                        uint64_t ours)
+{
+    if (strcmp(mb->boot_id, boot) != 0) {
+        if (mb->boot_id[0] != '\0')
+            log_info("node %" PRIu64 " restarted (new boot id)", mb->id);
+        hamr_strlcpy(mb->boot_id, boot, sizeof(mb->boot_id));
+        mb->rejoin_index = ours + 1;
+    }
+    bool behind = applied != 0 && (applied < r->spread.applied_mark || applied < mb->rejoin_index);
+    if (behind != mb->behind && mb->id != r->cfg->node_id)
+        log_info("node %" PRIu64 " %s (applied index %" PRIu64 ", ours a tick ago %" PRIu64
+                 ", after its start %" PRIu64 ")",
+                 mb->id,
+                 behind ? "is behind in the log: no deliveries until it catches up"
+                        : "has caught up: deliveries again",
+                 applied, r->spread.applied_mark, mb->rejoin_index);
+    mb->behind = behind;
+}
+
+/*
  * relay_spread_report_in - leader: what node reports (our own too), at now
  * (uv_now): the member table, the clock, renewals; then maybe schedule.
  */
@@ -574,11 +607,7 @@ static void relay_spread_report_in(struct relay *r,
     if (mb == NULL)
         return;
     const char *boot = rep->boot_id != NULL ? rep->boot_id : "";
-    if (strcmp(mb->boot_id, boot) != 0) {
-        if (mb->boot_id[0] != '\0')
-            log_info("node %" PRIu64 " restarted (new boot id)", node);
-        hamr_strlcpy(mb->boot_id, boot, sizeof(mb->boot_id));
-    }
+    relay_member_place(r, mb, boot, rep->applied_index, consensus_applied_index(r->cons));
     mb->heard = now != 0 ? now : 1;
     mb->slots = rep->delivery_slots;
     mb->deliveries = rep->deliveries;
@@ -586,16 +615,6 @@ static void relay_spread_report_in(struct relay *r,
     mb->probed = false;
     mb->bodies_missing = rep->bodies_missing;
     mb->wall_ms = rep->wall_ms;
-    /* A node catching up (restarted, wiped, cut off a while) would apply a
-     * Lease only after its end: it had not applied what we had a tick ago. */
-    bool behind = rep->applied_index != 0 && rep->applied_index < r->spread.applied_mark;
-    if (behind != mb->behind && node != r->cfg->node_id)
-        log_info("node %" PRIu64 " %s (applied index %" PRIu64 ", ours a tick ago %" PRIu64 ")",
-                 node,
-                 behind ? "is behind in the log: no deliveries until it catches up"
-                        : "has caught up: deliveries again",
-                 rep->applied_index, r->spread.applied_mark);
-    mb->behind = behind;
     relay_member_dests_free(mb);
     mb->suspended = relay_strv_copy(rep->suspended, rep->n_suspended, &mb->n_suspended);
     mb->probing = relay_strv_copy(rep->probing, rep->n_probing, &mb->n_probing);

@@ -328,11 +328,48 @@ static void test_renew_index(void **state)
     free(items);
 }
 
+/*
+ * test_place - behind in the log, by reports: a node seen first (or with a
+ * new boot id) is behind until it has applied an entry made after, even
+ * when it had applied all we had (a wiped node stuck at its snapshot's
+ * index in an idle cluster); then behind again when it falls below what
+ * we had a tick ago; a build that reports no index never is.
+ */
+static void test_place(void **state)
+{
+    struct spread_fx *s = *state;
+    struct relay *r = &s->fx->r;
+    struct relay_member *mb = member(r, 2, 100, 0);
+    mb->boot_id[0] = '\0'; /* not heard from yet */
+    r->spread.applied_mark = 90;
+    relay_member_place(r, mb, "boot-a", 100, 100);
+    assert_true(mb->behind); /* all we have, but nothing made since it came */
+    assert_string_equal(mb->boot_id, "boot-a");
+    relay_member_place(r, mb, "boot-a", 100, 105);
+    assert_true(mb->behind);
+    relay_member_place(r, mb, "boot-a", 101, 105);
+    assert_false(mb->behind);
+    r->spread.applied_mark = 104;
+    relay_member_place(r, mb, "boot-a", 103, 110);
+    assert_true(mb->behind); /* below what we had a tick ago */
+    relay_member_place(r, mb, "boot-a", 104, 110);
+    assert_false(mb->behind);
+    relay_member_place(r, mb, "boot-b", 110, 110); /* restarted (wiped): again */
+    assert_true(mb->behind);
+    relay_member_place(r, mb, "boot-b", 111, 112);
+    assert_false(mb->behind);
+    struct relay_member *old = member(r, 3, 100, 0);
+    relay_member_place(r, old, "boot-c", 0, 200); /* reports no index */
+    assert_false(old->behind);
+    assert_non_null(relay_spread_holder(r, DEST));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_most_free_slots, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_unusable, spread_setup, spread_teardown),
+        cmocka_unit_test_setup_teardown(test_place, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_suspended_dest, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_self_live, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_renew_index, spread_setup, spread_teardown),
