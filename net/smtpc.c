@@ -109,6 +109,7 @@
  * command line (SECURITY.md S10): no control characters, no '<' or '>'.
  * Bodies are sent CRLF-only and dot-stuffed (smtpc_body.c).
  */
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -225,10 +226,26 @@ struct smtpc_attempt {
     unsigned n_sessions;          /* greetings read, whatever they said */
 };
 
+/*
+ * smtpc_group - destinations counted together (smtpc_delivery.group): their
+ * deliveries queued or running and their connections, closing ones too.
+ * Held by each of its destinations and jobs.
+ */
+struct smtpc_group {
+    struct smtpc_group *next; /* in pool->groups */
+    unsigned refs;
+    unsigned per_conn; /* deliveries per connection; 0: no cap */
+    unsigned n_jobs;
+    unsigned n_conns;
+    unsigned n_quitting; /* of n_conns, those that said QUIT */
+    char key[];
+};
+
 /* smtpc_job - one smtpc_pool_deliver call, queued or running. */
 struct smtpc_job {
     struct smtpc_job *next; /* in the destination's queue */
     struct smtpc_pool *pool;
+    struct smtpc_group *group;   /* counted there while queued or running; NULL: none */
     const struct smtpc_msg *msg; /* borrowed until cb */
     smtpc_done_cb cb;
     void *arg;
@@ -262,6 +279,7 @@ struct smtpc_conn {
     unsigned ext;        /* SMTPC_EXT_* from EHLO */
     uint64_t size_limit;
     unsigned n_msgs; /* transactions started */
+    bool group_quit; /* counted in its group's n_quitting */
     char remote[128];
     struct smtpc_job *job;
     /* The transaction in progress. */
@@ -316,6 +334,7 @@ struct smtpc_dest {
     struct smtpc_job *q_head, *q_tail;
     struct smtpc_conn *conns;
     unsigned n_conns;
+    struct smtpc_group *group; /* NULL: none */
 };
 
 struct smtpc_pool {
@@ -325,6 +344,7 @@ struct smtpc_pool {
     bool tls_dane;           /* DANE enabled on tls_ctx (tls_client_ctx_dane) */
     struct smtpc_stats stats;
     struct smtpc_dest *dests;
+    struct smtpc_group *groups;
     uv_timer_t kick; /* zero timer: dispatch queued jobs outside callers' stacks */
     size_t n_active; /* jobs queued or running */
     size_t n_alive;  /* connections not yet freed, plus the kick timer */
@@ -365,6 +385,64 @@ static struct smtpc_job *smtpc_job_free(struct smtpc_job *job)
         free(job);
     }
     return NULL;
+}
+
+/* smtpc_group_get - group key of p, made when missing, held once more; NULL: no memory. */
+static struct smtpc_group *smtpc_group_get(struct smtpc_pool *p, const char *key, unsigned per_conn)
+{
+    struct smtpc_group *g = p->groups;
+    while (g != NULL && strcmp(g->key, key) != 0)
+        g = g->next;
+    if (g == NULL) {
+        size_t n = strlen(key) + 1;
+        g = calloc(1, sizeof(*g) + n);
+        if (g == NULL)
+            return NULL;
+        memcpy(g->key, key, n);
+        g->per_conn = per_conn;
+        g->next = p->groups;
+        p->groups = g;
+    }
+    g->refs++;
+    return g;
+}
+
+/* smtpc_group_put - let go of g (NULL: none), freed with its last holder. */
+static void smtpc_group_put(struct smtpc_pool *p, struct smtpc_group *g)
+{
+    if (g == NULL || --g->refs > 0)
+        return;
+    struct smtpc_group **pp = &p->groups;
+    while (*pp != g)
+        pp = &(*pp)->next;
+    *pp = g->next;
+    free(g);
+}
+
+/* smtpc_group_cap - the connections g may have now: ceil(n_jobs / per_conn). */
+static unsigned smtpc_group_cap(const struct smtpc_group *g)
+{
+    if (g == NULL || g->per_conn == 0)
+        return UINT_MAX;
+    return g->n_jobs / g->per_conn + (g->n_jobs % g->per_conn != 0);
+}
+
+/* smtpc_group_waits - has a destination of g (NULL: none) a delivery queued? */
+static bool smtpc_group_waits(const struct smtpc_pool *p, const struct smtpc_group *g)
+{
+    if (g == NULL || g->per_conn == 0)
+        return false;
+    for (const struct smtpc_dest *d = p->dests; d != NULL; d = d->next)
+        if (d->group == g && d->q_head != NULL)
+            return true;
+    return false;
+}
+
+/* smtpc_job_withdrawn - does job's source no longer want it (smtpc_source.withdrawn)? */
+static bool smtpc_job_withdrawn(const struct smtpc_job *job)
+{
+    const struct smtpc_source *src = job->msg->source;
+    return src != NULL && src->withdrawn != NULL && src->withdrawn(src->data);
 }
 
 /* smtpc_job_decide - fix the result of recipient i. */
@@ -440,6 +518,11 @@ static void smtpc_job_finish(struct smtpc_job *job, const struct smtpc_conn *c)
     hamr_strlcpy(res.tls, tls, sizeof(res.tls));
     HAMR_ASSERT(p->n_active > 0);
     p->n_active--;
+    if (job->group != NULL) {
+        job->group->n_jobs--;
+        smtpc_group_put(p, job->group);
+        job->group = NULL;
+    }
     job->cb(job->arg, &res);
     smtpc_job_free(job);
 }
@@ -800,6 +883,10 @@ static void smtpc_conn_quit(struct smtpc_conn *c)
     if (smtpc_conn_send(c, "QUIT\r\n", 6, 1) != 0)
         return;
     smtpc_conn_enter_state(c, SMTPC_STATE_QUIT);
+    if (c->dest != NULL && c->dest->group != NULL) {
+        c->dest->group->n_quitting++;
+        c->group_quit = true;
+    }
 }
 
 /* smtpc_status_of - the result a reply code means for a recipient. */
@@ -1120,6 +1207,8 @@ static struct smtpc_conn *smtpc_conn_alloc(struct smtpc_dest *d,
     c->next = d->conns;
     d->conns = c;
     d->n_conns++;
+    if (d->group != NULL)
+        d->group->n_conns++;
     p->n_alive++;
     log_debug("smtpc conn=%llu new, state CONNECTING", c->id);
     uv_timer_start(&c->timer, smtpc_conn_timer_cb, p->cfg.connect_timeout_ms, 0);
@@ -1764,7 +1853,16 @@ static void smtpc_conn_next(struct smtpc_conn *c)
         smtpc_conn_enter_state(c, SMTPC_STATE_READY);
         if (c->job == NULL) {
             struct smtpc_dest *d = c->dest;
-            if (c->n_msgs >= c->pool->cfg.max_msgs_per_conn) {
+            /*
+             * Above the cap of its group, or idle while another variant's
+             * delivery waits: go. So no connection of a group with a cap
+             * ever idles: one that would, with every other busy with one
+             * delivery and none waiting, is above ceil(deliveries / per_conn).
+             */
+            if (c->n_msgs >= c->pool->cfg.max_msgs_per_conn ||
+                (d->group != NULL &&
+                 d->group->n_conns - d->group->n_quitting > smtpc_group_cap(d->group)) ||
+                (d->q_head == NULL && smtpc_group_waits(c->pool, d->group))) {
                 smtpc_conn_quit(c);
                 return;
             }
@@ -1776,6 +1874,14 @@ static void smtpc_conn_next(struct smtpc_conn *c)
                 d->q_tail = NULL;
             c->job->next = NULL;
             c->job->n_tried = 1; /* the connection it is given */
+            if (smtpc_job_withdrawn(c->job)) {
+                struct smtpc_job *job = c->job;
+                c->job = NULL;
+                job->n_tried = 0;
+                smtpc_job_decide_rest(job, SMTPC_TEMP, 0, "withdrawn before it started");
+                smtpc_job_finish(job, NULL);
+                continue;
+            }
         }
         if (smtpc_conn_start_tx(c) == 0)
             return;
@@ -2377,6 +2483,12 @@ static void smtpc_conn_close(struct smtpc_conn *c)
         }
     }
     d->n_conns--;
+    struct smtpc_group *g = d->group;
+    if (g != NULL) {
+        g->n_conns--;
+        g->n_quitting -= c->group_quit ? 1 : 0;
+        c->group_quit = false;
+    }
     c->dest = NULL;
     c->next = NULL;
     if (c->gai_pending)
@@ -2391,7 +2503,8 @@ static void smtpc_conn_close(struct smtpc_conn *c)
     c->handles_open = 2;
     uv_close((uv_handle_t *)&c->tcp, smtpc_conn_handle_close_cb);
     uv_close((uv_handle_t *)&c->timer, smtpc_conn_handle_close_cb);
-    if (d->q_head != NULL)
+    /* A delivery of d, or of another variant of its group, may wait for this one to go. */
+    if (d->q_head != NULL || (g != NULL && g->n_jobs > 0))
         smtpc_pool_kick(c->pool);
 }
 
@@ -2414,11 +2527,19 @@ static void smtpc_dest_dispatch(struct smtpc_dest *d)
         }
         if (d->n_conns >= p->cfg.max_conns_per_dest)
             return;
+        /* No idle connection of the group is ever left (smtpc_conn_next): wait for one to end. */
+        if (d->group != NULL && d->group->n_conns >= smtpc_group_cap(d->group))
+            return;
         struct smtpc_job *job = d->q_head;
         d->q_head = job->next;
         if (d->q_head == NULL)
             d->q_tail = NULL;
         job->next = NULL;
+        if (smtpc_job_withdrawn(job)) {
+            smtpc_job_decide_rest(job, SMTPC_TEMP, 0, "withdrawn before it started");
+            smtpc_job_finish(job, NULL);
+            continue;
+        }
         smtpc_conn_new(d, job);
     }
 }
@@ -2588,6 +2709,7 @@ static bool smtpc_dest_patterns_eq(const struct smtpc_dest *d, const struct smtp
 /* smtpc_dest_free - a destination with no job and no connection left. */
 static void smtpc_dest_free(struct smtpc_dest *d)
 {
+    smtpc_group_put(d->pool, d->group);
     OPENSSL_cleanse(d->auth_pass, sizeof(d->auth_pass));
     free(d->patterns);
     free(d->pattern_v);
@@ -2626,8 +2748,10 @@ static struct smtpc_dest *smtpc_pool_dest(struct smtpc_pool *p,
                                           bool requiretls)
 {
     bool auth = dv->auth_user != NULL;
+    const char *group = dv->group != NULL ? dv->group : "";
     for (struct smtpc_dest *d = p->dests; d != NULL; d = d->next)
         if (d->port == dv->port && d->policy == dv->policy && d->requiretls == requiretls &&
+            strcmp(d->group != NULL ? d->group->key : "", group) == 0 &&
             strcmp(d->host, dv->host) == 0 && strcmp(d->verify_host, dv->verify_host) == 0 &&
             smtpc_dest_patterns_eq(d, dv) && d->auth == auth &&
             (!auth || (strcmp(d->auth_user, dv->auth_user) == 0 &&
@@ -2646,6 +2770,11 @@ static struct smtpc_dest *smtpc_pool_dest(struct smtpc_pool *p,
         d->auth = true;
         hamr_strlcpy(d->auth_user, dv->auth_user, sizeof(d->auth_user));
         hamr_strlcpy(d->auth_pass, dv->auth_pass, sizeof(d->auth_pass));
+    }
+    if (dv->group != NULL &&
+        (d->group = smtpc_group_get(p, dv->group, dv->group_per_conn)) == NULL) {
+        smtpc_dest_free(d);
+        return NULL;
     }
     if (!smtpc_dest_set_patterns(d, dv)) {
         smtpc_dest_free(d);
@@ -2733,6 +2862,12 @@ int smtpc_pool_deliver_to(struct smtpc_pool *p,
     job->msg = m;
     job->cb = cb;
     job->arg = arg;
+    if (d->group != NULL) {
+        job->group = d->group;
+        job->group->refs++;
+        job->group->n_jobs++;
+        job->group->per_conn = dv->group_per_conn; /* the last caller's: a level may change */
+    }
     if (d->q_tail != NULL)
         d->q_tail->next = job;
     else
@@ -2778,6 +2913,15 @@ void smtpc_pool_get_stats(const struct smtpc_pool *p, struct smtpc_stats *out)
 size_t smtpc_pool_active(const struct smtpc_pool *p)
 {
     return p->n_active;
+}
+
+/* smtpc_pool_group_conns - group's connections now (0: no such group). */
+unsigned smtpc_pool_group_conns(const struct smtpc_pool *p, const char *group)
+{
+    for (const struct smtpc_group *g = p->groups; g != NULL; g = g->next)
+        if (strcmp(g->key, group) == 0)
+            return g->n_conns;
+    return 0;
 }
 
 static const char *const smtpc_tls_policy_names[] = {"may", "encrypt", "verify", "dane",

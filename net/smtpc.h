@@ -227,6 +227,11 @@ typedef void (*smtpc_source_cb)(void *arg, int status, const uint8_t *data, size
  *           HAMR_E* code, and cb never runs.
  *   cancel: the attempt ended while a chunk was asked for (connection
  *           lost, timeout, pool closing): cb must never run after this.
+ *   withdrawn (optional, NULL: never): asked before a queued delivery
+ *           takes a connection; true: it is no longer wanted, and it ends
+ *           at once, every recipient SMTPC_TEMP "withdrawn before it
+ *           started", without a connection (a lease that ran out while the
+ *           delivery waited for one).
  * A chunk that fails, or a read that returns an error, ends the attempt
  * before the final "." (or BDAT ... LAST) is sent: the connection is
  * dropped in the middle of DATA, so the next hop discards what it got (RFC
@@ -238,6 +243,7 @@ struct smtpc_source {
     void *data;
     int (*read)(void *data, smtpc_source_cb cb, void *cb_arg);
     void (*cancel)(void *data);
+    bool (*withdrawn)(void *data);
 };
 
 struct smtpc_msg {
@@ -420,6 +426,25 @@ struct smtpc_delivery {
     size_t n_mx_patterns;
     const char *auth_user;
     const char *auth_pass;
+    /*
+     * group (copied; NULL: none) names the next hop as the caller counts
+     * it (e.g. "[10.0.0.1]:25"), across the policies, credentials and
+     * REQUIRETLS variants the pool keeps apart. With group_per_conn > 0 the
+     * group's connections are at most ceil(deliveries of the group queued
+     * or running / group_per_conn), as well as max_conns_per_dest per
+     * variant: a connection whose delivery ends with the group above that
+     * (or with nothing queued for its variant while another variant's
+     * delivery waits) says QUIT at once instead of taking the next delivery
+     * or idling, so no connection of the group idles and a delivery the cap
+     * holds back waits for one to end (Postfix, too, keeps a connection
+     * open only for a destination with mail waiting). So a caller that knows how many
+     * deliveries each holder runs knows a bound on its connections (every
+     * node's deliveries to one next hop, counted by the raft leader:
+     * node/relay_spread.c). The last delivery's group_per_conn counts for
+     * its whole group.
+     */
+    const char *group;
+    unsigned group_per_conn;
 };
 
 /* smtpc_pool_deliver_to - smtpc_pool_deliver_tls with every field of dv. */
@@ -446,6 +471,9 @@ void smtpc_pool_close(struct smtpc_pool *p, void (*closed_cb)(void *arg), void *
 
 /* smtpc_pool_active - deliveries queued or running (for tests and metrics). */
 size_t smtpc_pool_active(const struct smtpc_pool *p);
+
+/* smtpc_pool_group_conns - the connections of group now, closing ones included (for tests). */
+unsigned smtpc_pool_group_conns(const struct smtpc_pool *p, const char *group);
 
 /* smtpc_stats - what the pool's connections made of DANE since smtpc_pool_new (for metrics). */
 struct smtpc_stats {

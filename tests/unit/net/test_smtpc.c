@@ -929,6 +929,84 @@ static void test_parallel(void **state)
     assert_int_equal(f->srv.n_accepted, 3);
 }
 
+/* group_deliver - queue m to the test server in group "G" (4 deliveries a connection). */
+static void group_deliver(struct testlib_smtpc *f,
+                          const struct smtpc_msg *m,
+                          const char *const *patterns,
+                          struct result *r)
+{
+    struct smtpc_delivery dv = {.host = "127.0.0.1",
+                                .port = f->srv.port,
+                                .mx_patterns = patterns,
+                                .n_mx_patterns = patterns != NULL ? 1 : 0,
+                                .group = "G",
+                                .group_per_conn = 4};
+    assert_int_equal(smtpc_pool_deliver_to(f->pool, &dv, m, done_cb, r), 0);
+}
+
+/* group_peak - the most connections of group "G" seen at each loop turn until n results. */
+static unsigned group_peak(struct testlib_smtpc *f, struct result *r, size_t n)
+{
+    unsigned peak = 0;
+    for (int turns = 0; turns < f->run.max_turns && !f->run.expired; turns++) {
+        unsigned now = smtpc_pool_group_conns(f->pool, "G");
+        peak = now > peak ? now : peak;
+        int calls = 0;
+        for (size_t i = 0; i < n; i++)
+            calls += r[i].calls;
+        if ((size_t)calls == n)
+            return peak;
+        uv_run(&f->loop, UV_RUN_ONCE);
+    }
+    fail_msg("deliveries did not finish");
+    return 0;
+}
+
+/*
+ * test_group_cap - nine deliveries of a group with four a connection: at
+ * most three connections (max_conns_per_dest would allow ten), each closed
+ * as soon as the deliveries left no longer need it, none left idle.
+ */
+static void test_group_cap(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_std(1);
+    struct result r[9] = {{0}};
+    for (int i = 0; i < 9; i++)
+        group_deliver(f, &m, NULL, &r[i]);
+    assert_true(group_peak(f, r, 9) <= 3);
+    for (int i = 0; i < 9; i++)
+        assert_all(&r[i], 1, SMTPC_OK, 250);
+    assert_int_equal(f->srv.n_accepted, 3);
+    assert_int_equal(f->srv.n_messages, 9);
+    TESTLIB_LOOP_UNTIL(&f->run, f->srv.n_eof == 3); /* the cap fell to 0: no idle connection */
+    assert_int_equal(smtpc_pool_group_conns(f->pool, "G"), 0);
+}
+
+/*
+ * test_group_variants - two variants of one group (different MTA-STS
+ * patterns keep their connections apart) share its cap: with four
+ * deliveries, one connection at a time; the first variant's connection
+ * goes when only the other has mail waiting, and the other's then opens.
+ */
+static void test_group_variants(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    testlib_smtpc_pool_start(f);
+    static const char *const pat[] = {"*.x.test"};
+    struct smtpc_msg m = msg_std(1);
+    struct result r[4] = {{0}};
+    group_deliver(f, &m, pat, &r[0]);
+    for (int i = 1; i < 4; i++)
+        group_deliver(f, &m, NULL, &r[i]);
+    assert_int_equal(group_peak(f, r, 4), 1);
+    for (int i = 0; i < 4; i++)
+        assert_all(&r[i], 1, SMTPC_OK, 250);
+    assert_int_equal(f->srv.n_accepted, 2);
+    TESTLIB_LOOP_UNTIL(&f->run, f->srv.n_eof == 2);
+}
+
 /* test_max_msgs_per_conn - after max_msgs_per_conn messages: QUIT and a new connection. */
 static void test_max_msgs_per_conn(void **state)
 {
@@ -1145,6 +1223,8 @@ struct fake_source {
     int sync_fail;
     bool hold;
     int reads, answers, cancels;
+    bool withdraw; /* smtpc_source.withdrawn says so */
+    int withdrawn_asked;
     bool pending;
     smtpc_source_cb cb;
     void *cb_arg;
@@ -1236,6 +1316,49 @@ static struct smtpc_msg msg_source(size_t n_rcpts, struct fake_source *fs)
     m.body_len = fs->len;
     m.source = &fs->src;
     return m;
+}
+
+/* fake_source_withdrawn - smtpc_source.withdrawn: what the test set. */
+static bool fake_source_withdrawn(void *data)
+{
+    struct fake_source *fs = data;
+    fs->withdrawn_asked++;
+    return fs->withdraw;
+}
+
+/*
+ * test_source_withdrawn - a delivery queued behind another (one connection)
+ * whose source says it is withdrawn before it gets the connection ends
+ * without a word to the next hop, TEMP "withdrawn before it started"; the
+ * next one is delivered.
+ */
+static void test_source_withdrawn(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    f->cfg.max_conns_per_dest = 1;
+    testlib_smtpc_pool_start(f);
+    size_t body_len = sizeof(body_std) - 1;
+    struct fake_source *fs[3];
+    struct smtpc_msg m[3];
+    struct result r[3] = {{0}};
+    for (int i = 0; i < 3; i++) {
+        fs[i] = fake_source_new(f, body_std, body_len, 1000);
+        fs[i]->src.withdrawn = fake_source_withdrawn;
+        m[i] = msg_source(1, fs[i]);
+        deliver(f, &m[i], &r[i]);
+    }
+    fs[1]->withdraw = true;
+    TESTLIB_LOOP_UNTIL(&f->run, r[0].calls + r[1].calls + r[2].calls == 3);
+    assert_all(&r[0], 1, SMTPC_OK, 250);
+    assert_all(&r[1], 1, SMTPC_TEMP, 0);
+    assert_string_equal(r[1].r[0].text, "withdrawn before it started");
+    assert_int_equal(fs[1]->reads, 0);
+    assert_true(fs[1]->withdrawn_asked > 0);
+    assert_all(&r[2], 1, SMTPC_OK, 250);
+    assert_int_equal(f->srv.n_accepted, 1);
+    assert_int_equal(f->srv.n_messages, 2);
+    for (int i = 0; i < 3; i++)
+        fake_source_close(fs[i]);
 }
 
 /* data_of - what the next hop read after the first "DATA\r\n" (NULL if none), and its length. */
@@ -2045,6 +2168,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reuse_after_failure, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_serialised, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_parallel, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_group_cap, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_group_variants, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_max_msgs_per_conn, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_idle_timeout, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_close_queued, setup, testlib_smtpc_teardown),
@@ -2054,6 +2179,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_null_sender, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_large_body, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_source_chunks, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_source_withdrawn, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_source_fails, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_source_cancel, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_chunking_pipelined, setup, testlib_smtpc_teardown),
