@@ -153,6 +153,28 @@ struct relay_member {
     uint64_t leased; /* delivery items leased to it this term (for status) */
 };
 
+/*
+ * RELAY_LEASES_PER_CONN - deliveries leased to one next hop per connection
+ * it may take: the leader leases at most this times max_per_destination
+ * there at once, and from QUEUE_LEVEL_SPREAD a node holding L of them opens
+ * at most ceil(L / RELAY_LEASES_PER_CONN) connections to it (its pool's
+ * group cap, net/smtpc.h), so that the leader, which counts every node's
+ * leases, keeps the sum of those within max_per_destination.
+ */
+#define RELAY_LEASES_PER_CONN 4
+
+/*
+ * relay_dest_leases - leader, during one pick and its leases: the live
+ * leases at one next hop per holder, and the connections they allow.
+ */
+struct relay_dest_leases {
+    char *dest; /* NULL: an empty slot */
+    uint64_t node[CONSENSUS_MAX_MEMBERS];
+    uint32_t n[CONSENSUS_MAX_MEMBERS];
+    uint32_t holders;
+    uint32_t conns; /* sum of ceil(n / RELAY_LEASES_PER_CONN), plus 1 per lease of an overflow */
+};
+
 /* relay_spread_state - leases to any node, renewals, the cluster clock (relay_spread.c). */
 struct relay_spread_state {
     uv_timer_t timer;       /* every RELAY_REPORT_MS: report, renew, stop what ran out */
@@ -169,6 +191,10 @@ struct relay_spread_state {
     uint64_t late;         /* leases granted to this node that it got too late to use */
     uint64_t applied_now;  /* leader: its applied index at the last tick */
     uint64_t applied_mark; /* leader: ... at the tick before (a report behind it is behind) */
+    /* Leader: live leases per next hop and holder (open addressing, a power of two). */
+    struct relay_dest_leases *dl;
+    size_t dl_cap, dl_used;
+    bool dl_broken; /* no memory to count: no lease this pick */
 };
 
 /*
@@ -390,6 +416,13 @@ void relay_member_place(struct relay *r,
                         const char *boot,
                         uint64_t applied,
                         uint64_t ours);
+/*
+ * relay_spread_count_reset, relay_spread_counted - leader: before a pick,
+ * forget the counts; during it (queue_route.leased), one live lease of
+ * node at dest. relay_spread_holder keeps within them.
+ */
+void relay_spread_count_reset(struct relay *r);
+void relay_spread_counted(void *data, const char *dest, uint64_t node);
 int relay_spread_dest_max(struct relay *r, const char *dest);
 struct relay_member *relay_spread_holder(struct relay *r, const char *dest);
 /* relay_spread_fill_status - the clock and delivery fields of st; dm, dmp: CONSENSUS_MAX_MEMBERS

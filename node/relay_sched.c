@@ -596,6 +596,9 @@ void relay_deliver_send(struct relay *r, struct relay_delivery *d)
         .policy = d->policy,
         .mx_patterns = (const char *const *)d->sts_mx,
         .n_mx_patterns = d->n_sts_mx,
+        /* Every node's connections to the next hop within max_per_destination (relay_spread.c). */
+        .group = d->dest,
+        .group_per_conn = relay_spread_on(r) ? RELAY_LEASES_PER_CONN : 0,
     };
     /*
      * Outbound AUTH: the credentials of the destination key as written
@@ -663,6 +666,21 @@ static int relay_deliver_source_read(void *data, smtpc_source_cb cb, void *cb_ar
         d->body_status = rv;
     /* Asynchronous processing continues in relay_deliver_chunk_done. */
     return rv;
+}
+
+/*
+ * relay_deliver_withdrawn - smtpc_source.withdrawn: a delivery still
+ * waiting in the pool for a connection when its lease ran out never takes
+ * one (a cut-off holder would else open a connection per delivery, each to
+ * stop at DATA, and the leader no longer counts them).
+ */
+static bool relay_deliver_withdrawn(void *data)
+{
+    struct relay_delivery *d = data;
+    if (!relay_deliver_lapsed(d))
+        return false;
+    d->body_status = HAMR_ETIMEDOUT; /* relay_delivery_done: stopped, no Outcome */
+    return true;
 }
 
 /* relay_deliver_source_cancel - the attempt ended while a chunk was read: drop the stream. */
@@ -822,8 +840,10 @@ void relay_deliver_start(struct relay *r,
         if (m->body_len > 0)
             memcpy(d->body, m->body, m->body_len);
         d->body_len = m->body_len;
-        d->source = (struct smtpc_source){
-            .data = d, .read = relay_deliver_mem_read, .cancel = relay_deliver_mem_cancel};
+        d->source = (struct smtpc_source){.data = d,
+                                          .read = relay_deliver_mem_read,
+                                          .cancel = relay_deliver_mem_cancel,
+                                          .withdrawn = relay_deliver_withdrawn};
         relay_deliver_send(r, d);
         return;
     }
@@ -835,8 +855,10 @@ void relay_deliver_start(struct relay *r,
                               RELAY_DELIVER_CHUNK, &d->stream) != 0)
         goto fail;
     d->body_len = m->body_len;
-    d->source = (struct smtpc_source){
-        .data = d, .read = relay_deliver_source_read, .cancel = relay_deliver_source_cancel};
+    d->source = (struct smtpc_source){.data = d,
+                                      .read = relay_deliver_source_read,
+                                      .cancel = relay_deliver_source_cancel,
+                                      .withdrawn = relay_deliver_withdrawn};
     relay_deliver_send(r, d);
     return;
 fail:
@@ -1053,13 +1075,18 @@ void relay_sched_tick(uv_timer_t *t)
 
     uint64_t now = relay_cluster_now(r);
     struct queue_sched_limits lim = {
-        .max_per_dest = r->cfg->smtpc.max_conns_per_dest * 4,
+        .max_per_dest = r->cfg->smtpc.max_conns_per_dest * RELAY_LEASES_PER_CONN,
         .max_items = RELAY_SCHED_MAX_ITEMS,
         .self_node = r->cfg->node_id,
         .self_boot_id = r->boot_id,
     };
     struct queue_route route = {
         .data = r, .dest = relay_route_dest, .dest_max = relay_sched_dest_max};
+    if (relay_spread_on(r)) {
+        /* Every holder's leases per next hop: its share of the connections. */
+        relay_spread_count_reset(r);
+        route.leased = relay_spread_counted;
+    }
     struct queue_work *work = NULL;
     uint64_t started = uv_hrtime();
     int n = queue_sched_pick(r->queue, now, &lim, &route, &work);

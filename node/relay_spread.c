@@ -50,6 +50,7 @@
 #include <uv.h>
 
 #include "util/common.h"
+#include "util/hash.h"
 #include "util/err.h"
 #include "util/log.h"
 #include "queue/queue.h"
@@ -753,6 +754,123 @@ static int relay_member_dest(struct relay *r, const struct relay_member *mb, con
     return RELAY_DEST_OK;
 }
 
+/* ---------------------------------------------------------------------------
+ * Connections to one next hop, for the whole cluster. The leader leases at
+ * most RELAY_LEASES_PER_CONN * max_per_destination deliveries there at
+ * once (relay_sched.c). A holder of L of them opens at most ceil(L / 4)
+ * connections there (its pool's group cap), and its L is never above the
+ * leader's count of its leases: it hears of a grant after the leader
+ * counted it, and its delivery has ended before the Outcome that uncounts
+ * it is proposed. So the leader gives a delivery only to a holder whose
+ * share keeps the sum of ceil(L_node / 4) within max_per_destination, and
+ * rather to one with a connection's share still unused (no new connection)
+ * than to one that would open another. The counts are the live leases of
+ * the queue (each pick counts them, queue_route.leased) plus what the pick
+ * gives out.
+ * ------------------------------------------------------------------------- */
+
+/* relay_dl_conns - connections n leases at one next hop allow a holder. */
+static uint32_t relay_dl_conns(uint32_t n)
+{
+    return n / RELAY_LEASES_PER_CONN + (n % RELAY_LEASES_PER_CONN != 0);
+}
+
+/* relay_dl_grow - twice the slots (64 at first), the counts moved over; 0 or HAMR_ENOMEM. */
+static int relay_dl_grow(struct relay_spread_state *sp)
+{
+    size_t ncap = sp->dl_cap != 0 ? 2 * sp->dl_cap : 64;
+    struct relay_dest_leases *n = calloc(ncap, sizeof(*n));
+    if (n == NULL)
+        return HAMR_ENOMEM;
+    for (size_t i = 0; i < sp->dl_cap; i++) {
+        if (sp->dl[i].dest == NULL)
+            continue;
+        size_t j = hash_fnv1a64_str(sp->dl[i].dest) & (ncap - 1);
+        while (n[j].dest != NULL)
+            j = (j + 1) & (ncap - 1);
+        n[j] = sp->dl[i];
+    }
+    free(sp->dl);
+    sp->dl = n;
+    sp->dl_cap = ncap;
+    return 0;
+}
+
+/* relay_dl_find - the counts of dest, made when missing; NULL: no memory (nothing leased now). */
+static struct relay_dest_leases *relay_dl_find(struct relay *r, const char *dest)
+{
+    struct relay_spread_state *sp = &r->spread;
+    if (sp->dl_broken)
+        return NULL;
+    if ((sp->dl_used + 1) * 2 > sp->dl_cap && relay_dl_grow(sp) != 0) {
+        sp->dl_broken = true;
+        return NULL;
+    }
+    size_t mask = sp->dl_cap - 1;
+    for (size_t i = hash_fnv1a64_str(dest) & mask;; i = (i + 1) & mask) {
+        struct relay_dest_leases *dl = &sp->dl[i];
+        if (dl->dest != NULL && strcmp(dl->dest, dest) == 0)
+            return dl;
+        if (dl->dest != NULL)
+            continue;
+        memset(dl, 0, sizeof(*dl));
+        if ((dl->dest = strdup(dest)) == NULL) {
+            sp->dl_broken = true;
+            return NULL;
+        }
+        sp->dl_used++;
+        return dl;
+    }
+}
+
+/* relay_dl_add - one more lease of node at dl (a holder beyond the table: a connection each). */
+static void relay_dl_add(struct relay_dest_leases *dl, uint64_t node)
+{
+    uint32_t h = 0;
+    while (h < dl->holders && dl->node[h] != node)
+        h++;
+    if (h == HAMR_ARRAY_LEN(dl->node)) {
+        dl->conns++;
+        return;
+    }
+    if (h == dl->holders) {
+        dl->node[h] = node;
+        dl->n[h] = 0;
+        dl->holders++;
+    }
+    dl->conns += relay_dl_conns(dl->n[h] + 1) - relay_dl_conns(dl->n[h]);
+    dl->n[h]++;
+}
+
+/* relay_dl_cost - connections one more lease of node at dl adds: 0 or 1. */
+static uint32_t relay_dl_cost(const struct relay_dest_leases *dl, uint64_t node)
+{
+    for (uint32_t h = 0; h < dl->holders; h++)
+        if (dl->node[h] == node)
+            return dl->n[h] % RELAY_LEASES_PER_CONN == 0 ? 1 : 0;
+    return 1;
+}
+
+void relay_spread_count_reset(struct relay *r)
+{
+    struct relay_spread_state *sp = &r->spread;
+    for (size_t i = 0; i < sp->dl_cap && sp->dl_used > 0; i++) {
+        if (sp->dl[i].dest != NULL) {
+            free(sp->dl[i].dest);
+            sp->dl[i].dest = NULL;
+            sp->dl_used--;
+        }
+    }
+    sp->dl_broken = false;
+}
+
+void relay_spread_counted(void *data, const char *dest, uint64_t node)
+{
+    struct relay_dest_leases *dl = relay_dl_find(data, dest);
+    if (dl != NULL)
+        relay_dl_add(dl, node);
+}
+
 int relay_spread_dest_max(struct relay *r, const char *dest)
 {
     uint64_t now = uv_now(r->loop);
@@ -771,19 +889,28 @@ int relay_spread_dest_max(struct relay *r, const char *dest)
 }
 
 /*
- * relay_spread_holder - the node for one delivery to dest: first a node
- * whose probe of dest is due (one probe per node and report, even while
- * others reach dest, so that its suspension can lift), else the node with
- * the most free slots among those that reach dest. NULL: none can take it.
+ * relay_spread_holder - the node for one delivery to dest, among those
+ * whose share of dest's connections allows one more lease there: first a
+ * node whose probe of dest is due (one probe per node and report, even
+ * while others reach dest, so that its suspension can lift), else among
+ * those that reach dest one that needs no new connection for it, then the
+ * one with the most free slots. NULL: none can take it.
  */
 struct relay_member *relay_spread_holder(struct relay *r, const char *dest)
 {
     uint64_t now = uv_now(r->loop);
+    struct relay_dest_leases *dl = relay_dl_find(r, dest);
+    if (dl == NULL)
+        return NULL; /* no memory to count: nothing leased this pick */
     struct relay_member *best = NULL;
+    uint32_t best_cost = 0;
     for (size_t i = 0; i < r->spread.n_members; i++) {
         struct relay_member *mb = &r->spread.members[i];
         if (!relay_member_usable(r, mb, now) || relay_member_free_slots(mb) <= 0)
             continue;
+        uint32_t cost = relay_dl_cost(dl, mb->id);
+        if (dl->conns + cost > r->cfg->smtpc.max_conns_per_dest)
+            continue; /* a connection over max_per_destination */
         int st = relay_member_dest(r, mb, dest);
         if (st == RELAY_DEST_PROBE && !mb->probed) {
             mb->probed = true;
@@ -792,12 +919,16 @@ struct relay_member *relay_spread_holder(struct relay *r, const char *dest)
         }
         if (st != RELAY_DEST_OK)
             continue;
-        if (best == NULL || relay_member_free_slots(mb) > relay_member_free_slots(best))
+        if (best == NULL || cost < best_cost ||
+            (cost == best_cost && relay_member_free_slots(mb) > relay_member_free_slots(best))) {
             best = mb;
+            best_cost = cost;
+        }
     }
     if (best != NULL) {
         best->assigned++;
         best->leased++;
+        relay_dl_add(dl, best->id);
     }
     return best;
 }
@@ -877,4 +1008,8 @@ void relay_spread_close(struct relay *r)
     for (size_t i = 0; i < r->spread.n_members; i++)
         relay_member_dests_free(&r->spread.members[i]);
     r->spread.n_members = 0;
+    relay_spread_count_reset(r);
+    free(r->spread.dl);
+    r->spread.dl = NULL;
+    r->spread.dl_cap = 0;
 }

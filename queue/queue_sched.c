@@ -229,6 +229,8 @@ static int queue_sched_count_cb(void *arg, const struct queue_msg *m)
         if (c->last_msg != seq) {
             c->last_msg = seq;
             c->count++;
+            if (x->route->leased != NULL)
+                x->route->leased(x->route->data, c->key, r->lease_node);
         }
     }
     return 0;

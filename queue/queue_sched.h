@@ -34,6 +34,13 @@ struct queue_route {
      * on the indexed path.
      */
     int (*dest_max)(void *data, const char *dest);
+    /*
+     * Optional (NULL: none): told, while a pick counts the live leases
+     * (step 1), of each message counted at dest, with the node holding
+     * that lease there: the caller's count per holder (node/relay_spread.c
+     * bounds every node's connections to one next hop with it).
+     */
+    void (*leased)(void *data, const char *dest, uint64_t node);
 };
 
 struct queue_sched_limits {

@@ -56,6 +56,7 @@ static int spread_setup(void **state)
     r->loop = &s->loop;
     s->fx->cfg.node_id = 1;
     s->fx->cfg.lease_time_ms = 30000;
+    s->fx->cfg.smtpc.max_conns_per_dest = 10;
     struct directory_self self = {.node_id = 1, .version = "test"};
     r->dir = directory_new(&self, NULL, r->queue, NULL);
     assert_non_null(r->dir);
@@ -329,6 +330,50 @@ static void test_renew_index(void **state)
 }
 
 /*
+ * test_conn_budget - max_per_destination connections for the whole
+ * cluster: a holder of L leases at a next hop may open ceil(L / 4)
+ * connections there, so with 2 the deliveries fill one node's connection
+ * (4), then another's, and then nobody gets one; a connection's unused
+ * share goes first, whoever has more free slots. The live leases a pick
+ * counts (relay_spread_counted) count the same; each next hop on its own.
+ */
+static void test_conn_budget(void **state)
+{
+    struct spread_fx *s = *state;
+    struct relay *r = &s->fx->r;
+    s->fx->cfg.smtpc.max_conns_per_dest = 2;
+    member(r, 1, 100, 0);
+    member(r, 2, 100, 0);
+    member(r, 3, 100, 0);
+    uint64_t got[4] = {0};
+    for (int i = 0; i < 8; i++)
+        got[holder_id(r, DEST)]++;
+    assert_int_equal(got[1], 4); /* first its connection's whole share */
+    assert_int_equal(got[2], 4); /* then the most free slots */
+    assert_int_equal(got[3], 0);
+    assert_int_equal(holder_id(r, DEST), 0); /* two connections' worth out */
+    assert_int_not_equal(holder_id(r, OTHER), 0);
+
+    /* A new pick: node 3 holds 5 live leases (2 connections): only it, to 8. */
+    relay_spread_count_reset(r);
+    for (int i = 0; i < 5; i++)
+        relay_spread_counted(r, DEST, 3);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(holder_id(r, DEST), 3);
+    assert_int_equal(holder_id(r, DEST), 0);
+
+    /* Node 3 holds 3 (one connection, one lease of it unused): that goes to it first. */
+    relay_spread_count_reset(r);
+    for (int i = 0; i < 3; i++)
+        relay_spread_counted(r, DEST, 3);
+    assert_int_equal(holder_id(r, DEST), 3);
+    r->spread.members[1].assigned = 0; /* node 2 has the most free slots now */
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(holder_id(r, DEST), 2); /* a new connection, then its share */
+    assert_int_equal(holder_id(r, DEST), 0);
+}
+
+/*
  * test_place - behind in the log, by reports: a node seen first (or with a
  * new boot id) is behind until it has applied an entry made after, even
  * when it had applied all we had (a wiped node stuck at its snapshot's
@@ -370,6 +415,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_most_free_slots, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_unusable, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_place, spread_setup, spread_teardown),
+        cmocka_unit_test_setup_teardown(test_conn_budget, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_suspended_dest, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_self_live, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_renew_index, spread_setup, spread_teardown),
