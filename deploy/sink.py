@@ -38,7 +38,10 @@ message would: a client that drops the connection during the wait has still
 delivered it (and delivers it twice if it tries again).
 
 Prints "sink listening on HOST:PORT" once it accepts connections (PORT may be
-given as 0: the bound port is printed). Exits 0 on SIGTERM or SIGINT.
+given as 0: the bound port is printed), and "sink: sessions open=N peer=IP"
+each time a client connects or says QUIT or goes: N counts the connections
+open that have not said QUIT (a client that said it is leaving), so a test can
+take the most a next hop had at once. Exits 0 on SIGTERM or SIGINT.
 
 Security: this is a test tool. It parses untrusted SMTP input with aiosmtpd,
 which bounds line length and message size; recipients and senders go into the
@@ -68,6 +71,24 @@ class SinkSMTP(SMTP):
     wait before 354 of --data-start-delay."""
 
     line_length_limit = SINK_MAX_LINE
+
+    def connection_made(self, transport):
+        self.sink_open = True
+        self.event_handler.sessions(+1, transport.get_extra_info("peername"))
+        super().connection_made(transport)
+
+    def data_received(self, data):
+        # Counted as gone once QUIT is in, before the reply: the moment the client let go.
+        if getattr(self, "sink_open", False) and data[:4].upper() == b"QUIT":
+            self.sink_open = False
+            self.event_handler.sessions(-1, self.transport.get_extra_info("peername"))
+        super().data_received(data)
+
+    def connection_lost(self, error):
+        if getattr(self, "sink_open", False):
+            self.sink_open = False
+            self.event_handler.sessions(-1, None)
+        super().connection_lost(error)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg):
@@ -122,7 +143,13 @@ class SinkHandler:
         self.data_start_delay = args.data_start_delay
         self.data_delay = args.data_delay
         self.count = 0
+        self.open = 0
         self.log = open(self.log_path, "a", encoding="utf-8")
+
+    def sessions(self, change, peer):
+        """sessions - a connection came (+1) or said QUIT or went (-1)."""
+        self.open += change
+        self.event("sessions", open=self.open, peer=peer[0] if isinstance(peer, tuple) else "")
 
     def event(self, what, **fields):
         """event - one line on stdout per refusal or delivery."""

@@ -82,6 +82,15 @@ ClusterSpreadNoSlotsTest (three nodes on 127.0.0.1, node NO_SLOTS_NODE with
      everything (oracle: nothing lost, no duplicate; their status=sent lines
      add up to the acknowledged messages).
 
+ClusterSpreadConnsTest (three nodes on 127.0.0.1, [delivery] max_per_destination
+CONNS_PER_DEST):
+  a_conns_limit  CONNS_MESSAGES messages through all three nodes to a slow next hop
+     (every connection stays busy a while): the next hop never has more than
+     CONNS_PER_DEST connections open at once from the whole cluster (the sink's
+     "sessions open=N" lines; a connection that said QUIT no longer counts), though
+     each node alone may open that many; it had that many at some moment, and
+     more than one node delivered. Oracle: nothing lost, no duplicate.
+
 Run one case with python3 THIS Class.test_x (ctest does, one entry per case).
 """
 
@@ -101,9 +110,12 @@ from harness import field, wait_for  # noqa: E402
 LEASE = 6.0  # [delivery] lease_time of these clusters, seconds
 LEVEL_BOUND = 60.0  # every node at cluster feature level 6
 SPREAD_MESSAGES = 600
-PARTITION_MESSAGES = 24
+PARTITION_MESSAGES = 12
 PER_DEST = 2  # [delivery] max_per_destination of ClusterSpreadNetTest
-FIRST_WAVE = 4 * PER_DEST  # deliveries leased at once to one next hop
+# The first wave: a delivery on each of the PER_DEST connections the whole cluster may
+# have to the next hop; the rest of the 4 * PER_DEST leased at once wait behind them on
+# their holders, and start once those are answered, with bodies from the store.
+FIRST_WAVE = PER_DEST
 RETRY = "10s"  # [delivery] retry_min and retry_max of ClusterSpreadNetTest
 HEALED_MESSAGES = 240  # after the heal: 4 clients, 0.3 s apart (about 20 s)
 LOAD_BOUND = 150.0  # seconds a load may take to be answered
@@ -119,6 +131,9 @@ CLOCK_BOUND = 15.0  # peer ports healed -> the follower knows the cluster time (
 CLOCK_MESSAGES = 12  # the load through that follower once it knows the time
 NO_SLOTS_MESSAGES = 150
 NO_SLOTS_NODE = 3  # the node of ClusterSpreadNoSlotsTest with [delivery] delivery_slots = 0
+CONNS_PER_DEST = 2  # [delivery] max_per_destination of ClusterSpreadConnsTest
+CONNS_MESSAGES = 60
+SESSIONS_RE = re.compile(r"^sink: sessions open=(\d+) ", re.M)
 TRY_AGAIN = "451 4.3.0 Error: queue not available, try again later"
 # The slow next hop: a wait before 354 (the body not yet sent: a lease running out
 # then stops the delivery) and one after the final dot (the message taken: a holder
@@ -389,9 +404,10 @@ class ClusterSpreadTest(SpreadTestCase):
 
 class ClusterSpreadNetTest(SpreadTestCase, cluster.NetLabTestCase):
     """ClusterSpreadNetTest - the cluster in network namespaces (cluster.NetLab), with
-    [delivery] max_per_destination PER_DEST: the leader leases at most 4 * PER_DEST
-    deliveries to the next hop at once (relay_sched.c), so that the messages after the
-    first wave are leased well after they were accepted (their bodies in the store);
+    [delivery] max_per_destination PER_DEST: the whole cluster has at most PER_DEST
+    connections to the next hop (relay_spread.c), each taking its holder's deliveries one
+    after the other, so that the deliveries after the first wave start well after their
+    messages were accepted (their bodies in the store);
     and retry_min RETRY: a node suspends a next hop it cannot reach for retry_min (at
     most 10 s) before it reports it as probing, so the leader's status shows the
     suspension for that long."""
@@ -694,6 +710,29 @@ class ClusterSpreadNoSlotsTest(SpreadTestCase):
                          "running, slots, leased of %s: %s" % (idle.name, row.group(0)))
         sys.stderr.write("spread-no-slots: %s took %d messages and delivered none; the others "
                          "delivered %s\n" % (idle.name, len(taken), sent))
+
+
+class ClusterSpreadConnsTest(SpreadTestCase):
+    """ClusterSpreadConnsTest - [delivery] max_per_destination CONNS_PER_DEST holds for the
+    connections of the whole cluster, not of each node (relay_spread.c, smtpc group cap)."""
+
+    DELIVERY = {"lease_time": "%ds" % LEASE, "max_per_destination": str(CONNS_PER_DEST)}
+
+    def test_a_conns_limit(self):
+        sink = self.use_sink(data_start_delay=0.2, data_delay=0.2)
+        load = self.run_load("sp-n", CONNS_MESSAGES, threads=6, pace=0.02)
+        res, lapsed = self.spread_oracle("spread-conns", [load])
+        self.assertEqual(res.dup, 0, "duplicates without a fault: %s" % res.duplicates)
+        sent = self.sent_by_node(set(self.qid_map([load])))
+        peak = max([int(m.group(1)) for m in SESSIONS_RE.finditer(sink.proc.log_text())] or [0])
+        cluster_log("conns: the next hop had at most %d sessions at once; deliveries by node %s"
+                    % (peak, sent))
+        self.assertLessEqual(peak, CONNS_PER_DEST, "more connections at once than "
+                             "max_per_destination for the whole cluster")
+        self.assertEqual(peak, CONNS_PER_DEST, "the load never used every connection allowed")
+        self.assertGreater(sum(1 for v in sent.values() if v > 0), 1, "one node delivered all")
+        sys.stderr.write("spread-conns: at most %d sessions at once (max_per_destination %d); "
+                         "delivered by node %s\n" % (peak, CONNS_PER_DEST, sent))
 
 
 if __name__ == "__main__":
