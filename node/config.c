@@ -177,6 +177,7 @@ static const struct config_key config_keys[] = {
     CK("delivery", "delay_warning_time", CONFIG_K_DURATION, delay_warning_ms, 0, 365 * CONFIG_DAY),
     CK("delivery", "lease_time", CONFIG_K_DURATION, lease_time_ms, 1, CONFIG_DAY),
     CK("delivery", "delivery_slots", CONFIG_K_COUNT, delivery_slots, 0, 100000),
+    CK("delivery", "rate_per_destination", CONFIG_K_COUNT, rate_per_destination, 0, 6000000),
     CK("delivery", "scan_interval", CONFIG_K_DURATION, scan_interval_ms, 1, CONFIG_HOUR),
     CK("delivery", "tls_policy", CONFIG_K_TLS_POLICY, tls_policy, 0, 0),
     CK("delivery", "tls_ca_file", CONFIG_K_STRING_OPT, smtpc.tls_ca_file, 0, 0),

@@ -135,6 +135,8 @@ struct hamr_config {
     uint64_t delay_warning_ms;        /* delay_warning_time (0: no delay notices) */
     uint64_t lease_time_ms;           /* lease_time (30s): renewed while the delivery runs */
     uint64_t delivery_slots;          /* delivery_slots (256): deliveries this node runs at once */
+    uint64_t rate_per_destination;    /* rate_per_destination (0: none): messages a minute to one
+                                         next hop, for the whole cluster (node/relay_rate.c) */
     uint64_t max_clock_skew_ms;       /* [node] max_clock_skew (5s): wall clock off the cluster's */
     uint64_t scan_interval_ms;        /* scan_interval (1s): scheduler tick */
     enum smtpc_tls_policy tls_policy; /* tls_policy (may): may|encrypt|verify, the default

@@ -624,7 +624,8 @@ static int relay_start_delivery(struct relay *r, char *err, size_t errlen)
     struct smtpc_config sc = cfg->smtpc;
     sc.resolver = mx_resolver(r->mx);
     r->pool = smtpc_pool_new(r->loop, &sc);
-    if (r->pool == NULL) {
+    r->rate = relay_rate_new(cfg->rate_per_destination);
+    if (r->pool == NULL || r->rate == NULL) {
         snprintf(err, errlen, "out of memory");
         return HAMR_ENOMEM;
     }
@@ -902,6 +903,7 @@ static void relay_close_step(void *arg)
     r->prop = proposer_free(r->prop); /* after raft and the peer client answered it all */
     r->queue = queue_free(r->queue);
     free(r->sched.suspended);
+    r->rate = relay_rate_free(r->rate);
     r->metrics = metrics_free(r->metrics); /* after the HTTP listener, which borrows it */
     r->auth = smtpd_auth_free(r->auth);    /* after the SMTP server, whose sessions borrow it */
     r->rcptmap = smtpd_rcptmap_free(r->rcptmap); /* likewise */

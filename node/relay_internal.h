@@ -34,6 +34,7 @@ struct body_fetch;
 #include "node/metrics.h"
 #include "node/peer.h"
 #include "node/proposer.h"
+#include "node/relay_rate.h"
 
 #define RELAY_VERSION "0.1.0"
 #define RELAY_DIGEST_MAX_MESSAGES 100000 /* status leaves the O(queue) digest out above this */
@@ -275,8 +276,9 @@ struct relay {
     struct directory *dir;  /* our NodeInfo, the others' addresses, the cluster level */
     struct disk_guard disk; /* free space: 452 at MAIL, stop before raft's log write fails */
     struct smtpc_pool *pool;
-    struct dns *dns; /* the resolver of next hops (MX, addresses), on the loop */
-    struct mx *mx;   /* next hops to addresses for the pool (RFC 5321 5.1) */
+    struct relay_rate *rate; /* [delivery] rate_per_destination, on the leader (relay_rate.c) */
+    struct dns *dns;         /* the resolver of next hops (MX, addresses), on the loop */
+    struct mx *mx;           /* next hops to addresses for the pool (RFC 5321 5.1) */
     struct smtpd_server *smtpd;
     struct smtpd_policy policy;    /* cfg->smtpd plus the credentials table */
     struct smtpd_auth *auth;       /* NULL without [smtpd] auth_file */

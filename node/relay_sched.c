@@ -234,10 +234,15 @@ static void relay_sched_drop_suspended(struct relay *r, struct relay_suspended *
     metrics_gauge_set(r->metrics, METRICS_DESTS_SUSPENDED, 0, (double)r->sched.n_suspended);
 }
 
-/* relay_sched_dest_max - queue_route.dest_max: 0 while suspended, 1 for the probe, else -1. */
+/*
+ * relay_sched_dest_max - queue_route.dest_max: 0 while suspended or out of
+ * its rate's tokens (rate_per_destination), 1 for the probe, else -1.
+ */
 static int relay_sched_dest_max(void *data, const char *dest)
 {
     struct relay *r = data;
+    if (!relay_rate_allow(r->rate, dest, uv_now(r->loop), false))
+        return 0; /* picked again once a token is back (scan_interval) */
     if (relay_spread_on(r))
         return relay_spread_dest_max(r, dest); /* every node's suspensions */
     struct relay_suspended *s = relay_sched_find_suspended(r, dest);
@@ -1034,6 +1039,8 @@ static void relay_sched_assign(struct relay *r, struct queue_work *work, int n, 
             continue;
         uint64_t node = r->cfg->node_id;
         const char *boot = r->boot_id;
+        if (!relay_rate_allow(r->rate, work[i].dest, uv_now(r->loop), false))
+            continue; /* rate_per_destination: this second's messages are out */
         if (spread) {
             struct relay_member *mb = relay_spread_holder(r, work[i].dest);
             if (mb == NULL)
@@ -1041,6 +1048,7 @@ static void relay_sched_assign(struct relay *r, struct queue_work *work, int n, 
             node = mb->id;
             boot = mb->boot_id;
         }
+        (void)relay_rate_allow(r->rate, work[i].dest, uv_now(r->loop), true);
         size_t h = 0;
         while (h < n_holders && holders[h] != node)
             h++;

@@ -91,6 +91,17 @@ CONNS_PER_DEST):
      each node alone may open that many; it had that many at some moment, and
      more than one node delivered. Oracle: nothing lost, no duplicate.
 
+ClusterSpreadRateTest (three nodes on 127.0.0.1, [delivery] rate_per_destination
+RATE_PER_MINUTE):
+  a_rate_limit  RATE_MESSAGES messages through all three nodes, answered within a
+     second or two, to a slow next hop (deliveries overlap): the next hop gets them at
+     the cluster's rate, not each node's (relay_rate.c: the leader takes a token
+     per lease): by the sink's times, no span of messages is larger than the
+     bucket (a second's worth) plus the rate times the span and RATE_JITTER (the
+     time from lease to delivery varies), and the whole load took at least
+     (RATE_MESSAGES - a second's worth) / rate - RATE_JITTER; more than one node
+     delivered. Oracle: nothing lost, no duplicate.
+
 Run one case with python3 THIS Class.test_x (ctest does, one entry per case).
 """
 
@@ -133,6 +144,9 @@ NO_SLOTS_MESSAGES = 150
 NO_SLOTS_NODE = 3  # the node of ClusterSpreadNoSlotsTest with [delivery] delivery_slots = 0
 CONNS_PER_DEST = 2  # [delivery] max_per_destination of ClusterSpreadConnsTest
 CONNS_MESSAGES = 60
+RATE_PER_MINUTE = 120  # [delivery] rate_per_destination of ClusterSpreadRateTest: 2 a second
+RATE_MESSAGES = 24
+RATE_JITTER = 1.5  # seconds: lease to final dot, more for some deliveries than for others
 SESSIONS_RE = re.compile(r"^sink: sessions open=(\d+) ", re.M)
 TRY_AGAIN = "451 4.3.0 Error: queue not available, try again later"
 # The slow next hop: a wait before 354 (the body not yet sent: a lease running out
@@ -733,6 +747,46 @@ class ClusterSpreadConnsTest(SpreadTestCase):
         self.assertGreater(sum(1 for v in sent.values() if v > 0), 1, "one node delivered all")
         sys.stderr.write("spread-conns: at most %d sessions at once (max_per_destination %d); "
                          "delivered by node %s\n" % (peak, CONNS_PER_DEST, sent))
+
+
+class ClusterSpreadRateTest(SpreadTestCase):
+    """ClusterSpreadRateTest - [delivery] rate_per_destination RATE_PER_MINUTE holds for the
+    whole cluster, not for each node (relay_rate.c on the leader)."""
+
+    DELIVERY = {"lease_time": "%ds" % LEASE, "rate_per_destination": str(RATE_PER_MINUTE)}
+
+    def test_a_rate_limit(self):
+        # Slow, so that deliveries overlap: a node's share of a connection fills and the
+        # leader leases to another (a fast next hop would see one node deliver them all).
+        self.use_sink(data_start_delay=1.0, data_delay=2.0)
+        load = self.run_load("sp-r", RATE_MESSAGES, threads=6, pace=0.02)
+        res, lapsed = self.spread_oracle("spread-rate", [load])
+        self.assertEqual(res.dup, 0, "duplicates without a fault: %s" % res.duplicates)
+        prefix = load.prefix + "-"
+        times = sorted(float(r["time"]) for r in self.records()
+                       if (r.get("test_id") or "").startswith(prefix))
+        self.assertEqual(len(times), RATE_MESSAGES)
+        per_s = RATE_PER_MINUTE / 60.0
+        burst = max(1, RATE_PER_MINUTE // 60)
+        worst = None
+        for i in range(len(times)):
+            for j in range(i, len(times)):
+                allowed = burst + per_s * (times[j] - times[i] + RATE_JITTER)
+                if j - i + 1 > allowed and worst is None:
+                    worst = (j - i + 1, times[j] - times[i], allowed)
+        span = times[-1] - times[0]
+        sent = self.sent_by_node(set(self.qid_map([load])))
+        answered = max(a.t_end for a in load.attempts) - load.t_begin
+        cluster_log("rate: %d messages answered in %.1fs, delivered over %.1fs; by node %s"
+                    % (RATE_MESSAGES, answered, span, sent))
+        self.assertIsNone(worst, "%s messages within %s s, more than the rate allows (%s)"
+                          % worst if worst else "")
+        self.assertGreaterEqual(span, (RATE_MESSAGES - burst) / per_s - RATE_JITTER,
+                                "delivered faster than rate_per_destination")
+        self.assertGreater(sum(1 for v in sent.values() if v > 0), 1, "one node delivered all")
+        sys.stderr.write("spread-rate: %d messages answered in %.1fs, delivered over %.1fs at "
+                         "%d a minute; by node %s\n" % (RATE_MESSAGES, answered, span,
+                                                       RATE_PER_MINUTE, sent))
 
 
 if __name__ == "__main__":

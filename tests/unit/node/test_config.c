@@ -327,6 +327,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->queue_lifetime_ms, 5ull * 86400000);
     assert_int_equal(cfg->lease_time_ms, 30000);
     assert_int_equal(cfg->delivery_slots, 256);
+    assert_int_equal(cfg->rate_per_destination, 0);
     assert_int_equal(cfg->max_clock_skew_ms, 5000);
     assert_int_equal(cfg->scan_interval_ms, 1000);
     assert_int_equal(cfg->n_transports, 0);
