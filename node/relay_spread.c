@@ -676,15 +676,14 @@ bool relay_clock_usable(struct relay *r)
 
 void relay_spread_poke(struct relay *r)
 {
-    if (r->stopping || !relay_spread_on(r) || cluster_clock_known(&r->spread.clock))
-        return;
     /* Not yet told the cluster time: ask now rather than at the next tick. */
-    relay_spread_report(r, uv_now(r->loop), false);
+    if (!cluster_clock_known(&r->spread.clock))
+        relay_spread_tell(r);
 }
 
 /*
  * relay_spread_tell - report now rather than at the next tick: this node
- * has just suspended a next hop. Until the leader hears of it, it goes on
+ * has just suspended a next hop, or does not know the cluster time yet. Until the leader hears of it, it goes on
  * giving this node deliveries there, and a refused connection fails each in
  * a millisecond: a second's worth was hundreds of attempts, each an Outcome
  * in the raft log (a restarted node, which knows of no suspension, took
