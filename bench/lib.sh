@@ -479,6 +479,15 @@ hamr_delivered() {
         awk '$1 == "hamr_deliveries_total{outcome=\"delivered\"}" { n = $2 } END { printf "%d\n", n }'
 }
 
+# hamr_connections PORT - hamr_delivery_connections_total on that node's /metrics: the
+# connections it opened to next hops since it started (0 if it cannot be asked, or an older
+# build without the counter).
+hamr_connections() {
+    [ -n "$1" ] || { echo 0; return; }
+    curl -s -m 5 "http://127.0.0.1:$1/metrics" 2>/dev/null |
+        awk '$1 == "hamr_delivery_connections_total" { n = $2 } END { printf "%d\n", n }'
+}
+
 # hamr_peer_supported DIR - true if this hamrd takes [listen] peer (followers forward).
 hamr_peer_supported() {
     local ports

@@ -135,7 +135,7 @@ bench_row() {
 hamr_case() {
     local size=$1 sys=$2
     local dir="$WORK/$sys-$size" i pids leader label base cpu0 cpu1 f
-    local ncpu0=() ndel0=() ncpu=() ndel=() total=0
+    local ncpu0=() ndel0=() ncon0=() ncpu=() ndel=() ncon=() total=0
     SINK_QUIT=$((MESSAGES + 2)) # --postfix-tools: the load and a probe through each follower
     hamr_cluster_start "$dir" "$sys"
     pids=("${HC_PIDS[@]}")
@@ -156,6 +156,7 @@ hamr_case() {
     fi
     for i in 0 1 2; do
         ndel0[i]=$(hamr_delivered "${HC_HTTP[i]}")
+        ncon0[i]=$(hamr_connections "${HC_HTTP[i]}")
         ncpu0[i]=$(bench_cpu "${pids[i]}")
     done
     cpu0=$(bench_cpu "${pids[@]}")
@@ -173,6 +174,7 @@ hamr_case() {
     for i in 0 1 2; do
         ncpu[i]=$(($(bench_cpu "${pids[i]}") - ncpu0[i]))
         ndel[i]=$(($(hamr_delivered "${HC_HTTP[i]}") - ndel0[i]))
+        ncon[i]=$(($(hamr_connections "${HC_HTTP[i]}") - ncon0[i]))
         total=$((total + ndel[i]))
     done
     bench_row "$label" "$size" $((cpu1 - cpu0))
@@ -181,7 +183,7 @@ hamr_case() {
             "node$((i + 1))$([ $((i + 1)) -eq "$leader" ] && echo " (leader)")" "${ndel[i]}" \
             "$([ "$total" -gt 0 ] && echo "$((100 * ndel[i] / total))%" || echo -)" \
             "$(bench_ticks_to_s "${ncpu[i]}")")")
-        bench_say "$sys $size: node$((i + 1)) made ${ndel[i]} of $total deliveries, cpu $(bench_ticks_to_s "${ncpu[i]}") s"
+        bench_say "$sys $size: node$((i + 1)) made ${ndel[i]} of $total deliveries over ${ncon[i]} connections, cpu $(bench_ticks_to_s "${ncpu[i]}") s"
     done
     f=""
     for i in 0 1 2; do

@@ -1209,6 +1209,7 @@ static struct smtpc_conn *smtpc_conn_alloc(struct smtpc_dest *d,
     d->n_conns++;
     if (d->group != NULL)
         d->group->n_conns++;
+    p->stats.connections++;
     p->n_alive++;
     log_debug("smtpc conn=%llu new, state CONNECTING", c->id);
     uv_timer_start(&c->timer, smtpc_conn_timer_cb, p->cfg.connect_timeout_ms, 0);

@@ -480,6 +480,7 @@ struct smtpc_stats {
     uint64_t dane_verified; /* TLS sessions whose certificate matched a TLSA record */
     uint64_t dane_failed;   /* DANE targets deferred: no STARTTLS, handshake or match failed */
     uint64_t dane_unusable; /* attempts deferred before connecting: no DANE-usable host */
+    uint64_t connections;   /* connections opened (each address tried counts) */
 };
 
 void smtpc_pool_get_stats(const struct smtpc_pool *p, struct smtpc_stats *out);

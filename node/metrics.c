@@ -700,6 +700,10 @@ const struct metrics_def metrics_hamr_defs[] = {
                                       METRICS_COUNTER,
                                       "result",
                                       metrics_hamr_dane_results),
+    [METRICS_DELIVERY_CONNS] = METRICS_PLAIN("hamr_delivery_connections_total",
+                                             "Connections opened to next hops (each address "
+                                             "tried counts).",
+                                             METRICS_COUNTER),
     [METRICS_TLS_POLICY_SOURCE] = METRICS_LABELLED("hamr_tls_policy_deliveries_total",
                                                    "Delivery attempts by the source of their "
                                                    "TLS policy: [delivery] tls_policy, a "

@@ -174,6 +174,7 @@ enum metrics_hamr_id {
     METRICS_DNS_SENT,            /* counter: DNS queries sent to a server */
     METRICS_DNS_CACHE_ENTRIES,   /* gauge: answers in the DNS cache */
     METRICS_DANE,                /* counter{result}: DANE outcomes (smtpc_stats) */
+    METRICS_DELIVERY_CONNS,      /* counter: connections opened to next hops (smtpc_stats) */
     METRICS_TLS_POLICY_SOURCE,   /* counter{source}: delivery attempts by where their TLS policy
                                     came from (enum metrics_hamr_tls_source) */
     METRICS_DKIM_SIGNED,         /* counter{alg}: messages DKIM-signed, by enum dkim_alg */

@@ -107,6 +107,7 @@ void relay_metrics_fill(void *data, struct metrics *m)
         metrics_counter_set(m, METRICS_DANE, 0, st.dane_verified);
         metrics_counter_set(m, METRICS_DANE, 1, st.dane_failed);
         metrics_counter_set(m, METRICS_DANE, 2, st.dane_unusable);
+        metrics_counter_set(m, METRICS_DELIVERY_CONNS, 0, st.connections);
     }
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_ACCEPTED, ci.port.accepted);
     metrics_counter_set(m, METRICS_RAFT_PORT, METRICS_RAFT_PORT_REFUSED, ci.port.refused);
