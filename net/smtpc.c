@@ -122,6 +122,7 @@
 #include "util/buf.h"
 #include "util/common.h"
 #include "util/err.h"
+#include "util/peak.h"
 #include "util/log.h"
 #include "net/smtp_ext.h"
 #include "net/smtpc.h"
@@ -238,6 +239,8 @@ struct smtpc_group {
     unsigned n_jobs;
     unsigned n_conns;
     unsigned n_quitting; /* of n_conns, those that said QUIT */
+    unsigned hold_ms;    /* the span of jobs; 0: the cap counts n_jobs alone */
+    struct peak jobs;    /* n_jobs lately */
     char key[];
 };
 
@@ -278,8 +281,9 @@ struct smtpc_conn {
     unsigned n_avail;    /* of those, how many the current read may answer */
     unsigned ext;        /* SMTPC_EXT_* from EHLO */
     uint64_t size_limit;
-    unsigned n_msgs; /* transactions started */
-    bool group_quit; /* counted in its group's n_quitting */
+    unsigned n_msgs;     /* transactions started */
+    bool group_quit;     /* counted in its group's n_quitting */
+    uint64_t idle_since; /* READY without a job since (uv_now) */
     char remote[128];
     struct smtpc_job *job;
     /* The transaction in progress. */
@@ -419,12 +423,30 @@ static void smtpc_group_put(struct smtpc_pool *p, struct smtpc_group *g)
     free(g);
 }
 
-/* smtpc_group_cap - the connections g may have now: ceil(n_jobs / per_conn). */
-static unsigned smtpc_group_cap(const struct smtpc_group *g)
+/* smtpc_group_jobs - g's n_jobs changed: note it for the cap's look back. */
+static void smtpc_group_jobs(struct smtpc_pool *p, struct smtpc_group *g)
+{
+    if (g->hold_ms > 0)
+        peak_set(&g->jobs, g->n_jobs, uv_now(p->loop), g->hold_ms);
+}
+
+/*
+ * smtpc_group_cap - the connections g may have now: ceil(n / per_conn),
+ * n its deliveries now, or with hold_ms the most it had lately.
+ */
+static unsigned smtpc_group_cap(const struct smtpc_pool *p, const struct smtpc_group *g)
 {
     if (g == NULL || g->per_conn == 0)
         return UINT_MAX;
-    return g->n_jobs / g->per_conn + (g->n_jobs % g->per_conn != 0);
+    unsigned n = g->hold_ms > 0 ? peak_get(&g->jobs, uv_now(p->loop), g->hold_ms) : g->n_jobs;
+    return n / g->per_conn + (n % g->per_conn != 0);
+}
+
+/* smtpc_group_over - has c's group more live connections than its cap allows now? */
+static bool smtpc_group_over(const struct smtpc_conn *c)
+{
+    const struct smtpc_group *g = c->dest != NULL ? c->dest->group : NULL;
+    return g != NULL && g->n_conns - g->n_quitting > smtpc_group_cap(c->pool, g);
 }
 
 /* smtpc_group_waits - has a destination of g (NULL: none) a delivery queued? */
@@ -520,6 +542,7 @@ static void smtpc_job_finish(struct smtpc_job *job, const struct smtpc_conn *c)
     p->n_active--;
     if (job->group != NULL) {
         job->group->n_jobs--;
+        smtpc_group_jobs(p, job->group);
         smtpc_group_put(p, job->group);
         job->group = NULL;
     }
@@ -540,6 +563,10 @@ static uint64_t smtpc_conn_timeout_ms(const struct smtpc_conn *c, enum smtpc_sta
         case SMTPC_STATE_GREETING:
             return cfg->connect_timeout_ms;
         case SMTPC_STATE_READY:
+            /* A group's idle connection looks at its cap every hold_ms (smtpc_conn_timer_cb). */
+            if (c->dest != NULL && c->dest->group != NULL && c->dest->group->per_conn > 0 &&
+                c->dest->group->hold_ms > 0 && c->dest->group->hold_ms < cfg->idle_timeout_ms)
+                return c->dest->group->hold_ms;
             return cfg->idle_timeout_ms;
         case SMTPC_STATE_DOT:
             return cfg->data_done_timeout_ms;
@@ -1856,19 +1883,20 @@ static void smtpc_conn_next(struct smtpc_conn *c)
             struct smtpc_dest *d = c->dest;
             /*
              * Above the cap of its group, or idle while another variant's
-             * delivery waits: go. So no connection of a group with a cap
-             * ever idles: one that would, with every other busy with one
-             * delivery and none waiting, is above ceil(deliveries / per_conn).
+             * delivery waits: go. Without hold_ms no connection of a group
+             * with a cap ever idles: one that would, with every other busy
+             * with one delivery and none waiting, is above ceil(deliveries /
+             * per_conn). With it, one idles while the recent peak allows.
              */
-            if (c->n_msgs >= c->pool->cfg.max_msgs_per_conn ||
-                (d->group != NULL &&
-                 d->group->n_conns - d->group->n_quitting > smtpc_group_cap(d->group)) ||
+            if (c->n_msgs >= c->pool->cfg.max_msgs_per_conn || smtpc_group_over(c) ||
                 (d->q_head == NULL && smtpc_group_waits(c->pool, d->group))) {
                 smtpc_conn_quit(c);
                 return;
             }
-            if (d->q_head == NULL)
+            if (d->q_head == NULL) {
+                c->idle_since = uv_now(c->pool->loop);
                 return; /* idle; smtpc_conn_timer_cb ends it */
+            }
             c->job = d->q_head;
             d->q_head = c->job->next;
             if (d->q_head == NULL)
@@ -2411,6 +2439,13 @@ static void smtpc_conn_timer_cb(uv_timer_t *t)
             return;
         case SMTPC_STATE_READY:
             if (c->job == NULL) {
+                /* A group's idle connection looks again every hold_ms: its cap may have fallen. */
+                const struct smtpc_group *g = c->dest != NULL ? c->dest->group : NULL;
+                if (g != NULL && g->per_conn > 0 && g->hold_ms > 0 && !smtpc_group_over(c) &&
+                    uv_now(c->pool->loop) - c->idle_since < c->pool->cfg.idle_timeout_ms) {
+                    uv_timer_start(&c->timer, smtpc_conn_timer_cb, g->hold_ms, 0);
+                    return;
+                }
                 log_debug("smtpc conn=%llu relay=%s idle timeout", c->id, c->remote);
                 smtpc_conn_quit(c);
                 return;
@@ -2528,8 +2563,8 @@ static void smtpc_dest_dispatch(struct smtpc_dest *d)
         }
         if (d->n_conns >= p->cfg.max_conns_per_dest)
             return;
-        /* No idle connection of the group is ever left (smtpc_conn_next): wait for one to end. */
-        if (d->group != NULL && d->group->n_conns >= smtpc_group_cap(d->group))
+        /* An idle one of the group is another variant's: wait for one to end. */
+        if (d->group != NULL && d->group->n_conns >= smtpc_group_cap(p, d->group))
             return;
         struct smtpc_job *job = d->q_head;
         d->q_head = job->next;
@@ -2868,6 +2903,8 @@ int smtpc_pool_deliver_to(struct smtpc_pool *p,
         job->group->refs++;
         job->group->n_jobs++;
         job->group->per_conn = dv->group_per_conn; /* the last caller's: a level may change */
+        job->group->hold_ms = dv->group_hold_ms;
+        smtpc_group_jobs(p, job->group);
     }
     if (d->q_tail != NULL)
         d->q_tail->next = job;

@@ -435,9 +435,8 @@ struct smtpc_delivery {
      * variant: a connection whose delivery ends with the group above that
      * (or with nothing queued for its variant while another variant's
      * delivery waits) says QUIT at once instead of taking the next delivery
-     * or idling, so no connection of the group idles and a delivery the cap
-     * holds back waits for one to end (Postfix, too, keeps a connection
-     * open only for a destination with mail waiting). So a caller that knows how many
+     * or idling (without group_hold_ms no connection of the group idles),
+     * and a delivery the cap holds back waits for one to end. So a caller that knows how many
      * deliveries each holder runs knows a bound on its connections (every
      * node's deliveries to one next hop, counted by the raft leader:
      * node/relay_spread.c). The last delivery's group_per_conn counts for
@@ -445,6 +444,15 @@ struct smtpc_delivery {
      */
     const char *group;
     unsigned group_per_conn;
+    /*
+     * group_hold_ms > 0: the cap counts the most deliveries the group had
+     * lately (util/peak.h with this span: over the last group_hold_ms to 3
+     * times that) rather than those it has now, so that connections are
+     * kept, idle too (up to idle_timeout_ms), while the deliveries come and
+     * go; the caller's own count must then look back at least 3 times as
+     * far.
+     */
+    unsigned group_hold_ms;
 };
 
 /* smtpc_pool_deliver_to - smtpc_pool_deliver_tls with every field of dv. */

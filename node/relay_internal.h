@@ -35,6 +35,7 @@ struct body_fetch;
 #include "node/peer.h"
 #include "node/proposer.h"
 #include "node/relay_rate.h"
+#include "util/peak.h"
 
 #define RELAY_VERSION "0.1.0"
 #define RELAY_DIGEST_MAX_MESSAGES 100000 /* status leaves the O(queue) digest out above this */
@@ -163,6 +164,16 @@ struct relay_member {
  * leases, keeps the sum of those within max_per_destination.
  */
 #define RELAY_LEASES_PER_CONN 4
+/*
+ * RELAY_CONN_HOLD_MS - a holder keeps the connections its deliveries to a
+ * next hop allowed at their peak over the last HOLD to 3 * HOLD ms (the
+ * pool's group_hold_ms), so that they are not closed and opened again as
+ * deliveries come and go; RELAY_CONN_LOOK_MS - the leader counts each
+ * holder's share from its leases over the last LOOK to 3 * LOOK ms, never
+ * less than the holder keeps (LOOK >= 3 * HOLD, util/peak.h).
+ */
+#define RELAY_CONN_HOLD_MS 300
+#define RELAY_CONN_LOOK_MS (3 * RELAY_CONN_HOLD_MS)
 
 /*
  * relay_dest_leases - leader, during one pick and its leases: the live
@@ -171,9 +182,10 @@ struct relay_member {
 struct relay_dest_leases {
     char *dest; /* NULL: an empty slot */
     uint64_t node[CONSENSUS_MAX_MEMBERS];
-    uint32_t n[CONSENSUS_MAX_MEMBERS];
+    uint32_t n[CONSENSUS_MAX_MEMBERS];         /* live leases now */
+    struct peak recent[CONSENSUS_MAX_MEMBERS]; /* n lately (RELAY_CONN_LOOK_MS) */
     uint32_t holders;
-    uint32_t conns; /* sum of ceil(n / RELAY_LEASES_PER_CONN), plus 1 per lease of an overflow */
+    uint32_t overflow; /* leases of holders beyond the table, this pick: a connection each */
 };
 
 /* relay_spread_state - leases to any node, renewals, the cluster clock (relay_spread.c). */
@@ -195,7 +207,8 @@ struct relay_spread_state {
     /* Leader: live leases per next hop and holder (open addressing, a power of two). */
     struct relay_dest_leases *dl;
     size_t dl_cap, dl_used;
-    bool dl_broken; /* no memory to count: no lease this pick */
+    bool dl_broken;  /* no memory to count: no lease this pick */
+    uint64_t led_at; /* uv_now when this node last became leader (or stopped) */
 };
 
 /*
@@ -419,12 +432,14 @@ void relay_member_place(struct relay *r,
                         uint64_t applied,
                         uint64_t ours);
 /*
- * relay_spread_count_reset, relay_spread_counted - leader: before a pick,
- * forget the counts; during it (queue_route.leased), one live lease of
- * node at dest. relay_spread_holder keeps within them.
+ * relay_spread_count_reset, relay_spread_counted, relay_spread_count_done
+ * - leader: before a pick, the live counts to 0; during it
+ * (queue_route.leased), one live lease of node at dest; after it, the
+ * counts noted for the look back. relay_spread_holder keeps within them.
  */
 void relay_spread_count_reset(struct relay *r);
 void relay_spread_counted(void *data, const char *dest, uint64_t node);
+void relay_spread_count_done(struct relay *r);
 int relay_spread_dest_max(struct relay *r, const char *dest);
 struct relay_member *relay_spread_holder(struct relay *r, const char *dest);
 /* relay_spread_fill_status - the clock and delivery fields of st; dm, dmp: CONSENSUS_MAX_MEMBERS

@@ -604,6 +604,7 @@ void relay_deliver_send(struct relay *r, struct relay_delivery *d)
         /* Every node's connections to the next hop within max_per_destination (relay_spread.c). */
         .group = d->dest,
         .group_per_conn = relay_spread_on(r) ? RELAY_LEASES_PER_CONN : 0,
+        .group_hold_ms = RELAY_CONN_HOLD_MS,
     };
     /*
      * Outbound AUTH: the credentials of the destination key as written
@@ -1098,6 +1099,8 @@ void relay_sched_tick(uv_timer_t *t)
     struct queue_work *work = NULL;
     uint64_t started = uv_hrtime();
     int n = queue_sched_pick(r->queue, now, &lim, &route, &work);
+    if (route.leased != NULL)
+        relay_spread_count_done(r);
     uint64_t rest_ms = RELAY_SCHED_DUTY * ((uv_hrtime() - started) / 1000000);
     if (rest_ms > r->cfg->scan_interval_ms)
         rest_ms = r->cfg->scan_interval_ms;

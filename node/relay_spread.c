@@ -51,6 +51,7 @@
 
 #include "util/common.h"
 #include "util/hash.h"
+#include "util/peak.h"
 #include "util/err.h"
 #include "util/log.h"
 #include "queue/queue.h"
@@ -645,9 +646,13 @@ void relay_spread_serve(struct relay *r, struct peer_call *call, const Hamr__Pee
     (void)peer_reply(call, &res);
 }
 
+static void relay_spread_dl_free(struct relay_spread_state *sp);
+
 void relay_spread_leader(struct relay *r, bool leader)
 {
     uint64_t now = uv_now(r->loop);
+    relay_spread_dl_free(&r->spread); /* a new leader counts afresh, and waits (led_at) */
+    r->spread.led_at = now;
     for (size_t i = 0; i < r->spread.n_members; i++) {
         relay_member_dests_free(&r->spread.members[i]);
         memset(&r->spread.members[i], 0, sizeof(r->spread.members[i]));
@@ -683,12 +688,11 @@ void relay_spread_poke(struct relay *r)
 
 /*
  * relay_spread_tell - report now rather than at the next tick: this node
- * has just suspended a next hop, or does not know the cluster time yet. Until the leader hears of it, it goes on
- * giving this node deliveries there, and a refused connection fails each in
- * a millisecond: a second's worth was hundreds of attempts, each an Outcome
- * in the raft log (a restarted node, which knows of no suspension, took
- * thousands). A report in flight is followed by another once answered. The
- * leader reads its own suspensions live.
+ * has just suspended a next hop, or does not know the cluster time yet. Until the leader hears of
+ * it, it goes on giving this node deliveries there, and a refused connection fails each in a
+ * millisecond: a second's worth was hundreds of attempts, each an Outcome in the raft log (a
+ * restarted node, which knows of no suspension, took thousands). A report in flight is followed by
+ * another once answered. The leader reads its own suspensions live.
  */
 void relay_spread_tell(struct relay *r)
 {
@@ -766,6 +770,16 @@ static int relay_member_dest(struct relay *r, const struct relay_member *mb, con
  * than to one that would open another. The counts are the live leases of
  * the queue (each pick counts them, queue_route.leased) plus what the pick
  * gives out.
+ *
+ * So that connections are not closed and opened again as a holder's L
+ * goes up and down by one around a multiple of 4, a holder's cap counts
+ * the most deliveries it had lately (util/peak.h, RELAY_CONN_HOLD_MS: up
+ * to three times that back), and keeps its connections, idle too, while
+ * that allows. The leader counts each holder's share from the most leases
+ * it had lately too, looking back at least three times as far
+ * (RELAY_CONN_LOOK_MS), which is never less than the holder's own peak;
+ * and a new leader, which has not seen those, gives no delivery that
+ * needs a new connection before it has looked back that far.
  * ------------------------------------------------------------------------- */
 
 /* relay_dl_conns - connections n leases at one next hop allow a holder. */
@@ -774,24 +788,55 @@ static uint32_t relay_dl_conns(uint32_t n)
     return n / RELAY_LEASES_PER_CONN + (n % RELAY_LEASES_PER_CONN != 0);
 }
 
-/* relay_dl_grow - twice the slots (64 at first), the counts moved over; 0 or HAMR_ENOMEM. */
-static int relay_dl_grow(struct relay_spread_state *sp)
+/* relay_dl_place - where dl's entry for dest goes in the n slots of t (a power of two). */
+static struct relay_dest_leases *relay_dl_place(struct relay_dest_leases *t,
+                                                size_t n,
+                                                const char *dest)
 {
-    size_t ncap = sp->dl_cap != 0 ? 2 * sp->dl_cap : 64;
-    struct relay_dest_leases *n = calloc(ncap, sizeof(*n));
-    if (n == NULL)
+    size_t i = hash_fnv1a64_str(dest) & (n - 1);
+    while (t[i].dest != NULL && strcmp(t[i].dest, dest) != 0)
+        i = (i + 1) & (n - 1);
+    return &t[i];
+}
+
+/*
+ * relay_dl_rehash - the entries of the table that are still of use (keep)
+ * into a new one of ncap slots; the others are freed. 0 or HAMR_ENOMEM.
+ */
+static int relay_dl_rehash(struct relay_spread_state *sp, size_t ncap, uint64_t now, bool prune)
+{
+    struct relay_dest_leases *t = calloc(ncap, sizeof(*t));
+    if (t == NULL)
         return HAMR_ENOMEM;
+    size_t used = 0;
     for (size_t i = 0; i < sp->dl_cap; i++) {
-        if (sp->dl[i].dest == NULL)
+        struct relay_dest_leases *dl = &sp->dl[i];
+        if (dl->dest == NULL)
             continue;
-        size_t j = hash_fnv1a64_str(sp->dl[i].dest) & (ncap - 1);
-        while (n[j].dest != NULL)
-            j = (j + 1) & (ncap - 1);
-        n[j] = sp->dl[i];
+        if (prune) {
+            /* Holders with nothing now or lately leave; an entry without any goes. */
+            uint32_t k = 0;
+            for (uint32_t h = 0; h < dl->holders; h++) {
+                if (dl->n[h] == 0 && peak_get(&dl->recent[h], now, RELAY_CONN_LOOK_MS) == 0)
+                    continue;
+                dl->node[k] = dl->node[h];
+                dl->n[k] = dl->n[h];
+                dl->recent[k] = dl->recent[h];
+                k++;
+            }
+            dl->holders = k;
+            if (k == 0 && dl->overflow == 0) {
+                free(dl->dest);
+                continue;
+            }
+        }
+        *relay_dl_place(t, ncap, dl->dest) = *dl;
+        used++;
     }
     free(sp->dl);
-    sp->dl = n;
+    sp->dl = t;
     sp->dl_cap = ncap;
+    sp->dl_used = used;
     return 0;
 }
 
@@ -801,64 +846,87 @@ static struct relay_dest_leases *relay_dl_find(struct relay *r, const char *dest
     struct relay_spread_state *sp = &r->spread;
     if (sp->dl_broken)
         return NULL;
-    if ((sp->dl_used + 1) * 2 > sp->dl_cap && relay_dl_grow(sp) != 0) {
+    if ((sp->dl_used + 1) * 2 > sp->dl_cap &&
+        relay_dl_rehash(sp, sp->dl_cap != 0 ? 2 * sp->dl_cap : 64, 0, false) != 0) {
         sp->dl_broken = true;
         return NULL;
     }
-    size_t mask = sp->dl_cap - 1;
-    for (size_t i = hash_fnv1a64_str(dest) & mask;; i = (i + 1) & mask) {
-        struct relay_dest_leases *dl = &sp->dl[i];
-        if (dl->dest != NULL && strcmp(dl->dest, dest) == 0)
-            return dl;
-        if (dl->dest != NULL)
-            continue;
-        memset(dl, 0, sizeof(*dl));
-        if ((dl->dest = strdup(dest)) == NULL) {
-            sp->dl_broken = true;
-            return NULL;
-        }
-        sp->dl_used++;
+    struct relay_dest_leases *dl = relay_dl_place(sp->dl, sp->dl_cap, dest);
+    if (dl->dest != NULL)
         return dl;
+    memset(dl, 0, sizeof(*dl));
+    if ((dl->dest = strdup(dest)) == NULL) {
+        sp->dl_broken = true;
+        return NULL;
     }
+    sp->dl_used++;
+    return dl;
 }
 
-/* relay_dl_add - one more lease of node at dl (a holder beyond the table: a connection each). */
-static void relay_dl_add(struct relay_dest_leases *dl, uint64_t node)
+/* relay_dl_holder - node's place in dl, made when missing; -1: beyond the table. */
+static int relay_dl_holder(struct relay_dest_leases *dl, uint64_t node, bool make)
 {
     uint32_t h = 0;
     while (h < dl->holders && dl->node[h] != node)
         h++;
-    if (h == HAMR_ARRAY_LEN(dl->node)) {
-        dl->conns++;
-        return;
+    if (h < dl->holders)
+        return (int)h;
+    if (!make || h == HAMR_ARRAY_LEN(dl->node))
+        return -1;
+    memset(&dl->recent[h], 0, sizeof(dl->recent[h]));
+    dl->node[h] = node;
+    dl->n[h] = 0;
+    dl->holders++;
+    return (int)h;
+}
+
+/* relay_dl_used - the connections dl's holders may have now (their shares lately). */
+static uint32_t relay_dl_used(const struct relay_dest_leases *dl, uint64_t now)
+{
+    uint32_t conns = dl->overflow;
+    for (uint32_t h = 0; h < dl->holders; h++) {
+        uint32_t lately = peak_get(&dl->recent[h], now, RELAY_CONN_LOOK_MS);
+        conns += relay_dl_conns(lately > dl->n[h] ? lately : dl->n[h]);
     }
-    if (h == dl->holders) {
-        dl->node[h] = node;
-        dl->n[h] = 0;
-        dl->holders++;
-    }
-    dl->conns += relay_dl_conns(dl->n[h] + 1) - relay_dl_conns(dl->n[h]);
-    dl->n[h]++;
+    return conns;
 }
 
 /* relay_dl_cost - connections one more lease of node at dl adds: 0 or 1. */
-static uint32_t relay_dl_cost(const struct relay_dest_leases *dl, uint64_t node)
+static uint32_t relay_dl_cost(const struct relay_dest_leases *dl, uint64_t node, uint64_t now)
 {
-    for (uint32_t h = 0; h < dl->holders; h++)
-        if (dl->node[h] == node)
-            return dl->n[h] % RELAY_LEASES_PER_CONN == 0 ? 1 : 0;
+    for (uint32_t h = 0; h < dl->holders; h++) {
+        if (dl->node[h] != node)
+            continue;
+        uint32_t lately = peak_get(&dl->recent[h], now, RELAY_CONN_LOOK_MS);
+        if (lately < dl->n[h])
+            lately = dl->n[h];
+        uint32_t more = dl->n[h] + 1 > lately ? dl->n[h] + 1 : lately;
+        return relay_dl_conns(more) - relay_dl_conns(lately);
+    }
     return 1;
+}
+
+/* relay_dl_add - one more lease of node at dl (a holder beyond the table: a connection each). */
+static void relay_dl_add(struct relay_dest_leases *dl, uint64_t node, uint64_t now)
+{
+    int h = relay_dl_holder(dl, node, true);
+    if (h < 0) {
+        dl->overflow++;
+        return;
+    }
+    dl->n[h]++;
+    peak_set(&dl->recent[h], dl->n[h], now, RELAY_CONN_LOOK_MS);
 }
 
 void relay_spread_count_reset(struct relay *r)
 {
     struct relay_spread_state *sp = &r->spread;
-    for (size_t i = 0; i < sp->dl_cap && sp->dl_used > 0; i++) {
-        if (sp->dl[i].dest != NULL) {
-            free(sp->dl[i].dest);
-            sp->dl[i].dest = NULL;
-            sp->dl_used--;
-        }
+    for (size_t i = 0; i < sp->dl_cap; i++) {
+        struct relay_dest_leases *dl = &sp->dl[i];
+        if (dl->dest == NULL)
+            continue;
+        memset(dl->n, 0, sizeof(dl->n));
+        dl->overflow = 0;
     }
     sp->dl_broken = false;
 }
@@ -866,8 +934,39 @@ void relay_spread_count_reset(struct relay *r)
 void relay_spread_counted(void *data, const char *dest, uint64_t node)
 {
     struct relay_dest_leases *dl = relay_dl_find(data, dest);
-    if (dl != NULL)
-        relay_dl_add(dl, node);
+    if (dl == NULL)
+        return;
+    int h = relay_dl_holder(dl, node, true);
+    if (h >= 0)
+        dl->n[h]++;
+    else
+        dl->overflow++;
+}
+
+void relay_spread_count_done(struct relay *r)
+{
+    struct relay_spread_state *sp = &r->spread;
+    uint64_t now = uv_now(r->loop);
+    for (size_t i = 0; i < sp->dl_cap; i++) {
+        struct relay_dest_leases *dl = &sp->dl[i];
+        for (uint32_t h = 0; dl->dest != NULL && h < dl->holders; h++)
+            peak_set(&dl->recent[h], dl->n[h], now, RELAY_CONN_LOOK_MS);
+    }
+    /* Drop what is neither leased nor of use to the look back (no memory: kept). */
+    if (sp->dl_cap > 0)
+        (void)relay_dl_rehash(sp, sp->dl_cap, now, true);
+}
+
+/* relay_spread_dl_free - forget every count (a new leader starts with none). */
+static void relay_spread_dl_free(struct relay_spread_state *sp)
+{
+    for (size_t i = 0; i < sp->dl_cap; i++)
+        free(sp->dl[i].dest);
+    free(sp->dl);
+    sp->dl = NULL;
+    sp->dl_cap = 0;
+    sp->dl_used = 0;
+    sp->dl_broken = false;
 }
 
 int relay_spread_dest_max(struct relay *r, const char *dest)
@@ -901,14 +1000,17 @@ struct relay_member *relay_spread_holder(struct relay *r, const char *dest)
     struct relay_dest_leases *dl = relay_dl_find(r, dest);
     if (dl == NULL)
         return NULL; /* no memory to count: nothing leased this pick */
+    uint32_t used = relay_dl_used(dl, now);
+    /* A new leader has not seen what the holders had lately: no new connection yet. */
+    bool settled = now >= r->spread.led_at + RELAY_CONN_LOOK_MS;
     struct relay_member *best = NULL;
     uint32_t best_cost = 0;
     for (size_t i = 0; i < r->spread.n_members; i++) {
         struct relay_member *mb = &r->spread.members[i];
         if (!relay_member_usable(r, mb, now) || relay_member_free_slots(mb) <= 0)
             continue;
-        uint32_t cost = relay_dl_cost(dl, mb->id);
-        if (dl->conns + cost > r->cfg->smtpc.max_conns_per_dest)
+        uint32_t cost = relay_dl_cost(dl, mb->id, now);
+        if (used + cost > r->cfg->smtpc.max_conns_per_dest || (cost > 0 && !settled))
             continue; /* a connection over max_per_destination */
         int st = relay_member_dest(r, mb, dest);
         if (st == RELAY_DEST_PROBE && !mb->probed) {
@@ -927,7 +1029,7 @@ struct relay_member *relay_spread_holder(struct relay *r, const char *dest)
     if (best != NULL) {
         best->assigned++;
         best->leased++;
-        relay_dl_add(dl, best->id);
+        relay_dl_add(dl, best->id, now);
     }
     return best;
 }
@@ -1007,8 +1109,5 @@ void relay_spread_close(struct relay *r)
     for (size_t i = 0; i < r->spread.n_members; i++)
         relay_member_dests_free(&r->spread.members[i]);
     r->spread.n_members = 0;
-    relay_spread_count_reset(r);
-    free(r->spread.dl);
-    r->spread.dl = NULL;
-    r->spread.dl_cap = 0;
+    relay_spread_dl_free(&r->spread);
 }

@@ -929,19 +929,30 @@ static void test_parallel(void **state)
     assert_int_equal(f->srv.n_accepted, 3);
 }
 
-/* group_deliver - queue m to the test server in group "G" (4 deliveries a connection). */
-static void group_deliver(struct testlib_smtpc *f,
-                          const struct smtpc_msg *m,
-                          const char *const *patterns,
-                          struct result *r)
+/* group_deliver_hold - queue m to the test server in group "G" (4 deliveries a connection). */
+static void group_deliver_hold(struct testlib_smtpc *f,
+                               const struct smtpc_msg *m,
+                               const char *const *patterns,
+                               unsigned hold_ms,
+                               struct result *r)
 {
     struct smtpc_delivery dv = {.host = "127.0.0.1",
                                 .port = f->srv.port,
                                 .mx_patterns = patterns,
                                 .n_mx_patterns = patterns != NULL ? 1 : 0,
                                 .group = "G",
-                                .group_per_conn = 4};
+                                .group_per_conn = 4,
+                                .group_hold_ms = hold_ms};
     assert_int_equal(smtpc_pool_deliver_to(f->pool, &dv, m, done_cb, r), 0);
+}
+
+/* group_deliver - group_deliver_hold without a look back: the cap counts what runs now. */
+static void group_deliver(struct testlib_smtpc *f,
+                          const struct smtpc_msg *m,
+                          const char *const *patterns,
+                          struct result *r)
+{
+    group_deliver_hold(f, m, patterns, 0, r);
 }
 
 /* group_peak - the most connections of group "G" seen at each loop turn until n results. */
@@ -981,6 +992,34 @@ static void test_group_cap(void **state)
     assert_int_equal(f->srv.n_accepted, 3);
     assert_int_equal(f->srv.n_messages, 9);
     TESTLIB_LOOP_UNTIL(&f->run, f->srv.n_eof == 3); /* the cap fell to 0: no idle connection */
+    assert_int_equal(smtpc_pool_group_conns(f->pool, "G"), 0);
+}
+
+/*
+ * test_group_hold - with group_hold_ms the cap counts the most deliveries
+ * of the last while: five deliveries open two connections, which stay
+ * idle once they are done and carry the next five; once the look back
+ * has passed with nothing to do, both close.
+ */
+static void test_group_hold(void **state)
+{
+    struct testlib_smtpc *f = *state;
+    testlib_smtpc_pool_start(f);
+    struct smtpc_msg m = msg_std(1);
+    struct result r[10] = {{0}};
+    for (int i = 0; i < 5; i++)
+        group_deliver_hold(f, &m, NULL, 200, &r[i]);
+    assert_true(group_peak(f, r, 5) <= 2);
+    assert_int_equal(f->srv.n_accepted, 2);
+    assert_int_equal(smtpc_pool_group_conns(f->pool, "G"), 2); /* kept, idle */
+    for (int i = 5; i < 10; i++)
+        group_deliver_hold(f, &m, NULL, 200, &r[i]);
+    assert_true(group_peak(f, r + 5, 5) <= 2);
+    for (int i = 0; i < 10; i++)
+        assert_all(&r[i], 1, SMTPC_OK, 250);
+    assert_int_equal(f->srv.n_accepted, 2); /* the same two connections */
+    assert_int_equal(f->srv.n_messages, 10);
+    TESTLIB_LOOP_UNTIL(&f->run, f->srv.n_eof == 2); /* the look back passed: both go */
     assert_int_equal(smtpc_pool_group_conns(f->pool, "G"), 0);
 }
 
@@ -2170,6 +2209,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_parallel, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_group_cap, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_group_variants, setup, testlib_smtpc_teardown),
+        cmocka_unit_test_setup_teardown(test_group_hold, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_max_msgs_per_conn, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_idle_timeout, setup, testlib_smtpc_teardown),
         cmocka_unit_test_setup_teardown(test_close_queued, setup, testlib_smtpc_teardown),

@@ -333,9 +333,7 @@ static void test_renew_index(void **state)
  * test_conn_budget - max_per_destination connections for the whole
  * cluster: a holder of L leases at a next hop may open ceil(L / 4)
  * connections there, so with 2 the deliveries fill one node's connection
- * (4), then another's, and then nobody gets one; a connection's unused
- * share goes first, whoever has more free slots. The live leases a pick
- * counts (relay_spread_counted) count the same; each next hop on its own.
+ * (4), then another's, and then nobody gets one; each next hop on its own.
  */
 static void test_conn_budget(void **state)
 {
@@ -353,23 +351,65 @@ static void test_conn_budget(void **state)
     assert_int_equal(got[3], 0);
     assert_int_equal(holder_id(r, DEST), 0); /* two connections' worth out */
     assert_int_not_equal(holder_id(r, OTHER), 0);
+}
 
-    /* A new pick: node 3 holds 5 live leases (2 connections): only it, to 8. */
+/*
+ * test_conn_counted - the live leases a pick counts (relay_spread_counted)
+ * count the same: node 3 holds 5 (2 connections' worth): only it gets
+ * more, up to 8; with 3 (a share unused), it gets the next one first, then
+ * the node with the most free slots opens another connection.
+ */
+static void test_conn_counted(void **state)
+{
+    struct spread_fx *s = *state;
+    struct relay *r = &s->fx->r;
+    s->fx->cfg.smtpc.max_conns_per_dest = 2;
+    member(r, 1, 100, 0);
+    member(r, 2, 100, 0);
+    member(r, 3, 100, 0);
     relay_spread_count_reset(r);
     for (int i = 0; i < 5; i++)
         relay_spread_counted(r, DEST, 3);
+    relay_spread_count_done(r);
     for (int i = 0; i < 3; i++)
         assert_int_equal(holder_id(r, DEST), 3);
     assert_int_equal(holder_id(r, DEST), 0);
 
-    /* Node 3 holds 3 (one connection, one lease of it unused): that goes to it first. */
     relay_spread_count_reset(r);
     for (int i = 0; i < 3; i++)
-        relay_spread_counted(r, DEST, 3);
-    assert_int_equal(holder_id(r, DEST), 3);
-    r->spread.members[1].assigned = 0; /* node 2 has the most free slots now */
+        relay_spread_counted(r, OTHER, 3);
+    relay_spread_count_done(r);
+    assert_int_equal(holder_id(r, OTHER), 3);
+    r->spread.members[0].assigned = 5; /* node 2 has the most free slots now */
     for (int i = 0; i < 4; i++)
-        assert_int_equal(holder_id(r, DEST), 2); /* a new connection, then its share */
+        assert_int_equal(holder_id(r, OTHER), 2); /* a new connection, then its share */
+    assert_int_equal(holder_id(r, OTHER), 0);
+}
+
+/*
+ * test_conn_lately - a holder keeps the connections of its recent peak
+ * (RELAY_CONN_HOLD_MS), so the leader counts its share from its leases of
+ * the last RELAY_CONN_LOOK_MS: with 1 connection, node 1's four ended but
+ * its connection is still its own (node 2 gets none, node 1 does); a new
+ * leader, which has not seen that, opens no connection at first.
+ */
+static void test_conn_lately(void **state)
+{
+    struct spread_fx *s = *state;
+    struct relay *r = &s->fx->r;
+    s->fx->cfg.smtpc.max_conns_per_dest = 1;
+    member(r, 1, 100, 0);
+    member(r, 2, 100, 0);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(holder_id(r, DEST), 1);
+    relay_spread_count_reset(r); /* a pick: node 1's four have ended */
+    relay_spread_count_done(r);
+    r->spread.members[0].assigned = 4; /* node 2 has the most free slots */
+    assert_int_equal(holder_id(r, DEST), 1);
+
+    relay_spread_leader(r, true); /* a new term: nothing seen yet */
+    member(r, 1, 100, 0);
+    member(r, 2, 100, 0);
     assert_int_equal(holder_id(r, DEST), 0);
 }
 
@@ -416,6 +456,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unusable, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_place, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_conn_budget, spread_setup, spread_teardown),
+        cmocka_unit_test_setup_teardown(test_conn_counted, spread_setup, spread_teardown),
+        cmocka_unit_test_setup_teardown(test_conn_lately, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_suspended_dest, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_self_live, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_renew_index, spread_setup, spread_teardown),
