@@ -765,9 +765,8 @@ static int relay_member_dest(struct relay *r, const struct relay_member *mb, con
  * leader's count of its leases: it hears of a grant after the leader
  * counted it, and its delivery has ended before the Outcome that uncounts
  * it is proposed. So the leader gives a delivery only to a holder whose
- * share keeps the sum of ceil(L_node / 4) within max_per_destination, and
- * rather to one with a connection's share still unused (no new connection)
- * than to one that would open another. The counts are the live leases of
+ * share keeps the sum of ceil(L_node / 4) within max_per_destination (the
+ * most free slots among those, as ever). The counts are the live leases of
  * the queue (each pick counts them, queue_route.leased) plus what the pick
  * gives out.
  *
@@ -990,9 +989,9 @@ int relay_spread_dest_max(struct relay *r, const char *dest)
  * relay_spread_holder - the node for one delivery to dest, among those
  * whose share of dest's connections allows one more lease there: first a
  * node whose probe of dest is due (one probe per node and report, even
- * while others reach dest, so that its suspension can lift), else among
- * those that reach dest one that needs no new connection for it, then the
- * one with the most free slots. NULL: none can take it.
+ * while others reach dest, so that its suspension can lift), else the one
+ * with the most free slots among those that reach dest. NULL: none can
+ * take it.
  */
 struct relay_member *relay_spread_holder(struct relay *r, const char *dest)
 {
@@ -1004,7 +1003,6 @@ struct relay_member *relay_spread_holder(struct relay *r, const char *dest)
     /* A new leader has not seen what the holders had lately: no new connection yet. */
     bool settled = now >= r->spread.led_at + RELAY_CONN_LOOK_MS;
     struct relay_member *best = NULL;
-    uint32_t best_cost = 0;
     for (size_t i = 0; i < r->spread.n_members; i++) {
         struct relay_member *mb = &r->spread.members[i];
         if (!relay_member_usable(r, mb, now) || relay_member_free_slots(mb) <= 0)
@@ -1020,11 +1018,8 @@ struct relay_member *relay_spread_holder(struct relay *r, const char *dest)
         }
         if (st != RELAY_DEST_OK)
             continue;
-        if (best == NULL || cost < best_cost ||
-            (cost == best_cost && relay_member_free_slots(mb) > relay_member_free_slots(best))) {
+        if (best == NULL || relay_member_free_slots(mb) > relay_member_free_slots(best))
             best = mb;
-            best_cost = cost;
-        }
     }
     if (best != NULL) {
         best->assigned++;
