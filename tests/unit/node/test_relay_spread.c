@@ -329,6 +329,22 @@ static void test_renew_index(void **state)
     free(items);
 }
 
+/* three_members - nodes 1, 2 and 3 with 100 free slots each; max conns a next hop. */
+static void three_members(struct spread_fx *s, unsigned max_conns)
+{
+    s->fx->cfg.smtpc.max_conns_per_dest = max_conns;
+    for (uint64_t id = 1; id <= 3; id++)
+        member(&s->fx->r, id, 100, 0);
+}
+
+/* give_out - n deliveries to dest: how many each node (1..3) got, got[0] none. */
+static void give_out(struct relay *r, const char *dest, int n, uint64_t got[4])
+{
+    memset(got, 0, 4 * sizeof(got[0]));
+    for (int i = 0; i < n; i++)
+        got[holder_id(r, dest)]++;
+}
+
 /*
  * test_conn_budget - max_per_destination connections for the whole
  * cluster: a holder of L leases at a next hop may open ceil(L / 4)
@@ -339,13 +355,9 @@ static void test_conn_budget(void **state)
 {
     struct spread_fx *s = *state;
     struct relay *r = &s->fx->r;
-    s->fx->cfg.smtpc.max_conns_per_dest = 2;
-    member(r, 1, 100, 0);
-    member(r, 2, 100, 0);
-    member(r, 3, 100, 0);
-    uint64_t got[4] = {0};
-    for (int i = 0; i < 8; i++)
-        got[holder_id(r, DEST)]++;
+    three_members(s, 2);
+    uint64_t got[4];
+    give_out(r, DEST, 8, got);
     assert_int_equal(got[1], 4); /* first its connection's whole share */
     assert_int_equal(got[2], 4); /* then the most free slots */
     assert_int_equal(got[3], 0);
@@ -364,10 +376,7 @@ static void test_conn_counted(void **state)
 {
     struct spread_fx *s = *state;
     struct relay *r = &s->fx->r;
-    s->fx->cfg.smtpc.max_conns_per_dest = 2;
-    member(r, 1, 100, 0);
-    member(r, 2, 100, 0);
-    member(r, 3, 100, 0);
+    three_members(s, 2);
     relay_spread_count_reset(r);
     for (int i = 0; i < 5; i++)
         relay_spread_counted(r, DEST, 3);
@@ -381,9 +390,8 @@ static void test_conn_counted(void **state)
         relay_spread_counted(r, OTHER, 3);
     relay_spread_count_done(r);
     r->spread.members[1].assigned = 1; /* node 1 has the most free slots */
-    uint64_t got[4] = {0};
-    for (int i = 0; i < 5; i++)
-        got[holder_id(r, OTHER)]++;
+    uint64_t got[4];
+    give_out(r, OTHER, 5, got);
     assert_int_equal(got[1], 4);
     assert_int_equal(got[2], 0);
     assert_int_equal(got[3], 1);
