@@ -8,7 +8,11 @@
 # the build. Extra arguments go to ctest (e.g. tests/run.sh -L unit).
 #
 # Environment: HAMR_TEST_BUILD (build directory, default build-test),
-# HAMR_JOBS (build parallelism, default 2: the CI machine has 2 cores).
+# HAMR_JOBS (build parallelism, default 2: the CI machine has 2 cores),
+# HAMR_TEST_JOBS (ctest -j, default HAMR_JOBS: unit tests and the integration
+# tests that are not cluster tests run side by side; a cluster test (RUN_SERIAL)
+# always runs alone, and tests that share a fixed resource hold a RESOURCE_LOCK).
+# The fuzzers run HAMR_JOBS at a time (tests/fuzz/run.sh, HAMR_FUZZ_JOBS).
 # Exit status: non-zero if installing, configuring, building or any test fails.
 set -euo pipefail
 
@@ -16,6 +20,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 BUILD_DIR=${HAMR_TEST_BUILD:-build-test}
 JOBS=${HAMR_JOBS:-2}
+TEST_JOBS=${HAMR_TEST_JOBS:-$JOBS}
 # Every package is named here: apt-get runs with --no-install-recommends, so
 # nothing may come in as a mere recommendation of another package.
 # postfix gives /usr/sbin/smtp-sink and smtp-source, and the private receiving Postfix
@@ -123,7 +128,7 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
 cmake -S . -B "$BUILD_DIR" -DHAMR_SANITIZE=ON -DHAMR_TESTS=ON
 cmake --build "$BUILD_DIR" -j"$JOBS"
-ctest --test-dir "$BUILD_DIR" --output-on-failure "$@"
+ctest --test-dir "$BUILD_DIR" --output-on-failure -j"$TEST_JOBS" "$@"
 
 # Every parser of untrusted input under libFuzzer (clang) for a bounded time,
 # from the committed seed corpora; any crash fails the run.
