@@ -122,7 +122,9 @@ LEASE = 6.0  # [delivery] lease_time of these clusters, seconds
 LEVEL_BOUND = 60.0  # every node at cluster feature level 6
 SPREAD_MESSAGES = 600
 PARTITION_MESSAGES = 12
-PER_DEST = 2  # [delivery] max_per_destination of ClusterSpreadNetTest
+# [delivery] max_per_destination of ClusterSpreadNetTest: a connection for each node, so
+# that each gets deliveries from the start (the egress cases need the blocked node to try).
+PER_DEST = 3
 # The first wave: a delivery on each of the PER_DEST connections the whole cluster may
 # have to the next hop; the rest of the 4 * PER_DEST leased at once wait behind them on
 # their holders, and start once those are answered, with bodies from the store.
