@@ -946,13 +946,19 @@ void relay_spread_count_done(struct relay *r)
 {
     struct relay_spread_state *sp = &r->spread;
     uint64_t now = uv_now(r->loop);
+    bool stale = false; /* a holder with nothing now or lately */
     for (size_t i = 0; i < sp->dl_cap; i++) {
         struct relay_dest_leases *dl = &sp->dl[i];
-        for (uint32_t h = 0; dl->dest != NULL && h < dl->holders; h++)
+        stale = stale || (dl->dest != NULL && dl->holders == 0 && dl->overflow == 0);
+        for (uint32_t h = 0; dl->dest != NULL && h < dl->holders; h++) {
             peak_set(&dl->recent[h], dl->n[h], now, RELAY_CONN_LOOK_MS);
+            stale =
+                stale || (dl->n[h] == 0 && peak_get(&dl->recent[h], now, RELAY_CONN_LOOK_MS) == 0);
+        }
     }
-    /* Drop what is neither leased nor of use to the look back (no memory: kept). */
-    if (sp->dl_cap > 0)
+    /* Drop what is neither leased nor of use to the look back (no memory: kept). Only
+     * then is the table built again: most picks change no holder's presence. */
+    if (stale)
         (void)relay_dl_rehash(sp, sp->dl_cap, now, true);
 }
 
