@@ -392,7 +392,7 @@ static struct smtpc_job *smtpc_job_free(struct smtpc_job *job)
 }
 
 /* smtpc_group_get - group key of p, made when missing, held once more; NULL: no memory. */
-static struct smtpc_group *smtpc_group_get(struct smtpc_pool *p, const char *key, unsigned per_conn)
+static struct smtpc_group *smtpc_group_get(struct smtpc_pool *p, const char *key)
 {
     struct smtpc_group *g = p->groups;
     while (g != NULL && strcmp(g->key, key) != 0)
@@ -402,8 +402,7 @@ static struct smtpc_group *smtpc_group_get(struct smtpc_pool *p, const char *key
         g = calloc(1, sizeof(*g) + n);
         if (g == NULL)
             return NULL;
-        memcpy(g->key, key, n);
-        g->per_conn = per_conn;
+        memcpy(g->key, key, n); /* per_conn and hold_ms: from each delivery queued */
         g->next = p->groups;
         p->groups = g;
     }
@@ -2807,8 +2806,7 @@ static struct smtpc_dest *smtpc_pool_dest(struct smtpc_pool *p,
         hamr_strlcpy(d->auth_user, dv->auth_user, sizeof(d->auth_user));
         hamr_strlcpy(d->auth_pass, dv->auth_pass, sizeof(d->auth_pass));
     }
-    if (dv->group != NULL &&
-        (d->group = smtpc_group_get(p, dv->group, dv->group_per_conn)) == NULL) {
+    if (dv->group != NULL && (d->group = smtpc_group_get(p, dv->group)) == NULL) {
         smtpc_dest_free(d);
         return NULL;
     }
