@@ -191,9 +191,10 @@ static int ctl_queue_add(struct ctl_queue_page *f, const struct queue_msg *m)
         x->state = (char *)ctl_queue_rcpt_state(qr);
         x->attempts = qr->attempts;
         x->next_attempt_ms = qr->next_attempt_ms;
-        x->last_error = (char *)(qr->last_error ? qr->last_error : "");
-        x->tls_policy = (char *)(qr->tls_policy ? qr->tls_policy : "");
-        x->tls = (char *)(qr->tls ? qr->tls : "");
+        const struct queue_tried *t = queue_rcpt_tried(qr);
+        x->last_error = (char *)(t->error ? t->error : "");
+        x->tls_policy = (char *)(t->tls_policy ? t->tls_policy : "");
+        x->tls = (char *)(t->tls ? t->tls : "");
         rs[qe->n_rcpts++] = x;
     }
     if (f->headers)

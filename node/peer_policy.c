@@ -39,8 +39,8 @@ static enum peer_policy_reason peer_policy_outcome(const Hamr__Outcome *o,
         return PEER_POLICY_LEASE;
     for (size_t i = 0; i < o->n_results; i++) {
         uint32_t k = o->results[i]->rcpt_index;
-        if (k >= m->n_rcpts || m->rcpts[k].lease_id != o->lease_id ||
-            m->rcpts[k].lease_node != from)
+        if (k >= m->n_rcpts || queue_rcpt_lease(&m->rcpts[k])->id != o->lease_id ||
+            queue_rcpt_lease(&m->rcpts[k])->node != from)
             return PEER_POLICY_LEASE;
     }
     return PEER_POLICY_OK;

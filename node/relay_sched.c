@@ -814,7 +814,7 @@ void relay_deliver_start(struct relay *r,
     d->body_8bit = m->body_8bit;
     for (size_t i = 0; i < m->n_rcpts; i++) {
         const struct queue_rcpt *qr = &m->rcpts[i];
-        if (qr->state != QUEUE_RCPT_LEASED || qr->lease_id != lease_id)
+        if (qr->state != QUEUE_RCPT_LEASED || queue_rcpt_lease(qr)->id != lease_id)
             continue;
         d->rcpts[d->n_rcpts] = strdup(qr->addr);
         if (d->rcpts[d->n_rcpts] == NULL)

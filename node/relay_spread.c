@@ -501,9 +501,9 @@ static bool relay_spread_holds(struct relay *r,
 {
     const struct queue_msg *m = queue_find(r->queue, queue_id);
     for (size_t i = 0; m != NULL && i < m->n_rcpts; i++) {
-        const struct queue_rcpt *qr = &m->rcpts[i];
-        if (qr->state == QUEUE_RCPT_LEASED && qr->lease_id == lease_id && qr->lease_node == node &&
-            strcmp(qr->lease_boot_id ? qr->lease_boot_id : "", boot) == 0)
+        const struct queue_lease *l = queue_rcpt_lease(&m->rcpts[i]);
+        if (m->rcpts[i].state == QUEUE_RCPT_LEASED && l->id == lease_id && l->node == node &&
+            strcmp(l->boot_id ? l->boot_id : "", boot) == 0)
             return true;
     }
     return false;

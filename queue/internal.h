@@ -228,8 +228,27 @@ int queue_str_opt(const char *s, const char **out);
 /* queue_str_put - give back a reference from queue_str (NULL: nothing). */
 void queue_str_put(const char *s);
 
+/* queue_str_ref - one more reference to a shared text (NULL: nothing); returns s. */
+const char *queue_str_ref(const char *s);
+
 /* queue_str_count - shared texts alive (tests). */
 size_t queue_str_count(void);
+
+/*
+ * queue_tried_get - a reference to the shared record of these three texts
+ * (each NULL or a reference from queue_str, which the caller keeps); NULL
+ * in *out when all three are NULL. 0 or HAMR_ENOMEM.
+ */
+int queue_tried_get(const char *error,
+                    const char *tls_policy,
+                    const char *tls,
+                    const struct queue_tried **out);
+
+/* queue_tried_put - give back a reference from queue_tried_get (NULL: nothing). */
+void queue_tried_put(const struct queue_tried *t);
+
+/* queue_tried_count - shared records alive (tests). */
+size_t queue_tried_count(void);
 
 /*
  * queue_sha256 - digest of n bytes; false only when libcrypto fails. The
@@ -242,6 +261,9 @@ bool queue_sha256(const uint8_t *p, size_t n, uint8_t out[QUEUE_SHA256_LEN]);
 bool queue_id_ok(const char *id, size_t max);
 
 /* queue.c: items, tables and the done set */
+
+/* queue_lease_free - release a lease and its texts (NULL: nothing); returns NULL. */
+struct queue_lease *queue_lease_free(struct queue_lease *l);
 
 /* queue_item_free - release a message and everything it owns; returns NULL. */
 struct queue_item *queue_item_free(struct queue_item *it);

@@ -68,6 +68,19 @@ bool queue_id_ok(const char *id, size_t max)
  * Items and tables
  * ------------------------------------------------------------------------ */
 
+const struct queue_lease queue_lease_none;
+
+/* queue_lease_free - release a lease and its texts (NULL: nothing); returns NULL. */
+struct queue_lease *queue_lease_free(struct queue_lease *l)
+{
+    if (l != NULL) {
+        queue_str_put(l->boot_id);
+        queue_str_put(l->dest);
+        free(l);
+    }
+    return NULL;
+}
+
 /* queue_item_free - release a message and everything it owns; returns NULL. */
 struct queue_item *queue_item_free(struct queue_item *it)
 {
@@ -75,11 +88,8 @@ struct queue_item *queue_item_free(struct queue_item *it)
         return NULL;
     struct queue_msg *m = &it->msg;
     for (size_t i = 0; i < m->n_rcpts; i++) {
-        queue_str_put(m->rcpts[i].last_error);
-        queue_str_put(m->rcpts[i].lease_boot_id);
-        queue_str_put(m->rcpts[i].lease_dest);
-        queue_str_put(m->rcpts[i].tls_policy);
-        queue_str_put(m->rcpts[i].tls);
+        queue_tried_put(m->rcpts[i].tried);
+        queue_lease_free(m->rcpts[i].lease);
     }
     queue_str_put(m->sender);
     queue_str_put(m->client_addr);

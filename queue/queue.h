@@ -63,22 +63,56 @@ enum queue_rcpt_state {
  * The texts of a message and its recipients are the queue's and read-only:
  * addr and id are kept with the item, the others are shared copies
  * (queue_str.c), one per distinct text however many messages hold it.
+ *
+ * A recipient holds only what every queued recipient needs; what a few
+ * need lives elsewhere, so that a backlog of millions costs little:
+ *   lease - its own allocation while the recipient is LEASED (NULL otherwise:
+ *           an outcome or a new lease ends it); at most as many as
+ *           deliveries in flight.
+ *   tried - what the last attempt left (error, TLS), one shared record per
+ *           distinct three texts (NULL: no attempt left any): a next hop
+ *           that defers a million recipients with one error holds one.
+ * queue_rcpt_lease and queue_rcpt_tried read them with the absent ones as
+ * all zero.
  */
-struct queue_rcpt {
-    const char *addr;
-    enum queue_rcpt_state state;
-    uint32_t attempts;
-    uint64_t next_attempt_ms;
-    const char *last_error; /* NULL if none */
-    uint64_t lease_id;      /* valid while LEASED */
-    uint64_t lease_node;
-    uint64_t lease_term;
-    uint64_t lease_expires_ms;
-    const char *lease_boot_id;
-    const char *lease_dest;
+struct queue_lease {
+    uint64_t id;
+    uint64_t node;
+    uint64_t term;
+    uint64_t expires_ms;
+    const char *boot_id; /* NULL if none */
+    const char *dest;    /* NULL if none */
+};
+
+struct queue_tried {
+    const char *error;      /* NULL if none */
     const char *tls_policy; /* last attempt's TLS policy ("may", ...); NULL if unknown */
     const char *tls;        /* last attempt's TLS, or why none; NULL if unknown */
 };
+
+struct queue_rcpt {
+    const char *addr;
+    struct queue_lease *lease;       /* while LEASED, else NULL */
+    const struct queue_tried *tried; /* NULL: no attempt left a text */
+    uint64_t next_attempt_ms;
+    enum queue_rcpt_state state;
+    uint32_t attempts;
+};
+
+extern const struct queue_lease queue_lease_none;
+extern const struct queue_tried queue_tried_none;
+
+/* queue_rcpt_lease - r's lease, all zero when it has none. */
+static inline const struct queue_lease *queue_rcpt_lease(const struct queue_rcpt *r)
+{
+    return r->lease != NULL ? r->lease : &queue_lease_none;
+}
+
+/* queue_rcpt_tried - what r's last attempt left, all NULL when nothing. */
+static inline const struct queue_tried *queue_rcpt_tried(const struct queue_rcpt *r)
+{
+    return r->tried != NULL ? r->tried : &queue_tried_none;
+}
 
 /*
  * QUEUE_LEVEL_TLS - the cluster feature level (format) from which Outcome

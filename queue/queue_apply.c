@@ -72,24 +72,17 @@ static bool queue_rcpt_final(const struct queue_rcpt *r)
            r->state == QUEUE_RCPT_EXPIRED;
 }
 
-/* queue_rcpt_clear_lease - forget the lease fields. */
+/* queue_rcpt_clear_lease - forget the lease. */
 static void queue_rcpt_clear_lease(struct queue_rcpt *r)
 {
-    queue_str_put(r->lease_boot_id);
-    queue_str_put(r->lease_dest);
-    r->lease_boot_id = NULL;
-    r->lease_dest = NULL;
-    r->lease_id = 0;
-    r->lease_node = 0;
-    r->lease_term = 0;
-    r->lease_expires_ms = 0;
+    r->lease = queue_lease_free(r->lease);
 }
 
-/* queue_rcpt_set_error - replace last_error, taking the reference text. */
-static void queue_rcpt_set_error(struct queue_rcpt *r, const char *text)
+/* queue_rcpt_set_tried - replace what the last attempt left, taking the reference t. */
+static void queue_rcpt_set_tried(struct queue_rcpt *r, const struct queue_tried *t)
 {
-    queue_str_put(r->last_error);
-    r->last_error = text;
+    queue_tried_put(r->tried);
+    r->tried = t;
 }
 
 /* ------------------------------------------------------------------------
@@ -280,10 +273,11 @@ static bool queue_rcpt_leasable(const struct queue_rcpt *r, const Hamr__Lease *l
         return true;
     if (r->state != QUEUE_RCPT_LEASED)
         return false;
-    if (r->lease_expires_ms <= ts)
+    const struct queue_lease *cur = queue_rcpt_lease(r);
+    if (cur->expires_ms <= ts)
         return true;
     /* The same node under another boot id: that process died with its lease. */
-    return r->lease_node == l->node_id && !queue_streq(r->lease_boot_id, l->boot_id);
+    return cur->node == l->node_id && !queue_streq(cur->boot_id, l->boot_id);
 }
 
 /* queue_apply_lease_item - lease one message's recipients; all or nothing per item. */
@@ -312,17 +306,20 @@ static int queue_apply_lease_item(struct queue *q,
     }
     if (m->held)
         return 0;
-    /* Allocate every copy first: the item is applied whole or not at all. */
+    /* Allocate every lease first: the item is applied whole or not at all. */
     size_t n = item->n_rcpt_indexes;
-    const char **boot = calloc(n ? n : 1, sizeof(*boot));
-    const char **dest = calloc(n ? n : 1, sizeof(*dest));
-    int rv = (boot && dest) ? 0 : HAMR_ENOMEM;
+    struct queue_lease **fresh = calloc(n ? n : 1, sizeof(*fresh));
+    int rv = fresh ? 0 : HAMR_ENOMEM;
     for (size_t i = 0; rv == 0 && i < n; i++) {
         if (!queue_rcpt_leasable(&m->rcpts[item->rcpt_indexes[i]], l, ts))
             continue;
-        rv = queue_str_opt(l->boot_id, &boot[i]);
+        fresh[i] = calloc(1, sizeof(*fresh[i]));
+        if (fresh[i] == NULL)
+            rv = HAMR_ENOMEM;
         if (rv == 0)
-            rv = queue_str_opt(item->destination, &dest[i]);
+            rv = queue_str_opt(l->boot_id, &fresh[i]->boot_id);
+        if (rv == 0)
+            rv = queue_str_opt(item->destination, &fresh[i]->dest);
     }
     const struct queue_lease_hook *h = &q->lease_hook;
     bool granted = false;
@@ -332,30 +329,26 @@ static int queue_apply_lease_item(struct queue *q,
         if (!queue_rcpt_leasable(r, l, ts))
             continue;
         if (r->state == QUEUE_RCPT_LEASED && h->lapsed != NULL)
-            h->lapsed(h->arg, m->id, r->addr, r->lease_id, r->lease_node, item->lease_id,
-                      l->node_id);
+            h->lapsed(h->arg, m->id, r->addr, queue_rcpt_lease(r)->id, queue_rcpt_lease(r)->node,
+                      item->lease_id, l->node_id);
         granted = true;
         queue_rcpt_clear_lease(r);
         r->state = QUEUE_RCPT_LEASED;
-        r->lease_id = item->lease_id;
-        r->lease_node = l->node_id;
-        r->lease_term = l->term;
-        r->lease_expires_ms = l->expires_at_ms;
-        r->lease_boot_id = boot[i];
-        r->lease_dest = dest[i];
-        boot[i] = dest[i] = NULL;
+        r->lease = fresh[i];
+        fresh[i] = NULL;
+        r->lease->id = item->lease_id;
+        r->lease->node = l->node_id;
+        r->lease->term = l->term;
+        r->lease->expires_ms = l->expires_at_ms;
     }
     if (rv == 0)
         queue_touch(q, it);
     if (rv == 0 && granted && h->granted != NULL && l->node_id == h->node_id &&
         queue_streq(l->boot_id, h->boot_id))
         h->granted(h->arg, m->id, item->lease_id, item->destination, l->expires_at_ms);
-    for (size_t i = 0; boot && dest && i < n; i++) {
-        queue_str_put(boot[i]);
-        queue_str_put(dest[i]);
-    }
-    free(boot);
-    free(dest);
+    for (size_t i = 0; fresh && i < n; i++)
+        queue_lease_free(fresh[i]);
+    free(fresh);
     return rv;
 }
 
@@ -401,13 +394,14 @@ static int queue_apply_lease_renew(struct queue *q,
         struct queue_msg *m = &it->msg;
         bool held = false, moved = false;
         for (size_t k = 0; k < m->n_rcpts; k++) {
-            struct queue_rcpt *r = &m->rcpts[k];
-            if (r->state != QUEUE_RCPT_LEASED || r->lease_id != item->lease_id ||
-                r->lease_node != lr->node_id || !queue_streq(r->lease_boot_id, lr->boot_id))
+            struct queue_lease *cur = m->rcpts[k].lease;
+            if (m->rcpts[k].state != QUEUE_RCPT_LEASED || cur == NULL ||
+                cur->id != item->lease_id || cur->node != lr->node_id ||
+                !queue_streq(cur->boot_id, lr->boot_id))
                 continue;
             held = true;
-            if (lr->expires_at_ms > r->lease_expires_ms) {
-                r->lease_expires_ms = lr->expires_at_ms;
+            if (lr->expires_at_ms > cur->expires_ms) {
+                cur->expires_ms = lr->expires_at_ms;
                 moved = true;
             }
         }
@@ -436,13 +430,14 @@ static bool queue_outcome_applies(const struct queue *q,
                                   uint64_t ts)
 {
     uint64_t lease_id = o->lease_id;
+    const struct queue_lease *cur = queue_rcpt_lease(r);
     /* From QUEUE_LEVEL_SPREAD any node holds leases: only its holder reports. */
-    if (lease_id != 0 && q->cluster_level >= QUEUE_LEVEL_SPREAD && r->lease_node != o->node_id)
+    if (lease_id != 0 && q->cluster_level >= QUEUE_LEVEL_SPREAD && cur->node != o->node_id)
         return false;
     if (lease_id != 0)
-        return r->state == QUEUE_RCPT_LEASED && r->lease_id == lease_id;
+        return r->state == QUEUE_RCPT_LEASED && cur->id == lease_id;
     return r->state == QUEUE_RCPT_PENDING ||
-           (r->state == QUEUE_RCPT_LEASED && r->lease_expires_ms <= ts);
+           (r->state == QUEUE_RCPT_LEASED && cur->expires_ms <= ts);
 }
 
 /*
@@ -485,6 +480,7 @@ struct queue_outcome_plan {
     bool *set_tls;             /* per result: replace tls_policy and tls (level and policy given) */
     const char **tls_policies; /* per result: new tls_policy (held until used) */
     const char **tls;          /* per result: new tls (held until used) */
+    const struct queue_tried **tried; /* per result: the three texts it leaves (held until used) */
     struct queue_dsn_rcpt *notice[QUEUE_NOTICES]; /* recipients per notice kind (one block) */
     size_t n_notice[QUEUE_NOTICES];
     struct queue_item *dsn[QUEUE_NOTICES]; /* owned until linked */
@@ -502,6 +498,9 @@ static void queue_outcome_plan_free(struct queue *q, struct queue_outcome_plan *
         queue_str_put(p->tls_policies[i]);
     for (size_t i = 0; p->tls && i < n; i++)
         queue_str_put(p->tls[i]);
+    for (size_t i = 0; p->tried && i < n; i++)
+        queue_tried_put(p->tried[i]);
+    free(p->tried);
     free(p->errors);
     free(p->set_tls);
     free(p->tls_policies);
@@ -547,8 +546,9 @@ static int queue_outcome_prepare(struct queue *q,
     p->set_tls = calloc(n ? n : 1, sizeof(*p->set_tls));
     p->tls_policies = calloc(n ? n : 1, sizeof(*p->tls_policies));
     p->tls = calloc(n ? n : 1, sizeof(*p->tls));
+    p->tried = calloc(n ? n : 1, sizeof(*p->tried));
     if (p->applies == NULL || p->errors == NULL || p->notice[0] == NULL || p->set_tls == NULL ||
-        p->tls_policies == NULL || p->tls == NULL)
+        p->tls_policies == NULL || p->tls == NULL || p->tried == NULL)
         return HAMR_ENOMEM;
     bool ext = q->cluster_level >= QUEUE_LEVEL_EXT;
     /*
@@ -585,6 +585,14 @@ static int queue_outcome_prepare(struct queue *q,
             if (rv != 0)
                 return rv;
         }
+        /* A delivery keeps the last error; the TLS texts change when given. */
+        const struct queue_tried *was = queue_rcpt_tried(rc);
+        int rv = queue_tried_get(
+            r->status != HAMR__RCPT_RESULT__STATUS__DELIVERED ? p->errors[i] : was->error,
+            p->set_tls[i] ? p->tls_policies[i] : was->tls_policy,
+            p->set_tls[i] ? p->tls[i] : was->tls, &p->tried[i]);
+        if (rv != 0)
+            return rv;
         size_t ri = r->rcpt_index;
         if (r->status == HAMR__RCPT_RESULT__STATUS__DEFERRED) {
             if (delay_due) {
@@ -660,21 +668,17 @@ static int queue_apply_outcome(struct queue *q,
         const Hamr__RcptResult *r = o->results[i];
         struct queue_rcpt *rc = &m->rcpts[r->rcpt_index];
         if (o->lease_id != 0 && rc->state == QUEUE_RCPT_LEASED)
-            ended_node = rc->lease_node;
+            ended_node = queue_rcpt_lease(rc)->node;
         /* An expiry (or no route) without a lease ends a lease that ran out
          * without an Outcome: its holder may have delivered, though the
          * sender will be told of a failure. The same window as a Lease that
          * takes the recipient over, so told the same way (new lease 0). */
         if (o->lease_id == 0 && rc->state == QUEUE_RCPT_LEASED && h->lapsed != NULL)
-            h->lapsed(h->arg, m->id, rc->addr, rc->lease_id, rc->lease_node, 0, 0);
+            h->lapsed(h->arg, m->id, rc->addr, queue_rcpt_lease(rc)->id, queue_rcpt_lease(rc)->node,
+                      0, 0);
         queue_rcpt_clear_lease(rc);
-        if (p.set_tls[i]) {
-            queue_str_put(rc->tls_policy);
-            queue_str_put(rc->tls);
-            rc->tls_policy = p.tls_policies[i];
-            rc->tls = p.tls[i];
-            p.tls_policies[i] = p.tls[i] = NULL;
-        }
+        queue_rcpt_set_tried(rc, p.tried[i]);
+        p.tried[i] = NULL;
         switch (r->status) {
             case HAMR__RCPT_RESULT__STATUS__DELIVERED:
                 rc->state = QUEUE_RCPT_DELIVERED;
@@ -683,16 +687,12 @@ static int queue_apply_outcome(struct queue *q,
                 rc->state = QUEUE_RCPT_PENDING;
                 rc->attempts++;
                 rc->next_attempt_ms = o->next_attempt_ms;
-                queue_rcpt_set_error(rc, p.errors[i]);
-                p.errors[i] = NULL;
                 break;
             case HAMR__RCPT_RESULT__STATUS__BOUNCED:
             case HAMR__RCPT_RESULT__STATUS__EXPIRED:
             default:
                 rc->state = r->status == HAMR__RCPT_RESULT__STATUS__EXPIRED ? QUEUE_RCPT_EXPIRED
                                                                             : QUEUE_RCPT_BOUNCED;
-                queue_rcpt_set_error(rc, p.errors[i]);
-                p.errors[i] = NULL;
                 break;
         }
     }
@@ -732,12 +732,15 @@ static int queue_admin_bounce(struct queue *q,
     struct queue_msg *m = &it->msg;
     size_t n_rcpts = m->n_rcpts;
     struct queue_dsn_rcpt *failed = calloc(n_rcpts, sizeof(*failed));
-    const char **errors = calloc(m->n_rcpts, sizeof(*errors));
+    const struct queue_tried **tried = calloc(n_rcpts, sizeof(*tried));
     struct queue_item *dsn = NULL;
     struct queue_done *done = NULL;
     uint32_t dsn_count = m->dsn_count;
     size_t n_failed = 0, n_bounced = 0, final_after = 0;
-    int rv = (failed && errors) ? 0 : HAMR_ENOMEM;
+    int rv = (failed && tried) ? 0 : HAMR_ENOMEM;
+    const char *text = rv == 0 ? queue_str(QUEUE_ADMIN_BOUNCE_TEXT) : NULL;
+    if (rv == 0 && text == NULL)
+        rv = HAMR_ENOMEM;
     for (size_t i = 0; rv == 0 && i < m->n_rcpts; i++) {
         struct queue_rcpt *r = &m->rcpts[i];
         if (queue_rcpt_final(r)) {
@@ -748,9 +751,8 @@ static int queue_admin_bounce(struct queue *q,
             continue;
         final_after++;
         n_bounced++;
-        errors[i] = queue_str(QUEUE_ADMIN_BOUNCE_TEXT);
-        if (errors[i] == NULL)
-            rv = HAMR_ENOMEM;
+        const struct queue_tried *was = queue_rcpt_tried(r);
+        rv = queue_tried_get(text, was->tls_policy, was->tls, &tried[i]);
         if (!queue_notify_wants(m, i, QUEUE_NOTIFY_FAILURE))
             continue;
         struct queue_dsn_rcpt *f = &failed[n_failed++];
@@ -767,11 +769,11 @@ static int queue_admin_bounce(struct queue *q,
     }
     if (rv == 0) {
         for (size_t i = 0; i < m->n_rcpts; i++) {
-            if (errors[i] == NULL)
+            if (tried[i] == NULL)
                 continue;
             m->rcpts[i].state = QUEUE_RCPT_BOUNCED;
-            queue_rcpt_set_error(&m->rcpts[i], errors[i]);
-            errors[i] = NULL;
+            queue_rcpt_set_tried(&m->rcpts[i], tried[i]);
+            tried[i] = NULL;
         }
         m->dsn_count = dsn_count;
         queue_touch(q, it);
@@ -787,9 +789,10 @@ static int queue_admin_bounce(struct queue *q,
         }
     }
     /* m may be gone now: use the count taken before. */
-    for (size_t i = 0; errors && i < n_rcpts; i++)
-        queue_str_put(errors[i]);
-    free(errors);
+    for (size_t i = 0; tried && i < n_rcpts; i++)
+        queue_tried_put(tried[i]);
+    free(tried);
+    queue_str_put(text);
     free(failed);
     queue_item_drop(q, dsn);
     free(done);

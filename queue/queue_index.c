@@ -44,7 +44,7 @@ uint64_t queue_wake(const struct queue_msg *m, bool *leased)
         if (r->state == QUEUE_RCPT_PENDING) {
             t = r->next_attempt_ms;
         } else if (r->state == QUEUE_RCPT_LEASED) {
-            t = r->lease_expires_ms;
+            t = queue_rcpt_lease(r)->expires_ms;
             *leased = true;
         } else {
             continue;

@@ -205,8 +205,8 @@ static int queue_sched_room(void *arr, size_t *cap, size_t n, size_t elem, size_
 static bool queue_sched_dead_lease(const struct queue_rcpt *r, const struct queue_sched_limits *lim)
 {
     const char *boot = lim->self_boot_id ? lim->self_boot_id : "";
-    return r->lease_node == lim->self_node &&
-           strcmp(r->lease_boot_id ? r->lease_boot_id : "", boot) != 0;
+    const struct queue_lease *l = queue_rcpt_lease(r);
+    return l->node == lim->self_node && strcmp(l->boot_id ? l->boot_id : "", boot) != 0;
 }
 
 /* queue_sched_count_cb - step 1 for one message. */
@@ -216,11 +216,11 @@ static int queue_sched_count_cb(void *arg, const struct queue_msg *m)
     uint64_t seq = m->seq;
     for (size_t i = 0; i < m->n_rcpts; i++) {
         const struct queue_rcpt *r = &m->rcpts[i];
-        if (r->state != QUEUE_RCPT_LEASED || r->lease_expires_ms <= x->now_ms ||
+        const struct queue_lease *l = queue_rcpt_lease(r);
+        if (r->state != QUEUE_RCPT_LEASED || l->expires_ms <= x->now_ms ||
             queue_sched_dead_lease(r, x->lim))
             continue;
-        struct queue_sched_count *c =
-            queue_sched_counts_slot(&x->counts, r->lease_dest ? r->lease_dest : "");
+        struct queue_sched_count *c = queue_sched_counts_slot(&x->counts, l->dest ? l->dest : "");
         if (c == NULL) {
             x->err = HAMR_ENOMEM;
             return 1;
@@ -230,7 +230,7 @@ static int queue_sched_count_cb(void *arg, const struct queue_msg *m)
             c->last_msg = seq;
             c->count++;
             if (x->route->leased != NULL)
-                x->route->leased(x->route->data, c->key, r->lease_node);
+                x->route->leased(x->route->data, c->key, l->node);
         }
     }
     return 0;
@@ -482,7 +482,7 @@ static int queue_sched_collect_cb(void *arg, const struct queue_msg *m)
     for (size_t i = 0; rv == 0 && i < m->n_rcpts; i++) {
         const struct queue_rcpt *r = &m->rcpts[i];
         bool pending_due = r->state == QUEUE_RCPT_PENDING && r->next_attempt_ms <= x->now_ms;
-        bool lapsed = r->state == QUEUE_RCPT_LEASED && r->lease_expires_ms <= x->now_ms;
+        bool lapsed = r->state == QUEUE_RCPT_LEASED && queue_rcpt_lease(r)->expires_ms <= x->now_ms;
         bool dead = r->state == QUEUE_RCPT_LEASED && !lapsed && queue_sched_dead_lease(r, x->lim);
         if (!pending_due && !lapsed && !dead)
             continue;

@@ -117,6 +117,44 @@ static char *queue_snap_text(const char *s)
     return (char *)(s ? s : "");
 }
 
+/*
+ * queue_restore_rcpt - a snapshot recipient's lease and attempt texts into
+ * r. A lease is kept whenever a field of it is set, so that the state (and
+ * its digest) is the snapshot's whatever the recipient's state. 0 or
+ * HAMR_ENOMEM (r's item frees what was taken).
+ */
+static int queue_restore_rcpt(struct queue_rcpt *r, const Hamr__RcptState *rs)
+{
+    if (r->state == QUEUE_RCPT_LEASED || rs->lease_id != 0 || rs->lease_node != 0 ||
+        rs->lease_term != 0 || rs->lease_expires_ms != 0 ||
+        (rs->lease_boot_id != NULL && rs->lease_boot_id[0] != '\0') ||
+        (rs->lease_destination != NULL && rs->lease_destination[0] != '\0')) {
+        struct queue_lease *l = calloc(1, sizeof(*l));
+        if (l == NULL)
+            return HAMR_ENOMEM;
+        r->lease = l;
+        l->id = rs->lease_id;
+        l->node = rs->lease_node;
+        l->term = rs->lease_term;
+        l->expires_ms = rs->lease_expires_ms;
+        if (queue_str_opt(rs->lease_boot_id, &l->boot_id) != 0 ||
+            queue_str_opt(rs->lease_destination, &l->dest) != 0)
+            return HAMR_ENOMEM;
+    }
+    const char *error = NULL, *policy = NULL, *tls = NULL;
+    int rv = queue_str_opt(rs->last_error, &error);
+    if (rv == 0)
+        rv = queue_str_opt(rs->tls_policy, &policy);
+    if (rv == 0)
+        rv = queue_str_opt(rs->tls, &tls);
+    if (rv == 0)
+        rv = queue_tried_get(error, policy, tls, &r->tried);
+    queue_str_put(error);
+    queue_str_put(policy);
+    queue_str_put(tls);
+    return rv;
+}
+
 /* queue_snap_rcpt - one recipient's state. */
 static void queue_snap_rcpt(Hamr__RcptState *rs, const struct queue_rcpt *r)
 {
@@ -126,16 +164,18 @@ static void queue_snap_rcpt(Hamr__RcptState *rs, const struct queue_rcpt *r)
     rs->state = (Hamr__RcptState__State)r->state;
     rs->attempts = r->attempts;
     rs->next_attempt_ms = r->next_attempt_ms;
-    rs->last_error = queue_snap_text(r->last_error);
-    rs->lease_id = r->lease_id;
-    rs->lease_node = r->lease_node;
-    rs->lease_term = r->lease_term;
-    rs->lease_expires_ms = r->lease_expires_ms;
-    rs->lease_boot_id = queue_snap_text(r->lease_boot_id);
-    rs->lease_destination = queue_snap_text(r->lease_dest);
+    const struct queue_lease *l = queue_rcpt_lease(r);
+    const struct queue_tried *t = queue_rcpt_tried(r);
+    rs->last_error = queue_snap_text(t->error);
+    rs->lease_id = l->id;
+    rs->lease_node = l->node;
+    rs->lease_term = l->term;
+    rs->lease_expires_ms = l->expires_ms;
+    rs->lease_boot_id = queue_snap_text(l->boot_id);
+    rs->lease_destination = queue_snap_text(l->dest);
     /* "" is not encoded: a state without them snapshots and hashes as before format 2. */
-    rs->tls_policy = queue_snap_text(r->tls_policy);
-    rs->tls = queue_snap_text(r->tls);
+    rs->tls_policy = queue_snap_text(t->tls_policy);
+    rs->tls = queue_snap_text(t->tls);
 }
 
 /*
@@ -443,15 +483,7 @@ static int queue_restore_msg(struct queue *n,
         r->state = (enum queue_rcpt_state)rs->state;
         r->attempts = rs->attempts;
         r->next_attempt_ms = rs->next_attempt_ms;
-        r->lease_id = rs->lease_id;
-        r->lease_node = rs->lease_node;
-        r->lease_term = rs->lease_term;
-        r->lease_expires_ms = rs->lease_expires_ms;
-        if (queue_str_opt(rs->last_error, &r->last_error) != 0 ||
-            queue_str_opt(rs->lease_boot_id, &r->lease_boot_id) != 0 ||
-            queue_str_opt(rs->lease_destination, &r->lease_dest) != 0 ||
-            queue_str_opt(rs->tls_policy, &r->tls_policy) != 0 ||
-            queue_str_opt(rs->tls, &r->tls) != 0) {
+        if (queue_restore_rcpt(r, rs) != 0) {
             queue_item_free(it);
             return HAMR_ENOMEM;
         }

@@ -13,6 +13,10 @@
  * queue/ it is used from one thread (the loop's). A forked child (the
  * snapshot writer) only reads it.
  *
+ * What the last attempt at a recipient left (struct queue_tried: error,
+ * TLS policy, TLS) is shared the same way, as a whole: one record per
+ * distinct three references, found by the pointers themselves.
+ *
  * Nothing replicated depends on it: snapshots and the digest read the texts,
  * never the pointers.
  */
@@ -122,8 +126,134 @@ void queue_str_put(const char *s)
     free(r);
 }
 
+/* queue_str_ref - one more reference to a shared text (NULL: nothing). */
+const char *queue_str_ref(const char *s)
+{
+    if (s != NULL) {
+        struct queue_str_rec *r = queue_str_rec_of(s);
+        HAMR_ASSERT(r->refs < UINT32_MAX);
+        r->refs++;
+    }
+    return s;
+}
+
 /* queue_str_count - shared texts alive (tests). */
 size_t queue_str_count(void)
 {
     return queue_strs.count;
+}
+
+/* ------------------------------------------------------------------------
+ * What attempts left: shared records of three texts
+ * ------------------------------------------------------------------------ */
+
+const struct queue_tried queue_tried_none;
+
+/* queue_tried_rec - a shared record: what a recipient points at is pub. */
+struct queue_tried_rec {
+    struct queue_tried pub;
+    struct queue_tried_rec *next; /* hash chain */
+    uint32_t hash;
+    uint32_t refs;
+};
+
+static struct {
+    struct queue_tried_rec **tab;
+    size_t cap, count;
+} queue_trieds;
+
+/* queue_tried_hash - of the three references (equal texts are one pointer). */
+static uint32_t queue_tried_hash(const char *error, const char *tls_policy, const char *tls)
+{
+    const char *p[3] = {error, tls_policy, tls};
+    return (uint32_t)hash_fnv1a64(p, sizeof(p), 0);
+}
+
+/* queue_tried_grow - double the table at load 1; failure only keeps chains longer. */
+static void queue_tried_grow(void)
+{
+    if (queue_trieds.count < queue_trieds.cap)
+        return;
+    size_t cap = queue_trieds.cap ? 2 * queue_trieds.cap : QUEUE_HASH_MIN;
+    struct queue_tried_rec **t = calloc(cap, sizeof(*t));
+    if (t == NULL)
+        return;
+    for (size_t i = 0; i < queue_trieds.cap; i++) {
+        struct queue_tried_rec *r = queue_trieds.tab[i], *next;
+        for (; r != NULL; r = next) {
+            next = r->next;
+            r->next = t[r->hash & (cap - 1)];
+            t[r->hash & (cap - 1)] = r;
+        }
+    }
+    free(queue_trieds.tab);
+    queue_trieds.tab = t;
+    queue_trieds.cap = cap;
+}
+
+/*
+ * queue_tried_get - a reference to the shared record of these three texts
+ * (each NULL or a reference from queue_str, which the caller keeps); NULL
+ * in *out when all three are NULL. 0 or HAMR_ENOMEM.
+ */
+int queue_tried_get(const char *error,
+                    const char *tls_policy,
+                    const char *tls,
+                    const struct queue_tried **out)
+{
+    *out = NULL;
+    if (error == NULL && tls_policy == NULL && tls == NULL)
+        return 0;
+    uint32_t h = queue_tried_hash(error, tls_policy, tls);
+    if (queue_trieds.cap > 0)
+        for (struct queue_tried_rec *r = queue_trieds.tab[h & (queue_trieds.cap - 1)]; r != NULL;
+             r = r->next)
+            if (r->hash == h && r->pub.error == error && r->pub.tls_policy == tls_policy &&
+                r->pub.tls == tls) {
+                HAMR_ASSERT(r->refs < UINT32_MAX);
+                r->refs++;
+                *out = &r->pub;
+                return 0;
+            }
+    queue_tried_grow();
+    struct queue_tried_rec *r = queue_trieds.cap > 0 ? malloc(sizeof(*r)) : NULL;
+    if (r == NULL)
+        return HAMR_ENOMEM;
+    r->pub.error = queue_str_ref(error);
+    r->pub.tls_policy = queue_str_ref(tls_policy);
+    r->pub.tls = queue_str_ref(tls);
+    r->hash = h;
+    r->refs = 1;
+    r->next = queue_trieds.tab[h & (queue_trieds.cap - 1)];
+    queue_trieds.tab[h & (queue_trieds.cap - 1)] = r;
+    queue_trieds.count++;
+    *out = &r->pub;
+    return 0;
+}
+
+/* queue_tried_put - give back a reference from queue_tried_get (NULL: nothing). */
+void queue_tried_put(const struct queue_tried *t)
+{
+    if (t == NULL)
+        return;
+    struct queue_tried_rec *r =
+        (struct queue_tried_rec *)(void *)((const char *)t - offsetof(struct queue_tried_rec, pub));
+    HAMR_ASSERT(r->refs > 0);
+    if (--r->refs > 0)
+        return;
+    struct queue_tried_rec **pp = &queue_trieds.tab[r->hash & (queue_trieds.cap - 1)];
+    while (*pp != r)
+        pp = &(*pp)->next;
+    *pp = r->next;
+    queue_trieds.count--;
+    queue_str_put(r->pub.error);
+    queue_str_put(r->pub.tls_policy);
+    queue_str_put(r->pub.tls);
+    free(r);
+}
+
+/* queue_tried_count - shared records alive (tests). */
+size_t queue_tried_count(void)
+{
+    return queue_trieds.count;
 }

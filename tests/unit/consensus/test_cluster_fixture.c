@@ -862,8 +862,8 @@ static void test_fencing_across_leaders(void **state)
     const struct queue_msg *m = queue_find(c->srv[1].q, "F");
     assert_non_null(m);
     assert_int_equal(m->rcpts[0].state, QUEUE_RCPT_LEASED);
-    assert_int_equal(m->rcpts[0].lease_id, 100);
-    assert_int_equal(m->rcpts[0].lease_term, term_a);
+    assert_int_equal(queue_rcpt_lease(&m->rcpts[0])->id, 100);
+    assert_int_equal(queue_rcpt_lease(&m->rcpts[0])->term, term_a);
 
     /* Another lease id for the same recipient: ignored on every server. */
     const Hamr__RcptResult__Status delivered[] = {HAMR__RCPT_RESULT__STATUS__DELIVERED};
@@ -875,7 +875,7 @@ static void test_fencing_across_leaders(void **state)
         m = queue_find(c->srv[i].q, "F");
         assert_non_null(m);
         assert_int_equal(m->rcpts[0].state, QUEUE_RCPT_LEASED);
-        assert_int_equal(m->rcpts[0].lease_id, 100);
+        assert_int_equal(queue_rcpt_lease(&m->rcpts[0])->id, 100);
     }
     cluster_assert_same(c, 0x7);
 

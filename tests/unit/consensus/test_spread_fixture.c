@@ -506,15 +506,16 @@ static void spread_assert_leased(struct spread *s,
             continue;
         for (unsigned k = 0; k < n; k++) {
             const struct queue_rcpt *r = spread_rcpt(s, i, id, k);
-            if (r->state != QUEUE_RCPT_LEASED || r->lease_id != lease_id || r->lease_node != node)
+            if (r->state != QUEUE_RCPT_LEASED || queue_rcpt_lease(r)->id != lease_id ||
+                queue_rcpt_lease(r)->node != node)
                 fail_msg(
                     "server %u: %s rcpt %u state %d lease %llu node %llu, want lease %llu "
                     "node %llu",
-                    i, id, k, (int)r->state, (unsigned long long)r->lease_id,
-                    (unsigned long long)r->lease_node, (unsigned long long)lease_id,
+                    i, id, k, (int)r->state, (unsigned long long)queue_rcpt_lease(r)->id,
+                    (unsigned long long)queue_rcpt_lease(r)->node, (unsigned long long)lease_id,
                     (unsigned long long)node);
-            assert_string_equal(r->lease_boot_id, s->boot[node - 1]);
-            assert_int_equal(r->lease_expires_ms, expires);
+            assert_string_equal(queue_rcpt_lease(r)->boot_id, s->boot[node - 1]);
+            assert_int_equal(queue_rcpt_lease(r)->expires_ms, expires);
             assert_int_equal(r->attempts, 0);
         }
     }
@@ -534,11 +535,11 @@ static int spread_dest_count_cb(void *arg, const struct queue_msg *m)
     struct spread_dest_count *d = arg;
     for (uint32_t k = 0; k < m->n_rcpts; k++) {
         const struct queue_rcpt *r = &m->rcpts[k];
-        if (r->state == QUEUE_RCPT_LEASED && r->lease_expires_ms > d->now &&
-            strcmp(r->lease_dest ? r->lease_dest : "", d->dest) == 0) {
+        if (r->state == QUEUE_RCPT_LEASED && queue_rcpt_lease(r)->expires_ms > d->now &&
+            strcmp(queue_rcpt_lease(r)->dest ? queue_rcpt_lease(r)->dest : "", d->dest) == 0) {
             d->n++;
-            if (r->lease_node <= N_SRV)
-                d->by_node[r->lease_node]++;
+            if (queue_rcpt_lease(r)->node <= N_SRV)
+                d->by_node[queue_rcpt_lease(r)->node]++;
             break;
         }
     }
@@ -590,7 +591,7 @@ static void test_leases_spread_over_nodes(void **state)
         char dest[QUEUE_DEST_MAX];
         snprintf(dest, sizeof(dest), "[%s]:25", domains[k]);
         for (unsigned i = 0; i < N_SRV; i++)
-            assert_string_equal(spread_rcpt(s, i, ids[k], 1)->lease_dest, dest);
+            assert_string_equal(queue_rcpt_lease(spread_rcpt(s, i, ids[k], 1))->dest, dest);
     }
     /* Each holder's node was told of its own lease only. */
     for (unsigned i = 0; i < N_SRV; i++) {

@@ -446,13 +446,13 @@ void fx_assert_same_msgs(const struct queue *a, const struct queue *b)
             assert_int_equal(r->state, s->state);
             assert_int_equal(r->attempts, s->attempts);
             assert_int_equal(r->next_attempt_ms, s->next_attempt_ms);
-            fx_str_eq(r->last_error, s->last_error);
-            assert_int_equal(r->lease_id, s->lease_id);
-            assert_int_equal(r->lease_node, s->lease_node);
-            assert_int_equal(r->lease_term, s->lease_term);
-            assert_int_equal(r->lease_expires_ms, s->lease_expires_ms);
-            fx_str_eq(r->lease_boot_id, s->lease_boot_id);
-            fx_str_eq(r->lease_dest, s->lease_dest);
+            fx_str_eq(queue_rcpt_tried(r)->error, queue_rcpt_tried(s)->error);
+            assert_int_equal(queue_rcpt_lease(r)->id, queue_rcpt_lease(s)->id);
+            assert_int_equal(queue_rcpt_lease(r)->node, queue_rcpt_lease(s)->node);
+            assert_int_equal(queue_rcpt_lease(r)->term, queue_rcpt_lease(s)->term);
+            assert_int_equal(queue_rcpt_lease(r)->expires_ms, queue_rcpt_lease(s)->expires_ms);
+            fx_str_eq(queue_rcpt_lease(r)->boot_id, queue_rcpt_lease(s)->boot_id);
+            fx_str_eq(queue_rcpt_lease(r)->dest, queue_rcpt_lease(s)->dest);
         }
     }
 }

@@ -150,16 +150,16 @@ static void assert_tls(const struct queue *q, size_t i, const char *policy, cons
 {
     const struct queue_rcpt *r = fx_rcpt(q, "M", i);
     if (policy == NULL) {
-        assert_null(r->tls_policy);
+        assert_null(queue_rcpt_tried(r)->tls_policy);
     } else {
-        assert_non_null(r->tls_policy);
-        assert_string_equal(r->tls_policy, policy);
+        assert_non_null(queue_rcpt_tried(r)->tls_policy);
+        assert_string_equal(queue_rcpt_tried(r)->tls_policy, policy);
     }
     if (tls == NULL) {
-        assert_null(r->tls);
+        assert_null(queue_rcpt_tried(r)->tls);
     } else {
-        assert_non_null(r->tls);
-        assert_string_equal(r->tls, tls);
+        assert_non_null(queue_rcpt_tried(r)->tls);
+        assert_string_equal(queue_rcpt_tried(r)->tls, tls);
     }
 }
 
@@ -170,13 +170,15 @@ static void assert_tls(const struct queue *q, size_t i, const char *policy, cons
 /*
  * Equal texts of different messages are one shared copy (queue_str.c):
  * sender, client address, HELO, last error, lease boot id and destination;
- * every copy is freed once its last holder goes, through outcomes,
- * snapshots and queue_free.
+ * what attempts left is one shared record per distinct three texts, and a
+ * lease is a recipient's own only while it is LEASED; every copy is freed
+ * once its last holder goes, through outcomes, snapshots and queue_free.
  */
 static void test_shared_texts(void **state)
 {
     (void)state;
     size_t base = queue_str_count();
+    size_t tried_base = queue_tried_count();
     struct queue *q = queue_new();
     assert_non_null(q);
     const char *ids[] = {"A", "B", "C"};
@@ -207,8 +209,14 @@ static void test_shared_texts(void **state)
     assert_string_equal(c->sender, "sx@example.org");
     assert_ptr_equal(a->client_addr, c->client_addr);
     assert_ptr_equal(a->helo, b->helo);
-    assert_ptr_equal(a->rcpts[0].lease_boot_id, c->rcpts[0].lease_boot_id);
-    assert_ptr_equal(a->rcpts[0].lease_dest, b->rcpts[0].lease_dest);
+    assert_ptr_equal(queue_rcpt_lease(&a->rcpts[0])->boot_id,
+                     queue_rcpt_lease(&c->rcpts[0])->boot_id);
+    assert_ptr_equal(queue_rcpt_lease(&a->rcpts[0])->dest, queue_rcpt_lease(&b->rcpts[0])->dest);
+    /* Each leased recipient has a lease of its own; nothing was tried yet. */
+    assert_non_null(a->rcpts[0].lease);
+    assert_ptr_not_equal(a->rcpts[0].lease, b->rcpts[0].lease);
+    assert_null(a->rcpts[0].tried);
+    assert_int_equal(queue_tried_count() - tried_base, 0);
     /* The id and the address are the item's own. */
     assert_ptr_not_equal(a->rcpts[0].addr, b->rcpts[0].addr);
     assert_string_equal(a->id, "A");
@@ -222,19 +230,28 @@ static void test_shared_texts(void **state)
     }
     a = queue_find(q, "A");
     c = queue_find(q, "C");
-    assert_string_equal(a->rcpts[0].last_error, "451 try later");
-    assert_ptr_equal(a->rcpts[0].last_error, c->rcpts[0].last_error);
-    assert_null(a->rcpts[0].lease_boot_id);
+    assert_string_equal(queue_rcpt_tried(&a->rcpts[0])->error, "451 try later");
+    assert_ptr_equal(queue_rcpt_tried(&a->rcpts[0])->error, queue_rcpt_tried(&c->rcpts[0])->error);
+    assert_null(queue_rcpt_lease(&a->rcpts[0])->boot_id);
+    /* The outcome ended the leases; the three deferrals share one record of what was tried. */
+    assert_null(a->rcpts[0].lease);
+    assert_null(c->rcpts[0].lease);
+    assert_ptr_equal(a->rcpts[0].tried, c->rcpts[0].tried);
+    assert_int_equal(queue_tried_count() - tried_base, 1);
     /* Two senders, client, HELO, the error: five texts; the lease's are gone. */
     assert_int_equal(queue_str_count() - base, 5);
     struct queue *r = fx_snapshot_roundtrip(q);
     fx_assert_same_msgs(q, r);
     assert_ptr_equal(queue_find(r, "A")->sender, a->sender);
+    assert_ptr_equal(queue_find(r, "A")->rcpts[0].tried, a->rcpts[0].tried);
+    assert_null(queue_find(r, "A")->rcpts[0].lease);
     assert_int_equal(queue_str_count() - base, 5);
+    assert_int_equal(queue_tried_count() - tried_base, 1);
     queue_free(q);
     assert_int_equal(queue_str_count() - base, 5);
     queue_free(r);
     assert_int_equal(queue_str_count(), base);
+    assert_int_equal(queue_tried_count(), tried_base);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -276,7 +293,7 @@ static void test_enqueue_and_find(void **state)
         assert_int_equal(m->rcpts[i].state, QUEUE_RCPT_PENDING);
         assert_int_equal(m->rcpts[i].next_attempt_ms, T0);
         assert_int_equal(m->rcpts[i].attempts, 0);
-        assert_null(m->rcpts[i].last_error);
+        assert_null(queue_rcpt_tried(&m->rcpts[i])->error);
     }
     assert_true(queue_contains(q, "Q1"));
     assert_false(queue_contains(q, "Q2"));
@@ -599,12 +616,12 @@ static void test_lease_then_delivered(void **state)
     for (size_t i = 0; i < 3; i++) {
         const struct queue_rcpt *rc = fx_rcpt(q, "M", i);
         assert_int_equal(rc->state, QUEUE_RCPT_LEASED);
-        assert_int_equal(rc->lease_id, 42);
-        assert_int_equal(rc->lease_node, 1);
-        assert_int_equal(rc->lease_term, 3);
-        assert_int_equal(rc->lease_expires_ms, T0 + 10 + 10 * MIN);
-        assert_string_equal(rc->lease_boot_id, "boot-a");
-        assert_string_equal(rc->lease_dest, "[10.0.0.1]:25");
+        assert_int_equal(queue_rcpt_lease(rc)->id, 42);
+        assert_int_equal(queue_rcpt_lease(rc)->node, 1);
+        assert_int_equal(queue_rcpt_lease(rc)->term, 3);
+        assert_int_equal(queue_rcpt_lease(rc)->expires_ms, T0 + 10 + 10 * MIN);
+        assert_string_equal(queue_rcpt_lease(rc)->boot_id, "boot-a");
+        assert_string_equal(queue_rcpt_lease(rc)->dest, "[10.0.0.1]:25");
     }
     struct queue_stats st;
     queue_get_stats(q, &st);
@@ -618,8 +635,8 @@ static void test_lease_then_delivered(void **state)
     r = fx_outcome(q, T0 + 20, &o);
     assert_int_equal(r.finished, 0);
     assert_int_equal(fx_rcpt(q, "M", 0)->state, QUEUE_RCPT_DELIVERED);
-    assert_int_equal(fx_rcpt(q, "M", 0)->lease_id, 0);
-    assert_null(fx_rcpt(q, "M", 0)->lease_boot_id);
+    assert_int_equal(queue_rcpt_lease(fx_rcpt(q, "M", 0))->id, 0);
+    assert_null(queue_rcpt_lease(fx_rcpt(q, "M", 0))->boot_id);
     assert_int_equal(fx_rcpt(q, "M", 2)->state, QUEUE_RCPT_LEASED);
     struct fx_outcome o2 = {.id = "M", .lease_id = 42, .n = 1, .res = {{2, DELIVERED, 250, ""}}};
     r = fx_outcome(q, T0 + 30, &o2);
@@ -726,7 +743,7 @@ static void test_outcome_fencing(void **state)
     lease_idx(q, T0 + 1, "M", 100, 0, 1);
     /* The lease lapses; a new lease 101 takes the recipient over. */
     lease_idx(q, T0 + 1 + 10 * MIN, "M", 101, 0, 1);
-    assert_int_equal(fx_rcpt(q, "M", 0)->lease_id, 101);
+    assert_int_equal(queue_rcpt_lease(fx_rcpt(q, "M", 0))->id, 101);
 
     const struct {
         const char *label;
@@ -810,9 +827,9 @@ static void test_deferred(void **state)
         assert_int_equal(rc->state, QUEUE_RCPT_PENDING);
         assert_int_equal(rc->attempts, round);
         assert_int_equal(rc->next_attempt_ms, ts + round * MIN);
-        assert_string_equal(rc->last_error, "451 4.7.1 try again later");
-        assert_int_equal(rc->lease_id, 0);
-        assert_null(rc->lease_dest);
+        assert_string_equal(queue_rcpt_tried(rc)->error, "451 4.7.1 try again later");
+        assert_int_equal(queue_rcpt_lease(rc)->id, 0);
+        assert_null(queue_rcpt_lease(rc)->dest);
     }
     assert_int_equal(fx_rcpt(q, "M", 0)->attempts, 0);
     assert_int_equal(fx_count_dsns(q), 0);
@@ -833,9 +850,9 @@ static void test_error_text_sanitised(void **state)
         .res = {{0, DEFERRED, 0, "bad\r\nBcc: evil\x01\xc3\xa9"}, {1, DEFERRED, 421, long_diag}},
         .next_ms = T0 + MIN};
     fx_outcome(q, T0 + 1, &o);
-    const char *e0 = fx_rcpt(q, "M", 0)->last_error;
+    const char *e0 = queue_rcpt_tried(fx_rcpt(q, "M", 0))->error;
     assert_string_equal(e0, "bad??Bcc: evil???");
-    const char *e1 = fx_rcpt(q, "M", 1)->last_error;
+    const char *e1 = queue_rcpt_tried(fx_rcpt(q, "M", 1))->error;
     assert_true(strlen(e1) < 512);
     assert_memory_equal(e1, "421 xxx", 7);
 }
@@ -863,7 +880,7 @@ static void test_mixed_outcome(void **state)
     assert_int_equal(m->rcpts[0].state, QUEUE_RCPT_DELIVERED);
     assert_int_equal(m->rcpts[1].state, QUEUE_RCPT_PENDING);
     assert_int_equal(m->rcpts[2].state, QUEUE_RCPT_BOUNCED);
-    assert_string_equal(m->rcpts[2].last_error, "550 5.1.1 no such user");
+    assert_string_equal(queue_rcpt_tried(&m->rcpts[2])->error, "550 5.1.1 no such user");
     const struct queue_msg *d = queue_find(q, "M-B0");
     assert_non_null(d);
     char *body = strndup((const char *)d->body, d->body_len);
@@ -1017,14 +1034,14 @@ static void test_lease_eligibility(void **state)
         struct queue_apply_result r = fx_lease(q, T0 + cases[i].at, &l);
         assert_int_equal(r.status, 0);
         const struct queue_rcpt *rc = fx_rcpt(q, "L", 0);
-        bool taken = rc->state == QUEUE_RCPT_LEASED && rc->lease_id == 2;
+        bool taken = rc->state == QUEUE_RCPT_LEASED && queue_rcpt_lease(rc)->id == 2;
         if (taken != cases[i].want_taken)
             fail_msg("%s: taken %d", cases[i].label, taken);
         if (taken) {
-            assert_int_equal(rc->lease_node, cases[i].node);
-            assert_int_equal(rc->lease_term, 2);
-            assert_string_equal(rc->lease_dest, "d2");
-            assert_string_equal(rc->lease_boot_id, cases[i].boot);
+            assert_int_equal(queue_rcpt_lease(rc)->node, cases[i].node);
+            assert_int_equal(queue_rcpt_lease(rc)->term, 2);
+            assert_string_equal(queue_rcpt_lease(rc)->dest, "d2");
+            assert_string_equal(queue_rcpt_lease(rc)->boot_id, cases[i].boot);
         }
         /* The other recipient was not in the lease. */
         assert_int_equal(fx_rcpt(q, "L", 1)->state, QUEUE_RCPT_PENDING);
@@ -1088,8 +1105,8 @@ static void test_lease_refusals(void **state)
     struct queue_apply_result r = fx_apply(q, b, len);
     assert_int_equal(r.status, HAMR_ENOTFOUND);
     assert_int_equal(fx_rcpt(q, "M2", 0)->state, QUEUE_RCPT_LEASED);
-    assert_int_equal(fx_rcpt(q, "M2", 0)->lease_id, 21);
-    assert_string_equal(fx_rcpt(q, "M2", 0)->lease_dest, "dx");
+    assert_int_equal(queue_rcpt_lease(fx_rcpt(q, "M2", 0))->id, 21);
+    assert_string_equal(queue_rcpt_lease(fx_rcpt(q, "M2", 0))->dest, "dx");
 }
 
 /* Table: refused outcomes change no recipient. */
@@ -1210,7 +1227,8 @@ static void test_admin_bounce(void **state)
     assert_int_equal(r.dsn_generated, 1);
     assert_int_equal(r.finished, 0);
     assert_int_equal(fx_rcpt(q, "M", 0)->state, QUEUE_RCPT_BOUNCED);
-    assert_string_equal(fx_rcpt(q, "M", 0)->last_error, "bounced by the administrator");
+    assert_string_equal(queue_rcpt_tried(fx_rcpt(q, "M", 0))->error,
+                        "bounced by the administrator");
     assert_int_equal(fx_rcpt(q, "M", 1)->state, QUEUE_RCPT_LEASED);
     assert_int_equal(fx_rcpt(q, "M", 2)->state, QUEUE_RCPT_BOUNCED);
     const struct queue_msg *d = queue_find(q, "M-B0");
@@ -2807,15 +2825,16 @@ static void test_tls_text_bounded(void **state)
         const struct tls_res r[] = {{0, DEFERRED, cases[i].policy, cases[i].tls}};
         tls_outcome(q, ts + 1, 20 + i, r, 1);
         const struct queue_rcpt *rc = fx_rcpt(q, "M", 0);
-        if (strlen(rc->tls_policy) != cases[i].want_policy_len ||
-            strlen(rc->tls) != cases[i].want_tls_len)
-            fail_msg("%s: lengths %zu/%zu", cases[i].label, strlen(rc->tls_policy),
-                     strlen(rc->tls));
-        if (cases[i].want_policy != NULL && strcmp(rc->tls_policy, cases[i].want_policy) != 0)
-            fail_msg("%s: policy \"%s\"", cases[i].label, rc->tls_policy);
-        if (cases[i].want_tls != NULL && strcmp(rc->tls, cases[i].want_tls) != 0)
-            fail_msg("%s: tls \"%s\"", cases[i].label, rc->tls);
-        for (const char *c = rc->tls; *c; c++)
+        if (strlen(queue_rcpt_tried(rc)->tls_policy) != cases[i].want_policy_len ||
+            strlen(queue_rcpt_tried(rc)->tls) != cases[i].want_tls_len)
+            fail_msg("%s: lengths %zu/%zu", cases[i].label,
+                     strlen(queue_rcpt_tried(rc)->tls_policy), strlen(queue_rcpt_tried(rc)->tls));
+        if (cases[i].want_policy != NULL &&
+            strcmp(queue_rcpt_tried(rc)->tls_policy, cases[i].want_policy) != 0)
+            fail_msg("%s: policy \"%s\"", cases[i].label, queue_rcpt_tried(rc)->tls_policy);
+        if (cases[i].want_tls != NULL && strcmp(queue_rcpt_tried(rc)->tls, cases[i].want_tls) != 0)
+            fail_msg("%s: tls \"%s\"", cases[i].label, queue_rcpt_tried(rc)->tls);
+        for (const char *c = queue_rcpt_tried(rc)->tls; *c; c++)
             assert_true(*c >= 0x20 && *c < 0x7f);
     }
 }
@@ -2897,12 +2916,13 @@ static void test_tls_snapshot_digest(void **state)
     struct queue *r = fx_snapshot_roundtrip(q);
     for (size_t i = 0; i < 3; i++) {
         const struct queue_rcpt *x = fx_rcpt(q, "M", i), *y = fx_rcpt(r, "M", i);
-        assert_true((x->tls_policy == NULL) == (y->tls_policy == NULL));
-        assert_true((x->tls == NULL) == (y->tls == NULL));
-        if (x->tls_policy != NULL)
-            assert_string_equal(x->tls_policy, y->tls_policy);
-        if (x->tls != NULL)
-            assert_string_equal(x->tls, y->tls);
+        assert_true((queue_rcpt_tried(x)->tls_policy == NULL) ==
+                    (queue_rcpt_tried(y)->tls_policy == NULL));
+        assert_true((queue_rcpt_tried(x)->tls == NULL) == (queue_rcpt_tried(y)->tls == NULL));
+        if (queue_rcpt_tried(x)->tls_policy != NULL)
+            assert_string_equal(queue_rcpt_tried(x)->tls_policy, queue_rcpt_tried(y)->tls_policy);
+        if (queue_rcpt_tried(x)->tls != NULL)
+            assert_string_equal(queue_rcpt_tried(x)->tls, queue_rcpt_tried(y)->tls);
     }
     char d1[65], d2[65];
     digest_of(q, d1);

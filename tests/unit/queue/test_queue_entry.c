@@ -189,12 +189,12 @@ static void test_lease(void **state)
             continue;
         }
         assert_int_equal(r->state, QUEUE_RCPT_LEASED);
-        assert_int_equal(r->lease_id, 11);
-        assert_int_equal(r->lease_node, 3);
-        assert_int_equal(r->lease_term, 4);
-        assert_int_equal(r->lease_expires_ms, T0 + 2 * MIN);
-        assert_string_equal(r->lease_boot_id, "boot-a");
-        assert_string_equal(r->lease_dest, "one");
+        assert_int_equal(queue_rcpt_lease(r)->id, 11);
+        assert_int_equal(queue_rcpt_lease(r)->node, 3);
+        assert_int_equal(queue_rcpt_lease(r)->term, 4);
+        assert_int_equal(queue_rcpt_lease(r)->expires_ms, T0 + 2 * MIN);
+        assert_string_equal(queue_rcpt_lease(r)->boot_id, "boot-a");
+        assert_string_equal(queue_rcpt_lease(r)->dest, "one");
     }
 }
 
@@ -236,14 +236,14 @@ static void test_outcome(void **state)
     assert_int_equal(r0->state, QUEUE_RCPT_PENDING);
     assert_int_equal(r0->attempts, 1);
     assert_int_equal(r0->next_attempt_ms, T0 + 3 * MIN);
-    assert_string_equal(r0->last_error, "451 try later");
-    assert_string_equal(r0->tls_policy, "may");
-    assert_string_equal(r0->tls, "TLSv1.3");
+    assert_string_equal(queue_rcpt_tried(r0)->error, "451 try later");
+    assert_string_equal(queue_rcpt_tried(r0)->tls_policy, "may");
+    assert_string_equal(queue_rcpt_tried(r0)->tls, "TLSv1.3");
     assert_int_equal(fx_rcpt(q, "M", 1)->state, QUEUE_RCPT_PENDING);
     const struct queue_rcpt *r2 = fx_rcpt(q, "M", 2);
     assert_int_equal(r2->state, QUEUE_RCPT_BOUNCED);
-    assert_string_equal(r2->last_error, "550 no");
-    assert_null(r2->tls_policy);
+    assert_string_equal(queue_rcpt_tried(r2)->error, "550 no");
+    assert_null(queue_rcpt_tried(r2)->tls_policy);
     const struct queue_msg *dsn = queue_find(q, "M-B0");
     assert_non_null(dsn);
     assert_true(dsn->is_dsn);

@@ -163,21 +163,21 @@ static void test_renew_extends(void **state)
     (void)state;
     struct queue *q = spread_queue(QUEUE_LEVEL_SPREAD);
     lease_ab(q, T0 + SEC, 2, "b2", 7);
-    assert_int_equal(fx_rcpt(q, "M", 0)->lease_expires_ms, T0 + 31 * SEC);
+    assert_int_equal(queue_rcpt_lease(fx_rcpt(q, "M", 0))->expires_ms, T0 + 31 * SEC);
     assert_int_equal(renew(q, T0 + 10 * SEC, 2, "b2", 7, T0 + 40 * SEC, 555).status, 0);
-    assert_int_equal(fx_rcpt(q, "M", 0)->lease_expires_ms, T0 + 40 * SEC);
-    assert_int_equal(fx_rcpt(q, "M", 1)->lease_expires_ms, T0 + 40 * SEC);
+    assert_int_equal(queue_rcpt_lease(fx_rcpt(q, "M", 0))->expires_ms, T0 + 40 * SEC);
+    assert_int_equal(queue_rcpt_lease(fx_rcpt(q, "M", 1))->expires_ms, T0 + 40 * SEC);
     /* Past the old end the recipients are not leasable by another node. */
     lease_ab(q, T0 + 35 * SEC, 3, "b3", 8);
-    assert_int_equal(fx_rcpt(q, "M", 0)->lease_id, 7);
-    assert_int_equal(fx_rcpt(q, "M", 0)->lease_node, 2);
+    assert_int_equal(queue_rcpt_lease(fx_rcpt(q, "M", 0))->id, 7);
+    assert_int_equal(queue_rcpt_lease(fx_rcpt(q, "M", 0))->node, 2);
     /* The renewal is in the snapshot. */
     struct queue *r = fx_snapshot_roundtrip(q);
-    assert_int_equal(fx_rcpt(r, "M", 1)->lease_expires_ms, T0 + 40 * SEC);
+    assert_int_equal(queue_rcpt_lease(fx_rcpt(r, "M", 1))->expires_ms, T0 + 40 * SEC);
     queue_free(r);
     /* Past the renewed end they are. */
     lease_ab(q, T0 + 41 * SEC, 3, "b3", 8);
-    assert_int_equal(fx_rcpt(q, "M", 0)->lease_id, 8);
+    assert_int_equal(queue_rcpt_lease(fx_rcpt(q, "M", 0))->id, 8);
     queue_free(q);
 }
 
@@ -189,7 +189,7 @@ static void test_renew_never_shortens(void **state)
     lease_ab(q, T0 + SEC, 2, "b2", 7);
     renew(q, T0 + 2 * SEC, 2, "b2", 7, T0 + 50 * SEC, 1);
     renew(q, T0 + 3 * SEC, 2, "b2", 7, T0 + 20 * SEC, 2);
-    assert_int_equal(fx_rcpt(q, "M", 0)->lease_expires_ms, T0 + 50 * SEC);
+    assert_int_equal(queue_rcpt_lease(fx_rcpt(q, "M", 0))->expires_ms, T0 + 50 * SEC);
     queue_free(q);
 }
 
@@ -202,14 +202,14 @@ static void test_renew_not_holder(void **state)
     renew(q, T0 + 2 * SEC, 3, "b2", 7, T0 + HOUR, 1);     /* not the holder */
     renew(q, T0 + 2 * SEC, 2, "b2-old", 7, T0 + HOUR, 1); /* an older process */
     renew(q, T0 + 2 * SEC, 2, "b2", 6, T0 + HOUR, 1);     /* another lease */
-    assert_int_equal(fx_rcpt(q, "M", 0)->lease_expires_ms, T0 + 31 * SEC);
+    assert_int_equal(queue_rcpt_lease(fx_rcpt(q, "M", 0))->expires_ms, T0 + 31 * SEC);
     /* A delivered recipient is not LEASED any more: the renewal leaves it alone. */
     struct fx_outcome o = {
         .id = "M", .lease_id = 7, .res = {{.idx = 0, .status = DELIVERED}}, .n = 1, .node = 2};
     fx_outcome(q, T0 + 3 * SEC, &o);
     renew(q, T0 + 4 * SEC, 2, "b2", 7, T0 + HOUR, 1);
     assert_int_equal(fx_rcpt(q, "M", 0)->state, QUEUE_RCPT_DELIVERED);
-    assert_int_equal(fx_rcpt(q, "M", 1)->lease_expires_ms, T0 + HOUR);
+    assert_int_equal(queue_rcpt_lease(fx_rcpt(q, "M", 1))->expires_ms, T0 + HOUR);
     queue_free(q);
 }
 
@@ -255,7 +255,7 @@ static void test_renew_below_level(void **state)
     struct queue *q = spread_queue(QUEUE_LEVEL_EXT);
     lease_ab(q, T0 + SEC, 2, "b2", 7);
     assert_int_equal(renew(q, T0 + 2 * SEC, 2, "b2", 7, T0 + HOUR, 1).status, HAMR_EVERSION);
-    assert_int_equal(fx_rcpt(q, "M", 0)->lease_expires_ms, T0 + 31 * SEC);
+    assert_int_equal(queue_rcpt_lease(fx_rcpt(q, "M", 0))->expires_ms, T0 + 31 * SEC);
     /* A build of format 5 does not know the kind at all: it stops at the entry. */
     queue_set_format_max(q, QUEUE_LEVEL_EXT);
     struct queue_entry_renew_item it = {.queue_id = "M", .lease_id = 7};

@@ -495,7 +495,9 @@ struct ref_ctx {
 
 static bool ref_dead(const struct queue_rcpt *r)
 {
-    return r->lease_node == 1 && strcmp(r->lease_boot_id ? r->lease_boot_id : "", "boot-now") != 0;
+    return queue_rcpt_lease(r)->node == 1 &&
+           strcmp(queue_rcpt_lease(r)->boot_id ? queue_rcpt_lease(r)->boot_id : "", "boot-now") !=
+               0;
 }
 
 static int ref_count_cb(void *arg, const struct queue_msg *m)
@@ -504,9 +506,10 @@ static int ref_count_cb(void *arg, const struct queue_msg *m)
     size_t first = x->n_dest;
     for (size_t i = 0; i < m->n_rcpts; i++) {
         const struct queue_rcpt *r = &m->rcpts[i];
-        if (r->state != QUEUE_RCPT_LEASED || r->lease_expires_ms <= x->now || ref_dead(r))
+        if (r->state != QUEUE_RCPT_LEASED || queue_rcpt_lease(r)->expires_ms <= x->now ||
+            ref_dead(r))
             continue;
-        const char *d = r->lease_dest ? r->lease_dest : "";
+        const char *d = queue_rcpt_lease(r)->dest ? queue_rcpt_lease(r)->dest : "";
         bool seen = false;
         for (size_t k = first; k < x->n_dest; k++)
             seen |= strcmp(x->dest[k], d) == 0;
@@ -555,7 +558,7 @@ static int ref_collect_cb(void *arg, const struct queue_msg *m)
     for (size_t i = 0; i < m->n_rcpts; i++) {
         const struct queue_rcpt *r = &m->rcpts[i];
         bool due = r->state == QUEUE_RCPT_PENDING && r->next_attempt_ms <= x->now;
-        bool lapsed = r->state == QUEUE_RCPT_LEASED && r->lease_expires_ms <= x->now;
+        bool lapsed = r->state == QUEUE_RCPT_LEASED && queue_rcpt_lease(r)->expires_ms <= x->now;
         bool dead = r->state == QUEUE_RCPT_LEASED && !lapsed && ref_dead(r);
         if (!due && !lapsed && !dead)
             continue;
@@ -703,7 +706,9 @@ static void test_index_matches_full_walk(void **state)
                     HAMR__RCPT_RESULT__STATUS__DELIVERED, HAMR__RCPT_RESULT__STATUS__DEFERRED,
                     HAMR__RCPT_RESULT__STATUS__BOUNCED, HAMR__RCPT_RESULT__STATUS__EXPIRED};
                 uint32_t ri = (uint32_t)rnd(m->n_rcpts);
-                uint64_t lid = m->rcpts[ri].state == QUEUE_RCPT_LEASED ? m->rcpts[ri].lease_id : 0;
+                uint64_t lid = m->rcpts[ri].state == QUEUE_RCPT_LEASED
+                                   ? queue_rcpt_lease(&m->rcpts[ri])->id
+                                   : 0;
                 struct fx_outcome o = {.id = id,
                                        .lease_id = lid,
                                        .n = 1,
