@@ -116,9 +116,10 @@ struct queue_tally {
  * Besides the table and the acceptance list, an item sits in indexes for
  * the scheduler, derived from its state and kept up to date by queue_touch
  * after every change: the set of messages with a LEASED recipient, the heap
- * of each of its recipient domains (dnodes), and the expiry heap (exp_key:
- * expires_at_ms of an unheld message with an open recipient, else
- * UINT64_MAX). None is replicated: snapshots and the digest never see them.
+ * of each of its recipient domains (dnodes), and the expiry heap (keyed by
+ * queue_item_exp_key: expires_at_ms of an unheld message with an open
+ * recipient, exp_open, else UINT64_MAX). None is replicated: snapshots and
+ * the digest never see them.
  */
 struct queue_item {
     struct queue_msg msg;
@@ -127,8 +128,8 @@ struct queue_item {
     uint32_t hash;                  /* of the id: the table's bucket */
     uint32_t leased_pos;            /* index in q->leased, or QUEUE_NOT_IN_HEAP */
     uint32_t exp_pos;               /* index in q->expiry, or QUEUE_NOT_IN_HEAP */
-    uint32_t n_dnodes;
-    uint64_t exp_key;
+    uint32_t n_dnodes : 31;
+    uint32_t exp_open : 1;      /* its expiry heap key is expires_at_ms, not UINT64_MAX */
     struct queue_tally counted; /* what this item adds to q->counts */
     /* The domain index (queue_index.c): one dnode per distinct recipient
      * domain (dn1 when there is one), rdn[i] the dnode of recipient i
@@ -142,6 +143,12 @@ struct queue_item {
 static inline uint32_t queue_rdn(const struct queue_item *it, size_t i)
 {
     return it->rdn != NULL ? it->rdn[i] : 0;
+}
+
+/* queue_item_exp_key - its key in the expiry heap (see struct queue_item). */
+static inline uint64_t queue_item_exp_key(const struct queue_item *it)
+{
+    return it->exp_open ? it->msg.expires_at_ms : UINT64_MAX;
 }
 
 /* queue_item_leased - it has a LEASED recipient (it is in q->leased). */

@@ -240,7 +240,8 @@ void queue_count(struct queue *q, struct queue_item *it, int sign)
 /* queue_iheap_less - a comes before b in the expiry heap. */
 static bool queue_iheap_less(const struct queue_item *a, const struct queue_item *b)
 {
-    return a->exp_key != b->exp_key ? a->exp_key < b->exp_key : a->msg.seq < b->msg.seq;
+    uint64_t ka = queue_item_exp_key(a), kb = queue_item_exp_key(b);
+    return ka != kb ? ka < kb : a->msg.seq < b->msg.seq;
 }
 
 QUEUE_HEAP_DEFINE(queue_dheap, struct queue_dheap, struct queue_dnode, queue_dheap_less, pos, 8)
@@ -422,9 +423,9 @@ static void queue_dom_rekey(struct queue *q, struct queue_item *it)
     }
     if (keys != stack)
         free(keys);
-    uint64_t exp = queue_exp_key(m);
-    if (exp != it->exp_key && it->exp_pos != QUEUE_NOT_IN_HEAP) {
-        it->exp_key = exp;
+    bool open = queue_exp_key(m) != UINT64_MAX;
+    if (open != it->exp_open && it->exp_pos != QUEUE_NOT_IN_HEAP) {
+        it->exp_open = open;
         queue_iheap_fix(&q->expiry, it->exp_pos);
     }
 }
@@ -437,7 +438,7 @@ void queue_dom_link(struct queue *q, struct queue_item *it)
     it->rdn = NULL;
     it->n_dnodes = 0;
     it->exp_pos = QUEUE_NOT_IN_HEAP;
-    it->exp_key = 0;
+    it->exp_open = false;
     if (q->dom_broken)
         return;
     for (size_t i = 0; i < m->n_rcpts; i++) {
@@ -479,7 +480,7 @@ void queue_dom_link(struct queue *q, struct queue_item *it)
     }
     if (queue_iheap_insert(&q->expiry, it) != 0)
         goto fail;
-    /* Inserted with key 0: now the real keys. */
+    /* Inserted with dnode keys 0 and expiry key UINT64_MAX: now the real keys. */
     queue_dom_rekey(q, it);
     return;
 fail:
@@ -504,7 +505,7 @@ static int queue_dheap_check(const struct queue_dheap *h)
 static int queue_iheap_check(const struct queue_iheap *h)
 {
     for (size_t i = 0; i < h->len; i++) {
-        if (h->a[i]->exp_pos != i || h->a[i]->exp_key != queue_exp_key(&h->a[i]->msg))
+        if (h->a[i]->exp_pos != i || queue_item_exp_key(h->a[i]) != queue_exp_key(&h->a[i]->msg))
             return -1;
         if (i > 0 && queue_iheap_less(h->a[i], h->a[(i - 1) / 2]))
             return -1;

@@ -724,7 +724,7 @@ static int queue_sched_walk(struct queue_sched_ctx *x,
 /* queue_sched_expired - the expiry heap below position i, pruned where the key is past now. */
 static int queue_sched_expired(struct queue_sched_ctx *x, const struct queue *q, size_t i)
 {
-    if (i >= q->expiry.len || q->expiry.a[i]->exp_key > x->now_ms)
+    if (i >= q->expiry.len || queue_item_exp_key(q->expiry.a[i]) > x->now_ms)
         return 0;
     const struct queue_item *it = q->expiry.a[i];
     if (!queue_item_leased(it) && queue_sched_collect_cb(x, &it->msg) != 0)
