@@ -142,6 +142,21 @@ def ctl_env_pop(saved):
             os.environ[k] = v
 
 
+def ctl_quiet_env(env):
+    """ctl_quiet_env - env for the status polls the harness makes many times a second.
+
+    A hamrctl built with AddressSanitizer checks for leaks at every exit, which
+    costs it about three times the CPU of the call itself (measured: 75 ms of
+    CPU a call, 26 ms without the check). The polls add up to most of a core
+    during a cluster test and slow the nodes under test; every other verb, and
+    test_hamrctl's own calls, keep the check.
+    """
+    env = dict(env)
+    asan = env.get("ASAN_OPTIONS", "")
+    env["ASAN_OPTIONS"] = (asan + ":" if asan else "") + "detect_leaks=0"
+    return env
+
+
 def ctl_plain_env(env=None):
     """ctl_plain_env - env (default os.environ) without HAMRCTL_CERT/_KEY/_CA."""
     out = dict(os.environ if env is None else env)
@@ -817,9 +832,12 @@ class Node:
         """ctl - hamrctl --json VERB ARGS against this node; the parsed JSON response."""
         addr = self.control_addr or hostport(self.host, self.control_port)
         argv = [hamrctl_path(), "-s", addr, "--json", verb] + list(args)
+        env = self.ctl_env()
+        if verb == "status":
+            env = ctl_quiet_env(env)
         try:
             out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                                 timeout=timeout, env=self.ctl_env())
+                                 timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             raise CtlError("%s timed out" % " ".join(argv))
         if out.returncode != 0:
