@@ -128,21 +128,36 @@ struct queue_item {
     uint32_t hash;                  /* of the id: the table's bucket */
     uint32_t leased_pos;            /* index in q->leased, or QUEUE_NOT_IN_HEAP */
     uint32_t exp_pos;               /* index in q->expiry, or QUEUE_NOT_IN_HEAP */
-    uint32_t n_dnodes : 31;
+    uint32_t n_dnodes : 30;
     uint32_t exp_open : 1;      /* its expiry heap key is expires_at_ms, not UINT64_MAX */
+    uint32_t many : 1;          /* the dnodes are in arrays (dx.many), not dx.dn1 */
     struct queue_tally counted; /* what this item adds to q->counts */
-    /* The domain index (queue_index.c): one dnode per distinct recipient
-     * domain (dn1 when there is one), rdn[i] the dnode of recipient i
-     * (NULL when there is one dnode: queue_rdn). */
-    struct queue_dnode *dnodes;
-    uint32_t *rdn;
-    struct queue_dnode dn1;
+    /*
+     * The domain index (queue_index.c): one dnode per distinct recipient
+     * domain. Most messages have one, kept in dn1. A message with a second
+     * domain gets arrays instead, in the same place: the dnodes, and rdn[i]
+     * the index of recipient i's dnode. queue_item_dnodes and queue_rdn read
+     * either way.
+     */
+    union {
+        struct queue_dnode dn1;
+        struct {
+            struct queue_dnode *dnodes;
+            uint32_t *rdn;
+        } many;
+    } dx;
 };
+
+/* queue_item_dnodes - the item's dnodes (n_dnodes of them). */
+static inline struct queue_dnode *queue_item_dnodes(struct queue_item *it)
+{
+    return it->many ? it->dx.many.dnodes : &it->dx.dn1;
+}
 
 /* queue_rdn - the index of recipient i's dnode. */
 static inline uint32_t queue_rdn(const struct queue_item *it, size_t i)
 {
-    return it->rdn != NULL ? it->rdn[i] : 0;
+    return it->many ? it->dx.many.rdn[i] : 0;
 }
 
 /* queue_item_exp_key - its key in the expiry heap (see struct queue_item). */

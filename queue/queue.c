@@ -96,9 +96,10 @@ struct queue_item *queue_item_free(struct queue_item *it)
     queue_str_put(m->helo);
     free((void *)m->ext);
     free(m->body);
-    if (it->dnodes != &it->dn1)
-        free(it->dnodes);
-    free(it->rdn);
+    if (it->many) {
+        free(it->dx.many.dnodes);
+        free(it->dx.many.rdn);
+    }
     free(it);
     return NULL;
 }
@@ -132,7 +133,6 @@ struct queue_item *queue_item_new(const char *id,
     text += id_len + 1;
     it->hash = (uint32_t)hash_fnv1a64_str(m->id);
     it->leased_pos = it->exp_pos = QUEUE_NOT_IN_HEAP;
-    it->dnodes = &it->dn1;
     m->received_at_ms = received_at_ms;
     m->n_rcpts = (uint32_t)n_rcpts;
     for (size_t i = 0; i < n_rcpts; i++) {

@@ -271,7 +271,8 @@ static uint64_t queue_dom_key(const struct queue_item *it, const struct queue_dn
     uint64_t key = UINT64_MAX;
     for (size_t i = 0; i < m->n_rcpts; i++) {
         const struct queue_rcpt *r = &m->rcpts[i];
-        if (r->state == QUEUE_RCPT_PENDING && &it->dnodes[queue_rdn(it, i)] == dn &&
+        if (r->state == QUEUE_RCPT_PENDING &&
+            &queue_item_dnodes((struct queue_item *)it)[queue_rdn(it, i)] == dn &&
             r->next_attempt_ms < key)
             key = r->next_attempt_ms;
     }
@@ -347,7 +348,7 @@ static struct queue_domain *queue_dom_find(struct queue *q, const char *name)
 void queue_dom_unlink(struct queue *q, struct queue_item *it)
 {
     for (size_t k = 0; k < it->n_dnodes; k++) {
-        struct queue_dnode *dn = &it->dnodes[k];
+        struct queue_dnode *dn = &queue_item_dnodes(it)[k];
         if (dn->pos == QUEUE_NOT_IN_HEAP)
             continue;
         queue_dheap_remove(&dn->dom->heap, dn);
@@ -355,11 +356,12 @@ void queue_dom_unlink(struct queue *q, struct queue_item *it)
             queue_dom_free(q, dn->dom);
     }
     queue_iheap_remove(&q->expiry, it);
-    if (it->dnodes != &it->dn1)
-        free(it->dnodes);
-    free(it->rdn);
-    it->dnodes = &it->dn1;
-    it->rdn = NULL;
+    if (it->many) {
+        free(it->dx.many.dnodes);
+        free(it->dx.many.rdn);
+    }
+    memset(&it->dx, 0, sizeof(it->dx));
+    it->many = false;
     it->n_dnodes = 0;
 }
 
@@ -414,7 +416,7 @@ static void queue_dom_rekey(struct queue *q, struct queue_item *it)
         }
     }
     for (size_t k = 0; k < it->n_dnodes; k++) {
-        struct queue_dnode *dn = &it->dnodes[k];
+        struct queue_dnode *dn = &queue_item_dnodes(it)[k];
         uint64_t key = keys != NULL ? keys[k] : queue_dom_key(it, dn);
         if (key != dn->key && dn->pos != QUEUE_NOT_IN_HEAP) {
             dn->key = key;
@@ -434,8 +436,8 @@ static void queue_dom_rekey(struct queue *q, struct queue_item *it)
 void queue_dom_link(struct queue *q, struct queue_item *it)
 {
     const struct queue_msg *m = &it->msg;
-    it->dnodes = &it->dn1;
-    it->rdn = NULL;
+    memset(&it->dx, 0, sizeof(it->dx));
+    it->many = false;
     it->n_dnodes = 0;
     it->exp_pos = QUEUE_NOT_IN_HEAP;
     it->exp_open = false;
@@ -446,33 +448,37 @@ void queue_dom_link(struct queue *q, struct queue_item *it)
         if (d == NULL)
             goto fail;
         if (d->link_seq == m->seq) { /* a domain of an earlier recipient */
-            if (it->rdn != NULL)
-                it->rdn[i] = (uint32_t)d->link_k;
+            if (it->many)
+                it->dx.many.rdn[i] = (uint32_t)d->link_k;
             continue;
         }
         size_t k = it->n_dnodes;
         if (k == 1) {
             /* A second domain: the dnodes and the recipients' map get arrays. */
             struct queue_dnode *a = calloc(m->n_rcpts, sizeof(*a));
-            it->rdn = calloc(m->n_rcpts, sizeof(*it->rdn));
-            if (a == NULL || it->rdn == NULL) {
+            uint32_t *rdn = calloc(m->n_rcpts, sizeof(*rdn));
+            if (a == NULL || rdn == NULL) {
                 free(a);
+                free(rdn);
                 goto fail;
             }
-            queue_dheap_remove(&it->dn1.dom->heap, &it->dn1);
-            a[0] = it->dn1;
-            it->dnodes = a;
+            queue_dheap_remove(&it->dx.dn1.dom->heap, &it->dx.dn1);
+            a[0] = it->dx.dn1;
+            it->dx.many.dnodes = a;
+            it->dx.many.rdn = rdn;
+            it->many = true;
             if (queue_dheap_insert(&a[0].dom->heap, &a[0]) != 0)
                 goto fail; /* a heap never shrinks: there is room for what left it */
         }
         it->n_dnodes++;
-        if (it->rdn != NULL)
-            it->rdn[i] = (uint32_t)k;
+        if (it->many)
+            it->dx.many.rdn[i] = (uint32_t)k;
         d->link_seq = m->seq;
         d->link_k = k;
-        it->dnodes[k] = (struct queue_dnode){
+        struct queue_dnode *dn = &queue_item_dnodes(it)[k];
+        *dn = (struct queue_dnode){
             .it = it, .dom = d, .pos = QUEUE_NOT_IN_HEAP, .first_rcpt = (uint32_t)i};
-        if (queue_dheap_insert(&d->heap, &it->dnodes[k]) != 0) {
+        if (queue_dheap_insert(&d->heap, dn) != 0) {
             if (d->heap.len == 0)
                 queue_dom_free(q, d);
             goto fail;
@@ -522,11 +528,10 @@ static int queue_dom_check(const struct queue *q)
         exp += it->exp_pos != QUEUE_NOT_IN_HEAP;
         if (q->dom_broken ? it->n_dnodes != 0 : it->n_dnodes == 0 && it->msg.n_rcpts != 0)
             return -1;
-        if ((it->n_dnodes > 1) != (it->rdn != NULL) ||
-            (it->n_dnodes > 1) == (it->dnodes == &it->dn1))
+        if ((it->n_dnodes > 1) != it->many)
             return -1;
         for (size_t i = 0; i < it->n_dnodes && i < it->msg.n_rcpts; i++)
-            if (strcmp(it->dnodes[queue_rdn(it, i)].dom->name,
+            if (strcmp(queue_item_dnodes((struct queue_item *)it)[queue_rdn(it, i)].dom->name,
                        queue_dom_name(it->msg.rcpts[i].addr)) != 0)
                 return -1;
     }

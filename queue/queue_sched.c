@@ -660,7 +660,7 @@ static int queue_sched_walk_item(struct queue_sched_ctx *x,
     const struct queue_dnode *first = NULL;
     const char *d = NULL;
     for (size_t k = 0; k < it->n_dnodes; k++) {
-        const struct queue_dnode *o = &it->dnodes[k];
+        const struct queue_dnode *o = &queue_item_dnodes((struct queue_item *)it)[k];
         if (o->key > x->now_ms || (first != NULL && !queue_dheap_less(o, first)))
             continue;
         if (queue_sched_route(x, m->rcpts[o->first_rcpt].addr, &d) != 0)
