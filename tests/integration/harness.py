@@ -727,6 +727,9 @@ class Node:
         self.control_addr = None  # what ctl gives hamrctl -s; None: HOST:control_port
         self.peer_port = ports.get("peer") or (free_port(host) if peer else None)
         self.argv_prefix = list(argv_prefix or [])
+        # the hamrd this node runs (None: hamrd_path()); a rolling upgrade sets it
+        # between a stop and the next start
+        self.binary = None
         self.relayhost_host = relayhost_host
         self.voters = voters
         self.relayhost_port = relayhost_port
@@ -793,7 +796,8 @@ class Node:
                     give_to_run_user(value)
         env = dict(os.environ, **self.proc_env) if self.proc_env else None
         self.proc = self.env.spawn(self.name,
-                                   self.argv_prefix + [hamrd_path(), "-c", self.conf_path],
+                                   self.argv_prefix + [self.binary or hamrd_path(), "-c",
+                                                       self.conf_path],
                                    env=env)
         if wait:
             self.wait_ready(timeout)
