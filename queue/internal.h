@@ -22,6 +22,7 @@
 
 #include "proto/proto_frame.h"
 #include "queue/queue.h"
+#include "util/hash.h"
 
 /*
  * A DSN's id is "<id>-B<n>" and must fit in QUEUE_ID_MAX, so ids of
@@ -35,6 +36,8 @@
 #define QUEUE_ADMIN_BOUNCE_TEXT "bounced by the administrator"
 
 #define QUEUE_NOT_IN_HEAP UINT32_MAX
+/* More recipients than any entry can carry; what a tally's bit field holds. */
+#define QUEUE_ITEM_RCPTS_MAX ((1u << 29) - 1)
 
 struct queue_domain;
 
@@ -97,12 +100,12 @@ struct queue_counts {
  * to rebuild the whole struct queue_counts share, queue_tally_counts).
  */
 struct queue_tally {
-    uint32_t fresh;    /* PENDING, never tried */
-    uint32_t deferred; /* PENDING, tried */
-    uint32_t active;   /* LEASED */
-    bool held;
-    bool missing;
-    bool on; /* added to q->counts */
+    uint32_t fresh;       /* PENDING, never tried */
+    uint32_t deferred;    /* PENDING, tried */
+    uint32_t active : 29; /* LEASED (n_rcpts is below QUEUE_ITEM_RCPTS_MAX) */
+    uint32_t held : 1;
+    uint32_t missing : 1;
+    uint32_t on : 1; /* added to q->counts */
 };
 
 /*
@@ -123,9 +126,8 @@ struct queue_tally {
  */
 struct queue_item {
     struct queue_msg msg;
-    struct queue_item *hnext;       /* hash chain */
+    struct queue_item *hnext;       /* hash chain (bucket: queue_id_hash of the id) */
     struct queue_item *prev, *next; /* acceptance order */
-    uint32_t hash;                  /* of the id: the table's bucket */
     uint32_t leased_pos;            /* index in q->leased, or QUEUE_NOT_IN_HEAP */
     uint32_t exp_pos;               /* index in q->expiry, or QUEUE_NOT_IN_HEAP */
     uint32_t n_dnodes : 30;
@@ -286,6 +288,12 @@ bool queue_id_ok(const char *id, size_t max);
 
 /* queue_lease_free - release a lease and its texts (NULL: nothing); returns NULL. */
 struct queue_lease *queue_lease_free(struct queue_lease *l);
+
+/* queue_id_hash - the hash of an id that places its item in q->mtab. */
+static inline size_t queue_id_hash(const char *id)
+{
+    return (size_t)hash_fnv1a64_str(id);
+}
 
 /* queue_item_free - release a message and everything it owns; returns NULL. */
 struct queue_item *queue_item_free(struct queue_item *it);

@@ -115,7 +115,7 @@ struct queue_item *queue_item_new(const char *id,
                                   size_t n_rcpts,
                                   uint64_t received_at_ms)
 {
-    if (n_rcpts > UINT32_MAX)
+    if (n_rcpts > QUEUE_ITEM_RCPTS_MAX)
         return NULL;
     size_t id_len = strnlen(id, QUEUE_ID_MAX - 1);
     size_t size = sizeof(struct queue_item) + n_rcpts * sizeof(struct queue_rcpt) + id_len + 1;
@@ -131,7 +131,6 @@ struct queue_item *queue_item_new(const char *id,
     text[id_len] = '\0';
     m->id = text;
     text += id_len + 1;
-    it->hash = (uint32_t)hash_fnv1a64_str(m->id);
     it->leased_pos = it->exp_pos = QUEUE_NOT_IN_HEAP;
     m->received_at_ms = received_at_ms;
     m->n_rcpts = (uint32_t)n_rcpts;
@@ -403,8 +402,9 @@ static void queue_grow_msgs(struct queue *q)
         struct queue_item *it = q->mtab[i], *next;
         for (; it != NULL; it = next) {
             next = it->hnext;
-            it->hnext = t[it->hash & (cap - 1)];
-            t[it->hash & (cap - 1)] = it;
+            size_t b = queue_id_hash(it->msg.id) & (cap - 1);
+            it->hnext = t[b];
+            t[b] = it;
         }
     }
     free(q->mtab);
@@ -437,9 +437,9 @@ static void queue_grow_done(struct queue *q)
 /* queue_lookup - the item with this id, or NULL. */
 struct queue_item *queue_lookup(const struct queue *q, const char *id)
 {
-    uint32_t h = (uint32_t)hash_fnv1a64_str(id);
-    for (struct queue_item *it = q->mtab[h & (q->mcap - 1)]; it != NULL; it = it->hnext)
-        if (it->hash == h && strcmp(it->msg.id, id) == 0)
+    for (struct queue_item *it = q->mtab[queue_id_hash(id) & (q->mcap - 1)]; it != NULL;
+         it = it->hnext)
+        if (strcmp(it->msg.id, id) == 0)
             return it;
     return NULL;
 }
@@ -471,7 +471,7 @@ void queue_link(struct queue *q, struct queue_item *it)
         q->mem_bytes += it->msg.body_len;
     }
     queue_grow_msgs(q);
-    size_t b = it->hash & (q->mcap - 1);
+    size_t b = queue_id_hash(it->msg.id) & (q->mcap - 1);
     it->hnext = q->mtab[b];
     q->mtab[b] = it;
     it->prev = q->tail;
@@ -494,7 +494,7 @@ static void queue_unlink(struct queue *q, struct queue_item *it)
         q->mem_bytes -= it->msg.body_len;
     if (q->mem_head == it)
         q->mem_head = it->next;
-    struct queue_item **pp = &q->mtab[it->hash & (q->mcap - 1)];
+    struct queue_item **pp = &q->mtab[queue_id_hash(it->msg.id) & (q->mcap - 1)];
     while (*pp != it)
         pp = &(*pp)->hnext;
     *pp = it->hnext;

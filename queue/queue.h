@@ -49,6 +49,8 @@
 
 #define QUEUE_ID_MAX 64
 #define QUEUE_SHA256_LEN 32
+/* The longest body an entry or a snapshot may carry: far beyond any message size limit. */
+#define QUEUE_BODY_MAX UINT32_MAX
 #define QUEUE_DONE_TTL_MS (24ull * 3600 * 1000)
 
 enum queue_rcpt_state {
@@ -186,15 +188,15 @@ struct queue_msg {
     struct queue_rcpt *rcpts;
     uint32_t n_rcpts;
     uint32_t dsn_count;
-    uint8_t *body;   /* in memory (a queue without body ops), else NULL */
-    size_t body_len; /* wherever it is */
+    uint8_t *body; /* in memory (a queue without body ops), else NULL */
     uint8_t body_sha256[QUEUE_SHA256_LEN];
-    uint64_t body_loc; /* with body ops: where the node's store has it (not replicated) */
-    bool body_stored;  /* body_loc is valid */
-    bool body_missing; /* this node lacks the body (to fetch from a peer; not replicated) */
-    bool body_8bit;
-    bool is_dsn;
-    bool held;
+    uint64_t body_loc;     /* with body ops: where the node's store has it (not replicated) */
+    uint32_t body_len;     /* wherever it is (at most QUEUE_BODY_MAX) */
+    bool body_stored : 1;  /* body_loc is valid */
+    bool body_missing : 1; /* this node lacks the body (to fetch from a peer; not replicated) */
+    bool body_8bit : 1;
+    bool is_dsn : 1;
+    bool held : 1;
     /* Format 5 (QUEUE_LEVEL_EXT): the envelope extensions. */
     bool smtputf8 : 1;           /* MAIL SMTPUTF8 */
     bool requiretls : 1;         /* MAIL REQUIRETLS */

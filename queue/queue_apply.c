@@ -234,6 +234,11 @@ static int queue_apply_enqueue(struct queue *q,
     memcpy(it->msg.body_sha256, sha, sizeof(sha));
     /* Taken, not copied, when kept in memory: free_unpacked skips a NULL body. */
     size_t body_len = e->body.len;
+    if (body_len > QUEUE_BODY_MAX) {
+        queue_item_free(it);
+        res->status = HAMR_EINVAL;
+        return 0;
+    }
     int rv = queue_item_keep_body(q, it, &e->body.data, body_len, false);
     if (e->body.data == NULL)
         e->body.len = 0;

@@ -407,6 +407,8 @@ static int queue_restore_body(struct queue *n,
         return HAMR_ECORRUPT;
     }
     size_t len = e->body.len > 0 ? e->body.len : e->body_len;
+    if (len > QUEUE_BODY_MAX)
+        return HAMR_ECORRUPT;
     if (len == 0)
         return 0; /* nothing to keep, share or locate: an empty body is never missing */
     const struct queue_item *was = queue_lookup(old, m->id);
