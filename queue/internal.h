@@ -43,14 +43,22 @@ struct queue_domain;
 
 /*
  * queue_dnode - an item's place in the heap of one of its recipient
- * domains. Heaps of dnodes are ordered by (key, the item's seq).
+ * domains. Heaps of dnodes are ordered by (key, the item's seq). The item
+ * is found from the dnode (queue_dnode_item): a message with one domain
+ * holds its dnode itself, a message with more holds an array of
+ * queue_dnode_m, each of which names the item.
  */
 struct queue_dnode {
-    struct queue_item *it;
     struct queue_domain *dom;
     uint64_t key;
-    uint32_t pos;        /* index in its heap */
-    uint32_t first_rcpt; /* the item's first recipient in dom */
+    uint32_t pos;             /* index in its heap */
+    uint32_t first_rcpt : 31; /* the item's first recipient in dom */
+    uint32_t in_array : 1;    /* the dn of a queue_dnode_m, else an item's dx.dn1 */
+};
+
+struct queue_dnode_m {
+    struct queue_dnode dn; /* first: a heap holds &dn */
+    struct queue_item *it;
 };
 
 struct queue_dheap {
@@ -138,22 +146,30 @@ struct queue_item {
      * The domain index (queue_index.c): one dnode per distinct recipient
      * domain. Most messages have one, kept in dn1. A message with a second
      * domain gets arrays instead, in the same place: the dnodes, and rdn[i]
-     * the index of recipient i's dnode. queue_item_dnodes and queue_rdn read
+     * the index of recipient i's dnode. queue_item_dnode and queue_rdn read
      * either way.
      */
     union {
         struct queue_dnode dn1;
         struct {
-            struct queue_dnode *dnodes;
+            struct queue_dnode_m *dnodes;
             uint32_t *rdn;
         } many;
     } dx;
 };
 
-/* queue_item_dnodes - the item's dnodes (n_dnodes of them). */
-static inline struct queue_dnode *queue_item_dnodes(struct queue_item *it)
+/* queue_item_dnode - the item's k-th dnode (k < n_dnodes). */
+static inline struct queue_dnode *queue_item_dnode(const struct queue_item *it, size_t k)
 {
-    return it->many ? it->dx.many.dnodes : &it->dx.dn1;
+    return it->many ? &it->dx.many.dnodes[k].dn : (struct queue_dnode *)(uintptr_t)&it->dx.dn1;
+}
+
+/* queue_dnode_item - the item a dnode belongs to. */
+static inline struct queue_item *queue_dnode_item(const struct queue_dnode *dn)
+{
+    if (dn->in_array)
+        return ((const struct queue_dnode_m *)(const void *)dn)->it;
+    return (struct queue_item *)(uintptr_t)((const char *)dn - offsetof(struct queue_item, dx.dn1));
 }
 
 /* queue_rdn - the index of recipient i's dnode. */
@@ -385,7 +401,8 @@ void queue_dom_clear(struct queue *q);
 /* queue_dheap_less - a comes before b in a heap of the domain index. */
 static inline bool queue_dheap_less(const struct queue_dnode *a, const struct queue_dnode *b)
 {
-    return a->key != b->key ? a->key < b->key : a->it->msg.seq < b->it->msg.seq;
+    return a->key != b->key ? a->key < b->key
+                            : queue_dnode_item(a)->msg.seq < queue_dnode_item(b)->msg.seq;
 }
 
 /* queue_node.c: the node directory */

@@ -271,8 +271,7 @@ static uint64_t queue_dom_key(const struct queue_item *it, const struct queue_dn
     uint64_t key = UINT64_MAX;
     for (size_t i = 0; i < m->n_rcpts; i++) {
         const struct queue_rcpt *r = &m->rcpts[i];
-        if (r->state == QUEUE_RCPT_PENDING &&
-            &queue_item_dnodes((struct queue_item *)it)[queue_rdn(it, i)] == dn &&
+        if (r->state == QUEUE_RCPT_PENDING && queue_item_dnode(it, queue_rdn(it, i)) == dn &&
             r->next_attempt_ms < key)
             key = r->next_attempt_ms;
     }
@@ -348,7 +347,7 @@ static struct queue_domain *queue_dom_find(struct queue *q, const char *name)
 void queue_dom_unlink(struct queue *q, struct queue_item *it)
 {
     for (size_t k = 0; k < it->n_dnodes; k++) {
-        struct queue_dnode *dn = &queue_item_dnodes(it)[k];
+        struct queue_dnode *dn = queue_item_dnode(it, k);
         if (dn->pos == QUEUE_NOT_IN_HEAP)
             continue;
         queue_dheap_remove(&dn->dom->heap, dn);
@@ -416,7 +415,7 @@ static void queue_dom_rekey(struct queue *q, struct queue_item *it)
         }
     }
     for (size_t k = 0; k < it->n_dnodes; k++) {
-        struct queue_dnode *dn = &queue_item_dnodes(it)[k];
+        struct queue_dnode *dn = queue_item_dnode(it, k);
         uint64_t key = keys != NULL ? keys[k] : queue_dom_key(it, dn);
         if (key != dn->key && dn->pos != QUEUE_NOT_IN_HEAP) {
             dn->key = key;
@@ -455,7 +454,7 @@ void queue_dom_link(struct queue *q, struct queue_item *it)
         size_t k = it->n_dnodes;
         if (k == 1) {
             /* A second domain: the dnodes and the recipients' map get arrays. */
-            struct queue_dnode *a = calloc(m->n_rcpts, sizeof(*a));
+            struct queue_dnode_m *a = calloc(m->n_rcpts, sizeof(*a));
             uint32_t *rdn = calloc(m->n_rcpts, sizeof(*rdn));
             if (a == NULL || rdn == NULL) {
                 free(a);
@@ -463,11 +462,13 @@ void queue_dom_link(struct queue *q, struct queue_item *it)
                 goto fail;
             }
             queue_dheap_remove(&it->dx.dn1.dom->heap, &it->dx.dn1);
-            a[0] = it->dx.dn1;
+            a[0].dn = it->dx.dn1;
+            a[0].dn.in_array = true;
+            a[0].it = it;
             it->dx.many.dnodes = a;
             it->dx.many.rdn = rdn;
             it->many = true;
-            if (queue_dheap_insert(&a[0].dom->heap, &a[0]) != 0)
+            if (queue_dheap_insert(&a[0].dn.dom->heap, &a[0].dn) != 0)
                 goto fail; /* a heap never shrinks: there is room for what left it */
         }
         it->n_dnodes++;
@@ -475,9 +476,11 @@ void queue_dom_link(struct queue *q, struct queue_item *it)
             it->dx.many.rdn[i] = (uint32_t)k;
         d->link_seq = m->seq;
         d->link_k = k;
-        struct queue_dnode *dn = &queue_item_dnodes(it)[k];
+        struct queue_dnode *dn = queue_item_dnode(it, k);
         *dn = (struct queue_dnode){
-            .it = it, .dom = d, .pos = QUEUE_NOT_IN_HEAP, .first_rcpt = (uint32_t)i};
+            .dom = d, .pos = QUEUE_NOT_IN_HEAP, .first_rcpt = (uint32_t)i, .in_array = it->many};
+        if (it->many)
+            it->dx.many.dnodes[k].it = it;
         if (queue_dheap_insert(&d->heap, dn) != 0) {
             if (d->heap.len == 0)
                 queue_dom_free(q, d);
@@ -499,7 +502,7 @@ fail:
 static int queue_dheap_check(const struct queue_dheap *h)
 {
     for (size_t i = 0; i < h->len; i++) {
-        if (h->a[i]->pos != i || h->a[i]->key != queue_dom_key(h->a[i]->it, h->a[i]))
+        if (h->a[i]->pos != i || h->a[i]->key != queue_dom_key(queue_dnode_item(h->a[i]), h->a[i]))
             return -1;
         if (i > 0 && queue_dheap_less(h->a[i], h->a[(i - 1) / 2]))
             return -1;
@@ -531,7 +534,7 @@ static int queue_dom_check(const struct queue *q)
         if ((it->n_dnodes > 1) != it->many)
             return -1;
         for (size_t i = 0; i < it->n_dnodes && i < it->msg.n_rcpts; i++)
-            if (strcmp(queue_item_dnodes((struct queue_item *)it)[queue_rdn(it, i)].dom->name,
+            if (strcmp(queue_item_dnode(it, queue_rdn(it, i))->dom->name,
                        queue_dom_name(it->msg.rcpts[i].addr)) != 0)
                 return -1;
     }

@@ -652,7 +652,7 @@ static int queue_sched_walk_item(struct queue_sched_ctx *x,
                                  const struct queue_dnode *dn,
                                  const char *dest)
 {
-    const struct queue_item *it = dn->it;
+    const struct queue_item *it = queue_dnode_item(dn);
     const struct queue_msg *m = &it->msg;
     if (queue_item_leased(it) || m->held ||
         (m->expires_at_ms != 0 && x->now_ms >= m->expires_at_ms))
@@ -660,7 +660,7 @@ static int queue_sched_walk_item(struct queue_sched_ctx *x,
     const struct queue_dnode *first = NULL;
     const char *d = NULL;
     for (size_t k = 0; k < it->n_dnodes; k++) {
-        const struct queue_dnode *o = &queue_item_dnodes((struct queue_item *)it)[k];
+        const struct queue_dnode *o = queue_item_dnode(it, k);
         if (o->key > x->now_ms || (first != NULL && !queue_dheap_less(o, first)))
             continue;
         if (queue_sched_route(x, m->rcpts[o->first_rcpt].addr, &d) != 0)
@@ -708,7 +708,8 @@ static int queue_sched_walk(struct queue_sched_ctx *x,
         const struct queue_dnode *dn = queue_sched_front_pop(x);
         if (b->n >= b->limit) {
             const struct queue_sched_group *w = &x->groups[b->heap[0]];
-            if (dn->key > w->first_ms || (dn->key == w->first_ms && dn->it->msg.seq > w->seq))
+            if (dn->key > w->first_ms ||
+                (dn->key == w->first_ms && queue_dnode_item(dn)->msg.seq > w->seq))
                 break;
         }
         const struct queue_dheap *h = &dn->dom->heap;
@@ -766,7 +767,8 @@ static void queue_sched_by_domain(struct queue_sched_ctx *x, const struct queue 
         const struct queue_dnode *top = d->heap.a[0];
         if (top->key > x->now_ms)
             continue;
-        if (queue_sched_route(x, top->it->msg.rcpts[top->first_rcpt].addr, &due[n].dest) != 0) {
+        if (queue_sched_route(x, queue_dnode_item(top)->msg.rcpts[top->first_rcpt].addr,
+                              &due[n].dest) != 0) {
             x->err = HAMR_ENOMEM;
             break;
         }
