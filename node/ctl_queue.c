@@ -166,8 +166,8 @@ static int ctl_queue_add(struct ctl_queue_page *f, const struct queue_msg *m)
     qe->received_at_ms = m->received_at_ms;
     qe->held = m->held;
     qe->is_dsn = m->is_dsn;
-    qe->client_addr = (char *)(m->client_addr ? m->client_addr : "");
-    qe->helo = (char *)(m->helo ? m->helo : "");
+    qe->client_addr = (char *)m->origin->client_addr;
+    qe->helo = (char *)m->origin->helo;
     qe->expires_at_ms = m->expires_at_ms;
     qe->rcpts = rs;
     if (f->headers) {

@@ -275,10 +275,30 @@ const char *queue_str_ref(const char *s);
 size_t queue_str_count(void);
 
 /*
- * queue_tried_get - a reference to the shared record of these three texts
+ * queue_trio - a shared record of three texts (queue_str.c), read as what
+ * it is: what an attempt left, or where a message came from (whose third
+ * text is NULL).
+ */
+union queue_trio {
+    const char *t[3];
+    struct queue_tried tried;
+    struct queue_origin origin;
+};
+
+/*
+ * queue_trio_get - a reference to the shared record of these three texts
  * (each NULL or a reference from queue_str, which the caller keeps); NULL
  * in *out when all three are NULL. 0 or HAMR_ENOMEM.
  */
+int queue_trio_get(const char *a, const char *b, const char *c, const union queue_trio **out);
+
+/* queue_trio_put - give back a reference from queue_trio_get (NULL: nothing). */
+void queue_trio_put(const union queue_trio *t);
+
+/* queue_trio_count - shared records alive (tests). */
+size_t queue_trio_count(void);
+
+/* queue_tried_get - queue_trio_get of what an attempt left: error, TLS policy, TLS. */
 int queue_tried_get(const char *error,
                     const char *tls_policy,
                     const char *tls,
@@ -287,8 +307,15 @@ int queue_tried_get(const char *error,
 /* queue_tried_put - give back a reference from queue_tried_get (NULL: nothing). */
 void queue_tried_put(const struct queue_tried *t);
 
-/* queue_tried_count - shared records alive (tests). */
-size_t queue_tried_count(void);
+/*
+ * queue_origin_get - a reference to the shared record of a client address
+ * and HELO name (any texts: copied as shared texts first; NULL is "").
+ * 0, or HAMR_ENOMEM with NULL in *out.
+ */
+int queue_origin_get(const char *client_addr, const char *helo, const struct queue_origin **out);
+
+/* queue_origin_put - give back a reference from queue_origin_get (NULL: nothing). */
+void queue_origin_put(const struct queue_origin *o);
 
 /*
  * queue_sha256 - digest of n bytes; false only when libcrypto fails. The

@@ -92,8 +92,7 @@ struct queue_item *queue_item_free(struct queue_item *it)
         queue_lease_free(m->rcpts[i].lease);
     }
     queue_str_put(m->sender);
-    queue_str_put(m->client_addr);
-    queue_str_put(m->helo);
+    queue_origin_put(m->origin);
     free((void *)m->ext);
     free(m->body);
     if (it->many) {
@@ -143,26 +142,19 @@ struct queue_item *queue_item_new(const char *id,
         text += n + 1;
     }
     m->sender = queue_str(sender);
-    m->client_addr = queue_str("");
-    m->helo = queue_str("");
-    if (m->sender == NULL || m->client_addr == NULL || m->helo == NULL)
+    if (m->sender == NULL || queue_origin_get("", "", &m->origin) != 0)
         return queue_item_free(it);
     return it;
 }
 
-/* queue_item_set_text - replace client_addr / helo (shared copies). */
+/* queue_item_set_text - replace client_addr / helo (a shared record). */
 int queue_item_set_text(struct queue_item *it, const char *client_addr, const char *helo)
 {
-    const char *c = queue_str(client_addr), *h = queue_str(helo);
-    if (c == NULL || h == NULL) {
-        queue_str_put(c);
-        queue_str_put(h);
+    const struct queue_origin *o;
+    if (queue_origin_get(client_addr, helo, &o) != 0)
         return HAMR_ENOMEM;
-    }
-    queue_str_put(it->msg.client_addr);
-    queue_str_put(it->msg.helo);
-    it->msg.client_addr = c;
-    it->msg.helo = h;
+    queue_origin_put(it->msg.origin);
+    it->msg.origin = o;
     return 0;
 }
 

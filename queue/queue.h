@@ -101,6 +101,12 @@ struct queue_rcpt {
     uint32_t attempts;
 };
 
+/* queue_origin - where a message came from: one shared record per distinct pair. */
+struct queue_origin {
+    const char *client_addr; /* "" if unknown */
+    const char *helo;        /* "" if unknown */
+};
+
 extern const struct queue_lease queue_lease_none;
 extern const struct queue_tried queue_tried_none;
 
@@ -205,8 +211,7 @@ struct queue_msg {
     const struct queue_ext *ext; /* DSN parameters, NULL if none were given */
     uint64_t received_at_ms;     /* timestamp of the Enqueue entry */
     uint64_t expires_at_ms;
-    const char *client_addr;
-    const char *helo;
+    const struct queue_origin *origin; /* client address and HELO, never NULL */
     uint64_t accepted_by;
     uint64_t seq; /* acceptance order on this node (not replicated; renumbered by a restore) */
 };

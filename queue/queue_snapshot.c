@@ -301,8 +301,8 @@ static int queue_snap_build(const struct queue *q, bool with_bodies, struct queu
         e->is_dsn = m->is_dsn;
         e->body_sha256.data = (uint8_t *)it->msg.body_sha256;
         e->body_sha256.len = QUEUE_SHA256_LEN;
-        e->client_addr = queue_snap_text(m->client_addr);
-        e->helo = queue_snap_text(m->helo);
+        e->client_addr = queue_snap_text(m->origin->client_addr);
+        e->helo = queue_snap_text(m->origin->helo);
         e->accepted_by = m->accepted_by;
         e->body_8bit = m->body_8bit;
         if (m->ext != NULL)

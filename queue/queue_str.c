@@ -13,9 +13,11 @@
  * queue/ it is used from one thread (the loop's). A forked child (the
  * snapshot writer) only reads it.
  *
- * What the last attempt at a recipient left (struct queue_tried: error,
- * TLS policy, TLS) is shared the same way, as a whole: one record per
- * distinct three references, found by the pointers themselves.
+ * Texts that come together are shared the same way, as a whole: one record
+ * per distinct three references, found by the pointers themselves (union
+ * queue_trio). What the last attempt at a recipient left (struct
+ * queue_tried: error, TLS policy, TLS) and where a message came from
+ * (struct queue_origin: client address, HELO) are such records.
  *
  * Nothing replicated depends on it: snapshots and the digest read the texts,
  * never the pointers.
@@ -144,116 +146,141 @@ size_t queue_str_count(void)
 }
 
 /* ------------------------------------------------------------------------
- * What attempts left: shared records of three texts
+ * Shared records of three texts: what attempts left, where messages came from
  * ------------------------------------------------------------------------ */
 
 const struct queue_tried queue_tried_none;
 
-/* queue_tried_rec - a shared record: what a recipient points at is pub. */
-struct queue_tried_rec {
-    struct queue_tried pub;
-    struct queue_tried_rec *next; /* hash chain */
+/* queue_trio_rec - a shared record: what a recipient or a message points at is pub. */
+struct queue_trio_rec {
+    union queue_trio pub;
+    struct queue_trio_rec *next; /* hash chain */
     uint32_t hash;
     uint32_t refs;
 };
 
 static struct {
-    struct queue_tried_rec **tab;
+    struct queue_trio_rec **tab;
     size_t cap, count;
-} queue_trieds;
+} queue_trios;
 
-/* queue_tried_hash - of the three references (equal texts are one pointer). */
-static uint32_t queue_tried_hash(const char *error, const char *tls_policy, const char *tls)
+/* queue_trio_grow - double the table at load 1; failure only keeps chains longer. */
+static void queue_trio_grow(void)
 {
-    const char *p[3] = {error, tls_policy, tls};
-    return (uint32_t)hash_fnv1a64(p, sizeof(p), 0);
-}
-
-/* queue_tried_grow - double the table at load 1; failure only keeps chains longer. */
-static void queue_tried_grow(void)
-{
-    if (queue_trieds.count < queue_trieds.cap)
+    if (queue_trios.count < queue_trios.cap)
         return;
-    size_t cap = queue_trieds.cap ? 2 * queue_trieds.cap : QUEUE_HASH_MIN;
-    struct queue_tried_rec **t = calloc(cap, sizeof(*t));
+    size_t cap = queue_trios.cap ? 2 * queue_trios.cap : QUEUE_HASH_MIN;
+    struct queue_trio_rec **t = calloc(cap, sizeof(*t));
     if (t == NULL)
         return;
-    for (size_t i = 0; i < queue_trieds.cap; i++) {
-        struct queue_tried_rec *r = queue_trieds.tab[i], *next;
+    for (size_t i = 0; i < queue_trios.cap; i++) {
+        struct queue_trio_rec *r = queue_trios.tab[i], *next;
         for (; r != NULL; r = next) {
             next = r->next;
             r->next = t[r->hash & (cap - 1)];
             t[r->hash & (cap - 1)] = r;
         }
     }
-    free(queue_trieds.tab);
-    queue_trieds.tab = t;
-    queue_trieds.cap = cap;
+    free(queue_trios.tab);
+    queue_trios.tab = t;
+    queue_trios.cap = cap;
 }
 
 /*
- * queue_tried_get - a reference to the shared record of these three texts
- * (each NULL or a reference from queue_str, which the caller keeps); NULL
- * in *out when all three are NULL. 0 or HAMR_ENOMEM.
+ * queue_trio_get - a reference to the shared record of these three texts
+ * (each NULL or a reference from queue_str, which the caller keeps): found
+ * by the pointers themselves, since equal texts are one pointer. NULL in
+ * *out when all three are NULL. 0 or HAMR_ENOMEM.
  */
-int queue_tried_get(const char *error,
-                    const char *tls_policy,
-                    const char *tls,
-                    const struct queue_tried **out)
+int queue_trio_get(const char *a, const char *b, const char *c, const union queue_trio **out)
 {
     *out = NULL;
-    if (error == NULL && tls_policy == NULL && tls == NULL)
+    if (a == NULL && b == NULL && c == NULL)
         return 0;
-    uint32_t h = queue_tried_hash(error, tls_policy, tls);
-    if (queue_trieds.cap > 0)
-        for (struct queue_tried_rec *r = queue_trieds.tab[h & (queue_trieds.cap - 1)]; r != NULL;
+    const char *key[3] = {a, b, c};
+    uint32_t h = (uint32_t)hash_fnv1a64(key, sizeof(key), 0);
+    if (queue_trios.cap > 0)
+        for (struct queue_trio_rec *r = queue_trios.tab[h & (queue_trios.cap - 1)]; r != NULL;
              r = r->next)
-            if (r->hash == h && r->pub.error == error && r->pub.tls_policy == tls_policy &&
-                r->pub.tls == tls) {
+            if (r->hash == h && memcmp(r->pub.t, key, sizeof(key)) == 0) {
                 HAMR_ASSERT(r->refs < UINT32_MAX);
                 r->refs++;
                 *out = &r->pub;
                 return 0;
             }
-    queue_tried_grow();
-    struct queue_tried_rec *r = queue_trieds.cap > 0 ? malloc(sizeof(*r)) : NULL;
+    queue_trio_grow();
+    struct queue_trio_rec *r = queue_trios.cap > 0 ? malloc(sizeof(*r)) : NULL;
     if (r == NULL)
         return HAMR_ENOMEM;
-    r->pub.error = queue_str_ref(error);
-    r->pub.tls_policy = queue_str_ref(tls_policy);
-    r->pub.tls = queue_str_ref(tls);
+    for (size_t i = 0; i < 3; i++)
+        r->pub.t[i] = queue_str_ref(key[i]);
     r->hash = h;
     r->refs = 1;
-    r->next = queue_trieds.tab[h & (queue_trieds.cap - 1)];
-    queue_trieds.tab[h & (queue_trieds.cap - 1)] = r;
-    queue_trieds.count++;
+    r->next = queue_trios.tab[h & (queue_trios.cap - 1)];
+    queue_trios.tab[h & (queue_trios.cap - 1)] = r;
+    queue_trios.count++;
     *out = &r->pub;
     return 0;
+}
+
+/* queue_trio_put - give back a reference from queue_trio_get (NULL: nothing). */
+void queue_trio_put(const union queue_trio *t)
+{
+    if (t == NULL)
+        return;
+    struct queue_trio_rec *r =
+        (struct queue_trio_rec *)(void *)((const char *)t - offsetof(struct queue_trio_rec, pub));
+    HAMR_ASSERT(r->refs > 0);
+    if (--r->refs > 0)
+        return;
+    struct queue_trio_rec **pp = &queue_trios.tab[r->hash & (queue_trios.cap - 1)];
+    while (*pp != r)
+        pp = &(*pp)->next;
+    *pp = r->next;
+    queue_trios.count--;
+    for (size_t i = 0; i < 3; i++)
+        queue_str_put(r->pub.t[i]);
+    free(r);
+}
+
+/* queue_trio_count - shared records alive (tests). */
+size_t queue_trio_count(void)
+{
+    return queue_trios.count;
+}
+
+/* queue_tried_get - queue_trio_get of what an attempt left (see internal.h). */
+int queue_tried_get(const char *error,
+                    const char *tls_policy,
+                    const char *tls,
+                    const struct queue_tried **out)
+{
+    const union queue_trio *u;
+    int rv = queue_trio_get(error, tls_policy, tls, &u);
+    *out = u != NULL ? &u->tried : NULL;
+    return rv;
 }
 
 /* queue_tried_put - give back a reference from queue_tried_get (NULL: nothing). */
 void queue_tried_put(const struct queue_tried *t)
 {
-    if (t == NULL)
-        return;
-    struct queue_tried_rec *r =
-        (struct queue_tried_rec *)(void *)((const char *)t - offsetof(struct queue_tried_rec, pub));
-    HAMR_ASSERT(r->refs > 0);
-    if (--r->refs > 0)
-        return;
-    struct queue_tried_rec **pp = &queue_trieds.tab[r->hash & (queue_trieds.cap - 1)];
-    while (*pp != r)
-        pp = &(*pp)->next;
-    *pp = r->next;
-    queue_trieds.count--;
-    queue_str_put(r->pub.error);
-    queue_str_put(r->pub.tls_policy);
-    queue_str_put(r->pub.tls);
-    free(r);
+    queue_trio_put((const union queue_trio *)(const void *)t);
 }
 
-/* queue_tried_count - shared records alive (tests). */
-size_t queue_tried_count(void)
+/* queue_origin_get - a reference to the shared record of client_addr and helo (see internal.h). */
+int queue_origin_get(const char *client_addr, const char *helo, const struct queue_origin **out)
 {
-    return queue_trieds.count;
+    const char *c = queue_str(client_addr), *h = queue_str(helo);
+    const union queue_trio *u = NULL;
+    int rv = c != NULL && h != NULL ? queue_trio_get(c, h, NULL, &u) : HAMR_ENOMEM;
+    queue_str_put(c);
+    queue_str_put(h);
+    *out = u != NULL ? &u->origin : NULL;
+    return rv;
+}
+
+/* queue_origin_put - give back a reference from queue_origin_get (NULL: nothing). */
+void queue_origin_put(const struct queue_origin *o)
+{
+    queue_trio_put((const union queue_trio *)(const void *)o);
 }

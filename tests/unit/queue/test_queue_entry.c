@@ -114,8 +114,8 @@ static void test_enqueue(void **state)
     assert_false(m->is_dsn);
     assert_int_equal(m->received_at_ms, T0);
     assert_int_equal(m->expires_at_ms, T0 + 5 * MIN);
-    assert_string_equal(m->client_addr, "192.0.2.1");
-    assert_string_equal(m->helo, "client.test");
+    assert_string_equal(m->origin->client_addr, "192.0.2.1");
+    assert_string_equal(m->origin->helo, "client.test");
     assert_int_equal(m->accepted_by, 7);
 }
 
