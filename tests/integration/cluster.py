@@ -763,9 +763,10 @@ class NetLab:
     OWNER_MARK = "test_cluster_partition"  # in the command line of a run that owns namespaces
     # Every script whose runs own namespaces (OWNER_MARK among them). Any cluster test
     # script ("test_cluster_", e.g. of another checkout with scripts this one does not
-    # know) counts as well: its namespaces are never taken for a crashed run's.
+    # know) counts as well: its namespaces are never taken for a crashed run's. So
+    # does the fault campaign (tests/campaign/campaign.py).
     OWNER_MARKS = (OWNER_MARK, "test_cluster_flap", "test_cluster_bodies", "test_cluster_spread",
-                   "test_cluster_")
+                   "test_cluster_", "campaign.py")
 
     def __init__(self, n=3):
         self.n = n
