@@ -70,10 +70,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
-import cluster  # noqa: E402
 import harness  # noqa: E402
 from cluster import (DUP_WINDOW, Balancer, BalancerTarget, Cluster, LoadGen, NetLab,  # noqa: E402
-                     NetLabUnavailable, _run, cluster_log, gap_max, oracle_check)
+                     NetLabUnavailable, _run, cluster_log, oracle_check)
 from harness import WaitTimeout, CtlError  # noqa: E402
 
 ZONES = (("dc1", (1, 2)), ("dc2", (3, 4)), ("dc3", (5,)))
@@ -208,6 +207,28 @@ class Wan:
     def check_alive(self):
         for p in self.procs.values():
             p.check_alive()
+
+    def proxied(self):
+        """proxied - {node id: established connections from hamrd to its wan_delay} now."""
+        out = {}
+        for node in self.cluster.nodes:
+            ss = _run(self.lab.exec_prefix(node.id) + ["ss", "-Htn", "state", "established"],
+                      check=False).stdout.decode(errors="replace")
+            ports = {":%d" % (p + WAN_PORT_OFFSET) for peer in self.cluster.nodes
+                     for p in (peer.raft_port, peer.peer_port) if p}
+            # Columns: Recv-Q Send-Q Local Peer. hamrd's socket names the real node as its
+            # peer (the redirect is undone for it); wan_delay's accepted one has the wan
+            # port as its local port.
+            out[node.id] = sum(1 for ln in ss.splitlines() if len(ln.split()) >= 4
+                               and any(ln.split()[2].endswith(p) for p in ports))
+        return out
+
+    def verify(self):
+        """verify - raise unless inter-zone connections go through wan_delay."""
+        counts = harness.wait_for(lambda: (lambda c: c if sum(c.values()) else None)(
+            self.proxied()), WAN_READY_BOUND, "connections through wan_delay", interval=0.2)
+        cluster_log("wan: connections through wan_delay per node: %s" % ", ".join(
+            "node%d %d" % kv for kv in sorted(counts.items())))
 
 
 class Event:
@@ -591,6 +612,14 @@ def main():
         wan = Wan(env, lab, c, rtt, args.wan_delay)
         wan.start()
         c.start(READY_BOUND)
+        wan.verify()
+        zones_line = [ln for ln in subprocess.run(
+            [harness.hamrctl_path(), "-s", harness.hostport(c.nodes[0].host,
+                                                            c.nodes[0].control_port), "status"],
+            capture_output=True, timeout=15, env=c.nodes[0].ctl_env(),
+            stdin=subprocess.DEVNULL).stdout.decode(errors="replace").splitlines()
+            if ln.startswith("zones:")]
+        cluster_log("campaign: hamrctl status: %s" % (zones_line or "no zones line"))
         lb = CampaignBalancer(env, c).start()
         for node in c.nodes:
             lb.wait_state(node, "UP", 30)
