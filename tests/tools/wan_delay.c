@@ -29,6 +29,7 @@
  * a listener cannot be bound; runs until killed.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -396,6 +397,8 @@ int main(int argc, char **argv)
     }
     if (n == 0)
         usage();
+    /* A peer that closed while its bytes were on their way: a write error, not a signal. */
+    signal(SIGPIPE, SIG_IGN);
     loop = uv_default_loop();
     for (int i = 0; i < n; i++) {
         struct sockaddr_in any;
