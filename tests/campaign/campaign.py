@@ -604,6 +604,7 @@ def main():
     env = None
     failures = []
     nemesis = None
+    c = None
     try:
         lab.setup()
         env = harness.Env("campaign-%d" % args.seed)
@@ -672,6 +673,13 @@ def main():
     finally:
         if nemesis is not None and nemesis._thread is not None and nemesis._thread.is_alive():
             nemesis.stop()
+        if failures and c is not None:
+            # Stopped early: let nodes that were just restarted finish starting, so that
+            # the SIGTERM of env.close finds them able to stop cleanly (bounded).
+            try:
+                c.wait_leader(LEADER_BOUND)
+            except (WaitTimeout, harness.ProcessDied) as e:
+                cluster_log("campaign: no leader before the stop: %s" % str(e).splitlines()[0])
         if env is not None:
             problems = env.close()
             failures += ["at exit: %s" % p for p in problems]
