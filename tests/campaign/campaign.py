@@ -35,6 +35,8 @@ time, then healed, with a quiet gap between faults:
   oneway    one node's packets to (or from) every other node dropped
   flap      one node cut off and healed again every FLAP_MIN..FLAP_MAX s
   transfer  hamrctl transfer to a random voter (from the leader)
+  pair      two of kill, stop, isolate, oneway at once on two nodes of
+            different zones (the second up to PAIR_STAGGER_MAX s later)
 Never more than two nodes (a minority) are down or cut off at once. Every
 event is written with its start and end (wall clock and since the start)
 to events.jsonl in the run's directory and logged on stderr. A node that
@@ -87,7 +89,9 @@ FAULT_MIN, FAULT_MAX = 3.0, 12.0  # seconds a fault lasts
 QUIET_MIN, QUIET_MAX = 3.0, 8.0  # seconds between faults
 FLAP_MIN, FLAP_MAX = 0.5, 2.0  # seconds per flap half-period
 FAULT_WEIGHTS = (("kill", 4), ("kill2", 1), ("stop", 3), ("isolate", 3), ("zone", 2),
-                 ("oneway", 2), ("flap", 2), ("transfer", 3))
+                 ("oneway", 2), ("flap", 2), ("transfer", 3), ("pair", 3))
+PAIR_KINDS = ("kill", "stop", "isolate", "oneway")  # what "pair" combines on two nodes
+PAIR_STAGGER_MAX = 2.0  # seconds between the two faults of a pair
 READY_BOUND = 120.0  # start, and after the last heal: a leader and a 250 through each node
 LEADER_BOUND = 30.0  # after a fault: a leader agreed by the live nodes
 TRANSFER_BOUND = 20.0
@@ -328,21 +332,53 @@ class Nemesis:
 
     # --- faults ---------------------------------------------------------------
 
-    def do_kill(self, ids, duration):
-        for i in ids:
-            self.killed.add(i)
-            self.c.kill9(self.c.node(i))
-        self.hold(duration)
-        for i in ids:
-            self.c.restart(self.c.node(i))
-            self.killed.discard(i)
+    def apply(self, kind, i, group=()):
+        """apply - start the one-node fault kind on node i; returns (undo, detail).
 
-    def do_stop(self, ids, duration):
-        for i in ids:
+        group: the nodes cut off together with i (a zone), which i still reaches.
+        """
+        node = self.c.node(i)
+        if kind == "kill":
+            self.killed.add(i)
+            self.c.kill9(node)
+
+            def undo():
+                self.c.restart(node)
+                self.killed.discard(i)
+            return undo, "kill -9"
+        if kind == "stop":
             self.stopped.add(i)
-            os.kill(self.c.node(i).proc.popen.pid, signal.SIGSTOP)
+            os.kill(node.proc.popen.pid, signal.SIGSTOP)
+
+            def undo():
+                if i in self.stopped and node.proc is not None and node.proc.alive():
+                    os.kill(node.proc.popen.pid, signal.SIGCONT)
+                self.stopped.discard(i)
+            return undo, "SIGSTOP"
+        others = [n.id for n in self.c.nodes if n.id != i and n.id not in group]
+        if kind == "isolate":
+            self.lab.isolate(i, others)
+            return (lambda: self.lab.heal(i)), "cut off"
+        if kind == "oneway":
+            direction = self.rnd.choice(("output", "input"))
+            self.lab.drop_oneway(i, others, direction)
+            return (lambda: self.lab.heal(i)), "drops its %s" % direction
+        raise ValueError("unknown fault %s" % kind)
+
+    def apply_hold_undo(self, kinds, ids, duration, group=(), stagger=0.0):
+        """apply_hold_undo - kinds[k] on ids[k] (stagger seconds apart), hold, undo in
+        reverse order; returns the details."""
+        undos, details = [], []
+        for k, (kind, i) in enumerate(zip(kinds, ids)):
+            if k and stagger:
+                self.hold(stagger)
+            undo, detail = self.apply(kind, i, group)
+            undos.append(undo)
+            details.append("%d %s" % (i, detail))
         self.hold(duration)
-        self.cont_all()
+        for undo in reversed(undos):
+            undo()
+        return ", ".join(details)
 
     def cont_all(self):
         for i in sorted(self.stopped):
@@ -350,19 +386,6 @@ class Nemesis:
             if node.proc is not None and node.proc.alive():
                 os.kill(node.proc.popen.pid, signal.SIGCONT)
         self.stopped.clear()
-
-    def do_isolate(self, ids, duration):
-        all_ids = [n.id for n in self.c.nodes]
-        for i in ids:
-            self.lab.isolate(i, [j for j in all_ids if j not in ids])
-        self.hold(duration)
-        for i in ids:
-            self.lab.heal(i)
-
-    def do_oneway(self, i, direction, duration):
-        self.lab.drop_oneway(i, [n.id for n in self.c.nodes], direction)
-        self.hold(duration)
-        self.lab.heal(i)
 
     def do_flap(self, i, duration):
         end = time.monotonic() + duration
@@ -390,29 +413,23 @@ class Nemesis:
                 ev.finish(True, "leader now %s" % new.id)
             except (WaitTimeout, CtlError) as e:
                 ev.finish(False, "did not move: %s" % str(e).splitlines()[0][:200])
-        elif kind in ("kill", "kill2", "stop"):
+        elif kind in ("kill", "kill2", "stop", "isolate", "oneway"):
             ids = self.pick(2 if kind == "kill2" else 1)
+            one = "kill" if kind == "kill2" else kind
             ev = Event(kind, ids, self.t0, "leader was %s" % self.leader_id())
-            (self.do_stop if kind == "stop" else self.do_kill)(ids, duration)
-            ev.finish()
-        elif kind == "isolate":
-            ids = self.pick(1)
-            ev = Event(kind, ids, self.t0, "leader was %s" % self.leader_id())
-            self.do_isolate(ids, duration)
-            ev.finish()
+            ev.finish(True, self.apply_hold_undo([one] * len(ids), ids, duration))
         elif kind == "zone":
             zone, ids = self.rnd.choice(ZONES)
             ev = Event(kind, list(ids), self.t0, "zone %s, leader was %s"
                        % (zone, self.leader_id()))
-            self.do_isolate(list(ids), duration)
+            self.apply_hold_undo(["isolate"] * len(ids), list(ids), duration, group=ids)
             ev.finish()
-        elif kind == "oneway":
-            i = self.pick(1)[0]
-            direction = self.rnd.choice(("output", "input"))
-            ev = Event(kind, [i], self.t0, "drops %s, leader was %s"
-                       % (direction, self.leader_id()))
-            self.do_oneway(i, direction, duration)
-            ev.finish()
+        elif kind == "pair":
+            ids = self.pick(2)
+            kinds = [self.rnd.choice(PAIR_KINDS) for _ in ids]
+            stagger = self.rnd.uniform(0.0, PAIR_STAGGER_MAX)
+            ev = Event(kind, ids, self.t0, "leader was %s" % self.leader_id())
+            ev.finish(True, self.apply_hold_undo(kinds, ids, duration, stagger=stagger))
         else:  # flap
             i = self.pick(1)[0]
             ev = Event(kind, [i], self.t0, "leader was %s" % self.leader_id())
@@ -510,9 +527,11 @@ def check(cluster_, loads, events, crashes, t_begin, t_end, wall_offset, out):
     lost = [t for t in res.lost if t not in bounced]
     windows = [(e.wall_start - DUP_WINDOW, (e.wall_end or e.wall_start) + DUP_WINDOW)
                for e in events]
-    dup_in, dup_out = [], []
+    dup_in, dup_out, dup_where = [], [], {}
     for tid, first in sorted(res.first_copy.items()):
-        (dup_in if any(a <= first <= b for a, b in windows) else dup_out).append(tid)
+        hits = [e.label() for e, (a, b) in zip(events, windows) if a <= first <= b]
+        (dup_in if hits else dup_out).append(tid)
+        dup_where[tid] = hits
     fivexx = {}
     for a in attempts:
         if a.permfail:
@@ -541,7 +560,14 @@ def check(cluster_, loads, events, crashes, t_begin, t_end, wall_offset, out):
     line("duplicates: %d copies of %d messages, %d in a fault window, %d outside %s" % (
         res.dup, len(res.duplicates), len(dup_in), len(dup_out),
         {t: res.first_copy[t] for t in dup_out[:10]}))
+    for tid in dup_in[:10]:
+        line("  duplicate %s: %d extra, first copy in %s" % (tid, res.duplicates[tid],
+                                                          dup_where[tid]))
     line("5xx seen by clients: %d %s" % (res.permfail, fivexx))
+    for load in loads:
+        r = oracle_check(load.attempts, [], [load.prefix])
+        line("  load %s: sent=%d ok=%d tempfail=%d indoubt=%d connerr=%d 5xx=%d" % (
+            load.prefix, r.sent, r.ok, r.tempfail, r.indoubt, r.connerr, r.permfail))
     line("longest acceptance gap: %.1fs (%.1f-%.1fs) near %s" % (
         acc[0], acc[1] - t_begin, acc[2] - t_begin, near(events, acc[1], acc[2])))
     line("longest delivery gap: %.1fs (%.1f-%.1fs) near %s" % (
