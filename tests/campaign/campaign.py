@@ -133,10 +133,6 @@ class CampaignCluster(Cluster):
 class CampaignBalancer(Balancer):
     """CampaignBalancer - Balancer plus one frontend per node pinned to that node (no check)."""
 
-    def __init__(self, env, cluster_):
-        super().__init__(env, cluster_)
-        self.host = "127.0.0.1"
-
     def write_config(self):
         super().write_config()
         extra = []
