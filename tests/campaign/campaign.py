@@ -293,15 +293,18 @@ class Nemesis:
         return leader.id if leader else None
 
     def pick(self, k=1):
-        """pick - k node ids in different zones; the leader first with probability LEADER_BIAS."""
+        """pick - k node ids in different zones; the leader first with probability LEADER_BIAS.
+
+        Draws the same amount from the seed whoever leads, so that the kinds and
+        lengths of the faults replay with the seed.
+        """
         ids = [n.id for n in self.c.nodes]
+        bias = self.rnd.random()
+        order = self.rnd.sample(ids, len(ids))
         leader = self.leader_id()
-        chosen = []
-        if leader and self.rnd.random() < LEADER_BIAS:
-            chosen.append(leader)
-        while len(chosen) < k:
-            cand = self.rnd.choice(ids)
-            if cand not in chosen and zone_of(cand) not in {zone_of(x) for x in chosen}:
+        chosen = [leader] if leader and bias < LEADER_BIAS else []
+        for cand in order:
+            if len(chosen) < k and zone_of(cand) not in {zone_of(x) for x in chosen}:
                 chosen.append(cand)
         return chosen
 
@@ -384,6 +387,8 @@ class Nemesis:
         self.stopped.clear()
 
     def do_flap(self, i, duration):
+        # Its own generator: the number of flips depends on timing, the seed's draws must not.
+        rnd = random.Random(self.rnd.random())
         end = time.monotonic() + duration
         others = [n.id for n in self.c.nodes if n.id != i]
         flips = 0
@@ -393,7 +398,7 @@ class Nemesis:
             else:
                 self.lab.heal(i)
             flips += 1
-            self.hold(self.rnd.uniform(FLAP_MIN, FLAP_MAX))
+            self.hold(rnd.uniform(FLAP_MIN, FLAP_MAX))
         self.lab.heal(i)
         return flips
 
