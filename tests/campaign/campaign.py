@@ -101,6 +101,7 @@ WAN_READY_BOUND = 15.0
 LOADS = (("lb1k", 1024, 3, 0.05, "lb"), ("lb16k", 16384, 2, 0.1, "lb"),
          ("lb64k", 65536, 1, 0.2, "lb"), ("dir4k", 4096, 3, 0.1, "direct"))
 MAX_MESSAGES_PER_SECOND = 60  # bound on each load's count: seconds x this
+CRASH_TAIL_LINES = 4  # of a crashed node's log, in the checker's output
 DIRECT_PORT_BASE = 2700  # hub 127.0.0.1: HAProxy's frontend for node i is this + i
 
 
@@ -575,6 +576,9 @@ def check(cluster_, loads, events, crashes, t_begin, t_end, wall_offset, out):
         dlv[0], dlv[1] - wall_offset - t_begin, dlv[2] - wall_offset - t_begin,
         near(events, dlv[1], dlv[2], wall=True)))
     line("crashes: %d %s" % (len(crashes), [(c["node"], c["rc"], c["log"]) for c in crashes]))
+    for crash in crashes:
+        for ln in crash["tail"].splitlines()[-CRASH_TAIL_LINES:]:
+            line("  node%d: %s" % (crash["node"], ln[:300]))
     failures = []
     if lost:
         failures.append("%d lost" % len(lost))
