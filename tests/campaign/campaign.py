@@ -268,7 +268,8 @@ class Event:
 class Nemesis:
     """Nemesis - the seeded fault loop (one fault at a time, at most MAX_DOWN nodes hit)."""
 
-    def __init__(self, cluster_, lab, rnd, t0, events_path):
+    def __init__(self, cluster_, lab, rnd, t0, events_path, weights=FAULT_WEIGHTS):
+        self.weights = weights
         self.c = cluster_
         self.lab = lab
         self.rnd = rnd
@@ -404,8 +405,8 @@ class Nemesis:
         return flips
 
     def one_fault(self):
-        kinds = [k for k, _ in FAULT_WEIGHTS]
-        kind = self.rnd.choices(kinds, weights=[w for _, w in FAULT_WEIGHTS])[0]
+        kinds = [k for k, _ in self.weights]
+        kind = self.rnd.choices(kinds, weights=[w for _, w in self.weights])[0]
         duration = self.rnd.uniform(FAULT_MIN, FAULT_MAX)
         if kind == "transfer":
             target = self.rnd.choice(self.c.nodes)
@@ -610,9 +611,23 @@ def main():
     ap.add_argument("--rtt-max", type=int, default=DEFAULT_RTT[1], help="ms")
     ap.add_argument("--wan-delay", default=os.environ.get("WAN_DELAY", ""),
                     help="the wan_delay binary")
+    ap.add_argument("--faults", default="",
+                    help="KIND=WEIGHT,... instead of the default mix (%s)"
+                    % ",".join("%s=%d" % kw for kw in FAULT_WEIGHTS))
     ap.add_argument("--keep", action="store_true", help="keep the run's directory on success")
     args = ap.parse_args()
-    print("campaign: seed %d, %.1f minutes" % (args.seed, args.minutes), flush=True)
+    weights = FAULT_WEIGHTS
+    if args.faults:
+        known = {k for k, _ in FAULT_WEIGHTS}
+        try:
+            weights = tuple((k, int(w)) for k, w in (kw.split("=") for kw in
+                                                     args.faults.split(",")))
+        except ValueError:
+            ap.error("--faults: KIND=WEIGHT,...")
+        if not {k for k, _ in weights} <= known or not any(w > 0 for _, w in weights):
+            ap.error("--faults: kinds are %s, one weight above 0" % ", ".join(sorted(known)))
+    print("campaign: seed %d, %.1f minutes, faults %s" % (
+        args.seed, args.minutes, ",".join("%s=%d" % kw for kw in weights)), flush=True)
     if not args.wan_delay or not os.access(args.wan_delay, os.X_OK):
         sys.stderr.write("campaign: wan_delay not found (%r): build the wan_delay target\n"
                          % args.wan_delay)
@@ -667,7 +682,8 @@ def main():
             loads.append(LoadGen(c, name, threads=threads, pace=pace, body_bytes=size,
                                  max_messages=int(seconds * MAX_MESSAGES_PER_SECOND),
                                  max_seconds=seconds + 30, targets=targets).start())
-        nemesis = Nemesis(c, lab, rnd, t0, os.path.join(env.dir, "events.jsonl"))
+        nemesis = Nemesis(c, lab, rnd, t0, os.path.join(env.dir, "events.jsonl"),
+                          weights)
         nemesis.start(seconds)
         # The main thread watches for the end, for crashes of the helpers, bounded.
         deadline = t0 + seconds + 60

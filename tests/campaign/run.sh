@@ -2,7 +2,7 @@
 # run.sh - a seeded fault campaign over five hamr nodes in three zones (tests/campaign/README.md).
 #
 #   tests/campaign/run.sh [--minutes N] [--seed S] [--build DIR] [--rtt-min MS] [--rtt-max MS]
-#                         [--keep]
+#                         [--faults KIND=WEIGHT,...] [--keep]
 #
 # Prints the seed first: "run.sh --seed S" replays the same faults in the same order.
 # Uses a Release build of hamrd, hamrctl and wan_delay in DIR (default
@@ -23,14 +23,14 @@ while [ $# -gt 0 ]; do
         --minutes) minutes=$2; shift 2 ;;
         --seed) seed=$2; shift 2 ;;
         --build) build=$2; shift 2 ;;
-        --rtt-min|--rtt-max) extra="$extra $1 $2"; shift 2 ;;
+        --rtt-min|--rtt-max|--faults) extra="$extra $1 $2"; shift 2 ;;
         --keep) extra="$extra --keep"; shift ;;
-        *) echo "usage: $0 [--minutes N] [--seed S] [--build DIR] [--rtt-min MS] [--rtt-max MS] [--keep]" >&2
+        *) echo "usage: $0 [--minutes N] [--seed S] [--build DIR] [--rtt-min MS] [--rtt-max MS] [--faults KIND=WEIGHT,...] [--keep]" >&2
            exit 2 ;;
     esac
 done
 [ -n "$seed" ] || seed=$(date +%s)
-echo "campaign seed: $seed (replay: $0 --seed $seed --minutes $minutes)"
+echo "campaign seed: $seed (replay: $0 --seed $seed --minutes $minutes$extra)"
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "campaign: SKIP: needs root (network namespaces, nftables)"
