@@ -32,11 +32,17 @@ time, then healed, with a quiet gap between faults:
   stop      SIGSTOP of one node (leader-biased), SIGCONT at the end
   isolate   one node cut off from every other node (nft, both ways)
   zone      every node of one zone cut off from the other zones
+  zonekill  every node of one zone killed with -9, restarted when the fault ends
   oneway    one node's packets to (or from) every other node dropped
   flap      one node cut off and healed again every FLAP_MIN..FLAP_MAX s
   transfer  hamrctl transfer to a random voter (from the leader)
   pair      two of kill, stop, isolate, oneway at once on two nodes of
             different zones (the second up to PAIR_STAGGER_MAX s later)
+  upgrade   with --upgrade-from REV only, once: every node starts on the hamrd
+            of REV (tests/campaign/previous.sh builds it) and, as the first
+            fault past UPGRADE_AT of the run, is stopped (SIGTERM) and started
+            on this build one at a time, followers first, each taking mail
+            again before the next
 Never more than two nodes (a minority) are down or cut off at once. Every
 event is written with its start and end (wall clock and since the start)
 to events.jsonl in the run's directory and logged on stderr. A node that
@@ -89,7 +95,9 @@ FAULT_MIN, FAULT_MAX = 3.0, 12.0  # seconds a fault lasts
 QUIET_MIN, QUIET_MAX = 3.0, 8.0  # seconds between faults
 FLAP_MIN, FLAP_MAX = 0.5, 2.0  # seconds per flap half-period
 FAULT_WEIGHTS = (("kill", 4), ("kill2", 1), ("stop", 3), ("isolate", 3), ("zone", 2),
-                 ("oneway", 2), ("flap", 2), ("transfer", 3), ("pair", 3))
+                 ("zonekill", 1), ("oneway", 2), ("flap", 2), ("transfer", 3), ("pair", 3))
+UPGRADE_AT = 0.3  # with --upgrade-from: the rolling upgrade is the first fault past this share
+UPGRADE_NODE_BOUND = 120.0  # one node of the rolling upgrade: stopped, started, taking mail
 PAIR_KINDS = ("kill", "stop", "isolate", "oneway")  # what "pair" combines on two nodes
 PAIR_STAGGER_MAX = 2.0  # seconds between the two faults of a pair
 READY_BOUND = 120.0  # start, and after the last heal: a leader and a 250 through each node
@@ -103,6 +111,7 @@ LOADS = (("lb1k", 1024, 3, 0.05, "lb"), ("lb16k", 16384, 2, 0.1, "lb"),
 MAX_MESSAGES_PER_SECOND = 60  # bound on each load's count: seconds x this
 CRASH_TAIL_LINES = 4  # of a crashed node's log, in the checker's output
 DIRECT_PORT_BASE = 2700  # hub 127.0.0.1: HAProxy's frontend for node i is this + i
+AROUND_AFTER = 10  # seconds after a fault's end that still count as around it (by_kind)
 
 
 def zone_of(node_id):
@@ -268,8 +277,10 @@ class Event:
 class Nemesis:
     """Nemesis - the seeded fault loop (one fault at a time, at most MAX_DOWN nodes hit)."""
 
-    def __init__(self, cluster_, lab, rnd, t0, events_path, weights=FAULT_WEIGHTS):
+    def __init__(self, cluster_, lab, rnd, t0, events_path, weights=FAULT_WEIGHTS,
+                 upgrade_after=None):
         self.weights = weights
+        self.upgrade_after = upgrade_after  # monotonic time of the rolling upgrade, or None
         self.c = cluster_
         self.lab = lab
         self.rnd = rnd
@@ -404,11 +415,35 @@ class Nemesis:
         self.lab.heal(i)
         return flips
 
+    def rolling_upgrade(self):
+        """rolling_upgrade - every node stopped and started on this build, the leader last."""
+        leader = self.leader_id()
+        order = sorted((n for n in self.c.nodes if n.binary is not None),
+                       key=lambda n: (n.id == leader, n.id))
+        ev = Event("upgrade", [n.id for n in order], self.t0, "leader was %s" % leader)
+        done = []
+        try:
+            for node in order:
+                self.c.stop(node)
+                node.binary = None
+                self.c.restart(node)
+                self.c.wait_ready(UPGRADE_NODE_BOUND, nodes=[node])
+                done.append(node.id)
+            ev.finish(True, "nodes %s on this build" % done)
+        except (WaitTimeout, AssertionError, harness.ProcessDied) as e:
+            ev.finish(False, "after %s: %s" % (done, str(e).splitlines()[0][:200]))
+        return ev
+
     def one_fault(self):
         kinds = [k for k, _ in self.weights]
         kind = self.rnd.choices(kinds, weights=[w for _, w in self.weights])[0]
         duration = self.rnd.uniform(FAULT_MIN, FAULT_MAX)
-        if kind == "transfer":
+        if self.upgrade_after is not None and time.monotonic() >= self.upgrade_after:
+            self.upgrade_after = None
+            kind = "upgrade"
+        if kind == "upgrade":
+            ev = self.rolling_upgrade()
+        elif kind == "transfer":
             target = self.rnd.choice(self.c.nodes)
             ev = Event(kind, [target.id], self.t0, "from %s" % self.leader_id())
             try:
@@ -427,6 +462,11 @@ class Nemesis:
                        % (zone, self.leader_id()))
             self.apply_hold_undo(["isolate"] * len(ids), list(ids), duration, group=ids)
             ev.finish()
+        elif kind == "zonekill":
+            zone, ids = self.rnd.choice(ZONES)
+            ev = Event(kind, list(ids), self.t0, "zone %s, leader was %s"
+                       % (zone, self.leader_id()))
+            ev.finish(True, self.apply_hold_undo(["kill"] * len(ids), list(ids), duration))
         elif kind == "pair":
             ids = self.pick(2)
             kinds = [self.rnd.choice(PAIR_KINDS) for _ in ids]
@@ -438,7 +478,8 @@ class Nemesis:
             ev = Event(kind, [i], self.t0, "leader was %s" % self.leader_id())
             flips = self.do_flap(i, duration)
             ev.finish(True, "%d flips" % flips)
-        assert len(ev.nodes) <= MAX_DOWN
+        # An upgrade names every node, but stops one at a time.
+        assert ev.kind == "upgrade" or len(ev.nodes) <= MAX_DOWN
         self.events.append(ev)
         self.log_event(ev)
 
@@ -521,6 +562,44 @@ def bounced_ids(records, ids):
     return out
 
 
+def by_kind(events, accepted, delivered, wall_offset):
+    """by_kind - {kind: events, and the longest acceptance and delivery gaps around them}.
+
+    Around an event: from its start to AROUND_AFTER seconds after its end (the time a
+    fault's effects take to pass: an election, a lease running out), in seconds without
+    a 250 (accepted: monotonic times) and without a delivery (delivered: wall times).
+    """
+    out = {}
+    for e in events:
+        end = (e.end if e.end is not None else e.start) + AROUND_AFTER
+        acc = longest_gap(accepted, e.start, end)[0]
+        dlv = longest_gap(delivered, e.start + wall_offset, end + wall_offset)[0]
+        k = out.setdefault(e.kind, {"events": 0, "accept_gap_max": 0.0, "deliver_gap_max": 0.0})
+        k["events"] += 1
+        k["accept_gap_max"] = round(max(k["accept_gap_max"], acc), 1)
+        k["deliver_gap_max"] = round(max(k["deliver_gap_max"], dlv), 1)
+    return out
+
+
+def write_timeline(path, attempts, records, t_begin, wall_offset):
+    """write_timeline - timeline.json for plot.py: seconds since t_begin of every 250, every
+    other answer or failed transaction, and every delivery the sink recorded."""
+    with open(path, "w") as f:
+        json.dump({"accepted": [round(a.t_end - t_begin, 3) for a in attempts if a.ok],
+                   "refused": [round(a.t_end - t_begin, 3) for a in attempts
+                               if not a.ok and a.t_end],
+                   "delivered": [round(float(r.get("time", 0)) - wall_offset - t_begin, 3)
+                                 for r in records]}, f)
+
+
+def plot(run_dir):
+    """plot - campaign.png in run_dir with plot.py when Debian's matplotlib is there."""
+    out = subprocess.run(["/usr/bin/python3", os.path.join(HERE, "plot.py"), run_dir],
+                         capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    text = (out.stdout + out.stderr).decode(errors="replace").strip()
+    cluster_log("campaign: plot: %s" % (text.splitlines()[-1] if text else out.returncode))
+
+
 def check(cluster_, loads, events, crashes, t_begin, t_end, wall_offset, out):
     """check - the checker's report (printed to out); returns the list of failures."""
     attempts = [a for load in loads for a in load.attempts]
@@ -540,9 +619,11 @@ def check(cluster_, loads, events, crashes, t_begin, t_end, wall_offset, out):
         if a.permfail:
             key = "%s %s" % (a.code, a.text[:60])
             fivexx[key] = fivexx.get(key, 0) + 1
-    acc = longest_gap([a.t_end for a in attempts if a.ok], t_begin, t_end)
+    accepted = [a.t_end for a in attempts if a.ok]
+    acc = longest_gap(accepted, t_begin, t_end)
     deliveries = [float(r.get("time", 0)) for r in records]
     dlv = longest_gap(deliveries, t_begin + wall_offset, t_end + wall_offset)
+    kind_gaps = by_kind(events, accepted, deliveries, wall_offset)
     kinds = {}
     for e in events:
         kinds[e.kind] = kinds.get(e.kind, 0) + 1
@@ -576,6 +657,11 @@ def check(cluster_, loads, events, crashes, t_begin, t_end, wall_offset, out):
     line("longest delivery gap: %.1fs (%.1f-%.1fs) near %s" % (
         dlv[0], dlv[1] - wall_offset - t_begin, dlv[2] - wall_offset - t_begin,
         near(events, dlv[1], dlv[2], wall=True)))
+    line("by fault kind (longest gap from the start of a fault to %ds after its end):"
+         % AROUND_AFTER)
+    for kind, k in sorted(kind_gaps.items()):
+        line("  %-8s %3d events, without a 250 %5.1fs, without a delivery %5.1fs" % (
+            kind, k["events"], k["accept_gap_max"], k["deliver_gap_max"]))
     line("crashes: %d %s" % (len(crashes), [(c["node"], c["rc"], c["log"]) for c in crashes]))
     for crash in crashes:
         for ln in crash["tail"].splitlines()[-CRASH_TAIL_LINES:]:
@@ -599,6 +685,7 @@ def check(cluster_, loads, events, crashes, t_begin, t_end, wall_offset, out):
                "duplicates_outside": dup_out, "fivexx": fivexx, "tempfail": res.tempfail,
                "indoubt": res.indoubt, "connerr": res.connerr,
                "acceptance_gap": acc[0], "delivery_gap": dlv[0], "crashes": len(crashes),
+               "by_kind": kind_gaps,
                "failures": failures}
     return failures, summary
 
@@ -615,6 +702,9 @@ def main():
                     help="KIND=WEIGHT,... instead of the default mix (%s)"
                     % ",".join("%s=%d" % kw for kw in FAULT_WEIGHTS))
     ap.add_argument("--keep", action="store_true", help="keep the run's directory on success")
+    ap.add_argument("--upgrade-from", default="",
+                    help="a hamrd build directory of an earlier release: every node starts on it "
+                    "and is upgraded to this build during the run (see previous.sh)")
     args = ap.parse_args()
     weights = FAULT_WEIGHTS
     if args.faults:
@@ -656,6 +746,9 @@ def main():
         env = harness.Env("campaign-%d" % args.seed)
         cluster_log("campaign: directory %s" % env.dir)
         c = CampaignCluster(env, lab)
+        if args.upgrade_from:
+            for node in c.nodes:
+                node.binary = os.path.join(args.upgrade_from, "hamrd")
         wan = Wan(env, lab, c, rtt, args.wan_delay)
         wan.start()
         c.start(READY_BOUND)
@@ -683,7 +776,8 @@ def main():
                                  max_messages=int(seconds * MAX_MESSAGES_PER_SECOND),
                                  max_seconds=seconds + 30, targets=targets).start())
         nemesis = Nemesis(c, lab, rnd, t0, os.path.join(env.dir, "events.jsonl"),
-                          weights)
+                          weights, upgrade_after=(t0 + UPGRADE_AT * seconds
+                                                  if args.upgrade_from else None))
         nemesis.start(seconds)
         # The main thread watches for the end, for crashes of the helpers, bounded.
         deadline = t0 + seconds + 60
@@ -715,6 +809,10 @@ def main():
                         "failures": failures, "dir": env.dir})
         with open(os.path.join(env.dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
+        write_timeline(os.path.join(env.dir, "timeline.json"),
+                       [a for load in loads for a in load.attempts], c.sink.records(), t0,
+                       wall_offset)
+        plot(env.dir)
     except (WaitTimeout, harness.ProcessDied, RuntimeError, AssertionError) as e:
         failures.append("%s: %s" % (type(e).__name__, e))
     finally:
