@@ -374,7 +374,8 @@ static int parse_mapping(const char *arg, struct mapping *m)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: wan_delay [--mark N] [--max-buffer BYTES] LPORT=IP:PORT/DELAY_MS ...\n");
+    fprintf(stderr,
+            "usage: wan_delay [--mark N] [--max-buffer BYTES] LPORT=IP:PORT/DELAY_MS ...\n");
     exit(2);
 }
 
