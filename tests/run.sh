@@ -37,12 +37,14 @@ TEST_JOBS=${HAMR_TEST_JOBS:-$JOBS}
 # The DKIM test verifies every signed message twice: python3-dkim (python3-nacl, which it
 # depends on, does Ed25519) and opendkim-tools' opendkim-testmsg.
 # libfaketime (and its faketime command) steps one node's wall clock in the clock tests.
+# python3-matplotlib draws a fault campaign's run (tests/campaign/plot.py, the README's
+# "Fault campaign"; the campaign itself needs nothing more than the cluster tests).
 PACKAGES=(cmake gcc libc6-dev make pkg-config libraft-dev liblz4-dev libuv1-dev libprotobuf-c-dev
           protobuf-c-compiler libssl-dev libcmocka-dev libinih-dev libc-ares-dev python3
           python3-aiosmtpd swaks libnet-ssleay-perl libauthen-sasl-perl openssl curl
           postfix nftables iproute2 haproxy sslscan e2fsprogs util-linux mount nsd unbound
           ldnsutils python3-dkim python3-nacl opendkim-tools faketime
-          libfaketime)
+          libfaketime python3-matplotlib)
 
 # run_sh_missing_packages - print the packages of PACKAGES that are not installed.
 run_sh_missing_packages() {
