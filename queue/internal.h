@@ -332,6 +332,21 @@ bool queue_id_ok(const char *id, size_t max);
 /* queue_lease_free - release a lease and its texts (NULL: nothing); returns NULL. */
 struct queue_lease *queue_lease_free(struct queue_lease *l);
 
+/* queue_rcpt_set_lease - r holds l now (a lease it had is ended first). */
+void queue_rcpt_set_lease(struct queue_rcpt *r, struct queue_lease *l);
+
+/* queue_rcpt_clear_lease - end r's lease, if any; its tried stays with r. */
+void queue_rcpt_clear_lease(struct queue_rcpt *r);
+
+/* queue_rcpt_set_tried - replace what r's last attempt left, taking the reference t. */
+void queue_rcpt_set_tried(struct queue_rcpt *r, const struct queue_tried *t);
+
+/* queue_rcpt_lease_mut - r's lease to change, NULL when it has none. */
+static inline struct queue_lease *queue_rcpt_lease_mut(struct queue_rcpt *r)
+{
+    return r->has_lease ? r->lt.lease : NULL;
+}
+
 /* queue_id_hash - the hash of an id that places its item in q->mtab. */
 static inline size_t queue_id_hash(const char *id)
 {

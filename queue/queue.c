@@ -76,9 +76,39 @@ struct queue_lease *queue_lease_free(struct queue_lease *l)
     if (l != NULL) {
         queue_str_put(l->boot_id);
         queue_str_put(l->dest);
+        queue_tried_put(l->tried);
         free(l);
     }
     return NULL;
+}
+
+/* queue_rcpt_set_lease - see internal.h. */
+void queue_rcpt_set_lease(struct queue_rcpt *r, struct queue_lease *l)
+{
+    queue_rcpt_clear_lease(r);
+    l->tried = r->lt.tried;
+    r->lt.lease = l;
+    r->has_lease = 1;
+}
+
+/* queue_rcpt_clear_lease - see internal.h. */
+void queue_rcpt_clear_lease(struct queue_rcpt *r)
+{
+    if (!r->has_lease)
+        return;
+    struct queue_lease *l = r->lt.lease;
+    r->lt.tried = l->tried;
+    r->has_lease = 0;
+    l->tried = NULL;
+    queue_lease_free(l);
+}
+
+/* queue_rcpt_set_tried - see internal.h. */
+void queue_rcpt_set_tried(struct queue_rcpt *r, const struct queue_tried *t)
+{
+    const struct queue_tried **slot = r->has_lease ? &r->lt.lease->tried : &r->lt.tried;
+    queue_tried_put(*slot);
+    *slot = t;
 }
 
 /* queue_item_free - release a message and everything it owns; returns NULL. */
@@ -88,8 +118,8 @@ struct queue_item *queue_item_free(struct queue_item *it)
         return NULL;
     struct queue_msg *m = &it->msg;
     for (size_t i = 0; i < m->n_rcpts; i++) {
-        queue_tried_put(m->rcpts[i].tried);
-        queue_lease_free(m->rcpts[i].lease);
+        queue_rcpt_clear_lease(&m->rcpts[i]);
+        queue_tried_put(m->rcpts[i].lt.tried);
     }
     queue_str_put(m->sender);
     queue_origin_put(m->origin);

@@ -82,8 +82,9 @@ struct queue_lease {
     uint64_t node;
     uint64_t term;
     uint64_t expires_ms;
-    const char *boot_id; /* NULL if none */
-    const char *dest;    /* NULL if none */
+    const char *boot_id;             /* NULL if none */
+    const char *dest;                /* NULL if none */
+    const struct queue_tried *tried; /* the recipient's, while it holds this lease */
 };
 
 struct queue_tried {
@@ -92,13 +93,21 @@ struct queue_tried {
     const char *tls;        /* last attempt's TLS, or why none; NULL if unknown */
 };
 
+/*
+ * A recipient points at one of the two: its lease while it has one (the
+ * lease then holds its tried), else its tried (NULL: no attempt left a
+ * text). The accessors below read either way.
+ */
 struct queue_rcpt {
     const char *addr;
-    struct queue_lease *lease;       /* while LEASED, else NULL */
-    const struct queue_tried *tried; /* NULL: no attempt left a text */
+    union {
+        const struct queue_tried *tried; /* has_lease == 0 */
+        struct queue_lease *lease;       /* has_lease == 1 */
+    } lt;
     uint64_t next_attempt_ms;
-    enum queue_rcpt_state state;
     uint32_t attempts;
+    enum queue_rcpt_state state : 8;
+    unsigned has_lease : 1;
 };
 
 /* queue_origin - where a message came from: one shared record per distinct pair. */
@@ -113,13 +122,14 @@ extern const struct queue_tried queue_tried_none;
 /* queue_rcpt_lease - r's lease, all zero when it has none. */
 static inline const struct queue_lease *queue_rcpt_lease(const struct queue_rcpt *r)
 {
-    return r->lease != NULL ? r->lease : &queue_lease_none;
+    return r->has_lease ? r->lt.lease : &queue_lease_none;
 }
 
 /* queue_rcpt_tried - what r's last attempt left, all NULL when nothing. */
 static inline const struct queue_tried *queue_rcpt_tried(const struct queue_rcpt *r)
 {
-    return r->tried != NULL ? r->tried : &queue_tried_none;
+    const struct queue_tried *t = r->has_lease ? r->lt.lease->tried : r->lt.tried;
+    return t != NULL ? t : &queue_tried_none;
 }
 
 /*

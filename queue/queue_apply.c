@@ -72,19 +72,6 @@ static bool queue_rcpt_final(const struct queue_rcpt *r)
            r->state == QUEUE_RCPT_EXPIRED;
 }
 
-/* queue_rcpt_clear_lease - forget the lease. */
-static void queue_rcpt_clear_lease(struct queue_rcpt *r)
-{
-    r->lease = queue_lease_free(r->lease);
-}
-
-/* queue_rcpt_set_tried - replace what the last attempt left, taking the reference t. */
-static void queue_rcpt_set_tried(struct queue_rcpt *r, const struct queue_tried *t)
-{
-    queue_tried_put(r->tried);
-    r->tried = t;
-}
-
 /* ------------------------------------------------------------------------
  * DSN generation, shared by Outcome and Admin BOUNCE
  * ------------------------------------------------------------------------ */
@@ -337,14 +324,13 @@ static int queue_apply_lease_item(struct queue *q,
             h->lapsed(h->arg, m->id, r->addr, queue_rcpt_lease(r)->id, queue_rcpt_lease(r)->node,
                       item->lease_id, l->node_id);
         granted = true;
-        queue_rcpt_clear_lease(r);
         r->state = QUEUE_RCPT_LEASED;
-        r->lease = fresh[i];
+        fresh[i]->id = item->lease_id;
+        fresh[i]->node = l->node_id;
+        fresh[i]->term = l->term;
+        fresh[i]->expires_ms = l->expires_at_ms;
+        queue_rcpt_set_lease(r, fresh[i]);
         fresh[i] = NULL;
-        r->lease->id = item->lease_id;
-        r->lease->node = l->node_id;
-        r->lease->term = l->term;
-        r->lease->expires_ms = l->expires_at_ms;
     }
     if (rv == 0)
         queue_touch(q, it);
@@ -399,7 +385,7 @@ static int queue_apply_lease_renew(struct queue *q,
         struct queue_msg *m = &it->msg;
         bool held = false, moved = false;
         for (size_t k = 0; k < m->n_rcpts; k++) {
-            struct queue_lease *cur = m->rcpts[k].lease;
+            struct queue_lease *cur = queue_rcpt_lease_mut(&m->rcpts[k]);
             if (m->rcpts[k].state != QUEUE_RCPT_LEASED || cur == NULL ||
                 cur->id != item->lease_id || cur->node != lr->node_id ||
                 !queue_streq(cur->boot_id, lr->boot_id))

@@ -132,7 +132,7 @@ static int queue_restore_rcpt(struct queue_rcpt *r, const Hamr__RcptState *rs)
         struct queue_lease *l = calloc(1, sizeof(*l));
         if (l == NULL)
             return HAMR_ENOMEM;
-        r->lease = l;
+        queue_rcpt_set_lease(r, l);
         l->id = rs->lease_id;
         l->node = rs->lease_node;
         l->term = rs->lease_term;
@@ -147,8 +147,11 @@ static int queue_restore_rcpt(struct queue_rcpt *r, const Hamr__RcptState *rs)
         rv = queue_str_opt(rs->tls_policy, &policy);
     if (rv == 0)
         rv = queue_str_opt(rs->tls, &tls);
+    const struct queue_tried *t = NULL;
     if (rv == 0)
-        rv = queue_tried_get(error, policy, tls, &r->tried);
+        rv = queue_tried_get(error, policy, tls, &t);
+    if (rv == 0)
+        queue_rcpt_set_tried(r, t);
     queue_str_put(error);
     queue_str_put(policy);
     queue_str_put(tls);

@@ -213,9 +213,9 @@ static void test_shared_texts(void **state)
                      queue_rcpt_lease(&c->rcpts[0])->boot_id);
     assert_ptr_equal(queue_rcpt_lease(&a->rcpts[0])->dest, queue_rcpt_lease(&b->rcpts[0])->dest);
     /* Each leased recipient has a lease of its own; nothing was tried yet. */
-    assert_non_null(a->rcpts[0].lease);
-    assert_ptr_not_equal(a->rcpts[0].lease, b->rcpts[0].lease);
-    assert_null(a->rcpts[0].tried);
+    assert_true(a->rcpts[0].has_lease);
+    assert_ptr_not_equal(a->rcpts[0].lt.lease, b->rcpts[0].lt.lease);
+    assert_ptr_equal(queue_rcpt_tried(&a->rcpts[0]), &queue_tried_none);
     /* The three share one record of where they came from. */
     assert_ptr_equal(a->origin, c->origin);
     assert_int_equal(queue_trio_count() - trio_base, 1);
@@ -236,17 +236,18 @@ static void test_shared_texts(void **state)
     assert_ptr_equal(queue_rcpt_tried(&a->rcpts[0])->error, queue_rcpt_tried(&c->rcpts[0])->error);
     assert_null(queue_rcpt_lease(&a->rcpts[0])->boot_id);
     /* The outcome ended the leases; the three deferrals share one record of what was tried. */
-    assert_null(a->rcpts[0].lease);
-    assert_null(c->rcpts[0].lease);
-    assert_ptr_equal(a->rcpts[0].tried, c->rcpts[0].tried);
+    assert_false(a->rcpts[0].has_lease);
+    assert_false(c->rcpts[0].has_lease);
+    assert_ptr_equal(queue_rcpt_tried(&a->rcpts[0]), queue_rcpt_tried(&c->rcpts[0]));
     assert_int_equal(queue_trio_count() - trio_base, 2);
     /* Two senders, client, HELO, the error: five texts; the lease's are gone. */
     assert_int_equal(queue_str_count() - base, 5);
     struct queue *r = fx_snapshot_roundtrip(q);
     fx_assert_same_msgs(q, r);
     assert_ptr_equal(queue_find(r, "A")->sender, a->sender);
-    assert_ptr_equal(queue_find(r, "A")->rcpts[0].tried, a->rcpts[0].tried);
-    assert_null(queue_find(r, "A")->rcpts[0].lease);
+    assert_ptr_equal(queue_rcpt_tried(&queue_find(r, "A")->rcpts[0]),
+                     queue_rcpt_tried(&a->rcpts[0]));
+    assert_false(queue_find(r, "A")->rcpts[0].has_lease);
     assert_ptr_equal(queue_find(r, "A")->origin, a->origin);
     assert_int_equal(queue_str_count() - base, 5);
     assert_int_equal(queue_trio_count() - trio_base, 2);
