@@ -79,9 +79,9 @@ struct queue_domain {
     struct queue_domain *hnext;       /* hash chain */
     struct queue_domain *prev, *next; /* q->domains */
     struct queue_dheap heap;
-    /* queue_dom_link: the message of seq link_seq (never reused, unlike
-     * an address) has its dnode for this domain at index link_k. */
-    uint64_t link_seq;
+    /* queue_dom_link: its call number link_gen (q->link_gen, never reused,
+     * unlike a seq or an address) gave this domain the dnode at link_k. */
+    uint64_t link_gen;
     size_t link_k;
 };
 
@@ -134,10 +134,8 @@ struct queue_tally {
  */
 struct queue_item {
     struct queue_msg msg;
-    struct queue_item *hnext;       /* hash chain (bucket: queue_id_hash of the id) */
-    struct queue_item *prev, *next; /* acceptance order */
-    uint32_t leased_pos;            /* index in q->leased, or QUEUE_NOT_IN_HEAP */
-    uint32_t exp_pos;               /* index in q->expiry, or QUEUE_NOT_IN_HEAP */
+    uint32_t leased_pos; /* index in q->leased, or QUEUE_NOT_IN_HEAP */
+    uint32_t exp_pos;    /* index in q->expiry, or QUEUE_NOT_IN_HEAP */
     uint32_t n_dnodes : 30;
     uint32_t exp_open : 1;      /* its expiry heap key is expires_at_ms, not UINT64_MAX */
     uint32_t many : 1;          /* the dnodes are in arrays (dx.many), not dx.dn1 */
@@ -206,9 +204,18 @@ struct queue_done {
 };
 
 struct queue {
-    struct queue_item **mtab;
-    size_t mcap, mcount;
-    struct queue_item *head, *tail;
+    /*
+     * The messages (queue.c), an insertion-ordered hash: order[] holds the
+     * items in acceptance order, an item's msg.seq being its index + 1, with
+     * NULL where one has left until the next compaction (queue_reserve);
+     * otab[] finds them by id (open addressing, linear probing) and holds
+     * order indexes. A compaction keeps the order and renumbers seq, so
+     * whatever is sorted by seq stays sorted.
+     */
+    struct queue_item **order;
+    size_t olen, ocap, mcount; /* slots used (holes included), allocated; items */
+    uint32_t *otab;
+    size_t tcap, tused; /* otab's slots (a power of two), those not free */
     struct queue_done **dtab;
     size_t dcap, dcount;
     struct queue_done *dhead, *dtail;
@@ -218,7 +225,6 @@ struct queue {
     size_t n_nodes;
     uint32_t cluster_level; /* 1..format_max, never falls */
     uint32_t format_max;    /* highest level applied: this build's format */
-    uint64_t next_seq;      /* acceptance number of the next linked message */
     /* Scheduler indexes (see struct queue_item). leased_broken: the set
      * could not grow, so queue_foreach_leased walks every message instead. */
     struct queue_item **leased;
@@ -234,6 +240,7 @@ struct queue {
     size_t dom_cap, dom_count;
     struct queue_domain *domains;
     struct queue_iheap expiry;
+    uint64_t link_gen; /* queue_dom_link's calls */
     bool dom_broken;
     /* Where bodies live (queue_set_body_ops); without, in memory. */
     struct queue_body_ops body_ops;
@@ -347,7 +354,7 @@ static inline struct queue_lease *queue_rcpt_lease_mut(struct queue_rcpt *r)
     return r->has_lease ? r->lt.lease : NULL;
 }
 
-/* queue_id_hash - the hash of an id that places its item in q->mtab. */
+/* queue_id_hash - the hash of an id that places its item in q->otab. */
 static inline size_t queue_id_hash(const char *id)
 {
     return (size_t)hash_fnv1a64_str(id);
@@ -402,8 +409,30 @@ struct queue_item *queue_item_drop(struct queue *q, struct queue_item *it);
 /* queue_lookup - the item with this id, or NULL. */
 struct queue_item *queue_lookup(const struct queue *q, const char *id);
 
-/* queue_link - add an item at the end of the acceptance order. Takes ownership. */
+/*
+ * queue_reserve - room for n more queue_link calls, compacting the
+ * acceptance order first when it is mostly holes; 0 or HAMR_ENOMEM. Only
+ * between entries: a compaction renumbers seq (see struct queue).
+ */
+int queue_reserve(struct queue *q, size_t n);
+
+/* queue_link - add an item at the end of the acceptance order (queue_reserve made room). Takes
+ * ownership. */
 void queue_link(struct queue *q, struct queue_item *it);
+
+/* queue_item_after - the first item after seq in acceptance order (seq 0: the first), or NULL. */
+static inline struct queue_item *queue_item_after(const struct queue *q, uint64_t seq)
+{
+    for (size_t i = (size_t)seq; i < q->olen; i++)
+        if (q->order[i] != NULL)
+            return q->order[i];
+    return NULL;
+}
+
+/* QUEUE_FOREACH_ITEM - every item in acceptance order; the body must not free it. */
+#define QUEUE_FOREACH_ITEM(q, it)                                    \
+    for (struct queue_item *it = queue_item_after(q, 0); it != NULL; \
+         it = queue_item_after(q, it->msg.seq))
 
 /* queue_done_new - a done record, not yet linked. */
 struct queue_done *queue_done_new(const char *id, uint64_t done_at_ms);

@@ -364,7 +364,7 @@ int queue_body_spill(struct queue *q,
             q->mem_bytes -= m->body_len;
             done += m->body_len;
         }
-        q->mem_head = it->next;
+        q->mem_head = queue_item_after(q, m->seq);
     }
     if (spilled != NULL)
         *spilled = done;
@@ -411,30 +411,87 @@ size_t queue_bodies_missing(const struct queue *q)
     return q->counts.missing;
 }
 
-/* queue_grow_msgs - double the message table when full; failure only keeps chains longer. */
-static void queue_grow_msgs(struct queue *q)
+/*
+ * The message table (see struct queue). An otab slot is QUEUE_OT_FREE,
+ * QUEUE_OT_GONE (an item left: probing goes on past it), or an index into
+ * order[]. At most three quarters of otab is in use, so a probe ends.
+ */
+#define QUEUE_OT_FREE UINT32_MAX
+#define QUEUE_OT_GONE (UINT32_MAX - 1)
+#define QUEUE_OT_MAX ((size_t)UINT32_MAX - 2) /* items the order can index */
+
+/* queue_otab_put - place order index i, for id, in the first free or gone slot. */
+static void queue_otab_put(uint32_t *t, size_t cap, const char *id, uint32_t i)
 {
-    if (q->mcount < q->mcap)
-        return;
-    size_t cap = q->mcap * 2;
-    struct queue_item **t = calloc(cap, sizeof(*t));
-    if (t == NULL)
-        return;
-    for (size_t i = 0; i < q->mcap; i++) {
-        struct queue_item *it = q->mtab[i], *next;
-        for (; it != NULL; it = next) {
-            next = it->hnext;
-            size_t b = queue_id_hash(it->msg.id) & (cap - 1);
-            it->hnext = t[b];
-            t[b] = it;
+    size_t mask = cap - 1;
+    for (size_t k = queue_id_hash(id) & mask;; k = (k + 1) & mask) {
+        if (t[k] == QUEUE_OT_FREE || t[k] == QUEUE_OT_GONE) {
+            t[k] = i;
+            return;
         }
     }
-    free(q->mtab);
-    q->mtab = t;
-    q->mcap = cap;
 }
 
-/* queue_grow_done - as queue_grow_msgs for the done set. */
+/*
+ * queue_table_rebuild - order[] without its holes, in an array of ocap
+ * slots, and an otab of tcap slots for it; seq renumbered. Either both are
+ * replaced or, without memory, nothing changes (HAMR_ENOMEM).
+ */
+static int queue_table_rebuild(struct queue *q, size_t ocap, size_t tcap)
+{
+    struct queue_item **order = malloc(ocap * sizeof(*order));
+    uint32_t *otab = malloc(tcap * sizeof(*otab));
+    if (order == NULL || otab == NULL) {
+        free(order);
+        free(otab);
+        return HAMR_ENOMEM;
+    }
+    memset(otab, 0xff, tcap * sizeof(*otab)); /* QUEUE_OT_FREE */
+    size_t n = 0;
+    for (size_t i = 0; i < q->olen; i++) {
+        struct queue_item *it = q->order[i];
+        if (it == NULL)
+            continue;
+        it->msg.seq = n + 1;
+        order[n] = it;
+        queue_otab_put(otab, tcap, it->msg.id, (uint32_t)n);
+        n++;
+    }
+    free(q->order);
+    free(q->otab);
+    q->order = order;
+    q->otab = otab;
+    q->olen = n;
+    q->ocap = ocap;
+    q->tcap = tcap;
+    q->tused = n;
+    return 0;
+}
+
+/* queue_reserve - see internal.h. */
+int queue_reserve(struct queue *q, size_t n)
+{
+    if (n > QUEUE_OT_MAX - q->mcount)
+        return HAMR_ENOMEM;
+    size_t want = q->mcount + n;
+    bool order_ok = q->olen + n <= q->ocap && q->olen - q->mcount <= QUEUE_HASH_MIN + q->mcount;
+    bool tab_ok = (q->tused + n) * 4 <= q->tcap * 3;
+    if (order_ok && tab_ok)
+        return 0;
+    /* Room for half as many again (a growth, not one slot at a time); a
+     * table at most half full; both shrink as well as grow. */
+    size_t ocap = QUEUE_HASH_MIN;
+    while (ocap < want + want / 2)
+        ocap += ocap / 2;
+    size_t tcap = QUEUE_HASH_MIN;
+    while (tcap < 2 * want)
+        tcap *= 2;
+    if (ocap < q->ocap && order_ok)
+        ocap = q->ocap; /* only the table: keep the order's room */
+    return queue_table_rebuild(q, ocap, tcap);
+}
+
+/* queue_grow_done - double the done set's table when full; failure only keeps chains longer. */
 static void queue_grow_done(struct queue *q)
 {
     if (q->dcount < q->dcap)
@@ -459,11 +516,14 @@ static void queue_grow_done(struct queue *q)
 /* queue_lookup - the item with this id, or NULL. */
 struct queue_item *queue_lookup(const struct queue *q, const char *id)
 {
-    for (struct queue_item *it = q->mtab[queue_id_hash(id) & (q->mcap - 1)]; it != NULL;
-         it = it->hnext)
-        if (strcmp(it->msg.id, id) == 0)
-            return it;
-    return NULL;
+    size_t mask = q->tcap - 1;
+    for (size_t k = queue_id_hash(id) & mask;; k = (k + 1) & mask) {
+        uint32_t i = q->otab[k];
+        if (i == QUEUE_OT_FREE)
+            return NULL;
+        if (i != QUEUE_OT_GONE && strcmp(q->order[i]->msg.id, id) == 0)
+            return q->order[i];
+    }
 }
 
 /* queue_done_lookup - the done record of this id, or NULL. */
@@ -480,7 +540,10 @@ static struct queue_done *queue_done_lookup(const struct queue *q, const char *i
 void queue_link(struct queue *q, struct queue_item *it)
 {
     bool leased;
-    it->msg.seq = ++q->next_seq;
+    /* queue_reserve made room: a full order or table here is a caller's bug. */
+    if (q->olen >= q->ocap || (q->tused + 1) * 4 > q->tcap * 3)
+        abort();
+    it->msg.seq = q->olen + 1;
     (void)queue_wake(&it->msg, &leased);
     it->leased_pos = QUEUE_NOT_IN_HEAP;
     queue_leased_set(q, it, leased);
@@ -492,17 +555,12 @@ void queue_link(struct queue *q, struct queue_item *it)
             q->mem_head = it;
         q->mem_bytes += it->msg.body_len;
     }
-    queue_grow_msgs(q);
-    size_t b = queue_id_hash(it->msg.id) & (q->mcap - 1);
-    it->hnext = q->mtab[b];
-    q->mtab[b] = it;
-    it->prev = q->tail;
-    it->next = NULL;
-    if (q->tail)
-        q->tail->next = it;
-    else
-        q->head = it;
-    q->tail = it;
+    size_t mask = q->tcap - 1, k = queue_id_hash(it->msg.id) & mask;
+    while (q->otab[k] != QUEUE_OT_FREE && q->otab[k] != QUEUE_OT_GONE)
+        k = (k + 1) & mask;
+    q->tused += q->otab[k] == QUEUE_OT_FREE;
+    q->otab[k] = (uint32_t)q->olen;
+    q->order[q->olen++] = it;
     q->mcount++;
 }
 
@@ -515,20 +573,15 @@ static void queue_unlink(struct queue *q, struct queue_item *it)
     if (q->has_body_ops && it->msg.body != NULL)
         q->mem_bytes -= it->msg.body_len;
     if (q->mem_head == it)
-        q->mem_head = it->next;
-    struct queue_item **pp = &q->mtab[queue_id_hash(it->msg.id) & (q->mcap - 1)];
-    while (*pp != it)
-        pp = &(*pp)->hnext;
-    *pp = it->hnext;
-    if (it->prev)
-        it->prev->next = it->next;
-    else
-        q->head = it->next;
-    if (it->next)
-        it->next->prev = it->prev;
-    else
-        q->tail = it->prev;
-    it->hnext = it->prev = it->next = NULL;
+        q->mem_head = queue_item_after(q, it->msg.seq);
+    uint32_t i = (uint32_t)(it->msg.seq - 1);
+    size_t mask = q->tcap - 1, k = queue_id_hash(it->msg.id) & mask;
+    while (q->otab[k] != i)
+        k = (k + 1) & mask;
+    q->otab[k] = QUEUE_OT_GONE;
+    q->order[i] = NULL;
+    while (q->olen > 0 && q->order[q->olen - 1] == NULL)
+        q->olen--; /* the newest left: no hole at the end */
     q->mcount--;
 }
 
@@ -589,19 +642,17 @@ void queue_done_prune(struct queue *q, uint64_t now_ms)
 /* queue_clear - free every message and done record; tables stay allocated. */
 static void queue_clear(struct queue *q)
 {
-    struct queue_item *it = q->head, *next;
-    for (; it != NULL; it = next) {
-        next = it->next;
-        queue_item_free(it);
-    }
+    for (size_t i = 0; i < q->olen; i++)
+        queue_item_free(q->order[i]);
     struct queue_done *d = q->dhead, *dnext;
     for (; d != NULL; d = dnext) {
         dnext = d->next;
         free(d);
     }
-    memset(q->mtab, 0, q->mcap * sizeof(*q->mtab));
+    memset(q->otab, 0xff, q->tcap * sizeof(*q->otab)); /* QUEUE_OT_FREE */
     memset(q->dtab, 0, q->dcap * sizeof(*q->dtab));
-    q->head = q->tail = NULL;
+    q->olen = q->tused = 0;
+    q->mem_head = NULL;
     q->dhead = q->dtail = NULL;
     q->mcount = q->dcount = 0;
     q->leased_len = 0;
@@ -616,13 +667,12 @@ struct queue *queue_new(void)
     struct queue *q = calloc(1, sizeof(*q));
     if (q == NULL)
         return NULL;
-    q->mcap = q->dcap = QUEUE_HASH_MIN;
+    q->dcap = QUEUE_HASH_MIN;
     q->cluster_level = 1;
     q->format_max = PROTO_FORMAT_VERSION_MAX;
     q->sts_next_expiry = UINT64_MAX;
-    q->mtab = calloc(q->mcap, sizeof(*q->mtab));
     q->dtab = calloc(q->dcap, sizeof(*q->dtab));
-    if (q->mtab == NULL || q->dtab == NULL)
+    if (q->dtab == NULL || queue_table_rebuild(q, QUEUE_HASH_MIN, QUEUE_HASH_MIN) != 0)
         return queue_free(q);
     return q;
 }
@@ -632,9 +682,10 @@ struct queue *queue_free(struct queue *q)
 {
     if (q == NULL)
         return NULL;
-    if (q->mtab != NULL && q->dtab != NULL)
+    if (q->otab != NULL && q->dtab != NULL)
         queue_clear(q);
-    free(q->mtab);
+    free(q->order);
+    free(q->otab);
     free(q->dtab);
     free(q->leased);
     free(q->expiry.a);
@@ -674,9 +725,9 @@ void queue_foreach(const struct queue *q,
                    int (*fn)(void *arg, const struct queue_msg *m),
                    void *arg)
 {
-    for (const struct queue_item *it = q->head; it != NULL; it = it->next)
-        if (fn(arg, &it->msg) != 0)
-            return;
+    QUEUE_FOREACH_ITEM(q, it)
+    if (fn(arg, &it->msg) != 0)
+        return;
 }
 
 /* queue_foreach_after - visit messages in acceptance order after one of them. */
@@ -685,14 +736,14 @@ int queue_foreach_after(const struct queue *q,
                         int (*fn)(void *arg, const struct queue_msg *m),
                         void *arg)
 {
-    const struct queue_item *it = q->head;
+    const struct queue_item *it = queue_item_after(q, 0);
     if (after != NULL && after[0] != '\0') {
         const struct queue_item *from = queue_lookup(q, after);
         if (from == NULL)
             return HAMR_ENOTFOUND;
-        it = from->next;
+        it = queue_item_after(q, from->msg.seq);
     }
-    for (; it != NULL; it = it->next)
+    for (; it != NULL; it = queue_item_after(q, it->msg.seq))
         if (fn(arg, &it->msg) != 0)
             break;
     return 0;

@@ -807,7 +807,8 @@ static int queue_apply_admin(struct queue *q,
                              struct queue_apply_result *res)
 {
     if (a->op == HAMR__ADMIN__OP__FLUSH && a->queue_id[0] == '\0') {
-        for (struct queue_item *it = q->head; it != NULL; it = it->next)
+        for (struct queue_item *it = queue_item_after(q, 0); it != NULL;
+             it = queue_item_after(q, it->msg.seq))
             queue_admin_flush(q, it, ts);
         res->flushed = true;
         return 0;
@@ -947,6 +948,12 @@ int queue_apply(struct queue *q, const uint8_t *buf, size_t len, struct queue_ap
      * the same result.
      */
     queue_done_prune(q, ts);
+    /* Room for what one entry can add: a message and the notices of one. */
+    rv = queue_reserve(q, 1 + QUEUE_NOTICES);
+    if (rv != 0) {
+        hamr__entry__free_unpacked(e, NULL);
+        return rv;
+    }
     switch (e->cmd_case) {
         case HAMR__ENTRY__CMD_ENQUEUE:
             rv = queue_apply_enqueue(q, e->enqueue, ts, res);

@@ -367,7 +367,8 @@ void queue_dom_unlink(struct queue *q, struct queue_item *it)
 /* queue_dom_give_up - no memory: drop the whole domain index (the scheduler walks the heap). */
 static void queue_dom_give_up(struct queue *q)
 {
-    for (struct queue_item *it = q->head; it != NULL; it = it->next)
+    for (struct queue_item *it = queue_item_after(q, 0); it != NULL;
+         it = queue_item_after(q, it->msg.seq))
         queue_dom_unlink(q, it);
     queue_dom_clear(q);
     q->dom_broken = true;
@@ -435,6 +436,7 @@ static void queue_dom_rekey(struct queue *q, struct queue_item *it)
 void queue_dom_link(struct queue *q, struct queue_item *it)
 {
     const struct queue_msg *m = &it->msg;
+    uint64_t gen = ++q->link_gen;
     memset(&it->dx, 0, sizeof(it->dx));
     it->many = false;
     it->n_dnodes = 0;
@@ -446,7 +448,7 @@ void queue_dom_link(struct queue *q, struct queue_item *it)
         struct queue_domain *d = queue_dom_find(q, queue_dom_name(m->rcpts[i].addr));
         if (d == NULL)
             goto fail;
-        if (d->link_seq == m->seq) { /* a domain of an earlier recipient */
+        if (d->link_gen == gen) { /* a domain of an earlier recipient */
             if (it->many)
                 it->dx.many.rdn[i] = (uint32_t)d->link_k;
             continue;
@@ -474,7 +476,7 @@ void queue_dom_link(struct queue *q, struct queue_item *it)
         it->n_dnodes++;
         if (it->many)
             it->dx.many.rdn[i] = (uint32_t)k;
-        d->link_seq = m->seq;
+        d->link_gen = gen;
         d->link_k = k;
         struct queue_dnode *dn = queue_item_dnode(it, k);
         *dn = (struct queue_dnode){
@@ -526,7 +528,8 @@ static int queue_iheap_check(const struct queue_iheap *h)
 static int queue_dom_check(const struct queue *q)
 {
     size_t dnodes = 0, in_heaps = 0, exp = 0, domains = 0;
-    for (const struct queue_item *it = q->head; it != NULL; it = it->next) {
+    for (const struct queue_item *it = queue_item_after(q, 0); it != NULL;
+         it = queue_item_after(q, it->msg.seq)) {
         dnodes += it->n_dnodes;
         exp += it->exp_pos != QUEUE_NOT_IN_HEAP;
         if (q->dom_broken ? it->n_dnodes != 0 : it->n_dnodes == 0 && it->msg.n_rcpts != 0)
@@ -572,7 +575,8 @@ void queue_foreach_due(const struct queue *q,
                        int (*fn)(void *arg, const struct queue_msg *m),
                        void *arg)
 {
-    for (const struct queue_item *it = q->head; it != NULL; it = it->next) {
+    for (const struct queue_item *it = queue_item_after(q, 0); it != NULL;
+         it = queue_item_after(q, it->msg.seq)) {
         bool leased;
         if ((queue_wake(&it->msg, &leased) <= now_ms || leased) && fn(arg, &it->msg) != 0)
             return;
@@ -584,7 +588,8 @@ void queue_foreach_leased(const struct queue *q,
                           void *arg)
 {
     if (q->index_off || q->leased_broken) {
-        for (const struct queue_item *it = q->head; it != NULL; it = it->next) {
+        for (const struct queue_item *it = queue_item_after(q, 0); it != NULL;
+             it = queue_item_after(q, it->msg.seq)) {
             bool leased;
             (void)queue_wake(&it->msg, &leased);
             if (leased && fn(arg, &it->msg) != 0)
@@ -605,7 +610,8 @@ void queue_set_sched_index(struct queue *q, bool on)
 int queue_sched_index_check(const struct queue *q)
 {
     size_t leased = 0;
-    for (const struct queue_item *it = q->head; it != NULL; it = it->next) {
+    for (const struct queue_item *it = queue_item_after(q, 0); it != NULL;
+         it = queue_item_after(q, it->msg.seq)) {
         bool has_lease;
         (void)queue_wake(&it->msg, &has_lease);
         if (!q->leased_broken && queue_item_leased(it) != has_lease)

@@ -256,7 +256,8 @@ static int queue_snap_build(const struct queue *q, bool with_bodies, struct queu
     memset(s, 0, sizeof(*s));
     s->snap = snap_init;
     size_t nm = q->mcount, nd = q->dcount, nr = 0, nx = 0;
-    for (const struct queue_item *it = q->head; it != NULL; it = it->next) {
+    for (const struct queue_item *it = queue_item_after(q, 0); it != NULL;
+         it = queue_item_after(q, it->msg.seq)) {
         nr += it->msg.n_rcpts;
         if (it->msg.ext != NULL)
             nx += it->msg.n_rcpts;
@@ -287,7 +288,8 @@ static int queue_snap_build(const struct queue *q, bool with_bodies, struct queu
         return HAMR_ENOMEM;
     }
     size_t mi = 0, ri = 0, xi = 0;
-    for (const struct queue_item *it = q->head; it != NULL; it = it->next, mi++) {
+    for (const struct queue_item *it = queue_item_after(q, 0); it != NULL;
+         it = queue_item_after(q, it->msg.seq), mi++) {
         const struct queue_msg *m = &it->msg;
         Hamr__Enqueue *e = &s->enq[mi];
         *e = enq_init;
@@ -518,6 +520,8 @@ static int queue_restore_into(struct queue *n, const struct queue *old, const Ha
     /* A level this build cannot reach; absent (older snapshot, or level 1) is 1. */
     if (s->cluster_level > n->format_max)
         return HAMR_EVERSION;
+    if (queue_reserve(n, s->n_messages) != 0)
+        return HAMR_ENOMEM;
     for (size_t i = 0; i < s->n_messages; i++) {
         struct queue_item *it;
         int rv = queue_restore_msg(n, old, s->messages[i], &it);
@@ -564,7 +568,8 @@ static int queue_restore_into(struct queue *n, const struct queue *old, const Ha
  */
 static void queue_release_unshared(struct queue *from, const struct queue *keep)
 {
-    for (struct queue_item *it = from->head; it != NULL; it = it->next) {
+    for (struct queue_item *it = queue_item_after(from, 0); it != NULL;
+         it = queue_item_after(from, it->msg.seq)) {
         const struct queue_item *k = queue_lookup(keep, it->msg.id);
         if (k != NULL && k->msg.body_stored && it->msg.body_stored &&
             k->msg.body_loc == it->msg.body_loc)
