@@ -354,6 +354,118 @@ static void test_many_messages_order(void **state)
     }
 }
 
+/* seq_cb - the ids in acceptance order, and seq rising along it. */
+struct seq_walk {
+    const char *want[4000];
+    size_t n;
+    uint64_t last_seq;
+};
+
+static int seq_cb(void *arg, const struct queue_msg *m)
+{
+    struct seq_walk *w = arg;
+    assert_true(w->n < HAMR_ARRAY_LEN(w->want));
+    assert_string_equal(m->id, w->want[w->n]);
+    assert_true(m->seq > w->last_seq);
+    w->last_seq = m->seq;
+    w->n++;
+    return 0;
+}
+
+/*
+ * The message table keeps the acceptance order through holes, their
+ * compaction (which renumbers seq) and its shrinking, and an entry that
+ * needs a compaction it cannot allocate is refused whole.
+ */
+static void test_table_holes_and_compaction(void **state)
+{
+    struct queue *q = *state;
+    static char ids[4000][16];
+    struct seq_walk *w = calloc(1, sizeof(*w));
+    assert_non_null(w);
+    for (int i = 0; i < 3000; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "t%d", i);
+        struct fx_enq e = {.id = ids[i], .sender = "s@x.test", .rcpts = {"r@y.test"}};
+        assert_int_equal(fx_enqueue(q, T0 + (uint64_t)i, &e).status, 0);
+    }
+    /* Two thirds leave, the newest first, until the holes are enough for
+     * the next entry to compact: without memory for it, that entry is
+     * refused and changes nothing. */
+    int i = 2999;
+    for (; i >= 0; i--) {
+        if (i % 3 == 0)
+            continue;
+        assert_int_equal(fx_admin(q, T0 + 5000, HAMR__ADMIN__OP__DELETE, ids[i]).finished, 1);
+        if (q->olen - q->mcount > q->mcount + QUEUE_HASH_MIN)
+            break;
+    }
+    assert_true(i > 0);
+    size_t olen = q->olen, mcount = q->mcount;
+    struct fx_enq e0 = {.id = "u0", .sender = "s@x.test", .rcpts = {"r@y.test"}};
+    size_t len;
+    uint8_t *b = fx_pack_enqueue(T0 + 6000, &e0, &len);
+    fx_fail_after(0);
+    struct queue_apply_result res;
+    assert_int_equal(queue_apply(q, b, len, &res), HAMR_ENOMEM);
+    free(b);
+    assert_true(fx_fail_off());
+    assert_null(queue_find(q, "u0"));
+    assert_int_equal(q->olen, olen);
+    assert_int_equal(q->mcount, mcount);
+    for (i--; i >= 0; i--)
+        if (i % 3 != 0)
+            assert_int_equal(fx_admin(q, T0 + 5000, HAMR__ADMIN__OP__DELETE, ids[i]).finished, 1);
+    for (i = 0; i < 3000; i++)
+        assert_true((queue_find(q, ids[i]) != NULL) == (i % 3 == 0));
+    for (i = 3000; i < 4000; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "u%d", i - 3000);
+        struct fx_enq e = {.id = ids[i], .sender = "s@x.test", .rcpts = {"r@y.test"}};
+        assert_int_equal(fx_enqueue(q, T0 + 6000 + (uint64_t)i, &e).status, 0);
+    }
+    assert_int_equal(q->mcount, 2000);
+    assert_true(q->olen - q->mcount <= q->mcount + QUEUE_HASH_MIN); /* holes are compacted */
+    for (i = 0; i < 4000; i++)
+        if (i >= 3000 || i % 3 == 0)
+            w->want[w->n++] = ids[i];
+    size_t n = w->n;
+    w->n = 0;
+    queue_foreach(q, seq_cb, w);
+    assert_int_equal(w->n, n);
+    assert_int_equal(queue_sched_index_check(q), 0); /* heaps keyed on seq still in order */
+    /* Paging goes on from any id, across what was compacted. */
+    w->n = 0;
+    w->last_seq = 0;
+    for (size_t k = 0; k < n; k++)
+        if (strcmp(w->want[k], "t1500") == 0)
+            memmove(&w->want[0], &w->want[k + 1], (n - k - 1) * sizeof(w->want[0])), n -= k + 1;
+    assert_int_equal(queue_foreach_after(q, "t1500", seq_cb, w), 0);
+    assert_int_equal(w->n, n);
+    /* All leave; the tables shrink with the next entry. */
+    size_t big = q->ocap;
+    for (i = 0; i < 4000; i++)
+        if (queue_find(q, ids[i]) != NULL)
+            assert_int_equal(fx_admin(q, T0 + 9000, HAMR__ADMIN__OP__DELETE, ids[i]).finished, 1);
+    assert_int_equal(q->olen, 0);
+    for (i = 0; i < 200; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "v%d", i);
+        struct fx_enq e = {.id = id, .sender = "s@x.test", .rcpts = {"r@y.test"}};
+        assert_int_equal(fx_enqueue(q, T0 + 9000, &e).status, 0);
+    }
+    for (i = 0; i < 200; i += 2) {
+        char id[16];
+        snprintf(id, sizeof(id), "v%d", i);
+        assert_int_equal(fx_admin(q, T0 + 9001, HAMR__ADMIN__OP__DELETE, id).finished, 1);
+    }
+    struct fx_enq e1 = {.id = "w", .sender = "s@x.test", .rcpts = {"r@y.test"}};
+    assert_int_equal(fx_enqueue(q, T0 + 9002, &e1).status, 0);
+    assert_true(q->ocap < big);
+    assert_non_null(queue_find(q, "v199"));
+    assert_null(queue_find(q, "v198"));
+    assert_int_equal(queue_sched_index_check(q), 0);
+    free(w);
+}
+
 /* Stop early when the callback says so. */
 static int stop_cb(void *arg, const struct queue_msg *m)
 {
@@ -2998,6 +3110,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_enqueue_and_find, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_messages_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_table_holes_and_compaction, setup, teardown),
         cmocka_unit_test_setup_teardown(test_foreach_stops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_foreach_after, setup, teardown),
         cmocka_unit_test(test_enqueue_validation),
