@@ -282,15 +282,17 @@ const char *queue_str_ref(const char *s);
 size_t queue_str_count(void);
 
 /*
- * queue_trio - a shared record of three texts (queue_str.c), read as what
- * it is: what an attempt left, or where a message came from (whose third
- * text is NULL).
+ * queue_trio - a shared record of three words (queue_str.c), read as what
+ * it is: what an attempt left (three texts), or where a message came from
+ * (two texts and the accepting node's id).
  */
 union queue_trio {
     const char *t[3];
     struct queue_tried tried;
     struct queue_origin origin;
 };
+_Static_assert(sizeof(struct queue_origin) == sizeof(const char *[3]), "an origin is three words");
+_Static_assert(sizeof(struct queue_tried) == sizeof(const char *[3]), "a tried is three texts");
 
 /*
  * queue_trio_get - a reference to the shared record of these three texts
@@ -315,11 +317,15 @@ int queue_tried_get(const char *error,
 void queue_tried_put(const struct queue_tried *t);
 
 /*
- * queue_origin_get - a reference to the shared record of a client address
- * and HELO name (any texts: copied as shared texts first; NULL is "").
- * 0, or HAMR_ENOMEM with NULL in *out.
+ * queue_origin_get - a reference to the shared record of a client address,
+ * HELO name (any texts: copied as shared texts first; NULL is "") and the
+ * id of the node that accepted the message. 0, or HAMR_ENOMEM with NULL in
+ * *out.
  */
-int queue_origin_get(const char *client_addr, const char *helo, const struct queue_origin **out);
+int queue_origin_get(const char *client_addr,
+                     const char *helo,
+                     uint64_t accepted_by,
+                     const struct queue_origin **out);
 
 /* queue_origin_put - give back a reference from queue_origin_get (NULL: nothing). */
 void queue_origin_put(const struct queue_origin *o);
@@ -370,8 +376,11 @@ struct queue_item *queue_item_new(const char *id,
                                   size_t n_rcpts,
                                   uint64_t received_at_ms);
 
-/* queue_item_set_text - replace client_addr / helo (copied). */
-int queue_item_set_text(struct queue_item *it, const char *client_addr, const char *helo);
+/* queue_item_set_origin - replace where it came from (see queue_origin_get). */
+int queue_item_set_origin(struct queue_item *it,
+                          const char *client_addr,
+                          const char *helo,
+                          uint64_t accepted_by);
 /*
  * queue_enqueue_ext - the envelope extensions of e (format 5) into it:
  * SMTPUTF8, REQUIRETLS, TLS-Required: No and the DSN parameters. 0,

@@ -172,16 +172,19 @@ struct queue_item *queue_item_new(const char *id,
         text += n + 1;
     }
     m->sender = queue_str(sender);
-    if (m->sender == NULL || queue_origin_get("", "", &m->origin) != 0)
+    if (m->sender == NULL || queue_origin_get("", "", 0, &m->origin) != 0)
         return queue_item_free(it);
     return it;
 }
 
-/* queue_item_set_text - replace client_addr / helo (a shared record). */
-int queue_item_set_text(struct queue_item *it, const char *client_addr, const char *helo)
+/* queue_item_set_origin - see internal.h. */
+int queue_item_set_origin(struct queue_item *it,
+                          const char *client_addr,
+                          const char *helo,
+                          uint64_t accepted_by)
 {
     const struct queue_origin *o;
-    if (queue_origin_get(client_addr, helo, &o) != 0)
+    if (queue_origin_get(client_addr, helo, accepted_by, &o) != 0)
         return HAMR_ENOMEM;
     queue_origin_put(it->msg.origin);
     it->msg.origin = o;

@@ -114,6 +114,7 @@ struct queue_rcpt {
 struct queue_origin {
     const char *client_addr; /* "" if unknown */
     const char *helo;        /* "" if unknown */
+    uint64_t accepted_by;    /* the node id that accepted it; 0 for a notice */
 };
 
 extern const struct queue_lease queue_lease_none;
@@ -221,8 +222,7 @@ struct queue_msg {
     const struct queue_ext *ext; /* DSN parameters, NULL if none were given */
     uint64_t received_at_ms;     /* timestamp of the Enqueue entry */
     uint64_t expires_at_ms;
-    const struct queue_origin *origin; /* client address and HELO, never NULL */
-    uint64_t accepted_by;
+    const struct queue_origin *origin; /* client address, HELO, accepting node; never NULL */
     uint64_t seq; /* acceptance order on this node (not replicated; renumbered by a restore) */
 };
 

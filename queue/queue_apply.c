@@ -144,7 +144,6 @@ static int queue_dsn_prepare(struct queue *q,
     it->msg.smtputf8 = m->smtputf8 && !utf8_ascii(m->sender, strlen(m->sender));
     it->msg.is_dsn = true;
     it->msg.expires_at_ms = dsn_expires_at_ms;
-    it->msg.accepted_by = 0;
     if (!queue_sha256(body, len, it->msg.body_sha256)) {
         free(body);
         queue_item_free(it);
@@ -203,7 +202,7 @@ static int queue_apply_enqueue(struct queue *q,
     struct queue_item *it = queue_item_new(e->queue_id, e->sender, e->rcpts, e->n_rcpts, ts);
     if (it == NULL)
         return HAMR_ENOMEM;
-    if (queue_item_set_text(it, e->client_addr, e->helo) != 0) {
+    if (queue_item_set_origin(it, e->client_addr, e->helo, e->accepted_by) != 0) {
         queue_item_free(it);
         return HAMR_ENOMEM;
     }
@@ -236,7 +235,6 @@ static int queue_apply_enqueue(struct queue *q,
     it->msg.expires_at_ms = e->expires_at_ms;
     it->msg.is_dsn = e->is_dsn;
     it->msg.body_8bit = e->body_8bit;
-    it->msg.accepted_by = e->accepted_by;
     queue_link(q, it);
     return 0;
 }

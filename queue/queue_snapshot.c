@@ -308,7 +308,7 @@ static int queue_snap_build(const struct queue *q, bool with_bodies, struct queu
         e->body_sha256.len = QUEUE_SHA256_LEN;
         e->client_addr = queue_snap_text(m->origin->client_addr);
         e->helo = queue_snap_text(m->origin->helo);
-        e->accepted_by = m->accepted_by;
+        e->accepted_by = m->origin->accepted_by;
         e->body_8bit = m->body_8bit;
         if (m->ext != NULL)
             xi += queue_snap_ext(m, e, &s->notify[xi], &s->orcpt[xi]);
@@ -461,7 +461,7 @@ static int queue_restore_msg(struct queue *n,
         queue_item_new(e->queue_id, e->sender, e->rcpts, e->n_rcpts, qm->received_at_ms);
     if (it == NULL)
         return HAMR_ENOMEM;
-    if (queue_item_set_text(it, e->client_addr, e->helo) != 0) {
+    if (queue_item_set_origin(it, e->client_addr, e->helo, e->accepted_by) != 0) {
         queue_item_free(it);
         return HAMR_ENOMEM;
     }
@@ -469,7 +469,6 @@ static int queue_restore_msg(struct queue *n,
     m->expires_at_ms = e->expires_at_ms;
     m->is_dsn = e->is_dsn;
     m->body_8bit = e->body_8bit;
-    m->accepted_by = e->accepted_by;
     m->held = qm->held;
     m->dsn_count = qm->dsn_count;
     /* Only a level-5 state has them (apply ignores them below it). */

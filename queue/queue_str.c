@@ -82,7 +82,7 @@ const char *queue_str(const char *s)
         for (struct queue_str_rec *r = queue_strs.tab[h & (queue_strs.cap - 1)]; r != NULL;
              r = r->next)
             if (r->hash == h && strcmp(r->s, s) == 0) {
-                HAMR_ASSERT(r->refs < UINT32_MAX);
+                HAMR_ASSERT(r->refs < (1u << 31) - 1);
                 r->refs++;
                 return r->s;
             }
@@ -156,7 +156,8 @@ struct queue_trio_rec {
     union queue_trio pub;
     struct queue_trio_rec *next; /* hash chain */
     uint32_t hash;
-    uint32_t refs;
+    uint32_t refs : 31;
+    uint32_t origin : 1; /* pub.origin: its third word is a number, not a text */
 };
 
 static struct {
@@ -187,22 +188,19 @@ static void queue_trio_grow(void)
 }
 
 /*
- * queue_trio_get - a reference to the shared record of these three texts
- * (each NULL or a reference from queue_str, which the caller keeps): found
- * by the pointers themselves, since equal texts are one pointer. NULL in
- * *out when all three are NULL. 0 or HAMR_ENOMEM.
+ * queue_trio_find - a reference to the shared record of key (two texts and
+ * a third word: a text, or for an origin a number), made if there is none.
+ * Texts are found by the pointers themselves, since equal texts are one
+ * pointer. 0 or HAMR_ENOMEM.
  */
-int queue_trio_get(const char *a, const char *b, const char *c, const union queue_trio **out)
+static int queue_trio_find(const union queue_trio *key, bool origin, const union queue_trio **out)
 {
     *out = NULL;
-    if (a == NULL && b == NULL && c == NULL)
-        return 0;
-    const char *key[3] = {a, b, c};
-    uint32_t h = (uint32_t)hash_fnv1a64(key, sizeof(key), 0);
+    uint32_t h = (uint32_t)hash_fnv1a64(key, sizeof(*key), origin);
     if (queue_trios.cap > 0)
         for (struct queue_trio_rec *r = queue_trios.tab[h & (queue_trios.cap - 1)]; r != NULL;
              r = r->next)
-            if (r->hash == h && memcmp(r->pub.t, key, sizeof(key)) == 0) {
+            if (r->hash == h && r->origin == origin && memcmp(&r->pub, key, sizeof(*key)) == 0) {
                 HAMR_ASSERT(r->refs < UINT32_MAX);
                 r->refs++;
                 *out = &r->pub;
@@ -212,15 +210,27 @@ int queue_trio_get(const char *a, const char *b, const char *c, const union queu
     struct queue_trio_rec *r = queue_trios.cap > 0 ? malloc(sizeof(*r)) : NULL;
     if (r == NULL)
         return HAMR_ENOMEM;
-    for (size_t i = 0; i < 3; i++)
-        r->pub.t[i] = queue_str_ref(key[i]);
+    r->pub = *key;
+    for (size_t i = 0; i < (origin ? 2 : 3); i++)
+        r->pub.t[i] = queue_str_ref(key->t[i]);
     r->hash = h;
     r->refs = 1;
+    r->origin = origin;
     r->next = queue_trios.tab[h & (queue_trios.cap - 1)];
     queue_trios.tab[h & (queue_trios.cap - 1)] = r;
     queue_trios.count++;
     *out = &r->pub;
     return 0;
+}
+
+/* queue_trio_get - see internal.h. */
+int queue_trio_get(const char *a, const char *b, const char *c, const union queue_trio **out)
+{
+    *out = NULL;
+    if (a == NULL && b == NULL && c == NULL)
+        return 0;
+    union queue_trio key = {.t = {a, b, c}};
+    return queue_trio_find(&key, false, out);
 }
 
 /* queue_trio_put - give back a reference from queue_trio_get (NULL: nothing). */
@@ -238,7 +248,7 @@ void queue_trio_put(const union queue_trio *t)
         pp = &(*pp)->next;
     *pp = r->next;
     queue_trios.count--;
-    for (size_t i = 0; i < 3; i++)
+    for (size_t i = 0; i < (r->origin ? 2 : 3); i++)
         queue_str_put(r->pub.t[i]);
     free(r);
 }
@@ -267,12 +277,17 @@ void queue_tried_put(const struct queue_tried *t)
     queue_trio_put((const union queue_trio *)(const void *)t);
 }
 
-/* queue_origin_get - a reference to the shared record of client_addr and helo (see internal.h). */
-int queue_origin_get(const char *client_addr, const char *helo, const struct queue_origin **out)
+/* queue_origin_get - a reference to the shared record of where a message came from (see
+ * internal.h). */
+int queue_origin_get(const char *client_addr,
+                     const char *helo,
+                     uint64_t accepted_by,
+                     const struct queue_origin **out)
 {
     const char *c = queue_str(client_addr), *h = queue_str(helo);
     const union queue_trio *u = NULL;
-    int rv = c != NULL && h != NULL ? queue_trio_get(c, h, NULL, &u) : HAMR_ENOMEM;
+    union queue_trio key = {.origin = {.client_addr = c, .helo = h, .accepted_by = accepted_by}};
+    int rv = c != NULL && h != NULL ? queue_trio_find(&key, true, &u) : HAMR_ENOMEM;
     queue_str_put(c);
     queue_str_put(h);
     *out = u != NULL ? &u->origin : NULL;

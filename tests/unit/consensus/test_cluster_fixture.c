@@ -231,7 +231,7 @@ static void test_replication(void **state)
             }
             assert_non_null(m);
             assert_int_equal(m->n_rcpts, 2);
-            assert_int_equal(m->accepted_by, 1);
+            assert_int_equal(m->origin->accepted_by, 1);
             assert_int_equal(m->received_at_ms, m0->received_at_ms);
             for (unsigned r = 0; r < 2; r++) {
                 assert_int_equal(m->rcpts[r].state, m0->rcpts[r].state);

@@ -438,7 +438,7 @@ void fx_assert_same_msgs(const struct queue *a, const struct queue *b)
         assert_int_equal(x->expires_at_ms, y->expires_at_ms);
         assert_string_equal(x->origin->client_addr, y->origin->client_addr);
         assert_string_equal(x->origin->helo, y->origin->helo);
-        assert_int_equal(x->accepted_by, y->accepted_by);
+        assert_int_equal(x->origin->accepted_by, y->origin->accepted_by);
         assert_int_equal(x->dsn_count, y->dsn_count);
         for (size_t k = 0; k < x->n_rcpts; k++) {
             const struct queue_rcpt *r = &x->rcpts[k], *s = &y->rcpts[k];

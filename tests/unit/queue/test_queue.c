@@ -289,7 +289,7 @@ static void test_enqueue_and_find(void **state)
     assert_int_equal(m->expires_at_ms, T0 + 1000);
     assert_string_equal(m->origin->client_addr, "192.0.2.7");
     assert_string_equal(m->origin->helo, "client.test");
-    assert_int_equal(m->accepted_by, 2);
+    assert_int_equal(m->origin->accepted_by, 2);
     assert_true(m->body_8bit);
     assert_false(m->is_dsn);
     assert_false(m->held);
@@ -916,7 +916,7 @@ static void test_expiry_outcome_dsn(void **state)
     assert_int_equal(d->rcpts[0].next_attempt_ms, T0 + 2 * MIN);
     assert_int_equal(d->received_at_ms, T0 + 2 * MIN);
     assert_int_equal(d->expires_at_ms, T0 + 99 * MIN);
-    assert_int_equal(d->accepted_by, 0);
+    assert_int_equal(d->origin->accepted_by, 0);
     char *body = strndup((const char *)d->body, d->body_len);
     assert_non_null(strstr(body, "Status: 4.4.7\r\n"));
     assert_non_null(strstr(body, "Final-Recipient: rfc822; x@far.test\r\n"));

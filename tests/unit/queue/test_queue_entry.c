@@ -116,7 +116,7 @@ static void test_enqueue(void **state)
     assert_int_equal(m->expires_at_ms, T0 + 5 * MIN);
     assert_string_equal(m->origin->client_addr, "192.0.2.1");
     assert_string_equal(m->origin->helo, "client.test");
-    assert_int_equal(m->accepted_by, 7);
+    assert_int_equal(m->origin->accepted_by, 7);
 }
 
 /* The encoder writes the bytes of the same entry built field by field. */
