@@ -257,7 +257,8 @@ static int relay_serve_lookup(void *data, const char *id, uint64_t *len, uint8_t
 {
     struct relay *r = data;
     const struct queue_msg *m = queue_find(r->queue, id);
-    if (m == NULL || m->body_missing || (m->body_len > 0 && !m->body_stored && m->body == NULL))
+    if (m == NULL || m->body_missing ||
+        (m->body_len > 0 && !m->body_stored && queue_msg_body(m) == NULL))
         return HAMR_ENOTFOUND;
     *len = m->body_len;
     memcpy(sha, m->body_sha256, QUEUE_SHA256_LEN);
@@ -288,8 +289,8 @@ static void relay_serve_read(void *data,
         return;
     }
     size_t k = m->body_len - off < n ? (size_t)(m->body_len - off) : n;
-    if (m->body != NULL) {
-        memcpy(buf, m->body + off, k);
+    if (queue_msg_body(m) != NULL) {
+        memcpy(buf, queue_msg_body(m) + off, k);
         done(arg, (ssize_t)k);
         return;
     }

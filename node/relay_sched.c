@@ -838,13 +838,13 @@ void relay_deliver_start(struct relay *r,
         d->policy = SMTPC_TLS_MAY;
         d->sts_checked = true;
     }
-    if (m->body != NULL || m->body_len == 0) {
+    if (queue_msg_body(m) != NULL || m->body_len == 0) {
         /* In memory (a queue without a store), or empty. */
         d->body = malloc(m->body_len ? m->body_len : 1);
         if (d->body == NULL)
             goto fail;
         if (m->body_len > 0)
-            memcpy(d->body, m->body, m->body_len);
+            memcpy(d->body, queue_msg_body(m), m->body_len);
         d->body_len = m->body_len;
         d->source = (struct smtpc_source){.data = d,
                                           .read = relay_deliver_mem_read,

@@ -124,7 +124,7 @@ struct queue_item *queue_item_free(struct queue_item *it)
     queue_str_put(m->sender);
     queue_origin_put(m->origin);
     free((void *)m->ext);
-    free(m->body);
+    free((void *)queue_msg_body(m));
     if (it->many) {
         free(it->dx.many.dnodes);
         free(it->dx.many.rdn);
@@ -291,9 +291,11 @@ int queue_item_keep_body(struct queue *q,
         *body = NULL;
         return 0;
     }
-    int rv = q->body_ops.put(q->body_ops.arg, m->id, *body, len, m->body_sha256, &m->body_loc);
+    uint64_t loc;
+    int rv = q->body_ops.put(q->body_ops.arg, m->id, *body, len, m->body_sha256, &loc);
     if (rv != 0)
         return rv;
+    m->body_loc = loc;
     m->body_stored = true;
     return 0;
 }
@@ -303,6 +305,8 @@ void queue_item_release_body(struct queue *q, struct queue_item *it)
 {
     if (it->msg.body_stored && q->has_body_ops && q->body_ops.release != NULL)
         q->body_ops.release(q->body_ops.arg, it->msg.id, it->msg.body_loc);
+    if (it->msg.body_stored)
+        it->msg.body = NULL;
     it->msg.body_stored = false;
 }
 
@@ -322,11 +326,11 @@ size_t queue_body_head(const struct queue *q,
                        uint8_t **owned)
 {
     *owned = NULL;
-    *out = m->body;
+    *out = queue_msg_body(m);
     if (n > m->body_len)
         n = m->body_len;
-    if (m->body != NULL || n == 0)
-        return m->body != NULL ? n : 0;
+    if (*out != NULL || n == 0)
+        return *out != NULL ? n : 0;
     if (!m->body_stored || !q->has_body_ops || q->body_ops.read == NULL)
         return 0;
     uint8_t *buf = malloc(n);
@@ -354,15 +358,16 @@ int queue_body_spill(struct queue *q,
     while (q->mem_head != NULL && done < budget) {
         struct queue_item *it = q->mem_head;
         struct queue_msg *m = &it->msg;
-        if (m->body != NULL) {
+        if (queue_msg_body(m) != NULL) {
             if (q->mem_bytes <= keep_bytes && m->received_at_ms + keep_ms > now_ms)
                 break;
-            rv = q->body_ops.put(q->body_ops.arg, m->id, m->body, m->body_len, m->body_sha256,
-                                 &m->body_loc);
+            uint64_t loc;
+            rv =
+                q->body_ops.put(q->body_ops.arg, m->id, m->body, m->body_len, m->body_sha256, &loc);
             if (rv != 0)
                 break;
             free(m->body);
-            m->body = NULL;
+            m->body_loc = loc;
             m->body_stored = true;
             q->mem_bytes -= m->body_len;
             done += m->body_len;
@@ -400,7 +405,7 @@ int queue_body_lost(struct queue *q, const char *id)
     struct queue_item *it = queue_lookup(q, id);
     if (it == NULL)
         return HAMR_ENOTFOUND;
-    if (it->msg.body == NULL && it->msg.body_len > 0) {
+    if (queue_msg_body(&it->msg) == NULL && it->msg.body_len > 0) {
         queue_item_release_body(q, it);
         it->msg.body_missing = true;
         queue_touch(q, it);
@@ -552,7 +557,7 @@ void queue_link(struct queue *q, struct queue_item *it)
     queue_leased_set(q, it, leased);
     queue_count(q, it, 1);
     queue_dom_link(q, it);
-    if (q->has_body_ops && it->msg.body != NULL) {
+    if (q->has_body_ops && queue_msg_body(&it->msg) != NULL) {
         /* write_behind: in memory until queue_body_spill; always at the end. */
         if (q->mem_head == NULL)
             q->mem_head = it;
@@ -573,7 +578,7 @@ static void queue_unlink(struct queue *q, struct queue_item *it)
     queue_leased_set(q, it, false);
     queue_count(q, it, -1);
     queue_dom_unlink(q, it);
-    if (q->has_body_ops && it->msg.body != NULL)
+    if (q->has_body_ops && queue_msg_body(&it->msg) != NULL)
         q->mem_bytes -= it->msg.body_len;
     if (q->mem_head == it)
         q->mem_head = queue_item_after(q, it->msg.seq);

@@ -205,11 +205,14 @@ struct queue_msg {
     struct queue_rcpt *rcpts;
     uint32_t n_rcpts;
     uint32_t dsn_count;
-    uint8_t *body; /* in memory (a queue without body ops), else NULL */
+    /* One or the other (body_stored says which): read body with queue_msg_body. */
+    union {
+        uint8_t *body;     /* in memory (no body ops, or not yet written), else NULL */
+        uint64_t body_loc; /* where the node's store has it (not replicated) */
+    };
     uint8_t body_sha256[QUEUE_SHA256_LEN];
-    uint64_t body_loc;     /* with body ops: where the node's store has it (not replicated) */
     uint32_t body_len;     /* wherever it is (at most QUEUE_BODY_MAX) */
-    bool body_stored : 1;  /* body_loc is valid */
+    bool body_stored : 1;  /* body_loc is valid (body is not) */
     bool body_missing : 1; /* this node lacks the body (to fetch from a peer; not replicated) */
     bool body_8bit : 1;
     bool is_dsn : 1;
@@ -225,6 +228,12 @@ struct queue_msg {
     const struct queue_origin *origin; /* client address, HELO, accepting node; never NULL */
     uint64_t seq; /* acceptance order on this node (not replicated; renumbered by a restore) */
 };
+
+/* queue_msg_body - the body when it is in memory, else NULL. */
+static inline const uint8_t *queue_msg_body(const struct queue_msg *m)
+{
+    return m->body_stored ? NULL : m->body;
+}
 
 struct queue_apply_result {
     int status;             /* 0, or a HAMR_E* code for a refused command */

@@ -124,6 +124,7 @@ static int queue_dsn_prepare(struct queue *q,
     const uint8_t *p = NULL;
     orig.body_len = queue_body_head(q, m, QUEUE_DSN_HEADERS_MAX + 2, &p, &head);
     orig.body = (uint8_t *)p;
+    orig.body_stored = false; /* the head in memory, wherever the body is */
     int rv =
         queue_dsn_build(&orig, failed, n_failed, reporter, now_ms, id, &body, &len, &eight_bit);
     free(head);

@@ -88,7 +88,8 @@ static enum queue_dsn_kind queue_dsn_kind_of(const struct queue_dsn_rcpt *r)
 static bool queue_dsn_full(const struct queue_msg *orig, enum queue_dsn_kind kind)
 {
     return kind == QUEUE_DSN_FAILED && orig->ext != NULL && orig->ext->ret == QUEUE_RET_FULL &&
-           orig->body != NULL && orig->body_len > 0 && orig->body_len <= QUEUE_DSN_HEADERS_MAX;
+           queue_msg_body(orig) != NULL && orig->body_len > 0 &&
+           orig->body_len <= QUEUE_DSN_HEADERS_MAX;
 }
 
 /* queue_dsn_token - copy keeping only characters safe in a Message-ID or boundary. */
@@ -219,8 +220,8 @@ static int queue_dsn_part_headers(struct buf *b,
                                   bool full,
                                   bool *eight_bit)
 {
-    size_t n = full ? orig->body_len : queue_dsn_header_block(orig->body, orig->body_len);
-    const uint8_t *p = orig->body;
+    size_t n = full ? orig->body_len : queue_dsn_header_block(queue_msg_body(orig), orig->body_len);
+    const uint8_t *p = queue_msg_body(orig);
     size_t i = 0;
     int rv = 0;
     *eight_bit = false;

@@ -88,8 +88,8 @@ static int queue_snap_body(const struct queue *q,
                            Hamr__Enqueue *e,
                            struct queue_snap *s)
 {
-    if (m->body != NULL || m->body_len == 0) {
-        e->body.data = m->body;
+    if (queue_msg_body(m) != NULL || m->body_len == 0) {
+        e->body.data = (uint8_t *)queue_msg_body(m);
         e->body.len = m->body_len;
         return 0;
     }
@@ -426,7 +426,7 @@ static int queue_restore_body(struct queue *n,
         return 0;
     }
     /* From the snapshot, or from the old state's memory (write_behind). */
-    const uint8_t *from = e->body.len > 0 ? e->body.data : same ? was->msg.body : NULL;
+    const uint8_t *from = e->body.len > 0 ? e->body.data : same ? queue_msg_body(&was->msg) : NULL;
     if (from != NULL) {
         uint8_t *copy = malloc(len);
         if (copy == NULL)
@@ -437,11 +437,14 @@ static int queue_restore_body(struct queue *n,
         return rv;
     }
     m->body_len = len;
+    uint64_t loc;
     if (n->body_ops.locate != NULL &&
-        n->body_ops.locate(n->body_ops.arg, m->id, len, m->body_sha256, &m->body_loc) == 0)
+        n->body_ops.locate(n->body_ops.arg, m->id, len, m->body_sha256, &loc) == 0) {
+        m->body_loc = loc;
         m->body_stored = true;
-    else
+    } else {
         m->body_missing = true;
+    }
     return 0;
 }
 

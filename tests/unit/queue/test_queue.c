@@ -284,7 +284,7 @@ static void test_enqueue_and_find(void **state)
     assert_string_equal(m->rcpts[0].addr, "b@example.net");
     assert_string_equal(m->rcpts[1].addr, "c@example.net");
     assert_int_equal(m->body_len, strlen(fx_default_body));
-    assert_memory_equal(m->body, fx_default_body, m->body_len);
+    assert_memory_equal(queue_msg_body(m), fx_default_body, m->body_len);
     assert_int_equal(m->received_at_ms, T0);
     assert_int_equal(m->expires_at_ms, T0 + 1000);
     assert_string_equal(m->origin->client_addr, "192.0.2.7");
@@ -917,7 +917,7 @@ static void test_expiry_outcome_dsn(void **state)
     assert_int_equal(d->received_at_ms, T0 + 2 * MIN);
     assert_int_equal(d->expires_at_ms, T0 + 99 * MIN);
     assert_int_equal(d->origin->accepted_by, 0);
-    char *body = strndup((const char *)d->body, d->body_len);
+    char *body = strndup((const char *)queue_msg_body(d), d->body_len);
     assert_non_null(strstr(body, "Status: 4.4.7\r\n"));
     assert_non_null(strstr(body, "Final-Recipient: rfc822; x@far.test\r\n"));
     assert_non_null(strstr(body, "To: <a@example.org>\r\n"));
@@ -999,7 +999,7 @@ static void test_mixed_outcome(void **state)
     assert_string_equal(queue_rcpt_tried(&m->rcpts[2])->error, "550 5.1.1 no such user");
     const struct queue_msg *d = queue_find(q, "M-B0");
     assert_non_null(d);
-    char *body = strndup((const char *)d->body, d->body_len);
+    char *body = strndup((const char *)queue_msg_body(d), d->body_len);
     assert_non_null(strstr(body, "Final-Recipient: rfc822; r2@one.test\r\n"));
     assert_null(strstr(body, "Final-Recipient: rfc822; r0@one.test"));
     assert_null(strstr(body, "Final-Recipient: rfc822; r1@two.test"));
@@ -1349,7 +1349,7 @@ static void test_admin_bounce(void **state)
     assert_int_equal(fx_rcpt(q, "M", 2)->state, QUEUE_RCPT_BOUNCED);
     const struct queue_msg *d = queue_find(q, "M-B0");
     assert_non_null(d);
-    char *body = strndup((const char *)d->body, d->body_len);
+    char *body = strndup((const char *)queue_msg_body(d), d->body_len);
     assert_non_null(strstr(body, "Final-Recipient: rfc822; r0@one.test\r\n"));
     assert_non_null(strstr(body, "Final-Recipient: rfc822; r2@one.test\r\n"));
     assert_null(strstr(body, "Final-Recipient: rfc822; r1@two.test"));

@@ -175,7 +175,7 @@ static struct rec *stored(struct store *s, const struct queue *q, const char *id
 {
     const struct queue_msg *m = queue_find(q, id);
     assert_non_null(m);
-    assert_null(m->body);
+    assert_null(queue_msg_body(m));
     assert_true(m->body_stored);
     assert_false(m->body_missing);
     struct rec *r = store_rec(s, m->body_loc);
@@ -376,10 +376,10 @@ static int bodies_cb(void *arg, const struct queue_msg *m)
     w->n++;
     if (m->body_len == 0)
         return 0;
-    assert_non_null(m->body);
+    assert_non_null(queue_msg_body(m));
     struct rec *r = stored(w->s, w->ops, m->id);
     assert_int_equal(r->len, m->body_len);
-    assert_memory_equal(r->bytes, m->body, m->body_len);
+    assert_memory_equal(r->bytes, queue_msg_body(m), m->body_len);
     return 0;
 }
 
@@ -413,7 +413,7 @@ static void test_enqueue_puts(void **state)
 
     const struct queue_msg *m = queue_find(p.ops, "M1");
     assert_non_null(m);
-    assert_null(m->body);
+    assert_null(queue_msg_body(m));
     assert_true(m->body_stored);
     assert_false(m->body_missing);
     assert_int_equal(m->body_len, strlen(b1));
@@ -603,10 +603,10 @@ static void test_dsn_from_store(void **state)
 
     const struct queue_msg *dm = queue_find(p.mem, "M-B0");
     assert_non_null(dm);
-    assert_non_null(dm->body);
+    assert_non_null(queue_msg_body(dm));
     struct rec *dr = stored(&p.s, p.ops, "M-B0");
     assert_int_equal(dr->len, dm->body_len);
-    assert_memory_equal(dr->bytes, dm->body, dm->body_len);
+    assert_memory_equal(dr->bytes, queue_msg_body(dm), dm->body_len);
     /* The headers are in it, the original's text is not. */
     char *text = strndup((const char *)dr->bytes, dr->len);
     assert_non_null(strstr(text, "Subject: hello"));
@@ -624,7 +624,7 @@ static void test_dsn_from_store(void **state)
     dm = queue_find(p.mem, "N-B0");
     dr = stored(&p.s, p.ops, "N-B0");
     assert_int_equal(dr->len, dm->body_len);
-    assert_memory_equal(dr->bytes, dm->body, dm->body_len);
+    assert_memory_equal(dr->bytes, queue_msg_body(dm), dm->body_len);
     assert_non_null(memmem(dr->bytes, dr->len, "X-Tag: big", 10));
     free(big);
     assert_same_bodies(&p.s, p.ops, p.mem);
@@ -685,7 +685,7 @@ static void test_snapshot_store_level(void **state)
         bool have = i == 0 || i == 2;
         assert_int_equal(m->body_stored, have);
         assert_int_equal(m->body_missing, !have);
-        assert_null(m->body);
+        assert_null(queue_msg_body(m));
         assert_int_equal(m->body_len, strlen(bodies[i]));
     }
     assert_int_equal(queue_bodies_missing(q2), 3);
@@ -819,7 +819,7 @@ static void test_metadata_snapshot_needs_ops(void **state)
     const struct queue_msg *old = queue_find(m, "OLD");
     assert_non_null(old);
     assert_int_equal(old->body_len, strlen(fx_default_body));
-    assert_memory_equal(old->body, fx_default_body, old->body_len);
+    assert_memory_equal(queue_msg_body(old), fx_default_body, old->body_len);
 
     /* At the same level, a snapshot of a queue without ops has its bodies and goes in. */
     struct queue *plain = queue_new();
@@ -1157,7 +1157,7 @@ static void test_write_behind(void **state)
     assert_int_equal(p.s.puts, 0);
     assert_int_equal(queue_body_memory(p.ops), total);
     const struct queue_msg *m0 = queue_find(p.ops, "W0");
-    assert_non_null(m0->body);
+    assert_non_null(queue_msg_body(m0));
     assert_false(m0->body_stored);
 
     /* W0 finishes before it is written: never put. */
@@ -1175,7 +1175,7 @@ static void test_write_behind(void **state)
     assert_int_equal(put, strlen(b[1]));
     assert_int_equal(p.s.puts, 1);
     assert_memory_equal(stored(&p.s, p.ops, "W1")->bytes, b[1], strlen(b[1]));
-    assert_non_null(queue_find(p.ops, "W2")->body);
+    assert_non_null(queue_msg_body(queue_find(p.ops, "W2")));
 
     /* A snapshot at level 3 carries W2 and W3 (in memory), not W1 (stored). */
     size_t len;
@@ -1212,7 +1212,7 @@ static void test_write_behind(void **state)
     assert_int_equal(pair_enqueue(&p, T0 + 5000, &e4).status, 0);
     p.s.fail_put = true;
     assert_int_not_equal(queue_body_spill(p.ops, T0 + 9000, 1000, 0, 1 << 20, &put), 0);
-    assert_non_null(queue_find(p.ops, "W4")->body);
+    assert_non_null(queue_msg_body(queue_find(p.ops, "W4")));
     assert_int_equal(queue_body_memory(p.ops), strlen(b4));
     p.s.fail_put = false;
     assert_int_equal(queue_body_spill(p.ops, T0 + 9000, 1000, 0, 1 << 20, &put), 0);

@@ -610,7 +610,7 @@ static void test_dsn_via_queue(void **state)
     const struct queue_msg *m = queue_find(q, "QID7-B0");
     assert_non_null(m);
     struct dsn_parsed d;
-    parse(m->body, m->body_len, &d);
+    parse(queue_msg_body(m), m->body_len, &d);
     char v[256];
     assert_non_null(field(d.headers, "To", v, sizeof(v)));
     assert_string_equal(v, "<alice@example.org>");

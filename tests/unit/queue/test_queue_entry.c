@@ -109,7 +109,7 @@ static void test_enqueue(void **state)
         assert_int_equal(m->rcpts[i].next_attempt_ms, T0);
     }
     assert_int_equal(m->body_len, strlen(BODY));
-    assert_memory_equal(m->body, BODY, strlen(BODY));
+    assert_memory_equal(queue_msg_body(m), BODY, strlen(BODY));
     assert_true(m->body_8bit);
     assert_false(m->is_dsn);
     assert_int_equal(m->received_at_ms, T0);
@@ -249,7 +249,7 @@ static void test_outcome(void **state)
     assert_true(dsn->is_dsn);
     assert_int_equal(dsn->expires_at_ms, T0 + 9 * MIN);
     assert_string_equal(dsn->rcpts[0].addr, "a@example.org");
-    assert_non_null(memmem(dsn->body, dsn->body_len, "mx.hamr.test", 12));
+    assert_non_null(memmem(queue_msg_body(dsn), dsn->body_len, "mx.hamr.test", 12));
 }
 
 /* An Outcome with lease id 0 (expiry) for PENDING recipients; the message finishes. */

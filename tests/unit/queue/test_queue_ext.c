@@ -49,7 +49,7 @@ static char *dsn_text(const struct queue *q, const char *id)
     assert_true(m->is_dsn);
     char *s = malloc(m->body_len + 1);
     assert_non_null(s);
-    memcpy(s, m->body, m->body_len);
+    memcpy(s, queue_msg_body(m), m->body_len);
     s[m->body_len] = '\0';
     return s;
 }
