@@ -134,6 +134,7 @@ struct queue_tally {
  */
 struct queue_item {
     struct queue_msg msg;
+    uint32_t seq;        /* acceptance order on this node: see struct queue */
     uint32_t leased_pos; /* index in q->leased, or QUEUE_NOT_IN_HEAP */
     uint32_t exp_pos;    /* index in q->expiry, or QUEUE_NOT_IN_HEAP */
     uint32_t n_dnodes : 30;
@@ -155,6 +156,14 @@ struct queue_item {
         } many;
     } dx;
 };
+
+_Static_assert(offsetof(struct queue_item, msg) == 0, "an item starts with its message");
+
+/* queue_msg_item - the item of a queued message (msg is its first member). */
+static inline const struct queue_item *queue_msg_item(const struct queue_msg *m)
+{
+    return (const struct queue_item *)(const void *)m;
+}
 
 /* queue_item_dnode - the item's k-th dnode (k < n_dnodes). */
 static inline struct queue_dnode *queue_item_dnode(const struct queue_item *it, size_t k)
@@ -206,7 +215,7 @@ struct queue_done {
 struct queue {
     /*
      * The messages (queue.c), an insertion-ordered hash: order[] holds the
-     * items in acceptance order, an item's msg.seq being its index + 1, with
+     * items in acceptance order, an item's seq being its index + 1, with
      * NULL where one has left until the next compaction (queue_reserve);
      * otab[] finds them by id (open addressing, linear probing) and holds
      * order indexes. A compaction keeps the order and renumbers seq, so
@@ -441,7 +450,7 @@ static inline struct queue_item *queue_item_after(const struct queue *q, uint64_
 /* QUEUE_FOREACH_ITEM - every item in acceptance order; the body must not free it. */
 #define QUEUE_FOREACH_ITEM(q, it)                                    \
     for (struct queue_item *it = queue_item_after(q, 0); it != NULL; \
-         it = queue_item_after(q, it->msg.seq))
+         it = queue_item_after(q, it->seq))
 
 /* queue_done_new - a done record, not yet linked. */
 struct queue_done *queue_done_new(const char *id, uint64_t done_at_ms);
@@ -481,8 +490,7 @@ void queue_dom_clear(struct queue *q);
 /* queue_dheap_less - a comes before b in a heap of the domain index. */
 static inline bool queue_dheap_less(const struct queue_dnode *a, const struct queue_dnode *b)
 {
-    return a->key != b->key ? a->key < b->key
-                            : queue_dnode_item(a)->msg.seq < queue_dnode_item(b)->msg.seq;
+    return a->key != b->key ? a->key < b->key : queue_dnode_item(a)->seq < queue_dnode_item(b)->seq;
 }
 
 /* queue_node.c: the node directory */

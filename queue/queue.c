@@ -372,7 +372,7 @@ int queue_body_spill(struct queue *q,
             q->mem_bytes -= m->body_len;
             done += m->body_len;
         }
-        q->mem_head = queue_item_after(q, m->seq);
+        q->mem_head = queue_item_after(q, it->seq);
     }
     if (spilled != NULL)
         *spilled = done;
@@ -460,7 +460,7 @@ static int queue_table_rebuild(struct queue *q, size_t ocap, size_t tcap)
         struct queue_item *it = q->order[i];
         if (it == NULL)
             continue;
-        it->msg.seq = n + 1;
+        it->seq = (uint32_t)n + 1;
         order[n] = it;
         queue_otab_put(otab, tcap, it->msg.id, (uint32_t)n);
         n++;
@@ -551,7 +551,7 @@ void queue_link(struct queue *q, struct queue_item *it)
     /* queue_reserve made room: a full order or table here is a caller's bug. */
     if (q->olen >= q->ocap || (q->tused + 1) * 4 > q->tcap * 3)
         abort();
-    it->msg.seq = q->olen + 1;
+    it->seq = (uint32_t)q->olen + 1;
     (void)queue_wake(&it->msg, &leased);
     it->leased_pos = QUEUE_NOT_IN_HEAP;
     queue_leased_set(q, it, leased);
@@ -581,8 +581,8 @@ static void queue_unlink(struct queue *q, struct queue_item *it)
     if (q->has_body_ops && queue_msg_body(&it->msg) != NULL)
         q->mem_bytes -= it->msg.body_len;
     if (q->mem_head == it)
-        q->mem_head = queue_item_after(q, it->msg.seq);
-    uint32_t i = (uint32_t)(it->msg.seq - 1);
+        q->mem_head = queue_item_after(q, it->seq);
+    uint32_t i = (uint32_t)(it->seq - 1);
     size_t mask = q->tcap - 1, k = queue_id_hash(it->msg.id) & mask;
     while (q->otab[k] != i)
         k = (k + 1) & mask;
@@ -749,9 +749,9 @@ int queue_foreach_after(const struct queue *q,
         const struct queue_item *from = queue_lookup(q, after);
         if (from == NULL)
             return HAMR_ENOTFOUND;
-        it = queue_item_after(q, from->msg.seq);
+        it = queue_item_after(q, from->seq);
     }
-    for (; it != NULL; it = queue_item_after(q, it->msg.seq))
+    for (; it != NULL; it = queue_item_after(q, it->seq))
         if (fn(arg, &it->msg) != 0)
             break;
     return 0;

@@ -226,7 +226,6 @@ struct queue_msg {
     uint64_t received_at_ms;     /* timestamp of the Enqueue entry */
     uint64_t expires_at_ms;
     const struct queue_origin *origin; /* client address, HELO, accepting node; never NULL */
-    uint64_t seq; /* acceptance order on this node (not replicated; renumbered by a restore) */
 };
 
 /* queue_msg_body - the body when it is in memory, else NULL. */

@@ -807,7 +807,7 @@ static int queue_apply_admin(struct queue *q,
 {
     if (a->op == HAMR__ADMIN__OP__FLUSH && a->queue_id[0] == '\0') {
         for (struct queue_item *it = queue_item_after(q, 0); it != NULL;
-             it = queue_item_after(q, it->msg.seq))
+             it = queue_item_after(q, it->seq))
             queue_admin_flush(q, it, ts);
         res->flushed = true;
         return 0;

@@ -241,7 +241,7 @@ void queue_count(struct queue *q, struct queue_item *it, int sign)
 static bool queue_iheap_less(const struct queue_item *a, const struct queue_item *b)
 {
     uint64_t ka = queue_item_exp_key(a), kb = queue_item_exp_key(b);
-    return ka != kb ? ka < kb : a->msg.seq < b->msg.seq;
+    return ka != kb ? ka < kb : a->seq < b->seq;
 }
 
 QUEUE_HEAP_DEFINE(queue_dheap, struct queue_dheap, struct queue_dnode, queue_dheap_less, pos, 8)
@@ -368,7 +368,7 @@ void queue_dom_unlink(struct queue *q, struct queue_item *it)
 static void queue_dom_give_up(struct queue *q)
 {
     for (struct queue_item *it = queue_item_after(q, 0); it != NULL;
-         it = queue_item_after(q, it->msg.seq))
+         it = queue_item_after(q, it->seq))
         queue_dom_unlink(q, it);
     queue_dom_clear(q);
     q->dom_broken = true;
@@ -529,7 +529,7 @@ static int queue_dom_check(const struct queue *q)
 {
     size_t dnodes = 0, in_heaps = 0, exp = 0, domains = 0;
     for (const struct queue_item *it = queue_item_after(q, 0); it != NULL;
-         it = queue_item_after(q, it->msg.seq)) {
+         it = queue_item_after(q, it->seq)) {
         dnodes += it->n_dnodes;
         exp += it->exp_pos != QUEUE_NOT_IN_HEAP;
         if (q->dom_broken ? it->n_dnodes != 0 : it->n_dnodes == 0 && it->msg.n_rcpts != 0)
@@ -576,7 +576,7 @@ void queue_foreach_due(const struct queue *q,
                        void *arg)
 {
     for (const struct queue_item *it = queue_item_after(q, 0); it != NULL;
-         it = queue_item_after(q, it->msg.seq)) {
+         it = queue_item_after(q, it->seq)) {
         bool leased;
         if ((queue_wake(&it->msg, &leased) <= now_ms || leased) && fn(arg, &it->msg) != 0)
             return;
@@ -589,7 +589,7 @@ void queue_foreach_leased(const struct queue *q,
 {
     if (q->index_off || q->leased_broken) {
         for (const struct queue_item *it = queue_item_after(q, 0); it != NULL;
-             it = queue_item_after(q, it->msg.seq)) {
+             it = queue_item_after(q, it->seq)) {
             bool leased;
             (void)queue_wake(&it->msg, &leased);
             if (leased && fn(arg, &it->msg) != 0)
@@ -611,7 +611,7 @@ int queue_sched_index_check(const struct queue *q)
 {
     size_t leased = 0;
     for (const struct queue_item *it = queue_item_after(q, 0); it != NULL;
-         it = queue_item_after(q, it->msg.seq)) {
+         it = queue_item_after(q, it->seq)) {
         bool has_lease;
         (void)queue_wake(&it->msg, &has_lease);
         if (!q->leased_broken && queue_item_leased(it) != has_lease)

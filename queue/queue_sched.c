@@ -90,7 +90,7 @@ struct queue_sched_counts {
 /* queue_sched_group - due recipients of one message for one destination. */
 struct queue_sched_group {
     enum queue_work_kind kind;
-    uint64_t seq;         /* acceptance order of the message (queue_msg.seq) */
+    uint64_t seq;         /* acceptance order of the message (its item's seq) */
     uint64_t first_ms;    /* earliest next attempt among the recipients */
     uint64_t made;        /* its first recipient's index: among the groups of one
                              message, the order a walk over its recipients makes them */
@@ -213,7 +213,7 @@ static bool queue_sched_dead_lease(const struct queue_rcpt *r, const struct queu
 static int queue_sched_count_cb(void *arg, const struct queue_msg *m)
 {
     struct queue_sched_ctx *x = arg;
-    uint64_t seq = m->seq;
+    uint64_t seq = queue_msg_item(m)->seq;
     for (size_t i = 0; i < m->n_rcpts; i++) {
         const struct queue_rcpt *r = &m->rcpts[i];
         const struct queue_lease *l = queue_rcpt_lease(r);
@@ -297,7 +297,7 @@ static int queue_sched_group_add(struct queue_sched_ctx *x,
         g = &x->groups[gi];
         g->kind = kind;
         g->made = i;
-        g->seq = m->seq;
+        g->seq = queue_msg_item(m)->seq;
         g->first_ms = UINT64_MAX;
         g->queue_id = m->id;
         g->dest = dest;
@@ -709,7 +709,7 @@ static int queue_sched_walk(struct queue_sched_ctx *x,
         if (b->n >= b->limit) {
             const struct queue_sched_group *w = &x->groups[b->heap[0]];
             if (dn->key > w->first_ms ||
-                (dn->key == w->first_ms && queue_dnode_item(dn)->msg.seq > w->seq))
+                (dn->key == w->first_ms && queue_dnode_item(dn)->seq > w->seq))
                 break;
         }
         const struct queue_dheap *h = &dn->dom->heap;

@@ -257,7 +257,7 @@ static int queue_snap_build(const struct queue *q, bool with_bodies, struct queu
     s->snap = snap_init;
     size_t nm = q->mcount, nd = q->dcount, nr = 0, nx = 0;
     for (const struct queue_item *it = queue_item_after(q, 0); it != NULL;
-         it = queue_item_after(q, it->msg.seq)) {
+         it = queue_item_after(q, it->seq)) {
         nr += it->msg.n_rcpts;
         if (it->msg.ext != NULL)
             nx += it->msg.n_rcpts;
@@ -289,7 +289,7 @@ static int queue_snap_build(const struct queue *q, bool with_bodies, struct queu
     }
     size_t mi = 0, ri = 0, xi = 0;
     for (const struct queue_item *it = queue_item_after(q, 0); it != NULL;
-         it = queue_item_after(q, it->msg.seq), mi++) {
+         it = queue_item_after(q, it->seq), mi++) {
         const struct queue_msg *m = &it->msg;
         Hamr__Enqueue *e = &s->enq[mi];
         *e = enq_init;
@@ -571,7 +571,7 @@ static int queue_restore_into(struct queue *n, const struct queue *old, const Ha
 static void queue_release_unshared(struct queue *from, const struct queue *keep)
 {
     for (struct queue_item *it = queue_item_after(from, 0); it != NULL;
-         it = queue_item_after(from, it->msg.seq)) {
+         it = queue_item_after(from, it->seq)) {
         const struct queue_item *k = queue_lookup(keep, it->msg.id);
         if (k != NULL && k->msg.body_stored && it->msg.body_stored &&
             k->msg.body_loc == it->msg.body_loc)

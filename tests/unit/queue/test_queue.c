@@ -366,8 +366,8 @@ static int seq_cb(void *arg, const struct queue_msg *m)
     struct seq_walk *w = arg;
     assert_true(w->n < HAMR_ARRAY_LEN(w->want));
     assert_string_equal(m->id, w->want[w->n]);
-    assert_true(m->seq > w->last_seq);
-    w->last_seq = m->seq;
+    assert_true(queue_msg_item(m)->seq > w->last_seq);
+    w->last_seq = queue_msg_item(m)->seq;
     w->n++;
     return 0;
 }

@@ -18,6 +18,7 @@
 
 #include "util/common.h"
 #include "util/err.h"
+#include "queue/internal.h"
 #include "queue/queue.h"
 #include "queue/queue_sched.h"
 #include "queue_fixture.h"
@@ -538,7 +539,7 @@ static void ref_add(struct ref_ctx *x,
         memset(g, 0, sizeof(*g));
         g->kind = kind;
         g->first_ms = UINT64_MAX;
-        g->seq = m->seq;
+        g->seq = queue_msg_item(m)->seq;
         g->made = x->n++;
         hamr_strlcpy(g->id, m->id, sizeof(g->id));
         hamr_strlcpy(g->dest, dest, sizeof(g->dest));
