@@ -102,18 +102,18 @@ struct queue_counts {
 };
 
 /*
- * queue_tally - what one item adds to q->counts, kept so that the share
- * taken away later is exactly the one added: its live recipients by kind
- * (with the message's held and missing flags and body_len that is enough
- * to rebuild the whole struct queue_counts share, queue_tally_counts).
+ * queue_tally - what one item adds to q->counts: its live recipients by
+ * kind (with the message's held and missing flags and body_len that is
+ * enough to rebuild its whole struct queue_counts share, queue_tally_counts).
+ * Not kept: it is taken from the item when its share is added and again
+ * when it is taken away, so whatever changes what it counts takes the
+ * share away first (queue_untouch) and adds it back after (queue_touch).
  */
 struct queue_tally {
-    uint32_t fresh;       /* PENDING, never tried */
-    uint32_t deferred;    /* PENDING, tried */
-    uint32_t active : 29; /* LEASED (n_rcpts is below QUEUE_ITEM_RCPTS_MAX) */
-    uint32_t held : 1;
-    uint32_t missing : 1;
-    uint32_t on : 1; /* added to q->counts */
+    uint32_t fresh;    /* PENDING, never tried */
+    uint32_t deferred; /* PENDING, tried */
+    uint32_t active;   /* LEASED */
+    bool held, missing;
 };
 
 /*
@@ -134,13 +134,13 @@ struct queue_tally {
  */
 struct queue_item {
     struct queue_msg msg;
-    uint32_t seq;        /* acceptance order on this node: see struct queue */
-    uint32_t leased_pos; /* index in q->leased, or QUEUE_NOT_IN_HEAP */
-    uint32_t exp_pos;    /* index in q->expiry, or QUEUE_NOT_IN_HEAP */
-    uint32_t n_dnodes : 30;
-    uint32_t exp_open : 1;      /* its expiry heap key is expires_at_ms, not UINT64_MAX */
-    uint32_t many : 1;          /* the dnodes are in arrays (dx.many), not dx.dn1 */
-    struct queue_tally counted; /* what this item adds to q->counts */
+    uint32_t seq;           /* acceptance order on this node: see struct queue */
+    uint32_t leased_pos;    /* index in q->leased, or QUEUE_NOT_IN_HEAP */
+    uint32_t exp_pos;       /* index in q->expiry, or QUEUE_NOT_IN_HEAP */
+    uint32_t n_dnodes : 29; /* at most n_rcpts (below QUEUE_ITEM_RCPTS_MAX) */
+    uint32_t exp_open : 1;  /* its expiry heap key is expires_at_ms, not UINT64_MAX */
+    uint32_t many : 1;      /* the dnodes are in arrays (dx.many), not dx.dn1 */
+    uint32_t counted : 1;   /* its share is in q->counts (see struct queue_tally) */
     /*
      * The domain index (queue_index.c): one dnode per distinct recipient
      * domain. Most messages have one, kept in dn1. A message with a second
@@ -240,7 +240,7 @@ struct queue {
     size_t leased_len, leased_cap;
     bool leased_broken;
     bool index_off;             /* queue_set_sched_index(q, false): walk every message */
-    struct queue_counts counts; /* sums of every item's counted */
+    struct queue_counts counts; /* sums of every counted item's share */
     /* The domain index (queue_index.c, used by queue_sched.c): domains by
      * name and in a list, and the expiry heap (key expires_at_ms of an
      * unheld message with an open recipient, else UINT64_MAX). dom_broken:
@@ -474,6 +474,13 @@ void queue_leased_set(struct queue *q, struct queue_item *it, bool leased);
 
 /* queue_count - add (sign 1) or take away (sign -1) the share of it in q->counts. */
 void queue_count(struct queue *q, struct queue_item *it, int sign);
+
+/*
+ * queue_untouch - before a change to what it counts (a recipient's state
+ * or attempts, held, body_missing): take its share out of q->counts.
+ * queue_touch puts it back.
+ */
+void queue_untouch(struct queue *q, struct queue_item *it);
 
 /* queue_touch - it changed (recipients, held): bring the indexes and counts up to date. */
 void queue_touch(struct queue *q, struct queue_item *it);

@@ -391,6 +391,7 @@ int queue_body_found(struct queue *q, const char *id, uint64_t loc)
     struct queue_item *it = queue_lookup(q, id);
     if (it == NULL)
         return HAMR_ENOTFOUND;
+    queue_untouch(q, it);
     queue_item_release_body(q, it);
     it->msg.body_loc = loc;
     it->msg.body_stored = true;
@@ -406,6 +407,7 @@ int queue_body_lost(struct queue *q, const char *id)
     if (it == NULL)
         return HAMR_ENOTFOUND;
     if (queue_msg_body(&it->msg) == NULL && it->msg.body_len > 0) {
+        queue_untouch(q, it);
         queue_item_release_body(q, it);
         it->msg.body_missing = true;
         queue_touch(q, it);

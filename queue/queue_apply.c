@@ -314,6 +314,8 @@ static int queue_apply_lease_item(struct queue *q,
     }
     const struct queue_lease_hook *h = &q->lease_hook;
     bool granted = false;
+    if (rv == 0)
+        queue_untouch(q, it);
     for (size_t i = 0; rv == 0 && i < n; i++) {
         struct queue_rcpt *r = &m->rcpts[item->rcpt_indexes[i]];
         /* A repeated index is leased once; the copies made for it stay unused. */
@@ -650,6 +652,7 @@ static int queue_apply_outcome(struct queue *q,
         return rv;
     }
     /* Nothing below can fail. */
+    queue_untouch(q, it);
     uint64_t ended_node = 0; /* the holder of the lease this outcome ends */
     const struct queue_lease_hook *h = &q->lease_hook;
     for (size_t i = 0; i < o->n_results; i++) {
@@ -758,6 +761,7 @@ static int queue_admin_bounce(struct queue *q,
             rv = HAMR_ENOMEM;
     }
     if (rv == 0) {
+        queue_untouch(q, it);
         for (size_t i = 0; i < m->n_rcpts; i++) {
             if (tried[i] == NULL)
                 continue;
@@ -793,6 +797,7 @@ static int queue_admin_bounce(struct queue *q,
 static void queue_admin_flush(struct queue *q, struct queue_item *it, uint64_t ts)
 {
     struct queue_msg *m = &it->msg;
+    queue_untouch(q, it);
     for (size_t i = 0; i < m->n_rcpts; i++)
         if (m->rcpts[i].state == QUEUE_RCPT_PENDING)
             m->rcpts[i].next_attempt_ms = ts;
@@ -827,10 +832,12 @@ static int queue_apply_admin(struct queue *q,
             return 0;
         }
         case HAMR__ADMIN__OP__HOLD:
+            queue_untouch(q, it);
             it->msg.held = true;
             queue_touch(q, it);
             return 0;
         case HAMR__ADMIN__OP__RELEASE:
+            queue_untouch(q, it);
             it->msg.held = false;
             queue_touch(q, it);
             return 0;

@@ -153,23 +153,18 @@ static void queue_counts_add(struct queue_counts *sum, const struct queue_counts
 }
 
 /*
- * queue_count - with sign 1, tally it as it is now and add that to
- * q->counts; with sign -1, take away what was last added for it. Adding and
- * taking away the stored tally (not a recount) keeps the sums exact whatever
- * changed in between; body_len never changes while an item is linked.
+ * queue_count - with sign 1, add its share as it is now to q->counts; with
+ * sign -1, take it away (it must not have changed since it was added: see
+ * struct queue_tally). Each only once: counted says which was last.
  */
 void queue_count(struct queue *q, struct queue_item *it, int sign)
 {
-    if (sign > 0) {
-        it->counted = queue_tally_of(it);
-        it->counted.on = true;
-    } else if (!it->counted.on) {
+    if ((sign > 0) == (it->counted != 0))
         return;
-    }
-    struct queue_counts c = queue_tally_counts(&it->counted, it->msg.body_len);
+    struct queue_tally t = queue_tally_of(it);
+    struct queue_counts c = queue_tally_counts(&t, it->msg.body_len);
     queue_counts_add(&q->counts, &c, sign);
-    if (sign < 0)
-        it->counted = (struct queue_tally){0};
+    it->counted = sign > 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -555,10 +550,15 @@ static int queue_dom_check(const struct queue *q)
     return queue_iheap_check(&q->expiry);
 }
 
+/* queue_untouch - see internal.h. */
+void queue_untouch(struct queue *q, struct queue_item *it)
+{
+    queue_count(q, it, -1);
+}
+
 /* queue_touch - it changed (recipients, held): bring the indexes and counts up to date. */
 void queue_touch(struct queue *q, struct queue_item *it)
 {
-    queue_count(q, it, -1);
     queue_count(q, it, 1);
     queue_dom_rekey(q, it);
     bool leased;
@@ -610,8 +610,15 @@ void queue_set_sched_index(struct queue *q, bool on)
 int queue_sched_index_check(const struct queue *q)
 {
     size_t leased = 0;
+    struct queue_counts sum = {0};
     for (const struct queue_item *it = queue_item_after(q, 0); it != NULL;
          it = queue_item_after(q, it->seq)) {
+        /* Every item counted, as it is now: nothing changed it unseen. */
+        struct queue_tally t = queue_tally_of(it);
+        struct queue_counts c = queue_tally_counts(&t, it->msg.body_len);
+        if (!it->counted)
+            return -1;
+        queue_counts_add(&sum, &c, 1);
         bool has_lease;
         (void)queue_wake(&it->msg, &has_lease);
         if (!q->leased_broken && queue_item_leased(it) != has_lease)
@@ -621,5 +628,7 @@ int queue_sched_index_check(const struct queue *q)
             return -1;
         leased += queue_item_leased(it);
     }
+    if (memcmp(&sum, &q->counts, sizeof(sum)) != 0)
+        return -1;
     return leased == q->leased_len ? queue_dom_check(q) : -1;
 }
