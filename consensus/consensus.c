@@ -81,6 +81,7 @@
 
 #include "consensus/consensus.h"
 #include "consensus/consensus_crc.h"
+#include "consensus/consensus_guard.h"
 #include "consensus/consensus_tcp.h"
 
 #define CONSENSUS_POLL_MS 10
@@ -141,6 +142,7 @@ struct consensus {
 
     struct raft raft;
     struct raft_io io;
+    struct consensus_guard guard;   /* AppendEntries from index 1 (consensus_guard.h) */
     struct consensus_tcp transport; /* every raft connection; TLS with cfg.tls */
     struct raft_fsm raft_fsm;
 
@@ -635,6 +637,7 @@ static int consensus_bootstrap(struct consensus *c,
 static void consensus_new_abort_cb(struct raft *r)
 {
     struct consensus *c = r->data;
+    consensus_guard_remove(&c->guard);
     raft_uv_close(&c->io);
     free(c);
 }
@@ -696,6 +699,8 @@ int consensus_new(uv_loop_t *loop,
     }
     raft_uv_set_segment_size(&c->io, c->cfg.segment_size);
     raft_uv_set_snapshot_compression(&c->io, false);
+    /* Before raft_start, which hands io->start raft's receive callback. */
+    consensus_guard_install(&c->guard, &c->io);
 
     c->raft_fsm.version = 2;
     c->raft_fsm.data = c;
@@ -717,6 +722,7 @@ int consensus_new(uv_loop_t *loop,
     if (rv != 0) {
         consensus_errmsg(errmsg, errlen, "raft_init: %s: %s", raft_strerror(rv),
                          raft_errmsg(&c->raft));
+        consensus_guard_remove(&c->guard);
         raft_uv_close(&c->io);
         free(c);
         return consensus_err(rv);
@@ -1332,6 +1338,7 @@ static void consensus_close_step(struct consensus *c)
 static void consensus_raft_closed_cb(struct raft *r)
 {
     struct consensus *c = r->data;
+    consensus_guard_remove(&c->guard);
     raft_uv_close(&c->io);
     consensus_close_step(c);
 }
