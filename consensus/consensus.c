@@ -1228,6 +1228,8 @@ void consensus_get_info(struct consensus *c, struct consensus_info *info)
     memset(info, 0, sizeof(*info));
     info->failed = c->failed;
     info->port = c->transport.stats;
+    info->append_rebased = c->guard.rebased;
+    info->append_dropped = c->guard.dropped;
     if (c->closing) {
         /* raft may have released its configuration already. */
         info->state = CONSENSUS_UNAVAILABLE;
