@@ -9,6 +9,7 @@
  *
  * Happy path:
  *   consensus_new: validate, mkdir -p, consensus_tcp_init, raft_uv_init,
+ *     consensus_guard_install (received messages pass it first: RAFT.md 4.7),
  *     raft_init, tune, raft_bootstrap (RAFT_CANTBOOTSTRAP = restart, fine).
  *   consensus_start: raft_start (loads the whole log synchronously), then the
  *     poll timer watches raft_state(): 0.15 has no state-change callback.
