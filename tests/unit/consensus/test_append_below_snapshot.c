@@ -14,6 +14,11 @@
  *     as FSM and consensus_guard on every server's io: the follower rebases
  *     the message on its snapshot, stays a follower and catches up. Without
  *     the guard the same steps crash the process.
+ *   - test_follower_snapshots_between: the follower still holds entry 1 when
+ *     it is back, takes the first message from index 1, snapshots, and the
+ *     next one from index 1 finds its log past the snapshot (the crashes of
+ *     docs/correctness.md bug 1 fit this sequence). Without the guard: a
+ *     SIGSEGV in removeSuffix.
  *   - the others: consensus_guard_append on messages built here (what it
  *     passes, how it rewrites, what it frees: ASan checks the frees).
  */
@@ -120,6 +125,57 @@ static void test_follower_survives(void **state)
     cluster_sync(c, l, 0x7);
     assert_int_equal(raft_state(v), RAFT_FOLLOWER);
     assert_int_equal(raft_last_index(v), raft_last_index(lr));
+    cluster_assert_same(c, 0x7);
+    cluster_check(c);
+
+    cluster_free(c);
+    for (unsigned i = 0; i < 3; i++)
+        consensus_guard_remove(&guards[i]);
+}
+
+/*
+ * The same from a follower that still holds entry 1 when it comes back: the
+ * leader's first message from index 1 is taken, the follower applies it and
+ * snapshots (hamrd: its first snapshot, soon after a restart that replayed
+ * its log), and the next message from index 1, sent before the first was
+ * acknowledged, arrives at a log that starts after the snapshot.
+ */
+static void test_follower_snapshots_between(void **state)
+{
+    (void)state;
+    struct cluster *c = cluster_new_with(3, guard_server);
+    cluster_elect(c, 0);
+    const unsigned victim = 1;
+    struct raft *v = cluster_raft(c, victim);
+    unsigned seq = 0;
+    propose_n(c, 0, 12, &seq);
+    cluster_sync(c, 0, 0x7);
+    assert_int_equal(v->log.offset, 0);
+
+    isolate(c, victim, ISOLATE_DISCONNECT);
+    raft_fixture_depose(&c->f);
+    unsigned l = wait_other_leader(c, victim, 10 * ELECTION_MS);
+    assert_true(l < c->n);
+    struct raft *lr = cluster_raft(c, l);
+    assert_int_equal(lr->log.snapshot.last_index, 0);
+    propose_n(c, l, 3, &seq);
+    raft_fixture_step_until_elapsed(&c->f, 3 * ELECTION_MS);
+
+    /* A slow link from the leader: several heartbeats from index 1 in flight
+     * at once; the victim snapshots as soon as it applies. */
+    raft_set_snapshot_threshold(v, 4);
+    raft_set_snapshot_trailing(v, 2);
+    raft_fixture_set_network_latency(&c->f, l, 350);
+    heal(c, victim, ISOLATE_DISCONNECT);
+    raft_fixture_step_until_elapsed(&c->f, 3 * ELECTION_MS);
+    assert_int_not_equal(raft_state(v), RAFT_UNAVAILABLE);
+    assert_true(v->log.offset > 0);
+    assert_true(guards[victim].rebased >= 1);
+
+    raft_fixture_set_network_latency(&c->f, l, 15);
+    propose_n(c, l, 2, &seq);
+    cluster_sync(c, l, 0x7);
+    assert_int_equal(raft_state(v), RAFT_FOLLOWER);
     cluster_assert_same(c, 0x7);
     cluster_check(c);
 
@@ -258,6 +314,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_follower_survives),
+        cmocka_unit_test(test_follower_snapshots_between),
         cmocka_unit_test(test_pass),
         cmocka_unit_test(test_rebase),
     };
