@@ -9,6 +9,7 @@
  *
  * Happy path:
  *   consensus_new: validate, mkdir -p, consensus_tcp_init, raft_uv_init,
+ *     consensus_guard_install (received messages pass it first: RAFT.md 4.7),
  *     raft_init, tune, raft_bootstrap (RAFT_CANTBOOTSTRAP = restart, fine).
  *   consensus_start: raft_start (loads the whole log synchronously), then the
  *     poll timer watches raft_state(): 0.15 has no state-change callback.
@@ -81,6 +82,7 @@
 
 #include "consensus/consensus.h"
 #include "consensus/consensus_crc.h"
+#include "consensus/consensus_guard.h"
 #include "consensus/consensus_tcp.h"
 
 #define CONSENSUS_POLL_MS 10
@@ -141,6 +143,7 @@ struct consensus {
 
     struct raft raft;
     struct raft_io io;
+    struct consensus_guard guard;   /* AppendEntries from index 1 (consensus_guard.h) */
     struct consensus_tcp transport; /* every raft connection; TLS with cfg.tls */
     struct raft_fsm raft_fsm;
 
@@ -635,6 +638,7 @@ static int consensus_bootstrap(struct consensus *c,
 static void consensus_new_abort_cb(struct raft *r)
 {
     struct consensus *c = r->data;
+    consensus_guard_remove(&c->guard);
     raft_uv_close(&c->io);
     free(c);
 }
@@ -696,6 +700,8 @@ int consensus_new(uv_loop_t *loop,
     }
     raft_uv_set_segment_size(&c->io, c->cfg.segment_size);
     raft_uv_set_snapshot_compression(&c->io, false);
+    /* Before raft_start, which hands io->start raft's receive callback. */
+    consensus_guard_install(&c->guard, &c->io);
 
     c->raft_fsm.version = 2;
     c->raft_fsm.data = c;
@@ -717,6 +723,7 @@ int consensus_new(uv_loop_t *loop,
     if (rv != 0) {
         consensus_errmsg(errmsg, errlen, "raft_init: %s: %s", raft_strerror(rv),
                          raft_errmsg(&c->raft));
+        consensus_guard_remove(&c->guard);
         raft_uv_close(&c->io);
         free(c);
         return consensus_err(rv);
@@ -1222,6 +1229,8 @@ void consensus_get_info(struct consensus *c, struct consensus_info *info)
     memset(info, 0, sizeof(*info));
     info->failed = c->failed;
     info->port = c->transport.stats;
+    info->append_rebased = c->guard.rebased;
+    info->append_dropped = c->guard.dropped;
     if (c->closing) {
         /* raft may have released its configuration already. */
         info->state = CONSENSUS_UNAVAILABLE;
@@ -1332,6 +1341,7 @@ static void consensus_close_step(struct consensus *c)
 static void consensus_raft_closed_cb(struct raft *r)
 {
     struct consensus *c = r->data;
+    consensus_guard_remove(&c->guard);
     raft_uv_close(&c->io);
     consensus_close_step(c);
 }

@@ -124,6 +124,9 @@ struct consensus_info {
     struct consensus_member members[CONSENSUS_MAX_MEMBERS];
     int roles[CONSENSUS_MAX_MEMBERS]; /* 0 standby, 1 voter, 2 spare (RAFT_*) */
     struct consensus_port_stats port; /* what the raft port refused */
+    uint64_t append_rebased;          /* AppendEntries from index 1 rebased on our snapshot
+                                         (consensus_guard.h) */
+    uint64_t append_dropped;          /* the same that ended before our snapshot: dropped */
     bool failed;                      /* raft UNAVAILABLE after start, or the state machine
                                          refused an entry: the node must exit */
 };

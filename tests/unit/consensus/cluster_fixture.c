@@ -115,6 +115,11 @@ raft_time cluster_now(struct cluster *c)
 /* cluster_new - n voters, bootstrapped and started, with pre-vote on (as hamrd runs). */
 struct cluster *cluster_new(unsigned n)
 {
+    return cluster_new_with(n, NULL);
+}
+
+struct cluster *cluster_new_with(unsigned n, void (*before_start)(struct cluster *c, unsigned i))
+{
     struct cluster *c = calloc(1, sizeof(*c));
     assert_non_null(c);
     assert_int_equal(raft_fixture_initialize(&c->f), 0);
@@ -128,6 +133,8 @@ struct cluster *cluster_new(unsigned n)
     assert_int_equal(raft_fixture_configuration(&c->f, n, &conf), 0);
     assert_int_equal(raft_fixture_bootstrap(&c->f, &conf), 0);
     raft_configuration_close(&conf);
+    for (unsigned i = 0; before_start != NULL && i < n; i++)
+        before_start(c, i);
     assert_int_equal(raft_fixture_start(&c->f), 0);
     return c;
 }

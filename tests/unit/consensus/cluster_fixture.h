@@ -96,6 +96,8 @@ enum isolate_kind { ISOLATE_DISCONNECT, ISOLATE_KILL };
 
 /* The cluster: n voters (ids 1..n), bootstrapped and started, pre-vote on. */
 struct cluster *cluster_new(unsigned n);
+/* cluster_new_with - the same, calling before_start(c, i) for each server before raft_start. */
+struct cluster *cluster_new_with(unsigned n, void (*before_start)(struct cluster *c, unsigned i));
 /* cluster_free - close the fixture (pending requests are called back), then the queues. */
 void cluster_free(struct cluster *c);
 /* cmocka setup and teardown of a three-server cluster in *state. */

@@ -898,6 +898,90 @@ static void test_three_voters(void **state)
 }
 
 /* ------------------------------------------------------------------------ */
+/* 5a: a follower restarted with a snapshot, whose log no longer holds entry
+ * 1, and a new leader whose log still starts at 1 (docs/correctness.md bug 2,
+ * consensus_guard.h). The leader's sends to it failed while it was down, so
+ * its next index for it is 1, and it sends it entries 1..N with
+ * prev_log_index 0: libraft 0.15 alone would turn the follower unavailable
+ * ("No log entries found at index 1"). */
+
+static bool pred_time_passed(void *arg)
+{
+    return uv_now(&loop) >= *(const uint64_t *)arg;
+}
+
+static void test_restart_below_snapshot(void **state)
+{
+    (void)state;
+    char dirs[N3][64];
+    int ports[N3];
+    struct consensus_member voters[N3];
+    for (int i = 0; i < N3; i++) {
+        make_tmpdir(dirs[i], sizeof(dirs[i]));
+        ports[i] = free_port();
+        voters[i].id = (uint64_t)i + 1;
+        snprintf(voters[i].address, sizeof(voters[i].address), "127.0.0.1:%d", ports[i]);
+    }
+    /* Node 0 snapshots every few KiB and keeps 2 entries behind; the others
+     * never snapshot here (64 MiB): their logs start at 1. */
+    const int v = 0;
+    for (int i = 0; i < N3; i++) {
+        tnode_config(&nodes[i], (uint64_t)i + 1, ports[i], dirs[i], voters, N3);
+        if (i == v) {
+            nodes[i].cfg.snapshot_bytes = 4096;
+            nodes[i].cfg.snapshot_trailing = 2;
+        }
+        tnode_open(&nodes[i]);
+    }
+    assert_true(run_until(pred_one_ready, NULL));
+    int leader = ready_node();
+
+    static struct tracker t;
+    uint64_t count = 0;
+    /* 20,000 bytes of entries: several snapshots. Each rolls the open
+     * segment and removes closed ones before its index less the trailing
+     * entries, so from the second one on, entry 1 is on disk no more. */
+    for (int k = 0; k < 10; k++)
+        cluster_propose(leader, &count, &t);
+    assert_true(nodes[v].toy.n_snapshot >= 2);
+    assert_true(run_until(pred_snapshot_on_disk, dirs[v]));
+
+    /* Node 0 goes down; a new term's leader, one without a snapshot. */
+    tnode_close(&nodes[v]);
+    if (leader == v) {
+        assert_true(run_until(pred_one_ready, NULL));
+        leader = ready_node();
+    } else {
+        int other = 3 - v - leader;
+        leader = cluster_transfer(leader, nodes[other].cfg.id);
+    }
+    cluster_propose(leader, &count, &t);
+    /* Heartbeats to it queue while it is away; past 3 queued, raft_uv fails the
+     * oldest (RAFT_NOCONNECTION), and the leader sets its next index for it to
+     * match + 1 = 1. One second is 20 heartbeats. */
+    uv_update_time(&loop);
+    uint64_t until = uv_now(&loop) + 1000;
+    assert_true(run_until(pred_time_passed, &until));
+
+    /* Back, from its snapshot: it catches up and stays a follower. */
+    tnode_open(&nodes[v]);
+    cluster_propose(leader, &count, &t);
+    struct consensus_info info;
+    consensus_get_info(nodes[v].c, &info);
+    assert_false(info.failed);
+    assert_int_equal(info.state, CONSENSUS_FOLLOWER);
+    assert_true(nodes[v].toy.n_restore >= 1);
+    assert_true(info.append_rebased >= 1);
+    assert_int_equal(info.append_dropped, 0);
+    cluster_propose(leader, &count, &t);
+
+    for (int i = 0; i < N3; i++) {
+        tnode_close(&nodes[i]);
+        rm_rf(dirs[i]);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
 /* 5b: a stranger on the raft port (RAFT.md 4.5).                           */
 
 /* attack_put64 - little-endian u64 at p; returns p + 8. */
@@ -1328,6 +1412,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_uncommitted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_three_voters, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_restart_below_snapshot, setup, teardown),
         cmocka_unit_test_setup_teardown(test_port_malformed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_membership, setup, teardown),
     };
