@@ -70,15 +70,16 @@
 
 /*
  * A live record of a segment: where it starts and its body's length. Kept
- * per record (12 octets) rather than as a bare count so that release knows
+ * per record (8 octets) rather than as a bare count so that release knows
  * the length for live_bytes without reading the disk, and so that a second
  * release of one location is caught instead of removing a segment early.
  */
 struct body_store_rec {
-    uint32_t off;
+    uint32_t off : 31; /* below BODY_STORE_SEGMENT_MAX */
+    uint32_t dead : 1; /* released; dropped at the next compaction */
     uint32_t len;
-    bool dead; /* released; dropped at the next compaction */
 };
+_Static_assert(BODY_STORE_SEGMENT_MAX <= (1u << 31), "a record's offset fits in 31 bits");
 
 /* A segment file and what the store knows of it. */
 struct body_store_seg {
