@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
 #include <raft.h>
 #include <raft/fixture.h>
 
@@ -464,4 +465,52 @@ void heal(struct cluster *c, unsigned i, enum isolate_kind kind)
             raft_fixture_reconnect(&c->f, j, i);
         }
     }
+}
+
+/* cluster_msg_body - see cluster_fixture.h. */
+void cluster_msg_body(const char *id, char *out, size_t cap)
+{
+    int n = snprintf(out, cap,
+                     "Received: from client.test by mx.hamr.test\r\n"
+                     "Subject: %s\r\n\r\nbody of %s\r\n",
+                     id, id);
+    assert_true(n > 0 && (size_t)n < cap);
+}
+
+/* cluster_propose_enqueue - see cluster_fixture.h. */
+int cluster_propose_enqueue(struct cluster *c,
+                            unsigned i,
+                            const char *id,
+                            unsigned n_rcpts,
+                            struct cluster_prop **out)
+{
+    Hamr__Entry e = HAMR__ENTRY__INIT;
+    Hamr__Enqueue enq = HAMR__ENQUEUE__INIT;
+    char body[256];
+    char rcpt_text[MAX_RCPTS][32];
+    char *rcpts[MAX_RCPTS];
+    uint8_t sha[32];
+    unsigned sha_len = 0;
+    assert_true(n_rcpts >= 1 && n_rcpts <= MAX_RCPTS);
+    for (unsigned k = 0; k < n_rcpts; k++) {
+        snprintf(rcpt_text[k], sizeof(rcpt_text[k]), "r%u@dest%u.test", k, k);
+        rcpts[k] = rcpt_text[k];
+    }
+    cluster_msg_body(id, body, sizeof(body));
+    assert_int_equal(EVP_Digest(body, strlen(body), sha, &sha_len, EVP_sha256(), NULL), 1);
+    enq.queue_id = (char *)id;
+    enq.sender = "sender@example.org";
+    enq.n_rcpts = n_rcpts;
+    enq.rcpts = rcpts;
+    enq.body.data = (uint8_t *)body;
+    enq.body.len = strlen(body);
+    enq.body_sha256.data = sha;
+    enq.body_sha256.len = sha_len;
+    enq.expires_at_ms = T0 + 5 * 24 * 60 * MIN_MS;
+    enq.client_addr = "192.0.2.10";
+    enq.helo = "client.test";
+    enq.accepted_by = cluster_raft(c, i)->id;
+    e.cmd_case = HAMR__ENTRY__CMD_ENQUEUE;
+    e.enqueue = &enq;
+    return cluster_propose(c, i, &e, id, out);
 }

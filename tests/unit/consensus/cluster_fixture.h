@@ -133,6 +133,18 @@ int cluster_propose_packed(struct cluster *c,
                            size_t len,
                            const char *id,
                            struct cluster_prop **out);
+/* cluster_msg_body - the deterministic body of message id. */
+void cluster_msg_body(const char *id, char *out, size_t cap);
+/*
+ * cluster_propose_enqueue - an Enqueue of id with n_rcpts recipients
+ * (at most MAX_RCPTS; always the same entry for an id), accepted by server
+ * i, proposed on it (see cluster_propose).
+ */
+int cluster_propose_enqueue(struct cluster *c,
+                            unsigned i,
+                            const char *id,
+                            unsigned n_rcpts,
+                            struct cluster_prop **out);
 /* cluster_propose - pack e, stamped with T0 + simulated time, and propose it on server i. */
 int cluster_propose(struct cluster *c,
                     unsigned i,

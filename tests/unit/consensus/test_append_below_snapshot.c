@@ -33,7 +33,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
 #include <raft.h>
 #include <raft/fixture.h>
 
@@ -56,29 +55,8 @@ static void propose_n(struct cluster *c, unsigned leader, unsigned n, unsigned *
 {
     for (unsigned k = 0; k < n; k++) {
         char id[32];
-        char body[64];
-        char rcpt_text[32] = "r0@dest0.test";
-        char *rcpts[1] = {rcpt_text};
-        uint8_t sha[32];
-        unsigned sha_len = 0;
         snprintf(id, sizeof(id), "Q%06u", (*seq)++);
-        snprintf(body, sizeof(body), "Subject: %s\r\n\r\nbody\r\n", id);
-        assert_int_equal(EVP_Digest(body, strlen(body), sha, &sha_len, EVP_sha256(), NULL), 1);
-        Hamr__Entry e = HAMR__ENTRY__INIT;
-        Hamr__Enqueue enq = HAMR__ENQUEUE__INIT;
-        enq.queue_id = id;
-        enq.sender = "sender@example.org";
-        enq.n_rcpts = 1;
-        enq.rcpts = rcpts;
-        enq.body.data = (uint8_t *)body;
-        enq.body.len = strlen(body);
-        enq.body_sha256.data = sha;
-        enq.body_sha256.len = sha_len;
-        enq.expires_at_ms = T0 + 5 * 24 * 60 * MIN_MS;
-        enq.accepted_by = cluster_raft(c, leader)->id;
-        e.cmd_case = HAMR__ENTRY__CMD_ENQUEUE;
-        e.enqueue = &enq;
-        committed(c, cluster_propose(c, leader, &e, id, NULL));
+        committed(c, cluster_propose_enqueue(c, leader, id, 1, NULL));
     }
 }
 

@@ -26,7 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
 #include <raft.h>
 #include <raft/fixture.h>
 
@@ -35,54 +34,6 @@
 #include "proto/proto_frame.h"
 #include "queue/queue.h"
 #include "cluster_fixture.h"
-
-/* msg_body - the deterministic body of message id. */
-static void msg_body(const char *id, char *out, size_t cap)
-{
-    int n = snprintf(out, cap,
-                     "Received: from client.test by mx.hamr.test\r\n"
-                     "Subject: %s\r\n\r\nbody of %s\r\n",
-                     id, id);
-    assert_true(n > 0 && (size_t)n < cap);
-}
-
-/* propose_enqueue - an Enqueue of id with n_rcpts recipients (always the same entry for an id). */
-static int propose_enqueue(struct cluster *c,
-                           unsigned i,
-                           const char *id,
-                           unsigned n_rcpts,
-                           struct cluster_prop **out)
-{
-    Hamr__Entry e = HAMR__ENTRY__INIT;
-    Hamr__Enqueue enq = HAMR__ENQUEUE__INIT;
-    char body[256];
-    char rcpt_text[MAX_RCPTS][32];
-    char *rcpts[MAX_RCPTS];
-    uint8_t sha[32];
-    unsigned sha_len = 0;
-    assert_true(n_rcpts >= 1 && n_rcpts <= MAX_RCPTS);
-    for (unsigned k = 0; k < n_rcpts; k++) {
-        snprintf(rcpt_text[k], sizeof(rcpt_text[k]), "r%u@dest%u.test", k, k);
-        rcpts[k] = rcpt_text[k];
-    }
-    msg_body(id, body, sizeof(body));
-    assert_int_equal(EVP_Digest(body, strlen(body), sha, &sha_len, EVP_sha256(), NULL), 1);
-    enq.queue_id = (char *)id;
-    enq.sender = "sender@example.org";
-    enq.n_rcpts = n_rcpts;
-    enq.rcpts = rcpts;
-    enq.body.data = (uint8_t *)body;
-    enq.body.len = strlen(body);
-    enq.body_sha256.data = sha;
-    enq.body_sha256.len = sha_len;
-    enq.expires_at_ms = T0 + 5 * 24 * 60 * MIN_MS;
-    enq.client_addr = "192.0.2.10";
-    enq.helo = "client.test";
-    enq.accepted_by = cluster_raft(c, i)->id;
-    e.cmd_case = HAMR__ENTRY__CMD_ENQUEUE;
-    e.enqueue = &enq;
-    return cluster_propose(c, i, &e, id, out);
-}
 
 /* propose_lease - lease every recipient of id under lease_id to node_id for 10 minutes. */
 static int propose_lease(struct cluster *c,
@@ -187,7 +138,7 @@ static void test_replication(void **state)
     raft_time t0 = cluster_now(c);
     for (unsigned k = 0; k < N_MSGS; k++) {
         snprintf(ids[k], sizeof(ids[k]), "R%02u", k);
-        assert_int_equal(propose_enqueue(c, 0, ids[k], 2, &p[k]), 0);
+        assert_int_equal(cluster_propose_enqueue(c, 0, ids[k], 2, &p[k]), 0);
     }
     for (unsigned k = 0; k < N_MSGS; k++) {
         prop_wait(c, p[k], 0, 2000);
@@ -263,7 +214,7 @@ static void test_leader_crash_after_commit(void **state)
     struct cluster_prop *p[10];
     for (unsigned k = 0; k < 10; k++) {
         snprintf(ids[k], sizeof(ids[k]), "C%02u", k);
-        assert_int_equal(propose_enqueue(c, 0, ids[k], 1, &p[k]), 0);
+        assert_int_equal(cluster_propose_enqueue(c, 0, ids[k], 1, &p[k]), 0);
     }
     for (unsigned k = 0; k < 10; k++)
         prop_wait(c, p[k], 0, 2000);
@@ -298,7 +249,7 @@ static void test_leader_crash_after_commit(void **state)
     cluster_assert_same(c, 0x6);
 
     /* More mail while server 0 is down, then it comes back and catches up. */
-    committed(c, propose_enqueue(c, l, "C-after", 1, NULL));
+    committed(c, cluster_propose_enqueue(c, l, "C-after", 1, NULL));
     raft_fixture_revive(&c->f, 0);
     cluster_sync(c, l, 0x7);
     assert_int_equal(raft_state(cluster_raft(c, 0)), RAFT_FOLLOWER);
@@ -315,13 +266,13 @@ static void test_leader_crash_after_commit(void **state)
 static void crash_before_commit(struct cluster *c, enum isolate_kind kind)
 {
     cluster_elect(c, 0);
-    committed(c, propose_enqueue(c, 0, "base", 1, NULL));
+    committed(c, cluster_propose_enqueue(c, 0, "base", 1, NULL));
     cluster_sync(c, 0, 0x7);
 
     isolate(c, 0, kind);
     raft_time cut_at = cluster_now(c);
     struct cluster_prop *x;
-    assert_int_equal(propose_enqueue(c, 0, "X", 2, &x), 0);
+    assert_int_equal(cluster_propose_enqueue(c, 0, "X", 2, &x), 0);
     raft_index x_index = x->req.index;
     assert_int_equal(raft_last_index(cluster_raft(c, 0)), x_index);
 
@@ -342,7 +293,7 @@ static void crash_before_commit(struct cluster *c, enum isolate_kind kind)
          */
         assert_int_equal(raft_state(cluster_raft(c, 0)), RAFT_LEADER);
     }
-    struct cluster_prop *y = committed(c, propose_enqueue(c, l, "X", 2, NULL));
+    struct cluster_prop *y = committed(c, cluster_propose_enqueue(c, l, "X", 2, NULL));
     assert_int_equal(y->res.status, 0);
     assert_false(y->res.duplicate);
     assert_true(y->req.index >= x_index);
@@ -393,11 +344,11 @@ static void test_unknown_outcome_by_queue_id(void **state)
 {
     struct cluster *c = *state;
     cluster_elect(c, 0);
-    committed(c, propose_enqueue(c, 0, "base", 1, NULL));
+    committed(c, cluster_propose_enqueue(c, 0, "base", 1, NULL));
     cluster_sync(c, 0, 0x7);
 
     struct cluster_prop *x;
-    assert_int_equal(propose_enqueue(c, 0, "U", 1, &x), 0);
+    assert_int_equal(cluster_propose_enqueue(c, 0, "U", 1, &x), 0);
     raft_index idx = x->req.index;
     assert_true(cluster_step_until(c, followers_stored_pred, &idx, 500));
     /* Both followers persisted U; their acknowledgements are still on the wire. */
@@ -420,7 +371,7 @@ static void test_unknown_outcome_by_queue_id(void **state)
     /* Re-proposing anyway is harmless: a duplicate, nothing changes. */
     char before[65], after[65];
     queue_digest(c->srv[1].q, before);
-    struct cluster_prop *y = committed(c, propose_enqueue(c, 1, "U", 1, NULL));
+    struct cluster_prop *y = committed(c, cluster_propose_enqueue(c, 1, "U", 1, NULL));
     assert_int_equal(y->res.status, 0);
     assert_true(y->res.duplicate);
     queue_digest(c->srv[1].q, after);
@@ -447,7 +398,7 @@ static void test_minority_partition(void **state)
 {
     struct cluster *c = *state;
     cluster_elect(c, 0);
-    committed(c, propose_enqueue(c, 0, "base", 1, NULL));
+    committed(c, cluster_propose_enqueue(c, 0, "base", 1, NULL));
     cluster_sync(c, 0, 0x7);
 
     isolate(c, 0, ISOLATE_DISCONNECT);
@@ -455,13 +406,13 @@ static void test_minority_partition(void **state)
     char ids[3][16];
     for (unsigned k = 0; k < 3; k++) {
         snprintf(ids[k], sizeof(ids[k]), "min-%u", k);
-        assert_int_equal(propose_enqueue(c, 0, ids[k], 1, &minority[k]), 0);
+        assert_int_equal(cluster_propose_enqueue(c, 0, ids[k], 1, &minority[k]), 0);
     }
     unsigned l = wait_other_leader(c, 0, 10 * ELECTION_MS);
     for (unsigned k = 0; k < 3; k++) {
         char id[16];
         snprintf(id, sizeof(id), "maj-%u", k);
-        committed(c, propose_enqueue(c, l, id, 1, NULL));
+        committed(c, cluster_propose_enqueue(c, l, id, 1, NULL));
     }
     cluster_sync(c, l, 0x6);
 
@@ -473,7 +424,7 @@ static void test_minority_partition(void **state)
         assert_int_equal(minority[k]->status, RAFT_LEADERSHIPLOST);
         assert_false(queue_contains(c->srv[0].q, ids[k]));
     }
-    assert_int_equal(propose_enqueue(c, 0, "min-late", 1, NULL), RAFT_NOTLEADER);
+    assert_int_equal(cluster_propose_enqueue(c, 0, "min-late", 1, NULL), RAFT_NOTLEADER);
     /* Nothing of the minority reached the majority's state. */
     for (unsigned k = 0; k < 3; k++)
         assert_false(queue_contains(c->srv[l].q, ids[k]));
@@ -513,14 +464,14 @@ static void test_majority_loss(void **state)
 {
     struct cluster *c = *state;
     cluster_elect(c, 0);
-    committed(c, propose_enqueue(c, 0, "base", 1, NULL));
+    committed(c, cluster_propose_enqueue(c, 0, "base", 1, NULL));
     cluster_sync(c, 0, 0x7);
 
     raft_fixture_kill(&c->f, 1);
     raft_fixture_kill(&c->f, 2);
     raft_time lost_at = cluster_now(c);
     struct cluster_prop *x;
-    assert_int_equal(propose_enqueue(c, 0, "lost", 1, &x), 0);
+    assert_int_equal(cluster_propose_enqueue(c, 0, "lost", 1, &x), 0);
     /* Several election timeouts: never committed. */
     assert_false(cluster_step_until(c, prop_ok_pred, x, 5 * ELECTION_MS));
     assert_true(cluster_now(c) - lost_at >= 5 * ELECTION_MS);
@@ -531,7 +482,7 @@ static void test_majority_loss(void **state)
     assert_int_not_equal(raft_state(cluster_raft(c, 0)), RAFT_LEADER);
     assert_true(cluster_raft(c, 0)->commit_index < x->req.index);
     assert_false(queue_contains(c->srv[0].q, "lost"));
-    assert_int_equal(propose_enqueue(c, 0, "later", 1, NULL), RAFT_NOTLEADER);
+    assert_int_equal(cluster_propose_enqueue(c, 0, "later", 1, NULL), RAFT_NOTLEADER);
     assert_int_equal(cluster_leader_of(c, c->n), c->n);
 }
 
@@ -607,7 +558,7 @@ static void test_transfer_under_load(void **state)
             unsigned l = cluster_leader_of(c, c->n);
             if (l < c->n) {
                 snprintf(ids[sent], sizeof(ids[sent]), "T%03u", sent);
-                int rv = propose_enqueue(c, l, ids[sent], 1, NULL);
+                int rv = cluster_propose_enqueue(c, l, ids[sent], 1, NULL);
                 if (rv == RAFT_NOTLEADER) {
                     rejected[sent] = true;
                     n_rejected++;
@@ -649,7 +600,7 @@ static void test_transfer_under_load(void **state)
     }
     for (unsigned k = 0; k < STREAM_MSGS; k++) {
         if (rejected[k] || !queue_contains(c->srv[target].q, ids[k]))
-            committed(c, propose_enqueue(c, target, ids[k], 1, NULL));
+            committed(c, cluster_propose_enqueue(c, target, ids[k], 1, NULL));
     }
     cluster_sync(c, target, 0x7);
     for (unsigned i = 0; i < 3; i++) {
@@ -676,7 +627,7 @@ static void test_commit_stall_unbounded_stream(void **state)
 {
     struct cluster *c = *state;
     cluster_elect(c, 0);
-    committed(c, propose_enqueue(c, 0, "base", 1, NULL));
+    committed(c, cluster_propose_enqueue(c, 0, "base", 1, NULL));
     struct raft *r0 = cluster_raft(c, 0);
     raft_index commit_before = r0->commit_index;
     raft_time start = cluster_now(c), next = start;
@@ -685,7 +636,7 @@ static void test_commit_stall_unbounded_stream(void **state)
         if (cluster_now(c) >= next) {
             char id[16];
             snprintf(id, sizeof(id), "W%03u", sent++);
-            assert_int_equal(propose_enqueue(c, 0, id, 1, NULL), 0);
+            assert_int_equal(cluster_propose_enqueue(c, 0, id, 1, NULL), 0);
             next = cluster_now(c) + 5;
         }
         raft_fixture_step(&c->f);
@@ -726,7 +677,7 @@ static void test_membership(void **state)
     for (unsigned k = 0; k < 10; k++) {
         char id[16];
         snprintf(id, sizeof(id), "M%02u", k);
-        committed(c, propose_enqueue(c, 0, id, 1, NULL));
+        committed(c, cluster_propose_enqueue(c, 0, id, 1, NULL));
     }
 
     /* A fourth server: grown into the fixture, started without bootstrap. */
@@ -780,7 +731,7 @@ static void test_membership(void **state)
      */
     raft_fixture_kill(&c->f, 2);
     raft_fixture_kill(&c->f, 1);
-    struct cluster_prop *p = committed(c, propose_enqueue(c, 0, "M-after", 1, NULL));
+    struct cluster_prop *p = committed(c, cluster_propose_enqueue(c, 0, "M-after", 1, NULL));
     assert_int_equal(p->res.status, 0);
     cluster_sync(c, 0, 0x9);
     assert_non_null(queue_find(c->srv[3].q, "M-after"));
@@ -799,7 +750,7 @@ static void test_snapshot_install(void **state)
         raft_set_snapshot_trailing(cluster_raft(c, i), 4);
     }
     cluster_elect(c, 0);
-    committed(c, propose_enqueue(c, 0, "S-first", 2, NULL));
+    committed(c, cluster_propose_enqueue(c, 0, "S-first", 2, NULL));
     cluster_sync(c, 0, 0x7);
 
     isolate(c, 2, ISOLATE_DISCONNECT);
@@ -808,7 +759,7 @@ static void test_snapshot_install(void **state)
     for (unsigned k = 0; k < 40; k++) {
         char id[16];
         snprintf(id, sizeof(id), "S%02u", k);
-        committed(c, propose_enqueue(c, 0, id, 1, NULL));
+        committed(c, cluster_propose_enqueue(c, 0, id, 1, NULL));
         if (k % 4 == 0) {
             committed(c, propose_lease(c, 0, id, 1, 500 + k, 1, NULL));
             committed(c, propose_outcome(c, 0, id, 500 + k, ok, 1, NULL));
@@ -833,7 +784,7 @@ static void test_snapshot_install(void **state)
     assert_non_null(queue_find(c->srv[2].q, "S39"));
 
     /* It goes on applying entries after the restore. */
-    committed(c, propose_enqueue(c, 0, "S-last", 1, NULL));
+    committed(c, cluster_propose_enqueue(c, 0, "S-last", 1, NULL));
     cluster_sync(c, 0, 0x7);
     assert_non_null(queue_find(c->srv[2].q, "S-last"));
     cluster_assert_same(c, 0x7);
@@ -847,7 +798,7 @@ static void test_fencing_across_leaders(void **state)
 {
     struct cluster *c = *state;
     cluster_elect(c, 0);
-    committed(c, propose_enqueue(c, 0, "F", 1, NULL));
+    committed(c, cluster_propose_enqueue(c, 0, "F", 1, NULL));
     struct cluster_prop *lease = committed(c, propose_lease(c, 0, "F", 1, 100, 3, NULL));
     assert_int_equal(lease->res.status, 0);
     raft_term term_a = cluster_raft(c, 0)->current_term;

@@ -796,10 +796,14 @@ static int cluster_transfer(int i, uint64_t target)
     return j;
 }
 
-/* cluster_open3 - three voters on fresh directories and ports; returns the leader's index. */
-static int cluster_open3(char dirs[N3][64], int ports[N3])
+/*
+ * cluster_open3_with - three voters on fresh directories and ports, each
+ * configured by tnode_config and then by adjust (NULL: none) before it
+ * opens; returns the leader's index.
+ */
+static int cluster_open3_with(char dirs[N3][64], int ports[N3], void (*adjust)(int i))
 {
-    struct consensus_member voters[N3];
+    static struct consensus_member voters[N3]; /* the nodes' configurations point here */
     for (int i = 0; i < N3; i++) {
         make_tmpdir(dirs[i], sizeof(dirs[i]));
         ports[i] = free_port();
@@ -808,10 +812,18 @@ static int cluster_open3(char dirs[N3][64], int ports[N3])
     }
     for (int i = 0; i < N3; i++) {
         tnode_config(&nodes[i], (uint64_t)i + 1, ports[i], dirs[i], voters, N3);
+        if (adjust != NULL)
+            adjust(i);
         tnode_open(&nodes[i]);
     }
     assert_true(run_until(pred_one_ready, NULL));
     return ready_node();
+}
+
+/* cluster_open3 - three voters on fresh directories and ports; returns the leader's index. */
+static int cluster_open3(char dirs[N3][64], int ports[N3])
+{
+    return cluster_open3_with(dirs, ports, NULL);
 }
 
 static void test_three_voters(void **state)
@@ -898,6 +910,16 @@ static void test_three_voters(void **state)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Node 0 snapshots every few KiB and keeps 2 entries behind; the others
+ * never snapshot here (64 MiB): their logs start at 1. */
+static void restart_below_adjust(int i)
+{
+    if (i == 0) {
+        nodes[i].cfg.snapshot_bytes = 4096;
+        nodes[i].cfg.snapshot_trailing = 2;
+    }
+}
+
 /* 5a: a follower restarted with a snapshot, whose log no longer holds entry
  * 1, and a new leader whose log still starts at 1 (docs/correctness.md bug 2,
  * consensus_guard.h). The leader's sends to it failed while it was down, so
@@ -915,26 +937,8 @@ static void test_restart_below_snapshot(void **state)
     (void)state;
     char dirs[N3][64];
     int ports[N3];
-    struct consensus_member voters[N3];
-    for (int i = 0; i < N3; i++) {
-        make_tmpdir(dirs[i], sizeof(dirs[i]));
-        ports[i] = free_port();
-        voters[i].id = (uint64_t)i + 1;
-        snprintf(voters[i].address, sizeof(voters[i].address), "127.0.0.1:%d", ports[i]);
-    }
-    /* Node 0 snapshots every few KiB and keeps 2 entries behind; the others
-     * never snapshot here (64 MiB): their logs start at 1. */
-    const int v = 0;
-    for (int i = 0; i < N3; i++) {
-        tnode_config(&nodes[i], (uint64_t)i + 1, ports[i], dirs[i], voters, N3);
-        if (i == v) {
-            nodes[i].cfg.snapshot_bytes = 4096;
-            nodes[i].cfg.snapshot_trailing = 2;
-        }
-        tnode_open(&nodes[i]);
-    }
-    assert_true(run_until(pred_one_ready, NULL));
-    int leader = ready_node();
+    const int v = 0; /* restart_below_adjust's node */
+    int leader = cluster_open3_with(dirs, ports, restart_below_adjust);
 
     static struct tracker t;
     uint64_t count = 0;

@@ -49,9 +49,9 @@ static void test_every_alignment_and_short_length(void **state)
     fill(buf, sizeof(buf), 1);
     for (size_t off = 0; off < 16; off++)
         for (size_t len = 0; off + len <= sizeof(buf) && len <= 100; len++)
-            assert_int_equal(byteCrc32(buf + off, len, (unsigned)(off * 7919 + len)),
-                             raft_byte_crc32_reference(buf + off, len,
-                                                       (unsigned)(off * 7919 + len)));
+            assert_int_equal(
+                byteCrc32(buf + off, len, (unsigned)(off * 7919 + len)),
+                raft_byte_crc32_reference(buf + off, len, (unsigned)(off * 7919 + len)));
 }
 
 static void test_large_bodies(void **state)
@@ -63,7 +63,8 @@ static void test_large_bodies(void **state)
         fill(buf, BIG, seed);
         size_t lens[] = {4096, 65536, 65536 + 3, BIG - 1, BIG};
         for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++)
-            assert_int_equal(byteCrc32(buf, lens[i], seed), raft_byte_crc32_reference(buf, lens[i], seed));
+            assert_int_equal(byteCrc32(buf, lens[i], seed),
+                             raft_byte_crc32_reference(buf, lens[i], seed));
     }
     free(buf);
 }
