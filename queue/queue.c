@@ -430,14 +430,18 @@ size_t queue_bodies_missing(const struct queue *q)
 #define QUEUE_OT_GONE (UINT32_MAX - 1)
 #define QUEUE_OT_MAX ((size_t)UINT32_MAX - 2) /* items the order can index */
 
-/* queue_otab_put - place order index i, for id, in the first free or gone slot. */
-static void queue_otab_put(uint32_t *t, size_t cap, const char *id, uint32_t i)
+/*
+ * queue_otab_put - place order index i, for id, in the first free or gone
+ * slot; true if the slot was free (one more in use), false if gone.
+ */
+static bool queue_otab_put(uint32_t *t, size_t cap, const char *id, uint32_t i)
 {
     size_t mask = cap - 1;
     for (size_t k = queue_id_hash(id) & mask;; k = (k + 1) & mask) {
         if (t[k] == QUEUE_OT_FREE || t[k] == QUEUE_OT_GONE) {
+            bool was_free = t[k] == QUEUE_OT_FREE;
             t[k] = i;
-            return;
+            return was_free;
         }
     }
 }
@@ -464,7 +468,7 @@ static int queue_table_rebuild(struct queue *q, size_t ocap, size_t tcap)
             continue;
         it->seq = (uint32_t)n + 1;
         order[n] = it;
-        queue_otab_put(otab, tcap, it->msg.id, (uint32_t)n);
+        (void)queue_otab_put(otab, tcap, it->msg.id, (uint32_t)n);
         n++;
     }
     free(q->order);
@@ -551,8 +555,7 @@ void queue_link(struct queue *q, struct queue_item *it)
 {
     bool leased;
     /* queue_reserve made room: a full order or table here is a caller's bug. */
-    if (q->olen >= q->ocap || (q->tused + 1) * 4 > q->tcap * 3)
-        abort();
+    HAMR_ASSERT(q->olen < q->ocap && (q->tused + 1) * 4 <= q->tcap * 3);
     it->seq = (uint32_t)q->olen + 1;
     (void)queue_wake(&it->msg, &leased);
     it->leased_pos = QUEUE_NOT_IN_HEAP;
@@ -565,11 +568,7 @@ void queue_link(struct queue *q, struct queue_item *it)
             q->mem_head = it;
         q->mem_bytes += it->msg.body_len;
     }
-    size_t mask = q->tcap - 1, k = queue_id_hash(it->msg.id) & mask;
-    while (q->otab[k] != QUEUE_OT_FREE && q->otab[k] != QUEUE_OT_GONE)
-        k = (k + 1) & mask;
-    q->tused += q->otab[k] == QUEUE_OT_FREE;
-    q->otab[k] = (uint32_t)q->olen;
+    q->tused += queue_otab_put(q->otab, q->tcap, it->msg.id, (uint32_t)q->olen);
     q->order[q->olen++] = it;
     q->mcount++;
 }
