@@ -141,6 +141,7 @@ struct relay_member {
     uint32_t slots;          /* deliveries it runs at once at most */
     uint32_t deliveries;     /* running at its last report */
     uint32_t assigned;       /* delivery items leased to it since */
+    uint32_t live;           /* delivery items it holds leases of, by the queue at the last pick */
     uint64_t bodies_missing; /* bodies it lacks */
     uint64_t wall_ms;        /* its wall clock when it reported */
     int64_t skew_ms;         /* that wall clock less our cluster time, then */
@@ -434,8 +435,9 @@ void relay_member_place(struct relay *r,
 /*
  * relay_spread_count_reset, relay_spread_counted, relay_spread_count_done
  * - leader: before a pick, the live counts to 0; during it
- * (queue_route.leased), one live lease of node at dest; after it, the
- * counts noted for the look back. relay_spread_holder keeps within them.
+ * (queue_route.leased), one live lease of node at dest (and of node in
+ * all); after it, the counts noted for the look back. relay_spread_holder
+ * keeps within them.
  */
 void relay_spread_count_reset(struct relay *r);
 void relay_spread_counted(void *data, const char *dest, uint64_t node);

@@ -17,7 +17,9 @@
  *     applied what the leader had a tick earlier: it would get the Lease
  *     too late) get nothing. Per-destination limits are the
  *     queue's, so they hold for the whole cluster: the leader counts every
- *     lease whoever holds it.
+ *     lease whoever holds it. Connections per next hop are shared out so
+ *     that every node that reaches it gets one before any gets a second,
+ *     and a node whose probe is due gets one (relay_spread_room_wanted).
  *   - renews the leases a holder still uses with one LeaseRenew entry whose
  *     end is the leader's cluster time plus lease_time.
  *   - answers with its cluster time, which every node uses for the times it
@@ -735,10 +737,16 @@ static bool relay_member_usable(struct relay *r, const struct relay_member *mb, 
     return mb->bodies_missing == 0 && !mb->behind && !directory_draining(r->dir, mb->id);
 }
 
-/* relay_member_free_slots - slots mb has left, by its report and what we gave it since. */
+/*
+ * relay_member_free_slots - slots mb has left: by its report and what we
+ * gave it since, or by the leases the queue says it holds, whichever is
+ * more. A report can miss leases granted just before it was made (their
+ * deliveries not started yet), and then all nodes look equally free.
+ */
 static int64_t relay_member_free_slots(const struct relay_member *mb)
 {
-    return (int64_t)mb->slots - (int64_t)mb->deliveries - (int64_t)mb->assigned;
+    uint32_t busy = mb->deliveries + mb->assigned;
+    return (int64_t)mb->slots - (int64_t)(busy > mb->live ? busy : mb->live);
 }
 
 /*
@@ -879,15 +887,58 @@ static int relay_dl_holder(struct relay_dest_leases *dl, uint64_t node, bool mak
     return (int)h;
 }
 
+/* relay_dl_held - the connections holder h of dl may have now (its share lately). */
+static uint32_t relay_dl_held(const struct relay_dest_leases *dl, uint32_t h, uint64_t now)
+{
+    uint32_t lately = peak_get(&dl->recent[h], now, RELAY_CONN_LOOK_MS);
+    return relay_dl_conns(lately > dl->n[h] ? lately : dl->n[h]);
+}
+
 /* relay_dl_used - the connections dl's holders may have now (their shares lately). */
 static uint32_t relay_dl_used(const struct relay_dest_leases *dl, uint64_t now)
 {
     uint32_t conns = dl->overflow;
-    for (uint32_t h = 0; h < dl->holders; h++) {
-        uint32_t lately = peak_get(&dl->recent[h], now, RELAY_CONN_LOOK_MS);
-        conns += relay_dl_conns(lately > dl->n[h] ? lately : dl->n[h]);
-    }
+    for (uint32_t h = 0; h < dl->holders; h++)
+        conns += relay_dl_held(dl, h, now);
     return conns;
+}
+
+/* relay_dl_now - the connections dl's holders' leases allow now (not lately). */
+static uint32_t relay_dl_now(const struct relay_dest_leases *dl)
+{
+    uint32_t conns = dl->overflow;
+    for (uint32_t h = 0; h < dl->holders; h++)
+        conns += relay_dl_conns(dl->n[h]);
+    return conns;
+}
+
+/* relay_dl_now_with - relay_dl_now (conns) after one more lease of node at dl. */
+static uint32_t relay_dl_now_with(const struct relay_dest_leases *dl, uint64_t node, uint32_t conns)
+{
+    for (uint32_t h = 0; h < dl->holders; h++)
+        if (dl->node[h] == node)
+            return conns - relay_dl_conns(dl->n[h]) + relay_dl_conns(dl->n[h] + 1);
+    return conns + 1;
+}
+
+/* relay_dl_most - the most connections one holder of dl may have now. */
+static uint32_t relay_dl_most(const struct relay_dest_leases *dl, uint64_t now)
+{
+    uint32_t most = 0;
+    for (uint32_t h = 0; h < dl->holders; h++) {
+        uint32_t c = relay_dl_held(dl, h, now);
+        most = c > most ? c : most;
+    }
+    return most;
+}
+
+/* relay_dl_none - has node no connection at dl (no share now nor lately)? */
+static bool relay_dl_none(const struct relay_dest_leases *dl, uint64_t node, uint64_t now)
+{
+    for (uint32_t h = 0; h < dl->holders; h++)
+        if (dl->node[h] == node)
+            return relay_dl_held(dl, h, now) == 0;
+    return true;
 }
 
 /* relay_dl_cost - connections one more lease of node at dl adds: 0 or 1. */
@@ -920,6 +971,8 @@ static void relay_dl_add(struct relay_dest_leases *dl, uint64_t node, uint64_t n
 void relay_spread_count_reset(struct relay *r)
 {
     struct relay_spread_state *sp = &r->spread;
+    for (size_t i = 0; i < sp->n_members; i++)
+        sp->members[i].live = 0;
     for (size_t i = 0; i < sp->dl_cap; i++) {
         struct relay_dest_leases *dl = &sp->dl[i];
         if (dl->dest == NULL)
@@ -932,6 +985,9 @@ void relay_spread_count_reset(struct relay *r)
 
 void relay_spread_counted(void *data, const char *dest, uint64_t node)
 {
+    struct relay_member *mb = relay_member_find(data, node, false);
+    if (mb != NULL)
+        mb->live++;
     struct relay_dest_leases *dl = relay_dl_find(data, dest);
     if (dl == NULL)
         return;
@@ -992,11 +1048,45 @@ int relay_spread_dest_max(struct relay *r, const char *dest)
 }
 
 /*
+ * relay_spread_room_wanted - must the holders of dest give up a connection?
+ * Yes when all of max_per_destination is in use and a node that has none
+ * there could take a delivery: its probe is due (else its suspension of
+ * dest never lifts while the others keep every connection busy), or it
+ * reaches dest while some holder has two connections or more (every node
+ * that reaches a next hop gets one before any gets a second). A node whose
+ * connection is first made free (RELAY_CONN_LOOK_MS after the holders'
+ * leases fell) then takes it: relay_spread_holder gives the holders only
+ * what keeps one connection free meanwhile.
+ */
+static bool relay_spread_room_wanted(struct relay *r,
+                                     const struct relay_dest_leases *dl,
+                                     uint32_t used,
+                                     uint64_t now)
+{
+    uint32_t max = r->cfg->smtpc.max_conns_per_dest;
+    if (used < max)
+        return false; /* a connection is free now */
+    bool crowded = relay_dl_most(dl, now) >= 2;
+    for (size_t i = 0; i < r->spread.n_members; i++) {
+        struct relay_member *mb = &r->spread.members[i];
+        if (!relay_member_usable(r, mb, now) || relay_member_free_slots(mb) <= 0 ||
+            !relay_dl_none(dl, mb->id, now))
+            continue;
+        int st = relay_member_dest(r, mb, dl->dest);
+        if ((st == RELAY_DEST_PROBE && !mb->probed) || (st == RELAY_DEST_OK && crowded))
+            return true;
+    }
+    return false;
+}
+
+/*
  * relay_spread_holder - the node for one delivery to dest, among those
  * whose share of dest's connections allows one more lease there: first a
  * node whose probe of dest is due (one probe per node and report, even
  * while others reach dest, so that its suspension can lift), else the one
- * with the most free slots among those that reach dest. NULL: none can
+ * with the most free slots among those that reach dest. While a node with
+ * no connection there wants one (relay_spread_room_wanted), a holder gets
+ * a lease only if its leases then keep a connection free. NULL: none can
  * take it.
  */
 struct relay_member *relay_spread_holder(struct relay *r, const char *dest)
@@ -1005,17 +1095,22 @@ struct relay_member *relay_spread_holder(struct relay *r, const char *dest)
     struct relay_dest_leases *dl = relay_dl_find(r, dest);
     if (dl == NULL)
         return NULL; /* no memory to count: nothing leased this pick */
+    uint32_t max = r->cfg->smtpc.max_conns_per_dest;
     uint32_t used = relay_dl_used(dl, now);
     /* A new leader has not seen what the holders had lately: no new connection yet. */
     bool settled = now >= r->spread.led_at + RELAY_CONN_LOOK_MS;
+    bool room = settled && relay_spread_room_wanted(r, dl, used, now);
+    uint32_t conns_now = room ? relay_dl_now(dl) : 0;
     struct relay_member *best = NULL;
     for (size_t i = 0; i < r->spread.n_members; i++) {
         struct relay_member *mb = &r->spread.members[i];
         if (!relay_member_usable(r, mb, now) || relay_member_free_slots(mb) <= 0)
             continue;
         uint32_t cost = relay_dl_cost(dl, mb->id, now);
-        if (used + cost > r->cfg->smtpc.max_conns_per_dest || (cost > 0 && !settled))
+        if (used + cost > max || (cost > 0 && !settled))
             continue; /* a connection over max_per_destination */
+        if (room && relay_dl_now_with(dl, mb->id, conns_now) + 1 > max)
+            continue; /* its leases would keep every connection in use */
         int st = relay_member_dest(r, mb, dest);
         if (st == RELAY_DEST_PROBE && !mb->probed) {
             mb->probed = true;
@@ -1029,6 +1124,7 @@ struct relay_member *relay_spread_holder(struct relay *r, const char *dest)
     }
     if (best != NULL) {
         best->assigned++;
+        best->live++;
         best->leased++;
         relay_dl_add(dl, best->id, now);
     }

@@ -171,6 +171,8 @@ STOPPED_RE = re.compile(LOG_TIME + r".*\bdelivery stopped id=(\S+) lease=([0-9a-
                         r"dest=(\S+) reason=\"lease ran out\"", re.M)
 RUNNING_OUT_RE = re.compile(LOG_TIME + r".*\blease running out id=(\S+) lease=([0-9a-f]+) ", re.M)
 SUSPENDED_RE = re.compile(LOG_TIME + r".*\bdestination (\S+): suspended\b", re.M)
+SPREAD_NOTE_RE = re.compile(r"is behind in the log|has caught up|restarted \(new boot id\)|"
+                            r"destination \S+: (suspended|still suspended|resumed)|probe")
 DELIVERER_RE = re.compile(r"^(?:deliverers:)?\s+(\d+): (\d+) running of (\d+) slots, "
                           r"(\d+) leased, heard ([\d.]+) s ago", re.M)
 
@@ -295,6 +297,23 @@ class SpreadTestCase(cluster.ClusterTestCase):
 
         return wait_for(running, timeout, "a follower with %d deliveries running" % least,
                         interval=0.05)
+
+    def why_not_spread(self):
+        """why_not_spread - for a failure message: the leader's "deliverers:" lines and each
+        node's log lines since setUp on whom the leader gives deliveries (behind in the
+        log, caught up, a next hop suspended or probed, a restart)."""
+        c = self.cluster
+        out = []
+        leader = c.agreed_leader()
+        if leader is not None:
+            text = self.status_text(leader)
+            out.append("%s (leader) status:\n%s" % (leader.name, "\n".join(
+                l for l in text.splitlines() if DELIVERER_RE.match(l))))
+        for n in c.nodes:
+            lines = [l for l in log_since(n, self.marks).splitlines() if SPREAD_NOTE_RE.search(l)]
+            out.append("%s: %d such log lines%s" % (n.name, len(lines), "".join(
+                "\n  " + l for l in lines[-12:])))
+        return "\n".join(out)
 
     # --- the oracle -------------------------------------------------------------
 
@@ -676,8 +695,8 @@ class ClusterSpreadNetTest(SpreadTestCase, cluster.NetLabTestCase):
                          "it settled, drained %.1fs after the load; healed: by node %s\n"
                          % (t_susp - wall_block, len(after), drained, sent2))
         if resume:
-            self.assertGreater(sent2[victim.id], 0, "%s never delivered again after the heal"
-                               % victim.name)
+            self.assertGreater(sent2[victim.id], 0, "%s never delivered again after the heal; "
+                               "%s" % (victim.name, self.why_not_spread()))
 
 
 class ClusterSpreadNoSlotsTest(SpreadTestCase):
@@ -746,7 +765,8 @@ class ClusterSpreadConnsTest(SpreadTestCase):
         self.assertLessEqual(peak, CONNS_PER_DEST, "more connections at once than "
                              "max_per_destination for the whole cluster")
         self.assertEqual(peak, CONNS_PER_DEST, "the load never used every connection allowed")
-        self.assertGreater(sum(1 for v in sent.values() if v > 0), 1, "one node delivered all")
+        self.assertGreater(sum(1 for v in sent.values() if v > 0), 1, "one node delivered all: "
+                           "%s" % self.why_not_spread())
         sys.stderr.write("spread-conns: at most %d sessions at once (max_per_destination %d); "
                          "delivered by node %s\n" % (peak, CONNS_PER_DEST, sent))
 

@@ -129,10 +129,39 @@ static void test_most_free_slots(void **state)
     assert_int_equal(got[3], 7);
     assert_int_equal(holder_id(r, DEST), 0); /* no free slot left anywhere */
     assert_int_equal(r->spread.members[1].leased, 10);
-    /* The first ones went to the emptiest node. */
+    /* Reports and a pick: every one of them has ended. The emptiest node again. */
     r->spread.members[0].assigned = r->spread.members[1].assigned = 0;
     r->spread.members[2].assigned = 0;
+    relay_spread_count_reset(r);
+    relay_spread_count_done(r);
     assert_int_equal(holder_id(r, DEST), 2);
+}
+
+/*
+ * test_live_leases - a report made before the holder started what it was
+ * just leased says less than it holds: the leases the pick counts
+ * (relay_spread_counted) say the rest. Node 1 reports nothing running but
+ * holds 3 leases: the next delivery goes to node 2, equal by the reports;
+ * then to the node with the most free slots either way.
+ */
+static void test_live_leases(void **state)
+{
+    struct spread_fx *s = *state;
+    struct relay *r = &s->fx->r;
+    member(r, 1, 10, 0);
+    member(r, 2, 10, 0);
+    relay_spread_count_reset(r);
+    for (int i = 0; i < 3; i++)
+        relay_spread_counted(r, OTHER, 1);
+    relay_spread_count_done(r);
+    assert_int_equal(r->spread.members[0].live, 3);
+    assert_int_equal(holder_id(r, DEST), 2); /* 7 free on node 1, 10 on node 2 */
+    assert_int_equal(holder_id(r, DEST), 2);
+    assert_int_equal(holder_id(r, DEST), 2);
+    assert_int_equal(r->spread.members[1].live, 3);
+    r->spread.members[1].deliveries = 1; /* its report: 1 running besides the 3 given since */
+    assert_int_equal(holder_id(r, DEST), 1);
+    assert_int_equal(r->spread.members[0].live, 4);
 }
 
 /* test_unusable - not heard lately, lacking bodies, draining, no slots, behind in the log: nothing.
@@ -202,9 +231,12 @@ static void test_suspended_dest(void **state)
     member(r, 4, 1, 0);
     assert_int_equal(relay_spread_dest_max(r, DEST), -1);
     assert_int_equal(holder_id(r, DEST), 4);
-    /* Node 2 reports again, still due: its probe comes first, even now. */
+    /* Node 2 reports again, still due: its probe comes first, even now (node 4's
+     * delivery has ended by the next pick). */
     a->probed = false;
     r->spread.members[2].assigned = 0;
+    relay_spread_count_reset(r);
+    relay_spread_count_done(r);
     assert_int_equal(holder_id(r, DEST), 2);
     assert_int_equal(holder_id(r, DEST), 4);
 }
@@ -337,12 +369,15 @@ static void three_members(struct spread_fx *s, unsigned max_conns)
         member(&s->fx->r, id, 100, 0);
 }
 
-/* give_out - n deliveries to dest: how many each node (1..3) got, got[0] none. */
-static void give_out(struct relay *r, const char *dest, int n, uint64_t got[4])
+/* give_out - n deliveries to dest: nodes 1, 2 and 3 must get a, b and c of them. */
+static void give_out(struct relay *r, const char *dest, int n, uint64_t a, uint64_t b, uint64_t c)
 {
-    memset(got, 0, 4 * sizeof(got[0]));
+    uint64_t got[4] = {0};
     for (int i = 0; i < n; i++)
         got[holder_id(r, dest)]++;
+    assert_int_equal(got[1], a);
+    assert_int_equal(got[2], b);
+    assert_int_equal(got[3], c);
 }
 
 /*
@@ -356,46 +391,105 @@ static void test_conn_budget(void **state)
     struct spread_fx *s = *state;
     struct relay *r = &s->fx->r;
     three_members(s, 2);
-    uint64_t got[4];
-    give_out(r, DEST, 8, got);
-    assert_int_equal(got[1], 4); /* first its connection's whole share */
-    assert_int_equal(got[2], 4); /* then the most free slots */
-    assert_int_equal(got[3], 0);
+    give_out(r, DEST, 8, 4, 4, 0);           /* a connection each, the third none */
     assert_int_equal(holder_id(r, DEST), 0); /* two connections' worth out */
     assert_int_not_equal(holder_id(r, OTHER), 0);
 }
 
+/* later - the loop's clock ms on (uv_now; the look back of relay_spread.c reads it). */
+static void later(struct relay *r, uint64_t ms)
+{
+    r->loop->time += ms;
+}
+
+/* pick - a pick that counts n live leases of node at dest, and nothing else. */
+static void pick(struct relay *r, const char *dest, uint64_t node, int n)
+{
+    relay_spread_count_reset(r);
+    for (int i = 0; i < n; i++)
+        relay_spread_counted(r, dest, node);
+    relay_spread_count_done(r);
+}
+
 /*
  * test_conn_counted - the live leases a pick counts (relay_spread_counted)
- * count the same: node 3 holds 5 (2 connections' worth): only it gets
- * more, up to 8; at another next hop it holds 3 (one connection, a lease
- * of it unused): 1 more goes to it, 4 to the node with the most free
- * slots (a second connection), none to the third.
+ * count the same: at another next hop node 3 holds 3 (one connection, a
+ * lease of it unused): 1 more goes to it, 4 to the node with the most free
+ * slots (a second connection), none to the third, which gets no connection
+ * while nobody has two.
  */
 static void test_conn_counted(void **state)
 {
     struct spread_fx *s = *state;
     struct relay *r = &s->fx->r;
     three_members(s, 2);
-    relay_spread_count_reset(r);
-    for (int i = 0; i < 5; i++)
-        relay_spread_counted(r, DEST, 3);
-    relay_spread_count_done(r);
-    for (int i = 0; i < 3; i++)
-        assert_int_equal(holder_id(r, DEST), 3);
-    assert_int_equal(holder_id(r, DEST), 0);
-
-    relay_spread_count_reset(r);
-    for (int i = 0; i < 3; i++)
-        relay_spread_counted(r, OTHER, 3);
-    relay_spread_count_done(r);
+    pick(r, OTHER, 3, 3);
     r->spread.members[1].assigned = 1; /* node 1 has the most free slots */
-    uint64_t got[4];
-    give_out(r, OTHER, 5, got);
-    assert_int_equal(got[1], 4);
-    assert_int_equal(got[2], 0);
-    assert_int_equal(got[3], 1);
+    give_out(r, OTHER, 5, 4, 0, 1);
     assert_int_equal(holder_id(r, OTHER), 0);
+}
+
+/*
+ * test_conn_room - every node that reaches a next hop gets a connection
+ * there before any gets a second: node 3 holds 5 leases at DEST (both
+ * connections of max_per_destination 2), nodes 1 and 2 none. Node 3 gets
+ * no more while that keeps both in use; once its leases fit one
+ * connection it gets what keeps them there; when the look back has seen
+ * them there, a connection is free and node 1 (most free slots) takes it;
+ * node 2 then gets none: nobody has two.
+ */
+static void test_conn_room(void **state)
+{
+    struct spread_fx *s = *state;
+    struct relay *r = &s->fx->r;
+    three_members(s, 2);
+    r->spread.members[1].assigned = 1; /* node 1 has the most free slots */
+    pick(r, DEST, 3, 5);
+    assert_int_equal(holder_id(r, DEST), 0);
+    pick(r, DEST, 3, 4); /* one ended: a fifth would need the second connection again */
+    assert_int_equal(holder_id(r, DEST), 0);
+    pick(r, DEST, 3, 3);
+    assert_int_equal(holder_id(r, DEST), 3); /* 4: one connection's worth */
+    assert_int_equal(holder_id(r, DEST), 0);
+    later(r, 3 * RELAY_CONN_LOOK_MS);
+    pick(r, DEST, 3, 4);
+    assert_int_equal(holder_id(r, DEST), 1);
+    give_out(r, DEST, 4, 3, 0, 0);
+    assert_int_equal(holder_id(r, DEST), 0);
+    assert_int_equal(r->spread.members[2].live, 4);
+}
+
+/*
+ * test_conn_probe - a node whose probe of a next hop is due gets a
+ * connection there even when the others keep all of them busy, each with
+ * one (max_per_destination 2): the holders get only what leaves one free,
+ * and once the look back has seen that, the probe goes out.
+ */
+static void test_conn_probe(void **state)
+{
+    struct spread_fx *s = *state;
+    struct relay *r = &s->fx->r;
+    three_members(s, 2);
+    struct relay_member *c = &r->spread.members[2];
+    c->probing = dests(DEST, &c->n_probing);
+    relay_spread_count_reset(r);
+    for (int i = 0; i < 4; i++) {
+        relay_spread_counted(r, DEST, 1);
+        relay_spread_counted(r, DEST, 2);
+    }
+    relay_spread_count_done(r);
+    assert_int_equal(holder_id(r, DEST), 0);
+    relay_spread_count_reset(r); /* node 2's deliveries have ended, node 1 has 3 left */
+    for (int i = 0; i < 3; i++)
+        relay_spread_counted(r, DEST, 1);
+    relay_spread_count_done(r);
+    assert_int_equal(holder_id(r, DEST), 1); /* within node 1's connection */
+    assert_int_equal(holder_id(r, DEST), 0); /* node 2's would hold the other */
+    later(r, 3 * RELAY_CONN_LOOK_MS);
+    pick(r, DEST, 1, 4);
+    assert_int_equal(holder_id(r, DEST), 3);
+    assert_true(c->probed);
+    assert_int_equal(holder_id(r, DEST), 0); /* one probe a report */
 }
 
 /*
@@ -465,10 +559,13 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_most_free_slots, spread_setup, spread_teardown),
+        cmocka_unit_test_setup_teardown(test_live_leases, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_unusable, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_place, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_conn_budget, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_conn_counted, spread_setup, spread_teardown),
+        cmocka_unit_test_setup_teardown(test_conn_room, spread_setup, spread_teardown),
+        cmocka_unit_test_setup_teardown(test_conn_probe, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_conn_lately, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_suspended_dest, spread_setup, spread_teardown),
         cmocka_unit_test_setup_teardown(test_self_live, spread_setup, spread_teardown),
