@@ -5,7 +5,7 @@
  * the next hop is down, with the bodies kept elsewhere (body ops, as the
  * node's body store). Not a test: it never fails because of the numbers.
  *
- *   queuemem [-n MESSAGES] [-r RCPTS] [-d DOMAINS]
+ *   queuemem [-n MESSAGES] [-r RCPTS] [-d DOMAINS] [-s]
  *
  * Three phases, each measured as the growth of the heap (mallinfo2: bytes
  * in use, plus those mapped on their own) and of VmRSS over an empty queue,
@@ -16,6 +16,12 @@
  * message delivered: what is left is the dedupe set of finished ids, kept
  * for QUEUE_DONE_TTL_MS).
  *
+ * With -s each body differs (its number in its first bytes, so each has
+ * its own SHA-256, as real mail has), and after "queued" the queue's raft
+ * snapshot at cluster level 6 (metadata only) is packed: its bytes a
+ * message and the time it took, and what LZ4 (the library's default
+ * level) makes of it and how long that and the way back take.
+ *
  * Owns: the queue it builds. May call: queue/, util/.
  */
 #include <inttypes.h>
@@ -24,7 +30,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <lz4.h>
 
 #include "util/err.h"
 #include "queue/queue.h"
@@ -131,12 +140,57 @@ static void queuemem_line(const char *phase, size_t n, size_t heap0, size_t rss0
     fflush(stdout);
 }
 
+/* queuemem_ms - a monotonic clock in ms. */
+static double queuemem_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+/* queuemem_snapshot - pack q's snapshot, LZ4 it and back; print the figures. 0 or 1. */
+static int queuemem_snapshot(struct queue *q, size_t n)
+{
+    uint8_t *snap = NULL;
+    size_t len = 0;
+    double t0 = queuemem_ms();
+    if (queue_snapshot(q, NULL, &snap, &len) != 0 || len > (size_t)LZ4_MAX_INPUT_SIZE) {
+        fprintf(stderr, "queuemem: no snapshot\n");
+        free(snap);
+        return 1;
+    }
+    double t1 = queuemem_ms();
+    int bound = LZ4_compressBound((int)len);
+    char *lz = malloc((size_t)bound);
+    char *back = malloc(len);
+    int zlen = lz != NULL && back != NULL
+                   ? LZ4_compress_default((const char *)snap, lz, (int)len, bound)
+                   : 0;
+    double t2 = queuemem_ms();
+    int blen = zlen > 0 ? LZ4_decompress_safe(lz, back, zlen, (int)len) : -1;
+    double t3 = queuemem_ms();
+    int rv = blen == (int)len && memcmp(back, snap, len) == 0 ? 0 : 1;
+    if (rv == 0)
+        printf(
+            "\nsnapshot (level 6): %zu bytes, %.1f a message, packed in %.0f ms; LZ4: %d "
+            "bytes (%.1f %%, %.1f a message) in %.0f ms, unpacked in %.0f ms\n\n",
+            len, (double)len / (double)n, t1 - t0, zlen, 100.0 * zlen / (double)len,
+            (double)zlen / (double)n, t2 - t1, t3 - t2);
+    else
+        fprintf(stderr, "queuemem: LZ4 round trip failed\n");
+    free(back);
+    free(lz);
+    free(snap);
+    return rv;
+}
+
 int main(int argc, char **argv)
 {
     size_t n = 200000;
     unsigned nr = 1, nd = 1;
+    bool snap = false;
     int c;
-    while ((c = getopt(argc, argv, "n:r:d:")) != -1) {
+    while ((c = getopt(argc, argv, "n:r:d:s")) != -1) {
         switch (c) {
             case 'n':
                 n = strtoull(optarg, NULL, 10);
@@ -147,8 +201,12 @@ int main(int argc, char **argv)
             case 'd':
                 nd = (unsigned)strtoul(optarg, NULL, 10);
                 break;
+            case 's':
+                snap = true;
+                break;
             default:
-                fprintf(stderr, "usage: queuemem [-n MESSAGES] [-r RCPTS 1..64] [-d DOMAINS]\n");
+                fprintf(stderr,
+                        "usage: queuemem [-n MESSAGES] [-r RCPTS 1..64] [-d DOMAINS] [-s]\n");
                 return 2;
         }
     }
@@ -164,6 +222,12 @@ int main(int argc, char **argv)
     if (q == NULL)
         return 1;
     queue_set_body_ops(q, &ops);
+    if (snap) {
+        uint8_t *lb = NULL;
+        size_t ll = 0;
+        int rv = queue_entry_cluster_level(QUEUE_LEVEL_SPREAD, T0 - 1, NULL, &lb, &ll);
+        bench_queue_apply(q, rv, lb, ll);
+    }
     size_t heap0 = queuemem_heap(), rss0 = queuemem_rss();
     printf("%zu messages of %u recipient(s) on %u domain(s), bodies of %d bytes kept elsewhere\n\n",
            n, nr, nd, BODY_LEN);
@@ -179,6 +243,8 @@ int main(int argc, char **argv)
                      (i + k) % nd);
             rcpts[k] = rcpt[k];
         }
+        if (snap)
+            memcpy(body, &i, sizeof(i)); /* a SHA-256 of its own */
         struct queue_entry_enqueue_args a = {.queue_id = id,
                                              .sender = "newsletter@lists.example.com",
                                              .rcpts = rcpts,
@@ -196,6 +262,8 @@ int main(int argc, char **argv)
     }
     malloc_trim(0);
     queuemem_line("queued", n, heap0, rss0);
+    if (snap && queuemem_snapshot(q, n) != 0)
+        return 1;
 
     uint64_t now = T0 + 60000;
     for (size_t i = 0; i < n; i++) {
