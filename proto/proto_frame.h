@@ -23,6 +23,13 @@
  * Snapshot buffer:
  *   0..3  "HMSN"
  *   4..   hamr.Snapshot, protobuf encoded
+ * Compressed snapshot buffer (from cluster level 7, QUEUE_LEVEL_SNAPZ):
+ *   0..3  "HMSZ"
+ *   4..11 N, the length of the protobuf, big-endian
+ *   12..  blocks, each: a 4-byte big-endian length C, then C bytes of one
+ *         LZ4 block (liblz4's block format) that gives the next
+ *         PROTO_SNAPZ_BLOCK bytes of the protobuf (the last one the rest);
+ *         nothing after the last.
  * Control frame (TCP):
  *   0..3  length of the protobuf message, big-endian, at most PROTO_CONTROL_MAX
  *   4..   hamr.ControlRequest or hamr.ControlResponse
@@ -45,9 +52,11 @@
  * QueuedMessage; nodes take them from SMTP, and apply honours them, only
  * from cluster level 5, so an older build never meets one. Format 6
  * (QUEUE_LEVEL_SPREAD) adds the entry kind LeaseRenew and NodeInfo.zone:
- * leases go to any node, which renews them while it delivers.
+ * leases go to any node, which renews them while it delivers. Format 7
+ * (QUEUE_LEVEL_SNAPZ) adds the compressed snapshot buffer (below): a node
+ * writes one only from cluster level 7, as an older build cannot read it.
  */
-#define PROTO_FORMAT_VERSION_MAX 6
+#define PROTO_FORMAT_VERSION_MAX 7
 #define PROTO_SNAPSHOT_VERSION 1
 #define PROTO_CONTROL_MAX (64u * 1024 * 1024)
 /* Peer frames: same layout as control frames; a proposal carries a whole message. */
@@ -71,8 +80,19 @@ int proto_entry_pack(Hamr__Entry *e, void *(*alloc)(size_t), uint8_t **out, size
  */
 int proto_entry_unpack(const uint8_t *buf, size_t len, Hamr__Entry **e);
 
-/* proto_snapshot_pack / _unpack - as above for the Snapshot record. */
+/* PROTO_SNAPZ_BLOCK - the protobuf bytes of one LZ4 block of a compressed snapshot. */
+#define PROTO_SNAPZ_BLOCK (1024u * 1024) /* LZ4 looks back 64 KiB: larger gains nothing */
+
+/*
+ * proto_snapshot_pack / _unpack - as above for the Snapshot record.
+ * proto_snapshot_pack_z packs the compressed buffer instead ("HMSZ", made
+ * block by block as protobuf-c writes: no whole uncompressed copy);
+ * proto_snapshot_unpack reads either. A compressed buffer that does not
+ * decompress to exactly its N bytes, or whose N is more than LZ4 can make
+ * of its blocks, is HAMR_ECORRUPT.
+ */
 int proto_snapshot_pack(Hamr__Snapshot *s, void *(*alloc)(size_t), uint8_t **out, size_t *len);
+int proto_snapshot_pack_z(Hamr__Snapshot *s, void *(*alloc)(size_t), uint8_t **out, size_t *len);
 int proto_snapshot_unpack(const uint8_t *buf, size_t len, Hamr__Snapshot **s);
 
 /* proto_u32_put / proto_u32_get - big-endian length prefix helpers. */

@@ -174,6 +174,13 @@ static inline const struct queue_tried *queue_rcpt_tried(const struct queue_rcpt
  * Below it only the leader holds leases, as an older build expects.
  */
 #define QUEUE_LEVEL_SPREAD 6
+/*
+ * QUEUE_LEVEL_SNAPZ - the level (format) from which queue_snapshot writes
+ * the compressed snapshot buffer (proto_frame.h, "HMSZ": LZ4 blocks, about
+ * a quarter of the bytes with a large queue), which an older build cannot
+ * read. queue_restore reads both at any level.
+ */
+#define QUEUE_LEVEL_SNAPZ 7
 /* NOTIFY bits, as net/smtp_ext.h's SMTP_NOTIFY_* (the node checks they agree). */
 #define QUEUE_NOTIFY_NEVER 0x01
 #define QUEUE_NOTIFY_SUCCESS 0x02

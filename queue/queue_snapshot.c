@@ -375,14 +375,15 @@ static int queue_snap_build(const struct queue *q, bool with_bodies, struct queu
     return queue_snap_sts(q, s);
 }
 
-/* queue_snapshot - the framed Snapshot of the whole state. */
+/* queue_snapshot - the framed Snapshot of the whole state (compressed from QUEUE_LEVEL_SNAPZ). */
 int queue_snapshot(const struct queue *q, void *(*alloc)(size_t), uint8_t **out, size_t *len)
 {
     struct queue_snap s;
     int rv = queue_snap_build(q, true, &s);
     if (rv != 0)
         return rv;
-    rv = proto_snapshot_pack(&s.snap, alloc, out, len);
+    rv = q->cluster_level >= QUEUE_LEVEL_SNAPZ ? proto_snapshot_pack_z(&s.snap, alloc, out, len)
+                                               : proto_snapshot_pack(&s.snap, alloc, out, len);
     queue_snap_free(&s);
     return rv;
 }

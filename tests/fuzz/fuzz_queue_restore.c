@@ -4,7 +4,10 @@
  *
  * Input: byte 0 bit 0 set means the rest is a Snapshot protobuf to which
  * the "HMSN" magic is prepended here (reaches the protobuf decoder and the
- * checks of queue_restore); clear means the rest is the whole buffer.
+ * checks of queue_restore); with bit 1 set too, the rest is made into the
+ * compressed buffer instead ("HMSZ", its length, LZ4 blocks: reaches the
+ * same through the decompression); bit 0 clear means the rest is the whole
+ * buffer (a compressed one's own framing included).
  *
  * The queue restored into already holds a small state (two messages, a done
  * id, a node), so that "on error q is unchanged" means something.
@@ -28,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <lz4.h>
 #include <openssl/evp.h>
 
 #include "util/common.h"
@@ -173,6 +177,33 @@ static void fuzz_qr_work(struct queue *q, uint64_t ts)
     }
 }
 
+/*
+ * fuzz_qr_compressed - raw (a Snapshot protobuf, n bytes) as the compressed
+ * snapshot buffer (proto_frame.h): "HMSZ", n, one LZ4 block per
+ * PROTO_SNAPZ_BLOCK. Sets *len; the buffer is malloc'd.
+ */
+static uint8_t *fuzz_qr_compressed(const uint8_t *raw, size_t n, size_t *len)
+{
+    size_t blocks = n / PROTO_SNAPZ_BLOCK + 1;
+    size_t cap = 12 + blocks * (4 + (size_t)LZ4_COMPRESSBOUND(PROTO_SNAPZ_BLOCK));
+    uint8_t *buf = malloc(cap);
+    FUZZ_CHECK(buf != NULL);
+    memcpy(buf, "HMSZ", 4);
+    proto_u32_put(buf + 4, (uint32_t)((uint64_t)n >> 32));
+    proto_u32_put(buf + 8, (uint32_t)n);
+    size_t used = 12;
+    for (size_t off = 0; off < n; off += PROTO_SNAPZ_BLOCK) {
+        size_t take = n - off < PROTO_SNAPZ_BLOCK ? n - off : PROTO_SNAPZ_BLOCK;
+        int c = LZ4_compress_default((const char *)raw + off, (char *)buf + used + 4, (int)take,
+                                     (int)(cap - used - 4));
+        FUZZ_CHECK(c > 0);
+        proto_u32_put(buf + used, (uint32_t)c);
+        used += 4 + (size_t)c;
+    }
+    *len = used;
+    return buf;
+}
+
 /* LLVMFuzzerInitialize - quiet logs unless asked. */
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -184,14 +215,20 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct fuzz_in in = {data, size};
-    bool add_magic = (fuzz_u8(&in) & 1) != 0;
+    uint8_t mode = fuzz_u8(&in);
+    bool add_magic = (mode & 1) != 0, compress = (mode & 3) == 3;
     size_t len = in.n + (add_magic ? 4 : 0);
-    uint8_t *buf = malloc(len ? len : 1);
-    FUZZ_CHECK(buf != NULL);
-    if (add_magic)
-        memcpy(buf, "HMSN", 4);
-    if (in.n > 0)
-        memcpy(buf + (add_magic ? 4 : 0), in.p, in.n);
+    uint8_t *buf = NULL;
+    if (compress) {
+        buf = fuzz_qr_compressed(in.p, in.n, &len);
+    } else {
+        buf = malloc(len ? len : 1);
+        FUZZ_CHECK(buf != NULL);
+        if (add_magic)
+            memcpy(buf, "HMSN", 4);
+        if (in.n > 0)
+            memcpy(buf + (add_magic ? 4 : 0), in.p, in.n);
+    }
 
     struct queue *q = fuzz_qr_seed_state();
     char before[65], after[65];

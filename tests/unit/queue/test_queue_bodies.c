@@ -726,6 +726,93 @@ static void test_snapshot_store_level(void **state)
     store_free(&s2);
 }
 
+/* refused_snapshot - buf (len bytes, copied) does not restore into q, which keeps its digest. */
+static void refused_snapshot(struct queue *q, const uint8_t *buf, size_t len)
+{
+    char before[65], after[65];
+    queue_digest(q, before);
+    uint8_t *copy = malloc(len > 0 ? len : 1);
+    assert_non_null(copy);
+    memcpy(copy, buf, len);
+    assert_int_equal(queue_restore(q, copy, len), HAMR_ECORRUPT);
+    free(copy);
+    queue_digest(q, after);
+    assert_string_equal(before, after);
+}
+
+/*
+ * test_snapshot_compressed - from QUEUE_LEVEL_SNAPZ a snapshot is the
+ * compressed buffer (proto_frame.h: "HMSZ", the protobuf's length, LZ4
+ * blocks of PROTO_SNAPZ_BLOCK): for 30,000 messages more than one block,
+ * and far fewer bytes than the same state at QUEUE_LEVEL_SPREAD ("HMSN"),
+ * which restores as well. A restore gives the same digest. Refused
+ * (HAMR_ECORRUPT), the state kept: a block cut short, bytes after the last
+ * block, a block of length 0, a length the blocks do not give (one more,
+ * one less), one more than LZ4 could make of them.
+ */
+static void test_snapshot_compressed(void **state)
+{
+    (void)state;
+    enum { N = 30000 };
+    struct store s1 = {0}, s2 = {0};
+    struct queue *q1 = ops_queue(&s1);
+    assert_int_equal(fx_level(q1, T0, QUEUE_LEVEL_SPREAD).status, 0);
+    char id[32];
+    for (size_t i = 0; i < N; i++) {
+        snprintf(id, sizeof(id), "Z%06zu", i);
+        struct fx_enq e = enq(id, NULL, 1 + i % 3);
+        fx_enqueue(q1, T0 + 1 + i, &e);
+    }
+    size_t plain_len, len;
+    uint8_t *plain = snap(q1, &plain_len);
+    assert_memory_equal(plain, "HMSN", 4);
+    struct queue *q2 = ops_queue(&s2);
+    assert_int_equal(queue_restore(q2, plain, plain_len), 0);
+    assert_same_digest(q1, q2);
+    free(plain);
+
+    assert_int_equal(fx_level(q1, T0 + N + 1, QUEUE_LEVEL_SNAPZ).status, 0);
+    uint8_t *z = snap(q1, &len);
+    assert_memory_equal(z, "HMSZ", 4);
+    uint64_t raw = ((uint64_t)proto_u32_get(z + 4) << 32) | proto_u32_get(z + 8);
+    assert_true(raw > PROTO_SNAPZ_BLOCK);  /* two blocks at least */
+    assert_true(raw > plain_len - 4 - 64); /* the same state, its level one higher */
+    assert_true(len < raw / 2);
+    size_t first = proto_u32_get(z + 12);
+    assert_true(12 + 4 + first < len); /* a second block follows */
+    assert_int_equal(queue_restore(q2, z, len), 0);
+    assert_same_digest(q1, q2);
+    assert_int_equal(queue_cluster_level(q2), QUEUE_LEVEL_SNAPZ);
+
+    refused_snapshot(q2, z, len - 1);            /* the last block cut short */
+    refused_snapshot(q2, z, 12 + 4 + first + 2); /* the second block's length cut short */
+    uint8_t *more = malloc(len + 8);
+    assert_non_null(more);
+    memcpy(more, z, len);
+    memset(more + len, 0, 8);
+    refused_snapshot(q2, more, len + 8); /* after the last block: a block of length 0 */
+    more[len + 3] = 1;
+    refused_snapshot(q2, more, len + 5); /* a block of one byte that is not LZ4's */
+    memcpy(more, z, len);
+    proto_u32_put(more + 8, (uint32_t)(raw + 1));
+    refused_snapshot(q2, more, len);
+    proto_u32_put(more + 8, (uint32_t)(raw - 1));
+    refused_snapshot(q2, more, len);
+    uint64_t huge = (uint64_t)(len - 12) * 255 + 1;
+    proto_u32_put(more + 4, (uint32_t)(huge >> 32));
+    proto_u32_put(more + 8, (uint32_t)huge);
+    refused_snapshot(q2, more, len);
+    refused_snapshot(q2, z, 11); /* not even the length */
+    free(more);
+    assert_same_digest(q1, q2);
+
+    free(z);
+    queue_free(q1);
+    queue_free(q2);
+    store_free(&s1);
+    store_free(&s2);
+}
+
 /* Below QUEUE_LEVEL_STORE a snapshot carries every body, read back from the store. */
 static void test_snapshot_below_store_level(void **state)
 {
@@ -1233,6 +1320,7 @@ int main(void)
         cmocka_unit_test(test_dsn_from_store),
         cmocka_unit_test(test_snapshot_store_level),
         cmocka_unit_test(test_snapshot_below_store_level),
+        cmocka_unit_test(test_snapshot_compressed),
         cmocka_unit_test(test_metadata_snapshot_needs_ops),
         cmocka_unit_test(test_restore_over_state),
         cmocka_unit_test(test_restore_failure_gives_back),
