@@ -339,6 +339,8 @@ static void relay_retry_tick(uv_timer_t *t)
             metrics_inc(r->metrics, METRICS_RAFT_LEADER_CHANGES);
         r->last_leader_id = info.leader_id;
     }
+    if (info.leader_id != 0)
+        r->accept.leader_seen = uv_now(r->loop); /* relay_sink_check_mail */
 }
 
 /* relay_drain_transfer_done - a draining leader handed leadership on (or not). */

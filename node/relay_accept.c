@@ -74,6 +74,15 @@ int relay_sink_new_id(void *data, char *id, size_t idlen)
     return relay_queue_id(clock_wall_ms(), r->cfg->node_id, r->accept.id_counter, id, idlen);
 }
 
+bool relay_leader_lately(struct relay *r, uint64_t leader_id, uint64_t now)
+{
+    if (leader_id != 0) {
+        r->accept.leader_seen = now;
+        return true;
+    }
+    return r->accept.leader_seen != 0 && now - r->accept.leader_seen <= r->cfg->election_timeout_ms;
+}
+
 /* relay_sink_check_mail - may this node take a transaction now? */
 int relay_sink_check_mail(void *data)
 {
@@ -91,10 +100,16 @@ int relay_sink_check_mail(void *data)
     if (queue_full(r->queue, r->cfg->queue_max_messages, r->cfg->queue_max_bytes))
         return HAMR_EQUEUEFULL;
     /* Any known leader will do, even one still busy with its election
-     * barrier or a transfer: by the end of DATA the submit waits for it. */
+     * barrier or a transfer: by the end of DATA the submit waits for it (up
+     * to three election timeouts without one). So does one known within the
+     * last election timeout: an election (a follower's timer fired while the
+     * leader wrote a snapshot, say) usually ends well within that, and a
+     * MAIL refused for it is a transaction the client must start again. A
+     * node cut off refuses from an election timeout after it lost its
+     * leader, its transactions in DATA when their submit gives up. */
     struct consensus_info info;
     consensus_get_info(r->cons, &info);
-    if (info.leader_id == 0)
+    if (!relay_leader_lately(r, info.leader_id, uv_now(r->loop)))
         return HAMR_ENOQUORUM;
     /* From cluster level 6: not before this node knows the cluster time,
      * so that no message gets its expiry from a clock that is off. */

@@ -262,7 +262,8 @@ struct relay_sts_state {
 
 /* relay_accept_state - the acceptance path (relay_accept.c). */
 struct relay_accept_state {
-    uint64_t id_counter; /* the low bits of queue ids */
+    uint64_t id_counter;  /* the low bits of queue ids */
+    uint64_t leader_seen; /* uv_now when a leader was last known here (0: never) */
 };
 
 /* relay_stop_state - a gentle stop, then closing every part (relay.c). */
@@ -351,6 +352,13 @@ void relay_snapshot_release(void *view);
 int relay_queue_id(uint64_t ms, uint64_t node_id, uint64_t counter, char *id, size_t idlen);
 int relay_sink_new_id(void *data, char *id, size_t idlen);
 int relay_sink_check_mail(void *data);
+/*
+ * relay_leader_lately - at MAIL: is a leader known (leader_id, from raft),
+ * or was one within the last election timeout (the submit at the end of
+ * DATA waits for it)? Notes when one was known (accept.leader_seen, also
+ * kept by the retry tick).
+ */
+bool relay_leader_lately(struct relay *r, uint64_t leader_id, uint64_t now);
 /* relay_sink_ext_ok - may sessions take SMTPUTF8, DSN and REQUIRETLS (cluster level 5)? */
 bool relay_sink_ext_ok(void *data);
 int relay_sink_submit(void *data, const struct smtpd_envelope *env, smtpd_sink_cb cb, void *arg);

@@ -1,7 +1,8 @@
 /*
  * test_relay_accept.c - the queue limits at MAIL (relay_sink_check_mail):
  * a queue at queue_max_messages or queue_max_bytes refuses with 452 4.3.1
- * and says the queue is full; the disk guard's 452 keeps its own text.
+ * and says the queue is full; the disk guard's 452 keeps its own text; a
+ * leader known within the last election timeout will do (relay_leader_lately).
  *
  * The relay is a zeroed struct with only what the refusals read (config,
  * queue, disk guard). A queue below its limits goes on to ask raft for a
@@ -97,11 +98,34 @@ static void test_order(void **state)
     assert_int_equal(relay_sink_check_mail(&c->r), HAMR_EQUEUEFULL);
 }
 
+/*
+ * test_leader_lately - MAIL without a leader known: taken within an
+ * election timeout of the last time one was (the submit waits for the next
+ * one), refused (451) after it, and before one was ever known.
+ */
+static void test_leader_lately(void **state)
+{
+    struct relay_fx *c = *state;
+    c->cfg.election_timeout_ms = 1000;
+    assert_false(relay_leader_lately(&c->r, 0, 5000)); /* never known */
+    assert_true(relay_leader_lately(&c->r, 2, 5000));
+    assert_int_equal(c->r.accept.leader_seen, 5000);
+    assert_true(relay_leader_lately(&c->r, 0, 5400));
+    assert_true(relay_leader_lately(&c->r, 0, 6000));
+    assert_false(relay_leader_lately(&c->r, 0, 6001));
+    assert_true(relay_leader_lately(&c->r, 3, 9000)); /* a new one */
+    assert_true(relay_leader_lately(&c->r, 0, 9999));
+    assert_false(relay_leader_lately(&c->r, 0, 10001));
+    assert_string_equal(test_reply(HAMR_ENOQUORUM),
+                        "451 4.3.0 Error: queue not available, try again later\r\n");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_limits, relay_fx_setup, relay_fx_teardown),
         cmocka_unit_test_setup_teardown(test_order, relay_fx_setup, relay_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_leader_lately, relay_fx_setup, relay_fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
