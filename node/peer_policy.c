@@ -60,6 +60,11 @@ enum peer_policy_reason peer_policy_check(const Hamr__Entry *e,
             return e->node_info->node_id == from ? PEER_POLICY_OK : PEER_POLICY_IDENTITY;
         case HAMR__ENTRY__CMD_OUTCOME:
             return peer_policy_outcome(e->outcome, from, q);
+        case HAMR__ENTRY__CMD_STS_POLICY:
+            /* From cluster level 6 any node delivers, and writes the policy its fetch
+             * brought; apply refuses a malformed one (a result, not a stop). */
+            return q != NULL && queue_cluster_level(q) >= QUEUE_LEVEL_SPREAD ? PEER_POLICY_OK
+                                                                             : PEER_POLICY_KIND;
         default:
             return PEER_POLICY_KIND;
     }

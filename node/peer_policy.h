@@ -11,6 +11,11 @@
  *   Outcome   for a lease the caller holds (every result's recipient is
  *             leased under outcome.lease_id to the caller): the results of a
  *             delivery it ran while it led, sent on after it lost leadership.
+ *   StsPolicy from cluster level 6 (QUEUE_LEVEL_SPREAD), when any node
+ *             delivers: the MTA-STS policy its fetch brought, for every node
+ *             to enforce (node/relay_sts.c). Any node of the cluster may so
+ *             set a domain's policy, as the leader may: the nodes are
+ *             trusted alike. Apply refuses a malformed one.
  *
  * Never Admin, Lease, ClusterLevel, nor an Outcome without a lease (lease 0
  * marks PENDING recipients done: only the leader's own scheduler writes

@@ -1,5 +1,6 @@
 /*
- * relay_sts.c - MTA-STS (RFC 8461) in delivery, on the leader.
+ * relay_sts.c - MTA-STS (RFC 8461) in delivery, on the node that delivers
+ * (the leader below cluster level 6, any node from it).
  *
  * A delivery to a domain routed by its MX records (no [transport], no
  * relayhost) and without a [tls_policy] entry of its own asks here first
@@ -8,7 +9,9 @@
  * StsPolicy entry, so every node holds it and a new leader enforces what
  * the old one learned; a cache in the leader's memory would forget every
  * policy at each failover, and the first delivery after it would go out
- * unprotected (a downgrade window an attacker can provoke).
+ * unprotected (a downgrade window an attacker can provoke). A follower
+ * that delivers (cluster level 6) forwards its entry to the leader
+ * (proposer_submit; node/peer_policy.h lets it through).
  *
  * - A policy still valid (fetched less than max_age ago) applies at once;
  *   older than [mta_sts] refresh, its TXT id is checked in the background
@@ -159,8 +162,13 @@ static void relay_sts_propose(struct relay *r,
                               uint32_t max_age,
                               uint64_t now)
 {
-    if (queue_cluster_level(r->queue) < QUEUE_LEVEL_STS || !consensus_is_ready(r->cons))
-        return; /* an older voter could not apply it; the policy serves this delivery only */
+    /* Below QUEUE_LEVEL_STS an older voter could not apply it; below
+     * QUEUE_LEVEL_SPREAD only the leader delivers, so only it writes one. In
+     * either case the policy serves this delivery only. */
+    bool leader = consensus_is_ready(r->cons);
+    if (queue_cluster_level(r->queue) < QUEUE_LEVEL_STS ||
+        (!leader && queue_cluster_level(r->queue) < QUEUE_LEVEL_SPREAD))
+        return;
     struct queue_entry_sts_args a = {
         .domain = domain,
         .id = id,
@@ -173,12 +181,18 @@ static void relay_sts_propose(struct relay *r,
     uint8_t *entry = NULL;
     size_t len = 0;
     char *arg = strdup(domain);
-    if (arg == NULL || queue_entry_sts(&a, now, consensus_malloc, &entry, &len) != 0) {
+    if (arg == NULL ||
+        queue_entry_sts(&a, now, leader ? consensus_malloc : NULL, &entry, &len) != 0) {
         free(arg);
         return;
     }
-    if (proposer_append_packed(r->prop, entry, len, r->cfg->proposal_timeout_ms, relay_sts_proposed,
-                               arg) != 0)
+    /* A follower forwards it to the leader (a policy written twice is harmless:
+     * the second write refreshes the first). */
+    int rv = leader ? proposer_append_packed(r->prop, entry, len, r->cfg->proposal_timeout_ms,
+                                             relay_sts_proposed, arg)
+                    : proposer_submit(r->prop, entry, len, NULL, r->cfg->proposal_timeout_ms,
+                                      relay_sts_proposed, arg);
+    if (rv != 0)
         free(arg);
 }
 

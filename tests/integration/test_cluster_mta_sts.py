@@ -18,6 +18,13 @@ mx1.test, a STARTTLS server with a certificate from the test CA.
    policy host.
 4. The MX record points at mx1 again; after a flush the message is
    delivered there.
+
+ClusterMtaStsFollowerTest: from cluster level 6 any node delivers, so the
+fetch may be a follower's. Only node 3 has delivery slots (the others
+[delivery] delivery_slots = 0), and it is made a follower (hamrctl
+transfer) before a message to sts.test: node 3 fetches the policy, and its
+StsPolicy entry, forwarded to the leader, reaches every node's replicated
+cache. (Before, a follower's fetch served its delivery only.)
 """
 
 import os
@@ -51,7 +58,11 @@ POLICY = "version: STSv1\nmode: enforce\nmx: mx1.test\nmax_age: 86400\n"
 SENDER = "probe@example.org"
 
 
-class ClusterMtaStsTest(cluster.ClusterTestCase):
+class MtaStsCluster(cluster.ClusterTestCase):
+    """MtaStsCluster - the cluster, DNS, MX hosts and policy host both cases use."""
+
+    SLOTS = {}  # node id -> [delivery] delivery_slots (default: every node's own)
+
     @classmethod
     def make_cluster(cls):
         cls.dns = dnslab.AuthDNS(cls.env, {"test": zone("mx1", "one")}).start()
@@ -75,6 +86,9 @@ class ClusterMtaStsTest(cluster.ClusterTestCase):
         for node in c.nodes:
             node.relayhost_port = None
             node.overrides["transport"] = {"example.com": sink, "example.org": sink}
+            if node.id in cls.SLOTS:
+                node.overrides = {k: dict(v) for k, v in node.overrides.items()}
+                node.overrides["delivery"]["delivery_slots"] = str(cls.SLOTS[node.id])
             node.write_config()
         return c
 
@@ -91,6 +105,8 @@ class ClusterMtaStsTest(cluster.ClusterTestCase):
         self.assertReply(res, 250, "2.0.0")
         return tid
 
+
+class ClusterMtaStsTest(MtaStsCluster):
     def test_new_leader_enforces_cached_policy(self):
         c = self.cluster
         leader = c.wait_leader()
@@ -125,6 +141,33 @@ class ClusterMtaStsTest(cluster.ClusterTestCase):
         new.ctl("flush")
         wait_for(lambda: self.mx1.with_marker(tid2.encode()), 60, "delivery to mx1 at last")
         self.assertEqual(self.mx2.with_marker(tid2.encode()), [], "mx2 got the message")
+
+
+class ClusterMtaStsFollowerTest(MtaStsCluster):
+    SLOTS = {1: 0, 2: 0}
+    DELIVERER = 3
+
+    def test_follower_fetch_replicated(self):
+        c = self.cluster
+        deliverer = c.node(self.DELIVERER)
+        leader = c.wait_leader()
+        if leader is deliverer:
+            leader = c.transfer()
+        def level6():
+            return all(int(field(n.status(), "cluster_level", 0) or 0) >= 6 for n in c.nodes)
+
+        wait_for(level6, 30, "every node at cluster feature level 6")
+        tid = self.send(leader, "dave@sts.test")
+        msgs = wait_for(lambda: self.mx1.with_marker(tid.encode()), 40, "delivery to mx1")
+        self.assertIsNotNone(msgs[0][0], "delivered without TLS")
+        self.assertIsNot(c.wait_leader(), deliverer, "%s leads again" % deliverer.name)
+        fetched = [n.name for n in c.nodes
+                   if "mta-sts policy domain=sts.test" in n.proc.log_text()]
+        self.assertEqual(fetched, [deliverer.name], "the nodes that fetched the policy")
+        for node in c.nodes:
+            wait_for(lambda: int(field(node.status(), "sts_policies", 0) or 0) == 1, 20,
+                     "the policy %s fetched in %s's replicated cache"
+                     % (deliverer.name, node.name))
 
 
 if __name__ == "__main__":

@@ -161,6 +161,36 @@ static void test_outcome(void **state)
     queue_free(q);
 }
 
+/*
+ * A StsPolicy (the MTA-STS policy a node's fetch brought) from any node once
+ * every node delivers (cluster level 6); before, only the leader delivers,
+ * so only it writes one.
+ */
+static void test_sts_policy(void **state)
+{
+    (void)state;
+    struct queue *q = queue_new();
+    assert_non_null(q);
+    Hamr__StsPolicy p = HAMR__STS_POLICY__INIT;
+    p.domain = "example.com";
+    p.id = "20261208";
+    Hamr__Entry e = HAMR__ENTRY__INIT;
+    e.cmd_case = HAMR__ENTRY__CMD_STS_POLICY;
+    e.sts_policy = &p;
+    assert_int_equal(peer_policy_check(&e, 2, q, &lim), PEER_POLICY_KIND);
+    for (uint32_t level = 2; level <= QUEUE_LEVEL_SPREAD; level++) {
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        assert_int_equal(queue_entry_cluster_level(level, 1000 + level, NULL, &buf, &len), 0);
+        apply(q, buf, len);
+        assert_int_equal(peer_policy_check(&e, 2, q, &lim),
+                         level >= QUEUE_LEVEL_SPREAD ? PEER_POLICY_OK : PEER_POLICY_KIND);
+    }
+    assert_int_equal(peer_policy_check(&e, 1, q, &lim), PEER_POLICY_IDENTITY); /* as the leader */
+    assert_int_equal(peer_policy_check(&e, 2, NULL, &lim), PEER_POLICY_KIND);
+    queue_free(q);
+}
+
 /* Admin, Lease and ClusterLevel never come from another node. */
 static void test_kinds(void **state)
 {
@@ -230,9 +260,9 @@ static void test_fetch(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_enqueue), cmocka_unit_test(test_node_info),
-        cmocka_unit_test(test_outcome), cmocka_unit_test(test_kinds),
-        cmocka_unit_test(test_fetch),
+        cmocka_unit_test(test_enqueue),    cmocka_unit_test(test_node_info),
+        cmocka_unit_test(test_outcome),    cmocka_unit_test(test_kinds),
+        cmocka_unit_test(test_sts_policy), cmocka_unit_test(test_fetch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
