@@ -870,14 +870,22 @@ static struct relay_dest_leases *relay_dl_find(struct relay *r, const char *dest
     return dl;
 }
 
+/* relay_dl_at - node's place in dl; -1: not a holder. */
+static int relay_dl_at(const struct relay_dest_leases *dl, uint64_t node)
+{
+    for (uint32_t h = 0; h < dl->holders; h++)
+        if (dl->node[h] == node)
+            return (int)h;
+    return -1;
+}
+
 /* relay_dl_holder - node's place in dl, made when missing; -1: beyond the table. */
 static int relay_dl_holder(struct relay_dest_leases *dl, uint64_t node, bool make)
 {
-    uint32_t h = 0;
-    while (h < dl->holders && dl->node[h] != node)
-        h++;
-    if (h < dl->holders)
-        return (int)h;
+    int at = relay_dl_at(dl, node);
+    if (at >= 0)
+        return at;
+    uint32_t h = dl->holders;
     if (!make || h == HAMR_ARRAY_LEN(dl->node))
         return -1;
     memset(&dl->recent[h], 0, sizeof(dl->recent[h]));
@@ -915,10 +923,8 @@ static uint32_t relay_dl_now(const struct relay_dest_leases *dl)
 /* relay_dl_now_with - relay_dl_now (conns) after one more lease of node at dl. */
 static uint32_t relay_dl_now_with(const struct relay_dest_leases *dl, uint64_t node, uint32_t conns)
 {
-    for (uint32_t h = 0; h < dl->holders; h++)
-        if (dl->node[h] == node)
-            return conns - relay_dl_conns(dl->n[h]) + relay_dl_conns(dl->n[h] + 1);
-    return conns + 1;
+    int h = relay_dl_at(dl, node);
+    return h < 0 ? conns + 1 : conns - relay_dl_conns(dl->n[h]) + relay_dl_conns(dl->n[h] + 1);
 }
 
 /* relay_dl_most - the most connections one holder of dl may have now. */
@@ -935,25 +941,21 @@ static uint32_t relay_dl_most(const struct relay_dest_leases *dl, uint64_t now)
 /* relay_dl_none - has node no connection at dl (no share now nor lately)? */
 static bool relay_dl_none(const struct relay_dest_leases *dl, uint64_t node, uint64_t now)
 {
-    for (uint32_t h = 0; h < dl->holders; h++)
-        if (dl->node[h] == node)
-            return relay_dl_held(dl, h, now) == 0;
-    return true;
+    int h = relay_dl_at(dl, node);
+    return h < 0 || relay_dl_held(dl, (uint32_t)h, now) == 0;
 }
 
 /* relay_dl_cost - connections one more lease of node at dl adds: 0 or 1. */
 static uint32_t relay_dl_cost(const struct relay_dest_leases *dl, uint64_t node, uint64_t now)
 {
-    for (uint32_t h = 0; h < dl->holders; h++) {
-        if (dl->node[h] != node)
-            continue;
-        uint32_t lately = peak_get(&dl->recent[h], now, RELAY_CONN_LOOK_MS);
-        if (lately < dl->n[h])
-            lately = dl->n[h];
-        uint32_t more = dl->n[h] + 1 > lately ? dl->n[h] + 1 : lately;
-        return relay_dl_conns(more) - relay_dl_conns(lately);
-    }
-    return 1;
+    int h = relay_dl_at(dl, node);
+    if (h < 0)
+        return 1;
+    uint32_t lately = peak_get(&dl->recent[h], now, RELAY_CONN_LOOK_MS);
+    if (lately < dl->n[h])
+        lately = dl->n[h];
+    uint32_t more = dl->n[h] + 1 > lately ? dl->n[h] + 1 : lately;
+    return relay_dl_conns(more) - relay_dl_conns(lately);
 }
 
 /* relay_dl_add - one more lease of node at dl (a holder beyond the table: a connection each). */
